@@ -1,0 +1,32 @@
+"""Error classes raised by :mod:`lightning_memloc`.
+
+Every error derives from a standard exception type (``ValueError``, ``TypeError`` ...) so that
+callers who do not know this package can still catch it, and from :class:`MemlocError` so that
+callers who do can catch everything the package raises on purpose.
+"""
+
+from __future__ import annotations
+
+
+class MemlocError(Exception):
+    """Base class of every error raised on purpose by ``lightning_memloc``."""
+
+
+class LayerNotFoundError(MemlocError, ValueError):
+    """A layer name does not exist in the model (the message lists close matches)."""
+
+
+class ArchitectureMismatchError(MemlocError, ValueError):
+    """Encoder and reference differ in layers or layer output shapes."""
+
+
+class NonFiniteActivationError(MemlocError, ValueError):
+    """A tapped layer produced NaN or inf (the message names the layer and, if known, the epoch)."""
+
+
+class ReportFormatError(MemlocError, ValueError):
+    """A report file is corrupt, truncated or not a ``MemorizationReport``."""
+
+
+class CheckpointError(MemlocError, ValueError):
+    """A file given as an encoder/reference checkpoint cannot be used as one."""
