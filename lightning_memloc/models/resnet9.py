@@ -1,0 +1,184 @@
+"""ResNet9, the encoder of the paper's main experiments.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) report UnitMem and
+LayerMem for a ResNet9 trained with SimCLR on CIFAR-10, numbering its eight convolutional layers
+1..8. This module reproduces that encoder in the DAWNBench / Myrtle layout so that
+:func:`lightning_memloc.taps.resolve_layers` with ``layers="auto"`` returns exactly those eight
+layers, in the paper's order.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+__all__ = ["ConvBlock", "Residual", "ResNet9"]
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an ``int`` ≥ 1, else raise with a message naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be a positive integer, got {value!r} ({type(value).__name__}).")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive integer (>= 1), got {value}.")
+    return value
+
+
+class ConvBlock(nn.Module):
+    """3×3 convolution (no bias) → BatchNorm2d → ReLU: one "layer" of the paper's ResNet9.
+
+    The block's output is the post-activation feature map, so a forward hook on the block sees
+    non-negative activations, as UnitMem assumes (Wang et al., NeurIPS 2024, §3). Each output
+    channel is one unit.
+
+    Args:
+        in_ch: number of input channels (≥ 1).
+        out_ch: number of output channels, i.e. units (≥ 1).
+
+    Example:
+        >>> import torch
+        >>> block = ConvBlock(3, 8)
+        >>> block(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 8, 16, 16])
+        >>> bool((block(torch.randn(2, 3, 16, 16)) >= 0).all())
+        True
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.in_ch = _check_positive_int("in_ch", in_ch)
+        self.out_ch = _check_positive_int("out_ch", out_ch)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``relu(bn(conv(x)))`` of shape ``(B, out_ch, H, W)``."""
+        return self.relu(self.bn(self.conv(x)))
+
+
+class Residual(nn.Module):
+    """Two :class:`ConvBlock` with an identity shortcut: ``x + conv2(conv1(x))``.
+
+    Args:
+        channels: number of input and output channels (≥ 1).
+
+    Example:
+        >>> import torch
+        >>> Residual(8)(torch.randn(2, 8, 4, 4)).shape
+        torch.Size([2, 8, 4, 4])
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = _check_positive_int("channels", channels)
+        self.conv1 = ConvBlock(channels, channels)
+        self.conv2 = ConvBlock(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``x + conv2(conv1(x))``."""
+        return x + self.conv2(self.conv1(x))
+
+
+class ResNet9(nn.Module):
+    """The paper's ResNet9 encoder (DAWNBench / Myrtle layout).
+
+    Layout with ``w = width`` (the paper uses ``w = 64``, about 6.57 M parameters)::
+
+        conv1  ConvBlock(in, w)                       layer 1
+        conv2  ConvBlock(w, 2w)   → pool2 (max, 2)    layer 2
+        res1   Residual(2w): conv1, conv2             layers 3, 4
+        conv3  ConvBlock(2w, 4w)  → pool3 (max, 2)    layer 5
+        conv4  ConvBlock(4w, 8w)  → pool4 (max, 2)    layer 6
+        res2   Residual(8w): conv1, conv2             layers 7, 8
+        global_pool (adaptive max, 1) → flatten       features of size 8w
+        fc     Linear(8w, num_classes)                only if num_classes is given
+
+    Pooling is applied in :meth:`forward`, outside the blocks, so a tap on ``conv2`` sees the
+    post-ReLU map before pooling. ``resolve_layers(ResNet9(), "auto", x)`` returns the eight
+    layers ``conv1, conv2, res1.conv1, res1.conv2, conv3, conv4, res2.conv1, res2.conv2``, i.e.
+    layers 1..8 of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
+    Any input of at least 8×8 pixels works (CIFAR-10 is 32×32).
+
+    Args:
+        in_channels: number of image channels (≥ 1).
+        width: channels of the first layer, ``w`` above (≥ 1).
+        num_classes: if given (≥ 1), append a linear classifier and return logits; otherwise
+            :meth:`forward` returns the ``8 * width`` features (the SSL representation).
+
+    Attributes:
+        feature_dim: size of the representation, ``8 * width``.
+
+    Example:
+        >>> import torch
+        >>> encoder = ResNet9(width=4)
+        >>> encoder.feature_dim
+        32
+        >>> encoder(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 32])
+        >>> ResNet9(width=4, num_classes=10)(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        w = _check_positive_int("width", width)
+        if num_classes is not None:
+            _check_positive_int("num_classes", num_classes)
+        self.in_channels = in_channels
+        self.width = w
+        self.num_classes = num_classes
+        self.feature_dim = 8 * w
+
+        self.conv1 = ConvBlock(in_channels, w)
+        self.conv2 = ConvBlock(w, 2 * w)
+        self.pool2 = nn.MaxPool2d(2)
+        self.res1 = Residual(2 * w)
+        self.conv3 = ConvBlock(2 * w, 4 * w)
+        self.pool3 = nn.MaxPool2d(2)
+        self.conv4 = ConvBlock(4 * w, 8 * w)
+        self.pool4 = nn.MaxPool2d(2)
+        self.res2 = Residual(8 * w)
+        self.global_pool = nn.AdaptiveMaxPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc: Optional[nn.Linear] = nn.Linear(8 * w, num_classes) if num_classes is not None else None
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Return the ``(B, 8 * width)`` representation (before ``fc``)."""
+        x = self.conv1(x)
+        x = self.pool2(self.conv2(x))
+        x = self.res1(x)
+        x = self.pool3(self.conv3(x))
+        x = self.pool4(self.conv4(x))
+        x = self.res2(x)
+        return self.flatten(self.global_pool(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return features ``(B, 8 * width)``, or logits ``(B, num_classes)`` if ``fc`` exists."""
+        features = self.forward_features(x)
+        if self.fc is None:
+            return features
+        return self.fc(features)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, width={self.width}, num_classes={self.num_classes}"
+
+
+def _param_count(in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None) -> int:
+    """Closed-form parameter count of :class:`ResNet9` (used by tests and docs).
+
+    ``9 * (in * w + 178 * w**2) + 70 * w`` for the encoder (conv weights plus BatchNorm affine),
+    plus ``8w * num_classes + num_classes`` for the classifier.
+
+    Example:
+        >>> _param_count()
+        6568000
+    """
+    w = width
+    total = 9 * (in_channels * w + 178 * w * w) + 70 * w
+    if num_classes is not None:
+        total += 8 * w * num_classes + num_classes
+    return total
+

@@ -1,0 +1,106 @@
+"""Small encoders for fast tests and examples.
+
+They follow the conventions of :class:`~lightning_memloc.models.ResNet9` (post-ReLU taps, a
+``feature_dim`` attribute) at a fraction of the cost, so UnitMem / LayerMem pipelines
+(Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024) can be exercised
+end to end in milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from lightning_memloc.models.resnet9 import ConvBlock, _check_positive_int
+
+__all__ = ["TinyCNN", "TinyMLP"]
+
+
+class TinyCNN(nn.Module):
+    """Three :class:`ConvBlock` layers: a miniature ResNet9 for tests.
+
+    Layout with ``w = width``: ``conv1 = ConvBlock(in, w)`` → ``pool1`` (max, 2) →
+    ``conv2 = ConvBlock(w, 2w)`` → ``pool2`` (max, 2) → ``conv3 = ConvBlock(2w, 4w)`` →
+    ``global_pool`` (adaptive average, 1) → ``flatten``. Auto taps are ``conv1, conv2, conv3``.
+    Works on any input of at least 4×4 pixels.
+
+    Args:
+        in_channels: number of image channels (≥ 1).
+        width: channels of the first layer (≥ 1).
+
+    Attributes:
+        feature_dim: size of the representation, ``4 * width``.
+
+    Example:
+        >>> import torch
+        >>> model = TinyCNN(in_channels=1, width=2)
+        >>> model(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 4) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        w = _check_positive_int("width", width)
+        self.in_channels = in_channels
+        self.width = w
+        self.feature_dim = 4 * w
+        self.conv1 = ConvBlock(in_channels, w)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = ConvBlock(w, 2 * w)
+        self.pool2 = nn.MaxPool2d(2)
+        self.conv3 = ConvBlock(2 * w, 4 * w)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the ``(B, 4 * width)`` representation."""
+        x = self.pool1(self.conv1(x))
+        x = self.pool2(self.conv2(x))
+        return self.flatten(self.global_pool(self.conv3(x)))
+
+
+class TinyMLP(nn.Module):
+    """``Flatten`` then ``Linear → ReLU`` blocks: an encoder whose units are linear features.
+
+    Modules are named ``flatten, fc1, relu1, fc2, relu2, ...``; the auto taps are the ReLU
+    modules (kind ``"linear"``), whose outputs are non-negative as UnitMem assumes.
+
+    Args:
+        in_features: size of the flattened input (≥ 1).
+        hidden: widths of the hidden layers, at least one, each ≥ 1.
+
+    Attributes:
+        feature_dim: size of the representation, ``hidden[-1]``.
+
+    Example:
+        >>> import torch
+        >>> model = TinyMLP(12, hidden=(6, 4))
+        >>> model(torch.randn(5, 3, 2, 2)).shape
+        torch.Size([5, 4])
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (16, 8)) -> None:
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        if isinstance(hidden, int) or not isinstance(hidden, Sequence) or len(hidden) == 0:
+            raise ValueError(f"`hidden` must be a non-empty sequence of positive integers, got {hidden!r}.")
+        for i, h in enumerate(hidden):
+            _check_positive_int(f"hidden[{i}]", h)
+        self.in_features = in_features
+        self.hidden = tuple(hidden)
+        self.feature_dim = self.hidden[-1]
+        self.flatten = nn.Flatten(1)
+        previous = in_features
+        for i, h in enumerate(self.hidden, start=1):
+            self.add_module(f"fc{i}", nn.Linear(previous, h))
+            self.add_module(f"relu{i}", nn.ReLU(inplace=False))
+            previous = h
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the ``(B, hidden[-1])`` representation of a ``(B, ...)`` input."""
+        x = self.flatten(x)
+        for i in range(1, len(self.hidden) + 1):
+            x = getattr(self, f"relu{i}")(getattr(self, f"fc{i}")(x))
+        return x

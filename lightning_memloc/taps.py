@@ -1,0 +1,393 @@
+"""Choosing the layers to measure, tapping them with forward hooks, reducing their outputs.
+
+UnitMem and LayerMem (Wang et al., *Localizing Memorization in SSL Vision Encoders*,
+NeurIPS 2024) are computed per layer: :func:`resolve_layers` picks the modules (explicit names or
+``"auto"``), :class:`LayerTaps` hooks them, :func:`unit_activations` reduces an output to units
+(conv channel: mean over space; linear feature: mean over tokens) and
+:func:`flat_representation` gives the L2-normalised vector of SSLMem's alignment.
+
+Extension point: ``"auto"`` tries the rules of :data:`AUTO_RULES` in order, each a function
+``(model) -> list[LayerSpec | str] | None`` (a bare name gets its kind from its output rank); the
+first proposal that survives the probe (modules run exactly once, outermost only) wins.
+:func:`register_auto_rule` adds a rule (e.g. for ViTs) before the generic activation fallback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_memloc.errors import LayerNotFoundError
+from lightning_memloc.models.resnet9 import ConvBlock
+
+__all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LayerSpec", "LayerTaps",
+           "flat_representation", "register_auto_rule", "resolve_layers", "unit_activations"]
+
+#: Allowed values of :attr:`LayerSpec.kind`.
+LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
+
+#: Rectifier-like activations picked by the generic ``"auto"`` fallback (no Sigmoid / Tanh).
+ACTIVATION_TYPES: Tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU,
+    nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+)
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A tapped layer: its name in ``model.named_modules()`` and its kind.
+
+    Args:
+        name: module name, e.g. ``"res1.conv2"``.
+        kind: ``"conv"`` (4-D output, units are channels), ``"linear"`` (2-D or 3-D output, units
+            are features), ``"attention"`` or ``"mlp"`` (transformer blocks).
+
+    Example:
+        >>> LayerSpec("conv1", "conv")
+        LayerSpec(name='conv1', kind='conv')
+    """
+
+    name: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"`name` must be a str, got {type(self.name).__name__}.")
+        if self.kind not in LAYER_KINDS:
+            raise ValueError(f"`kind` must be one of {LAYER_KINDS}, got {self.kind!r}.")
+
+
+#: An ``"auto"`` rule: proposes layers of ``model`` or returns ``None`` when it does not apply.
+AutoRule = Callable[[nn.Module], Optional[Sequence[Union[str, LayerSpec]]]]
+
+
+def _torchvision_blocks() -> Tuple[type, ...]:
+    try:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return (BasicBlock, Bottleneck)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
+    """Every :class:`ConvBlock`, torchvision ``BasicBlock``/``Bottleneck`` and ResNet stem activation.
+
+    The stem activation is an activation that is a direct child of a module that also holds a
+    stage (an ``nn.Sequential`` of torchvision blocks): ``relu`` of a torchvision ``ResNet``, or
+    ``"2"`` of lightly's ``nn.Sequential(*list(resnet18().children())[:-1])``.
+    """
+    tv_blocks = _torchvision_blocks()
+    names = [n for n, m in model.named_modules() if n and isinstance(m, (ConvBlock,) + tv_blocks)]
+    if not names:
+        return None
+    if tv_blocks:
+        for parent_name, parent in model.named_modules():
+            children = list(parent.named_children())
+            if any(isinstance(c, nn.Sequential) and any(isinstance(b, tv_blocks) for b in c.children())
+                   for _, c in children):
+                names += [_join(parent_name, n) for n, c in children if isinstance(c, ACTIVATION_TYPES)]
+    return names
+
+
+def activation_rule(model: nn.Module) -> Optional[List[str]]:
+    """Generic fallback: every activation module of :data:`ACTIVATION_TYPES`."""
+    return [n for n, m in model.named_modules() if n and isinstance(m, ACTIVATION_TYPES)] or None
+
+
+#: Rules tried in order by ``resolve_layers(..., "auto", ...)``; the generic fallback is last.
+AUTO_RULES: List[AutoRule] = [conv_block_rule, activation_rule]
+
+
+def register_auto_rule(rule: AutoRule) -> AutoRule:
+    """Insert ``rule`` just before the generic activation fallback (usable as a decorator)."""
+    AUTO_RULES.insert(max(len(AUTO_RULES) - 1, 0), rule)
+    return rule
+
+
+def _first_tensor(output: Any) -> Any:
+    while isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    return output
+
+
+def _as_tensor(output: Any) -> Tensor:
+    x = _first_tensor(output)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"Expected a Tensor (or a tuple/list whose first element is one), got {type(x).__name__}.")
+    return x
+
+
+def _kind_from_ndim(ndim: Optional[int]) -> Optional[str]:
+    return {4: "conv", 3: "linear", 2: "linear"}.get(ndim) if ndim is not None else None
+
+
+def _name_and_kind(item: Union[str, LayerSpec]) -> Tuple[str, Optional[str]]:
+    if isinstance(item, LayerSpec):
+        return item.name, item.kind
+    if isinstance(item, str):
+        return item, None
+    raise TypeError(f"Layers must be given as names (str) or LayerSpec, got {type(item).__name__}.")
+
+
+def _check_names(model: nn.Module, names: Sequence[str]) -> None:
+    duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
+    if duplicates:
+        raise ValueError(f"Duplicate layer names: {duplicates}. Give each layer once.")
+    valid = dict(model.named_modules())
+    missing = [n for n in names if n not in valid]
+    if missing:
+        lines = []
+        for name in missing:
+            close = difflib.get_close_matches(name, [v for v in valid if v], n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            lines.append(f"Layer {name!r} not found in {type(model).__name__}.{hint}")
+        lines.append("Valid names are the keys of dict(model.named_modules()); "
+                     "list them with `[name for name, _ in model.named_modules()]`.")
+        raise LayerNotFoundError("\n".join(lines))
+
+
+@dataclass
+class _Call:
+    order: int
+    count: int
+    ndim: Optional[int]
+
+
+def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
+    """One eval-mode, no-grad forward recording order, call count and output rank per module."""
+    record: Dict[str, _Call] = {}
+    counter = itertools.count()
+
+    def fn(name: str, output: Any) -> None:
+        x = _first_tensor(output)
+        if name in record:
+            record[name].count += 1
+        else:
+            record[name] = _Call(next(counter), 1, x.ndim if isinstance(x, Tensor) else None)
+
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), LayerTaps(model, [n for n, _ in model.named_modules()], fn):
+            if isinstance(example_input, dict):
+                model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return record
+
+
+def _select(proposed: Sequence[Union[str, LayerSpec]], record: Dict[str, _Call]) -> List[LayerSpec]:
+    kinds: Dict[str, Optional[str]] = {}
+    for item in proposed:
+        name, kind = _name_and_kind(item)
+        if name and name in record and record[name].count == 1:
+            kinds.setdefault(name, kind)
+    outer = [n for n in kinds if not any(n.startswith(o + ".") for o in kinds if o != n)]
+    specs = []
+    for name in sorted(outer, key=lambda n: record[n].order):
+        kind = kinds[name] or _kind_from_ndim(record[name].ndim)
+        if kind is not None:
+            specs.append(LayerSpec(name, kind))
+    return specs
+
+
+def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, LayerSpec]]],
+                   example_input: Any) -> List[LayerSpec]:
+    """Resolve ``layers`` to :class:`LayerSpec` in forward execution order.
+
+    A probe forward with ``example_input`` (eval mode, no grad; a tuple/list is unpacked as
+    positional arguments, a dict as keyword arguments) orders the layers and infers their kind
+    from the output rank. Every module's train/eval mode is restored afterwards, also on error.
+
+    ``"auto"``: every :class:`~lightning_memloc.models.ConvBlock`, torchvision ``BasicBlock`` /
+    ``Bottleneck`` and the ResNet stem activation (ResNet9 gives the paper's layers 1..8, Wang et
+    al., NeurIPS 2024); otherwise every rectifier-like activation. Only modules called exactly
+    once per forward are picked, and none inside another picked module.
+
+    Args:
+        model: the encoder.
+        layers: ``"auto"`` or module names (or :class:`LayerSpec`, whose kind is kept).
+        example_input: a small batch the model accepts.
+
+    Returns:
+        The layers, in the order their forward passes complete.
+
+    Raises:
+        LayerNotFoundError: an explicit name is not in ``model.named_modules()``.
+        ValueError: empty or duplicate names, a layer run zero or several times per forward, an
+            output that is not 2-D, 3-D or 4-D, or ``"auto"`` finding nothing.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.models import TinyCNN
+        >>> resolve_layers(TinyCNN(width=2), "auto", torch.randn(1, 3, 8, 8))[0]
+        LayerSpec(name='conv1', kind='conv')
+        >>> [s.name for s in resolve_layers(TinyCNN(width=2), ["conv3", "conv1"], torch.randn(1, 3, 8, 8))]
+        ['conv1', 'conv3']
+    """
+    if isinstance(layers, str):
+        if layers != "auto":
+            raise ValueError(f"`layers` must be 'auto' or a sequence of module names, got the string "
+                             f"{layers!r}; to tap one layer pass layers=[{layers!r}].")
+        record = _probe(model, example_input)
+        for rule in AUTO_RULES:
+            proposed = rule(model)
+            specs = _select(proposed, record) if proposed else []
+            if specs:
+                return specs
+        raise ValueError(f"layers='auto' found no layer to tap in {type(model).__name__} (no ConvBlock, "
+                         "torchvision residual block or activation called exactly once per forward). "
+                         "Pass explicit names, e.g. layers=['features.3', ...]; list them with "
+                         "`[name for name, _ in model.named_modules()]`.")
+    items = [_name_and_kind(item) for item in layers]
+    if not items:
+        raise ValueError("`layers` is empty: pass 'auto' or at least one module name.")
+    _check_names(model, [name for name, _ in items])
+    record = _probe(model, example_input)
+    specs = []
+    for name, kind in items:
+        call = record.get(name)
+        if call is None:
+            raise ValueError(f"Layer {name!r} did not run in a forward pass with the example input, so it "
+                             "cannot be tapped.")
+        if call.count > 1:
+            raise ValueError(f"Layer {name!r} runs {call.count} times per forward (a module reused at "
+                             "several places); its hook would mix several outputs. Tap a module that runs "
+                             "once, or give each use its own module.")
+        kind = kind or _kind_from_ndim(call.ndim)
+        if kind is None:
+            raise ValueError(f"Layer {name!r} outputs a tensor of rank {call.ndim}; only 2-D (B, D), 3-D "
+                             "(B, T, D) and 4-D (B, C, H, W) outputs can be measured.")
+        specs.append(LayerSpec(name, kind))
+    return sorted(specs, key=lambda s: record[s.name].order)
+
+
+def unit_activations(output: Any) -> Tensor:
+    """Per-unit activations ``(B, U)`` of a layer output (the units of UnitMem).
+
+    ``(B, C, H, W)`` → mean over space (a unit is a channel); ``(B, T, D)`` → mean over tokens;
+    ``(B, D)`` as is (the same tensor); a tuple/list → its first element. Dtype and device are
+    kept; non-contiguous inputs are fine.
+
+    Example:
+        >>> import torch
+        >>> unit_activations(torch.arange(8.).reshape(1, 2, 2, 2))
+        tensor([[1.5000, 5.5000]])
+    """
+    x = _as_tensor(output)
+    if x.ndim == 4:
+        return x.mean(dim=(2, 3))
+    if x.ndim == 3:
+        return x.mean(dim=1)
+    if x.ndim == 2:
+        return x
+    raise ValueError(f"Expected a 2-D, 3-D or 4-D output, got shape {tuple(x.shape)}.")
+
+
+def flat_representation(output: Any) -> Tensor:
+    """Flattened, L2-normalised representation ``(B, D)`` (the r_l of SSLMem's alignment).
+
+    A tuple/list gives its first element. An all-zero row stays zero (no NaN). Half-precision
+    inputs are normalised in float32 and cast back.
+
+    Example:
+        >>> import torch
+        >>> flat_representation(torch.tensor([[[3.0, 4.0]], [[0.0, 0.0]]]))
+        tensor([[0.6000, 0.8000],
+                [0.0000, 0.0000]])
+    """
+    x = _as_tensor(output)
+    if x.ndim < 2:
+        raise ValueError(f"Expected a batched output (B, ...), got shape {tuple(x.shape)}.")
+    flat = x.reshape(x.shape[0], -1)
+    if flat.dtype in (torch.float16, torch.bfloat16) or not flat.is_floating_point():
+        out_dtype = flat.dtype if flat.is_floating_point() else torch.get_default_dtype()
+        return F.normalize(flat.float(), p=2.0, dim=1, eps=_EPS).to(out_dtype)
+    return F.normalize(flat, p=2.0, dim=1, eps=_EPS)
+
+
+class LayerTaps:
+    """Context manager tapping named modules: each forward calls ``fn(name, output)``.
+
+    The hooks ignore ``fn``'s return value (outputs are never modified) and keep no reference to
+    the output once ``fn`` returns; reduce it inside ``fn`` (e.g. with :func:`unit_activations`).
+    All hooks are removed on exit, also when the block raises (``KeyboardInterrupt`` included).
+
+    Args:
+        model: the model holding the modules.
+        names: module names or :class:`LayerSpec` (e.g. the result of :func:`resolve_layers`).
+        fn: callback ``fn(name, output)``.
+
+    Raises:
+        LayerNotFoundError: a name is not in ``model.named_modules()``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.models import TinyCNN
+        >>> model, units = TinyCNN(width=2), {}
+        >>> with LayerTaps(model, ["conv1", "conv3"], lambda n, out: units.update({n: unit_activations(out)})):
+        ...     _ = model(torch.randn(4, 3, 8, 8))
+        >>> {n: tuple(u.shape) for n, u in units.items()}
+        {'conv1': (4, 2), 'conv3': (4, 8)}
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[Union[str, LayerSpec]],
+                 fn: Callable[[str, Any], Any]) -> None:
+        if isinstance(names, str):
+            raise TypeError(f"`names` must be a sequence of names, not a str; did you mean [{names!r}]?")
+        self.model = model
+        self.names: Tuple[str, ...] = tuple(_name_and_kind(n)[0] for n in names)
+        _check_names(model, self.names)
+        self.fn = fn
+        self._handles: List[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether hooks are currently registered."""
+        return bool(self._handles)
+
+    def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        fn = self.fn
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            fn(name, output)
+
+        return hook
+
+    def __enter__(self) -> "LayerTaps":
+        if self._handles:
+            raise RuntimeError("LayerTaps is already active (it is not re-entrant).")
+        modules = dict(self.model.named_modules())
+        try:
+            for name in self.names:
+                self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
