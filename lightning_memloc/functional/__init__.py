@@ -1,0 +1,24 @@
+"""Pure tensor functions behind the memorization metrics (no state, no Lightning).
+
+References: Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) for
+UnitMem, ClassMem, LayerMem and ΔLayerMem; Wang et al., *Memorization in Self-Supervised
+Learning Improves Downstream Generalization* (ICLR 2024) for SSLMem and alignment.
+"""
+
+from lightning_memloc.functional.classmem import class_means, classmem
+from lightning_memloc.functional.sslmem import alignment, delta_layermem, layermem, sslmem, top_least_indices
+from lightning_memloc.functional.unitmem import apply_negative_policy, dead_units, unit_argmax, unitmem
+
+__all__ = [
+    "alignment",
+    "apply_negative_policy",
+    "class_means",
+    "classmem",
+    "dead_units",
+    "delta_layermem",
+    "layermem",
+    "sslmem",
+    "top_least_indices",
+    "unit_argmax",
+    "unitmem",
+]

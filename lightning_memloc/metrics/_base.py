@@ -1,0 +1,117 @@
+"""Shared validation and state helpers of the candidate-indexed metrics.
+
+Every metric keeps per-candidate sums and a per-candidate count, indexed by candidate id and
+reduced with ``sum`` across processes. A candidate seen ``c`` times (padding of a
+``DistributedSampler``, overlapping shards on two ranks) contributes ``c`` times the same values
+(the views depend only on the seed, the candidate and the view number), so ``sum / count`` is the
+same as after a single pass. Candidates never seen have count 0 and are left out of ``compute``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_memloc.functional.unitmem import _check_finite
+
+STATE_DTYPES = (torch.float32, torch.float64)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` if it is an ``int >= 1`` (not a bool), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+    return value
+
+
+def check_state_dtype(state_dtype: Any) -> torch.dtype:
+    """Return ``state_dtype`` if it is float32 or float64, else raise ``ValueError``."""
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"`state_dtype` must be one of {STATE_DTYPES}, got {state_dtype!r}.")
+    return state_dtype
+
+
+class CandidateIndexedMetric(Metric):
+    """Base of metrics whose states are per-candidate sums and counts (see module docstring)."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    counts: Tensor
+
+    def __init__(self, num_candidates: int, state_dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_candidates = check_positive_int("num_candidates", num_candidates)
+        self.state_dtype = check_state_dtype(state_dtype)
+        self.add_state("counts", torch.zeros(num_candidates, dtype=state_dtype), dist_reduce_fx="sum")
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        """Keep 1-element outputs 1-D (``[U]`` with ``U = 1``, ``top_ids`` with ``k' = 1`` ...).
+
+        torchmetrics squeezes every 1-element tensor returned by ``compute`` to 0-d; every tensor
+        in our result dicts is at least 1-D by contract.
+        """
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def unsqueezed(*args: Any, **kwargs: Any) -> Any:
+            value = wrapped(*args, **kwargs)
+            if isinstance(value, dict):
+                value = {k: v.reshape(1) if isinstance(v, Tensor) and v.ndim == 0 else v for k, v in value.items()}
+            return value
+
+        return unsqueezed
+
+    def _check_index(self, index: Any, batch: int, batch_name: str) -> Tensor:
+        """Validate ``index`` as ``LongTensor[batch]`` of ids in ``[0, num_candidates)``."""
+        if not isinstance(index, Tensor):
+            raise TypeError(f"`index` must be a LongTensor of candidate ids, got {type(index).__name__}.")
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise TypeError(f"`index` must be an integer tensor of candidate ids, got dtype {index.dtype}.")
+        if index.ndim != 1 or index.shape[0] != batch:
+            raise ValueError(
+                f"`index` must have shape (B,) = ({batch},), one candidate id per row of "
+                f"`{batch_name}`, got shape {tuple(index.shape)}."
+            )
+        if batch and (bool((index < 0).any()) or bool((index >= self.num_candidates).any())):
+            raise ValueError(
+                f"`index` ids must lie in [0, num_candidates - 1] = [0, {self.num_candidates - 1}], "
+                f"got min {int(index.min())} and max {int(index.max())}."
+            )
+        return index.to(device=self.counts.device, dtype=torch.long)
+
+    def _check_activations(self, activations: Any, num_units: int) -> Tensor:
+        """Validate ``(B, U)`` or ``(B, K, U)`` activations; return ``(B, U)`` in the state dtype."""
+        if not isinstance(activations, Tensor):
+            raise TypeError(
+                f"`activations` must be a torch.Tensor of shape (B, U) or (B, K, U), got "
+                f"{type(activations).__name__}."
+            )
+        if activations.ndim not in (2, 3) or activations.shape[-1] != num_units:
+            raise ValueError(
+                f"`activations` must have shape (B, U) or (B, K, U) with U = num_units = {num_units}, "
+                f"got {tuple(activations.shape)}."
+            )
+        if activations.ndim == 3 and activations.shape[1] < 1:
+            raise ValueError("`activations` of shape (B, K, U) needs K >= 1 views.")
+        _check_finite("activations", activations)
+        x = activations.detach().to(device=self.counts.device, dtype=self.counts.dtype)
+        return x.mean(dim=1) if x.ndim == 3 else x
+
+    def _add_counts(self, index: Tensor) -> None:
+        self.counts.index_add_(0, index, torch.ones_like(index, dtype=self.counts.dtype))
+
+    def _seen(self) -> Tensor:
+        """Candidate ids with count > 0; raise if fewer than 2 (every metric compares candidates)."""
+        ids = (self.counts > 0).nonzero().squeeze(1)
+        if ids.numel() < 2:
+            raise ValueError(
+                f"{type(self).__name__}.compute() needs at least 2 candidates updated, got "
+                f"{ids.numel()}: call update() with more candidates before compute()."
+            )
+        return ids
