@@ -98,8 +98,10 @@ def test_classmem_equals_functional():
         metric = ClassMem(N, U, reduction=reduction)
         metric.update(acts, torch.arange(N), labels * 10)
         out = metric.compute()
-        assert set(out) == {"class_mem", "argmax"}
+        assert set(out) == {"class_mem", "argmax", "unit_mem", "unit_argmax", "dead"}
         torch.testing.assert_close(out["class_mem"], classmem(acts, labels, reduction=reduction))
+        torch.testing.assert_close(out["unit_mem"], unitmem(acts, reduction=reduction))
+        assert torch.equal(out["unit_argmax"], unit_argmax(acts))
         means, classes = class_means(acts, labels * 10)
         assert torch.equal(out["argmax"], classes[unit_argmax(means)])
 
