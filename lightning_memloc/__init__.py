@@ -1,0 +1,41 @@
+"""lightning_memloc: localize memorization inside self-supervised vision encoders while they train.
+
+Implements UnitMem, ClassMem, SSLMem and LayerMem / ΔLayerMem from Wang et al., *Localizing
+Memorization in SSL Vision Encoders* (NeurIPS 2024), on top of SSLMem (Wang et al.,
+*Memorization in Self-Supervised Learning Improves Downstream Generalization*, ICLR 2024), as
+torchmetrics, a one-pass ``measure()`` function and PyTorch Lightning callbacks.
+"""
+
+from lightning_memloc.errors import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    LayerNotFoundError,
+    MemlocError,
+    NonFiniteActivationError,
+    ReportFormatError,
+)
+from lightning_memloc.measure import measure
+from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
+from lightning_memloc.report import MemorizationReport
+from lightning_memloc.views import BatchedSimCLRAugment, SeededViews, make_views
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "BatchedSimCLRAugment",
+    "CheckpointError",
+    "ClassMem",
+    "LayerMem",
+    "LayerNotFoundError",
+    "MemlocError",
+    "MemorizationMeter",
+    "MemorizationReport",
+    "NonFiniteActivationError",
+    "ReportFormatError",
+    "SeededViews",
+    "UnitMem",
+    "make_views",
+    "measure",
+]

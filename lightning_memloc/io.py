@@ -1,0 +1,105 @@
+"""Atomic file writes and up-front checks of output locations.
+
+A report or plot is either fully on disk or not there at all: data goes to a temporary file in
+the destination folder, is flushed and fsynced, and only then renamed over the destination
+(``os.replace`` is atomic on POSIX and Windows). An interrupted write leaves the previous file
+intact and no partial file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool = True) -> Path:
+    """Make sure ``path`` is (or can become) a writable directory, before any work is done.
+
+    Args:
+        path: the directory.
+        argument: the name of the user-facing argument, used in error messages.
+        create: create the directory (and its parents) when missing.
+
+    Returns:
+        The directory as a :class:`~pathlib.Path`.
+
+    Raises:
+        NotADirectoryError: ``path`` exists and is a file.
+        PermissionError: the directory cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> check_writable_dir(tempfile.mkdtemp()).is_dir()
+        True
+    """
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"`{argument}`={str(directory)!r} is a file, not a folder: pass a folder path.")
+    if not directory.exists():
+        if not create:
+            raise FileNotFoundError(f"`{argument}`={str(directory)!r} does not exist: create it first.")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PermissionError(
+                f"`{argument}`={str(directory)!r} cannot be created ({err.strerror}): pass a folder you can write to."
+            ) from err
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"`{argument}`={str(directory)!r} is not writable: pass a folder you can write to.")
+    return directory
+
+
+@contextmanager
+def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and move it onto ``path`` only if the block succeeds.
+
+    Args:
+        path: destination file.
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
+        encoding: text encoding (ignored for binary mode).
+
+    Yields:
+        The open temporary file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_open(p) as fh:
+        ...     _ = fh.write("hello")
+        >>> p.read_text()
+        'hello'
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"`mode` must be 'w' or 'wb', got {mode!r}.")
+    destination = Path(path)
+    directory = check_writable_dir(destination.parent if str(destination.parent) else ".", argument="path")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, destination)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)

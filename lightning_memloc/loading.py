@@ -1,0 +1,122 @@
+"""Load an encoder's weights from a checkpoint file, safely (``weights_only=True``).
+
+Accepts a plain ``state_dict`` file (``torch.save(model.state_dict(), path)``), a Lightning
+checkpoint (``{"state_dict": ...}``), and a whole-module prefix inside a Lightning module's
+state dict (``"backbone."``, ``"reference.backbone."``...).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
+from lightning_memloc.io import PathLike
+
+
+def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
+    """Read the tensors of a checkpoint with ``torch.load(..., weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: the file is not a (Lightning) checkpoint or state dict.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {str(source)!r}: check the path.")
+    try:
+        data = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for bad files (pickle, zip, runtime errors)
+        raise CheckpointError(
+            f"{str(source)!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
+            "pass a file written by torch.save(model.state_dict(), path) or a Lightning .ckpt."
+        ) from err
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not data or not all(isinstance(v, Tensor) for v in data.values()):
+        raise CheckpointError(
+            f"{str(source)!r} holds no state dict (found {type(data).__name__}); pass a file written by "
+            "torch.save(model.state_dict(), path) or a Lightning .ckpt."
+        )
+    return data
+
+
+def _strip(state: Dict[str, Tensor], model: nn.Module, prefix: Optional[str]) -> Dict[str, Tensor]:
+    expected = set(model.state_dict())
+    if prefix is not None:
+        if prefix and not prefix.endswith("."):
+            prefix += "."
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if expected <= set(state):
+        return {k: state[k] for k in expected}
+    # Find the prefix under which the model's keys live (e.g. "backbone." in a Lightning module).
+    probe = next(iter(sorted(expected)), "")
+    for key in state:
+        if key.endswith(probe) and key != probe:
+            candidate = key[: len(key) - len(probe)]
+            if all(candidate + k in state for k in expected):
+                return {k: state[candidate + k] for k in expected}
+    return state
+
+
+def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) -> nn.Module:
+    """A copy of ``like`` with weights read from ``path``.
+
+    Args:
+        path: a ``state_dict`` file or a Lightning checkpoint.
+        like: a module of the right architecture (e.g. the encoder being trained); not modified.
+        prefix: key prefix of the encoder inside the checkpoint (found automatically if ``None``).
+
+    Returns:
+        A new module in eval mode with ``requires_grad=False`` everywhere (a frozen reference).
+
+    Raises:
+        FileNotFoundError, CheckpointError: see :func:`read_state_dict`.
+        ArchitectureMismatchError: the checkpoint's tensors do not fit ``like``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from lightning_memloc.models import TinyCNN
+        >>> path = tempfile.mkdtemp() + "/g.pt"
+        >>> torch.save(TinyCNN().state_dict(), path)
+        >>> g = load_encoder(path, like=TinyCNN())
+        >>> g.training, any(p.requires_grad for p in g.parameters())
+        (False, False)
+    """
+    state = _strip(read_state_dict(path), like, prefix)
+    model = copy.deepcopy(like)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ArchitectureMismatchError(
+            f"the checkpoint {str(path)!r} does not fit the encoder's architecture: {str(err).splitlines()[0]} "
+            "(pass `prefix=` if the encoder's weights live under a sub-module name)."
+        ) from err
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def resolve_module(owner: nn.Module, spec: Union[str, nn.Module, None], argument: str) -> nn.Module:
+    """Find a sub-module by dotted attribute name (``"encoder.backbone"``) on ``owner``."""
+    if isinstance(spec, nn.Module):
+        return spec
+    if spec is None:
+        return owner
+    target: object = owner
+    for part in str(spec).split("."):
+        if not hasattr(target, part):
+            names = [n for n, _ in owner.named_children()]
+            raise AttributeError(
+                f"`{argument}`={spec!r}: {type(target).__name__} has no attribute {part!r}; "
+                f"the module's children are {names}."
+            )
+        target = getattr(target, part)
+    if not isinstance(target, nn.Module):
+        raise TypeError(f"`{argument}`={spec!r} is a {type(target).__name__}, not a torch.nn.Module.")
+    return target

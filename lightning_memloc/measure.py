@@ -1,0 +1,347 @@
+"""One measurement pass: UnitMem, ClassMem, SSLMem and LayerMem of every tapped layer at once.
+
+For every batch of candidates the same K seeded views go through the encoder ``f`` and the
+reference ``g``; forward hooks reduce each tapped layer *inside the hook* to per-unit means over
+the views and to per-candidate view alignment, then the activations are dropped. One pass
+therefore costs about one batched forward of the views through each encoder, and memory stays
+O(N·U) (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024; SSLMem:
+Wang et al., *Memorization in Self-Supervised Learning Improves Downstream Generalization*,
+ICLR 2024).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Sampler
+
+from lightning_memloc.errors import ArchitectureMismatchError, NonFiniteActivationError
+from lightning_memloc.functional import alignment
+from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.report import MemorizationReport
+from lightning_memloc.taps import LayerSpec, LayerTaps, flat_representation, resolve_layers, unit_activations
+from lightning_memloc.views import SeededViews
+
+Candidates = Union[Tensor, Dataset]
+_PAIRINGS = ("all", "anchor")
+_REDUCTIONS = ("mean", "median")
+_NEGATIVE = ("clamp", "shift", "error")
+
+
+@contextmanager
+def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Put models in eval mode and give every submodule back its own previous mode afterwards.
+
+    Restoring module by module keeps mixed states (e.g. a frozen BatchNorm in eval inside a
+    model in train mode) intact; ``requires_grad`` is never touched.
+    """
+    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    try:
+        for model in models:
+            if model is not None:
+                model.eval()
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    """Device of the first parameter (or buffer) and dtype of the first floating one."""
+    device, dtype = torch.device("cpu"), torch.float32
+    tensors = list(model.parameters()) + list(model.buffers())
+    if tensors:
+        device = tensors[0].device
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            dtype = tensor.dtype
+            break
+    return device, dtype
+
+
+def _forward_reduce(
+    model: nn.Module,
+    inputs: Tensor,
+    names: Sequence[str],
+    batch: int,
+    views: int,
+    *,
+    units: bool,
+    align: bool,
+    anchor: bool,
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    """Forward ``inputs`` (B·K views [+ B anchors]) and reduce every tapped layer in its hook."""
+    unit_means: Dict[str, Tensor] = {}
+    aligns: Dict[str, Tensor] = {}
+    n_views = batch * views
+
+    def reduce(name: str, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if out.dtype not in (torch.float32, torch.float64):
+            out = out.float()
+        if units:
+            unit_means[name] = unit_activations(out[:n_views]).reshape(batch, views, -1).mean(dim=1)
+        if align:
+            rep = flat_representation(out)
+            anchors = rep[n_views:] if anchor else None
+            aligns[name] = alignment(rep[:n_views].reshape(batch, views, -1), anchor=anchors)
+
+    device, dtype = model_device_dtype(model)
+    with LayerTaps(model, names, reduce):
+        model(inputs.to(device=device, dtype=dtype, non_blocking=True))
+    return unit_means, aligns
+
+
+def probe_layers(
+    encoder: nn.Module,
+    reference: Optional[nn.Module],
+    layers: Union[str, Sequence[str]],
+    example: Tensor,
+) -> Tuple[List[LayerSpec], Dict[str, int]]:
+    """Resolve the layers on ``encoder``, count their units and check ``reference`` matches.
+
+    Args:
+        encoder: the encoder ``f``.
+        reference: the reference ``g`` or ``None``.
+        layers: ``"auto"`` or layer names.
+        example: a small input batch.
+
+    Returns:
+        The layer specs and the number of units per layer.
+
+    Raises:
+        ArchitectureMismatchError: a layer is missing in ``reference`` or has another shape.
+    """
+    device, dtype = model_device_dtype(encoder)
+    with eval_mode(encoder, reference), torch.no_grad():
+        specs = resolve_layers(encoder, layers, example.to(device=device, dtype=dtype))
+        names = [spec.name for spec in specs]
+
+        def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+            found: Dict[str, Tuple[int, ...]] = {}
+
+            def grab(name: str, output: Any) -> None:
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                found[name] = tuple(out.shape[1:])
+
+            dev, dt = model_device_dtype(model)
+            with LayerTaps(model, names, grab):
+                model(example.to(device=dev, dtype=dt))
+            return found
+
+        encoder_shapes = shapes(encoder)
+        if reference is not None:
+            modules = dict(reference.named_modules())
+            missing = [n for n in names if n not in modules]
+            if missing:
+                raise ArchitectureMismatchError(
+                    f"`reference` has no layers {missing} that the encoder has: encoder and reference must share "
+                    "the architecture (the reference is the same model trained without the candidates)."
+                )
+            reference_shapes = shapes(reference)
+            for name in names:
+                if reference_shapes.get(name) != encoder_shapes.get(name):
+                    raise ArchitectureMismatchError(
+                        f"layer {name!r} outputs shape {encoder_shapes.get(name)} in the encoder but "
+                        f"{reference_shapes.get(name)} in `reference`: encoder and reference must share the architecture."
+                    )
+    num_units = {}
+    for name in names:
+        shape = encoder_shapes[name]
+        num_units[name] = shape[0] if len(shape) in (1, 3) else shape[-1]
+    return specs, num_units
+
+
+def _validate(views: int, batch_size: int, pairing: str, reduction: str, negative: str, top_k: int,
+              reference: Optional[nn.Module], encoder: nn.Module, num_workers: int) -> None:
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"`encoder` must be a torch.nn.Module, got {type(encoder).__name__}.")
+    if reference is not None and not isinstance(reference, nn.Module):
+        raise TypeError(
+            f"`reference` must be a torch.nn.Module or None, got {type(reference).__name__} "
+            "(load checkpoints with `lightning_memloc.load_encoder`)."
+        )
+    if reference is encoder:
+        raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
+    for name, value, low in (("views", views, 1), ("batch_size", batch_size, 1), ("top_k", top_k, 1), ("num_workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+    if pairing not in _PAIRINGS:
+        raise ValueError(f"`pairing` must be one of {_PAIRINGS}, got {pairing!r}.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+    if negative not in _NEGATIVE:
+        raise ValueError(f"`negative` must be one of {_NEGATIVE}, got {negative!r}.")
+    if reference is not None and pairing == "all" and views < 2:
+        raise ValueError(
+            f"LayerMem with pairing='all' compares pairs of views and needs `views` >= 2, got {views}: "
+            "raise `views` or use pairing='anchor'."
+        )
+
+
+def build_views(
+    candidates: Union[Candidates, SeededViews], views: int, transform: Optional[Callable], seed: int, labels: Optional[Tensor]
+) -> SeededViews:
+    """Wrap ``candidates`` into a :class:`~lightning_memloc.views.SeededViews` (validated)."""
+    if isinstance(candidates, SeededViews):
+        return candidates
+    if isinstance(candidates, Tensor) and candidates.ndim in (3, 5):
+        views = None  # precomputed views (N, K, ...) are used as they are
+    return SeededViews(candidates, views=views, transform=transform, seed=seed, labels=labels)
+
+
+def run_pass(
+    encoder: nn.Module,
+    reference: Optional[nn.Module],
+    views: SeededViews,
+    specs: Sequence[LayerSpec],
+    meter: MemorizationMeter,
+    *,
+    batch_size: int,
+    pairing: str = "all",
+    num_workers: int = 0,
+    sampler: Optional[Sampler] = None,
+    progress: bool = False,
+    desc: str = "memloc",
+    epoch: Optional[int] = None,
+    world_size: int = 1,
+) -> None:
+    """Stream the views of every candidate through ``encoder`` (and ``reference``) into ``meter``.
+
+    Both models run in eval mode under ``no_grad`` and get their previous modes back, also on
+    error or ``KeyboardInterrupt``; hooks are always removed.
+    """
+    names = [spec.name for spec in specs]
+    device = next(iter(meter.buffers()), torch.empty(0)).device
+    anchor = pairing == "anchor"
+    loader = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler)
+    nonfinite: Dict[str, Tensor] = {}
+    iterator: Any = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+    with eval_mode(encoder, reference), torch.no_grad():
+        for index, x, label in iterator:
+            index = torch.as_tensor(index, dtype=torch.long)
+            batch_views = views.finalize(x, index, device)
+            b, k = batch_views.shape[:2]
+            inputs = batch_views.reshape(b * k, *batch_views.shape[2:])
+            if anchor:
+                inputs = torch.cat([inputs, views.anchors(index).to(inputs)])
+            units, align_f = _forward_reduce(encoder, inputs, names, b, k, units=True,
+                                             align=reference is not None, anchor=anchor)
+            align_g = None
+            if reference is not None:
+                _, align_g = _forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
+                align_g = {n: a.to(device) for n, a in align_g.items()}
+            for name in names:
+                bad = ~torch.isfinite(units[name]).all()
+                if reference is not None:
+                    bad = bad | ~torch.isfinite(align_f[name]).all() | ~torch.isfinite(align_g[name]).all()
+                nonfinite[name] = nonfinite.get(name, torch.zeros((), dtype=torch.bool, device=bad.device)) | bad
+            labels = torch.as_tensor(label, dtype=torch.long).to(device) if meter.has_labels else None
+            meter.update(index.to(device), {n: u.to(device) for n, u in units.items()},
+                         None if reference is None else {n: a.to(device) for n, a in align_f.items()}, align_g, labels)
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
+        flags = torch.stack([nonfinite.get(n, torch.zeros((), dtype=torch.bool, device=device)) for n in names]).to(device)
+        flags = flags.to(torch.uint8)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        nonfinite = {n: flags[i].bool() for i, n in enumerate(names)}
+    bad_layers = [name for name, flag in nonfinite.items() if bool(flag)]
+    if bad_layers:
+        where = "" if epoch is None else f" at epoch {epoch}"
+        raise NonFiniteActivationError(
+            f"layers {bad_layers} produced NaN or inf activations{where}: the encoder (or reference) has diverged or "
+            "its inputs are not finite; check the loss and learning rate, or exclude these layers with `layers=[...]`."
+        )
+
+
+def measure(
+    encoder: nn.Module,
+    candidates: Union[Candidates, SeededViews],
+    *,
+    reference: Optional[nn.Module] = None,
+    views: int = 10,
+    transform: Optional[Callable] = None,
+    layers: Union[str, Sequence[str]] = "auto",
+    seed: int = 0,
+    batch_size: int = 32,
+    labels: Optional[Tensor] = None,
+    pairing: str = "all",
+    reduction: str = "mean",
+    negative: str = "clamp",
+    top_k: int = 50,
+    candidate_ids: Optional[Tensor] = None,
+    num_workers: int = 0,
+    progress: bool = False,
+    state_dtype: torch.dtype = torch.float32,
+    meta: Optional[Dict[str, Any]] = None,
+) -> MemorizationReport:
+    """Measure UnitMem (and ClassMem, SSLMem, LayerMem, ΔLayerMem) of every layer in one pass.
+
+    Args:
+        encoder: the SSL encoder ``f`` (trained on the candidates).
+        candidates: images (N, C, H, W) (uint8 or float in [0, 1]), precomputed views
+            (N, K, C, H, W) used as is, or a ``Dataset`` of images or ``(image, label)``.
+        reference: encoder ``g`` of the same architecture trained without the candidates;
+            enables SSLMem / LayerMem.
+        views: K, augmented views per candidate (ignored for precomputed views).
+        transform: per-image view transform (torchvision / lightly), a batched augmentation
+            (:class:`~lightning_memloc.views.BatchedSimCLRAugment`), or ``None`` for the default
+            batched SimCLR augmentation.
+        layers: ``"auto"`` or module names as in ``named_modules()``.
+        seed: view seed; the same seed gives the same views on every call, batch size and device.
+        batch_size: candidates per step (each contributes K views to the forward batch).
+        labels: (N,) class labels for ClassMem (also read from ``(image, label)`` datasets).
+        pairing: ``"all"`` view pairs (SSLMem's definition) or ``"anchor"`` (views vs the
+            un-augmented image, as in the authors' code).
+        reduction: μ-max over the other candidates, ``"mean"`` (paper) or ``"median"`` (authors' code).
+        negative: policy for negative activations: ``"clamp"``, ``"shift"`` or ``"error"``.
+        top_k: size of the top-k / least-k candidate groups for LayerMem.
+        candidate_ids: (N,) ids to report candidates by (default ``0..N-1``).
+        num_workers: DataLoader workers generating views.
+        progress: show a progress bar.
+        state_dtype: dtype of the accumulated metric states.
+        meta: extra settings to record in the report (e.g. ``{"epoch": 3}``).
+
+    Returns:
+        A :class:`~lightning_memloc.MemorizationReport`.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc import measure
+        >>> from lightning_memloc.models import TinyCNN
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> f, g = TinyCNN(), TinyCNN()
+        >>> images = torch.rand(6, 3, 16, 16)
+        >>> report = measure(f, images, reference=g, views=4, top_k=2)
+        >>> len(report.layers), report.has_reference
+        (3, True)
+    """
+    _validate(views, batch_size, pairing, reduction, negative, top_k, reference, encoder, num_workers)
+    view_set = build_views(candidates, views, transform, seed, labels)
+    n = len(view_set)
+    if n < 2:
+        raise ValueError(
+            f"UnitMem compares a candidate with the others and needs at least 2 candidates, got {n}: pass more candidates."
+        )
+    ids = torch.arange(n) if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
+    if ids.shape != (n,):
+        raise ValueError(f"`candidate_ids` must have shape ({n},), got {tuple(ids.shape)}.")
+    device, _ = model_device_dtype(encoder)
+    example = view_set.example_batch(device)
+    specs, num_units = probe_layers(encoder, reference, layers, example)
+    meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
+                              reduction=reduction, negative=negative, top_k=top_k, state_dtype=state_dtype).to(device)
+    run_pass(encoder, reference, view_set, specs, meter, batch_size=batch_size, pairing=pairing,
+             num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"))
+    settings = {"views": view_set.views, "seed": view_set.seed, "pairing": pairing, "reduction": reduction,
+                "negative": negative, "top_k": min(top_k, n), "num_candidates": n}
+    settings.update(meta or {})
+    return meter.compute_report(ids, settings)

@@ -1,0 +1,178 @@
+"""``MemorizationMeter``: the streaming metric states of one measurement pass.
+
+One meter holds, for every tapped layer, a :class:`~lightning_memloc.metrics.UnitMem` (and a
+:class:`~lightning_memloc.metrics.ClassMem` when labels are known) and, with a reference encoder,
+one multi-layer :class:`~lightning_memloc.metrics.LayerMem`. States are indexed by candidate id
+and reduced with ``sum`` across processes, so sharded (DDP) passes give the single-process
+answer; nothing larger than O(N·U) per layer is kept (Wang et al., *Localizing Memorization in
+SSL Vision Encoders*, NeurIPS 2024).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
+from lightning_memloc.report import MemorizationReport
+from lightning_memloc.taps import LayerSpec
+
+
+def state_bytes(
+    num_candidates: int,
+    num_units: Mapping[str, int],
+    *,
+    reference: bool,
+    labels: bool,
+    dtype: torch.dtype = torch.float32,
+) -> int:
+    """Bytes held by a meter's states (before any result is computed).
+
+    UnitMem keeps a sum per candidate per unit and a count per candidate (ClassMem adds two
+    int64 label states per candidate), LayerMem two sums and a count per candidate per layer.
+
+    Example:
+        >>> state_bytes(50_000, {"a": 2048}, reference=False, labels=False)
+        409800000
+    """
+    item = torch.empty((), dtype=dtype).element_size()
+    per_layer = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
+                    for units in num_units.values())
+    total = per_layer
+    if reference:
+        total += 3 * num_candidates * len(num_units) * item
+    return int(total)
+
+
+class MemorizationMeter(nn.Module):
+    """Streaming UnitMem / ClassMem / LayerMem states for a set of layers.
+
+    Args:
+        layers: the tapped layers, in forward order.
+        num_units: layer name -> number of units.
+        num_candidates: size of the candidate set (ids are ``0 .. num_candidates - 1``).
+        reference: whether alignments of a reference encoder will be given (LayerMem).
+        labels: whether labels will be given (ClassMem).
+        reduction: ``"mean"`` (the paper) or ``"median"`` (the authors' code) for μ-max.
+        negative: policy for negative activations, see
+            :func:`lightning_memloc.functional.apply_negative_policy`.
+        top_k: size of the top-k / least-k candidate groups for LayerMem.
+        state_dtype: dtype of the accumulated states.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.taps import LayerSpec
+        >>> m = MemorizationMeter([LayerSpec("a", "linear")], {"a": 2}, 3, reference=False, labels=False)
+        >>> m.update(torch.arange(3), {"a": torch.tensor([[1., 0.], [0., 1.], [0., 1.]])})
+        >>> r = m.compute_report(torch.arange(3))
+        >>> r.unit_mem["a"].tolist()
+        [1.0, 0.3333333432674408]
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerSpec],
+        num_units: Mapping[str, int],
+        num_candidates: int,
+        *,
+        reference: bool,
+        labels: bool,
+        reduction: str = "mean",
+        negative: str = "clamp",
+        top_k: int = 50,
+        state_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.names = [spec.name for spec in self.layers]
+        self.num_candidates = num_candidates
+        self.has_reference = reference
+        self.has_labels = labels
+        # With labels one ClassMem per layer serves UnitMem too (same states, stored once).
+        metric_class = ClassMem if labels else UnitMem
+        self.units = nn.ModuleList(
+            metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype)
+            for n in self.names
+        )
+        self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype) if reference else None
+
+    def update(
+        self,
+        index: Tensor,
+        unit_means: Mapping[str, Tensor],
+        align_encoder: Optional[Mapping[str, Tensor]] = None,
+        align_reference: Optional[Mapping[str, Tensor]] = None,
+        labels: Optional[Tensor] = None,
+    ) -> None:
+        """Add one batch: per-layer (B, U) unit means and (B,) alignments of candidates ``index``."""
+        if self.has_labels and labels is None:
+            raise ValueError("this meter was built with labels=True: pass `labels` to update().")
+        for name, metric in zip(self.names, self.units):
+            if self.has_labels:
+                metric.update(unit_means[name], index, labels)
+            else:
+                metric.update(unit_means[name], index)
+        if self.layer_mem is not None:
+            if align_encoder is None or align_reference is None:
+                raise ValueError("this meter was built with reference=True: pass both alignments to update().")
+            self.layer_mem.update(
+                torch.stack([align_encoder[n] for n in self.names]),
+                torch.stack([align_reference[n] for n in self.names]),
+                index,
+            )
+
+    def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None) -> MemorizationReport:
+        """Compute every metric (collective under DDP: call on every rank) into a report.
+
+        Args:
+            candidate_ids: (N,) user-facing ids of the candidates, by position.
+            meta: settings recorded in the report.
+        """
+        ids = candidate_ids.detach().cpu().long()
+        unit_mem: Dict[str, Tensor] = {}
+        unit_argmax: Dict[str, Tensor] = {}
+        dead: Dict[str, Tensor] = {}
+        class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
+        for name, metric in zip(self.names, self.units):
+            out = metric.compute()
+            unit_mem[name] = out["unit_mem"].detach().float().cpu()
+            unit_argmax[name] = ids[out["unit_argmax" if self.has_labels else "argmax"].detach().cpu().long()]
+            dead[name] = out["dead"].detach().cpu().bool()
+            if class_mem is not None:
+                class_mem[name] = out["class_mem"].detach().float().cpu()
+        kwargs: Dict[str, Any] = {}
+        if self.layer_mem is not None:
+            out = self.layer_mem.compute()
+            seen = out["candidate_ids"].detach().cpu().long()
+            if seen.numel() != ids.numel():
+                missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
+                raise RuntimeError(f"LayerMem saw {seen.numel()} of {ids.numel()} candidates; missing positions {missing}.")
+            kwargs = {
+                "sslmem": {n: out["sslmem"][i].detach().float().cpu() for i, n in enumerate(self.names)},
+                "sslmem_raw": {n: out["sslmem_raw"][i].detach().float().cpu() for i, n in enumerate(self.names)},
+                "layer_mem": {n: float(out["layer_mem"][i]) for i, n in enumerate(self.names)},
+                "delta_layer_mem": {n: float(out["delta_layer_mem"][i]) for i, n in enumerate(self.names)},
+                "layer_mem_top": {n: float(out["layer_mem_top"][i]) for i, n in enumerate(self.names)},
+                "layer_mem_least": {n: float(out["layer_mem_least"][i]) for i, n in enumerate(self.names)},
+                "top_ids": ids[out["top_ids"].detach().cpu().long()],
+                "least_ids": ids[out["least_ids"].detach().cpu().long()],
+            }
+        return MemorizationReport(
+            layers=list(self.names),
+            layer_kinds={spec.name: spec.kind for spec in self.layers},
+            candidate_ids=ids,
+            unit_mem=unit_mem,
+            unit_argmax=unit_argmax,
+            dead_units=dead,
+            class_mem=class_mem,
+            meta=dict(meta or {}),
+            **kwargs,
+        )
+
+    def reset(self) -> None:
+        """Clear every state (start a new pass)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset") and hasattr(module, "_defaults"):
+                module.reset()
