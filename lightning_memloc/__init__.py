@@ -6,6 +6,8 @@ Memorization in SSL Vision Encoders* (NeurIPS 2024), on top of SSLMem (Wang et a
 torchmetrics, a one-pass ``measure()`` function and PyTorch Lightning callbacks.
 """
 
+from lightning_memloc.callbacks import MemorizationMonitor
+from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
 from lightning_memloc.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -14,6 +16,7 @@ from lightning_memloc.errors import (
     NonFiniteActivationError,
     ReportFormatError,
 )
+from lightning_memloc.loading import load_encoder
 from lightning_memloc.measure import measure
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
@@ -27,15 +30,19 @@ __all__ = [
     "BatchedSimCLRAugment",
     "CheckpointError",
     "ClassMem",
+    "CoTrainedPair",
     "LayerMem",
     "LayerNotFoundError",
     "MemlocError",
     "MemorizationMeter",
+    "MemorizationMonitor",
     "MemorizationReport",
     "NonFiniteActivationError",
     "ReportFormatError",
     "SeededViews",
     "UnitMem",
+    "cotraining_loader",
+    "load_encoder",
     "make_views",
     "measure",
 ]

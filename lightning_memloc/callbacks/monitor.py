@@ -1,0 +1,272 @@
+"""``MemorizationMonitor``: UnitMem and LayerMem of a held-out candidate set while an SSL encoder trains.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure where an
+encoder memorizes: UnitMem per unit, LayerMem / ΔLayerMem per layer (SSLMem against a reference
+encoder that never saw the candidates). This callback runs that measurement (the same
+:func:`~lightning_memloc.measure.run_pass` that :func:`~lightning_memloc.measure` uses) every N
+epochs, logs it to every attached logger (TensorBoard gets histograms, image grids and a
+custom-scalars layout too), keeps a per-epoch history that survives checkpoint/resume, and
+shards the candidates across DDP ranks with results identical to a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.utils.data import Dataset, DistributedSampler
+
+from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
+from lightning_memloc.io import atomic_write_text, check_writable_dir
+from lightning_memloc.loading import load_encoder, resolve_module
+from lightning_memloc.measure import _validate, build_views, eval_mode, model_device_dtype, probe_layers, run_pass
+from lightning_memloc.meter import MemorizationMeter, state_bytes
+from lightning_memloc.report import MemorizationReport
+from lightning_memloc.taps import LayerSpec
+
+ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
+
+
+class MemorizationMonitor(Callback):
+    r"""Measure UnitMem / ClassMem / SSLMem / LayerMem on held-out candidates during training.
+
+    Measures at the end of every ``every_n_epochs``-th training epoch and, if the last epoch was
+    not measured, at the end of training (optionally also before the first epoch). Results:
+
+    - ``monitor.report``: the latest :class:`~lightning_memloc.MemorizationReport`;
+    - ``monitor.meter``: the torchmetrics (``UnitMem`` per layer, ``LayerMem``) of the latest pass;
+    - ``monitor.history``: one dict of scalars per measurement (epoch, global step, per-layer
+      LayerMem, ΔLayerMem, mean UnitMem, fraction above ``threshold``, dead units);
+    - logged scalars (``memloc/...`` tags, also in ``trainer.callback_metrics``), TensorBoard
+      histograms, image grids and a custom-scalars layout, all at ``trainer.global_step``.
+
+    Args:
+        candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W)
+            or a ``Dataset`` (see :func:`~lightning_memloc.measure`).
+        every_n_epochs: measure every N training epochs (≥ 1).
+        views: K augmented views per candidate.
+        transform: view transform (per-image or batched); ``None`` for the default batched
+            SimCLR augmentation.
+        layers: ``"auto"`` or module names of the encoder.
+        encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``,
+            ``"model.encoder"``), a callable ``pl_module -> nn.Module``, a module, or ``None``
+            for the LightningModule itself.
+        reference: the reference encoder ``g`` for LayerMem: ``None`` (UnitMem only), a frozen
+            ``nn.Module``, a checkpoint path (loaded with ``weights_only=True`` into a copy of
+            the encoder), or an attribute path on the LightningModule (a co-trained reference).
+        seed: view seed; the same views at every measurement, on every device and rank.
+        batch_size: candidates per forward step (each contributes K views).
+        labels: (N,) labels for ClassMem.
+        pairing, reduction, negative, top_k: see :func:`~lightning_memloc.measure`.
+        threshold: UnitMem above which a unit counts as highly memorizing in the logs.
+        measure_on_train_start: also measure before the first epoch (the untrained baseline).
+        grid_size: images in each TensorBoard grid of most / least memorized candidates (0: none).
+        log_histograms: log a UnitMem histogram per layer to TensorBoard.
+        output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
+        progress: show a progress bar during each measurement pass.
+        num_workers: DataLoader workers generating views.
+        memory_limit: bytes the metric states may take; a larger candidate set raises before
+            training starts (``None``: 25 % of the device memory, warning only).
+
+    Example:
+        >>> import pytorch_lightning as pl, torch
+        >>> from lightning_memloc import MemorizationMonitor
+        >>> monitor = MemorizationMonitor(torch.rand(8, 3, 16, 16), every_n_epochs=1, views=2,
+        ...                               encoder="backbone", reference="reference")
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[monitor], logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False)
+    """
+
+    def __init__(
+        self,
+        candidates: Union[Tensor, Dataset],
+        *,
+        every_n_epochs: int = 1,
+        views: int = 10,
+        transform: Optional[Callable] = None,
+        layers: Union[str, Sequence[str]] = "auto",
+        encoder: ModuleSpec = None,
+        reference: Union[ModuleSpec, os.PathLike] = None,
+        seed: int = 0,
+        batch_size: int = 32,
+        labels: Optional[Tensor] = None,
+        pairing: str = "all",
+        reduction: str = "mean",
+        negative: str = "clamp",
+        top_k: int = 50,
+        threshold: float = 0.5,
+        measure_on_train_start: bool = False,
+        grid_size: int = 8,
+        log_histograms: bool = True,
+        output_dir: Optional[Union[str, os.PathLike]] = None,
+        progress: bool = True,
+        num_workers: int = 0,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"`every_n_epochs` must be an int >= 1, got {every_n_epochs!r}.")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 0:
+            raise ValueError(f"`grid_size` must be an int >= 0, got {grid_size!r}.")
+        if reference is not None and not isinstance(reference, (str, os.PathLike, nn.Module)) and not callable(reference):
+            raise TypeError(
+                f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."
+            )
+        # The reference may still be a path or an attribute: validate the rest with a stand-in.
+        _validate(views, batch_size, pairing, reduction, negative, top_k, None if reference is None else nn.Identity(),
+                  nn.Identity(), num_workers)
+        self.views = build_views(candidates, views, transform, seed, labels)
+        if len(self.views) < 2:
+            raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
+        self.every_n_epochs = every_n_epochs
+        self.layers = layers
+        self.encoder_spec = encoder
+        self.reference_spec = reference
+        self.batch_size, self.pairing, self.reduction, self.negative = batch_size, pairing, reduction, negative
+        self.top_k, self.threshold, self.grid_size = top_k, float(threshold), grid_size
+        self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.progress, self.num_workers, self.memory_limit = progress, num_workers, memory_limit
+        self.history: List[Dict[str, Any]] = []
+        self.report: Optional[MemorizationReport] = None
+        self.meter: Optional[MemorizationMeter] = None
+        self._specs: Optional[List[LayerSpec]] = None
+        self._num_units: Dict[str, int] = {}
+        self._reference: Optional[nn.Module] = None
+        self._layout_written = False
+
+    # ----------------------------------------------------------------- set-up
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_epochs=self.every_n_epochs, seed=self.views.seed,
+                                         num_candidates=len(self.views))
+
+    def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The encoder being monitored inside ``pl_module``."""
+        spec = self.encoder_spec
+        if callable(spec) and not isinstance(spec, nn.Module):
+            module = spec(pl_module)
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"`encoder` callable returned {type(module).__name__}, expected an nn.Module.")
+            return module
+        return resolve_module(pl_module, spec, "encoder")
+
+    def reference(self, pl_module: pl.LightningModule) -> Optional[nn.Module]:
+        """The reference encoder (``None`` without one)."""
+        spec = self.reference_spec
+        if spec is None:
+            return None
+        if isinstance(spec, nn.Module):
+            return spec
+        if callable(spec):
+            return spec(pl_module)
+        if isinstance(spec, os.PathLike) or str(spec).endswith((".ckpt", ".pt", ".pth")) or os.sep in str(spec):
+            if self._reference is None:
+                self._reference = load_encoder(spec, like=self.encoder(pl_module))
+            return self._reference
+        return resolve_module(pl_module, spec, "reference")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve encoder, reference and layers and check every setting before training starts."""
+        if stage != "fit":
+            return
+        if self.output_dir is not None and trainer.is_global_zero:
+            check_writable_dir(self.output_dir, argument="output_dir")
+        encoder = self.encoder(pl_module)
+        reference = self.reference(pl_module)
+        if reference is encoder:
+            raise ValueError("`reference` resolves to the monitored encoder itself: pass a separately trained encoder.")
+        device, _ = model_device_dtype(encoder)
+        self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
+        self._check_memory(device, reference is not None)
+
+    def _example(self, device: torch.device) -> Tensor:
+        return self.views.example_batch(device)
+
+    def _check_memory(self, device: torch.device, with_reference: bool) -> None:
+        need = state_bytes(len(self.views), self._num_units, reference=with_reference, labels=self.views.has_labels)
+        limit = self.memory_limit
+        if limit is not None and need > limit:
+            raise MemoryError(
+                f"the monitor's metric states need {need / 2**20:.0f} MiB, over `memory_limit`={limit / 2**20:.0f} MiB: "
+                "use fewer candidates or fewer/narrower `layers`, or raise `memory_limit`."
+            )
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+        if limit is None and total is not None and need > total // 4:
+            rank_zero_info(f"[memloc] metric states need {need / 2**20:.0f} MiB, over a quarter of the GPU's memory.")
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.measure_on_train_start and not self.history:
+            self._measure(trainer, pl_module, epoch=-1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every_n_epochs == 0:
+            self._measure(trainer, pl_module, epoch=epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
+        measured = [h["epoch"] for h in self.history]
+        if trainer.global_step > 0 and (not measured or max(measured) < last):
+            self._measure(trainer, pl_module, epoch=last)
+
+    # ------------------------------------------------------------ measurement
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> MemorizationReport:
+        encoder, reference = self.encoder(pl_module), self.reference(pl_module)
+        device, _ = model_device_dtype(encoder)
+        if reference is not None and reference not in list(pl_module.modules()):
+            reference.to(device)
+        if self._specs is None:
+            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
+        meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
+                                  labels=self.views.has_labels, reduction=self.reduction,
+                                  negative=self.negative, top_k=self.top_k).to(device)
+        sampler = None
+        if trainer.world_size > 1:
+            sampler = DistributedSampler(self.views, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        run_pass(encoder, reference, self.views, self._specs, meter, batch_size=self.batch_size, pairing=self.pairing,
+                 num_workers=self.num_workers, sampler=sampler, progress=self.progress and trainer.is_global_zero,
+                 desc=f"memloc epoch {epoch}", epoch=epoch, world_size=trainer.world_size)
+        meta = {"views": self.views.views, "seed": self.views.seed, "pairing": self.pairing, "reduction": self.reduction,
+                "negative": self.negative, "top_k": min(self.top_k, len(self.views)), "epoch": epoch,
+                "global_step": trainer.global_step, "num_candidates": len(self.views)}
+        report = meter.compute_report(torch.arange(len(self.views)), meta)
+        self.report, self.meter = report, meter
+        scalars = report_scalars(report, self.threshold)
+        self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
+        self._log(trainer, report, scalars)
+        if self.output_dir is not None and trainer.is_global_zero:
+            report.save(self.output_dir / f"report_epoch={epoch}.json")
+            atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
+        return report
+
+    def _log(self, trainer: pl.Trainer, report: MemorizationReport, scalars: Dict[str, float]) -> None:
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                images = self.views.anchors if self.grid_size else None
+                log_tensorboard(logger.experiment, report, step, images=images, grid_size=self.grid_size,
+                                histograms=self.log_histograms, layout=not self._layout_written)
+                self._layout_written = True
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        return {"history": list(self.history), "report": None if self.report is None else self.report.to_dict()}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        report = state_dict.get("report")
+        self.report = None if report is None else MemorizationReport.from_dict(report)

@@ -1,0 +1,71 @@
+"""A minimal SimCLR model (lightly's projection head and NT-Xent loss) for examples and the demo.
+
+SimCLR: Chen et al., *A Simple Framework for Contrastive Learning of Visual Representations*
+(ICML 2020). Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) study
+memorization of SimCLR-trained ResNet9 encoders on CIFAR-10; this module reproduces that set-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from torch import Tensor, nn
+
+
+def _as_float(images: Tensor) -> Tensor:
+    return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+class SimCLR(nn.Module):
+    """Backbone + SimCLR projection head + NT-Xent loss.
+
+    Args:
+        backbone: the encoder whose memorization is measured (e.g. :class:`~lightning_memloc.models.ResNet9`).
+        feature_dim: output size of ``backbone``.
+        hidden_dim: hidden size of the projection head.
+        out_dim: output size of the projection head.
+        augment: a batched view augmentation ``(images, seeds) -> views`` (e.g.
+            :class:`~lightning_memloc.BatchedSimCLRAugment`) applied to raw image batches; if
+            ``None``, batches must already hold two views ``((v1, v2), ...)`` as produced by
+            ``lightly.transforms.SimCLRTransform``.
+        temperature: NT-Xent temperature.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc import BatchedSimCLRAugment
+        >>> from lightning_memloc.models import TinyCNN
+        >>> model = SimCLR(TinyCNN(), feature_dim=16, augment=BatchedSimCLRAugment(16))
+        >>> loss = model.training_loss((torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8), torch.zeros(4)))
+        >>> loss.ndim
+        0
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int = 512, out_dim: int = 128,
+                 augment: Optional[nn.Module] = None, temperature: float = 0.5) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(feature_dim, hidden_dim, out_dim)
+        self.augment = augment
+        self.criterion = NTXentLoss(temperature=temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+    def two_views(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """The two views of a training batch (augmenting raw images when ``augment`` is set)."""
+        data = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(data, (tuple, list)):
+            return _as_float(data[0]), _as_float(data[1])
+        if self.augment is None:
+            raise ValueError("batches hold raw images but `augment` is None: pass `augment=` or two-view batches.")
+        images = _as_float(data)
+        seeds = torch.randint(0, 2**62, (2, images.shape[0]), device=images.device)
+        return self.augment(images, seeds[0]), self.augment(images, seeds[1])
+
+    def training_loss(self, batch: Any) -> Tensor:
+        """NT-Xent loss of one batch."""
+        first, second = self.two_views(batch)
+        return self.criterion(self(first), self(second))

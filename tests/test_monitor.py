@@ -1,0 +1,192 @@
+"""End-to-end: MemorizationMonitor inside Trainer.fit, TensorBoard events, report files, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure
+from lightning_memloc.callbacks import MemorizationMonitor
+from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from lightning_memloc.data import split_candidates
+from lightning_memloc.models import TinyCNN
+from lightning_memloc.ssl import SimCLR
+
+LAYERS = ["conv1", "conv2", "conv3"]
+
+
+def _pair(seed: int = 0) -> CoTrainedPair:
+    torch.manual_seed(seed)
+    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
+    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    split = split_candidates(40, shared=24, candidates=8, independent=8, seed=0)
+    return images, split
+
+
+def _monitor(images, split, **kwargs):
+    defaults = dict(every_n_epochs=1, views=3, encoder="encoder.backbone", reference="reference.backbone",
+                    top_k=3, grid_size=4, progress=False)
+    defaults.update(kwargs)
+    return MemorizationMonitor(images[split.candidates], **defaults)
+
+
+def _trainer(tmp_path, callbacks, max_epochs=3, logger=True, **kwargs):
+    return pl.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, enable_progress_bar=False,
+        enable_model_summary=False, logger=TensorBoardLogger(tmp_path, name="tb", version=0) if logger else False,
+        deterministic=True, **kwargs,
+    )
+
+
+def test_fit_logs_tensorboard_and_writes_reports(tmp_path, data):
+    images, split = data
+    pl.seed_everything(0)
+    monitor = _monitor(images, split, output_dir=tmp_path / "memloc")
+    model = _pair()
+    trainer = _trainer(tmp_path, [monitor], enable_checkpointing=False)
+    trainer.fit(model, cotraining_loader(images, split, batch_size=8))
+
+    assert [h["epoch"] for h in monitor.history] == [0, 1, 2]
+    report = monitor.report
+    assert report.layers == LAYERS and report.has_reference
+    assert report.meta["epoch"] == 2
+    # The logged scalars are also in callback_metrics.
+    assert trainer.callback_metrics["memloc/layer_mem/conv3"].item() == pytest.approx(report.layer_mem["conv3"], abs=1e-6)
+
+    # The report equals a post-hoc measure() of the final weights on the same views.
+    again = measure(model.encoder.backbone, images[split.candidates], reference=model.reference.backbone, views=3,
+                    seed=0, top_k=3)
+    assert again.allclose(report, atol=1e-5)
+
+    # Files: one report per measurement and the history, loadable.
+    saved = MemorizationReport.load(tmp_path / "memloc" / "report_epoch=2.json")
+    assert saved.allclose(report)
+    assert [h["epoch"] for h in json.loads((tmp_path / "memloc" / "history.json").read_text())] == [0, 1, 2]
+
+    # TensorBoard: scalars, histograms, images and the custom-scalars layout on one x-axis.
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"),
+                           size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for layer in LAYERS:
+        assert f"memloc/layer_mem/{layer}" in tags["scalars"]
+        assert f"memloc/delta_layer_mem/{layer}" in tags["scalars"]
+        assert f"memloc/unit_mem_mean/{layer}" in tags["scalars"]
+        assert f"memloc/dead_units/{layer}" in tags["scalars"]
+        assert f"memloc_hist/unit_mem/{layer}" in tags["histograms"]
+    scalar_steps = [e.step for e in acc.Scalars("memloc/layer_mem/conv1")]
+    hist_steps = [e.step for e in acc.Histograms("memloc_hist/unit_mem/conv1")]
+    image_steps = [e.step for e in acc.Images("memloc_images/most_memorized")]
+    assert scalar_steps == hist_steps == image_steps == [h["global_step"] for h in monitor.history]
+    assert [e.value for e in acc.Scalars("memloc/layer_mem/conv3")] == pytest.approx(
+        [h["memloc/layer_mem/conv3"] for h in monitor.history], abs=1e-6)
+    assert "memloc_images/least_memorized" in tags["images"]
+    assert any("custom_scalars" in t for t in tags["tensors"])
+
+
+def test_resume_continues_the_same_history(tmp_path, data):
+    images, split = data
+
+    def run(max_epochs, ckpt_path=None, ckdir=tmp_path / "ck"):
+        pl.seed_everything(0)
+        monitor = _monitor(images, split)
+        checkpoint = ModelCheckpoint(dirpath=ckdir, save_last=True, every_n_epochs=1, save_top_k=-1)
+        trainer = _trainer(tmp_path / f"log{max_epochs}", [monitor, checkpoint], max_epochs=max_epochs, logger=False)
+        trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8), ckpt_path=ckpt_path)
+        return monitor
+
+    full = run(3, ckdir=tmp_path / "full")
+    run(2, ckdir=tmp_path / "part")
+    resumed = run(3, ckpt_path=str(tmp_path / "part" / "last.ckpt"), ckdir=tmp_path / "part")
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    for a, b in zip(full.history, resumed.history):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+def test_monitor_pass_leaves_modes_and_requires_grad(tmp_path, data):
+    images, split = data
+    seen = {}
+
+    class Spy(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):  # runs after the monitor (callback order)
+            seen["modes"] = {n: m.training for n, m in pl_module.named_modules()}
+            seen["grads"] = {n: p.requires_grad for n, p in pl_module.named_parameters()}
+
+    class Before(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            pl_module.encoder.backbone.conv1.eval()  # a mixed-mode model, like a frozen BN
+            pl_module.encoder.backbone.conv2.conv.weight.requires_grad_(False)
+            seen["before_modes"] = {n: m.training for n, m in pl_module.named_modules()}
+            seen["before_grads"] = {n: p.requires_grad for n, p in pl_module.named_parameters()}
+
+    monitor = _monitor(images, split)
+    trainer = _trainer(tmp_path, [Before(), monitor, Spy()], max_epochs=1, logger=False, enable_checkpointing=False)
+    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    assert monitor.history, "the monitor did not measure"
+    assert seen["modes"] == seen["before_modes"]
+    assert seen["grads"] == seen["before_grads"]
+
+
+def test_every_n_epochs_and_final_measurement(tmp_path, data):
+    images, split = data
+    monitor = _monitor(images, split, every_n_epochs=2, measure_on_train_start=True, reference=None)
+    trainer = _trainer(tmp_path, [monitor], max_epochs=3, logger=False, enable_checkpointing=False)
+    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    # before training, epoch 1 (every 2nd), and the last epoch at the end of training
+    assert [h["epoch"] for h in monitor.history] == [-1, 1, 2]
+    assert not monitor.report.has_reference
+
+
+def test_reference_from_checkpoint_file(tmp_path, data):
+    images, split = data
+    reference = _pair(1).reference.backbone
+    path = tmp_path / "reference.pt"
+    torch.save(reference.state_dict(), path)
+    monitor = _monitor(images, split, reference=str(path))
+    trainer = _trainer(tmp_path, [monitor], max_epochs=1, logger=False, enable_checkpointing=False)
+    model = _pair()
+    trainer.fit(model, cotraining_loader(images, split, batch_size=8))
+    again = measure(model.encoder.backbone, images[split.candidates], reference=reference, views=3, top_k=3)
+    assert again.allclose(monitor.report, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"every_n_epochs": 0}, ValueError, "every_n_epochs"),
+        ({"views": 1}, ValueError, "views"),
+        ({"threshold": 2.0}, ValueError, "threshold"),
+        ({"reference": 3}, TypeError, "reference"),
+    ],
+)
+def test_constructor_errors(data, kwargs, error, match):
+    images, split = data
+    with pytest.raises(error, match=match):
+        _monitor(images, split, **kwargs)
+
+
+def test_setup_errors_before_training(tmp_path, data):
+    images, split = data
+    model = _pair()
+    before = [p.detach().clone() for p in model.parameters()]
+    for kwargs, error in (({"encoder": "encoder.bakbone"}, AttributeError), ({"layers": ["conv9"]}, ValueError),
+                          ({"reference": str(tmp_path / "missing.ckpt")}, FileNotFoundError)):
+        trainer = _trainer(tmp_path, [_monitor(images, split, **kwargs)], max_epochs=1, logger=False,
+                           enable_checkpointing=False)
+        with pytest.raises(error):
+            trainer.fit(model, cotraining_loader(images, split, batch_size=8))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "training ran before the error"
