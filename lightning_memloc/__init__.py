@@ -6,7 +6,7 @@ Memorization in SSL Vision Encoders* (NeurIPS 2024), on top of SSLMem (Wang et a
 torchmetrics, a one-pass ``measure()`` function and PyTorch Lightning callbacks.
 """
 
-from lightning_memloc.callbacks import MemorizationMonitor
+from lightning_memloc.callbacks import MemorizationFinetuning, MemorizationMonitor, MemorizationPruning, prune_units
 from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
 from lightning_memloc.errors import (
     ArchitectureMismatchError,
@@ -21,6 +21,7 @@ from lightning_memloc.measure import measure
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.selection import select_layers, select_units
 from lightning_memloc.views import BatchedSimCLRAugment, SeededViews, make_views
 
 __version__ = "0.1.0"
@@ -35,7 +36,9 @@ __all__ = [
     "LayerNotFoundError",
     "MemlocError",
     "MemorizationMeter",
+    "MemorizationFinetuning",
     "MemorizationMonitor",
+    "MemorizationPruning",
     "MemorizationReport",
     "NonFiniteActivationError",
     "ReportFormatError",
@@ -45,4 +48,7 @@ __all__ = [
     "load_encoder",
     "make_views",
     "measure",
+    "prune_units",
+    "select_layers",
+    "select_units",
 ]

@@ -1,5 +1,7 @@
 """Lightning callbacks: the memorization monitor (and, built on it, fine-tuning and pruning)."""
 
+from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
 from lightning_memloc.callbacks.monitor import MemorizationMonitor
+from lightning_memloc.callbacks.pruning import MemorizationPruning, prune_units
 
-__all__ = ["MemorizationMonitor"]
+__all__ = ["MemorizationFinetuning", "MemorizationMonitor", "MemorizationPruning", "prune_units"]

@@ -1,0 +1,337 @@
+"""``MemorizationFinetuning``: fine-tune only the layers where an encoder memorizes most (or least).
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) find that
+memorization is localized: LayerMem grows with depth, ΔLayerMem singles out the layers that add
+the most, and fine-tuning the most memorizing layers transfers better than fine-tuning the
+last layers. This callback freezes an encoder, then unfreezes the ``k`` layers a
+:class:`~lightning_memloc.MemorizationReport` ranks highest (or lowest, random, last) while a
+head always trains. It is a :class:`~pytorch_lightning.callbacks.BaseFinetuning` that is safe
+to resume and keeps frozen BatchNorm statistics fixed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BaseFinetuning, Callback
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+
+from lightning_memloc.errors import LayerNotFoundError
+from lightning_memloc.loading import resolve_module
+from lightning_memloc.report import MemorizationReport
+from lightning_memloc.selection import LAYER_SCORES, LAYER_STRATEGIES, resolve_report, select_layers
+
+__all__ = ["MemorizationFinetuning"]
+
+ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
+HeadSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]], None]
+
+
+class ReportSource:
+    """A report, a saved report's path or a monitor, read when a callback needs the report.
+
+    A path is loaded once (on first use) and cached; a monitor is asked for its latest
+    ``report`` every time. Shared by the fine-tuning and pruning callbacks.
+    """
+
+    def __init__(self, source: Any, argument: str = "source") -> None:
+        is_path = isinstance(source, (str, os.PathLike))
+        if not (isinstance(source, MemorizationReport) or is_path or hasattr(source, "report")):
+            raise TypeError(
+                f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved report "
+                f"(report.save(path)), got {type(source).__name__}."
+            )
+        self.source, self.argument = source, argument
+        self._loaded: Optional[MemorizationReport] = source if isinstance(source, MemorizationReport) else None
+
+    @property
+    def is_monitor(self) -> bool:
+        return not isinstance(self.source, (MemorizationReport, str, os.PathLike))
+
+    def get(self) -> Optional[MemorizationReport]:
+        """The report now (``None`` while a monitor has not measured)."""
+        if self.is_monitor:
+            return resolve_report(self.source, self.argument)
+        if self._loaded is None:
+            self._loaded = resolve_report(self.source, self.argument)
+        return self._loaded
+
+    def require(self, when: str) -> MemorizationReport:
+        """The report, or a ``RuntimeError`` explaining how to make one available by ``when``."""
+        report = self.get()
+        if report is None:
+            raise RuntimeError(
+                f"`{self.argument}` is a MemorizationMonitor that has not measured yet, and a report is needed {when}: "
+                "list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` and make it measure earlier "
+                "(`measure_on_train_start=True` or a smaller `every_n_epochs`), act at a later epoch, or pass a saved "
+                "report (a MemorizationReport or the path written by `report.save(path)`)."
+            )
+        return report
+
+    def check_in_time(self, trainer: "pl.Trainer", owner: Callback, epoch: Optional[int], what: str) -> None:
+        """Fail before training when a monitor without a report cannot have measured in time.
+
+        Args:
+            trainer: the trainer being set up.
+            owner: the callback that needs the report (its position among the callbacks matters).
+            epoch: the report is needed at the start of this training epoch; ``None``: in
+                ``on_train_start`` (before the first epoch).
+            what: what needs it, for the message.
+        """
+        if not self.is_monitor or self.get() is not None or trainer.ckpt_path is not None:
+            return  # on resume the monitor's report comes back with its state
+        monitor, callbacks = self.source, list(trainer.callbacks)
+        position = {id(c): i for i, c in enumerate(callbacks)}
+        if id(monitor) not in position:
+            raise ValueError(
+                f"`{self.argument}` is a MemorizationMonitor that is not in `Trainer(callbacks=...)` and has no report, "
+                f"so {what} would never get one: add the monitor to the trainer's callbacks or pass a saved report."
+            )
+        on_start = bool(getattr(monitor, "measure_on_train_start", False))
+        every = int(getattr(monitor, "every_n_epochs", 1))
+        if epoch is None:
+            in_time = on_start and position[id(monitor)] < position.get(id(owner), len(callbacks))
+        else:
+            in_time = on_start or every <= epoch
+        if not in_time:
+            when = "before training starts" if epoch is None else f"at the start of epoch {epoch}"
+            raise ValueError(
+                f"{what} needs a report {when}, but `{self.argument}` (a MemorizationMonitor with "
+                f"every_n_epochs={every}, measure_on_train_start={on_start}) will not have measured by then: "
+                "list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` with "
+                "`measure_on_train_start=True`, act at a later epoch, or pass a saved report "
+                "(a MemorizationReport or the path written by `report.save(path)`)."
+            )
+
+
+def resolve_encoder(pl_module: "pl.LightningModule", spec: ModuleSpec, source: ReportSource) -> nn.Module:
+    """The encoder: ``spec`` (attribute path, module, callable) or, if ``None``, the monitor's encoder."""
+    if spec is None and source.is_monitor and callable(getattr(source.source, "encoder", None)):
+        return source.source.encoder(pl_module)
+    if callable(spec) and not isinstance(spec, nn.Module):
+        module = spec(pl_module)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"`encoder` callable returned {type(module).__name__}, expected an nn.Module.")
+        return module
+    return resolve_module(pl_module, spec, "encoder")
+
+
+def check_layers_exist(encoder: nn.Module, layers: Sequence[str]) -> None:
+    """Raise :class:`LayerNotFoundError` listing report layers that are not modules of ``encoder``."""
+    names = {name for name, _ in encoder.named_modules()}
+    missing = [layer for layer in layers if layer not in names]
+    if missing:
+        known = sorted(n for n in names if n)[:30]
+        raise LayerNotFoundError(
+            f"the report's layers {missing} are not modules of the encoder ({type(encoder).__name__}), whose modules "
+            f"include {known}: point `encoder=` at the module the report was measured on."
+        )
+
+
+class MemorizationFinetuning(BaseFinetuning):
+    r"""Freeze an encoder and fine-tune only the layers a memorization report picks.
+
+    ``freeze_before_training`` freezes the whole encoder (the head, if given, stays trainable).
+    From epoch ``unfreeze_at_epoch`` on, the ``k`` report layers chosen by ``strategy`` (report
+    layer names are module names inside the encoder) become trainable and their parameters are
+    added to the first optimizer in a new param group (learning rate ``lr``, default that of
+    the first group). Following Wang et al., *Localizing Memorization in SSL Vision Encoders*
+    (NeurIPS 2024), ``strategy="highest"`` with ``by="layer_mem"`` or ``"delta_layer_mem"``
+    fine-tunes where the encoder memorizes most; ``"last"`` is the conventional baseline.
+
+    The choice is made once, from the report available at the unfreeze epoch, recorded in the
+    callback's ``state_dict`` and reused on resume even if the monitor's report has changed since.
+    It depends only on the (rank-synced) report and ``seed``, so every DDP rank picks the same layers.
+
+    BatchNorm policy: with ``train_bn=False`` the BatchNorm layers of frozen parts are put in
+    ``eval`` mode at every training epoch start (``BaseFinetuning.freeze`` leaves them in train
+    mode, which normalises with batch statistics): frozen layers then compute exactly what they
+    computed before fine-tuning and their running statistics never drift. Their train mode is
+    restored at the end of training. With ``train_bn=True`` frozen BatchNorm layers keep
+    training (affine parameters and running statistics). Unfrozen layers train fully.
+
+    Resume: the param groups this callback added come back with the checkpoint, and every epoch
+    ``>= unfreeze_at_epoch`` re-applies ``requires_grad=True`` to the chosen layers and adds to
+    the optimizer only parameters it does not hold yet (compared by identity), so resuming never
+    leaves chosen layers frozen nor duplicates parameters. LR schedulers created in
+    ``configure_optimizers`` do not schedule param groups added later.
+
+    Args:
+        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor` (its latest
+            ``report`` at the unfreeze epoch is used), a
+            :class:`~lightning_memloc.MemorizationReport`, or the path of a saved report.
+        k: number of layers to unfreeze (>= 1, at most the report's layers).
+        by: ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder) or ``"unit_mem"``
+            (mean UnitMem): the ranking score of ``"highest"`` / ``"lowest"``.
+        strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k``
+            layers in forward order); see :func:`~lightning_memloc.selection.select_layers`.
+        encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``), a
+            module, a callable ``pl_module -> nn.Module``, or ``None`` (the monitor's encoder
+            when ``source`` is a monitor, else the LightningModule itself).
+        head: attribute path(s) or module(s) that always train (e.g. ``"head"``).
+        unfreeze_at_epoch: epoch (>= 0) at whose start the chosen layers unfreeze.
+        train_bn: whether BatchNorm layers of frozen parts keep training (see above).
+        seed: seed of the ``"random"`` strategy.
+        lr: learning rate of the added param group (> 0); ``None``: the first group's.
+
+    Example:
+        >>> import pytorch_lightning as pl, torch
+        >>> from lightning_memloc import MemorizationReport
+        >>> from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
+        >>> names = ["conv1", "conv2", "conv3"]
+        >>> report = MemorizationReport(layers=names, layer_kinds=dict.fromkeys(names, "conv"),
+        ...     candidate_ids=torch.arange(2), unit_mem={n: torch.zeros(4) for n in names},
+        ...     unit_argmax={n: torch.zeros(4, dtype=torch.long) for n in names},
+        ...     dead_units={n: torch.zeros(4, dtype=torch.bool) for n in names},
+        ...     layer_mem={"conv1": 0.1, "conv2": 0.3, "conv3": 0.2},
+        ...     delta_layer_mem={"conv1": 0.1, "conv2": 0.2, "conv3": -0.1})
+        >>> finetuning = MemorizationFinetuning(report, k=1, encoder="backbone", head="head")
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[finetuning], logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False)
+        >>> # trainer.fit(model) trains model.head throughout and model.backbone.conv2 from epoch 0
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        k: int = 2,
+        by: str = "layer_mem",
+        strategy: str = "highest",
+        encoder: ModuleSpec = None,
+        head: HeadSpec = None,
+        unfreeze_at_epoch: int = 0,
+        train_bn: bool = False,
+        seed: int = 0,
+        lr: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        self.source = ReportSource(source)
+        for name, value, minimum in (("k", k, 1), ("unfreeze_at_epoch", unfreeze_at_epoch, 0), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        if by not in LAYER_SCORES:
+            raise ValueError(f"`by` must be one of {', '.join(map(repr, LAYER_SCORES))}, got {by!r}.")
+        if strategy not in LAYER_STRATEGIES:
+            raise ValueError(f"`strategy` must be one of {', '.join(map(repr, LAYER_STRATEGIES))}, got {strategy!r}.")
+        if not isinstance(train_bn, bool):
+            raise TypeError(f"`train_bn` must be a bool, got {train_bn!r}.")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ValueError(f"`lr` must be None or a number > 0, got {lr!r}.")
+        if encoder is not None and not isinstance(encoder, (str, nn.Module)) and not callable(encoder):
+            raise TypeError(f"`encoder` must be None, an attribute path, an nn.Module or a callable, got {type(encoder).__name__}.")
+        heads = [] if head is None else [head] if isinstance(head, (str, nn.Module)) else list(head)
+        if not all(isinstance(h, (str, nn.Module)) for h in heads):
+            raise TypeError(f"`head` must be None, an attribute path, an nn.Module or a sequence of those, got {head!r}.")
+        self.k, self.by, self.strategy, self.encoder_spec, self.head_specs = k, by, strategy, encoder, heads
+        self.unfreeze_at_epoch, self.train_bn, self.seed, self.lr = unfreeze_at_epoch, train_bn, seed, lr
+        self.chosen_layers: Optional[List[str]] = None
+        self._bn_in_eval: Dict[int, _BatchNorm] = {}
+        self._optimizers: List[Optimizer] = []
+
+    # ------------------------------------------------------------ resolution
+    def encoder(self, pl_module: "pl.LightningModule") -> nn.Module:
+        """The encoder inside ``pl_module`` whose layers the report names."""
+        return resolve_encoder(pl_module, self.encoder_spec, self.source)
+
+    def heads(self, pl_module: "pl.LightningModule") -> List[nn.Module]:
+        """The modules that always train."""
+        return [resolve_module(pl_module, spec, "head") for spec in self.head_specs]
+
+    def _choose(self, pl_module: "pl.LightningModule", epoch: int) -> List[str]:
+        if self.chosen_layers is None:
+            report = self.source.require(f"to choose the layers to unfreeze at epoch {epoch}")
+            check_layers_exist(self.encoder(pl_module), report.layers)
+            self.chosen_layers = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)
+            rank_zero_info(f"[memloc] fine-tuning layers {self.chosen_layers} (strategy={self.strategy!r}, by={self.by!r}).")
+        return self.chosen_layers
+
+    def _trainable_modules(self, pl_module: "pl.LightningModule", epoch: int) -> List[nn.Module]:
+        modules = self.heads(pl_module)
+        if epoch >= self.unfreeze_at_epoch and self.chosen_layers is not None:
+            encoder = self.encoder(pl_module)
+            check_layers_exist(encoder, self.chosen_layers)
+            modules += [encoder.get_submodule(name) for name in self.chosen_layers]
+        return modules
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Resolve encoder and head, check the report against the encoder, then freeze."""
+        encoder = self.encoder(pl_module)
+        self.heads(pl_module)
+        if stage == "fit":
+            report = self.source.get()
+            if report is not None:
+                check_layers_exist(encoder, report.layers)
+                select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # validates k / by
+            self.source.check_in_time(trainer, self, self.unfreeze_at_epoch, "MemorizationFinetuning")
+        super().setup(trainer, pl_module, stage)
+
+    def freeze_before_training(self, pl_module: "pl.LightningModule") -> None:
+        """Freeze the whole encoder (BatchNorm too unless ``train_bn``); heads stay trainable."""
+        self.freeze(self.encoder(pl_module), train_bn=self.train_bn)
+        for head in self.heads(pl_module):
+            self.make_trainable(head)
+
+    def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._optimizers = list(trainer.optimizers)
+        super().on_train_epoch_start(trainer, pl_module)  # calls finetune_function per optimizer
+        self._sync_bn_modes(pl_module, trainer.current_epoch)
+
+    def finetune_function(self, pl_module: "pl.LightningModule", epoch: int, optimizer: Optimizer) -> None:
+        """Idempotent: every epoch >= ``unfreeze_at_epoch`` re-enables the chosen layers.
+
+        Parameters are added to the first optimizer only, and only if no optimizer holds them
+        yet (checked by identity, unlike ``BaseFinetuning.filter_on_optimizer``).
+        """
+        if self._optimizers and optimizer is not self._optimizers[0]:
+            return
+        if epoch >= self.unfreeze_at_epoch:
+            self._choose(pl_module, epoch)
+        modules = self._trainable_modules(pl_module, epoch)
+        self.make_trainable(modules)
+        held = {id(p) for opt in (self._optimizers or [optimizer]) for group in opt.param_groups for p in group["params"]}
+        new: List[nn.Parameter] = []
+        for module in modules:
+            for parameter in module.parameters():
+                if parameter.requires_grad and id(parameter) not in held:
+                    held.add(id(parameter))
+                    new.append(parameter)
+        if new:
+            lr = optimizer.param_groups[0]["lr"] if self.lr is None else float(self.lr)
+            optimizer.add_param_group({"params": new, "lr": lr})
+
+    def _sync_bn_modes(self, pl_module: "pl.LightningModule", epoch: int) -> None:
+        """Frozen BatchNorm to eval (``train_bn=False``); BatchNorm we froze but now train back to train."""
+        if self.train_bn:
+            return
+        trainable = {id(m) for root in self._trainable_modules(pl_module, epoch) for m in root.modules()}
+        for module in self.encoder(pl_module).modules():
+            if not isinstance(module, _BatchNorm):
+                continue
+            if id(module) in trainable:
+                if self._bn_in_eval.pop(id(module), None) is not None:
+                    module.train()
+            elif module.training:
+                module.eval()
+                self._bn_in_eval[id(module)] = module
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Give frozen BatchNorm layers their train mode back (the model leaves fit as it came)."""
+        for module in self._bn_in_eval.values():
+            module.train()
+        self._bn_in_eval.clear()
+
+    # ------------------------------------------------------------- checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "chosen_layers": self.chosen_layers}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        state = dict(state_dict)
+        chosen = state.pop("chosen_layers", None)
+        super().load_state_dict(state)
+        self.chosen_layers = None if chosen is None else [str(name) for name in chosen]
