@@ -22,6 +22,7 @@ from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import select_layers, select_units
+from lightning_memloc.vit import group_by_kind  # importing vit registers the ViT auto rule
 from lightning_memloc.views import BatchedSimCLRAugment, SeededViews, make_views
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __all__ = [
     "SeededViews",
     "UnitMem",
     "cotraining_loader",
+    "group_by_kind",
     "load_encoder",
     "make_views",
     "measure",

@@ -98,7 +98,7 @@ def _forward_reduce(
 def probe_layers(
     encoder: nn.Module,
     reference: Optional[nn.Module],
-    layers: Union[str, Sequence[str]],
+    layers: Union[str, Sequence[Union[str, LayerSpec]]],
     example: Tensor,
 ) -> Tuple[List[LayerSpec], Dict[str, int]]:
     """Resolve the layers on ``encoder``, count their units and check ``reference`` matches.

@@ -177,13 +177,15 @@ class MemorizationReport:
         frac = self.fraction_above(threshold)
         mean_um = self.mean_unit_mem()
         dead = self.num_dead()
-        head = f"{'layer':<22}{'kind':<7}"
+        name_width = max([len("layer")] + [len(layer) for layer in self.layers]) + 2
+        kind_width = max([len("kind")] + [len(kind) for kind in self.layer_kinds.values()]) + 2
+        head = f"{'layer':<{name_width}}{'kind':<{kind_width}}"
         if self.has_reference:
             head += f"{'LayerMem':>10}{'ΔLayerMem':>11}{'top-k':>8}{'least-k':>9}"
         head += f"{'UnitMem':>9}{f'>{threshold:g}':>7}{'dead':>6}"
         rows = [head, "-" * len(head)]
         for layer in self.layers:
-            row = f"{layer[:21]:<22}{self.layer_kinds.get(layer, '?'):<7}"
+            row = f"{layer:<{name_width}}{self.layer_kinds.get(layer, '?'):<{kind_width}}"
             if self.has_reference:
                 row += (
                     f"{self.layer_mem[layer]:>10.3f}{self.delta_layer_mem[layer]:>+11.3f}"
