@@ -490,6 +490,21 @@ class SeededViews(Dataset):
         """Stacked :meth:`anchor` images (B, C, H, W) of the candidates in ``index``."""
         return torch.stack([self.anchor(int(i)) for i in _as_long(index, "index").reshape(-1)]).to(device)
 
+    def display_images(self, index: Tensor | Sequence[int]) -> Tensor:
+        """Candidate images (B, C, H, W) in [0, 1] for image grids: the un-augmented image resized
+        to the view size, or the first view for precomputed views (never normalised)."""
+        positions = [self._index(int(i)) for i in _as_long(index, "index").reshape(-1)]
+        if self._views is not None:
+            return self._views[positions, 0].float().clamp(0, 1)
+        size = self.view_shape[-2:]
+        out = []
+        for i in positions:
+            img = self._raw(i)
+            if img.ndim == 3 and tuple(img.shape[-2:]) != tuple(size):
+                img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+            out.append(img)
+        return torch.stack(out).clamp(0, 1)
+
 
 def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any = None, seed: int = 0) -> Tensor:
     """All views (N, K, C, H, W) of a small candidate set, on CPU (see :class:`SeededViews`).

@@ -257,7 +257,7 @@ class MemorizationMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                images = self.views.anchors if self.grid_size else None
+                images = self.views.display_images if self.grid_size and len(self.views.view_shape) == 3 else None
                 log_tensorboard(logger.experiment, report, step, images=images, grid_size=self.grid_size,
                                 histograms=self.log_histograms, layout=not self._layout_written)
                 self._layout_written = True
