@@ -157,7 +157,7 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
     }
     if key not in builders:
         raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(builders)}")
-    hint = (f"or save the images as a local .npz (uint8 x N×H×W×C, y) and pass its path to load_data / load_npz")
+    hint = ("or save the images as a local .npz (uint8 x N×H×W×C, y) and pass its path to load_data / load_npz")
     try:
         ds = builders[key]()
     except RuntimeError as e:

@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
+from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
-from lightning_memloc.measure import _validate, build_views, eval_mode, model_device_dtype, probe_layers, run_pass
+from lightning_memloc.measure import _validate, build_views, model_device_dtype, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
@@ -172,7 +173,10 @@ class MemorizationMonitor(Callback):
             return spec(pl_module)
         if isinstance(spec, os.PathLike) or str(spec).endswith((".ckpt", ".pt", ".pth")) or os.sep in str(spec):
             if self._reference is None:
-                self._reference = load_encoder(spec, like=self.encoder(pl_module))
+                try:
+                    self._reference = load_encoder(spec, like=self.encoder(pl_module))
+                except (FileNotFoundError, CheckpointError, ArchitectureMismatchError) as err:
+                    raise type(err)(f"`reference`={str(spec)!r}: {err}") from err
             return self._reference
         return resolve_module(pl_module, spec, "reference")
 
@@ -247,6 +251,9 @@ class MemorizationMonitor(Callback):
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
         self._log(trainer, report, scalars)
         if self.output_dir is not None and trainer.is_global_zero:
+            # Checked again (setup checked it): a folder removed during training is re-created, and a
+            # path that became unusable gets an error naming `output_dir`. Writes are atomic.
+            check_writable_dir(self.output_dir, argument="output_dir")
             report.save(self.output_dir / f"report_epoch={epoch}.json")
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
