@@ -1,0 +1,162 @@
+"""Figures of lightning_memloc.plots: valid PNGs, the right files, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+from lightning_memloc import MemorizationReport, ReportFormatError, measure
+from lightning_memloc.callbacks.logging import report_scalars
+from lightning_memloc.models import TinyCNN
+from lightning_memloc.plots import (
+    FILENAMES,
+    load_history,
+    max_unit_mem_per_candidate,
+    plot_candidate_grid,
+    plot_history,
+    plot_layer_mem,
+    plot_report,
+    plot_sslmem_vs_unitmem,
+    plot_unit_mem_distribution,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    """A complete, readable PNG with a nonzero image size."""
+    path = Path(path)
+    assert path.is_file() and path.stat().st_size > 0
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+    assert not list(path.parent.glob(".*.tmp")), "atomic writes leave no temporary files"
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randint(0, 256, (10, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def report(images: torch.Tensor) -> MemorizationReport:
+    torch.manual_seed(0)
+    f, g = TinyCNN(width=4), TinyCNN(width=4)
+    return measure(f, images, reference=g, views=3, labels=torch.arange(10) % 3, top_k=3)
+
+
+@pytest.fixture(scope="module")
+def unit_only(images: torch.Tensor) -> MemorizationReport:
+    torch.manual_seed(1)
+    return measure(TinyCNN(width=4), images, views=2)
+
+
+def history_of(report: MemorizationReport, epochs=(-1, 0, 1, 2)) -> list:
+    return [{"epoch": e, "global_step": 5 * (e + 1), **report_scalars(report)} for e in epochs]
+
+
+def test_every_figure_of_a_report_with_reference(report, images, tmp_path):
+    paths = [
+        plot_layer_mem(report, tmp_path / "lm.png"),
+        plot_unit_mem_distribution(report, tmp_path / "um.png"),
+        plot_sslmem_vs_unitmem(report, tmp_path / "sv.png", layer="conv2"),
+        plot_candidate_grid(report, images, tmp_path / "grid.png", k=3),
+        plot_history(history_of(report), tmp_path / "hist.png"),
+    ]
+    assert [p.name for p in paths] == ["lm.png", "um.png", "sv.png", "grid.png", "hist.png"]
+    for path in paths:
+        assert_png(path)
+
+
+def test_plot_report_writes_what_applies(report, unit_only, images, tmp_path):
+    full = plot_report(report, tmp_path / "full", images=images, history=history_of(report))
+    kinds = ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history")
+    assert [p.name for p in full] == [FILENAMES[k] for k in kinds]
+    for path in full:
+        assert_png(path)
+    only_units = plot_report(unit_only, tmp_path / "units")
+    assert [p.name for p in only_units] == [FILENAMES["unit_mem"]]
+    only_history = plot_report(None, tmp_path / "hist", history=history_of(unit_only))
+    assert [p.name for p in only_history] == [FILENAMES["history"]]
+
+
+def test_reference_figures_need_a_reference(unit_only, tmp_path):
+    for plot in (plot_layer_mem, plot_sslmem_vs_unitmem):
+        with pytest.raises(ValueError, match="reference"):
+            plot(unit_only, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unknown_layer_is_a_clear_error(report, tmp_path):
+    with pytest.raises(ValueError, match="'nope' is not in the report"):
+        plot_sslmem_vs_unitmem(report, tmp_path / "x.png", layer="nope")
+
+
+def test_candidate_grid_checks_images_and_accepts_any_format(report, unit_only, images, tmp_path):
+    with pytest.raises(ValueError, match=r"N = 10 candidates"):
+        plot_candidate_grid(report, images[:5], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="`k`"):
+        plot_candidate_grid(report, images, tmp_path / "x.png", k=0)
+    normalised = images.float() / 127.5 - 1.0  # float outside [0, 1] is rescaled for display
+    assert_png(plot_candidate_grid(report, normalised, tmp_path / "float.png", k=20))  # k is capped at N
+    assert_png(plot_candidate_grid(unit_only, images[:, :1], tmp_path / "grey.png", k=2))  # ranked by UnitMem
+
+
+def test_max_unit_mem_per_candidate():
+    r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.tensor([10, 11, 12]),
+                           unit_mem={"a": torch.tensor([0.2, 0.9, 0.4])}, unit_argmax={"a": torch.tensor([12, 12, 10])},
+                           dead_units={"a": torch.zeros(3, dtype=torch.bool)})
+    got = max_unit_mem_per_candidate(r, "a")
+    assert got[0] == pytest.approx(0.4) and torch.isnan(torch.tensor(got[1])) and got[2] == pytest.approx(0.9)
+
+
+def test_degenerate_distributions_do_not_break_the_violins(tmp_path):
+    r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "linear"}, candidate_ids=torch.arange(2),
+                           unit_mem={"a": torch.zeros(4), "b": torch.tensor([0.7])},
+                           unit_argmax={"a": torch.zeros(4, dtype=torch.long), "b": torch.tensor([1])},
+                           dead_units={"a": torch.ones(4, dtype=torch.bool), "b": torch.tensor([False])})
+    assert_png(plot_unit_mem_distribution(r, tmp_path / "um.png"))
+
+
+def test_history_from_a_file_and_validation(report, tmp_path):
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(history_of(report)))
+    assert len(load_history(path)) == 4
+    assert_png(plot_history(path, tmp_path / "h.png"))
+    without_reference = [{k: v for k, v in e.items() if "layer_mem" not in k} for e in history_of(report, (0, 1))]
+    assert_png(plot_history(without_reference, tmp_path / "h2.png"))
+    with pytest.raises(FileNotFoundError, match="history.json"):
+        plot_history(tmp_path / "missing" / "history.json", tmp_path / "h3.png")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"epoch": 0, "memloc/unit_mem')
+    with pytest.raises(ReportFormatError, match="corrupt"):
+        load_history(bad)
+    for data in ([], {"epoch": 0}, [{"loss": 1.0}]):
+        with pytest.raises(ReportFormatError, match="not a monitor history"):
+            load_history(data)
+
+
+def test_find_plot_inputs(report, tmp_path):
+    from lightning_memloc.plots_io import find_plot_inputs, read_plot_input
+
+    folder = tmp_path / "run" / "memloc"
+    folder.mkdir(parents=True)
+    for epoch in (2, 10, -1):
+        MemorizationReport(**{**report.__dict__, "meta": {"epoch": epoch}}).save(folder / f"report_epoch={epoch}.json")
+    (folder / "history.json").write_text(json.dumps(history_of(report)))
+    found, history = find_plot_inputs([tmp_path / "run"])
+    assert found.meta["epoch"] == 10 and len(history) == 4  # the latest epoch, numerically
+    report.save(tmp_path / "run" / "report.json")
+    assert find_plot_inputs([tmp_path / "run"])[0].meta == report.meta  # report.json wins
+    assert read_plot_input(folder / "history.json")[0] == "history"
+    with pytest.raises(ValueError, match="second report"):
+        find_plot_inputs([tmp_path / "run" / "report.json", folder / "report_epoch=2.json"])
+    with pytest.raises(FileNotFoundError, match="holds no report.json"):
+        find_plot_inputs([tmp_path])
+    (tmp_path / "x.json").write_text('{"format": "other"}')
+    with pytest.raises(ReportFormatError, match="not a MemorizationReport"):
+        read_plot_input(tmp_path / "x.json")
