@@ -29,8 +29,8 @@ def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool =
         The directory as a :class:`~pathlib.Path`.
 
     Raises:
-        NotADirectoryError: ``path`` exists and is a file.
-        PermissionError: the directory cannot be written.
+        NotADirectoryError: ``path``, or one of its parents, exists and is a file.
+        PermissionError: the directory cannot be created or written.
 
     Example:
         >>> import tempfile
@@ -43,6 +43,12 @@ def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool =
     if not directory.exists():
         if not create:
             raise FileNotFoundError(f"`{argument}`={str(directory)!r} does not exist: create it first.")
+        blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise NotADirectoryError(
+                f"`{argument}`={str(directory)!r} cannot be created: {str(blocker)!r} is a file, not a folder; "
+                "pass a folder path you can write to."
+            )
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -77,6 +83,10 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
     if mode not in ("w", "wb"):
         raise ValueError(f"`mode` must be 'w' or 'wb', got {mode!r}.")
     destination = Path(path)
+    if destination.is_dir():
+        raise IsADirectoryError(
+            f"`path`={str(destination)!r} is a folder, not a file: pass the path of a file (e.g. one inside that folder)."
+        )
     directory = check_writable_dir(destination.parent if str(destination.parent) else ".", argument="path")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=directory)
     try:

@@ -93,7 +93,7 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ArchitectureMismatchError(
-            f"the checkpoint {str(path)!r} does not fit the encoder's architecture: {str(err).splitlines()[0]} "
+            f"the checkpoint {str(path)!r} does not fit the encoder's architecture: {' '.join(str(err).split())[:400]} "
             "(pass `prefix=` if the encoder's weights live under a sub-module name)."
         ) from err
     model.eval()

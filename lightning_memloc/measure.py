@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
 from lightning_memloc.errors import ArchitectureMismatchError, NonFiniteActivationError
-from lightning_memloc.functional import alignment
+from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.taps import LayerSpec, LayerTaps, flat_representation, resolve_layers, unit_activations
+from lightning_memloc.taps import LayerSpec, LayerTaps, resolve_layers, unit_activations
 from lightning_memloc.views import SeededViews
 
 Candidates = Union[Tensor, Dataset]
@@ -62,6 +62,17 @@ def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+def _flat_view(out: Tensor) -> Tensor:
+    """``(B, D)`` flattening of a layer output, without a copy whenever the memory layout allows.
+
+    Alignment compares views feature by feature, so any fixed order of the features will do: a
+    channels-last conv map is flattened in its memory order (H, W, C) rather than copied to (C, H, W).
+    """
+    if out.ndim == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+        return out.permute(0, 2, 3, 1).reshape(out.shape[0], -1)
+    return out.reshape(out.shape[0], -1)
+
+
 def _forward_reduce(
     model: nn.Module,
     inputs: Tensor,
@@ -85,9 +96,12 @@ def _forward_reduce(
         if units:
             unit_means[name] = unit_activations(out[:n_views]).reshape(batch, views, -1).mean(dim=1)
         if align:
-            rep = flat_representation(out)
+            # Raw flattened output, a view without copy: `pairwise_alignment` normalises slice by
+            # slice and the caller checks the results for NaN/inf, so no full-size temporary
+            # (normalised copy, isfinite mask) and no device sync are made per layer.
+            rep = _flat_view(out)
             anchors = rep[n_views:] if anchor else None
-            aligns[name] = alignment(rep[:n_views].reshape(batch, views, -1), anchor=anchors)
+            aligns[name] = pairwise_alignment(rep[:n_views].reshape(batch, views, -1), anchors)
 
     device, dtype = model_device_dtype(model)
     with LayerTaps(model, names, reduce):
@@ -117,7 +131,14 @@ def probe_layers(
     """
     device, dtype = model_device_dtype(encoder)
     with eval_mode(encoder, reference), torch.no_grad():
-        specs = resolve_layers(encoder, layers, example.to(device=device, dtype=dtype))
+        try:
+            specs = resolve_layers(encoder, layers, example.to(device=device, dtype=dtype))
+        except RuntimeError as err:  # the encoder's own forward failed on the candidates' views
+            raise ValueError(
+                f"the encoder cannot run on a batch of candidate views of shape {tuple(example.shape)} "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): make `candidates` and "
+                "`transform` produce what the encoder expects (channels, image size, dtype)."
+            ) from err
         names = [spec.name for spec in specs]
 
         def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
@@ -141,7 +162,14 @@ def probe_layers(
                     f"`reference` has no layers {missing} that the encoder has: encoder and reference must share "
                     "the architecture (the reference is the same model trained without the candidates)."
                 )
-            reference_shapes = shapes(reference)
+            try:
+                reference_shapes = shapes(reference)
+            except RuntimeError as err:
+                raise ArchitectureMismatchError(
+                    f"`reference` cannot run on views the encoder accepts (shape {tuple(example.shape)}): "
+                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; encoder and reference "
+                    "must share the architecture."
+                ) from err
             for name in names:
                 if reference_shapes.get(name) != encoder_shapes.get(name):
                     raise ArchitectureMismatchError(
@@ -185,12 +213,30 @@ def _validate(views: int, batch_size: int, pairing: str, reduction: str, negativ
 def build_views(
     candidates: Union[Candidates, SeededViews], views: int, transform: Optional[Callable], seed: int, labels: Optional[Tensor]
 ) -> SeededViews:
-    """Wrap ``candidates`` into a :class:`~lightning_memloc.views.SeededViews` (validated)."""
+    """Wrap ``candidates`` into a :class:`~lightning_memloc.views.SeededViews` (validated).
+
+    Explicit labels are checked for ClassMem here, before any forward pass: class ids >= 0 and at
+    least 2 classes (labels read from dataset items are checked as the pass streams them).
+    """
     if isinstance(candidates, SeededViews):
-        return candidates
-    if isinstance(candidates, Tensor) and candidates.ndim in (3, 5):
-        views = None  # precomputed views (N, K, ...) are used as they are
-    return SeededViews(candidates, views=views, transform=transform, seed=seed, labels=labels)
+        view_set = candidates
+    else:
+        if isinstance(candidates, Tensor) and candidates.ndim in (3, 5):
+            views = None  # precomputed views (N, K, ...) are used as they are
+        view_set = SeededViews(candidates, views=views, transform=transform, seed=seed, labels=labels)
+    if view_set.labels is not None and len(view_set) >= 2:  # checked here, before any forward pass
+        classes = torch.unique(view_set.labels)
+        if bool((classes < 0).any()):
+            raise ValueError(
+                f"`labels` must be class ids >= 0 for ClassMem, got {classes[classes < 0].tolist()} "
+                "(-1 means 'no label'): drop unlabelled candidates, or pass labels=None to skip ClassMem."
+            )
+        if classes.numel() < 2:
+            raise ValueError(
+                f"`labels` hold a single class {classes.tolist()}: ClassMem compares a class with the others and "
+                "needs at least 2 classes; pass labels of 2 or more classes, or labels=None to skip ClassMem."
+            )
+    return view_set
 
 
 def run_pass(
@@ -215,10 +261,12 @@ def run_pass(
     error or ``KeyboardInterrupt``; hooks are always removed.
     """
     names = [spec.name for spec in specs]
-    device = next(iter(meter.buffers()), torch.empty(0)).device
+    device = meter.device  # metric states are not registered buffers: meter.buffers() is empty
     anchor = pairing == "anchor"
+    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     loader = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler)
-    nonfinite: Dict[str, Tensor] = {}
+    # nonfinite[0][i] / nonfinite[1][i]: layer names[i] gave NaN/inf in the encoder / the reference.
+    nonfinite = torch.zeros(2, len(names), dtype=torch.uint8)
     iterator: Any = loader
     if progress:
         from tqdm.auto import tqdm
@@ -238,26 +286,35 @@ def run_pass(
             if reference is not None:
                 _, align_g = _forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
                 align_g = {n: a.to(device) for n, a in align_g.items()}
-            for name in names:
-                bad = ~torch.isfinite(units[name]).all()
-                if reference is not None:
-                    bad = bad | ~torch.isfinite(align_f[name]).all() | ~torch.isfinite(align_g[name]).all()
-                nonfinite[name] = nonfinite.get(name, torch.zeros((), dtype=torch.bool, device=bad.device)) | bad
+            # NaN/inf anywhere in a layer's output reaches its reductions: check those (small), with
+            # one device sync per batch, and never feed a non-finite batch to the metrics.
+            finite = torch.ones(2, len(names), dtype=torch.bool, device=device)
+            for i, n in enumerate(names):
+                finite[0, i] = torch.isfinite(units[n]).all().to(device)
+                if align_f is not None and align_g is not None:
+                    finite[0, i] &= torch.isfinite(align_f[n]).all().to(device)
+                    finite[1, i] = torch.isfinite(align_g[n]).all()
+            finite = finite.cpu()
+            if not bool(finite.all()):
+                nonfinite |= (~finite).to(torch.uint8)
+                if not distributed:
+                    break  # a single process can stop at once
+                continue  # under DDP every rank must finish the pass and agree before raising
             labels = torch.as_tensor(label, dtype=torch.long).to(device) if meter.has_labels else None
             meter.update(index.to(device), {n: u.to(device) for n, u in units.items()},
                          None if reference is None else {n: a.to(device) for n, a in align_f.items()}, align_g, labels)
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed:
         # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
-        flags = torch.stack([nonfinite.get(n, torch.zeros((), dtype=torch.bool, device=device)) for n in names]).to(device)
-        flags = flags.to(torch.uint8)
+        flags = nonfinite.to(device)
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        nonfinite = {n: flags[i].bool() for i, n in enumerate(names)}
-    bad_layers = [name for name, flag in nonfinite.items() if bool(flag)]
-    if bad_layers:
+        nonfinite = flags.cpu()
+    if bool(nonfinite.any()):
         where = "" if epoch is None else f" at epoch {epoch}"
+        parts = [f"{model} layers {[n for i, n in enumerate(names) if nonfinite[row, i]]}"
+                 for row, model in ((0, "encoder"), (1, "reference")) if bool(nonfinite[row].any())]
         raise NonFiniteActivationError(
-            f"layers {bad_layers} produced NaN or inf activations{where}: the encoder (or reference) has diverged or "
-            "its inputs are not finite; check the loss and learning rate, or exclude these layers with `layers=[...]`."
+            f"NaN or inf activations{where} in {' and '.join(parts)}: the model has diverged or the candidates are not "
+            "finite; check the loss, learning rate and input data, or exclude these layers with `layers=[...]`."
         )
 
 

@@ -10,14 +10,34 @@ SSL Vision Encoders*, NeurIPS 2024).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
+
+
+def reduce_states_in_place(tensor: Tensor, group: Optional[Any] = None) -> List[Tensor]:
+    """``dist_sync_fn`` of the meter's metrics: sum floating states with an in-place ``all_reduce``.
+
+    torchmetrics' default sync all-gathers every state, so during ``compute`` each rank briefly
+    holds ``W`` gathered copies plus ``W`` stacked copies of an ``N × U`` state (``W`` = world
+    size): about ``2·W + 2`` copies, 18 on 8 GPUs; reduced in place, about 4 whatever ``W`` is.
+    Every floating state of ``UnitMem`` / ``ClassMem`` / ``LayerMem`` (per-candidate sums and
+    counts) is reduced with ``sum``, so an in-place ``all_reduce(SUM)`` returned as a one-element
+    list gives torchmetrics' ``sum`` the same result with no gathered copies. torchmetrics caches
+    the local states before syncing and restores them after ``compute``, so reducing the live
+    tensor is safe. Integer states (ClassMem's labels, reduced with ``max``; 16 bytes per
+    candidate) keep the default all-gather.
+    """
+    if not tensor.is_floating_point():
+        return gather_all_tensors(tensor, group)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM, group=group)
+    return [tensor]
 
 
 def state_bytes(
@@ -28,21 +48,28 @@ def state_bytes(
     labels: bool,
     dtype: torch.dtype = torch.float32,
 ) -> int:
-    """Bytes held by a meter's states (before any result is computed).
+    """Bytes held by a meter's states (before any result is computed): exactly the sum of the
+    sizes of :class:`MemorizationMeter`'s metric states.
 
-    UnitMem keeps a sum per candidate per unit and a count per candidate (ClassMem adds two
-    int64 label states per candidate), LayerMem two sums and a count per candidate per layer.
+    With ``N`` candidates, ``L`` layers of ``U_l`` units and ``b`` bytes per element of ``dtype``:
+    UnitMem keeps per layer a sum per candidate per unit and a count per candidate,
+    ``N·(U_l + 1)·b`` (ClassMem adds two int64 label states, ``16·N``); LayerMem keeps the
+    encoder's and the reference's alignment sums per candidate per layer and one count per
+    candidate, ``(2·L + 1)·N·b``. Every rank of a DDP run holds the full states (they are indexed
+    by candidate id); ``compute`` needs temporary space on top (see ``docs/ddp.md``).
 
     Example:
         >>> state_bytes(50_000, {"a": 2048}, reference=False, labels=False)
         409800000
+        >>> state_bytes(50_000, {"a": 2048}, reference=True, labels=False)  # + 3·N·4 for one layer
+        410400000
     """
     item = torch.empty((), dtype=dtype).element_size()
     per_layer = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
                     for units in num_units.values())
     total = per_layer
     if reference:
-        total += 3 * num_candidates * len(num_units) * item
+        total += (2 * len(num_units) + 1) * num_candidates * item
     return int(total)
 
 
@@ -93,10 +120,18 @@ class MemorizationMeter(nn.Module):
         # With labels one ClassMem per layer serves UnitMem too (same states, stored once).
         metric_class = ClassMem if labels else UnitMem
         self.units = nn.ModuleList(
-            metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype)
+            metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype,
+                         dist_sync_fn=reduce_states_in_place)
             for n in self.names
         )
-        self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype) if reference else None
+        self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
+                                  dist_sync_fn=reduce_states_in_place) if reference else None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the metric states (moved with ``.to``; torchmetrics states are not buffers, so
+        ``meter.buffers()`` is empty and cannot tell)."""
+        return self.units[0].device
 
     def update(
         self,
@@ -136,7 +171,10 @@ class MemorizationMeter(nn.Module):
         dead: Dict[str, Tensor] = {}
         class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
         for name, metric in zip(self.names, self.units):
-            out = metric.compute()
+            try:
+                out = metric.compute()
+            except ValueError as err:  # e.g. negative="error" on a layer with negative activations
+                raise type(err)(f"layer {name!r}: {err}") from err
             unit_mem[name] = out["unit_mem"].detach().float().cpu()
             unit_argmax[name] = ids[out["unit_argmax" if self.has_labels else "argmax"].detach().cpu().long()]
             dead[name] = out["dead"].detach().cpu().bool()

@@ -248,6 +248,9 @@ class MemorizationReport:
     def validate(self) -> None:
         """Check internal consistency (layer keys, shapes); raises :class:`ReportFormatError`."""
         n = self.num_candidates
+        for name in ("unit_mem", "unit_argmax", "dead_units"):
+            if getattr(self, name) is None:
+                raise ReportFormatError(f"`{name}` is missing: every report has UnitMem, its argmax and dead units.")
         for name in ("unit_mem", "unit_argmax", "dead_units", "class_mem", "sslmem", "sslmem_raw", *_FLOAT_DICTS):
             value = getattr(self, name)
             if value is not None and set(value) != set(self.layers):
@@ -289,7 +292,10 @@ class MemorizationReport:
             data = json.loads(source.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ReportFormatError(f"{str(source)!r} is not valid report JSON (corrupt or truncated): {err}") from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ReportFormatError as err:
+            raise ReportFormatError(f"{str(source)!r}: {err} Re-create it with `report.save(path)`.") from err
 
     def allclose(self, other: "MemorizationReport", atol: float = 1e-6) -> bool:
         """Whether two reports hold the same layers, ids and numbers (up to ``atol``)."""

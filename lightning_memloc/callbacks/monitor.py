@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -34,6 +35,50 @@ from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
+
+
+def _format_bytes(n: int) -> str:
+    """``'390.8 MiB (409,800,000 bytes)'``: readable, and exact for small sizes."""
+    size, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n:,} bytes)"
+
+
+@contextmanager
+def rank_zero_buffers(world_size: int, *modules: Optional[nn.Module]) -> Iterator[None]:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) for the duration of a pass.
+
+    DDP keeps the parameters identical on every rank, but not the buffers: it broadcasts rank 0's
+    at the start of each training forward, after which every rank updates its BatchNorm running
+    statistics with its own batch. At the end of an epoch the ranks therefore hold slightly
+    different encoders, and a sharded measurement would mix them; checkpoints, and the weights
+    ``ddp_spawn`` hands back, hold rank 0's. Inside this context every rank measures with rank 0's
+    buffers, so the sharded result equals a single-process measurement of the checkpointed
+    weights; each rank's own buffers are restored on exit (training is left untouched, also with
+    ``broadcast_buffers=False``). A no-op in a single process. Collective: call on every rank.
+    """
+    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    buffers: List[Tensor] = []
+    if distributed:
+        seen = set()
+        for module in modules:
+            for buf in [] if module is None else module.buffers():
+                if id(buf) not in seen:
+                    seen.add(id(buf))
+                    buffers.append(buf)
+    saved = [buf.detach().clone() for buf in buffers]
+    try:
+        with torch.no_grad():
+            for buf in buffers:
+                torch.distributed.broadcast(buf, src=0)
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in zip(buffers, saved):
+                buf.copy_(value)
 
 
 class MemorizationMonitor(Callback):
@@ -202,12 +247,15 @@ class MemorizationMonitor(Callback):
         limit = self.memory_limit
         if limit is not None and need > limit:
             raise MemoryError(
-                f"the monitor's metric states need {need / 2**20:.0f} MiB, over `memory_limit`={limit / 2**20:.0f} MiB: "
-                "use fewer candidates or fewer/narrower `layers`, or raise `memory_limit`."
+                f"the monitor's metric states need {_format_bytes(need)} for {len(self.views)} candidates and "
+                f"{sum(self._num_units.values())} units in {len(self._num_units)} layers, over "
+                f"`memory_limit`={_format_bytes(limit)} (every DDP rank holds them all; see "
+                "`lightning_memloc.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
+                "or raise `memory_limit`."
             )
         total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
         if limit is None and total is not None and need > total // 4:
-            rank_zero_info(f"[memloc] metric states need {need / 2**20:.0f} MiB, over a quarter of the GPU's memory.")
+            rank_zero_info(f"[memloc] metric states need {_format_bytes(need)}, over a quarter of the GPU's memory.")
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -239,9 +287,11 @@ class MemorizationMonitor(Callback):
         sampler = None
         if trainer.world_size > 1:
             sampler = DistributedSampler(self.views, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
-        run_pass(encoder, reference, self.views, self._specs, meter, batch_size=self.batch_size, pairing=self.pairing,
-                 num_workers=self.num_workers, sampler=sampler, progress=self.progress and trainer.is_global_zero,
-                 desc=f"memloc epoch {epoch}", epoch=epoch, world_size=trainer.world_size)
+        with rank_zero_buffers(trainer.world_size, encoder, reference):
+            run_pass(encoder, reference, self.views, self._specs, meter, batch_size=self.batch_size,
+                     pairing=self.pairing, num_workers=self.num_workers, sampler=sampler,
+                     progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}", epoch=epoch,
+                     world_size=trainer.world_size)
         meta = {"views": self.views.views, "seed": self.views.seed, "pairing": self.pairing, "reduction": self.reduction,
                 "negative": self.negative, "top_k": min(self.top_k, len(self.views)), "epoch": epoch,
                 "global_step": trainer.global_step, "num_candidates": len(self.views)}
