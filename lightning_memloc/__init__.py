@@ -6,8 +6,9 @@ Memorization in SSL Vision Encoders* (NeurIPS 2024), on top of SSLMem (Wang et a
 torchmetrics, a one-pass ``measure()`` function and PyTorch Lightning callbacks.
 """
 
-from lightning_memloc.callbacks import MemorizationFinetuning, MemorizationMonitor, MemorizationPruning, prune_units
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from importlib import import_module
+from typing import Any
+
 from lightning_memloc.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -26,6 +27,29 @@ from lightning_memloc.vit import group_by_kind  # importing vit registers the Vi
 from lightning_memloc.views import BatchedSimCLRAugment, SeededViews, make_views
 
 __version__ = "0.1.0"
+
+# The Lightning-facing names import pytorch_lightning (seconds): load them on first use, so that
+# `import lightning_memloc` and the `memloc` command start fast (PEP 562).
+_LAZY = {
+    "MemorizationFinetuning": "lightning_memloc.callbacks",
+    "MemorizationMonitor": "lightning_memloc.callbacks",
+    "MemorizationPruning": "lightning_memloc.callbacks",
+    "prune_units": "lightning_memloc.callbacks",
+    "CoTrainedPair": "lightning_memloc.cotrain",
+    "cotraining_loader": "lightning_memloc.cotrain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_memloc' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_LAZY))
 
 __all__ = [
     "ArchitectureMismatchError",
