@@ -20,9 +20,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -225,25 +226,11 @@ def _device(spec: str) -> torch.device:
     return device
 
 
-def _encoder_state(path: str, model: nn.Module, prefix: Optional[str]) -> Dict[str, Tensor]:
-    """The checkpoint's tensors under the encoder's prefix (given, or found like ``load_encoder``), prefix removed."""
-    from lightning_memloc.loading import read_state_dict
-
-    state, expected = read_state_dict(path), model.state_dict()
-    if prefix is not None:
-        prefix = prefix.rstrip(".") + "." if prefix else ""
-    elif set(expected) <= set(state):
-        prefix = ""
-    else:
-        probe = min(expected)
-        prefix = next((k[: -len(probe)] for k in state if k.endswith("." + probe)
-                       and all(k[: -len(probe)] + e in state for e in expected)), "")
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:
     """How a checkpoint differs from ``model``: the first tensor of another shape and the first conv's channels."""
-    state, detail = _encoder_state(path, model, prefix), "the parameter names differ"
+    from lightning_memloc.loading import encoder_state
+
+    state, detail = encoder_state(path, model, prefix), "the parameter names differ"
     for name, tensor in model.state_dict().items():
         if name in state and state[name].shape != tensor.shape:
             detail = (f"{name} has shape {tuple(state[name].shape)} in the checkpoint but {tuple(tensor.shape)} "
@@ -262,18 +249,17 @@ def _load(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: ar
         if not Path(path).is_file():
             raise FileNotFoundError(f"no checkpoint file at {path!r}: check the path.")
         try:
-            model = load_encoder(path, like=like, prefix=prefix)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = load_encoder(path, like=like, prefix=prefix)
         except ArchitectureMismatchError:
             fix = ("the reference must have the encoder's architecture: train it with the same "
                    "--arch/--width/--in-channels" if flag == "--reference" else
                    "pass the --arch/--width/--in-channels it was trained with, or --encoder-prefix")
             detail = _mismatch(path, like, prefix)
             raise ArchitectureMismatchError(f"the checkpoint {path!r} does not fit {arch} ({detail}): {fix}.") from None
-        expected = set(like.state_dict())
-        unused = [k for k in _encoder_state(path, like, prefix) if k not in expected and not k.startswith("fc.")]
-    if unused:  # e.g. a ResNet9 checkpoint loaded as --arch tiny: the first layers fit, the rest is ignored
-        print(f"memloc {args.command}: warning: {flag}: {len(unused)} tensors of {path!r} are not used by {arch} "
-              f"(e.g. {unused[0]!r}): check --arch.", file=sys.stderr)
+    for warning in caught:  # e.g. a ResNet9 checkpoint loaded as --arch tiny: the first layers fit, the rest not
+        print(f"memloc {args.command}: warning: {flag}: {warning.message} ({arch}: check --arch)", file=sys.stderr)
     return model
 
 

@@ -8,6 +8,7 @@ state dict (``"backbone."``, ``"reference.backbone."``...).
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -45,22 +46,28 @@ def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
     return data
 
 
-def _strip(state: Dict[str, Tensor], model: nn.Module, prefix: Optional[str]) -> Dict[str, Tensor]:
-    expected = set(model.state_dict())
-    if prefix is not None:
-        if prefix and not prefix.endswith("."):
-            prefix += "."
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if expected <= set(state):
-        return {k: state[k] for k in expected}
-    # Find the prefix under which the model's keys live (e.g. "backbone." in a Lightning module).
-    probe = next(iter(sorted(expected)), "")
-    for key in state:
-        if key.endswith(probe) and key != probe:
-            candidate = key[: len(key) - len(probe)]
-            if all(candidate + k in state for k in expected):
-                return {k: state[candidate + k] for k in expected}
-    return state
+def encoder_state(path: PathLike, like: nn.Module, prefix: Optional[str] = None) -> Dict[str, Tensor]:
+    """The checkpoint's tensors that belong to ``like``'s architecture, with their prefix removed.
+
+    Args:
+        path: a ``state_dict`` file or a Lightning checkpoint.
+        like: a module of the expected architecture.
+        prefix: key prefix of the encoder inside the checkpoint; ``None`` finds it: no prefix when
+            every key of ``like`` is in the file, else the prefix under which all of them are
+            (``"backbone."``, ``"encoder.backbone."`` ...).
+
+    Returns:
+        Every tensor under the prefix (the prefix removed): keys ``like`` lacks are kept, so callers
+        can tell a checkpoint of another architecture.
+    """
+    state = read_state_dict(path)
+    expected = set(like.state_dict())
+    if prefix is None and not expected <= set(state):
+        probe = min(expected) if expected else ""
+        prefix = next((k[: len(k) - len(probe)] for k in state if k.endswith("." + probe)
+                       and all(k[: len(k) - len(probe)] + e in state for e in expected)), "")
+    prefix = "" if not prefix else prefix.rstrip(".") + "."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) -> nn.Module:
@@ -87,7 +94,19 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
         >>> g.training, any(p.requires_grad for p in g.parameters())
         (False, False)
     """
-    state = _strip(read_state_dict(path), like, prefix)
+    state = encoder_state(path, like, prefix)
+    expected = set(like.state_dict())
+    unused = sorted(set(state) - expected)
+    if unused and expected <= set(state):
+        # e.g. a classifier head (harmless), or a ResNet9 checkpoint read into a smaller model that
+        # shares its first blocks (a mistake): say so rather than load silently.
+        warnings.warn(
+            f"{len(unused)} tensors of {str(path)!r} are not used by {type(like).__name__} (e.g. {unused[0]!r}): "
+            "check that the checkpoint has the encoder's architecture, or pass `prefix=`.",
+            UserWarning,
+            stacklevel=2,
+        )
+        state = {k: state[k] for k in expected}
     model = copy.deepcopy(like)
     try:
         model.load_state_dict(state, strict=True)

@@ -258,6 +258,7 @@ def test_unused_checkpoint_tensors_warn(ws):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2
     assert lines[0].startswith("memloc analyze: warning: --encoder: 30 tensors") and "check --arch" in lines[0]
+    assert "not used by TinyCNN" in lines[0]
     assert lines[1].startswith("memloc analyze: error: --layers:")
 
 

@@ -730,3 +730,14 @@ def test_resume_every_2_epochs_continues_the_same_history(tmp_path, data):
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     assert full.report.allclose(resumed.report, atol=1e-5)
+
+
+def test_load_encoder_warns_about_a_checkpoint_of_a_larger_architecture(tmp_path):
+    """A ResNet9 checkpoint shares TinyCNN's first block names: it must not load silently."""
+    from lightning_memloc import load_encoder
+    from lightning_memloc.models import ResNet9, TinyCNN
+
+    path = tmp_path / "resnet9.pt"
+    torch.save(ResNet9(width=4).state_dict(), path)
+    with pytest.warns(UserWarning, match=r"30 tensors .* are not used by TinyCNN"):
+        load_encoder(path, like=TinyCNN(width=4))
