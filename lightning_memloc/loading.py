@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -121,12 +121,25 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
     return model
 
 
-def resolve_module(owner: nn.Module, spec: Union[str, nn.Module, None], argument: str) -> nn.Module:
-    """Find a sub-module by dotted attribute name (``"encoder.backbone"``) on ``owner``."""
+def resolve_module(owner: nn.Module, spec: Union[str, nn.Module, Callable[[nn.Module], nn.Module], None],
+                   argument: str) -> nn.Module:
+    """The module ``spec`` designates on ``owner``.
+
+    Args:
+        owner: e.g. the LightningModule.
+        spec: a module (returned as is), a callable ``owner -> module``, a dotted attribute path
+            (``"encoder.backbone"``), or ``None`` for ``owner`` itself.
+        argument: the user-facing argument name, for error messages.
+    """
     if isinstance(spec, nn.Module):
         return spec
     if spec is None:
         return owner
+    if callable(spec):
+        module = spec(owner)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"`{argument}` callable returned {type(module).__name__}, expected an nn.Module.")
+        return module
     target: object = owner
     for part in str(spec).split("."):
         if not hasattr(target, part):

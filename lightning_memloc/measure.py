@@ -121,7 +121,7 @@ def probe_layers(
         encoder: the encoder ``f``.
         reference: the reference ``g`` or ``None``.
         layers: ``"auto"`` or layer names.
-        example: a small input batch.
+        example: a small input batch (only its first 2 rows are used).
 
     Returns:
         The layer specs and the number of units per layer.
@@ -129,6 +129,9 @@ def probe_layers(
     Raises:
         ArchitectureMismatchError: a layer is missing in ``reference`` or has another shape.
     """
+    # Names, order and shapes do not depend on the batch size: the three probe forwards
+    # (resolve, encoder shapes, reference shapes) run on 2 rows, not on 2 candidates x K views.
+    example = example[:2]
     device, dtype = model_device_dtype(encoder)
     with eval_mode(encoder, reference), torch.no_grad():
         try:

@@ -113,11 +113,6 @@ def resolve_encoder(pl_module: "pl.LightningModule", spec: ModuleSpec, source: R
     """The encoder: ``spec`` (attribute path, module, callable) or, if ``None``, the monitor's encoder."""
     if spec is None and source.is_monitor and callable(getattr(source.source, "encoder", None)):
         return source.source.encoder(pl_module)
-    if callable(spec) and not isinstance(spec, nn.Module):
-        module = spec(pl_module)
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"`encoder` callable returned {type(module).__name__}, expected an nn.Module.")
-        return module
     return resolve_module(pl_module, spec, "encoder")
 
 

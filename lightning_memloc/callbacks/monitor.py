@@ -199,24 +199,16 @@ class MemorizationMonitor(Callback):
 
     def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
         """The encoder being monitored inside ``pl_module``."""
-        spec = self.encoder_spec
-        if callable(spec) and not isinstance(spec, nn.Module):
-            module = spec(pl_module)
-            if not isinstance(module, nn.Module):
-                raise TypeError(f"`encoder` callable returned {type(module).__name__}, expected an nn.Module.")
-            return module
-        return resolve_module(pl_module, spec, "encoder")
+        return resolve_module(pl_module, self.encoder_spec, "encoder")
 
     def reference(self, pl_module: pl.LightningModule) -> Optional[nn.Module]:
         """The reference encoder (``None`` without one)."""
         spec = self.reference_spec
         if spec is None:
             return None
-        if isinstance(spec, nn.Module):
-            return spec
-        if callable(spec):
-            return spec(pl_module)
-        if isinstance(spec, os.PathLike) or str(spec).endswith((".ckpt", ".pt", ".pth")) or os.sep in str(spec):
+        if isinstance(spec, os.PathLike) or (
+            isinstance(spec, str) and (spec.endswith((".ckpt", ".pt", ".pth")) or os.sep in spec)
+        ):
             if self._reference is None:
                 try:
                     self._reference = load_encoder(spec, like=self.encoder(pl_module))

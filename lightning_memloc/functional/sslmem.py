@@ -57,13 +57,13 @@ def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_elem
         inv_anchor = torch.linalg.vector_norm(anchor, dim=-1, dtype=dtype).clamp_min_(1e-12).reciprocal_().unsqueeze(-1)
         sq = reps.new_zeros((n, k), dtype=dtype)
         for start in range(0, d, width):
-            r = reps[:, :, start:start + width].to(dtype) * inv
-            a = (anchor[:, start:start + width].to(dtype) * inv_anchor).unsqueeze(1)
+            r = torch.mul(reps[:, :, start:start + width], inv)  # promotes half to the float32 of `inv`
+            a = torch.mul(anchor[:, start:start + width], inv_anchor).unsqueeze(1)
             sq += torch.linalg.vector_norm(r - a, dim=-1).square_()
         return sq.sqrt_().mean(dim=1)
     sq = reps.new_zeros((n, k, k), dtype=dtype)
     for start in range(0, d, width):
-        r = reps[:, :, start:start + width].to(dtype) * inv
+        r = torch.mul(reps[:, :, start:start + width], inv)
         for a in range(k - 1):
             sq[:, a, a + 1:] += torch.linalg.vector_norm(r[:, a + 1:] - r[:, a:a + 1], dim=-1).square_()
     upper = torch.triu_indices(k, k, 1, device=reps.device)
