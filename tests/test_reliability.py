@@ -205,7 +205,7 @@ def test_reference_is_the_encoder_itself(encoder, images):
 def test_candidates_that_do_not_fit_the_encoder(images):
     encoder = TinyCNN(in_channels=1, width=4)
     snap = _snapshot(encoder)
-    with pytest.raises(ValueError, match=r"encoder cannot run on a batch of candidate views of shape \(4, 3, 16, 16\)") as info:
+    with pytest.raises(ValueError, match=r"encoder cannot run on a batch of candidate views of shape \(\d+, 3, 16, 16\)") as info:
         measure(encoder, images, views=2)
     assert "channels" in str(info.value) and "`candidates`" in str(info.value)
     assert_untouched(encoder, snap)
