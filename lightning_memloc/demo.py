@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None,
                    help="image side in pixels (default: 16 for the 8x8 digits, the data's own size otherwise)")
     p.add_argument("--limit", type=int, default=600,
-                   help="use only the first N images (0: all); fewer images and more epochs memorize more per second")
+                   help="use a seeded random subset of N images (0: all); fewer images and more epochs memorize more per second")
     p.add_argument("--out", default="runs/demo", help="output folder (TensorBoard logs, reports, plots)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--warmup-epochs", type=int, default=4, help="linear LR warm-up epochs")
@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     pl.seed_everything(args.seed, workers=True)
     size = args.size if args.size is not None else (16 if str(args.data).lower() == "digits" else None)
     images, labels = load_data(args.data, root=args.root, size=size)
-    if args.limit:
-        images, labels = images[: args.limit], labels[: args.limit]
+    if args.limit and args.limit < len(images):
+        # a seeded random subset: files sorted by class (e.g. a CIFAR .npz) keep every class
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.limit].sort().values
+        images, labels = images[keep], labels[keep]
     n, channels = images.shape[0], images.shape[1]
     candidates, independent = _count(args.candidates), _count(args.independent)
     shared = n - (candidates if isinstance(candidates, int) else int(candidates * n)) - (
