@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=600,
                    help="use a seeded random subset of N images (0: all); fewer images and more epochs memorize more per second")
     p.add_argument("--out", default="runs/demo", help="output folder (TensorBoard logs, reports, plots)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--warmup-epochs", type=int, default=4, help="linear LR warm-up epochs")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--warmup-epochs", type=int, default=5, help="linear LR warm-up epochs")
     p.add_argument("--width", type=int, default=16, help="ResNet9 base width (the paper: 64)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
