@@ -40,13 +40,7 @@ LAYERS = ["conv1", "conv2", "conv3"]
 VIEWS, SEED, TOP_K = 3, 5, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP contention on the shared cores (~50x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(epochs: int) -> CoTrainedPair:

@@ -27,13 +27,7 @@ from lightning_memloc.ssl import SimCLR
 from lightning_memloc.taps import LayerSpec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP contention on the shared cores (~50x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _metrics(meter: MemorizationMeter):
