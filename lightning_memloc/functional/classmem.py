@@ -16,6 +16,7 @@ from lightning_memloc.functional.unitmem import (
     REDUCTIONS,
     _check_choice,
     _check_mean_activations,
+    check_id_vector,
     unitmem,
 )
 
@@ -24,15 +25,7 @@ __all__ = ["class_means", "classmem"]
 
 def _check_labels(labels: object, n: int) -> Tensor:
     """Validate ``labels`` as a ``LongTensor[n]`` of non-negative class ids."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"`labels` must be a torch.Tensor of shape (N,), got {type(labels).__name__}.")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"`labels` must be an integer tensor of class ids, got dtype {labels.dtype}.")
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(
-            f"`labels` must have shape (N,) = ({n},), one class id per row of `mean_activations`, "
-            f"got shape {tuple(labels.shape)}."
-        )
+    labels = check_id_vector("labels", labels, n, "mean_activations", "class id")
     if n > 0 and bool((labels < 0).any()):
         raise ValueError(
             "`labels` must be >= 0; negative ids (e.g. -1 for 'no label') are not classes. "

@@ -35,6 +35,22 @@ def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"`{name}` must be one of {tuple(allowed)}, got {value!r}.")
 
 
+def check_id_vector(name: str, value: object, length: int, rows_of: str, what: str) -> Tensor:
+    """Validate ``value`` as an integer tensor of shape ``(length,)``: one ``what`` per row of ``rows_of``.
+
+    Shared by the ``labels`` of ClassMem and the ``index`` of the metrics' ``update``.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of {what}s, got {type(value).__name__}.")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer tensor of {what}s, got dtype {value.dtype}.")
+    if value.ndim != 1 or value.shape[0] != length:
+        raise ValueError(
+            f"`{name}` must have shape ({length},), one {what} per row of `{rows_of}`, got shape {tuple(value.shape)}."
+        )
+    return value
+
+
 def _check_tensor(name: str, value: object, ndim: int, shape_hint: str) -> Tensor:
     """Check that ``value`` is a tensor with ``ndim`` dims and return it as a floating tensor.
 

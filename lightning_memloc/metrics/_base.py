@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_memloc.functional.unitmem import _check_finite
+from lightning_memloc.functional.unitmem import _check_finite, check_id_vector
 
 STATE_DTYPES = (torch.float32, torch.float64)
 
@@ -69,15 +69,7 @@ class CandidateIndexedMetric(Metric):
 
     def _check_index(self, index: Any, batch: int, batch_name: str) -> Tensor:
         """Validate ``index`` as ``LongTensor[batch]`` of ids in ``[0, num_candidates)``."""
-        if not isinstance(index, Tensor):
-            raise TypeError(f"`index` must be a LongTensor of candidate ids, got {type(index).__name__}.")
-        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-            raise TypeError(f"`index` must be an integer tensor of candidate ids, got dtype {index.dtype}.")
-        if index.ndim != 1 or index.shape[0] != batch:
-            raise ValueError(
-                f"`index` must have shape (B,) = ({batch},), one candidate id per row of "
-                f"`{batch_name}`, got shape {tuple(index.shape)}."
-            )
+        index = check_id_vector("index", index, batch, batch_name, "candidate id")
         if batch and (bool((index < 0).any()) or bool((index >= self.num_candidates).any())):
             raise ValueError(
                 f"`index` ids must lie in [0, num_candidates - 1] = [0, {self.num_candidates - 1}], "

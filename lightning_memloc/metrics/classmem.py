@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.classmem import class_means, classmem
-from lightning_memloc.functional.unitmem import unit_argmax
+from lightning_memloc.functional.unitmem import check_id_vector, unit_argmax
 from lightning_memloc.metrics.unitmem import UnitMem
 
 __all__ = ["ClassMem"]
@@ -65,13 +65,7 @@ class ClassMem(UnitMem):
         """
         x = self._check_activations(activations, self.num_units)
         idx = self._check_index(index, x.shape[0], "activations")
-        if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError("`labels` must be an integer tensor of class ids of shape (B,).")
-        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"`labels` must have shape (B,) = ({x.shape[0]},), one class id per row of "
-                f"`activations`, got {tuple(labels.shape)}."
-            )
+        labels = check_id_vector("labels", labels, x.shape[0], "activations", "class id")
         lab = labels.to(device=self.labels.device, dtype=self.labels.dtype)
         if bool((lab < 0).any()):
             raise ValueError("`labels` must be >= 0 (a negative id such as -1 means 'no label').")
