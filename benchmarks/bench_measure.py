@@ -640,7 +640,8 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small smoke run (seconds): tiny sizes everywhere")
     p.add_argument("--models", default="resnet9,resnet18", help="comma-separated: resnet9, resnet18")
@@ -653,7 +654,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--naive-candidates", type=int, default=None,
                    help="candidates timed in (c), then extrapolated [cpu 2, cuda 20]")
     p.add_argument("--naive-layers", type=int, default=0, help="layers timed in (c) (0: all)")
-    p.add_argument("--accuracy-candidates", type=int, default=None, help="subset for the float64 check [cpu 6, cuda 32]")
+    p.add_argument("--accuracy-candidates", type=int, default=None,
+                   help="subset for the float64 check [cpu 6, cuda 32]")
     p.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last (a, b)")
     p.add_argument("--view-candidates", type=int, default=None, help="images for (e) [cpu 64, cuda 1000]")
     p.add_argument("--lightly-images", type=int, default=32, help="images for the lightly per-image timing")
@@ -694,9 +696,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def print_table(results: Results) -> None:
     print("\n=== summary ===")
-    header = f"| {'phase':38s} | {'model':24s} | {'median':>10s} | {'min':>10s} | {'views/s':>10s} | {'peak mem':>11s} | notes"
-    print(header)
-    print("|" + "-" * 40 + "|" + "-" * 26 + "|" + "-" * 12 + "|" + "-" * 12 + "|" + "-" * 12 + "|" + "-" * 13 + "|------")
+    print(f"| {'phase':38s} | {'model':24s} | {'median':>10s} | {'min':>10s} | {'views/s':>10s} "
+          f"| {'peak mem':>11s} | notes")
+    print("|" + "|".join("-" * w for w in (40, 26, 12, 12, 12, 13, 6)))
     for row in results.rows:
         vps = f"{row['views_per_s']:,.0f}" if row.get("views_per_s") else "-"
         peak = mib(row["peak_bytes"]) if row.get("peak_bytes") is not None else "-"

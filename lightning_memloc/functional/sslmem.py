@@ -68,9 +68,10 @@ def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tenso
 
     Products of float32 (or half) values are exact in float64 and the sums carry ~1e-16 relative
     error, so ``‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab`` of the normalised Gram ``Ĝ`` loses at most
-    ~1e-15 to cancellation: distances are within ~3e-8 of the exact ones even for identical
-    views, better than float32 explicit differences (~2e-7), with two operations per slice
-    (cast, ``baddbmm``) instead of ``3(K−1)``.
+    ~1e-15 to cancellation: a distance is off by at most ~3e-8 even between identical views
+    (before the float32 rounding of the result), where float32 explicit differences reach
+    ~2e-7 and a float32 Gram matrix ~1e-3; two operations per slice (cast, ``baddbmm``)
+    instead of ``3(K−1)``.
     """
     n, k, d = reps.shape
     width = _slice_width(n, k, d, 8, chunk_bytes)
@@ -95,7 +96,7 @@ def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_byte
     size is made (at most ``chunk_bytes``, default :data:`CHUNK_BYTES`):
 
     * all pairs, float32/half input: the per-candidate Gram matrix of the views accumulated in
-      float64 (two operations per slice; error ≤ ~3e-8, see :func:`_gram_alignment`);
+      float64 (two operations per slice; error ~3e-8 at most, see :func:`_gram_alignment`);
     * float64 input, or ``anchor``: explicit differences of the normalised slices, accumulated
       as squared distances (exact to the input precision).
 
@@ -120,12 +121,12 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
     did): the mean over the ``K`` views of ``‖r_k − r_anchor‖₂``, ``r_anchor`` being the
     representation of the un-augmented image.
 
-    Distances are accurate to ~3e-8 in float32 even when views are nearly identical: all pairs
-    come from a Gram matrix accumulated in float64 (float32 products are exact there, so the
-    ``‖a‖² + ‖b‖² − 2ab`` cancellation that ruins a float32 Gram matrix costs ~1e-15), float64
-    inputs and the anchor pairing from explicit differences; ``D`` is processed slice by slice,
-    so no temporary of the input's size is made (see :func:`pairwise_alignment`, the unchecked
-    core that :func:`~lightning_memloc.measure` calls).
+    Results are accurate to their float32 rounding (~1e-7) even for nearly identical views: all
+    pairs come from a Gram matrix accumulated in float64 (float32 products are exact there, so
+    the ``‖a‖² + ‖b‖² − 2ab`` cancellation that ruins a float32 Gram matrix costs ~1e-15);
+    float64 inputs and the anchor pairing use explicit differences. ``D`` is processed slice by
+    slice, so no temporary of the input's size is made (see :func:`pairwise_alignment`, the
+    unchecked core that :func:`~lightning_memloc.measure` calls).
 
     Args:
         representations: ``(N, K, D)`` flattened layer outputs of ``K`` views of ``N`` candidates
