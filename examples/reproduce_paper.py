@@ -249,9 +249,7 @@ def cotrain(args: argparse.Namespace, images: Tensor,
     augment = BatchedSimCLRAugment(size)
 
     def ssl_model() -> SimCLR:
-        backbone = ResNet9(in_channels=channels, width=args.width)
-        return SimCLR(backbone, feature_dim=backbone.feature_dim, hidden_dim=4 * args.width,
-                      out_dim=2 * args.width, augment=augment)
+        return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
 
     pair = CoTrainedPair(ssl_model(), ssl_model(), lr=args.lr, warmup_epochs=args.warmup_epochs,
                          max_epochs=args.epochs)

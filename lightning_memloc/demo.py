@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     from lightning_memloc.callbacks import MemorizationMonitor
     from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
     from lightning_memloc.data import load_data, split_candidates
-    from lightning_memloc.models import ResNet9
     from lightning_memloc.ssl import SimCLR
     from lightning_memloc.views import BatchedSimCLRAugment
 
@@ -107,9 +106,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         augment = None
 
     def ssl_model() -> SimCLR:
-        backbone = ResNet9(in_channels=channels, width=args.width)
-        return SimCLR(backbone, feature_dim=backbone.feature_dim, hidden_dim=4 * args.width,
-                      out_dim=2 * args.width, augment=augment)
+        return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
 
     model = CoTrainedPair(ssl_model(), ssl_model(), lr=args.lr, warmup_epochs=args.warmup_epochs,
                           max_epochs=args.epochs)

@@ -51,6 +51,15 @@ class SimCLR(nn.Module):
         self.augment = augment
         self.criterion = NTXentLoss(temperature=temperature)
 
+    @classmethod
+    def resnet9(cls, in_channels: int = 3, width: int = 64, augment: Optional[nn.Module] = None) -> "SimCLR":
+        """The paper's set-up: a :class:`~lightning_memloc.models.ResNet9` backbone with a
+        projection head of hidden size ``4 * width`` and output size ``2 * width``."""
+        from lightning_memloc.models import ResNet9
+
+        backbone = ResNet9(in_channels=in_channels, width=width)
+        return cls(backbone, feature_dim=backbone.feature_dim, hidden_dim=4 * width, out_dim=2 * width, augment=augment)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
