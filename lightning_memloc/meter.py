@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lightning_memloc.functional.unitmem import take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
@@ -176,7 +177,7 @@ class MemorizationMeter(nn.Module):
             except ValueError as err:  # e.g. negative="error" on a layer with negative activations
                 raise type(err)(f"layer {name!r}: {err}") from err
             unit_mem[name] = out["unit_mem"].detach().float().cpu()
-            unit_argmax[name] = ids[out["unit_argmax" if self.has_labels else "argmax"].detach().cpu().long()]
+            unit_argmax[name] = take_ids(ids, out["unit_argmax" if self.has_labels else "argmax"].detach().cpu().long())
             dead[name] = out["dead"].detach().cpu().bool()
             if class_mem is not None:
                 class_mem[name] = out["class_mem"].detach().float().cpu()

@@ -46,7 +46,8 @@ class MemorizationReport:
         layer_kinds: layer -> ``"conv"``, ``"linear"``, ``"attention"`` or ``"mlp"``.
         candidate_ids: (N,) ids of the candidates (positions in the candidate set unless given).
         unit_mem: layer -> (U,) UnitMem of every unit, in [0, 1].
-        unit_argmax: layer -> (U,) candidate id that excites each unit most (μmax candidate).
+        unit_argmax: layer -> (U,) candidate id that excites each unit most (μmax candidate);
+            -1 for dead units, which have none.
         dead_units: layer -> (U,) bool, units whose mean activation is 0 on every candidate.
         class_mem: layer -> (U,) ClassMem, when labels were available.
         sslmem: layer -> (N,) normalised SSLMem per candidate (with a reference).
@@ -168,9 +169,10 @@ class MemorizationReport:
         if self.has_reference:
             return self.sslmem[layer].clone()
         position = {int(c): i for i, c in enumerate(self.candidate_ids.tolist())}
-        owners = torch.tensor([position[int(c)] for c in self.unit_argmax[layer].tolist()], dtype=torch.long)
+        alive = ~self.dead_units[layer]  # dead units have no μmax candidate (argmax -1)
+        owners = torch.tensor([position[int(c)] for c in self.unit_argmax[layer][alive].tolist()], dtype=torch.long)
         scores = torch.zeros(self.num_candidates, dtype=torch.float32)
-        return scores.index_add_(0, owners, self.unit_mem[layer].float())
+        return scores.index_add_(0, owners, self.unit_mem[layer][alive].float())
 
     def summary_table(self, threshold: float = 0.5) -> str:
         """A plain-text table: one row per layer (LayerMem, ΔLayerMem, top/least, UnitMem)."""

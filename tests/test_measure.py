@@ -53,7 +53,7 @@ def slow_reference(encoder, reference, views, layers, top_k):
             best = max(range(n), key=lambda i: col[i])
             rest = sum(col[i] for i in range(n) if i != best) / (n - 1)
             scores.append(0.0 if col[best] + rest == 0 else (col[best] - rest) / (col[best] + rest))
-            argmax.append(best)
+            argmax.append(best if col[best] > 0 else -1)  # a dead unit has no μmax candidate
         result["unit_mem"][layer] = torch.tensor(scores, dtype=torch.float64)
         result["argmax"][layer] = argmax
 

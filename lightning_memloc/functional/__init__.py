@@ -6,11 +6,29 @@ Learning Improves Downstream Generalization* (ICLR 2024) for SSLMem and alignmen
 """
 
 from lightning_memloc.functional.classmem import class_means, classmem
+from lightning_memloc.functional.evidence import (
+    bootstrap_difference_interval,
+    bootstrap_mean_interval,
+    bootstrap_topk_interval,
+    holm,
+    membership_test,
+    samples_for_halfwidth,
+    weighted_mean_unitmem,
+    welch_greater,
+)
 from lightning_memloc.functional.sslmem import alignment, delta_layermem, layermem, sslmem, top_least_indices
 from lightning_memloc.functional.unitmem import apply_negative_policy, dead_units, unit_argmax, unitmem
 
 __all__ = [
     "alignment",
+    "bootstrap_difference_interval",
+    "bootstrap_mean_interval",
+    "bootstrap_topk_interval",
+    "holm",
+    "membership_test",
+    "samples_for_halfwidth",
+    "weighted_mean_unitmem",
+    "welch_greater",
     "apply_negative_policy",
     "class_means",
     "classmem",

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightning_memloc.errors import NonFiniteActivationError
 
-__all__ = ["apply_negative_policy", "dead_units", "unit_argmax", "unitmem"]
+__all__ = ["apply_negative_policy", "dead_units", "take_ids", "unit_argmax", "unitmem"]
 
 NEGATIVE_POLICIES = ("clamp", "shift", "error")
 REDUCTIONS = ("mean", "median")
@@ -142,19 +142,34 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
 def unit_argmax(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
     """Candidate each unit "memorizes": the position of ``μmax_u`` (first one on ties).
 
+    A dead unit (zero on every candidate, see :func:`dead_units`) has no μmax candidate: its
+    entry is ``-1`` (never position 0, which would credit whatever image sits first).
+
     Args:
         mean_activations: ``(N, U)`` mean activation of each unit per candidate.
         negative: negative-value policy, see :func:`apply_negative_policy`.
 
     Returns:
-        ``LongTensor[U]`` with positions in ``0 .. N-1``.
+        ``LongTensor[U]`` with positions in ``0 .. N-1``, ``-1`` for dead units.
 
     Example:
-        >>> unit_argmax(torch.tensor([[1.0, 4.0], [3.0, 2.0]]))
-        tensor([1, 0])
+        >>> unit_argmax(torch.tensor([[1.0, 4.0, 0.0], [3.0, 2.0, 0.0]]))
+        tensor([ 1,  0, -1])
     """
     mu = apply_negative_policy(mean_activations, negative)
-    return mu.argmax(dim=0)
+    pos = mu.argmax(dim=0)
+    return torch.where(mu.amax(dim=0) == 0, torch.full_like(pos, -1), pos)
+
+
+def take_ids(ids: Tensor, positions: Tensor) -> Tensor:
+    """``ids[positions]`` with ``-1`` (no argmax, a dead unit) passed through as ``-1``.
+
+    Example:
+        >>> take_ids(torch.tensor([10, 11]), torch.tensor([1, -1, 0])).tolist()
+        [11, -1, 10]
+    """
+    pos = positions.to(ids.device)
+    return torch.where(pos >= 0, ids[pos.clamp(min=0)], torch.full_like(pos, -1))
 
 
 def dead_units(mean_activations: Tensor, negative: str = "clamp") -> Tensor:

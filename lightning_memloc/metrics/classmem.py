@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.classmem import class_means, classmem
-from lightning_memloc.functional.unitmem import check_id_vector, unit_argmax
+from lightning_memloc.functional.unitmem import check_id_vector, take_ids, unit_argmax
 from lightning_memloc.metrics.unitmem import UnitMem
 
 __all__ = ["ClassMem"]
@@ -94,7 +94,7 @@ class ClassMem(UnitMem):
         means, classes = class_means(mu, labels)
         return {
             "class_mem": classmem(mu, labels, reduction=self.reduction, negative=self.negative),
-            "argmax": classes[unit_argmax(means, negative=self.negative)],
+            "argmax": take_ids(classes, unit_argmax(means, negative=self.negative)),
             "unit_mem": units["unit_mem"],
             "unit_argmax": units["argmax"],
             "dead": units["dead"],

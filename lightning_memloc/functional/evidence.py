@@ -1,0 +1,288 @@
+"""Statistics that turn memorization figures into evidence: intervals, tests and their nulls.
+
+A memorization figure means little without its null and its uncertainty. Two trained encoders
+differ at every layer even when neither memorized anything (an offset ``o_l``), so SSLMem of the
+candidates is compared with a *control* set both encoders trained on; UnitMem has no reference,
+so a unit's μmax image is compared against chance over a pool of seen and unseen images
+(Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024; the authors'
+``Ttest.py`` runs the one-sided Welch test used here). Everything is seeded and vectorised:
+
+- :func:`bootstrap_indices`, :func:`percentile_interval`, :func:`bootstrap_mean_interval`,
+  :func:`bootstrap_difference_interval`, :func:`bootstrap_topk_interval`: percentile bootstrap
+  over candidates;
+- :func:`welch_greater`: one-sided Welch t-test ``mean(a) > mean(b)``; :func:`holm`: Holm's
+  step-down correction across layers;
+- :func:`weighted_mean_unitmem`: mean UnitMem of resampled or sub-sampled candidate sets, from
+  one ``(N, U)`` matrix, without materialising the resamples;
+- :func:`membership_test`: how often alive units' μmax image is a training image, against a
+  permutation null over the *images* (units are not independent draws);
+- :func:`samples_for_halfwidth`: candidates needed for a target interval half-width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "bootstrap_indices",
+    "percentile_interval",
+    "bootstrap_mean_interval",
+    "bootstrap_difference_interval",
+    "bootstrap_topk_interval",
+    "welch_greater",
+    "holm",
+    "weighted_mean_unitmem",
+    "membership_test",
+    "samples_for_halfwidth",
+]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) & (2**63 - 1))
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> Tensor:
+    """``(n_boot, n)`` indices drawn with replacement from ``0 .. n-1`` (seeded, CPU).
+
+    Example:
+        >>> bootstrap_indices(4, 3, seed=0).shape
+        torch.Size([3, 4])
+    """
+    if n < 1 or n_boot < 1:
+        raise ValueError(f"bootstrap needs n >= 1 and n_boot >= 1, got n={n}, n_boot={n_boot}.")
+    return torch.randint(0, n, (n_boot, n), generator=_generator(seed))
+
+
+def percentile_interval(samples: Tensor, level: float = 0.95) -> Tuple[Tensor, Tensor]:
+    """Percentile interval of bootstrap ``samples`` along dim 0: ``(lower, upper)``.
+
+    Example:
+        >>> lo, hi = percentile_interval(torch.arange(101.0), level=0.9)
+        >>> float(lo), float(hi)
+        (5.0, 95.0)
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=samples.dtype)
+    out = torch.quantile(samples, q, dim=0)
+    return out[0], out[1]
+
+
+def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """Percentile-bootstrap interval of the mean over the last dimension (the candidates).
+
+    Args:
+        values: ``(..., N)``; every leading row is resampled with the *same* candidate indices
+            (layers stay paired: candidate ``i`` is drawn at every layer together).
+        n_boot: bootstrap resamples.
+        level: coverage of the interval.
+        seed: seed of the resampling.
+
+    Returns:
+        ``(lower, upper)`` of shape ``values.shape[:-1]``.
+
+    Example:
+        >>> lo, hi = bootstrap_mean_interval(torch.tensor([1.0, 1.0, 1.0]))
+        >>> float(lo), float(hi)
+        (1.0, 1.0)
+    """
+    v = values.detach().double().cpu()
+    idx = bootstrap_indices(v.shape[-1], n_boot, seed)
+    means = v[..., idx].mean(dim=-1)  # (..., B)
+    lo, hi = percentile_interval(means.movedim(-1, 0), level)
+    return lo, hi
+
+
+def bootstrap_difference_interval(
+    a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> Tuple[Tensor, Tensor]:
+    """Interval of ``mean(a) − mean(b)`` over the last dimension; ``a`` and ``b`` are resampled
+    independently (two groups of candidates), leading rows stay paired.
+
+    Example:
+        >>> lo, hi = bootstrap_difference_interval(torch.full((5,), 2.0), torch.full((3,), 0.5))
+        >>> float(lo), float(hi)
+        (1.5, 1.5)
+    """
+    va, vb = a.detach().double().cpu(), b.detach().double().cpu()
+    ia = bootstrap_indices(va.shape[-1], n_boot, seed)
+    ib = bootstrap_indices(vb.shape[-1], n_boot, seed + 1)
+    diff = va[..., ia].mean(dim=-1) - vb[..., ib].mean(dim=-1)
+    return percentile_interval(diff.movedim(-1, 0), level)
+
+
+def bootstrap_topk_interval(
+    scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Intervals of the paper's top-k / least-k LayerMem: resample the candidates, rank them by
+    the *last* row (the last layer) within each resample, average every row over its top-k and
+    least-k. The selection is redone in every resample, so its variability is included.
+
+    Args:
+        scores: ``(L, N)`` normalised SSLMem per layer and candidate.
+        k: group size (``min(k, N)`` is used).
+
+    Returns:
+        ``(top_lower, top_upper, least_lower, least_upper)``, each ``(L,)``.
+    """
+    s = scores.detach().double().cpu()
+    n = s.shape[-1]
+    k = min(k, n)
+    idx = bootstrap_indices(n, n_boot, seed)  # (B, N)
+    drawn = s[:, idx]  # (L, B, N)
+    order = drawn[-1].argsort(dim=-1, descending=True, stable=True)  # (B, N)
+    top = torch.gather(drawn, 2, order[None, :, :k].expand(s.shape[0], -1, -1)).mean(-1)
+    least = torch.gather(drawn, 2, order[None, :, n - k:].expand(s.shape[0], -1, -1)).mean(-1)
+    top_lo, top_hi = percentile_interval(top.T, level)
+    least_lo, least_hi = percentile_interval(least.T, level)
+    return top_lo, top_hi, least_lo, least_hi
+
+
+def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
+    """One-sided Welch t-test of ``mean(a) > mean(b)`` (unequal variances), as the authors' ``Ttest.py``.
+
+    Returns:
+        ``(t, df, p)``. ``p`` is NaN when a group has fewer than 2 values; with zero variance in
+        both groups ``p`` is 0 if ``mean(a) > mean(b)`` and 1 otherwise.
+
+    Example:
+        >>> t, df, p = welch_greater(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]))
+        >>> round(t, 6), round(p, 6)
+        (0.0, 0.5)
+    """
+    from scipy.special import stdtr
+
+    x, y = a.detach().double().cpu().reshape(-1), b.detach().double().cpu().reshape(-1)
+    na, nb = x.numel(), y.numel()
+    if na < 2 or nb < 2:
+        return math.nan, math.nan, math.nan
+    va, vb = float(x.var(unbiased=True)) / na, float(y.var(unbiased=True)) / nb
+    diff = float(x.mean() - y.mean())
+    se2 = va + vb
+    if se2 == 0.0:
+        return (math.inf if diff > 0 else (-math.inf if diff < 0 else 0.0)), math.nan, (0.0 if diff > 0 else 1.0)
+    t = diff / math.sqrt(se2)
+    df = se2**2 / ((va**2 / (na - 1) if va else 0.0) + (vb**2 / (nb - 1) if vb else 0.0))
+    return t, df, float(stdtr(df, -t))
+
+
+def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
+    """Holm's step-down adjusted p-values (family-wise error across, e.g., layers).
+
+    ``None``/NaN entries are left out of the family and stay ``None``.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03])
+        [0.03, 0.06, 0.06]
+    """
+    valid = [(p, i) for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    out: List[Optional[float]] = [None] * len(pvalues)
+    m = len(valid)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(valid)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 64) -> Tensor:
+    """Mean UnitMem (``reduction="mean"``) of candidate multisets given as weights.
+
+    Row ``b`` of ``weights`` says how often each candidate is in multiset ``b`` (bootstrap counts,
+    or a 0/1 mask for a subset). For each multiset and unit: μmax = the largest μ among the drawn
+    candidates, μ-max = the mean over the *other* ``n_b − 1`` draws, UnitMem as in Eq. 1 (0 for a
+    unit that is zero on every drawn candidate); the result is the mean over units. Sums come
+    from one matrix product; the max is taken chunk by chunk.
+
+    Args:
+        mu: ``(N, U)`` non-negative mean activations (after the negative policy).
+        weights: ``(B, N)`` non-negative integer counts, each row summing to at least 2.
+        chunk: resamples per chunk for the max (bounds memory to ``chunk·N·U``).
+
+    Returns:
+        ``(B,)`` mean UnitMem per multiset (float64).
+
+    Example:
+        >>> mu = torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+        >>> weighted_mean_unitmem(mu, torch.ones(1, 3))  # UnitMem (0.6, 0) -> mean 0.3
+        tensor([0.3000], dtype=torch.float64)
+    """
+    m = mu.detach().double().cpu()
+    w = weights.detach().double().cpu()
+    n_b = w.sum(dim=1, keepdim=True)  # (B, 1)
+    if bool((n_b < 2).any()):
+        raise ValueError("every multiset needs at least 2 candidates for UnitMem.")
+    sums = w @ m  # (B, U)
+    maxes = torch.empty_like(sums)
+    for start in range(0, w.shape[0], chunk):
+        present = w[start:start + chunk, :, None] > 0  # (c, N, 1)
+        maxes[start:start + chunk] = torch.where(present, m[None], torch.tensor(-math.inf, dtype=m.dtype)).amax(dim=1)
+    rest = (sums - maxes) / (n_b - 1)
+    denom = maxes + rest
+    dead = denom <= 0
+    score = ((maxes - rest) / torch.where(dead, torch.ones_like(denom), denom)).clamp(0.0, 1.0)
+    return torch.where(dead, torch.zeros_like(score), score).mean(dim=1)
+
+
+def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0) -> Dict[str, float]:
+    """Are units selective for *training* images? The argmax-membership test over a pool.
+
+    Over a pool of images, some seen in training (``seen``) and some not, take every alive unit's
+    μmax image (dead units, zero on the whole pool, take no part). Under the null that training
+    did not make units prefer the images they saw, the seen/unseen labels are exchangeable among
+    the images, so the p-value permutes those labels over the *images* — one image that wins
+    dozens of units moves all of them together, unlike a binomial over units.
+
+    Args:
+        mu: ``(P, U)`` non-negative mean activations of the pool's images.
+        seen: ``(P,)`` bool, ``True`` for images the encoder trained on.
+        n_perm: label permutations.
+        seed: seed of the permutations.
+
+    Returns:
+        ``{"fraction": share of alive units whose μmax image is seen, "chance": seen / P,
+        "p": one-sided permutation p-value (fraction ≥ observed), "alive": alive units,
+        "winners": distinct images that are some unit's μmax}``. With no alive unit, fraction and
+        p are NaN.
+
+    Example:
+        >>> mu = torch.tensor([[5.0, 0.0, 4.0], [0.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+        >>> out = membership_test(mu, torch.tensor([True, True, False, False]), n_perm=200)
+        >>> out["fraction"], out["chance"], out["alive"]
+        (1.0, 0.5, 3)
+    """
+    m = mu.detach().double().cpu()
+    s = torch.as_tensor(seen, dtype=torch.bool).cpu().reshape(-1)
+    if s.numel() != m.shape[0]:
+        raise ValueError(f"`seen` has {s.numel()} entries for a pool of {m.shape[0]} images.")
+    chance = float(s.double().mean())
+    alive = m.amax(dim=0) > 0
+    n_alive = int(alive.sum())
+    if n_alive == 0:
+        return {"fraction": math.nan, "chance": chance, "p": math.nan, "alive": 0, "winners": 0}
+    wins = torch.bincount(m[:, alive].argmax(dim=0), minlength=m.shape[0]).double()  # (P,)
+    observed = float(wins[s].sum()) / n_alive
+    g = _generator(seed)
+    perms = torch.argsort(torch.rand(n_perm, s.numel(), generator=g), dim=1)
+    null = s.double()[perms] @ wins / n_alive  # (n_perm,)
+    p = (1.0 + float((null >= observed - 1e-12).sum())) / (1.0 + n_perm)
+    return {"fraction": observed, "chance": chance, "p": p, "alive": n_alive, "winners": int((wins > 0).sum())}
+
+
+def samples_for_halfwidth(n: int, halfwidth: float, target: float) -> int:
+    """Candidates needed for an interval of half-width ``target`` when ``n`` give ``halfwidth``
+    (half-widths shrink as 1/√n).
+
+    Example:
+        >>> samples_for_halfwidth(100, 0.08, 0.02)
+        1600
+    """
+    if target <= 0:
+        raise ValueError(f"`target` must be > 0, got {target!r}.")
+    if not math.isfinite(halfwidth) or halfwidth <= target:
+        return n
+    return int(math.ceil(n * (halfwidth / target) ** 2))
