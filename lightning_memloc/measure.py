@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
 from lightning_memloc.errors import ArchitectureMismatchError, NonFiniteActivationError
+from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.report import MemorizationReport
@@ -341,6 +342,11 @@ def measure(
     progress: bool = False,
     state_dtype: torch.dtype = torch.float32,
     meta: Optional[Dict[str, Any]] = None,
+    control: Optional[Candidates] = None,
+    unseen: Optional[Candidates] = None,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
 ) -> MemorizationReport:
     """Measure UnitMem (and ClassMem, SSLMem, LayerMem, ΔLayerMem) of every layer in one pass.
 
@@ -368,6 +374,20 @@ def measure(
         progress: show a progress bar.
         state_dtype: dtype of the accumulated metric states.
         meta: extra settings to record in the report (e.g. ``{"epoch": 3}``).
+        control: images **both** encoders trained on (e.g. drawn from the shared part with
+            :func:`~lightning_memloc.data.split_candidates` ``control=``): the null of LayerMem.
+            The report's evidence gives the candidates' *excess* over the control per layer
+            with its interval and a one-sided Welch test (Holm-corrected). Needs ``reference``.
+        unseen: images the encoder never trained on (a test split, or the reference's
+            independent part when co-training): UnitMem of candidates vs unseen images and the
+            argmax membership test (are units' μmax images training images more often than
+            chance?), and LayerMem candidates vs unseen.
+        bootstrap: resamples for the intervals and permutations for the tests (0: none).
+        confidence: coverage of the intervals.
+        alpha: significance level of the Holm-corrected tests (verdicts in the summary).
+
+    Control and unseen images go through the same views (transform, K, seed) in the same pass;
+    the candidates' own figures are the same as without them.
 
     Returns:
         A :class:`~lightning_memloc.MemorizationReport`.
@@ -385,6 +405,8 @@ def measure(
         (3, True)
     """
     _validate(views, batch_size, pairing, reduction, negative, top_k, reference, encoder, num_workers)
+    options = EvidenceOptions(n_boot=bootstrap, level=confidence, alpha=alpha, seed=seed)
+    groups = check_groups(control, unseen, with_reference=reference is not None)
     view_set = build_views(candidates, views, transform, seed, labels)
     n = len(view_set)
     if n < 2:
@@ -398,10 +420,39 @@ def measure(
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
-                              reduction=reduction, negative=negative, top_k=top_k, state_dtype=state_dtype).to(device)
-    run_pass(encoder, reference, view_set, specs, meter, batch_size=batch_size, pairing=pairing,
-             num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"))
+                              reduction=reduction, negative=negative, top_k=top_k, state_dtype=state_dtype,
+                              groups={name: len(images) for name, images in groups.items()}).to(device)
+    run_pass(encoder, reference, view_set.pooled(list(groups.values())), specs, meter, batch_size=batch_size,
+             pairing=pairing, num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"))
     settings = {"views": view_set.views, "seed": view_set.seed, "pairing": pairing, "reduction": reduction,
-                "negative": negative, "top_k": min(top_k, n), "num_candidates": n}
+                "negative": negative, "top_k": min(top_k, n), "num_candidates": n,
+                **{f"num_{name}": len(images) for name, images in groups.items()},
+                "bootstrap": bootstrap, "confidence": confidence, "alpha": alpha}
     settings.update(meta or {})
-    return meter.compute_report(ids, settings)
+    return meter.compute_report(ids, settings, evidence=options)
+
+
+def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *, with_reference: bool) -> Dict[str, Candidates]:
+    """Validate the control / unseen sets; return them by name, in pass order (control first).
+
+    Raises:
+        ValueError: a set is empty or has one image, or a control is given without a reference.
+        TypeError: a set is neither a tensor nor a map-style dataset.
+    """
+    groups: Dict[str, Candidates] = {}
+    for name, images in (("control", control), ("unseen", unseen)):
+        if images is None:
+            continue
+        if not isinstance(images, (Tensor, Dataset)):
+            raise TypeError(f"`{name}` must be an image tensor (N, C, H, W) or a Dataset, got {type(images).__name__}.")
+        try:
+            size = len(images)  # type: ignore[arg-type]
+        except TypeError as err:
+            raise TypeError(f"`{name}` must be a map-style Dataset with __len__.") from err
+        if size < 2:
+            raise ValueError(f"`{name}` needs at least 2 images for a test against the candidates, got {size}.")
+        groups[name] = images
+    if "control" in groups and not with_reference:
+        raise ValueError("`control` is compared with the candidates on SSLMem, which needs `reference`: pass the "
+                         "reference encoder, or drop `control` (use `unseen` for UnitMem's membership test).")
+    return groups

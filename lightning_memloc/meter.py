@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lightning_memloc.functional.unitmem import take_ids
+from lightning_memloc.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
@@ -111,6 +112,7 @@ class MemorizationMeter(nn.Module):
         negative: str = "clamp",
         top_k: int = 50,
         state_dtype: torch.dtype = torch.float32,
+        groups: Optional[Mapping[str, int]] = None,
     ) -> None:
         super().__init__()
         self.layers = list(layers)
@@ -127,6 +129,15 @@ class MemorizationMeter(nn.Module):
         )
         self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
                                   dist_sync_fn=reduce_states_in_place) if reference else None
+        # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
+        # set after the candidates, each into its own states (no labels, no ClassMem).
+        self.group_sizes: Dict[str, int] = dict(groups or {})
+        self.groups = nn.ModuleDict({
+            name: MemorizationMeter(self.layers, num_units, size, reference=reference, labels=False, reduction=reduction,
+                                    negative=negative, top_k=top_k, state_dtype=state_dtype)
+            for name, size in self.group_sizes.items()
+        })
+        self.reduction, self.negative, self.top_k = reduction, negative, top_k
 
     @property
     def device(self) -> torch.device:
@@ -142,7 +153,24 @@ class MemorizationMeter(nn.Module):
         align_reference: Optional[Mapping[str, Tensor]] = None,
         labels: Optional[Tensor] = None,
     ) -> None:
-        """Add one batch: per-layer (B, U) unit means and (B,) alignments of candidates ``index``."""
+        """Add one batch: per-layer (B, U) unit means and (B,) alignments of candidates ``index``.
+
+        With ``groups``, ``index`` holds positions in the pooled set (candidates first, then each
+        group in order): rows are routed to the candidates' or their group's states.
+        """
+        if self.group_sizes:
+            self._route(index, unit_means, align_encoder, align_reference, labels)
+        else:
+            self._update_own(index, unit_means, align_encoder, align_reference, labels)
+
+    def _update_own(
+        self,
+        index: Tensor,
+        unit_means: Mapping[str, Tensor],
+        align_encoder: Optional[Mapping[str, Tensor]] = None,
+        align_reference: Optional[Mapping[str, Tensor]] = None,
+        labels: Optional[Tensor] = None,
+    ) -> None:
         if self.has_labels and labels is None:
             raise ValueError("this meter was built with labels=True: pass `labels` to update().")
         for name, metric in zip(self.names, self.units):
@@ -159,7 +187,47 @@ class MemorizationMeter(nn.Module):
                 index,
             )
 
-    def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None) -> MemorizationReport:
+    def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
+               align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
+        start, end = 0, self.num_candidates
+        targets = [(self, 0, self.num_candidates)]
+        for name, size in self.group_sizes.items():
+            start, end = end, end + size
+            targets.append((self.groups[name], start, end))
+        for meter, lo, hi in targets:
+            rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+
+            def pick(values: Optional[Mapping[str, Tensor]]) -> Optional[Dict[str, Tensor]]:
+                return None if values is None else {n: v[rows.to(v.device)] for n, v in values.items()}
+
+            sub = dict(index=index[rows] - lo, unit_means=pick(unit_means), align_encoder=pick(align_encoder),
+                       align_reference=pick(align_reference))
+            if meter is self:
+                self._update_own(**sub, labels=None if labels is None else labels[rows.to(labels.device)])
+            else:
+                meter.update(**sub)
+
+    def unit_means(self) -> Dict[str, Tensor]:
+        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy, synced
+        across processes (collective under DDP: call on every rank)."""
+        out = {}
+        for name, metric in zip(self.names, self.units):
+            with metric.sync_context(dist_sync_fn=metric.dist_sync_fn):
+                _, mu = metric.mean_activations()
+                out[name] = apply_negative_policy(mu.detach().double(), self.negative).cpu()
+        return out
+
+    def sslmem_raw(self) -> Dict[str, Tensor]:
+        """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
+        if self.layer_mem is None:
+            raise ValueError("this meter was built without a reference: there is no SSLMem.")
+        raw = self.layer_mem.compute()["sslmem_raw"]
+        return {n: raw[i].detach().double().cpu() for i, n in enumerate(self.names)}
+
+    def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
+                       evidence: Optional[EvidenceOptions] = None) -> MemorizationReport:
         """Compute every metric (collective under DDP: call on every rank) into a report.
 
         Args:
@@ -198,7 +266,19 @@ class MemorizationMeter(nn.Module):
                 "top_ids": ids[out["top_ids"].detach().cpu().long()],
                 "least_ids": ids[out["least_ids"].detach().cpu().long()],
             }
+        report_evidence = None
+        if evidence is not None:
+            unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
+            control = self.groups["control"] if "control" in self.group_sizes else None
+            with_ref = self.layer_mem is not None
+            report_evidence = compute_evidence(
+                list(self.names), unit_means=self.unit_means(), reduction=self.reduction, top_k=self.top_k,
+                sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
+                control_raw=control.sslmem_raw() if control is not None and with_ref else None,
+                unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,
+                unseen_unit_means=unseen.unit_means() if unseen is not None else None, options=evidence)
         return MemorizationReport(
+            evidence=report_evidence,
             layers=list(self.names),
             layer_kinds={spec.name: spec.kind for spec in self.layers},
             candidate_ids=ids,

@@ -20,10 +20,12 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.errors import ReportFormatError
+from lightning_memloc.evidence import Evidence
 from lightning_memloc.io import PathLike, atomic_write_text
 
 FORMAT = "lightning_memloc.MemorizationReport"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1 had no evidence section
 
 LayerRanking = Literal["layer_mem", "delta_layer_mem", "unit_mem"]
 _TENSOR_DICTS = {
@@ -59,6 +61,8 @@ class MemorizationReport:
         top_ids: (k,) candidate ids with the highest SSLMem at the last layer.
         least_ids: (k,) candidate ids with the lowest SSLMem at the last layer.
         meta: measurement settings (views, seed, pairing, reduction, negative, top_k, epoch, ...).
+        evidence: intervals, control / unseen comparisons and tests of every figure
+            (:class:`~lightning_memloc.evidence.Evidence`), when measured.
 
     Example:
         >>> import torch
@@ -85,6 +89,7 @@ class MemorizationReport:
     top_ids: Optional[Tensor] = None
     least_ids: Optional[Tensor] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    evidence: Optional[Evidence] = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -175,27 +180,11 @@ class MemorizationReport:
         return scores.index_add_(0, owners, self.unit_mem[layer][alive].float())
 
     def summary_table(self, threshold: float = 0.5) -> str:
-        """A plain-text table: one row per layer (LayerMem, ΔLayerMem, top/least, UnitMem)."""
-        frac = self.fraction_above(threshold)
-        mean_um = self.mean_unit_mem()
-        dead = self.num_dead()
-        name_width = max([len("layer")] + [len(layer) for layer in self.layers]) + 2
-        kind_width = max([len("kind")] + [len(kind) for kind in self.layer_kinds.values()]) + 2
-        head = f"{'layer':<{name_width}}{'kind':<{kind_width}}"
-        if self.has_reference:
-            head += f"{'LayerMem':>10}{'ΔLayerMem':>11}{'top-k':>8}{'least-k':>9}"
-        head += f"{'UnitMem':>9}{f'>{threshold:g}':>7}{'dead':>6}"
-        rows = [head, "-" * len(head)]
-        for layer in self.layers:
-            row = f"{layer:<{name_width}}{self.layer_kinds.get(layer, '?'):<{kind_width}}"
-            if self.has_reference:
-                row += (
-                    f"{self.layer_mem[layer]:>10.3f}{self.delta_layer_mem[layer]:>+11.3f}"
-                    f"{self.layer_mem_top[layer]:>8.3f}{self.layer_mem_least[layer]:>9.3f}"
-                )
-            row += f"{mean_um[layer]:>9.3f}{frac[layer]:>7.1%}{dead[layer]:>6d}"
-            rows.append(row)
-        return "\n".join(rows)
+        """A plain-text summary: one row per layer, each figure with its interval, its control and
+        its test when measured, and a plain verdict (see :mod:`lightning_memloc.report_table`)."""
+        from lightning_memloc.report_table import format_summary
+
+        return format_summary(self, threshold)
 
     # ----------------------------------------------------------- serialisation
     def to_dict(self) -> Dict[str, Any]:
@@ -213,6 +202,7 @@ class MemorizationReport:
         out["top_ids"] = None if self.top_ids is None else self.top_ids.tolist()
         out["least_ids"] = None if self.least_ids is None else self.least_ids.tolist()
         out["meta"] = self.meta
+        out["evidence"] = None if self.evidence is None else self.evidence.to_dict()
         return out
 
     @classmethod
@@ -220,9 +210,9 @@ class MemorizationReport:
         """Inverse of :meth:`to_dict`; validates the structure."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ReportFormatError(f"not a MemorizationReport (expected 'format': {FORMAT!r}).")
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in _READABLE_VERSIONS:
             raise ReportFormatError(
-                f"report format version {data.get('version')!r} is not supported (this library reads {FORMAT_VERSION})."
+                f"report format version {data.get('version')!r} is not supported (this library reads {_READABLE_VERSIONS})."
             )
         try:
             layers = [str(x) for x in data["layers"]]
@@ -241,6 +231,8 @@ class MemorizationReport:
             for name in ("top_ids", "least_ids"):
                 value = data.get(name)
                 kwargs[name] = None if value is None else torch.tensor(value, dtype=torch.long)
+            evidence = data.get("evidence")
+            kwargs["evidence"] = None if evidence is None else Evidence.from_dict(evidence)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ReportFormatError(f"report is missing or has malformed fields: {err!r}") from err
         report = cls(**kwargs)
@@ -268,6 +260,8 @@ class MemorizationReport:
                 value = getattr(self, name)
                 if value is not None and not math.isfinite(value[layer]):
                     raise ReportFormatError(f"`{name}[{layer!r}]` is not finite.")
+        if self.evidence is not None and set(self.evidence.layers) != set(self.layers):
+            raise ReportFormatError(f"`evidence` has layers {sorted(self.evidence.layers)}, expected {sorted(self.layers)}.")
 
     def save(self, path: PathLike) -> Path:
         """Write the report as JSON, atomically (the file is complete or untouched).

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lightning_memloc.augment import BatchedSimCLRAugment
 from lightning_memloc.data import as_float_image, split_item
@@ -112,6 +112,47 @@ class SeededViews(Dataset):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
         self.transform = transform
         self._view_shape: tuple[int, ...] | None = None
+
+    def pooled(self, groups: Sequence[Tensor | Dataset]) -> "SeededViews":
+        """These candidates followed by other image groups (control, unseen) as one view set.
+
+        The candidates keep positions ``0 .. N-1`` and so the very same views; group images
+        follow in order. Every group goes through the same transform, K and seed, in one pass.
+
+        Args:
+            groups: image tensors of the candidates' form ((N, C, H, W), or (N, K, ...) views
+                when the candidates are precomputed views) or datasets of images.
+
+        Raises:
+            ValueError: a group's form or image shape differs from the candidates'.
+        """
+        if not groups:
+            return self
+        labels = None
+        if self.labels is not None:
+            labels = torch.cat([self.labels] + [torch.full((len(g),), -1, dtype=torch.long) for g in groups])  # type: ignore[arg-type]
+        if self._views is not None:
+            for g in groups:
+                if not isinstance(g, Tensor) or g.ndim != self._views.ndim or tuple(g.shape[1:]) != tuple(self._views.shape[1:]):
+                    raise ValueError(f"the candidates are precomputed views of shape (N, {', '.join(map(str, self._views.shape[1:]))}): "
+                                     f"pass control/unseen views of that shape too, got {_describe(g)}")
+            source: Tensor | Dataset = torch.cat([_as_float(self._views)] + [_as_float(g) for g in groups])
+            return SeededViews(source, views=None, transform=None, seed=self.seed, labels=labels)
+        shape = tuple(self._raw(0).shape)
+        for g in groups:
+            first = g[0] if isinstance(g, Tensor) else split_item(g[0])[0]
+            got = tuple(as_float_image(first).shape)
+            if got != shape:
+                raise ValueError(f"control/unseen images have shape {got} but the candidates have {shape}: "
+                                 "pass images of the candidates' channels and size")
+        if self._images is not None and all(isinstance(g, Tensor) and g.ndim == 4 for g in groups):
+            tensors = [self._images] + list(groups)  # type: ignore[list-item]
+            same = len({t.dtype for t in tensors}) == 1  # e.g. all uint8: no float copy
+            source = torch.cat([t if same else _as_float(t) for t in tensors])
+        else:
+            parts = [self._dataset if self._dataset is not None else _ImageList(self._images)]  # type: ignore[arg-type]
+            source = ConcatDataset(parts + [g if isinstance(g, Dataset) else _ImageList(g) for g in groups])
+        return SeededViews(source, views=self.views, transform=self.transform, seed=self.seed, labels=labels)
 
     @property
     def is_batched(self) -> bool:
@@ -264,6 +305,27 @@ class SeededViews(Dataset):
                 img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
             out.append(img)
         return torch.stack(out).clamp(0, 1)
+
+
+class _ImageList(Dataset):
+    """A tensor of images as a map-style dataset of images (for pooling with datasets)."""
+
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+
+def _as_float(x: Tensor) -> Tensor:
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+def _describe(x: object) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any = None, seed: int = 0) -> Tensor:

@@ -1,0 +1,157 @@
+"""Plain-text summary of a :class:`~lightning_memloc.MemorizationReport`: figures, intervals,
+controls, tests and a verdict a reader can act on.
+
+A memorization figure without its null misleads (Wang et al., *Localizing Memorization in SSL
+Vision Encoders*, NeurIPS 2024, compare candidates with a control in their ``Ttest.py``): every
+row shows the interval of each figure, the control's value on the same scale and the
+Holm-corrected one-sided p-value, and the lines below the table say in words which layers show
+memorization, or that none can be told apart from the difference between two encoders.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from lightning_memloc.report import MemorizationReport
+
+__all__ = ["format_summary", "verdict_lines"]
+
+
+def _num(value: Optional[float], fmt: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _ci(rec: Dict[str, Optional[float]], key: str, fmt: str = ".3f") -> str:
+    lo, hi = rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
+    return "" if lo is None or hi is None else f"[{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
+def _p(value: Optional[float], alpha: float) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
+    return text + (" *" if value < alpha else "  ")
+
+
+def _table(rows: List[List[str]], right: List[bool]) -> List[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, row in enumerate(rows):
+        cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("-" * len(out[0]))
+    return out
+
+
+def _plain_table(report: "MemorizationReport", threshold: float) -> List[str]:
+    """The table of a report measured without evidence (figures only)."""
+    frac, mean_um, dead = report.fraction_above(threshold), report.mean_unit_mem(), report.num_dead()
+    name_width = max([len("layer")] + [len(layer) for layer in report.layers]) + 2
+    kind_width = max([len("kind")] + [len(kind) for kind in report.layer_kinds.values()]) + 2
+    head = f"{'layer':<{name_width}}{'kind':<{kind_width}}"
+    if report.has_reference:
+        head += f"{'LayerMem':>10}{'ΔLayerMem':>11}{'top-k':>8}{'least-k':>9}"
+    head += f"{'UnitMem':>9}{f'>{threshold:g}':>7}{'dead':>6}"
+    rows = [head, "-" * len(head)]
+    for layer in report.layers:
+        row = f"{layer:<{name_width}}{report.layer_kinds.get(layer, '?'):<{kind_width}}"
+        if report.has_reference:
+            row += (f"{report.layer_mem[layer]:>10.3f}{report.delta_layer_mem[layer]:>+11.3f}"
+                    f"{report.layer_mem_top[layer]:>8.3f}{report.layer_mem_least[layer]:>9.3f}")
+        row += f"{mean_um[layer]:>9.3f}{frac[layer]:>7.1%}{dead[layer]:>6d}"
+        rows.append(row)
+    return rows
+
+
+def verdict_lines(report: "MemorizationReport") -> List[str]:
+    """What the evidence says, in words (one line per finding)."""
+    ev = report.evidence
+    if ev is None:
+        return ["no intervals or controls were measured: these figures cannot be told apart from noise "
+                "(measure with control= / unseen= and bootstrap > 0)."]
+    alpha = float(ev.meta.get("alpha", 0.05))
+    total = len(report.layers)
+    lines = []
+    if report.has_reference:
+        if ev.has("excess_p"):
+            sig = ev.significant_layers("excess")
+            lines.append(
+                f"LayerMem: candidates > control at {len(sig)} of {total} layers (one-sided Welch, Holm p < {alpha:g})"
+                + (f": {', '.join(sig)}." if sig else
+                   " — no layer's LayerMem can be told apart from the offset between the two encoders."))
+        elif ev.has("excess_unseen_p"):
+            lines.append("LayerMem: no control set; compared with the unseen images only (below).")
+        else:
+            lines.append("LayerMem: no control set — these values include the offset between the two encoders and "
+                         "show no memorization by themselves: pass control= (images both encoders trained on).")
+        if ev.has("excess_unseen_p"):
+            sig = ev.significant_layers("excess_unseen")
+            lines.append(f"LayerMem: candidates > unseen at {len(sig)} of {total} layers (Holm p < {alpha:g})"
+                         + (f": {', '.join(sig)}." if sig else "."))
+    if ev.has("membership"):
+        sig = ev.significant_layers("membership")
+        lines.append(f"UnitMem: units' μmax image is a training image more often than chance at {len(sig)} of {total} "
+                     f"layers (image-level permutation test, Holm p < {alpha:g})" + (f": {', '.join(sig)}." if sig else "."))
+        sig = ev.significant_layers("unit_mem_excess")
+        lines.append(f"UnitMem: higher on candidates than on unseen images at {len(sig)} of {total} layers"
+                     + (f": {', '.join(sig)}." if sig else "."))
+    else:
+        lines.append("UnitMem: no unseen set — UnitMem alone cannot tell memorization from selectivity for atypical "
+                     "images: pass unseen= (images the encoder never trained on).")
+    if ev.meta.get("hint"):
+        lines.append("hint: " + str(ev.meta["hint"]))
+    return lines
+
+
+def format_summary(report: "MemorizationReport", threshold: float = 0.5) -> str:
+    """The report's summary: tables of figures with intervals / controls / tests, then the verdict.
+
+    Without evidence the classic one-table layout is printed, followed by a line saying that the
+    figures have neither interval nor control.
+    """
+    ev = report.evidence
+    if ev is None:
+        return "\n".join(_plain_table(report, threshold) + verdict_lines(report))
+    alpha = float(ev.meta.get("alpha", 0.05))
+    level = f"{float(ev.meta.get('level', 0.95)):.0%} CI"
+    frac, dead = report.fraction_above(threshold), report.num_dead()
+    out: List[str] = []
+    if report.has_reference:
+        head = ["layer", "kind", "LayerMem", level, "ΔLayerMem", "top-k", "least-k"]
+        control, unseen = ev.has("excess"), ev.has("excess_unseen")
+        if control:
+            head += ["control", "excess", level, "p (Holm)"]
+        if unseen:
+            head += ["C − unseen", "p (Holm)"]
+        rows = [head]
+        for layer in report.layers:
+            rec = ev.layers[layer]
+            row = [layer, report.layer_kinds.get(layer, "?"), _num(rec.get("layer_mem")), _ci(rec, "layer_mem"),
+                   _num(rec.get("delta_layer_mem"), "+.3f"), _num(rec.get("layer_mem_top")), _num(rec.get("layer_mem_least"))]
+            if control:
+                row += [_num(rec.get("control_layer_mem")), _num(rec.get("excess"), "+.3f"), _ci(rec, "excess", "+.3f"),
+                        _p(rec.get("excess_p_holm"), alpha)]
+            if unseen:
+                row += [_num(rec.get("excess_unseen"), "+.3f"), _p(rec.get("excess_unseen_p_holm"), alpha)]
+            rows.append(row)
+        out += ["LayerMem (normalised SSLMem; every group on the candidates' scale)"]
+        out += _table(rows, [False, False] + [True] * (len(head) - 2)) + [""]
+    head = ["layer", "UnitMem", level, f">{threshold:g}", "dead"]
+    member = ev.has("membership")
+    if member:
+        head += ["seen", "unseen", "p (Holm)", "μmax on seen", "chance", "p (Holm)"]
+    rows = [head]
+    for layer in report.layers:
+        rec = ev.layers[layer]
+        row = [layer, _num(rec.get("unit_mem_mean")), _ci(rec, "unit_mem_mean"), f"{frac[layer]:.1%}", str(dead[layer])]
+        if member:
+            row += [_num(rec.get("unit_mem_seen")), _num(rec.get("unit_mem_unseen")), _p(rec.get("unit_mem_excess_p_holm"), alpha),
+                    "n/a" if rec.get("membership") is None else f"{rec['membership']:.1%}",
+                    _num(rec.get("membership_chance"), ".1%"), _p(rec.get("membership_p_holm"), alpha)]
+        rows.append(row)
+    out += ["UnitMem (mean over units; seen / unseen: equal-size samples of candidates and unseen images)"]
+    out += _table(rows, [False] + [True] * (len(head) - 1)) + [""]
+    out += verdict_lines(report)
+    return "\n".join(out)
