@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.evidence import (
+    standard_error_interval,
     bootstrap_difference_interval,
     bootstrap_indices,
     bootstrap_mean_interval,
@@ -50,27 +51,27 @@ class EvidenceOptions:
     """How intervals and tests are computed.
 
     Attributes:
-        n_boot: bootstrap resamples (and permutations) per interval / test; 0 turns intervals
-            and tests off.
-        level: coverage of the intervals.
+        bootstrap: bootstrap resamples (and permutations) per interval / test; 0 turns
+            intervals and tests off.
+        confidence: coverage of the intervals.
         alpha: significance level of the Holm-corrected tests.
         seed: seed of every resampling (results are reproducible).
         target_halfwidth: interval half-width (normalised SSLMem) above which the report prints
             how many candidates would narrow it to this value.
     """
 
-    n_boot: int = 1000
-    level: float = 0.95
+    bootstrap: int = 1000
+    confidence: float = 0.95
     alpha: float = 0.05
     seed: int = 0
     target_halfwidth: float = 0.02
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 0:
-            raise ValueError(f"`n_boot` must be an int >= 0 (0: no intervals or tests), got {self.n_boot!r}.")
-        if not 0.0 < float(self.level) < 1.0:
-            raise ValueError(f"`level` must be in (0, 1), e.g. 0.95, got {self.level!r}.")
-        if not 0.0 < float(self.alpha) < 1.0:
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise ValueError(f"`bootstrap` must be an int >= 0 (0: no intervals or tests), got {self.bootstrap!r}.")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.0 < float(self.confidence) < 1.0:
+            raise ValueError(f"`confidence` must be in (0, 1), e.g. 0.95, got {self.confidence!r}.")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < float(self.alpha) < 1.0:
             raise ValueError(f"`alpha` must be in (0, 1), e.g. 0.05, got {self.alpha!r}.")
         if not float(self.target_halfwidth) > 0:
             raise ValueError(f"`target_halfwidth` must be > 0, got {self.target_halfwidth!r}.")
@@ -165,10 +166,10 @@ def _layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Te
         rec = records[layer]
         rec["layer_mem"], rec["delta_layer_mem"] = float(norm[i].mean()), float(delta[i].mean())
         rec["layer_mem_top"], rec["layer_mem_least"] = float(top[i]), float(least[i])
-    if opts.n_boot and cand.shape[1] >= 2:
-        lm_lo, lm_hi = bootstrap_mean_interval(norm, opts.n_boot, opts.level, opts.seed)
-        d_lo, d_hi = bootstrap_mean_interval(delta, opts.n_boot, opts.level, opts.seed)
-        t_lo, t_hi, l_lo, l_hi = bootstrap_topk_interval(norm, top_k, opts.n_boot, opts.level, opts.seed)
+    if opts.bootstrap and cand.shape[1] >= 2:
+        lm_lo, lm_hi = bootstrap_mean_interval(norm, opts.bootstrap, opts.confidence, opts.seed)
+        d_lo, d_hi = bootstrap_mean_interval(delta, opts.bootstrap, opts.confidence, opts.seed)
+        t_lo, t_hi, l_lo, l_hi = bootstrap_topk_interval(norm, top_k, opts.bootstrap, opts.confidence, opts.seed)
         for i, layer in enumerate(layers):
             for key, lo, hi in (("layer_mem", lm_lo, lm_hi), ("delta_layer_mem", d_lo, d_hi),
                                 ("layer_mem_top", t_lo, t_hi), ("layer_mem_least", l_lo, l_hi)):
@@ -188,15 +189,15 @@ def _layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Te
             for i, layer in enumerate(layers):
                 records[layer]["unseen_layer_mem"] = float(g_norm[i].mean())
         lo = hi = None
-        if opts.n_boot:
-            lo, hi = bootstrap_difference_interval(norm, g_norm, opts.n_boot, opts.level, opts.seed + 7)
+        if opts.bootstrap:
+            lo, hi = bootstrap_difference_interval(norm, g_norm, opts.bootstrap, opts.confidence, opts.seed + 7)
         pvalues = []
         for i, layer in enumerate(layers):
             rec = records[layer]
             rec[excess_key] = float(norm[i].mean() - g_norm[i].mean())
             rec[f"{excess_key}_lo"] = None if lo is None else float(lo[i])
             rec[f"{excess_key}_hi"] = None if hi is None else float(hi[i])
-            _, _, p = welch_greater(cand[i], raw[i]) if opts.n_boot else (None, None, None)
+            _, _, p = welch_greater(cand[i], raw[i]) if opts.bootstrap else (None, None, None)
             rec[f"{excess_key}_p"] = None if p is None or math.isnan(p) else p
             pvalues.append(rec[f"{excess_key}_p"])
         for layer, p in zip(layers, holm(pvalues)):
@@ -213,10 +214,10 @@ def _unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: O
         m = mu[layer].double()
         n = m.shape[0]
         rec["unit_mem_mean"] = float(unitmem(m, reduction=reduction, negative="clamp").mean())
-        if opts.n_boot:
-            counts = _counts(bootstrap_indices(n, opts.n_boot, opts.seed + 11 + li), n)
-            lo, hi = percentile_interval(_unitmem_resamples(m, counts, reduction), opts.level)
-            rec["unit_mem_mean_lo"], rec["unit_mem_mean_hi"] = float(lo), float(hi)
+        if opts.bootstrap:
+            counts = _counts(bootstrap_indices(n, opts.bootstrap, opts.seed + 11 + li), n)
+            lo, hi = standard_error_interval(_unitmem_resamples(m, counts, reduction), rec["unit_mem_mean"], opts.confidence)
+            rec["unit_mem_mean_lo"], rec["unit_mem_mean_hi"] = lo, hi
         if mu_unseen is None:
             continue
         u = mu_unseen[layer].double()
@@ -227,22 +228,22 @@ def _unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: O
         b = float(unitmem(unseen_s, reduction=reduction, negative="clamp").mean())
         rec["unit_mem_seen"], rec["unit_mem_unseen"], rec["unit_mem_excess"] = a, b, a - b
         member = membership_test(torch.cat([m, u]), torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(u.shape[0], dtype=torch.bool)]),
-                                 n_perm=max(opts.n_boot, 1), seed=opts.seed + 17 + li)
+                                 n_perm=max(opts.bootstrap, 1), seed=opts.seed + 17 + li)
         rec["membership"], rec["membership_chance"], rec["membership_alive"] = member["fraction"], member["chance"], float(member["alive"])
-        rec["membership_p"] = None if not opts.n_boot or math.isnan(member["p"]) else member["p"]
+        rec["membership_p"] = None if not opts.bootstrap or math.isnan(member["p"]) else member["p"]
         p_member.append(rec["membership_p"])
-        if opts.n_boot:
-            ca = _counts(bootstrap_indices(size, opts.n_boot, opts.seed + 19 + li), size)
-            cb = _counts(bootstrap_indices(size, opts.n_boot, opts.seed + 23 + li), size)
+        if opts.bootstrap:
+            ca = _counts(bootstrap_indices(size, opts.bootstrap, opts.seed + 19 + li), size)
+            cb = _counts(bootstrap_indices(size, opts.bootstrap, opts.seed + 23 + li), size)
             diff = _unitmem_resamples(seen_s, ca, reduction) - _unitmem_resamples(unseen_s, cb, reduction)
-            lo, hi = percentile_interval(diff, opts.level)
-            rec["unit_mem_excess_lo"], rec["unit_mem_excess_hi"] = float(lo), float(hi)
+            lo, hi = standard_error_interval(diff, a - b, opts.confidence)
+            rec["unit_mem_excess_lo"], rec["unit_mem_excess_hi"] = lo, hi
             # permutation null: the 2·size images' seen / unseen labels are exchangeable
             pool = torch.cat([seen_s, unseen_s])
-            perms = torch.argsort(torch.rand(opts.n_boot, 2 * size, generator=gen), dim=1)
-            first = torch.zeros(opts.n_boot, 2 * size, dtype=torch.float64).scatter_(1, perms[:, :size], 1.0)
+            perms = torch.argsort(torch.rand(opts.bootstrap, 2 * size, generator=gen), dim=1)
+            first = torch.zeros(opts.bootstrap, 2 * size, dtype=torch.float64).scatter_(1, perms[:, :size], 1.0)
             null = _unitmem_resamples(pool, first, reduction) - _unitmem_resamples(pool, 1.0 - first, reduction)
-            rec["unit_mem_excess_p"] = (1.0 + float((null >= a - b - 1e-12).sum())) / (1.0 + opts.n_boot)
+            rec["unit_mem_excess_p"] = (1.0 + float((null >= a - b - 1e-12).sum())) / (1.0 + opts.bootstrap)
         else:
             rec["unit_mem_excess_lo"] = rec["unit_mem_excess_hi"] = rec["unit_mem_excess_p"] = None
         p_excess.append(rec["unit_mem_excess_p"])
@@ -287,7 +288,7 @@ def compute_evidence(
     Example:
         >>> import torch
         >>> mu = {"a": torch.rand(20, 4, generator=torch.Generator().manual_seed(0))}
-        >>> ev = compute_evidence(["a"], unit_means=mu, options=EvidenceOptions(n_boot=200))
+        >>> ev = compute_evidence(["a"], unit_means=mu, options=EvidenceOptions(bootstrap=200))
         >>> rec = ev.layers["a"]
         >>> rec["unit_mem_mean_lo"] <= rec["unit_mem_mean"] <= rec["unit_mem_mean_hi"]
         True
@@ -296,7 +297,7 @@ def compute_evidence(
     records: Dict[str, Record] = {layer: {} for layer in layers}
     group_sslmem: Dict[str, Dict[str, List[float]]] = {}
     n = int(next(iter(unit_means.values())).shape[0])
-    meta: Dict[str, Any] = {"n_boot": opts.n_boot, "level": opts.level, "alpha": opts.alpha, "seed": opts.seed,
+    meta: Dict[str, Any] = {"bootstrap": opts.bootstrap, "confidence": opts.confidence, "alpha": opts.alpha, "seed": opts.seed,
                             "scale": "candidates' range of raw SSLMem per layer; tests on raw SSLMem",
                             "groups": {"candidates": n}}
     if sslmem_raw is not None:

@@ -405,7 +405,7 @@ def measure(
         (3, True)
     """
     _validate(views, batch_size, pairing, reduction, negative, top_k, reference, encoder, num_workers)
-    options = EvidenceOptions(n_boot=bootstrap, level=confidence, alpha=alpha, seed=seed)
+    options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
     groups = check_groups(control, unseen, with_reference=reference is not None)
     view_set = build_views(candidates, views, transform, seed, labels)
     n = len(view_set)

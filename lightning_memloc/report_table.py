@@ -115,7 +115,7 @@ def format_summary(report: "MemorizationReport", threshold: float = 0.5) -> str:
     if ev is None:
         return "\n".join(_plain_table(report, threshold) + verdict_lines(report))
     alpha = float(ev.meta.get("alpha", 0.05))
-    level = f"{float(ev.meta.get('level', 0.95)):.0%} CI"
+    level = f"{float(ev.meta.get('confidence', 0.95)):.0%} CI"
     frac, dead = report.fraction_above(threshold), report.num_dead()
     out: List[str] = []
     if report.has_reference:

@@ -30,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "bootstrap_indices",
     "percentile_interval",
+    "standard_error_interval",
     "bootstrap_mean_interval",
     "bootstrap_difference_interval",
     "bootstrap_topk_interval",
@@ -70,6 +71,26 @@ def percentile_interval(samples: Tensor, level: float = 0.95) -> Tuple[Tensor, T
     q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=samples.dtype)
     out = torch.quantile(samples, q, dim=0)
     return out[0], out[1]
+
+
+def standard_error_interval(samples: Tensor, estimate: float, level: float = 0.95) -> Tuple[float, float]:
+    """Normal interval ``estimate ± z·sd(samples)`` from the bootstrap standard error.
+
+    For max-based statistics such as UnitMem the percentile interval is wrong: a resample with
+    duplicates misses the μmax candidate about a third of the time, so resampled UnitMem is
+    biased low while its *spread* matches the sampling spread (measured: bootstrap sd 0.020 vs
+    0.022 across fresh candidate sets). The interval is therefore centred on the estimate.
+
+    Example:
+        >>> lo, hi = standard_error_interval(torch.tensor([0.0, 2.0]), 5.0, level=0.95)
+        >>> round(lo, 3), round(hi, 3)
+        (2.228, 7.772)
+    """
+    from scipy.special import ndtri
+
+    sd = float(samples.detach().double().cpu().reshape(-1).std(unbiased=True))
+    z = float(ndtri((1 + level) / 2))
+    return estimate - z * sd, estimate + z * sd
 
 
 def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Tuple[Tensor, Tensor]:
