@@ -9,11 +9,17 @@ measurement: scalars, histograms and image grids line up in TensorBoard. Tags:
   ``memloc/dead_units/<layer>`` and ``memloc/class_mem_mean/<layer>`` (with labels);
 - histograms ``memloc_hist/unit_mem/<layer>``; images ``memloc_images/most_memorized`` and
   ``memloc_images/least_memorized``; a custom-scalars layout "memloc" with one multi-line chart
-  per quantity (all layers on one chart).
+  per quantity (all layers on one chart);
+- with evidence (:mod:`lightning_memloc.evidence`): every interval bound, control value, excess,
+  p-value and membership fraction as ``memloc/<key>/<layer>`` (e.g. ``memloc/excess/<layer>``,
+  ``memloc/excess_p_holm/<layer>``, ``memloc/membership/<layer>``), the number of significant
+  layers per test ``memloc/significant_layers/<test>``, and custom-scalars *margin* charts (value
+  with its interval) per layer.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -48,7 +54,47 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
         out[f"{PREFIX}/dead_units/{layer}"] = float(dead[layer])
         if report.class_mem is not None:
             out[f"{PREFIX}/class_mem_mean/{layer}"] = float(report.class_mem[layer].mean())
+    out.update(evidence_scalars(report))
     return out
+
+
+def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
+    """Every measured evidence value as ``memloc/<key>/<layer>`` (keys of
+    :class:`~lightning_memloc.evidence.Evidence` records: ``layer_mem_lo``, ``excess``,
+    ``excess_p_holm``, ``membership``, ...), plus ``memloc/significant_layers/<test>``: how many
+    layers pass each Holm-corrected test. Values already logged under the same tag are skipped.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.evidence import compute_evidence
+        >>> mu = {"a": torch.rand(6, 3)}
+        >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(6),
+        ...     unit_mem={"a": torch.zeros(3)}, unit_argmax={"a": torch.zeros(3, dtype=torch.long)},
+        ...     dead_units={"a": torch.zeros(3, dtype=torch.bool)}, evidence=compute_evidence(["a"], unit_means=mu))
+        >>> sorted(evidence_scalars(r))
+        ['memloc/unit_mem_mean_hi/a', 'memloc/unit_mem_mean_lo/a']
+    """
+    ev = report.evidence
+    if ev is None:
+        return {}
+    skip = {"layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least", "unit_mem_mean"}
+    out: Dict[str, float] = {}
+    for layer in report.layers:
+        for key, value in ev.layers[layer].items():
+            if value is not None and key not in skip and math.isfinite(value):
+                out[f"{PREFIX}/{key}/{layer}"] = float(value)
+    for test, layers in dict(ev.meta.get("significant") or {}).items():
+        out[f"{PREFIX}/significant_layers/{test}"] = float(len(layers))
+    return out
+
+
+#: Margin charts (value, lower, upper) drawn per layer when the report has them.
+MARGINS = {
+    "LayerMem ± CI": ("layer_mem", "layer_mem_lo", "layer_mem_hi"),
+    "excess over control ± CI": ("excess", "excess_lo", "excess_hi"),
+    "mean UnitMem ± CI": ("unit_mem_mean", "unit_mem_mean_lo", "unit_mem_mean_hi"),
+    "UnitMem seen − unseen ± CI": ("unit_mem_excess", "unit_mem_excess_lo", "unit_mem_excess_hi"),
+}
 
 
 def custom_scalar_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
@@ -58,8 +104,20 @@ def custom_scalar_layout(report: MemorizationReport) -> Dict[str, Dict[str, List
         quantities = ["layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least"] + quantities
     if report.class_mem is not None:
         quantities.append("class_mem_mean")
+    ev = report.evidence
+    if ev is not None:
+        for extra in ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen"):
+            if ev.has(extra):
+                quantities.append(extra)
     charts = {q: ["Multiline", [f"{PREFIX}/{q}/{layer}" for layer in report.layers]] for q in quantities}
-    return {PREFIX: charts}
+    layout = {PREFIX: charts}
+    if ev is not None:
+        for title, (value, lo, hi) in MARGINS.items():
+            if ev.has(lo):
+                layout[f"{PREFIX} {title}"] = {
+                    layer: ["Margin", [f"{PREFIX}/{value}/{layer}", f"{PREFIX}/{lo}/{layer}", f"{PREFIX}/{hi}/{layer}"]]
+                    for layer in report.layers}
+    return layout
 
 
 def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], count: int) -> Dict[str, Tensor]:

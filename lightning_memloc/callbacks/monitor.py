@@ -15,7 +15,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -29,7 +29,9 @@ from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
-from lightning_memloc.measure import _validate, build_views, model_device_dtype, probe_layers, run_pass
+from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_copies
+from lightning_memloc.evidence import EvidenceOptions
+from lightning_memloc.measure import _validate, build_views, check_groups, model_device_dtype, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
@@ -121,6 +123,18 @@ class MemorizationMonitor(Callback):
         num_workers: DataLoader workers generating views.
         memory_limit: bytes the metric states may take; a larger candidate set raises before
             training starts (``None``: 25 % of the device memory, warning only).
+        control: images **both** encoders trained on (needs ``reference``): the null of
+            LayerMem; reports, logs and plots give the candidates' excess over it with its
+            interval and a Holm-corrected one-sided Welch p-value.
+        unseen: images the encoder never trained on (the reference's independent part when
+            co-training, or a test split): UnitMem seen vs unseen and the argmax membership test.
+            Control and unseen images are measured in the same pass as the candidates.
+        bootstrap, confidence, alpha: resamples, coverage and significance level of the
+            intervals and tests (see :func:`~lightning_memloc.measure`; ``bootstrap=0``: none).
+        init_batchnorm: the before-training point (``measure_on_train_start``):
+            ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
+            measured views (an untrained model's default statistics inflate UnitMem), or
+            ``"default"`` measures the model as it is.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -156,6 +170,12 @@ class MemorizationMonitor(Callback):
         progress: bool = True,
         num_workers: int = 0,
         memory_limit: Optional[int] = None,
+        control: Optional[Union[Tensor, Dataset]] = None,
+        unseen: Optional[Union[Tensor, Dataset]] = None,
+        bootstrap: int = 1000,
+        confidence: float = 0.95,
+        alpha: float = 0.05,
+        init_batchnorm: str = "recalibrate",
     ) -> None:
         super().__init__()
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
@@ -171,9 +191,17 @@ class MemorizationMonitor(Callback):
         # The reference may still be a path or an attribute: validate the rest with a stand-in.
         _validate(views, batch_size, pairing, reduction, negative, top_k, None if reference is None else nn.Identity(),
                   nn.Identity(), num_workers)
+        self.evidence_options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
+        if init_batchnorm not in INIT_BATCHNORM:
+            raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
+        self.init_batchnorm = init_batchnorm
+        groups = check_groups(control, unseen, with_reference=reference is not None)
         self.views = build_views(candidates, views, transform, seed, labels)
         if len(self.views) < 2:
             raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
+        # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
+        self.group_sizes = {name: len(images) for name, images in groups.items()}
+        self.pool = self.views.pooled(list(groups.values()))
         self.every_n_epochs = every_n_epochs
         self.layers = layers
         self.encoder_spec = encoder
@@ -235,7 +263,7 @@ class MemorizationMonitor(Callback):
         return self.views.example_batch(device)
 
     def _check_memory(self, device: torch.device, with_reference: bool) -> None:
-        need = state_bytes(len(self.views), self._num_units, reference=with_reference, labels=self.views.has_labels)
+        need = state_bytes(len(self.pool), self._num_units, reference=with_reference, labels=self.views.has_labels)
         limit = self.memory_limit
         if limit is not None and need > limit:
             raise MemoryError(
@@ -252,7 +280,15 @@ class MemorizationMonitor(Callback):
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.measure_on_train_start and not self.history:
-            self._measure(trainer, pl_module, epoch=-1)
+            if self.init_batchnorm == "recalibrate":
+                # BatchNorm of an untrained encoder still holds its default statistics (mean 0,
+                # var 1), unlike every later measurement: measure copies whose statistics come
+                # from the pool's views (see lightning_memloc.baseline); the models are untouched.
+                encoder, reference = self.encoder(pl_module), self.reference(pl_module)
+                copies = recalibrated_copies(encoder, reference, self.pool, batch_size=self.batch_size)
+                self._measure(trainer, pl_module, epoch=-1, models=copies)
+            else:
+                self._measure(trainer, pl_module, epoch=-1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -266,8 +302,9 @@ class MemorizationMonitor(Callback):
             self._measure(trainer, pl_module, epoch=last)
 
     # ------------------------------------------------------------ measurement
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> MemorizationReport:
-        encoder, reference = self.encoder(pl_module), self.reference(pl_module)
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
+                 models: Optional[Tuple[nn.Module, Optional[nn.Module]]] = None) -> MemorizationReport:
+        encoder, reference = models if models is not None else (self.encoder(pl_module), self.reference(pl_module))
         device, _ = model_device_dtype(encoder)
         if reference is not None and reference not in list(pl_module.modules()):
             reference.to(device)
@@ -275,19 +312,23 @@ class MemorizationMonitor(Callback):
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
                                   labels=self.views.has_labels, reduction=self.reduction,
-                                  negative=self.negative, top_k=self.top_k).to(device)
+                                  negative=self.negative, top_k=self.top_k, groups=self.group_sizes).to(device)
         sampler = None
         if trainer.world_size > 1:
-            sampler = DistributedSampler(self.views, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+            sampler = DistributedSampler(self.pool, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
         with rank_zero_buffers(trainer.world_size, encoder, reference):
-            run_pass(encoder, reference, self.views, self._specs, meter, batch_size=self.batch_size,
+            run_pass(encoder, reference, self.pool, self._specs, meter, batch_size=self.batch_size,
                      pairing=self.pairing, num_workers=self.num_workers, sampler=sampler,
                      progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}", epoch=epoch,
                      world_size=trainer.world_size)
         meta = {"views": self.views.views, "seed": self.views.seed, "pairing": self.pairing, "reduction": self.reduction,
                 "negative": self.negative, "top_k": min(self.top_k, len(self.views)), "epoch": epoch,
-                "global_step": trainer.global_step, "num_candidates": len(self.views)}
-        report = meter.compute_report(torch.arange(len(self.views)), meta)
+                "global_step": trainer.global_step, "num_candidates": len(self.views),
+                **{f"num_{name}": size for name, size in self.group_sizes.items()},
+                "bootstrap": self.evidence_options.bootstrap, "confidence": self.evidence_options.confidence,
+                "alpha": self.evidence_options.alpha,
+                "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model"}
+        report = meter.compute_report(torch.arange(len(self.views)), meta, evidence=self.evidence_options)
         self.report, self.meter = report, meter
         scalars = report_scalars(report, self.threshold)
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
