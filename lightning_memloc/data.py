@@ -280,6 +280,31 @@ class SplitIndices(NamedTuple):
         """Training indices of the reference ``g``: shared ∪ independent."""
         return torch.cat([self.shared, self.independent]).sort().values
 
+    def control(self, size: float | int, seed: int = 0) -> Tensor:
+        """A seeded random sample of the shared part: images **both** encoders train on.
+
+        The null of LayerMem (``measure(..., control=images[split.control(...)])``): for these
+        images the gap between the two encoders is the offset between them, without
+        memorization of the candidates (``../shared/DESIGN.md`` §6). Drawn at random — an
+        index-ordered slice of a data set is not a random sample. They stay in the shared part.
+
+        Args:
+            size: a fraction of the shared part (float) or a count (int), at least 2.
+            seed: sampling seed.
+
+        Example:
+            >>> s = split_candidates(20, shared=10, candidates=5, independent=5, seed=0)
+            >>> c = s.control(4)
+            >>> len(c), bool(torch.isin(c, s.shared).all())
+            (4, True)
+        """
+        k = _count(size, len(self.shared), "size")
+        if k < 2 or k > len(self.shared):
+            raise ValueError(f"a control set needs 2 .. {len(self.shared)} (the shared part) images, got {k}: "
+                             "pass a larger fraction or a count within the shared part.")
+        pick = torch.randperm(len(self.shared), generator=torch.Generator().manual_seed(operator.index(seed) + 1))[:k]
+        return self.shared[pick].sort().values
+
 
 def _count(value: float | int, n: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

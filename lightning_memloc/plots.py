@@ -56,6 +56,8 @@ FILENAMES = {
     "sslmem_vs_unitmem": "sslmem_vs_unitmem.png",
     "candidates": "candidates.png",
     "history": "history.png",
+    "evidence": "evidence.png",
+    "evidence_history": "evidence_history.png",
 }
 _DPI = 120
 
@@ -125,6 +127,12 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
         (report.layer_mem_least, f"least-{k}", dict(marker="v", ls=":", color="C2")),
     ):
         left.plot(x, [values[layer] for layer in layers], label=label, **style)
+    ev = report.evidence
+    if ev is not None and ev.has("layer_mem_lo"):  # the candidates' interval as a band
+        left.fill_between(x, [ev.layers[la]["layer_mem_lo"] for la in layers], [ev.layers[la]["layer_mem_hi"] for la in layers],
+                          color="C0", alpha=0.15, lw=0, label=f"{float(ev.meta.get('confidence', 0.95)):.0%} CI")
+    if ev is not None and ev.has("control_layer_mem"):
+        left.plot(x, [ev.layers[la]["control_layer_mem"] for la in layers], color="0.45", marker="s", ls="--", label="control")
     left.axhline(0.0, color="0.5", lw=0.8)
     left.set_ylabel("LayerMem (mean normalised SSLMem)")
     left.set_title("LayerMem by depth")
@@ -392,4 +400,6 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
             written.append(plot_candidate_grid(report, images, out / FILENAMES["candidates"], k=k, layer=layer))
     if history is not None:
         written.append(plot_history(history, out / FILENAMES["history"]))
-    return written
+    from lightning_memloc.plots_evidence import evidence_figures
+
+    return written + evidence_figures(report, history, out)
