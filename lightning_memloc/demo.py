@@ -1,12 +1,18 @@
-"""The main job: co-train a SimCLR ResNet9 and its reference with the memorization monitor.
+"""The main job: show memorization, with its controls and its tests, in a few CPU minutes.
 
 Reproduces the set-up of Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024) at demo scale: the data are split into shared / candidate / independent parts
-(80 / 10 / 10 %), the encoder trains on shared ∪ candidates and the reference on shared ∪
-independent in the same ``Trainer.fit``, and :class:`~lightning_memloc.MemorizationMonitor`
-measures UnitMem and LayerMem of the held-out candidates every epoch. The default data set is
-scikit-learn's bundled handwritten digits, so the demo runs offline; ``--data`` takes
-``cifar10``, ``stl10``, ``svhn``, an ``.npz`` file or an image folder too.
+(NeurIPS 2024) at demo scale: an encoder ``f`` and its reference ``g`` (SimCLR ResNet9) are
+co-trained in one ``Trainer.fit`` while :class:`~lightning_memloc.MemorizationMonitor` measures
+UnitMem and LayerMem of the candidates (seen by ``f`` only) **next to their nulls** — a control
+set both encoders train on and an unseen set neither does — with intervals and one-sided,
+Holm-corrected tests at every measurement.
+
+Default (``--setting canaries``): atypical *canaries* (gray crops of scikit-learn's two sample
+photographs) planted among scikit-learn's handwritten digits, all offline; a short CPU run
+memorizes them measurably (docs/evidence.md). ``--setting plain`` is the paper's plain setting
+(a random shared / candidates / independent split of ``--data``; control drawn from the shared
+part, unseen = the reference's independent part), where a CPU-sized run shows no significant
+memorization — the demo then says so.
 
 Run ``memloc demo --help`` (or ``python -m lightning_memloc.demo --help``).
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -27,22 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the demo."""
     p = argparse.ArgumentParser(prog="memloc demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--setting", choices=["canaries", "plain"], default="canaries",
+                   help="canaries: atypical photo crops planted among the digits (shows memorization on a CPU); "
+                        "plain: the paper's random split of --data (no significant effect at CPU scale)")
     p.add_argument("--data", default="digits", help="digits | cifar10 | stl10 | svhn | file.npz | image folder")
     p.add_argument("--root", default="data", help="download/cache folder for torchvision data sets")
     p.add_argument("--size", type=int, default=None,
                    help="image side in pixels (default: 16 for the 8x8 digits, the data's own size otherwise)")
-    p.add_argument("--limit", type=int, default=600,
-                   help="use a seeded random subset of N images (0: all); fewer images and more epochs memorize more per second")
+    p.add_argument("--limit", type=int, default=None,
+                   help="seeded random subset of N images of --data (0: all; default 160 with canaries, 600 plain)")
+    p.add_argument("--canaries", type=int, default=80,
+                   help="canaries per group (candidates, independent, control, unseen) with --setting canaries")
+    p.add_argument("--repeat", type=int, default=1, help="times each candidate appears in the encoder's training data")
     p.add_argument("--out", default="runs/demo", help="output folder (TensorBoard logs, reports, plots)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--warmup-epochs", type=int, default=5, help="linear LR warm-up epochs")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 300 with canaries, 30 plain)")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="linear LR warm-up epochs (default: epochs / 10)")
     p.add_argument("--width", type=int, default=16, help="ResNet9 base width (the paper: 64)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--views", type=int, default=10, help="K views per candidate for the monitor")
-    p.add_argument("--every-n-epochs", type=int, default=1)
-    p.add_argument("--candidates", type=float, default=0.1, help="fraction (or count) of held-out candidates")
-    p.add_argument("--independent", type=float, default=0.1, help="fraction (or count) for the reference only")
+    p.add_argument("--views", type=int, default=10, help="K views per image for the monitor")
+    p.add_argument("--every-n-epochs", type=int, default=None, help="measure every N epochs (default: epochs / 6)")
+    p.add_argument("--candidates", type=float, default=0.1, help="--setting plain: fraction (or count) of candidates")
+    p.add_argument("--independent", type=float, default=0.1, help="--setting plain: fraction (or count) for the reference only")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples / permutations per interval and test")
     p.add_argument("--transform", choices=["batched", "lightly"], default="batched",
                    help="training augmentation: batched tensor SimCLR augmentation, or lightly's SimCLRTransform")
     p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is 'highly memorizing'")
@@ -56,73 +69,112 @@ def _count(value: float) -> float:
     return int(value) if value >= 1 else value
 
 
-def unit_mem_growth_table(history: List[Dict[str, float]], layers: Sequence[str], threshold: float) -> str:
-    """Mean UnitMem (and fraction of units above ``threshold``) per layer, one row per measurement."""
-    head = f"{'epoch':>6} " + "".join(f"{layer[:10]:>11}" for layer in layers) + f"{'all >' + format(threshold, 'g'):>11}"
-    rows = [head]
-    for entry in history:
-        means = [entry[f"memloc/unit_mem_mean/{layer}"] for layer in layers]
-        above = sum(entry[f"memloc/unit_mem_frac_above/{layer}"] for layer in layers) / len(layers)
-        label = "init" if entry["epoch"] < 0 else str(entry["epoch"])
-        rows.append(f"{label:>6} " + "".join(f"{m:>11.3f}" for m in means) + f"{above:>11.1%}")
-    return "\n".join(rows)
+def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+    canaries = args.setting == "canaries"
+    if args.epochs is None:
+        args.epochs = 300 if canaries else 30
+    if args.limit is None:
+        args.limit = 160 if canaries else 600
+    if args.warmup_epochs is None:
+        args.warmup_epochs = max(1, args.epochs // 10)
+    if args.every_n_epochs is None:
+        args.every_n_epochs = max(1, args.epochs // 6)
+    return args
 
 
-def run(args: argparse.Namespace) -> Dict[str, object]:
-    """Run the demo; returns the final report and the history."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import TensorBoardLogger
+def _groups(args: argparse.Namespace) -> Dict[str, Any]:
+    """Images and index groups of the chosen setting."""
+    from lightning_memloc.canaries import canary_layout, photo_canaries
+    from lightning_memloc.data import SplitIndices, load_data, split_candidates
 
-    from lightning_memloc.callbacks import MemorizationMonitor
-    from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
-    from lightning_memloc.data import load_data, split_candidates
-    from lightning_memloc.ssl import SimCLR
-    from lightning_memloc.views import BatchedSimCLRAugment
-
-    out = check_writable_dir(args.out, argument="--out")
-    started = time.perf_counter()
-    pl.seed_everything(args.seed, workers=True)
     size = args.size if args.size is not None else (16 if str(args.data).lower() == "digits" else None)
     images, labels = load_data(args.data, root=args.root, size=size)
     if args.limit and args.limit < len(images):
         # a seeded random subset: files sorted by class (e.g. a CIFAR .npz) keep every class
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.limit].sort().values
         images, labels = images[keep], labels[keep]
-    n, channels = images.shape[0], images.shape[1]
-    candidates, independent = _count(args.candidates), _count(args.independent)
-    shared = n - (candidates if isinstance(candidates, int) else int(candidates * n)) - (
-        independent if isinstance(independent, int) else int(independent * n))
-    split = split_candidates(n, shared=shared, candidates=candidates, independent=independent, seed=args.seed)
-    print(f"[memloc] data {args.data!r}: {n} images {tuple(images.shape[1:])}; shared {len(split.shared)}, "
-          f"candidates {len(split.candidates)}, independent {len(split.independent)}")
+    if args.setting == "canaries":
+        base = len(images)
+        canaries = photo_canaries(4 * args.canaries, size=images.shape[-1], channels=images.shape[1], seed=args.seed)
+        images = torch.cat([images, canaries])
+        labels = torch.cat([labels, torch.full((len(canaries),), -1, dtype=labels.dtype)])
+        layout = canary_layout(base, args.canaries, seed=args.seed)
+        split, control, unseen = layout.split, layout.control, layout.unseen
+        what = (f"{base} {args.data!r} images + {4 * args.canaries} photo canaries: shared {len(split.shared)} "
+                f"(incl. {len(control)} control canaries), candidates {len(split.candidates)} (f only), "
+                f"independent {len(split.independent)} (g only), unseen {len(unseen)} (neither)")
+    else:
+        n = len(images)
+        cand, ind = _count(args.candidates), _count(args.independent)
+        shared = n - (cand if isinstance(cand, int) else int(cand * n)) - (ind if isinstance(ind, int) else int(ind * n))
+        split = split_candidates(n, shared=shared, candidates=cand, independent=ind, seed=args.seed)
+        control, unseen = split.control(min(len(split.candidates), len(split.shared)), seed=args.seed), split.independent
+        what = (f"{n} {args.data!r} images: shared {len(split.shared)} (control: {len(control)} of them), "
+                f"candidates {len(split.candidates)} (f only), independent {len(split.independent)} (g only, the unseen set)")
+    if args.repeat > 1:  # planted duplicates: each candidate appears `repeat` times in f's data
+        split = SplitIndices(split.shared, split.candidates.repeat(args.repeat), split.independent)
+        what += f"; candidates repeated {args.repeat}x for f"
+    return {"images": images, "labels": labels, "split": split, "control": control, "unseen": unseen, "what": what}
 
-    side = images.shape[-1]
-    augment = BatchedSimCLRAugment(side)
-    transform = None
+
+def _cell(entry: Dict[str, float], key: str, layer: str, alpha: float, fmt: str) -> str:
+    value = entry.get(f"memloc/{key}/{layer}")
+    if value is None:
+        return "n/a"
+    p = entry.get(f"memloc/{key}_p_holm/{layer}")
+    return format(value, fmt) + ("*" if p is not None and p < alpha else " ")
+
+
+def history_table(history: List[Dict[str, float]], layers: Sequence[str], key: str, fmt: str, alpha: float) -> str:
+    """One row per measurement, one column per layer; ``*``: Holm-corrected p < ``alpha``."""
+    width = max(9, max(len(layer[:12]) for layer in layers) + 1)
+    rows = [f"{'epoch':>6} " + "".join(f"{layer[:12]:>{width}}" for layer in layers)]
+    for entry in history:
+        label = "init" if entry["epoch"] < 0 else str(entry["epoch"])
+        rows.append(f"{label:>6} " + "".join(f"{_cell(entry, key, layer, alpha, fmt):>{width}}" for layer in layers))
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> Dict[str, object]:
+    """Run the demo; returns the final report, the history and the summary."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from lightning_memloc.callbacks import MemorizationMonitor
+    from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+    from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.views import BatchedSimCLRAugment
+
+    args = _defaults(args)
+    out = check_writable_dir(args.out, argument="--out")
+    started = time.perf_counter()
+    pl.seed_everything(args.seed, workers=True)
+    data = _groups(args)
+    images, split = data["images"], data["split"]
+    print(f"[memloc] {data['what']}")
+    side, channels = images.shape[-1], images.shape[1]
+    augment, transform = BatchedSimCLRAugment(side), None
     if args.transform == "lightly":
         from lightly.transforms import SimCLRTransform
 
-        transform = SimCLRTransform(input_size=side, gaussian_blur=0.0, normalize=None)
-        augment = None
+        transform, augment = SimCLRTransform(input_size=side, gaussian_blur=0.0, normalize=None), None
 
     def ssl_model() -> SimCLR:
         return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
 
-    model = CoTrainedPair(ssl_model(), ssl_model(), lr=args.lr, warmup_epochs=args.warmup_epochs,
-                          max_epochs=args.epochs)
-    cand = split.candidates
+    model = CoTrainedPair(ssl_model(), ssl_model(), lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
+    cand = split.candidates.unique()
     monitor = MemorizationMonitor(
-        images[cand], labels=labels[cand] if bool((labels[cand] >= 0).all()) else None, views=args.views,
+        images[cand], control=images[data["control"]], unseen=images[data["unseen"]], views=args.views,
         every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
         seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
-        top_k=max(1, len(cand) // 10),
+        top_k=max(1, len(cand) // 10), bootstrap=args.bootstrap,
     )
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
-                         callbacks=[monitor], log_every_n_steps=5, enable_checkpointing=True,
-                         default_root_dir=str(out))
-    trainer.fit(model, cotraining_loader(images, split, batch_size=args.batch_size, num_workers=args.workers,
-                                         transform=transform))
+                         callbacks=[monitor], log_every_n_steps=5, enable_checkpointing=True, default_root_dir=str(out))
+    trainer.fit(model, cotraining_loader(images, split, batch_size=min(args.batch_size, len(split.shared)),
+                                         num_workers=args.workers, transform=transform))
 
     report = monitor.report
     report.save(out / "report.json")
@@ -133,16 +185,31 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history)
     except ImportError:  # plotting is optional
         pass
-    summary = {"elapsed_s": round(time.perf_counter() - started, 1), "epochs": args.epochs, "data": args.data,
-               "num_candidates": len(cand), "layer_mem": report.layer_mem, "delta_layer_mem": report.delta_layer_mem,
-               "fraction_above_threshold": report.fraction_above(args.threshold)}
+    ev = report.evidence
+    significant = dict(ev.meta.get("significant", {})) if ev is not None else {}
+    summary = {"elapsed_s": round(time.perf_counter() - started, 1), "setting": args.setting, "epochs": args.epochs,
+               "steps": trainer.global_step, "data": args.data, "num_candidates": len(cand),
+               "layer_mem": report.layer_mem, "evidence": None if ev is None else ev.to_dict()["layers"],
+               "significant_layers": significant, "shows_memorization": any(bool(v) for v in significant.values())}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
 
-    print("\n[memloc] memorization after training (LayerMem needs the co-trained reference):")
+    alpha = monitor.evidence_options.alpha
+    print(f"\n[memloc] after {trainer.global_step} steps: candidates (f only) vs control (both) and unseen (neither)")
     print(report.summary_table(args.threshold))
-    print(f"\n[memloc] mean UnitMem per layer over training (last column: units with UnitMem > {args.threshold:g}):")
-    print(unit_mem_growth_table(monitor.history, report.layers, args.threshold))
-    print(f"\n[memloc] most memorized candidates (dataset indices): {cand[report.most_memorized(8)].tolist()}")
+    layers = report.layers
+    print(f"\n[memloc] over training — LayerMem excess of the candidates over the control (*: Holm p < {alpha:g}):")
+    print(history_table(monitor.history, layers, "excess", "+.3f", alpha))
+    print("\n[memloc] share of units whose μmax image is a seen candidate (pool: candidates ∪ unseen; chance "
+          f"{ev.layers[layers[0]].get('membership_chance', float('nan')):.0%}; *: Holm p < {alpha:g}):")
+    print(history_table(monitor.history, layers, "membership", ".0%", alpha))
+    print("\n[memloc] mean UnitMem of the candidates (init: BatchNorm statistics recalibrated on the measured views):")
+    print(history_table(monitor.history, layers, "unit_mem_mean", ".3f", alpha))
+    if summary["shows_memorization"]:
+        print(f"\n[memloc] RESULT: significant memorization of the candidates: {significant}")
+    else:
+        print("\n[memloc] RESULT: NO significant memorization at this setting — the figures above cannot be told "
+              "apart from the difference between two encoders (see docs/evidence.md for settings that show it).")
+    print(f"[memloc] most memorized candidates (indices into the data): {cand[report.most_memorized(8)].tolist()}")
     print(f"[memloc] wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''}")
     print(f"[memloc] TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     print(f"[memloc] done in {summary['elapsed_s']} s")

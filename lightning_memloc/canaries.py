@@ -1,0 +1,85 @@
+"""Planted canaries: atypical images whose memorization a short CPU run can show.
+
+A few thousand SimCLR steps on a small set of typical images (digits) do not make an encoder
+memorize individual images measurably — candidates and a control set score the same (see
+``docs/evidence.md``). Atypical images do get memorized: Wang et al., *Localizing Memorization
+in SSL Vision Encoders* (NeurIPS 2024) find the most memorized candidates are atypical ones.
+This module cuts such canaries offline from the two sample photographs scikit-learn ships
+(``china.jpg``, ``flower.jpg``) and lays out the four groups a controlled experiment needs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from lightning_memloc.data import SplitIndices
+
+__all__ = ["CanaryLayout", "canary_layout", "photo_canaries"]
+
+
+def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3, seed: int = 0) -> Tensor:
+    """``count`` random ``crop``×``crop`` gray crops of scikit-learn's sample photographs, resized.
+
+    Args:
+        count: number of canaries (≥ 1).
+        size: output side in pixels.
+        crop: side of the square crop in the 427×640 photographs (≤ 427).
+        channels: output channels (the gray value repeated), to match the other training images.
+        seed: crop positions and photographs are drawn from this seed.
+
+    Returns:
+        uint8 tensor ``(count, channels, size, size)``.
+
+    Example:
+        >>> photo_canaries(3, size=8).shape
+        torch.Size([3, 3, 8, 8])
+    """
+    from sklearn.datasets import load_sample_images
+
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"`count` must be an int >= 1, got {count!r}.")
+    photos = [torch.as_tensor(img).permute(2, 0, 1).float().mean(0) for img in load_sample_images().images]
+    height, width = photos[0].shape
+    if not 1 <= crop <= min(height, width):
+        raise ValueError(f"`crop` must be in [1, {min(height, width)}], got {crop!r}.")
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randint(0, len(photos), (count,), generator=g)
+    top = torch.randint(0, height - crop + 1, (count,), generator=g)
+    left = torch.randint(0, width - crop + 1, (count,), generator=g)
+    crops = torch.stack([photos[w][t:t + crop, l:l + crop] for w, t, l in zip(which.tolist(), top.tolist(), left.tolist())])
+    small = torch.nn.functional.interpolate(crops[:, None], size=(size, size), mode="area")
+    return small.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
+
+
+class CanaryLayout(NamedTuple):
+    """Indices into ``cat([base, canaries])`` for a controlled canary experiment.
+
+    Attributes:
+        split: shared = base ∪ control canaries; candidates (``f`` only); independent (``g`` only).
+        control: canaries both encoders train on (the null of LayerMem).
+        unseen: canaries neither encoder trains on (the null of UnitMem's membership test).
+    """
+
+    split: SplitIndices
+    control: Tensor
+    unseen: Tensor
+
+
+def canary_layout(num_base: int, per_group: int, seed: int = 0) -> CanaryLayout:
+    """Assign ``4 · per_group`` canaries (after ``num_base`` base images) at random to candidates,
+    independent, control and unseen groups.
+
+    Example:
+        >>> lay = canary_layout(5, 2)
+        >>> len(lay.split.shared), len(lay.split.candidates), len(lay.control), len(lay.unseen)
+        (7, 2, 2, 2)
+    """
+    if per_group < 2:
+        raise ValueError(f"`per_group` must be >= 2 (the tests compare groups), got {per_group!r}.")
+    perm = num_base + torch.randperm(4 * per_group, generator=torch.Generator().manual_seed(seed))
+    cand, ind, control, unseen = (perm[i * per_group:(i + 1) * per_group].sort().values for i in range(4))
+    shared = torch.cat([torch.arange(num_base), control]).sort().values
+    return CanaryLayout(SplitIndices(shared, cand, ind), control, unseen)
