@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
+from lightning_memloc.checks import (check_candidate_ids, check_int, check_meta, check_reference, check_views_memory,
+                                    unwrap_compiled)
 from lightning_memloc.errors import ArchitectureMismatchError, NonFiniteActivationError
 from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.meter import MemorizationMeter
@@ -198,8 +200,7 @@ def _validate(views: int, batch_size: int, pairing: str, reduction: str, negativ
     if reference is encoder:
         raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
     for name, value, low in (("views", views, 1), ("batch_size", batch_size, 1), ("top_k", top_k, 1), ("num_workers", num_workers, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        check_int(name, value, low)  # NumPy integers are accepted; bools and floats are not
     if pairing not in _PAIRINGS:
         raise ValueError(f"`pairing` must be one of {_PAIRINGS}, got {pairing!r}.")
     if reduction not in _REDUCTIONS:
@@ -384,24 +385,25 @@ def measure(
         >>> len(report.layers), report.has_reference
         (3, True)
     """
+    encoder, reference = unwrap_compiled(encoder), unwrap_compiled(reference)  # torch.compile: measure eagerly
     _validate(views, batch_size, pairing, reduction, negative, top_k, reference, encoder, num_workers)
+    views, batch_size, top_k, num_workers = (int(v) for v in (views, batch_size, top_k, num_workers))
+    check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
     view_set = build_views(candidates, views, transform, seed, labels)
     n = len(view_set)
     if n < 2:
         raise ValueError(
             f"UnitMem compares a candidate with the others and needs at least 2 candidates, got {n}: pass more candidates."
         )
-    ids = torch.arange(n) if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
-    if ids.shape != (n,):
-        raise ValueError(f"`candidate_ids` must have shape ({n},), got {tuple(ids.shape)}.")
+    ids = check_candidate_ids(candidate_ids, n)
+    settings = check_meta(meta, {"views": view_set.views, "seed": view_set.seed, "pairing": pairing, "reduction": reduction,
+                                 "negative": negative, "top_k": min(top_k, n), "num_candidates": n})
     device, _ = model_device_dtype(encoder)
+    check_views_memory(batch_size, view_set.views, view_set.input_shape, device)
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
                               reduction=reduction, negative=negative, top_k=top_k, state_dtype=state_dtype).to(device)
     run_pass(encoder, reference, view_set, specs, meter, batch_size=batch_size, pairing=pairing,
              num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"))
-    settings = {"views": view_set.views, "seed": view_set.seed, "pairing": pairing, "reduction": reduction,
-                "negative": negative, "top_k": min(top_k, n), "num_candidates": n}
-    settings.update(meta or {})
     return meter.compute_report(ids, settings)

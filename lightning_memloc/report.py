@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Literal, Optional
 import torch
 from torch import Tensor
 
+from lightning_memloc.checks import check_report_values
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike, atomic_write_text
 
@@ -266,6 +267,7 @@ class MemorizationReport:
                 value = getattr(self, name)
                 if value is not None and not math.isfinite(value[layer]):
                     raise ReportFormatError(f"`{name}[{layer!r}]` is not finite.")
+        check_report_values(self)  # UnitMem in [0, 1], μ-max ids among the candidates (-1: dead unit)
 
     def save(self, path: PathLike) -> Path:
         """Write the report as JSON, atomically (the file is complete or untouched).
