@@ -25,7 +25,9 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
+from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
+from lightning_memloc.checks import check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
@@ -121,6 +123,8 @@ class MemorizationMonitor(Callback):
         num_workers: DataLoader workers generating views.
         memory_limit: bytes the metric states may take; a larger candidate set raises before
             training starts (``None``: 25 % of the device memory, warning only).
+        overwrite: let a new run delete another run's files in ``output_dir`` (in ``setup``);
+            without it such a folder is refused (a resumed run continues its own folder).
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -156,6 +160,7 @@ class MemorizationMonitor(Callback):
         progress: bool = True,
         num_workers: int = 0,
         memory_limit: Optional[int] = None,
+        overwrite: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
@@ -172,6 +177,11 @@ class MemorizationMonitor(Callback):
         _validate(views, batch_size, pairing, reduction, negative, top_k, None if reference is None else nn.Identity(),
                   nn.Identity(), num_workers)
         self.views = build_views(candidates, views, transform, seed, labels)
+        batch_size, top_k, num_workers = int(batch_size), int(top_k), int(num_workers)  # NumPy ints accepted above
+        memory_limit = check_memory_limit(memory_limit)
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
+        self.overwrite, self._run_id, self._candidates_digest = overwrite, os.urandom(8).hex(), None
         if len(self.views) < 2:
             raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
         self.every_n_epochs = every_n_epochs
@@ -199,23 +209,22 @@ class MemorizationMonitor(Callback):
 
     def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
         """The encoder being monitored inside ``pl_module``."""
-        return resolve_module(pl_module, self.encoder_spec, "encoder")
+        return unwrap_compiled(resolve_module(pl_module, self.encoder_spec, "encoder"))
 
     def reference(self, pl_module: pl.LightningModule) -> Optional[nn.Module]:
         """The reference encoder (``None`` without one)."""
         spec = self.reference_spec
         if spec is None:
             return None
-        if isinstance(spec, os.PathLike) or (
-            isinstance(spec, str) and (spec.endswith((".ckpt", ".pt", ".pth")) or os.sep in spec)
-        ):
+        if guard.is_checkpoint_path(spec):  # a known extension, a path separator, or an existing file
             if self._reference is None:
                 try:
                     self._reference = load_encoder(spec, like=self.encoder(pl_module))
                 except (FileNotFoundError, CheckpointError, ArchitectureMismatchError) as err:
                     raise type(err)(f"`reference`={str(spec)!r}: {err}") from err
             return self._reference
-        return resolve_module(pl_module, spec, "reference")
+        with guard.reference_hint(spec):
+            return unwrap_compiled(resolve_module(pl_module, spec, "reference"))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Resolve encoder, reference and layers and check every setting before training starts."""
@@ -223,12 +232,17 @@ class MemorizationMonitor(Callback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
+            guard.claim_output_dir(self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
         if reference is encoder:
             raise ValueError("`reference` resolves to the monitored encoder itself: pass a separately trained encoder.")
+        trained = reference is not None and any(p.requires_grad for p in reference.parameters())
+        check_reference(encoder, reference, same_weights=not trained)  # a co-trained one is checked when measured
         device, _ = model_device_dtype(encoder)
-        self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
+        check_views_memory(self.batch_size, self.views.views, self.views.input_shape, device)
+        with guard.encoder_hint(self.encoder_spec, pl_module):
+            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
         self._check_memory(device, reference is not None)
 
     def _example(self, device: torch.device) -> Tensor:
@@ -268,6 +282,7 @@ class MemorizationMonitor(Callback):
     # ------------------------------------------------------------ measurement
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> MemorizationReport:
         encoder, reference = self.encoder(pl_module), self.reference(pl_module)
+        check_reference(encoder, reference, same_weights=epoch >= 0)  # after training, a copy is an error
         device, _ = model_device_dtype(encoder)
         if reference is not None and reference not in list(pl_module.modules()):
             reference.to(device)
@@ -296,6 +311,7 @@ class MemorizationMonitor(Callback):
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
             check_writable_dir(self.output_dir, argument="output_dir")
+            guard.check_owner(self, self.output_dir)
             report.save(self.output_dir / f"report_epoch={epoch}.json")
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
@@ -313,9 +329,20 @@ class MemorizationMonitor(Callback):
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
-        return {"history": list(self.history), "report": None if self.report is None else self.report.to_dict()}
+        return {"history": list(self.history), "report": None if self.report is None else self.report.to_dict(),
+                "fingerprint": guard.fingerprint(self)}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
+        guard.check_checkpoint_states(self, trainer, checkpoint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        guard.release_output_dir(self)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        guard.release_output_dir(self)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        guard.check_same_fingerprint(state_dict.get("fingerprint"), guard.fingerprint(self), "the checkpoint's monitor state")
         self.history = list(state_dict.get("history", []))
         report = state_dict.get("report")
         self.report = None if report is None else MemorizationReport.from_dict(report)
