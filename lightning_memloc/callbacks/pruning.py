@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune
 
 from lightning_memloc.callbacks.finetuning import ModuleSpec, ReportSource, check_layers_exist, resolve_encoder
+from lightning_memloc.callbacks.setup_checks import check_amount_units, check_epoch_in_run, following_norms
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES, select_units
 from lightning_memloc.taps import resolve_layers
@@ -122,7 +123,8 @@ def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] =
             f"cannot find the conv / linear module producing the units of layer {layer!r}: no Conv1d/2d/3d or Linear"
             f"{wanted} inside it or before it among its siblings. Prune layers that are (or end in) such a module."
         )
-    return UnitTargets(layer, found[0], found[1], _width(found[0]))
+    after = tuple(m for m in following_norms(encoder, layer, _width(found[0])) if all(m is not n for n in found[1]))
+    return UnitTargets(layer, found[0], found[1] + after, _width(found[0]))  # + BatchNorms after the tap
 
 
 def _mask(module: nn.Module, name: str) -> Tensor:
@@ -230,6 +232,7 @@ def prune_units(
     if missing:
         raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
     targets = {name: find_unit_targets(module, name, report.unit_mem[name].numel()) for name in names}
+    check_amount_units(amount, scope, {name: t.num_units for name, t in targets.items()})
     units = _choose(report, targets, amount, strategy, scope, seed)
     for layer, index in units.items():
         zero_units(targets[layer], index)
@@ -360,6 +363,9 @@ class MemorizationPruning(Callback):
         for target in self.targets.values():
             register_masks(target)
         if stage == "fit":
+            check_amount_units(self.amount, self.scope, {n: t.num_units for n, t in self.targets.items()})
+            check_epoch_in_run(trainer, None if self.prune_at == "fit_start" else self._epoch, "prune_at",
+                               "nothing would be pruned")
             if report is not None:
                 _choose(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
