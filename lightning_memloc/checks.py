@@ -26,6 +26,7 @@ __all__ = [
     "check_finite",
     "check_image_layout",
     "check_image_range",
+    "check_index_values",
     "check_int",
     "check_labels_layout",
     "check_memory_limit",
@@ -300,3 +301,37 @@ def check_report_values(report: Any) -> None:
         value = getattr(report, name)
         if value is not None and not set(value.tolist()) <= known:
             raise ReportFormatError(f"`{name}` holds ids that are not in `candidate_ids`.")
+
+
+def check_index_values(values: Any, name: str = "--indices") -> Tensor:
+    """Integer indices read from a file (JSON / text / ``.npy``): non-integers and duplicates are refused.
+
+    Integral floats (``3.0``) are accepted; ``1.5``, ``true`` or ``"a"`` are not (a float would be
+    truncated onto another image), and a repeated index would measure one image twice.
+
+    Example:
+        >>> check_index_values(["4", "2"]).tolist()
+        [4, 2]
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind in "US":
+        try:
+            arr = arr.astype(np.int64)
+        except ValueError:
+            try:
+                arr = arr.astype(np.float64)
+            except ValueError:
+                raise ValueError(f"`{name}` holds values that are not numbers: pass integer indices.") from None
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"`{name}` must hold integer indices, got {arr.dtype.name} values: pass integers.")
+    if arr.dtype.kind == "f":
+        bad = arr[~np.isfinite(arr) | (arr != np.round(arr))] if arr.size else arr
+        if bad.size:
+            raise ValueError(f"`{name}` holds non-integer values (e.g. {bad.reshape(-1)[0]!r}): indices must be "
+                             "integers (a fraction would be truncated onto another image).")
+    ids = torch.as_tensor(arr.astype(np.int64)).reshape(-1)
+    unique, counts = torch.unique(ids, return_counts=True)
+    if bool((counts > 1).any()):
+        raise ValueError(f"`{name}` repeats indices {unique[counts > 1][:5].tolist()}: each image may be a candidate "
+                         "once (a duplicate would be compared with its own copy); drop the duplicates.")
+    return ids

@@ -37,7 +37,7 @@ __all__ = ["ARCHS", "CLIError", "build_model", "build_parser", "main"]
 #: 3×3 stride-1 first conv, no max-pool) without its classifier, and the test encoder TinyCNN.
 ARCHS = ("resnet9", "resnet18", "resnet18-cifar", "tiny")
 _DEFAULT_WIDTH = {"resnet9": 64, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
-_FILE_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, MemlocError)
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
 _VALUE_ERRORS = _FILE_ERRORS + (ValueError, TypeError, KeyError)
 
 
@@ -264,6 +264,8 @@ def _load(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: ar
 
 
 def _read_indices(path: str) -> Tensor:
+    from lightning_memloc.checks import check_index_values
+
     hint = "(expected a .json list, {'candidates': [...]}, a .txt or a .npy of ints)."
     with _argument("--indices", _VALUE_ERRORS + (OSError,), hint):
         source = Path(path)
@@ -276,7 +278,7 @@ def _read_indices(path: str) -> Tensor:
             values = values.get("candidates") if isinstance(values, dict) else values
         else:
             values = source.read_text(encoding="utf-8").replace(",", " ").split()
-        indices = torch.as_tensor(np.asarray(values, dtype=np.int64)).reshape(-1)
+        indices = check_index_values(values, "--indices")  # integers only, no duplicates
         if indices.numel() == 0:
             raise ValueError(f"{path!r} holds no indices.")
         return indices
