@@ -360,9 +360,7 @@ class MemorizationPruning(Callback):
         report = self.source.get()
         names, units = self._scope_layers(encoder, report)
         self.targets = {name: find_unit_targets(encoder, name, units.get(name)) for name in names}
-        for target in self.targets.values():
-            register_masks(target)
-        if stage == "fit":
+        if stage == "fit":  # every check before the first mask is registered: a failure leaves the model as it was
             check_amount_units(self.amount, self.scope, {n: t.num_units for n, t in self.targets.items()})
             check_epoch_in_run(trainer, None if self.prune_at == "fit_start" else self._epoch, "prune_at",
                                "nothing would be pruned")
@@ -370,6 +368,8 @@ class MemorizationPruning(Callback):
                 _choose(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
                                       "MemorizationPruning")
+        for target in self.targets.values():
+            register_masks(target)
         self._applied = False
 
     def _apply(self, when: str) -> None:
