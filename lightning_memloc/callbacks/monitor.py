@@ -334,6 +334,11 @@ class MemorizationMonitor(Callback):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
         guard.check_checkpoint_states(self, trainer, checkpoint)
+        if self.output_dir is not None and getattr(self, "_foreign_files", None):
+            guard.adopt(self, self.output_dir)  # resuming: continue the folder of the same run
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        guard.check_no_foreign_files(self, self.output_dir)  # another run's files, and not a resume of it
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lightning_memloc.io import atomic_write_text
 
-__all__ = ["MARKER", "check_checkpoint_states", "check_owner", "check_same_fingerprint", "claim_output_dir",
+__all__ = ["MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
            "encoder_hint", "fingerprint", "is_checkpoint_path", "reference_hint", "release_output_dir"]
 
 #: The file naming the run that owns a monitor's ``output_dir``.
@@ -145,20 +145,36 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
     files = _monitor_files(folder)
     marker = _read_marker(folder)
     ours = marker is not None and marker.get("run_id") == monitor._run_id
+    monitor._foreign_files = []
     if files and not ours and not overwrite:
         if resuming and marker is not None:
-            check_same_fingerprint(marker.get("fingerprint"), fingerprint(monitor), f"`output_dir`={str(folder)!r}")
-            monitor._run_id = str(marker.get("run_id"))  # the same run, resumed
-        else:
-            raise FileExistsError(
-                f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
-                f"{', ...' if len(files) > 4 else ''}): pass a new folder, resume that run with `ckpt_path=`, or "
-                "pass overwrite=True to delete them and start again."
-            )
+            adopt(monitor, folder, marker)
+        else:  # decided in on_fit_start: Lightning restores a checkpoint (a resume) only after setup
+            monitor._foreign_files = files
     elif files and not ours and overwrite:
         for name in files:
             (folder / name).unlink()
     _CLAIMS[key] = weakref.ref(monitor)
+
+
+def adopt(monitor: Any, folder: Path, marker: Optional[Dict[str, Any]] = None) -> None:
+    """A resumed run continues the folder of the run it resumes: same fingerprint, same run id."""
+    marker = _read_marker(folder) if marker is None else marker
+    if marker is None:
+        return
+    check_same_fingerprint(marker.get("fingerprint"), fingerprint(monitor), f"`output_dir`={str(folder)!r}")
+    monitor._run_id, monitor._foreign_files = str(marker.get("run_id")), []
+
+
+def check_no_foreign_files(monitor: Any, folder: Optional[Path]) -> None:
+    """In ``on_fit_start`` (after any checkpoint restore): refuse a folder holding another run's files."""
+    files = getattr(monitor, "_foreign_files", [])
+    if folder is not None and files:
+        raise FileExistsError(
+            f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
+            f"{', ...' if len(files) > 4 else ''}): pass a new folder, resume that run with `ckpt_path=`, or "
+            "pass overwrite=True to delete them and start again."
+        )
 
 
 def release_output_dir(monitor: Any) -> None:
