@@ -258,7 +258,8 @@ def check_reference(encoder: nn.Module, reference: Optional[nn.Module], argument
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
+    """Same parameters (buffers such as BatchNorm statistics may differ: a copy trained with lr 0 is still a copy)."""
+    sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
     if sa.keys() != sb.keys() or not sa:
         return False
     return all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu()) for x, y in

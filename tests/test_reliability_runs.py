@@ -294,3 +294,16 @@ def test_report_validation_accepts_measured_reports(data):
     monitor = _monitor(train, split, reference=None)
     _fit(train, split, [monitor], max_epochs=1)
     MemorizationReport.from_dict(json.loads(json.dumps(monitor.report.to_dict())))
+
+
+def test_a_co_trained_reference_that_stays_a_copy_fails_at_the_first_measurement(data):
+    """Identical weights are allowed at the start (the same initialisation) but not once training ran."""
+    from lightning_memloc.cotrain import CoTrainedPair
+
+    train, split = data
+    pair = _pair()
+    frozen_lr = CoTrainedPair(pair.encoder, copy.deepcopy(pair.encoder), lr=0.0, warmup_epochs=1, max_epochs=3)
+    monitor = _monitor(train, split, measure_on_train_start=True)
+    with pytest.raises(ValueError, match="`reference` has exactly the encoder's weights"):
+        _fit(train, split, [monitor], max_epochs=1, model=frozen_lr)
+    assert [h["epoch"] for h in monitor.history] == [-1]  # the untrained baseline was measured
