@@ -307,3 +307,23 @@ def test_a_co_trained_reference_that_stays_a_copy_fails_at_the_first_measurement
     with pytest.raises(ValueError, match="`reference` has exactly the encoder's weights"):
         _fit(train, split, [monitor], max_epochs=1, model=frozen_lr)
     assert [h["epoch"] for h in monitor.history] == [-1]  # the untrained baseline was measured
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--split-seed"])
+def test_cli_seeds_outside_64_bits_are_argparse_errors(tmp_path, capsys, flag):
+    encoder, data = _analyze_files(tmp_path)
+    out = tmp_path / "out"
+    code = main(["analyze", "--encoder", str(encoder), "--arch", "tiny", "--width", "2", "--data", str(data),
+                 "--size", "8", "--out", str(out), "--no-progress", "--views", "2", "--indices-from-split", flag, "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"argument {flag}: expected an integer seed in [0, 2**64), got '-1'" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_monitor_refuses_views_that_cannot_fit_before_training(data):
+    train, split = data
+    model = _pair()
+    snap = _snapshot(model)
+    with pytest.raises(MemoryError, match=r"batch_size·views = 32·10000000 views .* lower `views`"):
+        _fit(train, split, [_monitor(train, split, views=10**7, batch_size=32)], max_epochs=1, model=model)
+    assert_untouched(model, snap)
