@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "SEED_RANGE",
+    "as_python_number",
     "check_candidate_ids",
     "check_choice",
     "check_finite",
@@ -66,6 +67,15 @@ def _bounds(low: Optional[int], high: Optional[int]) -> str:
     if low is not None and high is not None:
         return f" in [{low}, {high})"
     return f" >= {low}" if low is not None else (f" < {high}" if high is not None else "")
+
+
+def as_python_number(value: Any) -> Any:
+    """NumPy integer / floating scalars as Python ``int`` / ``float``; anything else unchanged (bools included)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:

@@ -209,7 +209,7 @@ def test_pruning_a_tap_followed_by_a_channel_mixing_norm_is_refused():
     (dict(amount=0.99), ValueError, "would prune all 4 units of layer 'conv1'"),
     (dict(amount=4), ValueError, "would prune all 4 units of layer 'conv1'"),
     (dict(amount=0.99, scope="global"), ValueError, "would prune all 28 units of all layers in scope"),
-    (dict(prune_at=2), ValueError, "`prune_at`=2 but training ends after epoch 1 (max_epochs=2): nothing would be"),
+    (dict(prune_at=2, amount=0.5), ValueError, "`prune_at`=2 but training ends after epoch 1 (max_epochs=2): nothing would be"),
 ], ids=["fraction-all", "count-all", "global-all", "epoch-after-last"])
 def test_pruning_plans_that_cannot_work_fail_in_setup(kwargs, error, fragment):
     model = LitModel()
@@ -327,3 +327,21 @@ def test_monitor_refuses_views_that_cannot_fit_before_training(data):
     with pytest.raises(MemoryError, match=r"batch_size·views = 32·10000000 views .* lower `views`"):
         _fit(train, split, [_monitor(train, split, views=10**7, batch_size=32)], max_epochs=1, model=model)
     assert_untouched(model, snap)
+
+
+def test_numpy_integers_work_for_the_callbacks_int_options(data):
+    from lightning_memloc.selection import select_layers
+
+    report = make_report()
+    assert select_layers(report, np.int64(2)) == select_layers(report, 2)
+    model = LitModel()
+    pruned = prune_units(model.backbone, report, amount=np.int64(1), strategy="highest")
+    assert [len(v) for v in pruned.values()] == [1, 1, 1]
+    assert prune_units(LitModel().backbone, report, amount=np.float32(0.5))["conv2"].numel() == 4
+    callbacks = [MemorizationFinetuning(report, k=np.int64(1), unfreeze_at_epoch=np.int32(0), encoder="backbone",
+                                        head="head"),
+                 MemorizationPruning(report, amount=np.int64(1), seed=np.int64(0), encoder="backbone")]
+    make_trainer(callbacks, max_epochs=1).fit(LitModel())
+    assert callbacks[0].chosen_layers == ["conv3"] and callbacks[1].pruned_units["conv1"].tolist() == [1]
+    train, split = data
+    assert _monitor(train, split, every_n_epochs=np.int64(2), grid_size=np.int32(0)).every_n_epochs == 2

@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
+from lightning_memloc.checks import check_int
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.loading import resolve_module
 from lightning_memloc.report import MemorizationReport
@@ -207,9 +208,8 @@ class MemorizationFinetuning(BaseFinetuning):
     ) -> None:
         super().__init__()
         self.source = ReportSource(source)
-        for name, value, minimum in (("k", k, 1), ("unfreeze_at_epoch", unfreeze_at_epoch, 0), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        k, unfreeze_at_epoch, seed = (check_int(name, value, minimum) for name, value, minimum in  # NumPy ints too
+                                      (("k", k, 1), ("unfreeze_at_epoch", unfreeze_at_epoch, 0), ("seed", seed, 0)))
         if by not in LAYER_SCORES:
             raise ValueError(f"`by` must be one of {', '.join(map(repr, LAYER_SCORES))}, got {by!r}.")
         if strategy not in LAYER_STRATEGIES:

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
-from lightning_memloc.checks import check_memory_limit, check_reference, check_views_memory, unwrap_compiled
+from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
@@ -163,12 +163,10 @@ class MemorizationMonitor(Callback):
         overwrite: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be an int >= 1, got {every_n_epochs!r}.")
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)  # NumPy integers accepted
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
-        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 0:
-            raise ValueError(f"`grid_size` must be an int >= 0, got {grid_size!r}.")
+        grid_size = check_int("grid_size", grid_size, 0)
         if reference is not None and not isinstance(reference, (str, os.PathLike, nn.Module)) and not callable(reference):
             raise TypeError(
                 f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."

@@ -28,6 +28,7 @@ from torch.nn.utils import prune
 
 from lightning_memloc.callbacks.finetuning import ModuleSpec, ReportSource, check_layers_exist, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_amount_units, check_epoch_in_run, following_norms
+from lightning_memloc.checks import as_python_number, check_int
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES, select_units
 from lightning_memloc.taps import resolve_layers
@@ -156,6 +157,7 @@ def remove_masks(targets: UnitTargets) -> None:
 
 
 def _check_amount(amount: object) -> Dict[str, Amount]:
+    amount = as_python_number(amount)  # NumPy integers / floats behave as int / float
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise TypeError(f"`amount` must be a float in (0, 1) (a fraction) or an int >= 1 (a count), got {amount!r}.")
     if isinstance(amount, int):
@@ -224,7 +226,7 @@ def prune_units(
     """
     if not isinstance(report, MemorizationReport):
         raise TypeError(f"`report` must be a MemorizationReport, got {type(report).__name__}.")
-    _check_amount(amount)
+    amount = next(iter(_check_amount(amount).values()))
     _check_choice("strategy", strategy, UNIT_STRATEGIES)
     _check_choice("scope", scope, SCOPES)
     names = list(report.layers if layers is None else layers)
@@ -300,7 +302,7 @@ class MemorizationPruning(Callback):
     ) -> None:
         super().__init__()
         self.source = ReportSource(source)
-        _check_amount(amount)
+        amount = next(iter(_check_amount(amount).values()))
         _check_choice("strategy", strategy, UNIT_STRATEGIES)
         _check_choice("scope", scope, SCOPES)
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence) or not layers
@@ -310,8 +312,7 @@ class MemorizationPruning(Callback):
             raise ValueError(f"`prune_at` must be 'fit_start' or an epoch (int >= 0), got {prune_at!r}.")
         if not isinstance(permanent, bool):
             raise TypeError(f"`permanent` must be a bool, got {permanent!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
+        seed = check_int("seed", seed, 0)
         if encoder is not None and not isinstance(encoder, (str, nn.Module)) and not callable(encoder):
             raise TypeError(f"`encoder` must be None, an attribute path, an nn.Module or a callable, got {type(encoder).__name__}.")
         self.amount, self.strategy, self.scope, self.encoder_spec = amount, strategy, scope, encoder

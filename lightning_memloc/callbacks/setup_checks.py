@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_memloc.checks import as_python_number
+
 __all__ = ["check_amount_units", "check_epoch_in_run", "check_k_layers", "following_norms"]
 
 _MIXING_NORMS = (nn.GroupNorm, nn.LayerNorm)
@@ -44,6 +46,7 @@ def check_amount_units(amount: Any, scope: str, units: Dict[str, int]) -> None:
     """
     if not units:
         return
+    amount = as_python_number(amount)
     groups = units if scope == "layer" else {"all layers in scope": sum(units.values())}
     for where, total in groups.items():
         n = int(round(float(amount) * total)) if isinstance(amount, float) else int(amount)
