@@ -303,8 +303,8 @@ def check_report_values(report: Any) -> None:
         if um.numel() and not (bool(torch.isfinite(um).all()) and float(um.min()) >= 0 and float(um.max()) <= 1):
             raise ReportFormatError(f"`unit_mem[{layer!r}]` has values outside [0, 1] (UnitMem's range): "
                                     f"[{float(um.min()):.3g}, {float(um.max()):.3g}].")
-        argmax, dead = report.unit_argmax[layer], report.dead_units[layer]
-        unknown = [int(a) for a, d in zip(argmax.tolist(), dead.tolist()) if a not in known and not (a == -1 and d)]
+        argmax, dead = report.unit_argmax[layer].long(), report.dead_units[layer].bool()
+        unknown = argmax[~(torch.isin(argmax, ids) | ((argmax == -1) & dead))].tolist()
         if unknown:
             raise ReportFormatError(f"`unit_argmax[{layer!r}]` points to candidate ids {unknown[:5]} that are not "
                                     "in `candidate_ids` (-1 is allowed for dead units only).")
