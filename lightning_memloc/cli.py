@@ -37,7 +37,7 @@ __all__ = ["ARCHS", "CLIError", "build_model", "build_parser", "main"]
 #: 3×3 stride-1 first conv, no max-pool) without its classifier, and the test encoder TinyCNN.
 ARCHS = ("resnet9", "resnet18", "resnet18-cifar", "tiny")
 _DEFAULT_WIDTH = {"resnet9": 64, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
-_FILE_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, MemlocError)
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
 _VALUE_ERRORS = _FILE_ERRORS + (ValueError, TypeError, KeyError)
 
 
@@ -123,6 +123,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed in [0, 2**64) (seeds are used modulo 2**64: others would alias; docs/reliability.md row 48)."""
+    from lightning_memloc.checks import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**64), got {text!r}") from None
+
+
 def _count(text: str) -> Union[int, float]:
     """A split size: a fraction in [0, 1) or a count (>= 1), as ``memloc demo`` takes them."""
     value = float(text)
@@ -147,7 +157,7 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
     g.add_argument("--split-candidates", type=_count, default=0.1, help="candidate fraction (or count) of the split")
     g.add_argument("--split-independent", type=_count, default=0.1,
                    help="reference-only fraction (or count) of the split")
-    g.add_argument("--split-seed", type=int, help=f"seed of the split (default: {seed_default})")
+    g.add_argument("--split-seed", type=_seed, help=f"seed of the split (default: {seed_default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = a.add_argument_group("measurement (see lightning_memloc.measure)")
     s.add_argument("--views", type=_positive, default=10, help="K augmented views per candidate")
     s.add_argument("--layers", default="auto", help="'auto' or comma-separated module names, e.g. conv1,res1.conv2")
-    s.add_argument("--seed", type=int, default=0, help="view seed")
+    s.add_argument("--seed", type=_seed, default=0, help="view seed")
     s.add_argument("--batch-size", type=_positive, default=32, help="candidates per forward step")
     s.add_argument("--labels", action="store_true", help="also measure ClassMem (needs labelled data)")
     s.add_argument("--pairing", choices=("all", "anchor"), default="all", help="view pairs of the alignment")
@@ -264,6 +274,8 @@ def _load(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: ar
 
 
 def _read_indices(path: str) -> Tensor:
+    from lightning_memloc.checks import check_index_values
+
     hint = "(expected a .json list, {'candidates': [...]}, a .txt or a .npy of ints)."
     with _argument("--indices", _VALUE_ERRORS + (OSError,), hint):
         source = Path(path)
@@ -276,7 +288,7 @@ def _read_indices(path: str) -> Tensor:
             values = values.get("candidates") if isinstance(values, dict) else values
         else:
             values = source.read_text(encoding="utf-8").replace(",", " ").split()
-        indices = torch.as_tensor(np.asarray(values, dtype=np.int64)).reshape(-1)
+        indices = check_index_values(values, "--indices")  # integers only, no duplicates
         if indices.numel() == 0:
             raise ValueError(f"{path!r} holds no indices.")
         return indices

@@ -253,14 +253,36 @@ def as_float_image(img: Any) -> Tensor:
 def split_item(item: Any) -> tuple[Any, int]:
     """``(image, label)`` of a dataset item: an image, or a tuple ``(image, label, ...)``.
 
-    The label is -1 when missing or not an integer (e.g. a segmentation target).
+    The label is -1 when missing or not an integer (e.g. a segmentation target). Items in the
+    order ``(label, image)`` and one-hot labels are refused with a message saying so.
     """
     if isinstance(item, (tuple, list)):
+        _check_item_order(item)
         try:
             return item[0], int(item[1]) if len(item) > 1 else -1
         except (TypeError, ValueError, RuntimeError):
             return item[0], -1
     return item, -1
+
+
+def _is_image(x: Any) -> bool:
+    return ((isinstance(x, (Tensor, np.ndarray)) and x.ndim >= 2) or type(x).__module__.startswith("PIL"))
+
+
+def _check_item_order(item: Sequence[Any]) -> None:
+    """Refuse ``(label, image)`` items and one-hot labels (they would be read as an image / as no label)."""
+    if len(item) < 2:
+        return
+    first, second = item[0], item[1]
+    if not _is_image(first) and _is_image(second):
+        raise TypeError(f"dataset items look like (label, image) ({type(first).__name__}, {type(second).__name__}): "
+                        "the candidates' items must be (image, label, ...); swap them, e.g. with a wrapper "
+                        "Dataset returning (item[1], item[0]).")
+    if isinstance(second, Tensor) and second.ndim == 1 and second.numel() > 1:
+        values = second.detach().float()
+        if bool(((values == 0) | (values == 1)).all()) and float(values.sum()) == 1.0:
+            raise ValueError(f"dataset items carry one-hot labels ({second.numel()} classes): pass one class id per "
+                             "item, e.g. label.argmax().")
 
 
 class SplitIndices(NamedTuple):

@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
         seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
         top_k=max(1, len(cand) // 10), bootstrap=args.bootstrap,
+        overwrite=True,  # re-running the demo into --out replaces its memloc/ files
     )
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
@@ -218,7 +219,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``memloc demo``."""
-    args = build_parser().parse_args(argv)
+    from lightning_memloc.demo_args import validate_args
+
+    parser = build_parser()
+    args = validate_args(parser, parser.parse_args(argv))  # bad values: argparse error, exit code 2
     torch.set_float32_matmul_precision("high")
     run(args)
     return 0

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
+from lightning_memloc.checks import (check_candidate_ids, check_int, check_meta, check_reference, check_views_memory,
+                                    unwrap_compiled)
 from lightning_memloc.errors import ArchitectureMismatchError, NonFiniteActivationError
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.functional.sslmem import pairwise_alignment
@@ -199,8 +201,7 @@ def _validate(views: int, batch_size: int, pairing: str, reduction: str, negativ
     if reference is encoder:
         raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
     for name, value, low in (("views", views, 1), ("batch_size", batch_size, 1), ("top_k", top_k, 1), ("num_workers", num_workers, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        check_int(name, value, low)  # NumPy integers are accepted; bools and floats are not
     if pairing not in _PAIRINGS:
         raise ValueError(f"`pairing` must be one of {_PAIRINGS}, got {pairing!r}.")
     if reduction not in _REDUCTIONS:
@@ -404,7 +405,10 @@ def measure(
         >>> len(report.layers), report.has_reference
         (3, True)
     """
+    encoder, reference = unwrap_compiled(encoder), unwrap_compiled(reference)  # torch.compile: measure eagerly
     _validate(views, batch_size, pairing, reduction, negative, top_k, reference, encoder, num_workers)
+    views, batch_size, top_k, num_workers = (int(v) for v in (views, batch_size, top_k, num_workers))
+    check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
     options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
     groups = check_groups(control, unseen, with_reference=reference is not None)
     view_set = build_views(candidates, views, transform, seed, labels)
@@ -413,10 +417,13 @@ def measure(
         raise ValueError(
             f"UnitMem compares a candidate with the others and needs at least 2 candidates, got {n}: pass more candidates."
         )
-    ids = torch.arange(n) if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
-    if ids.shape != (n,):
-        raise ValueError(f"`candidate_ids` must have shape ({n},), got {tuple(ids.shape)}.")
+    ids = check_candidate_ids(candidate_ids, n)
+    settings = check_meta(meta, {"views": view_set.views, "seed": view_set.seed, "pairing": pairing, "reduction": reduction,
+                                 "negative": negative, "top_k": min(top_k, n), "num_candidates": n,
+                                 **{f"num_{name}": len(images) for name, images in groups.items()},
+                                 "bootstrap": bootstrap, "confidence": confidence, "alpha": alpha})
     device, _ = model_device_dtype(encoder)
+    check_views_memory(batch_size, view_set.views, view_set.input_shape, device)
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
@@ -424,11 +431,6 @@ def measure(
                               groups={name: len(images) for name, images in groups.items()}).to(device)
     run_pass(encoder, reference, view_set.pooled(list(groups.values())), specs, meter, batch_size=batch_size,
              pairing=pairing, num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"))
-    settings = {"views": view_set.views, "seed": view_set.seed, "pairing": pairing, "reduction": reduction,
-                "negative": negative, "top_k": min(top_k, n), "num_candidates": n,
-                **{f"num_{name}": len(images) for name, images in groups.items()},
-                "bootstrap": bootstrap, "confidence": confidence, "alpha": alpha}
-    settings.update(meta or {})
     return meter.compute_report(ids, settings, evidence=options)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Literal, Optional
 import torch
 from torch import Tensor
 
+from lightning_memloc.checks import check_report_values
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.evidence import Evidence
 from lightning_memloc.io import PathLike, atomic_write_text
@@ -262,6 +263,7 @@ class MemorizationReport:
                     raise ReportFormatError(f"`{name}[{layer!r}]` is not finite.")
         if self.evidence is not None and set(self.evidence.layers) != set(self.layers):
             raise ReportFormatError(f"`evidence` has layers {sorted(self.evidence.layers)}, expected {sorted(self.layers)}.")
+        check_report_values(self)  # UnitMem in [0, 1], μ-max ids among the candidates (-1: dead unit)
 
     def save(self, path: PathLike) -> Path:
         """Write the report as JSON, atomically (the file is complete or untouched).

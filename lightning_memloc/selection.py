@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightning_memloc.checks import as_python_number
 from lightning_memloc.report import MemorizationReport
 
 __all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "resolve_report", "select_layers",
@@ -53,6 +54,7 @@ def _choice(argument: str, value: object, allowed: Sequence[str]) -> str:
 
 
 def _int(argument: str, value: object, minimum: int) -> int:
+    value = as_python_number(value)  # NumPy integers are ints
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`{argument}` must be an int >= {minimum}, got {value!r} ({type(value).__name__}).")
     if value < minimum:

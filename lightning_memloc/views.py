@@ -25,10 +25,12 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lightning_memloc.augment import BatchedSimCLRAugment
+from lightning_memloc.checks import (check_image_layout, check_image_range, check_int, check_labels_layout,
+                                    check_seed)
 from lightning_memloc.data import as_float_image, split_item
 from lightning_memloc.seeding import _as_long, seeded_rng, view_seed
 
-__all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "make_views"]
+__all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "make_views", "warn_if_not_reproducible"]
 
 
 class SeededViews(Dataset):
@@ -61,7 +63,7 @@ class SeededViews(Dataset):
 
     def __init__(self, candidates: Tensor | Dataset, views: int | None = 10, transform: Any = None,
                  seed: int = 0, labels: Sequence[int] | Tensor | None = None) -> None:
-        self.seed = operator.index(seed)
+        self.seed = check_seed(seed)
         self._images: Tensor | None = None
         self._views: Tensor | None = None
         self._dataset: Dataset | None = None
@@ -81,6 +83,7 @@ class SeededViews(Dataset):
                 views = candidates.shape[1]
                 self._views = candidates
             else:
+                check_image_layout(candidates.shape)
                 self._images = candidates
         elif isinstance(candidates, Dataset):
             try:
@@ -93,12 +96,12 @@ class SeededViews(Dataset):
                             f"got {type(candidates).__name__}")
         if n == 0:
             raise ValueError("`candidates` is empty: the measurement needs at least one candidate")
-        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-            raise ValueError(f"`views` must be an int >= 1, got {views!r}")
+        views = check_int("views", views, 1)
         self.num_candidates, self.views = n, views
         self.labels: Tensor | None = None
         if labels is not None:
             given = torch.as_tensor(labels)
+            check_labels_layout(given, n)
             if given.is_floating_point() or given.is_complex():
                 raise TypeError(f"`labels` must hold integer class ids, got dtype {given.dtype}: "
                                 "pass e.g. labels.long() (floats would be truncated silently)")
@@ -112,6 +115,14 @@ class SeededViews(Dataset):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
         self.transform = transform
         self._view_shape: tuple[int, ...] | None = None
+        self._reproducible_checked = False
+        if self._images is not None:  # checked once here; dataset items are checked as they are read
+            check_image_range(self._images, strict=self._clamping_transform)
+
+    @property
+    def _clamping_transform(self) -> bool:
+        """Whether the transform is the batched SimCLR augmentation (it clamps views to [0, 1])."""
+        return isinstance(self.transform, BatchedSimCLRAugment)
 
     def pooled(self, groups: Sequence[Tensor | Dataset]) -> "SeededViews":
         """These candidates followed by other image groups (control, unseen) as one view set.
@@ -165,6 +176,9 @@ class SeededViews(Dataset):
     def _item(self, i: int) -> tuple[Any, int]:
         if self._dataset is not None:
             img, label = split_item(self._dataset[i])
+            if isinstance(img, Tensor) and hasattr(self, "transform"):  # (the constructor reads item 0 first)
+                check_image_layout(img.shape, "candidates items")
+                check_image_range(img, "candidates items", strict=self._clamping_transform)
         else:
             img, label = self._images[i], -1  # type: ignore[index]
         return img, (int(self.labels[i]) if self.labels is not None else label)
@@ -192,9 +206,13 @@ class SeededViews(Dataset):
             with seeded_rng(view_seed(self.seed, i, k)):
                 v = self.transform(img)
             if not isinstance(v, Tensor) or not v.is_floating_point() or v.ndim != 3:
+                many = isinstance(v, (list, tuple))
                 raise TypeError("`transform` must return a float tensor (C, H, W), got "
                                 f"{type(v).__name__} {getattr(v, 'dtype', '')} {tuple(getattr(v, 'shape', ()))}: "
-                                "end the pipeline with e.g. v2.ToDtype(torch.float32, scale=True)")
+                                + ("it returned several views (a multi-view transform such as lightly's "
+                                   "SimCLRTransform): pass one view's transform, e.g. `transform.transforms[0]`, "
+                                   "or lightly's SimCLRViewTransform" if many else
+                                   "end the pipeline with e.g. v2.ToDtype(torch.float32, scale=True)"))
             out.append(v.as_subclass(Tensor))
         if len({tuple(v.shape) for v in out}) > 1:
             raise ValueError(f"`transform` made views of different shapes for candidate {i}: "
@@ -256,7 +274,15 @@ class SeededViews(Dataset):
         """Views of the first (up to 2) candidates as one input batch (B·K, C, H, W), for probing layers."""
         index, x, _ = self.collate([self[i] for i in range(min(2, len(self)))])
         views = self.finalize(x, index, device if device is not None else "cpu")
+        if not self._reproducible_checked:
+            self._reproducible_checked = True
+            warn_if_not_reproducible(self, views, x, index, device)
         return views.reshape(-1, *views.shape[2:])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one stored candidate (a view for precomputed views), read without any transform."""
+        return tuple(self._views.shape[2:]) if self._views is not None else tuple(self._raw(0).shape)
 
     @property
     def view_shape(self) -> tuple[int, ...]:
@@ -305,6 +331,29 @@ class SeededViews(Dataset):
                 img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
             out.append(img)
         return torch.stack(out).clamp(0, 1)
+
+
+def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, index: Tensor, device: Any) -> bool:
+    """Warn when the same seeds give other views on a second call (the probe candidates are made twice).
+
+    A transform drawing from its own generator (a ``torch.Generator`` or ``np.random.default_rng``
+    held by the transform) ignores :func:`seeded_rng`: the encoder and the reference then see
+    different views, and two measurements of one model differ. Returns whether they matched.
+    """
+    if view_set.is_batched:
+        again = view_set.finalize(x, index, device if device is not None else "cpu")
+    else:
+        _, x2, _ = view_set.collate([view_set[int(i)] for i in index])
+        again = view_set.finalize(x2, index, device if device is not None else "cpu")
+    if again.shape == views.shape and torch.equal(again, views):
+        return True
+    import warnings
+
+    warnings.warn("`transform` made other views from the same seeds on a second call: it draws from its own random "
+                  "generator, not torch's / numpy's / random's global ones that the measurement seeds, so the encoder "
+                  "and the reference see different views and repeated measurements differ. Draw from the global "
+                  "RNGs (torchvision and lightly transforms do), or use BatchedSimCLRAugment.", UserWarning, stacklevel=3)
+    return False
 
 
 class _ImageList(Dataset):

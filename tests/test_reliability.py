@@ -644,7 +644,7 @@ def test_monitor_failure_keeps_the_previous_checkpoint(tmp_path, data):
     again = measure(f, train[split.candidates], reference=g, views=2, top_k=3)
     assert again.allclose(saved, atol=1e-5)
     # the monitor's folder holds only complete files of the completed measurements
-    assert files_in(out) == {"report_epoch=0.json", "history.json"}
+    assert files_in(out) == {"report_epoch=0.json", "history.json", "memloc_run.json"}
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [0]
     assert [h["epoch"] for h in monitor.history] == [0]
 
@@ -702,7 +702,7 @@ def test_keyboard_interrupt_during_a_monitor_pass(tmp_path, data):
     seen["handle"].remove()
     assert seen["calls"]["n"] == 2, "the interrupt did not come from the monitor's 2nd batch"
     assert_untouched(model, seen["snapshot"])  # modes, requires_grad, weights; library hooks removed
-    assert files_in(out) == {"report_epoch=0.json", "history.json"}, "a partial report was written"
+    assert files_in(out) == {"report_epoch=0.json", "history.json", "memloc_run.json"}, "a partial report was written"
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [0]
     assert [h["epoch"] for h in monitor.history] == [0] and monitor.report.meta["epoch"] == 0
     MemorizationReport.load(out / "report_epoch=0.json")

@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
+from lightning_memloc.checks import check_int
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.loading import resolve_module
 from lightning_memloc.report import MemorizationReport
@@ -206,9 +208,8 @@ class MemorizationFinetuning(BaseFinetuning):
     ) -> None:
         super().__init__()
         self.source = ReportSource(source)
-        for name, value, minimum in (("k", k, 1), ("unfreeze_at_epoch", unfreeze_at_epoch, 0), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        k, unfreeze_at_epoch, seed = (check_int(name, value, minimum) for name, value, minimum in  # NumPy ints too
+                                      (("k", k, 1), ("unfreeze_at_epoch", unfreeze_at_epoch, 0), ("seed", seed, 0)))
         if by not in LAYER_SCORES:
             raise ValueError(f"`by` must be one of {', '.join(map(repr, LAYER_SCORES))}, got {by!r}.")
         if strategy not in LAYER_STRATEGIES:
@@ -263,6 +264,10 @@ class MemorizationFinetuning(BaseFinetuning):
             if report is not None:
                 check_layers_exist(encoder, report.layers)
                 select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # validates k / by
+            else:
+                check_k_layers(self.k, self.source)
+            check_epoch_in_run(trainer, self.unfreeze_at_epoch, "unfreeze_at_epoch",
+                               "the encoder would stay frozen for the whole run")
             self.source.check_in_time(trainer, self, self.unfreeze_at_epoch, "MemorizationFinetuning")
         super().setup(trainer, pl_module, stage)
 

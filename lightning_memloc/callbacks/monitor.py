@@ -25,7 +25,9 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
+from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
+from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
@@ -135,6 +137,8 @@ class MemorizationMonitor(Callback):
             ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
             measured views (an untrained model's default statistics inflate UnitMem), or
             ``"default"`` measures the model as it is.
+        overwrite: let a new run delete another run's files in ``output_dir`` (in ``setup``);
+            without it such a folder is refused (a resumed run continues its own folder).
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -176,14 +180,13 @@ class MemorizationMonitor(Callback):
         confidence: float = 0.95,
         alpha: float = 0.05,
         init_batchnorm: str = "recalibrate",
+        overwrite: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be an int >= 1, got {every_n_epochs!r}.")
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)  # NumPy integers accepted
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
-        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 0:
-            raise ValueError(f"`grid_size` must be an int >= 0, got {grid_size!r}.")
+        grid_size = check_int("grid_size", grid_size, 0)
         if reference is not None and not isinstance(reference, (str, os.PathLike, nn.Module)) and not callable(reference):
             raise TypeError(
                 f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."
@@ -197,6 +200,11 @@ class MemorizationMonitor(Callback):
         self.init_batchnorm = init_batchnorm
         groups = check_groups(control, unseen, with_reference=reference is not None)
         self.views = build_views(candidates, views, transform, seed, labels)
+        batch_size, top_k, num_workers = int(batch_size), int(top_k), int(num_workers)  # NumPy ints accepted above
+        memory_limit = check_memory_limit(memory_limit)
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
+        self.overwrite, self._run_id, self._candidates_digest = overwrite, os.urandom(8).hex(), None
         if len(self.views) < 2:
             raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
         # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
@@ -227,23 +235,22 @@ class MemorizationMonitor(Callback):
 
     def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
         """The encoder being monitored inside ``pl_module``."""
-        return resolve_module(pl_module, self.encoder_spec, "encoder")
+        return unwrap_compiled(resolve_module(pl_module, self.encoder_spec, "encoder"))
 
     def reference(self, pl_module: pl.LightningModule) -> Optional[nn.Module]:
         """The reference encoder (``None`` without one)."""
         spec = self.reference_spec
         if spec is None:
             return None
-        if isinstance(spec, os.PathLike) or (
-            isinstance(spec, str) and (spec.endswith((".ckpt", ".pt", ".pth")) or os.sep in spec)
-        ):
+        if guard.is_checkpoint_path(spec):  # a known extension, a path separator, or an existing file
             if self._reference is None:
                 try:
                     self._reference = load_encoder(spec, like=self.encoder(pl_module))
                 except (FileNotFoundError, CheckpointError, ArchitectureMismatchError) as err:
                     raise type(err)(f"`reference`={str(spec)!r}: {err}") from err
             return self._reference
-        return resolve_module(pl_module, spec, "reference")
+        with guard.reference_hint(spec):
+            return unwrap_compiled(resolve_module(pl_module, spec, "reference"))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Resolve encoder, reference and layers and check every setting before training starts."""
@@ -251,12 +258,17 @@ class MemorizationMonitor(Callback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
+            guard.claim_output_dir(self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
         if reference is encoder:
             raise ValueError("`reference` resolves to the monitored encoder itself: pass a separately trained encoder.")
+        trained = reference is not None and any(p.requires_grad for p in reference.parameters())
+        check_reference(encoder, reference, same_weights=not trained)  # a co-trained one is checked when measured
         device, _ = model_device_dtype(encoder)
-        self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
+        check_views_memory(self.batch_size, self.views.views, self.views.input_shape, device)
+        with guard.encoder_hint(self.encoder_spec, pl_module):
+            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
         self._check_memory(device, reference is not None)
 
     def _example(self, device: torch.device) -> Tensor:
@@ -305,6 +317,7 @@ class MemorizationMonitor(Callback):
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
                  models: Optional[Tuple[nn.Module, Optional[nn.Module]]] = None) -> MemorizationReport:
         encoder, reference = models if models is not None else (self.encoder(pl_module), self.reference(pl_module))
+        check_reference(encoder, reference, same_weights=epoch >= 0)  # after training, a copy is an error
         device, _ = model_device_dtype(encoder)
         if reference is not None and reference not in list(pl_module.modules()):
             reference.to(device)
@@ -337,6 +350,7 @@ class MemorizationMonitor(Callback):
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
             check_writable_dir(self.output_dir, argument="output_dir")
+            guard.check_owner(self, self.output_dir)
             report.save(self.output_dir / f"report_epoch={epoch}.json")
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
@@ -354,9 +368,25 @@ class MemorizationMonitor(Callback):
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
-        return {"history": list(self.history), "report": None if self.report is None else self.report.to_dict()}
+        return {"history": list(self.history), "report": None if self.report is None else self.report.to_dict(),
+                "fingerprint": guard.fingerprint(self)}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
+        guard.check_checkpoint_states(self, trainer, checkpoint)
+        if self.output_dir is not None and getattr(self, "_foreign_files", None):
+            guard.adopt(self, self.output_dir)  # resuming: continue the folder of the same run
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        guard.check_no_foreign_files(self, self.output_dir)  # another run's files, and not a resume of it
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        guard.release_output_dir(self)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        guard.release_output_dir(self)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        guard.check_same_fingerprint(state_dict.get("fingerprint"), guard.fingerprint(self), "the checkpoint's monitor state")
         self.history = list(state_dict.get("history", []))
         report = state_dict.get("report")
         self.report = None if report is None else MemorizationReport.from_dict(report)

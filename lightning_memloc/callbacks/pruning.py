@@ -27,6 +27,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune
 
 from lightning_memloc.callbacks.finetuning import ModuleSpec, ReportSource, check_layers_exist, resolve_encoder
+from lightning_memloc.callbacks.setup_checks import check_amount_units, check_epoch_in_run, following_norms
+from lightning_memloc.checks import as_python_number, check_int
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES, select_units
 from lightning_memloc.taps import resolve_layers
@@ -122,7 +124,8 @@ def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] =
             f"cannot find the conv / linear module producing the units of layer {layer!r}: no Conv1d/2d/3d or Linear"
             f"{wanted} inside it or before it among its siblings. Prune layers that are (or end in) such a module."
         )
-    return UnitTargets(layer, found[0], found[1], _width(found[0]))
+    after = tuple(m for m in following_norms(encoder, layer, _width(found[0])) if all(m is not n for n in found[1]))
+    return UnitTargets(layer, found[0], found[1] + after, _width(found[0]))  # + BatchNorms after the tap
 
 
 def _mask(module: nn.Module, name: str) -> Tensor:
@@ -154,6 +157,7 @@ def remove_masks(targets: UnitTargets) -> None:
 
 
 def _check_amount(amount: object) -> Dict[str, Amount]:
+    amount = as_python_number(amount)  # NumPy integers / floats behave as int / float
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise TypeError(f"`amount` must be a float in (0, 1) (a fraction) or an int >= 1 (a count), got {amount!r}.")
     if isinstance(amount, int):
@@ -222,7 +226,7 @@ def prune_units(
     """
     if not isinstance(report, MemorizationReport):
         raise TypeError(f"`report` must be a MemorizationReport, got {type(report).__name__}.")
-    _check_amount(amount)
+    amount = next(iter(_check_amount(amount).values()))
     _check_choice("strategy", strategy, UNIT_STRATEGIES)
     _check_choice("scope", scope, SCOPES)
     names = list(report.layers if layers is None else layers)
@@ -230,6 +234,7 @@ def prune_units(
     if missing:
         raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
     targets = {name: find_unit_targets(module, name, report.unit_mem[name].numel()) for name in names}
+    check_amount_units(amount, scope, {name: t.num_units for name, t in targets.items()})
     units = _choose(report, targets, amount, strategy, scope, seed)
     for layer, index in units.items():
         zero_units(targets[layer], index)
@@ -297,7 +302,7 @@ class MemorizationPruning(Callback):
     ) -> None:
         super().__init__()
         self.source = ReportSource(source)
-        _check_amount(amount)
+        amount = next(iter(_check_amount(amount).values()))
         _check_choice("strategy", strategy, UNIT_STRATEGIES)
         _check_choice("scope", scope, SCOPES)
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence) or not layers
@@ -307,8 +312,7 @@ class MemorizationPruning(Callback):
             raise ValueError(f"`prune_at` must be 'fit_start' or an epoch (int >= 0), got {prune_at!r}.")
         if not isinstance(permanent, bool):
             raise TypeError(f"`permanent` must be a bool, got {permanent!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
+        seed = check_int("seed", seed, 0)
         if encoder is not None and not isinstance(encoder, (str, nn.Module)) and not callable(encoder):
             raise TypeError(f"`encoder` must be None, an attribute path, an nn.Module or a callable, got {type(encoder).__name__}.")
         self.amount, self.strategy, self.scope, self.encoder_spec = amount, strategy, scope, encoder
@@ -357,13 +361,16 @@ class MemorizationPruning(Callback):
         report = self.source.get()
         names, units = self._scope_layers(encoder, report)
         self.targets = {name: find_unit_targets(encoder, name, units.get(name)) for name in names}
-        for target in self.targets.values():
-            register_masks(target)
-        if stage == "fit":
+        if stage == "fit":  # every check before the first mask is registered: a failure leaves the model as it was
+            check_amount_units(self.amount, self.scope, {n: t.num_units for n, t in self.targets.items()})
+            check_epoch_in_run(trainer, None if self.prune_at == "fit_start" else self._epoch, "prune_at",
+                               "nothing would be pruned")
             if report is not None:
                 _choose(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
                                       "MemorizationPruning")
+        for target in self.targets.values():
+            register_masks(target)
         self._applied = False
 
     def _apply(self, when: str) -> None:

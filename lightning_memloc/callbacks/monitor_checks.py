@@ -1,0 +1,233 @@
+"""What makes a monitor's measurements comparable, and who owns its output folder.
+
+A :class:`~lightning_memloc.callbacks.MemorizationMonitor` history is a sequence of measurements
+of one candidate set with one set of views (Wang et al., *Localizing Memorization in SSL Vision
+Encoders*, NeurIPS 2024, compare epochs of one run): mixing a resumed history measured on other
+candidates, views, seed or layers, or writing two runs into one folder, would give a silently
+wrong curve. Here:
+
+- :func:`fingerprint` summarises what defines a measurement; it is saved with the monitor's
+  state and compared on resume (:func:`check_same_fingerprint`, :func:`check_checkpoint_states`);
+- :func:`claim_output_dir` / :func:`check_owner` keep a folder to one run: a new run never
+  replaces another run's files unless ``overwrite=True``, and two monitors never share a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.io import atomic_write_text
+
+__all__ = ["MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
+           "encoder_hint", "fingerprint", "is_checkpoint_path", "reference_hint", "release_output_dir"]
+
+#: The file naming the run that owns a monitor's ``output_dir``.
+MARKER = "memloc_run.json"
+_CLAIMS: Dict[str, "weakref.ref[Any]"] = {}
+
+
+def _digest(tensor: Optional[Tensor]) -> Optional[str]:
+    if tensor is None:
+        return None
+    data = tensor.detach().cpu().contiguous()
+    h = hashlib.sha256(str((tuple(data.shape), str(data.dtype))).encode())
+    h.update(data.view(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _transform_name(transform: Any) -> str:
+    text = repr(transform)
+    return type(transform).__qualname__ if " at 0x" in text else " ".join(text.split())
+
+
+def candidates_digest(views: Any) -> str:
+    """A digest of the candidate set (tensor contents; for a ``Dataset``: its size and first 2 items)."""
+    stored = views._images if views._images is not None else views._views
+    if stored is None:
+        items = [views._raw(i) for i in range(min(2, len(views)))]
+        stored = torch.stack(items) if len({tuple(t.shape) for t in items}) == 1 else items[0]
+    labels = _digest(views.labels) or "-"
+    return f"{len(views)}:{_digest(stored)}:{labels}"
+
+
+def fingerprint(monitor: Any) -> Dict[str, Any]:
+    """What defines one measurement of ``monitor``: candidates, views, seed, layers, options."""
+    if getattr(monitor, "_candidates_digest", None) is None:
+        monitor._candidates_digest = candidates_digest(monitor.views)
+    specs = getattr(monitor, "_specs", None)
+    layers = [s.name for s in specs] if specs else monitor.layers
+    return {"candidates": monitor._candidates_digest, "num_candidates": len(monitor.views),
+            "views": monitor.views.views, "seed": monitor.views.seed,
+            "transform": _transform_name(monitor.views.transform),
+            "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
+            "pairing": monitor.pairing, "reduction": monitor.reduction, "negative": monitor.negative,
+            "top_k": monitor.top_k, "reference": monitor.reference_spec is not None,
+            # control / unseen images are part of the measurement: their sizes and contents
+            "groups": dict(getattr(monitor, "group_sizes", {}) or {}),
+            "pool": candidates_digest(monitor.pool) if getattr(monitor, "group_sizes", None) else None,
+            "evidence": [getattr(monitor.evidence_options, k, None) for k in ("bootstrap", "confidence", "alpha")]
+            if hasattr(monitor, "evidence_options") else None}
+
+
+def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    keys = sorted(set(saved) | set(current))
+    # "layers" may be saved resolved while a fresh monitor only knows "auto": compare resolved names only
+    return [k for k in keys if saved.get(k) != current.get(k)
+            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))]
+
+
+def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> None:
+    """Raise ``ValueError`` when ``saved`` (from a checkpoint or a folder) differs from ``current``."""
+    if saved is None:
+        return
+    diff = _differences(saved, current)
+    if diff:
+        detail = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
+        raise ValueError(
+            f"{where} was measured with other settings ({detail}): its history cannot continue with this monitor. "
+            "Use the same candidates, views, seed, transform, layers and options to resume, or start a new run "
+            "(a new `output_dir`, no `ckpt_path`)."
+        )
+
+
+def check_checkpoint_states(monitor: Any, trainer: Any, checkpoint: Dict[str, Any]) -> None:
+    """On resume: refuse a checkpoint whose monitor state belongs to a monitor with other settings.
+
+    Lightning restores a callback's state by its ``state_key``, which holds the number of
+    candidates and the seed: with other ones the old state would be dropped silently.
+    """
+    states = checkpoint.get("callbacks") or {}
+    if monitor.state_key in states:
+        return
+    mine = {getattr(c, "state_key", None) for c in trainer.callbacks if type(c) is type(monitor)}
+    orphans = [k for k in states if str(k).startswith(type(monitor).__name__) and k not in mine]
+    if orphans:
+        saved = (states[orphans[0]] or {}).get("fingerprint")
+        check_same_fingerprint(saved, fingerprint(monitor), "the checkpoint's MemorizationMonitor state")
+        raise ValueError(f"the checkpoint holds a MemorizationMonitor state under {orphans[0]!r} but this monitor is "
+                         f"{monitor.state_key!r}: resume with the monitor's original every_n_epochs, seed and "
+                         "candidates, or start a new run.")
+
+
+def _monitor_files(folder: Path) -> List[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and (
+        p.name in ("history.json", MARKER) or (p.name.startswith("report_epoch=") and p.name.endswith(".json"))))
+
+
+def _read_marker(folder: Path) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> None:
+    """In ``setup`` (rank 0): make ``folder`` this run's, or refuse before training starts.
+
+    - another live monitor writes there: ``ValueError`` (two monitors would overwrite each other);
+    - the folder holds another run's files: ``FileExistsError`` unless ``overwrite=True``, which
+      deletes them (``history.json``, ``report_epoch=*.json``, the marker) now;
+    - resuming: the folder's marker must hold this monitor's fingerprint; the run adopts it.
+    """
+    key = str(folder.resolve())
+    other = _CLAIMS.get(key)
+    holder = other() if other is not None else None
+    if holder is not None and holder is not monitor:
+        raise ValueError(f"`output_dir`={str(folder)!r} is already used by another MemorizationMonitor: each monitor "
+                         "writes history.json and report_epoch=<E>.json, so give each its own folder.")
+    files = _monitor_files(folder)
+    marker = _read_marker(folder)
+    ours = marker is not None and marker.get("run_id") == monitor._run_id
+    monitor._foreign_files = []
+    if files and not ours and not overwrite:
+        if resuming and marker is not None:
+            adopt(monitor, folder, marker)
+        else:  # decided in on_fit_start: Lightning restores a checkpoint (a resume) only after setup
+            monitor._foreign_files = files
+    elif files and not ours and overwrite:
+        for name in files:
+            (folder / name).unlink()
+    _CLAIMS[key] = weakref.ref(monitor)
+
+
+def adopt(monitor: Any, folder: Path, marker: Optional[Dict[str, Any]] = None) -> None:
+    """A resumed run continues the folder of the run it resumes: same fingerprint, same run id."""
+    marker = _read_marker(folder) if marker is None else marker
+    if marker is None:
+        return
+    check_same_fingerprint(marker.get("fingerprint"), fingerprint(monitor), f"`output_dir`={str(folder)!r}")
+    monitor._run_id, monitor._foreign_files = str(marker.get("run_id")), []
+
+
+def check_no_foreign_files(monitor: Any, folder: Optional[Path]) -> None:
+    """In ``on_fit_start`` (after any checkpoint restore): refuse a folder holding another run's files."""
+    files = getattr(monitor, "_foreign_files", [])
+    if folder is not None and files:
+        raise FileExistsError(
+            f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
+            f"{', ...' if len(files) > 4 else ''}): pass a new folder, resume that run with `ckpt_path=`, or "
+            "pass overwrite=True to delete them and start again."
+        )
+
+
+def release_output_dir(monitor: Any) -> None:
+    """Forget ``monitor``'s claim (end of fit, or an exception)."""
+    for key, ref in list(_CLAIMS.items()):
+        if ref() is monitor or ref() is None:
+            del _CLAIMS[key]
+
+
+def check_owner(monitor: Any, folder: Path) -> None:
+    """Before each write: the folder's marker must be this run's (it is written on the first write)."""
+    marker = _read_marker(folder)
+    if marker is None:
+        atomic_write_text(folder / MARKER, json.dumps({"run_id": monitor._run_id, "fingerprint": fingerprint(monitor)},
+                                                      indent=1))
+    elif marker.get("run_id") != monitor._run_id:
+        raise FileExistsError(f"`output_dir`={str(folder)!r} was taken by another run (run id {marker.get('run_id')!r}) "
+                              "during this one: give each run its own folder.")
+
+
+def is_checkpoint_path(spec: Any) -> bool:
+    """Whether a ``reference`` string names a checkpoint file rather than an attribute path."""
+    if isinstance(spec, os.PathLike):
+        return True
+    return isinstance(spec, str) and (spec.endswith((".ckpt", ".pt", ".pth")) or os.sep in spec or os.path.isfile(spec))
+
+
+@contextmanager
+def encoder_hint(encoder_spec: Any, pl_module: nn.Module) -> Iterator[None]:
+    """Explain a failed probe of a whole LightningModule measured because ``encoder=`` was not given."""
+    try:
+        yield
+    except ValueError as err:
+        if encoder_spec is not None or "cannot run on a batch of candidate views" not in str(err):
+            raise
+        children = [n for n, _ in pl_module.named_children()]
+        raise ValueError(f"`encoder` is None, so the monitor measures the whole {type(pl_module).__name__}, which "
+                         f"cannot run on the candidates' views: pass `encoder=` the attribute path of the encoder "
+                         f"(e.g. encoder='backbone'); the module's children are {children}. ({err})") from err
+
+
+@contextmanager
+def reference_hint(spec: Any) -> Iterator[None]:
+    """Name the file case when a ``reference`` string is neither an attribute nor an existing file."""
+    try:
+        yield
+    except AttributeError as err:
+        if not isinstance(spec, str) or not os.path.splitext(spec)[1]:
+            raise
+        raise AttributeError(f"{err} No file {spec!r} exists either: pass the path of an existing checkpoint "
+                             "(any extension) or the attribute path of a co-trained reference.") from err
