@@ -23,7 +23,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -133,6 +133,26 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**64), got {text!r}") from None
 
 
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
+
+
 def _count(text: str) -> Union[int, float]:
     """A split size: a fraction in [0, 1) or a count (>= 1), as ``memloc demo`` takes them."""
     value = float(text)
@@ -158,6 +178,12 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
     g.add_argument("--split-independent", type=_count, default=0.1,
                    help="reference-only fraction (or count) of the split")
     g.add_argument("--split-seed", type=_seed, help=f"seed of the split (default: {seed_default})")
+    g.add_argument("--control", metavar="FILE|N",
+                   help="control images, both encoders trained on them (the null of LayerMem): an indices file, or "
+                        "with --indices-from-split a count / fraction drawn at random from the split's shared part")
+    g.add_argument("--unseen", metavar="FILE|split",
+                   help="images the encoder never trained on (UnitMem membership test): an indices file, or 'split' "
+                        "for the split's independent part (with --indices-from-split)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reduction", choices=("mean", "median"), default="mean",
                    help="μ-max of UnitMem over the other candidates")
     s.add_argument("--top-k", type=_positive, default=50, help="size of the top-k / least-k LayerMem groups")
+    s.add_argument("--bootstrap", type=_nonnegative, default=1000, help="bootstrap resamples / permutations (0: no intervals)")
+    s.add_argument("--confidence", type=_probability, default=0.95, help="coverage of the intervals")
+    s.add_argument("--alpha", type=_probability, default=0.05, help="significance level of the Holm-corrected tests")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json and PNG figures)")
@@ -294,26 +323,65 @@ def _read_indices(path: str) -> Tensor:
         return indices
 
 
-def _select(args: argparse.Namespace, n: int, seed: int) -> Tensor:
-    """Dataset indices of the candidates: ``--indices-from-split``, ``--indices`` or all, capped by ``--candidates``."""
+def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
     from lightning_memloc.data import split_candidates
 
+    with _argument("--split-candidates", (ValueError, TypeError), "(fractions must add up to < 1, counts to < N)."):
+        c, i = args.split_candidates, args.split_independent
+        sizes = [v if isinstance(v, int) else int(np.floor(v * n + 1e-9)) for v in (c, i)]
+        split_seed = seed if args.split_seed is None else args.split_seed
+        return split_candidates(n, shared=n - sum(sizes), candidates=c, independent=i, seed=split_seed)
+
+
+def _indices_file(flag: str, path: str, n: int) -> Tensor:
+    positions = _read_indices(path) if flag == "--indices" else _argument_indices(flag, path)
+    bad = positions[(positions < 0) | (positions >= n)]
+    if bad.numel():
+        raise CLIError(flag, f"index {int(bad[0])} is outside the {n} images of the data: check --data / --limit.")
+    return positions
+
+
+def _argument_indices(flag: str, path: str) -> Tensor:
+    with _argument(flag, _FILE_ERRORS + _VALUE_ERRORS):
+        return _read_indices(path)
+
+
+def _select(args: argparse.Namespace, n: int, seed: int) -> Tensor:
+    """Dataset indices of the candidates: ``--indices-from-split``, ``--indices`` or all, capped by ``--candidates``."""
     if args.indices_from_split:
-        with _argument("--split-candidates", (ValueError, TypeError), "(fractions must add up to < 1, counts to < N)."):
-            c, i = args.split_candidates, args.split_independent
-            sizes = [v if isinstance(v, int) else int(np.floor(v * n + 1e-9)) for v in (c, i)]
-            split_seed = seed if args.split_seed is None else args.split_seed
-            split = split_candidates(n, shared=n - sum(sizes), candidates=c, independent=i, seed=split_seed)
-            positions = split.candidates
+        positions = _split(args, n, seed).candidates
     elif args.indices:
-        positions = _read_indices(args.indices)
-        bad = positions[(positions < 0) | (positions >= n)]
-        if bad.numel():
-            raise CLIError("--indices", f"index {int(bad[0])} is outside the {n} images of the data: "
-                                        "check --data / --limit.")
+        positions = _indices_file("--indices", args.indices, n)
     else:
         positions = torch.arange(n)
     return positions[: args.candidates] if args.candidates else positions
+
+
+def _select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tensor) -> Dict[str, Tensor]:
+    """Dataset indices of ``--control`` and ``--unseen`` (disjoint from the candidates)."""
+    groups: Dict[str, Tensor] = {}
+    for flag, value in (("--control", args.control), ("--unseen", args.unseen)):
+        if value is None:
+            continue
+        from_split = flag == "--control" and not Path(value).exists() or flag == "--unseen" and value == "split"
+        if from_split:
+            if not args.indices_from_split:
+                raise CLIError(flag, f"{value!r} is not a file; a {'count' if flag == '--control' else 'split'} "
+                                     "needs --indices-from-split (or pass an indices file).")
+            split = _split(args, n, seed)
+            if flag == "--unseen":
+                positions = split.independent
+            else:
+                with _argument(flag, (ValueError, TypeError), "(a count >= 2 or a fraction of the shared part)."):
+                    positions = split.control(_count(value), seed=seed)
+        else:
+            positions = _indices_file(flag, value, n)
+        overlap = positions[torch.isin(positions, candidates)]
+        if overlap.numel():
+            raise CLIError(flag, f"index {int(overlap[0])} is also a candidate: control and unseen images must not be "
+                                 "candidates.")
+        groups[flag[2:]] = positions
+    return groups
 
 
 def _load_data(args: argparse.Namespace, flag: str) -> Tuple[Tensor, Tensor]:
@@ -370,7 +438,11 @@ def _analyze(args: argparse.Namespace) -> int:
         flag = "--split-candidates" if args.indices_from_split and not args.candidates else "--candidates"
         raise CLIError(flag, f"{positions.numel()} candidate(s) selected, but UnitMem compares candidates and needs "
                              f"at least 2: select more with {flag}.")
+    groups = _select_groups(args, len(images), args.seed, positions)
+    if "control" in groups and reference is None:
+        raise CLIError("--control", "the control is compared with the candidates on SSLMem, which needs --reference.")
     candidates = _match_channels(images[positions], args.in_channels)
+    extra = {name: _match_channels(images[idx], args.in_channels) for name, idx in groups.items()}
     cand_labels = None
     if args.labels:
         cand_labels = labels[positions]
@@ -397,11 +469,13 @@ def _analyze(args: argparse.Namespace) -> int:
         check_writable_dir(out, argument="--out")
     meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch,
             "width": getattr(like, "width", None), "in_channels": args.in_channels, "data": str(args.data),
-            "size": args.size}
+            "size": args.size, **{f"{name}_indices": idx.tolist() for name, idx in groups.items()}}
     try:
         report = measure(encoder, candidates, reference=reference, views=args.views, layers=layers, seed=args.seed,
                          batch_size=args.batch_size, labels=cand_labels, pairing=args.pairing, reduction=args.reduction,
-                         top_k=args.top_k, candidate_ids=positions, progress=not args.no_progress, meta=meta)
+                         top_k=args.top_k, candidate_ids=positions, progress=not args.no_progress, meta=meta,
+                         control=extra.get("control"), unseen=extra.get("unseen"), bootstrap=args.bootstrap,
+                         confidence=args.confidence, alpha=args.alpha)
     except MemlocError as err:
         raise CLIError("", f"measurement failed: {err}", code=1) from err
     written = [report.save(out / "report.json")]

@@ -82,7 +82,7 @@ def test_analyze_report_equals_measure(ws, analyzed):
 def test_analyze_writes_readable_figures(analyzed):
     out = analyzed[0]
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["candidates.png", "layer_mem.png", "sslmem_vs_unitmem.png", "unit_mem.png"]
+    assert names == ["candidates.png", "evidence.png", "layer_mem.png", "sslmem_vs_unitmem.png", "unit_mem.png"]
     for name in names:
         assert_png(out / name)
 
@@ -97,7 +97,42 @@ def test_analyze_without_reference_on_the_demo_split(ws):
     expected = split_candidates(N, shared=N - 3 - 2, candidates=0.3, independent=0.2, seed=1).candidates
     assert torch.equal(report.candidate_ids, expected)  # dataset indices, the same split as `memloc demo`
     assert report.layers == ["conv1", "conv3"] and not report.has_reference and report.class_mem is None
-    assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "unit_mem.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "evidence.png", "unit_mem.png"]
+
+
+def test_analyze_with_control_and_unseen_from_the_split(ws):
+    out = ws / "groups"
+    args = ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz", "--indices-from-split",
+            "--split-candidates", "3", "--split-independent", "3", "--control", "3", "--unseen", "split",
+            "--bootstrap", "50", "--out", out]
+    code, stdout, stderr = run(ANALYZE + args)
+    assert code == 0, stderr
+    report = MemorizationReport.load(out / "report.json")
+    split = split_candidates(N, shared=N - 6, candidates=3, independent=3, seed=0)
+    control = split.control(3, seed=0)
+    assert report.meta["control_indices"] == control.tolist()
+    assert report.meta["unseen_indices"] == split.independent.tolist()
+    like = TinyCNN(3, 4)
+    images, _ = load_npz(ws / "d.npz")
+    images = torch.nn.functional.interpolate(images.float(), size=16).round().to(torch.uint8) if images.shape[-1] != 16 else images
+    direct = measure(load_encoder(ws / "f.pt", like), images[split.candidates], reference=load_encoder(ws / "g.pt", like),
+                     views=3, top_k=3, candidate_ids=split.candidates, control=images[control],
+                     unseen=images[split.independent], bootstrap=50)
+    assert report.allclose(direct)
+    for layer in report.layers:
+        for key, value in direct.evidence.layers[layer].items():
+            got = report.evidence.layers[layer][key]
+            assert (value is None and got is None) or got == pytest.approx(value, abs=1e-5), (layer, key)
+    assert "candidates > control at" in stdout and "membership" not in stderr
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices-from-split",
+                                  "--split-candidates", "3", "--control", "3", "--out", ws / "never2"])
+    assert code == 2 and "--control" in err and "--reference" in err
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--unseen", "split",
+                                  "--out", ws / "never3"])
+    assert code == 2 and "--unseen" in err and "--indices-from-split" in err
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--bootstrap", "-1",
+                                  "--out", ws / "never4"])
+    assert code == 2 and "--bootstrap" in err
 
 
 def test_analyze_lightning_checkpoint_with_prefixes(ws):
@@ -166,8 +201,8 @@ def test_plot_from_report_and_images(ws, analyzed):
     out = ws / "replot"
     code, stdout, err = run(["plot", analyzed[0] / "report.json", "--images", ws / "d.npz", "--k", "3", "--out", out])
     assert code == 0, err
-    assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "layer_mem.png", "sslmem_vs_unitmem.png",
-                                                        "unit_mem.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "evidence.png", "layer_mem.png",
+                                                        "sslmem_vs_unitmem.png", "unit_mem.png"]
     for png in out.glob("*.png"):
         assert_png(png)
     assert "LayerMem" in stdout
@@ -186,7 +221,7 @@ def test_plot_monitor_folder_with_history(ws, analyzed):
     assert (ws / "monitor_plots" / "history.png").is_file() and (ws / "monitor_plots" / "layer_mem.png").is_file()
     code, _, err = run(["plot", folder / "history.json", "--out", ws / "hist_only"])
     assert code == 0, err
-    assert [p.name for p in (ws / "hist_only").glob("*.png")] == ["history.png"]
+    assert sorted(p.name for p in (ws / "hist_only").glob("*.png")) == ["evidence_history.png", "history.png"]
     assert_png(ws / "hist_only" / "history.png")
 
 

