@@ -20,18 +20,20 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
+from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars
+from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
 from lightning_memloc.measure import _validate, build_views, model_device_dtype, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
@@ -95,9 +97,10 @@ class MemorizationMonitor(Callback):
       histograms, image grids and a custom-scalars layout, all at ``trainer.global_step``.
 
     Args:
-        candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W)
-            or a ``Dataset`` (see :func:`~lightning_memloc.measure`).
-        every_n_epochs: measure every N training epochs (≥ 1).
+        candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W),
+            a ``Dataset`` (see :func:`~lightning_memloc.measure`), or a path: a ``.pt`` tensor file,
+            an ``.npz`` file, an image folder (see :func:`~lightning_memloc.candidates.load_candidates`).
+        every_n_epochs: measure every N training epochs (≥ 1; default 1 unless ``every_n_train_steps``).
         views: K augmented views per candidate.
         transform: view transform (per-image or batched); ``None`` for the default batched
             SimCLR augmentation.
@@ -110,7 +113,8 @@ class MemorizationMonitor(Callback):
             the encoder), or an attribute path on the LightningModule (a co-trained reference).
         seed: view seed; the same views at every measurement, on every device and rank.
         batch_size: candidates per forward step (each contributes K views).
-        labels: (N,) labels for ClassMem.
+        labels: (N,) labels for ClassMem: a tensor, ``True`` (those stored with a candidates path)
+            or a ``.pt`` / ``.npy`` path.
         pairing, reduction, negative, top_k: see :func:`~lightning_memloc.measure`.
         threshold: UnitMem above which a unit counts as highly memorizing in the logs.
         measure_on_train_start: also measure before the first epoch (the untrained baseline).
@@ -121,6 +125,13 @@ class MemorizationMonitor(Callback):
         num_workers: DataLoader workers generating views.
         memory_limit: bytes the metric states may take; a larger candidate set raises before
             training starts (``None``: 25 % of the device memory, warning only).
+        name: tells several monitors apart: tags ``memloc-<name>/...`` instead of ``memloc/...``,
+            files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
+            monitor's state). Fine-tuning and pruning find it as ``source="monitor:<name>"``.
+        every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
+        size: resize the images of a candidates path to ``size`` × ``size``.
+        indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
+            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -133,9 +144,9 @@ class MemorizationMonitor(Callback):
 
     def __init__(
         self,
-        candidates: Union[Tensor, Dataset],
+        candidates: Union[Tensor, Dataset, str, os.PathLike],
         *,
-        every_n_epochs: int = 1,
+        every_n_epochs: Optional[int] = None,
         views: int = 10,
         transform: Optional[Callable] = None,
         layers: Union[str, Sequence[str]] = "auto",
@@ -143,7 +154,7 @@ class MemorizationMonitor(Callback):
         reference: Union[ModuleSpec, os.PathLike] = None,
         seed: int = 0,
         batch_size: int = 32,
-        labels: Optional[Tensor] = None,
+        labels: LabelSpec = None,
         pairing: str = "all",
         reduction: str = "mean",
         negative: str = "clamp",
@@ -156,10 +167,14 @@ class MemorizationMonitor(Callback):
         progress: bool = True,
         num_workers: int = 0,
         memory_limit: Optional[int] = None,
+        name: Optional[str] = None,
+        every_n_train_steps: Optional[int] = None,
+        size: Optional[int] = None,
+        indices: IndexSpec = None,
     ) -> None:
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be an int >= 1, got {every_n_epochs!r}.")
+        every_n_epochs, every_n_train_steps = check_schedule(every_n_epochs, every_n_train_steps)
+        self.name, self.every_n_train_steps = check_name(name), every_n_train_steps
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
         if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 0:
@@ -171,6 +186,7 @@ class MemorizationMonitor(Callback):
         # The reference may still be a path or an attribute: validate the rest with a stand-in.
         _validate(views, batch_size, pairing, reduction, negative, top_k, None if reference is None else nn.Identity(),
                   nn.Identity(), num_workers)
+        candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
         self.views = build_views(candidates, views, transform, seed, labels)
         if len(self.views) < 2:
             raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
@@ -181,7 +197,7 @@ class MemorizationMonitor(Callback):
         self.batch_size, self.pairing, self.reduction, self.negative = batch_size, pairing, reduction, negative
         self.top_k, self.threshold, self.grid_size = top_k, float(threshold), grid_size
         self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
-        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.progress, self.num_workers, self.memory_limit = progress, num_workers, memory_limit
         self.history: List[Dict[str, Any]] = []
         self.report: Optional[MemorizationReport] = None
@@ -194,8 +210,9 @@ class MemorizationMonitor(Callback):
     # ----------------------------------------------------------------- set-up
     @property
     def state_key(self) -> str:
+        extra = {k: v for k, v in (("name", self.name), ("every_n_train_steps", self.every_n_train_steps)) if v}
         return self._generate_state_key(every_n_epochs=self.every_n_epochs, seed=self.views.seed,
-                                         num_candidates=len(self.views))
+                                        num_candidates=len(self.views), **extra)
 
     def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
         """The encoder being monitored inside ``pl_module``."""
@@ -254,15 +271,22 @@ class MemorizationMonitor(Callback):
         if self.measure_on_train_start and not self.history:
             self._measure(trainer, pl_module, epoch=-1)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if step_due(self.every_n_train_steps, trainer.global_step, self.history):
+            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs == 0:
+        if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
             self._measure(trainer, pl_module, epoch=epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
         measured = [h["epoch"] for h in self.history]
-        if trainer.global_step > 0 and (not measured or max(measured) < last):
+        if self.every_n_train_steps is not None:
+            if step_due(1, trainer.global_step, self.history):
+                self._measure(trainer, pl_module, epoch=last)
+        elif trainer.global_step > 0 and (not measured or max(measured) < last):
             self._measure(trainer, pl_module, epoch=last)
 
     # ------------------------------------------------------------ measurement
@@ -296,18 +320,20 @@ class MemorizationMonitor(Callback):
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
             check_writable_dir(self.output_dir, argument="output_dir")
-            report.save(self.output_dir / f"report_epoch={epoch}.json")
+            step = "" if self.every_n_train_steps is None else f"_step={trainer.global_step}"
+            report.save(self.output_dir / f"report_epoch={epoch}{step}.json")
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
 
     def _log(self, trainer: pl.Trainer, report: MemorizationReport, scalars: Dict[str, float]) -> None:
+        scalars = named_scalars(scalars, self.name)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         step = trainer.global_step
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+            if has_tensorboard(logger) and trainer.is_global_zero:
                 images = self.views.display_images if self.grid_size and len(self.views.view_shape) == 3 else None
-                log_tensorboard(logger.experiment, report, step, images=images, grid_size=self.grid_size,
+                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images, grid_size=self.grid_size,
                                 histograms=self.log_histograms, layout=not self._layout_written)
                 self._layout_written = True
 

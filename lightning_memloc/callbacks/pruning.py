@@ -353,6 +353,7 @@ class MemorizationPruning(Callback):
         """Register all-ones masks on every layer in scope (before restore and before DDP)."""
         if stage != "fit" and self.permanent:
             return  # masks were baked in at the end of fit: validate / test see plain weights
+        self.source.bind(trainer)
         encoder = self.encoder(pl_module)
         report = self.source.get()
         names, units = self._scope_layers(encoder, report)
