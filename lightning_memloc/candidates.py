@@ -32,7 +32,7 @@ __all__ = ["CandidateSpec", "IndexSpec", "LabelSpec", "load_candidates", "read_i
 
 CandidateSpec = Union[Tensor, Dataset, str, os.PathLike]
 IndexSpec = Union[Sequence[int], str, os.PathLike, None]
-LabelSpec = Union[Tensor, str, os.PathLike, bool, None]
+LabelSpec = Union[bool, Tensor, str, os.PathLike, None]  # bool first: a config's `true` is not a path
 
 _TENSOR_FILES = (".pt", ".pth")
 
