@@ -73,8 +73,14 @@ def test_callbacks_from_the_command_line(tmp_path, monkeypatch, one_thread):
         "--trainer.callbacks+=lightning_memloc.lightning.MemorizationMonitor", "--trainer.callbacks.candidates=cands.pt",
         "--trainer.callbacks.indices=[0, 1, 2, 3]", "--trainer.callbacks.labels=true", "--trainer.callbacks.views=2",
         "--trainer.callbacks.encoder=encoder.backbone", "--trainer.callbacks.name=cand",
-        "--trainer.callbacks.progress=false",
+        "--trainer.callbacks.progress=false", "--trainer.callbacks.measure_on_train_start=true",
+        "--trainer.callbacks+=lightning_memloc.lightning.MemorizationPruning", "--trainer.callbacks.source=monitor:cand",
+        "--trainer.callbacks.amount=1", "--trainer.callbacks.prune_at=0", "--trainer.callbacks.layers=[conv1]",
     ], save_config_callback=None)
     (monitor,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "MemorizationMonitor"]
+    (pruning,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "MemorizationPruning"]
     assert monitor.name == "cand" and len(monitor.views) == 4 and monitor.report.class_mem is not None
+    assert pruning.source.source is monitor and list(pruning.pruned_units) == ["conv1"]
+    conv = cli.model.encoder.backbone.conv1.conv
+    assert float(conv.weight[pruning.pruned_units["conv1"]].abs().sum()) == 0.0
     assert "memloc-cand/unit_mem_mean/conv1" in cli.trainer.callback_metrics

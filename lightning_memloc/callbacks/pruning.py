@@ -34,7 +34,7 @@ from lightning_memloc.taps import resolve_layers
 __all__ = ["MemorizationPruning", "UnitTargets", "find_unit_targets", "prune_units"]
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-Amount = Union[float, int]
+Amount = Union[int, float]  # int first: a config's `1` is a count, not the fraction 1.0
 
 
 def _width(module: nn.Module) -> int:
@@ -291,7 +291,7 @@ class MemorizationPruning(Callback):
         scope: str = "layer",
         encoder: ModuleSpec = None,
         layers: Optional[Sequence[str]] = None,
-        prune_at: Union[str, int] = "fit_start",
+        prune_at: Union[int, str] = "fit_start",
         permanent: bool = False,
         seed: int = 0,
     ) -> None:

@@ -15,7 +15,7 @@ __all__ = ["check_schedule", "step_due"]
 
 def _check_positive(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"`{name}` must be None or an int >= 1, got {value!r}.")
+        raise ValueError(f"`{name}` must be an int >= 1, got {value!r} (or None, the default).")
 
 
 def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
