@@ -154,3 +154,15 @@ def test_cotrained_pair_with_a_live_reference(pkg, tmp_path, one_thread):
     trainer.fit(pair, pkg.memloc.cotraining_loader(images, split, batch_size=8))
     assert trainer.global_step == 2 and monitor.report.has_reference
     assert json.loads(json.dumps(monitor.history))[0]["memloc/layer_mem/conv3"] == monitor.report.layer_mem["conv3"]
+
+
+def test_csv_logger_gets_the_scalars_only(pkg, tmp_path, one_thread):
+    from lightning_memloc.callbacks.naming import has_tensorboard
+
+    monitor = pkg.memloc.MemorizationMonitor(torch.rand(4, 3, 8, 8), views=2, encoder="backbone", progress=False)
+    csv = pkg.loggers.CSVLogger(str(tmp_path), name="csv", version="")
+    tensorboard = pkg.loggers.TensorBoardLogger(str(tmp_path), name="tb", version="")
+    assert not has_tensorboard(csv) and has_tensorboard(tensorboard)
+    _trainer(pkg, [monitor], tmp_path, epochs=1, logger=csv).fit(_lit(pkg.pl))
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "memloc/unit_mem_mean/conv3" in header and not any("hist" in h or "images" in h for h in header)

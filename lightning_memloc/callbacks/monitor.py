@@ -127,7 +127,8 @@ class MemorizationMonitor(Callback):
             training starts (``None``: 25 % of the device memory, warning only).
         name: tells several monitors apart: tags ``memloc-<name>/...`` instead of ``memloc/...``,
             files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
-            monitor's state). Fine-tuning and pruning find it as ``source="monitor:<name>"``.
+            monitor's state; ``history`` keeps the plain ``memloc/...`` keys). Fine-tuning and
+            pruning find it as ``source="monitor:<name>"``.
         every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
         size: resize the images of a candidates path to ``size`` × ``size``.
         indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
