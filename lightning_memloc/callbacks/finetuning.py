@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.callbacks.sources import find_monitor, is_monitor_reference, monitor_layers
+from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.loading import resolve_module
 from lightning_memloc.producers import count_parameters, trainable_map
 from lightning_memloc.report import MemorizationReport
@@ -278,8 +278,8 @@ class MemorizationFinetuning(BaseFinetuning):
             report = self.source.get()
             if report is not None:
                 check_layers_exist(encoder, report.layers)
-                chosen = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # validates k / by
-                trainable_map(encoder, self.chosen_layers or chosen)  # a choice training no parameter fails here
+                chosen = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # checks k / by
+                trainable_map(encoder, self.chosen_layers or chosen)  # a choice training nothing fails here
             elif self.chosen_layers is None:
                 trainable_map(encoder, monitor_layers(self.source.source, encoder))  # any layer may be chosen
             self.source.check_in_time(trainer, self, self.unfreeze_at_epoch, "MemorizationFinetuning")

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
 from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars
+from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
@@ -33,7 +34,6 @@ from lightning_memloc.loading import load_encoder, resolve_module
 from lightning_memloc.measure import _validate, build_views, model_device_dtype, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
@@ -213,7 +213,7 @@ class MemorizationMonitor(Callback):
     def state_key(self) -> str:
         extra = {k: v for k, v in (("name", self.name), ("every_n_train_steps", self.every_n_train_steps)) if v}
         return self._generate_state_key(every_n_epochs=self.every_n_epochs, seed=self.views.seed,
-                                        num_candidates=len(self.views), **extra)
+                                         num_candidates=len(self.views), **extra)
 
     def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
         """The encoder being monitored inside ``pl_module``."""
@@ -332,10 +332,10 @@ class MemorizationMonitor(Callback):
         step = trainer.global_step
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-            if has_tensorboard(logger) and trainer.is_global_zero:
+            if trainer.is_global_zero and has_tensorboard(logger):
                 images = self.views.display_images if self.grid_size and len(self.views.view_shape) == 3 else None
-                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images, grid_size=self.grid_size,
-                                histograms=self.log_histograms, layout=not self._layout_written)
+                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
+                                grid_size=self.grid_size, histograms=self.log_histograms, layout=not self._layout_written)
                 self._layout_written = True
 
     # ------------------------------------------------------------ checkpoint
