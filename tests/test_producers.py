@@ -20,7 +20,6 @@ from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
 from lightning_memloc.producers import count_parameters, producing_modules, trainable_map
 from lightning_memloc.taps import resolve_layers
 
-timm = pytest.importorskip("timm")
 
 
 def _tv_resnet18() -> nn.Module:
@@ -32,10 +31,12 @@ def _tv_resnet18() -> nn.Module:
 
 
 def _timm_resnet18() -> nn.Module:
+    timm = pytest.importorskip("timm")  # test-only dependency (dev extra)
     return timm.create_model("resnet18", num_classes=0, pretrained=False)
 
 
 def _timm_vit() -> nn.Module:
+    pytest.importorskip("timm")
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=0)
