@@ -167,3 +167,38 @@ def test_csv_logger_gets_the_scalars_only(pkg, tmp_path, one_thread):
     _trainer(pkg, [monitor], tmp_path, epochs=1, logger=csv).fit(_lit(pkg.pl))
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "memloc/unit_mem_mean/conv3" in header and not any("hist" in h or "images" in h for h in header)
+
+
+def test_ddp_spawn_under_lightning(tmp_path, one_thread):
+    """The lightning.pytorch binding under ``ddp_spawn`` (2 CPU processes, gloo): rank 0's report
+    equals a single-process ``measure()`` of the weights that come back (test_ddp.py checks the
+    same for pytorch_lightning in depth)."""
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with the gloo backend is unavailable")
+    L = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure
+    from lightning_memloc.lightning import CoTrainedPair, MemorizationMonitor, cotraining_loader
+    from lightning_memloc.ssl import SimCLR
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8)
+    split = split_candidates(30, shared=16, candidates=7, independent=7, seed=0)
+    make = lambda: SimCLR(TinyCNN(width=2), 8, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(8))  # noqa: E731
+    pair = CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=0, max_epochs=1)
+    candidates = images[split.candidates]
+    monitor = MemorizationMonitor(candidates, views=2, seed=3, encoder="encoder.backbone", reference="reference.backbone",
+                                  top_k=3, progress=False, output_dir=tmp_path)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor],
+                        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo",
+                                             timeout=timedelta(seconds=90)))
+    trainer.fit(pair, cotraining_loader(images, split, batch_size=4))
+    saved = MemorizationReport.load(tmp_path / "report_epoch=0.json")
+    single = measure(pair.encoder.backbone, candidates, reference=pair.reference.backbone, views=2, seed=3, top_k=3,
+                     progress=False)
+    assert saved.meta["num_candidates"] == 7 and single.allclose(saved, atol=1e-5)
