@@ -202,3 +202,20 @@ def test_ddp_spawn_under_lightning(tmp_path, one_thread):
     single = measure(pair.encoder.backbone, candidates, reference=pair.reference.backbone, views=2, seed=3, top_k=3,
                      progress=False)
     assert saved.meta["num_candidates"] == 7 and single.allclose(saved, atol=1e-5)
+
+
+def test_checkpoint_moves_from_pytorch_lightning_to_lightning(tmp_path, one_thread):
+    pytest.importorskip("lightning")
+    old = SimpleNamespace(pl=importlib.import_module("pytorch_lightning"), memloc=importlib.import_module("lightning_memloc"))
+    new = SimpleNamespace(pl=importlib.import_module("lightning.pytorch"),
+                          memloc=importlib.import_module("lightning_memloc.lightning"))
+    candidates = torch.rand(4, 3, 8, 8)
+    first = old.memloc.MemorizationMonitor(candidates, views=2, encoder="backbone", progress=False, name="x")
+    trainer = _trainer(old, [first], tmp_path, epochs=1)
+    trainer.fit(_lit(old.pl))
+    trainer.save_checkpoint(tmp_path / "old.ckpt")
+    second = new.memloc.MemorizationMonitor(candidates, views=2, encoder="backbone", progress=False, name="x")
+    assert second.state_key == first.state_key
+    _trainer(new, [second], tmp_path, epochs=2).fit(_lit(new.pl), ckpt_path=tmp_path / "old.ckpt")
+    assert [h["epoch"] for h in second.history] == [0, 1]  # the history continued
+    assert second.history[0] == first.history[0]
