@@ -37,9 +37,9 @@ def add_model_args(group: Any) -> None:
                        help="instead of --arch: a LightningModule class; --encoder is its checkpoint, read with "
                             "Class.load_from_checkpoint")
     group.add_argument("--encoder-attr", metavar="ATTR",
-                       help="with --lightning-module: the encoder's attribute path, e.g. backbone (default: the module)")
+                       help="with --lightning-module: the encoder's attribute path, e.g. backbone; omitted: the whole module")
     group.add_argument("--reference-attr", metavar="ATTR",
-                       help="with --lightning-module: the reference's attribute path (default: --encoder-attr)")
+                       help="with --lightning-module: the reference's attribute path; omitted: --encoder-attr")
 
 
 def import_object(spec: str, flag: str) -> Any:
