@@ -36,6 +36,7 @@ _LAZY = {
     "MemorizationPruning": "lightning_memloc.callbacks",
     "prune_units": "lightning_memloc.callbacks",
     "CoTrainedPair": "lightning_memloc.cotrain",
+    "CoTrainingData": "lightning_memloc.datamodule",
     "cotraining_loader": "lightning_memloc.cotrain",
 }
 
@@ -57,6 +58,7 @@ __all__ = [
     "CheckpointError",
     "ClassMem",
     "CoTrainedPair",
+    "CoTrainingData",
     "LayerMem",
     "LayerNotFoundError",
     "MemlocError",

@@ -200,15 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Measure memorization of a saved encoder on a candidate set; "
                                    "write report.json and figures.")
     m = a.add_argument_group("encoders")
-    m.add_argument("--encoder", required=True, metavar="CKPT", help="encoder f: state_dict file or Lightning .ckpt")
+    m.add_argument("--encoder", metavar="CKPT", help="encoder f: state_dict file or Lightning .ckpt (optional with --model)")
     m.add_argument("--reference", metavar="CKPT",
                    help="reference g (same architecture, never saw the candidates): enables SSLMem and LayerMem")
     m.add_argument("--encoder-prefix",
                    help="key prefix of the encoder in the checkpoint, e.g. encoder.backbone (default: found)")
     m.add_argument("--reference-prefix", help="key prefix of the reference in its checkpoint, e.g. reference.backbone")
-    m.add_argument("--arch", choices=ARCHS, required=True, help="encoder architecture")
+    m.add_argument("--arch", choices=ARCHS, help="encoder architecture (or --model / --lightning-module)")
     m.add_argument("--width", type=_positive, help="base width (default: resnet9 64, tiny 4)")
     m.add_argument("--in-channels", type=_positive, default=3, help="image channels the encoder takes")
+    from lightning_memloc.user_models import add_model_args
+
+    add_model_args(m)
     _add_data_args(a, "--data", 32, "--seed, as in `memloc demo`")
     s = a.add_argument_group("measurement (see lightning_memloc.measure)")
     s.add_argument("--views", type=_positive, default=10, help="K augmented views per candidate")
@@ -418,15 +421,20 @@ def _analyze(args: argparse.Namespace) -> int:
     from lightning_memloc.io import check_writable_dir
     from lightning_memloc.measure import build_views, measure, probe_layers
     from lightning_memloc.plots import plot_report
+    from lightning_memloc.user_models import user_encoders
 
     out = _check_out(args.out)
     device = _device(args.device)
-    with _argument("--width", (ValueError,)):
-        like = build_model(args.arch, args.width, args.in_channels)
-    encoder = _load(args.encoder, like, args.encoder_prefix, "--encoder", args)
-    reference = None
-    if args.reference is not None:
-        reference = _load(args.reference, like, args.reference_prefix, "--reference", args)
+    built = user_encoders(args)  # --model / --lightning-module; None for --arch
+    if built is not None:
+        (encoder, reference), like = built, built[0]
+    else:
+        with _argument("--width", (ValueError,)):
+            like = build_model(args.arch, args.width, args.in_channels)
+        encoder = _load(args.encoder, like, args.encoder_prefix, "--encoder", args)
+        reference = None if args.reference is None else _load(args.reference, like, args.reference_prefix,
+                                                                 "--reference", args)
+    if reference is not None:
         same = all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
         if same:
             raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): "
@@ -467,7 +475,7 @@ def _analyze(args: argparse.Namespace) -> int:
         raise CLIError("--layers", str(err)) from err
     with _argument("--out", _FILE_ERRORS):
         check_writable_dir(out, argument="--out")
-    meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch,
+    meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch or args.model or args.lightning_module,
             "width": getattr(like, "width", None), "in_channels": args.in_channels, "data": str(args.data),
             "size": args.size, **{f"{name}_indices": idx.tolist() for name, idx in groups.items()}}
     try:

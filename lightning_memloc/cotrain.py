@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Type
 
 import numpy as np
 import pytorch_lightning as pl
@@ -33,28 +33,10 @@ def _default_loss(model: nn.Module, batch: Any) -> Tensor:
     return model.training_loss(batch)
 
 
-class CoTrainedPair(pl.LightningModule):
-    """An SSL encoder and its reference, trained side by side on their own data.
-
-    Batches are dicts ``{"encoder": ..., "reference": ...}`` (see :func:`cotraining_loader`).
-
-    Args:
-        encoder: SSL model trained on shared ∪ candidates (e.g. :class:`~lightning_memloc.ssl.SimCLR`).
-        reference: the same architecture, trained on shared ∪ independent.
-        loss_fn: ``(model, batch) -> loss``; default ``model.training_loss(batch)``.
-        lr: peak learning rate of SGD (momentum 0.9).
-        weight_decay: SGD weight decay.
-        warmup_epochs: linear LR warm-up epochs, then cosine decay to 0 at ``max_epochs``.
-        max_epochs: length of the schedule.
-
-    Example:
-        >>> from lightning_memloc import BatchedSimCLRAugment
-        >>> from lightning_memloc.models import TinyCNN
-        >>> from lightning_memloc.ssl import SimCLR
-        >>> make = lambda: SimCLR(TinyCNN(), 16, augment=BatchedSimCLRAugment(16))
-        >>> pair = CoTrainedPair(make(), make(), max_epochs=2)
-        >>> sorted(n for n, _ in pair.named_children())
-        ['encoder', 'reference']
+class CoTraining:
+    """The logic of :class:`CoTrainedPair`: mixed in before a ``LightningModule`` base, so that one
+    implementation serves ``pytorch_lightning`` (:class:`CoTrainedPair`) and ``lightning.pytorch``
+    (:class:`lightning_memloc.lightning.CoTrainedPair`).
     """
 
     def __init__(self, encoder: nn.Module, reference: nn.Module, loss_fn: Optional[LossFn] = None, lr: float = 0.06,
@@ -114,8 +96,34 @@ class CoTrainedPair(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class CoTrainedPair(CoTraining, pl.LightningModule):
+    """An SSL encoder and its reference, trained side by side on their own data.
+
+    Batches are dicts ``{"encoder": ..., "reference": ...}`` (see :func:`cotraining_loader`).
+
+    Args:
+        encoder: SSL model trained on shared ∪ candidates (e.g. :class:`~lightning_memloc.ssl.SimCLR`).
+        reference: the same architecture, trained on shared ∪ independent.
+        loss_fn: ``(model, batch) -> loss``; default ``model.training_loss(batch)``.
+        lr: peak learning rate of SGD (momentum 0.9).
+        weight_decay: SGD weight decay.
+        warmup_epochs: linear LR warm-up epochs, then cosine decay to 0 at ``max_epochs``.
+        max_epochs: length of the schedule.
+
+    Example:
+        >>> from lightning_memloc import BatchedSimCLRAugment
+        >>> from lightning_memloc.models import TinyCNN
+        >>> from lightning_memloc.ssl import SimCLR
+        >>> make = lambda: SimCLR(TinyCNN(), 16, augment=BatchedSimCLRAugment(16))
+        >>> pair = CoTrainedPair(make(), make(), max_epochs=2)
+        >>> sorted(n for n, _ in pair.named_children())
+        ['encoder', 'reference']
+    """
+
+
 def cotraining_loader(images: Tensor, split: SplitIndices, batch_size: int = 256, num_workers: int = 0,
-                      transform: Optional[Callable] = None, labels: Optional[Tensor] = None) -> CombinedLoader:
+                      transform: Optional[Callable] = None, labels: Optional[Tensor] = None,
+                      combined: Type = CombinedLoader) -> CombinedLoader:
     """Training batches for :class:`CoTrainedPair`: shared ∪ candidates and shared ∪ independent.
 
     Args:
@@ -126,6 +134,8 @@ def cotraining_loader(images: Tensor, split: SplitIndices, batch_size: int = 256
         transform: per-image transform (e.g. ``lightly.transforms.SimCLRTransform``); ``None``
             yields raw uint8 images for a batched augmentation inside the model.
         labels: optional labels carried along.
+        combined: the ``CombinedLoader`` class of the Lightning package in use
+            (:mod:`lightning_memloc.lightning` passes that of ``lightning.pytorch``).
     """
     dataset = TensorImageDataset(images, labels, transform=transform)
     encoder_idx = torch.cat([torch.as_tensor(split.shared), torch.as_tensor(split.candidates)]).tolist()
@@ -135,4 +145,4 @@ def cotraining_loader(images: Tensor, split: SplitIndices, batch_size: int = 256
         return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=True, drop_last=True,
                           num_workers=num_workers, persistent_workers=num_workers > 0)
 
-    return CombinedLoader({"encoder": loader(encoder_idx), "reference": loader(reference_idx)}, mode="max_size_cycle")
+    return combined({"encoder": loader(encoder_idx), "reference": loader(reference_idx)}, mode="max_size_cycle")

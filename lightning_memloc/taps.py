@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.models.resnet9 import ConvBlock
 
-__all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LayerSpec", "LayerTaps",
-           "flat_representation", "register_auto_rule", "resolve_layers", "unit_activations"]
+__all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LayerSpec", "LayerTaps", "RESIDUAL_BLOCKS",
+           "flat_representation", "is_residual_block", "register_auto_rule", "resolve_layers", "unit_activations"]
 
 #: Allowed values of :attr:`LayerSpec.kind`.
 LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
@@ -70,12 +70,17 @@ class LayerSpec:
 AutoRule = Callable[[nn.Module], Optional[Sequence[Union[str, LayerSpec]]]]
 
 
-def _torchvision_blocks() -> Tuple[type, ...]:
-    try:
-        from torchvision.models.resnet import BasicBlock, Bottleneck
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return ()
-    return (BasicBlock, Bottleneck)
+#: Residual blocks ``layers="auto"`` taps, as ``(module, class name)``: torchvision's, timm's and
+#: lightly's ``BasicBlock`` / ``Bottleneck`` (matched by name, so timm is never imported here).
+RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(
+    (module, cls) for module in ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet")
+    for cls in ("BasicBlock", "Bottleneck")
+)
+
+
+def is_residual_block(module: nn.Module) -> bool:
+    """Whether ``module`` is one of :data:`RESIDUAL_BLOCKS` (or a subclass of one)."""
+    return any((c.__module__, c.__name__) in RESIDUAL_BLOCKS for c in type(module).__mro__)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -83,22 +88,21 @@ def _join(prefix: str, name: str) -> str:
 
 
 def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
-    """Every :class:`ConvBlock`, torchvision ``BasicBlock``/``Bottleneck`` and ResNet stem activation.
+    """Every :class:`ConvBlock`, residual block (:data:`RESIDUAL_BLOCKS`) and ResNet stem activation.
 
     The stem activation is an activation that is a direct child of a module that also holds a
-    stage (an ``nn.Sequential`` of torchvision blocks): ``relu`` of a torchvision ``ResNet``, or
-    ``"2"`` of lightly's ``nn.Sequential(*list(resnet18().children())[:-1])``.
+    stage (an ``nn.Sequential`` of residual blocks): ``relu`` of a torchvision ``ResNet``,
+    ``act1`` of a timm ``ResNet``, or ``"2"`` of lightly's
+    ``nn.Sequential(*list(resnet18().children())[:-1])``. lightly's ``ResNetGenerator`` applies
+    its stem ReLU functionally: only its blocks are tapped.
     """
-    tv_blocks = _torchvision_blocks()
-    names = [n for n, m in model.named_modules() if n and isinstance(m, (ConvBlock,) + tv_blocks)]
+    names = [n for n, m in model.named_modules() if n and (isinstance(m, ConvBlock) or is_residual_block(m))]
     if not names:
         return None
-    if tv_blocks:
-        for parent_name, parent in model.named_modules():
-            children = list(parent.named_children())
-            if any(isinstance(c, nn.Sequential) and any(isinstance(b, tv_blocks) for b in c.children())
-                   for _, c in children):
-                names += [_join(parent_name, n) for n, c in children if isinstance(c, ACTIVATION_TYPES)]
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        if any(isinstance(c, nn.Sequential) and any(is_residual_block(b) for b in c.children()) for _, c in children):
+            names += [_join(parent_name, n) for n, c in children if isinstance(c, ACTIVATION_TYPES)]
     return names
 
 
@@ -217,8 +221,8 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, Laye
     positional arguments, a dict as keyword arguments) orders the layers and infers their kind
     from the output rank. Every module's train/eval mode is restored afterwards, also on error.
 
-    ``"auto"``: every :class:`~lightning_memloc.models.ConvBlock`, torchvision ``BasicBlock`` /
-    ``Bottleneck`` and the ResNet stem activation (ResNet9 gives the paper's layers 1..8, Wang et
+    ``"auto"``: every :class:`~lightning_memloc.models.ConvBlock`, torchvision / timm / lightly
+    ``BasicBlock`` / ``Bottleneck`` and the ResNet stem activation (ResNet9 gives the paper's layers 1..8, Wang et
     al., NeurIPS 2024); otherwise every rectifier-like activation. Only modules called exactly
     once per forward are picked, and none inside another picked module.
 

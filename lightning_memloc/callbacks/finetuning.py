@@ -23,8 +23,10 @@ from torch.optim import Optimizer
 
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
 from lightning_memloc.checks import check_int
+from lightning_memloc.callbacks.sources import find_monitor, is_monitor_reference, monitor_layers
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.loading import resolve_module
+from lightning_memloc.producers import count_parameters, trainable_map
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import LAYER_SCORES, LAYER_STRATEGIES, resolve_report, select_layers
 
@@ -54,6 +56,11 @@ class ReportSource:
     @property
     def is_monitor(self) -> bool:
         return not isinstance(self.source, (MemorizationReport, str, os.PathLike))
+
+    def bind(self, trainer: "pl.Trainer") -> None:
+        """Replace ``"monitor"`` / ``"monitor:<name>"`` by that monitor of ``trainer`` (a config file's way)."""
+        if is_monitor_reference(self.source):
+            self.source = find_monitor(list(trainer.callbacks), self.source, self.argument)
 
     def get(self) -> Optional[MemorizationReport]:
         """The report now (``None`` while a monitor has not measured)."""
@@ -95,11 +102,11 @@ class ReportSource:
                 f"so {what} would never get one: add the monitor to the trainer's callbacks or pass a saved report."
             )
         on_start = bool(getattr(monitor, "measure_on_train_start", False))
-        every = int(getattr(monitor, "every_n_epochs", 1))
+        every = getattr(monitor, "every_n_epochs", 1)  # None: the monitor measures every N steps
         if epoch is None:
             in_time = on_start and position[id(monitor)] < position.get(id(owner), len(callbacks))
         else:
-            in_time = on_start or every <= epoch
+            in_time = on_start or (epoch >= 1 if every is None else int(every) <= epoch)
         if not in_time:
             when = "before training starts" if epoch is None else f"at the start of epoch {epoch}"
             raise ValueError(
@@ -226,6 +233,8 @@ class MemorizationFinetuning(BaseFinetuning):
         self.k, self.by, self.strategy, self.encoder_spec, self.head_specs = k, by, strategy, encoder, heads
         self.unfreeze_at_epoch, self.train_bn, self.seed, self.lr = unfreeze_at_epoch, train_bn, seed, lr
         self.chosen_layers: Optional[List[str]] = None
+        #: ``{chosen layer: [names of the encoder modules trained for it]}`` (:mod:`lightning_memloc.producers`).
+        self.trainable_modules: Optional[Dict[str, List[str]]] = None
         self._bn_in_eval: Dict[int, _BatchNorm] = {}
         self._optimizers: List[Optimizer] = []
 
@@ -241,9 +250,13 @@ class MemorizationFinetuning(BaseFinetuning):
     def _choose(self, pl_module: "pl.LightningModule", epoch: int) -> List[str]:
         if self.chosen_layers is None:
             report = self.source.require(f"to choose the layers to unfreeze at epoch {epoch}")
-            check_layers_exist(self.encoder(pl_module), report.layers)
+            encoder = self.encoder(pl_module)
+            check_layers_exist(encoder, report.layers)
             self.chosen_layers = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)
-            rank_zero_info(f"[memloc] fine-tuning layers {self.chosen_layers} (strategy={self.strategy!r}, by={self.by!r}).")
+            self.trainable_modules = trainable_map(encoder, self.chosen_layers)
+            names = [n for names in self.trainable_modules.values() for n in names]
+            rank_zero_info(f"[memloc] fine-tuning layers {self.chosen_layers} (strategy={self.strategy!r}, by={self.by!r}): "
+                           f"training {self.trainable_modules}, {count_parameters(encoder, names):,} parameters.")
         return self.chosen_layers
 
     def _trainable_modules(self, pl_module: "pl.LightningModule", epoch: int) -> List[nn.Module]:
@@ -251,21 +264,27 @@ class MemorizationFinetuning(BaseFinetuning):
         if epoch >= self.unfreeze_at_epoch and self.chosen_layers is not None:
             encoder = self.encoder(pl_module)
             check_layers_exist(encoder, self.chosen_layers)
-            modules += [encoder.get_submodule(name) for name in self.chosen_layers]
+            if self.trainable_modules is None:  # resumed from a checkpoint written before the mapping was recorded
+                self.trainable_modules = trainable_map(encoder, self.chosen_layers)
+            modules += [encoder.get_submodule(n) for layer in self.chosen_layers for n in self.trainable_modules[layer]]
         return modules
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Resolve encoder and head, check the report against the encoder, then freeze."""
+        self.source.bind(trainer)
         encoder = self.encoder(pl_module)
         self.heads(pl_module)
         if stage == "fit":
             report = self.source.get()
             if report is not None:
                 check_layers_exist(encoder, report.layers)
-                select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # validates k / by
+                chosen = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # checks k / by
+                trainable_map(encoder, self.chosen_layers or chosen)  # a choice training nothing fails here
             else:
                 check_k_layers(self.k, self.source)
+                if self.chosen_layers is None:
+                    trainable_map(encoder, monitor_layers(self.source.source, encoder))  # any layer may be chosen
             check_epoch_in_run(trainer, self.unfreeze_at_epoch, "unfreeze_at_epoch",
                                "the encoder would stay frozen for the whole run")
             self.source.check_in_time(trainer, self, self.unfreeze_at_epoch, "MemorizationFinetuning")
@@ -328,10 +347,12 @@ class MemorizationFinetuning(BaseFinetuning):
 
     # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "chosen_layers": self.chosen_layers}
+        return {**super().state_dict(), "chosen_layers": self.chosen_layers, "trainable_modules": self.trainable_modules}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         state = dict(state_dict)
         chosen = state.pop("chosen_layers", None)
+        mapping = state.pop("trainable_modules", None)
         super().load_state_dict(state)
         self.chosen_layers = None if chosen is None else [str(name) for name in chosen]
+        self.trainable_modules = None if mapping is None else {str(k): [str(n) for n in v] for k, v in mapping.items()}

@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
@@ -28,6 +27,9 @@ from torch.utils.data import Dataset, DistributedSampler
 from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
+from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars
+from lightning_memloc.callbacks.schedule import check_schedule, step_due
+from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
@@ -99,9 +101,10 @@ class MemorizationMonitor(Callback):
       histograms, image grids and a custom-scalars layout, all at ``trainer.global_step``.
 
     Args:
-        candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W)
-            or a ``Dataset`` (see :func:`~lightning_memloc.measure`).
-        every_n_epochs: measure every N training epochs (≥ 1).
+        candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W),
+            a ``Dataset`` (see :func:`~lightning_memloc.measure`), or a path: a ``.pt`` tensor file,
+            an ``.npz`` file, an image folder (see :func:`~lightning_memloc.candidates.load_candidates`).
+        every_n_epochs: measure every N training epochs (≥ 1; default 1 unless ``every_n_train_steps``).
         views: K augmented views per candidate.
         transform: view transform (per-image or batched); ``None`` for the default batched
             SimCLR augmentation.
@@ -114,7 +117,8 @@ class MemorizationMonitor(Callback):
             the encoder), or an attribute path on the LightningModule (a co-trained reference).
         seed: view seed; the same views at every measurement, on every device and rank.
         batch_size: candidates per forward step (each contributes K views).
-        labels: (N,) labels for ClassMem.
+        labels: (N,) labels for ClassMem: a tensor, ``True`` (those stored with a candidates path)
+            or a ``.pt`` / ``.npy`` path.
         pairing, reduction, negative, top_k: see :func:`~lightning_memloc.measure`.
         threshold: UnitMem above which a unit counts as highly memorizing in the logs.
         measure_on_train_start: also measure before the first epoch (the untrained baseline).
@@ -130,7 +134,8 @@ class MemorizationMonitor(Callback):
             interval and a Holm-corrected one-sided Welch p-value.
         unseen: images the encoder never trained on (the reference's independent part when
             co-training, or a test split): UnitMem seen vs unseen and the argmax membership test.
-            Control and unseen images are measured in the same pass as the candidates.
+            Control and unseen images are measured in the same pass as the candidates; both
+            may also be paths, read like ``candidates`` (``size`` applies).
         bootstrap, confidence, alpha: resamples, coverage and significance level of the
             intervals and tests (see :func:`~lightning_memloc.measure`; ``bootstrap=0``: none).
         init_batchnorm: the before-training point (``measure_on_train_start``):
@@ -139,6 +144,14 @@ class MemorizationMonitor(Callback):
             ``"default"`` measures the model as it is.
         overwrite: let a new run delete another run's files in ``output_dir`` (in ``setup``);
             without it such a folder is refused (a resumed run continues its own folder).
+        name: tells several monitors apart: tags ``memloc-<name>/...`` instead of ``memloc/...``,
+            files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
+            monitor's state; ``history`` keeps the plain ``memloc/...`` keys). Fine-tuning and
+            pruning find it as ``source="monitor:<name>"``.
+        every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
+        size: resize the images of a candidates path to ``size`` × ``size``.
+        indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
+            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -151,9 +164,9 @@ class MemorizationMonitor(Callback):
 
     def __init__(
         self,
-        candidates: Union[Tensor, Dataset],
+        candidates: Union[Tensor, Dataset, str, os.PathLike],
         *,
-        every_n_epochs: int = 1,
+        every_n_epochs: Optional[int] = None,
         views: int = 10,
         transform: Optional[Callable] = None,
         layers: Union[str, Sequence[str]] = "auto",
@@ -161,7 +174,7 @@ class MemorizationMonitor(Callback):
         reference: Union[ModuleSpec, os.PathLike] = None,
         seed: int = 0,
         batch_size: int = 32,
-        labels: Optional[Tensor] = None,
+        labels: LabelSpec = None,
         pairing: str = "all",
         reduction: str = "mean",
         negative: str = "clamp",
@@ -174,16 +187,21 @@ class MemorizationMonitor(Callback):
         progress: bool = True,
         num_workers: int = 0,
         memory_limit: Optional[int] = None,
-        control: Optional[Union[Tensor, Dataset]] = None,
-        unseen: Optional[Union[Tensor, Dataset]] = None,
+        control: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
+        unseen: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
         bootstrap: int = 1000,
         confidence: float = 0.95,
         alpha: float = 0.05,
         init_batchnorm: str = "recalibrate",
         overwrite: bool = False,
+        name: Optional[str] = None,
+        every_n_train_steps: Optional[int] = None,
+        size: Optional[int] = None,
+        indices: IndexSpec = None,
     ) -> None:
         super().__init__()
-        every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)  # NumPy integers accepted
+        every_n_epochs, every_n_train_steps = check_schedule(every_n_epochs, every_n_train_steps)
+        self.name, self.every_n_train_steps = check_name(name), every_n_train_steps
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
         grid_size = check_int("grid_size", grid_size, 0)
@@ -194,6 +212,9 @@ class MemorizationMonitor(Callback):
         # The reference may still be a path or an attribute: validate the rest with a stand-in.
         _validate(views, batch_size, pairing, reduction, negative, top_k, None if reference is None else nn.Identity(),
                   nn.Identity(), num_workers)
+        candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
+        control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
+        unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
         self.evidence_options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
         if init_batchnorm not in INIT_BATCHNORM:
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
@@ -217,7 +238,7 @@ class MemorizationMonitor(Callback):
         self.batch_size, self.pairing, self.reduction, self.negative = batch_size, pairing, reduction, negative
         self.top_k, self.threshold, self.grid_size = top_k, float(threshold), grid_size
         self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
-        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.progress, self.num_workers, self.memory_limit = progress, num_workers, memory_limit
         self.history: List[Dict[str, Any]] = []
         self.report: Optional[MemorizationReport] = None
@@ -230,8 +251,9 @@ class MemorizationMonitor(Callback):
     # ----------------------------------------------------------------- set-up
     @property
     def state_key(self) -> str:
+        extra = {k: v for k, v in (("name", self.name), ("every_n_train_steps", self.every_n_train_steps)) if v}
         return self._generate_state_key(every_n_epochs=self.every_n_epochs, seed=self.views.seed,
-                                         num_candidates=len(self.views))
+                                         num_candidates=len(self.views), **extra)
 
     def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
         """The encoder being monitored inside ``pl_module``."""
@@ -302,15 +324,22 @@ class MemorizationMonitor(Callback):
             else:
                 self._measure(trainer, pl_module, epoch=-1)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if step_due(self.every_n_train_steps, trainer.global_step, self.history):
+            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs == 0:
+        if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
             self._measure(trainer, pl_module, epoch=epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
         measured = [h["epoch"] for h in self.history]
-        if trainer.global_step > 0 and (not measured or max(measured) < last):
+        if self.every_n_train_steps is not None:
+            if step_due(1, trainer.global_step, self.history):
+                self._measure(trainer, pl_module, epoch=last)
+        elif trainer.global_step > 0 and (not measured or max(measured) < last):
             self._measure(trainer, pl_module, epoch=last)
 
     # ------------------------------------------------------------ measurement
@@ -351,19 +380,21 @@ class MemorizationMonitor(Callback):
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
             check_writable_dir(self.output_dir, argument="output_dir")
             guard.check_owner(self, self.output_dir)
-            report.save(self.output_dir / f"report_epoch={epoch}.json")
+            step = "" if self.every_n_train_steps is None else f"_step={trainer.global_step}"
+            report.save(self.output_dir / f"report_epoch={epoch}{step}.json")
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
 
     def _log(self, trainer: pl.Trainer, report: MemorizationReport, scalars: Dict[str, float]) -> None:
+        scalars = named_scalars(scalars, self.name)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         step = trainer.global_step
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+            if trainer.is_global_zero and has_tensorboard(logger):
                 images = self.views.display_images if self.grid_size and len(self.views.view_shape) == 3 else None
-                log_tensorboard(logger.experiment, report, step, images=images, grid_size=self.grid_size,
-                                histograms=self.log_histograms, layout=not self._layout_written)
+                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
+                                grid_size=self.grid_size, histograms=self.log_histograms, layout=not self._layout_written)
                 self._layout_written = True
 
     # ------------------------------------------------------------ checkpoint

@@ -36,7 +36,7 @@ from lightning_memloc.taps import resolve_layers
 __all__ = ["MemorizationPruning", "UnitTargets", "find_unit_targets", "prune_units"]
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-Amount = Union[float, int]
+Amount = Union[int, float]  # int first: a config's `1` is a count, not the fraction 1.0
 
 
 def _width(module: nn.Module) -> int:
@@ -296,7 +296,7 @@ class MemorizationPruning(Callback):
         scope: str = "layer",
         encoder: ModuleSpec = None,
         layers: Optional[Sequence[str]] = None,
-        prune_at: Union[str, int] = "fit_start",
+        prune_at: Union[int, str] = "fit_start",
         permanent: bool = False,
         seed: int = 0,
     ) -> None:
@@ -357,6 +357,7 @@ class MemorizationPruning(Callback):
         """Register all-ones masks on every layer in scope (before restore and before DDP)."""
         if stage != "fit" and self.permanent:
             return  # masks were baked in at the end of fit: validate / test see plain weights
+        self.source.bind(trainer)
         encoder = self.encoder(pl_module)
         report = self.source.get()
         names, units = self._scope_layers(encoder, report)

@@ -1,0 +1,174 @@
+"""Candidate sets (and their labels) given as paths, so that a configuration file needs no Python.
+
+The candidates of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
+are held-out training images; a LightningCLI YAML can only name them. :func:`load_candidates`
+turns such a name into the tensors :func:`~lightning_memloc.measure` and the
+:class:`~lightning_memloc.callbacks.MemorizationMonitor` take:
+
+- ``candidates``: a tensor / ``Dataset`` (kept), a ``.pt`` / ``.pth`` file (a uint8 or float
+  tensor ``(N, C, H, W)`` or precomputed views ``(N, K, C, H, W)``, or a dict with ``images`` /
+  ``x`` and optionally ``labels`` / ``y``, read with ``weights_only=True``), or anything
+  :func:`~lightning_memloc.data.load_data` reads (an ``.npz`` file, an image folder, ``"digits"``);
+- ``size``: side length the images of a path are resized to (required for an image folder);
+- ``indices``: which images are the candidates: a list of ints, a slice ``"start:stop[:step]"``,
+  or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file of ints;
+- ``labels``: ``None``, a tensor, ``True`` (the labels stored with the candidates' file) or a
+  ``.pt`` / ``.npy`` file. Labels describe the data *before* ``indices`` selects from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+__all__ = ["CandidateSpec", "IndexSpec", "LabelSpec", "load_candidates", "read_indices"]
+
+CandidateSpec = Union[Tensor, Dataset, str, os.PathLike]
+IndexSpec = Union[Sequence[int], str, os.PathLike, None]
+LabelSpec = Union[bool, Tensor, str, os.PathLike, None]  # bool first: a config's `true` is not a path
+
+_TENSOR_FILES = (".pt", ".pth")
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _load_tensor_file(path: Path, argument: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"`{argument}`: no file at {str(path)!r}: check the path.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for bad files
+        raise ValueError(f"`{argument}`: {str(path)!r} is not a tensor file written by torch.save ({err}).") from err
+
+
+def _read_path(path: Path, size: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+    """Images (and stored labels, or ``None``) of a candidates path."""
+    if path.suffix.lower() in _TENSOR_FILES:
+        data = _load_tensor_file(path, "candidates")
+        labels = None
+        if isinstance(data, dict):
+            key = next((k for k in ("images", "x") if k in data), None)
+            if key is None:
+                raise ValueError(f"`candidates`: {str(path)!r} holds a dict without 'images' / 'x' (keys {list(data)}).")
+            labels = next((data[k] for k in ("labels", "y") if k in data), None)
+            data = data[key]
+        if not isinstance(data, Tensor) or data.ndim not in (4, 5):
+            raise ValueError(f"`candidates`: {str(path)!r} must hold a tensor (N, C, H, W) or views (N, K, C, H, W), "
+                             f"got {type(data).__name__} {tuple(getattr(data, 'shape', ()))}.")
+        if size is not None:
+            if data.ndim != 4:
+                raise ValueError("`size` resizes images (N, C, H, W), not precomputed views: drop `size`.")
+            from lightning_memloc.data import _resize
+
+            data = _resize(data, size)
+        return data, None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    from lightning_memloc.data import NAMED_DATASETS, load_data
+
+    if str(path).lower() not in NAMED_DATASETS and not path.exists():
+        raise FileNotFoundError(f"`candidates`: nothing at {str(path)!r}: pass a .pt / .npz file, an image folder "
+                                f"or one of {list(NAMED_DATASETS)}.")
+    images, labels = load_data(path if path.exists() else str(path), size=size)
+    return images, None if bool((labels < 0).all()) else labels
+
+
+def read_indices(spec: IndexSpec, n: int) -> Optional[Tensor]:
+    """Candidate positions (LongTensor) from ``spec``, checked against ``n`` images.
+
+    Example:
+        >>> read_indices("2:8:2", 10).tolist(), read_indices([0, 9], 10).tolist()
+        ([2, 4, 6], [0, 9])
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str) and ":" in spec and not Path(spec).exists():
+        try:
+            parts = [int(p) if p.strip() else None for p in spec.split(":")]
+        except ValueError:
+            raise ValueError(f"`indices`: {spec!r} is not a slice 'start:stop[:step]' of ints.") from None
+        index = torch.arange(n)[slice(*parts)]
+    elif _is_path(spec):
+        path = Path(spec)
+        if path.suffix.lower() in _TENSOR_FILES:
+            values: Any = _load_tensor_file(path, "indices")
+        elif not path.is_file():
+            raise FileNotFoundError(f"`indices`: no file at {str(path)!r}: pass a list, a slice 'start:stop' or a file.")
+        elif path.suffix.lower() == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".json":
+            values = json.loads(path.read_text(encoding="utf-8"))
+            values = values.get("candidates") if isinstance(values, dict) else values
+        else:
+            values = path.read_text(encoding="utf-8").replace(",", " ").split()
+        index = torch.as_tensor(np.asarray(values, dtype=np.int64)).reshape(-1)
+    else:
+        index = torch.as_tensor(list(spec), dtype=torch.long).reshape(-1)
+    bad = index[(index < -n) | (index >= n)] if index.numel() else index
+    if bad.numel():
+        raise ValueError(f"`indices`: index {int(bad[0])} is outside the {n} images of the candidates' data.")
+    if index.numel() == 0:
+        raise ValueError(f"`indices`={spec!r} selects no image.")
+    return index % n
+
+
+def load_candidates(candidates: CandidateSpec, labels: LabelSpec = None, size: Optional[int] = None,
+                    indices: IndexSpec = None) -> Tuple[Union[Tensor, Dataset], Optional[Tensor]]:
+    """The candidate images (or views, or ``Dataset``) and labels that ``candidates`` / ``labels`` name.
+
+    A tensor or ``Dataset`` without ``size`` / ``indices`` comes back unchanged (the same object).
+
+    Args:
+        candidates: see the module docstring.
+        labels: see the module docstring.
+        size: resize the images of a path to ``size`` × ``size``.
+        indices: select these images (positions in the data).
+
+    Returns:
+        ``(candidates, labels or None)``.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: an unreadable file, ``size`` with a tensor, ``labels=True`` without stored
+            labels, labels of another length, indices out of range.
+
+    Example:
+        >>> import torch
+        >>> x, y = load_candidates(torch.zeros(6, 3, 4, 4), labels=torch.arange(6), indices="1:3")
+        >>> tuple(x.shape), y.tolist()
+        ((2, 3, 4, 4), [1, 2])
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"`size` must be None or an int >= 1 (the side length images are resized to), got {size!r}.")
+    stored: Optional[Tensor] = None
+    if _is_path(candidates):
+        candidates, stored = _read_path(Path(candidates), size)
+    elif size is not None:
+        raise ValueError("`size` resizes candidates read from a path; resize tensors before passing them.")
+    if labels is True:
+        if stored is None:
+            raise ValueError("`labels`=True takes the labels stored with the candidates, but they have none: pass a "
+                             "labels tensor or file, or drop `labels`.")
+        labels = stored
+    elif labels is False:
+        labels = None
+    elif _is_path(labels):
+        path = Path(labels)
+        values = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else _load_tensor_file(path, "labels")
+        labels = torch.as_tensor(np.asarray(values), dtype=torch.long).reshape(-1)
+    n = len(candidates)  # type: ignore[arg-type]
+    if labels is not None and isinstance(labels, Tensor) and len(labels) != n:
+        raise ValueError(f"`labels` has {len(labels)} entries for {n} candidate images (labels describe the data "
+                         "before `indices` selects from it).")
+    index = read_indices(indices, n)
+    if index is not None:
+        candidates = candidates[index] if isinstance(candidates, Tensor) else Subset(candidates, index.tolist())
+        labels = None if labels is None else torch.as_tensor(labels)[index]
+    return candidates, labels

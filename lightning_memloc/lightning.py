@@ -1,0 +1,77 @@
+"""lightning_memloc for the unified ``lightning`` package (``import lightning.pytorch as pl``).
+
+``from lightning_memloc import MemorizationMonitor`` gives classes of ``pytorch_lightning`` (the
+default dependency); ``from lightning_memloc.lightning import MemorizationMonitor`` gives the same
+classes bound to ``lightning.pytorch``, so that its ``Trainer``, ``LightningCLI`` and
+``--trainer.callbacks+=`` accept them. Both packages can be installed side by side.
+
+Each class here is one line of binding and no logic: the callbacks subclass the implementation
+and add ``lightning.pytorch``'s base class (``Callback`` / ``BaseFinetuning``), whose hooks are
+the same no-ops; :class:`CoTrainedPair` combines the shared :class:`~lightning_memloc.cotrain.CoTraining`
+logic with ``lightning.pytorch.LightningModule``. Names that do not depend on Lightning (``measure``,
+``MemorizationReport``, the metrics ...) are re-exported unchanged. A callback's ``state_key`` is
+the same under both packages, so checkpoints move between them. Wang et al., *Localizing
+Memorization in SSL Vision Encoders* (NeurIPS 2024) define what the callbacks measure.
+
+Example:
+    >>> import lightning.pytorch as L
+    >>> from lightning_memloc.lightning import MemorizationMonitor
+    >>> issubclass(MemorizationMonitor, L.Callback)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback as _Callback
+from lightning.pytorch import LightningDataModule as _LightningDataModule
+from lightning.pytorch import LightningModule as _LightningModule
+from lightning.pytorch.callbacks import BaseFinetuning as _BaseFinetuning
+from lightning.pytorch.utilities import CombinedLoader as _CombinedLoader
+
+import lightning_memloc as _memloc
+from lightning_memloc import cotrain as _cotrain
+from lightning_memloc import datamodule as _datamodule
+from lightning_memloc.callbacks import finetuning as _finetuning
+from lightning_memloc.callbacks import monitor as _monitor
+from lightning_memloc.callbacks import pruning as _pruning
+from lightning_memloc.callbacks.pruning import prune_units
+from lightning_memloc.ssl import SimCLR
+
+#: The Lightning package the classes of this module are bound to.
+PACKAGE = "lightning.pytorch"
+
+
+class MemorizationMonitor(_monitor.MemorizationMonitor, _Callback):
+    __doc__ = _monitor.MemorizationMonitor.__doc__
+
+
+class MemorizationFinetuning(_finetuning.MemorizationFinetuning, _BaseFinetuning):
+    __doc__ = _finetuning.MemorizationFinetuning.__doc__
+
+
+class MemorizationPruning(_pruning.MemorizationPruning, _Callback):
+    __doc__ = _pruning.MemorizationPruning.__doc__
+
+
+class CoTrainedPair(_cotrain.CoTraining, _LightningModule):
+    __doc__ = _cotrain.CoTrainedPair.__doc__
+
+
+class CoTrainingData(_datamodule.CoTrainingSplit, _LightningDataModule):
+    __doc__ = _datamodule.CoTrainingData.__doc__
+    combined = _CombinedLoader
+
+
+def cotraining_loader(*args: Any, **kwargs: Any) -> _CombinedLoader:
+    """:func:`lightning_memloc.cotrain.cotraining_loader` with ``lightning.pytorch``'s ``CombinedLoader``."""
+    return _cotrain.cotraining_loader(*args, combined=_CombinedLoader, **kwargs)
+
+
+_BOUND = {"MemorizationMonitor", "MemorizationFinetuning", "MemorizationPruning", "CoTrainedPair",
+          "CoTrainingData", "cotraining_loader", "prune_units", "SimCLR", "PACKAGE"}
+_NEUTRAL = [name for name in _memloc.__all__ if name not in _BOUND]
+globals().update({name: getattr(_memloc, name) for name in _NEUTRAL})
+
+__all__ = sorted(_BOUND | set(_NEUTRAL))
