@@ -4,9 +4,9 @@ An untrained encoder's BatchNorm layers hold their default running statistics (m
 variance 1), so in eval mode they do not normalise at all, while after any training they hold
 the data's statistics. Measured that way, the untrained point's UnitMem is inflated (in the
 paper's ResNet9 most units' activations are not centred) and a curve over training starts
-from an artificial high. :func:`recalibrated_copies` measures *copies* whose BatchNorm
+from an artificial high. :func:`recalibrated_batchnorm` measures the models with BatchNorm
 statistics are the cumulative average over the measured views (the same images and views
-every later measurement sees); the models themselves are never modified. The statistics use no
+every later measurement sees), and restores the models' own statistics afterwards. The statistics use no
 label and no training step, so no image is memorized by them (Wang et al., *Localizing
 Memorization in SSL Vision Encoders*, NeurIPS 2024, measure UnitMem over training from
 initialisation).
@@ -14,15 +14,15 @@ initialisation).
 
 from __future__ import annotations
 
-import copy
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
 from lightning_memloc.views import SeededViews
 
-__all__ = ["INIT_BATCHNORM", "recalibrated_copies", "recalibrate_batchnorm"]
+__all__ = ["INIT_BATCHNORM", "recalibrate_batchnorm", "recalibrated_batchnorm"]
 
 #: Choices of the monitor's ``init_batchnorm``.
 INIT_BATCHNORM = ("recalibrate", "default")
@@ -41,7 +41,7 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
     and the like stay off); modes and momenta are restored afterwards.
 
     Args:
-        model: the model to recalibrate (use a copy: see :func:`recalibrated_copies`).
+        model: the model to recalibrate (in place; see :func:`recalibrated_batchnorm`).
         views: the seeded views to estimate the statistics on.
         batch_size: candidates per forward (each contributes K views).
         max_batches: stop after this many batches (``None``: all).
@@ -83,17 +83,31 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
     return model
 
 
-def recalibrated_copies(
-    encoder: nn.Module, reference: Optional[nn.Module], views: SeededViews, batch_size: int = 32
-) -> Tuple[nn.Module, Optional[nn.Module]]:
-    """Copies of ``encoder`` (and ``reference``) with BatchNorm statistics from ``views``.
+@contextmanager
+def recalibrated_batchnorm(*models: Optional[nn.Module], views: SeededViews, batch_size: int = 32) -> Iterator[None]:
+    """Inside the context, ``models`` have BatchNorm statistics estimated on ``views``; on exit
+    (also on error) every BatchNorm buffer gets its previous value back, so training is untouched.
 
-    Models without BatchNorm are returned as they are (nothing to recalibrate, no copy made).
+    Buffers are restored rather than models copied: a copy breaks on modules whose weights are
+    computed (pruning masks, weight norm), and costs a model's memory.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.views import SeededViews
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+        >>> with recalibrated_batchnorm(model, views=SeededViews(torch.rand(4, 3, 8, 8), views=2)):
+        ...     inside = bool(model[1].running_var.ne(1).any())
+        >>> inside, bool(model[1].running_var.eq(1).all())
+        (True, True)
     """
-    out = []
-    for model in (encoder, reference):
-        if model is None or not _norm_layers(model):
-            out.append(model)
-            continue
-        out.append(recalibrate_batchnorm(copy.deepcopy(model), views, batch_size=batch_size))
-    return out[0], out[1]
+    norms = [m for model in models if model is not None for m in _norm_layers(model)]
+    saved = [(buf, buf.detach().clone()) for m in norms for buf in m.buffers()]
+    try:
+        for model in models:
+            if model is not None and _norm_layers(model):
+                recalibrate_batchnorm(model, views, batch_size=batch_size)
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)

@@ -33,7 +33,7 @@ from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
-from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_copies
+from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.measure import _validate, build_views, check_groups, model_device_dtype, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
@@ -316,11 +316,11 @@ class MemorizationMonitor(Callback):
         if self.measure_on_train_start and not self.history:
             if self.init_batchnorm == "recalibrate":
                 # BatchNorm of an untrained encoder still holds its default statistics (mean 0,
-                # var 1), unlike every later measurement: measure copies whose statistics come
-                # from the pool's views (see lightning_memloc.baseline); the models are untouched.
-                encoder, reference = self.encoder(pl_module), self.reference(pl_module)
-                copies = recalibrated_copies(encoder, reference, self.pool, batch_size=self.batch_size)
-                self._measure(trainer, pl_module, epoch=-1, models=copies)
+                # var 1), unlike every later measurement: measure with statistics from the pool's
+                # views (see lightning_memloc.baseline); the models' own are restored afterwards.
+                with recalibrated_batchnorm(self.encoder(pl_module), self.reference(pl_module), views=self.pool,
+                                            batch_size=self.batch_size):
+                    self._measure(trainer, pl_module, epoch=-1)
             else:
                 self._measure(trainer, pl_module, epoch=-1)
 
@@ -343,9 +343,8 @@ class MemorizationMonitor(Callback):
             self._measure(trainer, pl_module, epoch=last)
 
     # ------------------------------------------------------------ measurement
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
-                 models: Optional[Tuple[nn.Module, Optional[nn.Module]]] = None) -> MemorizationReport:
-        encoder, reference = models if models is not None else (self.encoder(pl_module), self.reference(pl_module))
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> MemorizationReport:
+        encoder, reference = self.encoder(pl_module), self.reference(pl_module)
         check_reference(encoder, reference, same_weights=epoch >= 0)  # after training, a copy is an error
         device, _ = model_device_dtype(encoder)
         if reference is not None and reference not in list(pl_module.modules()):
