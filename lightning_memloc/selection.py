@@ -38,7 +38,7 @@ from lightning_memloc.report import MemorizationReport
 __all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "resolve_report", "select_layers",
            "select_units"]
 
-LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem")
+LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess")
 LAYER_STRATEGIES = ("highest", "lowest", "random", "last")
 UNIT_STRATEGIES = ("highest", "lowest", "random")
 SCOPES = ("layer", "global")
@@ -116,7 +116,8 @@ def select_layers(
         k: how many layers, ``1 <= k <= len(report.layers)``.
         by: score ranking the layers for ``"highest"`` / ``"lowest"``: ``"layer_mem"`` (LayerMem),
             ``"delta_layer_mem"`` (ΔLayerMem; both need a report measured with a reference
-            encoder) or ``"unit_mem"`` (mean UnitMem, no reference needed). Ignored by
+            encoder), ``"unit_mem"`` (mean UnitMem, no reference needed) or ``"excess"`` (LayerMem's
+            excess over a control set, needs a report measured with ``control=``). Ignored by
             ``"random"`` and ``"last"``.
         strategy: ``"highest"`` / ``"lowest"`` (the ``k`` best / worst by ``by``, ties broken by
             layer order), ``"random"`` (``k`` layers drawn with a ``torch.Generator`` seeded with
@@ -159,6 +160,11 @@ def select_layers(
     else:
         if by == "unit_mem":
             scores = report.mean_unit_mem()
+        elif by == "excess":
+            if report.evidence is None or not report.evidence.has("excess"):
+                raise ValueError("`by`='excess' ranks layers by LayerMem's excess over a control set, which this report "
+                                 "lacks: measure with `control=...` (images both encoders trained on).")
+            scores = {layer: report.evidence.layers[layer]["excess"] for layer in report.layers}
         else:
             scores = getattr(report, by)
             if scores is None:

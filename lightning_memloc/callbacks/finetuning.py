@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
 from lightning_memloc.checks import check_int
 from lightning_memloc.callbacks.sources import find_monitor, is_monitor_reference, monitor_layers
@@ -182,6 +183,11 @@ class MemorizationFinetuning(BaseFinetuning):
         train_bn: whether BatchNorm layers of frozen parts keep training (see above).
         seed: seed of the ``"random"`` strategy.
         lr: learning rate of the added param group (> 0); ``None``: the first group's.
+        require_evidence: when ranking by memorization (``"highest"`` / ``"lowest"``) and the
+            report's tests find none (no layer's LayerMem exceeds the control's, or — for
+            ``by="unit_mem"`` — no layer's units prefer training images, Holm-corrected):
+            ``"warn"`` logs that the choice may follow noise, ``"error"`` refuses, ``"off"``
+            stays silent. ``by="excess"`` ranks by the excess over the control itself.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -212,6 +218,7 @@ class MemorizationFinetuning(BaseFinetuning):
         train_bn: bool = False,
         seed: int = 0,
         lr: Optional[float] = None,
+        require_evidence: str = "warn",
     ) -> None:
         super().__init__()
         self.source = ReportSource(source)
@@ -232,6 +239,9 @@ class MemorizationFinetuning(BaseFinetuning):
             raise TypeError(f"`head` must be None, an attribute path, an nn.Module or a sequence of those, got {head!r}.")
         self.k, self.by, self.strategy, self.encoder_spec, self.head_specs = k, by, strategy, encoder, heads
         self.unfreeze_at_epoch, self.train_bn, self.seed, self.lr = unfreeze_at_epoch, train_bn, seed, lr
+        if require_evidence not in EVIDENCE_POLICIES:
+            raise ValueError(f"`require_evidence` must be one of {EVIDENCE_POLICIES}, got {require_evidence!r}.")
+        self.require_evidence = require_evidence
         self.chosen_layers: Optional[List[str]] = None
         #: ``{chosen layer: [names of the encoder modules trained for it]}`` (:mod:`lightning_memloc.producers`).
         self.trainable_modules: Optional[Dict[str, List[str]]] = None
@@ -252,6 +262,8 @@ class MemorizationFinetuning(BaseFinetuning):
             report = self.source.require(f"to choose the layers to unfreeze at epoch {epoch}")
             encoder = self.encoder(pl_module)
             check_layers_exist(encoder, report.layers)
+            if self.strategy in ("highest", "lowest"):  # rankings by memorization need memorization to rank
+                gate(report, test_for(self.by), self.require_evidence, f"fine-tuning the {self.k} layers by {self.by!r}")
             self.chosen_layers = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)
             self.trainable_modules = trainable_map(encoder, self.chosen_layers)
             names = [n for names in self.trainable_modules.values() for n in names]

@@ -30,6 +30,7 @@ from lightning_memloc.callbacks.finetuning import ModuleSpec, ReportSource, chec
 from lightning_memloc.callbacks.setup_checks import check_amount_units, check_epoch_in_run, following_norms
 from lightning_memloc.checks import as_python_number, check_int
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES, select_units
 from lightning_memloc.taps import resolve_layers
 
@@ -272,6 +273,10 @@ class MemorizationPruning(Callback):
             this callback) or an epoch (>= 0): at the start of that training epoch.
         permanent: at the end of ``fit``, bake the masks into the weights (``prune.remove``).
         seed: seed of ``"random"``.
+        require_evidence: when pruning by UnitMem (``"highest"`` / ``"lowest"``) and the report's
+            membership test finds no layer whose units prefer training images (Holm-corrected,
+            needs ``unseen=``): ``"warn"`` logs that the choice may follow noise, ``"error"``
+            refuses, ``"off"`` stays silent.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -299,8 +304,12 @@ class MemorizationPruning(Callback):
         prune_at: Union[int, str] = "fit_start",
         permanent: bool = False,
         seed: int = 0,
+        require_evidence: str = "warn",
     ) -> None:
         super().__init__()
+        if require_evidence not in EVIDENCE_POLICIES:
+            raise ValueError(f"`require_evidence` must be one of {EVIDENCE_POLICIES}, got {require_evidence!r}.")
+        self.require_evidence = require_evidence
         self.source = ReportSource(source)
         amount = next(iter(_check_amount(amount).values()))
         _check_choice("strategy", strategy, UNIT_STRATEGIES)
@@ -377,6 +386,8 @@ class MemorizationPruning(Callback):
     def _apply(self, when: str) -> None:
         if self.pruned_units is None:
             report = self.source.require(f"to choose the units to prune {when}")
+            if self.strategy != "random":
+                gate(report, "membership", self.require_evidence, f"pruning the {self.strategy}-UnitMem units")
             self.pruned_units = _choose(report, self.targets, self.amount, self.strategy, self.scope, self.seed)
             total = sum(int(v.numel()) for v in self.pruned_units.values())
             rank_zero_info(f"[memloc] pruned {total} units {when} (strategy={self.strategy!r}, scope={self.scope!r}).")

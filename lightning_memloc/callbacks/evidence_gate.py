@@ -1,0 +1,74 @@
+"""Act on evidence, not on noise: check a report's tests before fine-tuning or pruning by it.
+
+Choosing layers by LayerMem or units by UnitMem only localizes memorization if there is
+memorization to localize: without a significant excess over a control set (LayerMem) or a
+significant share of units preferring training images (UnitMem's membership test), the choice
+follows the difference between two encoders or the atypicality of some images (Wang et al.,
+*Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024; ``../shared/DESIGN.md`` §6).
+:func:`evidence_problem` says in words what is missing; :func:`gate` logs it (``"warn"``) or
+refuses to act (``"error"``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pytorch_lightning.utilities import rank_zero_warn
+
+from lightning_memloc.report import MemorizationReport
+
+__all__ = ["EVIDENCE_POLICIES", "evidence_problem", "gate", "test_for"]
+
+#: Choices of ``require_evidence`` of the fine-tuning and pruning callbacks.
+EVIDENCE_POLICIES = ("warn", "error", "off")
+
+
+def test_for(by: str) -> str:
+    """The evidence test behind a ranking: LayerMem-based rankings need the excess over a control,
+    UnitMem-based ones the membership test.
+
+    Example:
+        >>> test_for("layer_mem"), test_for("unit_mem")
+        ('excess', 'membership')
+    """
+    return "membership" if by == "unit_mem" else "excess"
+
+
+def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
+    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"``),
+    or ``None`` when at least one layer passes it (Holm-corrected).
+
+    Example:
+        >>> import torch
+        >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
+        ...     unit_mem={"a": torch.zeros(1)}, unit_argmax={"a": torch.zeros(1, dtype=torch.long)},
+        ...     dead_units={"a": torch.zeros(1, dtype=torch.bool)})
+        >>> evidence_problem(r, "excess").startswith("the report has no evidence")
+        True
+    """
+    ev = report.evidence
+    if ev is None:
+        return "the report has no evidence (no intervals, control or tests were measured)"
+    if not ev.has(f"{test}_p_holm"):
+        need = "a control set (control=)" if test == "excess" else "an unseen set (unseen=)"
+        return f"the report was measured without {need}, so no test says whether its figures exceed noise"
+    if not ev.significant_layers(test):
+        what = "LayerMem exceeds the control's" if test == "excess" else "units prefer training images"
+        return (f"no layer shows significant memorization (no layer where {what}, Holm p >= "
+                f"{ev.meta.get('alpha', 0.05):g})")
+    return None
+
+
+def gate(report: MemorizationReport, test: str, policy: str, action: str) -> None:
+    """Warn (``"warn"``), raise ``ValueError`` (``"error"``) or stay silent (``"off"``) when
+    :func:`evidence_problem` finds one; ``action`` names what would act on noise."""
+    if policy == "off":
+        return
+    problem = evidence_problem(report, test)
+    if problem is None:
+        return
+    message = (f"{action}: {problem}; the choice may follow noise rather than memorization. Measure with "
+               "control= / unseen= (and more candidates), or pass require_evidence='off' to act anyway.")
+    if policy == "error":
+        raise ValueError(f"[memloc] refusing to act — {message}")
+    rank_zero_warn(f"[memloc] {message}")
