@@ -151,6 +151,12 @@ def ddp_run(tmp_path_factory):
                             progress=False, output_dir=tmp / name, measure_on_train_start=epochs[0] == -1)
         for name, (rows, batch_size, epochs) in SCENARIOS.items()
     ]
+    # control and unseen images shard with the candidates: one pooled set of 5 + 4 + 4 = 13 over 2 ranks
+    groups = dict(candidates=candidates[:5], control=images[split.shared[:4]], unseen=images[split.independent[:4]])
+    monitors.insert(0, MemorizationMonitor(groups["candidates"], control=groups["control"], unseen=groups["unseen"],
+                                        every_n_epochs=2, views=VIEWS, seed=SEED, encoder="encoder.backbone",
+                                        reference="reference.backbone", top_k=TOP_K, grid_size=0, batch_size=2,
+                                        bootstrap=200, progress=False, output_dir=tmp / "groups"))
     model = _pair(2)
     pl.seed_everything(0)
     trainer = pl.Trainer(
@@ -162,7 +168,26 @@ def ddp_run(tmp_path_factory):
     )
     trainer.fit(model, cotraining_loader(images, split, batch_size=4))
     spy = [_read_spy(tmp / "spy", r) for r in (0, 1)]
-    return {"tmp": tmp, "trainer": trainer, "model": model, "candidates": candidates, "spy": spy}
+    return {"tmp": tmp, "trainer": trainer, "model": model, "candidates": candidates, "spy": spy, "groups": groups}
+
+
+def test_ddp_control_and_unseen_evidence_equals_single_process(ddp_run):
+    """The pooled set (candidates, control, unseen) shards over the ranks like the candidates
+    alone: the evidence rank 0 wrote equals a single-process measure() of the final weights."""
+    groups, model = ddp_run["groups"], ddp_run["model"]
+    passes = [[e for e in s if e["event"] == "pass" and e["n"] == 13] for s in ddp_run["spy"]]
+    assert len(passes[0]) == len(passes[1]) == 1
+    assert sorted(set(passes[0][0]["indices"]) | set(passes[1][0]["indices"])) == list(range(13))
+    saved = MemorizationReport.load(ddp_run["tmp"] / "groups" / "report_epoch=1.json")
+    single = measure(model.encoder.backbone, groups["candidates"], reference=model.reference.backbone,
+                     control=groups["control"], unseen=groups["unseen"], views=VIEWS, seed=SEED, top_k=TOP_K,
+                     batch_size=2, bootstrap=200)
+    assert saved.allclose(single, atol=1e-5)
+    assert saved.evidence.meta["groups"] == {"candidates": 5, "control": 4, "unseen": 4}
+    for layer in saved.layers:
+        for key, value in single.evidence.layers[layer].items():
+            got = saved.evidence.layers[layer][key]
+            assert (value is None and got is None) or got == pytest.approx(value, abs=1e-4), (layer, key)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

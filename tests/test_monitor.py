@@ -190,3 +190,53 @@ def test_setup_errors_before_training(tmp_path, data):
         with pytest.raises(error):
             trainer.fit(model, cotraining_loader(images, split, batch_size=8))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "training ran before the error"
+
+
+def test_control_and_unseen_in_one_pass_logged_with_intervals(tmp_path, data):
+    images, split = data
+    pl.seed_everything(0)
+    control, unseen = images[split.control(6)], images[split.independent]
+    monitor = _monitor(images, split, control=control, unseen=unseen, bootstrap=100, measure_on_train_start=True,
+                       output_dir=tmp_path / "memloc")
+    model = _pair()
+    trainer = _trainer(tmp_path, [monitor], max_epochs=2, enable_checkpointing=False)
+    trainer.fit(model, cotraining_loader(images, split, batch_size=8))
+    report = monitor.report
+    assert report.evidence.meta["groups"] == {"candidates": 8, "control": 6, "unseen": 8}
+    direct = measure(model.encoder.backbone, images[split.candidates], reference=model.reference.backbone, views=3,
+                     top_k=3, control=control, unseen=unseen, bootstrap=100)
+    assert report.allclose(direct)
+    for layer in LAYERS:
+        assert report.evidence.layers[layer]["excess"] == pytest.approx(direct.evidence.layers[layer]["excess"], abs=1e-6)
+    # the history and callback_metrics carry the evidence; the init point ran with recalibrated BatchNorm
+    assert [h["epoch"] for h in monitor.history] == [-1, 0, 1]
+    for key in ("excess", "excess_lo", "excess_hi", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_mean_lo"):
+        assert f"memloc/{key}/conv3" in monitor.history[-1]
+        assert trainer.callback_metrics[f"memloc/{key}/conv3"].item() == pytest.approx(monitor.history[-1][f"memloc/{key}/conv3"])
+    first = MemorizationReport.load(tmp_path / "memloc" / "report_epoch=-1.json")
+    assert first.meta["init_batchnorm"] == "recalibrate" and report.meta["init_batchnorm"] == "model"
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"scalars": 0}).Reload()
+    assert "memloc/excess/conv3" in acc.Tags()["scalars"] and "memloc/excess_lo/conv3" in acc.Tags()["scalars"]
+    # margin charts (value, lower, upper) per layer in the custom-scalars layout
+    from lightning_memloc.callbacks.logging import custom_scalar_layout
+
+    layout = custom_scalar_layout(report)
+    assert layout["memloc excess over control ± CI"]["conv3"] == [
+        "Margin", ["memloc/excess/conv3", "memloc/excess_lo/conv3", "memloc/excess_hi/conv3"]]
+
+
+def test_recalibrated_init_restores_the_models_buffers(data):
+    from lightning_memloc.baseline import recalibrated_batchnorm
+
+    images, split = data
+    model = _pair()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    views = MemorizationMonitor(images[split.candidates], views=2).pool
+    with recalibrated_batchnorm(model.encoder.backbone, model.reference.backbone, views=views):
+        bn = model.encoder.backbone.conv1.bn
+        assert not torch.equal(bn.running_var, before["encoder.backbone.conv1.bn.running_var"])
+        assert bn.training  # modes are the model's own; only the statistics differ inside
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and model.encoder.backbone.conv1.bn.training
+    with pytest.raises(ValueError, match="init_batchnorm"):
+        MemorizationMonitor(images[split.candidates], init_batchnorm="fresh")
