@@ -112,7 +112,8 @@ def compare(reports: Dict[str, MemorizationReport]) -> Dict[str, Dict[str, Dict[
         rows: Dict[str, Dict[str, float]] = {}
         for layer in clean.layers:
             u, u0 = report.unit_mem[layer].double(), clean.unit_mem[layer].double()
-            rho = float(spearmanr(u.numpy(), u0.numpy()).statistic) if name != "clean" else 1.0
+            constant = bool((u == u[0]).all() or (u0 == u0[0]).all())  # ρ undefined (e.g. all units dead)
+            rho = 1.0 if name == "clean" else float("nan") if constant else float(spearmanr(u.numpy(), u0.numpy()).statistic)
             rows[layer] = {"mean_unit_mem": float(u.mean()), "max_abs_diff": float((u - u0).abs().max()),
                            "spearman": rho, "layer_mem": float((report.layer_mem or {}).get(layer, float("nan")))}
         out[name] = rows
