@@ -28,7 +28,7 @@ def _check_positive_int(name: str, value: object) -> int:
 
 
 class ConvBlock(nn.Module):
-    """3×3 convolution (no bias) → BatchNorm2d (or GroupNorm) → ReLU: one "layer" of the paper's ResNet9.
+    """3×3 convolution (no bias by default) → BatchNorm2d (or GroupNorm) → ReLU: one "layer" of the paper's ResNet9.
 
     The block's output is the post-activation feature map, so a forward hook on the block sees
     non-negative activations, as UnitMem assumes (Wang et al., NeurIPS 2024, §3). Each output
