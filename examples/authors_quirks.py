@@ -14,7 +14,7 @@ largest per-unit change of UnitMem and the Spearman correlation of the units' sc
 clean ones, and LayerMem. It also checks the batched emulation of (a) + (b) + (c) against the
 literal one-view-per-forward procedure (:func:`~lightning_memloc.fidelity.authors_unitmem`).
 
-The numbers in docs/fidelity.md come from (about 7 minutes on 2 shared CPU cores)::
+The numbers in docs/fidelity.md come from (12–19 minutes on 2 CPU cores shared with other jobs)::
 
     python examples/authors_quirks.py --data ../shared/data/cifar10-train-10k.npz --out /tmp/quirks
 
@@ -63,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="synthetic", help="synthetic | digits | file.npz (e.g. CIFAR-10)")
     p.add_argument("--size", type=int, default=32, help="image side; >= 32 keeps layers 7-8 at 2x2 (quirk a needs > 1x1)")
-    p.add_argument("--subset", type=int, default=2000, help="random subset of the data (shared + candidates + independent)")
+    p.add_argument("--subset", type=int, default=1400, help="random subset of the data (shared + candidates + independent)")
     p.add_argument("--candidates", type=int, default=200, help="images seen by f only (the measured set)")
     p.add_argument("--independent", type=int, default=200, help="images seen by g only")
     p.add_argument("--width", type=int, default=16, help="AuthorsResNet9 width (the authors': 32)")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.06)
     p.add_argument("--views", type=int, default=10, help="K, views per candidate")

@@ -160,3 +160,30 @@ def test_simclr_factories() -> None:
     assert SimCLR.authors_resnet9(width=2, norm="group").backbone.norm == "group"
     assert SimCLR.resnet9(width=2, norm="group").backbone.norm == "group"
     assert SimCLR.resnet9(width=2).backbone.norm == "batch"
+
+
+@pytest.mark.parametrize("cls,size,norm", [(ResNet9, 16, "group"), (AuthorsResNet9, 32, "group"),
+                                           (AuthorsResNet9, 32, "batch")])
+def test_pruned_units_output_zero_with_conv_bias_and_group_norm(cls: type, size: int, norm: str, one_thread) -> None:
+    from lightning_memloc import measure
+    from lightning_memloc.callbacks import prune_units
+
+    torch.manual_seed(0)
+    encoder = cls(width=2, norm=norm)
+    for m in encoder.modules():  # affine away from (1, 0) so that an unmasked norm would leak
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(0.1, 0.5)
+    report = measure(encoder, torch.rand(4, 3, size, size), views=2)
+    pruned = prune_units(encoder, report, amount=1, strategy="highest")
+    x = torch.rand(3, 3, size, size)
+    for train in (False, True):
+        encoder.train(train)
+        outputs = {}
+        handles = [encoder.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: outputs.update({n: o}))
+                   for n in pruned]
+        encoder(x)
+        for h in handles:
+            h.remove()
+        for layer, units in pruned.items():
+            assert torch.count_nonzero(outputs[layer][:, units]) == 0, (layer, train)
