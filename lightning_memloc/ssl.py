@@ -52,13 +52,26 @@ class SimCLR(nn.Module):
         self.criterion = NTXentLoss(temperature=temperature)
 
     @classmethod
-    def resnet9(cls, in_channels: int = 3, width: int = 64, augment: Optional[nn.Module] = None) -> "SimCLR":
+    def resnet9(cls, in_channels: int = 3, width: int = 64, augment: Optional[nn.Module] = None,
+                norm: str = "batch") -> "SimCLR":
         """The paper's set-up: a :class:`~lightning_memloc.models.ResNet9` backbone with a
         projection head of hidden size ``4 * width`` and output size ``2 * width``."""
         from lightning_memloc.models import ResNet9
 
-        backbone = ResNet9(in_channels=in_channels, width=width)
+        backbone = ResNet9(in_channels=in_channels, width=width, norm=norm)
         return cls(backbone, feature_dim=backbone.feature_dim, hidden_dim=4 * width, out_dim=2 * width, augment=augment)
+
+    @classmethod
+    def authors_resnet9(cls, in_channels: int = 3, width: int = 32, augment: Optional[nn.Module] = None,
+                        norm: str = "batch") -> "SimCLR":
+        """The authors' released set-up: an :class:`~lightning_memloc.models.AuthorsResNet9` backbone
+        (``width=32`` is theirs) with a projection head of hidden size ``8 * width`` (the feature
+        size) and output size ``2 * width`` (64 at ``width=32``)."""
+        from lightning_memloc.models import AuthorsResNet9
+
+        backbone = AuthorsResNet9(in_channels=in_channels, width=width, norm=norm)
+        return cls(backbone, feature_dim=backbone.feature_dim, hidden_dim=backbone.feature_dim, out_dim=2 * width,
+                   augment=augment)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.projection_head(self.backbone(x).flatten(start_dim=1))

@@ -80,7 +80,8 @@ def _last_producer(block: nn.Module, num_units: Optional[int]) -> Optional[Tuple
     if not positions:
         return None
     producer = named[positions[-1]]
-    norms = tuple(m for m in named[positions[-1] + 1:] if isinstance(m, _BatchNorm) and m.num_features == _width(producer))
+    norms = tuple(m for m in named[positions[-1] + 1:] if isinstance(m, _BatchNorm) and m.num_features == _width(producer)
+                  or isinstance(m, nn.GroupNorm) and m.affine and m.num_channels == _width(producer))  # norm="group"
     return producer, norms
 
 

@@ -13,6 +13,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from lightning_memloc.models.norm import NORMS, make_norm
+
 __all__ = ["ConvBlock", "Residual", "ResNet9"]
 
 
@@ -26,7 +28,7 @@ def _check_positive_int(name: str, value: object) -> int:
 
 
 class ConvBlock(nn.Module):
-    """3×3 convolution (no bias) → BatchNorm2d → ReLU: one "layer" of the paper's ResNet9.
+    """3×3 convolution (no bias by default) → BatchNorm2d (or GroupNorm) → ReLU: one "layer" of the paper's ResNet9.
 
     The block's output is the post-activation feature map, so a forward hook on the block sees
     non-negative activations, as UnitMem assumes (Wang et al., NeurIPS 2024, §3). Each output
@@ -35,6 +37,9 @@ class ConvBlock(nn.Module):
     Args:
         in_ch: number of input channels (≥ 1).
         out_ch: number of output channels, i.e. units (≥ 1).
+        norm: ``"batch"`` (BatchNorm2d, default) or ``"group"`` (GroupNorm, see
+            :func:`~lightning_memloc.models.norm.make_norm`); the layer is ``self.bn`` either way.
+        bias: whether the convolution has a bias (the authors' released ResNet9 has one).
 
     Example:
         >>> import torch
@@ -45,12 +50,12 @@ class ConvBlock(nn.Module):
         True
     """
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, norm: str = "batch", bias: bool = False) -> None:
         super().__init__()
         self.in_ch = _check_positive_int("in_ch", in_ch)
         self.out_ch = _check_positive_int("out_ch", out_ch)
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=bool(bias))
+        self.bn = make_norm(norm, out_ch)
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -63,6 +68,7 @@ class Residual(nn.Module):
 
     Args:
         channels: number of input and output channels (≥ 1).
+        norm: ``"batch"`` or ``"group"``, as in :class:`ConvBlock`.
 
     Example:
         >>> import torch
@@ -70,11 +76,11 @@ class Residual(nn.Module):
         torch.Size([2, 8, 4, 4])
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str = "batch") -> None:
         super().__init__()
         self.channels = _check_positive_int("channels", channels)
-        self.conv1 = ConvBlock(channels, channels)
-        self.conv2 = ConvBlock(channels, channels)
+        self.conv1 = ConvBlock(channels, channels, norm)
+        self.conv2 = ConvBlock(channels, channels, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``x + conv2(conv1(x))``."""
@@ -106,6 +112,8 @@ class ResNet9(nn.Module):
         width: channels of the first layer, ``w`` above (≥ 1).
         num_classes: if given (≥ 1), append a linear classifier and return logits; otherwise
             :meth:`forward` returns the ``8 * width`` features (the SSL representation).
+        norm: ``"batch"`` (BatchNorm, the paper's) or ``"group"`` (GroupNorm, per-image: needed for
+            DP-SGD); the parameter count is the same.
 
     Attributes:
         feature_dim: size of the representation, ``8 * width``.
@@ -121,26 +129,30 @@ class ResNet9(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None,
+                 norm: str = "batch") -> None:
         super().__init__()
         _check_positive_int("in_channels", in_channels)
+        if norm not in NORMS:
+            raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
         w = _check_positive_int("width", width)
         if num_classes is not None:
             _check_positive_int("num_classes", num_classes)
         self.in_channels = in_channels
         self.width = w
         self.num_classes = num_classes
+        self.norm = norm
         self.feature_dim = 8 * w
 
-        self.conv1 = ConvBlock(in_channels, w)
-        self.conv2 = ConvBlock(w, 2 * w)
+        self.conv1 = ConvBlock(in_channels, w, norm)
+        self.conv2 = ConvBlock(w, 2 * w, norm)
         self.pool2 = nn.MaxPool2d(2)
-        self.res1 = Residual(2 * w)
-        self.conv3 = ConvBlock(2 * w, 4 * w)
+        self.res1 = Residual(2 * w, norm)
+        self.conv3 = ConvBlock(2 * w, 4 * w, norm)
         self.pool3 = nn.MaxPool2d(2)
-        self.conv4 = ConvBlock(4 * w, 8 * w)
+        self.conv4 = ConvBlock(4 * w, 8 * w, norm)
         self.pool4 = nn.MaxPool2d(2)
-        self.res2 = Residual(8 * w)
+        self.res2 = Residual(8 * w, norm)
         self.global_pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc: Optional[nn.Linear] = nn.Linear(8 * w, num_classes) if num_classes is not None else None
@@ -163,7 +175,8 @@ class ResNet9(nn.Module):
         return self.fc(features)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, width={self.width}, num_classes={self.num_classes}"
+        extra = "" if self.norm == "batch" else f", norm={self.norm!r}"
+        return f"in_channels={self.in_channels}, width={self.width}, num_classes={self.num_classes}{extra}"
 
 
 def _param_count(in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None) -> int:

@@ -1,0 +1,182 @@
+"""The ResNet9 of the authors' released code, as an option beside :class:`~lightning_memloc.models.ResNet9`.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) released their
+scripts (sprintml/LocalizingMemorizationInSSL). Their ResNet9, for SimCLR and for supervised
+training, differs from the DAWNBench layout of :class:`~lightning_memloc.models.ResNet9`:
+
+* widths 32, 64, 64, 64, 128, 256, 256, 256 (``w, 2w, 2w, 2w, 4w, 8w, 8w, 8w`` with ``w = 32``);
+* every layer is conv (3×3, **with bias**) → BatchNorm → ReLU, and layers 1, 2, 5 and 6 end with a
+  2×2 max-pool *inside* the layer, so a tap on them sees the pooled map (16, 8, 4, 2 px for a
+  32 px input; layers 7 and 8 are 2×2);
+* residual additions after layers 4 (``+`` the output of layer 2) and 8 (``+`` layer 6), made in
+  the model's ``forward``, outside the layers.
+
+The layer names follow theirs (``prep``, ``layer1_head``, ...), so their checkpoints load after
+:func:`convert_authors_state_dict`. Every layer is a :class:`AuthorsBlock`, a
+:class:`~lightning_memloc.models.ConvBlock`, so ``layers="auto"`` taps the eight of them in order.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping, Optional, Tuple
+
+from torch import Tensor, nn
+
+from lightning_memloc.models.norm import NORMS
+from lightning_memloc.models.resnet9 import ConvBlock, _check_positive_int
+
+__all__ = ["AUTHORS_LAYERS", "AuthorsBlock", "AuthorsResNet9", "convert_authors_state_dict"]
+
+#: The eight layers of the authors' ResNet9, in forward order: (name, width multiple, pool).
+AUTHORS_LAYERS: Tuple[Tuple[str, int, bool], ...] = (
+    ("prep", 1, True), ("layer1_head", 2, True), ("layer1_residual1", 2, False), ("layer1_residual2", 2, False),
+    ("layer2", 4, True), ("layer3_head", 8, True), ("layer3_residual1", 8, False), ("layer3_residual2", 8, False),
+)
+
+
+class AuthorsBlock(ConvBlock):
+    """conv (3×3, bias) → norm → ReLU [→ 2×2 max-pool]: one layer of the authors' ResNet9.
+
+    The pool is part of the layer, as in the authors' ``conv_bn_relu_pool``: a forward hook on
+    the block sees the pooled, non-negative map.
+
+    Args:
+        in_ch: input channels (≥ 1).
+        out_ch: output channels, i.e. units (≥ 1).
+        pool: end with ``nn.MaxPool2d(2)``.
+        norm: ``"batch"`` or ``"group"``, as in :class:`~lightning_memloc.models.ConvBlock`.
+
+    Example:
+        >>> import torch
+        >>> AuthorsBlock(3, 8, pool=True)(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 8, 8, 8])
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, pool: bool = False, norm: str = "batch") -> None:
+        super().__init__(in_ch, out_ch, norm=norm, bias=True)
+        self.pool: Optional[nn.MaxPool2d] = nn.MaxPool2d(2) if pool else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``pool(relu(norm(conv(x))))`` (no pool when ``pool=False``)."""
+        x = self.relu(self.bn(self.conv(x)))
+        return x if self.pool is None else self.pool(x)
+
+
+class AuthorsResNet9(nn.Module):
+    """ResNet9 as in the authors' released SimCLR and supervised code (Wang et al., NeurIPS 2024).
+
+    Layout with ``w = width`` (theirs: ``w = 32``, 1,644,672 parameters without a classifier)::
+
+        prep              AuthorsBlock(in, w, pool)      layer 1
+        layer1_head       AuthorsBlock(w, 2w, pool)      layer 2   ─┐ a
+        layer1_residual1  AuthorsBlock(2w, 2w)           layer 3    │
+        layer1_residual2  AuthorsBlock(2w, 2w)           layer 4   + a
+        layer2            AuthorsBlock(2w, 4w, pool)     layer 5
+        layer3_head       AuthorsBlock(4w, 8w, pool)     layer 6   ─┐ b
+        layer3_residual1  AuthorsBlock(8w, 8w)           layer 7    │
+        layer3_residual2  AuthorsBlock(8w, 8w)           layer 8   + b
+        global_pool (adaptive max, 1) → flatten          features of size 8w
+        fc     Linear(8w, num_classes)                   only if num_classes is given
+
+    The residual additions happen in :meth:`forward`, after the layer's hook has fired: a tap on
+    ``layer1_residual2`` sees the block output *before* ``+ a``, as a tap on the authors' model
+    does. The children are registered in forward order, so running them in sequence (what
+    torchvision's ``IntermediateLayerGetter`` in the authors' UnitMem script does, see
+    :func:`lightning_memloc.fidelity.sequential_children`) skips the two additions. Their
+    classifier max-pools the 2×2 map of a 32 px input, i.e. a global max-pool as here. Inputs
+    need at least 16×16 pixels (four 2×2 pools).
+
+    Args:
+        in_channels: image channels (≥ 1).
+        width: channels of the first layer, ``w`` above (≥ 1; theirs is 32).
+        num_classes: if given, append a linear classifier and return logits; otherwise
+            :meth:`forward` returns the ``8 * width`` features.
+        norm: ``"batch"`` (theirs) or ``"group"`` (GroupNorm, e.g. for DP-SGD).
+
+    Example:
+        >>> import torch
+        >>> model = AuthorsResNet9(width=4)
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 32])
+        >>> [name for name, _ in model.named_children()][:3]
+        ['prep', 'layer1_head', 'layer1_residual1']
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32, num_classes: Optional[int] = None,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        w = _check_positive_int("width", width)
+        if num_classes is not None:
+            _check_positive_int("num_classes", num_classes)
+        if norm not in NORMS:
+            raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
+        self.in_channels, self.width, self.num_classes, self.norm = in_channels, w, num_classes, norm
+        self.feature_dim = 8 * w
+        channels = in_channels
+        for name, multiple, pool in AUTHORS_LAYERS:
+            self.add_module(name, AuthorsBlock(channels, multiple * w, pool=pool, norm=norm))
+            channels = multiple * w
+        self.global_pool = nn.AdaptiveMaxPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc: Optional[nn.Linear] = nn.Linear(8 * w, num_classes) if num_classes is not None else None
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        """The layer-8 map after its residual addition, ``(B, 8w, H/16, W/16)`` (the authors' SimCLR output)."""
+        x = self.layer1_head(self.prep(x))
+        x = self.layer1_residual2(self.layer1_residual1(x)) + x
+        x = self.layer3_head(self.layer2(x))
+        return self.layer3_residual2(self.layer3_residual1(x)) + x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The ``(B, 8 * width)`` representation (before ``fc``)."""
+        return self.flatten(self.global_pool(self.forward_map(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``(B, 8 * width)``, or logits ``(B, num_classes)`` if ``fc`` exists."""
+        features = self.forward_features(x)
+        return features if self.fc is None else self.fc(features)
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, width={self.width}, num_classes={self.num_classes}, "
+                f"norm={self.norm!r}")
+
+
+def convert_authors_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Rename the keys of a checkpoint of the authors' ResNet9 for :class:`AuthorsResNet9`.
+
+    Their layers are ``nn.Sequential(conv, batch, relu[, pool])`` and their classifier
+    ``nn.Sequential(MaxPool2d, Flatten, Linear)``: ``<layer>.batch.*`` becomes ``<layer>.bn.*``
+    and ``classifier.2.*`` becomes ``fc.*``; other keys are kept. Load the result with
+    ``AuthorsResNet9(num_classes=10).load_state_dict(...)`` (or ``strict=False`` without ``fc``).
+
+    Example:
+        >>> import torch
+        >>> sorted(convert_authors_state_dict({"prep.batch.weight": torch.ones(1), "classifier.2.bias": torch.ones(1)}))
+        ['fc.bias', 'prep.bn.weight']
+    """
+    out: Dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        key = re.sub(r"^classifier\.2\.", "fc.", key)
+        key = re.sub(r"^([A-Za-z0-9_]+)\.batch\.", r"\1.bn.", key)
+        out[key] = value
+    return out
+
+
+def _authors_param_count(in_channels: int = 3, width: int = 32, num_classes: Optional[int] = None) -> int:
+    """Closed-form parameter count of :class:`AuthorsResNet9`: per layer 9·in·out conv weights +
+    out biases + 2·out norm affine, plus the classifier.
+
+    Example:
+        >>> _authors_param_count()
+        1644672
+    """
+    total, channels = 0, in_channels
+    for _, multiple, _ in AUTHORS_LAYERS:
+        out = multiple * width
+        total += 9 * channels * out + 3 * out
+        channels = out
+    if num_classes is not None:
+        total += 8 * width * num_classes + num_classes
+    return total

@@ -1,0 +1,60 @@
+"""Normalisation layers of the encoders: BatchNorm (the paper's) or GroupNorm.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) train ResNet9 with
+BatchNorm. BatchNorm mixes the images of a batch, which per-example gradient methods such as
+DP-SGD cannot allow; GroupNorm (Wu & He, *Group Normalization*, ECCV 2018) normalises every image
+on its own and is the usual replacement there. :func:`make_norm` builds either, so the encoders
+take a single ``norm="batch" | "group"`` switch.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from torch import nn
+
+__all__ = ["NORMS", "group_count", "make_norm"]
+
+#: Allowed values of the encoders' ``norm`` argument.
+NORMS: Tuple[str, ...] = ("batch", "group")
+
+
+def group_count(channels: int, max_groups: int = 32, min_group_size: int = 2) -> int:
+    """Number of GroupNorm groups for ``channels``: the largest divisor of ``channels`` that is at
+    most ``max_groups`` and leaves at least ``min_group_size`` channels in every group.
+
+    32 groups is Wu & He's default (ECCV 2018); the group-size floor keeps GroupNorm from turning
+    into a per-channel InstanceNorm on narrow layers (which would normalise every unit of every
+    image to the same mean, as train-mode BatchNorm at batch size 1 does). A single channel gets
+    one group.
+
+    Example:
+        >>> [group_count(c) for c in (1, 2, 8, 32, 48, 64, 256)]
+        [1, 1, 4, 16, 24, 32, 32]
+    """
+    if channels < 1:
+        raise ValueError(f"`channels` must be >= 1, got {channels}.")
+    best = 1
+    for groups in range(1, min(max_groups, channels) + 1):
+        if channels % groups == 0 and channels // groups >= min_group_size:
+            best = groups
+    return best
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """``nn.BatchNorm2d(channels)`` for ``norm="batch"``, ``nn.GroupNorm(group_count(channels),
+    channels)`` for ``norm="group"`` (both with a per-channel affine weight and bias).
+
+    Raises:
+        ValueError: ``norm`` is not one of :data:`NORMS`.
+
+    Example:
+        >>> make_norm("group", 64)
+        GroupNorm(32, 64, eps=1e-05, affine=True, bias=True)
+    """
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(group_count(channels), channels)
+    raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}: 'batch' (the paper's BatchNorm) or "
+                     "'group' (GroupNorm, per-image, e.g. for DP-SGD).")
