@@ -35,8 +35,8 @@ __all__ = ["ARCHS", "CLIError", "build_model", "build_parser", "main"]
 
 #: ``--arch`` choices: the paper's ResNet9, torchvision's ResNet-18 (ImageNet stem, or the CIFAR stem:
 #: 3×3 stride-1 first conv, no max-pool) without its classifier, and the test encoder TinyCNN.
-ARCHS = ("resnet9", "resnet18", "resnet18-cifar", "tiny")
-_DEFAULT_WIDTH = {"resnet9": 64, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
+ARCHS = ("resnet9", "authors-resnet9", "resnet18", "resnet18-cifar", "tiny")
+_DEFAULT_WIDTH = {"resnet9": 64, "authors-resnet9": 32, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
 _VALUE_ERRORS = _FILE_ERRORS + (ValueError, TypeError, KeyError)
 
@@ -73,9 +73,10 @@ def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) ->
 
     Args:
         arch: one of :data:`ARCHS`: ``"resnet9"`` (the ResNet9 of Wang et al., NeurIPS 2024),
+            ``"authors-resnet9"`` (the layout of the authors' released code, width 32 by default),
             ``"resnet18"`` / ``"resnet18-cifar"`` (torchvision's, ``fc`` replaced by identity) or
             ``"tiny"`` (:class:`~lightning_memloc.models.TinyCNN`).
-        width: base width (``None``: 64, or 4 for ``"tiny"``); ResNet-18 only has 64.
+        width: base width (``None``: 64, 32 for ``"authors-resnet9"``, 4 for ``"tiny"``); ResNet-18 only has 64.
         in_channels: image channels.
 
     Returns:
@@ -95,6 +96,10 @@ def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) ->
         return TinyCNN(in_channels=in_channels, width=width)
     if arch == "resnet9":
         return ResNet9(in_channels=in_channels, width=width)
+    if arch == "authors-resnet9":  # the layout of the authors' released code (docs/fidelity.md)
+        from lightning_memloc.models import AuthorsResNet9
+
+        return AuthorsResNet9(in_channels=in_channels, width=width)
     if arch in ("resnet18", "resnet18-cifar"):
         if width != 64:
             raise ValueError(f"torchvision's ResNet-18 has width 64, got {width}: drop --width or use --arch resnet9.")
