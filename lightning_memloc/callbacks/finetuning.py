@@ -291,6 +291,8 @@ class MemorizationFinetuning(BaseFinetuning):
             report = self.source.get()
             if report is not None:
                 check_layers_exist(encoder, report.layers)
+                if self.strategy in ("highest", "lowest") and self.require_evidence == "error":  # refuse before any step
+                    gate(report, test_for(self.by), "error", f"fine-tuning the {self.k} layers by {self.by!r}")
                 chosen = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # checks k / by
                 trainable_map(encoder, self.chosen_layers or chosen)  # a choice training nothing fails here
             else:

@@ -378,6 +378,8 @@ class MemorizationPruning(Callback):
                                "nothing would be pruned")
             if report is not None:
                 _choose(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
+                if self.strategy != "random" and self.require_evidence == "error":  # refuse before any mask or step
+                    gate(report, "membership", "error", f"pruning the {self.strategy}-UnitMem units")
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
                                       "MemorizationPruning")
         for target in self.targets.values():
