@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeded random subset of N images of --data (0: all; default 160 with canaries, 600 plain)")
     p.add_argument("--canaries", type=int, default=80,
                    help="canaries per group (candidates, independent, control, unseen) with --setting canaries")
+    p.add_argument("--unseen", choices=["independent", "neither"], default="independent",
+                   help="the unseen group (f never trains on it): the reference's independent canaries (C - unseen "
+                        "then estimates f's plus g's memorization) or extra canaries neither encoder trains on")
     p.add_argument("--repeat", type=int, default=1, help="times each candidate appears in the encoder's training data")
     p.add_argument("--out", default="runs/demo", help="output folder (TensorBoard logs, reports, plots)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 300 with canaries, 30 plain)")
@@ -99,10 +102,12 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
         images = torch.cat([images, canaries])
         labels = torch.cat([labels, torch.full((len(canaries),), -1, dtype=labels.dtype)])
         layout = canary_layout(base, args.canaries, seed=args.seed)
-        split, control, unseen = layout.split, layout.control, layout.unseen
+        split, control = layout.split, layout.control
+        unseen = split.independent if args.unseen == "independent" else layout.unseen
         what = (f"{base} {args.data!r} images + {4 * args.canaries} photo canaries: shared {len(split.shared)} "
                 f"(incl. {len(control)} control canaries), candidates {len(split.candidates)} (f only), "
-                f"independent {len(split.independent)} (g only), unseen {len(unseen)} (neither)")
+                f"independent {len(split.independent)} (g only), unseen: the "
+                + ("independent ones" if args.unseen == "independent" else f"{len(unseen)} canaries neither trains on"))
     else:
         n = len(images)
         cand, ind = _count(args.candidates), _count(args.independent)
