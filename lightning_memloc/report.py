@@ -58,6 +58,8 @@ class MemorizationReport:
         top_ids: (k,) candidate ids with the highest SSLMem at the last layer.
         least_ids: (k,) candidate ids with the lowest SSLMem at the last layer.
         meta: measurement settings (views, seed, pairing, reduction, negative, top_k, epoch, ...).
+        analyses: results of :mod:`lightning_memloc.analyses` by name (JSON-serialisable dicts,
+            stored and loaded as they are).
 
     Example:
         >>> import torch
@@ -84,6 +86,7 @@ class MemorizationReport:
     top_ids: Optional[Tensor] = None
     least_ids: Optional[Tensor] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    analyses: Dict[str, Any] = field(default_factory=dict)  # lightning_memloc.analyses results, JSON as is
 
     # ------------------------------------------------------------------ queries
     @property
@@ -211,6 +214,7 @@ class MemorizationReport:
         out["top_ids"] = None if self.top_ids is None else self.top_ids.tolist()
         out["least_ids"] = None if self.least_ids is None else self.least_ids.tolist()
         out["meta"] = self.meta
+        out["analyses"] = self.analyses
         return out
 
     @classmethod
@@ -229,6 +233,7 @@ class MemorizationReport:
                 "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
                 "candidate_ids": torch.tensor(data["candidate_ids"], dtype=torch.long),
                 "meta": dict(data.get("meta") or {}),
+                "analyses": dict(data.get("analyses") or {}),
             }
             for name, dtype in _TENSOR_DICTS.items():
                 value = data.get(name)

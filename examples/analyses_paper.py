@@ -1,0 +1,87 @@
+"""Train the encoder pair of the CPU reproduction setting for docs/analyses.md, then analyse it.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) co-train a SimCLR
+ResNet9 ``f`` (shared ∪ candidates) and a reference ``g`` (shared ∪ independent). This script
+does the same at the "longer run" setting of docs/reproduction.md (2,000 random CIFAR-10 images
+of a 10k subset, 1,600 / 200 / 200, width 16, 20 epochs), saves ``f.pt`` / ``g.pt`` (state
+dicts) and the index files, and then runs, through the command line::
+
+    memloc analyze --encoder f.pt --reference g.pt --arch resnet9 --width 16 --data DATA \\
+        --indices candidates.json --pool-indices shared.json --views 8 --top-k 20 \\
+        --analyses consistency,exchange,atypicality --out OUT
+
+Usage: ``python examples/analyses_paper.py --data ../shared/data/cifar10-train-10k.npz --out runs/analyses``
+(training is skipped when ``f.pt`` and ``g.pt`` already exist in ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_memloc import BatchedSimCLRAugment, CoTrainedPair, cotraining_loader
+from lightning_memloc.cli import main as memloc
+from lightning_memloc.data import load_data, split_candidates
+from lightning_memloc.ssl import SimCLR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="../shared/data/cifar10-train-10k.npz")
+    p.add_argument("--subset", type=int, default=2000, help="random (seeded) subset of the data")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--warmup-epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=20, help="top-k of the consistency analysis")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/analyses")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, labels = load_data(args.data)
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.subset].sort().values
+    split = split_candidates(len(keep), shared=0.8, candidates=0.1, independent=0.1, seed=args.seed)
+    for name, part in (("candidates", split.candidates), ("shared", split.shared), ("independent", split.independent)):
+        (out / f"{name}.json").write_text(json.dumps(keep[part].tolist()))  # indices into --data
+    if not ((out / "f.pt").is_file() and (out / "g.pt").is_file()):
+        started = time.perf_counter()
+        pl.seed_everything(args.seed, workers=True, verbose=False)
+        sub = images[keep]
+        augment = BatchedSimCLRAugment(sub.shape[-1])
+        make = lambda: SimCLR.resnet9(in_channels=sub.shape[1], width=args.width, augment=augment)  # noqa: E731
+        pair = CoTrainedPair(make(), make(), lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
+        trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(pair, cotraining_loader(sub, split, batch_size=args.batch_size))
+        torch.save(pair.encoder.backbone.state_dict(), out / "f.pt")
+        torch.save(pair.reference.backbone.state_dict(), out / "g.pt")
+        losses = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+        print(f"[analyses] co-training: {time.perf_counter() - started:.0f} s, final losses {losses}", flush=True)
+    command = ["analyze", "--encoder", str(out / "f.pt"), "--reference", str(out / "g.pt"), "--arch", "resnet9",
+               "--width", str(args.width), "--data", args.data, "--indices", str(out / "candidates.json"),
+               "--pool-indices", str(out / "shared.json"), "--views", str(args.views), "--top-k", str(args.top_k),
+               "--seed", str(args.seed), "--analyses", "consistency,exchange,atypicality", "--labels",
+               "--no-progress", "--out", str(out)]
+    print("[analyses] memloc " + " ".join(command), flush=True)
+    started = time.perf_counter()
+    code = memloc(command)
+    print(f"[analyses] memloc analyze: {time.perf_counter() - started:.0f} s", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
