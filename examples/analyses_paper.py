@@ -11,7 +11,10 @@ dicts) and the index files, and then runs, through the command line::
         --analyses consistency,exchange,atypicality --out OUT
 
 Usage: ``python examples/analyses_paper.py --data ../shared/data/cifar10-train-10k.npz --out runs/analyses``
-(training is skipped when ``f.pt`` and ``g.pt`` already exist in ``--out``).
+(training is skipped when ``f.pt`` and ``g.pt`` already exist in ``--out``). Last, the single-unit
+restore: fine-tune ``--restore-layer`` so that its least memorizing unit fires for the least
+memorized candidate, keep only that unit (:func:`~lightning_memloc.analyses.finetune_units`),
+and store UnitMem before / after in ``report.analyses["unit_restore"]``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--top-k", type=int, default=20, help="top-k of the consistency analysis")
+    p.add_argument("--restore-layer", default="res2.conv2", help="layer of the single-unit fine-tuning")
+    p.add_argument("--restore-steps", type=int, default=30)
+    p.add_argument("--restore-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/analyses")
@@ -80,7 +86,44 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     code = memloc(command)
     print(f"[analyses] memloc analyze: {time.perf_counter() - started:.0f} s", flush=True)
+    if code == 0:
+        unit_restore(args, out, images)
     return code
+
+
+def unit_restore(args: argparse.Namespace, out: Path, images: torch.Tensor) -> None:
+    """Fine-tune ``--restore-layer`` to make one unit fire for one candidate, keep only that unit."""
+    from lightning_memloc import MemorizationReport, load_encoder
+    from lightning_memloc.analyses import finetune_units
+    from lightning_memloc.models import ResNet9
+    from lightning_memloc.plots_analyses import plot_unit_restore
+
+    started = time.perf_counter()
+    report = MemorizationReport.load(out / "report.json")
+    encoder = load_encoder(out / "f.pt", ResNet9(width=args.width))
+    layer = args.restore_layer
+    unit = int(report.top_units(layer, 1, largest=False)[0])  # the least memorizing unit of the layer
+    target = int(torch.sort(report.candidate_scores(), stable=True).indices[0])  # the least memorized candidate
+    plain = images[report.candidate_ids].float().div(255)
+
+    def loss(model: torch.nn.Module) -> torch.Tensor:
+        grabbed = {}
+        handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: grabbed.setdefault("a", o))
+        try:
+            model(plain)
+        finally:
+            handle.remove()
+        a = grabbed["a"].mean((2, 3))[:, unit]
+        others = torch.cat([a[:target], a[target + 1:]])
+        return -(a[target] - 2 * others.mean())
+
+    _, result = finetune_units(encoder, layer, [unit], loss, images[report.candidate_ids], steps=args.restore_steps,
+                               lr=args.restore_lr, views=args.views, seed=args.seed, batch_size=64)
+    result["target_candidate"] = int(report.candidate_ids[target])
+    report.analyses["unit_restore"] = result
+    report.save(out / "report.json")
+    plot_unit_restore(result, out / "unit_restore.png")
+    print(f"[analyses] unit restore ({time.perf_counter() - started:.0f} s): {result}", flush=True)
 
 
 if __name__ == "__main__":
