@@ -131,7 +131,7 @@ def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[
         ...     dead_units={l: torch.zeros(1, dtype=torch.bool) for l in "ab"},
         ...     sslmem={"a": torch.tensor([0.9, 0.5, 0.1]), "b": torch.tensor([0.2, 0.8, 0.1])})
         >>> round(layer_consistency(r, k=1)["kendall_tau"][0][1], 4)
-        0.3333333333333333
+        0.3333
     """
     if report.sslmem is None:
         raise ValueError("layer_consistency needs per-layer SSLMem, which needs a reference encoder: "
