@@ -62,7 +62,10 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
     if "atypicality" in names:
         n = len(images)
         if args.pool_indices:
-            pool_idx = _read_indices(args.pool_indices).unique()
+            try:
+                pool_idx = _read_indices(args.pool_indices).unique()
+            except CLIError as err:  # _read_indices names --indices
+                raise CLIError("--pool-indices", str(err).split(": ", 1)[-1]) from err
             if bool(((pool_idx < 0) | (pool_idx >= n)).any()):
                 raise CLIError("--pool-indices", f"indices must lie in [0, {n}) (the images of --data).")
         else:

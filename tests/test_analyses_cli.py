@@ -95,7 +95,7 @@ def test_plot_renders_the_stored_analyses(ws, analyzed):
 @pytest.mark.parametrize("extra, flag", [
     (["--analyses", "consistency,bogus"], "--analyses"),
     (["--analyses", "all", "--knn", "0"], "--knn"),
-    (["--analyses", "atypicality", "--pool-indices", "missing.json"], "--indices"),
+    (["--analyses", "atypicality", "--pool-indices", "missing.json"], "--pool-indices: no indices file"),
 ])
 def test_analyze_rejects_bad_analysis_arguments_before_measuring(ws, extra, flag):
     out = ws / "bad"
