@@ -14,7 +14,9 @@ Usage: ``python examples/analyses_paper.py --data ../shared/data/cifar10-train-1
 (training is skipped when ``f.pt`` and ``g.pt`` already exist in ``--out``). Last, the single-unit
 restore: fine-tune ``--restore-layer`` so that its least memorizing unit fires for the least
 memorized candidate, keep only that unit (:func:`~lightning_memloc.analyses.finetune_units`),
-and store UnitMem before / after in ``report.analyses["unit_restore"]``.
+and store UnitMem before / after in ``report.analyses["unit_restore"]``. A control runs the
+consistency and atypicality analyses on as many shared images (seen by both encoders) and writes
+``report_control_shared.json``.
 """
 
 from __future__ import annotations
@@ -87,8 +89,32 @@ def main(argv: list[str] | None = None) -> int:
     code = memloc(command)
     print(f"[analyses] memloc analyze: {time.perf_counter() - started:.0f} s", flush=True)
     if code == 0:
+        control(args, out, images, labels)
         unit_restore(args, out, images)
     return code
+
+
+def control(args: argparse.Namespace, out: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The same consistency and atypicality on shared images (both encoders trained on them): the null."""
+    from lightning_memloc import load_encoder, measure
+    from lightning_memloc.analyses import run_analyses
+    from lightning_memloc.models import ResNet9
+
+    started = time.perf_counter()
+    shared = torch.tensor(json.loads((out / "shared.json").read_text()))
+    n = len(json.loads((out / "candidates.json").read_text()))
+    pick = shared[torch.randperm(len(shared), generator=torch.Generator().manual_seed(args.seed + 7))[:n]].sort().values
+    f = load_encoder(out / "f.pt", ResNet9(width=args.width))
+    g = load_encoder(out / "g.pt", ResNet9(width=args.width))
+    report = measure(f, images[pick], reference=g, views=args.views, seed=args.seed, top_k=args.top_k,
+                     candidate_ids=pick, batch_size=64)
+    where = {int(p): i for i, p in enumerate(shared.tolist())}
+    run_analyses("consistency,atypicality", report, f, reference=g, candidates=images[pick], pool=images[shared],
+                 exclude=torch.tensor([where[int(p)] for p in pick.tolist()]), pool_ids=shared.tolist(),
+                 candidate_labels=labels[pick], pool_labels=labels[shared], top_k=args.top_k)
+    report.save(out / "report_control_shared.json")
+    print(f"[analyses] control on {n} shared images ({time.perf_counter() - started:.0f} s): "
+          f"{out / 'report_control_shared.json'}", flush=True)
 
 
 def unit_restore(args: argparse.Namespace, out: Path, images: torch.Tensor) -> None:
