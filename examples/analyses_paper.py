@@ -15,7 +15,7 @@ Usage: ``python examples/analyses_paper.py --data ../shared/data/cifar10-train-1
 restore: fine-tune ``--restore-layer`` so that its least memorizing unit fires for the least
 memorized candidate, keep only that unit (:func:`~lightning_memloc.analyses.finetune_units`),
 and store UnitMem before / after in ``report.analyses["unit_restore"]``. A control runs the
-consistency and atypicality analyses on as many shared images (seen by both encoders) and writes
+three analyses on as many shared images (seen by both encoders) and writes
 ``report_control_shared.json``.
 """
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def control(args: argparse.Namespace, out: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """The same consistency and atypicality on shared images (both encoders trained on them): the null."""
+    """The same three analyses on shared images (both encoders trained on them): what no memorization gives."""
     from lightning_memloc import load_encoder, measure
     from lightning_memloc.analyses import run_analyses
     from lightning_memloc.models import ResNet9
@@ -109,9 +109,9 @@ def control(args: argparse.Namespace, out: Path, images: torch.Tensor, labels: t
     report = measure(f, images[pick], reference=g, views=args.views, seed=args.seed, top_k=args.top_k,
                      candidate_ids=pick, batch_size=64)
     where = {int(p): i for i, p in enumerate(shared.tolist())}
-    run_analyses("consistency,atypicality", report, f, reference=g, candidates=images[pick], pool=images[shared],
+    run_analyses("all", report, f, reference=g, candidates=images[pick], pool=images[shared],
                  exclude=torch.tensor([where[int(p)] for p in pick.tolist()]), pool_ids=shared.tolist(),
-                 candidate_labels=labels[pick], pool_labels=labels[shared], top_k=args.top_k)
+                 candidate_labels=labels[pick], pool_labels=labels[shared], top_k=args.top_k, batch_size=64)
     report.save(out / "report_control_shared.json")
     print(f"[analyses] control on {n} shared images ({time.perf_counter() - started:.0f} s): "
           f"{out / 'report_control_shared.json'}", flush=True)
