@@ -16,7 +16,8 @@ restore: fine-tune ``--restore-layer`` so that its least memorizing unit fires f
 memorized candidate, keep only that unit (:func:`~lightning_memloc.analyses.finetune_units`),
 and store UnitMem before / after in ``report.analyses["unit_restore"]``. A control runs the
 three analyses on as many shared images (seen by both encoders) and writes
-``report_control_shared.json``.
+``report_control_shared.json``; the candidates' exchange study is then repeated with those
+images as its ``control`` (``drop_minus_control`` in ``report.json``, crosses in ``exchange.png``).
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def control(args: argparse.Namespace, out: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     """The same three analyses on shared images (both encoders trained on them): what no memorization gives."""
-    from lightning_memloc import load_encoder, measure
-    from lightning_memloc.analyses import run_analyses
+    from lightning_memloc import MemorizationReport, load_encoder, measure
+    from lightning_memloc.analyses import layer_exchange_study, run_analyses
+    from lightning_memloc.plots_analyses import plot_exchange
     from lightning_memloc.models import ResNet9
 
     started = time.perf_counter()
@@ -113,6 +115,14 @@ def control(args: argparse.Namespace, out: Path, images: torch.Tensor, labels: t
                  exclude=torch.tensor([where[int(p)] for p in pick.tolist()]), pool_ids=shared.tolist(),
                  candidate_labels=labels[pick], pool_labels=labels[shared], top_k=args.top_k, batch_size=64)
     report.save(out / "report_control_shared.json")
+    # The candidates' exchange study again, with the control images measured alongside (drop_minus_control).
+    main_report = MemorizationReport.load(out / "report.json")
+    candidates = images[torch.tensor(json.loads((out / "candidates.json").read_text()))]
+    main_report.analyses["exchange"] = layer_exchange_study(
+        f, g, candidates, main_report, k=2, random_draws=3, seed=args.seed, views=args.views, batch_size=64,
+        control=images[pick])
+    main_report.save(out / "report.json")
+    plot_exchange(main_report.analyses["exchange"], out / "exchange.png")
     print(f"[analyses] control on {n} shared images ({time.perf_counter() - started:.0f} s): "
           f"{out / 'report_control_shared.json'}", flush=True)
 

@@ -119,13 +119,20 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
     random = [d["drop_normalised"] for d in groups.get("random") or []]
     fig = _figure(6.0 + 0.5 * len(names), 4.2)
     left, right = fig.subplots(1, 2, width_ratios=[max(len(names), 1), 4])
-    left.bar(range(len(names)), drops, color="C0")
+    left.bar(range(len(names)), drops, color="C0", label="candidates")
+    if "control_drop" in result["single"][names[0]]:  # the same exchange on control images
+        left.scatter(range(len(names)), [result["single"][n]["control_drop"] for n in names], marker="x", color="k",
+                     zorder=3, label="control images")
+        left.legend(fontsize=7)
     left.set_xticks(range(len(names)))
     left.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
     left.set_title("one layer exchanged", fontsize=9)
     left.set_ylabel(f"SSLMem drop at {result['measure_layer']}\n(÷ range of f's SSLMem)")
     positions = list(range(len(group_drops)))
     right.bar(positions, group_drops, color=["C1", "C2", "C3"])
+    if "control_drop" in groups["last"]:
+        right.scatter(positions, [groups[g]["control_drop"] for g in ("top_layer_mem", "top_delta_layer_mem", "last")],
+                      marker="x", color="k", zorder=3)
     if random:
         right.bar([len(positions)], [float(np.mean(random))], color="0.6",
                   yerr=[float(np.std(random))] if len(random) > 1 else None, capsize=4)

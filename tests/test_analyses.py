@@ -234,3 +234,18 @@ def test_run_analyses_stores_json_results_that_round_trip(pair, tmp_path, one_th
     no_ref = measure(f, x, views=2)
     with pytest.raises(ValueError, match="need SSLMem"):
         run_analyses("consistency", no_ref, f)
+
+
+def test_layer_exchange_study_control_subtracts_what_the_control_shows(pair, one_thread):
+    f, g = pair
+    x, control = torch.rand(6, 3, 8, 8), torch.rand(5, 3, 8, 8)
+    report = measure(f, x, reference=g, views=2, top_k=2)
+    same = layer_exchange_study(f, g, x, report, k=1, random_draws=1, views=2, control=x)
+    for entry in list(same["single"].values()) + [same["groups"]["last"]]:
+        assert entry["control_drop"] == entry["drop"] and entry["drop_minus_control"] == 0.0  # control = candidates
+    out = layer_exchange_study(f, g, x, report, k=1, random_draws=0, views=2, control=control)
+    direct = measure(exchange_layers(f, g, ["conv2"]), control, reference=g, views=2, layers=["conv3"]).sslmem_raw["conv3"]
+    expected = out["control_baseline"]["sslmem_raw_mean"] - float(direct.double().mean())
+    assert out["single"]["conv2"]["control_drop"] == pytest.approx(expected, abs=1e-6)
+    assert out["single"]["conv2"]["drop_minus_control"] == pytest.approx(out["single"]["conv2"]["drop"] - expected, abs=1e-6)
+    assert "control_drop" not in layer_exchange_study(f, g, x, report, k=1, random_draws=0, views=2)["single"]["conv1"]

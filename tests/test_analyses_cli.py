@@ -123,3 +123,15 @@ def test_plot_functions_reject_other_results_and_draw_restore(tmp_path):
                                 unit_mem={"a": torch.zeros(1)}, unit_argmax={"a": torch.zeros(1, dtype=torch.long)},
                                 dead_units={"a": torch.zeros(1, dtype=torch.bool)}, analyses={"unit_restore": restore})
     assert plot_analyses(report, tmp_path / "all") == [tmp_path / "all" / ANALYSIS_FILENAMES["unit_restore"]]
+
+
+def test_plot_exchange_with_a_control(tmp_path, one_thread):
+    from lightning_memloc import measure
+    from lightning_memloc.analyses import layer_exchange_study
+
+    torch.manual_seed(0)
+    f, g = TinyCNN(width=2), TinyCNN(width=2)
+    x = torch.rand(5, 3, 8, 8)
+    report = measure(f, x, reference=g, views=2, top_k=2)
+    result = layer_exchange_study(f, g, x, report, k=1, random_draws=1, views=2, control=torch.rand(4, 3, 8, 8))
+    assert_png(plot_exchange(result, tmp_path / "exchange.png"))

@@ -119,6 +119,7 @@ def layer_exchange_study(
     measure_layer: Optional[str] = None,
     random_draws: int = 3,
     seed: int = 0,
+    control: Any = None,
     **measure_kwargs: Any,
 ) -> Dict[str, Any]:
     """SSLMem of the candidates after exchanging layers of ``f`` with ``g``'s, against unmodified ``f``.
@@ -141,13 +142,18 @@ def layer_exchange_study(
             deepest tapped representation).
         random_draws: how many random sets of ``k`` layers (seeded by ``seed``; 0 skips them).
         seed: seed of the views and of the random layer draws.
+        control: optional control images (e.g. images both encoders trained on, or unseen ones),
+            measured the same way: every entry then also has ``control_drop`` and
+            ``drop_minus_control``, the part of the drop that the control does not show
+            (exchanging layers also changes SSLMem of images that were never memorized).
         **measure_kwargs: forwarded to ``measure`` (``views``, ``batch_size``, ``pairing``, ``transform``...).
 
     Returns:
         ``{"measure_layer", "k", "baseline": {"sslmem_raw_mean", "range"}, "single": {layer: entry},
         "groups": {"top_layer_mem" | "top_delta_layer_mem" | "last": entry, "random": [entry, ...]},
         "random_mean_drop"}``; an entry is ``{"layers", "sslmem_raw_mean", "drop",
-        "drop_normalised", "relative_drop"}`` (``drop`` = baseline − exchanged, raw SSLMem).
+        "drop_normalised", "relative_drop"}`` (``drop`` = baseline − exchanged, raw SSLMem), plus
+        ``"control_drop", "drop_minus_control"`` and ``"control_baseline"`` with a ``control``.
 
     Raises:
         ValueError: the report has no LayerMem, or a bad ``k`` / ``random_draws`` / layer.
@@ -170,13 +176,20 @@ def layer_exchange_study(
         _module(f, name, "f"), _module(g, name, "g")
     kwargs = dict(measure_kwargs, seed=seed)
     base = _mean_raw(f, g, candidates, measure_layer, kwargs)
-    cache: Dict[tuple, float] = {}
+    control_base = None if control is None else _mean_raw(f, g, control, measure_layer, kwargs)
+    cache: Dict[tuple, Any] = {}
 
     def run(group: List[str]) -> Dict[str, Any]:
         key = tuple(sorted(group))
         if key not in cache:
-            cache[key] = _mean_raw(exchange_layers(f, g, group), g, candidates, measure_layer, kwargs)["sslmem_raw_mean"]
-        return _entry(list(group), cache[key], base)
+            hybrid = exchange_layers(f, g, group)
+            cache[key] = (_mean_raw(hybrid, g, candidates, measure_layer, kwargs)["sslmem_raw_mean"],
+                          None if control is None else _mean_raw(hybrid, g, control, measure_layer, kwargs)["sslmem_raw_mean"])
+        entry = _entry(list(group), cache[key][0], base)
+        if control_base is not None:
+            entry["control_drop"] = control_base["sslmem_raw_mean"] - cache[key][1]
+            entry["drop_minus_control"] = entry["drop"] - entry["control_drop"]
+        return entry
 
     single = {name: run([name]) for name in chosen}
     by_lm = [n for n in report.top_layers(len(report.layers), by="layer_mem") if n in chosen][:k]
@@ -192,6 +205,7 @@ def layer_exchange_study(
         "measure_layer": measure_layer,
         "k": k,
         "baseline": base,
+        "control_baseline": control_base,
         "single": single,
         "groups": groups,
         "random_mean_drop": float(sum(d["drop"] for d in draws) / len(draws)) if draws else None,

@@ -59,6 +59,7 @@ def run_analyses(
     random_draws: int = 3,
     knn: int = 5,
     batch_size: int = 64,
+    control: Optional[Tensor] = None,
 ) -> Dict[str, Any]:
     """Run ``names`` on ``encoder`` (and ``reference``) and store the results in ``report.analyses``.
 
@@ -77,6 +78,7 @@ def run_analyses(
         random_draws: random layer groups in ``exchange``.
         knn: neighbours of the kNN atypicality.
         batch_size: candidates per step of the measurements and embeddings.
+        control: control images for ``exchange`` (its ``drop_minus_control`` column).
 
     Returns:
         name -> result (also stored in ``report.analyses``).
@@ -101,7 +103,7 @@ def run_analyses(
             results[name] = layer_exchange_study(
                 encoder, reference, candidates, report, k=min(exchange_k, len(report.layers)),
                 random_draws=random_draws, seed=int(meta.get("seed", 0)), views=int(meta.get("views", 10)),
-                pairing=str(meta.get("pairing", "all")), batch_size=batch_size)
+                pairing=str(meta.get("pairing", "all")), batch_size=batch_size, control=control)
         else:
             results[name] = atypicality_study(
                 encoder, report, candidates, pool, k=knn, candidate_labels=candidate_labels,
