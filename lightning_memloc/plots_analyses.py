@@ -117,11 +117,12 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
     group_drops = [groups["top_layer_mem"]["drop_normalised"], groups["top_delta_layer_mem"]["drop_normalised"],
                    groups["last"]["drop_normalised"]]
     random = [d["drop_normalised"] for d in groups.get("random") or []]
+    scale = result["baseline"]["range"] or 1.0  # control drops in the same units as the bars (÷ f's range)
     fig = _figure(6.0 + 0.5 * len(names), 4.2)
     left, right = fig.subplots(1, 2, width_ratios=[max(len(names), 1), 4])
     left.bar(range(len(names)), drops, color="C0", label="candidates")
     if "control_drop" in result["single"][names[0]]:  # the same exchange on control images
-        left.scatter(range(len(names)), [result["single"][n]["control_drop"] for n in names], marker="x", color="k",
+        left.scatter(range(len(names)), [result["single"][n]["control_drop"] / scale for n in names], marker="x", color="k",
                      zorder=3, label="control images")
         left.legend(fontsize=7)
     left.set_xticks(range(len(names)))
@@ -131,7 +132,7 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
     positions = list(range(len(group_drops)))
     right.bar(positions, group_drops, color=["C1", "C2", "C3"])
     if "control_drop" in groups["last"]:
-        right.scatter(positions, [groups[g]["control_drop"] for g in ("top_layer_mem", "top_delta_layer_mem", "last")],
+        right.scatter(positions, [groups[g]["control_drop"] / scale for g in ("top_layer_mem", "top_delta_layer_mem", "last")],
                       marker="x", color="k", zorder=3)
     if random:
         right.bar([len(positions)], [float(np.mean(random))], color="0.6",
@@ -144,7 +145,7 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
     for ax in (left, right):
         ax.axhline(0, color="k", lw=0.6)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Layer exchange: how much memorization goes when layers of f come from g", fontsize=10)
+    fig.suptitle("Layer exchange: drop of SSLMem when layers of f come from g (> 0: memorization removed)", fontsize=10)
     return _save(fig, path)
 
 
