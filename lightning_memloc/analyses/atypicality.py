@@ -147,7 +147,7 @@ def spearman(a: Any, b: Any) -> Dict[str, Optional[float]]:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"rho": 0.0, "p": None}
     result = spearmanr(x, y)
-    return {"rho": float(result.statistic), "p": float(result.pvalue)}
+    return {"rho": float(result[0]), "p": float(result[1])}
 
 
 def atypicality_study(

@@ -74,7 +74,7 @@ def kendall_tau(a: Any, b: Any) -> float:
         raise ValueError(f"`a` and `b` must score the same candidates, got {x.size} and {y.size} scores.")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
-    return float(kendalltau(x, y).statistic)
+    return float(kendalltau(x, y)[0])  # [0]: the statistic, in every scipy version
 
 
 def consistency_matrices(scores: Mapping[str, Any], k: int) -> Dict[str, Any]:
