@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json and PNG figures)")
+    from lightning_memloc.cli_analyses import add_analysis_arguments
+    add_analysis_arguments(a)  # --analyses consistency,exchange,atypicality (docs/analyses.md)
 
     p = sub.add_parser("plot", formatter_class=fmt, help="figures from a saved report.json and/or history.json",
                        description="Draw the figures of a saved report and/or a MemorizationMonitor history.")
@@ -462,6 +464,8 @@ def _analyze(args: argparse.Namespace) -> int:
         if bool((cand_labels < 0).any()) or cand_labels.unique().numel() < 2:
             raise CLIError("--labels", f"ClassMem needs labels of at least 2 classes; {args.data!r} gives "
                                        f"{cand_labels.unique().tolist()[:5]} for the candidates: drop --labels.")
+    from lightning_memloc.cli_analyses import check_analysis_arguments, run_cli_analyses
+    analyses = check_analysis_arguments(args, reference, images, labels, positions)
     if reference is not None and args.pairing == "all" and args.views < 2:
         raise CLIError("--views", "LayerMem with --pairing all compares pairs of views: pass --views 2 or more, "
                                   "or --pairing anchor.")
@@ -491,8 +495,9 @@ def _analyze(args: argparse.Namespace) -> int:
                          confidence=args.confidence, alpha=args.alpha)
     except MemlocError as err:
         raise CLIError("", f"measurement failed: {err}", code=1) from err
+    extra = run_cli_analyses(analyses, args, report, encoder, reference, candidates, out)  # into report.analyses
     written = [report.save(out / "report.json")]
-    written += plot_report(report, out, images=candidates)
+    written += plot_report(report, out, images=candidates) + extra
     print(report.summary_table())
     print(f"\n[memloc] {report.num_candidates} candidates, {len(report.layers)} layers; wrote "
           + ", ".join(str(p) for p in written))
@@ -536,6 +541,9 @@ def _plot(args: argparse.Namespace) -> int:
     with _argument("--out", _FILE_ERRORS):
         written = plot_report(report, out, images=images, history=history, k=args.k, layer=args.layer,
                               threshold=args.threshold)
+        if report is not None and report.analyses:  # figures of lightning_memloc.analyses results
+            from lightning_memloc.plots_analyses import plot_analyses
+            written += plot_analyses(report, out)
     if report is not None:
         print(report.summary_table(args.threshold))
     print(f"[memloc] wrote {', '.join(str(p) for p in written)}")

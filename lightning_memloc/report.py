@@ -64,6 +64,8 @@ class MemorizationReport:
         meta: measurement settings (views, seed, pairing, reduction, negative, top_k, epoch, ...).
         evidence: intervals, control / unseen comparisons and tests of every figure
             (:class:`~lightning_memloc.evidence.Evidence`), when measured.
+        analyses: results of :mod:`lightning_memloc.analyses` by name (JSON-serialisable dicts,
+            stored and loaded as they are).
 
     Example:
         >>> import torch
@@ -91,6 +93,7 @@ class MemorizationReport:
     least_ids: Optional[Tensor] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     evidence: Optional[Evidence] = None
+    analyses: Dict[str, Any] = field(default_factory=dict)  # lightning_memloc.analyses results, JSON as is
 
     # ------------------------------------------------------------------ queries
     @property
@@ -204,6 +207,7 @@ class MemorizationReport:
         out["least_ids"] = None if self.least_ids is None else self.least_ids.tolist()
         out["meta"] = self.meta
         out["evidence"] = None if self.evidence is None else self.evidence.to_dict()
+        out["analyses"] = self.analyses
         return out
 
     @classmethod
@@ -222,6 +226,7 @@ class MemorizationReport:
                 "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
                 "candidate_ids": torch.tensor(data["candidate_ids"], dtype=torch.long),
                 "meta": dict(data.get("meta") or {}),
+                "analyses": dict(data.get("analyses") or {}),
             }
             for name, dtype in _TENSOR_DICTS.items():
                 value = data.get(name)

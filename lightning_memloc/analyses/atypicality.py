@@ -1,0 +1,230 @@
+"""Memorization and atypicality: are the most memorized candidates the atypical ones?
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) find that atypical
+data points are memorized most, in SSLMem and in the highest UnitMem of the units that single
+them out. Here atypicality comes from the encoder's own embedding: the mean distance of a
+candidate to its ``k`` nearest training images (L2 distance between L2-normalised embeddings by
+default) and, when labels exist, the distance to its class mean. Spearman's ρ relates it to
+SSLMem and to each candidate's highest UnitMem, layer by layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_memloc.report import MemorizationReport
+
+__all__ = [
+    "atypicality_study",
+    "class_mean_distance",
+    "embed",
+    "knn_distance",
+    "max_unit_mem",
+    "spearman",
+]
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normalize: bool = True,
+          preprocess: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """(N, D) embeddings of un-augmented images, in eval mode (the encoder's modes are restored).
+
+    Args:
+        encoder: the encoder; its output is flattened to (B, D).
+        images: (N, C, H, W), uint8 (divided by 255, as :func:`~lightning_memloc.measure` does) or float.
+        batch_size: images per forward pass.
+        normalize: L2-normalise each embedding (the geometry SimCLR trains).
+        preprocess: optional batched transform applied before the encoder (e.g. a normalisation).
+    """
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        raise ValueError(f"`images` must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+    parameter = next(encoder.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    modes = [m.training for m in encoder.modules()]
+    encoder.eval()
+    try:
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size]
+            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            x = x.to(device=device, dtype=dtype)
+            if preprocess is not None:
+                x = preprocess(x)
+            out.append(encoder(x).flatten(1).float().cpu())
+    finally:
+        for module, mode in zip(encoder.modules(), modes):
+            module.training = mode
+    z = torch.cat(out) if out else torch.zeros(0, 0)
+    return F.normalize(z, dim=1) if normalize else z
+
+
+def knn_distance(query: Tensor, pool: Tensor, k: int, exclude: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Mean Euclidean distance of each query to its ``k`` nearest pool points, and their indices.
+
+    Args:
+        query: (N, D) embeddings of the candidates.
+        pool: (M, D) embeddings of the training images.
+        k: neighbours (1 ≤ k ≤ M, or M − 1 with ``exclude``).
+        exclude: (N,) pool index to ignore for each query (the candidate itself, when it is in
+            the pool), or −1 for none.
+
+    Returns:
+        ``(distances (N,), neighbours (N, k))``, nearest first.
+
+    Example:
+        >>> d, i = knn_distance(torch.tensor([[0.0], [10.0]]), torch.tensor([[1.0], [3.0], [9.0]]), k=2)
+        >>> d.tolist(), i.tolist()
+        ([2.0, 4.0], [[0, 1], [2, 1]])
+    """
+    if query.ndim != 2 or pool.ndim != 2 or query.shape[1] != pool.shape[1]:
+        raise ValueError(f"`query` (N, D) and `pool` (M, D) must be 2-d with the same D, got {tuple(query.shape)} "
+                         f"and {tuple(pool.shape)}.")
+    usable = pool.shape[0] - (1 if exclude is not None and bool((exclude >= 0).any()) else 0)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= usable:
+        raise ValueError(f"`k` must be an int in [1, {usable}] (pool images available per candidate), got {k!r}.")
+    dist = torch.cdist(query.double(), pool.double())
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude, dtype=torch.long)
+        if exclude.shape != (query.shape[0],):
+            raise ValueError(f"`exclude` must have shape ({query.shape[0]},), got {tuple(exclude.shape)}.")
+        rows = (exclude >= 0).nonzero().flatten()
+        dist[rows, exclude[rows]] = float("inf")
+    values, index = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+    return values.mean(1), index
+
+
+def class_mean_distance(query: Tensor, query_labels: Tensor, pool: Tensor, pool_labels: Tensor) -> Tensor:
+    """(N,) Euclidean distance of each query to the mean pool embedding of its class.
+
+    Example:
+        >>> class_mean_distance(torch.tensor([[0.0], [5.0]]), torch.tensor([0, 1]),
+        ...                     torch.tensor([[1.0], [3.0], [9.0]]), torch.tensor([0, 0, 1])).tolist()
+        [2.0, 4.0]
+    """
+    query_labels, pool_labels = torch.as_tensor(query_labels).long(), torch.as_tensor(pool_labels).long()
+    if query_labels.shape != (query.shape[0],) or pool_labels.shape != (pool.shape[0],):
+        raise ValueError("`query_labels` / `pool_labels` must hold one label per query / pool embedding.")
+    missing = sorted(set(query_labels.tolist()) - set(pool_labels.tolist()))
+    if missing:
+        raise ValueError(f"classes {missing} have no pool images: a class mean needs pool images of every class.")
+    out = torch.empty(query.shape[0], dtype=torch.float64)
+    for c in query_labels.unique().tolist():
+        centre = pool[pool_labels == c].double().mean(0)
+        rows = query_labels == c
+        out[rows] = (query[rows].double() - centre).norm(dim=1)
+    return out
+
+
+def max_unit_mem(report: MemorizationReport, layer: str) -> Tensor:
+    """(N,) each candidate's highest UnitMem among the units of ``layer`` whose μmax candidate it is.
+
+    Candidates that no unit singles out get 0; dead units (argmax −1) single out no candidate.
+    """
+    position = {int(c): i for i, c in enumerate(report.candidate_ids.tolist())}
+    out = torch.zeros(report.num_candidates, dtype=torch.float64)
+    for score, owner in zip(report.unit_mem[layer].double().tolist(), report.unit_argmax[layer].tolist()):
+        i = position.get(int(owner)) if int(owner) >= 0 else None
+        if i is not None and score > out[i]:
+            out[i] = score
+    return out
+
+
+def spearman(a: Any, b: Any) -> Dict[str, Optional[float]]:
+    """Spearman's ρ and its two-sided p-value (``scipy.stats.spearmanr``); ρ = 0, p = None if one side is constant."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 3:
+        raise ValueError(f"Spearman's ρ needs two 1-d samples of the same size >= 3, got {x.shape} and {y.shape}.")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"rho": 0.0, "p": None}
+    result = spearmanr(x, y)
+    return {"rho": float(result[0]), "p": float(result[1])}
+
+
+def atypicality_study(
+    encoder: nn.Module,
+    report: MemorizationReport,
+    candidates: Tensor,
+    pool: Tensor,
+    *,
+    k: int = 5,
+    candidate_labels: Optional[Tensor] = None,
+    pool_labels: Optional[Tensor] = None,
+    exclude: Optional[Tensor] = None,
+    pool_ids: Optional[Sequence[int]] = None,
+    top: int = 8,
+    neighbours: int = 5,
+    batch_size: int = 256,
+    normalize: bool = True,
+) -> Dict[str, Any]:
+    """Atypicality of every candidate and its rank correlation with SSLMem and UnitMem.
+
+    Args:
+        encoder: the encoder ``f`` the report measured.
+        report: its report (SSLMem with a reference; UnitMem always).
+        candidates: (N, C, H, W) un-augmented candidate images, in ``report.candidate_ids`` order.
+        pool: (M, C, H, W) training images to find neighbours in.
+        k: neighbours averaged into the kNN distance.
+        candidate_labels, pool_labels: class labels; with both, the class-mean distance is added.
+        exclude: (N,) pool index of each candidate itself (or −1), when the pool holds the candidates.
+        pool_ids: ids of the pool images to report neighbours by (default: pool positions).
+        top: how many of the most memorized candidates get their neighbours listed (for the grid).
+        neighbours: neighbours listed per top candidate.
+        batch_size: images per forward pass of the embedding.
+        normalize: L2-normalise embeddings before measuring distances.
+
+    Returns:
+        ``{"k", "normalize", "knn_distance": [N], "class_mean_distance": [N] | None,
+        "spearman": {"sslmem": {layer: {"rho", "p"}}, "max_unit_mem": {...},
+        "class_mean_sslmem": {...} | None}, "most_memorized": {"ids", "positions", "scores", "neighbours", "neighbour_positions"}}``
+        (neighbours by ``pool_ids``, nearest first; positions index ``pool``).
+    """
+    if not isinstance(report, MemorizationReport):
+        raise TypeError(f"`report` must be a MemorizationReport, got {type(report).__name__}.")
+    n = report.num_candidates
+    if not isinstance(candidates, Tensor) or candidates.ndim != 4 or candidates.shape[0] != n:
+        raise ValueError(f"`candidates` must be (N, C, H, W) images of the report's {n} candidates, "
+                         f"got {tuple(getattr(candidates, 'shape', ()))}.")
+    if not isinstance(pool, Tensor) or pool.ndim != 4 or tuple(pool.shape[1:]) != tuple(candidates.shape[1:]):
+        raise ValueError(f"`pool` must be (M, C, H, W) images shaped like the candidates {tuple(candidates.shape[1:])}, "
+                         f"got {tuple(getattr(pool, 'shape', ()))}.")
+    for name, value in (("top", top), ("neighbours", neighbours)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+    ids = list(range(len(pool))) if pool_ids is None else [int(i) for i in pool_ids]
+    if len(ids) != len(pool):
+        raise ValueError(f"`pool_ids` must hold one id per pool image ({len(pool)}), got {len(ids)}.")
+    z_c = embed(encoder, candidates, batch_size=batch_size, normalize=normalize)
+    z_p = embed(encoder, pool, batch_size=batch_size, normalize=normalize)
+    dist, _ = knn_distance(z_c, z_p, k, exclude)
+    usable = z_p.shape[0] - (1 if exclude is not None and bool((torch.as_tensor(exclude) >= 0).any()) else 0)
+    _, near = knn_distance(z_c, z_p, min(neighbours, usable), exclude)
+    labelled = candidate_labels is not None and pool_labels is not None
+    cmd = class_mean_distance(z_c, candidate_labels, z_p, pool_labels) if labelled else None
+    result: Dict[str, Any] = {"k": k, "normalize": normalize, "knn_distance": dist.tolist(),
+                              "class_mean_distance": None if cmd is None else cmd.tolist()}
+    correlations: Dict[str, Any] = {"max_unit_mem": {l: spearman(dist, max_unit_mem(report, l)) for l in report.layers}}
+    correlations["sslmem"] = ({l: spearman(dist, report.sslmem[l].double()) for l in report.layers}
+                              if report.has_reference else None)
+    correlations["class_mean_sslmem"] = ({l: spearman(cmd, report.sslmem[l].double()) for l in report.layers}
+                                         if report.has_reference and cmd is not None else None)
+    result["spearman"] = correlations
+    scores = report.candidate_scores()
+    order = torch.sort(scores, descending=True, stable=True).indices[: min(top, n)]
+    result["most_memorized"] = {
+        "ids": report.candidate_ids[order].tolist(),
+        "positions": order.tolist(),
+        "scores": scores[order].tolist(),
+        "neighbours": [[ids[j] for j in near[i].tolist()] for i in order.tolist()],
+        "neighbour_positions": [near[i].tolist() for i in order.tolist()],
+    }
+    return result

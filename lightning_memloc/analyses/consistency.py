@@ -1,0 +1,149 @@
+"""Consistency of memorization across layers: are the most memorized candidates the same everywhere?
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) rank the candidates
+by SSLMem at each layer and find that the most memorized data points differ from layer to layer
+(memorization is not one fixed set of images carried through the network). For every pair of
+layers this module gives the overlap of the top-k candidates (|top_k(a) ∩ top_k(b)| / k) and
+Kendall's τ (τ-b, ties handled) between the full rankings. Range normalisation divides a
+layer's SSLMem by one positive number, so raw and normalised SSLMem give the same rankings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_memloc.report import MemorizationReport
+
+__all__ = ["consistency_matrices", "kendall_tau", "layer_consistency", "top_k_overlap"]
+
+
+def _scores(values: Any, argument: str) -> np.ndarray:
+    array = np.asarray(values.detach().cpu().double() if isinstance(values, Tensor) else values, dtype=np.float64)
+    if array.ndim != 1 or array.size < 2:
+        raise ValueError(f"`{argument}` must be a 1-d sequence of at least 2 scores, got shape {array.shape}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"`{argument}` holds NaN or inf: pass finite scores (SSLMem from a finished measurement).")
+    return array
+
+
+def _top(scores: np.ndarray, k: int) -> set:
+    # stable sort on the negated scores: ties keep candidate order, as MemorizationReport.most_memorized
+    return set(np.argsort(-scores, kind="stable")[:k].tolist())
+
+
+def top_k_overlap(a: Any, b: Any, k: int) -> float:
+    """Fraction of the ``k`` highest-scoring candidates that two score vectors share.
+
+    Args:
+        a: (N,) scores of the candidates at one layer (e.g. SSLMem).
+        b: (N,) scores of the same candidates, in the same order, at another layer.
+        k: size of the top groups, 1 ≤ k ≤ N. Ties are broken by candidate position.
+
+    Returns:
+        ``|top_k(a) ∩ top_k(b)| / k`` in [0, 1].
+
+    Example:
+        >>> top_k_overlap([4, 3, 2, 1], [1, 3, 4, 2], k=2)
+        0.5
+    """
+    x, y = _scores(a, "a"), _scores(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"`a` and `b` must score the same candidates, got {x.size} and {y.size} scores.")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= x.size:
+        raise ValueError(f"`k` must be an int in [1, {x.size}] (the number of candidates), got {k!r}.")
+    return len(_top(x, k) & _top(y, k)) / k
+
+
+def kendall_tau(a: Any, b: Any) -> float:
+    """Kendall's τ-b between two rankings of the same candidates (``scipy.stats.kendalltau``).
+
+    Returns 0.0 (not NaN) when one of the vectors is constant: a constant score ranks nothing.
+
+    Example:
+        >>> kendall_tau([1, 2, 3], [3, 2, 1])
+        -1.0
+    """
+    from scipy.stats import kendalltau
+
+    x, y = _scores(a, "a"), _scores(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"`a` and `b` must score the same candidates, got {x.size} and {y.size} scores.")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(kendalltau(x, y)[0])  # [0]: the statistic, in every scipy version
+
+
+def consistency_matrices(scores: Mapping[str, Any], k: int) -> Dict[str, Any]:
+    """Top-k overlap and Kendall's τ between every pair of layers (pure; no report needed).
+
+    Args:
+        scores: layer -> (N,) per-candidate scores, in layer order (a dict keeps insertion order).
+        k: size of the top-k groups (clipped to N).
+
+    Returns:
+        ``{"layers", "k", "top_k_overlap", "kendall_tau"}`` with two L × L nested lists
+        (diagonals are 1.0), JSON-serialisable.
+    """
+    layers: List[str] = list(scores)
+    if not layers:
+        raise ValueError("`scores` holds no layers: pass a mapping layer -> per-candidate scores.")
+    arrays = [_scores(scores[layer], f"scores[{layer!r}]") for layer in layers]
+    n = arrays[0].size
+    if any(a.size != n for a in arrays):
+        raise ValueError(f"every layer must score the same {n} candidates, got sizes {[a.size for a in arrays]}.")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+    k = min(k, n)
+    size = len(layers)
+    overlap = [[1.0] * size for _ in range(size)]
+    tau = [[1.0] * size for _ in range(size)]
+    for i in range(size):
+        for j in range(i + 1, size):
+            overlap[i][j] = overlap[j][i] = top_k_overlap(arrays[i], arrays[j], k)
+            tau[i][j] = tau[j][i] = kendall_tau(arrays[i], arrays[j])
+    return {"layers": layers, "k": k, "top_k_overlap": overlap, "kendall_tau": tau}
+
+
+def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[str] | None = None) -> Dict[str, Any]:
+    """Cross-layer consistency of the candidates' SSLMem rankings in ``report``.
+
+    Args:
+        report: a report measured with a reference encoder (it has per-layer SSLMem).
+        k: size of the top-k groups (the paper's top-50; clipped to the number of candidates).
+        layers: layers to compare (default: all, in depth order).
+
+    Returns:
+        ``{"layers", "k", "top_k_overlap", "kendall_tau", "chance_overlap",
+        "mean_adjacent_overlap", "mean_adjacent_tau"}``; ``chance_overlap = k / N`` is the
+        expected overlap of two unrelated rankings; the means are over consecutive layer pairs.
+
+    Raises:
+        ValueError: the report has no SSLMem (no reference), or an unknown layer.
+
+    Example:
+        >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
+        ...     candidate_ids=torch.arange(3), unit_mem={l: torch.zeros(1) for l in "ab"},
+        ...     unit_argmax={l: torch.zeros(1, dtype=torch.long) for l in "ab"},
+        ...     dead_units={l: torch.zeros(1, dtype=torch.bool) for l in "ab"},
+        ...     sslmem={"a": torch.tensor([0.9, 0.5, 0.1]), "b": torch.tensor([0.2, 0.8, 0.1])})
+        >>> round(layer_consistency(r, k=1)["kendall_tau"][0][1], 4)
+        0.3333
+    """
+    if report.sslmem is None:
+        raise ValueError("layer_consistency needs per-layer SSLMem, which needs a reference encoder: "
+                         "measure with `reference=...`.")
+    chosen = list(report.layers) if layers is None else list(layers)
+    unknown = [layer for layer in chosen if layer not in report.layers]
+    if unknown:
+        raise ValueError(f"`layers` {unknown} are not in the report; its layers are {report.layers}.")
+    result = consistency_matrices({layer: report.sslmem[layer] for layer in chosen}, k)
+    size = len(chosen)
+    result["chance_overlap"] = result["k"] / report.num_candidates
+    pairs = [(i, i + 1) for i in range(size - 1)]
+    result["mean_adjacent_overlap"] = float(np.mean([result["top_k_overlap"][i][j] for i, j in pairs])) if pairs else 1.0
+    result["mean_adjacent_tau"] = float(np.mean([result["kendall_tau"][i][j] for i, j in pairs])) if pairs else 1.0
+    return result

@@ -1,0 +1,212 @@
+"""Layer exchange: a causal check of LayerMem.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) replace layers of
+the encoder ``f`` by the same layers of the reference ``g`` (trained without the candidates) and
+measure how much of the candidates' SSLMem is left: exchanging the layers with the highest
+LayerMem / ΔLayerMem should remove more memorization than exchanging random layers or the last
+ones (the authors' ``layerxchange.py``). :func:`exchange_layers` builds the hybrid encoder;
+:func:`layer_exchange_study` measures every single layer and the top-k / random / last-k groups
+with :func:`~lightning_memloc.measure` and reports the drop of SSLMem against the unmodified ``f``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError
+from lightning_memloc.report import MemorizationReport
+
+__all__ = ["exchange_layers", "layer_exchange_study"]
+
+
+def _module(model: nn.Module, name: str, argument: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise LayerNotFoundError(f"`{argument}` has no module named {name!r}.{hint} Pass names from `named_modules()`.")
+    return modules[name]
+
+
+def _check_layer_names(layers: Sequence[str]) -> List[str]:
+    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(f"`layers` must be a sequence of module names (e.g. ['conv1', 'res2.conv2']), got {layers!r}.")
+    return list(layers)
+
+
+def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Module:
+    """A copy of ``f`` whose ``layers`` carry ``g``'s parameters and buffers.
+
+    Args:
+        f: the encoder trained on the candidates (left unchanged).
+        g: the reference encoder of the same architecture (left unchanged).
+        layers: module names as in ``named_modules()`` (e.g. ``["res2.conv1"]``); every parameter
+            and buffer of these modules and their children (conv weights, BatchNorm affine
+            parameters and running statistics) is copied from ``g``. An empty list gives a plain copy.
+
+    Returns:
+        A deep copy of ``f`` (same mode and ``requires_grad`` flags) with the layers exchanged.
+
+    Raises:
+        LayerNotFoundError: a name is not a module of ``f`` or ``g``.
+        ArchitectureMismatchError: a layer's tensors differ in names or shapes between ``f`` and ``g``.
+
+    Example:
+        >>> from lightning_memloc.models import TinyCNN
+        >>> f, g = TinyCNN(width=2), TinyCNN(width=2)
+        >>> h = exchange_layers(f, g, ["conv2"])
+        >>> torch.equal(h.conv2.conv.weight, g.conv2.conv.weight), torch.equal(h.conv1.conv.weight, f.conv1.conv.weight)
+        (True, True)
+    """
+    if not isinstance(f, nn.Module) or not isinstance(g, nn.Module):
+        raise TypeError(f"`f` and `g` must be torch.nn.Module encoders, got {type(f).__name__} and {type(g).__name__}.")
+    names = _check_layer_names(layers)
+    pairs = []
+    for name in names:  # validate everything before copying anything
+        source, target = _module(g, name, "g"), _module(f, name, "f")
+        src, dst = source.state_dict(), target.state_dict()
+        if set(src) != set(dst) or any(src[key].shape != dst[key].shape for key in dst):
+            detail = sorted(set(src) ^ set(dst)) or [
+                f"{key}: {tuple(dst[key].shape)} in f, {tuple(src[key].shape)} in g" for key in dst if src[key].shape != dst[key].shape
+            ]
+            raise ArchitectureMismatchError(
+                f"layer {name!r} differs between `f` and `g` ({detail}): exchange needs encoders of the same architecture."
+            )
+        pairs.append(name)
+    hybrid = copy.deepcopy(f)
+    modules = dict(hybrid.named_modules())
+    with torch.no_grad():
+        for name in pairs:
+            source = dict(g.named_modules())[name].state_dict()
+            for key, tensor in modules[name].state_dict(keep_vars=True).items():
+                tensor.copy_(source[key].to(device=tensor.device, dtype=tensor.dtype))
+    return hybrid
+
+
+def _mean_raw(encoder: nn.Module, reference: nn.Module, candidates: Any, layer: str, measure_kwargs: Dict[str, Any]) -> Dict[str, float]:
+    from lightning_memloc.measure import measure
+
+    report = measure(encoder, candidates, reference=reference, layers=[layer], **measure_kwargs)
+    raw = report.sslmem_raw[layer].double()
+    return {"sslmem_raw_mean": float(raw.mean()), "range": float(raw.max() - raw.min())}
+
+
+def _entry(layers: List[str], raw_mean: float, base: Dict[str, float]) -> Dict[str, Any]:
+    drop = base["sslmem_raw_mean"] - raw_mean
+    return {
+        "layers": layers,
+        "sslmem_raw_mean": raw_mean,
+        "drop": drop,
+        # in the units of LayerMem: divided by the unmodified f's range of SSLMem over the candidates
+        "drop_normalised": drop / base["range"] if base["range"] > 0 else 0.0,
+        "relative_drop": drop / base["sslmem_raw_mean"] if base["sslmem_raw_mean"] > 0 else None,
+    }
+
+
+def layer_exchange_study(
+    f: nn.Module,
+    g: nn.Module,
+    candidates: Any,
+    report: MemorizationReport,
+    *,
+    k: int = 2,
+    layers: Optional[Sequence[str]] = None,
+    measure_layer: Optional[str] = None,
+    random_draws: int = 3,
+    seed: int = 0,
+    control: Any = None,
+    **measure_kwargs: Any,
+) -> Dict[str, Any]:
+    """SSLMem of the candidates after exchanging layers of ``f`` with ``g``'s, against unmodified ``f``.
+
+    Every configuration is measured with :func:`~lightning_memloc.measure` (same seed, same views)
+    at ``measure_layer``: each single layer, the top-``k`` layers by LayerMem and by ΔLayerMem
+    (from ``report``), ``random_draws`` random sets of ``k`` layers and the last ``k`` layers.
+    SSLMem of ``f`` against ``g`` is align(g) − align(f); exchanging every layer turns ``f`` into
+    ``g`` and leaves 0. The paper predicts larger drops for the top LayerMem / ΔLayerMem layers
+    than for random or last layers.
+
+    Args:
+        f: encoder trained on the candidates.
+        g: reference encoder (same architecture, never saw the candidates).
+        candidates: what :func:`~lightning_memloc.measure` takes (images, views or a Dataset).
+        report: a report of ``f`` against ``g`` with LayerMem (ranks the layers).
+        k: size of the exchanged groups (1 ≤ k ≤ number of layers).
+        layers: the exchangeable layers (default: ``report.layers``).
+        measure_layer: layer whose SSLMem is compared (default: the report's last layer, the
+            deepest tapped representation).
+        random_draws: how many random sets of ``k`` layers (seeded by ``seed``; 0 skips them).
+        seed: seed of the views and of the random layer draws.
+        control: optional control images (e.g. images both encoders trained on, or unseen ones),
+            measured the same way: every entry then also has ``control_drop`` and
+            ``drop_minus_control``, the part of the drop that the control does not show
+            (exchanging layers also changes SSLMem of images that were never memorized).
+        **measure_kwargs: forwarded to ``measure`` (``views``, ``batch_size``, ``pairing``, ``transform``...).
+
+    Returns:
+        ``{"measure_layer", "k", "baseline": {"sslmem_raw_mean", "range"}, "single": {layer: entry},
+        "groups": {"top_layer_mem" | "top_delta_layer_mem" | "last": entry, "random": [entry, ...]},
+        "random_mean_drop"}``; an entry is ``{"layers", "sslmem_raw_mean", "drop",
+        "drop_normalised", "relative_drop"}`` (``drop`` = baseline − exchanged, raw SSLMem), plus
+        ``"control_drop", "drop_minus_control"`` and ``"control_baseline"`` with a ``control``.
+
+    Raises:
+        ValueError: the report has no LayerMem, or a bad ``k`` / ``random_draws`` / layer.
+    """
+    if not isinstance(report, MemorizationReport) or not report.has_reference:
+        raise ValueError("layer_exchange_study needs a MemorizationReport measured with `reference=...` "
+                         "(it ranks layers by LayerMem / ΔLayerMem).")
+    chosen = list(report.layers) if layers is None else _check_layer_names(layers)
+    unknown = [n for n in chosen if n not in report.layers]
+    if unknown:
+        raise ValueError(f"`layers` {unknown} are not in the report; its layers are {report.layers}.")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(chosen):
+        raise ValueError(f"`k` must be an int in [1, {len(chosen)}] (the number of exchangeable layers), got {k!r}.")
+    if isinstance(random_draws, bool) or not isinstance(random_draws, int) or random_draws < 0:
+        raise ValueError(f"`random_draws` must be an int >= 0, got {random_draws!r}.")
+    measure_layer = report.layers[-1] if measure_layer is None else measure_layer
+    if measure_layer not in report.layers:
+        raise ValueError(f"`measure_layer` {measure_layer!r} is not in the report; its layers are {report.layers}.")
+    for name in chosen:  # fail on a bad name before the first (slow) measurement
+        _module(f, name, "f"), _module(g, name, "g")
+    kwargs = dict(measure_kwargs, seed=seed)
+    base = _mean_raw(f, g, candidates, measure_layer, kwargs)
+    control_base = None if control is None else _mean_raw(f, g, control, measure_layer, kwargs)
+    cache: Dict[tuple, Any] = {}
+
+    def run(group: List[str]) -> Dict[str, Any]:
+        key = tuple(sorted(group))
+        if key not in cache:
+            hybrid = exchange_layers(f, g, group)
+            cache[key] = (_mean_raw(hybrid, g, candidates, measure_layer, kwargs)["sslmem_raw_mean"],
+                          None if control is None else _mean_raw(hybrid, g, control, measure_layer, kwargs)["sslmem_raw_mean"])
+        entry = _entry(list(group), cache[key][0], base)
+        if control_base is not None:
+            entry["control_drop"] = control_base["sslmem_raw_mean"] - cache[key][1]
+            entry["drop_minus_control"] = entry["drop"] - entry["control_drop"]
+        return entry
+
+    single = {name: run([name]) for name in chosen}
+    by_lm = [n for n in report.top_layers(len(report.layers), by="layer_mem") if n in chosen][:k]
+    by_dlm = [n for n in report.top_layers(len(report.layers), by="delta_layer_mem") if n in chosen][:k]
+    groups: Dict[str, Any] = {"top_layer_mem": run(by_lm), "top_delta_layer_mem": run(by_dlm), "last": run(chosen[-k:])}
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    for _ in range(random_draws):
+        pick = sorted(torch.randperm(len(chosen), generator=generator)[:k].tolist())
+        draws.append(run([chosen[i] for i in pick]))
+    groups["random"] = draws
+    return {
+        "measure_layer": measure_layer,
+        "k": k,
+        "baseline": base,
+        "control_baseline": control_base,
+        "single": single,
+        "groups": groups,
+        "random_mean_drop": float(sum(d["drop"] for d in draws) / len(draws)) if draws else None,
+    }

@@ -1,0 +1,203 @@
+"""Single-unit restore: fine-tune a layer, then keep the change of chosen units only.
+
+PyTorch cannot train one output channel of a conv layer on its own (``requires_grad`` is per
+tensor). Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) work around
+it in their ``finetune.py`` + ``neuron_replace.py``: fine-tune the whole layer, then copy the
+original weights back into every unit but the chosen one. :func:`restore_units` does the copy
+(weights, bias, and the unit's normalisation parameters and running statistics);
+:func:`finetune_units` runs the whole recipe and measures UnitMem of the kept units before and
+after.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.analyses.exchange import _module
+from lightning_memloc.errors import ArchitectureMismatchError
+
+__all__ = ["finetune_units", "restore_units", "unit_module"]
+
+_UNIT_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def unit_module(layer_module: nn.Module) -> Tuple[str, int]:
+    """The conv / linear module inside a layer whose output channels are the layer's units.
+
+    It is the last ``Conv*d`` / ``Linear`` of the layer in ``named_modules()`` order (the conv of
+    a conv-BN-ReLU block; the second conv of a residual block).
+
+    Returns:
+        ``(name relative to the layer, number of units)``.
+
+    Raises:
+        ValueError: the layer holds no conv or linear module (e.g. a bare ReLU tap).
+    """
+    found = [(name, m) for name, m in layer_module.named_modules() if isinstance(m, _UNIT_MODULES)]
+    if not found:
+        raise ValueError(
+            f"the layer ({type(layer_module).__name__}) holds no Conv or Linear module, so it has no unit weights: "
+            "pass the module that computes the units (e.g. 'fc1' rather than the ReLU tap 'relu1')."
+        )
+    name, module = found[-1]
+    units = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+    return name, int(units)
+
+
+def _keep_mask(keep: Union[int, Sequence[int], Tensor], units: int) -> Tensor:
+    values = torch.as_tensor([keep] if isinstance(keep, int) else keep)
+    if values.dtype == torch.bool or values.is_floating_point() or values.ndim != 1:
+        raise TypeError(f"`keep` must be a unit index or a 1-d sequence of unit indices, got {keep!r}.")
+    bad = values[(values < 0) | (values >= units)]
+    if bad.numel():
+        raise ValueError(f"`keep` holds unit {int(bad[0])}, but the layer has units 0..{units - 1}.")
+    mask = torch.zeros(units, dtype=torch.bool)
+    mask[values.long()] = True
+    return mask
+
+
+def restore_units(module: nn.Module, original: nn.Module, layer: str,
+                  keep: Union[int, Sequence[int], Tensor]) -> Dict[str, str]:
+    """Reset every unit of ``layer`` except ``keep`` to ``original``'s weights, in place.
+
+    Unit tensors are those of the layer's unit module (see :func:`unit_module`) and of the
+    modules after it inside the layer (BatchNorm / LayerNorm) whose first dimension is the number
+    of units: their rows outside ``keep`` are copied from ``original``. Every other tensor of the
+    layer (an earlier conv of a residual block, scalar counters such as ``num_batches_tracked``
+    excepted) is shared by all units and is restored whole, so only the kept units differ from
+    ``original`` afterwards. The model's mode and ``requires_grad`` flags are left as they are.
+
+    Args:
+        module: the fine-tuned model (changed in place).
+        original: the model before fine-tuning (same architecture; unchanged).
+        layer: module name of the layer, as in ``named_modules()`` (e.g. ``"res2.conv2"``).
+        keep: unit index or indices whose fine-tuned weights stay.
+
+    Returns:
+        tensor name (relative to the layer) -> ``"rows"`` (units outside ``keep`` restored) or
+        ``"all"`` (restored whole).
+
+    Raises:
+        LayerNotFoundError: ``layer`` is not a module of both models.
+        ArchitectureMismatchError: the layer's tensors differ in names or shapes.
+        ValueError / TypeError: bad ``keep``, or a layer without unit weights.
+
+    Example:
+        >>> from lightning_memloc.models import TinyCNN
+        >>> f = TinyCNN(width=2); tuned = copy.deepcopy(f)
+        >>> with torch.no_grad(): _ = tuned.conv1.conv.weight.add_(1.0)
+        >>> restore_units(tuned, f, "conv1", keep=[1])["conv.weight"]
+        'rows'
+        >>> torch.equal(tuned.conv1.conv.weight[0], f.conv1.conv.weight[0]), torch.equal(tuned.conv1.conv.weight[1], f.conv1.conv.weight[1])
+        (True, False)
+    """
+    target, source = _module(module, layer, "module"), _module(original, layer, "original")
+    unit_name, units = unit_module(target)
+    mask = _keep_mask(keep, units)
+    dst, src = target.state_dict(keep_vars=True), source.state_dict()
+    if set(dst) != set(src) or any(dst[key].shape != src[key].shape for key in dst):
+        raise ArchitectureMismatchError(f"layer {layer!r} differs between `module` and `original`: restore_units "
+                                        "needs the fine-tuned model and its original of the same architecture.")
+    names = [name for name, _ in target.named_modules()]
+    after = names[names.index(unit_name):]  # the unit module and the modules that follow it (norms, activations)
+    done: Dict[str, str] = {}
+    with torch.no_grad():
+        for key, tensor in dst.items():
+            owner = key.rsplit(".", 1)[0] if "." in key else ""
+            value = src[key].to(device=tensor.device, dtype=tensor.dtype)
+            if tensor.ndim == 0 and not tensor.is_floating_point():
+                continue  # num_batches_tracked: a counter, not a unit
+            if owner in after and tensor.ndim >= 1 and tensor.shape[0] == units:
+                tensor[~mask] = value[~mask]
+                done[key] = "rows"
+            else:
+                tensor.copy_(value)
+                done[key] = "all"
+    return done
+
+
+def finetune_units(
+    encoder: nn.Module,
+    layer: str,
+    units: Union[int, Sequence[int]],
+    loss_fn: Callable[[nn.Module], Tensor],
+    candidates: Any,
+    *,
+    steps: int = 20,
+    lr: float = 1e-2,
+    tap: Optional[str] = None,
+    **measure_kwargs: Any,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Fine-tune ``layer`` of a copy of ``encoder``, keep only ``units``' change, measure their UnitMem.
+
+    The copy runs in eval mode (BatchNorm uses its running statistics, so only weights change);
+    only the layer's parameters train, with Adam for ``steps`` steps on ``loss_fn(copy)``. Then
+    :func:`restore_units` puts every other unit back, and UnitMem of ``tap`` (default ``layer``)
+    is measured on ``candidates`` for the original and the result with the same views.
+
+    Args:
+        encoder: the trained encoder (unchanged).
+        layer: the layer to fine-tune (module name).
+        units: the unit(s) to keep.
+        loss_fn: ``model -> scalar loss`` (e.g. cross-entropy of a head, or minus a unit's
+            activation on a target image to make the unit memorize it).
+        candidates: what :func:`~lightning_memloc.measure` takes.
+        steps: optimizer steps (≥ 1).
+        lr: Adam learning rate (> 0).
+        tap: layer whose UnitMem is measured (default ``layer``; e.g. ``"relu1"`` for ``"fc1"``).
+        **measure_kwargs: forwarded to ``measure`` (``views``, ``seed``, ``batch_size``...).
+
+    Returns:
+        ``(tuned copy, result)`` with result ``{"layer", "tap", "units", "steps", "lr",
+        "unit_mem_before", "unit_mem_after", "argmax_before", "argmax_after",
+        "other_units_max_change"}`` (per kept unit lists; the last value checks that the other
+        units' UnitMem did not move).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ValueError(f"`lr` must be a number > 0, got {lr!r}.")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a callable model -> scalar loss, got {type(loss_fn).__name__}.")
+    target = _module(encoder, layer, "encoder")
+    _, count = unit_module(target)
+    mask = _keep_mask(units, count)
+    tap = layer if tap is None else tap
+    _module(encoder, tap, "encoder")
+    from lightning_memloc.measure import measure
+
+    tuned = copy.deepcopy(encoder).eval()
+    params = list(tuned.get_submodule(layer).parameters())
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(tuned)
+        loss.backward()
+        optimizer.step()
+    restore_units(tuned, encoder, layer, keep=mask.nonzero().flatten())
+    for p, q in zip(tuned.parameters(), encoder.parameters()):
+        p.requires_grad_(q.requires_grad)
+    for copied, source in zip(tuned.modules(), encoder.modules()):
+        copied.training = source.training  # the encoder's modes, module by module
+    before = measure(encoder, candidates, layers=[tap], **measure_kwargs)
+    after = measure(tuned, candidates, layers=[tap], **measure_kwargs)
+    kept = mask.nonzero().flatten()
+    um_b, um_a = before.unit_mem[tap], after.unit_mem[tap]
+    others = ~mask if um_b.numel() == count else torch.ones_like(um_b, dtype=torch.bool)
+    result: Dict[str, Any] = {
+        "layer": layer, "tap": tap, "units": kept.tolist(), "steps": steps, "lr": float(lr),
+        "unit_mem_before": um_b[kept].tolist() if um_b.numel() == count else None,
+        "unit_mem_after": um_a[kept].tolist() if um_a.numel() == count else None,
+        "argmax_before": before.unit_argmax[tap][kept].tolist() if um_b.numel() == count else None,
+        "argmax_after": after.unit_argmax[tap][kept].tolist() if um_a.numel() == count else None,
+        "other_units_max_change": float((um_a[others] - um_b[others]).abs().max()) if bool(others.any()) else 0.0,
+    }
+    return tuned, result
