@@ -41,7 +41,7 @@ def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be an int >= 1, got {count!r}.")
-    photos = [torch.as_tensor(img).permute(2, 0, 1).float().mean(0) for img in load_sample_images().images]
+    photos = [torch.tensor(img).permute(2, 0, 1).float().mean(0) for img in load_sample_images().images]  # a copy: the arrays are read-only
     height, width = photos[0].shape
     if not 1 <= crop <= min(height, width):
         raise ValueError(f"`crop` must be in [1, {min(height, width)}], got {crop!r}.")

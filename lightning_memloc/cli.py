@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json and PNG figures)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace the report.json of an earlier analysis in --out (refused otherwise)")
     from lightning_memloc.cli_analyses import add_analysis_arguments
     add_analysis_arguments(a)  # --analyses consistency,exchange,atypicality (docs/analyses.md)
 
@@ -431,6 +433,9 @@ def _analyze(args: argparse.Namespace) -> int:
     from lightning_memloc.user_models import user_encoders
 
     out = _check_out(args.out)
+    if (out / "report.json").exists() and not args.overwrite:
+        raise CLIError("--out", f"{str(out)!r} already holds a report.json from an earlier analysis: pass another "
+                                "folder, or --overwrite to replace it.")
     device = _device(args.device)
     built = user_encoders(args)  # --model / --lightning-module; None for --arch
     if built is not None:

@@ -47,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unseen", choices=["independent", "neither"], default="independent",
                    help="the unseen group (f never trains on it): the reference's independent canaries (C - unseen "
                         "then estimates f's plus g's memorization) or extra canaries neither encoder trains on")
-    p.add_argument("--repeat", type=int, default=1, help="times each candidate appears in the encoder's training data")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="times each candidate appears in the encoder's training data (default: 3 with canaries, 1 plain)")
     p.add_argument("--out", default="runs/demo", help="output folder (TensorBoard logs, reports, plots)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 300 with canaries, 30 plain)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 180 with canaries, 30 plain)")
     p.add_argument("--warmup-epochs", type=int, default=None, help="linear LR warm-up epochs (default: epochs / 10)")
     p.add_argument("--width", type=int, default=16, help="ResNet9 base width (the paper: 64)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="images per step and encoder (default: 32 with canaries, 128 plain)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--views", type=int, default=10, help="K views per image for the monitor")
     p.add_argument("--every-n-epochs", type=int, default=None, help="measure every N epochs (default: epochs / 6)")
@@ -75,7 +76,11 @@ def _count(value: float) -> float:
 def _defaults(args: argparse.Namespace) -> argparse.Namespace:
     canaries = args.setting == "canaries"
     if args.epochs is None:
-        args.epochs = 300 if canaries else 30
+        args.epochs = 180 if canaries else 30
+    if args.batch_size is None:
+        args.batch_size = 32 if canaries else 128
+    if args.repeat is None:
+        args.repeat = 3 if canaries else 1
     if args.limit is None:
         args.limit = 160 if canaries else 600
     if args.warmup_epochs is None:
@@ -200,7 +205,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
 
     alpha = monitor.evidence_options.alpha
-    print(f"\n[memloc] after {trainer.global_step} steps: candidates (f only) vs control (both) and unseen (neither)")
+    unseen_what = "neither" if args.setting == "canaries" and args.unseen == "neither" else "g only"
+    print(f"\n[memloc] after {trainer.global_step} steps: candidates (f only) vs control (both) and unseen ({unseen_what})")
     print(report.summary_table(args.threshold))
     layers = report.layers
     print(f"\n[memloc] over training — LayerMem excess of the candidates over the control (*: Holm p < {alpha:g}):")

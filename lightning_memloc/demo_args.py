@@ -26,6 +26,9 @@ _INT_RULES = (
     ("every_n_epochs", "--every-n-epochs", 1, "measure every N >= 1 epochs"),
     ("warmup_epochs", "--warmup-epochs", 0, "0 means no warm-up"),
     ("workers", "--workers", 0, "0 loads data in the main process"),
+    ("canaries", "--canaries", 2, "each canary group is compared with another, and needs at least 2 images"),
+    ("repeat", "--repeat", 1, "each candidate appears at least once in the encoder's data"),
+    ("bootstrap", "--bootstrap", 0, "0 turns intervals and tests off"),
 )
 
 

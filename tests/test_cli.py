@@ -135,6 +135,19 @@ def test_analyze_with_control_and_unseen_from_the_split(ws):
     assert code == 2 and "--bootstrap" in err
 
 
+def test_analyze_refuses_to_replace_an_earlier_report(ws, analyzed):
+    out = ws / "again"
+    out.mkdir()
+    (out / "report.json").write_bytes((analyzed[0] / "report.json").read_bytes())
+    before = (out / "report.json").read_bytes()
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out])
+    assert code == 2 and "--out" in err and "--overwrite" in err
+    assert (out / "report.json").read_bytes() == before  # untouched
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out, "--overwrite"])
+    assert code == 0, err
+    assert (out / "report.json").read_bytes() != before
+
+
 def test_analyze_lightning_checkpoint_with_prefixes(ws):
     ckpt = ws / "pair.ckpt"
     base = ANALYZE + ["--data", ws / "d.npz", "--candidates", "4", "--views", "2"]

@@ -279,6 +279,9 @@ def test_cli_indices_must_be_distinct_integers(tmp_path, capsys, content, fragme
     (["--candidates", "1"], "argument --candidates: must be a count >= 2"),
     (["--limit", "-5"], "argument --limit: must be >= 0"),
     (["--lr", "0"], "argument --lr: must be a positive number"),
+    (["--canaries", "1"], "argument --canaries: must be >= 2"),
+    (["--repeat", "0"], "argument --repeat: must be >= 1"),
+    (["--bootstrap", "-1"], "argument --bootstrap: must be >= 0"),
 ])
 def test_demo_arguments_are_argparse_errors(tmp_path, capsys, argv, fragment):
     pytest.importorskip("lightning_memloc.demo")
