@@ -91,6 +91,11 @@ def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Mod
 def _mean_raw(encoder: nn.Module, reference: nn.Module, candidates: Any, layer: str, measure_kwargs: Dict[str, Any]) -> Dict[str, float]:
     from lightning_memloc.measure import measure
 
+    a, b = encoder.state_dict(), reference.state_dict()
+    if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):
+        # every layer exchanged: the hybrid *is* g, so both alignments are equal and SSLMem is 0 by
+        # definition (measure() refuses such a reference, which elsewhere would be a mistake)
+        return {"sslmem_raw_mean": 0.0, "range": 0.0}
     report = measure(encoder, candidates, reference=reference, layers=[layer], **measure_kwargs)
     raw = report.sslmem_raw[layer].double()
     return {"sslmem_raw_mean": float(raw.mean()), "range": float(raw.max() - raw.min())}
