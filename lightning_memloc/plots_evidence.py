@@ -78,6 +78,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
             ax.plot(x, _values(ev, layers, "unseen_layer_mem"), marker="v", color="C2", ls=":",
                     label=f"unseen ({ev.meta['groups'].get('unseen')})")
         ax.axhline(0.0, color="0.3", lw=0.8)
+        ax.margins(y=0.15)  # room for the p-value labels above the error bars
         ax.set_ylabel("normalised SSLMem (candidates' scale)")
         title = "LayerMem vs its control" if ev.has("control_layer_mem") else "LayerMem (no control: includes the f–g offset)"
         ax.set_title(title, fontsize=10)

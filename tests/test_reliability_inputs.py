@@ -113,7 +113,7 @@ def test_numpy_candidate_ids_are_used_by_position(encoder, images):
     ids = np.array([10, 11, 12, 13, 14, 15], dtype=np.int32)
     report = measure(encoder, images, views=2, top_k=2, candidate_ids=ids)
     assert report.candidate_ids.tolist() == ids.tolist()
-    assert set(torch.cat(list(report.unit_argmax.values())).tolist()) <= set(ids.tolist())
+    assert set(torch.cat(list(report.unit_argmax.values())).tolist()) - {-1} <= set(ids.tolist())  # -1: dead unit
 
 
 @pytest.mark.parametrize("values, error, fragment", [

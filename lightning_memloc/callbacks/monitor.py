@@ -200,7 +200,9 @@ class MemorizationMonitor(Callback):
         indices: IndexSpec = None,
     ) -> None:
         super().__init__()
-        every_n_epochs, every_n_train_steps = check_schedule(every_n_epochs, every_n_train_steps)
+        every_n_epochs, every_n_train_steps = check_schedule(  # NumPy integers accepted
+            None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1),
+            None if every_n_train_steps is None else check_int("every_n_train_steps", every_n_train_steps, 1))
         self.name, self.every_n_train_steps = check_name(name), every_n_train_steps
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
