@@ -114,22 +114,29 @@ class WallClockLR(Callback):
 
 
 class MonitorPacer(Callback):
-    """After the first epoch, set ``monitor.every_n_epochs`` so that about ``points`` measurements
-    fit in the rest of the budget (the monitor measures once more at the end of training).
+    """After the second epoch, set ``monitor.every_n_epochs`` so that about ``points`` measurements
+    fit in the budget (the monitor also measures at the end of training).
 
-    Put it before the monitor in ``callbacks``; create the monitor with a large ``every_n_epochs``.
+    The second epoch's duration is the estimate: the first one also holds cuDNN's autotuning and
+    the monitor's before-training measurement. Put the pacer before the monitor in ``callbacks``;
+    create the monitor with a large ``every_n_epochs``.
     """
 
     def __init__(self, monitor: Any, timer: Timer, budget_s: float, points: int = 8) -> None:
         self.monitor, self.timer, self.budget_s, self.points = monitor, timer, float(budget_s), int(points)
         self.every: Optional[int] = None
         self.expected_epochs: Optional[int] = None
+        self._first_end: Optional[float] = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every is not None:
             return
-        elapsed = max(self.timer.time_elapsed("train") or 0.0, 1e-6)  # includes cuDNN autotuning: an overestimate
-        self.expected_epochs = max(1, int(self.budget_s / elapsed))
+        now = self.timer.time_elapsed("train") or 0.0
+        if self._first_end is None:
+            self._first_end = now
+            return
+        epoch_s = max(now - self._first_end, 1e-6)
+        self.expected_epochs = 2 + max(0, int((self.budget_s - now) / epoch_s))
         self.every = max(1, round(self.expected_epochs / max(1, self.points)))
         self.monitor.every_n_epochs = self.every
 
