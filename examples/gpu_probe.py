@@ -33,7 +33,7 @@ def features(backbone: nn.Module, images: Tensor, batch_size: int = 1000) -> Ten
     return torch.cat(out)
 
 
-def fit_logistic(x: Tensor, y: Tensor, num_classes: int, c: float = 1.0, max_iter: int = 500) -> nn.Linear:
+def fit_logistic(x: Tensor, y: Tensor, num_classes: int, c: float = 1.0, max_iter: int = 200) -> nn.Linear:
     """Multinomial logistic regression with scikit-learn's objective (``C · Σ CE + ½‖W‖²``) on
     standardised ``x``, fitted by full-batch L-BFGS; returned as an ``nn.Linear`` on the **raw**
     features (standardisation folded into the weights), on ``x``'s device.

@@ -77,13 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-seconds", type=float, default=420.0, help="wall-clock training budget")
     g.add_argument("--max-epochs", type=int, default=100_000, help="hard cap on epochs (the budget usually ends first)")
     g.add_argument("--precision", default="auto", help="Lightning precision; auto: bf16-mixed on CUDA, else 32-true")
-    g.add_argument("--no-channels-last", action="store_true", help="keep the default (NCHW) memory format")
+    g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                   help="channels-last memory format of the models (auto: on CUDA)")
     g = p.add_argument_group("measurement")
     g.add_argument("--views", type=int, default=10, help="K augmented views per image")
     g.add_argument("--top-k", type=int, default=None, help="top-k / least-k size (default: the paper's 50 of 5,000, scaled)")
     g.add_argument("--measure-batch", type=int, default=250, help="images per measurement step (x K views)")
     g.add_argument("--bootstrap", type=int, default=1000, help="resamples of the final report's intervals and tests")
-    g.add_argument("--monitor-bootstrap", type=int, default=200, help="resamples at each monitor measurement")
+    g.add_argument("--monitor-bootstrap", type=int, default=100, help="resamples at each monitor measurement")
     g.add_argument("--monitor-points", type=int, default=8, help="monitor measurements during training (about)")
     g = p.add_argument_group("downstream (linear probe: shared -> independent images)")
     g.add_argument("--probe-train", type=int, default=5000, help="shared images training the probe")
@@ -138,7 +139,7 @@ def train(args: argparse.Namespace, images: Tensor, labels: Tensor, split: Any, 
         return SimCLR.resnet9(in_channels=images.shape[1], width=args.width, augment=BatchedSimCLRAugment(size))
 
     pair = WallClockPair(ssl(), ssl(), lr=args.lr, max_epochs=1)  # max_epochs unused: the LR follows the clock
-    if cuda and not args.no_channels_last:
+    if args.channels_last == "on" or (cuda and args.channels_last == "auto"):
         pair = pair.to(memory_format=torch.channels_last)
     initial = copy.deepcopy(pair.encoder.backbone)
     timer = Timer(duration=timedelta(seconds=args.train_seconds), interval="step")

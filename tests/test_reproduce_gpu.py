@@ -49,9 +49,12 @@ def data(tmp_path: Path) -> Path:
     return path
 
 
-def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--precision", "bf16-mixed", "--channels-last", "on"]],
+                         ids=["fp32", "bf16-channels-last"])
+def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path, extra) -> None:
     out = tmp_path / "out"
-    assert gpu.main(["--data", str(data), "--out", str(out), "--max-epochs", "1", "--train-seconds", "5", *TINY]) == 0
+    assert gpu.main(["--data", str(data), "--out", str(out), "--max-epochs", "1", "--train-seconds", "5", *TINY,
+                     *extra]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["f.pt", "g.pt", "history.json", "report.json", "results.json",
                                                        "tables.md"]
     results = json.loads((out / "results.json").read_text())
@@ -93,6 +96,8 @@ def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path) -> None:
     # half-precision backbones that load into the architecture
     state = torch.load(out / "f.pt", weights_only=True)
     assert state["conv1.conv.weight"].dtype == torch.float16
+    channels_last = state["res2.conv2.conv.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert channels_last == bool(extra) and results["settings"]["precision"] == ("bf16-mixed" if extra else "32-true")
     ResNet9(in_channels=3, width=4).load_state_dict({k: v.float() if v.is_floating_point() else v
                                                       for k, v in state.items()})
 
