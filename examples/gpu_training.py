@@ -158,13 +158,3 @@ class EpochClock(Callback):
         self.records.append(record)
         self.printer(f"SimCLR epoch {trainer.current_epoch + 1}: {record}")
 
-
-class FrozenEval(Callback):
-    """Keep the submodule ``name`` of the trained module in eval mode (frozen BatchNorm statistics)
-    at every training epoch: ``Trainer.fit`` puts the whole module in train mode first."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.get_submodule(self.name).eval()

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_paper as paper  # noqa: E402  (helpers shared with the CPU reproduction)
 from gpu_probe import classifier_accuracy, linear_probe  # noqa: E402
 from gpu_tables import evidence_table, finetune_table, history_tables, paper_checks, prune_table  # noqa: E402
-from gpu_training import (EpochClock, FrozenEval, MonitorPacer, WallClockLR, WallClockPair, cotraining_batches,  # noqa: E402
+from gpu_training import (EpochClock, MonitorPacer, WallClockLR, WallClockPair, cotraining_batches,  # noqa: E402
                           index_batch_loader)
 
 from lightning_memloc import BatchedSimCLRAugment, MemorizationMonitor, MemorizationReport, measure  # noqa: E402
@@ -178,7 +178,7 @@ def finetune(args: argparse.Namespace, backbone: nn.Module, report: Memorization
     model.head.load_state_dict(head.state_dict())
     if strategy == "head":  # the encoder stays frozen, BatchNorm statistics included
         model.backbone.requires_grad_(False)
-        callback: Callback = FrozenEval("backbone")
+        callback: Callback = paper.FrozenEval("backbone")
     else:
         callback = MemorizationFinetuning(report, k=args.ft_k, by=by, strategy=strategy, encoder="backbone",
                                           head="head", lr=args.ft_layer_lr, unfreeze_at_epoch=0)

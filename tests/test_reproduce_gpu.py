@@ -182,3 +182,29 @@ def test_bad_arguments_stop_before_any_work(gpu, data: Path, tmp_path: Path, arg
     with pytest.raises(SystemExit, match=match.replace("(", r"\(")):
         gpu.main(args)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("strategy", ["head", "last"])
+def test_finetuning_changes_only_what_it_should(strategy: str) -> None:
+    """reproduce_paper.finetune (shared by both scripts): "head" keeps the whole encoder, BatchNorm
+    statistics included; "last" changes the last 2 layers' parameters and no others."""
+    from torch import nn
+
+    from lightning_memloc import measure
+
+    paper = _load("reproduce_paper")
+    args = paper.build_parser().parse_args(["--ft-epochs", "1", "--ft-k", "2", "--ft-layer-lr", "0.01"])
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8), torch.arange(24) % 3
+    encoder, reference = ResNet9(width=4).eval(), ResNet9(width=4).eval()
+    report = measure(encoder, images[:8], reference=reference, views=2, top_k=2, bootstrap=0)
+    head = nn.Linear(encoder.feature_dim, 3)
+    model = paper.finetune(args, encoder, report, images, labels, torch.arange(8, 24), strategy, "layer_mem", 3, head)
+    before, after = encoder.state_dict(), model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not torch.equal(model.head.weight, head.weight)
+    if strategy == "head":
+        assert changed == set()
+    else:
+        assert changed and all(k.startswith(("res2.conv1.", "res2.conv2.")) for k in changed)
+        assert any(k.startswith("res2.conv1.") for k in changed) and any(k.startswith("res2.conv2.") for k in changed)
