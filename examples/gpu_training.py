@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, Timer
 from pytorch_lightning.utilities import CombinedLoader
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from lightning_memloc import CoTrainedPair
@@ -73,6 +73,19 @@ def cotraining_batches(images: Tensor, split: SplitIndices, batch_size: int, see
     return CombinedLoader({"encoder": index_batch_loader(images, split.encoder, batch_size, seed),
                            "reference": index_batch_loader(images, split.reference, batch_size, seed + 1)},
                           mode="max_size_cycle")
+
+
+class FullPrecision(nn.Module):
+    """Run a batched view augmentation ``(images, seeds) -> views`` outside autocast, in float32:
+    the training views are made as precisely as the measurement's (which runs without autocast)."""
+
+    def __init__(self, augment: nn.Module) -> None:
+        super().__init__()
+        self.augment = augment
+
+    def forward(self, images: Tensor, seeds: Tensor) -> Tensor:
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.augment(images.float(), seeds)
 
 
 class WallClockPair(CoTrainedPair):

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_paper as paper  # noqa: E402  (helpers shared with the CPU reproduction)
 from gpu_probe import classifier_accuracy, linear_probe  # noqa: E402
 from gpu_tables import evidence_table, finetune_table, history_tables, paper_checks, prune_table  # noqa: E402
-from gpu_training import (EpochClock, MonitorPacer, WallClockLR, WallClockPair, cotraining_batches,  # noqa: E402
+from gpu_training import (EpochClock, FullPrecision, MonitorPacer, WallClockLR, WallClockPair, cotraining_batches,  # noqa: E402
                           index_batch_loader)
 
 from lightning_memloc import BatchedSimCLRAugment, MemorizationMonitor, MemorizationReport, measure  # noqa: E402
@@ -136,7 +136,8 @@ def train(args: argparse.Namespace, images: Tensor, labels: Tensor, split: Any, 
     size = images.shape[-1]
 
     def ssl() -> SimCLR:
-        return SimCLR.resnet9(in_channels=images.shape[1], width=args.width, augment=BatchedSimCLRAugment(size))
+        return SimCLR.resnet9(in_channels=images.shape[1], width=args.width,
+                              augment=FullPrecision(BatchedSimCLRAugment(size)))
 
     pair = WallClockPair(ssl(), ssl(), lr=args.lr, max_epochs=1)  # max_epochs unused: the LR follows the clock
     if args.channels_last == "on" or (cuda and args.channels_last == "auto"):

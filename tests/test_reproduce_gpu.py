@@ -208,3 +208,15 @@ def test_finetuning_changes_only_what_it_should(strategy: str) -> None:
     else:
         assert changed and all(k.startswith(("res2.conv1.", "res2.conv2.")) for k in changed)
         assert any(k.startswith("res2.conv1.") for k in changed) and any(k.startswith("res2.conv2.") for k in changed)
+
+
+def test_full_precision_augment_ignores_autocast() -> None:
+    from lightning_memloc import BatchedSimCLRAugment
+
+    FullPrecision = _load("gpu_training").FullPrecision
+    images, seeds = torch.rand(4, 3, 16, 16), torch.arange(4)
+    augment = BatchedSimCLRAugment(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        views = FullPrecision(augment)(images.bfloat16(), seeds)
+    assert views.dtype == torch.float32
+    torch.testing.assert_close(views, augment(images.bfloat16().float(), seeds))
