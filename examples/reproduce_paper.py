@@ -133,6 +133,17 @@ class EpochLog(Callback):
             f"({time.perf_counter() - self.start:.0f} s)")
 
 
+class FrozenEval(Callback):
+    """Keep the submodule ``name`` in eval mode (frozen BatchNorm statistics) at every training
+    epoch (``Trainer.fit`` puts the whole module in train mode first): the "head only" baseline."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.get_submodule(self.name).eval()
+
+
 def supervised_augment(size: int) -> BatchedSimCLRAugment:
     """Random resized crop (scale 0.5..1) and horizontal flip only: a standard supervised augmentation."""
     return BatchedSimCLRAugment(size, scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0)
@@ -268,12 +279,12 @@ def finetune(args: argparse.Namespace, backbone: nn.Module, report: Memorization
     model = Classifier(copy.deepcopy(backbone), num_classes, args.ft_lr, images.shape[-1])
     if head.out_features == num_classes:
         model.head.load_state_dict(head.state_dict())
-    head_only = strategy == "head"
-    callback = MemorizationFinetuning(
-        report, k=args.ft_k, by=by, strategy="last" if head_only else strategy, encoder="backbone", head="head",
-        # head only: the chosen layers would unfreeze after the last epoch, i.e. never
-        unfreeze_at_epoch=args.ft_epochs if head_only else 0, lr=args.ft_layer_lr,
-    )
+    if strategy == "head":  # the encoder stays frozen, BatchNorm statistics included
+        model.backbone.requires_grad_(False)
+        callback: Callback = FrozenEval("backbone")
+    else:
+        callback = MemorizationFinetuning(report, k=args.ft_k, by=by, strategy=strategy, encoder="backbone",
+                                          head="head", unfreeze_at_epoch=0, lr=args.ft_layer_lr)
     trainer = _trainer(args.ft_epochs, [callback])
     trainer.fit(model, loader(images[ft_idx], labels[ft_idx], 64, args.seed))
     return model
