@@ -9,18 +9,16 @@ training images, and UnitMem of units before / after single-unit fine-tuning. Ag
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from lightning_memloc.analyses.atypicality import max_unit_mem
-from lightning_memloc.io import PathLike, atomic_write_bytes
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots import _figure, _save  # one Agg figure factory and one atomic PNG writer
 from lightning_memloc.report import MemorizationReport
 
 __all__ = [
@@ -41,21 +39,6 @@ ANALYSIS_FILENAMES = {
     "neighbours": "neighbours.png",
     "unit_restore": "unit_restore.png",
 }
-_DPI = 120
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: PathLike) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    destination = Path(path)
-    atomic_write_bytes(destination, buffer.getvalue())
-    return destination
 
 
 def _need(result: Any, keys: List[str], what: str) -> Mapping[str, Any]:
