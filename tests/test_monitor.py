@@ -240,3 +240,26 @@ def test_recalibrated_init_restores_the_models_buffers(data):
     assert model.training and model.encoder.backbone.conv1.bn.training
     with pytest.raises(ValueError, match="init_batchnorm"):
         MemorizationMonitor(images[split.candidates], init_batchnorm="fresh")
+
+
+def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
+    """One TensorBoard run per layer, named <NN>_<layer> in depth order, one tag per quantity."""
+    images, split = data
+    pl.seed_everything(0)
+    layers = ["conv3", "conv1", "conv2"]  # any order asked: runs follow the forward order
+    monitor = _monitor(images, split, layers=layers, control=images[split.control(6)], bootstrap=50)
+    trainer = _trainer(tmp_path, [monitor], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    root = tmp_path / "tb" / "version_0" / "memloc_layers"
+    runs = sorted(p.name for p in root.iterdir())
+    assert runs == [f"{i + 1:02d}_{name}" for i, name in enumerate(monitor.report.layers)]
+    for run, layer in zip(runs, monitor.report.layers):
+        acc = EventAccumulator(str(root / run), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+        assert "memloc_by_layer/unit_mem" in acc.Tags()["histograms"]
+        for quantity in ("layer_mem", "excess", "unit_mem_mean"):
+            events = acc.Scalars(f"memloc_by_layer/{quantity}")
+            assert [e.value for e in events] == pytest.approx([monitor.history[-1][f"memloc/{quantity}/{layer}"]], abs=1e-6)
+    no_runs = _monitor(images, split, layer_runs=False)
+    trainer = _trainer(tmp_path / "b", [no_runs], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    assert not (tmp_path / "b" / "tb" / "version_0" / "memloc_layers").exists()

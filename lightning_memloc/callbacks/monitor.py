@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks import monitor_checks as guard
+from lightning_memloc.callbacks.layer_runs import LayerRunWriters
 from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars
@@ -124,6 +125,9 @@ class MemorizationMonitor(Callback):
         measure_on_train_start: also measure before the first epoch (the untrained baseline).
         grid_size: images in each TensorBoard grid of most / least memorized candidates (0: none).
         log_histograms: log a UnitMem histogram per layer to TensorBoard.
+        layer_runs: on TensorBoard, also write each layer into its own run
+            ``memloc_layers/<NN>_<layer>`` (depth order), so that one chart per quantity shows every
+            layer in its own colour with a legend (:mod:`~lightning_memloc.callbacks.layer_runs`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
         progress: show a progress bar during each measurement pass.
         num_workers: DataLoader workers generating views.
@@ -194,6 +198,7 @@ class MemorizationMonitor(Callback):
         alpha: float = 0.05,
         init_batchnorm: str = "recalibrate",
         overwrite: bool = False,
+        layer_runs: bool = True,
         name: Optional[str] = None,
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
@@ -249,6 +254,8 @@ class MemorizationMonitor(Callback):
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
         self._layout_written = False
+        self.layer_runs = bool(layer_runs)
+        self._layer_writers: Dict[str, LayerRunWriters] = {}
 
     # ----------------------------------------------------------------- set-up
     @property
@@ -387,7 +394,7 @@ class MemorizationMonitor(Callback):
         return report
 
     def _log(self, trainer: pl.Trainer, report: MemorizationReport, scalars: Dict[str, float]) -> None:
-        scalars = named_scalars(scalars, self.name)
+        plain, scalars = scalars, named_scalars(scalars, self.name)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         step = trainer.global_step
         for logger in trainer.loggers:
@@ -397,6 +404,11 @@ class MemorizationMonitor(Callback):
                 log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
                                 grid_size=self.grid_size, histograms=self.log_histograms, layout=not self._layout_written)
                 self._layout_written = True
+                log_dir = getattr(logger.experiment, "log_dir", None)
+                if self.layer_runs and log_dir:
+                    prefix = "memloc" if self.name is None else f"memloc-{self.name}"
+                    writers = self._layer_writers.setdefault(str(log_dir), LayerRunWriters(str(log_dir), prefix))
+                    writers.log(report, plain, step, histograms=self.log_histograms)
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
@@ -413,6 +425,9 @@ class MemorizationMonitor(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)
+        for writers in self._layer_writers.values():
+            writers.close()
+        self._layer_writers = {}
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         guard.release_output_dir(self)

@@ -1,0 +1,80 @@
+"""TensorBoard as a person reads it: one run per layer, named in depth order.
+
+TensorBoard colours series by *run* and sorts runs and tags alphabetically. Logged as
+``memloc/layer_mem/<layer>`` tags of one run, every layer of a custom-scalars chart gets the same
+colour, and panels sort ``conv1, conv2, conv3, conv4, res1.conv1, …`` — scrambling depth, the
+axis of the findings of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS
+2024). :class:`LayerRunWriters` also writes every layer's figures into its own run
+``memloc_layers/<NN>_<layer>`` (``NN`` = depth, zero-padded) under one tag per quantity
+(``memloc_by_layer/layer_mem``, ``…/excess``, ``…/unit_mem_mean``, …, and the histogram
+``memloc_by_layer/unit_mem``): the Scalars dashboard then draws one chart per quantity with one
+coloured, legended line per layer, in depth order. The per-tag ``memloc/<quantity>/<layer>``
+scalars stay as they are for every other logger, the history and ``callback_metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+from lightning_memloc.report import MemorizationReport
+
+__all__ = ["LAYER_QUANTITIES", "LayerRunWriters", "layer_run_name"]
+
+#: Quantities written per layer run (those present in the scalars of a measurement).
+LAYER_QUANTITIES = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least", "excess", "excess_lo",
+                    "excess_hi", "excess_p_holm", "excess_unseen", "unit_mem_mean", "unit_mem_frac_above",
+                    "unit_mem_unseen", "membership", "membership_p_holm", "dead_units")
+
+
+def layer_run_name(index: int, layer: str, total: int) -> str:
+    """``"03_res1.conv1"``: the layer's depth (1-based, zero-padded to the layer count) and its name.
+
+    Example:
+        >>> [layer_run_name(i, n, 10) for i, n in enumerate(["conv1", "res1.conv1"])]
+        ['01_conv1', '02_res1.conv1']
+    """
+    return f"{index + 1:0{max(2, len(str(total)))}d}_{layer}"
+
+
+class LayerRunWriters:
+    """One ``SummaryWriter`` per layer under ``<log_dir>/<folder>/<NN>_<layer>`` (rank 0 only).
+
+    Args:
+        log_dir: the TensorBoard run folder of the logger (``logger.experiment.log_dir``).
+        prefix: tag prefix (``"memloc"``, or ``"memloc-<name>"`` for a named monitor).
+    """
+
+    def __init__(self, log_dir: str, prefix: str = "memloc") -> None:
+        self.log_dir, self.prefix = str(log_dir), prefix
+        self.folder = "memloc_layers" if prefix == "memloc" else f"{prefix}_layers"
+        self._writers: Dict[str, Any] = {}
+
+    def _writer(self, run: str) -> Any:
+        if run not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
+        return self._writers[run]
+
+    def log(self, report: MemorizationReport, scalars: Dict[str, float], step: int, histograms: bool = True) -> List[str]:
+        """Write every layer's quantities (and UnitMem histogram) at ``step``; returns the run names."""
+        runs = []
+        for i, layer in enumerate(report.layers):
+            run = layer_run_name(i, layer, len(report.layers))
+            writer = self._writer(run)
+            for quantity in LAYER_QUANTITIES:
+                value: Optional[float] = scalars.get(f"memloc/{quantity}/{layer}")
+                if value is not None:
+                    writer.add_scalar(f"{self.prefix}_by_layer/{quantity}", value, global_step=step)
+            if histograms:
+                writer.add_histogram(f"{self.prefix}_by_layer/unit_mem", report.unit_mem[layer].float(), global_step=step)
+            writer.flush()
+            runs.append(run)
+        return runs
+
+    def close(self) -> None:
+        """Close every writer (idempotent)."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
