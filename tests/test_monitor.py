@@ -259,6 +259,12 @@ def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
         for quantity in ("layer_mem", "excess", "unit_mem_mean"):
             events = acc.Scalars(f"memloc_by_layer/{quantity}")
             assert [e.value for e in events] == pytest.approx([monitor.history[-1][f"memloc/{quantity}/{layer}"]], abs=1e-6)
+    from lightning_memloc.callbacks.logging import custom_scalar_layout
+
+    layout = custom_scalar_layout(monitor.report, by_layer=True)["memloc"]  # series coloured by run = by layer
+    assert layout["layer_mem"] == ["Multiline", ["^memloc_by_layer/layer_mem$"]]
+    assert layout["excess over control ± CI"] == [
+        "Margin", ["memloc_by_layer/excess", "memloc_by_layer/excess_lo", "memloc_by_layer/excess_hi"]]
     no_runs = _monitor(images, split, layer_runs=False)
     trainer = _trainer(tmp_path / "b", [no_runs], max_epochs=1, enable_checkpointing=False)
     trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))

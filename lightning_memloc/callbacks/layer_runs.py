@@ -22,9 +22,11 @@ from lightning_memloc.report import MemorizationReport
 __all__ = ["LAYER_QUANTITIES", "LayerRunWriters", "layer_run_name"]
 
 #: Quantities written per layer run (those present in the scalars of a measurement).
-LAYER_QUANTITIES = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least", "excess", "excess_lo",
-                    "excess_hi", "excess_p_holm", "excess_unseen", "unit_mem_mean", "unit_mem_frac_above",
-                    "unit_mem_unseen", "membership", "membership_p_holm", "dead_units")
+LAYER_QUANTITIES = ("layer_mem", "layer_mem_lo", "layer_mem_hi", "delta_layer_mem", "layer_mem_top", "layer_mem_least",
+                    "excess", "excess_lo", "excess_hi", "excess_p_holm", "excess_unseen", "unit_mem_mean",
+                    "unit_mem_mean_lo", "unit_mem_mean_hi", "unit_mem_frac_above", "unit_mem_unseen",
+                    "unit_mem_excess", "unit_mem_excess_lo", "unit_mem_excess_hi", "membership",
+                    "membership_p_holm", "dead_units")
 
 
 def layer_run_name(index: int, layer: str, total: int) -> str:

@@ -97,8 +97,16 @@ MARGINS = {
 }
 
 
-def custom_scalar_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
-    """A TensorBoard custom-scalars layout putting every layer of a quantity on one chart."""
+def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> Dict[str, Dict[str, List]]:
+    """A TensorBoard custom-scalars layout putting every layer of a quantity on one chart.
+
+    With ``by_layer`` (the monitor writes one run per layer, see
+    :mod:`~lightning_memloc.callbacks.layer_runs`) each chart matches the quantity's tag in every
+    layer run, so TensorBoard draws each layer in its own colour (series are coloured by run),
+    and the margin charts (value with its interval) show every layer on one chart per quantity.
+    """
+    if by_layer:
+        return _by_layer_layout(report)
     quantities = ["unit_mem_mean", "unit_mem_frac_above", "dead_units"]
     if report.has_reference:
         quantities = ["layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least"] + quantities
@@ -118,6 +126,22 @@ def custom_scalar_layout(report: MemorizationReport) -> Dict[str, Dict[str, List
                     layer: ["Margin", [f"{PREFIX}/{value}/{layer}", f"{PREFIX}/{lo}/{layer}", f"{PREFIX}/{hi}/{layer}"]]
                     for layer in report.layers}
     return layout
+
+
+def _by_layer_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
+    tag = f"{PREFIX}_by_layer"
+    quantities = ["unit_mem_mean", "unit_mem_frac_above", "dead_units"]
+    if report.has_reference:
+        quantities = ["layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least"] + quantities
+    ev = report.evidence
+    for extra in ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen"):
+        if ev is not None and ev.has(extra):
+            quantities.append(extra)
+    charts: Dict[str, List] = {q: ["Multiline", [f"^{tag}/{q}$"]] for q in quantities}
+    for title, (value, lo, hi) in MARGINS.items():
+        if ev is not None and ev.has(lo):
+            charts[title] = ["Margin", [f"{tag}/{value}", f"{tag}/{lo}", f"{tag}/{hi}"]]
+    return {PREFIX: charts}
 
 
 def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], count: int) -> Dict[str, Tensor]:
@@ -149,10 +173,11 @@ def log_tensorboard(
     grid_size: int = 8,
     histograms: bool = True,
     layout: bool = False,
+    by_layer: bool = False,
 ) -> None:
     """Histograms, image grids and (once) the custom-scalars layout on a ``SummaryWriter``."""
     if layout:
-        writer.add_custom_scalars(custom_scalar_layout(report))
+        writer.add_custom_scalars(custom_scalar_layout(report, by_layer=by_layer))
     if histograms:
         for layer in report.layers:
             writer.add_histogram(f"{PREFIX}_hist/unit_mem/{layer}", report.unit_mem[layer].float(), global_step=step)

@@ -402,7 +402,8 @@ class MemorizationMonitor(Callback):
             if trainer.is_global_zero and has_tensorboard(logger):
                 images = self.views.display_images if self.grid_size and len(self.views.view_shape) == 3 else None
                 log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
-                                grid_size=self.grid_size, histograms=self.log_histograms, layout=not self._layout_written)
+                                grid_size=self.grid_size, histograms=self.log_histograms, layout=not self._layout_written,
+                                by_layer=self.layer_runs and bool(getattr(logger.experiment, "log_dir", None)))
                 self._layout_written = True
                 log_dir = getattr(logger.experiment, "log_dir", None)
                 if self.layer_runs and log_dir:
