@@ -16,7 +16,7 @@ literal one-view-per-forward procedure (:func:`~lightning_memloc.fidelity.author
 
 The numbers in docs/fidelity.md come from (12–19 minutes on 2 CPU cores shared with other jobs)::
 
-    python examples/authors_quirks.py --data ../shared/data/cifar10-train-10k.npz --out /tmp/quirks
+    python examples/authors_quirks.py --data ../shared/data/cifar10-train-10k.npz --out runs/quirks
 
 A fast offline smoke run: ``python examples/authors_quirks.py --data synthetic --subset 48
 --candidates 8 --independent 8 --width 2 --epochs 1 --batch-size 16 --views 2``.

@@ -26,7 +26,7 @@ Every table is printed and written as markdown to ``<out>/tables.md``; all numbe
 Run offline on scikit-learn's digits (a few minutes on 2 cores):
 ``python examples/reproduce_paper.py --data digits --epochs 1``. On a CIFAR-10 ``.npz`` (about 20
 minutes on 2 shared cores): ``python examples/reproduce_paper.py --data cifar10-train-10k.npz
---subset 4000 --epochs 6 --probe-train 2000 --out /tmp/repro``; docs/reproduction.md has the
+--subset 4000 --epochs 6 --probe-train 2000 --out runs/repro``; docs/reproduction.md has the
 settings, timings and results of that run beside the paper's.
 """
 
