@@ -214,6 +214,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print("\n[memloc] share of units whose μmax image is a seen candidate (pool: candidates ∪ unseen; chance "
           f"{ev.layers[layers[0]].get('membership_chance', float('nan')):.0%}; *: Holm p < {alpha:g}):")
     print(history_table(monitor.history, layers, "membership", ".0%", alpha))
+    print(f"\n[memloc] mean UnitMem, candidates − unseen (equal-size samples; *: Holm p < {alpha:g}):")
+    print(history_table(monitor.history, layers, "unit_mem_excess", "+.3f", alpha))
     print("\n[memloc] mean UnitMem of the candidates (init: BatchNorm statistics recalibrated on the measured views):")
     print(history_table(monitor.history, layers, "unit_mem_mean", ".3f", alpha))
     if summary["shows_memorization"]:
