@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import operator
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch

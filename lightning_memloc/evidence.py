@@ -36,7 +36,6 @@ from lightning_memloc.functional.evidence import (
     bootstrap_topk_interval,
     holm,
     membership_test,
-    percentile_interval,
     samples_for_halfwidth,
     weighted_mean_unitmem,
     welch_greater,

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from lightning_memloc.report import MemorizationReport
