@@ -124,6 +124,7 @@ def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[
         ValueError: the report has no SSLMem (no reference), or an unknown layer.
 
     Example:
+        >>> import torch
         >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
         ...     candidate_ids=torch.arange(3), unit_mem={l: torch.zeros(1) for l in "ab"},
         ...     unit_argmax={l: torch.zeros(1, dtype=torch.long) for l in "ab"},
