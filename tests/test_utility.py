@@ -184,3 +184,24 @@ def test_callback_bad_data():
         UtilityMonitor(images[:20], labels[:20], images[20:].long(), labels[20:], ks=(3,))
     with pytest.raises(ValueError, match="same"):
         UtilityMonitor(images[:20], labels[:20], images[20:, :, :8], labels[20:], ks=(3,))
+
+
+# ------------------------------------------------------------------------------------------ demo
+def test_demo_utility_uses_labelled_shared_and_independent_images():
+    from lightning_memloc.data import SplitIndices
+    from lightning_memloc.demo_utility import demo_utility, knn_table
+
+    images, labels = _data()
+    labels = labels.clone()
+    labels[[0, 25]] = -1  # canaries carry no label
+    split = SplitIndices(torch.arange(0, 22), torch.arange(22, 25), torch.arange(25, 30))
+    utility = demo_utility(images, labels, split, every_n_epochs=2)
+    assert utility.ks == (20,)  # 21 labelled shared images: k=200 does not fit
+    assert torch.equal(utility.bank, images[1:22]) and torch.equal(utility.test, images[26:30])
+    assert utility.every_n_epochs == 2 and utility.measure_on_train_start and utility.encoder_spec == "encoder.backbone"
+    assert demo_utility(images, labels, SplitIndices(torch.arange(0, 22), torch.arange(22, 25), torch.tensor([25])),
+                        every_n_epochs=1) is None  # no labelled test image
+    small = demo_utility(images, labels, SplitIndices(torch.arange(0, 6), torch.arange(22, 25), torch.arange(25, 30)), 1)
+    assert small.ks == (5,)  # no k fits: the whole bank
+    table = knn_table([{"epoch": -1, "memloc/knn_acc_k20": 0.125}, {"epoch": 3}], (20,))
+    assert table.splitlines() == [" epoch      k=20", "  init     12.5%", "     3       n/a"]
