@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         top_k=max(1, len(cand) // 10), bootstrap=args.bootstrap,
         overwrite=True,  # re-running the demo into --out replaces its memloc/ files
     )
-    utility = demo_utility(images, data["labels"], split, args.every_n_epochs)  # kNN accuracy, same schedule
+    utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs)  # kNN accuracy, same schedule
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
                          callbacks=[monitor] + ([utility] if utility is not None else []),
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print("\n[memloc] mean UnitMem of the candidates (init: BatchNorm statistics recalibrated on the measured views):")
     print(history_table(monitor.history, layers, "unit_mem_mean", ".3f", alpha))
     if utility is not None:
-        print("\n[memloc] kNN accuracy of f (bank: shared images; test: independent images, unseen by f):")
+        print(f"\n[memloc] kNN accuracy of f ({utility_what}):")
         print(knn_table(utility.history, utility.ks))
     if summary["shows_memorization"]:
         print(f"\n[memloc] RESULT: significant memorization of the candidates: {significant}")

@@ -195,13 +195,32 @@ def test_demo_utility_uses_labelled_shared_and_independent_images():
     labels = labels.clone()
     labels[[0, 25]] = -1  # canaries carry no label
     split = SplitIndices(torch.arange(0, 22), torch.arange(22, 25), torch.arange(25, 30))
-    utility = demo_utility(images, labels, split, every_n_epochs=2)
+    utility, what = demo_utility(images, labels, split, every_n_epochs=2)
     assert utility.ks == (20,)  # 21 labelled shared images: k=200 does not fit
     assert torch.equal(utility.bank, images[1:22]) and torch.equal(utility.test, images[26:30])
     assert utility.every_n_epochs == 2 and utility.measure_on_train_start and utility.encoder_spec == "encoder.backbone"
-    assert demo_utility(images, labels, SplitIndices(torch.arange(0, 22), torch.arange(22, 25), torch.tensor([25])),
-                        every_n_epochs=1) is None  # no labelled test image
-    small = demo_utility(images, labels, SplitIndices(torch.arange(0, 6), torch.arange(22, 25), torch.arange(25, 30)), 1)
+    assert "unseen by f" in what
+    # canaries setting: no labelled independent image -> every other labelled shared image is tested
+    halves, what = demo_utility(images, labels, SplitIndices(torch.arange(0, 22), torch.arange(22, 25),
+                                                             torch.tensor([25])), every_n_epochs=1)
+    assert torch.equal(halves.bank, images[1:22:2]) and torch.equal(halves.test, images[2:22:2]) and "half" in what
+    assert halves.ks == (11,)
+    assert demo_utility(images, labels, SplitIndices(torch.tensor([0, 1]), torch.arange(22, 25), torch.tensor([25])),
+                        1)[0] is None  # one labelled image: no bank and test
+    small, _ = demo_utility(images, labels, SplitIndices(torch.arange(0, 6), torch.arange(22, 25), torch.arange(25, 30)), 1)
     assert small.ks == (5,)  # no k fits: the whole bank
     table = knn_table([{"epoch": -1, "memloc/knn_acc_k20": 0.125}, {"epoch": 3}], (20,))
     assert table.splitlines() == [" epoch      k=20", "  init     12.5%", "     3       n/a"]
+
+
+def test_demo_prints_knn_accuracy_over_training(tmp_path, capsys):
+    from lightning_memloc.cli import main
+
+    argv = ["demo", "--setting", "plain", "--data", "digits", "--limit", "80", "--width", "2", "--epochs", "1",
+            "--views", "2", "--bootstrap", "10", "--every-n-epochs", "1", "--out", str(tmp_path), "--accelerator", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("[memloc] kNN accuracy of f (bank: shared images; test: independent images"):].splitlines()
+    assert table[1].split() == ["epoch", "k=20"] and table[2].split()[0] == "init" and table[3].split()[0] == "0"
+    knn = json.loads((tmp_path / "summary.json").read_text())["knn_accuracy"]
+    assert [h["epoch"] for h in knn] == [-1, 0] and table[3].split()[1] == f"{knn[1]['memloc/knn_acc_k20']:.1%}"
