@@ -178,6 +178,9 @@ class UtilityMonitor(Callback):
         """Resolve the encoder and check ``output_dir`` before training starts."""
         if stage == "fit":
             self.encoder(pl_module)
+            if trainer.world_size > len(self.bank):
+                raise ValueError(f"`bank` holds {len(self.bank)} images for {trainer.world_size} DDP ranks: every rank "
+                                 "embeds a shard of it, so pass at least as many bank images as ranks.")
             if self.output_dir is not None and trainer.is_global_zero:
                 check_writable_dir(self.output_dir, argument="output_dir")
 
