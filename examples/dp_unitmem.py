@@ -11,7 +11,8 @@ DP and with Opacus' DP-SGD at several noise multipliers σ, and compares, in one
 - the UnitMem distribution of every layer (mean, 90th percentile; box plot of the last layer);
 - LayerMem of the last layer and its excess over a **control** (training images both ``f`` and
   its reference ``g`` saw), with the interval and Holm-corrected p-value of the library's
-  evidence section (the excess removes the offset between two differently trained encoders);
+  evidence section (the excess removes the offset between two differently trained encoders),
+  and the UnitMem excess of the candidates over **unseen** images (``g``'s own, never ``f``'s);
 - the weighted cosine kNN accuracy (k = 20, 200) of held-out test images against the labelled
   training images (:class:`~lightning_memloc.callbacks.UtilityMonitor`'s computation).
 
@@ -30,7 +31,7 @@ Needs Opacus (``pip install lightning_memloc[dp]``). Smoke run (seconds):
 The run recorded in docs/utility.md (one thread)::
 
     OMP_NUM_THREADS=1 python examples/dp_unitmem.py --data ../shared/data/cifar10-train-10k.npz \\
-        --subset 1200 --test 500 --width 8 --epochs 4 --sigmas 0.5 1.0 --out /tmp/dp
+        --subset 1000 --test 500 --width 8 --epochs 20 --sigmas 0.5 1.0 --out /tmp/dp
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ from lightning_memloc.ssl import SimCLR
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="synthetic", help="synthetic | digits | file.npz (e.g. CIFAR-10)")
-    p.add_argument("--subset", type=int, default=1200, help="training images (shared + candidates + independent)")
+    p.add_argument("--subset", type=int, default=1000, help="training images (shared + candidates + independent)")
     p.add_argument("--candidates", type=float, default=0.1, help="fraction of the subset (or a count if >= 1)")
     p.add_argument("--independent", type=float, default=0.1, help="fraction of the subset (or a count if >= 1)")
     p.add_argument("--test", type=int, default=500, help="held-out labelled images for kNN accuracy")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--width", type=int, default=8, help="ResNet9 width (the paper's is 64)")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0], help="DP-SGD noise multipliers")
@@ -152,6 +153,7 @@ def summarize(name: str, sigma: Optional[float], eps: Optional[float], report: A
         "unit_mem_last": units[last].tolist(),
         "layer_mem": dict(report.layer_mem), "excess": {l: report.evidence.layers[l].get("excess") for l in report.layers},
         "excess_lo": ev.get("excess_lo"), "excess_hi": ev.get("excess_hi"), "excess_p_holm": ev.get("excess_p_holm"),
+        "unit_mem_excess": ev.get("unit_mem_excess"), "unit_mem_excess_p_holm": ev.get("unit_mem_excess_p_holm"),
         **{f"knn_k{k}": acc for k, acc in knn.items()},
     }
 
@@ -164,13 +166,14 @@ def table(rows: List[Dict[str, Any]], ks: Sequence[int]) -> str:
     first = rows[0]["unit_mem_mean"]
     l1, ll = next(iter(first)), rows[0]["last_layer"]
     head = (f"| setting | σ | ε | UnitMem mean {l1} | UnitMem mean {ll} | UnitMem p90 {ll} | LayerMem {ll} | "
-            f"excess over control {ll} [CI] | p (Holm) | " + " | ".join(f"kNN k={k}" for k in ks) + " | train s |")
+            f"excess over control {ll} [CI] | p (Holm) | UnitMem seen − unseen {ll} | p (Holm) | " + " | ".join(f"kNN k={k}" for k in ks) + " | train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['setting']} | {_fmt(r['sigma'], 2)} | {_fmt(r['epsilon'], 1)} | {_fmt(r['unit_mem_mean'][l1])} | "
             f"{_fmt(r['unit_mem_mean'][ll])} | {_fmt(r['unit_mem_p90'][ll])} | {_fmt(r['layer_mem'][ll])} | "
             f"{_fmt(r['excess'][ll])} [{_fmt(r['excess_lo'])}, {_fmt(r['excess_hi'])}] | {_fmt(r['excess_p_holm'], 4)} | "
+            f"{_fmt(r['unit_mem_excess'])} | {_fmt(r['unit_mem_excess_p_holm'], 4)} | "
             + " | ".join(_fmt(r[f"knn_k{k}"]) for k in ks) + f" | {r['seconds']} |")
     return "\n".join(lines) + "\n"
 
@@ -220,6 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     split = split_candidates(args.subset, shared=args.subset - c - i, candidates=c, independent=i, seed=args.seed)
     candidates = train_images[split.candidates]
     control = train_images[split.shared[:len(split.candidates)]]
+    unseen = train_images[split.independent[:len(split.candidates)]]  # g trained on them, f never did
     ks = [k for k in args.ks if k <= len(split.shared)] or [len(split.shared)]
     utility = UtilityMonitor(train_images[split.shared], train_labels[split.shared], test_images, test_labels,
                              ks=ks, batch_size=256, num_classes=int(labels.max()) + 1)
@@ -232,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f, eps = train(args, f_data, sigma, seed=args.seed)
         g, _ = train(args, g_data, sigma, seed=args.seed + 1)
         seconds = time.perf_counter() - start
-        report = measure(f.backbone, candidates, reference=g.backbone, control=control, views=args.views,
+        report = measure(f.backbone, candidates, reference=g.backbone, control=control, unseen=unseen, views=args.views,
                          seed=args.seed, top_k=max(1, len(candidates) // 10), bootstrap=args.bootstrap)
         knn = utility.compute(f.backbone)
         rows.append(summarize(name, sigma, eps, report, knn, seconds))

@@ -34,7 +34,7 @@ def test_dp_example_smoke(example, tmp_path: Path, one_thread) -> None:
     for r in rows:
         assert all(0.0 <= u <= 1.0 for u in r["unit_mem_last"])
         assert all(0.0 <= r[f"knn_k{k}"] <= 1.0 for k in (3, 10))
-        assert r["excess"][r["last_layer"]] is not None
+        assert r["excess"][r["last_layer"]] is not None and r["unit_mem_excess"] is not None
     table = (tmp_path / "table.md").read_text()
     assert table.count("\n") == 2 + len(rows) and "kNN k=10" in table
     assert (tmp_path / "dp_unitmem.png").stat().st_size > 0
