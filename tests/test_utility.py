@@ -224,3 +224,34 @@ def test_demo_prints_knn_accuracy_over_training(tmp_path, capsys):
     assert table[1].split() == ["epoch", "k=20"] and table[2].split()[0] == "init" and table[3].split()[0] == "0"
     knn = json.loads((tmp_path / "summary.json").read_text())["knn_accuracy"]
     assert [h["epoch"] for h in knn] == [-1, 0] and table[3].split()[1] == f"{knn[1]['memloc/knn_acc_k20']:.1%}"
+
+
+def test_lightning_pytorch_binding_runs_in_its_trainer(tmp_path):
+    L = pytest.importorskip("lightning.pytorch")
+    from lightning_memloc import lightning as bound
+    from lightning_memloc.callbacks import utility as plain
+
+    assert issubclass(bound.UtilityMonitor, L.Callback) and issubclass(bound.UtilityMonitor, plain.UtilityMonitor)
+
+    class Lit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.backbone = TinyCNN(width=2)
+
+        def training_step(self, batch, batch_idx):
+            return self.backbone(batch[0].float() / 255).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    images, labels = _data()
+    utility = bound.UtilityMonitor(images[:20], labels[:20], images[20:], labels[20:], ks=(3,), encoder="backbone")
+    trainer = L.Trainer(max_epochs=1, callbacks=[utility], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    torch.manual_seed(0)
+    model = Lit()
+    trainer.fit(model, DataLoader(TensorDataset(images), batch_size=10))
+    model.eval()
+    feats = embed(model.backbone, images, batch_size=30)
+    assert utility.history[-1]["memloc/knn_acc_k3"] == knn_accuracy(feats[:20], labels[:20], feats[20:], labels[20:],
+                                                                      3, ks=(3,))[3]
