@@ -255,3 +255,24 @@ def test_lightning_pytorch_binding_runs_in_its_trainer(tmp_path):
     feats = embed(model.backbone, images, batch_size=30)
     assert utility.history[-1]["memloc/knn_acc_k3"] == knn_accuracy(feats[:20], labels[:20], feats[20:], labels[20:],
                                                                       3, ks=(3,))[3]
+
+
+def test_tensorboard_chart_puts_knn_accuracy_beside_memorization(tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    images, labels = _data()
+    monitor = MemorizationMonitor(images[:6], views=2, encoder="backbone", grid_size=0, progress=False, bootstrap=0)
+    utility = _utility(images, labels)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[utility, monitor], enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, logger=TensorBoardLogger(tmp_path, name="tb", version=0))
+    trainer.fit(_model(), DataLoader(TensorDataset(images), batch_size=10))
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("memloc/knn_acc_k3")] == [e.step for e in acc.Scalars("memloc/unit_mem_mean/conv1")]
+    layout = layout_pb2.Layout.FromString(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[-1].tensor_proto.string_val[0])
+    categories = {c.title: {chart.title: list(chart.multiline.tag) for chart in c.chart} for c in layout.category}
+    assert "memloc" in categories  # the monitor's charts, written after ours, are merged with them
+    assert categories["memloc utility"]["kNN accuracy and mean UnitMem"] == [
+        "^memloc/knn_acc_k3$", "^memloc/knn_acc_k10$", "^memloc/unit_mem_mean/[^/]+$"]

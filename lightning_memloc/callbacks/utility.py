@@ -25,19 +25,50 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_memloc.callbacks.monitor import MemorizationMonitor, rank_zero_buffers
-from lightning_memloc.callbacks.naming import check_name, named_scalars
+from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import resolve_module
 
-__all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag"]
+__all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"]
 
 
 def knn_tag(k: int) -> str:
     """The logged tag of the kNN accuracy with ``k`` neighbours (``memloc/knn_acc_k20``)."""
     return f"memloc/knn_acc_k{k}"
+
+
+def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, Dict[str, List[Any]]]:
+    """TensorBoard custom-scalars charts that put kNN accuracy beside LayerMem and its excess.
+
+    One Multiline chart per memorization quantity, each with every ``memloc/knn_acc_k<k>`` and the
+    quantity of every layer (regular expressions, so layers need not be known here).
+
+    Example:
+        >>> utility_layout([20])["memloc utility"]["kNN accuracy and LayerMem"]
+        ['Multiline', ['^memloc/knn_acc_k20$', '^memloc/layer_mem/[^/]+$']]
+    """
+    prefix = named_tag("memloc", name)
+    knn = [f"^{prefix}/knn_acc_k{k}$" for k in ks]
+    return {f"{prefix} utility": {
+        "kNN accuracy and LayerMem": ["Multiline", [*knn, f"^{prefix}/layer_mem/[^/]+$"]],
+        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{prefix}/excess/[^/]+$"]],
+        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{prefix}/unit_mem_mean/[^/]+$"]],
+    }}
+
+
+def _add_layout(writer: Any, layout: Dict[str, Any], key: Any) -> None:
+    """Write ``layout`` merged with the monitors' (:class:`NamedWriter` keeps them on the writer)."""
+    layouts = getattr(writer, NamedWriter._LAYOUTS, None) or {}
+    layouts[key] = layout
+    setattr(writer, NamedWriter._LAYOUTS, layouts)
+    merged: Dict[str, Any] = {}
+    for part in layouts.values():
+        for category, charts in part.items():
+            merged.setdefault(category, {}).update(charts)
+    writer.add_custom_scalars(merged)
 
 
 def _check_images(name: str, images: Any, labels: Any) -> tuple:
@@ -100,7 +131,8 @@ class UtilityMonitor(Callback):
     Runs on the schedule of :class:`~lightning_memloc.callbacks.MemorizationMonitor` (the same
     ``every_n_epochs`` / ``every_n_train_steps`` / ``measure_on_train_start`` arguments), logs
     ``memloc/knn_acc_k<k>`` to every logger at ``trainer.global_step`` and into
-    ``trainer.callback_metrics``, keeps ``history`` (one dict per measurement, saved in
+    ``trainer.callback_metrics`` (on TensorBoard also custom-scalars charts with kNN accuracy and
+    LayerMem, its excess and mean UnitMem on one plot, :func:`utility_layout`), keeps ``history`` (one dict per measurement, saved in
     checkpoints and, with ``output_dir``, as ``utility_history.json``), and adds its scalars to
     the history entry of every ``MemorizationMonitor`` measured at the same global step (list it
     after the monitors so that they have measured first).
@@ -164,6 +196,7 @@ class UtilityMonitor(Callback):
         self.name = check_name(name)
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.history: List[Dict[str, Any]] = []
+        self._layout_written = False
 
     @property
     def state_key(self) -> str:
@@ -236,6 +269,9 @@ class UtilityMonitor(Callback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in named.items()})
         for logger in trainer.loggers:
             logger.log_metrics(named, step=trainer.global_step)
+            if trainer.is_global_zero and has_tensorboard(logger) and not self._layout_written:
+                _add_layout(logger.experiment, utility_layout(self.ks, self.name), ("utility", self.name))
+                self._layout_written = True
         self._merge_into_monitors(trainer)
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
