@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         top_k=max(1, len(cand) // 10), bootstrap=args.bootstrap,
         overwrite=True,  # re-running the demo into --out replaces its memloc/ files
     )
-    utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs)  # kNN accuracy, same schedule
+    # kNN accuracy of f on the monitor's schedule (lightning_memloc.demo_utility)
+    utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
                          callbacks=[monitor] + ([utility] if utility is not None else []),
