@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from lightning_memloc.callbacks import MemorizationMonitor
+    from lightning_memloc.demo_utility import demo_utility, knn_table
     from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
     from lightning_memloc.ssl import SimCLR
     from lightning_memloc.views import BatchedSimCLRAugment
@@ -181,9 +182,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         top_k=max(1, len(cand) // 10), bootstrap=args.bootstrap,
         overwrite=True,  # re-running the demo into --out replaces its memloc/ files
     )
+    # kNN accuracy of f on the monitor's schedule (lightning_memloc.demo_utility)
+    utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
-                         callbacks=[monitor], log_every_n_steps=5, enable_checkpointing=True, default_root_dir=str(out))
+                         callbacks=[monitor] + ([utility] if utility is not None else []),
+                         log_every_n_steps=5, enable_checkpointing=True, default_root_dir=str(out))
     trainer.fit(model, cotraining_loader(images, split, batch_size=min(args.batch_size, len(split.shared)),
                                          num_workers=args.workers, transform=transform))
 
@@ -201,7 +205,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     summary = {"elapsed_s": round(time.perf_counter() - started, 1), "setting": args.setting, "epochs": args.epochs,
                "steps": trainer.global_step, "data": args.data, "num_candidates": len(cand),
                "layer_mem": report.layer_mem, "evidence": None if ev is None else ev.to_dict()["layers"],
-               "significant_layers": significant, "shows_memorization": any(bool(v) for v in significant.values())}
+               "significant_layers": significant, "shows_memorization": any(bool(v) for v in significant.values()),
+               "knn_accuracy": None if utility is None else utility.history}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
 
     alpha = monitor.evidence_options.alpha
@@ -218,6 +223,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print(history_table(monitor.history, layers, "unit_mem_excess", "+.3f", alpha))
     print("\n[memloc] mean UnitMem of the candidates (init: BatchNorm statistics recalibrated on the measured views):")
     print(history_table(monitor.history, layers, "unit_mem_mean", ".3f", alpha))
+    if utility is not None:
+        print(f"\n[memloc] kNN accuracy of f ({utility_what}):")
+        print(knn_table(utility.history, utility.ks))
     if summary["shows_memorization"]:
         print(f"\n[memloc] RESULT: significant memorization of the candidates: {significant}")
     else:

@@ -36,6 +36,7 @@ from lightning_memloc import datamodule as _datamodule
 from lightning_memloc.callbacks import finetuning as _finetuning
 from lightning_memloc.callbacks import monitor as _monitor
 from lightning_memloc.callbacks import pruning as _pruning
+from lightning_memloc.callbacks import utility as _utility
 from lightning_memloc.callbacks.pruning import prune_units
 from lightning_memloc.ssl import SimCLR
 
@@ -55,6 +56,10 @@ class MemorizationPruning(_pruning.MemorizationPruning, _Callback):
     __doc__ = _pruning.MemorizationPruning.__doc__
 
 
+class UtilityMonitor(_utility.UtilityMonitor, _Callback):
+    __doc__ = _utility.UtilityMonitor.__doc__
+
+
 class CoTrainedPair(_cotrain.CoTraining, _LightningModule):
     __doc__ = _cotrain.CoTrainedPair.__doc__
 
@@ -69,7 +74,7 @@ def cotraining_loader(*args: Any, **kwargs: Any) -> _CombinedLoader:
     return _cotrain.cotraining_loader(*args, combined=_CombinedLoader, **kwargs)
 
 
-_BOUND = {"MemorizationMonitor", "MemorizationFinetuning", "MemorizationPruning", "CoTrainedPair",
+_BOUND = {"MemorizationMonitor", "MemorizationFinetuning", "MemorizationPruning", "UtilityMonitor", "CoTrainedPair",
           "CoTrainingData", "cotraining_loader", "prune_units", "SimCLR", "PACKAGE"}
 _NEUTRAL = [name for name in _memloc.__all__ if name not in _BOUND]
 globals().update({name: getattr(_memloc, name) for name in _NEUTRAL})

@@ -1,0 +1,296 @@
+"""``UtilityMonitor``: kNN accuracy of the encoder on the memorization monitor's schedule.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read where an encoder
+memorizes next to what it is good for; the SSLMem paper (ICLR 2024) shows memorization goes with
+downstream generalization. This callback measures the utility side in the same run: it embeds a
+labelled bank (e.g. training images) and a held-out test set with the encoder (eval mode, no
+gradients, every module's mode restored afterwards) and logs the weighted cosine kNN accuracy
+(:mod:`lightning_memloc.functional.knn`) as ``memloc/knn_acc_k<k>`` at ``trainer.global_step``,
+the step axis of the ``memloc/...`` memorization scalars. Under DDP each rank embeds a strided
+shard of the bank and of the test set; bank features are all-gathered (no padding duplicates)
+and correct counts summed, so the result equals a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor, nn
+
+from lightning_memloc.callbacks.monitor import MemorizationMonitor, rank_zero_buffers
+from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars, named_tag
+from lightning_memloc.callbacks.schedule import check_schedule, step_due
+from lightning_memloc.checks import check_int, unwrap_compiled
+from lightning_memloc.functional.knn import check_knn_args, knn_correct
+from lightning_memloc.io import atomic_write_text, check_writable_dir
+from lightning_memloc.loading import resolve_module
+
+__all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"]
+
+
+def knn_tag(k: int) -> str:
+    """The logged tag of the kNN accuracy with ``k`` neighbours (``memloc/knn_acc_k20``)."""
+    return f"memloc/knn_acc_k{k}"
+
+
+def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, Dict[str, List[Any]]]:
+    """TensorBoard custom-scalars charts that put kNN accuracy beside LayerMem and its excess.
+
+    One Multiline chart per memorization quantity, each with every ``memloc/knn_acc_k<k>`` and the
+    quantity of every layer (regular expressions, so layers need not be known here).
+
+    Example:
+        >>> utility_layout([20])["memloc utility"]["kNN accuracy and LayerMem"]
+        ['Multiline', ['^memloc/knn_acc_k20$', '^memloc/layer_mem/[^/]+$']]
+    """
+    prefix = named_tag("memloc", name)
+    knn = [f"^{prefix}/knn_acc_k{k}$" for k in ks]
+    return {f"{prefix} utility": {
+        "kNN accuracy and LayerMem": ["Multiline", [*knn, f"^{prefix}/layer_mem/[^/]+$"]],
+        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{prefix}/excess/[^/]+$"]],
+        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{prefix}/unit_mem_mean/[^/]+$"]],
+    }}
+
+
+def _add_layout(writer: Any, layout: Dict[str, Any], key: Any) -> None:
+    """Write ``layout`` merged with the monitors' (:class:`NamedWriter` keeps them on the writer)."""
+    layouts = getattr(writer, NamedWriter._LAYOUTS, None) or {}
+    layouts[key] = layout
+    setattr(writer, NamedWriter._LAYOUTS, layouts)
+    merged: Dict[str, Any] = {}
+    for part in layouts.values():
+        for category, charts in part.items():
+            merged.setdefault(category, {}).update(charts)
+    writer.add_custom_scalars(merged)
+
+
+def _check_images(name: str, images: Any, labels: Any) -> tuple:
+    if not isinstance(images, Tensor) or images.ndim != 4 or not (images.dtype == torch.uint8 or images.is_floating_point()):
+        raise TypeError(f"`{name}` must be a uint8 or float tensor (N, C, H, W), got "
+                        f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}.")
+    labels = torch.as_tensor(labels)
+    if labels.shape != (len(images),) or labels.is_floating_point() or bool((labels < 0).any()):
+        raise ValueError(f"`{name}_labels` must be (N,) = ({len(images)},) non-negative integer class labels, "
+                         f"got {labels.dtype} {tuple(labels.shape)}.")
+    if len(images) == 0:
+        raise ValueError(f"`{name}` is empty: pass at least one labelled image.")
+    return images, labels.long()
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, images: Tensor, batch_size: int, transform: Optional[Callable[[Tensor], Tensor]] = None,
+          device: Optional[torch.device] = None) -> Tensor:
+    """Features (N, D) of ``images``: the encoder's output, spatially averaged if it is a feature map.
+
+    uint8 images are divided by 255; ``transform`` (a batched tensor function, e.g. a
+    normalisation) is applied after. The caller sets eval mode.
+    """
+    device = device or next(encoder.parameters()).device
+    dtype = next(encoder.parameters()).dtype
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if transform is not None:
+            x = transform(x)
+        y = encoder(x.to(dtype))
+        out.append((y.mean(dim=(2, 3)) if y.ndim == 4 else y.flatten(1)).float())
+    return torch.cat(out) if out else torch.zeros(0, 0, device=device)
+
+
+def gather_rows(local: Tensor, total: int, world_size: int) -> Tensor:
+    """All ranks' strided shards (rank r holds rows ``r::world_size``) reassembled in order, on every rank.
+
+    Shards differ in length by at most one; they are padded to the same length for
+    ``all_gather`` and the padding is dropped (no duplicated rows). Collective under DDP.
+    """
+    if world_size == 1:
+        return local
+    rows = math.ceil(total / world_size)
+    padded = local.new_zeros((rows, local.shape[1]))
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    torch.distributed.all_gather(parts, padded)
+    full = local.new_empty((total, local.shape[1]))
+    for rank, part in enumerate(parts):
+        count = len(range(rank, total, world_size))
+        full[rank::world_size] = part[:count]
+    return full
+
+
+class UtilityMonitor(Callback):
+    r"""Weighted cosine kNN accuracy (k = 20 and 200 by default) of the encoder during training.
+
+    Runs on the schedule of :class:`~lightning_memloc.callbacks.MemorizationMonitor` (the same
+    ``every_n_epochs`` / ``every_n_train_steps`` / ``measure_on_train_start`` arguments), logs
+    ``memloc/knn_acc_k<k>`` to every logger at ``trainer.global_step`` and into
+    ``trainer.callback_metrics`` (on TensorBoard also custom-scalars charts with kNN accuracy and
+    LayerMem, its excess and mean UnitMem on one plot, :func:`utility_layout`), keeps ``history`` (one dict per measurement, saved in
+    checkpoints and, with ``output_dir``, as ``utility_history.json``), and adds its scalars to
+    the history entry of every ``MemorizationMonitor`` measured at the same global step (list it
+    after the monitors so that they have measured first).
+
+    Args:
+        bank: labelled images (N, C, H, W), uint8 or float, whose features vote (e.g. training images).
+        bank_labels: (N,) integer labels of ``bank``.
+        test: held-out images (M, C, H, W) to classify.
+        test_labels: (M,) integer labels of ``test``.
+        ks: neighbour counts (each ≤ N).
+        temperature: vote weight ``exp(cosine / temperature)`` (0.1, the standard).
+        num_classes: number of classes (default: the largest label + 1).
+        encoder: the encoder inside the LightningModule, as for ``MemorizationMonitor``.
+        transform: batched tensor transform applied to the images in [0, 1] (e.g. a normalisation).
+        every_n_epochs, every_n_train_steps, measure_on_train_start: the schedule.
+        batch_size: images per forward pass.
+        output_dir: if set, rank 0 writes ``utility_history.json`` there (atomically).
+        name: tags ``memloc-<name>/...`` instead of ``memloc/...`` (as the monitor's ``name``).
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.callbacks.utility import UtilityMonitor
+        >>> utility = UtilityMonitor(torch.rand(30, 3, 16, 16), torch.arange(30) % 3, torch.rand(6, 3, 16, 16),
+        ...                          torch.arange(6) % 3, ks=(5, 20), encoder="backbone")
+        >>> utility.ks
+        (5, 20)
+    """
+
+    def __init__(self, bank: Tensor, bank_labels: Tensor, test: Tensor, test_labels: Tensor, *,
+                 ks: Sequence[int] = (20, 200), temperature: float = 0.1, num_classes: Optional[int] = None,
+                 encoder: Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None] = None,
+                 transform: Optional[Callable[[Tensor], Tensor]] = None, every_n_epochs: Optional[int] = None,
+                 every_n_train_steps: Optional[int] = None, measure_on_train_start: bool = False,
+                 batch_size: int = 256, output_dir: Optional[Union[str, os.PathLike]] = None,
+                 name: Optional[str] = None) -> None:
+        super().__init__()
+        self.every_n_epochs, self.every_n_train_steps = check_schedule(
+            None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1),
+            None if every_n_train_steps is None else check_int("every_n_train_steps", every_n_train_steps, 1))
+        self.ks, self.temperature = check_knn_args(ks, temperature)
+        self.bank, self.bank_labels = _check_images("bank", bank, bank_labels)
+        self.test, self.test_labels = _check_images("test", test, test_labels)
+        if bank.shape[1:] != test.shape[1:]:
+            raise ValueError(f"`bank` and `test` images must have the same (C, H, W), got {tuple(bank.shape[1:])} "
+                             f"and {tuple(test.shape[1:])}.")
+        if self.ks[-1] > len(bank):
+            raise ValueError(f"`ks`={self.ks} asks for {self.ks[-1]} neighbours but `bank` holds {len(bank)} images: "
+                             "pass a larger bank or smaller `ks`.")
+        largest = int(max(self.bank_labels.max(), self.test_labels.max())) + 1
+        if num_classes is None:
+            num_classes = largest
+        elif check_int("num_classes", num_classes, 1) < largest:
+            raise ValueError(f"`num_classes`={num_classes} but the labels go up to {largest - 1}: "
+                             f"pass num_classes >= {largest} (or None).")
+        self.num_classes = int(num_classes)
+        if transform is not None and not callable(transform):
+            raise TypeError(f"`transform` must be a callable on image batches or None, got {type(transform).__name__}.")
+        self.encoder_spec, self.transform = encoder, transform
+        self.measure_on_train_start = bool(measure_on_train_start)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.name = check_name(name)
+        self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
+        self.history: List[Dict[str, Any]] = []
+        self._layout_written = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_epochs=self.every_n_epochs, every_n_train_steps=self.every_n_train_steps,
+                                         ks=self.ks, bank=len(self.bank), test=len(self.test), name=self.name)
+
+    def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The encoder being evaluated inside ``pl_module``."""
+        return unwrap_compiled(resolve_module(pl_module, self.encoder_spec, "encoder"))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve the encoder and check ``output_dir`` before training starts."""
+        if stage == "fit":
+            self.encoder(pl_module)
+            if trainer.world_size > len(self.bank):
+                raise ValueError(f"`bank` holds {len(self.bank)} images for {trainer.world_size} DDP ranks: every rank "
+                                 "embeds a shard of it, so pass at least as many bank images as ranks.")
+            if self.output_dir is not None and trainer.is_global_zero:
+                check_writable_dir(self.output_dir, argument="output_dir")
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.measure_on_train_start and not self.history:
+            self._measure(trainer, pl_module, epoch=-1)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if step_due(self.every_n_train_steps, trainer.global_step, self.history):
+            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
+        if self.every_n_train_steps is not None:
+            if step_due(1, trainer.global_step, self.history):
+                self._measure(trainer, pl_module, epoch=last)
+        elif trainer.global_step > 0 and all(h["global_step"] != trainer.global_step for h in self.history):
+            self._measure(trainer, pl_module, epoch=last)
+        self._merge_into_monitors(trainer)
+
+    # ------------------------------------------------------------ measurement
+    def compute(self, encoder: nn.Module, world_size: int = 1, rank: int = 0) -> Dict[int, float]:
+        """kNN accuracy per k of ``encoder`` (collective when ``world_size > 1``); modes are restored."""
+        modes = [(m, m.training) for m in encoder.modules()]
+        device = next(encoder.parameters()).device
+        encoder.eval()
+        try:
+            with rank_zero_buffers(world_size, encoder):
+                local_bank = embed(encoder, self.bank[rank::world_size], self.batch_size, self.transform, device)
+                local_test = embed(encoder, self.test[rank::world_size], self.batch_size, self.transform, device)
+            bank = gather_rows(local_bank, len(self.bank), world_size)
+            correct = knn_correct(bank, self.bank_labels.to(device), local_test,
+                                  self.test_labels[rank::world_size].to(device), self.num_classes, self.ks,
+                                  self.temperature) if len(local_test) else {k: 0 for k in self.ks}
+        finally:
+            for module, mode in modes:
+                module.train(mode)
+        counts = torch.tensor([correct[k] for k in self.ks], dtype=torch.float64, device=device)
+        if world_size > 1:
+            torch.distributed.all_reduce(counts)
+        return {k: float(c) / len(self.test) for k, c in zip(self.ks, counts.tolist())}
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Dict[str, float]:
+        accuracy = self.compute(self.encoder(pl_module), trainer.world_size, trainer.global_rank)
+        scalars = {knn_tag(k): acc for k, acc in accuracy.items()}
+        self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
+        named = named_scalars(scalars, self.name)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in named.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(named, step=trainer.global_step)
+            if trainer.is_global_zero and has_tensorboard(logger) and not self._layout_written:
+                _add_layout(logger.experiment, utility_layout(self.ks, self.name), ("utility", self.name))
+                self._layout_written = True
+        self._merge_into_monitors(trainer)
+        if self.output_dir is not None and trainer.is_global_zero:
+            check_writable_dir(self.output_dir, argument="output_dir")
+            atomic_write_text(self.output_dir / "utility_history.json", json.dumps(self.history, indent=1))
+        return scalars
+
+    def _merge_into_monitors(self, trainer: pl.Trainer) -> None:
+        """Add the kNN scalars to the memorization monitors' entries of the same global step."""
+        ours = {h["global_step"]: h for h in self.history}
+        for callback in trainer.callbacks:
+            if isinstance(callback, MemorizationMonitor) and callback.name == self.name:
+                for entry in callback.history:
+                    match = ours.get(entry.get("global_step"))
+                    if match is not None:
+                        entry.update({k: v for k, v in match.items() if k.startswith("memloc/")})
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]
