@@ -47,9 +47,9 @@ def knn_table(history: List[Dict[str, Any]], ks: Sequence[int]) -> str:
 
     Example:
         >>> print(knn_table([{"epoch": -1, "memloc/knn_acc_k20": 0.1}, {"epoch": 0, "memloc/knn_acc_k20": 0.25}], [20]))
-         epoch     k=20
-          init    10.0%
-             0    25.0%
+         epoch      k=20
+          init     10.0%
+             0     25.0%
     """
     rows = [f"{'epoch':>6} " + "".join(f"{f'k={k}':>9}" for k in ks)]
     for entry in history:
