@@ -296,7 +296,7 @@ def run_pass(
             align_g = None
             key = None if cache is None else cache.batch_key(index, inputs)
             if cache is not None:
-                align_g = cache.get(key)  # type: ignore[arg-type]
+                align_g = cache.get(key, device)  # type: ignore[arg-type]
             if reference is not None and align_g is None:
                 _, align_g = _forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
                 align_g = {n: a.to(device) for n, a in align_g.items()}

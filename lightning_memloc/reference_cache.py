@@ -24,11 +24,19 @@ identical to an uncached one. A co-trained reference is never cached by the moni
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from collections import OrderedDict
-from typing import Dict, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from lightning_memloc.io import atomic_write_bytes
+
+PathLike = Union[str, "os.PathLike[str]"]
+_FORMAT = "lightning_memloc.reference_cache/1"
 
 __all__ = ["ReferenceCache", "frozen_reference", "model_digest", "tensor_digest"]
 
@@ -122,14 +130,14 @@ class ReferenceCache:
         """Digest of a batch's candidate positions and of the reference's input tensor."""
         return tensor_digest(torch.as_tensor(index, dtype=torch.long), inputs)
 
-    def get(self, key: str) -> Optional[Dict[str, Tensor]]:
-        """The stored per-layer alignments of a batch (counted as a hit), or ``None`` (a miss)."""
+    def get(self, key: str, device: Optional[torch.device] = None) -> Optional[Dict[str, Tensor]]:
+        """The stored per-layer alignments of a batch on ``device`` (a hit), or ``None`` (a miss)."""
         found = self.entries.get(key)
         if found is None:
             self.misses += 1
             return None
         self.hits += 1
-        return {name: value.clone() for name, value in found.items()}
+        return {name: value.to(device, copy=True) if device is not None else value.clone() for name, value in found.items()}
 
     def put(self, key: str, aligns: Dict[str, Tensor]) -> None:
         """Store a batch's per-layer alignments (small: B values per layer) under the bound model key."""
@@ -143,7 +151,40 @@ class ReferenceCache:
         self._tables.clear()
 
     def __len__(self) -> int:
-        return len(self.entries)
+        """Stored batches, over every kept model key."""
+        return sum(len(entries) for entries in self._tables.values())
+
+    def save(self, path: PathLike) -> Path:
+        """Write every table (model key -> batch key -> alignments) to ``path``, atomically."""
+        buffer = io.BytesIO()
+        tables = [(list(key), {b: {n: v.cpu() for n, v in a.items()} for b, a in entries.items()})
+                  for key, entries in self._tables.items()]
+        torch.save({"format": _FORMAT, "max_models": self.max_models, "tables": tables}, buffer)
+        path = Path(path)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: PathLike, missing_ok: bool = False) -> "ReferenceCache":
+        """Read a cache written by :meth:`save` (a new, empty one if ``missing_ok`` and no file).
+
+        Entries are only used for a reference whose model key matches, so a file from another
+        reference, layers or pairing is harmless (every batch misses).
+        """
+        path = Path(path)
+        if missing_ok and not path.exists():
+            return cls()
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ValueError(f"`{path}` is not a reference cache written by ReferenceCache.save ({type(err).__name__}: "
+                             f"{err}): delete it, or pass another path.") from err
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError(f"`{path}` is not a reference cache of format {_FORMAT}: delete it, or pass another path.")
+        cache = cls(max_models=int(data["max_models"]))
+        for key, entries in data["tables"]:
+            cache._tables[tuple(key)] = entries
+        return cache
 
 
 def frozen_reference(owner: nn.Module, reference: Optional[nn.Module]) -> bool:

@@ -195,3 +195,45 @@ def test_monitor_caches_a_frozen_reference_only(tmp_path, frozen):
         assert _same(again, monitor.report, meta=False)  # meta: epoch, global step
     else:
         assert (cache.misses, cache.hits, len(cache)) == (0, 0, 0)
+
+
+def test_save_load_round_trip_and_bad_file(tmp_path):
+    f, g = _models()
+    x = _images()
+    cache = ReferenceCache()
+    first = measure(f, x, reference=g, reference_cache=cache, **KW)
+    path = cache.save(tmp_path / "g.cache")
+    loaded = ReferenceCache.load(path)
+    again = measure(f, x, reference=g, reference_cache=loaded, **KW)
+    assert (loaded.hits, loaded.misses) == (3, 0) and _same(first, again)
+    assert len(ReferenceCache.load(tmp_path / "absent", missing_ok=True)) == 0
+    (tmp_path / "bad").write_text("not a cache")
+    with pytest.raises(ValueError, match="not a reference cache"):
+        ReferenceCache.load(tmp_path / "bad")
+
+
+def test_cli_analyze_reuses_the_reference_cache_across_checkpoints(tmp_path):
+    import numpy as np
+
+    from lightning_memloc import MemorizationReport
+    from lightning_memloc.cli import main
+
+    torch.manual_seed(0)
+    f1, f2, g = TinyCNN(3, 4), TinyCNN(3, 4), TinyCNN(3, 4)
+    for name, model in (("f1", f1), ("f2", f2), ("g", g)):
+        torch.save(model.state_dict(), tmp_path / f"{name}.pt")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8))
+    base = ["analyze", "--arch", "tiny", "--size", "16", "--views", "3", "--top-k", "3", "--no-progress",
+            "--data", tmp_path / "d.npz", "--reference", tmp_path / "g.pt"]
+    cache = tmp_path / "g.cache"
+    for name in ("f1", "f2"):
+        for cached in (True, False):
+            out = tmp_path / f"{name}{cached}"
+            extra = ["--reference-cache", cache] if cached else []
+            assert main([str(a) for a in base + ["--encoder", tmp_path / f"{name}.pt", "--out", out] + extra]) == 0
+    assert cache.is_file() and len(ReferenceCache.load(cache)) == 1  # 8 candidates, one batch
+    for name in ("f1", "f2"):
+        a, b = (MemorizationReport.load(tmp_path / f"{name}{c}" / "report.json") for c in (True, False))
+        assert _same(a, b)
+    assert main([str(a) for a in base[:-2] + ["--encoder", tmp_path / "f1.pt", "--out", tmp_path / "x",
+                                              "--reference-cache", cache]]) == 2
