@@ -8,7 +8,8 @@ interleaved (uncached, cached, f only) so that load from other jobs hits all ali
   first pass (g's weights hashed every pass, every batch's input hashed and looked up);
 - ``f only``: the pass without a reference (no alignment under f either): a lower bound.
 
-Also checks that the cached pass gives the same reports as the uncached one (exactly).
+Also prints where the time of the f + g pass goes (``cost_split.py``: views, forwards of f
+and g, hook reductions, checks, metric updates, compute) and checks that the cached pass gives the same reports as the uncached one (exactly).
 Target of issue 19: cached / (f + g) <= 0.55. Run ``python benchmarks/bench_cache.py --help``.
 """
 
@@ -30,6 +31,7 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(path))
 
 from bench_measure import build_model, load_images  # noqa: E402
+from cost_split import cost_split, format_split  # noqa: E402
 from lightning_memloc import ReferenceCache  # noqa: E402
 from lightning_memloc.measure import probe_layers, run_pass  # noqa: E402
 from lightning_memloc.meter import MemorizationMeter  # noqa: E402
@@ -62,13 +64,14 @@ def bench(width: int, n: int, views_k: int, batch_size: int, repeats: int, data:
         same &= plain["report"] == cached["report"] == fill["report"]
         for key, value in (("f + g", plain), ("cached", cached), ("f only", alone)):
             times[key].append(value["time"])
+    split = cost_split(f, g, views, specs, num_units, batch_size, torch.device("cpu"))  # where f + g's time goes
     ratios = [c / p for c, p in zip(times["cached"], times["f + g"])]
     return {"width": width, "candidates": n, "views": views_k, "batch_size": batch_size, "data": source,
             "layers": [s.name for s in specs], "fill_pass_s": fill["time"], "times_s": times,
             "median_s": {k: statistics.median(v) for k, v in times.items()},
             "cached_over_fg": ratios, "cached_over_fg_median": statistics.median(ratios),
             "f_only_over_fg_median": statistics.median(a / p for a, p in zip(times["f only"], times["f + g"])),
-            "hits": cache.hits, "misses": cache.misses, "identical_reports": same}
+            "cost_split_s": split, "hits": cache.hits, "misses": cache.misses, "identical_reports": same}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -98,6 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
               f"{', '.join(f'{r:.3f}' for r in row['cached_over_fg'])}); f only/(f+g) = "
               f"{row['f_only_over_fg_median']:.3f}; fill pass {row['fill_pass_s']:.3f} s; "
               f"identical reports: {row['identical_reports']}", flush=True)
+        print(f"  cost split of the f + g pass: {format_split(row['cost_split_s'])}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1))
     return rows
