@@ -436,13 +436,16 @@ def bench_authors(encoder: nn.Module, reference: nn.Module, images: Tensor, view
         t, _, _ = run_timed(lambda: authors_procedure(encoder, reference, anchors, v, layers, sub, unit_views,
                                                       anchor_views), device)
         # batch-1 factor: per-sample cost of a full forward at batch 1 over that of a batched one
-        x = v[:bs].reshape(-1, *v.shape[2:])[:40]
+        # (per sample, against the batch of bs x K views that (a) and (b) use)
+        xb = v[:bs].reshape(-1, *v.shape[2:])
+        x = xb[:40]
         named = dict(encoder.named_modules())
         for name in layers:  # warm-up of every truncation point and of both batch sizes
             truncated_forward(encoder, named[name], x[:1])
-        encoder(x[:1]), encoder(x)
+        encoder(x[:1]), encoder(xb)
         t1, _, _ = run_timed(lambda: [encoder(x[j:j + 1]) for j in range(len(x))], device)
-        tb, _, _ = run_timed(lambda: encoder(x), device)
+        tb, _, _ = run_timed(lambda: encoder(xb), device)
+        tb = tb * len(x) / len(xb)  # the batched forward's time for as many samples as t1
         macs = truncation_fractions(encoder, layers, x[:1])
         # time fractions: a batch-1 forward truncated at each layer over a batch-1 full forward
         fractions = {name: run_timed(lambda name=name: [truncated_forward(encoder, named[name], x[j:j + 1])
