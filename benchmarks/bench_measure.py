@@ -5,9 +5,12 @@ Measures, in one run (see ``benchmarks/README.md`` and ``docs/performance.md``):
 (a) the bare batched forward of precomputed views through the encoder and the reference (no
     hooks, eval mode, ``no_grad``), batch by batch as ``measure`` does;
 (b) ``measure()`` over all auto-selected layers with a reference, on the same precomputed views;
-(c) a straightforward procedure as in the authors' scripts: one candidate (its K views) and one
-    hooked layer per forward, Python-level reductions (timed on a subset of candidates and
-    extrapolated linearly to all candidates × layers);
+(c0) the authors' procedure (``authors_procedure.py``): batch size 1, one view per forward, one
+    layer per run (forwards truncated at the layer), UnitMem and LayerMem separately, timed on
+    a subset of candidates and extrapolated, against its forward-count ceiling;
+(c) a per-candidate loop: one candidate (its K views, batched) and one hooked layer per
+    forward, Python-level reductions (timed on a subset of candidates and extrapolated
+    linearly to all candidates × layers);
 (d) the share of a :class:`~lightning_memloc.MemorizationMonitor` (every epoch) in a co-trained
     SimCLR run of a narrow ResNet9;
 (e) view generation: :class:`~lightning_memloc.BatchedSimCLRAugment` (the library's batched,
@@ -47,8 +50,9 @@ import torch
 from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):
+    if str(_path) not in sys.path:  # run from a checkout without installing
+        sys.path.insert(0, str(_path))
 
 from lightning_memloc import BatchedSimCLRAugment, measure  # noqa: E402
 from lightning_memloc.measure import eval_mode, probe_layers  # noqa: E402
@@ -384,6 +388,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, image
           f"peak +{mib(peak_c)}; c/b = {t_c_full / mb:.1f}; max |raw SSLMem(loop) - raw SSLMem(measure)| = "
           f"{max(diffs):.2e}", flush=True)
 
+    bench_authors(encoder, reference, cand, views, layers, args, device, label, mb, results)
+
     # Accuracy: LayerMem / UnitMem of measure (float32) vs a float64 computation on a subset.
     n_acc = min(args.accuracy_candidates, n)
     acc_report = measure(encoder, views[:n_acc], reference=reference, batch_size=bs, top_k=min(50, n_acc))
@@ -408,6 +414,61 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, image
                                                     "c/b_cpu_time": cpu_c / pairs_timed * n * len(layers)
                                                     / statistics.median(cpu_b),
                                                     "view_generation_s": t_views, "bare_s": ma, "measure_s": mb}
+
+
+def bench_authors(encoder: nn.Module, reference: nn.Module, images: Tensor, views: Tensor, layers: Sequence[str],
+                  args: argparse.Namespace, device: torch.device, label: str, t_measure: float,
+                  results: Results) -> None:
+    """(c0) the authors' procedure (batch 1, one view per forward, one layer per run, UnitMem and
+    LayerMem separately; see ``authors_procedure.py``), timed on a slice and extrapolated, with its
+    forward-count ceiling: truncation fractions measured as the time of a batch-1 forward truncated
+    at each layer over a batch-1 full forward (also by multiply-accumulates, for reference), and
+    the batch-1 factor as the per-sample time of batch-1 over batched full forwards."""
+    from authors_procedure import authors_procedure, forward_ceiling, truncated_forward, truncation_fractions
+
+    n, k, bs = len(views), views.shape[1], args.batch_size
+    sub = list(range(min(args.naive_candidates, n)))
+    anchors = images.to(device=device, dtype=torch.float32) / (255.0 if not images.is_floating_point() else 1.0)
+    v = views.to(device)
+    unit_views, anchor_views = min(10, k), min(5, k)
+    with eval_mode(encoder, reference), torch.no_grad():
+        authors_procedure(encoder, reference, anchors, v, layers[:1], [0], unit_views, anchor_views)  # warm-up
+        t, _, _ = run_timed(lambda: authors_procedure(encoder, reference, anchors, v, layers, sub, unit_views,
+                                                      anchor_views), device)
+        # batch-1 factor: per-sample cost of a full forward at batch 1 over that of a batched one
+        # (per sample, against the batch of bs x K views that (a) and (b) use)
+        xb = v[:bs].reshape(-1, *v.shape[2:])
+        x = xb[:40]
+        named = dict(encoder.named_modules())
+        for name in layers:  # warm-up of every truncation point and of both batch sizes
+            truncated_forward(encoder, named[name], x[:1])
+        encoder(x[:1]), encoder(xb)
+        t1, _, _ = run_timed(lambda: [encoder(x[j:j + 1]) for j in range(len(x))], device)
+        tb, _, _ = run_timed(lambda: encoder(xb), device)
+        tb = tb * len(x) / len(xb)  # the batched forward's time for as many samples as t1
+        macs = truncation_fractions(encoder, layers, x[:1])
+        # time fractions: a batch-1 forward truncated at each layer over a batch-1 full forward
+        fractions = {name: run_timed(lambda name=name: [truncated_forward(encoder, named[name], x[j:j + 1])
+                                                        for j in range(len(x))], device)[0] / t1 for name in layers}
+    ceiling = forward_ceiling(fractions, views=k, unit_views=unit_views, anchor_views=anchor_views,
+                              batch1_factor=t1 / tb)
+    t_full = t / len(sub) * n
+    speedup = t_full / t_measure
+    row = results.add(phase="(c0) authors' procedure", model=label, median_s=t_full, min_s=t_full,
+                      views_per_s=None, peak_bytes=None,
+                      note=(f"extrapolated from {len(sub)} cand x {len(layers)} layers ({fmt_s(t)}); batch 1, "
+                            f"{unit_views}+4x{anchor_views} truncated forwards per candidate and layer"))
+    row["ratio"] = (f"c0/b = {speedup:.2f}; forward-count ceiling {ceiling['ceiling']:.2f} "
+                    f"({ceiling['procedure_forwards']:.1f} full forwards x batch-1 factor {t1 / tb:.2f} vs "
+                    f"{ceiling['pass_forwards']}); {speedup / ceiling['ceiling']:.0%} of the ceiling")
+    results.info.setdefault("authors", {})[label] = {"time_fractions": fractions, "mac_fractions": macs, **ceiling, "speedup": speedup,
+                                                     "of_ceiling": speedup / ceiling["ceiling"], "timed_s": t,
+                                                     "timed_candidates": len(sub), "extrapolated_s": t_full}
+    print(f"(c0) authors' procedure: {fmt_s(t)} for {len(sub)} candidates x {len(layers)} layers -> extrapolated "
+          f"{fmt_s(t_full)} for {n}; c0/b = {speedup:.2f}; truncation fractions (time) "
+          f"{', '.join(f'{f:.2f}' for f in fractions.values())}, (MACs) {', '.join(f'{f:.2f}' for f in macs.values())}; ceiling {ceiling['ceiling']:.2f} = "
+          f"{ceiling['procedure_forwards']:.1f} x {t1 / tb:.2f} / {ceiling['pass_forwards']}; "
+          f"{speedup / ceiling['ceiling']:.0%} of the ceiling", flush=True)
 
 
 def _layer_shapes(model: nn.Module, layers: Sequence[str], x: Tensor) -> Dict[str, Tuple[int, ...]]:

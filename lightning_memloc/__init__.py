@@ -20,6 +20,7 @@ from lightning_memloc.errors import (
 from lightning_memloc.loading import load_encoder
 from lightning_memloc.measure import measure
 from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.reference_cache import ReferenceCache
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import select_layers, select_units
@@ -69,6 +70,7 @@ __all__ = [
     "MemorizationPruning",
     "MemorizationReport",
     "NonFiniteActivationError",
+    "ReferenceCache",
     "ReportFormatError",
     "SeededViews",
     "UnitMem",

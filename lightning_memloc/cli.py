@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--encoder-prefix",
                    help="key prefix of the encoder in the checkpoint, e.g. encoder.backbone (default: found)")
     m.add_argument("--reference-prefix", help="key prefix of the reference in its checkpoint, e.g. reference.backbone")
+    m.add_argument("--reference-cache", metavar="FILE", help="keep the reference's alignments in FILE and reuse them "
+                   "on later analyses against the same reference, views and layers (docs/performance.md)")
     m.add_argument("--arch", choices=ARCHS, help="encoder architecture (or --model / --lightning-module)")
     m.add_argument("--width", type=_positive, help="base width (default: resnet9 64, tiny 4)")
     m.add_argument("--in-channels", type=_positive, default=3, help="image channels the encoder takes")
@@ -425,6 +427,18 @@ def _match_channels(images: Tensor, channels: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- analyze
+def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
+    """The ``--reference-cache`` file's cache (new if absent), checked before any forward pass."""
+    if getattr(args, "reference_cache", None) is None:
+        return None
+    if reference is None:
+        raise CLIError("--reference-cache", "caches the reference's alignments and needs --reference: pass one, or drop it.")
+    from lightning_memloc.reference_cache import ReferenceCache
+
+    with _argument("--reference-cache", (ValueError, OSError)):
+        return ReferenceCache.load(args.reference_cache, missing_ok=True)
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from lightning_memloc.io import check_writable_dir
     from lightning_memloc.measure import build_views, measure, probe_layers
@@ -451,6 +465,7 @@ def _analyze(args: argparse.Namespace) -> int:
             raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): "
                                           "pass the reference's own checkpoint, or --reference-prefix for a "
                                           "co-trained one.")
+    cache = _reference_cache(args, reference)  # checked before the data are read
     images, labels = _load_data(args, "--data")
     positions = _select(args, len(images), args.seed)
     if positions.numel() < 2:
@@ -496,7 +511,9 @@ def _analyze(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, labels=cand_labels, pairing=args.pairing, reduction=args.reduction,
                          top_k=args.top_k, candidate_ids=positions, progress=not args.no_progress, meta=meta,
                          control=extra.get("control"), unseen=extra.get("unseen"), bootstrap=args.bootstrap,
-                         confidence=args.confidence, alpha=args.alpha)
+                         confidence=args.confidence, alpha=args.alpha, reference_cache=cache)
+        if cache is not None:
+            cache.save(args.reference_cache)
     except MemlocError as err:
         raise CLIError("", f"measurement failed: {err}", code=1) from err
     extra = run_cli_analyses(analyses, args, report, encoder, reference, candidates, out)  # into report.analyses

@@ -24,6 +24,7 @@ from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.probe import eval_mode, model_device_dtype, probe_layers  # re-exported: measure's public helpers
+from lightning_memloc.reference_cache import ReferenceCache
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec, LayerTaps, unit_activations
 from lightning_memloc.views import SeededViews
@@ -151,13 +152,18 @@ def run_pass(
     desc: str = "memloc",
     epoch: Optional[int] = None,
     world_size: int = 1,
+    reference_cache: Optional[ReferenceCache] = None,
 ) -> None:
     """Stream the views of every candidate through ``encoder`` (and ``reference``) into ``meter``.
 
     Both models run in eval mode under ``no_grad`` and get their previous modes back, also on
-    error or ``KeyboardInterrupt``; hooks are always removed.
+    error or ``KeyboardInterrupt``; hooks are always removed. With ``reference_cache`` (a frozen
+    reference only), the reference's alignments of unchanged batches are reused, not recomputed.
     """
     names = [spec.name for spec in specs]
+    cache = reference_cache if reference is not None else None
+    if cache is not None:
+        cache.bind(reference, names, pairing)  # type: ignore[arg-type]
     device = meter.device  # metric states are not registered buffers: meter.buffers() is empty
     anchor = pairing == "anchor"
     distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -180,9 +186,14 @@ def run_pass(
             units, align_f = _forward_reduce(encoder, inputs, names, b, k, units=True,
                                              align=reference is not None, anchor=anchor)
             align_g = None
-            if reference is not None:
+            key = None if cache is None else cache.batch_key(index, inputs)
+            if cache is not None:
+                align_g = cache.get(key, device)  # type: ignore[arg-type]
+            if reference is not None and align_g is None:
                 _, align_g = _forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
                 align_g = {n: a.to(device) for n, a in align_g.items()}
+                if cache is not None:
+                    cache.put(key, align_g)  # type: ignore[arg-type]
             # NaN/inf anywhere in a layer's output reaches its reductions: check those (small), with
             # one device sync per batch, and never feed a non-finite batch to the metrics.
             finite = torch.ones(2, len(names), dtype=torch.bool, device=device)
@@ -240,6 +251,7 @@ def measure(
     bootstrap: int = 1000,
     confidence: float = 0.95,
     alpha: float = 0.05,
+    reference_cache: Optional[ReferenceCache] = None,
 ) -> MemorizationReport:
     """Measure UnitMem (and ClassMem, SSLMem, LayerMem, ΔLayerMem) of every layer in one pass.
 
@@ -278,6 +290,9 @@ def measure(
         bootstrap: resamples for the intervals and permutations for the tests (0: none).
         confidence: coverage of the intervals.
         alpha: significance level of the Holm-corrected tests (verdicts in the summary).
+        reference_cache: a :class:`~lightning_memloc.ReferenceCache` shared by several calls
+            against one frozen ``reference``: its alignments are computed once and reused while
+            g's weights, the views, the layers and the pairing stay the same (exact key).
 
     Control and unseen images go through the same views (transform, K, seed) in the same pass;
     the candidates' own figures are the same as without them.
@@ -299,6 +314,8 @@ def measure(
     """
     encoder, reference = unwrap_compiled(encoder), unwrap_compiled(reference)  # torch.compile: measure eagerly
     _validate(views, batch_size, pairing, reduction, negative, top_k, reference, encoder, num_workers)
+    if reference_cache is not None and not isinstance(reference_cache, ReferenceCache):
+        raise TypeError(f"`reference_cache` must be a lightning_memloc.ReferenceCache or None, got {type(reference_cache).__name__}.")
     views, batch_size, top_k, num_workers = (int(v) for v in (views, batch_size, top_k, num_workers))
     check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
     options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
@@ -322,7 +339,8 @@ def measure(
                               reduction=reduction, negative=negative, top_k=top_k, state_dtype=state_dtype,
                               groups={name: len(images) for name, images in groups.items()}).to(device)
     run_pass(encoder, reference, view_set.pooled(list(groups.values())), specs, meter, batch_size=batch_size,
-             pairing=pairing, num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"))
+             pairing=pairing, num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"),
+             reference_cache=reference_cache)
     return meter.compute_report(ids, settings, evidence=options)
 
 

@@ -36,6 +36,7 @@ from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
 from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.evidence import EvidenceOptions
+from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measure import _validate, build_views, check_groups, model_device_dtype, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
 from lightning_memloc.report import MemorizationReport
@@ -253,6 +254,7 @@ class MemorizationMonitor(Callback):
         self._specs: Optional[List[LayerSpec]] = None
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
+        self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
         self._layout_written = False
         self.layer_runs = bool(layer_runs)
         self._layer_writers: Dict[str, LayerRunWriters] = {}
@@ -366,8 +368,9 @@ class MemorizationMonitor(Callback):
         sampler = None
         if trainer.world_size > 1:
             sampler = DistributedSampler(self.pool, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        cache = self._reference_cache if frozen_reference(pl_module, reference) else None
         with rank_zero_buffers(trainer.world_size, encoder, reference):
-            run_pass(encoder, reference, self.pool, self._specs, meter, batch_size=self.batch_size,
+            run_pass(encoder, reference, self.pool, self._specs, meter, batch_size=self.batch_size, reference_cache=cache,
                      pairing=self.pairing, num_workers=self.num_workers, sampler=sampler,
                      progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}", epoch=epoch,
                      world_size=trainer.world_size)
