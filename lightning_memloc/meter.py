@@ -158,19 +158,11 @@ class MemorizationMeter(nn.Module):
         With ``groups``, ``index`` holds positions in the pooled set (candidates first, then each
         group in order): rows are routed to the candidates' or their group's states.
         """
-        if self.group_sizes:
-            self._route(index, unit_means, align_encoder, align_reference, labels)
-        else:
-            self._update_own(index, unit_means, align_encoder, align_reference, labels)
+        update = self._route if self.group_sizes else self._update_own
+        update(index, unit_means, align_encoder, align_reference, labels)
 
-    def _update_own(
-        self,
-        index: Tensor,
-        unit_means: Mapping[str, Tensor],
-        align_encoder: Optional[Mapping[str, Tensor]] = None,
-        align_reference: Optional[Mapping[str, Tensor]] = None,
-        labels: Optional[Tensor] = None,
-    ) -> None:
+    def _update_own(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
+                    align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
         if self.has_labels and labels is None:
             raise ValueError("this meter was built with labels=True: pass `labels` to update().")
         for name, metric in zip(self.names, self.units):
