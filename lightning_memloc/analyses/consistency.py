@@ -10,7 +10,7 @@ layer's SSLMem by one positive number, so raw and normalised SSLMem give the sam
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -107,6 +107,28 @@ def consistency_matrices(scores: Mapping[str, Any], k: int) -> Dict[str, Any]:
     return {"layers": layers, "k": k, "top_k_overlap": overlap, "kendall_tau": tau}
 
 
+def chosen_layers(report: MemorizationReport, layers: Optional[Sequence[str]]) -> List[str]:
+    """``layers`` (default: all of the report's, in depth order), checked to be names in ``report``.
+
+    Example:
+        >>> import torch
+        >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
+        ...     candidate_ids=torch.arange(2), unit_mem={l: torch.zeros(1) for l in "ab"},
+        ...     unit_argmax={l: torch.zeros(1, dtype=torch.long) for l in "ab"},
+        ...     dead_units={l: torch.zeros(1, dtype=torch.bool) for l in "ab"})
+        >>> chosen_layers(r, None), chosen_layers(r, ["b"])
+        (['a', 'b'], ['b'])
+    """
+    if layers is None:
+        return list(report.layers)
+    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(f"`layers` must be a sequence of layer names (e.g. ['conv1', 'res2.conv2']), got {layers!r}.")
+    unknown = [layer for layer in layers if layer not in report.layers]
+    if unknown:
+        raise ValueError(f"`layers` {unknown} are not in the report; its layers are {report.layers}.")
+    return list(layers)
+
+
 def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[str] | None = None) -> Dict[str, Any]:
     """Cross-layer consistency of the candidates' SSLMem rankings in ``report``.
 
@@ -136,10 +158,7 @@ def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[
     if report.sslmem is None:
         raise ValueError("layer_consistency needs per-layer SSLMem, which needs a reference encoder: "
                          "measure with `reference=...`.")
-    chosen = list(report.layers) if layers is None else list(layers)
-    unknown = [layer for layer in chosen if layer not in report.layers]
-    if unknown:
-        raise ValueError(f"`layers` {unknown} are not in the report; its layers are {report.layers}.")
+    chosen = chosen_layers(report, layers)
     result = consistency_matrices({layer: report.sslmem[layer] for layer in chosen}, k)
     size = len(chosen)
     result["chance_overlap"] = result["k"] / report.num_candidates

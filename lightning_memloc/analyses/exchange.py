@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from lightning_memloc.analyses.consistency import chosen_layers
 from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError
 from lightning_memloc.report import MemorizationReport
 
@@ -166,10 +167,7 @@ def layer_exchange_study(
     if not isinstance(report, MemorizationReport) or not report.has_reference:
         raise ValueError("layer_exchange_study needs a MemorizationReport measured with `reference=...` "
                          "(it ranks layers by LayerMem / ΔLayerMem).")
-    chosen = list(report.layers) if layers is None else _check_layer_names(layers)
-    unknown = [n for n in chosen if n not in report.layers]
-    if unknown:
-        raise ValueError(f"`layers` {unknown} are not in the report; its layers are {report.layers}.")
+    chosen = chosen_layers(report, layers)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(chosen):
         raise ValueError(f"`k` must be an int in [1, {len(chosen)}] (the number of exchangeable layers), got {k!r}.")
     if isinstance(random_draws, bool) or not isinstance(random_draws, int) or random_draws < 0:
