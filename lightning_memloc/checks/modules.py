@@ -1,0 +1,90 @@
+"""Checks of the modules and devices a measurement runs on: the reference, compiled wrappers, memory.
+
+Part of :mod:`lightning_memloc.checks` (import the names from there). SSLMem and LayerMem (Wang et
+al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024) compare an encoder with a
+reference trained without the candidates: a reference that is the encoder gives 0 silently.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["check_reference", "check_views_memory", "unwrap_compiled"]
+
+def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device,
+                       itemsize: int = 4) -> None:
+    """Refuse a forward batch of views that cannot fit in memory, before it is allocated.
+
+    One step holds ``max(batch_size, 2) · views`` views (the probe uses 2 candidates); the input
+    alone may take at most half of the device's memory (the host's RAM on the CPU).
+    """
+    per_view = int(np.prod([int(s) for s in view_shape])) * itemsize
+    need = max(batch_size, 2) * views * per_view
+    total = _memory_of(device)
+    if total is not None and need > total // 2:
+        raise MemoryError(
+            f"one forward step holds batch_size·views = {max(batch_size, 2)}·{views} views of shape {tuple(view_shape)}: "
+            f"{need / 2**30:.1f} GiB for the input alone, over half of the {total / 2**30:.1f} GiB of {device}: "
+            "lower `views` (10 is the paper's K) or `batch_size`."
+        )
+
+
+def _memory_of(device: torch.device) -> Optional[int]:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def unwrap_compiled(module: Any) -> Any:
+    """The eager module inside a ``torch.compile`` wrapper (its layer names are the user's names).
+
+    Measuring the original module runs the same weights eagerly: forward hooks work and nothing is
+    recompiled. Anything else is returned as is.
+    """
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(module, nn.Module) and isinstance(inner, nn.Module) else module
+
+
+def check_reference(encoder: nn.Module, reference: Optional[nn.Module], argument: str = "reference",
+                    same_weights: bool = True) -> None:
+    """Refuse a reference that cannot show memorization: the encoder, one sharing its layers, or a copy.
+
+    SSLMem compares the encoder with a reference trained without the candidates; a reference that
+    shares parameters with the encoder, or holds exactly its weights, gives LayerMem 0 silently.
+
+    Args:
+        encoder: the encoder ``f``.
+        reference: the reference ``g`` (``None``: nothing to check).
+        argument: the argument name for the messages.
+        same_weights: also refuse a reference whose weights equal the encoder's.
+    """
+    if reference is None:
+        return
+    if reference is encoder:
+        raise ValueError(f"`{argument}` is the encoder itself: pass an encoder trained without the candidates.")
+    mine = {id(p): n for n, p in encoder.named_parameters()}
+    shared = [n for n, p in reference.named_parameters() if id(p) in mine]
+    if shared:
+        raise ValueError(f"`{argument}` shares {len(shared)} parameter(s) with the encoder (e.g. {shared[0]!r}): "
+                         "SSLMem would be 0 in those layers; pass a separately trained reference, not a module "
+                         "built from the encoder's layers.")
+    if same_weights and _same_weights(encoder, reference):
+        raise ValueError(f"`{argument}` has exactly the encoder's weights (a copy?): SSLMem would be 0 everywhere; "
+                         "pass an encoder trained without the candidates (e.g. its own checkpoint).")
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Same parameters (buffers such as BatchNorm statistics may differ: a copy trained with lr 0 is still a copy)."""
+    sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
+    if sa.keys() != sb.keys() or not sa:
+        return False
+    return all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu()) for x, y in
+               ((sa[k], sb[k]) for k in sa))

@@ -1,0 +1,156 @@
+"""Checks of tensor arguments: candidate ids, index files, image layout and range, labels, report values.
+
+Part of :mod:`lightning_memloc.checks` (import the names from there). Wang et al., *Localizing
+Memorization in SSL Vision Encoders* (NeurIPS 2024) score candidates by id and feed images in
+[0, 1] to the SimCLR augmentation: a duplicated id or a 0-255 image changes the numbers silently.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["RANGE_TOLERANCE", "check_candidate_ids", "check_image_layout", "check_image_range", "check_index_values",
+           "check_labels_layout", "check_report_values"]
+
+#: Float images may exceed [0, 1] by this much (resampling overshoot) before they are refused.
+RANGE_TOLERANCE = 0.01
+
+
+def check_candidate_ids(candidate_ids: Any, n: int, name: str = "candidate_ids") -> Tensor:
+    """(N,) distinct non-negative integer ids (``None``: ``0..N-1``); floats and duplicates are refused.
+
+    A duplicated id would compare an image with its own copy (UnitMem's μ-max) and report two
+    candidates under one name; a float id would be truncated. Negative ids are reserved (-1 marks
+    a unit without μ-max candidate in a report).
+
+    Example:
+        >>> check_candidate_ids([4, 2, 9], 3).tolist()
+        [4, 2, 9]
+    """
+    if candidate_ids is None:
+        return torch.arange(n)
+    ids = torch.as_tensor(np.asarray(candidate_ids) if not isinstance(candidate_ids, Tensor) else candidate_ids)
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"`{name}` must hold integer ids, got dtype {ids.dtype}: pass e.g. ids.long() "
+                        "(floats would be truncated onto other candidates).")
+    ids = ids.to(torch.long)
+    if ids.shape != (n,):
+        raise ValueError(f"`{name}` must have shape ({n},), got {tuple(ids.shape)}: one id per candidate.")
+    if n and int(ids.min()) < 0:
+        raise ValueError(f"`{name}` must be ids >= 0, got {int(ids.min())}: -1 is reserved for 'no candidate'.")
+    unique, counts = torch.unique(ids, return_counts=True)
+    if bool((counts > 1).any()):
+        dup = unique[counts > 1][:5].tolist()
+        raise ValueError(f"`{name}` has duplicated ids {dup}: each candidate needs its own id (a duplicate would "
+                         "compare an image with its own copy); drop the duplicates.")
+    return ids
+
+
+def check_image_layout(shape: Sequence[int], name: str = "candidates") -> None:
+    """Refuse channels-last images (…, H, W, C) with a message about the layout, not about channels."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3:
+        return
+    c_first, c_last = shape[-3], shape[-1]
+    if c_last in (1, 3, 4) and c_first not in (1, 2, 3, 4) and shape[-2] > 4 and c_first > 4:
+        lead = "N, " if len(shape) == 4 else ""
+        perm = "permute(0, 3, 1, 2)" if len(shape) == 4 else "permute(2, 0, 1)"
+        raise ValueError(f"`{name}` has shape {shape}, which looks channels-last ({lead}H, W, C): the library takes "
+                         f"channels-first ({lead}C, H, W) images; pass `{name}.{perm}`.")
+
+
+def check_image_range(images: Tensor, name: str = "candidates", *, strict: bool = True) -> None:
+    """Float images must lie in [0, 1] (the SimCLR augmentation clamps everything else).
+
+    One ``aminmax`` over the tensor. ``strict``: raise a ``ValueError`` (the default augmentation
+    would saturate the views); otherwise warn (a custom transform may expect another range).
+    """
+    if not images.is_floating_point() or images.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach().float()))
+    if low >= -RANGE_TOLERANCE and high <= 1 + RANGE_TOLERANCE:
+        return
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return  # non-finite pixels are reported, by layer, by the measurement pass (NonFiniteActivationError)
+    kind = "0-255 values" if high > 2.5 and low >= -RANGE_TOLERANCE else "normalised values"
+    message = (f"`{name}` is a float tensor with values in [{low:.3g}, {high:.3g}] ({kind}), but float images must "
+               "be in [0, 1]: the SimCLR augmentation clamps to [0, 1] and most view pixels would saturate. Pass "
+               "images in [0, 1] (divide 0-255 values by 255, or pass a uint8 tensor) and normalise inside the "
+               "augmentation, e.g. BatchedSimCLRAugment(size, mean=..., std=...), not before it.")
+    if strict:
+        raise ValueError(message)
+    import warnings
+
+    warnings.warn(message + " (A custom `transform` gets the images as they are: ignore this if it expects them.)",
+                  UserWarning, stacklevel=3)
+
+
+def check_labels_layout(labels: Tensor, n: int) -> None:
+    """Refuse one-hot (N, C) labels with a message saying what they look like."""
+    if labels.ndim == 2 and labels.shape[0] == n and labels.shape[1] > 1:
+        raise ValueError(f"`labels` has shape {tuple(labels.shape)}: it looks one-hot (N, classes); pass one class id "
+                         "per candidate, e.g. labels.argmax(1).")
+
+
+def check_report_values(report: Any) -> None:
+    """Values a report can hold: UnitMem in [0, 1], μ-max ids among the candidates (or -1 for a dead unit),
+    distinct candidate ids, top / least ids among the candidates. Raises ``ReportFormatError``."""
+    from lightning_memloc.errors import ReportFormatError
+
+    ids = report.candidate_ids
+    if torch.unique(ids).numel() != ids.numel():
+        raise ReportFormatError("`candidate_ids` has duplicated ids: each candidate needs its own id.")
+    known = set(ids.tolist())
+    for layer in report.layers:
+        um = report.unit_mem[layer].float()
+        if um.numel() and not (bool(torch.isfinite(um).all()) and float(um.min()) >= 0 and float(um.max()) <= 1):
+            raise ReportFormatError(f"`unit_mem[{layer!r}]` has values outside [0, 1] (UnitMem's range): "
+                                    f"[{float(um.min()):.3g}, {float(um.max()):.3g}].")
+        argmax, dead = report.unit_argmax[layer].long(), report.dead_units[layer].bool()
+        unknown = argmax[~(torch.isin(argmax, ids) | ((argmax == -1) & dead))].tolist()
+        if unknown:
+            raise ReportFormatError(f"`unit_argmax[{layer!r}]` points to candidate ids {unknown[:5]} that are not "
+                                    "in `candidate_ids` (-1 is allowed for dead units only).")
+    for name in ("top_ids", "least_ids"):
+        value = getattr(report, name)
+        if value is not None and not set(value.tolist()) <= known:
+            raise ReportFormatError(f"`{name}` holds ids that are not in `candidate_ids`.")
+
+
+def check_index_values(values: Any, name: str = "--indices") -> Tensor:
+    """Integer indices read from a file (JSON / text / ``.npy``): non-integers and duplicates are refused.
+
+    Integral floats (``3.0``) are accepted; ``1.5``, ``true`` or ``"a"`` are not (a float would be
+    truncated onto another image), and a repeated index would measure one image twice.
+
+    Example:
+        >>> check_index_values(["4", "2"]).tolist()
+        [4, 2]
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind in "US":
+        try:
+            arr = arr.astype(np.int64)
+        except ValueError:
+            try:
+                arr = arr.astype(np.float64)
+            except ValueError:
+                raise ValueError(f"`{name}` holds values that are not numbers: pass integer indices.") from None
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"`{name}` must hold integer indices, got {arr.dtype.name} values: pass integers.")
+    if arr.dtype.kind == "f":
+        bad = arr[~np.isfinite(arr) | (arr != np.round(arr))] if arr.size else arr
+        if bad.size:
+            raise ValueError(f"`{name}` holds non-integer values (e.g. {bad.reshape(-1)[0]!r}): indices must be "
+                             "integers (a fraction would be truncated onto another image).")
+    ids = torch.as_tensor(arr.astype(np.int64)).reshape(-1)
+    unique, counts = torch.unique(ids, return_counts=True)
+    if bool((counts > 1).any()):
+        raise ValueError(f"`{name}` repeats indices {unique[counts > 1][:5].tolist()}: each image may be a candidate "
+                         "once (a duplicate would be compared with its own copy); drop the duplicates.")
+    return ids

@@ -1,0 +1,114 @@
+"""Checks of scalar arguments: ints, choices, finite numbers, seeds, byte limits and recorded settings.
+
+Part of :mod:`lightning_memloc.checks` (import the names from there). Wang et al., *Localizing
+Memorization in SSL Vision Encoders* (NeurIPS 2024) compare the same views of the same candidates
+across encoders: the seed and the settings recorded with a report must be exactly what was asked.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["SEED_RANGE", "as_python_number", "check_choice", "check_finite", "check_int", "check_memory_limit",
+           "check_meta", "check_seed"]
+
+#: Seeds are taken modulo 2**64 by the counter-based view seeds: only [0, 2**64) is one-to-one.
+SEED_RANGE = (0, 1 << 64)
+
+
+def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """``value`` as a Python ``int`` (NumPy / 0-d integer tensors accepted; bools and floats refused).
+
+    Example:
+        >>> check_int("views", np.int64(4), 1)
+        4
+    """
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (float, np.floating)):
+        raise ValueError(f"`{name}` must be an int{_bounds(low, high)}, got {value!r}.")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be an int{_bounds(low, high)}, got {value!r} ({type(value).__name__}).") from None
+    if (low is not None and out < low) or (high is not None and out >= high):
+        raise ValueError(f"`{name}` must be an int{_bounds(low, high)}, got {out!r}.")
+    return int(out)
+
+
+def _bounds(low: Optional[int], high: Optional[int]) -> str:
+    if low is not None and high is not None:
+        return f" in [{low}, {high})"
+    return f" >= {low}" if low is not None else (f" < {high}" if high is not None else "")
+
+
+def as_python_number(value: Any) -> Any:
+    """NumPy integer / floating scalars as Python ``int`` / ``float``; anything else unchanged (bools included)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of ``allowed`` (strings), else a ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"`{name}` must be one of {tuple(allowed)}, got {value!r}.")
+    return value
+
+
+def check_finite(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a finite ``float`` in ``[low, high]`` (bools and strings refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
+    out = float(value)
+    if not math.isfinite(out) or not low <= out <= high:
+        raise ValueError(f"`{name}` must be a finite number in [{low}, {high}], got {value!r}.")
+    return out
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """A seed in ``[0, 2**64)``: outside it, seeds alias others (they are used modulo 2**64).
+
+    Example:
+        >>> check_seed(np.int32(7))
+        7
+    """
+    if isinstance(seed, (bool, np.bool_)) or isinstance(seed, (float, np.floating)):
+        raise TypeError(f"`{name}` must be an int, got {seed!r}.")
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"`{name}` must be an int, got {seed!r} ({type(seed).__name__}).") from None
+    if not SEED_RANGE[0] <= value < SEED_RANGE[1]:
+        raise ValueError(
+            f"`{name}` must be in [0, 2**64), got {value}: seeds are used modulo 2**64, so {value} would give the "
+            f"same views as seed={value % (1 << 64)}; pass a seed in that range."
+        )
+    return int(value)
+
+
+def check_memory_limit(value: Any) -> Optional[int]:
+    """``memory_limit`` in bytes: ``None`` or an int >= 1 (a string such as ``"1GB"`` is refused)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(f"`memory_limit` must be a number of bytes (int) or None, got the string {value!r}: "
+                        "pass e.g. memory_limit=2**30 for 1 GiB.")
+    return check_int("memory_limit", value, 1)
+
+
+def check_meta(meta: Optional[Mapping[str, Any]], settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """``meta`` merged after ``settings``; a key that would change a recorded setting is refused."""
+    if meta is None:
+        return dict(settings)
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"`meta` must be a dict or None, got {type(meta).__name__}.")
+    clash = {k: (settings[k], v) for k, v in meta.items() if k in settings and v != settings[k]}
+    if clash:
+        raise ValueError(f"`meta` would overwrite the recorded settings {sorted(clash)} "
+                         f"(recorded, given: {clash}): rename these keys (e.g. 'note_views').")
+    return {**settings, **meta}
