@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_memloc.seeding import _as_long, uniforms
+from lightning_memloc.checks import as_long_tensor
+from lightning_memloc.seeding import uniforms
 
 __all__ = ["BatchedSimCLRAugment"]
 
@@ -144,7 +145,7 @@ class BatchedSimCLRAugment(nn.Module):
         if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
             raise TypeError("`images` must be a float tensor (B, C, H, W), got "
                             f"{type(images).__name__} {getattr(images, 'shape', '')} {getattr(images, 'dtype', '')}")
-        seeds = _as_long(seeds, "seeds").reshape(-1).cpu()
+        seeds = as_long_tensor(seeds, "seeds").reshape(-1).cpu()
         B, C, H, W = images.shape
         if seeds.numel() != B:
             raise ValueError(f"`seeds` must have one entry per image ({B}), got {seeds.numel()}")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import operator
 import random
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from lightning_memloc.checks import as_long_tensor
 
 __all__ = ["view_seed", "seeded_rng", "uniforms"]
 _MASK64 = (1 << 64) - 1
@@ -44,13 +46,6 @@ def _mix_tensor(z: Tensor) -> Tensor:  # int64 arithmetic wraps like uint64
     return z ^ _srl(z, 31)
 
 
-def _as_long(x: Any, name: str) -> Tensor:
-    t = torch.as_tensor(x)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"`{name}` must hold integers, got dtype {t.dtype}")
-    return t.to(torch.long)
-
-
 def view_seed(seed: int | Tensor, index: int | Tensor, view: int | Tensor) -> int | Tensor:
     """Seed of view ``view`` of candidate ``index`` (splitmix64 mixing, 63-bit, non-negative).
 
@@ -72,7 +67,7 @@ def view_seed(seed: int | Tensor, index: int | Tensor, view: int | Tensor) -> in
         h = _mix_int(s + _GOLDEN)
         h = _mix_int(h ^ ((i + 2 * _GOLDEN) & _MASK64))
         return _mix_int(h ^ ((k + 3 * _GOLDEN) & _MASK64)) >> 1
-    s, i, k = (_as_long(a if isinstance(a, Tensor) else _signed(operator.index(a)), name)
+    s, i, k = (as_long_tensor(a if isinstance(a, Tensor) else _signed(operator.index(a)), name)
                for a, name in ((seed, "seed"), (index, "index"), (view, "view")))
     h = _mix_tensor(s + _signed(_GOLDEN))
     h = _mix_tensor(h ^ (i + _signed(2 * _GOLDEN)))

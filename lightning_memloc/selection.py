@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from lightning_memloc.checks import as_python_number
+from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.report import MemorizationReport
 
 __all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "resolve_report", "select_layers",
@@ -44,22 +44,6 @@ UNIT_STRATEGIES = ("highest", "lowest", "random")
 SCOPES = ("layer", "global")
 
 ReportSource = Union[MemorizationReport, str, "os.PathLike[str]", Any]
-
-
-def _choice(argument: str, value: object, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        options = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"`{argument}` must be one of {options}, got {value!r}.")
-    return value
-
-
-def _int(argument: str, value: object, minimum: int) -> int:
-    value = as_python_number(value)  # NumPy integers are ints
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{argument}` must be an int >= {minimum}, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"`{argument}` must be an int >= {minimum}, got {value}.")
-    return value
 
 
 def _check_report(report: object) -> MemorizationReport:
@@ -144,11 +128,11 @@ def select_layers(
         (['b', 'c'], ['b', 'c'], ['c'])
     """
     report = _check_report(report)
-    by = _choice("by", by, LAYER_SCORES)
-    strategy = _choice("strategy", strategy, LAYER_STRATEGIES)
-    _int("seed", seed, 0)
+    by = check_choice("by", by, LAYER_SCORES, as_tuple=False)
+    strategy = check_choice("strategy", strategy, LAYER_STRATEGIES, as_tuple=False)
+    check_int("seed", seed, 0, type_error=True)
     n_layers = len(report.layers)
-    k = _int("k", k, 1)
+    k = check_int("k", k, 1, type_error=True)
     if k > n_layers:
         raise ValueError(f"`k` must be <= the number of layers in the report ({n_layers}: {report.layers}), got {k}.")
     order = list(range(n_layers))
@@ -255,10 +239,10 @@ def select_units(
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"`fraction` must be a float in (0, 1], got {fraction!r}.")
     else:
-        _int("count", count, 1)
-    strategy = _choice("strategy", strategy, UNIT_STRATEGIES)
-    scope = _choice("scope", scope, SCOPES)
-    _int("seed", seed, 0)
+        check_int("count", count, 1, type_error=True)
+    strategy = check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
+    scope = check_choice("scope", scope, SCOPES, as_tuple=False)
+    check_int("seed", seed, 0, type_error=True)
     names = _layer_scope(report, layers)
     scores = {name: report.unit_mem[name].detach().float().cpu().reshape(-1) for name in names}
     for name, value in scores.items():

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_memloc.checks import check_choice
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.models.resnet9 import ConvBlock
 
@@ -62,8 +63,7 @@ class LayerSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise TypeError(f"`name` must be a str, got {type(self.name).__name__}.")
-        if self.kind not in LAYER_KINDS:
-            raise ValueError(f"`kind` must be one of {LAYER_KINDS}, got {self.kind!r}.")
+        check_choice("kind", self.kind, LAYER_KINDS)
 
 
 #: An ``"auto"`` rule: proposes layers of ``model`` or returns ``None`` when it does not apply.

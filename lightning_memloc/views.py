@@ -25,10 +25,10 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lightning_memloc.augment import BatchedSimCLRAugment
-from lightning_memloc.checks import (check_image_layout, check_image_range, check_int, check_labels_layout,
-                                    check_seed)
+from lightning_memloc.checks import (as_long_tensor, check_image_layout, check_image_range, check_int,
+                                    check_labels_layout, check_seed)
 from lightning_memloc.data import as_float_image, split_item
-from lightning_memloc.seeding import _as_long, seeded_rng, view_seed
+from lightning_memloc.seeding import seeded_rng, view_seed
 
 __all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "make_views", "warn_if_not_reproducible"]
 
@@ -249,7 +249,7 @@ class SeededViews(Dataset):
         batch with seeds ``view_seed(seed, index[b], k)``.
         """
         device = x.device if device is None else torch.device(device)
-        index = _as_long(index, "index").reshape(-1)
+        index = as_long_tensor(index, "index").reshape(-1)
         if index.numel() != x.shape[0]:
             raise ValueError(f"`index` has {index.numel()} entries for a batch of {x.shape[0]}")
         if not self.is_batched:
@@ -315,12 +315,12 @@ class SeededViews(Dataset):
 
     def anchors(self, index: Tensor | Sequence[int], device: torch.device | str | None = None) -> Tensor:
         """Stacked :meth:`anchor` images (B, C, H, W) of the candidates in ``index``."""
-        return torch.stack([self.anchor(int(i)) for i in _as_long(index, "index").reshape(-1)]).to(device)
+        return torch.stack([self.anchor(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]).to(device)
 
     def display_images(self, index: Tensor | Sequence[int]) -> Tensor:
         """Candidate images (B, C, H, W) in [0, 1] for image grids: the un-augmented image resized
         to the view size, or the first view for precomputed views (never normalised)."""
-        positions = [self._index(int(i)) for i in _as_long(index, "index").reshape(-1)]
+        positions = [self._index(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]
         if self._views is not None:
             return self._views[positions, 0].float().clamp(0, 1)
         size = self.view_shape[-2:]

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from lightning_memloc.checks import check_choice
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc import taps as _taps
 from lightning_memloc.taps import ACTIVATION_TYPES, LayerSpec, register_auto_rule, unit_activations
@@ -173,8 +174,7 @@ def token_unit_activations(output: Any, class_token: str = "include", num_prefix
         >>> [float(token_unit_activations(x, p)) for p in CLASS_TOKEN_POLICIES]
         [2.0, 1.5, 3.0]
     """
-    if class_token not in CLASS_TOKEN_POLICIES:
-        raise ValueError(f"`class_token` must be one of {CLASS_TOKEN_POLICIES}, got {class_token!r}.")
+    check_choice("class_token", class_token, CLASS_TOKEN_POLICIES)
     if class_token == "include":
         return unit_activations(output)
     x = output[0] if isinstance(output, (tuple, list)) else output

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
-from lightning_memloc.checks import check_int
+from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.callbacks.sources import find_monitor, is_monitor_reference, monitor_layers
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.loading import resolve_module
@@ -224,10 +224,8 @@ class MemorizationFinetuning(BaseFinetuning):
         self.source = ReportSource(source)
         k, unfreeze_at_epoch, seed = (check_int(name, value, minimum) for name, value, minimum in  # NumPy ints too
                                       (("k", k, 1), ("unfreeze_at_epoch", unfreeze_at_epoch, 0), ("seed", seed, 0)))
-        if by not in LAYER_SCORES:
-            raise ValueError(f"`by` must be one of {', '.join(map(repr, LAYER_SCORES))}, got {by!r}.")
-        if strategy not in LAYER_STRATEGIES:
-            raise ValueError(f"`strategy` must be one of {', '.join(map(repr, LAYER_STRATEGIES))}, got {strategy!r}.")
+        check_choice("by", by, LAYER_SCORES, as_tuple=False)
+        check_choice("strategy", strategy, LAYER_STRATEGIES, as_tuple=False)
         if not isinstance(train_bn, bool):
             raise TypeError(f"`train_bn` must be a bool, got {train_bn!r}.")
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
@@ -239,9 +237,7 @@ class MemorizationFinetuning(BaseFinetuning):
             raise TypeError(f"`head` must be None, an attribute path, an nn.Module or a sequence of those, got {head!r}.")
         self.k, self.by, self.strategy, self.encoder_spec, self.head_specs = k, by, strategy, encoder, heads
         self.unfreeze_at_epoch, self.train_bn, self.seed, self.lr = unfreeze_at_epoch, train_bn, seed, lr
-        if require_evidence not in EVIDENCE_POLICIES:
-            raise ValueError(f"`require_evidence` must be one of {EVIDENCE_POLICIES}, got {require_evidence!r}.")
-        self.require_evidence = require_evidence
+        self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
         self.chosen_layers: Optional[List[str]] = None
         #: ``{chosen layer: [names of the encoder modules trained for it]}`` (:mod:`lightning_memloc.producers`).
         self.trainable_modules: Optional[Dict[str, List[str]]] = None

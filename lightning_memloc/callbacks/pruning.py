@@ -28,7 +28,7 @@ from torch.nn.utils import prune
 
 from lightning_memloc.callbacks.finetuning import ModuleSpec, ReportSource, check_layers_exist, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_amount_units, check_epoch_in_run, following_norms
-from lightning_memloc.checks import as_python_number, check_int
+from lightning_memloc.checks import as_python_number, check_choice, check_int
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES, select_units
@@ -171,11 +171,6 @@ def _check_amount(amount: object) -> Dict[str, Amount]:
     return {"fraction": float(amount)}
 
 
-def _check_choice(argument: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
-
-
 def _choose(report: MemorizationReport, targets: Dict[str, UnitTargets], amount: Amount, strategy: str, scope: str,
             seed: int) -> Dict[str, Tensor]:
     missing = [layer for layer in targets if layer not in report.layers]
@@ -229,8 +224,8 @@ def prune_units(
     if not isinstance(report, MemorizationReport):
         raise TypeError(f"`report` must be a MemorizationReport, got {type(report).__name__}.")
     amount = next(iter(_check_amount(amount).values()))
-    _check_choice("strategy", strategy, UNIT_STRATEGIES)
-    _check_choice("scope", scope, SCOPES)
+    check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
+    check_choice("scope", scope, SCOPES, as_tuple=False)
     names = list(report.layers if layers is None else layers)
     missing = [name for name in names if name not in report.layers]
     if missing:
@@ -308,13 +303,11 @@ class MemorizationPruning(Callback):
         require_evidence: str = "warn",
     ) -> None:
         super().__init__()
-        if require_evidence not in EVIDENCE_POLICIES:
-            raise ValueError(f"`require_evidence` must be one of {EVIDENCE_POLICIES}, got {require_evidence!r}.")
-        self.require_evidence = require_evidence
+        self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
         self.source = ReportSource(source)
         amount = next(iter(_check_amount(amount).values()))
-        _check_choice("strategy", strategy, UNIT_STRATEGIES)
-        _check_choice("scope", scope, SCOPES)
+        check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
+        check_choice("scope", scope, SCOPES, as_tuple=False)
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence) or not layers
                                    or not all(isinstance(n, str) for n in layers) or len(set(layers)) != len(layers)):
             raise ValueError(f"`layers` must be None or a non-empty sequence of distinct layer names, got {layers!r}.")

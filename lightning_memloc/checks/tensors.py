@@ -14,8 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RANGE_TOLERANCE", "check_candidate_ids", "check_image_layout", "check_image_range", "check_index_values",
-           "check_labels_layout", "check_report_values"]
+from lightning_memloc.errors import NonFiniteActivationError
+
+__all__ = ["RANGE_TOLERANCE", "as_long_tensor", "check_candidate_ids", "check_finite_tensor", "check_float_tensor",
+           "check_id_vector", "check_image_layout", "check_image_range", "check_index_values", "check_labels_layout",
+           "check_mean_activations", "check_report_values"]
 
 #: Float images may exceed [0, 1] by this much (resampling overshoot) before they are refused.
 RANGE_TOLERANCE = 0.01
@@ -154,3 +157,73 @@ def check_index_values(values: Any, name: str = "--indices") -> Tensor:
         raise ValueError(f"`{name}` repeats indices {unique[counts > 1][:5].tolist()}: each image may be a candidate "
                          "once (a duplicate would be compared with its own copy); drop the duplicates.")
     return ids
+
+
+def as_long_tensor(value: Any, name: str) -> Tensor:
+    """``value`` (an int, a sequence or a tensor of integers) as a ``LongTensor``; floats and bools are refused.
+
+    Example:
+        >>> as_long_tensor([3, 1], "index")
+        tensor([3, 1])
+    """
+    t = torch.as_tensor(value)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"`{name}` must hold integers, got dtype {t.dtype}")
+    return t.to(torch.long)
+
+
+def check_id_vector(name: str, value: object, length: int, rows_of: str, what: str) -> Tensor:
+    """Validate ``value`` as an integer tensor of shape ``(length,)``: one ``what`` per row of ``rows_of``.
+
+    Shared by the ``labels`` of ClassMem and the ``index`` of the metrics' ``update``.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of {what}s, got {type(value).__name__}.")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer tensor of {what}s, got dtype {value.dtype}.")
+    if value.ndim != 1 or value.shape[0] != length:
+        raise ValueError(
+            f"`{name}` must have shape ({length},), one {what} per row of `{rows_of}`, got shape {tuple(value.shape)}."
+        )
+    return value
+
+
+def check_float_tensor(name: str, value: object, ndim: int, shape_hint: str) -> Tensor:
+    """Check that ``value`` is a tensor with ``ndim`` dims and return it as a floating tensor.
+
+    Integer and boolean tensors are converted to the default floating dtype.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {shape_hint}, got {type(value).__name__}.")
+    if value.ndim != ndim:
+        raise ValueError(
+            f"`{name}` must have {ndim} dimension(s) {shape_hint}, got shape {tuple(value.shape)}."
+        )
+    if not value.is_floating_point():
+        if value.is_complex():
+            raise TypeError(f"`{name}` must be a real tensor, got dtype {value.dtype}.")
+        value = value.to(torch.get_default_dtype())
+    return value
+
+
+def check_finite_tensor(name: str, value: Tensor) -> None:
+    """Raise :class:`NonFiniteActivationError` (a ``ValueError``) if ``value`` has NaN or inf."""
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise NonFiniteActivationError(
+            f"`{name}` contains {bad} NaN/inf value(s); check the layer outputs (e.g. a diverged "
+            "model or a mixed-precision overflow) before computing memorization scores."
+        )
+
+
+def check_mean_activations(mean_activations: object, min_candidates: int = 1) -> Tensor:
+    """Validate a ``(N, U)`` matrix of mean activations and return it as a floating tensor."""
+    mu = check_float_tensor("mean_activations", mean_activations, 2, "(N candidates, U units)")
+    if mu.shape[0] < min_candidates:
+        raise ValueError(
+            f"`mean_activations` needs at least {min_candidates} candidate(s) (rows), got "
+            f"{mu.shape[0]}: UnitMem compares the most activating candidate against the other N-1, "
+            "so N = 1 is undefined. Measure more candidates."
+        )
+    check_finite_tensor("mean_activations", mu)
+    return mu

@@ -13,26 +13,42 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["SEED_RANGE", "as_python_number", "check_choice", "check_finite", "check_int", "check_memory_limit",
-           "check_meta", "check_seed"]
+__all__ = ["NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SEED_RANGE", "as_python_number", "check_choice",
+           "check_finite", "check_int", "check_memory_limit", "check_meta", "check_seed"]
 
 #: Seeds are taken modulo 2**64 by the counter-based view seeds: only [0, 2**64) is one-to-one.
 SEED_RANGE = (0, 1 << 64)
+#: How negative mean activations are made non-negative for UnitMem / ClassMem (``negative=``).
+NEGATIVE_POLICIES = ("clamp", "shift", "error")
+#: μ-max over the other candidates: the paper's mean or the authors' code's median (``reduction=``).
+REDUCTIONS = ("mean", "median")
+#: View pairs of SSLMem's alignment: all pairs (the paper) or each view with the anchor (``pairing=``).
+PAIRINGS = ("all", "anchor")
 
 
-def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None, *,
+              type_error: bool = False) -> int:
     """``value`` as a Python ``int`` (NumPy / 0-d integer tensors accepted; bools and floats refused).
+
+    Args:
+        name: the argument, for the message.
+        value: the value to check.
+        low: smallest allowed value (``None``: no bound).
+        high: first value above the allowed range (``None``: no bound).
+        type_error: raise ``TypeError`` (not ``ValueError``) for a value that is not an int; the
+            measurement settings raise ``ValueError`` for both, models and selections ``TypeError``.
 
     Example:
         >>> check_int("views", np.int64(4), 1)
         4
     """
+    wrong_type = TypeError if type_error else ValueError
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (float, np.floating)):
-        raise ValueError(f"`{name}` must be an int{_bounds(low, high)}, got {value!r}.")
+        raise wrong_type(f"`{name}` must be an int{_bounds(low, high)}, got {value!r}.")
     try:
         out = operator.index(value)
     except TypeError:
-        raise ValueError(f"`{name}` must be an int{_bounds(low, high)}, got {value!r} ({type(value).__name__}).") from None
+        raise wrong_type(f"`{name}` must be an int{_bounds(low, high)}, got {value!r} ({type(value).__name__}).") from None
     if (low is not None and out < low) or (high is not None and out >= high):
         raise ValueError(f"`{name}` must be an int{_bounds(low, high)}, got {out!r}.")
     return int(out)
@@ -53,10 +69,23 @@ def as_python_number(value: Any) -> Any:
     return value
 
 
-def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    """``value`` if it is one of ``allowed`` (strings), else a ``ValueError`` listing them."""
+def check_choice(name: str, value: Any, allowed: Sequence[str], *, as_tuple: bool = True) -> str:
+    """``value`` if it is one of ``allowed`` (strings), else a ``ValueError`` listing them.
+
+    Args:
+        name: the argument, for the message.
+        value: the value to check.
+        allowed: the allowed strings, e.g. :data:`REDUCTIONS`.
+        as_tuple: list them as a tuple (``('mean', 'median')``, the measurement's messages) or
+            bare (``'mean', 'median'``, the selections' and callbacks' messages).
+
+    Example:
+        >>> check_choice("reduction", "median", REDUCTIONS)
+        'median'
+    """
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"`{name}` must be one of {tuple(allowed)}, got {value!r}.")
+        options = tuple(allowed) if as_tuple else ", ".join(map(repr, allowed))
+        raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
     return value
 
 

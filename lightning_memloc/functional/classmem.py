@@ -11,14 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_memloc.functional.unitmem import (
-    NEGATIVE_POLICIES,
-    REDUCTIONS,
-    _check_choice,
-    _check_mean_activations,
-    check_id_vector,
-    unitmem,
-)
+from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_id_vector, check_mean_activations
+from lightning_memloc.functional.unitmem import unitmem
 
 __all__ = ["class_means", "classmem"]
 
@@ -55,7 +49,7 @@ def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tenso
         >>> classes
         tensor([2, 7])
     """
-    mu = _check_mean_activations(mean_activations)
+    mu = check_mean_activations(mean_activations)
     labels = _check_labels(labels, mu.shape[0]).to(mu.device)
     classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
     sums = mu.new_zeros(classes.shape[0], mu.shape[1]).index_add_(0, inverse, mu)
@@ -93,8 +87,8 @@ def classmem(
         >>> classmem(mu, torch.tensor([0, 0, 1]))
         tensor([0.5000, 0.0000])
     """
-    _check_choice("reduction", reduction, REDUCTIONS)
-    _check_choice("negative", negative, NEGATIVE_POLICIES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("negative", negative, NEGATIVE_POLICIES)
     means, classes = class_means(mean_activations, labels)
     if classes.shape[0] < 2:
         raise ValueError(

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightning_memloc.functional.unitmem import _check_finite, _check_tensor
+from lightning_memloc.checks import check_finite_tensor, check_float_tensor
 
 __all__ = ["alignment", "delta_layermem", "layermem", "pairwise_alignment", "sslmem", "top_least_indices"]
 
@@ -147,7 +147,7 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
         >>> alignment(reps, anchor=torch.tensor([[5.0, 0.0]]))
         tensor([0.4714])
     """
-    reps = _check_tensor("representations", representations, 3, "(N candidates, K views, D features)")
+    reps = check_float_tensor("representations", representations, 3, "(N candidates, K views, D features)")
     n, k, d = reps.shape
     if anchor is None and k < 2:
         raise ValueError(
@@ -158,7 +158,7 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
         raise ValueError(f"`representations` must have K >= 1 views and D >= 1 features, got {tuple(reps.shape)}.")
     anc = None
     if anchor is not None:
-        anc = _check_tensor("anchor", anchor, 2, "(N candidates, D features)")
+        anc = check_float_tensor("anchor", anchor, 2, "(N candidates, D features)")
         if tuple(anc.shape) != (n, d):
             raise ValueError(
                 f"`anchor` must have shape (N, D) = ({n}, {d}) to match `representations`, got "
@@ -171,9 +171,9 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
     # ~0.2 s for the largest layer (fresh full-size temporaries fault in page by page).
     out = pairwise_alignment(reps, anc)
     if not bool(torch.isfinite(out).all()):
-        _check_finite("representations", reps)
+        check_finite_tensor("representations", reps)
         if anc is not None:
-            _check_finite("anchor", anc)
+            check_finite_tensor("anchor", anc)
     return out
 
 
@@ -207,10 +207,10 @@ def sslmem(align_reference: Tensor, align_encoder: Tensor, normalize: bool = Tru
         )
     if align_reference.shape[-1] < 1:
         raise ValueError("`align_reference` and `align_encoder` need at least one candidate (N >= 1).")
-    ref = _check_tensor("align_reference", align_reference, align_reference.ndim, "(..., N)")
-    enc = _check_tensor("align_encoder", align_encoder, align_encoder.ndim, "(..., N)")
-    _check_finite("align_reference", ref)
-    _check_finite("align_encoder", enc)
+    ref = check_float_tensor("align_reference", align_reference, align_reference.ndim, "(..., N)")
+    enc = check_float_tensor("align_encoder", align_encoder, align_encoder.ndim, "(..., N)")
+    check_finite_tensor("align_reference", ref)
+    check_finite_tensor("align_encoder", enc)
     m = ref - enc
     if not normalize:
         return m
@@ -237,10 +237,10 @@ def layermem(sslmem: Tensor, subset: Optional[Tensor] = None) -> Tensor:
         >>> layermem(s, subset=torch.tensor([2]))
         tensor([1.0000, 0.9000])
     """
-    s = _check_tensor("sslmem", sslmem, 2, "(L layers, N candidates)")
+    s = check_float_tensor("sslmem", sslmem, 2, "(L layers, N candidates)")
     if s.shape[1] < 1:
         raise ValueError("`sslmem` needs at least one candidate (N >= 1 columns).")
-    _check_finite("sslmem", s)
+    check_finite_tensor("sslmem", s)
     if subset is None:
         return s.mean(dim=1)
     if not isinstance(subset, Tensor) or subset.is_floating_point() or subset.ndim != 1:
@@ -268,8 +268,8 @@ def delta_layermem(layer_mem: Tensor) -> Tensor:
         >>> delta_layermem(torch.tensor([0.1, 0.3, 0.25]))
         tensor([ 0.1000,  0.2000, -0.0500])
     """
-    lm = _check_tensor("layer_mem", layer_mem, 1, "(L layers,)")
-    _check_finite("layer_mem", lm)
+    lm = check_float_tensor("layer_mem", layer_mem, 1, "(L layers,)")
+    check_finite_tensor("layer_mem", lm)
     return torch.diff(lm, prepend=lm.new_zeros(1))
 
 
@@ -293,8 +293,8 @@ def top_least_indices(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
-    s = _check_tensor("scores", scores, 1, "(N,)")
-    _check_finite("scores", s)
+    s = check_float_tensor("scores", scores, 1, "(N,)")
+    check_finite_tensor("scores", s)
     kk = min(k, s.shape[0])
     top = torch.sort(s, descending=True, stable=True).indices[:kk]
     least = torch.sort(s, descending=False, stable=True).indices[:kk]

@@ -16,80 +16,13 @@ whatever device the input lives on.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
-from lightning_memloc.errors import NonFiniteActivationError
+from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_mean_activations
+from lightning_memloc.checks import check_id_vector  # noqa: F401  (its home was here: the old import keeps working)
 
 __all__ = ["apply_negative_policy", "dead_units", "take_ids", "unit_argmax", "unitmem"]
-
-NEGATIVE_POLICIES = ("clamp", "shift", "error")
-REDUCTIONS = ("mean", "median")
-
-
-def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming ``name`` and the ``allowed`` values if ``value`` is not one."""
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"`{name}` must be one of {tuple(allowed)}, got {value!r}.")
-
-
-def check_id_vector(name: str, value: object, length: int, rows_of: str, what: str) -> Tensor:
-    """Validate ``value`` as an integer tensor of shape ``(length,)``: one ``what`` per row of ``rows_of``.
-
-    Shared by the ``labels`` of ClassMem and the ``index`` of the metrics' ``update``.
-    """
-    if not isinstance(value, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of {what}s, got {type(value).__name__}.")
-    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-        raise TypeError(f"`{name}` must be an integer tensor of {what}s, got dtype {value.dtype}.")
-    if value.ndim != 1 or value.shape[0] != length:
-        raise ValueError(
-            f"`{name}` must have shape ({length},), one {what} per row of `{rows_of}`, got shape {tuple(value.shape)}."
-        )
-    return value
-
-
-def _check_tensor(name: str, value: object, ndim: int, shape_hint: str) -> Tensor:
-    """Check that ``value`` is a tensor with ``ndim`` dims and return it as a floating tensor.
-
-    Integer and boolean tensors are converted to the default floating dtype.
-    """
-    if not isinstance(value, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape {shape_hint}, got {type(value).__name__}.")
-    if value.ndim != ndim:
-        raise ValueError(
-            f"`{name}` must have {ndim} dimension(s) {shape_hint}, got shape {tuple(value.shape)}."
-        )
-    if not value.is_floating_point():
-        if value.is_complex():
-            raise TypeError(f"`{name}` must be a real tensor, got dtype {value.dtype}.")
-        value = value.to(torch.get_default_dtype())
-    return value
-
-
-def _check_finite(name: str, value: Tensor) -> None:
-    """Raise :class:`NonFiniteActivationError` (a ``ValueError``) if ``value`` has NaN or inf."""
-    if not bool(torch.isfinite(value).all()):
-        bad = int((~torch.isfinite(value)).sum())
-        raise NonFiniteActivationError(
-            f"`{name}` contains {bad} NaN/inf value(s); check the layer outputs (e.g. a diverged "
-            "model or a mixed-precision overflow) before computing memorization scores."
-        )
-
-
-def _check_mean_activations(mean_activations: object, min_candidates: int = 1) -> Tensor:
-    """Validate a ``(N, U)`` matrix of mean activations and return it as a floating tensor."""
-    mu = _check_tensor("mean_activations", mean_activations, 2, "(N candidates, U units)")
-    if mu.shape[0] < min_candidates:
-        raise ValueError(
-            f"`mean_activations` needs at least {min_candidates} candidate(s) (rows), got "
-            f"{mu.shape[0]}: UnitMem compares the most activating candidate against the other N-1, "
-            "so N = 1 is undefined. Measure more candidates."
-        )
-    _check_finite("mean_activations", mu)
-    return mu
 
 
 def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
@@ -124,8 +57,8 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
         tensor([[0., 0.],
                 [2., 1.]])
     """
-    _check_choice("negative", negative, NEGATIVE_POLICIES)
-    mu = _check_mean_activations(mean_activations)
+    check_choice("negative", negative, NEGATIVE_POLICIES)
+    mu = check_mean_activations(mean_activations)
     if negative == "clamp":
         return mu.clamp(min=0)
     if negative == "shift":
@@ -237,9 +170,9 @@ def unitmem(mean_activations: Tensor, reduction: str = "mean", negative: str = "
         >>> unitmem(torch.tensor([[9.0], [1.0], [2.0], [6.0]]), reduction="median")
         tensor([0.6364])
     """
-    _check_choice("reduction", reduction, REDUCTIONS)
-    _check_choice("negative", negative, NEGATIVE_POLICIES)
-    _check_mean_activations(mean_activations, min_candidates=2)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("negative", negative, NEGATIVE_POLICIES)
+    check_mean_activations(mean_activations, min_candidates=2)
     mu = apply_negative_policy(mean_activations, negative)
     mu_max, rest = _rest_statistic(mu, reduction)
     denom = mu_max + rest

@@ -16,16 +16,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_memloc.functional.unitmem import _check_finite, check_id_vector
+from lightning_memloc.checks import check_finite_tensor, check_id_vector, check_int
 
 STATE_DTYPES = (torch.float32, torch.float64)
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is an ``int >= 1`` (not a bool), else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
-    return value
 
 
 def check_state_dtype(state_dtype: Any) -> torch.dtype:
@@ -46,7 +39,7 @@ class CandidateIndexedMetric(Metric):
 
     def __init__(self, num_candidates: int, state_dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.num_candidates = check_positive_int("num_candidates", num_candidates)
+        self.num_candidates = check_int("num_candidates", num_candidates, 1)
         self.state_dtype = check_state_dtype(state_dtype)
         self.add_state("counts", torch.zeros(num_candidates, dtype=state_dtype), dist_reduce_fx="sum")
 
@@ -91,7 +84,7 @@ class CandidateIndexedMetric(Metric):
             )
         if activations.ndim == 3 and activations.shape[1] < 1:
             raise ValueError("`activations` of shape (B, K, U) needs K >= 1 views.")
-        _check_finite("activations", activations)
+        check_finite_tensor("activations", activations)
         x = activations.detach().to(device=self.counts.device, dtype=self.counts.dtype)
         return x.mean(dim=1) if x.ndim == 3 else x
 

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.classmem import class_means, classmem
-from lightning_memloc.functional.unitmem import check_id_vector, take_ids, unit_argmax
+from lightning_memloc.checks import check_id_vector
+from lightning_memloc.functional.unitmem import take_ids, unit_argmax
 from lightning_memloc.metrics.unitmem import UnitMem
 
 __all__ = ["ClassMem"]

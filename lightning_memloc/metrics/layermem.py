@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.sslmem import delta_layermem, layermem, sslmem, top_least_indices
-from lightning_memloc.functional.unitmem import _check_finite
-from lightning_memloc.metrics._base import CandidateIndexedMetric, check_positive_int
+from lightning_memloc.checks import check_finite_tensor, check_int
+from lightning_memloc.metrics._base import CandidateIndexedMetric
 
 __all__ = ["LayerMem"]
 
@@ -62,8 +62,8 @@ class LayerMem(CandidateIndexedMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_candidates, state_dtype=state_dtype, **kwargs)
-        self.num_layers = check_positive_int("num_layers", num_layers)
-        self.top_k = check_positive_int("top_k", top_k)
+        self.num_layers = check_int("num_layers", num_layers, 1)
+        self.top_k = check_int("top_k", top_k, 1)
         shape = (num_layers, num_candidates)
         self.add_state("enc_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
         self.add_state("ref_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
@@ -76,7 +76,7 @@ class LayerMem(CandidateIndexedMetric):
                 f"`{name}` must have shape (L, B) with L = num_layers = {self.num_layers}, got "
                 f"{tuple(value.shape)}."
             )
-        _check_finite(name, value)
+        check_finite_tensor(name, value)
         return value.detach().to(device=self.counts.device, dtype=self.counts.dtype)
 
     def update(self, align_encoder: Tensor, align_reference: Tensor, index: Tensor) -> None:

@@ -7,16 +7,9 @@ from typing import Any, Dict, Union
 import torch
 from torch import Tensor
 
-from lightning_memloc.functional.unitmem import (
-    NEGATIVE_POLICIES,
-    REDUCTIONS,
-    _check_choice,
-    dead_units,
-    take_ids,
-    unit_argmax,
-    unitmem,
-)
-from lightning_memloc.metrics._base import CandidateIndexedMetric, check_positive_int
+from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_int
+from lightning_memloc.functional.unitmem import dead_units, take_ids, unit_argmax, unitmem
+from lightning_memloc.metrics._base import CandidateIndexedMetric
 
 __all__ = ["UnitMem"]
 
@@ -60,9 +53,9 @@ class UnitMem(CandidateIndexedMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_candidates, state_dtype=state_dtype, **kwargs)
-        self.num_units = check_positive_int("num_units", num_units)
-        _check_choice("reduction", reduction, REDUCTIONS)
-        _check_choice("negative", negative, NEGATIVE_POLICIES)
+        self.num_units = check_int("num_units", num_units, 1)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("negative", negative, NEGATIVE_POLICIES)
         self.reduction = reduction
         self.negative = negative
         self.add_state("sums", torch.zeros(num_candidates, num_units, dtype=state_dtype), dist_reduce_fx="sum")

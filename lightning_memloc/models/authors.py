@@ -23,8 +23,9 @@ from typing import Dict, Mapping, Optional, Tuple
 
 from torch import Tensor, nn
 
+from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.models.norm import NORMS
-from lightning_memloc.models.resnet9 import ConvBlock, _check_positive_int
+from lightning_memloc.models.resnet9 import ConvBlock
 
 __all__ = ["AUTHORS_LAYERS", "AuthorsBlock", "AuthorsResNet9", "convert_authors_state_dict"]
 
@@ -106,12 +107,11 @@ class AuthorsResNet9(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 32, num_classes: Optional[int] = None,
                  norm: str = "batch") -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        w = _check_positive_int("width", width)
+        check_int("in_channels", in_channels, 1, type_error=True)
+        w = check_int("width", width, 1, type_error=True)
         if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
-        if norm not in NORMS:
-            raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
+            check_int("num_classes", num_classes, 1, type_error=True)
+        check_choice("norm", norm, NORMS)
         self.in_channels, self.width, self.num_classes, self.norm = in_channels, w, num_classes, norm
         self.feature_dim = 8 * w
         channels = in_channels

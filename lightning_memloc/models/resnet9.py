@@ -13,18 +13,10 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.models.norm import NORMS, make_norm
 
 __all__ = ["ConvBlock", "Residual", "ResNet9"]
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an ``int`` ≥ 1, else raise with a message naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be a positive integer, got {value!r} ({type(value).__name__}).")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive integer (>= 1), got {value}.")
-    return value
 
 
 class ConvBlock(nn.Module):
@@ -52,8 +44,8 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, norm: str = "batch", bias: bool = False) -> None:
         super().__init__()
-        self.in_ch = _check_positive_int("in_ch", in_ch)
-        self.out_ch = _check_positive_int("out_ch", out_ch)
+        self.in_ch = check_int("in_ch", in_ch, 1, type_error=True)
+        self.out_ch = check_int("out_ch", out_ch, 1, type_error=True)
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=bool(bias))
         self.bn = make_norm(norm, out_ch)
         self.relu = nn.ReLU(inplace=False)
@@ -78,7 +70,7 @@ class Residual(nn.Module):
 
     def __init__(self, channels: int, norm: str = "batch") -> None:
         super().__init__()
-        self.channels = _check_positive_int("channels", channels)
+        self.channels = check_int("channels", channels, 1, type_error=True)
         self.conv1 = ConvBlock(channels, channels, norm)
         self.conv2 = ConvBlock(channels, channels, norm)
 
@@ -132,12 +124,11 @@ class ResNet9(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None,
                  norm: str = "batch") -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        if norm not in NORMS:
-            raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
-        w = _check_positive_int("width", width)
+        check_int("in_channels", in_channels, 1, type_error=True)
+        check_choice("norm", norm, NORMS)
+        w = check_int("width", width, 1, type_error=True)
         if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
+            check_int("num_classes", num_classes, 1, type_error=True)
         self.in_channels = in_channels
         self.width = w
         self.num_classes = num_classes

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from lightning_memloc.models.resnet9 import ConvBlock, _check_positive_int
+from lightning_memloc.checks import check_int
+from lightning_memloc.models.resnet9 import ConvBlock
 
 __all__ = ["TinyCNN", "TinyMLP"]
 
@@ -41,8 +42,8 @@ class TinyCNN(nn.Module):
 
     def __init__(self, in_channels: int = 3, width: int = 4) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        w = _check_positive_int("width", width)
+        check_int("in_channels", in_channels, 1, type_error=True)
+        w = check_int("width", width, 1, type_error=True)
         self.in_channels = in_channels
         self.width = w
         self.feature_dim = 4 * w
@@ -83,11 +84,11 @@ class TinyMLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (16, 8)) -> None:
         super().__init__()
-        _check_positive_int("in_features", in_features)
+        check_int("in_features", in_features, 1, type_error=True)
         if isinstance(hidden, int) or not isinstance(hidden, Sequence) or len(hidden) == 0:
             raise ValueError(f"`hidden` must be a non-empty sequence of positive integers, got {hidden!r}.")
         for i, h in enumerate(hidden):
-            _check_positive_int(f"hidden[{i}]", h)
+            check_int(f"hidden[{i}]", h, 1, type_error=True)
         self.in_features = in_features
         self.hidden = tuple(hidden)
         self.feature_dim = self.hidden[-1]
