@@ -12,26 +12,17 @@ with :func:`~lightning_memloc.measure` and reports the drop of SSLMem against th
 from __future__ import annotations
 
 import copy
-import difflib
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from lightning_memloc.analyses.consistency import chosen_layers
-from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError
+from lightning_memloc.checks import named_module
+from lightning_memloc.errors import ArchitectureMismatchError
 from lightning_memloc.report import MemorizationReport
 
 __all__ = ["exchange_layers", "layer_exchange_study"]
-
-
-def _module(model: nn.Module, name: str, argument: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules or name == "":
-        close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-        hint = f" Did you mean {close}?" if close else ""
-        raise LayerNotFoundError(f"`{argument}` has no module named {name!r}.{hint} Pass names from `named_modules()`.")
-    return modules[name]
 
 
 def _check_layer_names(layers: Sequence[str]) -> List[str]:
@@ -69,7 +60,7 @@ def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Mod
     names = _check_layer_names(layers)
     pairs = []
     for name in names:  # validate everything before copying anything
-        source, target = _module(g, name, "g"), _module(f, name, "f")
+        source, target = named_module(g, name, "g"), named_module(f, name, "f")
         src, dst = source.state_dict(), target.state_dict()
         if set(src) != set(dst) or any(src[key].shape != dst[key].shape for key in dst):
             detail = sorted(set(src) ^ set(dst)) or [
@@ -176,7 +167,7 @@ def layer_exchange_study(
     if measure_layer not in report.layers:
         raise ValueError(f"`measure_layer` {measure_layer!r} is not in the report; its layers are {report.layers}.")
     for name in chosen:  # fail on a bad name before the first (slow) measurement
-        _module(f, name, "f"), _module(g, name, "g")
+        named_module(f, name, "f"), named_module(g, name, "g")
     kwargs = dict(measure_kwargs, seed=seed)
     base = _mean_raw(f, g, candidates, measure_layer, kwargs)
     control_base = None if control is None else _mean_raw(f, g, control, measure_layer, kwargs)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.analyses.exchange import _module
+from lightning_memloc.checks import named_module
 from lightning_memloc.errors import ArchitectureMismatchError
 
 __all__ = ["finetune_units", "restore_units", "unit_module"]
@@ -95,7 +95,7 @@ def restore_units(module: nn.Module, original: nn.Module, layer: str,
         >>> torch.equal(tuned.conv1.conv.weight[0], f.conv1.conv.weight[0]), torch.equal(tuned.conv1.conv.weight[1], f.conv1.conv.weight[1])
         (True, False)
     """
-    target, source = _module(module, layer, "module"), _module(original, layer, "original")
+    target, source = named_module(module, layer, "module"), named_module(original, layer, "original")
     unit_name, units = unit_module(target)
     mask = _keep_mask(keep, units)
     dst, src = target.state_dict(keep_vars=True), source.state_dict()
@@ -163,11 +163,11 @@ def finetune_units(
         raise ValueError(f"`lr` must be a number > 0, got {lr!r}.")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be a callable model -> scalar loss, got {type(loss_fn).__name__}.")
-    target = _module(encoder, layer, "encoder")
+    target = named_module(encoder, layer, "encoder")
     _, count = unit_module(target)
     mask = _keep_mask(units, count)
     tap = layer if tap is None else tap
-    _module(encoder, tap, "encoder")
+    named_module(encoder, tap, "encoder")
     from lightning_memloc.measure import measure
 
     tuned = copy.deepcopy(encoder).eval()

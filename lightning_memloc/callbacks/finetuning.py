@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
-from lightning_memloc.checks import check_choice, check_int
+from lightning_memloc.checks import check_choice, check_int, check_layers_exist
 from lightning_memloc.callbacks.sources import find_monitor, is_monitor_reference, monitor_layers
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.loading import resolve_module
@@ -124,18 +124,6 @@ def resolve_encoder(pl_module: "pl.LightningModule", spec: ModuleSpec, source: R
     if spec is None and source.is_monitor and callable(getattr(source.source, "encoder", None)):
         return source.source.encoder(pl_module)
     return resolve_module(pl_module, spec, "encoder")
-
-
-def check_layers_exist(encoder: nn.Module, layers: Sequence[str]) -> None:
-    """Raise :class:`LayerNotFoundError` listing report layers that are not modules of ``encoder``."""
-    names = {name for name, _ in encoder.named_modules()}
-    missing = [layer for layer in layers if layer not in names]
-    if missing:
-        known = sorted(n for n in names if n)[:30]
-        raise LayerNotFoundError(
-            f"the report's layers {missing} are not modules of the encoder ({type(encoder).__name__}), whose modules "
-            f"include {known}: point `encoder=` at the module the report was measured on."
-        )
 
 
 class MemorizationFinetuning(BaseFinetuning):

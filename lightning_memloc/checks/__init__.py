@@ -16,8 +16,10 @@ device memory).
 """
 
 from lightning_memloc.checks.modules import (
+    check_layers_exist,
     check_reference,
     check_views_memory,
+    named_module,
     unwrap_compiled,
 )
 from lightning_memloc.checks.tensors import (
@@ -67,6 +69,7 @@ __all__ = [
     "check_index_values",
     "check_int",
     "check_labels_layout",
+    "check_layers_exist",
     "check_mean_activations",
     "check_memory_limit",
     "check_meta",
@@ -74,5 +77,6 @@ __all__ = [
     "check_report_values",
     "check_seed",
     "check_views_memory",
+    "named_module",
     "unwrap_compiled",
 ]

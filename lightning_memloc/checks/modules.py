@@ -7,6 +7,7 @@ reference trained without the candidates: a reference that is the encoder gives 
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Optional, Sequence
 
@@ -14,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["check_reference", "check_views_memory", "unwrap_compiled"]
+from lightning_memloc.errors import LayerNotFoundError
+
+__all__ = ["check_layers_exist", "check_reference", "check_views_memory", "named_module", "unwrap_compiled"]
 
 def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device,
                        itemsize: int = 4) -> None:
@@ -88,3 +91,31 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
         return False
     return all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu()) for x, y in
                ((sa[k], sb[k]) for k in sa))
+
+
+def named_module(model: nn.Module, name: str, argument: str) -> nn.Module:
+    """The submodule of ``model`` called ``name``, or a :class:`LayerNotFoundError` suggesting close names.
+
+    Args:
+        model: the model to look in.
+        name: a non-empty name from ``model.named_modules()``.
+        argument: the argument ``model`` was passed as, for the message.
+    """
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise LayerNotFoundError(f"`{argument}` has no module named {name!r}.{hint} Pass names from `named_modules()`.")
+    return modules[name]
+
+
+def check_layers_exist(encoder: nn.Module, layers: Sequence[str]) -> None:
+    """Raise :class:`LayerNotFoundError` listing report layers that are not modules of ``encoder``."""
+    names = {name for name, _ in encoder.named_modules()}
+    missing = [layer for layer in layers if layer not in names]
+    if missing:
+        known = sorted(n for n in names if n)[:30]
+        raise LayerNotFoundError(
+            f"the report's layers {missing} are not modules of the encoder ({type(encoder).__name__}), whose modules "
+            f"include {known}: point `encoder=` at the module the report was measured on."
+        )
