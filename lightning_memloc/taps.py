@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from lightning_memloc.checks import check_choice
 from lightning_memloc.errors import LayerNotFoundError
-from lightning_memloc.models.resnet9 import ConvBlock
 
-__all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LayerSpec", "LayerTaps", "RESIDUAL_BLOCKS",
-           "flat_representation", "is_residual_block", "register_auto_rule", "resolve_layers", "unit_activations"]
+__all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LAYER_MARKER", "LayerSpec", "LayerTaps",
+           "RESIDUAL_BLOCKS", "flat_representation", "is_residual_block", "register_auto_rule", "resolve_layers",
+           "unit_activations"]
 
 #: Allowed values of :attr:`LayerSpec.kind`.
 LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
@@ -78,6 +78,11 @@ RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(
 )
 
 
+#: A module class whose class attribute of this name is ``True`` is one whole layer for ``"auto"`` (as
+#: :class:`~lightning_memloc.models.ConvBlock`): models mark their layers, the taps import no model.
+LAYER_MARKER = "memloc_layer"
+
+
 def is_residual_block(module: nn.Module) -> bool:
     """Whether ``module`` is one of :data:`RESIDUAL_BLOCKS` (or a subclass of one)."""
     return any((c.__module__, c.__name__) in RESIDUAL_BLOCKS for c in type(module).__mro__)
@@ -88,7 +93,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
-    """Every :class:`ConvBlock`, residual block (:data:`RESIDUAL_BLOCKS`) and ResNet stem activation.
+    """Every marked layer (:data:`LAYER_MARKER`: a ``ConvBlock``), residual block and ResNet stem activation.
 
     The stem activation is an activation that is a direct child of a module that also holds a
     stage (an ``nn.Sequential`` of residual blocks): ``relu`` of a torchvision ``ResNet``,
@@ -96,7 +101,8 @@ def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
     ``nn.Sequential(*list(resnet18().children())[:-1])``. lightly's ``ResNetGenerator`` applies
     its stem ReLU functionally: only its blocks are tapped.
     """
-    names = [n for n, m in model.named_modules() if n and (isinstance(m, ConvBlock) or is_residual_block(m))]
+    marked = {n for n, m in model.named_modules() if getattr(type(m), LAYER_MARKER, False) is True}
+    names = [n for n, m in model.named_modules() if n and (n in marked or is_residual_block(m))]
     if not names:
         return None
     for parent_name, parent in model.named_modules():
@@ -221,7 +227,7 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, Laye
     positional arguments, a dict as keyword arguments) orders the layers and infers their kind
     from the output rank. Every module's train/eval mode is restored afterwards, also on error.
 
-    ``"auto"``: every :class:`~lightning_memloc.models.ConvBlock`, torchvision / timm / lightly
+    ``"auto"``: every marked layer (a :class:`~lightning_memloc.models.ConvBlock`), torchvision / timm / lightly
     ``BasicBlock`` / ``Bottleneck`` and the ResNet stem activation (ResNet9 gives the paper's layers 1..8, Wang et
     al., NeurIPS 2024); otherwise every rectifier-like activation. Only modules called exactly
     once per forward are picked, and none inside another picked module.

@@ -9,7 +9,7 @@ layers, in the paper's order.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 from torch import Tensor, nn
 
@@ -41,6 +41,9 @@ class ConvBlock(nn.Module):
         >>> bool((block(torch.randn(2, 3, 16, 16)) >= 0).all())
         True
     """
+
+    #: ``layers="auto"`` taps the whole block (:data:`lightning_memloc.taps.LAYER_MARKER`).
+    memloc_layer: ClassVar[bool] = True
 
     def __init__(self, in_ch: int, out_ch: int, norm: str = "batch", bias: bool = False) -> None:
         super().__init__()
