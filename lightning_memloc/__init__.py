@@ -35,7 +35,7 @@ _LAZY = {
     "MemorizationFinetuning": "lightning_memloc.callbacks",
     "MemorizationMonitor": "lightning_memloc.callbacks",
     "MemorizationPruning": "lightning_memloc.callbacks",
-    "prune_units": "lightning_memloc.callbacks",
+    "prune_units": "lightning_memloc.surgery",  # no Lightning needed
     "UtilityMonitor": "lightning_memloc.callbacks",
     "CoTrainedPair": "lightning_memloc.cotrain",
     "CoTrainingData": "lightning_memloc.datamodule",

@@ -15,7 +15,7 @@ Fine-tuning such a layer means training the weights that compute its output:
   ``mlp.fc1`` for timm's ``mlp.act``; when no sibling qualifies the search repeats one level up.
 
 The same look-back rule (the conv / linear and the norms after it) is the one
-:func:`~lightning_memloc.callbacks.pruning.find_unit_targets` uses to find a layer's units.
+:func:`~lightning_memloc.surgery.find_unit_targets` uses to find a layer's units.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["NORM_TYPES", "count_parameters", "producing_modules", "producing_modules_map", "trainable_map"]
+__all__ = ["NORM_TYPES", "SHORTCUTS", "count_parameters", "producing_modules", "producing_modules_map",
+           "trainable_map"]
 
 #: Normalisation layers: trained together with the conv / linear they follow.
 NORM_TYPES = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
-_SHORTCUTS = ("downsample", "shortcut", "skip")  # a residual block's projection shortcut does not produce the tap
+#: Child names of a residual block's projection shortcut: it does not produce the tap (nor carry its units).
+SHORTCUTS = ("downsample", "shortcut", "skip")
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -76,7 +78,7 @@ def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
         index = [n for n, _ in children].index(child)
         found: List[str] = []
         for sibling_name, sibling in reversed(children[:index]):
-            if sibling_name in _SHORTCUTS or not _has_parameters(sibling):
+            if sibling_name in SHORTCUTS or not _has_parameters(sibling):
                 continue
             found.append(_join(parent_name, sibling_name))
             if not isinstance(sibling, NORM_TYPES):

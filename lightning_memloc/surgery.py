@@ -25,11 +25,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune
 
 from lightning_memloc.checks import as_python_number, check_choice, check_layers_exist
+from lightning_memloc.producers import SHORTCUTS
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES, select_units
 
-__all__ = ["UnitTargets", "check_amount_units", "find_unit_targets", "following_norms", "prune_units", "register_masks",
-           "remove_masks", "zero_units"]
+__all__ = ["Amount", "UnitTargets", "check_amount", "check_amount_units", "choose_units", "find_unit_targets",
+           "following_norms", "prune_units", "register_masks", "remove_masks", "zero_units"]
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _MIXING_NORMS = (nn.GroupNorm, nn.LayerNorm)
@@ -66,11 +67,9 @@ class UnitTargets:
         return out
 
 
-_SHORTCUTS = ("downsample", "shortcut", "skip")  # a residual block's projection shortcut produces no unit
-
-
 def _last_producer(block: nn.Module, num_units: Optional[int]) -> Optional[Tuple[nn.Module, Tuple[nn.Module, ...]]]:
-    named = [m for name, m in block.named_modules() if not set(name.split(".")) & set(_SHORTCUTS)]
+    # a residual block's projection shortcut produces no unit of the block
+    named = [m for name, m in block.named_modules() if not set(name.split(".")) & set(SHORTCUTS)]
     positions = [i for i, m in enumerate(named)
                  if isinstance(m, _PRODUCERS) and (num_units is None or _width(m) == num_units)]
     if not positions:
@@ -154,7 +153,15 @@ def remove_masks(targets: UnitTargets) -> None:
             prune.remove(module, name)
 
 
-def _check_amount(amount: object) -> Dict[str, Amount]:
+def check_amount(amount: object) -> Dict[str, Amount]:
+    """``{"count": n}`` for an int ``amount`` >= 1, ``{"fraction": f}`` for a float in (0, 1); else an error.
+
+    The result is the keyword :func:`~lightning_memloc.selection.select_units` takes.
+
+    Example:
+        >>> check_amount(3), check_amount(0.25)
+        ({'count': 3}, {'fraction': 0.25})
+    """
     amount = as_python_number(amount)  # NumPy integers / floats behave as int / float
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise TypeError(f"`amount` must be a float in (0, 1) (a fraction) or an int >= 1 (a count), got {amount!r}.")
@@ -167,8 +174,14 @@ def _check_amount(amount: object) -> Dict[str, Amount]:
     return {"fraction": float(amount)}
 
 
-def _choose(report: MemorizationReport, targets: Dict[str, UnitTargets], amount: Amount, strategy: str, scope: str,
-            seed: int) -> Dict[str, Tensor]:
+def choose_units(report: MemorizationReport, targets: Dict[str, UnitTargets], amount: Amount, strategy: str,
+                 scope: str, seed: int) -> Dict[str, Tensor]:
+    """The units to prune in every layer of ``targets``: ``{layer: LongTensor of unit indices}``.
+
+    Checks first that the report holds every layer with the producer's number of units (a report
+    measured on another encoder is refused), then asks
+    :func:`~lightning_memloc.selection.select_units`.
+    """
     missing = [layer for layer in targets if layer not in report.layers]
     if missing:
         raise ValueError(f"layers {missing} are not in the report; its layers are {report.layers}.")
@@ -178,7 +191,7 @@ def _choose(report: MemorizationReport, targets: Dict[str, UnitTargets], amount:
                 f"layer {layer!r} has {report.unit_mem[layer].numel()} units in the report but its producer "
                 f"{type(target.producer).__name__} has {target.num_units} outputs: the report was measured on another encoder."
             )
-    return select_units(report, strategy=strategy, scope=scope, layers=list(targets), seed=seed, **_check_amount(amount))
+    return select_units(report, strategy=strategy, scope=scope, layers=list(targets), seed=seed, **check_amount(amount))
 
 
 def prune_units(
@@ -219,7 +232,7 @@ def prune_units(
     """
     if not isinstance(report, MemorizationReport):
         raise TypeError(f"`report` must be a MemorizationReport, got {type(report).__name__}.")
-    amount = next(iter(_check_amount(amount).values()))
+    amount = next(iter(check_amount(amount).values()))
     check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
     check_choice("scope", scope, SCOPES, as_tuple=False)
     names = list(report.layers if layers is None else layers)
@@ -228,7 +241,7 @@ def prune_units(
         raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
     targets = {name: find_unit_targets(module, name, report.unit_mem[name].numel()) for name in names}
     check_amount_units(amount, scope, {name: t.num_units for name, t in targets.items()})
-    units = _choose(report, targets, amount, strategy, scope, seed)
+    units = choose_units(report, targets, amount, strategy, scope, seed)
     for layer, index in units.items():
         zero_units(targets[layer], index)
         if permanent:

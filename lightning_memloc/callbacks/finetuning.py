@@ -25,7 +25,6 @@ from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, te
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
 from lightning_memloc.checks import check_choice, check_int, check_layers_exist
 from lightning_memloc.callbacks.sources import find_monitor, is_monitor_reference, monitor_layers
-from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.loading import resolve_module
 from lightning_memloc.producers import count_parameters, trainable_map
 from lightning_memloc.report import MemorizationReport

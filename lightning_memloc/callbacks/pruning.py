@@ -1,11 +1,11 @@
-"""``MemorizationPruning`` and ``prune_units``: structured pruning of units chosen by UnitMem.
+"""``MemorizationPruning``: structured pruning of units chosen by UnitMem, during ``fit``.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) localize
-memorization in individual units (UnitMem) and show that removing the most memorizing units
-hurts more than removing random or the least memorizing ones. Here a unit is an output channel
-of a conv layer or an output feature of a linear layer; pruning it zeroes the rows of the
-producing weight (and bias) and, when a BatchNorm follows in the same block, its affine weight
-and bias too, so the unit's output is exactly zero after the block's ReLU.
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) show that removing
+the most memorizing units (UnitMem) hurts more than removing random or the least memorizing
+ones. The unit surgery itself (which parameters carry a layer's units, the masks, the bare-module
+:func:`~lightning_memloc.surgery.prune_units`) lives in :mod:`lightning_memloc.surgery`, which
+needs no Lightning; ``prune_units``, ``UnitTargets`` and ``find_unit_targets`` are importable
+from here too.
 
 Lightning's ``ModelPruning`` cannot take a score-driven structured mask, so masks are
 ``torch.nn.utils.prune.identity`` reparametrisations registered in ``setup`` (before checkpoint
@@ -29,8 +29,8 @@ from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES
-from lightning_memloc.surgery import (Amount, UnitTargets, _check_amount, _choose, check_amount_units, find_unit_targets,
-                                     prune_units, register_masks, remove_masks, zero_units)
+from lightning_memloc.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
+                                     find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
 from lightning_memloc.taps import resolve_layers
 
 __all__ = ["MemorizationPruning", "UnitTargets", "find_unit_targets", "prune_units"]
@@ -100,7 +100,7 @@ class MemorizationPruning(Callback):
         super().__init__()
         self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
         self.source = ReportSource(source)
-        amount = next(iter(_check_amount(amount).values()))
+        amount = next(iter(check_amount(amount).values()))
         check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
         check_choice("scope", scope, SCOPES, as_tuple=False)
         if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence) or not layers
@@ -165,7 +165,7 @@ class MemorizationPruning(Callback):
             check_epoch_in_run(trainer, None if self.prune_at == "fit_start" else self._epoch, "prune_at",
                                "nothing would be pruned")
             if report is not None:
-                _choose(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
+                choose_units(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
                 if self.strategy != "random" and self.require_evidence == "error":  # refuse before any mask or step
                     gate(report, "membership", "error", f"pruning the {self.strategy}-UnitMem units")
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
@@ -179,7 +179,7 @@ class MemorizationPruning(Callback):
             report = self.source.require(f"to choose the units to prune {when}")
             if self.strategy != "random":
                 gate(report, "membership", self.require_evidence, f"pruning the {self.strategy}-UnitMem units")
-            self.pruned_units = _choose(report, self.targets, self.amount, self.strategy, self.scope, self.seed)
+            self.pruned_units = choose_units(report, self.targets, self.amount, self.strategy, self.scope, self.seed)
             total = sum(int(v.numel()) for v in self.pruned_units.values())
             rank_zero_info(f"[memloc] pruned {total} units {when} (strategy={self.strategy!r}, scope={self.scope!r}).")
         unknown = [layer for layer in self.pruned_units if layer not in self.targets]
