@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_memloc.callbacks.finetuning import ModuleSpec, ReportSource, resolve_encoder
+from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.report import MemorizationReport
