@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
-from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, resolve_encoder
+from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
 from lightning_memloc.checks import check_choice, check_int, check_layers_exist
 from lightning_memloc.callbacks.sources import monitor_layers
@@ -129,8 +129,7 @@ class MemorizationFinetuning(BaseFinetuning):
             raise TypeError(f"`train_bn` must be a bool, got {train_bn!r}.")
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise ValueError(f"`lr` must be None or a number > 0, got {lr!r}.")
-        if encoder is not None and not isinstance(encoder, (str, nn.Module)) and not callable(encoder):
-            raise TypeError(f"`encoder` must be None, an attribute path, an nn.Module or a callable, got {type(encoder).__name__}.")
+        check_module_spec(encoder, "encoder")
         heads = [] if head is None else [head] if isinstance(head, (str, nn.Module)) else list(head)
         if not all(isinstance(h, (str, nn.Module)) for h in heads):
             raise TypeError(f"`head` must be None, an attribute path, an nn.Module or a sequence of those, got {head!r}.")

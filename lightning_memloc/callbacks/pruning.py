@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, resolve_encoder
+from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.report import MemorizationReport
@@ -111,8 +111,7 @@ class MemorizationPruning(Callback):
         if not isinstance(permanent, bool):
             raise TypeError(f"`permanent` must be a bool, got {permanent!r}.")
         seed = check_int("seed", seed, 0)
-        if encoder is not None and not isinstance(encoder, (str, nn.Module)) and not callable(encoder):
-            raise TypeError(f"`encoder` must be None, an attribute path, an nn.Module or a callable, got {type(encoder).__name__}.")
+        check_module_spec(encoder, "encoder")
         self.amount, self.strategy, self.scope, self.encoder_spec = amount, strategy, scope, encoder
         self.layers = None if layers is None else list(layers)
         self.prune_at, self.permanent, self.seed = prune_at, permanent, seed

@@ -21,7 +21,7 @@ from lightning_memloc.loading import resolve_module
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.selection import resolve_report
 
-__all__ = ["ModuleSpec", "ReportSource", "resolve_encoder"]
+__all__ = ["ModuleSpec", "ReportSource", "check_module_spec", "resolve_encoder"]
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
 
@@ -106,6 +106,13 @@ class ReportSource:
                 "`measure_on_train_start=True`, act at a later epoch, or pass a saved report "
                 "(a MemorizationReport or the path written by `report.save(path)`)."
             )
+
+
+def check_module_spec(spec: Any, argument: str = "encoder") -> None:
+    """Refuse a :data:`ModuleSpec` that is not ``None``, an attribute path, a module or a callable."""
+    if spec is not None and not isinstance(spec, (str, nn.Module)) and not callable(spec):
+        raise TypeError(f"`{argument}` must be None, an attribute path, an nn.Module or a callable, "
+                        f"got {type(spec).__name__}.")
 
 
 def resolve_encoder(pl_module: "pl.LightningModule", spec: ModuleSpec, source: ReportSource) -> nn.Module:
