@@ -34,6 +34,9 @@ def test_for(by: str) -> str:
     return "membership" if by == "unit_mem" else "excess"
 
 
+test_for.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test: pytest must not collect it
+
+
 def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
     """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"``),
     or ``None`` when at least one layer passes it (Holm-corrected).
