@@ -41,7 +41,8 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
                              labels: Tensor, positions: Tensor) -> Optional[Dict[str, Any]]:
     """Validate the flags before any measurement; returns what :func:`run_cli_analyses` needs (or ``None``)."""
     from lightning_memloc.analyses import parse_analyses
-    from lightning_memloc.cli import CLIError, _match_channels, _read_indices
+    from lightning_memloc.cli.errors import CLIError
+    from lightning_memloc.cli.selection import _match_channels, _read_indices
 
     if not getattr(args, "analyses", None):
         return None
@@ -94,7 +95,7 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     if setup is None:
         return []
     from lightning_memloc.analyses import run_analyses
-    from lightning_memloc.cli import CLIError
+    from lightning_memloc.cli.errors import CLIError
     from lightning_memloc.errors import MemlocError
     from lightning_memloc.plots_analyses import plot_analyses
 

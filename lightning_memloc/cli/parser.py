@@ -1,0 +1,146 @@
+"""The ``memloc`` argument parser."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional, Union
+
+from lightning_memloc.cli.zoo import ARCHS
+
+
+# ----------------------------------------------------------------------------------- parser
+def _int_at_least(low: int, what: str) -> Any:
+    """An argparse ``type``: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _int_at_least(1, "a positive integer")
+_nonnegative = _int_at_least(0, "an integer >= 0")
+
+
+def _seed(text: str) -> int:
+    """A seed in [0, 2**64) (seeds are used modulo 2**64: others would alias; docs/reliability.md row 48)."""
+    from lightning_memloc.checks import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**64), got {text!r}") from None
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
+
+
+def _count(text: str) -> Union[int, float]:
+    """A split size: a fraction in [0, 1) or a count (>= 1), as ``memloc demo`` takes them."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a fraction or a count >= 0, got {text!r}")
+    return int(value) if value >= 1 else value
+
+
+def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[int], seed_default: str) -> None:
+    g = p.add_argument_group("data and candidates")
+    g.add_argument(data_flag, dest="data", metavar="DATA", required=data_flag == "--data",
+                   help="digits | cifar10 | stl10 | svhn | file.npz (uint8 x N×H×W×C, y) | image folder")
+    g.add_argument("--root", default="data", help="download/cache folder of cifar10 / stl10 / svhn")
+    g.add_argument("--size", type=_positive, default=size, help="image side in pixels (resized)")
+    g.add_argument("--limit", type=_positive, help="use only the first N images of the data (as `memloc demo --limit`)")
+    g.add_argument("--candidates", type=_positive, help="measure at most N candidates (the first N of the selection)")
+    pick = g.add_mutually_exclusive_group()
+    pick.add_argument("--indices-from-split", action="store_true",
+                      help="candidates = the held-out part of the shared/candidates/independent split of `memloc demo`")
+    pick.add_argument("--indices", metavar="FILE",
+                      help="candidate indices: a .json list (or {'candidates': [...]}), a .txt or a .npy")
+    g.add_argument("--split-candidates", type=_count, default=0.1, help="candidate fraction (or count) of the split")
+    g.add_argument("--split-independent", type=_count, default=0.1,
+                   help="reference-only fraction (or count) of the split")
+    g.add_argument("--split-seed", type=_seed, help=f"seed of the split (default: {seed_default})")
+    g.add_argument("--control", metavar="FILE|N",
+                   help="control images, both encoders trained on them (the null of LayerMem): an indices file, or "
+                        "with --indices-from-split a count / fraction drawn at random from the split's shared part")
+    g.add_argument("--unseen", metavar="FILE|split",
+                   help="images the encoder never trained on (UnitMem membership test): an indices file, or 'split' "
+                        "for the split's independent part (with --indices-from-split)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``memloc`` argument parser (sub-commands ``analyze``, ``plot``, ``demo``; see ``docs/cli.md``).
+
+    Example:
+        >>> build_parser().parse_args(["plot", "report.json"]).command
+        'plot'
+    """
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="memloc", description=__doc__.split("\n\n")[0], formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", metavar="{analyze,plot,demo}", required=True)
+    a = sub.add_parser("analyze", formatter_class=fmt, help="measure UnitMem / SSLMem / LayerMem of a checkpoint",
+                       description="Measure memorization of a saved encoder on a candidate set; "
+                                   "write report.json and figures.")
+    m = a.add_argument_group("encoders")
+    m.add_argument("--encoder", metavar="CKPT", help="encoder f: state_dict file or Lightning .ckpt (optional with --model)")
+    m.add_argument("--reference", metavar="CKPT",
+                   help="reference g (same architecture, never saw the candidates): enables SSLMem and LayerMem")
+    m.add_argument("--encoder-prefix",
+                   help="key prefix of the encoder in the checkpoint, e.g. encoder.backbone (default: found)")
+    m.add_argument("--reference-prefix", help="key prefix of the reference in its checkpoint, e.g. reference.backbone")
+    m.add_argument("--reference-cache", metavar="FILE", help="keep the reference's alignments in FILE and reuse them "
+                   "on later analyses against the same reference, views and layers (docs/performance.md)")
+    m.add_argument("--arch", choices=ARCHS, help="encoder architecture (or --model / --lightning-module)")
+    m.add_argument("--width", type=_positive, help="base width (default: resnet9 64, tiny 4)")
+    m.add_argument("--in-channels", type=_positive, default=3, help="image channels the encoder takes")
+    from lightning_memloc.user_models import add_model_args
+
+    add_model_args(m)
+    _add_data_args(a, "--data", 32, "--seed, as in `memloc demo`")
+    s = a.add_argument_group("measurement (see lightning_memloc.measure)")
+    s.add_argument("--views", type=_positive, default=10, help="K augmented views per candidate")
+    s.add_argument("--layers", default="auto", help="'auto' or comma-separated module names, e.g. conv1,res1.conv2")
+    s.add_argument("--seed", type=_seed, default=0, help="view seed")
+    s.add_argument("--batch-size", type=_positive, default=32, help="candidates per forward step")
+    s.add_argument("--labels", action="store_true", help="also measure ClassMem (needs labelled data)")
+    s.add_argument("--pairing", choices=("all", "anchor"), default="all", help="view pairs of the alignment")
+    s.add_argument("--reduction", choices=("mean", "median"), default="mean",
+                   help="μ-max of UnitMem over the other candidates")
+    s.add_argument("--top-k", type=_positive, default=50, help="size of the top-k / least-k LayerMem groups")
+    s.add_argument("--bootstrap", type=_nonnegative, default=1000, help="bootstrap resamples / permutations (0: no intervals)")
+    s.add_argument("--confidence", type=_probability, default=0.95, help="coverage of the intervals")
+    s.add_argument("--alpha", type=_probability, default=0.05, help="significance level of the Holm-corrected tests")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json and PNG figures)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace the report.json of an earlier analysis in --out (refused otherwise)")
+    from lightning_memloc.cli.analyses import add_analysis_arguments
+    add_analysis_arguments(a)  # --analyses consistency,exchange,atypicality (docs/analyses.md)
+
+    p = sub.add_parser("plot", formatter_class=fmt, help="figures from a saved report.json and/or history.json",
+                       description="Draw the figures of a saved report and/or a MemorizationMonitor history.")
+    p.add_argument("inputs", nargs="+", metavar="REPORT_OR_HISTORY",
+                   help="report.json, history.json, or a folder holding them (e.g. the monitor's output_dir)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the folder of the first input)")
+    _add_data_args(p, "--images", None, "0; pass the demo's --seed")
+    p.add_argument("--k", type=_positive, default=8, help="candidates per row of the candidate grid")
+    p.add_argument("--layer", help="layer of the SSLMem-vs-UnitMem scatter and candidate ranking (default: last)")
+    p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is highly memorizing")
+    sub.add_parser("demo", add_help=False,
+                   help="co-train an encoder and its reference with the monitor (memloc demo --help)")
+    return parser
+

@@ -1,0 +1,127 @@
+"""Data and candidate selection of ``memloc analyze`` / ``memloc plot``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_memloc.cli.errors import _FILE_ERRORS, _VALUE_ERRORS, CLIError, _argument
+from lightning_memloc.cli.parser import _count
+
+
+def _read_indices(path: str) -> Tensor:
+    from lightning_memloc.checks import check_index_values
+
+    hint = "(expected a .json list, {'candidates': [...]}, a .txt or a .npy of ints)."
+    with _argument("--indices", _VALUE_ERRORS + (OSError,), hint):
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"no indices file at {path!r}: check the path.")
+        if source.suffix == ".npy":
+            values: Any = np.load(source, allow_pickle=False)
+        elif source.suffix == ".json":
+            values = json.loads(source.read_text(encoding="utf-8"))
+            values = values.get("candidates") if isinstance(values, dict) else values
+        else:
+            values = source.read_text(encoding="utf-8").replace(",", " ").split()
+        indices = check_index_values(values, "--indices")  # integers only, no duplicates
+        if indices.numel() == 0:
+            raise ValueError(f"{path!r} holds no indices.")
+        return indices
+
+
+def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
+    from lightning_memloc.data import split_candidates
+
+    with _argument("--split-candidates", (ValueError, TypeError), "(fractions must add up to < 1, counts to < N)."):
+        c, i = args.split_candidates, args.split_independent
+        sizes = [v if isinstance(v, int) else int(np.floor(v * n + 1e-9)) for v in (c, i)]
+        split_seed = seed if args.split_seed is None else args.split_seed
+        return split_candidates(n, shared=n - sum(sizes), candidates=c, independent=i, seed=split_seed)
+
+
+def _indices_file(flag: str, path: str, n: int) -> Tensor:
+    positions = _read_indices(path) if flag == "--indices" else _argument_indices(flag, path)
+    bad = positions[(positions < 0) | (positions >= n)]
+    if bad.numel():
+        raise CLIError(flag, f"index {int(bad[0])} is outside the {n} images of the data: check --data / --limit.")
+    return positions
+
+
+def _argument_indices(flag: str, path: str) -> Tensor:
+    with _argument(flag, _FILE_ERRORS + _VALUE_ERRORS):
+        return _read_indices(path)
+
+
+def _select(args: argparse.Namespace, n: int, seed: int) -> Tensor:
+    """Dataset indices of the candidates: ``--indices-from-split``, ``--indices`` or all, capped by ``--candidates``."""
+    if args.indices_from_split:
+        positions = _split(args, n, seed).candidates
+    elif args.indices:
+        positions = _indices_file("--indices", args.indices, n)
+    else:
+        positions = torch.arange(n)
+    return positions[: args.candidates] if args.candidates else positions
+
+
+def _select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tensor) -> Dict[str, Tensor]:
+    """Dataset indices of ``--control`` and ``--unseen`` (disjoint from the candidates)."""
+    groups: Dict[str, Tensor] = {}
+    for flag, value in (("--control", args.control), ("--unseen", args.unseen)):
+        if value is None:
+            continue
+        from_split = flag == "--control" and not Path(value).exists() or flag == "--unseen" and value == "split"
+        if from_split:
+            if not args.indices_from_split:
+                raise CLIError(flag, f"{value!r} is not a file; a {'count' if flag == '--control' else 'split'} "
+                                     "needs --indices-from-split (or pass an indices file).")
+            split = _split(args, n, seed)
+            if flag == "--unseen":
+                positions = split.independent
+            else:
+                with _argument(flag, (ValueError, TypeError), "(a count >= 2 or a fraction of the shared part)."):
+                    positions = split.control(_count(value), seed=seed)
+        else:
+            positions = _indices_file(flag, value, n)
+        overlap = positions[torch.isin(positions, candidates)]
+        if overlap.numel():
+            raise CLIError(flag, f"index {int(overlap[0])} is also a candidate: control and unseen images must not be "
+                                 "candidates.")
+        groups[flag[2:]] = positions
+    return groups
+
+
+def _load_data(args: argparse.Namespace, flag: str) -> Tuple[Tensor, Tensor]:
+    from lightning_memloc.data import NAMED_DATASETS, load_data
+
+    if str(args.data).lower() not in NAMED_DATASETS and not Path(args.data).exists():
+        raise CLIError(flag, f"{args.data!r} is neither a data set name {list(NAMED_DATASETS)} nor an existing .npz "
+                             "file or image folder: check the path.")
+    with _argument(flag, _VALUE_ERRORS + (RuntimeError, OSError)):
+        images, labels = load_data(args.data, root=args.root, size=args.size)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    return images, labels
+
+
+def _match_channels(images: Tensor, channels: int) -> Tensor:
+    """Grey → RGB by replication, RGBA → RGB, RGB → grey (ITU-R 601 luma) to fit ``--in-channels``."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1:
+        return images.expand(-1, channels, -1, -1).contiguous()
+    if have == 4 and channels == 3:
+        return images[:, :3].contiguous()
+    if have in (3, 4) and channels == 1:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images[:, :3].float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(images.dtype)
+    raise CLIError("--in-channels", f"the data has {have} channels but the encoder takes {channels}: "
+                                    f"pass --in-channels {have} or other data.")
+
