@@ -97,7 +97,7 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     from lightning_memloc.analyses import run_analyses
     from lightning_memloc.cli.errors import CLIError
     from lightning_memloc.errors import MemlocError
-    from lightning_memloc.plots_analyses import plot_analyses
+    from lightning_memloc.plots.analyses import plot_analyses
 
     try:
         run_analyses(setup["names"], report, encoder, reference=reference, candidates=candidates,

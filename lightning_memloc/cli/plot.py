@@ -13,7 +13,7 @@ from lightning_memloc.cli.selection import _load_data, _select
 # ------------------------------------------------------------------------------------- plot
 def _plot(args: argparse.Namespace) -> int:
     from lightning_memloc.plots import plot_report
-    from lightning_memloc.plots_io import find_plot_inputs
+    from lightning_memloc.plots.io import find_plot_inputs
 
     first = Path(args.inputs[0])
     out = _check_out(args.out or str(first if first.is_dir() else first.parent))
@@ -48,7 +48,7 @@ def _plot(args: argparse.Namespace) -> int:
         written = plot_report(report, out, images=images, history=history, k=args.k, layer=args.layer,
                               threshold=args.threshold)
         if report is not None and report.analyses:  # figures of lightning_memloc.analyses results
-            from lightning_memloc.plots_analyses import plot_analyses
+            from lightning_memloc.plots.analyses import plot_analyses
             written += plot_analyses(report, out)
     if report is not None:
         print(report.summary_table(args.threshold))

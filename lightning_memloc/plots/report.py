@@ -1,53 +1,19 @@
-"""Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history.
-
-The views of memorization in Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024): LayerMem / ΔLayerMem by depth with the top-k and least-k candidates (their
-Table 1 / Figure 2), the UnitMem distribution per layer (Figure 3), SSLMem against UnitMem per
-candidate (Figure 4), the most and least memorized candidates, and UnitMem / LayerMem over
-training epochs. Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas (no
-``pyplot`` state, no display needed) and written atomically as PNG; every function returns the
-path it wrote.
-
-Example:
-    >>> import tempfile, torch
-    >>> from lightning_memloc import MemorizationReport
-    >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
-    ...     candidate_ids=torch.arange(3), unit_mem={"a": torch.tensor([0.1, 0.7]), "b": torch.tensor([0.2, 0.9])},
-    ...     unit_argmax={"a": torch.tensor([0, 2]), "b": torch.tensor([1, 2])},
-    ...     dead_units={"a": torch.tensor([False, False]), "b": torch.tensor([False, False])})
-    >>> plot_unit_mem_distribution(r, tempfile.mkdtemp() + "/unit_mem.png").name
-    'unit_mem.png'
-"""
+"""The figures of one :class:`~lightning_memloc.MemorizationReport`."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 from torch import Tensor
 
-from lightning_memloc.errors import ReportFormatError
-from lightning_memloc.io import PathLike, atomic_write_bytes
-from lightning_memloc.plots_io import PREFIX as _PREFIX
-from lightning_memloc.plots_io import History, load_history
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots.figure import _depth_axis, _display, _figure, _save
+from lightning_memloc.plots.history import plot_history
+from lightning_memloc.plots.io import History
 from lightning_memloc.report import MemorizationReport
-
-__all__ = [
-    "FILENAMES",
-    "load_history",
-    "plot_candidate_grid",
-    "plot_history",
-    "plot_layer_mem",
-    "plot_report",
-    "plot_sslmem_vs_unitmem",
-    "plot_unit_mem_distribution",
-]
 
 #: File name of each figure written by :func:`plot_report`.
 FILENAMES = {
@@ -59,30 +25,6 @@ FILENAMES = {
     "evidence": "evidence.png",
     "evidence_history": "evidence_history.png",
 }
-_DPI = 120
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: PathLike) -> Path:
-    """Render ``fig`` to PNG in memory and write it atomically (complete file or none)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    destination = Path(path)
-    atomic_write_bytes(destination, buffer.getvalue())
-    return destination
-
-
-def _depth_axis(ax: Any, layers: Sequence[str]) -> None:
-    ax.set_xticks(range(1, len(layers) + 1))
-    ax.set_xticklabels(layers, rotation=35 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center")
-    ax.set_xlim(0.4, len(layers) + 0.6)
-    ax.set_xlabel("layer (input → output)")
-    ax.grid(axis="y", alpha=0.3)
 
 
 def _require_reference(report: MemorizationReport, what: str) -> None:
@@ -263,16 +205,6 @@ def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Op
     return _save(fig, path)
 
 
-def _display(image: Union[Tensor, np.ndarray]) -> np.ndarray:
-    """One (C, H, W) image as an array imshow can draw: (H, W) grey or (H, W, 3) RGB in [0, 1]."""
-    img = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image).detach().cpu()
-    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-    if img.numel() and (img.min() < 0 or img.max() > 1):  # normalised input: rescale to [0, 1] for display
-        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
-    if img.shape[0] == 1:
-        return img[0].numpy()
-    return img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
-
 
 def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.ndarray], path: PathLike, k: int = 8,
                         layer: Optional[str] = None) -> Path:
@@ -323,51 +255,6 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
     return _save(fig, path)
 
 
-def plot_history(history: History, path: PathLike) -> Path:
-    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training.
-
-    Args:
-        history: the monitor's history (list of dicts) or a path to its ``history.json``.
-        path: PNG file to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ReportFormatError: ``history`` is not a monitor history.
-    """
-    entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
-    quantities = (("unit_mem_mean", "mean UnitMem"), ("unit_mem_frac_above", "fraction of units above the threshold"),
-                  ("layer_mem", "LayerMem"))
-    panels = [(q, label) for q, label in quantities if any(k.startswith(f"{_PREFIX}{q}/") for k in entries[-1])]
-    if not panels:
-        raise ReportFormatError("the history holds no memloc/unit_mem_mean/... or memloc/layer_mem/... scalars.")
-    fig = _figure(4.6 * len(panels) + 1.5, 4.0)
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    epochs = [int(e["epoch"]) for e in entries]
-    for ax, (quantity, label) in zip(axes, panels):
-        prefix = f"{_PREFIX}{quantity}/"
-        layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
-        colors = [_colormap(i, len(layers)) for i in range(len(layers))]
-        for layer, color in zip(layers, colors):
-            values = [e.get(prefix + layer, np.nan) for e in entries]
-            ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
-        ax.set_title(f"{label} per layer")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
-        ax.grid(alpha=0.3)
-    axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _save(fig, path)
-
-
-def _colormap(i: int, n: int) -> Any:
-    from matplotlib import colormaps
-
-    return colormaps["viridis"](0.1 + 0.8 * i / max(n - 1, 1))
-
-
 def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
                 images: Optional[Union[Tensor, np.ndarray]] = None, history: Optional[History] = None, *, k: int = 8,
                 layer: Optional[str] = None, threshold: float = 0.5) -> List[Path]:
@@ -400,6 +287,6 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
             written.append(plot_candidate_grid(report, images, out / FILENAMES["candidates"], k=k, layer=layer))
     if history is not None:
         written.append(plot_history(history, out / FILENAMES["history"]))
-    from lightning_memloc.plots_evidence import evidence_figures
+    from lightning_memloc.plots.evidence import evidence_figures
 
     return written + evidence_figures(report, history, out)

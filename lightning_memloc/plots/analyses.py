@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lightning_memloc.analyses.atypicality import max_unit_mem
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots import _figure, _save  # one Agg figure factory and one atomic PNG writer
+from lightning_memloc.plots.figure import _figure, _save  # one Agg figure factory and one atomic PNG writer
 from lightning_memloc.report import MemorizationReport
 
 __all__ = [

@@ -19,8 +19,8 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.evidence import Evidence
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots import _colormap, _depth_axis, _figure, _save
-from lightning_memloc.plots_io import PREFIX, History, load_history
+from lightning_memloc.plots.figure import _colormap, _depth_axis, _figure, _save
+from lightning_memloc.plots.io import PREFIX, History, load_history
 from lightning_memloc.report import MemorizationReport
 
 __all__ = ["plot_evidence", "plot_evidence_history"]

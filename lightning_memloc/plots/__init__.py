@@ -1,0 +1,45 @@
+"""Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history.
+
+The views of memorization in Wang et al., *Localizing Memorization in SSL Vision Encoders*
+(NeurIPS 2024): LayerMem / ΔLayerMem by depth with the top-k and least-k candidates (their
+Table 1 / Figure 2), the UnitMem distribution per layer (Figure 3), SSLMem against UnitMem per
+candidate (Figure 4), the most and least memorized candidates, and UnitMem / LayerMem over
+training epochs. Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas (no
+``pyplot`` state, no display needed) and written atomically as PNG; every function returns the
+path it wrote.
+
+Example:
+    >>> import tempfile, torch
+    >>> from lightning_memloc import MemorizationReport
+    >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
+    ...     candidate_ids=torch.arange(3), unit_mem={"a": torch.tensor([0.1, 0.7]), "b": torch.tensor([0.2, 0.9])},
+    ...     unit_argmax={"a": torch.tensor([0, 2]), "b": torch.tensor([1, 2])},
+    ...     dead_units={"a": torch.tensor([False, False]), "b": torch.tensor([False, False])})
+    >>> plot_unit_mem_distribution(r, tempfile.mkdtemp() + "/unit_mem.png").name
+    'unit_mem.png'
+"""
+
+
+from lightning_memloc.plots.history import plot_history
+from lightning_memloc.plots.io import load_history
+from lightning_memloc.plots.report import (
+    FILENAMES,
+    max_unit_mem_per_candidate,
+    plot_candidate_grid,
+    plot_layer_mem,
+    plot_report,
+    plot_sslmem_vs_unitmem,
+    plot_unit_mem_distribution,
+)
+
+__all__ = [
+    "FILENAMES",
+    "load_history",
+    "plot_candidate_grid",
+    "plot_history",
+    "plot_layer_mem",
+    "plot_report",
+    "plot_sslmem_vs_unitmem",
+    "plot_unit_mem_distribution",
+]
+
