@@ -8,6 +8,12 @@ training epochs. Figures are built on :class:`matplotlib.figure.Figure` with the
 ``pyplot`` state, no display needed) and written atomically as PNG; every function returns the
 path it wrote.
 
+Modules: :mod:`~lightning_memloc.plots.figure` (the shared Agg figure, atomic PNG writer, depth
+axis), :mod:`~lightning_memloc.plots.report` (the figures of one report and :func:`plot_report`),
+:mod:`~lightning_memloc.plots.history` (training curves), :mod:`~lightning_memloc.plots.evidence`
+(the nulls and tests), :mod:`~lightning_memloc.plots.analyses` (the paper's other analyses) and
+:mod:`~lightning_memloc.plots.io` (reading reports and histories back).
+
 Example:
     >>> import tempfile, torch
     >>> from lightning_memloc import MemorizationReport
@@ -18,7 +24,6 @@ Example:
     >>> plot_unit_mem_distribution(r, tempfile.mkdtemp() + "/unit_mem.png").name
     'unit_mem.png'
 """
-
 
 from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import load_history
@@ -35,6 +40,7 @@ from lightning_memloc.plots.report import (
 __all__ = [
     "FILENAMES",
     "load_history",
+    "max_unit_mem_per_candidate",
     "plot_candidate_grid",
     "plot_history",
     "plot_layer_mem",

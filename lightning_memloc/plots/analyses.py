@@ -10,15 +10,14 @@ training images, and UnitMem of units before / after single-unit fine-tuning. Ag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from lightning_memloc.analyses.atypicality import max_unit_mem
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import _figure, _save  # one Agg figure factory and one atomic PNG writer
+from lightning_memloc.plots.figure import display_image, new_figure, save_png  # shared by every figure
 from lightning_memloc.report import MemorizationReport
 
 __all__ = [
@@ -58,7 +57,7 @@ def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
     result = _need(result, ["layers", "k", "top_k_overlap", "kendall_tau"], "consistency")
     layers = list(result["layers"])
     size = len(layers)
-    fig = _figure(4.0 + 1.1 * size, 2.4 + 0.45 * size)
+    fig = new_figure(4.0 + 1.1 * size, 2.4 + 0.45 * size)
     axes = fig.subplots(1, 2)
     chance = result.get("chance_overlap")
     panels = ((f"top-{result['k']} overlap" + (f" (chance {chance:.2f})" if chance is not None else ""),
@@ -79,7 +78,7 @@ def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle("Are the most memorized candidates the same at every layer? (SSLMem rankings)", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
@@ -101,7 +100,7 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
                    groups["last"]["drop_normalised"]]
     random = [d["drop_normalised"] for d in groups.get("random") or []]
     scale = result["baseline"]["range"] or 1.0  # control drops in the same units as the bars (÷ f's range)
-    fig = _figure(6.0 + 0.5 * len(names), 4.2)
+    fig = new_figure(6.0 + 0.5 * len(names), 4.2)
     left, right = fig.subplots(1, 2, width_ratios=[max(len(names), 1), 4])
     left.bar(range(len(names)), drops, color="C0", label="candidates")
     if "control_drop" in result["single"][names[0]]:  # the same exchange on control images
@@ -129,7 +128,7 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
         ax.axhline(0, color="k", lw=0.6)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Layer exchange: drop of SSLMem when layers of f come from g (> 0: memorization removed)", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_atypicality(result: Mapping[str, Any], report: MemorizationReport, path: PathLike,
@@ -154,7 +153,7 @@ def plot_atypicality(result: Mapping[str, Any], report: MemorizationReport, path
         panels.append(("SSLMem (normalised)", report.sslmem[layer].double().numpy(), result["spearman"]["sslmem"][layer]))
     panels.append(("highest UnitMem of the units it excites most", max_unit_mem(report, layer).numpy(),
                    result["spearman"]["max_unit_mem"][layer]))
-    fig = _figure(4.6 * len(panels), 4.0)
+    fig = new_figure(4.6 * len(panels), 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, y, rho) in zip(axes, panels):
         ax.scatter(x, y, s=12, alpha=0.6)
@@ -164,15 +163,7 @@ def plot_atypicality(result: Mapping[str, Any], report: MemorizationReport, path
         ax.set_ylabel(name, fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Memorization vs atypicality at {layer}", fontsize=10)
-    return _save(fig, path)
-
-
-def _display(image: Union[Tensor, np.ndarray]) -> np.ndarray:
-    img = torch.as_tensor(image).detach().cpu()
-    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-    if img.numel() and (img.min() < 0 or img.max() > 1):
-        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
-    return img[0].numpy() if img.shape[0] == 1 else img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
+    return save_png(fig, path)
 
 
 def plot_neighbours(result: Mapping[str, Any], candidates: Tensor, pool: Tensor, path: PathLike) -> Path:
@@ -193,7 +184,7 @@ def plot_neighbours(result: Mapping[str, Any], candidates: Tensor, pool: Tensor,
         raise ValueError("`candidates` / `pool` do not hold the images the result indexes: pass the images the "
                          "study was run on.")
     cols = 1 + max(len(r) for r in near)
-    fig = _figure(1.2 * cols + 0.6, 1.25 * len(rows) + 0.6)
+    fig = new_figure(1.2 * cols + 0.6, 1.25 * len(rows) + 0.6)
     axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
     distance = result["knn_distance"]
     for r, (position, neighbours) in enumerate(zip(rows, near)):
@@ -205,21 +196,21 @@ def plot_neighbours(result: Mapping[str, Any], candidates: Tensor, pool: Tensor,
             if c >= len(pictures):
                 ax.axis("off")
                 continue
-            picture = _display(pictures[c])
+            picture = display_image(pictures[c])
             ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
             if c == 0:
                 ax.set_title(f"#{top['ids'][r]} d={distance[position]:.2f}", fontsize=7, color="C3")
             else:
                 ax.set_title(f"#{top['neighbours'][r][c - 1]}", fontsize=7)
     fig.suptitle("Most memorized candidates (left, by SSLMem) and their nearest training images", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_unit_restore(result: Mapping[str, Any], path: PathLike) -> Path:
     """Bars: UnitMem of the kept units before and after fine-tuning (:func:`~lightning_memloc.analyses.finetune_units`)."""
     result = _need(result, ["units", "unit_mem_before", "unit_mem_after", "layer"], "unit_restore")
     units = list(result["units"])
-    fig = _figure(2.5 + 0.6 * len(units), 3.6)
+    fig = new_figure(2.5 + 0.6 * len(units), 3.6)
     ax = fig.subplots()
     positions = np.arange(len(units))
     ax.bar(positions - 0.2, result["unit_mem_before"], width=0.4, label="before")
@@ -232,7 +223,7 @@ def plot_unit_restore(result: Mapping[str, Any], path: PathLike) -> Path:
     ax.legend(fontsize=8)
     ax.set_title(f"fine-tuned units (others restored; max change {result.get('other_units_max_change', 0):.1e})",
                  fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_analyses(report: MemorizationReport, out_dir: PathLike, candidates: Optional[Tensor] = None,

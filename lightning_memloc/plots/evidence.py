@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.evidence import Evidence
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import _colormap, _depth_axis, _figure, _save
+from lightning_memloc.plots.figure import colormap, depth_axis, new_figure, save_png
 from lightning_memloc.plots.io import PREFIX, History, load_history
 from lightning_memloc.report import MemorizationReport
 
@@ -64,7 +64,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
     layers, x = report.layers, np.arange(1, len(report.layers) + 1)
     alpha = float(ev.meta.get("alpha", 0.05))
     panels = (["layer_mem"] if report.has_reference else []) + ["unit_mem"]
-    fig = _figure(5.2 * len(panels) + 1.0, 4.4)
+    fig = new_figure(5.2 * len(panels) + 1.0, 4.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     if report.has_reference:
         ax = axes[0]
@@ -83,7 +83,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
         title = "LayerMem vs its control" if ev.has("control_layer_mem") else "LayerMem (no control: includes the f–g offset)"
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="best")
-        _depth_axis(ax, layers)
+        depth_axis(ax, layers)
     ax = axes[-1]
     if ev.has("membership"):
         ax.plot(x, _values(ev, layers, "unit_mem_seen"), marker="o", color="C0", label="mean UnitMem, seen (candidates)")
@@ -98,8 +98,8 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
         _errorbar(ax, x, ev, layers, "unit_mem_mean", marker="o", color="C0", label="mean UnitMem ± CI")
         ax.set_title("UnitMem (no unseen set: no null)", fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    _depth_axis(ax, layers)
-    return _save(fig, path)
+    depth_axis(ax, layers)
+    return save_png(fig, path)
 
 
 def plot_evidence_history(history: History, path: PathLike) -> Path:
@@ -123,7 +123,7 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
     if not panels:
         raise ReportFormatError("the history holds no evidence scalars (memloc/excess/..., memloc/membership/... or "
                                 "memloc/unit_mem_mean_lo/...): measure with control= / unseen= and bootstrap > 0.")
-    fig = _figure(5.0 * len(panels) + 1.5, 4.0)
+    fig = new_figure(5.0 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     epochs = np.array([int(e["epoch"]) for e in entries])
     for ax, (quantity, label, chance) in zip(axes, panels):
@@ -131,7 +131,7 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
         layers = sorted({k[len(prefix):] for k in keys if k.startswith(prefix)},
                         key=lambda name: list(entries[-1]).index(prefix + name) if prefix + name in entries[-1] else 0)
         for i, layer in enumerate(layers):
-            color = _colormap(i, len(layers))
+            color = colormap(i, len(layers))
             values = np.array([e.get(prefix + layer, np.nan) for e in entries], dtype=float)
             ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
             lo = np.array([e.get(f"{PREFIX}{quantity}_lo/{layer}", np.nan) for e in entries], dtype=float)
@@ -149,7 +149,7 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
         ax.grid(alpha=0.3)
     axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def evidence_figures(report: Optional[MemorizationReport], history: Optional[History], out: Path) -> List[Path]:

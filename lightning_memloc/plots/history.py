@@ -9,7 +9,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import _colormap, _figure, _save
+from lightning_memloc.plots.figure import colormap, new_figure, save_png
 from lightning_memloc.plots.io import PREFIX as _PREFIX
 from lightning_memloc.plots.io import History, load_history
 
@@ -33,13 +33,13 @@ def plot_history(history: History, path: PathLike) -> Path:
     panels = [(q, label) for q, label in quantities if any(k.startswith(f"{_PREFIX}{q}/") for k in entries[-1])]
     if not panels:
         raise ReportFormatError("the history holds no memloc/unit_mem_mean/... or memloc/layer_mem/... scalars.")
-    fig = _figure(4.6 * len(panels) + 1.5, 4.0)
+    fig = new_figure(4.6 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     epochs = [int(e["epoch"]) for e in entries]
     for ax, (quantity, label) in zip(axes, panels):
         prefix = f"{_PREFIX}{quantity}/"
         layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
-        colors = [_colormap(i, len(layers)) for i in range(len(layers))]
+        colors = [colormap(i, len(layers)) for i in range(len(layers))]
         for layer, color in zip(layers, colors):
             values = [e.get(prefix + layer, np.nan) for e in entries]
             ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
@@ -50,5 +50,5 @@ def plot_history(history: History, path: PathLike) -> Path:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
         ax.grid(alpha=0.3)
     axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _save(fig, path)
+    return save_png(fig, path)
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import _depth_axis, _display, _figure, _save
+from lightning_memloc.plots.figure import depth_axis, display_image, new_figure, save_png
 from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import History
 from lightning_memloc.report import MemorizationReport
@@ -61,7 +61,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     _require_reference(report, "plot_layer_mem")
     layers, x = report.layers, np.arange(1, len(report.layers) + 1)
     k = report.meta.get("top_k", len(report.top_ids) if report.top_ids is not None else "k")
-    fig = _figure(max(8.0, 1.1 * len(layers) + 4), 4.2)
+    fig = new_figure(max(8.0, 1.1 * len(layers) + 4), 4.2)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for values, label, style in (
         (report.layer_mem, f"all {report.num_candidates} candidates", dict(marker="o", lw=2.2, color="C0")),
@@ -79,7 +79,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     left.set_ylabel("LayerMem (mean normalised SSLMem)")
     left.set_title("LayerMem by depth")
     left.legend(fontsize=8, loc="best")
-    _depth_axis(left, layers)
+    depth_axis(left, layers)
     delta = np.array([report.delta_layer_mem[layer] for layer in layers])
     right.bar(x, delta, color=np.where(delta >= 0, "C0", "C1"), width=0.7)
     for xi, d in zip(x, delta):
@@ -88,8 +88,8 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     right.axhline(0.0, color="0.3", lw=0.8)
     right.set_ylabel("ΔLayerMem (increase over the previous layer)")
     right.set_title("ΔLayerMem per layer")
-    _depth_axis(right, layers)
-    return _save(fig, path)
+    depth_axis(right, layers)
+    return save_png(fig, path)
 
 
 def _violins(ax: Any, data: Sequence[np.ndarray], positions: Sequence[float], color: str, width: float) -> None:
@@ -129,7 +129,7 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
     """
     layers, x = report.layers, np.arange(1, len(report.layers) + 1, dtype=float)
     unit = [report.unit_mem[layer].float().numpy() for layer in layers]
-    fig = _figure(max(7.0, 1.0 * len(layers) + 3), 4.4)
+    fig = new_figure(max(7.0, 1.0 * len(layers) + 3), 4.4)
     ax = fig.subplots()
     with_class = report.class_mem is not None
     offset, width = (0.2, 0.38) if with_class else (0.0, 0.7)
@@ -147,8 +147,8 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
     ax.set_ylabel("UnitMem per unit")
     ax.set_title(f"UnitMem distribution per layer ({report.num_candidates} candidates; ◆ mean)", pad=4)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    _depth_axis(ax, layers)
-    return _save(fig, path)
+    depth_axis(ax, layers)
+    return save_png(fig, path)
 
 
 def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.ndarray:
@@ -187,7 +187,7 @@ def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Op
     x = report.sslmem[layer].float().numpy()
     y = max_unit_mem_per_candidate(report, layer)
     owned = ~np.isnan(y)
-    fig = _figure(6.0, 4.6)
+    fig = new_figure(6.0, 4.6)
     ax = fig.subplots()
     ax.scatter(x[owned], y[owned], s=22, alpha=0.75, color="C0", label=f"μmax candidate of ≥ 1 unit ({owned.sum()})")
     if (~owned).any():
@@ -202,7 +202,7 @@ def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Op
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 
@@ -239,7 +239,7 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
     order = torch.sort(scores, descending=True, stable=True).indices
     rows = (("most memorized", order[:k]), ("least memorized", order.flip(0)[:k]))
     what = "SSLMem" if report.has_reference else "Σ UnitMem of the units it excites most"
-    fig = _figure(max(4.0, 1.35 * k), 3.6)
+    fig = new_figure(max(4.0, 1.35 * k), 3.6)
     axes = np.asarray(fig.subplots(2, k, squeeze=False))
     for r, (name, positions) in enumerate(rows):
         for c in range(k):
@@ -247,12 +247,12 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
             ax.set_xticks([])
             ax.set_yticks([])
             i = int(positions[c])
-            picture = _display(images[i])
+            picture = display_image(images[i])
             ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"#{int(report.candidate_ids[i])}\n{float(scores[i]):.3f}", fontsize=8)
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.suptitle(f"Candidates ranked by {what} at {layer}", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,

@@ -1,0 +1,13 @@
+"""Deprecated alias of :mod:`lightning_memloc.plots.io` (moved in the layout refactor, issue 15).
+
+Import from ``lightning_memloc.plots.io`` instead; this alias warns with a ``DeprecationWarning``
+and is removed in the next release.
+"""
+
+import warnings
+
+from lightning_memloc.plots.io import *  # noqa: F401,F403
+from lightning_memloc.plots.io import PREFIX, __all__  # noqa: F401
+
+warnings.warn("lightning_memloc.plots_io is deprecated: import from lightning_memloc.plots.io instead.",
+              DeprecationWarning, stacklevel=2)
