@@ -320,7 +320,8 @@ def test_failed_measurement_exits_1(ws):
 
 @pytest.mark.parametrize("fmt", ["json", "dict.json", "txt", "npy"])
 def test_indices_file_formats(ws, fmt):
-    from lightning_memloc.cli import _select, build_parser
+    from lightning_memloc.cli import build_parser
+    from lightning_memloc.cli.selection import select_candidates as _select
 
     path = ws / f"idx.{fmt}"
     if fmt == "npy":

@@ -10,6 +10,13 @@ Vision Encoders* (NeurIPS 2024): UnitMem per unit, SSLMem per candidate and Laye
 - ``memloc plot``: figures from a saved ``report.json`` and / or a monitor ``history.json``;
 - ``memloc demo``: co-train an encoder and its reference with the monitor (``lightning_memloc.demo``).
 
+One job per module: :mod:`~lightning_memloc.cli.parser` (the flags), :mod:`~lightning_memloc.cli.zoo`
+(``--arch``), :mod:`~lightning_memloc.cli.loading` (checkpoints), :mod:`~lightning_memloc.cli.selection`
+(data, candidates, control / unseen), :mod:`~lightning_memloc.cli.checks` (``--out``, ``--device``),
+:mod:`~lightning_memloc.cli.analyze`, :mod:`~lightning_memloc.cli.analyses` (``--analyses``),
+:mod:`~lightning_memloc.cli.plot`, :mod:`~lightning_memloc.cli.errors` and
+:mod:`~lightning_memloc.cli.command` (:func:`main`).
+
 Every argument is checked before any measurement: a bad one ends the command with exit code 2
 and one line on stderr naming the argument and the fix. See ``docs/cli.md``.
 """
@@ -19,7 +26,6 @@ from __future__ import annotations
 from lightning_memloc.cli.command import main
 from lightning_memloc.cli.errors import CLIError
 from lightning_memloc.cli.parser import build_parser
-from lightning_memloc.cli.selection import _select  # noqa: F401  (tests)
 from lightning_memloc.cli.zoo import ARCHS, build_model
 
 __all__ = ["ARCHS", "CLIError", "build_model", "build_parser", "main"]

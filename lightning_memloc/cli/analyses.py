@@ -42,7 +42,7 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
     """Validate the flags before any measurement; returns what :func:`run_cli_analyses` needs (or ``None``)."""
     from lightning_memloc.analyses import parse_analyses
     from lightning_memloc.cli.errors import CLIError
-    from lightning_memloc.cli.selection import _match_channels, _read_indices
+    from lightning_memloc.cli.selection import match_channels, read_indices_file
 
     if not getattr(args, "analyses", None):
         return None
@@ -64,8 +64,8 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
         n = len(images)
         if args.pool_indices:
             try:
-                pool_idx = _read_indices(args.pool_indices).unique()
-            except CLIError as err:  # _read_indices names --indices
+                pool_idx = read_indices_file(args.pool_indices).unique()
+            except CLIError as err:  # read_indices_file names --indices
                 raise CLIError("--pool-indices", str(err).split(": ", 1)[-1]) from err
             if bool(((pool_idx < 0) | (pool_idx >= n)).any()):
                 raise CLIError("--pool-indices", f"indices must lie in [0, {n}) (the images of --data).")
@@ -82,7 +82,7 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
         where = {int(p): i for i, p in enumerate(pool_idx.tolist())}
         exclude = torch.tensor([where.get(int(p), -1) for p in positions.tolist()], dtype=torch.long)
         labelled = bool((labels[positions] >= 0).all() and (labels[pool_idx] >= 0).all())
-        setup.update(pool=_match_channels(images[pool_idx], args.in_channels), pool_ids=pool_idx.tolist(),
+        setup.update(pool=match_channels(images[pool_idx], args.in_channels), pool_ids=pool_idx.tolist(),
                      exclude=exclude if bool((exclude >= 0).any()) else None,
                      candidate_labels=labels[positions] if labelled else None,
                      pool_labels=labels[pool_idx] if labelled else None)

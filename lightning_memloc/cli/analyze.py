@@ -7,10 +7,10 @@ from typing import Any, List, Union
 
 import torch
 
-from lightning_memloc.cli.checks import _check_out, _device
-from lightning_memloc.cli.errors import _FILE_ERRORS, CLIError, _argument
-from lightning_memloc.cli.loading import _load
-from lightning_memloc.cli.selection import _load_data, _match_channels, _select, _select_groups
+from lightning_memloc.cli.checks import check_out, parse_device
+from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.loading import load_checkpoint
+from lightning_memloc.cli.selection import load_cli_data, match_channels, select_candidates, select_groups
 from lightning_memloc.cli.zoo import build_model
 from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError, MemlocError
 
@@ -24,29 +24,29 @@ def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
         raise CLIError("--reference-cache", "caches the reference's alignments and needs --reference: pass one, or drop it.")
     from lightning_memloc.reference_cache import ReferenceCache
 
-    with _argument("--reference-cache", (ValueError, OSError)):
+    with as_cli_error("--reference-cache", (ValueError, OSError)):
         return ReferenceCache.load(args.reference_cache, missing_ok=True)
 
 
-def _analyze(args: argparse.Namespace) -> int:
+def analyze(args: argparse.Namespace) -> int:
     from lightning_memloc.io import check_writable_dir
     from lightning_memloc.measure import build_views, measure, probe_layers
     from lightning_memloc.plots import plot_report
     from lightning_memloc.user_models import user_encoders
 
-    out = _check_out(args.out)
+    out = check_out(args.out)
     if (out / "report.json").exists() and not args.overwrite:
         raise CLIError("--out", f"{str(out)!r} already holds a report.json from an earlier analysis: pass another "
                                 "folder, or --overwrite to replace it.")
-    device = _device(args.device)
+    device = parse_device(args.device)
     built = user_encoders(args)  # --model / --lightning-module; None for --arch
     if built is not None:
         (encoder, reference), like = built, built[0]
     else:
-        with _argument("--width", (ValueError,)):
+        with as_cli_error("--width", (ValueError,)):
             like = build_model(args.arch, args.width, args.in_channels)
-        encoder = _load(args.encoder, like, args.encoder_prefix, "--encoder", args)
-        reference = None if args.reference is None else _load(args.reference, like, args.reference_prefix,
+        encoder = load_checkpoint(args.encoder, like, args.encoder_prefix, "--encoder", args)
+        reference = None if args.reference is None else load_checkpoint(args.reference, like, args.reference_prefix,
                                                                  "--reference", args)
     if reference is not None:
         same = all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
@@ -55,17 +55,17 @@ def _analyze(args: argparse.Namespace) -> int:
                                           "pass the reference's own checkpoint, or --reference-prefix for a "
                                           "co-trained one.")
     cache = _reference_cache(args, reference)  # checked before the data are read
-    images, labels = _load_data(args, "--data")
-    positions = _select(args, len(images), args.seed)
+    images, labels = load_cli_data(args, "--data")
+    positions = select_candidates(args, len(images), args.seed)
     if positions.numel() < 2:
         flag = "--split-candidates" if args.indices_from_split and not args.candidates else "--candidates"
         raise CLIError(flag, f"{positions.numel()} candidate(s) selected, but UnitMem compares candidates and needs "
                              f"at least 2: select more with {flag}.")
-    groups = _select_groups(args, len(images), args.seed, positions)
+    groups = select_groups(args, len(images), args.seed, positions)
     if "control" in groups and reference is None:
         raise CLIError("--control", "the control is compared with the candidates on SSLMem, which needs --reference.")
-    candidates = _match_channels(images[positions], args.in_channels)
-    extra = {name: _match_channels(images[idx], args.in_channels) for name, idx in groups.items()}
+    candidates = match_channels(images[positions], args.in_channels)
+    extra = {name: match_channels(images[idx], args.in_channels) for name, idx in groups.items()}
     cand_labels = None
     if args.labels:
         cand_labels = labels[positions]
@@ -90,7 +90,7 @@ def _analyze(args: argparse.Namespace) -> int:
         raise CLIError("--reference", f"{err}") from err
     except (LayerNotFoundError, ValueError) as err:
         raise CLIError("--layers", str(err)) from err
-    with _argument("--out", _FILE_ERRORS):
+    with as_cli_error("--out", FILE_ERRORS):
         check_writable_dir(out, argument="--out")
     meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch or args.model or args.lightning_module,
             "width": getattr(like, "width", None), "in_channels": args.in_channels, "data": str(args.data),

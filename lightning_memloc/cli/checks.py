@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from lightning_memloc.cli.errors import CLIError, _argument
+from lightning_memloc.cli.errors import CLIError, as_cli_error
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_out(path: str) -> Path:
+def check_out(path: str) -> Path:
     """Fail early if ``--out`` cannot become a writable folder (without creating anything yet)."""
     out = Path(path)
     probe = out
@@ -24,10 +24,10 @@ def _check_out(path: str) -> Path:
     return out
 
 
-def _device(spec: str) -> torch.device:
+def parse_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with _argument("--device", (RuntimeError, ValueError), "(use auto, cpu, cuda or cuda:N)."):
+    with as_cli_error("--device", (RuntimeError, ValueError), "(use auto, cpu, cuda or cuda:N)."):
         device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device", f"{spec!r} asked for CUDA, but no CUDA device is available: use --device cpu.")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from lightning_memloc.cli.analyze import _analyze
-from lightning_memloc.cli.errors import _FILE_ERRORS, CLIError, _argument
+from lightning_memloc.cli.analyze import analyze
+from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.parser import build_parser
-from lightning_memloc.cli.plot import _plot
+from lightning_memloc.cli.plot import plot
 
 
 # ------------------------------------------------------------------------------------- main
@@ -21,7 +21,7 @@ def _demo(argv: Sequence[str]) -> int:
         raise CLIError("demo", "this installation has no lightning_memloc.demo module: update lightning_memloc.") \
             from err
     try:
-        with _argument("demo", _FILE_ERRORS):
+        with as_cli_error("demo", FILE_ERRORS):
             return int(demo.main(list(argv)) or 0)
     except SystemExit as exit_:  # the demo's own argparse (--help, bad options)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-        return _analyze(args) if args.command == "analyze" else _plot(args)
+        return analyze(args) if args.command == "analyze" else plot(args)
     except CLIError as err:
         command = f"memloc {argv[0]}" if argv and argv[0] in ("analyze", "plot", "demo") else "memloc"
         print(f"{command}: error: {err}", file=sys.stderr)
@@ -57,7 +57,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("memloc: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,8 +7,8 @@ from typing import Iterator, Tuple
 
 from lightning_memloc.errors import MemlocError
 
-_FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
-_VALUE_ERRORS = _FILE_ERRORS + (ValueError, TypeError, KeyError)
+FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
+VALUE_ERRORS = FILE_ERRORS + (ValueError, TypeError, KeyError)
 
 
 class CLIError(Exception):
@@ -27,7 +27,7 @@ class CLIError(Exception):
 
 
 @contextmanager
-def _argument(name: str, catch: Tuple[type, ...] = _VALUE_ERRORS, hint: str = "") -> Iterator[None]:
+def as_cli_error(name: str, catch: Tuple[type, ...] = VALUE_ERRORS, hint: str = "") -> Iterator[None]:
     """Turn the library's errors raised inside the block into a :class:`CLIError` naming ``name``."""
     try:
         yield

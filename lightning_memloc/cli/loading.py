@@ -10,8 +10,8 @@ from typing import Optional
 
 from torch import nn
 
-from lightning_memloc.cli.errors import _FILE_ERRORS, _argument
-from lightning_memloc.cli.zoo import _DEFAULT_WIDTH
+from lightning_memloc.cli.errors import FILE_ERRORS, as_cli_error
+from lightning_memloc.cli.zoo import DEFAULT_WIDTH
 from lightning_memloc.errors import ArchitectureMismatchError
 
 
@@ -29,12 +29,12 @@ def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:
     return detail + ("" if first is None else f"; its first conv maps {first.shape[1]} to {first.shape[0]} channels")
 
 
-def _load(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: argparse.Namespace) -> nn.Module:
+def load_checkpoint(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: argparse.Namespace) -> nn.Module:
     """``load_encoder`` with one-line errors naming ``flag``; warns about checkpoint tensors the model leaves unused."""
     from lightning_memloc.loading import load_encoder
 
-    arch = f"--arch {args.arch} --width {args.width or _DEFAULT_WIDTH[args.arch]} --in-channels {args.in_channels}"
-    with _argument(flag, _FILE_ERRORS + (ValueError,)):
+    arch = f"--arch {args.arch} --width {args.width or DEFAULT_WIDTH[args.arch]} --in-channels {args.in_channels}"
+    with as_cli_error(flag, FILE_ERRORS + (ValueError,)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"no checkpoint file at {path!r}: check the path.")
         try:

@@ -7,6 +7,8 @@ from typing import Any, Optional, Union
 
 from lightning_memloc.cli.zoo import ARCHS
 
+#: The description ``memloc --help`` prints.
+DESCRIPTION = "The ``memloc`` command: measure memorization of saved encoders and draw the figures."
 
 # ----------------------------------------------------------------------------------- parser
 def _int_at_least(low: int, what: str) -> Any:
@@ -48,7 +50,7 @@ def _probability(text: str) -> float:
     return value
 
 
-def _count(text: str) -> Union[int, float]:
+def split_size(text: str) -> Union[int, float]:
     """A split size: a fraction in [0, 1) or a count (>= 1), as ``memloc demo`` takes them."""
     value = float(text)
     if value < 0:
@@ -69,8 +71,8 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
                       help="candidates = the held-out part of the shared/candidates/independent split of `memloc demo`")
     pick.add_argument("--indices", metavar="FILE",
                       help="candidate indices: a .json list (or {'candidates': [...]}), a .txt or a .npy")
-    g.add_argument("--split-candidates", type=_count, default=0.1, help="candidate fraction (or count) of the split")
-    g.add_argument("--split-independent", type=_count, default=0.1,
+    g.add_argument("--split-candidates", type=split_size, default=0.1, help="candidate fraction (or count) of the split")
+    g.add_argument("--split-independent", type=split_size, default=0.1,
                    help="reference-only fraction (or count) of the split")
     g.add_argument("--split-seed", type=_seed, help=f"seed of the split (default: {seed_default})")
     g.add_argument("--control", metavar="FILE|N",
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         'plot'
     """
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="memloc", description=__doc__.split("\n\n")[0], formatter_class=fmt)
+    parser = argparse.ArgumentParser(prog="memloc", description=DESCRIPTION, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", metavar="{analyze,plot,demo}", required=True)
     a = sub.add_parser("analyze", formatter_class=fmt, help="measure UnitMem / SSLMem / LayerMem of a checkpoint",
                        description="Measure memorization of a saved encoder on a candidate set; "

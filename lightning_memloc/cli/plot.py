@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lightning_memloc.cli.checks import _check_out
-from lightning_memloc.cli.errors import _FILE_ERRORS, _VALUE_ERRORS, CLIError, _argument
-from lightning_memloc.cli.selection import _load_data, _select
+from lightning_memloc.cli.checks import check_out
+from lightning_memloc.cli.errors import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.selection import load_cli_data, select_candidates
 
 
 # ------------------------------------------------------------------------------------- plot
-def _plot(args: argparse.Namespace) -> int:
+def plot(args: argparse.Namespace) -> int:
     from lightning_memloc.plots import plot_report
     from lightning_memloc.plots.io import find_plot_inputs
 
     first = Path(args.inputs[0])
-    out = _check_out(args.out or str(first if first.is_dir() else first.parent))
-    with _argument("REPORT_OR_HISTORY", _VALUE_ERRORS, "(pass a report.json or history.json written by memloc)."):
+    out = check_out(args.out or str(first if first.is_dir() else first.parent))
+    with as_cli_error("REPORT_OR_HISTORY", VALUE_ERRORS, "(pass a report.json or history.json written by memloc)."):
         report, history = find_plot_inputs(args.inputs)
     if args.layer is not None and (report is None or args.layer not in report.layers):
         raise CLIError("--layer", f"{args.layer!r} is not a layer of the report; its layers are "
@@ -26,10 +26,10 @@ def _plot(args: argparse.Namespace) -> int:
     if args.data is not None:
         if report is None:
             raise CLIError("--images", "candidate images need a report (the grid ranks a report's candidates).")
-        data, _ = _load_data(args, "--images")
+        data, _ = load_cli_data(args, "--images")
         ids = report.candidate_ids
         if args.indices_from_split or args.indices or args.candidates:
-            images = data[_select(args, len(data), 0)]
+            images = data[select_candidates(args, len(data), 0)]
         elif "data" not in report.meta:  # measure() / monitor reports number candidates by position
             if len(data) != len(ids):
                 raise CLIError("--images", "this report numbers its candidates by position (it was not written by "
@@ -44,7 +44,7 @@ def _plot(args: argparse.Namespace) -> int:
         if len(images) != report.num_candidates:
             raise CLIError("--images", f"selected {len(images)} images for {report.num_candidates} candidates: "
                                        "select the candidates the report was measured on.")
-    with _argument("--out", _FILE_ERRORS):
+    with as_cli_error("--out", FILE_ERRORS):
         written = plot_report(report, out, images=images, history=history, k=args.k, layer=args.layer,
                               threshold=args.threshold)
         if report is not None and report.analyses:  # figures of lightning_memloc.analyses results

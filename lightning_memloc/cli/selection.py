@@ -11,15 +11,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_memloc.cli.errors import _FILE_ERRORS, _VALUE_ERRORS, CLIError, _argument
-from lightning_memloc.cli.parser import _count
+from lightning_memloc.cli.errors import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.parser import split_size
 
 
-def _read_indices(path: str) -> Tensor:
+def read_indices_file(path: str) -> Tensor:
     from lightning_memloc.checks import check_index_values
 
     hint = "(expected a .json list, {'candidates': [...]}, a .txt or a .npy of ints)."
-    with _argument("--indices", _VALUE_ERRORS + (OSError,), hint):
+    with as_cli_error("--indices", VALUE_ERRORS + (OSError,), hint):
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"no indices file at {path!r}: check the path.")
@@ -39,7 +39,7 @@ def _read_indices(path: str) -> Tensor:
 def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
     from lightning_memloc.data import split_candidates
 
-    with _argument("--split-candidates", (ValueError, TypeError), "(fractions must add up to < 1, counts to < N)."):
+    with as_cli_error("--split-candidates", (ValueError, TypeError), "(fractions must add up to < 1, counts to < N)."):
         c, i = args.split_candidates, args.split_independent
         sizes = [v if isinstance(v, int) else int(np.floor(v * n + 1e-9)) for v in (c, i)]
         split_seed = seed if args.split_seed is None else args.split_seed
@@ -47,7 +47,7 @@ def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
 
 
 def _indices_file(flag: str, path: str, n: int) -> Tensor:
-    positions = _read_indices(path) if flag == "--indices" else _argument_indices(flag, path)
+    positions = read_indices_file(path) if flag == "--indices" else _argument_indices(flag, path)
     bad = positions[(positions < 0) | (positions >= n)]
     if bad.numel():
         raise CLIError(flag, f"index {int(bad[0])} is outside the {n} images of the data: check --data / --limit.")
@@ -55,11 +55,11 @@ def _indices_file(flag: str, path: str, n: int) -> Tensor:
 
 
 def _argument_indices(flag: str, path: str) -> Tensor:
-    with _argument(flag, _FILE_ERRORS + _VALUE_ERRORS):
-        return _read_indices(path)
+    with as_cli_error(flag, FILE_ERRORS + VALUE_ERRORS):
+        return read_indices_file(path)
 
 
-def _select(args: argparse.Namespace, n: int, seed: int) -> Tensor:
+def select_candidates(args: argparse.Namespace, n: int, seed: int) -> Tensor:
     """Dataset indices of the candidates: ``--indices-from-split``, ``--indices`` or all, capped by ``--candidates``."""
     if args.indices_from_split:
         positions = _split(args, n, seed).candidates
@@ -70,7 +70,7 @@ def _select(args: argparse.Namespace, n: int, seed: int) -> Tensor:
     return positions[: args.candidates] if args.candidates else positions
 
 
-def _select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tensor) -> Dict[str, Tensor]:
+def select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tensor) -> Dict[str, Tensor]:
     """Dataset indices of ``--control`` and ``--unseen`` (disjoint from the candidates)."""
     groups: Dict[str, Tensor] = {}
     for flag, value in (("--control", args.control), ("--unseen", args.unseen)):
@@ -85,8 +85,8 @@ def _select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tens
             if flag == "--unseen":
                 positions = split.independent
             else:
-                with _argument(flag, (ValueError, TypeError), "(a count >= 2 or a fraction of the shared part)."):
-                    positions = split.control(_count(value), seed=seed)
+                with as_cli_error(flag, (ValueError, TypeError), "(a count >= 2 or a fraction of the shared part)."):
+                    positions = split.control(split_size(value), seed=seed)
         else:
             positions = _indices_file(flag, value, n)
         overlap = positions[torch.isin(positions, candidates)]
@@ -97,20 +97,20 @@ def _select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tens
     return groups
 
 
-def _load_data(args: argparse.Namespace, flag: str) -> Tuple[Tensor, Tensor]:
+def load_cli_data(args: argparse.Namespace, flag: str) -> Tuple[Tensor, Tensor]:
     from lightning_memloc.data import NAMED_DATASETS, load_data
 
     if str(args.data).lower() not in NAMED_DATASETS and not Path(args.data).exists():
         raise CLIError(flag, f"{args.data!r} is neither a data set name {list(NAMED_DATASETS)} nor an existing .npz "
                              "file or image folder: check the path.")
-    with _argument(flag, _VALUE_ERRORS + (RuntimeError, OSError)):
+    with as_cli_error(flag, VALUE_ERRORS + (RuntimeError, OSError)):
         images, labels = load_data(args.data, root=args.root, size=args.size)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     return images, labels
 
 
-def _match_channels(images: Tensor, channels: int) -> Tensor:
+def match_channels(images: Tensor, channels: int) -> Tensor:
     """Grey → RGB by replication, RGBA → RGB, RGB → grey (ITU-R 601 luma) to fit ``--in-channels``."""
     have = images.shape[1]
     if have == channels:

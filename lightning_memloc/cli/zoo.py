@@ -10,7 +10,7 @@ from torch import nn
 #: ``--arch`` choices: the paper's ResNet9, torchvision's ResNet-18 (ImageNet stem, or the CIFAR stem:
 #: 3×3 stride-1 first conv, no max-pool) without its classifier, and the test encoder TinyCNN.
 ARCHS = ("resnet9", "authors-resnet9", "resnet18", "resnet18-cifar", "tiny")
-_DEFAULT_WIDTH = {"resnet9": 64, "authors-resnet9": 32, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
+DEFAULT_WIDTH = {"resnet9": 64, "authors-resnet9": 32, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
 
 
 def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) -> nn.Module:
@@ -36,7 +36,7 @@ def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) ->
     """
     from lightning_memloc.models import ResNet9, TinyCNN
 
-    width = _DEFAULT_WIDTH.get(arch, 0) if width is None else width
+    width = DEFAULT_WIDTH.get(arch, 0) if width is None else width
     if arch == "tiny":
         return TinyCNN(in_channels=in_channels, width=width)
     if arch == "resnet9":
