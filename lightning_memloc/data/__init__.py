@@ -3,7 +3,9 @@
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) train the encoder
 ``f`` on shared ∪ candidates and the reference ``g`` on shared ∪ independent (CIFAR-10: 40k / 5k /
 5k of the 50k training images); memorization is then measured on the candidates, which only
-``f`` has seen. Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])``.
+``f`` has seen. Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])``. Modules:
+:mod:`~lightning_memloc.data.loaders` (the sources), :mod:`~lightning_memloc.data.splits` (the
+split) and :mod:`~lightning_memloc.data.datasets` (dataset items).
 
 Example:
     >>> images, labels = load_digits(size=16)
@@ -25,6 +27,7 @@ from lightning_memloc.data.loaders import (
 from lightning_memloc.data.splits import SplitIndices, split_candidates
 
 __all__ = [
+    "NAMED_DATASETS",
     "SplitIndices",
     "TensorImageDataset",
     "as_float_image",

@@ -1,4 +1,8 @@
-"""Dataset items: images as float tensors, ``(image, label)`` items, a tensor image dataset."""
+"""Dataset items: images as float tensors, ``(image, label)`` items, and a uint8 tensor image dataset.
+
+The candidates of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
+may come from any dataset; these helpers read its items the same way everywhere.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+__all__ = ["TensorImageDataset", "as_float_image", "split_item"]
 
 
 def as_float_image(img: Any) -> Tensor:

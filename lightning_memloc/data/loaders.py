@@ -1,4 +1,9 @@
-"""Data sources: every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])``."""
+"""Data sources of the candidates and training sets: named data sets, ``.npz`` files, image folders.
+
+Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])`` (labels -1 when missing), the
+form in which Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) split
+a training set into shared / candidates / independent (:mod:`lightning_memloc.data.splits`).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["NAMED_DATASETS", "load_data", "load_digits", "load_image_folder", "load_npz", "load_torchvision",
+           "resize_images"]
+
+#: Data set names :func:`load_data` takes besides a path.
 NAMED_DATASETS = ("digits", "cifar10", "stl10", "svhn")
 
 
-def _resize(images: Tensor, size: int | None) -> Tensor:
+def resize_images(images: Tensor, size: int | None) -> Tensor:
     """Bilinear resize of uint8 (N, C, H, W) images to ``size`` x ``size`` (no-op if ``None`` or equal)."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
@@ -51,7 +60,7 @@ def load_digits(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
         raise ValueError(f"`channels` must be a positive int, got {channels!r}")
     bunch = _sk_load_digits()
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0))).to(torch.uint8).unsqueeze(1)
-    images = _resize(images, size).expand(-1, channels, -1, -1).contiguous()
+    images = resize_images(images, size).expand(-1, channels, -1, -1).contiguous()
     return images, torch.as_tensor(bunch.target, dtype=torch.long)
 
 
@@ -187,11 +196,11 @@ def load_data(spec: str | os.PathLike, root: str | os.PathLike = "data",
         return load_digits(size=32 if size is None else size)
     if name.lower() in NAMED_DATASETS:
         images, labels = load_torchvision(name, root)
-        return _resize(images, size), labels
+        return resize_images(images, size), labels
     path = Path(name)
     if path.suffix.lower() == ".npz":
         images, labels = load_npz(path)
-        return _resize(images, size), labels
+        return resize_images(images, size), labels
     if path.is_dir():
         if size is None:
             raise ValueError(f"`size` is required to load the image folder {name!r}")
