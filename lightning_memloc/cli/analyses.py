@@ -16,13 +16,14 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from lightning_memloc.cli.parser import nonnegative_int, positive_int
 from lightning_memloc.report import MemorizationReport
 
 __all__ = ["add_analysis_arguments", "check_analysis_arguments", "run_cli_analyses"]
 
 
 def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``--analyses`` group to ``memloc analyze``."""
+    """Add the ``--analyses`` group to ``memloc analyze`` (counts are checked by argparse, at parse time)."""
     g = parser.add_argument_group("extra analyses (lightning_memloc.analyses, docs/analyses.md)")
     g.add_argument("--analyses", metavar="NAMES",
                    help="comma-separated: consistency (top-k overlap / Kendall τ between layers), exchange "
@@ -31,10 +32,12 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pool-indices", metavar="FILE",
                    help="atypicality: indices of the training images to find neighbours in (.json/.txt/.npy); "
                         "default: the data's other images, at most --pool-size")
-    g.add_argument("--pool-size", type=int, default=5000, help="atypicality: at most this many pool images (seeded draw)")
-    g.add_argument("--knn", type=int, default=5, help="atypicality: neighbours averaged into the kNN distance")
-    g.add_argument("--exchange-k", type=int, default=2, help="exchange: size of the top-k / random / last layer groups")
-    g.add_argument("--exchange-draws", type=int, default=3, help="exchange: random layer groups drawn")
+    g.add_argument("--pool-size", type=positive_int, default=5000,
+                   help="atypicality: at most this many pool images (seeded draw)")
+    g.add_argument("--knn", type=positive_int, default=5, help="atypicality: neighbours averaged into the kNN distance")
+    g.add_argument("--exchange-k", type=positive_int, default=2,
+                   help="exchange: size of the top-k / random / last layer groups")
+    g.add_argument("--exchange-draws", type=nonnegative_int, default=3, help="exchange: random layer groups drawn")
 
 
 def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Module], images: Tensor,
@@ -54,19 +57,11 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
     if needs and reference is None:
         raise CLIError("--analyses", f"{needs} need SSLMem against a reference encoder: pass --reference, or "
                                      "--analyses atypicality only.")
-    for flag, value in (("--pool-size", args.pool_size), ("--knn", args.knn), ("--exchange-k", args.exchange_k)):
-        if value < 1:
-            raise CLIError(flag, f"must be >= 1, got {value}.")
-    if args.exchange_draws < 0:
-        raise CLIError("--exchange-draws", f"must be >= 0, got {args.exchange_draws}.")
     setup: Dict[str, Any] = {"names": names}
     if "atypicality" in names:
         n = len(images)
         if args.pool_indices:
-            try:
-                pool_idx = read_indices_file(args.pool_indices).unique()
-            except CLIError as err:  # read_indices_file names --indices
-                raise CLIError("--pool-indices", str(err).split(": ", 1)[-1]) from err
+            pool_idx = read_indices_file(args.pool_indices, "--pool-indices").unique()
             if bool(((pool_idx < 0) | (pool_idx >= n)).any()):
                 raise CLIError("--pool-indices", f"indices must lie in [0, {n}) (the images of --data).")
         else:

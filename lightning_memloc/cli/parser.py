@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional, Union
 
+from lightning_memloc.cli.renamed import RenamedFlag
 from lightning_memloc.cli.zoo import ARCHS
+from lightning_memloc.functional.unitmem import NEGATIVE_POLICIES, REDUCTIONS
 
 #: The description ``memloc --help`` prints.
 DESCRIPTION = "The ``memloc`` command: measure memorization of saved encoders and draw the figures."
@@ -26,8 +28,8 @@ def _int_at_least(low: int, what: str) -> Any:
     return parse
 
 
-_positive = _int_at_least(1, "a positive integer")
-_nonnegative = _int_at_least(0, "an integer >= 0")
+positive_int = _int_at_least(1, "a positive integer")
+nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _seed(text: str) -> int:
@@ -63,24 +65,28 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
     g.add_argument(data_flag, dest="data", metavar="DATA", required=data_flag == "--data",
                    help="digits | cifar10 | stl10 | svhn | file.npz (uint8 x N×H×W×C, y) | image folder")
     g.add_argument("--root", default="data", help="download/cache folder of cifar10 / stl10 / svhn")
-    g.add_argument("--size", type=_positive, default=size, help="image side in pixels (resized)")
-    g.add_argument("--limit", type=_positive, help="use only the first N images of the data (as `memloc demo --limit`)")
-    g.add_argument("--candidates", type=_positive, help="measure at most N candidates (the first N of the selection)")
+    g.add_argument("--size", type=positive_int, default=size, help="image side in pixels (resized)")
+    g.add_argument("--limit", type=positive_int, help="use only the first N images of the data (`memloc demo --subset` "
+                   "draws a seeded random subset instead)")
+    g.add_argument("--candidates", type=positive_int, help="measure at most N candidates (the first N of the selection)")
     pick = g.add_mutually_exclusive_group()
     pick.add_argument("--indices-from-split", action="store_true",
-                      help="candidates = the held-out part of the shared/candidates/independent split of `memloc demo`")
+                      help="candidates = the held-out part of a shared/candidates/independent split (split_candidates, as "
+                           "`memloc demo --setting plain` draws it)")
     pick.add_argument("--indices", metavar="FILE",
-                      help="candidate indices: a .json list (or {'candidates': [...]}), a .txt or a .npy")
+                      help="candidate indices: a .json list (or {'candidates': [...]}, e.g. the split.json of `memloc demo`), "
+                           "a .txt or a .npy")
     g.add_argument("--split-candidates", type=split_size, default=0.1, help="candidate fraction (or count) of the split")
     g.add_argument("--split-independent", type=split_size, default=0.1,
                    help="reference-only fraction (or count) of the split")
     g.add_argument("--split-seed", type=_seed, help=f"seed of the split (default: {seed_default})")
     g.add_argument("--control", metavar="FILE|N",
                    help="control images, both encoders trained on them (the null of LayerMem): an indices file, or "
-                        "with --indices-from-split a count / fraction drawn at random from the split's shared part")
+                        "with --indices-from-split a count / fraction drawn at random from the split's shared part "
+                        "(a .json {'control': [...]} file, e.g. the demo's split.json, gives its 'control' list)")
     g.add_argument("--unseen", metavar="FILE|split",
                    help="images the encoder never trained on (UnitMem membership test): an indices file, or 'split' "
-                        "for the split's independent part (with --indices-from-split)")
+                        "for the split's independent part (with --indices-from-split); a .json dict gives its 'unseen' list")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,30 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--reference-cache", metavar="FILE", help="keep the reference's alignments in FILE and reuse them "
                    "on later analyses against the same reference, views and layers (docs/performance.md)")
     m.add_argument("--arch", choices=ARCHS, help="encoder architecture (or --model / --lightning-module)")
-    m.add_argument("--width", type=_positive, help="base width (default: resnet9 64, tiny 4)")
-    m.add_argument("--in-channels", type=_positive, default=3, help="image channels the encoder takes")
+    m.add_argument("--width", type=positive_int, help="base width (default: resnet9 64, tiny 4)")
+    m.add_argument("--in-channels", type=positive_int, default=3, help="image channels the encoder takes")
     from lightning_memloc.user_models import add_model_args
 
     add_model_args(m)
     _add_data_args(a, "--data", 32, "--seed, as in `memloc demo`")
     s = a.add_argument_group("measurement (see lightning_memloc.measure)")
-    s.add_argument("--views", type=_positive, default=10, help="K augmented views per candidate")
+    s.add_argument("--views", type=positive_int, default=10, help="K augmented views per candidate")
     s.add_argument("--layers", default="auto", help="'auto' or comma-separated module names, e.g. conv1,res1.conv2")
     s.add_argument("--seed", type=_seed, default=0, help="view seed")
-    s.add_argument("--batch-size", type=_positive, default=32, help="candidates per forward step")
+    s.add_argument("--batch-size", type=positive_int, default=32, help="candidates per forward step")
     s.add_argument("--labels", action="store_true", help="also measure ClassMem (needs labelled data)")
     s.add_argument("--pairing", choices=("all", "anchor"), default="all", help="view pairs of the alignment")
-    s.add_argument("--reduction", choices=("mean", "median"), default="mean",
-                   help="μ-max of UnitMem over the other candidates")
-    s.add_argument("--top-k", type=_positive, default=50, help="size of the top-k / least-k LayerMem groups")
-    s.add_argument("--bootstrap", type=_nonnegative, default=1000, help="bootstrap resamples / permutations (0: no intervals)")
+    s.add_argument("--reduction", choices=REDUCTIONS, default="mean", help="μ-max of UnitMem over the other candidates")
+    s.add_argument("--negative", choices=NEGATIVE_POLICIES, default="clamp",
+                   help="policy for negative activations (GELU, attention outputs; docs/definitions.md)")
+    s.add_argument("--top-k", type=positive_int, default=50, help="size of the top-k / least-k LayerMem groups")
+    s.add_argument("--bootstrap", type=nonnegative_int, default=1000, help="bootstrap resamples / permutations (0: no intervals)")
     s.add_argument("--confidence", type=_probability, default=0.95, help="coverage of the intervals")
     s.add_argument("--alpha", type=_probability, default=0.05, help="significance level of the Holm-corrected tests")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json and PNG figures)")
+    s.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader workers generating the views")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar of the pass (--no-progress: none)")
+    a.add_argument("--output-dir", "--out", action=RenamedFlag, required=True, metavar="DIR",
+                   help="output folder (report.json and PNG figures); --out is its deprecated spelling")
     a.add_argument("--overwrite", action="store_true",
-                   help="replace the report.json of an earlier analysis in --out (refused otherwise)")
+                   help="replace the report.json of an earlier analysis in --output-dir (refused otherwise)")
     from lightning_memloc.cli.analyses import add_analysis_arguments
     add_analysis_arguments(a)  # --analyses consistency,exchange,atypicality (docs/analyses.md)
 
@@ -137,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw the figures of a saved report and/or a MemorizationMonitor history.")
     p.add_argument("inputs", nargs="+", metavar="REPORT_OR_HISTORY",
                    help="report.json, history.json, or a folder holding them (e.g. the monitor's output_dir)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: the folder of the first input)")
+    p.add_argument("--output-dir", "--out", action=RenamedFlag, metavar="DIR",
+                   help="output folder (default: the folder of the first input); --out is its deprecated spelling")
     _add_data_args(p, "--images", None, "0; pass the demo's --seed")
-    p.add_argument("--k", type=_positive, default=8, help="candidates per row of the candidate grid")
+    p.add_argument("--k", type=positive_int, default=8, help="candidates per row of the candidate grid")
     p.add_argument("--layer", help="layer of the SSLMem-vs-UnitMem scatter and candidate ranking (default: last)")
     p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is highly memorizing")
     sub.add_parser("demo", add_help=False,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lightning_memloc.cli.checks import check_out
 from lightning_memloc.cli.errors import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.renamed import typed_flag
 from lightning_memloc.cli.selection import load_cli_data, select_candidates
 
 
@@ -16,7 +17,8 @@ def plot(args: argparse.Namespace) -> int:
     from lightning_memloc.plots.io import find_plot_inputs
 
     first = Path(args.inputs[0])
-    out = check_out(args.out or str(first if first.is_dir() else first.parent))
+    out_flag = typed_flag(args, "output_dir")
+    out = check_out(args.output_dir or str(first if first.is_dir() else first.parent), out_flag)
     with as_cli_error("REPORT_OR_HISTORY", VALUE_ERRORS, "(pass a report.json or history.json written by memloc)."):
         report, history = find_plot_inputs(args.inputs)
     if args.layer is not None and (report is None or args.layer not in report.layers):
@@ -44,7 +46,7 @@ def plot(args: argparse.Namespace) -> int:
         if len(images) != report.num_candidates:
             raise CLIError("--images", f"selected {len(images)} images for {report.num_candidates} candidates: "
                                        "select the candidates the report was measured on.")
-    with as_cli_error("--out", FILE_ERRORS):
+    with as_cli_error(out_flag, FILE_ERRORS):
         written = plot_report(report, out, images=images, history=history, k=args.k, layer=args.layer,
                               threshold=args.threshold)
         if report is not None and report.analyses:  # figures of lightning_memloc.analyses results

@@ -1,4 +1,12 @@
-"""Data and candidate selection of ``memloc analyze`` / ``memloc plot``."""
+"""Data and candidate selection of ``memloc analyze`` / ``memloc plot``: what is measured, and its nulls.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure the
+candidates (seen by ``f`` only) of a shared / candidates / independent split; the evidence adds a
+control (seen by both encoders) and an unseen set. Candidates, control and unseen are dataset
+indices: from the split (``--indices-from-split``), or from files (``--indices``, ``--control``,
+``--unseen``); a ``.json`` dict such as the ``split.json`` of ``memloc demo`` gives each flag its
+own list (``candidates``, ``control``, ``unseen``).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +19,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_memloc.cli.errors import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.errors import VALUE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.parser import split_size
 
+__all__ = ["INDEX_KEYS", "load_cli_data", "match_channels", "read_indices_file", "select_candidates", "select_groups"]
 
-def read_indices_file(path: str) -> Tensor:
+#: The list a ``.json`` dict of indices gives each flag (the keys of the demo's ``split.json``).
+INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "unseen"}
+
+
+def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
+    """Dataset indices from a ``.json`` list or dict, a ``.txt`` or a ``.npy``; errors name ``flag``.
+
+    A ``.json`` dict gives its :data:`INDEX_KEYS` list of ``flag`` (``"candidates"`` for ``--indices``,
+    ``"control"`` for ``--control``, ...), so one ``split.json`` serves every flag.
+
+    Raises:
+        CLIError: a missing or unreadable file, no indices, non-integers or duplicates.
+    """
     from lightning_memloc.checks import check_index_values
 
-    hint = "(expected a .json list, {'candidates': [...]}, a .txt or a .npy of ints)."
-    with as_cli_error("--indices", VALUE_ERRORS + (OSError,), hint):
+    key = INDEX_KEYS.get(flag, "candidates")
+    hint = f"(expected a .json list, {{'{key}': [...]}}, a .txt or a .npy of ints)."
+    with as_cli_error(flag, VALUE_ERRORS + (OSError,), hint):
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"no indices file at {path!r}: check the path.")
@@ -27,10 +49,13 @@ def read_indices_file(path: str) -> Tensor:
             values: Any = np.load(source, allow_pickle=False)
         elif source.suffix == ".json":
             values = json.loads(source.read_text(encoding="utf-8"))
-            values = values.get("candidates") if isinstance(values, dict) else values
+            if isinstance(values, dict):
+                if key not in values:
+                    raise ValueError(f"{path!r} holds no {key!r} list (its keys: {sorted(values)[:6]}).")
+                values = values[key]
         else:
             values = source.read_text(encoding="utf-8").replace(",", " ").split()
-        indices = check_index_values(values, "--indices")  # integers only, no duplicates
+        indices = check_index_values(values, flag)  # integers only, no duplicates
         if indices.numel() == 0:
             raise ValueError(f"{path!r} holds no indices.")
         return indices
@@ -47,16 +72,11 @@ def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
 
 
 def _indices_file(flag: str, path: str, n: int) -> Tensor:
-    positions = read_indices_file(path) if flag == "--indices" else _argument_indices(flag, path)
+    positions = read_indices_file(path, flag)
     bad = positions[(positions < 0) | (positions >= n)]
     if bad.numel():
         raise CLIError(flag, f"index {int(bad[0])} is outside the {n} images of the data: check --data / --limit.")
     return positions
-
-
-def _argument_indices(flag: str, path: str) -> Tensor:
-    with as_cli_error(flag, FILE_ERRORS + VALUE_ERRORS):
-        return read_indices_file(path)
 
 
 def select_candidates(args: argparse.Namespace, n: int, seed: int) -> Tensor:
