@@ -338,3 +338,25 @@ def test_indices_file_formats(ws, fmt):
     code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices", path, "--limit", "6",
                                   "--output-dir", ws / "i"])
     assert code == 2 and "--indices: index 7 is outside the 6 images" in err
+
+
+def test_renamed_flags_keep_their_old_spellings_with_a_warning(ws):
+    from lightning_memloc.demo import build_parser as demo_parser
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        args = demo_parser().parse_args(["--limit", "7", "--candidates", "0.2", "--independent", "3", "--workers", "1",
+                                         "--out", "runs/x"])
+    assert (args.subset, args.split_candidates, args.split_independent, args.num_workers, args.output_dir) == \
+        (7, 0.2, 3, 1, "runs/x")
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 5 and all(line.startswith("memloc demo: warning: ") for line in lines)
+    assert "--limit is deprecated: use --subset" in lines[0] and "`memloc analyze --limit` keeps the first N" in lines[0]
+    assert "--candidates is deprecated: use --split-candidates" in lines[1]
+    # analyze / plot: --out still works, one warning line, and the report is written
+    code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--candidates", "4",
+                                     "--out", ws / "old_out"])
+    assert code == 0 and (ws / "old_out" / "report.json").is_file()
+    assert stderr == "memloc analyze: warning: --out is deprecated: use --output-dir (the old spelling works for one release).\n"
+    code, _, stderr = run(["plot", ws / "old_out" / "report.json", "--out", ws / "old_out"])
+    assert code == 0 and "--out is deprecated" in stderr
