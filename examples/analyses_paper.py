@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                "--width", str(args.width), "--data", args.data, "--indices", str(out / "candidates.json"),
                "--pool-indices", str(out / "shared.json"), "--views", str(args.views), "--top-k", str(args.top_k),
                "--seed", str(args.seed), "--analyses", "consistency,exchange,atypicality", "--labels",
-               "--no-progress", "--out", str(out)]
+               "--no-progress", "--output-dir", str(out)]
     print("[analyses] memloc " + " ".join(command), flush=True)
     started = time.perf_counter()
     code = memloc(command)
