@@ -1,4 +1,9 @@
-"""``memloc``: the entry point dispatching to ``analyze``, ``plot`` and ``demo``."""
+"""``memloc``: the entry point dispatching to ``analyze``, ``plot`` and ``demo``.
+
+The command measures and draws the memorization of Wang et al., *Localizing Memorization in SSL
+Vision Encoders* (NeurIPS 2024); :func:`main` turns every :class:`CLIError` into one stderr line
+and an exit code.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.parser import build_parser
 from lightning_memloc.cli.plot import plot
 
+__all__ = ["main"]
 
-# ------------------------------------------------------------------------------------- main
+
 def _demo(argv: Sequence[str]) -> int:
     try:
         from lightning_memloc import demo

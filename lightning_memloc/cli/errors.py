@@ -1,4 +1,17 @@
-"""Errors of the ``memloc`` command: :class:`CLIError` and the helper that names the argument at fault."""
+"""Errors of the ``memloc`` command: :class:`CLIError` and :func:`as_cli_error`, which names the flag at fault.
+
+A bad argument ends ``memloc`` with exit code 2 and one line on stderr that names the argument
+and the fix, before any measurement of Wang et al., *Localizing Memorization in SSL Vision
+Encoders* (NeurIPS 2024) starts; a failed measurement exits with 1.
+
+Example:
+    >>> try:
+    ...     with as_cli_error("--views"):
+    ...         raise ValueError("`views` must be >= 1,   got 0.")
+    ... except CLIError as err:
+    ...     print(err, err.code)
+    --views: `views` must be >= 1, got 0. 2
+"""
 
 from __future__ import annotations
 
@@ -7,7 +20,11 @@ from typing import Iterator, Tuple
 
 from lightning_memloc.errors import MemlocError
 
+__all__ = ["CLIError", "FILE_ERRORS", "VALUE_ERRORS", "as_cli_error"]
+
+#: Errors of a path argument (missing, not writable, not a checkpoint of this library).
 FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
+#: Errors of any argument's value.
 VALUE_ERRORS = FILE_ERRORS + (ValueError, TypeError, KeyError)
 
 

@@ -1,4 +1,9 @@
-"""Loading ``--encoder`` / ``--reference`` checkpoints into the ``--arch`` model."""
+"""Loading ``--encoder`` / ``--reference`` checkpoints into the ``--arch`` model, with one-line errors.
+
+The encoder ``f`` and the reference ``g`` of Wang et al., *Localizing Memorization in SSL Vision
+Encoders* (NeurIPS 2024) must share one architecture: a checkpoint that does not fit is an
+error saying which tensor differs and which flags to fix.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from torch import nn
 from lightning_memloc.cli.errors import FILE_ERRORS, as_cli_error
 from lightning_memloc.cli.zoo import DEFAULT_WIDTH
 from lightning_memloc.errors import ArchitectureMismatchError
+
+__all__ = ["load_checkpoint"]
 
 
 def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:

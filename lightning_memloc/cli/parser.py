@@ -1,4 +1,10 @@
-"""The ``memloc`` argument parser."""
+"""The ``memloc`` argument parser: the flags of ``analyze`` and ``plot`` and their parse-time checks.
+
+Flags are named after the keyword they set (``--top-k`` for ``measure(top_k=...)``, see
+:mod:`lightning_memloc.cli.contract`); counts, seeds and probabilities are checked by argparse
+``type`` functions, so a bad value is a usage error before anything is loaded. What is measured
+is defined by Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,12 @@ from lightning_memloc.cli.renamed import RenamedFlag
 from lightning_memloc.cli.zoo import ARCHS
 from lightning_memloc.functional.unitmem import NEGATIVE_POLICIES, REDUCTIONS
 
+__all__ = ["DESCRIPTION", "build_parser", "nonnegative_int", "positive_int", "split_size"]
+
 #: The description ``memloc --help`` prints.
 DESCRIPTION = "The ``memloc`` command: measure memorization of saved encoders and draw the figures."
 
-# ----------------------------------------------------------------------------------- parser
+
 def _int_at_least(low: int, what: str) -> Any:
     """An argparse ``type``: an integer >= ``low``."""
 
@@ -28,7 +36,9 @@ def _int_at_least(low: int, what: str) -> Any:
     return parse
 
 
+#: argparse ``type``: an integer >= 1 (a usage error otherwise).
 positive_int = _int_at_least(1, "a positive integer")
+#: argparse ``type``: an integer >= 0.
 nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 

@@ -1,4 +1,9 @@
-"""``memloc plot``."""
+"""``memloc plot``: the figures of a saved report and / or a monitor history.
+
+Draws the views of memorization of Wang et al., *Localizing Memorization in SSL Vision Encoders*
+(NeurIPS 2024) with :func:`~lightning_memloc.plots.plot_report` (and the analyses' figures),
+after checking every argument.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,15 @@ from lightning_memloc.cli.errors import FILE_ERRORS, VALUE_ERRORS, CLIError, as_
 from lightning_memloc.cli.renamed import typed_flag
 from lightning_memloc.cli.selection import load_cli_data, select_candidates
 
+__all__ = ["plot"]
 
-# ------------------------------------------------------------------------------------- plot
+
 def plot(args: argparse.Namespace) -> int:
+    """Run ``memloc plot`` on parsed arguments; returns the exit code (0).
+
+    Raises:
+        CLIError: a bad argument (code 2), before any figure is written.
+    """
     from lightning_memloc.plots import plot_report
     from lightning_memloc.plots.io import find_plot_inputs
 

@@ -22,7 +22,8 @@ from torch import Tensor
 from lightning_memloc.cli.errors import VALUE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.parser import split_size
 
-__all__ = ["INDEX_KEYS", "load_cli_data", "match_channels", "read_indices_file", "select_candidates", "select_groups"]
+__all__ = ["INDEX_KEYS", "load_cli_data", "match_channels", "read_indices_file", "select_candidates",
+           "select_groups"]
 
 #: The list a ``.json`` dict of indices gives each flag (the keys of the demo's ``split.json``).
 INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "unseen"}

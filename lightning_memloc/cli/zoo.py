@@ -1,4 +1,10 @@
-"""The ``--arch`` model zoo of ``memloc analyze``: :data:`ARCHS` and :func:`build_model`."""
+"""The ``--arch`` model zoo of ``memloc analyze``: :data:`ARCHS` and :func:`build_model`.
+
+The encoders a checkpoint is loaded into: the ResNet9 of Wang et al., *Localizing Memorization
+in SSL Vision Encoders* (NeurIPS 2024), the layout of their released code, torchvision's
+ResNet-18 and the test encoder. Other architectures come from ``--model`` /
+``--lightning-module`` (:mod:`lightning_memloc.user_models`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+__all__ = ["ARCHS", "DEFAULT_WIDTH", "build_model"]
+
 #: ``--arch`` choices: the paper's ResNet9, torchvision's ResNet-18 (ImageNet stem, or the CIFAR stem:
 #: 3×3 stride-1 first conv, no max-pool) without its classifier, and the test encoder TinyCNN.
 ARCHS = ("resnet9", "authors-resnet9", "resnet18", "resnet18-cifar", "tiny")
+#: ``--width`` when none is given, per ``--arch``.
 DEFAULT_WIDTH = {"resnet9": 64, "authors-resnet9": 32, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
 
 

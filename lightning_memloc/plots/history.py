@@ -1,4 +1,9 @@
-"""Training curves of a monitor history."""
+"""Training curves of a :class:`~lightning_memloc.MemorizationMonitor` history.
+
+Mean UnitMem, the share of highly memorizing units and LayerMem per layer over the epochs: how
+the memorization of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
+builds up during training.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from lightning_memloc.io import PathLike
 from lightning_memloc.plots.figure import colormap, new_figure, save_png
 from lightning_memloc.plots.io import PREFIX as _PREFIX
 from lightning_memloc.plots.io import History, load_history
+
+__all__ = ["plot_history"]
 
 
 def plot_history(history: History, path: PathLike) -> Path:

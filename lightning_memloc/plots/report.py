@@ -1,4 +1,9 @@
-"""The figures of one :class:`~lightning_memloc.MemorizationReport`."""
+"""The figures of one :class:`~lightning_memloc.MemorizationReport`, and :func:`plot_report` writing them all.
+
+LayerMem / ΔLayerMem by depth with the top-k and least-k candidates, the UnitMem distribution
+per layer, SSLMem against UnitMem per candidate and the most / least memorized candidates: the
+views of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from lightning_memloc.plots.figure import depth_axis, display_image, new_figure,
 from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import History
 from lightning_memloc.report import MemorizationReport
+
+__all__ = ["FILENAMES", "max_unit_mem_per_candidate", "plot_candidate_grid", "plot_layer_mem", "plot_report",
+           "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]
 
 #: File name of each figure written by :func:`plot_report`.
 FILENAMES = {
