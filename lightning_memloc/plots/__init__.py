@@ -26,7 +26,7 @@ Example:
 """
 
 from lightning_memloc.plots.history import plot_history
-from lightning_memloc.plots.io import load_history
+from lightning_memloc.plots.io import History, load_history
 from lightning_memloc.plots.report import (
     FILENAMES,
     max_unit_mem_per_candidate,
@@ -39,6 +39,7 @@ from lightning_memloc.plots.report import (
 
 __all__ = [
     "FILENAMES",
+    "History",
     "load_history",
     "max_unit_mem_per_candidate",
     "plot_candidate_grid",
