@@ -341,6 +341,9 @@ def test_indices_file_formats(ws, fmt):
 
 
 def test_renamed_flags_keep_their_old_spellings_with_a_warning(ws):
+    import contextlib
+    import io
+
     from lightning_memloc.demo import build_parser as demo_parser
 
     err = io.StringIO()
