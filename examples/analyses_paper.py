@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                "--width", str(args.width), "--data", args.data, "--indices", str(out / "candidates.json"),
                "--pool-indices", str(out / "shared.json"), "--views", str(args.views), "--top-k", str(args.top_k),
                "--seed", str(args.seed), "--analyses", "consistency,exchange,atypicality", "--labels",
-               "--no-progress", "--out", str(out)]
+               "--no-progress", "--output-dir", str(out)]
     print("[analyses] memloc " + " ".join(command), flush=True)
     started = time.perf_counter()
     code = memloc(command)
@@ -99,7 +99,7 @@ def control(args: argparse.Namespace, out: Path, images: torch.Tensor, labels: t
     """The same three analyses on shared images (both encoders trained on them): what no memorization gives."""
     from lightning_memloc import MemorizationReport, load_encoder, measure
     from lightning_memloc.analyses import layer_exchange_study, run_analyses
-    from lightning_memloc.plots_analyses import plot_exchange
+    from lightning_memloc.plots.analyses import plot_exchange
     from lightning_memloc.models import ResNet9
 
     started = time.perf_counter()
@@ -132,7 +132,7 @@ def unit_restore(args: argparse.Namespace, out: Path, images: torch.Tensor) -> N
     from lightning_memloc import MemorizationReport, load_encoder
     from lightning_memloc.analyses import finetune_units
     from lightning_memloc.models import ResNet9
-    from lightning_memloc.plots_analyses import plot_unit_restore
+    from lightning_memloc.plots.analyses import plot_unit_restore
 
     started = time.perf_counter()
     report = MemorizationReport.load(out / "report.json")

@@ -67,9 +67,9 @@ def _read_path(path: Path, size: Optional[int]) -> Tuple[Tensor, Optional[Tensor
         if size is not None:
             if data.ndim != 4:
                 raise ValueError("`size` resizes images (N, C, H, W), not precomputed views: drop `size`.")
-            from lightning_memloc.data import _resize
+            from lightning_memloc.data.loaders import resize_images
 
-            data = _resize(data, size)
+            data = resize_images(data, size)
         return data, None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     from lightning_memloc.data import NAMED_DATASETS, load_data
 

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from lightning_memloc.cli.renamed import RenamedFlag, typed_flag
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 
 
@@ -40,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="data", help="download/cache folder for torchvision data sets")
     p.add_argument("--size", type=int, default=None,
                    help="image side in pixels (default: 16 for the 8x8 digits, the data's own size otherwise)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="seeded random subset of N images of --data (0: all; default 160 with canaries, 600 plain)")
+    p.add_argument("--subset", "--limit", action=RenamedFlag, type=int, default=None,
+                   note="(`memloc analyze --limit` keeps the first N images; the demo draws a seeded random subset.)",
+                   help="seeded random subset of N images of --data (0: all; default 160 with canaries, 600 plain); "
+                        "--limit is its deprecated spelling")
     p.add_argument("--canaries", type=int, default=80,
                    help="canaries per group (candidates, independent, control, unseen) with --setting canaries")
     p.add_argument("--unseen", choices=["independent", "neither"], default="independent",
@@ -49,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "then estimates f's plus g's memorization) or extra canaries neither encoder trains on")
     p.add_argument("--repeat", type=int, default=None,
                    help="times each candidate appears in the encoder's training data (default: 3 with canaries, 1 plain)")
-    p.add_argument("--out", default="runs/demo", help="output folder (TensorBoard logs, reports, plots)")
+    p.add_argument("--output-dir", "--out", action=RenamedFlag, default="runs/demo",
+                   help="output folder (TensorBoard logs, reports, plots, the files of `memloc analyze`); "
+                        "--out is its deprecated spelling")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 180 with canaries, 30 plain)")
     p.add_argument("--warmup-epochs", type=int, default=None, help="linear LR warm-up epochs (default: epochs / 10)")
     p.add_argument("--width", type=int, default=16, help="ResNet9 base width (the paper: 64)")
@@ -57,14 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--views", type=int, default=10, help="K views per image for the monitor")
     p.add_argument("--every-n-epochs", type=int, default=None, help="measure every N epochs (default: epochs / 6)")
-    p.add_argument("--candidates", type=float, default=0.1, help="--setting plain: fraction (or count) of candidates")
-    p.add_argument("--independent", type=float, default=0.1, help="--setting plain: fraction (or count) for the reference only")
+    p.add_argument("--split-candidates", "--candidates", action=RenamedFlag, type=float, default=0.1,
+                   note="(`memloc analyze --candidates` is a count of candidates to measure.)",
+                   help="--setting plain: fraction (or count) of candidates, as `memloc analyze --split-candidates`; "
+                        "--candidates is its deprecated spelling")
+    p.add_argument("--split-independent", "--independent", action=RenamedFlag, type=float, default=0.1,
+                   help="--setting plain: fraction (or count) for the reference only; --independent is its "
+                        "deprecated spelling")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples / permutations per interval and test")
     p.add_argument("--transform", choices=["batched", "lightly"], default="batched",
                    help="training augmentation: batched tensor SimCLR augmentation, or lightly's SimCLRTransform")
     p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is 'highly memorizing'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--num-workers", "--workers", action=RenamedFlag, type=int, default=0,
+                   help="DataLoader workers; --workers is its deprecated spelling")
     p.add_argument("--accelerator", default="auto")
     return p
 
@@ -81,8 +92,8 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.batch_size = 32 if canaries else 128
     if args.repeat is None:
         args.repeat = 3 if canaries else 1
-    if args.limit is None:
-        args.limit = 160 if canaries else 600
+    if args.subset is None:
+        args.subset = 160 if canaries else 600
     if args.warmup_epochs is None:
         args.warmup_epochs = max(1, args.epochs // 10)
     if args.every_n_epochs is None:
@@ -97,9 +108,9 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
 
     size = args.size if args.size is not None else (16 if str(args.data).lower() == "digits" else None)
     images, labels = load_data(args.data, root=args.root, size=size)
-    if args.limit and args.limit < len(images):
+    if args.subset and args.subset < len(images):
         # a seeded random subset: files sorted by class (e.g. a CIFAR .npz) keep every class
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.limit].sort().values
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.subset].sort().values
         images, labels = images[keep], labels[keep]
     if args.setting == "canaries":
         base = len(images)
@@ -115,7 +126,7 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
                 + ("independent ones" if args.unseen == "independent" else f"{len(unseen)} canaries neither trains on"))
     else:
         n = len(images)
-        cand, ind = _count(args.candidates), _count(args.independent)
+        cand, ind = _count(args.split_candidates), _count(args.split_independent)
         shared = n - (cand if isinstance(cand, int) else int(cand * n)) - (ind if isinstance(ind, int) else int(ind * n))
         split = split_candidates(n, shared=shared, candidates=cand, independent=ind, seed=args.seed)
         control, unseen = split.control(min(len(split.candidates), len(split.shared)), seed=args.seed), split.independent
@@ -153,11 +164,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     from lightning_memloc.callbacks import MemorizationMonitor
     from lightning_memloc.demo_utility import demo_utility, knn_table
     from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+    from lightning_memloc.demo_files import round_trip_commands, write_round_trip
     from lightning_memloc.ssl import SimCLR
     from lightning_memloc.views import BatchedSimCLRAugment
 
     args = _defaults(args)
-    out = check_writable_dir(args.out, argument="--out")
+    out = check_writable_dir(args.output_dir, argument=typed_flag(args, "output_dir"))
     started = time.perf_counter()
     pl.seed_everything(args.seed, workers=True)
     data = _groups(args)
@@ -175,11 +187,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
     model = CoTrainedPair(ssl_model(), ssl_model(), lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
     cand = split.candidates.unique()
+    top_k = max(1, len(cand) // 10)
     monitor = MemorizationMonitor(
         images[cand], control=images[data["control"]], unseen=images[data["unseen"]], views=args.views,
         every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
         seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
-        top_k=max(1, len(cand) // 10), bootstrap=args.bootstrap,
+        top_k=top_k, bootstrap=args.bootstrap,
         overwrite=True,  # re-running the demo into --out replaces its memloc/ files
     )
     # kNN accuracy of f on the monitor's schedule (lightning_memloc.demo_utility)
@@ -189,7 +202,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                          callbacks=[monitor] + ([utility] if utility is not None else []),
                          log_every_n_steps=5, enable_checkpointing=True, default_root_dir=str(out))
     trainer.fit(model, cotraining_loader(images, split, batch_size=min(args.batch_size, len(split.shared)),
-                                         num_workers=args.workers, transform=transform))
+                                         num_workers=args.num_workers, transform=transform))
 
     report = monitor.report
     report.save(out / "report.json")
@@ -200,6 +213,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history)
     except ImportError:  # plotting is optional
         pass
+    commands = round_trip_commands(out, width=args.width, channels=channels, size=side, views=args.views,
+                                   seed=args.seed, top_k=top_k, bootstrap=args.bootstrap)
+    groups = {"candidates": cand, "control": data["control"], "unseen": data["unseen"], "shared": split.shared,
+              "independent": split.independent}
+    written += write_round_trip(out, images, data["labels"], groups, model.encoder.backbone, model.reference.backbone,
+                                commands)
     ev = report.evidence
     significant = dict(ev.meta.get("significant", {})) if ev is not None else {}
     summary = {"elapsed_s": round(time.perf_counter() - started, 1), "setting": args.setting, "epochs": args.epochs,
@@ -234,6 +253,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print(f"[memloc] most memorized candidates (indices into the data): {cand[report.most_memorized(8)].tolist()}")
     print(f"[memloc] wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''}")
     print(f"[memloc] TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    print(f"[memloc] measure the same candidates again and draw them ({out / 'analyze.sh'}):\n{commands}", end="")
     print(f"[memloc] done in {summary['elapsed_s']} s")
     return {"report": report, "history": monitor.history, "summary": summary}
 

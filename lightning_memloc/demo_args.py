@@ -13,6 +13,8 @@ import argparse
 import math
 from typing import Any, Optional
 
+from lightning_memloc.cli.renamed import typed_flag
+
 __all__ = ["validate_args"]
 
 # (attribute, flag, lowest allowed value, why) for integer options; a missing attribute is skipped.
@@ -20,12 +22,12 @@ _INT_RULES = (
     ("epochs", "--epochs", 1, "train for at least one epoch"),
     ("size", "--size", 1, "images need at least one pixel (omit it for the data's own size)"),
     ("views", "--views", 2, "LayerMem compares pairs of views"),
-    ("limit", "--limit", 0, "0 uses every image"),
+    ("subset", "--subset", 0, "0 uses every image"),
     ("width", "--width", 1, "the encoder needs at least one channel"),
     ("batch_size", "--batch-size", 1, "a batch needs at least one image"),
     ("every_n_epochs", "--every-n-epochs", 1, "measure every N >= 1 epochs"),
     ("warmup_epochs", "--warmup-epochs", 0, "0 means no warm-up"),
-    ("workers", "--workers", 0, "0 loads data in the main process"),
+    ("num_workers", "--num-workers", 0, "0 loads data in the main process"),
     ("canaries", "--canaries", 2, "each canary group is compared with another, and needs at least 2 images"),
     ("repeat", "--repeat", 1, "each candidate appears at least once in the encoder's data"),
     ("bootstrap", "--bootstrap", 0, "0 turns intervals and tests off"),
@@ -48,6 +50,9 @@ def _count(parser: argparse.ArgumentParser, flag: str, value: Optional[float], m
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check the parsed ``memloc demo`` arguments; a bad one calls ``parser.error`` (exit code 2).
 
+    The message names the flag as the user typed it (an old spelling such as ``--limit`` stays
+    ``--limit``, :func:`~lightning_memloc.cli.renamed.typed_flag`).
+
     Example:
         >>> p = argparse.ArgumentParser(prog="memloc demo")
         >>> _ = p.add_argument("--epochs", type=int, default=1)
@@ -57,15 +62,15 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     for attribute, flag, low, why in _INT_RULES:
         value: Any = getattr(args, attribute, None)
         if value is not None and value < low:
-            parser.error(f"argument {flag}: must be >= {low} ({why}), got {value}")
+            parser.error(f"argument {typed_flag(args, attribute, flag)}: must be >= {low} ({why}), got {value}")
     lr = getattr(args, "lr", None)
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         parser.error(f"argument --lr: must be a positive number, got {lr}")
     threshold = getattr(args, "threshold", None)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         parser.error(f"argument --threshold: must be in [0, 1] (UnitMem's range), got {threshold}")
-    _count(parser, "--candidates", getattr(args, "candidates", None), 2)
-    _count(parser, "--independent", getattr(args, "independent", None), 0)
+    for attribute, minimum in (("split_candidates", 2), ("split_independent", 0)):
+        _count(parser, typed_flag(args, attribute), getattr(args, attribute, None), minimum)
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed < 2**64:
         parser.error(f"argument --seed: must be in [0, 2**64), got {seed}")

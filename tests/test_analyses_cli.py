@@ -1,4 +1,4 @@
-"""Figures of the analyses (plots_analyses) and ``memloc analyze --analyses`` / ``memloc plot`` on tiny checkpoints."""
+"""Figures of the analyses (lightning_memloc.plots.analyses) and ``memloc analyze --analyses`` / ``memloc plot`` on tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lightning_memloc import MemorizationReport, load_encoder
 from lightning_memloc.analyses import layer_consistency, run_analyses
 from lightning_memloc.data import load_npz
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.plots_analyses import (
+from lightning_memloc.plots.analyses import (
     ANALYSIS_FILENAMES,
     plot_analyses,
     plot_consistency,
@@ -46,7 +46,7 @@ def analyzed(ws):
     code, stdout, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
                                           "--indices", ws / "cand.json", "--pool-indices", ws / "pool.json", "--knn", "2",
                                           "--analyses", "consistency,exchange,atypicality", "--exchange-draws", "1",
-                                          "--out", out])
+                                          "--output-dir", out])
     return out, code, stdout, stderr
 
 
@@ -85,7 +85,7 @@ def test_plot_renders_the_stored_analyses(ws, analyzed):
     out, code, _, stderr = analyzed
     assert code == 0, stderr
     again = ws / "replot"
-    code, stdout, stderr = run(["plot", out / "report.json", "--out", again])
+    code, stdout, stderr = run(["plot", out / "report.json", "--output-dir", again])
     assert code == 0, stderr
     for name in ("consistency", "exchange", "atypicality"):
         assert_png(again / ANALYSIS_FILENAMES[name])
@@ -100,13 +100,13 @@ def test_plot_renders_the_stored_analyses(ws, analyzed):
 def test_analyze_rejects_bad_analysis_arguments_before_measuring(ws, extra, flag):
     out = ws / "bad"
     code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
-                                     "--out", out] + extra)
+                                     "--output-dir", out] + extra)
     assert code == 2 and flag in stderr and "Traceback" not in stderr
     assert not (out / "report.json").exists()
 
 
 def test_analyze_exchange_needs_a_reference(ws):
-    code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", ws / "noref",
+    code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--output-dir", ws / "noref",
                                      "--analyses", "exchange"])
     assert code == 2 and "--analyses" in stderr and "--reference" in stderr
 

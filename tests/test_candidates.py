@@ -32,9 +32,9 @@ def test_npz_with_size_and_labels_file(tmp_path):
     np.save(tmp_path / "y.npy", np.array([9, 8, 7, 6, 5]))
     x, y = load_candidates(str(tmp_path / "d.npz"), labels=True, size=2, indices="1:3")
     assert tuple(x.shape) == (2, 3, 2, 2) and y.tolist() == [1, 4]
-    from lightning_memloc.data import _resize
+    from lightning_memloc.data.loaders import resize_images
 
-    assert torch.equal(x, _resize(IMAGES, 2)[1:3])  # load_data's resize, then the selection
+    assert torch.equal(x, resize_images(IMAGES, 2)[1:3])  # load_data's resize, then the selection
     _, y = load_candidates(str(tmp_path / "d.npz"), labels=str(tmp_path / "y.npy"), indices=[0])
     assert y.tolist() == [9]
 

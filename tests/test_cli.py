@@ -61,7 +61,7 @@ def analyzed(ws) -> tuple:
     """One full run with a reference and labels: (out dir, exit code, stdout, stderr)."""
     out = ws / "out"
     code, stdout, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
-                                          "--labels", "--out", out])
+                                          "--labels", "--output-dir", out])
     return out, code, stdout, stderr
 
 
@@ -91,7 +91,7 @@ def test_analyze_without_reference_on_the_demo_split(ws):
     out = ws / "split"
     code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices-from-split",
                                      "--split-candidates", "0.3", "--split-independent", "0.2", "--seed", "1",
-                                     "--layers", "conv1, conv3", "--out", out])
+                                     "--layers", "conv1, conv3", "--output-dir", out])
     assert code == 0, stderr
     report = MemorizationReport.load(out / "report.json")
     expected = split_candidates(N, shared=N - 3 - 2, candidates=0.3, independent=0.2, seed=1).candidates
@@ -104,7 +104,7 @@ def test_analyze_with_control_and_unseen_from_the_split(ws):
     out = ws / "groups"
     args = ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz", "--indices-from-split",
             "--split-candidates", "3", "--split-independent", "3", "--control", "3", "--unseen", "split",
-            "--bootstrap", "50", "--out", out]
+            "--bootstrap", "50", "--output-dir", out]
     code, stdout, stderr = run(ANALYZE + args)
     assert code == 0, stderr
     report = MemorizationReport.load(out / "report.json")
@@ -125,13 +125,13 @@ def test_analyze_with_control_and_unseen_from_the_split(ws):
             assert (value is None and got is None) or got == pytest.approx(value, abs=1e-5), (layer, key)
     assert "candidates > control at" in stdout and "membership" not in stderr
     code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices-from-split",
-                                  "--split-candidates", "3", "--control", "3", "--out", ws / "never2"])
+                                  "--split-candidates", "3", "--control", "3", "--output-dir", ws / "never2"])
     assert code == 2 and "--control" in err and "--reference" in err
     code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--unseen", "split",
-                                  "--out", ws / "never3"])
+                                  "--output-dir", ws / "never3"])
     assert code == 2 and "--unseen" in err and "--indices-from-split" in err
     code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--bootstrap", "-1",
-                                  "--out", ws / "never4"])
+                                  "--output-dir", ws / "never4"])
     assert code == 2 and "--bootstrap" in err
 
 
@@ -140,10 +140,10 @@ def test_analyze_refuses_to_replace_an_earlier_report(ws, analyzed):
     out.mkdir()
     (out / "report.json").write_bytes((analyzed[0] / "report.json").read_bytes())
     before = (out / "report.json").read_bytes()
-    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out])
-    assert code == 2 and "--out" in err and "--overwrite" in err
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--output-dir", out])
+    assert code == 2 and "--output-dir" in err and "--overwrite" in err
     assert (out / "report.json").read_bytes() == before  # untouched
-    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out, "--overwrite"])
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--output-dir", out, "--overwrite"])
     assert code == 0, err
     assert (out / "report.json").read_bytes() != before
 
@@ -151,11 +151,11 @@ def test_analyze_refuses_to_replace_an_earlier_report(ws, analyzed):
 def test_analyze_lightning_checkpoint_with_prefixes(ws):
     ckpt = ws / "pair.ckpt"
     base = ANALYZE + ["--data", ws / "d.npz", "--candidates", "4", "--views", "2"]
-    code, _, err = run(base + ["--encoder", ckpt, "--reference", ckpt, "--out", ws / "never"])
+    code, _, err = run(base + ["--encoder", ckpt, "--reference", ckpt, "--output-dir", ws / "never"])
     assert code == 2 and "--reference: its weights are identical" in err and "--reference-prefix" in err
     assert not (ws / "never").exists()
     code, _, err = run(base + ["--encoder", ckpt, "--encoder-prefix", "encoder.backbone", "--reference", ckpt,
-                               "--reference-prefix", "reference.backbone", "--out", ws / "pair"])
+                               "--reference-prefix", "reference.backbone", "--output-dir", ws / "pair"])
     assert code == 0, err
     report = MemorizationReport.load(ws / "pair" / "report.json")
     assert report.has_reference and report.num_candidates == 4
@@ -170,7 +170,7 @@ def test_analyze_lightning_checkpoint_with_prefixes(ws):
         ({"--width": "8"}, "--encoder", "(4, 3, 3, 3) in the checkpoint but (8, 3, 3, 3) in the model"),
         ({"--data": "missing.npz"}, "--data", "check the path"),
         ({"--data": "nolabels.npz"}, "--labels", "drop --labels"),
-        ({"--out": "f.pt/sub"}, "--out", "is a file, not a folder"),
+        ({"--output-dir": "f.pt/sub"}, "--output-dir", "is a file, not a folder"),
         ({"--indices": "missing.json"}, "--indices", "no indices file"),
         ({"--candidates": "1"}, "--candidates", "at least 2"),
         ({"--views": "1"}, "--views", "--pairing anchor"),
@@ -179,7 +179,7 @@ def test_analyze_lightning_checkpoint_with_prefixes(ws):
 )
 def test_analyze_errors_are_one_line_exit_2(ws, change, flag, phrase, monkeypatch):
     monkeypatch.chdir(ws)
-    args = {"--encoder": "f.pt", "--reference": "g.pt", "--data": "d.npz", "--out": "err_out", "--labels": True}
+    args = {"--encoder": "f.pt", "--reference": "g.pt", "--data": "d.npz", "--output-dir": "err_out", "--labels": True}
     if "--in-channels" in change:  # an encoder that takes 2 channels, so that the data check is reached
         torch.save(TinyCNN(2, 4).state_dict(), "f2.pt")
         args["--encoder"] = "f2.pt"
@@ -197,7 +197,7 @@ def test_analyze_errors_are_one_line_exit_2(ws, change, flag, phrase, monkeypatc
 def test_device_cuda_without_cuda(ws):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    argv = ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--device", "cuda", "--out", ws / "x"]
+    argv = ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--device", "cuda", "--output-dir", ws / "x"]
     code, _, err = run(argv)
     assert code == 2 and "--device" in err and "--device cpu" in err
 
@@ -212,7 +212,7 @@ def test_usage_errors_and_help():
 
 def test_plot_from_report_and_images(ws, analyzed):
     out = ws / "replot"
-    code, stdout, err = run(["plot", analyzed[0] / "report.json", "--images", ws / "d.npz", "--k", "3", "--out", out])
+    code, stdout, err = run(["plot", analyzed[0] / "report.json", "--images", ws / "d.npz", "--k", "3", "--output-dir", out])
     assert code == 0, err
     assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "evidence.png", "layer_mem.png",
                                                         "sslmem_vs_unitmem.png", "unit_mem.png"]
@@ -229,10 +229,10 @@ def test_plot_monitor_folder_with_history(ws, analyzed):
         report.save(folder / f"report_epoch={epoch}.json")
     history = [{"epoch": e, "global_step": 4 * e, **report_scalars(report)} for e in (-1, 0, 1)]
     (folder / "history.json").write_text(json.dumps(history))
-    code, _, err = run(["plot", ws / "monitor", "--out", ws / "monitor_plots"])
+    code, _, err = run(["plot", ws / "monitor", "--output-dir", ws / "monitor_plots"])
     assert code == 0, err
     assert (ws / "monitor_plots" / "history.png").is_file() and (ws / "monitor_plots" / "layer_mem.png").is_file()
-    code, _, err = run(["plot", folder / "history.json", "--out", ws / "hist_only"])
+    code, _, err = run(["plot", folder / "history.json", "--output-dir", ws / "hist_only"])
     assert code == 0, err
     assert sorted(p.name for p in (ws / "hist_only").glob("*.png")) == ["evidence_history.png", "history.png"]
     assert_png(ws / "hist_only" / "history.png")
@@ -241,18 +241,18 @@ def test_plot_monitor_folder_with_history(ws, analyzed):
 def test_plot_errors(ws, analyzed):
     corrupt = ws / "corrupt.json"
     corrupt.write_text(Path(analyzed[0] / "report.json").read_text()[:50])
-    code, _, err = run(["plot", corrupt, "--out", ws / "p"])
+    code, _, err = run(["plot", corrupt, "--output-dir", ws / "p"])
     assert code == 2 and "corrupt" in err and str(corrupt) in err and err.count("\n") == 1
     other = ws / "other.json"
     other.write_text(json.dumps({"format": "something else"}))
-    code, _, err = run(["plot", other, "--out", ws / "p"])
+    code, _, err = run(["plot", other, "--output-dir", ws / "p"])
     assert code == 2 and "not a MemorizationReport" in err
     code, _, err = run(["plot", ws / "nothing.json"])
     assert code == 2 and "check the path" in err and "REPORT_OR_HISTORY" in err
     report = analyzed[0] / "report.json"
-    code, _, err = run(["plot", report, "--images", ws / "d.npz", "--candidates", "5", "--out", ws / "p"])
+    code, _, err = run(["plot", report, "--images", ws / "d.npz", "--candidates", "5", "--output-dir", ws / "p"])
     assert code == 2 and "--images" in err and "5 images for 12 candidates" in err
-    code, _, err = run(["plot", report, "--layer", "conv9", "--out", ws / "p"])
+    code, _, err = run(["plot", report, "--layer", "conv9", "--output-dir", ws / "p"])
     assert code == 2 and "--layer" in err and "conv3" in err
     assert not (ws / "p").exists()
 
@@ -301,7 +301,7 @@ def test_unused_checkpoint_tensors_warn(ws):
     from lightning_memloc.models import ResNet9
 
     torch.save(ResNet9(width=4).state_dict(), ws / "r9.pt")  # its first layers fit TinyCNN(width=4) exactly
-    argv = ANALYZE + ["--encoder", ws / "r9.pt", "--data", ws / "d.npz", "--layers", "nope", "--out", ws / "w"]
+    argv = ANALYZE + ["--encoder", ws / "r9.pt", "--data", ws / "d.npz", "--layers", "nope", "--output-dir", ws / "w"]
     code, _, err = run(argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2
@@ -313,14 +313,15 @@ def test_unused_checkpoint_tensors_warn(ws):
 def test_failed_measurement_exits_1(ws):
     state = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in TinyCNN(3, 4).state_dict().items()}
     torch.save(state, ws / "nan.pt")
-    argv = ANALYZE + ["--encoder", ws / "nan.pt", "--data", ws / "d.npz", "--views", "2", "--out", ws / "nan"]
+    argv = ANALYZE + ["--encoder", ws / "nan.pt", "--data", ws / "d.npz", "--views", "2", "--output-dir", ws / "nan"]
     code, _, err = run(argv)
     assert code == 1 and "measurement failed" in err and "NaN" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("fmt", ["json", "dict.json", "txt", "npy"])
 def test_indices_file_formats(ws, fmt):
-    from lightning_memloc.cli import _select, build_parser
+    from lightning_memloc.cli import build_parser
+    from lightning_memloc.cli.selection import select_candidates as _select
 
     path = ws / f"idx.{fmt}"
     if fmt == "npy":
@@ -335,5 +336,30 @@ def test_indices_file_formats(ws, fmt):
     args = build_parser().parse_args(argv + ["--candidates", "2"])
     assert _select(args, N, 0).tolist() == [5, 1]
     code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices", path, "--limit", "6",
-                                  "--out", ws / "i"])
+                                  "--output-dir", ws / "i"])
     assert code == 2 and "--indices: index 7 is outside the 6 images" in err
+
+
+def test_renamed_flags_keep_their_old_spellings_with_a_warning(ws):
+    import contextlib
+    import io
+
+    from lightning_memloc.demo import build_parser as demo_parser
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        args = demo_parser().parse_args(["--limit", "7", "--candidates", "0.2", "--independent", "3", "--workers", "1",
+                                         "--out", "runs/x"])
+    assert (args.subset, args.split_candidates, args.split_independent, args.num_workers, args.output_dir) == \
+        (7, 0.2, 3, 1, "runs/x")
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 5 and all(line.startswith("memloc demo: warning: ") for line in lines)
+    assert "--limit is deprecated: use --subset" in lines[0] and "`memloc analyze --limit` keeps the first N" in lines[0]
+    assert "--candidates is deprecated: use --split-candidates" in lines[1]
+    # analyze / plot: --out still works, one warning line, and the report is written
+    code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--candidates", "4",
+                                     "--out", ws / "old_out"])
+    assert code == 0 and (ws / "old_out" / "report.json").is_file()
+    assert stderr == "memloc analyze: warning: --out is deprecated: use --output-dir (the old spelling works for one release).\n"
+    code, _, stderr = run(["plot", ws / "old_out" / "report.json", "--out", ws / "old_out"])
+    assert code == 0 and "--out is deprecated" in stderr

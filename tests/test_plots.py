@@ -141,7 +141,7 @@ def test_history_from_a_file_and_validation(report, tmp_path):
 
 
 def test_find_plot_inputs(report, tmp_path):
-    from lightning_memloc.plots_io import find_plot_inputs, read_plot_input
+    from lightning_memloc.plots.io import find_plot_inputs, read_plot_input
 
     folder = tmp_path / "run" / "memloc"
     folder.mkdir(parents=True)
@@ -160,3 +160,35 @@ def test_find_plot_inputs(report, tmp_path):
     (tmp_path / "x.json").write_text('{"format": "other"}')
     with pytest.raises(ReportFormatError, match="not a MemorizationReport"):
         read_plot_input(tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("old, new, name", [("plots_io", "plots.io", "find_plot_inputs"),
+                                            ("plots_evidence", "plots.evidence", "evidence_figures"),
+                                            ("plots_analyses", "plots.analyses", "plot_analyses"),
+                                            ("cli_analyses", "cli.analyses", "run_cli_analyses")])
+def test_old_module_names_warn_and_still_work(old, new, name):
+    import importlib
+    import sys
+
+    sys.modules.pop(f"lightning_memloc.{old}", None)  # the warning is raised on (first) import
+    with pytest.warns(DeprecationWarning, match=f"lightning_memloc.{new}"):
+        module = importlib.import_module(f"lightning_memloc.{old}")
+    assert getattr(module, name) is getattr(importlib.import_module(f"lightning_memloc.{new}"), name)
+
+
+def test_the_packages_keep_the_public_names_of_the_modules_they_replace():
+    """cli.py, plots.py and data.py became packages: every public name of the old modules still imports."""
+    import lightning_memloc.cli as cli
+    import lightning_memloc.data as data
+    import lightning_memloc.plots as plots
+
+    old = {cli: ["ARCHS", "CLIError", "build_model", "build_parser", "main"],
+           plots: ["FILENAMES", "History", "load_history", "max_unit_mem_per_candidate", "plot_candidate_grid",
+                   "plot_history", "plot_layer_mem", "plot_report", "plot_sslmem_vs_unitmem",
+                   "plot_unit_mem_distribution"],
+           data: ["NAMED_DATASETS", "SplitIndices", "TensorImageDataset", "as_float_image", "load_data", "load_digits",
+                  "load_image_folder", "load_npz", "load_torchvision", "split_candidates", "split_item"]}
+    for module, names in old.items():
+        missing = [name for name in names if not hasattr(module, name)]
+        assert not missing, f"{module.__name__} lost {missing}"
+    assert callable(cli.main) and cli.main.__module__ == "lightning_memloc.cli.command"  # the console script target

@@ -1,53 +1,27 @@
-"""Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history.
+"""The figures of one :class:`~lightning_memloc.MemorizationReport`, and :func:`plot_report` writing them all.
 
-The views of memorization in Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024): LayerMem / ΔLayerMem by depth with the top-k and least-k candidates (their
-Table 1 / Figure 2), the UnitMem distribution per layer (Figure 3), SSLMem against UnitMem per
-candidate (Figure 4), the most and least memorized candidates, and UnitMem / LayerMem over
-training epochs. Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas (no
-``pyplot`` state, no display needed) and written atomically as PNG; every function returns the
-path it wrote.
-
-Example:
-    >>> import tempfile, torch
-    >>> from lightning_memloc import MemorizationReport
-    >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
-    ...     candidate_ids=torch.arange(3), unit_mem={"a": torch.tensor([0.1, 0.7]), "b": torch.tensor([0.2, 0.9])},
-    ...     unit_argmax={"a": torch.tensor([0, 2]), "b": torch.tensor([1, 2])},
-    ...     dead_units={"a": torch.tensor([False, False]), "b": torch.tensor([False, False])})
-    >>> plot_unit_mem_distribution(r, tempfile.mkdtemp() + "/unit_mem.png").name
-    'unit_mem.png'
+LayerMem / ΔLayerMem by depth with the top-k and least-k candidates, the UnitMem distribution
+per layer, SSLMem against UnitMem per candidate and the most / least memorized candidates: the
+views of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 from torch import Tensor
 
-from lightning_memloc.errors import ReportFormatError
-from lightning_memloc.io import PathLike, atomic_write_bytes
-from lightning_memloc.plots_io import PREFIX as _PREFIX
-from lightning_memloc.plots_io import History, load_history
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots.figure import depth_axis, display_image, new_figure, save_png
+from lightning_memloc.plots.history import plot_history
+from lightning_memloc.plots.io import History
 from lightning_memloc.report import MemorizationReport
 
-__all__ = [
-    "FILENAMES",
-    "load_history",
-    "plot_candidate_grid",
-    "plot_history",
-    "plot_layer_mem",
-    "plot_report",
-    "plot_sslmem_vs_unitmem",
-    "plot_unit_mem_distribution",
-]
+__all__ = ["FILENAMES", "max_unit_mem_per_candidate", "plot_candidate_grid", "plot_layer_mem", "plot_report",
+           "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]
 
 #: File name of each figure written by :func:`plot_report`.
 FILENAMES = {
@@ -59,30 +33,6 @@ FILENAMES = {
     "evidence": "evidence.png",
     "evidence_history": "evidence_history.png",
 }
-_DPI = 120
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: PathLike) -> Path:
-    """Render ``fig`` to PNG in memory and write it atomically (complete file or none)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    destination = Path(path)
-    atomic_write_bytes(destination, buffer.getvalue())
-    return destination
-
-
-def _depth_axis(ax: Any, layers: Sequence[str]) -> None:
-    ax.set_xticks(range(1, len(layers) + 1))
-    ax.set_xticklabels(layers, rotation=35 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center")
-    ax.set_xlim(0.4, len(layers) + 0.6)
-    ax.set_xlabel("layer (input → output)")
-    ax.grid(axis="y", alpha=0.3)
 
 
 def _require_reference(report: MemorizationReport, what: str) -> None:
@@ -119,7 +69,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     _require_reference(report, "plot_layer_mem")
     layers, x = report.layers, np.arange(1, len(report.layers) + 1)
     k = report.meta.get("top_k", len(report.top_ids) if report.top_ids is not None else "k")
-    fig = _figure(max(8.0, 1.1 * len(layers) + 4), 4.2)
+    fig = new_figure(max(8.0, 1.1 * len(layers) + 4), 4.2)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for values, label, style in (
         (report.layer_mem, f"all {report.num_candidates} candidates", dict(marker="o", lw=2.2, color="C0")),
@@ -137,7 +87,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     left.set_ylabel("LayerMem (mean normalised SSLMem)")
     left.set_title("LayerMem by depth")
     left.legend(fontsize=8, loc="best")
-    _depth_axis(left, layers)
+    depth_axis(left, layers)
     delta = np.array([report.delta_layer_mem[layer] for layer in layers])
     right.bar(x, delta, color=np.where(delta >= 0, "C0", "C1"), width=0.7)
     for xi, d in zip(x, delta):
@@ -146,8 +96,8 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     right.axhline(0.0, color="0.3", lw=0.8)
     right.set_ylabel("ΔLayerMem (increase over the previous layer)")
     right.set_title("ΔLayerMem per layer")
-    _depth_axis(right, layers)
-    return _save(fig, path)
+    depth_axis(right, layers)
+    return save_png(fig, path)
 
 
 def _violins(ax: Any, data: Sequence[np.ndarray], positions: Sequence[float], color: str, width: float) -> None:
@@ -187,7 +137,7 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
     """
     layers, x = report.layers, np.arange(1, len(report.layers) + 1, dtype=float)
     unit = [report.unit_mem[layer].float().numpy() for layer in layers]
-    fig = _figure(max(7.0, 1.0 * len(layers) + 3), 4.4)
+    fig = new_figure(max(7.0, 1.0 * len(layers) + 3), 4.4)
     ax = fig.subplots()
     with_class = report.class_mem is not None
     offset, width = (0.2, 0.38) if with_class else (0.0, 0.7)
@@ -205,8 +155,8 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
     ax.set_ylabel("UnitMem per unit")
     ax.set_title(f"UnitMem distribution per layer ({report.num_candidates} candidates; ◆ mean)", pad=4)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    _depth_axis(ax, layers)
-    return _save(fig, path)
+    depth_axis(ax, layers)
+    return save_png(fig, path)
 
 
 def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.ndarray:
@@ -245,7 +195,7 @@ def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Op
     x = report.sslmem[layer].float().numpy()
     y = max_unit_mem_per_candidate(report, layer)
     owned = ~np.isnan(y)
-    fig = _figure(6.0, 4.6)
+    fig = new_figure(6.0, 4.6)
     ax = fig.subplots()
     ax.scatter(x[owned], y[owned], s=22, alpha=0.75, color="C0", label=f"μmax candidate of ≥ 1 unit ({owned.sum()})")
     if (~owned).any():
@@ -260,18 +210,8 @@ def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Op
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
-
-def _display(image: Union[Tensor, np.ndarray]) -> np.ndarray:
-    """One (C, H, W) image as an array imshow can draw: (H, W) grey or (H, W, 3) RGB in [0, 1]."""
-    img = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image).detach().cpu()
-    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-    if img.numel() and (img.min() < 0 or img.max() > 1):  # normalised input: rescale to [0, 1] for display
-        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
-    if img.shape[0] == 1:
-        return img[0].numpy()
-    return img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
 
 
 def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.ndarray], path: PathLike, k: int = 8,
@@ -307,7 +247,7 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
     order = torch.sort(scores, descending=True, stable=True).indices
     rows = (("most memorized", order[:k]), ("least memorized", order.flip(0)[:k]))
     what = "SSLMem" if report.has_reference else "Σ UnitMem of the units it excites most"
-    fig = _figure(max(4.0, 1.35 * k), 3.6)
+    fig = new_figure(max(4.0, 1.35 * k), 3.6)
     axes = np.asarray(fig.subplots(2, k, squeeze=False))
     for r, (name, positions) in enumerate(rows):
         for c in range(k):
@@ -315,57 +255,12 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
             ax.set_xticks([])
             ax.set_yticks([])
             i = int(positions[c])
-            picture = _display(images[i])
+            picture = display_image(images[i])
             ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"#{int(report.candidate_ids[i])}\n{float(scores[i]):.3f}", fontsize=8)
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.suptitle(f"Candidates ranked by {what} at {layer}", fontsize=10)
-    return _save(fig, path)
-
-
-def plot_history(history: History, path: PathLike) -> Path:
-    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training.
-
-    Args:
-        history: the monitor's history (list of dicts) or a path to its ``history.json``.
-        path: PNG file to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ReportFormatError: ``history`` is not a monitor history.
-    """
-    entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
-    quantities = (("unit_mem_mean", "mean UnitMem"), ("unit_mem_frac_above", "fraction of units above the threshold"),
-                  ("layer_mem", "LayerMem"))
-    panels = [(q, label) for q, label in quantities if any(k.startswith(f"{_PREFIX}{q}/") for k in entries[-1])]
-    if not panels:
-        raise ReportFormatError("the history holds no memloc/unit_mem_mean/... or memloc/layer_mem/... scalars.")
-    fig = _figure(4.6 * len(panels) + 1.5, 4.0)
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    epochs = [int(e["epoch"]) for e in entries]
-    for ax, (quantity, label) in zip(axes, panels):
-        prefix = f"{_PREFIX}{quantity}/"
-        layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
-        colors = [_colormap(i, len(layers)) for i in range(len(layers))]
-        for layer, color in zip(layers, colors):
-            values = [e.get(prefix + layer, np.nan) for e in entries]
-            ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
-        ax.set_title(f"{label} per layer")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
-        ax.grid(alpha=0.3)
-    axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _save(fig, path)
-
-
-def _colormap(i: int, n: int) -> Any:
-    from matplotlib import colormaps
-
-    return colormaps["viridis"](0.1 + 0.8 * i / max(n - 1, 1))
+    return save_png(fig, path)
 
 
 def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
@@ -400,6 +295,6 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
             written.append(plot_candidate_grid(report, images, out / FILENAMES["candidates"], k=k, layer=layer))
     if history is not None:
         written.append(plot_history(history, out / FILENAMES["history"]))
-    from lightning_memloc.plots_evidence import evidence_figures
+    from lightning_memloc.plots.evidence import evidence_figures
 
     return written + evidence_figures(report, history, out)

@@ -1,0 +1,182 @@
+"""``memloc analyze``: measure a saved encoder (and reference) on a candidate set, write the report and figures.
+
+UnitMem, SSLMem and LayerMem of Wang et al., *Localizing Memorization in SSL Vision Encoders*
+(NeurIPS 2024), measured by the same :func:`~lightning_memloc.measure` as the Python API and the
+monitor. The flags are checked first (:func:`analyze` raises :class:`CLIError` naming the flag,
+before any forward pass); :func:`measure_kwargs` is the one place that turns the parsed flags
+into ``measure()``'s keyword arguments, so each flag is named after its keyword (``--top-k``
+for ``top_k``, ``--num-workers`` for ``num_workers``; ``tests/test_cli_contract.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.cli.checks import check_out, parse_device
+from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.loading import load_checkpoint
+from lightning_memloc.cli.renamed import typed_flag
+from lightning_memloc.cli.selection import load_cli_data, match_channels, select_candidates, select_groups
+from lightning_memloc.cli.zoo import build_model
+from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError, MemlocError
+
+__all__ = ["MEASURE_FLAGS", "analyze", "measure_kwargs"]
+
+#: ``measure()`` keyword arguments set from the flag of the same name (``top_k`` from ``--top-k``).
+MEASURE_FLAGS = ("views", "seed", "batch_size", "pairing", "reduction", "negative", "top_k", "num_workers", "progress",
+                 "bootstrap", "confidence", "alpha")
+
+
+def measure_kwargs(args: argparse.Namespace, *, reference: Optional[nn.Module], layers: Union[str, List[str]],
+                   labels: Optional[Tensor], candidate_ids: Tensor, groups: Dict[str, Tensor], meta: Dict[str, Any],
+                   reference_cache: Any) -> Dict[str, Any]:
+    """The keyword arguments of :func:`~lightning_memloc.measure` for the parsed ``memloc analyze`` flags.
+
+    The flags of :data:`MEASURE_FLAGS` pass through by name; the rest are what the command selected
+    and loaded (the reference module, the parsed ``--layers``, the candidates' labels, their
+    dataset indices, the control / unseen images, the report's ``meta`` and the reference cache).
+
+    Example:
+        >>> from lightning_memloc.cli.parser import build_parser
+        >>> args = build_parser().parse_args(["analyze", "--data", "digits", "--output-dir", "out", "--top-k", "5"])
+        >>> kw = measure_kwargs(args, reference=None, layers="auto", labels=None, candidate_ids=torch.arange(3),
+        ...                     groups={}, meta={}, reference_cache=None)
+        >>> kw["top_k"], kw["progress"], kw["control"]
+        (5, True, None)
+    """
+    return {**{name: getattr(args, name) for name in MEASURE_FLAGS}, "reference": reference, "layers": layers,
+            "labels": labels, "candidate_ids": candidate_ids, "meta": meta, "control": groups.get("control"),
+            "unseen": groups.get("unseen"), "reference_cache": reference_cache}
+
+
+def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
+    """The ``--reference-cache`` file's cache (new if absent), checked before any forward pass."""
+    if getattr(args, "reference_cache", None) is None:
+        return None
+    if reference is None:
+        raise CLIError("--reference-cache", "caches the reference's alignments and needs --reference: pass one, or drop it.")
+    from lightning_memloc.reference_cache import ReferenceCache
+
+    with as_cli_error("--reference-cache", (ValueError, OSError)):
+        return ReferenceCache.load(args.reference_cache, missing_ok=True)
+
+
+def _layers(spec: str) -> Union[str, List[str]]:
+    """``--layers``: ``"auto"`` or the comma-separated names."""
+    if spec.strip() == "auto":
+        return "auto"
+    layers = [name.strip() for name in spec.split(",") if name.strip()]
+    if not layers:
+        raise CLIError("--layers", "no layer names given: pass 'auto' or names such as conv1,conv2.")
+    return layers
+
+
+def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module], nn.Module]:
+    """``(encoder, reference, like)`` from ``--arch`` + checkpoints or ``--model`` / ``--lightning-module``."""
+    from lightning_memloc.user_models import user_encoders
+
+    built = user_encoders(args)  # --model / --lightning-module; None for --arch
+    if built is not None:
+        (encoder, reference), like = built, built[0]
+    else:
+        with as_cli_error("--width", (ValueError,)):
+            like = build_model(args.arch, args.width, args.in_channels)
+        encoder = load_checkpoint(args.encoder, like, args.encoder_prefix, "--encoder", args)
+        reference = None if args.reference is None else load_checkpoint(args.reference, like, args.reference_prefix,
+                                                                        "--reference", args)
+    if reference is not None:
+        same = all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
+        if same:
+            raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): "
+                                          "pass the reference's own checkpoint, or --reference-prefix for a "
+                                          "co-trained one.")
+    return encoder, reference, like
+
+
+def _candidate_labels(args: argparse.Namespace, labels: Tensor, positions: Tensor) -> Optional[Tensor]:
+    """The candidates' labels with ``--labels`` (ClassMem needs at least 2 classes), else ``None``."""
+    if not args.labels:
+        return None
+    chosen = labels[positions]
+    if bool((chosen < 0).any()) or chosen.unique().numel() < 2:
+        raise CLIError("--labels", f"ClassMem needs labels of at least 2 classes; {args.data!r} gives "
+                                   f"{chosen.unique().tolist()[:5]} for the candidates: drop --labels.")
+    return chosen
+
+
+def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.Module], layers: Any,
+           candidates: Tensor, device: torch.device) -> None:
+    """One forward of two candidates' views: a bad ``--layers`` or a reference of another shape fails here."""
+    from lightning_memloc.measure import build_views, probe_layers
+
+    example = build_views(candidates[:2], args.views, None, args.seed, None).example_batch(device)
+    try:
+        probe_layers(encoder, reference, layers, example)
+    except ArchitectureMismatchError as err:
+        raise CLIError("--reference", f"{err}") from err
+    except (LayerNotFoundError, ValueError) as err:
+        raise CLIError("--layers", str(err)) from err
+
+
+def analyze(args: argparse.Namespace) -> int:
+    """Run ``memloc analyze`` on parsed arguments; returns the exit code (0).
+
+    Raises:
+        CLIError: a bad argument (code 2, before any measurement) or a failed measurement (code 1).
+    """
+    from lightning_memloc.cli.analyses import check_analysis_arguments, run_cli_analyses
+    from lightning_memloc.io import check_writable_dir
+    from lightning_memloc.measure import measure
+    from lightning_memloc.plots import plot_report
+
+    out_flag = typed_flag(args, "output_dir")
+    out = check_out(args.output_dir, out_flag)
+    if (out / "report.json").exists() and not args.overwrite:
+        raise CLIError(out_flag, f"{str(out)!r} already holds a report.json from an earlier analysis: pass another "
+                                 "folder, or --overwrite to replace it.")
+    device = parse_device(args.device)
+    encoder, reference, like = _encoders(args)
+    cache = _reference_cache(args, reference)  # checked before the data are read
+    images, labels = load_cli_data(args, "--data")
+    positions = select_candidates(args, len(images), args.seed)
+    if positions.numel() < 2:
+        flag = "--split-candidates" if args.indices_from_split and not args.candidates else "--candidates"
+        raise CLIError(flag, f"{positions.numel()} candidate(s) selected, but UnitMem compares candidates and needs "
+                             f"at least 2: select more with {flag}.")
+    groups = select_groups(args, len(images), args.seed, positions)
+    if "control" in groups and reference is None:
+        raise CLIError("--control", "the control is compared with the candidates on SSLMem, which needs --reference.")
+    candidates = match_channels(images[positions], args.in_channels)
+    extra = {name: match_channels(images[idx], args.in_channels) for name, idx in groups.items()}
+    cand_labels = _candidate_labels(args, labels, positions)
+    analyses = check_analysis_arguments(args, reference, images, labels, positions)
+    if reference is not None and args.pairing == "all" and args.views < 2:  # measure() says `views`; name the flags
+        raise CLIError("--views", "LayerMem with --pairing all compares pairs of views: pass --views 2 or more, "
+                                  "or --pairing anchor.")
+    layers = _layers(args.layers)
+    encoder, reference = encoder.to(device), None if reference is None else reference.to(device)
+    _probe(args, encoder, reference, layers, candidates, device)
+    with as_cli_error(out_flag, FILE_ERRORS):
+        check_writable_dir(out, argument=out_flag)
+    meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch or args.model or args.lightning_module,
+            "width": getattr(like, "width", None), "in_channels": args.in_channels, "data": str(args.data),
+            "size": args.size, **{f"{name}_indices": idx.tolist() for name, idx in groups.items()}}
+    kwargs = measure_kwargs(args, reference=reference, layers=layers, labels=cand_labels, candidate_ids=positions,
+                            groups=extra, meta=meta, reference_cache=cache)
+    try:
+        report = measure(encoder, candidates, **kwargs)
+        if cache is not None:
+            cache.save(args.reference_cache)
+    except MemlocError as err:
+        raise CLIError("", f"measurement failed: {err}", code=1) from err
+    figures = run_cli_analyses(analyses, args, report, encoder, reference, candidates, out)  # into report.analyses
+    written = [report.save(out / "report.json")]
+    written += plot_report(report, out, images=candidates) + figures
+    print(report.summary_table())
+    print(f"\n[memloc] {report.num_candidates} candidates, {len(report.layers)} layers; wrote "
+          + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,65 @@
+"""``memloc``: the entry point dispatching to ``analyze``, ``plot`` and ``demo``.
+
+The command measures and draws the memorization of Wang et al., *Localizing Memorization in SSL
+Vision Encoders* (NeurIPS 2024); :func:`main` turns every :class:`CLIError` into one stderr line
+and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from lightning_memloc.cli.analyze import analyze
+from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.parser import build_parser
+from lightning_memloc.cli.plot import plot
+
+__all__ = ["main"]
+
+
+def _demo(argv: Sequence[str]) -> int:
+    try:
+        from lightning_memloc import demo
+    except ModuleNotFoundError as err:
+        if err.name != "lightning_memloc.demo":
+            raise
+        raise CLIError("demo", "this installation has no lightning_memloc.demo module: update lightning_memloc.") \
+            from err
+    try:
+        with as_cli_error("demo", FILE_ERRORS):
+            return int(demo.main(list(argv)) or 0)
+    except SystemExit as exit_:  # the demo's own argparse (--help, bad options)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``memloc`` command (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024).
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``), e.g. ``["analyze", "--encoder", "f.pt", ...]``.
+
+    Returns:
+        The exit code: 0 success; 2 a bad argument (one line on stderr names it and the fix, also for
+        argparse usage errors); 1 the measurement failed (e.g. NaN activations); 130 interrupted.
+
+    Example:
+        >>> main(["plot", "no/such/report.json"])  # doctest: +SKIP
+        2
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["demo"]:
+            return _demo(argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+        return analyze(args) if args.command == "analyze" else plot(args)
+    except CLIError as err:
+        command = f"memloc {argv[0]}" if argv and argv[0] in ("analyze", "plot", "demo") else "memloc"
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("memloc: interrupted", file=sys.stderr)
+        return 130

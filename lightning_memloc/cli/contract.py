@@ -1,0 +1,47 @@
+"""The naming contract between the ``memloc`` flags and the Python keywords, with its exceptions.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) is measured by one
+function, :func:`~lightning_memloc.measure`, from three surfaces: Python, the
+:class:`~lightning_memloc.MemorizationMonitor` callback and the ``memloc`` command. The contract:
+
+1. every keyword of ``measure()`` is the ``memloc analyze`` flag ``--kebab-name`` (``top_k`` is
+   ``--top-k``) with the same default, except the keywords of :data:`MEASURE_EXCEPTIONS`;
+2. every keyword of ``MemorizationMonitor`` that ``memloc demo`` exposes is the flag
+   ``--kebab-name`` with the same default, except :data:`MONITOR_EXCEPTIONS`;
+3. a flag name means one thing in every sub-command (``--candidates`` is a count of candidates,
+   ``--split-candidates`` a fraction or count of the split, ``--limit`` the first N images,
+   ``--subset`` a seeded random subset), except :data:`FLAG_EXCEPTIONS`.
+
+``tests/test_cli_contract.py`` checks all three, and that ``docs/cli.md`` lists the exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+__all__ = ["FLAG_EXCEPTIONS", "MEASURE_EXCEPTIONS", "MONITOR_EXCEPTIONS"]
+
+#: ``measure()`` keywords without a ``memloc analyze`` flag of the same name and default, and why.
+MEASURE_EXCEPTIONS: Dict[str, str] = {
+    "transform": "a Python callable; the command uses the default SimCLR views",
+    "labels": "a tensor in measure(); the switch --labels reads the labels of --data",
+    "candidate_ids": "the dataset indices the command selected (--indices, --indices-from-split, --candidates)",
+    "progress": "default on (--no-progress turns it off): an interactive command shows progress, as the monitor does",
+    "state_dtype": "not exposed: float32 states (float64 only matters past millions of candidates)",
+    "meta": "written by the command: checkpoints, architecture, data, control / unseen indices",
+}
+
+#: ``MemorizationMonitor`` keywords that ``memloc demo`` exposes with another meaning or default, and why.
+MONITOR_EXCEPTIONS: Dict[str, str] = {
+    "output_dir": "default runs/demo: the demo always writes its report, plots and logs",
+    "batch_size": "the training batch (images per step and encoder); the monitor measures 32 candidates per step",
+    "num_workers": "the training DataLoader's workers; the monitor generates its views in the main process",
+    "transform": "a choice of training augmentation (batched | lightly); the monitor's views are the default ones",
+    "unseen": "a choice of canary group (independent | neither); the monitor takes the images",
+}
+
+#: Flags that two sub-commands both have with another meaning, and why.
+FLAG_EXCEPTIONS: Dict[str, str] = {
+    "--batch-size": "analyze: candidates per forward step (measure()'s batch_size); demo: the training batch",
+    "--unseen": "analyze / plot: an indices file or 'split'; demo: which canaries form the unseen group",
+}

@@ -1,0 +1,56 @@
+"""Errors of the ``memloc`` command: :class:`CLIError` and :func:`as_cli_error`, which names the flag at fault.
+
+A bad argument ends ``memloc`` with exit code 2 and one line on stderr that names the argument
+and the fix, before any measurement of Wang et al., *Localizing Memorization in SSL Vision
+Encoders* (NeurIPS 2024) starts; a failed measurement exits with 1.
+
+Example:
+    >>> try:
+    ...     with as_cli_error("--views"):
+    ...         raise ValueError("`views` must be >= 1,   got 0.")
+    ... except CLIError as err:
+    ...     print(err, err.code)
+    --views: `views` must be >= 1, got 0. 2
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Tuple
+
+from lightning_memloc.errors import MemlocError
+
+__all__ = ["CLIError", "FILE_ERRORS", "VALUE_ERRORS", "as_cli_error"]
+
+#: Errors of a path argument (missing, not writable, not a checkpoint of this library).
+FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
+#: Errors of any argument's value.
+VALUE_ERRORS = FILE_ERRORS + (ValueError, TypeError, KeyError)
+
+
+class CLIError(Exception):
+    """A user error, reported by :func:`main` as one line on stderr (no traceback).
+
+    Args:
+        argument: the command-line argument at fault (``"--encoder"``), or ``""``.
+        message: what is wrong and how to fix it; whitespace (newlines) is collapsed to one line.
+        code: exit code, 2 for a bad argument, 1 for a failed measurement.
+    """
+
+    def __init__(self, argument: str, message: str, code: int = 2) -> None:
+        text = " ".join(str(message).split())
+        super().__init__(f"{argument}: {text}" if argument else text)
+        self.code = code
+
+
+@contextmanager
+def as_cli_error(name: str, catch: Tuple[type, ...] = VALUE_ERRORS, hint: str = "") -> Iterator[None]:
+    """Turn the library's errors raised inside the block into a :class:`CLIError` naming ``name``."""
+    try:
+        yield
+    except CLIError:
+        raise
+    except catch as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise CLIError(name, f"{message} {hint}".strip()) from err
+

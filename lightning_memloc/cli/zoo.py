@@ -1,0 +1,72 @@
+"""The ``--arch`` model zoo of ``memloc analyze``: :data:`ARCHS` and :func:`build_model`.
+
+The encoders a checkpoint is loaded into: the ResNet9 of Wang et al., *Localizing Memorization
+in SSL Vision Encoders* (NeurIPS 2024), the layout of their released code, torchvision's
+ResNet-18 and the test encoder. Other architectures come from ``--model`` /
+``--lightning-module`` (:mod:`lightning_memloc.user_models`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["ARCHS", "DEFAULT_WIDTH", "build_model"]
+
+#: ``--arch`` choices: the paper's ResNet9, torchvision's ResNet-18 (ImageNet stem, or the CIFAR stem:
+#: 3×3 stride-1 first conv, no max-pool) without its classifier, and the test encoder TinyCNN.
+ARCHS = ("resnet9", "authors-resnet9", "resnet18", "resnet18-cifar", "tiny")
+#: ``--width`` when none is given, per ``--arch``.
+DEFAULT_WIDTH = {"resnet9": 64, "authors-resnet9": 32, "resnet18": 64, "resnet18-cifar": 64, "tiny": 4}
+
+
+def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) -> nn.Module:
+    """An untrained encoder of ``arch`` to load a checkpoint into (``load_encoder(path, like=...)``).
+
+    Args:
+        arch: one of :data:`ARCHS`: ``"resnet9"`` (the ResNet9 of Wang et al., NeurIPS 2024),
+            ``"authors-resnet9"`` (the layout of the authors' released code, width 32 by default),
+            ``"resnet18"`` / ``"resnet18-cifar"`` (torchvision's, ``fc`` replaced by identity) or
+            ``"tiny"`` (:class:`~lightning_memloc.models.TinyCNN`).
+        width: base width (``None``: 64, 32 for ``"authors-resnet9"``, 4 for ``"tiny"``); ResNet-18 only has 64.
+        in_channels: image channels.
+
+    Returns:
+        The encoder; its ``forward`` returns the representation.
+
+    Raises:
+        ValueError: an unknown ``arch``, or a width ResNet-18 does not have.
+
+    Example:
+        >>> build_model("tiny", width=2)(torch.rand(1, 3, 8, 8)).shape
+        torch.Size([1, 8])
+    """
+    from lightning_memloc.models import ResNet9, TinyCNN
+
+    width = DEFAULT_WIDTH.get(arch, 0) if width is None else width
+    if arch == "tiny":
+        return TinyCNN(in_channels=in_channels, width=width)
+    if arch == "resnet9":
+        return ResNet9(in_channels=in_channels, width=width)
+    if arch == "authors-resnet9":  # the layout of the authors' released code (docs/fidelity.md)
+        from lightning_memloc.models import AuthorsResNet9
+
+        return AuthorsResNet9(in_channels=in_channels, width=width)
+    if arch in ("resnet18", "resnet18-cifar"):
+        if width != 64:
+            raise ValueError(f"torchvision's ResNet-18 has width 64, got {width}: drop --width or use --arch resnet9.")
+        from torchvision.models import resnet18
+
+        model = resnet18(weights=None)
+        model.fc = nn.Identity()
+        cifar = arch == "resnet18-cifar"
+        if cifar or in_channels != 3:
+            model.conv1 = nn.Conv2d(in_channels, 64, 3 if cifar else 7, stride=1 if cifar else 2,
+                                    padding=1 if cifar else 3, bias=False)
+        if cifar:
+            model.maxpool = nn.Identity()
+        return model
+    raise ValueError(f"unknown architecture {arch!r}: expected one of {list(ARCHS)}.")
+

@@ -1,0 +1,112 @@
+"""Dataset items: images as float tensors, ``(image, label)`` items, and a uint8 tensor image dataset.
+
+The candidates of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
+may come from any dataset; these helpers read its items the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+__all__ = ["TensorImageDataset", "as_float_image", "split_item"]
+
+
+def as_float_image(img: Any) -> Tensor:
+    """A dataset image (PIL, uint8 or float tensor) as a float (C, H, W) tensor (uint8 / 255).
+
+    Example:
+        >>> as_float_image(torch.full((1, 2, 2), 255, dtype=torch.uint8)).max().item()
+        1.0
+    """
+    if isinstance(img, Tensor):
+        img = img.as_subclass(Tensor)
+        out = img.float() / 255 if img.dtype == torch.uint8 else img
+    else:
+        from PIL import Image
+
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"`candidates` items must be PIL images or tensors, got {type(img).__name__}")
+        from torchvision.transforms.functional import to_tensor
+
+        out = to_tensor(img)
+    if not out.is_floating_point() or out.ndim != 3:
+        raise TypeError(f"`candidates` images must be (C, H, W) uint8/float, got {out.dtype} {tuple(out.shape)}")
+    return out
+
+
+def split_item(item: Any) -> tuple[Any, int]:
+    """``(image, label)`` of a dataset item: an image, or a tuple ``(image, label, ...)``.
+
+    The label is -1 when missing or not an integer (e.g. a segmentation target). Items in the
+    order ``(label, image)`` and one-hot labels are refused with a message saying so.
+    """
+    if isinstance(item, (tuple, list)):
+        _check_item_order(item)
+        try:
+            return item[0], int(item[1]) if len(item) > 1 else -1
+        except (TypeError, ValueError, RuntimeError):
+            return item[0], -1
+    return item, -1
+
+
+def _is_image(x: Any) -> bool:
+    return ((isinstance(x, (Tensor, np.ndarray)) and x.ndim >= 2) or type(x).__module__.startswith("PIL"))
+
+
+def _check_item_order(item: Sequence[Any]) -> None:
+    """Refuse ``(label, image)`` items and one-hot labels (they would be read as an image / as no label)."""
+    if len(item) < 2:
+        return
+    first, second = item[0], item[1]
+    if not _is_image(first) and _is_image(second):
+        raise TypeError(f"dataset items look like (label, image) ({type(first).__name__}, {type(second).__name__}): "
+                        "the candidates' items must be (image, label, ...); swap them, e.g. with a wrapper "
+                        "Dataset returning (item[1], item[0]).")
+    if isinstance(second, Tensor) and second.ndim == 1 and second.numel() > 1:
+        values = second.detach().float()
+        if bool(((values == 0) | (values == 1)).all()) and float(values.sum()) == 1.0:
+            raise ValueError(f"dataset items carry one-hot labels ({second.numel()} classes): pass one class id per "
+                             "item, e.g. label.argmax().")
+
+
+class TensorImageDataset(Dataset):
+    """``(image, label)`` dataset over uint8 images (N, C, H, W), for SSL training loops.
+
+    Args:
+        images: uint8 tensor (N, C, H, W).
+        labels: optional labels (length N); -1 when missing.
+        transform: applied to the uint8 (C, H, W) image (e.g. a lightly ``SimCLRTransform``,
+            which returns a list of views); without it the raw uint8 image is returned, for a
+            batched augmentation such as :class:`~lightning_memloc.views.BatchedSimCLRAugment`
+            inside the model.
+
+    Example:
+        >>> ds = TensorImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([3, 5]))
+        >>> x, y = ds[1]
+        >>> x.dtype, y
+        (torch.uint8, 5)
+    """
+
+    def __init__(self, images: Tensor, labels: Sequence[int] | Tensor | None = None,
+                 transform: Callable[[Tensor], Any] | None = None) -> None:
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            raise TypeError(f"`images` must be a uint8 tensor (N, C, H, W), got {type(images).__name__} "
+                            f"{getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}")
+        self.images, self.transform = images, transform
+        self.labels = (torch.full((len(images),), -1, dtype=torch.long) if labels is None
+                       else torch.as_tensor(labels, dtype=torch.long).reshape(-1))
+        if len(self.labels) != len(images):
+            raise ValueError(f"`labels` has {len(self.labels)} entries for {len(images)} images")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        img = self.images[i]
+        return (img if self.transform is None else self.transform(img)), int(self.labels[i])

@@ -1,0 +1,210 @@
+"""Data sources of the candidates and training sets: named data sets, ``.npz`` files, image folders.
+
+Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])`` (labels -1 when missing), the
+form in which Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) split
+a training set into shared / candidates / independent (:mod:`lightning_memloc.data.splits`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["NAMED_DATASETS", "load_data", "load_digits", "load_image_folder", "load_npz", "load_torchvision",
+           "resize_images"]
+
+#: Data set names :func:`load_data` takes besides a path.
+NAMED_DATASETS = ("digits", "cifar10", "stl10", "svhn")
+
+
+def resize_images(images: Tensor, size: int | None) -> Tensor:
+    """Bilinear resize of uint8 (N, C, H, W) images to ``size`` x ``size`` (no-op if ``None`` or equal)."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"`size` must be a positive int, got {size!r}")
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=size < max(images.shape[-2:]))
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def load_digits(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled handwritten digits (1797 images, 10 classes), fully offline.
+
+    The 8x8 images (values 0..16) are rescaled to uint8 0..255, resized (bilinear) to ``size``
+    and replicated to ``channels``: a small stand-in for CIFAR-10 in tests and examples.
+
+    Args:
+        size: output side length.
+        channels: number of (identical) channels.
+
+    Returns:
+        ``(uint8 Tensor[1797, channels, size, size], LongTensor[1797])``.
+
+    Example:
+        >>> x, y = load_digits(size=8, channels=1)
+        >>> tuple(x.shape), x.dtype, int(y.max())
+        ((1797, 1, 8, 8), torch.uint8, 9)
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"`size` must be a positive int, got {size!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"`channels` must be a positive int, got {channels!r}")
+    bunch = _sk_load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0))).to(torch.uint8).unsqueeze(1)
+    images = resize_images(images, size).expand(-1, channels, -1, -1).contiguous()
+    return images, torch.as_tensor(bunch.target, dtype=torch.long)
+
+
+def _to_nchw(x: np.ndarray, source: str) -> Tensor:
+    """uint8 N×H×W×C (or N×H×W, or N×C×H×W when unambiguous) → uint8 Tensor[N, C, H, W]."""
+    if x.dtype != np.uint8:
+        raise TypeError(f"{source}: images must be uint8 (0..255), got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"{source}: images must be N×H×W×C or N×H×W, got shape {x.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if x.shape[-1] not in (1, 3, 4) and x.shape[1] in (1, 3, 4):
+        return t  # already N×C×H×W
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+def _labels(y: Any, n: int, source: str) -> Tensor:
+    labels = torch.as_tensor(np.asarray(y).astype(np.int64)).reshape(-1)
+    if labels.numel() != n:
+        raise ValueError(f"{source}: {labels.numel()} labels for {n} images")
+    return labels
+
+
+def load_npz(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
+    """Images and labels from an ``.npz`` file with keys ``x``/``y`` (or ``images``/``labels``).
+
+    ``x`` is uint8 N×H×W×C or N×H×W; a file without labels gets labels -1.
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
+        >>> np.savez(path, x=np.zeros((2, 4, 4, 3), np.uint8), y=np.array([0, 1]))
+        >>> x, y = load_npz(path)
+        >>> tuple(x.shape), y.tolist()
+        ((2, 3, 4, 4), [0, 1])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such .npz file: {str(path)!r}")
+    with np.load(path, allow_pickle=False) as f:
+        keys = list(f.keys())
+        xkey = next((k for k in ("x", "images") if k in keys), None)
+        ykey = next((k for k in ("y", "labels") if k in keys), None)
+        if xkey is None:
+            raise KeyError(f"{str(path)!r} has no image array: expected keys 'x'/'y' or 'images'/'labels', "
+                           f"found {keys}")
+        images = _to_nchw(f[xkey], str(path))
+        labels = (_labels(f[ykey], images.shape[0], str(path)) if ykey is not None
+                  else torch.full((images.shape[0],), -1, dtype=torch.long))
+    return images, labels
+
+
+def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
+                     download: bool = True) -> tuple[Tensor, Tensor]:
+    """CIFAR-10, STL-10 (labelled split) or SVHN through ``torchvision.datasets``.
+
+    Args:
+        name: ``"cifar10"``, ``"stl10"`` or ``"svhn"`` (case-insensitive).
+        root: folder holding (or receiving) the torchvision files.
+        train: training split (else test).
+        download: let torchvision download missing files.
+
+    Raises:
+        ValueError: unknown ``name``.
+        FileNotFoundError: files missing and ``download=False``.
+        RuntimeError: the download failed (e.g. no network).
+    """
+    import torchvision.datasets as tvd
+
+    key = str(name).lower()
+    builders: dict[str, Callable[[], Any]] = {
+        "cifar10": lambda: tvd.CIFAR10(str(root), train=train, download=download),
+        "stl10": lambda: tvd.STL10(str(root), split="train" if train else "test", download=download),
+        "svhn": lambda: tvd.SVHN(str(root), split="train" if train else "test", download=download),
+    }
+    if key not in builders:
+        raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(builders)}")
+    hint = ("or save the images as a local .npz (uint8 x N×H×W×C, y) and pass its path to load_data / load_npz")
+    try:
+        ds = builders[key]()
+    except RuntimeError as e:
+        if not download and "not found" in str(e).lower():
+            raise FileNotFoundError(f"{key} files not found under {str(root)!r}: pass download=True {hint}") from e
+        raise RuntimeError(f"could not load {key} under {str(root)!r} ({e}): check the files {hint}") from e
+    except OSError as e:  # download failures (no network, DNS)
+        raise RuntimeError(f"could not download {key} to {str(root)!r} ({e}): {hint}") from e
+    if key == "cifar10":
+        return _to_nchw(ds.data, key), _labels(ds.targets, len(ds.data), key)
+    return torch.from_numpy(np.ascontiguousarray(ds.data)), _labels(ds.labels, len(ds.data), key)
+
+
+def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tensor]:
+    """A ``torchvision.datasets.ImageFolder`` (one sub-folder per class) as RGB uint8 tensors.
+
+    Each image is resized (shorter side to ``size``) and centre-cropped to ``size`` x ``size``.
+
+    Returns:
+        ``(uint8 Tensor[N, 3, size, size], LongTensor[N])`` with labels in sorted class order.
+    """
+    from torchvision import datasets, transforms
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"`size` must be a positive int, got {size!r}")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"no such image folder: {str(path)!r}")
+    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+    try:
+        ds = datasets.ImageFolder(str(path), transform=tf)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{str(path)!r} is not an image folder (one sub-folder of images per class): {e}") from e
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return images, torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def load_data(spec: str | os.PathLike, root: str | os.PathLike = "data",
+              size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Load a data set by name or path: ``"digits"``, ``"cifar10"``, ``"stl10"``, ``"svhn"``, an
+    ``.npz`` file or an image folder (``size`` is then required).
+
+    Args:
+        spec: data set name or path.
+        root: torchvision download folder for named data sets.
+        size: output side length (``None``: native size; digits default to 32).
+
+    Example:
+        >>> x, y = load_data("digits", size=16)
+        >>> tuple(x.shape)
+        (1797, 3, 16, 16)
+    """
+    name = str(spec)
+    if name.lower() == "digits":
+        return load_digits(size=32 if size is None else size)
+    if name.lower() in NAMED_DATASETS:
+        images, labels = load_torchvision(name, root)
+        return resize_images(images, size), labels
+    path = Path(name)
+    if path.suffix.lower() == ".npz":
+        images, labels = load_npz(path)
+        return resize_images(images, size), labels
+    if path.is_dir():
+        if size is None:
+            raise ValueError(f"`size` is required to load the image folder {name!r}")
+        return load_image_folder(path, size)
+    raise ValueError(f"unknown data spec {name!r}: expected one of {list(NAMED_DATASETS)}, "
+                     "a path to an .npz file or a path to an image folder")
+

@@ -1,0 +1,75 @@
+"""What every figure of :mod:`lightning_memloc.plots` shares: an Agg figure, an atomic PNG, a depth axis.
+
+The figures show memorization as Wang et al., *Localizing Memorization in SSL Vision Encoders*
+(NeurIPS 2024) do, layer by layer from input to output; they are drawn on
+:class:`matplotlib.figure.Figure` with the Agg canvas (no ``pyplot`` state, no display) and
+written atomically, so a figure on disk is always complete.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from lightning_memloc.io import PathLike, atomic_write_bytes
+
+__all__ = ["colormap", "depth_axis", "display_image", "new_figure", "save_png"]
+
+#: Resolution of every PNG.
+DPI = 120
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A ``width`` × ``height`` inch figure with a constrained layout on the Agg canvas.
+
+    Example:
+        >>> new_figure(4, 3).get_size_inches().tolist()
+        [4.0, 3.0]
+    """
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, path: PathLike) -> Path:
+    """Render ``fig`` to PNG in memory and write it atomically (complete file or none)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    destination = Path(path)
+    atomic_write_bytes(destination, buffer.getvalue())
+    return destination
+
+
+def depth_axis(ax: Any, layers: Sequence[str]) -> None:
+    """Label the x axis of ``ax`` with ``layers`` at positions 1..L (input → output), as the paper's figures do."""
+    ax.set_xticks(range(1, len(layers) + 1))
+    ax.set_xticklabels(layers, rotation=35 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center")
+    ax.set_xlim(0.4, len(layers) + 0.6)
+    ax.set_xlabel("layer (input → output)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def colormap(i: int, n: int) -> Any:
+    """The RGBA colour of series ``i`` of ``n`` (viridis, from shallow to deep layers)."""
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](0.1 + 0.8 * i / max(n - 1, 1))
+
+
+def display_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
+    """One (C, H, W) image as an array imshow can draw: (H, W) grey or (H, W, 3) RGB in [0, 1]."""
+    img = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image).detach().cpu()
+    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+    if img.numel() and (img.min() < 0 or img.max() > 1):  # normalised input: rescale to [0, 1] for display
+        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+    if img.shape[0] == 1:
+        return img[0].numpy()
+    return img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
+

@@ -1,0 +1,61 @@
+"""Training curves of a :class:`~lightning_memloc.MemorizationMonitor` history.
+
+Mean UnitMem, the share of highly memorizing units and LayerMem per layer over the epochs: how
+the memorization of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
+builds up during training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from lightning_memloc.errors import ReportFormatError
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots.figure import colormap, new_figure, save_png
+from lightning_memloc.plots.io import PREFIX as _PREFIX
+from lightning_memloc.plots.io import History, load_history
+
+__all__ = ["plot_history"]
+
+
+def plot_history(history: History, path: PathLike) -> Path:
+    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training.
+
+    Args:
+        history: the monitor's history (list of dicts) or a path to its ``history.json``.
+        path: PNG file to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ReportFormatError: ``history`` is not a monitor history.
+    """
+    entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
+    quantities = (("unit_mem_mean", "mean UnitMem"), ("unit_mem_frac_above", "fraction of units above the threshold"),
+                  ("layer_mem", "LayerMem"))
+    panels = [(q, label) for q, label in quantities if any(k.startswith(f"{_PREFIX}{q}/") for k in entries[-1])]
+    if not panels:
+        raise ReportFormatError("the history holds no memloc/unit_mem_mean/... or memloc/layer_mem/... scalars.")
+    fig = new_figure(4.6 * len(panels) + 1.5, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    epochs = [int(e["epoch"]) for e in entries]
+    for ax, (quantity, label) in zip(axes, panels):
+        prefix = f"{_PREFIX}{quantity}/"
+        layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
+        colors = [colormap(i, len(layers)) for i in range(len(layers))]
+        for layer, color in zip(layers, colors):
+            values = [e.get(prefix + layer, np.nan) for e in entries]
+            ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
+        ax.set_title(f"{label} per layer")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save_png(fig, path)
+

@@ -1,0 +1,128 @@
+"""Reading what :mod:`lightning_memloc.plots` draws: monitor histories and report / history files.
+
+A :class:`~lightning_memloc.MemorizationMonitor` with ``output_dir`` writes ``history.json`` (one
+dict of ``memloc/...`` scalars per measurement) and ``report_epoch=<E>.json``;
+``memloc analyze`` and ``memloc demo`` write ``report.json``. The figures follow Wang et al.,
+*Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
+
+Example:
+    >>> load_history([{"epoch": 0, "memloc/unit_mem_mean/conv1": 0.2}])[0]["epoch"]
+    0
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from lightning_memloc.errors import ReportFormatError
+from lightning_memloc.io import PathLike
+from lightning_memloc.report import FORMAT, MemorizationReport
+
+__all__ = ["History", "find_plot_inputs", "load_history", "read_plot_input"]
+
+History = Union[Sequence[Mapping[str, Any]], PathLike]
+PREFIX = "memloc/"
+
+
+def _read_json(source: Path, what: str) -> Any:
+    if not source.is_file():
+        raise FileNotFoundError(f"no {what} file at {str(source)!r}: check the path.")
+    try:
+        return json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportFormatError(f"{str(source)!r} is not valid JSON (corrupt or truncated): {err}") from err
+
+
+def load_history(history: History) -> List[Dict[str, Any]]:
+    """A monitor history (``history.json`` of :class:`~lightning_memloc.MemorizationMonitor`), validated.
+
+    Args:
+        history: the list of per-measurement dicts, or a path to ``history.json``.
+
+    Returns:
+        A copy of the entries.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ReportFormatError: not a list of dicts with an ``"epoch"`` and ``memloc/...`` scalars.
+    """
+    where = "history"
+    if isinstance(history, (str, Path)) or hasattr(history, "__fspath__"):
+        where = repr(str(history))
+        history = _read_json(Path(history), "history")  # type: ignore[arg-type]
+    if not isinstance(history, list) or not history:
+        raise ReportFormatError(f"{where} is not a monitor history: expected a non-empty list of per-epoch dicts.")
+    for entry in history:
+        if not isinstance(entry, dict) or "epoch" not in entry or not any(str(k).startswith(PREFIX) for k in entry):
+            raise ReportFormatError(f"{where} is not a monitor history: every entry needs an 'epoch' and "
+                                    f"'{PREFIX}...' scalars, got {str(entry)[:80]!r}.")
+    return [dict(entry) for entry in history]
+
+
+def read_plot_input(path: PathLike) -> Tuple[str, Union[MemorizationReport, List[Dict[str, Any]]]]:
+    """Read a report or a history file, telling which it is.
+
+    Returns:
+        ``("report", MemorizationReport)`` or ``("history", list of dicts)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ReportFormatError: corrupt JSON, or neither a report nor a history.
+    """
+    source = Path(path)
+    data = _read_json(source, "report or history")
+    if isinstance(data, list):
+        return "history", load_history(data)
+    if isinstance(data, dict) and data.get("format") != FORMAT:
+        raise ReportFormatError(f"{str(source)!r} is not a MemorizationReport (no 'format': {FORMAT!r}) nor a monitor "
+                                "history (a list of per-epoch dicts).")
+    try:
+        return "report", MemorizationReport.from_dict(data)
+    except ReportFormatError as err:
+        raise ReportFormatError(f"{str(source)!r}: {err}") from err
+
+
+def _epoch(path: Path) -> int:
+    tail = path.stem.split("=")[-1]
+    return int(tail) if tail.lstrip("-").isdigit() else -2
+
+
+def _in_folder(folder: Path) -> List[Path]:
+    folders = [folder, folder / "memloc"]
+    reports = [f / "report.json" for f in folders if (f / "report.json").is_file()]
+    reports = reports or sorted((p for f in folders for p in f.glob("report_epoch=*.json")), key=_epoch)[-1:]
+    histories = [f / "history.json" for f in folders if (f / "history.json").is_file()]
+    if not reports and not histories:
+        raise FileNotFoundError(f"{str(folder)!r} holds no report.json, report_epoch=<E>.json or history.json "
+                                "(nor does its memloc/ sub-folder): pass the files.")
+    return reports[:1] + histories[:1]
+
+
+def find_plot_inputs(paths: Sequence[PathLike]) -> Tuple[Optional[MemorizationReport], Optional[List[Dict[str, Any]]]]:
+    """The report and the history among ``paths``: files, or folders searched for them.
+
+    A folder contributes its ``report.json`` (else its latest ``report_epoch=<E>.json``) and its
+    ``history.json``, also from a ``memloc/`` sub-folder (the layout of ``memloc demo``).
+
+    Returns:
+        ``(report or None, history or None)``.
+
+    Raises:
+        FileNotFoundError: a missing file, or a folder without any of these files.
+        ReportFormatError: a corrupt file.
+        ValueError: two reports or two histories.
+    """
+    files = [f for given in map(Path, paths) for f in (_in_folder(given) if given.is_dir() else [given])]
+    report: Optional[MemorizationReport] = None
+    history: Optional[List[Dict[str, Any]]] = None
+    for path in files:
+        kind, value = read_plot_input(path)
+        if (report if kind == "report" else history) is not None:
+            raise ValueError(f"{str(path)!r} is a second {kind}: plot one report and one history at a time.")
+        if kind == "report":
+            report = value  # type: ignore[assignment]
+        else:
+            history = value  # type: ignore[assignment]
+    return report, history
