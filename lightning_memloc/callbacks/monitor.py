@@ -37,12 +37,25 @@ from lightning_memloc.loading import load_encoder, resolve_module
 from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
-from lightning_memloc.measure import _validate, build_views, check_groups, model_device_dtype, probe_layers, run_pass
+from lightning_memloc.measure import build_views, check_groups, model_device_dtype, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
+from lightning_memloc.options import MeasureOptions
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
+
+
+def _option(name: str) -> property:
+    """``monitor.<name>``: the option of ``monitor.options``; setting it validates a new options object."""
+
+    def get(monitor: "MemorizationMonitor") -> Any:
+        return getattr(monitor.options, name)
+
+    def put(monitor: "MemorizationMonitor", value: Any) -> None:
+        monitor.options = monitor.options.replace(**{name: value})
+
+    return property(get, put, doc=f"``{name}`` of :attr:`options` (see :class:`~lightning_memloc.options.MeasureOptions`).")
 
 
 def _format_bytes(n: int) -> str:
@@ -217,19 +230,19 @@ class MemorizationMonitor(Callback):
             raise TypeError(
                 f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."
             )
-        # The reference may still be a path or an attribute: validate the rest with a stand-in.
-        _validate(views, batch_size, pairing, reduction, negative, top_k, None if reference is None else nn.Identity(),
-                  nn.Identity(), num_workers)
+        # The reference may still be a path or an attribute: only whether there is one matters here.
+        self.options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
+                                      negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
+                                      bootstrap=bootstrap, confidence=confidence, alpha=alpha,
+                                      with_reference=reference is not None)
         candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
         control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
         unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
-        self.evidence_options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
         if init_batchnorm not in INIT_BATCHNORM:
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
         self.init_batchnorm = init_batchnorm
         groups = check_groups(control, unseen, with_reference=reference is not None)
-        self.views = build_views(candidates, views, transform, seed, labels)
-        batch_size, top_k, num_workers = int(batch_size), int(top_k), int(num_workers)  # NumPy ints accepted above
+        self.views = build_views(candidates, self.options.views, transform, seed, labels)
         memory_limit = check_memory_limit(memory_limit)
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
@@ -243,11 +256,10 @@ class MemorizationMonitor(Callback):
         self.layers = layers
         self.encoder_spec = encoder
         self.reference_spec = reference
-        self.batch_size, self.pairing, self.reduction, self.negative = batch_size, pairing, reduction, negative
-        self.top_k, self.threshold, self.grid_size = top_k, float(threshold), grid_size
+        self.threshold, self.grid_size = float(threshold), grid_size
         self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
-        self.progress, self.num_workers, self.memory_limit = progress, num_workers, memory_limit
+        self.memory_limit = memory_limit
         self.history: List[Dict[str, Any]] = []
         self.report: Optional[MemorizationReport] = None
         self.meter: Optional[MemorizationMeter] = None
@@ -258,6 +270,14 @@ class MemorizationMonitor(Callback):
         self._layout_written = False
         self.layer_runs = bool(layer_runs)
         self._layer_writers: Dict[str, LayerRunWriters] = {}
+
+    batch_size, pairing, reduction = _option("batch_size"), _option("pairing"), _option("reduction")
+    negative, top_k, num_workers, progress = _option("negative"), _option("top_k"), _option("num_workers"), _option("progress")
+
+    @property
+    def evidence_options(self) -> EvidenceOptions:
+        """How the report's intervals and tests are computed (from :attr:`options`)."""
+        return self.options.evidence
 
     # ----------------------------------------------------------------- set-up
     @property
@@ -363,25 +383,20 @@ class MemorizationMonitor(Callback):
         if self._specs is None:
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
-                                  labels=self.views.has_labels, reduction=self.reduction,
-                                  negative=self.negative, top_k=self.top_k, groups=self.group_sizes).to(device)
+                                  labels=self.views.has_labels, groups=self.group_sizes,
+                                  **self.options.meter_kwargs()).to(device)
         sampler = None
         if trainer.world_size > 1:
             sampler = DistributedSampler(self.pool, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
         cache = self._reference_cache if frozen_reference(pl_module, reference) else None
         with rank_zero_buffers(trainer.world_size, encoder, reference):
-            run_pass(encoder, reference, self.pool, self._specs, meter, batch_size=self.batch_size, reference_cache=cache,
-                     pairing=self.pairing, num_workers=self.num_workers, sampler=sampler,
+            run_pass(encoder, reference, self.pool, self._specs, meter, reference_cache=cache, sampler=sampler,
                      progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}", epoch=epoch,
-                     world_size=trainer.world_size)
-        meta = {"views": self.views.views, "seed": self.views.seed, "pairing": self.pairing, "reduction": self.reduction,
-                "negative": self.negative, "top_k": min(self.top_k, len(self.views)), "epoch": epoch,
-                "global_step": trainer.global_step, "num_candidates": len(self.views),
-                **{f"num_{name}": size for name, size in self.group_sizes.items()},
-                "bootstrap": self.evidence_options.bootstrap, "confidence": self.evidence_options.confidence,
-                "alpha": self.evidence_options.alpha,
+                     world_size=trainer.world_size, **self.options.pass_kwargs())
+        meta = {**self.options.meta(views=self.views.views, seed=self.views.seed, num_candidates=len(self.views),
+                                    groups=self.group_sizes, epoch=epoch, global_step=trainer.global_step),
                 "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model"}
-        report = meter.compute_report(torch.arange(len(self.views)), meta, evidence=self.evidence_options)
+        report = meter.compute_report(torch.arange(len(self.views)), meta, evidence=self.options.evidence)
         self.report, self.meter = report, meter
         scalars = report_scalars(report, self.threshold)
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})

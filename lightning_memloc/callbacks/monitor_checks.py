@@ -69,13 +69,11 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
             "views": monitor.views.views, "seed": monitor.views.seed,
             "transform": _transform_name(monitor.views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
-            "pairing": monitor.pairing, "reduction": monitor.reduction, "negative": monitor.negative,
-            "top_k": monitor.top_k, "reference": monitor.reference_spec is not None,
+            **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
+            "reference": monitor.reference_spec is not None,
             # control / unseen images are part of the measurement: their sizes and contents
             "groups": dict(getattr(monitor, "group_sizes", {}) or {}),
-            "pool": candidates_digest(monitor.pool) if getattr(monitor, "group_sizes", None) else None,
-            "evidence": [getattr(monitor.evidence_options, k, None) for k in ("bootstrap", "confidence", "alpha")]
-            if hasattr(monitor, "evidence_options") else None}
+            "pool": candidates_digest(monitor.pool) if getattr(monitor, "group_sizes", None) else None}
 
 
 def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
