@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -35,6 +34,7 @@ from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
 from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
+from lightning_memloc.distributed import rank_zero_buffers  # re-exported (documented here before)
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measure import build_views, check_groups, model_device_dtype, probe_layers, run_pass
@@ -66,40 +66,6 @@ def _format_bytes(n: int) -> str:
             break
         size, unit = size / 1024, bigger
     return f"{n:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n:,} bytes)"
-
-
-@contextmanager
-def rank_zero_buffers(world_size: int, *modules: Optional[nn.Module]) -> Iterator[None]:
-    """Give every rank rank 0's buffers (BatchNorm running statistics) for the duration of a pass.
-
-    DDP keeps the parameters identical on every rank, but not the buffers: it broadcasts rank 0's
-    at the start of each training forward, after which every rank updates its BatchNorm running
-    statistics with its own batch. At the end of an epoch the ranks therefore hold slightly
-    different encoders, and a sharded measurement would mix them; checkpoints, and the weights
-    ``ddp_spawn`` hands back, hold rank 0's. Inside this context every rank measures with rank 0's
-    buffers, so the sharded result equals a single-process measurement of the checkpointed
-    weights; each rank's own buffers are restored on exit (training is left untouched, also with
-    ``broadcast_buffers=False``). A no-op in a single process. Collective: call on every rank.
-    """
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-    buffers: List[Tensor] = []
-    if distributed:
-        seen = set()
-        for module in modules:
-            for buf in [] if module is None else module.buffers():
-                if id(buf) not in seen:
-                    seen.add(id(buf))
-                    buffers.append(buf)
-    saved = [buf.detach().clone() for buf in buffers]
-    try:
-        with torch.no_grad():
-            for buf in buffers:
-                torch.distributed.broadcast(buf, src=0)
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, value in zip(buffers, saved):
-                buf.copy_(value)
 
 
 class MemorizationMonitor(Callback):

@@ -14,7 +14,6 @@ and correct counts summed, so the result equals a single process.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -24,7 +23,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
-from lightning_memloc.callbacks.monitor import MemorizationMonitor, rank_zero_buffers
+from lightning_memloc.callbacks.monitor import MemorizationMonitor
+from lightning_memloc.distributed import gather_rows, rank_zero_buffers
 from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.checks import check_int, unwrap_compiled
@@ -103,26 +103,6 @@ def embed(encoder: nn.Module, images: Tensor, batch_size: int, transform: Option
         y = encoder(x.to(dtype))
         out.append((y.mean(dim=(2, 3)) if y.ndim == 4 else y.flatten(1)).float())
     return torch.cat(out) if out else torch.zeros(0, 0, device=device)
-
-
-def gather_rows(local: Tensor, total: int, world_size: int) -> Tensor:
-    """All ranks' strided shards (rank r holds rows ``r::world_size``) reassembled in order, on every rank.
-
-    Shards differ in length by at most one; they are padded to the same length for
-    ``all_gather`` and the padding is dropped (no duplicated rows). Collective under DDP.
-    """
-    if world_size == 1:
-        return local
-    rows = math.ceil(total / world_size)
-    padded = local.new_zeros((rows, local.shape[1]))
-    padded[:len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(world_size)]
-    torch.distributed.all_gather(parts, padded)
-    full = local.new_empty((total, local.shape[1]))
-    for rank, part in enumerate(parts):
-        count = len(range(rank, total, world_size))
-        full[rank::world_size] = part[:count]
-    return full
 
 
 class UtilityMonitor(Callback):
