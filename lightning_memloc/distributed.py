@@ -18,7 +18,46 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["gather_rows", "rank_zero_buffers", "reduce_states_in_place"]
+__all__ = ["gather_rows", "is_distributed", "max_across_ranks", "rank_zero_buffers", "reduce_states_in_place",
+           "sum_across_ranks", "synced_states"]
+
+
+def is_distributed(world_size: int) -> bool:
+    """Whether collectives are needed: more than one rank and an initialised process group."""
+    return world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def max_across_ranks(tensor: Tensor, world_size: int) -> Tensor:
+    """``tensor`` replaced, in place, by its element-wise maximum over the ranks (e.g. "any rank saw NaN").
+
+    Collective when :func:`is_distributed`; otherwise ``tensor`` unchanged.
+    """
+    if is_distributed(world_size):
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
+def sum_across_ranks(tensor: Tensor, world_size: int) -> Tensor:
+    """``tensor`` replaced, in place, by its element-wise sum over the ranks (counts of the shards).
+
+    Collective when ``world_size > 1`` (a process group must then be initialised).
+    """
+    if world_size > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+@contextmanager
+def synced_states(metric: Any) -> Iterator[None]:
+    """A torchmetrics metric's states summed over the ranks once, for the duration of the context.
+
+    The meter builds its metrics with ``sync_on_compute=False`` and syncs them here, so that
+    ``compute()`` and the evidence's per-candidate means of one metric share a single sync (with
+    the metric's own ``dist_sync_fn``, e.g. :func:`reduce_states_in_place`); the local states are
+    restored on exit. A no-op in a single process. Collective: enter on every rank, in one order.
+    """
+    with metric.sync_context(dist_sync_fn=metric.dist_sync_fn):
+        yield
 
 
 def reduce_states_in_place(tensor: Tensor, group: Optional[Any] = None) -> List[Tensor]:
@@ -53,9 +92,8 @@ def rank_zero_buffers(world_size: int, *modules: Optional[nn.Module]) -> Iterato
     weights; each rank's own buffers are restored on exit (training is left untouched, also with
     ``broadcast_buffers=False``). A no-op in a single process. Collective: call on every rank.
     """
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     buffers: List[Tensor] = []
-    if distributed:
+    if is_distributed(world_size):
         seen = set()
         for module in modules:
             for buf in [] if module is None else module.buffers():

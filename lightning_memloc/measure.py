@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from lightning_memloc.checks import (check_candidate_ids, check_meta, check_reference, check_views_memory,
                                     unwrap_compiled)
+from lightning_memloc.distributed import is_distributed, max_across_ranks
 from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.meter import MemorizationMeter
@@ -155,7 +156,7 @@ def run_pass(
         cache.bind(reference, names, pairing)  # type: ignore[arg-type]
     device = meter.device  # metric states are not registered buffers: meter.buffers() is empty
     anchor = pairing == "anchor"
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = is_distributed(world_size)
     loader = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler)
     # nonfinite[0][i] / nonfinite[1][i]: layer names[i] gave NaN/inf in the encoder / the reference.
     nonfinite = torch.zeros(2, len(names), dtype=torch.uint8)
@@ -202,9 +203,7 @@ def run_pass(
                          None if reference is None else {n: a.to(device) for n, a in align_f.items()}, align_g, labels)
     if distributed:
         # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
-        flags = nonfinite.to(device)
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        nonfinite = flags.cpu()
+        nonfinite = max_across_ranks(nonfinite.to(device), world_size).cpu()
     if bool(nonfinite.any()):
         where = "" if epoch is None else f" at epoch {epoch}"
         parts = [f"{model} layers {[n for i, n in enumerate(names) if nonfinite[row, i]]}"

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.distributed import reduce_states_in_place  # re-exported (documented here before)
+from lightning_memloc.distributed import reduce_states_in_place, synced_states  # reduce_...: re-exported
 from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
@@ -105,11 +105,11 @@ class MemorizationMeter(nn.Module):
         metric_class = ClassMem if labels else UnitMem
         self.units = nn.ModuleList(
             metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype,
-                         dist_sync_fn=reduce_states_in_place)
+                         dist_sync_fn=reduce_states_in_place, sync_on_compute=False)
             for n in self.names
         )
         self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
-                                  dist_sync_fn=reduce_states_in_place) if reference else None
+                                  dist_sync_fn=reduce_states_in_place, sync_on_compute=False) if reference else None
         # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
         # set after the candidates, each into its own states (no labels, no ClassMem).
         self.group_sizes: Dict[str, int] = dict(groups or {})
@@ -187,16 +187,20 @@ class MemorizationMeter(nn.Module):
         across processes (collective under DDP: call on every rank)."""
         out = {}
         for name, metric in zip(self.names, self.units):
-            with metric.sync_context(dist_sync_fn=metric.dist_sync_fn):
-                _, mu = metric.mean_activations()
-                out[name] = apply_negative_policy(mu.detach().double(), self.negative).cpu()
+            with synced_states(metric):
+                out[name] = self._policy_means(metric)
         return out
+
+    def _policy_means(self, metric: UnitMem) -> Tensor:
+        _, mu = metric.mean_activations()
+        return apply_negative_policy(mu.detach().double(), self.negative).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
         if self.layer_mem is None:
             raise ValueError("this meter was built without a reference: there is no SSLMem.")
-        raw = self.layer_mem.compute()["sslmem_raw"]
+        with synced_states(self.layer_mem):
+            raw = self.layer_mem.compute()["sslmem_raw"]
         return {n: raw[i].detach().double().cpu() for i, n in enumerate(self.names)}
 
     def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
@@ -212,11 +216,15 @@ class MemorizationMeter(nn.Module):
         unit_argmax: Dict[str, Tensor] = {}
         dead: Dict[str, Tensor] = {}
         class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
+        means: Dict[str, Tensor] = {}  # the evidence's per-candidate means, from the same sync as compute()
         for name, metric in zip(self.names, self.units):
-            try:
-                out = metric.compute()
-            except ValueError as err:  # e.g. negative="error" on a layer with negative activations
-                raise type(err)(f"layer {name!r}: {err}") from err
+            with synced_states(metric):  # one sync per metric (states summed in place, restored after)
+                try:
+                    if evidence is not None:  # before compute(), which restores the local states when it ends
+                        means[name] = self._policy_means(metric)
+                    out = metric.compute()
+                except ValueError as err:  # e.g. negative="error" on a layer with negative activations
+                    raise type(err)(f"layer {name!r}: {err}") from err
             unit_mem[name] = out["unit_mem"].detach().float().cpu()
             unit_argmax[name] = take_ids(ids, out["unit_argmax" if self.has_labels else "argmax"].detach().cpu().long())
             dead[name] = out["dead"].detach().cpu().bool()
@@ -224,7 +232,8 @@ class MemorizationMeter(nn.Module):
                 class_mem[name] = out["class_mem"].detach().float().cpu()
         kwargs: Dict[str, Any] = {}
         if self.layer_mem is not None:
-            out = self.layer_mem.compute()
+            with synced_states(self.layer_mem):
+                out = self.layer_mem.compute()
             seen = out["candidate_ids"].detach().cpu().long()
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
@@ -245,7 +254,7 @@ class MemorizationMeter(nn.Module):
             control = self.groups["control"] if "control" in self.group_sizes else None
             with_ref = self.layer_mem is not None
             report_evidence = compute_evidence(
-                list(self.names), unit_means=self.unit_means(), reduction=self.reduction, top_k=self.top_k,
+                list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
                 unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,

@@ -213,6 +213,7 @@ class MemorizationMonitor(Callback):
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
         self.overwrite, self._run_id, self._candidates_digest = overwrite, os.urandom(8).hex(), None
+        self._foreign_files: List[str] = []  # another run's files in output_dir (refused in on_fit_start)
         if len(self.views) < 2:
             raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
         # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
@@ -244,6 +245,23 @@ class MemorizationMonitor(Callback):
     def evidence_options(self) -> EvidenceOptions:
         """How the report's intervals and tests are computed (from :attr:`options`)."""
         return self.options.evidence
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run, written into ``output_dir``'s marker (a resumed run takes over its folder's)."""
+        return self._run_id
+
+    @property
+    def candidates_digest(self) -> str:
+        """A digest of the candidate set (part of :meth:`fingerprint`; computed once)."""
+        if self._candidates_digest is None:
+            self._candidates_digest = guard.candidates_digest(self.views)
+        return self._candidates_digest
+
+    @property
+    def layer_names(self) -> Optional[List[str]]:
+        """The measured layers, resolved (``None`` until ``setup`` or the first measurement)."""
+        return None if not self._specs else [spec.name for spec in self._specs]
 
     # ----------------------------------------------------------------- set-up
     @property
@@ -277,7 +295,8 @@ class MemorizationMonitor(Callback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
-            guard.claim_output_dir(self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
+            self._run_id, self._foreign_files = guard.claim_output_dir(
+                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
         if reference is encoder:
@@ -287,11 +306,8 @@ class MemorizationMonitor(Callback):
         device, _ = model_device_dtype(encoder)
         check_views_memory(self.batch_size, self.views.views, self.views.input_shape, device)
         with guard.encoder_hint(self.encoder_spec, pl_module):
-            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
+            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         self._check_memory(device, reference is not None)
-
-    def _example(self, device: torch.device) -> Tensor:
-        return self.views.example_batch(device)
 
     def _check_memory(self, device: torch.device, with_reference: bool) -> None:
         need = state_bytes(len(self.pool), self._num_units, reference=with_reference, labels=self.views.has_labels)
@@ -347,7 +363,7 @@ class MemorizationMonitor(Callback):
         if reference is not None and reference not in list(pl_module.modules()):
             reference.to(device)
         if self._specs is None:
-            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
+            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
                                   labels=self.views.has_labels, groups=self.group_sizes,
                                   **self.options.meter_kwargs()).to(device)
@@ -402,11 +418,13 @@ class MemorizationMonitor(Callback):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
         guard.check_checkpoint_states(self, trainer, checkpoint)
-        if self.output_dir is not None and getattr(self, "_foreign_files", None):
-            guard.adopt(self, self.output_dir)  # resuming: continue the folder of the same run
+        if self.output_dir is not None and self._foreign_files:
+            run_id = guard.adopt(self, self.output_dir)  # resuming: continue the folder of the same run
+            if run_id is not None:
+                self._run_id, self._foreign_files = run_id, []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        guard.check_no_foreign_files(self, self.output_dir)  # another run's files, and not a resume of it
+        guard.check_no_foreign_files(self._foreign_files, self.output_dir)  # another run's files, and not a resume of it
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)

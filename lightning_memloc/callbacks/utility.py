@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_memloc.callbacks.monitor import MemorizationMonitor
-from lightning_memloc.distributed import gather_rows, rank_zero_buffers
+from lightning_memloc.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
 from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.checks import check_int, unwrap_compiled
@@ -237,8 +237,7 @@ class UtilityMonitor(Callback):
             for module, mode in modes:
                 module.train(mode)
         counts = torch.tensor([correct[k] for k in self.ks], dtype=torch.float64, device=device)
-        if world_size > 1:
-            torch.distributed.all_reduce(counts)
+        sum_across_ranks(counts, world_size)
         return {k: float(c) / len(self.test) for k, c in zip(self.ks, counts.tolist())}
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Dict[str, float]:
