@@ -10,7 +10,7 @@ SSL Vision Encoders*, NeurIPS 2024).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,26 @@ from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
+
+
+#: The report field of every ``compute()`` key of the meter's metrics (one name per concept).
+#: A metric's keys are relative to the metric, as in torchmetrics: ``UnitMem``'s ``"argmax"`` is
+#: a candidate id, ``ClassMem``'s ``"argmax"`` a class; a report's fields are absolute
+#: (``unit_argmax``, ``dead_units``). Keys missing here are listed in :data:`METRIC_ONLY_KEYS`.
+REPORT_FIELDS: Dict[str, Dict[str, str]] = {
+    "UnitMem": {"unit_mem": "unit_mem", "argmax": "unit_argmax", "dead": "dead_units"},
+    "ClassMem": {"class_mem": "class_mem", "unit_mem": "unit_mem", "unit_argmax": "unit_argmax", "dead": "dead_units"},
+    "LayerMem": {key: key for key in ("sslmem", "sslmem_raw", "layer_mem", "delta_layer_mem", "layer_mem_top",
+                                      "layer_mem_least", "top_ids", "least_ids")},
+}
+#: ``compute()`` keys that no report field holds: bookkeeping, and ClassMem's per-unit argmax class.
+METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), "ClassMem": ("argmax",),
+                                                "LayerMem": ("candidate_ids",)}
+
+
+def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
+    """``metric.compute()``'s output ``out`` under the report's field names (:data:`REPORT_FIELDS`)."""
+    return {field: out[key] for key, field in REPORT_FIELDS[type(metric).__name__].items()}
 
 
 def state_bytes(
@@ -54,6 +74,54 @@ def state_bytes(
     if reference:
         total += (2 * len(num_units) + 1) * num_candidates * item
     return int(total)
+
+
+def format_bytes(n: int) -> str:
+    """``'390.8 MiB (409,800,000 bytes)'``: readable, and exact for small sizes.
+
+    Example:
+        >>> format_bytes(409_800_000), format_bytes(512)
+        ('390.8 MiB (409,800,000 bytes)', '512 bytes')
+    """
+    size, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n:,} bytes)"
+
+
+def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
+                       limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None) -> Optional[str]:
+    """Refuse metric states over ``limit`` bytes, before any measurement (:func:`state_bytes`).
+
+    Args:
+        num_rows: rows of the states (candidates plus control / unseen images).
+        num_units: layer -> units.
+        reference, labels: as for :class:`MemorizationMeter`.
+        limit: bytes allowed (``None``: no limit, but a note past a quarter of a GPU's memory).
+        device: where the states live.
+        num_candidates: candidates named in the message (default ``num_rows``).
+
+    Returns:
+        A note to log when the states take over a quarter of the GPU's memory without a limit, else ``None``.
+
+    Raises:
+        MemoryError: the states need more than ``limit``; the message names ``memory_limit`` and the fixes.
+    """
+    need = state_bytes(num_rows, num_units, reference=reference, labels=labels)
+    if limit is not None and need > limit:
+        raise MemoryError(
+            f"the monitor's metric states need {format_bytes(need)} for {num_rows if num_candidates is None else num_candidates} "
+            f"candidates and {sum(num_units.values())} units in {len(num_units)} layers, over "
+            f"`memory_limit`={format_bytes(limit)} (every DDP rank holds them all; see "
+            "`lightning_memloc.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
+            "or raise `memory_limit`."
+        )
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    if limit is None and total is not None and need > total // 4:
+        return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory."
+    return None
 
 
 class MemorizationMeter(nn.Module):
@@ -225,9 +293,10 @@ class MemorizationMeter(nn.Module):
                     out = metric.compute()
                 except ValueError as err:  # e.g. negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
+            out = report_values(metric, out)
             unit_mem[name] = out["unit_mem"].detach().float().cpu()
-            unit_argmax[name] = take_ids(ids, out["unit_argmax" if self.has_labels else "argmax"].detach().cpu().long())
-            dead[name] = out["dead"].detach().cpu().bool()
+            unit_argmax[name] = take_ids(ids, out["unit_argmax"].detach().cpu().long())
+            dead[name] = out["dead_units"].detach().cpu().bool()
             if class_mem is not None:
                 class_mem[name] = out["class_mem"].detach().float().cpu()
         kwargs: Dict[str, Any] = {}
@@ -238,16 +307,14 @@ class MemorizationMeter(nn.Module):
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
                 raise RuntimeError(f"LayerMem saw {seen.numel()} of {ids.numel()} candidates; missing positions {missing}.")
-            kwargs = {
-                "sslmem": {n: out["sslmem"][i].detach().float().cpu() for i, n in enumerate(self.names)},
-                "sslmem_raw": {n: out["sslmem_raw"][i].detach().float().cpu() for i, n in enumerate(self.names)},
-                "layer_mem": {n: float(out["layer_mem"][i]) for i, n in enumerate(self.names)},
-                "delta_layer_mem": {n: float(out["delta_layer_mem"][i]) for i, n in enumerate(self.names)},
-                "layer_mem_top": {n: float(out["layer_mem_top"][i]) for i, n in enumerate(self.names)},
-                "layer_mem_least": {n: float(out["layer_mem_least"][i]) for i, n in enumerate(self.names)},
-                "top_ids": ids[out["top_ids"].detach().cpu().long()],
-                "least_ids": ids[out["least_ids"].detach().cpu().long()],
-            }
+            for field, value in report_values(self.layer_mem, out).items():
+                value = value.detach().cpu()
+                if field.endswith("_ids"):  # positions -> user-facing ids
+                    kwargs[field] = ids[value.long()]
+                elif value.ndim == 2:  # (L, N) per-candidate values of each layer
+                    kwargs[field] = {n: value[i].float() for i, n in enumerate(self.names)}
+                else:  # (L,) one value per layer
+                    kwargs[field] = {n: float(value[i]) for i, n in enumerate(self.names)}
         report_evidence = None
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None

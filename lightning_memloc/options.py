@@ -30,10 +30,21 @@ from lightning_memloc.checks import check_choice, check_int, check_seed
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.functional.unitmem import NEGATIVE_POLICIES, REDUCTIONS
 
-__all__ = ["MeasureOptions", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS"]
+__all__ = ["MeasureOptions", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
 
 #: ``pairing``: every pair of views (SSLMem's definition) or each view against the un-augmented image.
 PAIRINGS = ("all", "anchor")
+
+#: Keywords that :func:`~lightning_memloc.measure` and the
+#: :class:`~lightning_memloc.callbacks.MemorizationMonitor` share with a different default or
+#: meaning, and why (``tests/test_contract.py`` allows no other; ``docs/definitions.md``).
+SURFACE_DIFFERENCES = {
+    "encoder": "measure() takes the encoder module itself (positional); the monitor takes where to find it inside "
+               "the LightningModule (an attribute path, a callable or a module; None: the whole module).",
+    "progress": "measure() is a library call and stays silent by default (False), like a torchmetrics compute; the "
+                "monitor runs inside a Lightning fit, whose progress bars are on by default, and shows one (True, "
+                "rank 0 only). `memloc analyze` shows one too (--no-progress).",
+}
 
 
 @dataclass(frozen=True)
@@ -126,3 +137,20 @@ class MeasureOptions:
         """The options that make two measurements comparable (part of the monitor's resume fingerprint)."""
         return {"pairing": self.pairing, "reduction": self.reduction, "negative": self.negative, "top_k": self.top_k,
                 "evidence": [self.bootstrap, self.confidence, self.alpha]}
+
+
+def option_property(name: str) -> property:
+    """A property ``<owner>.<name>`` reading ``<owner>.options.<name>``; setting it validates a new options object.
+
+    Lets a class holding ``options`` (the monitor) keep its flat attributes (``monitor.top_k``)
+    with one source of truth.
+    """
+
+    def get(owner: Any) -> Any:
+        return getattr(owner.options, name)
+
+    def put(owner: Any, value: Any) -> None:
+        owner.options = owner.options.replace(**{name: value})
+
+    return property(get, put, doc=f"``{name}`` of ``options`` (see :class:`~lightning_memloc.options.MeasureOptions`).")
+

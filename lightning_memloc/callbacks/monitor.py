@@ -24,10 +24,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks import monitor_checks as guard
-from lightning_memloc.callbacks.layer_runs import LayerRunWriters
-from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
+from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
-from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars
+from lightning_memloc.callbacks.naming import check_name
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
@@ -38,34 +37,12 @@ from lightning_memloc.distributed import rank_zero_buffers  # re-exported (docum
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measure import build_views, check_groups, model_device_dtype, probe_layers, run_pass
-from lightning_memloc.meter import MemorizationMeter, state_bytes
-from lightning_memloc.options import MeasureOptions
+from lightning_memloc.meter import MemorizationMeter, check_state_memory
+from lightning_memloc.options import MeasureOptions, option_property
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
-
-
-def _option(name: str) -> property:
-    """``monitor.<name>``: the option of ``monitor.options``; setting it validates a new options object."""
-
-    def get(monitor: "MemorizationMonitor") -> Any:
-        return getattr(monitor.options, name)
-
-    def put(monitor: "MemorizationMonitor", value: Any) -> None:
-        monitor.options = monitor.options.replace(**{name: value})
-
-    return property(get, put, doc=f"``{name}`` of :attr:`options` (see :class:`~lightning_memloc.options.MeasureOptions`).")
-
-
-def _format_bytes(n: int) -> str:
-    """``'390.8 MiB (409,800,000 bytes)'``: readable, and exact for small sizes."""
-    size, unit = float(n), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{n:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n:,} bytes)"
 
 
 class MemorizationMonitor(Callback):
@@ -234,12 +211,12 @@ class MemorizationMonitor(Callback):
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
-        self._layout_written = False
         self.layer_runs = bool(layer_runs)
-        self._layer_writers: Dict[str, LayerRunWriters] = {}
+        self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
 
-    batch_size, pairing, reduction = _option("batch_size"), _option("pairing"), _option("reduction")
-    negative, top_k, num_workers, progress = _option("negative"), _option("top_k"), _option("num_workers"), _option("progress")
+    batch_size, pairing, reduction = option_property("batch_size"), option_property("pairing"), option_property("reduction")
+    negative, top_k = option_property("negative"), option_property("top_k")
+    num_workers, progress = option_property("num_workers"), option_property("progress")
 
     @property
     def evidence_options(self) -> EvidenceOptions:
@@ -307,22 +284,11 @@ class MemorizationMonitor(Callback):
         check_views_memory(self.batch_size, self.views.views, self.views.input_shape, device)
         with guard.encoder_hint(self.encoder_spec, pl_module):
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
-        self._check_memory(device, reference is not None)
-
-    def _check_memory(self, device: torch.device, with_reference: bool) -> None:
-        need = state_bytes(len(self.pool), self._num_units, reference=with_reference, labels=self.views.has_labels)
-        limit = self.memory_limit
-        if limit is not None and need > limit:
-            raise MemoryError(
-                f"the monitor's metric states need {_format_bytes(need)} for {len(self.views)} candidates and "
-                f"{sum(self._num_units.values())} units in {len(self._num_units)} layers, over "
-                f"`memory_limit`={_format_bytes(limit)} (every DDP rank holds them all; see "
-                "`lightning_memloc.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
-                "or raise `memory_limit`."
-            )
-        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-        if limit is None and total is not None and need > total // 4:
-            rank_zero_info(f"[memloc] metric states need {_format_bytes(need)}, over a quarter of the GPU's memory.")
+        note = check_state_memory(len(self.pool), self._num_units, reference=reference is not None,
+                                  labels=self.views.has_labels, limit=self.memory_limit, device=device,
+                                  num_candidates=len(self.views))
+        if note:
+            rank_zero_info(note)
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -382,7 +348,9 @@ class MemorizationMonitor(Callback):
         self.report, self.meter = report, meter
         scalars = report_scalars(report, self.threshold)
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
-        self._log(trainer, report, scalars)
+        grids = self.grid_size and len(self.views.view_shape) == 3  # image grids of image candidates only
+        self._loggers.log(trainer, report, scalars, images=self.views.display_images if grids else None,
+                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs)
         if self.output_dir is not None and trainer.is_global_zero:
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
@@ -392,24 +360,6 @@ class MemorizationMonitor(Callback):
             report.save(self.output_dir / f"report_epoch={epoch}{step}.json")
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
-
-    def _log(self, trainer: pl.Trainer, report: MemorizationReport, scalars: Dict[str, float]) -> None:
-        plain, scalars = scalars, named_scalars(scalars, self.name)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
-        step = trainer.global_step
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-            if trainer.is_global_zero and has_tensorboard(logger):
-                images = self.views.display_images if self.grid_size and len(self.views.view_shape) == 3 else None
-                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
-                                grid_size=self.grid_size, histograms=self.log_histograms, layout=not self._layout_written,
-                                by_layer=self.layer_runs and bool(getattr(logger.experiment, "log_dir", None)))
-                self._layout_written = True
-                log_dir = getattr(logger.experiment, "log_dir", None)
-                if self.layer_runs and log_dir:
-                    prefix = "memloc" if self.name is None else f"memloc-{self.name}"
-                    writers = self._layer_writers.setdefault(str(log_dir), LayerRunWriters(str(log_dir), prefix))
-                    writers.log(report, plain, step, histograms=self.log_histograms)
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
@@ -428,9 +378,7 @@ class MemorizationMonitor(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)
-        for writers in self._layer_writers.values():
-            writers.close()
-        self._layer_writers = {}
+        self._loggers.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         guard.release_output_dir(self)

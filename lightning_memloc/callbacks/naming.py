@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Optional
 
-from lightning_memloc.callbacks.logging import PREFIX
+from lightning_memloc.tags import PREFIX
 
 __all__ = ["NamedWriter", "check_name", "has_tensorboard", "named_tag", "named_scalars"]
 

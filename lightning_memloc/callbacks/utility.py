@@ -31,13 +31,9 @@ from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import resolve_module
+from lightning_memloc.tags import PREFIX, knn_tag, scalar_tag
 
 __all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"]
-
-
-def knn_tag(k: int) -> str:
-    """The logged tag of the kNN accuracy with ``k`` neighbours (``memloc/knn_acc_k20``)."""
-    return f"memloc/knn_acc_k{k}"
 
 
 def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, Dict[str, List[Any]]]:
@@ -50,12 +46,12 @@ def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, D
         >>> utility_layout([20])["memloc utility"]["kNN accuracy and LayerMem"]
         ['Multiline', ['^memloc/knn_acc_k20$', '^memloc/layer_mem/[^/]+$']]
     """
-    prefix = named_tag("memloc", name)
-    knn = [f"^{prefix}/knn_acc_k{k}$" for k in ks]
+    prefix = named_tag(PREFIX, name)
+    knn = [f"^{knn_tag(k, prefix)}$" for k in ks]
     return {f"{prefix} utility": {
-        "kNN accuracy and LayerMem": ["Multiline", [*knn, f"^{prefix}/layer_mem/[^/]+$"]],
-        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{prefix}/excess/[^/]+$"]],
-        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{prefix}/unit_mem_mean/[^/]+$"]],
+        "kNN accuracy and LayerMem": ["Multiline", [*knn, f"^{scalar_tag('layer_mem', '[^/]+', prefix)}$"]],
+        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{scalar_tag('excess', '[^/]+', prefix)}$"]],
+        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{scalar_tag('unit_mem_mean', '[^/]+', prefix)}$"]],
     }}
 
 
@@ -265,7 +261,7 @@ class UtilityMonitor(Callback):
                 for entry in callback.history:
                     match = ours.get(entry.get("global_step"))
                     if match is not None:
-                        entry.update({k: v for k, v in match.items() if k.startswith("memloc/")})
+                        entry.update({k: v for k, v in match.items() if k.startswith(f"{PREFIX}/")})
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
