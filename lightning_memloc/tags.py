@@ -16,10 +16,10 @@ written comes from here. Shapes:
   (:func:`lightning_memloc.callbacks.naming.named_tag`).
 
 A tag's quantity is a report field or an evidence record key reduced to one number per layer:
-``unit_mem_mean`` (mean UnitMem, ``report.mean_unit_mem()``), ``unit_mem_frac_above`` (share of
-units above the monitor's ``threshold``, ``report.fraction_above()``), ``dead_units`` (the
-*number* of dead units: the report's ``dead_units`` field is the per-unit mask,
-``report.num_dead()`` its count) and ``class_mem_mean``.
+``unit_mem_mean`` (``report.unit_mem_mean()``), ``unit_mem_frac_above`` (share of units above the
+monitor's ``threshold``, ``report.unit_mem_frac_above()``), ``dead_units`` (the *number* of dead
+units: the report's ``dead_units`` field is the per-unit mask, ``report.num_dead_units()`` its
+count) and ``class_mem_mean``.
 
 Example:
     >>> scalar_tag("layer_mem", "conv1"), hist_tag("conv1"), knn_tag(20)

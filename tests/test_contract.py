@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 from pathlib import Path
 
+import pytest
 import torch
 
 from lightning_memloc import MemorizationReport, measure
@@ -119,3 +120,16 @@ def test_metric_keys_map_to_report_fields():
     # every per-layer result field of the report is filled from a metric key
     not_from_metrics = {"layers", "layer_kinds", "candidate_ids", "meta", "evidence", "analyses"}
     assert report_fields - not_from_metrics == mapped
+
+
+def test_report_methods_are_named_like_their_tags_and_old_names_warn():
+    report = _full_report()
+    scalars = report_scalars(report, threshold=0.3)
+    for layer in report.layers:
+        assert report.unit_mem_mean()[layer] == scalars[tags.scalar_tag("unit_mem_mean", layer)]
+        assert report.unit_mem_frac_above(0.3)[layer] == scalars[tags.scalar_tag("unit_mem_frac_above", layer)]
+        assert report.num_dead_units()[layer] == scalars[tags.scalar_tag("dead_units", layer)]
+    for old, new, args in (("mean_unit_mem", "unit_mem_mean", ()), ("fraction_above", "unit_mem_frac_above", (0.3,)),
+                           ("num_dead", "num_dead_units", ())):
+        with pytest.warns(DeprecationWarning, match=f"use MemorizationReport.{new}"):
+            assert getattr(report, old)(*args) == getattr(report, new)(*args)

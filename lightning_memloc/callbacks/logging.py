@@ -49,7 +49,7 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
         0.5
     """
     out: Dict[str, float] = {}
-    means, fractions, dead = report.mean_unit_mem(), report.fraction_above(threshold), report.num_dead()
+    means, fractions, dead = report.unit_mem_mean(), report.unit_mem_frac_above(threshold), report.num_dead_units()
     for layer in report.layers:
         if report.has_reference:
             for quantity in REFERENCE_QUANTITIES:  # report fields of the same names

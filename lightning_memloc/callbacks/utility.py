@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
-from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars, named_tag
+from lightning_memloc.callbacks.naming import add_merged_layout, check_name, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
@@ -53,18 +53,6 @@ def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, D
         "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{scalar_tag('excess', '[^/]+', prefix)}$"]],
         "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{scalar_tag('unit_mem_mean', '[^/]+', prefix)}$"]],
     }}
-
-
-def _add_layout(writer: Any, layout: Dict[str, Any], key: Any) -> None:
-    """Write ``layout`` merged with the monitors' (:class:`NamedWriter` keeps them on the writer)."""
-    layouts = getattr(writer, NamedWriter._LAYOUTS, None) or {}
-    layouts[key] = layout
-    setattr(writer, NamedWriter._LAYOUTS, layouts)
-    merged: Dict[str, Any] = {}
-    for part in layouts.values():
-        for category, charts in part.items():
-            merged.setdefault(category, {}).update(charts)
-    writer.add_custom_scalars(merged)
 
 
 def _check_images(name: str, images: Any, labels: Any) -> tuple:
@@ -245,7 +233,7 @@ class UtilityMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(named, step=trainer.global_step)
             if trainer.is_global_zero and has_tensorboard(logger) and not self._layout_written:
-                _add_layout(logger.experiment, utility_layout(self.ks, self.name), ("utility", self.name))
+                add_merged_layout(logger.experiment, utility_layout(self.ks, self.name), ("utility", self.name))
                 self._layout_written = True
         self._merge_into_monitors(trainer)
         if self.output_dir is not None and trainer.is_global_zero:
