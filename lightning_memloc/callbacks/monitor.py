@@ -53,6 +53,8 @@ class MemorizationMonitor(Callback):
 
     - ``monitor.report``: the latest :class:`~lightning_memloc.MemorizationReport`;
     - ``monitor.meter``: the torchmetrics (``UnitMem`` per layer, ``LayerMem``) of the latest pass;
+    - ``monitor.options``: the validated settings (:class:`~lightning_memloc.options.MeasureOptions`;
+      ``monitor.top_k``, ``monitor.pairing``, ... read them, and setting one validates it);
     - ``monitor.history``: one dict of scalars per measurement (epoch, global step, per-layer
       LayerMem, ΔLayerMem, mean UnitMem, fraction above ``threshold``, dead units);
     - logged scalars (``memloc/...`` tags, also in ``trainer.callback_metrics``), TensorBoard
@@ -230,7 +232,8 @@ class MemorizationMonitor(Callback):
 
     @property
     def candidates_digest(self) -> str:
-        """A digest of the candidate set (part of :meth:`fingerprint`; computed once)."""
+        """A digest of the candidate set (part of the resume fingerprint,
+        :func:`~lightning_memloc.callbacks.monitor_checks.fingerprint`; computed once)."""
         if self._candidates_digest is None:
             self._candidates_digest = guard.candidates_digest(self.views)
         return self._candidates_digest
