@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from lightning_memloc.checks import check_choice, check_int, check_seed
 from lightning_memloc.evidence import EvidenceOptions
@@ -108,6 +108,21 @@ class MeasureOptions:
     def replace(self, **changes: Any) -> "MeasureOptions":
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def keywords(cls) -> Tuple[str, ...]:
+        """The public keyword arguments these options stand for (every field but ``with_reference``).
+
+        Example:
+            >>> MeasureOptions.keywords()[:3]
+            ('views', 'seed', 'batch_size')
+        """
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "with_reference")
+
+    def measure_kwargs(self) -> Dict[str, Any]:
+        """These options as keyword arguments of :func:`~lightning_memloc.measure` (or of the monitor):
+        how a surface that built the options (``memloc analyze``) passes them on, each under its one name."""
+        return {name: getattr(self, name) for name in self.keywords()}
 
     def meter_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of :class:`~lightning_memloc.meter.MemorizationMeter` set by these options."""

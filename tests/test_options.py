@@ -87,3 +87,12 @@ def test_monitor_options_properties_validate_on_set():
 def test_monitor_refuses_bad_options_before_loading_candidates():
     with pytest.raises(ValueError, match="`pairing` must be one of"):
         MemorizationMonitor("no/such/file.pt", pairing="pairs")
+
+
+def test_measure_kwargs_round_trip_through_measure():
+    torch.manual_seed(0)
+    options = MeasureOptions(views=3, seed=2, top_k=2, bootstrap=0, reduction="median")
+    assert set(options.measure_kwargs()) == set(MeasureOptions.keywords())
+    assert "with_reference" not in MeasureOptions.keywords()
+    report = measure(TinyCNN(), torch.rand(5, 3, 16, 16), **options.measure_kwargs())
+    assert report.meta == options.meta(views=3, seed=2, num_candidates=5)
