@@ -308,15 +308,10 @@ def measure(
     if reference_cache is not None and not isinstance(reference_cache, ReferenceCache):
         raise TypeError(f"`reference_cache` must be a lightning_memloc.ReferenceCache or None, got {type(reference_cache).__name__}.")
     check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
-    groups = check_groups(control, unseen, with_reference=reference is not None)
-    view_set = build_views(candidates, options.views, transform, seed, labels)
+    view_set, sizes, pool = prepare_views(candidates, options, transform=transform, labels=labels, control=control,
+                                          unseen=unseen)
     n = len(view_set)
-    if n < 2:
-        raise ValueError(
-            f"UnitMem compares a candidate with the others and needs at least 2 candidates, got {n}: pass more candidates."
-        )
     ids = check_candidate_ids(candidate_ids, n)
-    sizes = {name: len(images) for name, images in groups.items()}
     settings = check_meta(meta, options.meta(views=view_set.views, seed=view_set.seed, num_candidates=n, groups=sizes))
     device, _ = model_device_dtype(encoder)
     check_views_memory(options.batch_size, view_set.views, view_set.input_shape, device)
@@ -324,9 +319,38 @@ def measure(
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
                               state_dtype=state_dtype, groups=sizes, **options.meter_kwargs()).to(device)
-    run_pass(encoder, reference, view_set.pooled(list(groups.values())), specs, meter, progress=options.progress,
+    run_pass(encoder, reference, pool, specs, meter, progress=options.progress,
              epoch=(meta or {}).get("epoch"), reference_cache=reference_cache, **options.pass_kwargs())
     return meter.compute_report(ids, settings, evidence=options.evidence)
+
+
+def prepare_views(
+    candidates: Union[Candidates, SeededViews],
+    options: MeasureOptions,
+    *,
+    transform: Optional[Callable] = None,
+    labels: Optional[Tensor] = None,
+    control: Optional[Candidates] = None,
+    unseen: Optional[Candidates] = None,
+) -> Tuple[SeededViews, Dict[str, int], SeededViews]:
+    """The views of one measurement, validated before any forward pass (``measure()`` and the monitor).
+
+    Returns:
+        ``(views, group_sizes, pool)``: the candidates' :class:`~lightning_memloc.views.SeededViews`,
+        the sizes of the control / unseen sets by name, and the pooled view set of the pass
+        (candidates first, then each group, through the same transform, K and seed).
+
+    Raises:
+        ValueError: fewer than 2 candidates, a bad group (:func:`check_groups`), or bad labels.
+    """
+    groups = check_groups(control, unseen, with_reference=options.with_reference)
+    view_set = build_views(candidates, options.views, transform, options.seed, labels)
+    n = len(view_set)
+    if n < 2:
+        raise ValueError(
+            f"UnitMem compares a candidate with the others and needs at least 2 candidates, got {n}: pass more candidates."
+        )
+    return view_set, {name: len(images) for name, images in groups.items()}, view_set.pooled(list(groups.values()))
 
 
 def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *, with_reference: bool) -> Dict[str, Candidates]:

@@ -36,7 +36,7 @@ from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.distributed import rank_zero_buffers  # re-exported (documented here before)
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
-from lightning_memloc.measure import build_views, check_groups, model_device_dtype, probe_layers, run_pass
+from lightning_memloc.measure import model_device_dtype, prepare_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import MeasureOptions, option_property
 from lightning_memloc.report import MemorizationReport
@@ -186,18 +186,14 @@ class MemorizationMonitor(Callback):
         if init_batchnorm not in INIT_BATCHNORM:
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
         self.init_batchnorm = init_batchnorm
-        groups = check_groups(control, unseen, with_reference=reference is not None)
-        self.views = build_views(candidates, self.options.views, transform, seed, labels)
+        # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
+        self.views, self.group_sizes, self.pool = prepare_views(candidates, self.options, transform=transform,
+                                                                labels=labels, control=control, unseen=unseen)
         memory_limit = check_memory_limit(memory_limit)
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
         self.overwrite, self._run_id, self._candidates_digest = overwrite, os.urandom(8).hex(), None
         self._foreign_files: List[str] = []  # another run's files in output_dir (refused in on_fit_start)
-        if len(self.views) < 2:
-            raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
-        # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
-        self.group_sizes = {name: len(images) for name, images in groups.items()}
-        self.pool = self.views.pooled(list(groups.values()))
         self.every_n_epochs = every_n_epochs
         self.layers = layers
         self.encoder_spec = encoder
