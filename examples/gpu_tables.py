@@ -46,7 +46,7 @@ def evidence_table(report: MemorizationReport, top_k: int) -> str:
     """Per layer: LayerMem with its interval, ΔLayerMem, top-k / least-k, mean UnitMem, fraction of
     units above 0.5, the control's LayerMem, the excess over the control (interval, Holm p), the
     candidates minus the unseen images (Holm p), argmax membership vs chance, and the paper's values."""
-    ev, um, frac = report.evidence.layers, report.mean_unit_mem(), report.fraction_above(0.5)
+    ev, um, frac = report.evidence.layers, report.unit_mem_mean(), report.unit_mem_frac_above(0.5)
     last = len(report.layers) - 1
     rows = []
     for i, layer in enumerate(report.layers):

@@ -256,8 +256,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     report.save(out / "report.json")
     results["a"] = {"layers": report.layers, "layer_mem": report.layer_mem, "delta_layer_mem": report.delta_layer_mem,
                     "layer_mem_top": report.layer_mem_top, "layer_mem_least": report.layer_mem_least,
-                    "mean_unit_mem": report.mean_unit_mem(), "fraction_unit_mem_above_0.5": report.fraction_above(0.5),
-                    "dead_units": report.num_dead(), "evidence": report.evidence.to_dict()["layers"],
+                    "mean_unit_mem": report.unit_mem_mean(), "fraction_unit_mem_above_0.5": report.unit_mem_frac_above(0.5),
+                    "dead_units": report.num_dead_units(), "evidence": report.evidence.to_dict()["layers"],
                     "significant_layers": {test: report.evidence.significant_layers(test) for test in
                                            ("excess", "excess_unseen", "membership", "unit_mem_excess")},
                     "paper": paper.PAPER}

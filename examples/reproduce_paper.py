@@ -347,7 +347,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         t = lap("measure_control", t)
 
     layers = report.layers
-    um_ssl = report.mean_unit_mem()
+    um_ssl = report.unit_mem_mean()
     raw_c = {l: float(report.sslmem_raw[l].mean()) for l in layers}
     raw_s = {l: float(control.sslmem_raw[l].mean()) for l in layers} if control else None
     # Memorization = candidates above the control: Welch's t-test on the raw SSLMem per image.
@@ -379,8 +379,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "top_k": top_k, "num_classes": num_classes, "final_losses": losses,
         "a": {"layers": layers, "layer_mem": report.layer_mem, "delta_layer_mem": report.delta_layer_mem,
               "layer_mem_top": report.layer_mem_top, "layer_mem_least": report.layer_mem_least,
-              "mean_unit_mem": um_ssl, "fraction_unit_mem_above_0.5": report.fraction_above(0.5),
-              "dead_units": report.num_dead(), "sslmem_raw_mean": raw_c,
+              "mean_unit_mem": um_ssl, "fraction_unit_mem_above_0.5": report.unit_mem_frac_above(0.5),
+              "dead_units": report.num_dead_units(), "sslmem_raw_mean": raw_c,
               "control_layer_mem": control.layer_mem if control else None,
               "control_sslmem_raw_mean": raw_s, "control_welch_p": p_value, "paper": PAPER},
     }
@@ -476,9 +476,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         # max over candidates against their mean, so it is well above 0 even without training.
         init_report = measure(initial, images[cand], views=args.views, seed=args.seed, labels=cand_labels,
                               layers=layers, top_k=top_k, candidate_ids=cand, batch_size=64)
-        um_init = init_report.mean_unit_mem()
+        um_init = init_report.unit_mem_mean()
         cm_init = {l: float(init_report.class_mem[l].mean()) for l in layers}
-        um_sup = sup_report.mean_unit_mem()
+        um_sup = sup_report.unit_mem_mean()
         cm_ssl = {l: float(report.class_mem[l].mean()) for l in layers}
         cm_sup = {l: float(sup_report.class_mem[l].mean()) for l in layers}
         rows_d = [[f"{i + 1} `{l}`", um_ssl[l], cm_ssl[l], "UnitMem" if um_ssl[l] > cm_ssl[l] else "ClassMem",
@@ -491,7 +491,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         results["d"] = {"ssl_unit_mem": um_ssl, "ssl_class_mem": cm_ssl, "sup_unit_mem": um_sup,
                         "sup_class_mem": cm_sup, "sup_test_acc": sup_acc,
                         "untrained_unit_mem": um_init, "untrained_class_mem": cm_init,
-                        "sup_fraction_unit_mem_above_0.5": sup_report.fraction_above(0.5)}
+                        "sup_fraction_unit_mem_above_0.5": sup_report.unit_mem_frac_above(0.5)}
         tables["d"] = table_d
         t = lap("measure_supervised", t)
     else:

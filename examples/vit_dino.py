@@ -137,7 +137,7 @@ def main() -> None:
 
     report = measure(encoder, images[split.candidates], reference=reference, views=args.views, seed=args.seed,
                      labels=labels[split.candidates], negative=args.negative, top_k=10)
-    mean_um, dead = report.mean_unit_mem(), report.num_dead()
+    mean_um, dead = report.unit_mem_mean(), report.num_dead_units()
     print(f"\n{'layer':<48}{'kind':<11}{'LayerMem':>9}{'ΔLayerMem':>11}{'UnitMem':>9}{'dead':>6}")
     for layer in report.layers:
         print(f"{layer:<48}{report.layer_kinds[layer]:<11}{report.layer_mem[layer]:>9.3f}"

@@ -17,12 +17,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
-from lightning_memloc.checks import (check_candidate_ids, check_int, check_meta, check_reference, check_views_memory,
+from lightning_memloc.checks import (check_candidate_ids, check_meta, check_reference, check_views_memory,
                                     unwrap_compiled)
+from lightning_memloc.distributed import is_distributed, max_across_ranks
 from lightning_memloc.errors import NonFiniteActivationError
-from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.options import MeasureOptions
 from lightning_memloc.probe import eval_mode, model_device_dtype, probe_layers  # re-exported: measure's public helpers
 from lightning_memloc.reference_cache import ReferenceCache
 from lightning_memloc.report import MemorizationReport
@@ -30,9 +31,6 @@ from lightning_memloc.taps import LayerSpec, LayerTaps, unit_activations
 from lightning_memloc.views import SeededViews
 
 Candidates = Union[Tensor, Dataset]
-_PAIRINGS = ("all", "anchor")
-_REDUCTIONS = ("mean", "median")
-_NEGATIVE = ("clamp", "shift", "error")
 
 
 def _flat_view(out: Tensor) -> Tensor:
@@ -82,8 +80,13 @@ def _forward_reduce(
     return unit_means, aligns
 
 
-def _validate(views: int, batch_size: int, pairing: str, reduction: str, negative: str, top_k: int,
-              reference: Optional[nn.Module], encoder: nn.Module, num_workers: int) -> None:
+def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
+    """``encoder`` and ``reference`` are modules, and not one module (before any work).
+
+    Raises:
+        TypeError: either is not an ``nn.Module`` (``reference`` may be ``None``).
+        ValueError: ``reference`` is ``encoder`` itself (SSLMem would be 0 everywhere).
+    """
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"`encoder` must be a torch.nn.Module, got {type(encoder).__name__}.")
     if reference is not None and not isinstance(reference, nn.Module):
@@ -93,19 +96,6 @@ def _validate(views: int, batch_size: int, pairing: str, reduction: str, negativ
         )
     if reference is encoder:
         raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
-    for name, value, low in (("views", views, 1), ("batch_size", batch_size, 1), ("top_k", top_k, 1), ("num_workers", num_workers, 0)):
-        check_int(name, value, low)  # NumPy integers are accepted; bools and floats are not
-    if pairing not in _PAIRINGS:
-        raise ValueError(f"`pairing` must be one of {_PAIRINGS}, got {pairing!r}.")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
-    if negative not in _NEGATIVE:
-        raise ValueError(f"`negative` must be one of {_NEGATIVE}, got {negative!r}.")
-    if reference is not None and pairing == "all" and views < 2:
-        raise ValueError(
-            f"LayerMem with pairing='all' compares pairs of views and needs `views` >= 2, got {views}: "
-            "raise `views` or use pairing='anchor'."
-        )
 
 
 def build_views(
@@ -166,7 +156,7 @@ def run_pass(
         cache.bind(reference, names, pairing)  # type: ignore[arg-type]
     device = meter.device  # metric states are not registered buffers: meter.buffers() is empty
     anchor = pairing == "anchor"
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = is_distributed(world_size)
     loader = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler)
     # nonfinite[0][i] / nonfinite[1][i]: layer names[i] gave NaN/inf in the encoder / the reference.
     nonfinite = torch.zeros(2, len(names), dtype=torch.uint8)
@@ -213,9 +203,7 @@ def run_pass(
                          None if reference is None else {n: a.to(device) for n, a in align_f.items()}, align_g, labels)
     if distributed:
         # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
-        flags = nonfinite.to(device)
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        nonfinite = flags.cpu()
+        nonfinite = max_across_ranks(nonfinite.to(device), world_size).cpu()
     if bool(nonfinite.any()):
         where = "" if epoch is None else f" at epoch {epoch}"
         parts = [f"{model} layers {[n for i, n in enumerate(names) if nonfinite[row, i]]}"
@@ -313,35 +301,56 @@ def measure(
         (3, True)
     """
     encoder, reference = unwrap_compiled(encoder), unwrap_compiled(reference)  # torch.compile: measure eagerly
-    _validate(views, batch_size, pairing, reduction, negative, top_k, reference, encoder, num_workers)
+    check_models(encoder, reference)
+    options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
+                             negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
+                             bootstrap=bootstrap, confidence=confidence, alpha=alpha, with_reference=reference is not None)
     if reference_cache is not None and not isinstance(reference_cache, ReferenceCache):
         raise TypeError(f"`reference_cache` must be a lightning_memloc.ReferenceCache or None, got {type(reference_cache).__name__}.")
-    views, batch_size, top_k, num_workers = (int(v) for v in (views, batch_size, top_k, num_workers))
     check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
-    options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
-    groups = check_groups(control, unseen, with_reference=reference is not None)
-    view_set = build_views(candidates, views, transform, seed, labels)
+    view_set, sizes, pool = prepare_views(candidates, options, transform=transform, labels=labels, control=control,
+                                          unseen=unseen)
+    n = len(view_set)
+    ids = check_candidate_ids(candidate_ids, n)
+    settings = check_meta(meta, options.meta(views=view_set.views, seed=view_set.seed, num_candidates=n, groups=sizes))
+    device, _ = model_device_dtype(encoder)
+    check_views_memory(options.batch_size, view_set.views, view_set.input_shape, device)
+    example = view_set.example_batch(device)
+    specs, num_units = probe_layers(encoder, reference, layers, example)
+    meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
+                              state_dtype=state_dtype, groups=sizes, **options.meter_kwargs()).to(device)
+    run_pass(encoder, reference, pool, specs, meter, progress=options.progress,
+             epoch=(meta or {}).get("epoch"), reference_cache=reference_cache, **options.pass_kwargs())
+    return meter.compute_report(ids, settings, evidence=options.evidence)
+
+
+def prepare_views(
+    candidates: Union[Candidates, SeededViews],
+    options: MeasureOptions,
+    *,
+    transform: Optional[Callable] = None,
+    labels: Optional[Tensor] = None,
+    control: Optional[Candidates] = None,
+    unseen: Optional[Candidates] = None,
+) -> Tuple[SeededViews, Dict[str, int], SeededViews]:
+    """The views of one measurement, validated before any forward pass (``measure()`` and the monitor).
+
+    Returns:
+        ``(views, group_sizes, pool)``: the candidates' :class:`~lightning_memloc.views.SeededViews`,
+        the sizes of the control / unseen sets by name, and the pooled view set of the pass
+        (candidates first, then each group, through the same transform, K and seed).
+
+    Raises:
+        ValueError: fewer than 2 candidates, a bad group (:func:`check_groups`), or bad labels.
+    """
+    groups = check_groups(control, unseen, with_reference=options.with_reference)
+    view_set = build_views(candidates, options.views, transform, options.seed, labels)
     n = len(view_set)
     if n < 2:
         raise ValueError(
             f"UnitMem compares a candidate with the others and needs at least 2 candidates, got {n}: pass more candidates."
         )
-    ids = check_candidate_ids(candidate_ids, n)
-    settings = check_meta(meta, {"views": view_set.views, "seed": view_set.seed, "pairing": pairing, "reduction": reduction,
-                                 "negative": negative, "top_k": min(top_k, n), "num_candidates": n,
-                                 **{f"num_{name}": len(images) for name, images in groups.items()},
-                                 "bootstrap": bootstrap, "confidence": confidence, "alpha": alpha})
-    device, _ = model_device_dtype(encoder)
-    check_views_memory(batch_size, view_set.views, view_set.input_shape, device)
-    example = view_set.example_batch(device)
-    specs, num_units = probe_layers(encoder, reference, layers, example)
-    meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
-                              reduction=reduction, negative=negative, top_k=top_k, state_dtype=state_dtype,
-                              groups={name: len(images) for name, images in groups.items()}).to(device)
-    run_pass(encoder, reference, view_set.pooled(list(groups.values())), specs, meter, batch_size=batch_size,
-             pairing=pairing, num_workers=num_workers, progress=progress, epoch=(meta or {}).get("epoch"),
-             reference_cache=reference_cache)
-    return meter.compute_report(ids, settings, evidence=options)
+    return view_set, {name: len(images) for name, images in groups.items()}, view_set.pooled(list(groups.values()))
 
 
 def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *, with_reference: bool) -> Dict[str, Candidates]:

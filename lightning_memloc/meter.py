@@ -10,12 +10,12 @@ SSL Vision Encoders*, NeurIPS 2024).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lightning_memloc.distributed import reduce_states_in_place, synced_states  # reduce_...: re-exported
 from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
@@ -23,23 +23,24 @@ from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 
-def reduce_states_in_place(tensor: Tensor, group: Optional[Any] = None) -> List[Tensor]:
-    """``dist_sync_fn`` of the meter's metrics: sum floating states with an in-place ``all_reduce``.
+#: The report field of every ``compute()`` key of the meter's metrics (one name per concept).
+#: A metric's keys are relative to the metric, as in torchmetrics: ``UnitMem``'s ``"argmax"`` is
+#: a candidate id, ``ClassMem``'s ``"argmax"`` a class; a report's fields are absolute
+#: (``unit_argmax``, ``dead_units``). Keys missing here are listed in :data:`METRIC_ONLY_KEYS`.
+REPORT_FIELDS: Dict[str, Dict[str, str]] = {
+    "UnitMem": {"unit_mem": "unit_mem", "argmax": "unit_argmax", "dead": "dead_units"},
+    "ClassMem": {"class_mem": "class_mem", "unit_mem": "unit_mem", "unit_argmax": "unit_argmax", "dead": "dead_units"},
+    "LayerMem": {key: key for key in ("sslmem", "sslmem_raw", "layer_mem", "delta_layer_mem", "layer_mem_top",
+                                      "layer_mem_least", "top_ids", "least_ids")},
+}
+#: ``compute()`` keys that no report field holds: bookkeeping, and ClassMem's per-unit argmax class.
+METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), "ClassMem": ("argmax",),
+                                                "LayerMem": ("candidate_ids",)}
 
-    torchmetrics' default sync all-gathers every state, so during ``compute`` each rank briefly
-    holds ``W`` gathered copies plus ``W`` stacked copies of an ``N × U`` state (``W`` = world
-    size): about ``2·W + 2`` copies, 18 on 8 GPUs; reduced in place, about 4 whatever ``W`` is.
-    Every floating state of ``UnitMem`` / ``ClassMem`` / ``LayerMem`` (per-candidate sums and
-    counts) is reduced with ``sum``, so an in-place ``all_reduce(SUM)`` returned as a one-element
-    list gives torchmetrics' ``sum`` the same result with no gathered copies. torchmetrics caches
-    the local states before syncing and restores them after ``compute``, so reducing the live
-    tensor is safe. Integer states (ClassMem's labels, reduced with ``max``; 16 bytes per
-    candidate) keep the default all-gather.
-    """
-    if not tensor.is_floating_point():
-        return gather_all_tensors(tensor, group)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM, group=group)
-    return [tensor]
+
+def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
+    """``metric.compute()``'s output ``out`` under the report's field names (:data:`REPORT_FIELDS`)."""
+    return {field: out[key] for key, field in REPORT_FIELDS[type(metric).__name__].items()}
 
 
 def state_bytes(
@@ -73,6 +74,54 @@ def state_bytes(
     if reference:
         total += (2 * len(num_units) + 1) * num_candidates * item
     return int(total)
+
+
+def format_bytes(n: int) -> str:
+    """``'390.8 MiB (409,800,000 bytes)'``: readable, and exact for small sizes.
+
+    Example:
+        >>> format_bytes(409_800_000), format_bytes(512)
+        ('390.8 MiB (409,800,000 bytes)', '512 bytes')
+    """
+    size, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n:,} bytes)"
+
+
+def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
+                       limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None) -> Optional[str]:
+    """Refuse metric states over ``limit`` bytes, before any measurement (:func:`state_bytes`).
+
+    Args:
+        num_rows: rows of the states (candidates plus control / unseen images).
+        num_units: layer -> units.
+        reference, labels: as for :class:`MemorizationMeter`.
+        limit: bytes allowed (``None``: no limit, but a note past a quarter of a GPU's memory).
+        device: where the states live.
+        num_candidates: candidates named in the message (default ``num_rows``).
+
+    Returns:
+        A note to log when the states take over a quarter of the GPU's memory without a limit, else ``None``.
+
+    Raises:
+        MemoryError: the states need more than ``limit``; the message names ``memory_limit`` and the fixes.
+    """
+    need = state_bytes(num_rows, num_units, reference=reference, labels=labels)
+    if limit is not None and need > limit:
+        raise MemoryError(
+            f"the monitor's metric states need {format_bytes(need)} for {num_rows if num_candidates is None else num_candidates} "
+            f"candidates and {sum(num_units.values())} units in {len(num_units)} layers, over "
+            f"`memory_limit`={format_bytes(limit)} (every DDP rank holds them all; see "
+            "`lightning_memloc.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
+            "or raise `memory_limit`."
+        )
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    if limit is None and total is not None and need > total // 4:
+        return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory."
+    return None
 
 
 class MemorizationMeter(nn.Module):
@@ -124,11 +173,11 @@ class MemorizationMeter(nn.Module):
         metric_class = ClassMem if labels else UnitMem
         self.units = nn.ModuleList(
             metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype,
-                         dist_sync_fn=reduce_states_in_place)
+                         dist_sync_fn=reduce_states_in_place, sync_on_compute=False)
             for n in self.names
         )
         self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
-                                  dist_sync_fn=reduce_states_in_place) if reference else None
+                                  dist_sync_fn=reduce_states_in_place, sync_on_compute=False) if reference else None
         # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
         # set after the candidates, each into its own states (no labels, no ClassMem).
         self.group_sizes: Dict[str, int] = dict(groups or {})
@@ -206,16 +255,20 @@ class MemorizationMeter(nn.Module):
         across processes (collective under DDP: call on every rank)."""
         out = {}
         for name, metric in zip(self.names, self.units):
-            with metric.sync_context(dist_sync_fn=metric.dist_sync_fn):
-                _, mu = metric.mean_activations()
-                out[name] = apply_negative_policy(mu.detach().double(), self.negative).cpu()
+            with synced_states(metric):
+                out[name] = self._policy_means(metric)
         return out
+
+    def _policy_means(self, metric: UnitMem) -> Tensor:
+        _, mu = metric.mean_activations()
+        return apply_negative_policy(mu.detach().double(), self.negative).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
         if self.layer_mem is None:
             raise ValueError("this meter was built without a reference: there is no SSLMem.")
-        raw = self.layer_mem.compute()["sslmem_raw"]
+        with synced_states(self.layer_mem):
+            raw = self.layer_mem.compute()["sslmem_raw"]
         return {n: raw[i].detach().double().cpu() for i, n in enumerate(self.names)}
 
     def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
@@ -231,40 +284,44 @@ class MemorizationMeter(nn.Module):
         unit_argmax: Dict[str, Tensor] = {}
         dead: Dict[str, Tensor] = {}
         class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
+        means: Dict[str, Tensor] = {}  # the evidence's per-candidate means, from the same sync as compute()
         for name, metric in zip(self.names, self.units):
-            try:
-                out = metric.compute()
-            except ValueError as err:  # e.g. negative="error" on a layer with negative activations
-                raise type(err)(f"layer {name!r}: {err}") from err
+            with synced_states(metric):  # one sync per metric (states summed in place, restored after)
+                try:
+                    if evidence is not None:  # before compute(), which restores the local states when it ends
+                        means[name] = self._policy_means(metric)
+                    out = metric.compute()
+                except ValueError as err:  # e.g. negative="error" on a layer with negative activations
+                    raise type(err)(f"layer {name!r}: {err}") from err
+            out = report_values(metric, out)
             unit_mem[name] = out["unit_mem"].detach().float().cpu()
-            unit_argmax[name] = take_ids(ids, out["unit_argmax" if self.has_labels else "argmax"].detach().cpu().long())
-            dead[name] = out["dead"].detach().cpu().bool()
+            unit_argmax[name] = take_ids(ids, out["unit_argmax"].detach().cpu().long())
+            dead[name] = out["dead_units"].detach().cpu().bool()
             if class_mem is not None:
                 class_mem[name] = out["class_mem"].detach().float().cpu()
         kwargs: Dict[str, Any] = {}
         if self.layer_mem is not None:
-            out = self.layer_mem.compute()
+            with synced_states(self.layer_mem):
+                out = self.layer_mem.compute()
             seen = out["candidate_ids"].detach().cpu().long()
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
                 raise RuntimeError(f"LayerMem saw {seen.numel()} of {ids.numel()} candidates; missing positions {missing}.")
-            kwargs = {
-                "sslmem": {n: out["sslmem"][i].detach().float().cpu() for i, n in enumerate(self.names)},
-                "sslmem_raw": {n: out["sslmem_raw"][i].detach().float().cpu() for i, n in enumerate(self.names)},
-                "layer_mem": {n: float(out["layer_mem"][i]) for i, n in enumerate(self.names)},
-                "delta_layer_mem": {n: float(out["delta_layer_mem"][i]) for i, n in enumerate(self.names)},
-                "layer_mem_top": {n: float(out["layer_mem_top"][i]) for i, n in enumerate(self.names)},
-                "layer_mem_least": {n: float(out["layer_mem_least"][i]) for i, n in enumerate(self.names)},
-                "top_ids": ids[out["top_ids"].detach().cpu().long()],
-                "least_ids": ids[out["least_ids"].detach().cpu().long()],
-            }
+            for field, value in report_values(self.layer_mem, out).items():
+                value = value.detach().cpu()
+                if field.endswith("_ids"):  # positions -> user-facing ids
+                    kwargs[field] = ids[value.long()]
+                elif value.ndim == 2:  # (L, N) per-candidate values of each layer
+                    kwargs[field] = {n: value[i].float() for i, n in enumerate(self.names)}
+                else:  # (L,) one value per layer
+                    kwargs[field] = {n: float(value[i]) for i, n in enumerate(self.names)}
         report_evidence = None
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
             control = self.groups["control"] if "control" in self.group_sizes else None
             with_ref = self.layer_mem is not None
             report_evidence = compute_evidence(
-                list(self.names), unit_means=self.unit_means(), reduction=self.reduction, top_k=self.top_k,
+                list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
                 unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
@@ -38,6 +39,11 @@ _TENSOR_DICTS = {
     "sslmem_raw": torch.float32,
 }
 _FLOAT_DICTS = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least")
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"MemorizationReport.{old} is deprecated and will be removed in the next release: use "
+                  f"MemorizationReport.{new}, named like its logged tag.", DeprecationWarning, stacklevel=3)
 
 
 @dataclass
@@ -116,17 +122,33 @@ class MemorizationReport:
                 f"{what} needs SSLMem, which needs a reference encoder: measure with `reference=...`."
             )
 
-    def mean_unit_mem(self) -> Dict[str, float]:
-        """Mean UnitMem of every layer (dead units included, they score 0)."""
+    def unit_mem_mean(self) -> Dict[str, float]:
+        """Mean UnitMem of every layer (dead units included, they score 0); logged as ``memloc/unit_mem_mean/<layer>``."""
         return {layer: float(self.unit_mem[layer].float().mean()) for layer in self.layers}
 
-    def fraction_above(self, threshold: float = 0.5) -> Dict[str, float]:
-        """Fraction of units per layer whose UnitMem exceeds ``threshold`` ("highly memorizing")."""
+    def unit_mem_frac_above(self, threshold: float = 0.5) -> Dict[str, float]:
+        """Fraction of units per layer whose UnitMem exceeds ``threshold`` ("highly memorizing");
+        logged as ``memloc/unit_mem_frac_above/<layer>``."""
         return {layer: float((self.unit_mem[layer] > threshold).float().mean()) for layer in self.layers}
 
-    def num_dead(self) -> Dict[str, int]:
-        """Number of dead units per layer."""
+    def num_dead_units(self) -> Dict[str, int]:
+        """Number of dead units per layer (the count of the ``dead_units`` mask; logged as ``memloc/dead_units/<layer>``)."""
         return {layer: int(self.dead_units[layer].sum()) for layer in self.layers}
+
+    def mean_unit_mem(self) -> Dict[str, float]:
+        """Deprecated alias of :meth:`unit_mem_mean` (the name of its tag and evidence key)."""
+        _deprecated("mean_unit_mem()", "unit_mem_mean()")
+        return self.unit_mem_mean()
+
+    def fraction_above(self, threshold: float = 0.5) -> Dict[str, float]:
+        """Deprecated alias of :meth:`unit_mem_frac_above` (the name of its tag)."""
+        _deprecated("fraction_above()", "unit_mem_frac_above()")
+        return self.unit_mem_frac_above(threshold)
+
+    def num_dead(self) -> Dict[str, int]:
+        """Deprecated alias of :meth:`num_dead_units`."""
+        _deprecated("num_dead()", "num_dead_units()")
+        return self.num_dead_units()
 
     def top_layers(self, k: int = 1, by: LayerRanking = "layer_mem", largest: bool = True) -> List[str]:
         """The ``k`` layers ranked by LayerMem, ΔLayerMem or mean UnitMem.
@@ -140,7 +162,7 @@ class MemorizationReport:
             Layer names, best first; ties keep layer order.
         """
         if by == "unit_mem":
-            scores = self.mean_unit_mem()
+            scores = self.unit_mem_mean()
         elif by in ("layer_mem", "delta_layer_mem"):
             self._need_reference(f"top_layers(by={by!r})")
             scores = getattr(self, by)

@@ -47,7 +47,7 @@ def _table(rows: List[List[str]], right: List[bool]) -> List[str]:
 
 def _plain_table(report: "MemorizationReport", threshold: float) -> List[str]:
     """The table of a report measured without evidence (figures only)."""
-    frac, mean_um, dead = report.fraction_above(threshold), report.mean_unit_mem(), report.num_dead()
+    frac, mean_um, dead = report.unit_mem_frac_above(threshold), report.unit_mem_mean(), report.num_dead_units()
     name_width = max([len("layer")] + [len(layer) for layer in report.layers]) + 2
     kind_width = max([len("kind")] + [len(kind) for kind in report.layer_kinds.values()]) + 2
     head = f"{'layer':<{name_width}}{'kind':<{kind_width}}"
@@ -116,7 +116,7 @@ def format_summary(report: "MemorizationReport", threshold: float = 0.5) -> str:
         return "\n".join(_plain_table(report, threshold) + verdict_lines(report))
     alpha = float(ev.meta.get("alpha", 0.05))
     level = f"{float(ev.meta.get('confidence', 0.95)):.0%} CI"
-    frac, dead = report.fraction_above(threshold), report.num_dead()
+    frac, dead = report.unit_mem_frac_above(threshold), report.num_dead_units()
     out: List[str] = []
     if report.has_reference:
         head = ["layer", "kind", "LayerMem", level, "ΔLayerMem", "top-k", "least-k"]

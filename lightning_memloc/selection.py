@@ -143,7 +143,7 @@ def select_layers(
         chosen = sorted(torch.randperm(n_layers, generator=generator)[:k].tolist())
     else:
         if by == "unit_mem":
-            scores = report.mean_unit_mem()
+            scores = report.unit_mem_mean()
         elif by == "excess":
             if report.evidence is None or not report.evidence.has("excess"):
                 raise ValueError("`by`='excess' ranks layers by LayerMem's excess over a control set, which this report "

@@ -186,6 +186,10 @@ class SeededViews(Dataset):
     def _raw(self, i: int) -> Tensor:
         return as_float_image(self._item(i)[0])
 
+    raw = _raw  # public: candidate ``i`` as stored, a float image (no transform)
+    stored = property(lambda self: self._images if self._images is not None else self._views,
+                      doc="The candidate tensor as stored (images or precomputed views); ``None`` for a dataset.")
+
     def _index(self, i: int) -> int:
         i = operator.index(i)
         if not -self.num_candidates <= i < self.num_candidates:

@@ -194,7 +194,7 @@ def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[st
 
     * ``"num_layers"``: number of layers of that kind;
     * ``"unit_mem"``: mean UnitMem over all units of those layers (units pooled; dead units count
-      as 0, as in :meth:`~lightning_memloc.MemorizationReport.mean_unit_mem`);
+      as 0, as in :meth:`~lightning_memloc.MemorizationReport.unit_mem_mean`);
     * ``"fraction_above"``: fraction of those units with UnitMem > ``threshold``;
     * ``"dead_fraction"``: fraction of dead units (e.g. attention units clamped to 0);
     * with a reference encoder only: ``"layer_mem"`` and ``"delta_layer_mem"``, the mean LayerMem

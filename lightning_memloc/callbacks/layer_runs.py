@@ -18,15 +18,9 @@ import os
 from typing import Any, Dict, List, Optional
 
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.tags import LAYER_QUANTITIES, LAYER_RUNS_FOLDER, PREFIX, by_layer_tag, scalar_tag
 
-__all__ = ["LAYER_QUANTITIES", "LayerRunWriters", "layer_run_name"]
-
-#: Quantities written per layer run (those present in the scalars of a measurement).
-LAYER_QUANTITIES = ("layer_mem", "layer_mem_lo", "layer_mem_hi", "delta_layer_mem", "layer_mem_top", "layer_mem_least",
-                    "excess", "excess_lo", "excess_hi", "excess_p_holm", "excess_unseen", "unit_mem_mean",
-                    "unit_mem_mean_lo", "unit_mem_mean_hi", "unit_mem_frac_above", "unit_mem_unseen",
-                    "unit_mem_excess", "unit_mem_excess_lo", "unit_mem_excess_hi", "membership",
-                    "membership_p_holm", "dead_units")
+__all__ = ["LAYER_QUANTITIES", "LayerRunWriters", "layer_run_name"]  # LAYER_QUANTITIES: from lightning_memloc.tags
 
 
 def layer_run_name(index: int, layer: str, total: int) -> str:
@@ -49,7 +43,7 @@ class LayerRunWriters:
 
     def __init__(self, log_dir: str, prefix: str = "memloc") -> None:
         self.log_dir, self.prefix = str(log_dir), prefix
-        self.folder = "memloc_layers" if prefix == "memloc" else f"{prefix}_layers"
+        self.folder = LAYER_RUNS_FOLDER if prefix == PREFIX else f"{prefix}_layers"
         self._writers: Dict[str, Any] = {}
 
     def _writer(self, run: str) -> Any:
@@ -66,11 +60,11 @@ class LayerRunWriters:
             run = layer_run_name(i, layer, len(report.layers))
             writer = self._writer(run)
             for quantity in LAYER_QUANTITIES:
-                value: Optional[float] = scalars.get(f"memloc/{quantity}/{layer}")
+                value: Optional[float] = scalars.get(scalar_tag(quantity, layer))
                 if value is not None:
-                    writer.add_scalar(f"{self.prefix}_by_layer/{quantity}", value, global_step=step)
+                    writer.add_scalar(by_layer_tag(quantity, self.prefix), value, global_step=step)
             if histograms:
-                writer.add_histogram(f"{self.prefix}_by_layer/unit_mem", report.unit_mem[layer].float(), global_step=step)
+                writer.add_histogram(by_layer_tag("unit_mem", self.prefix), report.unit_mem[layer].float(), global_step=step)
             writer.flush()
             runs.append(run)
         return runs

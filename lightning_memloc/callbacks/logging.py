@@ -20,14 +20,21 @@ measurement: scalars, histograms and image grids line up in TensorBoard. Tags:
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
 
+from lightning_memloc.callbacks.layer_runs import LayerRunWriters
+from lightning_memloc.callbacks.naming import NamedWriter, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
+                                   hist_tag, image_tag, scalar_tag, significant_tag)
 
-PREFIX = "memloc"
+__all__ = ["MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "log_tensorboard",
+           "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.tags
+#: Evidence-chart quantities (when the report's evidence has them).
+_EVIDENCE_CHARTS = ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen")
 
 
 def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, float]:
@@ -42,18 +49,15 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
         0.5
     """
     out: Dict[str, float] = {}
-    means, fractions, dead = report.mean_unit_mem(), report.fraction_above(threshold), report.num_dead()
+    means, fractions, dead = report.unit_mem_mean(), report.unit_mem_frac_above(threshold), report.num_dead_units()
     for layer in report.layers:
         if report.has_reference:
-            out[f"{PREFIX}/layer_mem/{layer}"] = report.layer_mem[layer]
-            out[f"{PREFIX}/delta_layer_mem/{layer}"] = report.delta_layer_mem[layer]
-            out[f"{PREFIX}/layer_mem_top/{layer}"] = report.layer_mem_top[layer]
-            out[f"{PREFIX}/layer_mem_least/{layer}"] = report.layer_mem_least[layer]
-        out[f"{PREFIX}/unit_mem_mean/{layer}"] = means[layer]
-        out[f"{PREFIX}/unit_mem_frac_above/{layer}"] = fractions[layer]
-        out[f"{PREFIX}/dead_units/{layer}"] = float(dead[layer])
+            for quantity in REFERENCE_QUANTITIES:  # report fields of the same names
+                out[scalar_tag(quantity, layer)] = getattr(report, quantity)[layer]
+        unit = {"unit_mem_mean": means[layer], "unit_mem_frac_above": fractions[layer], "dead_units": float(dead[layer])}
+        out.update({scalar_tag(quantity, layer): unit[quantity] for quantity in UNIT_QUANTITIES})
         if report.class_mem is not None:
-            out[f"{PREFIX}/class_mem_mean/{layer}"] = float(report.class_mem[layer].mean())
+            out[scalar_tag(LABEL_QUANTITIES[0], layer)] = float(report.class_mem[layer].mean())
     out.update(evidence_scalars(report))
     return out
 
@@ -77,24 +81,15 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
     ev = report.evidence
     if ev is None:
         return {}
-    skip = {"layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least", "unit_mem_mean"}
+    skip = {*REFERENCE_QUANTITIES, "unit_mem_mean"}  # logged by report_scalars
     out: Dict[str, float] = {}
     for layer in report.layers:
         for key, value in ev.layers[layer].items():
             if value is not None and key not in skip and math.isfinite(value):
-                out[f"{PREFIX}/{key}/{layer}"] = float(value)
+                out[scalar_tag(key, layer)] = float(value)
     for test, layers in dict(ev.meta.get("significant") or {}).items():
-        out[f"{PREFIX}/significant_layers/{test}"] = float(len(layers))
+        out[significant_tag(test)] = float(len(layers))
     return out
-
-
-#: Margin charts (value, lower, upper) drawn per layer when the report has them.
-MARGINS = {
-    "LayerMem ± CI": ("layer_mem", "layer_mem_lo", "layer_mem_hi"),
-    "excess over control ± CI": ("excess", "excess_lo", "excess_hi"),
-    "mean UnitMem ± CI": ("unit_mem_mean", "unit_mem_mean_lo", "unit_mem_mean_hi"),
-    "UnitMem seen − unseen ± CI": ("unit_mem_excess", "unit_mem_excess_lo", "unit_mem_excess_hi"),
-}
 
 
 def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> Dict[str, Dict[str, List]]:
@@ -107,40 +102,33 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
     """
     if by_layer:
         return _by_layer_layout(report)
-    quantities = ["unit_mem_mean", "unit_mem_frac_above", "dead_units"]
-    if report.has_reference:
-        quantities = ["layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least"] + quantities
-    if report.class_mem is not None:
-        quantities.append("class_mem_mean")
-    ev = report.evidence
-    if ev is not None:
-        for extra in ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen"):
-            if ev.has(extra):
-                quantities.append(extra)
-    charts = {q: ["Multiline", [f"{PREFIX}/{q}/{layer}" for layer in report.layers]] for q in quantities}
+    quantities = _chart_quantities(report, labels=True)
+    charts = {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}
     layout = {PREFIX: charts}
+    ev = report.evidence
     if ev is not None:
         for title, (value, lo, hi) in MARGINS.items():
             if ev.has(lo):
                 layout[f"{PREFIX} {title}"] = {
-                    layer: ["Margin", [f"{PREFIX}/{value}/{layer}", f"{PREFIX}/{lo}/{layer}", f"{PREFIX}/{hi}/{layer}"]]
+                    layer: ["Margin", [scalar_tag(value, layer), scalar_tag(lo, layer), scalar_tag(hi, layer)]]
                     for layer in report.layers}
     return layout
 
 
-def _by_layer_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
-    tag = f"{PREFIX}_by_layer"
-    quantities = ["unit_mem_mean", "unit_mem_frac_above", "dead_units"]
-    if report.has_reference:
-        quantities = ["layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least"] + quantities
+def _chart_quantities(report: MemorizationReport, labels: bool) -> List[str]:
+    quantities = list(REFERENCE_QUANTITIES if report.has_reference else ()) + list(UNIT_QUANTITIES)
+    if labels and report.class_mem is not None:
+        quantities += LABEL_QUANTITIES
     ev = report.evidence
-    for extra in ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen"):
-        if ev is not None and ev.has(extra):
-            quantities.append(extra)
-    charts: Dict[str, List] = {q: ["Multiline", [f"^{tag}/{q}$"]] for q in quantities}
+    return quantities + [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
+
+
+def _by_layer_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
+    ev = report.evidence
+    charts: Dict[str, List] = {q: ["Multiline", [f"^{by_layer_tag(q)}$"]] for q in _chart_quantities(report, labels=False)}
     for title, (value, lo, hi) in MARGINS.items():
         if ev is not None and ev.has(lo):
-            charts[title] = ["Margin", [f"{tag}/{value}", f"{tag}/{lo}", f"{tag}/{hi}"]]
+            charts[title] = ["Margin", [by_layer_tag(value), by_layer_tag(lo), by_layer_tag(hi)]]
     return {PREFIX: charts}
 
 
@@ -180,8 +168,51 @@ def log_tensorboard(
         writer.add_custom_scalars(custom_scalar_layout(report, by_layer=by_layer))
     if histograms:
         for layer in report.layers:
-            writer.add_histogram(f"{PREFIX}_hist/unit_mem/{layer}", report.unit_mem[layer].float(), global_step=step)
+            writer.add_histogram(hist_tag(layer), report.unit_mem[layer].float(), global_step=step)
     if images is not None and grid_size > 0:
         for name, grid in image_grids(report, images, grid_size).items():
-            writer.add_image(f"{PREFIX}_images/{name}", grid, global_step=step)
+            writer.add_image(image_tag(name), grid, global_step=step)
     writer.flush()
+
+
+class MonitorLoggers:
+    """Writes one monitor's measurements to every logger of a trainer, all at ``trainer.global_step``.
+
+    Scalars go to every logger and into ``trainer.callback_metrics`` (tags renamed for a named
+    monitor); on rank 0 a TensorBoard logger also gets histograms, image grids, the custom-scalars
+    layout (once) and, with ``layer_runs``, one run per layer
+    (:class:`~lightning_memloc.callbacks.layer_runs.LayerRunWriters`).
+
+    Args:
+        name: the monitor's ``name`` (``None``: plain ``memloc/...`` tags).
+    """
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        self.name = name
+        self.layout_written = False
+        self.layer_writers: Dict[str, LayerRunWriters] = {}
+
+    def log(self, trainer: Any, report: MemorizationReport, scalars: Dict[str, float], *,
+            images: Optional[Callable[[Tensor], Tensor]], grid_size: int, histograms: bool, layer_runs: bool) -> None:
+        """Log ``scalars`` (plain ``memloc/...`` tags, from :func:`report_scalars`) and the TensorBoard extras."""
+        plain, scalars = scalars, named_scalars(scalars, self.name)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+            if trainer.is_global_zero and has_tensorboard(logger):
+                log_dir = getattr(logger.experiment, "log_dir", None)
+                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
+                                grid_size=grid_size, histograms=histograms, layout=not self.layout_written,
+                                by_layer=layer_runs and bool(log_dir))
+                self.layout_written = True
+                if layer_runs and log_dir:
+                    writers = self.layer_writers.setdefault(str(log_dir),
+                                                            LayerRunWriters(str(log_dir), named_tag(PREFIX, self.name)))
+                    writers.log(report, plain, step, histograms=histograms)
+
+    def close(self) -> None:
+        """Close the per-layer writers (end of fit)."""
+        for writers in self.layer_writers.values():
+            writers.close()
+        self.layer_writers = {}

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -25,68 +24,25 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks import monitor_checks as guard
-from lightning_memloc.callbacks.layer_runs import LayerRunWriters
-from lightning_memloc.callbacks.logging import log_tensorboard, report_scalars
+from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
-from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars
+from lightning_memloc.callbacks.naming import check_name
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
 from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
+from lightning_memloc.distributed import rank_zero_buffers  # re-exported (documented here before)
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
-from lightning_memloc.measure import _validate, build_views, check_groups, model_device_dtype, probe_layers, run_pass
-from lightning_memloc.meter import MemorizationMeter, state_bytes
+from lightning_memloc.measure import model_device_dtype, prepare_views, probe_layers, run_pass
+from lightning_memloc.meter import MemorizationMeter, check_state_memory
+from lightning_memloc.options import MeasureOptions, option_property
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
-
-
-def _format_bytes(n: int) -> str:
-    """``'390.8 MiB (409,800,000 bytes)'``: readable, and exact for small sizes."""
-    size, unit = float(n), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{n:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n:,} bytes)"
-
-
-@contextmanager
-def rank_zero_buffers(world_size: int, *modules: Optional[nn.Module]) -> Iterator[None]:
-    """Give every rank rank 0's buffers (BatchNorm running statistics) for the duration of a pass.
-
-    DDP keeps the parameters identical on every rank, but not the buffers: it broadcasts rank 0's
-    at the start of each training forward, after which every rank updates its BatchNorm running
-    statistics with its own batch. At the end of an epoch the ranks therefore hold slightly
-    different encoders, and a sharded measurement would mix them; checkpoints, and the weights
-    ``ddp_spawn`` hands back, hold rank 0's. Inside this context every rank measures with rank 0's
-    buffers, so the sharded result equals a single-process measurement of the checkpointed
-    weights; each rank's own buffers are restored on exit (training is left untouched, also with
-    ``broadcast_buffers=False``). A no-op in a single process. Collective: call on every rank.
-    """
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-    buffers: List[Tensor] = []
-    if distributed:
-        seen = set()
-        for module in modules:
-            for buf in [] if module is None else module.buffers():
-                if id(buf) not in seen:
-                    seen.add(id(buf))
-                    buffers.append(buf)
-    saved = [buf.detach().clone() for buf in buffers]
-    try:
-        with torch.no_grad():
-            for buf in buffers:
-                torch.distributed.broadcast(buf, src=0)
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, value in zip(buffers, saved):
-                buf.copy_(value)
 
 
 class MemorizationMonitor(Callback):
@@ -97,6 +53,8 @@ class MemorizationMonitor(Callback):
 
     - ``monitor.report``: the latest :class:`~lightning_memloc.MemorizationReport`;
     - ``monitor.meter``: the torchmetrics (``UnitMem`` per layer, ``LayerMem``) of the latest pass;
+    - ``monitor.options``: the validated settings (:class:`~lightning_memloc.options.MeasureOptions`;
+      ``monitor.top_k``, ``monitor.pairing``, ... read them, and setting one validates it);
     - ``monitor.history``: one dict of scalars per measurement (epoch, global step, per-layer
       LayerMem, ΔLayerMem, mean UnitMem, fraction above ``threshold``, dead units);
     - logged scalars (``memloc/...`` tags, also in ``trainer.callback_metrics``), TensorBoard
@@ -217,37 +175,33 @@ class MemorizationMonitor(Callback):
             raise TypeError(
                 f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."
             )
-        # The reference may still be a path or an attribute: validate the rest with a stand-in.
-        _validate(views, batch_size, pairing, reduction, negative, top_k, None if reference is None else nn.Identity(),
-                  nn.Identity(), num_workers)
+        # The reference may still be a path or an attribute: only whether there is one matters here.
+        self.options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
+                                      negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
+                                      bootstrap=bootstrap, confidence=confidence, alpha=alpha,
+                                      with_reference=reference is not None)
         candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
         control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
         unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
-        self.evidence_options = EvidenceOptions(bootstrap=bootstrap, confidence=confidence, alpha=alpha, seed=seed)
         if init_batchnorm not in INIT_BATCHNORM:
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
         self.init_batchnorm = init_batchnorm
-        groups = check_groups(control, unseen, with_reference=reference is not None)
-        self.views = build_views(candidates, views, transform, seed, labels)
-        batch_size, top_k, num_workers = int(batch_size), int(top_k), int(num_workers)  # NumPy ints accepted above
+        # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
+        self.views, self.group_sizes, self.pool = prepare_views(candidates, self.options, transform=transform,
+                                                                labels=labels, control=control, unseen=unseen)
         memory_limit = check_memory_limit(memory_limit)
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
         self.overwrite, self._run_id, self._candidates_digest = overwrite, os.urandom(8).hex(), None
-        if len(self.views) < 2:
-            raise ValueError(f"the monitor needs at least 2 candidates (UnitMem compares each with the rest), got {len(self.views)}.")
-        # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
-        self.group_sizes = {name: len(images) for name, images in groups.items()}
-        self.pool = self.views.pooled(list(groups.values()))
+        self._foreign_files: List[str] = []  # another run's files in output_dir (refused in on_fit_start)
         self.every_n_epochs = every_n_epochs
         self.layers = layers
         self.encoder_spec = encoder
         self.reference_spec = reference
-        self.batch_size, self.pairing, self.reduction, self.negative = batch_size, pairing, reduction, negative
-        self.top_k, self.threshold, self.grid_size = top_k, float(threshold), grid_size
+        self.threshold, self.grid_size = float(threshold), grid_size
         self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
-        self.progress, self.num_workers, self.memory_limit = progress, num_workers, memory_limit
+        self.memory_limit = memory_limit
         self.history: List[Dict[str, Any]] = []
         self.report: Optional[MemorizationReport] = None
         self.meter: Optional[MemorizationMeter] = None
@@ -255,9 +209,35 @@ class MemorizationMonitor(Callback):
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
-        self._layout_written = False
         self.layer_runs = bool(layer_runs)
-        self._layer_writers: Dict[str, LayerRunWriters] = {}
+        self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
+
+    batch_size, pairing, reduction = option_property("batch_size"), option_property("pairing"), option_property("reduction")
+    negative, top_k = option_property("negative"), option_property("top_k")
+    num_workers, progress = option_property("num_workers"), option_property("progress")
+
+    @property
+    def evidence_options(self) -> EvidenceOptions:
+        """How the report's intervals and tests are computed (from :attr:`options`)."""
+        return self.options.evidence
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run, written into ``output_dir``'s marker (a resumed run takes over its folder's)."""
+        return self._run_id
+
+    @property
+    def candidates_digest(self) -> str:
+        """A digest of the candidate set (part of the resume fingerprint,
+        :func:`~lightning_memloc.callbacks.monitor_checks.fingerprint`; computed once)."""
+        if self._candidates_digest is None:
+            self._candidates_digest = guard.candidates_digest(self.views)
+        return self._candidates_digest
+
+    @property
+    def layer_names(self) -> Optional[List[str]]:
+        """The measured layers, resolved (``None`` until ``setup`` or the first measurement)."""
+        return None if not self._specs else [spec.name for spec in self._specs]
 
     # ----------------------------------------------------------------- set-up
     @property
@@ -291,7 +271,8 @@ class MemorizationMonitor(Callback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
-            guard.claim_output_dir(self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
+            self._run_id, self._foreign_files = guard.claim_output_dir(
+                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
         if reference is encoder:
@@ -301,26 +282,12 @@ class MemorizationMonitor(Callback):
         device, _ = model_device_dtype(encoder)
         check_views_memory(self.batch_size, self.views.views, self.views.input_shape, device)
         with guard.encoder_hint(self.encoder_spec, pl_module):
-            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
-        self._check_memory(device, reference is not None)
-
-    def _example(self, device: torch.device) -> Tensor:
-        return self.views.example_batch(device)
-
-    def _check_memory(self, device: torch.device, with_reference: bool) -> None:
-        need = state_bytes(len(self.pool), self._num_units, reference=with_reference, labels=self.views.has_labels)
-        limit = self.memory_limit
-        if limit is not None and need > limit:
-            raise MemoryError(
-                f"the monitor's metric states need {_format_bytes(need)} for {len(self.views)} candidates and "
-                f"{sum(self._num_units.values())} units in {len(self._num_units)} layers, over "
-                f"`memory_limit`={_format_bytes(limit)} (every DDP rank holds them all; see "
-                "`lightning_memloc.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
-                "or raise `memory_limit`."
-            )
-        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-        if limit is None and total is not None and need > total // 4:
-            rank_zero_info(f"[memloc] metric states need {_format_bytes(need)}, over a quarter of the GPU's memory.")
+            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
+        note = check_state_memory(len(self.pool), self._num_units, reference=reference is not None,
+                                  labels=self.views.has_labels, limit=self.memory_limit, device=device,
+                                  num_candidates=len(self.views))
+        if note:
+            rank_zero_info(note)
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -361,31 +328,28 @@ class MemorizationMonitor(Callback):
         if reference is not None and reference not in list(pl_module.modules()):
             reference.to(device)
         if self._specs is None:
-            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self._example(device))
+            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
-                                  labels=self.views.has_labels, reduction=self.reduction,
-                                  negative=self.negative, top_k=self.top_k, groups=self.group_sizes).to(device)
+                                  labels=self.views.has_labels, groups=self.group_sizes,
+                                  **self.options.meter_kwargs()).to(device)
         sampler = None
         if trainer.world_size > 1:
             sampler = DistributedSampler(self.pool, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
         cache = self._reference_cache if frozen_reference(pl_module, reference) else None
         with rank_zero_buffers(trainer.world_size, encoder, reference):
-            run_pass(encoder, reference, self.pool, self._specs, meter, batch_size=self.batch_size, reference_cache=cache,
-                     pairing=self.pairing, num_workers=self.num_workers, sampler=sampler,
+            run_pass(encoder, reference, self.pool, self._specs, meter, reference_cache=cache, sampler=sampler,
                      progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}", epoch=epoch,
-                     world_size=trainer.world_size)
-        meta = {"views": self.views.views, "seed": self.views.seed, "pairing": self.pairing, "reduction": self.reduction,
-                "negative": self.negative, "top_k": min(self.top_k, len(self.views)), "epoch": epoch,
-                "global_step": trainer.global_step, "num_candidates": len(self.views),
-                **{f"num_{name}": size for name, size in self.group_sizes.items()},
-                "bootstrap": self.evidence_options.bootstrap, "confidence": self.evidence_options.confidence,
-                "alpha": self.evidence_options.alpha,
+                     world_size=trainer.world_size, **self.options.pass_kwargs())
+        meta = {**self.options.meta(views=self.views.views, seed=self.views.seed, num_candidates=len(self.views),
+                                    groups=self.group_sizes, epoch=epoch, global_step=trainer.global_step),
                 "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model"}
-        report = meter.compute_report(torch.arange(len(self.views)), meta, evidence=self.evidence_options)
+        report = meter.compute_report(torch.arange(len(self.views)), meta, evidence=self.options.evidence)
         self.report, self.meter = report, meter
         scalars = report_scalars(report, self.threshold)
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
-        self._log(trainer, report, scalars)
+        grids = self.grid_size and len(self.views.view_shape) == 3  # image grids of image candidates only
+        self._loggers.log(trainer, report, scalars, images=self.views.display_images if grids else None,
+                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs)
         if self.output_dir is not None and trainer.is_global_zero:
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
@@ -396,24 +360,6 @@ class MemorizationMonitor(Callback):
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
 
-    def _log(self, trainer: pl.Trainer, report: MemorizationReport, scalars: Dict[str, float]) -> None:
-        plain, scalars = scalars, named_scalars(scalars, self.name)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
-        step = trainer.global_step
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-            if trainer.is_global_zero and has_tensorboard(logger):
-                images = self.views.display_images if self.grid_size and len(self.views.view_shape) == 3 else None
-                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
-                                grid_size=self.grid_size, histograms=self.log_histograms, layout=not self._layout_written,
-                                by_layer=self.layer_runs and bool(getattr(logger.experiment, "log_dir", None)))
-                self._layout_written = True
-                log_dir = getattr(logger.experiment, "log_dir", None)
-                if self.layer_runs and log_dir:
-                    prefix = "memloc" if self.name is None else f"memloc-{self.name}"
-                    writers = self._layer_writers.setdefault(str(log_dir), LayerRunWriters(str(log_dir), prefix))
-                    writers.log(report, plain, step, histograms=self.log_histograms)
-
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {"history": list(self.history), "report": None if self.report is None else self.report.to_dict(),
@@ -421,17 +367,17 @@ class MemorizationMonitor(Callback):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
         guard.check_checkpoint_states(self, trainer, checkpoint)
-        if self.output_dir is not None and getattr(self, "_foreign_files", None):
-            guard.adopt(self, self.output_dir)  # resuming: continue the folder of the same run
+        if self.output_dir is not None and self._foreign_files:
+            run_id = guard.adopt(self, self.output_dir)  # resuming: continue the folder of the same run
+            if run_id is not None:
+                self._run_id, self._foreign_files = run_id, []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        guard.check_no_foreign_files(self, self.output_dir)  # another run's files, and not a resume of it
+        guard.check_no_foreign_files(self._foreign_files, self.output_dir)  # another run's files, and not a resume of it
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)
-        for writers in self._layer_writers.values():
-            writers.close()
-        self._layer_writers = {}
+        self._loggers.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         guard.release_output_dir(self)

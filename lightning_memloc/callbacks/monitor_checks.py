@@ -20,7 +20,7 @@ import os
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -51,31 +51,31 @@ def _transform_name(transform: Any) -> str:
 
 def candidates_digest(views: Any) -> str:
     """A digest of the candidate set (tensor contents; for a ``Dataset``: its size and first 2 items)."""
-    stored = views._images if views._images is not None else views._views
+    stored = views.stored
     if stored is None:
-        items = [views._raw(i) for i in range(min(2, len(views)))]
+        items = [views.raw(i) for i in range(min(2, len(views)))]
         stored = torch.stack(items) if len({tuple(t.shape) for t in items}) == 1 else items[0]
     labels = _digest(views.labels) or "-"
     return f"{len(views)}:{_digest(stored)}:{labels}"
 
 
 def fingerprint(monitor: Any) -> Dict[str, Any]:
-    """What defines one measurement of ``monitor``: candidates, views, seed, layers, options."""
-    if getattr(monitor, "_candidates_digest", None) is None:
-        monitor._candidates_digest = candidates_digest(monitor.views)
-    specs = getattr(monitor, "_specs", None)
-    layers = [s.name for s in specs] if specs else monitor.layers
-    return {"candidates": monitor._candidates_digest, "num_candidates": len(monitor.views),
+    """What defines one measurement of ``monitor``: candidates, views, seed, layers, options.
+
+    Reads the monitor's public ``candidates_digest``, ``views``, ``layer_names`` (the resolved
+    layers, ``None`` before ``setup``), ``layers``, ``options``, ``reference_spec``,
+    ``group_sizes`` and ``pool``.
+    """
+    layers = monitor.layer_names or monitor.layers
+    return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
             "views": monitor.views.views, "seed": monitor.views.seed,
             "transform": _transform_name(monitor.views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
-            "pairing": monitor.pairing, "reduction": monitor.reduction, "negative": monitor.negative,
-            "top_k": monitor.top_k, "reference": monitor.reference_spec is not None,
+            **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
+            "reference": monitor.reference_spec is not None,
             # control / unseen images are part of the measurement: their sizes and contents
-            "groups": dict(getattr(monitor, "group_sizes", {}) or {}),
-            "pool": candidates_digest(monitor.pool) if getattr(monitor, "group_sizes", None) else None,
-            "evidence": [getattr(monitor.evidence_options, k, None) for k in ("bootstrap", "confidence", "alpha")]
-            if hasattr(monitor, "evidence_options") else None}
+            "groups": dict(monitor.group_sizes),
+            "pool": candidates_digest(monitor.pool) if monitor.group_sizes else None}
 
 
 def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
@@ -133,13 +133,18 @@ def _read_marker(folder: Path) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> None:
+def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> Tuple[str, List[str]]:
     """In ``setup`` (rank 0): make ``folder`` this run's, or refuse before training starts.
 
     - another live monitor writes there: ``ValueError`` (two monitors would overwrite each other);
     - the folder holds another run's files: ``FileExistsError`` unless ``overwrite=True``, which
       deletes them (``history.json``, ``report_epoch=*.json``, the marker) now;
     - resuming: the folder's marker must hold this monitor's fingerprint; the run adopts it.
+
+    Returns:
+        ``(run_id, foreign_files)``: the run id to write under (the monitor's, or the resumed
+        run's), and another run's files still in the folder, refused in ``on_fit_start`` by
+        :func:`check_no_foreign_files` unless a checkpoint restore adopts the folder first.
     """
     key = str(folder.resolve())
     other = _CLAIMS.get(key)
@@ -149,31 +154,35 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
                          "writes history.json and report_epoch=<E>.json, so give each its own folder.")
     files = _monitor_files(folder)
     marker = _read_marker(folder)
-    ours = marker is not None and marker.get("run_id") == monitor._run_id
-    monitor._foreign_files = []
+    run_id, foreign = monitor.run_id, []
+    ours = marker is not None and marker.get("run_id") == run_id
     if files and not ours and not overwrite:
         if resuming and marker is not None:
-            adopt(monitor, folder, marker)
+            run_id = adopt(monitor, folder, marker) or run_id
         else:  # decided in on_fit_start: Lightning restores a checkpoint (a resume) only after setup
-            monitor._foreign_files = files
+            foreign = files
     elif files and not ours and overwrite:
         for name in files:
             (folder / name).unlink()
     _CLAIMS[key] = weakref.ref(monitor)
+    return run_id, foreign
 
 
-def adopt(monitor: Any, folder: Path, marker: Optional[Dict[str, Any]] = None) -> None:
-    """A resumed run continues the folder of the run it resumes: same fingerprint, same run id."""
+def adopt(monitor: Any, folder: Path, marker: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """A resumed run continues the folder of the run it resumes: same fingerprint, same run id.
+
+    Returns:
+        The resumed run's id, to write under from now on (``None``: the folder has no marker).
+    """
     marker = _read_marker(folder) if marker is None else marker
     if marker is None:
-        return
+        return None
     check_same_fingerprint(marker.get("fingerprint"), fingerprint(monitor), f"`output_dir`={str(folder)!r}")
-    monitor._run_id, monitor._foreign_files = str(marker.get("run_id")), []
+    return str(marker.get("run_id"))
 
 
-def check_no_foreign_files(monitor: Any, folder: Optional[Path]) -> None:
-    """In ``on_fit_start`` (after any checkpoint restore): refuse a folder holding another run's files."""
-    files = getattr(monitor, "_foreign_files", [])
+def check_no_foreign_files(files: List[str], folder: Optional[Path]) -> None:
+    """In ``on_fit_start`` (after any checkpoint restore): refuse a folder holding another run's ``files``."""
     if folder is not None and files:
         raise FileExistsError(
             f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
@@ -193,9 +202,9 @@ def check_owner(monitor: Any, folder: Path) -> None:
     """Before each write: the folder's marker must be this run's (it is written on the first write)."""
     marker = _read_marker(folder)
     if marker is None:
-        atomic_write_text(folder / MARKER, json.dumps({"run_id": monitor._run_id, "fingerprint": fingerprint(monitor)},
+        atomic_write_text(folder / MARKER, json.dumps({"run_id": monitor.run_id, "fingerprint": fingerprint(monitor)},
                                                       indent=1))
-    elif marker.get("run_id") != monitor._run_id:
+    elif marker.get("run_id") != monitor.run_id:
         raise FileExistsError(f"`output_dir`={str(folder)!r} was taken by another run (run id {marker.get('run_id')!r}) "
                               "during this one: give each run its own folder.")
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Optional
 
-from lightning_memloc.callbacks.logging import PREFIX
+from lightning_memloc.tags import PREFIX
 
-__all__ = ["NamedWriter", "check_name", "has_tensorboard", "named_tag", "named_scalars"]
+__all__ = ["LAYOUTS_ATTRIBUTE", "NamedWriter", "add_merged_layout", "check_name", "has_tensorboard", "named_tag", "named_scalars"]
 
+#: The attribute of a ``SummaryWriter`` holding the layouts written to it, by writer key.
+LAYOUTS_ATTRIBUTE = "_memloc_layouts"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -81,8 +83,6 @@ class NamedWriter:
         name: the monitor's name (``None``: tags unchanged, layouts still merged).
     """
 
-    _LAYOUTS = "_memloc_layouts"
-
     def __init__(self, writer: Any, name: Optional[str]) -> None:
         self.writer, self.name = writer, name
 
@@ -102,14 +102,23 @@ class NamedWriter:
         return self.writer.add_scalars(named_tag(main_tag, self.name), *args, **kwargs)
 
     def add_custom_scalars(self, layout: Dict[str, Any]) -> Any:
-        layouts: Dict[Any, Dict[str, Any]] = getattr(self.writer, self._LAYOUTS, None) or {}
-        layouts[self.name] = _rename(layout, self.name)
-        try:
-            setattr(self.writer, self._LAYOUTS, layouts)
-        except AttributeError:  # pragma: no cover - a writer refusing attributes: write this layout alone
-            return self.writer.add_custom_scalars(layouts[self.name])
-        merged: Dict[str, Any] = {}
-        for part in layouts.values():
-            for category, charts in part.items():
-                merged.setdefault(category, {}).update(charts)
-        return self.writer.add_custom_scalars(merged)
+        return add_merged_layout(self.writer, _rename(layout, self.name), self.name)
+
+
+def add_merged_layout(writer: Any, layout: Dict[str, Any], key: Any) -> Any:
+    """Write ``layout`` (stored on ``writer`` under ``key``) merged with every layout written so far.
+
+    TensorBoard's custom-scalars plugin keeps one layout per run: each monitor (or the utility
+    monitor) writing to one ``SummaryWriter`` adds its charts to the union instead of replacing it.
+    """
+    layouts: Dict[Any, Dict[str, Any]] = getattr(writer, LAYOUTS_ATTRIBUTE, None) or {}
+    layouts[key] = layout
+    try:
+        setattr(writer, LAYOUTS_ATTRIBUTE, layouts)
+    except AttributeError:  # pragma: no cover - a writer refusing attributes: write this layout alone
+        return writer.add_custom_scalars(layout)
+    merged: Dict[str, Any] = {}
+    for part in layouts.values():
+        for category, charts in part.items():
+            merged.setdefault(category, {}).update(charts)
+    return writer.add_custom_scalars(merged)

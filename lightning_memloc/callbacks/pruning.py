@@ -147,7 +147,7 @@ class MemorizationPruning(Callback):
         if not isinstance(requested, str):
             return [getattr(n, "name", n) for n in requested], {}
         device = next(encoder.parameters()).device
-        return [s.name for s in resolve_layers(encoder, requested, monitor._example(device))], {}
+        return [s.name for s in resolve_layers(encoder, requested, monitor.views.example_batch(device))], {}
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

@@ -67,4 +67,4 @@ def monitor_layers(monitor: Any, encoder: nn.Module) -> List[str]:
     from lightning_memloc.taps import resolve_layers
 
     device = next(encoder.parameters()).device
-    return [s.name for s in resolve_layers(encoder, requested, monitor._example(device))]
+    return [s.name for s in resolve_layers(encoder, requested, monitor.views.example_batch(device))]

@@ -14,7 +14,6 @@ and correct counts summed, so the result equals a single process.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -24,20 +23,17 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
-from lightning_memloc.callbacks.monitor import MemorizationMonitor, rank_zero_buffers
-from lightning_memloc.callbacks.naming import NamedWriter, check_name, has_tensorboard, named_scalars, named_tag
+from lightning_memloc.callbacks.monitor import MemorizationMonitor
+from lightning_memloc.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
+from lightning_memloc.callbacks.naming import add_merged_layout, check_name, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
 from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import resolve_module
+from lightning_memloc.tags import PREFIX, knn_tag, scalar_tag
 
 __all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"]
-
-
-def knn_tag(k: int) -> str:
-    """The logged tag of the kNN accuracy with ``k`` neighbours (``memloc/knn_acc_k20``)."""
-    return f"memloc/knn_acc_k{k}"
 
 
 def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, Dict[str, List[Any]]]:
@@ -50,25 +46,13 @@ def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, D
         >>> utility_layout([20])["memloc utility"]["kNN accuracy and LayerMem"]
         ['Multiline', ['^memloc/knn_acc_k20$', '^memloc/layer_mem/[^/]+$']]
     """
-    prefix = named_tag("memloc", name)
-    knn = [f"^{prefix}/knn_acc_k{k}$" for k in ks]
+    prefix = named_tag(PREFIX, name)
+    knn = [f"^{knn_tag(k, prefix)}$" for k in ks]
     return {f"{prefix} utility": {
-        "kNN accuracy and LayerMem": ["Multiline", [*knn, f"^{prefix}/layer_mem/[^/]+$"]],
-        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{prefix}/excess/[^/]+$"]],
-        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{prefix}/unit_mem_mean/[^/]+$"]],
+        "kNN accuracy and LayerMem": ["Multiline", [*knn, f"^{scalar_tag('layer_mem', '[^/]+', prefix)}$"]],
+        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{scalar_tag('excess', '[^/]+', prefix)}$"]],
+        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{scalar_tag('unit_mem_mean', '[^/]+', prefix)}$"]],
     }}
-
-
-def _add_layout(writer: Any, layout: Dict[str, Any], key: Any) -> None:
-    """Write ``layout`` merged with the monitors' (:class:`NamedWriter` keeps them on the writer)."""
-    layouts = getattr(writer, NamedWriter._LAYOUTS, None) or {}
-    layouts[key] = layout
-    setattr(writer, NamedWriter._LAYOUTS, layouts)
-    merged: Dict[str, Any] = {}
-    for part in layouts.values():
-        for category, charts in part.items():
-            merged.setdefault(category, {}).update(charts)
-    writer.add_custom_scalars(merged)
 
 
 def _check_images(name: str, images: Any, labels: Any) -> tuple:
@@ -103,26 +87,6 @@ def embed(encoder: nn.Module, images: Tensor, batch_size: int, transform: Option
         y = encoder(x.to(dtype))
         out.append((y.mean(dim=(2, 3)) if y.ndim == 4 else y.flatten(1)).float())
     return torch.cat(out) if out else torch.zeros(0, 0, device=device)
-
-
-def gather_rows(local: Tensor, total: int, world_size: int) -> Tensor:
-    """All ranks' strided shards (rank r holds rows ``r::world_size``) reassembled in order, on every rank.
-
-    Shards differ in length by at most one; they are padded to the same length for
-    ``all_gather`` and the padding is dropped (no duplicated rows). Collective under DDP.
-    """
-    if world_size == 1:
-        return local
-    rows = math.ceil(total / world_size)
-    padded = local.new_zeros((rows, local.shape[1]))
-    padded[:len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(world_size)]
-    torch.distributed.all_gather(parts, padded)
-    full = local.new_empty((total, local.shape[1]))
-    for rank, part in enumerate(parts):
-        count = len(range(rank, total, world_size))
-        full[rank::world_size] = part[:count]
-    return full
 
 
 class UtilityMonitor(Callback):
@@ -257,8 +221,7 @@ class UtilityMonitor(Callback):
             for module, mode in modes:
                 module.train(mode)
         counts = torch.tensor([correct[k] for k in self.ks], dtype=torch.float64, device=device)
-        if world_size > 1:
-            torch.distributed.all_reduce(counts)
+        sum_across_ranks(counts, world_size)
         return {k: float(c) / len(self.test) for k, c in zip(self.ks, counts.tolist())}
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Dict[str, float]:
@@ -270,7 +233,7 @@ class UtilityMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(named, step=trainer.global_step)
             if trainer.is_global_zero and has_tensorboard(logger) and not self._layout_written:
-                _add_layout(logger.experiment, utility_layout(self.ks, self.name), ("utility", self.name))
+                add_merged_layout(logger.experiment, utility_layout(self.ks, self.name), ("utility", self.name))
                 self._layout_written = True
         self._merge_into_monitors(trainer)
         if self.output_dir is not None and trainer.is_global_zero:
@@ -286,7 +249,7 @@ class UtilityMonitor(Callback):
                 for entry in callback.history:
                     match = ours.get(entry.get("global_step"))
                     if match is not None:
-                        entry.update({k: v for k, v in match.items() if k.startswith("memloc/")})
+                        entry.update({k: v for k, v in match.items() if k.startswith(f"{PREFIX}/")})
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:

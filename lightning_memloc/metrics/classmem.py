@@ -85,6 +85,9 @@ class ClassMem(UnitMem):
             ``{"class_mem": Tensor[U] in [0, 1], "argmax": LongTensor[U] class labels}`` plus the
             per-unit UnitMem results of the same states (``"unit_mem"``, ``"unit_argmax"``
             candidate ids, ``"dead"``), so one metric serves both without storing the sums twice.
+            Keys are relative to the metric: ClassMem's ``"argmax"`` is a class, UnitMem's (here
+            ``"unit_argmax"``) a candidate; the report names them by
+            :data:`lightning_memloc.meter.REPORT_FIELDS` (ClassMem's argmax has no report field).
         """
         units = super().compute()
         ids, mu = self.mean_activations()

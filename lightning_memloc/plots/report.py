@@ -147,7 +147,7 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
         _violins(ax, [report.class_mem[layer].float().numpy() for layer in layers], x + offset, "C1", width)
         handles.append(ax.fill_between([], [], color="C1", alpha=0.45, label="ClassMem"))
     ax.axhline(threshold, color="C3", ls="--", lw=1)
-    fractions, dead = report.fraction_above(threshold), report.num_dead()
+    fractions, dead = report.unit_mem_frac_above(threshold), report.num_dead_units()
     for xi, layer in zip(x, layers):
         note = f"{fractions[layer]:.0%} > {threshold:g}" + (f"\n{dead[layer]} dead" if dead[layer] else "")
         ax.annotate(note, (xi, 1.02), ha="center", va="bottom", fontsize=7, annotation_clip=False)
