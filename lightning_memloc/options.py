@@ -26,14 +26,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from lightning_memloc.checks import check_choice, check_int, check_seed
+from lightning_memloc.checks import NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, check_choice, check_int, check_seed
 from lightning_memloc.evidence import EvidenceOptions
-from lightning_memloc.functional.unitmem import NEGATIVE_POLICIES, REDUCTIONS
 
 __all__ = ["MeasureOptions", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
-
-#: ``pairing``: every pair of views (SSLMem's definition) or each view against the un-augmented image.
-PAIRINGS = ("all", "anchor")
 
 #: Keywords that :func:`~lightning_memloc.measure` and the
 #: :class:`~lightning_memloc.callbacks.MemorizationMonitor` share with a different default or

@@ -23,12 +23,6 @@ from lightning_memloc.errors import LayerNotFoundError, NonFiniteActivationError
 
 PACKAGE = Path(lightning_memloc.__file__).parent
 
-#: Files other sessions of issue 15 still change (the measurement path, the CLI, the plots, the
-#: monitor). Remove an entry once its file follows the rule; the tests then hold it to it.
-PENDING_PRIVATE_IMPORTS = {"plots_analyses.py", "plots_evidence.py", "cli_analyses.py", "callbacks/monitor.py",
-                           "candidates.py"}
-PENDING_CHOICE_COPIES = {"measure.py", "cli.py"}
-PENDING_LONG_MODULES = {"cli.py", "callbacks/monitor.py"}
 #: "No module over ~400 lines" (issue 15): a module past this has more than one job.
 MAX_LINES = 410
 
@@ -48,14 +42,12 @@ def _memloc_imports(tree: ast.Module) -> Iterator[ast.ImportFrom]:
 def test_no_module_is_much_over_400_lines():
     long = {path.relative_to(PACKAGE).as_posix(): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
-    assert {name: n for name, n in long.items() if name not in PENDING_LONG_MODULES} == {}
+    assert long == {}
 
 
 def test_no_private_name_is_imported_across_modules():
     found: List[str] = []
     for name, tree in _modules():
-        if name in PENDING_PRIVATE_IMPORTS:
-            continue
         for node in _memloc_imports(tree):
             found += [f"{name}: from {node.module} import {a.name}" for a in node.names
                       if a.name.startswith("_") and not a.name.startswith("__")]
@@ -127,7 +119,7 @@ def _tuples_of_strings(tree: ast.Module) -> Iterator[Tuple[int, tuple]]:
 
 def test_each_choice_tuple_is_defined_once():
     wanted = {checks.PAIRINGS: "PAIRINGS", checks.REDUCTIONS: "REDUCTIONS", checks.NEGATIVE_POLICIES: "NEGATIVE_POLICIES"}
-    copies = [f"{name}:{line} {wanted[value]}" for name, tree in _modules() if name not in PENDING_CHOICE_COPIES
+    copies = [f"{name}:{line} {wanted[value]}" for name, tree in _modules()
               for line, value in _tuples_of_strings(tree) if value in wanted]
     assert sorted(c.split()[1] for c in copies) == sorted(wanted.values())
     assert all(c.startswith("checks/values.py:") for c in copies)

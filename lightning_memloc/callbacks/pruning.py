@@ -31,7 +31,7 @@ from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES
 from lightning_memloc.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
                                      find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
-from lightning_memloc.taps import resolve_layers
+from lightning_memloc.callbacks.sources import monitor_layers
 
 __all__ = ["MemorizationPruning", "UnitTargets", "find_unit_targets", "prune_units"]
 
@@ -139,15 +139,7 @@ class MemorizationPruning(Callback):
             return list(self.layers), {}
         if self.pruned_units is not None:
             return list(self.pruned_units), {}
-        monitor = self.source.source
-        specs = getattr(monitor, "_specs", None)
-        if specs:
-            return [s.name for s in specs], {}
-        requested = getattr(monitor, "layers", "auto")
-        if not isinstance(requested, str):
-            return [getattr(n, "name", n) for n in requested], {}
-        device = next(encoder.parameters()).device
-        return [s.name for s in resolve_layers(encoder, requested, monitor.views.example_batch(device))], {}
+        return monitor_layers(self.source.source, encoder), {}
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

@@ -35,8 +35,7 @@ def check_epoch_in_run(trainer: Any, epoch: Optional[int], argument: str, conseq
 def check_k_layers(k: int, source: Any) -> None:
     """Refuse ``k`` larger than the layers a monitor will measure (known before its first report)."""
     monitor = getattr(source, "source", source)
-    specs = getattr(monitor, "_specs", None)
-    layers = [s.name for s in specs] if specs else getattr(monitor, "layers", None)
+    layers = getattr(monitor, "layer_names", None) or getattr(monitor, "layers", None)
     if not isinstance(layers, (list, tuple)) or not layers:
         return  # "auto" before the monitor's setup: checked when the report is known
     if k > len(layers):

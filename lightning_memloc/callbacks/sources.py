@@ -58,9 +58,9 @@ def find_monitor(callbacks: List[Any], reference: str, argument: str = "source")
 
 def monitor_layers(monitor: Any, encoder: nn.Module) -> List[str]:
     """The layer names ``monitor`` measures (or will measure) on ``encoder``."""
-    specs = getattr(monitor, "_specs", None)
-    if specs:
-        return [s.name for s in specs]
+    measured = getattr(monitor, "layer_names", None)
+    if measured:
+        return list(measured)
     requested = getattr(monitor, "layers", "auto")
     if not isinstance(requested, str):
         return [getattr(n, "name", n) for n in requested]

@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 from lightning_memloc.cli.renamed import RenamedFlag
 from lightning_memloc.cli.zoo import ARCHS
-from lightning_memloc.functional.unitmem import NEGATIVE_POLICIES, REDUCTIONS
+from lightning_memloc.checks import NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS
 
 __all__ = ["DESCRIPTION", "build_parser", "nonnegative_int", "positive_int", "split_size"]
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_seed, default=0, help="view seed")
     s.add_argument("--batch-size", type=positive_int, default=32, help="candidates per forward step")
     s.add_argument("--labels", action="store_true", help="also measure ClassMem (needs labelled data)")
-    s.add_argument("--pairing", choices=("all", "anchor"), default="all", help="view pairs of the alignment")
+    s.add_argument("--pairing", choices=PAIRINGS, default="all", help="view pairs of the alignment")
     s.add_argument("--reduction", choices=REDUCTIONS, default="mean", help="μ-max of UnitMem over the other candidates")
     s.add_argument("--negative", choices=NEGATIVE_POLICIES, default="clamp",
                    help="policy for negative activations (GELU, attention outputs; docs/definitions.md)")
