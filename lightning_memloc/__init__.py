@@ -20,6 +20,7 @@ from lightning_memloc.errors import (
 from lightning_memloc.loading import load_encoder
 from lightning_memloc.measure import measure
 from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.options import MeasureOptions
 from lightning_memloc.reference_cache import ReferenceCache
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
 from lightning_memloc.report import MemorizationReport
@@ -64,6 +65,7 @@ __all__ = [
     "LayerMem",
     "LayerNotFoundError",
     "MemlocError",
+    "MeasureOptions",
     "MemorizationMeter",
     "MemorizationFinetuning",
     "MemorizationMonitor",

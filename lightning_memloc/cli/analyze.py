@@ -23,12 +23,14 @@ from lightning_memloc.cli.renamed import typed_flag
 from lightning_memloc.cli.selection import load_cli_data, match_channels, select_candidates, select_groups
 from lightning_memloc.cli.zoo import build_model
 from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError, MemlocError
+from lightning_memloc.options import MeasureOptions
 
 __all__ = ["MEASURE_FLAGS", "analyze", "measure_kwargs"]
 
-#: ``measure()`` keyword arguments set from the flag of the same name (``top_k`` from ``--top-k``).
-MEASURE_FLAGS = ("views", "seed", "batch_size", "pairing", "reduction", "negative", "top_k", "num_workers", "progress",
-                 "bootstrap", "confidence", "alpha")
+#: ``measure()`` keyword arguments set from the flag of the same name (``top_k`` from ``--top-k``): the
+#: fields of :class:`~lightning_memloc.options.MeasureOptions`, so a new measurement option needs
+#: only its flag in :mod:`~lightning_memloc.cli.parser` (``tests/test_cli_contract.py`` fails until it has one).
+MEASURE_FLAGS = MeasureOptions.keywords()
 
 
 def measure_kwargs(args: argparse.Namespace, *, reference: Optional[nn.Module], layers: Union[str, List[str]],
