@@ -28,6 +28,7 @@ import torch
 
 from lightning_memloc.cli.renamed import RenamedFlag, typed_flag
 from lightning_memloc.io import atomic_write_text, check_writable_dir
+from lightning_memloc.tags import scalar_tag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,10 +140,10 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _cell(entry: Dict[str, float], key: str, layer: str, alpha: float, fmt: str) -> str:
-    value = entry.get(f"memloc/{key}/{layer}")
+    value = entry.get(scalar_tag(key, layer))
     if value is None:
         return "n/a"
-    p = entry.get(f"memloc/{key}_p_holm/{layer}")
+    p = entry.get(scalar_tag(f"{key}_p_holm", layer))
     return format(value, fmt) + ("*" if p is not None and p < alpha else " ")
 
 

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
+from lightning_memloc.tags import knn_tag
+
 __all__ = ["demo_utility", "knn_table"]
 
 
@@ -54,6 +56,6 @@ def knn_table(history: List[Dict[str, Any]], ks: Sequence[int]) -> str:
     rows = [f"{'epoch':>6} " + "".join(f"{f'k={k}':>9}" for k in ks)]
     for entry in history:
         label = "init" if entry["epoch"] < 0 else str(entry["epoch"])
-        cells = [entry.get(f"memloc/knn_acc_k{k}") for k in ks]
+        cells = [entry.get(knn_tag(k)) for k in ks]
         rows.append(f"{label:>6} " + "".join(f"{'n/a' if c is None else format(c, '.1%'):>9}" for c in cells))
     return "\n".join(rows)

@@ -19,11 +19,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
 from lightning_memloc.report import FORMAT, MemorizationReport
+from lightning_memloc.tags import PREFIX as TAG_PREFIX
 
 __all__ = ["History", "find_plot_inputs", "load_history", "read_plot_input"]
 
 History = Union[Sequence[Mapping[str, Any]], PathLike]
-PREFIX = "memloc/"
+PREFIX = f"{TAG_PREFIX}/"  # every scalar tag starts with it (lightning_memloc.tags)
 
 
 def _read_json(source: Path, what: str) -> Any:
