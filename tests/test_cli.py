@@ -289,6 +289,7 @@ def test_build_model(arch):
             build_model(arch, 32)
 
 
+@pytest.mark.slow
 def test_python_m_help_in_a_subprocess():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "lightning_memloc.cli", "--help"], capture_output=True, text=True,

@@ -40,7 +40,7 @@ LAYERS = ["conv1", "conv2", "conv3"]
 VIEWS, SEED, TOP_K = 3, 5, 3
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # keeps the skipif above
 
 
 def _pair(epochs: int) -> CoTrainedPair:

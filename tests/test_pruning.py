@@ -350,6 +350,7 @@ class SameUnitsProbe(Callback):
         trainer.callback_metrics["same_units_ranks"] = total
 
 
+@pytest.mark.slow
 def test_ddp_spawn_prunes_identically_on_every_rank():
     torch.manual_seed(0)
     model = LitModel()

@@ -212,6 +212,7 @@ def test_save_load_round_trip_and_bad_file(tmp_path):
         ReferenceCache.load(tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_cli_analyze_reuses_the_reference_cache_across_checkpoints(tmp_path):
     import numpy as np
 

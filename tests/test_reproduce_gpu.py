@@ -49,6 +49,7 @@ def data(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--precision", "bf16-mixed", "--channels-last", "on"]],
                          ids=["fp32", "bf16-channels-last"])
 def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path, extra) -> None:
