@@ -12,13 +12,10 @@ from lightning_memloc.models import (AuthorsBlock, AuthorsResNet9, ConvBlock, Re
                                      group_count, make_norm)
 from lightning_memloc.ssl import SimCLR
 from lightning_memloc.taps import resolve_layers
+from helpers import _n_params
 
 NAMES = ["prep", "layer1_head", "layer1_residual1", "layer1_residual2",
          "layer2", "layer3_head", "layer3_residual1", "layer3_residual2"]
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _hand_count(in_ch: int, w: int, num_classes: int | None = None) -> int:

@@ -6,18 +6,15 @@ import copy
 from typing import Dict, List, Optional
 
 import pytest
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memloc import LayerNotFoundError, MemorizationReport
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
 from lightning_memloc.callbacks.monitor import MemorizationMonitor
-from lightning_memloc.models import TinyCNN
 from lightning_memloc.selection import resolve_report, select_layers
+from helpers import LitModel, make_trainer
 
 LAYERS = ["conv1", "conv2", "conv3"]
 WIDTHS = {"conv1": 4, "conv2": 8, "conv3": 16}
@@ -36,32 +33,6 @@ def make_report(layer_mem: Optional[Dict[str, float]] = LAYER_MEM, delta: Option
         layer_mem=None if layer_mem is None else dict(layer_mem),
         delta_layer_mem=None if delta is None else dict(delta),
     )
-
-
-class LitModel(pl.LightningModule):
-    def __init__(self, optimize_all: bool = False) -> None:
-        super().__init__()
-        self.backbone = TinyCNN(width=4)
-        self.head = nn.Linear(16, 2)
-        self.optimize_all = optimize_all
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.head(self.backbone(x)), y)
-
-    def configure_optimizers(self):
-        params = list(self.parameters()) if self.optimize_all else [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=0.1)
-
-    def train_dataloader(self):
-        g = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 2, (16,), generator=g))
-        return DataLoader(data, batch_size=8)
-
-
-def make_trainer(callbacks, max_epochs: int = 2, checkpoint: bool = False) -> pl.Trainer:
-    return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=checkpoint,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 
 
 class Probe(Callback):

@@ -7,10 +7,7 @@ import torch
 from torch import nn
 
 from lightning_memloc.models import ConvBlock, Residual, ResNet9, TinyCNN, TinyMLP
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from helpers import _n_params
 
 
 def _hand_count(in_ch: int, w: int, num_classes: int | None = None) -> int:

@@ -11,20 +11,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure
+from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from lightning_memloc.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
-from lightning_memloc.models import TinyCNN
-from lightning_memloc.ssl import SimCLR
+from helpers import _pair
 
 LAYERS = ["conv1", "conv2", "conv3"]
-
-
-def _pair(seed: int = 0) -> CoTrainedPair:
-    torch.manual_seed(seed)
-    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
-    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=3)
 
 
 @pytest.fixture(scope="module")

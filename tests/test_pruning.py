@@ -7,10 +7,8 @@ from typing import Dict, List, Optional
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
@@ -18,6 +16,7 @@ from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.callbacks.pruning import MemorizationPruning, find_unit_targets, prune_units
 from lightning_memloc.models import TinyCNN, TinyMLP
 from lightning_memloc.selection import select_units
+from helpers import LitModel, make_trainer
 
 LAYERS = ["conv1", "conv2", "conv3"]
 WIDTHS = {"conv1": 4, "conv2": 8, "conv3": 16}
@@ -40,30 +39,6 @@ def make_report(unit_mem: Optional[Dict[str, torch.Tensor]] = None, layer_mem: b
 
 def small_report() -> MemorizationReport:
     return make_report({"a": torch.tensor([0.1, 0.9, 0.5, 0.0]), "b": torch.tensor([0.7, 0.2])})
-
-
-class LitModel(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = TinyCNN(width=4)
-        self.head = nn.Linear(16, 2)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.head(self.backbone(x)), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
-
-    def train_dataloader(self):
-        g = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 2, (16,), generator=g))
-        return DataLoader(data, batch_size=8)
-
-
-def make_trainer(callbacks, max_epochs: int = 2, checkpoint: bool = False) -> pl.Trainer:
-    return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=checkpoint,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 
 
 def block_outputs(encoder: nn.Module, x: torch.Tensor, train: bool = False) -> Dict[str, torch.Tensor]:

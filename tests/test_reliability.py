@@ -11,8 +11,6 @@ import copy
 import json
 import random
 import signal
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +22,6 @@ from torch.utils.data import Dataset
 
 from lightning_memloc import (
     ArchitectureMismatchError,
-    BatchedSimCLRAugment,
     CheckpointError,
     LayerNotFoundError,
     MemlocError,
@@ -36,80 +33,13 @@ from lightning_memloc import (
     measure,
 )
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
 from lightning_memloc.data import split_candidates
 from lightning_memloc.io import atomic_write_text
 from lightning_memloc.measure import build_views, probe_layers, run_pass
 from lightning_memloc.models import TinyCNN, TinyMLP
-from lightning_memloc.ssl import SimCLR
+from helpers import assert_untouched, counting_forwards, _encoder, files_in, _fit, _monitor, _no_hooks, _pair, _snapshot
 
 LAYERS = ["conv1", "conv2", "conv3"]
-
-
-# --------------------------------------------------------------------------- helpers
-def _snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "grads": {n: p.requires_grad for n, p in model.named_parameters()},
-    }
-
-
-def _no_hooks(model: nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-
-
-def assert_untouched(model: nn.Module, snapshot: dict) -> None:
-    """Weights (and buffers), every module's mode and ``requires_grad`` as before; no hook left."""
-    state = model.state_dict()
-    assert state.keys() == snapshot["state"].keys()
-    for key, value in snapshot["state"].items():
-        torch.testing.assert_close(state[key], value, rtol=0, atol=0, equal_nan=True, msg=f"{key} changed")
-    assert {n: m.training for n, m in model.named_modules()} == snapshot["modes"]
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == snapshot["grads"]
-    assert _no_hooks(model), "a hook was left on the model"
-
-
-@contextmanager
-def counting_forwards(model: nn.Module):
-    """Count the model's forward calls (the hook is removed on exit, before any hook check)."""
-    calls = {"n": 0}
-    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
-def files_in(folder: Path) -> set:
-    """Every file under ``folder``, hidden ones (temporary files are ``.<name>.*.tmp``) included."""
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
-
-
-def _encoder(seed: int = 0, width: int = 4) -> nn.Module:
-    torch.manual_seed(seed)
-    model = TinyCNN(width=width)
-    model.train()
-    model.conv1.eval()  # a mixed state (like a frozen BN block) that must survive every failure
-    for p in model.conv2.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-@pytest.fixture
-def encoder():
-    return _encoder(0)
-
-
-@pytest.fixture
-def reference():
-    torch.manual_seed(1)
-    return TinyCNN(width=4).eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
 # ------------------------------------------------------------ measure(): bad inputs
@@ -547,34 +477,12 @@ def test_a_checkpoint_that_is_not_one(tmp_path, content, error, fragment):
 
 
 # ------------------------------------------------------------------ the monitor
-def _pair(seed: int = 0, max_epochs: int = 3) -> CoTrainedPair:
-    torch.manual_seed(seed)
-    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
-    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=max_epochs)
-
-
 @pytest.fixture(scope="module")
 def data():
     gen = torch.Generator().manual_seed(0)
     train = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
     split = split_candidates(40, shared=24, candidates=8, independent=8, seed=0)
     return train, split
-
-
-def _monitor(train, split, **kwargs) -> MemorizationMonitor:
-    defaults = dict(every_n_epochs=1, views=2, encoder="encoder.backbone", reference="reference.backbone",
-                    top_k=3, grid_size=0, progress=False, batch_size=4)
-    defaults.update(kwargs)
-    return MemorizationMonitor(train[split.candidates], **defaults)
-
-
-def _fit(train, split, callbacks, max_epochs=2, model=None, ckpt_path=None, **kwargs):
-    model = _pair(max_epochs=max_epochs) if model is None else model
-    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                         **{"enable_checkpointing": False, **kwargs})
-    trainer.fit(model, cotraining_loader(train, split, batch_size=8), ckpt_path=ckpt_path)
-    return trainer, model
 
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5])

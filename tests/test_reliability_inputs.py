@@ -19,25 +19,8 @@ from torch.utils.data import Dataset
 
 from lightning_memloc import MemorizationReport, ReportFormatError, measure
 from lightning_memloc.checks import check_candidate_ids, check_index_values, check_seed
-from lightning_memloc.models import TinyCNN
 from lightning_memloc.views import SeededViews
-from test_reliability import _encoder, _snapshot, assert_untouched, counting_forwards
-
-
-@pytest.fixture
-def encoder():
-    return _encoder(0)
-
-
-@pytest.fixture
-def reference():
-    torch.manual_seed(1)
-    return TinyCNN(width=4).eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+from helpers import assert_untouched, counting_forwards, _snapshot
 
 
 def _refused(encoder, error, fragments, *args, **kwargs):

@@ -21,8 +21,8 @@ from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.callbacks.pruning import MemorizationPruning, prune_units
 from lightning_memloc.cli import main
 from lightning_memloc.models import TinyCNN
-from test_pruning import LitModel, make_report, make_trainer
-from test_reliability import _fit, _monitor, _pair, _snapshot, assert_untouched, files_in
+from test_pruning import make_report
+from helpers import assert_untouched, files_in, _fit, LitModel, make_trainer, _monitor, _pair, _snapshot
 
 MARKER = "memloc_run.json"
 
