@@ -1,7 +1,9 @@
+"""Fixtures shared by the test files (plain helper functions are in ``helpers.py``)."""
+
 import pytest
 import torch
 
-from helpers import _encoder
+from helpers import mixed_encoder
 from lightning_memloc.models import TinyCNN
 
 
@@ -26,7 +28,7 @@ def one_thread():
 # The reliability tests' models and images (test_reliability*.py).
 @pytest.fixture
 def encoder():
-    return _encoder(0)
+    return mixed_encoder(0)
 
 
 @pytest.fixture

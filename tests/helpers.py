@@ -7,9 +7,13 @@ Plain functions and classes, imported as ``from helpers import ...`` (pytest put
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import sys
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import matplotlib.image
 import pytorch_lightning as pl
@@ -21,11 +25,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_memloc import BatchedSimCLRAugment, MemorizationMonitor
 from lightning_memloc.cli import main
 from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from lightning_memloc.data import split_candidates
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.ssl import SimCLR
 
+if TYPE_CHECKING:
+    from lightning_memloc.data import SplitIndices
 
-def _snapshot(model: nn.Module) -> dict:
+
+# ----------------------------------------------------------- a model left as it was
+def take_snapshot(model: nn.Module) -> dict:
+    """Weights and buffers, every module's mode and every parameter's ``requires_grad``, copied."""
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "modes": {n: m.training for n, m in model.named_modules()},
@@ -33,7 +43,8 @@ def _snapshot(model: nn.Module) -> dict:
     }
 
 
-def _no_hooks(model: nn.Module) -> bool:
+def no_hooks(model: nn.Module) -> bool:
+    """No forward (pre-)hook left on any module."""
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
@@ -45,11 +56,11 @@ def assert_untouched(model: nn.Module, snapshot: dict) -> None:
         torch.testing.assert_close(state[key], value, rtol=0, atol=0, equal_nan=True, msg=f"{key} changed")
     assert {n: m.training for n, m in model.named_modules()} == snapshot["modes"]
     assert {n: p.requires_grad for n, p in model.named_parameters()} == snapshot["grads"]
-    assert _no_hooks(model), "a hook was left on the model"
+    assert no_hooks(model), "a hook was left on the model"
 
 
 @contextmanager
-def counting_forwards(model: nn.Module):
+def counting_forwards(model: nn.Module) -> Iterator[Dict[str, int]]:
     """Count the model's forward calls (the hook is removed on exit, before any hook check)."""
     calls = {"n": 0}
     handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
@@ -59,12 +70,13 @@ def counting_forwards(model: nn.Module):
         handle.remove()
 
 
-def files_in(folder: Path) -> set:
+def files_in(folder: Path) -> Set[str]:
     """Every file under ``folder``, hidden ones (temporary files are ``.<name>.*.tmp``) included."""
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
 
-def _encoder(seed: int = 0, width: int = 4) -> nn.Module:
+def mixed_encoder(seed: int = 0, width: int = 4) -> nn.Module:
+    """A ``TinyCNN`` in train mode with ``conv1`` in eval mode and ``conv2`` frozen."""
     torch.manual_seed(seed)
     model = TinyCNN(width=width)
     model.train()
@@ -74,21 +86,34 @@ def _encoder(seed: int = 0, width: int = 4) -> nn.Module:
     return model
 
 
-def _pair(seed: int = 0, max_epochs: int = 3) -> CoTrainedPair:
+# ------------------------------------------------------------- co-trained SimCLR pairs
+def cotraining_split() -> Tuple[torch.Tensor, SplitIndices]:
+    """40 random uint8 images (3x16x16) and their split: 24 shared, 8 candidates, 8 independent."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    return images, split_candidates(40, shared=24, candidates=8, independent=8, seed=0)
+
+
+def cotrained_pair(seed: int = 0, max_epochs: int = 3) -> CoTrainedPair:
+    """Two SimCLR ``TinyCNN(width=4)`` encoders, ``encoder`` and ``reference``, trained in one ``fit``."""
     torch.manual_seed(seed)
     make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
     return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=max_epochs)
 
 
-def _monitor(train, split, **kwargs) -> MemorizationMonitor:
+def pair_monitor(train: torch.Tensor, split: SplitIndices, **kwargs: Any) -> MemorizationMonitor:
+    """A monitor of a :func:`cotrained_pair` every epoch, 2 views, batch size 4 (``kwargs`` override)."""
     defaults = dict(every_n_epochs=1, views=2, encoder="encoder.backbone", reference="reference.backbone",
                     top_k=3, grid_size=0, progress=False, batch_size=4)
     defaults.update(kwargs)
     return MemorizationMonitor(train[split.candidates], **defaults)
 
 
-def _fit(train, split, callbacks, max_epochs=2, model=None, ckpt_path=None, **kwargs):
-    model = _pair(max_epochs=max_epochs) if model is None else model
+def fit_pair(train: torch.Tensor, split: SplitIndices, callbacks: List[pl.Callback], max_epochs: int = 2,
+             model: Optional[CoTrainedPair] = None, ckpt_path: Optional[str] = None,
+             **kwargs: Any) -> Tuple[pl.Trainer, CoTrainedPair]:
+    """Fit ``model`` (a new :func:`cotrained_pair` by default) on the split, on CPU, deterministically."""
+    model = cotrained_pair(max_epochs=max_epochs) if model is None else model
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                          **{"enable_checkpointing": False, **kwargs})
@@ -96,7 +121,10 @@ def _fit(train, split, callbacks, max_epochs=2, model=None, ckpt_path=None, **kw
     return trainer, model
 
 
+# -------------------------------------------------- a supervised model for the callbacks
 class LitModel(pl.LightningModule):
+    """``backbone`` (``TinyCNN(width=4)``) and a linear ``head`` on 16 random 3x8x8 images, 2 classes."""
+
     def __init__(self, optimize_all: bool = False) -> None:
         super().__init__()
         self.backbone = TinyCNN(width=4)
@@ -117,12 +145,14 @@ class LitModel(pl.LightningModule):
         return DataLoader(data, batch_size=8)
 
 
-def make_trainer(callbacks, max_epochs: int = 2, checkpoint: bool = False) -> pl.Trainer:
+def make_trainer(callbacks: List[pl.Callback], max_epochs: int = 2, checkpoint: bool = False) -> pl.Trainer:
+    """A quiet CPU trainer without logger (checkpointing only when asked)."""
     return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=checkpoint,
                       enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 
 
-def run(argv) -> tuple:
+# ------------------------------------------------------------- the command line, files
+def run_cli(argv: Sequence[Any]) -> Tuple[int, str, str]:
     """``main(argv)`` with stdout / stderr captured: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -143,5 +173,30 @@ def assert_png(path: Path) -> None:
     assert not list(path.parent.glob(".*.tmp")), "atomic writes leave no temporary files"
 
 
-def _n_params(model: nn.Module) -> int:
+def n_params(model: nn.Module) -> int:
+    """Number of parameters (elements)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def small_monitor(**kwargs: Any) -> MemorizationMonitor:
+    """A monitor of ``backbone`` over 4 random 3x8x8 candidates, 2 views, no figures."""
+    return MemorizationMonitor(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), views=2,
+                               encoder="backbone", progress=False, grid_size=0, log_histograms=False, **kwargs)
+
+
+def load_script(path: Path, name: Optional[str] = None, *, add_folder: bool = False,
+                register: bool = False) -> ModuleType:
+    """Import the script at ``path`` as a module.
+
+    ``add_folder``: the script's folder goes on ``sys.path`` first (for its sibling imports);
+    ``register``: the module is put in ``sys.modules`` under ``name`` (dataclasses need it).
+    """
+    path = Path(path)
+    if add_folder and str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[spec.name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module

@@ -12,9 +12,8 @@ from torch import nn
 
 from lightning_memloc import LayerNotFoundError, MemorizationReport
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
-from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.selection import resolve_report, select_layers
-from helpers import LitModel, make_trainer
+from helpers import LitModel, make_trainer, small_monitor
 
 LAYERS = ["conv1", "conv2", "conv3"]
 WIDTHS = {"conv1": 4, "conv2": 8, "conv3": 16}
@@ -265,23 +264,18 @@ def test_missing_layer_and_too_large_k_fail_before_training():
         make_trainer([MemorizationFinetuning(make_report(), k=1, encoder="backbone", head="heads")]).fit(LitModel())
 
 
-def _monitor(**kwargs) -> MemorizationMonitor:
-    return MemorizationMonitor(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), views=2,
-                               encoder="backbone", progress=False, grid_size=0, log_histograms=False, **kwargs)
-
-
 def test_monitor_without_report_in_time_is_an_error():
-    monitor = _monitor(every_n_epochs=1)
+    monitor = small_monitor(every_n_epochs=1)
     finetuning = MemorizationFinetuning(monitor, k=1, by="unit_mem", head="head")
     with pytest.raises(ValueError, match="measure_on_train_start=True"):
         make_trainer([monitor, finetuning]).fit(LitModel())
     with pytest.raises(ValueError, match="not in `Trainer\\(callbacks=...\\)`"):
-        make_trainer([MemorizationFinetuning(_monitor(), k=1, by="unit_mem", head="head", unfreeze_at_epoch=1)]).fit(LitModel())
+        make_trainer([MemorizationFinetuning(small_monitor(), k=1, by="unit_mem", head="head", unfreeze_at_epoch=1)]).fit(LitModel())
 
 
 def test_monitor_source_uses_the_report_of_the_unfreeze_epoch(tmp_path):
     torch.manual_seed(0)
-    monitor = _monitor(every_n_epochs=1, output_dir=tmp_path)
+    monitor = small_monitor(every_n_epochs=1, output_dir=tmp_path)
     finetuning = MemorizationFinetuning(monitor, k=1, by="unit_mem", head="head", unfreeze_at_epoch=1)
     model = LitModel()
     make_trainer([monitor, finetuning]).fit(model)

@@ -12,11 +12,10 @@ from torch import nn
 
 from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
-from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.callbacks.pruning import MemorizationPruning, find_unit_targets, prune_units
 from lightning_memloc.models import TinyCNN, TinyMLP
 from lightning_memloc.selection import select_units
-from helpers import LitModel, make_trainer
+from helpers import LitModel, make_trainer, small_monitor
 
 LAYERS = ["conv1", "conv2", "conv3"]
 WIDTHS = {"conv1": 4, "conv2": 8, "conv3": 16}
@@ -286,26 +285,21 @@ def test_saved_report_path_drives_both_callbacks(tmp_path):
     assert model.backbone.conv3.conv.weight_orig.requires_grad and not model.backbone.conv2.conv.weight_orig.requires_grad
 
 
-def _monitor(**kwargs) -> MemorizationMonitor:
-    return MemorizationMonitor(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), views=2,
-                               encoder="backbone", progress=False, grid_size=0, log_histograms=False, **kwargs)
-
-
 def test_monitor_source_order_and_timing():
     torch.manual_seed(0)
-    monitor = _monitor(measure_on_train_start=True)
+    monitor = small_monitor(measure_on_train_start=True)
     pruning = MemorizationPruning(monitor, amount=1, strategy="highest")
     with pytest.raises(ValueError, match="list the monitor before this callback"):
         make_trainer([pruning, monitor], max_epochs=1).fit(LitModel())
 
-    monitor = _monitor(measure_on_train_start=True)
+    monitor = small_monitor(measure_on_train_start=True)
     pruning = MemorizationPruning(monitor, amount=1, strategy="highest")  # encoder: the monitor's
     model = LitModel()
     make_trainer([monitor, pruning], max_epochs=1).fit(model)
     assert [len(v) for v in pruning.pruned_units.values()] == [1, 1, 1]
     assert_pruned(model.backbone, as_lists(pruning.pruned_units))
 
-    monitor = _monitor(every_n_epochs=1)
+    monitor = small_monitor(every_n_epochs=1)
     pruning = MemorizationPruning(monitor, amount=1, prune_at=1)
     model = LitModel()
     make_trainer([pruning, monitor]).fit(model)  # measured at the end of epoch 0: in time for epoch 1
