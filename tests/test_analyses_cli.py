@@ -20,7 +20,7 @@ from lightning_memloc.plots_analyses import (
     plot_exchange,
     plot_unit_restore,
 )
-from helpers import assert_png, run_cli
+from helpers import assert_png, run_cli as run
 
 N = 12
 ANALYZE = ["analyze", "--arch", "tiny", "--size", "16", "--views", "3", "--top-k", "3", "--no-progress"]
@@ -42,7 +42,7 @@ def ws(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def analyzed(ws):
     out = ws / "out"
-    code, stdout, stderr = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
+    code, stdout, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
                                           "--indices", ws / "cand.json", "--pool-indices", ws / "pool.json", "--knn", "2",
                                           "--analyses", "consistency,exchange,atypicality", "--exchange-draws", "1",
                                           "--out", out])
@@ -84,7 +84,7 @@ def test_plot_renders_the_stored_analyses(ws, analyzed):
     out, code, _, stderr = analyzed
     assert code == 0, stderr
     again = ws / "replot"
-    code, stdout, stderr = run_cli(["plot", out / "report.json", "--out", again])
+    code, stdout, stderr = run(["plot", out / "report.json", "--out", again])
     assert code == 0, stderr
     for name in ("consistency", "exchange", "atypicality"):
         assert_png(again / ANALYSIS_FILENAMES[name])
@@ -98,14 +98,14 @@ def test_plot_renders_the_stored_analyses(ws, analyzed):
 ])
 def test_analyze_rejects_bad_analysis_arguments_before_measuring(ws, extra, flag):
     out = ws / "bad"
-    code, _, stderr = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
+    code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
                                      "--out", out] + extra)
     assert code == 2 and flag in stderr and "Traceback" not in stderr
     assert not (out / "report.json").exists()
 
 
 def test_analyze_exchange_needs_a_reference(ws):
-    code, _, stderr = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", ws / "noref",
+    code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", ws / "noref",
                                      "--analyses", "exchange"])
     assert code == 2 and "--analyses" in stderr and "--reference" in stderr
 

@@ -19,7 +19,7 @@ from lightning_memloc.callbacks.logging import report_scalars
 from lightning_memloc.cli import ARCHS, build_model
 from lightning_memloc.data import load_npz, split_candidates
 from lightning_memloc.models import TinyCNN
-from helpers import assert_png, run_cli
+from helpers import assert_png, run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
 N = 12
@@ -50,7 +50,7 @@ ANALYZE = ["analyze", "--arch", "tiny", "--size", "16", "--views", "3", "--top-k
 def analyzed(ws) -> tuple:
     """One full run with a reference and labels: (out dir, exit code, stdout, stderr)."""
     out = ws / "out"
-    code, stdout, stderr = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
+    code, stdout, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz",
                                           "--labels", "--out", out])
     return out, code, stdout, stderr
 
@@ -79,7 +79,7 @@ def test_analyze_writes_readable_figures(analyzed):
 
 def test_analyze_without_reference_on_the_demo_split(ws):
     out = ws / "split"
-    code, _, stderr = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices-from-split",
+    code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices-from-split",
                                      "--split-candidates", "0.3", "--split-independent", "0.2", "--seed", "1",
                                      "--layers", "conv1, conv3", "--out", out])
     assert code == 0, stderr
@@ -95,7 +95,7 @@ def test_analyze_with_control_and_unseen_from_the_split(ws):
     args = ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz", "--indices-from-split",
             "--split-candidates", "3", "--split-independent", "3", "--control", "3", "--unseen", "split",
             "--bootstrap", "50", "--out", out]
-    code, stdout, stderr = run_cli(ANALYZE + args)
+    code, stdout, stderr = run(ANALYZE + args)
     assert code == 0, stderr
     report = MemorizationReport.load(out / "report.json")
     split = split_candidates(N, shared=N - 6, candidates=3, independent=3, seed=0)
@@ -114,13 +114,13 @@ def test_analyze_with_control_and_unseen_from_the_split(ws):
             got = report.evidence.layers[layer][key]
             assert (value is None and got is None) or got == pytest.approx(value, abs=1e-5), (layer, key)
     assert "candidates > control at" in stdout and "membership" not in stderr
-    code, _, err = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices-from-split",
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices-from-split",
                                   "--split-candidates", "3", "--control", "3", "--out", ws / "never2"])
     assert code == 2 and "--control" in err and "--reference" in err
-    code, _, err = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--unseen", "split",
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--unseen", "split",
                                   "--out", ws / "never3"])
     assert code == 2 and "--unseen" in err and "--indices-from-split" in err
-    code, _, err = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--bootstrap", "-1",
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--bootstrap", "-1",
                                   "--out", ws / "never4"])
     assert code == 2 and "--bootstrap" in err
 
@@ -130,10 +130,10 @@ def test_analyze_refuses_to_replace_an_earlier_report(ws, analyzed):
     out.mkdir()
     (out / "report.json").write_bytes((analyzed[0] / "report.json").read_bytes())
     before = (out / "report.json").read_bytes()
-    code, _, err = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out])
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out])
     assert code == 2 and "--out" in err and "--overwrite" in err
     assert (out / "report.json").read_bytes() == before  # untouched
-    code, _, err = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out, "--overwrite"])
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--out", out, "--overwrite"])
     assert code == 0, err
     assert (out / "report.json").read_bytes() != before
 
@@ -141,10 +141,10 @@ def test_analyze_refuses_to_replace_an_earlier_report(ws, analyzed):
 def test_analyze_lightning_checkpoint_with_prefixes(ws):
     ckpt = ws / "pair.ckpt"
     base = ANALYZE + ["--data", ws / "d.npz", "--candidates", "4", "--views", "2"]
-    code, _, err = run_cli(base + ["--encoder", ckpt, "--reference", ckpt, "--out", ws / "never"])
+    code, _, err = run(base + ["--encoder", ckpt, "--reference", ckpt, "--out", ws / "never"])
     assert code == 2 and "--reference: its weights are identical" in err and "--reference-prefix" in err
     assert not (ws / "never").exists()
-    code, _, err = run_cli(base + ["--encoder", ckpt, "--encoder-prefix", "encoder.backbone", "--reference", ckpt,
+    code, _, err = run(base + ["--encoder", ckpt, "--encoder-prefix", "encoder.backbone", "--reference", ckpt,
                                "--reference-prefix", "reference.backbone", "--out", ws / "pair"])
     assert code == 0, err
     report = MemorizationReport.load(ws / "pair" / "report.json")
@@ -177,7 +177,7 @@ def test_analyze_errors_are_one_line_exit_2(ws, change, flag, phrase, monkeypatc
     if change.get("--reference", "") is None:
         del args["--reference"]
     argv = ANALYZE + [x for k, v in args.items() for x in ([k] if v is True else [k, v])]
-    code, stdout, stderr = run_cli(argv)
+    code, stdout, stderr = run(argv)
     assert code == 2
     assert stderr.count("\n") == 1 and stderr.startswith(f"memloc analyze: error: {flag}: ") and phrase in stderr
     assert "Traceback" not in stderr and stdout == ""
@@ -188,21 +188,21 @@ def test_device_cuda_without_cuda(ws):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     argv = ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--device", "cuda", "--out", ws / "x"]
-    code, _, err = run_cli(argv)
+    code, _, err = run(argv)
     assert code == 2 and "--device" in err and "--device cpu" in err
 
 
 def test_usage_errors_and_help():
-    assert run_cli(["analyze", "--arch", "tiny"])[0] == 2  # argparse: missing required options
-    code, out, _ = run_cli(["--help"])
+    assert run(["analyze", "--arch", "tiny"])[0] == 2  # argparse: missing required options
+    code, out, _ = run(["--help"])
     assert code == 0 and "analyze" in out and "plot" in out and "demo" in out
-    code, out, _ = run_cli(["analyze", "--help"])
+    code, out, _ = run(["analyze", "--help"])
     assert code == 0 and "--indices-from-split" in out
 
 
 def test_plot_from_report_and_images(ws, analyzed):
     out = ws / "replot"
-    code, stdout, err = run_cli(["plot", analyzed[0] / "report.json", "--images", ws / "d.npz", "--k", "3", "--out", out])
+    code, stdout, err = run(["plot", analyzed[0] / "report.json", "--images", ws / "d.npz", "--k", "3", "--out", out])
     assert code == 0, err
     assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "evidence.png", "layer_mem.png",
                                                         "sslmem_vs_unitmem.png", "unit_mem.png"]
@@ -219,10 +219,10 @@ def test_plot_monitor_folder_with_history(ws, analyzed):
         report.save(folder / f"report_epoch={epoch}.json")
     history = [{"epoch": e, "global_step": 4 * e, **report_scalars(report)} for e in (-1, 0, 1)]
     (folder / "history.json").write_text(json.dumps(history))
-    code, _, err = run_cli(["plot", ws / "monitor", "--out", ws / "monitor_plots"])
+    code, _, err = run(["plot", ws / "monitor", "--out", ws / "monitor_plots"])
     assert code == 0, err
     assert (ws / "monitor_plots" / "history.png").is_file() and (ws / "monitor_plots" / "layer_mem.png").is_file()
-    code, _, err = run_cli(["plot", folder / "history.json", "--out", ws / "hist_only"])
+    code, _, err = run(["plot", folder / "history.json", "--out", ws / "hist_only"])
     assert code == 0, err
     assert sorted(p.name for p in (ws / "hist_only").glob("*.png")) == ["evidence_history.png", "history.png"]
     assert_png(ws / "hist_only" / "history.png")
@@ -231,18 +231,18 @@ def test_plot_monitor_folder_with_history(ws, analyzed):
 def test_plot_errors(ws, analyzed):
     corrupt = ws / "corrupt.json"
     corrupt.write_text(Path(analyzed[0] / "report.json").read_text()[:50])
-    code, _, err = run_cli(["plot", corrupt, "--out", ws / "p"])
+    code, _, err = run(["plot", corrupt, "--out", ws / "p"])
     assert code == 2 and "corrupt" in err and str(corrupt) in err and err.count("\n") == 1
     other = ws / "other.json"
     other.write_text(json.dumps({"format": "something else"}))
-    code, _, err = run_cli(["plot", other, "--out", ws / "p"])
+    code, _, err = run(["plot", other, "--out", ws / "p"])
     assert code == 2 and "not a MemorizationReport" in err
-    code, _, err = run_cli(["plot", ws / "nothing.json"])
+    code, _, err = run(["plot", ws / "nothing.json"])
     assert code == 2 and "check the path" in err and "REPORT_OR_HISTORY" in err
     report = analyzed[0] / "report.json"
-    code, _, err = run_cli(["plot", report, "--images", ws / "d.npz", "--candidates", "5", "--out", ws / "p"])
+    code, _, err = run(["plot", report, "--images", ws / "d.npz", "--candidates", "5", "--out", ws / "p"])
     assert code == 2 and "--images" in err and "5 images for 12 candidates" in err
-    code, _, err = run_cli(["plot", report, "--layer", "conv9", "--out", ws / "p"])
+    code, _, err = run(["plot", report, "--layer", "conv9", "--out", ws / "p"])
     assert code == 2 and "--layer" in err and "conv3" in err
     assert not (ws / "p").exists()
 
@@ -253,20 +253,20 @@ def test_demo_forwards_arguments(monkeypatch):
     fake.main = lambda argv: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "lightning_memloc.demo", fake)
     monkeypatch.setattr(lightning_memloc, "demo", fake, raising=False)
-    assert run_cli(["demo", "--epochs", "1", "--data", "x.npz"])[0] == 0
+    assert run(["demo", "--epochs", "1", "--data", "x.npz"])[0] == 0
     assert seen == [["--epochs", "1", "--data", "x.npz"]]
 
 
 def test_demo_missing_module_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning_memloc.demo", None)
     monkeypatch.delattr(lightning_memloc, "demo", raising=False)
-    code, _, err = run_cli(["demo"])
+    code, _, err = run(["demo"])
     assert code == 2 and "lightning_memloc.demo" in err
 
 
 def test_demo_help_returns_zero():
     pytest.importorskip("lightning_memloc.demo")
-    code, out, _ = run_cli(["demo", "--help"])
+    code, out, _ = run(["demo", "--help"])
     assert code == 0 and "memloc demo" in out
 
 
@@ -293,7 +293,7 @@ def test_unused_checkpoint_tensors_warn(ws):
 
     torch.save(ResNet9(width=4).state_dict(), ws / "r9.pt")  # its first layers fit TinyCNN(width=4) exactly
     argv = ANALYZE + ["--encoder", ws / "r9.pt", "--data", ws / "d.npz", "--layers", "nope", "--out", ws / "w"]
-    code, _, err = run_cli(argv)
+    code, _, err = run(argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2
     assert lines[0].startswith("memloc analyze: warning: --encoder: 30 tensors") and "check --arch" in lines[0]
@@ -305,7 +305,7 @@ def test_failed_measurement_exits_1(ws):
     state = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in TinyCNN(3, 4).state_dict().items()}
     torch.save(state, ws / "nan.pt")
     argv = ANALYZE + ["--encoder", ws / "nan.pt", "--data", ws / "d.npz", "--views", "2", "--out", ws / "nan"]
-    code, _, err = run_cli(argv)
+    code, _, err = run(argv)
     assert code == 1 and "measurement failed" in err and "NaN" in err and "Traceback" not in err
 
 
@@ -325,6 +325,6 @@ def test_indices_file_formats(ws, fmt):
     argv = ["plot", "r.json", "--images", "digits", "--indices", str(path)]
     args = build_parser().parse_args(argv + ["--candidates", "2"])
     assert _select(args, N, 0).tolist() == [5, 1]
-    code, _, err = run_cli(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices", path, "--limit", "6",
+    code, _, err = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--indices", path, "--limit", "6",
                                   "--out", ws / "i"])
     assert code == 2 and "--indices: index 7 is outside the 6 images" in err

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_memloc import measure
-from helpers import run_cli
+from helpers import run_cli as run
 
 USER_MODULE = '''
 import pytorch_lightning as pl
@@ -69,7 +69,7 @@ def test_model_factory_with_weights_matches_measure(ws, user, tmp_path, one_thre
     f, g = user.backbone(), user.backbone()
     torch.save(f.state_dict(), tmp_path / "f.pt")
     torch.save(g.state_dict(), tmp_path / "g.pt")
-    code, _, err = run_cli(["analyze", "--model", "memloc_user_models:backbone", "--encoder", tmp_path / "f.pt",
+    code, _, err = run(["analyze", "--model", "memloc_user_models:backbone", "--encoder", tmp_path / "f.pt",
                         "--reference", tmp_path / "g.pt", "--data", ws / "d.npz", "--out", tmp_path / "out", *COMMON])
     assert code == 0, err
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -81,7 +81,7 @@ def test_model_factory_with_weights_matches_measure(ws, user, tmp_path, one_thre
 def test_timm_factory_without_checkpoint(ws, tmp_path, one_thread):
     pytest.importorskip("timm")
     kwargs = json.dumps({"model_name": "resnet18", "num_classes": 0})
-    code, _, err = run_cli(["analyze", "--model", "timm:create_model", "--model-kwargs", kwargs, "--data", ws / "d.npz",
+    code, _, err = run(["analyze", "--model", "timm:create_model", "--model-kwargs", kwargs, "--data", ws / "d.npz",
                         "--out", tmp_path, *COMMON])
     assert code == 0, err
     layers = json.loads((tmp_path / "report.json").read_text())["layers"]
@@ -97,7 +97,7 @@ def test_lightning_module_checkpoint(ws, user, tmp_path, one_thread):
         trainer.fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(2, 3, 8, 8)), batch_size=2))
         trainer.save_checkpoint(tmp_path / f"m{seed}.ckpt")
         paths.append((tmp_path / f"m{seed}.ckpt", module))
-    code, _, err = run_cli(["analyze", "--lightning-module", "memloc_user_models.LitSSL", "--encoder-attr", "backbone",
+    code, _, err = run(["analyze", "--lightning-module", "memloc_user_models.LitSSL", "--encoder-attr", "backbone",
                         "--encoder", paths[0][0], "--reference", paths[1][0], "--data", ws / "d.npz",
                         "--out", tmp_path / "out", *COMMON])
     assert code == 0, err
@@ -105,7 +105,7 @@ def test_lightning_module_checkpoint(ws, user, tmp_path, one_thread):
     f, g = paths[0][1].backbone.eval(), paths[1][1].backbone.eval()
     expected = measure(f, _images(ws), reference=g, views=2, top_k=2, progress=False)
     assert saved["layer_mem"] == pytest.approx(expected.layer_mem, abs=1e-6)
-    code, _, err = run_cli(["analyze", "--lightning-module", "memloc_user_models.LitSSL", "--encoder-attr", "trunk",
+    code, _, err = run(["analyze", "--lightning-module", "memloc_user_models.LitSSL", "--encoder-attr", "trunk",
                         "--encoder", paths[0][0], "--data", ws / "d.npz", "--out", tmp_path / "o2", *COMMON])
     assert code == 2 and "--encoder-attr" in err and "trunk" in err
 
@@ -120,6 +120,6 @@ def test_lightning_module_checkpoint(ws, user, tmp_path, one_thread):
     (["--lightning-module", "memloc_user_models:backbone", "--encoder", "f.ckpt"], "--lightning-module"),
 ])
 def test_bad_model_arguments_name_the_flag(ws, user, tmp_path, argv, flag):
-    code, _, err = run_cli(["analyze", *argv, "--data", ws / "d.npz", "--out", tmp_path, *COMMON])
+    code, _, err = run(["analyze", *argv, "--data", ws / "d.npz", "--out", tmp_path, *COMMON])
     assert code == 2 and err.startswith(f"memloc analyze: error: {flag}:"), err
     assert not (tmp_path / "report.json").exists()
