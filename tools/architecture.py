@@ -1,12 +1,12 @@
 """Render the module map of ``docs/architecture.md`` from the package itself.
 
-The map lists every module of ``lightning_memloc`` with its line count, the first line of its
-docstring (its first paragraph) and its public names with their signatures (read with :mod:`inspect`), grouped in the
+The map lists every module of ``lightning_memloc`` with its line count, the first paragraph of its
+docstring and its public names with their signatures (read with :mod:`inspect`), grouped in the
 data-flow order of the library (Wang et al., *Localizing Memorization in SSL Vision Encoders*,
 NeurIPS 2024): inputs and views → encoders → taps → reductions → scores → metric states →
-measurement → report → callbacks → CLI and figures. The only hand-kept knowledge is the ordering
-table :data:`GROUPS`; a module it does not name lands in the "Other modules" group, so nothing is
-hidden when modules move.
+measurement → report → callbacks → CLI and figures, then support modules. The only hand-kept
+knowledge is the ordering table :data:`GROUPS`; a module it does not name lands in the "Other
+modules" group, so nothing is hidden when modules move.
 
 Usage (from the repository root)::
 
@@ -47,13 +47,14 @@ GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("Taps", ("taps", "taps.*", "vit", "probe", "fidelity")),
     ("Reductions", ("reductions", "reductions.*", "baseline")),
     ("Scores (functional core)", ("functional", "functional.*")),
-    ("Metric states", ("metrics", "metrics.*", "meter", "meter.*", "reference_cache")),
-    ("Measurement", ("measure", "measure.*", "options", "checks", "checks.*")),
-    ("Report and evidence", ("report", "report.*", "report_*", "evidence", "evidence.*", "analyses", "analyses.*",
-                             "selection")),
-    ("Callbacks", ("callbacks", "callbacks.*", "producers", "pruning", "pruning.*", "surgery")),
+    ("Metric states", ("metrics", "metrics.*", "meter", "meter.*", "reference_cache", "distributed", "distributed.*")),
+    ("Measurement", ("measure", "measure.*", "options", "options.*")),
+    ("Report and evidence", ("report", "report.*", "report_*", "tags", "contract", "evidence", "evidence.*",
+                             "analyses", "analyses.*", "selection")),
+    ("Callbacks and unit surgery", ("callbacks", "callbacks.*", "producers", "pruning", "pruning.*", "surgery",
+                                    "surgery.*")),
     ("CLI, figures and demo", ("cli", "cli.*", "cli_*", "plots", "plots.*", "plots_*", "demo", "demo.*", "demo_*")),
-    ("Support", ("errors", "io")),
+    ("Support", ("checks", "checks.*", "errors", "io")),
 )
 OTHER = "Other modules"
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
