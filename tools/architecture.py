@@ -57,6 +57,7 @@ GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("Support", ("checks", "checks.*", "errors", "io")),
 )
 OTHER = "Other modules"
+MAX_LINES = 400  # the style guide's "no module over ~400 lines"; longer modules are flagged in the table
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 ROLE = re.compile(r":[a-z]+:`~?([\w.]+)`")  # Sphinx roles in docstrings: :class:`~pkg.Name`
 
@@ -234,16 +235,22 @@ def render(infos: Sequence[ModuleInfo], groups: Sequence[Tuple[str, Sequence[str
         >>> info = ModuleInfo("taps", "lightning_memloc/taps.py", 10, "Hooks.", ("- `f(x)`",), ())
         >>> print(render([info]).splitlines()[4])
         | Taps | `taps.py` | 10 | Hooks. |
+        >>> render([info]).splitlines()[0]
+        '1 modules, 10 lines; over 400 lines: none. Regenerate with `python tools/architecture.py --write`.'
     """
     order = {title: i for i, (title, _) in enumerate(groups)}
     order[OTHER] = len(order)
     ranked = sorted(infos, key=lambda m: (order[group_of(m.name, groups)], m.path))
     total = sum(m.lines for m in infos)
-    out = [f"{len(infos)} modules, {total} lines. Regenerate with `python tools/architecture.py --write`.", "",
+    long = [m.path.split("/", 1)[-1] for m in ranked if m.lines > MAX_LINES]
+    out = [f"{len(infos)} modules, {total} lines; over {MAX_LINES} lines: "
+           + (", ".join(f"`{p}`" for p in long) if long else "none")
+           + ". Regenerate with `python tools/architecture.py --write`.", "",
            "| group | module | lines | summary |", "|---|---|---|---|"]
     for m in ranked:
         short = m.path.split("/", 1)[-1]
-        out.append(f"| {group_of(m.name, groups)} | `{short}` | {m.lines} | {_cell(m.summary)} |")
+        lines = f"**{m.lines}**" if m.lines > MAX_LINES else str(m.lines)
+        out.append(f"| {group_of(m.name, groups)} | `{short}` | {lines} | {_cell(m.summary)} |")
     current: Optional[str] = None
     for m in ranked:
         group = group_of(m.name, groups)
