@@ -205,7 +205,10 @@ def collect(package: str = PACKAGE, root: Path = ROOT) -> List[ModuleInfo]:
         RuntimeError: the package imported is not the one under ``root`` (another checkout or an
             installed copy is first on ``sys.path``), or a submodule fails to import.
     """
-    pkg = importlib.import_module(package)
+    try:
+        pkg = importlib.import_module(package)
+    except Exception as err:  # noqa: BLE001 - reported with the package's name
+        raise RuntimeError(f"cannot import `{package}` ({type(err).__name__}: {err}): fix the import first.") from err
     location = Path(inspect.getfile(pkg)).resolve()
     if root.resolve() not in location.parents:
         raise RuntimeError(f"`{package}` was imported from {location}, not from {root}: run the script from the "
