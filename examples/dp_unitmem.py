@@ -31,7 +31,7 @@ Needs Opacus (``pip install lightning_memloc[dp]``). Smoke run (seconds):
 The run recorded in docs/utility.md (one thread)::
 
     OMP_NUM_THREADS=1 python examples/dp_unitmem.py --data ../shared/data/cifar10-train-10k.npz \\
-        --subset 1000 --test 500 --width 8 --epochs 20 --sigmas 0.5 1.0 --out /tmp/dp
+        --subset 1000 --test 500 --width 8 --epochs 20 --sigmas 0.5 1.0 --out runs/dp
 """
 
 from __future__ import annotations

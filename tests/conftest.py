@@ -1,5 +1,10 @@
+"""Fixtures shared by the test files (plain helper functions are in ``helpers.py``)."""
+
 import pytest
 import torch
+
+from helpers import mixed_encoder
+from lightning_memloc.models import TinyCNN
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +23,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The reliability tests' models and images (test_reliability*.py).
+@pytest.fixture
+def encoder():
+    return mixed_encoder(0)
+
+
+@pytest.fixture
+def reference():
+    torch.manual_seed(1)
+    return TinyCNN(width=4).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -20,8 +20,7 @@ from lightning_memloc.plots.analyses import (
     plot_exchange,
     plot_unit_restore,
 )
-from test_cli import run
-from test_plots import assert_png
+from helpers import assert_png, run_cli as run
 
 N = 12
 ANALYZE = ["analyze", "--arch", "tiny", "--size", "16", "--views", "3", "--top-k", "3", "--no-progress"]

@@ -12,13 +12,10 @@ from lightning_memloc.models import (AuthorsBlock, AuthorsResNet9, ConvBlock, Re
                                      group_count, make_norm)
 from lightning_memloc.ssl import SimCLR
 from lightning_memloc.taps import resolve_layers
+from helpers import n_params
 
 NAMES = ["prep", "layer1_head", "layer1_residual1", "layer1_residual2",
          "layer2", "layer3_head", "layer3_residual1", "layer3_residual2"]
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _hand_count(in_ch: int, w: int, num_classes: int | None = None) -> int:
@@ -34,13 +31,13 @@ def test_authors_widths_and_full_parameter_count() -> None:
     widths = [dict(model.named_modules())[n].conv.out_channels for n in NAMES]
     assert widths == [32, 64, 64, 64, 128, 256, 256, 256]
     # 960 + 18,624 + 2 x 37,056 + 74,112 + 295,680 + 2 x 590,592 (computed by hand)
-    assert _n_params(model) == 1_644_672 == _hand_count(3, 32)
-    assert _n_params(AuthorsResNet9(num_classes=10)) == 1_644_672 + 256 * 10 + 10
+    assert n_params(model) == 1_644_672 == _hand_count(3, 32)
+    assert n_params(AuthorsResNet9(num_classes=10)) == 1_644_672 + 256 * 10 + 10
 
 
 @pytest.mark.parametrize("in_ch,width,num_classes", [(3, 1, None), (1, 4, 7), (5, 3, None)])
 def test_authors_parameter_count_formula(in_ch: int, width: int, num_classes: int | None) -> None:
-    assert _n_params(AuthorsResNet9(in_ch, width, num_classes)) == _hand_count(in_ch, width, num_classes)
+    assert n_params(AuthorsResNet9(in_ch, width, num_classes)) == _hand_count(in_ch, width, num_classes)
 
 
 def test_authors_layer_shapes_at_32px() -> None:
@@ -123,7 +120,7 @@ def test_group_norm_option(cls: type) -> None:
     norms = [m for m in group.modules() if isinstance(m, nn.GroupNorm)]
     assert len(norms) == 8
     assert all(m.num_groups == group_count(m.num_channels) for m in norms)
-    assert _n_params(group) == _n_params(batch)
+    assert n_params(group) == n_params(batch)
     assert not list(group.buffers())  # no running statistics
     group.train()
     x = torch.randn(3, 3, 32, 32)

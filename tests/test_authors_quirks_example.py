@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from helpers import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "authors_quirks.py"
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("authors_quirks", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script(EXAMPLE)
 
 
 def test_authors_quirks_smoke(example, tmp_path: Path, one_thread, capsys) -> None:

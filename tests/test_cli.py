@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -18,21 +16,13 @@ import torch
 import lightning_memloc
 from lightning_memloc import MemorizationReport, load_encoder, measure
 from lightning_memloc.callbacks.logging import report_scalars
-from lightning_memloc.cli import ARCHS, build_model, main
+from lightning_memloc.cli import ARCHS, build_model
 from lightning_memloc.data import load_npz, split_candidates
 from lightning_memloc.models import TinyCNN
-from test_plots import assert_png
+from helpers import assert_png, run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
 N = 12
-
-
-def run(argv) -> tuple:
-    """``main(argv)`` with stdout / stderr captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +279,7 @@ def test_build_model(arch):
             build_model(arch, 32)
 
 
+@pytest.mark.slow
 def test_python_m_help_in_a_subprocess():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "lightning_memloc.cli", "--help"], capture_output=True, text=True,

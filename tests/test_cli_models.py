@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import textwrap
 
@@ -13,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_memloc import measure
-from lightning_memloc.cli import main
+from helpers import run_cli as run
 
 USER_MODULE = '''
 import pytorch_lightning as pl
@@ -43,13 +41,6 @@ class LitSSL(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 '''
 COMMON = ["--size", "8", "--views", "2", "--top-k", "2", "--no-progress", "--candidates", "4"]
-
-
-def run(argv) -> tuple:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

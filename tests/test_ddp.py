@@ -23,15 +23,15 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 from torch.utils.data import DistributedSampler
 
-from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure
+from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks import MemorizationMonitor
 from lightning_memloc.callbacks.logging import report_scalars
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from lightning_memloc.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
 from lightning_memloc.measure import build_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.ssl import SimCLR
+from helpers import cotrained_pair
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is unavailable")
@@ -40,13 +40,7 @@ LAYERS = ["conv1", "conv2", "conv3"]
 VIEWS, SEED, TOP_K = 3, 5, 3
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _pair(epochs: int) -> CoTrainedPair:
-    torch.manual_seed(0)
-    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
-    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=epochs)
+pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # keeps the skipif above
 
 
 def _data(num_candidates: int):
@@ -157,7 +151,7 @@ def ddp_run(tmp_path_factory):
                                         every_n_epochs=2, views=VIEWS, seed=SEED, encoder="encoder.backbone",
                                         reference="reference.backbone", top_k=TOP_K, grid_size=0, batch_size=2,
                                         bootstrap=200, progress=False, output_dir=tmp / "groups"))
-    model = _pair(2)
+    model = cotrained_pair(max_epochs=2)
     pl.seed_everything(0)
     trainer = pl.Trainer(
         max_epochs=2, accelerator="cpu", devices=2,

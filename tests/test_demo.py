@@ -27,6 +27,7 @@ def test_canary_groups_are_disjoint_and_offline():
         canary_layout(10, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["canaries", "plain"])
 def test_demo_runs_and_reports_its_evidence(tmp_path, capsys, setting):
     extra = ["--canaries", "4", "--subset", "16"] if setting == "canaries" else ["--subset", "60"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from helpers import load_script
 
 pytest.importorskip("opacus")
 
@@ -15,10 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dp_unitmem.py"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("dp_unitmem", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script(EXAMPLE)
 
 
 def test_dp_example_smoke(example, tmp_path: Path, one_thread) -> None:

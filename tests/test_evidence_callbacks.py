@@ -10,7 +10,8 @@ from lightning_memloc.callbacks.pruning import MemorizationPruning
 from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.selection import select_layers
 
-from test_finetuning import LAYERS, LitModel, make_report, make_trainer
+from test_finetuning import LAYERS, make_report
+from helpers import LitModel, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,18 +6,14 @@ import copy
 from typing import Dict, List, Optional
 
 import pytest
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memloc import LayerNotFoundError, MemorizationReport
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
-from lightning_memloc.callbacks.monitor import MemorizationMonitor
-from lightning_memloc.models import TinyCNN
 from lightning_memloc.selection import resolve_report, select_layers
+from helpers import LitModel, make_trainer, small_monitor
 
 LAYERS = ["conv1", "conv2", "conv3"]
 WIDTHS = {"conv1": 4, "conv2": 8, "conv3": 16}
@@ -36,32 +32,6 @@ def make_report(layer_mem: Optional[Dict[str, float]] = LAYER_MEM, delta: Option
         layer_mem=None if layer_mem is None else dict(layer_mem),
         delta_layer_mem=None if delta is None else dict(delta),
     )
-
-
-class LitModel(pl.LightningModule):
-    def __init__(self, optimize_all: bool = False) -> None:
-        super().__init__()
-        self.backbone = TinyCNN(width=4)
-        self.head = nn.Linear(16, 2)
-        self.optimize_all = optimize_all
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.head(self.backbone(x)), y)
-
-    def configure_optimizers(self):
-        params = list(self.parameters()) if self.optimize_all else [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=0.1)
-
-    def train_dataloader(self):
-        g = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 2, (16,), generator=g))
-        return DataLoader(data, batch_size=8)
-
-
-def make_trainer(callbacks, max_epochs: int = 2, checkpoint: bool = False) -> pl.Trainer:
-    return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=checkpoint,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 
 
 class Probe(Callback):
@@ -294,23 +264,18 @@ def test_missing_layer_and_too_large_k_fail_before_training():
         make_trainer([MemorizationFinetuning(make_report(), k=1, encoder="backbone", head="heads")]).fit(LitModel())
 
 
-def _monitor(**kwargs) -> MemorizationMonitor:
-    return MemorizationMonitor(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), views=2,
-                               encoder="backbone", progress=False, grid_size=0, log_histograms=False, **kwargs)
-
-
 def test_monitor_without_report_in_time_is_an_error():
-    monitor = _monitor(every_n_epochs=1)
+    monitor = small_monitor(every_n_epochs=1)
     finetuning = MemorizationFinetuning(monitor, k=1, by="unit_mem", head="head")
     with pytest.raises(ValueError, match="measure_on_train_start=True"):
         make_trainer([monitor, finetuning]).fit(LitModel())
     with pytest.raises(ValueError, match="not in `Trainer\\(callbacks=...\\)`"):
-        make_trainer([MemorizationFinetuning(_monitor(), k=1, by="unit_mem", head="head", unfreeze_at_epoch=1)]).fit(LitModel())
+        make_trainer([MemorizationFinetuning(small_monitor(), k=1, by="unit_mem", head="head", unfreeze_at_epoch=1)]).fit(LitModel())
 
 
 def test_monitor_source_uses_the_report_of_the_unfreeze_epoch(tmp_path):
     torch.manual_seed(0)
-    monitor = _monitor(every_n_epochs=1, output_dir=tmp_path)
+    monitor = small_monitor(every_n_epochs=1, output_dir=tmp_path)
     finetuning = MemorizationFinetuning(monitor, k=1, by="unit_mem", head="head", unfreeze_at_epoch=1)
     model = LitModel()
     make_trainer([monitor, finetuning]).fit(model)

@@ -18,6 +18,7 @@ def _readme_yaml() -> str:
                 if "MemorizationFinetuning" in b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
 def test_readme_config_runs(package, tmp_path, monkeypatch, one_thread):
     pytest.importorskip(package.split(".")[0])

@@ -16,15 +16,14 @@ from torch.overrides import TorchFunctionMode
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_sum
 
-from lightning_memloc import BatchedSimCLRAugment
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from lightning_memloc.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
 from lightning_memloc.measure import build_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, state_bytes
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.ssl import SimCLR
 from lightning_memloc.taps import LayerSpec
+from helpers import cotrained_pair
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,12 +168,6 @@ def test_run_pass_works_on_the_meters_device():
 # The monitor's up-front check
 
 
-def _pair() -> CoTrainedPair:
-    torch.manual_seed(0)
-    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
-    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=1)
-
-
 class CountBatches(pl.Callback):
     def __init__(self) -> None:
         self.batches = 0
@@ -190,7 +183,7 @@ def _fit_with_limit(tmp_path, limit):
     monitor = MemorizationMonitor(images[split.candidates], views=2, encoder="encoder.backbone",
                                   reference="reference.backbone", top_k=2, progress=False, memory_limit=limit)
     counter = CountBatches()
-    model = _pair()
+    model = cotrained_pair(max_epochs=1)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, accelerator="cpu", devices=1, logger=False,
                          callbacks=[monitor, counter], enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=tmp_path)

@@ -7,10 +7,7 @@ import torch
 from torch import nn
 
 from lightning_memloc.models import ConvBlock, Residual, ResNet9, TinyCNN, TinyMLP
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from helpers import n_params
 
 
 def _hand_count(in_ch: int, w: int, num_classes: int | None = None) -> int:
@@ -44,14 +41,14 @@ def test_resnet9_logits_and_channels(size: int) -> None:
 def test_resnet9_full_width_parameter_count() -> None:
     model = ResNet9()  # no forward: construction only
     assert _hand_count(3, 64) == 6_568_000
-    assert _n_params(model) == 6_568_000
-    assert _n_params(ResNet9(num_classes=10)) == 6_568_000 + 512 * 10 + 10
+    assert n_params(model) == 6_568_000
+    assert n_params(ResNet9(num_classes=10)) == 6_568_000 + 512 * 10 + 10
 
 
 @pytest.mark.parametrize("in_ch,width,num_classes", [(3, 1, None), (1, 4, 7), (5, 3, None)])
 def test_resnet9_parameter_count_formula(in_ch: int, width: int, num_classes: int | None) -> None:
     model = ResNet9(in_channels=in_ch, width=width, num_classes=num_classes)
-    assert _n_params(model) == _hand_count(in_ch, width, num_classes)
+    assert n_params(model) == _hand_count(in_ch, width, num_classes)
 
 
 def test_resnet9_layout() -> None:

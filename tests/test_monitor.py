@@ -11,28 +11,17 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure
+from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
-from lightning_memloc.data import split_candidates
-from lightning_memloc.models import TinyCNN
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.cotrain import cotraining_loader
+from helpers import cotrained_pair, cotraining_split
 
 LAYERS = ["conv1", "conv2", "conv3"]
 
 
-def _pair(seed: int = 0) -> CoTrainedPair:
-    torch.manual_seed(seed)
-    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
-    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=3)
-
-
 @pytest.fixture(scope="module")
 def data():
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
-    split = split_candidates(40, shared=24, candidates=8, independent=8, seed=0)
-    return images, split
+    return cotraining_split()
 
 
 def _monitor(images, split, **kwargs):
@@ -54,7 +43,7 @@ def test_fit_logs_tensorboard_and_writes_reports(tmp_path, data):
     images, split = data
     pl.seed_everything(0)
     monitor = _monitor(images, split, output_dir=tmp_path / "memloc")
-    model = _pair()
+    model = cotrained_pair()
     trainer = _trainer(tmp_path, [monitor], enable_checkpointing=False)
     trainer.fit(model, cotraining_loader(images, split, batch_size=8))
 
@@ -104,7 +93,7 @@ def test_resume_continues_the_same_history(tmp_path, data):
         monitor = _monitor(images, split)
         checkpoint = ModelCheckpoint(dirpath=ckdir, save_last=True, every_n_epochs=1, save_top_k=-1)
         trainer = _trainer(tmp_path / f"log{max_epochs}", [monitor, checkpoint], max_epochs=max_epochs, logger=False)
-        trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8), ckpt_path=ckpt_path)
+        trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8), ckpt_path=ckpt_path)
         return monitor
 
     full = run(3, ckdir=tmp_path / "full")
@@ -135,7 +124,7 @@ def test_monitor_pass_leaves_modes_and_requires_grad(tmp_path, data):
 
     monitor = _monitor(images, split)
     trainer = _trainer(tmp_path, [Before(), monitor, Spy()], max_epochs=1, logger=False, enable_checkpointing=False)
-    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))
     assert monitor.history, "the monitor did not measure"
     assert seen["modes"] == seen["before_modes"]
     assert seen["grads"] == seen["before_grads"]
@@ -145,7 +134,7 @@ def test_every_n_epochs_and_final_measurement(tmp_path, data):
     images, split = data
     monitor = _monitor(images, split, every_n_epochs=2, measure_on_train_start=True, reference=None)
     trainer = _trainer(tmp_path, [monitor], max_epochs=3, logger=False, enable_checkpointing=False)
-    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))
     # before training, epoch 1 (every 2nd), and the last epoch at the end of training
     assert [h["epoch"] for h in monitor.history] == [-1, 1, 2]
     assert not monitor.report.has_reference
@@ -153,12 +142,12 @@ def test_every_n_epochs_and_final_measurement(tmp_path, data):
 
 def test_reference_from_checkpoint_file(tmp_path, data):
     images, split = data
-    reference = _pair(1).reference.backbone
+    reference = cotrained_pair(1).reference.backbone
     path = tmp_path / "reference.pt"
     torch.save(reference.state_dict(), path)
     monitor = _monitor(images, split, reference=str(path))
     trainer = _trainer(tmp_path, [monitor], max_epochs=1, logger=False, enable_checkpointing=False)
-    model = _pair()
+    model = cotrained_pair()
     trainer.fit(model, cotraining_loader(images, split, batch_size=8))
     again = measure(model.encoder.backbone, images[split.candidates], reference=reference, views=3, top_k=3)
     assert again.allclose(monitor.report, atol=1e-5)
@@ -181,7 +170,7 @@ def test_constructor_errors(data, kwargs, error, match):
 
 def test_setup_errors_before_training(tmp_path, data):
     images, split = data
-    model = _pair()
+    model = cotrained_pair()
     before = [p.detach().clone() for p in model.parameters()]
     for kwargs, error in (({"encoder": "encoder.bakbone"}, AttributeError), ({"layers": ["conv9"]}, ValueError),
                           ({"reference": str(tmp_path / "missing.ckpt")}, FileNotFoundError)):
@@ -198,7 +187,7 @@ def test_control_and_unseen_in_one_pass_logged_with_intervals(tmp_path, data):
     control, unseen = images[split.control(6)], images[split.independent]
     monitor = _monitor(images, split, control=control, unseen=unseen, bootstrap=100, measure_on_train_start=True,
                        output_dir=tmp_path / "memloc")
-    model = _pair()
+    model = cotrained_pair()
     trainer = _trainer(tmp_path, [monitor], max_epochs=2, enable_checkpointing=False)
     trainer.fit(model, cotraining_loader(images, split, batch_size=8))
     report = monitor.report
@@ -229,7 +218,7 @@ def test_recalibrated_init_restores_the_models_buffers(data):
     from lightning_memloc.baseline import recalibrated_batchnorm
 
     images, split = data
-    model = _pair()
+    model = cotrained_pair()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     views = MemorizationMonitor(images[split.candidates], views=2).pool
     with recalibrated_batchnorm(model.encoder.backbone, model.reference.backbone, views=views):
@@ -249,7 +238,7 @@ def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
     layers = ["conv3", "conv1", "conv2"]  # any order asked: runs follow the forward order
     monitor = _monitor(images, split, layers=layers, control=images[split.control(6)], bootstrap=50)
     trainer = _trainer(tmp_path, [monitor], max_epochs=1, enable_checkpointing=False)
-    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))
     root = tmp_path / "tb" / "version_0" / "memloc_layers"
     runs = sorted(p.name for p in root.iterdir())
     assert runs == [f"{i + 1:02d}_{name}" for i, name in enumerate(monitor.report.layers)]
@@ -267,5 +256,5 @@ def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
         "Margin", ["memloc_by_layer/excess", "memloc_by_layer/excess_lo", "memloc_by_layer/excess_hi"]]
     no_runs = _monitor(images, split, layer_runs=False)
     trainer = _trainer(tmp_path / "b", [no_runs], max_epochs=1, enable_checkpointing=False)
-    trainer.fit(_pair(), cotraining_loader(images, split, batch_size=8))
+    trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))
     assert not (tmp_path / "b" / "tb" / "version_0" / "memloc_layers").exists()

@@ -171,6 +171,7 @@ def test_csv_logger_gets_the_scalars_only(pkg, tmp_path, one_thread):
     assert "memloc/unit_mem_mean/conv3" in header and not any("hist" in h or "images" in h for h in header)
 
 
+@pytest.mark.slow
 def test_ddp_spawn_under_lightning(tmp_path, one_thread):
     """The lightning.pytorch binding under ``ddp_spawn`` (2 CPU processes, gloo): rank 0's report
     equals a single-process ``measure()`` of the weights that come back (test_ddp.py checks the

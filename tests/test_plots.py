@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import matplotlib.image
 import pytest
 import torch
 
@@ -23,19 +21,7 @@ from lightning_memloc.plots import (
     plot_sslmem_vs_unitmem,
     plot_unit_mem_distribution,
 )
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path: Path) -> None:
-    """A complete, readable PNG with a nonzero image size."""
-    path = Path(path)
-    assert path.is_file() and path.stat().st_size > 0
-    assert path.read_bytes()[:8] == PNG_MAGIC
-    image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
-    assert not list(path.parent.glob(".*.tmp")), "atomic writes leave no temporary files"
-
+from helpers import assert_png
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:

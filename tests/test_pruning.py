@@ -7,17 +7,15 @@ from typing import Dict, List, Optional
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
-from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.callbacks.pruning import MemorizationPruning, find_unit_targets, prune_units
 from lightning_memloc.models import TinyCNN, TinyMLP
 from lightning_memloc.selection import select_units
+from helpers import LitModel, make_trainer, small_monitor
 
 LAYERS = ["conv1", "conv2", "conv3"]
 WIDTHS = {"conv1": 4, "conv2": 8, "conv3": 16}
@@ -40,30 +38,6 @@ def make_report(unit_mem: Optional[Dict[str, torch.Tensor]] = None, layer_mem: b
 
 def small_report() -> MemorizationReport:
     return make_report({"a": torch.tensor([0.1, 0.9, 0.5, 0.0]), "b": torch.tensor([0.7, 0.2])})
-
-
-class LitModel(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = TinyCNN(width=4)
-        self.head = nn.Linear(16, 2)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.head(self.backbone(x)), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
-
-    def train_dataloader(self):
-        g = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 2, (16,), generator=g))
-        return DataLoader(data, batch_size=8)
-
-
-def make_trainer(callbacks, max_epochs: int = 2, checkpoint: bool = False) -> pl.Trainer:
-    return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=checkpoint,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 
 
 def block_outputs(encoder: nn.Module, x: torch.Tensor, train: bool = False) -> Dict[str, torch.Tensor]:
@@ -311,26 +285,21 @@ def test_saved_report_path_drives_both_callbacks(tmp_path):
     assert model.backbone.conv3.conv.weight_orig.requires_grad and not model.backbone.conv2.conv.weight_orig.requires_grad
 
 
-def _monitor(**kwargs) -> MemorizationMonitor:
-    return MemorizationMonitor(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), views=2,
-                               encoder="backbone", progress=False, grid_size=0, log_histograms=False, **kwargs)
-
-
 def test_monitor_source_order_and_timing():
     torch.manual_seed(0)
-    monitor = _monitor(measure_on_train_start=True)
+    monitor = small_monitor(measure_on_train_start=True)
     pruning = MemorizationPruning(monitor, amount=1, strategy="highest")
     with pytest.raises(ValueError, match="list the monitor before this callback"):
         make_trainer([pruning, monitor], max_epochs=1).fit(LitModel())
 
-    monitor = _monitor(measure_on_train_start=True)
+    monitor = small_monitor(measure_on_train_start=True)
     pruning = MemorizationPruning(monitor, amount=1, strategy="highest")  # encoder: the monitor's
     model = LitModel()
     make_trainer([monitor, pruning], max_epochs=1).fit(model)
     assert [len(v) for v in pruning.pruned_units.values()] == [1, 1, 1]
     assert_pruned(model.backbone, as_lists(pruning.pruned_units))
 
-    monitor = _monitor(every_n_epochs=1)
+    monitor = small_monitor(every_n_epochs=1)
     pruning = MemorizationPruning(monitor, amount=1, prune_at=1)
     model = LitModel()
     make_trainer([pruning, monitor]).fit(model)  # measured at the end of epoch 0: in time for epoch 1
@@ -350,6 +319,7 @@ class SameUnitsProbe(Callback):
         trainer.callback_metrics["same_units_ranks"] = total
 
 
+@pytest.mark.slow
 def test_ddp_spawn_prunes_identically_on_every_rank():
     torch.manual_seed(0)
     model = LitModel()

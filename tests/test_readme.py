@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -12,6 +14,7 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_measure_example_runs(tmp_path, monkeypatch):
     block = next(b for b in _python_blocks() if "measure(encoder, candidates" in b)
     monkeypatch.chdir(tmp_path)

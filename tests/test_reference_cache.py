@@ -11,11 +11,11 @@ from torch import nn
 
 from lightning_memloc import BatchedSimCLRAugment, ReferenceCache, measure
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from lightning_memloc.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.reference_cache import frozen_reference, model_digest, tensor_digest
-from lightning_memloc.ssl import SimCLR
+from helpers import cotrained_pair
 
 
 def _models(seed: int = 0):
@@ -167,23 +167,17 @@ def test_frozen_reference_rule():
     assert frozen_reference(owner, outside) and not frozen_reference(owner, None)
 
 
-def _pair(seed: int = 0) -> CoTrainedPair:
-    torch.manual_seed(seed)
-    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
-    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=2)
-
-
 @pytest.mark.parametrize("frozen", [True, False])
 def test_monitor_caches_a_frozen_reference_only(tmp_path, frozen):
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=gen)
     split = split_candidates(32, shared=16, candidates=8, independent=8, seed=0)
-    reference = _pair(1).reference.backbone if frozen else "reference.backbone"
+    reference = cotrained_pair(1, max_epochs=2).reference.backbone if frozen else "reference.backbone"
     monitor = MemorizationMonitor(images[split.candidates], every_n_epochs=1, views=3, encoder="encoder.backbone",
                                   reference=reference, top_k=3, grid_size=4, progress=False, batch_size=4,
                                   unseen=images[split.independent][:4])
     pl.seed_everything(0)
-    model = _pair()
+    model = cotrained_pair(max_epochs=2)
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, callbacks=[monitor], enable_progress_bar=False,
                          enable_model_summary=False, logger=False, enable_checkpointing=False, deterministic=True)
     trainer.fit(model, cotraining_loader(images, split, batch_size=8))
@@ -212,6 +206,7 @@ def test_save_load_round_trip_and_bad_file(tmp_path):
         ReferenceCache.load(tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_cli_analyze_reuses_the_reference_cache_across_checkpoints(tmp_path):
     import numpy as np
 

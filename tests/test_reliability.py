@@ -11,8 +11,6 @@ import copy
 import json
 import random
 import signal
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +22,6 @@ from torch.utils.data import Dataset
 
 from lightning_memloc import (
     ArchitectureMismatchError,
-    BatchedSimCLRAugment,
     CheckpointError,
     LayerNotFoundError,
     MemlocError,
@@ -36,85 +33,20 @@ from lightning_memloc import (
     measure,
 )
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
-from lightning_memloc.data import split_candidates
 from lightning_memloc.io import atomic_write_text
 from lightning_memloc.measure import build_views, probe_layers, run_pass
 from lightning_memloc.models import TinyCNN, TinyMLP
-from lightning_memloc.ssl import SimCLR
+from helpers import (
+    assert_untouched, cotrained_pair, cotraining_split, counting_forwards, files_in, fit_pair, mixed_encoder,
+    no_hooks, pair_monitor, take_snapshot,
+)
 
 LAYERS = ["conv1", "conv2", "conv3"]
 
 
-# --------------------------------------------------------------------------- helpers
-def _snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "grads": {n: p.requires_grad for n, p in model.named_parameters()},
-    }
-
-
-def _no_hooks(model: nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-
-
-def assert_untouched(model: nn.Module, snapshot: dict) -> None:
-    """Weights (and buffers), every module's mode and ``requires_grad`` as before; no hook left."""
-    state = model.state_dict()
-    assert state.keys() == snapshot["state"].keys()
-    for key, value in snapshot["state"].items():
-        torch.testing.assert_close(state[key], value, rtol=0, atol=0, equal_nan=True, msg=f"{key} changed")
-    assert {n: m.training for n, m in model.named_modules()} == snapshot["modes"]
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == snapshot["grads"]
-    assert _no_hooks(model), "a hook was left on the model"
-
-
-@contextmanager
-def counting_forwards(model: nn.Module):
-    """Count the model's forward calls (the hook is removed on exit, before any hook check)."""
-    calls = {"n": 0}
-    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
-def files_in(folder: Path) -> set:
-    """Every file under ``folder``, hidden ones (temporary files are ``.<name>.*.tmp``) included."""
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
-
-
-def _encoder(seed: int = 0, width: int = 4) -> nn.Module:
-    torch.manual_seed(seed)
-    model = TinyCNN(width=width)
-    model.train()
-    model.conv1.eval()  # a mixed state (like a frozen BN block) that must survive every failure
-    for p in model.conv2.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-@pytest.fixture
-def encoder():
-    return _encoder(0)
-
-
-@pytest.fixture
-def reference():
-    torch.manual_seed(1)
-    return TinyCNN(width=4).eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-
-
 # ------------------------------------------------------------ measure(): bad inputs
 def test_empty_candidate_set(encoder, images):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(ValueError, match=r"`candidates` is empty.*at least one"):
         measure(encoder, images[:0])
     assert calls["n"] == 0
@@ -124,7 +56,7 @@ def test_empty_candidate_set(encoder, images):
 
 
 def test_single_candidate(encoder, images):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(ValueError, match=r"at least 2 candidates, got 1.*pass more"):
         measure(encoder, images[:1])
     assert calls["n"] == 0
@@ -134,7 +66,7 @@ def test_single_candidate(encoder, images):
 
 
 def test_layermem_needs_two_views_with_pairing_all(encoder, reference, images):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(
             ValueError, match=r"`views` >= 2, got 1: raise `views` or use pairing='anchor'"):
         measure(encoder, images, reference=reference, views=1)
@@ -151,7 +83,7 @@ def test_layermem_needs_two_views_with_pairing_all(encoder, reference, images):
 
 
 def test_unknown_layer_lists_close_matches(encoder, images):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(LayerNotFoundError) as info:
         measure(encoder, images, layers=["conv_2", "conv3"])
     assert calls["n"] == 0
@@ -183,7 +115,7 @@ class _Renamed(nn.Module):
 ], ids=["layer-shapes", "input-channels", "layer-names"])
 def test_reference_architecture_mismatch(encoder, images, make_reference, fragments):
     reference = make_reference().eval()
-    snap, snap_ref = _snapshot(encoder), _snapshot(reference)
+    snap, snap_ref = take_snapshot(encoder), take_snapshot(reference)
     with pytest.raises(ArchitectureMismatchError) as info:
         measure(encoder, images, reference=reference, views=2)
     for fragment in fragments:
@@ -194,7 +126,7 @@ def test_reference_architecture_mismatch(encoder, images, make_reference, fragme
 
 
 def test_reference_is_the_encoder_itself(encoder, images):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(
             ValueError, match="`reference` is the encoder itself: pass an encoder trained without the candidates"):
         measure(encoder, images, reference=encoder, views=2)
@@ -204,7 +136,7 @@ def test_reference_is_the_encoder_itself(encoder, images):
 
 def test_candidates_that_do_not_fit_the_encoder(images):
     encoder = TinyCNN(in_channels=1, width=4)
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with pytest.raises(ValueError, match=r"encoder cannot run on a batch of candidate views of shape \(\d+, 3, 16, 16\)") as info:
         measure(encoder, images, views=2)
     assert "channels" in str(info.value) and "`candidates`" in str(info.value)
@@ -227,7 +159,7 @@ def test_candidates_that_do_not_fit_the_encoder(images):
 ], ids=["batch_size-0", "batch_size-float", "top_k-0", "views-0", "views-bool", "num_workers", "pairing", "reduction",
         "negative", "candidate_ids", "transform", "reference-path"])
 def test_invalid_settings(encoder, images, kwargs, error, fragment):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(error) as info:
         measure(encoder, images, **kwargs)
     assert fragment in str(info.value)
@@ -242,7 +174,7 @@ def test_invalid_settings(encoder, images, kwargs, error, fragment):
     (torch.rand(4, 2, 3, 3, 16, 16), ValueError, "`candidates` must be (N, C, H, W) images, (N, K, C, H, W) views"),
 ], ids=["list", "int64", "2-D", "6-D"])
 def test_candidates_of_the_wrong_kind(encoder, candidates, error, fragment):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(error) as info:
         measure(encoder, candidates, views=2)
     assert fragment in str(info.value)
@@ -267,7 +199,7 @@ class _MixedSizes(Dataset):
 
 
 def test_candidates_of_mixed_shapes(encoder):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with pytest.raises(ValueError) as info:
         measure(encoder, _MixedSizes(), views=2, batch_size=4)
     message = str(info.value)
@@ -288,7 +220,7 @@ def test_candidates_of_mixed_shapes(encoder):
     (torch.zeros(6, dtype=torch.long), ValueError, "`labels` hold a single class [0]"),
 ], ids=["wrong-length", "float", "negative", "one-class"])
 def test_bad_labels_for_classmem(encoder, images, labels, error, fragment):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(error) as info:
         measure(encoder, images, views=2, labels=labels)
     assert fragment in str(info.value)
@@ -312,7 +244,7 @@ def test_missing_labels_skip_classmem(encoder, images):
     (lambda img: img[None], "(1, 3, 16, 16)"),
 ], ids=["ndarray", "uint8", "4-D"])
 def test_transform_returning_the_wrong_type(encoder, images, transform, fragment):
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     state = torch.get_rng_state()
     with counting_forwards(encoder) as calls, pytest.raises(TypeError) as info:
         measure(encoder, images, views=2, transform=transform)
@@ -345,7 +277,7 @@ def test_negative_activation_policies():
         report = measure(model, views, layers=["fc"], negative=policy)
         scores = report.unit_mem["fc"]
         assert torch.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all(), policy
-    snap = _snapshot(model)
+    snap = take_snapshot(model)
     with pytest.raises(ValueError) as info:
         measure(model, views, layers=["fc"], negative="error")
     message = str(info.value)
@@ -355,7 +287,7 @@ def test_negative_activation_policies():
 
 
 def _poisoned(value: float) -> nn.Module:
-    model = _encoder(2)
+    model = mixed_encoder(2)
     with torch.no_grad():
         model.conv2.conv.weight[0, 0, 0, 0] = value
     return model
@@ -364,7 +296,7 @@ def _poisoned(value: float) -> nn.Module:
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_nonfinite_activations_name_the_layer(images, reference, value):
     bad = _poisoned(value)
-    snap = _snapshot(bad)
+    snap = take_snapshot(bad)
     with pytest.raises(NonFiniteActivationError) as info:
         measure(bad, images, views=2, batch_size=2)
     message = str(info.value)
@@ -374,14 +306,14 @@ def test_nonfinite_activations_name_the_layer(images, reference, value):
     assert_untouched(bad, snap)
     # a diverged reference is named as such
     with pytest.raises(NonFiniteActivationError, match=r"reference layers \['conv2', 'conv3'\]"):
-        measure(_encoder(3), images, reference=bad, views=2)
+        measure(mixed_encoder(3), images, reference=bad, views=2)
     assert_untouched(bad, snap)
 
 
 def test_nonfinite_candidates(encoder, images):
     candidates = images.clone()
     candidates[3, 0, 5, 5] = float("inf")
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with pytest.raises(NonFiniteActivationError, match=r"encoder layers \['conv1', 'conv2', 'conv3'\].*candidates are not finite"):
         measure(encoder, candidates, views=2, transform=lambda img: img.clone())
     assert_untouched(encoder, snap)
@@ -394,7 +326,7 @@ def test_run_pass_names_the_epoch(images, reference):
     meter = MemorizationMeter(specs, units, len(view_set), reference=True, labels=False, top_k=2)
     with pytest.raises(NonFiniteActivationError, match=r"at epoch 3 in encoder layers \['conv2', 'conv3'\]"):
         run_pass(bad, reference, view_set, specs, meter, batch_size=2, epoch=3)
-    assert _no_hooks(bad)
+    assert no_hooks(bad)
     # nothing non-finite reached the metric states
     assert all(torch.isfinite(t).all() for t in meter.state_dict().values() if t.is_floating_point())
 
@@ -437,7 +369,7 @@ def test_keyboard_interrupt_during_measure(encoder, reference, images):
             raise KeyboardInterrupt
         return img.clone()
 
-    snap, snap_ref = _snapshot(encoder), _snapshot(reference)
+    snap, snap_ref = take_snapshot(encoder), take_snapshot(reference)
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     with pytest.raises(KeyboardInterrupt):
         measure(encoder, images, reference=reference, views=2, batch_size=2, transform=transform)
@@ -534,7 +466,7 @@ def test_a_checkpoint_that_is_not_one(tmp_path, content, error, fragment):
     elif content == "other-arch":
         torch.save(TinyCNN(width=5).state_dict(), path)
     like = TinyCNN(width=4)
-    snap = _snapshot(like)
+    snap = take_snapshot(like)
     with pytest.raises(error) as info:
         load_encoder(path, like=like)
     assert fragment in str(info.value) and str(path) in str(info.value)
@@ -547,40 +479,15 @@ def test_a_checkpoint_that_is_not_one(tmp_path, content, error, fragment):
 
 
 # ------------------------------------------------------------------ the monitor
-def _pair(seed: int = 0, max_epochs: int = 3) -> CoTrainedPair:
-    torch.manual_seed(seed)
-    make = lambda: SimCLR(TinyCNN(width=4), feature_dim=16, hidden_dim=16, out_dim=8, augment=BatchedSimCLRAugment(16))
-    return CoTrainedPair(make(), make(), lr=0.05, warmup_epochs=1, max_epochs=max_epochs)
-
-
 @pytest.fixture(scope="module")
 def data():
-    gen = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
-    split = split_candidates(40, shared=24, candidates=8, independent=8, seed=0)
-    return train, split
-
-
-def _monitor(train, split, **kwargs) -> MemorizationMonitor:
-    defaults = dict(every_n_epochs=1, views=2, encoder="encoder.backbone", reference="reference.backbone",
-                    top_k=3, grid_size=0, progress=False, batch_size=4)
-    defaults.update(kwargs)
-    return MemorizationMonitor(train[split.candidates], **defaults)
-
-
-def _fit(train, split, callbacks, max_epochs=2, model=None, ckpt_path=None, **kwargs):
-    model = _pair(max_epochs=max_epochs) if model is None else model
-    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                         **{"enable_checkpointing": False, **kwargs})
-    trainer.fit(model, cotraining_loader(train, split, batch_size=8), ckpt_path=ckpt_path)
-    return trainer, model
+    return cotraining_split()
 
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5])
 def test_every_n_epochs_must_be_positive(data, value):
     with pytest.raises(ValueError, match=rf"`every_n_epochs` must be an int >= 1, got {value!r}"):
-        _monitor(*data, every_n_epochs=value)
+        pair_monitor(*data, every_n_epochs=value)
 
 
 def test_monitor_setup_errors_come_before_training(tmp_path, data):
@@ -601,11 +508,11 @@ def test_monitor_setup_errors_come_before_training(tmp_path, data):
         ({"transform": lambda img: img.numpy()}, TypeError, ["`transform` must return a float tensor"]),
         ({"memory_limit": 16}, MemoryError, ["over `memory_limit`", "use fewer candidates"]),
     ]
-    model = _pair()
-    snap = _snapshot(model)
+    model = cotrained_pair()
+    snap = take_snapshot(model)
     for kwargs, error, fragments in cases:
         with pytest.raises(error) as info:
-            _fit(train, split, [_monitor(train, split, **kwargs)], max_epochs=1, model=model)
+            fit_pair(train, split, [pair_monitor(train, split, **kwargs)], max_epochs=1, model=model)
         for fragment in fragments:
             assert fragment in str(info.value), (kwargs, str(info.value))
         assert_untouched(model, snap)  # no training step ran, no hook is left
@@ -627,10 +534,10 @@ class _PoisonAt(pl.Callback):
 def test_monitor_failure_keeps_the_previous_checkpoint(tmp_path, data):
     train, split = data
     out, ckdir = tmp_path / "memloc", tmp_path / "ck"
-    monitor = _monitor(train, split, output_dir=out)
+    monitor = pair_monitor(train, split, output_dir=out)
     checkpoint = ModelCheckpoint(dirpath=ckdir, every_n_epochs=1, save_top_k=-1)
     with pytest.raises(NonFiniteActivationError) as info:
-        _fit(train, split, [_PoisonAt(1), monitor, checkpoint], max_epochs=2, enable_checkpointing=True)
+        fit_pair(train, split, [_PoisonAt(1), monitor, checkpoint], max_epochs=2, enable_checkpointing=True)
     assert "at epoch 1 in encoder layers ['conv2', 'conv3']" in str(info.value)
     # the training run's own checkpoint of epoch 0 is on disk and loadable
     assert [p.name for p in ckdir.iterdir()] == ["epoch=0-step=4.ckpt"]
@@ -661,9 +568,9 @@ def test_output_dir_replaced_by_a_file_during_training(tmp_path, data):
                 out.rmdir()
                 out.write_text("someone else's file")
 
-    monitor = _monitor(train, split, output_dir=out, reference=None)
+    monitor = pair_monitor(train, split, output_dir=out, reference=None)
     with pytest.raises(NotADirectoryError, match=r"`output_dir`=.*is a file, not a folder: pass a folder path"):
-        _fit(train, split, [Block(), monitor], max_epochs=2)
+        fit_pair(train, split, [Block(), monitor], max_epochs=2)
     assert out.read_text() == "someone else's file"
     assert files_in(tmp_path) == {"memloc"}, "a temporary file was left behind"
 
@@ -681,7 +588,7 @@ def test_keyboard_interrupt_during_a_monitor_pass(tmp_path, data):
                 return
             pl_module.encoder.backbone.conv1.eval()  # a mixed-mode model, like a frozen BN
             pl_module.encoder.backbone.conv3.conv.weight.requires_grad_(False)
-            seen["snapshot"] = _snapshot(pl_module)
+            seen["snapshot"] = take_snapshot(pl_module)
             calls = seen["calls"] = {"n": 0}
 
             def hook(module, args, output):
@@ -691,12 +598,12 @@ def test_keyboard_interrupt_during_a_monitor_pass(tmp_path, data):
 
             seen["handle"] = pl_module.encoder.backbone.register_forward_hook(hook)
 
-    monitor = _monitor(train, split, output_dir=out)
-    model = _pair()
+    monitor = pair_monitor(train, split, output_dir=out)
+    model = cotrained_pair()
     handler = signal.getsignal(signal.SIGINT)
     try:  # Lightning turns KeyboardInterrupt into a graceful shutdown and sys.exit(1), ignoring SIGINT
         with pytest.raises(SystemExit):
-            _fit(train, split, [Interrupt(), monitor], max_epochs=2, model=model)
+            fit_pair(train, split, [Interrupt(), monitor], max_epochs=2, model=model)
     finally:
         signal.signal(signal.SIGINT, handler)
     seen["handle"].remove()
@@ -714,9 +621,9 @@ def test_resume_every_2_epochs_continues_the_same_history(tmp_path, data):
 
     def run(max_epochs, ckdir, ckpt_path=None):
         pl.seed_everything(0)
-        monitor = _monitor(train, split, every_n_epochs=2)
+        monitor = pair_monitor(train, split, every_n_epochs=2)
         checkpoint = ModelCheckpoint(dirpath=ckdir, save_last=True, every_n_epochs=1, save_top_k=-1)
-        _fit(train, split, [monitor, checkpoint], max_epochs=max_epochs, model=_pair(max_epochs=3),
+        fit_pair(train, split, [monitor, checkpoint], max_epochs=max_epochs, model=cotrained_pair(max_epochs=3),
              ckpt_path=ckpt_path, enable_checkpointing=True)
         return monitor
 

@@ -19,30 +19,13 @@ from torch.utils.data import Dataset
 
 from lightning_memloc import MemorizationReport, ReportFormatError, measure
 from lightning_memloc.checks import check_candidate_ids, check_index_values, check_seed
-from lightning_memloc.models import TinyCNN
 from lightning_memloc.views import SeededViews
-from test_reliability import _encoder, _snapshot, assert_untouched, counting_forwards
-
-
-@pytest.fixture
-def encoder():
-    return _encoder(0)
-
-
-@pytest.fixture
-def reference():
-    torch.manual_seed(1)
-    return TinyCNN(width=4).eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+from helpers import assert_untouched, counting_forwards, take_snapshot
 
 
 def _refused(encoder, error, fragments, *args, **kwargs):
     """``measure`` raises ``error`` with every fragment, before any forward pass, leaving the encoder as it was."""
-    snap = _snapshot(encoder)
+    snap = take_snapshot(encoder)
     with counting_forwards(encoder) as calls, pytest.raises(error) as info:
         measure(encoder, *args, **kwargs)
     for fragment in fragments:
@@ -140,7 +123,7 @@ def test_a_copy_of_the_encoder_is_refused_as_reference(encoder, images):
 
 def test_a_reference_sharing_layers_is_refused(encoder, images, reference):
     reference.conv2 = encoder.conv2  # e.g. a reference assembled from the encoder's blocks
-    snap_ref = _snapshot(reference)
+    snap_ref = take_snapshot(reference)
     _refused(encoder, ValueError, ["`reference` shares", "parameter(s) with the encoder", "conv2"],
              images, reference=reference, views=2)
     assert_untouched(reference, snap_ref)

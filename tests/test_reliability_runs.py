@@ -21,19 +21,18 @@ from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.callbacks.pruning import MemorizationPruning, prune_units
 from lightning_memloc.cli import main
 from lightning_memloc.models import TinyCNN
-from test_pruning import LitModel, make_report, make_trainer
-from test_reliability import _fit, _monitor, _pair, _snapshot, assert_untouched, files_in
+from test_pruning import make_report
+from helpers import (
+    assert_untouched, cotrained_pair, cotraining_split, files_in, fit_pair, LitModel, make_trainer, pair_monitor,
+    take_snapshot,
+)
 
 MARKER = "memloc_run.json"
 
 
 @pytest.fixture(scope="module")
 def data():
-    from lightning_memloc.data import split_candidates
-
-    gen = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
-    return train, split_candidates(40, shared=24, candidates=8, independent=8, seed=0)
+    return cotraining_split()
 
 
 def _contents(folder):
@@ -44,8 +43,8 @@ def _contents(folder):
 def _first_run(tmp_path, data, **kwargs):
     train, split = data
     ckdir = tmp_path / "ck"
-    monitor = _monitor(train, split, **kwargs)
-    _fit(train, split, [monitor, ModelCheckpoint(dirpath=ckdir, save_last=True)], max_epochs=1, enable_checkpointing=True)
+    monitor = pair_monitor(train, split, **kwargs)
+    fit_pair(train, split, [monitor, ModelCheckpoint(dirpath=ckdir, save_last=True)], max_epochs=1, enable_checkpointing=True)
     return ckdir / "last.ckpt"
 
 
@@ -65,7 +64,7 @@ def test_resume_with_other_measurement_settings_is_refused(tmp_path, data, chang
                     grid_size=0, progress=False, batch_size=4)
     monitor = MemorizationMonitor(candidates, **{**defaults, **kwargs})
     with pytest.raises(ValueError) as info:
-        _fit(train, split, [monitor], max_epochs=2, model=_pair(max_epochs=3), ckpt_path=str(last))
+        fit_pair(train, split, [monitor], max_epochs=2, model=cotrained_pair(max_epochs=3), ckpt_path=str(last))
     assert "measured with other settings" in str(info.value) and fragment in str(info.value), str(info.value)
     assert "start a new run" in str(info.value)
     assert monitor.history == [], "the old history was mixed into the new monitor"
@@ -75,8 +74,8 @@ def test_resume_into_its_own_folder_continues(tmp_path, data):
     train, split = data
     out = tmp_path / "memloc"
     last = _first_run(tmp_path, data, output_dir=out)
-    monitor = _monitor(train, split, output_dir=out)  # a new process: a new monitor object, same settings
-    _fit(train, split, [monitor], max_epochs=2, model=_pair(max_epochs=3), ckpt_path=str(last))
+    monitor = pair_monitor(train, split, output_dir=out)  # a new process: a new monitor object, same settings
+    fit_pair(train, split, [monitor], max_epochs=2, model=cotrained_pair(max_epochs=3), ckpt_path=str(last))
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [0, 1]
     assert files_in(out) == {"report_epoch=0.json", "report_epoch=1.json", "history.json", MARKER}
 
@@ -84,18 +83,18 @@ def test_resume_into_its_own_folder_continues(tmp_path, data):
 def test_a_new_run_never_replaces_another_runs_files(tmp_path, data):
     train, split = data
     out = tmp_path / "memloc"
-    _fit(train, split, [_monitor(train, split, output_dir=out)], max_epochs=2)
+    fit_pair(train, split, [pair_monitor(train, split, output_dir=out)], max_epochs=2)
     before = _contents(out)
     assert set(before) == {"report_epoch=0.json", "report_epoch=1.json", "history.json", MARKER}
-    model = _pair()
-    snap = _snapshot(model)
+    model = cotrained_pair()
+    snap = take_snapshot(model)
     with pytest.raises(FileExistsError) as info:
-        _fit(train, split, [_monitor(train, split, output_dir=out)], max_epochs=1, model=model)
+        fit_pair(train, split, [pair_monitor(train, split, output_dir=out)], max_epochs=1, model=model)
     assert "holds another run's files" in str(info.value) and "overwrite=True" in str(info.value)
     assert _contents(out) == before, "the old run's files changed"
     assert_untouched(model, snap)  # refused in setup: no training step
     # with consent, the old files go and no stale report stays beside the new ones
-    _fit(train, split, [_monitor(train, split, output_dir=out, overwrite=True)], max_epochs=1)
+    fit_pair(train, split, [pair_monitor(train, split, output_dir=out, overwrite=True)], max_epochs=1)
     assert files_in(out) == {"report_epoch=0.json", "history.json", MARKER}
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [0]
 
@@ -103,44 +102,44 @@ def test_a_new_run_never_replaces_another_runs_files(tmp_path, data):
 def test_two_monitors_cannot_share_a_folder(tmp_path, data):
     train, split = data
     out = tmp_path / "shared"
-    model = _pair()
-    snap = _snapshot(model)
-    first = _monitor(train, split, output_dir=out)
-    second = _monitor(train, split, output_dir=out, seed=1)
+    model = cotrained_pair()
+    snap = take_snapshot(model)
+    first = pair_monitor(train, split, output_dir=out)
+    second = pair_monitor(train, split, output_dir=out, seed=1)
     with pytest.raises(ValueError, match="already used by another MemorizationMonitor: .* its own folder"):
-        _fit(train, split, [first, second], max_epochs=1, model=model)
+        fit_pair(train, split, [first, second], max_epochs=1, model=model)
     assert files_in(out) == set() and first.history == []
     assert_untouched(model, snap)
-    _fit(train, split, [_monitor(train, split, output_dir=out)], max_epochs=1)  # the claim was released
+    fit_pair(train, split, [pair_monitor(train, split, output_dir=out)], max_epochs=1)  # the claim was released
 
 
 # ------------------------------------------------------------ monitor settings
 def test_monitor_refuses_a_frozen_copy_of_the_encoder_as_reference(data):
     train, split = data
-    model = _pair()
+    model = cotrained_pair()
     frozen = copy.deepcopy(model.encoder.backbone).requires_grad_(False)
-    snap = _snapshot(model)
+    snap = take_snapshot(model)
     with pytest.raises(ValueError, match="`reference` has exactly the encoder's weights"):
-        _fit(train, split, [_monitor(train, split, reference=frozen)], max_epochs=1, model=model)
+        fit_pair(train, split, [pair_monitor(train, split, reference=frozen)], max_epochs=1, model=model)
     assert_untouched(model, snap)
 
 
 def test_monitor_int_options_and_memory_limit(data):
     train, split = data
     with pytest.raises(TypeError, match=r"`memory_limit` must be a number of bytes.*2\*\*30 for 1 GiB"):
-        _monitor(train, split, memory_limit="1GB")
-    monitor = _monitor(train, split, batch_size=np.int64(4), top_k=np.int32(3), views=np.int64(2),
+        pair_monitor(train, split, memory_limit="1GB")
+    monitor = pair_monitor(train, split, batch_size=np.int64(4), top_k=np.int32(3), views=np.int64(2),
                        memory_limit=np.int64(2**30), reference=None)
-    _fit(train, split, [monitor], max_epochs=1)
+    fit_pair(train, split, [monitor], max_epochs=1)
     assert monitor.report.meta["views"] == 2 and monitor.report.meta["top_k"] == 3
 
 
 def test_monitor_without_encoder_names_the_fix(data):
     train, split = data
-    model = _pair()
-    snap = _snapshot(model)
+    model = cotrained_pair()
+    snap = take_snapshot(model)
     with pytest.raises(ValueError) as info:
-        _fit(train, split, [_monitor(train, split, encoder=None, reference=None)], max_epochs=1, model=model)
+        fit_pair(train, split, [pair_monitor(train, split, encoder=None, reference=None)], max_epochs=1, model=model)
     assert "`encoder` is None, so the monitor measures the whole CoTrainedPair" in str(info.value)
     assert "pass `encoder=`" in str(info.value) and "['encoder', 'reference']" in str(info.value)
     assert_untouched(model, snap)
@@ -151,17 +150,17 @@ def test_monitor_reference_checkpoint_with_any_extension(tmp_path, data, monkeyp
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(7)
     torch.save(TinyCNN(width=4).state_dict(), "reference.weights")  # no known extension, no path separator
-    monitor = _monitor(train, split, reference="reference.weights")
-    _fit(train, split, [monitor], max_epochs=1)
+    monitor = pair_monitor(train, split, reference="reference.weights")
+    fit_pair(train, split, [monitor], max_epochs=1)
     assert monitor.report.has_reference
     with pytest.raises(AttributeError, match=r"No file 'missing.bin' exists either: pass the path of an existing"):
-        _fit(train, split, [_monitor(train, split, reference="missing.bin")], max_epochs=1)
+        fit_pair(train, split, [pair_monitor(train, split, reference="missing.bin")], max_epochs=1)
 
 
 def test_monitor_measures_a_compiled_encoder(data):
     train, split = data
-    monitor = _monitor(train, split, encoder=lambda m: torch.compile(m.encoder.backbone), reference=None)
-    _fit(train, split, [monitor], max_epochs=1)
+    monitor = pair_monitor(train, split, encoder=lambda m: torch.compile(m.encoder.backbone), reference=None)
+    fit_pair(train, split, [monitor], max_epochs=1)
     assert monitor.report.layers == ["conv1", "conv2", "conv3"]
 
 
@@ -199,7 +198,7 @@ def test_pruning_a_conv_tap_silences_the_batchnorm_after_it():
 
 def test_pruning_a_tap_followed_by_a_channel_mixing_norm_is_refused():
     model = _ConvThenNorm(nn.GroupNorm(2, 4))
-    snap = _snapshot(model)
+    snap = take_snapshot(model)
     with pytest.raises(ValueError, match="followed by GroupNorm 'norm', which mixes its channels"):
         prune_units(model, _conv_report(), amount=1)
     assert_untouched(model, snap)
@@ -213,7 +212,7 @@ def test_pruning_a_tap_followed_by_a_channel_mixing_norm_is_refused():
 ], ids=["fraction-all", "count-all", "global-all", "epoch-after-last"])
 def test_pruning_plans_that_cannot_work_fail_in_setup(kwargs, error, fragment):
     model = LitModel()
-    snap = _snapshot(model)
+    snap = take_snapshot(model)
     with pytest.raises(error) as info:
         make_trainer([MemorizationPruning(make_report(), encoder="backbone", **kwargs)]).fit(model)
     assert fragment in str(info.value), str(info.value)
@@ -233,7 +232,7 @@ def test_pruning_fraction_rounding_to_none_is_warned_about():
 ], ids=["unfreeze-after-last", "k-above-layers"])
 def test_finetuning_plans_that_cannot_work_fail_in_setup(kwargs, fragment):
     model = LitModel()
-    snap = _snapshot(model)
+    snap = take_snapshot(model)
     callbacks = []
     source = make_report()
     if kwargs.pop("monitor", False):
@@ -294,8 +293,8 @@ def test_demo_arguments_are_argparse_errors(tmp_path, capsys, argv, fragment):
 def test_report_validation_accepts_measured_reports(data):
     """The new load-time checks never refuse what the library writes (measured and saved reports)."""
     train, split = data
-    monitor = _monitor(train, split, reference=None)
-    _fit(train, split, [monitor], max_epochs=1)
+    monitor = pair_monitor(train, split, reference=None)
+    fit_pair(train, split, [monitor], max_epochs=1)
     MemorizationReport.from_dict(json.loads(json.dumps(monitor.report.to_dict())))
 
 
@@ -304,11 +303,11 @@ def test_a_co_trained_reference_that_stays_a_copy_fails_at_the_first_measurement
     from lightning_memloc.cotrain import CoTrainedPair
 
     train, split = data
-    pair = _pair()
+    pair = cotrained_pair()
     frozen_lr = CoTrainedPair(pair.encoder, copy.deepcopy(pair.encoder), lr=0.0, warmup_epochs=1, max_epochs=3)
-    monitor = _monitor(train, split, measure_on_train_start=True)
+    monitor = pair_monitor(train, split, measure_on_train_start=True)
     with pytest.raises(ValueError, match="`reference` has exactly the encoder's weights"):
-        _fit(train, split, [monitor], max_epochs=1, model=frozen_lr)
+        fit_pair(train, split, [monitor], max_epochs=1, model=frozen_lr)
     assert [h["epoch"] for h in monitor.history] == [-1]  # the untrained baseline was measured
 
 
@@ -325,10 +324,10 @@ def test_cli_seeds_outside_64_bits_are_argparse_errors(tmp_path, capsys, flag):
 
 def test_monitor_refuses_views_that_cannot_fit_before_training(data):
     train, split = data
-    model = _pair()
-    snap = _snapshot(model)
+    model = cotrained_pair()
+    snap = take_snapshot(model)
     with pytest.raises(MemoryError, match=r"batch_size·views = 32·10000000 views .* lower `views`"):
-        _fit(train, split, [_monitor(train, split, views=10**7, batch_size=32)], max_epochs=1, model=model)
+        fit_pair(train, split, [pair_monitor(train, split, views=10**7, batch_size=32)], max_epochs=1, model=model)
     assert_untouched(model, snap)
 
 
@@ -347,4 +346,4 @@ def test_numpy_integers_work_for_the_callbacks_int_options(data):
     make_trainer(callbacks, max_epochs=1).fit(LitModel())
     assert callbacks[0].chosen_layers == ["conv3"] and callbacks[1].pruned_units["conv1"].tolist() == [1]
     train, split = data
-    assert _monitor(train, split, every_n_epochs=np.int64(2), grid_size=np.int32(0)).every_n_epochs == 2
+    assert pair_monitor(train, split, every_n_epochs=np.int64(2), grid_size=np.int32(0)).every_n_epochs == 2

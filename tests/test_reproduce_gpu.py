@@ -7,10 +7,8 @@ schedule, batch loader, the torch linear probe) are checked against hand values 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 
 from lightning_memloc import MemorizationReport
 from lightning_memloc.models import ResNet9
+from helpers import load_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--shared", "40", "--candidates", "10", "--independent", "10", "--control", "10", "--width", "4",
@@ -28,12 +27,8 @@ TINY = ["--shared", "40", "--candidates", "10", "--independent", "10", "--contro
 
 
 def _load(name: str):
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """An example script as a module; examples/ goes on ``sys.path`` for its sibling imports."""
+    return load_script(EXAMPLES / f"{name}.py", add_folder=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +44,7 @@ def data(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--precision", "bf16-mixed", "--channels-last", "on"]],
                          ids=["fp32", "bf16-channels-last"])
 def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path, extra) -> None:

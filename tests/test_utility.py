@@ -213,6 +213,7 @@ def test_demo_utility_uses_labelled_shared_and_independent_images():
     assert table.splitlines() == [" epoch      k=20", "  init     12.5%", "     3       n/a"]
 
 
+@pytest.mark.slow
 def test_demo_prints_knn_accuracy_over_training(tmp_path, capsys):
     from lightning_memloc.cli import main
 

@@ -26,6 +26,7 @@ from lightning_memloc.callbacks.utility import gather_rows
 pytestmark = [
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo backend"),
     pytest.mark.usefixtures("one_thread"),
+    pytest.mark.slow,
 ]
 
 
