@@ -85,6 +85,7 @@ def test_a_marked_module_class_is_one_layer_for_auto():
     assert [s.name for s in resolve_layers(nn.Sequential(Unmarked(3), Unmarked(4)), "auto", x)] == ["0.relu", "1.relu"]
 
 
+@pytest.mark.slow
 def test_surgery_imports_no_lightning():
     code = ("import sys, lightning_memloc.surgery, lightning_memloc; lightning_memloc.prune_units; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning')); "
