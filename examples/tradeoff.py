@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,9 @@ from lightning_memloc.io import atomic_write_text, check_writable_dir
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tradeoff_runs import accuracy, knn_hits, log, mem_summary, memorization, run_finetuning, run_pruning  # noqa: E402
 
+
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options; a bad value is an argparse error (exit code 2) before any work."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--limit", type=int, default=160, help="digits in the SSL training data (the demo's)")
@@ -150,6 +153,7 @@ def _mem_cell(record: Dict[str, Optional[float]], key: str) -> str:
 
 
 def tables(results: Dict[str, Any], args: argparse.Namespace) -> str:
+    """The Markdown tables of ``table.md``: the pre-trained encoder, fine-tuning, pruning."""
     deep, ks = results["deep_layers"], args.ks
     before = results["before"]
     lines = ["Pre-trained f: kNN " + ", ".join(f"k={k} {_pct(before['knn'][k]['acc'])} % (SE {_pct(before['knn'][k]['se'])})"
@@ -188,10 +192,11 @@ def tables(results: Dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Pre-train (or load), measure, fine-tune, prune; write ``results.json`` and ``table.md``."""
     args = parse(argv)
     torch.set_num_threads(args.threads)
     out = check_writable_dir(args.out, argument="--out")
-    started = time.perf_counter()
+    started, cpu, load_start = time.perf_counter(), time.process_time(), os.getloadavg()
     data = build_data(args)
     log(f"{args.limit} digits + {4 * args.canaries} canaries (candidates x{args.repeat}); fine-tuning/kNN bank "
         f"{len(data['ft_y'])} held-out digits, test {len(data['test_y'])}")
@@ -218,7 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           "memorization": mem_summary(report, report.layers)}}
     results["finetuning"] = run_finetuning(f, g, report, data, args, cache, deep)
     results["pruning"] = run_pruning(f, g, report, data, args, cache, base_hits)
-    results["seconds"] = {"pretraining": round(pretrain_s, 1), "total": round(time.perf_counter() - started, 1)}
+    results["seconds"] = {"pretraining": round(pretrain_s, 1), "total": round(time.perf_counter() - started, 1),
+                          "cpu": round(time.process_time() - cpu, 1)}
+    results["load_average"] = {"start": load_start, "end": os.getloadavg()}  # 1, 5, 15 min: others' jobs on the cores
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
     table = tables(results, args)
     atomic_write_text(out / "table.md", table)
