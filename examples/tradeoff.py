@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -50,7 +50,8 @@ from lightning_memloc.data import SplitIndices, load_data
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tradeoff_runs import accuracy, knn_hits, log, mem_summary, memorization, run_finetuning, run_pruning  # noqa: E402
+from tradeoff_runs import (accuracy, knn_hits, log, mem_summary, memorization, run_finetuning,  # noqa: E402
+                           run_layer_pruning, run_pruning)
 
 
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -74,6 +75,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds per strategy")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="pruned share of every layer")
     p.add_argument("--random-seeds", type=int, default=3, help="seeds of random pruning")
+    p.add_argument("--no-per-layer", dest="per_layer", action="store_false",
+                   help="skip pruning each layer alone (kNN accuracy and the layer's mean UnitMem)")
     p.add_argument("--ks", type=int, nargs="+", default=[20, 200])
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--pretrained", default=None, help="pretrained.pt of an earlier run (same data options): skip step 1")
@@ -188,7 +191,30 @@ def tables(results: Dict[str, Any], args: argparse.Namespace) -> str:
                 else:
                     cells.append(_mem_cell(row["per_seed"][0]["memorization"][layer], key))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + layer_table(results.get("layer_pruning"), ks)) + "\n"
+
+
+def layer_table(rows: Optional[Sequence[Dict[str, Any]]], ks: Sequence[int]) -> List[str]:
+    """One row per (layer, fraction) pruned alone: Δ kNN accuracy of lowest / random / highest, UnitMem after."""
+    if not rows:
+        return []
+
+    def delta(cell: Dict[str, Any], seeds: int) -> str:
+        mark = "†" if abs(cell["diff"]) > 2 * cell["diff_se"] else ""
+        return f"{100 * cell['diff']:+.1f}{mark}" + (f" ± {_pct(cell['seeds']['sd'])} sd" if seeds > 1 else "")
+
+    lines = ["", "Each layer pruned alone (Δ kNN accuracy in points vs unpruned, lowest / random / highest UnitMem; "
+             "†: beyond 2 paired SE; SE: the largest paired SE of the row; mean UnitMem of the layer, pruned units 0):", "",
+             "| layer | pruned | " + " | ".join(f"Δ kNN k={k} low / rand / high" for k in ks)
+             + " | SE | mean UnitMem before → low / rand / high |", "|---" * (4 + len(ks)) + "|"]
+    for row in rows:
+        cells = [row["layer"], f"{row['pruned']} ({row['fraction']:.0%})"]
+        cells += [" / ".join(delta(row[s]["knn"][k], row[s]["seeds"]) for s in ("lowest", "random", "highest")) for k in ks]
+        cells.append(_pct(max(row[s]["knn"][k]["diff_se"] for s in ("lowest", "random", "highest") for k in ks)))
+        cells.append(f"{row['unit_mem_before']:.3f} → " + " / ".join(f"{row[s]['unit_mem_after']['mean']:.3f}"
+                                                                    for s in ("lowest", "random", "highest")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -223,6 +249,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           "memorization": mem_summary(report, report.layers)}}
     results["finetuning"] = run_finetuning(f, g, report, data, args, cache, deep)
     results["pruning"] = run_pruning(f, g, report, data, args, cache, base_hits)
+    if args.per_layer:
+        results["layer_pruning"] = run_layer_pruning(f, report, data, args, base_hits)
     results["seconds"] = {"pretraining": round(pretrain_s, 1), "total": round(time.perf_counter() - started, 1),
                           "cpu": round(time.process_time() - cpu, 1)}
     results["load_average"] = {"start": load_start, "end": os.getloadavg()}  # 1, 5, 15 min: others' jobs on the cores

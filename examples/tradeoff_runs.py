@@ -25,7 +25,8 @@ from lightning_memloc import MemorizationFinetuning, ReferenceCache, measure, pr
 from lightning_memloc.callbacks.utility import embed
 
 __all__ = ["FINETUNING", "Classifier", "accuracy", "changed_layers", "finetune", "knn_hits", "mem_summary",
-           "memorization", "after_pruning", "pruned_output_max", "run_finetuning", "run_pruning", "spread"]
+           "memorization", "after_pruning", "pruned_output_max", "run_finetuning", "run_layer_pruning", "run_pruning",
+           "spread"]
 
 
 def log(msg: str) -> None:
@@ -238,3 +239,35 @@ def run_pruning(f: nn.Module, g: nn.Module, report: Any, data: Dict[str, Any], a
             log(f"pruning {fraction:.0%} {strategy}: kNN {[round(float(h.mean()), 3) for h in hits.values()]}")
     return rows
 
+
+
+def run_layer_pruning(f: nn.Module, report: Any, data: Dict[str, Any], args: argparse.Namespace,
+                      base_hits: Dict[int, Tensor]) -> List[Dict[str, Any]]:
+    """Each layer pruned alone (lowest / random / highest UnitMem at each fraction): kNN accuracy (Δ vs
+    the unpruned encoder) and the layer's mean UnitMem after, pruned units counting 0 as in the report.
+
+    The layer's UnitMem after needs no new measurement: a unit's UnitMem depends on its own
+    activations only, which pruning other units of the same layer leaves unchanged.
+    """
+    rows = []
+    for layer in report.layers:
+        scores = report.unit_mem[layer].float()
+        for fraction in args.fractions:
+            row: Dict[str, Any] = {"layer": layer, "fraction": fraction, "unit_mem_before": float(scores.mean())}
+            for strategy in ("lowest", "random", "highest"):
+                runs = []
+                for seed in range(args.random_seeds if strategy == "random" else 1):
+                    encoder = copy.deepcopy(f)
+                    units = prune_units(encoder, report, amount=fraction, strategy=strategy, layers=[layer], seed=seed)
+                    kept = scores.clone()
+                    kept[units[layer]] = 0.0
+                    runs.append({"knn": knn_hits(encoder, data, args), "unit_mem_after": float(kept.mean()),
+                                 "pruned": len(units[layer])})
+                hits = {k: torch.stack([r["knn"][k] for r in runs]).mean(0) for k in args.ks}
+                row["pruned"] = runs[0]["pruned"]
+                row[strategy] = {"knn": {k: {**accuracy(hits[k], base_hits[k]),
+                                             "seeds": spread([float(r["knn"][k].mean()) for r in runs])} for k in args.ks},
+                                 "unit_mem_after": spread([r["unit_mem_after"] for r in runs]), "seeds": len(runs)}
+            rows.append(row)
+        log(f"pruning {layer} alone: done")
+    return rows

@@ -85,6 +85,19 @@ def test_pruning_silences_the_chosen_units(results) -> None:
     assert random[0]["units"] != random[1]["units"]  # the random baseline draws different units per seed
 
 
+def test_each_layer_pruned_alone(results) -> None:
+    _, res = results
+    rows = res["layer_pruning"]
+    layers = list(res["before"]["memorization"])
+    assert [(r["layer"], r["fraction"]) for r in rows] == [(layer, 0.5) for layer in layers]
+    for row in rows:
+        after = {s: row[s]["unit_mem_after"]["mean"] for s in ("lowest", "random", "highest")}
+        # pruned units count 0: removing the most memorizing units lowers the layer's mean most
+        assert after["highest"] <= after["random"] + 1e-9 and after["random"] <= after["lowest"] + 1e-9
+        assert after["lowest"] <= row["unit_mem_before"] + 1e-9 and row["pruned"] >= 1
+        assert row["random"]["seeds"] == 2 and all(0 <= row[s]["knn"]["5"]["acc"] <= 1 for s in after)
+
+
 def test_pruning_lowest_and_highest_pick_by_unitmem(results) -> None:
     from lightning_memloc import MemorizationReport
 
@@ -111,11 +124,11 @@ def test_tables_and_pretrained_reuse(results, tradeoff, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     try:
         tradeoff.main(TINY[:-2] + ["--fractions", "0.5", "--ft-seeds", "1", "--random-seeds", "1",
-                                   "--pretrained", str(out / "pretrained.pt"), "--out", str(tmp_path)])
+                                   "--pretrained", str(out / "pretrained.pt"), "--no-per-layer", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
     again = json.loads((tmp_path / "results.json").read_text())
-    assert again["before"] == res["before"]
+    assert again["before"] == res["before"] and "layer_pruning" not in again
 
 
 @pytest.mark.parametrize("bad, message", [(["--fractions", "1.5"], "--fractions"), (["--ks", "0"], "--ks"),
