@@ -67,10 +67,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--views", type=int, default=10)
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--finetune-size", type=int, default=500, help="held-out labelled digits to fine-tune on (and kNN bank)")
+    p.add_argument("--finetune-size", type=int, default=800, help="held-out labelled digits to fine-tune on (and kNN bank)")
     p.add_argument("--test-size", type=int, default=0, help="held-out test digits (0: all the remaining ones)")
     p.add_argument("--ft-epochs", type=int, default=10)
-    p.add_argument("--ft-lr", type=float, default=1e-3, help="Adam learning rate of head and chosen layers")
+    p.add_argument("--ft-lr", type=float, default=3e-3, help="Adam learning rate of head and chosen layers")
     p.add_argument("--ft-batch-size", type=int, default=50)
     p.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds per strategy")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="pruned share of every layer")
@@ -169,7 +169,8 @@ def tables(results: Dict[str, Any], args: argparse.Namespace) -> str:
     n = args.ft_seeds
     for row in results["finetuning"]:
         base = row["strategy"] == "last-2"
-        cells = [row["strategy"], ", ".join(row["chosen_layers"]) or "–", _acc_cell(row["head"], n, base)]
+        same = f" (= {row['same_as']})" if row.get("same_as") else ""
+        cells = [row["strategy"] + same, ", ".join(row["chosen_layers"]) or "–", _acc_cell(row["head"], n, base)]
         cells += [_acc_cell(row["knn"][k], n, base) for k in ks]
         cells += [f"{row['excess'][layer]['mean']:+.3f} ± {row['excess'][layer]['sd']:.3f} ({row['excess'][layer]['significant']}/{n})"
                   if n > 1 else f"{row['excess'][layer]['mean']:+.3f} ({row['excess'][layer]['significant']}/1)" for layer in deep]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_memloc import MemorizationFinetuning, ReferenceCache, measure, prune_units
+from lightning_memloc import MemorizationFinetuning, ReferenceCache, measure, prune_units, select_layers
 from lightning_memloc.callbacks.utility import embed
 
 __all__ = ["FINETUNING", "Classifier", "accuracy", "changed_layers", "finetune", "knn_hits", "mem_summary",
@@ -145,8 +145,18 @@ def run_finetuning(f: nn.Module, g: nn.Module, report: Any, data: Dict[str, Any]
                    cache: ReferenceCache, deep: Sequence[str]) -> List[Dict[str, Any]]:
     """Every strategy of :data:`FINETUNING` with ``args.ft_seeds`` seeds: accuracies (Δ vs last-2) and
     the excess over the control at the ``deep`` layers afterwards (mean ± sd, significant runs)."""
-    rows, hits_of = [], {}
+    rows, hits_of, done = [], {}, {}
     for name, strategy in FINETUNING.items():
+        options = None if strategy is None else {**strategy, "k": len(report.layers) if strategy["k"] < 0 else strategy["k"]}
+        chosen = [] if options is None else select_layers(report, **options)
+        planned = frozenset(chosen)
+        if planned in done:  # same layers, same seeds: the same fine-tuning (deterministic), not re-run
+            first = done[planned]
+            hits_of[name] = hits_of[first["strategy"]]
+            rows.append({"strategy": name, "same_as": first["strategy"],
+                         "runs": [{**r, "chosen_layers": chosen} for r in first["runs"]]})
+            log(f"fine-tuning {name}: layers {chosen}, the same as {first['strategy']!r}")
+            continue
         runs = []
         for seed in range(args.ft_seeds):
             started = time.perf_counter()
@@ -161,6 +171,7 @@ def run_finetuning(f: nn.Module, g: nn.Module, report: Any, data: Dict[str, Any]
         hits_of[name] = {"head": torch.stack([r["head"] for r in runs]).mean(0),
                          **{k: torch.stack([r["knn"][k] for r in runs]).mean(0) for k in args.ks}}
         rows.append({"strategy": name, "runs": runs})
+        done[planned] = rows[-1]
         log(f"fine-tuning {name}: layers {runs[0]['chosen_layers']}, head acc "
             f"{spread([float(r['head'].mean()) for r in runs])}, {sum(r['seconds'] for r in runs):.0f} s")
     base = hits_of["last-2"]
