@@ -94,6 +94,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--fractions must lie in (0, 1), got {args.fractions}")
     if args.test_size < 0 or args.bootstrap < 0 or min(args.ks) < 1 or args.temperature <= 0:
         p.error("--test-size and --bootstrap must be >= 0, --ks >= 1 and --temperature > 0")
+    if max(args.ks) > args.finetune_size:
+        p.error(f"--ks {max(args.ks)} exceeds the kNN bank (--finetune-size {args.finetune_size}): lower --ks or raise the bank")
     if args.pretrained is not None and not Path(args.pretrained).is_file():
         p.error(f"--pretrained {args.pretrained!r} is not a file: pass the pretrained.pt an earlier run wrote")
     return args

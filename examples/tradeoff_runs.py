@@ -71,7 +71,7 @@ def knn_hits(encoder: nn.Module, data: Dict[str, Any], args: argparse.Namespace)
         encoder.train(was)
         out = {}
         for k in args.ks:
-            pred = knn_predict(test, bank.t().contiguous(), data["ft_y"], 10, knn_k=min(k, len(bank)),
+            pred = knn_predict(test, bank.t().contiguous(), data["ft_y"], 10, knn_k=k,
                                knn_t=args.temperature)[:, 0]
             out[k] = (pred == data["test_y"]).float()
     return out

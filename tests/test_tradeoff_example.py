@@ -132,7 +132,8 @@ def test_tables_and_pretrained_reuse(results, tradeoff, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad, message", [(["--fractions", "1.5"], "--fractions"), (["--ks", "0"], "--ks"),
-                                          (["--pretrained", "missing.pt"], "--pretrained")])
+                                          (["--pretrained", "missing.pt"], "--pretrained"),
+                                          (["--finetune-size", "100"], "kNN bank")])
 def test_bad_arguments_are_refused_before_any_work(tradeoff, bad, message, capsys) -> None:
     with pytest.raises(SystemExit) as err:
         tradeoff.parse(bad)
