@@ -26,7 +26,7 @@ Smoke run (seconds): ``python examples/tradeoff.py --limit 40 --canaries 4 --epo
 --bootstrap 20 --finetune-size 40 --test-size 40 --ft-epochs 1 --ft-seeds 1 --random-seeds 1 --ks 5 10``.
 The run recorded in docs/finetuning_pruning.md::
 
-    OMP_NUM_THREADS=1 python examples/tradeoff.py --out /tmp/tradeoff
+    OMP_NUM_THREADS=1 python examples/tradeoff.py --out runs/tradeoff
 """
 
 from __future__ import annotations
