@@ -5,7 +5,7 @@ Runs the steps of :func:`lightning_memloc.measure.run_pass` one by one with a ti
 
 - ``views``: the DataLoader and :meth:`SeededViews.finalize` (view generation, device copy);
 - ``forward f`` / ``forward g``: a bare forward of the batch (no hooks);
-- ``hooks f`` / ``hooks g``: the hooked forward (:func:`~lightning_memloc.measure._forward_reduce`)
+- ``hooks f`` / ``hooks g``: the hooked forward (:func:`~lightning_memloc.reductions.forward_reduce`)
   minus the bare one, i.e. the per-layer reductions (unit means, alignment);
 - ``checks``: the per-batch NaN/inf checks of the reductions (one device sync);
 - ``metric updates``: :meth:`MemorizationMeter.update`;
@@ -26,8 +26,9 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from lightning_memloc.measure import _forward_reduce, eval_mode
+from lightning_memloc.measure import eval_mode
 from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.reductions import forward_reduce
 from lightning_memloc.taps import LayerSpec
 from lightning_memloc.views import SeededViews
 
@@ -69,13 +70,13 @@ def cost_split(encoder: nn.Module, reference: Optional[nn.Module], views: Seeded
             b, k = bv.shape[:2]
             inputs = bv.reshape(b * k, *bv.shape[2:])
             timed("forward f", lambda: encoder(inputs))
-            units, align_f = timed("hooked f", lambda: _forward_reduce(encoder, inputs, names, b, k, units=True,
-                                                                       align=reference is not None, anchor=False))
+            units, align_f = timed("hooked f", lambda: forward_reduce(encoder, inputs, names, b, k, units=True,
+                                                                      align=reference is not None, anchor=False))
             align_g = None
             if reference is not None:
                 timed("forward g", lambda: reference(inputs))
-                align_g = timed("hooked g", lambda: _forward_reduce(reference, inputs, names, b, k, units=False,
-                                                                    align=True, anchor=False)[1])
+                align_g = timed("hooked g", lambda: forward_reduce(reference, inputs, names, b, k, units=False,
+                                                                   align=True, anchor=False)[1])
             timed("checks", lambda: bool(torch.stack([torch.isfinite(u).all() for u in units.values()]
                                                      + [torch.isfinite(a).all() for a in (align_f or {}).values()]
                                                      + [torch.isfinite(a).all() for a in (align_g or {}).values()]).all()))

@@ -11,7 +11,7 @@ ICLR 2024).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +23,9 @@ from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.probe import eval_mode, model_device_dtype, probe_layers  # re-exported: measure's public helpers
+from lightning_memloc.reductions import forward_reduce
 from lightning_memloc.reference_cache import ReferenceCache
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.reductions import _flat_view, _forward_reduce  # noqa: F401  (moved; renamed next)
 from lightning_memloc.taps import LayerSpec
 from lightning_memloc.views import SeededViews
 
@@ -136,14 +136,14 @@ def run_pass(
             inputs = batch_views.reshape(b * k, *batch_views.shape[2:])
             if anchor:
                 inputs = torch.cat([inputs, views.anchors(index).to(inputs)])
-            units, align_f = _forward_reduce(encoder, inputs, names, b, k, units=True,
-                                             align=reference is not None, anchor=anchor)
+            units, align_f = forward_reduce(encoder, inputs, names, b, k, units=True,
+                                            align=reference is not None, anchor=anchor)
             align_g = None
             key = None if cache is None else cache.batch_key(index, inputs)
             if cache is not None:
                 align_g = cache.get(key, device)  # type: ignore[arg-type]
             if reference is not None and align_g is None:
-                _, align_g = _forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
+                _, align_g = forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
                 align_g = {n: a.to(device) for n, a in align_g.items()}
                 if cache is not None:
                     cache.put(key, align_g)  # type: ignore[arg-type]

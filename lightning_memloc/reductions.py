@@ -16,8 +16,10 @@ from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.probe import model_device_dtype
 from lightning_memloc.taps import LayerTaps, unit_activations
 
+__all__ = ["flat_view", "forward_reduce"]
 
-def _flat_view(out: Tensor) -> Tensor:
+
+def flat_view(out: Tensor) -> Tensor:
     """``(B, D)`` flattening of a layer output, without a copy whenever the memory layout allows.
 
     Alignment compares views feature by feature, so any fixed order of the features will do: a
@@ -28,7 +30,7 @@ def _flat_view(out: Tensor) -> Tensor:
     return out.reshape(out.shape[0], -1)
 
 
-def _forward_reduce(
+def forward_reduce(
     model: nn.Module,
     inputs: Tensor,
     names: Sequence[str],
@@ -54,7 +56,7 @@ def _forward_reduce(
             # Raw flattened output, a view without copy: `pairwise_alignment` normalises slice by
             # slice and the caller checks the results for NaN/inf, so no full-size temporary
             # (normalised copy, isfinite mask) and no device sync are made per layer.
-            rep = _flat_view(out)
+            rep = flat_view(out)
             anchors = rep[n_views:] if anchor else None
             aligns[name] = pairwise_alignment(rep[:n_views].reshape(batch, views, -1), anchors)
 
