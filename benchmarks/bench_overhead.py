@@ -14,12 +14,14 @@ so that load from other jobs hits every row alike:
   (:func:`cost_split.unfused_forward_reduce`).
 
 Wall time and process CPU time (``time.process_time``) are both given: on a machine shared with
-other jobs, wall time also counts time spent descheduled. (b)/(a) is issue 19's target (≤ 1.10 for resnet18, ≤ 1.05 for ResNet9); (p)/(a) is the overhead of
-the hook reductions alone, (b) − (b0) the cost of the evidence, (b0) − (p) the fixed cost of a call
-(probe, checks, report). Then, per layer, the median time of each hook reduction on one batch
+other jobs, wall time also counts time spent descheduled. (b)/(a) is issue 19's target (≤ 1.10
+for resnet18, ≤ 1.05 for ResNet9); (p)/(a) is the overhead of the pass (hook reductions, checks,
+metric updates), (b) − (b0) the cost of the evidence, (b0) − (p) the fixed cost of a call (probe,
+checks, report). Then, per layer, the median time of each hook reduction on one batch
 (:func:`cost_split.reduction_split`): unit means, the float64 Gram (casts + ``baddbmm``), the
-finishing per layer or stacked, against the bare forward. Wang et al., *Localizing Memorization in
-SSL Vision Encoders*, NeurIPS 2024. Not a test; ``python benchmarks/bench_overhead.py --help``.
+finishing per layer or stacked, against the bare forward; and the pass's cost split
+(:func:`cost_split.cost_split`: views, forwards of f and g, hook reductions, checks, metric
+updates, compute). Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024. Not a test; ``python benchmarks/bench_overhead.py --help``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ for _path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 from bench_measure import bare_forward, build_model, load_images  # noqa: E402
-from cost_split import reduction_split, unfused_forward_reduce  # noqa: E402
+from cost_split import cost_split, format_split, reduction_split, unfused_forward_reduce  # noqa: E402
 from lightning_memloc import measure  # noqa: E402
 from lightning_memloc.measure import probe_layers, run_pass  # noqa: E402
 from lightning_memloc.meter import MemorizationMeter  # noqa: E402
@@ -91,25 +93,28 @@ def bench_model(name: str, args: argparse.Namespace, images: torch.Tensor) -> Di
     for fn in fns.values():  # warm-up: kernel selection, allocator
         fn()
     times: Dict[str, List[float]] = {row: [] for row in fns}
-    cpu: Dict[str, List[float]] = {row: [] for row in fns}
+    cpu_times: Dict[str, List[float]] = {row: [] for row in fns}
     for r in range(args.repeats):
         for row, fn in fns.items():
             start, cpu0 = time.perf_counter(), time.process_time()
             fn()
             times[row].append(time.perf_counter() - start)
-            cpu[row].append(time.process_time() - cpu0)
+            cpu_times[row].append(time.process_time() - cpu0)
         print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{row.split()[0]} {t[-1]:.3f} s"
                                                               for row, t in times.items()), flush=True)
-    a, a_cpu = times[ROWS[0]], cpu[ROWS[0]]
+    a, a_cpu = times[ROWS[0]], cpu_times[ROWS[0]]
     rows = {}
     for row, values in times.items():
         ratios = sorted(v / x for v, x in zip(values, a))
         rows[row] = {"median_s": statistics.median(values), "min_s": min(values),
                      "over_a": statistics.median(values) / statistics.median(a), "per_repeat_over_a": ratios,
-                     "cpu_s": statistics.median(cpu[row]), "cpu_over_a": statistics.median(cpu[row]) / statistics.median(a_cpu)}
+                     "cpu_s": statistics.median(cpu_times[row]),
+                     "cpu_over_a": statistics.median(cpu_times[row]) / statistics.median(a_cpu)}
     x = views[:bs].reshape(-1, *views.shape[2:])
     split = reduction_split(f, x, names, min(bs, n), k, repeats=args.repeats)
-    return {"model": name, "layers": names, "rows": rows, "split": split}
+    parts = [cost_split(f, g, view_set, specs, num_units, bs, cpu) for _ in range(args.repeats)]
+    pass_split = {key: statistics.median(p[key] for p in parts) for key in parts[0]}
+    return {"model": name, "layers": names, "rows": rows, "split": split, "pass_split": pass_split}
 
 
 def print_model(result: Dict[str, Any]) -> None:
@@ -123,6 +128,7 @@ def print_model(result: Dict[str, Any]) -> None:
     print(f"evidence (b - b0) {b - b0:.3f} s, fixed cost of a call (b0 - p) {b0 - p:.3f} s, "
           f"hook reductions (p - a) {p - rows[ROWS[0]]['median_s']:.3f} s; "
           f"fused / unfused pass {p / rows[ROWS[4]]['median_s']:.3f}")
+    print("where the pass's time goes (cost_split.py, medians over the repeats): " + format_split(result["pass_split"]))
     split = result["split"]
     forward = split["all layers"]["forward"]
     print(f"hook reductions of f on one batch (bare forward of f {forward * 1e3:.1f} ms), ms:")
