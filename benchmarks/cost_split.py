@@ -5,7 +5,7 @@ Runs the steps of :func:`lightning_memloc.measure.run_pass` one by one with a ti
 
 - ``views``: the DataLoader and :meth:`SeededViews.finalize` (view generation, device copy);
 - ``forward f`` / ``forward g``: a bare forward of the batch (no hooks);
-- ``hooks f`` / ``hooks g``: the hooked forward (:func:`~lightning_memloc.measure._forward_reduce`)
+- ``hooks f`` / ``hooks g``: the hooked forward (:func:`~lightning_memloc.reductions.forward_reduce`)
   minus the bare one, i.e. the per-layer reductions (unit means, alignment);
 - ``checks``: the per-batch NaN/inf checks of the reductions (one device sync);
 - ``metric updates``: :meth:`MemorizationMeter.update`;
@@ -19,19 +19,23 @@ compute``. Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIP
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from lightning_memloc.measure import _forward_reduce, eval_mode
+from lightning_memloc.measure import eval_mode
 from lightning_memloc.meter import MemorizationMeter
-from lightning_memloc.taps import LayerSpec
+from lightning_memloc.functional.sslmem import pairwise_alignment
+from lightning_memloc.probe import model_device_dtype
+from lightning_memloc.reductions import alignment_from_gram, flat_view, forward_reduce, view_gram, view_unit_means
+from lightning_memloc.taps import LayerSpec, LayerTaps, unit_activations
 from lightning_memloc.views import SeededViews
 
-__all__ = ["cost_split"]
+__all__ = ["cost_split", "reduction_split", "unfused_forward_reduce"]
 
 
 def cost_split(encoder: nn.Module, reference: Optional[nn.Module], views: SeededViews, specs: Sequence[LayerSpec],
@@ -69,13 +73,13 @@ def cost_split(encoder: nn.Module, reference: Optional[nn.Module], views: Seeded
             b, k = bv.shape[:2]
             inputs = bv.reshape(b * k, *bv.shape[2:])
             timed("forward f", lambda: encoder(inputs))
-            units, align_f = timed("hooked f", lambda: _forward_reduce(encoder, inputs, names, b, k, units=True,
-                                                                       align=reference is not None, anchor=False))
+            units, align_f = timed("hooked f", lambda: forward_reduce(encoder, inputs, names, b, k, units=True,
+                                                                      align=reference is not None, anchor=False))
             align_g = None
             if reference is not None:
                 timed("forward g", lambda: reference(inputs))
-                align_g = timed("hooked g", lambda: _forward_reduce(reference, inputs, names, b, k, units=False,
-                                                                    align=True, anchor=False)[1])
+                align_g = timed("hooked g", lambda: forward_reduce(reference, inputs, names, b, k, units=False,
+                                                                   align=True, anchor=False)[1])
             timed("checks", lambda: bool(torch.stack([torch.isfinite(u).all() for u in units.values()]
                                                      + [torch.isfinite(a).all() for a in (align_f or {}).values()]
                                                      + [torch.isfinite(a).all() for a in (align_g or {}).values()]).all()))
@@ -94,3 +98,72 @@ def format_split(split: Dict[str, float]) -> str:
     total = split["pass (estimated)"]
     parts = [f"{k} {v:.3f} s ({v / total:.0%})" for k, v in split.items() if k != "pass (estimated)"]
     return f"pass ≈ {total:.3f} s = " + ", ".join(parts)
+
+
+def unfused_forward_reduce(model: nn.Module, inputs: torch.Tensor, names: Sequence[str], batch: int, views: int, *,
+                           units: bool, align: bool, anchor: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """The hook reductions before issue 19's round 2 (commit 411fac2): every layer finished in its own hook.
+
+    Per layer: ``unit_activations`` then the mean over views, and
+    :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` (slices, float64 Gram and its
+    dozen finishing operations). Kept here to time the fused reductions against it in one run.
+    """
+    unit_means: Dict[str, torch.Tensor] = {}
+    aligns: Dict[str, torch.Tensor] = {}
+    n_views = batch * views
+
+    def reduce(name: str, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if out.dtype not in (torch.float32, torch.float64):
+            out = out.float()
+        if units:
+            unit_means[name] = unit_activations(out[:n_views]).reshape(batch, views, -1).mean(dim=1)
+        if align:
+            rep = flat_view(out)
+            aligns[name] = pairwise_alignment(rep[:n_views].reshape(batch, views, -1), rep[n_views:] if anchor else None)
+
+    device, dtype = model_device_dtype(model)
+    with LayerTaps(model, names, reduce):
+        model(inputs.to(device=device, dtype=dtype, non_blocking=True))
+    return unit_means, aligns
+
+
+def reduction_split(model: nn.Module, inputs: torch.Tensor, names: Sequence[str], batch: int, views: int,
+                    repeats: int = 5) -> Dict[str, Dict[str, float]]:
+    """Median seconds of each hook reduction per layer on one batch, and the bare forward's.
+
+    Per layer (outputs captured once, then each step repeated ``repeats`` times, steps
+    interleaved): ``units`` (:func:`view_unit_means`), ``gram`` (:func:`view_gram`: the float64
+    casts and ``baddbmm`` over slices), ``finish`` (:func:`alignment_from_gram` of this layer
+    alone, as the unfused hook did) and ``unfused`` (the former per-layer path: unit means and
+    ``pairwise_alignment``). Key ``"all layers"`` adds ``finish stacked`` (one
+    :func:`alignment_from_gram` for all layers, what :func:`forward_reduce` does) and
+    ``forward`` (the bare forward of ``inputs``). Wang et al., NeurIPS 2024 (the reductions).
+    """
+    outputs: Dict[str, torch.Tensor] = {}
+    with torch.no_grad(), eval_mode(model), LayerTaps(model, names, lambda n, o: outputs.__setitem__(n, o)):
+        model(inputs)
+    n_views = batch * views
+    reps = {n: flat_view(o[:n_views]).reshape(batch, views, -1) for n, o in outputs.items()}
+    steps = {}
+    for n, o in outputs.items():
+        steps[(n, "units")] = lambda o=o: view_unit_means(o[:n_views], batch, views)
+        steps[(n, "gram")] = lambda n=n: view_gram(reps[n])
+        gram = view_gram(reps[n])
+        steps[(n, "finish")] = lambda gram=gram: alignment_from_gram(gram)
+        steps[(n, "unfused")] = lambda o=o, n=n: (unit_activations(o[:n_views]).reshape(batch, views, -1).mean(dim=1),
+                                                  pairwise_alignment(reps[n]))
+    grams = torch.stack([view_gram(r) for r in reps.values()])
+    steps[("all layers", "finish stacked")] = lambda: alignment_from_gram(grams)
+    steps[("all layers", "forward")] = lambda: model(inputs)
+    times: Dict[Tuple[str, str], List[float]] = defaultdict(list)
+    with torch.no_grad(), eval_mode(model):
+        for _ in range(max(1, repeats)):
+            for key, fn in steps.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    out: Dict[str, Dict[str, float]] = defaultdict(dict)
+    for (layer, part), values in times.items():
+        out[layer][part] = statistics.median(values)
+    return dict(out)

@@ -21,63 +21,16 @@ from lightning_memloc.checks import (check_candidate_ids, check_meta, check_refe
                                     unwrap_compiled)
 from lightning_memloc.distributed import is_distributed, max_across_ranks
 from lightning_memloc.errors import NonFiniteActivationError
-from lightning_memloc.functional.sslmem import pairwise_alignment
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.options import MeasureOptions
 from lightning_memloc.probe import eval_mode, model_device_dtype, probe_layers  # re-exported: measure's public helpers
+from lightning_memloc.reductions import forward_reduce
 from lightning_memloc.reference_cache import ReferenceCache
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.taps import LayerSpec, LayerTaps, unit_activations
+from lightning_memloc.taps import LayerSpec
 from lightning_memloc.views import SeededViews
 
 Candidates = Union[Tensor, Dataset]
-
-
-def _flat_view(out: Tensor) -> Tensor:
-    """``(B, D)`` flattening of a layer output, without a copy whenever the memory layout allows.
-
-    Alignment compares views feature by feature, so any fixed order of the features will do: a
-    channels-last conv map is flattened in its memory order (H, W, C) rather than copied to (C, H, W).
-    """
-    if out.ndim == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
-        return out.permute(0, 2, 3, 1).reshape(out.shape[0], -1)
-    return out.reshape(out.shape[0], -1)
-
-
-def _forward_reduce(
-    model: nn.Module,
-    inputs: Tensor,
-    names: Sequence[str],
-    batch: int,
-    views: int,
-    *,
-    units: bool,
-    align: bool,
-    anchor: bool,
-) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-    """Forward ``inputs`` (B·K views [+ B anchors]) and reduce every tapped layer in its hook."""
-    unit_means: Dict[str, Tensor] = {}
-    aligns: Dict[str, Tensor] = {}
-    n_views = batch * views
-
-    def reduce(name: str, output: Any) -> None:
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        if out.dtype not in (torch.float32, torch.float64):
-            out = out.float()
-        if units:
-            unit_means[name] = unit_activations(out[:n_views]).reshape(batch, views, -1).mean(dim=1)
-        if align:
-            # Raw flattened output, a view without copy: `pairwise_alignment` normalises slice by
-            # slice and the caller checks the results for NaN/inf, so no full-size temporary
-            # (normalised copy, isfinite mask) and no device sync are made per layer.
-            rep = _flat_view(out)
-            anchors = rep[n_views:] if anchor else None
-            aligns[name] = pairwise_alignment(rep[:n_views].reshape(batch, views, -1), anchors)
-
-    device, dtype = model_device_dtype(model)
-    with LayerTaps(model, names, reduce):
-        model(inputs.to(device=device, dtype=dtype, non_blocking=True))
-    return unit_means, aligns
 
 
 def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
@@ -173,14 +126,14 @@ def run_pass(
             inputs = batch_views.reshape(b * k, *batch_views.shape[2:])
             if anchor:
                 inputs = torch.cat([inputs, views.anchors(index).to(inputs)])
-            units, align_f = _forward_reduce(encoder, inputs, names, b, k, units=True,
-                                             align=reference is not None, anchor=anchor)
+            units, align_f = forward_reduce(encoder, inputs, names, b, k, units=True,
+                                            align=reference is not None, anchor=anchor)
             align_g = None
             key = None if cache is None else cache.batch_key(index, inputs)
             if cache is not None:
                 align_g = cache.get(key, device)  # type: ignore[arg-type]
             if reference is not None and align_g is None:
-                _, align_g = _forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
+                _, align_g = forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
                 align_g = {n: a.to(device) for n, a in align_g.items()}
                 if cache is not None:
                     cache.put(key, align_g)  # type: ignore[arg-type]

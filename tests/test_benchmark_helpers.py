@@ -12,10 +12,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from authors_procedure import authors_procedure, forward_ceiling, truncated_forward, truncation_fractions  # noqa: E402
-from cost_split import cost_split  # noqa: E402
+from cost_split import cost_split, reduction_split, unfused_forward_reduce  # noqa: E402
 
 from lightning_memloc.measure import probe_layers  # noqa: E402
 from lightning_memloc.models import TinyCNN  # noqa: E402
+from lightning_memloc.reductions import forward_reduce  # noqa: E402
 from lightning_memloc.views import SeededViews  # noqa: E402
 
 
@@ -67,3 +68,46 @@ def test_cost_split_parts_are_non_negative_and_add_up():
                           "compute", "sync"}
     assert split["pass (estimated)"] == pytest.approx(sum(parts.values()))
     assert all(parts[k] > 0 for k in ("views", "forward f", "forward g"))
+
+
+def test_unfused_forward_reduce_is_the_former_path_and_matches_the_fused_one():
+    torch.manual_seed(0)
+    model, x = TinyCNN(width=2).eval(), torch.rand(3 * 4, 3, 8, 8)
+    names = ["conv1", "conv2", "conv3"]
+    with torch.no_grad():
+        units, aligns = unfused_forward_reduce(model, x, names, 3, 4, units=True, align=True, anchor=False)
+        f_units, f_aligns = forward_reduce(model, x, names, 3, 4, units=True, align=True, anchor=False)
+    for name in names:
+        assert torch.equal(units[name], f_units[name])
+        torch.testing.assert_close(aligns[name], f_aligns[name], rtol=0, atol=1e-7)
+
+
+def test_reduction_split_times_every_layer_and_part():
+    torch.manual_seed(0)
+    model, x = TinyCNN(width=2).eval(), torch.rand(2 * 3, 3, 8, 8)
+    split = reduction_split(model, x, ["conv1", "conv3"], 2, 3, repeats=2)
+    assert set(split) == {"conv1", "conv3", "all layers"}
+    for name in ("conv1", "conv3"):
+        assert set(split[name]) == {"units", "gram", "finish", "unfused"} and all(v > 0 for v in split[name].values())
+    assert set(split["all layers"]) == {"finish stacked", "forward"}
+
+
+def test_monitor_share_counts_the_passes_of_a_fit():
+    from bench_monitor_share import monitor_share
+
+    # 10 epochs of 9 s, a pass of 1 s every epoch: 10 / (90 + 10)
+    assert monitor_share([1.0], 9.0, 1, 10) == pytest.approx(0.1)
+    # every 5 epochs: 2 passes; a frozen reference's first pass costs 3 s, the next 1 s
+    assert monitor_share([3.0, 1.0], 9.0, 5, 10) == pytest.approx(4.0 / 94.0)
+    assert monitor_share([3.0, 1.0], 9.0, 1, 10) == pytest.approx(12.0 / 102.0)
+    with pytest.raises(ValueError, match="every_n"):
+        monitor_share([1.0], 9.0, 5, 4)
+
+
+def test_unfused_reductions_patch_is_undone():
+    from bench_overhead import unfused_reductions
+
+    module = sys.modules["lightning_memloc.measure"]
+    with unfused_reductions():
+        assert module.forward_reduce is unfused_forward_reduce
+    assert module.forward_reduce is forward_reduce
