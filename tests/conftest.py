@@ -1,5 +1,7 @@
 """Fixtures shared by the test files (plain helper functions are in ``helpers.py``)."""
 
+import os
+
 import pytest
 import torch
 
@@ -14,6 +16,24 @@ def _small_threads():
     torch.set_num_threads(min(threads, 2))
     yield
     torch.set_num_threads(threads)
+
+
+#: What a DDP launch leaves in ``os.environ`` of the test process (Lightning sets the address, port
+#: and world layout there). A later test would reuse the port of an earlier process group.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK", "PL_GLOBAL_SEED")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ddp_environment():
+    """Each test starts without the DDP variables an earlier test's launch left behind."""
+    saved = {key: os.environ.get(key) for key in _DDP_ENV}
+    for key in _DDP_ENV:
+        os.environ.pop(key, None)
+    yield
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
 
 
 @pytest.fixture
