@@ -23,6 +23,7 @@ from lightning_memloc.distributed import is_distributed, max_across_ranks
 from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.options import MeasureOptions
+from lightning_memloc.precision import check_autocast
 from lightning_memloc.probe import eval_mode, model_device_dtype, probe_layers  # re-exported: measure's public helpers
 from lightning_memloc.reductions import forward_reduce
 from lightning_memloc.reference_cache import ReferenceCache
@@ -80,6 +81,11 @@ def build_views(
     return view_set
 
 
+def pin_memory_for(device: Union[torch.device, str]) -> bool:
+    """Whether the views' loader pins its batches: for a CUDA model (fast, non-blocking host-to-device copies)."""
+    return torch.device(device).type == "cuda"
+
+
 def run_pass(
     encoder: nn.Module,
     reference: Optional[nn.Module],
@@ -96,21 +102,27 @@ def run_pass(
     epoch: Optional[int] = None,
     world_size: int = 1,
     reference_cache: Optional[ReferenceCache] = None,
+    autocast: Optional[str] = None,
 ) -> None:
     """Stream the views of every candidate through ``encoder`` (and ``reference``) into ``meter``.
 
     Both models run in eval mode under ``no_grad`` and get their previous modes back, also on
     error or ``KeyboardInterrupt``; hooks are always removed. With ``reference_cache`` (a frozen
     reference only), the reference's alignments of unchanged batches are reused, not recomputed.
+    With ``autocast`` (``"bf16"`` / ``"fp16"``) the forwards run under ``torch.autocast``
+    (:mod:`lightning_memloc.precision`; checked first), the reductions in float32. For a CUDA
+    model the views' loader pins its batches and copies to the device are non-blocking.
     """
     names = [spec.name for spec in specs]
+    dtype = check_autocast(autocast, encoder, reference)  # before any work
     cache = reference_cache if reference is not None else None
     if cache is not None:
-        cache.bind(reference, names, pairing)  # type: ignore[arg-type]
+        cache.bind(reference, names, pairing, autocast=autocast)  # type: ignore[arg-type]
     device = meter.device  # metric states are not registered buffers: meter.buffers() is empty
     anchor = pairing == "anchor"
     distributed = is_distributed(world_size)
-    loader = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler)
+    loader = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler,
+                              pin_memory=pin_memory_for(device))
     # nonfinite[0][i] / nonfinite[1][i]: layer names[i] gave NaN/inf in the encoder / the reference.
     nonfinite = torch.zeros(2, len(names), dtype=torch.uint8)
     iterator: Any = loader
@@ -121,19 +133,21 @@ def run_pass(
     with eval_mode(encoder, reference), torch.no_grad():
         for index, x, label in iterator:
             index = torch.as_tensor(index, dtype=torch.long)
+            label = torch.as_tensor(label, dtype=torch.long)
             batch_views = views.finalize(x, index, device)
             b, k = batch_views.shape[:2]
             inputs = batch_views.reshape(b * k, *batch_views.shape[2:])
             if anchor:
                 inputs = torch.cat([inputs, views.anchors(index).to(inputs)])
             units, align_f = forward_reduce(encoder, inputs, names, b, k, units=True,
-                                            align=reference is not None, anchor=anchor)
+                                            align=reference is not None, anchor=anchor, autocast=dtype)
             align_g = None
             key = None if cache is None else cache.batch_key(index, inputs)
             if cache is not None:
                 align_g = cache.get(key, device)  # type: ignore[arg-type]
             if reference is not None and align_g is None:
-                _, align_g = forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor)
+                _, align_g = forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor,
+                                            autocast=dtype)
                 align_g = {n: a.to(device) for n, a in align_g.items()}
                 if cache is not None:
                     cache.put(key, align_g)  # type: ignore[arg-type]
@@ -151,8 +165,8 @@ def run_pass(
                 if not distributed:
                     break  # a single process can stop at once
                 continue  # under DDP every rank must finish the pass and agree before raising
-            labels = torch.as_tensor(label, dtype=torch.long).to(device) if meter.has_labels else None
-            meter.update(index.to(device), {n: u.to(device) for n, u in units.items()},
+            labels = label.to(device, non_blocking=True) if meter.has_labels else None
+            meter.update(index.to(device, non_blocking=True), {n: u.to(device) for n, u in units.items()},
                          None if reference is None else {n: a.to(device) for n, a in align_f.items()}, align_g, labels)
     if distributed:
         # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
@@ -193,6 +207,7 @@ def measure(
     confidence: float = 0.95,
     alpha: float = 0.05,
     reference_cache: Optional[ReferenceCache] = None,
+    autocast: Optional[str] = None,
 ) -> MemorizationReport:
     """Measure UnitMem (and ClassMem, SSLMem, LayerMem, ΔLayerMem) of every layer in one pass.
 
@@ -233,7 +248,11 @@ def measure(
         alpha: significance level of the Holm-corrected tests (verdicts in the summary).
         reference_cache: a :class:`~lightning_memloc.ReferenceCache` shared by several calls
             against one frozen ``reference``: its alignments are computed once and reused while
-            g's weights, the views, the layers and the pairing stay the same (exact key).
+            g's weights, the views, the layers, the pairing and ``autocast`` stay the same (exact key).
+        autocast: ``None`` (float32, the default), ``"bf16"`` or ``"fp16"``: run the forwards of
+            ``f`` and ``g`` under ``torch.autocast`` on the models' device; views and reductions
+            stay float32. Refused before any work on a device (or a non-float32 model) that
+            cannot run it. Measured error of bf16 on CPU: docs/performance.md, §4.
 
     Control and unseen images go through the same views (transform, K, seed) in the same pass;
     the candidates' own figures are the same as without them.
@@ -257,7 +276,8 @@ def measure(
     check_models(encoder, reference)
     options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                              negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
-                             bootstrap=bootstrap, confidence=confidence, alpha=alpha, with_reference=reference is not None)
+                             bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
+                             with_reference=reference is not None)
     if reference_cache is not None and not isinstance(reference_cache, ReferenceCache):
         raise TypeError(f"`reference_cache` must be a lightning_memloc.ReferenceCache or None, got {type(reference_cache).__name__}.")
     check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
@@ -267,6 +287,7 @@ def measure(
     ids = check_candidate_ids(candidate_ids, n)
     settings = check_meta(meta, options.meta(views=view_set.views, seed=view_set.seed, num_candidates=n, groups=sizes))
     device, _ = model_device_dtype(encoder)
+    check_autocast(options.autocast, encoder, reference)
     check_views_memory(options.batch_size, view_set.views, view_set.input_shape, device)
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)

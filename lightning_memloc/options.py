@@ -28,6 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from lightning_memloc.checks import NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, check_choice, check_int, check_seed
 from lightning_memloc.evidence import EvidenceOptions
+from lightning_memloc.precision import AUTOCASTS
 
 __all__ = ["MeasureOptions", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
 
@@ -60,6 +61,9 @@ class MeasureOptions:
         bootstrap: resamples for the intervals and permutations for the tests (0: none).
         confidence: coverage of the intervals, in (0, 1).
         alpha: significance level of the Holm-corrected tests, in (0, 1).
+        autocast: ``None`` (float32 forwards), ``"bf16"`` or ``"fp16"``: run the forwards of ``f``
+            and ``g`` under ``torch.autocast``; views and reductions stay float32
+            (:mod:`lightning_memloc.precision`).
         with_reference: whether a reference encoder is measured (LayerMem needs ``views`` ≥ 2
             with ``pairing="all"``).
 
@@ -79,6 +83,7 @@ class MeasureOptions:
     bootstrap: int = 1000
     confidence: float = 0.95
     alpha: float = 0.05
+    autocast: Optional[str] = None
     with_reference: bool = False
 
     def __post_init__(self) -> None:
@@ -88,6 +93,8 @@ class MeasureOptions:
         check_choice("pairing", self.pairing, PAIRINGS)
         check_choice("reduction", self.reduction, REDUCTIONS)
         check_choice("negative", self.negative, NEGATIVE_POLICIES)
+        if self.autocast is not None:
+            check_choice("autocast", self.autocast, AUTOCASTS)
         if self.with_reference and self.pairing == "all" and self.views < 2:
             raise ValueError(
                 f"LayerMem with pairing='all' compares pairs of views and needs `views` >= 2, got {self.views}: "
@@ -126,7 +133,8 @@ class MeasureOptions:
 
     def pass_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of :func:`~lightning_memloc.measure.run_pass` set by these options."""
-        return {"batch_size": self.batch_size, "pairing": self.pairing, "num_workers": self.num_workers}
+        return {"batch_size": self.batch_size, "pairing": self.pairing, "num_workers": self.num_workers,
+                **self._precision()}
 
     def meta(self, *, views: int, seed: int, num_candidates: int, groups: Optional[Mapping[str, int]] = None,
              **extra: Any) -> Dict[str, Any]:
@@ -138,16 +146,23 @@ class MeasureOptions:
             num_candidates: N; ``top_k`` is recorded as ``min(top_k, N)``.
             groups: sizes of the control / unseen sets, recorded as ``num_<name>``.
             **extra: further entries (``epoch``, ``global_step``, ...), recorded after ``num_candidates``.
+
+        ``autocast`` is recorded when set (``"bf16"`` / ``"fp16"``); a float32 pass records none.
         """
         return {"views": views, "seed": seed, "pairing": self.pairing, "reduction": self.reduction,
                 "negative": self.negative, "top_k": min(self.top_k, num_candidates), **extra,
                 "num_candidates": num_candidates, **{f"num_{name}": size for name, size in (groups or {}).items()},
-                "bootstrap": self.bootstrap, "confidence": self.confidence, "alpha": self.alpha}
+                "bootstrap": self.bootstrap, "confidence": self.confidence, "alpha": self.alpha, **self._precision()}
 
     def fingerprint(self) -> Dict[str, Any]:
         """The options that make two measurements comparable (part of the monitor's resume fingerprint)."""
         return {"pairing": self.pairing, "reduction": self.reduction, "negative": self.negative, "top_k": self.top_k,
-                "evidence": [self.bootstrap, self.confidence, self.alpha]}
+                "evidence": [self.bootstrap, self.confidence, self.alpha], **self._precision()}
+
+    def _precision(self) -> Dict[str, Any]:
+        """``{"autocast": ...}`` when the forwards run under autocast; ``{}`` for float32 (reports and
+        fingerprints of float32 passes stay as they were before the option existed)."""
+        return {} if self.autocast is None else {"autocast": self.autocast}
 
 
 def option_property(name: str) -> property:

@@ -14,12 +14,13 @@ forward for all layers together (:func:`alignment_from_gram`), not once per laye
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from lightning_memloc.functional.sslmem import CHUNK_BYTES, pairwise_alignment
+from lightning_memloc.precision import forward_autocast, reduce_in_float32
 from lightning_memloc.probe import model_device_dtype
 from lightning_memloc.taps import LayerTaps, unit_activations
 
@@ -98,6 +99,7 @@ def forward_reduce(
     units: bool,
     align: bool,
     anchor: bool,
+    autocast: Optional[torch.dtype] = None,
 ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
     """Forward ``inputs`` (B·K views [+ B anchors]) and reduce every tapped layer in its hook.
 
@@ -106,6 +108,10 @@ def forward_reduce(
     the float64 Gram matrix in the hook (:func:`view_gram`) and are finished for all layers at once
     after the forward (:func:`alignment_from_gram`); the anchor pairing and float64 outputs use
     :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` in the hook.
+
+    With ``autocast`` (``torch.bfloat16`` / ``torch.float16``) the forward runs under
+    ``torch.autocast`` on the model's device; each hook switches autocast off and reduces a float32
+    copy of the layer output, so the unit means and alignments are float32 (Grams float64) as without.
     """
     unit_means: Dict[str, Tensor] = {}
     aligns: Dict[str, Tensor] = {}
@@ -114,6 +120,10 @@ def forward_reduce(
 
     def reduce(name: str, output: Any) -> None:
         out = output[0] if isinstance(output, (tuple, list)) else output
+        with reduce_in_float32(out.device, autocast):
+            reduce_output(name, out)
+
+    def reduce_output(name: str, out: Tensor) -> None:
         if out.dtype not in (torch.float32, torch.float64):
             out = out.float()
         if units:
@@ -130,8 +140,8 @@ def forward_reduce(
                 grams[name] = view_gram(reps)
 
     device, dtype = model_device_dtype(model)
-    with LayerTaps(model, names, reduce):
-        model(inputs.to(device=device, dtype=dtype, non_blocking=True))
+    with LayerTaps(model, names, reduce), forward_autocast(device, autocast):
+        model(inputs.to(device=device, dtype=dtype, non_blocking=True))  # views made in float32, outside autocast
     if len({gram.device for gram in grams.values()}) == 1:  # one stacked finish (layers on one device)
         finished = alignment_from_gram(torch.stack(list(grams.values()))).to(torch.float32)
         aligns.update(zip(grams, finished.unbind(0)))

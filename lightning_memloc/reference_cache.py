@@ -10,8 +10,8 @@ keeps it, so that every later monitor pass or ``measure()`` call runs only ``f``
 The key is exact, never stale:
 
 - the **model key**: a BLAKE2 digest of every tensor of g's ``state_dict`` and of all its
-  buffers (names, dtypes, shapes and bytes), g's class, device and dtype, the layer names and
-  the pairing. Entries are stored under it: after any change they are never read again.
+  buffers (names, dtypes, shapes and bytes), g's class, device and dtype, the layer names, the
+  pairing and the ``autocast`` of the forwards (a float32 value is never reused for a bf16 pass). Entries are stored under it: after any change they are never read again.
 - the **batch key**: a digest of the batch's candidate positions and of the very input tensor
   the reference would see (views, plus anchors with ``pairing="anchor"``). Views are made for
   ``f`` anyway, so a change of candidates, pooled groups, K, seed, transform or batch size
@@ -111,15 +111,19 @@ class ReferenceCache:
         """Entries of the current model key (batch key -> per-layer alignments)."""
         return self._tables.get(self.key, {}) if self.key is not None else {}
 
-    def bind(self, reference: nn.Module, names: Sequence[str], pairing: str) -> None:
-        """Set the model key of this pass (g's weights and buffers, layers, pairing, device, dtype).
+    def bind(self, reference: nn.Module, names: Sequence[str], pairing: str, autocast: Optional[str] = None) -> None:
+        """Set the model key of this pass (g's weights and buffers, layers, pairing, device, dtype, autocast).
+
+        ``autocast`` (``None``, ``"bf16"``, ``"fp16"``) is part of the key: a pass under autocast
+        never reads float32 values, nor the reverse (keys of float32 passes are as before it existed).
 
         Entries of the ``max_models`` most recent keys are kept (2 by default: a monitor's
         before-training point measures g with recalibrated BatchNorm statistics, every later
         pass with g's own), older ones are dropped.
         """
         device_dtype = [str(t.device) + str(t.dtype) for t in list(reference.parameters())[:1]]
-        self.key = (model_digest(reference), "|".join(names), pairing, *device_dtype)
+        precision = () if autocast is None else (f"autocast={autocast}",)
+        self.key = (model_digest(reference), "|".join(names), pairing, *device_dtype, *precision)
         self._tables.setdefault(self.key, {})
         self._tables.move_to_end(self.key)
         while len(self._tables) > self.max_models:

@@ -241,6 +241,8 @@ class SeededViews(Dataset):
 
         It gets its own ``generator`` (unless given): a plain ``DataLoader`` draws its base seed
         from the global torch RNG on every ``iter()``, which would shift the training randomness.
+        ``pin_memory=True`` (passed on, as every keyword) pins the batches for a CUDA model, whose
+        copies in :meth:`finalize` are then non-blocking (``measure.run_pass`` does so on CUDA).
         """
         kwargs.setdefault("generator", torch.Generator().manual_seed(self.seed & (2**63 - 1)))
         return DataLoader(self, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -260,11 +262,11 @@ class SeededViews(Dataset):
             ndim = 5 if self._views is None else self._views.ndim
             if x.ndim != ndim:
                 raise ValueError(f"expected collated views with {ndim} dims (B, K, ...), got {tuple(x.shape)}")
-            return x.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+            return x.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32, non_blocking=True)
         if x.ndim != 4:
             raise ValueError(f"expected collated images (B, C, H, W), got {tuple(x.shape)}")
         B, K = x.shape[0], self.views
-        imgs = x.to(device).unsqueeze(1).expand(B, K, *x.shape[1:]).reshape(B * K, *x.shape[1:])
+        imgs = x.to(device, non_blocking=True).unsqueeze(1).expand(B, K, *x.shape[1:]).reshape(B * K, *x.shape[1:])
         seeds = view_seed(self.seed, index.cpu().view(-1, 1), torch.arange(K).view(1, -1)).reshape(-1)
         out = self.transform(imgs, seeds)
         return out.reshape(B, K, *out.shape[1:])

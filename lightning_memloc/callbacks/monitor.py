@@ -101,6 +101,9 @@ class MemorizationMonitor(Callback):
             may also be paths, read like ``candidates`` (``size`` applies).
         bootstrap, confidence, alpha: resamples, coverage and significance level of the
             intervals and tests (see :func:`~lightning_memloc.measure`; ``bootstrap=0``: none).
+        autocast: ``None`` (float32), ``"bf16"`` or ``"fp16"``: the pass's forwards under
+            ``torch.autocast``, reductions in float32 (see :func:`~lightning_memloc.measure`);
+            part of the resume fingerprint.
         init_batchnorm: the before-training point (``measure_on_train_start``):
             ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
             measured views (an untrained model's default statistics inflate UnitMem), or
@@ -155,6 +158,7 @@ class MemorizationMonitor(Callback):
         bootstrap: int = 1000,
         confidence: float = 0.95,
         alpha: float = 0.05,
+        autocast: Optional[str] = None,
         init_batchnorm: str = "recalibrate",
         overwrite: bool = False,
         layer_runs: bool = True,
@@ -178,7 +182,7 @@ class MemorizationMonitor(Callback):
         # The reference may still be a path or an attribute: only whether there is one matters here.
         self.options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                                       negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
-                                      bootstrap=bootstrap, confidence=confidence, alpha=alpha,
+                                      bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
                                       with_reference=reference is not None)
         candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
         control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
@@ -215,6 +219,7 @@ class MemorizationMonitor(Callback):
     batch_size, pairing, reduction = option_property("batch_size"), option_property("pairing"), option_property("reduction")
     negative, top_k = option_property("negative"), option_property("top_k")
     num_workers, progress = option_property("num_workers"), option_property("progress")
+    autocast = option_property("autocast")
 
     @property
     def evidence_options(self) -> EvidenceOptions:

@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 from lightning_memloc.cli.renamed import RenamedFlag
 from lightning_memloc.cli.zoo import ARCHS
 from lightning_memloc.checks import NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS
+from lightning_memloc.precision import AUTOCASTS
 
 __all__ = ["DESCRIPTION", "build_parser", "nonnegative_int", "positive_int", "split_size"]
 
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=_probability, default=0.05, help="significance level of the Holm-corrected tests")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader workers generating the views")
+    s.add_argument("--autocast", choices=AUTOCASTS, default=None,
+                   help="run the forwards under torch.autocast in bf16 or fp16 (default: float32; docs/performance.md)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bar of the pass (--no-progress: none)")
     a.add_argument("--output-dir", "--out", action=RenamedFlag, required=True, metavar="DIR",
