@@ -45,7 +45,7 @@ GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                           "views.*")),
     ("Encoders and training", ("models", "models.*", "ssl", "cotrain", "lightning", "user_models", "loading")),
     ("Taps", ("taps", "taps.*", "vit", "probe", "fidelity")),
-    ("Reductions", ("reductions", "reductions.*", "baseline")),
+    ("Reductions", ("reductions", "reductions.*", "precision", "baseline")),
     ("Scores (functional core)", ("functional", "functional.*")),
     ("Metric states", ("metrics", "metrics.*", "meter", "meter.*", "reference_cache", "distributed", "distributed.*")),
     ("Measurement", ("measure", "measure.*", "options", "options.*")),
