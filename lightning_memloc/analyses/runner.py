@@ -103,7 +103,8 @@ def run_analyses(
             results[name] = layer_exchange_study(
                 encoder, reference, candidates, report, k=min(exchange_k, len(report.layers)),
                 random_draws=random_draws, seed=int(meta.get("seed", 0)), views=int(meta.get("views", 10)),
-                pairing=str(meta.get("pairing", "all")), batch_size=batch_size, control=control)
+                pairing=str(meta.get("pairing", "all")), batch_size=batch_size, control=control,
+                autocast=meta.get("autocast"))
         else:
             results[name] = atypicality_study(
                 encoder, report, candidates, pool, k=knn, candidate_labels=candidate_labels,
