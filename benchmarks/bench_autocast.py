@@ -17,7 +17,11 @@ independent), a "trained-ish" encoder. Data: ``../shared/data/cifar10-train-10k.
 
 Example (the figures of docs/performance.md, §4)::
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_autocast.py --models trained:16,resnet9:64,resnet18 --n 256 --views 10
+    OMP_NUM_THREADS=1 python benchmarks/bench_autocast.py --data ../shared/data/cifar10-train-10k.npz \
+        --models trained:16,resnet18 --autocast bf16,fp16 --repeats 3 --train-steps 200
+    OMP_NUM_THREADS=1 python benchmarks/bench_autocast.py --data ../shared/data/cifar10-train-10k.npz \
+        --models resnet9:64 --autocast bf16
+    python benchmarks/bench_autocast.py --device cuda --models trained:16,resnet9:64,resnet18 --repeats 3  # GPU
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ def compare(ref: MemorizationReport, low: MemorizationReport, top_k: int) -> Dic
 
 def run_model(spec: str, images: Tensor, args: argparse.Namespace) -> Dict[str, Any]:
     f, g, label = build_pair(spec, images, args)
+    device = torch.device(args.device)
+    f, g = f.to(device), g.to(device)
     candidates = images[: args.n]
     kwargs = dict(reference=g, views=args.views, top_k=args.top_k, batch_size=args.batch_size, bootstrap=0,
                   seed=args.seed)
@@ -133,8 +139,12 @@ def run_model(spec: str, images: Tensor, args: argparse.Namespace) -> Dict[str, 
     times: Dict[Optional[str], List[float]] = {d: [] for d in dtypes}
     for _ in range(args.repeats):  # interleaved, so that load from other jobs hits all alike
         for choice in dtypes:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             start = time.perf_counter()
             reports[choice] = measure(f, candidates, autocast=choice, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             times[choice].append(time.perf_counter() - start)
     fp32 = statistics.median(times[None])
     result: Dict[str, Any] = {"model": spec, "description": label, "layers": reports[None].layers,
@@ -162,6 +172,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--train-steps", type=int, default=60, help="SimCLR steps per model for trained:W")
     parser.add_argument("--train-batch", type=int, default=128, help="images per SimCLR step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="device of the models (cpu, cuda, cuda:N); training runs on CPU")
     parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     args.autocast = [a for a in args.autocast.split(",") if a]
@@ -169,7 +180,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if choice not in AUTOCASTS:
             parser.error(f"--autocast: {choice!r} is not one of {AUTOCASTS}")
     images, source = load_images(args.data, max(args.train_images, args.n), 32, args.seed)
-    out: Dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "data": source,
+    out: Dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+                           "data": source,
                            "n": args.n, "views": args.views, "top_k": args.top_k, "models": []}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {source}, N={args.n}, K={args.views}",
           flush=True)

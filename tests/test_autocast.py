@@ -8,10 +8,13 @@ fingerprint and the reference cache's key record it. CUDA-only tests skip withou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from helpers import LitModel, assert_untouched, counting_forwards, make_trainer, small_monitor, take_snapshot
+from helpers import (LitModel, assert_untouched, counting_forwards, load_script, make_trainer, small_monitor,
+                     take_snapshot)
 from lightning_memloc import MemorizationMonitor, ReferenceCache, measure
 from lightning_memloc import precision
 from lightning_memloc.callbacks.monitor_checks import check_same_fingerprint, fingerprint
@@ -243,3 +246,20 @@ def test_cuda_autocast_is_within_tolerance(autocast):
     errors = _max_errors(fp32, low)
     assert all(errors[k] <= TOL[k] for k in TOL), errors
     assert low.meta["autocast"] == autocast
+
+
+# ----------------------------------------------------------------- the benchmark
+def test_the_accuracy_benchmark_runs_and_compares(one_thread, tmp_path):
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_autocast.py", add_folder=True)
+    out = bench.main(["--models", "resnet9:4,trained:4", "--n", "6", "--views", "2", "--top-k", "2", "--data", "random",
+                      "--autocast", "bf16", "--train-images", "12", "--train-steps", "1", "--train-batch", "4",
+                      "--output", str(tmp_path / "a.json")])
+    assert [m["model"] for m in out["models"]] == ["resnet9:4", "trained:4"]
+    for result in out["models"]:
+        bf16 = result["bf16"]
+        assert 0 < bf16["layer_mem"] < 0.5 and 0 <= bf16["topk_overlap_min"] <= 1 and bf16["time_ratio"] > 0
+    f, g, x = _pair()
+    fp32 = measure(f, x, reference=g, views=3, top_k=2, bootstrap=0)
+    same = bench.compare(fp32, fp32, top_k=2)  # a report against itself: no error, same rankings
+    assert same["layer_mem"] == same["sslmem_raw"] == same["unit_mem"] == 0.0
+    assert same["layer_ranking_same"] and same["topk_overlap_min"] == 1.0 and (tmp_path / "a.json").is_file()
