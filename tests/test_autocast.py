@@ -263,3 +263,13 @@ def test_the_accuracy_benchmark_runs_and_compares(one_thread, tmp_path):
     same = bench.compare(fp32, fp32, top_k=2)  # a report against itself: no error, same rankings
     assert same["layer_mem"] == same["sslmem_raw"] == same["unit_mem"] == 0.0
     assert same["layer_ranking_same"] and same["topk_overlap_min"] == 1.0 and (tmp_path / "a.json").is_file()
+
+
+def test_monitor_refuses_an_autocast_the_device_cannot_run_before_training(monkeypatch, one_thread):
+    monkeypatch.setattr(precision, "autocast_runs", lambda *args: "no bf16 here")
+    model = LitModel()
+    steps = []
+    model.on_train_batch_start = lambda *args: steps.append(1)
+    with pytest.raises(ValueError, match=r"`autocast='bf16'` cannot run on cpu \(no bf16 here\)"):
+        make_trainer([small_monitor(every_n_epochs=1, autocast="bf16")], max_epochs=1).fit(model)
+    assert steps == []  # refused in on_fit_start, before the first training step

@@ -39,6 +39,7 @@ from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measure import model_device_dtype, prepare_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import MeasureOptions, option_property
+from lightning_memloc.precision import check_autocast
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
@@ -379,6 +380,7 @@ class MemorizationMonitor(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         guard.check_no_foreign_files(self._foreign_files, self.output_dir)  # another run's files, and not a resume of it
+        check_autocast(self.autocast, self.encoder(pl_module))  # on its training device, before the first step
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)
