@@ -178,6 +178,8 @@ def run_pass(
         raise NonFiniteActivationError(
             f"NaN or inf activations{where} in {' and '.join(parts)}: the model has diverged or the candidates are not "
             "finite; check the loss, learning rate and input data, or exclude these layers with `layers=[...]`."
+            + (f" Under autocast={autocast!r} values beyond the dtype's range overflow to inf: try autocast='bf16' "
+               "(float32's range) or autocast=None." if autocast == "fp16" else "")
         )
 
 

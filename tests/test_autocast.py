@@ -20,6 +20,7 @@ from lightning_memloc import precision
 from lightning_memloc.callbacks.monitor_checks import check_same_fingerprint, fingerprint
 from lightning_memloc.cli.analyze import measure_kwargs
 from lightning_memloc.cli.parser import build_parser
+from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.measure import pin_memory_for
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.options import MeasureOptions
@@ -273,3 +274,14 @@ def test_monitor_refuses_an_autocast_the_device_cannot_run_before_training(monke
     with pytest.raises(ValueError, match=r"`autocast='bf16'` cannot run on cpu \(no bf16 here\)"):
         make_trainer([small_monitor(every_n_epochs=1, autocast="bf16")], max_epochs=1).fit(model)
     assert steps == []  # refused in on_fit_start, before the first training step
+
+
+def test_fp16_overflow_is_reported_as_such(one_thread):
+    f, g, x = _pair()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.mul_(60.0)  # activations beyond fp16's 65504, finite in float32 and bf16
+    measure(f, x, reference=g, views=2, top_k=2, bootstrap=0)
+    measure(f, x, reference=g, views=2, top_k=2, bootstrap=0, autocast="bf16")
+    with pytest.raises(NonFiniteActivationError, match=r"Under autocast='fp16' values beyond the dtype's range overflow"):
+        measure(f, x, reference=g, views=2, top_k=2, bootstrap=0, autocast="fp16")
