@@ -101,6 +101,7 @@ def compare(ref: MemorizationReport, low: MemorizationReport, top_k: int) -> Dic
         a = set(torch.topk(ref.sslmem[layer], k).indices.tolist())  # type: ignore[index]
         b = set(torch.topk(low.sslmem[layer], k).indices.tolist())  # type: ignore[index]
         overlaps.append(len(a & b) / k)
+    top_ref = ref.top_ids.tolist()  # type: ignore[union-attr]
     return {
         "layer_mem": max_abs(ref.layer_mem, low.layer_mem),  # type: ignore[arg-type]
         "layer_mem_values": [round(float(ref.layer_mem[l]), 5) for l in layers],  # type: ignore[index]
@@ -116,7 +117,7 @@ def compare(ref: MemorizationReport, low: MemorizationReport, top_k: int) -> Dic
         "layer_ranking_same": order_ref == order_low,
         "topk_overlap_min": min(overlaps),
         "topk_overlap_mean": sum(overlaps) / len(overlaps),
-        "top_ids_overlap": len(set(ref.top_ids.tolist()) & set(low.top_ids.tolist())) / len(ref.top_ids),  # type: ignore[union-attr]
+        "top_ids_overlap": len(set(top_ref) & set(low.top_ids.tolist())) / len(top_ref),  # type: ignore[union-attr]
     }
 
 
@@ -168,11 +169,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--autocast", default="bf16,fp16", help="comma-separated autocast choices to compare")
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per setting (median)")
     parser.add_argument("--data", default="auto", help="npz with x (N, H, W, 3), 'auto' or 'random'")
-    parser.add_argument("--train-images", type=int, default=2048, help="images of the trained pair (N of them candidates)")
+    parser.add_argument("--train-images", type=int, default=2048,
+                        help="images of the trained pair (N of them candidates)")
     parser.add_argument("--train-steps", type=int, default=60, help="SimCLR steps per model for trained:W")
     parser.add_argument("--train-batch", type=int, default=128, help="images per SimCLR step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="device of the models (cpu, cuda, cuda:N); training runs on CPU")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the models (cpu, cuda, cuda:N); training runs on CPU")
     parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     args.autocast = [a for a in args.autocast.split(",") if a]

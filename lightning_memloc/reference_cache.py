@@ -11,7 +11,8 @@ The key is exact, never stale:
 
 - the **model key**: a BLAKE2 digest of every tensor of g's ``state_dict`` and of all its
   buffers (names, dtypes, shapes and bytes), g's class, device and dtype, the layer names, the
-  pairing and the ``autocast`` of the forwards (a float32 value is never reused for a bf16 pass). Entries are stored under it: after any change they are never read again.
+  pairing and the ``autocast`` of the forwards (a float32 value is never reused for a bf16
+  pass). Entries are stored under it: after any change they are never read again.
 - the **batch key**: a digest of the batch's candidate positions and of the very input tensor
   the reference would see (views, plus anchors with ``pairing="anchor"``). Views are made for
   ``f`` anyway, so a change of candidates, pooled groups, K, seed, transform or batch size

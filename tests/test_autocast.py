@@ -69,7 +69,8 @@ def test_bad_autocast_is_refused_by_every_surface_before_any_work(bad):
 def test_the_flag_parses_and_reaches_measure(capsys):
     parser = build_parser()
     base = ["analyze", "--data", "d.npz", "--output-dir", "o"]
-    for argv, expected in ((base, None), (base + ["--autocast", "bf16"], "bf16"), (base + ["--autocast", "fp16"], "fp16")):
+    for extra, expected in (([], None), (["--autocast", "bf16"], "bf16"), (["--autocast", "fp16"], "fp16")):
+        argv = base + extra
         args = parser.parse_args(argv)
         kw = measure_kwargs(args, reference=None, layers="auto", labels=None, candidate_ids=None, groups={}, meta={},
                             reference_cache=None)
@@ -283,5 +284,5 @@ def test_fp16_overflow_is_reported_as_such(one_thread):
             p.mul_(60.0)  # activations beyond fp16's 65504, finite in float32 and bf16
     measure(f, x, reference=g, views=2, top_k=2, bootstrap=0)
     measure(f, x, reference=g, views=2, top_k=2, bootstrap=0, autocast="bf16")
-    with pytest.raises(NonFiniteActivationError, match=r"Under autocast='fp16' values beyond the dtype's range overflow"):
+    with pytest.raises(NonFiniteActivationError, match=r"Under autocast='fp16' values beyond the dtype's range"):
         measure(f, x, reference=g, views=2, top_k=2, bootstrap=0, autocast="fp16")
