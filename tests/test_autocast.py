@@ -16,7 +16,7 @@ import torch
 from helpers import (LitModel, assert_untouched, counting_forwards, load_script, make_trainer, small_monitor,
                      take_snapshot)
 from lightning_memloc import MemorizationMonitor, ReferenceCache, measure
-from lightning_memloc import precision
+from lightning_memloc import precision, reductions
 from lightning_memloc.callbacks.monitor_checks import check_same_fingerprint, fingerprint
 from lightning_memloc.cli.analyze import measure_kwargs
 from lightning_memloc.cli.parser import build_parser
@@ -130,9 +130,18 @@ def test_bf16_is_within_tolerance_and_none_is_float32_exactly(one_thread):
     assert {k: v for k, v in low.meta.items() if k != "autocast"} == fp32.meta
 
 
-def test_forwards_run_in_bf16_and_reductions_in_float32(one_thread):
+def test_forwards_run_in_bf16_and_reductions_in_float32(one_thread, monkeypatch):
     f, _, x = _pair()
     seen = {}
+    grams = []
+    original_gram = reductions.view_gram
+
+    def spy_gram(reps, *args):
+        gram = original_gram(reps, *args)
+        grams.append((reps.dtype, gram.dtype, torch.is_autocast_enabled("cpu")))
+        return gram
+
+    monkeypatch.setattr(reductions, "view_gram", spy_gram)
     handle = f.register_forward_hook(lambda m, i, out: seen.setdefault("dtype", out.dtype))
     names = [n for n, m in f.named_modules() if isinstance(m, torch.nn.Conv2d)]
     try:
@@ -143,6 +152,8 @@ def test_forwards_run_in_bf16_and_reductions_in_float32(one_thread):
         handle.remove()
     assert seen["dtype"] == torch.bfloat16  # the forward ran under autocast
     assert {u.dtype for u in units.values()} == {torch.float32} == {a.dtype for a in aligns.values()}
+    # every layer's Gram: a float32 copy of the bf16 output in, float64 out, with autocast off
+    assert grams and set(grams) == {(torch.float32, torch.float64, False)}
     with forward_autocast("cpu", torch.bfloat16):
         assert torch.is_autocast_enabled("cpu")
         with reduce_in_float32("cpu", torch.bfloat16):  # what each hook runs under
