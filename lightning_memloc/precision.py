@@ -22,6 +22,7 @@ from typing import ContextManager, Dict, Optional, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from lightning_memloc.checks import check_choice
 
@@ -52,9 +53,10 @@ def autocast_runs(device_type: str, device: str, dtype: torch.dtype) -> Optional
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            conv, linear = nn.Conv2d(3, 4, 3).to(device), nn.Linear(4, 2).to(device)
+            # constant weights: the probe draws nothing from the global RNG (training randomness is untouched)
+            x, w_conv, w_linear = (torch.ones(shape, device=device) for shape in ((1, 3, 4, 4), (4, 3, 3, 3), (2, 4)))
             with torch.no_grad(), torch.autocast(device_type=device_type, dtype=dtype):
-                out = linear(conv(torch.ones(1, 3, 4, 4, device=device)).mean(dim=(2, 3)))
+                out = F.linear(F.conv2d(x, w_conv).mean(dim=(2, 3)), w_linear)
     except (RuntimeError, TypeError, ValueError) as err:  # unsupported dtype or device
         return f"{type(err).__name__}: {err}"
     if out.dtype != dtype:  # torch disabled autocast with a warning

@@ -297,3 +297,11 @@ def test_fp16_overflow_is_reported_as_such(one_thread):
     measure(f, x, reference=g, views=2, top_k=2, bootstrap=0, autocast="bf16")
     with pytest.raises(NonFiniteActivationError, match=r"Under autocast='fp16' values beyond the dtype's range"):
         measure(f, x, reference=g, views=2, top_k=2, bootstrap=0, autocast="fp16")
+
+
+def test_the_device_probe_leaves_the_global_rng_alone():
+    model = TinyCNN()
+    precision.autocast_runs.cache_clear()  # run the probe for real
+    state = torch.random.get_rng_state()
+    assert check_autocast("bf16", model) == torch.bfloat16
+    assert torch.equal(torch.random.get_rng_state(), state)
