@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU run of the paper-scale check (docs/reproduction.md, "GPU run"), in one call of about 9 minutes:
-#   1. the two CUDA-only tests that CPU CI skips, in the background (small; they finish within the
-#      first minute of training): tests/test_reliability.py::test_candidates_and_model_on_different_devices
-#      and tests/test_views.py::test_views_same_on_cuda;
+#   1. the CUDA-only tests that CPU CI skips, in the background (small; they finish within the
+#      first minute of training): tests/test_reliability.py::test_candidates_and_model_on_different_devices,
+#      tests/test_views.py::test_views_same_on_cuda and tests/test_autocast.py's pinned-memory and
+#      autocast tests (3 test cases);
 #   2. examples/reproduce_gpu.py on data/cifar10-train-10k.npz with a TRAIN_SECONDS budget (default 420).
 # Writes into OUT (argument, else $OUT, else runs/gpu) 8 files: gpu_tests.log, run.log, results.json,
 # tables.md, report.json, history.json, f.pt, g.pt.
@@ -27,7 +28,9 @@ fi
 
 ( timeout 240 "$PY" -m pytest -q -rs -p no:cacheprovider \
     tests/test_reliability.py::test_candidates_and_model_on_different_devices \
-    tests/test_views.py::test_views_same_on_cuda > "$OUT/gpu_tests.log" 2>&1
+    tests/test_views.py::test_views_same_on_cuda \
+    tests/test_autocast.py::test_pinned_cuda_pass_gives_identical_results \
+    tests/test_autocast.py::test_cuda_autocast_is_within_tolerance > "$OUT/gpu_tests.log" 2>&1
   echo "pytest exit status $?" >> "$OUT/gpu_tests.log" ) &
 TESTS=$!
 
@@ -37,5 +40,5 @@ STATUS=${PIPESTATUS[0]}
 wait "$TESTS"
 echo "== GPU-only tests"; tail -n 5 "$OUT/gpu_tests.log"
 echo "== reproduce_gpu.py exit status $STATUS"; [ -f "$OUT/tables.md" ] && cat "$OUT/tables.md"
-grep -q "2 passed" "$OUT/gpu_tests.log" && exit "$STATUS"
+grep -q "5 passed" "$OUT/gpu_tests.log" && exit "$STATUS"
 echo "gpu_run.sh: the GPU-only tests did not both pass (skipped = no CUDA)" >&2; exit 1
