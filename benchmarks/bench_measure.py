@@ -555,9 +555,9 @@ def bench_views(args: argparse.Namespace, device: torch.device, images: Tensor, 
 # ----------------------------------------------------------------------------- (d) monitor share
 def bench_training(args: argparse.Namespace, device: torch.device, results: Results) -> None:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import Callback
+    from fit_timing import EpochTimer, TimedMonitor  # the timers need Lightning: loaded for (d) only
 
-    from lightning_memloc import CoTrainedPair, MemorizationMonitor, cotraining_loader
+    from lightning_memloc import CoTrainedPair, cotraining_loader
     from lightning_memloc.data import split_candidates
     from lightning_memloc.measure import run_pass
     from lightning_memloc.ssl import SimCLR
@@ -570,43 +570,18 @@ def bench_training(args: argparse.Namespace, device: torch.device, results: Resu
           f"{len(split.shared) + n_cand} per model, batch {args.train_batch_size}, monitor N={n_cand} K={k} "
           f"every epoch, {args.train_epochs} epochs each ===", flush=True)
 
-    class EpochTimer(Callback):
-        def __init__(self) -> None:
-            self.times: List[float] = []
-
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            sync(device)
-            self.start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # after the monitor's hook
-            sync(device)
-            self.times.append(time.perf_counter() - self.start)
-
-    class TimedMonitor(MemorizationMonitor):
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self.pass_times: List[float] = []
-
-        def _measure(self, trainer: Any, pl_module: Any, epoch: int) -> Any:
-            sync(device)
-            start = time.perf_counter()
-            out = super()._measure(trainer, pl_module, epoch)
-            sync(device)
-            self.pass_times.append(time.perf_counter() - start)
-            return out
-
     def fit(with_monitor: bool) -> Tuple[float, EpochTimer, Optional[TimedMonitor], CoTrainedPair]:
         pl.seed_everything(0, verbose=False)
         make = lambda: SimCLR(ResNet9(width=w), feature_dim=8 * w, hidden_dim=args.train_head,
                               out_dim=min(128, args.train_head), augment=BatchedSimCLRAugment(args.image_size))
         model = CoTrainedPair(make(), make(), lr=0.06, warmup_epochs=1, max_epochs=args.train_epochs)
-        timer = EpochTimer()
+        timer = EpochTimer(device)
         callbacks: List[Any] = []
         monitor = None
         if with_monitor:
             monitor = TimedMonitor(images[split.candidates], every_n_epochs=1, views=k, encoder="encoder.backbone",
                                    reference="reference.backbone", batch_size=args.batch_size, progress=False,
-                                   grid_size=0, log_histograms=False)
+                                   grid_size=0, log_histograms=False, device=device)
             callbacks.append(monitor)
         callbacks.append(timer)  # after the monitor: its epoch time includes the measurement
         trainer = pl.Trainer(max_epochs=args.train_epochs, accelerator=device.type, devices=1, callbacks=callbacks,

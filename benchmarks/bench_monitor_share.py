@@ -51,7 +51,8 @@ for _path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 from bench_measure import bare_forward, load_images  # noqa: E402
-from lightning_memloc import BatchedSimCLRAugment, MemorizationMonitor, ReferenceCache  # noqa: E402
+from fit_timing import EpochTimer, TimedMonitor  # noqa: E402
+from lightning_memloc import BatchedSimCLRAugment, ReferenceCache  # noqa: E402
 from lightning_memloc.measure import probe_layers, run_pass  # noqa: E402
 from lightning_memloc.meter import MemorizationMeter  # noqa: E402
 from lightning_memloc.models import ResNet9  # noqa: E402
@@ -74,7 +75,6 @@ def monitor_share(pass_times: Sequence[float], epoch_s: float, every_n: int, fit
 def fit(args: argparse.Namespace, images: torch.Tensor, split: Any, frozen: Optional[nn.Module]) -> Dict[str, Any]:
     """One monitored fit; ``frozen`` None: co-training, else f alone against the frozen module."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import Callback
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_memloc import CoTrainedPair, cotraining_loader
@@ -85,27 +85,6 @@ def fit(args: argparse.Namespace, images: torch.Tensor, split: Any, frozen: Opti
     def make() -> SimCLR:
         return SimCLR(ResNet9(width=w), feature_dim=8 * w, hidden_dim=args.head, out_dim=min(128, args.head),
                       augment=BatchedSimCLRAugment(32))
-
-    class EpochTimer(Callback):
-        def __init__(self) -> None:
-            self.times: List[float] = []
-
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            self.start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # ahead of the monitor's pass
-            self.times.append(time.perf_counter() - self.start)
-
-    class TimedMonitor(MemorizationMonitor):
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self.pass_times: List[float] = []
-
-        def _measure(self, trainer: Any, pl_module: Any, epoch: int) -> Any:
-            start = time.perf_counter()
-            out = super()._measure(trainer, pl_module, epoch)
-            self.pass_times.append(time.perf_counter() - start)
-            return out
 
     class FrozenReferenceFit(pl.LightningModule):
         """f trained alone (SimCLR, SGD); the monitor's reference is not part of it."""
