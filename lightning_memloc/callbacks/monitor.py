@@ -41,6 +41,7 @@ from lightning_memloc.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import MeasureOptions, option_property
 from lightning_memloc.precision import check_autocast
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.tags import upgrade_tag
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
@@ -58,8 +59,8 @@ class MemorizationMonitor(Callback):
       ``monitor.top_k``, ``monitor.pairing``, ... read them, and setting one validates it);
     - ``monitor.history``: one dict of scalars per measurement (epoch, global step, per-layer
       LayerMem, ΔLayerMem, mean UnitMem, fraction above ``threshold``, dead units);
-    - logged scalars (``memloc/...`` tags, also in ``trainer.callback_metrics``), TensorBoard
-      histograms, image grids and a custom-scalars layout, all at ``trainer.global_step``.
+    - logged scalars (``memloc.<quantity>/<layer>`` tags, also in ``trainer.callback_metrics``),
+      TensorBoard histograms, figures, image grids and a custom-scalars layout, all at ``trainer.global_step``.
 
     Args:
         candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W),
@@ -85,9 +86,10 @@ class MemorizationMonitor(Callback):
         measure_on_train_start: also measure before the first epoch (the untrained baseline).
         grid_size: images in each TensorBoard grid of most / least memorized candidates (0: none).
         log_histograms: log a UnitMem histogram per layer to TensorBoard.
+        log_figures: log the profile by depth and the layer × measurement heat maps to TensorBoard.
         layer_runs: on TensorBoard, also write each layer into its own run
-            ``memloc_layers/<NN>_<layer>`` (depth order), so that one chart per quantity shows every
-            layer in its own colour with a legend (:mod:`~lightning_memloc.callbacks.layer_runs`).
+            ``memloc_layers/<NN>_<layer>`` (depth order), so that each quantity's section starts with one
+            chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.layer_runs`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
         progress: show a progress bar during each measurement pass.
         num_workers: DataLoader workers generating views.
@@ -111,9 +113,9 @@ class MemorizationMonitor(Callback):
             ``"default"`` measures the model as it is.
         overwrite: let a new run delete another run's files in ``output_dir`` (in ``setup``);
             without it such a folder is refused (a resumed run continues its own folder).
-        name: tells several monitors apart: tags ``memloc-<name>/...`` instead of ``memloc/...``,
+        name: tells several monitors apart: tags ``memloc-<name>.../...`` instead of ``memloc.../...``,
             files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
-            monitor's state; ``history`` keeps the plain ``memloc/...`` keys). Fine-tuning and
+            monitor's state; ``history`` keeps the plain ``memloc...`` keys). Fine-tuning and
             pruning find it as ``source="monitor:<name>"``.
         every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
         size: resize the images of a candidates path to ``size`` × ``size``.
@@ -150,6 +152,7 @@ class MemorizationMonitor(Callback):
         measure_on_train_start: bool = False,
         grid_size: int = 8,
         log_histograms: bool = True,
+        log_figures: bool = True,
         output_dir: Optional[Union[str, os.PathLike]] = None,
         progress: bool = True,
         num_workers: int = 0,
@@ -204,7 +207,7 @@ class MemorizationMonitor(Callback):
         self.encoder_spec = encoder
         self.reference_spec = reference
         self.threshold, self.grid_size = float(threshold), grid_size
-        self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
+        self.measure_on_train_start, self.log_histograms, self.log_figures = measure_on_train_start, log_histograms, log_figures
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.memory_limit = memory_limit
         self.history: List[Dict[str, Any]] = []
@@ -355,7 +358,8 @@ class MemorizationMonitor(Callback):
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
         grids = self.grid_size and len(self.views.view_shape) == 3  # image grids of image candidates only
         self._loggers.log(trainer, report, scalars, images=self.views.display_images if grids else None,
-                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs)
+                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs,
+                          history=self.history if self.log_figures else None)
         if self.output_dir is not None and trainer.is_global_zero:
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
@@ -391,6 +395,6 @@ class MemorizationMonitor(Callback):
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         guard.check_same_fingerprint(state_dict.get("fingerprint"), guard.fingerprint(self), "the checkpoint's monitor state")
-        self.history = list(state_dict.get("history", []))
+        self.history = [{upgrade_tag(k): v for k, v in h.items()} for h in state_dict.get("history", [])]  # older tag names
         report = state_dict.get("report")
         self.report = None if report is None else MemorizationReport.from_dict(report)

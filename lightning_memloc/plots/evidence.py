@@ -108,8 +108,8 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
     unseen set).
 
     Raises:
-        ReportFormatError: the history holds no evidence scalars (``memloc/excess/...``,
-            ``memloc/membership/...`` or ``memloc/unit_mem_mean_lo/...``).
+        ReportFormatError: the history holds no evidence scalars (``memloc.excess/...``,
+            ``memloc.membership/...`` or ``memloc.unit_mem_mean_lo/...``).
     """
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     keys = set().union(*(e.keys() for e in entries))
@@ -121,8 +121,8 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
     elif any(k.startswith(f"{PREFIX}unit_mem_mean_lo/") for k in keys):
         panels.append(("unit_mem_mean", "mean UnitMem (± CI)", None))
     if not panels:
-        raise ReportFormatError("the history holds no evidence scalars (memloc/excess/..., memloc/membership/... or "
-                                "memloc/unit_mem_mean_lo/...): measure with control= / unseen= and bootstrap > 0.")
+        raise ReportFormatError("the history holds no evidence scalars (memloc.excess/..., memloc.membership/... or "
+                                "memloc.unit_mem_mean_lo/...): measure with control= / unseen= and bootstrap > 0.")
     fig = new_figure(5.0 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     epochs = np.array([int(e["epoch"]) for e in entries])
