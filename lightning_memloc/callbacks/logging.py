@@ -32,13 +32,13 @@ from lightning_memloc.callbacks.figures import log_figures, log_warmup, steps_pe
 from lightning_memloc.callbacks.layer_runs import LayerRunWriters
 from lightning_memloc.callbacks.naming import NamedWriter, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
+from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
                                    hist_tag, image_tag, scalar_tag, significant_tag)
 
 __all__ = ["MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "log_tensorboard",
            "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.tags
-#: Evidence-chart quantities (when the report's evidence has them).
-_EVIDENCE_CHARTS = ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen")
+#: Evidence-chart quantities (when the report's evidence has them): every tested quantity and its Holm p-value.
+_EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")) + ("unit_mem_unseen",)
 
 
 def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, float]:
@@ -101,8 +101,8 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
 
     With ``by_layer`` (the monitor writes one run per layer, see
     :mod:`~lightning_memloc.callbacks.layer_runs`) each chart matches the quantity's tag in every
-    layer run, so TensorBoard draws each layer in its own colour (series are coloured by run),
-    and the margin charts (value with its interval) show every layer on one chart per quantity.
+    layer run, so TensorBoard draws each layer as its own run (coloured by run, 7 colours), and the
+    margin charts (value with its interval) show every layer on one chart per quantity.
     """
     if by_layer:
         return _by_layer_layout(report)
