@@ -78,7 +78,9 @@ def test_fit_logs_tensorboard_and_writes_reports(tmp_path, data):
     scalar_steps = [e.step for e in acc.Scalars("memloc.layer_mem/conv1")]
     hist_steps = [e.step for e in acc.Histograms("memloc.unit_mem/conv1")]
     image_steps = [e.step for e in acc.Images("memloc/most_memorized")]
+    figure_steps = [[e.step for e in acc.Images(f"memloc/{name}")] for name in ("profile", "profile_over_training")]
     assert scalar_steps == hist_steps == image_steps == [h["global_step"] for h in monitor.history]
+    assert figure_steps == [scalar_steps, scalar_steps]  # the profile and the heat maps at every measurement
     assert [e.value for e in acc.Scalars("memloc.layer_mem/conv3")] == pytest.approx(
         [h["memloc.layer_mem/conv3"] for h in monitor.history], abs=1e-6)
     assert "memloc/least_memorized" in tags["images"]
