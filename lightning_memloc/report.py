@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Literal, Optional
 import torch
 from torch import Tensor
 
-from lightning_memloc.checks import check_report_values
+from lightning_memloc.checks import check_json_meta, check_report_values
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.evidence import Evidence
 from lightning_memloc.io import PathLike, atomic_write_text
@@ -39,6 +39,15 @@ _TENSOR_DICTS = {
     "sslmem_raw": torch.float32,
 }
 _FLOAT_DICTS = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least")
+_SSLMEM_FIELDS = ("sslmem", *_FLOAT_DICTS)  # measured together, with a reference
+
+
+def _ids(values: Any, name: str) -> Tensor:
+    """A JSON list of integer ids as a ``LongTensor``; a fraction or a nested list is refused, not truncated."""
+    ids = torch.tensor(values)
+    if ids.ndim != 1 or not (ids.numel() == 0 or ids.dtype == torch.long):
+        raise ReportFormatError(f"`{name}` must be a flat list of integer ids, got {str(values)[:60]}.")
+    return ids.to(torch.long)
 
 
 def _deprecated(old: str, new: str) -> None:
@@ -246,7 +255,7 @@ class MemorizationReport:
             kwargs: Dict[str, Any] = {
                 "layers": layers,
                 "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
-                "candidate_ids": torch.tensor(data["candidate_ids"], dtype=torch.long),
+                "candidate_ids": _ids(data["candidate_ids"], "candidate_ids"),
                 "meta": dict(data.get("meta") or {}),
                 "analyses": dict(data.get("analyses") or {}),
             }
@@ -258,9 +267,11 @@ class MemorizationReport:
                 kwargs[name] = None if value is None else {k: float(v) for k, v in value.items()}
             for name in ("top_ids", "least_ids"):
                 value = data.get(name)
-                kwargs[name] = None if value is None else torch.tensor(value, dtype=torch.long)
+                kwargs[name] = None if value is None else _ids(value, name)
             evidence = data.get("evidence")
             kwargs["evidence"] = None if evidence is None else Evidence.from_dict(evidence)
+        except ReportFormatError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ReportFormatError(f"report is missing or has malformed fields: {err!r}") from err
         report = cls(**kwargs)
@@ -273,6 +284,11 @@ class MemorizationReport:
         for name in ("unit_mem", "unit_argmax", "dead_units"):
             if getattr(self, name) is None:
                 raise ReportFormatError(f"`{name}` is missing: every report has UnitMem, its argmax and dead units.")
+        present = [name for name in _SSLMEM_FIELDS if getattr(self, name) is not None]
+        if present and len(present) != len(_SSLMEM_FIELDS):  # the figures read them together
+            raise ReportFormatError(f"SSLMem fields {sorted(set(_SSLMEM_FIELDS) - set(present))} are missing while "
+                                    f"{present} are present: a report has all of them (measured with a reference) "
+                                    "or none.")
         for name in ("unit_mem", "unit_argmax", "dead_units", "class_mem", "sslmem", "sslmem_raw", *_FLOAT_DICTS):
             value = getattr(self, name)
             if value is not None and set(value) != set(self.layers):
@@ -295,9 +311,21 @@ class MemorizationReport:
     def save(self, path: PathLike) -> Path:
         """Write the report as JSON, atomically (the file is complete or untouched).
 
+        A report :meth:`load` would refuse (see :meth:`validate`), or whose ``meta`` / ``analyses``
+        JSON cannot hold, is refused before anything is written.
+
         Returns:
             The path written.
+
+        Raises:
+            ReportFormatError: the report is inconsistent (it could not be loaded back).
+            TypeError: a ``meta`` / ``analyses`` value JSON cannot store (the message names it).
         """
+        self.validate()
+        for name in ("meta", "analyses"):
+            check_json_meta(getattr(self, name), name)
+        if self.evidence is not None:
+            check_json_meta(self.evidence.meta, "evidence.meta")
         destination = Path(path)
         atomic_write_text(destination, json.dumps(self.to_dict()))
         return destination

@@ -188,3 +188,92 @@ def test_meta_json_can_hold_round_trips(encoder, images, tmp_path):
     loaded = MemorizationReport.load(report.save(Path(tmp_path) / "r.json"))
     assert loaded.meta["note"] == "run 3" and loaded.meta["lr"] == 0.5 and math.isnan(loaded.meta["nan"])
     assert loaded.meta["nested"] == {"sizes": [1, 2, [3, 4]]} and loaded.meta["ok"] is True and loaded.meta["none"] is None
+
+
+# ------------------------------------------------- found by the generated cases and after them
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_candidates_give_the_views_of_their_float32_values(encoder, reference, images, dtype):
+    """The augmentation ran in the images' dtype: bf16 candidates moved LayerMem by up to 0.05."""
+    half = images.to(dtype)
+    report = measure(encoder, half, reference=reference, views=3, bootstrap=0, top_k=2)
+    same = measure(encoder, half.float(), reference=reference, views=3, bootstrap=0, top_k=2)
+    assert report.allclose(same, atol=1e-6)
+
+
+def test_an_unreadable_image_in_a_folder_is_named(tmp_path):
+    from PIL import Image
+
+    from lightning_memloc.data import load_data
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    broken = tmp_path / "b" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(ValueError, match=rf"{broken}' is not a readable image.*remove it from the folder"):
+        load_data(tmp_path, size=8)
+
+
+def test_a_history_with_values_that_are_not_numbers_is_refused(tmp_path):
+    from lightning_memloc import ReportFormatError
+    from lightning_memloc.plots import load_history
+
+    good = [{"epoch": 0, "global_step": 4, "memloc/layer_mem/conv1": 0.1, "memloc/excess/conv1": None}]
+    assert load_history(good) == good
+    for entry in ({"epoch": 0, "memloc/layer_mem/conv1": "0.1"}, {"epoch": "0", "memloc/layer_mem/conv1": 0.1},
+                  {"epoch": 0, "memloc/layer_mem/conv1": True}, {"epoch": 0, "memloc/layer_mem/conv1": [0.1]}):
+        with pytest.raises(ReportFormatError, match="holds values that are not numbers"):
+            load_history([entry])
+
+
+def _report(**changes) -> MemorizationReport:
+    fields = dict(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.tensor([3, 5, 8]),
+                  unit_mem={"a": torch.tensor([0.1, 0.7])}, unit_argmax={"a": torch.tensor([3, 8])},
+                  dead_units={"a": torch.tensor([False, False])}, sslmem={"a": torch.tensor([0.0, 0.5, 1.0])},
+                  sslmem_raw={"a": torch.tensor([0.0, 0.1, 0.2])}, layer_mem={"a": 0.5}, delta_layer_mem={"a": 0.5},
+                  layer_mem_top={"a": 1.0}, layer_mem_least={"a": 0.0}, top_ids=torch.tensor([8]),
+                  least_ids=torch.tensor([3]))
+    fields.update(changes)
+    return MemorizationReport(**fields)
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    ({"layer_mem": {"a": math.nan}}, r"`layer_mem\['a'\]` is not finite"),
+    ({"unit_mem": {"a": torch.tensor([0.1, 1.5])}}, r"outside \[0, 1\]"),
+    ({"top_ids": torch.tensor([4])}, "`top_ids` holds ids that are not in `candidate_ids`"),
+    ({"layer_mem_top": None}, r"SSLMem fields \['layer_mem_top'\] are missing"),
+], ids=["nan-layer-mem", "unit-mem-range", "unknown-top-id", "partial-sslmem"])
+def test_save_refuses_a_report_load_would_refuse(tmp_path, changes, pattern):
+    from lightning_memloc import ReportFormatError
+
+    with pytest.raises(ReportFormatError, match=pattern):
+        _report(**changes).save(tmp_path / "report.json")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_save_names_what_json_cannot_store(tmp_path):
+    with pytest.raises(TypeError, match=r"`analyses\['table'\]` is a Tensor"):
+        _report(analyses={"table": torch.zeros(2)}).save(tmp_path / "report.json")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_report_file_with_fractional_or_nested_ids_is_refused(tmp_path):
+    import json
+
+    from lightning_memloc import ReportFormatError
+
+    path = _report().save(tmp_path / "report.json")
+    for field, value in (("top_ids", [7.5]), ("candidate_ids", [[3, 5, 8]])):
+        data = json.loads(path.read_text())
+        data[field] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(ReportFormatError, match=rf"`{field}` must be a flat list of integer ids"):
+            MemorizationReport.load(path)
+
+
+def test_the_largest_seeds_work_with_an_unseen_set(encoder, images):
+    """Seeds are valid up to 2**64 - 1; the evidence's own offset seeds overflowed torch after the whole pass."""
+    for seed in (2**64 - 1, 2**64 - 14, 2**63):
+        report = measure(encoder, images[:4], views=2, seed=seed, unseen=images[4:], bootstrap=8)
+        assert report.meta["seed"] == seed and report.evidence.layers["conv3"]["unit_mem_seen"] is not None

@@ -14,9 +14,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 __all__ = ["TensorImageDataset", "as_float_image", "split_item"]
 
+_HALF = (torch.float16, torch.bfloat16)
+
 
 def as_float_image(img: Any) -> Tensor:
     """A dataset image (PIL, uint8 or float tensor) as a float (C, H, W) tensor (uint8 / 255).
+
+    float16 / bfloat16 images become float32: views made in half precision would differ from the
+    views of the very same pixels given as float32 (LayerMem off by up to 0.05).
 
     Example:
         >>> as_float_image(torch.full((1, 2, 2), 255, dtype=torch.uint8)).max().item()
@@ -24,7 +29,7 @@ def as_float_image(img: Any) -> Tensor:
     """
     if isinstance(img, Tensor):
         img = img.as_subclass(Tensor)
-        out = img.float() / 255 if img.dtype == torch.uint8 else img
+        out = img.float() / 255 if img.dtype == torch.uint8 else img.float() if img.dtype in _HALF else img
     else:
         from PIL import Image
 

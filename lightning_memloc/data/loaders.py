@@ -193,6 +193,15 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
     return torch.from_numpy(np.ascontiguousarray(ds.data)), _labels(ds.labels, len(ds.data), key)
 
 
+def _read_image(ds: Any, i: int) -> Tensor:
+    """Image ``i`` of an ``ImageFolder``; a file PIL cannot read is a ``ValueError`` naming it."""
+    try:
+        return ds[i][0]
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated data
+        raise ValueError(f"{ds.samples[i][0]!r} is not a readable image ({type(err).__name__}: {err}): remove it "
+                         "from the folder or save it again.") from err
+
+
 def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tensor]:
     """A ``torchvision.datasets.ImageFolder`` (one sub-folder per class) as RGB uint8 tensors.
 
@@ -212,7 +221,7 @@ def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tenso
         ds = datasets.ImageFolder(str(path), transform=tf)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{str(path)!r} is not an image folder (one sub-folder of images per class): {e}") from e
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    images = torch.stack([_read_image(ds, i) for i in range(len(ds))])
     return images, torch.as_tensor(ds.targets, dtype=torch.long)
 
 
