@@ -39,7 +39,6 @@ _TENSOR_DICTS = {
     "sslmem_raw": torch.float32,
 }
 _FLOAT_DICTS = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least")
-_SSLMEM_FIELDS = ("sslmem", *_FLOAT_DICTS)  # measured together, with a reference
 
 
 def _ids(values: Any, name: str) -> Tensor:
@@ -206,7 +205,7 @@ class MemorizationReport:
         """
         layer = self.layers[-1] if layer is None else layer
         self._check_layer(layer)
-        if self.has_reference:
+        if self.sslmem is not None:  # a hand-made report may hold LayerMem without per-candidate SSLMem
             return self.sslmem[layer].clone()
         position = {int(c): i for i, c in enumerate(self.candidate_ids.tolist())}
         alive = ~self.dead_units[layer]  # dead units have no μmax candidate (argmax -1)
@@ -284,11 +283,6 @@ class MemorizationReport:
         for name in ("unit_mem", "unit_argmax", "dead_units"):
             if getattr(self, name) is None:
                 raise ReportFormatError(f"`{name}` is missing: every report has UnitMem, its argmax and dead units.")
-        present = [name for name in _SSLMEM_FIELDS if getattr(self, name) is not None]
-        if present and len(present) != len(_SSLMEM_FIELDS):  # the figures read them together
-            raise ReportFormatError(f"SSLMem fields {sorted(set(_SSLMEM_FIELDS) - set(present))} are missing while "
-                                    f"{present} are present: a report has all of them (measured with a reference) "
-                                    "or none.")
         for name in ("unit_mem", "unit_argmax", "dead_units", "class_mem", "sslmem", "sslmem_raw", *_FLOAT_DICTS):
             value = getattr(self, name)
             if value is not None and set(value) != set(self.layers):

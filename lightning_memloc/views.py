@@ -178,8 +178,8 @@ class SeededViews(Dataset):
         if self._dataset is not None:
             img, label = split_item(self._dataset[i])
             if isinstance(img, Tensor) and hasattr(self, "transform"):  # (the constructor reads item 0 first)
-                check_image_layout(img.shape, "candidates items")
-                check_image_range(img, "candidates items", strict=self._clamping_transform)
+                check_image_layout(img.shape, f"candidates[{i}]")
+                check_image_range(img, f"candidates[{i}]", strict=self._clamping_transform)
         else:
             img, label = self._images[i], -1  # type: ignore[index]
         return img, (int(self.labels[i]) if self.labels is not None else label)

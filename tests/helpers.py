@@ -257,8 +257,9 @@ def _slow_outputs(model: nn.Module, images: torch.Tensor, layers: Sequence[str])
 def _slow_policy(mu: np.ndarray, negative: str, layer: str) -> np.ndarray:
     if negative == "clamp":
         return np.maximum(mu, 0.0)
-    if negative == "shift":
-        return mu - mu.min(axis=0, keepdims=True)
+    if negative == "shift":  # a spread within 1e-5 of the unit's scale is constant (SHIFT_TOLERANCE)
+        shifted = mu - mu.min(axis=0, keepdims=True)
+        return np.where(shifted.max(axis=0, keepdims=True) <= 1e-5 * np.abs(mu).max(axis=0, keepdims=True), 0.0, shifted)
     if (mu < 0).any():
         raise ValueError(f"layer {layer!r}: negative mean activations with negative='error'")
     return mu

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import event, given, note, settings  # noqa: E402
+from hypothesis import event, example, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lightning_memloc import MemorizationReport, ReportFormatError, measure  # noqa: E402
@@ -163,6 +163,10 @@ def _reference(case: Dict[str, Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
     _, exact = _images(case, case["n"], 0)
     views = make_views(exact, case["views"], seed=case["seed"])
     f, g = _models(case["channels"])
+    if case["negative"] == "error" and kwargs["unseen"] is not None:  # their means meet the policy too
+        unseen = _images(case, case["unseen"], 2)[1]  # views of pooled positions N, N + 1, ...
+        pooled = make_views(torch.cat([exact, unseen]), case["views"], seed=case["seed"])[case["n"]:]
+        slow_measure(f, None, pooled, LAYER_SETS[case["layers"]], top_k=1, negative="error")
     return slow_measure(f, kwargs["reference"], views, LAYER_SETS[case["layers"]], top_k=case["top_k"],
                         reduction=case["reduction"], negative=case["negative"], labels=kwargs["labels"],
                         anchors=exact if case["pairing"] == "anchor" else None)
@@ -184,9 +188,22 @@ def _score_tolerance(mu: np.ndarray, raw_mu: np.ndarray, reduction: str) -> np.n
     return 1e-4 + 4e-6 * scale / np.maximum(top + rest, 1e-30) * (top + rest > 0)
 
 
+def _found(**changes: Any) -> Dict[str, Any]:
+    """A case the generated inputs found (docs/reliability.md rows 109-112), kept as an explicit example."""
+    case = dict(n=2, channels=1, size=8, dtype="bfloat16", layout="contiguous", views=2, batch_size=1, pairing="all",
+                reduction="mean", negative="clamp", top_k=1, layers="auto", reference=True, labels=None,
+                candidate_ids=None, seed=0, state_dtype="float32", control=0, unseen=0, pixels=0, fault=None)
+    case.update(changes)
+    return case
+
+
 @pytest.mark.slow
 @settings(max_examples=2 * settings().max_examples)  # twice the profile's count (conftest.py)
 @given(case=measure_cases())
+@example(case=_found())  # row 109: bf16 views were made in bf16
+@example(case=_found(reference=False, views=1, unseen=2, seed=2**64 - 15))  # row 110: evidence seeds overflowed
+@example(case=_found(n=5, reference=False, views=1, batch_size=2, negative="shift", seed=1, pixels=1))  # row 111
+@example(case=_found(reference=False, views=1, negative="error", layers="conv-output", unseen=2))  # row 112
 def test_measure_equals_the_float64_reference_or_names_the_argument(case):
     note(repr(case))
     kwargs, argument = _arguments(case)

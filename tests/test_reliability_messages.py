@@ -17,6 +17,7 @@ import torch
 
 from lightning_memloc import MemorizationMonitor, MemorizationReport, measure
 from lightning_memloc.data import load_npz
+from lightning_memloc.models import TinyCNN
 from helpers import assert_untouched, counting_forwards, files_in, run_cli, take_snapshot
 
 
@@ -242,8 +243,7 @@ def _report(**changes) -> MemorizationReport:
     ({"layer_mem": {"a": math.nan}}, r"`layer_mem\['a'\]` is not finite"),
     ({"unit_mem": {"a": torch.tensor([0.1, 1.5])}}, r"outside \[0, 1\]"),
     ({"top_ids": torch.tensor([4])}, "`top_ids` holds ids that are not in `candidate_ids`"),
-    ({"layer_mem_top": None}, r"SSLMem fields \['layer_mem_top'\] are missing"),
-], ids=["nan-layer-mem", "unit-mem-range", "unknown-top-id", "partial-sslmem"])
+], ids=["nan-layer-mem", "unit-mem-range", "unknown-top-id"])
 def test_save_refuses_a_report_load_would_refuse(tmp_path, changes, pattern):
     from lightning_memloc import ReportFormatError
 
@@ -277,3 +277,80 @@ def test_the_largest_seeds_work_with_an_unseen_set(encoder, images):
     for seed in (2**64 - 1, 2**64 - 14, 2**63):
         report = measure(encoder, images[:4], views=2, seed=seed, unseen=images[4:], bootstrap=8)
         assert report.meta["seed"] == seed and report.evidence.layers["conv3"]["unit_mem_seen"] is not None
+
+
+def test_a_model_without_weights_is_named_before_any_work(images):
+    meta_model = TinyCNN(3, 4).to("meta")
+    with pytest.raises(ValueError, match=r"`encoder` has parameters or buffers on the meta device.*to_empty"):
+        measure(meta_model, images, views=2)
+    with pytest.raises(ValueError, match=r"`reference` has parameters or buffers on the meta device"):
+        measure(TinyCNN(3, 4), images, reference=meta_model, views=2)
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0
+
+
+@pytest.mark.parametrize("name", ["control", "unseen"])
+def test_bad_items_of_a_control_or_unseen_dataset_are_named(encoder, reference, images, name):
+    bad = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    bad[2, 1, 4, 4] = math.nan
+    with pytest.raises(ValueError, match=rf"^`{name}\[2\]` holds 1 NaN or inf pixel"):
+        measure(encoder, images, reference=reference, views=2, bootstrap=0, **{name: _Images(bad)})
+    with pytest.raises(ValueError, match=rf"^`{name}\[0\]` is a float tensor with values in .*0-255"):
+        measure(encoder, images, reference=reference, views=2, bootstrap=0, **{name: _Images(bad[:2] * 255)})
+
+
+def test_numpy_evidence_settings_are_recorded_as_python_numbers(encoder, reference, images, tmp_path):
+    report = measure(encoder, images, reference=reference, views=2, bootstrap=np.int64(8), confidence=np.float32(0.9),
+                     alpha=np.float64(0.1), unseen=images[:3])
+    assert type(report.meta["bootstrap"]) is int and type(report.meta["confidence"]) is float
+    assert report.meta["confidence"] == pytest.approx(0.9) and report.meta["bootstrap"] == 8
+    assert MemorizationReport.load(report.save(tmp_path / "r.json")).meta["alpha"] == 0.1
+
+
+def test_shift_treats_a_unit_constant_up_to_float32_rounding_as_constant():
+    """One ulp between candidates (the batch size decides it) gave UnitMem 1.0 under negative='shift'."""
+    from lightning_memloc.functional import unitmem
+
+    one_ulp = torch.tensor([[0.17147639], [0.17147642], [0.17147639]])  # a unit constant over 3 candidates
+    assert unitmem(one_ulp, negative="shift").tolist() == [0.0]
+    assert float(unitmem(one_ulp, negative="clamp")) < 1e-6
+    real = torch.tensor([[0.10], [0.12], [0.10]])  # a 20 % spread is kept: (0.02 - 0) / (0.02 + 0) = 1
+    assert unitmem(real, negative="shift").tolist() == [1.0]
+
+
+class _MinusHalf(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - 0.5
+
+
+def test_negative_error_on_the_unseen_images_names_them_and_the_layer():
+    from collections import OrderedDict
+
+    model = torch.nn.Sequential(OrderedDict(minus=_MinusHalf(), pool=torch.nn.AdaptiveAvgPool2d(1),
+                                            flat=torch.nn.Flatten()))
+    bright, dark = torch.full((4, 3, 8, 8), 0.9), torch.full((3, 3, 8, 8), 0.1)  # means +0.4 and -0.4
+    measure(model, bright, views=2, layers=["minus"], negative="error", transform=lambda img: img.clone())
+    with pytest.raises(ValueError, match=r"^the `unseen` images, layer 'minus': `mean_activations` has 9 negative"):
+        measure(model, bright, views=2, layers=["minus"], negative="error", unseen=dark, transform=lambda img: img.clone())
+
+
+def test_a_report_with_part_of_the_sslmem_fields_is_drawn(tmp_path, images):
+    """LayerMem without top / least / ΔLayerMem / per-candidate SSLMem (a hand-made report): plot crashed."""
+    from helpers import assert_png
+    from lightning_memloc.plots import plot_report
+
+    report = _report(layer_mem_top=None, layer_mem_least=None, delta_layer_mem=None, sslmem=None, sslmem_raw=None)
+    loaded = MemorizationReport.load(report.save(tmp_path / "report.json"))
+    written = plot_report(loaded, tmp_path / "figures", images=images[:3])
+    assert sorted(p.name for p in written) == ["candidates.png", "layer_mem.png", "unit_mem.png"]
+    for path in written:
+        assert_png(path)

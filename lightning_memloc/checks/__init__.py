@@ -15,7 +15,7 @@ files, report values) and :mod:`~lightning_memloc.checks.modules` (the reference
 device memory) and :mod:`~lightning_memloc.checks.inputs` (dense tensors, label sequences, JSON ``meta``).
 """
 
-from lightning_memloc.checks.inputs import as_label_tensor, check_dense, check_json_meta
+from lightning_memloc.checks.inputs import as_label_tensor, check_dense, check_has_weights, check_json_meta
 from lightning_memloc.checks.modules import (
     check_layers_exist,
     check_reference,
@@ -66,6 +66,7 @@ __all__ = [
     "check_finite",
     "check_finite_tensor",
     "check_float_tensor",
+    "check_has_weights",
     "check_id_vector",
     "check_image_layout",
     "check_image_range",

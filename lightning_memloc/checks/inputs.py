@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_label_tensor", "check_dense", "check_json_meta"]
+__all__ = ["as_label_tensor", "check_dense", "check_has_weights", "check_json_meta"]
 
 
 def check_dense(value: Tensor, name: str) -> None:
@@ -37,6 +37,22 @@ def check_dense(value: Tensor, name: str) -> None:
     if value.is_meta:
         raise ValueError(f"`{name}` is on the meta device, which holds shapes but no values: pass a tensor with "
                          "data (created or loaded on 'cpu' or a GPU).")
+
+
+def check_has_weights(model: torch.nn.Module, name: str) -> None:
+    """Refuse a model with parameters or buffers on the meta device (built with ``device="meta"``: no weights).
+
+    Example:
+        >>> check_has_weights(torch.nn.Linear(2, 2, device="meta"), "encoder")
+        Traceback (most recent call last):
+        ...
+        ValueError: `encoder` has parameters or buffers on the meta device (shapes, no weights), e.g. 'weight': materialise it first, e.g. `model.to_empty(device='cpu')` then `model.load_state_dict(...)`.
+    """
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    meta = next((key for key, t in tensors if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"`{name}` has parameters or buffers on the meta device (shapes, no weights), e.g. {meta!r}: "
+                         "materialise it first, e.g. `model.to_empty(device='cpu')` then `model.load_state_dict(...)`.")
 
 
 def as_label_tensor(labels: Any) -> Tensor:
