@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_memloc.io import atomic_write_text
+from lightning_memloc.loading import split_prefix
 
 __all__ = ["MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
            "encoder_hint", "fingerprint", "is_checkpoint_path", "reference_hint", "release_output_dir"]
@@ -213,7 +214,10 @@ def is_checkpoint_path(spec: Any) -> bool:
     """Whether a ``reference`` string names a checkpoint file rather than an attribute path."""
     if isinstance(spec, os.PathLike):
         return True
-    return isinstance(spec, str) and (spec.endswith((".ckpt", ".pt", ".pth")) or os.sep in spec or os.path.isfile(spec))
+    if not isinstance(spec, str):
+        return False
+    path = str(split_prefix(spec)[0])  # "pair.ckpt:reference.backbone" names a prefix inside the file
+    return path.endswith((".ckpt", ".pt", ".pth")) or os.sep in path or os.path.isfile(path)
 
 
 @contextmanager
