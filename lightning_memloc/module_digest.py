@@ -22,7 +22,7 @@ import enum
 import functools
 import hashlib
 import types
-from typing import Any, Dict, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 import torch.fx
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from lightning_memloc.errors import MemlocError
 
-__all__ = ["UnkeyableModuleError", "structure_digest"]
+__all__ = ["UnkeyableModuleError", "settings_digest", "structure_digest"]
 
 #: nn.Module's own bookkeeping: tensors are digested from the state dict, children by their own
 #: entries, forward hooks below; the rest (backward / state-dict hooks, train flag) changes no forward.
@@ -63,9 +63,10 @@ def _code_bytes(code: types.CodeType) -> bytes:
 class _Digest:
     """One digest pass over a model (remembers classes and objects already fed)."""
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: Optional[nn.Module], class_code: bool = True) -> None:
         self.hasher = hashlib.blake2b(digest_size=20)
-        self.names = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+        self.names = {} if root is None else {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+        self.class_code = class_code
         self.classes: Dict[int, str] = {}
         self.seen: Set[int] = set()
 
@@ -78,7 +79,7 @@ class _Digest:
         key = id(cls)
         if key not in self.classes:
             code = hashlib.blake2b(digest_size=20)
-            for base in cls.__mro__[:-1]:  # not `object`
+            for base in cls.__mro__[:-1] if self.class_code else ():  # not `object`
                 for attr, value in sorted(vars(base).items()):
                     func = getattr(value, "__func__", value)  # staticmethod / classmethod
                     if isinstance(func, types.FunctionType):
@@ -207,4 +208,24 @@ def structure_digest(model: nn.Module) -> str:
     for names in (("_global_forward_pre_hooks", "", ""),
                   ("_global_forward_hooks", "", "_global_forward_hooks_always_called")):
         digest.hooks(torch.nn.modules.module, names, "torch's global hooks", 0)
+    return digest.hasher.hexdigest()
+
+
+def settings_digest(obj: Any) -> str:
+    """BLAKE2b digest (hex) of an object's settings: class names, attribute values (recursively), tensors,
+    functions (code and closures); not the code of classes, so that it survives a library upgrade.
+
+    Used for what a resumed run must share with the run it resumes (a view transform, a frozen
+    reference), where :func:`structure_digest` would change with any edit of a library.
+
+    Raises:
+        UnkeyableModuleError: a value cannot be digested (the message names it).
+
+    Example:
+        >>> from torchvision.transforms import v2
+        >>> settings_digest(v2.RandomResizedCrop(8, scale=(0.2, 1.0))) == settings_digest(v2.RandomResizedCrop(8))
+        False
+    """
+    digest = _Digest(None, class_code=False)
+    digest.value(obj, type(obj).__qualname__)
     return digest.hasher.hexdigest()

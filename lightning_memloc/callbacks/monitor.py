@@ -215,6 +215,7 @@ class MemorizationMonitor(Callback):
         self._specs: Optional[List[LayerSpec]] = None
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
+        self.reference_id: Optional[str] = None  # which reference is measured (setup): part of the fingerprint
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
         self.layer_runs = bool(layer_runs)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
@@ -279,10 +280,12 @@ class MemorizationMonitor(Callback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
-            self._run_id, self._foreign_files = guard.claim_output_dir(
-                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
+        self.reference_id = guard.reference_identity(self.reference_spec, reference, not frozen_reference(pl_module, reference))
+        if self.output_dir is not None and trainer.is_global_zero:
+            self._run_id, self._foreign_files = guard.claim_output_dir(
+                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         if reference is encoder:
             raise ValueError("`reference` resolves to the monitored encoder itself: pass a separately trained encoder.")
         trained = reference is not None and any(p.requires_grad for p in reference.parameters())
@@ -299,7 +302,7 @@ class MemorizationMonitor(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.measure_on_train_start and not self.history:
+        if self.measure_on_train_start and not self.history and trainer.global_step == 0:  # not in a resumed run
             if self.init_batchnorm == "recalibrate":
                 # BatchNorm of an untrained encoder still holds its default statistics (mean 0,
                 # var 1), unlike every later measurement: measure with statistics from the pool's

@@ -27,9 +27,12 @@ from torch import Tensor, nn
 
 from lightning_memloc.io import atomic_write_text
 from lightning_memloc.loading import split_prefix
+from lightning_memloc.module_digest import UnkeyableModuleError, settings_digest
+from lightning_memloc.reference_cache import tensor_digest
 
-__all__ = ["MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
-           "encoder_hint", "fingerprint", "is_checkpoint_path", "reference_hint", "release_output_dir"]
+__all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
+           "encoder_hint", "fingerprint", "is_checkpoint_path", "reference_hint", "reference_identity",
+           "release_output_dir"]
 
 #: The file naming the run that owns a monitor's ``output_dir``.
 MARKER = "memloc_run.json"
@@ -60,20 +63,77 @@ def candidates_digest(views: Any) -> str:
     return f"{len(views)}:{_digest(stored)}:{labels}"
 
 
-def fingerprint(monitor: Any) -> Dict[str, Any]:
-    """What defines one measurement of ``monitor``: candidates, views, seed, layers, options.
+#: Monitor arguments that change no measured or logged number, and why. Every other argument is
+#: part of :func:`fingerprint` (``tests/test_resume_fingerprint.py`` enumerates the constructor).
+FINGERPRINT_EXEMPT = {
+    "every_n_epochs": "when measurements happen, not what they measure (part of Lightning's state key)",
+    "every_n_train_steps": "when measurements happen, not what they measure (part of Lightning's state key)",
+    "batch_size": "candidates are measured independently in eval mode: batching changes no per-candidate value",
+    "num_workers": "a view depends only on (seed, candidate, view number), not on the worker that makes it",
+    "progress": "display only",
+    "grid_size": "images logged to TensorBoard, not numbers",
+    "log_histograms": "a logging option",
+    "layer_runs": "a logging layout",
+    "output_dir": "where files are written (a folder's marker holds the fingerprint)",
+    "overwrite": "what happens to another run's files",
+    "name": "tag and file names (part of Lightning's state key)",
+    "memory_limit": "a check before training",
+    "measure_on_train_start": "only the before-training point, which a resumed run never measures again",
+    "init_batchnorm": "only the before-training point, which a resumed run never measures again",
+}
+#: Fingerprint entries added after the first release: a checkpoint without one was written before
+#: it existed and is not compared on it (``None`` now: not known before ``setup``).
+_ADDED = ("threshold", "transform_digest", "encoder", "reference_id")
 
+
+def _spec_name(spec: Any) -> str:
+    if spec is None:
+        return "(the LightningModule)"
+    if isinstance(spec, (str, os.PathLike)):
+        return str(spec)
+    return f"{type(spec).__qualname__}" if isinstance(spec, nn.Module) else getattr(spec, "__qualname__", repr(spec))
+
+
+def _settings(obj: Any) -> str:
+    try:
+        return settings_digest(obj)[:16]
+    except UnkeyableModuleError as err:  # compared by name only (docs/reliability.md, limits)
+        return f"(not digestible: {err})"
+
+
+def reference_identity(spec: Any, reference: Optional[nn.Module], co_trained: bool) -> Optional[str]:
+    """Which reference a monitor measures against: a frozen one by its weights and settings, a co-trained one by
+    where it is (its weights change with training)."""
+    if reference is None:
+        return None
+    if co_trained:
+        return f"co-trained {_spec_name(spec)}"
+    weights = tensor_digest(*reference.state_dict().values())[:16]
+    return f"{type(reference).__qualname__} weights {weights} settings {_settings(reference)}"
+
+
+def fingerprint(monitor: Any) -> Dict[str, Any]:
+    """What defines one measurement of ``monitor``: every argument that changes a measured or logged number.
+
+    Candidates (and labels, ``size``, ``indices``: through their contents), views, seed, the
+    transform (its name and settings), layers, the options (:meth:`MeasureOptions.fingerprint`),
+    ``threshold``, which encoder and which reference (a frozen one by its weights and settings),
+    control / unseen images. The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
     Reads the monitor's public ``candidates_digest``, ``views``, ``layer_names`` (the resolved
-    layers, ``None`` before ``setup``), ``layers``, ``options``, ``reference_spec``,
-    ``group_sizes`` and ``pool``.
+    layers, ``None`` before ``setup``), ``layers``, ``options``, ``threshold``, ``encoder_spec``,
+    ``reference_spec``, ``reference_id`` (``None`` before ``setup``), ``group_sizes`` and ``pool``.
     """
     layers = monitor.layer_names or monitor.layers
     return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
             "views": monitor.views.views, "seed": monitor.views.seed,
             "transform": _transform_name(monitor.views.transform),
+            "transform_digest": _settings(monitor.views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
             **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
+            "threshold": monitor.threshold,
+            "encoder": _spec_name(monitor.encoder_spec),
             "reference": monitor.reference_spec is not None,
+            "reference_id": getattr(monitor, "reference_id", None),
             # control / unseen images are part of the measurement: their sizes and contents
             "groups": dict(monitor.group_sizes),
             "pool": candidates_digest(monitor.pool) if monitor.group_sizes else None}
@@ -83,7 +143,8 @@ def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     keys = sorted(set(saved) | set(current))
     # "layers" may be saved resolved while a fresh monitor only knows "auto": compare resolved names only
     return [k for k in keys if saved.get(k) != current.get(k)
-            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))]
+            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))
+            and not (k in _ADDED and None in (saved.get(k), current.get(k)))]
 
 
 def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> None:
@@ -95,7 +156,8 @@ def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, A
         detail = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
         raise ValueError(
             f"{where} was measured with other settings ({detail}): its history cannot continue with this monitor. "
-            "Use the same candidates, views, seed, transform, layers and options to resume, or start a new run "
+            "Use the same candidates, views, seed, transform, layers, options, threshold, encoder and reference to "
+            "resume, or start a new run "
             "(a new `output_dir`, no `ckpt_path`)."
         )
 
