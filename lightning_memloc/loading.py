@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_memloc.checks import unwrap_compiled
 from lightning_memloc.errors import AmbiguousPrefixError, ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import PathLike
 from lightning_memloc.pruned import plain_copy, unpruned_state
@@ -166,6 +167,7 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
         >>> g.training, any(p.requires_grad for p in g.parameters())
         (False, False)
     """
+    like = unwrap_compiled(like)  # a torch.compile'd module: its weights are the original module's
     state = encoder_state(path, like, prefix)
     model = plain_copy(like)  # a pruned `like` (torch prune's masks) gives a plain copy
     expected = set(model.state_dict())

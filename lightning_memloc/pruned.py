@@ -30,6 +30,8 @@ def pruning_hooks(module: nn.Module) -> List[Tuple[int, "prune.BasePruningMethod
 def plain_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every pruning mask baked into a plain parameter (``module`` unchanged).
 
+    Also copies modules with the deprecated ``torch.nn.utils.weight_norm`` (which ``copy.deepcopy`` refuses).
+
     Example:
         >>> from torch.nn.utils import prune
         >>> conv = nn.Conv2d(1, 2, 1)
@@ -37,10 +39,10 @@ def plain_copy(module: nn.Module) -> nn.Module:
         >>> sorted(plain_copy(conv).state_dict()), sorted(conv.state_dict())
         (['bias', 'weight'], ['bias', 'weight_mask', 'weight_orig'])
     """
-    # The computed ``w`` of a pruned module is not a leaf tensor, which deepcopy refuses: copy it as None
-    # (prune.remove below replaces it by ``w_orig * w_mask``).
-    memo: Dict[int, object] = {id(getattr(m, h._tensor_name)): None for m in module.modules()
-                               for _, h in pruning_hooks(m) if isinstance(getattr(m, h._tensor_name, None), Tensor)}
+    # A tensor a forward pre-hook computes (prune's ``w = w_orig * w_mask``, the deprecated weight_norm's ``w``) is
+    # not a leaf, which deepcopy refuses: copy its value (prune.remove below bakes it; weight_norm recomputes it).
+    memo: Dict[int, object] = {id(v): v.detach().clone() for m in module.modules() for v in vars(m).values()
+                               if isinstance(v, Tensor) and not v.is_leaf}
     copied = copy.deepcopy(module, memo)
     for m in copied.modules():
         for _, hook in pruning_hooks(m):

@@ -232,3 +232,19 @@ def test_prune_identity_twice_is_still_copied():
     copied = plain_copy(model)
     x = torch.rand(1, 3, 16, 16)
     torch.testing.assert_close(copied.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_a_compiled_or_weight_normed_like_loads(tmp_path):
+    """Other modules deepcopy or the key names trip on: a torch.compile wrapper, the deprecated weight_norm."""
+    torch.manual_seed(0)
+    g0 = TinyCNN(width=4)
+    torch.save(g0.state_dict(), tmp_path / "g.pt")
+    g = load_encoder(tmp_path / "g.pt", like=torch.compile(TinyCNN(width=4)))  # was: missing keys '_orig_mod.…'
+    assert type(g) is TinyCNN and _same_weights(g, g0)
+    normed = TinyCNN(width=4)
+    with pytest.warns(FutureWarning):
+        torch.nn.utils.weight_norm(normed.conv1.conv)
+    torch.save(normed.state_dict(), tmp_path / "n.pt")
+    loaded = load_encoder(tmp_path / "n.pt", like=normed)  # was: a deepcopy RuntimeError
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), normed.eval()(x), rtol=0, atol=0)

@@ -119,6 +119,13 @@ def test_an_exempt_argument_leaves_the_fingerprint_alone(tmp_path, argument):
     assert _fingerprint(tmp_path, **{argument: _EXEMPT_VALUES[argument]}) == _fingerprint(tmp_path)
 
 
+def test_the_encoder_is_named_by_where_it_is_not_by_how_it_was_given(tmp_path):
+    by_path = _fingerprint(tmp_path, encoder="backbone")
+    assert by_path["encoder"] == "backbone"
+    assert _fingerprint(tmp_path, encoder=lambda module: module.backbone) == by_path
+    assert _fingerprint(tmp_path, encoder=lambda module: module.other)["encoder"] == "other"
+
+
 def test_equal_settings_in_a_new_process_give_the_same_fingerprint(tmp_path):
     """The new entries digest settings, not object identities: a resumed run (new objects) matches."""
     a = _fingerprint(tmp_path, transform=BatchedSimCLRAugment(8, scale=(0.5, 1.0)), reference=_frozen(2))

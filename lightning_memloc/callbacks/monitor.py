@@ -215,7 +215,8 @@ class MemorizationMonitor(Callback):
         self._specs: Optional[List[LayerSpec]] = None
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
-        self.reference_id: Optional[str] = None  # which reference is measured (setup): part of the fingerprint
+        self.encoder_id: Optional[str] = None  # which encoder and reference are measured (setup): fingerprint
+        self.reference_id: Optional[str] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
         self.layer_runs = bool(layer_runs)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
@@ -282,7 +283,7 @@ class MemorizationMonitor(Callback):
             check_writable_dir(self.output_dir, argument="output_dir")
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
-        self.reference_id = guard.reference_identity(self.reference_spec, reference, not frozen_reference(pl_module, reference))
+        self.encoder_id, self.reference_id = guard.module_identities(self, pl_module, encoder, reference)  # fingerprint
         if self.output_dir is not None and trainer.is_global_zero:
             self._run_id, self._foreign_files = guard.claim_output_dir(
                 self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)

@@ -31,7 +31,7 @@ from lightning_memloc.module_digest import UnkeyableModuleError, settings_digest
 from lightning_memloc.reference_cache import tensor_digest
 
 __all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
-           "encoder_hint", "fingerprint", "is_checkpoint_path", "reference_hint", "reference_identity",
+           "encoder_hint", "fingerprint", "is_checkpoint_path", "module_identities", "reference_hint",
            "release_output_dir"]
 
 #: The file naming the run that owns a monitor's ``output_dir``.
@@ -101,15 +101,24 @@ def _settings(obj: Any) -> str:
         return f"(not digestible: {err})"
 
 
-def reference_identity(spec: Any, reference: Optional[nn.Module], co_trained: bool) -> Optional[str]:
-    """Which reference a monitor measures against: a frozen one by its weights and settings, a co-trained one by
-    where it is (its weights change with training)."""
-    if reference is None:
-        return None
-    if co_trained:
-        return f"co-trained {_spec_name(spec)}"
+def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
+                      reference: Optional[nn.Module]) -> Tuple[str, Optional[str]]:
+    """Which encoder and which reference ``monitor`` measures (in ``setup``; part of :func:`fingerprint`).
+
+    A module inside the LightningModule ``owner`` is named by its path there, whatever the spec (an
+    attribute path, a callable, the module): a co-trained reference changes with training. A
+    frozen reference outside it is named by its class, weights and settings (:func:`settings_digest`).
+    """
+    paths = {id(m): name for name, m in owner.named_modules()}
+
+    def where(module: nn.Module, spec: Any) -> str:
+        return (paths[id(module)] or "(the LightningModule)") if id(module) in paths else _spec_name(spec)
+
+    if reference is None or id(reference) in paths:
+        return where(encoder, monitor.encoder_spec), None if reference is None else f"co-trained {where(reference, None)}"
     weights = tensor_digest(*reference.state_dict().values())[:16]
-    return f"{type(reference).__qualname__} weights {weights} settings {_settings(reference)}"
+    return (where(encoder, monitor.encoder_spec),
+            f"{type(reference).__qualname__} weights {weights} settings {_settings(reference)}")
 
 
 def fingerprint(monitor: Any) -> Dict[str, Any]:
@@ -120,8 +129,9 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
     ``threshold``, which encoder and which reference (a frozen one by its weights and settings),
     control / unseen images. The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
     Reads the monitor's public ``candidates_digest``, ``views``, ``layer_names`` (the resolved
-    layers, ``None`` before ``setup``), ``layers``, ``options``, ``threshold``, ``encoder_spec``,
-    ``reference_spec``, ``reference_id`` (``None`` before ``setup``), ``group_sizes`` and ``pool``.
+    layers, ``None`` before ``setup``), ``layers``, ``options``, ``threshold``, ``encoder_id`` and
+    ``reference_id`` (:func:`module_identities`, ``None`` before ``setup``), ``reference_spec``,
+    ``group_sizes`` and ``pool``.
     """
     layers = monitor.layer_names or monitor.layers
     return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
@@ -131,7 +141,7 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
             **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
             "threshold": monitor.threshold,
-            "encoder": _spec_name(monitor.encoder_spec),
+            "encoder": getattr(monitor, "encoder_id", None),
             "reference": monitor.reference_spec is not None,
             "reference_id": getattr(monitor, "reference_id", None),
             # control / unseen images are part of the measurement: their sizes and contents
