@@ -2,7 +2,7 @@
 
 A co-trained pair's checkpoint holds the encoder ``f`` and the reference ``g`` of Wang et al.,
 *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) side by side: loading the wrong
-one gives a plausible, wrong LayerMem. Rows 80-84 of ``docs/reliability.md``.
+one gives a plausible, wrong LayerMem. Rows 80-83 of ``docs/reliability.md``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A fit that fails or is interrupted leaves the model as it came (issue 23 §2, rows 89-92).
+"""A fit that fails or is interrupted leaves the model as it came (issue 23 §2, rows 88-91).
 
 ``MemorizationPruning`` registers masks and ``MemorizationFinetuning`` freezes the encoder in
 ``setup`` (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024, prune and
@@ -153,3 +153,15 @@ def test_ctrl_c_during_fine_tuning_gives_back_batchnorm_modes_and_statistics_tra
         _fit([finetuning, _Fail("later_batch", KeyboardInterrupt)], model)
     assert _flags(_snapshot(model)) == _flags(before)
     assert all(m.track_running_stats for m in model.modules() if isinstance(m, _BatchNorm))
+
+
+def test_a_successful_fine_tuning_fit_gives_batchnorm_statistics_tracking_back():
+    """BaseFinetuning.freeze turns track_running_stats off: left so, a later fit would not update the statistics."""
+    model = _model()
+    before = _snapshot(model)
+    _, finetuning = _callbacks()
+    _fit([finetuning], model, max_epochs=1)
+    after = _snapshot(model)
+    assert after["stats"] == before["stats"] and after["modes"] == before["modes"]
+    chosen = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert chosen and all(n.startswith("conv3.") for n in chosen)  # the choice stays trainable, the rest frozen

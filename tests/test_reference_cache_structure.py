@@ -1,4 +1,4 @@
-"""The reference cache sees every change of g that leaves its state dict alone (issue 23 §2, row 85).
+"""The reference cache sees every change of g that leaves its state dict alone (issue 23 §2, row 84).
 
 SSLMem (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024) compares f
 with a frozen reference g; a cached g value that no longer matches g gives a plausible, wrong

@@ -1,4 +1,4 @@
-"""A resumed monitor continues only a history measured the same way (issue 23 §2, rows 86-88).
+"""A resumed monitor continues only a history measured the same way (issue 23 §2, rows 85-87).
 
 The monitor's history is one curve of LayerMem / UnitMem (Wang et al., *Localizing Memorization
 in SSL Vision Encoders*, NeurIPS 2024) over training: a resume with another reference, threshold,

@@ -257,10 +257,13 @@ class MemorizationFinetuning(BaseFinetuning):
         self._start_step = int(trainer.global_step)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Give frozen BatchNorm layers their train mode back (the model leaves fit as it came)."""
+        """Give frozen BatchNorm layers their train mode and ``track_running_stats`` back (the model leaves fit
+        as it came, but for ``requires_grad``: frozen parts stay frozen, as with ``BaseFinetuning``)."""
         for module in self._bn_in_eval.values():
             module.train()
         self._bn_in_eval.clear()
+        if self._before_fit is not None:
+            self._before_fit[0].restore_statistics_tracking()
         self._before_fit = None
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:

@@ -43,6 +43,10 @@ class TrainableState:
             parameter.requires_grad_(flag)
         for module, flag in self.modes:
             module.training = flag  # not train(): each module's own flag, children included in the list
+        self.restore_statistics_tracking()
+
+    def restore_statistics_tracking(self) -> None:
+        """Set every BatchNorm's ``track_running_stats`` back (``BaseFinetuning.freeze`` turns it off)."""
         for norm, flag in self.stats:
             norm.track_running_stats = flag
 

@@ -75,9 +75,8 @@ class MemorizationMonitor(Callback):
             for the LightningModule itself.
         reference: the reference encoder ``g`` for LayerMem: ``None`` (UnitMem only), a frozen
             ``nn.Module``, a checkpoint path (loaded with ``weights_only=True`` into a copy of
-            the encoder; ``"pair.ckpt:reference.backbone"`` names the prefix of a checkpoint
-            holding several encoders), or an attribute path on the LightningModule (a co-trained
-            reference).
+            the encoder; ``"pair.ckpt:reference.backbone"`` names a prefix inside it), or an
+            attribute path on the LightningModule (a co-trained reference).
         seed: view seed; the same views at every measurement, on every device and rank.
         batch_size: candidates per forward step (each contributes K views).
         labels: (N,) labels for ClassMem: a tensor, ``True`` (those stored with a candidates path)
