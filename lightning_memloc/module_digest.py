@@ -45,16 +45,27 @@ _HOOKS = (("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", ""),
           ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"))
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size, enum.Enum,
           torch.memory_format, torch.layout)
-_MAX_DEPTH = 6
+_MAX_DEPTH = 16
 
 
 class UnkeyableModuleError(MemlocError, ValueError):
     """A module holds an attribute whose effect on the forward cannot be digested (the message names it)."""
 
 
+def _const(value: Any) -> bytes:
+    """A code constant, the same in every process (a frozenset's order follows the string hash seed)."""
+    if isinstance(value, types.CodeType):
+        return _code_bytes(value)
+    if isinstance(value, (tuple, frozenset)):
+        items = [_const(v) for v in value]
+        return type(value).__name__.encode() + b"(" + b",".join(sorted(items) if isinstance(value, frozenset)
+                                                                 else items) + b")"
+    return repr(value).encode()
+
+
 def _code_bytes(code: types.CodeType) -> bytes:
     """What a code object computes: bytecode, names, constants (nested code too); not its file or line numbers."""
-    consts = b"|".join(_code_bytes(c) if isinstance(c, types.CodeType) else repr(c).encode() for c in code.co_consts)
+    consts = b"|".join(_const(c) for c in code.co_consts)
     names = repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars, code.co_argcount,
                   code.co_kwonlyargcount, code.co_flags)).encode()
     return code.co_code + b"\0" + names + b"\0" + consts

@@ -179,3 +179,21 @@ def test_a_traced_reference_is_keyed_by_its_program():
     relu.target = "0"  # the same modules, wired otherwise: the same state dict
     two.recompile()
     assert structure_digest(one) != structure_digest(two)
+
+
+@pytest.mark.slow
+def test_digests_are_the_same_in_every_process():
+    """`memloc analyze --reference-cache FILE` and a resumed run compare digests made by other processes:
+    nothing may depend on the string hash seed (a frozenset constant's order does) or on addresses."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; from torchvision.transforms import v2; "
+            "from lightning_memloc.module_digest import structure_digest, settings_digest; "
+            "from lightning_memloc.models import ResNet9; from lightning_memloc import BatchedSimCLRAugment; "
+            "print(structure_digest(ResNet9(width=4)), settings_digest(BatchedSimCLRAugment(16)), "
+            "settings_digest(v2.Compose([v2.RandomResizedCrop(16), v2.ToDtype(torch.float32, scale=True)])))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(outputs) == 1, outputs

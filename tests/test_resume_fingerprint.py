@@ -133,6 +133,19 @@ def test_equal_settings_in_a_new_process_give_the_same_fingerprint(tmp_path):
     assert a == b
 
 
+def test_the_parameters_of_library_transforms_reach_the_digest():
+    from lightly.transforms import SimCLRViewTransform
+    from torchvision.transforms import v2
+
+    from lightning_memloc.module_digest import settings_digest
+
+    assert settings_digest(SimCLRViewTransform(input_size=8, cj_strength=0.5)) == settings_digest(
+        SimCLRViewTransform(input_size=8, cj_strength=0.5))
+    assert settings_digest(SimCLRViewTransform(input_size=8, cj_strength=0.5)) != settings_digest(
+        SimCLRViewTransform(input_size=8, cj_strength=0.3))
+    assert settings_digest(v2.Normalize([0.5] * 3, [0.2] * 3)) != settings_digest(v2.Normalize([0.5] * 3, [0.25] * 3))
+
+
 # ----------------------------------------------------------------------------------- end to end
 def _jitter(strength: float):
     """A per-image transform whose parameter lives in its closure (another strength: another function value)."""
