@@ -108,7 +108,8 @@ def encoder_state(path: PathLike, like: nn.Module, prefix: Optional[str] = None)
         path: a ``state_dict`` file or a Lightning checkpoint; ``"path:prefix"`` names the prefix.
         like: a module of the expected architecture.
         prefix: key prefix of the encoder inside the checkpoint; ``None`` finds it: the one prefix
-            (``""``, ``"backbone."``, ``"module."`` ...) under which every key of ``like`` is.
+            (``""``, ``"backbone."``, ``"module."`` ...) under which every key of ``like`` is, with
+            its shape if names alone fit under several.
 
     Returns:
         Every tensor under the prefix (the prefix removed): keys ``like`` lacks are kept, so callers
@@ -123,9 +124,11 @@ def encoder_state(path: PathLike, like: nn.Module, prefix: Optional[str] = None)
         raise ValueError(f"the checkpoint {str(path)!r} names the prefix {named!r} but `prefix`={prefix!r}: give one.")
     prefix = named if prefix is None else prefix
     state = unpruned_state(read_state_dict(path))
-    expected = list(unpruned_state(like.state_dict()))  # a pruned `like` (masks) has the plain architecture
+    expected = {k: v.shape for k, v in unpruned_state(like.state_dict()).items()}  # a pruned `like`: plain names
     if prefix is None:
-        found = fitting_prefixes(state, expected)
+        found = fitting_prefixes(state, list(expected))
+        shaped = [p for p in found if all(state[p + k].shape == shape for k, shape in expected.items())]
+        found = shaped or found  # names fit under several, shapes under one: that one (else the mismatch error)
         if len(found) > 1:
             shown = [p.rstrip(".") or "(no prefix)" for p in found]
             example = found[0].rstrip(".") or found[1].rstrip(".")

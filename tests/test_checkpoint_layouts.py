@@ -146,6 +146,15 @@ def test_checkpoint_layouts_load_the_one_encoder_or_list_the_candidates(tmp_path
                                                                                   "ema": g}[name])
 
 
+def test_names_fitting_under_two_prefixes_but_shapes_under_one_load_that_one(tmp_path):
+    torch.manual_seed(0)
+    narrow, wide = TinyCNN(width=4), TinyCNN(width=8)  # the same key names, other shapes
+    torch.save({"state_dict": {**{f"student.{k}": v for k, v in narrow.state_dict().items()},
+                               **{f"teacher.{k}": v for k, v in wide.state_dict().items()}}}, tmp_path / "w.ckpt")
+    assert _same_weights(load_encoder(tmp_path / "w.ckpt", like=TinyCNN(width=4)), narrow)
+    assert _same_weights(load_encoder(tmp_path / "w.ckpt", like=TinyCNN(width=8)), wide)
+
+
 def test_fitting_prefixes_hand_cases():
     t = torch.zeros(1)
     assert fitting_prefixes({"a.w": t, "a.b": t, "c.w": t}, ["w", "b"]) == ["a."]  # c lacks b
