@@ -165,3 +165,21 @@ def test_a_successful_fine_tuning_fit_gives_batchnorm_statistics_tracking_back()
     assert after["stats"] == before["stats"] and after["modes"] == before["modes"]
     chosen = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert chosen and all(n.startswith("conv3.") for n in chosen)  # the choice stays trainable, the rest frozen
+
+
+@pytest.mark.parametrize("at, error", [("setup", RuntimeError), ("on_fit_start", RuntimeError),
+                                       ("first_batch", KeyboardInterrupt)])
+def test_overwrite_deletes_another_runs_files_only_when_the_new_run_writes(tmp_path, at, error):
+    from helpers import small_monitor
+
+    out = tmp_path / "memloc"
+    _fit([small_monitor(output_dir=out, bootstrap=0)], _model(), max_epochs=2)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"report_epoch=0.json", "report_epoch=1.json", "history.json", "memloc_run.json"} == set(old)
+    monitor = small_monitor(output_dir=out, overwrite=True, bootstrap=0)
+    with pytest.raises(SystemExit if error is KeyboardInterrupt else error):
+        _fit([monitor, _Fail(at, error)], _model())
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # was: deleted in setup, nothing written
+    _fit([small_monitor(output_dir=out, overwrite=True, bootstrap=0)], _model(), max_epochs=1)
+    assert {p.name for p in out.iterdir()} == {"report_epoch=0.json", "history.json", "memloc_run.json"}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} != {k: v for k, v in old.items() if k != "report_epoch=1.json"}

@@ -110,7 +110,7 @@ class MemorizationMonitor(Callback):
             ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
             measured views (an untrained model's default statistics inflate UnitMem), or
             ``"default"`` measures the model as it is.
-        overwrite: let a new run delete another run's files in ``output_dir`` (in ``setup``);
+        overwrite: let a new run delete another run's files in ``output_dir`` (at its first write);
             without it such a folder is refused (a resumed run continues its own folder).
         name: tells several monitors apart: tags ``memloc-<name>/...`` instead of ``memloc/...``,
             files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each

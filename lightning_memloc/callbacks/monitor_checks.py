@@ -37,6 +37,9 @@ __all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "
 #: The file naming the run that owns a monitor's ``output_dir``.
 MARKER = "memloc_run.json"
 _CLAIMS: Dict[str, "weakref.ref[Any]"] = {}
+#: Another run's files that ``overwrite=True`` replaces, deleted at this run's first write (a fit that fails
+#: before it measures leaves them): folder -> (the monitor, the file names).
+_REPLACED: Dict[str, Tuple["weakref.ref[Any]", List[str]]] = {}
 
 
 def _digest(tensor: Optional[Tensor]) -> Optional[str]:
@@ -211,7 +214,8 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
 
     - another live monitor writes there: ``ValueError`` (two monitors would overwrite each other);
     - the folder holds another run's files: ``FileExistsError`` unless ``overwrite=True``, which
-      deletes them (``history.json``, ``report_epoch=*.json``, the marker) now;
+      deletes them (``history.json``, ``report_epoch=*.json``, the marker) at this run's first
+      write (:func:`check_owner`), so that a fit failing before it measures leaves them;
     - resuming: the folder's marker must hold this monitor's fingerprint; the run adopts it.
 
     Returns:
@@ -235,8 +239,7 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
         else:  # decided in on_fit_start: Lightning restores a checkpoint (a resume) only after setup
             foreign = files
     elif files and not ours and overwrite:
-        for name in files:
-            (folder / name).unlink()
+        _REPLACED[key] = (weakref.ref(monitor), files)
     _CLAIMS[key] = weakref.ref(monitor)
     return run_id, foreign
 
@@ -269,10 +272,19 @@ def release_output_dir(monitor: Any) -> None:
     for key, ref in list(_CLAIMS.items()):
         if ref() is monitor or ref() is None:
             del _CLAIMS[key]
+    for key, (ref, _) in list(_REPLACED.items()):  # never written: the other run's files stay
+        if ref() is monitor or ref() is None:
+            del _REPLACED[key]
 
 
 def check_owner(monitor: Any, folder: Path) -> None:
-    """Before each write: the folder's marker must be this run's (it is written on the first write)."""
+    """Before each write: the folder's marker must be this run's (it is written on the first write, after
+    deleting the files of a run that ``overwrite=True`` replaces)."""
+    replaced = _REPLACED.get(str(folder.resolve()))
+    if replaced is not None and replaced[0]() is monitor:
+        for name in replaced[1]:
+            (folder / name).unlink(missing_ok=True)
+        del _REPLACED[str(folder.resolve())]
     marker = _read_marker(folder)
     if marker is None:
         atomic_write_text(folder / MARKER, json.dumps({"run_id": monitor.run_id, "fingerprint": fingerprint(monitor)},
