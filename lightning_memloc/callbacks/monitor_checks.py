@@ -94,14 +94,14 @@ def _spec_name(spec: Any) -> str:
         return "(the LightningModule)"
     if isinstance(spec, (str, os.PathLike)):
         return str(spec)
-    return f"{type(spec).__qualname__}" if isinstance(spec, nn.Module) else getattr(spec, "__qualname__", repr(spec))
+    return type(spec).__qualname__ if isinstance(spec, nn.Module) else getattr(spec, "__qualname__", repr(spec))
 
 
 def _settings(obj: Any) -> str:
     try:
         return settings_digest(obj)[:16]
-    except UnkeyableModuleError as err:  # compared by name only (docs/reliability.md, limits)
-        return f"(not digestible: {err})"
+    except UnkeyableModuleError:  # compared by name only (docs/reliability.md, limits); the error names an address
+        return "(not digestible)"
 
 
 def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
