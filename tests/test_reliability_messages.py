@@ -69,8 +69,6 @@ def test_a_damaged_or_foreign_npz_names_the_file_and_the_fix(tmp_path, case):
         load_npz(path)
     assert str(path) in str(err.value)
     torch.manual_seed(0)
-    from lightning_memloc.models import TinyCNN
-
     torch.save(TinyCNN(3, 4).state_dict(), tmp_path / "f.pt")
     out = tmp_path / "out"
     code, _, stderr = run_cli(["analyze", "--arch", "tiny", "--encoder", tmp_path / "f.pt", "--data", path,
