@@ -221,7 +221,7 @@ def _unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: O
             continue
         u = mu_unseen[layer].double()
         size = min(n, u.shape[0])
-        gen = torch.Generator().manual_seed(opts.seed + 13 + li)
+        gen = torch.Generator().manual_seed((opts.seed + 13 + li) & (2**63 - 1))  # seeds near 2**64 overflowed
         seen_s, unseen_s = m[torch.randperm(n, generator=gen)[:size]], u[torch.randperm(u.shape[0], generator=gen)[:size]]
         a = float(unitmem(seen_s, reduction=reduction, negative="clamp").mean())
         b = float(unitmem(unseen_s, reduction=reduction, negative="clamp").mean())

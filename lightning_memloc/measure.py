@@ -17,9 +17,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
-from lightning_memloc.checks import (check_candidate_ids, check_meta, check_reference, check_views_memory,
-                                    unwrap_compiled)
+from lightning_memloc.augment import BatchedSimCLRAugment
+from lightning_memloc.checks import (check_candidate_ids, check_dense, check_has_weights, check_image_layout,
+                                    check_image_range, check_meta, check_reference, check_views_memory, unwrap_compiled)
 from lightning_memloc.distributed import is_distributed, max_across_ranks
+from lightning_memloc.data.datasets import CheckedImages
 from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.options import MeasureOptions
@@ -50,6 +52,9 @@ def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
         )
     if reference is encoder:
         raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
+    check_has_weights(encoder, "encoder")
+    if reference is not None:
+        check_has_weights(reference, "reference")
 
 
 def build_views(
@@ -321,6 +326,13 @@ def prepare_views(
     """
     groups = check_groups(control, unseen, with_reference=options.with_reference)
     view_set = build_views(candidates, options.views, transform, options.seed, labels)
+    strict = isinstance(view_set.transform, BatchedSimCLRAugment)
+    for name, images in groups.items():  # checked by name: the pooled set's check would say `candidates`
+        if isinstance(images, Tensor) and images.ndim == 4:
+            check_image_layout(images.shape, name)
+            check_image_range(images, name, strict=strict)
+        elif isinstance(images, Dataset):  # read as the pass streams it, checked item by item
+            groups[name] = CheckedImages(images, name, strict)
     n = len(view_set)
     if n < 2:
         raise ValueError(
@@ -342,6 +354,8 @@ def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *,
             continue
         if not isinstance(images, (Tensor, Dataset)):
             raise TypeError(f"`{name}` must be an image tensor (N, C, H, W) or a Dataset, got {type(images).__name__}.")
+        if isinstance(images, Tensor):
+            check_dense(images, name)
         try:
             size = len(images)  # type: ignore[arg-type]
         except TypeError as err:

@@ -256,7 +256,10 @@ class MemorizationMeter(nn.Module):
         out = {}
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):
-                out[name] = self._policy_means(metric)
+                try:
+                    out[name] = self._policy_means(metric)
+                except ValueError as err:  # negative="error" on a layer with negative activations
+                    raise type(err)(f"layer {name!r}: {err}") from err
         return out
 
     def _policy_means(self, metric: UnitMem) -> Tensor:
@@ -318,6 +321,10 @@ class MemorizationMeter(nn.Module):
         report_evidence = None
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
+            try:
+                unseen_means = unseen.unit_means() if unseen is not None else None
+            except ValueError as err:
+                raise type(err)(f"the `unseen` images, {err}") from err
             control = self.groups["control"] if "control" in self.group_sizes else None
             with_ref = self.layer_mem is not None
             report_evidence = compute_evidence(
@@ -325,7 +332,7 @@ class MemorizationMeter(nn.Module):
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
                 unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,
-                unseen_unit_means=unseen.unit_means() if unseen is not None else None, options=evidence)
+                unseen_unit_means=unseen_means, options=evidence)
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),

@@ -76,7 +76,8 @@ class MemorizationMonitor(Callback):
             for the LightningModule itself.
         reference: the reference encoder ``g`` for LayerMem: ``None`` (UnitMem only), a frozen
             ``nn.Module``, a checkpoint path (loaded with ``weights_only=True`` into a copy of
-            the encoder), or an attribute path on the LightningModule (a co-trained reference).
+            the encoder; ``"pair.ckpt:reference.backbone"`` names a prefix inside it), or an
+            attribute path on the LightningModule (a co-trained reference).
         seed: view seed; the same views at every measurement, on every device and rank.
         batch_size: candidates per forward step (each contributes K views).
         labels: (N,) labels for ClassMem: a tensor, ``True`` (those stored with a candidates path)
@@ -111,7 +112,7 @@ class MemorizationMonitor(Callback):
             ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
             measured views (an untrained model's default statistics inflate UnitMem), or
             ``"default"`` measures the model as it is.
-        overwrite: let a new run delete another run's files in ``output_dir`` (in ``setup``);
+        overwrite: let a new run delete another run's files in ``output_dir`` (at its first write);
             without it such a folder is refused (a resumed run continues its own folder).
         name: tells several monitors apart: tags ``memloc-<name>.../...`` instead of ``memloc.../...``,
             files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
@@ -216,6 +217,8 @@ class MemorizationMonitor(Callback):
         self._specs: Optional[List[LayerSpec]] = None
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
+        self.encoder_id: Optional[str] = None  # which encoder and reference are measured (setup): fingerprint
+        self.reference_id: Optional[str] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
         self.layer_runs = bool(layer_runs)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
@@ -280,10 +283,12 @@ class MemorizationMonitor(Callback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
-            self._run_id, self._foreign_files = guard.claim_output_dir(
-                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
+        self.encoder_id, self.reference_id = guard.module_identities(self, pl_module, encoder, reference)  # fingerprint
+        if self.output_dir is not None and trainer.is_global_zero:
+            self._run_id, self._foreign_files = guard.claim_output_dir(
+                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         if reference is encoder:
             raise ValueError("`reference` resolves to the monitored encoder itself: pass a separately trained encoder.")
         trained = reference is not None and any(p.requires_grad for p in reference.parameters())
@@ -300,7 +305,7 @@ class MemorizationMonitor(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.measure_on_train_start and not self.history:
+        if self.measure_on_train_start and not self.history and trainer.global_step == 0:  # not in a resumed run
             if self.init_batchnorm == "recalibrate":
                 # BatchNorm of an untrained encoder still holds its default statistics (mean 0,
                 # var 1), unlike every later measurement: measure with statistics from the pool's

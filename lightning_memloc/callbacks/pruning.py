@@ -23,9 +23,11 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from lightning_memloc.callbacks.fit_state import started_training
 from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run
 from lightning_memloc.checks import check_choice, check_int
+from lightning_memloc.pruned import MaskUndo
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate
 from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES
@@ -118,6 +120,7 @@ class MemorizationPruning(Callback):
         self.pruned_units: Optional[Dict[str, Tensor]] = None
         self.targets: Dict[str, UnitTargets] = {}
         self._applied = False
+        self._undo, self._before_fit, self._start_step = MaskUndo(), None, None
 
     @property
     def _epoch(self) -> int:
@@ -161,7 +164,10 @@ class MemorizationPruning(Callback):
                     gate(report, "membership", "error", f"pruning the {self.strategy}-UnitMem units")
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
                                       "MemorizationPruning")
+        self._undo, self._before_fit, self._start_step = MaskUndo(), self.pruned_units, None
         for target in self.targets.values():
+            for module, name in target.parameters():
+                self._undo.remember(module, name)  # taken back if the fit fails before it trains
             register_masks(target)
         self._applied = False
 
@@ -185,6 +191,7 @@ class MemorizationPruning(Callback):
             self._apply("at fit start")
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._start_step = int(trainer.global_step)
         if self.prune_at == "fit_start" and not self._applied:
             self._apply("at train start")
 
@@ -193,9 +200,18 @@ class MemorizationPruning(Callback):
             self._apply(f"at epoch {trainer.current_epoch}")
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._undo = MaskUndo()  # the fit trained with the masks: they stay
         if self.permanent:
             for target in self.targets.values():
                 remove_masks(target)
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """A fit that fails (or is interrupted) before its first optimizer step gets its model back unmasked:
+        the original parameters (same objects, values and order), no mask, no hook, no ``*_orig`` key. After
+        training started the masks stay (the model trained with them, as its checkpoints hold them)."""
+        if not started_training(trainer, self._start_step):
+            self._undo.undo()
+            self.pruned_units, self._applied = self._before_fit, False
 
     # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:

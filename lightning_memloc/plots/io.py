@@ -39,6 +39,15 @@ def _read_json(source: Path, what: str) -> Any:
         raise ReportFormatError(f"{str(source)!r} is not valid JSON (corrupt or truncated): {err}") from err
 
 
+def _is_number(value: Any, key: str) -> bool:
+    """An int epoch, or a scalar: a number or ``None`` (a figure that was not measured)."""
+    if isinstance(value, bool):
+        return False
+    if key == "epoch":
+        return isinstance(value, int)
+    return value is None or isinstance(value, (int, float))
+
+
 def load_history(history: History) -> List[Dict[str, Any]]:
     """A monitor history (``history.json`` of :class:`~lightning_memloc.MemorizationMonitor`), validated.
 
@@ -64,6 +73,11 @@ def load_history(history: History) -> List[Dict[str, Any]]:
         if not isinstance(entry, dict) or "epoch" not in entry or not any(str(k).startswith(PREFIX) for k in entry):
             raise ReportFormatError(f"{where} is not a monitor history: every entry needs an 'epoch' and "
                                     f"'{PREFIX}<quantity>/<layer>' scalars, got {str(entry)[:80]!r}.")
+        bad = {k: v for k, v in entry.items()
+               if (k == "epoch" or str(k).startswith((PREFIX, f"{TAG_PREFIX}/"))) and not _is_number(v, k)}
+        if bad:  # matplotlib would draw strings as categories: a plausible, wrong curve
+            raise ReportFormatError(f"{where}: the entry of epoch {entry['epoch']!r} holds values that are not numbers "
+                                    f"{dict(list(bad.items())[:3])}: re-create the history with the monitor.")
     return entries
 
 
