@@ -68,7 +68,7 @@ def _alternatives(tmp_path):
 
 
 _EXEMPT_VALUES = {"every_n_epochs": 2, "every_n_train_steps": 3, "batch_size": 3, "num_workers": 1, "progress": True,
-                  "grid_size": 0, "log_histograms": False, "layer_runs": False, "output_dir": "elsewhere",
+                  "grid_size": 0, "log_histograms": False, "log_figures": False, "layer_runs": False, "output_dir": "elsewhere",
                   "overwrite": True, "name": "second", "memory_limit": 2 ** 30, "measure_on_train_start": True,
                   "init_batchnorm": "default"}
 

@@ -76,6 +76,7 @@ FINGERPRINT_EXEMPT = {
     "progress": "display only",
     "grid_size": "images logged to TensorBoard, not numbers",
     "log_histograms": "a logging option",
+    "log_figures": "images logged to TensorBoard, not numbers",
     "layer_runs": "a logging layout",
     "output_dir": "where files are written (a folder's marker holds the fingerprint)",
     "overwrite": "what happens to another run's files",
