@@ -64,6 +64,8 @@ EVIDENCE_QUANTITIES = (
     + ("control_layer_mem", "control_delta_layer_mem", "control_layer_mem_top", "control_layer_mem_least",
        "unseen_layer_mem", "unseen_delta_layer_mem", "unseen_layer_mem_top", "unseen_layer_mem_least",
        "membership_alive", "membership_chance", "unit_mem_seen", "unit_mem_unseen")
+    # reference-free (f alone, lightning_memloc.evidence_free): the candidates' alignment gap against unseen images
+    + _with_intervals("align_gap", tests=True) + ("align_f_candidates", "align_f_unseen", "align_auc")
 )
 #: Every quantity of a ``memloc/<quantity>/<layer>`` scalar.
 SCALAR_QUANTITIES = tuple(dict.fromkeys(REFERENCE_QUANTITIES + UNIT_QUANTITIES + LABEL_QUANTITIES + EVIDENCE_QUANTITIES))
@@ -73,7 +75,7 @@ LAYER_QUANTITIES = ("layer_mem", "layer_mem_lo", "layer_mem_hi", "delta_layer_me
                     "excess", "excess_lo", "excess_hi", "excess_p_holm", "excess_unseen", "unit_mem_mean",
                     "unit_mem_mean_lo", "unit_mem_mean_hi", "unit_mem_frac_above", "unit_mem_unseen",
                     "unit_mem_excess", "unit_mem_excess_lo", "unit_mem_excess_hi", "membership",
-                    "membership_p_holm", "dead_units")
+                    "membership_p_holm", "dead_units", "align_gap", "align_gap_lo", "align_gap_hi", "align_gap_p_holm")
 
 #: Margin charts (value, lower, upper) drawn per layer when the report has them.
 MARGINS: Dict[str, Tuple[str, str, str]] = {
@@ -81,6 +83,7 @@ MARGINS: Dict[str, Tuple[str, str, str]] = {
     "excess over control ± CI": ("excess", "excess_lo", "excess_hi"),
     "mean UnitMem ± CI": ("unit_mem_mean", "unit_mem_mean_lo", "unit_mem_mean_hi"),
     "UnitMem seen − unseen ± CI": ("unit_mem_excess", "unit_mem_excess_lo", "unit_mem_excess_hi"),
+    "alignment gap (f only) ± CI": ("align_gap", "align_gap_lo", "align_gap_hi"),
 }
 
 

@@ -34,7 +34,8 @@ from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, REFERENCE_
 __all__ = ["MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "log_tensorboard",
            "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.tags
 #: Evidence-chart quantities (when the report's evidence has them).
-_EVIDENCE_CHARTS = ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen")
+_EVIDENCE_CHARTS = ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen", "align_gap",
+                    "align_gap_p_holm")
 
 
 def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, float]:
