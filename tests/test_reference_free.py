@@ -99,7 +99,7 @@ def test_bad_shapes_are_refused():
 def test_null_calibration_functional():
     """Candidates and unseen alignments from one distribution (per-layer offsets, correlated layers):
     each test rejects at most ~alpha of the time, the membership scores are uniform."""
-    layers, seeds, rejections, any_layer, scores = ["a", "b", "c"], 300, 0, 0, []
+    layers, seeds, rejections, any_layer, scores = ["a", "b", "c"], 200, 0, 0, []
     for seed in range(seeds):
         g = torch.Generator().manual_seed(seed)
 
@@ -111,7 +111,7 @@ def test_null_calibration_functional():
         rejections += records["a"]["align_gap_p"] < 0.05
         any_layer += any(rec["align_gap_p_holm"] < 0.05 for rec in records.values())
         scores += meta["align_membership"]["c"]
-    assert rejections / seeds <= 0.08 and any_layer / seeds <= 0.08, (rejections, any_layer)
+    assert rejections / seeds <= 0.085 and any_layer / seeds <= 0.085, (rejections, any_layer)
     assert sum(scores) / len(scores) == pytest.approx(0.5, abs=0.02)
 
 
@@ -231,3 +231,89 @@ def test_scalars_tags_and_layout():
     assert scalars["memloc/significant_layers/align_gap"] == 1.0
     layout = custom_scalar_layout(report)
     assert "memloc alignment gap (f only) ± CI" in layout and "align_gap" in layout["memloc"]
+
+
+# -------------------------------------------------------- monitor, CLI, plots, pruning
+def test_monitor_without_reference_logs_the_gap_and_equals_measure(tmp_path):
+    from helpers import LitModel, make_trainer, small_monitor
+
+    torch.manual_seed(0)
+    unseen = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    monitor = small_monitor(unseen=unseen, bootstrap=50, every_n_epochs=1, output_dir=tmp_path / "memloc")
+    model = LitModel()
+    trainer = make_trainer([monitor], max_epochs=2)
+    trainer.fit(model)
+    ev = monitor.report.evidence
+    assert not monitor.report.has_reference and ev.has("align_gap_p_holm") and len(monitor.history) == 2
+    candidates = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # small_monitor's
+    direct = measure(model.backbone, candidates, views=2, unseen=unseen, bootstrap=50)
+    for layer in monitor.report.layers:
+        for key in ("align_gap", "align_gap_p", "align_f_candidates", "align_auc"):
+            assert ev.layers[layer][key] == pytest.approx(direct.evidence.layers[layer][key], abs=1e-6), (layer, key)
+            assert monitor.history[-1][f"memloc/{key}/{layer}"] == pytest.approx(ev.layers[layer][key])
+        assert f"memloc/align_gap_p_holm/{layer}" in trainer.callback_metrics
+    assert "memloc/significant_layers/align_gap" in monitor.history[-1]
+    saved = sorted((tmp_path / "memloc").glob("report_epoch=*.json"))[-1]
+    from lightning_memloc import MemorizationReport
+
+    assert MemorizationReport.load(saved).evidence.meta["align_membership"] == ev.meta["align_membership"]
+
+
+@pytest.mark.slow
+def test_cli_analyze_without_reference_and_plot(tmp_path):
+    import numpy as np
+
+    from helpers import assert_png, run_cli
+    from lightning_memloc import MemorizationReport
+    from lightning_memloc.models import TinyCNN
+
+    torch.manual_seed(0)
+    torch.save(TinyCNN(3, 4).state_dict(), tmp_path / "f.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (14, 16, 16, 3), dtype=np.uint8))
+    (tmp_path / "candidates.json").write_text("[0, 1, 2, 3, 4, 5, 6, 7]")
+    (tmp_path / "unseen.json").write_text("[8, 9, 10, 11, 12, 13]")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(["analyze", "--arch", "tiny", "--size", "16", "--views", "3", "--no-progress",
+                                    "--encoder", tmp_path / "f.pt", "--data", tmp_path / "d.npz", "--indices", tmp_path / "candidates.json",
+                                    "--unseen", tmp_path / "unseen.json", "--bootstrap", "100", "--output-dir", out])
+    assert code == 0, stderr
+    assert "Alignment under f alone" in stdout and "f alone (no reference):" in stdout
+    report = MemorizationReport.load(out / "report.json")
+    assert not report.has_reference and report.evidence.has("align_gap_p_holm")
+    assert report.meta["unseen_indices"] == list(range(8, 14))
+    assert_png(out / "evidence.png")
+    history = [{"epoch": e, "global_step": e, **report_scalars(report)} for e in range(2)]
+    (out / "history.json").write_text(__import__("json").dumps(history))
+    code, _, stderr = run_cli(["plot", out / "report.json", out / "history.json", "--output-dir", tmp_path / "plots"])
+    assert code == 0, stderr
+    assert_png(tmp_path / "plots" / "evidence_history.png")
+
+
+def test_pruning_in_the_layers_with_the_largest_gap():
+    from helpers import LitModel, make_trainer
+    from lightning_memloc import MemorizationReport
+    from lightning_memloc.callbacks.pruning import MemorizationPruning
+    from lightning_memloc.evidence import Evidence
+
+    widths = {"conv1": 4, "conv2": 8, "conv3": 16}
+    gaps = {"conv1": 0.05, "conv2": 0.30, "conv3": 0.10}
+    report = MemorizationReport(
+        layers=list(widths), layer_kinds=dict.fromkeys(widths, "conv"), candidate_ids=torch.arange(3),
+        unit_mem={n: torch.linspace(0, 1, w) for n, w in widths.items()},
+        unit_argmax={n: torch.zeros(w, dtype=torch.long) for n, w in widths.items()},
+        dead_units={n: torch.zeros(w, dtype=torch.bool) for n, w in widths.items()},
+        evidence=Evidence(layers={n: {"align_gap": gaps[n], "align_gap_p_holm": 0.01 if n == "conv2" else 0.5}
+                                  for n in widths}, meta={"alpha": 0.05}))
+    torch.manual_seed(0)
+    pruning = MemorizationPruning(report, amount=0.5, top_layers=1, by="align_gap", encoder="backbone",
+                                  require_evidence="off")
+    make_trainer([pruning], max_epochs=1).fit(LitModel())
+    assert {k: v.tolist() for k, v in pruning.pruned_units.items()} == {"conv2": [4, 5, 6, 7]}
+    with pytest.raises(ValueError, match="`top_layers`"):
+        MemorizationPruning(report, top_layers=0)
+    with pytest.raises(ValueError, match="`by`"):
+        MemorizationPruning(report, top_layers=1, by="gap")
+    no_gap = MemorizationReport(**{**report.__dict__, "evidence": None})
+    with pytest.raises(ValueError, match="`by`='align_gap'.*unseen="):
+        select_layers(no_gap, 1, by="align_gap")
