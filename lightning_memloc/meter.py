@@ -290,21 +290,28 @@ class MemorizationMeter(nn.Module):
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
-        if self.layer_mem is None:
-            raise ValueError("this meter was built without a reference: there is no SSLMem.")
-        with synced_states(self.layer_mem):
-            raw = self.layer_mem.compute()["sslmem_raw"]
-        return {n: raw[i].detach().double().cpu() for i, n in enumerate(self.names)}
+        return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
 
     def encoder_alignment(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP);
         needs a reference or ``alignment=True``."""
+        return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
+
+    def alignments(self, *, sslmem: bool, encoder: bool) -> Tuple[Optional[Dict[str, Tensor]], Optional[Dict[str, Tensor]]]:
+        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` (``None`` where not asked),
+        from one sync of the states holding them (collective under DDP)."""
+        if not (sslmem or encoder):
+            return None, None
+        if sslmem and self.layer_mem is None:
+            raise ValueError("this meter was built without a reference: there is no SSLMem.")
         metric = self.layer_mem if self.layer_mem is not None else self.alignment
-        if metric is None:
+        if encoder and metric is None:
             raise ValueError("this meter keeps no alignments: build it with a reference or alignment=True.")
         with synced_states(metric):
-            align = mean_alignment(metric)
-        return {n: align[i] for i, n in enumerate(self.names)}
+            raw = self.layer_mem.compute()["sslmem_raw"].detach().double().cpu() if sslmem else None  # type: ignore[union-attr]
+            align = mean_alignment(metric) if encoder else None  # type: ignore[arg-type]
+        return tuple(None if v is None else {n: v[i] for i, n in enumerate(self.names)}  # type: ignore[return-value]
+                     for v in (raw, align))
 
     def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
                        evidence: Optional[EvidenceOptions] = None) -> MemorizationReport:
@@ -315,6 +322,7 @@ class MemorizationMeter(nn.Module):
             meta: settings recorded in the report.
         """
         ids = candidate_ids.detach().cpu().long()
+        align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
         unit_mem: Dict[str, Tensor] = {}
         unit_argmax: Dict[str, Tensor] = {}
         dead: Dict[str, Tensor] = {}
@@ -338,6 +346,8 @@ class MemorizationMeter(nn.Module):
         if self.layer_mem is not None:
             with synced_states(self.layer_mem):
                 out = self.layer_mem.compute()
+                if evidence is not None and self.keeps_alignment:  # f's alignments, from the same sync
+                    align = dict(zip(self.names, mean_alignment(self.layer_mem)))
             seen = out["candidate_ids"].detach().cpu().long()
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
@@ -354,15 +364,17 @@ class MemorizationMeter(nn.Module):
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
             control = self.groups["control"] if "control" in self.group_sizes else None
-            with_ref = self.layer_mem is not None
+            with_ref, aligned = self.layer_mem is not None, unseen is not None and self.keeps_alignment
+            if aligned and not with_ref:
+                align = self.encoder_alignment()
+            unseen_raw, unseen_align = (unseen.alignments(sslmem=with_ref, encoder=aligned) if unseen is not None
+                                        else (None, None))
             report_evidence = compute_evidence(
                 list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
-                unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,
-                unseen_unit_means=unseen.unit_means() if unseen is not None else None, options=evidence,
-                **(dict(align=self.encoder_alignment(), unseen_align=unseen.encoder_alignment())
-                   if unseen is not None and self.keeps_alignment else {}))
+                unseen_raw=unseen_raw, unseen_unit_means=unseen.unit_means() if unseen is not None else None,
+                options=evidence, **({"align": align, "unseen_align": unseen_align} if aligned else {}))
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),

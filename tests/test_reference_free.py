@@ -317,3 +317,39 @@ def test_pruning_in_the_layers_with_the_largest_gap():
     no_gap = MemorizationReport(**{**report.__dict__, "evidence": None})
     with pytest.raises(ValueError, match="`by`='align_gap'.*unseen="):
         select_layers(no_gap, 1, by="align_gap")
+
+
+def test_alignments_come_from_one_sync_per_metric(tmp_path, monkeypatch):
+    """Under a (one-rank) process group the alignments add no sync of a metric already synced: with
+    a reference none at all, without one a single sync of each group's ViewAlignment states."""
+    import torch.distributed as dist
+
+    from lightning_memloc.evidence import EvidenceOptions
+
+    units, n = {"a": 3, "b": 2}, 6
+    specs = [LayerSpec(k, "linear") for k in units]
+
+    def calls_of(reference: bool, alignment: bool) -> list:
+        gen = torch.Generator().manual_seed(0)
+        meter = MemorizationMeter(specs, units, n, reference=reference, labels=False, groups={"unseen": 4},
+                                  alignment=alignment)
+        rows = {k: torch.rand(n + 4, generator=gen) for k in units}
+        meter.update(torch.arange(n + 4), {k: torch.rand(n + 4, u, generator=gen) for k, u in units.items()}, rows,
+                     rows if reference else None)
+        calls: list = []
+        original = dist.all_reduce
+        monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **kw: calls.append(tuple(t.shape)) or original(t, *a, **kw))
+        report = meter.compute_report(torch.arange(n), evidence=EvidenceOptions(bootstrap=10))
+        monkeypatch.setattr(dist, "all_reduce", original)
+        assert report.evidence.has("align_gap") == alignment
+        return calls
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        assert calls_of(True, True) == calls_of(True, False)
+        extra = calls_of(False, True)
+        for shape in calls_of(False, False):
+            extra.remove(shape)
+        assert sorted(extra) == sorted([(n,), (2, n), (4,), (2, 4)])
+    finally:
+        dist.destroy_process_group()
