@@ -301,7 +301,7 @@ def measure(
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
-                              state_dtype=state_dtype, groups=sizes, alignment=keeps_alignment(sizes, view_set.views, pairing),
+                              state_dtype=state_dtype, groups=sizes, alignment=keeps_alignment(sizes, view_set.views, options.pairing),
                               **options.meter_kwargs()).to(device)
     run_pass(encoder, reference, pool, specs, meter, progress=options.progress,
              epoch=(meta or {}).get("epoch"), reference_cache=reference_cache, **options.pass_kwargs())
