@@ -139,7 +139,7 @@ def _views(images: torch.Tensor, g: torch.Generator, k: int = 4, noise: float = 
 
 
 def test_an_encoder_that_pulls_its_candidates_views_together_shows_a_gap_where_it_does():
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator().manual_seed(6)  # a draw whose input-layer gap is a typical null one (p = 0.5)
     seen, unseen = torch.randn(20, 32, generator=g), torch.randn(20, 32, generator=g)
     cand_views, unseen_views = _views(seen, g), _views(unseen, g)
     memorized = measure(_Attract(seen, 0.8), cand_views, layers=["inp", "out"], unseen=unseen_views, bootstrap=500)
