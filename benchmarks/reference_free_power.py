@@ -34,6 +34,59 @@ def run_demo(folder: Path, seed: int, extra: List[str]) -> None:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
+def spread(folder: Path, seed: int) -> Dict[str, Dict[str, float]]:
+    """Per layer, over the final encoders' candidates and unseen canaries: the spread across images
+    of d_f (what the test under f alone sees) and of d_g − d_f (what the g-based test sees), and
+    corr(d_f, d_g): g cancels the part of an image's alignment that both encoders share."""
+    import torch
+
+    from lightning_memloc import load_encoder
+    from lightning_memloc.data.loaders import load_npz
+    from lightning_memloc.measure import build_views, probe_layers, run_pass
+    from lightning_memloc.meter import MemorizationMeter
+    from lightning_memloc.models import ResNet9
+
+    images, _ = load_npz(folder / "data.npz")
+    split = json.loads((folder / "split.json").read_text())
+    like = ResNet9(in_channels=images.shape[1], width=16)
+    f, g = load_encoder(folder / "encoder.pt", like), load_encoder(folder / "reference.pt", like)
+    cand, unseen = torch.tensor(split["candidates"]), torch.tensor(split["unseen"])
+    views = build_views(images[cand], 10, None, seed, None).pooled([images[unseen]])
+    specs, units = probe_layers(f, g, "auto", views.example_batch(torch.device("cpu")))
+    meter = MemorizationMeter(specs, units, len(cand), reference=True, labels=False, groups={"unseen": len(unseen)})
+    run_pass(f, g, views, specs, meter, batch_size=32)
+    out = {}
+    for i, spec in enumerate(specs):
+        d_f = torch.cat([(m.layer_mem.enc_sums[i] / m.layer_mem.counts).double() for m in (meter, meter.groups["unseen"])])
+        d_g = torch.cat([(m.layer_mem.ref_sums[i] / m.layer_mem.counts).double() for m in (meter, meter.groups["unseen"])])
+        out[spec.name] = {"sd_f": float(d_f.std()), "sd_g_minus_f": float((d_g - d_f).std()),
+                          "corr": float(torch.corrcoef(torch.stack([d_f, d_g]))[0, 1])}
+    return out
+
+
+def untrained_reference(folder: Path, seed: int) -> Dict[str, Dict[str, float]]:
+    """C − unseen through an *untrained* ResNet9 as the reference (it saw neither group, so the
+    derivation holds; no second training run): per layer the estimate, its Holm p and corr(d_f, d_g0)."""
+    import torch
+
+    from lightning_memloc import load_encoder, measure
+    from lightning_memloc.data.loaders import load_npz
+    from lightning_memloc.models import ResNet9
+
+    images, _ = load_npz(folder / "data.npz")
+    split = json.loads((folder / "split.json").read_text())
+    torch.manual_seed(1000 + seed)
+    g0 = ResNet9(in_channels=images.shape[1], width=16).eval()
+    f = load_encoder(folder / "encoder.pt", g0)
+    report = measure(f, images[split["candidates"]], reference=g0, control=images[split["control"]],
+                     unseen=images[split["unseen"]], views=10, seed=seed, top_k=8, bootstrap=1000)
+    out = {}
+    for layer in report.layers:
+        rec = report.evidence.layers[layer]
+        out[layer] = {"value": rec["excess_unseen"], "p": rec["excess_unseen_p_holm"], "f_only": rec["align_gap"]}
+    return out
+
+
 def first_significant(history: List[Dict[str, Any]], key: str, layer: str, alpha: float) -> Optional[int]:
     for entry in history:
         p = entry.get(scalar_tag(f"{key}_p_holm", layer))
@@ -56,6 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
     agree = {"both": 0, "g only": 0, "f only": 0, "neither": 0}
+    untrained = {True: 0, False: 0}
     for seed in args.seeds:
         folder = Path(args.root) / f"seed{seed}"
         run_demo(folder, seed, extra)
@@ -76,7 +130,20 @@ def main() -> None:
                   f"{cell(rec.get('align_gap'), rec.get('align_gap_p_holm'), alpha)} | {rec.get('align_auc', float('nan')):.2f} | "
                   f"{first_significant(history, 'align_gap', layer, alpha)} | "
                   f"{cell(rec.get('excess'), rec.get('excess_p_holm'), alpha)} |")
-    print(f"\nlayers × seeds significant (Holm, last measurement): {agree}")
+        history_gap = {layer: (history[0].get(scalar_tag("align_gap", layer)), history[-1].get(scalar_tag("align_gap", layer)))
+                       for layer in report.layers}
+        g0 = untrained_reference(folder, seed)
+        print("\n| layer | gap under f alone: before training → last | sd of d_f | sd of d_g − d_f | corr(d_f, d_g) "
+              "| C − unseen through an untrained g0 |")
+        print("|---|---|---|---|---|---|")
+        for layer, row in spread(folder, seed).items():
+            start, end = history_gap[layer]
+            g0_sig = g0[layer]["p"] is not None and g0[layer]["p"] < alpha
+            untrained[g0_sig] += 1
+            print(f"| {layer} | {start:+.3f} → {end:+.3f} | {row['sd_f']:.4f} | {row['sd_g_minus_f']:.4f} | "
+                  f"{row['corr']:.2f} | {cell(g0[layer]['value'], g0[layer]['p'], alpha)} |")
+    print(f"\nlayers × seeds significant (Holm, last measurement): {agree}; through an untrained g0: "
+          f"{untrained[True]} of {untrained[True] + untrained[False]}")
 
 
 if __name__ == "__main__":
