@@ -307,9 +307,9 @@ class MemorizationMeter(nn.Module):
         metric = self.layer_mem if self.layer_mem is not None else self.alignment
         if encoder and metric is None:
             raise ValueError("this meter keeps no alignments: build it with a reference or alignment=True.")
-        with synced_states(metric):
-            raw = self.layer_mem.compute()["sslmem_raw"].detach().double().cpu() if sslmem else None  # type: ignore[union-attr]
+        with synced_states(metric):  # the alignments first: compute() restores the local states when it ends
             align = mean_alignment(metric) if encoder else None  # type: ignore[arg-type]
+            raw = self.layer_mem.compute()["sslmem_raw"].detach().double().cpu() if sslmem else None  # type: ignore[union-attr]
         return tuple(None if v is None else {n: v[i] for i, n in enumerate(self.names)}  # type: ignore[return-value]
                      for v in (raw, align))
 
@@ -345,9 +345,9 @@ class MemorizationMeter(nn.Module):
         kwargs: Dict[str, Any] = {}
         if self.layer_mem is not None:
             with synced_states(self.layer_mem):
+                if evidence is not None and self.keeps_alignment:  # f's alignments, same sync, before compute()
+                    align = dict(zip(self.names, mean_alignment(self.layer_mem)))  # restores the local states
                 out = self.layer_mem.compute()
-                if evidence is not None and self.keeps_alignment:  # f's alignments, from the same sync
-                    align = dict(zip(self.names, mean_alignment(self.layer_mem)))
             seen = out["candidate_ids"].detach().cpu().long()
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
