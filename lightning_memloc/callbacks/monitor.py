@@ -36,7 +36,7 @@ from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.distributed import rank_zero_buffers  # re-exported (documented here before)
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
-from lightning_memloc.measure import model_device_dtype, prepare_views, probe_layers, run_pass
+from lightning_memloc.measure import keeps_alignment, model_device_dtype, prepare_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import MeasureOptions, option_property
 from lightning_memloc.precision import check_autocast
@@ -100,7 +100,8 @@ class MemorizationMonitor(Callback):
             LayerMem; reports, logs and plots give the candidates' excess over it with its
             interval and a Holm-corrected one-sided Welch p-value.
         unseen: images the encoder never trained on (the reference's independent part when
-            co-training, or a test split): UnitMem seen vs unseen and the argmax membership test.
+            co-training, or a test split): UnitMem seen vs unseen, the argmax membership test and,
+            with no reference needed, the alignment gap under ``f`` (``memloc/align_gap/...``).
             Control and unseen images are measured in the same pass as the candidates; both
             may also be paths, read like ``candidates`` (``size`` applies).
         bootstrap, confidence, alpha: resamples, coverage and significance level of the
@@ -299,7 +300,8 @@ class MemorizationMonitor(Callback):
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         note = check_state_memory(len(self.pool), self._num_units, reference=reference is not None,
                                   labels=self.views.has_labels, limit=self.memory_limit, device=device,
-                                  num_candidates=len(self.views))
+                                  num_candidates=len(self.views),
+                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing))
         if note:
             rank_zero_info(note)
 
@@ -345,6 +347,7 @@ class MemorizationMonitor(Callback):
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
                                   labels=self.views.has_labels, groups=self.group_sizes,
+                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing),
                                   **self.options.meter_kwargs()).to(device)
         sampler = None
         if trainer.world_size > 1:
