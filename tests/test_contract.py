@@ -58,7 +58,7 @@ def _full_report() -> MemorizationReport:
     torch.manual_seed(0)
     f, g = TinyCNN(), TinyCNN()
     return measure(f, torch.rand(8, 3, 16, 16), reference=g, views=2, top_k=2, labels=torch.tensor([0, 1] * 4),
-                   control=torch.rand(4, 3, 16, 16), unseen=torch.rand(4, 3, 16, 16), bootstrap=20)
+                   control=torch.rand(4, 3, 16, 16), unseen=torch.rand(4, 3, 16, 16), bootstrap=200)
 
 
 def test_every_logged_scalar_and_chart_tag_comes_from_tags():

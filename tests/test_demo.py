@@ -11,7 +11,7 @@ from lightning_memloc.demo import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--epochs", "2", "--every-n-epochs", "1", "--width", "2", "--views", "2", "--bootstrap", "20",
+TINY = ["--epochs", "2", "--every-n-epochs", "1", "--width", "2", "--views", "2", "--bootstrap", "200",
         "--batch-size", "8", "--num-workers", "0"]
 
 

@@ -5,13 +5,16 @@ differ at every layer even when neither memorized anything (an offset ``o_l``), 
 candidates is compared with a *control* set both encoders trained on; UnitMem has no reference,
 so a unit's μmax image is compared against chance over a pool of seen and unseen images
 (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024; the authors'
-``Ttest.py`` runs the one-sided Welch test used here). Everything is seeded and vectorised:
+``Ttest.py`` runs a one-sided Welch test). Everything is seeded and vectorised:
 
 - :func:`bootstrap_indices`, :func:`percentile_interval`, :func:`bootstrap_mean_interval`,
   :func:`bootstrap_difference_interval`, :func:`bootstrap_topk_interval`: percentile bootstrap
   over candidates;
-- :func:`welch_greater`: one-sided Welch t-test ``mean(a) > mean(b)``; :func:`holm`: Holm's
-  step-down correction across layers;
+- :func:`studentized_permutation_test`: the two-sample test of every family (exact for
+  exchangeable groups, robust to skew and unequal sizes), with :func:`permutation_lower_bound`
+  and :func:`bootstrap_t_interval` (from :mod:`~lightning_memloc.functional.two_sample`);
+  :func:`welch_greater`: the authors' one-sided Welch t-test (liberal on skewed, unequal groups);
+  :func:`holm`: Holm's step-down correction;
 - :func:`weighted_mean_unitmem`: mean UnitMem of resampled or sub-sampled candidate sets, from
   one ``(N, U)`` matrix, without materialising the resamples;
 - :func:`membership_test`: how often alive units' μmax image is a training image, against a
@@ -27,6 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from lightning_memloc.functional.two_sample import (bootstrap_t_interval, permutation_lower_bound,
+                                                    studentized_permutation_test)
+
 __all__ = [
     "bootstrap_indices",
     "percentile_interval",
@@ -35,6 +41,9 @@ __all__ = [
     "bootstrap_difference_interval",
     "bootstrap_topk_interval",
     "welch_greater",
+    "studentized_permutation_test",
+    "permutation_lower_bound",
+    "bootstrap_t_interval",
     "holm",
     "weighted_mean_unitmem",
     "membership_test",
@@ -259,7 +268,10 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     μmax image (dead units, zero on the whole pool, take no part). Under the null that training
     did not make units prefer the images they saw, the seen/unseen labels are exchangeable among
     the images, so the p-value permutes those labels over the *images* — one image that wins
-    dozens of units moves all of them together, unlike a binomial over units.
+    dozens of units moves all of them together, unlike a binomial over units. A unit whose max
+    is shared by several images (ties: constant units, saturated activations) gives each of them
+    an equal share of its credit, in the observed fraction and in the null alike (crediting the
+    first image would favour whichever group comes first).
 
     Args:
         mu: ``(P, U)`` non-negative mean activations of the pool's images.
@@ -270,7 +282,7 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     Returns:
         ``{"fraction": share of alive units whose μmax image is seen, "chance": seen / P,
         "p": one-sided permutation p-value (fraction ≥ observed), "alive": alive units,
-        "winners": distinct images that are some unit's μmax}``. With no alive unit, fraction and
+        "winners": distinct images that are (or share) some unit's μmax}``. With no alive unit, fraction and
         p are NaN.
 
     Example:
@@ -278,6 +290,8 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
         >>> out = membership_test(mu, torch.tensor([True, True, False, False]), n_perm=200)
         >>> out["fraction"], out["chance"], out["alive"]
         (1.0, 0.5, 3)
+        >>> membership_test(torch.ones(4, 2), torch.tensor([True, False, False, False]), n_perm=50)["fraction"]
+        0.25
     """
     m = mu.detach().double().cpu()
     s = torch.as_tensor(seen, dtype=torch.bool).cpu().reshape(-1)
@@ -288,7 +302,9 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     n_alive = int(alive.sum())
     if n_alive == 0:
         return {"fraction": math.nan, "chance": chance, "p": math.nan, "alive": 0, "winners": 0}
-    wins = torch.bincount(m[:, alive].argmax(dim=0), minlength=m.shape[0]).double()  # (P,)
+    top = m[:, alive]
+    tied = (top == top.amax(dim=0, keepdim=True)).double()  # (P, alive): every image at a unit's max
+    wins = (tied / tied.sum(dim=0, keepdim=True)).sum(dim=1)  # (P,) a tied unit's credit is split
     observed = float(wins[s].sum()) / n_alive
     g = _generator(seed)
     perms = torch.argsort(torch.rand(n_perm, s.numel(), generator=g), dim=1)
