@@ -232,7 +232,8 @@ def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = N
     """(Re)compute the overall verdict over :data:`~lightning_memloc.verdict.VERDICT_TESTS`.
 
     Writes every ``<test>_p_holm``, ``meta["verdict"]``, ``meta["significant"]`` and, for the
-    tests in ``nulls``, the lower bounds ``<test>_lb`` at ``alpha / m`` (m: the verdict's tests).
+    tests in ``nulls``, the lower bounds ``<test>_lb`` at ``alpha / m`` (m: the verdict's tests;
+    ``None`` where no p-value can reach that level).
     A family added to the records after :func:`compute_evidence` calls it again.
     """
     meta = evidence.meta
@@ -244,7 +245,7 @@ def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = N
     for test, (layers, estimate, scale, null) in (nulls or {}).items():
         bound = permutation_lower_bound(estimate, scale, null, alpha / max(m, 1))
         for i, layer in enumerate(layers):
-            evidence.layers[layer][f"{test}_lb"] = float(bound[i])
+            evidence.layers[layer][f"{test}_lb"] = float(bound[i]) if math.isfinite(float(bound[i])) else None
     meta["verdict"] = verdict
     meta["significant"] = dict(verdict["layers"])
     return verdict

@@ -6,7 +6,8 @@ keys, ``trainer.callback_metrics``, the plots) and ``tests/test_contract.py`` ch
 written comes from here. Shapes:
 
 - scalars ``memloc/<quantity>/<layer>`` (:func:`scalar_tag`; quantities :data:`SCALAR_QUANTITIES`),
-  ``memloc/significant_layers/<test>`` (:func:`significant_tag`), ``memloc/knn_acc_k<k>``
+  ``memloc/significant_layers/<test>`` (:func:`significant_tag`), ``memloc/verdict/memorization``
+  (:func:`verdict_tag`: 1 when the overall verdict finds memorization), ``memloc/knn_acc_k<k>``
   (:func:`knn_tag`);
 - histograms ``memloc_hist/unit_mem/<layer>`` (:func:`hist_tag`), images
   ``memloc_images/most_memorized`` / ``least_memorized`` (:func:`image_tag`);
@@ -36,6 +37,7 @@ __all__ = [
     "BY_LAYER_ROOT", "EVIDENCE_QUANTITIES", "HIST_ROOT", "IMAGES_ROOT", "IMAGE_NAMES", "LABEL_QUANTITIES", "LAYER_QUANTITIES",
     "LAYER_RUNS_FOLDER", "MARGINS", "PREFIX", "REFERENCE_QUANTITIES", "SCALAR_QUANTITIES", "UNIT_QUANTITIES",
     "by_layer_tag", "hist_tag", "image_tag", "knn_tag", "parse_scalar_tag", "scalar_tag", "significant_tag",
+    "verdict_tag",
 ]
 
 #: Root of every tag (``memloc-<name>`` for a named monitor).
@@ -53,7 +55,7 @@ LABEL_QUANTITIES = ("class_mem_mean",)
 
 
 def _with_intervals(*bases: str, tests: bool = False) -> Tuple[str, ...]:
-    suffixes = ("", "_lo", "_hi") + (("_p", "_p_holm") if tests else ())
+    suffixes = ("", "_lo", "_hi") + (("_p", "_p_holm", "_lb") if tests else ())
     return tuple(base + suffix for base in bases for suffix in suffixes)
 
 
@@ -92,6 +94,12 @@ def scalar_tag(quantity: str, layer: str, prefix: str = PREFIX) -> str:
 def significant_tag(test: str, prefix: str = PREFIX) -> str:
     """``memloc/significant_layers/<test>``: how many layers pass a Holm-corrected test."""
     return f"{prefix}/significant_layers/{test}"
+
+
+def verdict_tag(prefix: str = PREFIX) -> str:
+    """``memloc/verdict/memorization``: 1 when the overall verdict (Holm over every test x layer)
+    finds memorization, 0 when it does not."""
+    return f"{prefix}/verdict/memorization"
 
 
 def knn_tag(k: int, prefix: str = PREFIX) -> str:

@@ -219,19 +219,22 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
     return out
 
 
-def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 64) -> Tensor:
+def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 256) -> Tensor:
     """Mean UnitMem (``reduction="mean"``) of candidate multisets given as weights.
 
     Row ``b`` of ``weights`` says how often each candidate is in multiset ``b`` (bootstrap counts,
     or a 0/1 mask for a subset). For each multiset and unit: μmax = the largest μ among the drawn
     candidates, μ-max = the mean over the *other* ``n_b − 1`` draws, UnitMem as in Eq. 1 (0 for a
     unit that is zero on every drawn candidate); the result is the mean over units. Sums come
-    from one matrix product; the max is taken chunk by chunk.
+    from one matrix product. The max walks each unit's candidates from the largest μ down and
+    stops at the first one drawn: a resample of ``N`` draws misses a given candidate with
+    probability about ``e^{-1}``, so about 15 steps of ``(B, U)`` settle a thousand resamples of
+    2,000 units, where a dense max costs ``B · N · U``.
 
     Args:
         mu: ``(N, U)`` non-negative mean activations (after the negative policy).
         weights: ``(B, N)`` non-negative integer counts, each row summing to at least 2.
-        chunk: resamples per chunk for the max (bounds memory to ``chunk·N·U``).
+        chunk: resamples per step (bounds memory to ``chunk·U``).
 
     Returns:
         ``(B,)`` mean UnitMem per multiset (float64).
@@ -247,13 +250,20 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 64) -> Tenso
     if bool((n_b < 2).any()):
         raise ValueError("every multiset needs at least 2 candidates for UnitMem.")
     sums = w @ m  # (B, U)
-    maxes = torch.empty_like(sums)
-    # μ >= 0, so zeroing the absent rows keeps the max of the drawn ones; taken in float32 (half the
-    # memory traffic, 2x faster; exact for the default float32 metric states)
-    m32 = m.float()
+    order = m.argsort(dim=0, descending=True)  # (N, U): each unit's candidates, largest μ first
+    ranked = m.gather(0, order)
+    maxes = torch.zeros_like(sums)
     for start in range(0, w.shape[0], chunk):
-        present = (w[start:start + chunk] > 0).float()  # (c, N)
-        maxes[start:start + chunk] = (present[:, :, None] * m32[None]).amax(dim=1).double()
+        present = w[start:start + chunk] > 0  # (c, N)
+        found = torch.zeros(present.shape[0], m.shape[1], dtype=torch.bool)
+        best = torch.zeros(present.shape[0], m.shape[1], dtype=torch.float64)
+        for rank in range(m.shape[0]):
+            hit = present[:, order[rank]] & ~found  # (c, U): first drawn candidate at this rank
+            best = torch.where(hit, ranked[rank], best)
+            found |= hit
+            if bool(found.all()):
+                break
+        maxes[start:start + chunk] = best
     rest = (sums - maxes) / (n_b - 1)
     denom = maxes + rest
     dead = denom <= 0
