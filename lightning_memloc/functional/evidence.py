@@ -219,7 +219,7 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
     return out
 
 
-def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 256) -> Tensor:
+def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Tensor:
     """Mean UnitMem (``reduction="mean"``) of candidate multisets given as weights.
 
     Row ``b`` of ``weights`` says how often each candidate is in multiset ``b`` (bootstrap counts,
@@ -228,7 +228,7 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 256) -> Tens
     unit that is zero on every drawn candidate); the result is the mean over units. Sums come
     from one matrix product. The max walks each unit's candidates from the largest μ down and
     stops at the first one drawn: a resample of ``N`` draws misses a given candidate with
-    probability about ``e^{-1}``, so about 15 steps of ``(B, U)`` settle a thousand resamples of
+    probability about ``e^{-1}``, so about 15 ranks of ``(B, U)`` settle a thousand resamples of
     2,000 units, where a dense max costs ``B · N · U``.
 
     Args:
