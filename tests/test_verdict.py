@@ -251,3 +251,22 @@ def test_a_null_result_says_what_it_cannot_exclude():
             f"95 % CI up to ±{width:.3f}; a smaller effect is not excluded.") in text
     for absent in ("score like", "absent", "shows no memorization at"):
         assert absent not in text
+
+
+# ------------------------------------------------------------------------- item 8: the benchmark
+@pytest.mark.slow
+def test_calibration_benchmark_quick_runs_every_table():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "evidence_calibration.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    for title in ("false-positive rates", "the excess test alone", "coverage of 95 % intervals by n",
+                  "the excess bound at alpha/32", "mean UnitMem interval"):
+        assert f"## {title}" in out.stdout
+    assert "| normal, 40 / 40 / 40 | 200 |" in out.stdout and "(unattainable)" in out.stdout
+    assert "| lognormal, 80 / 10 / 10 (8:1) | 1000 |" in out.stdout
