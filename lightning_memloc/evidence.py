@@ -242,6 +242,9 @@ def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = N
     m = verdict["family_size"]
     if verdict["attainable"] is False:
         verdict["needs_bootstrap"] = min_bootstrap_for(m, alpha)
+        warnings.warn(f"[memloc] with bootstrap={boot} and {m} tests (tests x layers) the smallest attainable Holm p is "
+                      f"{verdict['min_attainable_p_holm']:.3f} > alpha={alpha:g}: no test can pass, whatever the data. "
+                      f"Use bootstrap >= {verdict['needs_bootstrap']}.", UserWarning, stacklevel=3)
     for test, (layers, estimate, scale, null) in (nulls or {}).items():
         bound = permutation_lower_bound(estimate, scale, null, alpha / max(m, 1))
         for i, layer in enumerate(layers):
