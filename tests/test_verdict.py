@@ -189,6 +189,20 @@ def test_too_few_resamples_are_refused_and_unreachable_alpha_is_said():
     assert "no test can reach that level: use bootstrap >= 639" in evidence_problem(_report(ev, layers), "excess")
 
 
+def test_cli_and_demo_refuse_too_few_resamples_before_any_work(capsys):
+    from lightning_memloc.cli.parser import build_parser
+    from lightning_memloc.demo import main as demo
+
+    analyze = ["analyze", "--data", "d.npz", "--output-dir", "o", "--bootstrap"]
+    for argv, run in ((analyze + ["50"], lambda a: build_parser().parse_args(a)), (["--bootstrap", "50"], demo)):
+        with pytest.raises(SystemExit) as exit_info:
+            run(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "argument --bootstrap:" in err and ">= 200" in err and "got 50" in err
+    assert build_parser().parse_args(analyze + ["0"]).bootstrap == 0
+    assert build_parser().parse_args(analyze + ["200"]).bootstrap == 200
+
+
 # ------------------------------------------------------------------ item 6: bounds match tests
 def test_bounds_agree_with_the_verdict_and_intervals_are_labelled():
     layers = ["a", "b", "c"]
