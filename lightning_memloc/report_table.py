@@ -90,6 +90,8 @@ def _test_line(ev: "Evidence", test: str, claim: str, total: int, groups: Tuple[
     line = f"{claim} at {len(sig)} of {total} layers"
     if sig:
         return line + f": {', '.join(sig)}."
+    if (ev.meta.get("verdict") or {}).get("attainable") is False:
+        return line + f" — none could pass with bootstrap = {ev.meta.get('bootstrap')} (see the verdict){spread}."
     return line + f" — not distinguishable at n = {_sizes(ev, *groups)}{spread}; a smaller effect is not excluded."
 
 

@@ -184,8 +184,10 @@ def test_too_few_resamples_are_refused_and_unreachable_alpha_is_said():
     v = ev.meta["verdict"]
     assert v["family_size"] == 32 and v["attainable"] is False
     assert v["min_attainable_p_holm"] == pytest.approx(32 / 201) and v["needs_bootstrap"] == min_bootstrap_for(32, 0.05) == 639
-    assert "smallest attainable Holm p is 0.159 > 0.05, so no test could pass: use bootstrap >= 639" in \
-        _report(ev, layers).summary_table()
+    text = _report(ev, layers).summary_table()
+    assert "smallest attainable Holm p is 0.159 > 0.05, so no test could pass: use bootstrap >= 639" in text
+    assert "candidates > control at 0 of 8 layers — none could pass with bootstrap = 200 (see the verdict)" in text
+    assert "not distinguishable" not in text  # a test that cannot pass says nothing about the effect
     assert "no test can reach that level: use bootstrap >= 639" in evidence_problem(_report(ev, layers), "excess")
 
 
