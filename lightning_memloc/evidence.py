@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from lightning_memloc import layer_evidence, unit_evidence
+from lightning_memloc import evidence_free
 from lightning_memloc.functional.evidence import samples_for_halfwidth
 from lightning_memloc.functional.two_sample import permutation_lower_bound
 from lightning_memloc.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
@@ -48,6 +49,7 @@ INTERVALS = {
     "layer_mem, delta_layer_mem, excess, excess_unseen": "two-sided studentized bootstrap (bootstrap-t), per layer, "
                                                          "not adjusted for multiple tests: descriptive",
     "layer_mem_top, layer_mem_least": "two-sided percentile bootstrap re-ranking the candidates, per layer: descriptive",
+    "align_gap": "two-sided percentile bootstrap of the difference, per layer: descriptive",
     "unit_mem_mean, unit_mem_excess": "estimate ± z · bootstrap SD, per layer: descriptive",
     "<test>_lb": "one-sided lower bound from the test's permutation critical value at alpha / m (m: tests in the "
                  "verdict): above 0 exactly when the test passes at alpha / m, which implies its Holm p < alpha",
@@ -104,13 +106,18 @@ class Evidence:
             ``excess_unseen`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``unit_mem_seen``,
             ``unit_mem_unseen`` (mean UnitMem on equal-size samples of candidates and unseen
             images), ``unit_mem_excess`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``membership``,
-            ``membership_chance``, ``membership_p``, ``membership_p_holm``, ``membership_alive``.
+            ``membership_chance``, ``membership_p``, ``membership_p_holm``, ``membership_alive``;
+            with an unseen set and ``f``'s alignments (no reference needed): ``align_gap`` (+
+            ``_lo``/``_hi``, ``_p``, ``_p_holm``, ``_lb``), ``align_f_candidates``,
+            ``align_f_unseen``, ``align_auc`` (:mod:`lightning_memloc.evidence_free`).
             ``<test>_p_holm`` is Holm-adjusted over every test x layer of the verdict;
             ``<test>_lb`` is the matching one-sided lower bound (see :data:`INTERVALS`).
         group_sslmem: group (``"control"``, ``"unseen"``) -> layer -> per-image SSLMem on the
             candidates' scale.
         meta: options, group sizes, ``verdict`` (:func:`~lightning_memloc.verdict.overall_verdict`),
-            significant layers per test, which tests and intervals ran, warnings and the hint.
+            significant layers per test, which tests and intervals ran, warnings and the hint;
+            with ``align_gap``, ``align_membership`` (layer -> per-candidate membership score)
+            and ``align_scale``.
     """
 
     layers: Dict[str, Record]
@@ -125,7 +132,8 @@ class Evidence:
 
     def significant_layers(self, test: str = "excess") -> List[str]:
         """Layers where ``test`` (``"excess"``, ``"excess_unseen"``, ``"membership"``,
-        ``"unit_mem_excess"``) passes the verdict: Holm p over every test x layer below ``alpha``."""
+        ``"unit_mem_excess"``, ``"align_gap"``) passes the verdict: Holm p over every test x layer
+        below ``alpha``."""
         alpha = float(self.meta.get("alpha", 0.05))
         key = f"{test}_p_holm"
         return [layer for layer, rec in self.layers.items() if rec.get(key) is not None and rec[key] < alpha]
@@ -170,6 +178,8 @@ def compute_evidence(
     unseen_unit_means: Optional[Mapping[str, Tensor]] = None,
     options: Optional[EvidenceOptions] = None,
     negative: str = "clamp",
+    align: Optional[Mapping[str, Tensor]] = None,
+    unseen_align: Optional[Mapping[str, Tensor]] = None,
 ) -> Evidence:
     """Intervals, control comparisons, tests and the overall verdict of one measurement.
 
@@ -186,6 +196,9 @@ def compute_evidence(
         options: see :class:`EvidenceOptions`.
         negative: the negative-activation policy, applied to the candidates alone for their own
             UnitMem and once over candidates ∪ unseen for the comparisons (one shift for both).
+        align: layer -> ``(N,)`` the candidates' raw alignments under ``f`` (no reference needed).
+        unseen_align: layer -> ``(M,)`` the unseen images' raw alignments under ``f``; with
+            ``align``, the reference-free ``align_gap`` family (:mod:`lightning_memloc.evidence_free`).
 
     Returns:
         An :class:`Evidence`; ``meta["verdict"]`` holds the overall verdict.
@@ -219,8 +232,11 @@ def compute_evidence(
     if sslmem_raw is not None:
         layer_evidence.layer_mem_evidence(layers, cand, groups, top_k, opts, records, group_sslmem, nulls, meta)
     unit_evidence.unit_mem_evidence(layers, unit_means, unseen_unit_means, reduction, negative, opts, records, nulls)
+    if align is not None and unseen_align is not None:
+        evidence_free.reference_free_evidence(layers, align, unseen_align, records, meta, bootstrap=opts.bootstrap,
+                                              confidence=opts.confidence, seed=opts.seed, nulls=nulls)
     evidence = Evidence(layers=records, group_sslmem=group_sslmem, meta=meta)
-    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES}
+    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES, "align_gap": evidence_free.TEST_NAME}
     meta["tests"] = {test: tests[test] for test in VERDICT_TESTS if test in tests and evidence.has(f"{test}_p")}
     meta["intervals"] = dict(INTERVALS)
     finish_verdict(evidence, nulls)

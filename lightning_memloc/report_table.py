@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from lightning_memloc.evidence import Evidence
     from lightning_memloc.report import MemorizationReport
 
-__all__ = ["format_summary", "verdict_lines"]
+__all__ = ["align_verdict", "format_summary", "verdict_lines"]
 
 
 def _num(value: Optional[float], fmt: str = ".3f") -> str:
@@ -113,6 +113,8 @@ def verdict_lines(report: "MemorizationReport") -> List[str]:
                          "show no memorization by themselves: pass control= (images both encoders trained on).")
         if ev.has("excess_unseen_p"):
             lines.append(_test_line(ev, "excess_unseen", "LayerMem: candidates > unseen", total, ("unseen",), "excess_unseen"))
+    if ev.has("align_gap"):
+        lines.append(align_verdict(report))
     if ev.has("membership"):
         if ev.has("membership_p"):
             lines.append(_test_line(ev, "membership", "UnitMem: units' μmax image is a training image more often than "
@@ -149,6 +151,46 @@ def _verdict_line(ev: "Evidence") -> str:
     return line + "."
 
 
+def align_verdict(report: "MemorizationReport") -> str:
+    """The reference-free verdict in words: at how many layers ``f`` aligns its candidates' views
+    more tightly than the unseen images' (and, with a reference, whether C − unseen agrees)."""
+    ev = report.evidence
+    assert ev is not None
+    total = len(report.layers)
+    if not ev.has("align_gap_p"):
+        return "f alone (no reference): alignment gap measured without a test (bootstrap=0)."
+    sig = ev.significant_layers("align_gap")
+    line = _test_line(ev, "align_gap", "f alone (no reference): the candidates' views align more tightly than unseen "
+                      "images'", total, ("unseen",), "align_gap")
+    if sig and ev.has("excess_unseen_p"):
+        both = [layer for layer in sig if layer in ev.significant_layers("excess_unseen")]
+        line += f" With g, C − unseen is significant at {len(both)} of these."
+    return line + (" This holds only if candidates and unseen images come from one distribution." if sig else "")
+
+
+def _align_rows(report: "MemorizationReport", alpha: float, level: str) -> List[str]:
+    """The reference-free table: f's mean alignments, the gap with its interval and test, the AUC."""
+    ev = report.evidence
+    assert ev is not None
+    head = ["layer", "d_f(C)", "d_f(U)", "gap", level, "bound", "p (Holm)", "AUC"]
+    with_g = ev.has("excess_unseen")
+    if with_g:
+        head += ["C − unseen (g)", "p (Holm)"]
+    rows = [head]
+    for layer in report.layers:
+        rec = ev.layers[layer]
+        row = [layer, _num(rec.get("align_f_candidates")), _num(rec.get("align_f_unseen")), _num(rec.get("align_gap"), "+.3f"),
+               _ci(rec, "align_gap", "+.3f"), _bound(rec, "align_gap"), _p(rec.get("align_gap_p_holm"), alpha),
+               _num(rec.get("align_auc"), ".2f")]
+        if with_g:
+            row += [_num(rec.get("excess_unseen"), "+.3f"), _p(rec.get("excess_unseen_p_holm"), alpha)]
+        rows.append(row)
+    return (["Alignment under f alone, candidates C vs unseen images U (no reference needed)",
+             "d_f: mean distance between an image's views; gap: d_f(U) − d_f(C) on the range of d_f over C ∪ U; "
+             "AUC: share of (C, U) pairs where C is tighter (0.5: none)"]
+            + _table(rows, [False] + [True] * (len(head) - 1)) + [""])
+
+
 def format_summary(report: "MemorizationReport", threshold: float = 0.5) -> str:
     """The report's summary: tables of figures with intervals / controls / tests, then the verdict.
 
@@ -183,6 +225,8 @@ def format_summary(report: "MemorizationReport", threshold: float = 0.5) -> str:
             rows.append(row)
         out += ["LayerMem (normalised SSLMem; every group on the candidates' scale)"]
         out += _table(rows, [False, False] + [True] * (len(head) - 2)) + [""]
+    if ev.has("align_gap"):
+        out += _align_rows(report, alpha, level)
     head = ["layer", "UnitMem", level, f">{threshold:g}", "dead"]
     member = ev.has("membership")
     if member:
@@ -213,7 +257,7 @@ def _legend(ev: "Evidence", level: str) -> List[str]:
     m = (ev.meta.get("verdict") or {}).get("family_size", 0)
     alpha = float(ev.meta.get("alpha", 0.05))
     lines = [f"{level}: two-sided, per layer, not adjusted for multiple tests (descriptive: studentized bootstrap for "
-             "LayerMem and the excess, percentile for top-k, ± z·SD for UnitMem)."]
+             "LayerMem and the excess, percentile for top-k and the alignment gap, ± z·SD for UnitMem)."]
     if m:
         lines.append(f"bound: one-sided lower bound at {alpha:g}/{m}, > 0 exactly where its test passes at that level; "
                      f"p (Holm): adjusted over all {m} tests × layers; *: p < {alpha:g}.")

@@ -89,7 +89,7 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
         pool = policy_means(layer, torch.cat([mu[layer].detach().double().cpu(), raw_u]), negative)
         seen_pool, unseen_pool = pool[:n], pool[n:]
         size = min(n, raw_u.shape[0])
-        gen = torch.Generator().manual_seed(seed + 13 + li)
+        gen = torch.Generator().manual_seed((seed + 13 + li) & (2**63 - 1))  # seeds near 2**64 overflowed
         seen_s = seen_pool[torch.randperm(n, generator=gen)[:size]]
         unseen_s = unseen_pool[torch.randperm(raw_u.shape[0], generator=gen)[:size]]
         a = float(unitmem(seen_s, reduction=reduction, negative="clamp").mean())

@@ -55,7 +55,7 @@ def test_verdict_is_holm_over_every_test_and_layer():
         "memorization"] is False
     assert overall_verdict({"a": {"excess_p": 0.5}}, 0.05, 999)["memorization"] is False
     assert overall_verdict({"a": {"excess_p": None}}, 0.05, 999)["memorization"] is None
-    assert VERDICT_TESTS == ("excess", "excess_unseen", "membership", "unit_mem_excess")
+    assert VERDICT_TESTS == ("excess", "excess_unseen", "membership", "unit_mem_excess", "align_gap")
 
 
 @pytest.mark.slow
