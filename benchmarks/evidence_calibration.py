@@ -5,12 +5,13 @@ the coverage of the intervals by group size. Prints the markdown tables of docs/
     python benchmarks/evidence_calibration.py            # the documented run (about 10 CPU minutes)
     python benchmarks/evidence_calibration.py --quick    # a smoke test (seconds)
 
-Designs (each trial: 8 layers, 16 units per layer, ``bootstrap=1000``, through ``compute_evidence``):
+Designs (each trial: 8 layers, 16 units per layer, ``bootstrap=1000``, through ``compute_evidence``
+with every family: control, unseen, f's alignments for ``align_gap``; 8 x 5 = 40 tests):
 normal or lognormal values; equal groups (40 / 40 / 40) or 8:1 (80 candidates / 10 control /
 10 unseen); tied units (30 % of the units constant over every image); ``negative="shift"`` on
 activations that can be negative (60 seen / 20 unseen). In every design 5 % of the images,
 placed at random in any group, are atypical: their activations are 3x and their raw SSLMem is
-1 sd higher, so one image can win many units. Rates are per layer (8 independent layers a trial;
+1 sd higher (and f's alignment 0.1 higher), so one image can win many units. Rates are per layer (8 independent layers a trial;
 the SE is taken over trials, whose layers share permutations) and per trial for the verdict, with
 their Monte Carlo standard error.
 """
@@ -64,6 +65,7 @@ def _inputs(g: torch.Generator, kind: str, sizes: Tuple[int, int, int], ties: fl
     total = n_c + n_s + n_u
     atypical = (torch.rand(total, generator=g) < 0.05).double()  # any group, at random
     raw_all = {layer: 0.2 * i + _draw(g, (total,), kind) + atypical for i, layer in enumerate(LAYERS)}
+    align_all = {layer: 0.8 + 0.1 * (_draw(g, (total,), kind) + atypical) for layer in LAYERS}  # f's view alignments
     pool = n_c + n_u  # images with unit means: candidates and unseen
     mu_all = {}
     for layer in LAYERS:
@@ -76,6 +78,8 @@ def _inputs(g: torch.Generator, kind: str, sizes: Tuple[int, int, int], ties: fl
                 unseen_raw={k: v[n_c + n_s:] for k, v in raw_all.items()},
                 unit_means={k: v[:n_c] for k, v in mu_all.items()},
                 unseen_unit_means={k: v[n_c:] for k, v in mu_all.items()},
+                align={k: v[:n_c] for k, v in align_all.items()},
+                unseen_align={k: v[n_c + n_s:] for k, v in align_all.items()},
                 negative="shift" if signed else "clamp")
 
 
@@ -179,7 +183,7 @@ def coverage(reps: int, n_boot: int, sizes=(10, 20, 40, 80)) -> Tuple[List[List[
             cells.append(_rate(float(((lo <= 0) & (0 <= hi)).sum()), reps))
             rows.append([kind, str(n)] + cells)
     bound_rows = []
-    level = ALPHA / 32  # the verdict's 8 layers x 4 tests
+    level = ALPHA / 40  # the verdict's 8 layers x 5 tests
     for kind in ("normal", "lognormal"):
         for delta in (0.0, 0.5, 1.0):
             a, b = _draw(g, (reps, 80), kind) + delta, _draw(g, (reps, 10), kind)
@@ -223,7 +227,7 @@ def main() -> None:
     print(f"## false-positive rates at alpha = {ALPHA} (rate ± Monte Carlo SE; per layer, verdict per trial)\n")
     head = ["design", "bootstrap"] + [f"{t} (layer)" for t in VERDICT_TESTS] + ["verdict (Holm, all tests)", "old: OR of families"]
     rows = null_rates(trials, 1000, designs)
-    rows += null_rates(max(1, trials // 3), 200, designs[:1]) + null_rates(trials, 640, designs[:1])
+    rows += null_rates(max(1, trials // 3), 200, designs[:1]) + null_rates(trials, 800, designs[:1])
     print(_markdown(head, rows))
     print("\n## the excess test alone: Welch vs permutation tests (same data; vectorised)\n")
     print(_markdown(["null design", "Welch t", "permutation, plain difference", "studentized permutation (used)"],
@@ -232,7 +236,7 @@ def main() -> None:
     print("\n## coverage of 95 % intervals by n\n")
     print(_markdown(["values", "n", "mean: percentile", "mean: BCa", "mean: bootstrap-t (used)",
                      "difference 8n vs n: bootstrap-t (used)"], cover))
-    print(f"\n## the excess bound at alpha/32: rate of bound > true excess (80 vs 10; nominal {ALPHA / 32:.4f})\n")
+    print(f"\n## the excess bound at alpha/40: rate of bound > true excess (80 vs 10; nominal {ALPHA / 40:.4f})\n")
     print(_markdown(["values", "true excess (sd)", "bound above the truth", "nominal"], bounds))
     print("\n## mean UnitMem interval (estimate ± 1.96 bootstrap SD), coverage by n\n")
     print(_markdown(["n", "coverage"], unitmem_coverage(reps // 4, 500 if not args.quick else 200)))

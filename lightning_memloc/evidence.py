@@ -154,12 +154,7 @@ class Evidence:
                   for layer, rec in dict(data["layers"]).items()}
         groups = {str(g): {str(layer): [float(x) for x in values] for layer, values in per.items()}
                   for g, per in dict(data.get("group_sslmem") or {}).items()}
-        evidence = cls(layers=layers, group_sslmem=groups, meta=dict(data.get("meta") or {}))
-        if "verdict" not in evidence.meta:  # written before the overall verdict: Holm again, over every test
-            finish_verdict(evidence)
-            evidence.meta["verdict"]["note"] = ("recomputed on load over the stored p-values (a report written before "
-                                                "the overall verdict; its excess p-values are Welch's)")
-        return evidence
+        return cls(layers=layers, group_sslmem=groups, meta=dict(data.get("meta") or {}))
 
 
 def _finite_or_none(value: Optional[float]) -> Optional[float]:

@@ -137,6 +137,9 @@ def verdict_lines(report: "MemorizationReport") -> List[str]:
 def _verdict_line(ev: "Evidence") -> str:
     verdict = ev.meta.get("verdict") or {}
     m, alpha = verdict.get("family_size", 0), float(ev.meta.get("alpha", 0.05))
+    if "verdict" not in ev.meta and any(k.endswith("_p_holm") for rec in ev.layers.values() for k in rec):
+        return ("verdict: not recorded (a report saved before the overall verdict): its p-values below are Holm-corrected "
+                "per test across layers only, so together they overstate the evidence; measure again for one verdict.")
     if not m:
         return "verdict: no test was run (bootstrap=0 or no control / unseen set): memorization is neither shown nor excluded."
     how = f"Holm over {m} tests (every test × layer), family-wise error ≤ {alpha:g}"

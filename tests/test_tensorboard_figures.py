@@ -230,7 +230,8 @@ def test_monitor_logs_sections_figures_and_the_warmup(tmp_path):
             quantity = section[len("memloc."):]
             assert sorted(members) == sorted(tags.scalar_tag(quantity, layer) for layer in layers), section
     assert {"memloc.excess", "memloc.excess_p_holm", "memloc.membership", "memloc.unit_mem_mean"} <= set(sections)
-    assert len(sections["memloc"]) == len(monitor.report.evidence.meta["significant"])  # the significant-layer counts
+    # the significant-layer counts and the overall verdict
+    assert len(sections["memloc"]) == len(monitor.report.evidence.meta["significant"]) + 1
     # the figures, at every measured step; the last ones are the final report's and the whole history's
     for name in tags.FIGURE_NAMES:
         assert [e.step for e in acc.Images(f"memloc/{name}")] == steps
