@@ -63,7 +63,7 @@ class EvidenceOptions:
     Attributes:
         bootstrap: bootstrap resamples (and permutations) per interval / test: 0 (intervals and
             tests off) or at least :data:`MIN_BOOTSTRAP`. The verdict needs
-            ``bootstrap + 1 >= m / alpha`` for ``m`` tests (8 layers x 4 tests: 639).
+            ``bootstrap + 1 >= m / alpha`` for ``m`` tests (8 layers x 5 tests: 799).
         confidence: coverage of the two-sided intervals.
         alpha: family-wise error rate of the verdict (Holm over every test x layer).
         seed: seed of every resampling (results are reproducible).
