@@ -249,15 +249,16 @@ def measure(
         control: images **both** encoders trained on (e.g. drawn from the shared part with
             :func:`~lightning_memloc.data.split_candidates` ``control=``): the null of LayerMem.
             The report's evidence gives the candidates' *excess* over the control per layer
-            with its interval and a one-sided Welch test (Holm-corrected). Needs ``reference``.
+            with its interval and a one-sided permutation test (in the overall verdict). Needs ``reference``.
         unseen: images the encoder never trained on (a test split, or the reference's
             independent part when co-training): UnitMem of candidates vs unseen images and the
             argmax membership test (are units' μmax images training images more often than
             chance?), LayerMem candidates vs unseen, and, **with or without a reference**, the
             alignment gap under ``f`` alone per layer (``align_gap``: interval, one-sided
-            Holm-corrected test, per-candidate membership scores; :mod:`lightning_memloc.evidence_free`).
-            Unseen images must come from the candidates' distribution.
-        bootstrap: resamples for the intervals and permutations for the tests (0: none).
+            permutation test in the overall verdict, per-candidate membership scores;
+            :mod:`lightning_memloc.evidence_free`). Unseen images must come from the candidates'
+            distribution.
+        bootstrap: resamples for the intervals and permutations for the tests (0: none; otherwise >= 200).
         confidence: coverage of the intervals.
         alpha: significance level of the Holm-corrected tests (verdicts in the summary).
         reference_cache: a :class:`~lightning_memloc.ReferenceCache` shared by several calls

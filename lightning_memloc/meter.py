@@ -275,21 +275,22 @@ class MemorizationMeter(nn.Module):
             else:
                 meter.update(**sub)
 
-    def unit_means(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy, synced
-        across processes (collective under DDP: call on every rank)."""
+    def unit_means(self, raw: bool = False) -> Dict[str, Tensor]:
+        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy (before it
+        with ``raw``), synced across processes (collective under DDP: call on every rank)."""
         out = {}
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):
                 try:
-                    out[name] = self._policy_means(metric)
+                    out[name] = self._policy_means(metric, raw)
                 except ValueError as err:  # negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
         return out
 
-    def _policy_means(self, metric: UnitMem) -> Tensor:
+    def _policy_means(self, metric: UnitMem, raw: bool = False) -> Tensor:
         _, mu = metric.mean_activations()
-        return apply_negative_policy(mu.detach().double(), self.negative).cpu()
+        mu = mu.detach().double()
+        return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
@@ -335,7 +336,7 @@ class MemorizationMeter(nn.Module):
             with synced_states(metric):  # one sync per metric (states summed in place, restored after)
                 try:
                     if evidence is not None:  # before compute(), which restores the local states when it ends
-                        means[name] = self._policy_means(metric)
+                        means[name] = self._policy_means(metric, raw=True)  # the evidence applies the policy
                     out = metric.compute()
                 except ValueError as err:  # e.g. negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
@@ -366,8 +367,10 @@ class MemorizationMeter(nn.Module):
         report_evidence = None
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
-            try:
-                unseen_means = unseen.unit_means() if unseen is not None else None
+            try:  # raw means (the evidence shifts candidates and unseen images together); checked first
+                unseen_means = unseen.unit_means(raw=True) if unseen is not None else None
+                if unseen is not None and self.negative == "error":
+                    unseen.unit_means()
             except ValueError as err:
                 raise type(err)(f"the `unseen` images, {err}") from err
             control = self.groups["control"] if "control" in self.group_sizes else None
@@ -380,8 +383,8 @@ class MemorizationMeter(nn.Module):
                 list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
-                unseen_raw=unseen_raw, unseen_unit_means=unseen_means,
-                options=evidence, **({"align": align, "unseen_align": unseen_align} if aligned else {}))
+                unseen_raw=unseen_raw, unseen_unit_means=unseen_means, options=evidence, negative=self.negative,
+                **({"align": align, "unseen_align": unseen_align} if aligned else {}))
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),

@@ -59,7 +59,7 @@ class MeasureOptions:
         top_k: size of LayerMem's top-k / least-k candidate groups (≥ 1).
         num_workers: DataLoader workers generating views (≥ 0).
         progress: show a progress bar during the pass.
-        bootstrap: resamples for the intervals and permutations for the tests (0: none).
+        bootstrap: resamples for the intervals and permutations for the tests (0: none; otherwise >= 200).
         confidence: coverage of the intervals, in (0, 1).
         alpha: significance level of the Holm-corrected tests, in (0, 1).
         autocast: ``None`` (float32 forwards), ``"bf16"`` or ``"fp16"``: run the forwards of ``f``

@@ -21,8 +21,8 @@ from helpers import load_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--shared", "40", "--candidates", "10", "--independent", "10", "--control", "10", "--width", "4",
-        "--batch-size", "16", "--views", "2", "--top-k", "2", "--measure-batch", "16", "--bootstrap", "20",
-        "--monitor-bootstrap", "10", "--probe-train", "30", "--ft-samples", "20", "--ft-epochs", "1",
+        "--batch-size", "16", "--views", "2", "--top-k", "2", "--measure-batch", "16", "--bootstrap", "200",
+        "--monitor-bootstrap", "200", "--probe-train", "30", "--ft-samples", "20", "--ft-epochs", "1",
         "--ft-batch", "8", "--device", "cpu", "--monitor-points", "2"]
 
 

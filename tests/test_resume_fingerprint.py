@@ -60,7 +60,7 @@ def _alternatives(tmp_path):
         "threshold": (0.7, "threshold"),
         "control": (torch.rand(4, 3, 8, 8), "groups"),
         "unseen": (torch.rand(4, 3, 8, 8), "groups"),
-        "bootstrap": (10, "evidence"),
+        "bootstrap": (200, "evidence"),
         "confidence": (0.9, "evidence"),
         "alpha": (0.01, "evidence"),
         "autocast": ("bf16", "autocast"),

@@ -98,7 +98,7 @@ class MemorizationMonitor(Callback):
             training starts (``None``: 25 % of the device memory, warning only).
         control: images **both** encoders trained on (needs ``reference``): the null of
             LayerMem; reports, logs and plots give the candidates' excess over it with its
-            interval and a Holm-corrected one-sided Welch p-value.
+            interval and a one-sided permutation p-value, Holm-corrected in the overall verdict.
         unseen: images the encoder never trained on (the reference's independent part when
             co-training, or a test split): UnitMem seen vs unseen, the argmax membership test and,
             with no reference needed, the alignment gap under ``f`` (``memloc/align_gap/...``).

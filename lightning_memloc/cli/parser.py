@@ -53,6 +53,16 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**64), got {text!r}") from None
 
 
+def _bootstrap(text: str) -> int:
+    """0 (no intervals or tests) or at least ``MIN_BOOTSTRAP`` resamples (``EvidenceOptions``)."""
+    from lightning_memloc.evidence import MIN_BOOTSTRAP
+
+    value = nonnegative_int(text)
+    if 0 < value < MIN_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"expected 0 (no intervals or tests) or an integer >= {MIN_BOOTSTRAP}, got {value}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -141,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--negative", choices=NEGATIVE_POLICIES, default="clamp",
                    help="policy for negative activations (GELU, attention outputs; docs/definitions.md)")
     s.add_argument("--top-k", type=positive_int, default=50, help="size of the top-k / least-k LayerMem groups")
-    s.add_argument("--bootstrap", type=nonnegative_int, default=1000, help="bootstrap resamples / permutations (0: no intervals)")
+    s.add_argument("--bootstrap", type=_bootstrap, default=1000,
+                   help="bootstrap resamples / permutations (0: no intervals or tests; else >= 200)")
     s.add_argument("--confidence", type=_probability, default=0.95, help="coverage of the intervals")
     s.add_argument("--alpha", type=_probability, default=0.05, help="significance level of the Holm-corrected tests")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
