@@ -19,6 +19,7 @@ from lightning_memloc.distributed import reduce_states_in_place, synced_states  
 from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
+from lightning_memloc.metrics.view_stats import ViewMoments
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
@@ -187,6 +188,7 @@ class MemorizationMeter(nn.Module):
             for name, size in self.group_sizes.items()
         })
         self.reduction, self.negative, self.top_k = reduction, negative, top_k
+        self.view_moments: Optional[ViewMoments] = None  # built at the first update_views (C known then)
 
     @property
     def device(self) -> torch.device:
@@ -209,6 +211,17 @@ class MemorizationMeter(nn.Module):
         """
         update = self._route if self.group_sizes else self._update_own
         update(index, unit_means, align_encoder, align_reference, labels)
+
+    def update_views(self, index: Tensor, views: Tensor) -> None:
+        """Add a batch's views (B, K, C, H, W) at pooled positions ``index`` to the per-channel view
+        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (feature views: none)."""
+        if views.ndim != 5:
+            return
+        if self.view_moments is None:
+            rows = self.num_candidates + sum(self.group_sizes.values())
+            self.view_moments = ViewMoments(rows, views.shape[2], dist_sync_fn=reduce_states_in_place,
+                                            sync_on_compute=False).to(self.device)
+        self.view_moments.update(views, index.to(self.device))
 
     def _update_own(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                     align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
@@ -277,7 +290,8 @@ class MemorizationMeter(nn.Module):
 
         Args:
             candidate_ids: (N,) user-facing ids of the candidates, by position.
-            meta: settings recorded in the report.
+            meta: settings recorded in the report (with ``"view_stats"``, the per-channel ``mean`` /
+                ``std`` of every view of the pass, when :meth:`update_views` saw image views).
         """
         ids = candidate_ids.detach().cpu().long()
         unit_mem: Dict[str, Tensor] = {}
@@ -326,6 +340,10 @@ class MemorizationMeter(nn.Module):
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
                 unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,
                 unseen_unit_means=unseen.unit_means() if unseen is not None else None, options=evidence)
+        meta = dict(meta or {})
+        if self.view_moments is not None:
+            with synced_states(self.view_moments):
+                meta["view_stats"] = self.view_moments.compute().as_meta()
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),
@@ -335,7 +353,7 @@ class MemorizationMeter(nn.Module):
             unit_argmax=unit_argmax,
             dead_units=dead,
             class_mem=class_mem,
-            meta=dict(meta or {}),
+            meta=meta,
             **kwargs,
         )
 
