@@ -309,7 +309,8 @@ def measure(
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
-                              state_dtype=state_dtype, groups=sizes, **options.meter_kwargs()).to(device)
+                              state_dtype=state_dtype, groups=sizes, view_shape=view_set.view_shape,
+                              **options.meter_kwargs()).to(device)
     run_pass(encoder, reference, pool, specs, meter, progress=options.progress,
              epoch=(meta or {}).get("epoch"), reference_cache=reference_cache, **options.pass_kwargs())
     return meter.compute_report(ids, settings, evidence=options.evidence)

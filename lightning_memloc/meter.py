@@ -139,6 +139,9 @@ class MemorizationMeter(nn.Module):
             :func:`lightning_memloc.functional.apply_negative_policy`.
         top_k: size of the top-k / least-k candidate groups for LayerMem.
         state_dtype: dtype of the accumulated states.
+        groups: sizes of the extra image groups (control, unseen) measured in the same pass.
+        view_shape: (C, H, W) of the views: per-channel view statistics are kept for
+            ``meta["view_stats"]`` (:meth:`update_views`); ``None`` or feature views: none.
 
     Example:
         >>> import torch
@@ -163,6 +166,7 @@ class MemorizationMeter(nn.Module):
         top_k: int = 50,
         state_dtype: torch.dtype = torch.float32,
         groups: Optional[Mapping[str, int]] = None,
+        view_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.layers = list(layers)
@@ -188,7 +192,9 @@ class MemorizationMeter(nn.Module):
             for name, size in self.group_sizes.items()
         })
         self.reduction, self.negative, self.top_k = reduction, negative, top_k
-        self.view_moments: Optional[ViewMoments] = None  # built at the first update_views (C known then)
+        self.view_moments = None if view_shape is None or len(view_shape) != 3 else ViewMoments(
+            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), dist_sync_fn=reduce_states_in_place,
+            sync_on_compute=False)
 
     @property
     def device(self) -> torch.device:
@@ -214,14 +220,9 @@ class MemorizationMeter(nn.Module):
 
     def update_views(self, index: Tensor, views: Tensor) -> None:
         """Add a batch's views (B, K, C, H, W) at pooled positions ``index`` to the per-channel view
-        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (feature views: none)."""
-        if views.ndim != 5:
-            return
-        if self.view_moments is None:
-            rows = self.num_candidates + sum(self.group_sizes.values())
-            self.view_moments = ViewMoments(rows, views.shape[2], dist_sync_fn=reduce_states_in_place,
-                                            sync_on_compute=False).to(self.device)
-        self.view_moments.update(views, index.to(self.device))
+        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (a no-op without ``view_shape``)."""
+        if self.view_moments is not None:
+            self.view_moments.update(views, index.to(self.device))
 
     def _update_own(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                     align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:

@@ -38,7 +38,7 @@ __all__ = ["SCALE_TOLERANCE", "SHIFT_TOLERANCE", "ViewStatistics", "candidate_mo
 #: Largest std ratio (the larger over the smaller, per channel) taken as the same pipeline.
 SCALE_TOLERANCE = 1.5
 #: Largest mean difference, in units of the larger std (per channel), taken as the same pipeline.
-SHIFT_TOLERANCE = 0.5
+SHIFT_TOLERANCE = 1.0
 
 
 class ViewStatistics(NamedTuple):

@@ -344,7 +344,7 @@ class MemorizationMonitor(Callback):
         if self._specs is None:
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
-                                  labels=self.views.has_labels, groups=self.group_sizes,
+                                  labels=self.views.has_labels, groups=self.group_sizes, view_shape=self.views.view_shape,
                                   **self.options.meter_kwargs()).to(device)
         sampler = None
         if trainer.world_size > 1:
