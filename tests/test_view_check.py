@@ -326,6 +326,30 @@ def test_check_views_off_never_hooks_the_encoder():
         _monitor(check_views="raise")
 
 
+def test_an_encoder_not_trained_in_the_first_batches_is_not_compared_and_the_log_says_so(caplog):
+    """A frozen backbone (called under no_grad) gives the check nothing to compare: no warning, one info line."""
+    import logging
+
+    class Frozen(LightlySimCLR):
+        def training_step(self, batch, batch_idx):
+            (first, _), _ = batch
+            with torch.no_grad():
+                features = self.model.backbone(first.float())
+            return self.model.projection_head(features.flatten(1)).square().mean()
+
+    monitor = _monitor()
+    images = _images()
+    loader = DataLoader(TensorImageDataset(images[8:], transform=lightly_transforms.SimCLRTransform(input_size=S)),
+                        batch_size=8)
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pl.Trainer(max_epochs=1, callbacks=[monitor], logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(Frozen(), loader)
+    assert not [w for w in caught if MISMATCH in str(w.message)] and monitor.view_check.training is None
+    assert "the encoder received no float image batches with 3 channel(s) in training mode" in caplog.text
+
+
 def test_the_resume_fingerprint_covers_normalize():
     from lightning_memloc.callbacks.monitor_checks import check_same_fingerprint, fingerprint
 

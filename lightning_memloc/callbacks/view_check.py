@@ -72,6 +72,7 @@ class TrainingInputs:
 
     @property
     def attached(self) -> bool:
+        """Whether the hook is on a module."""
         return self._handle is not None
 
     def _record(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
@@ -99,10 +100,16 @@ class TrainingInputs:
 
 
 class ViewCheck:
-    """One ``fit``'s comparison of a monitor's views with the encoder's training inputs.
+    """One ``fit``'s comparison of a monitor's views with the encoder's training inputs (``monitor.view_check``).
 
     Args:
         mode: ``"warn"``, ``"error"`` or ``"off"``.
+
+    Attributes:
+        batches: training batches seen by the hook in this fit.
+        training: the statistics of the encoder's inputs in those batches, all ranks (``None``
+            until compared, or when there were none).
+        views: the statistics of the monitor's views (first 64 candidates), once compared.
     """
 
     def __init__(self, mode: str = "warn") -> None:
@@ -115,7 +122,7 @@ class ViewCheck:
     def start(self, encoder: nn.Module, view_shape: Tuple[int, ...]) -> None:
         """At the start of training: hook ``encoder`` (image views only; nothing when ``mode="off"``)."""
         self.stop()
-        self.batches = 0
+        self.batches, self.views, self.training = 0, None, None
         if self.mode != "off" and len(view_shape) == 3:
             self.inputs = TrainingInputs(view_shape[0]).attach(encoder)
 
@@ -126,6 +133,7 @@ class ViewCheck:
 
     @property
     def pending(self) -> bool:
+        """Whether the hook records and the comparison is still to come."""
         return self.inputs is not None and self.inputs.attached
 
     def step(self, trainer: Any, pl_module: Any, monitor: Any) -> None:
