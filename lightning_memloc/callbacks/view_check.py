@@ -8,7 +8,7 @@ forward pre-hook on the encoder sums the per-channel values of its inputs (train
 gradients: the monitor's own passes run in eval mode without them); the hook is then removed,
 the sums are added over the DDP ranks, and their statistics are compared with those of the views
 of the first 64 candidates (:func:`~lightning_memloc.view_stats.mismatch`: std ratio over 1.5 or
-mean shift over 0.5 std in some channel). A mismatch warns once (rank 0) with both figures and
+mean shift over 1.0 std in some channel). A mismatch warns once (rank 0) with both figures and
 the fix, or raises with ``check_views="error"``, on every rank alike.
 """
 
