@@ -20,6 +20,7 @@ from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem, ViewAlignment
 from lightning_memloc.metrics.alignment import mean_alignment
+from lightning_memloc.metrics.view_stats import ViewMoments
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
@@ -148,6 +149,8 @@ class MemorizationMeter(nn.Module):
         alignment: keep the encoder's own view alignments of the candidates and the unseen images
             (the reference-free evidence, :mod:`lightning_memloc.evidence_free`); a reference's
             LayerMem holds them already. The pass then computes them (:attr:`needs_alignment`).
+        view_shape: (C, H, W) of the views: per-channel view statistics are kept for
+            ``meta["view_stats"]`` (:meth:`update_views`); ``None`` or feature views: none.
 
     Example:
         >>> import torch
@@ -173,6 +176,7 @@ class MemorizationMeter(nn.Module):
         state_dtype: torch.dtype = torch.float32,
         groups: Optional[Mapping[str, int]] = None,
         alignment: bool = False,
+        view_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.layers = list(layers)
@@ -203,6 +207,9 @@ class MemorizationMeter(nn.Module):
             for name, size in self.group_sizes.items()
         })
         self.reduction, self.negative, self.top_k = reduction, negative, top_k
+        self.view_moments = None if view_shape is None or len(view_shape) != 3 else ViewMoments(
+            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), dist_sync_fn=reduce_states_in_place,
+            sync_on_compute=False)
 
     @property
     def device(self) -> torch.device:
@@ -230,6 +237,12 @@ class MemorizationMeter(nn.Module):
         """
         update = self._route if self.group_sizes else self._update_own
         update(index, unit_means, align_encoder, align_reference, labels)
+
+    def update_views(self, index: Tensor, views: Tensor) -> None:
+        """Add a batch's views (B, K, C, H, W) at pooled positions ``index`` to the per-channel view
+        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (a no-op without ``view_shape``)."""
+        if self.view_moments is not None:
+            self.view_moments.update(views, index.to(self.device))
 
     def _update_own(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                     align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
@@ -323,7 +336,8 @@ class MemorizationMeter(nn.Module):
 
         Args:
             candidate_ids: (N,) user-facing ids of the candidates, by position.
-            meta: settings recorded in the report.
+            meta: settings recorded in the report (with ``"view_stats"``, the per-channel ``mean`` /
+                ``std`` of every view of the pass, when :meth:`update_views` saw image views).
         """
         ids = candidate_ids.detach().cpu().long()
         align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
@@ -385,6 +399,10 @@ class MemorizationMeter(nn.Module):
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
                 unseen_raw=unseen_raw, unseen_unit_means=unseen_means, options=evidence, negative=self.negative,
                 **({"align": align, "unseen_align": unseen_align} if aligned else {}))
+        meta = dict(meta or {})
+        if self.view_moments is not None:
+            with synced_states(self.view_moments):
+                meta["view_stats"] = self.view_moments.compute().as_meta()
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),
@@ -394,7 +412,7 @@ class MemorizationMeter(nn.Module):
             unit_argmax=unit_argmax,
             dead_units=dead,
             class_mem=class_mem,
-            meta=dict(meta or {}),
+            meta=meta,
             **kwargs,
         )
 

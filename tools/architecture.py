@@ -42,7 +42,7 @@ END = "<!-- end generated -->"
 GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("Package", ("",)),
     ("Inputs and views", ("data", "data.*", "candidates", "datamodule", "canaries", "seeding", "augment", "views",
-                          "views.*")),
+                          "views.*", "normalization", "view_stats")),
     ("Encoders and training", ("models", "models.*", "ssl", "cotrain", "lightning", "user_models", "loading",
                                "pruned")),
     ("Taps", ("taps", "taps.*", "vit", "probe", "fidelity")),

@@ -28,6 +28,7 @@ from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.naming import check_name
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
+from lightning_memloc.callbacks.view_check import ViewCheck
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
@@ -123,6 +124,9 @@ class MemorizationMonitor(Callback):
         size: resize the images of a candidates path to ``size`` × ``size``.
         indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
             or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
+        normalize: per-channel normalisation of the views (see :func:`~lightning_memloc.measure`).
+        check_views: ``"warn"`` (once), ``"error"`` or ``"off"`` when the views' per-channel mean / std differ
+            from those of the first training batches (:mod:`~lightning_memloc.callbacks.view_check`).
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -172,6 +176,8 @@ class MemorizationMonitor(Callback):
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
         indices: IndexSpec = None,
+        normalize: Any = None,
+        check_views: str = "warn",
     ) -> None:
         super().__init__()
         every_n_epochs, every_n_train_steps = check_schedule(  # NumPy integers accepted
@@ -189,7 +195,7 @@ class MemorizationMonitor(Callback):
         self.options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                                       negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
                                       bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
-                                      with_reference=reference is not None)
+                                      normalize=normalize, with_reference=reference is not None)
         candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
         control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
         unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
@@ -221,7 +227,7 @@ class MemorizationMonitor(Callback):
         self.encoder_id: Optional[str] = None  # which encoder and reference are measured (setup): fingerprint
         self.reference_id: Optional[str] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
-        self.layer_runs = bool(layer_runs)
+        self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
 
     batch_size, pairing, reduction = option_property("batch_size"), option_property("pairing"), option_property("reduction")
@@ -317,8 +323,10 @@ class MemorizationMonitor(Callback):
                     self._measure(trainer, pl_module, epoch=-1)
             else:
                 self._measure(trainer, pl_module, epoch=-1)
+        self.view_check.start(self.encoder(pl_module), self.views.view_shape)  # after the monitor's own forwards
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.view_check.step(trainer, pl_module, self)  # before a measurement of this step
         if step_due(self.every_n_train_steps, trainer.global_step, self.history):
             self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
@@ -346,7 +354,7 @@ class MemorizationMonitor(Callback):
         if self._specs is None:
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
-                                  labels=self.views.has_labels, groups=self.group_sizes,
+                                  labels=self.views.has_labels, groups=self.group_sizes, view_shape=self.views.view_shape,
                                   alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing),
                                   **self.options.meter_kwargs()).to(device)
         sampler = None
@@ -397,9 +405,11 @@ class MemorizationMonitor(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)
         self._loggers.close()
+        self.view_check.stop()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         guard.release_output_dir(self)
+        self.view_check.stop()
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         guard.check_same_fingerprint(state_dict.get("fingerprint"), guard.fingerprint(self), "the checkpoint's monitor state")
