@@ -1,11 +1,8 @@
 """``MemorizationMeter``: the streaming metric states of one measurement pass.
 
-One meter holds, for every tapped layer, a :class:`~lightning_memloc.metrics.UnitMem` (and a
-:class:`~lightning_memloc.metrics.ClassMem` when labels are known) and, with a reference encoder,
-one multi-layer :class:`~lightning_memloc.metrics.LayerMem`. States are indexed by candidate id
-and reduced with ``sum`` across processes, so sharded (DDP) passes give the single-process
-answer; nothing larger than O(N·U) per layer is kept (Wang et al., *Localizing Memorization in
-SSL Vision Encoders*, NeurIPS 2024).
+Per tapped layer a :class:`~lightning_memloc.metrics.UnitMem` (or ``ClassMem`` with labels) and,
+with a reference, one multi-layer ``LayerMem``; states are indexed by candidate id and reduced with
+``sum`` across processes (DDP equals one process), O(N·U) per layer at most.
 """
 
 from __future__ import annotations
@@ -25,10 +22,8 @@ from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 
-#: The report field of every ``compute()`` key of the meter's metrics (one name per concept).
-#: A metric's keys are relative to the metric, as in torchmetrics: ``UnitMem``'s ``"argmax"`` is
-#: a candidate id, ``ClassMem``'s ``"argmax"`` a class; a report's fields are absolute
-#: (``unit_argmax``, ``dead_units``). Keys missing here are listed in :data:`METRIC_ONLY_KEYS`.
+#: The report field of every ``compute()`` key of the meter's metrics: a metric's keys are relative
+#: (``UnitMem``'s ``"argmax"`` is a candidate id), a report's absolute (``unit_argmax``, ``dead_units``).
 REPORT_FIELDS: Dict[str, Dict[str, str]] = {
     "UnitMem": {"unit_mem": "unit_mem", "argmax": "unit_argmax", "dead": "dead_units"},
     "ClassMem": {"class_mem": "class_mem", "unit_mem": "unit_mem", "unit_argmax": "unit_argmax", "dead": "dead_units"},
@@ -110,11 +105,8 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
         device: where the states live.
         num_candidates: candidates named in the message (default ``num_rows``).
 
-    Returns:
-        A note to log when the states take over a quarter of the GPU's memory without a limit, else ``None``.
-
-    Raises:
-        MemoryError: the states need more than ``limit``; the message names ``memory_limit`` and the fixes.
+    Returns a note to log when the states take over a quarter of a GPU without a limit, else ``None``;
+    raises ``MemoryError`` (naming ``memory_limit`` and the fixes) when they need more than ``limit``.
     """
     need = state_bytes(num_rows, num_units, reference=reference, labels=labels, alignment=alignment)
     if limit is not None and need > limit:
@@ -213,8 +205,7 @@ class MemorizationMeter(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Device of the metric states (moved with ``.to``; torchmetrics states are not buffers, so
-        ``meter.buffers()`` is empty and cannot tell)."""
+        """Device of the metric states (torchmetrics states are not buffers: ``buffers()`` cannot tell)."""
         return self.units[0].device
 
     @property
@@ -310,13 +301,11 @@ class MemorizationMeter(nn.Module):
         return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
 
     def encoder_alignment(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP);
-        needs a reference or ``alignment=True``."""
+        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP)."""
         return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
 
     def alignments(self, *, sslmem: bool, encoder: bool) -> Tuple[Optional[Dict[str, Tensor]], Optional[Dict[str, Tensor]]]:
-        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` (``None`` where not asked),
-        from one sync of the states holding them (collective under DDP)."""
+        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` or ``None``, from one sync (collective)."""
         if not (sslmem or encoder):
             return None, None
         if sslmem and self.layer_mem is None:

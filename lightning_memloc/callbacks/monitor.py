@@ -1,12 +1,8 @@
 """``MemorizationMonitor``: UnitMem and LayerMem of a held-out candidate set while an SSL encoder trains.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure where an
-encoder memorizes: UnitMem per unit, LayerMem / ΔLayerMem per layer (SSLMem against a reference
-encoder that never saw the candidates). This callback runs that measurement (the same
-:func:`~lightning_memloc.measure.run_pass` that :func:`~lightning_memloc.measure` uses) every N
-epochs, logs it to every attached logger (TensorBoard gets histograms, image grids and a
-custom-scalars layout too), keeps a per-epoch history that survives checkpoint/resume, and
-shards the candidates across DDP ranks with results identical to a single process.
+Runs :func:`~lightning_memloc.measure.run_pass` (as :func:`~lightning_memloc.measure` does) every N
+epochs or steps, logs it, keeps a history that survives checkpoint/resume, and shards the candidates
+across DDP ranks with single-process results.
 """
 
 from __future__ import annotations
@@ -230,10 +226,8 @@ class MemorizationMonitor(Callback):
         self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
 
-    batch_size, pairing, reduction = option_property("batch_size"), option_property("pairing"), option_property("reduction")
-    negative, top_k = option_property("negative"), option_property("top_k")
-    num_workers, progress = option_property("num_workers"), option_property("progress")
-    autocast = option_property("autocast")
+    batch_size, pairing, reduction, negative = (option_property(k) for k in ("batch_size", "pairing", "reduction", "negative"))
+    top_k, num_workers, progress, autocast = (option_property(k) for k in ("top_k", "num_workers", "progress", "autocast"))
 
     @property
     def evidence_options(self) -> EvidenceOptions:
@@ -247,8 +241,7 @@ class MemorizationMonitor(Callback):
 
     @property
     def candidates_digest(self) -> str:
-        """A digest of the candidate set (part of the resume fingerprint,
-        :func:`~lightning_memloc.callbacks.monitor_checks.fingerprint`; computed once)."""
+        """A digest of the candidate set (part of the resume fingerprint; computed once)."""
         if self._candidates_digest is None:
             self._candidates_digest = guard.candidates_digest(self.views)
         return self._candidates_digest
@@ -258,7 +251,6 @@ class MemorizationMonitor(Callback):
         """The measured layers, resolved (``None`` until ``setup`` or the first measurement)."""
         return None if not self._specs else [spec.name for spec in self._specs]
 
-    # ----------------------------------------------------------------- set-up
     @property
     def state_key(self) -> str:
         extra = {k: v for k, v in (("name", self.name), ("every_n_train_steps", self.every_n_train_steps)) if v}
