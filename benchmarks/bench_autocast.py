@@ -44,12 +44,12 @@ for path in (REPO, REPO / "benchmarks"):
 
 from bench_measure import build_model, load_images  # noqa: E402
 from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure  # noqa: E402
-from lightning_memloc.precision import AUTOCASTS, check_autocast  # noqa: E402
+from lightning_memloc.reductions.precision import AUTOCASTS, check_autocast  # noqa: E402
 
 
 def train_pair(images: Tensor, n: int, width: int, steps: int, batch: int, seed: int) -> Tuple[nn.Module, nn.Module]:
     """A ResNet9 ``f`` trained on shared ∪ candidates (the first ``n`` images) and ``g`` on shared ∪ independent."""
-    from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.models.ssl import SimCLR
 
     size = images.shape[-1]
     rest = len(images) - n

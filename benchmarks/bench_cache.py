@@ -3,7 +3,7 @@
 One run, one process, the same seeded views (made per pass, as the monitor does), repeats
 interleaved (uncached, cached, f only) so that load from other jobs hits all alike:
 
-- ``f + g``: today's pass, :func:`~lightning_memloc.measure.run_pass` with the reference run;
+- ``f + g``: today's pass, :func:`~lightning_memloc.measurement.run_pass` with the reference run;
 - ``cached``: the same pass with a :class:`~lightning_memloc.ReferenceCache` filled by a
   first pass (g's weights hashed every pass, every batch's input hashed and looked up);
 - ``f only``: the pass without a reference (no alignment under f either): a lower bound.
@@ -33,9 +33,10 @@ for path in (REPO, REPO / "benchmarks"):
 from bench_measure import build_model, load_images  # noqa: E402
 from cost_split import cost_split, format_split  # noqa: E402
 from lightning_memloc import ReferenceCache  # noqa: E402
-from lightning_memloc.measure import probe_layers, run_pass  # noqa: E402
-from lightning_memloc.meter import MemorizationMeter  # noqa: E402
-from lightning_memloc.views import SeededViews  # noqa: E402
+from lightning_memloc.measurement import run_pass  # noqa: E402
+from lightning_memloc.taps.probe import probe_layers  # noqa: E402
+from lightning_memloc.states.meter import MemorizationMeter  # noqa: E402
+from lightning_memloc.views.seeded import SeededViews  # noqa: E402
 
 
 def one_pass(f, g, views, specs, num_units, batch_size, cache=None) -> Dict[str, Any]:

@@ -26,10 +26,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lightning_memloc.augment import BatchedSimCLRAugment
+from lightning_memloc.views.augment import BatchedSimCLRAugment
 from lightning_memloc.callbacks.monitor_checks import candidates_digest
 from lightning_memloc.checks import check_image_range
-from lightning_memloc.views import SeededViews
+from lightning_memloc.views.seeded import SeededViews
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -17,8 +17,8 @@ import torch
 import torchvision
 
 from lightning_memloc.models import ResNet9
-from lightning_memloc.module_digest import structure_digest
-from lightning_memloc.reference_cache import model_digest
+from lightning_memloc.states.module_digest import structure_digest
+from lightning_memloc.states.reference_cache import model_digest
 
 
 def cpu_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from lightning_memloc.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
 
 WIDTHS = (64, 128, 128, 128, 256, 512, 512, 512)
 

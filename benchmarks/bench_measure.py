@@ -55,10 +55,10 @@ for _path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 from lightning_memloc import BatchedSimCLRAugment, measure  # noqa: E402
-from lightning_memloc.measure import eval_mode, probe_layers  # noqa: E402
-from lightning_memloc.meter import MemorizationMeter, state_bytes  # noqa: E402
+from lightning_memloc.taps.probe import eval_mode, probe_layers  # noqa: E402
+from lightning_memloc.states.meter import MemorizationMeter, state_bytes  # noqa: E402
 from lightning_memloc.models import ResNet9  # noqa: E402
-from lightning_memloc.views import SeededViews, make_views  # noqa: E402
+from lightning_memloc.views.seeded import SeededViews, make_views  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-train-10k.npz"
 
@@ -559,8 +559,8 @@ def bench_training(args: argparse.Namespace, device: torch.device, results: Resu
 
     from lightning_memloc import CoTrainedPair, cotraining_loader
     from lightning_memloc.data import split_candidates
-    from lightning_memloc.measure import run_pass
-    from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.measurement import run_pass
+    from lightning_memloc.models.ssl import SimCLR
 
     n_img, n_cand, k, w = args.train_images, args.train_candidates, args.train_views, args.train_width
     images, source = load_images(args.data, n_img, args.image_size)

@@ -53,10 +53,11 @@ for _path in (REPO, REPO / "benchmarks"):
 from bench_measure import bare_forward, load_images  # noqa: E402
 from fit_timing import EpochTimer, TimedMonitor  # noqa: E402
 from lightning_memloc import BatchedSimCLRAugment, ReferenceCache  # noqa: E402
-from lightning_memloc.measure import probe_layers, run_pass  # noqa: E402
-from lightning_memloc.meter import MemorizationMeter  # noqa: E402
+from lightning_memloc.measurement import run_pass  # noqa: E402
+from lightning_memloc.taps.probe import probe_layers  # noqa: E402
+from lightning_memloc.states.meter import MemorizationMeter  # noqa: E402
 from lightning_memloc.models import ResNet9  # noqa: E402
-from lightning_memloc.views import SeededViews, make_views  # noqa: E402
+from lightning_memloc.views.seeded import SeededViews, make_views  # noqa: E402
 
 
 def monitor_share(pass_times: Sequence[float], epoch_s: float, every_n: int, fit_epochs: int) -> float:
@@ -78,7 +79,7 @@ def fit(args: argparse.Namespace, images: torch.Tensor, split: Any, frozen: Opti
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_memloc import CoTrainedPair, cotraining_loader
-    from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.models.ssl import SimCLR
 
     w = args.width
 

@@ -8,8 +8,8 @@ so that load from other jobs hits every row alike:
 - ``(a)``  the bare forward of the views through f and g (no hooks, eval, ``no_grad``);
 - ``(b)``  ``measure()`` with its defaults (bootstrap = 1000: the report's evidence intervals);
 - ``(b0)`` ``measure(bootstrap=0)``: the same without resampling;
-- ``(p)``  the pass alone: :func:`~lightning_memloc.measure.run_pass` with the hook reductions
-  of :mod:`lightning_memloc.reductions` (layers probed once, outside the timing; no report);
+- ``(p)``  the pass alone: :func:`~lightning_memloc.measurement.run_pass` with the hook reductions
+  of :mod:`lightning_memloc.reductions.hook` (layers probed once, outside the timing; no report);
 - ``(u)``  the same pass with the former, unfused per-layer reductions
   (:func:`cost_split.unfused_forward_reduce`).
 
@@ -46,9 +46,10 @@ for _path in (REPO, REPO / "benchmarks"):
 from bench_measure import bare_forward, build_model, load_images  # noqa: E402
 from cost_split import cost_split, format_split, reduction_split, unfused_forward_reduce  # noqa: E402
 from lightning_memloc import measure  # noqa: E402
-from lightning_memloc.measure import probe_layers, run_pass  # noqa: E402
-from lightning_memloc.meter import MemorizationMeter  # noqa: E402
-from lightning_memloc.views import SeededViews, make_views  # noqa: E402
+from lightning_memloc.measurement import run_pass  # noqa: E402
+from lightning_memloc.taps.probe import probe_layers  # noqa: E402
+from lightning_memloc.states.meter import MemorizationMeter  # noqa: E402
+from lightning_memloc.views.seeded import SeededViews, make_views  # noqa: E402
 
 ROWS = ("(a) bare f+g", "(b) measure()", "(b0) measure(bootstrap=0)", "(p) pass, fused", "(u) pass, unfused")
 

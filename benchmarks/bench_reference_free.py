@@ -3,7 +3,7 @@
 One run, one process, the same seeded views of N candidates followed by M unseen images, repeats
 interleaved so that load from other jobs hits every variant alike:
 
-- ``f + g``: :func:`~lightning_memloc.measure.run_pass` with the reference (LayerMem, C − unseen);
+- ``f + g``: :func:`~lightning_memloc.measurement.run_pass` with the reference (LayerMem, C − unseen);
 - ``f only, align``: no reference, the encoder's own alignments kept for ``align_gap``;
 - ``f only``: no reference, no alignment (UnitMem and its membership test only: what such a pass
   cost before the reference-free evidence, and still costs without an unseen set).
@@ -31,10 +31,11 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(path))
 
 from bench_measure import build_model, load_images  # noqa: E402
-from lightning_memloc.evidence_free import reference_free_evidence  # noqa: E402
-from lightning_memloc.measure import probe_layers, run_pass  # noqa: E402
-from lightning_memloc.meter import MemorizationMeter  # noqa: E402
-from lightning_memloc.views import SeededViews  # noqa: E402
+from lightning_memloc.report.evidence_free import reference_free_evidence  # noqa: E402
+from lightning_memloc.measurement import run_pass  # noqa: E402
+from lightning_memloc.taps.probe import probe_layers  # noqa: E402
+from lightning_memloc.states.meter import MemorizationMeter  # noqa: E402
+from lightning_memloc.views.seeded import SeededViews  # noqa: E402
 
 VARIANTS = ("f + g", "f only, align", "f only")
 

@@ -1,11 +1,11 @@
 """Where the time of one measurement pass goes: views, forwards of f and g, hook reductions, checks, metric updates.
 
-Runs the steps of :func:`lightning_memloc.measure.run_pass` one by one with a timer around each
+Runs the steps of :func:`lightning_memloc.measurement.run_pass` one by one with a timer around each
 (and a device sync on CUDA), on the same batches:
 
 - ``views``: the DataLoader and :meth:`SeededViews.finalize` (view generation, device copy);
 - ``forward f`` / ``forward g``: a bare forward of the batch (no hooks);
-- ``hooks f`` / ``hooks g``: the hooked forward (:func:`~lightning_memloc.reductions.forward_reduce`)
+- ``hooks f`` / ``hooks g``: the hooked forward (:func:`~lightning_memloc.reductions.hook.forward_reduce`)
   minus the bare one, i.e. the per-layer reductions (unit means, alignment);
 - ``checks``: the per-batch NaN/inf checks of the reductions (one device sync);
 - ``metric updates``: :meth:`MemorizationMeter.update`;
@@ -27,13 +27,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lightning_memloc.measure import eval_mode
-from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.taps.probe import eval_mode
+from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.functional.sslmem import pairwise_alignment
-from lightning_memloc.probe import model_device_dtype
-from lightning_memloc.reductions import alignment_from_gram, flat_view, forward_reduce, view_gram, view_unit_means
-from lightning_memloc.taps import LayerSpec, LayerTaps, unit_activations
-from lightning_memloc.views import SeededViews
+from lightning_memloc.taps.probe import model_device_dtype
+from lightning_memloc.reductions.hook import alignment_from_gram, flat_view, forward_reduce, view_gram, view_unit_means
+from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, unit_activations
+from lightning_memloc.views.seeded import SeededViews
 
 __all__ = ["cost_split", "reduction_split", "unfused_forward_reduce"]
 

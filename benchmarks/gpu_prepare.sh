@@ -11,7 +11,7 @@ PY="${PYTHON:-python3}"
 mkdir -p data .whl
 cp -u "$SRC" data/cifar10-train-10k.npz
 # lightly is pure Python (one wheel for every platform); its own dependencies are not needed to import
-# lightly.loss / lightly.models.modules, which is all lightning_memloc.ssl uses.
+# lightly.loss / lightly.models.modules, which is all lightning_memloc.models.ssl uses.
 VERSION="$("$PY" -c 'import importlib.metadata as m; print(m.version("lightly"))' 2>/dev/null || echo 1.6.0)"
 ls .whl/lightly-"$VERSION"-*.whl >/dev/null 2>&1 || "$PY" -m pip download -q --no-deps --only-binary=:all: -d .whl "lightly==$VERSION"
 du -sh data .whl

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from lightning_memloc import MemorizationReport
-from lightning_memloc.tags import scalar_tag
+from lightning_memloc.report.tags import scalar_tag
 
 
 def run_demo(folder: Path, seed: int, extra: List[str]) -> None:
     if (folder / "report.json").exists():
         return
-    command = [sys.executable, "-m", "lightning_memloc.demo", "--unseen", "neither", "--seed", str(seed),
+    command = [sys.executable, "-m", "lightning_memloc.cli.demo", "--unseen", "neither", "--seed", str(seed),
                "--output-dir", str(folder), *extra]
     print("[power] " + " ".join(command), flush=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,8 +42,9 @@ def spread(folder: Path, seed: int) -> Dict[str, Dict[str, float]]:
 
     from lightning_memloc import load_encoder
     from lightning_memloc.data.loaders import load_npz
-    from lightning_memloc.measure import build_views, probe_layers, run_pass
-    from lightning_memloc.meter import MemorizationMeter
+    from lightning_memloc.measurement import build_views, run_pass
+    from lightning_memloc.taps.probe import probe_layers
+    from lightning_memloc.states.meter import MemorizationMeter
     from lightning_memloc.models import ResNet9
 
     images, _ = load_npz(folder / "data.npz")

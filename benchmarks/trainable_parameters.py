@@ -4,7 +4,7 @@ Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) fin
 memorizing layers. For torchvision / timm / lightly encoders and a plain ``nn.Sequential`` this
 measures UnitMem with ``layers="auto"``, picks the k = 3 layers with the highest mean UnitMem and
 prints the parameters held by those modules themselves (what unfreezing the modules alone trains)
-and by the modules :mod:`lightning_memloc.producers` maps them to (what ``MemorizationFinetuning``
+and by the modules :mod:`lightning_memloc.taps.producers` maps them to (what ``MemorizationFinetuning``
 trains). Run from the repository root: ``python benchmarks/trainable_parameters.py``.
 """
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from lightning_memloc import measure
-from lightning_memloc.producers import count_parameters, trainable_map
-from lightning_memloc.selection import select_layers
+from lightning_memloc.taps.producers import count_parameters, trainable_map
+from lightning_memloc.report.selection import select_layers
 
 
 def encoders() -> dict:

@@ -4,7 +4,7 @@ For real images (CIFAR-10, the digits) the script computes the per-channel stati
 "training batches" (4 batches of 128 images × 2 views, as the monitor's pre-hook sees them) for
 several SimCLR pipelines, and those of the monitor's views of N held-out candidates (the first
 64 at most, K = 10 views, as the check does) for several monitor settings, then the two gaps of
-:mod:`lightning_memloc.view_stats` (std ratio, mean shift in std) over ``--reps`` candidate draws.
+:mod:`lightning_memloc.views.stats` (std ratio, mean shift in std) over ``--reps`` candidate draws.
 Pairs fall in four kinds:
 
 - ``same``: the monitor's views are made like the training batches (same transform, or the
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from lightning_memloc import BatchedSimCLRAugment
-from lightning_memloc.view_stats import (SCALE_TOLERANCE, SHIFT_TOLERANCE, ViewStatistics, channel_sums, gaps,
+from lightning_memloc.views.stats import (SCALE_TOLERANCE, SHIFT_TOLERANCE, ViewStatistics, channel_sums, gaps,
                                          sample_statistics, statistics_from_sums)
-from lightning_memloc.views import SeededViews
+from lightning_memloc.views.seeded import SeededViews
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

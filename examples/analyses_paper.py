@@ -33,7 +33,7 @@ import torch
 from lightning_memloc import BatchedSimCLRAugment, CoTrainedPair, cotraining_loader
 from lightning_memloc.cli import main as memloc
 from lightning_memloc.data import load_data, split_candidates
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.models.ssl import SimCLR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +99,7 @@ def control(args: argparse.Namespace, out: Path, images: torch.Tensor, labels: t
     """The same three analyses on shared images (both encoders trained on them): what no memorization gives."""
     from lightning_memloc import MemorizationReport, load_encoder, measure
     from lightning_memloc.analyses import layer_exchange_study, run_analyses
-    from lightning_memloc.plots.analyses import plot_exchange
+    from lightning_memloc.plots.analysis_figures import plot_exchange
     from lightning_memloc.models import ResNet9
 
     started = time.perf_counter()
@@ -132,7 +132,7 @@ def unit_restore(args: argparse.Namespace, out: Path, images: torch.Tensor) -> N
     from lightning_memloc import MemorizationReport, load_encoder
     from lightning_memloc.analyses import finetune_units
     from lightning_memloc.models import ResNet9
-    from lightning_memloc.plots.analyses import plot_unit_restore
+    from lightning_memloc.plots.analysis_figures import plot_unit_restore
 
     started = time.perf_counter()
     report = MemorizationReport.load(out / "report.json")

@@ -2,7 +2,7 @@
 
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) released scripts
 whose measurements differ from the paper's clean definitions (../shared/DESIGN.md §7,
-:mod:`lightning_memloc.fidelity`): (a) BatchNorm in training mode at batch size 1 (per-view
+:mod:`lightning_memloc.analyses.fidelity`): (a) BatchNorm in training mode at batch size 1 (per-view
 statistics), (b) taps through ``IntermediateLayerGetter`` (children run in sequence: no residual
 additions), (c) the median of the other candidates instead of the mean, (d) alignment against the
 un-augmented image (anchor pairing). This script co-trains ONE SimCLR encoder ``f`` and its
@@ -12,7 +12,7 @@ alone, the authors' UnitMem (a + b + c) and all four, plus the clean default on 
 view-noise floor), and prints per layer: mean UnitMem, the
 largest per-unit change of UnitMem and the Spearman correlation of the units' scores with the
 clean ones, and LayerMem. It also checks the batched emulation of (a) + (b) + (c) against the
-literal one-view-per-forward procedure (:func:`~lightning_memloc.fidelity.authors_unitmem`).
+literal one-view-per-forward procedure (:func:`~lightning_memloc.analyses.fidelity.authors_unitmem`).
 
 The numbers in docs/fidelity.md come from (12–19 minutes on 2 CPU cores shared with other jobs)::
 
@@ -38,9 +38,9 @@ from scipy.stats import spearmanr
 
 from lightning_memloc import BatchedSimCLRAugment, CoTrainedPair, MemorizationReport, cotraining_loader
 from lightning_memloc.data import load_data, split_candidates
-from lightning_memloc.fidelity import authors_unitmem, measure_with_quirks
+from lightning_memloc.analyses.fidelity import authors_unitmem, measure_with_quirks
 from lightning_memloc.io import atomic_write_text
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.models.ssl import SimCLR
 
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)

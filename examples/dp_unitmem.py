@@ -2,7 +2,7 @@
 
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) report that
 differentially private training (DP-SGD) reduces UnitMem but does not remove it. This script
-trains the same small SimCLR encoder (:meth:`~lightning_memloc.ssl.SimCLR.resnet9` with
+trains the same small SimCLR encoder (:meth:`~lightning_memloc.models.ssl.SimCLR.resnet9` with
 ``norm="group"``: DP-SGD's per-sample gradients cannot go through BatchNorm, whose output mixes
 the samples of a batch; the projection head's BatchNorm is dropped for the same reason) without
 DP and with Opacus' DP-SGD at several noise multipliers σ, and compares, in one table
@@ -52,7 +52,7 @@ from lightning_memloc import BatchedSimCLRAugment, measure
 from lightning_memloc.callbacks.utility import UtilityMonitor
 from lightning_memloc.data import load_data, split_candidates
 from lightning_memloc.io import atomic_write_text
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.models.ssl import SimCLR
 
 
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from scipy import stats
 
 from lightning_memloc import MemorizationReport
-from lightning_memloc.tags import scalar_tag
+from lightning_memloc.report.tags import scalar_tag
 
 PAPER_FIRST_LAST = {"layer_mem": (0.091, 0.308), "top": (0.144, 0.817), "least": ("≈0", 0.09)}
 

@@ -56,8 +56,8 @@ from lightning_memloc import BatchedSimCLRAugment, MemorizationMonitor, Memoriza
 from lightning_memloc.callbacks import MemorizationFinetuning, prune_units  # noqa: E402
 from lightning_memloc.data import load_data, split_candidates  # noqa: E402
 from lightning_memloc.io import atomic_write_text  # noqa: E402
-from lightning_memloc.selection import select_layers  # noqa: E402
-from lightning_memloc.ssl import SimCLR  # noqa: E402
+from lightning_memloc.report.selection import select_layers  # noqa: E402
+from lightning_memloc.models.ssl import SimCLR  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,8 +53,8 @@ from lightning_memloc import BatchedSimCLRAugment, CoTrainedPair, MemorizationRe
 from lightning_memloc.callbacks import MemorizationFinetuning, prune_units
 from lightning_memloc.data import load_data, split_candidates
 from lightning_memloc.models import ResNet9
-from lightning_memloc.selection import select_layers
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.report.selection import select_layers
+from lightning_memloc.models.ssl import SimCLR
 
 # The paper's figures for ResNet9 / SimCLR / CIFAR-10 / 5,000 candidates (see /docs and DESIGN §1).
 PAPER = {"layer_mem": (0.091, 0.308), "delta_layer_mem": 0.03, "top": (0.144, 0.817), "least": (0.0, 0.09),

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from lightning_memloc import ReferenceCache
-from lightning_memloc.canaries import canary_layout, photo_canaries
+from lightning_memloc.data.canaries import canary_layout, photo_canaries
 from lightning_memloc.data import SplitIndices, load_data
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 
@@ -123,7 +123,7 @@ def build_data(args: argparse.Namespace) -> Dict[str, Any]:
 def pretrain(args: argparse.Namespace, data: Dict[str, Any]) -> Tuple[nn.Module, nn.Module]:
     """Co-train SimCLR ``f`` (shared ∪ candidates) and ``g`` (shared ∪ independent) as ``memloc demo`` does."""
     from lightning_memloc import BatchedSimCLRAugment, CoTrainedPair, cotraining_loader
-    from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.models.ssl import SimCLR
 
     pl.seed_everything(args.seed, workers=True)
     make = lambda: SimCLR.resnet9(in_channels=3, width=args.width, augment=BatchedSimCLRAugment(16))  # noqa: E731

@@ -31,7 +31,7 @@ import torch
 
 from lightning_memloc import CoTrainedPair, MemorizationMonitor, cotraining_loader
 from lightning_memloc.data import load_data, split_candidates
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.models.ssl import SimCLR
 
 MISMATCH = "do not look like the batches the encoder trains on"
 

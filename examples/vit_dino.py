@@ -11,7 +11,7 @@ This example reproduces the set-up at toy scale, on CPU, in well under two minut
    hyper-parameters;
 3. ``measure(f, candidates, reference=g)`` with ``layers="auto"``, which taps every block's
    ``self_attention`` ("attention") and MLP GELU ("mlp");
-4. print the per-layer table and :func:`lightning_memloc.vit.group_by_kind`, and the same
+4. print the per-layer table and :func:`lightning_memloc.taps.vit.group_by_kind`, and the same
    grouping for a control set of images neither encoder saw (its LayerMem is the part of the
    f-vs-g gap that is not memorization).
 
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from lightning_memloc import BatchedSimCLRAugment, measure
 from lightning_memloc.data import load_digits, split_candidates
 from lightning_memloc.models.vit import TinyViT
-from lightning_memloc.vit import group_by_kind
+from lightning_memloc.taps.vit import group_by_kind
 
 
 class DINO(nn.Module):

@@ -17,16 +17,16 @@ from lightning_memloc.errors import (
     NonFiniteActivationError,
     ReportFormatError,
 )
-from lightning_memloc.loading import load_encoder
+from lightning_memloc.models.loading import load_encoder
 from lightning_memloc.measure import measure
-from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.options import MeasureOptions
-from lightning_memloc.reference_cache import ReferenceCache
-from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc.selection import select_layers, select_units
-from lightning_memloc.vit import group_by_kind  # importing vit registers the ViT auto rule
-from lightning_memloc.views import BatchedSimCLRAugment, SeededViews, make_views
+from lightning_memloc.states.reference_cache import ReferenceCache
+from lightning_memloc.states import ClassMem, LayerMem, UnitMem
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.report.selection import select_layers, select_units
+from lightning_memloc.taps.vit import group_by_kind  # importing vit registers the ViT auto rule
+from lightning_memloc.views.seeded import BatchedSimCLRAugment, SeededViews, make_views
 
 __version__ = "0.1.0"
 
@@ -36,11 +36,11 @@ _LAZY = {
     "MemorizationFinetuning": "lightning_memloc.callbacks",
     "MemorizationMonitor": "lightning_memloc.callbacks",
     "MemorizationPruning": "lightning_memloc.callbacks",
-    "prune_units": "lightning_memloc.surgery",  # no Lightning needed
+    "prune_units": "lightning_memloc.models.surgery",  # no Lightning needed
     "UtilityMonitor": "lightning_memloc.callbacks",
-    "CoTrainedPair": "lightning_memloc.cotrain",
-    "CoTrainingData": "lightning_memloc.datamodule",
-    "cotraining_loader": "lightning_memloc.cotrain",
+    "CoTrainedPair": "lightning_memloc.models.cotrain",
+    "CoTrainingData": "lightning_memloc.models.datamodule",
+    "cotraining_loader": "lightning_memloc.models.cotrain",
 }
 
 

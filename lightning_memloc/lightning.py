@@ -7,7 +7,7 @@ classes bound to ``lightning.pytorch``, so that its ``Trainer``, ``LightningCLI`
 
 Each class here is one line of binding and no logic: the callbacks subclass the implementation
 and add ``lightning.pytorch``'s base class (``Callback`` / ``BaseFinetuning``), whose hooks are
-the same no-ops; :class:`CoTrainedPair` combines the shared :class:`~lightning_memloc.cotrain.CoTraining`
+the same no-ops; :class:`CoTrainedPair` combines the shared :class:`~lightning_memloc.models.cotrain.CoTraining`
 logic with ``lightning.pytorch.LightningModule``. Names that do not depend on Lightning (``measure``,
 ``MemorizationReport``, the metrics ...) are re-exported unchanged. A callback's ``state_key`` is
 the same under both packages, so checkpoints move between them. Wang et al., *Localizing
@@ -31,14 +31,14 @@ from lightning.pytorch.callbacks import BaseFinetuning as _BaseFinetuning
 from lightning.pytorch.utilities import CombinedLoader as _CombinedLoader
 
 import lightning_memloc as _memloc
-from lightning_memloc import cotrain as _cotrain
-from lightning_memloc import datamodule as _datamodule
+from lightning_memloc.models import cotrain as _cotrain
+from lightning_memloc.models import datamodule as _datamodule
 from lightning_memloc.callbacks import finetuning as _finetuning
 from lightning_memloc.callbacks import monitor as _monitor
 from lightning_memloc.callbacks import pruning as _pruning
 from lightning_memloc.callbacks import utility as _utility
 from lightning_memloc.callbacks.pruning import prune_units
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.models.ssl import SimCLR
 
 #: The Lightning package the classes of this module are bound to.
 PACKAGE = "lightning.pytorch"
@@ -70,7 +70,7 @@ class CoTrainingData(_datamodule.CoTrainingSplit, _LightningDataModule):
 
 
 def cotraining_loader(*args: Any, **kwargs: Any) -> _CombinedLoader:
-    """:func:`lightning_memloc.cotrain.cotraining_loader` with ``lightning.pytorch``'s ``CombinedLoader``."""
+    """:func:`lightning_memloc.models.cotrain.cotraining_loader` with ``lightning.pytorch``'s ``CombinedLoader``."""
     return _cotrain.cotraining_loader(*args, combined=_CombinedLoader, **kwargs)
 
 

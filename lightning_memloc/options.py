@@ -28,9 +28,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from lightning_memloc.checks import (NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, as_python_number, check_choice, check_int,
                                     check_seed)
-from lightning_memloc.evidence import EvidenceOptions
-from lightning_memloc.normalization import NormalizeSpec, check_normalize, normalize_meta
-from lightning_memloc.precision import AUTOCASTS
+from lightning_memloc.report.evidence import EvidenceOptions
+from lightning_memloc.views.normalization import NormalizeSpec, check_normalize, normalize_meta
+from lightning_memloc.reductions.precision import AUTOCASTS
 
 __all__ = ["MeasureOptions", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
 
@@ -65,10 +65,10 @@ class MeasureOptions:
         alpha: significance level of the Holm-corrected tests, in (0, 1).
         autocast: ``None`` (float32 forwards), ``"bf16"`` or ``"fp16"``: run the forwards of ``f``
             and ``g`` under ``torch.autocast``; views and reductions stay float32
-            (:mod:`lightning_memloc.precision`).
+            (:mod:`lightning_memloc.reductions.precision`).
         normalize: ``None``, a preset (``"imagenet"``, ``"cifar10"``) or a ``(mean, std)`` pair of
             per-channel sequences: ``(x − mean) / std`` on every view after the transform, before
-            the encoder (:mod:`lightning_memloc.normalization`); stored canonically (tuples).
+            the encoder (:mod:`lightning_memloc.views.normalization`); stored canonically (tuples).
         with_reference: whether a reference encoder is measured (LayerMem needs ``views`` ≥ 2
             with ``pairing="all"``).
 
@@ -114,7 +114,7 @@ class MeasureOptions:
 
     @property
     def evidence(self) -> EvidenceOptions:
-        """The :class:`~lightning_memloc.evidence.EvidenceOptions` of the report's evidence."""
+        """The :class:`~lightning_memloc.report.evidence.EvidenceOptions` of the report's evidence."""
         return EvidenceOptions(bootstrap=self.bootstrap, confidence=self.confidence, alpha=self.alpha, seed=self.seed)
 
     def replace(self, **changes: Any) -> "MeasureOptions":
@@ -137,11 +137,11 @@ class MeasureOptions:
         return {name: getattr(self, name) for name in self.keywords()}
 
     def meter_kwargs(self) -> Dict[str, Any]:
-        """Keyword arguments of :class:`~lightning_memloc.meter.MemorizationMeter` set by these options."""
+        """Keyword arguments of :class:`~lightning_memloc.states.meter.MemorizationMeter` set by these options."""
         return {"reduction": self.reduction, "negative": self.negative, "top_k": self.top_k}
 
     def pass_kwargs(self) -> Dict[str, Any]:
-        """Keyword arguments of :func:`~lightning_memloc.measure.run_pass` set by these options."""
+        """Keyword arguments of :func:`~lightning_memloc.measurement.run_pass` set by these options."""
         return {"batch_size": self.batch_size, "pairing": self.pairing, "num_workers": self.num_workers,
                 **self._precision()}
 

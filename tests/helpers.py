@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memloc import BatchedSimCLRAugment, MemorizationMonitor
 from lightning_memloc.cli import main
-from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
+from lightning_memloc.models.cotrain import CoTrainedPair, cotraining_loader
 from lightning_memloc.data import split_candidates
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.models.ssl import SimCLR
 
 if TYPE_CHECKING:
     from lightning_memloc.data import SplitIndices

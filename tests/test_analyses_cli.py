@@ -1,4 +1,4 @@
-"""Figures of the analyses (lightning_memloc.plots.analyses) and ``memloc analyze --analyses`` / ``memloc plot`` on tiny checkpoints."""
+"""Figures of the analyses (lightning_memloc.plots.analysis_figures) and ``memloc analyze --analyses`` / ``memloc plot`` on tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lightning_memloc import MemorizationReport, load_encoder
 from lightning_memloc.analyses import layer_consistency, run_analyses
 from lightning_memloc.data import load_npz
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.plots.analyses import (
+from lightning_memloc.plots.analysis_figures import (
     ANALYSIS_FILENAMES,
     plot_analyses,
     plot_consistency,

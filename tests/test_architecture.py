@@ -62,7 +62,7 @@ def test_an_unlisted_module_goes_to_other_and_order_follows_the_table(arch):
     assert arch.group_of("functional.unitmem") == "Scores (functional core)"
     info = arch.ModuleInfo
     ranked = arch.render([info("zzz_new", "lightning_memloc/zzz_new.py", 3, "New.", ("- `f()`",), ()),
-                          info("views", "lightning_memloc/views.py", 5, "Views.", (), ()),
+                          info("views", "lightning_memloc/views/seeded.py", 5, "Views.", (), ()),
                           info("cli", "lightning_memloc/cli.py", 7, "CLI.", (), ("main",))])
     headings = [line for line in ranked.splitlines() if line.startswith("### ")]
     assert headings == ["### Inputs and views", "### CLI, figures and demo", "### " + arch.OTHER]

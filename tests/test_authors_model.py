@@ -10,8 +10,8 @@ from torch import nn
 
 from lightning_memloc.models import (AuthorsBlock, AuthorsResNet9, ConvBlock, ResNet9, convert_authors_state_dict,
                                      group_count, make_norm)
-from lightning_memloc.ssl import SimCLR
-from lightning_memloc.taps import resolve_layers
+from lightning_memloc.models.ssl import SimCLR
+from lightning_memloc.taps.hooks import resolve_layers
 from helpers import n_params
 
 NAMES = ["prep", "layer1_head", "layer1_residual1", "layer1_residual2",

@@ -16,17 +16,18 @@ import torch
 from helpers import (LitModel, assert_untouched, counting_forwards, load_script, make_trainer, small_monitor,
                      take_snapshot)
 from lightning_memloc import MemorizationMonitor, ReferenceCache, measure
-from lightning_memloc import precision, reductions
+from lightning_memloc.reductions import precision
+from lightning_memloc.reductions import hook as reductions
 from lightning_memloc.callbacks.monitor_checks import check_same_fingerprint, fingerprint
 from lightning_memloc.cli.analyze import measure_kwargs
 from lightning_memloc.cli.parser import build_parser
 from lightning_memloc.errors import NonFiniteActivationError
-from lightning_memloc.measure import pin_memory_for
+from lightning_memloc.measurement import pin_memory_for
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.options import MeasureOptions
-from lightning_memloc.precision import check_autocast, forward_autocast, reduce_in_float32
-from lightning_memloc.reductions import forward_reduce
-from lightning_memloc.views import SeededViews
+from lightning_memloc.reductions.precision import check_autocast, forward_autocast, reduce_in_float32
+from lightning_memloc.reductions.hook import forward_reduce
+from lightning_memloc.views.seeded import SeededViews
 
 #: Tolerances of bf16 against float32 on TinyCNN (measured: LayerMem 0.022, raw SSLMem 0.0021,
 #: UnitMem 0.0039 at seed 0; docs/performance.md §4 for real encoders).
@@ -240,7 +241,7 @@ def test_pinned_cuda_pass_gives_identical_results(monkeypatch):
     f, g, x = _pair()
     f, g = f.cuda(), g.cuda()
     pinned = measure(f, x, reference=g, views=3, top_k=2, bootstrap=0)
-    monkeypatch.setattr("lightning_memloc.measure.pin_memory_for", lambda device: False)
+    monkeypatch.setattr("lightning_memloc.measurement.pin_memory_for", lambda device: False)
     plain = measure(f, x, reference=g, views=3, top_k=2, bootstrap=0)
     _assert_same(pinned, plain)
 

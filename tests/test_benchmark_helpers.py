@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from authors_procedure import authors_procedure, forward_ceiling, truncated_forward, truncation_fractions  # noqa: E402
 from cost_split import cost_split, reduction_split, unfused_forward_reduce  # noqa: E402
 
-from lightning_memloc.measure import probe_layers  # noqa: E402
+from lightning_memloc.taps.probe import probe_layers  # noqa: E402
 from lightning_memloc.models import TinyCNN  # noqa: E402
-from lightning_memloc.reductions import forward_reduce  # noqa: E402
-from lightning_memloc.views import SeededViews  # noqa: E402
+from lightning_memloc.reductions.hook import forward_reduce  # noqa: E402
+from lightning_memloc.views.seeded import SeededViews  # noqa: E402
 
 
 def test_truncated_forward_stops_at_the_layer():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lightning_memloc.callbacks.monitor import MemorizationMonitor
-from lightning_memloc.candidates import load_candidates, read_indices
-from lightning_memloc.datamodule import CoTrainingData
+from lightning_memloc.data.candidates import load_candidates, read_indices
+from lightning_memloc.models.datamodule import CoTrainingData
 
 IMAGES = torch.arange(5 * 3 * 4 * 4, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(5, 3, 4, 4)
 LABELS = torch.tensor([3, 1, 4, 1, 5])

@@ -16,10 +16,10 @@ from torch.nn.utils import prune
 from helpers import assert_untouched, cotrained_pair, run_cli, take_snapshot
 from lightning_memloc import MemorizationReport, load_encoder, measure
 from lightning_memloc.errors import AmbiguousPrefixError, CheckpointError
-from lightning_memloc.loading import fitting_prefixes, split_prefix
+from lightning_memloc.models.loading import fitting_prefixes, split_prefix
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.pruned import plain_copy
-from lightning_memloc.surgery import find_unit_targets, register_masks, zero_units
+from lightning_memloc.models.pruned import plain_copy
+from lightning_memloc.models.surgery import find_unit_targets, register_masks, zero_units
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

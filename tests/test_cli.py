@@ -253,23 +253,23 @@ def test_plot_errors(ws, analyzed):
 
 def test_demo_forwards_arguments(monkeypatch):
     seen = []
-    fake = types.ModuleType("lightning_memloc.demo")
+    fake = types.ModuleType("lightning_memloc.cli.demo")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "lightning_memloc.demo", fake)
+    monkeypatch.setitem(sys.modules, "lightning_memloc.cli.demo", fake)
     monkeypatch.setattr(lightning_memloc, "demo", fake, raising=False)
     assert run(["demo", "--epochs", "1", "--data", "x.npz"])[0] == 0
     assert seen == [["--epochs", "1", "--data", "x.npz"]]
 
 
 def test_demo_missing_module_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lightning_memloc.demo", None)
+    monkeypatch.setitem(sys.modules, "lightning_memloc.cli.demo", None)
     monkeypatch.delattr(lightning_memloc, "demo", raising=False)
     code, _, err = run(["demo"])
-    assert code == 2 and "lightning_memloc.demo" in err
+    assert code == 2 and "lightning_memloc.cli.demo" in err
 
 
 def test_demo_help_returns_zero():
-    pytest.importorskip("lightning_memloc.demo")
+    pytest.importorskip("lightning_memloc.cli.demo")
     code, out, _ = run(["demo", "--help"])
     assert code == 0 and "memloc demo" in out
 
@@ -316,7 +316,7 @@ def test_failed_measurement_exits_1(ws):
 @pytest.mark.parametrize("fmt", ["json", "dict.json", "txt", "npy"])
 def test_indices_file_formats(ws, fmt):
     from lightning_memloc.cli import build_parser
-    from lightning_memloc.cli.selection import select_candidates as _select
+    from lightning_memloc.cli.images import select_candidates as _select
 
     path = ws / f"idx.{fmt}"
     if fmt == "npy":
@@ -335,26 +335,19 @@ def test_indices_file_formats(ws, fmt):
     assert code == 2 and "--indices: index 7 is outside the 6 images" in err
 
 
-def test_renamed_flags_keep_their_old_spellings_with_a_warning(ws):
+def test_old_flag_spellings_are_gone_and_argparse_names_the_flag(ws):
     import contextlib
     import io
 
-    from lightning_memloc.demo import build_parser as demo_parser
+    from lightning_memloc.cli.demo import build_parser as demo_parser
 
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        args = demo_parser().parse_args(["--limit", "7", "--candidates", "0.2", "--independent", "3", "--workers", "1",
-                                         "--out", "runs/x"])
-    assert (args.subset, args.split_candidates, args.split_independent, args.num_workers, args.output_dir) == \
-        (7, 0.2, 3, 1, "runs/x")
-    lines = err.getvalue().splitlines()
-    assert len(lines) == 5 and all(line.startswith("memloc demo: warning: ") for line in lines)
-    assert "--limit is deprecated: use --subset" in lines[0] and "`memloc analyze --limit` keeps the first N" in lines[0]
-    assert "--candidates is deprecated: use --split-candidates" in lines[1]
-    # analyze / plot: --out still works, one warning line, and the report is written
+    for old in ("--limit", "--candidates", "--independent", "--workers", "--out"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+            demo_parser().parse_args([old, "1"])
+        assert exit_info.value.code == 2 and f"unrecognized arguments: {old}" in err.getvalue()
     code, _, stderr = run(ANALYZE + ["--encoder", ws / "f.pt", "--data", ws / "d.npz", "--candidates", "4",
                                      "--out", ws / "old_out"])
-    assert code == 0 and (ws / "old_out" / "report.json").is_file()
-    assert stderr == "memloc analyze: warning: --out is deprecated: use --output-dir (the old spelling works for one release).\n"
-    code, _, stderr = run(["plot", ws / "old_out" / "report.json", "--out", ws / "old_out"])
-    assert code == 0 and "--out is deprecated" in stderr
+    assert code == 2 and not (ws / "old_out").exists()
+
+

@@ -17,7 +17,7 @@ from lightning_memloc import MemorizationMonitor, measure
 from lightning_memloc.cli import build_parser
 from lightning_memloc.cli.analyze import MEASURE_FLAGS, measure_kwargs
 from lightning_memloc.cli.contract import FLAG_EXCEPTIONS, MEASURE_EXCEPTIONS, MONITOR_EXCEPTIONS
-from lightning_memloc.demo import build_parser as demo_parser
+from lightning_memloc.cli.demo import build_parser as demo_parser
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

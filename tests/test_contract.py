@@ -4,8 +4,8 @@ One name per concept across surfaces (``docs/definitions.md``, "Naming contract"
 ``measure()`` and ``MemorizationMonitor`` share have one name and one default (the measurement
 settings come from :class:`~lightning_memloc.options.MeasureOptions`) unless listed in
 :data:`~lightning_memloc.options.SURFACE_DIFFERENCES`; every ``compute()`` key of the meter's
-metrics maps to a report field (:data:`~lightning_memloc.meter.REPORT_FIELDS`); every logged tag
-is built by :mod:`lightning_memloc.tags`.
+metrics maps to a report field (:data:`~lightning_memloc.states.meter.REPORT_FIELDS`); every logged tag
+is built by :mod:`lightning_memloc.report.tags`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks import MemorizationMonitor
 from lightning_memloc.callbacks.logging import custom_scalar_layout, report_scalars
 from lightning_memloc.callbacks.utility import utility_layout
-from lightning_memloc.meter import METRIC_ONLY_KEYS, REPORT_FIELDS
-from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
+from lightning_memloc.states.meter import METRIC_ONLY_KEYS, REPORT_FIELDS
+from lightning_memloc.states import ClassMem, LayerMem, UnitMem
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.options import SURFACE_DIFFERENCES, MeasureOptions
-from lightning_memloc import tags
+from lightning_memloc.report import tags
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_memloc"
 
@@ -126,7 +126,7 @@ def test_metric_keys_map_to_report_fields():
     assert report_fields - not_from_metrics == mapped
 
 
-def test_report_methods_are_named_like_their_tags_and_old_names_warn():
+def test_report_methods_are_named_like_their_tags_and_old_names_are_gone():
     report = _full_report()
     scalars = report_scalars(report, threshold=0.3)
     for layer in report.layers:
@@ -135,5 +135,4 @@ def test_report_methods_are_named_like_their_tags_and_old_names_warn():
         assert report.num_dead_units()[layer] == scalars[tags.scalar_tag("dead_units", layer)]
     for old, new, args in (("mean_unit_mem", "unit_mem_mean", ()), ("fraction_above", "unit_mem_frac_above", (0.3,)),
                            ("num_dead", "num_dead_units", ())):
-        with pytest.warns(DeprecationWarning, match=f"use MemorizationReport.{new}"):
-            assert getattr(report, old)(*args) == getattr(report, new)(*args)
+        assert not hasattr(report, old) and callable(getattr(report, new))

@@ -27,12 +27,13 @@ from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks import MemorizationMonitor
 from lightning_memloc.callbacks.logging import report_scalars
 from lightning_memloc.callbacks.view_check import CHECK_STEPS
-from lightning_memloc.cotrain import cotraining_loader
+from lightning_memloc.models.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
-from lightning_memloc.measure import build_views, probe_layers, run_pass
-from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.measurement import build_views, run_pass
+from lightning_memloc.taps.probe import probe_layers
+from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.view_stats import ViewStatistics, channel_sums, statistics_from_sums
+from lightning_memloc.views.stats import ViewStatistics, channel_sums, statistics_from_sums
 from helpers import cotrained_pair
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),

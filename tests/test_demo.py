@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lightning_memloc import MemorizationReport
-from lightning_memloc.canaries import canary_layout, photo_canaries
-from lightning_memloc.demo import main
+from lightning_memloc.data.canaries import canary_layout, photo_canaries
+from lightning_memloc.cli.demo import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

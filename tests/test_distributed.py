@@ -1,4 +1,4 @@
-"""``lightning_memloc.distributed``: one sync per metric in ``MemorizationMeter.compute_report``.
+"""``lightning_memloc.states.distributed``: one sync per metric in ``MemorizationMeter.compute_report``.
 
 A one-rank gloo process group makes torchmetrics sync for real (in this process, no spawn): the
 number of ``all_reduce`` calls is counted and the results compared with the unsynced ones.
@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightning_memloc.distributed import is_distributed, max_across_ranks, sum_across_ranks
-from lightning_memloc.evidence import EvidenceOptions
-from lightning_memloc.meter import MemorizationMeter
-from lightning_memloc.taps import LayerSpec
+from lightning_memloc.states.distributed import is_distributed, max_across_ranks, sum_across_ranks
+from lightning_memloc.report.evidence import EvidenceOptions
+from lightning_memloc.states.meter import MemorizationMeter
+from lightning_memloc.taps.hooks import LayerSpec
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is unavailable")

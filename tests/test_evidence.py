@@ -9,8 +9,8 @@ from scipy import stats
 from torch import nn
 
 from lightning_memloc import measure
-from lightning_memloc.evidence import EvidenceOptions, compute_evidence
-from lightning_memloc.functional.evidence import (
+from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.functional.statistics import (
     bootstrap_difference_interval,
     bootstrap_indices,
     bootstrap_mean_interval,

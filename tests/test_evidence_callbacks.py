@@ -4,11 +4,11 @@
 import pytest
 import torch
 
-from lightning_memloc.callbacks.evidence_gate import evidence_problem, gate
+from lightning_memloc.callbacks.report_source import evidence_problem, gate
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
 from lightning_memloc.callbacks.pruning import MemorizationPruning
-from lightning_memloc.evidence import EvidenceOptions, compute_evidence
-from lightning_memloc.selection import select_layers
+from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.report.selection import select_layers
 
 from test_finetuning import LAYERS, make_report
 from helpers import LitModel, make_trainer

@@ -1,4 +1,4 @@
-"""Tests of the authors' measurement quirks (:mod:`lightning_memloc.fidelity`)."""
+"""Tests of the authors' measurement quirks (:mod:`lightning_memloc.analyses.fidelity`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from lightning_memloc import make_views, measure
-from lightning_memloc.fidelity import (authors_unitmem, measure_as_authors, measure_with_quirks, per_view_batchnorm,
+from lightning_memloc.analyses.fidelity import (authors_unitmem, measure_as_authors, measure_with_quirks, per_view_batchnorm,
                                        sequential_children)
 from lightning_memloc.models import AuthorsResNet9, ResNet9
 

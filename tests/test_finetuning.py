@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning_memloc import LayerNotFoundError, MemorizationReport
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
-from lightning_memloc.selection import resolve_report, select_layers
+from lightning_memloc.report.selection import resolve_report, select_layers
 from helpers import LitModel, make_trainer, small_monitor
 
 LAYERS = ["conv1", "conv2", "conv3"]

@@ -63,7 +63,7 @@ def test_taps_do_not_import_the_model_zoo():
 
 def test_a_marked_module_class_is_one_layer_for_auto():
     from lightning_memloc.models import ConvBlock
-    from lightning_memloc.taps import LAYER_MARKER, resolve_layers
+    from lightning_memloc.taps.hooks import LAYER_MARKER, resolve_layers
 
     class Block(nn.Module):  # a user's block: conv + ReLU, marked as one layer
         memloc_layer = True
@@ -87,7 +87,7 @@ def test_a_marked_module_class_is_one_layer_for_auto():
 
 @pytest.mark.slow
 def test_surgery_imports_no_lightning():
-    code = ("import sys, lightning_memloc.surgery, lightning_memloc; lightning_memloc.prune_units; "
+    code = ("import sys, lightning_memloc.models.surgery, lightning_memloc; lightning_memloc.prune_units; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning')); "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
@@ -96,7 +96,7 @@ def test_surgery_imports_no_lightning():
 
 
 def test_moved_names_keep_their_old_imports():
-    from lightning_memloc import surgery
+    from lightning_memloc.models import surgery
     from lightning_memloc.callbacks import finetuning, pruning, report_source, setup_checks
     unitmem = importlib.import_module("lightning_memloc.functional.unitmem")
 

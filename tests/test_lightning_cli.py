@@ -61,10 +61,10 @@ def test_callbacks_from_the_command_line(tmp_path, monkeypatch, one_thread):
     torch.save({"images": torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8), "labels": torch.arange(10) % 2},
                tmp_path / "cands.pt")
     model = ["--model=lightning_memloc.lightning.CoTrainedPair",
-             "--model.encoder=lightning_memloc.ssl.SimCLR", "--model.encoder.backbone=lightning_memloc.models.TinyCNN",
+             "--model.encoder=lightning_memloc.models.ssl.SimCLR", "--model.encoder.backbone=lightning_memloc.models.TinyCNN",
              "--model.encoder.backbone.width=2", "--model.encoder.feature_dim=8",
              "--model.encoder.augment=lightning_memloc.BatchedSimCLRAugment", "--model.encoder.augment.size=8",
-             "--model.reference=lightning_memloc.ssl.SimCLR", "--model.reference.backbone=lightning_memloc.models.TinyCNN",
+             "--model.reference=lightning_memloc.models.ssl.SimCLR", "--model.reference.backbone=lightning_memloc.models.TinyCNN",
              "--model.reference.backbone.width=2", "--model.reference.feature_dim=8",
              "--model.reference.augment=lightning_memloc.BatchedSimCLRAugment", "--model.reference.augment.size=8"]
     cli = LightningCLI(args=[

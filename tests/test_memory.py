@@ -17,12 +17,13 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_sum
 
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import cotraining_loader
+from lightning_memloc.models.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
-from lightning_memloc.measure import build_views, probe_layers, run_pass
-from lightning_memloc.meter import MemorizationMeter, state_bytes
+from lightning_memloc.measurement import build_views, run_pass
+from lightning_memloc.taps.probe import probe_layers
+from lightning_memloc.states.meter import MemorizationMeter, state_bytes
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.taps import LayerSpec
+from lightning_memloc.taps.hooks import LayerSpec
 from helpers import cotrained_pair
 
 

@@ -19,7 +19,7 @@ from lightning_memloc.functional import (
     unitmem,
 )
 from lightning_memloc.functional.unitmem import take_ids
-from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
+from lightning_memloc.states import ClassMem, LayerMem, UnitMem
 
 N, U, L = 9, 6, 3
 

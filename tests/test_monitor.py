@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import cotraining_loader
+from lightning_memloc.models.cotrain import cotraining_loader
 from helpers import cotrained_pair, cotraining_split
 
 LAYERS = ["conv1", "conv2", "conv3"]
@@ -217,7 +217,7 @@ def test_control_and_unseen_in_one_pass_logged_with_intervals(tmp_path, data):
 
 
 def test_recalibrated_init_restores_the_models_buffers(data):
-    from lightning_memloc.baseline import recalibrated_batchnorm
+    from lightning_memloc.reductions.baseline import recalibrated_batchnorm
 
     images, split = data
     model = cotrained_pair()

@@ -11,7 +11,7 @@ import torch
 from lightning_memloc import measure
 from lightning_memloc.callbacks import MemorizationMonitor
 from lightning_memloc.callbacks.monitor_checks import fingerprint
-from lightning_memloc.evidence import EvidenceOptions
+from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.options import MeasureOptions
 

@@ -141,7 +141,7 @@ def test_finetuning_and_pruning_read_a_monitor_by_name(pkg, tmp_path, one_thread
 
 def test_cotrained_pair_with_a_live_reference(pkg, tmp_path, one_thread):
     from lightning_memloc import BatchedSimCLRAugment
-    from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.models.ssl import SimCLR
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8)
@@ -160,7 +160,7 @@ def test_cotrained_pair_with_a_live_reference(pkg, tmp_path, one_thread):
 
 
 def test_csv_logger_gets_the_scalars_only(pkg, tmp_path, one_thread):
-    from lightning_memloc.callbacks.naming import has_tensorboard
+    from lightning_memloc.callbacks.logging import has_tensorboard
 
     monitor = pkg.memloc.MemorizationMonitor(torch.rand(4, 3, 8, 8), views=2, encoder="backbone", progress=False)
     csv = pkg.loggers.CSVLogger(str(tmp_path), name="csv", version="")
@@ -187,7 +187,7 @@ def test_ddp_spawn_under_lightning(tmp_path, one_thread):
 
     from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure
     from lightning_memloc.lightning import CoTrainedPair, MemorizationMonitor, cotraining_loader
-    from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.models.ssl import SimCLR
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8)

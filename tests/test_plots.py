@@ -152,14 +152,12 @@ def test_find_plot_inputs(report, tmp_path):
                                             ("plots_evidence", "plots.evidence", "evidence_figures"),
                                             ("plots_analyses", "plots.analyses", "plot_analyses"),
                                             ("cli_analyses", "cli.analyses", "run_cli_analyses")])
-def test_old_module_names_warn_and_still_work(old, new, name):
+def test_old_module_names_are_gone(old, new, name):
     import importlib
-    import sys
 
-    sys.modules.pop(f"lightning_memloc.{old}", None)  # the warning is raised on (first) import
-    with pytest.warns(DeprecationWarning, match=f"lightning_memloc.{new}"):
-        module = importlib.import_module(f"lightning_memloc.{old}")
-    assert getattr(module, name) is getattr(importlib.import_module(f"lightning_memloc.{new}"), name)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(f"lightning_memloc.{old}")
+    assert callable(getattr(importlib.import_module(f"lightning_memloc.{new}"), name))
 
 
 def test_the_packages_keep_the_public_names_of_the_modules_they_replace():

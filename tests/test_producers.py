@@ -1,7 +1,7 @@
 """Fine-tuning trains weights on every encoder family: torchvision, timm, lightly, plain nn.Sequential.
 
 Wang et al. (NeurIPS 2024) fine-tune the most memorizing layers; a measured layer may be a
-parameter-free activation, so :mod:`lightning_memloc.producers` maps it to the modules producing it.
+parameter-free activation, so :mod:`lightning_memloc.taps.producers` maps it to the modules producing it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memloc import MemorizationReport
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
-from lightning_memloc.producers import count_parameters, producing_modules, trainable_map
-from lightning_memloc.taps import resolve_layers
+from lightning_memloc.taps.producers import count_parameters, producing_modules, trainable_map
+from lightning_memloc.taps.hooks import resolve_layers
 
 
 

@@ -23,7 +23,7 @@ from hypothesis import event, example, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lightning_memloc import MemorizationReport, ReportFormatError, measure  # noqa: E402
-from lightning_memloc.evidence import Evidence  # noqa: E402
+from lightning_memloc.report.evidence import Evidence  # noqa: E402
 from lightning_memloc.models import TinyCNN  # noqa: E402
 from helpers import counting_forwards, slow_measure  # noqa: E402
 

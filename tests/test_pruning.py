@@ -14,7 +14,7 @@ from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
 from lightning_memloc.callbacks.pruning import MemorizationPruning, find_unit_targets, prune_units
 from lightning_memloc.models import TinyCNN, TinyMLP
-from lightning_memloc.selection import select_units
+from lightning_memloc.report.selection import select_units
 from helpers import LitModel, make_trainer, small_monitor
 
 LAYERS = ["conv1", "conv2", "conv3"]

@@ -8,9 +8,9 @@ from torch import nn
 
 from lightning_memloc.functional.sslmem import alignment, pairwise_alignment
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.reductions import (alignment_from_gram, flat_view, forward_reduce, view_gram,
+from lightning_memloc.reductions.hook import (alignment_from_gram, flat_view, forward_reduce, view_gram,
                                          view_unit_means)
-from lightning_memloc.taps import LayerTaps, unit_activations
+from lightning_memloc.taps.hooks import LayerTaps, unit_activations
 
 LAYERS = ["conv1", "conv2", "conv3"]
 

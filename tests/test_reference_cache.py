@@ -11,10 +11,10 @@ from torch import nn
 
 from lightning_memloc import BatchedSimCLRAugment, ReferenceCache, measure
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.cotrain import cotraining_loader
+from lightning_memloc.models.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.reference_cache import frozen_reference, model_digest, tensor_digest
+from lightning_memloc.states.reference_cache import frozen_reference, model_digest, tensor_digest
 from helpers import cotrained_pair
 
 

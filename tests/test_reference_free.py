@@ -15,19 +15,19 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lightning_memloc import measure
-from lightning_memloc.callbacks.evidence_gate import evidence_problem, test_for
+from lightning_memloc.callbacks.report_source import evidence_problem, test_for
 from lightning_memloc.callbacks.logging import custom_scalar_layout, report_scalars
-from lightning_memloc.evidence import EvidenceOptions, compute_evidence
-from lightning_memloc.evidence_free import candidate_membership, reference_free_evidence
-from lightning_memloc.functional.evidence import holm
+from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.report.evidence_free import candidate_membership, reference_free_evidence
+from lightning_memloc.functional.statistics import holm
 from lightning_memloc.functional.two_sample import studentized_permutation_test
 from lightning_memloc.functional.reference_free import alignment_gap, gap_greater, membership_scores
 from lightning_memloc.functional.sslmem import alignment
-from lightning_memloc.meter import MemorizationMeter, state_bytes
+from lightning_memloc.states.meter import MemorizationMeter, state_bytes
 from lightning_memloc.models import TinyMLP
-from lightning_memloc.selection import select_layers
-from lightning_memloc.taps import LayerSpec
-from lightning_memloc.tags import SCALAR_QUANTITIES, parse_scalar_tag
+from lightning_memloc.report.selection import select_layers
+from lightning_memloc.taps.hooks import LayerSpec
+from lightning_memloc.report.tags import SCALAR_QUANTITIES, parse_scalar_tag
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -299,7 +299,7 @@ def test_pruning_in_the_layers_with_the_largest_gap():
     from helpers import LitModel, make_trainer
     from lightning_memloc import MemorizationReport
     from lightning_memloc.callbacks.pruning import MemorizationPruning
-    from lightning_memloc.evidence import Evidence
+    from lightning_memloc.report.evidence import Evidence
 
     widths = {"conv1": 4, "conv2": 8, "conv3": 16}
     gaps = {"conv1": 0.05, "conv2": 0.30, "conv3": 0.10}
@@ -329,7 +329,7 @@ def test_alignments_come_from_one_sync_per_metric(tmp_path, monkeypatch):
     a reference none at all, without one a single sync of each group's ViewAlignment states."""
     import torch.distributed as dist
 
-    from lightning_memloc.evidence import EvidenceOptions
+    from lightning_memloc.report.evidence import EvidenceOptions
 
     units, n = {"a": 3, "b": 2}, 6
     specs = [LayerSpec(k, "linear") for k in units]

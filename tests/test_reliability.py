@@ -34,7 +34,8 @@ from lightning_memloc import (
 )
 from lightning_memloc.callbacks import MemorizationMonitor
 from lightning_memloc.io import atomic_write_text
-from lightning_memloc.measure import build_views, probe_layers, run_pass
+from lightning_memloc.measurement import build_views, run_pass
+from lightning_memloc.taps.probe import probe_layers
 from lightning_memloc.models import TinyCNN, TinyMLP
 from helpers import (
     assert_untouched, cotrained_pair, cotraining_split, counting_forwards, files_in, fit_pair, mixed_encoder,

@@ -122,7 +122,7 @@ def _copy(previous: Path, tmp_path: Path) -> Path:
 
 def test_an_interrupted_overwrite_leaves_the_previous_run_whole(ws, previous, tmp_path, monkeypatch):
     from lightning_memloc.cli.output import lock_folder
-    from lightning_memloc.plots import report as report_plots
+    from lightning_memloc.plots import report_figures as report_plots
 
     out = _copy(previous, tmp_path)
     before = _contents(out)

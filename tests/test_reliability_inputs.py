@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from lightning_memloc import MemorizationReport, ReportFormatError, measure
 from lightning_memloc.checks import check_candidate_ids, check_index_values, check_seed
-from lightning_memloc.views import SeededViews
+from lightning_memloc.views.seeded import SeededViews
 from helpers import assert_untouched, counting_forwards, take_snapshot
 
 

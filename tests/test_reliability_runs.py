@@ -283,7 +283,7 @@ def test_cli_indices_must_be_distinct_integers(tmp_path, capsys, content, fragme
     (["--bootstrap", "-1"], "argument --bootstrap: must be >= 0"),
 ])
 def test_demo_arguments_are_argparse_errors(tmp_path, capsys, argv, fragment):
-    pytest.importorskip("lightning_memloc.demo")
+    pytest.importorskip("lightning_memloc.cli.demo")
     code = main(["demo", "--out", str(tmp_path / "demo"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and "usage: memloc demo" in err and "Traceback" not in err
@@ -300,7 +300,7 @@ def test_report_validation_accepts_measured_reports(data):
 
 def test_a_co_trained_reference_that_stays_a_copy_fails_at_the_first_measurement(data):
     """Identical weights are allowed at the start (the same initialisation) but not once training ran."""
-    from lightning_memloc.cotrain import CoTrainedPair
+    from lightning_memloc.models.cotrain import CoTrainedPair
 
     train, split = data
     pair = cotrained_pair()
@@ -332,7 +332,7 @@ def test_monitor_refuses_views_that_cannot_fit_before_training(data):
 
 
 def test_numpy_integers_work_for_the_callbacks_int_options(data):
-    from lightning_memloc.selection import select_layers
+    from lightning_memloc.report.selection import select_layers
 
     report = make_report()
     assert select_layers(report, np.int64(2)) == select_layers(report, 2)

@@ -47,12 +47,12 @@ def test_ranking_helpers_hand_computed():
     assert r.top_layers(2) == ["c", "b"]
     assert r.top_layers(1, by="delta_layer_mem", largest=False) == ["a"]
     # mean UnitMem: a = 0.7/3, b = 0.55, c = 0.45
-    assert r.mean_unit_mem() == pytest.approx({"a": 0.7 / 3, "b": 0.55, "c": 0.45})
+    assert r.unit_mem_mean() == pytest.approx({"a": 0.7 / 3, "b": 0.55, "c": 0.45})
     assert r.top_layers(3, by="unit_mem") == ["b", "c", "a"]
     assert r.top_units("c", 2).tolist() == [1, 2]
     assert r.top_units("a", 1, largest=False).tolist() == [2]
-    assert r.fraction_above(0.5) == pytest.approx({"a": 1 / 3, "b": 0.5, "c": 0.5})
-    assert r.num_dead() == {"a": 1, "b": 0, "c": 1}
+    assert r.unit_mem_frac_above(0.5) == pytest.approx({"a": 1 / 3, "b": 0.5, "c": 0.5})
+    assert r.num_dead_units() == {"a": 1, "b": 0, "c": 1}
     assert r.most_memorized(2).tolist() == [10, 13]          # SSLMem at the last layer: 0.9, 0.5
     assert r.most_memorized(1, layer="b", largest=False).tolist() == [12]
 

@@ -1,4 +1,4 @@
-"""Tests of :mod:`lightning_memloc.taps`: layer resolution, hooks, unit reduction."""
+"""Tests of :mod:`lightning_memloc.taps.hooks`: layer resolution, hooks, unit reduction."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 import torchvision
 from torch import nn
 
-from lightning_memloc import taps
+from lightning_memloc.taps import hooks as taps
 from lightning_memloc.errors import LayerNotFoundError
 from lightning_memloc.models import ResNet9, TinyCNN, TinyMLP
-from lightning_memloc.taps import (
+from lightning_memloc.taps.hooks import (
     LayerSpec,
     LayerTaps,
     flat_representation,

@@ -21,14 +21,15 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
-from lightning_memloc import MemorizationReport, measure, tags
+from lightning_memloc import MemorizationReport, measure
+from lightning_memloc.report import tags
 from lightning_memloc.callbacks import MemorizationMonitor
 from lightning_memloc.callbacks.figures import steps_per_epoch, warmup_end_step
 from lightning_memloc.callbacks.logging import report_scalars
-from lightning_memloc.callbacks.naming import NamedWriter
-from lightning_memloc.cotrain import cotraining_loader
+from lightning_memloc.callbacks.logging import NamedWriter
+from lightning_memloc.models.cotrain import cotraining_loader
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.plots.evidence import plot_evidence_history
+from lightning_memloc.plots.evidence_figures import plot_evidence_history
 from lightning_memloc.plots.figure import figure_array
 from lightning_memloc.plots.heatmap import heatmap_data, heatmap_figure, warmup_boundary
 from lightning_memloc.plots.history import plot_history

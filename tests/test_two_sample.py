@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from lightning_memloc.functional.evidence import percentile_interval, weighted_mean_unitmem
+from lightning_memloc.functional.statistics import percentile_interval, weighted_mean_unitmem
 from lightning_memloc.functional.two_sample import (bootstrap_t_interval, permutation_lower_bound,
                                                     studentized_permutation_test)
 from lightning_memloc.functional.unitmem import unitmem

@@ -17,7 +17,7 @@ from lightning_memloc.callbacks import MemorizationMonitor, UtilityMonitor
 from lightning_memloc.callbacks.utility import embed
 from lightning_memloc.functional.knn import knn_accuracy, knn_correct
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.ssl import SimCLR
+from lightning_memloc.models.ssl import SimCLR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,7 +189,7 @@ def test_callback_bad_data():
 # ------------------------------------------------------------------------------------------ demo
 def test_demo_utility_uses_labelled_shared_and_independent_images():
     from lightning_memloc.data import SplitIndices
-    from lightning_memloc.demo_utility import demo_utility, knn_table
+    from lightning_memloc.cli.demo_utility import demo_utility, knn_table
 
     images, labels = _data()
     labels = labels.clone()

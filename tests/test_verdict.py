@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from lightning_memloc import MemorizationReport, measure
-from lightning_memloc.callbacks.evidence_gate import evidence_problem
+from lightning_memloc.callbacks.report_source import evidence_problem
 from lightning_memloc.callbacks.logging import evidence_scalars
-from lightning_memloc.evidence import MIN_BOOTSTRAP, Evidence, EvidenceOptions, compute_evidence
-from lightning_memloc.functional.evidence import holm, membership_test
+from lightning_memloc.report.evidence import MIN_BOOTSTRAP, Evidence, EvidenceOptions, compute_evidence
+from lightning_memloc.functional.statistics import holm, membership_test
 from lightning_memloc.functional.unitmem import unitmem
-from lightning_memloc.tags import verdict_tag
-from lightning_memloc.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
+from lightning_memloc.report.tags import verdict_tag
+from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -193,7 +193,7 @@ def test_too_few_resamples_are_refused_and_unreachable_alpha_is_said():
 
 def test_cli_and_demo_refuse_too_few_resamples_before_any_work(capsys):
     from lightning_memloc.cli.parser import build_parser
-    from lightning_memloc.demo import main as demo
+    from lightning_memloc.cli.demo import main as demo
 
     analyze = ["analyze", "--data", "d.npz", "--output-dir", "o", "--bootstrap"]
     for argv, run in ((analyze + ["50"], lambda a: build_parser().parse_args(a)), (["--bootstrap", "50"], demo)):

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import lightning_memloc.vit as vit_module
+import lightning_memloc.taps.vit as vit_module
 from lightning_memloc import measure
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.models.vit import TinyViT
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc import taps
-from lightning_memloc.taps import LayerTaps, activation_rule, resolve_layers, unit_activations
-from lightning_memloc.vit import group_by_kind, token_unit_activations, vit_block_rule, vit_layers
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.taps import hooks as taps
+from lightning_memloc.taps.hooks import LayerTaps, activation_rule, resolve_layers, unit_activations
+from lightning_memloc.taps.vit import group_by_kind, token_unit_activations, vit_block_rule, vit_layers
 
 
 def tv_names(depth: int, prefix: str = "") -> list:

@@ -10,7 +10,7 @@
 - :mod:`~lightning_memloc.analyses.runner`: run several by name and store them in
   ``report.analyses`` (what ``memloc analyze --analyses`` calls).
 
-Figures: :mod:`lightning_memloc.plots.analyses`. Docs: ``docs/analyses.md``.
+Figures: :mod:`lightning_memloc.plots.analysis_figures`. Docs: ``docs/analyses.md``.
 """
 
 from lightning_memloc.analyses.atypicality import (

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_memloc.report import MemorizationReport
+from lightning_memloc.report.report import MemorizationReport
 
 __all__ = [
     "atypicality_study",

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
-from lightning_memloc.report import MemorizationReport
+from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["consistency_matrices", "kendall_tau", "layer_consistency", "top_k_overlap"]
 

@@ -20,7 +20,7 @@ from torch import nn
 from lightning_memloc.analyses.consistency import chosen_layers
 from lightning_memloc.checks import named_module
 from lightning_memloc.errors import ArchitectureMismatchError
-from lightning_memloc.report import MemorizationReport
+from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["exchange_layers", "layer_exchange_study"]
 

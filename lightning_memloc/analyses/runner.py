@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from lightning_memloc.analyses.atypicality import atypicality_study
 from lightning_memloc.analyses.consistency import layer_consistency
 from lightning_memloc.analyses.exchange import layer_exchange_study
-from lightning_memloc.report import MemorizationReport
+from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["ANALYSES", "parse_analyses", "run_analyses"]
 

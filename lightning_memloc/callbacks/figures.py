@@ -7,7 +7,7 @@ nulls, the excess and membership tests, UnitMem seen vs unseen, by depth) and
 mean UnitMem per layer and measurement, from the monitor's history). Wang et al., *Localizing
 Memorization in SSL Vision Encoders* (NeurIPS 2024) mark the end of the learning-rate warm-up in
 their figure of UnitMem over training; :func:`warmup_end_step` reads it off the LightningModule
-(``warmup_steps``, or ``warmup_epochs`` as :class:`~lightning_memloc.cotrain.CoTrainedPair` has), the
+(``warmup_steps``, or ``warmup_epochs`` as :class:`~lightning_memloc.models.cotrain.CoTrainedPair` has), the
 heat maps draw it, and ``memloc/lr_warmup`` says it in words (TensorBoard's Text tab).
 """
 
@@ -20,8 +20,8 @@ from typing import Any, Mapping, Optional, Sequence
 from lightning_memloc.plots.figure import figure_array
 from lightning_memloc.plots.heatmap import heatmap_figure
 from lightning_memloc.plots.profile import profile_figure
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc.tags import FIGURE_NAMES, figure_tag, summary_tag
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.report.tags import FIGURE_NAMES, figure_tag, summary_tag
 
 __all__ = ["WARMUP_NOTE", "log_figures", "log_warmup", "steps_per_epoch", "warmup_end_step", "warmup_text"]
 

@@ -20,15 +20,15 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
+from lightning_memloc.callbacks.report_source import EVIDENCE_POLICIES, gate, test_for
 from lightning_memloc.callbacks.fit_state import TrainableState, started_training
 from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
-from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
+from lightning_memloc.callbacks.report_source import check_epoch_in_run, check_k_layers
 from lightning_memloc.checks import check_choice, check_int, check_layers_exist
-from lightning_memloc.callbacks.sources import monitor_layers
-from lightning_memloc.loading import resolve_module
-from lightning_memloc.producers import count_parameters, trainable_map
-from lightning_memloc.selection import LAYER_SCORES, LAYER_STRATEGIES, select_layers
+from lightning_memloc.callbacks.report_source import monitor_layers
+from lightning_memloc.models.loading import resolve_module
+from lightning_memloc.taps.producers import count_parameters, trainable_map
+from lightning_memloc.report.selection import LAYER_SCORES, LAYER_STRATEGIES, select_layers
 
 __all__ = ["MemorizationFinetuning"]
 
@@ -75,7 +75,7 @@ class MemorizationFinetuning(BaseFinetuning):
             (mean UnitMem), ``"excess"`` or ``"align_gap"`` (the alignment gap under the encoder
             alone, needs ``unseen=``): the ranking score of ``"highest"`` / ``"lowest"``.
         strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k``
-            layers in forward order); see :func:`~lightning_memloc.selection.select_layers`.
+            layers in forward order); see :func:`~lightning_memloc.report.selection.select_layers`.
         encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``), a
             module, a callable ``pl_module -> nn.Module``, or ``None`` (the monitor's encoder
             when ``source`` is a monitor, else the LightningModule itself).
@@ -140,7 +140,7 @@ class MemorizationFinetuning(BaseFinetuning):
         self.unfreeze_at_epoch, self.train_bn, self.seed, self.lr = unfreeze_at_epoch, train_bn, seed, lr
         self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
         self.chosen_layers: Optional[List[str]] = None
-        #: ``{chosen layer: [names of the encoder modules trained for it]}`` (:mod:`lightning_memloc.producers`).
+        #: ``{chosen layer: [names of the encoder modules trained for it]}`` (:mod:`lightning_memloc.taps.producers`).
         self.trainable_modules: Optional[Dict[str, List[str]]] = None
         self._bn_in_eval: Dict[int, _BatchNorm] = {}
         self._optimizers: List[Optimizer] = []

@@ -2,13 +2,13 @@
 
 Every value is logged against one x-axis, the trainer's ``global_step`` at the moment of the
 measurement: scalars, histograms and images line up in TensorBoard. Tags (built by
-:mod:`lightning_memloc.tags`; TensorBoard makes one section per quantity):
+:mod:`lightning_memloc.report.tags`; TensorBoard makes one section per quantity):
 
 - ``memloc.layer_mem/<layer>``, ``memloc.delta_layer_mem/<layer>``, ``memloc.layer_mem_top/<layer>``,
   ``memloc.layer_mem_least/<layer>`` (with a reference); ``memloc.unit_mem_mean/<layer>``,
   ``memloc.unit_mem_frac_above/<layer>``, ``memloc.dead_units/<layer>``, ``memloc.class_mem_mean/<layer>``
   (with labels);
-- with evidence (:mod:`lightning_memloc.evidence`): every interval bound, control value, excess,
+- with evidence (:mod:`lightning_memloc.report.evidence`): every interval bound, control value, excess,
   p-value and membership share as ``memloc.<key>/<layer>`` (``memloc.excess/<layer>``,
   ``memloc.excess_p_holm/<layer>``, ``memloc.membership/<layer>``, ...) and the number of
   significant layers per test ``memloc/significant_layers/<test>``, and the overall verdict
@@ -23,6 +23,7 @@ measurement: scalars, histograms and images line up in TensorBoard. Tags (built 
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -30,14 +31,12 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.callbacks.figures import log_figures, log_warmup, steps_per_epoch, warmup_end_step
-from lightning_memloc.callbacks.layer_runs import LayerRunWriters
-from lightning_memloc.callbacks.naming import NamedWriter, has_tensorboard, named_scalars, named_tag
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
-                                   hist_tag, image_tag, scalar_tag, significant_tag, verdict_tag)
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.report.tags import (HIST_QUANTITY, LABEL_QUANTITIES, LAYER_QUANTITIES, LAYER_RUNS_FOLDER, MARGINS, PREFIX,
+                                          QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag, hist_tag, image_tag,
+                                          named_layout, named_scalars, named_tag, scalar_tag, significant_tag, verdict_tag)
 
-__all__ = ["MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "log_tensorboard",
-           "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.tags
+__all__ = ["LAYER_QUANTITIES", "LayerRunWriters", "MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "layer_run_name", "log_tensorboard", "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.report.tags
 #: Evidence-chart quantities (when the report's evidence has them): every tested quantity and its Holm p-value.
 _EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")) + ("unit_mem_unseen",)
 
@@ -69,14 +68,14 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
 
 def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
     """Every measured evidence value as ``memloc.<key>/<layer>`` (keys of
-    :class:`~lightning_memloc.evidence.Evidence` records: ``layer_mem_lo``, ``excess``,
+    :class:`~lightning_memloc.report.evidence.Evidence` records: ``layer_mem_lo``, ``excess``,
     ``excess_p_holm``, ``membership``, ...), plus ``memloc/significant_layers/<test>``: how many
     layers pass each test of the verdict, and ``memloc/verdict/memorization`` (1 / 0). Values
     already logged under the same tag are skipped.
 
     Example:
         >>> import torch
-        >>> from lightning_memloc.evidence import compute_evidence
+        >>> from lightning_memloc.report.evidence import compute_evidence
         >>> mu = {"a": torch.rand(6, 3)}
         >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(6),
         ...     unit_mem={"a": torch.zeros(3)}, unit_argmax={"a": torch.zeros(3, dtype=torch.long)},
@@ -104,7 +103,7 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
     """A TensorBoard custom-scalars layout putting every layer of a quantity on one chart.
 
     With ``by_layer`` (the monitor writes one run per layer, see
-    :mod:`~lightning_memloc.callbacks.layer_runs`) each chart matches the quantity's tag in every
+    :mod:`~lightning_memloc.callbacks.logging`) each chart matches the quantity's tag in every
     layer run, so TensorBoard draws each layer as its own run (coloured by run, 7 colours), and the
     margin charts (value with its interval) show every layer on one chart per quantity.
     """
@@ -194,7 +193,7 @@ class MonitorLoggers:
     Scalars go to every logger and into ``trainer.callback_metrics`` (tags renamed for a named
     monitor); on rank 0 a TensorBoard logger also gets histograms, image grids, the figures, the
     custom-scalars layout and the warm-up note (once) and, with ``layer_runs``, one run per layer
-    (:class:`~lightning_memloc.callbacks.layer_runs.LayerRunWriters`).
+    (:class:`~lightning_memloc.callbacks.logging.LayerRunWriters`).
 
     Args:
         name: the monitor's ``name`` (``None``: plain ``memloc...`` tags).
@@ -236,3 +235,126 @@ class MonitorLoggers:
         for writers in self.layer_writers.values():
             writers.close()
         self.layer_writers = {}
+
+
+def layer_run_name(index: int, layer: str, total: int) -> str:
+    """``"03_res1.conv1"``: the layer's depth (1-based, zero-padded to the layer count) and its name.
+
+    Example:
+        >>> [layer_run_name(i, n, 10) for i, n in enumerate(["conv1", "res1.conv1"])]
+        ['01_conv1', '02_res1.conv1']
+    """
+    return f"{index + 1:0{max(2, len(str(total)))}d}_{layer}"
+
+
+class LayerRunWriters:
+    """One ``SummaryWriter`` per layer under ``<log_dir>/<folder>/<NN>_<layer>`` (rank 0 only).
+
+    Args:
+        log_dir: the TensorBoard run folder of the logger (``logger.experiment.log_dir``).
+        prefix: tag prefix (``"memloc"``, or ``"memloc-<name>"`` for a named monitor).
+    """
+
+    def __init__(self, log_dir: str, prefix: str = "memloc") -> None:
+        self.log_dir, self.prefix = str(log_dir), prefix
+        self.folder = LAYER_RUNS_FOLDER if prefix == PREFIX else f"{prefix}_layers"
+        self._writers: Dict[str, Any] = {}
+
+    def _writer(self, run: str) -> Any:
+        if run not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
+        return self._writers[run]
+
+    def log(self, report: MemorizationReport, scalars: Dict[str, float], step: int, histograms: bool = True) -> List[str]:
+        """Write every layer's quantities (and UnitMem histogram) at ``step``; returns the run names."""
+        runs = []
+        for i, layer in enumerate(report.layers):
+            run = layer_run_name(i, layer, len(report.layers))
+            writer = self._writer(run)
+            for quantity in LAYER_QUANTITIES:
+                value: Optional[float] = scalars.get(scalar_tag(quantity, layer))
+                if value is not None:
+                    writer.add_scalar(by_layer_tag(quantity, self.prefix), value, global_step=step)
+            if histograms:
+                writer.add_histogram(by_layer_tag(HIST_QUANTITY, self.prefix), report.unit_mem[layer].float(), global_step=step)
+            writer.flush()
+            runs.append(run)
+        return runs
+
+    def close(self) -> None:
+        """Close every writer (idempotent)."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+#: The attribute of a ``SummaryWriter`` holding the layouts written to it, by writer key.
+LAYOUTS_ATTRIBUTE = "_memloc_layouts"
+
+
+def has_tensorboard(logger: Any) -> bool:
+    """Whether ``logger.experiment`` is a TensorBoard ``SummaryWriter`` (by capability, not class).
+
+    True for the ``TensorBoardLogger`` of ``pytorch_lightning`` and of ``lightning.pytorch`` alike,
+    and for any logger whose experiment writes histograms, images and custom-scalars layouts.
+    """
+    experiment = getattr(logger, "experiment", None)
+    return all(callable(getattr(experiment, m, None)) for m in ("add_histogram", "add_image", "add_custom_scalars"))
+
+
+class NamedWriter:
+    """A ``SummaryWriter`` view writing under a monitor's ``name`` (tags under ``memloc-<name>``).
+
+    ``add_histogram``, ``add_image``, ``add_text``, ``add_scalar`` and ``add_scalars`` rename their tag; ``add_custom_scalars``
+    renames the layout and writes the union of every layout written through a ``NamedWriter`` on
+    the same writer. Other attributes pass through.
+
+    Args:
+        writer: the ``SummaryWriter`` (``logger.experiment``).
+        name: the monitor's name (``None``: tags unchanged, layouts still merged).
+    """
+
+    def __init__(self, writer: Any, name: Optional[str]) -> None:
+        self.writer, self.name = writer, name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.writer, attribute)
+
+    def add_histogram(self, tag: str, *args: Any, **kwargs: Any) -> Any:
+        return self.writer.add_histogram(named_tag(tag, self.name), *args, **kwargs)
+
+    def add_image(self, tag: str, *args: Any, **kwargs: Any) -> Any:
+        return self.writer.add_image(named_tag(tag, self.name), *args, **kwargs)
+
+    def add_text(self, tag: str, *args: Any, **kwargs: Any) -> Any:
+        return self.writer.add_text(named_tag(tag, self.name), *args, **kwargs)
+
+    def add_scalar(self, tag: str, *args: Any, **kwargs: Any) -> Any:
+        return self.writer.add_scalar(named_tag(tag, self.name), *args, **kwargs)
+
+    def add_scalars(self, main_tag: str, *args: Any, **kwargs: Any) -> Any:
+        return self.writer.add_scalars(named_tag(main_tag, self.name), *args, **kwargs)
+
+    def add_custom_scalars(self, layout: Dict[str, Any]) -> Any:
+        return add_merged_layout(self.writer, named_layout(layout, self.name), self.name)
+
+
+def add_merged_layout(writer: Any, layout: Dict[str, Any], key: Any) -> Any:
+    """Write ``layout`` (stored on ``writer`` under ``key``) merged with every layout written so far.
+
+    TensorBoard's custom-scalars plugin keeps one layout per run: each monitor (or the utility
+    monitor) writing to one ``SummaryWriter`` adds its charts to the union instead of replacing it.
+    """
+    layouts: Dict[Any, Dict[str, Any]] = getattr(writer, LAYOUTS_ATTRIBUTE, None) or {}
+    layouts[key] = layout
+    try:
+        setattr(writer, LAYOUTS_ATTRIBUTE, layouts)
+    except AttributeError:  # pragma: no cover - a writer refusing attributes: write this layout alone
+        return writer.add_custom_scalars(layout)
+    merged: Dict[str, Any] = {}
+    for part in layouts.values():
+        for category, charts in part.items():
+            merged.setdefault(category, {}).update(charts)
+    return writer.add_custom_scalars(merged)

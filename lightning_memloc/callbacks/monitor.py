@@ -1,6 +1,6 @@
 """``MemorizationMonitor``: UnitMem and LayerMem of a held-out candidate set while an SSL encoder trains.
 
-Runs :func:`~lightning_memloc.measure.run_pass` (as :func:`~lightning_memloc.measure` does) every N
+Runs :func:`~lightning_memloc.measurement.run_pass` (as :func:`~lightning_memloc.measure` does) every N
 epochs or steps, logs it, keeps a history that survives checkpoint/resume, and shards the candidates
 across DDP ranks with single-process results.
 """
@@ -22,24 +22,23 @@ from torch.utils.data import Dataset, DistributedSampler
 from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
-from lightning_memloc.callbacks.naming import check_name
-from lightning_memloc.callbacks.schedule import check_schedule, step_due
+from lightning_memloc.callbacks.monitor_checks import check_schedule, step_due
 from lightning_memloc.callbacks.view_check import ViewCheck
-from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
+from lightning_memloc.data.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
-from lightning_memloc.loading import load_encoder, resolve_module
-from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
-from lightning_memloc.distributed import rank_zero_buffers  # re-exported (documented here before)
-from lightning_memloc.evidence import EvidenceOptions
-from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
-from lightning_memloc.measure import keeps_alignment, model_device_dtype, prepare_views, probe_layers, run_pass
-from lightning_memloc.meter import MemorizationMeter, check_state_memory
+from lightning_memloc.models.loading import load_encoder, resolve_module
+from lightning_memloc.reductions.baseline import INIT_BATCHNORM, recalibrated_batchnorm
+from lightning_memloc.states.distributed import rank_zero_buffers  # re-exported (documented here before)
+from lightning_memloc.report.evidence import EvidenceOptions
+from lightning_memloc.states.reference_cache import ReferenceCache, frozen_reference
+from lightning_memloc.measurement import Measurement
+from lightning_memloc.taps.probe import model_device_dtype
+from lightning_memloc.states.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import MeasureOptions, option_property
-from lightning_memloc.precision import check_autocast
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc.tags import upgrade_tag
-from lightning_memloc.taps import LayerSpec
+from lightning_memloc.reductions.precision import check_autocast
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.report.tags import check_name, upgrade_tag
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
 
@@ -62,7 +61,7 @@ class MemorizationMonitor(Callback):
     Args:
         candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W),
             a ``Dataset`` (see :func:`~lightning_memloc.measure`), or a path: a ``.pt`` tensor file,
-            an ``.npz`` file, an image folder (see :func:`~lightning_memloc.candidates.load_candidates`).
+            an ``.npz`` file, an image folder (see :func:`~lightning_memloc.data.candidates.load_candidates`).
         every_n_epochs: measure every N training epochs (≥ 1; default 1 unless ``every_n_train_steps``).
         views: K augmented views per candidate.
         transform: view transform (per-image or batched); ``None`` for the default batched
@@ -87,7 +86,7 @@ class MemorizationMonitor(Callback):
         log_figures: log the profile by depth and the layer × measurement heat maps to TensorBoard.
         layer_runs: on TensorBoard, also write each layer into its own run
             ``memloc_layers/<NN>_<layer>`` (depth order), so that each quantity's section starts with one
-            chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.layer_runs`).
+            chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.logging`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
         progress: show a progress bar during each measurement pass.
         num_workers: DataLoader workers generating views.
@@ -188,10 +187,10 @@ class MemorizationMonitor(Callback):
                 f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."
             )
         # The reference may still be a path or an attribute: only whether there is one matters here.
-        self.options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
-                                      negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
-                                      bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
-                                      normalize=normalize, with_reference=reference is not None)
+        options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
+                                 negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
+                                 bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
+                                 normalize=normalize, with_reference=reference is not None)
         candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
         control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
         unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
@@ -199,8 +198,9 @@ class MemorizationMonitor(Callback):
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
         self.init_batchnorm = init_batchnorm
         # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
-        self.views, self.group_sizes, self.pool = prepare_views(candidates, self.options, transform=transform,
-                                                                labels=labels, control=control, unseen=unseen)
+        self.measurement = Measurement.prepare(candidates, options, transform=transform, labels=labels, control=control,
+                                               unseen=unseen)
+        self.views, self.group_sizes, self.pool = self.measurement.views, self.measurement.group_sizes, self.measurement.pool
         memory_limit = check_memory_limit(memory_limit)
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
@@ -217,14 +217,21 @@ class MemorizationMonitor(Callback):
         self.history: List[Dict[str, Any]] = []
         self.report: Optional[MemorizationReport] = None
         self.meter: Optional[MemorizationMeter] = None
-        self._specs: Optional[List[LayerSpec]] = None
-        self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
         self.encoder_id: Optional[str] = None  # which encoder and reference are measured (setup): fingerprint
         self.reference_id: Optional[str] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
         self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
+
+    @property
+    def options(self) -> MeasureOptions:
+        """The validated settings (``monitor.top_k`` and the other option attributes read and set them)."""
+        return self.measurement.options
+
+    @options.setter
+    def options(self, value: MeasureOptions) -> None:
+        self.measurement.options = value
 
     batch_size, pairing, reduction, negative = (option_property(k) for k in ("batch_size", "pairing", "reduction", "negative"))
     top_k, num_workers, progress, autocast = (option_property(k) for k in ("top_k", "num_workers", "progress", "autocast"))
@@ -249,7 +256,7 @@ class MemorizationMonitor(Callback):
     @property
     def layer_names(self) -> Optional[List[str]]:
         """The measured layers, resolved (``None`` until ``setup`` or the first measurement)."""
-        return None if not self._specs else [spec.name for spec in self._specs]
+        return None if not self.measurement.specs else [spec.name for spec in self.measurement.specs]
 
     @property
     def state_key(self) -> str:
@@ -295,11 +302,10 @@ class MemorizationMonitor(Callback):
         device, _ = model_device_dtype(encoder)
         check_views_memory(self.batch_size, self.views.views, self.views.input_shape, device)
         with guard.encoder_hint(self.encoder_spec, pl_module):
-            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
-        note = check_state_memory(len(self.pool), self._num_units, reference=reference is not None,
+            self.measurement.probe(encoder, reference, self.layers, device)
+        note = check_state_memory(len(self.pool), self.measurement.num_units, reference=reference is not None,
                                   labels=self.views.has_labels, limit=self.memory_limit, device=device,
-                                  num_candidates=len(self.views),
-                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing))
+                                  num_candidates=len(self.views), alignment=self.measurement.keeps_alignment)
         if note:
             rank_zero_info(note)
 
@@ -309,7 +315,7 @@ class MemorizationMonitor(Callback):
             if self.init_batchnorm == "recalibrate":
                 # BatchNorm of an untrained encoder still holds its default statistics (mean 0,
                 # var 1), unlike every later measurement: measure with statistics from the pool's
-                # views (see lightning_memloc.baseline); the models' own are restored afterwards.
+                # views (see lightning_memloc.reductions.baseline); the models' own are restored afterwards.
                 with recalibrated_batchnorm(self.encoder(pl_module), self.reference(pl_module), views=self.pool,
                                             batch_size=self.batch_size):
                     self._measure(trainer, pl_module, epoch=-1)
@@ -343,24 +349,19 @@ class MemorizationMonitor(Callback):
         device, _ = model_device_dtype(encoder)
         if reference is not None and reference not in list(pl_module.modules()):
             reference.to(device)
-        if self._specs is None:
-            self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
-        meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
-                                  labels=self.views.has_labels, groups=self.group_sizes, view_shape=self.views.view_shape,
-                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing),
-                                  **self.options.meter_kwargs()).to(device)
+        if self.measurement.specs is None:
+            self.measurement.probe(encoder, reference, self.layers, device)
         sampler = None
         if trainer.world_size > 1:
             sampler = DistributedSampler(self.pool, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
         cache = self._reference_cache if frozen_reference(pl_module, reference) else None
         with rank_zero_buffers(trainer.world_size, encoder, reference):
-            run_pass(encoder, reference, self.pool, self._specs, meter, reference_cache=cache, sampler=sampler,
-                     progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}", epoch=epoch,
-                     world_size=trainer.world_size, **self.options.pass_kwargs())
-        meta = {**self.options.meta(views=self.views.views, seed=self.views.seed, num_candidates=len(self.views),
-                                    groups=self.group_sizes, epoch=epoch, global_step=trainer.global_step),
+            meter = self.measurement.run(encoder, reference, reference_cache=cache, sampler=sampler, epoch=epoch,
+                                         progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}",
+                                         world_size=trainer.world_size)
+        meta = {**self.measurement.meta(epoch=epoch, global_step=trainer.global_step),
                 "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model"}
-        report = meter.compute_report(torch.arange(len(self.views)), meta, evidence=self.options.evidence)
+        report = self.measurement.report(meter, torch.arange(len(self.views)), meta)
         self.report, self.meter = report, meter
         scalars = report_scalars(report, self.threshold)
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})

@@ -26,13 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_memloc.io import atomic_write_text
-from lightning_memloc.loading import split_prefix
-from lightning_memloc.module_digest import UnkeyableModuleError, settings_digest
-from lightning_memloc.reference_cache import tensor_digest
+from lightning_memloc.models.loading import split_prefix
+from lightning_memloc.states.module_digest import UnkeyableModuleError, settings_digest
+from lightning_memloc.states.reference_cache import tensor_digest
 
-__all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
-           "encoder_hint", "fingerprint", "is_checkpoint_path", "module_identities", "reference_hint",
-           "release_output_dir"]
+__all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "check_schedule", "claim_output_dir", "encoder_hint", "fingerprint", "is_checkpoint_path", "module_identities", "reference_hint", "release_output_dir", "step_due"]
 
 #: The file naming the run that owns a monitor's ``output_dir``.
 MARKER = "memloc_run.json"
@@ -330,3 +328,41 @@ def reference_hint(spec: Any) -> Iterator[None]:
             raise
         raise AttributeError(f"{err} No file {spec!r} exists either: pass the path of an existing checkpoint "
                              "(any extension) or the attribute path of a co-trained reference.") from err
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"`{name}` must be an int >= 1, got {value!r} (or None, the default).")
+
+
+def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
+    """Validate the schedule; neither given means every epoch.
+
+    Returns:
+        ``(every_n_epochs, every_n_train_steps)``, exactly one of them ``None``.
+
+    Example:
+        >>> check_schedule(None, None), check_schedule(None, 50), check_schedule(2, None)
+        ((1, None), (None, 50), (2, None))
+    """
+    _check_positive("every_n_epochs", every_n_epochs)
+    _check_positive("every_n_train_steps", every_n_train_steps)
+    if every_n_epochs is not None and every_n_train_steps is not None:
+        raise ValueError(f"pass either `every_n_epochs` ({every_n_epochs}) or `every_n_train_steps` "
+                         f"({every_n_train_steps}), not both.")
+    return (1 if every_n_train_steps is None and every_n_epochs is None else every_n_epochs), every_n_train_steps
+
+
+def step_due(every_n_train_steps: Optional[int], global_step: int, history: List[Dict[str, Any]]) -> bool:
+    """Whether a step-scheduled monitor measures now: a multiple of N not measured yet (steps > 0).
+
+    Lightning calls ``on_train_batch_end`` once per batch, but ``global_step`` counts optimizer
+    steps (gradient accumulation repeats it): a step already in ``history`` is not measured twice.
+
+    Example:
+        >>> step_due(2, 4, []), step_due(2, 4, [{"global_step": 4}]), step_due(2, 3, []), step_due(None, 4, [])
+        (True, False, False, False)
+    """
+    if every_n_train_steps is None or global_step <= 0 or global_step % every_n_train_steps:
+        return False
+    return all(entry.get("global_step") != global_step for entry in history)

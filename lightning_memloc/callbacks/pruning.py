@@ -3,7 +3,7 @@
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) show that removing
 the most memorizing units (UnitMem) hurts more than removing random or the least memorizing
 ones. The unit surgery itself (which parameters carry a layer's units, the masks, the bare-module
-:func:`~lightning_memloc.surgery.prune_units`) lives in :mod:`lightning_memloc.surgery`, which
+:func:`~lightning_memloc.models.surgery.prune_units`) lives in :mod:`lightning_memloc.models.surgery`, which
 needs no Lightning; ``prune_units``, ``UnitTargets`` and ``find_unit_targets`` are importable
 from here too.
 
@@ -25,15 +25,15 @@ from torch import Tensor, nn
 
 from lightning_memloc.callbacks.fit_state import started_training
 from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
-from lightning_memloc.callbacks.setup_checks import check_epoch_in_run
+from lightning_memloc.callbacks.report_source import check_epoch_in_run
 from lightning_memloc.checks import check_choice, check_int
-from lightning_memloc.pruned import MaskUndo
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
-from lightning_memloc.selection import LAYER_SCORES, SCOPES, UNIT_STRATEGIES, select_layers
-from lightning_memloc.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
+from lightning_memloc.models.pruned import MaskUndo
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.callbacks.report_source import EVIDENCE_POLICIES, gate, test_for
+from lightning_memloc.report.selection import LAYER_SCORES, SCOPES, UNIT_STRATEGIES, select_layers
+from lightning_memloc.models.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
                                      find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
-from lightning_memloc.callbacks.sources import monitor_layers
+from lightning_memloc.callbacks.report_source import monitor_layers
 
 __all__ = ["MemorizationPruning", "UnitTargets", "find_unit_targets", "prune_units"]
 
@@ -43,7 +43,7 @@ class MemorizationPruning(Callback):
     In ``setup`` every layer in scope gets all-ones ``torch.nn.utils.prune.identity`` masks on
     the producing conv / linear weight and bias and on the affine parameters of a following
     BatchNorm (:func:`find_unit_targets`). When the pruning point is reached the units chosen by
-    :func:`~lightning_memloc.selection.select_units` get zeros in those masks: their outputs are
+    :func:`~lightning_memloc.report.selection.select_units` get zeros in those masks: their outputs are
     exactly 0 from then on (after the block's ReLU), and their gradients are 0.
 
     The choice is recorded in the callback's ``state_dict``; a resumed run reuses it (the masks
@@ -74,7 +74,7 @@ class MemorizationPruning(Callback):
             the report at the pruning point (``None``: every layer in scope); gated like ``by``.
         by: the layer ranking of ``top_layers``: ``"layer_mem"``, ``"delta_layer_mem"``,
             ``"unit_mem"``, ``"excess"`` or ``"align_gap"`` (the alignment gap under the encoder
-            alone, no reference needed); see :func:`~lightning_memloc.selection.select_layers`.
+            alone, no reference needed); see :func:`~lightning_memloc.report.selection.select_layers`.
 
     Example:
         >>> import pytorch_lightning as pl, torch

@@ -1,27 +1,22 @@
-"""Where a callback gets its report and its encoder: a report, a saved report's path or a monitor.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) fine-tune the most
-memorizing layers and prune the most memorizing units; both callbacks
-(:class:`~lightning_memloc.callbacks.finetuning.MemorizationFinetuning`,
-:class:`~lightning_memloc.callbacks.pruning.MemorizationPruning`) read the report they act on
-through a :class:`ReportSource` and find the encoder it was measured on with :func:`resolve_encoder`.
+"""What fine-tuning and pruning act on: the report and where it comes from (a report, a saved
+report's path or a monitor), the encoder it was measured on, its evidence gate, and their checks.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_memloc.callbacks.sources import find_monitor, is_monitor_reference
-from lightning_memloc.loading import resolve_module
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc.selection import resolve_report
+from lightning_memloc.models.loading import resolve_module
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.report.selection import resolve_report
 
-__all__ = ["ModuleSpec", "ReportSource", "check_module_spec", "resolve_encoder"]
+__all__ = ["EVIDENCE_POLICIES", "MONITOR_REFERENCE", "ModuleSpec", "ReportSource", "check_epoch_in_run", "check_k_layers", "check_module_spec", "evidence_problem", "find_monitor", "gate", "is_monitor_reference", "monitor_layers", "resolve_encoder", "test_for"]
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
 
@@ -120,3 +115,155 @@ def resolve_encoder(pl_module: "pl.LightningModule", spec: ModuleSpec, source: R
     if spec is None and source.is_monitor and callable(getattr(source.source, "encoder", None)):
         return source.source.encoder(pl_module)
     return resolve_module(pl_module, spec, "encoder")
+
+
+#: ``source=`` value naming the trainer's monitor; ``"monitor:<name>"`` names one of several.
+MONITOR_REFERENCE = "monitor"
+
+
+def is_monitor_reference(value: Any) -> bool:
+    """Whether ``value`` is ``"monitor"`` or ``"monitor:<name>"``.
+
+    Example:
+        >>> is_monitor_reference("monitor"), is_monitor_reference("monitor:control"), is_monitor_reference("r.json")
+        (True, True, False)
+    """
+    return isinstance(value, str) and (value == MONITOR_REFERENCE or value.startswith(MONITOR_REFERENCE + ":"))
+
+
+def _is_monitor(callback: Any) -> bool:
+    return hasattr(callback, "report") and hasattr(callback, "views") and hasattr(callback, "history")
+
+
+def find_monitor(callbacks: List[Any], reference: str, argument: str = "source") -> Any:
+    """The monitor among ``callbacks`` that ``reference`` (``"monitor"`` / ``"monitor:<name>"``) names.
+
+    Raises:
+        ValueError: no monitor matches, or ``"monitor"`` is ambiguous (several monitors).
+    """
+    wanted: Optional[str] = reference.partition(":")[2] or None
+    monitors = [c for c in callbacks if _is_monitor(c)]
+    names = [getattr(m, "name", None) for m in monitors]
+    matches = monitors if wanted is None else [m for m, n in zip(monitors, names) if n == wanted]
+    if len(matches) == 1:
+        return matches[0]
+    if not monitors:
+        problem = "the trainer has no MemorizationMonitor among its callbacks"
+    elif not matches:
+        problem = f"no MemorizationMonitor has name={wanted!r} (their names: {names})"
+    else:
+        problem = f"the trainer has {len(matches)} MemorizationMonitors (names {names})"
+    raise ValueError(f"`{argument}`={reference!r}: {problem}: add the monitor to `Trainer(callbacks=...)`, and with "
+                     "several monitors give each a `name=` and pass `monitor:<name>`.")
+
+
+def monitor_layers(monitor: Any, encoder: nn.Module) -> List[str]:
+    """The layer names ``monitor`` measures (or will measure) on ``encoder``."""
+    measured = getattr(monitor, "layer_names", None)
+    if measured:
+        return list(measured)
+    requested = getattr(monitor, "layers", "auto")
+    if not isinstance(requested, str):
+        return [getattr(n, "name", n) for n in requested]
+    from lightning_memloc.taps.hooks import resolve_layers
+
+    device = next(encoder.parameters()).device
+    return [s.name for s in resolve_layers(encoder, requested, monitor.views.example_batch(device))]
+
+
+def check_epoch_in_run(trainer: Any, epoch: Optional[int], argument: str, consequence: str) -> None:
+    """Refuse an action epoch at or after ``max_epochs`` (it would never happen).
+
+    Args:
+        trainer: the trainer being set up (``max_epochs`` of -1 / ``None`` means no limit).
+        epoch: the epoch at whose start the action happens (``None``: at fit start).
+        argument: the callback argument, for the message.
+        consequence: what would happen instead, for the message.
+    """
+    max_epochs = getattr(trainer, "max_epochs", None)
+    if epoch is None or max_epochs is None or max_epochs < 0 or epoch < max_epochs:
+        return
+    raise ValueError(f"`{argument}`={epoch} but training ends after epoch {max_epochs - 1} (max_epochs={max_epochs}): "
+                     f"{consequence}. Pass `{argument}` < {max_epochs} or raise max_epochs.")
+
+
+def check_k_layers(k: int, source: Any) -> None:
+    """Refuse ``k`` larger than the layers a monitor will measure (known before its first report)."""
+    monitor = getattr(source, "source", source)
+    layers = getattr(monitor, "layer_names", None) or getattr(monitor, "layers", None)
+    if not isinstance(layers, (list, tuple)) or not layers:
+        return  # "auto" before the monitor's setup: checked when the report is known
+    if k > len(layers):
+        raise ValueError(f"`k`={k} but the monitor measures {len(layers)} layers ({list(layers)}): pass k <= "
+                         f"{len(layers)}.")
+
+
+#: Choices of ``require_evidence`` of the fine-tuning and pruning callbacks.
+EVIDENCE_POLICIES = ("warn", "error", "off")
+
+
+def test_for(by: str) -> str:
+    """The evidence test behind a ranking: LayerMem-based rankings need the excess over a control,
+    UnitMem-based ones the membership test, the reference-free alignment gap its own test.
+
+    Example:
+        >>> test_for("layer_mem"), test_for("unit_mem"), test_for("align_gap")
+        ('excess', 'membership', 'align_gap')
+    """
+    return {"unit_mem": "membership", "align_gap": "align_gap"}.get(by, "excess")
+
+
+test_for.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test: pytest must not collect it
+
+
+def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
+    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"`` /
+    ``"align_gap"``), or ``None`` when at least one layer passes it in the overall verdict (Holm
+    over every test x layer, :mod:`lightning_memloc.report.verdict`).
+
+    Example:
+        >>> import torch
+        >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
+        ...     unit_mem={"a": torch.zeros(1)}, unit_argmax={"a": torch.zeros(1, dtype=torch.long)},
+        ...     dead_units={"a": torch.zeros(1, dtype=torch.bool)})
+        >>> evidence_problem(r, "excess").startswith("the report has no evidence")
+        True
+    """
+    ev = report.evidence
+    if ev is None:
+        return "the report has no evidence (no intervals, control or tests were measured)"
+    if not ev.has(f"{test}_p_holm"):
+        if ev.has(test):
+            return "the report was measured with bootstrap=0, so no test says whether its figures exceed noise"
+        need = "a control set (control=)" if test == "excess" else "an unseen set (unseen=)"
+        return f"the report was measured without {need}, so no test says whether its figures exceed noise"
+    verdict = ev.meta.get("verdict") or {}
+    alpha, m = ev.meta.get("alpha", 0.05), verdict.get("family_size", 0)
+    if not ev.significant_layers(test):
+        what = {"excess": "LayerMem exceeds the control's", "membership": "units prefer training images",
+                "align_gap": "the encoder aligns its candidates' views more tightly than unseen images'"}[test]
+        problem = (f"no layer shows significant memorization (no layer where {what}, Holm p >= {alpha:g} over the "
+                   f"verdict's {m} tests x layers)")
+        if verdict.get("attainable") is False:
+            problem += (f"; with bootstrap={ev.meta.get('bootstrap')} no test can reach that level: use bootstrap >= "
+                        f"{verdict.get('needs_bootstrap')}")
+        elif verdict.get("memorization"):
+            others = [t for t, layers in verdict.get("layers", {}).items() if layers]
+            problem += f"; the verdict is positive through {', '.join(others)}, which this choice does not use"
+        return problem
+    return None
+
+
+def gate(report: MemorizationReport, test: str, policy: str, action: str) -> None:
+    """Warn (``"warn"``), raise ``ValueError`` (``"error"``) or stay silent (``"off"``) when
+    :func:`evidence_problem` finds one; ``action`` names what would act on noise."""
+    if policy == "off":
+        return
+    problem = evidence_problem(report, test)
+    if problem is None:
+        return
+    message = (f"{action}: {problem}; the choice may follow noise rather than memorization. Measure with "
+               "control= / unseen= (and more candidates), or pass require_evidence='off' to act anyway.")
+    if policy == "error":
+        raise ValueError(f"[memloc] refusing to act — {message}")
+    rank_zero_warn(f"[memloc] {message}")

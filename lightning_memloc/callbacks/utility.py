@@ -25,14 +25,14 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_memloc.callbacks.monitor import MemorizationMonitor
-from lightning_memloc.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
-from lightning_memloc.callbacks.naming import add_merged_layout, check_name, has_tensorboard, named_scalars, named_tag
-from lightning_memloc.callbacks.schedule import check_schedule, step_due
+from lightning_memloc.states.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
+from lightning_memloc.callbacks.logging import add_merged_layout, has_tensorboard
+from lightning_memloc.callbacks.monitor_checks import check_schedule, step_due
 from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
-from lightning_memloc.loading import resolve_module
-from lightning_memloc.tags import PREFIX, by_layer_tag, knn_tag
+from lightning_memloc.models.loading import resolve_module
+from lightning_memloc.report.tags import PREFIX, by_layer_tag, check_name, knn_tag, named_scalars, named_tag
 
 __all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"]
 

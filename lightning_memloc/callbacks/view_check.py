@@ -7,7 +7,7 @@ ImageNet-normalised by lightly's ``SimCLRTransform``) every figure is off withou
 forward pre-hook on the encoder sums the per-channel values of its inputs (training mode, with
 gradients: the monitor's own passes run in eval mode without them); the hook is then removed,
 the sums are added over the DDP ranks, and their statistics are compared with those of the views
-of the first 64 candidates (:func:`~lightning_memloc.view_stats.mismatch`: std ratio over 1.5 or
+of the first 64 candidates (:func:`~lightning_memloc.views.stats.mismatch`: std ratio over 1.5 or
 mean shift over 1.0 std in some channel). A mismatch warns once (rank 0) with both figures and
 the fix, or raises with ``check_views="error"``, on every rank alike.
 """
@@ -21,8 +21,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_memloc.checks import check_choice
-from lightning_memloc.probe import model_device_dtype
-from lightning_memloc.view_stats import ViewStatistics, channel_sums, mismatch, sample_statistics, statistics_from_sums
+from lightning_memloc.taps.probe import model_device_dtype
+from lightning_memloc.views.stats import ViewStatistics, channel_sums, mismatch, sample_statistics, statistics_from_sums
 
 __all__ = ["CHECK_STEPS", "CHECK_VIEWS", "TrainingInputs", "ViewCheck"]
 

@@ -16,11 +16,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.cli.checks import check_out, parse_device
-from lightning_memloc.cli.errors import CLIError, as_cli_error
-from lightning_memloc.cli.loading import load_checkpoint
-from lightning_memloc.cli.renamed import typed_flag
-from lightning_memloc.cli.selection import (images_checksum, load_cli_data, match_channels, select_candidates,
+from lightning_memloc.cli.output import check_out, parse_device
+from lightning_memloc.cli.cli_error import CLIError, as_cli_error
+from lightning_memloc.cli.checkpoints import load_checkpoint
+from lightning_memloc.cli.images import (images_checksum, load_cli_data, match_channels, select_candidates,
                                            select_groups)
 from lightning_memloc.cli.zoo import build_model
 from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError, MemlocError
@@ -63,7 +62,7 @@ def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
         return None
     if reference is None:
         raise CLIError("--reference-cache", "caches the reference's alignments and needs --reference: pass one, or drop it.")
-    from lightning_memloc.reference_cache import ReferenceCache
+    from lightning_memloc.states.reference_cache import ReferenceCache
 
     with as_cli_error("--reference-cache", (ValueError, OSError)):
         return ReferenceCache.load(args.reference_cache, missing_ok=True)
@@ -81,7 +80,7 @@ def _layers(spec: str) -> Union[str, List[str]]:
 
 def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module], nn.Module]:
     """``(encoder, reference, like)`` from ``--arch`` + checkpoints or ``--model`` / ``--lightning-module``."""
-    from lightning_memloc.user_models import user_encoders
+    from lightning_memloc.cli.user_models import user_encoders
 
     built = user_encoders(args)  # --model / --lightning-module; None for --arch
     if built is not None:
@@ -116,7 +115,8 @@ def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.
            candidates: Tensor, device: torch.device, transform: Any = None) -> None:
     """One forward of two candidates' views: a bad ``--transform``, ``--normalize``, ``--layers`` or a
     reference of another shape fails here."""
-    from lightning_memloc.measure import build_views, probe_layers
+    from lightning_memloc.measurement import build_views
+    from lightning_memloc.taps.probe import probe_layers
 
     flag = "--transform" if transform is not None else "--normalize"
     with as_cli_error(flag, (TypeError, ValueError)):
@@ -136,19 +136,19 @@ def analyze(args: argparse.Namespace) -> int:
     Raises:
         CLIError: a bad argument (code 2, before any measurement) or a failed measurement (code 1).
     """
-    from lightning_memloc.cli.analyses import check_analysis_arguments, run_cli_analyses
+    from lightning_memloc.cli.analysis_flags import check_analysis_arguments, run_cli_analyses
     from lightning_memloc.cli.output import StagedOutput
     from lightning_memloc.measure import measure
     from lightning_memloc.plots import plot_report
 
-    out_flag = typed_flag(args, "output_dir")
+    out_flag = "--output-dir"
     out = check_out(args.output_dir, out_flag)
     if (out / "report.json").exists() and not args.overwrite:
         raise CLIError(out_flag, f"{str(out)!r} already holds a report.json from an earlier analysis: pass another "
                                  "folder, or --overwrite to replace it.")
     device = parse_device(args.device)
     encoder, reference, like = _encoders(args)
-    from lightning_memloc.user_models import user_transform
+    from lightning_memloc.cli.user_models import user_transform
 
     transform = user_transform(args)  # --transform: built (and refused) before the data are read
     cache = _reference_cache(args, reference)  # checked before the data are read

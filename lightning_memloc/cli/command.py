@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from lightning_memloc.cli.analyze import analyze
-from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.cli_error import FILE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.parser import build_parser
 from lightning_memloc.cli.plot import plot
 
@@ -20,11 +20,11 @@ __all__ = ["main"]
 
 def _demo(argv: Sequence[str]) -> int:
     try:
-        from lightning_memloc import demo
+        from lightning_memloc.cli import demo
     except ModuleNotFoundError as err:
-        if err.name != "lightning_memloc.demo":
+        if err.name != "lightning_memloc.cli.demo":
             raise
-        raise CLIError("demo", "this installation has no lightning_memloc.demo module: update lightning_memloc.") \
+        raise CLIError("demo", "this installation has no lightning_memloc.cli.demo module: update lightning_memloc.") \
             from err
     try:
         with as_cli_error("demo", FILE_ERRORS):

@@ -30,9 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, FrozenSet, Iterator, List, Optional, Sequence
 
-from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.cli_error import as_cli_error, CLIError, FILE_ERRORS
+import torch
 
-__all__ = ["LOCK_NAME", "STAGING_PREFIX", "StagedOutput", "analysis_files", "deferred_interrupt", "lock_folder"]
+__all__ = ["LOCK_NAME", "STAGING_PREFIX", "StagedOutput", "analysis_files", "check_out", "deferred_interrupt", "lock_folder", "parse_device"]
 
 #: The lock file a run holds in its output folder (left in place, empty, when the run ends).
 LOCK_NAME = ".memloc.lock"
@@ -42,8 +43,8 @@ STAGING_PREFIX = ".memloc-staging-"
 
 def analysis_files() -> FrozenSet[str]:
     """The names ``memloc analyze`` writes into its output folder: ``report.json`` and its figures."""
-    from lightning_memloc.plots.analyses import ANALYSIS_FILENAMES
-    from lightning_memloc.plots.report import FILENAMES
+    from lightning_memloc.plots.analysis_figures import ANALYSIS_FILENAMES
+    from lightning_memloc.plots.report_figures import FILENAMES
 
     monitor_only = {FILENAMES["history"], FILENAMES["evidence_history"]}  # figures of a history, never of analyze
     return frozenset({"report.json", *ANALYSIS_FILENAMES.values(), *set(FILENAMES.values()) - monitor_only})
@@ -180,3 +181,27 @@ class StagedOutput:
 
     def __exit__(self, *exc: Any) -> None:
         self._release()
+
+
+def check_out(path: str, flag: str = "--output-dir") -> Path:
+    """Fail early if ``path`` (the flag ``flag``) cannot become a writable folder (without creating anything yet)."""
+    out = Path(path)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CLIError(flag, f"{str(probe)!r} is a file, not a folder: pass a folder path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CLIError(flag, f"{str(probe)!r} is not writable: pass a folder you can write to.")
+    return out
+
+
+def parse_device(spec: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; CUDA must be available."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with as_cli_error("--device", (RuntimeError, ValueError), "(use auto, cpu, cuda or cuda:N)."):
+        device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device", f"{spec!r} asked for CUDA, but no CUDA device is available: use --device cpu.")
+    return device

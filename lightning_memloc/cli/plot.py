@@ -14,10 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_memloc.cli.checks import check_out
-from lightning_memloc.cli.errors import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
-from lightning_memloc.cli.renamed import typed_flag
-from lightning_memloc.cli.selection import images_checksum, load_cli_data, select_candidates
+from lightning_memloc.cli.output import check_out
+from lightning_memloc.cli.cli_error import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.images import images_checksum, load_cli_data, select_candidates
 
 __all__ = ["plot"]
 
@@ -78,7 +77,7 @@ def plot(args: argparse.Namespace) -> int:
     from lightning_memloc.plots.io import find_plot_inputs
 
     first = Path(args.inputs[0])
-    out_flag = typed_flag(args, "output_dir")
+    out_flag = "--output-dir"
     out = check_out(args.output_dir or str(first if first.is_dir() else first.parent), out_flag)
     with as_cli_error("REPORT_OR_HISTORY", VALUE_ERRORS, "(pass a report.json or history.json written by memloc)."):
         report, history = find_plot_inputs(args.inputs)
@@ -94,7 +93,7 @@ def plot(args: argparse.Namespace) -> int:
         written = plot_report(report, out, images=images, history=history, k=args.k, layer=args.layer,
                               threshold=args.threshold)
         if report is not None and report.analyses:  # figures of lightning_memloc.analyses results
-            from lightning_memloc.plots.analyses import plot_analyses
+            from lightning_memloc.plots.analysis_figures import plot_analyses
             written += plot_analyses(report, out)
     if report is not None:
         print(report.summary_table(args.threshold))

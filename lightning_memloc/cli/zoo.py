@@ -3,7 +3,7 @@
 The encoders a checkpoint is loaded into: the ResNet9 of Wang et al., *Localizing Memorization
 in SSL Vision Encoders* (NeurIPS 2024), the layout of their released code, torchvision's
 ResNet-18 and the test encoder. Other architectures come from ``--model`` /
-``--lightning-module`` (:mod:`lightning_memloc.user_models`).
+``--lightning-module`` (:mod:`lightning_memloc.cli.user_models`).
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class TensorImageDataset(Dataset):
         labels: optional labels (length N); -1 when missing.
         transform: applied to the uint8 (C, H, W) image (e.g. a lightly ``SimCLRTransform``,
             which returns a list of views); without it the raw uint8 image is returned, for a
-            batched augmentation such as :class:`~lightning_memloc.views.BatchedSimCLRAugment`
+            batched augmentation such as :class:`~lightning_memloc.views.seeded.BatchedSimCLRAugment`
             inside the model.
 
     Example:

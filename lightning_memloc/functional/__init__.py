@@ -6,7 +6,7 @@ Learning Improves Downstream Generalization* (ICLR 2024) for SSLMem and alignmen
 """
 
 from lightning_memloc.functional.classmem import class_means, classmem
-from lightning_memloc.functional.evidence import (
+from lightning_memloc.functional.statistics import (
     bootstrap_difference_interval,
     bootstrap_mean_interval,
     bootstrap_t_interval,

@@ -23,7 +23,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from lightning_memloc.functional.evidence import welch_greater
+from lightning_memloc.functional.statistics import welch_greater
 
 __all__ = ["alignment_gap", "alignment_scale", "gap_greater", "membership_scores", "normalise"]
 
@@ -108,8 +108,8 @@ def membership_scores(candidates: Tensor, unseen: Tensor) -> Tensor:
 def gap_greater(candidates: Tensor, unseen: Tensor) -> float:
     """One-sided p-value of ``mean d_f(U) > mean d_f(C)`` for one layer (raw alignments).
 
-    Welch's analytic approximation (:func:`~lightning_memloc.functional.evidence.welch_greater`),
-    liberal on skewed, unequal groups; :mod:`lightning_memloc.evidence_free` tests with
+    Welch's analytic approximation (:func:`~lightning_memloc.functional.statistics.welch_greater`),
+    liberal on skewed, unequal groups; :mod:`lightning_memloc.report.evidence_free` tests with
     :func:`~lightning_memloc.functional.two_sample.studentized_permutation_test`. NaN when a
     group has fewer than 2 images.
 

@@ -101,7 +101,7 @@ def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_byte
       as squared distances (exact to the input precision).
 
     NaN or inf in a candidate's views gives a non-finite result for it: callers check the
-    output (:func:`~lightning_memloc.measure.run_pass` once per batch), so no device sync is
+    output (:func:`~lightning_memloc.measurement.run_pass` once per batch), so no device sync is
     made here. Returns ``(N,)`` in the input dtype promoted to at least float32.
     """
     n, k, d = reps.shape

@@ -84,7 +84,7 @@ class AuthorsResNet9(nn.Module):
     ``layer1_residual2`` sees the block output *before* ``+ a``, as a tap on the authors' model
     does. The children are registered in forward order, so running them in sequence (what
     torchvision's ``IntermediateLayerGetter`` in the authors' UnitMem script does, see
-    :func:`lightning_memloc.fidelity.sequential_children`) skips the two additions. Their
+    :func:`lightning_memloc.analyses.fidelity.sequential_children`) skips the two additions. Their
     classifier max-pools the 2×2 map of a 32 px input, i.e. a global max-pool as here. Inputs
     need at least 16×16 pixels (four 2×2 pools).
 

@@ -3,7 +3,7 @@
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) report UnitMem and
 LayerMem for a ResNet9 trained with SimCLR on CIFAR-10, numbering its eight convolutional layers
 1..8. This module reproduces that encoder in the DAWNBench / Myrtle layout so that
-:func:`lightning_memloc.taps.resolve_layers` with ``layers="auto"`` returns exactly those eight
+:func:`lightning_memloc.taps.hooks.resolve_layers` with ``layers="auto"`` returns exactly those eight
 layers, in the paper's order.
 """
 
@@ -42,7 +42,7 @@ class ConvBlock(nn.Module):
         True
     """
 
-    #: ``layers="auto"`` taps the whole block (:data:`lightning_memloc.taps.LAYER_MARKER`).
+    #: ``layers="auto"`` taps the whole block (:data:`lightning_memloc.taps.hooks.LAYER_MARKER`).
     memloc_layer: ClassVar[bool] = True
 
     def __init__(self, in_ch: int, out_ch: int, norm: str = "batch", bias: bool = False) -> None:

@@ -3,7 +3,7 @@
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) localize
 memorization in ViT encoders block by block (attention vs MLP). :class:`TinyViT` is a torchvision
 ``VisionTransformer`` (so the torchvision branch of the ViT ``layers="auto"`` rule in
-:mod:`lightning_memloc.vit` applies unchanged) small enough for CPU tests, returning the
+:mod:`lightning_memloc.taps.vit` applies unchanged) small enough for CPU tests, returning the
 class-token features like an SSL backbone.
 """
 

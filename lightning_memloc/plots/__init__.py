@@ -9,11 +9,11 @@ training epochs. Figures are built on :class:`matplotlib.figure.Figure` with the
 path it wrote.
 
 Modules: :mod:`~lightning_memloc.plots.figure` (the shared Agg figure, atomic PNG writer, depth
-axis), :mod:`~lightning_memloc.plots.report` (the figures of one report and :func:`plot_report`),
-:mod:`~lightning_memloc.plots.history` (training curves), :mod:`~lightning_memloc.plots.evidence`
+axis), :mod:`~lightning_memloc.plots.report_figures` (the figures of one report and :func:`plot_report`),
+:mod:`~lightning_memloc.plots.history` (training curves), :mod:`~lightning_memloc.plots.evidence_figures`
 (the nulls and tests), :mod:`~lightning_memloc.plots.profile` and :mod:`~lightning_memloc.plots.heatmap`
 (the profile by depth and the layer × measurement heat maps logged to TensorBoard),
-:mod:`~lightning_memloc.plots.analyses` (the paper's other analyses) and
+:mod:`~lightning_memloc.plots.analysis_figures` (the paper's other analyses) and
 :mod:`~lightning_memloc.plots.io` (reading reports and histories back).
 
 Example:
@@ -29,7 +29,7 @@ Example:
 
 from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import History, load_history
-from lightning_memloc.plots.report import (
+from lightning_memloc.plots.report_figures import (
     FILENAMES,
     max_unit_mem_per_candidate,
     plot_candidate_grid,

@@ -19,7 +19,7 @@ from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
 from lightning_memloc.plots.figure import new_figure, save_png
 from lightning_memloc.plots.io import History, load_history
-from lightning_memloc.tags import QUANTITIES, parse_scalar_tag, scalar_tag
+from lightning_memloc.report.tags import QUANTITIES, parse_scalar_tag, scalar_tag
 
 __all__ = ["Heatmap", "heatmap_data", "heatmap_figure", "plot_heatmap", "warmup_boundary"]
 

@@ -20,14 +20,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
-from lightning_memloc.report import FORMAT, MemorizationReport
-from lightning_memloc.tags import PREFIX as TAG_PREFIX
-from lightning_memloc.tags import SEPARATOR, upgrade_tag
+from lightning_memloc.report.report import FORMAT, MemorizationReport
+from lightning_memloc.report.tags import PREFIX as TAG_PREFIX
+from lightning_memloc.report.tags import SEPARATOR, upgrade_tag
 
 __all__ = ["History", "find_plot_inputs", "load_history", "read_plot_input"]
 
 History = Union[Sequence[Mapping[str, Any]], PathLike]
-PREFIX = f"{TAG_PREFIX}{SEPARATOR}"  # every per-layer scalar tag starts with it (lightning_memloc.tags)
+PREFIX = f"{TAG_PREFIX}{SEPARATOR}"  # every per-layer scalar tag starts with it (lightning_memloc.report.tags)
 
 
 def _read_json(source: Path, what: str) -> Any:
@@ -56,7 +56,7 @@ def load_history(history: History) -> List[Dict[str, Any]]:
 
     Returns:
         A copy of the entries; keys of the former ``memloc/<quantity>/<layer>`` scheme are renamed
-        ``memloc.<quantity>/<layer>`` (:func:`~lightning_memloc.tags.upgrade_tag`).
+        ``memloc.<quantity>/<layer>`` (:func:`~lightning_memloc.report.tags.upgrade_tag`).
 
     Raises:
         FileNotFoundError: no file at the path.

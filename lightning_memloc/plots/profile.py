@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 
 from lightning_memloc.io import PathLike
 from lightning_memloc.plots.figure import depth_axis, new_figure, save_png
-from lightning_memloc.report import MemorizationReport
-from lightning_memloc.tags import QUANTITIES, REFERENCE_QUANTITIES
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
 
 __all__ = ["measurement_title", "plot_profile", "profile_data", "profile_figure"]
 

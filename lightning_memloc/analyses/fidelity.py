@@ -1,0 +1,263 @@
+"""The quirks of the authors' released scripts, as explicit options (never the default).
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) released scripts
+(sprintml/LocalizingMemorizationInSSL) that differ from the paper's clean definitions in four ways
+that move the numbers (../shared/DESIGN.md §7; docs/fidelity.md measures by how much):
+
+(a) **train-mode BatchNorm at batch size 1**: their UnitMem script never calls ``.eval()`` and feeds
+    one augmented view per forward, so every BatchNorm normalises each view with that view's own
+    per-channel statistics (:func:`per_view_batchnorm`);
+(b) **sequential children**: they tap layers through torchvision's ``IntermediateLayerGetter``,
+    which runs the model's children one after the other and so skips the residual additions of a
+    custom ``forward`` (:func:`sequential_children`);
+(c) **median**: μ-max is compared with the median of the other candidates
+    (``measure(..., reduction="median")``);
+(d) **anchor pairing**: alignment of each view against the un-augmented image
+    (``measure(..., pairing="anchor")``).
+
+:func:`measure_with_quirks` applies (a) and (b) around the ordinary, batched
+:func:`~lightning_memloc.measure` (same seeded views, so a difference comes from the quirk alone);
+:func:`measure_as_authors` switches on all four. :func:`authors_unitmem` is the literal procedure
+(one view per forward, the model in train mode, real BatchNorm) as a slow reference; it leaves the
+model exactly as it found it (weights, BatchNorm running statistics, modes, ``requires_grad``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lightning_memloc.functional.unitmem import unitmem
+from lightning_memloc.measure import measure
+from lightning_memloc.measurement import Candidates, build_views
+from lightning_memloc.taps.probe import model_device_dtype
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, resolve_layers, unit_activations
+from lightning_memloc.views.seeded import SeededViews
+
+__all__ = ["AUTHORS_QUIRKS", "authors_unitmem", "measure_as_authors", "measure_with_quirks",
+           "per_view_batchnorm", "sequential_children"]
+
+#: The settings of the authors' released scripts, as keyword arguments of :func:`measure_with_quirks`.
+AUTHORS_QUIRKS: Dict[str, Any] = {"train_bn": True, "sequential": True, "reduction": "median", "pairing": "anchor"}
+
+
+def sequential_children(model: nn.Module, until: Optional[str] = None) -> nn.Sequential:
+    """The model's direct children run in registration order, as torchvision's
+    ``IntermediateLayerGetter`` (used by the authors' UnitMem script) runs them.
+
+    The returned ``nn.Sequential`` holds the *same* module objects under the *same* names (nothing
+    is copied, ``named_modules()`` names are unchanged), so it can be measured with the original
+    layer names; everything the model's own ``forward`` does between children (residual
+    additions, reshapes) is skipped. For :class:`~lightning_memloc.models.AuthorsResNet9` this
+    drops the additions after layers 4 and 8; for :class:`~lightning_memloc.models.ResNet9`, whose
+    residual blocks are children with their own ``forward``, it changes nothing.
+
+    Args:
+        model: a model whose children are registered in forward order.
+        until: last child to run (default: all children).
+
+    Raises:
+        ValueError: ``model`` has no children, or ``until`` is not the name of one.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.models import AuthorsResNet9
+        >>> seq = sequential_children(AuthorsResNet9(width=2), until="layer3_residual2")
+        >>> list(seq._modules)[-2:], seq(torch.randn(1, 3, 32, 32)).shape
+        (['layer3_residual1', 'layer3_residual2'], torch.Size([1, 16, 2, 2]))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    children = list(model.named_children())
+    if not children:
+        raise ValueError(f"`model` ({type(model).__name__}) has no child modules to run in sequence.")
+    names = [name for name, _ in children]
+    if until is not None:
+        if until not in names:
+            raise ValueError(f"`until`={until!r} is not a direct child of {type(model).__name__}; its children are {names}.")
+        children = children[:names.index(until) + 1]
+    return nn.Sequential(OrderedDict(children))
+
+
+def _per_view_forward(name: str, module: _BatchNorm) -> Callable[[Tensor], Tensor]:
+    """A BatchNorm forward that normalises every sample with its own statistics (train mode,
+    batch size 1) and never touches the running statistics."""
+
+    def forward(x: Tensor) -> Tensor:
+        if x.ndim < 3:
+            raise ValueError(
+                f"per-view BatchNorm (train mode at batch size 1) is undefined for layer {name!r}: its input "
+                f"{tuple(x.shape)} holds one value per channel and view. Use train_bn=False for this model."
+            )
+        if x[0, 0].numel() < 2:
+            raise ValueError(
+                f"per-view BatchNorm (train mode at batch size 1) is undefined for layer {name!r}: its input "
+                f"{tuple(x.shape)} has a 1x1 map, one value per channel (PyTorch refuses it in train mode too). "
+                "Use larger images (>= 32 px for AuthorsResNet9) or train_bn=False."
+            )
+        return F.instance_norm(x, weight=module.weight, bias=module.bias, eps=module.eps)
+
+    return forward
+
+
+@contextmanager
+def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Inside the block, every BatchNorm of ``models`` normalises each sample on its own.
+
+    That is what BatchNorm in training mode does to a batch of size 1, i.e. what the authors'
+    UnitMem script (one view per forward, no ``.eval()``) computed, but for a whole batch at once
+    and without updating the running statistics: each ``(sample, channel)`` map is normalised by
+    its own mean and biased variance, then BatchNorm's affine weight and bias are applied (the
+    same arithmetic as ``F.instance_norm``). GroupNorm and other layers are unaffected. The
+    BatchNorm modules get their own ``forward`` back on exit, also on error.
+
+    Example:
+        >>> import torch
+        >>> bn = torch.nn.BatchNorm2d(2).eval()
+        >>> x = torch.randn(3, 2, 4, 4)
+        >>> with per_view_batchnorm(bn):
+        ...     y = bn(x)
+        >>> bool(torch.allclose(y[1:2], bn.train()(x[1:2]), atol=1e-6))
+        True
+    """
+    patched: List[nn.Module] = []
+    try:
+        for model in models:
+            if model is None:
+                continue
+            for name, module in model.named_modules():
+                if isinstance(module, _BatchNorm) and "forward" not in module.__dict__:
+                    module.forward = _per_view_forward(name, module)  # type: ignore[method-assign]
+                    patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def measure_with_quirks(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *,
+                        reference: Optional[nn.Module] = None, train_bn: bool = False, sequential: bool = False,
+                        until: Optional[str] = None, **measure_kwargs: Any) -> MemorizationReport:
+    """:func:`~lightning_memloc.measure` with the authors' quirks (a) and (b) as options.
+
+    Args:
+        encoder: the encoder ``f``.
+        candidates: as for :func:`~lightning_memloc.measure`.
+        reference: the reference ``g`` (LayerMem), treated like ``encoder``.
+        train_bn: quirk (a), BatchNorm in training mode at batch size 1 (:func:`per_view_batchnorm`).
+        sequential: quirk (b), run the children in sequence (:func:`sequential_children`).
+        until: last child to run when ``sequential`` (default all).
+        **measure_kwargs: any other argument of :func:`~lightning_memloc.measure`, e.g.
+            ``reduction="median"`` (quirk c) or ``pairing="anchor"`` (quirk d).
+
+    Returns:
+        The report; ``meta`` records ``train_bn`` and ``sequential_children``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.models import AuthorsResNet9
+        >>> r = measure_with_quirks(AuthorsResNet9(width=2), torch.rand(3, 3, 32, 32), views=2, train_bn=True)
+        >>> r.meta["train_bn"], len(r.layers)
+        (True, 8)
+    """
+    for flag, value in (("train_bn", train_bn), ("sequential", sequential)):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{flag}` must be True or False, got {value!r}.")
+    f = sequential_children(encoder, until) if sequential else encoder
+    g = sequential_children(reference, until) if sequential and reference is not None else reference
+    meta = dict(measure_kwargs.pop("meta", None) or {})
+    meta.update(train_bn=train_bn, sequential_children=sequential)
+    with per_view_batchnorm(f, g) if train_bn else nullcontext():
+        return measure(f, candidates, reference=g, meta=meta, **measure_kwargs)
+
+
+def measure_as_authors(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *,
+                       reference: Optional[nn.Module] = None, **measure_kwargs: Any) -> MemorizationReport:
+    """:func:`measure_with_quirks` with all four quirks of the authors' scripts (:data:`AUTHORS_QUIRKS`).
+
+    Note that the authors' LayerMem script calls ``.eval()``: for their LayerMem, use
+    ``measure_with_quirks(..., pairing="anchor")`` instead. Keyword arguments override the quirks.
+    """
+    return measure_with_quirks(encoder, candidates, reference=reference, **{**AUTHORS_QUIRKS, **measure_kwargs})
+
+
+def _snapshot(model: nn.Module) -> tuple[List[tuple[nn.Module, bool]], Dict[str, Tensor]]:
+    return [(m, m.training) for m in model.modules()], {n: b.detach().clone() for n, b in model.named_buffers()}
+
+
+def _restore(model: nn.Module, modes: List[tuple[nn.Module, bool]], buffers: Dict[str, Tensor]) -> None:
+    for module, training in modes:
+        module.training = training
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            buf.copy_(buffers[name])
+
+
+def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *, views: int = 10,
+                    seed: int = 0, layers: Union[str, Sequence[Union[str, LayerSpec]]] = "auto",
+                    transform: Optional[Callable] = None, reduction: str = "median", sequential: bool = True,
+                    train_bn: bool = True, negative: str = "clamp") -> Dict[str, Tensor]:
+    """UnitMem computed the way the authors' script does: a literal, slow reference.
+
+    Every view of every candidate is one forward of a batch of size 1 through the model in
+    training mode (``train_bn=True``: real BatchNorm with per-view statistics) or eval mode, run
+    through its children in sequence (``sequential=True``); unit activations are averaged over the
+    views and UnitMem uses the median of the other candidates (``reduction``). The views are the
+    seeded views of :func:`~lightning_memloc.measure` with the same ``seed``/``transform``.
+    BatchNorm in training mode updates its running statistics: they, every other buffer and every
+    module's mode are restored afterwards (also on error); nothing runs with gradients.
+
+    Args:
+        encoder: the encoder.
+        candidates: images (N, C, H, W), precomputed views (N, K, C, H, W) or a ``Dataset``.
+        views: K, views per candidate.
+        seed: view seed.
+        layers: ``"auto"`` or layer names.
+        transform: view transform, as for :func:`~lightning_memloc.measure`.
+        reduction: ``"median"`` (theirs) or ``"mean"`` (the paper's).
+        sequential: run the children in sequence (theirs) instead of ``forward``.
+        train_bn: keep the model in training mode (theirs) instead of eval mode.
+        negative: negative-activation policy of :func:`~lightning_memloc.functional.unitmem.unitmem`.
+
+    Returns:
+        layer name -> (U,) UnitMem, layers in forward order.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.models import AuthorsResNet9
+        >>> scores = authors_unitmem(AuthorsResNet9(width=2), torch.rand(3, 3, 32, 32), views=2)
+        >>> list(scores)[0], tuple(scores["layer3_residual2"].shape)
+        ('prep', (16,))
+    """
+    view_set = build_views(candidates, views, transform, seed, None)
+    if len(view_set) < 2:
+        raise ValueError(f"UnitMem needs at least 2 candidates, got {len(view_set)}: pass more candidates.")
+    model = sequential_children(encoder) if sequential else encoder
+    device, dtype = model_device_dtype(encoder)
+    modes, buffers = _snapshot(encoder)
+    try:
+        specs = resolve_layers(model, layers, view_set.example_batch(device).to(dtype)[:1])
+        names = [s.name for s in specs]
+        sums: Dict[str, List[Tensor]] = {n: [] for n in names}
+        current: Dict[str, Tensor] = {}
+        encoder.train(train_bn)
+        with torch.no_grad(), LayerTaps(model, names, lambda n, out: current.__setitem__(n, unit_activations(out)[0])):
+            for index, x, _ in view_set.dataloader(batch_size=1):
+                candidate_views = view_set.finalize(x, index, device)[0]
+                acc = {n: torch.zeros((), dtype=torch.float64) for n in names}
+                for view in candidate_views:
+                    model(view[None].to(dtype))
+                    for n in names:
+                        acc[n] = acc[n] + current[n].double().cpu()
+                for n in names:
+                    sums[n].append(acc[n] / len(candidate_views))
+    finally:
+        _restore(encoder, modes, buffers)
+    return {n: unitmem(torch.stack(sums[n]), reduction=reduction, negative=negative) for n in names}

@@ -1,0 +1,88 @@
+"""argparse ``type`` functions of the ``memloc`` flags: a bad value is a usage error before anything loads."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Union
+
+__all__ = ["bootstrap_count", "nonnegative_int", "normalize_spec", "positive_int", "probability", "seed", "split_size"]
+
+
+def _int_at_least(low: int, what: str) -> Any:
+    """An argparse ``type``: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+#: argparse ``type``: an integer >= 1 (a usage error otherwise).
+positive_int = _int_at_least(1, "a positive integer")
+#: argparse ``type``: an integer >= 0.
+nonnegative_int = _int_at_least(0, "an integer >= 0")
+
+
+def seed(text: str) -> int:
+    """A seed in [0, 2**64) (seeds are used modulo 2**64: others would alias; docs/reliability.md row 48)."""
+    from lightning_memloc.checks import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**64), got {text!r}") from None
+
+
+def bootstrap_count(text: str) -> int:
+    """0 (no intervals or tests) or at least ``MIN_BOOTSTRAP`` resamples (``EvidenceOptions``)."""
+    from lightning_memloc.report.evidence import MIN_BOOTSTRAP
+
+    value = nonnegative_int(text)
+    if 0 < value < MIN_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"expected 0 (no intervals or tests) or an integer >= {MIN_BOOTSTRAP}, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1): ``--confidence``, ``--alpha``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
+
+
+def normalize_spec(text: str) -> Any:
+    """``--normalize``: a preset name (``imagenet``, ``cifar10``) or ``MEAN/STD`` as comma-separated
+    per-channel values, e.g. ``0.5,0.5,0.5/0.25,0.25,0.25``.
+
+    Example:
+        >>> normalize_spec("0.5/0.25"), normalize_spec("imagenet")
+        (((0.5,), (0.25,)), 'imagenet')
+    """
+    from lightning_memloc.views.normalization import NORMALIZE_PRESETS, check_normalize
+
+    hint = f"expected one of {', '.join(NORMALIZE_PRESETS)} or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25"
+    try:
+        if "/" not in text:
+            return check_normalize(text)
+        mean, std = text.split("/", 1)
+        return check_normalize(([float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]))
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"{hint}, got {text!r} ({err})") from None
+
+
+def split_size(text: str) -> Union[int, float]:
+    """A split size: a fraction in [0, 1) or a count (>= 1), as ``memloc demo`` takes them."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a fraction or a count >= 0, got {text!r}")
+    return int(value) if value >= 1 else value

@@ -1,0 +1,273 @@
+"""The main job: show memorization, with its controls and its tests, in a few CPU minutes.
+
+Reproduces the set-up of Wang et al., *Localizing Memorization in SSL Vision Encoders*
+(NeurIPS 2024) at demo scale: an encoder ``f`` and its reference ``g`` (SimCLR ResNet9) are
+co-trained in one ``Trainer.fit`` while :class:`~lightning_memloc.MemorizationMonitor` measures
+UnitMem and LayerMem of the candidates (seen by ``f`` only) **next to their nulls** — a control
+set both encoders train on and an unseen set neither does — with intervals and one-sided,
+Holm-corrected tests at every measurement.
+
+Default (``--setting canaries``): atypical *canaries* (gray crops of scikit-learn's two sample
+photographs) planted among scikit-learn's handwritten digits, all offline; a short CPU run
+memorizes them measurably (docs/evidence.md). ``--setting plain`` is the paper's plain setting
+(a random shared / candidates / independent split of ``--data``; control drawn from the shared
+part, unseen = the reference's independent part), where a CPU-sized run shows no significant
+memorization — the demo then says how large an effect its intervals leave possible.
+
+Run ``memloc demo --help`` (or ``python -m lightning_memloc.cli.demo --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from lightning_memloc.io import atomic_write_text, check_writable_dir
+from lightning_memloc.report.tags import scalar_tag
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the demo."""
+    p = argparse.ArgumentParser(prog="memloc demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--setting", choices=["canaries", "plain"], default="canaries",
+                   help="canaries: atypical photo crops planted among the digits (shows memorization on a CPU); "
+                        "plain: the paper's random split of --data (no significant effect at CPU scale)")
+    p.add_argument("--data", default="digits", help="digits | cifar10 | stl10 | svhn | file.npz | image folder")
+    p.add_argument("--root", default="data", help="download/cache folder for torchvision data sets")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in pixels (default: 16 for the 8x8 digits, the data's own size otherwise)")
+    p.add_argument("--subset", type=int, default=None,
+                   help="seeded random subset of N images of --data (0: all; default 160 with canaries, 600 plain)")
+    p.add_argument("--canaries", type=int, default=80,
+                   help="canaries per group (candidates, independent, control, unseen) with --setting canaries")
+    p.add_argument("--unseen", choices=["independent", "neither"], default="independent",
+                   help="the unseen group (f never trains on it): the reference's independent canaries (C - unseen "
+                        "then estimates f's plus g's memorization) or extra canaries neither encoder trains on")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="times each candidate appears in the encoder's training data (default: 3 with canaries, 1 plain)")
+    p.add_argument("--output-dir", default="runs/demo",
+                   help="output folder (TensorBoard logs, reports, plots, the files of `memloc analyze`)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 180 with canaries, 30 plain)")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="linear LR warm-up epochs (default: epochs / 10)")
+    p.add_argument("--width", type=int, default=16, help="ResNet9 base width (the paper: 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step and encoder (default: 32 with canaries, 128 plain)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--views", type=int, default=10, help="K views per image for the monitor")
+    p.add_argument("--every-n-epochs", type=int, default=None, help="measure every N epochs (default: epochs / 6)")
+    p.add_argument("--split-candidates", type=float, default=0.1,
+                   help="--setting plain: fraction (or count) of candidates, as `memloc analyze --split-candidates`")
+    p.add_argument("--split-independent", type=float, default=0.1,
+                   help="--setting plain: fraction (or count) for the reference only")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples / permutations per interval and test")
+    p.add_argument("--transform", choices=["batched", "lightly"], default="batched",
+                   help="training augmentation: batched tensor SimCLR augmentation, or lightly's SimCLRTransform")
+    p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is 'highly memorizing'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader workers")
+    p.add_argument("--accelerator", default="auto")
+    return p
+
+
+def _count(value: float) -> float:
+    return int(value) if value >= 1 else value
+
+
+def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+    canaries = args.setting == "canaries"
+    if args.epochs is None:
+        args.epochs = 180 if canaries else 30
+    if args.batch_size is None:
+        args.batch_size = 32 if canaries else 128
+    if args.repeat is None:
+        args.repeat = 3 if canaries else 1
+    if args.subset is None:
+        args.subset = 160 if canaries else 600
+    if args.warmup_epochs is None:
+        args.warmup_epochs = max(1, args.epochs // 10)
+    if args.every_n_epochs is None:
+        args.every_n_epochs = max(1, args.epochs // 6)
+    return args
+
+
+def _groups(args: argparse.Namespace) -> Dict[str, Any]:
+    """Images and index groups of the chosen setting."""
+    from lightning_memloc.data.canaries import canary_layout, photo_canaries
+    from lightning_memloc.data import SplitIndices, load_data, split_candidates
+
+    size = args.size if args.size is not None else (16 if str(args.data).lower() == "digits" else None)
+    images, labels = load_data(args.data, root=args.root, size=size)
+    if args.subset and args.subset < len(images):
+        # a seeded random subset: files sorted by class (e.g. a CIFAR .npz) keep every class
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.subset].sort().values
+        images, labels = images[keep], labels[keep]
+    if args.setting == "canaries":
+        base = len(images)
+        canaries = photo_canaries(4 * args.canaries, size=images.shape[-1], channels=images.shape[1], seed=args.seed)
+        images = torch.cat([images, canaries])
+        labels = torch.cat([labels, torch.full((len(canaries),), -1, dtype=labels.dtype)])
+        layout = canary_layout(base, args.canaries, seed=args.seed)
+        split, control = layout.split, layout.control
+        unseen = split.independent if args.unseen == "independent" else layout.unseen
+        what = (f"{base} {args.data!r} images + {4 * args.canaries} photo canaries: shared {len(split.shared)} "
+                f"(incl. {len(control)} control canaries), candidates {len(split.candidates)} (f only), "
+                f"independent {len(split.independent)} (g only), unseen: the "
+                + ("independent ones" if args.unseen == "independent" else f"{len(unseen)} canaries neither trains on"))
+    else:
+        n = len(images)
+        cand, ind = _count(args.split_candidates), _count(args.split_independent)
+        shared = n - (cand if isinstance(cand, int) else int(cand * n)) - (ind if isinstance(ind, int) else int(ind * n))
+        split = split_candidates(n, shared=shared, candidates=cand, independent=ind, seed=args.seed)
+        control, unseen = split.control(min(len(split.candidates), len(split.shared)), seed=args.seed), split.independent
+        what = (f"{n} {args.data!r} images: shared {len(split.shared)} (control: {len(control)} of them), "
+                f"candidates {len(split.candidates)} (f only), independent {len(split.independent)} (g only, the unseen set)")
+    if args.repeat > 1:  # planted duplicates: each candidate appears `repeat` times in f's data
+        split = SplitIndices(split.shared, split.candidates.repeat(args.repeat), split.independent)
+        what += f"; candidates repeated {args.repeat}x for f"
+    return {"images": images, "labels": labels, "split": split, "control": control, "unseen": unseen, "what": what}
+
+
+def _cell(entry: Dict[str, float], key: str, layer: str, alpha: float, fmt: str) -> str:
+    value = entry.get(scalar_tag(key, layer))
+    if value is None:
+        return "n/a"
+    p = entry.get(scalar_tag(f"{key}_p_holm", layer))
+    return format(value, fmt) + ("*" if p is not None and p < alpha else " ")
+
+
+def history_table(history: List[Dict[str, float]], layers: Sequence[str], key: str, fmt: str, alpha: float) -> str:
+    """One row per measurement, one column per layer; ``*``: the layer passes the verdict (Holm p < ``alpha``)."""
+    width = max(9, max(len(layer[:12]) for layer in layers) + 1)
+    rows = [f"{'epoch':>6} " + "".join(f"{layer[:12]:>{width}}" for layer in layers)]
+    for entry in history:
+        label = "init" if entry["epoch"] < 0 else str(entry["epoch"])
+        rows.append(f"{label:>6} " + "".join(f"{_cell(entry, key, layer, alpha, fmt):>{width}}" for layer in layers))
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> Dict[str, object]:
+    """Run the demo; returns the final report, the history and the summary."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from lightning_memloc.callbacks import MemorizationMonitor
+    from lightning_memloc.cli.demo_utility import demo_utility, knn_table
+    from lightning_memloc.models.cotrain import CoTrainedPair, cotraining_loader
+    from lightning_memloc.cli.demo_files import round_trip_commands, write_round_trip
+    from lightning_memloc.models.ssl import SimCLR
+    from lightning_memloc.views.seeded import BatchedSimCLRAugment
+
+    args = _defaults(args)
+    out = check_writable_dir(args.output_dir, argument="--output-dir")
+    started = time.perf_counter()
+    pl.seed_everything(args.seed, workers=True)
+    data = _groups(args)
+    images, split = data["images"], data["split"]
+    print(f"[memloc] {data['what']}")
+    side, channels = images.shape[-1], images.shape[1]
+    augment, transform = BatchedSimCLRAugment(side), None
+    if args.transform == "lightly":
+        from lightly.transforms import SimCLRTransform
+
+        transform, augment = SimCLRTransform(input_size=side, gaussian_blur=0.0, normalize=None), None
+
+    def ssl_model() -> SimCLR:
+        return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
+
+    model = CoTrainedPair(ssl_model(), ssl_model(), lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
+    cand = split.candidates.unique()
+    top_k = max(1, len(cand) // 10)
+    monitor = MemorizationMonitor(
+        images[cand], control=images[data["control"]], unseen=images[data["unseen"]], views=args.views,
+        every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
+        seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
+        top_k=top_k, bootstrap=args.bootstrap,
+        overwrite=True,  # re-running the demo into --out replaces its memloc/ files
+    )
+    # kNN accuracy of f on the monitor's schedule (lightning_memloc.cli.demo_utility)
+    utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs)
+    logger = TensorBoardLogger(str(out), name="tensorboard", version="")
+    trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
+                         callbacks=[monitor] + ([utility] if utility is not None else []),
+                         log_every_n_steps=5, enable_checkpointing=True, default_root_dir=str(out))
+    trainer.fit(model, cotraining_loader(images, split, batch_size=min(args.batch_size, len(split.shared)),
+                                         num_workers=args.num_workers, transform=transform))
+
+    report = monitor.report
+    report.save(out / "report.json")
+    written = [out / "report.json"]
+    try:
+        from lightning_memloc import plots
+
+        written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history)
+    except ImportError:  # plotting is optional
+        pass
+    commands = round_trip_commands(out, width=args.width, channels=channels, size=side, views=args.views,
+                                   seed=args.seed, top_k=top_k, bootstrap=args.bootstrap)
+    groups = {"candidates": cand, "control": data["control"], "unseen": data["unseen"], "shared": split.shared,
+              "independent": split.independent}
+    written += write_round_trip(out, images, data["labels"], groups, model.encoder.backbone, model.reference.backbone,
+                                commands)
+    ev = report.evidence
+    significant = dict(ev.meta.get("significant", {})) if ev is not None else {}
+    verdict = dict(ev.meta.get("verdict") or {}) if ev is not None else {}
+    summary = {"elapsed_s": round(time.perf_counter() - started, 1), "setting": args.setting, "epochs": args.epochs,
+               "steps": trainer.global_step, "data": args.data, "num_candidates": len(cand),
+               "layer_mem": report.layer_mem, "evidence": None if ev is None else ev.to_dict()["layers"],
+               "significant_layers": significant, "verdict": verdict,
+               "shows_memorization": bool(verdict.get("memorization")),
+               "knn_accuracy": None if utility is None else utility.history}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+
+    alpha = monitor.evidence_options.alpha
+    unseen_what = "neither" if args.setting == "canaries" and args.unseen == "neither" else "g only"
+    print(f"\n[memloc] after {trainer.global_step} steps: candidates (f only) vs control (both) and unseen ({unseen_what})")
+    print(report.summary_table(args.threshold))
+    layers = report.layers
+    print(f"\n[memloc] over training — LayerMem excess of the candidates over the control (*: passes the verdict, "
+          f"Holm p < {alpha:g} over every test × layer of that measurement):")
+    print(history_table(monitor.history, layers, "excess", "+.3f", alpha))
+    print("\n[memloc] share of units whose μmax image is a seen candidate (pool: candidates ∪ unseen; chance "
+          f"{ev.layers[layers[0]].get('membership_chance', float('nan')):.0%}; *: Holm p < {alpha:g}):")
+    print(history_table(monitor.history, layers, "membership", ".0%", alpha))
+    print(f"\n[memloc] mean UnitMem, candidates − unseen (equal-size samples; *: Holm p < {alpha:g}):")
+    print(history_table(monitor.history, layers, "unit_mem_excess", "+.3f", alpha))
+    print("\n[memloc] mean UnitMem of the candidates (init: BatchNorm statistics recalibrated on the measured views):")
+    print(history_table(monitor.history, layers, "unit_mem_mean", ".3f", alpha))
+    if utility is not None:
+        print(f"\n[memloc] kNN accuracy of f ({utility_what}):")
+        print(knn_table(utility.history, utility.ks))
+    how = f"Holm over {verdict.get('family_size', 0)} tests × layers, family-wise error ≤ {alpha:g}"
+    if summary["shows_memorization"]:
+        found = {test: layers for test, layers in significant.items() if layers}
+        print(f"\n[memloc] RESULT: memorization of the candidates ({how}): {found}")
+    else:
+        print(f"\n[memloc] RESULT: no memorization distinguishable from the nulls at this setting ({how}); the "
+              "summary above gives each test's interval, i.e. how large an effect could still be hiding "
+              "(see docs/evidence.md for settings that show it).")
+    print(f"[memloc] most memorized candidates (indices into the data): {cand[report.most_memorized(8)].tolist()}")
+    print(f"[memloc] wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''}")
+    print(f"[memloc] TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    print(f"[memloc] measure the same candidates again and draw them ({out / 'analyze.sh'}):\n{commands}", end="")
+    print(f"[memloc] done in {summary['elapsed_s']} s")
+    return {"report": report, "history": monitor.history, "summary": summary}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``memloc demo``."""
+    from lightning_memloc.cli.demo_args import validate_args
+
+    parser = build_parser()
+    args = validate_args(parser, parser.parse_args(argv))  # bad values: argparse error, exit code 2
+    torch.set_float32_matmul_precision("high")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

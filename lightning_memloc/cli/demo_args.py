@@ -1,0 +1,78 @@
+"""Validation of ``memloc demo`` arguments: a bad value is an argparse-style error (exit code 2), never a traceback.
+
+The demo co-trains a SimCLR encoder and its reference and measures memorization of the held-out
+candidates (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024): it
+needs at least one epoch, images of at least one pixel, two views per candidate (LayerMem
+compares pairs of views) and at least two candidates (UnitMem compares a candidate with the
+others). :func:`validate_args` checks these after parsing and before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Optional
+
+from lightning_memloc.report.evidence import MIN_BOOTSTRAP
+
+__all__ = ["validate_args"]
+
+# (attribute, flag, lowest allowed value, why) for integer options; a missing attribute is skipped.
+_INT_RULES = (
+    ("epochs", "--epochs", 1, "train for at least one epoch"),
+    ("size", "--size", 1, "images need at least one pixel (omit it for the data's own size)"),
+    ("views", "--views", 2, "LayerMem compares pairs of views"),
+    ("subset", "--subset", 0, "0 uses every image"),
+    ("width", "--width", 1, "the encoder needs at least one channel"),
+    ("batch_size", "--batch-size", 1, "a batch needs at least one image"),
+    ("every_n_epochs", "--every-n-epochs", 1, "measure every N >= 1 epochs"),
+    ("warmup_epochs", "--warmup-epochs", 0, "0 means no warm-up"),
+    ("num_workers", "--num-workers", 0, "0 loads data in the main process"),
+    ("canaries", "--canaries", 2, "each canary group is compared with another, and needs at least 2 images"),
+    ("repeat", "--repeat", 1, "each candidate appears at least once in the encoder's data"),
+    ("bootstrap", "--bootstrap", 0, "0 turns intervals and tests off"),
+)
+
+
+def _count(parser: argparse.ArgumentParser, flag: str, value: Optional[float], minimum: int) -> None:
+    """A split size: a fraction in (0, 1) or a whole count >= ``minimum`` (0 allowed when ``minimum`` is 0)."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
+        parser.error(f"argument {flag}: expected a fraction in [0, 1) or a whole count, got {value:g}")
+    if value == 0 and minimum > 0:
+        parser.error(f"argument {flag}: must be > 0: the demo needs at least {minimum} candidates "
+                     "(UnitMem compares a candidate with the others)")
+    if value >= 1 and int(value) < minimum:
+        parser.error(f"argument {flag}: must be a count >= {minimum} or a fraction, got {value:g}")
+
+
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Check the parsed ``memloc demo`` arguments; a bad one calls ``parser.error`` (exit code 2).
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="memloc demo")
+        >>> _ = p.add_argument("--epochs", type=int, default=1)
+        >>> validate_args(p, p.parse_args(["--epochs", "2"])).epochs
+        2
+    """
+    for attribute, flag, low, why in _INT_RULES:
+        value: Any = getattr(args, attribute, None)
+        if value is not None and value < low:
+            parser.error(f"argument {flag}: must be >= {low} ({why}), got {value}")
+    boot = getattr(args, "bootstrap", None)
+    if boot is not None and 0 < boot < MIN_BOOTSTRAP:
+        parser.error(f"argument --bootstrap: must be 0 (no intervals or tests) or >= {MIN_BOOTSTRAP} (fewer leave the "
+                     f"intervals' ends to a handful of resamples), got {boot}")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        parser.error(f"argument --lr: must be a positive number, got {lr}")
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        parser.error(f"argument --threshold: must be in [0, 1] (UnitMem's range), got {threshold}")
+    for attribute, minimum in (("split_candidates", 2), ("split_independent", 0)):
+        _count(parser, "--" + attribute.replace("_", "-"), getattr(args, attribute, None), minimum)
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**64:
+        parser.error(f"argument --seed: must be in [0, 2**64), got {seed}")
+    return args

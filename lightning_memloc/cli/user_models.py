@@ -1,0 +1,178 @@
+"""``memloc analyze`` on the user's own models: ``--model pkg.module:factory`` and ``--lightning-module``.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure encoders of
+any architecture. Besides its four ``--arch`` names, ``memloc analyze`` builds the encoder with
+
+- ``--model pkg.module:factory`` (any importable callable returning the encoder, called with
+  ``--model-kwargs`` as a JSON object); ``--encoder`` / ``--reference`` then hold weights loaded
+  into it (a state dict or a Lightning checkpoint, with ``--encoder-prefix``), and without
+  ``--encoder`` the factory's own weights are measured (e.g. a pretrained timm model);
+- ``--lightning-module pkg.Class`` with ``--encoder-attr backbone``: the encoder is the attribute
+  of ``Class.load_from_checkpoint(--encoder)`` (the module must have called
+  ``save_hyperparameters()`` or take no required arguments); the reference is read the same way
+  from ``--reference`` (its attribute: ``--reference-attr``, default ``--encoder-attr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any, Optional, Tuple
+
+from torch import nn
+
+from lightning_memloc.cli.cli_error import CLIError
+
+__all__ = ["add_model_args", "import_object", "user_encoders", "user_transform"]
+
+
+def add_model_args(group: Any) -> None:
+    """Add ``--model``, ``--model-kwargs``, ``--lightning-module``, ``--encoder-attr``, ``--reference-attr``."""
+    group.add_argument("--model", metavar="PKG.MODULE:FACTORY",
+                       help="instead of --arch: an importable callable returning the encoder, e.g. my_models:vit_tiny")
+    group.add_argument("--model-kwargs", metavar="JSON", default="{}",
+                       help="keyword arguments of the --model factory, a JSON object, e.g. '{\"num_classes\": 0}'")
+    group.add_argument("--lightning-module", metavar="PKG.CLASS",
+                       help="instead of --arch: a LightningModule class; --encoder is its checkpoint, read with "
+                            "Class.load_from_checkpoint")
+    group.add_argument("--encoder-attr", metavar="ATTR",
+                       help="with --lightning-module: the encoder's attribute path, e.g. backbone; omitted: the whole module")
+    group.add_argument("--reference-attr", metavar="ATTR",
+                       help="with --lightning-module: the reference's attribute path; omitted: --encoder-attr")
+
+
+def import_object(spec: str, flag: str) -> Any:
+    """The object ``"pkg.module:name"`` (or ``"pkg.module.name"``) names.
+
+    Example:
+        >>> import_object("torch.nn:Identity", "--model").__name__
+        'Identity'
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep:
+        module_name, _, attribute = spec.rpartition(".")
+    if not module_name or not attribute:
+        raise CLIError(flag, f"{spec!r} is not an import path: write pkg.module:name (or pkg.module.Name).")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CLIError(flag, f"cannot import {module_name!r} ({err}): install it or add its folder to PYTHONPATH.") from err
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise CLIError(flag, f"{module_name!r} has no attribute {attribute!r}: check the name after ':'.")
+        target = getattr(target, part)
+    return target
+
+
+def _check_choice(args: argparse.Namespace) -> str:
+    given = [flag for flag, value in (("--arch", args.arch), ("--model", args.model),
+                                      ("--lightning-module", args.lightning_module)) if value]
+    if len(given) != 1:
+        raise CLIError("--arch", f"pass exactly one of --arch, --model, --lightning-module to build the encoder "
+                                 f"(got {given or 'none'}).")
+    if given[0] != "--model" and args.encoder is None:
+        raise CLIError("--encoder", f"{given[0]} needs the encoder's checkpoint: pass --encoder CKPT.")
+    if given[0] != "--lightning-module" and (args.encoder_attr or args.reference_attr):
+        raise CLIError("--encoder-attr", "--encoder-attr / --reference-attr only apply with --lightning-module.")
+    return given[0]
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def _build(spec: str, kwargs_json: str, flag: str, what: str) -> Tuple[Any, dict]:
+    """``(factory(**kwargs), kwargs)`` for ``flag`` ``pkg.module:factory`` and its ``-kwargs`` JSON object."""
+    factory = import_object(spec, flag)
+    try:
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as err:
+        raise CLIError(f"{flag}-kwargs", f"{kwargs_json!r} is not JSON ({err}): pass an object, e.g. '{{}}'.") from err
+    if not isinstance(kwargs, dict):
+        raise CLIError(f"{flag}-kwargs", f"expected a JSON object, got {type(kwargs).__name__}.")
+    if not callable(factory):
+        raise CLIError(flag, f"{spec!r} is a {type(factory).__name__}, not a callable returning {what}.")
+    try:
+        return factory(**kwargs), kwargs
+    except Exception as err:  # the user's factory may raise anything
+        raise CLIError(flag, f"{spec}(**{kwargs}) failed: {type(err).__name__}: {err}") from err
+
+
+def user_transform(args: argparse.Namespace) -> Any:
+    """The per-image view transform of ``--transform pkg.module:factory`` (with ``--transform-kwargs``), or ``None``.
+
+    Example:
+        >>> ns = argparse.Namespace(transform="torchvision.transforms.v2:RandomHorizontalFlip",
+        ...                         transform_kwargs='{"p": 0.5}')
+        >>> type(user_transform(ns)).__name__
+        'RandomHorizontalFlip'
+    """
+    if getattr(args, "transform", None) is None:
+        return None
+    transform, _ = _build(args.transform, args.transform_kwargs, "--transform", "the view transform")
+    if not callable(transform):
+        raise CLIError("--transform", f"{args.transform} returned a {type(transform).__name__}, which cannot be called "
+                                      "on an image: name a factory returning a per-image transform.")
+    return transform
+
+
+def _from_factory(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module]]:
+    from lightning_memloc.models.loading import load_encoder
+
+    like, kwargs = _build(args.model, args.model_kwargs, "--model", "the encoder")
+    if not isinstance(like, nn.Module):
+        raise CLIError("--model", f"{args.model} returned a {type(like).__name__}, not a torch.nn.Module.")
+
+    def load(path: Optional[str], prefix: Optional[str], flag: str) -> nn.Module:
+        if path is None:
+            return _frozen(like)
+        try:
+            return load_encoder(path, like=like, prefix=prefix)
+        except Exception as err:  # FileNotFoundError, CheckpointError, ArchitectureMismatchError
+            raise CLIError(flag, f"{err} (the model is {args.model}(**{kwargs})).") from err
+
+    reference = None if args.reference is None else load(args.reference, args.reference_prefix, "--reference")
+    return load(args.encoder, args.encoder_prefix, "--encoder"), reference
+
+
+def _from_lightning_module(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module]]:
+    from lightning_memloc.models.loading import resolve_module
+
+    cls = import_object(args.lightning_module, "--lightning-module")
+    if not (isinstance(cls, type) and callable(getattr(cls, "load_from_checkpoint", None))):
+        raise CLIError("--lightning-module", f"{args.lightning_module!r} is not a LightningModule class.")
+
+    def load(path: str, attr: Optional[str], flag: str, attr_flag: str) -> nn.Module:
+        try:
+            module = cls.load_from_checkpoint(path, map_location="cpu")
+        except Exception as err:  # missing file, missing hyperparameters, bad checkpoint
+            raise CLIError(flag, f"{cls.__name__}.load_from_checkpoint({path!r}) failed: {type(err).__name__}: {err} "
+                                 "(a module with __init__ arguments must call self.save_hyperparameters()).") from err
+        try:
+            return _frozen(resolve_module(module, attr, attr_flag.lstrip("-")))
+        except (AttributeError, TypeError) as err:
+            raise CLIError(attr_flag, str(err)) from err
+
+    encoder = load(args.encoder, args.encoder_attr, "--encoder", "--encoder-attr")
+    reference = None
+    if args.reference is not None:
+        attr = args.reference_attr if args.reference_attr is not None else args.encoder_attr
+        reference = load(args.reference, attr, "--reference", "--reference-attr")
+    return encoder, reference
+
+
+def user_encoders(args: argparse.Namespace) -> Optional[Tuple[nn.Module, Optional[nn.Module]]]:
+    """``(encoder, reference or None)`` built by ``--model`` / ``--lightning-module``; ``None`` for ``--arch``.
+
+    Raises:
+        CLIError: naming the argument at fault and the fix.
+    """
+    choice = _check_choice(args)
+    if choice == "--arch":
+        return None
+    return _from_factory(args) if choice == "--model" else _from_lightning_module(args)

@@ -1,0 +1,248 @@
+"""Figures of :mod:`lightning_memloc.analyses` results (as stored in ``report.analyses``).
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024): cross-layer
+consistency heat maps (top-k overlap, Kendall's τ), the SSLMem drop of the layer-exchange study,
+atypicality against SSLMem / UnitMem, the most memorized candidates next to their nearest
+training images, and UnitMem of units before / after single-unit fine-tuning. Agg canvas, no
+``pyplot`` state; files are written atomically and every function returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+from torch import Tensor
+
+from lightning_memloc.analyses.atypicality import max_unit_mem
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots.figure import display_image, new_figure, save_png  # shared by every figure
+from lightning_memloc.report.report import MemorizationReport
+
+__all__ = [
+    "ANALYSIS_FILENAMES",
+    "plot_analyses",
+    "plot_atypicality",
+    "plot_consistency",
+    "plot_exchange",
+    "plot_neighbours",
+    "plot_unit_restore",
+]
+
+#: File name of each figure written by :func:`plot_analyses`.
+ANALYSIS_FILENAMES = {
+    "consistency": "consistency.png",
+    "exchange": "exchange.png",
+    "atypicality": "atypicality.png",
+    "neighbours": "neighbours.png",
+    "unit_restore": "unit_restore.png",
+}
+
+
+def _need(result: Any, keys: List[str], what: str) -> Mapping[str, Any]:
+    if not isinstance(result, Mapping) or any(key not in result for key in keys):
+        raise ValueError(f"`result` is not a {what} result (expected the keys {keys}): pass what "
+                         f"lightning_memloc.analyses returned or report.analyses[{what!r}].")
+    return result
+
+
+def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
+    """Two heat maps over layer pairs: top-k overlap of the most memorized candidates and Kendall's τ.
+
+    Args:
+        result: :func:`~lightning_memloc.analyses.layer_consistency`'s result.
+        path: PNG file to write.
+    """
+    result = _need(result, ["layers", "k", "top_k_overlap", "kendall_tau"], "consistency")
+    layers = list(result["layers"])
+    size = len(layers)
+    fig = new_figure(4.0 + 1.1 * size, 2.4 + 0.45 * size)
+    axes = fig.subplots(1, 2)
+    chance = result.get("chance_overlap")
+    panels = ((f"top-{result['k']} overlap" + (f" (chance {chance:.2f})" if chance is not None else ""),
+               result["top_k_overlap"], 0.0, 1.0, "viridis"),
+              ("Kendall's τ of the rankings", result["kendall_tau"], -1.0, 1.0, "RdBu_r"))
+    for ax, (title, matrix, low, high, cmap) in zip(axes, panels):
+        values = np.asarray(matrix, dtype=float)
+        image = ax.imshow(values, vmin=low, vmax=high, cmap=cmap)
+        ax.set_xticks(range(size))
+        ax.set_yticks(range(size))
+        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
+        ax.set_yticklabels(layers, fontsize=7)
+        if size <= 12:
+            for i in range(size):
+                for j in range(size):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if cmap == "viridis" and values[i, j] < 0.5 else "black")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle("Are the most memorized candidates the same at every layer? (SSLMem rankings)", fontsize=10)
+    return save_png(fig, path)
+
+
+def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
+    """Bars: drop of the candidates' SSLMem after exchanging each layer / group with the reference's.
+
+    Args:
+        result: :func:`~lightning_memloc.analyses.layer_exchange_study`'s result.
+        path: PNG file to write.
+    """
+    result = _need(result, ["single", "groups", "baseline", "k", "measure_layer"], "exchange")
+    names = list(result["single"])
+    drops = [result["single"][n]["drop_normalised"] for n in names]
+    groups = result["groups"]
+    k = result["k"]
+    labels = [f"top-{k} LayerMem\n{', '.join(groups['top_layer_mem']['layers'])}",
+              f"top-{k} ΔLayerMem\n{', '.join(groups['top_delta_layer_mem']['layers'])}",
+              f"last {k}\n{', '.join(groups['last']['layers'])}"]
+    group_drops = [groups["top_layer_mem"]["drop_normalised"], groups["top_delta_layer_mem"]["drop_normalised"],
+                   groups["last"]["drop_normalised"]]
+    random = [d["drop_normalised"] for d in groups.get("random") or []]
+    scale = result["baseline"]["range"] or 1.0  # control drops in the same units as the bars (÷ f's range)
+    fig = new_figure(6.0 + 0.5 * len(names), 4.2)
+    left, right = fig.subplots(1, 2, width_ratios=[max(len(names), 1), 4])
+    left.bar(range(len(names)), drops, color="C0", label="candidates")
+    if "control_drop" in result["single"][names[0]]:  # the same exchange on control images
+        left.scatter(range(len(names)), [result["single"][n]["control_drop"] / scale for n in names], marker="x", color="k",
+                     zorder=3, label="control images")
+        left.legend(fontsize=7)
+    left.set_xticks(range(len(names)))
+    left.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    left.set_title("one layer exchanged", fontsize=9)
+    left.set_ylabel(f"SSLMem drop at {result['measure_layer']}\n(÷ range of f's SSLMem)")
+    positions = list(range(len(group_drops)))
+    right.bar(positions, group_drops, color=["C1", "C2", "C3"])
+    if "control_drop" in groups["last"]:
+        right.scatter(positions, [groups[g]["control_drop"] / scale for g in ("top_layer_mem", "top_delta_layer_mem", "last")],
+                      marker="x", color="k", zorder=3)
+    if random:
+        right.bar([len(positions)], [float(np.mean(random))], color="0.6",
+                  yerr=[float(np.std(random))] if len(random) > 1 else None, capsize=4)
+        right.scatter([len(positions)] * len(random), random, color="k", s=10, zorder=3)
+        labels.append(f"random {k}\n({len(random)} draws)")
+    right.set_xticks(range(len(labels)))
+    right.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    right.set_title(f"{k} layers exchanged", fontsize=9)
+    for ax in (left, right):
+        ax.axhline(0, color="k", lw=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Layer exchange: drop of SSLMem when layers of f come from g (> 0: memorization removed)", fontsize=10)
+    return save_png(fig, path)
+
+
+def plot_atypicality(result: Mapping[str, Any], report: MemorizationReport, path: PathLike,
+                     layer: Optional[str] = None) -> Path:
+    """Scatter of atypicality (kNN distance) against SSLMem and against each candidate's highest UnitMem.
+
+    Args:
+        result: :func:`~lightning_memloc.analyses.atypicality_study`'s result for ``report``.
+        report: the report it was computed from.
+        path: PNG file to write.
+        layer: the layer (default: the last one).
+    """
+    result = _need(result, ["knn_distance", "spearman", "k"], "atypicality")
+    layer = report.layers[-1] if layer is None else layer
+    if layer not in report.layers:
+        raise ValueError(f"`layer` {layer!r} is not in the report; its layers are {report.layers}.")
+    x = np.asarray(result["knn_distance"], dtype=float)
+    if x.size != report.num_candidates:
+        raise ValueError(f"`result` scores {x.size} candidates but the report has {report.num_candidates}.")
+    panels = []
+    if report.has_reference:
+        panels.append(("SSLMem (normalised)", report.sslmem[layer].double().numpy(), result["spearman"]["sslmem"][layer]))
+    panels.append(("highest UnitMem of the units it excites most", max_unit_mem(report, layer).numpy(),
+                   result["spearman"]["max_unit_mem"][layer]))
+    fig = new_figure(4.6 * len(panels), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (name, y, rho) in zip(axes, panels):
+        ax.scatter(x, y, s=12, alpha=0.6)
+        p = rho.get("p")
+        ax.set_title(f"Spearman ρ = {rho['rho']:.2f}" + (f" (p = {p:.2g})" if p is not None else ""), fontsize=9)
+        ax.set_xlabel(f"atypicality: mean distance to {result['k']} nearest training images")
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Memorization vs atypicality at {layer}", fontsize=10)
+    return save_png(fig, path)
+
+
+def plot_neighbours(result: Mapping[str, Any], candidates: Tensor, pool: Tensor, path: PathLike) -> Path:
+    """Grid: each of the most memorized candidates (first column) next to its nearest training images.
+
+    Args:
+        result: :func:`~lightning_memloc.analyses.atypicality_study`'s result.
+        candidates: (N, C, H, W) candidate images, in report order.
+        pool: (M, C, H, W) the pool the study searched (``neighbour_positions`` index it).
+        path: PNG file to write.
+    """
+    result = _need(result, ["most_memorized", "knn_distance"], "atypicality")
+    top = result["most_memorized"]
+    rows, near = top["positions"], top["neighbour_positions"]
+    if not rows:
+        raise ValueError("`result` lists no most memorized candidates.")
+    if max(rows) >= len(candidates) or max(max(r) for r in near) >= len(pool):
+        raise ValueError("`candidates` / `pool` do not hold the images the result indexes: pass the images the "
+                         "study was run on.")
+    cols = 1 + max(len(r) for r in near)
+    fig = new_figure(1.2 * cols + 0.6, 1.25 * len(rows) + 0.6)
+    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
+    distance = result["knn_distance"]
+    for r, (position, neighbours) in enumerate(zip(rows, near)):
+        pictures = [candidates[position]] + [pool[j] for j in neighbours]
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(pictures):
+                ax.axis("off")
+                continue
+            picture = display_image(pictures[c])
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            if c == 0:
+                ax.set_title(f"#{top['ids'][r]} d={distance[position]:.2f}", fontsize=7, color="C3")
+            else:
+                ax.set_title(f"#{top['neighbours'][r][c - 1]}", fontsize=7)
+    fig.suptitle("Most memorized candidates (left, by SSLMem) and their nearest training images", fontsize=9)
+    return save_png(fig, path)
+
+
+def plot_unit_restore(result: Mapping[str, Any], path: PathLike) -> Path:
+    """Bars: UnitMem of the kept units before and after fine-tuning (:func:`~lightning_memloc.analyses.finetune_units`)."""
+    result = _need(result, ["units", "unit_mem_before", "unit_mem_after", "layer"], "unit_restore")
+    units = list(result["units"])
+    fig = new_figure(2.5 + 0.6 * len(units), 3.6)
+    ax = fig.subplots()
+    positions = np.arange(len(units))
+    ax.bar(positions - 0.2, result["unit_mem_before"], width=0.4, label="before")
+    ax.bar(positions + 0.2, result["unit_mem_after"], width=0.4, label="after")
+    ax.set_xticks(positions)
+    ax.set_xticklabels([str(u) for u in units])
+    ax.set_xlabel(f"unit of {result['layer']}")
+    ax.set_ylabel("UnitMem")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(f"fine-tuned units (others restored; max change {result.get('other_units_max_change', 0):.1e})",
+                 fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_analyses(report: MemorizationReport, out_dir: PathLike, candidates: Optional[Tensor] = None,
+                  pool: Optional[Tensor] = None) -> List[Path]:
+    """Every figure the analyses stored in ``report.analyses`` allow; returns the paths written.
+
+    The neighbour grid needs the ``candidates`` and ``pool`` images; the other figures only the report.
+    """
+    out = Path(out_dir)
+    analyses: Dict[str, Any] = getattr(report, "analyses", None) or {}
+    written: List[Path] = []
+    if "consistency" in analyses:
+        written.append(plot_consistency(analyses["consistency"], out / ANALYSIS_FILENAMES["consistency"]))
+    if "exchange" in analyses:
+        written.append(plot_exchange(analyses["exchange"], out / ANALYSIS_FILENAMES["exchange"]))
+    if "atypicality" in analyses:
+        written.append(plot_atypicality(analyses["atypicality"], report, out / ANALYSIS_FILENAMES["atypicality"]))
+        if candidates is not None and pool is not None:
+            written.append(plot_neighbours(analyses["atypicality"], candidates, pool, out / ANALYSIS_FILENAMES["neighbours"]))
+    if "unit_restore" in analyses:
+        written.append(plot_unit_restore(analyses["unit_restore"], out / ANALYSIS_FILENAMES["unit_restore"]))
+    return written

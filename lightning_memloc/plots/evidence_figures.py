@@ -1,0 +1,186 @@
+"""Figures of the evidence: each memorization figure next to its control, with its interval and test.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read memorization
+off LayerMem and UnitMem; without a null those numbers cannot be told apart from the difference
+between two encoders (``../shared/DESIGN.md`` §6). These figures always draw the null next to
+the figure: the control's LayerMem and the excess over it with its interval and Holm-corrected
+p-value; UnitMem on seen vs unseen images and the share of units whose μmax image is a training
+image against chance; and the same quantities over training epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from lightning_memloc.errors import ReportFormatError
+from lightning_memloc.report.evidence import Evidence
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots.figure import colormap, depth_axis, new_figure, save_png
+from lightning_memloc.plots.io import PREFIX, History, load_history
+from lightning_memloc.report.report import MemorizationReport
+
+__all__ = ["plot_evidence", "plot_evidence_history"]
+
+
+def _values(ev: Evidence, layers: Sequence[str], key: str) -> np.ndarray:
+    return np.array([np.nan if ev.layers[layer].get(key) is None else ev.layers[layer][key] for layer in layers], dtype=float)
+
+
+def _errorbar(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], key: str, **style: Any) -> None:
+    value, lo, hi = (_values(ev, layers, k) for k in (key, f"{key}_lo", f"{key}_hi"))
+    if np.isnan(lo).all():
+        ax.plot(x, value, **style)
+        return
+    ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, **style)
+
+
+def _stars(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: float) -> None:
+    for xi, yi, p in zip(x, y, pvalues):
+        if not np.isnan(p):
+            ax.annotate(f"p={p:.1g}" + (" *" if p < alpha else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 5), textcoords="offset points", color="k" if p < alpha else "0.5")
+
+
+def _align_panel(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], alpha: float) -> None:
+    """The reference-free panel: f's alignment gap of the candidates against unseen images, with its
+    interval and Holm p-value (and, with a reference, C − unseen through g beside it)."""
+    _errorbar(ax, x, ev, layers, "align_gap", marker="o", color="C4", lw=2, label="gap under f alone ± CI (f's range)")
+    _stars(ax, x, _values(ev, layers, "align_gap_hi"), _values(ev, layers, "align_gap_p_holm"), alpha)
+    if ev.has("excess_unseen"):
+        _errorbar(ax, x + 0.08, ev, layers, "excess_unseen", marker="v", color="C2", ls=":",
+                  label="C − unseen through g ± CI (candidates' SSLMem scale)")
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.margins(y=0.15)
+    ax.set_ylabel("d_f(unseen) − d_f(candidates), normalised")
+    ax.set_title("Alignment gap, no reference (> 0: candidates' views tighter)", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    depth_axis(ax, layers)
+
+
+def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
+    """Candidates against their nulls, layer by layer.
+
+    Left (with a reference): LayerMem of the candidates with its interval, of the control and of
+    the unseen images on the candidates' scale, and the excess over the control with its interval
+    and Holm p-value. Middle (with an unseen set): the alignment gap under ``f`` alone with its
+    interval and p-value. Right: mean UnitMem on equal-size samples of seen and unseen images, and
+    the share of alive units whose μmax image is a training image against chance (with p-values).
+
+    Raises:
+        ValueError: the report has no evidence (measure it with this library's ``measure``,
+            monitor or CLI).
+    """
+    ev = report.evidence
+    if ev is None:
+        raise ValueError("plot_evidence needs a report with evidence (intervals and controls): measure with "
+                         "measure(..., control=..., unseen=...) or the monitor.")
+    layers, x = report.layers, np.arange(1, len(report.layers) + 1)
+    alpha = float(ev.meta.get("alpha", 0.05))
+    panels = (["layer_mem"] if report.has_reference else []) + (["align_gap"] if ev.has("align_gap") else []) + ["unit_mem"]
+    fig = new_figure(5.2 * len(panels) + 1.0, 4.4)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    if report.has_reference:
+        ax = axes[0]
+        _errorbar(ax, x, ev, layers, "layer_mem", marker="o", color="C0", lw=2, label=f"candidates ({ev.meta['groups']['candidates']})")
+        if ev.has("control_layer_mem"):
+            ax.plot(x, _values(ev, layers, "control_layer_mem"), marker="s", color="0.45", ls="--",
+                    label=f"control, both encoders trained on it ({ev.meta['groups'].get('control')})")
+            _errorbar(ax, x + 0.08, ev, layers, "excess", marker="D", color="C3", ls="none", label="excess over control ± CI")
+            _stars(ax, x + 0.08, _values(ev, layers, "excess_hi"), _values(ev, layers, "excess_p_holm"), alpha)
+        if ev.has("unseen_layer_mem"):
+            ax.plot(x, _values(ev, layers, "unseen_layer_mem"), marker="v", color="C2", ls=":",
+                    label=f"unseen ({ev.meta['groups'].get('unseen')})")
+        ax.axhline(0.0, color="0.3", lw=0.8)
+        ax.margins(y=0.15)  # room for the p-value labels above the error bars
+        ax.set_ylabel("normalised SSLMem (candidates' scale)")
+        title = "LayerMem vs its control" if ev.has("control_layer_mem") else "LayerMem (no control: includes the f–g offset)"
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+        depth_axis(ax, layers)
+    if ev.has("align_gap"):
+        _align_panel(axes[panels.index("align_gap")], x, ev, layers, alpha)
+    ax = axes[-1]
+    if ev.has("membership"):
+        ax.plot(x, _values(ev, layers, "unit_mem_seen"), marker="o", color="C0", label="mean UnitMem, seen (candidates)")
+        ax.plot(x, _values(ev, layers, "unit_mem_unseen"), marker="v", color="C2", ls=":", label="mean UnitMem, unseen")
+        member = _values(ev, layers, "membership")
+        ax.plot(x, member, marker="D", color="C3", label="share of units whose μmax image was seen")
+        ax.plot(x, _values(ev, layers, "membership_chance"), color="C3", ls="--", lw=0.8, label="chance")
+        _stars(ax, x, member, _values(ev, layers, "membership_p_holm"), alpha)
+        ax.set_ylim(0, 1.05)
+        ax.set_title("UnitMem: seen vs unseen images", fontsize=10)
+    else:
+        _errorbar(ax, x, ev, layers, "unit_mem_mean", marker="o", color="C0", label="mean UnitMem ± CI")
+        ax.set_title("UnitMem (no unseen set: no null)", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    depth_axis(ax, layers)
+    return save_png(fig, path)
+
+
+def plot_evidence_history(history: History, path: PathLike) -> Path:
+    """Over training: the excess over the control per layer with its interval band, the alignment gap
+    under ``f`` alone with its band, and the share of units whose μmax image was seen against
+    chance (or mean UnitMem with its band without an unseen set).
+
+    Raises:
+        ReportFormatError: the history holds no evidence scalars (``memloc.excess/...``,
+            ``memloc.membership/...`` or ``memloc.unit_mem_mean_lo/...``).
+    """
+    entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
+    keys = set().union(*(e.keys() for e in entries))
+    panels: List[tuple] = []
+    if any(k.startswith(f"{PREFIX}excess/") for k in keys):
+        panels.append(("excess", "LayerMem excess over control (± CI)", None))
+    if any(k.startswith(f"{PREFIX}align_gap/") for k in keys):
+        panels.append(("align_gap", "alignment gap under f alone (± CI)", None))
+    if any(k.startswith(f"{PREFIX}membership/") for k in keys):
+        panels.append(("membership", "share of units whose μmax image was seen", "membership_chance"))
+    elif any(k.startswith(f"{PREFIX}unit_mem_mean_lo/") for k in keys):
+        panels.append(("unit_mem_mean", "mean UnitMem (± CI)", None))
+    if not panels:
+        raise ReportFormatError("the history holds no evidence scalars (memloc.excess/..., memloc.membership/... or "
+                                "memloc.unit_mem_mean_lo/...): measure with control= / unseen= and bootstrap > 0.")
+    fig = new_figure(5.0 * len(panels) + 1.5, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    epochs = np.array([int(e["epoch"]) for e in entries])
+    for ax, (quantity, label, chance) in zip(axes, panels):
+        prefix = f"{PREFIX}{quantity}/"
+        layers = sorted({k[len(prefix):] for k in keys if k.startswith(prefix)},
+                        key=lambda name: list(entries[-1]).index(prefix + name) if prefix + name in entries[-1] else 0)
+        for i, layer in enumerate(layers):
+            color = colormap(i, len(layers))
+            values = np.array([e.get(prefix + layer, np.nan) for e in entries], dtype=float)
+            ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
+            lo = np.array([e.get(f"{PREFIX}{quantity}_lo/{layer}", np.nan) for e in entries], dtype=float)
+            hi = np.array([e.get(f"{PREFIX}{quantity}_hi/{layer}", np.nan) for e in entries], dtype=float)
+            if not np.isnan(lo).all():
+                ax.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0)
+        if chance is not None:
+            level = [e.get(f"{PREFIX}{chance}/{layers[0]}", np.nan) for e in entries] if layers else []
+            ax.plot(epochs, level, color="k", ls="--", lw=1, label="chance")
+        if quantity in ("excess", "align_gap"):
+            ax.axhline(0.0, color="k", ls="--", lw=1)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save_png(fig, path)
+
+
+def evidence_figures(report: Optional[MemorizationReport], history: Optional[History], out: Path) -> List[Path]:
+    """The evidence figures that apply (used by :func:`lightning_memloc.plots.plot_report`)."""
+    written: List[Path] = []
+    if report is not None and report.evidence is not None:
+        written.append(plot_evidence(report, out / "evidence.png"))
+    if history is not None:
+        try:
+            written.append(plot_evidence_history(history, out / "evidence_history.png"))
+        except ReportFormatError:
+            pass  # a history without evidence scalars (older runs): nothing to draw
+    return written

@@ -1,0 +1,303 @@
+"""The figures of one :class:`~lightning_memloc.MemorizationReport`, and :func:`plot_report` writing them all.
+
+LayerMem / ΔLayerMem by depth with the top-k and least-k candidates, the UnitMem distribution
+per layer, SSLMem against UnitMem per candidate and the most / least memorized candidates: the
+views of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots.figure import depth_axis, display_image, new_figure, save_png
+from lightning_memloc.plots.history import plot_history
+from lightning_memloc.plots.io import History
+from lightning_memloc.report.report import MemorizationReport
+
+__all__ = ["FILENAMES", "max_unit_mem_per_candidate", "plot_candidate_grid", "plot_layer_mem", "plot_report",
+           "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]
+
+#: File name of each figure written by :func:`plot_report`.
+FILENAMES = {
+    "layer_mem": "layer_mem.png",
+    "unit_mem": "unit_mem.png",
+    "sslmem_vs_unitmem": "sslmem_vs_unitmem.png",
+    "candidates": "candidates.png",
+    "history": "history.png",
+    "evidence": "evidence.png",
+    "evidence_history": "evidence_history.png",
+}
+
+
+def _require_reference(report: MemorizationReport, what: str) -> None:
+    if not report.has_reference:
+        raise ValueError(
+            f"{what} needs SSLMem / LayerMem, which need a reference encoder: this report was measured without one "
+            "(pass `reference=` to measure(), or --reference to `memloc analyze`)."
+        )
+
+
+def _layer(report: MemorizationReport, layer: Optional[str]) -> str:
+    layer = report.layers[-1] if layer is None else layer
+    if layer not in report.layers:
+        raise ValueError(f"`layer`={layer!r} is not in the report; its layers are {report.layers}.")
+    return layer
+
+
+def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
+    """LayerMem by depth (all, top-k and least-k candidates) and ΔLayerMem per layer.
+
+    LayerMem_l is the mean normalised SSLMem of the candidates at layer l, ΔLayerMem_l its
+    increase over layer l−1 (Wang et al., NeurIPS 2024, Sec. 3.2 and Table 1).
+
+    Args:
+        report: a report measured with a reference encoder.
+        path: PNG file to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: the report has no reference (no SSLMem).
+    """
+    _require_reference(report, "plot_layer_mem")
+    layers, x = report.layers, np.arange(1, len(report.layers) + 1)
+    k = report.meta.get("top_k", len(report.top_ids) if report.top_ids is not None else "k")
+    fig = new_figure(max(8.0, 1.1 * len(layers) + 4), 4.2)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    for values, label, style in (
+        (report.layer_mem, f"all {report.num_candidates} candidates", dict(marker="o", lw=2.2, color="C0")),
+        (report.layer_mem_top, f"top-{k} (most memorized at the last layer)", dict(marker="^", ls="--", color="C3")),
+        (report.layer_mem_least, f"least-{k}", dict(marker="v", ls=":", color="C2")),
+    ):
+        if values is not None:  # a hand-made report may lack the top / least groups
+            left.plot(x, [values[layer] for layer in layers], label=label, **style)
+    ev = report.evidence
+    if ev is not None and ev.has("layer_mem_lo"):  # the candidates' interval as a band
+        left.fill_between(x, [ev.layers[la]["layer_mem_lo"] for la in layers], [ev.layers[la]["layer_mem_hi"] for la in layers],
+                          color="C0", alpha=0.15, lw=0, label=f"{float(ev.meta.get('confidence', 0.95)):.0%} CI")
+    if ev is not None and ev.has("control_layer_mem"):
+        left.plot(x, [ev.layers[la]["control_layer_mem"] for la in layers], color="0.45", marker="s", ls="--", label="control")
+    left.axhline(0.0, color="0.5", lw=0.8)
+    left.set_ylabel("LayerMem (mean normalised SSLMem)")
+    left.set_title("LayerMem by depth")
+    left.legend(fontsize=8, loc="best")
+    depth_axis(left, layers)
+    lm, given = report.layer_mem, report.delta_layer_mem  # ΔLayerMem from LayerMem where a report lacks it
+    delta = np.array([given[la] if given is not None else lm[la] - (lm[layers[i - 1]] if i else 0.0)
+                      for i, la in enumerate(layers)])
+    right.bar(x, delta, color=np.where(delta >= 0, "C0", "C1"), width=0.7)
+    for xi, d in zip(x, delta):
+        right.annotate(f"{d:+.3f}", (xi, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=7,
+                       xytext=(0, 2 if d >= 0 else -2), textcoords="offset points")
+    right.axhline(0.0, color="0.3", lw=0.8)
+    right.set_ylabel("ΔLayerMem (increase over the previous layer)")
+    right.set_title("ΔLayerMem per layer")
+    depth_axis(right, layers)
+    return save_png(fig, path)
+
+
+def _violins(ax: Any, data: Sequence[np.ndarray], positions: Sequence[float], color: str, width: float) -> None:
+    """Violins where a density exists; a bar marker where all values are equal (no KDE possible)."""
+    spread = [i for i, d in enumerate(data) if d.size > 1 and float(d.std()) > 1e-8]
+    if spread:
+        parts = ax.violinplot([data[i] for i in spread], positions=[positions[i] for i in spread], widths=width,
+                              showmedians=True, showextrema=True)
+        for body in parts["bodies"]:
+            body.set_facecolor(color)
+            body.set_edgecolor(color)
+            body.set_alpha(0.45)
+        for key in ("cmedians", "cmins", "cmaxes", "cbars"):
+            if key in parts:
+                parts[key].set_color(color)
+    for i, d in enumerate(data):
+        if i not in spread and d.size:
+            ax.hlines(float(d.mean()), positions[i] - width / 2, positions[i] + width / 2, color=color, lw=2)
+        if d.size:
+            ax.scatter([positions[i]], [float(d.mean())], marker="D", s=14, color="black", zorder=3)
+
+
+def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, threshold: float = 0.5) -> Path:
+    """UnitMem distribution per layer (violins), with the fraction of units above ``threshold``.
+
+    Wang et al. (NeurIPS 2024, Fig. 3) find highly memorizing units in every layer, more of them
+    deeper in the network. With labels the ClassMem distribution is drawn beside UnitMem (a unit
+    memorizing single data points scores higher on UnitMem than on ClassMem).
+
+    Args:
+        report: any report.
+        path: PNG file to write.
+        threshold: UnitMem above which a unit counts as highly memorizing (annotated per layer).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    layers, x = report.layers, np.arange(1, len(report.layers) + 1, dtype=float)
+    unit = [report.unit_mem[layer].float().numpy() for layer in layers]
+    fig = new_figure(max(7.0, 1.0 * len(layers) + 3), 4.4)
+    ax = fig.subplots()
+    with_class = report.class_mem is not None
+    offset, width = (0.2, 0.38) if with_class else (0.0, 0.7)
+    _violins(ax, unit, x - offset, "C0", width)
+    handles = [ax.fill_between([], [], color="C0", alpha=0.45, label="UnitMem")]
+    if with_class:
+        _violins(ax, [report.class_mem[layer].float().numpy() for layer in layers], x + offset, "C1", width)
+        handles.append(ax.fill_between([], [], color="C1", alpha=0.45, label="ClassMem"))
+    ax.axhline(threshold, color="C3", ls="--", lw=1)
+    fractions, dead = report.unit_mem_frac_above(threshold), report.num_dead_units()
+    for xi, layer in zip(x, layers):
+        note = f"{fractions[layer]:.0%} > {threshold:g}" + (f"\n{dead[layer]} dead" if dead[layer] else "")
+        ax.annotate(note, (xi, 1.02), ha="center", va="bottom", fontsize=7, annotation_clip=False)
+    ax.set_ylim(-0.02, 1.16)
+    ax.set_ylabel("UnitMem per unit")
+    ax.set_title(f"UnitMem distribution per layer ({report.num_candidates} candidates; ◆ mean)", pad=4)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    depth_axis(ax, layers)
+    return save_png(fig, path)
+
+
+def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.ndarray:
+    """(N,) the max UnitMem among the units of ``layer`` whose μmax candidate is each candidate.
+
+    Candidates that no unit singles out get NaN.
+    """
+    position = {int(c): i for i, c in enumerate(report.candidate_ids.tolist())}
+    out = np.full(report.num_candidates, np.nan)
+    for score, owner in zip(report.unit_mem[layer].float().tolist(), report.unit_argmax[layer].tolist()):
+        i = position.get(int(owner))
+        if i is not None and not score <= out[i]:
+            out[i] = score
+    return out
+
+
+def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Optional[str] = None) -> Path:
+    """Per candidate: SSLMem (x) against the highest UnitMem among the units it excites most (y).
+
+    Wang et al. (NeurIPS 2024, Fig. 4) show that the data points with the highest SSLMem are the
+    ones highly memorizing units single out. Candidates no unit singles out are drawn at y = 0.
+
+    Args:
+        report: a report measured with a reference encoder.
+        path: PNG file to write.
+        layer: the layer (default: the last one).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: no reference in the report, or an unknown ``layer``.
+    """
+    _require_reference(report, "plot_sslmem_vs_unitmem")
+    layer = _layer(report, layer)
+    x = report.sslmem[layer].float().numpy()
+    y = max_unit_mem_per_candidate(report, layer)
+    owned = ~np.isnan(y)
+    fig = new_figure(6.0, 4.6)
+    ax = fig.subplots()
+    ax.scatter(x[owned], y[owned], s=22, alpha=0.75, color="C0", label=f"μmax candidate of ≥ 1 unit ({owned.sum()})")
+    if (~owned).any():
+        ax.scatter(x[~owned], np.zeros(int((~owned).sum())), s=18, marker="x", color="0.6",
+                   label=f"no unit singles it out ({(~owned).sum()})")
+    title = f"SSLMem vs UnitMem at {layer}"
+    if owned.sum() > 2 and np.ptp(x[owned]) > 0 and np.ptp(y[owned]) > 0:
+        title += f" (Pearson r = {np.corrcoef(x[owned], y[owned])[0, 1]:.2f})"
+    ax.set_title(title)
+    ax.set_xlabel("SSLMem of the candidate (normalised)")
+    ax.set_ylabel("max UnitMem of the units it excites most")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return save_png(fig, path)
+
+
+
+def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.ndarray], path: PathLike, k: int = 8,
+                        layer: Optional[str] = None) -> Path:
+    """The ``k`` most and ``k`` least memorized candidates, with their scores as titles.
+
+    Scores are :meth:`~lightning_memloc.MemorizationReport.candidate_scores` at ``layer``: SSLMem
+    with a reference, otherwise the UnitMem summed over the units whose μmax candidate it is.
+
+    Args:
+        report: any report.
+        images: (N, C, H, W) un-augmented candidate images (uint8 or float), in the order of
+            ``report.candidate_ids`` (by candidate position).
+        path: PNG file to write.
+        k: images per row (≥ 1; at most N).
+        layer: the layer to rank at (default: the last one).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``images`` is not (N, C, H, W) with N = the number of candidates, or ``k`` < 1.
+    """
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) != 4 or shape[0] != report.num_candidates:
+        raise ValueError(f"`images` must be (N, C, H, W) with N = {report.num_candidates} candidates "
+                         f"(by candidate position), got shape {shape}.")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+    layer = _layer(report, layer)
+    scores = report.candidate_scores(layer)
+    k = min(k, report.num_candidates)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    rows = (("most memorized", order[:k]), ("least memorized", order.flip(0)[:k]))
+    what = "SSLMem" if report.sslmem is not None else "Σ UnitMem of the units it excites most"
+    fig = new_figure(max(4.0, 1.35 * k), 3.6)
+    axes = np.asarray(fig.subplots(2, k, squeeze=False))
+    for r, (name, positions) in enumerate(rows):
+        for c in range(k):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            i = int(positions[c])
+            picture = display_image(images[i])
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"#{int(report.candidate_ids[i])}\n{float(scores[i]):.3f}", fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    fig.suptitle(f"Candidates ranked by {what} at {layer}", fontsize=10)
+    return save_png(fig, path)
+
+
+def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
+                images: Optional[Union[Tensor, np.ndarray]] = None, history: Optional[History] = None, *, k: int = 8,
+                layer: Optional[str] = None, threshold: float = 0.5) -> List[Path]:
+    """Write every figure that applies into ``out_dir`` (names in :data:`FILENAMES`).
+
+    LayerMem and SSLMem-vs-UnitMem need a reference in the report, the candidate grid needs
+    ``images``, the training curves need ``history``.
+
+    Args:
+        report: the measurement (``None``: only the history figure).
+        out_dir: folder to write into (created if missing).
+        images: (N, C, H, W) candidate images by candidate position, for the candidate grid.
+        history: monitor history (list of dicts or a path to ``history.json``).
+        k: images per row of the candidate grid.
+        layer: layer of the scatter and candidate ranking (default: the last one).
+        threshold: UnitMem above which a unit counts as highly memorizing.
+
+    Returns:
+        The paths written, in the order above.
+    """
+    out = Path(out_dir)
+    written: List[Path] = []
+    if report is not None:
+        if report.has_reference:
+            written.append(plot_layer_mem(report, out / FILENAMES["layer_mem"]))
+        written.append(plot_unit_mem_distribution(report, out / FILENAMES["unit_mem"], threshold=threshold))
+        if report.sslmem is not None:
+            written.append(plot_sslmem_vs_unitmem(report, out / FILENAMES["sslmem_vs_unitmem"], layer=layer))
+        if images is not None:
+            written.append(plot_candidate_grid(report, images, out / FILENAMES["candidates"], k=k, layer=layer))
+    if history is not None:
+        written.append(plot_history(history, out / FILENAMES["history"]))
+    from lightning_memloc.plots.evidence_figures import evidence_figures
+
+    return written + evidence_figures(report, history, out)

@@ -1,0 +1,113 @@
+"""A fair before-training baseline: BatchNorm statistics estimated on the measured views.
+
+An untrained encoder's BatchNorm layers hold their default running statistics (mean 0,
+variance 1), so in eval mode they do not normalise at all, while after any training they hold
+the data's statistics. Measured that way, the untrained point's UnitMem is inflated (in the
+paper's ResNet9 most units' activations are not centred) and a curve over training starts
+from an artificial high. :func:`recalibrated_batchnorm` measures the models with BatchNorm
+statistics are the cumulative average over the measured views (the same images and views
+every later measurement sees), and restores the models' own statistics afterwards. The statistics use no
+label and no training step, so no image is memorized by them (Wang et al., *Localizing
+Memorization in SSL Vision Encoders*, NeurIPS 2024, measure UnitMem over training from
+initialisation).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from lightning_memloc.views.seeded import SeededViews
+
+__all__ = ["INIT_BATCHNORM", "recalibrate_batchnorm", "recalibrated_batchnorm"]
+
+#: Choices of the monitor's ``init_batchnorm``.
+INIT_BATCHNORM = ("recalibrate", "default")
+
+
+def _norm_layers(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int = 32, max_batches: Optional[int] = None) -> nn.Module:
+    """Re-estimate ``model``'s BatchNorm running statistics on ``views`` (in place).
+
+    Every BatchNorm's statistics are reset and accumulated as a cumulative average
+    (``momentum=None``) over the views, with only the BatchNorm layers in training mode (dropout
+    and the like stay off); modes and momenta are restored afterwards.
+
+    Args:
+        model: the model to recalibrate (in place; see :func:`recalibrated_batchnorm`).
+        views: the seeded views to estimate the statistics on.
+        batch_size: candidates per forward (each contributes K views).
+        max_batches: stop after this many batches (``None``: all).
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.models import TinyCNN
+        >>> from lightning_memloc.views.seeded import SeededViews
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+        >>> _ = recalibrate_batchnorm(model, SeededViews(torch.rand(4, 3, 8, 8), views=2))
+        >>> bool(model[1].running_var.ne(1).any()), model.training
+        (True, True)
+    """
+    norms = _norm_layers(model)
+    if not norms:
+        return model
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in norms]
+    device = next(iter(list(model.parameters()) + list(model.buffers()))).device
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for b, (index, x, _) in enumerate(views.dataloader(batch_size=batch_size)):
+            if max_batches is not None and b >= max_batches:
+                break
+            batch = views.finalize(x, index, device)
+            model(batch.reshape(-1, *batch.shape[2:]))
+    finally:
+        for m, momentum in momenta:
+            m.momentum = momentum
+        for m, training in modes:
+            m.training = training
+    return model
+
+
+@contextmanager
+def recalibrated_batchnorm(*models: Optional[nn.Module], views: SeededViews, batch_size: int = 32) -> Iterator[None]:
+    """Inside the context, ``models`` have BatchNorm statistics estimated on ``views``; on exit
+    (also on error) every BatchNorm buffer gets its previous value back, so training is untouched.
+
+    Buffers are restored rather than models copied: a copy breaks on modules whose weights are
+    computed (pruning masks, weight norm), and costs a model's memory.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.views.seeded import SeededViews
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+        >>> with recalibrated_batchnorm(model, views=SeededViews(torch.rand(4, 3, 8, 8), views=2)):
+        ...     inside = bool(model[1].running_var.ne(1).any())
+        >>> inside, bool(model[1].running_var.eq(1).all())
+        (True, True)
+    """
+    norms = [m for model in models if model is not None for m in _norm_layers(model)]
+    saved = [(buf, buf.detach().clone()) for m in norms for buf in m.buffers()]
+    try:
+        for model in models:
+            if model is not None and _norm_layers(model):
+                recalibrate_batchnorm(model, views, batch_size=batch_size)
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)

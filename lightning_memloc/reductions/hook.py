@@ -1,0 +1,150 @@
+"""Reductions in the hook: a tapped layer's output → per-unit means over the views and per-candidate alignment.
+
+The data flow of a measurement pass (Wang et al., *Localizing Memorization in SSL Vision
+Encoders*, NeurIPS 2024) is views → taps → reductions → metric states: this module holds the
+reductions that forward hooks apply to each tapped layer before its activations are dropped.
+
+Per layer, the hook keeps only what depends on the activations: the per-unit means over space
+and views ``(B, U)`` and, for all-pairs alignment, each candidate's float64 Gram matrix of its
+views ``(B, K, K)``, accumulated slice by slice as in
+:func:`~lightning_memloc.functional.sslmem.pairwise_alignment`. Turning Gram matrices into
+alignments (normalisation, pair distances, mean: a dozen small operations) is done once per
+forward for all layers together (:func:`alignment_from_gram`), not once per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.functional.sslmem import CHUNK_BYTES, pairwise_alignment
+from lightning_memloc.reductions.precision import forward_autocast, reduce_in_float32
+from lightning_memloc.taps.probe import model_device_dtype
+from lightning_memloc.taps.hooks import LayerTaps, unit_activations
+
+__all__ = ["alignment_from_gram", "flat_view", "forward_reduce", "view_gram", "view_unit_means"]
+
+
+def flat_view(out: Tensor) -> Tensor:
+    """``(B, D)`` flattening of a layer output, without a copy whenever the memory layout allows.
+
+    Alignment compares views feature by feature, so any fixed order of the features will do: a
+    channels-last conv map is flattened in its memory order (H, W, C) rather than copied to (C, H, W).
+    """
+    if out.ndim == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+        return out.permute(0, 2, 3, 1).reshape(out.shape[0], -1)
+    return out.reshape(out.shape[0], -1)
+
+
+def view_unit_means(out: Tensor, batch: int, views: int) -> Tensor:
+    """Per-unit activation averaged over the ``views`` views of each of ``batch`` candidates: ``(batch, U)``.
+
+    ``out`` is the layer output for ``batch · views`` inputs, views of a candidate adjacent (the
+    μ_u(x_i) of UnitMem, Wang et al., NeurIPS 2024, Sec. 3). A ``1 × 1`` conv map (the last
+    stages of a ResNet on small images) is read as ``(B, C)`` without its spatial mean, which
+    over one position is the value itself (a reduction over size-1 dimensions is a slow kernel).
+    """
+    if out.ndim == 4 and out.shape[2] * out.shape[3] == 1:
+        return out.reshape(batch, views, -1).mean(dim=1)
+    return unit_activations(out).reshape(batch, views, -1).mean(dim=1)
+
+
+def view_gram(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
+    """Float64 Gram matrix of each candidate's views: ``(N, K, D)`` → ``(N, K, K)``.
+
+    Accumulated over slices of ``D`` of at most ``chunk_bytes`` (default
+    :data:`~lightning_memloc.functional.sslmem.CHUNK_BYTES`) exactly as
+    :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` does (same slices, same
+    ``baddbmm_``), so :func:`alignment_from_gram` of it equals that function's all-pairs result.
+    float32 products are exact in float64: the Gram is accurate to ~1e-16 relative.
+    """
+    n, k, d = reps.shape
+    if chunk_bytes <= 0:
+        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
+    width = max(1, min(d, chunk_bytes // max(1, n * k * 8)))
+    gram = reps.new_zeros((n, k, k), dtype=torch.float64)
+    for start in range(0, d, width):
+        r = reps[:, :, start:start + width].to(torch.float64)
+        gram.baddbmm_(r, r.transpose(1, 2))
+    return gram
+
+
+def alignment_from_gram(gram: Tensor) -> Tensor:
+    """All-pairs alignment from Gram matrices ``(..., K, K)`` (any leading dimensions): ``(...)`` in float64.
+
+    align = mean over the K(K−1)/2 pairs of ‖r_a − r_b‖₂ of the L2-normalised views, from
+    ‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab of the normalised Gram Ĝ (SSLMem's alignment, Wang et al.,
+    ICLR 2024; per layer in Wang et al., NeurIPS 2024). Norms are clamped at 1e-12 as
+    ``F.normalize`` does: an all-zero view stays zero. Stacking the Grams of all layers of a forward
+    (``(L, N, K, K)``) makes these dozen operations once per forward instead of once per layer.
+    """
+    k = gram.shape[-1]
+    inv = gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(1e-12).reciprocal()
+    gram = gram * inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    sq = gram.diagonal(dim1=-2, dim2=-1)
+    upper = torch.triu_indices(k, k, 1, device=gram.device)
+    d2 = (sq[..., upper[0]] + sq[..., upper[1]] - 2 * gram[..., upper[0], upper[1]]).clamp_min_(0)
+    return d2.sqrt_().mean(dim=-1)
+
+
+def forward_reduce(
+    model: nn.Module,
+    inputs: Tensor,
+    names: Sequence[str],
+    batch: int,
+    views: int,
+    *,
+    units: bool,
+    align: bool,
+    anchor: bool,
+    autocast: Optional[torch.dtype] = None,
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    """Forward ``inputs`` (B·K views [+ B anchors]) and reduce every tapped layer in its hook.
+
+    Returns per layer the unit means ``(B, U)`` (with ``units``) and the alignments ``(B,)`` (with
+    ``align``), in the order of ``names``. All-pairs alignments of float32 / half outputs keep only
+    the float64 Gram matrix in the hook (:func:`view_gram`) and are finished for all layers at once
+    after the forward (:func:`alignment_from_gram`); the anchor pairing and float64 outputs use
+    :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` in the hook.
+
+    With ``autocast`` (``torch.bfloat16`` / ``torch.float16``) the forward runs under
+    ``torch.autocast`` on the model's device; each hook switches autocast off and reduces a float32
+    copy of the layer output, so the unit means and alignments are float32 (Grams float64) as without.
+    """
+    unit_means: Dict[str, Tensor] = {}
+    aligns: Dict[str, Tensor] = {}
+    grams: Dict[str, Tensor] = {}
+    n_views = batch * views
+
+    def reduce(name: str, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        with reduce_in_float32(out.device, autocast):
+            reduce_output(name, out)
+
+    def reduce_output(name: str, out: Tensor) -> None:
+        if out.dtype not in (torch.float32, torch.float64):
+            out = out.float()
+        if units:
+            unit_means[name] = view_unit_means(out[:n_views], batch, views)
+        if align:
+            # Raw flattened output, a view without copy: the Gram / `pairwise_alignment` normalise
+            # slice by slice and the caller checks the results for NaN/inf, so no full-size
+            # temporary (normalised copy, isfinite mask) and no device sync are made per layer.
+            rep = flat_view(out)
+            reps = rep[:n_views].reshape(batch, views, -1)
+            if anchor or out.dtype == torch.float64:
+                aligns[name] = pairwise_alignment(reps, rep[n_views:] if anchor else None)
+            else:
+                grams[name] = view_gram(reps)
+
+    device, dtype = model_device_dtype(model)
+    with LayerTaps(model, names, reduce), forward_autocast(device, autocast):
+        model(inputs.to(device=device, dtype=dtype, non_blocking=True))  # views made in float32, outside autocast
+    if len({gram.device for gram in grams.values()}) == 1:  # one stacked finish (layers on one device)
+        finished = alignment_from_gram(torch.stack(list(grams.values()))).to(torch.float32)
+        aligns.update(zip(grams, finished.unbind(0)))
+    else:
+        aligns.update((name, alignment_from_gram(gram).to(torch.float32)) for name, gram in grams.items())
+    return unit_means, {name: aligns[name] for name in names if name in aligns}

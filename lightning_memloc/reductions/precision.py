@@ -1,0 +1,113 @@
+"""Optional mixed precision (``autocast``) for the forwards of a measurement pass.
+
+A pass of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) costs
+about one forward of the K views through ``f`` and ``g``. On a GPU those forwards may run under
+``torch.autocast`` (``"bf16"`` or ``"fp16"``); everything that turns activations into UnitMem,
+LayerMem and SSLMem stays in float32 / float64: the views are made in float32 before the forward,
+the hook reductions run with autocast switched off on a float32 copy of the layer output, and the
+alignment Gram matrices are float64 (:mod:`lightning_memloc.reductions.hook`). The default is no
+autocast (float32): the measured error of bf16 exceeds 1e-3 (docs/performance.md, §4).
+
+Example:
+    >>> autocast_dtype("bf16"), autocast_dtype(None)
+    (torch.bfloat16, None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from typing import ContextManager, Dict, Optional, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_memloc.checks import check_choice
+
+__all__ = ["AUTOCAST_DTYPES", "AUTOCASTS", "autocast_dtype", "autocast_runs", "check_autocast", "forward_autocast",
+           "reduce_in_float32"]
+
+#: The ``autocast`` choices and the dtype each runs the forwards in.
+AUTOCAST_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCASTS = tuple(AUTOCAST_DTYPES)
+
+
+def autocast_dtype(autocast: Optional[str]) -> Optional[torch.dtype]:
+    """The dtype of an ``autocast`` choice (``None``: no autocast, float32 forwards).
+
+    Raises:
+        ValueError: ``autocast`` is not ``None``, ``"bf16"`` or ``"fp16"``.
+    """
+    if autocast is None:
+        return None
+    return AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
+
+
+@functools.lru_cache(maxsize=None)
+def autocast_runs(device_type: str, device: str, dtype: torch.dtype) -> Optional[str]:
+    """``None`` if a conv and a linear layer run in ``dtype`` under autocast on ``device``, else why not (cached)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return f"torch has no autocast for device type {device_type!r}"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # constant weights: the probe draws nothing from the global RNG (training randomness is untouched)
+            x, w_conv, w_linear = (torch.ones(shape, device=device) for shape in ((1, 3, 4, 4), (4, 3, 3, 3), (2, 4)))
+            with torch.no_grad(), torch.autocast(device_type=device_type, dtype=dtype):
+                out = F.linear(F.conv2d(x, w_conv).mean(dim=(2, 3)), w_linear)
+    except (RuntimeError, TypeError, ValueError) as err:  # unsupported dtype or device
+        return f"{type(err).__name__}: {err}"
+    if out.dtype != dtype:  # torch disabled autocast with a warning
+        return "; ".join(str(w.message) for w in caught) or f"the forward ran in {out.dtype}"
+    return None
+
+
+def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Optional[torch.dtype]:
+    """The autocast dtype of ``autocast`` if every model can run under it (before any work), else an error.
+
+    Each model must be float32 (autocast lowers float32 only: a float64 or half model would run
+    as it is, and the report would claim an autocast that did not happen) and its device must run
+    a convolution and a linear layer in that dtype under ``torch.autocast`` (e.g. bf16 on a GPU
+    without bfloat16 support, or any autocast where torch has none for the device, is refused).
+
+    Args:
+        autocast: ``None``, ``"bf16"`` or ``"fp16"``.
+        *models: the encoder and the reference (``None`` entries are skipped).
+
+    Raises:
+        ValueError: a bad choice, a model that is not float32, or a device that cannot run it.
+    """
+    dtype = autocast_dtype(autocast)
+    if dtype is None:
+        return None
+    for model in models:
+        if model is None:
+            continue
+        param = next(iter(model.parameters()), None)
+        if param is None:
+            continue
+        if param.dtype != torch.float32:
+            raise ValueError(f"`autocast={autocast!r}` lowers float32 forwards, but the model is {param.dtype}: "
+                             "pass a float32 model, or autocast=None.")
+        why = autocast_runs(param.device.type, str(param.device), dtype)
+        if why is not None:
+            other = "" if autocast == "bf16" else " or autocast='bf16'"
+            raise ValueError(f"`autocast={autocast!r}` cannot run on {param.device} ({why}): pass autocast=None "
+                             f"(float32){other}.")
+    return dtype
+
+
+def forward_autocast(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
+    """``torch.autocast`` for a forward on ``device`` in ``dtype``; a no-op context for ``dtype=None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def reduce_in_float32(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
+    """Switch autocast off (inside a forward hook) so that the reductions run in float32 / float64."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)

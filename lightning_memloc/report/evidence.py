@@ -1,0 +1,294 @@
+"""``Evidence``: every memorization figure of a report with its control, its uncertainty and
+one overall verdict.
+
+Two encoders trained from different seeds differ at every layer even if neither memorized
+anything: SSLMem of the candidates alone mixes that offset ``o_l`` with memorization
+(``../shared/DESIGN.md`` §6). This module compares the candidates (seen by ``f`` only) with
+
+- a **control** set both encoders trained on (``E[Δ] = o_l``): the *excess* of the candidates'
+  LayerMem over the control's estimates ``f``'s memorization alone;
+- an **unseen** set ``f`` never trained on (a test split, or ``g``'s independent part when
+  co-training): for LayerMem ``C − U`` tests "no memorization at all" (with ``g``'s independent
+  part it estimates ``f``'s plus ``g``'s memorization); for UnitMem, the argmax membership test
+  asks whether units' μmax image is a *training* image more often than chance.
+
+Scale: every group is normalised by the **candidates'** range of raw SSLMem at each layer (the
+candidates' own figures are then identical with or without a control); the tests are
+permutation tests, one-sided (:mod:`lightning_memloc.report.layer_evidence`,
+:mod:`lightning_memloc.report.unit_evidence`), and one Holm correction over every test × layer gives the
+verdict (:mod:`lightning_memloc.report.verdict`); each tested quantity gets a lower bound that agrees
+with it (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from lightning_memloc.report import layer_evidence, unit_evidence
+from lightning_memloc.report import evidence_free
+from lightning_memloc.functional.statistics import samples_for_halfwidth
+from lightning_memloc.functional.two_sample import permutation_lower_bound
+from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
+
+Record = Dict[str, Optional[float]]
+
+#: Fewest resamples ``bootstrap`` may ask for (0 turns evidence off): below it the ends of a 95 %
+#: interval rest on fewer than 5 resamples each (``bootstrap=1`` gave zero-width intervals).
+MIN_BOOTSTRAP = 200
+#: Fewest images a control / unseen set should have: below it a warning says that the tests are
+#: exact only if the groups are exchangeable, and that the intervals are unreliable.
+MIN_GROUP_SIZE = 10
+#: How the intervals are computed (recorded in ``Evidence.meta["intervals"]``).
+INTERVALS = {
+    "layer_mem, delta_layer_mem, excess, excess_unseen": "two-sided studentized bootstrap (bootstrap-t), per layer, "
+                                                         "not adjusted for multiple tests: descriptive",
+    "layer_mem_top, layer_mem_least": "two-sided percentile bootstrap re-ranking the candidates, per layer: descriptive",
+    "align_gap": "two-sided percentile bootstrap of the difference, per layer: descriptive",
+    "unit_mem_mean, unit_mem_excess": "estimate ± z · bootstrap SD, per layer: descriptive",
+    "<test>_lb": "one-sided lower bound from the test's permutation critical value at alpha / m (m: tests in the "
+                 "verdict): above 0 exactly when the test passes at alpha / m, which implies its Holm p < alpha",
+}
+
+
+@dataclass
+class EvidenceOptions:
+    """How intervals and tests are computed.
+
+    Attributes:
+        bootstrap: bootstrap resamples (and permutations) per interval / test: 0 (intervals and
+            tests off) or at least :data:`MIN_BOOTSTRAP`. The verdict needs
+            ``bootstrap + 1 >= m / alpha`` for ``m`` tests (8 layers x 5 tests: 799).
+        confidence: coverage of the two-sided intervals.
+        alpha: family-wise error rate of the verdict (Holm over every test x layer).
+        seed: seed of every resampling (results are reproducible).
+        target_halfwidth: interval half-width (normalised SSLMem) above which the report prints
+            how many candidates would narrow it to this value.
+    """
+
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    alpha: float = 0.05
+    seed: int = 0
+    target_halfwidth: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise ValueError(f"`bootstrap` must be an int >= 0 (0: no intervals or tests), got {self.bootstrap!r}.")
+        if 0 < self.bootstrap < MIN_BOOTSTRAP:
+            raise ValueError(f"`bootstrap` must be 0 (no intervals or tests) or at least {MIN_BOOTSTRAP}, got "
+                             f"{self.bootstrap}: with fewer resamples the intervals' ends rest on a handful of draws. "
+                             f"Pass bootstrap={MIN_BOOTSTRAP} or more (1000 by default).")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.0 < float(self.confidence) < 1.0:
+            raise ValueError(f"`confidence` must be in (0, 1), e.g. 0.95, got {self.confidence!r}.")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"`alpha` must be in (0, 1), e.g. 0.05, got {self.alpha!r}.")
+        if not float(self.target_halfwidth) > 0:
+            raise ValueError(f"`target_halfwidth` must be > 0, got {self.target_halfwidth!r}.")
+
+
+@dataclass
+class Evidence:
+    """Intervals, controls, tests and the overall verdict of one report, per layer (flat records).
+
+    Attributes:
+        layers: layer -> record. Keys (``None`` where the input needed is missing):
+            ``layer_mem``, ``delta_layer_mem``, ``layer_mem_top``, ``layer_mem_least`` and
+            ``unit_mem_mean``, each with ``_lo`` / ``_hi`` interval bounds; with a control:
+            ``control_layer_mem``, ``control_delta_layer_mem``, ``control_layer_mem_top``,
+            ``control_layer_mem_least``, ``excess`` (+ ``_lo``/``_hi``), ``excess_p``,
+            ``excess_p_holm``, ``excess_lb``; with an unseen set: ``unseen_layer_mem``,
+            ``excess_unseen`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``unit_mem_seen``,
+            ``unit_mem_unseen`` (mean UnitMem on equal-size samples of candidates and unseen
+            images), ``unit_mem_excess`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``membership``,
+            ``membership_chance``, ``membership_p``, ``membership_p_holm``, ``membership_alive``;
+            with an unseen set and ``f``'s alignments (no reference needed): ``align_gap`` (+
+            ``_lo``/``_hi``, ``_p``, ``_p_holm``, ``_lb``), ``align_f_candidates``,
+            ``align_f_unseen``, ``align_auc`` (:mod:`lightning_memloc.report.evidence_free`).
+            ``<test>_p_holm`` is Holm-adjusted over every test x layer of the verdict;
+            ``<test>_lb`` is the matching one-sided lower bound (see :data:`INTERVALS`).
+        group_sslmem: group (``"control"``, ``"unseen"``) -> layer -> per-image SSLMem on the
+            candidates' scale.
+        meta: options, group sizes, ``verdict`` (:func:`~lightning_memloc.report.verdict.overall_verdict`),
+            significant layers per test, which tests and intervals ran, warnings and the hint;
+            with ``align_gap``, ``align_membership`` (layer -> per-candidate membership score)
+            and ``align_scale``.
+    """
+
+    layers: Dict[str, Record]
+    group_sslmem: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shows_memorization(self) -> Optional[bool]:
+        """The overall verdict: ``True`` when some test passes at some layer after Holm over every
+        test x layer (family-wise error ``alpha``), ``None`` when nothing was tested."""
+        return (self.meta.get("verdict") or {}).get("memorization")
+
+    def significant_layers(self, test: str = "excess") -> List[str]:
+        """Layers where ``test`` (``"excess"``, ``"excess_unseen"``, ``"membership"``,
+        ``"unit_mem_excess"``, ``"align_gap"``) passes the verdict: Holm p over every test x layer
+        below ``alpha``."""
+        alpha = float(self.meta.get("alpha", 0.05))
+        key = f"{test}_p_holm"
+        return [layer for layer, rec in self.layers.items() if rec.get(key) is not None and rec[key] < alpha]
+
+    def has(self, key: str) -> bool:
+        """Whether any layer has a value for ``key`` (e.g. ``"excess"`` needs a control)."""
+        return any(rec.get(key) is not None for rec in self.layers.values())
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready (non-finite floats become ``None``)."""
+        clean = {layer: {k: _finite_or_none(v) for k, v in rec.items()} for layer, rec in self.layers.items()}
+        return {"layers": clean, "group_sslmem": self.group_sslmem, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Evidence":
+        """Inverse of :meth:`to_dict`."""
+        layers = {str(layer): {str(k): (None if v is None else float(v)) for k, v in rec.items()}
+                  for layer, rec in dict(data["layers"]).items()}
+        groups = {str(g): {str(layer): [float(x) for x in values] for layer, values in per.items()}
+                  for g, per in dict(data.get("group_sslmem") or {}).items()}
+        return cls(layers=layers, group_sslmem=groups, meta=dict(data.get("meta") or {}))
+
+
+def _finite_or_none(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def compute_evidence(
+    layers: List[str],
+    *,
+    unit_means: Mapping[str, Tensor],
+    reduction: str = "mean",
+    top_k: int = 50,
+    sslmem_raw: Optional[Mapping[str, Tensor]] = None,
+    control_raw: Optional[Mapping[str, Tensor]] = None,
+    unseen_raw: Optional[Mapping[str, Tensor]] = None,
+    unseen_unit_means: Optional[Mapping[str, Tensor]] = None,
+    options: Optional[EvidenceOptions] = None,
+    negative: str = "clamp",
+    align: Optional[Mapping[str, Tensor]] = None,
+    unseen_align: Optional[Mapping[str, Tensor]] = None,
+) -> Evidence:
+    """Intervals, control comparisons, tests and the overall verdict of one measurement.
+
+    Args:
+        layers: layer names in forward order.
+        unit_means: layer -> ``(N, U)`` candidates' mean activations before the negative policy
+            (means already made non-negative work too: ``"clamp"`` leaves them as they are).
+        reduction: UnitMem's μ-max reduction (``"mean"`` or ``"median"``).
+        top_k: size of the top-k / least-k groups.
+        sslmem_raw: layer -> ``(N,)`` candidates' raw SSLMem (with a reference).
+        control_raw: layer -> ``(S,)`` raw SSLMem of the control images (seen by both encoders).
+        unseen_raw: layer -> ``(M,)`` raw SSLMem of the unseen images.
+        unseen_unit_means: layer -> ``(M, U)`` unseen images' mean activations (before the policy).
+        options: see :class:`EvidenceOptions`.
+        negative: the negative-activation policy, applied to the candidates alone for their own
+            UnitMem and once over candidates ∪ unseen for the comparisons (one shift for both).
+        align: layer -> ``(N,)`` the candidates' raw alignments under ``f`` (no reference needed).
+        unseen_align: layer -> ``(M,)`` the unseen images' raw alignments under ``f``; with
+            ``align``, the reference-free ``align_gap`` family (:mod:`lightning_memloc.report.evidence_free`).
+
+    Returns:
+        An :class:`Evidence`; ``meta["verdict"]`` holds the overall verdict.
+
+    Example:
+        >>> import torch
+        >>> mu = {"a": torch.rand(20, 4, generator=torch.Generator().manual_seed(0))}
+        >>> ev = compute_evidence(["a"], unit_means=mu, options=EvidenceOptions(bootstrap=200))
+        >>> rec = ev.layers["a"]
+        >>> rec["unit_mem_mean_lo"] <= rec["unit_mem_mean"] <= rec["unit_mem_mean_hi"]
+        True
+    """
+    opts = options or EvidenceOptions()
+    records: Dict[str, Record] = {layer: {} for layer in layers}
+    group_sslmem: Dict[str, Dict[str, List[float]]] = {}
+    n = int(next(iter(unit_means.values())).shape[0])
+    meta: Dict[str, Any] = {"bootstrap": opts.bootstrap, "confidence": opts.confidence, "alpha": opts.alpha, "seed": opts.seed,
+                            "scale": "candidates' range of raw SSLMem per layer; tests on raw SSLMem",
+                            "groups": {"candidates": n}, "negative": negative}
+    nulls: layer_evidence.Nulls = {}
+    groups: Dict[str, Tensor] = {}
+    if sslmem_raw is not None:
+        cand = torch.stack([sslmem_raw[layer].double().cpu() for layer in layers])
+        for name, raw in (("control", control_raw), ("unseen", unseen_raw)):
+            if raw is not None:
+                groups[name] = torch.stack([raw[layer].double().cpu() for layer in layers])
+                meta["groups"][name] = int(groups[name].shape[1])
+    if unseen_unit_means is not None:
+        meta["groups"]["unseen"] = int(next(iter(unseen_unit_means.values())).shape[0])
+    _check_group_sizes(meta["groups"], opts, meta)
+    if sslmem_raw is not None:
+        layer_evidence.layer_mem_evidence(layers, cand, groups, top_k, opts, records, group_sslmem, nulls, meta)
+    unit_evidence.unit_mem_evidence(layers, unit_means, unseen_unit_means, reduction, negative, opts, records, nulls)
+    if align is not None and unseen_align is not None:
+        evidence_free.reference_free_evidence(layers, align, unseen_align, records, meta, bootstrap=opts.bootstrap,
+                                              confidence=opts.confidence, seed=opts.seed, nulls=nulls)
+    evidence = Evidence(layers=records, group_sslmem=group_sslmem, meta=meta)
+    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES, "align_gap": evidence_free.TEST_NAME}
+    meta["tests"] = {test: tests[test] for test in VERDICT_TESTS if test in tests and evidence.has(f"{test}_p")}
+    meta["intervals"] = dict(INTERVALS)
+    finish_verdict(evidence, nulls)
+    meta["hint"] = _hint(evidence, n, opts)
+    return evidence
+
+
+def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = None) -> Dict[str, Any]:
+    """(Re)compute the overall verdict over :data:`~lightning_memloc.report.verdict.VERDICT_TESTS`.
+
+    Writes every ``<test>_p_holm``, ``meta["verdict"]``, ``meta["significant"]`` and, for the
+    tests in ``nulls``, the lower bounds ``<test>_lb`` at ``alpha / m`` (m: the verdict's tests;
+    ``None`` where no p-value can reach that level).
+    A family added to the records after :func:`compute_evidence` calls it again.
+    """
+    meta = evidence.meta
+    alpha, boot = float(meta.get("alpha", 0.05)), int(meta.get("bootstrap", 0))
+    verdict = overall_verdict(evidence.layers, alpha, boot)
+    m = verdict["family_size"]
+    if verdict["attainable"] is False:
+        verdict["needs_bootstrap"] = min_bootstrap_for(m, alpha)
+        warnings.warn(f"[memloc] with bootstrap={boot} and {m} tests (tests x layers) the smallest attainable Holm p is "
+                      f"{verdict['min_attainable_p_holm']:.3f} > alpha={alpha:g}: no test can pass, whatever the data. "
+                      f"Use bootstrap >= {verdict['needs_bootstrap']}.", UserWarning, stacklevel=3)
+    for test, (layers, estimate, scale, null) in (nulls or {}).items():
+        bound = permutation_lower_bound(estimate, scale, null, alpha / max(m, 1))
+        for i, layer in enumerate(layers):
+            evidence.layers[layer][f"{test}_lb"] = float(bound[i]) if math.isfinite(float(bound[i])) else None
+    meta["verdict"] = verdict
+    meta["significant"] = dict(verdict["layers"])
+    return verdict
+
+
+def _check_group_sizes(groups: Mapping[str, int], opts: EvidenceOptions, meta: Dict[str, Any]) -> None:
+    """Warn when a control / unseen set is smaller than :data:`MIN_GROUP_SIZE`."""
+    for name in ("control", "unseen"):
+        size = groups.get(name)
+        if size is not None and size < MIN_GROUP_SIZE and opts.bootstrap:
+            message = (f"[memloc] `{name}` has {size} images, fewer than {MIN_GROUP_SIZE}: its tests hold their error "
+                       f"rate only if `{name}` and the candidates are exchangeable, and its intervals are unreliable. "
+                       f"Pass at least {MIN_GROUP_SIZE} {name} images (as many as the candidates is best).")
+            warnings.warn(message, UserWarning, stacklevel=3)
+            meta.setdefault("warnings", []).append(message)
+
+
+def _hint(evidence: Evidence, n: int, opts: EvidenceOptions) -> Optional[str]:
+    """How many candidates would narrow the widest interval to ``target_halfwidth`` (or None)."""
+    key, what = ("excess", "excess over the control") if evidence.has("excess_lo") else ("layer_mem", "LayerMem")
+    widths = {layer: (rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for layer, rec in evidence.layers.items()
+              if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
+              and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])}
+    if not widths:
+        return None
+    layer = max(widths, key=lambda k: widths[k])
+    if widths[layer] <= opts.target_halfwidth:
+        return None
+    need = samples_for_halfwidth(n, widths[layer], opts.target_halfwidth)
+    extra = " (and as many control images)" if key == "excess" else ""
+    return (f"intervals are wide: {what} ±{widths[layer]:.3f} at {layer!r} with {n} candidates; about {need} "
+            f"candidates{extra} would narrow it to ±{opts.target_halfwidth:g}.")

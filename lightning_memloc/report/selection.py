@@ -1,0 +1,280 @@
+"""Choose layers and units from a :class:`~lightning_memloc.MemorizationReport`.
+
+Pure functions (no Lightning, no state) behind the memorization-aware fine-tuning and pruning
+callbacks. Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) show
+that memorization concentrates in the deeper layers (LayerMem / ΔLayerMem) and in a few highly
+memorizing units (UnitMem), and that fine-tuning the most memorizing layers or pruning the most
+memorizing units changes downstream behaviour more than the same intervention on other layers
+or units. These functions turn a report into such a choice, deterministically: the same report
+and seed give the same layers and units on every call, process and rank.
+
+Example:
+    >>> import torch
+    >>> from lightning_memloc import MemorizationReport
+    >>> report = MemorizationReport(
+    ...     layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"}, candidate_ids=torch.arange(2),
+    ...     unit_mem={"a": torch.tensor([0.1, 0.9, 0.5]), "b": torch.tensor([0.7, 0.2])},
+    ...     unit_argmax={"a": torch.zeros(3, dtype=torch.long), "b": torch.zeros(2, dtype=torch.long)},
+    ...     dead_units={"a": torch.zeros(3, dtype=torch.bool), "b": torch.zeros(2, dtype=torch.bool)},
+    ...     layer_mem={"a": 0.1, "b": 0.3}, delta_layer_mem={"a": 0.1, "b": 0.2})
+    >>> select_layers(report, 1)
+    ['b']
+    >>> {k: v.tolist() for k, v in select_units(report, count=2, scope="global").items()}
+    {'a': [1], 'b': [0]}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from lightning_memloc.checks import check_choice, check_int
+from lightning_memloc.report.report import MemorizationReport
+
+__all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "resolve_report", "select_layers",
+           "select_units"]
+
+LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess", "align_gap")
+#: Layer scores read from the report's evidence, and what each needs.
+_EVIDENCE_SCORES = {"excess": "LayerMem's excess over a control set, which this report lacks: measure with `control=...` "
+                              "(images both encoders trained on)",
+                    "align_gap": "the candidates' alignment gap under the encoder against unseen images, which this "
+                                 "report lacks: measure with `unseen=...` (images the encoder never trained on; no "
+                                 "reference needed)"}
+LAYER_STRATEGIES = ("highest", "lowest", "random", "last")
+UNIT_STRATEGIES = ("highest", "lowest", "random")
+SCOPES = ("layer", "global")
+
+ReportSource = Union[MemorizationReport, str, "os.PathLike[str]", Any]
+
+
+def _check_report(report: object) -> MemorizationReport:
+    if not isinstance(report, MemorizationReport):
+        raise TypeError(f"`report` must be a MemorizationReport, got {type(report).__name__}.")
+    if not report.layers:
+        raise ValueError("`report` has no layers to choose from.")
+    return report
+
+
+def resolve_report(source: ReportSource, argument: str = "source") -> Optional[MemorizationReport]:
+    """The report a ``source`` currently provides.
+
+    Args:
+        source: a :class:`~lightning_memloc.MemorizationReport`, the path of one saved with
+            :meth:`~lightning_memloc.MemorizationReport.save`, or a
+            :class:`~lightning_memloc.callbacks.MemorizationMonitor` (any object with a
+            ``report`` attribute), whose latest report is returned.
+        argument: the argument name used in error messages.
+
+    Returns:
+        The report, or ``None`` when a monitor has not measured yet.
+
+    Raises:
+        TypeError: ``source`` is none of the above.
+        FileNotFoundError, ReportFormatError: the path holds no valid report.
+    """
+    if isinstance(source, MemorizationReport):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return MemorizationReport.load(source)
+    if hasattr(source, "report"):
+        report = source.report
+        if report is not None and not isinstance(report, MemorizationReport):
+            raise TypeError(f"`{argument}.report` is a {type(report).__name__}, expected a MemorizationReport.")
+        return report
+    raise TypeError(
+        f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved report, "
+        f"got {type(source).__name__}."
+    )
+
+
+def select_layers(
+    report: MemorizationReport,
+    k: int,
+    by: str = "layer_mem",
+    strategy: str = "highest",
+    seed: int = 0,
+) -> List[str]:
+    """Choose ``k`` layers of ``report`` (e.g. the layers to fine-tune).
+
+    Args:
+        report: the measurement to choose from.
+        k: how many layers, ``1 <= k <= len(report.layers)``.
+        by: score ranking the layers for ``"highest"`` / ``"lowest"``: ``"layer_mem"`` (LayerMem),
+            ``"delta_layer_mem"`` (ΔLayerMem; both need a report measured with a reference
+            encoder), ``"unit_mem"`` (mean UnitMem, no reference needed) or ``"excess"`` (LayerMem's
+            excess over a control set, needs a report measured with ``control=``) or ``"align_gap"``
+            (the reference-free alignment gap, needs ``unseen=``, no reference). Ignored by
+            ``"random"`` and ``"last"``.
+        strategy: ``"highest"`` / ``"lowest"`` (the ``k`` best / worst by ``by``, ties broken by
+            layer order), ``"random"`` (``k`` layers drawn with a ``torch.Generator`` seeded with
+            ``seed``), or ``"last"`` (the last ``k`` layers in forward order, the usual
+            "fine-tune the top of the network" baseline).
+        seed: seed of the ``"random"`` draw.
+
+    Returns:
+        Layer names: best first for ``"highest"`` / ``"lowest"``, forward order otherwise.
+
+    Raises:
+        ValueError: an argument outside its allowed values, or LayerMem asked of a report
+            measured without a reference encoder.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc import MemorizationReport
+        >>> z = {n: torch.zeros(1) for n in "abc"}
+        >>> r = MemorizationReport(layers=list("abc"), layer_kinds=dict.fromkeys("abc", "conv"),
+        ...     candidate_ids=torch.arange(2), unit_mem=z, unit_argmax={n: torch.zeros(1, dtype=torch.long) for n in "abc"},
+        ...     dead_units={n: torch.zeros(1, dtype=torch.bool) for n in "abc"},
+        ...     layer_mem={"a": 0.1, "b": 0.3, "c": 0.2}, delta_layer_mem={"a": 0.1, "b": 0.2, "c": -0.1})
+        >>> select_layers(r, 2), select_layers(r, 2, strategy="last"), select_layers(r, 1, by="delta_layer_mem", strategy="lowest")
+        (['b', 'c'], ['b', 'c'], ['c'])
+    """
+    report = _check_report(report)
+    by = check_choice("by", by, LAYER_SCORES, as_tuple=False)
+    strategy = check_choice("strategy", strategy, LAYER_STRATEGIES, as_tuple=False)
+    check_int("seed", seed, 0, type_error=True)
+    n_layers = len(report.layers)
+    k = check_int("k", k, 1, type_error=True)
+    if k > n_layers:
+        raise ValueError(f"`k` must be <= the number of layers in the report ({n_layers}: {report.layers}), got {k}.")
+    order = list(range(n_layers))
+    if strategy == "last":
+        chosen = order[n_layers - k:]
+    elif strategy == "random":
+        generator = torch.Generator().manual_seed(seed)
+        chosen = sorted(torch.randperm(n_layers, generator=generator)[:k].tolist())
+    else:
+        if by == "unit_mem":
+            scores = report.unit_mem_mean()
+        elif by in _EVIDENCE_SCORES:
+            if report.evidence is None or not report.evidence.has(by):
+                raise ValueError(f"`by`={by!r} ranks layers by {_EVIDENCE_SCORES[by]}.")
+            scores = {layer: report.evidence.layers[layer][by] for layer in report.layers}
+        else:
+            scores = getattr(report, by)
+            if scores is None:
+                raise ValueError(
+                    f"`by`={by!r} needs LayerMem, which this report lacks (it was measured without a reference "
+                    "encoder): measure with `reference=...`, rank by `by='unit_mem'`, or use strategy 'last' or 'random'."
+                )
+        values = [float(scores[name]) for name in report.layers]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"the report's `{by}` scores are not all finite: {dict(zip(report.layers, values))}.")
+        sign = -1.0 if strategy == "highest" else 1.0
+        chosen = sorted(order, key=lambda i: (sign * values[i], i))[:k]
+    return [report.layers[i] for i in chosen]
+
+
+def _layer_scope(report: MemorizationReport, layers: Optional[Sequence[str]]) -> List[str]:
+    if layers is None:
+        return list(report.layers)
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) == 0:
+        raise ValueError(f"`layers` must be None or a non-empty sequence of layer names, got {layers!r}.")
+    missing = [name for name in layers if name not in report.layers]
+    if missing:
+        raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"`layers` has duplicate names: {list(layers)}.")
+    wanted = set(layers)
+    return [name for name in report.layers if name in wanted]
+
+
+def _how_many(fraction: Optional[float], count: Optional[int], total: int, where: str) -> int:
+    if count is not None:
+        if count > total:
+            raise ValueError(f"`count`={count} exceeds the {total} units of {where}.")
+        return count
+    return int(round(float(fraction) * total))
+
+
+def select_units(
+    report: MemorizationReport,
+    fraction: Optional[float] = None,
+    count: Optional[int] = None,
+    strategy: str = "highest",
+    scope: str = "layer",
+    layers: Optional[Sequence[str]] = None,
+    seed: int = 0,
+) -> Dict[str, Tensor]:
+    """Choose units of ``report`` by UnitMem (e.g. the units to prune).
+
+    Args:
+        report: the measurement to choose from.
+        fraction: share of the units to choose, in ``(0, 1]``; the number is
+            ``round(fraction * units)`` (as ``torch.nn.utils.prune``), per layer or over all
+            layers (``scope``). Give exactly one of ``fraction`` and ``count``.
+        count: number of units to choose (>= 1), from every layer (``scope="layer"``) or in all
+            (``scope="global"``).
+        strategy: ``"highest"`` / ``"lowest"`` UnitMem (dead units score 0), or ``"random"``
+            (a ``torch.Generator`` seeded with ``seed``; the baseline of the paper's pruning
+            experiments).
+        scope: ``"layer"`` (the same fraction / count from each layer) or ``"global"`` (all
+            units of all layers ranked together, as UnitMem is comparable across layers).
+        layers: restrict the choice to these report layers (default: all of them).
+        seed: seed of the ``"random"`` draw.
+
+    Returns:
+        ``{layer: LongTensor of unit indices, ascending}`` for every layer in scope, in forward
+        order (a layer with nothing chosen maps to an empty tensor). Ties are broken by
+        ``(layer order, unit index)``: the earlier unit wins.
+
+    Raises:
+        ValueError: an argument outside its allowed values, both or neither of
+            ``fraction`` / ``count``, a count larger than the units available, unknown layers.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc import MemorizationReport
+        >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
+        ...     candidate_ids=torch.arange(2), unit_mem={"a": torch.tensor([0.1, 0.9, 0.5, 0.0]),
+        ...     "b": torch.tensor([0.7, 0.2])}, unit_argmax={"a": torch.zeros(4, dtype=torch.long),
+        ...     "b": torch.zeros(2, dtype=torch.long)}, dead_units={"a": torch.zeros(4, dtype=torch.bool),
+        ...     "b": torch.zeros(2, dtype=torch.bool)})
+        >>> {k: v.tolist() for k, v in select_units(r, fraction=0.5, strategy="lowest").items()}
+        {'a': [0, 3], 'b': [1]}
+    """
+    report = _check_report(report)
+    if (fraction is None) == (count is None):
+        raise ValueError(f"give exactly one of `fraction` and `count`, got fraction={fraction!r}, count={count!r}.")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"`fraction` must be a float in (0, 1], got {fraction!r}.")
+    else:
+        check_int("count", count, 1, type_error=True)
+    strategy = check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
+    scope = check_choice("scope", scope, SCOPES, as_tuple=False)
+    check_int("seed", seed, 0, type_error=True)
+    names = _layer_scope(report, layers)
+    scores = {name: report.unit_mem[name].detach().float().cpu().reshape(-1) for name in names}
+    for name, value in scores.items():
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"UnitMem of layer {name!r} is not all finite.")
+    generator = torch.Generator().manual_seed(seed)
+
+    def pick(values: Tensor, n: int) -> Tensor:
+        if strategy == "random":
+            return torch.randperm(values.numel(), generator=generator)[:n]
+        # A stable sort keeps the original (layer, unit) order among equal scores.
+        return torch.sort(values, descending=strategy == "highest", stable=True).indices[:n]
+
+    if scope == "layer":
+        out = {}
+        for name in names:
+            n = _how_many(fraction, count, scores[name].numel(), f"layer {name!r}")
+            out[name] = torch.sort(pick(scores[name], n)).values.long()
+        return out
+    flat = torch.cat([scores[name] for name in names])
+    n = _how_many(fraction, count, flat.numel(), f"the layers {names}")
+    chosen = torch.sort(pick(flat, n)).values
+    out, start = {}, 0
+    for name in names:
+        stop = start + scores[name].numel()
+        inside = chosen[(chosen >= start) & (chosen < stop)]
+        out[name] = (inside - start).long()
+        start = stop
+    return out

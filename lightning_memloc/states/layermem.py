@@ -1,0 +1,129 @@
+"""Streaming SSLMem / LayerMem / ΔLayerMem.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024), on top of SSLMem
+(Wang et al., *Memorization in Self-Supervised Learning Improves Downstream Generalization*,
+ICLR 2024).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import Tensor
+
+from lightning_memloc.functional.sslmem import delta_layermem, layermem, sslmem, top_least_indices
+from lightning_memloc.checks import check_finite_tensor, check_int
+from lightning_memloc.states.base import CandidateIndexedMetric
+
+__all__ = ["LayerMem"]
+
+
+class LayerMem(CandidateIndexedMetric):
+    """SSLMem per candidate and LayerMem per layer, accumulated over batches of candidates.
+
+    The states are per-candidate sums of the encoder's and of the reference's alignment at every
+    layer and a per-candidate count (summed across processes; a candidate seen twice keeps the
+    same mean). :meth:`compute` averages them per candidate and applies
+    :func:`~lightning_memloc.functional.sslmem` (range-normalised per layer over the candidates
+    seen), :func:`~lightning_memloc.functional.layermem` and
+    :func:`~lightning_memloc.functional.delta_layermem`; the top-k / least-k groups (the paper's
+    "Top50"/"Least50") are ranked by normalised SSLMem at the last layer.
+
+    Args:
+        num_candidates: size of the candidate set; ids are ``0 .. num_candidates - 1``.
+        num_layers: number of layers ``L`` (in forward order).
+        top_k: size of the top / least groups (``min(top_k, N')`` are used).
+        state_dtype: ``torch.float32`` (default) or ``torch.float64`` for the sums.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> metric = LayerMem(num_candidates=3, num_layers=2, top_k=1)
+        >>> metric.update(align_encoder=torch.tensor([[0.5, 1.0, 0.5], [0.2, 1.0, 0.6]]),
+        ...               align_reference=torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]]),
+        ...               index=torch.arange(3))
+        >>> out = metric.compute()
+        >>> out["sslmem"]
+        tensor([[1.0000, 0.0000, 0.0000],
+                [1.0000, 0.0000, 0.5000]])
+        >>> out["layer_mem"], out["delta_layer_mem"], out["top_ids"], out["least_ids"]
+        (tensor([0.3333, 0.5000]), tensor([0.3333, 0.1667]), tensor([0]), tensor([1]))
+    """
+
+    enc_sums: Tensor
+    ref_sums: Tensor
+
+    def __init__(
+        self,
+        num_candidates: int,
+        num_layers: int,
+        top_k: int = 50,
+        state_dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_candidates, state_dtype=state_dtype, **kwargs)
+        self.num_layers = check_int("num_layers", num_layers, 1)
+        self.top_k = check_int("top_k", top_k, 1)
+        shape = (num_layers, num_candidates)
+        self.add_state("enc_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
+        self.add_state("ref_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
+
+    def _check_align(self, name: str, value: Any) -> Tensor:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor of shape (L, B), got {type(value).__name__}.")
+        if value.ndim != 2 or value.shape[0] != self.num_layers:
+            raise ValueError(
+                f"`{name}` must have shape (L, B) with L = num_layers = {self.num_layers}, got "
+                f"{tuple(value.shape)}."
+            )
+        check_finite_tensor(name, value)
+        return value.detach().to(device=self.counts.device, dtype=self.counts.dtype)
+
+    def update(self, align_encoder: Tensor, align_reference: Tensor, index: Tensor) -> None:
+        """Add a batch of per-layer alignments.
+
+        Args:
+            align_encoder: ``(L, B)`` alignment of each candidate at each layer under the encoder.
+            align_reference: ``(L, B)`` the same under the reference encoder (same views).
+            index: ``LongTensor[B]`` candidate ids of the columns.
+        """
+        enc = self._check_align("align_encoder", align_encoder)
+        ref = self._check_align("align_reference", align_reference)
+        if enc.shape != ref.shape:
+            raise ValueError(
+                f"`align_encoder` and `align_reference` must have the same shape, got "
+                f"{tuple(enc.shape)} and {tuple(ref.shape)}."
+            )
+        idx = self._check_index(index, enc.shape[1], "align_encoder (its second dimension)")
+        self.enc_sums.index_add_(1, idx, enc)
+        self.ref_sums.index_add_(1, idx, ref)
+        self._add_counts(idx)
+
+    def compute(self) -> Dict[str, Tensor]:
+        """SSLMem and LayerMem over the ``N'`` candidates seen.
+
+        Returns:
+            ``{"sslmem_raw": [L, N'], "sslmem": [L, N'], "layer_mem": [L],
+            "delta_layer_mem": [L], "layer_mem_top": [L], "layer_mem_least": [L],
+            "candidate_ids": [N'], "top_ids": [k'], "least_ids": [k']}`` with
+            ``k' = min(top_k, N')``; ids are candidate ids.
+        """
+        ids = self._seen()
+        counts = self.counts[ids]
+        enc = self.enc_sums[:, ids] / counts
+        ref = self.ref_sums[:, ids] / counts
+        raw = sslmem(ref, enc, normalize=False)
+        norm = sslmem(ref, enc, normalize=True)
+        layer_mem = layermem(norm)
+        top, least = top_least_indices(norm[-1], self.top_k)
+        return {
+            "sslmem_raw": raw,
+            "sslmem": norm,
+            "layer_mem": layer_mem,
+            "delta_layer_mem": delta_layermem(layer_mem),
+            "layer_mem_top": layermem(norm, subset=top),
+            "layer_mem_least": layermem(norm, subset=least),
+            "candidate_ids": ids,
+            "top_ids": ids[top],
+            "least_ids": ids[least],
+        }

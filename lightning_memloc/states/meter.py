@@ -1,0 +1,412 @@
+"""``MemorizationMeter``: the streaming metric states of one measurement pass.
+
+Per tapped layer a :class:`~lightning_memloc.states.UnitMem` (or ``ClassMem`` with labels) and,
+with a reference, one multi-layer ``LayerMem``; states are indexed by candidate id and reduced with
+``sum`` across processes (DDP equals one process), O(N·U) per layer at most.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.states.distributed import reduce_states_in_place, synced_states  # reduce_...: re-exported
+from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
+from lightning_memloc.states import ClassMem, LayerMem, UnitMem, ViewAlignment
+from lightning_memloc.states.alignment import mean_alignment
+from lightning_memloc.states.view_moments import ViewMoments
+from lightning_memloc.report.report import MemorizationReport
+from lightning_memloc.taps.hooks import LayerSpec
+
+
+#: The report field of every ``compute()`` key of the meter's metrics: a metric's keys are relative
+#: (``UnitMem``'s ``"argmax"`` is a candidate id), a report's absolute (``unit_argmax``, ``dead_units``).
+REPORT_FIELDS: Dict[str, Dict[str, str]] = {
+    "UnitMem": {"unit_mem": "unit_mem", "argmax": "unit_argmax", "dead": "dead_units"},
+    "ClassMem": {"class_mem": "class_mem", "unit_mem": "unit_mem", "unit_argmax": "unit_argmax", "dead": "dead_units"},
+    "LayerMem": {key: key for key in ("sslmem", "sslmem_raw", "layer_mem", "delta_layer_mem", "layer_mem_top",
+                                      "layer_mem_least", "top_ids", "least_ids")},
+}
+#: ``compute()`` keys that no report field holds: bookkeeping, and ClassMem's per-unit argmax class.
+METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), "ClassMem": ("argmax",),
+                                                "LayerMem": ("candidate_ids",)}
+
+
+def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
+    """``metric.compute()``'s output ``out`` under the report's field names (:data:`REPORT_FIELDS`)."""
+    return {field: out[key] for key, field in REPORT_FIELDS[type(metric).__name__].items()}
+
+
+def state_bytes(
+    num_candidates: int,
+    num_units: Mapping[str, int],
+    *,
+    reference: bool,
+    labels: bool,
+    dtype: torch.dtype = torch.float32,
+    alignment: bool = False,
+) -> int:
+    """Bytes held by a meter's states (before any result is computed): exactly the sum of the
+    sizes of :class:`MemorizationMeter`'s metric states.
+
+    With ``N`` candidates, ``L`` layers of ``U_l`` units and ``b`` bytes per element of ``dtype``:
+    UnitMem keeps per layer a sum per candidate per unit and a count per candidate,
+    ``N·(U_l + 1)·b`` (ClassMem adds two int64 label states, ``16·N``); LayerMem keeps the
+    encoder's and the reference's alignment sums per candidate per layer and one count per
+    candidate, ``(2·L + 1)·N·b``; with ``alignment`` and no reference (the reference-free evidence)
+    :class:`~lightning_memloc.states.ViewAlignment` keeps ``(L + 1)·N·b``. Every rank of a DDP run holds the full states (they are indexed
+    by candidate id); ``compute`` needs temporary space on top (see ``docs/ddp.md``).
+
+    Example:
+        >>> state_bytes(50_000, {"a": 2048}, reference=False, labels=False)
+        409800000
+        >>> state_bytes(50_000, {"a": 2048}, reference=True, labels=False)  # + 3·N·4 for one layer
+        410400000
+    """
+    item = torch.empty((), dtype=dtype).element_size()
+    per_layer = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
+                    for units in num_units.values())
+    total = per_layer
+    if reference:
+        total += (2 * len(num_units) + 1) * num_candidates * item
+    elif alignment:
+        total += (len(num_units) + 1) * num_candidates * item
+    return int(total)
+
+
+def format_bytes(n: int) -> str:
+    """``'390.8 MiB (409,800,000 bytes)'``: readable, and exact for small sizes.
+
+    Example:
+        >>> format_bytes(409_800_000), format_bytes(512)
+        ('390.8 MiB (409,800,000 bytes)', '512 bytes')
+    """
+    size, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n:,} bytes)"
+
+
+def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
+                       limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None,
+                       alignment: bool = False) -> Optional[str]:
+    """Refuse metric states over ``limit`` bytes, before any measurement (:func:`state_bytes`).
+
+    Args:
+        num_rows: rows of the states (candidates plus control / unseen images).
+        num_units: layer -> units.
+        reference, labels, alignment: as for :class:`MemorizationMeter`.
+        limit: bytes allowed (``None``: no limit, but a note past a quarter of a GPU's memory).
+        device: where the states live.
+        num_candidates: candidates named in the message (default ``num_rows``).
+
+    Returns a note to log when the states take over a quarter of a GPU without a limit, else ``None``;
+    raises ``MemoryError`` (naming ``memory_limit`` and the fixes) when they need more than ``limit``.
+    """
+    need = state_bytes(num_rows, num_units, reference=reference, labels=labels, alignment=alignment)
+    if limit is not None and need > limit:
+        raise MemoryError(
+            f"the monitor's metric states need {format_bytes(need)} for {num_rows if num_candidates is None else num_candidates} "
+            f"candidates and {sum(num_units.values())} units in {len(num_units)} layers, over "
+            f"`memory_limit`={format_bytes(limit)} (every DDP rank holds them all; see "
+            "`lightning_memloc.states.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
+            "or raise `memory_limit`."
+        )
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    if limit is None and total is not None and need > total // 4:
+        return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory."
+    return None
+
+
+class MemorizationMeter(nn.Module):
+    """Streaming UnitMem / ClassMem / LayerMem states for a set of layers.
+
+    Args:
+        layers: the tapped layers, in forward order.
+        num_units: layer name -> number of units.
+        num_candidates: size of the candidate set (ids are ``0 .. num_candidates - 1``).
+        reference: whether alignments of a reference encoder will be given (LayerMem).
+        labels: whether labels will be given (ClassMem).
+        reduction: ``"mean"`` (the paper) or ``"median"`` (the authors' code) for μ-max.
+        negative: policy for negative activations, see
+            :func:`lightning_memloc.functional.apply_negative_policy`.
+        top_k: size of the top-k / least-k candidate groups for LayerMem.
+        state_dtype: dtype of the accumulated states.
+        groups: sizes of the control / unseen sets measured in the same pass (by name).
+        alignment: keep the encoder's own view alignments of the candidates and the unseen images
+            (the reference-free evidence, :mod:`lightning_memloc.report.evidence_free`); a reference's
+            LayerMem holds them already. The pass then computes them (:attr:`needs_alignment`).
+        view_shape: (C, H, W) of the views: per-channel view statistics are kept for
+            ``meta["view_stats"]`` (:meth:`update_views`); ``None`` or feature views: none.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc.taps.hooks import LayerSpec
+        >>> m = MemorizationMeter([LayerSpec("a", "linear")], {"a": 2}, 3, reference=False, labels=False)
+        >>> m.update(torch.arange(3), {"a": torch.tensor([[1., 0.], [0., 1.], [0., 1.]])})
+        >>> r = m.compute_report(torch.arange(3))
+        >>> r.unit_mem["a"].tolist()
+        [1.0, 0.3333333432674408]
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerSpec],
+        num_units: Mapping[str, int],
+        num_candidates: int,
+        *,
+        reference: bool,
+        labels: bool,
+        reduction: str = "mean",
+        negative: str = "clamp",
+        top_k: int = 50,
+        state_dtype: torch.dtype = torch.float32,
+        groups: Optional[Mapping[str, int]] = None,
+        alignment: bool = False,
+        view_shape: Optional[Sequence[int]] = None,
+    ) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.names = [spec.name for spec in self.layers]
+        self.num_candidates = num_candidates
+        self.has_reference = reference
+        self.has_labels = labels
+        # With labels one ClassMem per layer serves UnitMem too (same states, stored once).
+        metric_class = ClassMem if labels else UnitMem
+        self.units = nn.ModuleList(
+            metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype,
+                         dist_sync_fn=reduce_states_in_place, sync_on_compute=False)
+            for n in self.names
+        )
+        self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
+                                  dist_sync_fn=reduce_states_in_place, sync_on_compute=False) if reference else None
+        self.alignment = ViewAlignment(num_candidates, len(self.names), state_dtype=state_dtype,
+                                       dist_sync_fn=reduce_states_in_place,
+                                       sync_on_compute=False) if alignment and not reference else None
+        self.keeps_alignment = bool(alignment)
+        # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
+        # set after the candidates, each into its own states (no labels, no ClassMem).
+        self.group_sizes: Dict[str, int] = dict(groups or {})
+        self.groups = nn.ModuleDict({
+            name: MemorizationMeter(self.layers, num_units, size, reference=reference, labels=False, reduction=reduction,
+                                    negative=negative, top_k=top_k, state_dtype=state_dtype,
+                                    alignment=alignment and name == "unseen")
+            for name, size in self.group_sizes.items()
+        })
+        self.reduction, self.negative, self.top_k = reduction, negative, top_k
+        self.view_moments = None if view_shape is None or len(view_shape) != 3 else ViewMoments(
+            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), dist_sync_fn=reduce_states_in_place,
+            sync_on_compute=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the metric states (torchmetrics states are not buffers: ``buffers()`` cannot tell)."""
+        return self.units[0].device
+
+    @property
+    def needs_alignment(self) -> bool:
+        """Whether :meth:`update` needs the encoder's alignments (a reference, or ``alignment=True``)."""
+        return self.layer_mem is not None or self.alignment is not None
+
+    def update(
+        self,
+        index: Tensor,
+        unit_means: Mapping[str, Tensor],
+        align_encoder: Optional[Mapping[str, Tensor]] = None,
+        align_reference: Optional[Mapping[str, Tensor]] = None,
+        labels: Optional[Tensor] = None,
+    ) -> None:
+        """Add one batch: per-layer (B, U) unit means and (B,) alignments of candidates ``index``.
+
+        With ``groups``, ``index`` holds positions in the pooled set (candidates first, then each
+        group in order): rows are routed to the candidates' or their group's states.
+        """
+        update = self._route if self.group_sizes else self._update_own
+        update(index, unit_means, align_encoder, align_reference, labels)
+
+    def update_views(self, index: Tensor, views: Tensor) -> None:
+        """Add a batch's views (B, K, C, H, W) at pooled positions ``index`` to the per-channel view
+        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (a no-op without ``view_shape``)."""
+        if self.view_moments is not None:
+            self.view_moments.update(views, index.to(self.device))
+
+    def _update_own(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
+                    align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
+        if self.has_labels and labels is None:
+            raise ValueError("this meter was built with labels=True: pass `labels` to update().")
+        for name, metric in zip(self.names, self.units):
+            if self.has_labels:
+                metric.update(unit_means[name], index, labels)
+            else:
+                metric.update(unit_means[name], index)
+        if self.layer_mem is not None:
+            if align_encoder is None or align_reference is None:
+                raise ValueError("this meter was built with reference=True: pass both alignments to update().")
+            self.layer_mem.update(
+                torch.stack([align_encoder[n] for n in self.names]),
+                torch.stack([align_reference[n] for n in self.names]),
+                index,
+            )
+        if self.alignment is not None:
+            if align_encoder is None:
+                raise ValueError("this meter was built with alignment=True: pass `align_encoder` to update().")
+            self.alignment.update(torch.stack([align_encoder[n] for n in self.names]), index)
+
+    def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
+               align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
+        start, end = 0, self.num_candidates
+        targets = [(self, 0, self.num_candidates)]
+        for name, size in self.group_sizes.items():
+            start, end = end, end + size
+            targets.append((self.groups[name], start, end))
+        for meter, lo, hi in targets:
+            rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+
+            def pick(values: Optional[Mapping[str, Tensor]]) -> Optional[Dict[str, Tensor]]:
+                return None if values is None else {n: v[rows.to(v.device)] for n, v in values.items()}
+
+            sub = dict(index=index[rows] - lo, unit_means=pick(unit_means), align_encoder=pick(align_encoder),
+                       align_reference=pick(align_reference))
+            if meter is self:
+                self._update_own(**sub, labels=None if labels is None else labels[rows.to(labels.device)])
+            else:
+                meter.update(**sub)
+
+    def unit_means(self, raw: bool = False) -> Dict[str, Tensor]:
+        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy (before it
+        with ``raw``), synced across processes (collective under DDP: call on every rank)."""
+        out = {}
+        for name, metric in zip(self.names, self.units):
+            with synced_states(metric):
+                try:
+                    out[name] = self._policy_means(metric, raw)
+                except ValueError as err:  # negative="error" on a layer with negative activations
+                    raise type(err)(f"layer {name!r}: {err}") from err
+        return out
+
+    def _policy_means(self, metric: UnitMem, raw: bool = False) -> Tensor:
+        _, mu = metric.mean_activations()
+        mu = mu.detach().double()
+        return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
+
+    def sslmem_raw(self) -> Dict[str, Tensor]:
+        """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
+        return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
+
+    def encoder_alignment(self) -> Dict[str, Tensor]:
+        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP)."""
+        return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
+
+    def alignments(self, *, sslmem: bool, encoder: bool) -> Tuple[Optional[Dict[str, Tensor]], Optional[Dict[str, Tensor]]]:
+        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` or ``None``, from one sync (collective)."""
+        if not (sslmem or encoder):
+            return None, None
+        if sslmem and self.layer_mem is None:
+            raise ValueError("this meter was built without a reference: there is no SSLMem.")
+        metric = self.layer_mem if self.layer_mem is not None else self.alignment
+        if encoder and metric is None:
+            raise ValueError("this meter keeps no alignments: build it with a reference or alignment=True.")
+        with synced_states(metric):  # the alignments first: compute() restores the local states when it ends
+            align = mean_alignment(metric) if encoder else None  # type: ignore[arg-type]
+            raw = self.layer_mem.compute()["sslmem_raw"].detach().double().cpu() if sslmem else None  # type: ignore[union-attr]
+        return tuple(None if v is None else {n: v[i] for i, n in enumerate(self.names)}  # type: ignore[return-value]
+                     for v in (raw, align))
+
+    def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
+                       evidence: Optional[EvidenceOptions] = None) -> MemorizationReport:
+        """Compute every metric (collective under DDP: call on every rank) into a report.
+
+        Args:
+            candidate_ids: (N,) user-facing ids of the candidates, by position.
+            meta: settings recorded in the report (with ``"view_stats"``, the per-channel ``mean`` /
+                ``std`` of every view of the pass, when :meth:`update_views` saw image views).
+        """
+        ids = candidate_ids.detach().cpu().long()
+        align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
+        unit_mem: Dict[str, Tensor] = {}
+        unit_argmax: Dict[str, Tensor] = {}
+        dead: Dict[str, Tensor] = {}
+        class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
+        means: Dict[str, Tensor] = {}  # the evidence's per-candidate means, from the same sync as compute()
+        for name, metric in zip(self.names, self.units):
+            with synced_states(metric):  # one sync per metric (states summed in place, restored after)
+                try:
+                    if evidence is not None:  # before compute(), which restores the local states when it ends
+                        means[name] = self._policy_means(metric, raw=True)  # the evidence applies the policy
+                    out = metric.compute()
+                except ValueError as err:  # e.g. negative="error" on a layer with negative activations
+                    raise type(err)(f"layer {name!r}: {err}") from err
+            out = report_values(metric, out)
+            unit_mem[name] = out["unit_mem"].detach().float().cpu()
+            unit_argmax[name] = take_ids(ids, out["unit_argmax"].detach().cpu().long())
+            dead[name] = out["dead_units"].detach().cpu().bool()
+            if class_mem is not None:
+                class_mem[name] = out["class_mem"].detach().float().cpu()
+        kwargs: Dict[str, Any] = {}
+        if self.layer_mem is not None:
+            with synced_states(self.layer_mem):
+                if evidence is not None and self.keeps_alignment:  # f's alignments, same sync, before compute()
+                    align = dict(zip(self.names, mean_alignment(self.layer_mem)))  # restores the local states
+                out = self.layer_mem.compute()
+            seen = out["candidate_ids"].detach().cpu().long()
+            if seen.numel() != ids.numel():
+                missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
+                raise RuntimeError(f"LayerMem saw {seen.numel()} of {ids.numel()} candidates; missing positions {missing}.")
+            for field, value in report_values(self.layer_mem, out).items():
+                value = value.detach().cpu()
+                if field.endswith("_ids"):  # positions -> user-facing ids
+                    kwargs[field] = ids[value.long()]
+                elif value.ndim == 2:  # (L, N) per-candidate values of each layer
+                    kwargs[field] = {n: value[i].float() for i, n in enumerate(self.names)}
+                else:  # (L,) one value per layer
+                    kwargs[field] = {n: float(value[i]) for i, n in enumerate(self.names)}
+        report_evidence = None
+        if evidence is not None:
+            unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
+            try:  # raw means (the evidence shifts candidates and unseen images together); checked first
+                unseen_means = unseen.unit_means(raw=True) if unseen is not None else None
+                if unseen is not None and self.negative == "error":
+                    unseen.unit_means()
+            except ValueError as err:
+                raise type(err)(f"the `unseen` images, {err}") from err
+            control = self.groups["control"] if "control" in self.group_sizes else None
+            with_ref, aligned = self.layer_mem is not None, unseen is not None and self.keeps_alignment
+            if aligned and not with_ref:
+                align = self.encoder_alignment()
+            unseen_raw, unseen_align = (unseen.alignments(sslmem=with_ref, encoder=aligned) if unseen is not None
+                                        else (None, None))
+            report_evidence = compute_evidence(
+                list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
+                sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
+                control_raw=control.sslmem_raw() if control is not None and with_ref else None,
+                unseen_raw=unseen_raw, unseen_unit_means=unseen_means, options=evidence, negative=self.negative,
+                **({"align": align, "unseen_align": unseen_align} if aligned else {}))
+        meta = dict(meta or {})
+        if self.view_moments is not None:
+            with synced_states(self.view_moments):
+                meta["view_stats"] = self.view_moments.compute().as_meta()
+        return MemorizationReport(
+            evidence=report_evidence,
+            layers=list(self.names),
+            layer_kinds={spec.name: spec.kind for spec in self.layers},
+            candidate_ids=ids,
+            unit_mem=unit_mem,
+            unit_argmax=unit_argmax,
+            dead_units=dead,
+            class_mem=class_mem,
+            meta=meta,
+            **kwargs,
+        )
+
+    def reset(self) -> None:
+        """Clear every state (start a new pass)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset") and hasattr(module, "_defaults"):
+                module.reset()

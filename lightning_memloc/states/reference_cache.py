@@ -1,0 +1,229 @@
+"""Cache of a frozen reference's per-candidate, per-layer view alignment.
+
+SSLMem compares the alignment of every candidate's K views under the encoder ``f`` with the
+same under the reference ``g`` (Wang et al., *Localizing Memorization in SSL Vision Encoders*,
+NeurIPS 2024, §3; SSLMem: Wang et al., ICLR 2024). With a reference that does not train, g's
+alignment depends only on g's weights and buffers, the views (candidates, control/unseen
+groups, K, seed, transform), the tapped layers and the pairing. A :class:`ReferenceCache`
+keeps it, so that every later monitor pass or ``measure()`` call runs only ``f``.
+
+The key is exact, never stale:
+
+- the **model key**: a BLAKE2 digest of every tensor of g's ``state_dict`` and of all its
+  buffers (names, dtypes, shapes and bytes), of g's structure (every sub-module's class, settings
+  such as padding or activation slopes, the code of its methods, its forward hooks:
+  :func:`~lightning_memloc.states.module_digest.structure_digest`), g's device and dtype, torch's
+  float32 matmul precision, the layer names, the pairing and the ``autocast`` of the forwards
+  (a float32 value is never reused for a bf16 pass). Entries are stored under it: after any
+  change they are never read again. A reference whose structure cannot be digested is not
+  cached (a warning says why): g runs at every pass.
+- the **batch key**: a digest of the batch's candidate positions and of the very input tensor
+  the reference would see (views, plus anchors with ``pairing="anchor"``). Views are made for
+  ``f`` anyway, so a change of candidates, pooled groups, K, seed, transform or batch size
+  shows up as another key (a miss: g runs), never as a wrong value.
+
+The values are the same tensors an uncached pass computes, so a cached pass gives results
+identical to an uncached one. A co-trained reference is never cached by the monitor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.io import atomic_write_bytes
+from lightning_memloc.states.module_digest import UnkeyableModuleError, structure_digest
+
+PathLike = Union[str, "os.PathLike[str]"]
+_FORMAT = "lightning_memloc.states.reference_cache/1"
+
+__all__ = ["ReferenceCache", "frozen_reference", "model_digest", "tensor_digest"]
+
+
+def _update(hasher: "hashlib._Hash", tensor: Tensor) -> None:
+    """Feed a tensor's dtype, shape and raw bytes (any dtype, any device) to ``hasher``."""
+    t = tensor.detach()
+    hasher.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        hasher.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def tensor_digest(*tensors: Tensor) -> str:
+    """BLAKE2b digest (hex) of the dtypes, shapes and bytes of ``tensors``.
+
+    Example:
+        >>> a = torch.zeros(3)
+        >>> tensor_digest(a) == tensor_digest(torch.zeros(3)), tensor_digest(a) == tensor_digest(torch.zeros(3, 1))
+        (True, False)
+    """
+    hasher = hashlib.blake2b(digest_size=20)
+    for tensor in tensors:
+        _update(hasher, tensor)
+    return hasher.hexdigest()
+
+
+def model_digest(model: nn.Module) -> str:
+    """Digest of ``model``'s class, every ``state_dict`` tensor, every buffer (persistent or not) and its structure.
+
+    Raises:
+        UnkeyableModuleError: see :func:`~lightning_memloc.states.module_digest.structure_digest`.
+    """
+    hasher = hashlib.blake2b(digest_size=20)
+    hasher.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    hasher.update(structure_digest(model).encode())
+    for group in (model.state_dict(keep_vars=True).items(), model.named_buffers()):
+        for name, value in group:
+            hasher.update(name.encode())
+            if isinstance(value, Tensor):
+                _update(hasher, value)
+            else:  # extra state
+                hasher.update(repr(value).encode())
+    return hasher.hexdigest()
+
+
+class ReferenceCache:
+    """Per-batch reference alignments of a frozen reference, reused while nothing changed.
+
+    Pass one instance to several :func:`~lightning_memloc.measure` calls (e.g. checkpoints of
+    ``f`` over training, all against one ``g``); :class:`~lightning_memloc.MemorizationMonitor`
+    keeps one for a frozen reference on its own. ``hits`` and ``misses`` count batches.
+
+    Example:
+        >>> import torch
+        >>> from lightning_memloc import measure
+        >>> from lightning_memloc.models import TinyCNN
+        >>> _ = torch.manual_seed(0)
+        >>> f1, f2, g, x = TinyCNN(), TinyCNN(), TinyCNN(), torch.rand(6, 3, 16, 16)
+        >>> cache = ReferenceCache()
+        >>> r1 = measure(f1, x, reference=g, views=4, top_k=2, reference_cache=cache)
+        >>> r2 = measure(f2, x, reference=g, views=4, top_k=2, reference_cache=cache)
+        >>> cache.misses, cache.hits
+        (1, 1)
+    """
+
+    def __init__(self, max_models: int = 2) -> None:
+        if isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1:
+            raise ValueError(f"`max_models` must be an int >= 1 (reference states kept), got {max_models!r}.")
+        self.max_models = max_models
+        self.key: Optional[Tuple[str, ...]] = None
+        #: Why the bound reference is not cached (``None``: it is).
+        self.refused: Optional[str] = None
+        self._tables: "OrderedDict[Tuple[str, ...], Dict[str, Dict[str, Tensor]]]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def entries(self) -> Dict[str, Dict[str, Tensor]]:
+        """Entries of the current model key (batch key -> per-layer alignments)."""
+        return self._tables.get(self.key, {}) if self.key is not None else {}
+
+    def bind(self, reference: nn.Module, names: Sequence[str], pairing: str, autocast: Optional[str] = None) -> None:
+        """Set the model key of this pass (g's weights and buffers, layers, pairing, device, dtype, autocast).
+
+        ``autocast`` (``None``, ``"bf16"``, ``"fp16"``) is part of the key: a pass under autocast
+        never reads float32 values, nor the reverse (keys of float32 passes are as before it existed).
+
+        Entries of the ``max_models`` most recent keys are kept (2 by default: a monitor's
+        before-training point measures g with recalibrated BatchNorm statistics, every later
+        pass with g's own), older ones are dropped.
+        """
+        device_dtype = [str(t.device) + str(t.dtype) for t in list(reference.parameters())[:1]]
+        precision = () if autocast is None else (f"autocast={autocast}",)
+        try:
+            digest = model_digest(reference)
+        except UnkeyableModuleError as err:
+            if self.refused is None:
+                warnings.warn(f"ReferenceCache: the reference is not cached, g runs at every pass: {err}, which the "
+                              "cache cannot key (a stale value could follow).", UserWarning, stacklevel=3)
+            self.key, self.refused = None, str(err)
+            return
+        numerics = f"matmul={torch.get_float32_matmul_precision()},cudnn_tf32={torch.backends.cudnn.allow_tf32}"
+        self.key, self.refused = (digest, "|".join(names), pairing, *device_dtype, *precision, numerics), None
+        self._tables.setdefault(self.key, {})
+        self._tables.move_to_end(self.key)
+        while len(self._tables) > self.max_models:
+            self._tables.popitem(last=False)
+
+    @staticmethod
+    def batch_key(index: Tensor, inputs: Tensor) -> str:
+        """Digest of a batch's candidate positions and of the reference's input tensor."""
+        return tensor_digest(torch.as_tensor(index, dtype=torch.long), inputs)
+
+    def get(self, key: str, device: Optional[torch.device] = None) -> Optional[Dict[str, Tensor]]:
+        """The stored per-layer alignments of a batch on ``device`` (a hit), or ``None`` (a miss)."""
+        found = self.entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return {name: value.to(device, copy=True) if device is not None else value.clone() for name, value in found.items()}
+
+    def put(self, key: str, aligns: Dict[str, Tensor]) -> None:
+        """Store a batch's per-layer alignments (small: B values per layer) under the bound model key."""
+        if self.refused is not None:
+            return
+        if self.key is None:
+            raise RuntimeError("ReferenceCache.put before bind(): bind the reference first.")
+        self._tables[self.key][key] = {name: value.detach().clone() for name, value in aligns.items()}
+
+    def clear(self) -> None:
+        """Forget every entry and the model key."""
+        self.key = None
+        self._tables.clear()
+
+    def __len__(self) -> int:
+        """Stored batches, over every kept model key."""
+        return sum(len(entries) for entries in self._tables.values())
+
+    def save(self, path: PathLike) -> Path:
+        """Write every table (model key -> batch key -> alignments) to ``path``, atomically."""
+        buffer = io.BytesIO()
+        tables = [(list(key), {b: {n: v.cpu() for n, v in a.items()} for b, a in entries.items()})
+                  for key, entries in self._tables.items()]
+        torch.save({"format": _FORMAT, "max_models": self.max_models, "tables": tables}, buffer)
+        path = Path(path)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: PathLike, missing_ok: bool = False) -> "ReferenceCache":
+        """Read a cache written by :meth:`save` (a new, empty one if ``missing_ok`` and no file).
+
+        Entries are only used for a reference whose model key matches, so a file from another
+        reference, layers or pairing is harmless (every batch misses).
+        """
+        path = Path(path)
+        if missing_ok and not path.exists():
+            return cls()
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ValueError(f"`{path}` is not a reference cache written by ReferenceCache.save ({type(err).__name__}: "
+                             f"{err}): delete it, or pass another path.") from err
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError(f"`{path}` is not a reference cache of format {_FORMAT}: delete it, or pass another path.")
+        cache = cls(max_models=int(data["max_models"]))
+        for key, entries in data["tables"]:
+            cache._tables[tuple(key)] = entries
+        return cache
+
+
+def frozen_reference(owner: nn.Module, reference: Optional[nn.Module]) -> bool:
+    """Whether ``reference`` may be cached: it is not a submodule of the trained ``owner``.
+
+    A co-trained reference (a submodule of the LightningModule) changes every step and is never
+    cached, even when its parameters do not require grad (e.g. an EMA target). Any other
+    reference (a module or a checkpoint given to the monitor) is cached; should its weights
+    change anyway, the model key sees it and the cache is cleared.
+    """
+    if reference is None:
+        return False
+    return not any(module is reference for module in owner.modules())

@@ -1,0 +1,94 @@
+"""Streaming UnitMem (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Union
+
+import torch
+from torch import Tensor
+
+from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_int
+from lightning_memloc.functional.unitmem import dead_units, take_ids, unit_argmax, unitmem
+from lightning_memloc.states.base import CandidateIndexedMetric
+
+__all__ = ["UnitMem"]
+
+
+class UnitMem(CandidateIndexedMetric):
+    """UnitMem of every unit of one layer, accumulated over batches of candidates.
+
+    The state is a per-candidate sum of unit activations and a per-candidate count, indexed by
+    candidate id and summed across processes, so batch size, order, sharding and the padding of a
+    ``DistributedSampler`` do not change the result (a candidate seen twice has the same mean).
+    :meth:`compute` applies :func:`lightning_memloc.functional.unitmem` to the per-candidate means
+    of the candidates seen.
+
+    Args:
+        num_candidates: size of the candidate set; ids are ``0 .. num_candidates - 1``.
+        num_units: number of units ``U`` of the layer.
+        reduction: ``"mean"`` (the paper) or ``"median"`` (the authors' code) for μ-max.
+        negative: ``"clamp"``, ``"shift"`` or ``"error"``, see
+            :func:`lightning_memloc.functional.apply_negative_policy`.
+        state_dtype: ``torch.float32`` (default) or ``torch.float64`` for the sums.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> metric = UnitMem(num_candidates=3, num_units=2)
+        >>> metric.update(torch.tensor([[4.0, 0.0], [1.0, 0.0]]), index=torch.tensor([0, 1]))
+        >>> metric.update(torch.tensor([[1.0, 0.0]]), index=torch.tensor([2]))
+        >>> out = metric.compute()
+        >>> out["unit_mem"], out["argmax"], out["dead"], out["num_candidates"]
+        (tensor([0.6000, 0.0000]), tensor([ 0, -1]), tensor([False,  True]), 3)
+    """
+
+    sums: Tensor
+
+    def __init__(
+        self,
+        num_candidates: int,
+        num_units: int,
+        reduction: str = "mean",
+        negative: str = "clamp",
+        state_dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_candidates, state_dtype=state_dtype, **kwargs)
+        self.num_units = check_int("num_units", num_units, 1)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("negative", negative, NEGATIVE_POLICIES)
+        self.reduction = reduction
+        self.negative = negative
+        self.add_state("sums", torch.zeros(num_candidates, num_units, dtype=state_dtype), dist_reduce_fx="sum")
+
+    def update(self, activations: Tensor, index: Tensor) -> None:
+        """Add a batch of unit activations.
+
+        Args:
+            activations: ``(B, U)`` unit activations (already averaged over the views) or
+                ``(B, K, U)`` per view (averaged over ``K`` here).
+            index: ``LongTensor[B]`` candidate ids of the rows.
+        """
+        x = self._check_activations(activations, self.num_units)
+        idx = self._check_index(index, x.shape[0], "activations")
+        self.sums.index_add_(0, idx, x)
+        self._add_counts(idx)
+
+    def mean_activations(self) -> tuple[Tensor, Tensor]:
+        """``(ids, means)``: the candidate ids seen and their ``(N', U)`` mean activations."""
+        ids = self._seen()
+        return ids, self.sums[ids] / self.counts[ids].unsqueeze(1)
+
+    def compute(self) -> Dict[str, Union[Tensor, int]]:
+        """UnitMem of the candidates seen.
+
+        Returns:
+            ``{"unit_mem": Tensor[U] in [0, 1], "argmax": LongTensor[U] candidate ids (-1: dead unit),
+            "dead": BoolTensor[U], "num_candidates": int}`` (the number of candidates seen).
+        """
+        ids, mu = self.mean_activations()
+        return {
+            "unit_mem": unitmem(mu, reduction=self.reduction, negative=self.negative),
+            "argmax": take_ids(ids, unit_argmax(mu, negative=self.negative)),
+            "dead": dead_units(mu, negative=self.negative),
+            "num_candidates": int(ids.numel()),
+        }

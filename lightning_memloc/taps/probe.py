@@ -1,0 +1,128 @@
+"""Probing models before a pass: devices, eval mode, and the layers to tap with their unit counts.
+
+The measurement of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
+runs the encoder ``f`` and the reference ``g`` on the same views; before the pass, the layers
+are resolved on ``f``, their units counted and ``g`` checked to share the architecture, on a
+2-row example batch. Models always get their modes back (:func:`eval_mode`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_memloc.errors import ArchitectureMismatchError
+from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, resolve_layers
+
+__all__ = ["eval_mode", "model_device_dtype", "probe_layers"]
+
+
+@contextmanager
+def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Put models in eval mode and give every submodule back its own previous mode afterwards.
+
+    Restoring module by module keeps mixed states (e.g. a frozen BatchNorm in eval inside a
+    model in train mode) intact; ``requires_grad`` is never touched.
+    """
+    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    try:
+        for model in models:
+            if model is not None:
+                model.eval()
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    """Device of the first parameter (or buffer) and dtype of the first floating one."""
+    device, dtype = torch.device("cpu"), torch.float32
+    tensors = list(model.parameters()) + list(model.buffers())
+    if tensors:
+        device = tensors[0].device
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            dtype = tensor.dtype
+            break
+    return device, dtype
+
+
+def probe_layers(
+    encoder: nn.Module,
+    reference: Optional[nn.Module],
+    layers: Union[str, Sequence[Union[str, LayerSpec]]],
+    example: Tensor,
+) -> Tuple[List[LayerSpec], Dict[str, int]]:
+    """Resolve the layers on ``encoder``, count their units and check ``reference`` matches.
+
+    Args:
+        encoder: the encoder ``f``.
+        reference: the reference ``g`` or ``None``.
+        layers: ``"auto"`` or layer names.
+        example: a small input batch (only its first 2 rows are used).
+
+    Returns:
+        The layer specs and the number of units per layer.
+
+    Raises:
+        ArchitectureMismatchError: a layer is missing in ``reference`` or has another shape.
+    """
+    # Names, order and shapes do not depend on the batch size: the three probe forwards
+    # (resolve, encoder shapes, reference shapes) run on 2 rows, not on 2 candidates x K views.
+    example = example[:2]
+    device, dtype = model_device_dtype(encoder)
+    with eval_mode(encoder, reference), torch.no_grad():
+        try:
+            specs = resolve_layers(encoder, layers, example.to(device=device, dtype=dtype))
+        except RuntimeError as err:  # the encoder's own forward failed on the candidates' views
+            raise ValueError(
+                f"the encoder cannot run on a batch of candidate views of shape {tuple(example.shape)} "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): make `candidates` and "
+                "`transform` produce what the encoder expects (channels, image size, dtype)."
+            ) from err
+        names = [spec.name for spec in specs]
+
+        def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+            found: Dict[str, Tuple[int, ...]] = {}
+
+            def grab(name: str, output: Any) -> None:
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                found[name] = tuple(out.shape[1:])
+
+            dev, dt = model_device_dtype(model)
+            with LayerTaps(model, names, grab):
+                model(example.to(device=dev, dtype=dt))
+            return found
+
+        encoder_shapes = shapes(encoder)
+        if reference is not None:
+            modules = dict(reference.named_modules())
+            missing = [n for n in names if n not in modules]
+            if missing:
+                raise ArchitectureMismatchError(
+                    f"`reference` has no layers {missing} that the encoder has: encoder and reference must share "
+                    "the architecture (the reference is the same model trained without the candidates)."
+                )
+            try:
+                reference_shapes = shapes(reference)
+            except RuntimeError as err:
+                raise ArchitectureMismatchError(
+                    f"`reference` cannot run on views the encoder accepts (shape {tuple(example.shape)}): "
+                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; encoder and reference "
+                    "must share the architecture."
+                ) from err
+            for name in names:
+                if reference_shapes.get(name) != encoder_shapes.get(name):
+                    raise ArchitectureMismatchError(
+                        f"layer {name!r} outputs shape {encoder_shapes.get(name)} in the encoder but "
+                        f"{reference_shapes.get(name)} in `reference`: encoder and reference must share the architecture."
+                    )
+    num_units = {}
+    for name in names:
+        shape = encoder_shapes[name]
+        num_units[name] = shape[0] if len(shape) in (1, 3) else shape[-1]
+    return specs, num_units

@@ -1,0 +1,168 @@
+"""Batched SimCLR augmentation with per-sample parameters from seeds (fast, device-agnostic).
+
+The SimCLR view distribution (Chen et al., ICML 2020) as used by Wang et al., *Localizing
+Memorization in SSL Vision Encoders* (NeurIPS 2024), applied to a whole batch at once: random
+resized crop and flip through one ``affine_grid``/``grid_sample``, colour jitter and random
+grayscale as batched arithmetic. Each sample's parameters come from its own seed, so a view does
+not depend on the batch it is computed in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_memloc.checks import as_long_tensor
+from lightning_memloc.views.seeding import uniforms
+
+__all__ = ["BatchedSimCLRAugment"]
+
+
+def _gray(x: Tensor) -> Tensor:
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    return (x[:, :3] * w.view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+
+class BatchedSimCLRAugment(nn.Module):
+    """SimCLR augmentation of a whole batch, with per-sample parameters drawn from ``seeds``.
+
+    Random resized crop and horizontal flip are one ``affine_grid``/``grid_sample`` (bilinear,
+    continuous crop boxes, no antialiasing); colour jitter (brightness, contrast, saturation,
+    hue as a YIQ rotation, a linear approximation of torchvision's HSV shift; applied in this fixed order with probability ``jitter_p``), random
+    grayscale and optional normalisation follow, batched. The parameters of sample ``b`` are
+    drawn on CPU in float64 from a splitmix64 stream keyed by ``seeds[b]`` alone, so a sample's
+    view does not depend on the rest of the batch, its order or the device. Used by
+    :class:`SeededViews` as the default transform for the views of Wang et al. (NeurIPS 2024).
+
+    Args:
+        size: output side length.
+        scale: range of the crop area as a fraction of the image area.
+        ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
+        flip_p: probability of a horizontal flip.
+        jitter: brightness, contrast, saturation, hue strengths (torchvision ``ColorJitter``).
+        jitter_p: probability of applying the colour jitter.
+        gray_p: probability of converting to grayscale (C = 3 only).
+        mean: per-channel normalisation mean (with ``std``), or ``None``.
+        std: per-channel normalisation std, or ``None``.
+
+    Example:
+        >>> import torch
+        >>> aug = BatchedSimCLRAugment(size=8)
+        >>> aug(torch.rand(4, 3, 16, 16), torch.arange(4)).shape
+        torch.Size([4, 3, 8, 8])
+    """
+
+    batched = True
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float] = (0.2, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+        jitter_p: float = 0.8,
+        gray_p: float = 0.2,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`size` must be a positive int, got {size!r}")
+        for name, rng in (("scale", scale), ("ratio", ratio)):
+            if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
+                raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {rng!r}")
+        for name, p in (("flip_p", flip_p), ("jitter_p", jitter_p), ("gray_p", gray_p)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"`{name}` must be a probability in [0, 1], got {p!r}")
+        if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+            raise ValueError(f"`jitter` must be 4 non-negative strengths with hue <= 0.5, got {jitter!r}")
+        if (mean is None) != (std is None):
+            raise ValueError("`mean` and `std` must be given together")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"`std` must be positive, got {std!r}")
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        self.flip_p, self.jitter, self.jitter_p, self.gray_p = flip_p, tuple(jitter), jitter_p, gray_p
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, scale={self.scale}, ratio={self.ratio}, flip_p={self.flip_p}, "
+                f"jitter={self.jitter}, jitter_p={self.jitter_p}, gray_p={self.gray_p}, mean={self.mean}, std={self.std}")
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Apply the normalisation only (identity without ``mean``/``std``); ``x`` is (B, C, H, W)."""
+        if self.mean is None or self.std is None:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        if mean.numel() not in (1, x.shape[1]) or std.numel() not in (1, x.shape[1]):
+            raise ValueError(f"`mean`/`std` have {mean.numel()}/{std.numel()} values for {x.shape[1]} channels")
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+    def _params(self, seeds: Tensor, height: int, width: int) -> dict[str, Tensor]:
+        u = uniforms(seeds, 29)
+        lo, hi = self.scale
+        area = lo + (hi - lo) * u[:, :10]
+        lr0, lr1 = math.log(self.ratio[0]), math.log(self.ratio[1])
+        r = torch.exp(lr0 + (lr1 - lr0) * u[:, 10:20])
+        wf, hf = torch.sqrt(area * r * height / width), torch.sqrt(area / r * width / height)
+        ok = (wf <= 1) & (hf <= 1)
+        first = ok.double().argmax(1, keepdim=True)  # torchvision: first of 10 valid attempts
+        in_ratio = width / height  # fallback: central crop with the ratio clamped
+        fw, fh = (1.0, width / self.ratio[0] / height) if in_ratio < self.ratio[0] else (
+            (height * self.ratio[1] / width, 1.0) if in_ratio > self.ratio[1] else (1.0, 1.0))
+        w = torch.where(ok.any(1), wf.gather(1, first)[:, 0], torch.full_like(u[:, 0], fw))
+        h = torch.where(ok.any(1), hf.gather(1, first)[:, 0], torch.full_like(u[:, 0], fh))
+        cx, cy = 2 * u[:, 20] * (1 - w) + w - 1, 2 * u[:, 21] * (1 - h) + h - 1
+        sx = torch.where(u[:, 22] < self.flip_p, -w, w)
+        zero = torch.zeros_like(w)
+        theta = torch.stack([sx, zero, cx, zero, h, cy], 1).view(-1, 2, 3)
+        jit = u[:, 23] < self.jitter_p
+        bj, cj, sj, hj = self.jitter
+        factors = [torch.where(jit, max(0.0, 1 - s) + (1 + s - max(0.0, 1 - s)) * u[:, 24 + n], 1.0)
+                   for n, s in enumerate((bj, cj, sj))]
+        ang = torch.where(jit, 2 * math.pi * hj * (2 * u[:, 27] - 1), 0.0)  # hue as a YIQ rotation
+        rot = torch.zeros(len(ang), 3, 3, dtype=torch.float64)
+        rot[:, 0, 0], rot[:, 1, 1], rot[:, 2, 2] = 1.0, ang.cos(), ang.cos()
+        rot[:, 1, 2], rot[:, 2, 1] = ang.sin(), -ang.sin()  # same direction as torchvision's adjust_hue
+        hue = torch.linalg.inv(_YIQ) @ rot @ _YIQ
+        hue = torch.where((ang != 0).view(-1, 1, 1), hue, torch.eye(3, dtype=torch.float64))
+        return {"theta": theta, "b": factors[0], "c": factors[1], "s": factors[2], "hue": hue,
+                "gray": u[:, 28] < self.gray_p}
+
+    def forward(self, images: Tensor, seeds: Tensor) -> Tensor:
+        """Augment ``images`` (float (B, C, H, W) in [0, 1]) with per-sample ``seeds`` (LongTensor (B,))."""
+        if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+            raise TypeError("`images` must be a float tensor (B, C, H, W), got "
+                            f"{type(images).__name__} {getattr(images, 'shape', '')} {getattr(images, 'dtype', '')}")
+        seeds = as_long_tensor(seeds, "seeds").reshape(-1).cpu()
+        B, C, H, W = images.shape
+        if seeds.numel() != B:
+            raise ValueError(f"`seeds` must have one entry per image ({B}), got {seeds.numel()}")
+        if B == 0:
+            return images.new_zeros(0, C, self.size, self.size)
+        p = {k: v.to(device=images.device, dtype=images.dtype if v.is_floating_point() else v.dtype)
+             for k, v in self._params(seeds, H, W).items()}
+        grid = F.affine_grid(p["theta"], [B, C, self.size, self.size], align_corners=False)
+        x = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        view = (-1, 1, 1, 1)
+        x = (x * p["b"].view(view)).clamp(0, 1)
+        m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = (p["c"].view(view) * x + (1 - p["c"].view(view)) * m).clamp(0, 1)
+        if C == 3:
+            x = (p["s"].view(view) * x + (1 - p["s"].view(view)) * _gray(x)).clamp(0, 1)
+            if self.jitter[3] > 0:
+                x = torch.einsum("bij,bjhw->bihw", p["hue"], x).clamp(0, 1)
+            x = torch.where(p["gray"].view(view), _gray(x).expand_as(x), x)
+        return self.normalize(x)
+

@@ -1,0 +1,400 @@
+"""Seeded K-view generation for a candidate set.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure UnitMem and
+LayerMem on K augmented views of every candidate, and the **same views** must go through the
+encoder ``f`` and the reference ``g``. Here the view ``k`` of candidate ``i`` under ``seed``
+depends only on ``(seed, i, k)`` (:func:`view_seed`): never on batch size or order, epoch,
+DataLoader worker, device or rank, and the training RNG is never perturbed.
+
+Example:
+    >>> import torch
+    >>> from lightning_memloc.views.seeded import SeededViews
+    >>> ds = SeededViews(torch.rand(8, 3, 16, 16), views=4, seed=0)
+    >>> index, x, label = next(iter(ds.dataloader(batch_size=8)))
+    >>> ds.finalize(x, index, "cpu").shape
+    torch.Size([8, 4, 3, 16, 16])
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from lightning_memloc.views.augment import BatchedSimCLRAugment
+from lightning_memloc.checks import (as_label_tensor, as_long_tensor, check_dense, check_image_layout,
+                                    check_image_range, check_int, check_labels_layout, check_seed)
+from lightning_memloc.data import as_float_image, split_item
+from lightning_memloc.views.normalization import normalize_views, view_normalization
+from lightning_memloc.views.seeding import seeded_rng, view_seed
+
+__all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "make_views", "warn_if_not_reproducible"]
+
+
+class SeededViews(Dataset):
+    """Dataset of K seeded views per candidate, for the measurements of Wang et al. (NeurIPS 2024).
+
+    Args:
+        candidates: uint8/float tensor (N, C, H, W) (uint8 is divided by 255), a views tensor
+            (N, K, C, H, W) used as is (also (N, K, D) feature views for MLP encoders), or a
+            ``Dataset`` of images or ``(image, label, ...)``.
+        views: K, the number of views per candidate (``None`` or K for a views tensor).
+        transform: ``None`` (a :class:`BatchedSimCLRAugment` at the image size), a per-image
+            callable returning a float (C, H, W) tensor (torchvision / lightly single-view
+            transform, run under ``seeded_rng(view_seed(seed, i, k))`` on the image as stored),
+            or a batched module (attribute ``batched = True``, called ``transform(images, seeds)``)
+            applied in :meth:`finalize`.
+        seed: the measurement seed.
+        labels: optional labels (length N); else taken from dataset items, else -1.
+        normalize: ``None``, a preset or ``(mean, std)``, applied to every view last (see ``measure``).
+
+    ``__getitem__(i)`` returns ``(i, x, label)``: ``x`` is the (K, C, H, W) views, or for a batched
+    transform the raw float (C, H, W) image; :meth:`finalize` turns a collated ``x`` into
+    (B, K, C, H, W) views on a device (:meth:`collate` / :meth:`dataloader` batch).
+
+    Example:
+        >>> import torch
+        >>> ds = SeededViews(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), views=2)
+        >>> i, x, label = ds[1]
+        >>> i, tuple(x.shape), label
+        (1, (3, 8, 8), -1)
+    """
+
+    def __init__(self, candidates: Tensor | Dataset, views: int | None = 10, transform: Any = None,
+                 seed: int = 0, labels: Sequence[int] | Tensor | None = None, normalize: Any = None) -> None:
+        self.seed = check_seed(seed)
+        self._images: Tensor | None = None
+        self._views: Tensor | None = None
+        self._dataset: Dataset | None = None
+        if isinstance(candidates, Tensor):
+            check_dense(candidates, "candidates")
+            if candidates.dtype != torch.uint8 and not candidates.is_floating_point():
+                raise TypeError(f"`candidates` must be a uint8 or float tensor, got {candidates.dtype}")
+            if candidates.ndim not in (3, 4, 5):
+                raise ValueError("`candidates` must be (N, C, H, W) images, (N, K, C, H, W) views or (N, K, D) "
+                                 f"feature views, got shape {tuple(candidates.shape)}")
+            n = candidates.shape[0]
+            if candidates.ndim != 4:
+                if views is not None and views != candidates.shape[1]:
+                    raise ValueError(f"`views`={views} but the precomputed views tensor has K="
+                                     f"{candidates.shape[1]}: pass views=None or views={candidates.shape[1]}")
+                if transform is not None:
+                    raise ValueError("`transform` must be None for a precomputed views tensor")
+                views = candidates.shape[1]
+                self._views = candidates
+            else:
+                check_image_layout(candidates.shape)
+                self._images = candidates
+        elif isinstance(candidates, Dataset):
+            try:
+                n = len(candidates)  # type: ignore[arg-type]
+            except TypeError as e:
+                raise TypeError("`candidates` dataset must define __len__ (map-style Dataset)") from e
+            self._dataset = candidates
+        else:
+            raise TypeError("`candidates` must be a tensor (N, C, H, W) / (N, K, C, H, W) or a torch Dataset, "
+                            f"got {type(candidates).__name__}")
+        if n == 0:
+            raise ValueError("`candidates` is empty: the measurement needs at least one candidate")
+        views = check_int("views", views, 1)
+        self.num_candidates, self.views = n, views
+        self.labels: Tensor | None = None
+        if labels is not None:
+            given = as_label_tensor(labels)
+            check_labels_layout(given, n)
+            if given.is_floating_point() or given.is_complex():
+                raise TypeError(f"`labels` must hold integer class ids, got dtype {given.dtype}: "
+                                "pass e.g. labels.long() (floats would be truncated silently)")
+            self.labels = given.to(torch.long).reshape(-1)
+            if self.labels.numel() != n:
+                raise ValueError(f"`labels` has {self.labels.numel()} entries for {n} candidates: "
+                                 "pass one class id per candidate, in the candidates' order")
+        if transform is None and self._views is None:
+            transform = BatchedSimCLRAugment(size=int(self._raw(0).shape[-2]))
+        if transform is not None and not callable(transform):
+            raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
+        self.transform, self.normalize = transform, normalize
+        self.normalization = view_normalization(normalize, transform, self._views)
+        self._view_shape: tuple[int, ...] | None = None
+        self._reproducible_checked = False
+        if self._images is not None:  # checked once here; dataset items are checked as they are read
+            check_image_range(self._images, strict=self._clamping_transform)
+
+    @property
+    def _clamping_transform(self) -> bool:
+        """Whether the transform is the batched SimCLR augmentation (it clamps views to [0, 1])."""
+        return isinstance(self.transform, BatchedSimCLRAugment)
+
+    def pooled(self, groups: Sequence[Tensor | Dataset]) -> "SeededViews":
+        """These candidates followed by other image groups (control, unseen) as one view set.
+
+        The candidates keep positions ``0 .. N-1`` and so the very same views; group images
+        follow in order. Every group goes through the same transform, K and seed, in one pass.
+
+        Args:
+            groups: image tensors of the candidates' form ((N, C, H, W), or (N, K, ...) views
+                when the candidates are precomputed views) or datasets of images.
+
+        Raises:
+            ValueError: a group's form or image shape differs from the candidates'.
+        """
+        if not groups:
+            return self
+        labels = None
+        if self.labels is not None:
+            labels = torch.cat([self.labels] + [torch.full((len(g),), -1, dtype=torch.long) for g in groups])  # type: ignore[arg-type]
+        if self._views is not None:
+            for g in groups:
+                if not isinstance(g, Tensor) or g.ndim != self._views.ndim or tuple(g.shape[1:]) != tuple(self._views.shape[1:]):
+                    raise ValueError(f"the candidates are precomputed views of shape (N, {', '.join(map(str, self._views.shape[1:]))}): "
+                                     f"pass control/unseen views of that shape too, got "
+                                     f"{f'shape {tuple(g.shape)}' if isinstance(g, Tensor) else type(g).__name__}")
+            source: Tensor | Dataset = torch.cat([_as_float(self._views)] + [_as_float(g) for g in groups])
+            return SeededViews(source, views=None, transform=None, seed=self.seed, labels=labels, normalize=self.normalize)
+        shape = tuple(self._raw(0).shape)
+        for g in groups:
+            first = g[0] if isinstance(g, Tensor) else split_item(g[0])[0]
+            got = tuple(as_float_image(first).shape)
+            if got != shape:
+                raise ValueError(f"control/unseen images have shape {got} but the candidates have {shape}: "
+                                 "pass images of the candidates' channels and size")
+        if self._images is not None and all(isinstance(g, Tensor) and g.ndim == 4 for g in groups):
+            tensors = [self._images] + list(groups)  # type: ignore[list-item]
+            same = len({t.dtype for t in tensors}) == 1  # e.g. all uint8: no float copy
+            source = torch.cat([t if same else _as_float(t) for t in tensors])
+        else:
+            parts = [self._dataset if self._dataset is not None else _ImageList(self._images)]  # type: ignore[arg-type]
+            source = ConcatDataset(parts + [g if isinstance(g, Dataset) else _ImageList(g) for g in groups])
+        return SeededViews(source, self.views, self.transform, self.seed, labels, normalize=self.normalize)
+
+    @property
+    def is_batched(self) -> bool:
+        """Whether views are made in :meth:`finalize` by a batched transform."""
+        return self._views is None and getattr(self.transform, "batched", False) is True
+
+    def __len__(self) -> int:
+        return self.num_candidates
+
+    def _item(self, i: int) -> tuple[Any, int]:
+        if self._dataset is not None:
+            img, label = split_item(self._dataset[i])
+            if isinstance(img, Tensor) and hasattr(self, "transform"):  # (the constructor reads item 0 first)
+                check_image_layout(img.shape, f"candidates[{i}]")
+                check_image_range(img, f"candidates[{i}]", strict=self._clamping_transform)
+        else:
+            img, label = self._images[i], -1  # type: ignore[index]
+        return img, (int(self.labels[i]) if self.labels is not None else label)
+
+    def _raw(self, i: int) -> Tensor:
+        return as_float_image(self._item(i)[0])
+
+    raw = _raw  # public: candidate ``i`` as stored, a float image (no transform)
+    stored = property(lambda self: self._images if self._images is not None else self._views,
+                      doc="The candidate tensor as stored (images or precomputed views); ``None`` for a dataset.")
+
+    def _index(self, i: int) -> int:
+        i = operator.index(i)
+        if not -self.num_candidates <= i < self.num_candidates:
+            raise IndexError(f"candidate {i} out of range for {self.num_candidates} candidates")
+        return i % self.num_candidates
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor, int]:
+        i = self._index(i)
+        if self._views is not None:
+            v = self._views[i]
+            return i, (v.float() / 255 if v.dtype == torch.uint8 else v), (
+                int(self.labels[i]) if self.labels is not None else -1)
+        img, label = self._item(i)
+        if self.is_batched:
+            return i, as_float_image(img), label
+        out = []
+        for k in range(self.views):
+            with seeded_rng(view_seed(self.seed, i, k)):
+                v = self.transform(img)
+            if not isinstance(v, Tensor) or not v.is_floating_point() or v.ndim != 3:
+                many = isinstance(v, (list, tuple))
+                raise TypeError("`transform` must return a float tensor (C, H, W), got "
+                                f"{type(v).__name__} {getattr(v, 'dtype', '')} {tuple(getattr(v, 'shape', ()))}: "
+                                + ("it returned several views (a multi-view transform such as lightly's "
+                                   "SimCLRTransform): pass one view's transform, e.g. `transform.transforms[0]`, "
+                                   "or lightly's SimCLRViewTransform" if many else
+                                   "end the pipeline with e.g. v2.ToDtype(torch.float32, scale=True)"))
+            out.append(v.as_subclass(Tensor))
+        if len({tuple(v.shape) for v in out}) > 1:
+            raise ValueError(f"`transform` made views of different shapes for candidate {i}: "
+                             f"{sorted({tuple(v.shape) for v in out})}; use a fixed output size")
+        return i, torch.stack(out), label
+
+    def collate(self, batch: Sequence[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Collate ``(i, x, label)`` items into ``(index, x, labels)``; clear error on mixed shapes."""
+        shapes = {tuple(x.shape) for _, x, _ in batch}
+        if len(shapes) > 1:
+            ids: dict[tuple[int, ...], int] = {}
+            for i, x, _ in batch:
+                ids.setdefault(tuple(x.shape), i)
+            raise ValueError("candidates in a batch have different shapes: " + ", ".join(
+                f"{s} (e.g. candidate {ids[s]})" for s in sorted(shapes)) +
+                "; resize the images (e.g. load_image_folder(path, size)) or use a fixed-size transform")
+        return (torch.tensor([b[0] for b in batch], dtype=torch.long), torch.stack([b[1] for b in batch]),
+                torch.tensor([b[2] for b in batch], dtype=torch.long))
+
+    def dataloader(self, batch_size: int = 32, num_workers: int = 0, **kwargs: Any) -> DataLoader:
+        """An unshuffled ``DataLoader`` using :meth:`collate`.
+
+        It gets its own ``generator`` (unless given): a plain ``DataLoader`` draws its base seed
+        from the global torch RNG on every ``iter()``, which would shift the training randomness.
+        ``pin_memory=True`` (passed on, as every keyword) pins the batches for a CUDA model, whose
+        copies in :meth:`finalize` are then non-blocking (``run_pass`` does so on CUDA).
+        """
+        kwargs.setdefault("generator", torch.Generator().manual_seed(self.seed & (2**63 - 1)))
+        return DataLoader(self, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          collate_fn=self.collate, **kwargs)
+
+    def finalize(self, x: Tensor, index: Tensor | Sequence[int], device: torch.device | str | None = None) -> Tensor:
+        """Views (B, K, C, H, W) float on ``device`` from a collated ``x`` and its candidate ``index``.
+
+        Precomputed views are only moved; for a batched transform the B·K views are made as one
+        batch with seeds ``view_seed(seed, index[b], k)``; ``normalize`` comes last.
+        """
+        device = x.device if device is None else torch.device(device)
+        index = as_long_tensor(index, "index").reshape(-1)
+        if index.numel() != x.shape[0]:
+            raise ValueError(f"`index` has {index.numel()} entries for a batch of {x.shape[0]}")
+        if not self.is_batched:
+            ndim = 5 if self._views is None else self._views.ndim
+            if x.ndim != ndim:
+                raise ValueError(f"expected collated views with {ndim} dims (B, K, ...), got {tuple(x.shape)}")
+            x = x.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32, non_blocking=True)
+            return normalize_views(x, self.normalization)
+        if x.ndim != 4:
+            raise ValueError(f"expected collated images (B, C, H, W), got {tuple(x.shape)}")
+        B, K = x.shape[0], self.views
+        imgs = x.to(device, non_blocking=True).unsqueeze(1).expand(B, K, *x.shape[1:]).reshape(B * K, *x.shape[1:])
+        seeds = view_seed(self.seed, index.cpu().view(-1, 1), torch.arange(K).view(1, -1)).reshape(-1)
+        out = normalize_views(self.transform(imgs, seeds), self.normalization)
+        return out.reshape(B, K, *out.shape[1:])
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether candidates carry class labels (``labels=`` given, or dataset items with labels)."""
+        return self.labels is not None or (self._dataset is not None and self._item(0)[1] >= 0)
+
+    def example_batch(self, device: torch.device | str | None = None) -> Tensor:
+        """Views of the first (up to 2) candidates as one input batch (B·K, C, H, W), for probing layers."""
+        index, x, _ = self.collate([self[i] for i in range(min(2, len(self)))])
+        views = self.finalize(x, index, device if device is not None else "cpu")
+        if not self._reproducible_checked:
+            self._reproducible_checked = True
+            warn_if_not_reproducible(self, views, x, index, device)
+        return views.reshape(-1, *views.shape[2:])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one stored candidate (a view for precomputed views), read without any transform."""
+        return tuple(self._views.shape[2:]) if self._views is not None else tuple(self._raw(0).shape)
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """Shape (C, H, W) of one view ((D,) for feature views)."""
+        if self._view_shape is None:
+            if self._views is not None:
+                self._view_shape = tuple(self._views.shape[2:])
+            else:
+                _, x, _ = self[0]
+                self._view_shape = tuple(self.finalize(x[None], [0], "cpu").shape[2:])
+        return self._view_shape
+
+    def anchor(self, i: int) -> Tensor:
+        """The un-augmented image of candidate ``i`` (float (C, H, W)), for ``pairing="anchor"``.
+
+        A batched transform with a ``normalize`` method (like :class:`BatchedSimCLRAugment`)
+        normalises it like the views, and so does ``normalize``; it is never resized.
+        """
+        if self._views is not None:
+            raise ValueError("precomputed views carry no un-augmented image: pairing='anchor' needs "
+                             "`candidates` as images or a dataset")
+        i = self._index(i)
+        a = self._raw(i)
+        if self.is_batched and callable(getattr(self.transform, "normalize", None)):
+            a = self.transform.normalize(a[None])[0]
+        a = normalize_views(a, self.normalization)
+        if tuple(a.shape) != self.view_shape:
+            raise ValueError(f"anchor of candidate {i} has shape {tuple(a.shape)} but the views have shape "
+                             f"{self.view_shape}: pairing='anchor' needs images at the view size")
+        return a
+
+    def anchors(self, index: Tensor | Sequence[int], device: torch.device | str | None = None) -> Tensor:
+        """Stacked :meth:`anchor` images (B, C, H, W) of the candidates in ``index``."""
+        return torch.stack([self.anchor(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]).to(device)
+
+    def display_images(self, index: Tensor | Sequence[int]) -> Tensor:
+        """Candidate images (B, C, H, W) in [0, 1] for image grids: the un-augmented image resized
+        to the view size, or the first view for precomputed views (never normalised)."""
+        positions = [self._index(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]
+        if self._views is not None:
+            return self._views[positions, 0].float().clamp(0, 1)
+        size = self.view_shape[-2:]
+        out = []
+        for i in positions:
+            img = self._raw(i)
+            if img.ndim == 3 and tuple(img.shape[-2:]) != tuple(size):
+                img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+            out.append(img)
+        return torch.stack(out).clamp(0, 1)
+
+
+def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, index: Tensor, device: Any) -> bool:
+    """Warn when the same seeds give other views on a second call (the probe candidates are made twice).
+
+    A transform drawing from its own generator (a ``torch.Generator`` or ``np.random.default_rng``
+    held by the transform) ignores :func:`seeded_rng`: the encoder and the reference then see
+    different views, and two measurements of one model differ. Returns whether they matched.
+    """
+    if view_set.is_batched:
+        again = view_set.finalize(x, index, device if device is not None else "cpu")
+    else:
+        _, x2, _ = view_set.collate([view_set[int(i)] for i in index])
+        again = view_set.finalize(x2, index, device if device is not None else "cpu")
+    if again.shape == views.shape and torch.equal(again, views):
+        return True
+    import warnings
+
+    warnings.warn("`transform` made other views from the same seeds on a second call: it draws from its own random "
+                  "generator, not torch's / numpy's / random's global ones that the measurement seeds, so the encoder "
+                  "and the reference see different views and repeated measurements differ. Draw from the global "
+                  "RNGs (torchvision and lightly transforms do), or use BatchedSimCLRAugment.", UserWarning, stacklevel=3)
+    return False
+
+
+class _ImageList(Dataset):
+    """A tensor of images as a map-style dataset of images (for pooling with datasets)."""
+
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+
+def _as_float(x: Tensor) -> Tensor:
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any = None, seed: int = 0) -> Tensor:
+    """All views (N, K, C, H, W) of a small candidate set, on CPU (see :class:`SeededViews`).
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(3, 1, 8, 8)
+        >>> bool(torch.equal(make_views(x, 2, seed=1), make_views(x, 2, seed=1)))
+        True
+    """
+    ds = SeededViews(candidates, views=views, transform=transform, seed=seed)
+    out = [ds.finalize(x, index, "cpu") for index, x, _ in ds.dataloader(batch_size=64)]
+    return torch.cat(out)
