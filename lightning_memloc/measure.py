@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_memloc.checks import check_candidate_ids, check_meta, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.measurement import Candidates, Measurement, check_models
-from lightning_memloc.options import MeasureOptions
+from lightning_memloc.options import DEFAULT, MeasureOptions, options_doc
 from lightning_memloc.reductions.precision import check_autocast
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.states.reference_cache import ReferenceCache
@@ -30,29 +30,29 @@ def measure(
     candidates: Union[Candidates, SeededViews],
     *,
     reference: Optional[nn.Module] = None,
-    views: int = 10,
+    views: int = DEFAULT.views,
     transform: Optional[Callable] = None,
     layers: Union[str, Sequence[str]] = "auto",
-    seed: int = 0,
-    batch_size: int = 32,
+    seed: int = DEFAULT.seed,
+    batch_size: int = DEFAULT.batch_size,
     labels: Optional[Tensor] = None,
-    pairing: str = "all",
-    reduction: str = "mean",
-    negative: str = "clamp",
-    top_k: int = 50,
+    pairing: str = DEFAULT.pairing,
+    reduction: str = DEFAULT.reduction,
+    negative: str = DEFAULT.negative,
+    top_k: int = DEFAULT.top_k,
     candidate_ids: Optional[Tensor] = None,
-    num_workers: int = 0,
-    progress: bool = False,
+    num_workers: int = DEFAULT.num_workers,
+    progress: bool = DEFAULT.progress,
     state_dtype: torch.dtype = torch.float32,
     meta: Optional[Dict[str, Any]] = None,
     control: Optional[Candidates] = None,
     unseen: Optional[Candidates] = None,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    alpha: float = 0.05,
+    bootstrap: int = DEFAULT.bootstrap,
+    confidence: float = DEFAULT.confidence,
+    alpha: float = DEFAULT.alpha,
     reference_cache: Optional[ReferenceCache] = None,
-    autocast: Optional[str] = None,
-    normalize: NormalizeSpec = None,
+    autocast: Optional[str] = DEFAULT.autocast,
+    normalize: NormalizeSpec = DEFAULT.normalize,
 ) -> MemorizationReport:
     """Measure UnitMem (and ClassMem, SSLMem, LayerMem, ΔLayerMem) of every layer in one pass.
 
@@ -62,22 +62,12 @@ def measure(
             (N, K, C, H, W) used as is, or a ``Dataset`` of images or ``(image, label)``.
         reference: encoder ``g`` of the same architecture trained without the candidates;
             enables SSLMem / LayerMem.
-        views: K, augmented views per candidate (ignored for precomputed views).
         transform: per-image view transform (torchvision / lightly), a batched augmentation
             (:class:`~lightning_memloc.views.seeded.BatchedSimCLRAugment`), or ``None`` for the default
             batched SimCLR augmentation.
         layers: ``"auto"`` or module names as in ``named_modules()``.
-        seed: view seed; the same seed gives the same views on every call, batch size and device.
-        batch_size: candidates per step (each contributes K views to the forward batch).
         labels: (N,) class labels for ClassMem (also read from ``(image, label)`` datasets).
-        pairing: ``"all"`` view pairs (SSLMem's definition) or ``"anchor"`` (views vs the
-            un-augmented image, as in the authors' code).
-        reduction: μ-max over the other candidates, ``"mean"`` (paper) or ``"median"`` (authors' code).
-        negative: policy for negative activations: ``"clamp"``, ``"shift"`` or ``"error"``.
-        top_k: size of the top-k / least-k candidate groups for LayerMem.
         candidate_ids: (N,) ids to report candidates by (default ``0..N-1``).
-        num_workers: DataLoader workers generating views.
-        progress: show a progress bar.
         state_dtype: dtype of the accumulated metric states.
         meta: extra settings to record in the report (e.g. ``{"epoch": 3}``).
         control: images **both** encoders trained on (e.g. drawn from the shared part with
@@ -92,20 +82,10 @@ def measure(
             permutation test in the overall verdict, per-candidate membership scores;
             :mod:`lightning_memloc.report.evidence_free`). Unseen images must come from the candidates'
             distribution.
-        bootstrap: resamples for the intervals and permutations for the tests (0: none; otherwise >= 200).
-        confidence: coverage of the intervals.
-        alpha: significance level of the Holm-corrected tests (verdicts in the summary).
         reference_cache: a :class:`~lightning_memloc.ReferenceCache` shared by several calls
             against one frozen ``reference``: its alignments are computed once and reused while
             g's weights, the views, the layers, the pairing and ``autocast`` stay the same (exact key).
-        autocast: ``None`` (float32, the default), ``"bf16"`` or ``"fp16"``: run the forwards of
-            ``f`` and ``g`` under ``torch.autocast`` on the models' device; views and reductions
-            stay float32. Refused before any work on a device (or a non-float32 model) that
-            cannot run it. Measured error of bf16 on CPU: docs/performance.md, §4.
-        normalize: ``None``, a preset (``"imagenet"``, ``"cifar10"``) or a ``(mean, std)`` pair:
-            ``(x − mean) / std`` per channel on every view after ``transform``, before the encoder.
-            Measure with what the encoder was trained on: lightly's ``SimCLRTransform``
-            normalises with ImageNet statistics by default (docs/definitions.md, "Views").
+<options>
 
     The report's ``meta`` records ``normalize`` and ``view_stats``, the per-channel mean and std
     of every view the encoder received.
@@ -147,3 +127,6 @@ def measure(
     meter = m.run(encoder, reference, state_dtype=state_dtype, progress=options.progress,
                   epoch=(meta or {}).get("epoch"), reference_cache=reference_cache)
     return m.report(meter, ids, settings)
+
+
+measure.__doc__ = (measure.__doc__ or "").replace("<options>", options_doc(8))  # the options, from their one source

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from lightning_memloc.checks import (NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, as_python_number, check_choice, check_int,
@@ -32,7 +32,7 @@ from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.views.normalization import NormalizeSpec, check_normalize, normalize_meta
 from lightning_memloc.reductions.precision import AUTOCASTS
 
-__all__ = ["MeasureOptions", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
+__all__ = ["DEFAULT", "MeasureOptions", "options_doc", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
 
 #: Keywords that :func:`~lightning_memloc.measure` and the
 #: :class:`~lightning_memloc.callbacks.MemorizationMonitor` share with a different default or
@@ -46,50 +46,56 @@ SURFACE_DIFFERENCES = {
 }
 
 
+def _option(default: Any, help: str, doc: str = "", **cli: Any) -> Any:
+    """A :class:`MeasureOptions` field: its default, written once, and the text every surface shows.
+
+    ``help`` is the ``memloc analyze`` flag's help and the first sentence of the keyword's
+    documentation (:func:`options_doc`); ``doc`` adds to the documentation only; ``cli`` says how
+    the flag parses its value (``minimum``, ``choices`` or ``kind``).
+    """
+    return field(default=default, metadata={"help": help, "doc": doc, **cli})
+
+
 @dataclass(frozen=True)
 class MeasureOptions:
     """Validated settings of one measurement (shared by every surface that measures).
 
-    Attributes:
-        views: K, augmented views per candidate (≥ 1).
-        seed: view seed in ``[0, 2**64)``; also seeds the evidence's resampling.
-        batch_size: candidates per forward step (≥ 1).
-        pairing: ``"all"`` view pairs or ``"anchor"`` (views vs the un-augmented image).
-        reduction: μ-max over the other candidates, ``"mean"`` (paper) or ``"median"`` (authors' code).
-        negative: policy for negative activations: ``"clamp"``, ``"shift"`` or ``"error"``.
-        top_k: size of LayerMem's top-k / least-k candidate groups (≥ 1).
-        num_workers: DataLoader workers generating views (≥ 0).
-        progress: show a progress bar during the pass.
-        bootstrap: resamples for the intervals and permutations for the tests (0: none; otherwise >= 200).
-        confidence: coverage of the intervals, in (0, 1).
-        alpha: significance level of the Holm-corrected tests, in (0, 1).
-        autocast: ``None`` (float32 forwards), ``"bf16"`` or ``"fp16"``: run the forwards of ``f``
-            and ``g`` under ``torch.autocast``; views and reductions stay float32
-            (:mod:`lightning_memloc.reductions.precision`).
-        normalize: ``None``, a preset (``"imagenet"``, ``"cifar10"``) or a ``(mean, std)`` pair of
-            per-channel sequences: ``(x − mean) / std`` on every view after the transform, before
-            the encoder (:mod:`lightning_memloc.views.normalization`); stored canonically (tuples).
-        with_reference: whether a reference encoder is measured (LayerMem needs ``views`` ≥ 2
-            with ``pairing="all"``).
+    Each field is one keyword of :func:`~lightning_memloc.measure`, of the monitor and one
+    ``memloc analyze`` flag; its default and text are declared here only (:func:`options_doc`).
+    ``with_reference`` (whether a reference encoder is measured; LayerMem then needs ``views`` ≥ 2
+    with ``pairing="all"``) is set by the surface, not by the user.
 
     Raises:
         ValueError: a value out of range or not one of the choices (the message names it).
     """
 
-    views: int = 10
-    seed: int = 0
-    batch_size: int = 32
-    pairing: str = "all"
-    reduction: str = "mean"
-    negative: str = "clamp"
-    top_k: int = 50
-    num_workers: int = 0
-    progress: bool = False
-    bootstrap: int = 1000
-    confidence: float = 0.95
-    alpha: float = 0.05
-    autocast: Optional[str] = None
-    normalize: NormalizeSpec = None
+    views: int = _option(10, "K augmented views per candidate", "(≥ 1; ignored for precomputed views).", minimum=1)
+    seed: int = _option(0, "view seed", "(in ``[0, 2**64)``; the same seed gives the same views on every call, batch "
+                        "size, device and rank; it also seeds the evidence's resampling).", kind="seed")
+    batch_size: int = _option(32, "candidates per forward step", "(each contributes K views to the forward batch).",
+                              minimum=1)
+    pairing: str = _option("all", "view pairs of the alignment", "``\"all\"`` view pairs (SSLMem's definition) or "
+                           "``\"anchor\"`` (views vs the un-augmented image, as in the authors' code).", choices=PAIRINGS)
+    reduction: str = _option("mean", "μ-max of UnitMem over the other candidates", "``\"mean\"`` (the paper) or "
+                             "``\"median\"`` (the authors' code).", choices=REDUCTIONS)
+    negative: str = _option("clamp", "policy for negative activations (GELU, attention outputs; docs/definitions.md)",
+                            "``\"clamp\"``, ``\"shift\"`` or ``\"error\"``.", choices=NEGATIVE_POLICIES)
+    top_k: int = _option(50, "size of the top-k / least-k LayerMem groups", minimum=1)
+    num_workers: int = _option(0, "DataLoader workers generating the views", minimum=0)
+    progress: bool = _option(False, "progress bar of the pass", kind="flag")
+    bootstrap: int = _option(1000, "bootstrap resamples / permutations (0: no intervals or tests; else >= 200)",
+                             kind="bootstrap")
+    confidence: float = _option(0.95, "coverage of the intervals", kind="probability")
+    alpha: float = _option(0.05, "significance level of the Holm-corrected tests", "(the overall verdict).",
+                           kind="probability")
+    autocast: Optional[str] = _option(None, "run the forwards under torch.autocast in bf16 or fp16 (default: float32; "
+                                      "docs/performance.md)", "Views and reductions stay float32; refused before any "
+                                      "work on a device (or a non-float32 model) that cannot run it.", choices=AUTOCASTS)
+    normalize: NormalizeSpec = _option(None, "normalise the views per channel before the encoder: a preset (imagenet, "
+                                       "cifar10) or MEAN/STD; match what the encoder trained on",
+                                       "``(x − mean) / std`` per channel on every view after the transform. lightly's "
+                                       "``SimCLRTransform`` normalises with ImageNet statistics by default "
+                                       "(docs/definitions.md, \"Views\"); stored as tuples.", kind="normalize")
     with_reference: bool = False
 
     def __post_init__(self) -> None:
@@ -193,3 +199,25 @@ def option_property(name: str) -> property:
 
     return property(get, put, doc=f"``{name}`` of ``options`` (see :class:`~lightning_memloc.options.MeasureOptions`).")
 
+
+#: The default settings (``measure()``'s and the monitor's keyword defaults read them).
+DEFAULT = MeasureOptions()
+
+
+def options_doc(indent: int = 8, *, defaults: Optional[Mapping[str, Any]] = None) -> str:
+    """The Google-style ``Args:`` lines of every option, from the fields (their one source).
+
+    Example:
+        >>> print(options_doc(0).splitlines()[0])
+        views: K augmented views per candidate (≥ 1; ignored for precomputed views). Default 10.
+    """
+    lines = []
+    for f in dataclasses.fields(MeasureOptions):
+        if f.name == "with_reference":
+            continue
+        default = (defaults or {}).get(f.name, f.default)
+        doc = f.metadata["doc"]
+        text = f.metadata["help"] + ((" " if doc[:1] == "(" else ": ") + doc if doc else ".")
+        text = text if text.endswith(".") else text + "."
+        lines.append(" " * indent + f"{f.name}: {text} Default {default!r}.")
+    return "\n".join(lines)

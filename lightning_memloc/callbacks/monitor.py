@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -35,7 +35,7 @@ from lightning_memloc.states.reference_cache import ReferenceCache, frozen_refer
 from lightning_memloc.measurement import Measurement
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.states.meter import MemorizationMeter, check_state_memory
-from lightning_memloc.options import MeasureOptions, option_property
+from lightning_memloc.options import DEFAULT, MeasureOptions, option_property, options_doc
 from lightning_memloc.reductions.precision import check_autocast
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import check_name, upgrade_tag
@@ -63,7 +63,6 @@ class MemorizationMonitor(Callback):
             a ``Dataset`` (see :func:`~lightning_memloc.measure`), or a path: a ``.pt`` tensor file,
             an ``.npz`` file, an image folder (see :func:`~lightning_memloc.data.candidates.load_candidates`).
         every_n_epochs: measure every N training epochs (≥ 1; default 1 unless ``every_n_train_steps``).
-        views: K augmented views per candidate.
         transform: view transform (per-image or batched); ``None`` for the default batched
             SimCLR augmentation.
         layers: ``"auto"`` or module names of the encoder.
@@ -74,11 +73,8 @@ class MemorizationMonitor(Callback):
             ``nn.Module``, a checkpoint path (loaded with ``weights_only=True`` into a copy of
             the encoder; ``"pair.ckpt:reference.backbone"`` names a prefix inside it), or an
             attribute path on the LightningModule (a co-trained reference).
-        seed: view seed; the same views at every measurement, on every device and rank.
-        batch_size: candidates per forward step (each contributes K views).
         labels: (N,) labels for ClassMem: a tensor, ``True`` (those stored with a candidates path)
             or a ``.pt`` / ``.npy`` path.
-        pairing, reduction, negative, top_k: see :func:`~lightning_memloc.measure`.
         threshold: UnitMem above which a unit counts as highly memorizing in the logs.
         measure_on_train_start: also measure before the first epoch (the untrained baseline).
         grid_size: images in each TensorBoard grid of most / least memorized candidates (0: none).
@@ -88,8 +84,6 @@ class MemorizationMonitor(Callback):
             ``memloc_layers/<NN>_<layer>`` (depth order), so that each quantity's section starts with one
             chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.logging`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
-        progress: show a progress bar during each measurement pass.
-        num_workers: DataLoader workers generating views.
         memory_limit: bytes the metric states may take; a larger candidate set raises before
             training starts (``None``: 25 % of the device memory, warning only).
         control: images **both** encoders trained on (needs ``reference``): the null of
@@ -100,11 +94,6 @@ class MemorizationMonitor(Callback):
             with no reference needed, the alignment gap under ``f`` (``memloc/align_gap/...``).
             Control and unseen images are measured in the same pass as the candidates; both
             may also be paths, read like ``candidates`` (``size`` applies).
-        bootstrap, confidence, alpha: resamples, coverage and significance level of the
-            intervals and tests (see :func:`~lightning_memloc.measure`; ``bootstrap=0``: none).
-        autocast: ``None`` (float32), ``"bf16"`` or ``"fp16"``: the pass's forwards under
-            ``torch.autocast``, reductions in float32 (see :func:`~lightning_memloc.measure`);
-            part of the resume fingerprint.
         init_batchnorm: the before-training point (``measure_on_train_start``):
             ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
             measured views (an untrained model's default statistics inflate UnitMem), or
@@ -119,9 +108,9 @@ class MemorizationMonitor(Callback):
         size: resize the images of a candidates path to ``size`` × ``size``.
         indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
             or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
-        normalize: per-channel normalisation of the views (see :func:`~lightning_memloc.measure`).
         check_views: ``"warn"`` (once), ``"error"`` or ``"off"`` when the views' per-channel mean / std differ
             from those of the first training batches (:mod:`~lightning_memloc.callbacks.view_check`).
+<options>
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -137,18 +126,18 @@ class MemorizationMonitor(Callback):
         candidates: Union[Tensor, Dataset, str, os.PathLike],
         *,
         every_n_epochs: Optional[int] = None,
-        views: int = 10,
+        views: int = DEFAULT.views,
         transform: Optional[Callable] = None,
         layers: Union[str, Sequence[str]] = "auto",
         encoder: ModuleSpec = None,
         reference: Union[ModuleSpec, os.PathLike] = None,
-        seed: int = 0,
-        batch_size: int = 32,
+        seed: int = DEFAULT.seed,
+        batch_size: int = DEFAULT.batch_size,
         labels: LabelSpec = None,
-        pairing: str = "all",
-        reduction: str = "mean",
-        negative: str = "clamp",
-        top_k: int = 50,
+        pairing: str = DEFAULT.pairing,
+        reduction: str = DEFAULT.reduction,
+        negative: str = DEFAULT.negative,
+        top_k: int = DEFAULT.top_k,
         threshold: float = 0.5,
         measure_on_train_start: bool = False,
         grid_size: int = 8,
@@ -156,14 +145,14 @@ class MemorizationMonitor(Callback):
         log_figures: bool = True,
         output_dir: Optional[Union[str, os.PathLike]] = None,
         progress: bool = True,
-        num_workers: int = 0,
+        num_workers: int = DEFAULT.num_workers,
         memory_limit: Optional[int] = None,
         control: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
         unseen: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
-        bootstrap: int = 1000,
-        confidence: float = 0.95,
-        alpha: float = 0.05,
-        autocast: Optional[str] = None,
+        bootstrap: int = DEFAULT.bootstrap,
+        confidence: float = DEFAULT.confidence,
+        alpha: float = DEFAULT.alpha,
+        autocast: Optional[str] = DEFAULT.autocast,
         init_batchnorm: str = "recalibrate",
         overwrite: bool = False,
         layer_runs: bool = True,
@@ -171,7 +160,7 @@ class MemorizationMonitor(Callback):
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
         indices: IndexSpec = None,
-        normalize: Any = None,
+        normalize: Any = DEFAULT.normalize,
         check_views: str = "warn",
     ) -> None:
         super().__init__()
@@ -379,7 +368,11 @@ class MemorizationMonitor(Callback):
             atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         return report
 
-    # ------------------------------------------------------------ checkpoint
+    def attach_scalars(self, by_step: Mapping[int, Mapping[str, float]]) -> None:
+        """Add other callbacks' scalars (``UtilityMonitor``'s kNN accuracy) to the history entries of the same global step."""
+        for entry in self.history:
+            entry.update(by_step.get(entry.get("global_step"), {}))
+
     def state_dict(self) -> Dict[str, Any]:
         return {"history": list(self.history), "report": None if self.report is None else self.report.to_dict(),
                 "fingerprint": guard.fingerprint(self)}
@@ -409,3 +402,7 @@ class MemorizationMonitor(Callback):
         self.history = [{upgrade_tag(k): v for k, v in h.items()} for h in state_dict.get("history", [])]  # older tag names
         report = state_dict.get("report")
         self.report = None if report is None else MemorizationReport.from_dict(report)
+
+
+MemorizationMonitor.__doc__ = (MemorizationMonitor.__doc__ or "").replace(
+    "<options>", options_doc(8, defaults={"progress": True}))  # the options, from their one source

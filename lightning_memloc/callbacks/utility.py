@@ -245,13 +245,10 @@ class UtilityMonitor(Callback):
 
     def _merge_into_monitors(self, trainer: pl.Trainer) -> None:
         """Add the kNN scalars to the memorization monitors' entries of the same global step."""
-        ours = {h["global_step"]: h for h in self.history}
+        ours = {h["global_step"]: {k: v for k, v in h.items() if k.startswith(f"{PREFIX}/")} for h in self.history}
         for callback in trainer.callbacks:
             if isinstance(callback, MemorizationMonitor) and callback.name == self.name:
-                for entry in callback.history:
-                    match = ours.get(entry.get("global_step"))
-                    if match is not None:
-                        entry.update({k: v for k, v in match.items() if k.startswith(f"{PREFIX}/")})
+                callback.attach_scalars(ours)
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from lightning_memloc.options import DEFAULT
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.report.tags import scalar_tag
 
@@ -57,13 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16, help="ResNet9 base width (the paper: 64)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step and encoder (default: 32 with canaries, 128 plain)")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--views", type=int, default=10, help="K views per image for the monitor")
+    p.add_argument("--views", type=int, default=DEFAULT.views, help="K views per image for the monitor")
     p.add_argument("--every-n-epochs", type=int, default=None, help="measure every N epochs (default: epochs / 6)")
     p.add_argument("--split-candidates", type=float, default=0.1,
                    help="--setting plain: fraction (or count) of candidates, as `memloc analyze --split-candidates`")
     p.add_argument("--split-independent", type=float, default=0.1,
                    help="--setting plain: fraction (or count) for the reference only")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples / permutations per interval and test")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT.bootstrap, help="bootstrap resamples / permutations per interval and test")
     p.add_argument("--transform", choices=["batched", "lightly"], default="batched",
                    help="training augmentation: batched tensor SimCLR augmentation, or lightly's SimCLRTransform")
     p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is 'highly memorizing'")

@@ -9,12 +9,12 @@ is defined by Wang et al., *Localizing Memorization in SSL Vision Encoders* (Neu
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+import dataclasses
+from typing import Any, Callable, Dict, Optional
 
 from lightning_memloc.cli.argtypes import bootstrap_count, nonnegative_int, normalize_spec, positive_int, probability, seed, split_size
 from lightning_memloc.cli.zoo import ARCHS
-from lightning_memloc.checks import NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS
-from lightning_memloc.reductions.precision import AUTOCASTS
+from lightning_memloc.options import MeasureOptions
 
 __all__ = ["DESCRIPTION", "build_parser"]
 
@@ -52,6 +52,32 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
                         "for the split's independent part (with --indices-from-split); a .json dict gives its 'unseen' list")
 
 
+#: The argparse ``type`` of each kind of option (:class:`~lightning_memloc.options.MeasureOptions` field metadata).
+_KINDS: Dict[str, Callable[[str], Any]] = {"seed": seed, "bootstrap": bootstrap_count, "probability": probability,
+                                          "normalize": normalize_spec}
+#: Defaults of ``memloc analyze`` that differ from ``measure()``'s (docs/cli.md, ``MEASURE_EXCEPTIONS``).
+CLI_DEFAULTS = {"progress": True}
+
+
+def add_option_flags(group: Any) -> None:
+    """One flag per :class:`~lightning_memloc.options.MeasureOptions` field (``top_k`` → ``--top-k``), with
+    its default and help from the field (their one source) and a parse-time check of its value."""
+    for f in dataclasses.fields(MeasureOptions):
+        meta = f.metadata
+        if not meta:
+            continue  # with_reference: set by the command, not a flag
+        kwargs: Dict[str, Any] = {"default": CLI_DEFAULTS.get(f.name, f.default), "help": meta["help"]}
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        elif meta.get("kind") == "flag":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif "minimum" in meta:
+            kwargs["type"] = positive_int if meta["minimum"] == 1 else nonnegative_int
+        else:
+            kwargs["type"] = _KINDS[meta["kind"]]
+        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``memloc`` argument parser (sub-commands ``analyze``, ``plot``, ``demo``; see ``docs/cli.md``).
 
@@ -82,34 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(m)
     _add_data_args(a, "--data", 32, "--seed, as in `memloc demo`")
     s = a.add_argument_group("measurement (see lightning_memloc.measure)")
-    s.add_argument("--views", type=positive_int, default=10, help="K augmented views per candidate")
+    add_option_flags(s)
     s.add_argument("--layers", default="auto", help="'auto' or comma-separated module names, e.g. conv1,res1.conv2")
-    s.add_argument("--seed", type=seed, default=0, help="view seed")
-    s.add_argument("--batch-size", type=positive_int, default=32, help="candidates per forward step")
     s.add_argument("--labels", action="store_true", help="also measure ClassMem (needs labelled data)")
-    s.add_argument("--pairing", choices=PAIRINGS, default="all", help="view pairs of the alignment")
-    s.add_argument("--reduction", choices=REDUCTIONS, default="mean", help="μ-max of UnitMem over the other candidates")
-    s.add_argument("--negative", choices=NEGATIVE_POLICIES, default="clamp",
-                   help="policy for negative activations (GELU, attention outputs; docs/definitions.md)")
-    s.add_argument("--top-k", type=positive_int, default=50, help="size of the top-k / least-k LayerMem groups")
-    s.add_argument("--bootstrap", type=bootstrap_count, default=1000,
-                   help="bootstrap resamples / permutations (0: no intervals or tests; else >= 200)")
-    s.add_argument("--confidence", type=probability, default=0.95, help="coverage of the intervals")
-    s.add_argument("--alpha", type=probability, default=0.05, help="significance level of the Holm-corrected tests")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader workers generating the views")
-    s.add_argument("--autocast", choices=AUTOCASTS, default=None,
-                   help="run the forwards under torch.autocast in bf16 or fp16 (default: float32; docs/performance.md)")
-    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="progress bar of the pass (--no-progress: none)")
     s.add_argument("--transform", metavar="PKG.MODULE:FACTORY",
                    help="per-image view transform: an importable callable returning it, called with --transform-kwargs, "
                         "e.g. lightly.transforms:SimCLRViewTransform (default: the batched SimCLR augmentation)")
     s.add_argument("--transform-kwargs", metavar="JSON", default="{}",
                    help="keyword arguments of the --transform factory, a JSON object, e.g. '{\"input_size\": 32}'")
-    s.add_argument("--normalize", type=normalize_spec, default=None,
-                   help="normalise the views per channel before the encoder: imagenet | cifar10 | MEAN/STD "
-                        "(e.g. 0.5,0.5,0.5/0.25,0.25,0.25); match what the encoder trained on")
     a.add_argument("--output-dir", required=True, metavar="DIR",
                    help="output folder (report.json and PNG figures)")
     a.add_argument("--overwrite", action="store_true",
