@@ -53,8 +53,8 @@ def test_unitmem_hand_computed():
     metric.update(torch.tensor([[2.0, 2.0]]), torch.tensor([3]))  # id 2 never updated
     out = metric.compute()
     torch.testing.assert_close(out["unit_mem"], torch.tensor([1 / 3, 1 / 3]))
-    assert out["argmax"].tolist() == [0, 1]
-    assert out["dead"].tolist() == [False, False]
+    assert out["unit_argmax"].tolist() == [0, 1]
+    assert out["dead_units"].tolist() == [False, False]
     assert out["num_candidates"] == 3
 
 
@@ -67,8 +67,8 @@ def test_unitmem_equals_functional(reduction, negative):
     metric.update(acts, torch.arange(N))
     out = metric.compute()
     torch.testing.assert_close(out["unit_mem"], unitmem(acts, reduction, negative))
-    assert torch.equal(out["argmax"], unit_argmax(acts, negative))
-    assert torch.equal(out["dead"], dead_units(acts, negative))
+    assert torch.equal(out["unit_argmax"], unit_argmax(acts, negative))
+    assert torch.equal(out["dead_units"], dead_units(acts, negative))
     assert out["num_candidates"] == N
 
 
@@ -89,7 +89,7 @@ def test_unseen_rows_excluded_and_ids_mapped():
     out = metric.compute()
     order = ids.argsort()  # compute sees the rows in id order
     torch.testing.assert_close(out["unit_mem"], unitmem(acts[:4][order]))
-    assert torch.equal(out["argmax"], take_ids(ids[order], unit_argmax(acts[:4][order])))
+    assert torch.equal(out["unit_argmax"], take_ids(ids[order], unit_argmax(acts[:4][order])))
     assert out["num_candidates"] == 4
 
 
@@ -99,12 +99,12 @@ def test_classmem_equals_functional():
         metric = ClassMem(N, U, reduction=reduction)
         metric.update(acts, torch.arange(N), labels * 10)
         out = metric.compute()
-        assert set(out) == {"class_mem", "argmax", "unit_mem", "unit_argmax", "dead"}
+        assert set(out) == {"class_mem", "class_argmax", "unit_mem", "unit_argmax", "dead_units"}
         torch.testing.assert_close(out["class_mem"], classmem(acts, labels, reduction=reduction))
         torch.testing.assert_close(out["unit_mem"], unitmem(acts, reduction=reduction))
         assert torch.equal(out["unit_argmax"], unit_argmax(acts))
         means, classes = class_means(acts, labels * 10)
-        assert torch.equal(out["argmax"], take_ids(classes, unit_argmax(means)))
+        assert torch.equal(out["class_argmax"], take_ids(classes, unit_argmax(means)))
 
 
 def test_classmem_hand_computed_and_label_checks():
@@ -113,7 +113,7 @@ def test_classmem_hand_computed_and_label_checks():
     metric.update(torch.tensor([[1.0, 1.0]]), torch.tensor([2]), torch.tensor([8]))
     out = metric.compute()
     torch.testing.assert_close(out["class_mem"], torch.tensor([0.5, 0.0]))
-    assert out["argmax"].tolist() == [5, 5]
+    assert out["class_argmax"].tolist() == [5, 5]
     with pytest.raises(ValueError, match="disagree"):
         metric.update(torch.tensor([[1.0, 1.0]]), torch.tensor([2]), torch.tensor([5]))
     with pytest.raises(ValueError, match="labels.*>= 0"):
@@ -182,7 +182,7 @@ def test_single_unit_stays_one_dimensional():
     metric = UnitMem(3, 1)
     metric.update(torch.tensor([[1.0], [3.0], [1.0]]), torch.arange(3))
     out = metric.compute()
-    assert out["unit_mem"].shape == (1,) and out["argmax"].tolist() == [1] and out["dead"].shape == (1,)
+    assert out["unit_mem"].shape == (1,) and out["unit_argmax"].tolist() == [1] and out["dead_units"].shape == (1,)
 
 
 # --------------------------------------------------------------------------- invariances
