@@ -57,7 +57,7 @@ ROWS = ("(a) bare f+g", "(b) measure()", "(b0) measure(bootstrap=0)", "(p) pass,
 @contextmanager
 def unfused_reductions() -> Iterator[None]:
     """Run :func:`run_pass` with the former per-layer reductions (the name ``measure`` module uses)."""
-    module = sys.modules["lightning_memloc.measure"]
+    module = sys.modules["lightning_memloc.measurement"]
     fused = module.forward_reduce
     module.forward_reduce = unfused_forward_reduce
     try:

@@ -65,7 +65,7 @@ def test_an_unlisted_module_goes_to_other_and_order_follows_the_table(arch):
                           info("views", "lightning_memloc/views/seeded.py", 5, "Views.", (), ()),
                           info("cli", "lightning_memloc/cli.py", 7, "CLI.", (), ("main",))])
     headings = [line for line in ranked.splitlines() if line.startswith("### ")]
-    assert headings == ["### Inputs and views", "### CLI, figures and demo", "### " + arch.OTHER]
+    assert headings == ["### Views", "### CLI and demo", "### " + arch.OTHER]
     assert "- (no public names)" in ranked and "- exports: `main`" in ranked
 
 

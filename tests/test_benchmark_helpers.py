@@ -107,7 +107,7 @@ def test_monitor_share_counts_the_passes_of_a_fit():
 def test_unfused_reductions_patch_is_undone():
     from bench_overhead import unfused_reductions
 
-    module = sys.modules["lightning_memloc.measure"]
+    module = sys.modules["lightning_memloc.measurement"]
     with unfused_reductions():
         assert module.forward_reduce is unfused_forward_reduce
     assert module.forward_reduce is forward_reduce

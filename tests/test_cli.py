@@ -256,14 +256,14 @@ def test_demo_forwards_arguments(monkeypatch):
     fake = types.ModuleType("lightning_memloc.cli.demo")
     fake.main = lambda argv: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "lightning_memloc.cli.demo", fake)
-    monkeypatch.setattr(lightning_memloc, "demo", fake, raising=False)
+    monkeypatch.setattr(lightning_memloc.cli, "demo", fake, raising=False)
     assert run(["demo", "--epochs", "1", "--data", "x.npz"])[0] == 0
     assert seen == [["--epochs", "1", "--data", "x.npz"]]
 
 
 def test_demo_missing_module_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning_memloc.cli.demo", None)
-    monkeypatch.delattr(lightning_memloc, "demo", raising=False)
+    monkeypatch.delattr(lightning_memloc.cli, "demo", raising=False)
     code, _, err = run(["demo"])
     assert code == 2 and "lightning_memloc.cli.demo" in err
 

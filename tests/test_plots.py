@@ -149,9 +149,9 @@ def test_find_plot_inputs(report, tmp_path):
 
 
 @pytest.mark.parametrize("old, new, name", [("plots_io", "plots.io", "find_plot_inputs"),
-                                            ("plots_evidence", "plots.evidence", "evidence_figures"),
-                                            ("plots_analyses", "plots.analyses", "plot_analyses"),
-                                            ("cli_analyses", "cli.analyses", "run_cli_analyses")])
+                                            ("plots_evidence", "plots.evidence_figures", "evidence_figures"),
+                                            ("plots_analyses", "plots.analysis_figures", "plot_analyses"),
+                                            ("cli_analyses", "cli.analysis_flags", "run_cli_analyses")])
 def test_old_module_names_are_gone(old, new, name):
     import importlib
 

@@ -225,10 +225,10 @@ def test_cli_analyze_reuses_the_reference_cache_across_checkpoints(tmp_path):
         for cached in (True, False):
             out = tmp_path / f"{name}{cached}"
             extra = ["--reference-cache", cache] if cached else []
-            assert main([str(a) for a in base + ["--encoder", tmp_path / f"{name}.pt", "--out", out] + extra]) == 0
+            assert main([str(a) for a in base + ["--encoder", tmp_path / f"{name}.pt", "--output-dir", out] + extra]) == 0
     assert cache.is_file() and len(ReferenceCache.load(cache)) == 1  # 8 candidates, one batch
     for name in ("f1", "f2"):
         a, b = (MemorizationReport.load(tmp_path / f"{name}{c}" / "report.json") for c in (True, False))
         assert _same(a, b)
-    assert main([str(a) for a in base[:-2] + ["--encoder", tmp_path / "f1.pt", "--out", tmp_path / "x",
+    assert main([str(a) for a in base[:-2] + ["--encoder", tmp_path / "f1.pt", "--output-dir", tmp_path / "x",
                                               "--reference-cache", cache]]) == 2

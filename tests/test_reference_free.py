@@ -190,7 +190,7 @@ def test_alignments_equal_a_direct_computation_and_the_reference_changes_nothing
 
 
 def test_no_alignment_is_computed_unless_needed(monkeypatch):
-    measure_module = importlib.import_module("lightning_memloc.measure")  # the module (the package exports the function)
+    measure_module = importlib.import_module("lightning_memloc.measurement")  # run_pass's module
     calls = []
     original = measure_module.forward_reduce
     monkeypatch.setattr(measure_module, "forward_reduce",

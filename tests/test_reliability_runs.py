@@ -264,7 +264,7 @@ def test_cli_indices_must_be_distinct_integers(tmp_path, capsys, content, fragme
     (tmp_path / "i.json").write_text(content)
     out = tmp_path / "out"
     code = main(["analyze", "--encoder", str(encoder), "--arch", "tiny", "--width", "2", "--data", str(data),
-                 "--size", "8", "--indices", str(tmp_path / "i.json"), "--out", str(out), "--no-progress", "--views", "2"])
+                 "--size", "8", "--indices", str(tmp_path / "i.json"), "--output-dir", str(out), "--no-progress", "--views", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "--indices" in err and fragment in err and "Traceback" not in err
     assert not out.exists()
@@ -274,9 +274,9 @@ def test_cli_indices_must_be_distinct_integers(tmp_path, capsys, content, fragme
     (["--epochs", "0"], "argument --epochs: must be >= 1"),
     (["--size", "0"], "argument --size: must be >= 1"),
     (["--views", "1"], "argument --views: must be >= 2"),
-    (["--candidates", "0"], "argument --candidates: must be > 0"),
-    (["--candidates", "1"], "argument --candidates: must be a count >= 2"),
-    (["--limit", "-5"], "argument --limit: must be >= 0"),
+    (["--split-candidates", "0"], "argument --split-candidates: must be > 0"),
+    (["--split-candidates", "1"], "argument --split-candidates: must be a count >= 2"),
+    (["--subset", "-5"], "argument --subset: must be >= 0"),
     (["--lr", "0"], "argument --lr: must be a positive number"),
     (["--canaries", "1"], "argument --canaries: must be >= 2"),
     (["--repeat", "0"], "argument --repeat: must be >= 1"),
@@ -284,7 +284,7 @@ def test_cli_indices_must_be_distinct_integers(tmp_path, capsys, content, fragme
 ])
 def test_demo_arguments_are_argparse_errors(tmp_path, capsys, argv, fragment):
     pytest.importorskip("lightning_memloc.cli.demo")
-    code = main(["demo", "--out", str(tmp_path / "demo"), *argv])
+    code = main(["demo", "--output-dir", str(tmp_path / "demo"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and "usage: memloc demo" in err and "Traceback" not in err
     assert not (tmp_path / "demo").exists()
@@ -316,7 +316,7 @@ def test_cli_seeds_outside_64_bits_are_argparse_errors(tmp_path, capsys, flag):
     encoder, data = _analyze_files(tmp_path)
     out = tmp_path / "out"
     code = main(["analyze", "--encoder", str(encoder), "--arch", "tiny", "--width", "2", "--data", str(data),
-                 "--size", "8", "--out", str(out), "--no-progress", "--views", "2", "--indices-from-split", flag, "-1"])
+                 "--size", "8", "--output-dir", str(out), "--no-progress", "--views", "2", "--indices-from-split", flag, "-1"])
     err = capsys.readouterr().err
     assert code == 2 and f"argument {flag}: expected an integer seed in [0, 2**64), got '-1'" in err
     assert "Traceback" not in err and not out.exists()

@@ -33,7 +33,7 @@ from lightning_memloc.report.tags import scalar_tag
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the demo."""
-    p = argparse.ArgumentParser(prog="memloc demo", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="memloc demo", allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--setting", choices=["canaries", "plain"], default="canaries",
                    help="canaries: atypical photo crops planted among the digits (shows memorization on a CPU); "

@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         'plot'
     """
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="memloc", description=DESCRIPTION, formatter_class=fmt)
+    parser = argparse.ArgumentParser(prog="memloc", description=DESCRIPTION, formatter_class=fmt, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", metavar="{analyze,plot,demo}", required=True)
-    a = sub.add_parser("analyze", formatter_class=fmt, help="measure UnitMem / SSLMem / LayerMem of a checkpoint",
+    a = sub.add_parser("analyze", formatter_class=fmt, allow_abbrev=False, help="measure UnitMem / SSLMem / LayerMem of a checkpoint",
                        description="Measure memorization of a saved encoder on a candidate set; "
                                    "write report.json and figures.")
     m = a.add_argument_group("encoders")
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lightning_memloc.cli.analysis_flags import add_analysis_arguments
     add_analysis_arguments(a)  # --analyses consistency,exchange,atypicality (docs/analyses.md)
 
-    p = sub.add_parser("plot", formatter_class=fmt, help="figures from a saved report.json and/or history.json",
+    p = sub.add_parser("plot", formatter_class=fmt, allow_abbrev=False, help="figures from a saved report.json and/or history.json",
                        description="Draw the figures of a saved report and/or a MemorizationMonitor history.")
     p.add_argument("inputs", nargs="+", metavar="REPORT_OR_HISTORY",
                    help="report.json, history.json, or a folder holding them (e.g. the monitor's output_dir)")

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_mean_activations
-from lightning_memloc.checks import check_id_vector  # noqa: F401  (its home was here: the old import keeps working)
 
 __all__ = ["SHIFT_TOLERANCE", "apply_negative_policy", "dead_units", "take_ids", "unit_argmax", "unitmem"]
 
