@@ -1,9 +1,4 @@
-"""Pure tensor functions behind the memorization metrics (no state, no Lightning).
-
-References: Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) for
-UnitMem, ClassMem, LayerMem and ΔLayerMem; Wang et al., *Memorization in Self-Supervised
-Learning Improves Downstream Generalization* (ICLR 2024) for SSLMem and alignment.
-"""
+"""Pure tensor functions behind the memorization metrics (no state, no Lightning)."""
 
 from lightning_memloc.functional.classmem import class_means, classmem
 from lightning_memloc.functional.statistics import (

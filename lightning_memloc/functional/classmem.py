@@ -1,10 +1,4 @@
-"""ClassMem: UnitMem with classes in place of candidates.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024), Sec. 3: the
-mean activation of a class is the mean of its members' mean activations, and ClassMem of a
-unit is the UnitMem formula over those per-class means. A unit with a high ClassMem responds to
-one class much more than to the others (class-level rather than instance-level memorization).
-"""
+"""ClassMem: the UnitMem formula over per-class means (Wang et al., NeurIPS 2024, Sec. 3)."""
 
 from __future__ import annotations
 
@@ -18,7 +12,6 @@ __all__ = ["class_means", "classmem"]
 
 
 def _check_labels(labels: object, n: int) -> Tensor:
-    """Validate ``labels`` as a ``LongTensor[n]`` of non-negative class ids."""
     labels = check_id_vector("labels", labels, n, "mean_activations", "class id")
     if n > 0 and bool((labels < 0).any()):
         raise ValueError(
@@ -29,16 +22,7 @@ def _check_labels(labels: object, n: int) -> Tensor:
 
 
 def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean activation of each class: the mean of its members' per-candidate means.
-
-    Args:
-        mean_activations: ``(N, U)`` mean activation of each unit per candidate.
-        labels: ``LongTensor[N]`` class id (``>= 0``) of each candidate.
-
-    Returns:
-        ``(means, classes)``: ``means`` is ``(C, U)`` (same dtype as the input), row ``c`` being
-        the mean over the candidates of class ``classes[c]``; ``classes`` is the sorted
-        ``LongTensor[C]`` of the class ids present.
+    """Mean of ``(N, U)`` per-candidate means over each class's members: ``(means (C, U), sorted classes (C,))``.
 
     Example:
         >>> mu = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
@@ -63,24 +47,10 @@ def classmem(
     reduction: str = "mean",
     negative: str = "clamp",
 ) -> Tensor:
-    """ClassMem of every unit (Wang et al., NeurIPS 2024, Sec. 3).
+    """ClassMem ``(U,)`` in ``[0, 1]``: :func:`~lightning_memloc.functional.unitmem` over :func:`class_means`.
 
-    The UnitMem formula (:func:`~lightning_memloc.functional.unitmem`) applied to the per-class
-    means of :func:`class_means`. The negative-value policy is applied to the class means (the
-    quantities that enter the formula), not to the individual candidates.
-
-    Args:
-        mean_activations: ``(N, U)`` mean activation of each unit per candidate.
-        labels: ``LongTensor[N]`` class id (``>= 0``) of each candidate; at least 2 classes.
-        reduction: ``"mean"`` (the paper) or ``"median"`` over the other ``C − 1`` classes.
-        negative: ``"clamp"``, ``"shift"`` or ``"error"``, see
-            :func:`~lightning_memloc.functional.apply_negative_policy`.
-
-    Returns:
-        ``Tensor[U]`` of scores in ``[0, 1]``; dead units score 0.
-
-    Raises:
-        ValueError: fewer than 2 classes, labels of the wrong length, NaN/inf, unknown options.
+    ``mean_activations`` is ``(N, U)``, ``labels`` ``(N,)`` ids ``>= 0`` with at least 2 classes; the
+    ``negative`` policy applies to the class means.
 
     Example:
         >>> mu = torch.tensor([[4.0, 1.0], [2.0, 1.0], [1.0, 1.0]])

@@ -1,13 +1,6 @@
-"""Cosine kNN accuracy with temperature-weighted votes: the SSL community's standard utility probe.
+"""Weighted cosine kNN accuracy (Wu et al., CVPR 2018): the SSL utility probe read next to memorization.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read memorization
-next to downstream utility (the SSLMem paper's point is that the two go together). The utility
-probe here is the weighted kNN classifier of Wu et al. (*Unsupervised Feature Learning via
-Non-Parametric Instance Discrimination*, CVPR 2018), as used to monitor SimCLR/MoCo/DINO: cosine
-similarity to a labelled feature bank, the k most similar bank items vote for their class with
-weight ``exp(similarity / temperature)``, the class with the largest summed weight wins. The
-voting is :func:`lightly.utils.benchmarking.knn_predict`; this module only normalises, checks
-arguments and counts hits.
+The voting is :func:`lightly.utils.benchmarking.knn_predict`; this module normalises, checks and counts.
 """
 
 from __future__ import annotations
@@ -23,7 +16,7 @@ __all__ = ["check_knn_args", "knn_correct", "knn_accuracy"]
 
 
 def check_knn_args(ks: Sequence[int], temperature: float) -> Tuple[Tuple[int, ...], float]:
-    """Validate neighbour counts and temperature; returns them as a sorted tuple of ints and a float.
+    """Validate ``ks`` and ``temperature``; returns ``(sorted ks, temperature)``.
 
     Example:
         >>> check_knn_args([200, 20], 0.1)
@@ -50,23 +43,10 @@ def _check_features(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_la
 
 def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, num_classes: int,
                 ks: Sequence[int] = (20, 200), temperature: float = 0.1, chunk: int = 256) -> Dict[int, int]:
-    """Number of queries that the weighted cosine kNN classifier labels correctly, per ``k``.
+    """``{k: correct top-1 predictions}`` of ``(M, D)`` queries against an ``(N, D)`` labelled bank.
 
-    Features are L2-normalised here (cosine similarity). Queries are processed ``chunk`` at a time,
-    so a shard of a test set can be counted on each rank and the counts summed.
-
-    Args:
-        bank: (N, D) features of the labelled bank (e.g. the training set).
-        bank_labels: (N,) integer labels in ``[0, num_classes)``.
-        queries: (M, D) features to classify (e.g. a held-out test set).
-        query_labels: (M,) their true labels.
-        num_classes: number of classes.
-        ks: neighbour counts; each must be ≤ N.
-        temperature: the vote weight is ``exp(cosine / temperature)``.
-        chunk: queries per similarity matrix (memory: ``chunk × N``).
-
-    Returns:
-        ``{k: number of correct top-1 predictions}``.
+    Vote weight ``exp(cosine / temperature)``; ``chunk`` queries per ``(chunk, N)`` similarity matrix,
+    so per-rank shards can be counted and summed.
 
     Example:
         >>> bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2]])
@@ -94,7 +74,7 @@ def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels
 
 def knn_accuracy(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, num_classes: int,
                  ks: Sequence[int] = (20, 200), temperature: float = 0.1) -> Dict[int, float]:
-    """Top-1 accuracy of the weighted cosine kNN classifier, per ``k`` (see :func:`knn_correct`).
+    """Top-1 accuracy per ``k`` (see :func:`knn_correct`).
 
     Example:
         >>> bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2]])

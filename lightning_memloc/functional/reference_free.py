@@ -1,19 +1,7 @@
 """Memorization evidence from the encoder alone: the alignment gap of candidates against unseen images.
 
-For candidates ``C`` (seen by ``f``) and images ``U`` that ``f`` never saw, drawn from one
-distribution, any reference ``g`` that saw neither has ``E[d_g(C)] = E[d_g(U)]``, so
-``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]``: a difference of ``f``'s own view
-alignments ``d_f`` (mean L2 distance between normalised views, in ``[0, 2]``), the same for every
-such ``g`` (``../shared/DESIGN.md`` §8; Wang et al., *Memorization in Self-Supervised Learning
-Improves Downstream Generalization*, ICLR 2024, for the alignment). Per layer (rows):
-
-- :func:`alignment_scale`: one scale for both groups, the range of ``d_f`` over ``C ∪ U``;
-- :func:`alignment_gap`: ``(mean d_f(U) − mean d_f(C)) / scale`` (> 0: candidates' views tighter);
-- :func:`membership_scores`: per candidate, the share of unseen images aligned worse (ties count
-  half); uniform on ``[0, 1]`` under the null, and its mean is the AUC of telling the groups apart;
-- :func:`gap_greater`: Welch's one-sided p of ``d_f(U) > d_f(C)`` on raw alignments (scale-free;
-  the evidence tests with the studentized permutation test instead, which holds α on skewed,
-  unequal groups: :mod:`lightning_memloc.functional.two_sample`).
+For candidates ``C`` and unseen ``U`` from one distribution, ``E[SSLMem(C)] − E[SSLMem(U)] =
+E[d_f(U)] − E[d_f(C)]`` for any reference that saw neither (``../shared/DESIGN.md`` §8).
 """
 
 from __future__ import annotations
@@ -36,7 +24,7 @@ def _rows(name: str, values: Tensor) -> Tensor:
 
 
 def alignment_scale(candidates: Tensor, unseen: Tensor) -> Tensor:
-    """Range (max − min) of the alignments of both groups together, per layer: ``(L, 1)``.
+    """Range (max − min) of both groups' alignments per layer: ``(L, 1)``.
 
     Example:
         >>> alignment_scale(torch.tensor([[0.2, 0.4]]), torch.tensor([[0.6, 1.0]]))
@@ -53,17 +41,9 @@ def normalise(values: Tensor, scale: Tensor) -> Tensor:
 
 
 def alignment_gap(candidates: Tensor, unseen: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """The candidates' alignment gap on the shared scale, per layer.
+    """``(gap, mean_candidates, mean_unseen)`` per layer from ``(L, N)`` and ``(L, M)`` raw alignments.
 
-    ``gap_l = (mean_u d_f,l(u) − mean_c d_f,l(c)) / (max − min of d_f,l over C ∪ U)``; positive
-    when ``f`` aligns its candidates' views more tightly than unseen images' (memorization).
-
-    Args:
-        candidates: ``(L, N)`` raw alignments of the candidates under ``f``.
-        unseen: ``(L, M)`` raw alignments of the unseen images under ``f`` (same views, layers).
-
-    Returns:
-        ``(gap, mean_candidates, mean_unseen)``, each ``(L,)`` float64 (means raw).
+    ``gap = (mean d_f(U) − mean d_f(C)) / (max − min of d_f over C ∪ U)``; > 0 means memorization.
 
     Example:
         >>> gap, c, u = alignment_gap(torch.tensor([[0.2, 0.4]]), torch.tensor([[0.6, 1.0]]))
@@ -78,19 +58,9 @@ def alignment_gap(candidates: Tensor, unseen: Tensor) -> Tuple[Tensor, Tensor, T
 
 
 def membership_scores(candidates: Tensor, unseen: Tensor) -> Tensor:
-    """Per candidate and layer, the share of unseen images whose views ``f`` aligns worse.
+    """``(L, N)`` share of unseen images aligned worse than each candidate: ``s(c) = (#{d(u) > d(c)} + ½ #{d(u) = d(c)}) / M``.
 
-    ``s_l(c) = (#{u : d_l(u) > d_l(c)} + ½ #{u : d_l(u) = d_l(c)}) / M``: 1 when the candidate's
-    views are tighter than every unseen image's, 0.5 in the middle of them. Exchangeable groups
-    (nothing memorized) give scores uniform on ``[0, 1]``; the mean over candidates is the AUC
-    (Mann–Whitney ``U / (N·M)``).
-
-    Args:
-        candidates: ``(L, N)`` raw alignments of the candidates.
-        unseen: ``(L, M)`` raw alignments of the unseen images.
-
-    Returns:
-        ``(L, N)`` float64 scores in ``[0, 1]``.
+    Uniform on ``[0, 1]`` under the null; its mean over candidates is the AUC.
 
     Example:
         >>> membership_scores(torch.tensor([[0.1, 0.5, 0.9]]), torch.tensor([[0.2, 0.5, 0.7, 0.8]]))
@@ -106,12 +76,7 @@ def membership_scores(candidates: Tensor, unseen: Tensor) -> Tensor:
 
 
 def gap_greater(candidates: Tensor, unseen: Tensor) -> float:
-    """One-sided p-value of ``mean d_f(U) > mean d_f(C)`` for one layer (raw alignments).
-
-    Welch's analytic approximation (:func:`~lightning_memloc.functional.statistics.welch_greater`),
-    liberal on skewed, unequal groups; :mod:`lightning_memloc.report.evidence_free` tests with
-    :func:`~lightning_memloc.functional.two_sample.studentized_permutation_test`. NaN when a
-    group has fewer than 2 images.
+    """Welch's one-sided p of ``mean d_f(U) > mean d_f(C)`` for one layer; NaN when a group has < 2 images.
 
     Example:
         >>> round(gap_greater(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.1, 0.2, 0.3])), 6)

@@ -1,16 +1,4 @@
-"""Alignment, SSLMem and LayerMem.
-
-SSLMem is defined in Wang et al., *Memorization in Self-Supervised Learning Improves Downstream
-Generalization* (ICLR 2024); its per-layer version, LayerMem, and ΔLayerMem in Wang et al.,
-*Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024), Sec. 3:
-
-* ``align_l(x_i)``: mean L2 distance between the L2-normalised layer-``l`` representations of
-  pairs of augmented views of ``x_i`` (lower = better aligned);
-* ``m_l(x_i) = align_l(x_i; g) − align_l(x_i; f)`` for the encoder ``f`` trained on ``x_i`` and a
-  reference ``g`` that never saw it, normalised by the range of ``m_l`` over the candidates;
-* ``LayerMem_l`` = mean of the normalised SSLMem over the candidates,
-  ``ΔLayerMem_l = LayerMem_l − LayerMem_{l−1}``.
-"""
+"""Alignment, SSLMem (Wang et al., ICLR 2024), LayerMem and ΔLayerMem (Wang et al., NeurIPS 2024, Sec. 3)."""
 
 from __future__ import annotations
 
@@ -29,9 +17,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-#: Bytes of the largest temporary (one slice of ``D``) that :func:`pairwise_alignment` makes: on
-#: CPU small enough to stay in cache and in the allocator's heap (a fresh multi-MB temporary
-#: costs a page fault per 4 KiB), on GPU large enough for one or two slices per layer.
+#: Bytes of the largest temporary of :func:`pairwise_alignment`: on CPU small enough to stay in cache
+#: (a fresh multi-MB temporary faults page by page), on GPU one or two slices per layer.
 CHUNK_BYTES = {"cpu": 4 << 20, "other": 256 << 20}
 
 
@@ -40,7 +27,6 @@ def _slice_width(n: int, k: int, d: int, itemsize: int, chunk_bytes: int) -> int
 
 
 def _explicit_alignment(reps: Tensor, anchor: Optional[Tensor], dtype: torch.dtype, chunk_bytes: int) -> Tensor:
-    """Squared distances accumulated from explicit differences of normalised slices."""
     n, k, d = reps.shape
     item = torch.empty((), dtype=dtype).element_size()
     inv = torch.linalg.vector_norm(reps, dim=-1, dtype=dtype).clamp_min_(1e-12).reciprocal_().unsqueeze(-1)
@@ -64,15 +50,7 @@ def _explicit_alignment(reps: Tensor, anchor: Optional[Tensor], dtype: torch.dty
 
 
 def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tensor:
-    """All-pairs distances from the per-candidate Gram matrix accumulated in float64.
-
-    Products of float32 (or half) values are exact in float64 and the sums carry ~1e-16 relative
-    error, so ``‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab`` of the normalised Gram ``Ĝ`` loses at most
-    ~1e-15 to cancellation: a distance is off by at most ~3e-8 even between identical views
-    (before the float32 rounding of the result), where float32 explicit differences reach
-    ~2e-7 and a float32 Gram matrix ~1e-3; two operations per slice (cast, ``baddbmm``)
-    instead of ``3(K−1)``.
-    """
+    """All-pairs distances from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8."""
     n, k, d = reps.shape
     width = _slice_width(n, k, d, 8, chunk_bytes)
     gram = reps.new_zeros((n, k, k), dtype=torch.float64)
@@ -89,20 +67,10 @@ def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tenso
 
 
 def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_bytes: Optional[int] = None) -> Tensor:
-    """Unchecked core of :func:`alignment` for the measurement hot path (no validation, no sync).
+    """Unchecked core of :func:`alignment` for the hot path: no validation, no device sync.
 
-    ``reps`` is ``(N, K, D)`` (raw, not normalised), ``anchor`` ``(N, D)`` or ``None``; any
-    floating dtype, any strides. ``D`` is processed in slices so that no temporary of the input's
-    size is made (at most ``chunk_bytes``, default :data:`CHUNK_BYTES`):
-
-    * all pairs, float32/half input: the per-candidate Gram matrix of the views accumulated in
-      float64 (two operations per slice; error ~3e-8 at most, see :func:`_gram_alignment`);
-    * float64 input, or ``anchor``: explicit differences of the normalised slices, accumulated
-      as squared distances (exact to the input precision).
-
-    NaN or inf in a candidate's views gives a non-finite result for it: callers check the
-    output (:func:`~lightning_memloc.measurement.run_pass` once per batch), so no device sync is
-    made here. Returns ``(N,)`` in the input dtype promoted to at least float32.
+    ``(N, K, D)`` reps, optional ``(N, D)`` anchor → ``(N,)``; ``D`` is sliced to at most ``chunk_bytes``.
+    Non-finite views give a non-finite result, which callers check once per batch.
     """
     n, k, d = reps.shape
     dtype = _compute_dtype(reps)
@@ -114,31 +82,10 @@ def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_byte
 
 
 def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tensor:
-    """Alignment of each candidate: mean distance between its L2-normalised view representations.
+    """Alignment ``(N,)`` in ``[0, 2]``: mean ``‖r_a − r_b‖₂`` of L2-normalised views over all ``K(K−1)/2`` pairs.
 
-    Without ``anchor`` (the SSLMem definition, Wang et al., ICLR 2024): the mean of
-    ``‖r_a − r_b‖₂`` over all ``K(K−1)/2`` pairs of views. With ``anchor`` (what the authors' code
-    did): the mean over the ``K`` views of ``‖r_k − r_anchor‖₂``, ``r_anchor`` being the
-    representation of the un-augmented image.
-
-    Results are accurate to their float32 rounding (~1e-7) even for nearly identical views: all
-    pairs come from a Gram matrix accumulated in float64 (float32 products are exact there, so
-    the ``‖a‖² + ‖b‖² − 2ab`` cancellation that ruins a float32 Gram matrix costs ~1e-15);
-    float64 inputs and the anchor pairing use explicit differences. ``D`` is processed slice by
-    slice, so no temporary of the input's size is made (see :func:`pairwise_alignment`, the
-    unchecked core that :func:`~lightning_memloc.measure` calls).
-
-    Args:
-        representations: ``(N, K, D)`` flattened layer outputs of ``K`` views of ``N`` candidates
-            (flatten a conv map with ``x.flatten(2)`` first). ``K >= 2`` without anchor.
-        anchor: optional ``(N, D)`` representation of each candidate's un-augmented image;
-            ``K >= 1`` then.
-
-    Returns:
-        ``Tensor[N]`` in ``[0, 2]``, in the input dtype promoted to at least float32.
-
-    Raises:
-        ValueError: wrong shapes, ``K < 2`` without anchor, NaN/inf values.
+    ``representations`` is ``(N, K, D)`` (flatten conv maps first); with an ``(N, D)`` ``anchor`` (the
+    un-augmented image) the mean of ``‖r_k − r_anchor‖₂`` instead. Accurate to float32 rounding.
 
     Example:
         >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]])
@@ -165,10 +112,7 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
                 f"{tuple(anc.shape)}."
             )
         anc = anc.to(device=reps.device)
-    # Measured on ResNet9 (width 64) outputs of 32 candidates x 10 views, one CPU thread: ~0.27 s for
-    # all 8 layers; the former loop over full-size (N, D) pair differences after a normalised
-    # copy took several times that with 2 threads, and an isfinite() mask of the input alone
-    # ~0.2 s for the largest layer (fresh full-size temporaries fault in page by page).
+    # Check the output, not the input: an isfinite() mask of the input costs as much as the alignment.
     out = pairwise_alignment(reps, anc)
     if not bool(torch.isfinite(out).all()):
         check_finite_tensor("representations", reps)
@@ -178,19 +122,9 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
 
 
 def sslmem(align_reference: Tensor, align_encoder: Tensor, normalize: bool = True) -> Tensor:
-    """SSLMem of each candidate (Wang et al., ICLR 2024): ``m = align(g) − align(f)``.
+    """SSLMem ``(..., N)`` (Wang et al., ICLR 2024): ``m = align(g) − align(f)``, over ``max m − min m`` if ``normalize``.
 
-    With ``normalize`` (as in the authors' code) ``m`` is divided by its range over the candidates,
-    ``max_j m_j − min_j m_j``; a zero range gives zeros, never NaN. Inputs may carry leading
-    dimensions, e.g. ``(L, N)`` for ``L`` layers: the range is taken over the last dimension.
-
-    Args:
-        align_reference: ``(..., N)`` alignment under the reference encoder ``g``.
-        align_encoder: ``(..., N)`` alignment under the encoder ``f``, same shape.
-        normalize: divide by the range over the candidates.
-
-    Returns:
-        ``Tensor[..., N]``: positive where ``f`` aligns the views better than ``g``.
+    The range is over the last dimension; a zero range gives zeros.
 
     Example:
         >>> sslmem(torch.tensor([1.0, 1.0, 0.5]), torch.tensor([0.5, 1.0, 0.5]))
@@ -220,15 +154,7 @@ def sslmem(align_reference: Tensor, align_encoder: Tensor, normalize: bool = Tru
 
 
 def layermem(sslmem: Tensor, subset: Optional[Tensor] = None) -> Tensor:
-    """LayerMem of each layer (Wang et al., NeurIPS 2024): mean SSLMem over the candidates.
-
-    Args:
-        sslmem: ``(L, N)`` normalised SSLMem per layer and candidate.
-        subset: optional ``LongTensor`` of candidate positions (``0 .. N-1``) to average over,
-            e.g. the top-k of :func:`top_least_indices` (the paper's "Top50"/"Least50").
-
-    Returns:
-        ``Tensor[L]``.
+    """LayerMem ``(L,)`` (Wang et al., NeurIPS 2024): mean of ``(L, N)`` SSLMem over candidates (or ``subset`` positions).
 
     Example:
         >>> s = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.4, 0.9]])
@@ -253,16 +179,7 @@ def layermem(sslmem: Tensor, subset: Optional[Tensor] = None) -> Tensor:
 
 
 def delta_layermem(layer_mem: Tensor) -> Tensor:
-    """ΔLayerMem (Wang et al., NeurIPS 2024): ``LayerMem_l − LayerMem_{l−1}`` in layer order.
-
-    For the first layer the increase is over the input, where ``f`` and ``g`` see identical data
-    and SSLMem is 0, so ``ΔLayerMem_1 = LayerMem_1``.
-
-    Args:
-        layer_mem: ``(L,)`` LayerMem per layer, in forward order.
-
-    Returns:
-        ``Tensor[L]``.
+    """ΔLayerMem ``(L,)`` (Wang et al., NeurIPS 2024): ``LayerMem_l − LayerMem_{l−1}``, with ``ΔLayerMem_1 = LayerMem_1``.
 
     Example:
         >>> delta_layermem(torch.tensor([0.1, 0.3, 0.25]))
@@ -274,18 +191,7 @@ def delta_layermem(layer_mem: Tensor) -> Tensor:
 
 
 def top_least_indices(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Positions of the ``k`` highest and ``k`` lowest scores (ties broken by position).
-
-    Used for the paper's "Top50"/"Least50" LayerMem (candidates ranked by SSLMem at the last
-    layer; Wang et al., NeurIPS 2024, Table 1).
-
-    Args:
-        scores: ``(N,)`` scores, e.g. SSLMem at the last layer.
-        k: how many; ``k' = min(k, N)`` are returned.
-
-    Returns:
-        ``(top, least)``: ``LongTensor[k']`` each, ``top`` in decreasing score order and ``least``
-        in increasing order; among equal scores the earlier position comes first.
+    """``(top, least)``: positions of the ``min(k, N)`` highest and lowest scores, ties by position ("Top50"/"Least50").
 
     Example:
         >>> top_least_indices(torch.tensor([0.2, 0.9, 0.2, 0.5]), 2)

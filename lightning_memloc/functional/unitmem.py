@@ -1,17 +1,6 @@
-"""UnitMem: per-unit memorization scores from per-candidate mean activations.
+"""UnitMem (Wang et al., NeurIPS 2024, Sec. 3) from ``(N, U)`` per-candidate mean activations.
 
-Definitions follow Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024),
-Sec. 3: for a unit ``u`` with mean activation ``μ_u(x_i)`` over the augmented views of
-candidate ``x_i``,
-
-``UnitMem_u = (μmax_u − μ-max_u) / (μmax_u + μ-max_u)``
-
-where ``μmax_u = max_i μ_u(x_i)`` and ``μ-max_u`` is the mean (the paper) or the median (the
-authors' released code) of ``μ_u`` over the other ``N − 1`` candidates.
-
-All functions take a ``(N, U)`` matrix of mean activations (candidates × units), are batched (no
-Python loops over candidates or units), keep the floating dtype of their input and run on
-whatever device the input lives on.
+``UnitMem_u = (μmax_u − μ-max_u) / (μmax_u + μ-max_u)``, ``μ-max_u`` the mean or median over the other candidates.
 """
 
 from __future__ import annotations
@@ -29,30 +18,10 @@ SHIFT_TOLERANCE = 1e-5
 
 
 def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
-    """Make mean activations non-negative, as the UnitMem formula requires.
+    """Non-negative copy of ``(N, U)`` mean activations, as UnitMem requires.
 
-    UnitMem (Wang et al., NeurIPS 2024) assumes post-ReLU, non-negative activations. Layers whose
-    outputs can be negative (GELU, pre-activation outputs, attention outputs) need a policy:
-
-    * ``"clamp"`` (default): ``μ ← max(μ, 0)``; a no-op on post-ReLU layers.
-    * ``"shift"``: subtract each unit's minimum ``μ`` over the candidates (``μ ← μ − min_i μ``),
-      which makes the score invariant to a per-unit offset. Note that it also changes the scores of
-      layers that are already non-negative, and a unit constant over candidates becomes dead. A
-      unit whose spread ``max μ − min μ`` is at most :data:`SHIFT_TOLERANCE` times its largest
-      ``|μ|`` counts as constant: float32 rounding alone (one ulp, which the batch size changes)
-      would otherwise give it any score in [0, 1].
-    * ``"error"``: raise ``ValueError`` if any ``μ < 0``.
-
-    Args:
-        mean_activations: ``(N, U)`` mean activation of each unit per candidate.
-        negative: one of ``"clamp"``, ``"shift"``, ``"error"``.
-
-    Returns:
-        A non-negative ``(N, U)`` tensor (a new tensor; the input is never modified).
-
-    Raises:
-        ValueError: on a wrong shape, an unknown policy, NaN/inf values, or negative values
-            under ``negative="error"``.
+    ``"clamp"``: ``max(μ, 0)``; ``"shift"``: ``μ − min_i μ`` per unit (spread within
+    :data:`SHIFT_TOLERANCE` counts as constant, i.e. dead); ``"error"``: ``ValueError`` on any ``μ < 0``.
 
     Example:
         >>> mu = torch.tensor([[1.0, -0.5], [3.0, 0.5]])
@@ -84,17 +53,7 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
 
 
 def unit_argmax(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
-    """Candidate each unit "memorizes": the position of ``μmax_u`` (first one on ties).
-
-    A dead unit (zero on every candidate, see :func:`dead_units`) has no μmax candidate: its
-    entry is ``-1`` (never position 0, which would credit whatever image sits first).
-
-    Args:
-        mean_activations: ``(N, U)`` mean activation of each unit per candidate.
-        negative: negative-value policy, see :func:`apply_negative_policy`.
-
-    Returns:
-        ``LongTensor[U]`` with positions in ``0 .. N-1``, ``-1`` for dead units.
+    """Position ``(U,)`` of each unit's ``μmax`` candidate (first on ties), ``-1`` for dead units.
 
     Example:
         >>> unit_argmax(torch.tensor([[1.0, 4.0, 0.0], [3.0, 2.0, 0.0]]))
@@ -106,7 +65,7 @@ def unit_argmax(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
 
 
 def take_ids(ids: Tensor, positions: Tensor) -> Tensor:
-    """``ids[positions]`` with ``-1`` (no argmax, a dead unit) passed through as ``-1``.
+    """``ids[positions]`` with ``-1`` (a dead unit) passed through.
 
     Example:
         >>> take_ids(torch.tensor([10, 11]), torch.tensor([1, -1, 0])).tolist()
@@ -117,16 +76,7 @@ def take_ids(ids: Tensor, positions: Tensor) -> Tensor:
 
 
 def dead_units(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
-    """Units whose mean activation is zero on every candidate (after the negative policy).
-
-    Their UnitMem is undefined (0 / 0) and reported as 0 by :func:`unitmem`.
-
-    Args:
-        mean_activations: ``(N, U)`` mean activation of each unit per candidate.
-        negative: negative-value policy, see :func:`apply_negative_policy`.
-
-    Returns:
-        ``BoolTensor[U]``, ``True`` for dead units.
+    """``(U,)`` mask of units zero on every candidate after the negative policy (UnitMem 0 / 0, reported 0).
 
     Example:
         >>> dead_units(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
@@ -137,7 +87,7 @@ def dead_units(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
 
 
 def _rest_statistic(mu: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
-    """``(μmax, μ-max)`` per unit for a non-negative ``(N, U)`` matrix with ``N >= 2``."""
+    """``(μmax, μ-max)`` per unit of a non-negative ``(N, U)``, ``N >= 2``."""
     n = mu.shape[0]
     if reduction == "mean":
         mu_max, pos = mu.max(dim=0)
@@ -154,25 +104,10 @@ def _rest_statistic(mu: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
 
 
 def unitmem(mean_activations: Tensor, reduction: str = "mean", negative: str = "clamp") -> Tensor:
-    """UnitMem of every unit of a layer (Wang et al., NeurIPS 2024, Eq. 1).
+    """UnitMem ``(U,)`` in ``[0, 1]`` of ``(N, U)`` mean activations, ``N >= 2`` (Wang et al., NeurIPS 2024, Eq. 1).
 
-    ``UnitMem_u = (μmax_u − μ-max_u) / (μmax_u + μ-max_u)`` where ``μmax_u`` is the largest mean
-    activation over the candidates and ``μ-max_u`` the mean (``reduction="mean"``, the paper) or
-    numpy-style median (``reduction="median"``, the authors' code: the average of the two middle
-    values for an even count) over the other ``N − 1`` candidates.
-
-    Args:
-        mean_activations: ``(N, U)``: for each candidate, each unit's activation averaged over the
-            candidate's augmented views. ``N >= 2``.
-        reduction: ``"mean"`` or ``"median"``.
-        negative: negative-value policy applied first, see :func:`apply_negative_policy`.
-
-    Returns:
-        ``Tensor[U]`` of scores in ``[0, 1]`` (same dtype as the input); dead units
-        (see :func:`dead_units`) score 0. Never NaN.
-
-    Raises:
-        ValueError: ``N < 2``, a wrong shape, an unknown ``reduction``/``negative``, NaN/inf.
+    ``UnitMem_u = (μmax_u − μ-max_u) / (μmax_u + μ-max_u)``, ``μ-max_u`` the mean (paper) or numpy
+    median (authors' code) over the other ``N − 1`` candidates; dead units score 0.
 
     Example:
         >>> mu = torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]])

@@ -1,15 +1,7 @@
 """A fair before-training baseline: BatchNorm statistics estimated on the measured views.
 
-An untrained encoder's BatchNorm layers hold their default running statistics (mean 0,
-variance 1), so in eval mode they do not normalise at all, while after any training they hold
-the data's statistics. Measured that way, the untrained point's UnitMem is inflated (in the
-paper's ResNet9 most units' activations are not centred) and a curve over training starts
-from an artificial high. :func:`recalibrated_batchnorm` measures the models with BatchNorm
-statistics are the cumulative average over the measured views (the same images and views
-every later measurement sees), and restores the models' own statistics afterwards. The statistics use no
-label and no training step, so no image is memorized by them (Wang et al., *Localizing
-Memorization in SSL Vision Encoders*, NeurIPS 2024, measure UnitMem over training from
-initialisation).
+An untrained encoder's default statistics (mean 0, variance 1) do not normalise, which inflates
+the untrained point's UnitMem; statistics of the views use no label nor training step.
 """
 
 from __future__ import annotations
@@ -34,20 +26,9 @@ def _norm_layers(model: nn.Module) -> list:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int = 32, max_batches: Optional[int] = None) -> nn.Module:
-    """Re-estimate ``model``'s BatchNorm running statistics on ``views`` (in place).
+    """Re-estimate ``model``'s BatchNorm running statistics in place as a cumulative average over ``views``.
 
-    Every BatchNorm's statistics are reset and accumulated as a cumulative average
-    (``momentum=None``) over the views, with only the BatchNorm layers in training mode (dropout
-    and the like stay off); modes and momenta are restored afterwards.
-
-    Args:
-        model: the model to recalibrate (in place; see :func:`recalibrated_batchnorm`).
-        views: the seeded views to estimate the statistics on.
-        batch_size: candidates per forward (each contributes K views).
-        max_batches: stop after this many batches (``None``: all).
-
-    Returns:
-        ``model``.
+    Only the BatchNorm layers train (dropout stays off); modes and momenta are restored.
 
     Example:
         >>> import torch
@@ -85,11 +66,9 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
 
 @contextmanager
 def recalibrated_batchnorm(*models: Optional[nn.Module], views: SeededViews, batch_size: int = 32) -> Iterator[None]:
-    """Inside the context, ``models`` have BatchNorm statistics estimated on ``views``; on exit
-    (also on error) every BatchNorm buffer gets its previous value back, so training is untouched.
+    """``models`` with BatchNorm statistics estimated on ``views`` inside the context; buffers restored on exit.
 
-    Buffers are restored rather than models copied: a copy breaks on modules whose weights are
-    computed (pruning masks, weight norm), and costs a model's memory.
+    Buffers are restored rather than models copied: a copy breaks on computed weights (pruning, weight norm).
 
     Example:
         >>> import torch

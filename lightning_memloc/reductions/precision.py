@@ -1,12 +1,7 @@
 """Optional mixed precision (``autocast``) for the forwards of a measurement pass.
 
-A pass of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) costs
-about one forward of the K views through ``f`` and ``g``. On a GPU those forwards may run under
-``torch.autocast`` (``"bf16"`` or ``"fp16"``); everything that turns activations into UnitMem,
-LayerMem and SSLMem stays in float32 / float64: the views are made in float32 before the forward,
-the hook reductions run with autocast switched off on a float32 copy of the layer output, and the
-alignment Gram matrices are float64 (:mod:`lightning_memloc.reductions.hook`). The default is no
-autocast (float32): the measured error of bf16 exceeds 1e-3 (docs/performance.md, §4).
+Only the forwards are lowered; hook reductions and alignments stay float32 / float64. Off by
+default: bf16's measured error exceeds 1e-3 (docs/performance.md, §4).
 
 Example:
     >>> autocast_dtype("bf16"), autocast_dtype(None)
@@ -35,11 +30,7 @@ AUTOCASTS = tuple(AUTOCAST_DTYPES)
 
 
 def autocast_dtype(autocast: Optional[str]) -> Optional[torch.dtype]:
-    """The dtype of an ``autocast`` choice (``None``: no autocast, float32 forwards).
-
-    Raises:
-        ValueError: ``autocast`` is not ``None``, ``"bf16"`` or ``"fp16"``.
-    """
+    """The dtype of an ``autocast`` choice (``None``: float32 forwards)."""
     if autocast is None:
         return None
     return AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
@@ -65,19 +56,10 @@ def autocast_runs(device_type: str, device: str, dtype: torch.dtype) -> Optional
 
 
 def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Optional[torch.dtype]:
-    """The autocast dtype of ``autocast`` if every model can run under it (before any work), else an error.
+    """The dtype of ``autocast`` if every model can run under it, else ``ValueError`` (before any work).
 
-    Each model must be float32 (autocast lowers float32 only: a float64 or half model would run
-    as it is, and the report would claim an autocast that did not happen) and its device must run
-    a convolution and a linear layer in that dtype under ``torch.autocast`` (e.g. bf16 on a GPU
-    without bfloat16 support, or any autocast where torch has none for the device, is refused).
-
-    Args:
-        autocast: ``None``, ``"bf16"`` or ``"fp16"``.
-        *models: the encoder and the reference (``None`` entries are skipped).
-
-    Raises:
-        ValueError: a bad choice, a model that is not float32, or a device that cannot run it.
+    Models must be float32 (autocast lowers nothing else, and the report would claim it did) on a
+    device that runs a conv and a linear layer in that dtype.
     """
     dtype = autocast_dtype(autocast)
     if dtype is None:
@@ -100,14 +82,14 @@ def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Opt
 
 
 def forward_autocast(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
-    """``torch.autocast`` for a forward on ``device`` in ``dtype``; a no-op context for ``dtype=None``."""
+    """``torch.autocast`` for a forward on ``device`` in ``dtype``; a no-op for ``None``."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def reduce_in_float32(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
-    """Switch autocast off (inside a forward hook) so that the reductions run in float32 / float64."""
+    """Switch autocast off inside a forward hook so that reductions run in float32 / float64."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, enabled=False)

@@ -1,8 +1,4 @@
-"""torchmetrics classes over :mod:`lightning_memloc.functional` (streaming, DDP-safe states).
-
-States are per-candidate sums and counts indexed by candidate id with ``dist_reduce_fx="sum"``,
-so batch size, order, sharding and ``DistributedSampler`` padding do not change the results.
-"""
+"""torchmetrics classes over :mod:`lightning_memloc.functional` (streaming, DDP-safe states)."""
 
 from lightning_memloc.states.alignment import ViewAlignment
 from lightning_memloc.states.classmem import ClassMem

@@ -1,9 +1,4 @@
-"""Streaming view alignment of one encoder: the per-candidate ``d_f`` behind SSLMem, without a reference.
-
-The reference-free evidence (:mod:`lightning_memloc.report.evidence_free`) compares ``f``'s alignment of
-its candidates with that of unseen images; this metric keeps those alignments when no reference
-is measured (with one, :class:`~lightning_memloc.states.LayerMem` already holds them).
-"""
+"""Streaming view alignment of one encoder: the per-candidate ``d_f`` behind SSLMem, without a reference."""
 
 from __future__ import annotations
 
@@ -19,16 +14,7 @@ __all__ = ["ViewAlignment", "mean_alignment"]
 
 
 class ViewAlignment(CandidateIndexedMetric):
-    """Per-candidate mean view alignment at every layer, accumulated over batches of candidates.
-
-    States: per-candidate sums ``enc_sums`` ``(L, N)`` (named as in ``LayerMem``) and a count,
-    summed across processes.
-
-    Args:
-        num_candidates: size of the candidate set; ids are ``0 .. num_candidates - 1``.
-        num_layers: number of layers ``L``.
-        state_dtype: ``torch.float32`` (default) or ``torch.float64``.
-        kwargs: passed to :class:`torchmetrics.Metric`.
+    """Per-candidate mean view alignment ``(L, N)`` at every layer (states ``enc_sums`` as in ``LayerMem``).
 
     Example:
         >>> metric = ViewAlignment(num_candidates=3, num_layers=2)
@@ -62,12 +48,7 @@ class ViewAlignment(CandidateIndexedMetric):
 
 
 def mean_alignment(metric: CandidateIndexedMetric) -> Tensor:
-    """``(L, N)`` mean encoder alignment per candidate from a metric holding ``enc_sums`` and ``counts``
-    (:class:`ViewAlignment` or :class:`~lightning_memloc.states.LayerMem`), float64 on the CPU.
-
-    Raises:
-        RuntimeError: a candidate was never updated (every one must be measured).
-    """
+    """``(L, N)`` float64 CPU mean alignment of a metric with ``enc_sums``; ``RuntimeError`` if a candidate is missing."""
     counts = metric.counts.detach().double().cpu()
     if bool((counts == 0).any()):
         missing = (counts == 0).nonzero().squeeze(1)[:10].tolist()

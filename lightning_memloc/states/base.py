@@ -1,10 +1,7 @@
 """Shared validation and state helpers of the candidate-indexed metrics.
 
-Every metric keeps per-candidate sums and a per-candidate count, indexed by candidate id and
-reduced with ``sum`` across processes. A candidate seen ``c`` times (padding of a
-``DistributedSampler``, overlapping shards on two ranks) contributes ``c`` times the same values
-(the views depend only on the seed, the candidate and the view number), so ``sum / count`` is the
-same as after a single pass. Candidates never seen have count 0 and are left out of ``compute``.
+States are per-candidate sums and counts reduced with ``sum``: views depend only on (seed, candidate,
+view), so a candidate seen twice (sampler padding) leaves ``sum / count`` unchanged.
 """
 
 from __future__ import annotations
@@ -22,14 +19,14 @@ STATE_DTYPES = (torch.float32, torch.float64)
 
 
 def check_state_dtype(state_dtype: Any) -> torch.dtype:
-    """Return ``state_dtype`` if it is float32 or float64, else raise ``ValueError``."""
+    """``state_dtype`` if float32 or float64, else ``ValueError``."""
     if state_dtype not in STATE_DTYPES:
         raise ValueError(f"`state_dtype` must be one of {STATE_DTYPES}, got {state_dtype!r}.")
     return state_dtype
 
 
 class CandidateIndexedMetric(Metric):
-    """Base of metrics whose states are per-candidate sums and counts (see module docstring)."""
+    """Base of metrics whose states are per-candidate sums and counts."""
 
     is_differentiable = False
     higher_is_better = None
@@ -44,11 +41,7 @@ class CandidateIndexedMetric(Metric):
         self.add_state("counts", torch.zeros(num_candidates, dtype=state_dtype), dist_reduce_fx="sum")
 
     def _wrap_compute(self, compute: Callable) -> Callable:
-        """Keep 1-element outputs 1-D (``[U]`` with ``U = 1``, ``top_ids`` with ``k' = 1`` ...).
-
-        torchmetrics squeezes every 1-element tensor returned by ``compute`` to 0-d; every tensor
-        in our result dicts is at least 1-D by contract.
-        """
+        """Keep 1-element outputs 1-D: torchmetrics squeezes them to 0-d."""
         wrapped = super()._wrap_compute(compute)
 
         @functools.wraps(compute)
@@ -61,7 +54,7 @@ class CandidateIndexedMetric(Metric):
         return unsqueezed
 
     def _check_index(self, index: Any, batch: int, batch_name: str) -> Tensor:
-        """Validate ``index`` as ``LongTensor[batch]`` of ids in ``[0, num_candidates)``."""
+        """``index`` as ``LongTensor[batch]`` of ids in ``[0, num_candidates)``."""
         index = check_id_vector("index", index, batch, batch_name, "candidate id")
         if batch and (bool((index < 0).any()) or bool((index >= self.num_candidates).any())):
             raise ValueError(
@@ -71,7 +64,7 @@ class CandidateIndexedMetric(Metric):
         return index.to(device=self.counts.device, dtype=torch.long)
 
     def _check_activations(self, activations: Any, num_units: int) -> Tensor:
-        """Validate ``(B, U)`` or ``(B, K, U)`` activations; return ``(B, U)`` in the state dtype."""
+        """``(B, U)`` or ``(B, K, U)`` activations as ``(B, U)`` in the state dtype."""
         if not isinstance(activations, Tensor):
             raise TypeError(
                 f"`activations` must be a torch.Tensor of shape (B, U) or (B, K, U), got "
@@ -92,7 +85,7 @@ class CandidateIndexedMetric(Metric):
         self.counts.index_add_(0, index, torch.ones_like(index, dtype=self.counts.dtype))
 
     def _seen(self) -> Tensor:
-        """Candidate ids with count > 0; raise if fewer than 2 (every metric compares candidates)."""
+        """Candidate ids with count > 0 (at least 2)."""
         ids = (self.counts > 0).nonzero().squeeze(1)
         if ids.numel() < 2:
             raise ValueError(

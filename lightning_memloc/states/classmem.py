@@ -16,20 +16,10 @@ __all__ = ["ClassMem"]
 
 
 class ClassMem(UnitMem):
-    """ClassMem of every unit of one layer, accumulated over batches of labelled candidates.
+    """ClassMem of every unit of one layer over batches of labelled candidates.
 
-    Same per-candidate states as :class:`UnitMem` plus each candidate's label (reduced with
-    ``max`` across processes; a ``label_sums`` state summed like the counts detects a candidate
-    given two different labels). :meth:`compute` applies
-    :func:`lightning_memloc.functional.classmem` to the per-candidate means of the candidates seen.
-
-    Args:
-        num_candidates: size of the candidate set; ids are ``0 .. num_candidates - 1``.
-        num_units: number of units ``U`` of the layer.
-        reduction: ``"mean"`` (the paper) or ``"median"`` over the other classes.
-        negative: ``"clamp"``, ``"shift"`` or ``"error"``, applied to the class means.
-        state_dtype: ``torch.float32`` (default) or ``torch.float64`` for the sums.
-        kwargs: passed to :class:`torchmetrics.Metric`.
+    :class:`UnitMem`'s states plus each candidate's label (``max``-reduced; ``label_sums`` catches
+    a candidate given two labels).
 
     Example:
         >>> metric = ClassMem(num_candidates=3, num_units=2)
@@ -57,13 +47,7 @@ class ClassMem(UnitMem):
         self.add_state("label_sums", torch.zeros(num_candidates, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, activations: Tensor, index: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        """Add a batch of unit activations with the candidates' class labels.
-
-        Args:
-            activations: ``(B, U)`` or ``(B, K, U)`` unit activations.
-            index: ``LongTensor[B]`` candidate ids of the rows.
-            labels: ``LongTensor[B]`` class ids (``>= 0``) of the rows.
-        """
+        """Add ``(B, U)`` or ``(B, K, U)`` activations of candidates ``index`` with class ``labels`` ``(B,)``."""
         x = self._check_activations(activations, self.num_units)
         idx = self._check_index(index, x.shape[0], "activations")
         labels = check_id_vector("labels", labels, x.shape[0], "activations", "class id")
@@ -79,13 +63,7 @@ class ClassMem(UnitMem):
         self._add_counts(idx)
 
     def compute(self) -> Dict[str, Tensor]:  # type: ignore[override]
-        """ClassMem of the candidates seen.
-
-        Returns:
-            ``{"class_mem": Tensor[U] in [0, 1], "class_argmax": LongTensor[U] class labels}`` plus the
-            UnitMem results of the same states (``"unit_mem"``, ``"unit_argmax"``, ``"dead_units"``):
-            one metric serves both without storing the sums twice.
-        """
+        """``class_mem`` ``(U,)``, ``class_argmax`` (a class), plus UnitMem's ``unit_mem``, ``unit_argmax``, ``dead_units``."""
         units = super().compute()
         ids, mu = self.mean_activations()
         labels = self.labels[ids].long()

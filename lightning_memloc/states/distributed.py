@@ -1,12 +1,4 @@
-"""DDP helpers: every collective of a sharded measurement in one place.
-
-Under DDP the candidates are sharded across ranks while the metric states stay indexed by
-candidate id, so a sharded pass gives the single-process answer of Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024). The collectives it needs live here: the
-in-place sum of the metric states (``dist_sync_fn``), rank 0's buffers for the duration of a
-pass, the reassembly of strided shards, and the agreement of all ranks before raising. Each is a
-no-op in a single process; see ``docs/ddp.md``.
-"""
+"""DDP helpers: every collective of a sharded measurement in one place (no-ops in one process; ``docs/ddp.md``)."""
 
 from __future__ import annotations
 
@@ -23,25 +15,19 @@ __all__ = ["gather_rows", "is_distributed", "max_across_ranks", "rank_zero_buffe
 
 
 def is_distributed(world_size: int) -> bool:
-    """Whether collectives are needed: more than one rank and an initialised process group."""
+    """More than one rank and an initialised process group."""
     return world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def max_across_ranks(tensor: Tensor, world_size: int) -> Tensor:
-    """``tensor`` replaced, in place, by its element-wise maximum over the ranks (e.g. "any rank saw NaN").
-
-    Collective when :func:`is_distributed`; otherwise ``tensor`` unchanged.
-    """
+    """``tensor`` replaced in place by its element-wise maximum over the ranks (collective when distributed)."""
     if is_distributed(world_size):
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return tensor
 
 
 def sum_across_ranks(tensor: Tensor, world_size: int) -> Tensor:
-    """``tensor`` replaced, in place, by its element-wise sum over the ranks (counts of the shards).
-
-    Collective when ``world_size > 1`` (a process group must then be initialised).
-    """
+    """``tensor`` replaced in place by its element-wise sum over the ranks (collective when ``world_size > 1``)."""
     if world_size > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
@@ -49,12 +35,9 @@ def sum_across_ranks(tensor: Tensor, world_size: int) -> Tensor:
 
 @contextmanager
 def synced_states(metric: Any) -> Iterator[None]:
-    """A torchmetrics metric's states summed over the ranks once, for the duration of the context.
+    """A metric's states synced once for the context, so ``compute()`` and the evidence share one sync.
 
-    The meter builds its metrics with ``sync_on_compute=False`` and syncs them here, so that
-    ``compute()`` and the evidence's per-candidate means of one metric share a single sync (with
-    the metric's own ``dist_sync_fn``, e.g. :func:`reduce_states_in_place`); the local states are
-    restored on exit. A no-op in a single process. Collective: enter on every rank, in one order.
+    Collective: enter on every rank, in one order.
     """
     with metric.sync_context(dist_sync_fn=metric.dist_sync_fn):
         yield
@@ -63,15 +46,8 @@ def synced_states(metric: Any) -> Iterator[None]:
 def reduce_states_in_place(tensor: Tensor, group: Optional[Any] = None) -> List[Tensor]:
     """``dist_sync_fn`` of the meter's metrics: sum floating states with an in-place ``all_reduce``.
 
-    torchmetrics' default sync all-gathers every state, so during ``compute`` each rank briefly
-    holds ``W`` gathered copies plus ``W`` stacked copies of an ``N × U`` state (``W`` = world
-    size): about ``2·W + 2`` copies, 18 on 8 GPUs; reduced in place, about 4 whatever ``W`` is.
-    Every floating state of ``UnitMem`` / ``ClassMem`` / ``LayerMem`` (per-candidate sums and
-    counts) is reduced with ``sum``, so an in-place ``all_reduce(SUM)`` returned as a one-element
-    list gives torchmetrics' ``sum`` the same result with no gathered copies. torchmetrics caches
-    the local states before syncing and restores them after ``compute``, so reducing the live
-    tensor is safe. Integer states (ClassMem's labels, reduced with ``max``; 16 bytes per
-    candidate) keep the default all-gather.
+    The default all-gather holds ~``2·W + 2`` copies of an ``N × U`` state; in place, ~4. Safe because
+    torchmetrics restores the cached local states after ``compute``; integer states keep the all-gather.
     """
     if not tensor.is_floating_point():
         return gather_all_tensors(tensor, group)
@@ -81,16 +57,10 @@ def reduce_states_in_place(tensor: Tensor, group: Optional[Any] = None) -> List[
 
 @contextmanager
 def rank_zero_buffers(world_size: int, *modules: Optional[nn.Module]) -> Iterator[None]:
-    """Give every rank rank 0's buffers (BatchNorm running statistics) for the duration of a pass.
+    """Give every rank rank 0's buffers (BatchNorm statistics) for a pass; each rank's own are restored on exit.
 
-    DDP keeps the parameters identical on every rank, but not the buffers: it broadcasts rank 0's
-    at the start of each training forward, after which every rank updates its BatchNorm running
-    statistics with its own batch. At the end of an epoch the ranks therefore hold slightly
-    different encoders, and a sharded measurement would mix them; checkpoints, and the weights
-    ``ddp_spawn`` hands back, hold rank 0's. Inside this context every rank measures with rank 0's
-    buffers, so the sharded result equals a single-process measurement of the checkpointed
-    weights; each rank's own buffers are restored on exit (training is left untouched, also with
-    ``broadcast_buffers=False``). A no-op in a single process. Collective: call on every rank.
+    DDP lets the ranks' buffers drift apart; checkpoints hold rank 0's, so a sharded measurement
+    must use them. Collective: call on every rank.
     """
     buffers: List[Tensor] = []
     if is_distributed(world_size):
@@ -113,11 +83,7 @@ def rank_zero_buffers(world_size: int, *modules: Optional[nn.Module]) -> Iterato
 
 
 def gather_rows(local: Tensor, total: int, world_size: int) -> Tensor:
-    """All ranks' strided shards (rank r holds rows ``r::world_size``) reassembled in order, on every rank.
-
-    Shards differ in length by at most one; they are padded to the same length for
-    ``all_gather`` and the padding is dropped (no duplicated rows). Collective under DDP.
-    """
+    """All ranks' strided shards (rank r holds rows ``r::world_size``) reassembled in order on every rank (collective)."""
     if world_size == 1:
         return local
     rows = math.ceil(total / world_size)

@@ -1,9 +1,4 @@
-"""Streaming SSLMem / LayerMem / ΔLayerMem.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024), on top of SSLMem
-(Wang et al., *Memorization in Self-Supervised Learning Improves Downstream Generalization*,
-ICLR 2024).
-"""
+"""Streaming SSLMem / LayerMem / ΔLayerMem."""
 
 from __future__ import annotations
 
@@ -20,22 +15,9 @@ __all__ = ["LayerMem"]
 
 
 class LayerMem(CandidateIndexedMetric):
-    """SSLMem per candidate and LayerMem per layer, accumulated over batches of candidates.
+    """SSLMem per candidate and LayerMem per layer over batches of candidates.
 
-    The states are per-candidate sums of the encoder's and of the reference's alignment at every
-    layer and a per-candidate count (summed across processes; a candidate seen twice keeps the
-    same mean). :meth:`compute` averages them per candidate and applies
-    :func:`~lightning_memloc.functional.sslmem` (range-normalised per layer over the candidates
-    seen), :func:`~lightning_memloc.functional.layermem` and
-    :func:`~lightning_memloc.functional.delta_layermem`; the top-k / least-k groups (the paper's
-    "Top50"/"Least50") are ranked by normalised SSLMem at the last layer.
-
-    Args:
-        num_candidates: size of the candidate set; ids are ``0 .. num_candidates - 1``.
-        num_layers: number of layers ``L`` (in forward order).
-        top_k: size of the top / least groups (``min(top_k, N')`` are used).
-        state_dtype: ``torch.float32`` (default) or ``torch.float64`` for the sums.
-        kwargs: passed to :class:`torchmetrics.Metric`.
+    Top / least ``top_k`` groups ("Top50"/"Least50") are ranked by normalised SSLMem at the last layer.
 
     Example:
         >>> metric = LayerMem(num_candidates=3, num_layers=2, top_k=1)
@@ -80,13 +62,7 @@ class LayerMem(CandidateIndexedMetric):
         return value.detach().to(device=self.counts.device, dtype=self.counts.dtype)
 
     def update(self, align_encoder: Tensor, align_reference: Tensor, index: Tensor) -> None:
-        """Add a batch of per-layer alignments.
-
-        Args:
-            align_encoder: ``(L, B)`` alignment of each candidate at each layer under the encoder.
-            align_reference: ``(L, B)`` the same under the reference encoder (same views).
-            index: ``LongTensor[B]`` candidate ids of the columns.
-        """
+        """Add ``(L, B)`` alignments under the encoder and the reference for candidates ``index``."""
         enc = self._check_align("align_encoder", align_encoder)
         ref = self._check_align("align_reference", align_reference)
         if enc.shape != ref.shape:
@@ -100,14 +76,7 @@ class LayerMem(CandidateIndexedMetric):
         self._add_counts(idx)
 
     def compute(self) -> Dict[str, Tensor]:
-        """SSLMem and LayerMem over the ``N'`` candidates seen.
-
-        Returns:
-            ``{"sslmem_raw": [L, N'], "sslmem": [L, N'], "layer_mem": [L],
-            "delta_layer_mem": [L], "layer_mem_top": [L], "layer_mem_least": [L],
-            "candidate_ids": [N'], "top_ids": [k'], "least_ids": [k']}`` with
-            ``k' = min(top_k, N')``; ids are candidate ids.
-        """
+        """``sslmem_raw``/``sslmem`` ``(L, N')``, ``layer_mem``/``delta_layer_mem``/``layer_mem_top``/``layer_mem_least`` ``(L,)``, ids."""
         ids = self._seen()
         counts = self.counts[ids]
         enc = self.enc_sums[:, ids] / counts

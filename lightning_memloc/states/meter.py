@@ -1,8 +1,6 @@
 """``MemorizationMeter``: the streaming metric states of one measurement pass.
 
-Per tapped layer a :class:`~lightning_memloc.states.UnitMem` (or ``ClassMem`` with labels) and,
-with a reference, one multi-layer ``LayerMem``; states are indexed by candidate id and reduced with
-``sum`` across processes (DDP equals one process), O(N·U) per layer at most.
+Per tapped layer a ``UnitMem`` (``ClassMem`` with labels) and, with a reference, one multi-layer ``LayerMem``.
 """
 
 from __future__ import annotations
@@ -41,16 +39,10 @@ def state_bytes(
     dtype: torch.dtype = torch.float32,
     alignment: bool = False,
 ) -> int:
-    """Bytes held by a meter's states (before any result is computed): exactly the sum of the
-    sizes of :class:`MemorizationMeter`'s metric states.
+    """Exact bytes of :class:`MemorizationMeter`'s metric states (every DDP rank holds them all).
 
-    With ``N`` candidates, ``L`` layers of ``U_l`` units and ``b`` bytes per element of ``dtype``:
-    UnitMem keeps per layer a sum per candidate per unit and a count per candidate,
-    ``N·(U_l + 1)·b`` (ClassMem adds two int64 label states, ``16·N``); LayerMem keeps the
-    encoder's and the reference's alignment sums per candidate per layer and one count per
-    candidate, ``(2·L + 1)·N·b``; with ``alignment`` and no reference (the reference-free evidence)
-    :class:`~lightning_memloc.states.ViewAlignment` keeps ``(L + 1)·N·b``. Every rank of a DDP run holds the full states (they are indexed
-    by candidate id); ``compute`` needs temporary space on top (see ``docs/ddp.md``).
+    ``Σ_l N·(U_l + 1)·b`` (+ ``16·N`` per layer with labels), + ``(2·L + 1)·N·b`` with a reference
+    or ``(L + 1)·N·b`` with ``alignment``.
 
     Example:
         >>> state_bytes(50_000, {"a": 2048}, reference=False, labels=False)
@@ -70,7 +62,7 @@ def state_bytes(
 
 
 def format_bytes(n: int) -> str:
-    """``'390.8 MiB (409,800,000 bytes)'``: readable, and exact for small sizes.
+    """Readable byte count, exact for small sizes.
 
     Example:
         >>> format_bytes(409_800_000), format_bytes(512)
@@ -87,18 +79,10 @@ def format_bytes(n: int) -> str:
 def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
                        limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None,
                        alignment: bool = False) -> Optional[str]:
-    """Refuse metric states over ``limit`` bytes, before any measurement (:func:`state_bytes`).
+    """``MemoryError`` if the metric states (:func:`state_bytes`) exceed ``limit`` bytes, before any measurement.
 
-    Args:
-        num_rows: rows of the states (candidates plus control / unseen images).
-        num_units: layer -> units.
-        reference, labels, alignment: as for :class:`MemorizationMeter`.
-        limit: bytes allowed (``None``: no limit, but a note past a quarter of a GPU's memory).
-        device: where the states live.
-        num_candidates: candidates named in the message (default ``num_rows``).
-
-    Returns a note to log when the states take over a quarter of a GPU without a limit, else ``None``;
-    raises ``MemoryError`` (naming ``memory_limit`` and the fixes) when they need more than ``limit``.
+    ``num_rows`` counts candidates plus control / unseen images. Returns a note to log when, with no
+    limit, the states take over a quarter of a GPU, else ``None``.
     """
     need = state_bytes(num_rows, num_units, reference=reference, labels=labels, alignment=alignment)
     if limit is not None and need > limit:
@@ -119,22 +103,11 @@ class MemorizationMeter(nn.Module):
     """Streaming UnitMem / ClassMem / LayerMem states for a set of layers.
 
     Args:
-        layers: the tapped layers, in forward order.
-        num_units: layer name -> number of units.
-        num_candidates: size of the candidate set (ids are ``0 .. num_candidates - 1``).
-        reference: whether alignments of a reference encoder will be given (LayerMem).
-        labels: whether labels will be given (ClassMem).
-        reduction: ``"mean"`` (the paper) or ``"median"`` (the authors' code) for μ-max.
-        negative: policy for negative activations, see
-            :func:`lightning_memloc.functional.apply_negative_policy`.
-        top_k: size of the top-k / least-k candidate groups for LayerMem.
-        state_dtype: dtype of the accumulated states.
-        groups: sizes of the control / unseen sets measured in the same pass (by name).
-        alignment: keep the encoder's own view alignments of the candidates and the unseen images
-            (the reference-free evidence, :mod:`lightning_memloc.report.evidence_free`); a reference's
-            LayerMem holds them already. The pass then computes them (:attr:`needs_alignment`).
-        view_shape: (C, H, W) of the views: per-channel view statistics are kept for
-            ``meta["view_stats"]`` (:meth:`update_views`); ``None`` or feature views: none.
+        reference: alignments of a reference encoder will be given (LayerMem).
+        labels: labels will be given (ClassMem).
+        groups: sizes of the control / unseen sets measured in the same pass, by name.
+        alignment: keep the encoder's own view alignments (the reference-free evidence).
+        view_shape: (C, H, W) of image views, to keep per-channel statistics for ``meta["view_stats"]``.
 
     Example:
         >>> import torch
@@ -197,12 +170,12 @@ class MemorizationMeter(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Device of the metric states (torchmetrics states are not buffers: ``buffers()`` cannot tell)."""
+        """Device of the metric states (they are not buffers, so ``buffers()`` cannot tell)."""
         return self.units[0].device
 
     @property
     def needs_alignment(self) -> bool:
-        """Whether :meth:`update` needs the encoder's alignments (a reference, or ``alignment=True``)."""
+        """Whether :meth:`update` needs the encoder's alignments."""
         return self.layer_mem is not None or self.alignment is not None
 
     def update(
@@ -213,17 +186,12 @@ class MemorizationMeter(nn.Module):
         align_reference: Optional[Mapping[str, Tensor]] = None,
         labels: Optional[Tensor] = None,
     ) -> None:
-        """Add one batch: per-layer (B, U) unit means and (B,) alignments of candidates ``index``.
-
-        With ``groups``, ``index`` holds positions in the pooled set (candidates first, then each
-        group in order): rows are routed to the candidates' or their group's states.
-        """
+        """Add per-layer (B, U) unit means and (B,) alignments at ``index`` (pooled positions with ``groups``)."""
         update = self._route if self.group_sizes else self._update_own
         update(index, unit_means, align_encoder, align_reference, labels)
 
     def update_views(self, index: Tensor, views: Tensor) -> None:
-        """Add a batch's views (B, K, C, H, W) at pooled positions ``index`` to the per-channel view
-        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (a no-op without ``view_shape``)."""
+        """Add views (B, K, C, H, W) at pooled positions ``index`` to the view statistics (if kept)."""
         if self.view_moments is not None:
             self.view_moments.update(views, index.to(self.device))
 
@@ -272,8 +240,7 @@ class MemorizationMeter(nn.Module):
                 meter.update(**sub)
 
     def unit_means(self, raw: bool = False) -> Dict[str, Tensor]:
-        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy (before it
-        with ``raw``), synced across processes (collective under DDP: call on every rank)."""
+        """Layer -> ``(N, U)`` mean activations after the negative policy (before it with ``raw``); collective."""
         out = {}
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):
@@ -289,11 +256,11 @@ class MemorizationMeter(nn.Module):
         return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
+        """Layer -> ``(N,)`` raw SSLMem (collective); needs ``reference=True``."""
         return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
 
     def encoder_alignment(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP)."""
+        """Layer -> ``(N,)`` the encoder's mean view alignment (collective)."""
         return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
 
     def alignments(self, *, sslmem: bool, encoder: bool) -> Tuple[Optional[Dict[str, Tensor]], Optional[Dict[str, Tensor]]]:
@@ -313,13 +280,7 @@ class MemorizationMeter(nn.Module):
 
     def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
                        evidence: Optional[EvidenceOptions] = None) -> MemorizationReport:
-        """Compute every metric (collective under DDP: call on every rank) into a report.
-
-        Args:
-            candidate_ids: (N,) user-facing ids of the candidates, by position.
-            meta: settings recorded in the report (with ``"view_stats"``, the per-channel ``mean`` /
-                ``std`` of every view of the pass, when :meth:`update_views` saw image views).
-        """
+        """Compute every metric into a report for ``(N,)`` user-facing ``candidate_ids`` (collective)."""
         ids = candidate_ids.detach().cpu().long()
         align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
         unit_mem: Dict[str, Tensor] = {}

@@ -1,29 +1,8 @@
-"""Cache of a frozen reference's per-candidate, per-layer view alignment.
+"""Cache of a frozen reference's per-candidate, per-layer view alignment, so later passes run only ``f``.
 
-SSLMem compares the alignment of every candidate's K views under the encoder ``f`` with the
-same under the reference ``g`` (Wang et al., *Localizing Memorization in SSL Vision Encoders*,
-NeurIPS 2024, §3; SSLMem: Wang et al., ICLR 2024). With a reference that does not train, g's
-alignment depends only on g's weights and buffers, the views (candidates, control/unseen
-groups, K, seed, transform), the tapped layers and the pairing. A :class:`ReferenceCache`
-keeps it, so that every later monitor pass or ``measure()`` call runs only ``f``.
-
-The key is exact, never stale:
-
-- the **model key**: a BLAKE2 digest of every tensor of g's ``state_dict`` and of all its
-  buffers (names, dtypes, shapes and bytes), of g's structure (every sub-module's class, settings
-  such as padding or activation slopes, the code of its methods, its forward hooks:
-  :func:`~lightning_memloc.states.module_digest.structure_digest`), g's device and dtype, torch's
-  float32 matmul precision, the layer names, the pairing and the ``autocast`` of the forwards
-  (a float32 value is never reused for a bf16 pass). Entries are stored under it: after any
-  change they are never read again. A reference whose structure cannot be digested is not
-  cached (a warning says why): g runs at every pass.
-- the **batch key**: a digest of the batch's candidate positions and of the very input tensor
-  the reference would see (views, plus anchors with ``pairing="anchor"``). Views are made for
-  ``f`` anyway, so a change of candidates, pooled groups, K, seed, transform or batch size
-  shows up as another key (a miss: g runs), never as a wrong value.
-
-The values are the same tensors an uncached pass computes, so a cached pass gives results
-identical to an uncached one. A co-trained reference is never cached by the monitor.
+Entries are keyed exactly, never stale: the model key digests g's tensors, buffers and structure,
+device, dtype, numerics, layers, pairing and autocast; the batch key digests the candidate
+positions and the very input tensor g would see.
 """
 
 from __future__ import annotations
@@ -49,7 +28,7 @@ __all__ = ["ReferenceCache", "frozen_reference", "model_digest", "tensor_digest"
 
 
 def _update(hasher: "hashlib._Hash", tensor: Tensor) -> None:
-    """Feed a tensor's dtype, shape and raw bytes (any dtype, any device) to ``hasher``."""
+    """Feed a tensor's dtype, shape and raw bytes to ``hasher``."""
     t = tensor.detach()
     hasher.update(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
@@ -71,11 +50,7 @@ def tensor_digest(*tensors: Tensor) -> str:
 
 
 def model_digest(model: nn.Module) -> str:
-    """Digest of ``model``'s class, every ``state_dict`` tensor, every buffer (persistent or not) and its structure.
-
-    Raises:
-        UnkeyableModuleError: see :func:`~lightning_memloc.states.module_digest.structure_digest`.
-    """
+    """Digest of ``model``'s class, structure, ``state_dict`` and every buffer; ``UnkeyableModuleError`` if undigestable."""
     hasher = hashlib.blake2b(digest_size=20)
     hasher.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
     hasher.update(structure_digest(model).encode())
@@ -90,11 +65,7 @@ def model_digest(model: nn.Module) -> str:
 
 
 class ReferenceCache:
-    """Per-batch reference alignments of a frozen reference, reused while nothing changed.
-
-    Pass one instance to several :func:`~lightning_memloc.measure` calls (e.g. checkpoints of
-    ``f`` over training, all against one ``g``); :class:`~lightning_memloc.MemorizationMonitor`
-    keeps one for a frozen reference on its own. ``hits`` and ``misses`` count batches.
+    """Per-batch alignments of a frozen reference, reused while nothing changed; ``hits``/``misses`` count batches.
 
     Example:
         >>> import torch
@@ -126,14 +97,9 @@ class ReferenceCache:
         return self._tables.get(self.key, {}) if self.key is not None else {}
 
     def bind(self, reference: nn.Module, names: Sequence[str], pairing: str, autocast: Optional[str] = None) -> None:
-        """Set the model key of this pass (g's weights and buffers, layers, pairing, device, dtype, autocast).
+        """Set the model key of this pass; entries of the ``max_models`` most recent keys are kept.
 
-        ``autocast`` (``None``, ``"bf16"``, ``"fp16"``) is part of the key: a pass under autocast
-        never reads float32 values, nor the reverse (keys of float32 passes are as before it existed).
-
-        Entries of the ``max_models`` most recent keys are kept (2 by default: a monitor's
-        before-training point measures g with recalibrated BatchNorm statistics, every later
-        pass with g's own), older ones are dropped.
+        Two by default: a monitor's before-training point measures g with recalibrated BatchNorm statistics.
         """
         device_dtype = [str(t.device) + str(t.dtype) for t in list(reference.parameters())[:1]]
         precision = () if autocast is None else (f"autocast={autocast}",)
@@ -158,7 +124,7 @@ class ReferenceCache:
         return tensor_digest(torch.as_tensor(index, dtype=torch.long), inputs)
 
     def get(self, key: str, device: Optional[torch.device] = None) -> Optional[Dict[str, Tensor]]:
-        """The stored per-layer alignments of a batch on ``device`` (a hit), or ``None`` (a miss)."""
+        """A batch's stored per-layer alignments on ``device`` (a hit), or ``None`` (a miss)."""
         found = self.entries.get(key)
         if found is None:
             self.misses += 1
@@ -167,7 +133,7 @@ class ReferenceCache:
         return {name: value.to(device, copy=True) if device is not None else value.clone() for name, value in found.items()}
 
     def put(self, key: str, aligns: Dict[str, Tensor]) -> None:
-        """Store a batch's per-layer alignments (small: B values per layer) under the bound model key."""
+        """Store a batch's per-layer alignments under the bound model key."""
         if self.refused is not None:
             return
         if self.key is None:
@@ -195,11 +161,7 @@ class ReferenceCache:
 
     @classmethod
     def load(cls, path: PathLike, missing_ok: bool = False) -> "ReferenceCache":
-        """Read a cache written by :meth:`save` (a new, empty one if ``missing_ok`` and no file).
-
-        Entries are only used for a reference whose model key matches, so a file from another
-        reference, layers or pairing is harmless (every batch misses).
-        """
+        """Read a cache written by :meth:`save` (an empty one if ``missing_ok`` and no file); foreign keys just miss."""
         path = Path(path)
         if missing_ok and not path.exists():
             return cls()
@@ -217,13 +179,7 @@ class ReferenceCache:
 
 
 def frozen_reference(owner: nn.Module, reference: Optional[nn.Module]) -> bool:
-    """Whether ``reference`` may be cached: it is not a submodule of the trained ``owner``.
-
-    A co-trained reference (a submodule of the LightningModule) changes every step and is never
-    cached, even when its parameters do not require grad (e.g. an EMA target). Any other
-    reference (a module or a checkpoint given to the monitor) is cached; should its weights
-    change anyway, the model key sees it and the cache is cleared.
-    """
+    """Whether ``reference`` may be cached: not a submodule of the trained ``owner`` (an EMA target changes every step)."""
     if reference is None:
         return False
     return not any(module is reference for module in owner.modules())

@@ -15,22 +15,7 @@ __all__ = ["UnitMem"]
 
 
 class UnitMem(CandidateIndexedMetric):
-    """UnitMem of every unit of one layer, accumulated over batches of candidates.
-
-    The state is a per-candidate sum of unit activations and a per-candidate count, indexed by
-    candidate id and summed across processes, so batch size, order, sharding and the padding of a
-    ``DistributedSampler`` do not change the result (a candidate seen twice has the same mean).
-    :meth:`compute` applies :func:`lightning_memloc.functional.unitmem` to the per-candidate means
-    of the candidates seen.
-
-    Args:
-        num_candidates: size of the candidate set; ids are ``0 .. num_candidates - 1``.
-        num_units: number of units ``U`` of the layer.
-        reduction: ``"mean"`` (the paper) or ``"median"`` (the authors' code) for μ-max.
-        negative: ``"clamp"``, ``"shift"`` or ``"error"``, see
-            :func:`lightning_memloc.functional.apply_negative_policy`.
-        state_dtype: ``torch.float32`` (default) or ``torch.float64`` for the sums.
-        kwargs: passed to :class:`torchmetrics.Metric`.
+    """UnitMem of every unit of one layer over batches of candidates (per-candidate sums and counts).
 
     Example:
         >>> metric = UnitMem(num_candidates=3, num_units=2)
@@ -61,13 +46,7 @@ class UnitMem(CandidateIndexedMetric):
         self.add_state("sums", torch.zeros(num_candidates, num_units, dtype=state_dtype), dist_reduce_fx="sum")
 
     def update(self, activations: Tensor, index: Tensor) -> None:
-        """Add a batch of unit activations.
-
-        Args:
-            activations: ``(B, U)`` unit activations (already averaged over the views) or
-                ``(B, K, U)`` per view (averaged over ``K`` here).
-            index: ``LongTensor[B]`` candidate ids of the rows.
-        """
+        """Add ``(B, U)`` view-averaged or ``(B, K, U)`` per-view activations of candidates ``index``."""
         x = self._check_activations(activations, self.num_units)
         idx = self._check_index(index, x.shape[0], "activations")
         self.sums.index_add_(0, idx, x)
@@ -79,12 +58,7 @@ class UnitMem(CandidateIndexedMetric):
         return ids, self.sums[ids] / self.counts[ids].unsqueeze(1)
 
     def compute(self) -> Dict[str, Union[Tensor, int]]:
-        """UnitMem of the candidates seen.
-
-        Returns:
-            ``{"unit_mem": Tensor[U] in [0, 1], "unit_argmax": LongTensor[U] candidate ids (-1: dead unit),
-            "dead_units": BoolTensor[U], "num_candidates": int}`` (the number of candidates seen).
-        """
+        """``unit_mem`` ``(U,)``, ``unit_argmax`` candidate ids (-1: dead), ``dead_units`` ``(U,)``, ``num_candidates`` seen."""
         ids, mu = self.mean_activations()
         return {
             "unit_mem": unitmem(mu, reduction=self.reduction, negative=self.negative),

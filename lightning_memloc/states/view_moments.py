@@ -15,17 +15,7 @@ __all__ = ["ViewMoments"]
 
 
 class ViewMoments(CandidateIndexedMetric):
-    """Per-channel mean and std over every pixel of every view, indexed by candidate.
-
-    The states are per-candidate means of ``x`` and ``x²`` over its views and pixels (float64),
-    summed with a per-candidate count, so a candidate seen twice (``DistributedSampler`` padding)
-    counts once and a sharded pass gives the single-process result. Every candidate has the same
-    number of view pixels, so the mean over candidates of their means is the pixel mean:
-    ``mean_c = mean_i μ_ic``, ``std_c = sqrt(mean_i E_i[x_c²] − mean_c²)``.
-
-    Args:
-        num_candidates: rows of the states (candidate positions).
-        num_channels: C of the views.
+    """Per-channel mean and std over every pixel of every view: ``std_c = sqrt(mean_i E_i[x_c²] − mean_c²)``.
 
     Example:
         >>> m = ViewMoments(2, 1)

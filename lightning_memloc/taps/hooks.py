@@ -1,15 +1,7 @@
 """Choosing the layers to measure, tapping them with forward hooks, reducing their outputs.
 
-UnitMem and LayerMem (Wang et al., *Localizing Memorization in SSL Vision Encoders*,
-NeurIPS 2024) are computed per layer: :func:`resolve_layers` picks the modules (explicit names or
-``"auto"``), :class:`LayerTaps` hooks them, :func:`unit_activations` reduces an output to units
-(conv channel: mean over space; linear feature: mean over tokens) and
-:func:`flat_representation` gives the L2-normalised vector of SSLMem's alignment.
-
-Extension point: ``"auto"`` tries the rules of :data:`AUTO_RULES` in order, each a function
-``(model) -> list[LayerSpec | str] | None`` (a bare name gets its kind from its output rank); the
-first proposal that survives the probe (modules run exactly once, outermost only) wins.
-:func:`register_auto_rule` adds a rule (e.g. for ViTs) before the generic activation fallback.
+``"auto"`` tries :data:`AUTO_RULES` in order (extend with :func:`register_auto_rule`); the first
+proposal that survives the probe (modules run exactly once, outermost only) wins.
 """
 
 from __future__ import annotations
@@ -45,12 +37,7 @@ _EPS = 1e-12
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """A tapped layer: its name in ``model.named_modules()`` and its kind.
-
-    Args:
-        name: module name, e.g. ``"res1.conv2"``.
-        kind: ``"conv"`` (4-D output, units are channels), ``"linear"`` (2-D or 3-D output, units
-            are features), ``"attention"`` or ``"mlp"`` (transformer blocks).
+    """A tapped layer: its name in ``model.named_modules()`` and its kind (one of :data:`LAYER_KINDS`).
 
     Example:
         >>> LayerSpec("conv1", "conv")
@@ -70,16 +57,14 @@ class LayerSpec:
 AutoRule = Callable[[nn.Module], Optional[Sequence[Union[str, LayerSpec]]]]
 
 
-#: Residual blocks ``layers="auto"`` taps, as ``(module, class name)``: torchvision's, timm's and
-#: lightly's ``BasicBlock`` / ``Bottleneck`` (matched by name, so timm is never imported here).
+#: Residual blocks ``layers="auto"`` taps, as ``(module, class name)`` (matched by name: timm is never imported).
 RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(
     (module, cls) for module in ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet")
     for cls in ("BasicBlock", "Bottleneck")
 )
 
 
-#: A module class whose class attribute of this name is ``True`` is one whole layer for ``"auto"`` (as
-#: :class:`~lightning_memloc.models.ConvBlock`): models mark their layers, the taps import no model.
+#: Class attribute marking a module class as one whole layer for ``"auto"`` (the taps import no model).
 LAYER_MARKER = "memloc_layer"
 
 
@@ -93,14 +78,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
-    """Every marked layer (:data:`LAYER_MARKER`: a ``ConvBlock``), residual block and ResNet stem activation.
-
-    The stem activation is an activation that is a direct child of a module that also holds a
-    stage (an ``nn.Sequential`` of residual blocks): ``relu`` of a torchvision ``ResNet``,
-    ``act1`` of a timm ``ResNet``, or ``"2"`` of lightly's
-    ``nn.Sequential(*list(resnet18().children())[:-1])``. lightly's ``ResNetGenerator`` applies
-    its stem ReLU functionally: only its blocks are tapped.
-    """
+    """Every marked layer, residual block and stem activation (a sibling of a stage of residual blocks)."""
     marked = {n for n, m in model.named_modules() if getattr(type(m), LAYER_MARKER, False) is True}
     names = [n for n, m in model.named_modules() if n and (n in marked or is_residual_block(m))]
     if not names:
@@ -177,7 +155,7 @@ class _Call:
 
 
 def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
-    """One eval-mode, no-grad forward recording order, call count and output rank per module."""
+    """One eval-mode, no-grad forward recording each module's order, call count and output rank."""
     record: Dict[str, _Call] = {}
     counter = itertools.count()
 
@@ -221,29 +199,10 @@ def _select(proposed: Sequence[Union[str, LayerSpec]], record: Dict[str, _Call])
 
 def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, LayerSpec]]],
                    example_input: Any) -> List[LayerSpec]:
-    """Resolve ``layers`` to :class:`LayerSpec` in forward execution order.
+    """``layers`` (``"auto"``, names or :class:`LayerSpec`) as :class:`LayerSpec` in forward order.
 
-    A probe forward with ``example_input`` (eval mode, no grad; a tuple/list is unpacked as
-    positional arguments, a dict as keyword arguments) orders the layers and infers their kind
-    from the output rank. Every module's train/eval mode is restored afterwards, also on error.
-
-    ``"auto"``: every marked layer (a :class:`~lightning_memloc.models.ConvBlock`), torchvision / timm / lightly
-    ``BasicBlock`` / ``Bottleneck`` and the ResNet stem activation (ResNet9 gives the paper's layers 1..8, Wang et
-    al., NeurIPS 2024); otherwise every rectifier-like activation. Only modules called exactly
-    once per forward are picked, and none inside another picked module.
-
-    Args:
-        model: the encoder.
-        layers: ``"auto"`` or module names (or :class:`LayerSpec`, whose kind is kept).
-        example_input: a small batch the model accepts.
-
-    Returns:
-        The layers, in the order their forward passes complete.
-
-    Raises:
-        LayerNotFoundError: an explicit name is not in ``model.named_modules()``.
-        ValueError: empty or duplicate names, a layer run zero or several times per forward, an
-            output that is not 2-D, 3-D or 4-D, or ``"auto"`` finding nothing.
+    A probe forward with ``example_input`` (a tuple/list unpacked, a dict as keywords) orders the
+    layers and infers kinds from the output rank; ``"auto"`` on ResNet9 gives the paper's layers 1..8.
 
     Example:
         >>> import torch
@@ -291,11 +250,7 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, Laye
 
 
 def unit_activations(output: Any) -> Tensor:
-    """Per-unit activations ``(B, U)`` of a layer output (the units of UnitMem).
-
-    ``(B, C, H, W)`` → mean over space (a unit is a channel); ``(B, T, D)`` → mean over tokens;
-    ``(B, D)`` as is (the same tensor); a tuple/list → its first element. Dtype and device are
-    kept; non-contiguous inputs are fine.
+    """Per-unit activations ``(B, U)``: ``(B, C, H, W)`` mean over space, ``(B, T, D)`` over tokens, ``(B, D)`` as is.
 
     Example:
         >>> import torch
@@ -313,10 +268,7 @@ def unit_activations(output: Any) -> Tensor:
 
 
 def flat_representation(output: Any) -> Tensor:
-    """Flattened, L2-normalised representation ``(B, D)`` (the r_l of SSLMem's alignment).
-
-    A tuple/list gives its first element. An all-zero row stays zero (no NaN). Half-precision
-    inputs are normalised in float32 and cast back.
+    """Flattened, L2-normalised ``(B, D)`` (SSLMem's r_l); an all-zero row stays zero, half normalised in float32.
 
     Example:
         >>> import torch
@@ -335,19 +287,9 @@ def flat_representation(output: Any) -> Tensor:
 
 
 class LayerTaps:
-    """Context manager tapping named modules: each forward calls ``fn(name, output)``.
+    """Context manager tapping named modules: each forward calls ``fn(name, output)``; hooks removed on exit.
 
-    The hooks ignore ``fn``'s return value (outputs are never modified) and keep no reference to
-    the output once ``fn`` returns; reduce it inside ``fn`` (e.g. with :func:`unit_activations`).
-    All hooks are removed on exit, also when the block raises (``KeyboardInterrupt`` included).
-
-    Args:
-        model: the model holding the modules.
-        names: module names or :class:`LayerSpec` (e.g. the result of :func:`resolve_layers`).
-        fn: callback ``fn(name, output)``.
-
-    Raises:
-        LayerNotFoundError: a name is not in ``model.named_modules()``.
+    Outputs are never modified nor kept: reduce them inside ``fn``.
 
     Example:
         >>> import torch

@@ -1,21 +1,8 @@
 """Which parametrised modules produce a tapped layer's output: what fine-tuning a layer trains.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) fine-tune the layers
-where memorization is highest. A measured layer is a module whose *output* is measured; it may
-hold no parameter at all (a ReLU after a residual addition, timm's ``act2``, a ViT's ``mlp.act``,
-the stem ``relu`` of a torchvision ResNet, an activation inside a plain ``nn.Sequential``).
-Fine-tuning such a layer means training the weights that compute its output:
-
-- a tapped module that holds parameters (a ``ConvBlock``, a residual block, an attention
-  module, a conv / linear) is trained whole;
-- a parameter-free tap is produced by the modules registered before it in its parent: looking
-  back over its preceding siblings (skipping parameter-free ones and projection shortcuts), the
-  normalisation layers met on the way and the first module holding a conv / linear (or any other
-  parametrised module) are trained — e.g. ``conv1`` + ``bn1`` for a torchvision stem ``relu``,
-  ``mlp.fc1`` for timm's ``mlp.act``; when no sibling qualifies the search repeats one level up.
-
-The same look-back rule (the conv / linear and the norms after it) is the one
-:func:`~lightning_memloc.models.surgery.find_unit_targets` uses to find a layer's units.
+A tap with parameters is trained whole; a parameter-free tap (a ReLU, timm's ``mlp.act``) by its
+preceding siblings back to the first conv / linear with the norms after it (e.g. ``conv1`` + ``bn1``
+for a ResNet stem ``relu``), skipping shortcuts, one level up when none qualifies.
 """
 
 from __future__ import annotations
@@ -46,18 +33,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
-    """Names (in ``encoder.named_modules()``) of the parametrised modules producing ``layer``'s output.
-
-    Args:
-        encoder: the encoder the layer name refers to.
-        layer: a module name of ``encoder`` (a measured layer).
-
-    Returns:
-        Module names in registration order; ``[]`` when nothing before the layer holds parameters
-        (the layer's output then depends on no trainable weight).
-
-    Raises:
-        LayerNotFoundError: ``layer`` is not a module of ``encoder``.
+    """Names of the parametrised modules producing ``layer``'s output, in registration order (``[]``: none).
 
     Example:
         >>> seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
@@ -95,17 +71,13 @@ def producing_modules_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str
 
 
 def count_parameters(encoder: nn.Module, names: Sequence[str]) -> int:
-    """Number of scalar parameters held by the named modules (each parameter counted once)."""
+    """Scalar parameters held by the named modules, each counted once."""
     seen = {id(p): p.numel() for name in names for p in encoder.get_submodule(name).parameters()}
     return int(sum(seen.values()))
 
 
 def trainable_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[str]]:
-    """:func:`producing_modules_map`, raising when a layer would train no parameter.
-
-    Raises:
-        ValueError: naming every layer whose output depends on no parameter of ``encoder``.
-    """
+    """:func:`producing_modules_map`; ``ValueError`` naming every layer that would train no parameter."""
     mapping = producing_modules_map(encoder, layers)
     empty = [layer for layer, names in mapping.items() if count_parameters(encoder, names) == 0]
     if empty:

@@ -1,28 +1,8 @@
 """Vision Transformers: the ``layers="auto"`` rule, token units and per-kind summaries.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) find that in ViTs
-most memorization sits in the fully-connected (MLP) layers rather than in self-attention. To
-compare the two, every transformer block is tapped twice, in forward order:
-
-* ``"attention"``: the output of the self-attention module (torchvision's
-  ``EncoderBlock.self_attention``, an ``nn.MultiheadAttention`` whose ``(output, weights)`` tuple
-  the taps reduce to its first element; timm's ``Block.attn``);
-* ``"mlp"``: the MLP hidden units, i.e. the output of the activation inside the block's MLP
-  (torchvision ``MLPBlock`` = ``Sequential(Linear, GELU, Dropout, Linear, Dropout)`` → ``mlp.1``;
-  timm ``Mlp`` → ``mlp.act``).
-
-Importing this module registers :func:`vit_block_rule` with
-:func:`~lightning_memloc.taps.hooks.register_auto_rule` (once, also on reload). It recognises
-torchvision ``VisionTransformer`` / ``EncoderBlock``, timm-style blocks (any module with ``.attn``
-and ``.mlp.act``) and lightly's wrappers (``MaskedVisionTransformerTorchvision`` and, when timm is
-installed, ``MaskedVisionTransformerTIMM``), which hold those blocks under ``vit.``.
-
-Token units: a unit of a ``(B, T, D)`` layer output is one of the ``D`` features; its activation
-is the mean over all ``T`` tokens (DESIGN §1), class token included. :func:`token_unit_activations`
-also offers excluding the class token (patch tokens only) or using the class token alone.
-Negative activations (GELU ≥ −0.17, attention outputs of any sign) go through the library's
-``negative=`` policy (:func:`~lightning_memloc.functional.apply_negative_policy`); see
-``docs/vit.md``.
+Every transformer block is tapped twice: ``"attention"`` (the self-attention output) and ``"mlp"``
+(the MLP hidden activation), to compare where memorization sits (Wang et al., NeurIPS 2024).
+Importing this module registers :func:`vit_block_rule`; see ``docs/vit.md``.
 """
 
 from __future__ import annotations
@@ -56,7 +36,7 @@ def _torchvision_encoder_block() -> Optional[type]:
 
 
 def _first_activation(module: nn.Module) -> Optional[str]:
-    """Name (relative to ``module``) of the first activation child, e.g. ``"1"`` in an ``MLPBlock``."""
+    """Name of ``module``'s first activation child, e.g. ``"1"`` in an ``MLPBlock``."""
     for name, child in module.named_children():
         if isinstance(child, ACTIVATION_TYPES):
             return name
@@ -64,7 +44,7 @@ def _first_activation(module: nn.Module) -> Optional[str]:
 
 
 def _block_layers(name: str, block: nn.Module, encoder_block: Optional[type]) -> List[LayerSpec]:
-    """The attention and MLP-hidden taps of one block, or ``[]`` if it is not a transformer block."""
+    """The attention and MLP-hidden taps of one transformer block, else ``[]``."""
     prefix = f"{name}." if name else ""
     if encoder_block is not None and isinstance(block, encoder_block):
         act = _first_activation(block.mlp)
@@ -77,22 +57,7 @@ def _block_layers(name: str, block: nn.Module, encoder_block: Optional[type]) ->
 
 
 def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[LayerSpec]:
-    """Attention and MLP-hidden layers of every transformer block of ``model``, block by block.
-
-    Static (no forward pass): blocks come in ``named_modules()`` order, attention before MLP
-    inside a block. Pass the result as ``layers=`` to :func:`~lightning_memloc.measure` to tap a
-    subset, e.g. only the MLPs (Wang et al., NeurIPS 2024, locate most ViT memorization there).
-
-    Args:
-        model: a torchvision ``VisionTransformer``, a model with timm-style blocks, a lightly
-            masked ViT wrapper, or any module containing such blocks.
-        kinds: the kinds to keep, a subset of :data:`VIT_KINDS`.
-
-    Returns:
-        :class:`~lightning_memloc.taps.hooks.LayerSpec` list (empty if ``model`` has no block).
-
-    Raises:
-        ValueError: ``kinds`` holds something other than ``"attention"`` / ``"mlp"``.
+    """``kinds`` layers of every torchvision / timm-style transformer block of ``model``, statically, block by block.
 
     Example:
         >>> from lightning_memloc.models.vit import TinyViT
@@ -115,10 +80,7 @@ def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[Layer
 
 
 def vit_block_rule(model: nn.Module) -> Optional[List[LayerSpec]]:
-    """``layers="auto"`` rule for ViTs: :func:`vit_layers` with both kinds, or ``None`` if none.
-
-    :func:`~lightning_memloc.taps.hooks.resolve_layers` keeps the modules that run exactly once per
-    forward and orders them by forward execution (attention, then MLP, block after block).
+    """``layers="auto"`` rule for ViTs: :func:`vit_layers` with both kinds, or ``None``.
 
     Example:
         >>> import torch
@@ -131,7 +93,7 @@ def vit_block_rule(model: nn.Module) -> Optional[List[LayerSpec]]:
 
 
 def _register() -> None:
-    """Register :func:`vit_block_rule` once (a reload replaces the older copy instead of adding one)."""
+    """Register :func:`vit_block_rule` once (a reload replaces the older copy)."""
     rules = _taps.AUTO_RULES  # looked up at call time: tests may swap the list
     for i, rule in enumerate(rules):
         if getattr(rule, "__module__", None) == __name__ and getattr(rule, "__name__", None) == "vit_block_rule":
@@ -144,29 +106,10 @@ _register()
 
 
 def token_unit_activations(output: Any, class_token: str = "include", num_prefix_tokens: int = 1) -> Tensor:
-    """Per-unit activations ``(B, D)`` of a token sequence ``(B, T, D)`` under a class-token policy.
+    """Per-unit activations ``(B, D)`` of tokens ``(B, T, D)``: mean over all (``"include"``), over patches, or the class token.
 
-    * ``"include"`` (default, the library's rule): mean over all ``T`` tokens — exactly
-      :func:`~lightning_memloc.taps.hooks.unit_activations`. The class token is one token out of ``T``
-      (1/17 of the weight for a 4×4 patch grid), so it cannot dominate a unit, and the same rule
-      holds for every architecture, so CNN and ViT numbers stay comparable.
-    * ``"exclude"``: mean over the patch tokens only (tokens ``num_prefix_tokens:``), i.e. the
-      spatial mean of a CNN channel. Use when prefix tokens (class, register or distillation
-      tokens) should not count.
-    * ``"only"``: the first token (the class token): the unit's value in the image embedding.
-
-    Args:
-        output: a ``(B, T, D)`` tensor (a tuple/list gives its first element), or a ``(B, D)``
-            tensor (no token dimension; only ``"include"`` applies).
-        class_token: one of :data:`CLASS_TOKEN_POLICIES`.
-        num_prefix_tokens: tokens before the patches (1 for torchvision and most timm ViTs).
-
-    Returns:
-        ``Tensor[B, D]``.
-
-    Raises:
-        ValueError: unknown policy, ``num_prefix_tokens`` < 1 or leaving no patch token, or a
-            non-token output with ``"exclude"`` / ``"only"``.
+    ``"include"`` is the library's rule for every architecture; ``"exclude"`` drops the first
+    ``num_prefix_tokens``; ``"only"`` takes the first token.
 
     Example:
         >>> import torch
@@ -188,25 +131,10 @@ def token_unit_activations(output: Any, class_token: str = "include", num_prefix
 
 
 def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, Dict[str, float]]:
-    """Summaries per layer kind (e.g. ViT ``"attention"`` vs ``"mlp"``, Wang et al., NeurIPS 2024).
+    """``{kind: {statistic: value}}`` per layer kind (e.g. ViT ``"attention"`` vs ``"mlp"``).
 
-    For each kind in ``report.layer_kinds`` (in order of first appearance in ``report.layers``):
-
-    * ``"num_layers"``: number of layers of that kind;
-    * ``"unit_mem"``: mean UnitMem over all units of those layers (units pooled; dead units count
-      as 0, as in :meth:`~lightning_memloc.MemorizationReport.unit_mem_mean`);
-    * ``"fraction_above"``: fraction of those units with UnitMem > ``threshold``;
-    * ``"dead_fraction"``: fraction of dead units (e.g. attention units clamped to 0);
-    * with a reference encoder only: ``"layer_mem"`` and ``"delta_layer_mem"``, the mean LayerMem
-      and ΔLayerMem over those layers (ΔLayerMem of an MLP layer is its increase over the
-      attention layer before it: the paper's test of where memorization is added).
-
-    Args:
-        report: a measurement result.
-        threshold: UnitMem above which a unit counts as highly memorizing.
-
-    Returns:
-        ``{kind: {statistic: value}}``.
+    Statistics: ``num_layers``, pooled ``unit_mem``, ``fraction_above`` ``threshold``, ``dead_fraction``,
+    and with a reference the mean ``layer_mem`` and ``delta_layer_mem``.
 
     Example:
         >>> import torch

@@ -1,11 +1,4 @@
-"""Batched SimCLR augmentation with per-sample parameters from seeds (fast, device-agnostic).
-
-The SimCLR view distribution (Chen et al., ICML 2020) as used by Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024), applied to a whole batch at once: random
-resized crop and flip through one ``affine_grid``/``grid_sample``, colour jitter and random
-grayscale as batched arithmetic. Each sample's parameters come from its own seed, so a view does
-not depend on the batch it is computed in.
-"""
+"""Batched SimCLR augmentation (Chen et al., ICML 2020) with per-sample parameters from seeds (fast, device-agnostic)."""
 
 from __future__ import annotations
 
@@ -33,26 +26,10 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 
 
 class BatchedSimCLRAugment(nn.Module):
-    """SimCLR augmentation of a whole batch, with per-sample parameters drawn from ``seeds``.
+    """SimCLR augmentation of a whole batch, sample ``b``'s parameters drawn from ``seeds[b]`` alone.
 
-    Random resized crop and horizontal flip are one ``affine_grid``/``grid_sample`` (bilinear,
-    continuous crop boxes, no antialiasing); colour jitter (brightness, contrast, saturation,
-    hue as a YIQ rotation, a linear approximation of torchvision's HSV shift; applied in this fixed order with probability ``jitter_p``), random
-    grayscale and optional normalisation follow, batched. The parameters of sample ``b`` are
-    drawn on CPU in float64 from a splitmix64 stream keyed by ``seeds[b]`` alone, so a sample's
-    view does not depend on the rest of the batch, its order or the device. Used by
-    :class:`SeededViews` as the default transform for the views of Wang et al. (NeurIPS 2024).
-
-    Args:
-        size: output side length.
-        scale: range of the crop area as a fraction of the image area.
-        ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
-        flip_p: probability of a horizontal flip.
-        jitter: brightness, contrast, saturation, hue strengths (torchvision ``ColorJitter``).
-        jitter_p: probability of applying the colour jitter.
-        gray_p: probability of converting to grayscale (C = 3 only).
-        mean: per-channel normalisation mean (with ``std``), or ``None``.
-        std: per-channel normalisation std, or ``None``.
+    Resized crop and flip are one ``grid_sample``; colour jitter (hue as a YIQ rotation, approximating
+    torchvision's HSV shift), grayscale and optional ``mean``/``std`` normalisation follow, batched.
 
     Example:
         >>> import torch
@@ -100,7 +77,7 @@ class BatchedSimCLRAugment(nn.Module):
                 f"jitter={self.jitter}, jitter_p={self.jitter_p}, gray_p={self.gray_p}, mean={self.mean}, std={self.std}")
 
     def normalize(self, x: Tensor) -> Tensor:
-        """Apply the normalisation only (identity without ``mean``/``std``); ``x`` is (B, C, H, W)."""
+        """The normalisation alone on (B, C, H, W) (identity without ``mean``/``std``)."""
         if self.mean is None or self.std is None:
             return x
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
@@ -141,7 +118,7 @@ class BatchedSimCLRAugment(nn.Module):
                 "gray": u[:, 28] < self.gray_p}
 
     def forward(self, images: Tensor, seeds: Tensor) -> Tensor:
-        """Augment ``images`` (float (B, C, H, W) in [0, 1]) with per-sample ``seeds`` (LongTensor (B,))."""
+        """Augment float (B, C, H, W) ``images`` in [0, 1] with (B,) ``seeds``."""
         if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
             raise TypeError("`images` must be a float tensor (B, C, H, W), got "
                             f"{type(images).__name__} {getattr(images, 'shape', '')} {getattr(images, 'dtype', '')}")

@@ -1,10 +1,6 @@
 """``normalize=``: per-channel normalisation of the views after the augmentation, before the encoder.
 
-An encoder trained on normalised inputs (lightly's ``SimCLRTransform`` normalises with ImageNet
-statistics by default) must be measured on views normalised the same way: views in [0, 1] move
-every figure (docs/definitions.md, "Views"). ``normalize`` is ``None``, a preset name
-(:data:`NORMALIZE_PRESETS`) or a ``(mean, std)`` pair of per-channel sequences; each view channel
-``c`` becomes ``(x_c − mean_c) / std_c``.
+An encoder trained on normalised inputs must be measured on views normalised the same way.
 
 Example:
     >>> resolve_normalize("imagenet")[0]
@@ -29,8 +25,7 @@ Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]
 #: What ``normalize=`` accepts: ``None``, a preset name, or a ``(mean, std)`` pair.
 NormalizeSpec = Union[None, str, Tuple[Sequence[float], Sequence[float]]]
 
-#: Named ``(mean, std)`` pairs: ImageNet (torchvision's and lightly's ``IMAGENET_NORMALIZE``) and
-#: CIFAR-10 (the pixel statistics of its 50,000 training images in [0, 1]).
+#: Named ``(mean, std)`` pairs: ImageNet (lightly's ``IMAGENET_NORMALIZE``) and CIFAR-10's training pixels.
 NORMALIZE_PRESETS: Dict[str, Normalization] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -53,12 +48,7 @@ def _numbers(value: Any, what: str) -> Tuple[float, ...]:
 
 
 def check_normalize(spec: NormalizeSpec) -> NormalizeSpec:
-    """``spec`` in its canonical form: ``None``, a preset name, or a pair of float tuples.
-
-    Raises:
-        ValueError: an unknown preset, std <= 0, lengths that differ, or a non-finite value.
-        TypeError: neither ``None``, a string nor a ``(mean, std)`` pair.
-    """
+    """``spec`` in its canonical form: ``None``, a preset name, or a pair of float tuples."""
     if spec is None:
         return None
     if isinstance(spec, str):
@@ -80,7 +70,7 @@ def check_normalize(spec: NormalizeSpec) -> NormalizeSpec:
 
 
 def resolve_normalize(spec: NormalizeSpec) -> Optional[Normalization]:
-    """The ``(mean, std)`` tuples of ``spec`` (validated; a preset looked up), or ``None``."""
+    """The validated ``(mean, std)`` tuples of ``spec``, or ``None``."""
     spec = check_normalize(spec)
     if spec is None:
         return None
@@ -88,12 +78,7 @@ def resolve_normalize(spec: NormalizeSpec) -> Optional[Normalization]:
 
 
 def view_normalization(spec: NormalizeSpec, transform: Any, stored_views: Optional[Tensor]) -> Optional[Normalization]:
-    """The normalisation of a view set, refused where it cannot be right (before any work).
-
-    Raises:
-        ValueError: the views are (N, K, D) feature views (no channels), or ``transform`` normalises
-            already (a batched augmentation with ``mean`` / ``std``, e.g. ``BatchedSimCLRAugment``).
-    """
+    """The normalisation of a view set; ``ValueError`` for feature views or a ``transform`` that normalises already."""
     resolved = resolve_normalize(spec)
     if resolved is None:
         return None
@@ -107,7 +92,7 @@ def view_normalization(spec: NormalizeSpec, transform: Any, stored_views: Option
 
 
 def normalize_meta(spec: NormalizeSpec) -> Optional[Dict[str, Any]]:
-    """What a report records of ``spec``: ``None``, or ``{"mean": [...], "std": [...]}`` (plus ``"preset"``).
+    """What a report records of ``spec``: ``None`` or ``{"mean", "std"[, "preset"]}``.
 
     Example:
         >>> normalize_meta("cifar10")["preset"], normalize_meta(None)
@@ -123,12 +108,7 @@ def normalize_meta(spec: NormalizeSpec) -> Optional[Dict[str, Any]]:
 
 
 def normalize_views(x: Tensor, normalization: Optional[Normalization]) -> Tensor:
-    """``(x − mean) / std`` over the channel dimension of views ``x`` (…, C, H, W).
-
-    One mean / std per channel (a single value applies to every channel).
-
-    Raises:
-        ValueError: ``x`` is not (…, C, H, W) images, or its C differs from the normalisation's.
+    """``(x − mean) / std`` per channel of views (…, C, H, W) (a single value applies to every channel).
 
     Example:
         >>> normalize_views(torch.ones(2, 3, 1, 1), ((0.5, 0.5, 0.5), (0.25, 0.25, 0.5))).flatten().tolist()

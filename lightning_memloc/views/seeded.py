@@ -1,10 +1,4 @@
-"""Seeded K-view generation for a candidate set.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure UnitMem and
-LayerMem on K augmented views of every candidate, and the **same views** must go through the
-encoder ``f`` and the reference ``g``. Here the view ``k`` of candidate ``i`` under ``seed``
-depends only on ``(seed, i, k)`` (:func:`view_seed`): never on batch size or order, epoch,
-DataLoader worker, device or rank, and the training RNG is never perturbed.
+"""Seeded K-view generation for a candidate set: view ``k`` of candidate ``i`` depends only on ``(seed, i, k)``.
 
 Example:
     >>> import torch
@@ -35,25 +29,14 @@ __all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "ma
 
 
 class SeededViews(Dataset):
-    """Dataset of K seeded views per candidate, for the measurements of Wang et al. (NeurIPS 2024).
+    """Dataset of K seeded views per candidate; items ``(i, x, label)``, :meth:`finalize` makes (B, K, C, H, W).
 
     Args:
-        candidates: uint8/float tensor (N, C, H, W) (uint8 is divided by 255), a views tensor
-            (N, K, C, H, W) used as is (also (N, K, D) feature views for MLP encoders), or a
-            ``Dataset`` of images or ``(image, label, ...)``.
-        views: K, the number of views per candidate (``None`` or K for a views tensor).
-        transform: ``None`` (a :class:`BatchedSimCLRAugment` at the image size), a per-image
-            callable returning a float (C, H, W) tensor (torchvision / lightly single-view
-            transform, run under ``seeded_rng(view_seed(seed, i, k))`` on the image as stored),
-            or a batched module (attribute ``batched = True``, called ``transform(images, seeds)``)
-            applied in :meth:`finalize`.
-        seed: the measurement seed.
-        labels: optional labels (length N); else taken from dataset items, else -1.
-        normalize: ``None``, a preset or ``(mean, std)``, applied to every view last (see ``measure``).
-
-    ``__getitem__(i)`` returns ``(i, x, label)``: ``x`` is the (K, C, H, W) views, or for a batched
-    transform the raw float (C, H, W) image; :meth:`finalize` turns a collated ``x`` into
-    (B, K, C, H, W) views on a device (:meth:`collate` / :meth:`dataloader` batch).
+        candidates: (N, C, H, W) uint8/float images, precomputed (N, K, C, H, W) or (N, K, D) views,
+            or a ``Dataset`` of images or ``(image, label, ...)``.
+        transform: ``None`` (:class:`BatchedSimCLRAugment`), a per-image callable run under
+            ``seeded_rng(view_seed(seed, i, k))``, or a batched module (``batched = True``).
+        labels: one class id per candidate; else from dataset items, else -1.
 
     Example:
         >>> import torch
@@ -125,22 +108,11 @@ class SeededViews(Dataset):
 
     @property
     def _clamping_transform(self) -> bool:
-        """Whether the transform is the batched SimCLR augmentation (it clamps views to [0, 1])."""
+        """Whether the transform clamps views to [0, 1] (the batched SimCLR augmentation)."""
         return isinstance(self.transform, BatchedSimCLRAugment)
 
     def pooled(self, groups: Sequence[Tensor | Dataset]) -> "SeededViews":
-        """These candidates followed by other image groups (control, unseen) as one view set.
-
-        The candidates keep positions ``0 .. N-1`` and so the very same views; group images
-        follow in order. Every group goes through the same transform, K and seed, in one pass.
-
-        Args:
-            groups: image tensors of the candidates' form ((N, C, H, W), or (N, K, ...) views
-                when the candidates are precomputed views) or datasets of images.
-
-        Raises:
-            ValueError: a group's form or image shape differs from the candidates'.
-        """
+        """These candidates (same positions, same views) followed by image ``groups`` of their form as one view set."""
         if not groups:
             return self
         labels = None
@@ -229,7 +201,7 @@ class SeededViews(Dataset):
         return i, torch.stack(out), label
 
     def collate(self, batch: Sequence[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
-        """Collate ``(i, x, label)`` items into ``(index, x, labels)``; clear error on mixed shapes."""
+        """Collate ``(i, x, label)`` items into ``(index, x, labels)``."""
         shapes = {tuple(x.shape) for _, x, _ in batch}
         if len(shapes) > 1:
             ids: dict[tuple[int, ...], int] = {}
@@ -242,23 +214,16 @@ class SeededViews(Dataset):
                 torch.tensor([b[2] for b in batch], dtype=torch.long))
 
     def dataloader(self, batch_size: int = 32, num_workers: int = 0, **kwargs: Any) -> DataLoader:
-        """An unshuffled ``DataLoader`` using :meth:`collate`.
+        """An unshuffled ``DataLoader`` using :meth:`collate`, with its own ``generator``.
 
-        It gets its own ``generator`` (unless given): a plain ``DataLoader`` draws its base seed
-        from the global torch RNG on every ``iter()``, which would shift the training randomness.
-        ``pin_memory=True`` (passed on, as every keyword) pins the batches for a CUDA model, whose
-        copies in :meth:`finalize` are then non-blocking (``run_pass`` does so on CUDA).
+        A plain ``DataLoader`` draws its base seed from the global RNG, shifting the training randomness.
         """
         kwargs.setdefault("generator", torch.Generator().manual_seed(self.seed & (2**63 - 1)))
         return DataLoader(self, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                           collate_fn=self.collate, **kwargs)
 
     def finalize(self, x: Tensor, index: Tensor | Sequence[int], device: torch.device | str | None = None) -> Tensor:
-        """Views (B, K, C, H, W) float on ``device`` from a collated ``x`` and its candidate ``index``.
-
-        Precomputed views are only moved; for a batched transform the B·K views are made as one
-        batch with seeds ``view_seed(seed, index[b], k)``; ``normalize`` comes last.
-        """
+        """Float views (B, K, C, H, W) on ``device`` from a collated ``x`` and its candidate ``index``."""
         device = x.device if device is None else torch.device(device)
         index = as_long_tensor(index, "index").reshape(-1)
         if index.numel() != x.shape[0]:
@@ -279,11 +244,11 @@ class SeededViews(Dataset):
 
     @property
     def has_labels(self) -> bool:
-        """Whether candidates carry class labels (``labels=`` given, or dataset items with labels)."""
+        """Whether candidates carry class labels."""
         return self.labels is not None or (self._dataset is not None and self._item(0)[1] >= 0)
 
     def example_batch(self, device: torch.device | str | None = None) -> Tensor:
-        """Views of the first (up to 2) candidates as one input batch (B·K, C, H, W), for probing layers."""
+        """Views of up to 2 candidates as one (B·K, C, H, W) batch, for probing layers."""
         index, x, _ = self.collate([self[i] for i in range(min(2, len(self)))])
         views = self.finalize(x, index, device if device is not None else "cpu")
         if not self._reproducible_checked:
@@ -293,7 +258,7 @@ class SeededViews(Dataset):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one stored candidate (a view for precomputed views), read without any transform."""
+        """Shape of one stored candidate (a view for precomputed views), untransformed."""
         return tuple(self._views.shape[2:]) if self._views is not None else tuple(self._raw(0).shape)
 
     @property
@@ -308,11 +273,7 @@ class SeededViews(Dataset):
         return self._view_shape
 
     def anchor(self, i: int) -> Tensor:
-        """The un-augmented image of candidate ``i`` (float (C, H, W)), for ``pairing="anchor"``.
-
-        A batched transform with a ``normalize`` method (like :class:`BatchedSimCLRAugment`)
-        normalises it like the views, and so does ``normalize``; it is never resized.
-        """
+        """The un-augmented float (C, H, W) image of candidate ``i``, normalised like the views, for ``pairing="anchor"``."""
         if self._views is not None:
             raise ValueError("precomputed views carry no un-augmented image: pairing='anchor' needs "
                              "`candidates` as images or a dataset")
@@ -331,8 +292,7 @@ class SeededViews(Dataset):
         return torch.stack([self.anchor(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]).to(device)
 
     def display_images(self, index: Tensor | Sequence[int]) -> Tensor:
-        """Candidate images (B, C, H, W) in [0, 1] for image grids: the un-augmented image resized
-        to the view size, or the first view for precomputed views (never normalised)."""
+        """Un-normalised candidate images (B, C, H, W) in [0, 1] at the view size, for image grids."""
         positions = [self._index(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]
         if self._views is not None:
             return self._views[positions, 0].float().clamp(0, 1)
@@ -347,11 +307,9 @@ class SeededViews(Dataset):
 
 
 def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, index: Tensor, device: Any) -> bool:
-    """Warn when the same seeds give other views on a second call (the probe candidates are made twice).
+    """Warn (and return ``False``) when the same seeds give other views on a second call.
 
-    A transform drawing from its own generator (a ``torch.Generator`` or ``np.random.default_rng``
-    held by the transform) ignores :func:`seeded_rng`: the encoder and the reference then see
-    different views, and two measurements of one model differ. Returns whether they matched.
+    A transform with its own generator ignores :func:`seeded_rng`, so ``f`` and ``g`` would see different views.
     """
     if view_set.is_batched:
         again = view_set.finalize(x, index, device if device is not None else "cpu")
@@ -370,7 +328,7 @@ def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, in
 
 
 class _ImageList(Dataset):
-    """A tensor of images as a map-style dataset of images (for pooling with datasets)."""
+    """A tensor of images as a map-style dataset."""
 
     def __init__(self, images: Tensor) -> None:
         self.images = images
@@ -387,7 +345,7 @@ def _as_float(x: Tensor) -> Tensor:
 
 
 def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any = None, seed: int = 0) -> Tensor:
-    """All views (N, K, C, H, W) of a small candidate set, on CPU (see :class:`SeededViews`).
+    """All views (N, K, C, H, W) of a small candidate set, on CPU.
 
     Example:
         >>> import torch

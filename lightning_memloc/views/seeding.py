@@ -1,9 +1,6 @@
 """Counter-based seeds: the view ``k`` of candidate ``i`` under ``seed`` depends on nothing else.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) need the **same
-views** for the encoder and the reference, at every measurement. :func:`view_seed` mixes
-``(seed, index, view)`` with splitmix64 (vectorised over tensors), and :func:`seeded_rng` runs a
-per-image transform under such a seed without perturbing the global (training) RNG.
+The encoder and the reference must see the same views at every measurement.
 """
 
 from __future__ import annotations
@@ -47,15 +44,7 @@ def _mix_tensor(z: Tensor) -> Tensor:  # int64 arithmetic wraps like uint64
 
 
 def view_seed(seed: int | Tensor, index: int | Tensor, view: int | Tensor) -> int | Tensor:
-    """Seed of view ``view`` of candidate ``index`` (splitmix64 mixing, 63-bit, non-negative).
-
-    Args:
-        seed: measurement seed.
-        index: candidate id, or a ``LongTensor`` of ids (vectorised, broadcast with ``view``).
-        view: view number ``k`` (int or tensor).
-
-    Returns:
-        An ``int`` in ``[0, 2**63)`` when every argument is an int, else a ``LongTensor``.
+    """Splitmix64 seed in ``[0, 2**63)`` of view ``view`` of candidate ``index``: an int, or a broadcast ``LongTensor``.
 
     Example:
         >>> import torch
@@ -76,10 +65,7 @@ def view_seed(seed: int | Tensor, index: int | Tensor, view: int | Tensor) -> in
 
 @contextmanager
 def seeded_rng(s: int) -> Iterator[None]:
-    """Seed the CPU ``torch``, ``numpy`` and ``random`` global RNGs; restore them on exit.
-
-    The previous states come back even when the body raises, so a measurement inside a training
-    loop never changes the training randomness. CUDA generators are left alone.
+    """Seed the CPU ``torch``, ``numpy`` and ``random`` global RNGs; restore them on exit (CUDA left alone).
 
     Example:
         >>> import torch
@@ -107,6 +93,6 @@ def seeded_rng(s: int) -> Iterator[None]:
 
 
 def uniforms(seeds: Tensor, n: int) -> Tensor:
-    """``n`` splitmix64 uniforms in [0, 1) per seed: float64 (B, n), computed on CPU."""
+    """``n`` splitmix64 uniforms in [0, 1) per seed: float64 (B, n) on CPU."""
     j = torch.arange(1, n + 1, dtype=torch.long) * _signed(_GOLDEN)
     return _srl(_mix_tensor(seeds.reshape(-1, 1) + j), 11).double() * 2.0**-53

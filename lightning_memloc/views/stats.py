@@ -1,21 +1,8 @@
 """Per-channel statistics of what the encoder receives, and when two of them disagree.
 
-Every memorization figure is a function of what the encoder is fed (docs/definitions.md,
-"Views"): views in [0, 1] given to an encoder trained on ImageNet-normalised batches move LayerMem
-and UnitMem a lot. A report records the per-channel mean and std of its views; the monitor
-compares them with those of the training batches (:mod:`~lightning_memloc.callbacks.view_check`).
-
-Two statistics ``(μ_v, σ_v)`` (views) and ``(μ_t, σ_t)`` (training batches) disagree when, for
-some channel c,
-
-- the std ratio ``max(σ_v, σ_t) / min(σ_v, σ_t)`` exceeds :data:`SCALE_TOLERANCE` (1.5), or
-- the mean shift ``|μ_v − μ_t| / max(σ_v, σ_t)`` exceeds :data:`SHIFT_TOLERANCE` (1.0 std).
-
-Both are unchanged by a common change of units x → a·x + b (a > 0). Measured on CIFAR-10
-(``benchmarks/view_check_calibration.py``, docs/definitions.md, "Views"): views made like the
-training batches stay within a std ratio of 1.14 and a shift of 0.47, other SimCLR pipelines in the
-same value space within 1.39 and 0.53; [0, 1] views against ImageNet-normalised batches give a
-ratio of 3.4 or more, [0, 1] against [−1, 1] 1.7 or more.
+Views and training batches disagree when a channel's std ratio ``max(σ)/min(σ)`` exceeds
+:data:`SCALE_TOLERANCE` or its mean shift ``|μ_v − μ_t| / max(σ)`` exceeds :data:`SHIFT_TOLERANCE`;
+calibrated on CIFAR-10 (``benchmarks/view_check_calibration.py``).
 
 Example:
     >>> a = ViewStatistics(mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
@@ -42,7 +29,7 @@ SHIFT_TOLERANCE = 1.0
 
 
 class ViewStatistics(NamedTuple):
-    """Per-channel mean and std of a set of images (every pixel of every image counts once)."""
+    """Per-channel mean and std of a set of images (every pixel counts once)."""
 
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
@@ -53,7 +40,7 @@ class ViewStatistics(NamedTuple):
 
 
 def channel_sums(x: Tensor) -> Tuple[Tensor, Tensor, int]:
-    """Per-channel ``(Σx, Σx², pixels)`` of images ``x`` (B, C, H, W), sums in float64 (C,).
+    """Per-channel ``(Σx, Σx², pixels)`` of images (B, C, H, W), sums float64 (C,).
 
     Example:
         >>> s, q, n = channel_sums(torch.tensor([[[[1.0, 3.0]]]]))
@@ -74,14 +61,7 @@ def statistics_from_sums(sums: Tensor, squares: Tensor, count: float) -> ViewSta
 
 
 def candidate_moments(views: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-candidate, per-channel means of ``x`` and ``x²`` over views and pixels.
-
-    Args:
-        views: (B, K, C, H, W) views.
-
-    Returns:
-        ``(means, squares)``, each float64 (B, C).
-    """
+    """Float64 (B, C) ``(means, squares)`` of ``x`` and ``x²`` over the views and pixels of (B, K, C, H, W)."""
     flat = views.detach().reshape(views.shape[0], views.shape[1], views.shape[2], -1)
     means = flat.mean(dim=(1, 3), dtype=torch.float64)
     squares = flat.float().square().mean(dim=(1, 3), dtype=torch.float64)
@@ -89,10 +69,7 @@ def candidate_moments(views: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def gaps(views: ViewStatistics, batches: ViewStatistics) -> Tuple[Tensor, Tensor]:
-    """Per-channel ``(std ratio, mean shift)``: ``max(σ)/min(σ)`` and ``|μ_v − μ_t| / max(σ)``.
-
-    A channel constant in both (σ = 0) has ratio 1; constant in one only, ratio ``inf``.
-    """
+    """Per-channel ``(max(σ)/min(σ), |μ_v − μ_t| / max(σ))``; constant in both: ratio 1, in one: ``inf``."""
     sv, st = torch.tensor(views.std, dtype=torch.float64), torch.tensor(batches.std, dtype=torch.float64)
     big, small = torch.maximum(sv, st), torch.minimum(sv, st)
     ratio = torch.where(big == 0, torch.ones_like(big), big / small)
@@ -103,10 +80,7 @@ def gaps(views: ViewStatistics, batches: ViewStatistics) -> Tuple[Tensor, Tensor
 
 def mismatch(views: ViewStatistics, batches: ViewStatistics, scale_tolerance: float = SCALE_TOLERANCE,
              shift_tolerance: float = SHIFT_TOLERANCE) -> Optional[str]:
-    """Why ``views`` do not look like ``batches`` (both figures and the gaps), or ``None`` if they do.
-
-    Statistics of different channel counts are not compared (``None``).
-    """
+    """Why ``views`` do not look like ``batches``, or ``None`` (also for different channel counts)."""
     if len(views.mean) != len(batches.mean):
         return None
     ratio, shift = gaps(views, batches)
@@ -124,9 +98,7 @@ def _fmt(values: Tuple[float, ...]) -> str:
 
 @torch.no_grad()
 def sample_statistics(view_set: Any, device: Any = "cpu", max_candidates: int = 64, batch_size: int = 32) -> ViewStatistics:
-    """Statistics of the views of the first ``max_candidates`` candidates of a
-    :class:`~lightning_memloc.views.seeded.SeededViews` (exactly what the encoder receives: transform and
-    ``normalize`` applied), made in batches of ``batch_size`` candidates on ``device``.
+    """Statistics of the views (transform and ``normalize`` applied) of the first ``max_candidates`` candidates.
 
     Example:
         >>> from lightning_memloc.views.seeded import SeededViews
