@@ -1,14 +1,6 @@
 """The monitor's pictures on TensorBoard: the profile by depth and the heat maps, with the warm-up's end.
 
-At every measurement a TensorBoard logger gets two images in the summary section ``memloc/``:
-``memloc/profile`` (:func:`~lightning_memloc.plots.profile.profile_figure`: LayerMem against its
-nulls, the excess and membership tests, UnitMem seen vs unseen, by depth) and
-``memloc/profile_over_training`` (:func:`~lightning_memloc.plots.heatmap.heatmap_figure`: excess and
-mean UnitMem per layer and measurement, from the monitor's history). Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024) mark the end of the learning-rate warm-up in
-their figure of UnitMem over training; :func:`warmup_end_step` reads it off the LightningModule
-(``warmup_steps``, or ``warmup_epochs`` as :class:`~lightning_memloc.models.cotrain.CoTrainedPair` has), the
-heat maps draw it, and ``memloc/lr_warmup`` says it in words (TensorBoard's Text tab).
+Images ``memloc/profile`` and ``memloc/profile_over_training``; the text ``memloc/lr_warmup``.
 """
 
 from __future__ import annotations
@@ -39,10 +31,7 @@ def steps_per_epoch(trainer: Any) -> Optional[int]:
 
 
 def warmup_end_step(module: Any, per_epoch: Optional[int]) -> Optional[int]:
-    """Global step at which ``module``'s learning-rate warm-up ends, or ``None`` (no warm-up, or unknown).
-
-    ``module.warmup_steps`` counts optimizer steps; ``module.warmup_epochs`` counts epochs of
-    ``per_epoch`` optimizer steps (the schedules of ``CoTrainedPair`` and of lightly's examples).
+    """Global step at which ``module``'s warm-up ends (``warmup_steps``, or ``warmup_epochs`` × ``per_epoch``), or ``None``.
 
     Example:
         >>> class Module: warmup_epochs = 2

@@ -1,11 +1,6 @@
 """What a callback changes on a model before training, kept so that a failed ``fit`` can give it back.
 
-:class:`~lightning_memloc.callbacks.MemorizationFinetuning` freezes an encoder in ``setup`` (and
-``BaseFinetuning.freeze`` also switches BatchNorm's ``track_running_stats`` off), puts frozen
-BatchNorms in eval at each epoch, and :class:`~lightning_memloc.callbacks.pruning.MemorizationPruning`
-registers masks in ``setup``. Lightning calls ``on_exception`` on every callback when ``fit``
-fails or is interrupted (``KeyboardInterrupt``), but no ``teardown``: the callbacks restore
-the :class:`TrainableState` captured before their first change there.
+Lightning calls ``on_exception`` (not ``teardown``) when ``fit`` fails: the callbacks restore there.
 """
 
 from __future__ import annotations
@@ -19,8 +14,7 @@ __all__ = ["TrainableState", "started_training"]
 
 
 class TrainableState:
-    """Every parameter's ``requires_grad``, every module's train/eval mode and every BatchNorm's
-    ``track_running_stats`` of a model, by object (so a module's parameters may be renamed, e.g. pruned).
+    """``requires_grad``, train/eval mode and BatchNorm ``track_running_stats`` of a model, by object.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))

@@ -1,23 +1,6 @@
 """Turn a :class:`~lightning_memloc.MemorizationReport` into logger scalars and TensorBoard extras.
 
-Every value is logged against one x-axis, the trainer's ``global_step`` at the moment of the
-measurement: scalars, histograms and images line up in TensorBoard. Tags (built by
-:mod:`lightning_memloc.report.tags`; TensorBoard makes one section per quantity):
-
-- ``memloc.layer_mem/<layer>``, ``memloc.delta_layer_mem/<layer>``, ``memloc.layer_mem_top/<layer>``,
-  ``memloc.layer_mem_least/<layer>`` (with a reference); ``memloc.unit_mem_mean/<layer>``,
-  ``memloc.unit_mem_frac_above/<layer>``, ``memloc.dead_units/<layer>``, ``memloc.class_mem_mean/<layer>``
-  (with labels);
-- with evidence (:mod:`lightning_memloc.report.evidence`): every interval bound, control value, excess,
-  p-value and membership share as ``memloc.<key>/<layer>`` (``memloc.excess/<layer>``,
-  ``memloc.excess_p_holm/<layer>``, ``memloc.membership/<layer>``, ...) and the number of
-  significant layers per test ``memloc/significant_layers/<test>``, and the overall verdict
-  ``memloc/verdict/memorization`` (1 / 0);
-- on TensorBoard: histograms ``memloc.unit_mem/<layer>``; in the summary section ``memloc/`` the
-  figures ``memloc/profile`` and ``memloc/profile_over_training``
-  (:mod:`~lightning_memloc.callbacks.figures`) and the grids ``memloc/most_memorized`` /
-  ``memloc/least_memorized``; a custom-scalars layout "memloc" (one multi-line chart per quantity,
-  and *margin* charts: value with its interval).
+Everything is logged at the trainer's ``global_step``; tags come from :mod:`lightning_memloc.report.tags`.
 """
 
 from __future__ import annotations
@@ -42,7 +25,7 @@ _EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in 
 
 
 def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, float]:
-    """The scalars of a report under their logging tags (see the module docstring).
+    """The scalars of a report under their logging tags.
 
     Example:
         >>> import torch
@@ -67,11 +50,7 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
 
 
 def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
-    """Every measured evidence value as ``memloc.<key>/<layer>`` (keys of
-    :class:`~lightning_memloc.report.evidence.Evidence` records: ``layer_mem_lo``, ``excess``,
-    ``excess_p_holm``, ``membership``, ...), plus ``memloc/significant_layers/<test>``: how many
-    layers pass each test of the verdict, and ``memloc/verdict/memorization`` (1 / 0). Values
-    already logged under the same tag are skipped.
+    """Evidence values as ``memloc.<key>/<layer>``, significant-layer counts and the verdict (1 / 0).
 
     Example:
         >>> import torch
@@ -102,10 +81,7 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
 def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> Dict[str, Dict[str, List]]:
     """A TensorBoard custom-scalars layout putting every layer of a quantity on one chart.
 
-    With ``by_layer`` (the monitor writes one run per layer, see
-    :mod:`~lightning_memloc.callbacks.logging`) each chart matches the quantity's tag in every
-    layer run, so TensorBoard draws each layer as its own run (coloured by run, 7 colours), and the
-    margin charts (value with its interval) show every layer on one chart per quantity.
+    ``by_layer``: charts match the quantity's tag in each per-layer run (:class:`LayerRunWriters`).
     """
     if by_layer:
         return _by_layer_layout(report)
@@ -144,9 +120,7 @@ def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], 
     """Grids (C, H, W) of the ``count`` most and least memorized candidates.
 
     Args:
-        report: the measurement.
         images: maps candidate positions (k,) to their un-augmented images (k, C, H, W) in [0, 1].
-        count: images per grid.
     """
     from torchvision.utils import make_grid
 
@@ -189,11 +163,6 @@ def log_tensorboard(
 
 class MonitorLoggers:
     """Writes one monitor's measurements to every logger of a trainer, all at ``trainer.global_step``.
-
-    Scalars go to every logger and into ``trainer.callback_metrics`` (tags renamed for a named
-    monitor); on rank 0 a TensorBoard logger also gets histograms, image grids, the figures, the
-    custom-scalars layout and the warm-up note (once) and, with ``layer_runs``, one run per layer
-    (:class:`~lightning_memloc.callbacks.logging.LayerRunWriters`).
 
     Args:
         name: the monitor's ``name`` (``None``: plain ``memloc...`` tags).
@@ -248,12 +217,7 @@ def layer_run_name(index: int, layer: str, total: int) -> str:
 
 
 class LayerRunWriters:
-    """One ``SummaryWriter`` per layer under ``<log_dir>/<folder>/<NN>_<layer>`` (rank 0 only).
-
-    Args:
-        log_dir: the TensorBoard run folder of the logger (``logger.experiment.log_dir``).
-        prefix: tag prefix (``"memloc"``, or ``"memloc-<name>"`` for a named monitor).
-    """
+    """One ``SummaryWriter`` per layer under ``<log_dir>/<folder>/<NN>_<layer>`` (rank 0 only)."""
 
     def __init__(self, log_dir: str, prefix: str = "memloc") -> None:
         self.log_dir, self.prefix = str(log_dir), prefix
@@ -295,26 +259,13 @@ LAYOUTS_ATTRIBUTE = "_memloc_layouts"
 
 
 def has_tensorboard(logger: Any) -> bool:
-    """Whether ``logger.experiment`` is a TensorBoard ``SummaryWriter`` (by capability, not class).
-
-    True for the ``TensorBoardLogger`` of ``pytorch_lightning`` and of ``lightning.pytorch`` alike,
-    and for any logger whose experiment writes histograms, images and custom-scalars layouts.
-    """
+    """Whether ``logger.experiment`` is a TensorBoard ``SummaryWriter`` (by capability, not class)."""
     experiment = getattr(logger, "experiment", None)
     return all(callable(getattr(experiment, m, None)) for m in ("add_histogram", "add_image", "add_custom_scalars"))
 
 
 class NamedWriter:
-    """A ``SummaryWriter`` view writing under a monitor's ``name`` (tags under ``memloc-<name>``).
-
-    ``add_histogram``, ``add_image``, ``add_text``, ``add_scalar`` and ``add_scalars`` rename their tag; ``add_custom_scalars``
-    renames the layout and writes the union of every layout written through a ``NamedWriter`` on
-    the same writer. Other attributes pass through.
-
-    Args:
-        writer: the ``SummaryWriter`` (``logger.experiment``).
-        name: the monitor's name (``None``: tags unchanged, layouts still merged).
-    """
+    """A ``SummaryWriter`` view writing tags and layouts under a monitor's ``name`` (``memloc-<name>``)."""
 
     def __init__(self, writer: Any, name: Optional[str]) -> None:
         self.writer, self.name = writer, name
@@ -344,8 +295,7 @@ class NamedWriter:
 def add_merged_layout(writer: Any, layout: Dict[str, Any], key: Any) -> Any:
     """Write ``layout`` (stored on ``writer`` under ``key``) merged with every layout written so far.
 
-    TensorBoard's custom-scalars plugin keeps one layout per run: each monitor (or the utility
-    monitor) writing to one ``SummaryWriter`` adds its charts to the union instead of replacing it.
+    TensorBoard keeps one custom-scalars layout per run, so monitors sharing a writer write the union.
     """
     layouts: Dict[Any, Dict[str, Any]] = getattr(writer, LAYOUTS_ATTRIBUTE, None) or {}
     layouts[key] = layout

@@ -1,6 +1,4 @@
-"""What fine-tuning and pruning act on: the report and where it comes from (a report, a saved
-report's path or a monitor), the encoder it was measured on, its evidence gate, and their checks.
-"""
+"""What fine-tuning and pruning act on: the report and its source, the encoder, the evidence gate and their checks."""
 
 from __future__ import annotations
 
@@ -22,11 +20,7 @@ ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], No
 
 
 class ReportSource:
-    """A report, a saved report's path or a monitor, read when a callback needs the report.
-
-    A path is loaded once (on first use) and cached; a monitor is asked for its latest
-    ``report`` every time. Shared by the fine-tuning and pruning callbacks.
-    """
+    """A report, a saved report's path (loaded once) or a monitor (asked each time), read when needed."""
 
     def __init__(self, source: Any, argument: str = "source") -> None:
         is_path = isinstance(source, (str, os.PathLike))
@@ -71,11 +65,8 @@ class ReportSource:
         """Fail before training when a monitor without a report cannot have measured in time.
 
         Args:
-            trainer: the trainer being set up.
             owner: the callback that needs the report (its position among the callbacks matters).
-            epoch: the report is needed at the start of this training epoch; ``None``: in
-                ``on_train_start`` (before the first epoch).
-            what: what needs it, for the message.
+            epoch: the report is needed at the start of this epoch; ``None``: in ``on_train_start``.
         """
         if not self.is_monitor or self.get() is not None or trainer.ckpt_path is not None:
             return  # on resume the monitor's report comes back with its state
@@ -136,11 +127,7 @@ def _is_monitor(callback: Any) -> bool:
 
 
 def find_monitor(callbacks: List[Any], reference: str, argument: str = "source") -> Any:
-    """The monitor among ``callbacks`` that ``reference`` (``"monitor"`` / ``"monitor:<name>"``) names.
-
-    Raises:
-        ValueError: no monitor matches, or ``"monitor"`` is ambiguous (several monitors).
-    """
+    """The monitor among ``callbacks`` that ``reference`` (``"monitor"`` / ``"monitor:<name>"``) names."""
     wanted: Optional[str] = reference.partition(":")[2] or None
     monitors = [c for c in callbacks if _is_monitor(c)]
     names = [getattr(m, "name", None) for m in monitors]
@@ -172,14 +159,7 @@ def monitor_layers(monitor: Any, encoder: nn.Module) -> List[str]:
 
 
 def check_epoch_in_run(trainer: Any, epoch: Optional[int], argument: str, consequence: str) -> None:
-    """Refuse an action epoch at or after ``max_epochs`` (it would never happen).
-
-    Args:
-        trainer: the trainer being set up (``max_epochs`` of -1 / ``None`` means no limit).
-        epoch: the epoch at whose start the action happens (``None``: at fit start).
-        argument: the callback argument, for the message.
-        consequence: what would happen instead, for the message.
-    """
+    """Refuse an action epoch at or after ``max_epochs`` (it would never happen)."""
     max_epochs = getattr(trainer, "max_epochs", None)
     if epoch is None or max_epochs is None or max_epochs < 0 or epoch < max_epochs:
         return
@@ -203,8 +183,7 @@ EVIDENCE_POLICIES = ("warn", "error", "off")
 
 
 def test_for(by: str) -> str:
-    """The evidence test behind a ranking: LayerMem-based rankings need the excess over a control,
-    UnitMem-based ones the membership test, the reference-free alignment gap its own test.
+    """The evidence test behind a ranking (``by``).
 
     Example:
         >>> test_for("layer_mem"), test_for("unit_mem"), test_for("align_gap")
@@ -217,9 +196,7 @@ test_for.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test:
 
 
 def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
-    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"`` /
-    ``"align_gap"``), or ``None`` when at least one layer passes it in the overall verdict (Holm
-    over every test x layer, :mod:`lightning_memloc.report.verdict`).
+    """Why ``report`` gives no evidence for acting on ``test``, or ``None`` when a layer passes it in the verdict.
 
     Example:
         >>> import torch
@@ -255,8 +232,7 @@ def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
 
 
 def gate(report: MemorizationReport, test: str, policy: str, action: str) -> None:
-    """Warn (``"warn"``), raise ``ValueError`` (``"error"``) or stay silent (``"off"``) when
-    :func:`evidence_problem` finds one; ``action`` names what would act on noise."""
+    """Warn, raise ``ValueError`` or stay silent (``policy``) when :func:`evidence_problem` finds one."""
     if policy == "off":
         return
     problem = evidence_problem(report, test)

@@ -1,14 +1,7 @@
 """``UtilityMonitor``: kNN accuracy of the encoder on the memorization monitor's schedule.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read where an encoder
-memorizes next to what it is good for; the SSLMem paper (ICLR 2024) shows memorization goes with
-downstream generalization. This callback measures the utility side in the same run: it embeds a
-labelled bank (e.g. training images) and a held-out test set with the encoder (eval mode, no
-gradients, every module's mode restored afterwards) and logs the weighted cosine kNN accuracy
-(:mod:`lightning_memloc.functional.knn`) as ``memloc/knn_acc_k<k>`` at ``trainer.global_step``,
-the step axis of the ``memloc.<quantity>/<layer>`` memorization scalars. Under DDP each rank embeds a strided
-shard of the bank and of the test set; bank features are all-gathered (no padding duplicates)
-and correct counts summed, so the result equals a single process.
+Under DDP each rank embeds a strided shard; bank features are gathered and correct counts summed,
+so the result equals a single process.
 """
 
 from __future__ import annotations
@@ -40,9 +33,6 @@ __all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"
 def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, Dict[str, List[Any]]]:
     r"""TensorBoard custom-scalars charts that put kNN accuracy beside LayerMem and its excess.
 
-    One Multiline chart per memorization quantity, each with every ``memloc/knn_acc_k<k>`` and the
-    quantity of every layer (regular expressions, so layers need not be known here).
-
     Example:
         >>> utility_layout([20])["memloc utility"]["kNN accuracy and LayerMem"]
         ['Multiline', ['^memloc/knn_acc_k20$', '^memloc\\.layer_mem/[^/]+$']]
@@ -73,11 +63,7 @@ def _check_images(name: str, images: Any, labels: Any) -> tuple:
 @torch.no_grad()
 def embed(encoder: nn.Module, images: Tensor, batch_size: int, transform: Optional[Callable[[Tensor], Tensor]] = None,
           device: Optional[torch.device] = None) -> Tensor:
-    """Features (N, D) of ``images``: the encoder's output, spatially averaged if it is a feature map.
-
-    uint8 images are divided by 255; ``transform`` (a batched tensor function, e.g. a
-    normalisation) is applied after. The caller sets eval mode.
-    """
+    """Features (N, D) of ``images`` (uint8 / 255, then ``transform``), spatially averaged; the caller sets eval mode."""
     device = device or next(encoder.parameters()).device
     dtype = next(encoder.parameters()).dtype
     out = []
@@ -92,31 +78,20 @@ def embed(encoder: nn.Module, images: Tensor, batch_size: int, transform: Option
 
 
 class UtilityMonitor(Callback):
-    r"""Weighted cosine kNN accuracy (k = 20 and 200 by default) of the encoder during training.
+    r"""Weighted cosine kNN accuracy of the encoder during training, logged as ``memloc/knn_acc_k<k>``.
 
-    Runs on the schedule of :class:`~lightning_memloc.callbacks.MemorizationMonitor` (the same
-    ``every_n_epochs`` / ``every_n_train_steps`` / ``measure_on_train_start`` arguments), logs
-    ``memloc/knn_acc_k<k>`` to every logger at ``trainer.global_step`` and into
-    ``trainer.callback_metrics`` (on TensorBoard also custom-scalars charts with kNN accuracy and
-    LayerMem, its excess and mean UnitMem on one plot, :func:`utility_layout`), keeps ``history`` (one dict per measurement, saved in
-    checkpoints and, with ``output_dir``, as ``utility_history.json``), and adds its scalars to
-    the history entry of every ``MemorizationMonitor`` measured at the same global step (list it
-    after the monitors so that they have measured first).
+    Runs on a ``MemorizationMonitor`` schedule and adds its scalars to the history of monitors
+    measured at the same global step (list it after them).
 
     Args:
         bank: labelled images (N, C, H, W), uint8 or float, whose features vote (e.g. training images).
-        bank_labels: (N,) integer labels of ``bank``.
         test: held-out images (M, C, H, W) to classify.
-        test_labels: (M,) integer labels of ``test``.
-        ks: neighbour counts (each ≤ N).
-        temperature: vote weight ``exp(cosine / temperature)`` (0.1, the standard).
-        num_classes: number of classes (default: the largest label + 1).
+        temperature: vote weight ``exp(cosine / temperature)``.
+        num_classes: default: the largest label + 1.
         encoder: the encoder inside the LightningModule, as for ``MemorizationMonitor``.
         transform: batched tensor transform applied to the images in [0, 1] (e.g. a normalisation).
-        every_n_epochs, every_n_train_steps, measure_on_train_start: the schedule.
-        batch_size: images per forward pass.
-        output_dir: if set, rank 0 writes ``utility_history.json`` there (atomically).
-        name: tags ``memloc-<name>/...`` instead of ``memloc/...`` (as the monitor's ``name``).
+        output_dir: if set, rank 0 writes ``utility_history.json`` there.
+        name: tags ``memloc-<name>/...`` instead of ``memloc/...``.
 
     Example:
         >>> import torch

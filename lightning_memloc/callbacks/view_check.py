@@ -1,15 +1,7 @@
 """``check_views``: do the monitor's views look like the batches the encoder trains on?
 
-The monitor measures on its own views (``transform=``, ``normalize=``); the encoder trains on
-whatever the training pipeline feeds it. When the two differ (views in [0, 1], training batches
-ImageNet-normalised by lightly's ``SimCLRTransform``) every figure is off without a word
-(docs/definitions.md, "Views"). For the first :data:`CHECK_STEPS` training batches of ``fit`` a
-forward pre-hook on the encoder sums the per-channel values of its inputs (training mode, with
-gradients: the monitor's own passes run in eval mode without them); the hook is then removed,
-the sums are added over the DDP ranks, and their statistics are compared with those of the views
-of the first 64 candidates (:func:`~lightning_memloc.views.stats.mismatch`: std ratio over 1.5 or
-mean shift over 1.0 std in some channel). A mismatch warns once (rank 0) with both figures and
-the fix, or raises with ``check_views="error"``, on every rank alike.
+A forward pre-hook sums the encoder's per-channel training inputs over the first :data:`CHECK_STEPS`
+batches; their statistics are compared with the views' (:func:`~lightning_memloc.views.stats.mismatch`).
 """
 
 from __future__ import annotations
@@ -38,10 +30,7 @@ FIX = ("Every figure depends on what the encoder is fed: measure on views made l
 
 
 class TrainingInputs:
-    """Per-channel ``Σx``, ``Σx²`` and pixel count of the image batches a module receives while training.
-
-    A forward pre-hook adds the first positional input when it is a float (B, ``channels``, H, W)
-    tensor, the module is in training mode and gradients are enabled.
+    """Per-channel ``Σx``, ``Σx²`` and pixel count of the float (B, C, H, W) inputs a module gets while training.
 
     Example:
         >>> layer = nn.Conv2d(1, 1, 1)
@@ -102,14 +91,9 @@ class TrainingInputs:
 class ViewCheck:
     """One ``fit``'s comparison of a monitor's views with the encoder's training inputs (``monitor.view_check``).
 
-    Args:
-        mode: ``"warn"``, ``"error"`` or ``"off"``.
-
     Attributes:
-        batches: training batches seen by the hook in this fit.
-        training: the statistics of the encoder's inputs in those batches, all ranks (``None``
-            until compared, or when there were none).
-        views: the statistics of the monitor's views (first 64 candidates), once compared.
+        training: statistics of the encoder's inputs, all ranks (``None`` until compared or if none).
+        views: statistics of the monitor's views (first 64 candidates), once compared.
     """
 
     def __init__(self, mode: str = "warn") -> None:
@@ -137,11 +121,7 @@ class ViewCheck:
         return self.inputs is not None and self.inputs.attached
 
     def step(self, trainer: Any, pl_module: Any, monitor: Any) -> None:
-        """After a training batch: compare after :data:`CHECK_STEPS` batches, or at the last batch of
-        the epoch or of the run when that comes first (the same step on every rank).
-
-        Reads the monitor's public ``views``, ``batch_size`` and ``encoder(pl_module)``.
-        """
+        """After a training batch: compare after :data:`CHECK_STEPS` batches or at the run's last, on every rank."""
         if not self.pending:
             return
         self.batches += 1
@@ -152,10 +132,7 @@ class ViewCheck:
             self.finish(trainer, lambda: sample_statistics(monitor.views, device, batch_size=monitor.batch_size))
 
     def finish(self, trainer: Any, view_statistics: Callable[[], ViewStatistics]) -> None:
-        """Remove the hook, add the sums over the ranks, compare; warn or raise on a mismatch.
-
-        Collective under DDP: every rank calls it at the same step and reaches the same verdict.
-        """
+        """Remove the hook, add the sums over the ranks, compare; warn or raise on a mismatch (collective)."""
         if not self.pending:
             return
         inputs = self.inputs.detach()  # type: ignore[union-attr]

@@ -1,11 +1,4 @@
-"""``memloc analyze --analyses ...``: the command-line side of :mod:`lightning_memloc.analyses`.
-
-Three functions called from :mod:`lightning_memloc.cli`: :func:`add_analysis_arguments` (the
-flags), :func:`check_analysis_arguments` (every check, before the measurement) and
-:func:`run_cli_analyses` (after the measurement: run the analyses of Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024), store them in ``report.analyses`` and
-write their figures).
-"""
+"""``memloc analyze --analyses ...``: the command-line side of :mod:`lightning_memloc.analyses`."""
 
 from __future__ import annotations
 

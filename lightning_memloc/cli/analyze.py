@@ -1,11 +1,6 @@
 """``memloc analyze``: measure a saved encoder (and reference) on a candidate set, write the report and figures.
 
-UnitMem, SSLMem and LayerMem of Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024), measured by the same :func:`~lightning_memloc.measure` as the Python API and the
-monitor. The flags are checked first (:func:`analyze` raises :class:`CLIError` naming the flag,
-before any forward pass); :func:`measure_kwargs` is the one place that turns the parsed flags
-into ``measure()``'s keyword arguments, so each flag is named after its keyword (``--top-k``
-for ``top_k``, ``--num-workers`` for ``num_workers``; ``tests/test_cli_contract.py``).
+Flags are checked before any forward pass; :func:`measure_kwargs` alone maps flags to ``measure()`` keywords.
 """
 
 from __future__ import annotations
@@ -27,9 +22,7 @@ from lightning_memloc.options import MeasureOptions
 
 __all__ = ["MEASURE_FLAGS", "analyze", "measure_kwargs"]
 
-#: ``measure()`` keyword arguments set from the flag of the same name (``top_k`` from ``--top-k``): the
-#: fields of :class:`~lightning_memloc.options.MeasureOptions`, so a new measurement option needs
-#: only its flag in :mod:`~lightning_memloc.cli.parser` (``tests/test_cli_contract.py`` fails until it has one).
+#: ``measure()`` keyword arguments set from the flag of the same name (``top_k`` from ``--top-k``).
 MEASURE_FLAGS = MeasureOptions.keywords()
 
 
@@ -37,11 +30,6 @@ def measure_kwargs(args: argparse.Namespace, *, reference: Optional[nn.Module], 
                    labels: Optional[Tensor], candidate_ids: Tensor, groups: Dict[str, Tensor], meta: Dict[str, Any],
                    reference_cache: Any, transform: Any = None) -> Dict[str, Any]:
     """The keyword arguments of :func:`~lightning_memloc.measure` for the parsed ``memloc analyze`` flags.
-
-    The flags of :data:`MEASURE_FLAGS` pass through by name; the rest are what the command selected
-    and loaded (the reference module, the parsed ``--layers``, the candidates' labels, their
-    dataset indices, the control / unseen images, the report's ``meta``, the reference cache and the
-    ``--transform`` it built).
 
     Example:
         >>> from lightning_memloc.cli.parser import build_parser
@@ -113,8 +101,7 @@ def _candidate_labels(args: argparse.Namespace, labels: Tensor, positions: Tenso
 
 def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.Module], layers: Any,
            candidates: Tensor, device: torch.device, transform: Any = None) -> None:
-    """One forward of two candidates' views: a bad ``--transform``, ``--normalize``, ``--layers`` or a
-    reference of another shape fails here."""
+    """One forward of two candidates' views, so bad ``--transform`` / ``--layers`` / reference fail early."""
     from lightning_memloc.measurement import build_views
     from lightning_memloc.taps.probe import probe_layers
 
@@ -131,11 +118,7 @@ def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.
 
 
 def analyze(args: argparse.Namespace) -> int:
-    """Run ``memloc analyze`` on parsed arguments; returns the exit code (0).
-
-    Raises:
-        CLIError: a bad argument (code 2, before any measurement) or a failed measurement (code 1).
-    """
+    """Run ``memloc analyze`` on parsed arguments; returns the exit code (0) or raises ``CLIError``."""
     from lightning_memloc.cli.analysis_flags import check_analysis_arguments, run_cli_analyses
     from lightning_memloc.cli.output import StagedOutput
     from lightning_memloc.measure import measure

@@ -30,7 +30,7 @@ nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
 def seed(text: str) -> int:
-    """A seed in [0, 2**64) (seeds are used modulo 2**64: others would alias; docs/reliability.md row 48)."""
+    """A seed in [0, 2**64) (seeds are used modulo 2**64: others would alias)."""
     from lightning_memloc.checks import check_seed
 
     try:
@@ -61,8 +61,7 @@ def probability(text: str) -> float:
 
 
 def normalize_spec(text: str) -> Any:
-    """``--normalize``: a preset name (``imagenet``, ``cifar10``) or ``MEAN/STD`` as comma-separated
-    per-channel values, e.g. ``0.5,0.5,0.5/0.25,0.25,0.25``.
+    """``--normalize``: a preset name or ``MEAN/STD`` as comma-separated per-channel values.
 
     Example:
         >>> normalize_spec("0.5/0.25"), normalize_spec("imagenet")

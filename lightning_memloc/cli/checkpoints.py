@@ -1,9 +1,4 @@
-"""Loading ``--encoder`` / ``--reference`` checkpoints into the ``--arch`` model, with one-line errors.
-
-The encoder ``f`` and the reference ``g`` of Wang et al., *Localizing Memorization in SSL Vision
-Encoders* (NeurIPS 2024) must share one architecture: a checkpoint that does not fit is an
-error saying which tensor differs and which flags to fix.
-"""
+"""Loading ``--encoder`` / ``--reference`` checkpoints into the ``--arch`` model, with one-line errors."""
 
 from __future__ import annotations
 

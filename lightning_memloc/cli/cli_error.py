@@ -1,9 +1,5 @@
 """Errors of the ``memloc`` command: :class:`CLIError` and :func:`as_cli_error`, which names the flag at fault.
 
-A bad argument ends ``memloc`` with exit code 2 and one line on stderr that names the argument
-and the fix, before any measurement of Wang et al., *Localizing Memorization in SSL Vision
-Encoders* (NeurIPS 2024) starts; a failed measurement exits with 1.
-
 Example:
     >>> try:
     ...     with as_cli_error("--views"):
@@ -33,7 +29,6 @@ class CLIError(Exception):
 
     Args:
         argument: the command-line argument at fault (``"--encoder"``), or ``""``.
-        message: what is wrong and how to fix it; whitespace (newlines) is collapsed to one line.
         code: exit code, 2 for a bad argument, 1 for a failed measurement.
     """
 

@@ -1,9 +1,4 @@
-"""``memloc``: the entry point dispatching to ``analyze``, ``plot`` and ``demo``.
-
-The command measures and draws the memorization of Wang et al., *Localizing Memorization in SSL
-Vision Encoders* (NeurIPS 2024); :func:`main` turns every :class:`CLIError` into one stderr line
-and an exit code.
-"""
+"""``memloc``: the entry point dispatching to ``analyze``, ``plot`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -34,14 +29,10 @@ def _demo(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``memloc`` command (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024).
-
-    Args:
-        argv: the arguments (default ``sys.argv[1:]``), e.g. ``["analyze", "--encoder", "f.pt", ...]``.
+    """Run the ``memloc`` command on ``argv`` (default ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 success; 2 a bad argument (one line on stderr names it and the fix, also for
-        argparse usage errors); 1 the measurement failed (e.g. NaN activations); 130 interrupted.
+        The exit code: 0 success; 2 a bad argument (one stderr line); 1 a failed measurement; 130 interrupted.
 
     Example:
         >>> main(["plot", "no/such/report.json"])  # doctest: +SKIP

@@ -1,18 +1,7 @@
 """The naming contract between the ``memloc`` flags and the Python keywords, with its exceptions.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) is measured by one
-function, :func:`~lightning_memloc.measure`, from three surfaces: Python, the
-:class:`~lightning_memloc.MemorizationMonitor` callback and the ``memloc`` command. The contract:
-
-1. every keyword of ``measure()`` is the ``memloc analyze`` flag ``--kebab-name`` (``top_k`` is
-   ``--top-k``) with the same default, except the keywords of :data:`MEASURE_EXCEPTIONS`;
-2. every keyword of ``MemorizationMonitor`` that ``memloc demo`` exposes is the flag
-   ``--kebab-name`` with the same default, except :data:`MONITOR_EXCEPTIONS`;
-3. a flag name means one thing in every sub-command (``--candidates`` is a count of candidates,
-   ``--split-candidates`` a fraction or count of the split, ``--limit`` the first N images,
-   ``--subset`` a seeded random subset), except :data:`FLAG_EXCEPTIONS`.
-
-``tests/test_cli_contract.py`` checks all three, and that ``docs/cli.md`` lists the exceptions.
+Keywords of ``measure()`` and of ``MemorizationMonitor`` are the flags ``--kebab-name`` with the same
+default, and a flag means one thing in every sub-command, except the entries below.
 """
 
 from __future__ import annotations

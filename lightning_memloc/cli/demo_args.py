@@ -1,11 +1,4 @@
-"""Validation of ``memloc demo`` arguments: a bad value is an argparse-style error (exit code 2), never a traceback.
-
-The demo co-trains a SimCLR encoder and its reference and measures memorization of the held-out
-candidates (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024): it
-needs at least one epoch, images of at least one pixel, two views per candidate (LayerMem
-compares pairs of views) and at least two candidates (UnitMem compares a candidate with the
-others). :func:`validate_args` checks these after parsing and before anything is loaded.
-"""
+"""Validation of ``memloc demo`` arguments: a bad value is an argparse-style error (exit code 2), never a traceback."""
 
 from __future__ import annotations
 

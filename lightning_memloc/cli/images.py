@@ -1,11 +1,6 @@
 """Data and candidate selection of ``memloc analyze`` / ``memloc plot``: what is measured, and its nulls.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure the
-candidates (seen by ``f`` only) of a shared / candidates / independent split; the evidence adds a
-control (seen by both encoders) and an unseen set. Candidates, control and unseen are dataset
-indices: from the split (``--indices-from-split``), or from files (``--indices``, ``--control``,
-``--unseen``); a ``.json`` dict such as the ``split.json`` of ``memloc demo`` gives each flag its
-own list (``candidates``, ``control``, ``unseen``).
+Candidates, control and unseen are dataset indices, from the split (``--indices-from-split``) or from files.
 """
 
 from __future__ import annotations
@@ -30,10 +25,7 @@ INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "un
 
 
 def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
-    """Dataset indices from a ``.json`` list or dict, a ``.txt`` or a ``.npy``; errors name ``flag``.
-
-    A ``.json`` dict gives its :data:`INDEX_KEYS` list of ``flag`` (``"candidates"`` for ``--indices``,
-    ``"control"`` for ``--control``, ...), so one ``split.json`` serves every flag.
+    """Dataset indices from a ``.json`` list or dict (its :data:`INDEX_KEYS` list), a ``.txt`` or a ``.npy``.
 
     Raises:
         CLIError: a missing or unreadable file, no indices, non-integers or duplicates.

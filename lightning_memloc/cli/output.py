@@ -1,12 +1,6 @@
 """``memloc analyze --output-dir``: one run per folder at a time, and a folder that never mixes two runs.
 
-A run holds a lock on the folder (``.memloc.lock`` in it; the kernel drops the lock when the
-process ends, also when it is killed) from before its measurement to its last file. It writes its
-report and figures into a hidden staging folder inside the output folder and moves them into place
-only at the end, report last, with Ctrl+C held back during those few renames. The files an earlier
-analysis wrote and this one does not (e.g. the figures of ``--analyses`` it did not run) are
-removed then. A run that fails or is interrupted before that leaves the folder as it was; a second
-run on a folder in use is refused with the holder's pid.
+A run locks the folder, writes into a hidden staging folder and moves its files in at the end, report last.
 
 Example:
     >>> import tempfile, pathlib
@@ -82,11 +76,7 @@ def _try_lock(fd: int) -> bool:
 
 
 def lock_folder(folder: Path, flag: str) -> int:
-    """Take the lock of ``folder`` (an existing folder) without waiting; returns its file descriptor.
-
-    Raises:
-        CLIError: another process holds it (its pid, host and start time in the message).
-    """
+    """Take the lock of ``folder`` without waiting; returns its file descriptor (``CLIError`` if held)."""
     path = folder / LOCK_NAME
     with as_cli_error(flag, FILE_ERRORS + (OSError,)):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -113,12 +103,6 @@ def _unlock(fd: int) -> None:
 
 class StagedOutput:
     """The output folder of one run: locked while the run lasts, filled all at once at :meth:`commit`.
-
-    Args:
-        out: the output folder (created if missing).
-        flag: the flag that named it, for the messages.
-        overwrite: whether an earlier analysis's ``report.json`` may be replaced (checked again
-            under the lock: a run that finished meanwhile counts).
 
     Attributes:
         staging: the hidden folder to write into, inside ``out`` (same file system: moves are renames).
@@ -148,14 +132,7 @@ class StagedOutput:
         return self
 
     def commit(self, written: Sequence[Path]) -> List[Path]:
-        """Move the staged files into the folder (report last) and drop an earlier analysis's other files.
-
-        Args:
-            written: the staged files, in :attr:`staging`.
-
-        Returns:
-            Their paths in the output folder, in the same order.
-        """
+        """Move the staged files into the folder (report last), drop an earlier analysis's others; returns the new paths."""
         from lightning_memloc.io import target_mode
 
         names = [Path(p).name for p in written]

@@ -1,16 +1,6 @@
 """``memloc analyze`` on the user's own models: ``--model pkg.module:factory`` and ``--lightning-module``.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure encoders of
-any architecture. Besides its four ``--arch`` names, ``memloc analyze`` builds the encoder with
-
-- ``--model pkg.module:factory`` (any importable callable returning the encoder, called with
-  ``--model-kwargs`` as a JSON object); ``--encoder`` / ``--reference`` then hold weights loaded
-  into it (a state dict or a Lightning checkpoint, with ``--encoder-prefix``), and without
-  ``--encoder`` the factory's own weights are measured (e.g. a pretrained timm model);
-- ``--lightning-module pkg.Class`` with ``--encoder-attr backbone``: the encoder is the attribute
-  of ``Class.load_from_checkpoint(--encoder)`` (the module must have called
-  ``save_hyperparameters()`` or take no required arguments); the reference is read the same way
-  from ``--reference`` (its attribute: ``--reference-attr``, default ``--encoder-attr``).
+Without ``--encoder``, a ``--model`` factory's own weights are measured (e.g. a pretrained timm model).
 """
 
 from __future__ import annotations
@@ -167,11 +157,7 @@ def _from_lightning_module(args: argparse.Namespace) -> Tuple[nn.Module, Optiona
 
 
 def user_encoders(args: argparse.Namespace) -> Optional[Tuple[nn.Module, Optional[nn.Module]]]:
-    """``(encoder, reference or None)`` built by ``--model`` / ``--lightning-module``; ``None`` for ``--arch``.
-
-    Raises:
-        CLIError: naming the argument at fault and the fix.
-    """
+    """``(encoder, reference or None)`` built by ``--model`` / ``--lightning-module``; ``None`` for ``--arch``."""
     choice = _check_choice(args)
     if choice == "--arch":
         return None

@@ -1,10 +1,4 @@
-"""The ``--arch`` model zoo of ``memloc analyze``: :data:`ARCHS` and :func:`build_model`.
-
-The encoders a checkpoint is loaded into: the ResNet9 of Wang et al., *Localizing Memorization
-in SSL Vision Encoders* (NeurIPS 2024), the layout of their released code, torchvision's
-ResNet-18 and the test encoder. Other architectures come from ``--model`` /
-``--lightning-module`` (:mod:`lightning_memloc.cli.user_models`).
-"""
+"""The ``--arch`` model zoo of ``memloc analyze``: :data:`ARCHS` and :func:`build_model`."""
 
 from __future__ import annotations
 
@@ -23,21 +17,10 @@ DEFAULT_WIDTH = {"resnet9": 64, "authors-resnet9": 32, "resnet18": 64, "resnet18
 
 
 def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) -> nn.Module:
-    """An untrained encoder of ``arch`` to load a checkpoint into (``load_encoder(path, like=...)``).
+    """An untrained encoder of ``arch`` (one of :data:`ARCHS`) to load a checkpoint into.
 
     Args:
-        arch: one of :data:`ARCHS`: ``"resnet9"`` (the ResNet9 of Wang et al., NeurIPS 2024),
-            ``"authors-resnet9"`` (the layout of the authors' released code, width 32 by default),
-            ``"resnet18"`` / ``"resnet18-cifar"`` (torchvision's, ``fc`` replaced by identity) or
-            ``"tiny"`` (:class:`~lightning_memloc.models.TinyCNN`).
-        width: base width (``None``: 64, 32 for ``"authors-resnet9"``, 4 for ``"tiny"``); ResNet-18 only has 64.
-        in_channels: image channels.
-
-    Returns:
-        The encoder; its ``forward`` returns the representation.
-
-    Raises:
-        ValueError: an unknown ``arch``, or a width ResNet-18 does not have.
+        width: base width (``None``: :data:`DEFAULT_WIDTH`); ResNet-18 only has 64.
 
     Example:
         >>> build_model("tiny", width=2)(torch.rand(1, 3, 8, 8)).shape

@@ -1,9 +1,4 @@
-"""Encoders: the paper's ResNet9, the authors' released ResNet9 and small test encoders.
-
-ResNet9 is the encoder of Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024) in the DAWNBench layout; :class:`AuthorsResNet9` is the variant of the authors'
-released code; :class:`TinyCNN` and :class:`TinyMLP` are fast stand-ins for tests.
-"""
+"""Encoders: the paper's ResNet9, the authors' released ResNet9 and small test encoders."""
 
 from lightning_memloc.models.authors import AuthorsBlock, AuthorsResNet9, convert_authors_state_dict
 from lightning_memloc.models.norm import group_count, make_norm

@@ -1,19 +1,7 @@
 """The ResNet9 of the authors' released code, as an option beside :class:`~lightning_memloc.models.ResNet9`.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) released their
-scripts (sprintml/LocalizingMemorizationInSSL). Their ResNet9, for SimCLR and for supervised
-training, differs from the DAWNBench layout of :class:`~lightning_memloc.models.ResNet9`:
-
-* widths 32, 64, 64, 64, 128, 256, 256, 256 (``w, 2w, 2w, 2w, 4w, 8w, 8w, 8w`` with ``w = 32``);
-* every layer is conv (3×3, **with bias**) → BatchNorm → ReLU, and layers 1, 2, 5 and 6 end with a
-  2×2 max-pool *inside* the layer, so a tap on them sees the pooled map (16, 8, 4, 2 px for a
-  32 px input; layers 7 and 8 are 2×2);
-* residual additions after layers 4 (``+`` the output of layer 2) and 8 (``+`` layer 6), made in
-  the model's ``forward``, outside the layers.
-
-The layer names follow theirs (``prep``, ``layer1_head``, ...), so their checkpoints load after
-:func:`convert_authors_state_dict`. Every layer is a :class:`AuthorsBlock`, a
-:class:`~lightning_memloc.models.ConvBlock`, so ``layers="auto"`` taps the eight of them in order.
+Conv layers with bias, max-pools inside layers 1, 2, 5, 6, residual additions in ``forward``; their
+checkpoints load after :func:`convert_authors_state_dict`.
 """
 
 from __future__ import annotations
@@ -37,16 +25,7 @@ AUTHORS_LAYERS: Tuple[Tuple[str, int, bool], ...] = (
 
 
 class AuthorsBlock(ConvBlock):
-    """conv (3×3, bias) → norm → ReLU [→ 2×2 max-pool]: one layer of the authors' ResNet9.
-
-    The pool is part of the layer, as in the authors' ``conv_bn_relu_pool``: a forward hook on
-    the block sees the pooled, non-negative map.
-
-    Args:
-        in_ch: input channels (≥ 1).
-        out_ch: output channels, i.e. units (≥ 1).
-        pool: end with ``nn.MaxPool2d(2)``.
-        norm: ``"batch"`` or ``"group"``, as in :class:`~lightning_memloc.models.ConvBlock`.
+    """conv (3×3, bias) → norm → ReLU [→ 2×2 max-pool]: one layer of the authors' ResNet9 (a hook sees the pooled map).
 
     Example:
         >>> import torch
@@ -59,13 +38,12 @@ class AuthorsBlock(ConvBlock):
         self.pool: Optional[nn.MaxPool2d] = nn.MaxPool2d(2) if pool else None
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return ``pool(relu(norm(conv(x))))`` (no pool when ``pool=False``)."""
         x = self.relu(self.bn(self.conv(x)))
         return x if self.pool is None else self.pool(x)
 
 
 class AuthorsResNet9(nn.Module):
-    """ResNet9 as in the authors' released SimCLR and supervised code (Wang et al., NeurIPS 2024).
+    """ResNet9 as in the authors' released SimCLR and supervised code.
 
     Layout with ``w = width`` (theirs: ``w = 32``, 1,644,672 parameters without a classifier)::
 
@@ -80,19 +58,11 @@ class AuthorsResNet9(nn.Module):
         global_pool (adaptive max, 1) → flatten          features of size 8w
         fc     Linear(8w, num_classes)                   only if num_classes is given
 
-    The residual additions happen in :meth:`forward`, after the layer's hook has fired: a tap on
-    ``layer1_residual2`` sees the block output *before* ``+ a``, as a tap on the authors' model
-    does. The children are registered in forward order, so running them in sequence (what
-    torchvision's ``IntermediateLayerGetter`` in the authors' UnitMem script does, see
-    :func:`lightning_memloc.analyses.fidelity.sequential_children`) skips the two additions. Their
-    classifier max-pools the 2×2 map of a 32 px input, i.e. a global max-pool as here. Inputs
-    need at least 16×16 pixels (four 2×2 pools).
+    A tap on ``layer1_residual2`` sees the block output *before* ``+ a``, as on the authors' model.
+    Inputs need at least 16×16 pixels.
 
     Args:
-        in_channels: image channels (≥ 1).
-        width: channels of the first layer, ``w`` above (≥ 1; theirs is 32).
-        num_classes: if given, append a linear classifier and return logits; otherwise
-            :meth:`forward` returns the ``8 * width`` features.
+        num_classes: if given, append a linear classifier and return logits.
         norm: ``"batch"`` (theirs) or ``"group"`` (GroupNorm, e.g. for DP-SGD).
 
     Example:
@@ -144,12 +114,7 @@ class AuthorsResNet9(nn.Module):
 
 
 def convert_authors_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename the keys of a checkpoint of the authors' ResNet9 for :class:`AuthorsResNet9`.
-
-    Their layers are ``nn.Sequential(conv, batch, relu[, pool])`` and their classifier
-    ``nn.Sequential(MaxPool2d, Flatten, Linear)``: ``<layer>.batch.*`` becomes ``<layer>.bn.*``
-    and ``classifier.2.*`` becomes ``fc.*``; other keys are kept. Load the result with
-    ``AuthorsResNet9(num_classes=10).load_state_dict(...)`` (or ``strict=False`` without ``fc``).
+    """Rename the keys of the authors' ResNet9 checkpoint for :class:`AuthorsResNet9` (``batch`` → ``bn``, ``classifier.2`` → ``fc``).
 
     Example:
         >>> import torch
@@ -165,8 +130,7 @@ def convert_authors_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Te
 
 
 def _authors_param_count(in_channels: int = 3, width: int = 32, num_classes: Optional[int] = None) -> int:
-    """Closed-form parameter count of :class:`AuthorsResNet9`: per layer 9·in·out conv weights +
-    out biases + 2·out norm affine, plus the classifier.
+    """Closed-form parameter count of :class:`AuthorsResNet9`: per layer 9·in·out + 3·out, plus the classifier.
 
     Example:
         >>> _authors_param_count()

@@ -1,11 +1,6 @@
 """Train an encoder and its reference side by side in one ``Trainer.fit``.
 
-LayerMem needs a reference encoder ``g`` of the same architecture trained on S' = shared ∪
-independent, never on the candidates, while the encoder ``f`` trains on S = shared ∪ candidates
-(Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024: 40k / 5k / 5k of
-CIFAR-10's 50k training images). :class:`CoTrainedPair` trains both in one Lightning run, so a
-:class:`~lightning_memloc.MemorizationMonitor` with ``encoder="encoder.backbone",
-reference="reference.backbone"`` tracks LayerMem live. The two models share no parameters, so the
+``f`` trains on shared ∪ candidates, ``g`` on shared ∪ independent; they share no parameters, so the
 sum of their losses gives each exactly its own gradients.
 """
 
@@ -34,10 +29,7 @@ def _default_loss(model: nn.Module, batch: Any) -> Tensor:
 
 
 class CoTraining:
-    """The logic of :class:`CoTrainedPair`: mixed in before a ``LightningModule`` base, so that one
-    implementation serves ``pytorch_lightning`` (:class:`CoTrainedPair`) and ``lightning.pytorch``
-    (:class:`lightning_memloc.lightning.CoTrainedPair`).
-    """
+    """The logic of :class:`CoTrainedPair`, mixed in before either Lightning package's ``LightningModule``."""
 
     def __init__(self, encoder: nn.Module, reference: nn.Module, loss_fn: Optional[LossFn] = None, lr: float = 0.06,
                  weight_decay: float = 5e-4, warmup_epochs: int = 2, max_epochs: int = 100) -> None:
@@ -106,9 +98,7 @@ class CoTrainedPair(CoTraining, pl.LightningModule):
         reference: the same architecture, trained on shared ∪ independent.
         loss_fn: ``(model, batch) -> loss``; default ``model.training_loss(batch)``.
         lr: peak learning rate of SGD (momentum 0.9).
-        weight_decay: SGD weight decay.
         warmup_epochs: linear LR warm-up epochs, then cosine decay to 0 at ``max_epochs``.
-        max_epochs: length of the schedule.
 
     Example:
         >>> from lightning_memloc import BatchedSimCLRAugment
@@ -128,14 +118,8 @@ def cotraining_loader(images: Tensor, split: SplitIndices, batch_size: int = 256
 
     Args:
         images: (N, C, H, W) uint8 training images.
-        split: shared / candidates / independent indices (:func:`~lightning_memloc.data.split_candidates`).
-        batch_size: images per batch for each model.
-        num_workers: DataLoader workers.
-        transform: per-image transform (e.g. ``lightly.transforms.SimCLRTransform``); ``None``
-            yields raw uint8 images for a batched augmentation inside the model.
-        labels: optional labels carried along.
-        combined: the ``CombinedLoader`` class of the Lightning package in use
-            (:mod:`lightning_memloc.lightning` passes that of ``lightning.pytorch``).
+        transform: per-image transform; ``None`` yields uint8 images for a batched augmentation in the model.
+        combined: the ``CombinedLoader`` class of the Lightning package in use.
     """
     dataset = TensorImageDataset(images, labels, transform=transform)
     encoder_idx = torch.cat([torch.as_tensor(split.shared), torch.as_tensor(split.candidates)]).tolist()

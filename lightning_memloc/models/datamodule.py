@@ -1,12 +1,4 @@
-"""``CoTrainingData``: the shared / candidates / independent split as a LightningDataModule.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) train the encoder
-``f`` on shared ∪ candidates and the reference ``g`` on shared ∪ independent. This data module
-serves :class:`~lightning_memloc.CoTrainedPair` those batches from a data set named by a path or a
-name, with the candidates and the independent images given as index selections (a slice
-``"0:64"``, a list, a file). The :class:`~lightning_memloc.callbacks.MemorizationMonitor` takes
-the same data and ``indices=``, so a LightningCLI configuration file needs no Python.
-"""
+"""``CoTrainingData``: the shared / candidates / independent split as a LightningDataModule."""
 
 from __future__ import annotations
 
@@ -22,8 +14,7 @@ __all__ = ["CoTrainingData", "CoTrainingSplit"]
 
 
 class CoTrainingSplit:
-    """The logic of :class:`CoTrainingData`, mixed in before either Lightning package's
-    ``LightningDataModule`` (see :mod:`lightning_memloc.lightning`)."""
+    """The logic of :class:`CoTrainingData`, mixed in before either Lightning package's ``LightningDataModule``."""
 
     combined: Type = CombinedLoader
 
@@ -65,15 +56,10 @@ class CoTrainingData(CoTrainingSplit, pl.LightningDataModule):
     """Batches ``{"encoder": shared ∪ candidates, "reference": shared ∪ independent}`` for :class:`~lightning_memloc.CoTrainedPair`.
 
     Args:
-        data: an ``.npz`` file, a ``.pt`` tensor file, an image folder or ``"digits"`` (see
-            :func:`~lightning_memloc.data.candidates.load_candidates`).
-        candidates: the candidate images (seen by the encoder only): a slice ``"start:stop"``,
-            a list of ints or an index file.
-        independent: the images only the reference sees (disjoint from ``candidates``); the rest
-            is shared.
-        size: resize the images to ``size`` × ``size``.
+        data: an ``.npz`` file, a ``.pt`` tensor file, an image folder or ``"digits"``.
+        candidates: images seen by the encoder only: a slice ``"start:stop"``, a list of ints or an index file.
+        independent: images only the reference sees (disjoint from ``candidates``); the rest is shared.
         batch_size: images per batch for each model.
-        num_workers: DataLoader workers.
 
     Example:
         >>> dm = CoTrainingData("digits", candidates="0:8", independent="8:16", size=8, batch_size=4)

@@ -1,12 +1,7 @@
 """Load an encoder's weights from a checkpoint file, safely (``weights_only=True``).
 
-Accepts a plain ``state_dict`` file (``torch.save(model.state_dict(), path)``), a Lightning
-checkpoint (``{"state_dict": ...}``), a state dict nested in other dicts (``{"model": ...}``: keys
-are joined with dots), and a whole-module prefix inside it (``"backbone."``,
-``"reference.backbone."``, DDP's ``"module."``, ``torch.compile``'s ``"_orig_mod."``). Without a
-prefix, the one under which every key of the target fits is used; several (the encoder and the
-reference of a co-trained pair, an EMA copy) are an error listing them. ``"pair.ckpt:prefix"``
-names one (:func:`split_prefix`). Pruned tensors (``w_orig`` and ``w_mask``) load as ``w``.
+State dicts, Lightning checkpoints and nested dicts; the encoder's key prefix is found (several: an
+error) or named as ``"pair.ckpt:prefix"``. Pruned tensors (``w_orig``, ``w_mask``) load as ``w``.
 """
 
 from __future__ import annotations
@@ -30,9 +25,6 @@ _EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".tar")
 
 def split_prefix(spec: Union[PathLike, str]) -> Tuple[PathLike, Optional[str]]:
     """``"pair.ckpt:reference.backbone"`` -> ``("pair.ckpt", "reference.backbone")``; anything else as is.
-
-    The part after the last ``:`` is a prefix when it is a dotted name and the part before it is an
-    existing file or ends with a checkpoint extension (an existing file named with a colon wins).
 
     Example:
         >>> split_prefix("runs/pair.ckpt:reference.backbone"), split_prefix("g.pt")
@@ -61,7 +53,6 @@ def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
     """Read the tensors of a checkpoint with ``torch.load(..., weights_only=True)``.
 
     Raises:
-        FileNotFoundError: nothing at ``path``.
         CheckpointError: the file is not a (Lightning) checkpoint or state dict.
     """
     source = Path(path)
@@ -102,22 +93,13 @@ def fitting_prefixes(state: Dict[str, Tensor], expected: List[str]) -> List[str]
 
 
 def encoder_state(path: PathLike, like: nn.Module, prefix: Optional[str] = None) -> Dict[str, Tensor]:
-    """The checkpoint's tensors that belong to ``like``'s architecture, with their prefix removed.
+    """Every tensor under the encoder's prefix (removed), keys ``like`` lacks included.
 
     Args:
-        path: a ``state_dict`` file or a Lightning checkpoint; ``"path:prefix"`` names the prefix.
-        like: a module of the expected architecture.
-        prefix: key prefix of the encoder inside the checkpoint; ``None`` finds it: the one prefix
-            (``""``, ``"backbone."``, ``"module."`` ...) under which every key of ``like`` is, with
-            its shape if names alone fit under several.
-
-    Returns:
-        Every tensor under the prefix (the prefix removed): keys ``like`` lacks are kept, so callers
-        can tell a checkpoint of another architecture.
+        prefix: key prefix of the encoder; ``None``: the one under which every key (and shape) of ``like`` fits.
 
     Raises:
-        AmbiguousPrefixError: ``prefix`` is ``None`` and ``like``'s keys fit under several prefixes
-            (e.g. ``encoder.backbone.`` and ``reference.backbone.``): the message lists them.
+        AmbiguousPrefixError: ``like``'s keys fit under several prefixes.
     """
     path, named = split_prefix(path)
     if prefix is not None and named is not None and prefix.rstrip(".") != named:
@@ -142,23 +124,10 @@ def encoder_state(path: PathLike, like: nn.Module, prefix: Optional[str] = None)
 
 
 def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) -> nn.Module:
-    """A copy of ``like`` with weights read from ``path``.
-
-    Args:
-        path: a ``state_dict`` file or a Lightning checkpoint (``"pair.ckpt:reference.backbone"``
-            names the prefix, see :func:`split_prefix`).
-        like: a module of the right architecture (e.g. the encoder being trained, pruned or not);
-            not modified.
-        prefix: key prefix of the encoder inside the checkpoint (found if ``None``, see
-            :func:`encoder_state`).
-
-    Returns:
-        A new module in eval mode with ``requires_grad=False`` everywhere (a frozen reference),
-        without pruning masks even if ``like`` has some.
+    """A frozen copy of ``like`` (eval, no grad, no pruning masks) with weights read from ``path``.
 
     Raises:
-        FileNotFoundError, CheckpointError: see :func:`read_state_dict`; ``AmbiguousPrefixError``
-            (a ``CheckpointError``): see :func:`encoder_state`.
+        CheckpointError: an unreadable file or an ambiguous prefix (:func:`encoder_state`).
         ArchitectureMismatchError: the checkpoint's tensors do not fit ``like``.
 
     Example:
@@ -200,14 +169,7 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
 
 def resolve_module(owner: nn.Module, spec: Union[str, nn.Module, Callable[[nn.Module], nn.Module], None],
                    argument: str) -> nn.Module:
-    """The module ``spec`` designates on ``owner``.
-
-    Args:
-        owner: e.g. the LightningModule.
-        spec: a module (returned as is), a callable ``owner -> module``, a dotted attribute path
-            (``"encoder.backbone"``), or ``None`` for ``owner`` itself.
-        argument: the user-facing argument name, for error messages.
-    """
+    """The module ``spec`` (a module, a callable ``owner -> module``, a dotted path, ``None``: ``owner``) designates."""
     if isinstance(spec, nn.Module):
         return spec
     if spec is None:

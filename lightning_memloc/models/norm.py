@@ -1,11 +1,4 @@
-"""Normalisation layers of the encoders: BatchNorm (the paper's) or GroupNorm.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) train ResNet9 with
-BatchNorm. BatchNorm mixes the images of a batch, which per-example gradient methods such as
-DP-SGD cannot allow; GroupNorm (Wu & He, *Group Normalization*, ECCV 2018) normalises every image
-on its own and is the usual replacement there. :func:`make_norm` builds either, so the encoders
-take a single ``norm="batch" | "group"`` switch.
-"""
+"""Normalisation layers of the encoders: BatchNorm (the paper's) or GroupNorm (per-image, e.g. for DP-SGD)."""
 
 from __future__ import annotations
 
@@ -20,13 +13,9 @@ NORMS: Tuple[str, ...] = ("batch", "group")
 
 
 def group_count(channels: int, max_groups: int = 32, min_group_size: int = 2) -> int:
-    """Number of GroupNorm groups for ``channels``: the largest divisor of ``channels`` that is at
-    most ``max_groups`` and leaves at least ``min_group_size`` channels in every group.
+    """GroupNorm groups for ``channels``: the largest divisor ≤ ``max_groups`` leaving ≥ ``min_group_size`` per group.
 
-    32 groups is Wu & He's default (ECCV 2018); the group-size floor keeps GroupNorm from turning
-    into a per-channel InstanceNorm on narrow layers (which would normalise every unit of every
-    image to the same mean, as train-mode BatchNorm at batch size 1 does). A single channel gets
-    one group.
+    The floor keeps GroupNorm from becoming a per-channel InstanceNorm on narrow layers.
 
     Example:
         >>> [group_count(c) for c in (1, 2, 8, 32, 48, 64, 256)]
@@ -42,11 +31,7 @@ def group_count(channels: int, max_groups: int = 32, min_group_size: int = 2) ->
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
-    """``nn.BatchNorm2d(channels)`` for ``norm="batch"``, ``nn.GroupNorm(group_count(channels),
-    channels)`` for ``norm="group"`` (both with a per-channel affine weight and bias).
-
-    Raises:
-        ValueError: ``norm`` is not one of :data:`NORMS`.
+    """``nn.BatchNorm2d`` for ``norm="batch"``, ``nn.GroupNorm(group_count(channels), channels)`` for ``"group"``.
 
     Example:
         >>> make_norm("group", 64)

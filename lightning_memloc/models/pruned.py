@@ -1,14 +1,6 @@
 """Modules and state dicts carrying ``torch.nn.utils.prune`` masks: copy them, read them, undo them.
 
-A pruned tensor ``w`` becomes a parameter ``w_orig``, a buffer ``w_mask`` and a forward pre-hook
-that recomputes ``w = w_orig * w_mask`` as a plain (non-leaf) attribute. ``copy.deepcopy`` refuses
-such a module, a pruned model's ``state_dict`` names ``w_orig`` / ``w_mask`` instead of ``w``, and
-``prune.remove`` bakes the mask into the weights. Here:
-
-- :func:`plain_copy`: a copy of a (pruned) module with its masks baked in, the original untouched;
-- :func:`unpruned_state`: a state dict's ``w_orig`` / ``w_mask`` pairs as ``w``;
-- :class:`MaskUndo`: undo masks registered on a model, giving back the original parameters
-  (the same objects, values and order), for a fit that fails before it trains.
+A pruned ``w`` is a parameter ``w_orig``, a buffer ``w_mask`` and a pre-hook computing ``w = w_orig * w_mask``.
 """
 
 from __future__ import annotations
@@ -29,8 +21,6 @@ def pruning_hooks(module: nn.Module) -> List[Tuple[int, "prune.BasePruningMethod
 
 def plain_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every pruning mask baked into a plain parameter (``module`` unchanged).
-
-    Also copies modules with the deprecated ``torch.nn.utils.weight_norm`` (which ``copy.deepcopy`` refuses).
 
     Example:
         >>> from torch.nn.utils import prune
@@ -70,9 +60,7 @@ def unpruned_state(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
 class MaskUndo:
     """Remember a module's parameters before masks are registered on it; :meth:`undo` removes the masks again.
 
-    ``undo`` puts back the very ``Parameter`` objects (optimizers holding them stay valid), with
-    the values they had (masks never change ``w_orig``), in their order, and removes the masks, the
-    hooks and the computed attributes. Masks that were there before ``remember`` are kept.
+    ``undo`` puts back the very ``Parameter`` objects (optimizers holding them stay valid), in their order.
 
     Example:
         >>> conv = nn.Conv2d(1, 2, 1)

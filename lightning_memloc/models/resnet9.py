@@ -1,11 +1,4 @@
-"""ResNet9, the encoder of the paper's main experiments.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) report UnitMem and
-LayerMem for a ResNet9 trained with SimCLR on CIFAR-10, numbering its eight convolutional layers
-1..8. This module reproduces that encoder in the DAWNBench / Myrtle layout so that
-:func:`lightning_memloc.taps.hooks.resolve_layers` with ``layers="auto"`` returns exactly those eight
-layers, in the paper's order.
-"""
+"""ResNet9, the encoder of the paper's main experiments (``layers="auto"`` taps its eight layers in order)."""
 
 from __future__ import annotations
 
@@ -20,18 +13,12 @@ __all__ = ["ConvBlock", "Residual", "ResNet9"]
 
 
 class ConvBlock(nn.Module):
-    """3×3 convolution (no bias by default) → BatchNorm2d (or GroupNorm) → ReLU: one "layer" of the paper's ResNet9.
+    """3×3 convolution → BatchNorm2d (or GroupNorm) → ReLU: one "layer" of the paper's ResNet9.
 
-    The block's output is the post-activation feature map, so a forward hook on the block sees
-    non-negative activations, as UnitMem assumes (Wang et al., NeurIPS 2024, §3). Each output
-    channel is one unit.
+    A hook on the block sees non-negative activations, as UnitMem assumes; each output channel is a unit.
 
     Args:
-        in_ch: number of input channels (≥ 1).
-        out_ch: number of output channels, i.e. units (≥ 1).
-        norm: ``"batch"`` (BatchNorm2d, default) or ``"group"`` (GroupNorm, see
-            :func:`~lightning_memloc.models.norm.make_norm`); the layer is ``self.bn`` either way.
-        bias: whether the convolution has a bias (the authors' released ResNet9 has one).
+        norm: ``"batch"`` or ``"group"``; the layer is ``self.bn`` either way.
 
     Example:
         >>> import torch
@@ -54,16 +41,11 @@ class ConvBlock(nn.Module):
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return ``relu(bn(conv(x)))`` of shape ``(B, out_ch, H, W)``."""
         return self.relu(self.bn(self.conv(x)))
 
 
 class Residual(nn.Module):
     """Two :class:`ConvBlock` with an identity shortcut: ``x + conv2(conv1(x))``.
-
-    Args:
-        channels: number of input and output channels (≥ 1).
-        norm: ``"batch"`` or ``"group"``, as in :class:`ConvBlock`.
 
     Example:
         >>> import torch
@@ -78,7 +60,6 @@ class Residual(nn.Module):
         self.conv2 = ConvBlock(channels, channels, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return ``x + conv2(conv1(x))``."""
         return x + self.conv2(self.conv1(x))
 
 
@@ -96,22 +77,11 @@ class ResNet9(nn.Module):
         global_pool (adaptive max, 1) → flatten       features of size 8w
         fc     Linear(8w, num_classes)                only if num_classes is given
 
-    Pooling is applied in :meth:`forward`, outside the blocks, so a tap on ``conv2`` sees the
-    post-ReLU map before pooling. ``resolve_layers(ResNet9(), "auto", x)`` returns the eight
-    layers ``conv1, conv2, res1.conv1, res1.conv2, conv3, conv4, res2.conv1, res2.conv2``, i.e.
-    layers 1..8 of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
-    Any input of at least 8×8 pixels works (CIFAR-10 is 32×32).
+    Pooling happens outside the blocks, so a tap on ``conv2`` sees the map before pooling. Inputs ≥ 8×8.
 
     Args:
-        in_channels: number of image channels (≥ 1).
-        width: channels of the first layer, ``w`` above (≥ 1).
-        num_classes: if given (≥ 1), append a linear classifier and return logits; otherwise
-            :meth:`forward` returns the ``8 * width`` features (the SSL representation).
-        norm: ``"batch"`` (BatchNorm, the paper's) or ``"group"`` (GroupNorm, per-image: needed for
-            DP-SGD); the parameter count is the same.
-
-    Attributes:
-        feature_dim: size of the representation, ``8 * width``.
+        num_classes: if given, append a linear classifier and return logits.
+        norm: ``"batch"`` (the paper's) or ``"group"`` (GroupNorm, per-image: needed for DP-SGD).
 
     Example:
         >>> import torch
@@ -174,10 +144,7 @@ class ResNet9(nn.Module):
 
 
 def _param_count(in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None) -> int:
-    """Closed-form parameter count of :class:`ResNet9` (used by tests and docs).
-
-    ``9 * (in * w + 178 * w**2) + 70 * w`` for the encoder (conv weights plus BatchNorm affine),
-    plus ``8w * num_classes + num_classes`` for the classifier.
+    """Closed-form parameter count of :class:`ResNet9`: ``9 * (in * w + 178 * w**2) + 70 * w`` plus the classifier.
 
     Example:
         >>> _param_count()

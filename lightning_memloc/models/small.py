@@ -1,10 +1,4 @@
-"""Small encoders for fast tests and examples.
-
-They follow the conventions of :class:`~lightning_memloc.models.ResNet9` (post-ReLU taps, a
-``feature_dim`` attribute) at a fraction of the cost, so UnitMem / LayerMem pipelines
-(Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024) can be exercised
-end to end in milliseconds on a CPU.
-"""
+"""Small encoders for fast tests and examples, with ResNet9's conventions (post-ReLU taps, ``feature_dim``)."""
 
 from __future__ import annotations
 
@@ -19,19 +13,7 @@ __all__ = ["TinyCNN", "TinyMLP"]
 
 
 class TinyCNN(nn.Module):
-    """Three :class:`ConvBlock` layers: a miniature ResNet9 for tests.
-
-    Layout with ``w = width``: ``conv1 = ConvBlock(in, w)`` → ``pool1`` (max, 2) →
-    ``conv2 = ConvBlock(w, 2w)`` → ``pool2`` (max, 2) → ``conv3 = ConvBlock(2w, 4w)`` →
-    ``global_pool`` (adaptive average, 1) → ``flatten``. Auto taps are ``conv1, conv2, conv3``.
-    Works on any input of at least 4×4 pixels.
-
-    Args:
-        in_channels: number of image channels (≥ 1).
-        width: channels of the first layer (≥ 1).
-
-    Attributes:
-        feature_dim: size of the representation, ``4 * width``.
+    """Three :class:`ConvBlock` layers (``conv1..3``, widths w, 2w, 4w, max-pooled): a miniature ResNet9.
 
     Example:
         >>> import torch
@@ -56,24 +38,13 @@ class TinyCNN(nn.Module):
         self.flatten = nn.Flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return the ``(B, 4 * width)`` representation."""
         x = self.pool1(self.conv1(x))
         x = self.pool2(self.conv2(x))
         return self.flatten(self.global_pool(self.conv3(x)))
 
 
 class TinyMLP(nn.Module):
-    """``Flatten`` then ``Linear → ReLU`` blocks: an encoder whose units are linear features.
-
-    Modules are named ``flatten, fc1, relu1, fc2, relu2, ...``; the auto taps are the ReLU
-    modules (kind ``"linear"``), whose outputs are non-negative as UnitMem assumes.
-
-    Args:
-        in_features: size of the flattened input (≥ 1).
-        hidden: widths of the hidden layers, at least one, each ≥ 1.
-
-    Attributes:
-        feature_dim: size of the representation, ``hidden[-1]``.
+    """``Flatten`` then ``fc<i> → relu<i>`` blocks of widths ``hidden``; the auto taps are the ReLUs.
 
     Example:
         >>> import torch
@@ -100,7 +71,6 @@ class TinyMLP(nn.Module):
             previous = h
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return the ``(B, hidden[-1])`` representation of a ``(B, ...)`` input."""
         x = self.flatten(x)
         for i in range(1, len(self.hidden) + 1):
             x = getattr(self, f"relu{i}")(getattr(self, f"fc{i}")(x))

@@ -1,9 +1,4 @@
-"""A minimal SimCLR model (lightly's projection head and NT-Xent loss) for examples and the demo.
-
-SimCLR: Chen et al., *A Simple Framework for Contrastive Learning of Visual Representations*
-(ICML 2020). Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) study
-memorization of SimCLR-trained ResNet9 encoders on CIFAR-10; this module reproduces that set-up.
-"""
+"""A minimal SimCLR model (lightly's projection head and NT-Xent loss) for examples and the demo."""
 
 from __future__ import annotations
 
@@ -23,15 +18,9 @@ class SimCLR(nn.Module):
     """Backbone + SimCLR projection head + NT-Xent loss.
 
     Args:
-        backbone: the encoder whose memorization is measured (e.g. :class:`~lightning_memloc.models.ResNet9`).
         feature_dim: output size of ``backbone``.
-        hidden_dim: hidden size of the projection head.
-        out_dim: output size of the projection head.
-        augment: a batched view augmentation ``(images, seeds) -> views`` (e.g.
-            :class:`~lightning_memloc.BatchedSimCLRAugment`) applied to raw image batches; if
-            ``None``, batches must already hold two views ``((v1, v2), ...)`` as produced by
-            ``lightly.transforms.SimCLRTransform``.
-        temperature: NT-Xent temperature.
+        augment: a batched view augmentation ``(images, seeds) -> views`` applied to raw image batches;
+            if ``None``, batches must hold two views ``((v1, v2), ...)``.
 
     Example:
         >>> import torch
@@ -54,8 +43,7 @@ class SimCLR(nn.Module):
     @classmethod
     def resnet9(cls, in_channels: int = 3, width: int = 64, augment: Optional[nn.Module] = None,
                 norm: str = "batch") -> "SimCLR":
-        """The paper's set-up: a :class:`~lightning_memloc.models.ResNet9` backbone with a
-        projection head of hidden size ``4 * width`` and output size ``2 * width``."""
+        """The paper's set-up: a ResNet9 backbone, projection head ``4 * width`` → ``2 * width``."""
         from lightning_memloc.models import ResNet9
 
         backbone = ResNet9(in_channels=in_channels, width=width, norm=norm)
@@ -64,9 +52,7 @@ class SimCLR(nn.Module):
     @classmethod
     def authors_resnet9(cls, in_channels: int = 3, width: int = 32, augment: Optional[nn.Module] = None,
                         norm: str = "batch") -> "SimCLR":
-        """The authors' released set-up: an :class:`~lightning_memloc.models.AuthorsResNet9` backbone
-        (``width=32`` is theirs) with a projection head of hidden size ``8 * width`` (the feature
-        size) and output size ``2 * width`` (64 at ``width=32``)."""
+        """The authors' released set-up: an AuthorsResNet9 backbone, projection head ``8 * width`` → ``2 * width``."""
         from lightning_memloc.models import AuthorsResNet9
 
         backbone = AuthorsResNet9(in_channels=in_channels, width=width, norm=norm)

@@ -1,16 +1,7 @@
 """Unit surgery: find the parameters that carry a layer's units and mask them, without Lightning.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) localize
-memorization in individual units (UnitMem) and show that removing the most memorizing units
-hurts more than removing random or the least memorizing ones. Here a unit is an output channel
-of a conv layer or an output feature of a linear layer; pruning it zeroes the rows of the
-producing weight (and bias) and, when a BatchNorm follows in the same block, its affine weight
-and bias too, so the unit's output is exactly zero after the block's ReLU.
-
-Masks are ``torch.nn.utils.prune.identity`` reparametrisations whose buffers receive zeros.
-:func:`prune_units` prunes a bare encoder; the Lightning callback
-:class:`~lightning_memloc.callbacks.pruning.MemorizationPruning` registers the same masks in
-``setup`` and fills them during ``fit``.
+Pruning a unit zeroes its rows of the producing weight and bias and of a following BatchNorm's affine,
+so its output is exactly zero after the ReLU; masks are ``prune.identity`` reparametrisations.
 """
 
 from __future__ import annotations
@@ -46,10 +37,8 @@ class UnitTargets:
     """The modules whose parameters carry the units of one tapped layer.
 
     Attributes:
-        layer: the tapped layer's name in the encoder.
         producer: the conv / linear module whose output channels / features are the units.
-        norms: BatchNorm layers that follow the producer before the tap (masked too).
-        num_units: number of units (the producer's output width).
+        norms: BatchNorm layers that follow the producer (masked too).
     """
 
     layer: str
@@ -83,19 +72,8 @@ def _last_producer(block: nn.Module, num_units: Optional[int]) -> Optional[Tuple
 def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] = None) -> UnitTargets:
     """Find the module producing the units of ``layer`` (and the BatchNorm layers after it).
 
-    A block tap (``ConvBlock``: Conv2d → BatchNorm2d → ReLU) uses its last conv / linear module
-    with ``num_units`` outputs and the BatchNorm layers registered after it. A parameter-free tap
-    (a ReLU module, as in ``TinyMLP`` or a torchvision stem) looks back over its preceding
-    siblings, across parameter-free modules and BatchNorm layers, for that producer.
-
-    Args:
-        encoder: the encoder the layer names refer to.
-        layer: the tapped layer's module name.
-        num_units: the report's number of units (``None``: any width).
-
-    Raises:
-        LayerNotFoundError: ``layer`` is not a module of ``encoder``.
-        ValueError: no producing conv / linear module with ``num_units`` outputs was found.
+    A block's last conv / linear with ``num_units`` outputs, or, for a parameter-free tap (a ReLU), the
+    one among its preceding siblings.
     """
     check_layers_exist(encoder, [layer])
     tap = encoder.get_submodule(layer)
@@ -156,8 +134,6 @@ def remove_masks(targets: UnitTargets) -> None:
 def check_amount(amount: object) -> Dict[str, Amount]:
     """``{"count": n}`` for an int ``amount`` >= 1, ``{"fraction": f}`` for a float in (0, 1); else an error.
 
-    The result is the keyword :func:`~lightning_memloc.report.selection.select_units` takes.
-
     Example:
         >>> check_amount(3), check_amount(0.25)
         ({'count': 3}, {'fraction': 0.25})
@@ -176,12 +152,7 @@ def check_amount(amount: object) -> Dict[str, Amount]:
 
 def choose_units(report: MemorizationReport, targets: Dict[str, UnitTargets], amount: Amount, strategy: str,
                  scope: str, seed: int) -> Dict[str, Tensor]:
-    """The units to prune in every layer of ``targets``: ``{layer: LongTensor of unit indices}``.
-
-    Checks first that the report holds every layer with the producer's number of units (a report
-    measured on another encoder is refused), then asks
-    :func:`~lightning_memloc.report.selection.select_units`.
-    """
+    """The units to prune in every layer of ``targets`` (refusing a report of another encoder)."""
     missing = [layer for layer in targets if layer not in report.layers]
     if missing:
         raise ValueError(f"layers {missing} are not in the report; its layers are {report.layers}.")
@@ -207,15 +178,10 @@ def prune_units(
     """Prune units of a bare encoder, chosen from a report by UnitMem.
 
     Args:
-        module: the encoder the report was measured on (report layer names are its modules).
-        report: the measurement.
         amount: a fraction in (0, 1) or a count >= 1 (per layer or in all, see ``scope``).
         strategy: ``"highest"``, ``"lowest"`` or ``"random"`` UnitMem.
-        scope: ``"layer"`` or ``"global"`` (see :func:`~lightning_memloc.report.selection.select_units`).
-        layers: restrict pruning to these report layers.
-        seed: seed of ``"random"``.
-        permanent: bake the masks into the weights (``prune.remove``); ``False`` keeps the
-            ``*_orig`` / ``*_mask`` reparametrisation.
+        scope: ``"layer"`` or ``"global"``.
+        permanent: bake the masks into the weights; ``False`` keeps ``*_orig`` / ``*_mask``.
 
     Returns:
         ``{layer: LongTensor of pruned unit indices}``.
@@ -250,11 +216,7 @@ def prune_units(
 
 
 def check_amount_units(amount: Any, scope: str, units: Dict[str, int]) -> None:
-    """Refuse an ``amount`` that prunes every unit, warn when it rounds to none.
-
-    A fraction is ``round(fraction * units)`` per layer (``scope="layer"``) or over all layers
-    (``"global"``); a count is taken from every layer or in all.
-    """
+    """Refuse an ``amount`` that prunes every unit, warn when it rounds to none."""
     if not units:
         return
     amount = as_python_number(amount)
@@ -274,11 +236,8 @@ def check_amount_units(amount: Any, scope: str, units: Dict[str, int]) -> None:
 def following_norms(encoder: nn.Module, layer: str, width: int) -> Tuple[nn.Module, ...]:
     """BatchNorm layers right after the tapped module, outside it, that act on its ``width`` channels.
 
-    Masking a conv channel whose output then goes through a BatchNorm leaves the channel firing
-    (the BatchNorm adds ``β − γ·μ/σ``): those BatchNorms are masked too. The walk goes over the
-    tap's following siblings, across parameter-free modules, up to the next module with
-    parameters. A GroupNorm / LayerNorm there mixes the channels and cannot be pruned per unit:
-    ``ValueError``.
+    A masked channel would still fire through a BatchNorm (``β − γ·μ/σ``), so those are masked too; a
+    GroupNorm / LayerNorm there mixes channels: ``ValueError``.
     """
     if not layer:
         return ()

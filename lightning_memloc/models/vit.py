@@ -1,11 +1,4 @@
-"""A tiny torchvision Vision Transformer for tests and examples.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) localize
-memorization in ViT encoders block by block (attention vs MLP). :class:`TinyViT` is a torchvision
-``VisionTransformer`` (so the torchvision branch of the ViT ``layers="auto"`` rule in
-:mod:`lightning_memloc.taps.vit` applies unchanged) small enough for CPU tests, returning the
-class-token features like an SSL backbone.
-"""
+"""A tiny torchvision Vision Transformer for tests and examples."""
 
 from __future__ import annotations
 
@@ -16,21 +9,13 @@ __all__ = ["TinyViT"]
 
 
 class TinyViT(VisionTransformer):
-    """A small torchvision ``VisionTransformer`` without classification head.
+    """A small torchvision ``VisionTransformer`` returning the class token ``(B, dim)`` (no head).
 
-    ``forward(images: float[B, 3, image_size, image_size]) -> float[B, dim]``: the final
-    layer-normalised class token (``heads`` is ``nn.Identity``). Each of the ``depth`` blocks is an
-    ``EncoderBlock`` named ``encoder.layers.encoder_layer_<i>``, whose ``self_attention`` and
-    ``mlp.1`` (the GELU of the MLP) are the ViT ``"auto"`` layers.
+    The ``self_attention`` and ``mlp.1`` of each block are the ViT ``"auto"`` layers.
 
     Args:
-        image_size: input side length (must be divisible by ``patch_size``).
-        patch_size: patch side length; ``(image_size / patch_size)² + 1`` tokens.
-        dim: token width (``hidden_dim``); the number of attention units per block.
-        depth: number of encoder blocks.
-        heads: attention heads (must divide ``dim``).
+        dim: token width; the number of attention units per block.
         mlp_dim: MLP hidden width; the number of MLP units per block.
-        dropout: dropout rate (0 keeps measurements deterministic in train mode too).
 
     Example:
         >>> import torch

@@ -1,20 +1,6 @@
 """Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history.
 
-The views of memorization in Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024): LayerMem / ΔLayerMem by depth with the top-k and least-k candidates (their
-Table 1 / Figure 2), the UnitMem distribution per layer (Figure 3), SSLMem against UnitMem per
-candidate (Figure 4), the most and least memorized candidates, and UnitMem / LayerMem over
-training epochs. Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas (no
-``pyplot`` state, no display needed) and written atomically as PNG; every function returns the
-path it wrote.
-
-Modules: :mod:`~lightning_memloc.plots.figure` (the shared Agg figure, atomic PNG writer, depth
-axis), :mod:`~lightning_memloc.plots.report_figures` (the figures of one report and :func:`plot_report`),
-:mod:`~lightning_memloc.plots.history` (training curves), :mod:`~lightning_memloc.plots.evidence_figures`
-(the nulls and tests), :mod:`~lightning_memloc.plots.profile` and :mod:`~lightning_memloc.plots.heatmap`
-(the profile by depth and the layer × measurement heat maps logged to TensorBoard),
-:mod:`~lightning_memloc.plots.analysis_figures` (the paper's other analyses) and
-:mod:`~lightning_memloc.plots.io` (reading reports and histories back).
+Agg canvas (no ``pyplot`` state), PNGs written atomically; every function returns the path it wrote.
 
 Example:
     >>> import tempfile, torch

@@ -1,11 +1,4 @@
-"""Figures of :mod:`lightning_memloc.analyses` results (as stored in ``report.analyses``).
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024): cross-layer
-consistency heat maps (top-k overlap, Kendall's τ), the SSLMem drop of the layer-exchange study,
-atypicality against SSLMem / UnitMem, the most memorized candidates next to their nearest
-training images, and UnitMem of units before / after single-unit fine-tuning. Agg canvas, no
-``pyplot`` state; files are written atomically and every function returns the path it wrote.
-"""
+"""Figures of :mod:`lightning_memloc.analyses` results (as stored in ``report.analyses``)."""
 
 from __future__ import annotations
 
@@ -48,12 +41,7 @@ def _need(result: Any, keys: List[str], what: str) -> Mapping[str, Any]:
 
 
 def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
-    """Two heat maps over layer pairs: top-k overlap of the most memorized candidates and Kendall's τ.
-
-    Args:
-        result: :func:`~lightning_memloc.analyses.layer_consistency`'s result.
-        path: PNG file to write.
-    """
+    """Heat maps over layer pairs of :func:`~lightning_memloc.analyses.layer_consistency`: top-k overlap, Kendall's τ."""
     result = _need(result, ["layers", "k", "top_k_overlap", "kendall_tau"], "consistency")
     layers = list(result["layers"])
     size = len(layers)
@@ -82,12 +70,7 @@ def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
 
 
 def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
-    """Bars: drop of the candidates' SSLMem after exchanging each layer / group with the reference's.
-
-    Args:
-        result: :func:`~lightning_memloc.analyses.layer_exchange_study`'s result.
-        path: PNG file to write.
-    """
+    """Bars: SSLMem drop after exchanging each layer / group (:func:`~lightning_memloc.analyses.layer_exchange_study`)."""
     result = _need(result, ["single", "groups", "baseline", "k", "measure_layer"], "exchange")
     names = list(result["single"])
     drops = [result["single"][n]["drop_normalised"] for n in names]
@@ -133,14 +116,7 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
 
 def plot_atypicality(result: Mapping[str, Any], report: MemorizationReport, path: PathLike,
                      layer: Optional[str] = None) -> Path:
-    """Scatter of atypicality (kNN distance) against SSLMem and against each candidate's highest UnitMem.
-
-    Args:
-        result: :func:`~lightning_memloc.analyses.atypicality_study`'s result for ``report``.
-        report: the report it was computed from.
-        path: PNG file to write.
-        layer: the layer (default: the last one).
-    """
+    """Scatter of atypicality (kNN distance) against SSLMem and the highest UnitMem, at ``layer`` (default: last)."""
     result = _need(result, ["knn_distance", "spearman", "k"], "atypicality")
     layer = report.layers[-1] if layer is None else layer
     if layer not in report.layers:
@@ -170,10 +146,8 @@ def plot_neighbours(result: Mapping[str, Any], candidates: Tensor, pool: Tensor,
     """Grid: each of the most memorized candidates (first column) next to its nearest training images.
 
     Args:
-        result: :func:`~lightning_memloc.analyses.atypicality_study`'s result.
         candidates: (N, C, H, W) candidate images, in report order.
         pool: (M, C, H, W) the pool the study searched (``neighbour_positions`` index it).
-        path: PNG file to write.
     """
     result = _need(result, ["most_memorized", "knn_distance"], "atypicality")
     top = result["most_memorized"]
@@ -228,10 +202,7 @@ def plot_unit_restore(result: Mapping[str, Any], path: PathLike) -> Path:
 
 def plot_analyses(report: MemorizationReport, out_dir: PathLike, candidates: Optional[Tensor] = None,
                   pool: Optional[Tensor] = None) -> List[Path]:
-    """Every figure the analyses stored in ``report.analyses`` allow; returns the paths written.
-
-    The neighbour grid needs the ``candidates`` and ``pool`` images; the other figures only the report.
-    """
+    """Every figure ``report.analyses`` allows (the neighbour grid needs ``candidates`` and ``pool``)."""
     out = Path(out_dir)
     analyses: Dict[str, Any] = getattr(report, "analyses", None) or {}
     written: List[Path] = []

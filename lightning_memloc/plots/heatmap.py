@@ -1,10 +1,6 @@
 """Layer × measurement heat maps of a monitor history: where memorization builds up, and when.
 
-Rows are layers (input at the top), columns the measurements in the order they were taken; a
-cell's colour is the excess of the candidates' LayerMem over the control (diverging, centred on
-0; ``*`` where its Holm-corrected test passes) or the layer's mean UnitMem. The end of the
-learning-rate warm-up is drawn as a dashed line (Wang et al., *Localizing Memorization in SSL
-Vision Encoders*, NeurIPS 2024, draw it in their figure of UnitMem over training).
+``*`` marks cells whose Holm-corrected test passes; a dashed line marks the end of the warm-up.
 """
 
 from __future__ import annotations
@@ -51,11 +47,6 @@ def _layers(entries: Sequence[Mapping[str, Any]], quantity: str) -> List[str]:
 def heatmap_data(history: History, quantity: str, layers: Optional[Sequence[str]] = None) -> Heatmap:
     """The ``memloc.<quantity>/<layer>`` scalars of ``history`` as a (layers, measurements) matrix.
 
-    Args:
-        history: the monitor's history (list of dicts, or a path to ``history.json``).
-        quantity: a per-layer quantity (``"excess"``, ``"unit_mem_mean"``, ...).
-        layers: rows in this order (default: the order the history lists them, i.e. depth).
-
     Example:
         >>> h = [{"epoch": 0, "global_step": 5, "memloc.excess/a": 0.1, "memloc.excess/b": 0.3},
         ...      {"epoch": 1, "global_step": 10, "memloc.excess/a": 0.2, "memloc.excess/b": 0.4}]
@@ -78,10 +69,7 @@ def heatmap_data(history: History, quantity: str, layers: Optional[Sequence[str]
 
 
 def warmup_boundary(steps: Sequence[int], warmup_step: Optional[int]) -> Optional[float]:
-    """The column boundary (x of a heat map) after the last measurement taken by the end of the warm-up.
-
-    ``None`` when there is no warm-up, when it ended before the first measurement, or when it is
-    not over at the last one.
+    """The column boundary after the last measurement taken by the end of the warm-up (``None``: outside).
 
     Example:
         >>> warmup_boundary([0, 10, 20, 30], 20), warmup_boundary([0, 10], 20), warmup_boundary([30, 40], 20)
@@ -140,15 +128,7 @@ def _draw(fig: Figure, ax: Any, data: Heatmap, alpha: float, warmup: Optional[fl
 
 def heatmap_figure(history: History, layers: Optional[Sequence[str]] = None, *, warmup_step: Optional[int] = None,
                    alpha: float = 0.05) -> Figure:
-    """Heat maps (layers × measurements) of the excess over the control and of mean UnitMem.
-
-    Without a control the first map is LayerMem (without a reference it is left out).
-
-    Args:
-        history: the monitor's history (list of dicts or a ``history.json`` path).
-        layers: row order (default: the history's, i.e. depth).
-        warmup_step: global step at which the learning-rate warm-up ends (``None``: no line).
-        alpha: significance level of the stars.
+    """Heat maps (layers × measurements) of the excess over the control (else LayerMem) and of mean UnitMem.
 
     Example:
         >>> h = [{"epoch": e, "global_step": 10 * e, "memloc.unit_mem_mean/a": 0.1 * e} for e in range(3)]

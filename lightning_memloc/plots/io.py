@@ -1,14 +1,7 @@
 """Reading what :mod:`lightning_memloc.plots` draws: monitor histories and report / history files.
 
-A :class:`~lightning_memloc.MemorizationMonitor` with ``output_dir`` writes ``history.json`` (one
-dict of ``memloc.<quantity>/<layer>`` scalars per measurement) and ``report_epoch=<E>.json``;
-``memloc analyze`` and ``memloc demo`` write ``report.json``. The figures follow Wang et al.,
-*Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
-
 Example:
-    >>> load_history([{"epoch": 0, "memloc.unit_mem_mean/conv1": 0.2}])[0]["epoch"]
-    0
-    >>> load_history([{"epoch": 0, "memloc/unit_mem_mean/conv1": 0.2}])[0]  # written before tags had sections
+    >>> load_history([{"epoch": 0, "memloc/unit_mem_mean/conv1": 0.2}])[0]  # old tags are upgraded
     {'epoch': 0, 'memloc.unit_mem_mean/conv1': 0.2}
 """
 
@@ -49,17 +42,9 @@ def _is_number(value: Any, key: str) -> bool:
 
 
 def load_history(history: History) -> List[Dict[str, Any]]:
-    """A monitor history (``history.json`` of :class:`~lightning_memloc.MemorizationMonitor`), validated.
-
-    Args:
-        history: the list of per-measurement dicts, or a path to ``history.json``.
-
-    Returns:
-        A copy of the entries; keys of the former ``memloc/<quantity>/<layer>`` scheme are renamed
-        ``memloc.<quantity>/<layer>`` (:func:`~lightning_memloc.report.tags.upgrade_tag`).
+    """A monitor history (list of dicts or ``history.json`` path), validated, with tags upgraded.
 
     Raises:
-        FileNotFoundError: no file at the path.
         ReportFormatError: not a list of dicts with an ``"epoch"`` and ``memloc.<quantity>/<layer>`` scalars.
     """
     where = "history"
@@ -82,15 +67,7 @@ def load_history(history: History) -> List[Dict[str, Any]]:
 
 
 def read_plot_input(path: PathLike) -> Tuple[str, Union[MemorizationReport, List[Dict[str, Any]]]]:
-    """Read a report or a history file, telling which it is.
-
-    Returns:
-        ``("report", MemorizationReport)`` or ``("history", list of dicts)``.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ReportFormatError: corrupt JSON, or neither a report nor a history.
-    """
+    """``("report", MemorizationReport)`` or ``("history", list of dicts)`` read from ``path``."""
     source = Path(path)
     data = _read_json(source, "report or history")
     if isinstance(data, list):
@@ -121,17 +98,9 @@ def _in_folder(folder: Path) -> List[Path]:
 
 
 def find_plot_inputs(paths: Sequence[PathLike]) -> Tuple[Optional[MemorizationReport], Optional[List[Dict[str, Any]]]]:
-    """The report and the history among ``paths``: files, or folders searched for them.
-
-    A folder contributes its ``report.json`` (else its latest ``report_epoch=<E>.json``) and its
-    ``history.json``, also from a ``memloc/`` sub-folder (the layout of ``memloc demo``).
-
-    Returns:
-        ``(report or None, history or None)``.
+    """``(report or None, history or None)`` among ``paths``: files, or folders (and their ``memloc/``) searched.
 
     Raises:
-        FileNotFoundError: a missing file, or a folder without any of these files.
-        ReportFormatError: a corrupt file.
         ValueError: two reports or two histories.
     """
     files = [f for given in map(Path, paths) for f in (_in_folder(given) if given.is_dir() else [given])]

@@ -1,13 +1,6 @@
 """The memorization profile of one measurement by depth: each figure next to its null, in one picture.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read where an encoder
-memorizes off LayerMem and UnitMem layer by layer; without a null those numbers include the offset
-between two encoders (``../shared/DESIGN.md`` §6). Panels (those the report has data for):
-LayerMem of the candidates ± CI against the control and the unseen images; the excess over the
-control ± CI with its Holm-corrected test; the share of units whose μmax image was seen against
-chance; mean UnitMem on seen against unseen images. Every drawn series carries its data key as the
-artist's ``gid`` (``"excess"``, ``"membership_chance"``, ...), so the figure can be checked against
-:func:`profile_data`.
+Each drawn series carries its data key as ``gid``, so the figure can be checked against :func:`profile_data`.
 """
 
 from __future__ import annotations
@@ -28,10 +21,6 @@ __all__ = ["measurement_title", "plot_profile", "profile_data", "profile_figure"
 
 def profile_data(report: MemorizationReport) -> Dict[str, np.ndarray]:
     """Per-layer values (depth order, NaN where missing) of every quantity the report has.
-
-    Keys: every evidence record key with a value at some layer (``excess``, ``excess_lo``,
-    ``membership_p_holm``, ...), and without evidence the report's ``layer_mem`` family (with a
-    reference) and ``unit_mem_mean``.
 
     Example:
         >>> import torch
@@ -106,12 +95,10 @@ def _panels(data: Dict[str, np.ndarray]) -> List[str]:
 
 
 def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = None) -> Figure:
-    """The memorization profile of ``report`` by depth (panels: see the module docstring).
+    """The memorization profile of ``report`` by depth: LayerMem, excess, membership and UnitMem panels.
 
     Args:
-        report: one measurement.
-        warmup_step: global step at which the learning-rate warm-up ends (``None``: unknown);
-            the title says whether the measurement is before or after it.
+        warmup_step: global step at which the warm-up ends; the title says which side the measurement is on.
 
     Example:
         >>> import torch
