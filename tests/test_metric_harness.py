@@ -15,13 +15,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from helpers import slow_unitmem
-from lightning_memloc.functional import class_means, classmem, dead_units, delta_layermem, layermem, sslmem
-from lightning_memloc.functional import top_least_indices, unit_argmax, unitmem
+from lightning_memloc.functional import (
+    class_means, classmem, dead_units, delta_layermem, layermem, sslmem, top_least_indices, unit_argmax, unitmem,
+)
 from lightning_memloc.functional.unitmem import take_ids
 from lightning_memloc.states import ClassMem, LayerMem, UnitMem, ViewAlignment
 from lightning_memloc.states.view_moments import ViewMoments
 from lightning_memloc.views.stats import channel_sums, statistics_from_sums
-from metric_tester import Case, MetricSpec, check_class, check_merge, check_reset, run_ddp, single_process, assert_outputs
+from metric_tester import Case, MetricSpec, assert_outputs, check_class, check_merge, check_reset, run_ddp, single_process
 
 K, U, L, C = 3, 5, 3, 3  # views, units, layers, channels
 
