@@ -49,8 +49,8 @@ def ref_unit(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -> D
     mu = data["activations"].double().numpy().mean(axis=1)
     pos = ref_policy(mu, options["negative"])
     return {"unit_mem": torch.from_numpy(slow_unitmem(pos, options["reduction"])),
-            "argmax": torch.tensor(ref_argmax(pos, ids.numpy())),
-            "dead": torch.tensor([not (pos[:, u] != 0).any() for u in range(pos.shape[1])]),
+            "unit_argmax": torch.tensor(ref_argmax(pos, ids.numpy())),
+            "dead_units": torch.tensor([not (pos[:, u] != 0).any() for u in range(pos.shape[1])]),
             "num_candidates": len(ids)}
 
 
@@ -61,8 +61,8 @@ def ref_class(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -> 
     means = ref_policy(np.stack([mu[labels == c].mean(axis=0) for c in classes]), options["negative"])
     unit = ref_unit(data, ids, options)
     return {"class_mem": torch.from_numpy(slow_unitmem(means, options["reduction"])),
-            "argmax": torch.tensor(ref_argmax(means, classes)),
-            "unit_mem": unit["unit_mem"], "unit_argmax": unit["argmax"], "dead": unit["dead"]}
+            "class_argmax": torch.tensor(ref_argmax(means, classes)),
+            "unit_mem": unit["unit_mem"], "unit_argmax": unit["unit_argmax"], "dead_units": unit["dead_units"]}
 
 
 def ref_layer(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -> Dict[str, Any]:
@@ -101,8 +101,8 @@ def ref_moments(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -
 # ----------------------------------------------------------------------------- functional forms
 def fun_unit(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -> Dict[str, Any]:
     mu, negative = data["activations"].mean(dim=1), options["negative"]
-    return {"unit_mem": unitmem(mu, options["reduction"], negative), "argmax": take_ids(ids, unit_argmax(mu, negative)),
-            "dead": dead_units(mu, negative), "num_candidates": len(ids)}
+    return {"unit_mem": unitmem(mu, options["reduction"], negative), "unit_argmax": take_ids(ids, unit_argmax(mu, negative)),
+            "dead_units": dead_units(mu, negative), "num_candidates": len(ids)}
 
 
 def fun_class(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -> Dict[str, Any]:
@@ -110,8 +110,8 @@ def fun_class(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -> 
     means, classes = class_means(mu, labels)
     unit = fun_unit(data, ids, options)
     return {"class_mem": classmem(mu, labels, reduction=options["reduction"], negative=negative),
-            "argmax": take_ids(classes, unit_argmax(means, negative)),
-            "unit_mem": unit["unit_mem"], "unit_argmax": unit["argmax"], "dead": unit["dead"]}
+            "class_argmax": take_ids(classes, unit_argmax(means, negative)),
+            "unit_mem": unit["unit_mem"], "unit_argmax": unit["unit_argmax"], "dead_units": unit["dead_units"]}
 
 
 def fun_layer(data: Dict[str, Tensor], ids: Tensor, options: Dict[str, Any]) -> Dict[str, Any]:

@@ -43,8 +43,8 @@ def test_unitmem_hand_computed():
     metric.update(torch.tensor([[2.0, 2.0]]), torch.tensor([3]))  # id 2 never updated
     out = metric.compute()
     torch.testing.assert_close(out["unit_mem"], torch.tensor([1 / 3, 1 / 3]))
-    assert out["argmax"].tolist() == [0, 1]
-    assert out["dead"].tolist() == [False, False]
+    assert out["unit_argmax"].tolist() == [0, 1]
+    assert out["dead_units"].tolist() == [False, False]
     assert out["num_candidates"] == 3
 
 
@@ -54,7 +54,7 @@ def test_classmem_hand_computed_and_label_checks():
     metric.update(torch.tensor([[1.0, 1.0]]), torch.tensor([2]), torch.tensor([8]))
     out = metric.compute()
     torch.testing.assert_close(out["class_mem"], torch.tensor([0.5, 0.0]))
-    assert out["argmax"].tolist() == [5, 5]
+    assert out["class_argmax"].tolist() == [5, 5]
     with pytest.raises(ValueError, match="disagree"):
         metric.update(torch.tensor([[1.0, 1.0]]), torch.tensor([2]), torch.tensor([5]))
     with pytest.raises(ValueError, match="labels.*>= 0"):
@@ -99,7 +99,7 @@ def test_single_unit_stays_one_dimensional():
     metric = UnitMem(3, 1)
     metric.update(torch.tensor([[1.0], [3.0], [1.0]]), torch.arange(3))
     out = metric.compute()
-    assert out["unit_mem"].shape == (1,) and out["argmax"].tolist() == [1] and out["dead"].shape == (1,)
+    assert out["unit_mem"].shape == (1,) and out["unit_argmax"].tolist() == [1] and out["dead_units"].shape == (1,)
 
 
 # --------------------------------------------------------------------------- torchmetrics' sync path, without processes

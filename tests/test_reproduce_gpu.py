@@ -49,7 +49,7 @@ def data(tmp_path: Path) -> Path:
                          ids=["fp32", "bf16-channels-last"])
 def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path, extra) -> None:
     out = tmp_path / "out"
-    assert gpu.main(["--data", str(data), "--out", str(out), "--max-epochs", "1", "--train-seconds", "5", *TINY,
+    assert gpu.main(["--data", str(data), "--out", str(out), "--max-epochs", "1", "--train-seconds", "600", *TINY,
                      *extra]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["f.pt", "g.pt", "history.json", "report.json", "results.json",
                                                        "tables.md"]

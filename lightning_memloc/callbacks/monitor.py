@@ -29,7 +29,7 @@ from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.models.loading import load_encoder, resolve_module
 from lightning_memloc.reductions.baseline import INIT_BATCHNORM, recalibrated_batchnorm
-from lightning_memloc.states.distributed import rank_zero_buffers  # re-exported (documented here before)
+from lightning_memloc.states.distributed import rank_zero_buffers
 from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.states.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measurement import Measurement

@@ -36,7 +36,7 @@ class ClassMem(UnitMem):
         >>> metric.update(torch.tensor([[4.0, 1.0], [2.0, 1.0], [1.0, 1.0]]), torch.arange(3),
         ...               labels=torch.tensor([5, 5, 8]))
         >>> out = metric.compute()
-        >>> out["class_mem"], out["argmax"]
+        >>> out["class_mem"], out["class_argmax"]
         (tensor([0.5000, 0.0000]), tensor([5, 5]))
     """
 
@@ -82,12 +82,9 @@ class ClassMem(UnitMem):
         """ClassMem of the candidates seen.
 
         Returns:
-            ``{"class_mem": Tensor[U] in [0, 1], "argmax": LongTensor[U] class labels}`` plus the
-            per-unit UnitMem results of the same states (``"unit_mem"``, ``"unit_argmax"``
-            candidate ids, ``"dead"``), so one metric serves both without storing the sums twice.
-            Keys are relative to the metric: ClassMem's ``"argmax"`` is a class, UnitMem's (here
-            ``"unit_argmax"``) a candidate; the report names them by
-            :data:`lightning_memloc.states.meter.REPORT_FIELDS` (ClassMem's argmax has no report field).
+            ``{"class_mem": Tensor[U] in [0, 1], "class_argmax": LongTensor[U] class labels}`` plus the
+            UnitMem results of the same states (``"unit_mem"``, ``"unit_argmax"``, ``"dead_units"``):
+            one metric serves both without storing the sums twice.
         """
         units = super().compute()
         ids, mu = self.mean_activations()
@@ -98,8 +95,8 @@ class ClassMem(UnitMem):
         means, classes = class_means(mu, labels)
         return {
             "class_mem": classmem(mu, labels, reduction=self.reduction, negative=self.negative),
-            "argmax": take_ids(classes, unit_argmax(means, negative=self.negative)),
+            "class_argmax": take_ids(classes, unit_argmax(means, negative=self.negative)),
             "unit_mem": units["unit_mem"],
-            "unit_argmax": units["argmax"],
-            "dead": units["dead"],
+            "unit_argmax": units["unit_argmax"],
+            "dead_units": units["dead_units"],
         }

@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.states.distributed import reduce_states_in_place, synced_states  # reduce_...: re-exported
+from lightning_memloc.states.distributed import reduce_states_in_place, synced_states
 from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.states import ClassMem, LayerMem, UnitMem, ViewAlignment
@@ -22,22 +22,14 @@ from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.taps.hooks import LayerSpec
 
 
-#: The report field of every ``compute()`` key of the meter's metrics: a metric's keys are relative
-#: (``UnitMem``'s ``"argmax"`` is a candidate id), a report's absolute (``unit_argmax``, ``dead_units``).
-REPORT_FIELDS: Dict[str, Dict[str, str]] = {
-    "UnitMem": {"unit_mem": "unit_mem", "argmax": "unit_argmax", "dead": "dead_units"},
-    "ClassMem": {"class_mem": "class_mem", "unit_mem": "unit_mem", "unit_argmax": "unit_argmax", "dead": "dead_units"},
-    "LayerMem": {key: key for key in ("sslmem", "sslmem_raw", "layer_mem", "delta_layer_mem", "layer_mem_top",
-                                      "layer_mem_least", "top_ids", "least_ids")},
-}
-#: ``compute()`` keys that no report field holds: bookkeeping, and ClassMem's per-unit argmax class.
-METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), "ClassMem": ("argmax",),
+#: ``compute()`` keys that are not report fields (every other key is one, under the same name).
+METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), "ClassMem": ("class_argmax",),
                                                 "LayerMem": ("candidate_ids",)}
 
 
 def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
-    """``metric.compute()``'s output ``out`` under the report's field names (:data:`REPORT_FIELDS`)."""
-    return {field: out[key] for key, field in REPORT_FIELDS[type(metric).__name__].items()}
+    """``metric.compute()``'s output ``out`` without the keys that are not report fields."""
+    return {key: value for key, value in out.items() if key not in METRIC_ONLY_KEYS[type(metric).__name__]}
 
 
 def state_bytes(

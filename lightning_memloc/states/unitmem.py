@@ -37,7 +37,7 @@ class UnitMem(CandidateIndexedMetric):
         >>> metric.update(torch.tensor([[4.0, 0.0], [1.0, 0.0]]), index=torch.tensor([0, 1]))
         >>> metric.update(torch.tensor([[1.0, 0.0]]), index=torch.tensor([2]))
         >>> out = metric.compute()
-        >>> out["unit_mem"], out["argmax"], out["dead"], out["num_candidates"]
+        >>> out["unit_mem"], out["unit_argmax"], out["dead_units"], out["num_candidates"]
         (tensor([0.6000, 0.0000]), tensor([ 0, -1]), tensor([False,  True]), 3)
     """
 
@@ -82,13 +82,13 @@ class UnitMem(CandidateIndexedMetric):
         """UnitMem of the candidates seen.
 
         Returns:
-            ``{"unit_mem": Tensor[U] in [0, 1], "argmax": LongTensor[U] candidate ids (-1: dead unit),
-            "dead": BoolTensor[U], "num_candidates": int}`` (the number of candidates seen).
+            ``{"unit_mem": Tensor[U] in [0, 1], "unit_argmax": LongTensor[U] candidate ids (-1: dead unit),
+            "dead_units": BoolTensor[U], "num_candidates": int}`` (the number of candidates seen).
         """
         ids, mu = self.mean_activations()
         return {
             "unit_mem": unitmem(mu, reduction=self.reduction, negative=self.negative),
-            "argmax": take_ids(ids, unit_argmax(mu, negative=self.negative)),
-            "dead": dead_units(mu, negative=self.negative),
+            "unit_argmax": take_ids(ids, unit_argmax(mu, negative=self.negative)),
+            "dead_units": dead_units(mu, negative=self.negative),
             "num_candidates": int(ids.numel()),
         }
