@@ -1,24 +1,14 @@
-"""Tests of the torchmetrics classes: equality with the functional core, invariances, DDP-like merging."""
+"""Tests of the torchmetrics classes: hand-computed tiny cases, label checks, the sync path, validation.
+
+Equality with the functional core and a float64 reference over random batches, repeats, sparse
+ids, every option and state dtype, ``reset()`` and merged / DDP shards: ``test_metric_harness.py``.
+"""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
-from lightning_memloc.functional import (
-    class_means,
-    classmem,
-    dead_units,
-    delta_layermem,
-    layermem,
-    sslmem,
-    top_least_indices,
-    unit_argmax,
-    unitmem,
-)
-from lightning_memloc.functional.unitmem import take_ids
 from lightning_memloc.states import ClassMem, LayerMem, UnitMem
 
 N, U, L = 9, 6, 3
@@ -44,7 +34,7 @@ def _assert_same(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
-# --------------------------------------------------------------------------- equality with functional
+# --------------------------------------------------------------------------- hand-computed
 
 
 def test_unitmem_hand_computed():
@@ -56,55 +46,6 @@ def test_unitmem_hand_computed():
     assert out["unit_argmax"].tolist() == [0, 1]
     assert out["dead_units"].tolist() == [False, False]
     assert out["num_candidates"] == 3
-
-
-@pytest.mark.parametrize("reduction", ["mean", "median"])
-@pytest.mark.parametrize("negative", ["clamp", "shift"])
-def test_unitmem_equals_functional(reduction, negative):
-    acts, *_ = _data()
-    acts = acts - 0.3  # some negative values
-    metric = UnitMem(N, U, reduction=reduction, negative=negative)
-    metric.update(acts, torch.arange(N))
-    out = metric.compute()
-    torch.testing.assert_close(out["unit_mem"], unitmem(acts, reduction, negative))
-    assert torch.equal(out["unit_argmax"], unit_argmax(acts, negative))
-    assert torch.equal(out["dead_units"], dead_units(acts, negative))
-    assert out["num_candidates"] == N
-
-
-def test_unitmem_averages_view_dimension():
-    torch.manual_seed(5)
-    per_view = torch.rand(N, 4, U)
-    a, b = UnitMem(N, U), UnitMem(N, U)
-    a.update(per_view, torch.arange(N))
-    b.update(per_view.mean(1), torch.arange(N))
-    _assert_same(a.compute(), b.compute())
-
-
-def test_unseen_rows_excluded_and_ids_mapped():
-    acts, *_ = _data()
-    ids = torch.tensor([7, 2, 11, 4])
-    metric = UnitMem(num_candidates=12, num_units=U)
-    metric.update(acts[:4], ids)
-    out = metric.compute()
-    order = ids.argsort()  # compute sees the rows in id order
-    torch.testing.assert_close(out["unit_mem"], unitmem(acts[:4][order]))
-    assert torch.equal(out["unit_argmax"], take_ids(ids[order], unit_argmax(acts[:4][order])))
-    assert out["num_candidates"] == 4
-
-
-def test_classmem_equals_functional():
-    acts, labels, *_ = _data()
-    for reduction in ("mean", "median"):
-        metric = ClassMem(N, U, reduction=reduction)
-        metric.update(acts, torch.arange(N), labels * 10)
-        out = metric.compute()
-        assert set(out) == {"class_mem", "class_argmax", "unit_mem", "unit_argmax", "dead_units"}
-        torch.testing.assert_close(out["class_mem"], classmem(acts, labels, reduction=reduction))
-        torch.testing.assert_close(out["unit_mem"], unitmem(acts, reduction=reduction))
-        assert torch.equal(out["unit_argmax"], unit_argmax(acts))
-        means, classes = class_means(acts, labels * 10)
-        assert torch.equal(out["class_argmax"], take_ids(classes, unit_argmax(means)))
 
 
 def test_classmem_hand_computed_and_label_checks():
@@ -136,30 +77,6 @@ def test_classmem_conflicting_labels_across_ranks_detected():
         a.compute()
 
 
-def _functional_layermem(enc, ref, top_k):
-    norm = sslmem(ref, enc)
-    lm = layermem(norm)
-    top, least = top_least_indices(norm[-1], top_k)
-    return {
-        "sslmem_raw": ref - enc,
-        "sslmem": norm,
-        "layer_mem": lm,
-        "delta_layer_mem": delta_layermem(lm),
-        "layer_mem_top": layermem(norm, subset=top),
-        "layer_mem_least": layermem(norm, subset=least),
-        "candidate_ids": torch.arange(enc.shape[1]),
-        "top_ids": top,
-        "least_ids": least,
-    }
-
-
-def test_layermem_equals_functional():
-    _, _, enc, ref = _data()
-    metric = LayerMem(N, L, top_k=4)
-    metric.update(enc, ref, torch.arange(N))
-    _assert_same(metric.compute(), _functional_layermem(enc, ref, 4))
-
-
 def test_layermem_hand_computed_and_shapes():
     metric = LayerMem(num_candidates=5, num_layers=1, top_k=1)
     metric.update(torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([3, 1]))
@@ -185,7 +102,7 @@ def test_single_unit_stays_one_dimensional():
     assert out["unit_mem"].shape == (1,) and out["unit_argmax"].tolist() == [1] and out["dead_units"].shape == (1,)
 
 
-# --------------------------------------------------------------------------- invariances
+# --------------------------------------------------------------------------- torchmetrics' sync path, without processes
 
 
 def _all_metrics(**kwargs):
@@ -201,51 +118,6 @@ def _feed(metrics, ids, acts, labels, enc, ref):
 
 def _computed(metrics):
     return [m.compute() for m in metrics]
-
-
-def test_batch_size_and_order_invariance():
-    acts, labels, enc, ref = _data(1)
-    single = _all_metrics()
-    _feed(single, torch.arange(N), acts, labels, enc, ref)
-    expected = _computed(single)
-    torch.manual_seed(7)
-    for batch in (1, 2, 4):
-        perm = torch.randperm(N)
-        metrics = _all_metrics()
-        for chunk in perm.split(batch):
-            _feed(metrics, chunk, acts, labels, enc, ref)
-        for got, exp in zip(_computed(metrics), expected):
-            _assert_same(got, exp)
-
-
-def test_candidate_updated_twice_not_double_counted():
-    acts, labels, enc, ref = _data(2)
-    once = _all_metrics()
-    _feed(once, torch.arange(N), acts, labels, enc, ref)
-    twice = _all_metrics()
-    _feed(twice, torch.arange(N), acts, labels, enc, ref)
-    _feed(twice, torch.tensor([0, 4, 4]), acts, labels, enc, ref)  # repeats, also inside one batch
-    for got, exp in zip(_computed(twice), _computed(once)):
-        _assert_same(got, exp)
-
-
-@pytest.mark.parametrize("state_dtype", [torch.float32, torch.float64])
-def test_two_ranks_with_padded_shards_equal_single_process(state_dtype):
-    acts, labels, enc, ref = _data(3)
-    acts, enc, ref = acts.to(state_dtype), enc.to(state_dtype), ref.to(state_dtype)
-    single = _all_metrics(state_dtype=state_dtype)
-    _feed(single, torch.arange(N), acts, labels, enc, ref)
-    # DistributedSampler(shuffle=False) with 2 ranks pads 9 ids to 10 by repeating id 0
-    padded = torch.cat([torch.arange(N), torch.tensor([0])])
-    rank0, rank1 = _all_metrics(state_dtype=state_dtype), _all_metrics(state_dtype=state_dtype)
-    _feed(rank0, padded[0::2], acts, labels, enc, ref)
-    _feed(rank1, padded[1::2], acts, labels, enc, ref)
-    for m0, m1, exp in zip(rank0, rank1, _computed(single)):
-        merged_dict = copy.deepcopy(m0)
-        merged_dict.merge_state({k: getattr(m1, k) for k in m1._defaults})  # what a "sum" all-reduce gives
-        m0.merge_state(m1)
-        _assert_same(m0.compute(), exp)
-        _assert_same(merged_dict.compute(), exp)
 
 
 class _FakeGather:
@@ -283,33 +155,6 @@ def test_compute_through_dist_sync_equals_single_process():
             assert torch.equal(metric.counts, local)  # states back to their local values
 
 
-def test_float64_state():
-    acts, labels, enc, ref = _data(4)
-    metrics = _all_metrics(state_dtype=torch.float64)
-    _feed(metrics, torch.arange(N), acts, labels, enc, ref)
-    unit, cls, lay = metrics
-    assert unit.sums.dtype == torch.float64 and lay.enc_sums.dtype == torch.float64
-    unit_out, cls_out, lay_out = _computed(metrics)
-    assert unit_out["unit_mem"].dtype == torch.float64
-    assert cls_out["class_mem"].dtype == torch.float64
-    assert lay_out["sslmem"].dtype == torch.float64
-    torch.testing.assert_close(unit_out["unit_mem"], unitmem(acts.double()))
-    with pytest.raises(ValueError, match="state_dtype"):
-        UnitMem(N, U, state_dtype=torch.float16)
-
-
-def test_reset_and_recompute():
-    acts, labels, enc, ref = _data(5)
-    metrics = _all_metrics()
-    _feed(metrics, torch.arange(N), acts, labels, enc, ref)
-    first = _computed(metrics)
-    for m in metrics:
-        m.reset()
-    _feed(metrics, torch.arange(N), acts, labels, enc, ref)
-    for got, exp in zip(_computed(metrics), first):
-        _assert_same(got, exp)
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -326,6 +171,7 @@ def test_reset_and_recompute():
         (lambda: ClassMem(-1, 3), "num_candidates"),
         (lambda: LayerMem(4, 2, top_k=0), "top_k"),
         (lambda: LayerMem(4, 0), "num_layers"),
+        (lambda: UnitMem(4, 3, state_dtype=torch.float16), "state_dtype"),
     ],
 )
 def test_constructor_validation(factory, match):
