@@ -126,6 +126,37 @@ def test_history_from_a_file_and_validation(report, tmp_path):
             load_history(data)
 
 
+def _drawn(monkeypatch, module, draw) -> list:
+    """(x label, {series label: x data}) of every axes of the figure ``draw()`` saves through ``module.save_png``."""
+    figures = []
+    monkeypatch.setattr(module, "save_png", lambda fig, path: figures.append(fig))
+    draw()
+    (fig,) = figures
+    return [(ax.get_xlabel(), {line.get_label(): line.get_xdata().tolist() for line in ax.get_lines()
+                               if not line.get_label().startswith("_")}) for ax in fig.axes if ax.get_lines()]
+
+
+def test_histories_with_several_steps_per_epoch_are_drawn_against_the_global_step(report, monkeypatch, tmp_path):
+    """every_n_train_steps: epochs 0 and 1 hold two measurements each; each gets its own x (its global step)."""
+    import lightning_memloc.plots.evidence as evidence_plots
+    import lightning_memloc.plots.history as history_plots
+    from lightning_memloc.plots.evidence import plot_evidence_history
+
+    steps = [(-1, 0), (0, 3), (0, 6), (1, 9), (1, 12)]
+    evidence = {f"memloc/{key}/{layer}": value for layer in report.layers
+                for key, value in (("excess", 0.1), ("excess_lo", 0.0), ("excess_hi", 0.2))}
+    history = [{"epoch": e, "global_step": s, **report_scalars(report), **evidence} for e, s in steps]
+    for module, draw in ((history_plots, plot_history), (evidence_plots, plot_evidence_history)):
+        panels = _drawn(monkeypatch, module, lambda: draw(history, tmp_path / "x.png"))
+        assert panels and all(label == "global step" for label, _ in panels)
+        series = [x for _, lines in panels for x in lines.values()]
+        assert set(report.layers) <= set(panels[0][1]) and series == [[0, 3, 6, 9, 12]] * len(series)
+        # without global steps (older histories): one point per epoch, on the epoch axis
+        by_epoch = [{k: v for k, v in e.items() if k != "global_step"} for e in history[::2]]
+        panels = _drawn(monkeypatch, module, lambda: draw(by_epoch, tmp_path / "y.png"))
+        assert all(label == "epoch" and all(x == [-1, 0, 1] for x in lines.values()) for label, lines in panels)
+
+
 def test_find_plot_inputs(report, tmp_path):
     from lightning_memloc.plots.io import find_plot_inputs, read_plot_input
 
