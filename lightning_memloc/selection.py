@@ -35,10 +35,10 @@ from torch import Tensor
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.report import MemorizationReport
 
-__all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "resolve_report", "select_layers",
-           "select_units"]
+__all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "layer_score", "resolve_report",
+           "select_layers", "select_units"]
 
-LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess")
+LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess", "auto")
 LAYER_STRATEGIES = ("highest", "lowest", "random", "last")
 UNIT_STRATEGIES = ("highest", "lowest", "random")
 SCOPES = ("layer", "global")
@@ -86,6 +86,26 @@ def resolve_report(source: ReportSource, argument: str = "source") -> Optional[M
     )
 
 
+def layer_score(report: MemorizationReport, by: str) -> str:
+    """The score ``by`` ranks ``report``'s layers by: ``"auto"`` is ``"excess"`` when the report
+    measured a control (LayerMem minus its null), else ``"layer_mem"`` when it has a reference
+    (raw LayerMem, which includes the f–g offset), else ``"unit_mem"``; any other ``by`` is itself.
+
+    Example:
+        >>> import torch
+        >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
+        ...     unit_mem={"a": torch.zeros(1)}, unit_argmax={"a": torch.zeros(1, dtype=torch.long)},
+        ...     dead_units={"a": torch.zeros(1, dtype=torch.bool)}, layer_mem={"a": 0.2})
+        >>> layer_score(r, "auto"), layer_score(r, "unit_mem")
+        ('layer_mem', 'unit_mem')
+    """
+    if by != "auto":
+        return by
+    if report.evidence is not None and report.evidence.has("excess"):
+        return "excess"
+    return "layer_mem" if report.layer_mem is not None else "unit_mem"
+
+
 def select_layers(
     report: MemorizationReport,
     k: int,
@@ -128,7 +148,7 @@ def select_layers(
         (['b', 'c'], ['b', 'c'], ['c'])
     """
     report = _check_report(report)
-    by = check_choice("by", by, LAYER_SCORES, as_tuple=False)
+    by = layer_score(report, check_choice("by", by, LAYER_SCORES, as_tuple=False))
     strategy = check_choice("strategy", strategy, LAYER_STRATEGIES, as_tuple=False)
     check_int("seed", seed, 0, type_error=True)
     n_layers = len(report.layers)
