@@ -28,7 +28,7 @@ from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.naming import check_name
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
-from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
+from lightning_memloc.candidates import IndexSpec, LabelSpec, load_groups
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import load_encoder, resolve_module
@@ -118,7 +118,9 @@ class MemorizationMonitor(Callback):
         every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
         size: resize the images of a candidates path to ``size`` × ``size``.
         indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
-            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
+            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file; reports name candidates by them.
+        control_indices, unseen_indices: the same for ``control`` / ``unseen`` (indices into the
+            candidates' data when those are not given); recorded in the report's ``meta``.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -167,6 +169,8 @@ class MemorizationMonitor(Callback):
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
         indices: IndexSpec = None,
+        control_indices: IndexSpec = None,
+        unseen_indices: IndexSpec = None,
     ) -> None:
         super().__init__()
         every_n_epochs, every_n_train_steps = check_schedule(  # NumPy integers accepted
@@ -185,9 +189,8 @@ class MemorizationMonitor(Callback):
                                       negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
                                       bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
                                       with_reference=reference is not None)
-        candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
-        control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
-        unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
+        groups = load_groups(candidates, labels, size, indices, control, control_indices, unseen, unseen_indices)
+        candidates, labels, control, unseen, self._ids, self._group_meta = groups  # paths too (LightningCLI)
         if init_batchnorm not in INIT_BATCHNORM:
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
         self.init_batchnorm = init_batchnorm
@@ -348,8 +351,9 @@ class MemorizationMonitor(Callback):
                      world_size=trainer.world_size, **self.options.pass_kwargs())
         meta = {**self.options.meta(views=self.views.views, seed=self.views.seed, num_candidates=len(self.views),
                                     groups=self.group_sizes, epoch=epoch, global_step=trainer.global_step),
-                "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model"}
-        report = meter.compute_report(torch.arange(len(self.views)), meta, evidence=self.options.evidence)
+                "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model",
+                **self._group_meta}
+        report = meter.compute_report(self._ids, meta, evidence=self.options.evidence)
         self.report, self.meter = report, meter
         scalars = report_scalars(report, self.threshold)
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
