@@ -39,8 +39,9 @@ SURFACE_DIFFERENCES = {
     "encoder": "measure() takes the encoder module itself (positional); the monitor takes where to find it inside "
                "the LightningModule (an attribute path, a callable or a module; None: the whole module).",
     "progress": "measure() is a library call and stays silent by default (False), like a torchmetrics compute; the "
-                "monitor runs inside a Lightning fit, whose progress bars are on by default, and shows one (True, "
-                "rank 0 only). `memloc analyze` shows one too (--no-progress).",
+                "monitor runs inside a Lightning fit and by default (None) shows one when the Trainer shows its own "
+                "(enable_progress_bar, rank 0 only); True / False force it on / off. `memloc analyze` shows one too "
+                "(--no-progress).",
 }
 
 
@@ -57,7 +58,8 @@ class MeasureOptions:
         negative: policy for negative activations: ``"clamp"``, ``"shift"`` or ``"error"``.
         top_k: size of LayerMem's top-k / least-k candidate groups (≥ 1).
         num_workers: DataLoader workers generating views (≥ 0).
-        progress: show a progress bar during the pass.
+        progress: show a progress bar during the pass (``None``: the monitor follows the
+            Trainer's ``enable_progress_bar``).
         bootstrap: resamples for the intervals and permutations for the tests (0: none).
         confidence: coverage of the intervals, in (0, 1).
         alpha: significance level of the Holm-corrected tests, in (0, 1).
@@ -79,7 +81,7 @@ class MeasureOptions:
     negative: str = "clamp"
     top_k: int = 50
     num_workers: int = 0
-    progress: bool = False
+    progress: Optional[bool] = False
     bootstrap: int = 1000
     confidence: float = 0.95
     alpha: float = 0.05

@@ -27,7 +27,7 @@ from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.naming import check_name
-from lightning_memloc.callbacks.schedule import check_schedule, step_due
+from lightning_memloc.callbacks.schedule import check_schedule, show_progress, step_due
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_groups
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
@@ -89,7 +89,8 @@ class MemorizationMonitor(Callback):
             ``memloc_layers/<NN>_<layer>`` (depth order), so that one chart per quantity shows every
             layer in its own colour with a legend (:mod:`~lightning_memloc.callbacks.layer_runs`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
-        progress: show a progress bar during each measurement pass.
+        progress: a progress bar during each measurement pass: ``None`` when the Trainer shows
+            its own (``enable_progress_bar``), ``True`` / ``False`` always / never (rank 0 only).
         num_workers: DataLoader workers generating views.
         memory_limit: bytes the metric states may take; a larger candidate set raises before
             training starts (``None``: 25 % of the device memory, warning only).
@@ -153,7 +154,7 @@ class MemorizationMonitor(Callback):
         grid_size: int = 8,
         log_histograms: bool = True,
         output_dir: Optional[Union[str, os.PathLike]] = None,
-        progress: bool = True,
+        progress: Optional[bool] = None,
         num_workers: int = 0,
         memory_limit: Optional[int] = None,
         control: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
@@ -347,7 +348,7 @@ class MemorizationMonitor(Callback):
         cache = self._reference_cache if frozen_reference(pl_module, reference) else None
         with rank_zero_buffers(trainer.world_size, encoder, reference):
             run_pass(encoder, reference, self.pool, self._specs, meter, reference_cache=cache, sampler=sampler,
-                     progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}", epoch=epoch,
+                     progress=show_progress(self.progress, trainer), desc=f"memloc epoch {epoch}", epoch=epoch,
                      world_size=trainer.world_size, **self.options.pass_kwargs())
         meta = {**self.options.meta(views=self.views.views, seed=self.views.seed, num_candidates=len(self.views),
                                     groups=self.group_sizes, epoch=epoch, global_step=trainer.global_step),

@@ -3,14 +3,15 @@
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) track memorization
 over training; on large data one epoch is long, so a monitor can measure every
 ``every_n_train_steps`` optimizer steps instead of every ``every_n_epochs`` epochs (as Lightning's
-``ModelCheckpoint``, the two are exclusive).
+``ModelCheckpoint``, the two are exclusive). :func:`show_progress` says whether a measurement
+shows a progress bar.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["check_schedule", "step_due"]
+__all__ = ["check_schedule", "show_progress", "step_due"]
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -49,3 +50,17 @@ def step_due(every_n_train_steps: Optional[int], global_step: int, history: List
     if every_n_train_steps is None or global_step <= 0 or global_step % every_n_train_steps:
         return False
     return all(entry.get("global_step") != global_step for entry in history)
+
+
+def show_progress(progress: Optional[bool], trainer: Any) -> bool:
+    """Whether a measurement shows a progress bar: ``progress`` when given, else as the Trainer
+    (``enable_progress_bar=False`` leaves ``trainer.progress_bar_callback`` ``None``); rank 0 only.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> quiet = SimpleNamespace(progress_bar_callback=None, is_global_zero=True)
+        >>> show_progress(None, quiet), show_progress(True, quiet)
+        (False, True)
+    """
+    wanted = getattr(trainer, "progress_bar_callback", None) is not None if progress is None else bool(progress)
+    return wanted and bool(trainer.is_global_zero)
