@@ -152,7 +152,7 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
 #: mirrored digit is another symbol), crops of at least half the image (a 20 % crop of an 8×8
 #: digit is one stroke) and brightness / contrast jitter only (saturation and hue leave gray
 #: images unchanged). SimCLR's own settings made the demo's kNN accuracy fall during training.
-DIGITS_AUGMENT = {"scale": (0.5, 1.0), "flip_p": 0.0, "jitter": (0.4, 0.4, 0.0, 0.0)}
+DIGITS_AUGMENT: Dict[str, Any] = {"scale": (0.5, 1.0), "flip_p": 0.0, "jitter": (0.4, 0.4, 0.0, 0.0)}
 
 
 def training_augment(side: int, data: str, kind: str = "batched") -> Tuple[Optional[Any], Optional[Any]]:
@@ -168,8 +168,9 @@ def training_augment(side: int, data: str, kind: str = "batched") -> Tuple[Optio
     if kind == "lightly":
         from lightly.transforms import SimCLRTransform
 
-        settings = {"hf_prob": DIGITS_AUGMENT["flip_p"], "min_scale": DIGITS_AUGMENT["scale"][0], "cj_sat": 0.0,
-                    "cj_hue": 0.0} if digits else {}
+        bright, contrast, sat, hue = DIGITS_AUGMENT["jitter"]
+        settings = {"hf_prob": DIGITS_AUGMENT["flip_p"], "min_scale": DIGITS_AUGMENT["scale"][0], "cj_bright": bright,
+                    "cj_contrast": contrast, "cj_sat": sat, "cj_hue": hue} if digits else {}
         return None, SimCLRTransform(input_size=side, gaussian_blur=0.0, normalize=None, **settings)
     from lightning_memloc.views import BatchedSimCLRAugment
 
