@@ -7,6 +7,8 @@ callers who do can catch everything the package raises on purpose.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class MemlocError(Exception):
     """Base class of every error raised on purpose by ``lightning_memloc``."""
@@ -30,3 +32,11 @@ class ReportFormatError(MemlocError, ValueError):
 
 class CheckpointError(MemlocError, ValueError):
     """A file given as an encoder/reference checkpoint cannot be used as one."""
+
+
+class AmbiguousPrefixError(CheckpointError):
+    """A checkpoint holds the target's weights under several key prefixes (``prefixes``): name one."""
+
+    def __init__(self, message: str, prefixes: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.prefixes = list(prefixes)

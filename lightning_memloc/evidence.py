@@ -40,6 +40,7 @@ from lightning_memloc.functional.evidence import (
     weighted_mean_unitmem,
     welch_greater,
 )
+from lightning_memloc.evidence_free import reference_free_evidence
 from lightning_memloc.functional.unitmem import unitmem
 
 Record = Dict[str, Optional[float]]
@@ -90,10 +91,14 @@ class Evidence:
             (+ bounds, ``_p``, ``_p_holm``), ``unit_mem_seen``, ``unit_mem_unseen`` (mean UnitMem
             on equal-size samples of candidates and unseen images), ``unit_mem_excess``
             (+ bounds, ``_p``, ``_p_holm``), ``membership``, ``membership_chance``,
-            ``membership_p``, ``membership_p_holm``, ``membership_alive``.
+            ``membership_p``, ``membership_p_holm``, ``membership_alive``; with an unseen set and
+            ``f``'s alignments (no reference needed): ``align_gap`` (+ ``_lo``/``_hi``, ``_p``,
+            ``_p_holm``), ``align_f_candidates``, ``align_f_unseen``, ``align_auc``
+            (:mod:`lightning_memloc.evidence_free`).
         group_sslmem: group (``"control"``, ``"unseen"``) -> layer -> per-image SSLMem on the
             candidates' scale.
-        meta: options, group sizes, significant layers and the hint.
+        meta: options, group sizes, significant layers and the hint; with ``align_gap``,
+            ``align_membership`` (layer -> per-candidate membership score) and ``align_scale``.
     """
 
     layers: Dict[str, Record]
@@ -102,7 +107,7 @@ class Evidence:
 
     def significant_layers(self, test: str = "excess") -> List[str]:
         """Layers whose Holm-corrected ``test`` p-value (``"excess"``, ``"excess_unseen"``,
-        ``"membership"``, ``"unit_mem_excess"``) is below ``alpha``."""
+        ``"membership"``, ``"unit_mem_excess"``, ``"align_gap"``) is below ``alpha``."""
         alpha = float(self.meta.get("alpha", 0.05))
         key = f"{test}_p_holm"
         return [layer for layer, rec in self.layers.items() if rec.get(key) is not None and rec[key] < alpha]
@@ -221,7 +226,7 @@ def _unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: O
             continue
         u = mu_unseen[layer].double()
         size = min(n, u.shape[0])
-        gen = torch.Generator().manual_seed(opts.seed + 13 + li)
+        gen = torch.Generator().manual_seed((opts.seed + 13 + li) & (2**63 - 1))  # seeds near 2**64 overflowed
         seen_s, unseen_s = m[torch.randperm(n, generator=gen)[:size]], u[torch.randperm(u.shape[0], generator=gen)[:size]]
         a = float(unitmem(seen_s, reduction=reduction, negative="clamp").mean())
         b = float(unitmem(unseen_s, reduction=reduction, negative="clamp").mean())
@@ -267,6 +272,8 @@ def compute_evidence(
     unseen_raw: Optional[Mapping[str, Tensor]] = None,
     unseen_unit_means: Optional[Mapping[str, Tensor]] = None,
     options: Optional[EvidenceOptions] = None,
+    align: Optional[Mapping[str, Tensor]] = None,
+    unseen_align: Optional[Mapping[str, Tensor]] = None,
 ) -> Evidence:
     """Intervals, control comparisons and tests for one measurement.
 
@@ -280,6 +287,9 @@ def compute_evidence(
         unseen_raw: layer -> ``(M,)`` raw SSLMem of the unseen images.
         unseen_unit_means: layer -> ``(M, U)`` unseen images' mean activations (negative policy applied).
         options: see :class:`EvidenceOptions`.
+        align: layer -> ``(N,)`` the candidates' raw alignments under ``f`` (no reference needed).
+        unseen_align: layer -> ``(M,)`` the unseen images' raw alignments under ``f``; with
+            ``align``, the reference-free ``align_gap`` family (:mod:`lightning_memloc.evidence_free`).
 
     Returns:
         An :class:`Evidence`.
@@ -310,9 +320,12 @@ def compute_evidence(
     if unseen_unit_means is not None:
         meta["groups"]["unseen"] = int(next(iter(unseen_unit_means.values())).shape[0])
     _unit_mem_evidence(layers, unit_means, unseen_unit_means, reduction, opts, records)
+    if align is not None and unseen_align is not None:
+        reference_free_evidence(layers, align, unseen_align, records, meta, bootstrap=opts.bootstrap,
+                                confidence=opts.confidence, seed=opts.seed)
     evidence = Evidence(layers=records, group_sslmem=group_sslmem, meta=meta)
     meta["significant"] = {test: evidence.significant_layers(test)
-                           for test in ("excess", "excess_unseen", "membership", "unit_mem_excess") if evidence.has(f"{test}_p")}
+                           for test in ("excess", "excess_unseen", "membership", "unit_mem_excess", "align_gap") if evidence.has(f"{test}_p")}
     meta["hint"] = _hint(evidence, n, opts)
     return evidence
 

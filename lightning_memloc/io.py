@@ -3,12 +3,14 @@
 A report or plot is either fully on disk or not there at all: data goes to a temporary file in
 the destination folder, is flushed and fsynced, and only then renamed over the destination
 (``os.replace`` is atomic on POSIX and Windows). An interrupted write leaves the previous file
-intact and no partial file behind.
+intact and no partial file behind. The file keeps the permission bits the destination had, or gets
+those of ``open()`` for a new file (``0o666`` less the umask), never the temporary file's ``0o600``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +62,36 @@ def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool =
     return directory
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, then put it back at once
+    os.umask(mask)
+    return mask
+
+
+def target_mode(path: PathLike) -> int:
+    """The permission bits a file written to ``path`` gets: those of the existing file, else ``0o666`` less the umask.
+
+    Example:
+        >>> import tempfile, pathlib, os
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> _ = p.write_text("x"); os.chmod(p, 0o644)
+        >>> oct(target_mode(p))
+        '0o644'
+    """
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file beside ``path`` and move it onto ``path`` only if the block succeeds.
@@ -94,6 +126,7 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, target_mode(destination))  # mkstemp made it 0o600
         os.replace(tmp_name, destination)
     except BaseException:
         try:

@@ -1,22 +1,60 @@
 """Load an encoder's weights from a checkpoint file, safely (``weights_only=True``).
 
 Accepts a plain ``state_dict`` file (``torch.save(model.state_dict(), path)``), a Lightning
-checkpoint (``{"state_dict": ...}``), and a whole-module prefix inside a Lightning module's
-state dict (``"backbone."``, ``"reference.backbone."``...).
+checkpoint (``{"state_dict": ...}``), a state dict nested in other dicts (``{"model": ...}``: keys
+are joined with dots), and a whole-module prefix inside it (``"backbone."``,
+``"reference.backbone."``, DDP's ``"module."``, ``torch.compile``'s ``"_orig_mod."``). Without a
+prefix, the one under which every key of the target fits is used; several (the encoder and the
+reference of a co-trained pair, an EMA copy) are an error listing them. ``"pair.ckpt:prefix"``
+names one (:func:`split_prefix`). Pruned tensors (``w_orig`` and ``w_mask``) load as ``w``.
 """
 
 from __future__ import annotations
 
-import copy
+import os
+import re
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
+from lightning_memloc.checks import unwrap_compiled
+from lightning_memloc.errors import AmbiguousPrefixError, ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import PathLike
+from lightning_memloc.pruned import plain_copy, unpruned_state
+
+_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".tar")
+
+
+def split_prefix(spec: Union[PathLike, str]) -> Tuple[PathLike, Optional[str]]:
+    """``"pair.ckpt:reference.backbone"`` -> ``("pair.ckpt", "reference.backbone")``; anything else as is.
+
+    The part after the last ``:`` is a prefix when it is a dotted name and the part before it is an
+    existing file or ends with a checkpoint extension (an existing file named with a colon wins).
+
+    Example:
+        >>> split_prefix("runs/pair.ckpt:reference.backbone"), split_prefix("g.pt")
+        (('runs/pair.ckpt', 'reference.backbone'), ('g.pt', None))
+    """
+    if isinstance(spec, os.PathLike) or ":" not in spec or os.path.isfile(spec):
+        return spec, None
+    path, prefix = spec.rsplit(":", 1)
+    if re.fullmatch(r"[A-Za-z_][\w.]*", prefix) and (path.endswith(_EXTENSIONS) or os.path.isfile(path)):
+        return path, prefix.rstrip(".")
+    return spec, None
+
+
+def _flatten(data: Dict[Any, Any], prefix: str = "") -> Dict[str, Tensor]:
+    """The tensors of nested dicts, under their dotted key paths (other values are skipped)."""
+    out: Dict[str, Tensor] = {}
+    for key, value in data.items():
+        if isinstance(value, Tensor):
+            out[prefix + str(key)] = value
+        elif isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+    return out
 
 
 def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
@@ -38,7 +76,9 @@ def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
         ) from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
-    if not isinstance(data, dict) or not data or not all(isinstance(v, Tensor) for v in data.values()):
+    if isinstance(data, dict) and not all(isinstance(v, Tensor) for v in data.values()):
+        data = _flatten(data)  # {"model": state_dict, "epoch": 3}, {"teacher": ..., "student": ...}
+    if not isinstance(data, dict) or not data:
         raise CheckpointError(
             f"{str(source)!r} holds no state dict (found {type(data).__name__}); pass a file written by "
             "torch.save(model.state_dict(), path) or a Lightning .ckpt."
@@ -46,26 +86,57 @@ def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
     return data
 
 
+def fitting_prefixes(state: Dict[str, Tensor], expected: List[str]) -> List[str]:
+    """Every prefix ``p`` (``""`` included) with ``p + key`` in ``state`` for every ``expected`` key.
+
+    Example:
+        >>> state = {f"{p}.{k}": torch.zeros(1) for p in ("encoder", "reference") for k in ("w", "b")}
+        >>> fitting_prefixes(state, ["w", "b"])
+        ['encoder.', 'reference.']
+    """
+    if not expected:
+        return []
+    probe = min(expected)
+    heads = sorted({k[: len(k) - len(probe)] for k in state if k == probe or k.endswith("." + probe)})
+    return [p for p in heads if all(p + e in state for e in expected)]
+
+
 def encoder_state(path: PathLike, like: nn.Module, prefix: Optional[str] = None) -> Dict[str, Tensor]:
     """The checkpoint's tensors that belong to ``like``'s architecture, with their prefix removed.
 
     Args:
-        path: a ``state_dict`` file or a Lightning checkpoint.
+        path: a ``state_dict`` file or a Lightning checkpoint; ``"path:prefix"`` names the prefix.
         like: a module of the expected architecture.
-        prefix: key prefix of the encoder inside the checkpoint; ``None`` finds it: no prefix when
-            every key of ``like`` is in the file, else the prefix under which all of them are
-            (``"backbone."``, ``"encoder.backbone."`` ...).
+        prefix: key prefix of the encoder inside the checkpoint; ``None`` finds it: the one prefix
+            (``""``, ``"backbone."``, ``"module."`` ...) under which every key of ``like`` is, with
+            its shape if names alone fit under several.
 
     Returns:
         Every tensor under the prefix (the prefix removed): keys ``like`` lacks are kept, so callers
         can tell a checkpoint of another architecture.
+
+    Raises:
+        AmbiguousPrefixError: ``prefix`` is ``None`` and ``like``'s keys fit under several prefixes
+            (e.g. ``encoder.backbone.`` and ``reference.backbone.``): the message lists them.
     """
-    state = read_state_dict(path)
-    expected = set(like.state_dict())
-    if prefix is None and not expected <= set(state):
-        probe = min(expected) if expected else ""
-        prefix = next((k[: len(k) - len(probe)] for k in state if k.endswith("." + probe)
-                       and all(k[: len(k) - len(probe)] + e in state for e in expected)), "")
+    path, named = split_prefix(path)
+    if prefix is not None and named is not None and prefix.rstrip(".") != named:
+        raise ValueError(f"the checkpoint {str(path)!r} names the prefix {named!r} but `prefix`={prefix!r}: give one.")
+    prefix = named if prefix is None else prefix
+    state = unpruned_state(read_state_dict(path))
+    expected = {k: v.shape for k, v in unpruned_state(like.state_dict()).items()}  # a pruned `like`: plain names
+    if prefix is None:
+        found = fitting_prefixes(state, list(expected))
+        shaped = [p for p in found if all(state[p + k].shape == shape for k, shape in expected.items())]
+        found = shaped or found  # names fit under several, shapes under one: that one (else the mismatch error)
+        if len(found) > 1:
+            shown = [p.rstrip(".") or "(no prefix)" for p in found]
+            example = found[0].rstrip(".") or found[1].rstrip(".")
+            raise AmbiguousPrefixError(
+                f"the checkpoint {str(path)!r} holds weights that fit {type(like).__name__} under {len(found)} prefixes "
+                f"{shown} (e.g. the encoder and the reference of a co-trained pair): name the one to load, as "
+                f"'{path}:{example}' (a path with its prefix) or prefix={example!r}.", found)
+        prefix = found[0] if found else ""
     prefix = "" if not prefix else prefix.rstrip(".") + "."
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -74,15 +145,20 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
     """A copy of ``like`` with weights read from ``path``.
 
     Args:
-        path: a ``state_dict`` file or a Lightning checkpoint.
-        like: a module of the right architecture (e.g. the encoder being trained); not modified.
-        prefix: key prefix of the encoder inside the checkpoint (found automatically if ``None``).
+        path: a ``state_dict`` file or a Lightning checkpoint (``"pair.ckpt:reference.backbone"``
+            names the prefix, see :func:`split_prefix`).
+        like: a module of the right architecture (e.g. the encoder being trained, pruned or not);
+            not modified.
+        prefix: key prefix of the encoder inside the checkpoint (found if ``None``, see
+            :func:`encoder_state`).
 
     Returns:
-        A new module in eval mode with ``requires_grad=False`` everywhere (a frozen reference).
+        A new module in eval mode with ``requires_grad=False`` everywhere (a frozen reference),
+        without pruning masks even if ``like`` has some.
 
     Raises:
-        FileNotFoundError, CheckpointError: see :func:`read_state_dict`.
+        FileNotFoundError, CheckpointError: see :func:`read_state_dict`; ``AmbiguousPrefixError``
+            (a ``CheckpointError``): see :func:`encoder_state`.
         ArchitectureMismatchError: the checkpoint's tensors do not fit ``like``.
 
     Example:
@@ -94,8 +170,10 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
         >>> g.training, any(p.requires_grad for p in g.parameters())
         (False, False)
     """
+    like = unwrap_compiled(like)  # a torch.compile'd module: its weights are the original module's
     state = encoder_state(path, like, prefix)
-    expected = set(like.state_dict())
+    model = plain_copy(like)  # a pruned `like` (torch prune's masks) gives a plain copy
+    expected = set(model.state_dict())
     unused = sorted(set(state) - expected)
     if unused and expected <= set(state):
         # e.g. a classifier head (harmless), or a ResNet9 checkpoint read into a smaller model that
@@ -107,7 +185,6 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
             stacklevel=2,
         )
         state = {k: state[k] for k in expected}
-    model = copy.deepcopy(like)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

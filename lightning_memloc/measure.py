@@ -11,15 +11,17 @@ ICLR 2024).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
-from lightning_memloc.checks import (check_candidate_ids, check_meta, check_reference, check_views_memory,
-                                    unwrap_compiled)
+from lightning_memloc.augment import BatchedSimCLRAugment
+from lightning_memloc.checks import (check_candidate_ids, check_dense, check_has_weights, check_image_layout,
+                                    check_image_range, check_meta, check_reference, check_views_memory, unwrap_compiled)
 from lightning_memloc.distributed import is_distributed, max_across_ranks
+from lightning_memloc.data.datasets import CheckedImages
 from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.options import MeasureOptions
@@ -50,6 +52,9 @@ def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
         )
     if reference is encoder:
         raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
+    check_has_weights(encoder, "encoder")
+    if reference is not None:
+        check_has_weights(reference, "reference")
 
 
 def build_views(
@@ -106,6 +111,9 @@ def run_pass(
 ) -> None:
     """Stream the views of every candidate through ``encoder`` (and ``reference``) into ``meter``.
 
+    The encoder's alignments are computed only when the meter needs them (a reference, or the
+    reference-free evidence: :attr:`~lightning_memloc.meter.MemorizationMeter.needs_alignment`).
+
     Both models run in eval mode under ``no_grad`` and get their previous modes back, also on
     error or ``KeyboardInterrupt``; hooks are always removed. With ``reference_cache`` (a frozen
     reference only), the reference's alignments of unchanged batches are reused, not recomputed.
@@ -140,7 +148,7 @@ def run_pass(
             if anchor:
                 inputs = torch.cat([inputs, views.anchors(index).to(inputs)])
             units, align_f = forward_reduce(encoder, inputs, names, b, k, units=True,
-                                            align=reference is not None, anchor=anchor, autocast=dtype)
+                                            align=meter.needs_alignment, anchor=anchor, autocast=dtype)
             align_g = None
             key = None if cache is None else cache.batch_key(index, inputs)
             if cache is not None:
@@ -156,8 +164,9 @@ def run_pass(
             finite = torch.ones(2, len(names), dtype=torch.bool, device=device)
             for i, n in enumerate(names):
                 finite[0, i] = torch.isfinite(units[n]).all().to(device)
-                if align_f is not None and align_g is not None:
+                if align_f:
                     finite[0, i] &= torch.isfinite(align_f[n]).all().to(device)
+                if align_g is not None:
                     finite[1, i] = torch.isfinite(align_g[n]).all()
             finite = finite.cpu()
             if not bool(finite.all()):
@@ -167,7 +176,7 @@ def run_pass(
                 continue  # under DDP every rank must finish the pass and agree before raising
             labels = label.to(device, non_blocking=True) if meter.has_labels else None
             meter.update(index.to(device, non_blocking=True), {n: u.to(device) for n, u in units.items()},
-                         None if reference is None else {n: a.to(device) for n, a in align_f.items()}, align_g, labels)
+                         {n: a.to(device) for n, a in align_f.items()} if align_f else None, align_g, labels)
     if distributed:
         # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
         nonfinite = max_across_ranks(nonfinite.to(device), world_size).cpu()
@@ -244,7 +253,10 @@ def measure(
         unseen: images the encoder never trained on (a test split, or the reference's
             independent part when co-training): UnitMem of candidates vs unseen images and the
             argmax membership test (are units' μmax images training images more often than
-            chance?), and LayerMem candidates vs unseen.
+            chance?), LayerMem candidates vs unseen, and, **with or without a reference**, the
+            alignment gap under ``f`` alone per layer (``align_gap``: interval, one-sided
+            Holm-corrected test, per-candidate membership scores; :mod:`lightning_memloc.evidence_free`).
+            Unseen images must come from the candidates' distribution.
         bootstrap: resamples for the intervals and permutations for the tests (0: none).
         confidence: coverage of the intervals.
         alpha: significance level of the Holm-corrected tests (verdicts in the summary).
@@ -294,10 +306,22 @@ def measure(
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
-                              state_dtype=state_dtype, groups=sizes, **options.meter_kwargs()).to(device)
+                              state_dtype=state_dtype, groups=sizes, alignment=keeps_alignment(sizes, view_set.views, options.pairing),
+                              **options.meter_kwargs()).to(device)
     run_pass(encoder, reference, pool, specs, meter, progress=options.progress,
              epoch=(meta or {}).get("epoch"), reference_cache=reference_cache, **options.pass_kwargs())
     return meter.compute_report(ids, settings, evidence=options.evidence)
+
+
+def keeps_alignment(groups: Mapping[str, int], views: int, pairing: str) -> bool:
+    """Whether a pass keeps the encoder's own alignments for the reference-free evidence: with an
+    unseen set, and views that have an alignment (``views`` >= 2, or ``pairing="anchor"``).
+
+    Example:
+        >>> keeps_alignment({"unseen": 40}, 10, "all"), keeps_alignment({"unseen": 40}, 1, "all"), keeps_alignment({}, 10, "all")
+        (True, False, False)
+    """
+    return "unseen" in groups and (pairing == "anchor" or views >= 2)
 
 
 def prepare_views(
@@ -321,6 +345,13 @@ def prepare_views(
     """
     groups = check_groups(control, unseen, with_reference=options.with_reference)
     view_set = build_views(candidates, options.views, transform, options.seed, labels)
+    strict = isinstance(view_set.transform, BatchedSimCLRAugment)
+    for name, images in groups.items():  # checked by name: the pooled set's check would say `candidates`
+        if isinstance(images, Tensor) and images.ndim == 4:
+            check_image_layout(images.shape, name)
+            check_image_range(images, name, strict=strict)
+        elif isinstance(images, Dataset):  # read as the pass streams it, checked item by item
+            groups[name] = CheckedImages(images, name, strict)
     n = len(view_set)
     if n < 2:
         raise ValueError(
@@ -342,6 +373,8 @@ def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *,
             continue
         if not isinstance(images, (Tensor, Dataset)):
             raise TypeError(f"`{name}` must be an image tensor (N, C, H, W) or a Dataset, got {type(images).__name__}.")
+        if isinstance(images, Tensor):
+            check_dense(images, name)
         try:
             size = len(images)  # type: ignore[arg-type]
         except TypeError as err:

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from lightning_memloc.distributed import reduce_states_in_place, synced_states  # reduce_...: re-exported
 from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
-from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
+from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem, ViewAlignment
+from lightning_memloc.metrics.alignment import mean_alignment
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
@@ -50,6 +51,7 @@ def state_bytes(
     reference: bool,
     labels: bool,
     dtype: torch.dtype = torch.float32,
+    alignment: bool = False,
 ) -> int:
     """Bytes held by a meter's states (before any result is computed): exactly the sum of the
     sizes of :class:`MemorizationMeter`'s metric states.
@@ -58,7 +60,8 @@ def state_bytes(
     UnitMem keeps per layer a sum per candidate per unit and a count per candidate,
     ``N·(U_l + 1)·b`` (ClassMem adds two int64 label states, ``16·N``); LayerMem keeps the
     encoder's and the reference's alignment sums per candidate per layer and one count per
-    candidate, ``(2·L + 1)·N·b``. Every rank of a DDP run holds the full states (they are indexed
+    candidate, ``(2·L + 1)·N·b``; with ``alignment`` and no reference (the reference-free evidence)
+    :class:`~lightning_memloc.metrics.ViewAlignment` keeps ``(L + 1)·N·b``. Every rank of a DDP run holds the full states (they are indexed
     by candidate id); ``compute`` needs temporary space on top (see ``docs/ddp.md``).
 
     Example:
@@ -73,6 +76,8 @@ def state_bytes(
     total = per_layer
     if reference:
         total += (2 * len(num_units) + 1) * num_candidates * item
+    elif alignment:
+        total += (len(num_units) + 1) * num_candidates * item
     return int(total)
 
 
@@ -92,13 +97,14 @@ def format_bytes(n: int) -> str:
 
 
 def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
-                       limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None) -> Optional[str]:
+                       limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None,
+                       alignment: bool = False) -> Optional[str]:
     """Refuse metric states over ``limit`` bytes, before any measurement (:func:`state_bytes`).
 
     Args:
         num_rows: rows of the states (candidates plus control / unseen images).
         num_units: layer -> units.
-        reference, labels: as for :class:`MemorizationMeter`.
+        reference, labels, alignment: as for :class:`MemorizationMeter`.
         limit: bytes allowed (``None``: no limit, but a note past a quarter of a GPU's memory).
         device: where the states live.
         num_candidates: candidates named in the message (default ``num_rows``).
@@ -109,7 +115,7 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
     Raises:
         MemoryError: the states need more than ``limit``; the message names ``memory_limit`` and the fixes.
     """
-    need = state_bytes(num_rows, num_units, reference=reference, labels=labels)
+    need = state_bytes(num_rows, num_units, reference=reference, labels=labels, alignment=alignment)
     if limit is not None and need > limit:
         raise MemoryError(
             f"the monitor's metric states need {format_bytes(need)} for {num_rows if num_candidates is None else num_candidates} "
@@ -138,6 +144,10 @@ class MemorizationMeter(nn.Module):
             :func:`lightning_memloc.functional.apply_negative_policy`.
         top_k: size of the top-k / least-k candidate groups for LayerMem.
         state_dtype: dtype of the accumulated states.
+        groups: sizes of the control / unseen sets measured in the same pass (by name).
+        alignment: keep the encoder's own view alignments of the candidates and the unseen images
+            (the reference-free evidence, :mod:`lightning_memloc.evidence_free`); a reference's
+            LayerMem holds them already. The pass then computes them (:attr:`needs_alignment`).
 
     Example:
         >>> import torch
@@ -162,6 +172,7 @@ class MemorizationMeter(nn.Module):
         top_k: int = 50,
         state_dtype: torch.dtype = torch.float32,
         groups: Optional[Mapping[str, int]] = None,
+        alignment: bool = False,
     ) -> None:
         super().__init__()
         self.layers = list(layers)
@@ -178,12 +189,17 @@ class MemorizationMeter(nn.Module):
         )
         self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
                                   dist_sync_fn=reduce_states_in_place, sync_on_compute=False) if reference else None
+        self.alignment = ViewAlignment(num_candidates, len(self.names), state_dtype=state_dtype,
+                                       dist_sync_fn=reduce_states_in_place,
+                                       sync_on_compute=False) if alignment and not reference else None
+        self.keeps_alignment = bool(alignment)
         # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
         # set after the candidates, each into its own states (no labels, no ClassMem).
         self.group_sizes: Dict[str, int] = dict(groups or {})
         self.groups = nn.ModuleDict({
             name: MemorizationMeter(self.layers, num_units, size, reference=reference, labels=False, reduction=reduction,
-                                    negative=negative, top_k=top_k, state_dtype=state_dtype)
+                                    negative=negative, top_k=top_k, state_dtype=state_dtype,
+                                    alignment=alignment and name == "unseen")
             for name, size in self.group_sizes.items()
         })
         self.reduction, self.negative, self.top_k = reduction, negative, top_k
@@ -193,6 +209,11 @@ class MemorizationMeter(nn.Module):
         """Device of the metric states (moved with ``.to``; torchmetrics states are not buffers, so
         ``meter.buffers()`` is empty and cannot tell)."""
         return self.units[0].device
+
+    @property
+    def needs_alignment(self) -> bool:
+        """Whether :meth:`update` needs the encoder's alignments (a reference, or ``alignment=True``)."""
+        return self.layer_mem is not None or self.alignment is not None
 
     def update(
         self,
@@ -227,6 +248,10 @@ class MemorizationMeter(nn.Module):
                 torch.stack([align_reference[n] for n in self.names]),
                 index,
             )
+        if self.alignment is not None:
+            if align_encoder is None:
+                raise ValueError("this meter was built with alignment=True: pass `align_encoder` to update().")
+            self.alignment.update(torch.stack([align_encoder[n] for n in self.names]), index)
 
     def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
@@ -256,7 +281,10 @@ class MemorizationMeter(nn.Module):
         out = {}
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):
-                out[name] = self._policy_means(metric)
+                try:
+                    out[name] = self._policy_means(metric)
+                except ValueError as err:  # negative="error" on a layer with negative activations
+                    raise type(err)(f"layer {name!r}: {err}") from err
         return out
 
     def _policy_means(self, metric: UnitMem) -> Tensor:
@@ -265,11 +293,28 @@ class MemorizationMeter(nn.Module):
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
-        if self.layer_mem is None:
+        return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
+
+    def encoder_alignment(self) -> Dict[str, Tensor]:
+        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP);
+        needs a reference or ``alignment=True``."""
+        return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
+
+    def alignments(self, *, sslmem: bool, encoder: bool) -> Tuple[Optional[Dict[str, Tensor]], Optional[Dict[str, Tensor]]]:
+        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` (``None`` where not asked),
+        from one sync of the states holding them (collective under DDP)."""
+        if not (sslmem or encoder):
+            return None, None
+        if sslmem and self.layer_mem is None:
             raise ValueError("this meter was built without a reference: there is no SSLMem.")
-        with synced_states(self.layer_mem):
-            raw = self.layer_mem.compute()["sslmem_raw"]
-        return {n: raw[i].detach().double().cpu() for i, n in enumerate(self.names)}
+        metric = self.layer_mem if self.layer_mem is not None else self.alignment
+        if encoder and metric is None:
+            raise ValueError("this meter keeps no alignments: build it with a reference or alignment=True.")
+        with synced_states(metric):  # the alignments first: compute() restores the local states when it ends
+            align = mean_alignment(metric) if encoder else None  # type: ignore[arg-type]
+            raw = self.layer_mem.compute()["sslmem_raw"].detach().double().cpu() if sslmem else None  # type: ignore[union-attr]
+        return tuple(None if v is None else {n: v[i] for i, n in enumerate(self.names)}  # type: ignore[return-value]
+                     for v in (raw, align))
 
     def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
                        evidence: Optional[EvidenceOptions] = None) -> MemorizationReport:
@@ -280,6 +325,7 @@ class MemorizationMeter(nn.Module):
             meta: settings recorded in the report.
         """
         ids = candidate_ids.detach().cpu().long()
+        align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
         unit_mem: Dict[str, Tensor] = {}
         unit_argmax: Dict[str, Tensor] = {}
         dead: Dict[str, Tensor] = {}
@@ -302,6 +348,8 @@ class MemorizationMeter(nn.Module):
         kwargs: Dict[str, Any] = {}
         if self.layer_mem is not None:
             with synced_states(self.layer_mem):
+                if evidence is not None and self.keeps_alignment:  # f's alignments, same sync, before compute()
+                    align = dict(zip(self.names, mean_alignment(self.layer_mem)))  # restores the local states
                 out = self.layer_mem.compute()
             seen = out["candidate_ids"].detach().cpu().long()
             if seen.numel() != ids.numel():
@@ -318,14 +366,22 @@ class MemorizationMeter(nn.Module):
         report_evidence = None
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
+            try:
+                unseen_means = unseen.unit_means() if unseen is not None else None
+            except ValueError as err:
+                raise type(err)(f"the `unseen` images, {err}") from err
             control = self.groups["control"] if "control" in self.group_sizes else None
-            with_ref = self.layer_mem is not None
+            with_ref, aligned = self.layer_mem is not None, unseen is not None and self.keeps_alignment
+            if aligned and not with_ref:
+                align = self.encoder_alignment()
+            unseen_raw, unseen_align = (unseen.alignments(sslmem=with_ref, encoder=aligned) if unseen is not None
+                                        else (None, None))
             report_evidence = compute_evidence(
                 list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
-                unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,
-                unseen_unit_means=unseen.unit_means() if unseen is not None else None, options=evidence)
+                unseen_raw=unseen_raw, unseen_unit_means=unseen_means,
+                options=evidence, **({"align": align, "unseen_align": unseen_align} if aligned else {}))
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),

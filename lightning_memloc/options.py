@@ -26,7 +26,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from lightning_memloc.checks import NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, check_choice, check_int, check_seed
+from lightning_memloc.checks import (NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, as_python_number, check_choice, check_int,
+                                    check_seed)
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.precision import AUTOCASTS
 
@@ -103,6 +104,8 @@ class MeasureOptions:
                 "raise `views` or use pairing='anchor'."
             )
         object.__setattr__(self, "seed", check_seed(self.seed))
+        for name in ("bootstrap", "confidence", "alpha"):  # NumPy scalars as Python numbers (JSON meta)
+            object.__setattr__(self, name, as_python_number(getattr(self, name)))
         self.evidence  # validates bootstrap, confidence and alpha  # noqa: B018
 
     @property

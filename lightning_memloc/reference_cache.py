@@ -10,9 +10,13 @@ keeps it, so that every later monitor pass or ``measure()`` call runs only ``f``
 The key is exact, never stale:
 
 - the **model key**: a BLAKE2 digest of every tensor of g's ``state_dict`` and of all its
-  buffers (names, dtypes, shapes and bytes), g's class, device and dtype, the layer names, the
-  pairing and the ``autocast`` of the forwards (a float32 value is never reused for a bf16
-  pass). Entries are stored under it: after any change they are never read again.
+  buffers (names, dtypes, shapes and bytes), of g's structure (every sub-module's class, settings
+  such as padding or activation slopes, the code of its methods, its forward hooks:
+  :func:`~lightning_memloc.module_digest.structure_digest`), g's device and dtype, torch's
+  float32 matmul precision, the layer names, the pairing and the ``autocast`` of the forwards
+  (a float32 value is never reused for a bf16 pass). Entries are stored under it: after any
+  change they are never read again. A reference whose structure cannot be digested is not
+  cached (a warning says why): g runs at every pass.
 - the **batch key**: a digest of the batch's candidate positions and of the very input tensor
   the reference would see (views, plus anchors with ``pairing="anchor"``). Views are made for
   ``f`` anyway, so a change of candidates, pooled groups, K, seed, transform or batch size
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -35,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_memloc.io import atomic_write_bytes
+from lightning_memloc.module_digest import UnkeyableModuleError, structure_digest
 
 PathLike = Union[str, "os.PathLike[str]"]
 _FORMAT = "lightning_memloc.reference_cache/1"
@@ -65,9 +71,14 @@ def tensor_digest(*tensors: Tensor) -> str:
 
 
 def model_digest(model: nn.Module) -> str:
-    """Digest of ``model``'s class, every ``state_dict`` tensor and every buffer (persistent or not)."""
+    """Digest of ``model``'s class, every ``state_dict`` tensor, every buffer (persistent or not) and its structure.
+
+    Raises:
+        UnkeyableModuleError: see :func:`~lightning_memloc.module_digest.structure_digest`.
+    """
     hasher = hashlib.blake2b(digest_size=20)
     hasher.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    hasher.update(structure_digest(model).encode())
     for group in (model.state_dict(keep_vars=True).items(), model.named_buffers()):
         for name, value in group:
             hasher.update(name.encode())
@@ -103,6 +114,8 @@ class ReferenceCache:
             raise ValueError(f"`max_models` must be an int >= 1 (reference states kept), got {max_models!r}.")
         self.max_models = max_models
         self.key: Optional[Tuple[str, ...]] = None
+        #: Why the bound reference is not cached (``None``: it is).
+        self.refused: Optional[str] = None
         self._tables: "OrderedDict[Tuple[str, ...], Dict[str, Dict[str, Tensor]]]" = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -124,7 +137,16 @@ class ReferenceCache:
         """
         device_dtype = [str(t.device) + str(t.dtype) for t in list(reference.parameters())[:1]]
         precision = () if autocast is None else (f"autocast={autocast}",)
-        self.key = (model_digest(reference), "|".join(names), pairing, *device_dtype, *precision)
+        try:
+            digest = model_digest(reference)
+        except UnkeyableModuleError as err:
+            if self.refused is None:
+                warnings.warn(f"ReferenceCache: the reference is not cached, g runs at every pass: {err}, which the "
+                              "cache cannot key (a stale value could follow).", UserWarning, stacklevel=3)
+            self.key, self.refused = None, str(err)
+            return
+        numerics = f"matmul={torch.get_float32_matmul_precision()},cudnn_tf32={torch.backends.cudnn.allow_tf32}"
+        self.key, self.refused = (digest, "|".join(names), pairing, *device_dtype, *precision, numerics), None
         self._tables.setdefault(self.key, {})
         self._tables.move_to_end(self.key)
         while len(self._tables) > self.max_models:
@@ -146,6 +168,8 @@ class ReferenceCache:
 
     def put(self, key: str, aligns: Dict[str, Tensor]) -> None:
         """Store a batch's per-layer alignments (small: B values per layer) under the bound model key."""
+        if self.refused is not None:
+            return
         if self.key is None:
             raise RuntimeError("ReferenceCache.put before bind(): bind the reference first.")
         self._tables[self.key][key] = {name: value.detach().clone() for name, value in aligns.items()}

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Literal, Optional
 import torch
 from torch import Tensor
 
-from lightning_memloc.checks import check_report_values
+from lightning_memloc.checks import check_json_meta, check_report_values
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.evidence import Evidence
 from lightning_memloc.io import PathLike, atomic_write_text
@@ -39,6 +39,14 @@ _TENSOR_DICTS = {
     "sslmem_raw": torch.float32,
 }
 _FLOAT_DICTS = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least")
+
+
+def _ids(values: Any, name: str) -> Tensor:
+    """A JSON list of integer ids as a ``LongTensor``; a fraction or a nested list is refused, not truncated."""
+    ids = torch.tensor(values)
+    if ids.ndim != 1 or not (ids.numel() == 0 or ids.dtype == torch.long):
+        raise ReportFormatError(f"`{name}` must be a flat list of integer ids, got {str(values)[:60]}.")
+    return ids.to(torch.long)
 
 
 def _deprecated(old: str, new: str) -> None:
@@ -123,16 +131,16 @@ class MemorizationReport:
             )
 
     def unit_mem_mean(self) -> Dict[str, float]:
-        """Mean UnitMem of every layer (dead units included, they score 0); logged as ``memloc/unit_mem_mean/<layer>``."""
+        """Mean UnitMem of every layer (dead units included, they score 0); logged as ``memloc.unit_mem_mean/<layer>``."""
         return {layer: float(self.unit_mem[layer].float().mean()) for layer in self.layers}
 
     def unit_mem_frac_above(self, threshold: float = 0.5) -> Dict[str, float]:
         """Fraction of units per layer whose UnitMem exceeds ``threshold`` ("highly memorizing");
-        logged as ``memloc/unit_mem_frac_above/<layer>``."""
+        logged as ``memloc.unit_mem_frac_above/<layer>``."""
         return {layer: float((self.unit_mem[layer] > threshold).float().mean()) for layer in self.layers}
 
     def num_dead_units(self) -> Dict[str, int]:
-        """Number of dead units per layer (the count of the ``dead_units`` mask; logged as ``memloc/dead_units/<layer>``)."""
+        """Number of dead units per layer (the count of the ``dead_units`` mask; logged as ``memloc.dead_units/<layer>``)."""
         return {layer: int(self.dead_units[layer].sum()) for layer in self.layers}
 
     def mean_unit_mem(self) -> Dict[str, float]:
@@ -197,7 +205,7 @@ class MemorizationReport:
         """
         layer = self.layers[-1] if layer is None else layer
         self._check_layer(layer)
-        if self.has_reference:
+        if self.sslmem is not None:  # a hand-made report may hold LayerMem without per-candidate SSLMem
             return self.sslmem[layer].clone()
         position = {int(c): i for i, c in enumerate(self.candidate_ids.tolist())}
         alive = ~self.dead_units[layer]  # dead units have no μmax candidate (argmax -1)
@@ -246,7 +254,7 @@ class MemorizationReport:
             kwargs: Dict[str, Any] = {
                 "layers": layers,
                 "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
-                "candidate_ids": torch.tensor(data["candidate_ids"], dtype=torch.long),
+                "candidate_ids": _ids(data["candidate_ids"], "candidate_ids"),
                 "meta": dict(data.get("meta") or {}),
                 "analyses": dict(data.get("analyses") or {}),
             }
@@ -258,9 +266,11 @@ class MemorizationReport:
                 kwargs[name] = None if value is None else {k: float(v) for k, v in value.items()}
             for name in ("top_ids", "least_ids"):
                 value = data.get(name)
-                kwargs[name] = None if value is None else torch.tensor(value, dtype=torch.long)
+                kwargs[name] = None if value is None else _ids(value, name)
             evidence = data.get("evidence")
             kwargs["evidence"] = None if evidence is None else Evidence.from_dict(evidence)
+        except ReportFormatError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ReportFormatError(f"report is missing or has malformed fields: {err!r}") from err
         report = cls(**kwargs)
@@ -295,9 +305,21 @@ class MemorizationReport:
     def save(self, path: PathLike) -> Path:
         """Write the report as JSON, atomically (the file is complete or untouched).
 
+        A report :meth:`load` would refuse (see :meth:`validate`), or whose ``meta`` / ``analyses``
+        JSON cannot hold, is refused before anything is written.
+
         Returns:
             The path written.
+
+        Raises:
+            ReportFormatError: the report is inconsistent (it could not be loaded back).
+            TypeError: a ``meta`` / ``analyses`` value JSON cannot store (the message names it).
         """
+        self.validate()
+        for name in ("meta", "analyses"):
+            check_json_meta(getattr(self, name), name)
+        if self.evidence is not None:
+            check_json_meta(self.evidence.meta, "evidence.meta")
         destination = Path(path)
         atomic_write_text(destination, json.dumps(self.to_dict()))
         return destination

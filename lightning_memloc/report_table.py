@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 if TYPE_CHECKING:
     from lightning_memloc.report import MemorizationReport
 
-__all__ = ["format_summary", "verdict_lines"]
+__all__ = ["align_verdict", "format_summary", "verdict_lines"]
 
 
 def _num(value: Optional[float], fmt: str = ".3f") -> str:
@@ -90,6 +90,8 @@ def verdict_lines(report: "MemorizationReport") -> List[str]:
             sig = ev.significant_layers("excess_unseen")
             lines.append(f"LayerMem: candidates > unseen at {len(sig)} of {total} layers (Holm p < {alpha:g})"
                          + (f": {', '.join(sig)}." if sig else "."))
+    if ev.has("align_gap"):
+        lines.append(align_verdict(report))
     if ev.has("membership"):
         sig = ev.significant_layers("membership")
         lines.append(f"UnitMem: units' μmax image is a training image more often than chance at {len(sig)} of {total} "
@@ -103,6 +105,45 @@ def verdict_lines(report: "MemorizationReport") -> List[str]:
     if ev.meta.get("hint"):
         lines.append("hint: " + str(ev.meta["hint"]))
     return lines
+
+
+def align_verdict(report: "MemorizationReport") -> str:
+    """The reference-free verdict in words: at how many layers ``f`` aligns its candidates' views
+    more tightly than the unseen images' (and, with a reference, whether C − unseen agrees)."""
+    ev = report.evidence
+    assert ev is not None
+    alpha, total = float(ev.meta.get("alpha", 0.05)), len(report.layers)
+    sig = ev.significant_layers("align_gap")
+    line = (f"f alone (no reference): the candidates' views align more tightly than unseen images' at {len(sig)} of "
+            f"{total} layers (one-sided, Holm p < {alpha:g})" + (f": {', '.join(sig)}." if sig else "."))
+    if not ev.has("align_gap_p"):
+        return "f alone (no reference): alignment gap measured without a test (bootstrap=0)."
+    if sig and ev.has("excess_unseen_p"):
+        both = [layer for layer in sig if layer in ev.significant_layers("excess_unseen")]
+        line += f" With g, C − unseen is significant at {len(both)} of these."
+    return line + (" This holds only if candidates and unseen images come from one distribution." if sig else "")
+
+
+def _align_rows(report: "MemorizationReport", alpha: float, level: str) -> List[str]:
+    """The reference-free table: f's mean alignments, the gap with its interval and test, the AUC."""
+    ev = report.evidence
+    assert ev is not None
+    head = ["layer", "d_f(C)", "d_f(U)", "gap", level, "p (Holm)", "AUC"]
+    with_g = ev.has("excess_unseen")
+    if with_g:
+        head += ["C − unseen (g)", "p (Holm)"]
+    rows = [head]
+    for layer in report.layers:
+        rec = ev.layers[layer]
+        row = [layer, _num(rec.get("align_f_candidates")), _num(rec.get("align_f_unseen")), _num(rec.get("align_gap"), "+.3f"),
+               _ci(rec, "align_gap", "+.3f"), _p(rec.get("align_gap_p_holm"), alpha), _num(rec.get("align_auc"), ".2f")]
+        if with_g:
+            row += [_num(rec.get("excess_unseen"), "+.3f"), _p(rec.get("excess_unseen_p_holm"), alpha)]
+        rows.append(row)
+    return (["Alignment under f alone, candidates C vs unseen images U (no reference needed)",
+             "d_f: mean distance between an image's views; gap: d_f(U) − d_f(C) on the range of d_f over C ∪ U; "
+             "AUC: share of (C, U) pairs where C is tighter (0.5: none)"]
+            + _table(rows, [False] + [True] * (len(head) - 1)) + [""])
 
 
 def format_summary(report: "MemorizationReport", threshold: float = 0.5) -> str:
@@ -138,6 +179,8 @@ def format_summary(report: "MemorizationReport", threshold: float = 0.5) -> str:
             rows.append(row)
         out += ["LayerMem (normalised SSLMem; every group on the candidates' scale)"]
         out += _table(rows, [False, False] + [True] * (len(head) - 2)) + [""]
+    if ev.has("align_gap"):
+        out += _align_rows(report, alpha, level)
     head = ["layer", "UnitMem", level, f">{threshold:g}", "dead"]
     member = ev.has("membership")
     if member:

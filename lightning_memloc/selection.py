@@ -38,7 +38,13 @@ from lightning_memloc.report import MemorizationReport
 __all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "layer_score", "resolve_report",
            "select_layers", "select_units"]
 
-LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess", "auto")
+LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess", "align_gap", "auto")
+#: Layer scores read from the report's evidence, and what each needs.
+_EVIDENCE_SCORES = {"excess": "LayerMem's excess over a control set, which this report lacks: measure with `control=...` "
+                              "(images both encoders trained on)",
+                    "align_gap": "the candidates' alignment gap under the encoder against unseen images, which this "
+                                 "report lacks: measure with `unseen=...` (images the encoder never trained on; no "
+                                 "reference needed)"}
 LAYER_STRATEGIES = ("highest", "lowest", "random", "last")
 UNIT_STRATEGIES = ("highest", "lowest", "random")
 SCOPES = ("layer", "global")
@@ -89,7 +95,8 @@ def resolve_report(source: ReportSource, argument: str = "source") -> Optional[M
 def layer_score(report: MemorizationReport, by: str) -> str:
     """The score ``by`` ranks ``report``'s layers by: ``"auto"`` is ``"excess"`` when the report
     measured a control (LayerMem minus its null), else ``"layer_mem"`` when it has a reference
-    (raw LayerMem, which includes the f–g offset), else ``"unit_mem"``; any other ``by`` is itself.
+    (raw LayerMem, which includes the f–g offset), else ``"align_gap"`` when it measured unseen
+    images, else ``"unit_mem"``; any other ``by`` is itself.
 
     Example:
         >>> import torch
@@ -103,7 +110,9 @@ def layer_score(report: MemorizationReport, by: str) -> str:
         return by
     if report.evidence is not None and report.evidence.has("excess"):
         return "excess"
-    return "layer_mem" if report.layer_mem is not None else "unit_mem"
+    if report.layer_mem is not None:
+        return "layer_mem"
+    return "align_gap" if report.evidence is not None and report.evidence.has("align_gap") else "unit_mem"
 
 
 def select_layers(
@@ -121,8 +130,9 @@ def select_layers(
         by: score ranking the layers for ``"highest"`` / ``"lowest"``: ``"layer_mem"`` (LayerMem),
             ``"delta_layer_mem"`` (ΔLayerMem; both need a report measured with a reference
             encoder), ``"unit_mem"`` (mean UnitMem, no reference needed) or ``"excess"`` (LayerMem's
-            excess over a control set, needs a report measured with ``control=``). Ignored by
-            ``"random"`` and ``"last"``.
+            excess over a control set, needs a report measured with ``control=``), ``"align_gap"``
+            (the reference-free alignment gap, needs ``unseen=``, no reference) or ``"auto"`` (the
+            best the report has, :func:`layer_score`). Ignored by ``"random"`` and ``"last"``.
         strategy: ``"highest"`` / ``"lowest"`` (the ``k`` best / worst by ``by``, ties broken by
             layer order), ``"random"`` (``k`` layers drawn with a ``torch.Generator`` seeded with
             ``seed``), or ``"last"`` (the last ``k`` layers in forward order, the usual
@@ -164,11 +174,10 @@ def select_layers(
     else:
         if by == "unit_mem":
             scores = report.unit_mem_mean()
-        elif by == "excess":
-            if report.evidence is None or not report.evidence.has("excess"):
-                raise ValueError("`by`='excess' ranks layers by LayerMem's excess over a control set, which this report "
-                                 "lacks: measure with `control=...` (images both encoders trained on).")
-            scores = {layer: report.evidence.layers[layer]["excess"] for layer in report.layers}
+        elif by in _EVIDENCE_SCORES:
+            if report.evidence is None or not report.evidence.has(by):
+                raise ValueError(f"`by`={by!r} ranks layers by {_EVIDENCE_SCORES[by]}.")
+            scores = {layer: report.evidence.layers[layer][by] for layer in report.layers}
         else:
             scores = getattr(report, by)
             if scores is None:

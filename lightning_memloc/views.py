@@ -25,8 +25,8 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lightning_memloc.augment import BatchedSimCLRAugment
-from lightning_memloc.checks import (as_long_tensor, check_image_layout, check_image_range, check_int,
-                                    check_labels_layout, check_seed)
+from lightning_memloc.checks import (as_label_tensor, as_long_tensor, check_dense, check_image_layout,
+                                    check_image_range, check_int, check_labels_layout, check_seed)
 from lightning_memloc.data import as_float_image, split_item
 from lightning_memloc.seeding import seeded_rng, view_seed
 
@@ -68,6 +68,7 @@ class SeededViews(Dataset):
         self._views: Tensor | None = None
         self._dataset: Dataset | None = None
         if isinstance(candidates, Tensor):
+            check_dense(candidates, "candidates")
             if candidates.dtype != torch.uint8 and not candidates.is_floating_point():
                 raise TypeError(f"`candidates` must be a uint8 or float tensor, got {candidates.dtype}")
             if candidates.ndim not in (3, 4, 5):
@@ -100,7 +101,7 @@ class SeededViews(Dataset):
         self.num_candidates, self.views = n, views
         self.labels: Tensor | None = None
         if labels is not None:
-            given = torch.as_tensor(labels)
+            given = as_label_tensor(labels)
             check_labels_layout(given, n)
             if given.is_floating_point() or given.is_complex():
                 raise TypeError(f"`labels` must hold integer class ids, got dtype {given.dtype}: "
@@ -177,8 +178,8 @@ class SeededViews(Dataset):
         if self._dataset is not None:
             img, label = split_item(self._dataset[i])
             if isinstance(img, Tensor) and hasattr(self, "transform"):  # (the constructor reads item 0 first)
-                check_image_layout(img.shape, "candidates items")
-                check_image_range(img, "candidates items", strict=self._clamping_transform)
+                check_image_layout(img.shape, f"candidates[{i}]")
+                check_image_range(img, f"candidates[{i}]", strict=self._clamping_transform)
         else:
             img, label = self._images[i], -1  # type: ignore[index]
         return img, (int(self.labels[i]) if self.labels is not None else label)

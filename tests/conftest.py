@@ -60,3 +60,18 @@ def reference():
 @pytest.fixture(scope="module")
 def images():
     return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+# Hypothesis profiles (tests/test_properties.py): "ci" (the default; a fixed, bounded set of generated cases, so
+# CI time stays small and a failure reproduces) and "thorough" (fresh random cases, many more; run it by hand:
+# MEMLOC_HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_properties.py). Counts: docs/reliability.md.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # a dev dependency: tests/test_properties.py is skipped without it
+    pass
+else:
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
+                              suppress_health_check=_SLOW_OK)
+    settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=_SLOW_OK)
+    settings.load_profile(os.environ.get("MEMLOC_HYPOTHESIS_PROFILE", "ci"))

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import matplotlib.image
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -200,3 +201,120 @@ def load_script(path: Path, name: Optional[str] = None, *, add_folder: bool = Fa
         sys.modules[spec.name] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
+
+
+# ------------------------------------------------ slow float64 references of the metrics
+def slow_unitmem(mu: np.ndarray, reduction: str = "mean") -> np.ndarray:
+    """Loop over units: max, drop one occurrence of it, mean/np.median of the rest."""
+    out = np.zeros(mu.shape[1])
+    for u in range(mu.shape[1]):
+        col = mu[:, u]
+        k = int(np.argmax(col))
+        rest = np.delete(col, k)
+        other = rest.mean() if reduction == "mean" else np.median(rest)
+        out[u] = 0.0 if col[k] + other == 0 else (col[k] - other) / (col[k] + other)
+    return out
+
+
+def slow_alignment(reps: torch.Tensor, anchor: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float64 double loop over views; an all-zero view stays zero (1 / max(‖r‖, 1e-12), as F.normalize)."""
+    r = reps.double()
+    r = r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n, k, _ = r.shape
+    out = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        dists = []
+        if anchor is None:
+            for a in range(k):
+                for b in range(a + 1, k):
+                    dists.append(float((r[i, a] - r[i, b]).norm()))
+        else:
+            an = anchor[i].double() / anchor[i].double().norm().clamp_min(1e-12)
+            dists = [float((r[i, a] - an).norm()) for a in range(k)]
+        out[i] = sum(dists) / len(dists)
+    return out
+
+
+def _slow_outputs(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> List[Dict[str, torch.Tensor]]:
+    """Each layer's output for each image, one image at a time, in float64 (a copy of the model, in eval mode)."""
+    import copy
+
+    twin = copy.deepcopy(model).double().eval()
+    modules = dict(twin.named_modules())
+    grabbed: Dict[str, torch.Tensor] = {}
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: grabbed.__setitem__(n, o.detach()[0]))
+             for n in layers]
+    out = []
+    with torch.no_grad():
+        for image in images:
+            twin(image.double().unsqueeze(0))
+            out.append(dict(grabbed))
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def _slow_policy(mu: np.ndarray, negative: str, layer: str) -> np.ndarray:
+    if negative == "clamp":
+        return np.maximum(mu, 0.0)
+    if negative == "shift":  # a spread within 1e-5 of the unit's scale is constant (SHIFT_TOLERANCE)
+        shifted = mu - mu.min(axis=0, keepdims=True)
+        return np.where(shifted.max(axis=0, keepdims=True) <= 1e-5 * np.abs(mu).max(axis=0, keepdims=True), 0.0, shifted)
+    if (mu < 0).any():
+        raise ValueError(f"layer {layer!r}: negative mean activations with negative='error'")
+    return mu
+
+
+def slow_measure(encoder: nn.Module, reference: Optional[nn.Module], views: torch.Tensor, layers: Sequence[str], *,
+                 top_k: int, reduction: str = "mean", negative: str = "clamp", anchors: Optional[torch.Tensor] = None,
+                 labels: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """``measure()``'s figures from its views (N, K, C, H, W), one view, unit and candidate at a time, in float64.
+
+    ``anchors`` (N, C, H, W): the un-augmented images for ``pairing="anchor"``. Dead units (μ all 0
+    after the negative policy) have argmax -1. Raises ``ValueError`` where ``negative="error"`` meets
+    a negative mean activation.
+    """
+    n, k = views.shape[:2]
+    flat = views.reshape(n * k, *views.shape[2:])
+    out: Dict[str, Any] = {"unit_mem": {}, "argmax": {}, "mu": {}, "raw_mu": {}, "class_mem": {}, "sslmem_raw": {}}
+
+    def unit_means(o: torch.Tensor) -> torch.Tensor:
+        return o.mean(dim=tuple(range(1, o.ndim))) if o.ndim >= 2 else o
+
+    f_out = _slow_outputs(encoder, flat, layers)
+    g_out = None if reference is None else _slow_outputs(reference, flat, layers)
+    fa = ga = None
+    if anchors is not None and reference is not None:
+        fa, ga = _slow_outputs(encoder, anchors, layers), _slow_outputs(reference, anchors, layers)
+    for layer in layers:
+        per_view = torch.stack([unit_means(f_out[j][layer]) for j in range(n * k)]).reshape(n, k, -1)
+        raw_mu = per_view.mean(1).numpy()
+        mu = _slow_policy(raw_mu, negative, layer)
+        out["mu"][layer], out["raw_mu"][layer] = mu, raw_mu
+        out["unit_mem"][layer] = slow_unitmem(mu, reduction)
+        out["argmax"][layer] = [int(np.argmax(mu[:, u])) if (mu[:, u] != 0).any() else -1 for u in range(mu.shape[1])]
+        if labels is not None:
+            classes = sorted(set(labels.tolist()))
+            means = np.stack([raw_mu[labels.numpy() == c].mean(0) for c in classes])
+            out.setdefault("class_mu", {})[layer] = (_slow_policy(means, negative, layer), means)
+            out["class_mem"][layer] = slow_unitmem(out["class_mu"][layer][0], reduction)
+        if reference is not None:
+            def align(outs: List[Dict[str, torch.Tensor]], anchor_outs: Any) -> torch.Tensor:
+                reps = torch.stack([outs[j][layer].flatten() for j in range(n * k)]).reshape(n, k, -1)
+                anchor = None if anchor_outs is None else torch.stack([a[layer].flatten() for a in anchor_outs])
+                return slow_alignment(reps, anchor)
+
+            out["sslmem_raw"][layer] = align(g_out, ga) - align(f_out, fa)
+    if reference is not None:
+        out["sslmem"], out["layer_mem"] = {}, {}
+        for layer in layers:
+            raw = out["sslmem_raw"][layer]
+            span = float(raw.max() - raw.min())
+            out["sslmem"][layer] = raw / span if span > 0 else torch.zeros_like(raw)
+            out["layer_mem"][layer] = float(out["sslmem"][layer].mean())
+        last = out["sslmem"][layers[-1]].tolist()
+        top = sorted(range(n), key=lambda i: (-last[i], i))[: min(top_k, n)]
+        least = sorted(range(n), key=lambda i: (last[i], i))[: min(top_k, n)]
+        out["top"] = {layer: float(out["sslmem"][layer][top].mean()) for layer in layers}
+        out["least"] = {layer: float(out["sslmem"][layer][least].mean()) for layer in layers}
+    return out

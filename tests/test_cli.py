@@ -142,6 +142,10 @@ def test_analyze_lightning_checkpoint_with_prefixes(ws):
     ckpt = ws / "pair.ckpt"
     base = ANALYZE + ["--data", ws / "d.npz", "--candidates", "4", "--views", "2"]
     code, _, err = run(base + ["--encoder", ckpt, "--reference", ckpt, "--output-dir", ws / "never"])
+    assert code == 2 and "--encoder: the checkpoint" in err and "['encoder.backbone', 'reference.backbone']" in err
+    assert "--encoder-prefix encoder.backbone" in err  # several fitting prefixes: the user names one (row 80)
+    code, _, err = run(base + ["--encoder", ckpt, "--encoder-prefix", "encoder.backbone", "--reference", ckpt,
+                               "--reference-prefix", "encoder.backbone", "--output-dir", ws / "never"])
     assert code == 2 and "--reference: its weights are identical" in err and "--reference-prefix" in err
     assert not (ws / "never").exists()
     code, _, err = run(base + ["--encoder", ckpt, "--encoder-prefix", "encoder.backbone", "--reference", ckpt,

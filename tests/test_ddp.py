@@ -255,11 +255,11 @@ def test_ddp_logged_metrics_reach_the_parent(ddp_run):
     listed last, "padded", logged last)."""
     saved = MemorizationReport.load(ddp_run["tmp"] / "padded" / "report_epoch=1.json")
     scalars = report_scalars(saved, 0.5)
-    assert any(key.startswith("memloc/layer_mem/") for key in scalars)
+    assert any(key.startswith("memloc.layer_mem/") for key in scalars)
     for key, value in scalars.items():
         assert ddp_run["trainer"].callback_metrics[key].item() == pytest.approx(value, abs=1e-6), key
     history = json.loads((ddp_run["tmp"] / "padded" / "history.json").read_text(encoding="utf-8"))
-    assert history[-1]["memloc/layer_mem/conv3"] == pytest.approx(saved.layer_mem["conv3"], abs=1e-6)
+    assert history[-1]["memloc.layer_mem/conv3"] == pytest.approx(saved.layer_mem["conv3"], abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

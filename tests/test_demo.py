@@ -45,7 +45,7 @@ def test_demo_runs_and_reports_its_evidence(tmp_path, capsys, setting):
     assert set(groups) == {"candidates", "control", "unseen"} and groups["control"] >= 2
     history = json.loads((tmp_path / setting / "memloc" / "history.json").read_text(encoding="utf-8"))
     assert [h["epoch"] for h in history] == [-1, 0, 1]
-    assert any(k.startswith("memloc/excess/") for k in history[-1])
+    assert any(k.startswith("memloc.excess/") for k in history[-1])
     assert (tmp_path / setting / "plots" / "evidence.png").is_file()
 
 

@@ -22,39 +22,7 @@ from lightning_memloc.functional import (
     unit_argmax,
     unitmem,
 )
-
-# --------------------------------------------------------------------------- slow references
-
-
-def slow_unitmem(mu: np.ndarray, reduction: str = "mean") -> np.ndarray:
-    """Loop over units: max, drop one occurrence of it, mean/np.median of the rest."""
-    out = np.zeros(mu.shape[1])
-    for u in range(mu.shape[1]):
-        col = mu[:, u]
-        k = int(np.argmax(col))
-        rest = np.delete(col, k)
-        other = rest.mean() if reduction == "mean" else np.median(rest)
-        out[u] = 0.0 if col[k] + other == 0 else (col[k] - other) / (col[k] + other)
-    return out
-
-
-def slow_alignment(reps: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
-    """float64 double loop over views."""
-    r = reps.double()
-    r = r / r.norm(dim=-1, keepdim=True)
-    n, k, _ = r.shape
-    out = torch.zeros(n, dtype=torch.float64)
-    for i in range(n):
-        dists = []
-        if anchor is None:
-            for a in range(k):
-                for b in range(a + 1, k):
-                    dists.append(float((r[i, a] - r[i, b]).norm()))
-        else:
-            an = anchor[i].double() / anchor[i].double().norm()
-            dists = [float((r[i, a] - an).norm()) for a in range(k)]
-        out[i] = sum(dists) / len(dists)
-    return out
+from helpers import slow_alignment, slow_unitmem  # the slow references
 
 
 # --------------------------------------------------------------------------- unitmem

@@ -143,7 +143,9 @@ def test_histories_with_several_steps_per_epoch_are_drawn_against_the_global_ste
     from lightning_memloc.plots.evidence import plot_evidence_history
 
     steps = [(-1, 0), (0, 3), (0, 6), (1, 9), (1, 12)]
-    evidence = {f"memloc/{key}/{layer}": value for layer in report.layers
+    from lightning_memloc.tags import scalar_tag
+
+    evidence = {scalar_tag(key, layer): value for layer in report.layers
                 for key, value in (("excess", 0.1), ("excess_lo", 0.0), ("excess_hi", 0.2))}
     history = [{"epoch": e, "global_step": s, **report_scalars(report), **evidence} for e, s in steps]
     for module, draw in ((history_plots, plot_history), (evidence_plots, plot_evidence_history)):

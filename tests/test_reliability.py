@@ -314,8 +314,12 @@ def test_nonfinite_candidates(encoder, images):
     candidates = images.clone()
     candidates[3, 0, 5, 5] = float("inf")
     snap = take_snapshot(encoder)
+    with counting_forwards(encoder) as calls, pytest.raises(ValueError, match=r"`candidates` holds 1 NaN or inf pixel"):
+        measure(encoder, candidates, views=2, transform=lambda img: img.clone())  # an image tensor: before any work
+    assert calls["n"] == 0
+    views = torch.stack([candidates, candidates], 1)  # precomputed views are not scanned: the pass names the layers
     with pytest.raises(NonFiniteActivationError, match=r"encoder layers \['conv1', 'conv2', 'conv3'\].*candidates are not finite"):
-        measure(encoder, candidates, views=2, transform=lambda img: img.clone())
+        measure(encoder, views)
     assert_untouched(encoder, snap)
 
 

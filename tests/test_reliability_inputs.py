@@ -63,7 +63,7 @@ def test_dataset_items_outside_0_1_are_refused_at_the_probe(encoder, images):
         def __getitem__(self, i):
             return images[i] * 255, 0
 
-    _refused(encoder, ValueError, ["`candidates items` is a float tensor", "divide 0-255 values by 255"], Items(), views=2)
+    _refused(encoder, ValueError, ["`candidates[0]` is a float tensor", "divide 0-255 values by 255"], Items(), views=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])

@@ -66,7 +66,7 @@ def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path, extra) -
     # the monitor measured before training (epoch -1) and at its end, with control and unseen images
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [-1, 0]
-    assert all("memloc/excess/conv1" in h and "memloc/unit_mem_frac_above/res2.conv2" in h for h in history)
+    assert all("memloc.excess/conv1" in h and "memloc.unit_mem_frac_above/res2.conv2" in h for h in history)
     report = MemorizationReport.load(out / "report.json")
     assert len(report.layers) == 8 and report.evidence.has("excess") and report.evidence.has("membership")
     assert report.candidate_ids.tolist() == idx["candidates"]

@@ -25,20 +25,20 @@ EVIDENCE_POLICIES = ("warn", "error", "off")
 
 def test_for(by: str) -> str:
     """The evidence test behind a ranking: LayerMem-based rankings need the excess over a control,
-    UnitMem-based ones the membership test.
+    UnitMem-based ones the membership test, the reference-free alignment gap its own test.
 
     Example:
-        >>> test_for("layer_mem"), test_for("unit_mem")
-        ('excess', 'membership')
+        >>> test_for("layer_mem"), test_for("unit_mem"), test_for("align_gap")
+        ('excess', 'membership', 'align_gap')
     """
-    return "membership" if by == "unit_mem" else "excess"
+    return {"unit_mem": "membership", "align_gap": "align_gap"}.get(by, "excess")
 
 
 test_for.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test: pytest must not collect it
 
 
 def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
-    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"``),
+    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"`` / ``"align_gap"``),
     or ``None`` when at least one layer passes it (Holm-corrected).
 
     Example:
@@ -56,7 +56,8 @@ def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
         need = "a control set (control=)" if test == "excess" else "an unseen set (unseen=)"
         return f"the report was measured without {need}, so no test says whether its figures exceed noise"
     if not ev.significant_layers(test):
-        what = "LayerMem exceeds the control's" if test == "excess" else "units prefer training images"
+        what = {"excess": "LayerMem exceeds the control's", "membership": "units prefer training images",
+                "align_gap": "the encoder aligns its candidates' views more tightly than unseen images'"}[test]
         return (f"no layer shows significant memorization (no layer where {what}, Holm p >= "
                 f"{ev.meta.get('alpha', 0.05):g})")
     return None

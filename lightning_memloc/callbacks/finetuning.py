@@ -11,7 +11,7 @@ to resume and keeps frozen BatchNorm statistics fixed.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
+from lightning_memloc.callbacks.fit_state import TrainableState, started_training
 from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run, check_k_layers
 from lightning_memloc.checks import check_choice, check_int, check_layers_exist
@@ -36,7 +37,7 @@ __all__ = ["MemorizationFinetuning"]
 
 HeadSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]], None]
 _AUTO_WHY = {"excess": "the report measured a control", "layer_mem": "the report has a reference but no control",
-             "unit_mem": "the report has no reference"}
+             "align_gap": "the report has unseen images but no reference", "unit_mem": "the report has no reference"}
 
 
 class MemorizationFinetuning(BaseFinetuning):
@@ -73,10 +74,11 @@ class MemorizationFinetuning(BaseFinetuning):
             :class:`~lightning_memloc.MemorizationReport`, or the path of a saved report.
         k: number of layers to unfreeze (>= 1, at most the report's layers).
         by: the ranking score of ``"highest"`` / ``"lowest"``: ``"auto"`` (default: ``"excess"``
-            when the report measured a control, else ``"layer_mem"``, else ``"unit_mem"``; the
+            when the report measured a control, else ``"layer_mem"``, ``"align_gap"``, ``"unit_mem"``; the
             choice is logged), ``"excess"`` (LayerMem's excess over the control),
-            ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder) or ``"unit_mem"``
-            (mean UnitMem).
+            ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder), ``"unit_mem"``
+            (mean UnitMem) or ``"align_gap"`` (the alignment gap under the encoder alone, needs
+            ``unseen=``).
         strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k``
             layers in forward order); see :func:`~lightning_memloc.selection.select_layers`.
         encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``), a
@@ -91,7 +93,7 @@ class MemorizationFinetuning(BaseFinetuning):
             report's tests find none (no layer's LayerMem exceeds the control's, or — for
             ``by="unit_mem"`` — no layer's units prefer training images, Holm-corrected):
             ``"warn"`` logs that the choice may follow noise, ``"error"`` refuses, ``"off"``
-            stays silent.
+            stays silent. ``by="align_gap"`` is gated by its own test.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -146,6 +148,8 @@ class MemorizationFinetuning(BaseFinetuning):
         self.trainable_modules: Optional[Dict[str, List[str]]] = None
         self._bn_in_eval: Dict[int, _BatchNorm] = {}
         self._optimizers: List[Optimizer] = []
+        self._before_fit: Optional[Tuple[TrainableState, Optional[List[str]], Any]] = None
+        self._start_step: Optional[int] = None
 
     # ------------------------------------------------------------ resolution
     def encoder(self, pl_module: "pl.LightningModule") -> nn.Module:
@@ -185,6 +189,7 @@ class MemorizationFinetuning(BaseFinetuning):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Resolve encoder and head, check the report against the encoder, then freeze."""
+        self._before_fit = None
         self.source.bind(trainer)
         encoder = self.encoder(pl_module)
         self.heads(pl_module)
@@ -204,6 +209,8 @@ class MemorizationFinetuning(BaseFinetuning):
             check_epoch_in_run(trainer, self.unfreeze_at_epoch, "unfreeze_at_epoch",
                                "the encoder would stay frozen for the whole run")
             self.source.check_in_time(trainer, self, self.unfreeze_at_epoch, "MemorizationFinetuning")
+        # given back in on_exception: requires_grad, modes, BatchNorm statistics tracking
+        self._before_fit, self._start_step = (TrainableState(pl_module), self.chosen_layers, self.trainable_modules), None
         super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: "pl.LightningModule") -> None:
@@ -255,11 +262,30 @@ class MemorizationFinetuning(BaseFinetuning):
                 module.eval()
                 self._bn_in_eval[id(module)] = module
 
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._start_step = int(trainer.global_step)
+
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Give frozen BatchNorm layers their train mode back (the model leaves fit as it came)."""
+        """Give frozen BatchNorm layers their train mode and ``track_running_stats`` back (the model leaves fit
+        as it came, but for ``requires_grad``: frozen parts stay frozen, as with ``BaseFinetuning``)."""
         for module in self._bn_in_eval.values():
             module.train()
         self._bn_in_eval.clear()
+        if self._before_fit is not None:
+            self._before_fit[0].restore_statistics_tracking()
+        self._before_fit = None
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """A failed or interrupted fit gives back every ``requires_grad``, train/eval mode and BatchNorm
+        ``track_running_stats`` as they were before ``setup``; before the first optimizer step the choice
+        of layers is forgotten too (a new fit chooses again)."""
+        if self._before_fit is not None:
+            state, chosen, mapping = self._before_fit
+            state.restore()
+            if not started_training(trainer, self._start_step):
+                self.chosen_layers, self.trainable_modules = chosen, mapping
+        self._bn_in_eval.clear()
+        self._before_fit = None
 
     # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:

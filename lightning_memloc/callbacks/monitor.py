@@ -36,11 +36,12 @@ from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.distributed import rank_zero_buffers  # re-exported (documented here before)
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
-from lightning_memloc.measure import model_device_dtype, prepare_views, probe_layers, run_pass
+from lightning_memloc.measure import keeps_alignment, model_device_dtype, prepare_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import MeasureOptions, option_property
 from lightning_memloc.precision import check_autocast
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.tags import upgrade_tag
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
@@ -58,8 +59,8 @@ class MemorizationMonitor(Callback):
       ``monitor.top_k``, ``monitor.pairing``, ... read them, and setting one validates it);
     - ``monitor.history``: one dict of scalars per measurement (epoch, global step, per-layer
       LayerMem, ΔLayerMem, mean UnitMem, fraction above ``threshold``, dead units);
-    - logged scalars (``memloc/...`` tags, also in ``trainer.callback_metrics``), TensorBoard
-      histograms, image grids and a custom-scalars layout, all at ``trainer.global_step``.
+    - logged scalars (``memloc.<quantity>/<layer>`` tags, also in ``trainer.callback_metrics``),
+      TensorBoard histograms, figures, image grids and a custom-scalars layout, all at ``trainer.global_step``.
 
     Args:
         candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W),
@@ -75,7 +76,8 @@ class MemorizationMonitor(Callback):
             for the LightningModule itself.
         reference: the reference encoder ``g`` for LayerMem: ``None`` (UnitMem only), a frozen
             ``nn.Module``, a checkpoint path (loaded with ``weights_only=True`` into a copy of
-            the encoder), or an attribute path on the LightningModule (a co-trained reference).
+            the encoder; ``"pair.ckpt:reference.backbone"`` names a prefix inside it), or an
+            attribute path on the LightningModule (a co-trained reference).
         seed: view seed; the same views at every measurement, on every device and rank.
         batch_size: candidates per forward step (each contributes K views).
         labels: (N,) labels for ClassMem: a tensor, ``True`` (those stored with a candidates path)
@@ -85,12 +87,12 @@ class MemorizationMonitor(Callback):
         measure_on_train_start: also measure before the first epoch (the untrained baseline).
         grid_size: images in each TensorBoard grid of most / least memorized candidates (0: none).
         log_histograms: log a UnitMem histogram per layer to TensorBoard.
+        log_figures: log the profile by depth and the layer × measurement heat maps to TensorBoard.
         layer_runs: on TensorBoard, also write each layer into its own run
-            ``memloc_layers/<NN>_<layer>`` (depth order), so that one chart per quantity shows every
-            layer in its own colour with a legend (:mod:`~lightning_memloc.callbacks.layer_runs`).
+            ``memloc_layers/<NN>_<layer>`` (depth order), so that each quantity's section starts with one
+            chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.layer_runs`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
-        progress: a progress bar during each measurement pass: ``None`` when the Trainer shows
-            its own (``enable_progress_bar``), ``True`` / ``False`` always / never (rank 0 only).
+        progress: a bar per pass: ``None`` if the Trainer shows its own, ``True`` / ``False`` always / never.
         num_workers: DataLoader workers generating views.
         memory_limit: bytes the metric states may take; a larger candidate set raises before
             training starts (``None``: 25 % of the device memory, warning only).
@@ -98,7 +100,8 @@ class MemorizationMonitor(Callback):
             LayerMem; reports, logs and plots give the candidates' excess over it with its
             interval and a Holm-corrected one-sided Welch p-value.
         unseen: images the encoder never trained on (the reference's independent part when
-            co-training, or a test split): UnitMem seen vs unseen and the argmax membership test.
+            co-training, or a test split): UnitMem seen vs unseen, the argmax membership test and,
+            with no reference needed, the alignment gap under ``f`` (``memloc/align_gap/...``).
             Control and unseen images are measured in the same pass as the candidates; both
             may also be paths, read like ``candidates`` (``size`` applies).
         bootstrap, confidence, alpha: resamples, coverage and significance level of the
@@ -110,18 +113,17 @@ class MemorizationMonitor(Callback):
             ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
             measured views (an untrained model's default statistics inflate UnitMem), or
             ``"default"`` measures the model as it is.
-        overwrite: let a new run delete another run's files in ``output_dir`` (in ``setup``);
+        overwrite: let a new run delete another run's files in ``output_dir`` (at its first write);
             without it such a folder is refused (a resumed run continues its own folder).
-        name: tells several monitors apart: tags ``memloc-<name>/...`` instead of ``memloc/...``,
+        name: tells several monitors apart: tags ``memloc-<name>.../...`` instead of ``memloc.../...``,
             files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
-            monitor's state; ``history`` keeps the plain ``memloc/...`` keys). Fine-tuning and
+            monitor's state; ``history`` keeps the plain ``memloc...`` keys). Fine-tuning and
             pruning find it as ``source="monitor:<name>"``.
         every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
         size: resize the images of a candidates path to ``size`` × ``size``.
-        indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
-            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file; reports name candidates by them.
-        control_indices, unseen_indices: the same for ``control`` / ``unseen`` (indices into the
-            candidates' data when those are not given); recorded in the report's ``meta``.
+        indices, control_indices, unseen_indices: the images of ``candidates`` / ``control`` /
+            ``unseen`` (without these, of ``candidates``) that form each group: ints, a slice ``"a:b"``
+            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file; reports name the images by them.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -153,6 +155,7 @@ class MemorizationMonitor(Callback):
         measure_on_train_start: bool = False,
         grid_size: int = 8,
         log_histograms: bool = True,
+        log_figures: bool = True,
         output_dir: Optional[Union[str, os.PathLike]] = None,
         progress: Optional[bool] = None,
         num_workers: int = 0,
@@ -169,9 +172,7 @@ class MemorizationMonitor(Callback):
         name: Optional[str] = None,
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
-        indices: IndexSpec = None,
-        control_indices: IndexSpec = None,
-        unseen_indices: IndexSpec = None,
+        indices: IndexSpec = None, control_indices: IndexSpec = None, unseen_indices: IndexSpec = None,
     ) -> None:
         super().__init__()
         every_n_epochs, every_n_train_steps = check_schedule(  # NumPy integers accepted
@@ -208,7 +209,7 @@ class MemorizationMonitor(Callback):
         self.encoder_spec = encoder
         self.reference_spec = reference
         self.threshold, self.grid_size = float(threshold), grid_size
-        self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
+        self.measure_on_train_start, self.log_histograms, self.log_figures = measure_on_train_start, log_histograms, log_figures
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.memory_limit = memory_limit
         self.history: List[Dict[str, Any]] = []
@@ -217,6 +218,8 @@ class MemorizationMonitor(Callback):
         self._specs: Optional[List[LayerSpec]] = None
         self._num_units: Dict[str, int] = {}
         self._reference: Optional[nn.Module] = None
+        self.encoder_id: Optional[str] = None  # which encoder and reference are measured (setup): fingerprint
+        self.reference_id: Optional[str] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
         self.layer_runs = bool(layer_runs)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
@@ -281,10 +284,12 @@ class MemorizationMonitor(Callback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
-            self._run_id, self._foreign_files = guard.claim_output_dir(
-                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         encoder = self.encoder(pl_module)
         reference = self.reference(pl_module)
+        self.encoder_id, self.reference_id = guard.module_identities(self, pl_module, encoder, reference)  # fingerprint
+        if self.output_dir is not None and trainer.is_global_zero:
+            self._run_id, self._foreign_files = guard.claim_output_dir(
+                self, self.output_dir, resuming=trainer.ckpt_path is not None, overwrite=self.overwrite)
         if reference is encoder:
             raise ValueError("`reference` resolves to the monitored encoder itself: pass a separately trained encoder.")
         trained = reference is not None and any(p.requires_grad for p in reference.parameters())
@@ -295,13 +300,14 @@ class MemorizationMonitor(Callback):
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         note = check_state_memory(len(self.pool), self._num_units, reference=reference is not None,
                                   labels=self.views.has_labels, limit=self.memory_limit, device=device,
-                                  num_candidates=len(self.views))
+                                  num_candidates=len(self.views),
+                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing))
         if note:
             rank_zero_info(note)
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.measure_on_train_start and not self.history:
+        if self.measure_on_train_start and not self.history and trainer.global_step == 0:  # not in a resumed run
             if self.init_batchnorm == "recalibrate":
                 # BatchNorm of an untrained encoder still holds its default statistics (mean 0,
                 # var 1), unlike every later measurement: measure with statistics from the pool's
@@ -341,6 +347,7 @@ class MemorizationMonitor(Callback):
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
                                   labels=self.views.has_labels, groups=self.group_sizes,
+                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing),
                                   **self.options.meter_kwargs()).to(device)
         sampler = None
         if trainer.world_size > 1:
@@ -360,7 +367,8 @@ class MemorizationMonitor(Callback):
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
         grids = self.grid_size and len(self.views.view_shape) == 3  # image grids of image candidates only
         self._loggers.log(trainer, report, scalars, images=self.views.display_images if grids else None,
-                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs)
+                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs,
+                          history=self.history if self.log_figures else None)
         if self.output_dir is not None and trainer.is_global_zero:
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
@@ -396,6 +404,6 @@ class MemorizationMonitor(Callback):
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         guard.check_same_fingerprint(state_dict.get("fingerprint"), guard.fingerprint(self), "the checkpoint's monitor state")
-        self.history = list(state_dict.get("history", []))
+        self.history = [{upgrade_tag(k): v for k, v in h.items()} for h in state_dict.get("history", [])]  # older tag names
         report = state_dict.get("report")
         self.report = None if report is None else MemorizationReport.from_dict(report)

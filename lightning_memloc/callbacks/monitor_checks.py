@@ -26,13 +26,20 @@ import torch
 from torch import Tensor, nn
 
 from lightning_memloc.io import atomic_write_text
+from lightning_memloc.loading import split_prefix
+from lightning_memloc.module_digest import UnkeyableModuleError, settings_digest
+from lightning_memloc.reference_cache import tensor_digest
 
-__all__ = ["MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
-           "encoder_hint", "fingerprint", "is_checkpoint_path", "reference_hint", "release_output_dir"]
+__all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "claim_output_dir",
+           "encoder_hint", "fingerprint", "is_checkpoint_path", "module_identities", "reference_hint",
+           "release_output_dir"]
 
 #: The file naming the run that owns a monitor's ``output_dir``.
 MARKER = "memloc_run.json"
 _CLAIMS: Dict[str, "weakref.ref[Any]"] = {}
+#: Another run's files that ``overwrite=True`` replaces, deleted at this run's first write (a fit that fails
+#: before it measures leaves them): folder -> (the monitor, the file names).
+_REPLACED: Dict[str, Tuple["weakref.ref[Any]", List[str]]] = {}
 
 
 def _digest(tensor: Optional[Tensor]) -> Optional[str]:
@@ -59,20 +66,88 @@ def candidates_digest(views: Any) -> str:
     return f"{len(views)}:{_digest(stored)}:{labels}"
 
 
-def fingerprint(monitor: Any) -> Dict[str, Any]:
-    """What defines one measurement of ``monitor``: candidates, views, seed, layers, options.
+#: Monitor arguments that change no measured or logged number, and why. Every other argument is
+#: part of :func:`fingerprint` (``tests/test_resume_fingerprint.py`` enumerates the constructor).
+FINGERPRINT_EXEMPT = {
+    "every_n_epochs": "when measurements happen, not what they measure (part of Lightning's state key)",
+    "every_n_train_steps": "when measurements happen, not what they measure (part of Lightning's state key)",
+    "batch_size": "candidates are measured independently in eval mode: batching changes no per-candidate value",
+    "num_workers": "a view depends only on (seed, candidate, view number), not on the worker that makes it",
+    "progress": "display only",
+    "grid_size": "images logged to TensorBoard, not numbers",
+    "log_histograms": "a logging option",
+    "log_figures": "images logged to TensorBoard, not numbers",
+    "layer_runs": "a logging layout",
+    "output_dir": "where files are written (a folder's marker holds the fingerprint)",
+    "overwrite": "what happens to another run's files",
+    "name": "tag and file names (part of Lightning's state key)",
+    "memory_limit": "a check before training",
+    "measure_on_train_start": "only the before-training point, which a resumed run never measures again",
+    "init_batchnorm": "only the before-training point, which a resumed run never measures again",
+}
+#: Fingerprint entries added after the first release: a checkpoint without one was written before
+#: it existed and is not compared on it (``None`` now: not known before ``setup``).
+_ADDED = ("threshold", "transform_digest", "encoder", "reference_id")
 
+
+def _spec_name(spec: Any) -> str:
+    if spec is None:
+        return "(the LightningModule)"
+    if isinstance(spec, (str, os.PathLike)):
+        return str(spec)
+    return type(spec).__qualname__ if isinstance(spec, nn.Module) else getattr(spec, "__qualname__", repr(spec))
+
+
+def _settings(obj: Any) -> str:
+    try:
+        return settings_digest(obj)[:16]
+    except UnkeyableModuleError:  # compared by name only (docs/reliability.md, limits); the error names an address
+        return "(not digestible)"
+
+
+def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
+                      reference: Optional[nn.Module]) -> Tuple[str, Optional[str]]:
+    """Which encoder and which reference ``monitor`` measures (in ``setup``; part of :func:`fingerprint`).
+
+    A module inside the LightningModule ``owner`` is named by its path there, whatever the spec (an
+    attribute path, a callable, the module): a co-trained reference changes with training. A
+    frozen reference outside it is named by its class, weights and settings (:func:`settings_digest`).
+    """
+    paths = {id(m): name for name, m in owner.named_modules()}
+
+    def where(module: nn.Module, spec: Any) -> str:
+        return (paths[id(module)] or "(the LightningModule)") if id(module) in paths else _spec_name(spec)
+
+    if reference is None or id(reference) in paths:
+        return where(encoder, monitor.encoder_spec), None if reference is None else f"co-trained {where(reference, None)}"
+    weights = tensor_digest(*reference.state_dict().values())[:16]
+    return (where(encoder, monitor.encoder_spec),
+            f"{type(reference).__qualname__} weights {weights} settings {_settings(reference)}")
+
+
+def fingerprint(monitor: Any) -> Dict[str, Any]:
+    """What defines one measurement of ``monitor``: every argument that changes a measured or logged number.
+
+    Candidates (and labels, ``size``, ``indices``: through their contents), views, seed, the
+    transform (its name and settings), layers, the options (:meth:`MeasureOptions.fingerprint`),
+    ``threshold``, which encoder and which reference (a frozen one by its weights and settings),
+    control / unseen images. The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
     Reads the monitor's public ``candidates_digest``, ``views``, ``layer_names`` (the resolved
-    layers, ``None`` before ``setup``), ``layers``, ``options``, ``reference_spec``,
+    layers, ``None`` before ``setup``), ``layers``, ``options``, ``threshold``, ``encoder_id`` and
+    ``reference_id`` (:func:`module_identities`, ``None`` before ``setup``), ``reference_spec``,
     ``group_sizes`` and ``pool``.
     """
     layers = monitor.layer_names or monitor.layers
     return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
             "views": monitor.views.views, "seed": monitor.views.seed,
             "transform": _transform_name(monitor.views.transform),
+            "transform_digest": _settings(monitor.views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
             **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
+            "threshold": monitor.threshold,
+            "encoder": getattr(monitor, "encoder_id", None),
             "reference": monitor.reference_spec is not None,
+            "reference_id": getattr(monitor, "reference_id", None),
             # control / unseen images are part of the measurement: their sizes and contents
             "groups": dict(monitor.group_sizes),
             "pool": candidates_digest(monitor.pool) if monitor.group_sizes else None}
@@ -82,7 +157,8 @@ def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     keys = sorted(set(saved) | set(current))
     # "layers" may be saved resolved while a fresh monitor only knows "auto": compare resolved names only
     return [k for k in keys if saved.get(k) != current.get(k)
-            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))]
+            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))
+            and not (k in _ADDED and None in (saved.get(k), current.get(k)))]
 
 
 def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> None:
@@ -94,7 +170,8 @@ def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, A
         detail = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
         raise ValueError(
             f"{where} was measured with other settings ({detail}): its history cannot continue with this monitor. "
-            "Use the same candidates, views, seed, transform, layers and options to resume, or start a new run "
+            "Use the same candidates, views, seed, transform, layers, options, threshold, encoder and reference to "
+            "resume, or start a new run "
             "(a new `output_dir`, no `ckpt_path`)."
         )
 
@@ -138,7 +215,8 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
 
     - another live monitor writes there: ``ValueError`` (two monitors would overwrite each other);
     - the folder holds another run's files: ``FileExistsError`` unless ``overwrite=True``, which
-      deletes them (``history.json``, ``report_epoch=*.json``, the marker) now;
+      deletes them (``history.json``, ``report_epoch=*.json``, the marker) at this run's first
+      write (:func:`check_owner`), so that a fit failing before it measures leaves them;
     - resuming: the folder's marker must hold this monitor's fingerprint; the run adopts it.
 
     Returns:
@@ -162,8 +240,7 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
         else:  # decided in on_fit_start: Lightning restores a checkpoint (a resume) only after setup
             foreign = files
     elif files and not ours and overwrite:
-        for name in files:
-            (folder / name).unlink()
+        _REPLACED[key] = (weakref.ref(monitor), files)
     _CLAIMS[key] = weakref.ref(monitor)
     return run_id, foreign
 
@@ -196,10 +273,19 @@ def release_output_dir(monitor: Any) -> None:
     for key, ref in list(_CLAIMS.items()):
         if ref() is monitor or ref() is None:
             del _CLAIMS[key]
+    for key, (ref, _) in list(_REPLACED.items()):  # never written: the other run's files stay
+        if ref() is monitor or ref() is None:
+            del _REPLACED[key]
 
 
 def check_owner(monitor: Any, folder: Path) -> None:
-    """Before each write: the folder's marker must be this run's (it is written on the first write)."""
+    """Before each write: the folder's marker must be this run's (it is written on the first write, after
+    deleting the files of a run that ``overwrite=True`` replaces)."""
+    replaced = _REPLACED.get(str(folder.resolve()))
+    if replaced is not None and replaced[0]() is monitor:
+        for name in replaced[1]:
+            (folder / name).unlink(missing_ok=True)
+        del _REPLACED[str(folder.resolve())]
     marker = _read_marker(folder)
     if marker is None:
         atomic_write_text(folder / MARKER, json.dumps({"run_id": monitor.run_id, "fingerprint": fingerprint(monitor)},
@@ -213,7 +299,10 @@ def is_checkpoint_path(spec: Any) -> bool:
     """Whether a ``reference`` string names a checkpoint file rather than an attribute path."""
     if isinstance(spec, os.PathLike):
         return True
-    return isinstance(spec, str) and (spec.endswith((".ckpt", ".pt", ".pth")) or os.sep in spec or os.path.isfile(spec))
+    if not isinstance(spec, str):
+        return False
+    path = str(split_prefix(spec)[0])  # "pair.ckpt:reference.backbone" names a prefix inside the file
+    return path.endswith((".ckpt", ".pt", ".pth")) or os.sep in path or os.path.isfile(path)
 
 
 @contextmanager

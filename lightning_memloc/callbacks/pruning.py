@@ -23,12 +23,14 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from lightning_memloc.callbacks.fit_state import started_training
 from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
 from lightning_memloc.callbacks.setup_checks import check_epoch_in_run
 from lightning_memloc.checks import check_choice, check_int
+from lightning_memloc.pruned import MaskUndo
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate
-from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES
+from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
+from lightning_memloc.selection import LAYER_SCORES, SCOPES, UNIT_STRATEGIES, select_layers
 from lightning_memloc.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
                                      find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
 from lightning_memloc.callbacks.sources import monitor_layers
@@ -68,6 +70,11 @@ class MemorizationPruning(Callback):
             membership test finds no layer whose units prefer training images (Holm-corrected,
             needs ``unseen=``): ``"warn"`` logs that the choice may follow noise, ``"error"``
             refuses, ``"off"`` stays silent.
+        top_layers: prune only in the ``top_layers`` layers in scope that rank highest by ``by`` in
+            the report at the pruning point (``None``: every layer in scope); gated like ``by``.
+        by: the layer ranking of ``top_layers``: ``"layer_mem"``, ``"delta_layer_mem"``,
+            ``"unit_mem"``, ``"excess"`` or ``"align_gap"`` (the alignment gap under the encoder
+            alone, no reference needed); see :func:`~lightning_memloc.selection.select_layers`.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -96,9 +103,13 @@ class MemorizationPruning(Callback):
         permanent: bool = False,
         seed: int = 0,
         require_evidence: str = "warn",
+        top_layers: Optional[int] = None,
+        by: str = "layer_mem",
     ) -> None:
         super().__init__()
         self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
+        self.top_layers = None if top_layers is None else check_int("top_layers", top_layers, 1)
+        self.by = check_choice("by", by, LAYER_SCORES, as_tuple=False)
         self.source = ReportSource(source)
         amount = next(iter(check_amount(amount).values()))
         check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
@@ -118,6 +129,7 @@ class MemorizationPruning(Callback):
         self.pruned_units: Optional[Dict[str, Tensor]] = None
         self.targets: Dict[str, UnitTargets] = {}
         self._applied = False
+        self._undo, self._before_fit, self._start_step = MaskUndo(), None, None
 
     @property
     def _epoch(self) -> int:
@@ -155,22 +167,39 @@ class MemorizationPruning(Callback):
             check_amount_units(self.amount, self.scope, {n: t.num_units for n, t in self.targets.items()})
             check_epoch_in_run(trainer, None if self.prune_at == "fit_start" else self._epoch, "prune_at",
                                "nothing would be pruned")
+            if self.top_layers is not None and self.top_layers > len(self.targets):
+                raise ValueError(f"`top_layers`={self.top_layers} exceeds the {len(self.targets)} layers in scope "
+                                 f"{list(self.targets)}: pass at most {len(self.targets)}.")
             if report is not None:
-                choose_units(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
+                choose_units(report, self._ranked(report), self.amount, self.strategy, self.scope, self.seed)  # validates early
+                if self.top_layers is not None and self.require_evidence == "error":
+                    gate(report, test_for(self.by), "error", f"pruning in the {self.top_layers} layers by {self.by!r}")
                 if self.strategy != "random" and self.require_evidence == "error":  # refuse before any mask or step
                     gate(report, "membership", "error", f"pruning the {self.strategy}-UnitMem units")
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
                                       "MemorizationPruning")
+        self._undo, self._before_fit, self._start_step = MaskUndo(), self.pruned_units, None
         for target in self.targets.values():
+            for module, name in target.parameters():
+                self._undo.remember(module, name)  # taken back if the fit fails before it trains
             register_masks(target)
         self._applied = False
+
+    def _ranked(self, report: MemorizationReport) -> Dict[str, UnitTargets]:
+        """The targets to prune in: every layer in scope, or its ``top_layers`` best by ``by``."""
+        if self.top_layers is None:
+            return self.targets
+        ranked = [n for n in select_layers(report, len(report.layers), by=self.by) if n in self.targets]
+        return {n: self.targets[n] for n in ranked[:self.top_layers]}
 
     def _apply(self, when: str) -> None:
         if self.pruned_units is None:
             report = self.source.require(f"to choose the units to prune {when}")
             if self.strategy != "random":
                 gate(report, "membership", self.require_evidence, f"pruning the {self.strategy}-UnitMem units")
-            self.pruned_units = choose_units(report, self.targets, self.amount, self.strategy, self.scope, self.seed)
+            if self.top_layers is not None:
+                gate(report, test_for(self.by), self.require_evidence, f"pruning in the {self.top_layers} layers by {self.by!r}")
+            self.pruned_units = choose_units(report, self._ranked(report), self.amount, self.strategy, self.scope, self.seed)
             total = sum(int(v.numel()) for v in self.pruned_units.values())
             rank_zero_info(f"[memloc] pruned {total} units {when} (strategy={self.strategy!r}, scope={self.scope!r}).")
         unknown = [layer for layer in self.pruned_units if layer not in self.targets]
@@ -185,6 +214,7 @@ class MemorizationPruning(Callback):
             self._apply("at fit start")
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._start_step = int(trainer.global_step)
         if self.prune_at == "fit_start" and not self._applied:
             self._apply("at train start")
 
@@ -193,9 +223,18 @@ class MemorizationPruning(Callback):
             self._apply(f"at epoch {trainer.current_epoch}")
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._undo = MaskUndo()  # the fit trained with the masks: they stay
         if self.permanent:
             for target in self.targets.values():
                 remove_masks(target)
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """A fit that fails (or is interrupted) before its first optimizer step gets its model back unmasked:
+        the original parameters (same objects, values and order), no mask, no hook, no ``*_orig`` key. After
+        training started the masks stay (the model trained with them, as its checkpoints hold them)."""
+        if not started_training(trainer, self._start_step):
+            self._undo.undo()
+            self.pruned_units, self._applied = self._before_fit, False
 
     # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:

@@ -12,9 +12,10 @@ them in three files by what they check: :mod:`~lightning_memloc.checks.values` (
 the tuples of allowed choices, finite numbers, seeds, recorded settings),
 :mod:`~lightning_memloc.checks.tensors` (id vectors, activation matrices, images, labels, index
 files, report values) and :mod:`~lightning_memloc.checks.modules` (the reference, compiled wrappers,
-device memory).
+device memory) and :mod:`~lightning_memloc.checks.inputs` (dense tensors, label sequences, JSON ``meta``).
 """
 
+from lightning_memloc.checks.inputs import as_label_tensor, check_dense, check_has_weights, check_json_meta
 from lightning_memloc.checks.modules import (
     check_layers_exist,
     check_reference,
@@ -56,18 +57,22 @@ __all__ = [
     "RANGE_TOLERANCE",
     "REDUCTIONS",
     "SEED_RANGE",
+    "as_label_tensor",
     "as_long_tensor",
     "as_python_number",
     "check_candidate_ids",
     "check_choice",
+    "check_dense",
     "check_finite",
     "check_finite_tensor",
     "check_float_tensor",
+    "check_has_weights",
     "check_id_vector",
     "check_image_layout",
     "check_image_range",
     "check_index_values",
     "check_int",
+    "check_json_meta",
     "check_labels_layout",
     "check_layers_exist",
     "check_mean_activations",

@@ -72,14 +72,17 @@ def check_image_range(images: Tensor, name: str = "candidates", *, strict: bool 
 
     One ``aminmax`` over the tensor. ``strict``: raise a ``ValueError`` (the default augmentation
     would saturate the views); otherwise warn (a custom transform may expect another range).
+    NaN or inf pixels are a ``ValueError`` either way.
     """
     if not images.is_floating_point() or images.numel() == 0:
         return
     low, high = (float(v) for v in torch.aminmax(images.detach().float()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int((~torch.isfinite(images)).sum())
+        raise ValueError(f"`{name}` holds {bad} NaN or inf pixel value(s): every view and activation of those images "
+                         f"would be non-finite; pass finite images (e.g. drop them, or torch.nan_to_num({name})).")
     if low >= -RANGE_TOLERANCE and high <= 1 + RANGE_TOLERANCE:
         return
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return  # non-finite pixels are reported, by layer, by the measurement pass (NonFiniteActivationError)
     kind = "0-255 values" if high > 2.5 and low >= -RANGE_TOLERANCE else "normalised values"
     message = (f"`{name}` is a float tensor with values in [{low:.3g}, {high:.3g}] ({kind}), but float images must "
                "be in [0, 1]: the SimCLR augmentation clamps to [0, 1] and most view pixels would saturate. Pass "

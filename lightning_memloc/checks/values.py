@@ -131,11 +131,15 @@ def check_memory_limit(value: Any) -> Optional[int]:
 
 
 def check_meta(meta: Optional[Mapping[str, Any]], settings: Mapping[str, Any]) -> Dict[str, Any]:
-    """``meta`` merged after ``settings``; a key that would change a recorded setting is refused."""
+    """``meta`` merged after ``settings``; a key that would change a recorded setting, or a value the
+    report's JSON cannot store, is refused."""
     if meta is None:
         return dict(settings)
     if not isinstance(meta, Mapping):
         raise TypeError(f"`meta` must be a dict or None, got {type(meta).__name__}.")
+    from lightning_memloc.checks.inputs import check_json_meta
+
+    check_json_meta(meta)  # before the pass: `save` would fail after it
     clash = {k: (settings[k], v) for k, v in meta.items() if k in settings and v != settings[k]}
     if clash:
         raise ValueError(f"`meta` would overwrite the recorded settings {sorted(clash)} "

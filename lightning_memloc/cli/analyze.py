@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_memloc.cli.checks import check_out, parse_device
-from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
+from lightning_memloc.cli.errors import CLIError, as_cli_error
 from lightning_memloc.cli.loading import load_checkpoint
 from lightning_memloc.cli.renamed import typed_flag
-from lightning_memloc.cli.selection import load_cli_data, match_channels, select_candidates, select_groups
+from lightning_memloc.cli.selection import (images_checksum, load_cli_data, match_channels, select_candidates,
+                                           select_groups)
 from lightning_memloc.cli.zoo import build_model
 from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError, MemlocError
 from lightning_memloc.options import MeasureOptions
@@ -131,7 +132,7 @@ def analyze(args: argparse.Namespace) -> int:
         CLIError: a bad argument (code 2, before any measurement) or a failed measurement (code 1).
     """
     from lightning_memloc.cli.analyses import check_analysis_arguments, run_cli_analyses
-    from lightning_memloc.io import check_writable_dir
+    from lightning_memloc.cli.output import StagedOutput
     from lightning_memloc.measure import measure
     from lightning_memloc.plots import plot_report
 
@@ -162,22 +163,22 @@ def analyze(args: argparse.Namespace) -> int:
     layers = _layers(args.layers)
     encoder, reference = encoder.to(device), None if reference is None else reference.to(device)
     _probe(args, encoder, reference, layers, candidates, device)
-    with as_cli_error(out_flag, FILE_ERRORS):
-        check_writable_dir(out, argument=out_flag)
     meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch or args.model or args.lightning_module,
             "width": getattr(like, "width", None), "in_channels": args.in_channels, "data": str(args.data),
-            "size": args.size, **{f"{name}_indices": idx.tolist() for name, idx in groups.items()}}
+            "size": args.size, "candidates_sha1": images_checksum(images[positions]),
+            **{f"{name}_indices": idx.tolist() for name, idx in groups.items()}}
     kwargs = measure_kwargs(args, reference=reference, layers=layers, labels=cand_labels, candidate_ids=positions,
                             groups=extra, meta=meta, reference_cache=cache)
-    try:
-        report = measure(encoder, candidates, **kwargs)
-        if cache is not None:
-            cache.save(args.reference_cache)
-    except MemlocError as err:
-        raise CLIError("", f"measurement failed: {err}", code=1) from err
-    figures = run_cli_analyses(analyses, args, report, encoder, reference, candidates, out)  # into report.analyses
-    written = [report.save(out / "report.json")]
-    written += plot_report(report, out, images=candidates) + figures
+    with StagedOutput(out, out_flag, overwrite=args.overwrite) as staged:  # locked; files moved in at the end
+        try:
+            report = measure(encoder, candidates, **kwargs)
+            if cache is not None:
+                cache.save(args.reference_cache)
+        except MemlocError as err:
+            raise CLIError("", f"measurement failed: {err}", code=1) from err
+        figures = run_cli_analyses(analyses, args, report, encoder, reference, candidates, staged.staging)
+        written = [report.save(staged.staging / "report.json")]
+        written = staged.commit(written + plot_report(report, staged.staging, images=candidates) + figures)
     print(report.summary_table())
     print(f"\n[memloc] {report.num_candidates} candidates, {len(report.layers)} layers; wrote "
           + ", ".join(str(p) for p in written))

@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_memloc.cli.errors import FILE_ERRORS, as_cli_error
 from lightning_memloc.cli.zoo import DEFAULT_WIDTH
-from lightning_memloc.errors import ArchitectureMismatchError
+from lightning_memloc.errors import AmbiguousPrefixError, ArchitectureMismatchError
 
 __all__ = ["load_checkpoint"]
 
@@ -38,16 +38,24 @@ def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:
 
 def load_checkpoint(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: argparse.Namespace) -> nn.Module:
     """``load_encoder`` with one-line errors naming ``flag``; warns about checkpoint tensors the model leaves unused."""
-    from lightning_memloc.loading import load_encoder
+    from lightning_memloc.loading import load_encoder, split_prefix
 
     arch = f"--arch {args.arch} --width {args.width or DEFAULT_WIDTH[args.arch]} --in-channels {args.in_channels}"
     with as_cli_error(flag, FILE_ERRORS + (ValueError,)):
-        if not Path(path).is_file():
+        if not Path(split_prefix(path)[0]).is_file():  # "pair.ckpt:reference.backbone" names a prefix too
             raise FileNotFoundError(f"no checkpoint file at {path!r}: check the path.")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 model = load_encoder(path, like=like, prefix=prefix)
+        except AmbiguousPrefixError as err:
+            shown = [p.rstrip(".") or "(no prefix)" for p in err.prefixes]
+            named = [p for p in shown if p != "(no prefix)"]
+            example = next((p for p in named if flag.strip("-") in p), named[0])  # only an example: the user picks
+            raise AmbiguousPrefixError(f"the checkpoint {path!r} holds weights that fit {arch} under {len(shown)} "
+                                       f"prefixes {shown} (e.g. the encoder and the reference of a co-trained pair): "
+                                       f"pass {flag}-prefix with the one to load, e.g. {flag}-prefix {example}.",
+                                       err.prefixes) from None
         except ArchitectureMismatchError:
             fix = ("the reference must have the encoder's architecture: train it with the same "
                    "--arch/--width/--in-channels" if flag == "--reference" else

@@ -96,7 +96,8 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
                         "with --indices-from-split a count / fraction drawn at random from the split's shared part "
                         "(a .json {'control': [...]} file, e.g. the demo's split.json, gives its 'control' list)")
     g.add_argument("--unseen", metavar="FILE|split",
-                   help="images the encoder never trained on (UnitMem membership test): an indices file, or 'split' "
+                   help="images the encoder never trained on, from the candidates' distribution (UnitMem membership "
+                        "test; the alignment gap under the encoder alone, no --reference needed): an indices file, or 'split' "
                         "for the split's independent part (with --indices-from-split); a .json dict gives its 'unseen' list")
 
 

@@ -9,13 +9,63 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
 
 from lightning_memloc.cli.checks import check_out
 from lightning_memloc.cli.errors import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.renamed import typed_flag
-from lightning_memloc.cli.selection import load_cli_data, select_candidates
+from lightning_memloc.cli.selection import images_checksum, load_cli_data, select_candidates
 
 __all__ = ["plot"]
+
+_SELECTION_FLAGS = (("indices_from_split", "--indices-from-split"), ("indices", "--indices"),
+                    ("candidates", "--candidates"))
+
+
+def _grid_images(args: argparse.Namespace, report: Any) -> Tensor:
+    """The images of the report's own candidates, in its order, from ``--images``; refused when the data cannot give them.
+
+    A ``memloc analyze`` report (``"data"`` in its meta) records its candidates' dataset indices
+    (and, since this check, a checksum of their pixels): those are drawn, whatever the selection
+    flags say, and a selection that names other images is refused. Other reports number their
+    candidates by position: the selection flags pick them, or ``--images`` holds exactly them.
+    """
+    measured_size = report.meta.get("size") if "data" in report.meta else None
+    if args.size is None and measured_size is not None:
+        args.size = measured_size  # load at the size analyze measured, so the checksum can compare
+    data, _ = load_cli_data(args, "--images")
+    ids, n = report.candidate_ids, report.num_candidates
+    flag = next((name for dest, name in _SELECTION_FLAGS if getattr(args, dest)), None)
+    selected = None if flag is None else select_candidates(args, len(data), 0)
+    by_index = "data" in report.meta or (selected is not None and not torch.equal(ids, torch.arange(n)))
+    if not by_index:  # measure() / monitor reports number candidates by position
+        if selected is None and len(data) != n:
+            raise CLIError("--images", "this report numbers its candidates by position (it was not written by "
+                                       "`memloc analyze`): select them with --indices-from-split (and "
+                                       "--split-seed) or --indices, or pass a file holding exactly the candidates.")
+        images = data if selected is None else data[selected]
+        if len(images) != n:
+            raise CLIError(flag or "--images", f"selected {len(images)} images for {n} candidates: select the "
+                                               "candidates the report was measured on.")
+        return images
+    if int(ids.max()) >= len(data):
+        raise CLIError("--images", f"the report's candidate ids go up to {int(ids.max())} but the data has "
+                                   f"{len(data)} images: pass the data the report was measured on.")
+    if selected is not None and set(selected.tolist()) != set(ids.tolist()):
+        other = sorted(set(selected.tolist()) - set(ids.tolist()))[:5] or sorted(set(ids.tolist()) - set(selected.tolist()))[:5]
+        raise CLIError(flag, f"selected {len(selected)} images for {n} candidates, not the report's own (its candidate ids "
+                             f"are dataset indices; they differ at {other}): drop {flag}, plot draws the report's "
+                             "candidates from --images (a split drawn with another --split-seed names other images).")
+    images = data[ids]
+    recorded = report.meta.get("candidates_sha1")
+    if recorded is not None and args.size == measured_size and images_checksum(images) != recorded:
+        raise CLIError("--images", f"the images at the report's candidate ids are not the ones it measured (their "
+                                   f"checksum differs): pass the data it was measured on ({report.meta['data']!r}, "
+                                   f"--size {measured_size}).")
+    return images
 
 
 def plot(args: argparse.Namespace) -> int:
@@ -39,24 +89,7 @@ def plot(args: argparse.Namespace) -> int:
     if args.data is not None:
         if report is None:
             raise CLIError("--images", "candidate images need a report (the grid ranks a report's candidates).")
-        data, _ = load_cli_data(args, "--images")
-        ids = report.candidate_ids
-        if args.indices_from_split or args.indices or args.candidates:
-            images = data[select_candidates(args, len(data), 0)]
-        elif "data" not in report.meta:  # measure() / monitor reports number candidates by position
-            if len(data) != len(ids):
-                raise CLIError("--images", "this report numbers its candidates by position (it was not written by "
-                                           "`memloc analyze`): select them with --indices-from-split (and "
-                                           "--split-seed) or --indices, or pass a file holding exactly the candidates.")
-            images = data
-        elif int(ids.max()) >= len(data):
-            raise CLIError("--images", f"the report's candidate ids go up to {int(ids.max())} but the data has "
-                                       f"{len(data)} images: pass the data the report was measured on.")
-        else:
-            images = data[ids]
-        if len(images) != report.num_candidates:
-            raise CLIError("--images", f"selected {len(images)} images for {report.num_candidates} candidates: "
-                                       "select the candidates the report was measured on.")
+        images = _grid_images(args, report)
     with as_cli_error(out_flag, FILE_ERRORS):
         written = plot_report(report, out, images=images, history=history, k=args.k, layer=args.layer,
                               threshold=args.threshold)

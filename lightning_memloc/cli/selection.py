@@ -22,8 +22,8 @@ from torch import Tensor
 from lightning_memloc.cli.errors import VALUE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.parser import split_size
 
-__all__ = ["INDEX_KEYS", "load_cli_data", "match_channels", "read_indices_file", "select_candidates",
-           "select_groups"]
+__all__ = ["INDEX_KEYS", "images_checksum", "load_cli_data", "match_channels", "read_indices_file",
+           "select_candidates", "select_groups"]
 
 #: The list a ``.json`` dict of indices gives each flag (the keys of the demo's ``split.json``).
 INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "unseen"}
@@ -129,6 +129,18 @@ def load_cli_data(args: argparse.Namespace, flag: str) -> Tuple[Tensor, Tensor]:
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     return images, labels
+
+
+def images_checksum(images: Tensor) -> str:
+    """SHA-1 of the images' pixels (16 hex digits): ``memloc plot`` checks it draws what ``analyze`` measured.
+
+    Example:
+        >>> images_checksum(torch.zeros(2, 3, 4, 4, dtype=torch.uint8)) == images_checksum(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+        True
+    """
+    import hashlib
+
+    return hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def match_channels(images: Tensor, channels: int) -> Tensor:

@@ -12,11 +12,16 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-__all__ = ["TensorImageDataset", "as_float_image", "split_item"]
+__all__ = ["CheckedImages", "TensorImageDataset", "as_float_image", "split_item"]
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def as_float_image(img: Any) -> Tensor:
     """A dataset image (PIL, uint8 or float tensor) as a float (C, H, W) tensor (uint8 / 255).
+
+    float16 / bfloat16 images become float32: views made in half precision would differ from the
+    views of the very same pixels given as float32 (LayerMem off by up to 0.05).
 
     Example:
         >>> as_float_image(torch.full((1, 2, 2), 255, dtype=torch.uint8)).max().item()
@@ -24,7 +29,7 @@ def as_float_image(img: Any) -> Tensor:
     """
     if isinstance(img, Tensor):
         img = img.as_subclass(Tensor)
-        out = img.float() / 255 if img.dtype == torch.uint8 else img
+        out = img.float() / 255 if img.dtype == torch.uint8 else img.float() if img.dtype in _HALF else img
     else:
         from PIL import Image
 
@@ -110,3 +115,39 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         img = self.images[i]
         return (img if self.transform is None else self.transform(img)), int(self.labels[i])
+
+
+class CheckedImages(Dataset):
+    """``dataset`` whose tensor images are checked as they are read, under the argument's name.
+
+    A control or unseen ``Dataset`` joins the candidates in one pooled view set; without this
+    wrapper a NaN or 0-255 image in it was reported as a bad *candidate*.
+
+    Args:
+        dataset: a map-style dataset of images or ``(image, label, ...)`` items.
+        name: the argument (``"control"``, ``"unseen"``); messages name ``name[i]``.
+        strict: 0-255 floats raise (``True``, the default augmentation) or warn.
+
+    Example:
+        >>> ds = CheckedImages([torch.full((1, 2, 2), float("nan"))], "control")
+        >>> ds[0]
+        Traceback (most recent call last):
+        ...
+        ValueError: `control[0]` holds 4 NaN or inf pixel value(s): every view and activation of those images would be non-finite; pass finite images (e.g. drop them, or torch.nan_to_num(control[0])).
+    """
+
+    def __init__(self, dataset: Any, name: str, strict: bool = True) -> None:
+        self.dataset, self.name, self.strict = dataset, name, strict
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        from lightning_memloc.checks import check_image_layout, check_image_range
+
+        item = self.dataset[i]
+        image = split_item(item)[0]
+        if isinstance(image, Tensor):
+            check_image_layout(image.shape, f"{self.name}[{i}]")
+            check_image_range(image, f"{self.name}[{i}]", strict=self.strict)
+        return item

@@ -8,6 +8,8 @@ a training set into shared / candidates / independent (:mod:`lightning_memloc.da
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,6 +74,8 @@ def _to_nchw(x: np.ndarray, source: str) -> Tensor:
         x = x[..., None]
     if x.ndim != 4:
         raise ValueError(f"{source}: images must be N×H×W×C or N×H×W, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{source}: holds no images (shape {x.shape}): pass a file with images.")
     t = torch.from_numpy(np.ascontiguousarray(x))
     if x.shape[-1] not in (1, 3, 4) and x.shape[1] in (1, 3, 4):
         return t  # already N×C×H×W
@@ -79,7 +83,13 @@ def _to_nchw(x: np.ndarray, source: str) -> Tensor:
 
 
 def _labels(y: Any, n: int, source: str) -> Tensor:
-    labels = torch.as_tensor(np.asarray(y).astype(np.int64)).reshape(-1)
+    array = np.asarray(y)
+    whole = array.dtype.kind in "iub" or (array.dtype.kind == "f" and bool(np.all(np.isfinite(array) & (array == np.round(array)))))
+    if not whole:  # NaN would become -2**63, strings a bare int() error
+        raise ValueError(f"{source}: labels must be integer class ids (-1: none), got {array.dtype.name} values such as "
+                         f"{array.reshape(-1)[:3].tolist()}: store ids, e.g. y=numpy.unique(names, return_inverse=True)[1] "
+                         "for class names, -1 where a label is missing.")
+    labels = torch.as_tensor(array.astype(np.int64)).reshape(-1)
     if labels.numel() != n:
         raise ValueError(f"{source}: {labels.numel()} labels for {n} images")
     return labels
@@ -101,17 +111,47 @@ def load_npz(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such .npz file: {str(path)!r}")
-    with np.load(path, allow_pickle=False) as f:
+    with _open_npz(path) as f:
         keys = list(f.keys())
         xkey = next((k for k in ("x", "images") if k in keys), None)
         ykey = next((k for k in ("y", "labels") if k in keys), None)
         if xkey is None:
             raise KeyError(f"{str(path)!r} has no image array: expected keys 'x'/'y' or 'images'/'labels', "
                            f"found {keys}")
-        images = _to_nchw(f[xkey], str(path))
-        labels = (_labels(f[ykey], images.shape[0], str(path)) if ykey is not None
+        images = _to_nchw(_read(f, xkey, path), str(path))
+        labels = (_labels(_read(f, ykey, path), images.shape[0], str(path)) if ykey is not None
                   else torch.full((images.shape[0],), -1, dtype=torch.long))
     return images, labels
+
+
+#: What NumPy raises for a truncated, corrupt or foreign file (``zlib.error`` and ``BadZipFile`` included).
+_BAD_ARCHIVE = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def _unreadable(path: Path, err: BaseException) -> ValueError:
+    why = ("neither a zip archive nor a .npy array" if "pickle" in str(err) and "Object arrays" not in str(err)
+           else f"{type(err).__name__}: {err}")  # numpy's own text would suggest unpickling the file
+    return ValueError(f"{str(path)!r} is not a readable .npz file (truncated, corrupt or another format: {why}): "
+                      "re-create it, e.g. numpy.savez(path, x=images_uint8_NHWC, y=labels).")
+
+
+def _open_npz(path: Path) -> Any:
+    """``np.load`` of an ``.npz`` archive; a truncated or foreign file is a ``ValueError`` naming it."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except _BAD_ARCHIVE as err:
+        raise _unreadable(path, err) from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy array under an .npz name
+        raise ValueError(f"{str(path)!r} holds a single array ({type(archive).__name__}), not an .npz archive with "
+                         "'x' (and 'y'): write it with numpy.savez(path, x=images, y=labels).")
+    return archive
+
+
+def _read(archive: Any, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except _BAD_ARCHIVE as err:  # a damaged member (CRC error, cut short) or an object array
+        raise _unreadable(path, err) from err
 
 
 def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
@@ -153,6 +193,15 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
     return torch.from_numpy(np.ascontiguousarray(ds.data)), _labels(ds.labels, len(ds.data), key)
 
 
+def _read_image(ds: Any, i: int) -> Tensor:
+    """Image ``i`` of an ``ImageFolder``; a file PIL cannot read is a ``ValueError`` naming it."""
+    try:
+        return ds[i][0]
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated data
+        raise ValueError(f"{ds.samples[i][0]!r} is not a readable image ({type(err).__name__}: {err}): remove it "
+                         "from the folder or save it again.") from err
+
+
 def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tensor]:
     """A ``torchvision.datasets.ImageFolder`` (one sub-folder per class) as RGB uint8 tensors.
 
@@ -172,7 +221,7 @@ def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tenso
         ds = datasets.ImageFolder(str(path), transform=tf)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{str(path)!r} is not an image folder (one sub-folder of images per class): {e}") from e
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    images = torch.stack([_read_image(ds, i) for i in range(len(ds))])
     return images, torch.as_tensor(ds.targets, dtype=torch.long)
 
 

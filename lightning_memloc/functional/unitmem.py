@@ -22,7 +22,11 @@ from torch import Tensor
 from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_mean_activations
 from lightning_memloc.checks import check_id_vector  # noqa: F401  (its home was here: the old import keeps working)
 
-__all__ = ["apply_negative_policy", "dead_units", "take_ids", "unit_argmax", "unitmem"]
+__all__ = ["SHIFT_TOLERANCE", "apply_negative_policy", "dead_units", "take_ids", "unit_argmax", "unitmem"]
+
+#: ``negative="shift"``: a unit whose μ spread over the candidates is at most this fraction of its
+#: largest ``|μ|`` is constant (float32 noise is ~1e-7 of it; a 1e-5 difference is no memorization).
+SHIFT_TOLERANCE = 1e-5
 
 
 def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
@@ -34,7 +38,10 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
     * ``"clamp"`` (default): ``μ ← max(μ, 0)``; a no-op on post-ReLU layers.
     * ``"shift"``: subtract each unit's minimum ``μ`` over the candidates (``μ ← μ − min_i μ``),
       which makes the score invariant to a per-unit offset. Note that it also changes the scores of
-      layers that are already non-negative, and a unit constant over candidates becomes dead.
+      layers that are already non-negative, and a unit constant over candidates becomes dead. A
+      unit whose spread ``max μ − min μ`` is at most :data:`SHIFT_TOLERANCE` times its largest
+      ``|μ|`` counts as constant: float32 rounding alone (one ulp, which the batch size changes)
+      would otherwise give it any score in [0, 1].
     * ``"error"``: raise ``ValueError`` if any ``μ < 0``.
 
     Args:
@@ -56,13 +63,18 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
         >>> apply_negative_policy(mu, "shift")
         tensor([[0., 0.],
                 [2., 1.]])
+        >>> apply_negative_policy(torch.tensor([[0.17147639], [0.17147642]]), "shift")  # one float32 ulp apart
+        tensor([[0.],
+                [0.]])
     """
     check_choice("negative", negative, NEGATIVE_POLICIES)
     mu = check_mean_activations(mean_activations)
     if negative == "clamp":
         return mu.clamp(min=0)
     if negative == "shift":
-        return mu - mu.amin(dim=0, keepdim=True)
+        shifted = mu - mu.amin(dim=0, keepdim=True)
+        constant = shifted.amax(dim=0, keepdim=True) <= SHIFT_TOLERANCE * mu.abs().amax(dim=0, keepdim=True)
+        return shifted.masked_fill(constant, 0.0)
     if bool((mu < 0).any()):
         raise ValueError(
             f"`mean_activations` has {int((mu < 0).sum())} negative value(s) (min "

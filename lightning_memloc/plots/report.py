@@ -76,7 +76,8 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
         (report.layer_mem_top, f"top-{k} (most memorized at the last layer)", dict(marker="^", ls="--", color="C3")),
         (report.layer_mem_least, f"least-{k}", dict(marker="v", ls=":", color="C2")),
     ):
-        left.plot(x, [values[layer] for layer in layers], label=label, **style)
+        if values is not None:  # a hand-made report may lack the top / least groups
+            left.plot(x, [values[layer] for layer in layers], label=label, **style)
     ev = report.evidence
     if ev is not None and ev.has("layer_mem_lo"):  # the candidates' interval as a band
         left.fill_between(x, [ev.layers[la]["layer_mem_lo"] for la in layers], [ev.layers[la]["layer_mem_hi"] for la in layers],
@@ -88,7 +89,9 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     left.set_title("LayerMem by depth")
     left.legend(fontsize=8, loc="best")
     depth_axis(left, layers)
-    delta = np.array([report.delta_layer_mem[layer] for layer in layers])
+    lm, given = report.layer_mem, report.delta_layer_mem  # ΔLayerMem from LayerMem where a report lacks it
+    delta = np.array([given[la] if given is not None else lm[la] - (lm[layers[i - 1]] if i else 0.0)
+                      for i, la in enumerate(layers)])
     right.bar(x, delta, color=np.where(delta >= 0, "C0", "C1"), width=0.7)
     for xi, d in zip(x, delta):
         right.annotate(f"{d:+.3f}", (xi, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=7,
@@ -246,7 +249,7 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
     k = min(k, report.num_candidates)
     order = torch.sort(scores, descending=True, stable=True).indices
     rows = (("most memorized", order[:k]), ("least memorized", order.flip(0)[:k]))
-    what = "SSLMem" if report.has_reference else "Σ UnitMem of the units it excites most"
+    what = "SSLMem" if report.sslmem is not None else "Σ UnitMem of the units it excites most"
     fig = new_figure(max(4.0, 1.35 * k), 3.6)
     axes = np.asarray(fig.subplots(2, k, squeeze=False))
     for r, (name, positions) in enumerate(rows):
@@ -289,7 +292,7 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
         if report.has_reference:
             written.append(plot_layer_mem(report, out / FILENAMES["layer_mem"]))
         written.append(plot_unit_mem_distribution(report, out / FILENAMES["unit_mem"], threshold=threshold))
-        if report.has_reference:
+        if report.sslmem is not None:
             written.append(plot_sslmem_vs_unitmem(report, out / FILENAMES["sslmem_vs_unitmem"], layer=layer))
         if images is not None:
             written.append(plot_candidate_grid(report, images, out / FILENAMES["candidates"], k=k, layer=layer))

@@ -1,0 +1,127 @@
+"""Checks of the data a user hands over: tensors that hold values, class-id labels, JSON-storable ``meta``.
+
+Part of :mod:`lightning_memloc.checks` (import the names from there). A sparse or meta tensor, class
+names instead of ids, or a ``meta`` value the report's JSON cannot hold used to fail deep inside
+the pass (or after it, in ``save``) with a message that named none of the arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["as_label_tensor", "check_dense", "check_has_weights", "check_json_meta"]
+
+
+def check_dense(value: Tensor, name: str) -> None:
+    """Refuse tensors without readable values: sparse, nested and meta-device tensors.
+
+    Raises:
+        TypeError: a sparse (COO, CSR, ...) or nested tensor.
+        ValueError: a tensor on the ``meta`` device (shapes only).
+
+    Example:
+        >>> check_dense(torch.zeros(2, 3), "candidates")
+        >>> check_dense(torch.zeros(2, 3).to_sparse(), "candidates")
+        Traceback (most recent call last):
+        ...
+        TypeError: `candidates` is a sparse_coo tensor: pass a dense one, `candidates.to_dense()`.
+    """
+    if value.layout != torch.strided or value.is_nested:
+        layout = "nested" if value.is_nested else str(value.layout).replace("torch.", "")
+        fix = "e.g. torch.stack(list(t.unbind()))" if value.is_nested else f"`{name}.to_dense()`"
+        raise TypeError(f"`{name}` is a {layout} tensor: pass a dense one, {fix}.")
+    if value.is_meta:
+        raise ValueError(f"`{name}` is on the meta device, which holds shapes but no values: pass a tensor with "
+                         "data (created or loaded on 'cpu' or a GPU).")
+
+
+def check_has_weights(model: torch.nn.Module, name: str) -> None:
+    """Refuse a model with parameters or buffers on the meta device (built with ``device="meta"``: no weights).
+
+    Example:
+        >>> check_has_weights(torch.nn.Linear(2, 2, device="meta"), "encoder")
+        Traceback (most recent call last):
+        ...
+        ValueError: `encoder` has parameters or buffers on the meta device (shapes, no weights), e.g. 'weight': materialise it first, e.g. `model.to_empty(device='cpu')` then `model.load_state_dict(...)`.
+    """
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    meta = next((key for key, t in tensors if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"`{name}` has parameters or buffers on the meta device (shapes, no weights), e.g. {meta!r}: "
+                         "materialise it first, e.g. `model.to_empty(device='cpu')` then `model.load_state_dict(...)`.")
+
+
+def as_label_tensor(labels: Any) -> Tensor:
+    """``labels`` (a tensor, an array or a sequence) as a tensor; class names and ragged lists are refused.
+
+    Example:
+        >>> as_label_tensor([2, 0, 1]).tolist()
+        [2, 0, 1]
+    """
+    if isinstance(labels, Tensor):
+        check_dense(labels, "labels")
+        return labels
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError) as err:  # ragged nesting
+        raise TypeError(f"`labels` must be a sequence of integer class ids, one per candidate ({err}).") from None
+    if array.dtype.kind in "USO":
+        first = array.reshape(-1)[0] if array.size else None
+        first = first.item() if isinstance(first, np.generic) else first
+        kind = "object" if array.dtype.kind == "O" else "string"
+        raise TypeError(f"`labels` must be integer class ids, got {kind} values (e.g. {first!r}): map "
+                        "class names to ids, e.g. `names, ids = numpy.unique(labels, return_inverse=True)` and pass "
+                        "`labels=torch.as_tensor(ids)`.")
+    return torch.as_tensor(array)
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _first_unstorable(value: Any, where: str) -> tuple[str, str] | None:
+    """``(where, why)`` of the first part of ``value`` that JSON cannot hold as it is, or ``None``."""
+    if isinstance(value, _JSON_SCALARS):  # np.float64 is a float: JSON writes it
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return where, f"has the key {key!r} ({type(key).__name__}; it would come back as a string)"
+            found = _first_unstorable(item, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _first_unstorable(item, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    hint = " (use .item() or .tolist())" if isinstance(value, (np.generic, np.ndarray, Tensor)) else ""
+    return where, f"is a {type(value).__name__}{hint}"
+
+
+def check_json_meta(meta: Mapping[str, Any], name: str = "meta") -> None:
+    """Every key of ``meta`` a string and every value JSON can hold (numbers, strings, bools, None, lists, dicts).
+
+    Reports store ``meta`` as JSON; a value it cannot hold would fail ``save`` after the whole pass.
+    Non-finite floats are allowed (stored as ``NaN`` / ``Infinity``, read back as floats).
+
+    Raises:
+        TypeError: names the first key that cannot be stored and the fix.
+
+    Example:
+        >>> check_json_meta({"epoch": 3, "lr": float("nan"), "tags": ["a", {"b": None}]})
+        >>> check_json_meta({"lr": torch.tensor(0.1)})
+        Traceback (most recent call last):
+        ...
+        TypeError: `meta['lr']` is a Tensor (use .item() or .tolist()), which the report's JSON cannot store: pass plain numbers, strings, bools, None, lists and dicts.
+    """
+    found = _first_unstorable(dict(meta), f"`{name}")
+    if found:
+        where, why = found
+        raise TypeError(f"{where}` {why}, which the report's JSON cannot store: pass plain numbers, strings, "
+                        "bools, None, lists and dicts.")

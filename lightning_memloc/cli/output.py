@@ -1,0 +1,182 @@
+"""``memloc analyze --output-dir``: one run per folder at a time, and a folder that never mixes two runs.
+
+A run holds a lock on the folder (``.memloc.lock`` in it; the kernel drops the lock when the
+process ends, also when it is killed) from before its measurement to its last file. It writes its
+report and figures into a hidden staging folder inside the output folder and moves them into place
+only at the end, report last, with Ctrl+C held back during those few renames. The files an earlier
+analysis wrote and this one does not (e.g. the figures of ``--analyses`` it did not run) are
+removed then. A run that fails or is interrupted before that leaves the folder as it was; a second
+run on a folder in use is refused with the holder's pid.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "analysis"
+    >>> with StagedOutput(out, "--output-dir") as staged:
+    ...     _ = (staged.staging / "report.json").write_text("{}")
+    ...     [p.name for p in staged.commit([staged.staging / "report.json"])]
+    ['report.json']
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, FrozenSet, Iterator, List, Optional, Sequence
+
+from lightning_memloc.cli.errors import FILE_ERRORS, CLIError, as_cli_error
+
+__all__ = ["LOCK_NAME", "STAGING_PREFIX", "StagedOutput", "analysis_files", "deferred_interrupt", "lock_folder"]
+
+#: The lock file a run holds in its output folder (left in place, empty, when the run ends).
+LOCK_NAME = ".memloc.lock"
+#: Prefix of the hidden staging folder a run writes into before it moves its files into place.
+STAGING_PREFIX = ".memloc-staging-"
+
+
+def analysis_files() -> FrozenSet[str]:
+    """The names ``memloc analyze`` writes into its output folder: ``report.json`` and its figures."""
+    from lightning_memloc.plots.analyses import ANALYSIS_FILENAMES
+    from lightning_memloc.plots.report import FILENAMES
+
+    monitor_only = {FILENAMES["history"], FILENAMES["evidence_history"]}  # figures of a history, never of analyze
+    return frozenset({"report.json", *ANALYSIS_FILENAMES.values(), *set(FILENAMES.values()) - monitor_only})
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl+C (SIGINT) inside the block and raise it when the block is done (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: List[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if received:
+            raise KeyboardInterrupt
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def lock_folder(folder: Path, flag: str) -> int:
+    """Take the lock of ``folder`` (an existing folder) without waiting; returns its file descriptor.
+
+    Raises:
+        CLIError: another process holds it (its pid, host and start time in the message).
+    """
+    path = folder / LOCK_NAME
+    with as_cli_error(flag, FILE_ERRORS + (OSError,)):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    if not _try_lock(fd):
+        try:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip()
+        except OSError:  # Windows: the holder's locked byte cannot be read
+            holder = ""
+        os.close(fd)
+        raise CLIError(flag, f"{str(folder)!r} is in use by another memloc analyze ({holder or 'pid unknown'}): wait "
+                             "for it to finish, or pass another folder (two runs on one folder would overwrite each "
+                             "other's files).")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor drops the flock / msvcrt lock
+
+
+class StagedOutput:
+    """The output folder of one run: locked while the run lasts, filled all at once at :meth:`commit`.
+
+    Args:
+        out: the output folder (created if missing).
+        flag: the flag that named it, for the messages.
+        overwrite: whether an earlier analysis's ``report.json`` may be replaced (checked again
+            under the lock: a run that finished meanwhile counts).
+
+    Attributes:
+        staging: the hidden folder to write into, inside ``out`` (same file system: moves are renames).
+    """
+
+    def __init__(self, out: Path, flag: str, overwrite: bool = False) -> None:
+        self.out, self.flag, self.overwrite = Path(out), flag, overwrite
+        self.staging: Path = self.out
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "StagedOutput":
+        from lightning_memloc.io import check_writable_dir
+
+        with as_cli_error(self.flag, FILE_ERRORS):
+            check_writable_dir(self.out, argument=self.flag)
+        self._fd = lock_folder(self.out, self.flag)
+        try:
+            if (self.out / "report.json").exists() and not self.overwrite:
+                raise CLIError(self.flag, f"{str(self.out)!r} already holds a report.json from an earlier analysis: "
+                                          "pass another folder, or --overwrite to replace it.")
+            for left in self.out.glob(STAGING_PREFIX + "*"):  # of a run that was killed: nobody else holds the lock
+                shutil.rmtree(left, ignore_errors=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.out))
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def commit(self, written: Sequence[Path]) -> List[Path]:
+        """Move the staged files into the folder (report last) and drop an earlier analysis's other files.
+
+        Args:
+            written: the staged files, in :attr:`staging`.
+
+        Returns:
+            Their paths in the output folder, in the same order.
+        """
+        from lightning_memloc.io import target_mode
+
+        names = [Path(p).name for p in written]
+        with deferred_interrupt():
+            for stale in sorted(analysis_files() - set(names)):
+                try:
+                    (self.out / stale).unlink()
+                except FileNotFoundError:
+                    pass
+            for name in sorted(names, key=lambda n: n == "report.json"):
+                destination = self.out / name
+                os.chmod(self.staging / name, target_mode(destination))  # a replaced file keeps its mode
+                os.replace(self.staging / name, destination)
+        return [self.out / name for name in names]
+
+    def _release(self) -> None:
+        if self.staging != self.out:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = self.out
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            _unlock(fd)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._release()
