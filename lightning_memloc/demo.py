@@ -155,26 +155,57 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
 DIGITS_AUGMENT: Dict[str, Any] = {"scale": (0.5, 1.0), "flip_p": 0.0, "jitter": (0.4, 0.4, 0.0, 0.0)}
 
 
+def digits_augment(size: int) -> Any:
+    """The batched augmentation of :data:`DIGITS_AUGMENT` (``memloc analyze --transform`` can name it).
+
+    Example:
+        >>> digits_augment(16).flip_p
+        0.0
+    """
+    from lightning_memloc.views import BatchedSimCLRAugment
+
+    return BatchedSimCLRAugment(size, **DIGITS_AUGMENT)
+
+
+def view_transform(side: int, data: str, kind: str = "batched") -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The demo's per-image view factory and its keyword arguments, or ``None`` for the library's
+    default (SimCLR's batched augmentation): the monitor measures on views made like the training
+    batches, and ``memloc analyze --transform FACTORY --transform-kwargs JSON`` rebuilds them.
+
+    Example:
+        >>> view_transform(16, "digits")
+        ('lightning_memloc.demo:digits_augment', {'size': 16})
+        >>> view_transform(32, "cifar10") is None
+        True
+    """
+    digits = str(data).lower() == "digits"
+    if kind == "lightly":
+        bright, contrast, sat, hue = DIGITS_AUGMENT["jitter"]
+        settings = {"hf_prob": DIGITS_AUGMENT["flip_p"], "min_scale": DIGITS_AUGMENT["scale"][0], "cj_bright": bright,
+                    "cj_contrast": contrast, "cj_sat": sat, "cj_hue": hue} if digits else {}
+        return "lightly.transforms:SimCLRViewTransform", {"input_size": side, "gaussian_blur": 0.0, "normalize": None,
+                                                          **settings}
+    return ("lightning_memloc.demo:digits_augment", {"size": side}) if digits else None
+
+
 def training_augment(side: int, data: str, kind: str = "batched") -> Tuple[Optional[Any], Optional[Any]]:
     """The demo's training augmentation: ``(batched augment, None)`` or, with ``kind="lightly"``,
-    ``(None, lightly SimCLRTransform)``; :data:`DIGITS_AUGMENT` for the digits, SimCLR's otherwise.
+    ``(None, lightly SimCLRTransform)`` (two views of :func:`view_transform`'s); :data:`DIGITS_AUGMENT`
+    for the digits, SimCLR's otherwise.
 
     Example:
         >>> augment, _ = training_augment(16, "digits")
         >>> augment.flip_p, augment.scale
         (0.0, (0.5, 1.0))
     """
-    digits = str(data).lower() == "digits"
+    spec = view_transform(side, data, kind)
     if kind == "lightly":
         from lightly.transforms import SimCLRTransform
 
-        bright, contrast, sat, hue = DIGITS_AUGMENT["jitter"]
-        settings = {"hf_prob": DIGITS_AUGMENT["flip_p"], "min_scale": DIGITS_AUGMENT["scale"][0], "cj_bright": bright,
-                    "cj_contrast": contrast, "cj_sat": sat, "cj_hue": hue} if digits else {}
-        return None, SimCLRTransform(input_size=side, gaussian_blur=0.0, normalize=None, **settings)
+        return None, SimCLRTransform(**spec[1])  # type: ignore[index]
     from lightning_memloc.views import BatchedSimCLRAugment
 
-    return BatchedSimCLRAugment(side, **(DIGITS_AUGMENT if digits else {})), None
+    return (BatchedSimCLRAugment(side) if spec is None else digits_augment(side)), None
 
 
 def _cell(entry: Dict[str, float], key: str, layer: str, alpha: float, fmt: str) -> str:
@@ -205,6 +236,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     from lightning_memloc.cotrain import CoTrainedPair, cotraining_loader
     from lightning_memloc.demo_files import round_trip_commands, write_round_trip
     from lightning_memloc.ssl import SimCLR
+    from lightning_memloc.user_models import import_object
 
     args = _defaults(args)
     out = check_writable_dir(args.output_dir, argument=typed_flag(args, "output_dir"))
@@ -215,6 +247,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print(f"[memloc] {data['what']}")
     side, channels = images.shape[-1], images.shape[1]
     augment, transform = training_augment(side, args.data, args.transform)
+    views = view_transform(side, args.data, args.transform)  # the monitor measures on the training distribution
 
     def ssl_model() -> SimCLR:
         return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
@@ -224,6 +257,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     top_k = max(1, len(cand) // 10)
     monitor = MemorizationMonitor(
         images[cand], control=images[data["control"]], unseen=images[data["unseen"]], views=args.views,
+        transform=None if views is None else import_object(views[0], "transform")(**views[1]),
         every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
         seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
         top_k=top_k, bootstrap=args.bootstrap,
@@ -248,7 +282,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     except ImportError:  # plotting is optional
         pass
     commands = round_trip_commands(out, width=args.width, channels=channels, size=side, views=args.views,
-                                   seed=args.seed, top_k=top_k, bootstrap=args.bootstrap)
+                                   seed=args.seed, top_k=top_k, bootstrap=args.bootstrap, transform=views)
     groups = {"candidates": cand, "control": data["control"], "unseen": data["unseen"], "shared": split.shared,
               "independent": split.independent}
     written += write_round_trip(out, images, data["labels"], groups, model.encoder.backbone, model.reference.backbone,

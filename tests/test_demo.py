@@ -89,6 +89,7 @@ def test_demo_analyze_plot_round_trip_selects_the_demos_candidates(tmp_path, cap
     printed = capsys.readouterr().out
     commands = (out / "analyze.sh").read_text(encoding="utf-8")
     assert commands in printed  # the demo prints the commands it wrote
+    assert "--transform lightning_memloc.demo:digits_augment --transform-kwargs '{\"size\": 16}'" in commands
     split = json.loads((out / "split.json").read_text(encoding="utf-8"))
     demo_report = MemorizationReport.load(out / "report.json")
     assert len(split["candidates"]) == demo_report.num_candidates == 6
@@ -99,7 +100,7 @@ def test_demo_analyze_plot_round_trip_selects_the_demos_candidates(tmp_path, cap
     analyzed = MemorizationReport.load(out / "analysis" / "report.json")
     assert analyzed.candidate_ids.tolist() == split["candidates"]  # the demo's candidates, by index into data.npz
     assert analyzed.meta["control_indices"] == split["control"] and analyzed.meta["unseen_indices"] == split["unseen"]
-    assert analyzed.layers == demo_report.layers
+    assert analyzed.layers == demo_report.layers and analyzed.meta["transform"] == "lightning_memloc.demo:digits_augment"
     # the same trained weights, views and settings: analyze reproduces the monitor's final measurement
     assert analyzed.layer_mem == pytest.approx(demo_report.layer_mem, abs=1e-5)
     assert all(torch.allclose(analyzed.unit_mem[k], demo_report.unit_mem[k], atol=1e-5) for k in analyzed.layers)

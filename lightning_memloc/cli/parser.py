@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the forwards under torch.autocast in bf16 or fp16 (default: float32; docs/performance.md)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bar of the pass (--no-progress: none)")
+    s.add_argument("--transform", metavar="PKG.MODULE:FACTORY",
+                   help="per-image view transform: an importable callable returning it, called with --transform-kwargs, "
+                        "e.g. lightly.transforms:SimCLRViewTransform (default: the batched SimCLR augmentation)")
+    s.add_argument("--transform-kwargs", metavar="JSON", default="{}",
+                   help="keyword arguments of the --transform factory, a JSON object, e.g. '{\"input_size\": 32}'")
     a.add_argument("--output-dir", "--out", action=RenamedFlag, required=True, metavar="DIR",
                    help="output folder (report.json and PNG figures); --out is its deprecated spelling")
     a.add_argument("--overwrite", action="store_true",
