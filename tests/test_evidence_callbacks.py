@@ -106,6 +106,19 @@ def test_by_auto_ranks_by_the_excess_when_the_report_has_a_control(caplog):
             make_trainer([finetune], max_epochs=1).fit(LitModel())
         assert finetune.chosen_layers == expected
         assert f"fine-tuning layers {expected} (strategy='highest', by={score!r} (by='auto': " in caplog.text
+    # no reference but unseen images: the reference-free alignment gap; pruning's top_layers ranks the same way
+    from lightning_memloc.evidence import Evidence
+
+    gapped = make_report(layer_mem=None, delta=None, unit_mem=units)
+    gapped.evidence = Evidence(layers={n: {"align_gap": g, "align_gap_p_holm": 0.01} for n, g in
+                                       zip(LAYERS, (0.05, 0.3, 0.1))}, meta={"alpha": 0.05})
+    assert layer_score(gapped, "auto") == "align_gap" and select_layers(gapped, 1, by="auto") == ["conv2"]
+    prune = MemorizationPruning(gapped, amount=0.5, top_layers=1, encoder="backbone", require_evidence="off")
+    assert prune.by == "auto"
+    with caplog.at_level(logging.INFO):
+        caplog.clear()
+        make_trainer([prune], max_epochs=1).fit(LitModel())
+    assert list(prune.pruned_units) == ["conv2"] and "in the 1 layers ranked by 'align_gap'" in caplog.text
     # the gate follows the resolved score: a control without a significant excess is refused
     null = with_evidence({n: 0.0 for n in LAYERS})
     with pytest.raises(ValueError, match="by 'excess'.*no layer shows significant"):
