@@ -248,6 +248,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     side, channels = images.shape[-1], images.shape[1]
     augment, transform = training_augment(side, args.data, args.transform)
     views = view_transform(side, args.data, args.transform)  # the monitor measures on the training distribution
+    print("[memloc] views of the training batches and of the monitor: " + ("SimCLR's augmentation" if views is None
+          else views[0] + (f" {DIGITS_AUGMENT}" if str(args.data).lower() == "digits" else f" {views[1]}")))
 
     def ssl_model() -> SimCLR:
         return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
