@@ -9,9 +9,11 @@ Record keys (per layer):
     ``align_gap``: ``(mean d_f(U) − mean d_f(C)) / scale``, the scale being the range of ``d_f``
     over ``C ∪ U`` at that layer (one normalisation for both groups; > 0: the candidates' views are
     tighter); ``align_gap_lo`` / ``align_gap_hi``: percentile bootstrap, groups resampled
-    independently, scale held fixed; ``align_gap_p``: one-sided test ``d_f(U) > d_f(C)`` on raw
-    alignments (:func:`~lightning_memloc.functional.reference_free.gap_greater`);
-    ``align_gap_p_holm``: Holm-corrected across layers; ``align_f_candidates`` /
+    independently, scale held fixed; ``align_gap_p``: one-sided studentized permutation test
+    ``d_f(U) > d_f(C)`` on raw alignments
+    (:func:`~lightning_memloc.functional.two_sample.studentized_permutation_test`, as the other
+    families); ``align_gap_p_holm``: Holm-corrected in the overall verdict
+    (:mod:`lightning_memloc.verdict`); ``align_gap_lb``: the bound matching it; ``align_f_candidates`` /
     ``align_f_unseen``: mean raw alignments (L2 distance of normalised views, in ``[0, 2]``);
     ``align_auc``: mean membership score (0.5 when nothing is memorized).
 
@@ -32,12 +34,15 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.evidence import bootstrap_difference_interval, holm
-from lightning_memloc.functional.reference_free import alignment_gap, alignment_scale, gap_greater, membership_scores, normalise
+from lightning_memloc.functional.reference_free import alignment_gap, alignment_scale, membership_scores, normalise
+from lightning_memloc.functional.two_sample import studentized_permutation_test
 
-__all__ = ["ALIGN_SCALE", "candidate_membership", "reference_free_evidence"]
+__all__ = ["ALIGN_SCALE", "TEST_NAME", "candidate_membership", "reference_free_evidence"]
 
 #: ``meta["align_scale"]``: how ``align_gap`` is normalised.
 ALIGN_SCALE = "range of f's alignments over candidates and unseen images per layer; tests on raw alignments"
+#: How ``align_gap`` is tested (recorded in ``Evidence.meta["tests"]``).
+TEST_NAME = "studentized permutation test of the mean raw alignment under f, unseen > candidates (Welch t)"
 
 
 def reference_free_evidence(
@@ -50,6 +55,7 @@ def reference_free_evidence(
     bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    nulls: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Add the ``align_gap`` family to ``records`` and ``meta`` (in place; keys in the module docstring).
 
@@ -59,9 +65,10 @@ def reference_free_evidence(
         unseen: layer -> ``(M,)`` raw alignments of the unseen images under ``f``.
         records: layer -> evidence record, updated.
         meta: evidence meta, updated.
-        bootstrap: resamples of the interval (0: no interval and no test).
+        bootstrap: resamples of the interval and relabellings of the test (0: neither).
         confidence: coverage of the interval.
         seed: seed of the resampling.
+        nulls: filled with the test's null (for the bound matching the overall verdict).
 
     Example:
         >>> records, meta = {"a": {}}, {}
@@ -74,10 +81,15 @@ def reference_free_evidence(
     u = torch.stack([unseen[layer].detach().double().cpu() for layer in layers])
     gap, mean_c, mean_u = alignment_gap(c, u)
     scores = membership_scores(c, u)
-    lo = hi = None
+    lo = hi = test = None
     if bootstrap:
         scale = alignment_scale(c, u)
         lo, hi = bootstrap_difference_interval(normalise(u, scale), normalise(c, scale), bootstrap, confidence, seed + 29)
+        if c.shape[1] >= 2 and u.shape[1] >= 2:
+            test = studentized_permutation_test(u, c, bootstrap, seed + 37)
+            if nulls is not None:
+                se = torch.where(scale[:, 0] > 0, test["se"] / scale[:, 0], torch.full_like(test["se"], math.nan))
+                nulls["align_gap"] = (list(layers), gap, se, test["null"])
     pvalues: List[Optional[float]] = []
     for i, layer in enumerate(layers):
         rec = records[layer]
@@ -85,10 +97,10 @@ def reference_free_evidence(
         rec["align_auc"] = float(scores[i].mean())
         rec["align_gap_lo"] = None if lo is None else float(lo[i])
         rec["align_gap_hi"] = None if hi is None else float(hi[i])
-        p = gap_greater(c[i], u[i]) if bootstrap else math.nan
+        p = math.nan if test is None else float(test["p"][i])
         rec["align_gap_p"] = None if math.isnan(p) else p
         pvalues.append(rec["align_gap_p"])
-    for layer, p_holm in zip(layers, holm(pvalues)):
+    for layer, p_holm in zip(layers, holm(pvalues)):  # this family alone; the overall verdict corrects again
         records[layer]["align_gap_p_holm"] = p_holm
     meta["align_membership"] = {layer: scores[i].tolist() for i, layer in enumerate(layers)}
     meta["align_scale"] = ALIGN_SCALE

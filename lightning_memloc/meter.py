@@ -1,11 +1,8 @@
 """``MemorizationMeter``: the streaming metric states of one measurement pass.
 
-One meter holds, for every tapped layer, a :class:`~lightning_memloc.metrics.UnitMem` (and a
-:class:`~lightning_memloc.metrics.ClassMem` when labels are known) and, with a reference encoder,
-one multi-layer :class:`~lightning_memloc.metrics.LayerMem`. States are indexed by candidate id
-and reduced with ``sum`` across processes, so sharded (DDP) passes give the single-process
-answer; nothing larger than O(N·U) per layer is kept (Wang et al., *Localizing Memorization in
-SSL Vision Encoders*, NeurIPS 2024).
+Per tapped layer a :class:`~lightning_memloc.metrics.UnitMem` (or ``ClassMem`` with labels) and,
+with a reference, one multi-layer ``LayerMem``; states are indexed by candidate id and reduced with
+``sum`` across processes (DDP equals one process), O(N·U) per layer at most.
 """
 
 from __future__ import annotations
@@ -20,14 +17,13 @@ from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
 from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem, ViewAlignment
 from lightning_memloc.metrics.alignment import mean_alignment
+from lightning_memloc.metrics.view_stats import ViewMoments
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 
-#: The report field of every ``compute()`` key of the meter's metrics (one name per concept).
-#: A metric's keys are relative to the metric, as in torchmetrics: ``UnitMem``'s ``"argmax"`` is
-#: a candidate id, ``ClassMem``'s ``"argmax"`` a class; a report's fields are absolute
-#: (``unit_argmax``, ``dead_units``). Keys missing here are listed in :data:`METRIC_ONLY_KEYS`.
+#: The report field of every ``compute()`` key of the meter's metrics: a metric's keys are relative
+#: (``UnitMem``'s ``"argmax"`` is a candidate id), a report's absolute (``unit_argmax``, ``dead_units``).
 REPORT_FIELDS: Dict[str, Dict[str, str]] = {
     "UnitMem": {"unit_mem": "unit_mem", "argmax": "unit_argmax", "dead": "dead_units"},
     "ClassMem": {"class_mem": "class_mem", "unit_mem": "unit_mem", "unit_argmax": "unit_argmax", "dead": "dead_units"},
@@ -109,11 +105,8 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
         device: where the states live.
         num_candidates: candidates named in the message (default ``num_rows``).
 
-    Returns:
-        A note to log when the states take over a quarter of the GPU's memory without a limit, else ``None``.
-
-    Raises:
-        MemoryError: the states need more than ``limit``; the message names ``memory_limit`` and the fixes.
+    Returns a note to log when the states take over a quarter of a GPU without a limit, else ``None``;
+    raises ``MemoryError`` (naming ``memory_limit`` and the fixes) when they need more than ``limit``.
     """
     need = state_bytes(num_rows, num_units, reference=reference, labels=labels, alignment=alignment)
     if limit is not None and need > limit:
@@ -148,6 +141,8 @@ class MemorizationMeter(nn.Module):
         alignment: keep the encoder's own view alignments of the candidates and the unseen images
             (the reference-free evidence, :mod:`lightning_memloc.evidence_free`); a reference's
             LayerMem holds them already. The pass then computes them (:attr:`needs_alignment`).
+        view_shape: (C, H, W) of the views: per-channel view statistics are kept for
+            ``meta["view_stats"]`` (:meth:`update_views`); ``None`` or feature views: none.
 
     Example:
         >>> import torch
@@ -173,6 +168,7 @@ class MemorizationMeter(nn.Module):
         state_dtype: torch.dtype = torch.float32,
         groups: Optional[Mapping[str, int]] = None,
         alignment: bool = False,
+        view_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.layers = list(layers)
@@ -203,11 +199,13 @@ class MemorizationMeter(nn.Module):
             for name, size in self.group_sizes.items()
         })
         self.reduction, self.negative, self.top_k = reduction, negative, top_k
+        self.view_moments = None if view_shape is None or len(view_shape) != 3 else ViewMoments(
+            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), dist_sync_fn=reduce_states_in_place,
+            sync_on_compute=False)
 
     @property
     def device(self) -> torch.device:
-        """Device of the metric states (moved with ``.to``; torchmetrics states are not buffers, so
-        ``meter.buffers()`` is empty and cannot tell)."""
+        """Device of the metric states (torchmetrics states are not buffers: ``buffers()`` cannot tell)."""
         return self.units[0].device
 
     @property
@@ -230,6 +228,12 @@ class MemorizationMeter(nn.Module):
         """
         update = self._route if self.group_sizes else self._update_own
         update(index, unit_means, align_encoder, align_reference, labels)
+
+    def update_views(self, index: Tensor, views: Tensor) -> None:
+        """Add a batch's views (B, K, C, H, W) at pooled positions ``index`` to the per-channel view
+        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (a no-op without ``view_shape``)."""
+        if self.view_moments is not None:
+            self.view_moments.update(views, index.to(self.device))
 
     def _update_own(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                     align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
@@ -275,34 +279,33 @@ class MemorizationMeter(nn.Module):
             else:
                 meter.update(**sub)
 
-    def unit_means(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy, synced
-        across processes (collective under DDP: call on every rank)."""
+    def unit_means(self, raw: bool = False) -> Dict[str, Tensor]:
+        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy (before it
+        with ``raw``), synced across processes (collective under DDP: call on every rank)."""
         out = {}
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):
                 try:
-                    out[name] = self._policy_means(metric)
+                    out[name] = self._policy_means(metric, raw)
                 except ValueError as err:  # negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
         return out
 
-    def _policy_means(self, metric: UnitMem) -> Tensor:
+    def _policy_means(self, metric: UnitMem, raw: bool = False) -> Tensor:
         _, mu = metric.mean_activations()
-        return apply_negative_policy(mu.detach().double(), self.negative).cpu()
+        mu = mu.detach().double()
+        return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
         return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
 
     def encoder_alignment(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP);
-        needs a reference or ``alignment=True``."""
+        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP)."""
         return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
 
     def alignments(self, *, sslmem: bool, encoder: bool) -> Tuple[Optional[Dict[str, Tensor]], Optional[Dict[str, Tensor]]]:
-        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` (``None`` where not asked),
-        from one sync of the states holding them (collective under DDP)."""
+        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` or ``None``, from one sync (collective)."""
         if not (sslmem or encoder):
             return None, None
         if sslmem and self.layer_mem is None:
@@ -322,7 +325,8 @@ class MemorizationMeter(nn.Module):
 
         Args:
             candidate_ids: (N,) user-facing ids of the candidates, by position.
-            meta: settings recorded in the report.
+            meta: settings recorded in the report (with ``"view_stats"``, the per-channel ``mean`` /
+                ``std`` of every view of the pass, when :meth:`update_views` saw image views).
         """
         ids = candidate_ids.detach().cpu().long()
         align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
@@ -335,7 +339,7 @@ class MemorizationMeter(nn.Module):
             with synced_states(metric):  # one sync per metric (states summed in place, restored after)
                 try:
                     if evidence is not None:  # before compute(), which restores the local states when it ends
-                        means[name] = self._policy_means(metric)
+                        means[name] = self._policy_means(metric, raw=True)  # the evidence applies the policy
                     out = metric.compute()
                 except ValueError as err:  # e.g. negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
@@ -366,8 +370,10 @@ class MemorizationMeter(nn.Module):
         report_evidence = None
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
-            try:
-                unseen_means = unseen.unit_means() if unseen is not None else None
+            try:  # raw means (the evidence shifts candidates and unseen images together); checked first
+                unseen_means = unseen.unit_means(raw=True) if unseen is not None else None
+                if unseen is not None and self.negative == "error":
+                    unseen.unit_means()
             except ValueError as err:
                 raise type(err)(f"the `unseen` images, {err}") from err
             control = self.groups["control"] if "control" in self.group_sizes else None
@@ -380,8 +386,12 @@ class MemorizationMeter(nn.Module):
                 list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
-                unseen_raw=unseen_raw, unseen_unit_means=unseen_means,
-                options=evidence, **({"align": align, "unseen_align": unseen_align} if aligned else {}))
+                unseen_raw=unseen_raw, unseen_unit_means=unseen_means, options=evidence, negative=self.negative,
+                **({"align": align, "unseen_align": unseen_align} if aligned else {}))
+        meta = dict(meta or {})
+        if self.view_moments is not None:
+            with synced_states(self.view_moments):
+                meta["view_stats"] = self.view_moments.compute().as_meta()
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),
@@ -391,7 +401,7 @@ class MemorizationMeter(nn.Module):
             unit_argmax=unit_argmax,
             dead_units=dead,
             class_mem=class_mem,
-            meta=dict(meta or {}),
+            meta=meta,
             **kwargs,
         )
 

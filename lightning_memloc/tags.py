@@ -12,8 +12,8 @@ each quantity has its own section (sorted after it: its interval bounds and test
   ``memloc.<quantity>`` (:func:`by_layer_tag`): the first chart of the section, one line per layer;
 - UnitMem histograms ``memloc.unit_mem/<layer>`` (:func:`hist_tag`; ``memloc.unit_mem`` in the layer runs);
 - one summary section ``memloc/...`` (:func:`summary_tag`): the figures (:data:`FIGURE_NAMES`), the image
-  grids (:data:`IMAGE_NAMES`), ``memloc/significant_layers/<test>``, ``memloc/knn_acc_k<k>`` and the
-  warm-up note;
+  grids (:data:`IMAGE_NAMES`), ``memloc/significant_layers/<test>``, the overall verdict
+  ``memloc/verdict/memorization`` (:func:`verdict_tag`), ``memloc/knn_acc_k<k>`` and the warm-up note;
 - a named monitor replaces the root ``memloc`` by ``memloc-<name>``
   (:func:`lightning_memloc.callbacks.naming.named_tag`).
 
@@ -37,7 +37,7 @@ __all__ = [
     "EVIDENCE_QUANTITIES", "FIGURE_NAMES", "HIST_QUANTITY", "IMAGE_NAMES", "LABEL_QUANTITIES", "LAYER_QUANTITIES", "LAYER_RUNS_FOLDER",
     "MARGINS", "PREFIX", "QUANTITIES", "Quantity", "REFERENCE_QUANTITIES", "SCALAR_QUANTITIES", "SEPARATOR",
     "UNIT_QUANTITIES", "by_layer_tag", "figure_tag", "hist_tag", "image_tag", "knn_tag", "parse_scalar_tag", "scalar_tag",
-    "significant_tag", "summary_tag", "upgrade_tag",
+    "significant_tag", "summary_tag", "upgrade_tag", "verdict_tag",
 ]
 
 #: Root of every tag (``memloc-<name>`` for a named monitor).
@@ -57,7 +57,7 @@ class Quantity(NamedTuple):
 
     label: str
     interval: bool = False  # also <name>_lo, <name>_hi
-    test: bool = False  # also <name>_p (one-sided) and <name>_p_holm (Holm-corrected over layers)
+    test: bool = False  # also <name>_p (one-sided), <name>_p_holm (Holm over the verdict's tests x layers), <name>_lb
 
 
 #: Every per-layer quantity, one entry each (keys of the report's fields and evidence records).
@@ -96,7 +96,7 @@ QUANTITIES: Dict[str, Quantity] = {
 
 def _expand(name: str, quantity: Quantity) -> Tuple[str, ...]:
     return (name,) + ((f"{name}_lo", f"{name}_hi") if quantity.interval else ()) + \
-        ((f"{name}_p", f"{name}_p_holm") if quantity.test else ())
+        ((f"{name}_p", f"{name}_p_holm", f"{name}_lb") if quantity.test else ())
 
 
 #: Every ``memloc.<quantity>/<layer>`` quantity: each of :data:`QUANTITIES` with its bounds and p-values.
@@ -138,6 +138,12 @@ def summary_tag(name: str, prefix: str = PREFIX) -> str:
 def significant_tag(test: str, prefix: str = PREFIX) -> str:
     """``memloc/significant_layers/<test>``: how many layers pass a Holm-corrected test."""
     return summary_tag(f"significant_layers/{test}", prefix)
+
+
+def verdict_tag(prefix: str = PREFIX) -> str:
+    """``memloc/verdict/memorization``: 1 when the overall verdict (Holm over every test x layer)
+    finds memorization, 0 when it does not."""
+    return summary_tag("verdict/memorization", prefix)
 
 
 def knn_tag(k: int, prefix: str = PREFIX) -> str:

@@ -122,7 +122,7 @@ def test_groups_are_indices_into_one_data_set_and_name_the_candidates(tmp_path):
     reference = TinyCNN(width=4).requires_grad_(False)
     monitor = MemorizationMonitor(str(tmp_path / "d.pt"), indices="2:6", control_indices="7:10", unseen_indices="10:",
                                   views=2, encoder="backbone", reference=reference, progress=False, grid_size=0,
-                                  bootstrap=20, top_k=2, output_dir=tmp_path / "run")
+                                  bootstrap=200, top_k=2, output_dir=tmp_path / "run")
     make_trainer([monitor], max_epochs=1).fit(LitModel())
     from lightning_memloc import MemorizationReport
 

@@ -58,7 +58,7 @@ def _full_report() -> MemorizationReport:
     torch.manual_seed(0)
     f, g = TinyCNN(), TinyCNN()
     return measure(f, torch.rand(8, 3, 16, 16), reference=g, views=2, top_k=2, labels=torch.tensor([0, 1] * 4),
-                   control=torch.rand(4, 3, 16, 16), unseen=torch.rand(4, 3, 16, 16), bootstrap=20)
+                   control=torch.rand(4, 3, 16, 16), unseen=torch.rand(4, 3, 16, 16), bootstrap=200)
 
 
 def test_every_logged_scalar_and_chart_tag_comes_from_tags():
@@ -68,6 +68,8 @@ def test_every_logged_scalar_and_chart_tag_comes_from_tags():
     for tag in scalars:
         if tag.startswith(f"{tags.PREFIX}/significant_layers/"):
             assert tag == tags.significant_tag(tag.rsplit("/", 1)[1])
+        elif tag == tags.verdict_tag():
+            assert scalars[tag] in (0.0, 1.0)
         else:
             quantity, layer = tags.parse_scalar_tag(tag)  # a known quantity of a measured layer
             assert layer in report.layers and tag == tags.scalar_tag(quantity, layer)

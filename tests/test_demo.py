@@ -11,7 +11,7 @@ from lightning_memloc.demo import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--epochs", "2", "--every-n-epochs", "1", "--width", "2", "--views", "2", "--bootstrap", "20",
+TINY = ["--epochs", "2", "--every-n-epochs", "1", "--width", "2", "--views", "2", "--bootstrap", "200",
         "--batch-size", "8", "--num-workers", "0"]
 
 
@@ -40,6 +40,10 @@ def test_demo_runs_and_reports_its_evidence(tmp_path, capsys, setting):
     assert f"{before:.1%} before training, {after:.1%} after" in out and "s wall time" in out
     if setting == "canaries":  # tested on digits outside the subset: neither encoder trains on them
         assert "test: 500 others neither encoder trains on" in out
+    # the demo reads the report's one verdict; at --bootstrap 200 no test can pass Holm over >= 16 tests
+    verdict = summary["verdict"]
+    assert verdict["family_size"] >= 16 and verdict["attainable"] is False and summary["shows_memorization"] is False
+    assert "RESULT: no memorization distinguishable from the nulls" in out and "so no test could pass" in out
     report = MemorizationReport.load(tmp_path / setting / "report.json")
     groups = report.evidence.meta["groups"]
     assert set(groups) == {"candidates", "control", "unseen"} and groups["control"] >= 2

@@ -187,7 +187,7 @@ def test_control_and_unseen_in_one_pass_logged_with_intervals(tmp_path, data):
     images, split = data
     pl.seed_everything(0)
     control, unseen = images[split.control(6)], images[split.independent]
-    monitor = _monitor(images, split, control=control, unseen=unseen, bootstrap=100, measure_on_train_start=True,
+    monitor = _monitor(images, split, control=control, unseen=unseen, bootstrap=200, measure_on_train_start=True,
                        output_dir=tmp_path / "memloc")
     model = cotrained_pair()
     trainer = _trainer(tmp_path, [monitor], max_epochs=2, enable_checkpointing=False)
@@ -195,7 +195,7 @@ def test_control_and_unseen_in_one_pass_logged_with_intervals(tmp_path, data):
     report = monitor.report
     assert report.evidence.meta["groups"] == {"candidates": 8, "control": 6, "unseen": 8}
     direct = measure(model.encoder.backbone, images[split.candidates], reference=model.reference.backbone, views=3,
-                     top_k=3, control=control, unseen=unseen, bootstrap=100)
+                     top_k=3, control=control, unseen=unseen, bootstrap=200)
     assert report.allclose(direct)
     for layer in LAYERS:
         assert report.evidence.layers[layer]["excess"] == pytest.approx(direct.evidence.layers[layer]["excess"], abs=1e-6)
@@ -238,7 +238,7 @@ def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
     images, split = data
     pl.seed_everything(0)
     layers = ["conv3", "conv1", "conv2"]  # any order asked: runs follow the forward order
-    monitor = _monitor(images, split, layers=layers, control=images[split.control(6)], bootstrap=50)
+    monitor = _monitor(images, split, layers=layers, control=images[split.control(6)], bootstrap=200)
     trainer = _trainer(tmp_path, [monitor], max_epochs=1, enable_checkpointing=False)
     trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))
     root = tmp_path / "tb" / "version_0" / "memloc_layers"

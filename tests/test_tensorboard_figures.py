@@ -41,7 +41,7 @@ from helpers import cotrained_pair, cotraining_split
 def full_report() -> MemorizationReport:
     torch.manual_seed(0)
     return measure(TinyCNN(), torch.rand(10, 3, 16, 16), reference=TinyCNN(), views=2, top_k=2,
-                   control=torch.rand(6, 3, 16, 16), unseen=torch.rand(6, 3, 16, 16), bootstrap=30)
+                   control=torch.rand(6, 3, 16, 16), unseen=torch.rand(6, 3, 16, 16), bootstrap=200)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -209,7 +209,7 @@ def test_monitor_logs_sections_figures_and_the_warmup(tmp_path):
     pl.seed_everything(0)
     monitor = MemorizationMonitor(images[split.candidates], every_n_epochs=1, views=2, encoder="encoder.backbone",
                                   reference="reference.backbone", top_k=3, grid_size=0, progress=False, batch_size=4,
-                                  control=images[split.control(6)], unseen=images[split.independent], bootstrap=20,
+                                  control=images[split.control(6)], unseen=images[split.independent], bootstrap=200,
                                   measure_on_train_start=True)
     model = cotrained_pair(max_epochs=2)  # warmup_epochs=1
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, callbacks=[monitor], enable_progress_bar=False,
@@ -230,7 +230,8 @@ def test_monitor_logs_sections_figures_and_the_warmup(tmp_path):
             quantity = section[len("memloc."):]
             assert sorted(members) == sorted(tags.scalar_tag(quantity, layer) for layer in layers), section
     assert {"memloc.excess", "memloc.excess_p_holm", "memloc.membership", "memloc.unit_mem_mean"} <= set(sections)
-    assert len(sections["memloc"]) == len(monitor.report.evidence.meta["significant"])  # the significant-layer counts
+    # the significant-layer counts and the overall verdict
+    assert len(sections["memloc"]) == len(monitor.report.evidence.meta["significant"]) + 1
     # the figures, at every measured step; the last ones are the final report's and the whole history's
     for name in tags.FIGURE_NAMES:
         assert [e.step for e in acc.Images(f"memloc/{name}")] == steps

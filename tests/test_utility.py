@@ -224,7 +224,7 @@ def test_demo_prints_knn_accuracy_over_training(tmp_path, capsys):
     from lightning_memloc.cli import main
 
     argv = ["demo", "--setting", "plain", "--data", "digits", "--limit", "80", "--width", "2", "--epochs", "1",
-            "--views", "2", "--bootstrap", "10", "--every-n-epochs", "1", "--out", str(tmp_path), "--accelerator", "cpu"]
+            "--views", "2", "--bootstrap", "200", "--every-n-epochs", "1", "--out", str(tmp_path), "--accelerator", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     table = out[out.index("[memloc] kNN accuracy of f (bank: shared images; test: independent images"):].splitlines()

@@ -38,8 +38,9 @@ test_for.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test:
 
 
 def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
-    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"`` / ``"align_gap"``),
-    or ``None`` when at least one layer passes it (Holm-corrected).
+    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"`` /
+    ``"align_gap"``), or ``None`` when at least one layer passes it in the overall verdict (Holm
+    over every test x layer, :mod:`lightning_memloc.verdict`).
 
     Example:
         >>> import torch
@@ -53,13 +54,24 @@ def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
     if ev is None:
         return "the report has no evidence (no intervals, control or tests were measured)"
     if not ev.has(f"{test}_p_holm"):
+        if ev.has(test):
+            return "the report was measured with bootstrap=0, so no test says whether its figures exceed noise"
         need = "a control set (control=)" if test == "excess" else "an unseen set (unseen=)"
         return f"the report was measured without {need}, so no test says whether its figures exceed noise"
+    verdict = ev.meta.get("verdict") or {}
+    alpha, m = ev.meta.get("alpha", 0.05), verdict.get("family_size", 0)
     if not ev.significant_layers(test):
         what = {"excess": "LayerMem exceeds the control's", "membership": "units prefer training images",
                 "align_gap": "the encoder aligns its candidates' views more tightly than unseen images'"}[test]
-        return (f"no layer shows significant memorization (no layer where {what}, Holm p >= "
-                f"{ev.meta.get('alpha', 0.05):g})")
+        problem = (f"no layer shows significant memorization (no layer where {what}, Holm p >= {alpha:g} over the "
+                   f"verdict's {m} tests x layers)")
+        if verdict.get("attainable") is False:
+            problem += (f"; with bootstrap={ev.meta.get('bootstrap')} no test can reach that level: use bootstrap >= "
+                        f"{verdict.get('needs_bootstrap')}")
+        elif verdict.get("memorization"):
+            others = [t for t, layers in verdict.get("layers", {}).items() if layers]
+            problem += f"; the verdict is positive through {', '.join(others)}, which this choice does not use"
+        return problem
     return None
 
 

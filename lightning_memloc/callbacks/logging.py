@@ -11,7 +11,8 @@ measurement: scalars, histograms and images line up in TensorBoard. Tags (built 
 - with evidence (:mod:`lightning_memloc.evidence`): every interval bound, control value, excess,
   p-value and membership share as ``memloc.<key>/<layer>`` (``memloc.excess/<layer>``,
   ``memloc.excess_p_holm/<layer>``, ``memloc.membership/<layer>``, ...) and the number of
-  significant layers per test ``memloc/significant_layers/<test>``;
+  significant layers per test ``memloc/significant_layers/<test>``, and the overall verdict
+  ``memloc/verdict/memorization`` (1 / 0);
 - on TensorBoard: histograms ``memloc.unit_mem/<layer>``; in the summary section ``memloc/`` the
   figures ``memloc/profile`` and ``memloc/profile_over_training``
   (:mod:`~lightning_memloc.callbacks.figures`) and the grids ``memloc/most_memorized`` /
@@ -33,7 +34,7 @@ from lightning_memloc.callbacks.layer_runs import LayerRunWriters
 from lightning_memloc.callbacks.naming import NamedWriter, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
-                                   hist_tag, image_tag, scalar_tag, significant_tag)
+                                   hist_tag, image_tag, scalar_tag, significant_tag, verdict_tag)
 
 __all__ = ["MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "log_tensorboard",
            "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.tags
@@ -70,7 +71,8 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
     """Every measured evidence value as ``memloc.<key>/<layer>`` (keys of
     :class:`~lightning_memloc.evidence.Evidence` records: ``layer_mem_lo``, ``excess``,
     ``excess_p_holm``, ``membership``, ...), plus ``memloc/significant_layers/<test>``: how many
-    layers pass each Holm-corrected test. Values already logged under the same tag are skipped.
+    layers pass each test of the verdict, and ``memloc/verdict/memorization`` (1 / 0). Values
+    already logged under the same tag are skipped.
 
     Example:
         >>> import torch
@@ -93,6 +95,8 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
                 out[scalar_tag(key, layer)] = float(value)
     for test, layers in dict(ev.meta.get("significant") or {}).items():
         out[significant_tag(test)] = float(len(layers))
+    if ev.shows_memorization is not None:
+        out[verdict_tag()] = float(ev.shows_memorization)
     return out
 
 

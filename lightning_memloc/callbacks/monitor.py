@@ -1,12 +1,8 @@
 """``MemorizationMonitor``: UnitMem and LayerMem of a held-out candidate set while an SSL encoder trains.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure where an
-encoder memorizes: UnitMem per unit, LayerMem / ΔLayerMem per layer (SSLMem against a reference
-encoder that never saw the candidates). This callback runs that measurement (the same
-:func:`~lightning_memloc.measure.run_pass` that :func:`~lightning_memloc.measure` uses) every N
-epochs, logs it to every attached logger (TensorBoard gets histograms, image grids and a
-custom-scalars layout too), keeps a per-epoch history that survives checkpoint/resume, and
-shards the candidates across DDP ranks with results identical to a single process.
+Runs :func:`~lightning_memloc.measure.run_pass` (as :func:`~lightning_memloc.measure` does) every N
+epochs or steps, logs it, keeps a history that survives checkpoint/resume, and shards the candidates
+across DDP ranks with single-process results.
 """
 
 from __future__ import annotations
@@ -28,6 +24,7 @@ from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.naming import check_name
 from lightning_memloc.callbacks.schedule import check_schedule, show_progress, step_due
+from lightning_memloc.callbacks.view_check import ViewCheck
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_groups
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
@@ -98,7 +95,7 @@ class MemorizationMonitor(Callback):
             training starts (``None``: 25 % of the device memory, warning only).
         control: images **both** encoders trained on (needs ``reference``): the null of
             LayerMem; reports, logs and plots give the candidates' excess over it with its
-            interval and a Holm-corrected one-sided Welch p-value.
+            interval and a one-sided permutation p-value, Holm-corrected in the overall verdict.
         unseen: images the encoder never trained on (the reference's independent part when
             co-training, or a test split): UnitMem seen vs unseen, the argmax membership test and,
             with no reference needed, the alignment gap under ``f`` (``memloc/align_gap/...``).
@@ -124,6 +121,9 @@ class MemorizationMonitor(Callback):
         indices, control_indices, unseen_indices: the images of ``candidates`` / ``control`` /
             ``unseen`` (without these, of ``candidates``) that form each group: ints, a slice ``"a:b"``
             or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file; reports name the images by them.
+        normalize: per-channel normalisation of the views (see :func:`~lightning_memloc.measure`).
+        check_views: ``"warn"`` (once), ``"error"`` or ``"off"`` when the views' per-channel mean / std differ
+            from those of the first training batches (:mod:`~lightning_memloc.callbacks.view_check`).
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -173,6 +173,8 @@ class MemorizationMonitor(Callback):
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
         indices: IndexSpec = None, control_indices: IndexSpec = None, unseen_indices: IndexSpec = None,
+        normalize: Any = None,
+        check_views: str = "warn",
     ) -> None:
         super().__init__()
         every_n_epochs, every_n_train_steps = check_schedule(  # NumPy integers accepted
@@ -190,7 +192,7 @@ class MemorizationMonitor(Callback):
         self.options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                                       negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
                                       bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
-                                      with_reference=reference is not None)
+                                      normalize=normalize, with_reference=reference is not None)
         groups = load_groups(candidates, labels, size, indices, control, control_indices, unseen, unseen_indices)
         candidates, labels, control, unseen, self._ids, self._group_meta = groups  # paths too (LightningCLI)
         if init_batchnorm not in INIT_BATCHNORM:
@@ -221,13 +223,11 @@ class MemorizationMonitor(Callback):
         self.encoder_id: Optional[str] = None  # which encoder and reference are measured (setup): fingerprint
         self.reference_id: Optional[str] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
-        self.layer_runs = bool(layer_runs)
+        self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
 
-    batch_size, pairing, reduction = option_property("batch_size"), option_property("pairing"), option_property("reduction")
-    negative, top_k = option_property("negative"), option_property("top_k")
-    num_workers, progress = option_property("num_workers"), option_property("progress")
-    autocast = option_property("autocast")
+    batch_size, pairing, reduction, negative = (option_property(k) for k in ("batch_size", "pairing", "reduction", "negative"))
+    top_k, num_workers, progress, autocast = (option_property(k) for k in ("top_k", "num_workers", "progress", "autocast"))
 
     @property
     def evidence_options(self) -> EvidenceOptions:
@@ -241,8 +241,7 @@ class MemorizationMonitor(Callback):
 
     @property
     def candidates_digest(self) -> str:
-        """A digest of the candidate set (part of the resume fingerprint,
-        :func:`~lightning_memloc.callbacks.monitor_checks.fingerprint`; computed once)."""
+        """A digest of the candidate set (part of the resume fingerprint; computed once)."""
         if self._candidates_digest is None:
             self._candidates_digest = guard.candidates_digest(self.views)
         return self._candidates_digest
@@ -252,7 +251,6 @@ class MemorizationMonitor(Callback):
         """The measured layers, resolved (``None`` until ``setup`` or the first measurement)."""
         return None if not self._specs else [spec.name for spec in self._specs]
 
-    # ----------------------------------------------------------------- set-up
     @property
     def state_key(self) -> str:
         extra = {k: v for k, v in (("name", self.name), ("every_n_train_steps", self.every_n_train_steps)) if v}
@@ -317,8 +315,10 @@ class MemorizationMonitor(Callback):
                     self._measure(trainer, pl_module, epoch=-1)
             else:
                 self._measure(trainer, pl_module, epoch=-1)
+        self.view_check.start(self.encoder(pl_module), self.views.view_shape)  # after the monitor's own forwards
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.view_check.step(trainer, pl_module, self)  # before a measurement of this step
         if step_due(self.every_n_train_steps, trainer.global_step, self.history):
             self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
@@ -346,7 +346,7 @@ class MemorizationMonitor(Callback):
         if self._specs is None:
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
-                                  labels=self.views.has_labels, groups=self.group_sizes,
+                                  labels=self.views.has_labels, groups=self.group_sizes, view_shape=self.views.view_shape,
                                   alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing),
                                   **self.options.meter_kwargs()).to(device)
         sampler = None
@@ -398,9 +398,11 @@ class MemorizationMonitor(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)
         self._loggers.close()
+        self.view_check.stop()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         guard.release_output_dir(self)
+        self.view_check.stop()
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         guard.check_same_fingerprint(state_dict.get("fingerprint"), guard.fingerprint(self), "the checkpoint's monitor state")

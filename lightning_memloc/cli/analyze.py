@@ -114,12 +114,14 @@ def _candidate_labels(args: argparse.Namespace, labels: Tensor, positions: Tenso
 
 def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.Module], layers: Any,
            candidates: Tensor, device: torch.device, transform: Any = None) -> None:
-    """One forward of two candidates' views: a bad ``--transform``, ``--layers`` or a reference of
-    another shape fails here."""
+    """One forward of two candidates' views: a bad ``--transform``, ``--normalize``, ``--layers`` or a
+    reference of another shape fails here."""
     from lightning_memloc.measure import build_views, probe_layers
 
-    with as_cli_error("--transform", (TypeError, ValueError)):
-        example = build_views(candidates[:2], args.views, transform, args.seed, None).example_batch(device)
+    flag = "--transform" if transform is not None else "--normalize"
+    with as_cli_error(flag, (TypeError, ValueError)):
+        example = build_views(candidates[:2], args.views, transform, args.seed, None,
+                              normalize=args.normalize).example_batch(device)
     try:
         probe_layers(encoder, reference, layers, example)
     except ArchitectureMismatchError as err:

@@ -11,7 +11,9 @@ Improves Downstream Generalization*, ICLR 2024, for the alignment). Per layer (r
 - :func:`alignment_gap`: ``(mean d_f(U) − mean d_f(C)) / scale`` (> 0: candidates' views tighter);
 - :func:`membership_scores`: per candidate, the share of unseen images aligned worse (ties count
   half); uniform on ``[0, 1]`` under the null, and its mean is the AUC of telling the groups apart;
-- :func:`gap_greater`: the one-sided test ``d_f(U) > d_f(C)`` on raw alignments (scale-free).
+- :func:`gap_greater`: Welch's one-sided p of ``d_f(U) > d_f(C)`` on raw alignments (scale-free;
+  the evidence tests with the studentized permutation test instead, which holds α on skewed,
+  unequal groups: :mod:`lightning_memloc.functional.two_sample`).
 """
 
 from __future__ import annotations
@@ -106,9 +108,10 @@ def membership_scores(candidates: Tensor, unseen: Tensor) -> Tensor:
 def gap_greater(candidates: Tensor, unseen: Tensor) -> float:
     """One-sided p-value of ``mean d_f(U) > mean d_f(C)`` for one layer (raw alignments).
 
-    The test of every alignment-gap layer goes through this one function (today the one-sided
-    Welch t-test of :func:`~lightning_memloc.functional.evidence.welch_greater`); NaN when a group
-    has fewer than 2 images.
+    Welch's analytic approximation (:func:`~lightning_memloc.functional.evidence.welch_greater`),
+    liberal on skewed, unequal groups; :mod:`lightning_memloc.evidence_free` tests with
+    :func:`~lightning_memloc.functional.two_sample.studentized_permutation_test`. NaN when a
+    group has fewer than 2 images.
 
     Example:
         >>> round(gap_greater(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.1, 0.2, 0.3])), 6)
