@@ -23,7 +23,7 @@ from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.naming import check_name
-from lightning_memloc.callbacks.schedule import check_schedule, show_progress, step_due
+from lightning_memloc.callbacks.schedule import check_schedule, final_epoch_due, show_progress, step_due
 from lightning_memloc.callbacks.view_check import ViewCheck
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_groups
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
@@ -328,12 +328,8 @@ class MemorizationMonitor(Callback):
             self._measure(trainer, pl_module, epoch=epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
-        measured = [h["epoch"] for h in self.history]
-        if self.every_n_train_steps is not None:
-            if step_due(1, trainer.global_step, self.history):
-                self._measure(trainer, pl_module, epoch=last)
-        elif trainer.global_step > 0 and (not measured or max(measured) < last):
+        last = final_epoch_due(self.every_n_train_steps, trainer.current_epoch, trainer.global_step, self.history)
+        if last is not None:
             self._measure(trainer, pl_module, epoch=last)
 
     # ------------------------------------------------------------ measurement

@@ -132,7 +132,8 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
     Candidates (and labels, ``size``, ``indices``: through their contents), views, seed, the
     transform (its name and settings), layers, the options (:meth:`MeasureOptions.fingerprint`),
     ``threshold``, which encoder and which reference (a frozen one by its weights and settings),
-    control / unseen images. The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
+    control / unseen images (``control_indices`` / ``unseen_indices`` through them: ``groups`` their
+    sizes, ``pool`` their contents). The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
     Reads the monitor's public ``candidates_digest``, ``views``, ``layer_names`` (the resolved
     layers, ``None`` before ``setup``), ``layers``, ``options``, ``threshold``, ``encoder_id`` and
     ``reference_id`` (:func:`module_identities`, ``None`` before ``setup``), ``reference_spec``,

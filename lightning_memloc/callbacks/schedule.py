@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["check_schedule", "show_progress", "step_due"]
+__all__ = ["check_schedule", "final_epoch_due", "show_progress", "step_due"]
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -50,6 +50,26 @@ def step_due(every_n_train_steps: Optional[int], global_step: int, history: List
     if every_n_train_steps is None or global_step <= 0 or global_step % every_n_train_steps:
         return False
     return all(entry.get("global_step") != global_step for entry in history)
+
+
+def final_epoch_due(every_n_train_steps: Optional[int], current_epoch: int, global_step: int,
+                    history: List[Dict[str, Any]]) -> Optional[int]:
+    """The epoch to measure at the end of training, or ``None`` when the last one was measured.
+
+    Step-scheduled: the last step unless in ``history``; epoch-scheduled: the last epoch
+    (``current_epoch - 1`` once training ran) unless measured, and nothing after zero steps.
+
+    Example:
+        >>> final_epoch_due(None, 3, 30, [{"epoch": 1}]), final_epoch_due(None, 3, 30, [{"epoch": 2}])
+        (2, None)
+        >>> final_epoch_due(5, 3, 30, [{"global_step": 30}]), final_epoch_due(5, 3, 32, [{"global_step": 30}])
+        (None, 2)
+    """
+    last = current_epoch - 1 if current_epoch > 0 else 0
+    if every_n_train_steps is not None:
+        return last if step_due(1, global_step, history) else None
+    measured = [entry["epoch"] for entry in history]
+    return last if global_step > 0 and (not measured or max(measured) < last) else None
 
 
 def show_progress(progress: Optional[bool], trainer: Any) -> bool:
