@@ -280,7 +280,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     try:
         from lightning_memloc import plots
 
-        written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history)
+        from lightning_memloc.callbacks.figures import steps_per_epoch, warmup_end_step
+
+        written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history,
+                                     warmup_step=warmup_end_step(model, steps_per_epoch(trainer)))
     except ImportError:  # plotting is optional
         pass
     commands = round_trip_commands(out, width=args.width, channels=channels, size=side, views=args.views,
