@@ -50,7 +50,8 @@ def test_demo_runs_and_reports_its_evidence(tmp_path, capsys, setting):
     history = json.loads((tmp_path / setting / "memloc" / "history.json").read_text(encoding="utf-8"))
     assert [h["epoch"] for h in history] == [-1, 0, 1]
     assert any(k.startswith("memloc.excess/") for k in history[-1])
-    assert (tmp_path / setting / "plots" / "evidence.png").is_file()
+    for name in ("evidence.png", "profile.png", "profile_over_training.png"):  # the profile and heat maps as PNGs too
+        assert (tmp_path / setting / "plots" / name).is_file(), name
 
 
 def test_digits_train_with_an_augmentation_that_keeps_them_digits():
