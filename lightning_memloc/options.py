@@ -41,8 +41,9 @@ SURFACE_DIFFERENCES = {
     "encoder": "measure() takes the encoder module itself (positional); the monitor takes where to find it inside "
                "the LightningModule (an attribute path, a callable or a module; None: the whole module).",
     "progress": "measure() is a library call and stays silent by default (False), like a torchmetrics compute; the "
-                "monitor runs inside a Lightning fit, whose progress bars are on by default, and shows one (True, "
-                "rank 0 only). `memloc analyze` shows one too (--no-progress).",
+                "monitor runs inside a Lightning fit and by default (None) shows one when the Trainer shows its own "
+                "(enable_progress_bar, rank 0 only); True / False force it on / off. `memloc analyze` shows one too "
+                "(--no-progress).",
 }
 
 
@@ -82,7 +83,7 @@ class MeasureOptions:
                             "``\"clamp\"``, ``\"shift\"`` or ``\"error\"``.", choices=NEGATIVE_POLICIES)
     top_k: int = _option(50, "size of the top-k / least-k LayerMem groups", minimum=1)
     num_workers: int = _option(0, "DataLoader workers generating the views", minimum=0)
-    progress: bool = _option(False, "progress bar of the pass", kind="flag")
+    progress: Optional[bool] = _option(False, "progress bar of the pass", "(``None``: the monitor follows the Trainer's ``enable_progress_bar``).", kind="flag")
     bootstrap: int = _option(1000, "bootstrap resamples / permutations (0: no intervals or tests; else >= 200)",
                              kind="bootstrap")
     confidence: float = _option(0.95, "coverage of the intervals", kind="probability")
@@ -204,7 +205,7 @@ def option_property(name: str) -> property:
 DEFAULT = MeasureOptions()
 
 
-def options_doc(indent: int = 8, *, defaults: Optional[Mapping[str, Any]] = None) -> str:
+def options_doc(indent: int = 8, *, skip: Tuple[str, ...] = ()) -> str:
     """The Google-style ``Args:`` lines of every option, from the fields (their one source).
 
     Example:
@@ -213,9 +214,9 @@ def options_doc(indent: int = 8, *, defaults: Optional[Mapping[str, Any]] = None
     """
     lines = []
     for f in dataclasses.fields(MeasureOptions):
-        if f.name == "with_reference":
+        if f.name == "with_reference" or f.name in skip:
             continue
-        default = (defaults or {}).get(f.name, f.default)
+        default = f.default
         doc = f.metadata["doc"]
         text = f.metadata["help"] + ((" " if doc[:1] == "(" else ": ") + doc if doc else ".")
         text = text if text.endswith(".") else text + "."

@@ -94,3 +94,41 @@ def test_datamodule_split_from_indices(tmp_path):
     assert sorted(data.train_dataloader().iterables) == ["encoder", "reference"]
     with pytest.raises(ValueError, match="share images \\[1\\]"):
         CoTrainingData(str(tmp_path / "c.pt"), candidates="0:2", independent="1:3").setup("fit")
+
+
+def test_groups_are_indices_into_one_data_set_and_name_the_candidates(tmp_path):
+    """LightningCLI: candidates, control and unseen as index selections of one file; ids are the dataset indices."""
+    from lightning_memloc.data.candidates import load_groups
+    from lightning_memloc.models import TinyCNN
+    from helpers import LitModel, make_trainer
+
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.save({"x": images, "y": torch.arange(12) % 3}, tmp_path / "d.pt")
+    torch.save(images.flip(0), tmp_path / "other.pt")
+    g = load_groups(str(tmp_path / "d.pt"), True, indices="2:6", control_indices=[7, 8, 9], unseen_indices="-2:")
+    assert torch.equal(g.candidates, images[2:6]) and g.labels.tolist() == [2, 0, 1, 2]
+    assert torch.equal(g.control, images[7:10]) and torch.equal(g.unseen, images[10:])
+    assert g.candidate_ids.tolist() == [2, 3, 4, 5] and g.meta == {"control_indices": [7, 8, 9], "unseen_indices": [10, 11]}
+    other = load_groups(images, control=str(tmp_path / "other.pt"), control_indices=[0, 1])  # indices into control's file
+    assert torch.equal(other.control, images[[11, 10]]) and other.unseen is None
+    assert other.candidate_ids.tolist() == list(range(12)) and other.meta == {"control_indices": [0, 1]}
+    with pytest.raises(ValueError, match="`indices` repeat images"):
+        load_groups(images, indices=[1, 2, 1])
+    with pytest.raises(ValueError, match="`control_indices` select from a path"):
+        load_groups(images, control=images, control_indices=[0])
+    with pytest.raises(ValueError, match="`unseen_indices`: index 12 is outside the 12 images"):
+        load_groups(images, unseen_indices=[12])
+
+    reference = TinyCNN(width=4).requires_grad_(False)
+    monitor = MemorizationMonitor(str(tmp_path / "d.pt"), indices="2:6", control_indices="7:10", unseen_indices="10:",
+                                  views=2, encoder="backbone", reference=reference, progress=False, grid_size=0,
+                                  bootstrap=200, top_k=2, output_dir=tmp_path / "run")
+    make_trainer([monitor], max_epochs=1).fit(LitModel())
+    from lightning_memloc import MemorizationReport
+
+    saved = MemorizationReport.load(tmp_path / "run" / "report_epoch=0.json")
+    for report in (monitor.report, saved):
+        assert report.candidate_ids.tolist() == [2, 3, 4, 5]  # not positions 0..3
+        assert report.meta["control_indices"] == [7, 8, 9] and report.meta["unseen_indices"] == [10, 11]
+        assert report.evidence.meta["groups"] == {"candidates": 4, "control": 3, "unseen": 2}
+        assert set(report.top_ids.tolist()) <= {2, 3, 4, 5}

@@ -72,7 +72,7 @@ def test_analyze_report_equals_measure(ws, analyzed):
 def test_analyze_writes_readable_figures(analyzed):
     out = analyzed[0]
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["candidates.png", "evidence.png", "layer_mem.png", "sslmem_vs_unitmem.png", "unit_mem.png"]
+    assert names == ["candidates.png", "evidence.png", "layer_mem.png", "profile.png", "sslmem_vs_unitmem.png", "unit_mem.png"]
     for name in names:
         assert_png(out / name)
 
@@ -87,7 +87,7 @@ def test_analyze_without_reference_on_the_demo_split(ws):
     expected = split_candidates(N, shared=N - 3 - 2, candidates=0.3, independent=0.2, seed=1).candidates
     assert torch.equal(report.candidate_ids, expected)  # dataset indices, the same split as `memloc demo`
     assert report.layers == ["conv1", "conv3"] and not report.has_reference and report.class_mem is None
-    assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "evidence.png", "unit_mem.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "evidence.png", "profile.png", "unit_mem.png"]
 
 
 def test_analyze_with_control_and_unseen_from_the_split(ws):
@@ -209,7 +209,7 @@ def test_plot_from_report_and_images(ws, analyzed):
     code, stdout, err = run(["plot", analyzed[0] / "report.json", "--images", ws / "d.npz", "--k", "3", "--output-dir", out])
     assert code == 0, err
     assert sorted(p.name for p in out.glob("*.png")) == ["candidates.png", "evidence.png", "layer_mem.png",
-                                                        "sslmem_vs_unitmem.png", "unit_mem.png"]
+                                                        "profile.png", "sslmem_vs_unitmem.png", "unit_mem.png"]
     for png in out.glob("*.png"):
         assert_png(png)
     assert "LayerMem" in stdout
@@ -228,7 +228,8 @@ def test_plot_monitor_folder_with_history(ws, analyzed):
     assert (ws / "monitor_plots" / "history.png").is_file() and (ws / "monitor_plots" / "layer_mem.png").is_file()
     code, _, err = run(["plot", folder / "history.json", "--output-dir", ws / "hist_only"])
     assert code == 0, err
-    assert sorted(p.name for p in (ws / "hist_only").glob("*.png")) == ["evidence_history.png", "history.png"]
+    assert sorted(p.name for p in (ws / "hist_only").glob("*.png")) == ["evidence_history.png", "history.png",
+                                                                        "profile_over_training.png"]
     assert_png(ws / "hist_only" / "history.png")
 
 

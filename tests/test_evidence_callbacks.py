@@ -84,3 +84,43 @@ def test_pruning_gate_uses_the_membership_test():
                                 encoder="backbone", require_evidence="error")
     make_trainer([prune], max_epochs=1).fit(LitModel())
     assert sum(v.numel() for v in prune.pruned_units.values()) > 0
+
+
+def test_by_auto_ranks_by_the_excess_when_the_report_has_a_control(caplog):
+    """by='auto' (the default): the excess with a control, raw LayerMem with a reference only, else mean UnitMem."""
+    import logging
+
+    from lightning_memloc.report.selection import layer_score
+
+    controlled = with_evidence({"conv1": 2.0, "conv2": 0.0, "conv3": 1.0})  # excess: conv1 > conv3; LayerMem: conv2
+    units = {"conv1": torch.full((4,), 0.1), "conv2": torch.full((8,), 0.2), "conv3": torch.full((16,), 0.6)}
+    cases = [(controlled, "excess", ["conv1"]), (make_report(), "layer_mem", ["conv2"]),
+             (make_report(layer_mem=None, delta=None, unit_mem=units), "unit_mem", ["conv3"])]
+    for report, score, expected in cases:
+        assert layer_score(report, "auto") == score and layer_score(report, "delta_layer_mem") == "delta_layer_mem"
+        assert select_layers(report, 1, by="auto") == select_layers(report, 1, by=score) == expected
+        finetune = MemorizationFinetuning(report, k=1, encoder="backbone", head="head", require_evidence="off")
+        assert finetune.by == "auto"
+        with caplog.at_level(logging.INFO):
+            caplog.clear()
+            make_trainer([finetune], max_epochs=1).fit(LitModel())
+        assert finetune.chosen_layers == expected
+        assert f"fine-tuning layers {expected} (strategy='highest', by={score!r} (by='auto': " in caplog.text
+    # no reference but unseen images: the reference-free alignment gap; pruning's top_layers ranks the same way
+    from lightning_memloc.report.evidence import Evidence
+
+    gapped = make_report(layer_mem=None, delta=None, unit_mem=units)
+    gapped.evidence = Evidence(layers={n: {"align_gap": g, "align_gap_p_holm": 0.01} for n, g in
+                                       zip(LAYERS, (0.05, 0.3, 0.1))}, meta={"alpha": 0.05})
+    assert layer_score(gapped, "auto") == "align_gap" and select_layers(gapped, 1, by="auto") == ["conv2"]
+    prune = MemorizationPruning(gapped, amount=0.5, top_layers=1, encoder="backbone", require_evidence="off")
+    assert prune.by == "auto"
+    with caplog.at_level(logging.INFO):
+        caplog.clear()
+        make_trainer([prune], max_epochs=1).fit(LitModel())
+    assert list(prune.pruned_units) == ["conv2"] and "in the 1 layers ranked by 'align_gap'" in caplog.text
+    # the gate follows the resolved score: a control without a significant excess is refused
+    null = with_evidence({n: 0.0 for n in LAYERS})
+    with pytest.raises(ValueError, match="by 'excess'.*no layer shows significant"):
+        make_trainer([MemorizationFinetuning(null, k=1, encoder="backbone", head="head", require_evidence="error")],
+                     max_epochs=1).fit(LitModel())

@@ -39,6 +39,13 @@ def test_readme_config_runs(package, tmp_path, monkeypatch, one_thread):
     assert isinstance(monitor, importlib.import_module(package).Callback)
     assert finetuning.source.source is monitor  # `source: monitor` resolved in setup
     assert len(monitor.views) == 64 and monitor.report.has_reference
+    # control and unseen are indices into the same data; reports name every image by its dataset index
+    report, data = monitor.report, cli.datamodule
+    assert report.candidate_ids.tolist() == data.split.candidates.tolist()
+    assert report.meta["control_indices"] == list(range(128, 192)) and report.meta["unseen_indices"] == list(range(64, 128))
+    assert report.evidence.meta["groups"] == {"candidates": 64, "control": 64, "unseen": 64}
+    pooled = monitor.pool.display_images(torch.arange(64, 192))  # candidates first, then control, then unseen
+    assert torch.allclose(pooled, torch.cat([data.images[128:192], data.images[64:128]]).float().div(255))
     assert [h["epoch"] for h in monitor.history] == [-1, 0, 1, 2]
     assert (tmp_path / "runs" / "memloc" / "history.json").is_file()
     # the chosen layer trained in epochs 1..2, the others stayed frozen
@@ -48,7 +55,6 @@ def test_readme_config_runs(package, tmp_path, monkeypatch, one_thread):
     others = [n for n in ("conv1", "conv2", "conv3") if n != layer]
     assert not any(p.requires_grad for n in others for p in encoder.get_submodule(n).parameters())
     # the candidates are the data module's candidates: the same images
-    data = cli.datamodule
     assert torch.equal(data.split.candidates, torch.arange(64))
     assert torch.allclose(monitor.views.display_images(torch.arange(64)), data.images[:64].float().div(255))
 

@@ -260,3 +260,20 @@ def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
     trainer = _trainer(tmp_path / "b", [no_runs], max_epochs=1, enable_checkpointing=False)
     trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))
     assert not (tmp_path / "b" / "tb" / "version_0" / "memloc_layers").exists()
+
+
+@pytest.mark.parametrize("progress, trainer_bar, shown", [(None, False, False), (None, True, True),
+                                                          (True, False, True), (False, True, False)])
+def test_progress_bar_follows_the_trainer_unless_forced(progress, trainer_bar, shown, capsys):
+    """progress=None (default) shows the pass's bar only when the Trainer shows its own; True / False force it."""
+    from helpers import LitModel
+
+    monitor = MemorizationMonitor(torch.rand(4, 3, 8, 8), views=2, encoder="backbone", grid_size=0,
+                                  log_histograms=False, progress=progress)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[monitor], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=trainer_bar, enable_model_summary=False, accelerator="cpu")
+    capsys.readouterr()
+    trainer.fit(LitModel())
+    err = capsys.readouterr().err
+    assert len(monitor.history) == 1
+    assert ("memloc epoch 0" in err) == shown, err[-500:]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from matplotlib.lines import Line2D
 
 from lightning_memloc import MemorizationReport, ReportFormatError, measure
 from lightning_memloc.callbacks.logging import report_scalars
@@ -60,12 +62,14 @@ def test_every_figure_of_a_report_with_reference(report, images, tmp_path):
 
 def test_plot_report_writes_what_applies(report, unit_only, images, tmp_path):
     full = plot_report(report, tmp_path / "full", images=images, history=history_of(report))
-    kinds = ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history", "evidence", "evidence_history")
+    kinds = ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history", "evidence", "evidence_history",
+             "profile", "heatmap")
     assert [p.name for p in full] == [FILENAMES[k] for k in kinds]
     for path in full:
         assert_png(path)
     only_units = plot_report(unit_only, tmp_path / "units")
-    assert [p.name for p in only_units] == [FILENAMES["unit_mem"]] + ([FILENAMES["evidence"]] if unit_only.evidence else [])
+    assert [p.name for p in only_units] == [FILENAMES["unit_mem"]] + ([FILENAMES["evidence"]] if unit_only.evidence else []) \
+        + [FILENAMES["profile"]]
     only_history = plot_report(None, tmp_path / "hist", history=history_of(unit_only))
     assert [p.name for p in only_history][0] == FILENAMES["history"]
 
@@ -124,6 +128,76 @@ def test_history_from_a_file_and_validation(report, tmp_path):
     for data in ([], {"epoch": 0}, [{"loss": 1.0}]):
         with pytest.raises(ReportFormatError, match="not a monitor history"):
             load_history(data)
+
+
+def _drawn(monkeypatch, module, draw) -> list:
+    """(x label, {series label: x data}) of every axes of the figure ``draw()`` saves through ``module.save_png``."""
+    figures = []
+    monkeypatch.setattr(module, "save_png", lambda fig, path: figures.append(fig))
+    draw()
+    (fig,) = figures
+    return [(ax.get_xlabel(), {line.get_label(): line.get_xdata().tolist() for line in ax.get_lines()
+                               if not line.get_label().startswith("_")}) for ax in fig.axes if ax.get_lines()]
+
+
+def test_histories_with_several_steps_per_epoch_are_drawn_against_the_global_step(report, monkeypatch, tmp_path):
+    """every_n_train_steps: epochs 0 and 1 hold two measurements each; each gets its own x (its global step)."""
+    import lightning_memloc.plots.evidence_figures as evidence_plots
+    import lightning_memloc.plots.history as history_plots
+    from lightning_memloc.plots.evidence_figures import plot_evidence_history
+
+    steps = [(-1, 0), (0, 3), (0, 6), (1, 9), (1, 12)]
+    from lightning_memloc.report.tags import scalar_tag
+
+    evidence = {scalar_tag(key, layer): value for layer in report.layers
+                for key, value in (("excess", 0.1), ("excess_lo", 0.0), ("excess_hi", 0.2))}
+    history = [{"epoch": e, "global_step": s, **report_scalars(report), **evidence} for e, s in steps]
+    for module, draw in ((history_plots, plot_history), (evidence_plots, plot_evidence_history)):
+        panels = _drawn(monkeypatch, module, lambda: draw(history, tmp_path / "x.png"))
+        assert panels and all(label == "global step" for label, _ in panels)
+        series = [x for _, lines in panels for x in lines.values()]
+        assert set(report.layers) <= set(panels[0][1]) and series == [[0, 3, 6, 9, 12]] * len(series)
+        # without global steps (older histories): one point per epoch, on the epoch axis
+        by_epoch = [{k: v for k, v in e.items() if k != "global_step"} for e in history[::2]]
+        panels = _drawn(monkeypatch, module, lambda: draw(by_epoch, tmp_path / "y.png"))
+        assert all(label == "epoch" and all(x == [-1, 0, 1] for x in lines.values()) for label, lines in panels)
+
+
+def test_memloc_plot_writes_the_profile_and_the_heat_maps_of_a_run(monkeypatch, tmp_path, capsys):
+    """The TensorBoard pictures (memloc/profile, memloc/profile_over_training) as PNGs from a run's folder."""
+    import lightning_memloc.plots.report_figures as report_plots
+    from lightning_memloc.cli.command import main
+    from matplotlib.image import AxesImage
+
+    torch.manual_seed(0)
+    run = measure(TinyCNN(width=4), torch.rand(10, 3, 16, 16), reference=TinyCNN(width=4), views=2, top_k=2,
+                  control=torch.rand(6, 3, 16, 16), unseen=torch.rand(6, 3, 16, 16), bootstrap=200)
+    (tmp_path / "run").mkdir()
+    run.save(tmp_path / "run" / "report.json")
+    (tmp_path / "run" / "history.json").write_text(json.dumps(history_of(run)), encoding="utf-8")
+    figures = {}
+    real = report_plots.save_png
+    monkeypatch.setattr(report_plots, "save_png", lambda fig, path: figures.setdefault(path.name, fig) and real(fig, path))
+    assert main(["plot", str(tmp_path / "run"), "--output-dir", str(tmp_path / "out"), "--warmup-step", "5"]) == 0
+    printed = capsys.readouterr().out
+    for name in (FILENAMES["profile"], FILENAMES["heatmap"]):
+        assert_png(tmp_path / "out" / name)
+        assert str(tmp_path / "out" / name) in printed  # listed in "[memloc] wrote ..."
+    profile = figures[FILENAMES["profile"]]
+    assert [ax.get_title() for ax in profile.axes if ax.get_visible()] == [
+        "LayerMem", "LayerMem excess (Holm p; * below α=0.05)", "μmax membership vs chance",
+        "mean UnitMem: seen vs unseen (Holm p)"]
+    assert [t.get_text() for t in profile.axes[0].get_xticklabels()] == run.layers  # by depth
+    heat = figures[FILENAMES["heatmap"]]
+    maps = {im.get_gid(): im.get_array() for im in heat.findobj(AxesImage)}
+    assert set(maps) == {"excess", "unit_mem_mean"} and all(m.shape == (len(run.layers), 4) for m in maps.values())
+    excess = run.evidence.layers
+    assert np.allclose(maps["excess"][:, 0], [excess[layer]["excess"] for layer in run.layers], atol=1e-6)
+    warmup = [line for line in heat.findobj(Line2D) if line.get_gid() == "warmup"]  # after step 5 (epoch 0)
+    assert len(warmup) == 2 and all(line.get_xdata()[0] == 1.5 for line in warmup)
+    # a history alone: the heat maps, no profile (it is one measurement's)
+    assert main(["plot", str(tmp_path / "run" / "history.json"), "--output-dir", str(tmp_path / "h")]) == 0
+    assert (tmp_path / "h" / FILENAMES["heatmap"]).exists() and not (tmp_path / "h" / FILENAMES["profile"]).exists()
 
 
 def test_find_plot_inputs(report, tmp_path):

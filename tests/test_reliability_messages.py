@@ -349,6 +349,6 @@ def test_a_report_with_part_of_the_sslmem_fields_is_drawn(tmp_path, images):
     report = _report(layer_mem_top=None, layer_mem_least=None, delta_layer_mem=None, sslmem=None, sslmem_raw=None)
     loaded = MemorizationReport.load(report.save(tmp_path / "report.json"))
     written = plot_report(loaded, tmp_path / "figures", images=images[:3])
-    assert sorted(p.name for p in written) == ["candidates.png", "layer_mem.png", "unit_mem.png"]
+    assert sorted(p.name for p in written) == ["candidates.png", "layer_mem.png", "profile.png", "unit_mem.png"]
     for path in written:
         assert_png(path)

@@ -60,6 +60,8 @@ def _alternatives(tmp_path):
         "threshold": (0.7, "threshold"),
         "control": (torch.rand(4, 3, 8, 8), "groups"),
         "unseen": (torch.rand(4, 3, 8, 8), "groups"),
+        "control_indices": ([4, 5], "groups"),  # images of the candidates' file
+        "unseen_indices": ("3:", "groups"),
         "bootstrap": (200, "evidence"),
         "confidence": (0.9, "evidence"),
         "alpha": (0.01, "evidence"),
@@ -106,13 +108,22 @@ def test_every_monitor_argument_changes_the_fingerprint_or_is_exempt_with_a_reas
 
 @pytest.mark.parametrize("argument", ["candidates", "labels", "size", "indices", "views", "transform", "layers",
                                       "encoder", "reference", "seed", "pairing", "reduction", "negative", "top_k",
-                                      "threshold", "control", "unseen", "bootstrap", "confidence", "alpha", "autocast",
-                                      "normalize"])
+                                      "threshold", "control", "unseen", "control_indices", "unseen_indices", "bootstrap",
+                                      "confidence", "alpha", "autocast", "normalize"])
 def test_a_number_changing_argument_changes_its_fingerprint_entry(tmp_path, argument):
     base = _fingerprint(tmp_path)
     value, entry = _alternatives(tmp_path)[argument]
     changed = _fingerprint(tmp_path, **{argument: value})
     assert changed.get(entry) != base.get(entry), (argument, entry)
+
+
+def test_other_indices_of_the_same_size_change_the_pooled_images_digest(tmp_path):
+    """``groups`` holds the sizes; the images a slice selects reach the fingerprint through ``pool``."""
+    base = _fingerprint(tmp_path, control_indices=[4, 5], unseen_indices="3:")
+    for changes in ({"control_indices": [3, 5]}, {"unseen_indices": [0, 1, 2]}):
+        changed = _fingerprint(tmp_path, **{"control_indices": [4, 5], "unseen_indices": "3:", **changes})
+        assert changed["groups"] == base["groups"] and changed["pool"] != base["pool"], changes
+    assert _fingerprint(tmp_path, control_indices=[4, 5], unseen_indices="3:") == base
 
 
 @pytest.mark.parametrize("argument", sorted(_EXEMPT_VALUES))

@@ -205,6 +205,12 @@ def test_demo_utility_uses_labelled_shared_and_independent_images():
                                                              torch.tensor([25])), every_n_epochs=1)
     assert torch.equal(halves.bank, images[1:22:2]) and torch.equal(halves.test, images[2:22:2]) and "half" in what
     assert halves.ks == (11,)
+    # ... unless the demo holds labelled images out of training: then those are the test set
+    held = images[:5].flip(0), labels[1:6]
+    outside, what = demo_utility(images, labels, SplitIndices(torch.arange(0, 22), torch.arange(22, 25),
+                                                              torch.tensor([25])), every_n_epochs=1, held_out=held)
+    assert torch.equal(outside.bank, images[1:22]) and torch.equal(outside.test, held[0])
+    assert torch.equal(outside.test_labels, held[1]) and "5 others neither encoder trains on" in what
     assert demo_utility(images, labels, SplitIndices(torch.tensor([0, 1]), torch.arange(22, 25), torch.tensor([25])),
                         1)[0] is None  # one labelled image: no bank and test
     small, _ = demo_utility(images, labels, SplitIndices(torch.arange(0, 6), torch.arange(22, 25), torch.arange(25, 30)), 1)

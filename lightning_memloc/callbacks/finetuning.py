@@ -28,7 +28,7 @@ from lightning_memloc.checks import check_choice, check_int, check_layers_exist
 from lightning_memloc.callbacks.report_source import monitor_layers
 from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.taps.producers import count_parameters, trainable_map
-from lightning_memloc.report.selection import LAYER_SCORES, LAYER_STRATEGIES, select_layers
+from lightning_memloc.report.selection import LAYER_SCORES, LAYER_STRATEGIES, layer_score, select_layers
 
 __all__ = ["MemorizationFinetuning"]
 
@@ -36,6 +36,8 @@ __all__ = ["MemorizationFinetuning"]
 # importing them from this module keeps working.
 
 HeadSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]], None]
+_AUTO_WHY = {"excess": "the report measured a control", "layer_mem": "the report has a reference but no control",
+             "align_gap": "the report has unseen images but no reference", "unit_mem": "the report has no reference"}
 
 
 class MemorizationFinetuning(BaseFinetuning):
@@ -71,9 +73,12 @@ class MemorizationFinetuning(BaseFinetuning):
             ``report`` at the unfreeze epoch is used), a
             :class:`~lightning_memloc.MemorizationReport`, or the path of a saved report.
         k: number of layers to unfreeze (>= 1, at most the report's layers).
-        by: ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder), ``"unit_mem"``
-            (mean UnitMem), ``"excess"`` or ``"align_gap"`` (the alignment gap under the encoder
-            alone, needs ``unseen=``): the ranking score of ``"highest"`` / ``"lowest"``.
+        by: the ranking score of ``"highest"`` / ``"lowest"``: ``"auto"`` (default: ``"excess"``
+            when the report measured a control, else ``"layer_mem"``, ``"align_gap"``, ``"unit_mem"``; the
+            choice is logged), ``"excess"`` (LayerMem's excess over the control),
+            ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder), ``"unit_mem"``
+            (mean UnitMem) or ``"align_gap"`` (the alignment gap under the encoder alone, needs
+            ``unseen=``).
         strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k``
             layers in forward order); see :func:`~lightning_memloc.report.selection.select_layers`.
         encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``), a
@@ -88,8 +93,7 @@ class MemorizationFinetuning(BaseFinetuning):
             report's tests find none (no layer's LayerMem exceeds the control's, or — for
             ``by="unit_mem"`` — no layer's units prefer training images, Holm-corrected):
             ``"warn"`` logs that the choice may follow noise, ``"error"`` refuses, ``"off"``
-            stays silent. ``by="excess"`` ranks by the excess over the control itself;
-            ``by="align_gap"`` is gated by its own test.
+            stays silent. ``by="align_gap"`` is gated by its own test.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -112,7 +116,7 @@ class MemorizationFinetuning(BaseFinetuning):
         self,
         source: Any,
         k: int = 2,
-        by: str = "layer_mem",
+        by: str = "auto",
         strategy: str = "highest",
         encoder: ModuleSpec = None,
         head: HeadSpec = None,
@@ -161,12 +165,14 @@ class MemorizationFinetuning(BaseFinetuning):
             report = self.source.require(f"to choose the layers to unfreeze at epoch {epoch}")
             encoder = self.encoder(pl_module)
             check_layers_exist(encoder, report.layers)
+            by = layer_score(report, self.by)
             if self.strategy in ("highest", "lowest"):  # rankings by memorization need memorization to rank
-                gate(report, test_for(self.by), self.require_evidence, f"fine-tuning the {self.k} layers by {self.by!r}")
-            self.chosen_layers = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)
+                gate(report, test_for(by), self.require_evidence, f"fine-tuning the {self.k} layers by {by!r}")
+            self.chosen_layers = select_layers(report, self.k, by=by, strategy=self.strategy, seed=self.seed)
             self.trainable_modules = trainable_map(encoder, self.chosen_layers)
             names = [n for names in self.trainable_modules.values() for n in names]
-            rank_zero_info(f"[memloc] fine-tuning layers {self.chosen_layers} (strategy={self.strategy!r}, by={self.by!r}): "
+            how = f"by={by!r}" + (" (by='auto': " + _AUTO_WHY[by] + ")" if self.by == "auto" else "")
+            rank_zero_info(f"[memloc] fine-tuning layers {self.chosen_layers} (strategy={self.strategy!r}, {how}): "
                            f"training {self.trainable_modules}, {count_parameters(encoder, names):,} parameters.")
         return self.chosen_layers
 
@@ -192,7 +198,8 @@ class MemorizationFinetuning(BaseFinetuning):
             if report is not None:
                 check_layers_exist(encoder, report.layers)
                 if self.strategy in ("highest", "lowest") and self.require_evidence == "error":  # refuse before any step
-                    gate(report, test_for(self.by), "error", f"fine-tuning the {self.k} layers by {self.by!r}")
+                    by = layer_score(report, self.by)
+                    gate(report, test_for(by), "error", f"fine-tuning the {self.k} layers by {by!r}")
                 chosen = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # checks k / by
                 trainable_map(encoder, self.chosen_layers or chosen)  # a choice training nothing fails here
             else:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
@@ -22,9 +21,9 @@ from torch.utils.data import Dataset, DistributedSampler
 from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
-from lightning_memloc.callbacks.monitor_checks import check_schedule, step_due
+from lightning_memloc.callbacks.monitor_checks import check_schedule, final_epoch_due, show_progress, step_due
 from lightning_memloc.callbacks.view_check import ViewCheck
-from lightning_memloc.data.candidates import IndexSpec, LabelSpec, load_candidates
+from lightning_memloc.data.candidates import IndexSpec, LabelSpec, load_groups
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.models.loading import load_encoder, resolve_module
@@ -84,6 +83,7 @@ class MemorizationMonitor(Callback):
             ``memloc_layers/<NN>_<layer>`` (depth order), so that each quantity's section starts with one
             chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.logging`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
+        progress: a bar per pass: ``None`` if the Trainer shows its own, ``True`` / ``False`` always / never.
         memory_limit: bytes the metric states may take; a larger candidate set raises before
             training starts (``None``: 25 % of the device memory, warning only).
         control: images **both** encoders trained on (needs ``reference``): the null of
@@ -106,8 +106,9 @@ class MemorizationMonitor(Callback):
             pruning find it as ``source="monitor:<name>"``.
         every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
         size: resize the images of a candidates path to ``size`` × ``size``.
-        indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
-            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
+        indices, control_indices, unseen_indices: the images of ``candidates`` / ``control`` /
+            ``unseen`` (without these, of ``candidates``) that form each group: ints, a slice ``"a:b"``
+            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file; reports name the images by them.
         check_views: ``"warn"`` (once), ``"error"`` or ``"off"`` when the views' per-channel mean / std differ
             from those of the first training batches (:mod:`~lightning_memloc.callbacks.view_check`).
 <options>
@@ -144,7 +145,7 @@ class MemorizationMonitor(Callback):
         log_histograms: bool = True,
         log_figures: bool = True,
         output_dir: Optional[Union[str, os.PathLike]] = None,
-        progress: bool = True,
+        progress: Optional[bool] = None,
         num_workers: int = DEFAULT.num_workers,
         memory_limit: Optional[int] = None,
         control: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
@@ -159,7 +160,7 @@ class MemorizationMonitor(Callback):
         name: Optional[str] = None,
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
-        indices: IndexSpec = None,
+        indices: IndexSpec = None, control_indices: IndexSpec = None, unseen_indices: IndexSpec = None,
         normalize: Any = DEFAULT.normalize,
         check_views: str = "warn",
     ) -> None:
@@ -180,9 +181,8 @@ class MemorizationMonitor(Callback):
                                  negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
                                  bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
                                  normalize=normalize, with_reference=reference is not None)
-        candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
-        control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
-        unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
+        groups = load_groups(candidates, labels, size, indices, control, control_indices, unseen, unseen_indices)
+        candidates, labels, control, unseen, self._ids, self._group_meta = groups  # paths too (LightningCLI)
         if init_batchnorm not in INIT_BATCHNORM:
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
         self.init_batchnorm = init_batchnorm
@@ -323,12 +323,8 @@ class MemorizationMonitor(Callback):
             self._measure(trainer, pl_module, epoch=epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
-        measured = [h["epoch"] for h in self.history]
-        if self.every_n_train_steps is not None:
-            if step_due(1, trainer.global_step, self.history):
-                self._measure(trainer, pl_module, epoch=last)
-        elif trainer.global_step > 0 and (not measured or max(measured) < last):
+        last = final_epoch_due(self.every_n_train_steps, trainer.current_epoch, trainer.global_step, self.history)
+        if last is not None:
             self._measure(trainer, pl_module, epoch=last)
 
     # ------------------------------------------------------------ measurement
@@ -346,11 +342,12 @@ class MemorizationMonitor(Callback):
         cache = self._reference_cache if frozen_reference(pl_module, reference) else None
         with rank_zero_buffers(trainer.world_size, encoder, reference):
             meter = self.measurement.run(encoder, reference, reference_cache=cache, sampler=sampler, epoch=epoch,
-                                         progress=self.progress and trainer.is_global_zero, desc=f"memloc epoch {epoch}",
+                                         progress=show_progress(self.progress, trainer), desc=f"memloc epoch {epoch}",
                                          world_size=trainer.world_size)
         meta = {**self.measurement.meta(epoch=epoch, global_step=trainer.global_step),
-                "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model"}
-        report = self.measurement.report(meter, torch.arange(len(self.views)), meta)
+                "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model",
+                **self._group_meta}
+        report = self.measurement.report(meter, self._ids, meta)
         self.report, self.meter = report, meter
         scalars = report_scalars(report, self.threshold)
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
@@ -405,4 +402,4 @@ class MemorizationMonitor(Callback):
 
 
 MemorizationMonitor.__doc__ = (MemorizationMonitor.__doc__ or "").replace(
-    "<options>", options_doc(8, defaults={"progress": True}))  # the options, from their one source
+    "<options>", options_doc(8, skip=("progress",)))  # the options, from their one source

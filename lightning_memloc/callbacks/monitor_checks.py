@@ -30,7 +30,7 @@ from lightning_memloc.models.loading import split_prefix
 from lightning_memloc.states.module_digest import UnkeyableModuleError, settings_digest
 from lightning_memloc.states.reference_cache import tensor_digest
 
-__all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "check_schedule", "claim_output_dir", "encoder_hint", "fingerprint", "is_checkpoint_path", "module_identities", "reference_hint", "release_output_dir", "step_due"]
+__all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "check_schedule", "final_epoch_due", "claim_output_dir", "encoder_hint", "fingerprint", "is_checkpoint_path", "module_identities", "reference_hint", "release_output_dir", "show_progress", "step_due"]
 
 #: The file naming the run that owns a monitor's ``output_dir``.
 MARKER = "memloc_run.json"
@@ -130,7 +130,8 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
     Candidates (and labels, ``size``, ``indices``: through their contents), views, seed, the
     transform (its name and settings), layers, the options (:meth:`MeasureOptions.fingerprint`),
     ``threshold``, which encoder and which reference (a frozen one by its weights and settings),
-    control / unseen images. The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
+    control / unseen images (``control_indices`` / ``unseen_indices`` through them: ``groups`` their
+    sizes, ``pool`` their contents). The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
     Reads the monitor's public ``candidates_digest``, ``views``, ``layer_names`` (the resolved
     layers, ``None`` before ``setup``), ``layers``, ``options``, ``threshold``, ``encoder_id`` and
     ``reference_id`` (:func:`module_identities`, ``None`` before ``setup``), ``reference_spec``,
@@ -366,3 +367,37 @@ def step_due(every_n_train_steps: Optional[int], global_step: int, history: List
     if every_n_train_steps is None or global_step <= 0 or global_step % every_n_train_steps:
         return False
     return all(entry.get("global_step") != global_step for entry in history)
+
+
+def final_epoch_due(every_n_train_steps: Optional[int], current_epoch: int, global_step: int,
+                    history: List[Dict[str, Any]]) -> Optional[int]:
+    """The epoch to measure at the end of training, or ``None`` when the last one was measured.
+
+    Step-scheduled: the last step unless in ``history``; epoch-scheduled: the last epoch
+    (``current_epoch - 1`` once training ran) unless measured, and nothing after zero steps.
+
+    Example:
+        >>> final_epoch_due(None, 3, 30, [{"epoch": 1}]), final_epoch_due(None, 3, 30, [{"epoch": 2}])
+        (2, None)
+        >>> final_epoch_due(5, 3, 30, [{"global_step": 30}]), final_epoch_due(5, 3, 32, [{"global_step": 30}])
+        (None, 2)
+    """
+    last = current_epoch - 1 if current_epoch > 0 else 0
+    if every_n_train_steps is not None:
+        return last if step_due(1, global_step, history) else None
+    measured = [entry["epoch"] for entry in history]
+    return last if global_step > 0 and (not measured or max(measured) < last) else None
+
+
+def show_progress(progress: Optional[bool], trainer: Any) -> bool:
+    """Whether a measurement shows a progress bar: ``progress`` when given, else as the Trainer
+    (``enable_progress_bar=False`` leaves ``trainer.progress_bar_callback`` ``None``); rank 0 only.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> quiet = SimpleNamespace(progress_bar_callback=None, is_global_zero=True)
+        >>> show_progress(None, quiet), show_progress(True, quiet)
+        (False, True)
+    """
+    wanted = getattr(trainer, "progress_bar_callback", None) is not None if progress is None else bool(progress)
+    return wanted and bool(trainer.is_global_zero)

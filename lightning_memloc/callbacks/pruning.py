@@ -30,7 +30,7 @@ from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.models.pruned import MaskUndo
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.callbacks.report_source import EVIDENCE_POLICIES, gate, test_for
-from lightning_memloc.report.selection import LAYER_SCORES, SCOPES, UNIT_STRATEGIES, select_layers
+from lightning_memloc.report.selection import LAYER_SCORES, SCOPES, UNIT_STRATEGIES, layer_score, select_layers
 from lightning_memloc.models.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
                                      find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
 from lightning_memloc.callbacks.report_source import monitor_layers
@@ -72,9 +72,11 @@ class MemorizationPruning(Callback):
             refuses, ``"off"`` stays silent.
         top_layers: prune only in the ``top_layers`` layers in scope that rank highest by ``by`` in
             the report at the pruning point (``None``: every layer in scope); gated like ``by``.
-        by: the layer ranking of ``top_layers``: ``"layer_mem"``, ``"delta_layer_mem"``,
-            ``"unit_mem"``, ``"excess"`` or ``"align_gap"`` (the alignment gap under the encoder
-            alone, no reference needed); see :func:`~lightning_memloc.report.selection.select_layers`.
+        by: the layer ranking of ``top_layers``: ``"auto"`` (the excess over the control when the
+            report has one, else LayerMem, the alignment gap, mean UnitMem; logged),
+            ``"layer_mem"``, ``"delta_layer_mem"``, ``"unit_mem"``, ``"excess"`` or ``"align_gap"``
+            (the alignment gap under the encoder alone, no reference needed); see
+            :func:`~lightning_memloc.report.selection.layer_score` and :func:`~lightning_memloc.report.selection.select_layers`.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -104,7 +106,7 @@ class MemorizationPruning(Callback):
         seed: int = 0,
         require_evidence: str = "warn",
         top_layers: Optional[int] = None,
-        by: str = "layer_mem",
+        by: str = "auto",
     ) -> None:
         super().__init__()
         self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
@@ -173,7 +175,8 @@ class MemorizationPruning(Callback):
             if report is not None:
                 choose_units(report, self._ranked(report), self.amount, self.strategy, self.scope, self.seed)  # validates early
                 if self.top_layers is not None and self.require_evidence == "error":
-                    gate(report, test_for(self.by), "error", f"pruning in the {self.top_layers} layers by {self.by!r}")
+                    by = layer_score(report, self.by)
+                    gate(report, test_for(by), "error", f"pruning in the {self.top_layers} layers by {by!r}")
                 if self.strategy != "random" and self.require_evidence == "error":  # refuse before any mask or step
                     gate(report, "membership", "error", f"pruning the {self.strategy}-UnitMem units")
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
@@ -189,7 +192,7 @@ class MemorizationPruning(Callback):
         """The targets to prune in: every layer in scope, or its ``top_layers`` best by ``by``."""
         if self.top_layers is None:
             return self.targets
-        ranked = [n for n in select_layers(report, len(report.layers), by=self.by) if n in self.targets]
+        ranked = [n for n in select_layers(report, len(report.layers), by=layer_score(report, self.by)) if n in self.targets]
         return {n: self.targets[n] for n in ranked[:self.top_layers]}
 
     def _apply(self, when: str) -> None:
@@ -197,11 +200,13 @@ class MemorizationPruning(Callback):
             report = self.source.require(f"to choose the units to prune {when}")
             if self.strategy != "random":
                 gate(report, "membership", self.require_evidence, f"pruning the {self.strategy}-UnitMem units")
+            by = layer_score(report, self.by)
             if self.top_layers is not None:
-                gate(report, test_for(self.by), self.require_evidence, f"pruning in the {self.top_layers} layers by {self.by!r}")
+                gate(report, test_for(by), self.require_evidence, f"pruning in the {self.top_layers} layers by {by!r}")
             self.pruned_units = choose_units(report, self._ranked(report), self.amount, self.strategy, self.scope, self.seed)
             total = sum(int(v.numel()) for v in self.pruned_units.values())
-            rank_zero_info(f"[memloc] pruned {total} units {when} (strategy={self.strategy!r}, scope={self.scope!r}).")
+            layers = "" if self.top_layers is None else f", in the {self.top_layers} layers ranked by {by!r}"
+            rank_zero_info(f"[memloc] pruned {total} units {when} (strategy={self.strategy!r}, scope={self.scope!r}{layers}).")
         unknown = [layer for layer in self.pruned_units if layer not in self.targets]
         if unknown:
             raise ValueError(f"recorded pruned layers {unknown} have no masks; this callback's layers are {list(self.targets)}.")

@@ -22,13 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from lightning_memloc.options import DEFAULT
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.report.tags import scalar_tag
+
+
+#: Labelled images of ``--data`` outside ``--subset`` that the canaries setting tests kNN accuracy on.
+KNN_TEST = 500
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,9 +107,13 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
 
     size = args.size if args.size is not None else (16 if str(args.data).lower() == "digits" else None)
     images, labels = load_data(args.data, root=args.root, size=size)
+    held_out = images[:0], labels[:0]  # labelled images outside the subset: the kNN test of the canaries setting
     if args.subset and args.subset < len(images):
         # a seeded random subset: files sorted by class (e.g. a CIFAR .npz) keep every class
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.subset].sort().values
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
+        keep, rest = order[: args.subset].sort().values, order[args.subset:]
+        rest = rest[labels[rest] >= 0][:KNN_TEST].sort().values
+        held_out = images[rest], labels[rest]
         images, labels = images[keep], labels[keep]
     if args.setting == "canaries":
         base = len(images)
@@ -130,7 +138,68 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
     if args.repeat > 1:  # planted duplicates: each candidate appears `repeat` times in f's data
         split = SplitIndices(split.shared, split.candidates.repeat(args.repeat), split.independent)
         what += f"; candidates repeated {args.repeat}x for f"
-    return {"images": images, "labels": labels, "split": split, "control": control, "unseen": unseen, "what": what}
+    return {"images": images, "labels": labels, "split": split, "control": control, "unseen": unseen, "what": what,
+            "held_out": held_out}
+
+
+#: SimCLR's augmentation fitted to gray handwritten digits (``--data digits``): no flip (a
+#: mirrored digit is another symbol), crops of at least half the image (a 20 % crop of an 8×8
+#: digit is one stroke) and brightness / contrast jitter only (saturation and hue leave gray
+#: images unchanged). SimCLR's own settings made the demo's kNN accuracy fall during training.
+DIGITS_AUGMENT: Dict[str, Any] = {"scale": (0.5, 1.0), "flip_p": 0.0, "jitter": (0.4, 0.4, 0.0, 0.0)}
+
+
+def digits_augment(size: int) -> Any:
+    """The batched augmentation of :data:`DIGITS_AUGMENT` (``memloc analyze --transform`` can name it).
+
+    Example:
+        >>> digits_augment(16).flip_p
+        0.0
+    """
+    from lightning_memloc.views import BatchedSimCLRAugment
+
+    return BatchedSimCLRAugment(size, **DIGITS_AUGMENT)
+
+
+def view_transform(side: int, data: str, kind: str = "batched") -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The demo's per-image view factory and its keyword arguments, or ``None`` for the library's
+    default (SimCLR's batched augmentation): the monitor measures on views made like the training
+    batches, and ``memloc analyze --transform FACTORY --transform-kwargs JSON`` rebuilds them.
+
+    Example:
+        >>> view_transform(16, "digits")
+        ('lightning_memloc.cli.demo:digits_augment', {'size': 16})
+        >>> view_transform(32, "cifar10") is None
+        True
+    """
+    digits = str(data).lower() == "digits"
+    if kind == "lightly":
+        bright, contrast, sat, hue = DIGITS_AUGMENT["jitter"]
+        settings = {"hf_prob": DIGITS_AUGMENT["flip_p"], "min_scale": DIGITS_AUGMENT["scale"][0], "cj_bright": bright,
+                    "cj_contrast": contrast, "cj_sat": sat, "cj_hue": hue} if digits else {}
+        return "lightly.transforms:SimCLRViewTransform", {"input_size": side, "gaussian_blur": 0.0, "normalize": None,
+                                                          **settings}
+    return ("lightning_memloc.cli.demo:digits_augment", {"size": side}) if digits else None
+
+
+def training_augment(side: int, data: str, kind: str = "batched") -> Tuple[Optional[Any], Optional[Any]]:
+    """The demo's training augmentation: ``(batched augment, None)`` or, with ``kind="lightly"``,
+    ``(None, lightly SimCLRTransform)`` (two views of :func:`view_transform`'s); :data:`DIGITS_AUGMENT`
+    for the digits, SimCLR's otherwise.
+
+    Example:
+        >>> augment, _ = training_augment(16, "digits")
+        >>> augment.flip_p, augment.scale
+        (0.0, (0.5, 1.0))
+    """
+    spec = view_transform(side, data, kind)
+    if kind == "lightly":
+        from lightly.transforms import SimCLRTransform
+
+        return None, SimCLRTransform(**spec[1])  # type: ignore[index]
+    from lightning_memloc.views import BatchedSimCLRAugment
+
+    return (BatchedSimCLRAugment(side) if spec is None else digits_augment(side)), None
 
 
 def _cell(entry: Dict[str, float], key: str, layer: str, alpha: float, fmt: str) -> str:
@@ -157,11 +226,11 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from lightning_memloc.callbacks import MemorizationMonitor
-    from lightning_memloc.cli.demo_utility import demo_utility, knn_table
+    from lightning_memloc.cli.demo_utility import demo_utility, knn_change, knn_table
     from lightning_memloc.models.cotrain import CoTrainedPair, cotraining_loader
     from lightning_memloc.cli.demo_files import round_trip_commands, write_round_trip
     from lightning_memloc.models.ssl import SimCLR
-    from lightning_memloc.views.seeded import BatchedSimCLRAugment
+    from lightning_memloc.cli.user_models import import_object
 
     args = _defaults(args)
     out = check_writable_dir(args.output_dir, argument="--output-dir")
@@ -171,11 +240,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     images, split = data["images"], data["split"]
     print(f"[memloc] {data['what']}")
     side, channels = images.shape[-1], images.shape[1]
-    augment, transform = BatchedSimCLRAugment(side), None
-    if args.transform == "lightly":
-        from lightly.transforms import SimCLRTransform
-
-        transform, augment = SimCLRTransform(input_size=side, gaussian_blur=0.0, normalize=None), None
+    augment, transform = training_augment(side, args.data, args.transform)
+    views = view_transform(side, args.data, args.transform)  # the monitor measures on the training distribution
+    print("[memloc] views of the training batches and of the monitor: " + ("SimCLR's augmentation" if views is None
+          else views[0] + (f" {DIGITS_AUGMENT}" if str(args.data).lower() == "digits" else f" {views[1]}")))
 
     def ssl_model() -> SimCLR:
         return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
@@ -185,13 +253,14 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     top_k = max(1, len(cand) // 10)
     monitor = MemorizationMonitor(
         images[cand], control=images[data["control"]], unseen=images[data["unseen"]], views=args.views,
+        transform=None if views is None else import_object(views[0], "transform")(**views[1]),
         every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
         seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
         top_k=top_k, bootstrap=args.bootstrap,
         overwrite=True,  # re-running the demo into --out replaces its memloc/ files
     )
     # kNN accuracy of f on the monitor's schedule (lightning_memloc.cli.demo_utility)
-    utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs)
+    utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs, held_out=data["held_out"])
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
                          callbacks=[monitor] + ([utility] if utility is not None else []),
@@ -205,11 +274,14 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     try:
         from lightning_memloc import plots
 
-        written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history)
+        from lightning_memloc.callbacks.figures import steps_per_epoch, warmup_end_step
+
+        written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history,
+                                     warmup_step=warmup_end_step(model, steps_per_epoch(trainer)))
     except ImportError:  # plotting is optional
         pass
     commands = round_trip_commands(out, width=args.width, channels=channels, size=side, views=args.views,
-                                   seed=args.seed, top_k=top_k, bootstrap=args.bootstrap)
+                                   seed=args.seed, top_k=top_k, bootstrap=args.bootstrap, transform=views)
     groups = {"candidates": cand, "control": data["control"], "unseen": data["unseen"], "shared": split.shared,
               "independent": split.independent}
     written += write_round_trip(out, images, data["labels"], groups, model.encoder.backbone, model.reference.backbone,
@@ -222,7 +294,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                "layer_mem": report.layer_mem, "evidence": None if ev is None else ev.to_dict()["layers"],
                "significant_layers": significant, "verdict": verdict,
                "shows_memorization": bool(verdict.get("memorization")),
-               "knn_accuracy": None if utility is None else utility.history}
+               "knn_accuracy": None if utility is None else utility.history,
+               "knn_before_after": None if utility is None else knn_change(utility.history, utility.ks[0])}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
 
     alpha = monitor.evidence_options.alpha
@@ -243,6 +316,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     if utility is not None:
         print(f"\n[memloc] kNN accuracy of f ({utility_what}):")
         print(knn_table(utility.history, utility.ks))
+        if summary["knn_before_after"] is not None:
+            before, after = summary["knn_before_after"]
+            print(f"[memloc] kNN accuracy of f (k={utility.ks[0]}): {before:.1%} before training, {after:.1%} after "
+                  f"({100 * (after - before):+.1f} points)")
     how = f"Holm over {verdict.get('family_size', 0)} tests × layers, family-wise error ≤ {alpha:g}"
     if summary["shows_memorization"]:
         found = {test: layers for test, layers in significant.items() if layers}
@@ -255,7 +332,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print(f"[memloc] wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''}")
     print(f"[memloc] TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     print(f"[memloc] measure the same candidates again and draw them ({out / 'analyze.sh'}):\n{commands}", end="")
-    print(f"[memloc] done in {summary['elapsed_s']} s")
+    minutes, seconds = divmod(round(summary["elapsed_s"]), 60)
+    print(f"[memloc] done in {minutes} min {seconds:02d} s wall time ({summary['elapsed_s']} s)")
     return {"report": report, "history": monitor.history, "summary": summary}
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Dict, List
+import shlex
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ FILES = {"data": "data.npz", "split": "split.json", "encoder": "encoder.pt", "re
 
 
 def round_trip_commands(out: PathLike, *, width: int, channels: int, size: int, views: int, seed: int, top_k: int,
-                        bootstrap: int) -> str:
+                        bootstrap: int, transform: Optional[Tuple[str, Dict[str, Any]]] = None) -> str:
     """The ``memloc analyze`` then ``memloc plot`` commands that re-measure the demo's candidates in ``out``.
 
     Args:
@@ -51,6 +52,8 @@ def round_trip_commands(out: PathLike, *, width: int, channels: int, size: int, 
         seed: the view seed (``--seed``).
         top_k: the monitor's top-k group size (``--top-k``).
         bootstrap: resamples of the evidence (``--bootstrap``).
+        transform: the monitor's view factory and its keyword arguments (``--transform``,
+            ``--transform-kwargs``), ``None`` for the default views.
 
     Returns:
         Two shell commands, one a line (continued with ``\\``).
@@ -60,7 +63,10 @@ def round_trip_commands(out: PathLike, *, width: int, channels: int, size: int, 
     return (f"memloc analyze --encoder {d}/{FILES['encoder']} --reference {d}/{FILES['reference']} --arch resnet9 "
             f"--width {width} \\\n    --in-channels {channels} --data {d}/{FILES['data']} --size {size} "
             f"--indices {split} --control {split} --unseen {split} \\\n    --views {views} --seed {seed} "
-            f"--top-k {top_k} --bootstrap {bootstrap} --output-dir {d}/analysis --overwrite\n"
+            f"--top-k {top_k} --bootstrap {bootstrap} --output-dir {d}/analysis --overwrite"
+            + ("" if transform is None else f" \\\n    --transform {transform[0]} --transform-kwargs "
+               + shlex.quote(json.dumps(transform[1])))
+            + "\n"
             f"memloc plot {d}/analysis/report.json --images {d}/{FILES['data']} --output-dir {d}/analysis\n")
 
 

@@ -4,8 +4,9 @@ Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) rea
 beside downstream utility; ``memloc demo`` therefore also runs a
 :class:`~lightning_memloc.callbacks.UtilityMonitor` on the monitor's schedule: the bank is the
 shared images (both encoders trained on them) and the test set the independent ones (``f`` never
-saw them), with their labels; images without a label (canaries, label −1) are left out (see
-:func:`demo_utility` for the canaries setting).
+saw them), with their labels; images without a label (canaries, label −1) are left out. In the
+canaries setting the independent images are canaries: the demo then tests on labelled images of
+``--data`` outside its subset, which neither encoder trains on (see :func:`demo_utility`).
 """
 
 from __future__ import annotations
@@ -16,32 +17,37 @@ from torch import Tensor
 
 from lightning_memloc.report.tags import knn_tag
 
-__all__ = ["demo_utility", "knn_table"]
+__all__ = ["demo_utility", "knn_change", "knn_table"]
 
 
-def demo_utility(images: Tensor, labels: Tensor, split: Any, every_n_epochs: int,
-                 ks: Sequence[int] = (20, 200)) -> Tuple[Optional[Any], str]:
+def demo_utility(images: Tensor, labels: Tensor, split: Any, every_n_epochs: int, ks: Sequence[int] = (20, 200),
+                 held_out: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Optional[Any], str]:
     """A ``UtilityMonitor`` of ``encoder.backbone`` for the demo's split, and what its test set is.
 
     Bank: the labelled shared images; test: the labelled independent images (``f`` never saw
-    them). When none is labelled (the canaries setting: its independent images are canaries),
-    every other labelled shared image is tested against the rest: images ``f`` trained on, whose
-    labels SSL never used. ``None`` without enough labels. ``ks`` larger than the bank are dropped
-    (the bank's size is used when none fits).
+    them). When none is labelled (the canaries setting: its independent images are canaries), the
+    test set is ``held_out`` (images and labels neither encoder trains on), else every other
+    labelled shared image is tested against the rest (seen by ``f``, labels never used). ``None``
+    without enough labels. ``ks`` larger than the bank are dropped (the bank's size is used when
+    none fits).
     """
     from lightning_memloc.callbacks.utility import UtilityMonitor
 
     shared = split.shared[labels[split.shared] >= 0].unique()
-    bank, test = shared, split.independent[labels[split.independent] >= 0].unique()
+    independent = split.independent[labels[split.independent] >= 0].unique()
+    bank, test, test_labels = shared, images[independent], labels[independent]
     what = "bank: shared images; test: independent images, unseen by f"
-    if len(test) == 0:
-        bank, test = shared[0::2], shared[1::2]
+    if len(independent) == 0 and held_out is not None and len(held_out[0]) > 0:
+        test, test_labels = held_out
+        what = f"bank: the {len(bank)} shared images; test: {len(test)} others neither encoder trains on"
+    elif len(independent) == 0:
+        bank, test, test_labels = shared[0::2], images[shared[1::2]], labels[shared[1::2]]
         what = "bank: half of the shared images; test: the other half (seen by f, labels never used)"
     if len(bank) < 2 or len(test) == 0:
         return None, "no labelled images"
     fitting = tuple(k for k in ks if k <= len(bank)) or (len(bank),)
-    return UtilityMonitor(images[bank], labels[bank], images[test], labels[test], ks=fitting,
-                          encoder="encoder.backbone", every_n_epochs=every_n_epochs, measure_on_train_start=True), what
+    return UtilityMonitor(images[bank], labels[bank], test, test_labels, ks=fitting, encoder="encoder.backbone",
+                          every_n_epochs=every_n_epochs, measure_on_train_start=True), what
 
 
 def knn_table(history: List[Dict[str, Any]], ks: Sequence[int]) -> str:
@@ -59,3 +65,16 @@ def knn_table(history: List[Dict[str, Any]], ks: Sequence[int]) -> str:
         cells = [entry.get(knn_tag(k)) for k in ks]
         rows.append(f"{label:>6} " + "".join(f"{'n/a' if c is None else format(c, '.1%'):>9}" for c in cells))
     return "\n".join(rows)
+
+
+def knn_change(history: List[Dict[str, Any]], k: int) -> Optional[Tuple[float, float]]:
+    """kNN accuracy at ``k`` before training (epoch −1) and at the last measurement, or ``None``
+    when either is missing.
+
+    Example:
+        >>> knn_change([{"epoch": -1, "memloc/knn_acc_k20": 0.5}, {"epoch": 9, "memloc/knn_acc_k20": 0.75}], 20)
+        (0.5, 0.75)
+    """
+    before = next((e.get(knn_tag(k)) for e in history if e["epoch"] < 0), None)
+    after = history[-1].get(knn_tag(k)) if history and history[-1]["epoch"] >= 0 else None
+    return None if before is None or after is None else (float(before), float(after))

@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=positive_int, default=8, help="candidates per row of the candidate grid")
     p.add_argument("--layer", help="layer of the SSLMem-vs-UnitMem scatter and candidate ranking (default: last)")
     p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is highly memorizing")
+    p.add_argument("--warmup-step", type=nonnegative_int, default=None, metavar="STEP",
+                   help="global step at which the learning-rate warm-up ended: a dashed line in the heat maps")
     sub.add_parser("demo", add_help=False,
                    help="co-train an encoder and its reference with the monitor (memloc demo --help)")
     return parser

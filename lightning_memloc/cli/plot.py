@@ -91,7 +91,7 @@ def plot(args: argparse.Namespace) -> int:
         images = _grid_images(args, report)
     with as_cli_error(out_flag, FILE_ERRORS):
         written = plot_report(report, out, images=images, history=history, k=args.k, layer=args.layer,
-                              threshold=args.threshold)
+                              threshold=args.threshold, warmup_step=args.warmup_step)
         if report is not None and report.analyses:  # figures of lightning_memloc.analyses results
             from lightning_memloc.plots.analysis_figures import plot_analyses
             written += plot_analyses(report, out)

@@ -14,6 +14,10 @@ turns such a name into the tensors :func:`~lightning_memloc.measure` and the
   or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file of ints;
 - ``labels``: ``None``, a tensor, ``True`` (the labels stored with the candidates' file) or a
   ``.pt`` / ``.npy`` file. Labels describe the data *before* ``indices`` selects from it.
+
+:func:`load_groups` does the same for the candidates and their nulls (control, unseen), which
+may also be indices into the candidates' data, and keeps the dataset indices as the ids a report
+names the images by.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-__all__ = ["CandidateSpec", "IndexSpec", "LabelSpec", "load_candidates", "read_indices"]
+__all__ = ["CandidateGroups", "CandidateSpec", "IndexSpec", "LabelSpec", "load_candidates", "load_groups", "read_indices"]
 
 CandidateSpec = Union[Tensor, Dataset, str, os.PathLike]
 IndexSpec = Union[Sequence[int], str, os.PathLike, None]
@@ -80,8 +84,8 @@ def _read_path(path: Path, size: Optional[int]) -> Tuple[Tensor, Optional[Tensor
     return images, None if bool((labels < 0).all()) else labels
 
 
-def read_indices(spec: IndexSpec, n: int) -> Optional[Tensor]:
-    """Candidate positions (LongTensor) from ``spec``, checked against ``n`` images.
+def read_indices(spec: IndexSpec, n: int, argument: str = "indices") -> Optional[Tensor]:
+    """Candidate positions (LongTensor) from ``spec``, checked against ``n`` images (errors name ``argument``).
 
     Example:
         >>> read_indices("2:8:2", 10).tolist(), read_indices([0, 9], 10).tolist()
@@ -93,14 +97,14 @@ def read_indices(spec: IndexSpec, n: int) -> Optional[Tensor]:
         try:
             parts = [int(p) if p.strip() else None for p in spec.split(":")]
         except ValueError:
-            raise ValueError(f"`indices`: {spec!r} is not a slice 'start:stop[:step]' of ints.") from None
+            raise ValueError(f"`{argument}`: {spec!r} is not a slice 'start:stop[:step]' of ints.") from None
         index = torch.arange(n)[slice(*parts)]
     elif _is_path(spec):
         path = Path(spec)
         if path.suffix.lower() in _TENSOR_FILES:
-            values: Any = _load_tensor_file(path, "indices")
+            values: Any = _load_tensor_file(path, argument)
         elif not path.is_file():
-            raise FileNotFoundError(f"`indices`: no file at {str(path)!r}: pass a list, a slice 'start:stop' or a file.")
+            raise FileNotFoundError(f"`{argument}`: no file at {str(path)!r}: pass a list, a slice 'start:stop' or a file.")
         elif path.suffix.lower() == ".npy":
             values = np.load(path, allow_pickle=False)
         elif path.suffix.lower() == ".json":
@@ -113,9 +117,9 @@ def read_indices(spec: IndexSpec, n: int) -> Optional[Tensor]:
         index = torch.as_tensor(list(spec), dtype=torch.long).reshape(-1)
     bad = index[(index < -n) | (index >= n)] if index.numel() else index
     if bad.numel():
-        raise ValueError(f"`indices`: index {int(bad[0])} is outside the {n} images of the candidates' data.")
+        raise ValueError(f"`{argument}`: index {int(bad[0])} is outside the {n} images of its data.")
     if index.numel() == 0:
-        raise ValueError(f"`indices`={spec!r} selects no image.")
+        raise ValueError(f"`{argument}`={spec!r} selects no image.")
     return index % n
 
 
@@ -145,6 +149,12 @@ def load_candidates(candidates: CandidateSpec, labels: LabelSpec = None, size: O
         >>> tuple(x.shape), y.tolist()
         ((2, 3, 4, 4), [1, 2])
     """
+    data, labels = _read(candidates, labels, size)
+    return _select(data, labels, read_indices(indices, len(data)))  # type: ignore[arg-type]
+
+
+def _read(candidates: CandidateSpec, labels: LabelSpec, size: Optional[int]) -> Tuple[Any, Optional[Tensor]]:
+    """The whole data ``candidates`` names, and its labels (before any ``indices``)."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"`size` must be None or an int >= 1 (the side length images are resized to), got {size!r}.")
     stored: Optional[Tensor] = None
@@ -167,8 +177,73 @@ def load_candidates(candidates: CandidateSpec, labels: LabelSpec = None, size: O
     if labels is not None and isinstance(labels, Tensor) and len(labels) != n:
         raise ValueError(f"`labels` has {len(labels)} entries for {n} candidate images (labels describe the data "
                          "before `indices` selects from it).")
-    index = read_indices(indices, n)
-    if index is not None:
-        candidates = candidates[index] if isinstance(candidates, Tensor) else Subset(candidates, index.tolist())
-        labels = None if labels is None else torch.as_tensor(labels)[index]
-    return candidates, labels
+    return candidates, labels  # type: ignore[return-value]
+
+
+def _select(data: Any, labels: Optional[Tensor], index: Optional[Tensor]) -> Tuple[Any, Optional[Tensor]]:
+    if index is None:
+        return data, labels
+    picked = data[index] if isinstance(data, Tensor) else Subset(data, index.tolist())
+    return picked, None if labels is None else torch.as_tensor(labels)[index]
+
+
+class CandidateGroups(NamedTuple):
+    """The images :func:`load_groups` read, and the dataset indices that name them.
+
+    Attributes:
+        candidates: candidate images (or views, or a ``Dataset``).
+        labels: their labels, or ``None``.
+        control: the control images, or ``None``.
+        unseen: the unseen images, or ``None``.
+        candidate_ids: (N,) the candidates' indices in their data (``0..N-1`` without ``indices``).
+        meta: ``control_indices`` / ``unseen_indices`` (lists of ints) for groups given by indices,
+            the keys ``memloc analyze`` records in a report's ``meta``.
+    """
+
+    candidates: Any
+    labels: Optional[Tensor]
+    control: Any
+    unseen: Any
+    candidate_ids: Tensor
+    meta: Dict[str, List[int]]
+
+
+def load_groups(candidates: CandidateSpec, labels: LabelSpec = None, size: Optional[int] = None,
+                indices: IndexSpec = None, control: Optional[CandidateSpec] = None,
+                control_indices: IndexSpec = None, unseen: Optional[CandidateSpec] = None,
+                unseen_indices: IndexSpec = None) -> CandidateGroups:
+    """Candidates, control and unseen images as :func:`load_candidates` reads them, with their ids.
+
+    ``control_indices`` select from ``control``'s data, or without ``control`` from the
+    candidates' data (read once); likewise ``unseen_indices``. So a configuration file names
+    all three groups as slices of one data set.
+
+    Raises:
+        ValueError: as :func:`load_candidates`; also ``indices`` that repeat an image (a
+            candidate's id must be unique), or ``*_indices`` of a group given as a tensor.
+
+    Example:
+        >>> g = load_groups(torch.zeros(10, 3, 4, 4), indices="2:5", control_indices=[6, 7], unseen_indices="8:")
+        >>> g.candidate_ids.tolist(), len(g.control), g.meta
+        ([2, 3, 4], 2, {'control_indices': [6, 7], 'unseen_indices': [8, 9]})
+    """
+    data, all_labels = _read(candidates, labels, size)
+    index = read_indices(indices, len(data))
+    if index is not None and index.unique().numel() != index.numel():
+        raise ValueError(f"`indices` repeat images ({index.tolist()[:10]}...): each candidate must be a different image.")
+    cands, cand_labels = _select(data, all_labels, index)
+    groups: Dict[str, Any] = {}
+    meta: Dict[str, List[int]] = {}
+    for name, source, spec in (("control", control, control_indices), ("unseen", unseen, unseen_indices)):
+        if spec is not None and source is not None and not _is_path(source):
+            raise ValueError(f"`{name}_indices` select from a path (or from the candidates' data without `{name}`); "
+                             f"`{name}` is a {type(source).__name__}: select from it before passing it.")
+        if source is not None:
+            source = _read(source, None, size)[0]
+        selected = read_indices(spec, len(data if source is None else source), f"{name}_indices")
+        groups[name] = None if selected is None and source is None else _select(data if source is None else source,
+                                                                                 None, selected)[0]
+        if selected is not None:
+            meta[f"{name}_indices"] = selected.tolist()
+    ids = torch.arange(len(cands)) if index is None else index
+    return CandidateGroups(cands, cand_labels, groups["control"], groups["unseen"], ids, meta)

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.report.evidence import Evidence
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import colormap, depth_axis, new_figure, save_png
+from lightning_memloc.plots.figure import colormap, depth_axis, new_figure, save_png, training_axis, training_x
 from lightning_memloc.plots.io import PREFIX, History, load_history
 from lightning_memloc.report.report import MemorizationReport
 
@@ -124,7 +123,8 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
 def plot_evidence_history(history: History, path: PathLike) -> Path:
     """Over training: the excess over the control per layer with its interval band, the alignment gap
     under ``f`` alone with its band, and the share of units whose μmax image was seen against
-    chance (or mean UnitMem with its band without an unseen set).
+    chance (or mean UnitMem with its band without an unseen set); x: the global step when the history
+    records it, else the epoch.
 
     Raises:
         ReportFormatError: the history holds no evidence scalars (``memloc.excess/...``,
@@ -146,7 +146,7 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
                                 "memloc.unit_mem_mean_lo/...): measure with control= / unseen= and bootstrap > 0.")
     fig = new_figure(5.0 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    epochs = np.array([int(e["epoch"]) for e in entries])
+    x, xlabel = training_x(entries)
     for ax, (quantity, label, chance) in zip(axes, panels):
         prefix = f"{PREFIX}{quantity}/"
         layers = sorted({k[len(prefix):] for k in keys if k.startswith(prefix)},
@@ -154,21 +154,18 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
         for i, layer in enumerate(layers):
             color = colormap(i, len(layers))
             values = np.array([e.get(prefix + layer, np.nan) for e in entries], dtype=float)
-            ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
+            ax.plot(x, values, marker="o", ms=3, color=color, label=layer)
             lo = np.array([e.get(f"{PREFIX}{quantity}_lo/{layer}", np.nan) for e in entries], dtype=float)
             hi = np.array([e.get(f"{PREFIX}{quantity}_hi/{layer}", np.nan) for e in entries], dtype=float)
             if not np.isnan(lo).all():
-                ax.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0)
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
         if chance is not None:
             level = [e.get(f"{PREFIX}{chance}/{layers[0]}", np.nan) for e in entries] if layers else []
-            ax.plot(epochs, level, color="k", ls="--", lw=1, label="chance")
+            ax.plot(x, level, color="k", ls="--", lw=1, label="chance")
         if quantity in ("excess", "align_gap"):
             ax.axhline(0.0, color="k", ls="--", lw=1)
         ax.set_title(label, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
-        ax.grid(alpha=0.3)
+        training_axis(ax, xlabel)
     axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_png(fig, path)
 

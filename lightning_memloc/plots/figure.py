@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from torch import Tensor
 
 from lightning_memloc.io import PathLike, atomic_write_bytes
 
-__all__ = ["colormap", "depth_axis", "display_image", "figure_array", "new_figure", "save_png"]
+__all__ = ["colormap", "depth_axis", "display_image", "figure_array", "new_figure", "save_png", "training_axis",
+           "training_x"]
 
 #: Resolution of every PNG.
 DPI = 120
@@ -66,6 +68,31 @@ def depth_axis(ax: Any, layers: Sequence[str]) -> None:
     ax.set_xlim(0.4, len(layers) + 0.6)
     ax.set_xlabel("layer (input → output)")
     ax.grid(axis="y", alpha=0.3)
+
+
+def training_x(entries: Sequence[Mapping[str, Any]]) -> Tuple[np.ndarray, str]:
+    """x positions of monitor-history entries and the axis label: the global step when every entry
+    has one (a monitor with ``every_n_train_steps`` measures several times per epoch), else the
+    epoch (−1: before training).
+
+    Example:
+        >>> training_x([{"epoch": 0, "global_step": 3}, {"epoch": 0, "global_step": 6}])
+        (array([3, 6]), 'global step')
+        >>> training_x([{"epoch": -1}, {"epoch": 0}])
+        (array([-1,  0]), 'epoch')
+    """
+    if entries and all(e.get("global_step") is not None for e in entries):
+        return np.array([int(e["global_step"]) for e in entries]), "global step"
+    return np.array([int(e["epoch"]) for e in entries]), "epoch"
+
+
+def training_axis(ax: Any, label: str) -> None:
+    """Label the x axis of ``ax`` with :func:`training_x`'s ``label``: integer ticks, epoch −1 as "init"."""
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if label == "epoch":
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
+    ax.grid(alpha=0.3)
 
 
 def colormap(i: int, n: int) -> Any:

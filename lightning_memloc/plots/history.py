@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import colormap, new_figure, save_png
+from lightning_memloc.plots.figure import colormap, new_figure, save_png, training_axis, training_x
 from lightning_memloc.plots.io import PREFIX as _PREFIX
 from lightning_memloc.plots.io import History, load_history
 
@@ -22,7 +21,9 @@ __all__ = ["plot_history"]
 
 
 def plot_history(history: History, path: PathLike) -> Path:
-    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training.
+    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training
+    (x: the global step when the history records it, else the epoch; see
+    :func:`~lightning_memloc.plots.figure.training_x`).
 
     Args:
         history: the monitor's history (list of dicts) or a path to its ``history.json``.
@@ -42,20 +43,17 @@ def plot_history(history: History, path: PathLike) -> Path:
         raise ReportFormatError("the history holds no memloc.unit_mem_mean/... or memloc.layer_mem/... scalars.")
     fig = new_figure(4.6 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    epochs = [int(e["epoch"]) for e in entries]
+    x, xlabel = training_x(entries)
     for ax, (quantity, label) in zip(axes, panels):
         prefix = f"{_PREFIX}{quantity}/"
         layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
         colors = [colormap(i, len(layers)) for i in range(len(layers))]
         for layer, color in zip(layers, colors):
             values = [e.get(prefix + layer, np.nan) for e in entries]
-            ax.plot(epochs, values, marker="o", ms=3, color=color, label=layer)
+            ax.plot(x, values, marker="o", ms=3, color=color, label=layer)
         ax.set_title(f"{label} per layer")
-        ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if v == -1 else f"{v:g}"))
-        ax.grid(alpha=0.3)
+        training_axis(ax, xlabel)
     axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_png(fig, path)
 

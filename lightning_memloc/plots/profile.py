@@ -39,8 +39,10 @@ def profile_data(report: MemorizationReport) -> Dict[str, np.ndarray]:
             data[key] = np.array([np.nan if ev.layers[layer].get(key) is None else ev.layers[layer][key] for layer in layers],
                                  dtype=float)
     if report.has_reference:
-        for quantity in REFERENCE_QUANTITIES:
-            data.setdefault(quantity, np.array([getattr(report, quantity)[layer] for layer in layers], dtype=float))
+        for quantity in REFERENCE_QUANTITIES:  # a hand-made report may leave some out
+            values = getattr(report, quantity, None)
+            if values is not None:
+                data.setdefault(quantity, np.array([values.get(layer, np.nan) for layer in layers], dtype=float))
     means = report.unit_mem_mean()
     data.setdefault("unit_mem_mean", np.array([means[layer] for layer in layers], dtype=float))
     return data

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
 from lightning_memloc.plots.figure import depth_axis, display_image, new_figure, save_png
 from lightning_memloc.plots.history import plot_history
@@ -32,6 +33,8 @@ FILENAMES = {
     "history": "history.png",
     "evidence": "evidence.png",
     "evidence_history": "evidence_history.png",
+    "profile": "profile.png",
+    "heatmap": "profile_over_training.png",
 }
 
 
@@ -268,11 +271,13 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
 
 def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
                 images: Optional[Union[Tensor, np.ndarray]] = None, history: Optional[History] = None, *, k: int = 8,
-                layer: Optional[str] = None, threshold: float = 0.5) -> List[Path]:
+                layer: Optional[str] = None, threshold: float = 0.5, warmup_step: Optional[int] = None) -> List[Path]:
     """Write every figure that applies into ``out_dir`` (names in :data:`FILENAMES`).
 
     LayerMem and SSLMem-vs-UnitMem need a reference in the report, the candidate grid needs
-    ``images``, the training curves need ``history``.
+    ``images``, the training curves and the layer × measurement heat maps need ``history``; the
+    profile by depth (:mod:`~lightning_memloc.plots.profile`) and the heat maps
+    (:mod:`~lightning_memloc.plots.heatmap`) are TensorBoard's ``memloc/profile`` figures as PNGs.
 
     Args:
         report: the measurement (``None``: only the history figure).
@@ -282,6 +287,7 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
         k: images per row of the candidate grid.
         layer: layer of the scatter and candidate ranking (default: the last one).
         threshold: UnitMem above which a unit counts as highly memorizing.
+        warmup_step: global step at which the learning-rate warm-up ends (the heat maps draw it).
 
     Returns:
         The paths written, in the order above.
@@ -299,5 +305,15 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
     if history is not None:
         written.append(plot_history(history, out / FILENAMES["history"]))
     from lightning_memloc.plots.evidence_figures import evidence_figures
+    from lightning_memloc.plots.heatmap import heatmap_figure
+    from lightning_memloc.plots.profile import profile_figure
 
-    return written + evidence_figures(report, history, out)
+    written += evidence_figures(report, history, out)
+    if report is not None:
+        written.append(save_png(profile_figure(report, warmup_step=warmup_step), out / FILENAMES["profile"]))
+    if history is not None:
+        try:
+            written.append(save_png(heatmap_figure(history, warmup_step=warmup_step), out / FILENAMES["heatmap"]))
+        except ReportFormatError:
+            pass  # a history without LayerMem / excess / UnitMem scalars: no heat map
+    return written

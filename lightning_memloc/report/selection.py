@@ -35,10 +35,10 @@ from torch import Tensor
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "resolve_report", "select_layers",
-           "select_units"]
+__all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "layer_score", "resolve_report",
+           "select_layers", "select_units"]
 
-LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess", "align_gap")
+LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess", "align_gap", "auto")
 #: Layer scores read from the report's evidence, and what each needs.
 _EVIDENCE_SCORES = {"excess": "LayerMem's excess over a control set, which this report lacks: measure with `control=...` "
                               "(images both encoders trained on)",
@@ -92,6 +92,29 @@ def resolve_report(source: ReportSource, argument: str = "source") -> Optional[M
     )
 
 
+def layer_score(report: MemorizationReport, by: str) -> str:
+    """The score ``by`` ranks ``report``'s layers by: ``"auto"`` is ``"excess"`` when the report
+    measured a control (LayerMem minus its null), else ``"layer_mem"`` when it has a reference
+    (raw LayerMem, which includes the f–g offset), else ``"align_gap"`` when it measured unseen
+    images, else ``"unit_mem"``; any other ``by`` is itself.
+
+    Example:
+        >>> import torch
+        >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
+        ...     unit_mem={"a": torch.zeros(1)}, unit_argmax={"a": torch.zeros(1, dtype=torch.long)},
+        ...     dead_units={"a": torch.zeros(1, dtype=torch.bool)}, layer_mem={"a": 0.2})
+        >>> layer_score(r, "auto"), layer_score(r, "unit_mem")
+        ('layer_mem', 'unit_mem')
+    """
+    if by != "auto":
+        return by
+    if report.evidence is not None and report.evidence.has("excess"):
+        return "excess"
+    if report.layer_mem is not None:
+        return "layer_mem"
+    return "align_gap" if report.evidence is not None and report.evidence.has("align_gap") else "unit_mem"
+
+
 def select_layers(
     report: MemorizationReport,
     k: int,
@@ -107,9 +130,9 @@ def select_layers(
         by: score ranking the layers for ``"highest"`` / ``"lowest"``: ``"layer_mem"`` (LayerMem),
             ``"delta_layer_mem"`` (ΔLayerMem; both need a report measured with a reference
             encoder), ``"unit_mem"`` (mean UnitMem, no reference needed) or ``"excess"`` (LayerMem's
-            excess over a control set, needs a report measured with ``control=``) or ``"align_gap"``
-            (the reference-free alignment gap, needs ``unseen=``, no reference). Ignored by
-            ``"random"`` and ``"last"``.
+            excess over a control set, needs a report measured with ``control=``), ``"align_gap"``
+            (the reference-free alignment gap, needs ``unseen=``, no reference) or ``"auto"`` (the
+            best the report has, :func:`layer_score`). Ignored by ``"random"`` and ``"last"``.
         strategy: ``"highest"`` / ``"lowest"`` (the ``k`` best / worst by ``by``, ties broken by
             layer order), ``"random"`` (``k`` layers drawn with a ``torch.Generator`` seeded with
             ``seed``), or ``"last"`` (the last ``k`` layers in forward order, the usual
@@ -135,7 +158,7 @@ def select_layers(
         (['b', 'c'], ['b', 'c'], ['c'])
     """
     report = _check_report(report)
-    by = check_choice("by", by, LAYER_SCORES, as_tuple=False)
+    by = layer_score(report, check_choice("by", by, LAYER_SCORES, as_tuple=False))
     strategy = check_choice("strategy", strategy, LAYER_STRATEGIES, as_tuple=False)
     check_int("seed", seed, 0, type_error=True)
     n_layers = len(report.layers)
