@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from scipy import stats
 
 from lightning_memloc import MemorizationReport
+from lightning_memloc.tags import scalar_tag
 
 PAPER_FIRST_LAST = {"layer_mem": (0.091, 0.308), "top": (0.144, 0.817), "least": ("≈0", 0.09)}
 
@@ -74,7 +75,7 @@ def history_tables(history: Sequence[Mapping[str, Any]], layers: Sequence[str]) 
         out = []
         for h in history:
             epoch = "before training" if h["epoch"] < 0 else h["epoch"] + 1
-            cells = [f"{_f(h.get(f'memloc/{first}/{layer}'))} / {_f(h.get(f'memloc/{second}/{layer}'), sign=sign)}"
+            cells = [f"{_f(h.get(scalar_tag(first, layer)))} / {_f(h.get(scalar_tag(second, layer)), sign=sign)}"
                      for layer in layers]
             out.append([epoch, h["global_step"], *cells])
         return out

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None, help="top-k / least-k size (default: the paper's 50 of 5,000, scaled)")
     g.add_argument("--measure-batch", type=int, default=250, help="images per measurement step (x K views)")
     g.add_argument("--bootstrap", type=int, default=1000, help="resamples of the final report's intervals and tests")
-    g.add_argument("--monitor-bootstrap", type=int, default=100, help="resamples at each monitor measurement")
+    g.add_argument("--monitor-bootstrap", type=int, default=200, help="resamples at each monitor measurement")
     g.add_argument("--monitor-points", type=int, default=8, help="monitor measurements during training (about)")
     g = p.add_argument_group("downstream (linear probe: shared -> independent images)")
     g.add_argument("--probe-train", type=int, default=5000, help="shared images training the probe")

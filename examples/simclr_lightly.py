@@ -5,7 +5,8 @@ lightly's ``SimCLRTransform`` (two views per image), ``SimCLRProjectionHead`` an
 a linear LR warm-up, and :class:`~lightning_memloc.MemorizationMonitor` measuring UnitMem of a
 held-out candidate set every epoch (LayerMem too when ``--reference`` gives a checkpoint of the
 same encoder trained without the candidates, e.g. one written by a previous run of this script
-with ``--exclude-candidates``).
+with ``--exclude-candidates``). The monitor measures on the views the model trains on: one view of
+the training ``SimCLRTransform`` (``transform.transforms[0]``); its view check would warn otherwise.
 
     python examples/simclr_lightly.py --data digits --epochs 3
     python examples/simclr_lightly.py --data cifar10 --epochs 200 --width 64     # the paper's scale
@@ -72,13 +73,14 @@ def main() -> None:
     images, labels = load_data(args.data, size=size)
     split = split_candidates(len(images), seed=0)
     train_idx = split.reference if args.exclude_candidates else split.encoder
-    # lightly's SimCLR view transform on uint8 tensors; no blur/normalisation at this tiny size.
-    transform = SimCLRTransform(input_size=images.shape[-1], gaussian_blur=0.0, normalize=None)
+    # lightly's SimCLR view transform on uint8 tensors: ImageNet-normalised (lightly's default), no blur at this size.
+    transform = SimCLRTransform(input_size=images.shape[-1], gaussian_blur=0.0)
     dataset = Subset(TensorImageDataset(images, labels, transform=transform), train_idx.tolist())
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
 
     monitor = MemorizationMonitor(
         images[split.candidates], labels=labels[split.candidates], views=args.views, encoder="backbone",
+        transform=transform.transforms[0],  # measure on the views the model trains on (one view of the pair)
         reference=args.reference, measure_on_train_start=True, output_dir=f"{args.out}/memloc",
     )
     model = SimCLRModule(images.shape[1], args.width, args.lr, warmup_epochs=min(3, args.epochs), max_epochs=args.epochs)

@@ -23,7 +23,7 @@ the paired standard error of the difference (same test images); ``†`` marks a 
 two paired standard errors. Output: ``<out>/results.json`` (every number) and ``<out>/table.md``.
 
 Smoke run (seconds): ``python examples/tradeoff.py --limit 40 --canaries 4 --epochs 1 --width 2 --views 2
---bootstrap 20 --finetune-size 40 --test-size 40 --ft-epochs 1 --ft-seeds 1 --random-seeds 1 --ks 5 10``.
+--bootstrap 200 --finetune-size 40 --test-size 40 --ft-epochs 1 --ft-seeds 1 --random-seeds 1 --ks 5 10``.
 The run recorded in docs/finetuning_pruning.md::
 
     OMP_NUM_THREADS=1 python examples/tradeoff.py --out runs/tradeoff

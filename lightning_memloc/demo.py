@@ -12,7 +12,7 @@ photographs) planted among scikit-learn's handwritten digits, all offline; a sho
 memorizes them measurably (docs/evidence.md). ``--setting plain`` is the paper's plain setting
 (a random shared / candidates / independent split of ``--data``; control drawn from the shared
 part, unseen = the reference's independent part), where a CPU-sized run shows no significant
-memorization — the demo then says so.
+memorization — the demo then says how large an effect its intervals leave possible.
 
 Run ``memloc demo --help`` (or ``python -m lightning_memloc.demo --help``).
 """
@@ -148,7 +148,7 @@ def _cell(entry: Dict[str, float], key: str, layer: str, alpha: float, fmt: str)
 
 
 def history_table(history: List[Dict[str, float]], layers: Sequence[str], key: str, fmt: str, alpha: float) -> str:
-    """One row per measurement, one column per layer; ``*``: Holm-corrected p < ``alpha``."""
+    """One row per measurement, one column per layer; ``*``: the layer passes the verdict (Holm p < ``alpha``)."""
     width = max(9, max(len(layer[:12]) for layer in layers) + 1)
     rows = [f"{'epoch':>6} " + "".join(f"{layer[:12]:>{width}}" for layer in layers)]
     for entry in history:
@@ -222,10 +222,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                                 commands)
     ev = report.evidence
     significant = dict(ev.meta.get("significant", {})) if ev is not None else {}
+    verdict = dict(ev.meta.get("verdict") or {}) if ev is not None else {}
     summary = {"elapsed_s": round(time.perf_counter() - started, 1), "setting": args.setting, "epochs": args.epochs,
                "steps": trainer.global_step, "data": args.data, "num_candidates": len(cand),
                "layer_mem": report.layer_mem, "evidence": None if ev is None else ev.to_dict()["layers"],
-               "significant_layers": significant, "shows_memorization": any(bool(v) for v in significant.values()),
+               "significant_layers": significant, "verdict": verdict,
+               "shows_memorization": bool(verdict.get("memorization")),
                "knn_accuracy": None if utility is None else utility.history}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
 
@@ -234,7 +236,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print(f"\n[memloc] after {trainer.global_step} steps: candidates (f only) vs control (both) and unseen ({unseen_what})")
     print(report.summary_table(args.threshold))
     layers = report.layers
-    print(f"\n[memloc] over training — LayerMem excess of the candidates over the control (*: Holm p < {alpha:g}):")
+    print(f"\n[memloc] over training — LayerMem excess of the candidates over the control (*: passes the verdict, "
+          f"Holm p < {alpha:g} over every test × layer of that measurement):")
     print(history_table(monitor.history, layers, "excess", "+.3f", alpha))
     print("\n[memloc] share of units whose μmax image is a seen candidate (pool: candidates ∪ unseen; chance "
           f"{ev.layers[layers[0]].get('membership_chance', float('nan')):.0%}; *: Holm p < {alpha:g}):")
@@ -246,11 +249,14 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     if utility is not None:
         print(f"\n[memloc] kNN accuracy of f ({utility_what}):")
         print(knn_table(utility.history, utility.ks))
+    how = f"Holm over {verdict.get('family_size', 0)} tests × layers, family-wise error ≤ {alpha:g}"
     if summary["shows_memorization"]:
-        print(f"\n[memloc] RESULT: significant memorization of the candidates: {significant}")
+        found = {test: layers for test, layers in significant.items() if layers}
+        print(f"\n[memloc] RESULT: memorization of the candidates ({how}): {found}")
     else:
-        print("\n[memloc] RESULT: NO significant memorization at this setting — the figures above cannot be told "
-              "apart from the difference between two encoders (see docs/evidence.md for settings that show it).")
+        print(f"\n[memloc] RESULT: no memorization distinguishable from the nulls at this setting ({how}); the "
+              "summary above gives each test's interval, i.e. how large an effect could still be hiding "
+              "(see docs/evidence.md for settings that show it).")
     print(f"[memloc] most memorized candidates (indices into the data): {cand[report.most_memorized(8)].tolist()}")
     print(f"[memloc] wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''}")
     print(f"[memloc] TensorBoard: tensorboard --logdir {out / 'tensorboard'}")

@@ -14,6 +14,7 @@ import math
 from typing import Any, Optional
 
 from lightning_memloc.cli.renamed import typed_flag
+from lightning_memloc.evidence import MIN_BOOTSTRAP
 
 __all__ = ["validate_args"]
 
@@ -63,6 +64,10 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         value: Any = getattr(args, attribute, None)
         if value is not None and value < low:
             parser.error(f"argument {typed_flag(args, attribute, flag)}: must be >= {low} ({why}), got {value}")
+    boot = getattr(args, "bootstrap", None)
+    if boot is not None and 0 < boot < MIN_BOOTSTRAP:
+        parser.error(f"argument --bootstrap: must be 0 (no intervals or tests) or >= {MIN_BOOTSTRAP} (fewer leave the "
+                     f"intervals' ends to a handful of resamples), got {boot}")
     lr = getattr(args, "lr", None)
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         parser.error(f"argument --lr: must be a positive number, got {lr}")

@@ -1,4 +1,5 @@
-"""``Evidence``: every memorization figure of a report with its control and its uncertainty.
+"""``Evidence``: every memorization figure of a report with its control, its uncertainty and
+one overall verdict.
 
 Two encoders trained from different seeds differ at every layer even if neither memorized
 anything: SSLMem of the candidates alone mixes that offset ``o_l`` with memorization
@@ -12,37 +13,47 @@ anything: SSLMem of the candidates alone mixes that offset ``o_l`` with memoriza
   asks whether units' μmax image is a *training* image more often than chance.
 
 Scale: every group is normalised by the **candidates'** range of raw SSLMem at each layer (the
-candidates' own figures are then identical with or without a control), and the tests are run on
-raw SSLMem (a t-statistic does not change when both samples are divided by one constant).
-Intervals are seeded percentile bootstraps over candidates; p-values are one-sided (Welch, as
-the authors' ``Ttest.py``; permutations over images for the membership test) and Holm-corrected
-across layers (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024).
+candidates' own figures are then identical with or without a control); the tests are
+permutation tests, one-sided (:mod:`lightning_memloc.layer_evidence`,
+:mod:`lightning_memloc.unit_evidence`), and one Holm correction over every test × layer gives the
+verdict (:mod:`lightning_memloc.verdict`); each tested quantity gets a lower bound that agrees
+with it (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor
 
-from lightning_memloc.functional.evidence import (
-    standard_error_interval,
-    bootstrap_difference_interval,
-    bootstrap_indices,
-    bootstrap_mean_interval,
-    bootstrap_topk_interval,
-    holm,
-    membership_test,
-    samples_for_halfwidth,
-    weighted_mean_unitmem,
-    welch_greater,
-)
-from lightning_memloc.functional.unitmem import unitmem
+from lightning_memloc import layer_evidence, unit_evidence
+from lightning_memloc import evidence_free
+from lightning_memloc.functional.evidence import samples_for_halfwidth
+from lightning_memloc.functional.two_sample import permutation_lower_bound
+from lightning_memloc.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
 
 Record = Dict[str, Optional[float]]
+
+#: Fewest resamples ``bootstrap`` may ask for (0 turns evidence off): below it the ends of a 95 %
+#: interval rest on fewer than 5 resamples each (``bootstrap=1`` gave zero-width intervals).
+MIN_BOOTSTRAP = 200
+#: Fewest images a control / unseen set should have: below it a warning says that the tests are
+#: exact only if the groups are exchangeable, and that the intervals are unreliable.
+MIN_GROUP_SIZE = 10
+#: How the intervals are computed (recorded in ``Evidence.meta["intervals"]``).
+INTERVALS = {
+    "layer_mem, delta_layer_mem, excess, excess_unseen": "two-sided studentized bootstrap (bootstrap-t), per layer, "
+                                                         "not adjusted for multiple tests: descriptive",
+    "layer_mem_top, layer_mem_least": "two-sided percentile bootstrap re-ranking the candidates, per layer: descriptive",
+    "align_gap": "two-sided percentile bootstrap of the difference, per layer: descriptive",
+    "unit_mem_mean, unit_mem_excess": "estimate ± z · bootstrap SD, per layer: descriptive",
+    "<test>_lb": "one-sided lower bound from the test's permutation critical value at alpha / m (m: tests in the "
+                 "verdict): above 0 exactly when the test passes at alpha / m, which implies its Holm p < alpha",
+}
 
 
 @dataclass
@@ -50,10 +61,11 @@ class EvidenceOptions:
     """How intervals and tests are computed.
 
     Attributes:
-        bootstrap: bootstrap resamples (and permutations) per interval / test; 0 turns
-            intervals and tests off.
-        confidence: coverage of the intervals.
-        alpha: significance level of the Holm-corrected tests.
+        bootstrap: bootstrap resamples (and permutations) per interval / test: 0 (intervals and
+            tests off) or at least :data:`MIN_BOOTSTRAP`. The verdict needs
+            ``bootstrap + 1 >= m / alpha`` for ``m`` tests (8 layers x 5 tests: 799).
+        confidence: coverage of the two-sided intervals.
+        alpha: family-wise error rate of the verdict (Holm over every test x layer).
         seed: seed of every resampling (results are reproducible).
         target_halfwidth: interval half-width (normalised SSLMem) above which the report prints
             how many candidates would narrow it to this value.
@@ -68,6 +80,10 @@ class EvidenceOptions:
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
             raise ValueError(f"`bootstrap` must be an int >= 0 (0: no intervals or tests), got {self.bootstrap!r}.")
+        if 0 < self.bootstrap < MIN_BOOTSTRAP:
+            raise ValueError(f"`bootstrap` must be 0 (no intervals or tests) or at least {MIN_BOOTSTRAP}, got "
+                             f"{self.bootstrap}: with fewer resamples the intervals' ends rest on a handful of draws. "
+                             f"Pass bootstrap={MIN_BOOTSTRAP} or more (1000 by default).")
         if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.0 < float(self.confidence) < 1.0:
             raise ValueError(f"`confidence` must be in (0, 1), e.g. 0.95, got {self.confidence!r}.")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < float(self.alpha) < 1.0:
@@ -78,7 +94,7 @@ class EvidenceOptions:
 
 @dataclass
 class Evidence:
-    """Intervals, controls and tests of one report, per layer (flat records of floats).
+    """Intervals, controls, tests and the overall verdict of one report, per layer (flat records).
 
     Attributes:
         layers: layer -> record. Keys (``None`` where the input needed is missing):
@@ -86,23 +102,38 @@ class Evidence:
             ``unit_mem_mean``, each with ``_lo`` / ``_hi`` interval bounds; with a control:
             ``control_layer_mem``, ``control_delta_layer_mem``, ``control_layer_mem_top``,
             ``control_layer_mem_least``, ``excess`` (+ ``_lo``/``_hi``), ``excess_p``,
-            ``excess_p_holm``; with an unseen set: ``unseen_layer_mem``, ``excess_unseen``
-            (+ bounds, ``_p``, ``_p_holm``), ``unit_mem_seen``, ``unit_mem_unseen`` (mean UnitMem
-            on equal-size samples of candidates and unseen images), ``unit_mem_excess``
-            (+ bounds, ``_p``, ``_p_holm``), ``membership``, ``membership_chance``,
-            ``membership_p``, ``membership_p_holm``, ``membership_alive``.
+            ``excess_p_holm``, ``excess_lb``; with an unseen set: ``unseen_layer_mem``,
+            ``excess_unseen`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``unit_mem_seen``,
+            ``unit_mem_unseen`` (mean UnitMem on equal-size samples of candidates and unseen
+            images), ``unit_mem_excess`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``membership``,
+            ``membership_chance``, ``membership_p``, ``membership_p_holm``, ``membership_alive``;
+            with an unseen set and ``f``'s alignments (no reference needed): ``align_gap`` (+
+            ``_lo``/``_hi``, ``_p``, ``_p_holm``, ``_lb``), ``align_f_candidates``,
+            ``align_f_unseen``, ``align_auc`` (:mod:`lightning_memloc.evidence_free`).
+            ``<test>_p_holm`` is Holm-adjusted over every test x layer of the verdict;
+            ``<test>_lb`` is the matching one-sided lower bound (see :data:`INTERVALS`).
         group_sslmem: group (``"control"``, ``"unseen"``) -> layer -> per-image SSLMem on the
             candidates' scale.
-        meta: options, group sizes, significant layers and the hint.
+        meta: options, group sizes, ``verdict`` (:func:`~lightning_memloc.verdict.overall_verdict`),
+            significant layers per test, which tests and intervals ran, warnings and the hint;
+            with ``align_gap``, ``align_membership`` (layer -> per-candidate membership score)
+            and ``align_scale``.
     """
 
     layers: Dict[str, Record]
     group_sslmem: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def shows_memorization(self) -> Optional[bool]:
+        """The overall verdict: ``True`` when some test passes at some layer after Holm over every
+        test x layer (family-wise error ``alpha``), ``None`` when nothing was tested."""
+        return (self.meta.get("verdict") or {}).get("memorization")
+
     def significant_layers(self, test: str = "excess") -> List[str]:
-        """Layers whose Holm-corrected ``test`` p-value (``"excess"``, ``"excess_unseen"``,
-        ``"membership"``, ``"unit_mem_excess"``) is below ``alpha``."""
+        """Layers where ``test`` (``"excess"``, ``"excess_unseen"``, ``"membership"``,
+        ``"unit_mem_excess"``, ``"align_gap"``) passes the verdict: Holm p over every test x layer
+        below ``alpha``."""
         alpha = float(self.meta.get("alpha", 0.05))
         key = f"{test}_p_holm"
         return [layer for layer, rec in self.layers.items() if rec.get(key) is not None and rec[key] < alpha]
@@ -130,132 +161,6 @@ def _finite_or_none(value: Optional[float]) -> Optional[float]:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def _normalise(raw: Tensor, scale: Tensor) -> Tensor:
-    """``raw / scale`` per layer (rows), 0 where the candidates' range is 0 (as ``sslmem``)."""
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.where(scale > 0, raw / safe, torch.zeros_like(raw))
-
-
-def _topk_means(norm: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    order = norm[-1].argsort(descending=True, stable=True)
-    k = min(k, norm.shape[1])
-    return norm[:, order[:k]].mean(1), norm[:, order[norm.shape[1] - k:]].mean(1)
-
-
-def _unitmem_resamples(mu: Tensor, weights: Tensor, reduction: str) -> Tensor:
-    """Mean UnitMem per multiset (rows of ``weights``); the median path draws each explicitly."""
-    if reduction == "mean":
-        return weighted_mean_unitmem(mu, weights)
-    out = []
-    positions = torch.arange(mu.shape[0])
-    for row in weights:
-        drawn = positions.repeat_interleave(row.long())
-        out.append(float(unitmem(mu[drawn].double(), reduction="median", negative="clamp").mean()))
-    return torch.tensor(out, dtype=torch.float64)
-
-
-def _layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Tensor], top_k: int,
-                        opts: EvidenceOptions, records: Dict[str, Record], group_sslmem: Dict[str, Dict[str, List[float]]]) -> None:
-    """LayerMem / ΔLayerMem / top-k intervals and the control / unseen comparisons (in place)."""
-    scale = cand.amax(1, keepdim=True) - cand.amin(1, keepdim=True)  # (L, 1), the candidates' range
-    norm = _normalise(cand, scale)
-    delta = norm - torch.cat([torch.zeros_like(norm[:1]), norm[:-1]])
-    top, least = _topk_means(norm, top_k)
-    for i, layer in enumerate(layers):
-        rec = records[layer]
-        rec["layer_mem"], rec["delta_layer_mem"] = float(norm[i].mean()), float(delta[i].mean())
-        rec["layer_mem_top"], rec["layer_mem_least"] = float(top[i]), float(least[i])
-    if opts.bootstrap and cand.shape[1] >= 2:
-        lm_lo, lm_hi = bootstrap_mean_interval(norm, opts.bootstrap, opts.confidence, opts.seed)
-        d_lo, d_hi = bootstrap_mean_interval(delta, opts.bootstrap, opts.confidence, opts.seed)
-        t_lo, t_hi, l_lo, l_hi = bootstrap_topk_interval(norm, top_k, opts.bootstrap, opts.confidence, opts.seed)
-        for i, layer in enumerate(layers):
-            for key, lo, hi in (("layer_mem", lm_lo, lm_hi), ("delta_layer_mem", d_lo, d_hi),
-                                ("layer_mem_top", t_lo, t_hi), ("layer_mem_least", l_lo, l_hi)):
-                records[layer][f"{key}_lo"], records[layer][f"{key}_hi"] = float(lo[i]), float(hi[i])
-    for group, raw in groups.items():
-        g_norm = _normalise(raw, scale)
-        group_sslmem[group] = {layer: g_norm[i].tolist() for i, layer in enumerate(layers)}
-        excess_key = "excess" if group == "control" else "excess_unseen"
-        if group == "control":
-            g_delta = g_norm - torch.cat([torch.zeros_like(g_norm[:1]), g_norm[:-1]])
-            g_top, g_least = _topk_means(g_norm, top_k)
-            for i, layer in enumerate(layers):
-                records[layer]["control_layer_mem"] = float(g_norm[i].mean())
-                records[layer]["control_delta_layer_mem"] = float(g_delta[i].mean())
-                records[layer]["control_layer_mem_top"], records[layer]["control_layer_mem_least"] = float(g_top[i]), float(g_least[i])
-        else:
-            for i, layer in enumerate(layers):
-                records[layer]["unseen_layer_mem"] = float(g_norm[i].mean())
-        lo = hi = None
-        if opts.bootstrap:
-            lo, hi = bootstrap_difference_interval(norm, g_norm, opts.bootstrap, opts.confidence, opts.seed + 7)
-        pvalues = []
-        for i, layer in enumerate(layers):
-            rec = records[layer]
-            rec[excess_key] = float(norm[i].mean() - g_norm[i].mean())
-            rec[f"{excess_key}_lo"] = None if lo is None else float(lo[i])
-            rec[f"{excess_key}_hi"] = None if hi is None else float(hi[i])
-            _, _, p = welch_greater(cand[i], raw[i]) if opts.bootstrap else (None, None, None)
-            rec[f"{excess_key}_p"] = None if p is None or math.isnan(p) else p
-            pvalues.append(rec[f"{excess_key}_p"])
-        for layer, p in zip(layers, holm(pvalues)):
-            records[layer][f"{excess_key}_p_holm"] = p
-
-
-def _unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Optional[Mapping[str, Tensor]],
-                       reduction: str, opts: EvidenceOptions, records: Dict[str, Record]) -> None:
-    """Mean UnitMem intervals, UnitMem seen vs unseen and the membership test (in place)."""
-    p_excess: List[Optional[float]] = []
-    p_member: List[Optional[float]] = []
-    for li, layer in enumerate(layers):
-        rec = records[layer]
-        m = mu[layer].double()
-        n = m.shape[0]
-        rec["unit_mem_mean"] = float(unitmem(m, reduction=reduction, negative="clamp").mean())
-        if opts.bootstrap:
-            counts = _counts(bootstrap_indices(n, opts.bootstrap, opts.seed + 11 + li), n)
-            lo, hi = standard_error_interval(_unitmem_resamples(m, counts, reduction), rec["unit_mem_mean"], opts.confidence)
-            rec["unit_mem_mean_lo"], rec["unit_mem_mean_hi"] = lo, hi
-        if mu_unseen is None:
-            continue
-        u = mu_unseen[layer].double()
-        size = min(n, u.shape[0])
-        gen = torch.Generator().manual_seed((opts.seed + 13 + li) & (2**63 - 1))  # seeds near 2**64 overflowed
-        seen_s, unseen_s = m[torch.randperm(n, generator=gen)[:size]], u[torch.randperm(u.shape[0], generator=gen)[:size]]
-        a = float(unitmem(seen_s, reduction=reduction, negative="clamp").mean())
-        b = float(unitmem(unseen_s, reduction=reduction, negative="clamp").mean())
-        rec["unit_mem_seen"], rec["unit_mem_unseen"], rec["unit_mem_excess"] = a, b, a - b
-        member = membership_test(torch.cat([m, u]), torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(u.shape[0], dtype=torch.bool)]),
-                                 n_perm=max(opts.bootstrap, 1), seed=opts.seed + 17 + li)
-        rec["membership"], rec["membership_chance"], rec["membership_alive"] = member["fraction"], member["chance"], float(member["alive"])
-        rec["membership_p"] = None if not opts.bootstrap or math.isnan(member["p"]) else member["p"]
-        p_member.append(rec["membership_p"])
-        if opts.bootstrap:
-            ca = _counts(bootstrap_indices(size, opts.bootstrap, opts.seed + 19 + li), size)
-            cb = _counts(bootstrap_indices(size, opts.bootstrap, opts.seed + 23 + li), size)
-            diff = _unitmem_resamples(seen_s, ca, reduction) - _unitmem_resamples(unseen_s, cb, reduction)
-            lo, hi = standard_error_interval(diff, a - b, opts.confidence)
-            rec["unit_mem_excess_lo"], rec["unit_mem_excess_hi"] = lo, hi
-            # permutation null: the 2·size images' seen / unseen labels are exchangeable
-            pool = torch.cat([seen_s, unseen_s])
-            perms = torch.argsort(torch.rand(opts.bootstrap, 2 * size, generator=gen), dim=1)
-            first = torch.zeros(opts.bootstrap, 2 * size, dtype=torch.float64).scatter_(1, perms[:, :size], 1.0)
-            null = _unitmem_resamples(pool, first, reduction) - _unitmem_resamples(pool, 1.0 - first, reduction)
-            rec["unit_mem_excess_p"] = (1.0 + float((null >= a - b - 1e-12).sum())) / (1.0 + opts.bootstrap)
-        else:
-            rec["unit_mem_excess_lo"] = rec["unit_mem_excess_hi"] = rec["unit_mem_excess_p"] = None
-        p_excess.append(rec["unit_mem_excess_p"])
-    if mu_unseen is not None:
-        for layer, pe, pm in zip(layers, holm(p_excess), holm(p_member)):
-            records[layer]["unit_mem_excess_p_holm"], records[layer]["membership_p_holm"] = pe, pm
-
-
-def _counts(index: Tensor, n: int) -> Tensor:
-    """Bootstrap indices ``(B, n)`` as per-candidate counts ``(B, n)`` (float64)."""
-    return torch.zeros(index.shape[0], n, dtype=torch.float64).scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
-
-
 def compute_evidence(
     layers: List[str],
     *,
@@ -267,22 +172,31 @@ def compute_evidence(
     unseen_raw: Optional[Mapping[str, Tensor]] = None,
     unseen_unit_means: Optional[Mapping[str, Tensor]] = None,
     options: Optional[EvidenceOptions] = None,
+    negative: str = "clamp",
+    align: Optional[Mapping[str, Tensor]] = None,
+    unseen_align: Optional[Mapping[str, Tensor]] = None,
 ) -> Evidence:
-    """Intervals, control comparisons and tests for one measurement.
+    """Intervals, control comparisons, tests and the overall verdict of one measurement.
 
     Args:
         layers: layer names in forward order.
-        unit_means: layer -> ``(N, U)`` candidates' mean activations, after the negative policy.
+        unit_means: layer -> ``(N, U)`` candidates' mean activations before the negative policy
+            (means already made non-negative work too: ``"clamp"`` leaves them as they are).
         reduction: UnitMem's μ-max reduction (``"mean"`` or ``"median"``).
         top_k: size of the top-k / least-k groups.
         sslmem_raw: layer -> ``(N,)`` candidates' raw SSLMem (with a reference).
         control_raw: layer -> ``(S,)`` raw SSLMem of the control images (seen by both encoders).
         unseen_raw: layer -> ``(M,)`` raw SSLMem of the unseen images.
-        unseen_unit_means: layer -> ``(M, U)`` unseen images' mean activations (negative policy applied).
+        unseen_unit_means: layer -> ``(M, U)`` unseen images' mean activations (before the policy).
         options: see :class:`EvidenceOptions`.
+        negative: the negative-activation policy, applied to the candidates alone for their own
+            UnitMem and once over candidates ∪ unseen for the comparisons (one shift for both).
+        align: layer -> ``(N,)`` the candidates' raw alignments under ``f`` (no reference needed).
+        unseen_align: layer -> ``(M,)`` the unseen images' raw alignments under ``f``; with
+            ``align``, the reference-free ``align_gap`` family (:mod:`lightning_memloc.evidence_free`).
 
     Returns:
-        An :class:`Evidence`.
+        An :class:`Evidence`; ``meta["verdict"]`` holds the overall verdict.
 
     Example:
         >>> import torch
@@ -298,32 +212,79 @@ def compute_evidence(
     n = int(next(iter(unit_means.values())).shape[0])
     meta: Dict[str, Any] = {"bootstrap": opts.bootstrap, "confidence": opts.confidence, "alpha": opts.alpha, "seed": opts.seed,
                             "scale": "candidates' range of raw SSLMem per layer; tests on raw SSLMem",
-                            "groups": {"candidates": n}}
+                            "groups": {"candidates": n}, "negative": negative}
+    nulls: layer_evidence.Nulls = {}
+    groups: Dict[str, Tensor] = {}
     if sslmem_raw is not None:
         cand = torch.stack([sslmem_raw[layer].double().cpu() for layer in layers])
-        groups = {}
         for name, raw in (("control", control_raw), ("unseen", unseen_raw)):
             if raw is not None:
                 groups[name] = torch.stack([raw[layer].double().cpu() for layer in layers])
                 meta["groups"][name] = int(groups[name].shape[1])
-        _layer_mem_evidence(layers, cand, groups, top_k, opts, records, group_sslmem)
     if unseen_unit_means is not None:
         meta["groups"]["unseen"] = int(next(iter(unseen_unit_means.values())).shape[0])
-    _unit_mem_evidence(layers, unit_means, unseen_unit_means, reduction, opts, records)
+    _check_group_sizes(meta["groups"], opts, meta)
+    if sslmem_raw is not None:
+        layer_evidence.layer_mem_evidence(layers, cand, groups, top_k, opts, records, group_sslmem, nulls, meta)
+    unit_evidence.unit_mem_evidence(layers, unit_means, unseen_unit_means, reduction, negative, opts, records, nulls)
+    if align is not None and unseen_align is not None:
+        evidence_free.reference_free_evidence(layers, align, unseen_align, records, meta, bootstrap=opts.bootstrap,
+                                              confidence=opts.confidence, seed=opts.seed, nulls=nulls)
     evidence = Evidence(layers=records, group_sslmem=group_sslmem, meta=meta)
-    meta["significant"] = {test: evidence.significant_layers(test)
-                           for test in ("excess", "excess_unseen", "membership", "unit_mem_excess") if evidence.has(f"{test}_p")}
+    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES, "align_gap": evidence_free.TEST_NAME}
+    meta["tests"] = {test: tests[test] for test in VERDICT_TESTS if test in tests and evidence.has(f"{test}_p")}
+    meta["intervals"] = dict(INTERVALS)
+    finish_verdict(evidence, nulls)
     meta["hint"] = _hint(evidence, n, opts)
     return evidence
+
+
+def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = None) -> Dict[str, Any]:
+    """(Re)compute the overall verdict over :data:`~lightning_memloc.verdict.VERDICT_TESTS`.
+
+    Writes every ``<test>_p_holm``, ``meta["verdict"]``, ``meta["significant"]`` and, for the
+    tests in ``nulls``, the lower bounds ``<test>_lb`` at ``alpha / m`` (m: the verdict's tests;
+    ``None`` where no p-value can reach that level).
+    A family added to the records after :func:`compute_evidence` calls it again.
+    """
+    meta = evidence.meta
+    alpha, boot = float(meta.get("alpha", 0.05)), int(meta.get("bootstrap", 0))
+    verdict = overall_verdict(evidence.layers, alpha, boot)
+    m = verdict["family_size"]
+    if verdict["attainable"] is False:
+        verdict["needs_bootstrap"] = min_bootstrap_for(m, alpha)
+        warnings.warn(f"[memloc] with bootstrap={boot} and {m} tests (tests x layers) the smallest attainable Holm p is "
+                      f"{verdict['min_attainable_p_holm']:.3f} > alpha={alpha:g}: no test can pass, whatever the data. "
+                      f"Use bootstrap >= {verdict['needs_bootstrap']}.", UserWarning, stacklevel=3)
+    for test, (layers, estimate, scale, null) in (nulls or {}).items():
+        bound = permutation_lower_bound(estimate, scale, null, alpha / max(m, 1))
+        for i, layer in enumerate(layers):
+            evidence.layers[layer][f"{test}_lb"] = float(bound[i]) if math.isfinite(float(bound[i])) else None
+    meta["verdict"] = verdict
+    meta["significant"] = dict(verdict["layers"])
+    return verdict
+
+
+def _check_group_sizes(groups: Mapping[str, int], opts: EvidenceOptions, meta: Dict[str, Any]) -> None:
+    """Warn when a control / unseen set is smaller than :data:`MIN_GROUP_SIZE`."""
+    for name in ("control", "unseen"):
+        size = groups.get(name)
+        if size is not None and size < MIN_GROUP_SIZE and opts.bootstrap:
+            message = (f"[memloc] `{name}` has {size} images, fewer than {MIN_GROUP_SIZE}: its tests hold their error "
+                       f"rate only if `{name}` and the candidates are exchangeable, and its intervals are unreliable. "
+                       f"Pass at least {MIN_GROUP_SIZE} {name} images (as many as the candidates is best).")
+            warnings.warn(message, UserWarning, stacklevel=3)
+            meta.setdefault("warnings", []).append(message)
 
 
 def _hint(evidence: Evidence, n: int, opts: EvidenceOptions) -> Optional[str]:
     """How many candidates would narrow the widest interval to ``target_halfwidth`` (or None)."""
     key, what = ("excess", "excess over the control") if evidence.has("excess_lo") else ("layer_mem", "LayerMem")
-    if not evidence.has(f"{key}_lo"):
-        return None
     widths = {layer: (rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for layer, rec in evidence.layers.items()
-              if rec.get(f"{key}_lo") is not None}
+              if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
+              and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])}
+    if not widths:
+        return None
     layer = max(widths, key=lambda k: widths[k])
     if widths[layer] <= opts.target_halfwidth:
         return None

@@ -11,7 +11,7 @@ ICLR 2024).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ from lightning_memloc.distributed import is_distributed, max_across_ranks
 from lightning_memloc.data.datasets import CheckedImages
 from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.meter import MemorizationMeter
+from lightning_memloc.normalization import NormalizeSpec, resolve_normalize
 from lightning_memloc.options import MeasureOptions
 from lightning_memloc.precision import check_autocast
 from lightning_memloc.probe import eval_mode, model_device_dtype, probe_layers  # re-exported: measure's public helpers
@@ -58,7 +59,8 @@ def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
 
 
 def build_views(
-    candidates: Union[Candidates, SeededViews], views: int, transform: Optional[Callable], seed: int, labels: Optional[Tensor]
+    candidates: Union[Candidates, SeededViews], views: int, transform: Optional[Callable], seed: int, labels: Optional[Tensor],
+    normalize: NormalizeSpec = None,
 ) -> SeededViews:
     """Wrap ``candidates`` into a :class:`~lightning_memloc.views.SeededViews` (validated).
 
@@ -67,10 +69,13 @@ def build_views(
     """
     if isinstance(candidates, SeededViews):
         view_set = candidates
+        if normalize is not None and view_set.normalization != resolve_normalize(normalize):
+            raise ValueError(f"`normalize`={normalize!r} but the SeededViews given as `candidates` normalise with "
+                             f"{view_set.normalization}: pass normalize= to the SeededViews only.")
     else:
         if isinstance(candidates, Tensor) and candidates.ndim in (3, 5):
             views = None  # precomputed views (N, K, ...) are used as they are
-        view_set = SeededViews(candidates, views=views, transform=transform, seed=seed, labels=labels)
+        view_set = SeededViews(candidates, views=views, transform=transform, seed=seed, labels=labels, normalize=normalize)
     if view_set.labels is not None and len(view_set) >= 2:  # checked here, before any forward pass
         classes = torch.unique(view_set.labels)
         if bool((classes < 0).any()):
@@ -111,6 +116,9 @@ def run_pass(
 ) -> None:
     """Stream the views of every candidate through ``encoder`` (and ``reference``) into ``meter``.
 
+    The encoder's alignments are computed only when the meter needs them (a reference, or the
+    reference-free evidence: :attr:`~lightning_memloc.meter.MemorizationMeter.needs_alignment`).
+
     Both models run in eval mode under ``no_grad`` and get their previous modes back, also on
     error or ``KeyboardInterrupt``; hooks are always removed. With ``reference_cache`` (a frozen
     reference only), the reference's alignments of unchanged batches are reused, not recomputed.
@@ -145,7 +153,7 @@ def run_pass(
             if anchor:
                 inputs = torch.cat([inputs, views.anchors(index).to(inputs)])
             units, align_f = forward_reduce(encoder, inputs, names, b, k, units=True,
-                                            align=reference is not None, anchor=anchor, autocast=dtype)
+                                            align=meter.needs_alignment, anchor=anchor, autocast=dtype)
             align_g = None
             key = None if cache is None else cache.batch_key(index, inputs)
             if cache is not None:
@@ -161,8 +169,9 @@ def run_pass(
             finite = torch.ones(2, len(names), dtype=torch.bool, device=device)
             for i, n in enumerate(names):
                 finite[0, i] = torch.isfinite(units[n]).all().to(device)
-                if align_f is not None and align_g is not None:
+                if align_f:
                     finite[0, i] &= torch.isfinite(align_f[n]).all().to(device)
+                if align_g is not None:
                     finite[1, i] = torch.isfinite(align_g[n]).all()
             finite = finite.cpu()
             if not bool(finite.all()):
@@ -171,8 +180,9 @@ def run_pass(
                     break  # a single process can stop at once
                 continue  # under DDP every rank must finish the pass and agree before raising
             labels = label.to(device, non_blocking=True) if meter.has_labels else None
+            meter.update_views(index, batch_views)
             meter.update(index.to(device, non_blocking=True), {n: u.to(device) for n, u in units.items()},
-                         None if reference is None else {n: a.to(device) for n, a in align_f.items()}, align_g, labels)
+                         {n: a.to(device) for n, a in align_f.items()} if align_f else None, align_g, labels)
     if distributed:
         # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
         nonfinite = max_across_ranks(nonfinite.to(device), world_size).cpu()
@@ -215,6 +225,7 @@ def measure(
     alpha: float = 0.05,
     reference_cache: Optional[ReferenceCache] = None,
     autocast: Optional[str] = None,
+    normalize: NormalizeSpec = None,
 ) -> MemorizationReport:
     """Measure UnitMem (and ClassMem, SSLMem, LayerMem, ΔLayerMem) of every layer in one pass.
 
@@ -245,12 +256,16 @@ def measure(
         control: images **both** encoders trained on (e.g. drawn from the shared part with
             :func:`~lightning_memloc.data.split_candidates` ``control=``): the null of LayerMem.
             The report's evidence gives the candidates' *excess* over the control per layer
-            with its interval and a one-sided Welch test (Holm-corrected). Needs ``reference``.
+            with its interval and a one-sided permutation test (in the overall verdict). Needs ``reference``.
         unseen: images the encoder never trained on (a test split, or the reference's
             independent part when co-training): UnitMem of candidates vs unseen images and the
             argmax membership test (are units' μmax images training images more often than
-            chance?), and LayerMem candidates vs unseen.
-        bootstrap: resamples for the intervals and permutations for the tests (0: none).
+            chance?), LayerMem candidates vs unseen, and, **with or without a reference**, the
+            alignment gap under ``f`` alone per layer (``align_gap``: interval, one-sided
+            permutation test in the overall verdict, per-candidate membership scores;
+            :mod:`lightning_memloc.evidence_free`). Unseen images must come from the candidates'
+            distribution.
+        bootstrap: resamples for the intervals and permutations for the tests (0: none; otherwise >= 200).
         confidence: coverage of the intervals.
         alpha: significance level of the Holm-corrected tests (verdicts in the summary).
         reference_cache: a :class:`~lightning_memloc.ReferenceCache` shared by several calls
@@ -260,6 +275,13 @@ def measure(
             ``f`` and ``g`` under ``torch.autocast`` on the models' device; views and reductions
             stay float32. Refused before any work on a device (or a non-float32 model) that
             cannot run it. Measured error of bf16 on CPU: docs/performance.md, §4.
+        normalize: ``None``, a preset (``"imagenet"``, ``"cifar10"``) or a ``(mean, std)`` pair:
+            ``(x − mean) / std`` per channel on every view after ``transform``, before the encoder.
+            Measure with what the encoder was trained on: lightly's ``SimCLRTransform``
+            normalises with ImageNet statistics by default (docs/definitions.md, "Views").
+
+    The report's ``meta`` records ``normalize`` and ``view_stats``, the per-channel mean and std
+    of every view the encoder received.
 
     Control and unseen images go through the same views (transform, K, seed) in the same pass;
     the candidates' own figures are the same as without them.
@@ -284,7 +306,7 @@ def measure(
     options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                              negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
                              bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
-                             with_reference=reference is not None)
+                             normalize=normalize, with_reference=reference is not None)
     if reference_cache is not None and not isinstance(reference_cache, ReferenceCache):
         raise TypeError(f"`reference_cache` must be a lightning_memloc.ReferenceCache or None, got {type(reference_cache).__name__}.")
     check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
@@ -292,17 +314,30 @@ def measure(
                                           unseen=unseen)
     n = len(view_set)
     ids = check_candidate_ids(candidate_ids, n)
-    settings = check_meta(meta, options.meta(views=view_set.views, seed=view_set.seed, num_candidates=n, groups=sizes))
+    settings = check_meta(meta, {**options.meta(views=view_set.views, seed=view_set.seed, num_candidates=n, groups=sizes),
+                                 "view_stats": None})  # measured in the pass
     device, _ = model_device_dtype(encoder)
     check_autocast(options.autocast, encoder, reference)
     check_views_memory(options.batch_size, view_set.views, view_set.input_shape, device)
     example = view_set.example_batch(device)
     specs, num_units = probe_layers(encoder, reference, layers, example)
     meter = MemorizationMeter(specs, num_units, n, reference=reference is not None, labels=view_set.has_labels,
-                              state_dtype=state_dtype, groups=sizes, **options.meter_kwargs()).to(device)
+                              state_dtype=state_dtype, groups=sizes, view_shape=view_set.view_shape, alignment=keeps_alignment(sizes, view_set.views, options.pairing),
+                              **options.meter_kwargs()).to(device)
     run_pass(encoder, reference, pool, specs, meter, progress=options.progress,
              epoch=(meta or {}).get("epoch"), reference_cache=reference_cache, **options.pass_kwargs())
     return meter.compute_report(ids, settings, evidence=options.evidence)
+
+
+def keeps_alignment(groups: Mapping[str, int], views: int, pairing: str) -> bool:
+    """Whether a pass keeps the encoder's own alignments for the reference-free evidence: with an
+    unseen set, and views that have an alignment (``views`` >= 2, or ``pairing="anchor"``).
+
+    Example:
+        >>> keeps_alignment({"unseen": 40}, 10, "all"), keeps_alignment({"unseen": 40}, 1, "all"), keeps_alignment({}, 10, "all")
+        (True, False, False)
+    """
+    return "unseen" in groups and (pairing == "anchor" or views >= 2)
 
 
 def prepare_views(
@@ -325,7 +360,7 @@ def prepare_views(
         ValueError: fewer than 2 candidates, a bad group (:func:`check_groups`), or bad labels.
     """
     groups = check_groups(control, unseen, with_reference=options.with_reference)
-    view_set = build_views(candidates, options.views, transform, options.seed, labels)
+    view_set = build_views(candidates, options.views, transform, options.seed, labels, normalize=options.normalize)
     strict = isinstance(view_set.transform, BatchedSimCLRAugment)
     for name, images in groups.items():  # checked by name: the pooled set's check would say `candidates`
         if isinstance(images, Tensor) and images.ndim == 4:

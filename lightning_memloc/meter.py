@@ -1,11 +1,8 @@
 """``MemorizationMeter``: the streaming metric states of one measurement pass.
 
-One meter holds, for every tapped layer, a :class:`~lightning_memloc.metrics.UnitMem` (and a
-:class:`~lightning_memloc.metrics.ClassMem` when labels are known) and, with a reference encoder,
-one multi-layer :class:`~lightning_memloc.metrics.LayerMem`. States are indexed by candidate id
-and reduced with ``sum`` across processes, so sharded (DDP) passes give the single-process
-answer; nothing larger than O(N·U) per layer is kept (Wang et al., *Localizing Memorization in
-SSL Vision Encoders*, NeurIPS 2024).
+Per tapped layer a :class:`~lightning_memloc.metrics.UnitMem` (or ``ClassMem`` with labels) and,
+with a reference, one multi-layer ``LayerMem``; states are indexed by candidate id and reduced with
+``sum`` across processes (DDP equals one process), O(N·U) per layer at most.
 """
 
 from __future__ import annotations
@@ -18,15 +15,15 @@ from torch import Tensor, nn
 from lightning_memloc.distributed import reduce_states_in_place, synced_states  # reduce_...: re-exported
 from lightning_memloc.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.functional.unitmem import apply_negative_policy, take_ids
-from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem
+from lightning_memloc.metrics import ClassMem, LayerMem, UnitMem, ViewAlignment
+from lightning_memloc.metrics.alignment import mean_alignment
+from lightning_memloc.metrics.view_stats import ViewMoments
 from lightning_memloc.report import MemorizationReport
 from lightning_memloc.taps import LayerSpec
 
 
-#: The report field of every ``compute()`` key of the meter's metrics (one name per concept).
-#: A metric's keys are relative to the metric, as in torchmetrics: ``UnitMem``'s ``"argmax"`` is
-#: a candidate id, ``ClassMem``'s ``"argmax"`` a class; a report's fields are absolute
-#: (``unit_argmax``, ``dead_units``). Keys missing here are listed in :data:`METRIC_ONLY_KEYS`.
+#: The report field of every ``compute()`` key of the meter's metrics: a metric's keys are relative
+#: (``UnitMem``'s ``"argmax"`` is a candidate id), a report's absolute (``unit_argmax``, ``dead_units``).
 REPORT_FIELDS: Dict[str, Dict[str, str]] = {
     "UnitMem": {"unit_mem": "unit_mem", "argmax": "unit_argmax", "dead": "dead_units"},
     "ClassMem": {"class_mem": "class_mem", "unit_mem": "unit_mem", "unit_argmax": "unit_argmax", "dead": "dead_units"},
@@ -50,6 +47,7 @@ def state_bytes(
     reference: bool,
     labels: bool,
     dtype: torch.dtype = torch.float32,
+    alignment: bool = False,
 ) -> int:
     """Bytes held by a meter's states (before any result is computed): exactly the sum of the
     sizes of :class:`MemorizationMeter`'s metric states.
@@ -58,7 +56,8 @@ def state_bytes(
     UnitMem keeps per layer a sum per candidate per unit and a count per candidate,
     ``N·(U_l + 1)·b`` (ClassMem adds two int64 label states, ``16·N``); LayerMem keeps the
     encoder's and the reference's alignment sums per candidate per layer and one count per
-    candidate, ``(2·L + 1)·N·b``. Every rank of a DDP run holds the full states (they are indexed
+    candidate, ``(2·L + 1)·N·b``; with ``alignment`` and no reference (the reference-free evidence)
+    :class:`~lightning_memloc.metrics.ViewAlignment` keeps ``(L + 1)·N·b``. Every rank of a DDP run holds the full states (they are indexed
     by candidate id); ``compute`` needs temporary space on top (see ``docs/ddp.md``).
 
     Example:
@@ -73,6 +72,8 @@ def state_bytes(
     total = per_layer
     if reference:
         total += (2 * len(num_units) + 1) * num_candidates * item
+    elif alignment:
+        total += (len(num_units) + 1) * num_candidates * item
     return int(total)
 
 
@@ -92,24 +93,22 @@ def format_bytes(n: int) -> str:
 
 
 def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
-                       limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None) -> Optional[str]:
+                       limit: Optional[int], device: torch.device, num_candidates: Optional[int] = None,
+                       alignment: bool = False) -> Optional[str]:
     """Refuse metric states over ``limit`` bytes, before any measurement (:func:`state_bytes`).
 
     Args:
         num_rows: rows of the states (candidates plus control / unseen images).
         num_units: layer -> units.
-        reference, labels: as for :class:`MemorizationMeter`.
+        reference, labels, alignment: as for :class:`MemorizationMeter`.
         limit: bytes allowed (``None``: no limit, but a note past a quarter of a GPU's memory).
         device: where the states live.
         num_candidates: candidates named in the message (default ``num_rows``).
 
-    Returns:
-        A note to log when the states take over a quarter of the GPU's memory without a limit, else ``None``.
-
-    Raises:
-        MemoryError: the states need more than ``limit``; the message names ``memory_limit`` and the fixes.
+    Returns a note to log when the states take over a quarter of a GPU without a limit, else ``None``;
+    raises ``MemoryError`` (naming ``memory_limit`` and the fixes) when they need more than ``limit``.
     """
-    need = state_bytes(num_rows, num_units, reference=reference, labels=labels)
+    need = state_bytes(num_rows, num_units, reference=reference, labels=labels, alignment=alignment)
     if limit is not None and need > limit:
         raise MemoryError(
             f"the monitor's metric states need {format_bytes(need)} for {num_rows if num_candidates is None else num_candidates} "
@@ -138,6 +137,12 @@ class MemorizationMeter(nn.Module):
             :func:`lightning_memloc.functional.apply_negative_policy`.
         top_k: size of the top-k / least-k candidate groups for LayerMem.
         state_dtype: dtype of the accumulated states.
+        groups: sizes of the control / unseen sets measured in the same pass (by name).
+        alignment: keep the encoder's own view alignments of the candidates and the unseen images
+            (the reference-free evidence, :mod:`lightning_memloc.evidence_free`); a reference's
+            LayerMem holds them already. The pass then computes them (:attr:`needs_alignment`).
+        view_shape: (C, H, W) of the views: per-channel view statistics are kept for
+            ``meta["view_stats"]`` (:meth:`update_views`); ``None`` or feature views: none.
 
     Example:
         >>> import torch
@@ -162,6 +167,8 @@ class MemorizationMeter(nn.Module):
         top_k: int = 50,
         state_dtype: torch.dtype = torch.float32,
         groups: Optional[Mapping[str, int]] = None,
+        alignment: bool = False,
+        view_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.layers = list(layers)
@@ -178,21 +185,33 @@ class MemorizationMeter(nn.Module):
         )
         self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
                                   dist_sync_fn=reduce_states_in_place, sync_on_compute=False) if reference else None
+        self.alignment = ViewAlignment(num_candidates, len(self.names), state_dtype=state_dtype,
+                                       dist_sync_fn=reduce_states_in_place,
+                                       sync_on_compute=False) if alignment and not reference else None
+        self.keeps_alignment = bool(alignment)
         # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
         # set after the candidates, each into its own states (no labels, no ClassMem).
         self.group_sizes: Dict[str, int] = dict(groups or {})
         self.groups = nn.ModuleDict({
             name: MemorizationMeter(self.layers, num_units, size, reference=reference, labels=False, reduction=reduction,
-                                    negative=negative, top_k=top_k, state_dtype=state_dtype)
+                                    negative=negative, top_k=top_k, state_dtype=state_dtype,
+                                    alignment=alignment and name == "unseen")
             for name, size in self.group_sizes.items()
         })
         self.reduction, self.negative, self.top_k = reduction, negative, top_k
+        self.view_moments = None if view_shape is None or len(view_shape) != 3 else ViewMoments(
+            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), dist_sync_fn=reduce_states_in_place,
+            sync_on_compute=False)
 
     @property
     def device(self) -> torch.device:
-        """Device of the metric states (moved with ``.to``; torchmetrics states are not buffers, so
-        ``meter.buffers()`` is empty and cannot tell)."""
+        """Device of the metric states (torchmetrics states are not buffers: ``buffers()`` cannot tell)."""
         return self.units[0].device
+
+    @property
+    def needs_alignment(self) -> bool:
+        """Whether :meth:`update` needs the encoder's alignments (a reference, or ``alignment=True``)."""
+        return self.layer_mem is not None or self.alignment is not None
 
     def update(
         self,
@@ -209,6 +228,12 @@ class MemorizationMeter(nn.Module):
         """
         update = self._route if self.group_sizes else self._update_own
         update(index, unit_means, align_encoder, align_reference, labels)
+
+    def update_views(self, index: Tensor, views: Tensor) -> None:
+        """Add a batch's views (B, K, C, H, W) at pooled positions ``index`` to the per-channel view
+        statistics that :meth:`compute_report` records as ``meta["view_stats"]`` (a no-op without ``view_shape``)."""
+        if self.view_moments is not None:
+            self.view_moments.update(views, index.to(self.device))
 
     def _update_own(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                     align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
@@ -227,6 +252,10 @@ class MemorizationMeter(nn.Module):
                 torch.stack([align_reference[n] for n in self.names]),
                 index,
             )
+        if self.alignment is not None:
+            if align_encoder is None:
+                raise ValueError("this meter was built with alignment=True: pass `align_encoder` to update().")
+            self.alignment.update(torch.stack([align_encoder[n] for n in self.names]), index)
 
     def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
@@ -250,29 +279,45 @@ class MemorizationMeter(nn.Module):
             else:
                 meter.update(**sub)
 
-    def unit_means(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy, synced
-        across processes (collective under DDP: call on every rank)."""
+    def unit_means(self, raw: bool = False) -> Dict[str, Tensor]:
+        """Layer -> ``(N, U)`` per-candidate mean activations after the negative policy (before it
+        with ``raw``), synced across processes (collective under DDP: call on every rank)."""
         out = {}
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):
                 try:
-                    out[name] = self._policy_means(metric)
+                    out[name] = self._policy_means(metric, raw)
                 except ValueError as err:  # negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
         return out
 
-    def _policy_means(self, metric: UnitMem) -> Tensor:
+    def _policy_means(self, metric: UnitMem, raw: bool = False) -> Tensor:
         _, mu = metric.mean_activations()
-        return apply_negative_policy(mu.detach().double(), self.negative).cpu()
+        mu = mu.detach().double()
+        return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` raw SSLMem (collective under DDP); needs ``reference=True``."""
-        if self.layer_mem is None:
+        return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
+
+    def encoder_alignment(self) -> Dict[str, Tensor]:
+        """Layer -> ``(N,)`` the encoder's mean view alignment per candidate (collective under DDP)."""
+        return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
+
+    def alignments(self, *, sslmem: bool, encoder: bool) -> Tuple[Optional[Dict[str, Tensor]], Optional[Dict[str, Tensor]]]:
+        """``(raw SSLMem, encoder alignment)`` per layer, each ``(N,)`` or ``None``, from one sync (collective)."""
+        if not (sslmem or encoder):
+            return None, None
+        if sslmem and self.layer_mem is None:
             raise ValueError("this meter was built without a reference: there is no SSLMem.")
-        with synced_states(self.layer_mem):
-            raw = self.layer_mem.compute()["sslmem_raw"]
-        return {n: raw[i].detach().double().cpu() for i, n in enumerate(self.names)}
+        metric = self.layer_mem if self.layer_mem is not None else self.alignment
+        if encoder and metric is None:
+            raise ValueError("this meter keeps no alignments: build it with a reference or alignment=True.")
+        with synced_states(metric):  # the alignments first: compute() restores the local states when it ends
+            align = mean_alignment(metric) if encoder else None  # type: ignore[arg-type]
+            raw = self.layer_mem.compute()["sslmem_raw"].detach().double().cpu() if sslmem else None  # type: ignore[union-attr]
+        return tuple(None if v is None else {n: v[i] for i, n in enumerate(self.names)}  # type: ignore[return-value]
+                     for v in (raw, align))
 
     def compute_report(self, candidate_ids: Tensor, meta: Optional[Dict[str, Any]] = None,
                        evidence: Optional[EvidenceOptions] = None) -> MemorizationReport:
@@ -280,9 +325,11 @@ class MemorizationMeter(nn.Module):
 
         Args:
             candidate_ids: (N,) user-facing ids of the candidates, by position.
-            meta: settings recorded in the report.
+            meta: settings recorded in the report (with ``"view_stats"``, the per-channel ``mean`` /
+                ``std`` of every view of the pass, when :meth:`update_views` saw image views).
         """
         ids = candidate_ids.detach().cpu().long()
+        align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
         unit_mem: Dict[str, Tensor] = {}
         unit_argmax: Dict[str, Tensor] = {}
         dead: Dict[str, Tensor] = {}
@@ -292,7 +339,7 @@ class MemorizationMeter(nn.Module):
             with synced_states(metric):  # one sync per metric (states summed in place, restored after)
                 try:
                     if evidence is not None:  # before compute(), which restores the local states when it ends
-                        means[name] = self._policy_means(metric)
+                        means[name] = self._policy_means(metric, raw=True)  # the evidence applies the policy
                     out = metric.compute()
                 except ValueError as err:  # e.g. negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
@@ -305,6 +352,8 @@ class MemorizationMeter(nn.Module):
         kwargs: Dict[str, Any] = {}
         if self.layer_mem is not None:
             with synced_states(self.layer_mem):
+                if evidence is not None and self.keeps_alignment:  # f's alignments, same sync, before compute()
+                    align = dict(zip(self.names, mean_alignment(self.layer_mem)))  # restores the local states
                 out = self.layer_mem.compute()
             seen = out["candidate_ids"].detach().cpu().long()
             if seen.numel() != ids.numel():
@@ -321,18 +370,28 @@ class MemorizationMeter(nn.Module):
         report_evidence = None
         if evidence is not None:
             unseen = self.groups["unseen"] if "unseen" in self.group_sizes else None
-            try:
-                unseen_means = unseen.unit_means() if unseen is not None else None
+            try:  # raw means (the evidence shifts candidates and unseen images together); checked first
+                unseen_means = unseen.unit_means(raw=True) if unseen is not None else None
+                if unseen is not None and self.negative == "error":
+                    unseen.unit_means()
             except ValueError as err:
                 raise type(err)(f"the `unseen` images, {err}") from err
             control = self.groups["control"] if "control" in self.group_sizes else None
-            with_ref = self.layer_mem is not None
+            with_ref, aligned = self.layer_mem is not None, unseen is not None and self.keeps_alignment
+            if aligned and not with_ref:
+                align = self.encoder_alignment()
+            unseen_raw, unseen_align = (unseen.alignments(sslmem=with_ref, encoder=aligned) if unseen is not None
+                                        else (None, None))
             report_evidence = compute_evidence(
                 list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
                 control_raw=control.sslmem_raw() if control is not None and with_ref else None,
-                unseen_raw=unseen.sslmem_raw() if unseen is not None and with_ref else None,
-                unseen_unit_means=unseen_means, options=evidence)
+                unseen_raw=unseen_raw, unseen_unit_means=unseen_means, options=evidence, negative=self.negative,
+                **({"align": align, "unseen_align": unseen_align} if aligned else {}))
+        meta = dict(meta or {})
+        if self.view_moments is not None:
+            with synced_states(self.view_moments):
+                meta["view_stats"] = self.view_moments.compute().as_meta()
         return MemorizationReport(
             evidence=report_evidence,
             layers=list(self.names),
@@ -342,7 +401,7 @@ class MemorizationMeter(nn.Module):
             unit_argmax=unit_argmax,
             dead_units=dead,
             class_mem=class_mem,
-            meta=dict(meta or {}),
+            meta=meta,
             **kwargs,
         )
 

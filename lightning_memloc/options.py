@@ -29,6 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from lightning_memloc.checks import (NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, as_python_number, check_choice, check_int,
                                     check_seed)
 from lightning_memloc.evidence import EvidenceOptions
+from lightning_memloc.normalization import NormalizeSpec, check_normalize, normalize_meta
 from lightning_memloc.precision import AUTOCASTS
 
 __all__ = ["MeasureOptions", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
@@ -59,12 +60,15 @@ class MeasureOptions:
         top_k: size of LayerMem's top-k / least-k candidate groups (≥ 1).
         num_workers: DataLoader workers generating views (≥ 0).
         progress: show a progress bar during the pass.
-        bootstrap: resamples for the intervals and permutations for the tests (0: none).
+        bootstrap: resamples for the intervals and permutations for the tests (0: none; otherwise >= 200).
         confidence: coverage of the intervals, in (0, 1).
         alpha: significance level of the Holm-corrected tests, in (0, 1).
         autocast: ``None`` (float32 forwards), ``"bf16"`` or ``"fp16"``: run the forwards of ``f``
             and ``g`` under ``torch.autocast``; views and reductions stay float32
             (:mod:`lightning_memloc.precision`).
+        normalize: ``None``, a preset (``"imagenet"``, ``"cifar10"``) or a ``(mean, std)`` pair of
+            per-channel sequences: ``(x − mean) / std`` on every view after the transform, before
+            the encoder (:mod:`lightning_memloc.normalization`); stored canonically (tuples).
         with_reference: whether a reference encoder is measured (LayerMem needs ``views`` ≥ 2
             with ``pairing="all"``).
 
@@ -85,6 +89,7 @@ class MeasureOptions:
     confidence: float = 0.95
     alpha: float = 0.05
     autocast: Optional[str] = None
+    normalize: NormalizeSpec = None
     with_reference: bool = False
 
     def __post_init__(self) -> None:
@@ -96,6 +101,7 @@ class MeasureOptions:
         check_choice("negative", self.negative, NEGATIVE_POLICIES)
         if self.autocast is not None:
             check_choice("autocast", self.autocast, AUTOCASTS)
+        object.__setattr__(self, "normalize", check_normalize(self.normalize))
         if self.with_reference and self.pairing == "all" and self.views < 2:
             raise ValueError(
                 f"LayerMem with pairing='all' compares pairs of views and needs `views` >= 2, got {self.views}: "
@@ -151,16 +157,20 @@ class MeasureOptions:
             **extra: further entries (``epoch``, ``global_step``, ...), recorded after ``num_candidates``.
 
         ``autocast`` is recorded when set (``"bf16"`` / ``"fp16"``); a float32 pass records none.
+        ``normalize`` is recorded as ``None`` or ``{"mean": [...], "std": [...]}`` (with ``"preset"``).
         """
         return {"views": views, "seed": seed, "pairing": self.pairing, "reduction": self.reduction,
                 "negative": self.negative, "top_k": min(self.top_k, num_candidates), **extra,
                 "num_candidates": num_candidates, **{f"num_{name}": size for name, size in (groups or {}).items()},
-                "bootstrap": self.bootstrap, "confidence": self.confidence, "alpha": self.alpha, **self._precision()}
+                "bootstrap": self.bootstrap, "confidence": self.confidence, "alpha": self.alpha, **self._precision(),
+                "normalize": normalize_meta(self.normalize)}
 
     def fingerprint(self) -> Dict[str, Any]:
         """The options that make two measurements comparable (part of the monitor's resume fingerprint)."""
+        normalize = normalize_meta(self.normalize)  # the values: a preset and its numbers are one setting
         return {"pairing": self.pairing, "reduction": self.reduction, "negative": self.negative, "top_k": self.top_k,
-                "evidence": [self.bootstrap, self.confidence, self.alpha], **self._precision()}
+                "evidence": [self.bootstrap, self.confidence, self.alpha], **self._precision(),
+                "normalize": None if normalize is None else [normalize["mean"], normalize["std"]]}
 
     def _precision(self) -> Dict[str, Any]:
         """``{"autocast": ...}`` when the forwards run under autocast; ``{}`` for float32 (reports and

@@ -131,16 +131,16 @@ class MemorizationReport:
             )
 
     def unit_mem_mean(self) -> Dict[str, float]:
-        """Mean UnitMem of every layer (dead units included, they score 0); logged as ``memloc/unit_mem_mean/<layer>``."""
+        """Mean UnitMem of every layer (dead units included, they score 0); logged as ``memloc.unit_mem_mean/<layer>``."""
         return {layer: float(self.unit_mem[layer].float().mean()) for layer in self.layers}
 
     def unit_mem_frac_above(self, threshold: float = 0.5) -> Dict[str, float]:
         """Fraction of units per layer whose UnitMem exceeds ``threshold`` ("highly memorizing");
-        logged as ``memloc/unit_mem_frac_above/<layer>``."""
+        logged as ``memloc.unit_mem_frac_above/<layer>``."""
         return {layer: float((self.unit_mem[layer] > threshold).float().mean()) for layer in self.layers}
 
     def num_dead_units(self) -> Dict[str, int]:
-        """Number of dead units per layer (the count of the ``dead_units`` mask; logged as ``memloc/dead_units/<layer>``)."""
+        """Number of dead units per layer (the count of the ``dead_units`` mask; logged as ``memloc.dead_units/<layer>``)."""
         return {layer: int(self.dead_units[layer].sum()) for layer in self.layers}
 
     def mean_unit_mem(self) -> Dict[str, float]:

@@ -38,7 +38,13 @@ from lightning_memloc.report import MemorizationReport
 __all__ = ["LAYER_SCORES", "LAYER_STRATEGIES", "SCOPES", "UNIT_STRATEGIES", "resolve_report", "select_layers",
            "select_units"]
 
-LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess")
+LAYER_SCORES = ("layer_mem", "delta_layer_mem", "unit_mem", "excess", "align_gap")
+#: Layer scores read from the report's evidence, and what each needs.
+_EVIDENCE_SCORES = {"excess": "LayerMem's excess over a control set, which this report lacks: measure with `control=...` "
+                              "(images both encoders trained on)",
+                    "align_gap": "the candidates' alignment gap under the encoder against unseen images, which this "
+                                 "report lacks: measure with `unseen=...` (images the encoder never trained on; no "
+                                 "reference needed)"}
 LAYER_STRATEGIES = ("highest", "lowest", "random", "last")
 UNIT_STRATEGIES = ("highest", "lowest", "random")
 SCOPES = ("layer", "global")
@@ -101,7 +107,8 @@ def select_layers(
         by: score ranking the layers for ``"highest"`` / ``"lowest"``: ``"layer_mem"`` (LayerMem),
             ``"delta_layer_mem"`` (ΔLayerMem; both need a report measured with a reference
             encoder), ``"unit_mem"`` (mean UnitMem, no reference needed) or ``"excess"`` (LayerMem's
-            excess over a control set, needs a report measured with ``control=``). Ignored by
+            excess over a control set, needs a report measured with ``control=``) or ``"align_gap"``
+            (the reference-free alignment gap, needs ``unseen=``, no reference). Ignored by
             ``"random"`` and ``"last"``.
         strategy: ``"highest"`` / ``"lowest"`` (the ``k`` best / worst by ``by``, ties broken by
             layer order), ``"random"`` (``k`` layers drawn with a ``torch.Generator`` seeded with
@@ -144,11 +151,10 @@ def select_layers(
     else:
         if by == "unit_mem":
             scores = report.unit_mem_mean()
-        elif by == "excess":
-            if report.evidence is None or not report.evidence.has("excess"):
-                raise ValueError("`by`='excess' ranks layers by LayerMem's excess over a control set, which this report "
-                                 "lacks: measure with `control=...` (images both encoders trained on).")
-            scores = {layer: report.evidence.layers[layer]["excess"] for layer in report.layers}
+        elif by in _EVIDENCE_SCORES:
+            if report.evidence is None or not report.evidence.has(by):
+                raise ValueError(f"`by`={by!r} ranks layers by {_EVIDENCE_SCORES[by]}.")
+            scores = {layer: report.evidence.layers[layer][by] for layer in report.layers}
         else:
             scores = getattr(report, by)
             if scores is None:

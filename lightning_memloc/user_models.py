@@ -24,7 +24,7 @@ from torch import nn
 
 from lightning_memloc.cli import CLIError
 
-__all__ = ["add_model_args", "import_object", "user_encoders"]
+__all__ = ["add_model_args", "import_object", "user_encoders", "user_transform"]
 
 
 def add_model_args(group: Any) -> None:
@@ -86,22 +86,45 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module
 
 
+def _build(spec: str, kwargs_json: str, flag: str, what: str) -> Tuple[Any, dict]:
+    """``(factory(**kwargs), kwargs)`` for ``flag`` ``pkg.module:factory`` and its ``-kwargs`` JSON object."""
+    factory = import_object(spec, flag)
+    try:
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as err:
+        raise CLIError(f"{flag}-kwargs", f"{kwargs_json!r} is not JSON ({err}): pass an object, e.g. '{{}}'.") from err
+    if not isinstance(kwargs, dict):
+        raise CLIError(f"{flag}-kwargs", f"expected a JSON object, got {type(kwargs).__name__}.")
+    if not callable(factory):
+        raise CLIError(flag, f"{spec!r} is a {type(factory).__name__}, not a callable returning {what}.")
+    try:
+        return factory(**kwargs), kwargs
+    except Exception as err:  # the user's factory may raise anything
+        raise CLIError(flag, f"{spec}(**{kwargs}) failed: {type(err).__name__}: {err}") from err
+
+
+def user_transform(args: argparse.Namespace) -> Any:
+    """The per-image view transform of ``--transform pkg.module:factory`` (with ``--transform-kwargs``), or ``None``.
+
+    Example:
+        >>> ns = argparse.Namespace(transform="torchvision.transforms.v2:RandomHorizontalFlip",
+        ...                         transform_kwargs='{"p": 0.5}')
+        >>> type(user_transform(ns)).__name__
+        'RandomHorizontalFlip'
+    """
+    if getattr(args, "transform", None) is None:
+        return None
+    transform, _ = _build(args.transform, args.transform_kwargs, "--transform", "the view transform")
+    if not callable(transform):
+        raise CLIError("--transform", f"{args.transform} returned a {type(transform).__name__}, which cannot be called "
+                                      "on an image: name a factory returning a per-image transform.")
+    return transform
+
+
 def _from_factory(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module]]:
     from lightning_memloc.loading import load_encoder
 
-    factory = import_object(args.model, "--model")
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        raise CLIError("--model-kwargs", f"{args.model_kwargs!r} is not JSON ({err}): pass an object, e.g. '{{}}'.") from err
-    if not isinstance(kwargs, dict):
-        raise CLIError("--model-kwargs", f"expected a JSON object, got {type(kwargs).__name__}.")
-    if not callable(factory):
-        raise CLIError("--model", f"{args.model!r} is a {type(factory).__name__}, not a callable returning the encoder.")
-    try:
-        like = factory(**kwargs)
-    except Exception as err:  # the user's factory may raise anything
-        raise CLIError("--model", f"{args.model}(**{kwargs}) failed: {type(err).__name__}: {err}") from err
+    like, kwargs = _build(args.model, args.model_kwargs, "--model", "the encoder")
     if not isinstance(like, nn.Module):
         raise CLIError("--model", f"{args.model} returned a {type(like).__name__}, not a torch.nn.Module.")
 

@@ -28,6 +28,7 @@ from lightning_memloc.augment import BatchedSimCLRAugment
 from lightning_memloc.checks import (as_label_tensor, as_long_tensor, check_dense, check_image_layout,
                                     check_image_range, check_int, check_labels_layout, check_seed)
 from lightning_memloc.data import as_float_image, split_item
+from lightning_memloc.normalization import normalize_views, view_normalization
 from lightning_memloc.seeding import seeded_rng, view_seed
 
 __all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "make_views", "warn_if_not_reproducible"]
@@ -48,10 +49,11 @@ class SeededViews(Dataset):
             applied in :meth:`finalize`.
         seed: the measurement seed.
         labels: optional labels (length N); else taken from dataset items, else -1.
+        normalize: ``None``, a preset or ``(mean, std)``, applied to every view last (see ``measure``).
 
     ``__getitem__(i)`` returns ``(i, x, label)``: ``x`` is the (K, C, H, W) views, or for a batched
     transform the raw float (C, H, W) image; :meth:`finalize` turns a collated ``x`` into
-    (B, K, C, H, W) views on a device. Use :meth:`collate` (or :meth:`dataloader`) to batch.
+    (B, K, C, H, W) views on a device (:meth:`collate` / :meth:`dataloader` batch).
 
     Example:
         >>> import torch
@@ -62,7 +64,7 @@ class SeededViews(Dataset):
     """
 
     def __init__(self, candidates: Tensor | Dataset, views: int | None = 10, transform: Any = None,
-                 seed: int = 0, labels: Sequence[int] | Tensor | None = None) -> None:
+                 seed: int = 0, labels: Sequence[int] | Tensor | None = None, normalize: Any = None) -> None:
         self.seed = check_seed(seed)
         self._images: Tensor | None = None
         self._views: Tensor | None = None
@@ -114,7 +116,8 @@ class SeededViews(Dataset):
             transform = BatchedSimCLRAugment(size=int(self._raw(0).shape[-2]))
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
-        self.transform = transform
+        self.transform, self.normalize = transform, normalize
+        self.normalization = view_normalization(normalize, transform, self._views)
         self._view_shape: tuple[int, ...] | None = None
         self._reproducible_checked = False
         if self._images is not None:  # checked once here; dataset items are checked as they are read
@@ -147,9 +150,10 @@ class SeededViews(Dataset):
             for g in groups:
                 if not isinstance(g, Tensor) or g.ndim != self._views.ndim or tuple(g.shape[1:]) != tuple(self._views.shape[1:]):
                     raise ValueError(f"the candidates are precomputed views of shape (N, {', '.join(map(str, self._views.shape[1:]))}): "
-                                     f"pass control/unseen views of that shape too, got {_describe(g)}")
+                                     f"pass control/unseen views of that shape too, got "
+                                     f"{f'shape {tuple(g.shape)}' if isinstance(g, Tensor) else type(g).__name__}")
             source: Tensor | Dataset = torch.cat([_as_float(self._views)] + [_as_float(g) for g in groups])
-            return SeededViews(source, views=None, transform=None, seed=self.seed, labels=labels)
+            return SeededViews(source, views=None, transform=None, seed=self.seed, labels=labels, normalize=self.normalize)
         shape = tuple(self._raw(0).shape)
         for g in groups:
             first = g[0] if isinstance(g, Tensor) else split_item(g[0])[0]
@@ -164,7 +168,7 @@ class SeededViews(Dataset):
         else:
             parts = [self._dataset if self._dataset is not None else _ImageList(self._images)]  # type: ignore[arg-type]
             source = ConcatDataset(parts + [g if isinstance(g, Dataset) else _ImageList(g) for g in groups])
-        return SeededViews(source, views=self.views, transform=self.transform, seed=self.seed, labels=labels)
+        return SeededViews(source, self.views, self.transform, self.seed, labels, normalize=self.normalize)
 
     @property
     def is_batched(self) -> bool:
@@ -253,7 +257,7 @@ class SeededViews(Dataset):
         """Views (B, K, C, H, W) float on ``device`` from a collated ``x`` and its candidate ``index``.
 
         Precomputed views are only moved; for a batched transform the B·K views are made as one
-        batch with seeds ``view_seed(seed, index[b], k)``.
+        batch with seeds ``view_seed(seed, index[b], k)``; ``normalize`` comes last.
         """
         device = x.device if device is None else torch.device(device)
         index = as_long_tensor(index, "index").reshape(-1)
@@ -263,13 +267,14 @@ class SeededViews(Dataset):
             ndim = 5 if self._views is None else self._views.ndim
             if x.ndim != ndim:
                 raise ValueError(f"expected collated views with {ndim} dims (B, K, ...), got {tuple(x.shape)}")
-            return x.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32, non_blocking=True)
+            x = x.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32, non_blocking=True)
+            return normalize_views(x, self.normalization)
         if x.ndim != 4:
             raise ValueError(f"expected collated images (B, C, H, W), got {tuple(x.shape)}")
         B, K = x.shape[0], self.views
         imgs = x.to(device, non_blocking=True).unsqueeze(1).expand(B, K, *x.shape[1:]).reshape(B * K, *x.shape[1:])
         seeds = view_seed(self.seed, index.cpu().view(-1, 1), torch.arange(K).view(1, -1)).reshape(-1)
-        out = self.transform(imgs, seeds)
+        out = normalize_views(self.transform(imgs, seeds), self.normalization)
         return out.reshape(B, K, *out.shape[1:])
 
     @property
@@ -306,7 +311,7 @@ class SeededViews(Dataset):
         """The un-augmented image of candidate ``i`` (float (C, H, W)), for ``pairing="anchor"``.
 
         A batched transform with a ``normalize`` method (like :class:`BatchedSimCLRAugment`)
-        normalises it like the views; it is never resized.
+        normalises it like the views, and so does ``normalize``; it is never resized.
         """
         if self._views is not None:
             raise ValueError("precomputed views carry no un-augmented image: pairing='anchor' needs "
@@ -315,6 +320,7 @@ class SeededViews(Dataset):
         a = self._raw(i)
         if self.is_batched and callable(getattr(self.transform, "normalize", None)):
             a = self.transform.normalize(a[None])[0]
+        a = normalize_views(a, self.normalization)
         if tuple(a.shape) != self.view_shape:
             raise ValueError(f"anchor of candidate {i} has shape {tuple(a.shape)} but the views have shape "
                              f"{self.view_shape}: pairing='anchor' needs images at the view size")
@@ -378,10 +384,6 @@ class _ImageList(Dataset):
 
 def _as_float(x: Tensor) -> Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x
-
-
-def _describe(x: object) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any = None, seed: int = 0) -> Tensor:

@@ -94,7 +94,7 @@ def test_analyze_with_control_and_unseen_from_the_split(ws):
     out = ws / "groups"
     args = ["--encoder", ws / "f.pt", "--reference", ws / "g.pt", "--data", ws / "d.npz", "--indices-from-split",
             "--split-candidates", "3", "--split-independent", "3", "--control", "3", "--unseen", "split",
-            "--bootstrap", "50", "--output-dir", out]
+            "--bootstrap", "200", "--output-dir", out]
     code, stdout, stderr = run(ANALYZE + args)
     assert code == 0, stderr
     report = MemorizationReport.load(out / "report.json")
@@ -107,7 +107,7 @@ def test_analyze_with_control_and_unseen_from_the_split(ws):
     images = torch.nn.functional.interpolate(images.float(), size=16).round().to(torch.uint8) if images.shape[-1] != 16 else images
     direct = measure(load_encoder(ws / "f.pt", like), images[split.candidates], reference=load_encoder(ws / "g.pt", like),
                      views=3, top_k=3, candidate_ids=split.candidates, control=images[control],
-                     unseen=images[split.independent], bootstrap=50)
+                     unseen=images[split.independent], bootstrap=200)
     assert report.allclose(direct)
     for layer in report.layers:
         for key, value in direct.evidence.layers[layer].items():

@@ -69,15 +69,17 @@ def test_analyze_passes_every_contract_flag_to_measure_by_name():
     assert all(flags[_kebab(name)].dest == name for name in MEASURE_FLAGS)  # the flag of the same name sets it
     argv = ["analyze", "--data", "d.npz", "--output-dir", "o", "--views", "3", "--seed", "7", "--batch-size", "5",
             "--pairing", "anchor", "--reduction", "median", "--negative", "shift", "--top-k", "4", "--num-workers", "1",
-            "--no-progress", "--bootstrap", "9", "--confidence", "0.9", "--alpha", "0.1", "--autocast", "bf16"]
+            "--no-progress", "--bootstrap", "200", "--confidence", "0.9", "--alpha", "0.1", "--autocast", "bf16",
+            "--normalize", "0.5,0.4/0.2,0.1"]
     args = build_parser().parse_args(argv)
     kw = measure_kwargs(args, reference=None, layers="auto", labels=None, candidate_ids=None, groups={}, meta={},
                         reference_cache=None)
     assert set(kw) <= set(keywords)
     assert {k: kw[k] for k in MEASURE_FLAGS} == {"views": 3, "seed": 7, "batch_size": 5, "pairing": "anchor",
                                                 "reduction": "median", "negative": "shift", "top_k": 4,
-                                                "num_workers": 1, "progress": False, "bootstrap": 9,
-                                                "confidence": 0.9, "alpha": 0.1, "autocast": "bf16"}
+                                                "num_workers": 1, "progress": False, "bootstrap": 200,
+                                                "confidence": 0.9, "alpha": 0.1, "autocast": "bf16",
+                                                "normalize": ((0.5, 0.4), (0.2, 0.1))}
 
 
 def test_demo_flags_of_monitor_keywords_share_name_and_default():

@@ -58,7 +58,7 @@ def _full_report() -> MemorizationReport:
     torch.manual_seed(0)
     f, g = TinyCNN(), TinyCNN()
     return measure(f, torch.rand(8, 3, 16, 16), reference=g, views=2, top_k=2, labels=torch.tensor([0, 1] * 4),
-                   control=torch.rand(4, 3, 16, 16), unseen=torch.rand(4, 3, 16, 16), bootstrap=20)
+                   control=torch.rand(4, 3, 16, 16), unseen=torch.rand(4, 3, 16, 16), bootstrap=200)
 
 
 def test_every_logged_scalar_and_chart_tag_comes_from_tags():
@@ -68,9 +68,13 @@ def test_every_logged_scalar_and_chart_tag_comes_from_tags():
     for tag in scalars:
         if tag.startswith(f"{tags.PREFIX}/significant_layers/"):
             assert tag == tags.significant_tag(tag.rsplit("/", 1)[1])
+        elif tag == tags.verdict_tag():
+            assert scalars[tag] in (0.0, 1.0)
         else:
             quantity, layer = tags.parse_scalar_tag(tag)  # a known quantity of a measured layer
             assert layer in report.layers and tag == tags.scalar_tag(quantity, layer)
+            # TensorBoard's section (first path component) is the quantity's own, named like the layer runs' tag
+            assert tag.split("/")[0] == tags.by_layer_tag(quantity) == f"memloc.{quantity}"
     # every evidence record key is a known quantity (a new one is added to tags.py, once)
     keys = {key for record in report.evidence.layers.values() for key in record}
     assert keys <= set(tags.EVIDENCE_QUANTITIES), keys - set(tags.EVIDENCE_QUANTITIES)
@@ -90,7 +94,7 @@ def _tag_literals(path: Path):
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
                   and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    roots = (f"{tags.PREFIX}/", tags.HIST_ROOT, tags.IMAGES_ROOT, tags.BY_LAYER_ROOT, tags.LAYER_RUNS_FOLDER)
+    roots = (f"{tags.PREFIX}/", f"{tags.PREFIX}{tags.SEPARATOR}", tags.LAYER_RUNS_FOLDER)
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             if node.value.startswith(roots) or any(f"'{r}" in node.value or f'"{r}' in node.value for r in roots):
@@ -98,7 +102,7 @@ def _tag_literals(path: Path):
 
 
 def test_no_module_spells_a_tag_itself():
-    logging_modules = ["logging.py", "layer_runs.py", "naming.py", "utility.py", "monitor.py"]
+    logging_modules = ["logging.py", "layer_runs.py", "naming.py", "utility.py", "monitor.py", "figures.py"]
     found = {name: list(_tag_literals(PACKAGE / "callbacks" / name)) for name in logging_modules}
     assert not any(found.values()), found
 

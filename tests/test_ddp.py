@@ -26,11 +26,13 @@ from torch.utils.data import DistributedSampler
 from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks import MemorizationMonitor
 from lightning_memloc.callbacks.logging import report_scalars
+from lightning_memloc.callbacks.view_check import CHECK_STEPS
 from lightning_memloc.cotrain import cotraining_loader
 from lightning_memloc.data import split_candidates
 from lightning_memloc.measure import build_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter
 from lightning_memloc.models import TinyCNN
+from lightning_memloc.view_stats import ViewStatistics, channel_sums, statistics_from_sums
 from helpers import cotrained_pair
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -61,6 +63,7 @@ class RankSpy(pl.Callback):
         self.spy_dir = Path(spy_dir)
         self._undo = []
         self._buffers = []
+        self._inputs, self._hook, self._batches = [], None, 0
 
     def _record(self, trainer: pl.Trainer, **entry) -> None:
         with open(self.spy_dir / f"rank{trainer.global_rank}.jsonl", "a", encoding="utf-8") as fh:
@@ -97,8 +100,20 @@ class RankSpy(pl.Callback):
                       (monitor_module, "atomic_write_text", original_write),
                       (MemorizationReport, "save", original_save), (dist, "all_gather", original_gather)]
 
+    def on_train_start(self, trainer, pl_module):  # after the monitors' (own passes before training)
+        def record(module, args):
+            s, q, n = channel_sums(args[0])
+            self._inputs.append([s.tolist(), q.tolist(), n])
+
+        self._hook = pl_module.encoder.backbone.register_forward_pre_hook(record)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._buffers = [b.detach().clone() for b in pl_module.buffers()]
+        self._batches += 1
+        if self._hook is not None and self._batches == min(CHECK_STEPS, trainer.num_training_batches):
+            self._hook.remove()  # the encoder's inputs of the batches the monitors' view check saw
+            self._hook = None
+            self._record(trainer, event="inputs", sums=self._inputs)
 
     def on_train_epoch_end(self, trainer, pl_module):  # runs after the monitors' measurements
         now = list(pl_module.buffers())
@@ -110,6 +125,8 @@ class RankSpy(pl.Callback):
             if isinstance(monitor, MemorizationMonitor):
                 self._record(trainer, event="report", name=monitor.output_dir.name,
                              epochs=[h["epoch"] for h in monitor.history], report=monitor.report.to_dict())
+                self._record(trainer, event="view_check", training=monitor.view_check.training._asdict(),
+                             views=monitor.view_check.views._asdict())
 
     def teardown(self, trainer, pl_module, stage):
         for owner, name, value in self._undo:
@@ -218,6 +235,29 @@ def test_ddp_report_equals_single_process_measure(ddp_run, name):
                      top_k=TOP_K, batch_size=batch_size)
     assert single.layers == saved.layers == LAYERS
     assert single.allclose(saved, atol=1e-5)
+    # the views' statistics: every candidate once, though rank 1 measured candidate 0 again (padding)
+    for key in ("mean", "std"):
+        assert saved.meta["view_stats"][key] == pytest.approx(single.meta["view_stats"][key], rel=1e-9)
+
+
+def test_ddp_view_check_compares_the_batches_of_every_rank(ddp_run):
+    """check_views adds the encoder inputs of every rank's first batches: each rank's monitors hold
+    the statistics of both ranks' batches (so every rank reaches the same verdict), not its own."""
+    spy = ddp_run["spy"]
+    local = [[e for e in s if e["event"] == "inputs"] for s in spy]
+    assert len(local[0]) == len(local[1]) == 1
+    sums = [torch.tensor([entry[0] for entry in r[0]["sums"]], dtype=torch.float64).sum(0) for r in local]
+    squares = [torch.tensor([entry[1] for entry in r[0]["sums"]], dtype=torch.float64).sum(0) for r in local]
+    counts = [sum(entry[2] for entry in r[0]["sums"]) for r in local]
+    both = statistics_from_sums(sums[0] + sums[1], squares[0] + squares[1], counts[0] + counts[1])
+    own = statistics_from_sums(sums[0], squares[0], counts[0])
+    checks = [[e for e in s if e["event"] == "view_check"] for s in spy]
+    assert len(checks[0]) == len(checks[1]) == len(SCENARIOS) + 1  # every monitor, on every rank
+    for entry in checks[0] + checks[1]:
+        training = ViewStatistics(**{k: tuple(v) for k, v in entry["training"].items()})
+        assert training.mean == pytest.approx(both.mean, rel=1e-9) and training.std == pytest.approx(both.std, rel=1e-9)
+        assert training.mean != pytest.approx(own.mean, rel=1e-6)  # not rank 0's batches alone
+    assert [e["views"] for e in checks[0]] == [e["views"] for e in checks[1]]  # each monitor's, the same on both ranks
 
 
 def test_ddp_ranks_measure_with_rank_zero_buffers_and_reduce_in_place(ddp_run):
@@ -255,11 +295,11 @@ def test_ddp_logged_metrics_reach_the_parent(ddp_run):
     listed last, "padded", logged last)."""
     saved = MemorizationReport.load(ddp_run["tmp"] / "padded" / "report_epoch=1.json")
     scalars = report_scalars(saved, 0.5)
-    assert any(key.startswith("memloc/layer_mem/") for key in scalars)
+    assert any(key.startswith("memloc.layer_mem/") for key in scalars)
     for key, value in scalars.items():
         assert ddp_run["trainer"].callback_metrics[key].item() == pytest.approx(value, abs=1e-6), key
     history = json.loads((ddp_run["tmp"] / "padded" / "history.json").read_text(encoding="utf-8"))
-    assert history[-1]["memloc/layer_mem/conv3"] == pytest.approx(saved.layer_mem["conv3"], abs=1e-6)
+    assert history[-1]["memloc.layer_mem/conv3"] == pytest.approx(saved.layer_mem["conv3"], abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +317,8 @@ def test_distributed_sampler_shards_merge_to_single_meter(num_candidates, world_
     specs, units = probe_layers(f, g, "auto", views.example_batch())
 
     def meter():
-        return MemorizationMeter(specs, units, num_candidates, reference=True, labels=labels, top_k=TOP_K)
+        return MemorizationMeter(specs, units, num_candidates, reference=True, labels=labels, top_k=TOP_K,
+                                 view_shape=views.view_shape)
 
     shards = []
     for rank in range(world_size):
@@ -291,6 +332,7 @@ def test_distributed_sampler_shards_merge_to_single_meter(num_candidates, world_
         for mine, theirs in zip(merged.units, other.units):
             mine.merge_state(theirs)
         merged.layer_mem.merge_state(other.layer_mem)
+        merged.view_moments.merge_state(other.view_moments)
     # padding repeats the first candidates: they were counted twice, the others once
     expected = torch.ones(num_candidates)
     expected[:padded] += 1
@@ -302,6 +344,7 @@ def test_distributed_sampler_shards_merge_to_single_meter(num_candidates, world_
     ids = torch.arange(num_candidates)
     got, want = merged.compute_report(ids), single.compute_report(ids)
     assert got.allclose(want, atol=1e-6)
+    assert got.meta["view_stats"]["std"] == pytest.approx(want.meta["view_stats"]["std"], rel=1e-9)
     assert got.allclose(measure(f, images, reference=g, views=VIEWS, seed=SEED, top_k=TOP_K, labels=y), atol=1e-6)
     if labels:
         assert all(torch.allclose(got.class_mem[k], want.class_mem[k], atol=1e-6) for k in got.layers)

@@ -56,7 +56,7 @@ def _count_all_reduce(monkeypatch) -> list:
 
 
 def test_compute_report_syncs_each_metric_once(tmp_path, monkeypatch):
-    options = EvidenceOptions(bootstrap=20, seed=0)
+    options = EvidenceOptions(bootstrap=200, seed=0)
     plain = _filled_meter().compute_report(torch.arange(6), evidence=options)  # one process: no sync
     calls = _count_all_reduce(monkeypatch)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)

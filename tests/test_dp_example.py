@@ -21,7 +21,7 @@ def example():
 
 def test_dp_example_smoke(example, tmp_path: Path, one_thread) -> None:
     args = ["--data", "synthetic", "--subset", "80", "--test", "12", "--size", "16", "--width", "2", "--epochs", "1",
-            "--batch-size", "16", "--views", "2", "--bootstrap", "20", "--ks", "3", "10", "--sigmas", "0.8", "4.0",
+            "--batch-size", "16", "--views", "2", "--bootstrap", "200", "--ks", "3", "10", "--sigmas", "0.8", "4.0",
             "--out", str(tmp_path)]
     assert example.main(args) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]

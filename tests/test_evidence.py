@@ -168,9 +168,9 @@ def test_tests_do_not_depend_on_the_scale():
     raw, control = torch.randn(15, generator=g).double() + 0.5, torch.randn(12, generator=g).double()
     mu = {"a": torch.rand(15, 4, generator=g)}
     one = compute_evidence(layers, unit_means=mu, sslmem_raw={"a": raw}, control_raw={"a": control},
-                           options=EvidenceOptions(bootstrap=100))
+                           options=EvidenceOptions(bootstrap=200))
     ten = compute_evidence(layers, unit_means=mu, sslmem_raw={"a": 10 * raw}, control_raw={"a": 10 * control},
-                           options=EvidenceOptions(bootstrap=100))
+                           options=EvidenceOptions(bootstrap=200))
     for key in ("excess", "excess_p", "layer_mem", "control_layer_mem", "excess_lo"):
         assert one.layers["a"][key] == pytest.approx(ten.layers["a"][key], rel=1e-9, abs=1e-12)
 
@@ -185,8 +185,8 @@ def test_candidates_figures_unchanged_by_control_and_unseen():
     f, g = _models()
     x = torch.rand(16, 3, 2, 2)
     views = torch.rand(16, 3, 12)  # precomputed (N, K, D) feature views
-    alone = measure(f, views[:8], reference=g, views=3, bootstrap=50)
-    pooled = measure(f, views[:8], reference=g, views=3, control=views[8:12], unseen=views[12:], bootstrap=50)
+    alone = measure(f, views[:8], reference=g, views=3, bootstrap=200)
+    pooled = measure(f, views[:8], reference=g, views=3, control=views[8:12], unseen=views[12:], bootstrap=200)
     assert alone.allclose(pooled, atol=1e-6)
     assert x.shape[0] == 16
     assert pooled.meta["num_control"] == 4 and pooled.meta["num_unseen"] == 4
@@ -196,7 +196,7 @@ def test_candidates_figures_unchanged_by_control_and_unseen():
 def test_control_sslmem_equals_a_separate_measurement_on_the_candidates_scale():
     f, g = _models()
     views = torch.rand(14, 4, 12, generator=torch.Generator().manual_seed(3))
-    pooled = measure(f, views[:8], reference=g, views=4, control=views[8:], bootstrap=50, batch_size=3)
+    pooled = measure(f, views[:8], reference=g, views=4, control=views[8:], bootstrap=200, batch_size=3)
     separate = measure(f, views[8:], reference=g, views=4, bootstrap=0)
     for layer in pooled.layers:
         raw = pooled.sslmem_raw[layer]
@@ -208,7 +208,7 @@ def test_control_sslmem_equals_a_separate_measurement_on_the_candidates_scale():
 def test_evidence_invariant_to_batch_size_and_reproducible():
     f, g = _models()
     views = torch.rand(18, 3, 12, generator=torch.Generator().manual_seed(4))
-    kw = dict(reference=g, views=3, control=views[8:13], unseen=views[13:], bootstrap=100)
+    kw = dict(reference=g, views=3, control=views[8:13], unseen=views[13:], bootstrap=200)
     a = measure(f, views[:8], batch_size=2, **kw).evidence
     b = measure(f, views[:8], batch_size=18, **kw).evidence
     for layer in a.layers:

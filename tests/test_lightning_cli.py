@@ -85,4 +85,4 @@ def test_callbacks_from_the_command_line(tmp_path, monkeypatch, one_thread):
     assert pruning.source.source is monitor and list(pruning.pruned_units) == ["conv1"]
     conv = cli.model.encoder.backbone.conv1.conv
     assert float(conv.weight[pruning.pruned_units["conv1"]].abs().sum()) == 0.0
-    assert "memloc-cand/unit_mem_mean/conv1" in cli.trainer.callback_metrics
+    assert "memloc-cand.unit_mem_mean/conv1" in cli.trainer.callback_metrics

@@ -52,7 +52,7 @@ def test_fit_logs_tensorboard_and_writes_reports(tmp_path, data):
     assert report.layers == LAYERS and report.has_reference
     assert report.meta["epoch"] == 2
     # The logged scalars are also in callback_metrics.
-    assert trainer.callback_metrics["memloc/layer_mem/conv3"].item() == pytest.approx(report.layer_mem["conv3"], abs=1e-6)
+    assert trainer.callback_metrics["memloc.layer_mem/conv3"].item() == pytest.approx(report.layer_mem["conv3"], abs=1e-6)
 
     # The report equals a post-hoc measure() of the final weights on the same views.
     again = measure(model.encoder.backbone, images[split.candidates], reference=model.reference.backbone, views=3,
@@ -70,18 +70,20 @@ def test_fit_logs_tensorboard_and_writes_reports(tmp_path, data):
     acc.Reload()
     tags = acc.Tags()
     for layer in LAYERS:
-        assert f"memloc/layer_mem/{layer}" in tags["scalars"]
-        assert f"memloc/delta_layer_mem/{layer}" in tags["scalars"]
-        assert f"memloc/unit_mem_mean/{layer}" in tags["scalars"]
-        assert f"memloc/dead_units/{layer}" in tags["scalars"]
-        assert f"memloc_hist/unit_mem/{layer}" in tags["histograms"]
-    scalar_steps = [e.step for e in acc.Scalars("memloc/layer_mem/conv1")]
-    hist_steps = [e.step for e in acc.Histograms("memloc_hist/unit_mem/conv1")]
-    image_steps = [e.step for e in acc.Images("memloc_images/most_memorized")]
+        assert f"memloc.layer_mem/{layer}" in tags["scalars"]
+        assert f"memloc.delta_layer_mem/{layer}" in tags["scalars"]
+        assert f"memloc.unit_mem_mean/{layer}" in tags["scalars"]
+        assert f"memloc.dead_units/{layer}" in tags["scalars"]
+        assert f"memloc.unit_mem/{layer}" in tags["histograms"]
+    scalar_steps = [e.step for e in acc.Scalars("memloc.layer_mem/conv1")]
+    hist_steps = [e.step for e in acc.Histograms("memloc.unit_mem/conv1")]
+    image_steps = [e.step for e in acc.Images("memloc/most_memorized")]
+    figure_steps = [[e.step for e in acc.Images(f"memloc/{name}")] for name in ("profile", "profile_over_training")]
     assert scalar_steps == hist_steps == image_steps == [h["global_step"] for h in monitor.history]
-    assert [e.value for e in acc.Scalars("memloc/layer_mem/conv3")] == pytest.approx(
-        [h["memloc/layer_mem/conv3"] for h in monitor.history], abs=1e-6)
-    assert "memloc_images/least_memorized" in tags["images"]
+    assert figure_steps == [scalar_steps, scalar_steps]  # the profile and the heat maps at every measurement
+    assert [e.value for e in acc.Scalars("memloc.layer_mem/conv3")] == pytest.approx(
+        [h["memloc.layer_mem/conv3"] for h in monitor.history], abs=1e-6)
+    assert "memloc/least_memorized" in tags["images"]
     assert any("custom_scalars" in t for t in tags["tensors"])
 
 
@@ -185,7 +187,7 @@ def test_control_and_unseen_in_one_pass_logged_with_intervals(tmp_path, data):
     images, split = data
     pl.seed_everything(0)
     control, unseen = images[split.control(6)], images[split.independent]
-    monitor = _monitor(images, split, control=control, unseen=unseen, bootstrap=100, measure_on_train_start=True,
+    monitor = _monitor(images, split, control=control, unseen=unseen, bootstrap=200, measure_on_train_start=True,
                        output_dir=tmp_path / "memloc")
     model = cotrained_pair()
     trainer = _trainer(tmp_path, [monitor], max_epochs=2, enable_checkpointing=False)
@@ -193,25 +195,25 @@ def test_control_and_unseen_in_one_pass_logged_with_intervals(tmp_path, data):
     report = monitor.report
     assert report.evidence.meta["groups"] == {"candidates": 8, "control": 6, "unseen": 8}
     direct = measure(model.encoder.backbone, images[split.candidates], reference=model.reference.backbone, views=3,
-                     top_k=3, control=control, unseen=unseen, bootstrap=100)
+                     top_k=3, control=control, unseen=unseen, bootstrap=200)
     assert report.allclose(direct)
     for layer in LAYERS:
         assert report.evidence.layers[layer]["excess"] == pytest.approx(direct.evidence.layers[layer]["excess"], abs=1e-6)
     # the history and callback_metrics carry the evidence; the init point ran with recalibrated BatchNorm
     assert [h["epoch"] for h in monitor.history] == [-1, 0, 1]
     for key in ("excess", "excess_lo", "excess_hi", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_mean_lo"):
-        assert f"memloc/{key}/conv3" in monitor.history[-1]
-        assert trainer.callback_metrics[f"memloc/{key}/conv3"].item() == pytest.approx(monitor.history[-1][f"memloc/{key}/conv3"])
+        assert f"memloc.{key}/conv3" in monitor.history[-1]
+        assert trainer.callback_metrics[f"memloc.{key}/conv3"].item() == pytest.approx(monitor.history[-1][f"memloc.{key}/conv3"])
     first = MemorizationReport.load(tmp_path / "memloc" / "report_epoch=-1.json")
     assert first.meta["init_batchnorm"] == "recalibrate" and report.meta["init_batchnorm"] == "model"
     acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"scalars": 0}).Reload()
-    assert "memloc/excess/conv3" in acc.Tags()["scalars"] and "memloc/excess_lo/conv3" in acc.Tags()["scalars"]
+    assert "memloc.excess/conv3" in acc.Tags()["scalars"] and "memloc.excess_lo/conv3" in acc.Tags()["scalars"]
     # margin charts (value, lower, upper) per layer in the custom-scalars layout
     from lightning_memloc.callbacks.logging import custom_scalar_layout
 
     layout = custom_scalar_layout(report)
-    assert layout["memloc excess over control ± CI"]["conv3"] == [
-        "Margin", ["memloc/excess/conv3", "memloc/excess_lo/conv3", "memloc/excess_hi/conv3"]]
+    assert layout["memloc LayerMem excess over control ± CI"]["conv3"] == [
+        "Margin", ["memloc.excess/conv3", "memloc.excess_lo/conv3", "memloc.excess_hi/conv3"]]
 
 
 def test_recalibrated_init_restores_the_models_buffers(data):
@@ -236,7 +238,7 @@ def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
     images, split = data
     pl.seed_everything(0)
     layers = ["conv3", "conv1", "conv2"]  # any order asked: runs follow the forward order
-    monitor = _monitor(images, split, layers=layers, control=images[split.control(6)], bootstrap=50)
+    monitor = _monitor(images, split, layers=layers, control=images[split.control(6)], bootstrap=200)
     trainer = _trainer(tmp_path, [monitor], max_epochs=1, enable_checkpointing=False)
     trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))
     root = tmp_path / "tb" / "version_0" / "memloc_layers"
@@ -244,16 +246,16 @@ def test_layer_runs_in_depth_order_for_tensorboard(tmp_path, data):
     assert runs == [f"{i + 1:02d}_{name}" for i, name in enumerate(monitor.report.layers)]
     for run, layer in zip(runs, monitor.report.layers):
         acc = EventAccumulator(str(root / run), size_guidance={"scalars": 0, "histograms": 0}).Reload()
-        assert "memloc_by_layer/unit_mem" in acc.Tags()["histograms"]
+        assert "memloc.unit_mem" in acc.Tags()["histograms"]
         for quantity in ("layer_mem", "excess", "unit_mem_mean"):
-            events = acc.Scalars(f"memloc_by_layer/{quantity}")
-            assert [e.value for e in events] == pytest.approx([monitor.history[-1][f"memloc/{quantity}/{layer}"]], abs=1e-6)
+            events = acc.Scalars(f"memloc.{quantity}")
+            assert [e.value for e in events] == pytest.approx([monitor.history[-1][f"memloc.{quantity}/{layer}"]], abs=1e-6)
     from lightning_memloc.callbacks.logging import custom_scalar_layout
 
     layout = custom_scalar_layout(monitor.report, by_layer=True)["memloc"]  # series coloured by run = by layer
-    assert layout["layer_mem"] == ["Multiline", ["^memloc_by_layer/layer_mem$"]]
-    assert layout["excess over control ± CI"] == [
-        "Margin", ["memloc_by_layer/excess", "memloc_by_layer/excess_lo", "memloc_by_layer/excess_hi"]]
+    assert layout["layer_mem"] == ["Multiline", [r"^memloc\.layer_mem$"]]
+    assert layout["LayerMem excess over control ± CI"] == [
+        "Margin", ["memloc.excess", "memloc.excess_lo", "memloc.excess_hi"]]
     no_runs = _monitor(images, split, layer_runs=False)
     trainer = _trainer(tmp_path / "b", [no_runs], max_epochs=1, enable_checkpointing=False)
     trainer.fit(cotrained_pair(), cotraining_loader(images, split, batch_size=8))

@@ -36,6 +36,8 @@ def test_options_are_frozen_and_normalised():
     ({"views": 1, "with_reference": True}, "needs `views` >= 2"),
     ({"seed": -1}, "`seed` must be in"),
     ({"bootstrap": -1}, "`bootstrap` must be an int >= 0"),
+    ({"bootstrap": 1}, "`bootstrap` must be 0 .no intervals or tests. or at least 200, got 1"),
+    ({"bootstrap": 199}, "or at least 200, got 199.*Pass bootstrap=200 or more"),
     ({"confidence": 1.0}, "`confidence` must be in"),
     ({"alpha": 0.0}, "`alpha` must be in"),
 ])
@@ -50,11 +52,12 @@ def test_one_view_is_fine_without_reference_or_with_anchor_pairing():
 
 
 def test_meta_evidence_and_kwargs():
-    options = MeasureOptions(views=4, seed=3, top_k=10, bootstrap=20, confidence=0.9, alpha=0.1)
+    options = MeasureOptions(views=4, seed=3, top_k=10, bootstrap=200, confidence=0.9, alpha=0.1)
     meta = options.meta(views=4, seed=3, num_candidates=6, groups={"control": 5}, epoch=2)
     assert meta == {"views": 4, "seed": 3, "pairing": "all", "reduction": "mean", "negative": "clamp", "top_k": 6,
-                    "epoch": 2, "num_candidates": 6, "num_control": 5, "bootstrap": 20, "confidence": 0.9, "alpha": 0.1}
-    assert options.evidence == EvidenceOptions(bootstrap=20, confidence=0.9, alpha=0.1, seed=3)
+                    "epoch": 2, "num_candidates": 6, "num_control": 5, "bootstrap": 200, "confidence": 0.9, "alpha": 0.1,
+                    "normalize": None}
+    assert options.evidence == EvidenceOptions(bootstrap=200, confidence=0.9, alpha=0.1, seed=3)
     assert options.meter_kwargs() == {"reduction": "mean", "negative": "clamp", "top_k": 10}
     assert options.pass_kwargs() == {"batch_size": 32, "pairing": "all", "num_workers": 0}
 
@@ -63,13 +66,13 @@ def test_measure_and_monitor_record_the_same_settings():
     torch.manual_seed(0)
     images = torch.rand(6, 3, 16, 16)
     f, g = TinyCNN(), TinyCNN()
-    kwargs = dict(views=3, seed=4, top_k=2, reduction="median", bootstrap=10, confidence=0.9, alpha=0.1)
+    kwargs = dict(views=3, seed=4, top_k=2, reduction="median", bootstrap=200, confidence=0.9, alpha=0.1)
     report = measure(f, images, reference=g, **kwargs)
     monitor = MemorizationMonitor(images, reference=g, progress=False, **kwargs)
     expected = monitor.options.meta(views=3, seed=4, num_candidates=6)
-    assert report.meta == expected
+    assert {k: v for k, v in report.meta.items() if k != "view_stats"} == expected  # + the measured view statistics
     assert monitor.options == MeasureOptions(with_reference=True, progress=False, **kwargs)
-    assert monitor.evidence_options == EvidenceOptions(bootstrap=10, confidence=0.9, alpha=0.1, seed=4)
+    assert monitor.evidence_options == EvidenceOptions(bootstrap=200, confidence=0.9, alpha=0.1, seed=4)
 
 
 def test_monitor_options_properties_validate_on_set():
@@ -95,4 +98,4 @@ def test_measure_kwargs_round_trip_through_measure():
     assert set(options.measure_kwargs()) == set(MeasureOptions.keywords())
     assert "with_reference" not in MeasureOptions.keywords()
     report = measure(TinyCNN(), torch.rand(5, 3, 16, 16), **options.measure_kwargs())
-    assert report.meta == options.meta(views=3, seed=2, num_candidates=5)
+    assert {k: v for k, v in report.meta.items() if k != "view_stats"} == options.meta(views=3, seed=2, num_candidates=5)

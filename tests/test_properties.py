@@ -112,7 +112,7 @@ def _arguments(case: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
         negative=case["negative"], top_k=case["top_k"], layers=LAYER_SETS[case["layers"]], seed=case["seed"],
         labels=None if case["labels"] is None else torch.tensor(case["labels"]),
         candidate_ids=None if case["candidate_ids"] is None else torch.tensor(case["candidate_ids"]),
-        state_dtype=getattr(torch, case["state_dtype"]), bootstrap=16 if case["control"] or case["unseen"] else 0,
+        state_dtype=getattr(torch, case["state_dtype"]), bootstrap=200 if case["control"] or case["unseen"] else 0,
         control=_images(case, case["control"], 1)[0] if case["control"] >= 2 else None,
         unseen=_images(case, case["unseen"], 2)[0] if case["unseen"] >= 2 else None)
     fault = case["fault"]

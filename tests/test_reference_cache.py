@@ -40,7 +40,7 @@ def _same(a, b, meta: bool = True) -> bool:
     return json.dumps(da, sort_keys=True) == json.dumps(db, sort_keys=True)
 
 
-KW = dict(views=3, top_k=2, batch_size=3, bootstrap=20)
+KW = dict(views=3, top_k=2, batch_size=3, bootstrap=200)
 
 
 def test_cached_equals_uncached_exactly_and_reuses():

@@ -218,10 +218,10 @@ def test_a_history_with_values_that_are_not_numbers_is_refused(tmp_path):
     from lightning_memloc import ReportFormatError
     from lightning_memloc.plots import load_history
 
-    good = [{"epoch": 0, "global_step": 4, "memloc/layer_mem/conv1": 0.1, "memloc/excess/conv1": None}]
+    good = [{"epoch": 0, "global_step": 4, "memloc.layer_mem/conv1": 0.1, "memloc.excess/conv1": None}]
     assert load_history(good) == good
-    for entry in ({"epoch": 0, "memloc/layer_mem/conv1": "0.1"}, {"epoch": "0", "memloc/layer_mem/conv1": 0.1},
-                  {"epoch": 0, "memloc/layer_mem/conv1": True}, {"epoch": 0, "memloc/layer_mem/conv1": [0.1]}):
+    for entry in ({"epoch": 0, "memloc.layer_mem/conv1": "0.1"}, {"epoch": "0", "memloc.layer_mem/conv1": 0.1},
+                  {"epoch": 0, "memloc.layer_mem/conv1": True}, {"epoch": 0, "memloc.layer_mem/conv1": [0.1]}):
         with pytest.raises(ReportFormatError, match="holds values that are not numbers"):
             load_history([entry])
 
@@ -273,7 +273,7 @@ def test_a_report_file_with_fractional_or_nested_ids_is_refused(tmp_path):
 def test_the_largest_seeds_work_with_an_unseen_set(encoder, images):
     """Seeds are valid up to 2**64 - 1; the evidence's own offset seeds overflowed torch after the whole pass."""
     for seed in (2**64 - 1, 2**64 - 14, 2**63):
-        report = measure(encoder, images[:4], views=2, seed=seed, unseen=images[4:], bootstrap=8)
+        report = measure(encoder, images[:4], views=2, seed=seed, unseen=images[4:], bootstrap=200)
         assert report.meta["seed"] == seed and report.evidence.layers["conv3"]["unit_mem_seen"] is not None
 
 
@@ -307,10 +307,10 @@ def test_bad_items_of_a_control_or_unseen_dataset_are_named(encoder, reference, 
 
 
 def test_numpy_evidence_settings_are_recorded_as_python_numbers(encoder, reference, images, tmp_path):
-    report = measure(encoder, images, reference=reference, views=2, bootstrap=np.int64(8), confidence=np.float32(0.9),
+    report = measure(encoder, images, reference=reference, views=2, bootstrap=np.int64(200), confidence=np.float32(0.9),
                      alpha=np.float64(0.1), unseen=images[:3])
     assert type(report.meta["bootstrap"]) is int and type(report.meta["confidence"]) is float
-    assert report.meta["confidence"] == pytest.approx(0.9) and report.meta["bootstrap"] == 8
+    assert report.meta["confidence"] == pytest.approx(0.9) and report.meta["bootstrap"] == 200
     assert MemorizationReport.load(report.save(tmp_path / "r.json")).meta["alpha"] == 0.1
 
 

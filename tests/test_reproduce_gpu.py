@@ -21,8 +21,8 @@ from helpers import load_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--shared", "40", "--candidates", "10", "--independent", "10", "--control", "10", "--width", "4",
-        "--batch-size", "16", "--views", "2", "--top-k", "2", "--measure-batch", "16", "--bootstrap", "20",
-        "--monitor-bootstrap", "10", "--probe-train", "30", "--ft-samples", "20", "--ft-epochs", "1",
+        "--batch-size", "16", "--views", "2", "--top-k", "2", "--measure-batch", "16", "--bootstrap", "200",
+        "--monitor-bootstrap", "200", "--probe-train", "30", "--ft-samples", "20", "--ft-epochs", "1",
         "--ft-batch", "8", "--device", "cpu", "--monitor-points", "2"]
 
 
@@ -66,7 +66,7 @@ def test_smoke_run_writes_every_output(gpu, data: Path, tmp_path: Path, extra) -
     # the monitor measured before training (epoch -1) and at its end, with control and unseen images
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [-1, 0]
-    assert all("memloc/excess/conv1" in h and "memloc/unit_mem_frac_above/res2.conv2" in h for h in history)
+    assert all("memloc.excess/conv1" in h and "memloc.unit_mem_frac_above/res2.conv2" in h for h in history)
     report = MemorizationReport.load(out / "report.json")
     assert len(report.layers) == 8 and report.evidence.has("excess") and report.evidence.has("membership")
     assert report.candidate_ids.tolist() == idx["candidates"]
@@ -112,7 +112,11 @@ def test_budget_stops_training_and_anneals(gpu, data: Path, tmp_path: Path) -> N
     assert out["last_lr"] < 0.1 * args.lr
     # paced monitor: before training, then every `monitor_every` epochs, then at the end
     epochs = [h["epoch"] for h in out["monitor"].history]
-    assert epochs[0] == -1 and len(epochs) >= 2 and out["monitor_every"] >= 1
+    assert epochs[0] == -1 and len(epochs) >= 2
+    if out["monitor_every"] is None:  # a loaded machine: the budget ended before the pacer's second epoch
+        assert out["epochs_reached"] <= 2
+        return
+    assert out["monitor_every"] >= 1
     assert all(e % out["monitor_every"] == out["monitor_every"] - 1 for e in epochs[1:-1])
 
 

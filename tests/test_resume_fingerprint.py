@@ -60,17 +60,18 @@ def _alternatives(tmp_path):
         "threshold": (0.7, "threshold"),
         "control": (torch.rand(4, 3, 8, 8), "groups"),
         "unseen": (torch.rand(4, 3, 8, 8), "groups"),
-        "bootstrap": (10, "evidence"),
+        "bootstrap": (200, "evidence"),
         "confidence": (0.9, "evidence"),
         "alpha": (0.01, "evidence"),
         "autocast": ("bf16", "autocast"),
+        "normalize": ("imagenet", "normalize"),
     }
 
 
 _EXEMPT_VALUES = {"every_n_epochs": 2, "every_n_train_steps": 3, "batch_size": 3, "num_workers": 1, "progress": True,
-                  "grid_size": 0, "log_histograms": False, "layer_runs": False, "output_dir": "elsewhere",
+                  "grid_size": 0, "log_histograms": False, "log_figures": False, "layer_runs": False, "output_dir": "elsewhere",
                   "overwrite": True, "name": "second", "memory_limit": 2 ** 30, "measure_on_train_start": True,
-                  "init_batchnorm": "default"}
+                  "init_batchnorm": "default", "check_views": "off"}
 
 
 def _fingerprint(tmp_path, **changes):
@@ -105,7 +106,8 @@ def test_every_monitor_argument_changes_the_fingerprint_or_is_exempt_with_a_reas
 
 @pytest.mark.parametrize("argument", ["candidates", "labels", "size", "indices", "views", "transform", "layers",
                                       "encoder", "reference", "seed", "pairing", "reduction", "negative", "top_k",
-                                      "threshold", "control", "unseen", "bootstrap", "confidence", "alpha", "autocast"])
+                                      "threshold", "control", "unseen", "bootstrap", "confidence", "alpha", "autocast",
+                                      "normalize"])
 def test_a_number_changing_argument_changes_its_fingerprint_entry(tmp_path, argument):
     base = _fingerprint(tmp_path)
     value, entry = _alternatives(tmp_path)[argument]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY = ["--limit", "40", "--canaries", "4", "--epochs", "1", "--width", "2", "--views", "2", "--bootstrap", "20",
+TINY = ["--limit", "40", "--canaries", "4", "--epochs", "1", "--width", "2", "--views", "2", "--bootstrap", "200",
         "--finetune-size", "40", "--test-size", "30", "--ft-epochs", "1", "--ft-seeds", "2", "--random-seeds", "2",
         "--ks", "5", "10", "--fractions", "0.5"]
 

@@ -42,7 +42,7 @@ END = "<!-- end generated -->"
 GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("Package", ("",)),
     ("Inputs and views", ("data", "data.*", "candidates", "datamodule", "canaries", "seeding", "augment", "views",
-                          "views.*")),
+                          "views.*", "normalization", "view_stats")),
     ("Encoders and training", ("models", "models.*", "ssl", "cotrain", "lightning", "user_models", "loading",
                                "pruned")),
     ("Taps", ("taps", "taps.*", "vit", "probe", "fidelity")),
@@ -52,7 +52,7 @@ GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                        "distributed", "distributed.*")),
     ("Measurement", ("measure", "measure.*", "options", "options.*")),
     ("Report and evidence", ("report", "report.*", "report_*", "tags", "contract", "evidence", "evidence.*",
-                             "analyses", "analyses.*", "selection")),
+                             "*_evidence", "verdict", "analyses", "analyses.*", "selection")),
     ("Callbacks and unit surgery", ("callbacks", "callbacks.*", "producers", "pruning", "pruning.*", "surgery",
                                     "surgery.*")),
     ("CLI, figures and demo", ("cli", "cli.*", "cli_*", "plots", "plots.*", "plots_*", "demo", "demo.*", "demo_*")),

@@ -25,21 +25,22 @@ EVIDENCE_POLICIES = ("warn", "error", "off")
 
 def test_for(by: str) -> str:
     """The evidence test behind a ranking: LayerMem-based rankings need the excess over a control,
-    UnitMem-based ones the membership test.
+    UnitMem-based ones the membership test, the reference-free alignment gap its own test.
 
     Example:
-        >>> test_for("layer_mem"), test_for("unit_mem")
-        ('excess', 'membership')
+        >>> test_for("layer_mem"), test_for("unit_mem"), test_for("align_gap")
+        ('excess', 'membership', 'align_gap')
     """
-    return "membership" if by == "unit_mem" else "excess"
+    return {"unit_mem": "membership", "align_gap": "align_gap"}.get(by, "excess")
 
 
 test_for.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test: pytest must not collect it
 
 
 def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
-    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"``),
-    or ``None`` when at least one layer passes it (Holm-corrected).
+    """Why ``report`` gives no evidence for acting on ``test`` (``"excess"`` / ``"membership"`` /
+    ``"align_gap"``), or ``None`` when at least one layer passes it in the overall verdict (Holm
+    over every test x layer, :mod:`lightning_memloc.verdict`).
 
     Example:
         >>> import torch
@@ -53,12 +54,24 @@ def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
     if ev is None:
         return "the report has no evidence (no intervals, control or tests were measured)"
     if not ev.has(f"{test}_p_holm"):
+        if ev.has(test):
+            return "the report was measured with bootstrap=0, so no test says whether its figures exceed noise"
         need = "a control set (control=)" if test == "excess" else "an unseen set (unseen=)"
         return f"the report was measured without {need}, so no test says whether its figures exceed noise"
+    verdict = ev.meta.get("verdict") or {}
+    alpha, m = ev.meta.get("alpha", 0.05), verdict.get("family_size", 0)
     if not ev.significant_layers(test):
-        what = "LayerMem exceeds the control's" if test == "excess" else "units prefer training images"
-        return (f"no layer shows significant memorization (no layer where {what}, Holm p >= "
-                f"{ev.meta.get('alpha', 0.05):g})")
+        what = {"excess": "LayerMem exceeds the control's", "membership": "units prefer training images",
+                "align_gap": "the encoder aligns its candidates' views more tightly than unseen images'"}[test]
+        problem = (f"no layer shows significant memorization (no layer where {what}, Holm p >= {alpha:g} over the "
+                   f"verdict's {m} tests x layers)")
+        if verdict.get("attainable") is False:
+            problem += (f"; with bootstrap={ev.meta.get('bootstrap')} no test can reach that level: use bootstrap >= "
+                        f"{verdict.get('needs_bootstrap')}")
+        elif verdict.get("memorization"):
+            others = [t for t, layers in verdict.get("layers", {}).items() if layers]
+            problem += f"; the verdict is positive through {', '.join(others)}, which this choice does not use"
+        return problem
     return None
 
 

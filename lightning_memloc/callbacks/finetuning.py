@@ -71,8 +71,9 @@ class MemorizationFinetuning(BaseFinetuning):
             ``report`` at the unfreeze epoch is used), a
             :class:`~lightning_memloc.MemorizationReport`, or the path of a saved report.
         k: number of layers to unfreeze (>= 1, at most the report's layers).
-        by: ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder) or ``"unit_mem"``
-            (mean UnitMem): the ranking score of ``"highest"`` / ``"lowest"``.
+        by: ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder), ``"unit_mem"``
+            (mean UnitMem), ``"excess"`` or ``"align_gap"`` (the alignment gap under the encoder
+            alone, needs ``unseen=``): the ranking score of ``"highest"`` / ``"lowest"``.
         strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k``
             layers in forward order); see :func:`~lightning_memloc.selection.select_layers`.
         encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``), a
@@ -87,7 +88,8 @@ class MemorizationFinetuning(BaseFinetuning):
             report's tests find none (no layer's LayerMem exceeds the control's, or — for
             ``by="unit_mem"`` — no layer's units prefer training images, Holm-corrected):
             ``"warn"`` logs that the choice may follow noise, ``"error"`` refuses, ``"off"``
-            stays silent. ``by="excess"`` ranks by the excess over the control itself.
+            stays silent. ``by="excess"`` ranks by the excess over the control itself;
+            ``by="align_gap"`` is gated by its own test.
 
     Example:
         >>> import pytorch_lightning as pl, torch

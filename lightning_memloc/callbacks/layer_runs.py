@@ -1,15 +1,16 @@
 """TensorBoard as a person reads it: one run per layer, named in depth order.
 
-TensorBoard colours series by *run* and sorts runs and tags alphabetically. Logged as
-``memloc/layer_mem/<layer>`` tags of one run, every layer of a custom-scalars chart gets the same
-colour, and panels sort ``conv1, conv2, conv3, conv4, res1.conv1, …`` — scrambling depth, the
-axis of the findings of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS
-2024). :class:`LayerRunWriters` also writes every layer's figures into its own run
-``memloc_layers/<NN>_<layer>`` (``NN`` = depth, zero-padded) under one tag per quantity
-(``memloc_by_layer/layer_mem``, ``…/excess``, ``…/unit_mem_mean``, …, and the histogram
-``memloc_by_layer/unit_mem``): the Scalars dashboard then draws one chart per quantity with one
-coloured, legended line per layer, in depth order. The per-tag ``memloc/<quantity>/<layer>``
-scalars stay as they are for every other logger, the history and ``callback_metrics``.
+TensorBoard colours series by *run* and sorts tags alphabetically: logged as
+``memloc.layer_mem/<layer>`` tags of one run, every layer gets a chart of its own, and comparing
+layers along depth (the axis of the findings of Wang et al., *Localizing Memorization in SSL
+Vision Encoders*, NeurIPS 2024) means hovering over them. :class:`LayerRunWriters` also writes
+every layer into its own run ``memloc_layers/<NN>_<layer>`` (``NN`` = depth, zero-padded) under the
+section name of each quantity (``memloc.layer_mem``, ``memloc.excess``, …, and the histogram
+``memloc.unit_mem``): the first chart of each section then holds every layer, one line per run,
+listed in depth order. Colours: TensorBoard hands out its 7-colour palette by run order, so
+with more than 7 layers runs ``k`` and ``k + 7`` share one (docs/tensorboard.md). The per-layer
+``memloc.<quantity>/<layer>`` scalars stay as they are for every other logger, the history and
+``callback_metrics``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.tags import LAYER_QUANTITIES, LAYER_RUNS_FOLDER, PREFIX, by_layer_tag, scalar_tag
+from lightning_memloc.tags import HIST_QUANTITY, LAYER_QUANTITIES, LAYER_RUNS_FOLDER, PREFIX, by_layer_tag, scalar_tag
 
 __all__ = ["LAYER_QUANTITIES", "LayerRunWriters", "layer_run_name"]  # LAYER_QUANTITIES: from lightning_memloc.tags
 
@@ -64,7 +65,7 @@ class LayerRunWriters:
                 if value is not None:
                     writer.add_scalar(by_layer_tag(quantity, self.prefix), value, global_step=step)
             if histograms:
-                writer.add_histogram(by_layer_tag("unit_mem", self.prefix), report.unit_mem[layer].float(), global_step=step)
+                writer.add_histogram(by_layer_tag(HIST_QUANTITY, self.prefix), report.unit_mem[layer].float(), global_step=step)
             writer.flush()
             runs.append(run)
         return runs

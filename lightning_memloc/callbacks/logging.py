@@ -1,40 +1,45 @@
 """Turn a :class:`~lightning_memloc.MemorizationReport` into logger scalars and TensorBoard extras.
 
 Every value is logged against one x-axis, the trainer's ``global_step`` at the moment of the
-measurement: scalars, histograms and image grids line up in TensorBoard. Tags:
+measurement: scalars, histograms and images line up in TensorBoard. Tags (built by
+:mod:`lightning_memloc.tags`; TensorBoard makes one section per quantity):
 
-- ``memloc/layer_mem/<layer>``, ``memloc/delta_layer_mem/<layer>``,
-  ``memloc/layer_mem_top/<layer>``, ``memloc/layer_mem_least/<layer>`` (with a reference);
-- ``memloc/unit_mem_mean/<layer>``, ``memloc/unit_mem_frac_above/<layer>``,
-  ``memloc/dead_units/<layer>`` and ``memloc/class_mem_mean/<layer>`` (with labels);
-- histograms ``memloc_hist/unit_mem/<layer>``; images ``memloc_images/most_memorized`` and
-  ``memloc_images/least_memorized``; a custom-scalars layout "memloc" with one multi-line chart
-  per quantity (all layers on one chart);
+- ``memloc.layer_mem/<layer>``, ``memloc.delta_layer_mem/<layer>``, ``memloc.layer_mem_top/<layer>``,
+  ``memloc.layer_mem_least/<layer>`` (with a reference); ``memloc.unit_mem_mean/<layer>``,
+  ``memloc.unit_mem_frac_above/<layer>``, ``memloc.dead_units/<layer>``, ``memloc.class_mem_mean/<layer>``
+  (with labels);
 - with evidence (:mod:`lightning_memloc.evidence`): every interval bound, control value, excess,
-  p-value and membership fraction as ``memloc/<key>/<layer>`` (e.g. ``memloc/excess/<layer>``,
-  ``memloc/excess_p_holm/<layer>``, ``memloc/membership/<layer>``), the number of significant
-  layers per test ``memloc/significant_layers/<test>``, and custom-scalars *margin* charts (value
-  with its interval) per layer.
+  p-value and membership share as ``memloc.<key>/<layer>`` (``memloc.excess/<layer>``,
+  ``memloc.excess_p_holm/<layer>``, ``memloc.membership/<layer>``, ...) and the number of
+  significant layers per test ``memloc/significant_layers/<test>``, and the overall verdict
+  ``memloc/verdict/memorization`` (1 / 0);
+- on TensorBoard: histograms ``memloc.unit_mem/<layer>``; in the summary section ``memloc/`` the
+  figures ``memloc/profile`` and ``memloc/profile_over_training``
+  (:mod:`~lightning_memloc.callbacks.figures`) and the grids ``memloc/most_memorized`` /
+  ``memloc/least_memorized``; a custom-scalars layout "memloc" (one multi-line chart per quantity,
+  and *margin* charts: value with its interval).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from lightning_memloc.callbacks.figures import log_figures, log_warmup, steps_per_epoch, warmup_end_step
 from lightning_memloc.callbacks.layer_runs import LayerRunWriters
 from lightning_memloc.callbacks.naming import NamedWriter, has_tensorboard, named_scalars, named_tag
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
-                                   hist_tag, image_tag, scalar_tag, significant_tag)
+from lightning_memloc.tags import (LABEL_QUANTITIES, MARGINS, PREFIX, QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
+                                   hist_tag, image_tag, scalar_tag, significant_tag, verdict_tag)
 
 __all__ = ["MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "log_tensorboard",
            "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.tags
-#: Evidence-chart quantities (when the report's evidence has them).
-_EVIDENCE_CHARTS = ("excess", "excess_p_holm", "membership", "membership_p_holm", "unit_mem_unseen")
+#: Evidence-chart quantities (when the report's evidence has them): every tested quantity and its Holm p-value.
+_EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")) + ("unit_mem_unseen",)
 
 
 def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, float]:
@@ -45,7 +50,7 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
         >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
         ...     unit_mem={"a": torch.tensor([0.2, 0.8])}, unit_argmax={"a": torch.tensor([0, 1])},
         ...     dead_units={"a": torch.tensor([False, False])})
-        >>> report_scalars(r)["memloc/unit_mem_frac_above/a"]
+        >>> report_scalars(r)["memloc.unit_mem_frac_above/a"]
         0.5
     """
     out: Dict[str, float] = {}
@@ -63,10 +68,11 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
 
 
 def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
-    """Every measured evidence value as ``memloc/<key>/<layer>`` (keys of
+    """Every measured evidence value as ``memloc.<key>/<layer>`` (keys of
     :class:`~lightning_memloc.evidence.Evidence` records: ``layer_mem_lo``, ``excess``,
     ``excess_p_holm``, ``membership``, ...), plus ``memloc/significant_layers/<test>``: how many
-    layers pass each Holm-corrected test. Values already logged under the same tag are skipped.
+    layers pass each test of the verdict, and ``memloc/verdict/memorization`` (1 / 0). Values
+    already logged under the same tag are skipped.
 
     Example:
         >>> import torch
@@ -76,7 +82,7 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
         ...     unit_mem={"a": torch.zeros(3)}, unit_argmax={"a": torch.zeros(3, dtype=torch.long)},
         ...     dead_units={"a": torch.zeros(3, dtype=torch.bool)}, evidence=compute_evidence(["a"], unit_means=mu))
         >>> sorted(evidence_scalars(r))
-        ['memloc/unit_mem_mean_hi/a', 'memloc/unit_mem_mean_lo/a']
+        ['memloc.unit_mem_mean_hi/a', 'memloc.unit_mem_mean_lo/a']
     """
     ev = report.evidence
     if ev is None:
@@ -89,6 +95,8 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
                 out[scalar_tag(key, layer)] = float(value)
     for test, layers in dict(ev.meta.get("significant") or {}).items():
         out[significant_tag(test)] = float(len(layers))
+    if ev.shows_memorization is not None:
+        out[verdict_tag()] = float(ev.shows_memorization)
     return out
 
 
@@ -97,8 +105,8 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
 
     With ``by_layer`` (the monitor writes one run per layer, see
     :mod:`~lightning_memloc.callbacks.layer_runs`) each chart matches the quantity's tag in every
-    layer run, so TensorBoard draws each layer in its own colour (series are coloured by run),
-    and the margin charts (value with its interval) show every layer on one chart per quantity.
+    layer run, so TensorBoard draws each layer as its own run (coloured by run, 7 colours), and the
+    margin charts (value with its interval) show every layer on one chart per quantity.
     """
     if by_layer:
         return _by_layer_layout(report)
@@ -125,7 +133,8 @@ def _chart_quantities(report: MemorizationReport, labels: bool) -> List[str]:
 
 def _by_layer_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
     ev = report.evidence
-    charts: Dict[str, List] = {q: ["Multiline", [f"^{by_layer_tag(q)}$"]] for q in _chart_quantities(report, labels=False)}
+    charts: Dict[str, List] = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]]
+                               for q in _chart_quantities(report, labels=False)}
     for title, (value, lo, hi) in MARGINS.items():
         if ev is not None and ev.has(lo):
             charts[title] = ["Margin", [by_layer_tag(value), by_layer_tag(lo), by_layer_tag(hi)]]
@@ -162,8 +171,10 @@ def log_tensorboard(
     histograms: bool = True,
     layout: bool = False,
     by_layer: bool = False,
+    history: Optional[Sequence[Mapping[str, Any]]] = None,
+    warmup_step: Optional[int] = None,
 ) -> None:
-    """Histograms, image grids and (once) the custom-scalars layout on a ``SummaryWriter``."""
+    """Histograms, image grids, (with a ``history``) the figures, and (once) the custom-scalars layout on a ``SummaryWriter``."""
     if layout:
         writer.add_custom_scalars(custom_scalar_layout(report, by_layer=by_layer))
     if histograms:
@@ -172,6 +183,8 @@ def log_tensorboard(
     if images is not None and grid_size > 0:
         for name, grid in image_grids(report, images, grid_size).items():
             writer.add_image(image_tag(name), grid, global_step=step)
+    if history:
+        log_figures(writer, report, history, step, warmup_step=warmup_step)
     writer.flush()
 
 
@@ -179,33 +192,40 @@ class MonitorLoggers:
     """Writes one monitor's measurements to every logger of a trainer, all at ``trainer.global_step``.
 
     Scalars go to every logger and into ``trainer.callback_metrics`` (tags renamed for a named
-    monitor); on rank 0 a TensorBoard logger also gets histograms, image grids, the custom-scalars
-    layout (once) and, with ``layer_runs``, one run per layer
+    monitor); on rank 0 a TensorBoard logger also gets histograms, image grids, the figures, the
+    custom-scalars layout and the warm-up note (once) and, with ``layer_runs``, one run per layer
     (:class:`~lightning_memloc.callbacks.layer_runs.LayerRunWriters`).
 
     Args:
-        name: the monitor's ``name`` (``None``: plain ``memloc/...`` tags).
+        name: the monitor's ``name`` (``None``: plain ``memloc...`` tags).
     """
 
     def __init__(self, name: Optional[str] = None) -> None:
         self.name = name
-        self.layout_written = False
+        self.layout_written = self.warmup_written = False
         self.layer_writers: Dict[str, LayerRunWriters] = {}
 
     def log(self, trainer: Any, report: MemorizationReport, scalars: Dict[str, float], *,
-            images: Optional[Callable[[Tensor], Tensor]], grid_size: int, histograms: bool, layer_runs: bool) -> None:
-        """Log ``scalars`` (plain ``memloc/...`` tags, from :func:`report_scalars`) and the TensorBoard extras."""
+            images: Optional[Callable[[Tensor], Tensor]], grid_size: int, histograms: bool, layer_runs: bool,
+            history: Optional[Sequence[Mapping[str, Any]]] = None) -> None:
+        """Log ``scalars`` (plain tags, from :func:`report_scalars`) and the TensorBoard extras (the figures with a ``history``)."""
         plain, scalars = scalars, named_scalars(scalars, self.name)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         step = trainer.global_step
+        module = getattr(trainer, "lightning_module", None)
+        warmup = warmup_end_step(module, steps_per_epoch(trainer))
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             if trainer.is_global_zero and has_tensorboard(logger):
                 log_dir = getattr(logger.experiment, "log_dir", None)
-                log_tensorboard(NamedWriter(logger.experiment, self.name), report, step, images=images,
-                                grid_size=grid_size, histograms=histograms, layout=not self.layout_written,
-                                by_layer=layer_runs and bool(log_dir))
+                writer = NamedWriter(logger.experiment, self.name)
+                log_tensorboard(writer, report, step, images=images, grid_size=grid_size, histograms=histograms,
+                                layout=not self.layout_written, by_layer=layer_runs and bool(log_dir), history=history,
+                                warmup_step=warmup)
                 self.layout_written = True
+                if warmup is not None and not self.warmup_written:
+                    log_warmup(writer, module, warmup, step)
+                    self.warmup_written = True
                 if layer_runs and log_dir:
                     writers = self.layer_writers.setdefault(str(log_dir),
                                                             LayerRunWriters(str(log_dir), named_tag(PREFIX, self.name)))

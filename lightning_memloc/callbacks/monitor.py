@@ -1,12 +1,8 @@
 """``MemorizationMonitor``: UnitMem and LayerMem of a held-out candidate set while an SSL encoder trains.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) measure where an
-encoder memorizes: UnitMem per unit, LayerMem / ΔLayerMem per layer (SSLMem against a reference
-encoder that never saw the candidates). This callback runs that measurement (the same
-:func:`~lightning_memloc.measure.run_pass` that :func:`~lightning_memloc.measure` uses) every N
-epochs, logs it to every attached logger (TensorBoard gets histograms, image grids and a
-custom-scalars layout too), keeps a per-epoch history that survives checkpoint/resume, and
-shards the candidates across DDP ranks with results identical to a single process.
+Runs :func:`~lightning_memloc.measure.run_pass` (as :func:`~lightning_memloc.measure` does) every N
+epochs or steps, logs it, keeps a history that survives checkpoint/resume, and shards the candidates
+across DDP ranks with single-process results.
 """
 
 from __future__ import annotations
@@ -28,6 +24,7 @@ from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.naming import check_name
 from lightning_memloc.callbacks.schedule import check_schedule, step_due
+from lightning_memloc.callbacks.view_check import ViewCheck
 from lightning_memloc.candidates import IndexSpec, LabelSpec, load_candidates
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
 from lightning_memloc.io import atomic_write_text, check_writable_dir
@@ -36,11 +33,12 @@ from lightning_memloc.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.distributed import rank_zero_buffers  # re-exported (documented here before)
 from lightning_memloc.evidence import EvidenceOptions
 from lightning_memloc.reference_cache import ReferenceCache, frozen_reference
-from lightning_memloc.measure import model_device_dtype, prepare_views, probe_layers, run_pass
+from lightning_memloc.measure import keeps_alignment, model_device_dtype, prepare_views, probe_layers, run_pass
 from lightning_memloc.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import MeasureOptions, option_property
 from lightning_memloc.precision import check_autocast
 from lightning_memloc.report import MemorizationReport
+from lightning_memloc.tags import upgrade_tag
 from lightning_memloc.taps import LayerSpec
 
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
@@ -58,8 +56,8 @@ class MemorizationMonitor(Callback):
       ``monitor.top_k``, ``monitor.pairing``, ... read them, and setting one validates it);
     - ``monitor.history``: one dict of scalars per measurement (epoch, global step, per-layer
       LayerMem, ΔLayerMem, mean UnitMem, fraction above ``threshold``, dead units);
-    - logged scalars (``memloc/...`` tags, also in ``trainer.callback_metrics``), TensorBoard
-      histograms, image grids and a custom-scalars layout, all at ``trainer.global_step``.
+    - logged scalars (``memloc.<quantity>/<layer>`` tags, also in ``trainer.callback_metrics``),
+      TensorBoard histograms, figures, image grids and a custom-scalars layout, all at ``trainer.global_step``.
 
     Args:
         candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W),
@@ -86,9 +84,10 @@ class MemorizationMonitor(Callback):
         measure_on_train_start: also measure before the first epoch (the untrained baseline).
         grid_size: images in each TensorBoard grid of most / least memorized candidates (0: none).
         log_histograms: log a UnitMem histogram per layer to TensorBoard.
+        log_figures: log the profile by depth and the layer × measurement heat maps to TensorBoard.
         layer_runs: on TensorBoard, also write each layer into its own run
-            ``memloc_layers/<NN>_<layer>`` (depth order), so that one chart per quantity shows every
-            layer in its own colour with a legend (:mod:`~lightning_memloc.callbacks.layer_runs`).
+            ``memloc_layers/<NN>_<layer>`` (depth order), so that each quantity's section starts with one
+            chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.layer_runs`).
         output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
         progress: show a progress bar during each measurement pass.
         num_workers: DataLoader workers generating views.
@@ -96,9 +95,10 @@ class MemorizationMonitor(Callback):
             training starts (``None``: 25 % of the device memory, warning only).
         control: images **both** encoders trained on (needs ``reference``): the null of
             LayerMem; reports, logs and plots give the candidates' excess over it with its
-            interval and a Holm-corrected one-sided Welch p-value.
+            interval and a one-sided permutation p-value, Holm-corrected in the overall verdict.
         unseen: images the encoder never trained on (the reference's independent part when
-            co-training, or a test split): UnitMem seen vs unseen and the argmax membership test.
+            co-training, or a test split): UnitMem seen vs unseen, the argmax membership test and,
+            with no reference needed, the alignment gap under ``f`` (``memloc/align_gap/...``).
             Control and unseen images are measured in the same pass as the candidates; both
             may also be paths, read like ``candidates`` (``size`` applies).
         bootstrap, confidence, alpha: resamples, coverage and significance level of the
@@ -112,14 +112,17 @@ class MemorizationMonitor(Callback):
             ``"default"`` measures the model as it is.
         overwrite: let a new run delete another run's files in ``output_dir`` (at its first write);
             without it such a folder is refused (a resumed run continues its own folder).
-        name: tells several monitors apart: tags ``memloc-<name>/...`` instead of ``memloc/...``,
+        name: tells several monitors apart: tags ``memloc-<name>.../...`` instead of ``memloc.../...``,
             files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
-            monitor's state; ``history`` keeps the plain ``memloc/...`` keys). Fine-tuning and
+            monitor's state; ``history`` keeps the plain ``memloc...`` keys). Fine-tuning and
             pruning find it as ``source="monitor:<name>"``.
         every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
         size: resize the images of a candidates path to ``size`` × ``size``.
         indices: the candidates among the images of ``candidates``: ints, a slice ``"start:stop"``
             or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
+        normalize: per-channel normalisation of the views (see :func:`~lightning_memloc.measure`).
+        check_views: ``"warn"`` (once), ``"error"`` or ``"off"`` when the views' per-channel mean / std differ
+            from those of the first training batches (:mod:`~lightning_memloc.callbacks.view_check`).
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -151,6 +154,7 @@ class MemorizationMonitor(Callback):
         measure_on_train_start: bool = False,
         grid_size: int = 8,
         log_histograms: bool = True,
+        log_figures: bool = True,
         output_dir: Optional[Union[str, os.PathLike]] = None,
         progress: bool = True,
         num_workers: int = 0,
@@ -168,6 +172,8 @@ class MemorizationMonitor(Callback):
         every_n_train_steps: Optional[int] = None,
         size: Optional[int] = None,
         indices: IndexSpec = None,
+        normalize: Any = None,
+        check_views: str = "warn",
     ) -> None:
         super().__init__()
         every_n_epochs, every_n_train_steps = check_schedule(  # NumPy integers accepted
@@ -185,7 +191,7 @@ class MemorizationMonitor(Callback):
         self.options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                                       negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
                                       bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
-                                      with_reference=reference is not None)
+                                      normalize=normalize, with_reference=reference is not None)
         candidates, labels = load_candidates(candidates, labels, size=size, indices=indices)
         control = None if control is None else load_candidates(control, size=size)[0]  # paths too (LightningCLI)
         unseen = None if unseen is None else load_candidates(unseen, size=size)[0]
@@ -205,7 +211,7 @@ class MemorizationMonitor(Callback):
         self.encoder_spec = encoder
         self.reference_spec = reference
         self.threshold, self.grid_size = float(threshold), grid_size
-        self.measure_on_train_start, self.log_histograms = measure_on_train_start, log_histograms
+        self.measure_on_train_start, self.log_histograms, self.log_figures = measure_on_train_start, log_histograms, log_figures
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.memory_limit = memory_limit
         self.history: List[Dict[str, Any]] = []
@@ -217,13 +223,11 @@ class MemorizationMonitor(Callback):
         self.encoder_id: Optional[str] = None  # which encoder and reference are measured (setup): fingerprint
         self.reference_id: Optional[str] = None
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
-        self.layer_runs = bool(layer_runs)
+        self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
 
-    batch_size, pairing, reduction = option_property("batch_size"), option_property("pairing"), option_property("reduction")
-    negative, top_k = option_property("negative"), option_property("top_k")
-    num_workers, progress = option_property("num_workers"), option_property("progress")
-    autocast = option_property("autocast")
+    batch_size, pairing, reduction, negative = (option_property(k) for k in ("batch_size", "pairing", "reduction", "negative"))
+    top_k, num_workers, progress, autocast = (option_property(k) for k in ("top_k", "num_workers", "progress", "autocast"))
 
     @property
     def evidence_options(self) -> EvidenceOptions:
@@ -237,8 +241,7 @@ class MemorizationMonitor(Callback):
 
     @property
     def candidates_digest(self) -> str:
-        """A digest of the candidate set (part of the resume fingerprint,
-        :func:`~lightning_memloc.callbacks.monitor_checks.fingerprint`; computed once)."""
+        """A digest of the candidate set (part of the resume fingerprint; computed once)."""
         if self._candidates_digest is None:
             self._candidates_digest = guard.candidates_digest(self.views)
         return self._candidates_digest
@@ -248,7 +251,6 @@ class MemorizationMonitor(Callback):
         """The measured layers, resolved (``None`` until ``setup`` or the first measurement)."""
         return None if not self._specs else [spec.name for spec in self._specs]
 
-    # ----------------------------------------------------------------- set-up
     @property
     def state_key(self) -> str:
         extra = {k: v for k, v in (("name", self.name), ("every_n_train_steps", self.every_n_train_steps)) if v}
@@ -296,7 +298,8 @@ class MemorizationMonitor(Callback):
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         note = check_state_memory(len(self.pool), self._num_units, reference=reference is not None,
                                   labels=self.views.has_labels, limit=self.memory_limit, device=device,
-                                  num_candidates=len(self.views))
+                                  num_candidates=len(self.views),
+                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing))
         if note:
             rank_zero_info(note)
 
@@ -312,8 +315,10 @@ class MemorizationMonitor(Callback):
                     self._measure(trainer, pl_module, epoch=-1)
             else:
                 self._measure(trainer, pl_module, epoch=-1)
+        self.view_check.start(self.encoder(pl_module), self.views.view_shape)  # after the monitor's own forwards
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.view_check.step(trainer, pl_module, self)  # before a measurement of this step
         if step_due(self.every_n_train_steps, trainer.global_step, self.history):
             self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
@@ -341,7 +346,8 @@ class MemorizationMonitor(Callback):
         if self._specs is None:
             self._specs, self._num_units = probe_layers(encoder, reference, self.layers, self.views.example_batch(device))
         meter = MemorizationMeter(self._specs, self._num_units, len(self.views), reference=reference is not None,
-                                  labels=self.views.has_labels, groups=self.group_sizes,
+                                  labels=self.views.has_labels, groups=self.group_sizes, view_shape=self.views.view_shape,
+                                  alignment=keeps_alignment(self.group_sizes, self.views.views, self.pairing),
                                   **self.options.meter_kwargs()).to(device)
         sampler = None
         if trainer.world_size > 1:
@@ -360,7 +366,8 @@ class MemorizationMonitor(Callback):
         self.history.append({"epoch": epoch, "global_step": trainer.global_step, **scalars})
         grids = self.grid_size and len(self.views.view_shape) == 3  # image grids of image candidates only
         self._loggers.log(trainer, report, scalars, images=self.views.display_images if grids else None,
-                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs)
+                          grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs,
+                          history=self.history if self.log_figures else None)
         if self.output_dir is not None and trainer.is_global_zero:
             # Checked again (setup checked it): a folder removed during training is re-created, and a
             # path that became unusable gets an error naming `output_dir`. Writes are atomic.
@@ -390,12 +397,14 @@ class MemorizationMonitor(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         guard.release_output_dir(self)
         self._loggers.close()
+        self.view_check.stop()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         guard.release_output_dir(self)
+        self.view_check.stop()
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         guard.check_same_fingerprint(state_dict.get("fingerprint"), guard.fingerprint(self), "the checkpoint's monitor state")
-        self.history = list(state_dict.get("history", []))
+        self.history = [{upgrade_tag(k): v for k, v in h.items()} for h in state_dict.get("history", [])]  # older tag names
         report = state_dict.get("report")
         self.report = None if report is None else MemorizationReport.from_dict(report)

@@ -76,6 +76,7 @@ FINGERPRINT_EXEMPT = {
     "progress": "display only",
     "grid_size": "images logged to TensorBoard, not numbers",
     "log_histograms": "a logging option",
+    "log_figures": "images logged to TensorBoard, not numbers",
     "layer_runs": "a logging layout",
     "output_dir": "where files are written (a folder's marker holds the fingerprint)",
     "overwrite": "what happens to another run's files",
@@ -83,6 +84,7 @@ FINGERPRINT_EXEMPT = {
     "memory_limit": "a check before training",
     "measure_on_train_start": "only the before-training point, which a resumed run never measures again",
     "init_batchnorm": "only the before-training point, which a resumed run never measures again",
+    "check_views": "a check of the first training batches that warns or stops; it changes no number",
 }
 #: Fingerprint entries added after the first release: a checkpoint without one was written before
 #: it existed and is not compared on it (``None`` now: not known before ``setup``).

@@ -3,9 +3,9 @@
 Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) compare memorization
 of candidates with that of other sets (a control set, unseen images) and of different layer
 sets. Each :class:`~lightning_memloc.callbacks.MemorizationMonitor` with a ``name=`` logs under
-its own tag root: every tag that starts with ``memloc`` (``memloc/...``, ``memloc_hist/...``,
-``memloc_images/...``, the custom-scalars category ``memloc``) becomes ``memloc-<name>...``, so
-two monitors never overwrite each other's scalars, histograms, images or charts. TensorBoard's
+its own tag root: every tag that starts with ``memloc`` (``memloc.<quantity>/...``, ``memloc/...``,
+the custom-scalars category ``memloc``) becomes ``memloc-<name>...``, so two monitors never
+overwrite each other's scalars, histograms, images or charts. TensorBoard's
 custom-scalars plugin reads one layout per run: :class:`NamedWriter` merges the layouts of all
 monitors writing to one ``SummaryWriter`` instead of letting the last one win.
 """
@@ -33,13 +33,13 @@ def check_name(name: Optional[str]) -> Optional[str]:
 
 
 def named_tag(tag: str, name: Optional[str]) -> str:
-    """``tag`` under the monitor's root: ``memloc/...`` → ``memloc-<name>/...`` (unchanged without a name).
+    """``tag`` under the monitor's root: ``memloc.x/...`` → ``memloc-<name>.x/...`` (unchanged without a name).
 
     Example:
-        >>> named_tag("memloc/layer_mem/conv1", "control"), named_tag("memloc_hist/unit_mem/conv1", "control")
-        ('memloc-control/layer_mem/conv1', 'memloc-control_hist/unit_mem/conv1')
-        >>> named_tag("memloc/layer_mem/conv1", None), named_tag("epoch", "control")
-        ('memloc/layer_mem/conv1', 'epoch')
+        >>> named_tag("memloc.layer_mem/conv1", "control"), named_tag("memloc/profile", "control")
+        ('memloc-control.layer_mem/conv1', 'memloc-control/profile')
+        >>> named_tag("memloc.layer_mem/conv1", None), named_tag("epoch", "control")
+        ('memloc.layer_mem/conv1', 'epoch')
     """
     if name is None or not tag.startswith(PREFIX):
         return tag
@@ -74,7 +74,7 @@ def has_tensorboard(logger: Any) -> bool:
 class NamedWriter:
     """A ``SummaryWriter`` view writing under a monitor's ``name`` (see the module docstring).
 
-    ``add_histogram``, ``add_image``, ``add_scalar`` and ``add_scalars`` rename their tag; ``add_custom_scalars``
+    ``add_histogram``, ``add_image``, ``add_text``, ``add_scalar`` and ``add_scalars`` rename their tag; ``add_custom_scalars``
     renames the layout and writes the union of every layout written through a ``NamedWriter`` on
     the same writer. Other attributes pass through.
 
@@ -94,6 +94,9 @@ class NamedWriter:
 
     def add_image(self, tag: str, *args: Any, **kwargs: Any) -> Any:
         return self.writer.add_image(named_tag(tag, self.name), *args, **kwargs)
+
+    def add_text(self, tag: str, *args: Any, **kwargs: Any) -> Any:
+        return self.writer.add_text(named_tag(tag, self.name), *args, **kwargs)
 
     def add_scalar(self, tag: str, *args: Any, **kwargs: Any) -> Any:
         return self.writer.add_scalar(named_tag(tag, self.name), *args, **kwargs)

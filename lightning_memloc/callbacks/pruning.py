@@ -29,8 +29,8 @@ from lightning_memloc.callbacks.setup_checks import check_epoch_in_run
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.pruned import MaskUndo
 from lightning_memloc.report import MemorizationReport
-from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate
-from lightning_memloc.selection import SCOPES, UNIT_STRATEGIES
+from lightning_memloc.callbacks.evidence_gate import EVIDENCE_POLICIES, gate, test_for
+from lightning_memloc.selection import LAYER_SCORES, SCOPES, UNIT_STRATEGIES, select_layers
 from lightning_memloc.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
                                      find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
 from lightning_memloc.callbacks.sources import monitor_layers
@@ -70,6 +70,11 @@ class MemorizationPruning(Callback):
             membership test finds no layer whose units prefer training images (Holm-corrected,
             needs ``unseen=``): ``"warn"`` logs that the choice may follow noise, ``"error"``
             refuses, ``"off"`` stays silent.
+        top_layers: prune only in the ``top_layers`` layers in scope that rank highest by ``by`` in
+            the report at the pruning point (``None``: every layer in scope); gated like ``by``.
+        by: the layer ranking of ``top_layers``: ``"layer_mem"``, ``"delta_layer_mem"``,
+            ``"unit_mem"``, ``"excess"`` or ``"align_gap"`` (the alignment gap under the encoder
+            alone, no reference needed); see :func:`~lightning_memloc.selection.select_layers`.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -98,9 +103,13 @@ class MemorizationPruning(Callback):
         permanent: bool = False,
         seed: int = 0,
         require_evidence: str = "warn",
+        top_layers: Optional[int] = None,
+        by: str = "layer_mem",
     ) -> None:
         super().__init__()
         self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
+        self.top_layers = None if top_layers is None else check_int("top_layers", top_layers, 1)
+        self.by = check_choice("by", by, LAYER_SCORES, as_tuple=False)
         self.source = ReportSource(source)
         amount = next(iter(check_amount(amount).values()))
         check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
@@ -158,8 +167,13 @@ class MemorizationPruning(Callback):
             check_amount_units(self.amount, self.scope, {n: t.num_units for n, t in self.targets.items()})
             check_epoch_in_run(trainer, None if self.prune_at == "fit_start" else self._epoch, "prune_at",
                                "nothing would be pruned")
+            if self.top_layers is not None and self.top_layers > len(self.targets):
+                raise ValueError(f"`top_layers`={self.top_layers} exceeds the {len(self.targets)} layers in scope "
+                                 f"{list(self.targets)}: pass at most {len(self.targets)}.")
             if report is not None:
-                choose_units(report, self.targets, self.amount, self.strategy, self.scope, self.seed)  # validates early
+                choose_units(report, self._ranked(report), self.amount, self.strategy, self.scope, self.seed)  # validates early
+                if self.top_layers is not None and self.require_evidence == "error":
+                    gate(report, test_for(self.by), "error", f"pruning in the {self.top_layers} layers by {self.by!r}")
                 if self.strategy != "random" and self.require_evidence == "error":  # refuse before any mask or step
                     gate(report, "membership", "error", f"pruning the {self.strategy}-UnitMem units")
             self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
@@ -171,12 +185,21 @@ class MemorizationPruning(Callback):
             register_masks(target)
         self._applied = False
 
+    def _ranked(self, report: MemorizationReport) -> Dict[str, UnitTargets]:
+        """The targets to prune in: every layer in scope, or its ``top_layers`` best by ``by``."""
+        if self.top_layers is None:
+            return self.targets
+        ranked = [n for n in select_layers(report, len(report.layers), by=self.by) if n in self.targets]
+        return {n: self.targets[n] for n in ranked[:self.top_layers]}
+
     def _apply(self, when: str) -> None:
         if self.pruned_units is None:
             report = self.source.require(f"to choose the units to prune {when}")
             if self.strategy != "random":
                 gate(report, "membership", self.require_evidence, f"pruning the {self.strategy}-UnitMem units")
-            self.pruned_units = choose_units(report, self.targets, self.amount, self.strategy, self.scope, self.seed)
+            if self.top_layers is not None:
+                gate(report, test_for(self.by), self.require_evidence, f"pruning in the {self.top_layers} layers by {self.by!r}")
+            self.pruned_units = choose_units(report, self._ranked(report), self.amount, self.strategy, self.scope, self.seed)
             total = sum(int(v.numel()) for v in self.pruned_units.values())
             rank_zero_info(f"[memloc] pruned {total} units {when} (strategy={self.strategy!r}, scope={self.scope!r}).")
         unknown = [layer for layer in self.pruned_units if layer not in self.targets]

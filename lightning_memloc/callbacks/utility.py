@@ -6,7 +6,7 @@ downstream generalization. This callback measures the utility side in the same r
 labelled bank (e.g. training images) and a held-out test set with the encoder (eval mode, no
 gradients, every module's mode restored afterwards) and logs the weighted cosine kNN accuracy
 (:mod:`lightning_memloc.functional.knn`) as ``memloc/knn_acc_k<k>`` at ``trainer.global_step``,
-the step axis of the ``memloc/...`` memorization scalars. Under DDP each rank embeds a strided
+the step axis of the ``memloc.<quantity>/<layer>`` memorization scalars. Under DDP each rank embeds a strided
 shard of the bank and of the test set; bank features are all-gathered (no padding duplicates)
 and correct counts summed, so the result equals a single process.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -31,27 +32,28 @@ from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.loading import resolve_module
-from lightning_memloc.tags import PREFIX, knn_tag, scalar_tag
+from lightning_memloc.tags import PREFIX, by_layer_tag, knn_tag
 
 __all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"]
 
 
 def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, Dict[str, List[Any]]]:
-    """TensorBoard custom-scalars charts that put kNN accuracy beside LayerMem and its excess.
+    r"""TensorBoard custom-scalars charts that put kNN accuracy beside LayerMem and its excess.
 
     One Multiline chart per memorization quantity, each with every ``memloc/knn_acc_k<k>`` and the
     quantity of every layer (regular expressions, so layers need not be known here).
 
     Example:
         >>> utility_layout([20])["memloc utility"]["kNN accuracy and LayerMem"]
-        ['Multiline', ['^memloc/knn_acc_k20$', '^memloc/layer_mem/[^/]+$']]
+        ['Multiline', ['^memloc/knn_acc_k20$', '^memloc\\.layer_mem/[^/]+$']]
     """
     prefix = named_tag(PREFIX, name)
-    knn = [f"^{knn_tag(k, prefix)}$" for k in ks]
+    knn = [f"^{re.escape(knn_tag(k, prefix))}$" for k in ks]
+    layers = {q: f"^{re.escape(by_layer_tag(q, prefix))}/[^/]+$" for q in ("layer_mem", "excess", "unit_mem_mean")}
     return {f"{prefix} utility": {
-        "kNN accuracy and LayerMem": ["Multiline", [*knn, f"^{scalar_tag('layer_mem', '[^/]+', prefix)}$"]],
-        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, f"^{scalar_tag('excess', '[^/]+', prefix)}$"]],
-        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, f"^{scalar_tag('unit_mem_mean', '[^/]+', prefix)}$"]],
+        "kNN accuracy and LayerMem": ["Multiline", [*knn, layers["layer_mem"]]],
+        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, layers["excess"]]],
+        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, layers["unit_mem_mean"]]],
     }}
 
 

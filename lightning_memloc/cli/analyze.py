@@ -36,12 +36,13 @@ MEASURE_FLAGS = MeasureOptions.keywords()
 
 def measure_kwargs(args: argparse.Namespace, *, reference: Optional[nn.Module], layers: Union[str, List[str]],
                    labels: Optional[Tensor], candidate_ids: Tensor, groups: Dict[str, Tensor], meta: Dict[str, Any],
-                   reference_cache: Any) -> Dict[str, Any]:
+                   reference_cache: Any, transform: Any = None) -> Dict[str, Any]:
     """The keyword arguments of :func:`~lightning_memloc.measure` for the parsed ``memloc analyze`` flags.
 
     The flags of :data:`MEASURE_FLAGS` pass through by name; the rest are what the command selected
     and loaded (the reference module, the parsed ``--layers``, the candidates' labels, their
-    dataset indices, the control / unseen images, the report's ``meta`` and the reference cache).
+    dataset indices, the control / unseen images, the report's ``meta``, the reference cache and the
+    ``--transform`` it built).
 
     Example:
         >>> from lightning_memloc.cli.parser import build_parser
@@ -53,7 +54,7 @@ def measure_kwargs(args: argparse.Namespace, *, reference: Optional[nn.Module], 
     """
     return {**{name: getattr(args, name) for name in MEASURE_FLAGS}, "reference": reference, "layers": layers,
             "labels": labels, "candidate_ids": candidate_ids, "meta": meta, "control": groups.get("control"),
-            "unseen": groups.get("unseen"), "reference_cache": reference_cache}
+            "unseen": groups.get("unseen"), "reference_cache": reference_cache, "transform": transform}
 
 
 def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
@@ -112,11 +113,15 @@ def _candidate_labels(args: argparse.Namespace, labels: Tensor, positions: Tenso
 
 
 def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.Module], layers: Any,
-           candidates: Tensor, device: torch.device) -> None:
-    """One forward of two candidates' views: a bad ``--layers`` or a reference of another shape fails here."""
+           candidates: Tensor, device: torch.device, transform: Any = None) -> None:
+    """One forward of two candidates' views: a bad ``--transform``, ``--normalize``, ``--layers`` or a
+    reference of another shape fails here."""
     from lightning_memloc.measure import build_views, probe_layers
 
-    example = build_views(candidates[:2], args.views, None, args.seed, None).example_batch(device)
+    flag = "--transform" if transform is not None else "--normalize"
+    with as_cli_error(flag, (TypeError, ValueError)):
+        example = build_views(candidates[:2], args.views, transform, args.seed, None,
+                              normalize=args.normalize).example_batch(device)
     try:
         probe_layers(encoder, reference, layers, example)
     except ArchitectureMismatchError as err:
@@ -143,6 +148,9 @@ def analyze(args: argparse.Namespace) -> int:
                                  "folder, or --overwrite to replace it.")
     device = parse_device(args.device)
     encoder, reference, like = _encoders(args)
+    from lightning_memloc.user_models import user_transform
+
+    transform = user_transform(args)  # --transform: built (and refused) before the data are read
     cache = _reference_cache(args, reference)  # checked before the data are read
     images, labels = load_cli_data(args, "--data")
     positions = select_candidates(args, len(images), args.seed)
@@ -162,13 +170,14 @@ def analyze(args: argparse.Namespace) -> int:
                                   "or --pairing anchor.")
     layers = _layers(args.layers)
     encoder, reference = encoder.to(device), None if reference is None else reference.to(device)
-    _probe(args, encoder, reference, layers, candidates, device)
+    _probe(args, encoder, reference, layers, candidates, device, transform)
     meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch or args.model or args.lightning_module,
             "width": getattr(like, "width", None), "in_channels": args.in_channels, "data": str(args.data),
             "size": args.size, "candidates_sha1": images_checksum(images[positions]),
-            **{f"{name}_indices": idx.tolist() for name, idx in groups.items()}}
+            **{f"{name}_indices": idx.tolist() for name, idx in groups.items()},
+            **({"transform": args.transform, "transform_kwargs": args.transform_kwargs} if args.transform else {})}
     kwargs = measure_kwargs(args, reference=reference, layers=layers, labels=cand_labels, candidate_ids=positions,
-                            groups=extra, meta=meta, reference_cache=cache)
+                            groups=extra, meta=meta, reference_cache=cache, transform=transform)
     with StagedOutput(out, out_flag, overwrite=args.overwrite) as staged:  # locked; files moved in at the end
         try:
             report = measure(encoder, candidates, **kwargs)

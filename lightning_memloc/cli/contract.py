@@ -23,7 +23,6 @@ __all__ = ["FLAG_EXCEPTIONS", "MEASURE_EXCEPTIONS", "MONITOR_EXCEPTIONS"]
 
 #: ``measure()`` keywords without a ``memloc analyze`` flag of the same name and default, and why.
 MEASURE_EXCEPTIONS: Dict[str, str] = {
-    "transform": "a Python callable; the command uses the default SimCLR views",
     "labels": "a tensor in measure(); the switch --labels reads the labels of --data",
     "candidate_ids": "the dataset indices the command selected (--indices, --indices-from-split, --candidates)",
     "progress": "default on (--no-progress turns it off): an interactive command shows progress, as the monitor does",
@@ -44,4 +43,5 @@ MONITOR_EXCEPTIONS: Dict[str, str] = {
 FLAG_EXCEPTIONS: Dict[str, str] = {
     "--batch-size": "analyze: candidates per forward step (measure()'s batch_size); demo: the training batch",
     "--unseen": "analyze / plot: an indices file or 'split'; demo: which canaries form the unseen group",
+    "--transform": "analyze: a per-image view transform factory (pkg.module:factory); demo: the training augmentation",
 }

@@ -16,7 +16,7 @@ from lightning_memloc.cli.zoo import ARCHS
 from lightning_memloc.checks import NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS
 from lightning_memloc.precision import AUTOCASTS
 
-__all__ = ["DESCRIPTION", "build_parser", "nonnegative_int", "positive_int", "split_size"]
+__all__ = ["DESCRIPTION", "build_parser", "nonnegative_int", "normalize_spec", "positive_int", "split_size"]
 
 #: The description ``memloc --help`` prints.
 DESCRIPTION = "The ``memloc`` command: measure memorization of saved encoders and draw the figures."
@@ -53,6 +53,16 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**64), got {text!r}") from None
 
 
+def _bootstrap(text: str) -> int:
+    """0 (no intervals or tests) or at least ``MIN_BOOTSTRAP`` resamples (``EvidenceOptions``)."""
+    from lightning_memloc.evidence import MIN_BOOTSTRAP
+
+    value = nonnegative_int(text)
+    if 0 < value < MIN_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"expected 0 (no intervals or tests) or an integer >= {MIN_BOOTSTRAP}, got {value}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -61,6 +71,26 @@ def _probability(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
     return value
+
+
+def normalize_spec(text: str) -> Any:
+    """``--normalize``: a preset name (``imagenet``, ``cifar10``) or ``MEAN/STD`` as comma-separated
+    per-channel values, e.g. ``0.5,0.5,0.5/0.25,0.25,0.25``.
+
+    Example:
+        >>> normalize_spec("0.5/0.25"), normalize_spec("imagenet")
+        (((0.5,), (0.25,)), 'imagenet')
+    """
+    from lightning_memloc.normalization import NORMALIZE_PRESETS, check_normalize
+
+    hint = f"expected one of {', '.join(NORMALIZE_PRESETS)} or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25"
+    try:
+        if "/" not in text:
+            return check_normalize(text)
+        mean, std = text.split("/", 1)
+        return check_normalize(([float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]))
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"{hint}, got {text!r} ({err})") from None
 
 
 def split_size(text: str) -> Union[int, float]:
@@ -96,7 +126,8 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
                         "with --indices-from-split a count / fraction drawn at random from the split's shared part "
                         "(a .json {'control': [...]} file, e.g. the demo's split.json, gives its 'control' list)")
     g.add_argument("--unseen", metavar="FILE|split",
-                   help="images the encoder never trained on (UnitMem membership test): an indices file, or 'split' "
+                   help="images the encoder never trained on, from the candidates' distribution (UnitMem membership "
+                        "test; the alignment gap under the encoder alone, no --reference needed): an indices file, or 'split' "
                         "for the split's independent part (with --indices-from-split); a .json dict gives its 'unseen' list")
 
 
@@ -140,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--negative", choices=NEGATIVE_POLICIES, default="clamp",
                    help="policy for negative activations (GELU, attention outputs; docs/definitions.md)")
     s.add_argument("--top-k", type=positive_int, default=50, help="size of the top-k / least-k LayerMem groups")
-    s.add_argument("--bootstrap", type=nonnegative_int, default=1000, help="bootstrap resamples / permutations (0: no intervals)")
+    s.add_argument("--bootstrap", type=_bootstrap, default=1000,
+                   help="bootstrap resamples / permutations (0: no intervals or tests; else >= 200)")
     s.add_argument("--confidence", type=_probability, default=0.95, help="coverage of the intervals")
     s.add_argument("--alpha", type=_probability, default=0.05, help="significance level of the Holm-corrected tests")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -149,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the forwards under torch.autocast in bf16 or fp16 (default: float32; docs/performance.md)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bar of the pass (--no-progress: none)")
+    s.add_argument("--transform", metavar="PKG.MODULE:FACTORY",
+                   help="per-image view transform: an importable callable returning it, called with --transform-kwargs, "
+                        "e.g. lightly.transforms:SimCLRViewTransform (default: the batched SimCLR augmentation)")
+    s.add_argument("--transform-kwargs", metavar="JSON", default="{}",
+                   help="keyword arguments of the --transform factory, a JSON object, e.g. '{\"input_size\": 32}'")
+    s.add_argument("--normalize", type=normalize_spec, default=None,
+                   help="normalise the views per channel before the encoder: imagenet | cifar10 | MEAN/STD "
+                        "(e.g. 0.5,0.5,0.5/0.25,0.25,0.25); match what the encoder trained on")
     a.add_argument("--output-dir", "--out", action=RenamedFlag, required=True, metavar="DIR",
                    help="output folder (report.json and PNG figures); --out is its deprecated spelling")
     a.add_argument("--overwrite", action="store_true",

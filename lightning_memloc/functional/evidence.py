@@ -5,13 +5,16 @@ differ at every layer even when neither memorized anything (an offset ``o_l``), 
 candidates is compared with a *control* set both encoders trained on; UnitMem has no reference,
 so a unit's μmax image is compared against chance over a pool of seen and unseen images
 (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024; the authors'
-``Ttest.py`` runs the one-sided Welch test used here). Everything is seeded and vectorised:
+``Ttest.py`` runs a one-sided Welch test). Everything is seeded and vectorised:
 
 - :func:`bootstrap_indices`, :func:`percentile_interval`, :func:`bootstrap_mean_interval`,
   :func:`bootstrap_difference_interval`, :func:`bootstrap_topk_interval`: percentile bootstrap
   over candidates;
-- :func:`welch_greater`: one-sided Welch t-test ``mean(a) > mean(b)``; :func:`holm`: Holm's
-  step-down correction across layers;
+- :func:`studentized_permutation_test`: the two-sample test of every family (exact for
+  exchangeable groups, robust to skew and unequal sizes), with :func:`permutation_lower_bound`
+  and :func:`bootstrap_t_interval` (from :mod:`~lightning_memloc.functional.two_sample`);
+  :func:`welch_greater`: the authors' one-sided Welch t-test (liberal on skewed, unequal groups);
+  :func:`holm`: Holm's step-down correction;
 - :func:`weighted_mean_unitmem`: mean UnitMem of resampled or sub-sampled candidate sets, from
   one ``(N, U)`` matrix, without materialising the resamples;
 - :func:`membership_test`: how often alive units' μmax image is a training image, against a
@@ -27,6 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from lightning_memloc.functional.two_sample import (bootstrap_t_interval, permutation_lower_bound,
+                                                    studentized_permutation_test)
+
 __all__ = [
     "bootstrap_indices",
     "percentile_interval",
@@ -35,6 +41,9 @@ __all__ = [
     "bootstrap_difference_interval",
     "bootstrap_topk_interval",
     "welch_greater",
+    "studentized_permutation_test",
+    "permutation_lower_bound",
+    "bootstrap_t_interval",
     "holm",
     "weighted_mean_unitmem",
     "membership_test",
@@ -210,19 +219,22 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
     return out
 
 
-def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 64) -> Tensor:
+def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Tensor:
     """Mean UnitMem (``reduction="mean"``) of candidate multisets given as weights.
 
     Row ``b`` of ``weights`` says how often each candidate is in multiset ``b`` (bootstrap counts,
     or a 0/1 mask for a subset). For each multiset and unit: μmax = the largest μ among the drawn
     candidates, μ-max = the mean over the *other* ``n_b − 1`` draws, UnitMem as in Eq. 1 (0 for a
     unit that is zero on every drawn candidate); the result is the mean over units. Sums come
-    from one matrix product; the max is taken chunk by chunk.
+    from one matrix product. The max walks each unit's candidates from the largest μ down and
+    stops at the first one drawn: a resample of ``N`` draws misses a given candidate with
+    probability about ``e^{-1}``, so about 15 ranks of ``(B, U)`` settle a thousand resamples of
+    2,000 units, where a dense max costs ``B · N · U``.
 
     Args:
         mu: ``(N, U)`` non-negative mean activations (after the negative policy).
         weights: ``(B, N)`` non-negative integer counts, each row summing to at least 2.
-        chunk: resamples per chunk for the max (bounds memory to ``chunk·N·U``).
+        chunk: resamples per step (bounds memory to ``chunk·U``).
 
     Returns:
         ``(B,)`` mean UnitMem per multiset (float64).
@@ -238,13 +250,20 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 64) -> Tenso
     if bool((n_b < 2).any()):
         raise ValueError("every multiset needs at least 2 candidates for UnitMem.")
     sums = w @ m  # (B, U)
-    maxes = torch.empty_like(sums)
-    # μ >= 0, so zeroing the absent rows keeps the max of the drawn ones; taken in float32 (half the
-    # memory traffic, 2x faster; exact for the default float32 metric states)
-    m32 = m.float()
+    order = m.argsort(dim=0, descending=True)  # (N, U): each unit's candidates, largest μ first
+    ranked = m.gather(0, order)
+    maxes = torch.zeros_like(sums)
     for start in range(0, w.shape[0], chunk):
-        present = (w[start:start + chunk] > 0).float()  # (c, N)
-        maxes[start:start + chunk] = (present[:, :, None] * m32[None]).amax(dim=1).double()
+        present = w[start:start + chunk] > 0  # (c, N)
+        found = torch.zeros(present.shape[0], m.shape[1], dtype=torch.bool)
+        best = torch.zeros(present.shape[0], m.shape[1], dtype=torch.float64)
+        for rank in range(m.shape[0]):
+            hit = present[:, order[rank]] & ~found  # (c, U): first drawn candidate at this rank
+            best = torch.where(hit, ranked[rank], best)
+            found |= hit
+            if bool(found.all()):
+                break
+        maxes[start:start + chunk] = best
     rest = (sums - maxes) / (n_b - 1)
     denom = maxes + rest
     dead = denom <= 0
@@ -259,7 +278,10 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     μmax image (dead units, zero on the whole pool, take no part). Under the null that training
     did not make units prefer the images they saw, the seen/unseen labels are exchangeable among
     the images, so the p-value permutes those labels over the *images* — one image that wins
-    dozens of units moves all of them together, unlike a binomial over units.
+    dozens of units moves all of them together, unlike a binomial over units. A unit whose max
+    is shared by several images (ties: constant units, saturated activations) gives each of them
+    an equal share of its credit, in the observed fraction and in the null alike (crediting the
+    first image would favour whichever group comes first).
 
     Args:
         mu: ``(P, U)`` non-negative mean activations of the pool's images.
@@ -270,7 +292,7 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     Returns:
         ``{"fraction": share of alive units whose μmax image is seen, "chance": seen / P,
         "p": one-sided permutation p-value (fraction ≥ observed), "alive": alive units,
-        "winners": distinct images that are some unit's μmax}``. With no alive unit, fraction and
+        "winners": distinct images that are (or share) some unit's μmax}``. With no alive unit, fraction and
         p are NaN.
 
     Example:
@@ -278,6 +300,8 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
         >>> out = membership_test(mu, torch.tensor([True, True, False, False]), n_perm=200)
         >>> out["fraction"], out["chance"], out["alive"]
         (1.0, 0.5, 3)
+        >>> membership_test(torch.ones(4, 2), torch.tensor([True, False, False, False]), n_perm=50)["fraction"]
+        0.25
     """
     m = mu.detach().double().cpu()
     s = torch.as_tensor(seen, dtype=torch.bool).cpu().reshape(-1)
@@ -288,7 +312,9 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     n_alive = int(alive.sum())
     if n_alive == 0:
         return {"fraction": math.nan, "chance": chance, "p": math.nan, "alive": 0, "winners": 0}
-    wins = torch.bincount(m[:, alive].argmax(dim=0), minlength=m.shape[0]).double()  # (P,)
+    top = m[:, alive]
+    tied = (top == top.amax(dim=0, keepdim=True)).double()  # (P, alive): every image at a unit's max
+    wins = (tied / tied.sum(dim=0, keepdim=True)).sum(dim=1)  # (P,) a tied unit's credit is split
     observed = float(wins[s].sum()) / n_alive
     g = _generator(seed)
     perms = torch.argsort(torch.rand(n_perm, s.numel(), generator=g), dim=1)

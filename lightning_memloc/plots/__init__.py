@@ -11,7 +11,9 @@ path it wrote.
 Modules: :mod:`~lightning_memloc.plots.figure` (the shared Agg figure, atomic PNG writer, depth
 axis), :mod:`~lightning_memloc.plots.report` (the figures of one report and :func:`plot_report`),
 :mod:`~lightning_memloc.plots.history` (training curves), :mod:`~lightning_memloc.plots.evidence`
-(the nulls and tests), :mod:`~lightning_memloc.plots.analyses` (the paper's other analyses) and
+(the nulls and tests), :mod:`~lightning_memloc.plots.profile` and :mod:`~lightning_memloc.plots.heatmap`
+(the profile by depth and the layer × measurement heat maps logged to TensorBoard),
+:mod:`~lightning_memloc.plots.analyses` (the paper's other analyses) and
 :mod:`~lightning_memloc.plots.io` (reading reports and histories back).
 
 Example:

@@ -45,13 +45,30 @@ def _stars(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: fl
                         xytext=(0, 5), textcoords="offset points", color="k" if p < alpha else "0.5")
 
 
+def _align_panel(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], alpha: float) -> None:
+    """The reference-free panel: f's alignment gap of the candidates against unseen images, with its
+    interval and Holm p-value (and, with a reference, C − unseen through g beside it)."""
+    _errorbar(ax, x, ev, layers, "align_gap", marker="o", color="C4", lw=2, label="gap under f alone ± CI (f's range)")
+    _stars(ax, x, _values(ev, layers, "align_gap_hi"), _values(ev, layers, "align_gap_p_holm"), alpha)
+    if ev.has("excess_unseen"):
+        _errorbar(ax, x + 0.08, ev, layers, "excess_unseen", marker="v", color="C2", ls=":",
+                  label="C − unseen through g ± CI (candidates' SSLMem scale)")
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.margins(y=0.15)
+    ax.set_ylabel("d_f(unseen) − d_f(candidates), normalised")
+    ax.set_title("Alignment gap, no reference (> 0: candidates' views tighter)", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    depth_axis(ax, layers)
+
+
 def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
     """Candidates against their nulls, layer by layer.
 
     Left (with a reference): LayerMem of the candidates with its interval, of the control and of
     the unseen images on the candidates' scale, and the excess over the control with its interval
-    and Holm p-value. Right: mean UnitMem on equal-size samples of seen and unseen images, and the
-    share of alive units whose μmax image is a training image against chance (with p-values).
+    and Holm p-value. Middle (with an unseen set): the alignment gap under ``f`` alone with its
+    interval and p-value. Right: mean UnitMem on equal-size samples of seen and unseen images, and
+    the share of alive units whose μmax image is a training image against chance (with p-values).
 
     Raises:
         ValueError: the report has no evidence (measure it with this library's ``measure``,
@@ -63,7 +80,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
                          "measure(..., control=..., unseen=...) or the monitor.")
     layers, x = report.layers, np.arange(1, len(report.layers) + 1)
     alpha = float(ev.meta.get("alpha", 0.05))
-    panels = (["layer_mem"] if report.has_reference else []) + ["unit_mem"]
+    panels = (["layer_mem"] if report.has_reference else []) + (["align_gap"] if ev.has("align_gap") else []) + ["unit_mem"]
     fig = new_figure(5.2 * len(panels) + 1.0, 4.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     if report.has_reference:
@@ -84,6 +101,8 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="best")
         depth_axis(ax, layers)
+    if ev.has("align_gap"):
+        _align_panel(axes[panels.index("align_gap")], x, ev, layers, alpha)
     ax = axes[-1]
     if ev.has("membership"):
         ax.plot(x, _values(ev, layers, "unit_mem_seen"), marker="o", color="C0", label="mean UnitMem, seen (candidates)")
@@ -103,26 +122,28 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
 
 
 def plot_evidence_history(history: History, path: PathLike) -> Path:
-    """Over training: the excess over the control per layer with its interval band, and the share of
-    units whose μmax image was seen against chance (or mean UnitMem with its band without an
-    unseen set).
+    """Over training: the excess over the control per layer with its interval band, the alignment gap
+    under ``f`` alone with its band, and the share of units whose μmax image was seen against
+    chance (or mean UnitMem with its band without an unseen set).
 
     Raises:
-        ReportFormatError: the history holds no evidence scalars (``memloc/excess/...``,
-            ``memloc/membership/...`` or ``memloc/unit_mem_mean_lo/...``).
+        ReportFormatError: the history holds no evidence scalars (``memloc.excess/...``,
+            ``memloc.membership/...`` or ``memloc.unit_mem_mean_lo/...``).
     """
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     keys = set().union(*(e.keys() for e in entries))
     panels: List[tuple] = []
     if any(k.startswith(f"{PREFIX}excess/") for k in keys):
         panels.append(("excess", "LayerMem excess over control (± CI)", None))
+    if any(k.startswith(f"{PREFIX}align_gap/") for k in keys):
+        panels.append(("align_gap", "alignment gap under f alone (± CI)", None))
     if any(k.startswith(f"{PREFIX}membership/") for k in keys):
         panels.append(("membership", "share of units whose μmax image was seen", "membership_chance"))
     elif any(k.startswith(f"{PREFIX}unit_mem_mean_lo/") for k in keys):
         panels.append(("unit_mem_mean", "mean UnitMem (± CI)", None))
     if not panels:
-        raise ReportFormatError("the history holds no evidence scalars (memloc/excess/..., memloc/membership/... or "
-                                "memloc/unit_mem_mean_lo/...): measure with control= / unseen= and bootstrap > 0.")
+        raise ReportFormatError("the history holds no evidence scalars (memloc.excess/..., memloc.membership/... or "
+                                "memloc.unit_mem_mean_lo/...): measure with control= / unseen= and bootstrap > 0.")
     fig = new_figure(5.0 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     epochs = np.array([int(e["epoch"]) for e in entries])
@@ -141,7 +162,7 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
         if chance is not None:
             level = [e.get(f"{PREFIX}{chance}/{layers[0]}", np.nan) for e in entries] if layers else []
             ax.plot(epochs, level, color="k", ls="--", lw=1, label="chance")
-        if quantity == "excess":
+        if quantity in ("excess", "align_gap"):
             ax.axhline(0.0, color="k", ls="--", lw=1)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch")

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lightning_memloc.io import PathLike, atomic_write_bytes
 
-__all__ = ["colormap", "depth_axis", "display_image", "new_figure", "save_png"]
+__all__ = ["colormap", "depth_axis", "display_image", "figure_array", "new_figure", "save_png"]
 
 #: Resolution of every PNG.
 DPI = 120
@@ -45,6 +45,18 @@ def save_png(fig: Figure, path: PathLike) -> Path:
     destination = Path(path)
     atomic_write_bytes(destination, buffer.getvalue())
     return destination
+
+
+def figure_array(fig: Figure) -> np.ndarray:
+    """``fig`` rendered to an (H, W, 3) uint8 RGB array, e.g. for ``SummaryWriter.add_image(..., dataformats="HWC")``.
+
+    Example:
+        >>> figure_array(new_figure(2, 1)).shape
+        (120, 240, 3)
+    """
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def depth_axis(ax: Any, layers: Sequence[str]) -> None:

@@ -39,7 +39,7 @@ def plot_history(history: History, path: PathLike) -> Path:
                   ("layer_mem", "LayerMem"))
     panels = [(q, label) for q, label in quantities if any(k.startswith(f"{_PREFIX}{q}/") for k in entries[-1])]
     if not panels:
-        raise ReportFormatError("the history holds no memloc/unit_mem_mean/... or memloc/layer_mem/... scalars.")
+        raise ReportFormatError("the history holds no memloc.unit_mem_mean/... or memloc.layer_mem/... scalars.")
     fig = new_figure(4.6 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     epochs = [int(e["epoch"]) for e in entries]

@@ -1,13 +1,15 @@
 """Reading what :mod:`lightning_memloc.plots` draws: monitor histories and report / history files.
 
 A :class:`~lightning_memloc.MemorizationMonitor` with ``output_dir`` writes ``history.json`` (one
-dict of ``memloc/...`` scalars per measurement) and ``report_epoch=<E>.json``;
+dict of ``memloc.<quantity>/<layer>`` scalars per measurement) and ``report_epoch=<E>.json``;
 ``memloc analyze`` and ``memloc demo`` write ``report.json``. The figures follow Wang et al.,
 *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
 
 Example:
-    >>> load_history([{"epoch": 0, "memloc/unit_mem_mean/conv1": 0.2}])[0]["epoch"]
+    >>> load_history([{"epoch": 0, "memloc.unit_mem_mean/conv1": 0.2}])[0]["epoch"]
     0
+    >>> load_history([{"epoch": 0, "memloc/unit_mem_mean/conv1": 0.2}])[0]  # written before tags had sections
+    {'epoch': 0, 'memloc.unit_mem_mean/conv1': 0.2}
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
 from lightning_memloc.report import FORMAT, MemorizationReport
 from lightning_memloc.tags import PREFIX as TAG_PREFIX
+from lightning_memloc.tags import SEPARATOR, upgrade_tag
 
 __all__ = ["History", "find_plot_inputs", "load_history", "read_plot_input"]
 
 History = Union[Sequence[Mapping[str, Any]], PathLike]
-PREFIX = f"{TAG_PREFIX}/"  # every scalar tag starts with it (lightning_memloc.tags)
+PREFIX = f"{TAG_PREFIX}{SEPARATOR}"  # every per-layer scalar tag starts with it (lightning_memloc.tags)
 
 
 def _read_json(source: Path, what: str) -> Any:
@@ -52,11 +55,12 @@ def load_history(history: History) -> List[Dict[str, Any]]:
         history: the list of per-measurement dicts, or a path to ``history.json``.
 
     Returns:
-        A copy of the entries.
+        A copy of the entries; keys of the former ``memloc/<quantity>/<layer>`` scheme are renamed
+        ``memloc.<quantity>/<layer>`` (:func:`~lightning_memloc.tags.upgrade_tag`).
 
     Raises:
         FileNotFoundError: no file at the path.
-        ReportFormatError: not a list of dicts with an ``"epoch"`` and ``memloc/...`` scalars.
+        ReportFormatError: not a list of dicts with an ``"epoch"`` and ``memloc.<quantity>/<layer>`` scalars.
     """
     where = "history"
     if isinstance(history, (str, Path)) or hasattr(history, "__fspath__"):
@@ -64,15 +68,17 @@ def load_history(history: History) -> List[Dict[str, Any]]:
         history = _read_json(Path(history), "history")  # type: ignore[arg-type]
     if not isinstance(history, list) or not history:
         raise ReportFormatError(f"{where} is not a monitor history: expected a non-empty list of per-epoch dicts.")
-    for entry in history:
+    entries = [{upgrade_tag(str(k)): v for k, v in entry.items()} if isinstance(entry, dict) else entry for entry in history]
+    for entry in entries:
         if not isinstance(entry, dict) or "epoch" not in entry or not any(str(k).startswith(PREFIX) for k in entry):
             raise ReportFormatError(f"{where} is not a monitor history: every entry needs an 'epoch' and "
-                                    f"'{PREFIX}...' scalars, got {str(entry)[:80]!r}.")
-        bad = {k: v for k, v in entry.items() if (k == "epoch" or str(k).startswith(PREFIX)) and not _is_number(v, k)}
+                                    f"'{PREFIX}<quantity>/<layer>' scalars, got {str(entry)[:80]!r}.")
+        bad = {k: v for k, v in entry.items()
+               if (k == "epoch" or str(k).startswith((PREFIX, f"{TAG_PREFIX}/"))) and not _is_number(v, k)}
         if bad:  # matplotlib would draw strings as categories: a plausible, wrong curve
             raise ReportFormatError(f"{where}: the entry of epoch {entry['epoch']!r} holds values that are not numbers "
                                     f"{dict(list(bad.items())[:3])}: re-create the history with the monitor.")
-    return [dict(entry) for entry in history]
+    return entries
 
 
 def read_plot_input(path: PathLike) -> Tuple[str, Union[MemorizationReport, List[Dict[str, Any]]]]:

@@ -1,0 +1,83 @@
+"""The monitor's pictures on TensorBoard: the profile by depth and the heat maps, with the warm-up's end.
+
+At every measurement a TensorBoard logger gets two images in the summary section ``memloc/``:
+``memloc/profile`` (:func:`~lightning_memloc.plots.profile.profile_figure`: LayerMem against its
+nulls, the excess and membership tests, UnitMem seen vs unseen, by depth) and
+``memloc/profile_over_training`` (:func:`~lightning_memloc.plots.heatmap.heatmap_figure`: excess and
+mean UnitMem per layer and measurement, from the monitor's history). Wang et al., *Localizing
+Memorization in SSL Vision Encoders* (NeurIPS 2024) mark the end of the learning-rate warm-up in
+their figure of UnitMem over training; :func:`warmup_end_step` reads it off the LightningModule
+(``warmup_steps``, or ``warmup_epochs`` as :class:`~lightning_memloc.cotrain.CoTrainedPair` has), the
+heat maps draw it, and ``memloc/lr_warmup`` says it in words (TensorBoard's Text tab).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Mapping, Optional, Sequence
+
+from lightning_memloc.plots.figure import figure_array
+from lightning_memloc.plots.heatmap import heatmap_figure
+from lightning_memloc.plots.profile import profile_figure
+from lightning_memloc.report import MemorizationReport
+from lightning_memloc.tags import FIGURE_NAMES, figure_tag, summary_tag
+
+__all__ = ["WARMUP_NOTE", "log_figures", "log_warmup", "steps_per_epoch", "warmup_end_step", "warmup_text"]
+
+#: Summary name of the text saying where the learning-rate warm-up ends.
+WARMUP_NOTE = "lr_warmup"
+
+
+def steps_per_epoch(trainer: Any) -> Optional[int]:
+    """Optimizer steps per training epoch (``None`` when unknown, e.g. an iterable dataset of unknown length)."""
+    batches = getattr(trainer, "num_training_batches", None)
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+    if not isinstance(batches, numbers.Real) or not math.isfinite(batches) or batches <= 0:
+        return None
+    return math.ceil(int(batches) / accumulate)
+
+
+def warmup_end_step(module: Any, per_epoch: Optional[int]) -> Optional[int]:
+    """Global step at which ``module``'s learning-rate warm-up ends, or ``None`` (no warm-up, or unknown).
+
+    ``module.warmup_steps`` counts optimizer steps; ``module.warmup_epochs`` counts epochs of
+    ``per_epoch`` optimizer steps (the schedules of ``CoTrainedPair`` and of lightly's examples).
+
+    Example:
+        >>> class Module: warmup_epochs = 2
+        >>> warmup_end_step(Module(), per_epoch=15), warmup_end_step(object(), per_epoch=15)
+        (30, None)
+    """
+    steps = getattr(module, "warmup_steps", None)
+    if isinstance(steps, numbers.Real) and not isinstance(steps, bool) and steps > 0:
+        return int(steps)
+    epochs = getattr(module, "warmup_epochs", None)
+    if isinstance(epochs, numbers.Real) and not isinstance(epochs, bool) and epochs > 0 and per_epoch:
+        return int(round(float(epochs) * per_epoch))
+    return None
+
+
+def warmup_text(module: Any, end: int) -> str:
+    """What ``memloc/lr_warmup`` says: where the warm-up ends and what it was read from."""
+    epochs = getattr(module, "warmup_epochs", None)
+    source = f"`warmup_epochs={epochs}`" if getattr(module, "warmup_steps", None) is None else \
+        f"`warmup_steps={module.warmup_steps}`"
+    return (f"The learning-rate warm-up ends at global step {end} ({source} of `{type(module).__name__}`); "
+            "the heat maps `memloc/profile_over_training` draw it as a dashed line.")
+
+
+def log_figures(writer: Any, report: MemorizationReport, history: Sequence[Mapping[str, Any]], step: int, *,
+                warmup_step: Optional[int] = None) -> None:
+    """Log the profile of ``report`` and the heat maps of ``history`` as images at ``step``."""
+    profile, over_training = FIGURE_NAMES
+    writer.add_image(figure_tag(profile), figure_array(profile_figure(report, warmup_step=warmup_step)),
+                     global_step=step, dataformats="HWC")
+    alpha = float(report.evidence.meta.get("alpha", 0.05)) if report.evidence is not None else 0.05
+    heatmaps = heatmap_figure(history, report.layers, warmup_step=warmup_step, alpha=alpha)
+    writer.add_image(figure_tag(over_training), figure_array(heatmaps), global_step=step, dataformats="HWC")
+
+
+def log_warmup(writer: Any, module: Any, end: int, step: int) -> None:
+    """Write :func:`warmup_text` as ``memloc/lr_warmup``."""
+    writer.add_text(summary_tag(WARMUP_NOTE), warmup_text(module, end), global_step=step)

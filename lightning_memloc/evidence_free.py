@@ -1,0 +1,122 @@
+"""The ``align_gap`` family of :class:`~lightning_memloc.evidence.Evidence`: memorization evidence without a reference.
+
+At the level of a group, the reference cancels: for candidates ``C`` seen by ``f`` and unseen
+images ``U`` from the same distribution, ``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]``
+for every reference that saw neither (``../shared/DESIGN.md`` §8, ``docs/evidence.md``). So
+each layer gets, from ``f``'s own view alignments ``d_f`` (:mod:`lightning_memloc.functional.reference_free`):
+
+Record keys (per layer):
+    ``align_gap``: ``(mean d_f(U) − mean d_f(C)) / scale``, the scale being the range of ``d_f``
+    over ``C ∪ U`` at that layer (one normalisation for both groups; > 0: the candidates' views are
+    tighter); ``align_gap_lo`` / ``align_gap_hi``: percentile bootstrap, groups resampled
+    independently, scale held fixed; ``align_gap_p``: one-sided studentized permutation test
+    ``d_f(U) > d_f(C)`` on raw alignments
+    (:func:`~lightning_memloc.functional.two_sample.studentized_permutation_test`, as the other
+    families); ``align_gap_p_holm``: Holm-corrected in the overall verdict
+    (:mod:`lightning_memloc.verdict`); ``align_gap_lb``: the bound matching it; ``align_f_candidates`` /
+    ``align_f_unseen``: mean raw alignments (L2 distance of normalised views, in ``[0, 2]``);
+    ``align_auc``: mean membership score (0.5 when nothing is memorized).
+
+Meta keys:
+    ``align_membership``: layer -> per-candidate membership score (share of unseen images that
+    ``f`` aligns worse, in candidate order); ``align_scale``: the scale, in words.
+
+It assumes ``C`` and ``U`` were exchangeable before training: a distribution shift between the
+two sets (atypical canaries against typical test images) gives a gap of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from lightning_memloc.functional.evidence import bootstrap_difference_interval, holm
+from lightning_memloc.functional.reference_free import alignment_gap, alignment_scale, membership_scores, normalise
+from lightning_memloc.functional.two_sample import studentized_permutation_test
+
+__all__ = ["ALIGN_SCALE", "TEST_NAME", "candidate_membership", "reference_free_evidence"]
+
+#: ``meta["align_scale"]``: how ``align_gap`` is normalised.
+ALIGN_SCALE = "range of f's alignments over candidates and unseen images per layer; tests on raw alignments"
+#: How ``align_gap`` is tested (recorded in ``Evidence.meta["tests"]``).
+TEST_NAME = "studentized permutation test of the mean raw alignment under f, unseen > candidates (Welch t)"
+
+
+def reference_free_evidence(
+    layers: List[str],
+    candidates: Mapping[str, Tensor],
+    unseen: Mapping[str, Tensor],
+    records: Dict[str, Dict[str, Optional[float]]],
+    meta: Dict[str, Any],
+    *,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    nulls: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Add the ``align_gap`` family to ``records`` and ``meta`` (in place; keys in the module docstring).
+
+    Args:
+        layers: layer names in forward order.
+        candidates: layer -> ``(N,)`` raw alignments of the candidates under ``f``.
+        unseen: layer -> ``(M,)`` raw alignments of the unseen images under ``f``.
+        records: layer -> evidence record, updated.
+        meta: evidence meta, updated.
+        bootstrap: resamples of the interval and relabellings of the test (0: neither).
+        confidence: coverage of the interval.
+        seed: seed of the resampling.
+        nulls: filled with the test's null (for the bound matching the overall verdict).
+
+    Example:
+        >>> records, meta = {"a": {}}, {}
+        >>> reference_free_evidence(["a"], {"a": torch.tensor([0.2, 0.3, 0.4])}, {"a": torch.tensor([0.5, 0.6, 0.7])},
+        ...                         records, meta, bootstrap=0)
+        >>> round(records["a"]["align_gap"], 3), records["a"]["align_auc"], meta["align_membership"]["a"]
+        (0.6, 1.0, [1.0, 1.0, 1.0])
+    """
+    c = torch.stack([candidates[layer].detach().double().cpu() for layer in layers])
+    u = torch.stack([unseen[layer].detach().double().cpu() for layer in layers])
+    gap, mean_c, mean_u = alignment_gap(c, u)
+    scores = membership_scores(c, u)
+    lo = hi = test = None
+    if bootstrap:
+        scale = alignment_scale(c, u)
+        lo, hi = bootstrap_difference_interval(normalise(u, scale), normalise(c, scale), bootstrap, confidence, seed + 29)
+        if c.shape[1] >= 2 and u.shape[1] >= 2:
+            test = studentized_permutation_test(u, c, bootstrap, seed + 37)
+            if nulls is not None:
+                se = torch.where(scale[:, 0] > 0, test["se"] / scale[:, 0], torch.full_like(test["se"], math.nan))
+                nulls["align_gap"] = (list(layers), gap, se, test["null"])
+    pvalues: List[Optional[float]] = []
+    for i, layer in enumerate(layers):
+        rec = records[layer]
+        rec["align_gap"], rec["align_f_candidates"], rec["align_f_unseen"] = float(gap[i]), float(mean_c[i]), float(mean_u[i])
+        rec["align_auc"] = float(scores[i].mean())
+        rec["align_gap_lo"] = None if lo is None else float(lo[i])
+        rec["align_gap_hi"] = None if hi is None else float(hi[i])
+        p = math.nan if test is None else float(test["p"][i])
+        rec["align_gap_p"] = None if math.isnan(p) else p
+        pvalues.append(rec["align_gap_p"])
+    for layer, p_holm in zip(layers, holm(pvalues)):  # this family alone; the overall verdict corrects again
+        records[layer]["align_gap_p_holm"] = p_holm
+    meta["align_membership"] = {layer: scores[i].tolist() for i, layer in enumerate(layers)}
+    meta["align_scale"] = ALIGN_SCALE
+    meta.setdefault("groups", {})["unseen"] = int(u.shape[1])
+
+
+def candidate_membership(evidence: Any, layer: str) -> Tensor:
+    """The per-candidate membership scores of ``layer`` (candidate order) from a report's evidence.
+
+    Raises:
+        ValueError: the evidence has no reference-free part (measure with ``unseen=``).
+    """
+    per_layer = dict(getattr(evidence, "meta", {}) or {}).get("align_membership")
+    if not per_layer:
+        raise ValueError("this evidence has no membership scores: measure with `unseen=` (images the encoder never "
+                         "trained on) and pairing='anchor' or views >= 2.")
+    if layer not in per_layer:
+        raise KeyError(f"layer {layer!r} has no membership scores; layers: {sorted(per_layer)}.")
+    return torch.tensor(per_layer[layer], dtype=torch.float64)

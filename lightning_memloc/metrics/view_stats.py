@@ -1,0 +1,66 @@
+"""Streaming per-channel mean and std of the views of a measurement pass (recorded in the report's ``meta``)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import Tensor
+
+from lightning_memloc.checks import check_int
+from lightning_memloc.metrics._base import CandidateIndexedMetric
+from lightning_memloc.view_stats import ViewStatistics, candidate_moments
+
+__all__ = ["ViewMoments"]
+
+
+class ViewMoments(CandidateIndexedMetric):
+    """Per-channel mean and std over every pixel of every view, indexed by candidate.
+
+    The states are per-candidate means of ``x`` and ``x²`` over its views and pixels (float64),
+    summed with a per-candidate count, so a candidate seen twice (``DistributedSampler`` padding)
+    counts once and a sharded pass gives the single-process result. Every candidate has the same
+    number of view pixels, so the mean over candidates of their means is the pixel mean:
+    ``mean_c = mean_i μ_ic``, ``std_c = sqrt(mean_i E_i[x_c²] − mean_c²)``.
+
+    Args:
+        num_candidates: rows of the states (candidate positions).
+        num_channels: C of the views.
+
+    Example:
+        >>> m = ViewMoments(2, 1)
+        >>> m.update(torch.tensor([0.0, 2.0]).view(2, 1, 1, 1, 1), torch.tensor([0, 1]))
+        >>> m.compute()
+        ViewStatistics(mean=(1.0,), std=(1.0,))
+    """
+
+    sums: Tensor
+    squares: Tensor
+
+    def __init__(self, num_candidates: int, num_channels: int, **kwargs: Any) -> None:
+        super().__init__(num_candidates, state_dtype=torch.float64, **kwargs)
+        self.num_channels = check_int("num_channels", num_channels, 1)
+        for name in ("sums", "squares"):
+            self.add_state(name, torch.zeros(num_candidates, num_channels, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, views: Tensor, index: Tensor) -> None:
+        """Add views (B, K, C, H, W) of candidates ``index`` (B,)."""
+        if views.ndim != 5 or views.shape[2] != self.num_channels:
+            raise ValueError(f"`views` must be (B, K, {self.num_channels}, H, W), got {tuple(views.shape)}.")
+        idx = self._check_index(index, views.shape[0], "views")
+        means, squares = candidate_moments(views)
+        self.sums.index_add_(0, idx, means.to(self.sums.device))
+        self.squares.index_add_(0, idx, squares.to(self.sums.device))
+        self._add_counts(idx)
+
+    def compute(self) -> ViewStatistics:  # type: ignore[override]
+        """The :class:`~lightning_memloc.view_stats.ViewStatistics` of the candidates seen."""
+        ids = self._seen()
+        counts = self.counts[ids].unsqueeze(1)
+        mean = (self.sums[ids] / counts).mean(0)
+        var = ((self.squares[ids] / counts).mean(0) - mean.square()).clamp_min(0)
+        return ViewStatistics(tuple(mean.cpu().tolist()), tuple(var.sqrt().cpu().tolist()))
+
+    def as_meta(self) -> Dict[str, Any]:
+        """:meth:`compute` as JSON (``{"mean": [...], "std": [...]}``)."""
+        return self.compute().as_meta()

@@ -1,0 +1,191 @@
+"""The memorization profile of one measurement by depth: each figure next to its null, in one picture.
+
+Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read where an encoder
+memorizes off LayerMem and UnitMem layer by layer; without a null those numbers include the offset
+between two encoders (``../shared/DESIGN.md`` §6). Panels (those the report has data for):
+LayerMem of the candidates ± CI against the control and the unseen images; the excess over the
+control ± CI with its Holm-corrected test; the share of units whose μmax image was seen against
+chance; mean UnitMem on seen against unseen images. Every drawn series carries its data key as the
+artist's ``gid`` (``"excess"``, ``"membership_chance"``, ...), so the figure can be checked against
+:func:`profile_data`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lightning_memloc.io import PathLike
+from lightning_memloc.plots.figure import depth_axis, new_figure, save_png
+from lightning_memloc.report import MemorizationReport
+from lightning_memloc.tags import QUANTITIES, REFERENCE_QUANTITIES
+
+__all__ = ["measurement_title", "plot_profile", "profile_data", "profile_figure"]
+
+
+def profile_data(report: MemorizationReport) -> Dict[str, np.ndarray]:
+    """Per-layer values (depth order, NaN where missing) of every quantity the report has.
+
+    Keys: every evidence record key with a value at some layer (``excess``, ``excess_lo``,
+    ``membership_p_holm``, ...), and without evidence the report's ``layer_mem`` family (with a
+    reference) and ``unit_mem_mean``.
+
+    Example:
+        >>> import torch
+        >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"}, candidate_ids=torch.arange(2),
+        ...     unit_mem={"a": torch.tensor([0.2, 0.4]), "b": torch.tensor([0.6, 0.8])},
+        ...     unit_argmax={"a": torch.tensor([0, 1]), "b": torch.tensor([1, 0])},
+        ...     dead_units={"a": torch.tensor([False, False]), "b": torch.tensor([False, False])})
+        >>> profile_data(r)["unit_mem_mean"].round(2).tolist()
+        [0.3, 0.7]
+    """
+    layers, data = report.layers, {}
+    ev = report.evidence
+    if ev is not None:
+        keys = dict.fromkeys(k for layer in layers for k, v in ev.layers[layer].items() if v is not None)
+        for key in keys:
+            data[key] = np.array([np.nan if ev.layers[layer].get(key) is None else ev.layers[layer][key] for layer in layers],
+                                 dtype=float)
+    if report.has_reference:
+        for quantity in REFERENCE_QUANTITIES:
+            data.setdefault(quantity, np.array([getattr(report, quantity)[layer] for layer in layers], dtype=float))
+    means = report.unit_mem_mean()
+    data.setdefault("unit_mem_mean", np.array([means[layer] for layer in layers], dtype=float))
+    return data
+
+
+def measurement_title(meta: Dict[str, Any]) -> str:
+    """``"epoch 4 · step 150"`` (``"before training"`` for the init point) from a report's ``meta``."""
+    epoch, step = meta.get("epoch"), meta.get("global_step")
+    when = "before training" if epoch is not None and int(epoch) < 0 else (f"epoch {epoch}" if epoch is not None else "")
+    return " · ".join(part for part in (when, None if step is None else f"step {step}") if part)
+
+
+def _series(ax: Any, x: np.ndarray, data: Dict[str, np.ndarray], key: str, label: str, **style: Any) -> bool:
+    """Draw ``data[key]`` (with its ``_lo`` / ``_hi`` interval as error bars when present); False if absent."""
+    if key not in data or np.isnan(data[key]).all():
+        return False
+    value = data[key]
+    lo, hi = data.get(f"{key}_lo"), data.get(f"{key}_hi")
+    if lo is not None and hi is not None and not np.isnan(lo).all():
+        container = ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, label=label, **style)
+        container.lines[0].set_gid(key)
+    else:
+        (line,) = ax.plot(x, value, label=label, **style)
+        line.set_gid(key)
+    return True
+
+
+def _pvalues(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[np.ndarray], alpha: float) -> None:
+    """Holm p-values above the points ``(x, y)``, starred (black) where below ``alpha``."""
+    if pvalues is None or y is None:
+        return
+    for xi, yi, p in zip(x, y, pvalues):
+        if not (np.isnan(p) or np.isnan(yi)):
+            significant = p < alpha
+            ax.annotate(f"p={p:.1g}" + (" *" if significant else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 4), textcoords="offset points", color="k" if significant else "0.5")
+
+
+def _top(data: Dict[str, np.ndarray], *keys: str) -> Optional[np.ndarray]:
+    present = [data[k] for k in keys if k in data]
+    return np.fmax.reduce(present) if present else None
+
+
+def _panels(data: Dict[str, np.ndarray]) -> List[str]:
+    def has(key: str) -> bool:
+        return key in data and not np.isnan(data[key]).all()
+
+    panels = ["layer_mem"] if has("layer_mem") else []
+    panels += ["excess"] if has("excess") or has("excess_unseen") else []
+    panels += ["membership"] if has("membership") else []
+    return panels + ["unit_mem"]
+
+
+def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = None) -> Figure:
+    """The memorization profile of ``report`` by depth (panels: see the module docstring).
+
+    Args:
+        report: one measurement.
+        warmup_step: global step at which the learning-rate warm-up ends (``None``: unknown);
+            the title says whether the measurement is before or after it.
+
+    Example:
+        >>> import torch
+        >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
+        ...     unit_mem={"a": torch.tensor([0.2, 0.4])}, unit_argmax={"a": torch.tensor([0, 1])},
+        ...     dead_units={"a": torch.tensor([False, False])})
+        >>> [ax.get_title() for ax in profile_figure(r).axes]
+        ['mean UnitMem (no unseen set: no null)']
+    """
+    data, layers = profile_data(report), report.layers
+    x = np.arange(1, len(layers) + 1, dtype=float)
+    ev = report.evidence
+    alpha = float(ev.meta.get("alpha", 0.05)) if ev is not None else 0.05
+    panels = _panels(data)
+    columns = 2 if len(panels) == 4 else len(panels)
+    rows = (len(panels) + columns - 1) // columns
+    fig = new_figure(min(max(5.4, 0.75 * len(layers)), 8.0) * columns, 3.6 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax, panel in zip(axes, panels):
+        if panel == "layer_mem":
+            _series(ax, x, data, "layer_mem", "candidates ± CI", marker="o", color="C0", lw=2)
+            _series(ax, x, data, "control_layer_mem", "control (both encoders trained on it)", marker="s", color="0.45", ls="--")
+            _series(ax, x, data, "unseen_layer_mem", "unseen images", marker="v", color="C2", ls=":")
+            ax.set_title("LayerMem" if "control_layer_mem" in data else "LayerMem (no control: includes the f–g offset)")
+        elif panel == "excess":
+            drawn = _series(ax, x, data, "excess", "over the control ± CI", marker="D", color="C3", lw=2)
+            _series(ax, x + 0.1, data, "excess_unseen", "over unseen images ± CI", marker="v", color="C2", ls=":")
+            key = "excess" if drawn else "excess_unseen"
+            _pvalues(ax, x, _top(data, key, f"{key}_hi"), data.get(f"{key}_p_holm"), alpha)
+            ax.axhline(0.0, color="0.3", lw=0.8)
+            ax.set_title(f"LayerMem excess (Holm p; * below α={alpha:g})")
+        elif panel == "membership":
+            _series(ax, x, data, "membership", "units whose μmax image was seen", marker="D", color="C3", lw=2)
+            _series(ax, x, data, "membership_chance", "chance", color="k", ls="--", lw=1)
+            _pvalues(ax, x, _top(data, "membership", "membership_hi", "membership_chance"), data.get("membership_p_holm"), alpha)
+            ax.set_ylim(0, 1.1)
+            ax.set_title("μmax membership vs chance")
+        else:
+            if _series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
+                _series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
+                _pvalues(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"), alpha)
+                ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
+            else:
+                _series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0", lw=2)
+                ax.set_title("mean UnitMem (no unseen set: no null)")
+        ax.margins(y=0.18)
+        ax.legend(fontsize=7, loc="best")
+        depth_axis(ax, layers)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(_suptitle(report, warmup_step), fontsize=10)
+    return fig
+
+
+#: Short names of the tests in the title.
+TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
+              "unit_mem_excess": "UnitMem seen > unseen"}
+
+
+def _suptitle(report: MemorizationReport, warmup_step: Optional[int]) -> str:
+    first = ["memorization by depth", measurement_title(report.meta)]
+    step = report.meta.get("global_step")
+    if warmup_step is not None and step is not None:
+        first.append("in the LR warm-up" if int(step) < warmup_step else f"after the LR warm-up (ended at step {warmup_step})")
+    title = " · ".join(part for part in first if part)
+    ev = report.evidence
+    if ev is not None and ev.meta.get("significant"):
+        alpha = float(ev.meta.get("alpha", 0.05))
+        counts = " · ".join(f"{TEST_NAMES.get(test, test)} {len(names)}/{len(report.layers)}"
+                            for test, names in ev.meta["significant"].items())
+        title += f"\nsignificant layers (Holm p < {alpha:g}): {counts}"
+    return title
+
+
+def plot_profile(report: MemorizationReport, path: PathLike) -> Path:
+    """:func:`profile_figure` written as a PNG."""
+    return save_png(profile_figure(report), path)

@@ -1,0 +1,145 @@
+"""Per-channel statistics of what the encoder receives, and when two of them disagree.
+
+Every memorization figure is a function of what the encoder is fed (docs/definitions.md,
+"Views"): views in [0, 1] given to an encoder trained on ImageNet-normalised batches move LayerMem
+and UnitMem a lot. A report records the per-channel mean and std of its views; the monitor
+compares them with those of the training batches (:mod:`~lightning_memloc.callbacks.view_check`).
+
+Two statistics ``(μ_v, σ_v)`` (views) and ``(μ_t, σ_t)`` (training batches) disagree when, for
+some channel c,
+
+- the std ratio ``max(σ_v, σ_t) / min(σ_v, σ_t)`` exceeds :data:`SCALE_TOLERANCE` (1.5), or
+- the mean shift ``|μ_v − μ_t| / max(σ_v, σ_t)`` exceeds :data:`SHIFT_TOLERANCE` (1.0 std).
+
+Both are unchanged by a common change of units x → a·x + b (a > 0). Measured on CIFAR-10
+(``benchmarks/view_check_calibration.py``, docs/definitions.md, "Views"): views made like the
+training batches stay within a std ratio of 1.14 and a shift of 0.47, other SimCLR pipelines in the
+same value space within 1.39 and 0.53; [0, 1] views against ImageNet-normalised batches give a
+ratio of 3.4 or more, [0, 1] against [−1, 1] 1.7 or more.
+
+Example:
+    >>> a = ViewStatistics(mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
+    >>> b = ViewStatistics(mean=(0.0, 0.1, 0.2), std=(1.1, 1.1, 1.15))
+    >>> mismatch(a, b) is not None, mismatch(a, a)
+    (True, None)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["SCALE_TOLERANCE", "SHIFT_TOLERANCE", "ViewStatistics", "candidate_moments", "channel_sums", "gaps",
+           "mismatch", "sample_statistics", "statistics_from_sums"]
+
+#: Largest std ratio (the larger over the smaller, per channel) taken as the same pipeline.
+SCALE_TOLERANCE = 1.5
+#: Largest mean difference, in units of the larger std (per channel), taken as the same pipeline.
+SHIFT_TOLERANCE = 1.0
+
+
+class ViewStatistics(NamedTuple):
+    """Per-channel mean and std of a set of images (every pixel of every image counts once)."""
+
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+    def as_meta(self) -> Dict[str, Any]:
+        """``{"mean": [...], "std": [...]}`` (JSON)."""
+        return {"mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}
+
+
+def channel_sums(x: Tensor) -> Tuple[Tensor, Tensor, int]:
+    """Per-channel ``(Σx, Σx², pixels)`` of images ``x`` (B, C, H, W), sums in float64 (C,).
+
+    Example:
+        >>> s, q, n = channel_sums(torch.tensor([[[[1.0, 3.0]]]]))
+        >>> s.tolist(), q.tolist(), n
+        ([4.0], [10.0], 2)
+    """
+    x = x.detach()
+    dims = (0, *range(2, x.ndim))
+    return (x.sum(dim=dims, dtype=torch.float64), x.float().square().sum(dim=dims, dtype=torch.float64),
+            x.numel() // x.shape[1])
+
+
+def statistics_from_sums(sums: Tensor, squares: Tensor, count: float) -> ViewStatistics:
+    """``ViewStatistics`` from per-channel ``Σx``, ``Σx²`` over ``count`` pixels: std = sqrt(E[x²] − E[x]²)."""
+    mean = sums.double().cpu() / count
+    var = (squares.double().cpu() / count - mean.square()).clamp_min(0)
+    return ViewStatistics(tuple(mean.tolist()), tuple(var.sqrt().tolist()))
+
+
+def candidate_moments(views: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-candidate, per-channel means of ``x`` and ``x²`` over views and pixels.
+
+    Args:
+        views: (B, K, C, H, W) views.
+
+    Returns:
+        ``(means, squares)``, each float64 (B, C).
+    """
+    flat = views.detach().reshape(views.shape[0], views.shape[1], views.shape[2], -1)
+    means = flat.mean(dim=(1, 3), dtype=torch.float64)
+    squares = flat.float().square().mean(dim=(1, 3), dtype=torch.float64)
+    return means, squares
+
+
+def gaps(views: ViewStatistics, batches: ViewStatistics) -> Tuple[Tensor, Tensor]:
+    """Per-channel ``(std ratio, mean shift)``: ``max(σ)/min(σ)`` and ``|μ_v − μ_t| / max(σ)``.
+
+    A channel constant in both (σ = 0) has ratio 1; constant in one only, ratio ``inf``.
+    """
+    sv, st = torch.tensor(views.std, dtype=torch.float64), torch.tensor(batches.std, dtype=torch.float64)
+    big, small = torch.maximum(sv, st), torch.minimum(sv, st)
+    ratio = torch.where(big == 0, torch.ones_like(big), big / small)
+    diff = (torch.tensor(views.mean, dtype=torch.float64) - torch.tensor(batches.mean, dtype=torch.float64)).abs()
+    shift = torch.where(big == 0, torch.where(diff == 0, 0.0, math.inf), diff / big.clamp_min(1e-300))
+    return ratio, shift
+
+
+def mismatch(views: ViewStatistics, batches: ViewStatistics, scale_tolerance: float = SCALE_TOLERANCE,
+             shift_tolerance: float = SHIFT_TOLERANCE) -> Optional[str]:
+    """Why ``views`` do not look like ``batches`` (both figures and the gaps), or ``None`` if they do.
+
+    Statistics of different channel counts are not compared (``None``).
+    """
+    if len(views.mean) != len(batches.mean):
+        return None
+    ratio, shift = gaps(views, batches)
+    worst_ratio, worst_shift = float(ratio.max()), float(shift.max())
+    if worst_ratio <= scale_tolerance and worst_shift <= shift_tolerance:
+        return None
+    return (f"per-channel mean {_fmt(views.mean)} and std {_fmt(views.std)} in the views vs mean {_fmt(batches.mean)} "
+            f"and std {_fmt(batches.std)} in the training batches (std ratio {worst_ratio:.2f}, tolerance "
+            f"{scale_tolerance}; mean shift {worst_shift:.2f} std, tolerance {shift_tolerance})")
+
+
+def _fmt(values: Tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
+@torch.no_grad()
+def sample_statistics(view_set: Any, device: Any = "cpu", max_candidates: int = 64, batch_size: int = 32) -> ViewStatistics:
+    """Statistics of the views of the first ``max_candidates`` candidates of a
+    :class:`~lightning_memloc.views.SeededViews` (exactly what the encoder receives: transform and
+    ``normalize`` applied), made in batches of ``batch_size`` candidates on ``device``.
+
+    Example:
+        >>> from lightning_memloc.views import SeededViews
+        >>> views = torch.tensor([0.25, 0.75]).repeat(4, 2, 1, 1, 1, 1).reshape(4, 2, 1, 1, 2)  # (N, K, C, H, W)
+        >>> sample_statistics(SeededViews(views, views=None, normalize=([0.5], [0.25])))
+        ViewStatistics(mean=(0.0,), std=(1.0,))
+    """
+    n = min(len(view_set), max_candidates)
+    sums = squares = None
+    count = 0
+    for start in range(0, n, batch_size):
+        index, x, _ = view_set.collate([view_set[i] for i in range(start, min(n, start + batch_size))])
+        views = view_set.finalize(x, index, device)
+        s, q, c = channel_sums(views.reshape(-1, *views.shape[2:]))
+        sums, squares, count = (s, q, c) if sums is None else (sums + s, squares + q, count + c)
+    return statistics_from_sums(sums, squares, count)  # type: ignore[arg-type]
