@@ -178,3 +178,24 @@ def test_forward_reduce_on_cpu_is_within_the_bound_of_a_float64_model():
     assert list(outs) == ["conv1", "conv2", "conv3"]
     for name, reps in outs.items():  # same float32 activations, float64 alignment; + float32 rounding of the result
         assert (aligns[name].double() - exact_alignment(reps)).abs().max() <= BOUND + 2**-23
+
+
+def uncentred_float32_alignment(reps: torch.Tensor) -> torch.Tensor:
+    """The rejected formula: ``d² = G_aa + G_bb − 2G_ab`` from a float32 Gram of the normalised (uncentred) views."""
+    u = F.normalize(reps.float(), dim=-1)
+    gram = u @ u.transpose(1, 2)
+    k = reps.shape[1]
+    i, j = torch.triu_indices(k, k, 1)
+    sq = gram.diagonal(dim1=-2, dim2=-1)
+    return (sq[:, i] + sq[:, j] - 2 * gram[:, i, j]).clamp_min(0).sqrt().double().mean(dim=-1)
+
+
+@pytest.mark.parametrize("eps", [1e-4, 1e-5])
+def test_the_uncentred_float32_gram_misses_the_bound_the_centred_one_keeps(eps):
+    """Why the centring: on near-identical views the uncentred float32 formula is ~1e-4 off, 100x the bound."""
+    gen = torch.Generator().manual_seed(7)
+    reps = torch.randn(4, 1, 4096, generator=gen) + eps * torch.randn(4, 8, 4096, generator=gen)
+    exact = exact_alignment(reps)
+    assert not flagged(reps).any()  # the float32 centred path itself, not the float64 fallback
+    assert (fast_alignment(reps) - exact).abs().max() <= BOUND
+    assert (uncentred_float32_alignment(reps) - exact).abs().max() > 100 * BOUND
