@@ -237,15 +237,15 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Ten
         chunk: resamples per step (bounds memory to ``chunk·U``).
 
     Returns:
-        ``(B,)`` mean UnitMem per multiset (float64).
+        ``(B,)`` mean UnitMem per multiset (float64, on ``mu``'s device).
 
     Example:
         >>> mu = torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
         >>> weighted_mean_unitmem(mu, torch.ones(1, 3))  # UnitMem (0.6, 0) -> mean 0.3
         tensor([0.3000], dtype=torch.float64)
     """
-    m = mu.detach().double().cpu()
-    w = weights.detach().double().cpu()
+    m = mu.detach().double()
+    w = weights.detach().double().to(m.device)
     n_b = w.sum(dim=1, keepdim=True)  # (B, 1)
     if bool((n_b < 2).any()):
         raise ValueError("every multiset needs at least 2 candidates for UnitMem.")
@@ -255,8 +255,8 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Ten
     maxes = torch.zeros_like(sums)
     for start in range(0, w.shape[0], chunk):
         present = w[start:start + chunk] > 0  # (c, N)
-        found = torch.zeros(present.shape[0], m.shape[1], dtype=torch.bool)
-        best = torch.zeros(present.shape[0], m.shape[1], dtype=torch.float64)
+        found = torch.zeros(present.shape[0], m.shape[1], dtype=torch.bool, device=m.device)
+        best = torch.zeros(present.shape[0], m.shape[1], dtype=torch.float64, device=m.device)
         for rank in range(m.shape[0]):
             hit = present[:, order[rank]] & ~found  # (c, U): first drawn candidate at this rank
             best = torch.where(hit, ranked[rank], best)
