@@ -42,6 +42,8 @@ def test_median_resamples_equal_the_loop(n, u, b, seed, ties, max_elements):
     weights = counts(bootstrap_indices(n, b, seed), n)
     got = median_unitmem_resamples(mu, weights, max_elements=max_elements)  # 7: one resample per step
     assert torch.equal(got, loop_resamples(mu, weights, "median"))
+    mean = weighted_mean_unitmem(mu, weights, chunk=max(1, max_elements // 1000))  # also several chunks
+    torch.testing.assert_close(mean, loop_resamples(mu, weights, "mean"), rtol=0, atol=1e-12)
 
 
 @settings(max_examples=12, deadline=None)
