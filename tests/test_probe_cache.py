@@ -184,3 +184,26 @@ def test_tiny_cnn_probe_is_cached_too():
     f, g = TinyCNN(width=2), TinyCNN(width=2)
     assert probe(f, g, size=16) == probe(f, g, size=16)
     assert probe_key(f, g, "auto", torch.rand(2, 3, 16, 16)) == probe_key(f, g, "auto", torch.rand(5, 3, 16, 16))
+
+
+def test_a_second_measure_call_rescans_no_layers_and_registers_only_the_pass_hooks(monkeypatch):
+    """Counts, not times: the probe's layer scan and its taps run on the first call only."""
+    import lightning_memloc.probe as probe_module
+    from lightning_memloc.taps import LayerTaps
+
+    scans, taps = [], []
+    resolve = probe_module.resolve_layers
+    monkeypatch.setattr(probe_module, "resolve_layers", lambda *a, **k: scans.append(1) or resolve(*a, **k))
+    enter = LayerTaps.__enter__
+    monkeypatch.setattr(LayerTaps, "__enter__", lambda self: taps.append(len(self.names)) or enter(self))
+    torch.manual_seed(9)
+    f, g = Counted(), Counted()
+    images = torch.rand(6, 3, 8, 8)
+    kwargs = dict(reference=g, views=2, batch_size=3, top_k=2, bootstrap=0)
+    first = measure(f, images, **kwargs)
+    layers = len(first.layers)
+    assert len(scans) == 1 and len(taps) == 3 + 2 * 2  # probe: the scan of every module, f and g shapes; pass: 2 batches x (f, g)
+    scans.clear(), taps.clear()
+    second = measure(f, images, **kwargs)
+    assert scans == [] and taps == [layers] * 4  # the pass's taps only: no probe, no layer scan
+    assert second.to_dict() == first.to_dict()
