@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from lightning_memloc.models import ResNet9
-from lightning_memloc.states.module_digest import structure_digest
+from lightning_memloc.checks.module_digest import structure_digest
 from lightning_memloc.states.reference_cache import model_digest
 
 

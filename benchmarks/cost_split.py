@@ -30,8 +30,10 @@ from torch import nn
 from lightning_memloc.taps.probe import eval_mode
 from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.functional.sslmem import pairwise_alignment
+from lightning_memloc.reductions.precision import forward_autocast, reduce_in_float32
 from lightning_memloc.taps.probe import model_device_dtype
-from lightning_memloc.reductions.hook import alignment_from_gram, flat_view, forward_reduce, view_gram, view_unit_means
+from lightning_memloc.reductions.hook import (alignment_from_gram, flat_view, forward_reduce, view_gram, view_sq_distances,
+                                              view_unit_means)
 from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, unit_activations
 from lightning_memloc.views.seeded import SeededViews
 
@@ -101,7 +103,8 @@ def format_split(split: Dict[str, float]) -> str:
 
 
 def unfused_forward_reduce(model: nn.Module, inputs: torch.Tensor, names: Sequence[str], batch: int, views: int, *,
-                           units: bool, align: bool, anchor: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+                           units: bool, align: bool, anchor: bool, autocast: Optional[torch.dtype] = None
+                           ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """The hook reductions before issue 19's round 2 (commit 411fac2): every layer finished in its own hook.
 
     Per layer: ``unit_activations`` then the mean over views, and
@@ -114,16 +117,17 @@ def unfused_forward_reduce(model: nn.Module, inputs: torch.Tensor, names: Sequen
 
     def reduce(name: str, output: Any) -> None:
         out = output[0] if isinstance(output, (tuple, list)) else output
-        if out.dtype not in (torch.float32, torch.float64):
-            out = out.float()
-        if units:
-            unit_means[name] = unit_activations(out[:n_views]).reshape(batch, views, -1).mean(dim=1)
-        if align:
-            rep = flat_view(out)
-            aligns[name] = pairwise_alignment(rep[:n_views].reshape(batch, views, -1), rep[n_views:] if anchor else None)
+        with reduce_in_float32(out.device, autocast):
+            if out.dtype not in (torch.float32, torch.float64):
+                out = out.float()
+            if units:
+                unit_means[name] = unit_activations(out[:n_views]).reshape(batch, views, -1).mean(dim=1)
+            if align:
+                rep = flat_view(out)
+                aligns[name] = pairwise_alignment(rep[:n_views].reshape(batch, views, -1), rep[n_views:] if anchor else None)
 
     device, dtype = model_device_dtype(model)
-    with LayerTaps(model, names, reduce):
+    with LayerTaps(model, names, reduce), forward_autocast(device, autocast):
         model(inputs.to(device=device, dtype=dtype, non_blocking=True))
     return unit_means, aligns
 
@@ -134,10 +138,11 @@ def reduction_split(model: nn.Module, inputs: torch.Tensor, names: Sequence[str]
 
     Per layer (outputs captured once, then each step repeated ``repeats`` times, steps
     interleaved): ``units`` (:func:`view_unit_means`), ``gram`` (:func:`view_gram`: the float64
-    casts and ``baddbmm`` over slices), ``finish`` (:func:`alignment_from_gram` of this layer
-    alone, as the unfused hook did) and ``unfused`` (the former per-layer path: unit means and
-    ``pairwise_alignment``). Key ``"all layers"`` adds ``finish stacked`` (one
-    :func:`alignment_from_gram` for all layers, what :func:`forward_reduce` does) and
+    casts and ``baddbmm`` over slices, the hook's path before issue 27), ``gram32``
+    (:func:`view_sq_distances`: the float32 centred Gram and its float64 check, the hook's path on
+    CPU), ``finish`` (:func:`alignment_from_gram` of this layer alone, as the unfused hook did) and
+    ``unfused`` (the former per-layer path: unit means and ``pairwise_alignment``). Key
+    ``"all layers"`` adds ``finish stacked`` (one :func:`alignment_from_gram` for all layers) and
     ``forward`` (the bare forward of ``inputs``). Wang et al., NeurIPS 2024 (the reductions).
     """
     outputs: Dict[str, torch.Tensor] = {}
@@ -149,6 +154,7 @@ def reduction_split(model: nn.Module, inputs: torch.Tensor, names: Sequence[str]
     for n, o in outputs.items():
         steps[(n, "units")] = lambda o=o: view_unit_means(o[:n_views], batch, views)
         steps[(n, "gram")] = lambda n=n: view_gram(reps[n])
+        steps[(n, "gram32")] = lambda n=n: view_sq_distances(reps[n])
         gram = view_gram(reps[n])
         steps[(n, "finish")] = lambda gram=gram: alignment_from_gram(gram)
         steps[(n, "unfused")] = lambda o=o, n=n: (unit_activations(o[:n_views]).reshape(batch, views, -1).mean(dim=1),

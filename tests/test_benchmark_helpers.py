@@ -88,7 +88,7 @@ def test_reduction_split_times_every_layer_and_part():
     split = reduction_split(model, x, ["conv1", "conv3"], 2, 3, repeats=2)
     assert set(split) == {"conv1", "conv3", "all layers"}
     for name in ("conv1", "conv3"):
-        assert set(split[name]) == {"units", "gram", "finish", "unfused"} and all(v > 0 for v in split[name].values())
+        assert set(split[name]) == {"units", "gram", "gram32", "finish", "unfused"} and all(v > 0 for v in split[name].values())
     assert set(split["all layers"]) == {"finish stacked", "forward"}
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from lightning_memloc import ReferenceCache, measure
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.models.resnet9 import ConvBlock
-from lightning_memloc.states.module_digest import UnkeyableModuleError, structure_digest
+from lightning_memloc.checks.module_digest import UnkeyableModuleError, structure_digest
 
 KW = dict(views=3, top_k=2, batch_size=4, bootstrap=0)
 _HANDLES: list = []  # global hooks a case registered, removed after it
@@ -190,7 +190,7 @@ def test_digests_are_the_same_in_every_process():
     import sys
 
     code = ("import torch; from torchvision.transforms import v2; "
-            "from lightning_memloc.states.module_digest import structure_digest, settings_digest; "
+            "from lightning_memloc.checks.module_digest import structure_digest, settings_digest; "
             "from lightning_memloc.models import ResNet9; from lightning_memloc import BatchedSimCLRAugment; "
             "print(structure_digest(ResNet9(width=4)), settings_digest(BatchedSimCLRAugment(16)), "
             "settings_digest(v2.Compose([v2.RandomResizedCrop(16), v2.ToDtype(torch.float32, scale=True)])))")

@@ -150,7 +150,7 @@ def test_the_parameters_of_library_transforms_reach_the_digest():
     from lightly.transforms import SimCLRViewTransform
     from torchvision.transforms import v2
 
-    from lightning_memloc.states.module_digest import settings_digest
+    from lightning_memloc.checks.module_digest import settings_digest
 
     assert settings_digest(SimCLRViewTransform(input_size=8, cj_strength=0.5)) == settings_digest(
         SimCLRViewTransform(input_size=8, cj_strength=0.5))

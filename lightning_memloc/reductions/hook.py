@@ -14,17 +14,19 @@ forward for all layers together (:func:`alignment_from_gram`), not once per laye
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from lightning_memloc.functional.centred_gram import MIN_FEATURES, centred_gram, centred_sq_distances
 from lightning_memloc.functional.sslmem import CHUNK_BYTES, pairwise_alignment
 from lightning_memloc.reductions.precision import forward_autocast, reduce_in_float32
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.taps.hooks import LayerTaps, unit_activations
 
-__all__ = ["alignment_from_gram", "flat_view", "forward_reduce", "view_gram", "view_unit_means"]
+__all__ = ["alignment_from_gram", "finish_alignments", "flat_view", "forward_reduce", "sq_distances_from_gram", "view_gram", "view_sq_distances",
+           "view_unit_means"]
 
 
 def flat_view(out: Tensor) -> Tensor:
@@ -71,22 +73,62 @@ def view_gram(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
     return gram
 
 
-def alignment_from_gram(gram: Tensor) -> Tensor:
-    """All-pairs alignment from Gram matrices ``(..., K, K)`` (any leading dimensions): ``(...)`` in float64.
+def sq_distances_from_gram(gram: Tensor) -> Tensor:
+    """Squared distances of the L2-normalised views from raw Gram matrices: ``(..., K, K)`` → ``(..., K(K−1)/2)``.
 
-    align = mean over the K(K−1)/2 pairs of ‖r_a − r_b‖₂ of the L2-normalised views, from
-    ‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab of the normalised Gram Ĝ (SSLMem's alignment, Wang et al.,
-    ICLR 2024; per layer in Wang et al., NeurIPS 2024). Norms are clamped at 1e-12 as
-    ``F.normalize`` does: an all-zero view stays zero. Stacking the Grams of all layers of a forward
-    (``(L, N, K, K)``) makes these dozen operations once per forward instead of once per layer.
+    ‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab of the normalised Gram Ĝ, pairs ``a < b`` in
+    ``torch.triu_indices`` order, clamped at 0. Norms are clamped at 1e-12 as ``F.normalize``
+    does: an all-zero view stays zero.
     """
     k = gram.shape[-1]
     inv = gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(1e-12).reciprocal()
     gram = gram * inv.unsqueeze(-1) * inv.unsqueeze(-2)
     sq = gram.diagonal(dim1=-2, dim2=-1)
     upper = torch.triu_indices(k, k, 1, device=gram.device)
-    d2 = (sq[..., upper[0]] + sq[..., upper[1]] - 2 * gram[..., upper[0], upper[1]]).clamp_min_(0)
-    return d2.sqrt_().mean(dim=-1)
+    return (sq[..., upper[0]] + sq[..., upper[1]] - 2 * gram[..., upper[0], upper[1]]).clamp_min_(0)
+
+
+def alignment_from_gram(gram: Tensor) -> Tensor:
+    """All-pairs alignment from Gram matrices ``(..., K, K)`` (any leading dimensions): ``(...)`` in float64.
+
+    align = mean over the K(K−1)/2 pairs of ‖r_a − r_b‖₂ of the L2-normalised views
+    (:func:`sq_distances_from_gram`; SSLMem's alignment, Wang et al., ICLR 2024; per layer in Wang
+    et al., NeurIPS 2024). Stacking the Grams of all layers of a forward (``(L, N, K, K)``) makes
+    these dozen operations once per forward instead of once per layer.
+    """
+    return sq_distances_from_gram(gram).sqrt_().mean(dim=-1)
+
+
+def view_sq_distances(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
+    """Squared distances of each candidate's normalised views, ``(N, K, D)`` float32 → ``(N, K(K−1)/2)`` float64.
+
+    From the float32 Gram of the centred normalised views
+    (:func:`~lightning_memloc.functional.centred_gram.centred_gram`); candidates with a pair much
+    closer than their spread, where that Gram's rounding is not small against ``d²``, and layers
+    of fewer than :data:`~lightning_memloc.functional.centred_gram.MIN_FEATURES` features come
+    from the float64 Gram (:func:`view_gram`). Alignments within 2e-7 of float64
+    (docs/performance.md, "The float32 Gram"). Reads whether any candidate is flagged, i.e.
+    synchronises with the device once per call: the hook uses it on CPU only. No gradient flows through it.
+    """
+    reps = reps.detach()
+    if chunk_bytes <= 0:
+        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
+    if reps.shape[-1] < MIN_FEATURES:
+        return sq_distances_from_gram(view_gram(reps, chunk_bytes))
+    d2, risky = centred_sq_distances(centred_gram(reps, chunk_bytes))
+    if bool(risky.any()):
+        rows = risky.nonzero().squeeze(1)
+        d2[rows] = sq_distances_from_gram(view_gram(reps[rows], chunk_bytes))
+    return d2
+
+
+def finish_alignments(parts: Dict[str, Tensor], finish: Callable[[Tensor], Tensor], aligns: Dict[str, Tensor]) -> None:
+    """``aligns[name] = finish(parts[name])`` in float32, stacked over the layers when they share a device."""
+    if len({part.device for part in parts.values()}) == 1:  # one stacked finish
+        finished = finish(torch.stack(list(parts.values()))).to(torch.float32)
+        aligns.update(zip(parts, finished.unbind(0)))
+    else:
+        aligns.update((name, finish(part).to(torch.float32)) for name, part in parts.items())
 
 
 def forward_reduce(
@@ -105,17 +147,19 @@ def forward_reduce(
 
     Returns per layer the unit means ``(B, U)`` (with ``units``) and the alignments ``(B,)`` (with
     ``align``), in the order of ``names``. All-pairs alignments of float32 / half outputs keep only
-    the float64 Gram matrix in the hook (:func:`view_gram`) and are finished for all layers at once
-    after the forward (:func:`alignment_from_gram`); the anchor pairing and float64 outputs use
-    :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` in the hook.
+    the squared pair distances on CPU (:func:`view_sq_distances`: float32 centred Gram, float64 where
+    needed) or the float64 Gram on other devices (:func:`view_gram`, no device sync) in the hook,
+    and are finished for all layers at once after the forward; the anchor pairing and float64
+    outputs use :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` in the hook.
 
     With ``autocast`` (``torch.bfloat16`` / ``torch.float16``) the forward runs under
     ``torch.autocast`` on the model's device; each hook switches autocast off and reduces a float32
-    copy of the layer output, so the unit means and alignments are float32 (Grams float64) as without.
+    copy of the layer output, so the unit means and alignments are float32 as without.
     """
     unit_means: Dict[str, Tensor] = {}
     aligns: Dict[str, Tensor] = {}
-    grams: Dict[str, Tensor] = {}
+    grams: Dict[str, Tensor] = {}  # float64 Gram (B, K, K), off CPU
+    sq_dists: Dict[str, Tensor] = {}  # squared pair distances (B, K(K-1)/2), on CPU
     n_views = batch * views
 
     def reduce(name: str, output: Any) -> None:
@@ -136,15 +180,14 @@ def forward_reduce(
             reps = rep[:n_views].reshape(batch, views, -1)
             if anchor or out.dtype == torch.float64:
                 aligns[name] = pairwise_alignment(reps, rep[n_views:] if anchor else None)
+            elif out.device.type == "cpu":
+                sq_dists[name] = view_sq_distances(reps)
             else:
                 grams[name] = view_gram(reps)
 
     device, dtype = model_device_dtype(model)
     with LayerTaps(model, names, reduce), forward_autocast(device, autocast):
         model(inputs.to(device=device, dtype=dtype, non_blocking=True))  # views made in float32, outside autocast
-    if len({gram.device for gram in grams.values()}) == 1:  # one stacked finish (layers on one device)
-        finished = alignment_from_gram(torch.stack(list(grams.values()))).to(torch.float32)
-        aligns.update(zip(grams, finished.unbind(0)))
-    else:
-        aligns.update((name, alignment_from_gram(gram).to(torch.float32)) for name, gram in grams.items())
+    finish_alignments(grams, alignment_from_gram, aligns)
+    finish_alignments(sq_dists, lambda d2: d2.sqrt().mean(dim=-1), aligns)
     return unit_means, {name: aligns[name] for name in names if name in aligns}

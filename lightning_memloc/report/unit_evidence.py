@@ -23,7 +23,7 @@ from lightning_memloc.functional.statistics import (bootstrap_indices, membershi
 from lightning_memloc.functional.unitmem import apply_negative_policy, unitmem
 from lightning_memloc.report.layer_evidence import Nulls
 
-__all__ = ["TEST_NAMES", "policy_means", "unit_mem_evidence"]
+__all__ = ["TEST_NAMES", "median_unitmem_resamples", "policy_means", "unit_mem_evidence"]
 
 Record = Dict[str, Optional[float]]
 #: How each UnitMem family is tested (recorded in ``Evidence.meta["tests"]``).
@@ -32,28 +32,60 @@ TEST_NAMES = {"membership": "permutation of the seen / unseen labels over the im
 
 
 def policy_means(layer: str, mu: Tensor, negative: str) -> Tensor:
-    """``apply_negative_policy`` in float64 on the CPU, its errors naming ``layer``."""
+    """``apply_negative_policy`` in float64 on ``mu``'s device (the GPU of the pass, if any), its errors naming ``layer``."""
     try:
-        return apply_negative_policy(mu.detach().double().cpu(), negative)
+        return apply_negative_policy(mu.detach().double(), negative)
     except ValueError as err:
         raise ValueError(f"layer {layer!r}: {err}") from err
 
 
 def _unitmem_resamples(mu: Tensor, weights: Tensor, reduction: str) -> Tensor:
-    """Mean UnitMem per multiset (rows of ``weights``); the median path draws each explicitly."""
+    """Mean UnitMem per multiset (rows of ``weights``, equal row sums), batched on ``mu``'s device."""
     if reduction == "mean":
         return weighted_mean_unitmem(mu, weights)
-    out = []
-    positions = torch.arange(mu.shape[0])
-    for row in weights:
-        drawn = positions.repeat_interleave(row.long())
-        out.append(float(unitmem(mu[drawn].double(), reduction="median", negative="clamp").mean()))
-    return torch.tensor(out, dtype=torch.float64)
+    return median_unitmem_resamples(mu, weights)
 
 
-def _counts(index: Tensor, n: int) -> Tensor:
-    """Bootstrap indices ``(B, n)`` as per-candidate counts ``(B, n)`` (float64)."""
-    return torch.zeros(index.shape[0], n, dtype=torch.float64).scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
+def median_unitmem_resamples(mu: Tensor, weights: Tensor, max_elements: int = 1 << 24) -> Tensor:
+    """Mean UnitMem (``reduction="median"``) of each multiset, drawn explicitly, many resamples per step.
+
+    Row ``b`` of ``weights`` ``(B, N)`` counts each candidate's draws (all rows sum to one ``n_b``);
+    the draws ``(c, n_b, U)`` of ``c`` rows are sorted per unit at once, so the result equals
+    ``unitmem(mu[drawn], "median").mean()`` row by row. ``c · n_b · U <= max_elements``.
+
+    Example:
+        >>> mu = torch.tensor([[9.0], [1.0], [2.0], [6.0]], dtype=torch.float64)
+        >>> median_unitmem_resamples(mu, torch.tensor([[1, 1, 1, 1], [2, 0, 0, 2]]))  # 9 vs median(1, 2, 6); 9 vs (6, 6, 9)
+        tensor([0.6364, 0.2000], dtype=torch.float64)
+    """
+    m = mu.detach().double()
+    counts = weights.detach().long().to(m.device)
+    b, n = counts.shape
+    per_row = int(counts[0].sum()) if b else 0
+    if b and not bool((counts.sum(dim=1) == per_row).all()):
+        raise ValueError("every multiset must have the same number of draws.")
+    if per_row < 2:
+        raise ValueError("every multiset needs at least 2 candidates for UnitMem.")
+    drawn = torch.arange(n, device=m.device).repeat(b).repeat_interleave(counts.reshape(-1)).view(b, per_row)
+    out = torch.empty(b, dtype=torch.float64, device=m.device)
+    step = max(1, max_elements // (per_row * m.shape[1]))
+    half = (per_row - 1) // 2  # the others are ordered[:, :per_row - 1], still sorted
+    for start in range(0, b, step):
+        ordered = m[drawn[start:start + step]].sort(dim=1).values  # (c, n_b, U) ascending
+        top = ordered[:, -1]
+        rest = ordered[:, half] if (per_row - 1) % 2 else (ordered[:, half - 1] + ordered[:, half]) / 2
+        denom = top + rest
+        dead = denom == 0
+        score = ((top - rest) / torch.where(dead, torch.ones_like(denom), denom)).clamp(0.0, 1.0)
+        out[start:start + step] = torch.where(dead, torch.zeros_like(score), score).mean(dim=1)
+    return out
+
+
+def _counts(index: Tensor, n: int, device: torch.device) -> Tensor:
+    """Bootstrap indices ``(B, n)`` (drawn on the CPU) as per-candidate counts ``(B, n)`` float64 on ``device``."""
+    index = index.to(device)
+    return torch.zeros(index.shape[0], n, dtype=torch.float64, device=device).scatter_add_(
+        1, index, torch.ones_like(index, dtype=torch.float64))
 
 
 def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Optional[Mapping[str, Tensor]],
@@ -80,18 +112,18 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
         n = m.shape[0]
         rec["unit_mem_mean"] = float(unitmem(m, reduction=reduction, negative="clamp").mean())
         if boot:
-            counts = _counts(bootstrap_indices(n, boot, seed + 11 + li), n)
+            counts = _counts(bootstrap_indices(n, boot, seed + 11 + li), n, m.device)
             lo, hi = standard_error_interval(_unitmem_resamples(m, counts, reduction), rec["unit_mem_mean"], options.confidence)
             rec["unit_mem_mean_lo"], rec["unit_mem_mean_hi"] = lo, hi
         if mu_unseen is None:
             continue
-        raw_u = mu_unseen[layer].detach().double().cpu()
-        pool = policy_means(layer, torch.cat([mu[layer].detach().double().cpu(), raw_u]), negative)
+        raw_u = mu_unseen[layer].detach().double().to(m.device)
+        pool = policy_means(layer, torch.cat([mu[layer].detach().double(), raw_u]), negative)
         seen_pool, unseen_pool = pool[:n], pool[n:]
         size = min(n, raw_u.shape[0])
         gen = torch.Generator().manual_seed((seed + 13 + li) & (2**63 - 1))  # seeds near 2**64 overflowed
-        seen_s = seen_pool[torch.randperm(n, generator=gen)[:size]]
-        unseen_s = unseen_pool[torch.randperm(raw_u.shape[0], generator=gen)[:size]]
+        seen_s = seen_pool[torch.randperm(n, generator=gen)[:size].to(m.device)]
+        unseen_s = unseen_pool[torch.randperm(raw_u.shape[0], generator=gen)[:size].to(m.device)]
         a = float(unitmem(seen_s, reduction=reduction, negative="clamp").mean())
         b = float(unitmem(unseen_s, reduction=reduction, negative="clamp").mean())
         rec["unit_mem_seen"], rec["unit_mem_unseen"], rec["unit_mem_excess"] = a, b, a - b
@@ -102,19 +134,19 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
         rec["unit_mem_excess_lo"] = rec["unit_mem_excess_hi"] = rec["unit_mem_excess_p"] = None
         if not boot or size < 2:
             continue
-        ca = _counts(bootstrap_indices(size, boot, seed + 19 + li), size)
-        cb = _counts(bootstrap_indices(size, boot, seed + 23 + li), size)
+        ca = _counts(bootstrap_indices(size, boot, seed + 19 + li), size, m.device)
+        cb = _counts(bootstrap_indices(size, boot, seed + 23 + li), size, m.device)
         diff = _unitmem_resamples(seen_s, ca, reduction) - _unitmem_resamples(unseen_s, cb, reduction)
         rec["unit_mem_excess_lo"], rec["unit_mem_excess_hi"] = standard_error_interval(diff, a - b, options.confidence)
         # permutation null: the 2·size images' seen / unseen labels are exchangeable
         both = torch.cat([seen_s, unseen_s])
-        perms = torch.argsort(torch.rand(boot, 2 * size, generator=gen), dim=1)
-        first = torch.zeros(boot, 2 * size, dtype=torch.float64).scatter_(1, perms[:, :size], 1.0)
+        perms = torch.argsort(torch.rand(boot, 2 * size, generator=gen), dim=1).to(m.device)
+        first = torch.zeros(boot, 2 * size, dtype=torch.float64, device=m.device).scatter_(1, perms[:, :size], 1.0)
         null = _unitmem_resamples(both, first, reduction) - _unitmem_resamples(both, 1.0 - first, reduction)
         rec["unit_mem_excess_p"] = (1.0 + float((null >= a - b - 1e-12).sum())) / (1.0 + boot)
         excess_layers.append(layer)
         estimates.append(a - b)
-        null_rows.append(null)
+        null_rows.append(null.cpu())
     if excess_layers:
         est = torch.tensor(estimates, dtype=torch.float64)
         nulls["unit_mem_excess"] = (excess_layers, est, torch.ones_like(est), torch.stack(null_rows, dim=1))

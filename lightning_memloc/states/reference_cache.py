@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_memloc.io import atomic_write_bytes
-from lightning_memloc.states.module_digest import UnkeyableModuleError, structure_digest
+from lightning_memloc.checks.module_digest import UnkeyableModuleError, structure_digest
 
 PathLike = Union[str, "os.PathLike[str]"]
 _FORMAT = "lightning_memloc.states.reference_cache/1"

@@ -22,6 +22,7 @@ import enum
 import functools
 import hashlib
 import types
+from collections import OrderedDict
 from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
@@ -89,13 +90,8 @@ class _Digest:
         """A class by name and by the code of every function of every class in its MRO."""
         key = id(cls)
         if key not in self.classes:
-            code = hashlib.blake2b(digest_size=20)
-            for base in cls.__mro__[:-1] if self.class_code else ():  # not `object`
-                for attr, value in sorted(vars(base).items()):
-                    func = getattr(value, "__func__", value)  # staticmethod / classmethod
-                    if isinstance(func, types.FunctionType):
-                        code.update(f"{base.__qualname__}.{attr}".encode() + _code_bytes(func.__code__))
-            self.classes[key] = f"{cls.__module__}.{cls.__qualname__}:{code.hexdigest()}"
+            code = _class_code(cls) if self.class_code else hashlib.blake2b(digest_size=20).hexdigest()
+            self.classes[key] = f"{cls.__module__}.{cls.__qualname__}:{code}"
         self.feed(self.classes[key])
 
     def value(self, obj: Any, where: str, depth: int = 0) -> None:
@@ -198,6 +194,47 @@ class _Digest:
             for key, hook in hooks.items():
                 self.feed(f"kwargs={key in kwargs},always={key in always}")
                 self.value(hook, f"{where}.{names[0]}", depth + 1)
+
+
+#: Code digests of classes across calls: (class, its functions and their code objects, digest) by id(class).
+_CLASS_CODE: "OrderedDict[int, Tuple[type, Tuple[Any, ...], str]]" = OrderedDict()
+_CLASS_CODE_SIZE = 512
+
+
+def _class_functions(cls: type) -> Tuple[Any, ...]:
+    """Every function of every class in ``cls``'s MRO (but ``object``) with its code object, in MRO order."""
+    found = []
+    for base in cls.__mro__[:-1]:
+        for attr, value in vars(base).items():
+            func = getattr(value, "__func__", value)  # staticmethod / classmethod
+            if isinstance(func, types.FunctionType):
+                found += (base, attr, func, func.__code__)
+    return tuple(found)
+
+
+def _class_code(cls: type) -> str:
+    """Digest of the code of every function in ``cls``'s MRO; reused while each is the same object with the same code.
+
+    Hashing code is most of a digest's cost (resnet18: ~8 of 9 ms); a patched method (on the
+    class or a base) is a new function object, an edited ``__code__`` a new code object, an added or
+    removed method changes the list: each recomputes.
+    """
+    functions = _class_functions(cls)
+    cached = _CLASS_CODE.get(id(cls))
+    if cached is not None and cached[0] is cls and len(cached[1]) == len(functions) and all(
+            a is b for a, b in zip(cached[1], functions)):
+        _CLASS_CODE.move_to_end(id(cls))
+        return cached[2]
+    code = hashlib.blake2b(digest_size=20)
+    for base in cls.__mro__[:-1]:  # not `object`
+        for attr, value in sorted(vars(base).items()):
+            func = getattr(value, "__func__", value)
+            if isinstance(func, types.FunctionType):
+                code.update(f"{base.__qualname__}.{attr}".encode() + _code_bytes(func.__code__))
+    _CLASS_CODE[id(cls)] = (cls, functions, code.hexdigest())
+    while len(_CLASS_CODE) > _CLASS_CODE_SIZE:
+        _CLASS_CODE.popitem(last=False)
+    return code.hexdigest()
 
 
 def structure_digest(model: nn.Module) -> str:
