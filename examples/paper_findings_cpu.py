@@ -60,6 +60,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--prune", type=float, default=0.1, help="share of every layer's units pruned")
     p.add_argument("--sup-epochs", type=int, default=60, help="epochs of the supervised encoder (finding 7)")
     p.add_argument("--ft-epochs", type=int, default=10, help="fine-tuning epochs (finding 6)")
+    p.add_argument("--only", type=int, default=None, metavar="SEED",
+                   help="train and measure this one seed (seed_<SEED>.json), no pooling: seeds in parallel processes")
     args = p.parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else ([0, 1] if args.quick else [0, 1, 2])
     if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
@@ -307,6 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = check_writable_dir(args.out, argument="--out")
     started, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()
     torch.set_float32_matmul_precision("high")
+    if args.only is not None:
+        print(json.dumps(one_seed(args.only, args, out)["seconds"]))
+        return 0
     per_seed = [one_seed(seed, args, out) for seed in args.seeds]
     rows = pooled_rows(per_seed)
     seconds = {"wall": round(time.perf_counter() - started, 1), "cpu_this_process": round(time.process_time() - cpu, 1),
