@@ -323,7 +323,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             + depth_table(per_seed[0]["layers"], [s["depth"]["layers"] for s in per_seed])
             + "\nMean UnitMem of the last layer over training (W: the warm-up's last epoch):\n\n"
             + curve_table([dict(s["training"], seed=s["seed"]) for s in per_seed])
-            + f"\nWall {seconds['wall']} s; per seed {seconds['per_seed']}\n")
+            + f"\nThis call: {seconds['wall']} s wall (cached seed_<s>.json are read, not re-run); per seed (wall s of "
+              f"the demo, wall s in all, CPU s): {seconds['per_seed']}\n")
     atomic_write_text(out / "findings.md", text)
     print(text)
     return 0
