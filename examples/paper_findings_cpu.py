@@ -4,7 +4,7 @@ Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) rep
 findings; this script tests each where a CPU run has memorization to find: the demo's canary
 setting (atypical photo crops among digits, a SimCLR ResNet9 ``f`` co-trained with a reference
 ``g`` that never sees the candidates, a control set both train on, an unseen set). The setting
-is the demo's own (:func:`lightning_memloc.demo.build_parser` defaults, :func:`lightning_memloc.demo.run`
+is the demo's own (:func:`lightning_memloc.cli.demo.build_parser` defaults, :func:`lightning_memloc.cli.demo.run`
 trains the pair), so this script follows the demo when it is retuned; it only measures every
 ``warm-up`` epochs so that one measurement ends the warm-up. Per seed it reduces every finding to
 one signed statistic (> 0: as the paper), then pools the seeds (``paper_findings_stats``).
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc import demo, measure, prune_units
+from lightning_memloc import measure, prune_units
+from lightning_memloc.cli import demo
 from lightning_memloc.analyses import atypicality_study, exchange_layers, layer_exchange_study
 from lightning_memloc.analyses.atypicality import embed, knn_distance, max_unit_mem, spearman
 from lightning_memloc.data import load_data
@@ -77,7 +78,7 @@ def demo_args(seed: int, out: Path, quick: bool) -> argparse.Namespace:
     """The demo's own settings (its parser and its defaults), measuring every warm-up length so that one
     measurement ends the warm-up (the demo's default measures every epochs / 6)."""
     parsed = demo.build_parser().parse_args((QUICK if quick else []) + ["--seed", str(seed), "--output-dir", str(out)])
-    parsed = demo._defaults(parsed)  # the demo's epoch / warm-up / batch defaults, whatever they are now
+    parsed = demo.apply_defaults(parsed)  # the demo's epoch / warm-up / batch defaults, whatever they are now
     parsed.every_n_epochs = max(1, parsed.warmup_epochs)
     return parsed
 

@@ -59,7 +59,7 @@ def test_digits_train_with_an_augmentation_that_keeps_them_digits():
     other data keep SimCLR's augmentation. The defaults of the canaries setting are those README quotes."""
     import argparse
 
-    from lightning_memloc.cli.demo import DIGITS_AUGMENT, KNN_TEST, _defaults, build_parser, training_augment
+    from lightning_memloc.cli.demo import DIGITS_AUGMENT, KNN_TEST, apply_defaults, build_parser, training_augment
     from lightning_memloc.views import BatchedSimCLRAugment
 
     digits, none = training_augment(16, "digits")
@@ -77,7 +77,7 @@ def test_digits_train_with_an_augmentation_that_keeps_them_digits():
         return views[..., :, :8].mean((1, 2, 3)) - views[..., :, 8:].mean((1, 2, 3))
 
     assert bool((left_minus_right(digits) >= 0).all()) and bool((left_minus_right(cifar) < 0).any())
-    args = _defaults(build_parser().parse_args([]))
+    args = apply_defaults(build_parser().parse_args([]))
     assert isinstance(args, argparse.Namespace) and args.subset + 4 * args.canaries <= 1797 - KNN_TEST
 
 

@@ -83,7 +83,7 @@ def _count(value: float) -> float:
     return int(value) if value >= 1 else value
 
 
-def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
     canaries = args.setting == "canaries"
     if args.epochs is None:
         args.epochs = 180 if canaries else 30
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     from lightning_memloc.models.ssl import SimCLR
     from lightning_memloc.cli.user_models import import_object
 
-    args = _defaults(args)
+    args = apply_defaults(args)
     out = check_writable_dir(args.output_dir, argument="--output-dir")
     started = time.perf_counter()
     pl.seed_everything(args.seed, workers=True)
