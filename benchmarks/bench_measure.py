@@ -55,6 +55,7 @@ for _path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 from lightning_memloc import BatchedSimCLRAugment, measure  # noqa: E402
+from timing import sync  # noqa: E402
 from lightning_memloc.taps.probe import eval_mode, probe_layers  # noqa: E402
 from lightning_memloc.states.meter import MemorizationMeter, state_bytes  # noqa: E402
 from lightning_memloc.models import ResNet9  # noqa: E402
@@ -64,11 +65,6 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-train-10k.npz"
 
 
 # ----------------------------------------------------------------------------- utilities
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _status_kib(field: str) -> Optional[int]:
     try:
         text = Path("/proc/self/status").read_text()

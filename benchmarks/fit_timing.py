@@ -4,7 +4,7 @@
 times each of its measurement passes. Whether an epoch's time includes the monitor's pass is set
 by the order of the callbacks: the timer after the monitor (its ``on_train_epoch_end`` runs
 later) includes it, the timer before it does not. On CUDA both synchronise before reading the
-clock (``bench_measure.sync``).
+clock (``timing.sync``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any, List
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from bench_measure import sync
 from lightning_memloc import MemorizationMonitor
+from timing import sync
 
 CPU = torch.device("cpu")
+
 
 
 class EpochTimer(Callback):
