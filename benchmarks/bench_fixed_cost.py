@@ -31,11 +31,11 @@ from bench_measure import build_model, load_images  # noqa: E402
 from bench_overhead import memoised_forwards  # noqa: E402
 from lightning_memloc import measure  # noqa: E402
 from lightning_memloc.checks import check_reference  # noqa: E402
-from lightning_memloc.measure import check_models, run_pass  # noqa: E402
-from lightning_memloc.meter import MemorizationMeter  # noqa: E402
+from lightning_memloc.measurement import check_models, run_pass  # noqa: E402
+from lightning_memloc.states.meter import MemorizationMeter  # noqa: E402
 from lightning_memloc.options import MeasureOptions  # noqa: E402
-from lightning_memloc.probe import clear_probe_cache, eval_mode, probe_key, probe_layers  # noqa: E402
-from lightning_memloc.views import SeededViews, make_views  # noqa: E402
+from lightning_memloc.taps.probe import clear_probe_cache, eval_mode, probe_key, probe_layers  # noqa: E402
+from lightning_memloc.views.seeded import SeededViews, make_views  # noqa: E402
 
 
 def cpu_ms(fn: Callable[[], object], repeats: int) -> float:

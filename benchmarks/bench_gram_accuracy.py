@@ -41,9 +41,9 @@ for _path in (REPO, REPO / "benchmarks"):
 from bench_measure import build_model, load_images  # noqa: E402
 from lightning_memloc import measure  # noqa: E402
 from lightning_memloc.functional.centred_gram import MIN_FEATURES, centred_gram, centred_sq_distances  # noqa: E402
-from lightning_memloc.reductions import flat_view, view_sq_distances  # noqa: E402
-from lightning_memloc.taps import LayerTaps, resolve_layers  # noqa: E402
-from lightning_memloc.views import make_views  # noqa: E402
+from lightning_memloc.reductions.hook import flat_view, view_sq_distances  # noqa: E402
+from lightning_memloc.taps.hooks import LayerTaps, resolve_layers  # noqa: E402
+from lightning_memloc.views.seeded import make_views  # noqa: E402
 
 
 def exact_alignment(reps: Tensor) -> Tensor:

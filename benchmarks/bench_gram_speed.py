@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from lightning_memloc.reductions import sq_distances_from_gram, view_gram, view_sq_distances
+from lightning_memloc.reductions.hook import sq_distances_from_gram, view_gram, view_sq_distances
 
 
 def cpu_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -28,7 +28,7 @@ for _path in (REPO, REPO / "benchmarks"):
 
 from bench_measure import bare_forward, build_model, load_images  # noqa: E402
 from lightning_memloc import measure  # noqa: E402
-from lightning_memloc.views import make_views  # noqa: E402
+from lightning_memloc.views.seeded import make_views  # noqa: E402
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from lightning_memloc.analyses.atypicality import embed, knn_distance, max_unit_
 from lightning_memloc.data import load_data
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.models import ResNet9
-from lightning_memloc.tags import scalar_tag
+from lightning_memloc.report.tags import scalar_tag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_findings_stats import VERDICTS, curve_table, depth_table, findings_table, pool, verdict  # noqa: E402
@@ -89,7 +89,7 @@ def views_transform(dargs: argparse.Namespace, side: int) -> Optional[Callable]:
     spec = None if spec_of is None else spec_of(side, dargs.data, dargs.transform)
     if spec is None:
         return None
-    from lightning_memloc.user_models import import_object
+    from lightning_memloc.cli.user_models import import_object
 
     return import_object(spec[0], "transform")(**spec[1])
 

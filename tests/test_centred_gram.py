@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from lightning_memloc.functional.centred_gram import (GRAM_BLOCK, MIN_FEATURES, TAU, centred_gram,
                                                       centred_sq_distances, view_norms)
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.reductions import forward_reduce, sq_distances_from_gram, view_gram, view_sq_distances
-from lightning_memloc.taps import LayerTaps
+from lightning_memloc.reductions.hook import forward_reduce, sq_distances_from_gram, view_gram, view_sq_distances
+from lightning_memloc.taps.hooks import LayerTaps
 
 BOUND = 2e-7
 CHUNK = 4 << 20

@@ -60,7 +60,7 @@ def test_digits_train_with_an_augmentation_that_keeps_them_digits():
     import argparse
 
     from lightning_memloc.cli.demo import DIGITS_AUGMENT, KNN_TEST, apply_defaults, build_parser, training_augment
-    from lightning_memloc.views import BatchedSimCLRAugment
+    from lightning_memloc.views.seeded import BatchedSimCLRAugment
 
     digits, none = training_augment(16, "digits")
     assert none is None and (digits.flip_p, digits.scale, digits.jitter) == (0.0, (0.5, 1.0), (0.4, 0.4, 0.0, 0.0))

@@ -12,10 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_memloc.evidence import EvidenceOptions, compute_evidence
-from lightning_memloc.functional.evidence import bootstrap_indices, weighted_mean_unitmem
+from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.functional.statistics import bootstrap_indices, weighted_mean_unitmem
 from lightning_memloc.functional.unitmem import unitmem
-from lightning_memloc.unit_evidence import median_unitmem_resamples
+from lightning_memloc.report.unit_evidence import median_unitmem_resamples
 
 
 def loop_resamples(mu: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -76,7 +76,7 @@ def test_median_evidence_equals_the_loop_end_to_end(monkeypatch):
     mu_u = {layer: torch.rand(12, 5, generator=gen) for layer in layers}
     kwargs = dict(unit_means=mu, unseen_unit_means=mu_u, reduction="median", options=EvidenceOptions(bootstrap=200))
     batched = compute_evidence(layers, **kwargs)
-    import lightning_memloc.unit_evidence as module
+    import lightning_memloc.report.unit_evidence as module
 
     monkeypatch.setattr(module, "median_unitmem_resamples", lambda m, w: loop_resamples(m, w, "median"))
     looped = compute_evidence(layers, **kwargs)

@@ -18,8 +18,8 @@ from torch import nn
 from lightning_memloc import measure
 from lightning_memloc.errors import ArchitectureMismatchError
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.module_digest import structure_digest
-from lightning_memloc.probe import PROBE_CACHE_SIZE, clear_probe_cache, probe_key, probe_layers
+from lightning_memloc.checks.module_digest import structure_digest
+from lightning_memloc.taps.probe import PROBE_CACHE_SIZE, clear_probe_cache, probe_key, probe_layers
 
 
 CALLS: Dict[int, int] = defaultdict(int)  # forwards per model, outside the model (its attributes are digested)
@@ -188,8 +188,8 @@ def test_tiny_cnn_probe_is_cached_too():
 
 def test_a_second_measure_call_rescans_no_layers_and_registers_only_the_pass_hooks(monkeypatch):
     """Counts, not times: the probe's layer scan and its taps run on the first call only."""
-    import lightning_memloc.probe as probe_module
-    from lightning_memloc.taps import LayerTaps
+    import lightning_memloc.taps.probe as probe_module
+    from lightning_memloc.taps.hooks import LayerTaps
 
     scans, taps = [], []
     resolve = probe_module.resolve_layers

@@ -156,7 +156,7 @@ def digits_augment(size: int) -> Any:
         >>> digits_augment(16).flip_p
         0.0
     """
-    from lightning_memloc.views import BatchedSimCLRAugment
+    from lightning_memloc.views.seeded import BatchedSimCLRAugment
 
     return BatchedSimCLRAugment(size, **DIGITS_AUGMENT)
 
@@ -197,7 +197,7 @@ def training_augment(side: int, data: str, kind: str = "batched") -> Tuple[Optio
         from lightly.transforms import SimCLRTransform
 
         return None, SimCLRTransform(**spec[1])  # type: ignore[index]
-    from lightning_memloc.views import BatchedSimCLRAugment
+    from lightning_memloc.views.seeded import BatchedSimCLRAugment
 
     return (BatchedSimCLRAugment(side) if spec is None else digits_augment(side)), None
 

@@ -60,7 +60,7 @@ def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
 def probe_key(encoder: nn.Module, reference: Optional[nn.Module], layers: Any, example: Tensor) -> Optional[Hashable]:
     """What a probe's result depends on, or ``None`` where it cannot be keyed (then the probe runs).
 
-    Each model by identity and by content: its structure (:func:`~lightning_memloc.module_digest.structure_digest`:
+    Each model by identity and by content: its structure (:func:`~lightning_memloc.checks.module_digest.structure_digest`:
     classes, method code, settings, hooks) and the name, shape, dtype and device of every parameter
     and buffer (their values decide no layer name or shape); ``layers``; the example's row count
     (at most 2), view shape, dtype and device. ~1 ms for resnet18 against a probe's 30 ms.
