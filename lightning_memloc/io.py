@@ -1,11 +1,4 @@
-"""Atomic file writes and up-front checks of output locations.
-
-A report or plot is either fully on disk or not there at all: data goes to a temporary file in
-the destination folder, is flushed and fsynced, and only then renamed over the destination
-(``os.replace`` is atomic on POSIX and Windows). An interrupted write leaves the previous file
-intact and no partial file behind. The file keeps the permission bits the destination had, or gets
-those of ``open()`` for a new file (``0o666`` less the umask), never the temporary file's ``0o600``.
-"""
+"""Atomic file writes (temporary file, fsync, ``os.replace``) and up-front checks of output folders."""
 
 from __future__ import annotations
 
@@ -22,22 +15,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool = True) -> Path:
     """Make sure ``path`` is (or can become) a writable directory, before any work is done.
 
-    Args:
-        path: the directory.
-        argument: the name of the user-facing argument, used in error messages.
-        create: create the directory (and its parents) when missing.
+        ``argument`` names the user-facing argument in error messages; ``create`` makes a missing directory.
 
-    Returns:
-        The directory as a :class:`~pathlib.Path`.
+        Raises:
+            NotADirectoryError: ``path``, or one of its parents, exists and is a file.
+            PermissionError: the directory cannot be created or written.
 
-    Raises:
-        NotADirectoryError: ``path``, or one of its parents, exists and is a file.
-        PermissionError: the directory cannot be created or written.
-
-    Example:
-        >>> import tempfile
-        >>> check_writable_dir(tempfile.mkdtemp()).is_dir()
-        True
+        Example:
+            >>> import tempfile
+            >>> check_writable_dir(tempfile.mkdtemp()).is_dir()
+            True
     """
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
@@ -94,23 +81,17 @@ def target_mode(path: PathLike) -> int:
 
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file beside ``path`` and move it onto ``path`` only if the block succeeds.
+    """Open a temporary file beside ``path`` (mode ``"w"`` or ``"wb"``); move it onto ``path`` only if the block succeeds.
 
-    Args:
-        path: destination file.
-        mode: ``"w"`` (text) or ``"wb"`` (binary).
-        encoding: text encoding (ignored for binary mode).
+        The file keeps the destination's permission bits (:func:`target_mode`), not ``mkstemp``'s ``0o600``.
 
-    Yields:
-        The open temporary file.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
-        >>> with atomic_open(p) as fh:
-        ...     _ = fh.write("hello")
-        >>> p.read_text()
-        'hello'
+        Example:
+            >>> import tempfile, pathlib
+            >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+            >>> with atomic_open(p) as fh:
+            ...     _ = fh.write("hello")
+            >>> p.read_text()
+            'hello'
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"`mode` must be 'w' or 'wb', got {mode!r}.")
