@@ -15,16 +15,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool = True) -> Path:
     """Make sure ``path`` is (or can become) a writable directory, before any work is done.
 
-        ``argument`` names the user-facing argument in error messages; ``create`` makes a missing directory.
+    ``argument`` names the user-facing argument in error messages; ``create`` makes a missing directory.
 
-        Raises:
-            NotADirectoryError: ``path``, or one of its parents, exists and is a file.
-            PermissionError: the directory cannot be created or written.
+    Raises:
+        NotADirectoryError: ``path``, or one of its parents, exists and is a file.
+        PermissionError: the directory cannot be created or written.
 
-        Example:
-            >>> import tempfile
-            >>> check_writable_dir(tempfile.mkdtemp()).is_dir()
-            True
+    Example:
+        >>> import tempfile
+        >>> check_writable_dir(tempfile.mkdtemp()).is_dir()
+        True
     """
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
@@ -64,7 +64,7 @@ def _umask() -> int:
 
 
 def target_mode(path: PathLike) -> int:
-    """The permission bits a file written to ``path`` gets: those of the existing file, else ``0o666`` less the umask.
+    """Permission bits for a file written to ``path``: the existing file's, else ``0o666`` less the umask.
 
     Example:
         >>> import tempfile, pathlib, os
@@ -81,17 +81,17 @@ def target_mode(path: PathLike) -> int:
 
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file beside ``path`` (mode ``"w"`` or ``"wb"``); move it onto ``path`` only if the block succeeds.
+    """Open a temporary file beside ``path``; move it onto ``path`` only if the block succeeds.
 
-        The file keeps the destination's permission bits (:func:`target_mode`), not ``mkstemp``'s ``0o600``.
+    ``mode`` is ``"w"`` or ``"wb"``. The file gets :func:`target_mode`, not ``mkstemp``'s ``0o600``.
 
-        Example:
-            >>> import tempfile, pathlib
-            >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
-            >>> with atomic_open(p) as fh:
-            ...     _ = fh.write("hello")
-            >>> p.read_text()
-            'hello'
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_open(p) as fh:
+        ...     _ = fh.write("hello")
+        >>> p.read_text()
+        'hello'
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"`mode` must be 'w' or 'wb', got {mode!r}.")

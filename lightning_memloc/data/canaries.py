@@ -15,11 +15,11 @@ __all__ = ["CanaryLayout", "canary_layout", "photo_canaries"]
 def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3, seed: int = 0) -> Tensor:
     """``count`` random ``crop``×``crop`` gray crops of scikit-learn's sample photos, resized to ``size``.
 
-        Returns a uint8 tensor ``(count, channels, size, size)``; ``crop`` ≤ 427 (the photographs' height).
+    Returns a uint8 tensor ``(count, channels, size, size)``; ``crop`` ≤ 427 (the photographs' height).
 
-        Example:
-            >>> photo_canaries(3, size=8).shape
-            torch.Size([3, 3, 8, 8])
+    Example:
+        >>> photo_canaries(3, size=8).shape
+        torch.Size([3, 3, 8, 8])
     """
     from sklearn.datasets import load_sample_images
 
@@ -40,7 +40,7 @@ def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3
 
 class CanaryLayout(NamedTuple):
     """Indices into ``cat([base, canaries])``: ``split`` (shared = base ∪ control), ``control`` (both
-        encoders train on them: the null of LayerMem), ``unseen`` (neither does: the null of UnitMem's test).
+    encoders train on them: the null of LayerMem), ``unseen`` (neither does: the null of UnitMem's test).
     """
 
     split: SplitIndices
@@ -51,10 +51,10 @@ class CanaryLayout(NamedTuple):
 def canary_layout(num_base: int, per_group: int, seed: int = 0) -> CanaryLayout:
     """Assign ``4 · per_group`` canaries (after ``num_base`` images) at random to the four groups.
 
-        Example:
-            >>> lay = canary_layout(5, 2)
-            >>> len(lay.split.shared), len(lay.split.candidates), len(lay.control), len(lay.unseen)
-            (7, 2, 2, 2)
+    Example:
+        >>> lay = canary_layout(5, 2)
+        >>> len(lay.split.shared), len(lay.split.candidates), len(lay.control), len(lay.unseen)
+        (7, 2, 2, 2)
     """
     if per_group < 2:
         raise ValueError(f"`per_group` must be >= 2 (the tests compare groups), got {per_group!r}.")

@@ -16,11 +16,11 @@ _HALF = (torch.float16, torch.bfloat16)
 def as_float_image(img: Any) -> Tensor:
     """A dataset image (PIL, uint8 or float tensor) as a float (C, H, W) tensor (uint8 / 255).
 
-        float16 / bfloat16 become float32: half-precision views would shift LayerMem by up to 0.05.
+    float16 / bfloat16 become float32: half-precision views would shift LayerMem by up to 0.05.
 
-        Example:
-            >>> as_float_image(torch.full((1, 2, 2), 255, dtype=torch.uint8)).max().item()
-            1.0
+    Example:
+        >>> as_float_image(torch.full((1, 2, 2), 255, dtype=torch.uint8)).max().item()
+        1.0
     """
     if isinstance(img, Tensor):
         img = img.as_subclass(Tensor)
@@ -41,7 +41,7 @@ def as_float_image(img: Any) -> Tensor:
 def split_item(item: Any) -> tuple[Any, int]:
     """``(image, label)`` of an image or an ``(image, label, ...)`` item; label -1 when missing or not an int.
 
-        ``(label, image)`` items and one-hot labels are refused.
+    ``(label, image)`` items and one-hot labels are refused.
     """
     if isinstance(item, (tuple, list)):
         _check_item_order(item)
@@ -75,16 +75,16 @@ def _check_item_order(item: Sequence[Any]) -> None:
 class TensorImageDataset(Dataset):
     """``(image, label)`` dataset over uint8 images ``(N, C, H, W)``, for SSL training loops.
 
-        Args:
-            labels: length N; -1 when missing.
-            transform: applied to the uint8 ``(C, H, W)`` image (e.g. lightly's ``SimCLRTransform``); without
-                it the raw image is returned, for a batched augmentation inside the model.
+    Args:
+        labels: length N; -1 when missing.
+        transform: applied to the uint8 ``(C, H, W)`` image (e.g. lightly's ``SimCLRTransform``); without
+            it the raw image is returned, for a batched augmentation inside the model.
 
-        Example:
-            >>> ds = TensorImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([3, 5]))
-            >>> x, y = ds[1]
-            >>> x.dtype, y
-            (torch.uint8, 5)
+    Example:
+        >>> ds = TensorImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([3, 5]))
+        >>> x, y = ds[1]
+        >>> x.dtype, y
+        (torch.uint8, 5)
     """
 
     def __init__(self, images: Tensor, labels: Sequence[int] | Tensor | None = None,
@@ -111,14 +111,14 @@ class TensorImageDataset(Dataset):
 class CheckedImages(Dataset):
     """``dataset`` whose tensor images are checked as they are read; messages name ``name[i]``.
 
-        ``strict``: 0-255 floats raise (``True``) or warn.
+    ``strict``: 0-255 floats raise (``True``) or warn.
 
-        Example:
-            >>> ds = CheckedImages([torch.full((1, 2, 2), float("nan"))], "control")
-            >>> ds[0]  # doctest: +ELLIPSIS
-            Traceback (most recent call last):
-            ...
-            ValueError: `control[0]` holds 4 NaN or inf pixel value(s): ...
+    Example:
+        >>> ds = CheckedImages([torch.full((1, 2, 2), float("nan"))], "control")
+        >>> ds[0]  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `control[0]` holds 4 NaN or inf pixel value(s): ...
     """
 
     def __init__(self, dataset: Any, name: str, strict: bool = True) -> None:

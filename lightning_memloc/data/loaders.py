@@ -34,10 +34,10 @@ def resize_images(images: Tensor, size: int | None) -> Tensor:
 def load_digits(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
     """scikit-learn's bundled digits (1797 images, 10 classes) as uint8 ``(1797, channels, size, size)``.
 
-        Example:
-            >>> x, y = load_digits(size=8, channels=1)
-            >>> tuple(x.shape), x.dtype, int(y.max())
-            ((1797, 1, 8, 8), torch.uint8, 9)
+    Example:
+        >>> x, y = load_digits(size=8, channels=1)
+        >>> tuple(x.shape), x.dtype, int(y.max())
+        ((1797, 1, 8, 8), torch.uint8, 9)
     """
     from sklearn.datasets import load_digits as _sk_load_digits
 
@@ -83,13 +83,13 @@ def _labels(y: Any, n: int, source: str) -> Tensor:
 def load_npz(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """Images and labels from an ``.npz`` with keys ``x``/``y`` (or ``images``/``labels``); no labels: -1.
 
-        Example:
-            >>> import numpy as np, tempfile, os
-            >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
-            >>> np.savez(path, x=np.zeros((2, 4, 4, 3), np.uint8), y=np.array([0, 1]))
-            >>> x, y = load_npz(path)
-            >>> tuple(x.shape), y.tolist()
-            ((2, 3, 4, 4), [0, 1])
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
+        >>> np.savez(path, x=np.zeros((2, 4, 4, 3), np.uint8), y=np.array([0, 1]))
+        >>> x, y = load_npz(path)
+        >>> tuple(x.shape), y.tolist()
+        ((2, 3, 4, 4), [0, 1])
     """
     path = Path(path)
     if not path.is_file():
@@ -141,9 +141,9 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
                      download: bool = True) -> tuple[Tensor, Tensor]:
     """CIFAR-10, STL-10 (labelled split) or SVHN through ``torchvision.datasets`` (``train``: else test).
 
-        Raises:
-            FileNotFoundError: files missing and ``download=False``.
-            RuntimeError: the download failed (e.g. no network).
+    Raises:
+        FileNotFoundError: files missing and ``download=False``.
+        RuntimeError: the download failed (e.g. no network).
     """
     import torchvision.datasets as tvd
 
@@ -197,12 +197,12 @@ def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tenso
 
 def load_data(spec: str | os.PathLike, root: str | os.PathLike = "data",
               size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Load ``"digits"``, ``"cifar10"``, ``"stl10"``, ``"svhn"``, an ``.npz`` or an image folder (needs ``size``).
+    """Load ``"digits"``, ``"cifar10"``, ``"stl10"``, ``"svhn"``, an ``.npz`` or an image folder (with ``size``).
 
-        Example:
-            >>> x, y = load_data("digits", size=16)
-            >>> tuple(x.shape)
-            (1797, 3, 16, 16)
+    Example:
+        >>> x, y = load_data("digits", size=16)
+        >>> tuple(x.shape)
+        (1797, 3, 16, 16)
     """
     name = str(spec)
     if name.lower() == "digits":

@@ -31,13 +31,13 @@ class SplitIndices(NamedTuple):
     def control(self, size: float | int, seed: int = 0) -> Tensor:
         """A seeded random sample of the shared part (a fraction or a count ≥ 2): the null of LayerMem.
 
-                Both encoders train on these images, so their gap is the offset between the encoders alone.
+        Both encoders train on these images, so their gap is the offset between the encoders alone.
 
-                Example:
-                    >>> s = split_candidates(20, shared=10, candidates=5, independent=5, seed=0)
-                    >>> c = s.control(4)
-                    >>> len(c), bool(torch.isin(c, s.shared).all())
-                    (4, True)
+        Example:
+            >>> s = split_candidates(20, shared=10, candidates=5, independent=5, seed=0)
+            >>> c = s.control(4)
+            >>> len(c), bool(torch.isin(c, s.shared).all())
+            (4, True)
         """
         k = _count(size, len(self.shared), "size")
         if k < 2 or k > len(self.shared):
@@ -63,13 +63,13 @@ def split_candidates(n: int, shared: float | int = 0.8, candidates: float | int 
                      independent: float | int = 0.1, seed: int = 0) -> SplitIndices:
     """Random disjoint split of ``range(n)`` into shared / candidate / independent indices.
 
-        Each size is a fraction of ``n`` (float, rounded down) or a count (int); the paper's CIFAR-10 split is
-        ``split_candidates(50_000, 40_000, 5_000, 5_000)``.
+    Each size is a fraction of ``n`` (float, rounded down) or a count (int); the paper's CIFAR-10 split is
+    ``split_candidates(50_000, 40_000, 5_000, 5_000)``.
 
-        Example:
-            >>> s = split_candidates(10, shared=6, candidates=2, independent=2, seed=0)
-            >>> [len(t) for t in s]
-            [6, 2, 2]
+    Example:
+        >>> s = split_candidates(10, shared=6, candidates=2, independent=2, seed=0)
+        >>> [len(t) for t in s]
+        [6, 2, 2]
     """
     n = operator.index(n)
     if n < 1:
