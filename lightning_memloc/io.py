@@ -15,8 +15,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool = True) -> Path:
     """Make sure ``path`` is (or can become) a writable directory, before any work is done.
 
-    ``argument`` names the user-facing argument in error messages; ``create`` makes a missing directory.
-
     Raises:
         NotADirectoryError: ``path``, or one of its parents, exists and is a file.
         PermissionError: the directory cannot be created or written.

@@ -104,7 +104,6 @@ def layer_exchange_study(
 
     Measured at ``measure_layer`` (default: the last) with the same views for each single layer, the
     top-``k`` layers by LayerMem and by ΔLayerMem, ``random_draws`` random ``k``-sets and the last ``k``.
-    The paper predicts larger drops for the top layers than for random or last ones.
 
     Args:
         report: a report of ``f`` against ``g`` with LayerMem (ranks the layers).

@@ -56,8 +56,6 @@ def run_analyses(
 ) -> Dict[str, Any]:
     """Run ``names`` on ``encoder`` (and ``reference``); return name -> result, also in ``report.analyses``.
 
-    Every argument is checked before the first (slow) analysis runs.
-
     Args:
         reference: needed by ``consistency``'s SSLMem and by ``exchange``.
         candidates: ``(N, C, H, W)`` candidate images in report order (``exchange``, ``atypicality``).
@@ -65,8 +63,6 @@ def run_analyses(
         candidate_labels, pool_labels: labels for the class-mean distance (optional).
         exclude: ``(N,)`` pool position of each candidate itself, or −1 (``atypicality``).
         top_k: top-k of ``consistency`` (default: the report's ``meta["top_k"]``, else 50).
-        exchange_k: size of the exchanged layer groups.
-        knn: neighbours of the kNN atypicality.
         control: control images for ``exchange`` (its ``drop_minus_control`` column).
     """
     chosen = parse_analyses(names)

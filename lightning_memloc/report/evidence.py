@@ -24,11 +24,9 @@ from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, ov
 
 Record = Dict[str, Optional[float]]
 
-#: Fewest resamples ``bootstrap`` may ask for (0 turns evidence off): below it the ends of a 95 %
-#: interval rest on fewer than 5 resamples each (``bootstrap=1`` gave zero-width intervals).
+#: Fewest resamples ``bootstrap`` may ask for (0: evidence off): below it a 95 % interval's ends rest on < 5 draws.
 MIN_BOOTSTRAP = 200
-#: Fewest images a control / unseen set should have: below it a warning says that the tests are
-#: exact only if the groups are exchangeable, and that the intervals are unreliable.
+#: Fewest images a control / unseen set should have without a warning (tests exact only if exchangeable).
 MIN_GROUP_SIZE = 10
 #: How the intervals are computed (recorded in ``Evidence.meta["intervals"]``).
 INTERVALS = {

@@ -90,7 +90,6 @@ class MemorizationReport:
     evidence: Optional[Evidence] = None
     analyses: Dict[str, Any] = field(default_factory=dict)  # lightning_memloc.analyses results, JSON as is
 
-    # ------------------------------------------------------------------ queries
     @property
     def has_reference(self) -> bool:
         """Whether SSLMem / LayerMem were measured (they need a reference encoder)."""
@@ -176,7 +175,6 @@ class MemorizationReport:
 
         return format_summary(self, threshold)
 
-    # ----------------------------------------------------------- serialisation
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (tensors as lists)."""
         out: Dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}

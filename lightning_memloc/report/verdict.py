@@ -21,7 +21,6 @@ from lightning_memloc.functional.statistics import holm
 __all__ = ["VERDICT_TESTS", "min_bootstrap_for", "overall_verdict"]
 
 #: Every test family of the verdict, by record key prefix (``<test>_p`` in; ``<test>_p_holm`` out).
-#: A new family of :class:`~lightning_memloc.report.evidence.Evidence` joins the verdict by its name here.
 VERDICT_TESTS: Tuple[str, ...] = ("excess", "excess_unseen", "membership", "unit_mem_excess", "align_gap")
 
 
