@@ -1,9 +1,7 @@
 """lightning_memloc: localize memorization inside self-supervised vision encoders while they train.
 
-Implements UnitMem, ClassMem, SSLMem and LayerMem / ΔLayerMem from Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024), on top of SSLMem (Wang et al.,
-*Memorization in Self-Supervised Learning Improves Downstream Generalization*, ICLR 2024), as
-torchmetrics, a one-pass ``measure()`` function and PyTorch Lightning callbacks.
+UnitMem, ClassMem, SSLMem and LayerMem / ΔLayerMem (Wang et al., NeurIPS 2024) as torchmetrics, a
+one-pass ``measure()`` function and PyTorch Lightning callbacks.
 """
 
 from importlib import import_module

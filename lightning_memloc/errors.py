@@ -1,9 +1,4 @@
-"""Error classes raised by :mod:`lightning_memloc`.
-
-Every error derives from a standard exception type (``ValueError``, ``TypeError`` ...) so that
-callers who do not know this package can still catch it, and from :class:`MemlocError` so that
-callers who do can catch everything the package raises on purpose.
-"""
+"""Error classes: each derives from a standard exception (``ValueError`` ...) and from :class:`MemlocError`."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""Atomic file writes and up-front checks of output locations.
-
-A report or plot is either fully on disk or not there at all: data goes to a temporary file in
-the destination folder, is flushed and fsynced, and only then renamed over the destination
-(``os.replace`` is atomic on POSIX and Windows). An interrupted write leaves the previous file
-intact and no partial file behind. The file keeps the permission bits the destination had, or gets
-those of ``open()`` for a new file (``0o666`` less the umask), never the temporary file's ``0o600``.
-"""
+"""Atomic file writes (temporary file, fsync, ``os.replace``) and up-front checks of output folders."""
 
 from __future__ import annotations
 
@@ -21,14 +14,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool = True) -> Path:
     """Make sure ``path`` is (or can become) a writable directory, before any work is done.
-
-    Args:
-        path: the directory.
-        argument: the name of the user-facing argument, used in error messages.
-        create: create the directory (and its parents) when missing.
-
-    Returns:
-        The directory as a :class:`~pathlib.Path`.
 
     Raises:
         NotADirectoryError: ``path``, or one of its parents, exists and is a file.
@@ -77,7 +62,7 @@ def _umask() -> int:
 
 
 def target_mode(path: PathLike) -> int:
-    """The permission bits a file written to ``path`` gets: those of the existing file, else ``0o666`` less the umask.
+    """Permission bits for a file written to ``path``: the existing file's, else ``0o666`` less the umask.
 
     Example:
         >>> import tempfile, pathlib, os
@@ -94,15 +79,9 @@ def target_mode(path: PathLike) -> int:
 
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file beside ``path`` and move it onto ``path`` only if the block succeeds.
+    """Open a temporary file beside ``path``; move it onto ``path`` only if the block succeeds.
 
-    Args:
-        path: destination file.
-        mode: ``"w"`` (text) or ``"wb"`` (binary).
-        encoding: text encoding (ignored for binary mode).
-
-    Yields:
-        The open temporary file.
+    ``mode`` is ``"w"`` or ``"wb"``. The file gets :func:`target_mode`, not ``mkstemp``'s ``0o600``.
 
     Example:
         >>> import tempfile, pathlib

@@ -1,17 +1,7 @@
-"""lightning_memloc for the unified ``lightning`` package (``import lightning.pytorch as pl``).
+"""lightning_memloc bound to the unified ``lightning`` package (``import lightning.pytorch as pl``).
 
-``from lightning_memloc import MemorizationMonitor`` gives classes of ``pytorch_lightning`` (the
-default dependency); ``from lightning_memloc.lightning import MemorizationMonitor`` gives the same
-classes bound to ``lightning.pytorch``, so that its ``Trainer``, ``LightningCLI`` and
-``--trainer.callbacks+=`` accept them. Both packages can be installed side by side.
-
-Each class here is one line of binding and no logic: the callbacks subclass the implementation
-and add ``lightning.pytorch``'s base class (``Callback`` / ``BaseFinetuning``), whose hooks are
-the same no-ops; :class:`CoTrainedPair` combines the shared :class:`~lightning_memloc.models.cotrain.CoTraining`
-logic with ``lightning.pytorch.LightningModule``. Names that do not depend on Lightning (``measure``,
-``MemorizationReport``, the metrics ...) are re-exported unchanged. A callback's ``state_key`` is
-the same under both packages, so checkpoints move between them. Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024) define what the callbacks measure.
+The callbacks and modules here add ``lightning.pytorch``'s base classes to the implementation; names
+that do not depend on Lightning are re-exported unchanged. ``state_key`` is the same in both packages.
 
 Example:
     >>> import lightning.pytorch as L

@@ -1,16 +1,8 @@
-"""The paper's analyses beyond UnitMem and LayerMem, as functions (Wang et al., NeurIPS 2024).
+"""The paper's analyses beyond UnitMem and LayerMem (Wang et al., NeurIPS 2024), as functions.
 
-- :mod:`~lightning_memloc.analyses.consistency`: top-k overlap and Kendall's τ of the candidates'
-  SSLMem rankings between every pair of layers;
-- :mod:`~lightning_memloc.analyses.exchange`: :func:`exchange_layers` and the layer-exchange
-  study (SSLMem drop after swapping layers of ``f`` for the reference's);
-- :mod:`~lightning_memloc.analyses.restore`: :func:`restore_units` and the fine-tune-one-unit helper;
-- :mod:`~lightning_memloc.analyses.atypicality`: kNN / class-mean atypicality in the encoder's
-  embedding and its Spearman correlation with SSLMem and UnitMem;
-- :mod:`~lightning_memloc.analyses.runner`: run several by name and store them in
-  ``report.analyses`` (what ``memloc analyze --analyses`` calls).
-
-Figures: :mod:`lightning_memloc.plots.analysis_figures`. Docs: ``docs/analyses.md``.
+``consistency`` (cross-layer top-k overlap and Kendall's τ), ``exchange`` (SSLMem drop after swapping layers
+for the reference's), ``restore`` (fine-tune single units), ``atypicality`` (kNN / class-mean atypicality vs
+SSLMem and UnitMem) and ``runner`` (run them by name into ``report.analyses``). See ``docs/analyses.md``.
 """
 
 from lightning_memloc.analyses.atypicality import (

@@ -1,11 +1,7 @@
-"""Memorization and atypicality: are the most memorized candidates the atypical ones?
+"""Memorization and atypicality: kNN / class-mean distance in the encoder's embedding vs SSLMem and UnitMem.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) find that atypical
-data points are memorized most, in SSLMem and in the highest UnitMem of the units that single
-them out. Here atypicality comes from the encoder's own embedding: the mean distance of a
-candidate to its ``k`` nearest training images (L2 distance between L2-normalised embeddings by
-default) and, when labels exist, the distance to its class mean. Spearman's ρ relates it to
-SSLMem and to each candidate's highest UnitMem, layer by layer.
+The paper finds atypical data points memorized most; Spearman's ρ relates the distances to SSLMem and to
+each candidate's highest UnitMem, layer by layer.
 """
 
 from __future__ import annotations
@@ -32,14 +28,9 @@ __all__ = [
 @torch.no_grad()
 def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normalize: bool = True,
           preprocess: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
-    """(N, D) embeddings of un-augmented images, in eval mode (the encoder's modes are restored).
+    """``(N, D)`` embeddings of un-augmented images in eval mode (modes restored); uint8 is divided by 255.
 
-    Args:
-        encoder: the encoder; its output is flattened to (B, D).
-        images: (N, C, H, W), uint8 (divided by 255, as :func:`~lightning_memloc.measure` does) or float.
-        batch_size: images per forward pass.
-        normalize: L2-normalise each embedding (the geometry SimCLR trains).
-        preprocess: optional batched transform applied before the encoder (e.g. a normalisation).
+    ``normalize``: L2-normalise (the geometry SimCLR trains); ``preprocess``: a batched transform first.
     """
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"`images` must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}.")
@@ -67,17 +58,9 @@ def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normaliz
 
 
 def knn_distance(query: Tensor, pool: Tensor, k: int, exclude: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """Mean Euclidean distance of each query to its ``k`` nearest pool points, and their indices.
+    """Mean Euclidean distance ``(N,)`` of each query to its ``k`` nearest pool points, and their indices.
 
-    Args:
-        query: (N, D) embeddings of the candidates.
-        pool: (M, D) embeddings of the training images.
-        k: neighbours (1 ≤ k ≤ M, or M − 1 with ``exclude``).
-        exclude: (N,) pool index to ignore for each query (the candidate itself, when it is in
-            the pool), or −1 for none.
-
-    Returns:
-        ``(distances (N,), neighbours (N, k))``, nearest first.
+    ``query`` is ``(N, D)``, ``pool`` ``(M, D)``; ``exclude`` ``(N,)``: a pool index to skip per query, or −1.
 
     Example:
         >>> d, i = knn_distance(torch.tensor([[0.0], [10.0]]), torch.tensor([[1.0], [3.0], [9.0]]), k=2)
@@ -124,10 +107,7 @@ def class_mean_distance(query: Tensor, query_labels: Tensor, pool: Tensor, pool_
 
 
 def max_unit_mem(report: MemorizationReport, layer: str) -> Tensor:
-    """(N,) each candidate's highest UnitMem among the units of ``layer`` whose μmax candidate it is.
-
-    Candidates that no unit singles out get 0; dead units (argmax −1) single out no candidate.
-    """
+    """``(N,)`` each candidate's highest UnitMem among the units of ``layer`` that single it out (else 0)."""
     position = {int(c): i for i, c in enumerate(report.candidate_ids.tolist())}
     out = torch.zeros(report.num_candidates, dtype=torch.float64)
     for score, owner in zip(report.unit_mem[layer].double().tolist(), report.unit_argmax[layer].tolist()):
@@ -138,7 +118,7 @@ def max_unit_mem(report: MemorizationReport, layer: str) -> Tensor:
 
 
 def spearman(a: Any, b: Any) -> Dict[str, Optional[float]]:
-    """Spearman's ρ and its two-sided p-value (``scipy.stats.spearmanr``); ρ = 0, p = None if one side is constant."""
+    """Spearman's ρ and its two-sided p-value; ρ = 0, p = None if one side is constant."""
     from scipy.stats import spearmanr
 
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -169,24 +149,17 @@ def atypicality_study(
     """Atypicality of every candidate and its rank correlation with SSLMem and UnitMem.
 
     Args:
-        encoder: the encoder ``f`` the report measured.
-        report: its report (SSLMem with a reference; UnitMem always).
-        candidates: (N, C, H, W) un-augmented candidate images, in ``report.candidate_ids`` order.
-        pool: (M, C, H, W) training images to find neighbours in.
-        k: neighbours averaged into the kNN distance.
-        candidate_labels, pool_labels: class labels; with both, the class-mean distance is added.
-        exclude: (N,) pool index of each candidate itself (or −1), when the pool holds the candidates.
-        pool_ids: ids of the pool images to report neighbours by (default: pool positions).
-        top: how many of the most memorized candidates get their neighbours listed (for the grid).
-        neighbours: neighbours listed per top candidate.
-        batch_size: images per forward pass of the embedding.
-        normalize: L2-normalise embeddings before measuring distances.
+        candidates: ``(N, C, H, W)`` un-augmented candidate images, in ``report.candidate_ids`` order.
+        pool: ``(M, C, H, W)`` training images to find neighbours in.
+        candidate_labels, pool_labels: with both, the class-mean distance is added.
+        exclude: ``(N,)`` pool index of each candidate itself (or −1), when the pool holds the candidates.
+        pool_ids: ids to report neighbours by (default: pool positions).
+        top: how many of the most memorized candidates get their ``neighbours`` listed.
 
     Returns:
-        ``{"k", "normalize", "knn_distance": [N], "class_mean_distance": [N] | None,
-        "spearman": {"sslmem": {layer: {"rho", "p"}}, "max_unit_mem": {...},
-        "class_mean_sslmem": {...} | None}, "most_memorized": {"ids", "positions", "scores", "neighbours", "neighbour_positions"}}``
-        (neighbours by ``pool_ids``, nearest first; positions index ``pool``).
+        ``{"k", "normalize", "knn_distance", "class_mean_distance", "spearman": {"sslmem", "max_unit_mem",
+        "class_mean_sslmem"}, "most_memorized": {"ids", "positions", "scores", "neighbours",
+        "neighbour_positions"}}``.
     """
     if not isinstance(report, MemorizationReport):
         raise TypeError(f"`report` must be a MemorizationReport, got {type(report).__name__}.")

@@ -1,12 +1,4 @@
-"""Consistency of memorization across layers: are the most memorized candidates the same everywhere?
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) rank the candidates
-by SSLMem at each layer and find that the most memorized data points differ from layer to layer
-(memorization is not one fixed set of images carried through the network). For every pair of
-layers this module gives the overlap of the top-k candidates (|top_k(a) ∩ top_k(b)| / k) and
-Kendall's τ (τ-b, ties handled) between the full rankings. Range normalisation divides a
-layer's SSLMem by one positive number, so raw and normalised SSLMem give the same rankings.
-"""
+"""Consistency of memorization across layers: top-k overlap and Kendall's τ of SSLMem rankings."""
 
 from __future__ import annotations
 
@@ -35,15 +27,7 @@ def _top(scores: np.ndarray, k: int) -> set:
 
 
 def top_k_overlap(a: Any, b: Any, k: int) -> float:
-    """Fraction of the ``k`` highest-scoring candidates that two score vectors share.
-
-    Args:
-        a: (N,) scores of the candidates at one layer (e.g. SSLMem).
-        b: (N,) scores of the same candidates, in the same order, at another layer.
-        k: size of the top groups, 1 ≤ k ≤ N. Ties are broken by candidate position.
-
-    Returns:
-        ``|top_k(a) ∩ top_k(b)| / k`` in [0, 1].
+    """``|top_k(a) ∩ top_k(b)| / k`` for two ``(N,)`` score vectors of the same candidates (ties: by order).
 
     Example:
         >>> top_k_overlap([4, 3, 2, 1], [1, 3, 4, 2], k=2)
@@ -58,9 +42,7 @@ def top_k_overlap(a: Any, b: Any, k: int) -> float:
 
 
 def kendall_tau(a: Any, b: Any) -> float:
-    """Kendall's τ-b between two rankings of the same candidates (``scipy.stats.kendalltau``).
-
-    Returns 0.0 (not NaN) when one of the vectors is constant: a constant score ranks nothing.
+    """Kendall's τ-b between two rankings of the same candidates; 0.0 (not NaN) when one is constant.
 
     Example:
         >>> kendall_tau([1, 2, 3], [3, 2, 1])
@@ -77,15 +59,9 @@ def kendall_tau(a: Any, b: Any) -> float:
 
 
 def consistency_matrices(scores: Mapping[str, Any], k: int) -> Dict[str, Any]:
-    """Top-k overlap and Kendall's τ between every pair of layers (pure; no report needed).
+    """Top-k overlap and Kendall's τ (L × L nested lists) between every pair of layers of ``scores``.
 
-    Args:
-        scores: layer -> (N,) per-candidate scores, in layer order (a dict keeps insertion order).
-        k: size of the top-k groups (clipped to N).
-
-    Returns:
-        ``{"layers", "k", "top_k_overlap", "kendall_tau"}`` with two L × L nested lists
-        (diagonals are 1.0), JSON-serialisable.
+    Returns ``{"layers", "k", "top_k_overlap", "kendall_tau"}``; ``k`` is clipped to N.
     """
     layers: List[str] = list(scores)
     if not layers:
@@ -130,20 +106,10 @@ def chosen_layers(report: MemorizationReport, layers: Optional[Sequence[str]]) -
 
 
 def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[str] | None = None) -> Dict[str, Any]:
-    """Cross-layer consistency of the candidates' SSLMem rankings in ``report``.
+    """Cross-layer consistency of the candidates' SSLMem rankings in ``report`` (needs a reference).
 
-    Args:
-        report: a report measured with a reference encoder (it has per-layer SSLMem).
-        k: size of the top-k groups (the paper's top-50; clipped to the number of candidates).
-        layers: layers to compare (default: all, in depth order).
-
-    Returns:
-        ``{"layers", "k", "top_k_overlap", "kendall_tau", "chance_overlap",
-        "mean_adjacent_overlap", "mean_adjacent_tau"}``; ``chance_overlap = k / N`` is the
-        expected overlap of two unrelated rankings; the means are over consecutive layer pairs.
-
-    Raises:
-        ValueError: the report has no SSLMem (no reference), or an unknown layer.
+    Returns :func:`consistency_matrices` plus ``chance_overlap = k / N`` (two unrelated rankings) and
+    ``mean_adjacent_overlap`` / ``mean_adjacent_tau`` over consecutive layer pairs.
 
     Example:
         >>> import torch

@@ -1,13 +1,4 @@
-"""Layer exchange: a causal check of LayerMem.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) replace layers of
-the encoder ``f`` by the same layers of the reference ``g`` (trained without the candidates) and
-measure how much of the candidates' SSLMem is left: exchanging the layers with the highest
-LayerMem / ΔLayerMem should remove more memorization than exchanging random layers or the last
-ones (the authors' ``layerxchange.py``). :func:`exchange_layers` builds the hybrid encoder;
-:func:`layer_exchange_study` measures every single layer and the top-k / random / last-k groups
-with :func:`~lightning_memloc.measure` and reports the drop of SSLMem against the unmodified ``f``.
-"""
+"""Layer exchange, a causal check of LayerMem: SSLMem left after swapping layers of ``f`` for ``g``'s."""
 
 from __future__ import annotations
 
@@ -32,17 +23,7 @@ def _check_layer_names(layers: Sequence[str]) -> List[str]:
 
 
 def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Module:
-    """A copy of ``f`` whose ``layers`` carry ``g``'s parameters and buffers.
-
-    Args:
-        f: the encoder trained on the candidates (left unchanged).
-        g: the reference encoder of the same architecture (left unchanged).
-        layers: module names as in ``named_modules()`` (e.g. ``["res2.conv1"]``); every parameter
-            and buffer of these modules and their children (conv weights, BatchNorm affine
-            parameters and running statistics) is copied from ``g``. An empty list gives a plain copy.
-
-    Returns:
-        A deep copy of ``f`` (same mode and ``requires_grad`` flags) with the layers exchanged.
+    """A copy of ``f`` whose ``layers`` (and their children) carry ``g``'s parameters and buffers.
 
     Raises:
         LayerNotFoundError: a name is not a module of ``f`` or ``g``.
@@ -121,39 +102,19 @@ def layer_exchange_study(
 ) -> Dict[str, Any]:
     """SSLMem of the candidates after exchanging layers of ``f`` with ``g``'s, against unmodified ``f``.
 
-    Every configuration is measured with :func:`~lightning_memloc.measure` (same seed, same views)
-    at ``measure_layer``: each single layer, the top-``k`` layers by LayerMem and by ΔLayerMem
-    (from ``report``), ``random_draws`` random sets of ``k`` layers and the last ``k`` layers.
-    SSLMem of ``f`` against ``g`` is align(g) − align(f); exchanging every layer turns ``f`` into
-    ``g`` and leaves 0. The paper predicts larger drops for the top LayerMem / ΔLayerMem layers
-    than for random or last layers.
+    Measured at ``measure_layer`` (default: the last) with the same views for each single layer, the
+    top-``k`` layers by LayerMem and by ΔLayerMem, ``random_draws`` random ``k``-sets and the last ``k``.
 
     Args:
-        f: encoder trained on the candidates.
-        g: reference encoder (same architecture, never saw the candidates).
-        candidates: what :func:`~lightning_memloc.measure` takes (images, views or a Dataset).
         report: a report of ``f`` against ``g`` with LayerMem (ranks the layers).
-        k: size of the exchanged groups (1 ≤ k ≤ number of layers).
-        layers: the exchangeable layers (default: ``report.layers``).
-        measure_layer: layer whose SSLMem is compared (default: the report's last layer, the
-            deepest tapped representation).
-        random_draws: how many random sets of ``k`` layers (seeded by ``seed``; 0 skips them).
-        seed: seed of the views and of the random layer draws.
-        control: optional control images (e.g. images both encoders trained on, or unseen ones),
-            measured the same way: every entry then also has ``control_drop`` and
-            ``drop_minus_control``, the part of the drop that the control does not show
-            (exchanging layers also changes SSLMem of images that were never memorized).
+        control: control images measured the same way; entries then add ``control_drop`` and
+            ``drop_minus_control`` (exchanging layers also moves SSLMem of images never memorized).
         **measure_kwargs: forwarded to ``measure`` (``views``, ``batch_size``, ``pairing``, ``transform``...).
 
     Returns:
-        ``{"measure_layer", "k", "baseline": {"sslmem_raw_mean", "range"}, "single": {layer: entry},
-        "groups": {"top_layer_mem" | "top_delta_layer_mem" | "last": entry, "random": [entry, ...]},
-        "random_mean_drop"}``; an entry is ``{"layers", "sslmem_raw_mean", "drop",
-        "drop_normalised", "relative_drop"}`` (``drop`` = baseline − exchanged, raw SSLMem), plus
-        ``"control_drop", "drop_minus_control"`` and ``"control_baseline"`` with a ``control``.
-
-    Raises:
-        ValueError: the report has no LayerMem, or a bad ``k`` / ``random_draws`` / layer.
+        ``{"measure_layer", "k", "baseline", "control_baseline", "single": {layer: entry}, "groups":
+        {"top_layer_mem" | "top_delta_layer_mem" | "last": entry, "random": [entry]}, "random_mean_drop"}``,
+        an entry ``{"layers", "sslmem_raw_mean", "drop", "drop_normalised", "relative_drop"}``.
     """
     if not isinstance(report, MemorizationReport) or not report.has_reference:
         raise ValueError("layer_exchange_study needs a MemorizationReport measured with `reference=...` "

@@ -1,25 +1,9 @@
 """The quirks of the authors' released scripts, as explicit options (never the default).
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) released scripts
-(sprintml/LocalizingMemorizationInSSL) that differ from the paper's clean definitions in four ways
-that move the numbers (../shared/DESIGN.md §7; docs/fidelity.md measures by how much):
-
-(a) **train-mode BatchNorm at batch size 1**: their UnitMem script never calls ``.eval()`` and feeds
-    one augmented view per forward, so every BatchNorm normalises each view with that view's own
-    per-channel statistics (:func:`per_view_batchnorm`);
-(b) **sequential children**: they tap layers through torchvision's ``IntermediateLayerGetter``,
-    which runs the model's children one after the other and so skips the residual additions of a
-    custom ``forward`` (:func:`sequential_children`);
-(c) **median**: μ-max is compared with the median of the other candidates
-    (``measure(..., reduction="median")``);
-(d) **anchor pairing**: alignment of each view against the un-augmented image
-    (``measure(..., pairing="anchor")``).
-
-:func:`measure_with_quirks` applies (a) and (b) around the ordinary, batched
-:func:`~lightning_memloc.measure` (same seeded views, so a difference comes from the quirk alone);
-:func:`measure_as_authors` switches on all four. :func:`authors_unitmem` is the literal procedure
-(one view per forward, the model in train mode, real BatchNorm) as a slow reference; it leaves the
-model exactly as it found it (weights, BatchNorm running statistics, modes, ``requires_grad``).
+(a) train-mode BatchNorm at batch size 1 (:func:`per_view_batchnorm`); (b) children run in sequence, skipping
+residual additions of a custom ``forward`` (:func:`sequential_children`); (c) μ-max against the median
+(``reduction="median"``); (d) alignment against the un-augmented image (``pairing="anchor"``).
+``docs/fidelity.md`` measures what each changes.
 """
 
 from __future__ import annotations
@@ -49,22 +33,10 @@ AUTHORS_QUIRKS: Dict[str, Any] = {"train_bn": True, "sequential": True, "reducti
 
 
 def sequential_children(model: nn.Module, until: Optional[str] = None) -> nn.Sequential:
-    """The model's direct children run in registration order, as torchvision's
-    ``IntermediateLayerGetter`` (used by the authors' UnitMem script) runs them.
+    """The model's direct children in order, as torchvision's ``IntermediateLayerGetter`` runs them.
 
-    The returned ``nn.Sequential`` holds the *same* module objects under the *same* names (nothing
-    is copied, ``named_modules()`` names are unchanged), so it can be measured with the original
-    layer names; everything the model's own ``forward`` does between children (residual
-    additions, reshapes) is skipped. For :class:`~lightning_memloc.models.AuthorsResNet9` this
-    drops the additions after layers 4 and 8; for :class:`~lightning_memloc.models.ResNet9`, whose
-    residual blocks are children with their own ``forward``, it changes nothing.
-
-    Args:
-        model: a model whose children are registered in forward order.
-        until: last child to run (default: all children).
-
-    Raises:
-        ValueError: ``model`` has no children, or ``until`` is not the name of one.
+    The same module objects under the same names (layer names unchanged); whatever the model's ``forward``
+    does between children (residual additions, reshapes) is skipped. ``until``: last child to run.
 
     Example:
         >>> import torch
@@ -87,8 +59,7 @@ def sequential_children(model: nn.Module, until: Optional[str] = None) -> nn.Seq
 
 
 def _per_view_forward(name: str, module: _BatchNorm) -> Callable[[Tensor], Tensor]:
-    """A BatchNorm forward that normalises every sample with its own statistics (train mode,
-    batch size 1) and never touches the running statistics."""
+    """A BatchNorm forward normalising each sample with its own statistics; running statistics untouched."""
 
     def forward(x: Tensor) -> Tensor:
         if x.ndim < 3:
@@ -111,12 +82,8 @@ def _per_view_forward(name: str, module: _BatchNorm) -> Callable[[Tensor], Tenso
 def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
     """Inside the block, every BatchNorm of ``models`` normalises each sample on its own.
 
-    That is what BatchNorm in training mode does to a batch of size 1, i.e. what the authors'
-    UnitMem script (one view per forward, no ``.eval()``) computed, but for a whole batch at once
-    and without updating the running statistics: each ``(sample, channel)`` map is normalised by
-    its own mean and biased variance, then BatchNorm's affine weight and bias are applied (the
-    same arithmetic as ``F.instance_norm``). GroupNorm and other layers are unaffected. The
-    BatchNorm modules get their own ``forward`` back on exit, also on error.
+    What train-mode BatchNorm does to a batch of size 1 (``F.instance_norm`` with BatchNorm's affine), for a
+    whole batch and without updating the running statistics; the own ``forward`` is back on exit.
 
     Example:
         >>> import torch
@@ -145,20 +112,10 @@ def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
 def measure_with_quirks(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *,
                         reference: Optional[nn.Module] = None, train_bn: bool = False, sequential: bool = False,
                         until: Optional[str] = None, **measure_kwargs: Any) -> MemorizationReport:
-    """:func:`~lightning_memloc.measure` with the authors' quirks (a) and (b) as options.
+    """:func:`~lightning_memloc.measure` with quirks (a) ``train_bn`` and (b) ``sequential`` as options.
 
-    Args:
-        encoder: the encoder ``f``.
-        candidates: as for :func:`~lightning_memloc.measure`.
-        reference: the reference ``g`` (LayerMem), treated like ``encoder``.
-        train_bn: quirk (a), BatchNorm in training mode at batch size 1 (:func:`per_view_batchnorm`).
-        sequential: quirk (b), run the children in sequence (:func:`sequential_children`).
-        until: last child to run when ``sequential`` (default all).
-        **measure_kwargs: any other argument of :func:`~lightning_memloc.measure`, e.g.
-            ``reduction="median"`` (quirk c) or ``pairing="anchor"`` (quirk d).
-
-    Returns:
-        The report; ``meta`` records ``train_bn`` and ``sequential_children``.
+    Quirks (c) and (d) are ``reduction="median"`` and ``pairing="anchor"`` in ``**measure_kwargs``; ``meta``
+    records ``train_bn`` and ``sequential_children``.
 
     Example:
         >>> import torch
@@ -180,10 +137,9 @@ def measure_with_quirks(encoder: nn.Module, candidates: Union[Candidates, Seeded
 
 def measure_as_authors(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *,
                        reference: Optional[nn.Module] = None, **measure_kwargs: Any) -> MemorizationReport:
-    """:func:`measure_with_quirks` with all four quirks of the authors' scripts (:data:`AUTHORS_QUIRKS`).
+    """:func:`measure_with_quirks` with all four quirks (:data:`AUTHORS_QUIRKS`); keywords override them.
 
-    Note that the authors' LayerMem script calls ``.eval()``: for their LayerMem, use
-    ``measure_with_quirks(..., pairing="anchor")`` instead. Keyword arguments override the quirks.
+    The authors' LayerMem script calls ``.eval()``: for their LayerMem use ``pairing="anchor"`` alone.
     """
     return measure_with_quirks(encoder, candidates, reference=reference, **{**AUTHORS_QUIRKS, **measure_kwargs})
 
@@ -204,30 +160,10 @@ def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededView
                     seed: int = 0, layers: Union[str, Sequence[Union[str, LayerSpec]]] = "auto",
                     transform: Optional[Callable] = None, reduction: str = "median", sequential: bool = True,
                     train_bn: bool = True, negative: str = "clamp") -> Dict[str, Tensor]:
-    """UnitMem computed the way the authors' script does: a literal, slow reference.
+    """UnitMem the way the authors' script computes it: a literal, slow reference; layer -> ``(U,)``.
 
-    Every view of every candidate is one forward of a batch of size 1 through the model in
-    training mode (``train_bn=True``: real BatchNorm with per-view statistics) or eval mode, run
-    through its children in sequence (``sequential=True``); unit activations are averaged over the
-    views and UnitMem uses the median of the other candidates (``reduction``). The views are the
-    seeded views of :func:`~lightning_memloc.measure` with the same ``seed``/``transform``.
-    BatchNorm in training mode updates its running statistics: they, every other buffer and every
-    module's mode are restored afterwards (also on error); nothing runs with gradients.
-
-    Args:
-        encoder: the encoder.
-        candidates: images (N, C, H, W), precomputed views (N, K, C, H, W) or a ``Dataset``.
-        views: K, views per candidate.
-        seed: view seed.
-        layers: ``"auto"`` or layer names.
-        transform: view transform, as for :func:`~lightning_memloc.measure`.
-        reduction: ``"median"`` (theirs) or ``"mean"`` (the paper's).
-        sequential: run the children in sequence (theirs) instead of ``forward``.
-        train_bn: keep the model in training mode (theirs) instead of eval mode.
-        negative: negative-activation policy of :func:`~lightning_memloc.functional.unitmem.unitmem`.
-
-    Returns:
-        layer name -> (U,) UnitMem, layers in forward order.
+    Every view is one forward of batch size 1 (train mode with ``train_bn``, children in sequence with
+    ``sequential``) on the seeded views of :func:`~lightning_memloc.measure`; buffers and modes are restored.
 
     Example:
         >>> import torch

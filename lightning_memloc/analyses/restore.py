@@ -1,12 +1,7 @@
-"""Single-unit restore: fine-tune a layer, then keep the change of chosen units only.
+"""Single-unit restore: fine-tune a layer, then keep the change of chosen units only (the authors' recipe).
 
-PyTorch cannot train one output channel of a conv layer on its own (``requires_grad`` is per
-tensor). Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) work around
-it in their ``finetune.py`` + ``neuron_replace.py``: fine-tune the whole layer, then copy the
-original weights back into every unit but the chosen one. :func:`restore_units` does the copy
-(weights, bias, and the unit's normalisation parameters and running statistics);
-:func:`finetune_units` runs the whole recipe and measures UnitMem of the kept units before and
-after.
+``requires_grad`` is per tensor, so one conv channel cannot train alone: the whole layer is fine-tuned and
+every other unit is copied back from the original.
 """
 
 from __future__ import annotations
@@ -26,13 +21,7 @@ _UNIT_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def unit_module(layer_module: nn.Module) -> Tuple[str, int]:
-    """The conv / linear module inside a layer whose output channels are the layer's units.
-
-    It is the last ``Conv*d`` / ``Linear`` of the layer in ``named_modules()`` order (the conv of
-    a conv-BN-ReLU block; the second conv of a residual block).
-
-    Returns:
-        ``(name relative to the layer, number of units)``.
+    """``(name, number of units)`` of the last conv / linear module inside a layer: its outputs are the units.
 
     Raises:
         ValueError: the layer holds no conv or linear module (e.g. a bare ReLU tap).
@@ -64,27 +53,12 @@ def restore_units(module: nn.Module, original: nn.Module, layer: str,
                   keep: Union[int, Sequence[int], Tensor]) -> Dict[str, str]:
     """Reset every unit of ``layer`` except ``keep`` to ``original``'s weights, in place.
 
-    Unit tensors are those of the layer's unit module (see :func:`unit_module`) and of the
-    modules after it inside the layer (BatchNorm / LayerNorm) whose first dimension is the number
-    of units: their rows outside ``keep`` are copied from ``original``. Every other tensor of the
-    layer (an earlier conv of a residual block, scalar counters such as ``num_batches_tracked``
-    excepted) is shared by all units and is restored whole, so only the kept units differ from
-    ``original`` afterwards. The model's mode and ``requires_grad`` flags are left as they are.
-
-    Args:
-        module: the fine-tuned model (changed in place).
-        original: the model before fine-tuning (same architecture; unchanged).
-        layer: module name of the layer, as in ``named_modules()`` (e.g. ``"res2.conv2"``).
-        keep: unit index or indices whose fine-tuned weights stay.
-
-    Returns:
-        tensor name (relative to the layer) -> ``"rows"`` (units outside ``keep`` restored) or
-        ``"all"`` (restored whole).
+    Rows of the unit module and of the norms after it are restored outside ``keep``; every other tensor of the
+    layer is shared by all units and restored whole. Returns tensor name -> ``"rows"`` or ``"all"``.
 
     Raises:
         LayerNotFoundError: ``layer`` is not a module of both models.
         ArchitectureMismatchError: the layer's tensors differ in names or shapes.
-        ValueError / TypeError: bad ``keep``, or a layer without unit weights.
 
     Example:
         >>> from lightning_memloc.models import TinyCNN
@@ -134,28 +108,13 @@ def finetune_units(
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Fine-tune ``layer`` of a copy of ``encoder``, keep only ``units``' change, measure their UnitMem.
 
-    The copy runs in eval mode (BatchNorm uses its running statistics, so only weights change);
-    only the layer's parameters train, with Adam for ``steps`` steps on ``loss_fn(copy)``. Then
-    :func:`restore_units` puts every other unit back, and UnitMem of ``tap`` (default ``layer``)
-    is measured on ``candidates`` for the original and the result with the same views.
-
-    Args:
-        encoder: the trained encoder (unchanged).
-        layer: the layer to fine-tune (module name).
-        units: the unit(s) to keep.
-        loss_fn: ``model -> scalar loss`` (e.g. cross-entropy of a head, or minus a unit's
-            activation on a target image to make the unit memorize it).
-        candidates: what :func:`~lightning_memloc.measure` takes.
-        steps: optimizer steps (≥ 1).
-        lr: Adam learning rate (> 0).
-        tap: layer whose UnitMem is measured (default ``layer``; e.g. ``"relu1"`` for ``"fc1"``).
-        **measure_kwargs: forwarded to ``measure`` (``views``, ``seed``, ``batch_size``...).
+    The copy trains in eval mode (Adam, ``steps`` steps on ``loss_fn(copy) -> scalar``), then
+    :func:`restore_units` puts every other unit back; UnitMem of ``tap`` (default ``layer``) is measured
+    before and after with the same views (``**measure_kwargs`` go to ``measure``).
 
     Returns:
-        ``(tuned copy, result)`` with result ``{"layer", "tap", "units", "steps", "lr",
-        "unit_mem_before", "unit_mem_after", "argmax_before", "argmax_after",
-        "other_units_max_change"}`` (per kept unit lists; the last value checks that the other
-        units' UnitMem did not move).
+        ``(tuned copy, result)``, result ``{"layer", "tap", "units", "steps", "lr", "unit_mem_before",
+        "unit_mem_after", "argmax_before", "argmax_after", "other_units_max_change"}``.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")

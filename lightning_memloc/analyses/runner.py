@@ -1,11 +1,4 @@
-"""Run the paper's extra analyses by name and store their tables in ``report.analyses``.
-
-One entry point for ``memloc analyze --analyses consistency,exchange,atypicality`` and for
-scripts: every argument is checked before the first (slow) analysis runs, and each result (a
-JSON-serialisable dict) goes into :attr:`MemorizationReport.analyses` under its name, so
-``report.save`` writes it and ``memloc plot`` can draw it (Wang et al., *Localizing
-Memorization in SSL Vision Encoders*, NeurIPS 2024).
-"""
+"""Run the extra analyses by name (``memloc analyze --analyses``) into ``report.analyses``."""
 
 from __future__ import annotations
 
@@ -61,27 +54,16 @@ def run_analyses(
     batch_size: int = 64,
     control: Optional[Tensor] = None,
 ) -> Dict[str, Any]:
-    """Run ``names`` on ``encoder`` (and ``reference``) and store the results in ``report.analyses``.
+    """Run ``names`` on ``encoder`` (and ``reference``); return name -> result, also in ``report.analyses``.
 
     Args:
-        names: analyses, see :func:`parse_analyses`.
-        report: the report of ``encoder`` (against ``reference``) on ``candidates``.
-        encoder: the encoder ``f``.
-        reference: the reference ``g`` (needed by ``consistency``'s SSLMem and by ``exchange``).
-        candidates: (N, C, H, W) candidate images in report order (``exchange``, ``atypicality``).
-        pool: (M, C, H, W) training images for ``atypicality``'s neighbours.
+        reference: needed by ``consistency``'s SSLMem and by ``exchange``.
+        candidates: ``(N, C, H, W)`` candidate images in report order (``exchange``, ``atypicality``).
+        pool: ``(M, C, H, W)`` training images for ``atypicality``'s neighbours.
         candidate_labels, pool_labels: labels for the class-mean distance (optional).
-        exclude: (N,) pool position of each candidate itself, or −1 (``atypicality``).
-        pool_ids: ids to report pool images by.
+        exclude: ``(N,)`` pool position of each candidate itself, or −1 (``atypicality``).
         top_k: top-k of ``consistency`` (default: the report's ``meta["top_k"]``, else 50).
-        exchange_k: size of the exchanged layer groups.
-        random_draws: random layer groups in ``exchange``.
-        knn: neighbours of the kNN atypicality.
-        batch_size: candidates per step of the measurements and embeddings.
         control: control images for ``exchange`` (its ``drop_minus_control`` column).
-
-    Returns:
-        name -> result (also stored in ``report.analyses``).
     """
     chosen = parse_analyses(names)
     needs_reference = [n for n in chosen if n in ("consistency", "exchange")]

@@ -1,18 +1,8 @@
-"""Argument checks shared by the whole package: one home for choice / int / finite / seed / id checks.
+"""Argument checks shared by the package: each runs before any work and names the argument and the fix.
 
-Every check runs before any work (no forward pass, no file written) and raises a standard error
-(``TypeError``, ``ValueError``, ``MemoryError``) whose message names the argument and the fix, so
-that a bad input never turns into a silent wrong result (Wang et al., *Localizing Memorization in
-SSL Vision Encoders*, NeurIPS 2024, compare the same views of the same candidates across encoders:
-the identity of candidates, the seed and the value range of the images all change the numbers).
-See ``docs/reliability.md`` for the table of cases.
-
-Import every check from here (``from lightning_memloc.checks import check_int``); the package keeps
-them in three files by what they check: :mod:`~lightning_memloc.checks.values` (ints, choices and
-the tuples of allowed choices, finite numbers, seeds, recorded settings),
-:mod:`~lightning_memloc.checks.tensors` (id vectors, activation matrices, images, labels, index
-files, report values) and :mod:`~lightning_memloc.checks.modules` (the reference, compiled wrappers,
-device memory) and :mod:`~lightning_memloc.checks.inputs` (dense tensors, label sequences, JSON ``meta``).
+Import them from here; ``values`` checks numbers, choices and seeds, ``tensors`` ids, activations, images and
+report values, ``modules`` the reference, compiled wrappers and memory, ``inputs`` dense tensors, labels and
+JSON ``meta``. ``docs/reliability.md`` lists the cases.
 """
 
 from lightning_memloc.checks.inputs import as_label_tensor, check_dense, check_has_weights, check_json_meta

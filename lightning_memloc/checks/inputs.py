@@ -1,9 +1,4 @@
-"""Checks of the data a user hands over: tensors that hold values, class-id labels, JSON-storable ``meta``.
-
-Part of :mod:`lightning_memloc.checks` (import the names from there). A sparse or meta tensor, class
-names instead of ids, or a ``meta`` value the report's JSON cannot hold used to fail deep inside
-the pass (or after it, in ``save``) with a message that named none of the arguments.
-"""
+"""Checks of the data a user hands over: tensors that hold values, class-id labels, JSON-storable ``meta``."""
 
 from __future__ import annotations
 
@@ -17,11 +12,7 @@ __all__ = ["as_label_tensor", "check_dense", "check_has_weights", "check_json_me
 
 
 def check_dense(value: Tensor, name: str) -> None:
-    """Refuse tensors without readable values: sparse, nested and meta-device tensors.
-
-    Raises:
-        TypeError: a sparse (COO, CSR, ...) or nested tensor.
-        ValueError: a tensor on the ``meta`` device (shapes only).
+    """Refuse sparse and nested tensors (``TypeError``) and meta-device tensors (``ValueError``).
 
     Example:
         >>> check_dense(torch.zeros(2, 3), "candidates")
@@ -40,13 +31,13 @@ def check_dense(value: Tensor, name: str) -> None:
 
 
 def check_has_weights(model: torch.nn.Module, name: str) -> None:
-    """Refuse a model with parameters or buffers on the meta device (built with ``device="meta"``: no weights).
+    """Refuse a model with parameters or buffers on the meta device (built with ``device="meta"``).
 
     Example:
-        >>> check_has_weights(torch.nn.Linear(2, 2, device="meta"), "encoder")
+        >>> check_has_weights(torch.nn.Linear(2, 2, device="meta"), "encoder")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `encoder` has parameters or buffers on the meta device (shapes, no weights), e.g. 'weight': materialise it first, e.g. `model.to_empty(device='cpu')` then `model.load_state_dict(...)`.
+        ValueError: `encoder` has parameters or buffers on the meta device (shapes, no weights), ...
     """
     tensors = list(model.named_parameters()) + list(model.named_buffers())
     meta = next((key for key, t in tensors if t.is_meta), None)
@@ -105,20 +96,14 @@ def _first_unstorable(value: Any, where: str) -> tuple[str, str] | None:
 
 
 def check_json_meta(meta: Mapping[str, Any], name: str = "meta") -> None:
-    """Every key of ``meta`` a string and every value JSON can hold (numbers, strings, bools, None, lists, dicts).
-
-    Reports store ``meta`` as JSON; a value it cannot hold would fail ``save`` after the whole pass.
-    Non-finite floats are allowed (stored as ``NaN`` / ``Infinity``, read back as floats).
-
-    Raises:
-        TypeError: names the first key that cannot be stored and the fix.
+    """Refuse (``TypeError``) a ``meta`` the report's JSON cannot store; NaN and inf are allowed.
 
     Example:
         >>> check_json_meta({"epoch": 3, "lr": float("nan"), "tags": ["a", {"b": None}]})
-        >>> check_json_meta({"lr": torch.tensor(0.1)})
+        >>> check_json_meta({"lr": torch.tensor(0.1)})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        TypeError: `meta['lr']` is a Tensor (use .item() or .tolist()), which the report's JSON cannot store: pass plain numbers, strings, bools, None, lists and dicts.
+        TypeError: `meta['lr']` is a Tensor (use .item() or .tolist()), which the report's JSON ...
     """
     found = _first_unstorable(dict(meta), f"`{name}")
     if found:

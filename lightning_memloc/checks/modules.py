@@ -1,9 +1,4 @@
-"""Checks of the modules and devices a measurement runs on: the reference, compiled wrappers, memory.
-
-Part of :mod:`lightning_memloc.checks` (import the names from there). SSLMem and LayerMem (Wang et
-al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024) compare an encoder with a
-reference trained without the candidates: a reference that is the encoder gives 0 silently.
-"""
+"""Checks of the modules and devices a measurement runs on: the reference, compiled wrappers, memory."""
 
 from __future__ import annotations
 
@@ -21,11 +16,7 @@ __all__ = ["check_layers_exist", "check_reference", "check_views_memory", "named
 
 def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device,
                        itemsize: int = 4) -> None:
-    """Refuse a forward batch of views that cannot fit in memory, before it is allocated.
-
-    One step holds ``max(batch_size, 2) · views`` views (the probe uses 2 candidates); the input
-    alone may take at most half of the device's memory (the host's RAM on the CPU).
-    """
+    """Refuse a step of ``max(batch_size, 2) · views`` views over half the device's (host's) memory."""
     per_view = int(np.prod([int(s) for s in view_shape])) * itemsize
     need = max(batch_size, 2) * views * per_view
     total = _memory_of(device)
@@ -47,11 +38,7 @@ def _memory_of(device: torch.device) -> Optional[int]:
 
 
 def unwrap_compiled(module: Any) -> Any:
-    """The eager module inside a ``torch.compile`` wrapper (its layer names are the user's names).
-
-    Measuring the original module runs the same weights eagerly: forward hooks work and nothing is
-    recompiled. Anything else is returned as is.
-    """
+    """The eager module inside a ``torch.compile`` wrapper (the user's layer names, hooks fire)."""
     inner = getattr(module, "_orig_mod", None)
     return inner if isinstance(module, nn.Module) and isinstance(inner, nn.Module) else module
 
@@ -60,14 +47,7 @@ def check_reference(encoder: nn.Module, reference: Optional[nn.Module], argument
                     same_weights: bool = True) -> None:
     """Refuse a reference that cannot show memorization: the encoder, one sharing its layers, or a copy.
 
-    SSLMem compares the encoder with a reference trained without the candidates; a reference that
-    shares parameters with the encoder, or holds exactly its weights, gives LayerMem 0 silently.
-
-    Args:
-        encoder: the encoder ``f``.
-        reference: the reference ``g`` (``None``: nothing to check).
-        argument: the argument name for the messages.
-        same_weights: also refuse a reference whose weights equal the encoder's.
+    Any of these gives LayerMem 0 silently; ``same_weights`` also refuses a copy of the encoder's weights.
     """
     if reference is None:
         return
@@ -85,7 +65,7 @@ def check_reference(encoder: nn.Module, reference: Optional[nn.Module], argument
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    """Same parameters (buffers such as BatchNorm statistics may differ: a copy trained with lr 0 is still a copy)."""
+    """Same parameters (buffers such as BatchNorm statistics may differ: trained with lr 0 is a copy)."""
     sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
     if sa.keys() != sb.keys() or not sa:
         return False
@@ -94,13 +74,7 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 def named_module(model: nn.Module, name: str, argument: str) -> nn.Module:
-    """The submodule of ``model`` called ``name``, or a :class:`LayerNotFoundError` suggesting close names.
-
-    Args:
-        model: the model to look in.
-        name: a non-empty name from ``model.named_modules()``.
-        argument: the argument ``model`` was passed as, for the message.
-    """
+    """The submodule of ``model`` called ``name``, or a :class:`LayerNotFoundError` suggesting close names."""
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         close = difflib.get_close_matches(name, [n for n in modules if n], n=3)

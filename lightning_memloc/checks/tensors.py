@@ -1,9 +1,4 @@
-"""Checks of tensor arguments: candidate ids, index files, image layout and range, labels, report values.
-
-Part of :mod:`lightning_memloc.checks` (import the names from there). Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024) score candidates by id and feed images in
-[0, 1] to the SimCLR augmentation: a duplicated id or a 0-255 image changes the numbers silently.
-"""
+"""Checks of tensor arguments: candidate ids, index files, image layout and range, labels, report values."""
 
 from __future__ import annotations
 
@@ -25,11 +20,9 @@ RANGE_TOLERANCE = 0.01
 
 
 def check_candidate_ids(candidate_ids: Any, n: int, name: str = "candidate_ids") -> Tensor:
-    """(N,) distinct non-negative integer ids (``None``: ``0..N-1``); floats and duplicates are refused.
+    """``(N,)`` distinct non-negative integer ids (``None``: ``0..N-1``); floats and duplicates are refused.
 
-    A duplicated id would compare an image with its own copy (UnitMem's μ-max) and report two
-    candidates under one name; a float id would be truncated. Negative ids are reserved (-1 marks
-    a unit without μ-max candidate in a report).
+    A duplicate would compare an image with its own copy (UnitMem's μ-max); -1 means "no candidate".
 
     Example:
         >>> check_candidate_ids([4, 2, 9], 3).tolist()
@@ -70,9 +63,8 @@ def check_image_layout(shape: Sequence[int], name: str = "candidates") -> None:
 def check_image_range(images: Tensor, name: str = "candidates", *, strict: bool = True) -> None:
     """Float images must lie in [0, 1] (the SimCLR augmentation clamps everything else).
 
-    One ``aminmax`` over the tensor. ``strict``: raise a ``ValueError`` (the default augmentation
-    would saturate the views); otherwise warn (a custom transform may expect another range).
-    NaN or inf pixels are a ``ValueError`` either way.
+    ``strict``: raise a ``ValueError``, else warn (a custom transform may expect another range). NaN or
+    inf pixels raise either way.
     """
     if not images.is_floating_point() or images.numel() == 0:
         return
@@ -104,8 +96,7 @@ def check_labels_layout(labels: Tensor, n: int) -> None:
 
 
 def check_report_values(report: Any) -> None:
-    """Values a report can hold: UnitMem in [0, 1], μ-max ids among the candidates (or -1 for a dead unit),
-    distinct candidate ids, top / least ids among the candidates. Raises ``ReportFormatError``."""
+    """Raise ``ReportFormatError`` for UnitMem outside [0, 1] or unknown / duplicate candidate ids."""
     from lightning_memloc.errors import ReportFormatError
 
     ids = report.candidate_ids
@@ -129,10 +120,7 @@ def check_report_values(report: Any) -> None:
 
 
 def check_index_values(values: Any, name: str = "--indices") -> Tensor:
-    """Integer indices read from a file (JSON / text / ``.npy``): non-integers and duplicates are refused.
-
-    Integral floats (``3.0``) are accepted; ``1.5``, ``true`` or ``"a"`` are not (a float would be
-    truncated onto another image), and a repeated index would measure one image twice.
+    """Integer indices read from a file (JSON / text / ``.npy``); non-integers and duplicates are refused.
 
     Example:
         >>> check_index_values(["4", "2"]).tolist()
@@ -163,7 +151,7 @@ def check_index_values(values: Any, name: str = "--indices") -> Tensor:
 
 
 def as_long_tensor(value: Any, name: str) -> Tensor:
-    """``value`` (an int, a sequence or a tensor of integers) as a ``LongTensor``; floats and bools are refused.
+    """``value`` (an int, a sequence or a tensor of integers) as a ``LongTensor``; floats, bools refused.
 
     Example:
         >>> as_long_tensor([3, 1], "index")
@@ -176,10 +164,7 @@ def as_long_tensor(value: Any, name: str) -> Tensor:
 
 
 def check_id_vector(name: str, value: object, length: int, rows_of: str, what: str) -> Tensor:
-    """Validate ``value`` as an integer tensor of shape ``(length,)``: one ``what`` per row of ``rows_of``.
-
-    Shared by the ``labels`` of ClassMem and the ``index`` of the metrics' ``update``.
-    """
+    """``value`` as an integer tensor of shape ``(length,)``: one ``what`` per row of ``rows_of``."""
     if not isinstance(value, Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor of {what}s, got {type(value).__name__}.")
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
@@ -192,10 +177,7 @@ def check_id_vector(name: str, value: object, length: int, rows_of: str, what: s
 
 
 def check_float_tensor(name: str, value: object, ndim: int, shape_hint: str) -> Tensor:
-    """Check that ``value`` is a tensor with ``ndim`` dims and return it as a floating tensor.
-
-    Integer and boolean tensors are converted to the default floating dtype.
-    """
+    """``value`` as a floating tensor with ``ndim`` dims (integer and bool tensors converted)."""
     if not isinstance(value, Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor of shape {shape_hint}, got {type(value).__name__}.")
     if value.ndim != ndim:

@@ -1,9 +1,4 @@
-"""Checks of scalar arguments: ints, choices, finite numbers, seeds, byte limits and recorded settings.
-
-Part of :mod:`lightning_memloc.checks` (import the names from there). Wang et al., *Localizing
-Memorization in SSL Vision Encoders* (NeurIPS 2024) compare the same views of the same candidates
-across encoders: the seed and the settings recorded with a report must be exactly what was asked.
-"""
+"""Checks of scalar arguments: ints, choices, finite numbers, seeds, byte limits and recorded settings."""
 
 from __future__ import annotations
 
@@ -28,15 +23,9 @@ PAIRINGS = ("all", "anchor")
 
 def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None, *,
               type_error: bool = False) -> int:
-    """``value`` as a Python ``int`` (NumPy / 0-d integer tensors accepted; bools and floats refused).
+    """``value`` as an ``int`` in ``[low, high)`` (NumPy / 0-d integer tensors accepted; bools, floats refused).
 
-    Args:
-        name: the argument, for the message.
-        value: the value to check.
-        low: smallest allowed value (``None``: no bound).
-        high: first value above the allowed range (``None``: no bound).
-        type_error: raise ``TypeError`` (not ``ValueError``) for a value that is not an int; the
-            measurement settings raise ``ValueError`` for both, models and selections ``TypeError``.
+    ``type_error``: raise ``TypeError`` (not ``ValueError``) for a value that is not an int.
 
     Example:
         >>> check_int("views", np.int64(4), 1)
@@ -61,7 +50,7 @@ def _bounds(low: Optional[int], high: Optional[int]) -> str:
 
 
 def as_python_number(value: Any) -> Any:
-    """NumPy integer / floating scalars as Python ``int`` / ``float``; anything else unchanged (bools included)."""
+    """NumPy integer / floating scalars as Python ``int`` / ``float``; anything else unchanged."""
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
@@ -70,14 +59,7 @@ def as_python_number(value: Any) -> Any:
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str], *, as_tuple: bool = True) -> str:
-    """``value`` if it is one of ``allowed`` (strings), else a ``ValueError`` listing them.
-
-    Args:
-        name: the argument, for the message.
-        value: the value to check.
-        allowed: the allowed strings, e.g. :data:`REDUCTIONS`.
-        as_tuple: list them as a tuple (``('mean', 'median')``, the measurement's messages) or
-            bare (``'mean', 'median'``, the selections' and callbacks' messages).
+    """``value`` if it is one of ``allowed``, else a ``ValueError`` listing them (``as_tuple``: as a tuple).
 
     Example:
         >>> check_choice("reduction", "median", REDUCTIONS)
@@ -131,8 +113,7 @@ def check_memory_limit(value: Any) -> Optional[int]:
 
 
 def check_meta(meta: Optional[Mapping[str, Any]], settings: Mapping[str, Any]) -> Dict[str, Any]:
-    """``meta`` merged after ``settings``; a key that would change a recorded setting, or a value the
-    report's JSON cannot store, is refused."""
+    """``meta`` merged after ``settings``; refused if it changes a setting or JSON cannot store it."""
     if meta is None:
         return dict(settings)
     if not isinstance(meta, Mapping):

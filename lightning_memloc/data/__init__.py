@@ -1,11 +1,7 @@
 """Data sources and the shared / candidate / independent split.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) train the encoder
-``f`` on shared ∪ candidates and the reference ``g`` on shared ∪ independent (CIFAR-10: 40k / 5k /
-5k of the 50k training images); memorization is then measured on the candidates, which only
-``f`` has seen. Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])``. Modules:
-:mod:`~lightning_memloc.data.loaders` (the sources), :mod:`~lightning_memloc.data.splits` (the
-split) and :mod:`~lightning_memloc.data.datasets` (dataset items).
+``f`` trains on shared ∪ candidates, the reference ``g`` on shared ∪ independent; memorization is measured
+on the candidates. Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])``.
 
 Example:
     >>> images, labels = load_digits(size=16)

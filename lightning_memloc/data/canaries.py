@@ -1,12 +1,4 @@
-"""Planted canaries: atypical images whose memorization a short CPU run can show.
-
-A few thousand SimCLR steps on a small set of typical images (digits) do not make an encoder
-memorize individual images measurably — candidates and a control set score the same (see
-``docs/evidence.md``). Atypical images do get memorized: Wang et al., *Localizing Memorization
-in SSL Vision Encoders* (NeurIPS 2024) find the most memorized candidates are atypical ones.
-This module cuts such canaries offline from the two sample photographs scikit-learn ships
-(``china.jpg``, ``flower.jpg``) and lays out the four groups a controlled experiment needs.
-"""
+"""Planted canaries: atypical image crops whose memorization a short CPU run shows (``docs/evidence.md``)."""
 
 from __future__ import annotations
 
@@ -21,17 +13,9 @@ __all__ = ["CanaryLayout", "canary_layout", "photo_canaries"]
 
 
 def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3, seed: int = 0) -> Tensor:
-    """``count`` random ``crop``×``crop`` gray crops of scikit-learn's sample photographs, resized.
+    """``count`` random ``crop``×``crop`` gray crops of scikit-learn's sample photos, resized to ``size``.
 
-    Args:
-        count: number of canaries (≥ 1).
-        size: output side in pixels.
-        crop: side of the square crop in the 427×640 photographs (≤ 427).
-        channels: output channels (the gray value repeated), to match the other training images.
-        seed: crop positions and photographs are drawn from this seed.
-
-    Returns:
-        uint8 tensor ``(count, channels, size, size)``.
+    Returns a uint8 tensor ``(count, channels, size, size)``; ``crop`` ≤ 427 (the photographs' height).
 
     Example:
         >>> photo_canaries(3, size=8).shape
@@ -55,12 +39,8 @@ def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3
 
 
 class CanaryLayout(NamedTuple):
-    """Indices into ``cat([base, canaries])`` for a controlled canary experiment.
-
-    Attributes:
-        split: shared = base ∪ control canaries; candidates (``f`` only); independent (``g`` only).
-        control: canaries both encoders train on (the null of LayerMem).
-        unseen: canaries neither encoder trains on (the null of UnitMem's membership test).
+    """Indices into ``cat([base, canaries])``: ``split`` (shared = base ∪ control), ``control`` (both
+    encoders train on them: the null of LayerMem), ``unseen`` (neither does: the null of UnitMem's test).
     """
 
     split: SplitIndices
@@ -69,8 +49,7 @@ class CanaryLayout(NamedTuple):
 
 
 def canary_layout(num_base: int, per_group: int, seed: int = 0) -> CanaryLayout:
-    """Assign ``4 · per_group`` canaries (after ``num_base`` base images) at random to candidates,
-    independent, control and unseen groups.
+    """Assign ``4 · per_group`` canaries (after ``num_base`` images) at random to the four groups.
 
     Example:
         >>> lay = canary_layout(5, 2)

@@ -1,8 +1,4 @@
-"""Dataset items: images as float tensors, ``(image, label)`` items, and a uint8 tensor image dataset.
-
-The candidates of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
-may come from any dataset; these helpers read its items the same way everywhere.
-"""
+"""Dataset items: images as float tensors, ``(image, label)`` items, and a uint8 tensor image dataset."""
 
 from __future__ import annotations
 
@@ -20,8 +16,7 @@ _HALF = (torch.float16, torch.bfloat16)
 def as_float_image(img: Any) -> Tensor:
     """A dataset image (PIL, uint8 or float tensor) as a float (C, H, W) tensor (uint8 / 255).
 
-    float16 / bfloat16 images become float32: views made in half precision would differ from the
-    views of the very same pixels given as float32 (LayerMem off by up to 0.05).
+    float16 / bfloat16 become float32: half-precision views would shift LayerMem by up to 0.05.
 
     Example:
         >>> as_float_image(torch.full((1, 2, 2), 255, dtype=torch.uint8)).max().item()
@@ -44,10 +39,9 @@ def as_float_image(img: Any) -> Tensor:
 
 
 def split_item(item: Any) -> tuple[Any, int]:
-    """``(image, label)`` of a dataset item: an image, or a tuple ``(image, label, ...)``.
+    """``(image, label)`` of an image or an ``(image, label, ...)`` item; label -1 when missing or not an int.
 
-    The label is -1 when missing or not an integer (e.g. a segmentation target). Items in the
-    order ``(label, image)`` and one-hot labels are refused with a message saying so.
+    ``(label, image)`` items and one-hot labels are refused.
     """
     if isinstance(item, (tuple, list)):
         _check_item_order(item)
@@ -79,15 +73,12 @@ def _check_item_order(item: Sequence[Any]) -> None:
 
 
 class TensorImageDataset(Dataset):
-    """``(image, label)`` dataset over uint8 images (N, C, H, W), for SSL training loops.
+    """``(image, label)`` dataset over uint8 images ``(N, C, H, W)``, for SSL training loops.
 
     Args:
-        images: uint8 tensor (N, C, H, W).
-        labels: optional labels (length N); -1 when missing.
-        transform: applied to the uint8 (C, H, W) image (e.g. a lightly ``SimCLRTransform``,
-            which returns a list of views); without it the raw uint8 image is returned, for a
-            batched augmentation such as :class:`~lightning_memloc.views.seeded.BatchedSimCLRAugment`
-            inside the model.
+        labels: length N; -1 when missing.
+        transform: applied to the uint8 ``(C, H, W)`` image (e.g. lightly's ``SimCLRTransform``); without
+            it the raw image is returned, for a batched augmentation inside the model.
 
     Example:
         >>> ds = TensorImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([3, 5]))
@@ -118,22 +109,16 @@ class TensorImageDataset(Dataset):
 
 
 class CheckedImages(Dataset):
-    """``dataset`` whose tensor images are checked as they are read, under the argument's name.
+    """``dataset`` whose tensor images are checked as they are read; messages name ``name[i]``.
 
-    A control or unseen ``Dataset`` joins the candidates in one pooled view set; without this
-    wrapper a NaN or 0-255 image in it was reported as a bad *candidate*.
-
-    Args:
-        dataset: a map-style dataset of images or ``(image, label, ...)`` items.
-        name: the argument (``"control"``, ``"unseen"``); messages name ``name[i]``.
-        strict: 0-255 floats raise (``True``, the default augmentation) or warn.
+    ``strict``: 0-255 floats raise (``True``) or warn.
 
     Example:
         >>> ds = CheckedImages([torch.full((1, 2, 2), float("nan"))], "control")
-        >>> ds[0]
+        >>> ds[0]  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `control[0]` holds 4 NaN or inf pixel value(s): every view and activation of those images would be non-finite; pass finite images (e.g. drop them, or torch.nan_to_num(control[0])).
+        ValueError: `control[0]` holds 4 NaN or inf pixel value(s): ...
     """
 
     def __init__(self, dataset: Any, name: str, strict: bool = True) -> None:

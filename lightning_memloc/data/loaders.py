@@ -1,9 +1,4 @@
-"""Data sources of the candidates and training sets: named data sets, ``.npz`` files, image folders.
-
-Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])`` (labels -1 when missing), the
-form in which Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) split
-a training set into shared / candidates / independent (:mod:`lightning_memloc.data.splits`).
-"""
+"""Loaders of data sets, ``.npz`` files and image folders: ``(uint8 Tensor[N, C, H, W], LongTensor[N])``."""
 
 from __future__ import annotations
 
@@ -37,17 +32,7 @@ def resize_images(images: Tensor, size: int | None) -> Tensor:
 
 
 def load_digits(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
-    """scikit-learn's bundled handwritten digits (1797 images, 10 classes), fully offline.
-
-    The 8x8 images (values 0..16) are rescaled to uint8 0..255, resized (bilinear) to ``size``
-    and replicated to ``channels``: a small stand-in for CIFAR-10 in tests and examples.
-
-    Args:
-        size: output side length.
-        channels: number of (identical) channels.
-
-    Returns:
-        ``(uint8 Tensor[1797, channels, size, size], LongTensor[1797])``.
+    """scikit-learn's bundled digits (1797 images, 10 classes) as uint8 ``(1797, channels, size, size)``.
 
     Example:
         >>> x, y = load_digits(size=8, channels=1)
@@ -96,9 +81,7 @@ def _labels(y: Any, n: int, source: str) -> Tensor:
 
 
 def load_npz(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
-    """Images and labels from an ``.npz`` file with keys ``x``/``y`` (or ``images``/``labels``).
-
-    ``x`` is uint8 N×H×W×C or N×H×W; a file without labels gets labels -1.
+    """Images and labels from an ``.npz`` with keys ``x``/``y`` (or ``images``/``labels``); no labels: -1.
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -156,16 +139,9 @@ def _read(archive: Any, key: str, path: Path) -> np.ndarray:
 
 def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
                      download: bool = True) -> tuple[Tensor, Tensor]:
-    """CIFAR-10, STL-10 (labelled split) or SVHN through ``torchvision.datasets``.
-
-    Args:
-        name: ``"cifar10"``, ``"stl10"`` or ``"svhn"`` (case-insensitive).
-        root: folder holding (or receiving) the torchvision files.
-        train: training split (else test).
-        download: let torchvision download missing files.
+    """CIFAR-10, STL-10 (labelled split) or SVHN through ``torchvision.datasets`` (``train``: else test).
 
     Raises:
-        ValueError: unknown ``name``.
         FileNotFoundError: files missing and ``download=False``.
         RuntimeError: the download failed (e.g. no network).
     """
@@ -203,13 +179,7 @@ def _read_image(ds: Any, i: int) -> Tensor:
 
 
 def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tensor]:
-    """A ``torchvision.datasets.ImageFolder`` (one sub-folder per class) as RGB uint8 tensors.
-
-    Each image is resized (shorter side to ``size``) and centre-cropped to ``size`` x ``size``.
-
-    Returns:
-        ``(uint8 Tensor[N, 3, size, size], LongTensor[N])`` with labels in sorted class order.
-    """
+    """An ``ImageFolder`` (one sub-folder per class) as uint8 ``(N, 3, size, size)``, centre-cropped."""
     from torchvision import datasets, transforms
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -227,13 +197,7 @@ def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tenso
 
 def load_data(spec: str | os.PathLike, root: str | os.PathLike = "data",
               size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Load a data set by name or path: ``"digits"``, ``"cifar10"``, ``"stl10"``, ``"svhn"``, an
-    ``.npz`` file or an image folder (``size`` is then required).
-
-    Args:
-        spec: data set name or path.
-        root: torchvision download folder for named data sets.
-        size: output side length (``None``: native size; digits default to 32).
+    """Load ``"digits"``, ``"cifar10"``, ``"stl10"``, ``"svhn"``, an ``.npz`` or an image folder (with ``size``).
 
     Example:
         >>> x, y = load_data("digits", size=16)

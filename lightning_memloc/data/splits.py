@@ -1,9 +1,4 @@
-"""The shared / candidate / independent split of a training set.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) train the encoder
-``f`` on shared ∪ candidates and the reference ``g`` on shared ∪ independent (CIFAR-10: 40k / 5k /
-5k); memorization is then measured on the candidates, which only ``f`` has seen.
-"""
+"""The shared / candidate / independent split (``f``: shared ∪ candidates, ``g``: shared ∪ independent)."""
 
 from __future__ import annotations
 
@@ -34,16 +29,9 @@ class SplitIndices(NamedTuple):
         return torch.cat([self.shared, self.independent]).sort().values
 
     def control(self, size: float | int, seed: int = 0) -> Tensor:
-        """A seeded random sample of the shared part: images **both** encoders train on.
+        """A seeded random sample of the shared part (a fraction or a count ≥ 2): the null of LayerMem.
 
-        The null of LayerMem (``measure(..., control=images[split.control(...)])``): for these
-        images the gap between the two encoders is the offset between them, without
-        memorization of the candidates (``../shared/DESIGN.md`` §6). Drawn at random — an
-        index-ordered slice of a data set is not a random sample. They stay in the shared part.
-
-        Args:
-            size: a fraction of the shared part (float) or a count (int), at least 2.
-            seed: sampling seed.
+        Both encoders train on these images, so their gap is the offset between the encoders alone.
 
         Example:
             >>> s = split_candidates(20, shared=10, candidates=5, independent=5, seed=0)
@@ -75,12 +63,8 @@ def split_candidates(n: int, shared: float | int = 0.8, candidates: float | int 
                      independent: float | int = 0.1, seed: int = 0) -> SplitIndices:
     """Random disjoint split of ``range(n)`` into shared / candidate / independent indices.
 
-    Each size is a fraction of ``n`` (float, rounded down) or an absolute count (int); the paper's
-    CIFAR-10 split is ``split_candidates(50_000, 40_000, 5_000, 5_000)``, equivalently the
-    default fractions. The same ``seed`` always gives the same split.
-
-    Raises:
-        ValueError: negative sizes, no candidates, or sizes adding up to more than ``n``.
+    Each size is a fraction of ``n`` (float, rounded down) or a count (int); the paper's CIFAR-10 split is
+    ``split_candidates(50_000, 40_000, 5_000, 5_000)``.
 
     Example:
         >>> s = split_candidates(10, shared=6, candidates=2, independent=2, seed=0)

@@ -1,23 +1,9 @@
-"""``Evidence``: every memorization figure of a report with its control, its uncertainty and
-one overall verdict.
+"""``Evidence``: every memorization figure of a report with its control, its uncertainty and one verdict.
 
-Two encoders trained from different seeds differ at every layer even if neither memorized
-anything: SSLMem of the candidates alone mixes that offset ``o_l`` with memorization
-(``../shared/DESIGN.md`` §6). This module compares the candidates (seen by ``f`` only) with
-
-- a **control** set both encoders trained on (``E[Δ] = o_l``): the *excess* of the candidates'
-  LayerMem over the control's estimates ``f``'s memorization alone;
-- an **unseen** set ``f`` never trained on (a test split, or ``g``'s independent part when
-  co-training): for LayerMem ``C − U`` tests "no memorization at all" (with ``g``'s independent
-  part it estimates ``f``'s plus ``g``'s memorization); for UnitMem, the argmax membership test
-  asks whether units' μmax image is a *training* image more often than chance.
-
-Scale: every group is normalised by the **candidates'** range of raw SSLMem at each layer (the
-candidates' own figures are then identical with or without a control); the tests are
-permutation tests, one-sided (:mod:`lightning_memloc.report.layer_evidence`,
-:mod:`lightning_memloc.report.unit_evidence`), and one Holm correction over every test × layer gives the
-verdict (:mod:`lightning_memloc.report.verdict`); each tested quantity gets a lower bound that agrees
-with it (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024).
+Two encoders differ at every layer even without memorization, so the candidates (seen by ``f`` only) are
+compared with a **control** set both encoders trained on (LayerMem *excess*) and an **unseen** set ``f``
+never trained on (LayerMem ``C − U``; UnitMem's argmax membership test). Every group is on the candidates'
+scale; one Holm correction over every test × layer gives the verdict (:mod:`lightning_memloc.report.verdict`).
 """
 
 from __future__ import annotations
@@ -38,11 +24,9 @@ from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, ov
 
 Record = Dict[str, Optional[float]]
 
-#: Fewest resamples ``bootstrap`` may ask for (0 turns evidence off): below it the ends of a 95 %
-#: interval rest on fewer than 5 resamples each (``bootstrap=1`` gave zero-width intervals).
+#: Fewest resamples ``bootstrap`` may ask for (0: evidence off): below it a 95 % interval's ends rest on < 5 draws.
 MIN_BOOTSTRAP = 200
-#: Fewest images a control / unseen set should have: below it a warning says that the tests are
-#: exact only if the groups are exchangeable, and that the intervals are unreliable.
+#: Fewest images a control / unseen set should have without a warning (tests exact only if exchangeable).
 MIN_GROUP_SIZE = 10
 #: How the intervals are computed (recorded in ``Evidence.meta["intervals"]``).
 INTERVALS = {
@@ -61,14 +45,11 @@ class EvidenceOptions:
     """How intervals and tests are computed.
 
     Attributes:
-        bootstrap: bootstrap resamples (and permutations) per interval / test: 0 (intervals and
-            tests off) or at least :data:`MIN_BOOTSTRAP`. The verdict needs
-            ``bootstrap + 1 >= m / alpha`` for ``m`` tests (8 layers x 5 tests: 799).
-        confidence: coverage of the two-sided intervals.
+        bootstrap: resamples (and permutations) per interval / test: 0 (off) or at least :data:`MIN_BOOTSTRAP`;
+            the verdict needs ``bootstrap + 1 >= m / alpha`` for ``m`` tests (8 layers x 5 tests: 799).
         alpha: family-wise error rate of the verdict (Holm over every test x layer).
-        seed: seed of every resampling (results are reproducible).
-        target_halfwidth: interval half-width (normalised SSLMem) above which the report prints
-            how many candidates would narrow it to this value.
+        target_halfwidth: interval half-width (normalised SSLMem) above which the report prints how many
+            candidates would narrow it to this value.
     """
 
     bootstrap: int = 1000
@@ -97,27 +78,12 @@ class Evidence:
     """Intervals, controls, tests and the overall verdict of one report, per layer (flat records).
 
     Attributes:
-        layers: layer -> record. Keys (``None`` where the input needed is missing):
-            ``layer_mem``, ``delta_layer_mem``, ``layer_mem_top``, ``layer_mem_least`` and
-            ``unit_mem_mean``, each with ``_lo`` / ``_hi`` interval bounds; with a control:
-            ``control_layer_mem``, ``control_delta_layer_mem``, ``control_layer_mem_top``,
-            ``control_layer_mem_least``, ``excess`` (+ ``_lo``/``_hi``), ``excess_p``,
-            ``excess_p_holm``, ``excess_lb``; with an unseen set: ``unseen_layer_mem``,
-            ``excess_unseen`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``unit_mem_seen``,
-            ``unit_mem_unseen`` (mean UnitMem on equal-size samples of candidates and unseen
-            images), ``unit_mem_excess`` (+ bounds, ``_p``, ``_p_holm``, ``_lb``), ``membership``,
-            ``membership_chance``, ``membership_p``, ``membership_p_holm``, ``membership_alive``;
-            with an unseen set and ``f``'s alignments (no reference needed): ``align_gap`` (+
-            ``_lo``/``_hi``, ``_p``, ``_p_holm``, ``_lb``), ``align_f_candidates``,
-            ``align_f_unseen``, ``align_auc`` (:mod:`lightning_memloc.report.evidence_free`).
-            ``<test>_p_holm`` is Holm-adjusted over every test x layer of the verdict;
-            ``<test>_lb`` is the matching one-sided lower bound (see :data:`INTERVALS`).
-        group_sslmem: group (``"control"``, ``"unseen"``) -> layer -> per-image SSLMem on the
-            candidates' scale.
-        meta: options, group sizes, ``verdict`` (:func:`~lightning_memloc.report.verdict.overall_verdict`),
-            significant layers per test, which tests and intervals ran, warnings and the hint;
-            with ``align_gap``, ``align_membership`` (layer -> per-candidate membership score)
-            and ``align_scale``.
+        layers: layer -> record with keys of :data:`~lightning_memloc.report.tags.EVIDENCE_QUANTITIES` (``None``
+            where the input is missing); ``<test>_p_holm`` is Holm-adjusted over every test x layer,
+            ``<test>_lb`` the matching one-sided lower bound (see :data:`INTERVALS`).
+        group_sslmem: group (``"control"``, ``"unseen"``) -> layer -> per-image SSLMem on the candidates' scale.
+        meta: options, group sizes, ``verdict``, significant layers per test, the tests and intervals that
+            ran, warnings, the hint; with ``align_gap``, ``align_membership`` and ``align_scale``.
     """
 
     layers: Dict[str, Record]
@@ -126,14 +92,11 @@ class Evidence:
 
     @property
     def shows_memorization(self) -> Optional[bool]:
-        """The overall verdict: ``True`` when some test passes at some layer after Holm over every
-        test x layer (family-wise error ``alpha``), ``None`` when nothing was tested."""
+        """The overall verdict (Holm over every test x layer); ``None`` when nothing was tested."""
         return (self.meta.get("verdict") or {}).get("memorization")
 
     def significant_layers(self, test: str = "excess") -> List[str]:
-        """Layers where ``test`` (``"excess"``, ``"excess_unseen"``, ``"membership"``,
-        ``"unit_mem_excess"``, ``"align_gap"``) passes the verdict: Holm p over every test x layer
-        below ``alpha``."""
+        """Layers where ``test`` passes the verdict: Holm p over every test x layer below ``alpha``."""
         alpha = float(self.meta.get("alpha", 0.05))
         key = f"{test}_p_holm"
         return [layer for layer, rec in self.layers.items() if rec.get(key) is not None and rec[key] < alpha]
@@ -176,27 +139,17 @@ def compute_evidence(
     align: Optional[Mapping[str, Tensor]] = None,
     unseen_align: Optional[Mapping[str, Tensor]] = None,
 ) -> Evidence:
-    """Intervals, control comparisons, tests and the overall verdict of one measurement.
+    """Intervals, control comparisons, tests and the overall verdict (``meta["verdict"]``) of one measurement.
 
     Args:
-        layers: layer names in forward order.
-        unit_means: layer -> ``(N, U)`` candidates' mean activations before the negative policy
-            (means already made non-negative work too: ``"clamp"`` leaves them as they are).
-        reduction: UnitMem's μ-max reduction (``"mean"`` or ``"median"``).
-        top_k: size of the top-k / least-k groups.
+        unit_means: layer -> ``(N, U)`` candidates' mean activations before the negative policy.
         sslmem_raw: layer -> ``(N,)`` candidates' raw SSLMem (with a reference).
         control_raw: layer -> ``(S,)`` raw SSLMem of the control images (seen by both encoders).
         unseen_raw: layer -> ``(M,)`` raw SSLMem of the unseen images.
         unseen_unit_means: layer -> ``(M, U)`` unseen images' mean activations (before the policy).
-        options: see :class:`EvidenceOptions`.
-        negative: the negative-activation policy, applied to the candidates alone for their own
-            UnitMem and once over candidates ∪ unseen for the comparisons (one shift for both).
-        align: layer -> ``(N,)`` the candidates' raw alignments under ``f`` (no reference needed).
-        unseen_align: layer -> ``(M,)`` the unseen images' raw alignments under ``f``; with
-            ``align``, the reference-free ``align_gap`` family (:mod:`lightning_memloc.report.evidence_free`).
-
-    Returns:
-        An :class:`Evidence`; ``meta["verdict"]`` holds the overall verdict.
+        negative: the negative-activation policy, applied to the candidates alone for their UnitMem and
+            once over candidates ∪ unseen for the comparisons.
+        align, unseen_align: layer -> ``(N,)`` / ``(M,)`` raw alignments under ``f``: the ``align_gap`` family.
 
     Example:
         >>> import torch
@@ -240,12 +193,10 @@ def compute_evidence(
 
 
 def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = None) -> Dict[str, Any]:
-    """(Re)compute the overall verdict over :data:`~lightning_memloc.report.verdict.VERDICT_TESTS`.
+    """(Re)compute the overall verdict: every ``<test>_p_holm``, ``meta["verdict"]``, ``meta["significant"]``.
 
-    Writes every ``<test>_p_holm``, ``meta["verdict"]``, ``meta["significant"]`` and, for the
-    tests in ``nulls``, the lower bounds ``<test>_lb`` at ``alpha / m`` (m: the verdict's tests;
-    ``None`` where no p-value can reach that level).
-    A family added to the records after :func:`compute_evidence` calls it again.
+    The tests in ``nulls`` also get lower bounds ``<test>_lb`` at ``alpha / m``. A family added after
+    :func:`compute_evidence` calls it again.
     """
     meta = evidence.meta
     alpha, boot = float(meta.get("alpha", 0.05)), int(meta.get("bootstrap", 0))

@@ -1,28 +1,14 @@
-"""The ``align_gap`` family of :class:`~lightning_memloc.report.evidence.Evidence`: memorization evidence without a reference.
+"""The ``align_gap`` family of :class:`~lightning_memloc.report.evidence.Evidence`: evidence without reference.
 
-At the level of a group, the reference cancels: for candidates ``C`` seen by ``f`` and unseen
-images ``U`` from the same distribution, ``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]``
-for every reference that saw neither (``../shared/DESIGN.md`` §8, ``docs/evidence.md``). So
-each layer gets, from ``f``'s own view alignments ``d_f`` (:mod:`lightning_memloc.functional.reference_free`):
+For candidates ``C`` and unseen images ``U`` from one distribution the reference cancels:
+``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]`` (``docs/evidence.md``), with ``d_f`` the view alignments
+under ``f``. Assumes ``C`` and ``U`` were exchangeable before training.
 
-Record keys (per layer):
-    ``align_gap``: ``(mean d_f(U) − mean d_f(C)) / scale``, the scale being the range of ``d_f``
-    over ``C ∪ U`` at that layer (one normalisation for both groups; > 0: the candidates' views are
-    tighter); ``align_gap_lo`` / ``align_gap_hi``: percentile bootstrap, groups resampled
-    independently, scale held fixed; ``align_gap_p``: one-sided studentized permutation test
-    ``d_f(U) > d_f(C)`` on raw alignments
-    (:func:`~lightning_memloc.functional.two_sample.studentized_permutation_test`, as the other
-    families); ``align_gap_p_holm``: Holm-corrected in the overall verdict
-    (:mod:`lightning_memloc.report.verdict`); ``align_gap_lb``: the bound matching it; ``align_f_candidates`` /
-    ``align_f_unseen``: mean raw alignments (L2 distance of normalised views, in ``[0, 2]``);
-    ``align_auc``: mean membership score (0.5 when nothing is memorized).
-
-Meta keys:
-    ``align_membership``: layer -> per-candidate membership score (share of unseen images that
-    ``f`` aligns worse, in candidate order); ``align_scale``: the scale, in words.
-
-It assumes ``C`` and ``U`` were exchangeable before training: a distribution shift between the
-two sets (atypical canaries against typical test images) gives a gap of its own.
+Record keys (per layer): ``align_gap`` = ``(mean d_f(U) − mean d_f(C)) / range of d_f over C ∪ U``,
+``align_gap_lo`` / ``_hi`` (bootstrap), ``align_gap_p`` (studentized permutation test on raw alignments),
+``align_gap_p_holm``, ``align_gap_lb``, ``align_f_candidates`` / ``align_f_unseen`` (mean raw alignments,
+in ``[0, 2]``), ``align_auc`` (mean membership score, 0.5 when nothing is memorized). Meta keys:
+``align_membership`` (layer -> per-candidate membership score), ``align_scale``.
 """
 
 from __future__ import annotations
@@ -57,17 +43,12 @@ def reference_free_evidence(
     seed: int = 0,
     nulls: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """Add the ``align_gap`` family to ``records`` and ``meta`` (in place; keys in the module docstring).
+    """Add the ``align_gap`` family to ``records`` and ``meta`` in place (keys in the module docstring).
 
     Args:
-        layers: layer names in forward order.
         candidates: layer -> ``(N,)`` raw alignments of the candidates under ``f``.
         unseen: layer -> ``(M,)`` raw alignments of the unseen images under ``f``.
-        records: layer -> evidence record, updated.
-        meta: evidence meta, updated.
         bootstrap: resamples of the interval and relabellings of the test (0: neither).
-        confidence: coverage of the interval.
-        seed: seed of the resampling.
         nulls: filled with the test's null (for the bound matching the overall verdict).
 
     Example:
@@ -108,11 +89,7 @@ def reference_free_evidence(
 
 
 def candidate_membership(evidence: Any, layer: str) -> Tensor:
-    """The per-candidate membership scores of ``layer`` (candidate order) from a report's evidence.
-
-    Raises:
-        ValueError: the evidence has no reference-free part (measure with ``unseen=``).
-    """
+    """Per-candidate membership scores of ``layer`` from a report's evidence (needs ``unseen=``)."""
     per_layer = dict(getattr(evidence, "meta", {}) or {}).get("align_membership")
     if not per_layer:
         raise ValueError("this evidence has no membership scores: measure with `unseen=` (images the encoder never "

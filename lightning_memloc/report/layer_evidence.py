@@ -1,12 +1,7 @@
-"""LayerMem's evidence: intervals of LayerMem / ΔLayerMem / top-k, and the candidates against a
-control and an unseen set (Wang et al., *Localizing Memorization in SSL Vision Encoders*,
-NeurIPS 2024; ``../shared/DESIGN.md`` §6).
+"""LayerMem's evidence: intervals of LayerMem / ΔLayerMem / top-k; candidates against a control and an unseen set.
 
-Every group is put on the **candidates'** scale (their range of raw SSLMem per layer). Intervals
-of means are studentized bootstrap intervals (:func:`~lightning_memloc.functional.two_sample.bootstrap_t_interval`);
-the excess over a group is tested with the studentized permutation test on raw SSLMem (scale-free).
-A layer whose candidates' raw SSLMem holds a non-finite value gets NaN figures and a warning,
-never the 0 a zero range would give.
+Every group is put on the candidates' scale (their range of raw SSLMem per layer); intervals are studentized
+bootstrap intervals, excesses are tested on raw SSLMem. A non-finite layer gets NaN figures and a warning.
 """
 
 from __future__ import annotations
@@ -64,15 +59,11 @@ def layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Ten
     """Fill ``records`` (in place) with LayerMem's figures, intervals and the groups' excess tests.
 
     Args:
-        layers: layer names, in forward order.
         cand: ``(L, N)`` candidates' raw SSLMem.
         groups: ``"control"`` / ``"unseen"`` -> ``(L, M)`` raw SSLMem.
-        top_k: size of the top-k / least-k groups.
         options: :class:`~lightning_memloc.report.evidence.EvidenceOptions`.
-        records: layer -> record, updated.
         group_sslmem: filled with each group's per-image SSLMem on the candidates' scale.
         nulls: filled with each test's null (for the bounds that match the verdict).
-        meta: the evidence's meta (non-finite layers are recorded there).
     """
     bad = _warn_nonfinite(layers, cand, "candidates", meta)
     finite = torch.where(bad[:, None], torch.zeros_like(cand), cand)

@@ -1,12 +1,4 @@
-"""``MemorizationReport``: the result of one measurement pass.
-
-One object holds every layer's numbers from one pass over the candidate set (Wang et al.,
-*Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024): UnitMem per unit with the
-candidate each unit memorizes, dead units, ClassMem, SSLMem per candidate per layer (raw and
-normalised), LayerMem, ΔLayerMem and LayerMem over the top-k / least-k candidates. It ranks
-layers, units and candidates, prints a summary table, and round-trips through JSON written
-atomically.
-"""
+"""``MemorizationReport``: the result of one measurement pass, every layer's numbers, saved as JSON."""
 
 from __future__ import annotations
 
@@ -55,25 +47,20 @@ class MemorizationReport:
     Attributes:
         layers: tapped layer names (as in ``named_modules()``), in forward order.
         layer_kinds: layer -> ``"conv"``, ``"linear"``, ``"attention"`` or ``"mlp"``.
-        candidate_ids: (N,) ids of the candidates (positions in the candidate set unless given).
-        unit_mem: layer -> (U,) UnitMem of every unit, in [0, 1].
-        unit_argmax: layer -> (U,) candidate id that excites each unit most (μmax candidate);
-            -1 for dead units, which have none.
-        dead_units: layer -> (U,) bool, units whose mean activation is 0 on every candidate.
-        class_mem: layer -> (U,) ClassMem, when labels were available.
-        sslmem: layer -> (N,) normalised SSLMem per candidate (with a reference).
-        sslmem_raw: layer -> (N,) raw SSLMem, align(g) − align(f) (with a reference).
+        candidate_ids: ``(N,)`` ids of the candidates (positions in the candidate set unless given).
+        unit_mem: layer -> ``(U,)`` UnitMem of every unit, in [0, 1].
+        unit_argmax: layer -> ``(U,)`` μmax candidate id of each unit; -1 for dead units.
+        dead_units: layer -> ``(U,)`` bool, units whose mean activation is 0 on every candidate.
+        class_mem: layer -> ``(U,)`` ClassMem, when labels were available.
+        sslmem: layer -> ``(N,)`` normalised SSLMem per candidate (with a reference).
+        sslmem_raw: layer -> ``(N,)`` raw SSLMem = align(g) − align(f) (with a reference).
         layer_mem: layer -> LayerMem, the mean normalised SSLMem (with a reference).
-        delta_layer_mem: layer -> ΔLayerMem; the first layer's is its LayerMem (the input has 0).
-        layer_mem_top: layer -> LayerMem over the top-k candidates ranked at the last layer.
-        layer_mem_least: layer -> LayerMem over the least-k candidates ranked at the last layer.
-        top_ids: (k,) candidate ids with the highest SSLMem at the last layer.
-        least_ids: (k,) candidate ids with the lowest SSLMem at the last layer.
+        delta_layer_mem: layer -> ΔLayerMem; the first layer's is its LayerMem.
+        layer_mem_top, layer_mem_least: layer -> LayerMem over the top-k / least-k candidates (last layer).
+        top_ids, least_ids: ``(k,)`` candidate ids with the highest / lowest SSLMem at the last layer.
         meta: measurement settings (views, seed, pairing, reduction, negative, top_k, epoch, ...).
-        evidence: intervals, control / unseen comparisons and tests of every figure
-            (:class:`~lightning_memloc.report.evidence.Evidence`), when measured.
-        analyses: results of :mod:`lightning_memloc.analyses` by name (JSON-serialisable dicts,
-            stored and loaded as they are).
+        evidence: intervals, controls and tests (:class:`~lightning_memloc.report.evidence.Evidence`).
+        analyses: results of :mod:`lightning_memloc.analyses` by name (JSON-serialisable dicts).
 
     Example:
         >>> import torch
@@ -103,7 +90,6 @@ class MemorizationReport:
     evidence: Optional[Evidence] = None
     analyses: Dict[str, Any] = field(default_factory=dict)  # lightning_memloc.analyses results, JSON as is
 
-    # ------------------------------------------------------------------ queries
     @property
     def has_reference(self) -> bool:
         """Whether SSLMem / LayerMem were measured (they need a reference encoder)."""
@@ -125,28 +111,21 @@ class MemorizationReport:
             )
 
     def unit_mem_mean(self) -> Dict[str, float]:
-        """Mean UnitMem of every layer (dead units included, they score 0); logged as ``memloc.unit_mem_mean/<layer>``."""
+        """Mean UnitMem of every layer (dead units score 0)."""
         return {layer: float(self.unit_mem[layer].float().mean()) for layer in self.layers}
 
     def unit_mem_frac_above(self, threshold: float = 0.5) -> Dict[str, float]:
-        """Fraction of units per layer whose UnitMem exceeds ``threshold`` ("highly memorizing");
-        logged as ``memloc.unit_mem_frac_above/<layer>``."""
+        """Fraction of units per layer whose UnitMem exceeds ``threshold``."""
         return {layer: float((self.unit_mem[layer] > threshold).float().mean()) for layer in self.layers}
 
     def num_dead_units(self) -> Dict[str, int]:
-        """Number of dead units per layer (the count of the ``dead_units`` mask; logged as ``memloc.dead_units/<layer>``)."""
+        """Number of dead units per layer."""
         return {layer: int(self.dead_units[layer].sum()) for layer in self.layers}
 
     def top_layers(self, k: int = 1, by: LayerRanking = "layer_mem", largest: bool = True) -> List[str]:
-        """The ``k`` layers ranked by LayerMem, ΔLayerMem or mean UnitMem.
+        """The ``k`` layers ranked ``by`` ``"layer_mem"``, ``"delta_layer_mem"`` (with a reference), ``"unit_mem"``.
 
-        Args:
-            k: how many layers.
-            by: ``"layer_mem"``, ``"delta_layer_mem"`` (both need a reference) or ``"unit_mem"``.
-            largest: highest first (``False``: lowest first).
-
-        Returns:
-            Layer names, best first; ties keep layer order.
+        Highest first (``largest=False``: lowest first); ties keep layer order.
         """
         if by == "unit_mem":
             scores = self.unit_mem_mean()
@@ -176,11 +155,9 @@ class MemorizationReport:
         return self.candidate_ids[order]
 
     def candidate_scores(self, layer: Optional[str] = None) -> Tensor:
-        """How memorized each candidate is, by position: (N,) scores at ``layer`` (default last).
+        """``(N,)`` how memorized each candidate is at ``layer`` (default last), by position.
 
-        With a reference this is the normalised SSLMem. Without one it is the UnitMem summed over
-        the units whose μmax candidate it is (a candidate that many highly memorizing units single
-        out scores high; one that no unit singles out scores 0).
+        With a reference: normalised SSLMem; without: UnitMem summed over the units whose μmax candidate it is.
         """
         layer = self.layers[-1] if layer is None else layer
         self._check_layer(layer)
@@ -193,13 +170,11 @@ class MemorizationReport:
         return scores.index_add_(0, owners, self.unit_mem[layer][alive].float())
 
     def summary_table(self, threshold: float = 0.5) -> str:
-        """A plain-text summary: one row per layer, each figure with its interval, its control and
-        its test when measured, and a plain verdict (see :mod:`lightning_memloc.report.table`)."""
+        """Plain-text summary: figures, intervals, controls, verdict (:mod:`lightning_memloc.report.table`)."""
         from lightning_memloc.report.table import format_summary
 
         return format_summary(self, threshold)
 
-    # ----------------------------------------------------------- serialisation
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (tensors as lists)."""
         out: Dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
@@ -282,13 +257,7 @@ class MemorizationReport:
         check_report_values(self)  # UnitMem in [0, 1], μ-max ids among the candidates (-1: dead unit)
 
     def save(self, path: PathLike) -> Path:
-        """Write the report as JSON, atomically (the file is complete or untouched).
-
-        A report :meth:`load` would refuse (see :meth:`validate`), or whose ``meta`` / ``analyses``
-        JSON cannot hold, is refused before anything is written.
-
-        Returns:
-            The path written.
+        """Write the report as JSON, atomically; return the path.
 
         Raises:
             ReportFormatError: the report is inconsistent (it could not be loaded back).

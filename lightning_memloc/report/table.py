@@ -1,11 +1,7 @@
-"""Plain-text summary of a :class:`~lightning_memloc.MemorizationReport`: figures, intervals,
-controls, tests and a verdict a reader can act on.
+"""Plain-text summary of a :class:`~lightning_memloc.MemorizationReport`: figures, intervals, tests, verdict.
 
-A memorization figure without its null misleads (Wang et al., *Localizing Memorization in SSL
-Vision Encoders*, NeurIPS 2024, compare candidates with a control in their ``Ttest.py``): every
-row shows the interval of each figure, the control's value on the same scale and the
-Holm-corrected one-sided p-value, and the lines below the table say in words which layers show
-memorization, or that none can be told apart from the difference between two encoders.
+Each row shows a figure's interval, the control's value on the same scale and the Holm-corrected p-value;
+the lines below say in words which layers show memorization.
 """
 
 from __future__ import annotations
@@ -171,8 +167,7 @@ def _verdict_line(ev: "Evidence") -> str:
 
 
 def align_verdict(report: SummarySource) -> str:
-    """The reference-free verdict in words: at how many layers ``f`` aligns its candidates' views
-    more tightly than the unseen images' (and, with a reference, whether C − unseen agrees)."""
+    """The reference-free verdict: at how many layers ``f`` aligns the candidates' views more tightly."""
     ev = report.evidence
     assert ev is not None
     total = len(report.layers)
@@ -211,11 +206,7 @@ def _align_rows(report: SummarySource, alpha: float, level: str) -> List[str]:
 
 
 def format_summary(report: SummarySource, threshold: float = 0.5) -> str:
-    """The report's summary: tables of figures with intervals / controls / tests, then the verdict.
-
-    Without evidence the classic one-table layout is printed, followed by a line saying that the
-    figures have neither interval nor control.
-    """
+    """The report's summary: tables of figures with intervals / controls / tests, then the verdict."""
     ev = report.evidence
     if ev is None:
         return "\n".join(_plain_table(report, threshold) + verdict_lines(report))

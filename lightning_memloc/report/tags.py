@@ -1,25 +1,10 @@
 """Logged tag names, defined once: every ``memloc...`` tag the callbacks write is built here.
 
-The monitors log the figures of Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024) per layer; these names are a public contract (TensorBoard dashboards, ``history.json``
-keys, ``trainer.callback_metrics``, the plots) and ``tests/test_contract.py`` checks that every tag
-written comes from here. TensorBoard groups tags into sections by their first ``/`` component, so
-each quantity has its own section (sorted after it: its interval bounds and tests):
-
-- per-layer scalars ``memloc.<quantity>/<layer>`` (:func:`scalar_tag`; quantities :data:`QUANTITIES`,
-  expanded in :data:`SCALAR_QUANTITIES`);
-- the per-layer runs ``memloc_layers/<NN>_<layer>`` write each quantity under the section's own name
-  ``memloc.<quantity>`` (:func:`by_layer_tag`): the first chart of the section, one line per layer;
-- UnitMem histograms ``memloc.unit_mem/<layer>`` (:func:`hist_tag`; ``memloc.unit_mem`` in the layer runs);
-- one summary section ``memloc/...`` (:func:`summary_tag`): the figures (:data:`FIGURE_NAMES`), the image
-  grids (:data:`IMAGE_NAMES`), ``memloc/significant_layers/<test>``, the overall verdict
-  ``memloc/verdict/memorization`` (:func:`verdict_tag`), ``memloc/knn_acc_k<k>`` and the warm-up note;
-- a named monitor replaces the root ``memloc`` by ``memloc-<name>``
-  (:func:`named_tag`).
-
-Adding a per-layer quantity is one entry in :data:`QUANTITIES`; a run-level one, one name passed to
-:func:`summary_tag`. Runs logged before this scheme used ``memloc/<quantity>/<layer>``:
-:func:`upgrade_tag` renames those keys (histories read by the plots, resumed checkpoints).
+The names are a public contract (TensorBoard, ``history.json``, ``callback_metrics``, the plots). TensorBoard
+sections by the first ``/`` component: per-layer scalars ``memloc.<quantity>/<layer>``, per-layer runs
+``memloc_layers/<NN>_<layer>`` writing ``memloc.<quantity>``, histograms ``memloc.unit_mem/<layer>``, the
+summary ``memloc/...``; a named monitor's root is ``memloc-<name>``. A new per-layer quantity is one entry
+in :data:`QUANTITIES`.
 
 Example:
     >>> scalar_tag("layer_mem", "conv1"), by_layer_tag("layer_mem"), hist_tag("conv1"), knn_tag(20)
@@ -121,7 +106,7 @@ def scalar_tag(quantity: str, layer: str, prefix: str = PREFIX) -> str:
 
 
 def by_layer_tag(quantity: str, prefix: str = PREFIX) -> str:
-    """``memloc.<quantity>``: the tag of a quantity inside a per-layer run (the first chart of its section)."""
+    """``memloc.<quantity>``: a quantity's tag inside a per-layer run (the first chart of its section)."""
     return f"{prefix}{SEPARATOR}{quantity}"
 
 
@@ -141,8 +126,7 @@ def significant_tag(test: str, prefix: str = PREFIX) -> str:
 
 
 def verdict_tag(prefix: str = PREFIX) -> str:
-    """``memloc/verdict/memorization``: 1 when the overall verdict (Holm over every test x layer)
-    finds memorization, 0 when it does not."""
+    """``memloc/verdict/memorization``: 1 when the overall verdict finds memorization, else 0."""
     return summary_tag("verdict/memorization", prefix)
 
 
@@ -162,10 +146,7 @@ def figure_tag(name: str, prefix: str = PREFIX) -> str:
 
 
 def parse_scalar_tag(tag: str, prefix: str = PREFIX) -> Optional[Tuple[str, str]]:
-    """``(quantity, layer)`` of a ``<prefix>.<quantity>/<layer>`` tag of a known quantity, else ``None``.
-
-    Layer names may hold dots but not ``/`` (module names of ``named_modules()``).
-    """
+    """``(quantity, layer)`` of a ``<prefix>.<quantity>/<layer>`` tag of a known quantity, else ``None``."""
     head, slash, layer = tag.partition("/")
     quantity = head[len(prefix) + len(SEPARATOR):]
     if not slash or not layer or "/" in layer or head != by_layer_tag(quantity, prefix) or quantity not in SCALAR_QUANTITIES:
@@ -177,10 +158,7 @@ _OLD = re.compile(r"^(memloc(?:-[A-Za-z0-9][A-Za-z0-9_.-]*)?)/([a-z_]+)/([^/]+)$
 
 
 def upgrade_tag(tag: str) -> str:
-    """A per-layer tag of the former scheme ``memloc/<quantity>/<layer>`` renamed to ``memloc.<quantity>/<layer>``.
-
-    Other tags (current ones, ``memloc/knn_acc_k20``, ``epoch``) are returned unchanged.
-    """
+    """A per-layer tag ``memloc/<quantity>/<layer>`` of the former scheme as ``memloc.<quantity>/<layer>``."""
     match = _OLD.match(tag)
     if match is None or match.group(2) not in SCALAR_QUANTITIES:
         return tag
@@ -218,7 +196,7 @@ def named_scalars(scalars: Dict[str, float], name: Optional[str]) -> Dict[str, f
 
 
 def named_layout(value: Any, name: Optional[str]) -> Any:
-    """``value`` (a custom-scalars layout, or any nest of str / dict / list) with its tags renamed by :func:`named_tag`."""
+    """``value`` (a custom-scalars layout, any nest of str / dict / list) renamed by :func:`named_tag`."""
     if isinstance(value, str):
         return named_tag(value, name)
     if isinstance(value, dict):

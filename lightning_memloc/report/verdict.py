@@ -1,18 +1,8 @@
 """One verdict per measurement: is there memorization, at a stated family-wise error rate?
 
-Every evidence family tests "no memorization" at every layer (LayerMem excess over a control,
-over an unseen set, the argmax-membership of units, UnitMem seen − unseen; Wang et al.,
-*Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024). Reading "memorization" off
-whichever of them is significant at any layer multiplies the error: each family Holm-corrected
-over layers, their OR fired in 15.5 % of pure-null runs at α = 0.05. Here Holm's step-down
-correction runs once over **every test × layer** of :data:`VERDICT_TESTS` the evidence holds:
-each ``<test>_p_holm`` is adjusted over that whole family, a layer is significant when it is
-below α, and the verdict is "memorization" when any is. The probability that a memorization-free
-encoder is called memorizing is then at most α, whatever the dependence between the tests.
-
-Every test here is a permutation test with ``B`` resamples, whose p-value is at least
-``1 / (B + 1)``: with ``m`` tests the smallest attainable Holm p is ``m / (B + 1)``, and when it
-exceeds α no layer can pass — the verdict records it (``attainable``) instead of staying silent.
+Holm's step-down correction runs once over every test × layer of :data:`VERDICT_TESTS` (each family
+Holm-corrected alone, their OR fired in 15.5 % of null runs at α = 0.05). With ``m`` permutation tests of
+``B`` resamples the smallest Holm p is ``m / (B + 1)``; the verdict records whether it reaches α.
 
 Example:
     >>> records = {"a": {"excess_p": 0.001, "membership_p": 0.2}, "b": {"excess_p": 0.03, "membership_p": 0.5}}
@@ -31,7 +21,6 @@ from lightning_memloc.functional.statistics import holm
 __all__ = ["VERDICT_TESTS", "min_bootstrap_for", "overall_verdict"]
 
 #: Every test family of the verdict, by record key prefix (``<test>_p`` in; ``<test>_p_holm`` out).
-#: A new family of :class:`~lightning_memloc.report.evidence.Evidence` joins the verdict by its name here.
 VERDICT_TESTS: Tuple[str, ...] = ("excess", "excess_unseen", "membership", "unit_mem_excess", "align_gap")
 
 
@@ -41,20 +30,13 @@ def _valid(p: Any) -> bool:
 
 def overall_verdict(records: Mapping[str, MutableMapping[str, Optional[float]]], alpha: float, bootstrap: int,
                     tests: Sequence[str] = VERDICT_TESTS) -> Dict[str, Any]:
-    """Holm over every ``<test>_p`` of ``records`` (layer -> record); writes each ``<test>_p_holm``.
+    """Holm over every ``<test>_p`` of ``records`` (layer -> record); writes each ``<test>_p_holm`` in place.
 
-    Args:
-        records: layer -> record holding ``<test>_p`` (raw one-sided p-values; ``None`` / NaN:
-            not tested, left out of the family); updated in place with ``<test>_p_holm``.
-        alpha: family-wise error rate of the verdict.
-        bootstrap: permutations behind each p-value (for the attainable minimum); 0: none.
-        tests: the families of the verdict.
+    ``None`` / NaN p-values are left out of the family; ``bootstrap`` (0: none) gives the attainable minimum.
 
     Returns:
-        ``{"memorization": True / False (None when nothing was tested), "method", "alpha",
-        "family_size": m, "tests": families present, "layers": test -> significant layers,
-        "min_p_holm": smallest adjusted p, "min_attainable_p_holm": m / (B + 1),
-        "attainable": whether that is ≤ α}``.
+        ``{"memorization" (None when nothing was tested), "method", "alpha", "family_size", "tests",
+        "layers": test -> significant layers, "min_p_holm", "min_attainable_p_holm", "attainable"}``.
     """
     keys: List[Tuple[str, str]] = []
     for test in tests:
