@@ -71,10 +71,11 @@ class RankSpy(pl.Callback):
             fh.write(json.dumps(entry) + "\n")
 
     def setup(self, trainer, pl_module, stage):
+        from lightning_memloc import measurement as measurement_module
         from lightning_memloc.callbacks import monitor as monitor_module
 
         self.spy_dir.mkdir(parents=True, exist_ok=True)
-        original_pass, original_write = monitor_module.run_pass, monitor_module.atomic_write_text
+        original_pass, original_write = measurement_module.run_pass, monitor_module.atomic_write_text
         original_save, original_gather = MemorizationReport.save, dist.all_gather
 
         def spy_pass(encoder, reference, views, *args, sampler=None, **kwargs):
@@ -95,9 +96,9 @@ class RankSpy(pl.Callback):
                 self._record(trainer, event="float_all_gather", shape=list(tensor.shape))
             return original_gather(tensor_list, tensor, *args, **kwargs)
 
-        monitor_module.run_pass, monitor_module.atomic_write_text = spy_pass, spy_write
+        measurement_module.run_pass, monitor_module.atomic_write_text = spy_pass, spy_write
         MemorizationReport.save, dist.all_gather = spy_save, spy_gather
-        self._undo = [(monitor_module, "run_pass", original_pass),
+        self._undo = [(measurement_module, "run_pass", original_pass),
                       (monitor_module, "atomic_write_text", original_write),
                       (MemorizationReport, "save", original_save), (dist, "all_gather", original_gather)]
 
