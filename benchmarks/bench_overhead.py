@@ -62,7 +62,7 @@ ROWS = ("(a) bare f+g", "(b) measure()", "(b0) measure(bootstrap=0)", "(p) pass,
 @contextmanager
 def float64_gram() -> Iterator[None]:
     """Run the hooks with the float64 Gram on CPU too (the path before issue 27)."""
-    module = sys.modules["lightning_memloc.reductions"]
+    module = sys.modules["lightning_memloc.reductions.hook"]
     centred = module.view_sq_distances
     module.view_sq_distances = lambda reps: sq_distances_from_gram(view_gram(reps))
     try:
@@ -86,7 +86,7 @@ def unfused_reductions() -> Iterator[None]:
 @contextmanager
 def memoised_forwards() -> Iterator[None]:
     """``run_pass`` with each model's first reductions replayed: no forward, only a call's own bookkeeping."""
-    module = sys.modules["lightning_memloc.measure"]
+    module = sys.modules["lightning_memloc.measurement"]
     real = module.forward_reduce
     memo: Dict[Any, Any] = {}
 
