@@ -236,7 +236,7 @@ def render(infos: Sequence[ModuleInfo], groups: Sequence[Tuple[str, Sequence[str
     Example:
         >>> info = ModuleInfo("taps", "lightning_memloc/taps/hooks.py", 10, "Hooks.", ("- `f(x)`",), ())
         >>> print(render([info]).splitlines()[4])
-        | Taps | `taps.py` | 10 | Hooks. |
+        | Taps | `taps/hooks.py` | 10 | Hooks. |
         >>> render([info]).splitlines()[0]
         '1 modules, 10 lines; over 400 lines: none. Regenerate with `python tools/architecture.py --write`.'
     """
