@@ -1,13 +1,4 @@
-"""``MemorizationFinetuning``: fine-tune only the layers where an encoder memorizes most (or least).
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) find that
-memorization is localized: LayerMem grows with depth, ΔLayerMem singles out the layers that add
-the most, and fine-tuning the most memorizing layers transfers better than fine-tuning the
-last layers. This callback freezes an encoder, then unfreezes the ``k`` layers a
-:class:`~lightning_memloc.MemorizationReport` ranks highest (or lowest, random, last) while a
-head always trains. It is a :class:`~pytorch_lightning.callbacks.BaseFinetuning` that is safe
-to resume and keeps frozen BatchNorm statistics fixed.
-"""
+"""``MemorizationFinetuning``: fine-tune only the layers where an encoder memorizes most (or least)."""
 
 from __future__ import annotations
 
@@ -32,8 +23,7 @@ from lightning_memloc.report.selection import LAYER_SCORES, LAYER_STRATEGIES, la
 
 __all__ = ["MemorizationFinetuning"]
 
-# ReportSource, ModuleSpec, resolve_encoder (callbacks.report_source) and check_layers_exist (checks) lived here:
-# importing them from this module keeps working.
+# ReportSource, ModuleSpec, resolve_encoder and check_layers_exist stay importable from here.
 
 HeadSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]], None]
 _AUTO_WHY = {"excess": "the report measured a control", "layer_mem": "the report has a reference but no control",
@@ -43,57 +33,26 @@ _AUTO_WHY = {"excess": "the report measured a control", "layer_mem": "the report
 class MemorizationFinetuning(BaseFinetuning):
     r"""Freeze an encoder and fine-tune only the layers a memorization report picks.
 
-    ``freeze_before_training`` freezes the whole encoder (the head, if given, stays trainable).
-    From epoch ``unfreeze_at_epoch`` on, the ``k`` report layers chosen by ``strategy`` (report
-    layer names are module names inside the encoder) become trainable and their parameters are
-    added to the first optimizer in a new param group (learning rate ``lr``, default that of
-    the first group). Following Wang et al., *Localizing Memorization in SSL Vision Encoders*
-    (NeurIPS 2024), ``strategy="highest"`` with ``by="layer_mem"`` or ``"delta_layer_mem"``
-    fine-tunes where the encoder memorizes most; ``"last"`` is the conventional baseline.
-
-    The choice is made once, from the report available at the unfreeze epoch, recorded in the
-    callback's ``state_dict`` and reused on resume even if the monitor's report has changed since.
-    It depends only on the (rank-synced) report and ``seed``, so every DDP rank picks the same layers.
-
-    BatchNorm policy: with ``train_bn=False`` the BatchNorm layers of frozen parts are put in
-    ``eval`` mode at every training epoch start (``BaseFinetuning.freeze`` leaves them in train
-    mode, which normalises with batch statistics): frozen layers then compute exactly what they
-    computed before fine-tuning and their running statistics never drift. Their train mode is
-    restored at the end of training. With ``train_bn=True`` frozen BatchNorm layers keep
-    training (affine parameters and running statistics). Unfrozen layers train fully.
-
-    Resume: the param groups this callback added come back with the checkpoint, and every epoch
-    ``>= unfreeze_at_epoch`` re-applies ``requires_grad=True`` to the chosen layers and adds to
-    the optimizer only parameters it does not hold yet (compared by identity), so resuming never
-    leaves chosen layers frozen nor duplicates parameters. LR schedulers created in
-    ``configure_optimizers`` do not schedule param groups added later.
+    Freezes the encoder (heads stay trainable); from ``unfreeze_at_epoch`` on, the ``k`` layers ``strategy``
+    picks train in a new param group of the first optimizer. The choice is made once, kept in ``state_dict``
+    and is the same on every DDP rank. With ``train_bn=False`` frozen BatchNorm layers run in eval mode.
+    LR schedulers from ``configure_optimizers`` do not schedule the added param group.
 
     Args:
-        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor` (its latest
-            ``report`` at the unfreeze epoch is used), a
+        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor`, a
             :class:`~lightning_memloc.MemorizationReport`, or the path of a saved report.
-        k: number of layers to unfreeze (>= 1, at most the report's layers).
-        by: the ranking score of ``"highest"`` / ``"lowest"``: ``"auto"`` (default: ``"excess"``
-            when the report measured a control, else ``"layer_mem"``, ``"align_gap"``, ``"unit_mem"``; the
-            choice is logged), ``"excess"`` (LayerMem's excess over the control),
-            ``"layer_mem"``, ``"delta_layer_mem"`` (need a reference encoder), ``"unit_mem"``
-            (mean UnitMem) or ``"align_gap"`` (the alignment gap under the encoder alone, needs
-            ``unseen=``).
-        strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k``
-            layers in forward order); see :func:`~lightning_memloc.report.selection.select_layers`.
-        encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``), a
-            module, a callable ``pl_module -> nn.Module``, or ``None`` (the monitor's encoder
-            when ``source`` is a monitor, else the LightningModule itself).
-        head: attribute path(s) or module(s) that always train (e.g. ``"head"``).
-        unfreeze_at_epoch: epoch (>= 0) at whose start the chosen layers unfreeze.
-        train_bn: whether BatchNorm layers of frozen parts keep training (see above).
+        k: number of layers to unfreeze.
+        by: the ranking score: ``"auto"`` (``"excess"`` with a control, else ``"layer_mem"``, ``"align_gap"``,
+            ``"unit_mem"``), ``"excess"``, ``"layer_mem"``, ``"delta_layer_mem"``, ``"unit_mem"`` or ``"align_gap"``.
+        strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k`` layers).
+        encoder: attribute path, module, callable ``pl_module -> nn.Module``, or ``None`` (the monitor's
+            encoder, else the LightningModule).
+        head: attribute path(s) or module(s) that always train.
+        unfreeze_at_epoch: epoch at whose start the chosen layers unfreeze.
+        train_bn: whether BatchNorm layers of frozen parts keep training.
         seed: seed of the ``"random"`` strategy.
-        lr: learning rate of the added param group (> 0); ``None``: the first group's.
-        require_evidence: when ranking by memorization (``"highest"`` / ``"lowest"``) and the
-            report's tests find none (no layer's LayerMem exceeds the control's, or — for
-            ``by="unit_mem"`` — no layer's units prefer training images, Holm-corrected):
-            ``"warn"`` logs that the choice may follow noise, ``"error"`` refuses, ``"off"``
-            stays silent. ``by="align_gap"`` is gated by its own test.
+        lr: learning rate of the added param group; ``None``: the first group's.
+        require_evidence: ``"warn"``, ``"error"`` or ``"off"`` when the report's tests find no memorization to rank by.
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -225,11 +184,7 @@ class MemorizationFinetuning(BaseFinetuning):
         self._sync_bn_modes(pl_module, trainer.current_epoch)
 
     def finetune_function(self, pl_module: "pl.LightningModule", epoch: int, optimizer: Optimizer) -> None:
-        """Idempotent: every epoch >= ``unfreeze_at_epoch`` re-enables the chosen layers.
-
-        Parameters are added to the first optimizer only, and only if no optimizer holds them
-        yet (checked by identity, unlike ``BaseFinetuning.filter_on_optimizer``).
-        """
+        """Re-enable the chosen layers; add to the first optimizer only parameters no optimizer holds (by identity)."""
         if self._optimizers and optimizer is not self._optimizers[0]:
             return
         if epoch >= self.unfreeze_at_epoch:
@@ -266,8 +221,7 @@ class MemorizationFinetuning(BaseFinetuning):
         self._start_step = int(trainer.global_step)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Give frozen BatchNorm layers their train mode and ``track_running_stats`` back (the model leaves fit
-        as it came, but for ``requires_grad``: frozen parts stay frozen, as with ``BaseFinetuning``)."""
+        """Give frozen BatchNorm layers their train mode and ``track_running_stats`` back (frozen parts stay frozen)."""
         for module in self._bn_in_eval.values():
             module.train()
         self._bn_in_eval.clear()
@@ -276,9 +230,7 @@ class MemorizationFinetuning(BaseFinetuning):
         self._before_fit = None
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
-        """A failed or interrupted fit gives back every ``requires_grad``, train/eval mode and BatchNorm
-        ``track_running_stats`` as they were before ``setup``; before the first optimizer step the choice
-        of layers is forgotten too (a new fit chooses again)."""
+        """Restore the model as before ``setup``; before the first optimizer step, forget the choice too."""
         if self._before_fit is not None:
             state, chosen, mapping = self._before_fit
             state.restore()

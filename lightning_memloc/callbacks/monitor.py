@@ -1,8 +1,7 @@
 """``MemorizationMonitor``: UnitMem and LayerMem of a held-out candidate set while an SSL encoder trains.
 
-Runs :func:`~lightning_memloc.measurement.run_pass` (as :func:`~lightning_memloc.measure` does) every N
-epochs or steps, logs it, keeps a history that survives checkpoint/resume, and shards the candidates
-across DDP ranks with single-process results.
+Runs :func:`~lightning_memloc.measurement.run_pass` every N epochs or steps, logs it, keeps a history
+that survives checkpoint/resume, and shards the candidates across DDP ranks.
 """
 
 from __future__ import annotations
@@ -45,72 +44,38 @@ ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], No
 class MemorizationMonitor(Callback):
     r"""Measure UnitMem / ClassMem / SSLMem / LayerMem on held-out candidates during training.
 
-    Measures at the end of every ``every_n_epochs``-th training epoch and, if the last epoch was
-    not measured, at the end of training (optionally also before the first epoch). Results:
-
-    - ``monitor.report``: the latest :class:`~lightning_memloc.MemorizationReport`;
-    - ``monitor.meter``: the torchmetrics (``UnitMem`` per layer, ``LayerMem``) of the latest pass;
-    - ``monitor.options``: the validated settings (:class:`~lightning_memloc.options.MeasureOptions`;
-      ``monitor.top_k``, ``monitor.pairing``, ... read them, and setting one validates it);
-    - ``monitor.history``: one dict of scalars per measurement (epoch, global step, per-layer
-      LayerMem, ΔLayerMem, mean UnitMem, fraction above ``threshold``, dead units);
-    - logged scalars (``memloc.<quantity>/<layer>`` tags, also in ``trainer.callback_metrics``),
-      TensorBoard histograms, figures, image grids and a custom-scalars layout, all at ``trainer.global_step``.
+    Results: ``report`` (latest :class:`~lightning_memloc.MemorizationReport`), ``meter`` (its torchmetrics),
+    ``options`` (validated settings; ``monitor.top_k`` etc. read and set them), ``history`` (one dict of
+    scalars per measurement), and logged ``memloc.<quantity>/<layer>`` scalars, histograms, figures and grids.
 
     Args:
-        candidates: held-out candidate images (N, C, H, W), precomputed views (N, K, C, H, W),
-            a ``Dataset`` (see :func:`~lightning_memloc.measure`), or a path: a ``.pt`` tensor file,
-            an ``.npz`` file, an image folder (see :func:`~lightning_memloc.data.candidates.load_candidates`).
-        every_n_epochs: measure every N training epochs (≥ 1; default 1 unless ``every_n_train_steps``).
-        transform: view transform (per-image or batched); ``None`` for the default batched
-            SimCLR augmentation.
+        candidates: images (N, C, H, W), views (N, K, C, H, W), a ``Dataset``, or a ``.pt`` / ``.npz`` / folder path.
+        every_n_epochs: measure every N training epochs (default 1 unless ``every_n_train_steps``).
+        transform: view transform; ``None`` for the default batched SimCLR augmentation.
         layers: ``"auto"`` or module names of the encoder.
-        encoder: the encoder inside the LightningModule: an attribute path (``"backbone"``,
-            ``"model.encoder"``), a callable ``pl_module -> nn.Module``, a module, or ``None``
-            for the LightningModule itself.
-        reference: the reference encoder ``g`` for LayerMem: ``None`` (UnitMem only), a frozen
-            ``nn.Module``, a checkpoint path (loaded with ``weights_only=True`` into a copy of
-            the encoder; ``"pair.ckpt:reference.backbone"`` names a prefix inside it), or an
-            attribute path on the LightningModule (a co-trained reference).
-        labels: (N,) labels for ClassMem: a tensor, ``True`` (those stored with a candidates path)
-            or a ``.pt`` / ``.npy`` path.
+        encoder: attribute path, callable ``pl_module -> nn.Module``, module, or ``None`` (the LightningModule).
+        reference: encoder ``g`` for LayerMem: a frozen module, a checkpoint path
+            (``"pair.ckpt:reference.backbone"`` names a prefix), or an attribute path (co-trained).
+        labels: (N,) labels for ClassMem: a tensor, ``True`` (stored with the candidates) or a path.
         threshold: UnitMem above which a unit counts as highly memorizing in the logs.
-        measure_on_train_start: also measure before the first epoch (the untrained baseline).
-        grid_size: images in each TensorBoard grid of most / least memorized candidates (0: none).
-        log_histograms: log a UnitMem histogram per layer to TensorBoard.
-        log_figures: log the profile by depth and the layer × measurement heat maps to TensorBoard.
-        layer_runs: on TensorBoard, also write each layer into its own run
-            ``memloc_layers/<NN>_<layer>`` (depth order), so that each quantity's section starts with one
-            chart of every layer, one line per run (:mod:`~lightning_memloc.callbacks.logging`).
-        output_dir: if set, rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
-        progress: a bar per pass: ``None`` if the Trainer shows its own, ``True`` / ``False`` always / never.
-        memory_limit: bytes the metric states may take; a larger candidate set raises before
-            training starts (``None``: 25 % of the device memory, warning only).
-        control: images **both** encoders trained on (needs ``reference``): the null of
-            LayerMem; reports, logs and plots give the candidates' excess over it with its
-            interval and a one-sided permutation p-value, Holm-corrected in the overall verdict.
-        unseen: images the encoder never trained on (the reference's independent part when
-            co-training, or a test split): UnitMem seen vs unseen, the argmax membership test and,
-            with no reference needed, the alignment gap under ``f`` (``memloc/align_gap/...``).
-            Control and unseen images are measured in the same pass as the candidates; both
-            may also be paths, read like ``candidates`` (``size`` applies).
-        init_batchnorm: the before-training point (``measure_on_train_start``):
-            ``"recalibrate"`` measures copies whose BatchNorm statistics are estimated on the
-            measured views (an untrained model's default statistics inflate UnitMem), or
-            ``"default"`` measures the model as it is.
-        overwrite: let a new run delete another run's files in ``output_dir`` (at its first write);
-            without it such a folder is refused (a resumed run continues its own folder).
-        name: tells several monitors apart: tags ``memloc-<name>.../...`` instead of ``memloc.../...``,
-            files in ``output_dir/<name>``, and part of ``state_key`` (checkpoints hold each
-            monitor's state; ``history`` keeps the plain ``memloc...`` keys). Fine-tuning and
-            pruning find it as ``source="monitor:<name>"``.
-        every_n_train_steps: measure every N optimizer steps instead of every N epochs (not both).
+        measure_on_train_start: also measure before the first epoch.
+        grid_size: images per TensorBoard grid of most / least memorized candidates (0: none).
+        log_histograms: log a UnitMem histogram per layer.
+        log_figures: log the depth profile and layer × measurement heat maps.
+        layer_runs: also write each layer into its own TensorBoard run ``memloc_layers/<NN>_<layer>``.
+        output_dir: rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
+        progress: ``None`` follows the Trainer's bar; ``True`` / ``False`` always / never.
+        memory_limit: bytes the metric states may take (``None``: 25 % of device memory, warning only).
+        control: images both encoders trained on (needs ``reference``): LayerMem's null.
+        unseen: images the encoder never trained on: seen vs unseen UnitMem and membership test.
+        init_batchnorm: ``"recalibrate"`` (BatchNorm statistics from the views) or ``"default"``
+            for the before-training measurement.
+        overwrite: let a new run delete another run's files in ``output_dir``.
+        name: tells monitors apart (tags ``memloc-<name>...``, ``output_dir/<name>``, ``state_key``).
+        every_n_train_steps: measure every N optimizer steps instead of epochs.
         size: resize the images of a candidates path to ``size`` × ``size``.
-        indices, control_indices, unseen_indices: the images of ``candidates`` / ``control`` /
-            ``unseen`` (without these, of ``candidates``) that form each group: ints, a slice ``"a:b"``
-            or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file; reports name the images by them.
-        check_views: ``"warn"`` (once), ``"error"`` or ``"off"`` when the views' per-channel mean / std differ
-            from those of the first training batches (:mod:`~lightning_memloc.callbacks.view_check`).
+        indices, control_indices, unseen_indices: each group's images: ints, a slice ``"a:b"`` or a file.
+        check_views: ``"warn"``, ``"error"`` or ``"off"`` when the views' statistics differ from training's.
 <options>
 
     Example:
@@ -186,7 +151,6 @@ class MemorizationMonitor(Callback):
         if init_batchnorm not in INIT_BATCHNORM:
             raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
         self.init_batchnorm = init_batchnorm
-        # candidates, then control and unseen images: one view set, one pass, one sampler under DDP
         self.measurement = Measurement.prepare(candidates, options, transform=transform, labels=labels, control=control,
                                                unseen=unseen)
         self.views, self.group_sizes, self.pool = self.measurement.views, self.measurement.group_sizes, self.measurement.pool
@@ -302,9 +266,7 @@ class MemorizationMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.measure_on_train_start and not self.history and trainer.global_step == 0:  # not in a resumed run
             if self.init_batchnorm == "recalibrate":
-                # BatchNorm of an untrained encoder still holds its default statistics (mean 0,
-                # var 1), unlike every later measurement: measure with statistics from the pool's
-                # views (see lightning_memloc.reductions.baseline); the models' own are restored afterwards.
+                # an untrained BatchNorm's default statistics inflate UnitMem; the models' own are restored after
                 with recalibrated_batchnorm(self.encoder(pl_module), self.reference(pl_module), views=self.pool,
                                             batch_size=self.batch_size):
                     self._measure(trainer, pl_module, epoch=-1)
@@ -356,8 +318,7 @@ class MemorizationMonitor(Callback):
                           grid_size=self.grid_size, histograms=self.log_histograms, layer_runs=self.layer_runs,
                           history=self.history if self.log_figures else None)
         if self.output_dir is not None and trainer.is_global_zero:
-            # Checked again (setup checked it): a folder removed during training is re-created, and a
-            # path that became unusable gets an error naming `output_dir`. Writes are atomic.
+            # again: the folder may have been removed or made unusable during training
             check_writable_dir(self.output_dir, argument="output_dir")
             guard.check_owner(self, self.output_dir)
             step = "" if self.every_n_train_steps is None else f"_step={trainer.global_step}"

@@ -1,16 +1,4 @@
-"""What makes a monitor's measurements comparable, and who owns its output folder.
-
-A :class:`~lightning_memloc.callbacks.MemorizationMonitor` history is a sequence of measurements
-of one candidate set with one set of views (Wang et al., *Localizing Memorization in SSL Vision
-Encoders*, NeurIPS 2024, compare epochs of one run): mixing a resumed history measured on other
-candidates, views, seed or layers, or writing two runs into one folder, would give a silently
-wrong curve. Here:
-
-- :func:`fingerprint` summarises what defines a measurement; it is saved with the monitor's
-  state and compared on resume (:func:`check_same_fingerprint`, :func:`check_checkpoint_states`);
-- :func:`claim_output_dir` / :func:`check_owner` keep a folder to one run: a new run never
-  replaces another run's files unless ``overwrite=True``, and two monitors never share a folder.
-"""
+"""What makes a monitor's measurements comparable across resumes, and which run owns its output folder."""
 
 from __future__ import annotations
 
@@ -35,8 +23,7 @@ __all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "
 #: The file naming the run that owns a monitor's ``output_dir``.
 MARKER = "memloc_run.json"
 _CLAIMS: Dict[str, "weakref.ref[Any]"] = {}
-#: Another run's files that ``overwrite=True`` replaces, deleted at this run's first write (a fit that fails
-#: before it measures leaves them): folder -> (the monitor, the file names).
+#: folder -> (monitor, another run's files that ``overwrite=True`` deletes at the first write).
 _REPLACED: Dict[str, Tuple["weakref.ref[Any]", List[str]]] = {}
 
 
@@ -64,8 +51,7 @@ def candidates_digest(views: Any) -> str:
     return f"{len(views)}:{_digest(stored)}:{labels}"
 
 
-#: Monitor arguments that change no measured or logged number, and why. Every other argument is
-#: part of :func:`fingerprint` (``tests/test_resume_fingerprint.py`` enumerates the constructor).
+#: Monitor arguments that change no measured or logged number, and why; every other one is in :func:`fingerprint`.
 FINGERPRINT_EXEMPT = {
     "every_n_epochs": "when measurements happen, not what they measure (part of Lightning's state key)",
     "every_n_train_steps": "when measurements happen, not what they measure (part of Lightning's state key)",
@@ -84,8 +70,7 @@ FINGERPRINT_EXEMPT = {
     "init_batchnorm": "only the before-training point, which a resumed run never measures again",
     "check_views": "a check of the first training batches that warns or stops; it changes no number",
 }
-#: Fingerprint entries added after the first release: a checkpoint without one was written before
-#: it existed and is not compared on it (``None`` now: not known before ``setup``).
+#: Fingerprint entries an older checkpoint may lack (or ``None`` before ``setup``): not compared then.
 _ADDED = ("threshold", "transform_digest", "encoder", "reference_id")
 
 
@@ -106,12 +91,7 @@ def _settings(obj: Any) -> str:
 
 def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
                       reference: Optional[nn.Module]) -> Tuple[str, Optional[str]]:
-    """Which encoder and which reference ``monitor`` measures (in ``setup``; part of :func:`fingerprint`).
-
-    A module inside the LightningModule ``owner`` is named by its path there, whatever the spec (an
-    attribute path, a callable, the module): a co-trained reference changes with training. A
-    frozen reference outside it is named by its class, weights and settings (:func:`settings_digest`).
-    """
+    """Name the encoder and reference: by path inside ``owner``, else by class, weights and settings."""
     paths = {id(m): name for name, m in owner.named_modules()}
 
     def where(module: nn.Module, spec: Any) -> str:
@@ -125,18 +105,7 @@ def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
 
 
 def fingerprint(monitor: Any) -> Dict[str, Any]:
-    """What defines one measurement of ``monitor``: every argument that changes a measured or logged number.
-
-    Candidates (and labels, ``size``, ``indices``: through their contents), views, seed, the
-    transform (its name and settings), layers, the options (:meth:`MeasureOptions.fingerprint`),
-    ``threshold``, which encoder and which reference (a frozen one by its weights and settings),
-    control / unseen images (``control_indices`` / ``unseen_indices`` through them: ``groups`` their
-    sizes, ``pool`` their contents). The arguments left out are :data:`FINGERPRINT_EXEMPT`, each with why.
-    Reads the monitor's public ``candidates_digest``, ``views``, ``layer_names`` (the resolved
-    layers, ``None`` before ``setup``), ``layers``, ``options``, ``threshold``, ``encoder_id`` and
-    ``reference_id`` (:func:`module_identities`, ``None`` before ``setup``), ``reference_spec``,
-    ``group_sizes`` and ``pool``.
-    """
+    """What defines one measurement: every monitor argument not in :data:`FINGERPRINT_EXEMPT`."""
     layers = monitor.layer_names or monitor.layers
     return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
             "views": monitor.views.views, "seed": monitor.views.seed,
@@ -148,7 +117,6 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
             "encoder": getattr(monitor, "encoder_id", None),
             "reference": monitor.reference_spec is not None,
             "reference_id": getattr(monitor, "reference_id", None),
-            # control / unseen images are part of the measurement: their sizes and contents
             "groups": dict(monitor.group_sizes),
             "pool": candidates_digest(monitor.pool) if monitor.group_sizes else None}
 
@@ -177,11 +145,7 @@ def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, A
 
 
 def check_checkpoint_states(monitor: Any, trainer: Any, checkpoint: Dict[str, Any]) -> None:
-    """On resume: refuse a checkpoint whose monitor state belongs to a monitor with other settings.
-
-    Lightning restores a callback's state by its ``state_key``, which holds the number of
-    candidates and the seed: with other ones the old state would be dropped silently.
-    """
+    """Refuse a checkpoint whose monitor state is under another ``state_key`` (Lightning would drop it silently)."""
     states = checkpoint.get("callbacks") or {}
     if monitor.state_key in states:
         return
@@ -211,18 +175,10 @@ def _read_marker(folder: Path) -> Optional[Dict[str, Any]]:
 
 
 def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> Tuple[str, List[str]]:
-    """In ``setup`` (rank 0): make ``folder`` this run's, or refuse before training starts.
+    """Make ``folder`` this run's in ``setup``: ``(run_id, foreign_files)``, the latter refused in ``on_fit_start``.
 
-    - another live monitor writes there: ``ValueError`` (two monitors would overwrite each other);
-    - the folder holds another run's files: ``FileExistsError`` unless ``overwrite=True``, which
-      deletes them (``history.json``, ``report_epoch=*.json``, the marker) at this run's first
-      write (:func:`check_owner`), so that a fit failing before it measures leaves them;
-    - resuming: the folder's marker must hold this monitor's fingerprint; the run adopts it.
-
-    Returns:
-        ``(run_id, foreign_files)``: the run id to write under (the monitor's, or the resumed
-        run's), and another run's files still in the folder, refused in ``on_fit_start`` by
-        :func:`check_no_foreign_files` unless a checkpoint restore adopts the folder first.
+    Raises ``ValueError`` if another live monitor writes there; ``overwrite=True`` deletes another run's
+    files at the first write; a resume adopts the folder when the marker's fingerprint matches.
     """
     key = str(folder.resolve())
     other = _CLAIMS.get(key)
@@ -246,11 +202,7 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
 
 
 def adopt(monitor: Any, folder: Path, marker: Optional[Dict[str, Any]] = None) -> Optional[str]:
-    """A resumed run continues the folder of the run it resumes: same fingerprint, same run id.
-
-    Returns:
-        The resumed run's id, to write under from now on (``None``: the folder has no marker).
-    """
+    """The resumed run's id, after checking the folder's fingerprint (``None``: no marker)."""
     marker = _read_marker(folder) if marker is None else marker
     if marker is None:
         return None
@@ -279,8 +231,7 @@ def release_output_dir(monitor: Any) -> None:
 
 
 def check_owner(monitor: Any, folder: Path) -> None:
-    """Before each write: the folder's marker must be this run's (it is written on the first write, after
-    deleting the files of a run that ``overwrite=True`` replaces)."""
+    """Before each write: the folder's marker must be this run's (written, after any replaced files are deleted, at the first)."""
     replaced = _REPLACED.get(str(folder.resolve()))
     if replaced is not None and replaced[0]() is monitor:
         for name in replaced[1]:
@@ -337,10 +288,7 @@ def _check_positive(name: str, value: Any) -> None:
 
 
 def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
-    """Validate the schedule; neither given means every epoch.
-
-    Returns:
-        ``(every_n_epochs, every_n_train_steps)``, exactly one of them ``None``.
+    """Validate the schedule: ``(every_n_epochs, every_n_train_steps)``, one ``None``; neither given means every epoch.
 
     Example:
         >>> check_schedule(None, None), check_schedule(None, 50), check_schedule(2, None)
@@ -355,10 +303,7 @@ def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[
 
 
 def step_due(every_n_train_steps: Optional[int], global_step: int, history: List[Dict[str, Any]]) -> bool:
-    """Whether a step-scheduled monitor measures now: a multiple of N not measured yet (steps > 0).
-
-    Lightning calls ``on_train_batch_end`` once per batch, but ``global_step`` counts optimizer
-    steps (gradient accumulation repeats it): a step already in ``history`` is not measured twice.
+    """Whether a step-scheduled monitor measures now: a multiple of N not yet in ``history`` (accumulation repeats steps).
 
     Example:
         >>> step_due(2, 4, []), step_due(2, 4, [{"global_step": 4}]), step_due(2, 3, []), step_due(None, 4, [])
@@ -371,10 +316,7 @@ def step_due(every_n_train_steps: Optional[int], global_step: int, history: List
 
 def final_epoch_due(every_n_train_steps: Optional[int], current_epoch: int, global_step: int,
                     history: List[Dict[str, Any]]) -> Optional[int]:
-    """The epoch to measure at the end of training, or ``None`` when the last one was measured.
-
-    Step-scheduled: the last step unless in ``history``; epoch-scheduled: the last epoch
-    (``current_epoch - 1`` once training ran) unless measured, and nothing after zero steps.
+    """The epoch to measure at the end of training, or ``None`` when the last one was measured (or no step ran).
 
     Example:
         >>> final_epoch_due(None, 3, 30, [{"epoch": 1}]), final_epoch_due(None, 3, 30, [{"epoch": 2}])
@@ -390,8 +332,7 @@ def final_epoch_due(every_n_train_steps: Optional[int], current_epoch: int, glob
 
 
 def show_progress(progress: Optional[bool], trainer: Any) -> bool:
-    """Whether a measurement shows a progress bar: ``progress`` when given, else as the Trainer
-    (``enable_progress_bar=False`` leaves ``trainer.progress_bar_callback`` ``None``); rank 0 only.
+    """Whether a measurement shows a progress bar: ``progress`` when given, else as the Trainer; rank 0 only.
 
     Example:
         >>> from types import SimpleNamespace

@@ -1,16 +1,8 @@
 """``MemorizationPruning``: structured pruning of units chosen by UnitMem, during ``fit``.
 
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) show that removing
-the most memorizing units (UnitMem) hurts more than removing random or the least memorizing
-ones. The unit surgery itself (which parameters carry a layer's units, the masks, the bare-module
-:func:`~lightning_memloc.models.surgery.prune_units`) lives in :mod:`lightning_memloc.models.surgery`, which
-needs no Lightning; ``prune_units``, ``UnitTargets`` and ``find_unit_targets`` are importable
-from here too.
-
-Lightning's ``ModelPruning`` cannot take a score-driven structured mask, so masks are
-``torch.nn.utils.prune.identity`` reparametrisations registered in ``setup`` (before checkpoint
-restore and before DDP wraps the model, so resume restores the ``*_mask`` buffers) whose
-buffers receive zeros when the pruning point is reached.
+Masks are ``torch.nn.utils.prune.identity`` reparametrisations registered in ``setup`` (before checkpoint
+restore and DDP, so resume restores the ``*_mask`` buffers) and zeroed at the pruning point; the unit
+surgery lives in :mod:`lightning_memloc.models.surgery`.
 """
 
 from __future__ import annotations
@@ -40,43 +32,25 @@ __all__ = ["MemorizationPruning", "UnitTargets", "find_unit_targets", "prune_uni
 class MemorizationPruning(Callback):
     r"""Prune the units a memorization report picks, as a structured mask, during ``fit``.
 
-    In ``setup`` every layer in scope gets all-ones ``torch.nn.utils.prune.identity`` masks on
-    the producing conv / linear weight and bias and on the affine parameters of a following
-    BatchNorm (:func:`find_unit_targets`). When the pruning point is reached the units chosen by
-    :func:`~lightning_memloc.report.selection.select_units` get zeros in those masks: their outputs are
-    exactly 0 from then on (after the block's ReLU), and their gradients are 0.
-
-    The choice is recorded in the callback's ``state_dict``; a resumed run reuses it (the masks
-    themselves come back with the model's state dict) even if the monitor's report changed. It
-    depends only on the (rank-synced) report and ``seed``, so all DDP ranks prune the same units.
+    Chosen units get zeros in the masks of their conv / linear weight and bias and following BatchNorm
+    (:func:`find_unit_targets`): their outputs and gradients are 0 from then on. The choice is kept in
+    ``state_dict`` and is the same on every DDP rank.
 
     Args:
-        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor` (its latest report at
-            the pruning point), a :class:`~lightning_memloc.MemorizationReport` or the path of a
-            saved report.
+        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor`, a
+            :class:`~lightning_memloc.MemorizationReport` or the path of a saved report.
         amount: a fraction in (0, 1) (``round(fraction * units)``) or a count >= 1.
-        strategy: ``"highest"``, ``"lowest"`` or ``"random"`` UnitMem (the paper prunes the most
-            memorizing units against random and least memorizing baselines).
+        strategy: ``"highest"``, ``"lowest"`` or ``"random"`` UnitMem.
         scope: ``"layer"`` (``amount`` of every layer) or ``"global"`` (all units ranked together).
-        encoder: the encoder inside the LightningModule (attribute path, module or callable;
-            ``None``: the monitor's encoder when ``source`` is a monitor, else the module itself).
-        layers: prune only these report layers (default: all the report's layers).
-        prune_at: ``"fit_start"`` (in ``on_fit_start`` if a report is available then, else in
-            ``on_train_start`` after a monitor with ``measure_on_train_start=True`` listed before
-            this callback) or an epoch (>= 0): at the start of that training epoch.
+        encoder: attribute path, module or callable; ``None``: the monitor's encoder, else the module itself.
+        layers: prune only these report layers (default: all).
+        prune_at: ``"fit_start"`` (``on_fit_start``, or ``on_train_start`` after a monitor's first
+            measurement) or the epoch at whose start to prune.
         permanent: at the end of ``fit``, bake the masks into the weights (``prune.remove``).
         seed: seed of ``"random"``.
-        require_evidence: when pruning by UnitMem (``"highest"`` / ``"lowest"``) and the report's
-            membership test finds no layer whose units prefer training images (Holm-corrected,
-            needs ``unseen=``): ``"warn"`` logs that the choice may follow noise, ``"error"``
-            refuses, ``"off"`` stays silent.
-        top_layers: prune only in the ``top_layers`` layers in scope that rank highest by ``by`` in
-            the report at the pruning point (``None``: every layer in scope); gated like ``by``.
-        by: the layer ranking of ``top_layers``: ``"auto"`` (the excess over the control when the
-            report has one, else LayerMem, the alignment gap, mean UnitMem; logged),
-            ``"layer_mem"``, ``"delta_layer_mem"``, ``"unit_mem"``, ``"excess"`` or ``"align_gap"``
-            (the alignment gap under the encoder alone, no reference needed); see
-            :func:`~lightning_memloc.report.selection.layer_score` and :func:`~lightning_memloc.report.selection.select_layers`.
+        require_evidence: ``"warn"``, ``"error"`` or ``"off"`` when the membership test finds no memorizing layer.
+        top_layers: prune only in the ``top_layers`` layers in scope ranked highest by ``by``.
+        by: the layer ranking of ``top_layers`` (see :func:`~lightning_memloc.report.selection.layer_score`).
 
     Example:
         >>> import pytorch_lightning as pl, torch
@@ -234,9 +208,7 @@ class MemorizationPruning(Callback):
                 remove_masks(target)
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
-        """A fit that fails (or is interrupted) before its first optimizer step gets its model back unmasked:
-        the original parameters (same objects, values and order), no mask, no hook, no ``*_orig`` key. After
-        training started the masks stay (the model trained with them, as its checkpoints hold them)."""
+        """Before the first optimizer step, give the model back unmasked; after it, the masks stay."""
         if not started_training(trainer, self._start_step):
             self._undo.undo()
             self.pruned_units, self._applied = self._before_fit, False
