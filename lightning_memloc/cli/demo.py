@@ -1,20 +1,8 @@
 """The main job: show memorization, with its controls and its tests, in a few CPU minutes.
 
-Reproduces the set-up of Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024) at demo scale: an encoder ``f`` and its reference ``g`` (SimCLR ResNet9) are
-co-trained in one ``Trainer.fit`` while :class:`~lightning_memloc.MemorizationMonitor` measures
-UnitMem and LayerMem of the candidates (seen by ``f`` only) **next to their nulls** — a control
-set both encoders train on and an unseen set neither does — with intervals and one-sided,
-Holm-corrected tests at every measurement.
-
-Default (``--setting canaries``): atypical *canaries* (gray crops of scikit-learn's two sample
-photographs) planted among scikit-learn's handwritten digits, all offline; a short CPU run
-memorizes them measurably (docs/evidence.md). ``--setting plain`` is the paper's plain setting
-(a random shared / candidates / independent split of ``--data``; control drawn from the shared
-part, unseen = the reference's independent part), where a CPU-sized run shows no significant
-memorization — the demo then says how large an effect its intervals leave possible.
-
-Run ``memloc demo --help`` (or ``python -m lightning_memloc.cli.demo --help``).
+An encoder ``f`` and its reference ``g`` (SimCLR ResNet9) are co-trained while a monitor measures the
+candidates (seen by ``f`` only) next to a control set (both train on it) and an unseen set. ``--setting
+canaries`` plants photo crops among the digits; ``--setting plain`` is the paper's random split of ``--data``.
 """
 
 from __future__ import annotations
@@ -109,7 +97,7 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
     images, labels = load_data(args.data, root=args.root, size=size)
     held_out = images[:0], labels[:0]  # labelled images outside the subset: the kNN test of the canaries setting
     if args.subset and args.subset < len(images):
-        # a seeded random subset: files sorted by class (e.g. a CIFAR .npz) keep every class
+        # random, not the first N: files sorted by class keep every class
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
         keep, rest = order[: args.subset].sort().values, order[args.subset:]
         rest = rest[labels[rest] >= 0][:KNN_TEST].sort().values
@@ -142,10 +130,8 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
             "held_out": held_out}
 
 
-#: SimCLR's augmentation fitted to gray handwritten digits (``--data digits``): no flip (a
-#: mirrored digit is another symbol), crops of at least half the image (a 20 % crop of an 8×8
-#: digit is one stroke) and brightness / contrast jitter only (saturation and hue leave gray
-#: images unchanged). SimCLR's own settings made the demo's kNN accuracy fall during training.
+#: SimCLR's augmentation for gray digits: no flip (a mirrored digit is another symbol), crops of at least
+#: half the image, brightness / contrast jitter only (SimCLR's own settings lowered the kNN accuracy).
 DIGITS_AUGMENT: Dict[str, Any] = {"scale": (0.5, 1.0), "flip_p": 0.0, "jitter": (0.4, 0.4, 0.0, 0.0)}
 
 
@@ -162,9 +148,7 @@ def digits_augment(size: int) -> Any:
 
 
 def view_transform(side: int, data: str, kind: str = "batched") -> Optional[Tuple[str, Dict[str, Any]]]:
-    """The demo's per-image view factory and its keyword arguments, or ``None`` for the library's
-    default (SimCLR's batched augmentation): the monitor measures on views made like the training
-    batches, and ``memloc analyze --transform FACTORY --transform-kwargs JSON`` rebuilds them.
+    """The demo's per-image view factory and its keyword arguments (``None``: SimCLR's batched augmentation).
 
     Example:
         >>> view_transform(16, "digits")
@@ -183,9 +167,7 @@ def view_transform(side: int, data: str, kind: str = "batched") -> Optional[Tupl
 
 
 def training_augment(side: int, data: str, kind: str = "batched") -> Tuple[Optional[Any], Optional[Any]]:
-    """The demo's training augmentation: ``(batched augment, None)`` or, with ``kind="lightly"``,
-    ``(None, lightly SimCLRTransform)`` (two views of :func:`view_transform`'s); :data:`DIGITS_AUGMENT`
-    for the digits, SimCLR's otherwise.
+    """The demo's training augmentation: ``(batched augment, None)`` or, with ``kind="lightly"``, ``(None, SimCLRTransform)``.
 
     Example:
         >>> augment, _ = training_augment(16, "digits")
@@ -259,7 +241,6 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         top_k=top_k, bootstrap=args.bootstrap,
         overwrite=True,  # re-running the demo into --out replaces its memloc/ files
     )
-    # kNN accuracy of f on the monitor's schedule (lightning_memloc.cli.demo_utility)
     utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs, held_out=data["held_out"])
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,

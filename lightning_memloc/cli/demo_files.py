@@ -1,16 +1,6 @@
 """What ``memloc demo`` writes so that ``memloc analyze`` and ``memloc plot`` measure exactly its candidates.
 
-The demo co-trains an encoder ``f`` and its reference ``g`` on a split of Wang et al.,
-*Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024), drawn from a seeded random
-subset of ``--data`` plus planted canaries: neither the images nor the split can be rebuilt from
-``--data`` alone. So the demo writes them next to its report:
-
-- ``data.npz``: the images it trained on (``x`` uint8 N×H×W×C, ``y`` labels, -1 for canaries);
-- ``split.json``: dataset indices into ``data.npz`` of ``candidates`` (seen by ``f`` only),
-  ``control`` (seen by both), ``unseen``, ``shared`` and ``independent``; ``memloc analyze
-  --indices / --control / --unseen split.json`` each read their own list;
-- ``encoder.pt`` / ``reference.pt``: the state dicts of the two backbones (``--arch resnet9``);
-- ``analyze.sh``: the ``memloc analyze`` and ``memloc plot`` commands of the round trip.
+``data.npz`` (its images), ``split.json`` (index groups), ``encoder.pt`` / ``reference.pt`` and ``analyze.sh``.
 
 Example:
     >>> print(round_trip_commands("runs/demo", width=16, channels=3, size=16, views=10, seed=0, top_k=8,
@@ -41,22 +31,10 @@ FILES = {"data": "data.npz", "split": "split.json", "encoder": "encoder.pt", "re
 
 def round_trip_commands(out: PathLike, *, width: int, channels: int, size: int, views: int, seed: int, top_k: int,
                         bootstrap: int, transform: Optional[Tuple[str, Dict[str, Any]]] = None) -> str:
-    """The ``memloc analyze`` then ``memloc plot`` commands that re-measure the demo's candidates in ``out``.
+    """The ``memloc analyze`` then ``memloc plot`` commands (one a line) that re-measure the demo's candidates in ``out``.
 
     Args:
-        out: the demo's ``--output-dir``.
-        width: ResNet9 base width (``--width``).
-        channels: image channels (``--in-channels``).
-        size: image side of ``data.npz`` (``--size``, so analyze does not resize).
-        views: K views, as the monitor measured (``--views``).
-        seed: the view seed (``--seed``).
-        top_k: the monitor's top-k group size (``--top-k``).
-        bootstrap: resamples of the evidence (``--bootstrap``).
-        transform: the monitor's view factory and its keyword arguments (``--transform``,
-            ``--transform-kwargs``), ``None`` for the default views.
-
-    Returns:
-        Two shell commands, one a line (continued with ``\\``).
+        transform: the monitor's view factory and its keyword arguments; ``None`` for the default views.
     """
     d = Path(out).as_posix()
     split = f"{d}/{FILES['split']}"
@@ -81,13 +59,9 @@ def write_round_trip(out: PathLike, images: Tensor, labels: Tensor, groups: Dict
     """Write :data:`FILES` into ``out`` atomically; returns the paths written.
 
     Args:
-        out: the demo's output folder.
         images: uint8 (N, C, H, W), every image the demo used (indices of ``groups`` point into it).
         labels: (N,) labels, -1 where there is none.
         groups: index tensors by name (``candidates``, ``control``, ``unseen``, ``shared``, ``independent``).
-        encoder: the trained backbone of ``f``.
-        reference: the trained backbone of ``g``.
-        commands: :func:`round_trip_commands`.
     """
     folder = Path(out)
     buffer = io.BytesIO()

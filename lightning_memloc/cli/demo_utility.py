@@ -1,13 +1,4 @@
-"""The demo's utility probe: kNN accuracy of ``f`` over training, next to its memorization.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read memorization
-beside downstream utility; ``memloc demo`` therefore also runs a
-:class:`~lightning_memloc.callbacks.UtilityMonitor` on the monitor's schedule: the bank is the
-shared images (both encoders trained on them) and the test set the independent ones (``f`` never
-saw them), with their labels; images without a label (canaries, label −1) are left out. In the
-canaries setting the independent images are canaries: the demo then tests on labelled images of
-``--data`` outside its subset, which neither encoder trains on (see :func:`demo_utility`).
-"""
+"""The demo's utility probe: kNN accuracy of ``f`` over training, next to its memorization."""
 
 from __future__ import annotations
 
@@ -22,14 +13,10 @@ __all__ = ["demo_utility", "knn_change", "knn_table"]
 
 def demo_utility(images: Tensor, labels: Tensor, split: Any, every_n_epochs: int, ks: Sequence[int] = (20, 200),
                  held_out: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Optional[Any], str]:
-    """A ``UtilityMonitor`` of ``encoder.backbone`` for the demo's split, and what its test set is.
+    """A ``UtilityMonitor`` of ``encoder.backbone`` (``None`` without enough labels), and what its test set is.
 
-    Bank: the labelled shared images; test: the labelled independent images (``f`` never saw
-    them). When none is labelled (the canaries setting: its independent images are canaries), the
-    test set is ``held_out`` (images and labels neither encoder trains on), else every other
-    labelled shared image is tested against the rest (seen by ``f``, labels never used). ``None``
-    without enough labels. ``ks`` larger than the bank are dropped (the bank's size is used when
-    none fits).
+    Bank: the labelled shared images; test: the labelled independent images, else ``held_out``, else
+    half of the shared ones. ``ks`` larger than the bank are dropped.
     """
     from lightning_memloc.callbacks.utility import UtilityMonitor
 
@@ -68,8 +55,7 @@ def knn_table(history: List[Dict[str, Any]], ks: Sequence[int]) -> str:
 
 
 def knn_change(history: List[Dict[str, Any]], k: int) -> Optional[Tuple[float, float]]:
-    """kNN accuracy at ``k`` before training (epoch −1) and at the last measurement, or ``None``
-    when either is missing.
+    """kNN accuracy at ``k`` before training (epoch −1) and at the last measurement, or ``None`` if either is missing.
 
     Example:
         >>> knn_change([{"epoch": -1, "memloc/knn_acc_k20": 0.5}, {"epoch": 9, "memloc/knn_acc_k20": 0.75}], 20)

@@ -1,10 +1,4 @@
-"""The ``memloc`` argument parser: the flags of ``analyze`` and ``plot`` and their parse-time checks.
-
-Flags are named after the keyword they set (``--top-k`` for ``measure(top_k=...)``, see
-:mod:`lightning_memloc.cli.contract`); counts, seeds and probabilities are checked by argparse
-``type`` functions, so a bad value is a usage error before anything is loaded. What is measured
-is defined by Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
-"""
+"""The ``memloc`` argument parser: the flags of ``analyze`` and ``plot`` and their parse-time checks."""
 
 from __future__ import annotations
 
@@ -60,8 +54,7 @@ CLI_DEFAULTS = {"progress": True}
 
 
 def add_option_flags(group: Any) -> None:
-    """One flag per :class:`~lightning_memloc.options.MeasureOptions` field (``top_k`` → ``--top-k``), with
-    its default and help from the field (their one source) and a parse-time check of its value."""
+    """One checked flag per :class:`~lightning_memloc.options.MeasureOptions` field (``top_k`` → ``--top-k``)."""
     for f in dataclasses.fields(MeasureOptions):
         meta = f.metadata
         if not meta:

@@ -1,9 +1,4 @@
-"""``memloc plot``: the figures of a saved report and / or a monitor history.
-
-Draws the views of memorization of Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024) with :func:`~lightning_memloc.plots.plot_report` (and the analyses' figures),
-after checking every argument.
-"""
+"""``memloc plot``: the figures of a saved report and / or a monitor history."""
 
 from __future__ import annotations
 
@@ -25,13 +20,7 @@ _SELECTION_FLAGS = (("indices_from_split", "--indices-from-split"), ("indices", 
 
 
 def _grid_images(args: argparse.Namespace, report: Any) -> Tensor:
-    """The images of the report's own candidates, in its order, from ``--images``; refused when the data cannot give them.
-
-    A ``memloc analyze`` report (``"data"`` in its meta) records its candidates' dataset indices
-    (and, since this check, a checksum of their pixels): those are drawn, whatever the selection
-    flags say, and a selection that names other images is refused. Other reports number their
-    candidates by position: the selection flags pick them, or ``--images`` holds exactly them.
-    """
+    """The report's own candidates, in its order, from ``--images`` (by dataset index for ``analyze`` reports, else by position)."""
     measured_size = report.meta.get("size") if "data" in report.meta else None
     if args.size is None and measured_size is not None:
         args.size = measured_size  # load at the size analyze measured, so the checksum can compare
@@ -68,11 +57,7 @@ def _grid_images(args: argparse.Namespace, report: Any) -> Tensor:
 
 
 def plot(args: argparse.Namespace) -> int:
-    """Run ``memloc plot`` on parsed arguments; returns the exit code (0).
-
-    Raises:
-        CLIError: a bad argument (code 2), before any figure is written.
-    """
+    """Run ``memloc plot`` on parsed arguments; returns the exit code (0) or raises ``CLIError`` before writing."""
     from lightning_memloc.plots import plot_report
     from lightning_memloc.plots.io import find_plot_inputs
 
