@@ -53,13 +53,11 @@ def _option(default: Any, help: str, doc: str = "", **cli: Any) -> Any:
 class MeasureOptions:
     """Validated settings of one measurement (shared by every surface that measures).
 
-    Each field is one keyword of :func:`~lightning_memloc.measure`, of the monitor and one
-    ``memloc analyze`` flag; its default and text are declared here only (:func:`options_doc`).
-    ``with_reference`` (whether a reference encoder is measured; LayerMem then needs ``views`` ≥ 2
-    with ``pairing="all"``) is set by the surface, not by the user.
+    Each field is one keyword of ``measure()``, of the monitor and one ``memloc analyze`` flag;
+    ``with_reference`` is set by the surface, not by the user.
 
     Raises:
-        ValueError: a value out of range or not one of the choices (the message names it).
+        ValueError: a value out of range or not one of the choices.
     """
 
     views: int = _option(10, "K augmented views per candidate", "(≥ 1; ignored for precomputed views).", minimum=1)

@@ -90,8 +90,7 @@ def centred_sq_distances(gram: Tensor, tau: float = TAU) -> Tuple[Tensor, Tensor
         tau: flag a candidate with a pair of ``d² < tau · (V_aa + V_bb)``.
 
     Returns:
-        ``(d2, risky)``: ``d2`` ``(..., K(K−1)/2)`` float64 over the pairs ``a < b`` in
-        ``torch.triu_indices`` order (clamped at 0); ``risky`` ``(...)`` bool.
+        ``(d2, risky)``: ``d2`` ``(..., K(K−1)/2)`` in ``torch.triu_indices`` order; ``risky`` ``(...)`` bool.
 
     Example:
         >>> d2, risky = centred_sq_distances(torch.tensor([[[0.5, -0.5], [-0.5, 0.5]]], dtype=torch.float64))

@@ -102,8 +102,7 @@ def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0
 def bootstrap_difference_interval(
     a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> Tuple[Tensor, Tensor]:
-    """Interval of ``mean(a) − mean(b)`` over the last dimension; ``a`` and ``b`` are resampled
-    independently (two groups of candidates), leading rows stay paired.
+    """Interval of ``mean(a) − mean(b)`` over the last dimension, ``a`` and ``b`` resampled independently.
 
     Example:
         >>> lo, hi = bootstrap_difference_interval(torch.full((5,), 2.0), torch.full((3,), 0.5))
@@ -146,8 +145,7 @@ def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
     """One-sided Welch t-test of ``mean(a) > mean(b)`` (unequal variances), as the authors' ``Ttest.py``.
 
     Returns:
-        ``(t, df, p)``. ``p`` is NaN when a group has fewer than 2 values; with zero variance in
-        both groups ``p`` is 0 if ``mean(a) > mean(b)`` and 1 otherwise.
+        ``(t, df, p)``; ``p`` is NaN when a group has fewer than 2 values.
 
     Example:
         >>> t, df, p = welch_greater(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]))
@@ -253,10 +251,8 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
         seen: ``(P,)`` bool, ``True`` for images the encoder trained on.
 
     Returns:
-        ``{"fraction": share of alive units whose μmax image is seen, "chance": seen / P,
-        "p": one-sided permutation p-value (fraction ≥ observed), "alive": alive units,
-        "winners": distinct images that are (or share) some unit's μmax}``. With no alive unit, fraction and
-        p are NaN.
+        ``{"fraction", "chance": seen / P, "p" (one-sided), "alive": alive units, "winners": distinct
+        μmax images}``; fraction and p are NaN with no alive unit.
 
     Example:
         >>> mu = torch.tensor([[5.0, 0.0, 4.0], [0.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])

@@ -52,7 +52,6 @@ def resolve_report(source: ReportSource, argument: str = "source") -> Optional[M
         The report, or ``None`` when a monitor has not measured yet.
 
     Raises:
-        TypeError: ``source`` is none of the above.
         FileNotFoundError, ReportFormatError: the path holds no valid report.
     """
     if isinstance(source, MemorizationReport):
