@@ -1,14 +1,7 @@
 """``MeasureOptions``: the measurement settings shared by ``measure()``, the monitor and ``memloc analyze``.
 
-One measurement of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
-is defined by the views (K, seed), how alignments pair views (``pairing``), how μ-max reduces the
-other candidates (``reduction``), the policy for negative activations, the size of LayerMem's
-top-k groups, and the resampling of its evidence. :func:`~lightning_memloc.measure`, the
-:class:`~lightning_memloc.callbacks.MemorizationMonitor` and ``memloc analyze`` keep their flat
-keyword arguments (as Lightning's ``Trainer`` does); each builds one frozen ``MeasureOptions``
-from them, which validates every value once (before any work) and gives what the pass, the meter,
-the report's ``meta`` and the monitor's resume fingerprint need. A new option is added here,
-once, and reaches every surface.
+Each surface keeps flat keyword arguments and builds one frozen, validated ``MeasureOptions``; a new
+option is added here once and reaches every surface.
 
 Example:
     >>> options = MeasureOptions(views=4, top_k=2)
@@ -50,9 +43,8 @@ SURFACE_DIFFERENCES = {
 def _option(default: Any, help: str, doc: str = "", **cli: Any) -> Any:
     """A :class:`MeasureOptions` field: its default, written once, and the text every surface shows.
 
-    ``help`` is the ``memloc analyze`` flag's help and the first sentence of the keyword's
-    documentation (:func:`options_doc`); ``doc`` adds to the documentation only; ``cli`` says how
-    the flag parses its value (``minimum``, ``choices`` or ``kind``).
+    ``help``: the flag's help and the doc's first sentence; ``doc``: documentation only; ``cli``:
+    how the flag parses (``minimum``, ``choices`` or ``kind``).
     """
     return field(default=default, metadata={"help": help, "doc": doc, **cli})
 
@@ -61,13 +53,11 @@ def _option(default: Any, help: str, doc: str = "", **cli: Any) -> Any:
 class MeasureOptions:
     """Validated settings of one measurement (shared by every surface that measures).
 
-    Each field is one keyword of :func:`~lightning_memloc.measure`, of the monitor and one
-    ``memloc analyze`` flag; its default and text are declared here only (:func:`options_doc`).
-    ``with_reference`` (whether a reference encoder is measured; LayerMem then needs ``views`` ≥ 2
-    with ``pairing="all"``) is set by the surface, not by the user.
+    Each field is one keyword of ``measure()``, of the monitor and one ``memloc analyze`` flag;
+    ``with_reference`` is set by the surface, not by the user.
 
     Raises:
-        ValueError: a value out of range or not one of the choices (the message names it).
+        ValueError: a value out of range or not one of the choices.
     """
 
     views: int = _option(10, "K augmented views per candidate", "(≥ 1; ignored for precomputed views).", minimum=1)
@@ -139,8 +129,7 @@ class MeasureOptions:
         return tuple(f.name for f in dataclasses.fields(cls) if f.name != "with_reference")
 
     def measure_kwargs(self) -> Dict[str, Any]:
-        """These options as keyword arguments of :func:`~lightning_memloc.measure` (or of the monitor):
-        how a surface that built the options (``memloc analyze``) passes them on, each under its one name."""
+        """These options as keyword arguments of :func:`~lightning_memloc.measure` (or of the monitor)."""
         return {name: getattr(self, name) for name in self.keywords()}
 
     def meter_kwargs(self) -> Dict[str, Any]:
@@ -158,13 +147,9 @@ class MeasureOptions:
 
         Args:
             views: K actually used (precomputed views fix their own K).
-            seed: the view set's seed.
             num_candidates: N; ``top_k`` is recorded as ``min(top_k, N)``.
             groups: sizes of the control / unseen sets, recorded as ``num_<name>``.
-            **extra: further entries (``epoch``, ``global_step``, ...), recorded after ``num_candidates``.
-
-        ``autocast`` is recorded when set (``"bf16"`` / ``"fp16"``); a float32 pass records none.
-        ``normalize`` is recorded as ``None`` or ``{"mean": [...], "std": [...]}`` (with ``"preset"``).
+            **extra: further entries (``epoch``, ``global_step``, ...).
         """
         return {"views": views, "seed": seed, "pairing": self.pairing, "reduction": self.reduction,
                 "negative": self.negative, "top_k": min(self.top_k, num_candidates), **extra,
@@ -180,17 +165,12 @@ class MeasureOptions:
                 "normalize": None if normalize is None else [normalize["mean"], normalize["std"]]}
 
     def _precision(self) -> Dict[str, Any]:
-        """``{"autocast": ...}`` when the forwards run under autocast; ``{}`` for float32 (reports and
-        fingerprints of float32 passes stay as they were before the option existed)."""
+        """``{"autocast": ...}`` under autocast; ``{}`` for float32 (keeps float32 reports and fingerprints unchanged)."""
         return {} if self.autocast is None else {"autocast": self.autocast}
 
 
 def option_property(name: str) -> property:
-    """A property ``<owner>.<name>`` reading ``<owner>.options.<name>``; setting it validates a new options object.
-
-    Lets a class holding ``options`` (the monitor) keep its flat attributes (``monitor.top_k``)
-    with one source of truth.
-    """
+    """A property ``<owner>.<name>`` reading ``<owner>.options.<name>``; setting it validates a new options object."""
 
     def get(owner: Any) -> Any:
         return getattr(owner.options, name)

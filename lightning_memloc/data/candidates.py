@@ -1,24 +1,4 @@
-"""Candidate sets (and their labels) given as paths, so that a configuration file needs no Python.
-
-The candidates of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
-are held-out training images; a LightningCLI YAML can only name them. :func:`load_candidates`
-turns such a name into the tensors :func:`~lightning_memloc.measure` and the
-:class:`~lightning_memloc.callbacks.MemorizationMonitor` take:
-
-- ``candidates``: a tensor / ``Dataset`` (kept), a ``.pt`` / ``.pth`` file (a uint8 or float
-  tensor ``(N, C, H, W)`` or precomputed views ``(N, K, C, H, W)``, or a dict with ``images`` /
-  ``x`` and optionally ``labels`` / ``y``, read with ``weights_only=True``), or anything
-  :func:`~lightning_memloc.data.load_data` reads (an ``.npz`` file, an image folder, ``"digits"``);
-- ``size``: side length the images of a path are resized to (required for an image folder);
-- ``indices``: which images are the candidates: a list of ints, a slice ``"start:stop[:step]"``,
-  or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file of ints;
-- ``labels``: ``None``, a tensor, ``True`` (the labels stored with the candidates' file) or a
-  ``.pt`` / ``.npy`` file. Labels describe the data *before* ``indices`` selects from it.
-
-:func:`load_groups` does the same for the candidates and their nulls (control, unseen), which
-may also be indices into the candidates' data, and keeps the dataset indices as the ids a report
-names the images by.
-"""
+"""Candidate sets (and their labels) given as paths, so that a configuration file needs no Python."""
 
 from __future__ import annotations
 
@@ -130,18 +110,16 @@ def load_candidates(candidates: CandidateSpec, labels: LabelSpec = None, size: O
     A tensor or ``Dataset`` without ``size`` / ``indices`` comes back unchanged (the same object).
 
     Args:
-        candidates: see the module docstring.
-        labels: see the module docstring.
+        candidates: a tensor / ``Dataset``, a ``.pt`` file (``(N, C, H, W)``, views ``(N, K, C, H, W)``
+            or a dict with ``images`` / ``x`` and ``labels`` / ``y``), or what
+            :func:`~lightning_memloc.data.load_data` reads.
+        labels: ``None``, a tensor, ``True`` (stored with the candidates) or a ``.pt`` / ``.npy`` file;
+            they describe the data before ``indices``.
         size: resize the images of a path to ``size`` × ``size``.
-        indices: select these images (positions in the data).
+        indices: ints, a slice ``"start:stop[:step]"`` or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
 
     Returns:
         ``(candidates, labels or None)``.
-
-    Raises:
-        FileNotFoundError: a path that does not exist.
-        ValueError: an unreadable file, ``size`` with a tensor, ``labels=True`` without stored
-            labels, labels of another length, indices out of range.
 
     Example:
         >>> import torch
@@ -191,13 +169,8 @@ class CandidateGroups(NamedTuple):
     """The images :func:`load_groups` read, and the dataset indices that name them.
 
     Attributes:
-        candidates: candidate images (or views, or a ``Dataset``).
-        labels: their labels, or ``None``.
-        control: the control images, or ``None``.
-        unseen: the unseen images, or ``None``.
         candidate_ids: (N,) the candidates' indices in their data (``0..N-1`` without ``indices``).
-        meta: ``control_indices`` / ``unseen_indices`` (lists of ints) for groups given by indices,
-            the keys ``memloc analyze`` records in a report's ``meta``.
+        meta: ``control_indices`` / ``unseen_indices`` for groups given by indices.
     """
 
     candidates: Any
@@ -215,12 +188,7 @@ def load_groups(candidates: CandidateSpec, labels: LabelSpec = None, size: Optio
     """Candidates, control and unseen images as :func:`load_candidates` reads them, with their ids.
 
     ``control_indices`` select from ``control``'s data, or without ``control`` from the
-    candidates' data (read once); likewise ``unseen_indices``. So a configuration file names
-    all three groups as slices of one data set.
-
-    Raises:
-        ValueError: as :func:`load_candidates`; also ``indices`` that repeat an image (a
-            candidate's id must be unique), or ``*_indices`` of a group given as a tensor.
+    candidates' data; likewise ``unseen_indices``.
 
     Example:
         >>> g = load_groups(torch.zeros(10, 3, 4, 4), indices="2:5", control_indices=[6, 7], unseen_indices="8:")

@@ -1,26 +1,4 @@
-"""Statistics that turn memorization figures into evidence: intervals, tests and their nulls.
-
-A memorization figure means little without its null and its uncertainty. Two trained encoders
-differ at every layer even when neither memorized anything (an offset ``o_l``), so SSLMem of the
-candidates is compared with a *control* set both encoders trained on; UnitMem has no reference,
-so a unit's μmax image is compared against chance over a pool of seen and unseen images
-(Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024; the authors'
-``Ttest.py`` runs a one-sided Welch test). Everything is seeded and vectorised:
-
-- :func:`bootstrap_indices`, :func:`percentile_interval`, :func:`bootstrap_mean_interval`,
-  :func:`bootstrap_difference_interval`, :func:`bootstrap_topk_interval`: percentile bootstrap
-  over candidates;
-- :func:`studentized_permutation_test`: the two-sample test of every family (exact for
-  exchangeable groups, robust to skew and unequal sizes), with :func:`permutation_lower_bound`
-  and :func:`bootstrap_t_interval` (from :mod:`~lightning_memloc.functional.two_sample`);
-  :func:`welch_greater`: the authors' one-sided Welch t-test (liberal on skewed, unequal groups);
-  :func:`holm`: Holm's step-down correction;
-- :func:`weighted_mean_unitmem`: mean UnitMem of resampled or sub-sampled candidate sets, from
-  one ``(N, U)`` matrix, without materialising the resamples;
-- :func:`membership_test`: how often alive units' μmax image is a training image, against a
-  permutation null over the *images* (units are not independent draws);
-- :func:`samples_for_halfwidth`: candidates needed for a target interval half-width.
-"""
+"""Statistics that turn memorization figures into evidence: intervals, tests and their nulls (seeded, vectorised)."""
 
 from __future__ import annotations
 
@@ -85,10 +63,8 @@ def percentile_interval(samples: Tensor, level: float = 0.95) -> Tuple[Tensor, T
 def standard_error_interval(samples: Tensor, estimate: float, level: float = 0.95) -> Tuple[float, float]:
     """Normal interval ``estimate ± z·sd(samples)`` from the bootstrap standard error.
 
-    For max-based statistics such as UnitMem the percentile interval is wrong: a resample with
-    duplicates misses the μmax candidate about a third of the time, so resampled UnitMem is
-    biased low while its *spread* matches the sampling spread (measured: bootstrap sd 0.020 vs
-    0.022 across fresh candidate sets). The interval is therefore centred on the estimate.
+    For max-based statistics (UnitMem) resamples are biased low but their spread is right, so the
+    interval is centred on the estimate rather than percentile-based.
 
     Example:
         >>> lo, hi = standard_error_interval(torch.tensor([0.0, 2.0]), 5.0, level=0.95)
@@ -106,11 +82,7 @@ def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0
     """Percentile-bootstrap interval of the mean over the last dimension (the candidates).
 
     Args:
-        values: ``(..., N)``; every leading row is resampled with the *same* candidate indices
-            (layers stay paired: candidate ``i`` is drawn at every layer together).
-        n_boot: bootstrap resamples.
-        level: coverage of the interval.
-        seed: seed of the resampling.
+        values: ``(..., N)``; leading rows share the resampled candidate indices (layers stay paired).
 
     Returns:
         ``(lower, upper)`` of shape ``values.shape[:-1]``.
@@ -130,8 +102,7 @@ def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0
 def bootstrap_difference_interval(
     a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> Tuple[Tensor, Tensor]:
-    """Interval of ``mean(a) − mean(b)`` over the last dimension; ``a`` and ``b`` are resampled
-    independently (two groups of candidates), leading rows stay paired.
+    """Interval of ``mean(a) − mean(b)`` over the last dimension, ``a`` and ``b`` resampled independently.
 
     Example:
         >>> lo, hi = bootstrap_difference_interval(torch.full((5,), 2.0), torch.full((3,), 0.5))
@@ -148,9 +119,7 @@ def bootstrap_difference_interval(
 def bootstrap_topk_interval(
     scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Intervals of the paper's top-k / least-k LayerMem: resample the candidates, rank them by
-    the *last* row (the last layer) within each resample, average every row over its top-k and
-    least-k. The selection is redone in every resample, so its variability is included.
+    """Intervals of top-k / least-k LayerMem, re-ranking by the last layer within each resample.
 
     Args:
         scores: ``(L, N)`` normalised SSLMem per layer and candidate.
@@ -176,8 +145,7 @@ def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
     """One-sided Welch t-test of ``mean(a) > mean(b)`` (unequal variances), as the authors' ``Ttest.py``.
 
     Returns:
-        ``(t, df, p)``. ``p`` is NaN when a group has fewer than 2 values; with zero variance in
-        both groups ``p`` is 0 if ``mean(a) > mean(b)`` and 1 otherwise.
+        ``(t, df, p)``; ``p`` is NaN when a group has fewer than 2 values.
 
     Example:
         >>> t, df, p = welch_greater(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]))
@@ -201,9 +169,7 @@ def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
 
 
 def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
-    """Holm's step-down adjusted p-values (family-wise error across, e.g., layers).
-
-    ``None``/NaN entries are left out of the family and stay ``None``.
+    """Holm's step-down adjusted p-values; ``None``/NaN entries stay ``None``.
 
     Example:
         >>> holm([0.01, 0.04, 0.03])
@@ -222,18 +188,13 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
 def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Tensor:
     """Mean UnitMem (``reduction="mean"``) of candidate multisets given as weights.
 
-    Row ``b`` of ``weights`` says how often each candidate is in multiset ``b`` (bootstrap counts,
-    or a 0/1 mask for a subset). For each multiset and unit: μmax = the largest μ among the drawn
-    candidates, μ-max = the mean over the *other* ``n_b − 1`` draws, UnitMem as in Eq. 1 (0 for a
-    unit that is zero on every drawn candidate); the result is the mean over units. Sums come
-    from one matrix product. The max walks each unit's candidates from the largest μ down and
-    stops at the first one drawn, following only the (resample, unit) pairs still open: a resample
-    of ``N`` draws misses a given candidate with probability about ``e^{-1}``, so about
-    ``1.6 · B · U`` lookups settle them all, where a dense max costs ``B · N · U``.
+    ``UnitMem = (μmax − μ−max)/(μmax + μ−max)`` per multiset and unit, μ−max over the other draws.
+    The max walks each unit's candidates from the largest μ down until one is drawn (about
+    ``1.6·B·U`` lookups instead of a dense ``B·N·U``).
 
     Args:
-        mu: ``(N, U)`` non-negative mean activations (after the negative policy).
-        weights: ``(B, N)`` non-negative integer counts, each row summing to at least 2.
+        mu: ``(N, U)`` non-negative mean activations.
+        weights: ``(B, N)`` counts of each candidate per multiset, rows summing to at least 2.
         chunk: resamples per step (bounds memory to ``chunk·U``).
 
     Returns:
@@ -280,28 +241,18 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Ten
 
 
 def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0) -> Dict[str, float]:
-    """Are units selective for *training* images? The argmax-membership test over a pool.
+    """Share of alive units whose μmax image is a training image, against a permutation null.
 
-    Over a pool of images, some seen in training (``seen``) and some not, take every alive unit's
-    μmax image (dead units, zero on the whole pool, take no part). Under the null that training
-    did not make units prefer the images they saw, the seen/unseen labels are exchangeable among
-    the images, so the p-value permutes those labels over the *images* — one image that wins
-    dozens of units moves all of them together, unlike a binomial over units. A unit whose max
-    is shared by several images (ties: constant units, saturated activations) gives each of them
-    an equal share of its credit, in the observed fraction and in the null alike (crediting the
-    first image would favour whichever group comes first).
+    The seen/unseen labels are permuted over the *images* (units are not independent draws); a
+    unit whose max is tied across images splits its credit among them.
 
     Args:
         mu: ``(P, U)`` non-negative mean activations of the pool's images.
         seen: ``(P,)`` bool, ``True`` for images the encoder trained on.
-        n_perm: label permutations.
-        seed: seed of the permutations.
 
     Returns:
-        ``{"fraction": share of alive units whose μmax image is seen, "chance": seen / P,
-        "p": one-sided permutation p-value (fraction ≥ observed), "alive": alive units,
-        "winners": distinct images that are (or share) some unit's μmax}``. With no alive unit, fraction and
-        p are NaN.
+        ``{"fraction", "chance": seen / P, "p" (one-sided), "alive": alive units, "winners": distinct
+        μmax images}``; fraction and p are NaN with no alive unit.
 
     Example:
         >>> mu = torch.tensor([[5.0, 0.0, 4.0], [0.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
@@ -332,8 +283,7 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
 
 
 def samples_for_halfwidth(n: int, halfwidth: float, target: float) -> int:
-    """Candidates needed for an interval of half-width ``target`` when ``n`` give ``halfwidth``
-    (half-widths shrink as 1/√n).
+    """Candidates needed for half-width ``target`` when ``n`` give ``halfwidth`` (shrinks as 1/√n).
 
     Example:
         >>> samples_for_halfwidth(100, 0.08, 0.02)

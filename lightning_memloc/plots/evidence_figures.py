@@ -1,12 +1,4 @@
-"""Figures of the evidence: each memorization figure next to its control, with its interval and test.
-
-Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) read memorization
-off LayerMem and UnitMem; without a null those numbers cannot be told apart from the difference
-between two encoders (``../shared/DESIGN.md`` §6). These figures always draw the null next to
-the figure: the control's LayerMem and the excess over it with its interval and Holm-corrected
-p-value; UnitMem on seen vs unseen images and the share of units whose μmax image is a training
-image against chance; and the same quantities over training epochs.
-"""
+"""Figures of the evidence: each memorization figure next to its control, with its interval and test."""
 
 from __future__ import annotations
 
@@ -45,8 +37,7 @@ def _stars(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: fl
 
 
 def _align_panel(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], alpha: float) -> None:
-    """The reference-free panel: f's alignment gap of the candidates against unseen images, with its
-    interval and Holm p-value (and, with a reference, C − unseen through g beside it)."""
+    """The reference-free panel: f's alignment gap of the candidates against unseen images."""
     _errorbar(ax, x, ev, layers, "align_gap", marker="o", color="C4", lw=2, label="gap under f alone ± CI (f's range)")
     _stars(ax, x, _values(ev, layers, "align_gap_hi"), _values(ev, layers, "align_gap_p_holm"), alpha)
     if ev.has("excess_unseen"):
@@ -61,17 +52,10 @@ def _align_panel(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], al
 
 
 def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
-    """Candidates against their nulls, layer by layer.
-
-    Left (with a reference): LayerMem of the candidates with its interval, of the control and of
-    the unseen images on the candidates' scale, and the excess over the control with its interval
-    and Holm p-value. Middle (with an unseen set): the alignment gap under ``f`` alone with its
-    interval and p-value. Right: mean UnitMem on equal-size samples of seen and unseen images, and
-    the share of alive units whose μmax image is a training image against chance (with p-values).
+    """Candidates against their nulls, layer by layer: LayerMem vs control, alignment gap, UnitMem seen vs unseen.
 
     Raises:
-        ValueError: the report has no evidence (measure it with this library's ``measure``,
-            monitor or CLI).
+        ValueError: the report has no evidence.
     """
     ev = report.evidence
     if ev is None:
@@ -121,14 +105,10 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
 
 
 def plot_evidence_history(history: History, path: PathLike) -> Path:
-    """Over training: the excess over the control per layer with its interval band, the alignment gap
-    under ``f`` alone with its band, and the share of units whose μmax image was seen against
-    chance (or mean UnitMem with its band without an unseen set); x: the global step when the history
-    records it, else the epoch.
+    """Over training: excess over the control, alignment gap and membership (or mean UnitMem) per layer, with bands.
 
     Raises:
-        ReportFormatError: the history holds no evidence scalars (``memloc.excess/...``,
-            ``memloc.membership/...`` or ``memloc.unit_mem_mean_lo/...``).
+        ReportFormatError: the history holds no evidence scalars.
     """
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     keys = set().union(*(e.keys() for e in entries))

@@ -1,10 +1,4 @@
-"""What every figure of :mod:`lightning_memloc.plots` shares: an Agg figure, an atomic PNG, a depth axis.
-
-The figures show memorization as Wang et al., *Localizing Memorization in SSL Vision Encoders*
-(NeurIPS 2024) do, layer by layer from input to output; they are drawn on
-:class:`matplotlib.figure.Figure` with the Agg canvas (no ``pyplot`` state, no display) and
-written atomically, so a figure on disk is always complete.
-"""
+"""What every figure of :mod:`lightning_memloc.plots` shares: an Agg figure, an atomic PNG, a depth axis."""
 
 from __future__ import annotations
 
@@ -71,9 +65,7 @@ def depth_axis(ax: Any, layers: Sequence[str]) -> None:
 
 
 def training_x(entries: Sequence[Mapping[str, Any]]) -> Tuple[np.ndarray, str]:
-    """x positions of monitor-history entries and the axis label: the global step when every entry
-    has one (a monitor with ``every_n_train_steps`` measures several times per epoch), else the
-    epoch (−1: before training).
+    """x positions of monitor-history entries and the axis label: the global step when every entry has one, else the epoch.
 
     Example:
         >>> training_x([{"epoch": 0, "global_step": 3}, {"epoch": 0, "global_step": 6}])

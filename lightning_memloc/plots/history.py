@@ -1,9 +1,4 @@
-"""Training curves of a :class:`~lightning_memloc.MemorizationMonitor` history.
-
-Mean UnitMem, the share of highly memorizing units and LayerMem per layer over the epochs: how
-the memorization of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
-builds up during training.
-"""
+"""Training curves of a :class:`~lightning_memloc.MemorizationMonitor` history."""
 
 from __future__ import annotations
 
@@ -21,16 +16,10 @@ __all__ = ["plot_history"]
 
 
 def plot_history(history: History, path: PathLike) -> Path:
-    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training
-    (x: the global step when the history records it, else the epoch; see
-    :func:`~lightning_memloc.plots.figure.training_x`).
+    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training.
 
     Args:
         history: the monitor's history (list of dicts) or a path to its ``history.json``.
-        path: PNG file to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ReportFormatError: ``history`` is not a monitor history.

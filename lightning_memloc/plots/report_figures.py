@@ -1,9 +1,4 @@
-"""The figures of one :class:`~lightning_memloc.MemorizationReport`, and :func:`plot_report` writing them all.
-
-LayerMem / ΔLayerMem by depth with the top-k and least-k candidates, the UnitMem distribution
-per layer, SSLMem against UnitMem per candidate and the most / least memorized candidates: the
-views of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024).
-"""
+"""The figures of one :class:`~lightning_memloc.MemorizationReport`, and :func:`plot_report` writing them all."""
 
 from __future__ import annotations
 
@@ -54,17 +49,7 @@ def _layer(report: MemorizationReport, layer: Optional[str]) -> str:
 
 
 def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
-    """LayerMem by depth (all, top-k and least-k candidates) and ΔLayerMem per layer.
-
-    LayerMem_l is the mean normalised SSLMem of the candidates at layer l, ΔLayerMem_l its
-    increase over layer l−1 (Wang et al., NeurIPS 2024, Sec. 3.2 and Table 1).
-
-    Args:
-        report: a report measured with a reference encoder.
-        path: PNG file to write.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+    """LayerMem by depth (all, top-k and least-k candidates) and ΔLayerMem per layer, as a PNG at ``path``.
 
     Raises:
         ValueError: the report has no reference (no SSLMem).
@@ -127,20 +112,7 @@ def _violins(ax: Any, data: Sequence[np.ndarray], positions: Sequence[float], co
 
 
 def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, threshold: float = 0.5) -> Path:
-    """UnitMem distribution per layer (violins), with the fraction of units above ``threshold``.
-
-    Wang et al. (NeurIPS 2024, Fig. 3) find highly memorizing units in every layer, more of them
-    deeper in the network. With labels the ClassMem distribution is drawn beside UnitMem (a unit
-    memorizing single data points scores higher on UnitMem than on ClassMem).
-
-    Args:
-        report: any report.
-        path: PNG file to write.
-        threshold: UnitMem above which a unit counts as highly memorizing (annotated per layer).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
+    """UnitMem (and ClassMem, with labels) distribution per layer, with the fraction of units above ``threshold``."""
     layers, x = report.layers, np.arange(1, len(report.layers) + 1, dtype=float)
     unit = [report.unit_mem[layer].float().numpy() for layer in layers]
     fig = new_figure(max(7.0, 1.0 * len(layers) + 3), 4.4)
@@ -180,21 +152,10 @@ def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.nda
 
 
 def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Optional[str] = None) -> Path:
-    """Per candidate: SSLMem (x) against the highest UnitMem among the units it excites most (y).
-
-    Wang et al. (NeurIPS 2024, Fig. 4) show that the data points with the highest SSLMem are the
-    ones highly memorizing units single out. Candidates no unit singles out are drawn at y = 0.
-
-    Args:
-        report: a report measured with a reference encoder.
-        path: PNG file to write.
-        layer: the layer (default: the last one).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+    """Per candidate: SSLMem (x) against the highest UnitMem among the units it excites most (y; 0 for none).
 
     Raises:
-        ValueError: no reference in the report, or an unknown ``layer``.
+        ValueError: no reference in the report, or an unknown ``layer`` (default: the last one).
     """
     _require_reference(report, "plot_sslmem_vs_unitmem")
     layer = _layer(report, layer)
@@ -224,22 +185,11 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
                         layer: Optional[str] = None) -> Path:
     """The ``k`` most and ``k`` least memorized candidates, with their scores as titles.
 
-    Scores are :meth:`~lightning_memloc.MemorizationReport.candidate_scores` at ``layer``: SSLMem
-    with a reference, otherwise the UnitMem summed over the units whose μmax candidate it is.
+    Scores are :meth:`~lightning_memloc.MemorizationReport.candidate_scores` at ``layer`` (default: the last).
 
     Args:
-        report: any report.
-        images: (N, C, H, W) un-augmented candidate images (uint8 or float), in the order of
-            ``report.candidate_ids`` (by candidate position).
-        path: PNG file to write.
+        images: (N, C, H, W) un-augmented candidate images (uint8 or float), by candidate position.
         k: images per row (≥ 1; at most N).
-        layer: the layer to rank at (default: the last one).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ValueError: ``images`` is not (N, C, H, W) with N = the number of candidates, or ``k`` < 1.
     """
     shape = tuple(getattr(images, "shape", ()))
     if len(shape) != 4 or shape[0] != report.num_candidates:
@@ -274,23 +224,17 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
                 layer: Optional[str] = None, threshold: float = 0.5, warmup_step: Optional[int] = None) -> List[Path]:
     """Write every figure that applies into ``out_dir`` (names in :data:`FILENAMES`).
 
-    LayerMem and SSLMem-vs-UnitMem need a reference in the report, the candidate grid needs
-    ``images``, the training curves and the layer × measurement heat maps need ``history``; the
-    profile by depth (:mod:`~lightning_memloc.plots.profile`) and the heat maps
-    (:mod:`~lightning_memloc.plots.heatmap`) are TensorBoard's ``memloc/profile`` figures as PNGs.
+    LayerMem and SSLMem-vs-UnitMem need a reference, the candidate grid ``images``, the curves and
+    heat maps ``history``.
 
     Args:
-        report: the measurement (``None``: only the history figure).
-        out_dir: folder to write into (created if missing).
+        report: the measurement (``None``: only the history figures).
         images: (N, C, H, W) candidate images by candidate position, for the candidate grid.
         history: monitor history (list of dicts or a path to ``history.json``).
-        k: images per row of the candidate grid.
-        layer: layer of the scatter and candidate ranking (default: the last one).
-        threshold: UnitMem above which a unit counts as highly memorizing.
         warmup_step: global step at which the learning-rate warm-up ends (the heat maps draw it).
 
     Returns:
-        The paths written, in the order above.
+        The paths written.
     """
     out = Path(out_dir)
     written: List[Path] = []

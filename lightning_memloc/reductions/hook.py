@@ -1,15 +1,7 @@
 """Reductions in the hook: a tapped layer's output → per-unit means over the views and per-candidate alignment.
 
-The data flow of a measurement pass (Wang et al., *Localizing Memorization in SSL Vision
-Encoders*, NeurIPS 2024) is views → taps → reductions → metric states: this module holds the
-reductions that forward hooks apply to each tapped layer before its activations are dropped.
-
-Per layer, the hook keeps only what depends on the activations: the per-unit means over space
-and views ``(B, U)`` and, for all-pairs alignment, each candidate's float64 Gram matrix of its
-views ``(B, K, K)``, accumulated slice by slice as in
-:func:`~lightning_memloc.functional.sslmem.pairwise_alignment`. Turning Gram matrices into
-alignments (normalisation, pair distances, mean: a dozen small operations) is done once per
-forward for all layers together (:func:`alignment_from_gram`), not once per layer.
+Data flow: views → taps → reductions → metric states. The hook keeps per-unit means ``(B, U)`` and
+Gram matrices or pair distances; alignments are finished once per forward for all layers.
 """
 
 from __future__ import annotations
@@ -30,11 +22,7 @@ __all__ = ["alignment_from_gram", "finish_alignments", "flat_view", "forward_red
 
 
 def flat_view(out: Tensor) -> Tensor:
-    """``(B, D)`` flattening of a layer output, without a copy whenever the memory layout allows.
-
-    Alignment compares views feature by feature, so any fixed order of the features will do: a
-    channels-last conv map is flattened in its memory order (H, W, C) rather than copied to (C, H, W).
-    """
+    """``(B, D)`` flattening of a layer output in memory order (any fixed feature order will do), without a copy."""
     if out.ndim == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
         return out.permute(0, 2, 3, 1).reshape(out.shape[0], -1)
     return out.reshape(out.shape[0], -1)
@@ -43,10 +31,7 @@ def flat_view(out: Tensor) -> Tensor:
 def view_unit_means(out: Tensor, batch: int, views: int) -> Tensor:
     """Per-unit activation averaged over the ``views`` views of each of ``batch`` candidates: ``(batch, U)``.
 
-    ``out`` is the layer output for ``batch · views`` inputs, views of a candidate adjacent (the
-    μ_u(x_i) of UnitMem, Wang et al., NeurIPS 2024, Sec. 3). A ``1 × 1`` conv map (the last
-    stages of a ResNet on small images) is read as ``(B, C)`` without its spatial mean, which
-    over one position is the value itself (a reduction over size-1 dimensions is a slow kernel).
+    ``out`` holds ``batch · views`` inputs, views of a candidate adjacent (UnitMem's μ_u(x_i)).
     """
     if out.ndim == 4 and out.shape[2] * out.shape[3] == 1:
         return out.reshape(batch, views, -1).mean(dim=1)
@@ -56,11 +41,8 @@ def view_unit_means(out: Tensor, batch: int, views: int) -> Tensor:
 def view_gram(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
     """Float64 Gram matrix of each candidate's views: ``(N, K, D)`` → ``(N, K, K)``.
 
-    Accumulated over slices of ``D`` of at most ``chunk_bytes`` (default
-    :data:`~lightning_memloc.functional.sslmem.CHUNK_BYTES`) exactly as
-    :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` does (same slices, same
-    ``baddbmm_``), so :func:`alignment_from_gram` of it equals that function's all-pairs result.
-    float32 products are exact in float64: the Gram is accurate to ~1e-16 relative.
+    Same slices as :func:`~lightning_memloc.functional.sslmem.pairwise_alignment`, so
+    :func:`alignment_from_gram` of it equals that function's all-pairs result.
     """
     n, k, d = reps.shape
     if chunk_bytes <= 0:
@@ -76,9 +58,7 @@ def view_gram(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
 def sq_distances_from_gram(gram: Tensor) -> Tensor:
     """Squared distances of the L2-normalised views from raw Gram matrices: ``(..., K, K)`` → ``(..., K(K−1)/2)``.
 
-    ‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab of the normalised Gram Ĝ, pairs ``a < b`` in
-    ``torch.triu_indices`` order, clamped at 0. Norms are clamped at 1e-12 as ``F.normalize``
-    does: an all-zero view stays zero.
+    ``‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab`` of the normalised Gram Ĝ, pairs in ``torch.triu_indices`` order.
     """
     k = gram.shape[-1]
     inv = gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(1e-12).reciprocal()
@@ -91,10 +71,7 @@ def sq_distances_from_gram(gram: Tensor) -> Tensor:
 def alignment_from_gram(gram: Tensor) -> Tensor:
     """All-pairs alignment from Gram matrices ``(..., K, K)`` (any leading dimensions): ``(...)`` in float64.
 
-    align = mean over the K(K−1)/2 pairs of ‖r_a − r_b‖₂ of the L2-normalised views
-    (:func:`sq_distances_from_gram`; SSLMem's alignment, Wang et al., ICLR 2024; per layer in Wang
-    et al., NeurIPS 2024). Stacking the Grams of all layers of a forward (``(L, N, K, K)``) makes
-    these dozen operations once per forward instead of once per layer.
+    ``align = mean_{a<b} ‖r_a − r_b‖₂`` of the L2-normalised views.
     """
     return sq_distances_from_gram(gram).sqrt_().mean(dim=-1)
 
@@ -102,13 +79,8 @@ def alignment_from_gram(gram: Tensor) -> Tensor:
 def view_sq_distances(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
     """Squared distances of each candidate's normalised views, ``(N, K, D)`` float32 → ``(N, K(K−1)/2)`` float64.
 
-    From the float32 Gram of the centred normalised views
-    (:func:`~lightning_memloc.functional.centred_gram.centred_gram`); candidates with a pair much
-    closer than their spread, where that Gram's rounding is not small against ``d²``, and layers
-    of fewer than :data:`~lightning_memloc.functional.centred_gram.MIN_FEATURES` features come
-    from the float64 Gram (:func:`view_gram`). Alignments within 2e-7 of float64
-    (docs/performance.md, "The float32 Gram"). Reads whether any candidate is flagged, i.e.
-    synchronises with the device once per call: the hook uses it on CPU only. No gradient flows through it.
+    From the float32 centred Gram; flagged candidates and small layers use the float64 Gram
+    (:func:`view_gram`). Synchronises with the device once per call (the hook uses it on CPU only).
     """
     reps = reps.detach()
     if chunk_bytes <= 0:
@@ -146,15 +118,7 @@ def forward_reduce(
     """Forward ``inputs`` (B·K views [+ B anchors]) and reduce every tapped layer in its hook.
 
     Returns per layer the unit means ``(B, U)`` (with ``units``) and the alignments ``(B,)`` (with
-    ``align``), in the order of ``names``. All-pairs alignments of float32 / half outputs keep only
-    the squared pair distances on CPU (:func:`view_sq_distances`: float32 centred Gram, float64 where
-    needed) or the float64 Gram on other devices (:func:`view_gram`, no device sync) in the hook,
-    and are finished for all layers at once after the forward; the anchor pairing and float64
-    outputs use :func:`~lightning_memloc.functional.sslmem.pairwise_alignment` in the hook.
-
-    With ``autocast`` (``torch.bfloat16`` / ``torch.float16``) the forward runs under
-    ``torch.autocast`` on the model's device; each hook switches autocast off and reduces a float32
-    copy of the layer output, so the unit means and alignments are float32 as without.
+    ``align``). With ``autocast``, the forward runs under ``torch.autocast`` and hooks reduce in float32.
     """
     unit_means: Dict[str, Tensor] = {}
     aligns: Dict[str, Tensor] = {}
@@ -173,9 +137,7 @@ def forward_reduce(
         if units:
             unit_means[name] = view_unit_means(out[:n_views], batch, views)
         if align:
-            # Raw flattened output, a view without copy: the Gram / `pairwise_alignment` normalise
-            # slice by slice and the caller checks the results for NaN/inf, so no full-size
-            # temporary (normalised copy, isfinite mask) and no device sync are made per layer.
+            # A view without copy: normalising slice by slice avoids a full-size temporary and a sync.
             rep = flat_view(out)
             reps = rep[:n_views].reshape(batch, views, -1)
             if anchor or out.dtype == torch.float64:

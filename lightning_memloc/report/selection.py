@@ -1,26 +1,6 @@
-"""Choose layers and units from a :class:`~lightning_memloc.MemorizationReport`.
+"""Choose layers and units from a :class:`~lightning_memloc.MemorizationReport`, deterministically.
 
-Pure functions (no Lightning, no state) behind the memorization-aware fine-tuning and pruning
-callbacks. Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024) show
-that memorization concentrates in the deeper layers (LayerMem / ΔLayerMem) and in a few highly
-memorizing units (UnitMem), and that fine-tuning the most memorizing layers or pruning the most
-memorizing units changes downstream behaviour more than the same intervention on other layers
-or units. These functions turn a report into such a choice, deterministically: the same report
-and seed give the same layers and units on every call, process and rank.
-
-Example:
-    >>> import torch
-    >>> from lightning_memloc import MemorizationReport
-    >>> report = MemorizationReport(
-    ...     layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"}, candidate_ids=torch.arange(2),
-    ...     unit_mem={"a": torch.tensor([0.1, 0.9, 0.5]), "b": torch.tensor([0.7, 0.2])},
-    ...     unit_argmax={"a": torch.zeros(3, dtype=torch.long), "b": torch.zeros(2, dtype=torch.long)},
-    ...     dead_units={"a": torch.zeros(3, dtype=torch.bool), "b": torch.zeros(2, dtype=torch.bool)},
-    ...     layer_mem={"a": 0.1, "b": 0.3}, delta_layer_mem={"a": 0.1, "b": 0.2})
-    >>> select_layers(report, 1)
-    ['b']
-    >>> {k: v.tolist() for k, v in select_units(report, count=2, scope="global").items()}
-    {'a': [1], 'b': [0]}
+Pure functions behind the memorization-aware fine-tuning and pruning callbacks.
 """
 
 from __future__ import annotations
@@ -64,17 +44,14 @@ def resolve_report(source: ReportSource, argument: str = "source") -> Optional[M
     """The report a ``source`` currently provides.
 
     Args:
-        source: a :class:`~lightning_memloc.MemorizationReport`, the path of one saved with
-            :meth:`~lightning_memloc.MemorizationReport.save`, or a
-            :class:`~lightning_memloc.callbacks.MemorizationMonitor` (any object with a
-            ``report`` attribute), whose latest report is returned.
+        source: a report, the path of a saved one, or any object with a ``report`` attribute
+            (a :class:`~lightning_memloc.callbacks.MemorizationMonitor`).
         argument: the argument name used in error messages.
 
     Returns:
         The report, or ``None`` when a monitor has not measured yet.
 
     Raises:
-        TypeError: ``source`` is none of the above.
         FileNotFoundError, ReportFormatError: the path holds no valid report.
     """
     if isinstance(source, MemorizationReport):
@@ -93,10 +70,8 @@ def resolve_report(source: ReportSource, argument: str = "source") -> Optional[M
 
 
 def layer_score(report: MemorizationReport, by: str) -> str:
-    """The score ``by`` ranks ``report``'s layers by: ``"auto"`` is ``"excess"`` when the report
-    measured a control (LayerMem minus its null), else ``"layer_mem"`` when it has a reference
-    (raw LayerMem, which includes the f–g offset), else ``"align_gap"`` when it measured unseen
-    images, else ``"unit_mem"``; any other ``by`` is itself.
+    """The score ``by`` resolves to: ``"auto"`` is the first of ``"excess"``, ``"layer_mem"``,
+    ``"align_gap"``, ``"unit_mem"`` that ``report`` has; any other ``by`` is itself.
 
     Example:
         >>> import torch
@@ -125,26 +100,17 @@ def select_layers(
     """Choose ``k`` layers of ``report`` (e.g. the layers to fine-tune).
 
     Args:
-        report: the measurement to choose from.
         k: how many layers, ``1 <= k <= len(report.layers)``.
-        by: score ranking the layers for ``"highest"`` / ``"lowest"``: ``"layer_mem"`` (LayerMem),
-            ``"delta_layer_mem"`` (ΔLayerMem; both need a report measured with a reference
-            encoder), ``"unit_mem"`` (mean UnitMem, no reference needed) or ``"excess"`` (LayerMem's
-            excess over a control set, needs a report measured with ``control=``), ``"align_gap"``
-            (the reference-free alignment gap, needs ``unseen=``, no reference) or ``"auto"`` (the
-            best the report has, :func:`layer_score`). Ignored by ``"random"`` and ``"last"``.
-        strategy: ``"highest"`` / ``"lowest"`` (the ``k`` best / worst by ``by``, ties broken by
-            layer order), ``"random"`` (``k`` layers drawn with a ``torch.Generator`` seeded with
-            ``seed``), or ``"last"`` (the last ``k`` layers in forward order, the usual
-            "fine-tune the top of the network" baseline).
-        seed: seed of the ``"random"`` draw.
+        by: one of :data:`LAYER_SCORES` (``"layer_mem"`` / ``"delta_layer_mem"`` need a reference,
+            ``"excess"`` ``control=``, ``"align_gap"`` ``unseen=``; ``"auto"``: :func:`layer_score`).
+        strategy: ``"highest"`` / ``"lowest"`` by ``by`` (ties by layer order), ``"random"``
+            (seeded) or ``"last"`` (the last ``k`` layers).
 
     Returns:
         Layer names: best first for ``"highest"`` / ``"lowest"``, forward order otherwise.
 
     Raises:
-        ValueError: an argument outside its allowed values, or LayerMem asked of a report
-            measured without a reference encoder.
+        ValueError: an invalid argument, or a score the report lacks.
 
     Example:
         >>> import torch
@@ -227,28 +193,16 @@ def select_units(
     """Choose units of ``report`` by UnitMem (e.g. the units to prune).
 
     Args:
-        report: the measurement to choose from.
-        fraction: share of the units to choose, in ``(0, 1]``; the number is
-            ``round(fraction * units)`` (as ``torch.nn.utils.prune``), per layer or over all
-            layers (``scope``). Give exactly one of ``fraction`` and ``count``.
-        count: number of units to choose (>= 1), from every layer (``scope="layer"``) or in all
-            (``scope="global"``).
-        strategy: ``"highest"`` / ``"lowest"`` UnitMem (dead units score 0), or ``"random"``
-            (a ``torch.Generator`` seeded with ``seed``; the baseline of the paper's pruning
-            experiments).
-        scope: ``"layer"`` (the same fraction / count from each layer) or ``"global"`` (all
-            units of all layers ranked together, as UnitMem is comparable across layers).
-        layers: restrict the choice to these report layers (default: all of them).
-        seed: seed of the ``"random"`` draw.
+        fraction: share of the units in ``(0, 1]``, ``round(fraction * units)``; exactly one of
+            ``fraction`` and ``count``.
+        count: number of units (>= 1), per layer or in all (``scope``).
+        strategy: ``"highest"`` / ``"lowest"`` UnitMem (dead units score 0), or ``"random"`` (seeded).
+        scope: ``"layer"`` (per layer) or ``"global"`` (all units ranked together).
+        layers: restrict the choice to these report layers (default: all).
 
     Returns:
-        ``{layer: LongTensor of unit indices, ascending}`` for every layer in scope, in forward
-        order (a layer with nothing chosen maps to an empty tensor). Ties are broken by
-        ``(layer order, unit index)``: the earlier unit wins.
-
-    Raises:
-        ValueError: an argument outside its allowed values, both or neither of
-            ``fraction`` / ``count``, a count larger than the units available, unknown layers.
+        ``{layer: LongTensor of unit indices, ascending}`` for every layer in scope; ties go to
+        the earlier ``(layer, unit)``.
 
     Example:
         >>> import torch

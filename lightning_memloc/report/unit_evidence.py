@@ -1,13 +1,7 @@
-"""UnitMem's evidence: the interval of mean UnitMem, UnitMem seen − unseen and the argmax
-membership test (Wang et al., *Localizing Memorization in SSL Vision Encoders*, NeurIPS 2024;
-``../shared/DESIGN.md`` §6).
+"""UnitMem's evidence: the interval of mean UnitMem, UnitMem seen − unseen and the argmax membership test.
 
-The negative-activation policy is applied here, from raw mean activations: to the candidates
-alone for their own UnitMem (the report's figure, unchanged by what else was measured), and
-**once over the pool** candidates ∪ unseen for the comparisons — with ``negative="shift"`` one
-per-unit minimum for both groups. Shifting each group by its own minimum (as two separate
-measurements would) gives the smaller group a different zero and inflated the membership test's
-false-positive rate to 0.17 at 60 seen / 20 unseen images.
+The negative policy is applied to the candidates alone for their UnitMem, and once over the pool
+candidates ∪ unseen for the comparisons (one shared zero; per-group shifts inflate false positives).
 """
 
 from __future__ import annotations
@@ -47,11 +41,7 @@ def _unitmem_resamples(mu: Tensor, weights: Tensor, reduction: str) -> Tensor:
 
 
 def median_unitmem_resamples(mu: Tensor, weights: Tensor, max_elements: int = 1 << 24) -> Tensor:
-    """Mean UnitMem (``reduction="median"``) of each multiset, drawn explicitly, many resamples per step.
-
-    Row ``b`` of ``weights`` ``(B, N)`` counts each candidate's draws (all rows sum to one ``n_b``);
-    the draws ``(c, n_b, U)`` of ``c`` rows are sorted per unit at once, so the result equals
-    ``unitmem(mu[drawn], "median").mean()`` row by row. ``c · n_b · U <= max_elements``.
+    """Mean UnitMem (``reduction="median"``) of each multiset; ``weights`` ``(B, N)`` counts draws, equal row sums.
 
     Example:
         >>> mu = torch.tensor([[9.0], [1.0], [2.0], [6.0]], dtype=torch.float64)
@@ -93,14 +83,10 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
     """Fill ``records`` (in place) with mean UnitMem's interval and, with an unseen set, the tests.
 
     Args:
-        layers: layer names.
         mu: layer -> ``(N, U)`` candidates' raw mean activations (before the negative policy).
         mu_unseen: layer -> ``(M, U)`` unseen images' raw mean activations, or ``None``.
-        reduction: UnitMem's μ-max reduction.
-        negative: the negative-activation policy (one shift for the pool, see the module docstring).
         options: :class:`~lightning_memloc.report.evidence.EvidenceOptions`.
-        records: layer -> record, updated.
-        nulls: filled with the UnitMem seen − unseen null (for the bound matching the verdict).
+        nulls: filled with the UnitMem seen − unseen null.
     """
     boot, seed = options.bootstrap, options.seed
     excess_layers: List[str] = []

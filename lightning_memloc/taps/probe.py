@@ -1,10 +1,4 @@
-"""Probing models before a pass: devices, eval mode, and the layers to tap with their unit counts.
-
-The measurement of Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS 2024)
-runs the encoder ``f`` and the reference ``g`` on the same views; before the pass, the layers
-are resolved on ``f``, their units counted and ``g`` checked to share the architecture, on a
-2-row example batch. Models always get their modes back (:func:`eval_mode`).
-"""
+"""Probing models before a pass: devices, eval mode, and the layers to tap with their unit counts."""
 
 from __future__ import annotations
 
@@ -28,11 +22,7 @@ PROBE_CACHE_SIZE = 8
 
 @contextmanager
 def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
-    """Put models in eval mode and give every submodule back its own previous mode afterwards.
-
-    Restoring module by module keeps mixed states (e.g. a frozen BatchNorm in eval inside a
-    model in train mode) intact; ``requires_grad`` is never touched.
-    """
+    """Put models in eval mode and give every submodule back its own previous mode afterwards."""
     saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
     try:
         for model in models:
@@ -58,13 +48,7 @@ def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
 
 
 def probe_key(encoder: nn.Module, reference: Optional[nn.Module], layers: Any, example: Tensor) -> Optional[Hashable]:
-    """What a probe's result depends on, or ``None`` where it cannot be keyed (then the probe runs).
-
-    Each model by identity and by content: its structure (:func:`~lightning_memloc.checks.module_digest.structure_digest`:
-    classes, method code, settings, hooks) and the name, shape, dtype and device of every parameter
-    and buffer (their values decide no layer name or shape); ``layers``; the example's row count
-    (at most 2), view shape, dtype and device. ~1 ms for resnet18 against a probe's 30 ms.
-    """
+    """What a probe's result depends on (models' structure and tensor shapes, layers, example shape), or ``None``."""
     try:
         key: List[Hashable] = [layers if isinstance(layers, str) else tuple(layers),
                                (min(2, len(example)), tuple(example.shape[1:]), example.dtype, example.device)]
@@ -92,9 +76,9 @@ def probe_layers(
 ) -> Tuple[List[LayerSpec], Dict[str, int]]:
     """Resolve the layers on ``encoder``, count their units and check ``reference`` matches.
 
+    Results are cached by :func:`probe_key` (the last :data:`PROBE_CACHE_SIZE` probes).
+
     Args:
-        encoder: the encoder ``f``.
-        reference: the reference ``g`` or ``None``.
         layers: ``"auto"`` or layer names.
         example: a small input batch (only its first 2 rows are used).
 
@@ -103,9 +87,6 @@ def probe_layers(
 
     Raises:
         ArchitectureMismatchError: a layer is missing in ``reference`` or has another shape.
-
-    A second call with the same models (unchanged: :func:`probe_key`), layers and view shape
-    returns the first call's result without a forward (the last :data:`PROBE_CACHE_SIZE` probes).
     """
     key = probe_key(encoder, reference, layers, example)
     if key is not None and key in _PROBES:
@@ -123,9 +104,7 @@ def probe_layers(
 def _probe_layers(
     encoder: nn.Module, reference: Optional[nn.Module], layers: Union[str, Sequence[Union[str, LayerSpec]]], example: Tensor
 ) -> Tuple[List[LayerSpec], Dict[str, int]]:
-    """:func:`probe_layers` without its cache: three forwards on 2 rows."""
-    # Names, order and shapes do not depend on the batch size: the three probe forwards
-    # (resolve, encoder shapes, reference shapes) run on 2 rows, not on 2 candidates x K views.
+    """:func:`probe_layers` without its cache: three forwards on 2 rows (shapes do not depend on the batch)."""
     example = example[:2]
     device, dtype = model_device_dtype(encoder)
     with eval_mode(encoder, reference), torch.no_grad():
