@@ -31,6 +31,7 @@ from lightning_memloc.states.distributed import rank_zero_buffers
 from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.states.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measurement import Measurement
+from lightning_memloc.views.seeded import SeededViews
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.states.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import DEFAULT, MeasureOptions, option_property, options_doc
@@ -153,7 +154,6 @@ class MemorizationMonitor(Callback):
         self.init_batchnorm = init_batchnorm
         self.measurement = Measurement.prepare(candidates, options, transform=transform, labels=labels, control=control,
                                                unseen=unseen)
-        self.views, self.group_sizes, self.pool = self.measurement.views, self.measurement.group_sizes, self.measurement.pool
         memory_limit = check_memory_limit(memory_limit)
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
@@ -176,6 +176,21 @@ class MemorizationMonitor(Callback):
         self._reference_cache = ReferenceCache()  # used only for a frozen reference (never a co-trained one)
         self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
+
+    @property
+    def views(self) -> SeededViews:
+        """The candidates' seeded views (of :attr:`measurement`)."""
+        return self.measurement.views
+
+    @property
+    def pool(self) -> SeededViews:
+        """The pooled views of a pass: candidates, then control and unseen images (of :attr:`measurement`)."""
+        return self.measurement.pool
+
+    @property
+    def group_sizes(self) -> Dict[str, int]:
+        """Sizes of the control / unseen sets, by name (of :attr:`measurement`)."""
+        return self.measurement.group_sizes
 
     @property
     def options(self) -> MeasureOptions:
