@@ -12,7 +12,6 @@ Lightning, by merging the states of meters fed the shards of a ``DistributedSamp
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.strategies import DDPStrategy
 from torch.utils.data import DistributedSampler
 
 from lightning_memloc import MemorizationReport, measure
@@ -34,7 +32,7 @@ from lightning_memloc.taps.probe import probe_layers
 from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.views.stats import ViewStatistics, channel_sums, statistics_from_sums
-from helpers import cotrained_pair
+from helpers import cotrained_pair, gloo_spawn
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is unavailable")
@@ -175,7 +173,7 @@ def ddp_run(tmp_path_factory):
     trainer = pl.Trainer(
         max_epochs=2, accelerator="cpu", devices=2,
         # = strategy="ddp_spawn" with gloo; the short timeout turns a deadlock into an error.
-        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo", timeout=timedelta(seconds=90)),
+        strategy=gloo_spawn(),
         callbacks=[*monitors, RankSpy(tmp / "spy")], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, logger=TensorBoardLogger(tmp, name="tb", version=0),
     )

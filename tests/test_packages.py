@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import gloo_spawn
 from lightning_memloc.data import split_candidates
 from lightning_memloc.models import TinyCNN
 
@@ -178,12 +179,10 @@ def test_ddp_spawn_under_lightning(tmp_path, one_thread):
     equals a single-process ``measure()`` of the weights that come back (test_ddp.py checks the
     same for pytorch_lightning in depth)."""
     import torch.distributed as dist
-    from datetime import timedelta
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with the gloo backend is unavailable")
     L = pytest.importorskip("lightning.pytorch")
-    from lightning.pytorch.strategies import DDPStrategy
 
     from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure
     from lightning_memloc.lightning import CoTrainedPair, MemorizationMonitor, cotraining_loader
@@ -199,8 +198,7 @@ def test_ddp_spawn_under_lightning(tmp_path, one_thread):
                                   top_k=3, progress=False, output_dir=tmp_path)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor],
-                        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo",
-                                             timeout=timedelta(seconds=90)))
+                        strategy=gloo_spawn("lightning"))
     trainer.fit(pair, cotraining_loader(images, split, batch_size=4))
     saved = MemorizationReport.load(tmp_path / "report_epoch=0.json")
     single = measure(pair.encoder.backbone, candidates, reference=pair.reference.backbone, views=2, seed=3, top_k=3,

@@ -15,7 +15,7 @@ from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
 from lightning_memloc.callbacks.pruning import MemorizationPruning, find_unit_targets, prune_units
 from lightning_memloc.models import TinyCNN, TinyMLP
 from lightning_memloc.report.selection import select_units
-from helpers import LitModel, make_trainer, small_monitor
+from helpers import LitModel, gloo_spawn, make_trainer, small_monitor
 
 LAYERS = ["conv1", "conv2", "conv3"]
 WIDTHS = {"conv1": 4, "conv2": 8, "conv3": 16}
@@ -326,7 +326,7 @@ def test_ddp_spawn_prunes_identically_on_every_rank():
     pruning = MemorizationPruning(make_report(), amount=0.5, strategy="random", seed=7, encoder="backbone", permanent=True)
     trainer = pl.Trainer(max_epochs=1, callbacks=[pruning, SameUnitsProbe(pruning)], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=2, strategy="ddp_spawn")
+                         accelerator="cpu", devices=2, strategy=gloo_spawn())
     trainer.fit(model)
     assert float(trainer.callback_metrics["same_units_ranks"]) == 2.0
     # Only weights come back from spawned workers: permanent=True gives plain, pruned weights.

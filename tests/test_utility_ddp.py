@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from pytorch_lightning.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import gloo_spawn
 from lightning_memloc.callbacks import UtilityMonitor
 from lightning_memloc.callbacks.utility import gather_rows
 
@@ -71,7 +70,7 @@ def test_ddp_knn_accuracy_equals_single_process(tmp_path):
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", devices=2, callbacks=[make()], logger=False, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False,
-        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo", timeout=timedelta(seconds=90)),
+        strategy=gloo_spawn(),
     )
     trainer.fit(model, DataLoader(TensorDataset(images), batch_size=3))
     history = json.loads((tmp_path / "out" / "utility_history.json").read_text())
