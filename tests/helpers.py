@@ -100,8 +100,8 @@ class _DestroysGroupAtExit:
 
     Lightning registers this only for NCCL. A gloo group left to interpreter finalization can abort
     a spawned worker after a finished fit ("terminate called without an active exception", SIGABRT;
-    pytorch/pytorch#179291): seen once in CI, never locally. ``on_fit_end`` runs after the
-    strategy's ``teardown``, so the group cannot be destroyed there.
+    pytorch/pytorch#179291): seen once in CI, never locally. ``on_fit_end`` callbacks and the spawn
+    launcher run after the strategy's ``teardown`` and may still communicate, so not there.
     """
 
     def setup_distributed(self) -> None:
