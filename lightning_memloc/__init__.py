@@ -7,14 +7,8 @@ one-pass ``measure()`` function and PyTorch Lightning callbacks.
 from importlib import import_module
 from typing import Any
 
-from lightning_memloc.errors import (
-    ArchitectureMismatchError,
-    CheckpointError,
-    LayerNotFoundError,
-    MemlocError,
-    NonFiniteActivationError,
-    ReportFormatError,
-)
+from lightning_memloc.errors import (ArchitectureMismatchError, CheckpointError, LayerNotFoundError, MemlocError,
+                                     NonFiniteActivationError, ReportFormatError)
 from lightning_memloc.models.loading import load_encoder
 from lightning_memloc.measure import measure
 from lightning_memloc.states.meter import MemorizationMeter
@@ -53,34 +47,10 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list:
     return sorted(list(globals()) + list(_LAZY))
 
-__all__ = [
-    "ArchitectureMismatchError",
-    "BatchedSimCLRAugment",
-    "CheckpointError",
-    "ClassMem",
-    "CoTrainedPair",
-    "CoTrainingData",
-    "LayerMem",
-    "LayerNotFoundError",
-    "MemlocError",
-    "MeasureOptions",
-    "MemorizationMeter",
-    "MemorizationFinetuning",
-    "MemorizationMonitor",
-    "MemorizationPruning",
-    "MemorizationReport",
-    "NonFiniteActivationError",
-    "ReferenceCache",
-    "ReportFormatError",
-    "SeededViews",
-    "UnitMem",
-    "UtilityMonitor",
-    "cotraining_loader",
-    "group_by_kind",
-    "load_encoder",
-    "make_views",
-    "measure",
-    "prune_units",
-    "select_layers",
-    "select_units",
-]
+
+__all__ = ["ArchitectureMismatchError", "BatchedSimCLRAugment", "CheckpointError", "ClassMem", "CoTrainedPair",
+           "CoTrainingData", "LayerMem", "LayerNotFoundError", "MemlocError", "MeasureOptions", "MemorizationMeter",
+           "MemorizationFinetuning", "MemorizationMonitor", "MemorizationPruning", "MemorizationReport",
+           "NonFiniteActivationError", "ReferenceCache", "ReportFormatError", "SeededViews", "UnitMem",
+           "UtilityMonitor", "cotraining_loader", "group_by_kind", "load_encoder", "make_views", "measure",
+           "prune_units", "select_layers", "select_units"]

@@ -1,9 +1,7 @@
 """One measurement, views → taps → reductions → states → report, shared by ``measure()`` and the monitor.
 
-For every batch of candidates the same K seeded views go through the encoder ``f`` and the
-reference ``g``; forward hooks reduce each tapped layer *inside the hook* to per-unit means over
-the views and per-candidate view alignment, then drop the activations: a pass costs about one
-batched forward of the views through each encoder, and memory stays O(N·U).
+Hooks reduce each tapped layer to per-unit view means and per-candidate view alignment *inside the hook*
+and drop the activations: a pass costs one batched forward of the views per encoder, memory O(N·U).
 """
 
 from __future__ import annotations
@@ -40,15 +38,9 @@ Candidates = Union[Tensor, Dataset]
 class Measurement:
     """One measurement: validated options and views, the probed layers, and a pass into a fresh meter.
 
-    :func:`~lightning_memloc.measure` builds one per call; the monitor builds one in its
-    constructor, probes in ``setup`` and runs it at every measurement.
-
     Attributes:
-        options: the validated settings.
-        views: the candidates' seeded views.
         group_sizes: sizes of the control / unseen sets, by name (pass order: control first).
-        pool: the pooled view set of the pass (candidates, then each group, same transform, K and seed).
-        specs, num_units: the tapped layers and their unit counts (after :meth:`probe`).
+        pool: the pass's view set (candidates, then each group, same transform, K and seed).
 
     Example:
         >>> import torch
@@ -72,11 +64,7 @@ class Measurement:
     def prepare(cls, candidates: Union[Candidates, SeededViews], options: MeasureOptions, *,
                 transform: Optional[Callable] = None, labels: Optional[Tensor] = None,
                 control: Optional[Candidates] = None, unseen: Optional[Candidates] = None) -> "Measurement":
-        """Validate the views of a measurement before any forward pass.
-
-        Raises:
-            ValueError: fewer than 2 candidates, a bad group (:func:`check_groups`), or bad labels.
-        """
+        """Validate the views of a measurement before any forward pass."""
         groups = check_groups(control, unseen, with_reference=options.with_reference)
         view_set = build_views(candidates, options.views, transform, options.seed, labels, normalize=options.normalize)
         strict = isinstance(view_set.transform, BatchedSimCLRAugment)
@@ -94,8 +82,7 @@ class Measurement:
 
     @property
     def keeps_alignment(self) -> bool:
-        """Whether the pass keeps f's own alignments (reference-free evidence): with an unseen set and
-        views that have an alignment (K >= 2, or ``pairing="anchor"``)."""
+        """Whether the pass keeps f's alignments (reference-free evidence): an unseen set, and K >= 2 or anchors."""
         return "unseen" in self.group_sizes and (self.options.pairing == "anchor" or self.views.views >= 2)
 
     def probe(self, encoder: nn.Module, reference: Optional[nn.Module], layers: Union[str, Sequence[str]],
@@ -105,7 +92,7 @@ class Measurement:
         self.specs, self.num_units = probe_layers(encoder, reference, layers, self.views.example_batch(device))
 
     def meta(self, **extra: Any) -> Dict[str, Any]:
-        """The settings the report records (:meth:`MeasureOptions.meta`), with ``extra`` entries."""
+        """The settings the report records (:meth:`MeasureOptions.meta`), with ``extra``."""
         return self.options.meta(views=self.views.views, seed=self.views.seed, num_candidates=len(self.views),
                                  groups=self.group_sizes, **extra)
 
@@ -127,19 +114,12 @@ class Measurement:
 
 
 def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
-    """``encoder`` and ``reference`` are modules, and not one module (before any work).
-
-    Raises:
-        TypeError: either is not an ``nn.Module`` (``reference`` may be ``None``).
-        ValueError: ``reference`` is ``encoder`` itself (SSLMem would be 0 everywhere).
-    """
+    """Refuse an ``encoder`` / ``reference`` that is not an ``nn.Module`` with weights, or one module as both."""
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"`encoder` must be a torch.nn.Module, got {type(encoder).__name__}.")
     if reference is not None and not isinstance(reference, nn.Module):
-        raise TypeError(
-            f"`reference` must be a torch.nn.Module or None, got {type(reference).__name__} "
-            "(load checkpoints with `lightning_memloc.load_encoder`)."
-        )
+        raise TypeError(f"`reference` must be a torch.nn.Module or None, got {type(reference).__name__} "
+                        "(load checkpoints with `lightning_memloc.load_encoder`).")
     if reference is encoder:
         raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
     check_has_weights(encoder, "encoder")
@@ -147,15 +127,9 @@ def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
         check_has_weights(reference, "reference")
 
 
-def build_views(
-    candidates: Union[Candidates, SeededViews], views: int, transform: Optional[Callable], seed: int, labels: Optional[Tensor],
-    normalize: NormalizeSpec = None,
-) -> SeededViews:
-    """Wrap ``candidates`` into a :class:`~lightning_memloc.views.seeded.SeededViews` (validated).
-
-    Explicit labels are checked for ClassMem here, before any forward pass: class ids >= 0 and at
-    least 2 classes (labels read from dataset items are checked as the pass streams them).
-    """
+def build_views(candidates: Union[Candidates, SeededViews], views: int, transform: Optional[Callable], seed: int,
+                labels: Optional[Tensor], normalize: NormalizeSpec = None) -> SeededViews:
+    """``candidates`` as validated :class:`~lightning_memloc.views.seeded.SeededViews` (explicit labels checked)."""
     if isinstance(candidates, SeededViews):
         view_set = candidates
         if normalize is not None and view_set.normalization != resolve_normalize(normalize):
@@ -165,13 +139,11 @@ def build_views(
         if isinstance(candidates, Tensor) and candidates.ndim in (3, 5):
             views = None  # precomputed views (N, K, ...) are used as they are
         view_set = SeededViews(candidates, views=views, transform=transform, seed=seed, labels=labels, normalize=normalize)
-    if view_set.labels is not None and len(view_set) >= 2:  # checked here, before any forward pass
+    if view_set.labels is not None and len(view_set) >= 2:  # labels of dataset items are checked as they stream
         classes = torch.unique(view_set.labels)
         if bool((classes < 0).any()):
-            raise ValueError(
-                f"`labels` must be class ids >= 0 for ClassMem, got {classes[classes < 0].tolist()} "
-                "(-1 means 'no label'): drop unlabelled candidates, or pass labels=None to skip ClassMem."
-            )
+            raise ValueError(f"`labels` must be class ids >= 0 for ClassMem, got {classes[classes < 0].tolist()} "
+                             "(-1 means 'no label'): drop unlabelled candidates, or pass labels=None to skip ClassMem.")
         if classes.numel() < 2:
             raise ValueError(
                 f"`labels` hold a single class {classes.tolist()}: ClassMem compares a class with the others and "
@@ -181,12 +153,7 @@ def build_views(
 
 
 def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *, with_reference: bool) -> Dict[str, Candidates]:
-    """Validate the control / unseen sets; return them by name, in pass order (control first).
-
-    Raises:
-        ValueError: a set is empty or has one image, or a control is given without a reference.
-        TypeError: a set is neither a tensor nor a map-style dataset.
-    """
+    """Validate the control / unseen sets; return them by name, in pass order (control first)."""
     groups: Dict[str, Candidates] = {}
     for name, images in (("control", control), ("unseen", unseen)):
         if images is None:
@@ -209,39 +176,20 @@ def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *,
 
 
 def pin_memory_for(device: Union[torch.device, str]) -> bool:
-    """Whether the views' loader pins its batches: for a CUDA model (fast, non-blocking host-to-device copies)."""
+    """Whether the views' loader pins its batches: for a CUDA model (non-blocking host-to-device copies)."""
     return torch.device(device).type == "cuda"
 
 
-def run_pass(
-    encoder: nn.Module,
-    reference: Optional[nn.Module],
-    views: SeededViews,
-    specs: Sequence[LayerSpec],
-    meter: MemorizationMeter,
-    *,
-    batch_size: int,
-    pairing: str = "all",
-    num_workers: int = 0,
-    sampler: Optional[Sampler] = None,
-    progress: bool = False,
-    desc: str = "memloc",
-    epoch: Optional[int] = None,
-    world_size: int = 1,
-    reference_cache: Optional[ReferenceCache] = None,
-    autocast: Optional[str] = None,
-) -> None:
+def run_pass(encoder: nn.Module, reference: Optional[nn.Module], views: SeededViews, specs: Sequence[LayerSpec],
+             meter: MemorizationMeter, *, batch_size: int, pairing: str = "all", num_workers: int = 0,
+             sampler: Optional[Sampler] = None, progress: bool = False, desc: str = "memloc",
+             epoch: Optional[int] = None, world_size: int = 1, reference_cache: Optional[ReferenceCache] = None,
+             autocast: Optional[str] = None) -> None:
     """Stream the views of every candidate through ``encoder`` (and ``reference``) into ``meter``.
 
-    The encoder's alignments are computed only when the meter needs them (a reference, or the
-    reference-free evidence: :attr:`~lightning_memloc.states.meter.MemorizationMeter.needs_alignment`).
-
-    Both models run in eval mode under ``no_grad`` and get their previous modes back, also on
-    error or ``KeyboardInterrupt``; hooks are always removed. With ``reference_cache`` (a frozen
-    reference only), the reference's alignments of unchanged batches are reused, not recomputed.
-    With ``autocast`` (``"bf16"`` / ``"fp16"``) the forwards run under ``torch.autocast``
-    (:mod:`lightning_memloc.reductions.precision`; checked first), the reductions in float32. For a CUDA
-    model the views' loader pins its batches and copies to the device are non-blocking.
+    Both models run in eval mode under ``no_grad`` and get their modes back, also on error; with
+    ``reference_cache`` the reference's alignments of unchanged batches are reused; with ``autocast``
+    (``"bf16"`` / ``"fp16"``) the forwards run under ``torch.autocast``, the reductions in float32.
     """
     names = [spec.name for spec in specs]
     dtype = check_autocast(autocast, encoder, reference)  # before any work
@@ -271,10 +219,8 @@ def run_pass(
                 inputs = torch.cat([inputs, views.anchors(index).to(inputs)])
             units, align_f = forward_reduce(encoder, inputs, names, b, k, units=True,
                                             align=meter.needs_alignment, anchor=anchor, autocast=dtype)
-            align_g = None
             key = None if cache is None else cache.batch_key(index, inputs)
-            if cache is not None:
-                align_g = cache.get(key, device)  # type: ignore[arg-type]
+            align_g = None if cache is None else cache.get(key, device)  # type: ignore[arg-type]
             if reference is not None and align_g is None:
                 _, align_g = forward_reduce(reference, inputs, names, b, k, units=False, align=True, anchor=anchor,
                                             autocast=dtype)

@@ -1,7 +1,4 @@
-"""``MeasureOptions``: the measurement settings shared by ``measure()``, the monitor and ``memloc analyze``.
-
-Each surface keeps flat keyword arguments and builds one frozen, validated ``MeasureOptions``; a new
-option is added here once and reaches every surface.
+"""``MeasureOptions``: the settings shared by ``measure()``, the monitor and ``memloc analyze`` (defined once).
 
 Example:
     >>> options = MeasureOptions(views=4, top_k=2)
@@ -41,24 +38,14 @@ SURFACE_DIFFERENCES = {
 
 
 def _option(default: Any, help: str, doc: str = "", **cli: Any) -> Any:
-    """A :class:`MeasureOptions` field: its default, written once, and the text every surface shows.
-
-    ``help``: the flag's help and the doc's first sentence; ``doc``: documentation only; ``cli``:
-    how the flag parses (``minimum``, ``choices`` or ``kind``).
-    """
+    """A field: its default, ``help`` (flag help, first doc sentence), ``doc`` (docs only), ``cli``: how it parses."""
     return field(default=default, metadata={"help": help, "doc": doc, **cli})
 
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """Validated settings of one measurement (shared by every surface that measures).
-
-    Each field is one keyword of ``measure()``, of the monitor and one ``memloc analyze`` flag;
-    ``with_reference`` is set by the surface, not by the user.
-
-    Raises:
-        ValueError: a value out of range or not one of the choices.
-    """
+    """Validated settings of one measurement: each field is a keyword of ``measure()`` and the monitor and a
+    ``memloc analyze`` flag, but ``with_reference``, which the surface sets."""
 
     views: int = _option(10, "K augmented views per candidate", "(≥ 1; ignored for precomputed views).", minimum=1)
     seed: int = _option(0, "view seed", "(in ``[0, 2**64)``; the same seed gives the same views on every call, batch "
@@ -93,9 +80,8 @@ class MeasureOptions:
         for name, low in (("views", 1), ("batch_size", 1), ("top_k", 1), ("num_workers", 0)):
             # NumPy integers are accepted (stored as int); bools and floats are not
             object.__setattr__(self, name, check_int(name, getattr(self, name), low))
-        check_choice("pairing", self.pairing, PAIRINGS)
-        check_choice("reduction", self.reduction, REDUCTIONS)
-        check_choice("negative", self.negative, NEGATIVE_POLICIES)
+        for name, allowed in (("pairing", PAIRINGS), ("reduction", REDUCTIONS), ("negative", NEGATIVE_POLICIES)):
+            check_choice(name, getattr(self, name), allowed)
         if self.autocast is not None:
             check_choice("autocast", self.autocast, AUTOCASTS)
         object.__setattr__(self, "normalize", check_normalize(self.normalize))
@@ -120,7 +106,7 @@ class MeasureOptions:
 
     @classmethod
     def keywords(cls) -> Tuple[str, ...]:
-        """The public keyword arguments these options stand for (every field but ``with_reference``).
+        """The public keyword arguments (every field but ``with_reference``).
 
         Example:
             >>> MeasureOptions.keywords()[:3]
@@ -143,14 +129,7 @@ class MeasureOptions:
 
     def meta(self, *, views: int, seed: int, num_candidates: int, groups: Optional[Mapping[str, int]] = None,
              **extra: Any) -> Dict[str, Any]:
-        """The settings a report records in ``meta``.
-
-        Args:
-            views: K actually used (precomputed views fix their own K).
-            num_candidates: N; ``top_k`` is recorded as ``min(top_k, N)``.
-            groups: sizes of the control / unseen sets, recorded as ``num_<name>``.
-            **extra: further entries (``epoch``, ``global_step``, ...).
-        """
+        """The settings a report records in ``meta`` (``views``: K used; ``groups``: recorded as ``num_<name>``)."""
         return {"views": views, "seed": seed, "pairing": self.pairing, "reduction": self.reduction,
                 "negative": self.negative, "top_k": min(self.top_k, num_candidates), **extra,
                 "num_candidates": num_candidates, **{f"num_{name}": size for name, size in (groups or {}).items()},
@@ -165,7 +144,7 @@ class MeasureOptions:
                 "normalize": None if normalize is None else [normalize["mean"], normalize["std"]]}
 
     def _precision(self) -> Dict[str, Any]:
-        """``{"autocast": ...}`` under autocast; ``{}`` for float32 (keeps float32 reports and fingerprints unchanged)."""
+        """``{"autocast": ...}`` under autocast; ``{}`` for float32 (float32 reports and fingerprints unchanged)."""
         return {} if self.autocast is None else {"autocast": self.autocast}
 
 
@@ -186,7 +165,7 @@ DEFAULT = MeasureOptions()
 
 
 def options_doc(indent: int = 8, *, skip: Tuple[str, ...] = ()) -> str:
-    """The Google-style ``Args:`` lines of every option, from the fields (their one source).
+    """The Google-style ``Args:`` lines of every option, from the fields.
 
     Example:
         >>> print(options_doc(0).splitlines()[0])
@@ -194,11 +173,8 @@ def options_doc(indent: int = 8, *, skip: Tuple[str, ...] = ()) -> str:
     """
     lines = []
     for f in dataclasses.fields(MeasureOptions):
-        if f.name == "with_reference" or f.name in skip:
-            continue
-        default = f.default
-        doc = f.metadata["doc"]
-        text = f.metadata["help"] + ((" " if doc[:1] == "(" else ": ") + doc if doc else ".")
-        text = text if text.endswith(".") else text + "."
-        lines.append(" " * indent + f"{f.name}: {text} Default {default!r}.")
+        if f.name != "with_reference" and f.name not in skip:
+            doc = f.metadata["doc"]
+            text = f.metadata["help"] + ((" " if doc[:1] == "(" else ": ") + doc if doc else ".")
+            lines.append(" " * indent + f"{f.name}: {text if text.endswith('.') else text + '.'} Default {f.default!r}.")
     return "\n".join(lines)

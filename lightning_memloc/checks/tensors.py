@@ -181,9 +181,7 @@ def check_float_tensor(name: str, value: object, ndim: int, shape_hint: str) -> 
     if not isinstance(value, Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor of shape {shape_hint}, got {type(value).__name__}.")
     if value.ndim != ndim:
-        raise ValueError(
-            f"`{name}` must have {ndim} dimension(s) {shape_hint}, got shape {tuple(value.shape)}."
-        )
+        raise ValueError(f"`{name}` must have {ndim} dimension(s) {shape_hint}, got shape {tuple(value.shape)}.")
     if not value.is_floating_point():
         if value.is_complex():
             raise TypeError(f"`{name}` must be a real tensor, got dtype {value.dtype}.")
@@ -205,10 +203,8 @@ def check_mean_activations(mean_activations: object, min_candidates: int = 1) ->
     """Validate a ``(N, U)`` matrix of mean activations and return it as a floating tensor."""
     mu = check_float_tensor("mean_activations", mean_activations, 2, "(N candidates, U units)")
     if mu.shape[0] < min_candidates:
-        raise ValueError(
-            f"`mean_activations` needs at least {min_candidates} candidate(s) (rows), got "
-            f"{mu.shape[0]}: UnitMem compares the most activating candidate against the other N-1, "
-            "so N = 1 is undefined. Measure more candidates."
-        )
+        raise ValueError(f"`mean_activations` needs at least {min_candidates} candidate(s) (rows), got "
+                         f"{mu.shape[0]}: UnitMem compares the most activating candidate against the other N-1, "
+                         "so N = 1 is undefined. Measure more candidates.")
     check_finite_tensor("mean_activations", mu)
     return mu

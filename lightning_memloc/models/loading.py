@@ -183,10 +183,8 @@ def resolve_module(owner: nn.Module, spec: Union[str, nn.Module, Callable[[nn.Mo
     for part in str(spec).split("."):
         if not hasattr(target, part):
             names = [n for n, _ in owner.named_children()]
-            raise AttributeError(
-                f"`{argument}`={spec!r}: {type(target).__name__} has no attribute {part!r}; "
-                f"the module's children are {names}."
-            )
+            raise AttributeError(f"`{argument}`={spec!r}: {type(target).__name__} has no attribute {part!r}; "
+                                 f"the module's children are {names}.")
         target = getattr(target, part)
     if not isinstance(target, nn.Module):
         raise TypeError(f"`{argument}`={spec!r} is a {type(target).__name__}, not a torch.nn.Module.")
