@@ -1,9 +1,4 @@
-"""``measure()``: UnitMem, ClassMem, SSLMem and LayerMem of every tapped layer of an encoder, in one pass.
-
-UnitMem and LayerMem are Wang et al., *Localizing Memorization in SSL Vision Encoders* (NeurIPS
-2024); SSLMem is Wang et al., *Memorization in Self-Supervised Learning Improves Downstream
-Generalization* (ICLR 2024). The recipe is :class:`~lightning_memloc.measurement.Measurement`.
-"""
+"""``measure()``: UnitMem, ClassMem, SSLMem and LayerMem of every tapped layer of an encoder, in one pass."""
 
 from __future__ import annotations
 
@@ -58,43 +53,26 @@ def measure(
 
     Args:
         encoder: the SSL encoder ``f`` (trained on the candidates).
-        candidates: images (N, C, H, W) (uint8 or float in [0, 1]), precomputed views
-            (N, K, C, H, W) used as is, or a ``Dataset`` of images or ``(image, label)``.
-        reference: encoder ``g`` of the same architecture trained without the candidates;
-            enables SSLMem / LayerMem.
-        transform: per-image view transform (torchvision / lightly), a batched augmentation
-            (:class:`~lightning_memloc.views.seeded.BatchedSimCLRAugment`), or ``None`` for the default
-            batched SimCLR augmentation.
+        candidates: images (N, C, H, W) (uint8 or float in [0, 1]), precomputed views (N, K, C, H, W)
+            used as is, or a ``Dataset`` of images or ``(image, label)``.
+        reference: encoder ``g`` of the same architecture trained without the candidates (SSLMem / LayerMem).
+        transform: per-image view transform (torchvision / lightly), a batched augmentation, or ``None``:
+            :class:`~lightning_memloc.views.seeded.BatchedSimCLRAugment`.
         layers: ``"auto"`` or module names as in ``named_modules()``.
         labels: (N,) class labels for ClassMem (also read from ``(image, label)`` datasets).
         candidate_ids: (N,) ids to report candidates by (default ``0..N-1``).
-        state_dtype: dtype of the accumulated metric states.
         meta: extra settings to record in the report (e.g. ``{"epoch": 3}``).
-        control: images **both** encoders trained on (e.g. drawn from the shared part with
-            :func:`~lightning_memloc.data.split_candidates` ``control=``): the null of LayerMem.
-            The report's evidence gives the candidates' *excess* over the control per layer
-            with its interval and a one-sided permutation test (in the overall verdict). Needs ``reference``.
-        unseen: images the encoder never trained on (a test split, or the reference's
-            independent part when co-training): UnitMem of candidates vs unseen images and the
-            argmax membership test (are units' μmax images training images more often than
-            chance?), LayerMem candidates vs unseen, and, **with or without a reference**, the
-            alignment gap under ``f`` alone per layer (``align_gap``: interval, one-sided
-            permutation test in the overall verdict, per-candidate membership scores;
-            :mod:`lightning_memloc.report.evidence_free`). Unseen images must come from the candidates'
-            distribution.
-        reference_cache: a :class:`~lightning_memloc.ReferenceCache` shared by several calls
-            against one frozen ``reference``: its alignments are computed once and reused while
-            g's weights, the views, the layers, the pairing and ``autocast`` stay the same (exact key).
+        control: images **both** encoders trained on, the null of LayerMem: the evidence gives the
+            candidates' excess over it per layer, with interval and permutation test. Needs ``reference``.
+        unseen: images from the candidates' distribution the encoder never trained on: UnitMem's
+            argmax membership test, LayerMem candidates vs unseen and, with or without a reference,
+            f's alignment gap (:mod:`lightning_memloc.report.evidence_free`).
+        reference_cache: a :class:`~lightning_memloc.ReferenceCache` reusing a frozen ``reference``'s
+            alignments across calls while its weights, the views, layers, pairing and ``autocast`` are the same.
 <options>
 
-    The report's ``meta`` records ``normalize`` and ``view_stats``, the per-channel mean and std
-    of every view the encoder received.
-
-    Control and unseen images go through the same views (transform, K, seed) in the same pass;
-    the candidates' own figures are the same as without them.
-
-    Returns:
-        A :class:`~lightning_memloc.MemorizationReport`.
+    Control and unseen images share the candidates' views and pass, and leave the candidates'
+    figures unchanged. ``meta`` records ``normalize`` and ``view_stats`` (per-channel view mean, std).
 
     Example:
         >>> import torch
@@ -115,7 +93,8 @@ def measure(
                              bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
                              normalize=normalize, with_reference=reference is not None)
     if reference_cache is not None and not isinstance(reference_cache, ReferenceCache):
-        raise TypeError(f"`reference_cache` must be a lightning_memloc.ReferenceCache or None, got {type(reference_cache).__name__}.")
+        raise TypeError("`reference_cache` must be a lightning_memloc.ReferenceCache or None, "
+                        f"got {type(reference_cache).__name__}.")
     check_reference(encoder, reference)  # a copy of the encoder, or shared layers, would give LayerMem 0
     m = Measurement.prepare(candidates, options, transform=transform, labels=labels, control=control, unseen=unseen)
     ids = check_candidate_ids(candidate_ids, len(m.views))

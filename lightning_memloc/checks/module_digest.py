@@ -1,19 +1,10 @@
 """A digest of what decides a module's forward besides its tensors: structure, settings, code, hooks.
 
-A cache keyed on a model's ``state_dict`` alone (the
-:class:`~lightning_memloc.states.reference_cache.ReferenceCache` of a frozen reference ``g``) returns
-stale values when ``g`` computes something else with the same tensors: a swapped activation
-(``ReLU`` -> ``LeakyReLU``), another conv padding or dilation, a patched ``forward`` (on the
-instance or the class), a forward hook. :func:`structure_digest` feeds, for every sub-module in
-order: its name, its class, the code of every method of every class in its MRO, every plain
-attribute (hyper-parameters such as ``padding``, ``negative_slope``; functions by their code and
-closures; unregistered modules and tensors by content), and its forward (pre-)hooks; and torch's
-global forward hooks. Train/eval flags are left out: the measurement runs every module in eval.
-
-Not covered: code a forward reaches through a global name (a patched ``torch.nn.functional``
-function, a helper defined at module level). An attribute it cannot digest (an object without
-``__dict__`` whose ``repr`` is an address) raises :class:`UnkeyableModuleError`, so that a cache
-refuses the model rather than risk a stale value.
+A cache keyed on ``state_dict`` alone (:class:`~lightning_memloc.states.reference_cache.ReferenceCache`) would
+return stale values after a swapped activation, another padding, a patched ``forward`` or a new hook.
+:func:`structure_digest` feeds every sub-module's name, class, the code of its MRO's methods, plain attributes
+(functions by code and closures) and forward hooks, and torch's global hooks; not train/eval flags. Not
+covered: code reached through a global name. What it cannot digest raises :class:`UnkeyableModuleError`.
 """
 
 from __future__ import annotations
@@ -33,8 +24,7 @@ from lightning_memloc.errors import MemlocError
 
 __all__ = ["UnkeyableModuleError", "settings_digest", "structure_digest"]
 
-#: nn.Module's own bookkeeping: tensors are digested from the state dict, children by their own
-#: entries, forward hooks below; the rest (backward / state-dict hooks, train flag) changes no forward.
+#: nn.Module's bookkeeping: tensors, children and forward hooks are fed on their own; the rest changes no forward.
 _INTERNALS = frozenset({
     "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training", "_backward_pre_hooks",
     "_backward_hooks", "_is_full_backward_hook", "_state_dict_hooks", "_state_dict_pre_hooks",
@@ -50,7 +40,7 @@ _MAX_DEPTH = 16
 
 
 class UnkeyableModuleError(MemlocError, ValueError):
-    """A module holds an attribute whose effect on the forward cannot be digested (the message names it)."""
+    """A module holds an attribute whose effect on the forward cannot be digested."""
 
 
 def _const(value: Any) -> bytes:
@@ -73,7 +63,7 @@ def _code_bytes(code: types.CodeType) -> bytes:
 
 
 class _Digest:
-    """One digest pass over a model (remembers classes and objects already fed)."""
+    """One digest pass over a model."""
 
     def __init__(self, root: Optional[nn.Module], class_code: bool = True) -> None:
         self.hasher = hashlib.blake2b(digest_size=20)
@@ -87,7 +77,6 @@ class _Digest:
         self.hasher.update(b"\0")
 
     def klass(self, cls: type) -> None:
-        """A class by name and by the code of every function of every class in its MRO."""
         key = id(cls)
         if key not in self.classes:
             code = _class_code(cls) if self.class_code else hashlib.blake2b(digest_size=20).hexdigest()
@@ -95,7 +84,6 @@ class _Digest:
         self.feed(self.classes[key])
 
     def value(self, obj: Any, where: str, depth: int = 0) -> None:
-        """Feed anything a forward may read: plain values, tensors, containers, functions, objects."""
         if depth > _MAX_DEPTH:
             raise UnkeyableModuleError(f"{where} nests objects deeper than {_MAX_DEPTH} levels")
         if isinstance(obj, _PLAIN):
@@ -187,7 +175,6 @@ class _Digest:
                 self.hooks(module, names, path, depth)
 
     def hooks(self, owner: Any, names: Tuple[str, str, str], where: str, depth: int) -> None:
-        """The hooks of ``owner`` in call order, each with its flags (not its handle id)."""
         hooks, kwargs, always = (getattr(owner, n, None) or {} if n else {} for n in names)
         if hooks:
             self.feed(names[0])
@@ -196,13 +183,12 @@ class _Digest:
                 self.value(hook, f"{where}.{names[0]}", depth + 1)
 
 
-#: Code digests of classes across calls: (class, its functions and their code objects, digest) by id(class).
+#: (class, its functions and their code objects, code digest) by id(class), across calls.
 _CLASS_CODE: "OrderedDict[int, Tuple[type, Tuple[Any, ...], str]]" = OrderedDict()
 _CLASS_CODE_SIZE = 512
 
 
 def _class_functions(cls: type) -> Tuple[Any, ...]:
-    """Every function of every class in ``cls``'s MRO (but ``object``) with its code object, in MRO order."""
     found = []
     for base in cls.__mro__[:-1]:
         for attr, value in vars(base).items():
@@ -213,12 +199,8 @@ def _class_functions(cls: type) -> Tuple[Any, ...]:
 
 
 def _class_code(cls: type) -> str:
-    """Digest of the code of every function in ``cls``'s MRO; reused while each is the same object with the same code.
-
-    Hashing code is most of a digest's cost (resnet18: ~8 of 9 ms); a patched method (on the
-    class or a base) is a new function object, an edited ``__code__`` a new code object, an added or
-    removed method changes the list: each recomputes.
-    """
+    """Digest of the code of every function in ``cls``'s MRO, reused while each is the same object with the same
+    code (hashing code is most of a digest's cost: resnet18 ~8 of 9 ms)."""
     functions = _class_functions(cls)
     cached = _CLASS_CODE.get(id(cls))
     if cached is not None and cached[0] is cls and len(cached[1]) == len(functions) and all(
@@ -240,9 +222,6 @@ def _class_code(cls: type) -> str:
 def structure_digest(model: nn.Module) -> str:
     """BLAKE2b digest (hex) of everything but tensors that decides ``model``'s forward (see the module docstring).
 
-    Raises:
-        UnkeyableModuleError: an attribute or hook cannot be digested (the message names it).
-
     Example:
         >>> a = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
         >>> b = nn.Sequential(nn.Conv2d(3, 4, 3, padding=2), nn.ReLU())
@@ -260,14 +239,8 @@ def structure_digest(model: nn.Module) -> str:
 
 
 def settings_digest(obj: Any) -> str:
-    """BLAKE2b digest (hex) of an object's settings: class names, attribute values (recursively), tensors,
-    functions (code and closures); not the code of classes, so that it survives a library upgrade.
-
-    Used for what a resumed run must share with the run it resumes (a view transform, a frozen
-    reference), where :func:`structure_digest` would change with any edit of a library.
-
-    Raises:
-        UnkeyableModuleError: a value cannot be digested (the message names it).
+    """BLAKE2b digest (hex) of an object's settings: class names, attribute values, tensors, functions; not
+    class code, so that a resumed run's transform or reference survives a library upgrade.
 
     Example:
         >>> from torchvision.transforms import v2

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_memloc.errors import NonFiniteActivationError
+from lightning_memloc.errors import NonFiniteActivationError, ReportFormatError
 
 __all__ = ["RANGE_TOLERANCE", "as_long_tensor", "check_candidate_ids", "check_finite_tensor", "check_float_tensor",
            "check_id_vector", "check_image_layout", "check_image_range", "check_index_values", "check_labels_layout",
@@ -20,9 +21,7 @@ RANGE_TOLERANCE = 0.01
 
 
 def check_candidate_ids(candidate_ids: Any, n: int, name: str = "candidate_ids") -> Tensor:
-    """``(N,)`` distinct non-negative integer ids (``None``: ``0..N-1``); floats and duplicates are refused.
-
-    A duplicate would compare an image with its own copy (UnitMem's μ-max); -1 means "no candidate".
+    """``(N,)`` distinct integer ids >= 0 (``None``: ``0..N-1``); floats and duplicates are refused.
 
     Example:
         >>> check_candidate_ids([4, 2, 9], 3).tolist()
@@ -61,11 +60,7 @@ def check_image_layout(shape: Sequence[int], name: str = "candidates") -> None:
 
 
 def check_image_range(images: Tensor, name: str = "candidates", *, strict: bool = True) -> None:
-    """Float images must lie in [0, 1] (the SimCLR augmentation clamps everything else).
-
-    ``strict``: raise a ``ValueError``, else warn (a custom transform may expect another range). NaN or
-    inf pixels raise either way.
-    """
+    """Float images must lie in [0, 1]: else raise (``strict``) or warn; NaN or inf pixels raise either way."""
     if not images.is_floating_point() or images.numel() == 0:
         return
     low, high = (float(v) for v in torch.aminmax(images.detach().float()))
@@ -82,8 +77,6 @@ def check_image_range(images: Tensor, name: str = "candidates", *, strict: bool 
                "augmentation, e.g. BatchedSimCLRAugment(size, mean=..., std=...), not before it.")
     if strict:
         raise ValueError(message)
-    import warnings
-
     warnings.warn(message + " (A custom `transform` gets the images as they are: ignore this if it expects them.)",
                   UserWarning, stacklevel=3)
 
@@ -97,8 +90,6 @@ def check_labels_layout(labels: Tensor, n: int) -> None:
 
 def check_report_values(report: Any) -> None:
     """Raise ``ReportFormatError`` for UnitMem outside [0, 1] or unknown / duplicate candidate ids."""
-    from lightning_memloc.errors import ReportFormatError
-
     ids = report.candidate_ids
     if torch.unique(ids).numel() != ids.numel():
         raise ReportFormatError("`candidate_ids` has duplicated ids: each candidate needs its own id.")
@@ -151,7 +142,7 @@ def check_index_values(values: Any, name: str = "--indices") -> Tensor:
 
 
 def as_long_tensor(value: Any, name: str) -> Tensor:
-    """``value`` (an int, a sequence or a tensor of integers) as a ``LongTensor``; floats, bools refused.
+    """``value`` (integers) as a ``LongTensor``; floats, bools refused.
 
     Example:
         >>> as_long_tensor([3, 1], "index")
@@ -193,10 +184,9 @@ def check_finite_tensor(name: str, value: Tensor) -> None:
     """Raise :class:`NonFiniteActivationError` (a ``ValueError``) if ``value`` has NaN or inf."""
     if not bool(torch.isfinite(value).all()):
         bad = int((~torch.isfinite(value)).sum())
-        raise NonFiniteActivationError(
-            f"`{name}` contains {bad} NaN/inf value(s); check the layer outputs (e.g. a diverged "
-            "model or a mixed-precision overflow) before computing memorization scores."
-        )
+        raise NonFiniteActivationError(f"`{name}` contains {bad} NaN/inf value(s); check the layer outputs (e.g. a "
+                                       "diverged model or a mixed-precision overflow) before computing memorization "
+                                       "scores.")
 
 
 def check_mean_activations(mean_activations: object, min_candidates: int = 1) -> Tensor:

@@ -1,8 +1,4 @@
-"""The ResNet9 of the authors' released code, as an option beside :class:`~lightning_memloc.models.ResNet9`.
-
-Conv layers with bias, max-pools inside layers 1, 2, 5, 6, residual additions in ``forward``; their
-checkpoints load after :func:`convert_authors_state_dict`.
-"""
+"""The ResNet9 of the authors' released code (their checkpoints load after :func:`convert_authors_state_dict`)."""
 
 from __future__ import annotations
 
@@ -25,7 +21,7 @@ AUTHORS_LAYERS: Tuple[Tuple[str, int, bool], ...] = (
 
 
 class AuthorsBlock(ConvBlock):
-    """conv (3×3, bias) → norm → ReLU [→ 2×2 max-pool]: one layer of the authors' ResNet9 (a hook sees the pooled map).
+    """conv (3×3, bias) → norm → ReLU [→ 2×2 max-pool]: a layer of the authors' ResNet9 (hooks see the pooled map).
 
     Example:
         >>> import torch
@@ -58,20 +54,13 @@ class AuthorsResNet9(nn.Module):
         global_pool (adaptive max, 1) → flatten          features of size 8w
         fc     Linear(8w, num_classes)                   only if num_classes is given
 
-    A tap on ``layer1_residual2`` sees the block output *before* ``+ a``, as on the authors' model.
-    Inputs need at least 16×16 pixels.
-
-    Args:
-        num_classes: if given, append a linear classifier and return logits.
-        norm: ``"batch"`` (theirs) or ``"group"`` (GroupNorm, e.g. for DP-SGD).
+    A tap on ``layer1_residual2`` sees the block output *before* ``+ a``, as on the authors' model. Inputs
+    ≥ 16×16. ``norm="group"``: GroupNorm (for DP-SGD).
 
     Example:
         >>> import torch
-        >>> model = AuthorsResNet9(width=4)
-        >>> model(torch.randn(2, 3, 32, 32)).shape
+        >>> AuthorsResNet9(width=4)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 32])
-        >>> [name for name, _ in model.named_children()][:3]
-        ['prep', 'layer1_head', 'layer1_residual1']
     """
 
     def __init__(self, in_channels: int = 3, width: int = 32, num_classes: Optional[int] = None,
@@ -114,33 +103,14 @@ class AuthorsResNet9(nn.Module):
 
 
 def convert_authors_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename the keys of the authors' ResNet9 checkpoint for :class:`AuthorsResNet9` (``batch`` → ``bn``, ``classifier.2`` → ``fc``).
+    """Rename the keys of the authors' ResNet9 checkpoint for :class:`AuthorsResNet9` (``batch`` → ``bn``,
+    ``classifier.2`` → ``fc``).
 
     Example:
         >>> import torch
         >>> sorted(convert_authors_state_dict({"prep.batch.weight": torch.ones(1), "classifier.2.bias": torch.ones(1)}))
         ['fc.bias', 'prep.bn.weight']
     """
-    out: Dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        key = re.sub(r"^classifier\.2\.", "fc.", key)
-        key = re.sub(r"^([A-Za-z0-9_]+)\.batch\.", r"\1.bn.", key)
-        out[key] = value
-    return out
+    return {re.sub(r"^([A-Za-z0-9_]+)\.batch\.", r"\1.bn.", re.sub(r"^classifier\.2\.", "fc.", key)): value
+            for key, value in state_dict.items()}
 
-
-def _authors_param_count(in_channels: int = 3, width: int = 32, num_classes: Optional[int] = None) -> int:
-    """Closed-form parameter count of :class:`AuthorsResNet9`: per layer 9·in·out + 3·out, plus the classifier.
-
-    Example:
-        >>> _authors_param_count()
-        1644672
-    """
-    total, channels = 0, in_channels
-    for _, multiple, _ in AUTHORS_LAYERS:
-        out = multiple * width
-        total += 9 * channels * out + 3 * out
-        channels = out
-    if num_classes is not None:
-        total += 8 * width * num_classes + num_classes
-    return total

@@ -1,7 +1,6 @@
-"""Load an encoder's weights from a checkpoint file, safely (``weights_only=True``).
+"""Load an encoder's weights from a state dict, Lightning or nested checkpoint (``weights_only=True``).
 
-State dicts, Lightning checkpoints and nested dicts; the encoder's key prefix is found (several: an
-error) or named as ``"pair.ckpt:prefix"``. Pruned tensors (``w_orig``, ``w_mask``) load as ``w``.
+The key prefix is found (several: an error) or named, ``"pair.ckpt:prefix"``; pruned ``w_orig``, ``w_mask`` load as w.
 """
 
 from __future__ import annotations
@@ -50,30 +49,23 @@ def _flatten(data: Dict[Any, Any], prefix: str = "") -> Dict[str, Tensor]:
 
 
 def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
-    """Read the tensors of a checkpoint with ``torch.load(..., weights_only=True)``.
-
-    Raises:
-        CheckpointError: the file is not a (Lightning) checkpoint or state dict.
-    """
+    """The tensors of a checkpoint, read with ``weights_only=True`` (``CheckpointError``: not a checkpoint)."""
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(source)!r}: check the path.")
     try:
         data = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files (pickle, zip, runtime errors)
-        raise CheckpointError(
-            f"{str(source)!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
-            "pass a file written by torch.save(model.state_dict(), path) or a Lightning .ckpt."
-        ) from err
+        raise CheckpointError(f"{str(source)!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
+                              "pass a file written by torch.save(model.state_dict(), path) or a Lightning "
+                              ".ckpt.") from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if isinstance(data, dict) and not all(isinstance(v, Tensor) for v in data.values()):
         data = _flatten(data)  # {"model": state_dict, "epoch": 3}, {"teacher": ..., "student": ...}
     if not isinstance(data, dict) or not data:
-        raise CheckpointError(
-            f"{str(source)!r} holds no state dict (found {type(data).__name__}); pass a file written by "
-            "torch.save(model.state_dict(), path) or a Lightning .ckpt."
-        )
+        raise CheckpointError(f"{str(source)!r} holds no state dict (found {type(data).__name__}); pass a file "
+                              "written by torch.save(model.state_dict(), path) or a Lightning .ckpt.")
     return data
 
 
@@ -93,13 +85,9 @@ def fitting_prefixes(state: Dict[str, Tensor], expected: List[str]) -> List[str]
 
 
 def encoder_state(path: PathLike, like: nn.Module, prefix: Optional[str] = None) -> Dict[str, Tensor]:
-    """Every tensor under the encoder's prefix (removed), keys ``like`` lacks included.
+    """Every tensor under the encoder's ``prefix`` (removed), keys ``like`` lacks included.
 
-    Args:
-        prefix: key prefix of the encoder; ``None``: the one under which every key (and shape) of ``like`` fits.
-
-    Raises:
-        AmbiguousPrefixError: ``like``'s keys fit under several prefixes.
+    ``prefix=None``: the one under which every key (and shape) of ``like`` fits; several: ``AmbiguousPrefixError``.
     """
     path, named = split_prefix(path)
     if prefix is not None and named is not None and prefix.rstrip(".") != named:
@@ -127,8 +115,7 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
     """A frozen copy of ``like`` (eval, no grad, no pruning masks) with weights read from ``path``.
 
     Raises:
-        CheckpointError: an unreadable file or an ambiguous prefix (:func:`encoder_state`).
-        ArchitectureMismatchError: the checkpoint's tensors do not fit ``like``.
+        CheckpointError: an unreadable file or an ambiguous prefix; ``ArchitectureMismatchError``: they do not fit.
 
     Example:
         >>> import tempfile, torch
@@ -145,22 +132,17 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
     expected = set(model.state_dict())
     unused = sorted(set(state) - expected)
     if unused and expected <= set(state):
-        # e.g. a classifier head (harmless), or a ResNet9 checkpoint read into a smaller model that
-        # shares its first blocks (a mistake): say so rather than load silently.
-        warnings.warn(
-            f"{len(unused)} tensors of {str(path)!r} are not used by {type(like).__name__} (e.g. {unused[0]!r}): "
-            "check that the checkpoint has the encoder's architecture, or pass `prefix=`.",
-            UserWarning,
-            stacklevel=2,
-        )
+        # a classifier head (harmless), or a bigger model sharing the first blocks (a mistake): say so
+        warnings.warn(f"{len(unused)} tensors of {str(path)!r} are not used by {type(like).__name__} (e.g. "
+                      f"{unused[0]!r}): check that the checkpoint has the encoder's architecture, or pass `prefix=`.",
+                      UserWarning, stacklevel=2)
         state = {k: state[k] for k in expected}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ArchitectureMismatchError(
-            f"the checkpoint {str(path)!r} does not fit the encoder's architecture: {' '.join(str(err).split())[:400]} "
-            "(pass `prefix=` if the encoder's weights live under a sub-module name)."
-        ) from err
+        raise ArchitectureMismatchError(f"the checkpoint {str(path)!r} does not fit the encoder's architecture: "
+                                        f"{' '.join(str(err).split())[:400]} (pass `prefix=` if the encoder's "
+                                        "weights live under a sub-module name).") from err
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -13,19 +13,12 @@ __all__ = ["ConvBlock", "Residual", "ResNet9"]
 
 
 class ConvBlock(nn.Module):
-    """3×3 convolution → BatchNorm2d (or GroupNorm) → ReLU: one "layer" of the paper's ResNet9.
-
-    A hook on the block sees non-negative activations, as UnitMem assumes; each output channel is a unit.
-
-    Args:
-        norm: ``"batch"`` or ``"group"``; the layer is ``self.bn`` either way.
+    """3×3 convolution → BatchNorm2d (or GroupNorm, ``norm="group"``, still ``self.bn``) → ReLU: one "layer"
+    of the paper's ResNet9, whose output channels are units with non-negative activations, as UnitMem assumes.
 
     Example:
         >>> import torch
-        >>> block = ConvBlock(3, 8)
-        >>> block(torch.randn(2, 3, 16, 16)).shape
-        torch.Size([2, 8, 16, 16])
-        >>> bool((block(torch.randn(2, 3, 16, 16)) >= 0).all())
+        >>> bool((ConvBlock(3, 8)(torch.randn(2, 3, 16, 16)) >= 0).all())
         True
     """
 
@@ -77,19 +70,10 @@ class ResNet9(nn.Module):
         global_pool (adaptive max, 1) → flatten       features of size 8w
         fc     Linear(8w, num_classes)                only if num_classes is given
 
-    Pooling happens outside the blocks, so a tap on ``conv2`` sees the map before pooling. Inputs ≥ 8×8.
-
-    Args:
-        num_classes: if given, append a linear classifier and return logits.
-        norm: ``"batch"`` (the paper's) or ``"group"`` (GroupNorm, per-image: needed for DP-SGD).
+    A tap on ``conv2`` sees the map before pooling. Inputs ≥ 8×8. ``norm="group"``: GroupNorm (for DP-SGD).
 
     Example:
         >>> import torch
-        >>> encoder = ResNet9(width=4)
-        >>> encoder.feature_dim
-        32
-        >>> encoder(torch.randn(2, 3, 32, 32)).shape
-        torch.Size([2, 32])
         >>> ResNet9(width=4, num_classes=10)(torch.randn(2, 3, 16, 16)).shape
         torch.Size([2, 10])
     """
@@ -102,12 +86,8 @@ class ResNet9(nn.Module):
         w = check_int("width", width, 1, type_error=True)
         if num_classes is not None:
             check_int("num_classes", num_classes, 1, type_error=True)
-        self.in_channels = in_channels
-        self.width = w
-        self.num_classes = num_classes
-        self.norm = norm
+        self.in_channels, self.width, self.num_classes, self.norm = in_channels, w, num_classes, norm
         self.feature_dim = 8 * w
-
         self.conv1 = ConvBlock(in_channels, w, norm)
         self.conv2 = ConvBlock(w, 2 * w, norm)
         self.pool2 = nn.MaxPool2d(2)
@@ -123,36 +103,16 @@ class ResNet9(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Return the ``(B, 8 * width)`` representation (before ``fc``)."""
-        x = self.conv1(x)
-        x = self.pool2(self.conv2(x))
-        x = self.res1(x)
-        x = self.pool3(self.conv3(x))
-        x = self.pool4(self.conv4(x))
-        x = self.res2(x)
+        x = self.res1(self.pool2(self.conv2(self.conv1(x))))
+        x = self.res2(self.pool4(self.conv4(self.pool3(self.conv3(x)))))
         return self.flatten(self.global_pool(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """Return features ``(B, 8 * width)``, or logits ``(B, num_classes)`` if ``fc`` exists."""
         features = self.forward_features(x)
-        if self.fc is None:
-            return features
-        return self.fc(features)
+        return features if self.fc is None else self.fc(features)
 
     def extra_repr(self) -> str:
         extra = "" if self.norm == "batch" else f", norm={self.norm!r}"
         return f"in_channels={self.in_channels}, width={self.width}, num_classes={self.num_classes}{extra}"
-
-
-def _param_count(in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None) -> int:
-    """Closed-form parameter count of :class:`ResNet9`: ``9 * (in * w + 178 * w**2) + 70 * w`` plus the classifier.
-
-    Example:
-        >>> _param_count()
-        6568000
-    """
-    w = width
-    total = 9 * (in_channels * w + 178 * w * w) + 70 * w
-    if num_classes is not None:
-        total += 8 * w * num_classes + num_classes
-    return total
 

@@ -1,8 +1,5 @@
-"""Unit surgery: find the parameters that carry a layer's units and mask them, without Lightning.
-
-Pruning a unit zeroes its rows of the producing weight and bias and of a following BatchNorm's affine,
-so its output is exactly zero after the ReLU; masks are ``prune.identity`` reparametrisations.
-"""
+"""Unit surgery: zero a unit's rows of its producing weight and bias and of following BatchNorms' affine
+(``prune.identity`` masks), so that its output is exactly zero after the ReLU; no Lightning needed."""
 
 from __future__ import annotations
 
@@ -34,12 +31,8 @@ def _width(module: nn.Module) -> int:
 
 @dataclass(frozen=True)
 class UnitTargets:
-    """The modules whose parameters carry the units of one tapped layer.
-
-    Attributes:
-        producer: the conv / linear module whose output channels / features are the units.
-        norms: BatchNorm layers that follow the producer (masked too).
-    """
+    """The modules whose parameters carry the units of one tapped layer: the conv / linear ``producer`` whose
+    outputs are the units, and the BatchNorm ``norms`` that follow it (masked too)."""
 
     layer: str
     producer: nn.Module
@@ -70,11 +63,8 @@ def _last_producer(block: nn.Module, num_units: Optional[int]) -> Optional[Tuple
 
 
 def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] = None) -> UnitTargets:
-    """Find the module producing the units of ``layer`` (and the BatchNorm layers after it).
-
-    A block's last conv / linear with ``num_units`` outputs, or, for a parameter-free tap (a ReLU), the
-    one among its preceding siblings.
-    """
+    """The last conv / linear with ``num_units`` outputs in ``layer`` or, for a parameter-free tap (a ReLU),
+    among its preceding siblings, and the BatchNorm layers after it."""
     check_layers_exist(encoder, [layer])
     tap = encoder.get_submodule(layer)
     found = _last_producer(tap, num_units)
@@ -95,10 +85,9 @@ def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] =
                 break
     if found is None:
         wanted = "" if num_units is None else f" with {num_units} outputs"
-        raise ValueError(
-            f"cannot find the conv / linear module producing the units of layer {layer!r}: no Conv1d/2d/3d or Linear"
-            f"{wanted} inside it or before it among its siblings. Prune layers that are (or end in) such a module."
-        )
+        raise ValueError(f"cannot find the conv / linear module producing the units of layer {layer!r}: no "
+                         f"Conv1d/2d/3d or Linear{wanted} inside it or before it among its siblings. Prune layers that "
+                         "are (or end in) such a module.")
     after = tuple(m for m in following_norms(encoder, layer, _width(found[0])) if all(m is not n for n in found[1]))
     return UnitTargets(layer, found[0], found[1] + after, _width(found[0]))  # + BatchNorms after the tap
 
@@ -139,15 +128,12 @@ def check_amount(amount: object) -> Dict[str, Amount]:
         ({'count': 3}, {'fraction': 0.25})
     """
     amount = as_python_number(amount)  # NumPy integers / floats behave as int / float
+    message = f"`amount` must be a float in (0, 1) (a fraction) or an int >= 1 (a count), got {amount!r}."
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-        raise TypeError(f"`amount` must be a float in (0, 1) (a fraction) or an int >= 1 (a count), got {amount!r}.")
-    if isinstance(amount, int):
-        if amount < 1:
-            raise ValueError(f"`amount` must be a float in (0, 1) (a fraction) or an int >= 1 (a count), got {amount}.")
-        return {"count": amount}
-    if not 0.0 < amount < 1.0:
-        raise ValueError(f"`amount` must be a float in (0, 1) (a fraction) or an int >= 1 (a count), got {amount}.")
-    return {"fraction": float(amount)}
+        raise TypeError(message)
+    if (amount < 1) if isinstance(amount, int) else not 0.0 < amount < 1.0:
+        raise ValueError(message)
+    return {"count": amount} if isinstance(amount, int) else {"fraction": float(amount)}
 
 
 def choose_units(report: MemorizationReport, targets: Dict[str, UnitTargets], amount: Amount, strategy: str,
@@ -158,10 +144,9 @@ def choose_units(report: MemorizationReport, targets: Dict[str, UnitTargets], am
         raise ValueError(f"layers {missing} are not in the report; its layers are {report.layers}.")
     for layer, target in targets.items():
         if report.unit_mem[layer].numel() != target.num_units:
-            raise ValueError(
-                f"layer {layer!r} has {report.unit_mem[layer].numel()} units in the report but its producer "
-                f"{type(target.producer).__name__} has {target.num_units} outputs: the report was measured on another encoder."
-            )
+            raise ValueError(f"layer {layer!r} has {report.unit_mem[layer].numel()} units in the report but its "
+                             f"producer {type(target.producer).__name__} has {target.num_units} outputs: the report was "
+                             "measured on another encoder.")
     return select_units(report, strategy=strategy, scope=scope, layers=list(targets), seed=seed, **check_amount(amount))
 
 
@@ -234,11 +219,8 @@ def check_amount_units(amount: Any, scope: str, units: Dict[str, int]) -> None:
 
 
 def following_norms(encoder: nn.Module, layer: str, width: int) -> Tuple[nn.Module, ...]:
-    """BatchNorm layers right after the tapped module, outside it, that act on its ``width`` channels.
-
-    A masked channel would still fire through a BatchNorm (``β − γ·μ/σ``), so those are masked too; a
-    GroupNorm / LayerNorm there mixes channels: ``ValueError``.
-    """
+    """BatchNorm layers right after the tapped module acting on its ``width`` channels (a masked channel would
+    still fire through them, ``β − γ·μ/σ``); a GroupNorm / LayerNorm there mixes channels: ``ValueError``."""
     if not layer:
         return ()
     parent = encoder.get_submodule(layer.rpartition(".")[0])
