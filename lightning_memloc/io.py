@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Iterator, Union
 
@@ -14,10 +14,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool = True) -> Path:
     """Make sure ``path`` is (or can become) a writable directory, before any work is done.
-
-    Raises:
-        NotADirectoryError: ``path``, or one of its parents, exists and is a file.
-        PermissionError: the directory cannot be created or written.
 
     Example:
         >>> import tempfile
@@ -32,30 +28,24 @@ def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool =
             raise FileNotFoundError(f"`{argument}`={str(directory)!r} does not exist: create it first.")
         blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
         if blocker is not None:
-            raise NotADirectoryError(
-                f"`{argument}`={str(directory)!r} cannot be created: {str(blocker)!r} is a file, not a folder; "
-                "pass a folder path you can write to."
-            )
+            raise NotADirectoryError(f"`{argument}`={str(directory)!r} cannot be created: {str(blocker)!r} is a file, "
+                                     "not a folder; pass a folder path you can write to.")
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise PermissionError(
-                f"`{argument}`={str(directory)!r} cannot be created ({err.strerror}): pass a folder you can write to."
-            ) from err
+            raise PermissionError(f"`{argument}`={str(directory)!r} cannot be created ({err.strerror}): pass a folder "
+                                  "you can write to.") from err
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"`{argument}`={str(directory)!r} is not writable: pass a folder you can write to.")
     return directory
 
 
 def _umask() -> int:
-    """The process umask, read without changing it where the platform allows (Linux ``/proc``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    """The process umask, read without changing it where the platform allows (``/proc``)."""
+    with suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)  # elsewhere: read by setting it, then put it back at once
     os.umask(mask)
     return mask
@@ -79,9 +69,7 @@ def target_mode(path: PathLike) -> int:
 
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; move it onto ``path`` only if the block succeeds.
-
-    ``mode`` is ``"w"`` or ``"wb"``. The file gets :func:`target_mode`, not ``mkstemp``'s ``0o600``.
+    """Open a temporary file (``mode`` ``"w"`` or ``"wb"``) beside ``path``; move it there if the block succeeds.
 
     Example:
         >>> import tempfile, pathlib
@@ -95,9 +83,8 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
         raise ValueError(f"`mode` must be 'w' or 'wb', got {mode!r}.")
     destination = Path(path)
     if destination.is_dir():
-        raise IsADirectoryError(
-            f"`path`={str(destination)!r} is a folder, not a file: pass the path of a file (e.g. one inside that folder)."
-        )
+        raise IsADirectoryError(f"`path`={str(destination)!r} is a folder, not a file: pass the path of a file (e.g. "
+                                "one inside that folder).")
     directory = check_writable_dir(destination.parent if str(destination.parent) else ".", argument="path")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=directory)
     try:
@@ -108,10 +95,8 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
         os.chmod(tmp_name, target_mode(destination))  # mkstemp made it 0o600
         os.replace(tmp_name, destination)
     except BaseException:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -31,7 +31,7 @@ def check_dense(value: Tensor, name: str) -> None:
 
 
 def check_has_weights(model: torch.nn.Module, name: str) -> None:
-    """Refuse a model with parameters or buffers on the meta device (built with ``device="meta"``).
+    """Refuse a model with parameters or buffers on the meta device.
 
     Example:
         >>> check_has_weights(torch.nn.Linear(2, 2, device="meta"), "encoder")  # doctest: +ELLIPSIS
@@ -77,17 +77,12 @@ def _first_unstorable(value: Any, where: str) -> tuple[str, str] | None:
     """``(where, why)`` of the first part of ``value`` that JSON cannot hold as it is, or ``None``."""
     if isinstance(value, _JSON_SCALARS):  # np.float64 is a float: JSON writes it
         return None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
+    if isinstance(value, (Mapping, list, tuple)):
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            if isinstance(value, Mapping) and not isinstance(key, str):
                 return where, f"has the key {key!r} ({type(key).__name__}; it would come back as a string)"
             found = _first_unstorable(item, f"{where}[{key!r}]")
-            if found:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = _first_unstorable(item, f"{where}[{i}]")
             if found:
                 return found
         return None
@@ -96,7 +91,7 @@ def _first_unstorable(value: Any, where: str) -> tuple[str, str] | None:
 
 
 def check_json_meta(meta: Mapping[str, Any], name: str = "meta") -> None:
-    """Refuse (``TypeError``) a ``meta`` the report's JSON cannot store; NaN and inf are allowed.
+    """Refuse (``TypeError``) a ``meta`` the report's JSON cannot store (NaN and inf are allowed).
 
     Example:
         >>> check_json_meta({"epoch": 3, "lr": float("nan"), "tags": ["a", {"b": None}]})

@@ -23,9 +23,8 @@ PAIRINGS = ("all", "anchor")
 
 def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None, *,
               type_error: bool = False) -> int:
-    """``value`` as an ``int`` in ``[low, high)`` (NumPy / 0-d integer tensors accepted; bools, floats refused).
-
-    ``type_error``: raise ``TypeError`` (not ``ValueError``) for a value that is not an int.
+    """``value`` as an ``int`` in ``[low, high)`` (NumPy / 0-d integer tensors accepted; bools, floats refused:
+    ``ValueError``, or ``TypeError`` with ``type_error``).
 
     Example:
         >>> check_int("views", np.int64(4), 1)
@@ -82,24 +81,17 @@ def check_finite(name: str, value: Any, low: float = -math.inf, high: float = ma
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:
-    """A seed in ``[0, 2**64)``: outside it, seeds alias others (they are used modulo 2**64).
+    """A seed in ``[0, 2**64)`` (seeds are used modulo 2**64: outside it, they alias others).
 
     Example:
         >>> check_seed(np.int32(7))
         7
     """
-    if isinstance(seed, (bool, np.bool_)) or isinstance(seed, (float, np.floating)):
-        raise TypeError(f"`{name}` must be an int, got {seed!r}.")
-    try:
-        value = operator.index(seed)
-    except TypeError:
-        raise TypeError(f"`{name}` must be an int, got {seed!r} ({type(seed).__name__}).") from None
+    value = check_int(name, seed, type_error=True)
     if not SEED_RANGE[0] <= value < SEED_RANGE[1]:
-        raise ValueError(
-            f"`{name}` must be in [0, 2**64), got {value}: seeds are used modulo 2**64, so {value} would give the "
-            f"same views as seed={value % (1 << 64)}; pass a seed in that range."
-        )
-    return int(value)
+        raise ValueError(f"`{name}` must be in [0, 2**64), got {value}: seeds are used modulo 2**64, so {value} would "
+                         f"give the same views as seed={value % (1 << 64)}; pass a seed in that range.")
+    return value
 
 
 def check_memory_limit(value: Any) -> Optional[int]:
@@ -120,7 +112,7 @@ def check_meta(meta: Optional[Mapping[str, Any]], settings: Mapping[str, Any]) -
         raise TypeError(f"`meta` must be a dict or None, got {type(meta).__name__}.")
     from lightning_memloc.checks.inputs import check_json_meta
 
-    check_json_meta(meta)  # before the pass: `save` would fail after it
+    check_json_meta(meta)  # before the pass, not when `save` fails after it
     clash = {k: (settings[k], v) for k, v in meta.items() if k in settings and v != settings[k]}
     if clash:
         raise ValueError(f"`meta` would overwrite the recorded settings {sorted(clash)} "

@@ -13,9 +13,8 @@ __all__ = ["CanaryLayout", "canary_layout", "photo_canaries"]
 
 
 def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3, seed: int = 0) -> Tensor:
-    """``count`` random ``crop``×``crop`` gray crops of scikit-learn's sample photos, resized to ``size``.
-
-    Returns a uint8 tensor ``(count, channels, size, size)``; ``crop`` ≤ 427 (the photographs' height).
+    """``count`` random ``crop``×``crop`` (≤ 427) gray crops of scikit-learn's sample photos, as uint8
+    ``(count, channels, size, size)``.
 
     Example:
         >>> photo_canaries(3, size=8).shape
@@ -25,7 +24,8 @@ def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be an int >= 1, got {count!r}.")
-    photos = [torch.tensor(img).permute(2, 0, 1).float().mean(0) for img in load_sample_images().images]  # a copy: the arrays are read-only
+    # torch.tensor copies: the arrays are read-only
+    photos = [torch.tensor(img).permute(2, 0, 1).float().mean(0) for img in load_sample_images().images]
     height, width = photos[0].shape
     if not 1 <= crop <= min(height, width):
         raise ValueError(f"`crop` must be in [1, {min(height, width)}], got {crop!r}.")

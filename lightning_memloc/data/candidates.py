@@ -105,21 +105,16 @@ def read_indices(spec: IndexSpec, n: int, argument: str = "indices") -> Optional
 
 def load_candidates(candidates: CandidateSpec, labels: LabelSpec = None, size: Optional[int] = None,
                     indices: IndexSpec = None) -> Tuple[Union[Tensor, Dataset], Optional[Tensor]]:
-    """The candidate images (or views, or ``Dataset``) and labels that ``candidates`` / ``labels`` name.
-
-    A tensor or ``Dataset`` without ``size`` / ``indices`` comes back unchanged (the same object).
+    """``(candidates, labels or None)`` that ``candidates`` / ``labels`` name (a tensor or ``Dataset`` without
+    ``size`` / ``indices`` comes back as it is).
 
     Args:
-        candidates: a tensor / ``Dataset``, a ``.pt`` file (``(N, C, H, W)``, views ``(N, K, C, H, W)``
-            or a dict with ``images`` / ``x`` and ``labels`` / ``y``), or what
-            :func:`~lightning_memloc.data.load_data` reads.
-        labels: ``None``, a tensor, ``True`` (stored with the candidates) or a ``.pt`` / ``.npy`` file;
-            they describe the data before ``indices``.
+        candidates: a tensor / ``Dataset``, a ``.pt`` file (``(N, C, H, W)``, views ``(N, K, C, H, W)`` or a dict
+            with ``images`` / ``x`` and ``labels`` / ``y``), or what :func:`~lightning_memloc.data.load_data` reads.
+        labels: ``None``, a tensor, ``True`` (stored with the candidates) or a ``.pt`` / ``.npy`` file, for the
+            data before ``indices``.
         size: resize the images of a path to ``size`` × ``size``.
         indices: ints, a slice ``"start:stop[:step]"`` or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
-
-    Returns:
-        ``(candidates, labels or None)``.
 
     Example:
         >>> import torch
@@ -132,7 +127,7 @@ def load_candidates(candidates: CandidateSpec, labels: LabelSpec = None, size: O
 
 
 def _read(candidates: CandidateSpec, labels: LabelSpec, size: Optional[int]) -> Tuple[Any, Optional[Tensor]]:
-    """The whole data ``candidates`` names, and its labels (before any ``indices``)."""
+    """The whole data ``candidates`` names, and its labels."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"`size` must be None or an int >= 1 (the side length images are resized to), got {size!r}.")
     stored: Optional[Tensor] = None
@@ -166,12 +161,8 @@ def _select(data: Any, labels: Optional[Tensor], index: Optional[Tensor]) -> Tup
 
 
 class CandidateGroups(NamedTuple):
-    """The images :func:`load_groups` read, and the dataset indices that name them.
-
-    Attributes:
-        candidate_ids: (N,) the candidates' indices in their data (``0..N-1`` without ``indices``).
-        meta: ``control_indices`` / ``unseen_indices`` for groups given by indices.
-    """
+    """The images :func:`load_groups` read; ``candidate_ids``: (N,) their indices in their data (``0..N-1``
+    without ``indices``); ``meta``: ``control_indices`` / ``unseen_indices`` of groups given by indices."""
 
     candidates: Any
     labels: Optional[Tensor]
@@ -187,8 +178,7 @@ def load_groups(candidates: CandidateSpec, labels: LabelSpec = None, size: Optio
                 unseen_indices: IndexSpec = None) -> CandidateGroups:
     """Candidates, control and unseen images as :func:`load_candidates` reads them, with their ids.
 
-    ``control_indices`` select from ``control``'s data, or without ``control`` from the
-    candidates' data; likewise ``unseen_indices``.
+    ``control_indices`` select from ``control``'s data, else from the candidates' data; likewise ``unseen_indices``.
 
     Example:
         >>> g = load_groups(torch.zeros(10, 3, 4, 4), indices="2:5", control_indices=[6, 7], unseen_indices="8:")
@@ -208,9 +198,9 @@ def load_groups(candidates: CandidateSpec, labels: LabelSpec = None, size: Optio
                              f"`{name}` is a {type(source).__name__}: select from it before passing it.")
         if source is not None:
             source = _read(source, None, size)[0]
-        selected = read_indices(spec, len(data if source is None else source), f"{name}_indices")
-        groups[name] = None if selected is None and source is None else _select(data if source is None else source,
-                                                                                 None, selected)[0]
+        source_data = data if source is None else source
+        selected = read_indices(spec, len(source_data), f"{name}_indices")
+        groups[name] = None if selected is None and source is None else _select(source_data, None, selected)[0]
         if selected is not None:
             meta[f"{name}_indices"] = selected.tolist()
     ids = torch.arange(len(cands)) if index is None else index

@@ -14,9 +14,8 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def as_float_image(img: Any) -> Tensor:
-    """A dataset image (PIL, uint8 or float tensor) as a float (C, H, W) tensor (uint8 / 255).
-
-    float16 / bfloat16 become float32: half-precision views would shift LayerMem by up to 0.05.
+    """A dataset image (PIL, uint8 or float tensor) as a float (C, H, W) tensor (uint8 / 255; half precision as
+    float32: half-precision views would shift LayerMem by up to 0.05).
 
     Example:
         >>> as_float_image(torch.full((1, 2, 2), 255, dtype=torch.uint8)).max().item()
@@ -39,10 +38,8 @@ def as_float_image(img: Any) -> Tensor:
 
 
 def split_item(item: Any) -> tuple[Any, int]:
-    """``(image, label)`` of an image or an ``(image, label, ...)`` item; label -1 when missing or not an int.
-
-    ``(label, image)`` items and one-hot labels are refused.
-    """
+    """``(image, label)`` of an image or an ``(image, label, ...)`` item (label -1: missing or not an int); refuses
+    ``(label, image)`` items and one-hot labels."""
     if isinstance(item, (tuple, list)):
         _check_item_order(item)
         try:
@@ -57,7 +54,6 @@ def _is_image(x: Any) -> bool:
 
 
 def _check_item_order(item: Sequence[Any]) -> None:
-    """Refuse ``(label, image)`` items and one-hot labels (they would be read as an image / as no label)."""
     if len(item) < 2:
         return
     first, second = item[0], item[1]
@@ -73,12 +69,10 @@ def _check_item_order(item: Sequence[Any]) -> None:
 
 
 class TensorImageDataset(Dataset):
-    """``(image, label)`` dataset over uint8 images ``(N, C, H, W)``, for SSL training loops.
+    """``(image, label)`` dataset over uint8 images ``(N, C, H, W)`` (labels -1: missing), for SSL training loops.
 
-    Args:
-        labels: length N; -1 when missing.
-        transform: applied to the uint8 ``(C, H, W)`` image (e.g. lightly's ``SimCLRTransform``); without
-            it the raw image is returned, for a batched augmentation inside the model.
+    ``transform`` gets the uint8 ``(C, H, W)`` image; without it the raw image is returned (for a batched
+    augmentation inside the model).
 
     Example:
         >>> ds = TensorImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([3, 5]))
@@ -109,9 +103,8 @@ class TensorImageDataset(Dataset):
 
 
 class CheckedImages(Dataset):
-    """``dataset`` whose tensor images are checked as they are read; messages name ``name[i]``.
-
-    ``strict``: 0-255 floats raise (``True``) or warn.
+    """``dataset`` whose tensor images are checked as they are read (messages name ``name[i]``; ``strict``: 0-255
+    floats raise, else warn).
 
     Example:
         >>> ds = CheckedImages([torch.full((1, 2, 2), float("nan"))], "control")

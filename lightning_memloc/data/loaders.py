@@ -119,7 +119,7 @@ def _unreadable(path: Path, err: BaseException) -> ValueError:
 
 
 def _open_npz(path: Path) -> Any:
-    """``np.load`` of an ``.npz`` archive; a truncated or foreign file is a ``ValueError`` naming it."""
+    """``np.load`` of an ``.npz`` archive (a truncated or foreign file: ``ValueError``)."""
     try:
         archive = np.load(path, allow_pickle=False)
     except _BAD_ARCHIVE as err:
@@ -141,9 +141,7 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
                      download: bool = True) -> tuple[Tensor, Tensor]:
     """CIFAR-10, STL-10 (labelled split) or SVHN through ``torchvision.datasets`` (``train``: else test).
 
-    Raises:
-        FileNotFoundError: files missing and ``download=False``.
-        RuntimeError: the download failed (e.g. no network).
+    Raises ``FileNotFoundError`` (files missing and ``download=False``) or ``RuntimeError`` (download failed).
     """
     import torchvision.datasets as tvd
 
@@ -155,7 +153,7 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
     }
     if key not in builders:
         raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(builders)}")
-    hint = ("or save the images as a local .npz (uint8 x N×H×W×C, y) and pass its path to load_data / load_npz")
+    hint = "or save the images as a local .npz (uint8 x N×H×W×C, y) and pass its path to load_data / load_npz"
     try:
         ds = builders[key]()
     except RuntimeError as e:
@@ -170,7 +168,6 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
 
 
 def _read_image(ds: Any, i: int) -> Tensor:
-    """Image ``i`` of an ``ImageFolder``; a file PIL cannot read is a ``ValueError`` naming it."""
     try:
         return ds[i][0]
     except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated data

@@ -20,18 +20,16 @@ class SplitIndices(NamedTuple):
 
     @property
     def encoder(self) -> Tensor:
-        """Training indices of the encoder ``f``: shared ∪ candidates."""
+        """Training indices of ``f``: shared ∪ candidates."""
         return torch.cat([self.shared, self.candidates]).sort().values
 
     @property
     def reference(self) -> Tensor:
-        """Training indices of the reference ``g``: shared ∪ independent."""
+        """Training indices of ``g``: shared ∪ independent."""
         return torch.cat([self.shared, self.independent]).sort().values
 
     def control(self, size: float | int, seed: int = 0) -> Tensor:
-        """A seeded random sample of the shared part (a fraction or a count ≥ 2): the null of LayerMem.
-
-        Both encoders train on these images, so their gap is the offset between the encoders alone.
+        """A seeded sample of the shared part (a fraction or a count ≥ 2), which both encoders train on: LayerMem's null.
 
         Example:
             >>> s = split_candidates(20, shared=10, candidates=5, independent=5, seed=0)
@@ -61,10 +59,8 @@ def _count(value: float | int, n: int, name: str) -> int:
 
 def split_candidates(n: int, shared: float | int = 0.8, candidates: float | int = 0.1,
                      independent: float | int = 0.1, seed: int = 0) -> SplitIndices:
-    """Random disjoint split of ``range(n)`` into shared / candidate / independent indices.
-
-    Each size is a fraction of ``n`` (float, rounded down) or a count (int); the paper's CIFAR-10 split is
-    ``split_candidates(50_000, 40_000, 5_000, 5_000)``.
+    """Random disjoint split of ``range(n)`` into shared / candidate / independent indices, each size a fraction of
+    ``n`` (float, rounded down) or a count (int); the paper's is ``split_candidates(50_000, 40_000, 5_000, 5_000)``.
 
     Example:
         >>> s = split_candidates(10, shared=6, candidates=2, independent=2, seed=0)

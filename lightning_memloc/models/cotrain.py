@@ -1,8 +1,5 @@
-"""Train an encoder and its reference side by side in one ``Trainer.fit``.
-
-``f`` trains on shared ∪ candidates, ``g`` on shared ∪ independent; they share no parameters, so the
-sum of their losses gives each exactly its own gradients.
-"""
+"""Train an encoder and its reference side by side in one ``Trainer.fit`` (no shared parameters: the sum of
+their losses gives each exactly its own gradients)."""
 
 from __future__ import annotations
 
@@ -71,8 +68,7 @@ class CoTraining:
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
-        # The schedule follows the module's own `max_epochs`, so a run stopped early and resumed
-        # with a longer Trainer sees the same learning rates as an uninterrupted one.
+        # the module's own `max_epochs`: a run resumed with a longer Trainer keeps the same learning rates
         trainer_epochs = max(1, self.trainer.max_epochs or self.max_epochs)
         per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // trainer_epochs)
         steps = per_epoch * self.max_epochs
@@ -89,16 +85,12 @@ class CoTraining:
 
 
 class CoTrainedPair(CoTraining, pl.LightningModule):
-    """An SSL encoder and its reference, trained side by side on their own data.
-
-    Batches are dicts ``{"encoder": ..., "reference": ...}`` (see :func:`cotraining_loader`).
+    """An SSL encoder (trained on shared ∪ candidates) and its reference (shared ∪ independent), trained side by
+    side on batches ``{"encoder": ..., "reference": ...}`` (:func:`cotraining_loader`).
 
     Args:
-        encoder: SSL model trained on shared ∪ candidates (e.g. :class:`~lightning_memloc.models.ssl.SimCLR`).
-        reference: the same architecture, trained on shared ∪ independent.
         loss_fn: ``(model, batch) -> loss``; default ``model.training_loss(batch)``.
-        lr: peak learning rate of SGD (momentum 0.9).
-        warmup_epochs: linear LR warm-up epochs, then cosine decay to 0 at ``max_epochs``.
+        lr: peak learning rate of SGD (momentum 0.9), after ``warmup_epochs`` of linear warm-up; cosine decay to 0.
 
     Example:
         >>> from lightning_memloc import BatchedSimCLRAugment
@@ -114,19 +106,14 @@ class CoTrainedPair(CoTraining, pl.LightningModule):
 def cotraining_loader(images: Tensor, split: SplitIndices, batch_size: int = 256, num_workers: int = 0,
                       transform: Optional[Callable] = None, labels: Optional[Tensor] = None,
                       combined: Type = CombinedLoader) -> CombinedLoader:
-    """Training batches for :class:`CoTrainedPair`: shared ∪ candidates and shared ∪ independent.
-
-    Args:
-        images: (N, C, H, W) uint8 training images.
-        transform: per-image transform; ``None`` yields uint8 images for a batched augmentation in the model.
-        combined: the ``CombinedLoader`` class of the Lightning package in use.
-    """
+    """Training batches for :class:`CoTrainedPair` from uint8 ``images`` (N, C, H, W): shared ∪ candidates and
+    shared ∪ independent (``transform``: per image, ``None``: uint8; ``combined``: the ``CombinedLoader`` class)."""
     dataset = TensorImageDataset(images, labels, transform=transform)
-    encoder_idx = torch.cat([torch.as_tensor(split.shared), torch.as_tensor(split.candidates)]).tolist()
-    reference_idx = torch.cat([torch.as_tensor(split.shared), torch.as_tensor(split.independent)]).tolist()
 
-    def loader(indices: list) -> DataLoader:
+    def loader(part: Tensor) -> DataLoader:
+        indices = torch.cat([torch.as_tensor(split.shared), torch.as_tensor(part)]).tolist()
         return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=True, drop_last=True,
                           num_workers=num_workers, persistent_workers=num_workers > 0)
 
-    return combined({"encoder": loader(encoder_idx), "reference": loader(reference_idx)}, mode="max_size_cycle")
+    return combined({"encoder": loader(split.candidates), "reference": loader(split.independent)},
+                    mode="max_size_cycle")

@@ -53,13 +53,13 @@ class CoTrainingSplit:
 
 
 class CoTrainingData(CoTrainingSplit, pl.LightningDataModule):
-    """Batches ``{"encoder": shared ∪ candidates, "reference": shared ∪ independent}`` for :class:`~lightning_memloc.CoTrainedPair`.
+    """Batches ``{"encoder": shared ∪ candidates, "reference": shared ∪ independent}`` for
+    :class:`~lightning_memloc.CoTrainedPair`.
 
     Args:
         data: an ``.npz`` file, a ``.pt`` tensor file, an image folder or ``"digits"``.
-        candidates: images seen by the encoder only: a slice ``"start:stop"``, a list of ints or an index file.
-        independent: images only the reference sees (disjoint from ``candidates``); the rest is shared.
-        batch_size: images per batch for each model.
+        candidates, independent: the images only the encoder / the reference sees (disjoint; the rest is
+            shared): a slice ``"start:stop"``, a list of ints or an index file.
 
     Example:
         >>> dm = CoTrainingData("digits", candidates="0:8", independent="8:16", size=8, batch_size=4)

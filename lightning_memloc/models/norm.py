@@ -13,9 +13,8 @@ NORMS: Tuple[str, ...] = ("batch", "group")
 
 
 def group_count(channels: int, max_groups: int = 32, min_group_size: int = 2) -> int:
-    """GroupNorm groups for ``channels``: the largest divisor ≤ ``max_groups`` leaving ≥ ``min_group_size`` per group.
-
-    The floor keeps GroupNorm from becoming a per-channel InstanceNorm on narrow layers.
+    """GroupNorm groups for ``channels``: the largest divisor ≤ ``max_groups`` leaving ≥ ``min_group_size`` per
+    group (not a per-channel InstanceNorm on narrow layers).
 
     Example:
         >>> [group_count(c) for c in (1, 2, 8, 32, 48, 64, 256)]
@@ -23,11 +22,8 @@ def group_count(channels: int, max_groups: int = 32, min_group_size: int = 2) ->
     """
     if channels < 1:
         raise ValueError(f"`channels` must be >= 1, got {channels}.")
-    best = 1
-    for groups in range(1, min(max_groups, channels) + 1):
-        if channels % groups == 0 and channels // groups >= min_group_size:
-            best = groups
-    return best
+    return max([1] + [g for g in range(1, min(max_groups, channels) + 1)
+                      if channels % g == 0 and channels // g >= min_group_size])
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:

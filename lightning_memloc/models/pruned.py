@@ -1,7 +1,4 @@
-"""Modules and state dicts carrying ``torch.nn.utils.prune`` masks: copy them, read them, undo them.
-
-A pruned ``w`` is a parameter ``w_orig``, a buffer ``w_mask`` and a pre-hook computing ``w = w_orig * w_mask``.
-"""
+"""Modules and state dicts carrying ``torch.nn.utils.prune`` masks (``w = w_orig * w_mask``): copy, read, undo."""
 
 from __future__ import annotations
 
@@ -29,8 +26,7 @@ def plain_copy(module: nn.Module) -> nn.Module:
         >>> sorted(plain_copy(conv).state_dict()), sorted(conv.state_dict())
         (['bias', 'weight'], ['bias', 'weight_mask', 'weight_orig'])
     """
-    # A tensor a forward pre-hook computes (prune's ``w = w_orig * w_mask``, the deprecated weight_norm's ``w``) is
-    # not a leaf, which deepcopy refuses: copy its value (prune.remove below bakes it; weight_norm recomputes it).
+    # deepcopy refuses non-leaf tensors a pre-hook computes (prune's w, weight_norm's): copy their values.
     memo: Dict[int, object] = {id(v): v.detach().clone() for m in module.modules() for v in vars(m).values()
                                if isinstance(v, Tensor) and not v.is_leaf}
     copied = copy.deepcopy(module, memo)
@@ -58,9 +54,8 @@ def unpruned_state(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 
 class MaskUndo:
-    """Remember a module's parameters before masks are registered on it; :meth:`undo` removes the masks again.
-
-    ``undo`` puts back the very ``Parameter`` objects (optimizers holding them stay valid), in their order.
+    """Remember a module's parameters before masks are registered; :meth:`undo` puts back the very ``Parameter``
+    objects (optimizers holding them stay valid), in their order.
 
     Example:
         >>> conv = nn.Conv2d(1, 2, 1)

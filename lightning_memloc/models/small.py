@@ -26,9 +26,7 @@ class TinyCNN(nn.Module):
         super().__init__()
         check_int("in_channels", in_channels, 1, type_error=True)
         w = check_int("width", width, 1, type_error=True)
-        self.in_channels = in_channels
-        self.width = w
-        self.feature_dim = 4 * w
+        self.in_channels, self.width, self.feature_dim = in_channels, w, 4 * w
         self.conv1 = ConvBlock(in_channels, w)
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = ConvBlock(w, 2 * w)
@@ -38,8 +36,7 @@ class TinyCNN(nn.Module):
         self.flatten = nn.Flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.pool1(self.conv1(x))
-        x = self.pool2(self.conv2(x))
+        x = self.pool2(self.conv2(self.pool1(self.conv1(x))))
         return self.flatten(self.global_pool(self.conv3(x)))
 
 
@@ -60,9 +57,7 @@ class TinyMLP(nn.Module):
             raise ValueError(f"`hidden` must be a non-empty sequence of positive integers, got {hidden!r}.")
         for i, h in enumerate(hidden):
             check_int(f"hidden[{i}]", h, 1, type_error=True)
-        self.in_features = in_features
-        self.hidden = tuple(hidden)
-        self.feature_dim = self.hidden[-1]
+        self.in_features, self.hidden, self.feature_dim = in_features, tuple(hidden), hidden[-1]
         self.flatten = nn.Flatten(1)
         previous = in_features
         for i, h in enumerate(self.hidden, start=1):

@@ -15,12 +15,8 @@ def _as_float(images: Tensor) -> Tensor:
 
 
 class SimCLR(nn.Module):
-    """Backbone + SimCLR projection head + NT-Xent loss.
-
-    Args:
-        feature_dim: output size of ``backbone``.
-        augment: a batched view augmentation ``(images, seeds) -> views`` applied to raw image batches;
-            if ``None``, batches must hold two views ``((v1, v2), ...)``.
+    """Backbone + SimCLR projection head + NT-Xent loss; ``augment``: a batched ``(images, seeds) -> views`` for
+    raw image batches (``None``: batches hold two views ``((v1, v2), ...)``).
 
     Example:
         >>> import torch

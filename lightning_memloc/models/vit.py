@@ -9,13 +9,8 @@ __all__ = ["TinyViT"]
 
 
 class TinyViT(VisionTransformer):
-    """A small torchvision ``VisionTransformer`` returning the class token ``(B, dim)`` (no head).
-
-    The ``self_attention`` and ``mlp.1`` of each block are the ViT ``"auto"`` layers.
-
-    Args:
-        dim: token width; the number of attention units per block.
-        mlp_dim: MLP hidden width; the number of MLP units per block.
+    """A small torchvision ``VisionTransformer`` returning the class token ``(B, dim)`` (no head); the ``"auto"``
+    layers are each block's ``self_attention`` (``dim`` units) and ``mlp.1`` (``mlp_dim`` units).
 
     Example:
         >>> import torch
