@@ -1,7 +1,6 @@
 """lightning_memloc bound to the unified ``lightning`` package (``import lightning.pytorch as pl``).
 
-The callbacks and modules here add ``lightning.pytorch``'s base classes to the implementation; names
-that do not depend on Lightning are re-exported unchanged. ``state_key`` is the same in both packages.
+The callbacks and modules add ``lightning.pytorch``'s base classes; the other names are re-exported unchanged.
 
 Example:
     >>> import lightning.pytorch as L

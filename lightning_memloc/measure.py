@@ -20,35 +20,17 @@ from lightning_memloc.views.seeded import SeededViews
 __all__ = ["measure"]
 
 
-def measure(
-    encoder: nn.Module,
-    candidates: Union[Candidates, SeededViews],
-    *,
-    reference: Optional[nn.Module] = None,
-    views: int = DEFAULT.views,
-    transform: Optional[Callable] = None,
-    layers: Union[str, Sequence[str]] = "auto",
-    seed: int = DEFAULT.seed,
-    batch_size: int = DEFAULT.batch_size,
-    labels: Optional[Tensor] = None,
-    pairing: str = DEFAULT.pairing,
-    reduction: str = DEFAULT.reduction,
-    negative: str = DEFAULT.negative,
-    top_k: int = DEFAULT.top_k,
-    candidate_ids: Optional[Tensor] = None,
-    num_workers: int = DEFAULT.num_workers,
-    progress: bool = DEFAULT.progress,
-    state_dtype: torch.dtype = torch.float32,
-    meta: Optional[Dict[str, Any]] = None,
-    control: Optional[Candidates] = None,
-    unseen: Optional[Candidates] = None,
-    bootstrap: int = DEFAULT.bootstrap,
-    confidence: float = DEFAULT.confidence,
-    alpha: float = DEFAULT.alpha,
-    reference_cache: Optional[ReferenceCache] = None,
-    autocast: Optional[str] = DEFAULT.autocast,
-    normalize: NormalizeSpec = DEFAULT.normalize,
-) -> MemorizationReport:
+def measure(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *, reference: Optional[nn.Module] = None,
+            views: int = DEFAULT.views, transform: Optional[Callable] = None,
+            layers: Union[str, Sequence[str]] = "auto", seed: int = DEFAULT.seed, batch_size: int = DEFAULT.batch_size,
+            labels: Optional[Tensor] = None, pairing: str = DEFAULT.pairing, reduction: str = DEFAULT.reduction,
+            negative: str = DEFAULT.negative, top_k: int = DEFAULT.top_k, candidate_ids: Optional[Tensor] = None,
+            num_workers: int = DEFAULT.num_workers, progress: bool = DEFAULT.progress,
+            state_dtype: torch.dtype = torch.float32, meta: Optional[Dict[str, Any]] = None,
+            control: Optional[Candidates] = None, unseen: Optional[Candidates] = None,
+            bootstrap: int = DEFAULT.bootstrap, confidence: float = DEFAULT.confidence, alpha: float = DEFAULT.alpha,
+            reference_cache: Optional[ReferenceCache] = None, autocast: Optional[str] = DEFAULT.autocast,
+            normalize: NormalizeSpec = DEFAULT.normalize) -> MemorizationReport:
     """Measure UnitMem (and ClassMem, SSLMem, LayerMem, ΔLayerMem) of every layer in one pass.
 
     Args:

@@ -145,10 +145,9 @@ def build_views(candidates: Union[Candidates, SeededViews], views: int, transfor
             raise ValueError(f"`labels` must be class ids >= 0 for ClassMem, got {classes[classes < 0].tolist()} "
                              "(-1 means 'no label'): drop unlabelled candidates, or pass labels=None to skip ClassMem.")
         if classes.numel() < 2:
-            raise ValueError(
-                f"`labels` hold a single class {classes.tolist()}: ClassMem compares a class with the others and "
-                "needs at least 2 classes; pass labels of 2 or more classes, or labels=None to skip ClassMem."
-            )
+            raise ValueError(f"`labels` hold a single class {classes.tolist()}: ClassMem compares a class with the "
+                             "others and needs at least 2 classes; pass labels of 2 or more classes, or labels=None "
+                             "to skip ClassMem.")
     return view_set
 
 
@@ -206,7 +205,6 @@ def run_pass(encoder: nn.Module, reference: Optional[nn.Module], views: SeededVi
     iterator: Any = loader
     if progress:
         from tqdm.auto import tqdm
-
         iterator = tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
     with eval_mode(encoder, reference), torch.no_grad():
         for index, x, label in iterator:

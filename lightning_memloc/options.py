@@ -86,10 +86,8 @@ class MeasureOptions:
             check_choice("autocast", self.autocast, AUTOCASTS)
         object.__setattr__(self, "normalize", check_normalize(self.normalize))
         if self.with_reference and self.pairing == "all" and self.views < 2:
-            raise ValueError(
-                f"LayerMem with pairing='all' compares pairs of views and needs `views` >= 2, got {self.views}: "
-                "raise `views` or use pairing='anchor'."
-            )
+            raise ValueError(f"LayerMem with pairing='all' compares pairs of views and needs `views` >= 2, got "
+                             f"{self.views}: raise `views` or use pairing='anchor'.")
         object.__setattr__(self, "seed", check_seed(self.seed))
         for name in ("bootstrap", "confidence", "alpha"):  # NumPy scalars as Python numbers (JSON meta)
             object.__setattr__(self, name, as_python_number(getattr(self, name)))
@@ -150,14 +148,9 @@ class MeasureOptions:
 
 def option_property(name: str) -> property:
     """A property ``<owner>.<name>`` reading ``<owner>.options.<name>``; setting it validates a new options object."""
-
-    def get(owner: Any) -> Any:
-        return getattr(owner.options, name)
-
-    def put(owner: Any, value: Any) -> None:
-        owner.options = owner.options.replace(**{name: value})
-
-    return property(get, put, doc=f"``{name}`` of ``options`` (see :class:`~lightning_memloc.options.MeasureOptions`).")
+    return property(lambda owner: getattr(owner.options, name),
+                    lambda owner, value: setattr(owner, "options", owner.options.replace(**{name: value})),
+                    doc=f"``{name}`` of ``options`` (see :class:`~lightning_memloc.options.MeasureOptions`).")
 
 
 #: The default settings (``measure()``'s and the monitor's keyword defaults read them).

@@ -21,11 +21,9 @@ def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], d
     need = max(batch_size, 2) * views * per_view
     total = _memory_of(device)
     if total is not None and need > total // 2:
-        raise MemoryError(
-            f"one forward step holds batch_size·views = {max(batch_size, 2)}·{views} views of shape {tuple(view_shape)}: "
-            f"{need / 2**30:.1f} GiB for the input alone, over half of the {total / 2**30:.1f} GiB of {device}: "
-            "lower `views` (10 is the paper's K) or `batch_size`."
-        )
+        raise MemoryError(f"one forward step holds batch_size·views = {max(batch_size, 2)}·{views} views of shape "
+                          f"{tuple(view_shape)}: {need / 2**30:.1f} GiB for the input alone, over half of the "
+                          f"{total / 2**30:.1f} GiB of {device}: lower `views` (10 is the paper's K) or `batch_size`.")
 
 
 def _memory_of(device: torch.device) -> Optional[int]:
@@ -89,7 +87,6 @@ def check_layers_exist(encoder: nn.Module, layers: Sequence[str]) -> None:
     missing = [layer for layer in layers if layer not in names]
     if missing:
         known = sorted(n for n in names if n)[:30]
-        raise LayerNotFoundError(
-            f"the report's layers {missing} are not modules of the encoder ({type(encoder).__name__}), whose modules "
-            f"include {known}: point `encoder=` at the module the report was measured on."
-        )
+        raise LayerNotFoundError(f"the report's layers {missing} are not modules of the encoder "
+                                 f"({type(encoder).__name__}), whose modules include {known}: point `encoder=` at the "
+                                 "module the report was measured on.")

@@ -161,9 +161,8 @@ def check_id_vector(name: str, value: object, length: int, rows_of: str, what: s
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"`{name}` must be an integer tensor of {what}s, got dtype {value.dtype}.")
     if value.ndim != 1 or value.shape[0] != length:
-        raise ValueError(
-            f"`{name}` must have shape ({length},), one {what} per row of `{rows_of}`, got shape {tuple(value.shape)}."
-        )
+        raise ValueError(f"`{name}` must have shape ({length},), one {what} per row of `{rows_of}`, got shape "
+                         f"{tuple(value.shape)}.")
     return value
 
 

@@ -21,7 +21,6 @@ def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3
         torch.Size([3, 3, 8, 8])
     """
     from sklearn.datasets import load_sample_images
-
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be an int >= 1, got {count!r}.")
     # torch.tensor copies: the arrays are read-only

@@ -52,11 +52,9 @@ def _read_path(path: Path, size: Optional[int]) -> Tuple[Tensor, Optional[Tensor
             if data.ndim != 4:
                 raise ValueError("`size` resizes images (N, C, H, W), not precomputed views: drop `size`.")
             from lightning_memloc.data.loaders import resize_images
-
             data = resize_images(data, size)
         return data, None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     from lightning_memloc.data import NAMED_DATASETS, load_data
-
     if str(path).lower() not in NAMED_DATASETS and not path.exists():
         raise FileNotFoundError(f"`candidates`: nothing at {str(path)!r}: pass a .pt / .npz file, an image folder "
                                 f"or one of {list(NAMED_DATASETS)}.")

@@ -26,11 +26,9 @@ def as_float_image(img: Any) -> Tensor:
         out = img.float() / 255 if img.dtype == torch.uint8 else img.float() if img.dtype in _HALF else img
     else:
         from PIL import Image
-
         if not isinstance(img, Image.Image):
             raise TypeError(f"`candidates` items must be PIL images or tensors, got {type(img).__name__}")
         from torchvision.transforms.functional import to_tensor
-
         out = to_tensor(img)
     if not out.is_floating_point() or out.ndim != 3:
         raise TypeError(f"`candidates` images must be (C, H, W) uint8/float, got {out.dtype} {tuple(out.shape)}")
@@ -122,7 +120,6 @@ class CheckedImages(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         from lightning_memloc.checks import check_image_layout, check_image_range
-
         item = self.dataset[i]
         image = split_item(item)[0]
         if isinstance(image, Tensor):

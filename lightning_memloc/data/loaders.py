@@ -40,7 +40,6 @@ def load_digits(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
         ((1797, 1, 8, 8), torch.uint8, 9)
     """
     from sklearn.datasets import load_digits as _sk_load_digits
-
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"`size` must be a positive int, got {size!r}")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -101,9 +100,12 @@ def load_npz(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
         if xkey is None:
             raise KeyError(f"{str(path)!r} has no image array: expected keys 'x'/'y' or 'images'/'labels', "
                            f"found {keys}")
-        images = _to_nchw(_read(f, xkey, path), str(path))
-        labels = (_labels(_read(f, ykey, path), images.shape[0], str(path)) if ykey is not None
-                  else torch.full((images.shape[0],), -1, dtype=torch.long))
+        try:
+            x, y = f[xkey], None if ykey is None else f[ykey]
+        except _BAD_ARCHIVE as err:  # a damaged member (CRC error, cut short) or an object array
+            raise _unreadable(path, err) from err
+    images = _to_nchw(x, str(path))
+    labels = torch.full((len(images),), -1, dtype=torch.long) if y is None else _labels(y, len(images), str(path))
     return images, labels
 
 
@@ -130,13 +132,6 @@ def _open_npz(path: Path) -> Any:
     return archive
 
 
-def _read(archive: Any, key: str, path: Path) -> np.ndarray:
-    try:
-        return archive[key]
-    except _BAD_ARCHIVE as err:  # a damaged member (CRC error, cut short) or an object array
-        raise _unreadable(path, err) from err
-
-
 def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
                      download: bool = True) -> tuple[Tensor, Tensor]:
     """CIFAR-10, STL-10 (labelled split) or SVHN through ``torchvision.datasets`` (``train``: else test).
@@ -144,7 +139,6 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
     Raises ``FileNotFoundError`` (files missing and ``download=False``) or ``RuntimeError`` (download failed).
     """
     import torchvision.datasets as tvd
-
     key = str(name).lower()
     builders: dict[str, Callable[[], Any]] = {
         "cifar10": lambda: tvd.CIFAR10(str(root), train=train, download=download),
@@ -178,7 +172,6 @@ def _read_image(ds: Any, i: int) -> Tensor:
 def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tensor]:
     """An ``ImageFolder`` (one sub-folder per class) as uint8 ``(N, 3, size, size)``, centre-cropped."""
     from torchvision import datasets, transforms
-
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"`size` must be a positive int, got {size!r}")
     if not Path(path).is_dir():

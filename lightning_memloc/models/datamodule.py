@@ -33,7 +33,6 @@ class CoTrainingSplit:
         if self.split is not None:
             return
         import torch
-
         images, _ = load_candidates(self.data, size=self.size)
         n = len(images)
         candidates, independent = read_indices(self.candidates_spec, n), read_indices(self.independent_spec, n)
@@ -47,7 +46,6 @@ class CoTrainingSplit:
 
     def train_dataloader(self) -> Any:
         from lightning_memloc.models.cotrain import cotraining_loader
-
         return cotraining_loader(self.images, self.split, batch_size=self.batch_size, num_workers=self.num_workers,
                                  combined=self.combined)
 

@@ -41,7 +41,6 @@ class SimCLR(nn.Module):
                 norm: str = "batch") -> "SimCLR":
         """The paper's set-up: a ResNet9 backbone, projection head ``4 * width`` → ``2 * width``."""
         from lightning_memloc.models import ResNet9
-
         backbone = ResNet9(in_channels=in_channels, width=width, norm=norm)
         return cls(backbone, feature_dim=backbone.feature_dim, hidden_dim=4 * width, out_dim=2 * width, augment=augment)
 
@@ -50,7 +49,6 @@ class SimCLR(nn.Module):
                         norm: str = "batch") -> "SimCLR":
         """The authors' released set-up: an AuthorsResNet9 backbone, projection head ``8 * width`` → ``2 * width``."""
         from lightning_memloc.models import AuthorsResNet9
-
         backbone = AuthorsResNet9(in_channels=in_channels, width=width, norm=norm)
         return cls(backbone, feature_dim=backbone.feature_dim, hidden_dim=backbone.feature_dim, out_dim=2 * width,
                    augment=augment)

@@ -150,16 +150,9 @@ def choose_units(report: MemorizationReport, targets: Dict[str, UnitTargets], am
     return select_units(report, strategy=strategy, scope=scope, layers=list(targets), seed=seed, **check_amount(amount))
 
 
-def prune_units(
-    module: nn.Module,
-    report: MemorizationReport,
-    amount: Amount,
-    strategy: str = "lowest",
-    scope: str = "layer",
-    layers: Optional[Sequence[str]] = None,
-    seed: int = 0,
-    permanent: bool = True,
-) -> Dict[str, Tensor]:
+def prune_units(module: nn.Module, report: MemorizationReport, amount: Amount, strategy: str = "lowest",
+                scope: str = "layer", layers: Optional[Sequence[str]] = None, seed: int = 0,
+                permanent: bool = True) -> Dict[str, Tensor]:
     """Prune units of a bare encoder, chosen from a report by UnitMem.
 
     Args:
