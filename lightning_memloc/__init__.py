@@ -22,24 +22,17 @@ from lightning_memloc.views.seeded import BatchedSimCLRAugment, SeededViews, mak
 
 __version__ = "0.1.0"
 
-# The Lightning-facing names import pytorch_lightning (seconds): load them on first use, so that
-# `import lightning_memloc` and the `memloc` command start fast (PEP 562).
-_LAZY = {
-    "MemorizationFinetuning": "lightning_memloc.callbacks",
-    "MemorizationMonitor": "lightning_memloc.callbacks",
-    "MemorizationPruning": "lightning_memloc.callbacks",
-    "prune_units": "lightning_memloc.models.surgery",  # no Lightning needed
-    "UtilityMonitor": "lightning_memloc.callbacks",
-    "CoTrainedPair": "lightning_memloc.models.cotrain",
-    "CoTrainingData": "lightning_memloc.models.datamodule",
-    "cotraining_loader": "lightning_memloc.models.cotrain",
-}
+# Lightning-facing names import pytorch_lightning (seconds): loaded on first use, for a fast import (PEP 562).
+_LAZY = {**dict.fromkeys(["MemorizationFinetuning", "MemorizationMonitor", "MemorizationPruning", "UtilityMonitor"],
+                         "lightning_memloc.callbacks"),
+         "CoTrainedPair": "lightning_memloc.models.cotrain", "cotraining_loader": "lightning_memloc.models.cotrain",
+         "CoTrainingData": "lightning_memloc.models.datamodule",
+         "prune_units": "lightning_memloc.models.surgery"}  # no Lightning needed
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
+        value = globals()[name] = getattr(import_module(_LAZY[name]), name)
         return value
     raise AttributeError(f"module 'lightning_memloc' has no attribute {name!r}")
 

@@ -29,8 +29,7 @@ _INTERNALS = frozenset({
     "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training", "_backward_pre_hooks",
     "_backward_hooks", "_is_full_backward_hook", "_state_dict_hooks", "_state_dict_pre_hooks",
     "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
-})
+    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs"})
 #: (hooks, with-kwargs flags, always-called flags): dicts keyed by handle ids, which differ between equal models.
 _HOOKS = (("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", ""),
           ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"))
@@ -188,32 +187,24 @@ _CLASS_CODE: "OrderedDict[int, Tuple[type, Tuple[Any, ...], str]]" = OrderedDict
 _CLASS_CODE_SIZE = 512
 
 
-def _class_functions(cls: type) -> Tuple[Any, ...]:
-    found = []
-    for base in cls.__mro__[:-1]:
-        for attr, value in vars(base).items():
-            func = getattr(value, "__func__", value)  # staticmethod / classmethod
-            if isinstance(func, types.FunctionType):
-                found += (base, attr, func, func.__code__)
-    return tuple(found)
-
-
 def _class_code(cls: type) -> str:
     """Digest of the code of every function in ``cls``'s MRO, reused while each is the same object with the same
     code (hashing code is most of a digest's cost: resnet18 ~8 of 9 ms)."""
-    functions = _class_functions(cls)
+    functions = []
+    for base in cls.__mro__[:-1]:  # not `object`
+        for attr, value in sorted(vars(base).items()):
+            func = getattr(value, "__func__", value)  # staticmethod / classmethod
+            if isinstance(func, types.FunctionType):
+                functions.append((base, attr, func, func.__code__))
     cached = _CLASS_CODE.get(id(cls))
     if cached is not None and cached[0] is cls and len(cached[1]) == len(functions) and all(
-            a is b for a, b in zip(cached[1], functions)):
+            a is b for old, new in zip(cached[1], functions) for a, b in zip(old, new)):
         _CLASS_CODE.move_to_end(id(cls))
         return cached[2]
     code = hashlib.blake2b(digest_size=20)
-    for base in cls.__mro__[:-1]:  # not `object`
-        for attr, value in sorted(vars(base).items()):
-            func = getattr(value, "__func__", value)
-            if isinstance(func, types.FunctionType):
-                code.update(f"{base.__qualname__}.{attr}".encode() + _code_bytes(func.__code__))
-    _CLASS_CODE[id(cls)] = (cls, functions, code.hexdigest())
+    for base, attr, _, func_code in functions:
+        code.update(f"{base.__qualname__}.{attr}".encode() + _code_bytes(func_code))
+    _CLASS_CODE[id(cls)] = (cls, tuple(functions), code.hexdigest())
     while len(_CLASS_CODE) > _CLASS_CODE_SIZE:
         _CLASS_CODE.popitem(last=False)
     return code.hexdigest()

@@ -197,12 +197,9 @@ def load_data(spec: str | os.PathLike, root: str | os.PathLike = "data",
     name = str(spec)
     if name.lower() == "digits":
         return load_digits(size=32 if size is None else size)
-    if name.lower() in NAMED_DATASETS:
-        images, labels = load_torchvision(name, root)
-        return resize_images(images, size), labels
     path = Path(name)
-    if path.suffix.lower() == ".npz":
-        images, labels = load_npz(path)
+    if name.lower() in NAMED_DATASETS or path.suffix.lower() == ".npz":
+        images, labels = load_torchvision(name, root) if name.lower() in NAMED_DATASETS else load_npz(path)
         return resize_images(images, size), labels
     if path.is_dir():
         if size is None:

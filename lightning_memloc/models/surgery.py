@@ -41,12 +41,8 @@ class UnitTargets:
 
     def parameters(self) -> List[Tuple[nn.Module, str]]:
         """``(module, name)`` of every parameter masked per unit (weight, bias if any, BN affine)."""
-        out = []
-        for module in (self.producer, *self.norms):
-            for name in ("weight", "bias"):
-                if module._parameters.get(name) is not None or hasattr(module, name + "_orig"):
-                    out.append((module, name))
-        return out
+        return [(module, name) for module in (self.producer, *self.norms) for name in ("weight", "bias")
+                if module._parameters.get(name) is not None or hasattr(module, name + "_orig")]
 
 
 def _last_producer(block: nn.Module, num_units: Optional[int]) -> Optional[Tuple[nn.Module, Tuple[nn.Module, ...]]]:
@@ -66,12 +62,11 @@ def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] =
     """The last conv / linear with ``num_units`` outputs in ``layer`` or, for a parameter-free tap (a ReLU),
     among its preceding siblings, and the BatchNorm layers after it."""
     check_layers_exist(encoder, [layer])
-    tap = encoder.get_submodule(layer)
-    found = _last_producer(tap, num_units)
+    found = _last_producer(encoder.get_submodule(layer), num_units)
     if found is None and layer:
-        parent = encoder.get_submodule(layer.rpartition(".")[0])
-        children = list(parent.named_children())
-        index = [name for name, _ in children].index(layer.rpartition(".")[2])
+        parent, _, own = layer.rpartition(".")
+        children = list(encoder.get_submodule(parent).named_children())
+        index = [name for name, _ in children].index(own)
         norms: List[nn.Module] = []
         for _, sibling in reversed(children[:index]):
             found = _last_producer(sibling, num_units)
@@ -214,16 +209,11 @@ def check_amount_units(amount: Any, scope: str, units: Dict[str, int]) -> None:
 def following_norms(encoder: nn.Module, layer: str, width: int) -> Tuple[nn.Module, ...]:
     """BatchNorm layers right after the tapped module acting on its ``width`` channels (a masked channel would
     still fire through them, ``β − γ·μ/σ``); a GroupNorm / LayerNorm there mixes channels: ``ValueError``."""
-    if not layer:
-        return ()
-    parent = encoder.get_submodule(layer.rpartition(".")[0])
-    children = list(parent.named_children())
+    parent, _, own = layer.rpartition(".")  # the whole encoder (layer ""): no sibling
+    children = list(encoder.get_submodule(parent).named_children())
     names = [name for name, _ in children]
-    own = layer.rpartition(".")[2]
-    if own not in names:
-        return ()
     found = []
-    for name, sibling in children[names.index(own) + 1:]:
+    for name, sibling in children[names.index(own) + 1:] if own in names else []:
         if isinstance(sibling, _BatchNorm) and sibling.num_features == width:
             found.append(sibling)
         elif isinstance(sibling, _MIXING_NORMS) and any(True for _ in sibling.parameters()):
