@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from contextlib import suppress
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -14,25 +15,22 @@ from lightning_memloc.errors import LayerNotFoundError
 
 __all__ = ["check_layers_exist", "check_reference", "check_views_memory", "named_module", "unwrap_compiled"]
 
+
 def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device,
                        itemsize: int = 4) -> None:
     """Refuse a step of ``max(batch_size, 2) · views`` views over half the device's (host's) memory."""
     per_view = int(np.prod([int(s) for s in view_shape])) * itemsize
     need = max(batch_size, 2) * views * per_view
-    total = _memory_of(device)
+    total = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        total = int(torch.cuda.get_device_properties(device).total_memory)
+    else:
+        with suppress(AttributeError, ValueError, OSError):  # not POSIX
+            total = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if total is not None and need > total // 2:
         raise MemoryError(f"one forward step holds batch_size·views = {max(batch_size, 2)}·{views} views of shape "
                           f"{tuple(view_shape)}: {need / 2**30:.1f} GiB for the input alone, over half of the "
                           f"{total / 2**30:.1f} GiB of {device}: lower `views` (10 is the paper's K) or `batch_size`.")
-
-
-def _memory_of(device: torch.device) -> Optional[int]:
-    if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
-        return None
 
 
 def unwrap_compiled(module: Any) -> Any:

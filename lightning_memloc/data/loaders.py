@@ -93,7 +93,14 @@ def load_npz(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such .npz file: {str(path)!r}")
-    with _open_npz(path) as f:
+    try:
+        f = np.load(path, allow_pickle=False)
+    except _BAD_ARCHIVE as err:
+        raise _unreadable(path, err) from err
+    if not isinstance(f, np.lib.npyio.NpzFile):  # a .npy array under an .npz name
+        raise ValueError(f"{str(path)!r} holds a single array ({type(f).__name__}), not an .npz archive with "
+                         "'x' (and 'y'): write it with numpy.savez(path, x=images, y=labels).")
+    with f:
         keys = list(f.keys())
         xkey = next((k for k in ("x", "images") if k in keys), None)
         ykey = next((k for k in ("y", "labels") if k in keys), None)
@@ -118,18 +125,6 @@ def _unreadable(path: Path, err: BaseException) -> ValueError:
            else f"{type(err).__name__}: {err}")  # numpy's own text would suggest unpickling the file
     return ValueError(f"{str(path)!r} is not a readable .npz file (truncated, corrupt or another format: {why}): "
                       "re-create it, e.g. numpy.savez(path, x=images_uint8_NHWC, y=labels).")
-
-
-def _open_npz(path: Path) -> Any:
-    """``np.load`` of an ``.npz`` archive (a truncated or foreign file: ``ValueError``)."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except _BAD_ARCHIVE as err:
-        raise _unreadable(path, err) from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy array under an .npz name
-        raise ValueError(f"{str(path)!r} holds a single array ({type(archive).__name__}), not an .npz archive with "
-                         "'x' (and 'y'): write it with numpy.savez(path, x=images, y=labels).")
-    return archive
 
 
 def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
