@@ -43,7 +43,6 @@ class Measurement:
         pool: the pass's view set (candidates, then each group, same transform, K and seed).
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import TinyCNN
         >>> m = Measurement.prepare(torch.rand(4, 3, 16, 16), MeasureOptions(views=2, bootstrap=0))
         >>> f = TinyCNN()

@@ -1,8 +1,7 @@
 """``MeasureOptions``: the settings shared by ``measure()``, the monitor and ``memloc analyze`` (defined once).
 
 Example:
-    >>> options = MeasureOptions(views=4, top_k=2)
-    >>> options.meter_kwargs()
+    >>> MeasureOptions(views=4, top_k=2).meter_kwargs()
     {'reduction': 'mean', 'negative': 'clamp', 'top_k': 2}
     >>> MeasureOptions(pairing="pairs")
     Traceback (most recent call last):
@@ -24,9 +23,8 @@ from lightning_memloc.reductions.precision import AUTOCASTS
 
 __all__ = ["DEFAULT", "MeasureOptions", "options_doc", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
 
-#: Keywords that :func:`~lightning_memloc.measure` and the
-#: :class:`~lightning_memloc.callbacks.MemorizationMonitor` share with a different default or
-#: meaning, and why (``tests/test_contract.py`` allows no other; ``docs/definitions.md``).
+#: Keywords that :func:`~lightning_memloc.measure` and the :class:`~lightning_memloc.callbacks.MemorizationMonitor`
+#: share with a different default or meaning, and why (``tests/test_contract.py`` allows no other).
 SURFACE_DIFFERENCES = {
     "encoder": "measure() takes the encoder module itself (positional); the monitor takes where to find it inside "
                "the LightningModule (an attribute path, a callable or a module; None: the whole module).",

@@ -115,7 +115,6 @@ def load_candidates(candidates: CandidateSpec, labels: LabelSpec = None, size: O
         indices: ints, a slice ``"start:stop[:step]"`` or a ``.json`` / ``.npy`` / ``.txt`` / ``.pt`` file.
 
     Example:
-        >>> import torch
         >>> x, y = load_candidates(torch.zeros(6, 3, 4, 4), labels=torch.arange(6), indices="1:3")
         >>> tuple(x.shape), y.tolist()
         ((2, 3, 4, 4), [1, 2])

@@ -74,8 +74,7 @@ class TensorImageDataset(Dataset):
 
     Example:
         >>> ds = TensorImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([3, 5]))
-        >>> x, y = ds[1]
-        >>> x.dtype, y
+        >>> ds[1][0].dtype, ds[1][1]
         (torch.uint8, 5)
     """
 

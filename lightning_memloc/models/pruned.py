@@ -20,7 +20,6 @@ def plain_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every pruning mask baked into a plain parameter (``module`` unchanged).
 
     Example:
-        >>> from torch.nn.utils import prune
         >>> conv = nn.Conv2d(1, 2, 1)
         >>> _ = prune.identity(conv, "weight")
         >>> sorted(plain_copy(conv).state_dict()), sorted(conv.state_dict())

@@ -17,8 +17,7 @@ class TinyCNN(nn.Module):
 
     Example:
         >>> import torch
-        >>> model = TinyCNN(in_channels=1, width=2)
-        >>> model(torch.randn(3, 1, 8, 8)).shape
+        >>> TinyCNN(in_channels=1, width=2)(torch.randn(3, 1, 8, 8)).shape
         torch.Size([3, 8])
     """
 
@@ -45,8 +44,7 @@ class TinyMLP(nn.Module):
 
     Example:
         >>> import torch
-        >>> model = TinyMLP(12, hidden=(6, 4))
-        >>> model(torch.randn(5, 3, 2, 2)).shape
+        >>> TinyMLP(12, hidden=(6, 4))(torch.randn(5, 3, 2, 2)).shape
         torch.Size([5, 4])
     """
 

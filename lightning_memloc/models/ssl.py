@@ -19,7 +19,6 @@ class SimCLR(nn.Module):
     raw image batches (``None``: batches hold two views ``((v1, v2), ...)``).
 
     Example:
-        >>> import torch
         >>> from lightning_memloc import BatchedSimCLRAugment
         >>> from lightning_memloc.models import TinyCNN
         >>> model = SimCLR(TinyCNN(), feature_dim=16, augment=BatchedSimCLRAugment(16))

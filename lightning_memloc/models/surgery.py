@@ -160,7 +160,6 @@ def prune_units(module: nn.Module, report: MemorizationReport, amount: Amount, s
         ``{layer: LongTensor of pruned unit indices}``.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc import measure
         >>> from lightning_memloc.models import TinyCNN
         >>> encoder = TinyCNN(width=2)

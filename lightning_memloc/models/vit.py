@@ -14,8 +14,7 @@ class TinyViT(VisionTransformer):
 
     Example:
         >>> import torch
-        >>> model = TinyViT()
-        >>> tuple(model(torch.rand(2, 3, 16, 16)).shape)
+        >>> tuple(TinyViT()(torch.rand(2, 3, 16, 16)).shape)
         (2, 32)
     """
 
