@@ -29,7 +29,7 @@ class SplitIndices(NamedTuple):
         return torch.cat([self.shared, self.independent]).sort().values
 
     def control(self, size: float | int, seed: int = 0) -> Tensor:
-        """A seeded sample of the shared part (a fraction or a count ≥ 2), which both encoders train on: LayerMem's null.
+        """A seeded sample of the shared part (fraction or count ≥ 2), which both encoders train on: LayerMem's null.
 
         Example:
             >>> s = split_candidates(20, shared=10, candidates=5, independent=5, seed=0)

@@ -16,8 +16,7 @@ __all__ = ["AUTHORS_LAYERS", "AuthorsBlock", "AuthorsResNet9", "convert_authors_
 #: The eight layers of the authors' ResNet9, in forward order: (name, width multiple, pool).
 AUTHORS_LAYERS: Tuple[Tuple[str, int, bool], ...] = (
     ("prep", 1, True), ("layer1_head", 2, True), ("layer1_residual1", 2, False), ("layer1_residual2", 2, False),
-    ("layer2", 4, True), ("layer3_head", 8, True), ("layer3_residual1", 8, False), ("layer3_residual2", 8, False),
-)
+    ("layer2", 4, True), ("layer3_head", 8, True), ("layer3_residual1", 8, False), ("layer3_residual2", 8, False))
 
 
 class AuthorsBlock(ConvBlock):

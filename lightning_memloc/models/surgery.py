@@ -148,16 +148,13 @@ def choose_units(report: MemorizationReport, targets: Dict[str, UnitTargets], am
 def prune_units(module: nn.Module, report: MemorizationReport, amount: Amount, strategy: str = "lowest",
                 scope: str = "layer", layers: Optional[Sequence[str]] = None, seed: int = 0,
                 permanent: bool = True) -> Dict[str, Tensor]:
-    """Prune units of a bare encoder, chosen from a report by UnitMem.
+    """Prune units of a bare encoder, chosen from a report by UnitMem; returns ``{layer: pruned unit indices}``.
 
     Args:
         amount: a fraction in (0, 1) or a count >= 1 (per layer or in all, see ``scope``).
         strategy: ``"highest"``, ``"lowest"`` or ``"random"`` UnitMem.
         scope: ``"layer"`` or ``"global"``.
         permanent: bake the masks into the weights; ``False`` keeps ``*_orig`` / ``*_mask``.
-
-    Returns:
-        ``{layer: LongTensor of pruned unit indices}``.
 
     Example:
         >>> from lightning_memloc import measure
