@@ -16,7 +16,6 @@ def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool =
     """Make sure ``path`` is (or can become) a writable directory, before any work is done.
 
     Example:
-        >>> import tempfile
         >>> check_writable_dir(tempfile.mkdtemp()).is_dir()
         True
     """
@@ -55,8 +54,7 @@ def target_mode(path: PathLike) -> int:
     """Permission bits for a file written to ``path``: the existing file's, else ``0o666`` less the umask.
 
     Example:
-        >>> import tempfile, pathlib, os
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> p = Path(tempfile.mkdtemp()) / "a.txt"
         >>> _ = p.write_text("x"); os.chmod(p, 0o644)
         >>> oct(target_mode(p))
         '0o644'
@@ -72,8 +70,7 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
     """Open a temporary file (``mode`` ``"w"`` or ``"wb"``) beside ``path``; move it there if the block succeeds.
 
     Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> p = Path(tempfile.mkdtemp()) / "a.txt"
         >>> with atomic_open(p) as fh:
         ...     _ = fh.write("hello")
         >>> p.read_text()

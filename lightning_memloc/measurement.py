@@ -1,7 +1,6 @@
 """One measurement, views → taps → reductions → states → report, shared by ``measure()`` and the monitor.
 
-Hooks reduce each tapped layer to per-unit view means and per-candidate view alignment *inside the hook*
-and drop the activations: a pass costs one batched forward of the views per encoder, memory O(N·U).
+Hooks reduce each tapped layer to per-unit view means and per-candidate alignments: memory stays O(N·U).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Data sources and the shared / candidate / independent split.
-
-``f`` trains on shared ∪ candidates, the reference ``g`` on shared ∪ independent; memorization is measured
-on the candidates. Every loader returns ``(uint8 Tensor[N, C, H, W], LongTensor[N])``.
+"""Data sources (loaders return ``(uint8 Tensor[N, C, H, W], LongTensor[N])``) and the shared / candidate /
+independent split: ``f`` trains on shared ∪ candidates, the reference ``g`` on shared ∪ independent.
 
 Example:
     >>> images, labels = load_digits(size=16)

@@ -38,9 +38,8 @@ def photo_canaries(count: int, size: int = 16, crop: int = 64, channels: int = 3
 
 
 class CanaryLayout(NamedTuple):
-    """Indices into ``cat([base, canaries])``: ``split`` (shared = base ∪ control), ``control`` (both
-    encoders train on them: the null of LayerMem), ``unseen`` (neither does: the null of UnitMem's test).
-    """
+    """Indices into ``cat([base, canaries])``: ``split`` (shared = base ∪ control), ``control`` (both encoders
+    train on them: LayerMem's null), ``unseen`` (neither does: the null of UnitMem's test)."""
 
     split: SplitIndices
     control: Tensor
