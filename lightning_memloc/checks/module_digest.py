@@ -1,10 +1,8 @@
 """A digest of what decides a module's forward besides its tensors: structure, settings, code, hooks.
 
-A cache keyed on ``state_dict`` alone (:class:`~lightning_memloc.states.reference_cache.ReferenceCache`) would
-return stale values after a swapped activation, another padding, a patched ``forward`` or a new hook.
-:func:`structure_digest` feeds every sub-module's name, class, the code of its MRO's methods, plain attributes
-(functions by code and closures) and forward hooks, and torch's global hooks; not train/eval flags. Not
-covered: code reached through a global name. What it cannot digest raises :class:`UnkeyableModuleError`.
+A ``state_dict``-keyed cache (:class:`~lightning_memloc.states.reference_cache.ReferenceCache`) would miss a swapped
+activation, a padding, a patched ``forward`` or a hook: :func:`structure_digest` feeds each sub-module's name, class,
+MRO code, plain attributes and forward hooks, and torch's global hooks; not code reached through a global name.
 """
 
 from __future__ import annotations
