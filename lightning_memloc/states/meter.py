@@ -1,10 +1,8 @@
-"""``MemorizationMeter``: the streaming metric states of one measurement pass.
-
-Per tapped layer a ``UnitMem`` (``ClassMem`` with labels) and, with a reference, one multi-layer ``LayerMem``.
-"""
+"""``MemorizationMeter``: per layer a ``UnitMem`` (``ClassMem`` with labels), with a reference one ``LayerMem``."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -30,15 +28,8 @@ def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in out.items() if key not in METRIC_ONLY_KEYS[type(metric).__name__]}
 
 
-def state_bytes(
-    num_candidates: int,
-    num_units: Mapping[str, int],
-    *,
-    reference: bool,
-    labels: bool,
-    dtype: torch.dtype = torch.float32,
-    alignment: bool = False,
-) -> int:
+def state_bytes(num_candidates: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
+                dtype: torch.dtype = torch.float32, alignment: bool = False) -> int:
     """Exact bytes of :class:`MemorizationMeter`'s metric states (every DDP rank holds them all).
 
     ``Σ_l N·(U_l + 1)·b`` (+ ``16·N`` per layer with labels), + ``(2·L + 1)·N·b`` with a reference
@@ -51,9 +42,8 @@ def state_bytes(
         410400000
     """
     item = torch.empty((), dtype=dtype).element_size()
-    per_layer = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
-                    for units in num_units.values())
-    total = per_layer
+    total = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
+                for units in num_units.values())
     if reference:
         total += (2 * len(num_units) + 1) * num_candidates * item
     elif alignment:
@@ -119,22 +109,10 @@ class MemorizationMeter(nn.Module):
         [1.0, 0.3333333432674408]
     """
 
-    def __init__(
-        self,
-        layers: Sequence[LayerSpec],
-        num_units: Mapping[str, int],
-        num_candidates: int,
-        *,
-        reference: bool,
-        labels: bool,
-        reduction: str = "mean",
-        negative: str = "clamp",
-        top_k: int = 50,
-        state_dtype: torch.dtype = torch.float32,
-        groups: Optional[Mapping[str, int]] = None,
-        alignment: bool = False,
-        view_shape: Optional[Sequence[int]] = None,
-    ) -> None:
+    def __init__(self, layers: Sequence[LayerSpec], num_units: Mapping[str, int], num_candidates: int, *,
+                 reference: bool, labels: bool, reduction: str = "mean", negative: str = "clamp", top_k: int = 50,
+                 state_dtype: torch.dtype = torch.float32, groups: Optional[Mapping[str, int]] = None,
+                 alignment: bool = False, view_shape: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.layers = list(layers)
         self.names = [spec.name for spec in self.layers]
@@ -178,14 +156,9 @@ class MemorizationMeter(nn.Module):
         """Whether :meth:`update` needs the encoder's alignments."""
         return self.layer_mem is not None or self.alignment is not None
 
-    def update(
-        self,
-        index: Tensor,
-        unit_means: Mapping[str, Tensor],
-        align_encoder: Optional[Mapping[str, Tensor]] = None,
-        align_reference: Optional[Mapping[str, Tensor]] = None,
-        labels: Optional[Tensor] = None,
-    ) -> None:
+    def update(self, index: Tensor, unit_means: Mapping[str, Tensor],
+               align_encoder: Optional[Mapping[str, Tensor]] = None,
+               align_reference: Optional[Mapping[str, Tensor]] = None, labels: Optional[Tensor] = None) -> None:
         """Add per-layer (B, U) unit means and (B,) alignments at ``index`` (pooled positions with ``groups``)."""
         update = self._route if self.group_sizes else self._update_own
         update(index, unit_means, align_encoder, align_reference, labels)
@@ -200,18 +173,12 @@ class MemorizationMeter(nn.Module):
         if self.has_labels and labels is None:
             raise ValueError("this meter was built with labels=True: pass `labels` to update().")
         for name, metric in zip(self.names, self.units):
-            if self.has_labels:
-                metric.update(unit_means[name], index, labels)
-            else:
-                metric.update(unit_means[name], index)
+            metric.update(unit_means[name], index, *([labels] if self.has_labels else []))
         if self.layer_mem is not None:
             if align_encoder is None or align_reference is None:
                 raise ValueError("this meter was built with reference=True: pass both alignments to update().")
-            self.layer_mem.update(
-                torch.stack([align_encoder[n] for n in self.names]),
-                torch.stack([align_reference[n] for n in self.names]),
-                index,
-            )
+            self.layer_mem.update(torch.stack([align_encoder[n] for n in self.names]),
+                                  torch.stack([align_reference[n] for n in self.names]), index)
         if self.alignment is not None:
             if align_encoder is None:
                 raise ValueError("this meter was built with alignment=True: pass `align_encoder` to update().")
@@ -219,12 +186,9 @@ class MemorizationMeter(nn.Module):
 
     def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
-        start, end = 0, self.num_candidates
-        targets = [(self, 0, self.num_candidates)]
-        for name, size in self.group_sizes.items():
-            start, end = end, end + size
-            targets.append((self.groups[name], start, end))
-        for meter, lo, hi in targets:
+        ends = list(itertools.accumulate([self.num_candidates, *self.group_sizes.values()]))
+        meters = [self, *(self.groups[name] for name in self.group_sizes)]
+        for meter, lo, hi in zip(meters, [0] + ends[:-1], ends):
             rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
@@ -284,8 +248,7 @@ class MemorizationMeter(nn.Module):
         ids = candidate_ids.detach().cpu().long()
         align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
         unit_mem: Dict[str, Tensor] = {}
-        unit_argmax: Dict[str, Tensor] = {}
-        dead: Dict[str, Tensor] = {}
+        unit_argmax, dead = dict(unit_mem), dict(unit_mem)
         class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
         means: Dict[str, Tensor] = {}  # the evidence's per-candidate means, from the same sync as compute()
         for name, metric in zip(self.names, self.units):
@@ -345,18 +308,10 @@ class MemorizationMeter(nn.Module):
         if self.view_moments is not None:
             with synced_states(self.view_moments):
                 meta["view_stats"] = self.view_moments.compute().as_meta()
-        return MemorizationReport(
-            evidence=report_evidence,
-            layers=list(self.names),
-            layer_kinds={spec.name: spec.kind for spec in self.layers},
-            candidate_ids=ids,
-            unit_mem=unit_mem,
-            unit_argmax=unit_argmax,
-            dead_units=dead,
-            class_mem=class_mem,
-            meta=meta,
-            **kwargs,
-        )
+        return MemorizationReport(evidence=report_evidence, layers=list(self.names),
+                                  layer_kinds={spec.name: spec.kind for spec in self.layers}, candidate_ids=ids,
+                                  unit_mem=unit_mem, unit_argmax=unit_argmax, dead_units=dead, class_mem=class_mem,
+                                  meta=meta, **kwargs)
 
     def reset(self) -> None:
         """Clear every state (start a new pass)."""

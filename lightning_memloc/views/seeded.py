@@ -1,17 +1,9 @@
-"""Seeded K-view generation for a candidate set: view ``k`` of candidate ``i`` depends only on ``(seed, i, k)``.
-
-Example:
-    >>> import torch
-    >>> from lightning_memloc.views.seeded import SeededViews
-    >>> ds = SeededViews(torch.rand(8, 3, 16, 16), views=4, seed=0)
-    >>> index, x, label = next(iter(ds.dataloader(batch_size=8)))
-    >>> ds.finalize(x, index, "cpu").shape
-    torch.Size([8, 4, 3, 16, 16])
-"""
+"""Seeded K-view generation for a candidate set: view ``k`` of candidate ``i`` depends only on ``(seed, i, k)``."""
 
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -40,10 +32,10 @@ class SeededViews(Dataset):
 
     Example:
         >>> import torch
-        >>> ds = SeededViews(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), views=2)
-        >>> i, x, label = ds[1]
-        >>> i, tuple(x.shape), label
-        (1, (3, 8, 8), -1)
+        >>> ds = SeededViews(torch.rand(8, 3, 16, 16), views=4, seed=0)
+        >>> index, x, label = next(iter(ds.dataloader(batch_size=8)))
+        >>> ds.finalize(x, index, "cpu").shape
+        torch.Size([8, 4, 3, 16, 16])
     """
 
     def __init__(self, candidates: Tensor | Dataset, views: int | None = 10, transform: Any = None,
@@ -96,7 +88,7 @@ class SeededViews(Dataset):
                 raise ValueError(f"`labels` has {self.labels.numel()} entries for {n} candidates: "
                                  "pass one class id per candidate, in the candidates' order")
         if transform is None and self._views is None:
-            transform = BatchedSimCLRAugment(size=int(self._raw(0).shape[-2]))
+            transform = BatchedSimCLRAugment(size=int(self.raw(0).shape[-2]))
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
         self.transform, self.normalize = transform, normalize
@@ -107,17 +99,15 @@ class SeededViews(Dataset):
             check_image_range(self._images, strict=self._clamping_transform)
 
     @property
-    def _clamping_transform(self) -> bool:
-        """Whether the transform clamps views to [0, 1] (the batched SimCLR augmentation)."""
+    def _clamping_transform(self) -> bool:  # the batched SimCLR augmentation clamps views to [0, 1]
         return isinstance(self.transform, BatchedSimCLRAugment)
 
     def pooled(self, groups: Sequence[Tensor | Dataset]) -> "SeededViews":
         """These candidates (same positions, same views) followed by image ``groups`` of their form as one view set."""
         if not groups:
             return self
-        labels = None
-        if self.labels is not None:
-            labels = torch.cat([self.labels] + [torch.full((len(g),), -1, dtype=torch.long) for g in groups])  # type: ignore[arg-type]
+        labels = None if self.labels is None else torch.cat(
+            [self.labels] + [torch.full((len(g),), -1, dtype=torch.long) for g in groups])  # type: ignore[arg-type]
         if self._views is not None:
             for g in groups:
                 if not isinstance(g, Tensor) or g.ndim != self._views.ndim or tuple(g.shape[1:]) != tuple(self._views.shape[1:]):
@@ -126,7 +116,7 @@ class SeededViews(Dataset):
                                      f"{f'shape {tuple(g.shape)}' if isinstance(g, Tensor) else type(g).__name__}")
             source: Tensor | Dataset = torch.cat([_as_float(self._views)] + [_as_float(g) for g in groups])
             return SeededViews(source, views=None, transform=None, seed=self.seed, labels=labels, normalize=self.normalize)
-        shape = tuple(self._raw(0).shape)
+        shape = tuple(self.raw(0).shape)
         for g in groups:
             first = g[0] if isinstance(g, Tensor) else split_item(g[0])[0]
             got = tuple(as_float_image(first).shape)
@@ -160,10 +150,9 @@ class SeededViews(Dataset):
             img, label = self._images[i], -1  # type: ignore[index]
         return img, (int(self.labels[i]) if self.labels is not None else label)
 
-    def _raw(self, i: int) -> Tensor:
+    def raw(self, i: int) -> Tensor:
+        """Candidate ``i`` as stored, a float image (no transform)."""
         return as_float_image(self._item(i)[0])
-
-    raw = _raw  # public: candidate ``i`` as stored, a float image (no transform)
     stored = property(lambda self: self._images if self._images is not None else self._views,
                       doc="The candidate tensor as stored (images or precomputed views); ``None`` for a dataset.")
 
@@ -176,9 +165,7 @@ class SeededViews(Dataset):
     def __getitem__(self, i: int) -> tuple[int, Tensor, int]:
         i = self._index(i)
         if self._views is not None:
-            v = self._views[i]
-            return i, (v.float() / 255 if v.dtype == torch.uint8 else v), (
-                int(self.labels[i]) if self.labels is not None else -1)
+            return i, _as_float(self._views[i]), int(self.labels[i]) if self.labels is not None else -1
         img, label = self._item(i)
         if self.is_batched:
             return i, as_float_image(img), label
@@ -202,11 +189,9 @@ class SeededViews(Dataset):
 
     def collate(self, batch: Sequence[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
         """Collate ``(i, x, label)`` items into ``(index, x, labels)``."""
-        shapes = {tuple(x.shape) for _, x, _ in batch}
+        ids = {tuple(x.shape): i for i, x, _ in reversed(batch)}  # the first candidate of each shape
+        shapes = set(ids)
         if len(shapes) > 1:
-            ids: dict[tuple[int, ...], int] = {}
-            for i, x, _ in batch:
-                ids.setdefault(tuple(x.shape), i)
             raise ValueError("candidates in a batch have different shapes: " + ", ".join(
                 f"{s} (e.g. candidate {ids[s]})" for s in sorted(shapes)) +
                 "; resize the images (e.g. load_image_folder(path, size)) or use a fixed-size transform")
@@ -214,10 +199,7 @@ class SeededViews(Dataset):
                 torch.tensor([b[2] for b in batch], dtype=torch.long))
 
     def dataloader(self, batch_size: int = 32, num_workers: int = 0, **kwargs: Any) -> DataLoader:
-        """An unshuffled ``DataLoader`` using :meth:`collate`, with its own ``generator``.
-
-        A plain ``DataLoader`` draws its base seed from the global RNG, shifting the training randomness.
-        """
+        """An unshuffled ``DataLoader`` using :meth:`collate`, seeded by its own ``generator``, not the global RNG."""
         kwargs.setdefault("generator", torch.Generator().manual_seed(self.seed & (2**63 - 1)))
         return DataLoader(self, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                           collate_fn=self.collate, **kwargs)
@@ -244,7 +226,6 @@ class SeededViews(Dataset):
 
     @property
     def has_labels(self) -> bool:
-        """Whether candidates carry class labels."""
         return self.labels is not None or (self._dataset is not None and self._item(0)[1] >= 0)
 
     def example_batch(self, device: torch.device | str | None = None) -> Tensor:
@@ -259,17 +240,14 @@ class SeededViews(Dataset):
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one stored candidate (a view for precomputed views), untransformed."""
-        return tuple(self._views.shape[2:]) if self._views is not None else tuple(self._raw(0).shape)
+        return tuple(self._views.shape[2:]) if self._views is not None else tuple(self.raw(0).shape)
 
     @property
     def view_shape(self) -> tuple[int, ...]:
         """Shape (C, H, W) of one view ((D,) for feature views)."""
         if self._view_shape is None:
-            if self._views is not None:
-                self._view_shape = tuple(self._views.shape[2:])
-            else:
-                _, x, _ = self[0]
-                self._view_shape = tuple(self.finalize(x[None], [0], "cpu").shape[2:])
+            self._view_shape = self.input_shape if self._views is not None else tuple(
+                self.finalize(self[0][1][None], [0], "cpu").shape[2:])
         return self._view_shape
 
     def anchor(self, i: int) -> Tensor:
@@ -278,7 +256,7 @@ class SeededViews(Dataset):
             raise ValueError("precomputed views carry no un-augmented image: pairing='anchor' needs "
                              "`candidates` as images or a dataset")
         i = self._index(i)
-        a = self._raw(i)
+        a = self.raw(i)
         if self.is_batched and callable(getattr(self.transform, "normalize", None)):
             a = self.transform.normalize(a[None])[0]
         a = normalize_views(a, self.normalization)
@@ -299,7 +277,7 @@ class SeededViews(Dataset):
         size = self.view_shape[-2:]
         out = []
         for i in positions:
-            img = self._raw(i)
+            img = self.raw(i)
             if img.ndim == 3 and tuple(img.shape[-2:]) != tuple(size):
                 img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
             out.append(img)
@@ -311,15 +289,11 @@ def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, in
 
     A transform with its own generator ignores :func:`seeded_rng`, so ``f`` and ``g`` would see different views.
     """
-    if view_set.is_batched:
-        again = view_set.finalize(x, index, device if device is not None else "cpu")
-    else:
-        _, x2, _ = view_set.collate([view_set[int(i)] for i in index])
-        again = view_set.finalize(x2, index, device if device is not None else "cpu")
+    if not view_set.is_batched:
+        x = view_set.collate([view_set[int(i)] for i in index])[1]
+    again = view_set.finalize(x, index, device if device is not None else "cpu")
     if again.shape == views.shape and torch.equal(again, views):
         return True
-    import warnings
-
     warnings.warn("`transform` made other views from the same seeds on a second call: it draws from its own random "
                   "generator, not torch's / numpy's / random's global ones that the measurement seeds, so the encoder "
                   "and the reference see different views and repeated measurements differ. Draw from the global "
