@@ -12,11 +12,6 @@ from lightning_memloc.checks import check_finite_tensor, check_float_tensor
 __all__ = ["alignment", "delta_layermem", "layermem", "pairwise_alignment", "sslmem", "top_least_indices"]
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """At least float32: half/bfloat16 distances are too coarse for SSLMem differences."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 #: Bytes of the largest temporary of :func:`pairwise_alignment`: on CPU small enough to stay in cache
 #: (a fresh multi-MB temporary faults page by page), on GPU one or two slices per layer.
 CHUNK_BYTES = {"cpu": 4 << 20, "other": 256 << 20}
@@ -67,13 +62,11 @@ def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tenso
 
 
 def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_bytes: Optional[int] = None) -> Tensor:
-    """Unchecked core of :func:`alignment` for the hot path: no validation, no device sync.
+    """Unchecked core of :func:`alignment` (no validation, no device sync): ``(N, K, D)``, ``(N, D)`` → ``(N,)``.
 
-    ``(N, K, D)`` reps, optional ``(N, D)`` anchor → ``(N,)``; ``D`` is sliced to at most ``chunk_bytes``.
-    Non-finite views give a non-finite result, which callers check once per batch.
+    ``D`` is sliced to at most ``chunk_bytes``; non-finite views give a non-finite result (callers check it).
     """
-    n, k, d = reps.shape
-    dtype = _compute_dtype(reps)
+    dtype = torch.promote_types(reps.dtype, torch.float32)  # half distances are too coarse for SSLMem differences
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     if anchor is None and dtype != torch.float64:
@@ -97,20 +90,16 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
     reps = check_float_tensor("representations", representations, 3, "(N candidates, K views, D features)")
     n, k, d = reps.shape
     if anchor is None and k < 2:
-        raise ValueError(
-            f"`representations` needs K >= 2 views for all-pairs alignment, got K = {k}; generate "
-            "more views or pass `anchor` (the un-augmented image's representation)."
-        )
+        raise ValueError(f"`representations` needs K >= 2 views for all-pairs alignment, got K = {k}; generate "
+                         "more views or pass `anchor` (the un-augmented image's representation).")
     if k < 1 or d < 1:
         raise ValueError(f"`representations` must have K >= 1 views and D >= 1 features, got {tuple(reps.shape)}.")
     anc = None
     if anchor is not None:
         anc = check_float_tensor("anchor", anchor, 2, "(N candidates, D features)")
         if tuple(anc.shape) != (n, d):
-            raise ValueError(
-                f"`anchor` must have shape (N, D) = ({n}, {d}) to match `representations`, got "
-                f"{tuple(anc.shape)}."
-            )
+            raise ValueError(f"`anchor` must have shape (N, D) = ({n}, {d}) to match `representations`, got "
+                             f"{tuple(anc.shape)}.")
         anc = anc.to(device=reps.device)
     # Check the output, not the input: an isfinite() mask of the input costs as much as the alignment.
     out = pairwise_alignment(reps, anc)
@@ -124,7 +113,7 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
 def sslmem(align_reference: Tensor, align_encoder: Tensor, normalize: bool = True) -> Tensor:
     """SSLMem ``(..., N)`` (Wang et al., ICLR 2024): ``m = align(g) − align(f)``, over ``max m − min m`` if ``normalize``.
 
-    The range is over the last dimension; a zero range gives zeros.
+    The range is over the last dimension (a zero range gives zeros).
 
     Example:
         >>> sslmem(torch.tensor([1.0, 1.0, 0.5]), torch.tensor([0.5, 1.0, 0.5]))
@@ -135,10 +124,8 @@ def sslmem(align_reference: Tensor, align_encoder: Tensor, normalize: bool = Tru
     if not isinstance(align_reference, Tensor) or not isinstance(align_encoder, Tensor):
         raise TypeError("`align_reference` and `align_encoder` must be torch.Tensor of shape (..., N).")
     if align_reference.shape != align_encoder.shape or align_reference.ndim < 1:
-        raise ValueError(
-            "`align_reference` and `align_encoder` must have the same shape (..., N), got "
-            f"{tuple(align_reference.shape)} and {tuple(align_encoder.shape)}."
-        )
+        raise ValueError("`align_reference` and `align_encoder` must have the same shape (..., N), got "
+                         f"{tuple(align_reference.shape)} and {tuple(align_encoder.shape)}.")
     if align_reference.shape[-1] < 1:
         raise ValueError("`align_reference` and `align_encoder` need at least one candidate (N >= 1).")
     ref = check_float_tensor("align_reference", align_reference, align_reference.ndim, "(..., N)")

@@ -11,22 +11,10 @@ from torch import Tensor
 from lightning_memloc.functional.two_sample import (bootstrap_t_interval, permutation_lower_bound,
                                                     studentized_permutation_test)
 
-__all__ = [
-    "bootstrap_indices",
-    "percentile_interval",
-    "standard_error_interval",
-    "bootstrap_mean_interval",
-    "bootstrap_difference_interval",
-    "bootstrap_topk_interval",
-    "welch_greater",
-    "studentized_permutation_test",
-    "permutation_lower_bound",
-    "bootstrap_t_interval",
-    "holm",
-    "weighted_mean_unitmem",
-    "membership_test",
-    "samples_for_halfwidth",
-]
+__all__ = ["bootstrap_indices", "percentile_interval", "standard_error_interval", "bootstrap_mean_interval",
+           "bootstrap_difference_interval", "bootstrap_topk_interval", "welch_greater", "studentized_permutation_test",
+           "permutation_lower_bound", "bootstrap_t_interval", "holm", "weighted_mean_unitmem", "membership_test",
+           "samples_for_halfwidth"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -63,8 +51,7 @@ def percentile_interval(samples: Tensor, level: float = 0.95) -> Tuple[Tensor, T
 def standard_error_interval(samples: Tensor, estimate: float, level: float = 0.95) -> Tuple[float, float]:
     """Normal interval ``estimate ± z·sd(samples)`` from the bootstrap standard error.
 
-    For max-based statistics (UnitMem) resamples are biased low but their spread is right, so the
-    interval is centred on the estimate rather than percentile-based.
+    For max-based statistics (UnitMem) resamples are biased low but their spread is right: centre on the estimate.
 
     Example:
         >>> lo, hi = standard_error_interval(torch.tensor([0.0, 2.0]), 5.0, level=0.95)
@@ -79,13 +66,9 @@ def standard_error_interval(samples: Tensor, estimate: float, level: float = 0.9
 
 
 def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Tuple[Tensor, Tensor]:
-    """Percentile-bootstrap interval of the mean over the last dimension (the candidates).
+    """Percentile-bootstrap ``(lower, upper)``, each ``values.shape[:-1]``, of the mean over the last dim of ``values``.
 
-    Args:
-        values: ``(..., N)``; leading rows share the resampled candidate indices (layers stay paired).
-
-    Returns:
-        ``(lower, upper)`` of shape ``values.shape[:-1]``.
+    Leading rows of ``(..., N)`` ``values`` share the resampled candidate indices (layers stay paired).
 
     Example:
         >>> lo, hi = bootstrap_mean_interval(torch.tensor([1.0, 1.0, 1.0]))
@@ -95,8 +78,7 @@ def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0
     v = values.detach().double().cpu()
     idx = bootstrap_indices(v.shape[-1], n_boot, seed)
     means = v[..., idx].mean(dim=-1)  # (..., B)
-    lo, hi = percentile_interval(means.movedim(-1, 0), level)
-    return lo, hi
+    return percentile_interval(means.movedim(-1, 0), level)
 
 
 def bootstrap_difference_interval(
@@ -119,14 +101,9 @@ def bootstrap_difference_interval(
 def bootstrap_topk_interval(
     scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Intervals of top-k / least-k LayerMem, re-ranking by the last layer within each resample.
+    """``(top_lower, top_upper, least_lower, least_upper)``, each ``(L,)``: intervals of top-k / least-k LayerMem.
 
-    Args:
-        scores: ``(L, N)`` normalised SSLMem per layer and candidate.
-        k: group size (``min(k, N)`` is used).
-
-    Returns:
-        ``(top_lower, top_upper, least_lower, least_upper)``, each ``(L,)``.
+    ``scores`` is ``(L, N)`` normalised SSLMem; each resample re-ranks by the last layer (``min(k, N)`` per group).
     """
     s = scores.detach().double().cpu()
     n = s.shape[-1]
@@ -142,10 +119,9 @@ def bootstrap_topk_interval(
 
 
 def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
-    """One-sided Welch t-test of ``mean(a) > mean(b)`` (unequal variances), as the authors' ``Ttest.py``.
+    """One-sided Welch t-test ``(t, df, p)`` of ``mean(a) > mean(b)``, as the authors' ``Ttest.py``.
 
-    Returns:
-        ``(t, df, p)``; ``p`` is NaN when a group has fewer than 2 values.
+    ``p`` is NaN when a group has fewer than 2 values.
 
     Example:
         >>> t, df, p = welch_greater(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]))
@@ -188,17 +164,10 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
 def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Tensor:
     """Mean UnitMem (``reduction="mean"``) of candidate multisets given as weights.
 
-    ``UnitMem = (μmax − μ−max)/(μmax + μ−max)`` per multiset and unit, μ−max over the other draws.
-    The max walks each unit's candidates from the largest μ down until one is drawn (about
-    ``1.6·B·U`` lookups instead of a dense ``B·N·U``).
-
-    Args:
-        mu: ``(N, U)`` non-negative mean activations.
-        weights: ``(B, N)`` counts of each candidate per multiset, rows summing to at least 2.
-        chunk: resamples per step (bounds memory to ``chunk·U``).
-
-    Returns:
-        ``(B,)`` mean UnitMem per multiset (float64, on ``mu``'s device).
+    ``UnitMem = (μmax − μ−max)/(μmax + μ−max)`` per multiset and unit, μ−max over the other draws. ``mu`` is
+    ``(N, U)``, non-negative; ``weights`` ``(B, N)`` counts per multiset (rows sum to >= 2); returns ``(B,)``
+    float64 on ``mu``'s device. The max walks each unit's candidates from the largest μ down until one is drawn
+    (about ``1.6·B·U`` lookups instead of a dense ``B·N·U``); ``chunk`` resamples per step bound memory.
 
     Example:
         >>> mu = torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
@@ -243,16 +212,10 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Ten
 def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0) -> Dict[str, float]:
     """Share of alive units whose μmax image is a training image, against a permutation null.
 
-    The seen/unseen labels are permuted over the *images* (units are not independent draws); a
-    unit whose max is tied across images splits its credit among them.
-
-    Args:
-        mu: ``(P, U)`` non-negative mean activations of the pool's images.
-        seen: ``(P,)`` bool, ``True`` for images the encoder trained on.
-
-    Returns:
-        ``{"fraction", "chance": seen / P, "p" (one-sided), "alive": alive units, "winners": distinct
-        μmax images}``; fraction and p are NaN with no alive unit.
+    ``mu``: ``(P, U)`` non-negative means of the pool's images; ``seen``: ``(P,)`` bool, trained-on images.
+    Seen/unseen labels are permuted over the *images* (units are not independent draws); a unit tied across
+    images splits its credit. Returns ``{"fraction", "chance": seen / P, "p" (one-sided), "alive": alive units,
+    "winners": distinct μmax images}``; fraction and p are NaN with no alive unit.
 
     Example:
         >>> mu = torch.tensor([[5.0, 0.0, 4.0], [0.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])

@@ -1,7 +1,4 @@
-"""UnitMem (Wang et al., NeurIPS 2024, Sec. 3) from ``(N, U)`` per-candidate mean activations.
-
-``UnitMem_u = (μmax_u − μ-max_u) / (μmax_u + μ-max_u)``, ``μ-max_u`` the mean or median over the other candidates.
-"""
+"""UnitMem (Wang et al., NeurIPS 2024, Sec. 3) from ``(N, U)`` per-candidate mean activations."""
 
 from __future__ import annotations
 
@@ -44,11 +41,9 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
         constant = shifted.amax(dim=0, keepdim=True) <= SHIFT_TOLERANCE * mu.abs().amax(dim=0, keepdim=True)
         return shifted.masked_fill(constant, 0.0)
     if bool((mu < 0).any()):
-        raise ValueError(
-            f"`mean_activations` has {int((mu < 0).sum())} negative value(s) (min "
-            f"{float(mu.min()):.4g}) and `negative='error'`; use negative='clamp' or 'shift' for "
-            "layers whose outputs can be negative (GELU, pre-activation, attention)."
-        )
+        raise ValueError(f"`mean_activations` has {int((mu < 0).sum())} negative value(s) (min {float(mu.min()):.4g}) "
+                         "and `negative='error'`; use negative='clamp' or 'shift' for layers whose outputs can be "
+                         "negative (GELU, pre-activation, attention).")
     return mu.clone()
 
 
@@ -82,8 +77,7 @@ def dead_units(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
         >>> dead_units(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
         tensor([ True, False])
     """
-    mu = apply_negative_policy(mean_activations, negative)
-    return mu.amax(dim=0) == 0
+    return apply_negative_policy(mean_activations, negative).amax(dim=0) == 0
 
 
 def _rest_statistic(mu: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
@@ -92,14 +86,10 @@ def _rest_statistic(mu: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
     if reduction == "mean":
         mu_max, pos = mu.max(dim=0)
         # zero the argmax row and sum the rest: no cancellation as in (sum - max)
-        rest = mu.scatter(0, pos.unsqueeze(0), 0.0).sum(dim=0) / (n - 1)
-        return mu_max, rest
+        return mu_max, mu.scatter(0, pos.unsqueeze(0), 0.0).sum(dim=0) / (n - 1)
     ordered = mu.sort(dim=0).values  # ascending; the last row is the max
     m = n - 1  # the other candidates are ordered[:m], still sorted
-    if m % 2 == 1:
-        rest = ordered[m // 2]
-    else:
-        rest = (ordered[m // 2 - 1] + ordered[m // 2]) / 2
+    rest = ordered[m // 2] if m % 2 == 1 else (ordered[m // 2 - 1] + ordered[m // 2]) / 2
     return ordered[-1], rest
 
 

@@ -1,7 +1,7 @@
 """Choosing the layers to measure, tapping them with forward hooks, reducing their outputs.
 
-``"auto"`` tries :data:`AUTO_RULES` in order (extend with :func:`register_auto_rule`); the first
-proposal that survives the probe (modules run exactly once, outermost only) wins.
+``"auto"`` tries :data:`AUTO_RULES` in order; the first proposal that survives the probe (modules run once,
+outermost only) wins.
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ __all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LAYER_M
 LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
 
 #: Rectifier-like activations picked by the generic ``"auto"`` fallback (no Sigmoid / Tanh).
-ACTIVATION_TYPES: Tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU,
-    nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-)
+ACTIVATION_TYPES: Tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU,
+                                       nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
 
 _EPS = 1e-12
 
@@ -58,10 +56,8 @@ AutoRule = Callable[[nn.Module], Optional[Sequence[Union[str, LayerSpec]]]]
 
 
 #: Residual blocks ``layers="auto"`` taps, as ``(module, class name)`` (matched by name: timm is never imported).
-RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(
-    (module, cls) for module in ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet")
-    for cls in ("BasicBlock", "Bottleneck")
-)
+RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(itertools.product(
+    ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet"), ("BasicBlock", "Bottleneck")))
 
 
 #: Class attribute marking a module class as one whole layer for ``"auto"`` (the taps import no model).
@@ -167,15 +163,12 @@ def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
             record[name] = _Call(next(counter), 1, x.ndim if isinstance(x, Tensor) else None)
 
     modes = [(m, m.training) for m in model.modules()]
+    as_kwargs = isinstance(example_input, dict)
+    args = example_input if isinstance(example_input, (tuple, list)) else () if as_kwargs else (example_input,)
     try:
         model.eval()
         with torch.no_grad(), LayerTaps(model, [n for n, _ in model.named_modules()], fn):
-            if isinstance(example_input, dict):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+            model(*args, **(example_input if as_kwargs else {}))
     finally:
         for module, training in modes:
             module.training = training
@@ -184,17 +177,12 @@ def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
 
 def _select(proposed: Sequence[Union[str, LayerSpec]], record: Dict[str, _Call]) -> List[LayerSpec]:
     kinds: Dict[str, Optional[str]] = {}
-    for item in proposed:
-        name, kind = _name_and_kind(item)
+    for name, kind in map(_name_and_kind, proposed):
         if name and name in record and record[name].count == 1:
             kinds.setdefault(name, kind)
     outer = [n for n in kinds if not any(n.startswith(o + ".") for o in kinds if o != n)]
-    specs = []
-    for name in sorted(outer, key=lambda n: record[n].order):
-        kind = kinds[name] or _kind_from_ndim(record[name].ndim)
-        if kind is not None:
-            specs.append(LayerSpec(name, kind))
-    return specs
+    found = ((n, kinds[n] or _kind_from_ndim(record[n].ndim)) for n in sorted(outer, key=lambda n: record[n].order))
+    return [LayerSpec(name, kind) for name, kind in found if kind is not None]
 
 
 def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, LayerSpec]]],
@@ -258,13 +246,9 @@ def unit_activations(output: Any) -> Tensor:
         tensor([[1.5000, 5.5000]])
     """
     x = _as_tensor(output)
-    if x.ndim == 4:
-        return x.mean(dim=(2, 3))
-    if x.ndim == 3:
-        return x.mean(dim=1)
-    if x.ndim == 2:
-        return x
-    raise ValueError(f"Expected a 2-D, 3-D or 4-D output, got shape {tuple(x.shape)}.")
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"Expected a 2-D, 3-D or 4-D output, got shape {tuple(x.shape)}.")
+    return x if x.ndim == 2 else x.mean(dim=(2, 3) if x.ndim == 4 else 1)
 
 
 def flat_representation(output: Any) -> Tensor:
@@ -319,7 +303,7 @@ class LayerTaps:
     def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         fn = self.fn
 
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:  # returns None: the output is never replaced
             fn(name, output)
 
         return hook

@@ -1,8 +1,6 @@
-"""Vision Transformers: the ``layers="auto"`` rule, token units and per-kind summaries.
+"""Vision Transformers: the ``layers="auto"`` rule, token units and per-kind summaries (see ``docs/vit.md``).
 
-Every transformer block is tapped twice: ``"attention"`` (the self-attention output) and ``"mlp"``
-(the MLP hidden activation), to compare where memorization sits (Wang et al., NeurIPS 2024).
-Importing this module registers :func:`vit_block_rule`; see ``docs/vit.md``.
+Each block is tapped at its ``"attention"`` output and ``"mlp"`` hidden activation. Importing registers the rule.
 """
 
 from __future__ import annotations
@@ -37,10 +35,7 @@ def _torchvision_encoder_block() -> Optional[type]:
 
 def _first_activation(module: nn.Module) -> Optional[str]:
     """Name of ``module``'s first activation child, e.g. ``"1"`` in an ``MLPBlock``."""
-    for name, child in module.named_children():
-        if isinstance(child, ACTIVATION_TYPES):
-            return name
-    return None
+    return next((name for name, child in module.named_children() if isinstance(child, ACTIVATION_TYPES)), None)
 
 
 def _block_layers(name: str, block: nn.Module, encoder_block: Optional[type]) -> List[LayerSpec]:
@@ -108,8 +103,7 @@ _register()
 def token_unit_activations(output: Any, class_token: str = "include", num_prefix_tokens: int = 1) -> Tensor:
     """Per-unit activations ``(B, D)`` of tokens ``(B, T, D)``: mean over all (``"include"``), over patches, or the class token.
 
-    ``"include"`` is the library's rule for every architecture; ``"exclude"`` drops the first
-    ``num_prefix_tokens``; ``"only"`` takes the first token.
+    ``"exclude"`` drops the first ``num_prefix_tokens``; ``"only"`` takes the first token.
 
     Example:
         >>> import torch
@@ -133,8 +127,8 @@ def token_unit_activations(output: Any, class_token: str = "include", num_prefix
 def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, Dict[str, float]]:
     """``{kind: {statistic: value}}`` per layer kind (e.g. ViT ``"attention"`` vs ``"mlp"``).
 
-    Statistics: ``num_layers``, pooled ``unit_mem``, ``fraction_above`` ``threshold``, ``dead_fraction``,
-    and with a reference the mean ``layer_mem`` and ``delta_layer_mem``.
+    Statistics: ``num_layers``, pooled ``unit_mem``, ``fraction_above`` ``threshold``, ``dead_fraction``, with a
+    reference the mean ``layer_mem`` and ``delta_layer_mem``.
 
     Example:
         >>> import torch
