@@ -44,21 +44,39 @@ def _explicit_alignment(reps: Tensor, anchor: Optional[Tensor], dtype: torch.dty
     return sq[:, upper[0], upper[1]].sqrt_().mean(dim=1)
 
 
-def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tensor:
-    """All-pairs distances from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8."""
+def view_gram(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
+    """Float64 Gram matrix of each candidate's views: ``(N, K, D)`` → ``(N, K, K)``.
+
+    Same slices as :func:`pairwise_alignment`, so ``alignment_from_gram`` of it equals its all-pairs result.
+    """
     n, k, d = reps.shape
+    if chunk_bytes <= 0:
+        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     width = _slice_width(n, k, d, 8, chunk_bytes)
     gram = reps.new_zeros((n, k, k), dtype=torch.float64)
     for start in range(0, d, width):
         r = reps[:, :, start:start + width].to(torch.float64)
         gram.baddbmm_(r, r.transpose(1, 2))
+    return gram
+
+
+def sq_distances_from_gram(gram: Tensor) -> Tensor:
+    """Squared distances of the L2-normalised views from raw Gram matrices: ``(..., K, K)`` → ``(..., K(K−1)/2)``.
+
+    ``‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab`` of the normalised Gram Ĝ, pairs in ``torch.triu_indices`` order.
+    """
+    k = gram.shape[-1]
     # 1 / max(‖r‖, 1e-12) as F.normalize: an all-zero view stays zero (distance 1 to others, 0 to zeros)
-    inv = gram.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-12).reciprocal()
-    gram = gram * inv.unsqueeze(2) * inv.unsqueeze(1)
-    sq = gram.diagonal(dim1=1, dim2=2)
-    upper = torch.triu_indices(k, k, 1, device=reps.device)
-    d2 = (sq[:, upper[0]] + sq[:, upper[1]] - 2 * gram[:, upper[0], upper[1]]).clamp_min_(0)
-    return d2.sqrt_().mean(dim=1).to(dtype)
+    inv = gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(1e-12).reciprocal()
+    gram = gram * inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    sq = gram.diagonal(dim1=-2, dim2=-1)
+    upper = torch.triu_indices(k, k, 1, device=gram.device)
+    return (sq[..., upper[0]] + sq[..., upper[1]] - 2 * gram[..., upper[0], upper[1]]).clamp_min_(0)
+
+
+def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tensor:
+    """All-pairs distances from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8."""
+    return sq_distances_from_gram(view_gram(reps, chunk_bytes)).sqrt_().mean(dim=-1).to(dtype)
 
 
 def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_bytes: Optional[int] = None) -> Tensor:

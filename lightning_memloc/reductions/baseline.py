@@ -1,7 +1,6 @@
 """A fair before-training baseline: BatchNorm statistics estimated on the measured views.
 
-An untrained encoder's default statistics (mean 0, variance 1) do not normalise, which inflates
-the untrained point's UnitMem; statistics of the views use no label nor training step.
+An untrained encoder's default statistics (mean 0, variance 1) do not normalise, inflating its UnitMem.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
 
     Example:
         >>> import torch
-        >>> from lightning_memloc.models import TinyCNN
         >>> from lightning_memloc.views.seeded import SeededViews
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
         >>> _ = recalibrate_batchnorm(model, SeededViews(torch.rand(4, 3, 8, 8), views=2))

@@ -1,11 +1,6 @@
-"""Optional mixed precision (``autocast``) for the forwards of a measurement pass.
+"""Optional mixed precision (``autocast``) for the forwards of a measurement pass; reductions stay float32 / float64.
 
-Only the forwards are lowered; hook reductions and alignments stay float32 / float64. Off by
-default: bf16's measured error exceeds 1e-3 (docs/performance.md, §4).
-
-Example:
-    >>> autocast_dtype("bf16"), autocast_dtype(None)
-    (torch.bfloat16, None)
+Off by default: bf16's measured error exceeds 1e-3 (docs/performance.md, §4).
 """
 
 from __future__ import annotations
@@ -30,7 +25,12 @@ AUTOCASTS = tuple(AUTOCAST_DTYPES)
 
 
 def autocast_dtype(autocast: Optional[str]) -> Optional[torch.dtype]:
-    """The dtype of an ``autocast`` choice (``None``: float32 forwards)."""
+    """The dtype of an ``autocast`` choice (``None``: float32 forwards).
+
+    Example:
+        >>> autocast_dtype("bf16"), autocast_dtype(None)
+        (torch.bfloat16, None)
+    """
     if autocast is None:
         return None
     return AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
@@ -58,18 +58,13 @@ def autocast_runs(device_type: str, device: str, dtype: torch.dtype) -> Optional
 def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Optional[torch.dtype]:
     """The dtype of ``autocast`` if every model can run under it, else ``ValueError`` (before any work).
 
-    Models must be float32 (autocast lowers nothing else, and the report would claim it did) on a
-    device that runs a conv and a linear layer in that dtype.
+    Models must be float32 (autocast lowers nothing else) on a device that runs a conv and a linear in that dtype.
     """
     dtype = autocast_dtype(autocast)
     if dtype is None:
         return None
-    for model in models:
-        if model is None:
-            continue
-        param = next(iter(model.parameters()), None)
-        if param is None:
-            continue
+    first = (next(iter(model.parameters()), None) for model in models if model is not None)
+    for param in (p for p in first if p is not None):
         if param.dtype != torch.float32:
             raise ValueError(f"`autocast={autocast!r}` lowers float32 forwards, but the model is {param.dtype}: "
                              "pass a float32 model, or autocast=None.")

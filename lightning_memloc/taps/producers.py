@@ -1,8 +1,7 @@
 """Which parametrised modules produce a tapped layer's output: what fine-tuning a layer trains.
 
-A tap with parameters is trained whole; a parameter-free tap (a ReLU, timm's ``mlp.act``) by its
-preceding siblings back to the first conv / linear with the norms after it (e.g. ``conv1`` + ``bn1``
-for a ResNet stem ``relu``), skipping shortcuts, one level up when none qualifies.
+A parameter-free tap (a ReLU) is trained by its preceding siblings back to the first conv / linear with the norms
+after it (``conv1`` + ``bn1`` for a ResNet stem ``relu``), skipping shortcuts, one level up when none qualifies.
 """
 
 from __future__ import annotations
@@ -81,9 +80,7 @@ def trainable_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[s
     mapping = producing_modules_map(encoder, layers)
     empty = [layer for layer, names in mapping.items() if count_parameters(encoder, names) == 0]
     if empty:
-        raise ValueError(
-            f"layers {empty} of {type(encoder).__name__} are produced by no module with parameters, so fine-tuning them "
-            "would train nothing: measure layers that are (or follow) a conv / linear / block (pass the monitor or "
-            "`measure` explicit `layers=`), or choose other layers."
-        )
+        raise ValueError(f"layers {empty} of {type(encoder).__name__} are produced by no module with parameters, so "
+                         "fine-tuning them would train nothing: measure layers that are (or follow) a conv / linear / "
+                         "block (pass the monitor or `measure` explicit `layers=`), or choose other layers.")
     return mapping

@@ -1,7 +1,4 @@
-"""Counter-based seeds: the view ``k`` of candidate ``i`` under ``seed`` depends on nothing else.
-
-The encoder and the reference must see the same views at every measurement.
-"""
+"""Counter-based seeds: view ``k`` of candidate ``i`` under ``seed`` depends on nothing else (f and g see the same)."""
 
 from __future__ import annotations
 
@@ -89,7 +86,6 @@ def seeded_rng(s: int) -> Iterator[None]:
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
-
 
 
 def uniforms(seeds: Tensor, n: int) -> Tensor:
