@@ -14,10 +14,8 @@ __all__ = ["class_means", "classmem"]
 def _check_labels(labels: object, n: int) -> Tensor:
     labels = check_id_vector("labels", labels, n, "mean_activations", "class id")
     if n > 0 and bool((labels < 0).any()):
-        raise ValueError(
-            "`labels` must be >= 0; negative ids (e.g. -1 for 'no label') are not classes. "
-            "Drop unlabelled candidates before computing ClassMem."
-        )
+        raise ValueError("`labels` must be >= 0; negative ids (e.g. -1 for 'no label') are not classes. "
+                         "Drop unlabelled candidates before computing ClassMem.")
     return labels.long()
 
 
@@ -41,16 +39,11 @@ def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tenso
     return sums / counts.unsqueeze(1), classes
 
 
-def classmem(
-    mean_activations: Tensor,
-    labels: Tensor,
-    reduction: str = "mean",
-    negative: str = "clamp",
-) -> Tensor:
+def classmem(mean_activations: Tensor, labels: Tensor, reduction: str = "mean", negative: str = "clamp") -> Tensor:
     """ClassMem ``(U,)`` in ``[0, 1]``: :func:`~lightning_memloc.functional.unitmem` over :func:`class_means`.
 
-    ``mean_activations`` is ``(N, U)``, ``labels`` ``(N,)`` ids ``>= 0`` with at least 2 classes; the
-    ``negative`` policy applies to the class means.
+    ``mean_activations`` is ``(N, U)``, ``labels`` ``(N,)`` ids ``>= 0`` of at least 2 classes; ``negative``
+    applies to the class means.
 
     Example:
         >>> mu = torch.tensor([[4.0, 1.0], [2.0, 1.0], [1.0, 1.0]])
@@ -61,8 +54,6 @@ def classmem(
     check_choice("negative", negative, NEGATIVE_POLICIES)
     means, classes = class_means(mean_activations, labels)
     if classes.shape[0] < 2:
-        raise ValueError(
-            f"`labels` must contain at least 2 distinct classes for ClassMem, got "
-            f"{classes.tolist()}: ClassMem compares the most activating class with the others."
-        )
+        raise ValueError(f"`labels` must contain at least 2 distinct classes for ClassMem, got "
+                         f"{classes.tolist()}: ClassMem compares the most activating class with the others.")
     return unitmem(means, reduction=reduction, negative=negative)
