@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from lightning_memloc.taps.hooks import eval_mode
 from lightning_memloc.views.seeded import SeededViews
 
 __all__ = ["INIT_BATCHNORM", "recalibrate_batchnorm", "recalibrated_batchnorm"]
@@ -40,25 +41,22 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
     norms = _norm_layers(model)
     if not norms:
         return model
-    modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in norms]
     device = next(iter(list(model.parameters()) + list(model.buffers()))).device
     try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        for b, (index, x, _) in enumerate(views.dataloader(batch_size=batch_size)):
-            if max_batches is not None and b >= max_batches:
-                break
-            batch = views.finalize(x, index, device)
-            model(batch.reshape(-1, *batch.shape[2:]))
+        with eval_mode(model):
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for b, (index, x, _) in enumerate(views.dataloader(batch_size=batch_size)):
+                if max_batches is not None and b >= max_batches:
+                    break
+                batch = views.finalize(x, index, device)
+                model(batch.reshape(-1, *batch.shape[2:]))
     finally:
         for m, momentum in momenta:
             m.momentum = momentum
-        for m, training in modes:
-            m.training = training
     return model
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,13 @@ LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
 #: Rectifier-like activations picked by the generic ``"auto"`` fallback (no Sigmoid / Tanh).
 ACTIVATION_TYPES: Tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU,
                                        nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
+
+#: Residual blocks ``layers="auto"`` taps, as ``(module, class name)`` (matched by name: timm is never imported).
+RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(itertools.product(
+    ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet"), ("BasicBlock", "Bottleneck")))
+
+#: Class attribute marking a module class as one whole layer for ``"auto"`` (the taps import no model).
+LAYER_MARKER = "memloc_layer"
 
 _EPS = 1e-12
 
@@ -55,34 +63,21 @@ class LayerSpec:
 AutoRule = Callable[[nn.Module], Optional[Sequence[Union[str, LayerSpec]]]]
 
 
-#: Residual blocks ``layers="auto"`` taps, as ``(module, class name)`` (matched by name: timm is never imported).
-RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(itertools.product(
-    ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet"), ("BasicBlock", "Bottleneck")))
-
-
-#: Class attribute marking a module class as one whole layer for ``"auto"`` (the taps import no model).
-LAYER_MARKER = "memloc_layer"
-
-
 def is_residual_block(module: nn.Module) -> bool:
     """Whether ``module`` is one of :data:`RESIDUAL_BLOCKS` (or a subclass of one)."""
     return any((c.__module__, c.__name__) in RESIDUAL_BLOCKS for c in type(module).__mro__)
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
     """Every marked layer, residual block and stem activation (a sibling of a stage of residual blocks)."""
-    marked = {n for n, m in model.named_modules() if getattr(type(m), LAYER_MARKER, False) is True}
-    names = [n for n, m in model.named_modules() if n and (n in marked or is_residual_block(m))]
+    names = [n for n, m in model.named_modules()
+             if n and (getattr(type(m), LAYER_MARKER, False) is True or is_residual_block(m))]
     if not names:
         return None
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
         if any(isinstance(c, nn.Sequential) and any(is_residual_block(b) for b in c.children()) for _, c in children):
-            names += [_join(parent_name, n) for n, c in children if isinstance(c, ACTIVATION_TYPES)]
+            names += [f"{parent_name}.{n}" if parent_name else n for n, c in children if isinstance(c, ACTIVATION_TYPES)]
     return names
 
 
@@ -150,6 +145,20 @@ class _Call:
     ndim: Optional[int]
 
 
+@contextmanager
+def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Put models in eval mode and give every submodule back its own previous mode afterwards."""
+    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    try:
+        for model in models:
+            if model is not None:
+                model.eval()
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
 def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
     """One eval-mode, no-grad forward recording each module's order, call count and output rank."""
     record: Dict[str, _Call] = {}
@@ -162,16 +171,10 @@ def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
         else:
             record[name] = _Call(next(counter), 1, x.ndim if isinstance(x, Tensor) else None)
 
-    modes = [(m, m.training) for m in model.modules()]
     as_kwargs = isinstance(example_input, dict)
     args = example_input if isinstance(example_input, (tuple, list)) else () if as_kwargs else (example_input,)
-    try:
-        model.eval()
-        with torch.no_grad(), LayerTaps(model, [n for n, _ in model.named_modules()], fn):
-            model(*args, **(example_input if as_kwargs else {}))
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad(), LayerTaps(model, [n for n, _ in model.named_modules()], fn):
+        model(*args, **(example_input if as_kwargs else {}))
     return record
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
-from typing import Any, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from lightning_memloc.errors import ArchitectureMismatchError
 from lightning_memloc.checks.module_digest import structure_digest
-from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, resolve_layers
+from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, eval_mode, resolve_layers
 
 __all__ = ["clear_probe_cache", "eval_mode", "model_device_dtype", "probe_key", "probe_layers"]
 
@@ -19,20 +18,6 @@ __all__ = ["clear_probe_cache", "eval_mode", "model_device_dtype", "probe_key", 
 _PROBES: "OrderedDict[Hashable, Tuple[List[LayerSpec], Dict[str, int]]]" = OrderedDict()
 PROBE_CACHE_SIZE = 8
 _Layers = Union[str, Sequence[Union[str, LayerSpec]]]
-
-
-@contextmanager
-def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
-    """Put models in eval mode and give every submodule back its own previous mode afterwards."""
-    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
-    try:
-        for model in models:
-            if model is not None:
-                model.eval()
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training
 
 
 def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
