@@ -1,7 +1,4 @@
-"""Weighted cosine kNN accuracy (Wu et al., CVPR 2018): the SSL utility probe read next to memorization.
-
-The voting is :func:`lightly.utils.benchmarking.knn_predict`; this module normalises, checks and counts.
-"""
+"""Weighted cosine kNN accuracy (Wu et al., CVPR 2018; voting by lightly's ``knn_predict``): the utility probe."""
 
 from __future__ import annotations
 
@@ -45,8 +42,7 @@ def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels
                 ks: Sequence[int] = (20, 200), temperature: float = 0.1, chunk: int = 256) -> Dict[int, int]:
     """``{k: correct top-1 predictions}`` of ``(M, D)`` queries against an ``(N, D)`` labelled bank.
 
-    Vote weight ``exp(cosine / temperature)``; ``chunk`` queries per ``(chunk, N)`` similarity matrix,
-    so per-rank shards can be counted and summed.
+    Vote weight ``exp(cosine / temperature)``; ``chunk`` queries per ``(chunk, N)`` similarity matrix.
 
     Example:
         >>> bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2]])

@@ -60,18 +60,16 @@ def alignment_gap(candidates: Tensor, unseen: Tensor) -> Tuple[Tensor, Tensor, T
 def membership_scores(candidates: Tensor, unseen: Tensor) -> Tensor:
     """``(L, N)`` share of unseen images aligned worse than each candidate: ``s(c) = (#{d(u) > d(c)} + ½ #{d(u) = d(c)}) / M``.
 
-    Uniform on ``[0, 1]`` under the null; its mean over candidates is the AUC.
+    (Uniform on ``[0, 1]`` under the null; its mean over candidates is the AUC.)
 
     Example:
         >>> membership_scores(torch.tensor([[0.1, 0.5, 0.9]]), torch.tensor([[0.2, 0.5, 0.7, 0.8]]))
         tensor([[1.0000, 0.6250, 0.0000]], dtype=torch.float64)
     """
     c, u = _rows("candidates", candidates), _rows("unseen", unseen)
-    ordered = u.sort(dim=1).values.contiguous()
-    query = c.contiguous()
+    ordered, query, m = u.sort(dim=1).values.contiguous(), c.contiguous(), u.shape[1]
     below = torch.searchsorted(ordered, query, right=False)  # unseen < candidate
     at_or_below = torch.searchsorted(ordered, query, right=True)  # unseen <= candidate
-    m = u.shape[1]
     return ((m - at_or_below) + 0.5 * (at_or_below - below)).double() / m
 
 

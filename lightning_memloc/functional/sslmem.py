@@ -95,8 +95,8 @@ def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_byte
 def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tensor:
     """Alignment ``(N,)`` in ``[0, 2]``: mean ``‖r_a − r_b‖₂`` of L2-normalised views over all ``K(K−1)/2`` pairs.
 
-    ``representations`` is ``(N, K, D)`` (flatten conv maps first); with an ``(N, D)`` ``anchor`` (the
-    un-augmented image) the mean of ``‖r_k − r_anchor‖₂`` instead. Accurate to float32 rounding.
+    ``representations`` is ``(N, K, D)``; with an ``(N, D)`` ``anchor`` (the un-augmented image) the mean of
+    ``‖r_k − r_anchor‖₂`` instead. Accurate to float32 rounding.
 
     Example:
         >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]])

@@ -22,15 +22,9 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
 
     Example:
         >>> mu = torch.tensor([[1.0, -0.5], [3.0, 0.5]])
-        >>> apply_negative_policy(mu, "clamp")
-        tensor([[1.0000, 0.0000],
-                [3.0000, 0.5000]])
         >>> apply_negative_policy(mu, "shift")
         tensor([[0., 0.],
                 [2., 1.]])
-        >>> apply_negative_policy(torch.tensor([[0.17147639], [0.17147642]]), "shift")  # one float32 ulp apart
-        tensor([[0.],
-                [0.]])
     """
     check_choice("negative", negative, NEGATIVE_POLICIES)
     mu = check_mean_activations(mean_activations)
@@ -96,8 +90,8 @@ def _rest_statistic(mu: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
 def unitmem(mean_activations: Tensor, reduction: str = "mean", negative: str = "clamp") -> Tensor:
     """UnitMem ``(U,)`` in ``[0, 1]`` of ``(N, U)`` mean activations, ``N >= 2`` (Wang et al., NeurIPS 2024, Eq. 1).
 
-    ``UnitMem_u = (μmax_u − μ-max_u) / (μmax_u + μ-max_u)``, ``μ-max_u`` the mean (paper) or numpy
-    median (authors' code) over the other ``N − 1`` candidates; dead units score 0.
+    ``UnitMem_u = (μmax_u − μ-max_u) / (μmax_u + μ-max_u)``, ``μ-max_u`` the mean (paper) or numpy median
+    (authors' code) over the other ``N − 1`` candidates; dead units score 0.
 
     Example:
         >>> mu = torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]])

@@ -116,21 +116,17 @@ class MemorizationMeter(nn.Module):
         super().__init__()
         self.layers = list(layers)
         self.names = [spec.name for spec in self.layers]
-        self.num_candidates = num_candidates
-        self.has_reference = reference
-        self.has_labels = labels
+        self.num_candidates, self.has_reference, self.has_labels = num_candidates, reference, labels
+        self.reduction, self.negative, self.top_k = reduction, negative, top_k
+        sync: Dict[str, Any] = dict(dist_sync_fn=reduce_states_in_place, sync_on_compute=False)
         # With labels one ClassMem per layer serves UnitMem too (same states, stored once).
         metric_class = ClassMem if labels else UnitMem
-        self.units = nn.ModuleList(
-            metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype,
-                         dist_sync_fn=reduce_states_in_place, sync_on_compute=False)
-            for n in self.names
-        )
+        self.units = nn.ModuleList(metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative,
+                                                state_dtype=state_dtype, **sync) for n in self.names)
         self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
-                                  dist_sync_fn=reduce_states_in_place, sync_on_compute=False) if reference else None
+                                  **sync) if reference else None
         self.alignment = ViewAlignment(num_candidates, len(self.names), state_dtype=state_dtype,
-                                       dist_sync_fn=reduce_states_in_place,
-                                       sync_on_compute=False) if alignment and not reference else None
+                                       **sync) if alignment and not reference else None
         self.keeps_alignment = bool(alignment)
         # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
         # set after the candidates, each into its own states (no labels, no ClassMem).
@@ -139,12 +135,9 @@ class MemorizationMeter(nn.Module):
             name: MemorizationMeter(self.layers, num_units, size, reference=reference, labels=False, reduction=reduction,
                                     negative=negative, top_k=top_k, state_dtype=state_dtype,
                                     alignment=alignment and name == "unseen")
-            for name, size in self.group_sizes.items()
-        })
-        self.reduction, self.negative, self.top_k = reduction, negative, top_k
+            for name, size in self.group_sizes.items()})
         self.view_moments = None if view_shape is None or len(view_shape) != 3 else ViewMoments(
-            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), dist_sync_fn=reduce_states_in_place,
-            sync_on_compute=False)
+            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), **sync)
 
     @property
     def device(self) -> torch.device:
@@ -247,10 +240,9 @@ class MemorizationMeter(nn.Module):
         """Compute every metric into a report for ``(N,)`` user-facing ``candidate_ids`` (collective)."""
         ids = candidate_ids.detach().cpu().long()
         align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
-        unit_mem: Dict[str, Tensor] = {}
-        unit_argmax, dead = dict(unit_mem), dict(unit_mem)
+        # layer -> values; ``means``: the evidence's per-candidate means, from the same sync as compute()
+        unit_mem, unit_argmax, dead, means = {}, {}, {}, {}
         class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
-        means: Dict[str, Tensor] = {}  # the evidence's per-candidate means, from the same sync as compute()
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):  # one sync per metric (states summed in place, restored after)
                 try:

@@ -77,7 +77,8 @@ def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
         if any(isinstance(c, nn.Sequential) and any(is_residual_block(b) for b in c.children()) for _, c in children):
-            names += [f"{parent_name}.{n}" if parent_name else n for n, c in children if isinstance(c, ACTIVATION_TYPES)]
+            prefix = f"{parent_name}." if parent_name else ""
+            names += [prefix + n for n, c in children if isinstance(c, ACTIVATION_TYPES)]
     return names
 
 
