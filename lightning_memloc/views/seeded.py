@@ -7,8 +7,9 @@ import warnings
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from lightning_memloc.views.augment import BatchedSimCLRAugment
 from lightning_memloc.checks import (as_label_tensor, as_long_tensor, check_dense, check_image_layout,
@@ -128,8 +129,8 @@ class SeededViews(Dataset):
             same = len({t.dtype for t in tensors}) == 1  # e.g. all uint8: no float copy
             source = torch.cat([t if same else _as_float(t) for t in tensors])
         else:
-            parts = [self._dataset if self._dataset is not None else _ImageList(self._images)]  # type: ignore[arg-type]
-            source = ConcatDataset(parts + [g if isinstance(g, Dataset) else _ImageList(g) for g in groups])
+            own = self._dataset if self._dataset is not None else TensorDataset(self._images)  # type: ignore[arg-type]
+            source = ConcatDataset([own] + [g if isinstance(g, Dataset) else TensorDataset(g) for g in groups])
         return SeededViews(source, self.views, self.transform, self.seed, labels, normalize=self.normalize)
 
     @property
@@ -153,6 +154,7 @@ class SeededViews(Dataset):
     def raw(self, i: int) -> Tensor:
         """Candidate ``i`` as stored, a float image (no transform)."""
         return as_float_image(self._item(i)[0])
+
     stored = property(lambda self: self._images if self._images is not None else self._views,
                       doc="The candidate tensor as stored (images or precomputed views); ``None`` for a dataset.")
 
@@ -274,14 +276,10 @@ class SeededViews(Dataset):
         positions = [self._index(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]
         if self._views is not None:
             return self._views[positions, 0].float().clamp(0, 1)
-        size = self.view_shape[-2:]
-        out = []
-        for i in positions:
-            img = self.raw(i)
-            if img.ndim == 3 and tuple(img.shape[-2:]) != tuple(size):
-                img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
-            out.append(img)
-        return torch.stack(out).clamp(0, 1)
+        size = tuple(self.view_shape[-2:])
+        images = [self.raw(i) for i in positions]
+        return torch.stack([F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+                            if img.ndim == 3 and tuple(img.shape[-2:]) != size else img for img in images]).clamp(0, 1)
 
 
 def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, index: Tensor, device: Any) -> bool:
@@ -301,19 +299,6 @@ def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, in
     return False
 
 
-class _ImageList(Dataset):
-    """A tensor of images as a map-style dataset."""
-
-    def __init__(self, images: Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.images[i]
-
-
 def _as_float(x: Tensor) -> Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x
 
@@ -328,5 +313,4 @@ def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any =
         True
     """
     ds = SeededViews(candidates, views=views, transform=transform, seed=seed)
-    out = [ds.finalize(x, index, "cpu") for index, x, _ in ds.dataloader(batch_size=64)]
-    return torch.cat(out)
+    return torch.cat([ds.finalize(x, index, "cpu") for index, x, _ in ds.dataloader(batch_size=64)])
