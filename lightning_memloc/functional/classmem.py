@@ -25,11 +25,8 @@ def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tenso
     Example:
         >>> mu = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
         >>> means, classes = class_means(mu, torch.tensor([7, 7, 2]))
-        >>> means
-        tensor([[5., 5.],
-                [2., 1.]])
-        >>> classes
-        tensor([2, 7])
+        >>> means.tolist(), classes.tolist()
+        ([[5.0, 5.0], [2.0, 1.0]], [2, 7])
     """
     mu = check_mean_activations(mean_activations)
     labels = _check_labels(labels, mu.shape[0]).to(mu.device)

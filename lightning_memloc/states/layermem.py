@@ -21,13 +21,9 @@ class LayerMem(CandidateIndexedMetric):
 
     Example:
         >>> metric = LayerMem(num_candidates=3, num_layers=2, top_k=1)
-        >>> metric.update(align_encoder=torch.tensor([[0.5, 1.0, 0.5], [0.2, 1.0, 0.6]]),
-        ...               align_reference=torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]]),
-        ...               index=torch.arange(3))
+        >>> metric.update(torch.tensor([[0.5, 1.0, 0.5], [0.2, 1.0, 0.6]]),
+        ...               torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]]), torch.arange(3))
         >>> out = metric.compute()
-        >>> out["sslmem"]
-        tensor([[1.0000, 0.0000, 0.0000],
-                [1.0000, 0.0000, 0.5000]])
         >>> out["layer_mem"], out["delta_layer_mem"], out["top_ids"], out["least_ids"]
         (tensor([0.3333, 0.5000]), tensor([0.3333, 0.1667]), tensor([0]), tensor([1]))
     """

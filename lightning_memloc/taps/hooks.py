@@ -7,6 +7,7 @@ outermost only) wins.
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 from collections import Counter
 from contextlib import contextmanager
@@ -193,8 +194,8 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, Laye
                    example_input: Any) -> List[LayerSpec]:
     """``layers`` (``"auto"``, names or :class:`LayerSpec`) as :class:`LayerSpec` in forward order.
 
-    A probe forward with ``example_input`` (a tuple/list unpacked, a dict as keywords) orders the
-    layers and infers kinds from the output rank; ``"auto"`` on ResNet9 gives the paper's layers 1..8.
+    A probe forward with ``example_input`` (a tuple/list unpacked, a dict as keywords) orders the layers and
+    infers kinds from the output rank; ``"auto"`` on ResNet9 gives the paper's layers 1..8.
 
     Example:
         >>> import torch
@@ -289,8 +290,7 @@ class LayerTaps:
         {'conv1': (4, 2), 'conv3': (4, 8)}
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[Union[str, LayerSpec]],
-                 fn: Callable[[str, Any], Any]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[Union[str, LayerSpec]], fn: Callable[[str, Any], Any]) -> None:
         if isinstance(names, str):
             raise TypeError(f"`names` must be a sequence of names, not a str; did you mean [{names!r}]?")
         self.model = model
@@ -304,13 +304,8 @@ class LayerTaps:
         """Whether hooks are currently registered."""
         return bool(self._handles)
 
-    def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
-        fn = self.fn
-
-        def hook(module: nn.Module, args: Any, output: Any) -> None:  # returns None: the output is never replaced
-            fn(name, output)
-
-        return hook
+    def _hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:  # None: the output is kept
+        self.fn(name, output)
 
     def __enter__(self) -> "LayerTaps":
         if self._handles:
@@ -318,7 +313,7 @@ class LayerTaps:
         modules = dict(self.model.named_modules())
         try:
             for name in self.names:
-                self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+                self._handles.append(modules[name].register_forward_hook(functools.partial(self._hook, name)))
         except BaseException:
             self.remove()
             raise
