@@ -81,9 +81,8 @@ def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0
     return percentile_interval(means.movedim(-1, 0), level)
 
 
-def bootstrap_difference_interval(
-    a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> Tuple[Tensor, Tensor]:
+def bootstrap_difference_interval(a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95,
+                                  seed: int = 0) -> Tuple[Tensor, Tensor]:
     """Interval of ``mean(a) − mean(b)`` over the last dimension, ``a`` and ``b`` resampled independently.
 
     Example:
@@ -92,15 +91,13 @@ def bootstrap_difference_interval(
         (1.5, 1.5)
     """
     va, vb = a.detach().double().cpu(), b.detach().double().cpu()
-    ia = bootstrap_indices(va.shape[-1], n_boot, seed)
-    ib = bootstrap_indices(vb.shape[-1], n_boot, seed + 1)
+    ia, ib = bootstrap_indices(va.shape[-1], n_boot, seed), bootstrap_indices(vb.shape[-1], n_boot, seed + 1)
     diff = va[..., ia].mean(dim=-1) - vb[..., ib].mean(dim=-1)
     return percentile_interval(diff.movedim(-1, 0), level)
 
 
-def bootstrap_topk_interval(
-    scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def bootstrap_topk_interval(scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95,
+                            seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(top_lower, top_upper, least_lower, least_upper)``, each ``(L,)``: intervals of top-k / least-k LayerMem.
 
     ``scores`` is ``(L, N)`` normalised SSLMem; each resample re-ranks by the last layer (``min(k, N)`` per group).
@@ -113,9 +110,7 @@ def bootstrap_topk_interval(
     order = drawn[-1].argsort(dim=-1, descending=True, stable=True)  # (B, N)
     top = torch.gather(drawn, 2, order[None, :, :k].expand(s.shape[0], -1, -1)).mean(-1)
     least = torch.gather(drawn, 2, order[None, :, n - k:].expand(s.shape[0], -1, -1)).mean(-1)
-    top_lo, top_hi = percentile_interval(top.T, level)
-    least_lo, least_hi = percentile_interval(least.T, level)
-    return top_lo, top_hi, least_lo, least_hi
+    return (*percentile_interval(top.T, level), *percentile_interval(least.T, level))
 
 
 def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
@@ -135,8 +130,7 @@ def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
     if na < 2 or nb < 2:
         return math.nan, math.nan, math.nan
     va, vb = float(x.var(unbiased=True)) / na, float(y.var(unbiased=True)) / nb
-    diff = float(x.mean() - y.mean())
-    se2 = va + vb
+    diff, se2 = float(x.mean() - y.mean()), va + vb
     if se2 == 0.0:
         return (math.inf if diff > 0 else (-math.inf if diff < 0 else 0.0)), math.nan, (0.0 if diff > 0 else 1.0)
     t = diff / math.sqrt(se2)
@@ -153,8 +147,7 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
     """
     valid = [(p, i) for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
     out: List[Optional[float]] = [None] * len(pvalues)
-    m = len(valid)
-    running = 0.0
+    m, running = len(valid), 0.0
     for rank, (p, i) in enumerate(sorted(valid)):
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
@@ -225,8 +218,7 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
         >>> membership_test(torch.ones(4, 2), torch.tensor([True, False, False, False]), n_perm=50)["fraction"]
         0.25
     """
-    m = mu.detach().double().cpu()
-    s = torch.as_tensor(seen, dtype=torch.bool).cpu().reshape(-1)
+    m, s = mu.detach().double().cpu(), torch.as_tensor(seen, dtype=torch.bool).cpu().reshape(-1)
     if s.numel() != m.shape[0]:
         raise ValueError(f"`seen` has {s.numel()} entries for a pool of {m.shape[0]} images.")
     chance = float(s.double().mean())
@@ -238,8 +230,7 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     tied = (top == top.amax(dim=0, keepdim=True)).double()  # (P, alive): every image at a unit's max
     wins = (tied / tied.sum(dim=0, keepdim=True)).sum(dim=1)  # (P,) a tied unit's credit is split
     observed = float(wins[s].sum()) / n_alive
-    g = _generator(seed)
-    perms = torch.argsort(torch.rand(n_perm, s.numel(), generator=g), dim=1)
+    perms = torch.argsort(torch.rand(n_perm, s.numel(), generator=_generator(seed)), dim=1)
     null = s.double()[perms] @ wins / n_alive  # (n_perm,)
     p = (1.0 + float((null >= observed - 1e-12).sum())) / (1.0 + n_perm)
     return {"fraction": observed, "chance": chance, "p": p, "alive": n_alive, "winners": int((wins > 0).sum())}

@@ -92,12 +92,9 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
 class MemorizationMeter(nn.Module):
     """Streaming UnitMem / ClassMem / LayerMem states for a set of layers.
 
-    Args:
-        reference: alignments of a reference encoder will be given (LayerMem).
-        labels: labels will be given (ClassMem).
-        groups: sizes of the control / unseen sets measured in the same pass, by name.
-        alignment: keep the encoder's own view alignments (the reference-free evidence).
-        view_shape: (C, H, W) of image views, to keep per-channel statistics for ``meta["view_stats"]``.
+    ``reference``: alignments of a reference will be given (LayerMem); ``labels``: labels will be (ClassMem);
+    ``groups``: sizes of the control / unseen sets of the same pass, by name; ``alignment``: keep the encoder's
+    own alignments (reference-free evidence); ``view_shape``: (C, H, W), keeps ``meta["view_stats"]``.
 
     Example:
         >>> import torch

@@ -130,11 +130,9 @@ def _check_names(model: nn.Module, names: Sequence[str]) -> None:
     valid = dict(model.named_modules())
     missing = [n for n in names if n not in valid]
     if missing:
-        lines = []
-        for name in missing:
-            close = difflib.get_close_matches(name, [v for v in valid if v], n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            lines.append(f"Layer {name!r} not found in {type(model).__name__}.{hint}")
+        close = {name: difflib.get_close_matches(name, [v for v in valid if v], n=3, cutoff=0.6) for name in missing}
+        lines = [f"Layer {name!r} not found in {type(model).__name__}." + (
+            f" Did you mean {', '.join(repr(c) for c in near)}?" if near else "") for name, near in close.items()]
         lines.append("Valid names are the keys of dict(model.named_modules()); "
                      "list them with `[name for name, _ in model.named_modules()]`.")
         raise LayerNotFoundError("\n".join(lines))

@@ -63,7 +63,7 @@ def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[Layer
         raise ValueError(f"`kinds` must be a sequence of values in {VIT_KINDS}, got {kinds!r}.")
     encoder_block = _torchvision_encoder_block()
     specs: List[LayerSpec] = []
-    claimed: List[str] = []
+    claimed: List[str] = []  # blocks already taken
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in claimed):
             continue  # inside a block already taken (e.g. a timm block nested in a torchvision one)

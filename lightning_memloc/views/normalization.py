@@ -95,10 +95,7 @@ def normalize_meta(spec: NormalizeSpec) -> Optional[Dict[str, Any]]:
     resolved = resolve_normalize(spec)
     if resolved is None:
         return None
-    out: Dict[str, Any] = {"mean": list(resolved[0]), "std": list(resolved[1])}
-    if isinstance(spec, str):
-        out["preset"] = spec
-    return out
+    return {"mean": list(resolved[0]), "std": list(resolved[1]), **({"preset": spec} if isinstance(spec, str) else {})}
 
 
 def normalize_views(x: Tensor, normalization: Optional[Normalization]) -> Tensor:

@@ -24,12 +24,10 @@ __all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "ma
 class SeededViews(Dataset):
     """Dataset of K seeded views per candidate; items ``(i, x, label)``, :meth:`finalize` makes (B, K, C, H, W).
 
-    Args:
-        candidates: (N, C, H, W) uint8/float images, precomputed (N, K, C, H, W) or (N, K, D) views,
-            or a ``Dataset`` of images or ``(image, label, ...)``.
-        transform: ``None`` (:class:`BatchedSimCLRAugment`), a per-image callable run under
-            ``seeded_rng(view_seed(seed, i, k))``, or a batched module (``batched = True``).
-        labels: one class id per candidate; else from dataset items, else -1.
+    ``candidates``: (N, C, H, W) uint8/float images, precomputed (N, K, C, H, W) or (N, K, D) views, or a
+    ``Dataset`` of images or ``(image, label, ...)``. ``transform``: ``None`` (:class:`BatchedSimCLRAugment`), a
+    per-image callable run under ``seeded_rng(view_seed(seed, i, k))``, or a batched module (``batched = True``).
+    ``labels``: one class id per candidate; else from dataset items, else -1.
 
     Example:
         >>> import torch
