@@ -11,14 +11,6 @@ from lightning_memloc.functional.unitmem import unitmem
 __all__ = ["class_means", "classmem"]
 
 
-def _check_labels(labels: object, n: int) -> Tensor:
-    labels = check_id_vector("labels", labels, n, "mean_activations", "class id")
-    if n > 0 and bool((labels < 0).any()):
-        raise ValueError("`labels` must be >= 0; negative ids (e.g. -1 for 'no label') are not classes. "
-                         "Drop unlabelled candidates before computing ClassMem.")
-    return labels.long()
-
-
 def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Mean of ``(N, U)`` per-candidate means over each class's members: ``(means (C, U), sorted classes (C,))``.
 
@@ -29,7 +21,11 @@ def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tenso
         ([[5.0, 5.0], [2.0, 1.0]], [2, 7])
     """
     mu = check_mean_activations(mean_activations)
-    labels = _check_labels(labels, mu.shape[0]).to(mu.device)
+    labels = check_id_vector("labels", labels, mu.shape[0], "mean_activations", "class id")
+    if mu.shape[0] > 0 and bool((labels < 0).any()):
+        raise ValueError("`labels` must be >= 0; negative ids (e.g. -1 for 'no label') are not classes. "
+                         "Drop unlabelled candidates before computing ClassMem.")
+    labels = labels.long().to(mu.device)
     classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
     sums = mu.new_zeros(classes.shape[0], mu.shape[1]).index_add_(0, inverse, mu)
     counts = mu.new_zeros(classes.shape[0]).index_add_(0, inverse, torch.ones_like(mu[:, 0]))

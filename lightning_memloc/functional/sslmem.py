@@ -74,11 +74,6 @@ def sq_distances_from_gram(gram: Tensor) -> Tensor:
     return (sq[..., upper[0]] + sq[..., upper[1]] - 2 * gram[..., upper[0], upper[1]]).clamp_min_(0)
 
 
-def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tensor:
-    """All-pairs distances from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8."""
-    return sq_distances_from_gram(view_gram(reps, chunk_bytes)).sqrt_().mean(dim=-1).to(dtype)
-
-
 def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_bytes: Optional[int] = None) -> Tensor:
     """Unchecked core of :func:`alignment` (no validation, no device sync): ``(N, K, D)``, ``(N, D)`` → ``(N,)``.
 
@@ -88,7 +83,8 @@ def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_byte
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     if anchor is None and dtype != torch.float64:
-        return _gram_alignment(reps, dtype, chunk_bytes)
+        # all pairs from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8
+        return sq_distances_from_gram(view_gram(reps, chunk_bytes)).sqrt_().mean(dim=-1).to(dtype)
     return _explicit_alignment(reps, anchor, dtype, chunk_bytes)
 
 

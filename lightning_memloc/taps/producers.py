@@ -27,10 +27,6 @@ def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
     """Names of the parametrised modules producing ``layer``'s output, in registration order (``[]``: none).
 
@@ -55,7 +51,7 @@ def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
         for sibling_name, sibling in reversed(children[:index]):
             if sibling_name in SHORTCUTS or not _has_parameters(sibling):
                 continue
-            found.append(_join(parent_name, sibling_name))
+            found.append(f"{parent_name}.{sibling_name}" if parent_name else sibling_name)
             if not isinstance(sibling, NORM_TYPES):
                 break  # the producer (a conv / linear or a block holding them) is reached
         if found:

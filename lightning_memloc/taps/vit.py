@@ -25,24 +25,11 @@ VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
 CLASS_TOKEN_POLICIES: Tuple[str, ...] = ("include", "exclude", "only")
 
 
-def _torchvision_encoder_block() -> Optional[type]:
-    try:
-        from torchvision.models.vision_transformer import EncoderBlock
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return None
-    return EncoderBlock
-
-
-def _first_activation(module: nn.Module) -> Optional[str]:
-    """Name of ``module``'s first activation child, e.g. ``"1"`` in an ``MLPBlock``."""
-    return next((name for name, child in module.named_children() if isinstance(child, ACTIVATION_TYPES)), None)
-
-
 def _block_layers(name: str, block: nn.Module, encoder_block: Optional[type]) -> List[LayerSpec]:
     """The attention and MLP-hidden taps of one transformer block, else ``[]``."""
     prefix = f"{name}." if name else ""
     if encoder_block is not None and isinstance(block, encoder_block):
-        act = _first_activation(block.mlp)
+        act = next((n for n, child in block.mlp.named_children() if isinstance(child, ACTIVATION_TYPES)), None)
         specs = [LayerSpec(f"{prefix}self_attention", "attention")]
         return specs + ([LayerSpec(f"{prefix}mlp.{act}", "mlp")] if act is not None else [])
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
@@ -61,7 +48,10 @@ def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[Layer
     """
     if isinstance(kinds, str) or not set(kinds) <= set(VIT_KINDS):
         raise ValueError(f"`kinds` must be a sequence of values in {VIT_KINDS}, got {kinds!r}.")
-    encoder_block = _torchvision_encoder_block()
+    try:
+        from torchvision.models.vision_transformer import EncoderBlock as encoder_block
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        encoder_block = None
     specs: List[LayerSpec] = []
     claimed: List[str] = []  # blocks already taken
     for name, module in model.named_modules():
@@ -87,17 +77,12 @@ def vit_block_rule(model: nn.Module) -> Optional[List[LayerSpec]]:
     return vit_layers(model) or None
 
 
-def _register() -> None:
-    """Register :func:`vit_block_rule` once (a reload replaces the older copy)."""
-    rules = _taps.AUTO_RULES  # looked up at call time: tests may swap the list
-    for i, rule in enumerate(rules):
-        if getattr(rule, "__module__", None) == __name__ and getattr(rule, "__name__", None) == "vit_block_rule":
-            rules[i] = vit_block_rule
-            return
+for _i, _rule in enumerate(_taps.AUTO_RULES):  # register once: a reload replaces the older copy
+    if getattr(_rule, "__module__", None) == __name__ and getattr(_rule, "__name__", None) == "vit_block_rule":
+        _taps.AUTO_RULES[_i] = vit_block_rule
+        break
+else:
     register_auto_rule(vit_block_rule)
-
-
-_register()
 
 
 def token_unit_activations(output: Any, class_token: str = "include", num_prefix_tokens: int = 1) -> Tensor:
