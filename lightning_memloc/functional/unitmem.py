@@ -74,19 +74,6 @@ def dead_units(mean_activations: Tensor, negative: str = "clamp") -> Tensor:
     return apply_negative_policy(mean_activations, negative).amax(dim=0) == 0
 
 
-def _rest_statistic(mu: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
-    """``(μmax, μ-max)`` per unit of a non-negative ``(N, U)``, ``N >= 2``."""
-    n = mu.shape[0]
-    if reduction == "mean":
-        mu_max, pos = mu.max(dim=0)
-        # zero the argmax row and sum the rest: no cancellation as in (sum - max)
-        return mu_max, mu.scatter(0, pos.unsqueeze(0), 0.0).sum(dim=0) / (n - 1)
-    ordered = mu.sort(dim=0).values  # ascending; the last row is the max
-    m = n - 1  # the other candidates are ordered[:m], still sorted
-    rest = ordered[m // 2] if m % 2 == 1 else (ordered[m // 2 - 1] + ordered[m // 2]) / 2
-    return ordered[-1], rest
-
-
 def unitmem(mean_activations: Tensor, reduction: str = "mean", negative: str = "clamp") -> Tensor:
     """UnitMem ``(U,)`` in ``[0, 1]`` of ``(N, U)`` mean activations, ``N >= 2`` (Wang et al., NeurIPS 2024, Eq. 1).
 
@@ -104,7 +91,15 @@ def unitmem(mean_activations: Tensor, reduction: str = "mean", negative: str = "
     check_choice("negative", negative, NEGATIVE_POLICIES)
     check_mean_activations(mean_activations, min_candidates=2)
     mu = apply_negative_policy(mean_activations, negative)
-    mu_max, rest = _rest_statistic(mu, reduction)
+    n = mu.shape[0]
+    if reduction == "mean":
+        mu_max, pos = mu.max(dim=0)
+        # zero the argmax row and sum the rest: no cancellation as in (sum - max)
+        rest = mu.scatter(0, pos.unsqueeze(0), 0.0).sum(dim=0) / (n - 1)
+    else:
+        ordered = mu.sort(dim=0).values  # ascending; the last row is the max
+        mu_max, m = ordered[-1], n - 1  # the other candidates are ordered[:m], still sorted
+        rest = ordered[m // 2] if m % 2 == 1 else (ordered[m // 2 - 1] + ordered[m // 2]) / 2
     denom = mu_max + rest
     dead = denom == 0  # both are >= 0, so this is exactly the all-zero (dead) unit
     score = (mu_max - rest) / torch.where(dead, torch.ones_like(denom), denom)

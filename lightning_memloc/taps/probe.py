@@ -60,18 +60,7 @@ def probe_layers(encoder: nn.Module, reference: Optional[nn.Module], layers: _La
         _PROBES.move_to_end(key)
         specs, num_units = _PROBES[key]
         return list(specs), dict(num_units)
-    specs, num_units = _probe_layers(encoder, reference, layers, example)
-    if key is not None:
-        _PROBES[key] = (list(specs), dict(num_units))
-        while len(_PROBES) > PROBE_CACHE_SIZE:
-            _PROBES.popitem(last=False)
-    return specs, num_units
-
-
-def _probe_layers(encoder: nn.Module, reference: Optional[nn.Module], layers: _Layers,
-                  example: Tensor) -> Tuple[List[LayerSpec], Dict[str, int]]:
-    """:func:`probe_layers` without its cache: three forwards on 2 rows (shapes do not depend on the batch)."""
-    example = example[:2]
+    example = example[:2]  # three forwards on 2 rows: shapes do not depend on the batch
     device, dtype = model_device_dtype(encoder)
     with eval_mode(encoder, reference), torch.no_grad():
         try:
@@ -117,4 +106,9 @@ def _probe_layers(encoder: nn.Module, reference: Optional[nn.Module], layers: _L
                         f"{reference_shapes.get(name)} in `reference`: encoder and reference must share the "
                         "architecture.")
     sizes = {name: encoder_shapes[name] for name in names}  # units: channels of (C, H, W), features of (T, D)
-    return specs, {name: shape[0] if len(shape) in (1, 3) else shape[-1] for name, shape in sizes.items()}
+    num_units = {name: shape[0] if len(shape) in (1, 3) else shape[-1] for name, shape in sizes.items()}
+    if key is not None:
+        _PROBES[key] = (list(specs), dict(num_units))
+        while len(_PROBES) > PROBE_CACHE_SIZE:
+            _PROBES.popitem(last=False)
+    return specs, num_units
