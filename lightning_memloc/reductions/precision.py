@@ -31,9 +31,7 @@ def autocast_dtype(autocast: Optional[str]) -> Optional[torch.dtype]:
         >>> autocast_dtype("bf16"), autocast_dtype(None)
         (torch.bfloat16, None)
     """
-    if autocast is None:
-        return None
-    return AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
+    return None if autocast is None else AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,13 +76,9 @@ def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Opt
 
 def forward_autocast(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
     """``torch.autocast`` for a forward on ``device`` in ``dtype``; a no-op for ``None``."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def reduce_in_float32(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
     """Switch autocast off inside a forward hook so that reductions run in float32 / float64."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, enabled=False)

@@ -18,13 +18,6 @@ from lightning_memloc.checks import check_finite_tensor, check_id_vector, check_
 STATE_DTYPES = (torch.float32, torch.float64)
 
 
-def check_state_dtype(state_dtype: Any) -> torch.dtype:
-    """``state_dtype`` if float32 or float64, else ``ValueError``."""
-    if state_dtype not in STATE_DTYPES:
-        raise ValueError(f"`state_dtype` must be one of {STATE_DTYPES}, got {state_dtype!r}.")
-    return state_dtype
-
-
 class CandidateIndexedMetric(Metric):
     """Base of metrics whose states are per-candidate sums and counts."""
 
@@ -37,7 +30,9 @@ class CandidateIndexedMetric(Metric):
     def __init__(self, num_candidates: int, state_dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_candidates = check_int("num_candidates", num_candidates, 1)
-        self.state_dtype = check_state_dtype(state_dtype)
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"`state_dtype` must be one of {STATE_DTYPES}, got {state_dtype!r}.")
+        self.state_dtype = state_dtype
         self.add_state("counts", torch.zeros(num_candidates, dtype=state_dtype), dist_reduce_fx="sum")
 
     def _wrap_compute(self, compute: Callable) -> Callable:

@@ -44,11 +44,8 @@ def state_bytes(num_candidates: int, num_units: Mapping[str, int], *, reference:
     item = torch.empty((), dtype=dtype).element_size()
     total = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
                 for units in num_units.values())
-    if reference:
-        total += (2 * len(num_units) + 1) * num_candidates * item
-    elif alignment:
-        total += (len(num_units) + 1) * num_candidates * item
-    return int(total)
+    rows = 2 * len(num_units) + 1 if reference else len(num_units) + 1 if alignment else 0  # (L|2L + 1, N) states
+    return int(total + rows * num_candidates * item)
 
 
 def format_bytes(n: int) -> str:
