@@ -31,8 +31,6 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
     Only the BatchNorm layers train (dropout stays off); modes and momenta are restored.
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc.views.seeded import SeededViews
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
         >>> _ = recalibrate_batchnorm(model, SeededViews(torch.rand(4, 3, 8, 8), views=2))
         >>> bool(model[1].running_var.ne(1).any()), model.training
@@ -67,8 +65,6 @@ def recalibrated_batchnorm(*models: Optional[nn.Module], views: SeededViews, bat
     Buffers are restored rather than models copied: a copy breaks on computed weights (pruning, weight norm).
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc.views.seeded import SeededViews
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
         >>> with recalibrated_batchnorm(model, views=SeededViews(torch.rand(4, 3, 8, 8), views=2)):
         ...     inside = bool(model[1].running_var.ne(1).any())

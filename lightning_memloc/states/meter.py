@@ -94,8 +94,6 @@ class MemorizationMeter(nn.Module):
     own alignments (reference-free evidence); ``view_shape``: (C, H, W), keeps ``meta["view_stats"]``.
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc.taps.hooks import LayerSpec
         >>> m = MemorizationMeter([LayerSpec("a", "linear")], {"a": 2}, 3, reference=False, labels=False)
         >>> m.update(torch.arange(3), {"a": torch.tensor([[1., 0.], [0., 1.], [0., 1.]])})
         >>> r = m.compute_report(torch.arange(3))

@@ -66,7 +66,6 @@ class ReferenceCache:
     """Per-batch alignments of a frozen reference, reused while nothing changed; ``hits``/``misses`` count batches.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc import measure
         >>> from lightning_memloc.models import TinyCNN
         >>> _ = torch.manual_seed(0)

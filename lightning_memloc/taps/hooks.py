@@ -196,7 +196,6 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, Laye
     infers kinds from the output rank; ``"auto"`` on ResNet9 gives the paper's layers 1..8.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import TinyCNN
         >>> resolve_layers(TinyCNN(width=2), "auto", torch.randn(1, 3, 8, 8))[0]
         LayerSpec(name='conv1', kind='conv')
@@ -244,7 +243,6 @@ def unit_activations(output: Any) -> Tensor:
     """Per-unit activations ``(B, U)``: ``(B, C, H, W)`` mean over space, ``(B, T, D)`` over tokens, ``(B, D)`` as is.
 
     Example:
-        >>> import torch
         >>> unit_activations(torch.arange(8.).reshape(1, 2, 2, 2))
         tensor([[1.5000, 5.5000]])
     """
@@ -258,7 +256,6 @@ def flat_representation(output: Any) -> Tensor:
     """Flattened, L2-normalised ``(B, D)`` (SSLMem's r_l); an all-zero row stays zero, half normalised in float32.
 
     Example:
-        >>> import torch
         >>> flat_representation(torch.tensor([[[3.0, 4.0]], [[0.0, 0.0]]]))
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
@@ -279,7 +276,6 @@ class LayerTaps:
     Outputs are never modified nor kept: reduce them inside ``fn``.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import TinyCNN
         >>> model, units = TinyCNN(width=2), {}
         >>> with LayerTaps(model, ["conv1", "conv3"], lambda n, out: units.update({n: unit_activations(out)})):

@@ -30,7 +30,6 @@ class SeededViews(Dataset):
     ``labels``: one class id per candidate; else from dataset items, else -1.
 
     Example:
-        >>> import torch
         >>> ds = SeededViews(torch.rand(8, 3, 16, 16), views=4, seed=0)
         >>> index, x, label = next(iter(ds.dataloader(batch_size=8)))
         >>> ds.finalize(x, index, "cpu").shape
@@ -305,7 +304,6 @@ def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any =
     """All views (N, K, C, H, W) of a small candidate set, on CPU.
 
     Example:
-        >>> import torch
         >>> x = torch.rand(3, 1, 8, 8)
         >>> bool(torch.equal(make_views(x, 2, seed=1), make_views(x, 2, seed=1)))
         True

@@ -44,7 +44,6 @@ def view_seed(seed: int | Tensor, index: int | Tensor, view: int | Tensor) -> in
     """Splitmix64 seed in ``[0, 2**63)`` of view ``view`` of candidate ``index``: an int, or a broadcast ``LongTensor``.
 
     Example:
-        >>> import torch
         >>> view_seed(0, 3, 1) == int(view_seed(0, torch.tensor([3]), 1)[0])
         True
     """
@@ -65,7 +64,6 @@ def seeded_rng(s: int) -> Iterator[None]:
     """Seed the CPU ``torch``, ``numpy`` and ``random`` global RNGs; restore them on exit (CUDA left alone).
 
     Example:
-        >>> import torch
         >>> with seeded_rng(7):
         ...     a = torch.rand(2)
         >>> with seeded_rng(7):
