@@ -1,8 +1,4 @@
-"""All-pairs view distances from a float32 Gram of the normalised views, centred per candidate.
-
-Centring makes the cancellation in ``d² = V_aa + V_bb − 2V_ab`` relative to the views' spread; pairs still too
-close are flagged for float64 (error bound: docs/performance.md, "The float32 Gram").
-"""
+"""All-pairs view distances from a float32 Gram of normalised views centred per candidate (docs/performance.md)."""
 
 from __future__ import annotations
 

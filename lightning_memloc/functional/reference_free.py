@@ -1,7 +1,6 @@
 """Memorization evidence from the encoder alone: the alignment gap of candidates against unseen images.
 
-For candidates ``C`` and unseen ``U`` from one distribution, ``E[SSLMem(C)] − E[SSLMem(U)] =
-E[d_f(U)] − E[d_f(C)]`` for any reference that saw neither (``../shared/DESIGN.md`` §8).
+``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]`` for any reference that saw neither (``DESIGN.md`` §8).
 """
 
 from __future__ import annotations

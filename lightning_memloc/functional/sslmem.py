@@ -156,10 +156,7 @@ def layermem(sslmem: Tensor, subset: Optional[Tensor] = None) -> Tensor:
     """LayerMem ``(L,)`` (Wang et al., NeurIPS 2024): mean of ``(L, N)`` SSLMem over candidates (or ``subset`` positions).
 
     Example:
-        >>> s = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.4, 0.9]])
-        >>> layermem(s)
-        tensor([0.5000, 0.5000])
-        >>> layermem(s, subset=torch.tensor([2]))
+        >>> layermem(torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.4, 0.9]]), subset=torch.tensor([2]))
         tensor([1.0000, 0.9000])
     """
     s = check_float_tensor("sslmem", sslmem, 2, "(L layers, N candidates)")

@@ -81,11 +81,8 @@ def unitmem(mean_activations: Tensor, reduction: str = "mean", negative: str = "
     (authors' code) over the other ``N − 1`` candidates; dead units score 0.
 
     Example:
-        >>> mu = torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-        >>> unitmem(mu)
+        >>> unitmem(torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]]))
         tensor([0.6000, 0.0000])
-        >>> unitmem(torch.tensor([[9.0], [1.0], [2.0], [6.0]]), reduction="median")
-        tensor([0.6364])
     """
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("negative", negative, NEGATIVE_POLICIES)

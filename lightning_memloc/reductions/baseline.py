@@ -1,7 +1,4 @@
-"""A fair before-training baseline: BatchNorm statistics estimated on the measured views.
-
-An untrained encoder's default statistics (mean 0, variance 1) do not normalise, inflating its UnitMem.
-"""
+"""A fair before-training baseline: BatchNorm statistics estimated on the views (the defaults inflate UnitMem)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Optional mixed precision (``autocast``) for the forwards of a measurement pass; reductions stay float32 / float64.
-
-Off by default: bf16's measured error exceeds 1e-3 (docs/performance.md, §4).
-"""
+"""Optional mixed precision (``autocast``) for the forwards; reductions stay float32 / float64."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ from lightning_memloc.checks import check_choice
 __all__ = ["AUTOCAST_DTYPES", "AUTOCASTS", "autocast_dtype", "autocast_runs", "check_autocast", "forward_autocast",
            "reduce_in_float32"]
 
-#: The ``autocast`` choices and the dtype each runs the forwards in.
+#: The ``autocast`` choices and their dtypes (off by default: bf16's error exceeds 1e-3, docs/performance.md §4).
 AUTOCAST_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AUTOCASTS = tuple(AUTOCAST_DTYPES)
 

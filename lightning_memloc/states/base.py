@@ -1,8 +1,4 @@
-"""Shared validation and state helpers of the candidate-indexed metrics.
-
-States are per-candidate sums and counts reduced with ``sum``: views depend only on (seed, candidate, view), so a
-candidate seen twice (sampler padding) leaves ``sum / count`` unchanged.
-"""
+"""Shared validation and state helpers of the candidate-indexed metrics."""
 
 from __future__ import annotations
 
@@ -19,7 +15,10 @@ STATE_DTYPES = (torch.float32, torch.float64)
 
 
 class CandidateIndexedMetric(Metric):
-    """Base of metrics whose states are per-candidate sums and counts."""
+    """Base of metrics whose states are per-candidate sums and counts (``sum``-reduced).
+
+    Views depend only on (seed, candidate, view): a candidate seen twice (sampler padding) keeps ``sum / count``.
+    """
 
     is_differentiable = False
     higher_is_better = None

@@ -36,9 +36,7 @@ def state_bytes(num_candidates: int, num_units: Mapping[str, int], *, reference:
     or ``(L + 1)·N·b`` with ``alignment``.
 
     Example:
-        >>> state_bytes(50_000, {"a": 2048}, reference=False, labels=False)
-        409800000
-        >>> state_bytes(50_000, {"a": 2048}, reference=True, labels=False)  # + 3·N·4 for one layer
+        >>> state_bytes(50_000, {"a": 2048}, reference=True, labels=False)  # 50,000·2049·4 + 3·50,000·4
         410400000
     """
     item = torch.empty((), dtype=dtype).element_size()

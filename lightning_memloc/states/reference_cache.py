@@ -1,8 +1,4 @@
-"""Cache of a frozen reference's per-candidate, per-layer view alignment, so later passes run only ``f``.
-
-Keys are exact: the model key digests g's tensors, buffers, structure, device, dtype, numerics, layers, pairing
-and autocast; the batch key the candidate positions and the very input tensor g would see.
-"""
+"""Cache of a frozen reference's per-candidate, per-layer view alignment, so later passes run only ``f``."""
 
 from __future__ import annotations
 
@@ -92,9 +88,10 @@ class ReferenceCache:
         return self._tables.get(self.key, {}) if self.key is not None else {}
 
     def bind(self, reference: nn.Module, names: Sequence[str], pairing: str, autocast: Optional[str] = None) -> None:
-        """Set the model key of this pass; entries of the ``max_models`` most recent keys are kept.
+        """Set the exact model key of this pass (g's digest, device, dtype, numerics, layers, pairing, autocast).
 
-        (Two by default: a monitor's before-training point measures g with recalibrated BatchNorm statistics.)
+        Entries of the ``max_models`` most recent keys are kept (two by default: a monitor's before-training point
+        measures g with recalibrated BatchNorm statistics).
         """
         device_dtype = [str(t.device) + str(t.dtype) for t in list(reference.parameters())[:1]]
         precision = () if autocast is None else (f"autocast={autocast}",)

@@ -1,8 +1,4 @@
-"""Choosing the layers to measure, tapping them with forward hooks, reducing their outputs.
-
-``"auto"`` tries :data:`AUTO_RULES` in order; the first proposal that survives the probe (modules run once,
-outermost only) wins.
-"""
+"""Choosing the layers to measure, tapping them with forward hooks, reducing their outputs."""
 
 from __future__ import annotations
 
@@ -88,7 +84,8 @@ def activation_rule(model: nn.Module) -> Optional[List[str]]:
     return [n for n, m in model.named_modules() if n and isinstance(m, ACTIVATION_TYPES)] or None
 
 
-#: Rules tried in order by ``resolve_layers(..., "auto", ...)``; the generic fallback is last.
+#: Rules tried in order by ``resolve_layers(..., "auto", ...)``: the first proposal that survives the probe
+#: (modules run once, outermost only) wins; the generic fallback is last.
 AUTO_RULES: List[AutoRule] = [conv_block_rule, activation_rule]
 
 

@@ -1,7 +1,4 @@
-"""Vision Transformers: the ``layers="auto"`` rule, token units and per-kind summaries (see ``docs/vit.md``).
-
-Each block is tapped at its ``"attention"`` output and ``"mlp"`` hidden activation. Importing registers the rule.
-"""
+"""Vision Transformers (``"attention"`` and ``"mlp"`` taps per block): the ``"auto"`` rule, token units, summaries."""
 
 from __future__ import annotations
 
