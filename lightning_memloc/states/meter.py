@@ -241,7 +241,6 @@ class MemorizationMeter(nn.Module):
                     out = metric.compute()
                 except ValueError as err:  # e.g. negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
-            out = report_values(metric, out)
             unit_mem[name] = out["unit_mem"].detach().float().cpu()
             unit_argmax[name] = take_ids(ids, out["unit_argmax"].detach().cpu().long())
             dead[name] = out["dead_units"].detach().cpu().bool()
