@@ -11,7 +11,6 @@ from lightning_memloc.checks import check_finite_tensor, check_float_tensor
 
 __all__ = ["alignment", "delta_layermem", "layermem", "pairwise_alignment", "sslmem", "top_least_indices"]
 
-
 #: Bytes of the largest temporary of :func:`pairwise_alignment`: on CPU small enough to stay in cache
 #: (a fresh multi-MB temporary faults page by page), on GPU one or two slices per layer.
 CHUNK_BYTES = {"cpu": 4 << 20, "other": 256 << 20}
@@ -198,6 +197,5 @@ def top_least_indices(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     s = check_float_tensor("scores", scores, 1, "(N,)")
     check_finite_tensor("scores", s)
     kk = min(k, s.shape[0])
-    top = torch.sort(s, descending=True, stable=True).indices[:kk]
-    least = torch.sort(s, descending=False, stable=True).indices[:kk]
-    return top, least
+    return (torch.sort(s, descending=True, stable=True).indices[:kk],
+            torch.sort(s, descending=False, stable=True).indices[:kk])

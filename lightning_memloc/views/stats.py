@@ -103,8 +103,7 @@ def sample_statistics(view_set: Any, device: Any = "cpu", max_candidates: int = 
         ViewStatistics(mean=(0.0,), std=(1.0,))
     """
     n = min(len(view_set), max_candidates)
-    sums = squares = None
-    count = 0
+    sums, squares, count = None, None, 0
     for start in range(0, n, batch_size):
         index, x, _ = view_set.collate([view_set[i] for i in range(start, min(n, start + batch_size))])
         views = view_set.finalize(x, index, device)
