@@ -198,8 +198,7 @@ class MemorizationMeter(nn.Module):
         return out
 
     def _policy_means(self, metric: UnitMem, raw: bool = False) -> Tensor:
-        _, mu = metric.mean_activations()
-        mu = mu.detach().double()
+        mu = metric.mean_activations()[1].detach().double()
         return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:

@@ -65,10 +65,9 @@ class ReferenceCache:
         >>> from lightning_memloc import measure
         >>> from lightning_memloc.models import TinyCNN
         >>> _ = torch.manual_seed(0)
-        >>> f1, f2, g, x = TinyCNN(), TinyCNN(), TinyCNN(), torch.rand(6, 3, 16, 16)
-        >>> cache = ReferenceCache()
-        >>> r1 = measure(f1, x, reference=g, views=4, top_k=2, reference_cache=cache)
-        >>> r2 = measure(f2, x, reference=g, views=4, top_k=2, reference_cache=cache)
+        >>> g, x, cache = TinyCNN(), torch.rand(6, 3, 16, 16), ReferenceCache()
+        >>> for f in (TinyCNN(), TinyCNN()):
+        ...     _ = measure(f, x, reference=g, views=4, top_k=2, reference_cache=cache)
         >>> cache.misses, cache.hits
         (1, 1)
     """

@@ -128,12 +128,10 @@ def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[st
     for kind, layers in groups.items():
         scores = [report.unit_mem[layer].float().flatten() for layer in layers]
         units = sum(int(s.numel()) for s in scores)
-        stats = {
-            "num_layers": float(len(layers)),
-            "unit_mem": sum(float(s.sum()) for s in scores) / units if units else math.nan,
-            "fraction_above": sum(float((s > threshold).sum()) for s in scores) / units if units else math.nan,
-            "dead_fraction": sum(float(report.dead_units[layer].sum()) for layer in layers) / units if units else math.nan,
-        }
+        stats = {"num_layers": float(len(layers)),
+                 "unit_mem": sum(float(s.sum()) for s in scores) / units if units else math.nan,
+                 "fraction_above": sum(float((s > threshold).sum()) for s in scores) / units if units else math.nan,
+                 "dead_fraction": sum(float(report.dead_units[n].sum()) for n in layers) / units if units else math.nan}
         if report.layer_mem is not None:
             stats["layer_mem"] = sum(report.layer_mem[layer] for layer in layers) / len(layers)
         if report.delta_layer_mem is not None:

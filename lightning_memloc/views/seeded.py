@@ -213,8 +213,8 @@ class SeededViews(Dataset):
             ndim = 5 if self._views is None else self._views.ndim
             if x.ndim != ndim:
                 raise ValueError(f"expected collated views with {ndim} dims (B, K, ...), got {tuple(x.shape)}")
-            x = x.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32, non_blocking=True)
-            return normalize_views(x, self.normalization)
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            return normalize_views(x.to(device=device, dtype=dtype, non_blocking=True), self.normalization)
         if x.ndim != 4:
             raise ValueError(f"expected collated images (B, C, H, W), got {tuple(x.shape)}")
         B, K = x.shape[0], self.views
