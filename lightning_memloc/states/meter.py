@@ -17,7 +17,6 @@ from lightning_memloc.states.view_moments import ViewMoments
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.taps.hooks import LayerSpec
 
-
 #: ``compute()`` keys that are not report fields (every other key is one, under the same name).
 METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), "ClassMem": ("class_argmax",),
                                                 "LayerMem": ("candidate_ids",)}
@@ -78,10 +77,8 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
             "`lightning_memloc.states.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
             "or raise `memory_limit`."
         )
-    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    if limit is None and total is not None and need > total // 4:
-        return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory."
-    return None
+    big = limit is None and device.type == "cuda" and need > torch.cuda.get_device_properties(device).total_memory // 4
+    return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory." if big else None
 
 
 class MemorizationMeter(nn.Module):

@@ -36,6 +36,7 @@ RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(itertools.product(
 LAYER_MARKER = "memloc_layer"
 
 _EPS = 1e-12
+_KIND_OF_NDIM = {4: "conv", 3: "linear", 2: "linear"}  # the kind of an output rank (None: not measurable)
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,6 @@ def _as_tensor(output: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"Expected a Tensor (or a tuple/list whose first element is one), got {type(x).__name__}.")
     return x
-
-
-def _kind_from_ndim(ndim: Optional[int]) -> Optional[str]:
-    return {4: "conv", 3: "linear", 2: "linear"}.get(ndim) if ndim is not None else None
 
 
 def _name_and_kind(item: Union[str, LayerSpec]) -> Tuple[str, Optional[str]]:
@@ -176,7 +173,7 @@ def _select(proposed: Sequence[Union[str, LayerSpec]], record: Dict[str, _Call])
         if name and name in record and record[name].count == 1:
             kinds.setdefault(name, kind)
     outer = [n for n in kinds if not any(n.startswith(o + ".") for o in kinds if o != n)]
-    found = ((n, kinds[n] or _kind_from_ndim(record[n].ndim)) for n in sorted(outer, key=lambda n: record[n].order))
+    found = ((n, kinds[n] or _KIND_OF_NDIM.get(record[n].ndim)) for n in sorted(outer, key=lambda n: record[n].order))
     return [LayerSpec(name, kind) for name, kind in found if kind is not None]
 
 
@@ -221,7 +218,7 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, Laye
             raise ValueError(f"Layer {name!r} runs {call.count} times per forward (a module reused at "
                              "several places); its hook would mix several outputs. Tap a module that runs "
                              "once, or give each use its own module.")
-        kind = kind or _kind_from_ndim(call.ndim)
+        kind = kind or _KIND_OF_NDIM.get(call.ndim)
         if kind is None:
             raise ValueError(f"Layer {name!r} outputs a tensor of rank {call.ndim}; only 2-D (B, D), 3-D "
                              "(B, T, D) and 4-D (B, C, H, W) outputs can be measured.")
