@@ -45,9 +45,8 @@ def alignment_gap(candidates: Tensor, unseen: Tensor) -> Tuple[Tensor, Tensor, T
     ``gap = (mean d_f(U) − mean d_f(C)) / (max − min of d_f over C ∪ U)``; > 0 means memorization.
 
     Example:
-        >>> gap, c, u = alignment_gap(torch.tensor([[0.2, 0.4]]), torch.tensor([[0.6, 1.0]]))
-        >>> round(float(gap), 4), round(float(c), 4), round(float(u), 4)  # (0.8 - 0.3) / 0.8
-        (0.625, 0.3, 0.8)
+        >>> [round(float(v), 4) for v in alignment_gap(torch.tensor([[0.2, 0.4]]), torch.tensor([[0.6, 1.0]]))]
+        [0.625, 0.3, 0.8]
     """
     c, u = _rows("candidates", candidates), _rows("unseen", unseen)
     if c.shape[0] != u.shape[0]:
