@@ -39,9 +39,7 @@ class SeededViews(Dataset):
     def __init__(self, candidates: Tensor | Dataset, views: int | None = 10, transform: Any = None,
                  seed: int = 0, labels: Sequence[int] | Tensor | None = None, normalize: Any = None) -> None:
         self.seed = check_seed(seed)
-        self._images: Tensor | None = None
-        self._views: Tensor | None = None
-        self._dataset: Dataset | None = None
+        self._images = self._views = self._dataset = None  # the form given is set below
         if isinstance(candidates, Tensor):
             check_dense(candidates, "candidates")
             if candidates.dtype != torch.uint8 and not candidates.is_floating_point():
@@ -72,8 +70,7 @@ class SeededViews(Dataset):
                             f"got {type(candidates).__name__}")
         if n == 0:
             raise ValueError("`candidates` is empty: the measurement needs at least one candidate")
-        views = check_int("views", views, 1)
-        self.num_candidates, self.views = n, views
+        self.num_candidates, self.views = n, check_int("views", views, 1)
         self.labels: Tensor | None = None
         if labels is not None:
             given = as_label_tensor(labels)
@@ -116,8 +113,7 @@ class SeededViews(Dataset):
             return SeededViews(source, views=None, transform=None, seed=self.seed, labels=labels, normalize=self.normalize)
         shape = tuple(self.raw(0).shape)
         for g in groups:
-            first = g[0] if isinstance(g, Tensor) else split_item(g[0])[0]
-            got = tuple(as_float_image(first).shape)
+            got = tuple(as_float_image(g[0] if isinstance(g, Tensor) else split_item(g[0])[0]).shape)
             if got != shape:
                 raise ValueError(f"control/unseen images have shape {got} but the candidates have {shape}: "
                                  "pass images of the candidates' channels and size")
