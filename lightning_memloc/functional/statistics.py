@@ -87,8 +87,7 @@ def bootstrap_difference_interval(a: Tensor, b: Tensor, n_boot: int = 1000, leve
     """
     va, vb = a.detach().double().cpu(), b.detach().double().cpu()
     ia, ib = bootstrap_indices(va.shape[-1], n_boot, seed), bootstrap_indices(vb.shape[-1], n_boot, seed + 1)
-    diff = va[..., ia].mean(dim=-1) - vb[..., ib].mean(dim=-1)
-    return percentile_interval(diff.movedim(-1, 0), level)
+    return percentile_interval((va[..., ia].mean(dim=-1) - vb[..., ib].mean(dim=-1)).movedim(-1, 0), level)
 
 
 def bootstrap_topk_interval(scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95,

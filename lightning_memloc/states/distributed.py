@@ -77,8 +77,7 @@ def gather_rows(local: Tensor, total: int, world_size: int) -> Tensor:
     """All ranks' strided shards (rank r holds rows ``r::world_size``) reassembled in order on every rank (collective)."""
     if world_size == 1:
         return local
-    rows = math.ceil(total / world_size)
-    padded = local.new_zeros((rows, local.shape[1]))
+    padded = local.new_zeros((math.ceil(total / world_size), local.shape[1]))
     padded[:len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     torch.distributed.all_gather(parts, padded)

@@ -76,8 +76,7 @@ def probe_layers(encoder: nn.Module, reference: Optional[nn.Module], layers: _La
             found: Dict[str, Tuple[int, ...]] = {}
 
             def grab(name: str, output: Any) -> None:
-                out = output[0] if isinstance(output, (tuple, list)) else output
-                found[name] = tuple(out.shape[1:])
+                found[name] = tuple((output[0] if isinstance(output, (tuple, list)) else output).shape[1:])
 
             dev, dt = model_device_dtype(model)
             with LayerTaps(model, names, grab):

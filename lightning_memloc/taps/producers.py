@@ -13,8 +13,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["NORM_TYPES", "SHORTCUTS", "count_parameters", "producing_modules", "producing_modules_map",
-           "trainable_map"]
+__all__ = ["NORM_TYPES", "SHORTCUTS", "count_parameters", "producing_modules", "producing_modules_map", "trainable_map"]
 
 #: Normalisation layers: trained together with the conv / linear they follow.
 NORM_TYPES = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -67,8 +66,7 @@ def producing_modules_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str
 
 def count_parameters(encoder: nn.Module, names: Sequence[str]) -> int:
     """Scalar parameters held by the named modules, each counted once."""
-    seen = {id(p): p.numel() for name in names for p in encoder.get_submodule(name).parameters()}
-    return int(sum(seen.values()))
+    return int(sum({id(p): p.numel() for name in names for p in encoder.get_submodule(name).parameters()}.values()))
 
 
 def trainable_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[str]]:
