@@ -1,9 +1,4 @@
-"""All-pairs view distances from a float32 Gram of the normalised views, centred per candidate.
-
-Centring (``v_a = u_a − mean_b u_b``) makes the cancellation in ``d² = V_aa + V_bb − 2V_ab``
-relative to the views' spread; pairs still too close are flagged for float64 (error bound:
-docs/performance.md, "The float32 Gram").
-"""
+"""All-pairs view distances from a float32 Gram of normalised views centred per candidate (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +7,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["FLOAT64_NORMS", "GRAM_BLOCK", "MIN_FEATURES", "NORM_BLOCK", "TAU", "centred_gram", "centred_sq_distances", "view_norms"]
+__all__ = ["FLOAT64_NORMS", "GRAM_BLOCK", "MIN_FEATURES", "NORM_BLOCK", "TAU", "centred_gram", "centred_sq_distances",
+           "view_norms"]
 
 #: Features per float32 partial norm in :func:`view_norms` (their squares added in float64), and
 #: below how many features the norms are taken in float64 outright (a float32 norm is ~1.5e-7 off).
@@ -50,8 +46,7 @@ def view_norms(reps: Tensor) -> Tensor:
 def centred_gram(reps: Tensor, chunk_bytes: int) -> Tensor:
     """Gram of each candidate's normalised views minus their mean: ``(N, K, D)`` float32 → ``(N, K, K)`` float64.
 
-    ``u_a = r_a / max(‖r_a‖, 1e-12)``, ``v_a = u_a − mean_b u_b``, ``V = v vᵀ``; ``D`` is read in
-    chunks of at most ``chunk_bytes``. No gradient flows through it.
+    ``u_a = r_a / max(‖r_a‖, 1e-12)``, ``v_a = u_a − mean_b u_b``, ``V = v vᵀ``; ``D`` read in ``chunk_bytes`` chunks.
 
     Example:
         >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # u = e1, e2; mean (0.5, 0.5)
@@ -83,14 +78,8 @@ def centred_gram(reps: Tensor, chunk_bytes: int) -> Tensor:
 
 
 def centred_sq_distances(gram: Tensor, tau: float = TAU) -> Tuple[Tensor, Tensor]:
-    """Squared pair distances from centred Gram matrices, and which candidates need float64.
-
-    Args:
-        gram: ``(..., K, K)`` from :func:`centred_gram`.
-        tau: flag a candidate with a pair of ``d² < tau · (V_aa + V_bb)``.
-
-    Returns:
-        ``(d2, risky)``: ``d2`` ``(..., K(K−1)/2)`` in ``torch.triu_indices`` order; ``risky`` ``(...)`` bool.
+    """``(d2, risky)``: squared pair distances ``(..., K(K−1)/2)`` of centred Grams ``(..., K, K)``, in
+    ``torch.triu_indices`` order, and ``(...)`` candidates with a pair of ``d² < tau · (V_aa + V_bb)`` (need float64).
 
     Example:
         >>> d2, risky = centred_sq_distances(torch.tensor([[[0.5, -0.5], [-0.5, 0.5]]], dtype=torch.float64))

@@ -1,7 +1,4 @@
-"""Weighted cosine kNN accuracy (Wu et al., CVPR 2018): the SSL utility probe read next to memorization.
-
-The voting is :func:`lightly.utils.benchmarking.knn_predict`; this module normalises, checks and counts.
-"""
+"""Weighted cosine kNN accuracy (Wu et al., CVPR 2018; voting by lightly's ``knn_predict``): the utility probe."""
 
 from __future__ import annotations
 
@@ -32,21 +29,11 @@ def check_knn_args(ks: Sequence[int], temperature: float) -> Tuple[Tuple[int, ..
     return tuple(sorted(out)), float(temperature)
 
 
-def _check_features(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor) -> None:
-    if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
-        raise ValueError(f"features must be (N, D) and (M, D) with the same D, got bank {tuple(bank.shape)} "
-                         f"and queries {tuple(queries.shape)}.")
-    if bank_labels.shape != (bank.shape[0],) or query_labels.shape != (queries.shape[0],):
-        raise ValueError(f"labels must be (N,) and (M,) matching the features, got {tuple(bank_labels.shape)} "
-                         f"and {tuple(query_labels.shape)}.")
-
-
 def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, num_classes: int,
                 ks: Sequence[int] = (20, 200), temperature: float = 0.1, chunk: int = 256) -> Dict[int, int]:
     """``{k: correct top-1 predictions}`` of ``(M, D)`` queries against an ``(N, D)`` labelled bank.
 
-    Vote weight ``exp(cosine / temperature)``; ``chunk`` queries per ``(chunk, N)`` similarity matrix,
-    so per-rank shards can be counted and summed.
+    Vote weight ``exp(cosine / temperature)``; ``chunk`` queries per ``(chunk, N)`` similarity matrix.
 
     Example:
         >>> bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2]])
@@ -56,7 +43,12 @@ def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels
     from lightly.utils.benchmarking import knn_predict  # lightly is a core dependency; imported on use
 
     ks, temperature = check_knn_args(ks, temperature)
-    _check_features(bank, bank_labels, queries, query_labels)
+    if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
+        raise ValueError(f"features must be (N, D) and (M, D) with the same D, got bank {tuple(bank.shape)} "
+                         f"and queries {tuple(queries.shape)}.")
+    if bank_labels.shape != (bank.shape[0],) or query_labels.shape != (queries.shape[0],):
+        raise ValueError(f"labels must be (N,) and (M,) matching the features, got {tuple(bank_labels.shape)} "
+                         f"and {tuple(query_labels.shape)}.")
     if ks[-1] > bank.shape[0]:
         raise ValueError(f"`ks` asks for {ks[-1]} neighbours but the bank holds {bank.shape[0]} items: "
                          "use a larger bank or smaller `ks`.")

@@ -1,7 +1,6 @@
 """Memorization evidence from the encoder alone: the alignment gap of candidates against unseen images.
 
-For candidates ``C`` and unseen ``U`` from one distribution, ``E[SSLMem(C)] − E[SSLMem(U)] =
-E[d_f(U)] − E[d_f(C)]`` for any reference that saw neither (``../shared/DESIGN.md`` §8).
+``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]`` for any reference that saw neither (``DESIGN.md`` §8).
 """
 
 from __future__ import annotations
@@ -46,9 +45,8 @@ def alignment_gap(candidates: Tensor, unseen: Tensor) -> Tuple[Tensor, Tensor, T
     ``gap = (mean d_f(U) − mean d_f(C)) / (max − min of d_f over C ∪ U)``; > 0 means memorization.
 
     Example:
-        >>> gap, c, u = alignment_gap(torch.tensor([[0.2, 0.4]]), torch.tensor([[0.6, 1.0]]))
-        >>> round(float(gap), 4), round(float(c), 4), round(float(u), 4)  # (0.8 - 0.3) / 0.8
-        (0.625, 0.3, 0.8)
+        >>> [round(float(v), 4) for v in alignment_gap(torch.tensor([[0.2, 0.4]]), torch.tensor([[0.6, 1.0]]))]
+        [0.625, 0.3, 0.8]
     """
     c, u = _rows("candidates", candidates), _rows("unseen", unseen)
     if c.shape[0] != u.shape[0]:
@@ -60,18 +58,16 @@ def alignment_gap(candidates: Tensor, unseen: Tensor) -> Tuple[Tensor, Tensor, T
 def membership_scores(candidates: Tensor, unseen: Tensor) -> Tensor:
     """``(L, N)`` share of unseen images aligned worse than each candidate: ``s(c) = (#{d(u) > d(c)} + ½ #{d(u) = d(c)}) / M``.
 
-    Uniform on ``[0, 1]`` under the null; its mean over candidates is the AUC.
+    (Uniform on ``[0, 1]`` under the null; its mean over candidates is the AUC.)
 
     Example:
         >>> membership_scores(torch.tensor([[0.1, 0.5, 0.9]]), torch.tensor([[0.2, 0.5, 0.7, 0.8]]))
         tensor([[1.0000, 0.6250, 0.0000]], dtype=torch.float64)
     """
     c, u = _rows("candidates", candidates), _rows("unseen", unseen)
-    ordered = u.sort(dim=1).values.contiguous()
-    query = c.contiguous()
+    ordered, query, m = u.sort(dim=1).values.contiguous(), c.contiguous(), u.shape[1]
     below = torch.searchsorted(ordered, query, right=False)  # unseen < candidate
     at_or_below = torch.searchsorted(ordered, query, right=True)  # unseen <= candidate
-    m = u.shape[1]
     return ((m - at_or_below) + 0.5 * (at_or_below - below)).double() / m
 
 

@@ -11,12 +11,6 @@ from lightning_memloc.checks import check_finite_tensor, check_float_tensor
 
 __all__ = ["alignment", "delta_layermem", "layermem", "pairwise_alignment", "sslmem", "top_least_indices"]
 
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """At least float32: half/bfloat16 distances are too coarse for SSLMem differences."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 #: Bytes of the largest temporary of :func:`pairwise_alignment`: on CPU small enough to stay in cache
 #: (a fresh multi-MB temporary faults page by page), on GPU one or two slices per layer.
 CHUNK_BYTES = {"cpu": 4 << 20, "other": 256 << 20}
@@ -49,43 +43,55 @@ def _explicit_alignment(reps: Tensor, anchor: Optional[Tensor], dtype: torch.dty
     return sq[:, upper[0], upper[1]].sqrt_().mean(dim=1)
 
 
-def _gram_alignment(reps: Tensor, dtype: torch.dtype, chunk_bytes: int) -> Tensor:
-    """All-pairs distances from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8."""
+def view_gram(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
+    """Float64 Gram matrix of each candidate's views: ``(N, K, D)`` → ``(N, K, K)``.
+
+    Same slices as :func:`pairwise_alignment`, so ``alignment_from_gram`` of it equals its all-pairs result.
+    """
     n, k, d = reps.shape
+    if chunk_bytes <= 0:
+        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     width = _slice_width(n, k, d, 8, chunk_bytes)
     gram = reps.new_zeros((n, k, k), dtype=torch.float64)
     for start in range(0, d, width):
         r = reps[:, :, start:start + width].to(torch.float64)
         gram.baddbmm_(r, r.transpose(1, 2))
+    return gram
+
+
+def sq_distances_from_gram(gram: Tensor) -> Tensor:
+    """Squared distances of the L2-normalised views from raw Gram matrices: ``(..., K, K)`` → ``(..., K(K−1)/2)``.
+
+    ``‖r_a − r_b‖² = Ĝ_aa + Ĝ_bb − 2Ĝ_ab`` of the normalised Gram Ĝ, pairs in ``torch.triu_indices`` order.
+    """
+    k = gram.shape[-1]
     # 1 / max(‖r‖, 1e-12) as F.normalize: an all-zero view stays zero (distance 1 to others, 0 to zeros)
-    inv = gram.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-12).reciprocal()
-    gram = gram * inv.unsqueeze(2) * inv.unsqueeze(1)
-    sq = gram.diagonal(dim1=1, dim2=2)
-    upper = torch.triu_indices(k, k, 1, device=reps.device)
-    d2 = (sq[:, upper[0]] + sq[:, upper[1]] - 2 * gram[:, upper[0], upper[1]]).clamp_min_(0)
-    return d2.sqrt_().mean(dim=1).to(dtype)
+    inv = gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(1e-12).reciprocal()
+    gram = gram * inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    sq = gram.diagonal(dim1=-2, dim2=-1)
+    upper = torch.triu_indices(k, k, 1, device=gram.device)
+    return (sq[..., upper[0]] + sq[..., upper[1]] - 2 * gram[..., upper[0], upper[1]]).clamp_min_(0)
 
 
 def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_bytes: Optional[int] = None) -> Tensor:
-    """Unchecked core of :func:`alignment` for the hot path: no validation, no device sync.
+    """Unchecked core of :func:`alignment` (no validation, no device sync): ``(N, K, D)``, ``(N, D)`` → ``(N,)``.
 
-    ``(N, K, D)`` reps, optional ``(N, D)`` anchor → ``(N,)``; ``D`` is sliced to at most ``chunk_bytes``.
-    Non-finite views give a non-finite result, which callers check once per batch.
+    ``D`` is sliced to at most ``chunk_bytes``; non-finite views give a non-finite result (callers check it).
     """
-    n, k, d = reps.shape
-    dtype = _compute_dtype(reps)
+    dtype = torch.promote_types(reps.dtype, torch.float32)  # half distances are too coarse for SSLMem differences
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     if anchor is None and dtype != torch.float64:
-        return _gram_alignment(reps, dtype, chunk_bytes)
+        # all pairs from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8
+        return sq_distances_from_gram(view_gram(reps, chunk_bytes)).sqrt_().mean(dim=-1).to(dtype)
     return _explicit_alignment(reps, anchor, dtype, chunk_bytes)
 
 
 def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tensor:
     """Alignment ``(N,)`` in ``[0, 2]``: mean ``‖r_a − r_b‖₂`` of L2-normalised views over all ``K(K−1)/2`` pairs.
 
-    ``representations`` is ``(N, K, D)`` (flatten conv maps first); with an ``(N, D)`` ``anchor`` (the
-    un-augmented image) the mean of ``‖r_k − r_anchor‖₂`` instead. Accurate to float32 rounding.
+    ``representations`` is ``(N, K, D)``; with an ``(N, D)`` ``anchor`` (the un-augmented image) the mean of
+    ``‖r_k − r_anchor‖₂`` instead. Accurate to float32 rounding.
 
     Example:
         >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]])
@@ -97,20 +103,16 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
     reps = check_float_tensor("representations", representations, 3, "(N candidates, K views, D features)")
     n, k, d = reps.shape
     if anchor is None and k < 2:
-        raise ValueError(
-            f"`representations` needs K >= 2 views for all-pairs alignment, got K = {k}; generate "
-            "more views or pass `anchor` (the un-augmented image's representation)."
-        )
+        raise ValueError(f"`representations` needs K >= 2 views for all-pairs alignment, got K = {k}; generate "
+                         "more views or pass `anchor` (the un-augmented image's representation).")
     if k < 1 or d < 1:
         raise ValueError(f"`representations` must have K >= 1 views and D >= 1 features, got {tuple(reps.shape)}.")
     anc = None
     if anchor is not None:
         anc = check_float_tensor("anchor", anchor, 2, "(N candidates, D features)")
         if tuple(anc.shape) != (n, d):
-            raise ValueError(
-                f"`anchor` must have shape (N, D) = ({n}, {d}) to match `representations`, got "
-                f"{tuple(anc.shape)}."
-            )
+            raise ValueError(f"`anchor` must have shape (N, D) = ({n}, {d}) to match `representations`, got "
+                             f"{tuple(anc.shape)}.")
         anc = anc.to(device=reps.device)
     # Check the output, not the input: an isfinite() mask of the input costs as much as the alignment.
     out = pairwise_alignment(reps, anc)
@@ -129,16 +131,12 @@ def sslmem(align_reference: Tensor, align_encoder: Tensor, normalize: bool = Tru
     Example:
         >>> sslmem(torch.tensor([1.0, 1.0, 0.5]), torch.tensor([0.5, 1.0, 0.5]))
         tensor([1., 0., 0.])
-        >>> sslmem(torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.5]))  # zero range
-        tensor([0., 0.])
     """
     if not isinstance(align_reference, Tensor) or not isinstance(align_encoder, Tensor):
         raise TypeError("`align_reference` and `align_encoder` must be torch.Tensor of shape (..., N).")
     if align_reference.shape != align_encoder.shape or align_reference.ndim < 1:
-        raise ValueError(
-            "`align_reference` and `align_encoder` must have the same shape (..., N), got "
-            f"{tuple(align_reference.shape)} and {tuple(align_encoder.shape)}."
-        )
+        raise ValueError("`align_reference` and `align_encoder` must have the same shape (..., N), got "
+                         f"{tuple(align_reference.shape)} and {tuple(align_encoder.shape)}.")
     if align_reference.shape[-1] < 1:
         raise ValueError("`align_reference` and `align_encoder` need at least one candidate (N >= 1).")
     ref = check_float_tensor("align_reference", align_reference, align_reference.ndim, "(..., N)")
@@ -157,10 +155,7 @@ def layermem(sslmem: Tensor, subset: Optional[Tensor] = None) -> Tensor:
     """LayerMem ``(L,)`` (Wang et al., NeurIPS 2024): mean of ``(L, N)`` SSLMem over candidates (or ``subset`` positions).
 
     Example:
-        >>> s = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.4, 0.9]])
-        >>> layermem(s)
-        tensor([0.5000, 0.5000])
-        >>> layermem(s, subset=torch.tensor([2]))
+        >>> layermem(torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.4, 0.9]]), subset=torch.tensor([2]))
         tensor([1.0000, 0.9000])
     """
     s = check_float_tensor("sslmem", sslmem, 2, "(L layers, N candidates)")
@@ -202,6 +197,5 @@ def top_least_indices(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     s = check_float_tensor("scores", scores, 1, "(N,)")
     check_finite_tensor("scores", s)
     kk = min(k, s.shape[0])
-    top = torch.sort(s, descending=True, stable=True).indices[:kk]
-    least = torch.sort(s, descending=False, stable=True).indices[:kk]
-    return top, least
+    return (torch.sort(s, descending=True, stable=True).indices[:kk],
+            torch.sort(s, descending=False, stable=True).indices[:kk])

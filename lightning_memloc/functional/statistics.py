@@ -11,22 +11,10 @@ from torch import Tensor
 from lightning_memloc.functional.two_sample import (bootstrap_t_interval, permutation_lower_bound,
                                                     studentized_permutation_test)
 
-__all__ = [
-    "bootstrap_indices",
-    "percentile_interval",
-    "standard_error_interval",
-    "bootstrap_mean_interval",
-    "bootstrap_difference_interval",
-    "bootstrap_topk_interval",
-    "welch_greater",
-    "studentized_permutation_test",
-    "permutation_lower_bound",
-    "bootstrap_t_interval",
-    "holm",
-    "weighted_mean_unitmem",
-    "membership_test",
-    "samples_for_halfwidth",
-]
+__all__ = ["bootstrap_indices", "percentile_interval", "standard_error_interval", "bootstrap_mean_interval",
+           "bootstrap_difference_interval", "bootstrap_topk_interval", "welch_greater", "studentized_permutation_test",
+           "permutation_lower_bound", "bootstrap_t_interval", "holm", "weighted_mean_unitmem", "membership_test",
+           "samples_for_halfwidth"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -49,27 +37,24 @@ def percentile_interval(samples: Tensor, level: float = 0.95) -> Tuple[Tensor, T
     """Percentile interval of bootstrap ``samples`` along dim 0: ``(lower, upper)``.
 
     Example:
-        >>> lo, hi = percentile_interval(torch.arange(101.0), level=0.9)
-        >>> float(lo), float(hi)
-        (5.0, 95.0)
+        >>> [float(v) for v in percentile_interval(torch.arange(101.0), level=0.9)]
+        [5.0, 95.0]
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
     q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=samples.dtype)
-    out = torch.quantile(samples, q, dim=0)
-    return out[0], out[1]
+    lower, upper = torch.quantile(samples, q, dim=0)
+    return lower, upper
 
 
 def standard_error_interval(samples: Tensor, estimate: float, level: float = 0.95) -> Tuple[float, float]:
     """Normal interval ``estimate ± z·sd(samples)`` from the bootstrap standard error.
 
-    For max-based statistics (UnitMem) resamples are biased low but their spread is right, so the
-    interval is centred on the estimate rather than percentile-based.
+    For max-based statistics (UnitMem) resamples are biased low but their spread is right: centre on the estimate.
 
     Example:
-        >>> lo, hi = standard_error_interval(torch.tensor([0.0, 2.0]), 5.0, level=0.95)
-        >>> round(lo, 3), round(hi, 3)
-        (2.228, 7.772)
+        >>> [round(v, 3) for v in standard_error_interval(torch.tensor([0.0, 2.0]), 5.0, level=0.95)]
+        [2.228, 7.772]
     """
     from scipy.special import ndtri
 
@@ -79,54 +64,37 @@ def standard_error_interval(samples: Tensor, estimate: float, level: float = 0.9
 
 
 def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Tuple[Tensor, Tensor]:
-    """Percentile-bootstrap interval of the mean over the last dimension (the candidates).
+    """Percentile-bootstrap ``(lower, upper)``, each ``values.shape[:-1]``, of the mean over the last dim of ``values``.
 
-    Args:
-        values: ``(..., N)``; leading rows share the resampled candidate indices (layers stay paired).
-
-    Returns:
-        ``(lower, upper)`` of shape ``values.shape[:-1]``.
+    Leading rows of ``(..., N)`` ``values`` share the resampled candidate indices (layers stay paired).
 
     Example:
-        >>> lo, hi = bootstrap_mean_interval(torch.tensor([1.0, 1.0, 1.0]))
-        >>> float(lo), float(hi)
-        (1.0, 1.0)
+        >>> [float(v) for v in bootstrap_mean_interval(torch.tensor([1.0, 1.0, 1.0]))]
+        [1.0, 1.0]
     """
     v = values.detach().double().cpu()
-    idx = bootstrap_indices(v.shape[-1], n_boot, seed)
-    means = v[..., idx].mean(dim=-1)  # (..., B)
-    lo, hi = percentile_interval(means.movedim(-1, 0), level)
-    return lo, hi
+    means = v[..., bootstrap_indices(v.shape[-1], n_boot, seed)].mean(dim=-1)  # (..., B)
+    return percentile_interval(means.movedim(-1, 0), level)
 
 
-def bootstrap_difference_interval(
-    a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> Tuple[Tensor, Tensor]:
+def bootstrap_difference_interval(a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95,
+                                  seed: int = 0) -> Tuple[Tensor, Tensor]:
     """Interval of ``mean(a) − mean(b)`` over the last dimension, ``a`` and ``b`` resampled independently.
 
     Example:
-        >>> lo, hi = bootstrap_difference_interval(torch.full((5,), 2.0), torch.full((3,), 0.5))
-        >>> float(lo), float(hi)
-        (1.5, 1.5)
+        >>> [float(v) for v in bootstrap_difference_interval(torch.full((5,), 2.0), torch.full((3,), 0.5))]
+        [1.5, 1.5]
     """
     va, vb = a.detach().double().cpu(), b.detach().double().cpu()
-    ia = bootstrap_indices(va.shape[-1], n_boot, seed)
-    ib = bootstrap_indices(vb.shape[-1], n_boot, seed + 1)
-    diff = va[..., ia].mean(dim=-1) - vb[..., ib].mean(dim=-1)
-    return percentile_interval(diff.movedim(-1, 0), level)
+    ia, ib = bootstrap_indices(va.shape[-1], n_boot, seed), bootstrap_indices(vb.shape[-1], n_boot, seed + 1)
+    return percentile_interval((va[..., ia].mean(dim=-1) - vb[..., ib].mean(dim=-1)).movedim(-1, 0), level)
 
 
-def bootstrap_topk_interval(
-    scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Intervals of top-k / least-k LayerMem, re-ranking by the last layer within each resample.
+def bootstrap_topk_interval(scores: Tensor, k: int, n_boot: int = 1000, level: float = 0.95,
+                            seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(top_lower, top_upper, least_lower, least_upper)``, each ``(L,)``: intervals of top-k / least-k LayerMem.
 
-    Args:
-        scores: ``(L, N)`` normalised SSLMem per layer and candidate.
-        k: group size (``min(k, N)`` is used).
-
-    Returns:
-        ``(top_lower, top_upper, least_lower, least_upper)``, each ``(L,)``.
+    ``scores`` is ``(L, N)`` normalised SSLMem; each resample re-ranks by the last layer (``min(k, N)`` per group).
     """
     s = scores.detach().double().cpu()
     n = s.shape[-1]
@@ -136,21 +104,17 @@ def bootstrap_topk_interval(
     order = drawn[-1].argsort(dim=-1, descending=True, stable=True)  # (B, N)
     top = torch.gather(drawn, 2, order[None, :, :k].expand(s.shape[0], -1, -1)).mean(-1)
     least = torch.gather(drawn, 2, order[None, :, n - k:].expand(s.shape[0], -1, -1)).mean(-1)
-    top_lo, top_hi = percentile_interval(top.T, level)
-    least_lo, least_hi = percentile_interval(least.T, level)
-    return top_lo, top_hi, least_lo, least_hi
+    return (*percentile_interval(top.T, level), *percentile_interval(least.T, level))
 
 
 def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
-    """One-sided Welch t-test of ``mean(a) > mean(b)`` (unequal variances), as the authors' ``Ttest.py``.
+    """One-sided Welch t-test ``(t, df, p)`` of ``mean(a) > mean(b)``, as the authors' ``Ttest.py``.
 
-    Returns:
-        ``(t, df, p)``; ``p`` is NaN when a group has fewer than 2 values.
+    ``p`` is NaN when a group has fewer than 2 values.
 
     Example:
-        >>> t, df, p = welch_greater(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]))
-        >>> round(t, 6), round(p, 6)
-        (0.0, 0.5)
+        >>> [round(v, 6) for v in welch_greater(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]))[::2]]
+        [0.0, 0.5]
     """
     from scipy.special import stdtr
 
@@ -159,8 +123,7 @@ def welch_greater(a: Tensor, b: Tensor) -> Tuple[float, float, float]:
     if na < 2 or nb < 2:
         return math.nan, math.nan, math.nan
     va, vb = float(x.var(unbiased=True)) / na, float(y.var(unbiased=True)) / nb
-    diff = float(x.mean() - y.mean())
-    se2 = va + vb
+    diff, se2 = float(x.mean() - y.mean()), va + vb
     if se2 == 0.0:
         return (math.inf if diff > 0 else (-math.inf if diff < 0 else 0.0)), math.nan, (0.0 if diff > 0 else 1.0)
     t = diff / math.sqrt(se2)
@@ -177,8 +140,7 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
     """
     valid = [(p, i) for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
     out: List[Optional[float]] = [None] * len(pvalues)
-    m = len(valid)
-    running = 0.0
+    m, running = len(valid), 0.0
     for rank, (p, i) in enumerate(sorted(valid)):
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
@@ -188,17 +150,10 @@ def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
 def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Tensor:
     """Mean UnitMem (``reduction="mean"``) of candidate multisets given as weights.
 
-    ``UnitMem = (μmax − μ−max)/(μmax + μ−max)`` per multiset and unit, μ−max over the other draws.
-    The max walks each unit's candidates from the largest μ down until one is drawn (about
-    ``1.6·B·U`` lookups instead of a dense ``B·N·U``).
-
-    Args:
-        mu: ``(N, U)`` non-negative mean activations.
-        weights: ``(B, N)`` counts of each candidate per multiset, rows summing to at least 2.
-        chunk: resamples per step (bounds memory to ``chunk·U``).
-
-    Returns:
-        ``(B,)`` mean UnitMem per multiset (float64, on ``mu``'s device).
+    ``UnitMem = (μmax − μ−max)/(μmax + μ−max)`` per multiset and unit, μ−max over the other draws. ``mu`` is
+    ``(N, U)``, non-negative; ``weights`` ``(B, N)`` counts per multiset (rows sum to >= 2); returns ``(B,)``
+    float64 on ``mu``'s device. The max walks each unit's candidates from the largest μ down until one is drawn
+    (about ``1.6·B·U`` lookups instead of a dense ``B·N·U``); ``chunk`` resamples per step bound memory.
 
     Example:
         >>> mu = torch.tensor([[4.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
@@ -243,16 +198,10 @@ def weighted_mean_unitmem(mu: Tensor, weights: Tensor, chunk: int = 1024) -> Ten
 def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0) -> Dict[str, float]:
     """Share of alive units whose μmax image is a training image, against a permutation null.
 
-    The seen/unseen labels are permuted over the *images* (units are not independent draws); a
-    unit whose max is tied across images splits its credit among them.
-
-    Args:
-        mu: ``(P, U)`` non-negative mean activations of the pool's images.
-        seen: ``(P,)`` bool, ``True`` for images the encoder trained on.
-
-    Returns:
-        ``{"fraction", "chance": seen / P, "p" (one-sided), "alive": alive units, "winners": distinct
-        μmax images}``; fraction and p are NaN with no alive unit.
+    ``mu``: ``(P, U)`` non-negative means of the pool's images; ``seen``: ``(P,)`` bool, trained-on images.
+    Seen/unseen labels are permuted over the *images* (units are not independent draws); a unit tied across
+    images splits its credit. Returns ``{"fraction", "chance": seen / P, "p" (one-sided), "alive": alive units,
+    "winners": distinct μmax images}``; fraction and p are NaN with no alive unit.
 
     Example:
         >>> mu = torch.tensor([[5.0, 0.0, 4.0], [0.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
@@ -262,8 +211,7 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
         >>> membership_test(torch.ones(4, 2), torch.tensor([True, False, False, False]), n_perm=50)["fraction"]
         0.25
     """
-    m = mu.detach().double().cpu()
-    s = torch.as_tensor(seen, dtype=torch.bool).cpu().reshape(-1)
+    m, s = mu.detach().double().cpu(), torch.as_tensor(seen, dtype=torch.bool).cpu().reshape(-1)
     if s.numel() != m.shape[0]:
         raise ValueError(f"`seen` has {s.numel()} entries for a pool of {m.shape[0]} images.")
     chance = float(s.double().mean())
@@ -275,8 +223,7 @@ def membership_test(mu: Tensor, seen: Tensor, n_perm: int = 2000, seed: int = 0)
     tied = (top == top.amax(dim=0, keepdim=True)).double()  # (P, alive): every image at a unit's max
     wins = (tied / tied.sum(dim=0, keepdim=True)).sum(dim=1)  # (P,) a tied unit's credit is split
     observed = float(wins[s].sum()) / n_alive
-    g = _generator(seed)
-    perms = torch.argsort(torch.rand(n_perm, s.numel(), generator=g), dim=1)
+    perms = torch.argsort(torch.rand(n_perm, s.numel(), generator=_generator(seed)), dim=1)
     null = s.double()[perms] @ wins / n_alive  # (n_perm,)
     p = (1.0 + float((null >= observed - 1e-12).sum())) / (1.0 + n_perm)
     return {"fraction": observed, "chance": chance, "p": p, "alive": n_alive, "winners": int((wins > 0).sum())}

@@ -1,7 +1,4 @@
-"""Two-sample statistics shared by the evidence families: a permutation test, its matching bound, an interval.
-
-Vectorised over leading dimensions (layers): rows share one set of permutations / resamples.
-"""
+"""Two-sample statistics of the evidence: a permutation test, its bound, an interval (rows share the resamples)."""
 
 from __future__ import annotations
 
@@ -36,9 +33,9 @@ def _t(diff: Tensor, se: Tensor) -> Tensor:
 def studentized_permutation_test(a: Tensor, b: Tensor, n_perm: int = 1000, seed: int = 0) -> Dict[str, Tensor]:
     """One-sided studentized permutation test of ``mean(a) > mean(b)`` for ``(..., n_a)``, ``(..., n_b)``, ``n ≥ 2``.
 
-    Welch's ``t``; ``p = (1 + #{t* ≥ t}) / (1 + n_perm)`` over relabellings of the pooled values.
-    It holds α on skewed, unequal groups where Welch's t-distribution does not (Chung & Romano 2013).
-    Returns ``estimate``, ``se``, ``t``, ``p`` (NaN on non-finite rows) and ``null`` ``(n_perm, ...)``.
+    Welch's ``t``, ``p = (1 + #{t* ≥ t}) / (1 + n_perm)`` over relabellings of the pooled values: it holds α on
+    skewed, unequal groups (Chung & Romano 2013). Returns ``estimate``, ``se``, ``t``, ``p`` (NaN on non-finite
+    rows) and ``null`` ``(n_perm, ...)``.
 
     Example:
         >>> out = studentized_permutation_test(torch.tensor([3.0, 4.0, 5.0]), torch.tensor([0.0, 1.0, 2.0]), 2000)
@@ -71,9 +68,8 @@ def studentized_permutation_test(a: Tensor, b: Tensor, n_perm: int = 1000, seed:
     tol = torch.where(torch.isfinite(t), 1e-9 * (1 + t.abs()), torch.zeros_like(t))
     p = (1.0 + (null >= t - tol).sum(dim=1, keepdim=True).double()) / (1.0 + n_perm)
     nan = torch.full_like(p, math.nan)
-    out = {"estimate": torch.where(finite[:, None], diff, nan), "se": torch.where(finite[:, None], se, nan),
-           "t": torch.where(finite[:, None], t, nan), "p": torch.where(finite[:, None], p, nan)}
-    out = {k: v.reshape(lead) for k, v in out.items()}
+    out = {k: torch.where(finite[:, None], v, nan).reshape(lead) for k, v in
+           (("estimate", diff), ("se", se), ("t", t), ("p", p))}
     out["null"] = null.T.reshape(n_perm, *lead)
     return out
 
@@ -81,8 +77,7 @@ def studentized_permutation_test(a: Tensor, b: Tensor, n_perm: int = 1000, seed:
 def permutation_lower_bound(estimate: Tensor, scale: Tensor, null: Tensor, level: float) -> Tensor:
     """Lower bound ``estimate − c · scale``, ``c`` the ``(B, *S)`` null's critical value at ``level``.
 
-    It is > 0 exactly when the permutation test rejects at ``level``; ``−inf`` where no p-value
-    can reach ``level`` or ``scale`` is not > 0.
+    > 0 exactly when the test rejects at ``level``; ``−inf`` where no p-value can reach it or ``scale`` <= 0.
 
     Example:
         >>> null = torch.arange(19.0)[:, None]  # 0 .. 18

@@ -1,8 +1,4 @@
-"""A fair before-training baseline: BatchNorm statistics estimated on the measured views.
-
-An untrained encoder's default statistics (mean 0, variance 1) do not normalise, which inflates
-the untrained point's UnitMem; statistics of the views use no label nor training step.
-"""
+"""A fair before-training baseline: BatchNorm statistics estimated on the views (the defaults inflate UnitMem)."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from lightning_memloc.taps.hooks import eval_mode
 from lightning_memloc.views.seeded import SeededViews
 
 __all__ = ["INIT_BATCHNORM", "recalibrate_batchnorm", "recalibrated_batchnorm"]
@@ -31,9 +28,6 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
     Only the BatchNorm layers train (dropout stays off); modes and momenta are restored.
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc.models import TinyCNN
-        >>> from lightning_memloc.views.seeded import SeededViews
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
         >>> _ = recalibrate_batchnorm(model, SeededViews(torch.rand(4, 3, 8, 8), views=2))
         >>> bool(model[1].running_var.ne(1).any()), model.training
@@ -42,25 +36,22 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
     norms = _norm_layers(model)
     if not norms:
         return model
-    modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in norms]
     device = next(iter(list(model.parameters()) + list(model.buffers()))).device
     try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        for b, (index, x, _) in enumerate(views.dataloader(batch_size=batch_size)):
-            if max_batches is not None and b >= max_batches:
-                break
-            batch = views.finalize(x, index, device)
-            model(batch.reshape(-1, *batch.shape[2:]))
+        with eval_mode(model):
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for b, (index, x, _) in enumerate(views.dataloader(batch_size=batch_size)):
+                if max_batches is not None and b >= max_batches:
+                    break
+                batch = views.finalize(x, index, device)
+                model(batch.reshape(-1, *batch.shape[2:]))
     finally:
         for m, momentum in momenta:
             m.momentum = momentum
-        for m, training in modes:
-            m.training = training
     return model
 
 
@@ -71,8 +62,6 @@ def recalibrated_batchnorm(*models: Optional[nn.Module], views: SeededViews, bat
     Buffers are restored rather than models copied: a copy breaks on computed weights (pruning, weight norm).
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc.views.seeded import SeededViews
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
         >>> with recalibrated_batchnorm(model, views=SeededViews(torch.rand(4, 3, 8, 8), views=2)):
         ...     inside = bool(model[1].running_var.ne(1).any())

@@ -1,12 +1,4 @@
-"""Optional mixed precision (``autocast``) for the forwards of a measurement pass.
-
-Only the forwards are lowered; hook reductions and alignments stay float32 / float64. Off by
-default: bf16's measured error exceeds 1e-3 (docs/performance.md, §4).
-
-Example:
-    >>> autocast_dtype("bf16"), autocast_dtype(None)
-    (torch.bfloat16, None)
-"""
+"""Optional mixed precision (``autocast``) for the forwards; reductions stay float32 / float64."""
 
 from __future__ import annotations
 
@@ -24,16 +16,19 @@ from lightning_memloc.checks import check_choice
 __all__ = ["AUTOCAST_DTYPES", "AUTOCASTS", "autocast_dtype", "autocast_runs", "check_autocast", "forward_autocast",
            "reduce_in_float32"]
 
-#: The ``autocast`` choices and the dtype each runs the forwards in.
+#: The ``autocast`` choices and their dtypes (off by default: bf16's error exceeds 1e-3, docs/performance.md §4).
 AUTOCAST_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AUTOCASTS = tuple(AUTOCAST_DTYPES)
 
 
 def autocast_dtype(autocast: Optional[str]) -> Optional[torch.dtype]:
-    """The dtype of an ``autocast`` choice (``None``: float32 forwards)."""
-    if autocast is None:
-        return None
-    return AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
+    """The dtype of an ``autocast`` choice (``None``: float32 forwards).
+
+    Example:
+        >>> autocast_dtype("bf16"), autocast_dtype(None)
+        (torch.bfloat16, None)
+    """
+    return None if autocast is None else AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,18 +53,13 @@ def autocast_runs(device_type: str, device: str, dtype: torch.dtype) -> Optional
 def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Optional[torch.dtype]:
     """The dtype of ``autocast`` if every model can run under it, else ``ValueError`` (before any work).
 
-    Models must be float32 (autocast lowers nothing else, and the report would claim it did) on a
-    device that runs a conv and a linear layer in that dtype.
+    Models must be float32 (autocast lowers nothing else) on a device that runs a conv and a linear in that dtype.
     """
     dtype = autocast_dtype(autocast)
     if dtype is None:
         return None
-    for model in models:
-        if model is None:
-            continue
-        param = next(iter(model.parameters()), None)
-        if param is None:
-            continue
+    first = (next(iter(model.parameters()), None) for model in models if model is not None)
+    for param in (p for p in first if p is not None):
         if param.dtype != torch.float32:
             raise ValueError(f"`autocast={autocast!r}` lowers float32 forwards, but the model is {param.dtype}: "
                              "pass a float32 model, or autocast=None.")
@@ -83,13 +73,9 @@ def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Opt
 
 def forward_autocast(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
     """``torch.autocast`` for a forward on ``device`` in ``dtype``; a no-op for ``None``."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def reduce_in_float32(device: Union[torch.device, str], dtype: Optional[torch.dtype]) -> ContextManager:
     """Switch autocast off inside a forward hook so that reductions run in float32 / float64."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, enabled=False)

@@ -1,8 +1,4 @@
-"""Shared validation and state helpers of the candidate-indexed metrics.
-
-States are per-candidate sums and counts reduced with ``sum``: views depend only on (seed, candidate,
-view), so a candidate seen twice (sampler padding) leaves ``sum / count`` unchanged.
-"""
+"""Shared validation and state helpers of the candidate-indexed metrics."""
 
 from __future__ import annotations
 
@@ -18,15 +14,11 @@ from lightning_memloc.checks import check_finite_tensor, check_id_vector, check_
 STATE_DTYPES = (torch.float32, torch.float64)
 
 
-def check_state_dtype(state_dtype: Any) -> torch.dtype:
-    """``state_dtype`` if float32 or float64, else ``ValueError``."""
-    if state_dtype not in STATE_DTYPES:
-        raise ValueError(f"`state_dtype` must be one of {STATE_DTYPES}, got {state_dtype!r}.")
-    return state_dtype
-
-
 class CandidateIndexedMetric(Metric):
-    """Base of metrics whose states are per-candidate sums and counts."""
+    """Base of metrics whose states are per-candidate sums and counts (``sum``-reduced).
+
+    Views depend only on (seed, candidate, view): a candidate seen twice (sampler padding) keeps ``sum / count``.
+    """
 
     is_differentiable = False
     higher_is_better = None
@@ -37,7 +29,9 @@ class CandidateIndexedMetric(Metric):
     def __init__(self, num_candidates: int, state_dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_candidates = check_int("num_candidates", num_candidates, 1)
-        self.state_dtype = check_state_dtype(state_dtype)
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"`state_dtype` must be one of {STATE_DTYPES}, got {state_dtype!r}.")
+        self.state_dtype = state_dtype
         self.add_state("counts", torch.zeros(num_candidates, dtype=state_dtype), dist_reduce_fx="sum")
 
     def _wrap_compute(self, compute: Callable) -> Callable:
@@ -47,9 +41,9 @@ class CandidateIndexedMetric(Metric):
         @functools.wraps(compute)
         def unsqueezed(*args: Any, **kwargs: Any) -> Any:
             value = wrapped(*args, **kwargs)
-            if isinstance(value, dict):
-                value = {k: v.reshape(1) if isinstance(v, Tensor) and v.ndim == 0 else v for k, v in value.items()}
-            return value
+            if not isinstance(value, dict):
+                return value
+            return {k: v.reshape(1) if isinstance(v, Tensor) and v.ndim == 0 else v for k, v in value.items()}
 
         return unsqueezed
 
@@ -57,24 +51,18 @@ class CandidateIndexedMetric(Metric):
         """``index`` as ``LongTensor[batch]`` of ids in ``[0, num_candidates)``."""
         index = check_id_vector("index", index, batch, batch_name, "candidate id")
         if batch and (bool((index < 0).any()) or bool((index >= self.num_candidates).any())):
-            raise ValueError(
-                f"`index` ids must lie in [0, num_candidates - 1] = [0, {self.num_candidates - 1}], "
-                f"got min {int(index.min())} and max {int(index.max())}."
-            )
+            raise ValueError(f"`index` ids must lie in [0, num_candidates - 1] = [0, {self.num_candidates - 1}], "
+                             f"got min {int(index.min())} and max {int(index.max())}.")
         return index.to(device=self.counts.device, dtype=torch.long)
 
     def _check_activations(self, activations: Any, num_units: int) -> Tensor:
         """``(B, U)`` or ``(B, K, U)`` activations as ``(B, U)`` in the state dtype."""
         if not isinstance(activations, Tensor):
-            raise TypeError(
-                f"`activations` must be a torch.Tensor of shape (B, U) or (B, K, U), got "
-                f"{type(activations).__name__}."
-            )
+            raise TypeError(f"`activations` must be a torch.Tensor of shape (B, U) or (B, K, U), got "
+                            f"{type(activations).__name__}.")
         if activations.ndim not in (2, 3) or activations.shape[-1] != num_units:
-            raise ValueError(
-                f"`activations` must have shape (B, U) or (B, K, U) with U = num_units = {num_units}, "
-                f"got {tuple(activations.shape)}."
-            )
+            raise ValueError(f"`activations` must have shape (B, U) or (B, K, U) with U = num_units = {num_units}, "
+                             f"got {tuple(activations.shape)}.")
         if activations.ndim == 3 and activations.shape[1] < 1:
             raise ValueError("`activations` of shape (B, K, U) needs K >= 1 views.")
         check_finite_tensor("activations", activations)
@@ -88,8 +76,6 @@ class CandidateIndexedMetric(Metric):
         """Candidate ids with count > 0 (at least 2)."""
         ids = (self.counts > 0).nonzero().squeeze(1)
         if ids.numel() < 2:
-            raise ValueError(
-                f"{type(self).__name__}.compute() needs at least 2 candidates updated, got "
-                f"{ids.numel()}: call update() with more candidates before compute()."
-            )
+            raise ValueError(f"{type(self).__name__}.compute() needs at least 2 candidates updated, got "
+                             f"{ids.numel()}: call update() with more candidates before compute().")
         return ids

@@ -18,8 +18,7 @@ __all__ = ["ClassMem"]
 class ClassMem(UnitMem):
     """ClassMem of every unit of one layer over batches of labelled candidates.
 
-    :class:`UnitMem`'s states plus each candidate's label (``max``-reduced; ``label_sums`` catches
-    a candidate given two labels).
+    :class:`UnitMem`'s states plus each candidate's label (``max``-reduced; ``label_sums`` catches two labels).
 
     Example:
         >>> metric = ClassMem(num_candidates=3, num_units=2)
@@ -33,15 +32,8 @@ class ClassMem(UnitMem):
     labels: Tensor
     label_sums: Tensor
 
-    def __init__(
-        self,
-        num_candidates: int,
-        num_units: int,
-        reduction: str = "mean",
-        negative: str = "clamp",
-        state_dtype: torch.dtype = torch.float32,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, num_candidates: int, num_units: int, reduction: str = "mean", negative: str = "clamp",
+                 state_dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
         super().__init__(num_candidates, num_units, reduction=reduction, negative=negative, state_dtype=state_dtype, **kwargs)
         self.add_state("labels", torch.full((num_candidates,), -1, dtype=torch.long), dist_reduce_fx="max")
         self.add_state("label_sums", torch.zeros(num_candidates, dtype=torch.long), dist_reduce_fx="sum")
@@ -71,10 +63,6 @@ class ClassMem(UnitMem):
         if not torch.equal(self.label_sums[ids].to(torch.float64), labels.to(torch.float64) * counts):
             raise ValueError("some candidate ids were updated with different `labels` (on this or another process).")
         means, classes = class_means(mu, labels)
-        return {
-            "class_mem": classmem(mu, labels, reduction=self.reduction, negative=self.negative),
-            "class_argmax": take_ids(classes, unit_argmax(means, negative=self.negative)),
-            "unit_mem": units["unit_mem"],
-            "unit_argmax": units["unit_argmax"],
-            "dead_units": units["dead_units"],
-        }
+        return {"class_mem": classmem(mu, labels, reduction=self.reduction, negative=self.negative),
+                "class_argmax": take_ids(classes, unit_argmax(means, negative=self.negative)),
+                **{key: units[key] for key in ("unit_mem", "unit_argmax", "dead_units")}}

@@ -35,10 +35,7 @@ def sum_across_ranks(tensor: Tensor, world_size: int) -> Tensor:
 
 @contextmanager
 def synced_states(metric: Any) -> Iterator[None]:
-    """A metric's states synced once for the context, so ``compute()`` and the evidence share one sync.
-
-    Collective: enter on every rank, in one order.
-    """
+    """A metric's states synced once for the context, so ``compute()`` and the evidence share one sync (collective)."""
     with metric.sync_context(dist_sync_fn=metric.dist_sync_fn):
         yield
 
@@ -62,14 +59,8 @@ def rank_zero_buffers(world_size: int, *modules: Optional[nn.Module]) -> Iterato
     DDP lets the ranks' buffers drift apart; checkpoints hold rank 0's, so a sharded measurement
     must use them. Collective: call on every rank.
     """
-    buffers: List[Tensor] = []
-    if is_distributed(world_size):
-        seen = set()
-        for module in modules:
-            for buf in [] if module is None else module.buffers():
-                if id(buf) not in seen:
-                    seen.add(id(buf))
-                    buffers.append(buf)
+    unique = {id(buf): buf for module in modules if module is not None for buf in module.buffers()}  # shared once
+    buffers: List[Tensor] = list(unique.values()) if is_distributed(world_size) else []
     saved = [buf.detach().clone() for buf in buffers]
     try:
         with torch.no_grad():
@@ -86,13 +77,11 @@ def gather_rows(local: Tensor, total: int, world_size: int) -> Tensor:
     """All ranks' strided shards (rank r holds rows ``r::world_size``) reassembled in order on every rank (collective)."""
     if world_size == 1:
         return local
-    rows = math.ceil(total / world_size)
-    padded = local.new_zeros((rows, local.shape[1]))
+    padded = local.new_zeros((math.ceil(total / world_size), local.shape[1]))
     padded[:len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     torch.distributed.all_gather(parts, padded)
     full = local.new_empty((total, local.shape[1]))
     for rank, part in enumerate(parts):
-        count = len(range(rank, total, world_size))
-        full[rank::world_size] = part[:count]
+        full[rank::world_size] = part[:len(range(rank, total, world_size))]
     return full

@@ -21,13 +21,9 @@ class LayerMem(CandidateIndexedMetric):
 
     Example:
         >>> metric = LayerMem(num_candidates=3, num_layers=2, top_k=1)
-        >>> metric.update(align_encoder=torch.tensor([[0.5, 1.0, 0.5], [0.2, 1.0, 0.6]]),
-        ...               align_reference=torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]]),
-        ...               index=torch.arange(3))
+        >>> metric.update(torch.tensor([[0.5, 1.0, 0.5], [0.2, 1.0, 0.6]]),
+        ...               torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]]), torch.arange(3))
         >>> out = metric.compute()
-        >>> out["sslmem"]
-        tensor([[1.0000, 0.0000, 0.0000],
-                [1.0000, 0.0000, 0.5000]])
         >>> out["layer_mem"], out["delta_layer_mem"], out["top_ids"], out["least_ids"]
         (tensor([0.3333, 0.5000]), tensor([0.3333, 0.1667]), tensor([0]), tensor([1]))
     """
@@ -35,14 +31,8 @@ class LayerMem(CandidateIndexedMetric):
     enc_sums: Tensor
     ref_sums: Tensor
 
-    def __init__(
-        self,
-        num_candidates: int,
-        num_layers: int,
-        top_k: int = 50,
-        state_dtype: torch.dtype = torch.float32,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, num_candidates: int, num_layers: int, top_k: int = 50, state_dtype: torch.dtype = torch.float32,
+                 **kwargs: Any) -> None:
         super().__init__(num_candidates, state_dtype=state_dtype, **kwargs)
         self.num_layers = check_int("num_layers", num_layers, 1)
         self.top_k = check_int("top_k", top_k, 1)
@@ -54,10 +44,8 @@ class LayerMem(CandidateIndexedMetric):
         if not isinstance(value, Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor of shape (L, B), got {type(value).__name__}.")
         if value.ndim != 2 or value.shape[0] != self.num_layers:
-            raise ValueError(
-                f"`{name}` must have shape (L, B) with L = num_layers = {self.num_layers}, got "
-                f"{tuple(value.shape)}."
-            )
+            raise ValueError(f"`{name}` must have shape (L, B) with L = num_layers = {self.num_layers}, got "
+                             f"{tuple(value.shape)}.")
         check_finite_tensor(name, value)
         return value.detach().to(device=self.counts.device, dtype=self.counts.dtype)
 
@@ -66,10 +54,8 @@ class LayerMem(CandidateIndexedMetric):
         enc = self._check_align("align_encoder", align_encoder)
         ref = self._check_align("align_reference", align_reference)
         if enc.shape != ref.shape:
-            raise ValueError(
-                f"`align_encoder` and `align_reference` must have the same shape, got "
-                f"{tuple(enc.shape)} and {tuple(ref.shape)}."
-            )
+            raise ValueError(f"`align_encoder` and `align_reference` must have the same shape, got "
+                             f"{tuple(enc.shape)} and {tuple(ref.shape)}.")
         idx = self._check_index(index, enc.shape[1], "align_encoder (its second dimension)")
         self.enc_sums.index_add_(1, idx, enc)
         self.ref_sums.index_add_(1, idx, ref)
@@ -85,14 +71,6 @@ class LayerMem(CandidateIndexedMetric):
         norm = sslmem(ref, enc, normalize=True)
         layer_mem = layermem(norm)
         top, least = top_least_indices(norm[-1], self.top_k)
-        return {
-            "sslmem_raw": raw,
-            "sslmem": norm,
-            "layer_mem": layer_mem,
-            "delta_layer_mem": delta_layermem(layer_mem),
-            "layer_mem_top": layermem(norm, subset=top),
-            "layer_mem_least": layermem(norm, subset=least),
-            "candidate_ids": ids,
-            "top_ids": ids[top],
-            "least_ids": ids[least],
-        }
+        return {"sslmem_raw": raw, "sslmem": norm, "layer_mem": layer_mem, "delta_layer_mem": delta_layermem(layer_mem),
+                "layer_mem_top": layermem(norm, subset=top), "layer_mem_least": layermem(norm, subset=least),
+                "candidate_ids": ids, "top_ids": ids[top], "least_ids": ids[least]}

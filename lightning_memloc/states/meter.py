@@ -1,10 +1,8 @@
-"""``MemorizationMeter``: the streaming metric states of one measurement pass.
-
-Per tapped layer a ``UnitMem`` (``ClassMem`` with labels) and, with a reference, one multi-layer ``LayerMem``.
-"""
+"""``MemorizationMeter``: per layer a ``UnitMem`` (``ClassMem`` with labels), with a reference one ``LayerMem``."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -19,7 +17,6 @@ from lightning_memloc.states.view_moments import ViewMoments
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.taps.hooks import LayerSpec
 
-
 #: ``compute()`` keys that are not report fields (every other key is one, under the same name).
 METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), "ClassMem": ("class_argmax",),
                                                 "LayerMem": ("candidate_ids",)}
@@ -30,35 +27,22 @@ def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in out.items() if key not in METRIC_ONLY_KEYS[type(metric).__name__]}
 
 
-def state_bytes(
-    num_candidates: int,
-    num_units: Mapping[str, int],
-    *,
-    reference: bool,
-    labels: bool,
-    dtype: torch.dtype = torch.float32,
-    alignment: bool = False,
-) -> int:
+def state_bytes(num_candidates: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
+                dtype: torch.dtype = torch.float32, alignment: bool = False) -> int:
     """Exact bytes of :class:`MemorizationMeter`'s metric states (every DDP rank holds them all).
 
     ``Σ_l N·(U_l + 1)·b`` (+ ``16·N`` per layer with labels), + ``(2·L + 1)·N·b`` with a reference
     or ``(L + 1)·N·b`` with ``alignment``.
 
     Example:
-        >>> state_bytes(50_000, {"a": 2048}, reference=False, labels=False)
-        409800000
-        >>> state_bytes(50_000, {"a": 2048}, reference=True, labels=False)  # + 3·N·4 for one layer
+        >>> state_bytes(50_000, {"a": 2048}, reference=True, labels=False)  # 50,000·2049·4 + 3·50,000·4
         410400000
     """
     item = torch.empty((), dtype=dtype).element_size()
-    per_layer = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
-                    for units in num_units.values())
-    total = per_layer
-    if reference:
-        total += (2 * len(num_units) + 1) * num_candidates * item
-    elif alignment:
-        total += (len(num_units) + 1) * num_candidates * item
-    return int(total)
+    total = sum(num_candidates * (units + 1) * item + (16 * num_candidates if labels else 0)
+                for units in num_units.values())
+    rows = 2 * len(num_units) + 1 if reference else len(num_units) + 1 if alignment else 0  # (L|2L + 1, N) states
+    return int(total + rows * num_candidates * item)
 
 
 def format_bytes(n: int) -> str:
@@ -93,25 +77,18 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
             "`lightning_memloc.states.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
             "or raise `memory_limit`."
         )
-    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    if limit is None and total is not None and need > total // 4:
-        return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory."
-    return None
+    big = limit is None and device.type == "cuda" and need > torch.cuda.get_device_properties(device).total_memory // 4
+    return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory." if big else None
 
 
 class MemorizationMeter(nn.Module):
     """Streaming UnitMem / ClassMem / LayerMem states for a set of layers.
 
-    Args:
-        reference: alignments of a reference encoder will be given (LayerMem).
-        labels: labels will be given (ClassMem).
-        groups: sizes of the control / unseen sets measured in the same pass, by name.
-        alignment: keep the encoder's own view alignments (the reference-free evidence).
-        view_shape: (C, H, W) of image views, to keep per-channel statistics for ``meta["view_stats"]``.
+    ``reference``: alignments of a reference will be given (LayerMem); ``labels``: labels will be (ClassMem);
+    ``groups``: sizes of the control / unseen sets of the same pass, by name; ``alignment``: keep the encoder's
+    own alignments (reference-free evidence); ``view_shape``: (C, H, W), keeps ``meta["view_stats"]``.
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc.taps.hooks import LayerSpec
         >>> m = MemorizationMeter([LayerSpec("a", "linear")], {"a": 2}, 3, reference=False, labels=False)
         >>> m.update(torch.arange(3), {"a": torch.tensor([[1., 0.], [0., 1.], [0., 1.]])})
         >>> r = m.compute_report(torch.arange(3))
@@ -119,40 +96,24 @@ class MemorizationMeter(nn.Module):
         [1.0, 0.3333333432674408]
     """
 
-    def __init__(
-        self,
-        layers: Sequence[LayerSpec],
-        num_units: Mapping[str, int],
-        num_candidates: int,
-        *,
-        reference: bool,
-        labels: bool,
-        reduction: str = "mean",
-        negative: str = "clamp",
-        top_k: int = 50,
-        state_dtype: torch.dtype = torch.float32,
-        groups: Optional[Mapping[str, int]] = None,
-        alignment: bool = False,
-        view_shape: Optional[Sequence[int]] = None,
-    ) -> None:
+    def __init__(self, layers: Sequence[LayerSpec], num_units: Mapping[str, int], num_candidates: int, *,
+                 reference: bool, labels: bool, reduction: str = "mean", negative: str = "clamp", top_k: int = 50,
+                 state_dtype: torch.dtype = torch.float32, groups: Optional[Mapping[str, int]] = None,
+                 alignment: bool = False, view_shape: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.layers = list(layers)
         self.names = [spec.name for spec in self.layers]
-        self.num_candidates = num_candidates
-        self.has_reference = reference
-        self.has_labels = labels
+        self.num_candidates, self.has_reference, self.has_labels = num_candidates, reference, labels
+        self.reduction, self.negative, self.top_k = reduction, negative, top_k
+        sync: Dict[str, Any] = dict(dist_sync_fn=reduce_states_in_place, sync_on_compute=False)
         # With labels one ClassMem per layer serves UnitMem too (same states, stored once).
         metric_class = ClassMem if labels else UnitMem
-        self.units = nn.ModuleList(
-            metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative, state_dtype=state_dtype,
-                         dist_sync_fn=reduce_states_in_place, sync_on_compute=False)
-            for n in self.names
-        )
+        self.units = nn.ModuleList(metric_class(num_candidates, num_units[n], reduction=reduction, negative=negative,
+                                                state_dtype=state_dtype, **sync) for n in self.names)
         self.layer_mem = LayerMem(num_candidates, len(self.names), top_k=top_k, state_dtype=state_dtype,
-                                  dist_sync_fn=reduce_states_in_place, sync_on_compute=False) if reference else None
+                                  **sync) if reference else None
         self.alignment = ViewAlignment(num_candidates, len(self.names), state_dtype=state_dtype,
-                                       dist_sync_fn=reduce_states_in_place,
-                                       sync_on_compute=False) if alignment and not reference else None
+                                       **sync) if alignment and not reference else None
         self.keeps_alignment = bool(alignment)
         # Extra image groups (control, unseen) measured in the same pass: rows of the pooled view
         # set after the candidates, each into its own states (no labels, no ClassMem).
@@ -161,12 +122,9 @@ class MemorizationMeter(nn.Module):
             name: MemorizationMeter(self.layers, num_units, size, reference=reference, labels=False, reduction=reduction,
                                     negative=negative, top_k=top_k, state_dtype=state_dtype,
                                     alignment=alignment and name == "unseen")
-            for name, size in self.group_sizes.items()
-        })
-        self.reduction, self.negative, self.top_k = reduction, negative, top_k
+            for name, size in self.group_sizes.items()})
         self.view_moments = None if view_shape is None or len(view_shape) != 3 else ViewMoments(
-            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), dist_sync_fn=reduce_states_in_place,
-            sync_on_compute=False)
+            num_candidates + sum(self.group_sizes.values()), int(view_shape[0]), **sync)
 
     @property
     def device(self) -> torch.device:
@@ -178,14 +136,9 @@ class MemorizationMeter(nn.Module):
         """Whether :meth:`update` needs the encoder's alignments."""
         return self.layer_mem is not None or self.alignment is not None
 
-    def update(
-        self,
-        index: Tensor,
-        unit_means: Mapping[str, Tensor],
-        align_encoder: Optional[Mapping[str, Tensor]] = None,
-        align_reference: Optional[Mapping[str, Tensor]] = None,
-        labels: Optional[Tensor] = None,
-    ) -> None:
+    def update(self, index: Tensor, unit_means: Mapping[str, Tensor],
+               align_encoder: Optional[Mapping[str, Tensor]] = None,
+               align_reference: Optional[Mapping[str, Tensor]] = None, labels: Optional[Tensor] = None) -> None:
         """Add per-layer (B, U) unit means and (B,) alignments at ``index`` (pooled positions with ``groups``)."""
         update = self._route if self.group_sizes else self._update_own
         update(index, unit_means, align_encoder, align_reference, labels)
@@ -200,18 +153,12 @@ class MemorizationMeter(nn.Module):
         if self.has_labels and labels is None:
             raise ValueError("this meter was built with labels=True: pass `labels` to update().")
         for name, metric in zip(self.names, self.units):
-            if self.has_labels:
-                metric.update(unit_means[name], index, labels)
-            else:
-                metric.update(unit_means[name], index)
+            metric.update(unit_means[name], index, *([labels] if self.has_labels else []))
         if self.layer_mem is not None:
             if align_encoder is None or align_reference is None:
                 raise ValueError("this meter was built with reference=True: pass both alignments to update().")
-            self.layer_mem.update(
-                torch.stack([align_encoder[n] for n in self.names]),
-                torch.stack([align_reference[n] for n in self.names]),
-                index,
-            )
+            self.layer_mem.update(torch.stack([align_encoder[n] for n in self.names]),
+                                  torch.stack([align_reference[n] for n in self.names]), index)
         if self.alignment is not None:
             if align_encoder is None:
                 raise ValueError("this meter was built with alignment=True: pass `align_encoder` to update().")
@@ -219,12 +166,9 @@ class MemorizationMeter(nn.Module):
 
     def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
-        start, end = 0, self.num_candidates
-        targets = [(self, 0, self.num_candidates)]
-        for name, size in self.group_sizes.items():
-            start, end = end, end + size
-            targets.append((self.groups[name], start, end))
-        for meter, lo, hi in targets:
+        ends = list(itertools.accumulate([self.num_candidates, *self.group_sizes.values()]))
+        meters = [self, *(self.groups[name] for name in self.group_sizes)]
+        for meter, lo, hi in zip(meters, [0] + ends[:-1], ends):
             rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
@@ -251,8 +195,7 @@ class MemorizationMeter(nn.Module):
         return out
 
     def _policy_means(self, metric: UnitMem, raw: bool = False) -> Tensor:
-        _, mu = metric.mean_activations()
-        mu = mu.detach().double()
+        mu = metric.mean_activations()[1].detach().double()
         return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
 
     def sslmem_raw(self) -> Dict[str, Tensor]:
@@ -283,11 +226,9 @@ class MemorizationMeter(nn.Module):
         """Compute every metric into a report for ``(N,)`` user-facing ``candidate_ids`` (collective)."""
         ids = candidate_ids.detach().cpu().long()
         align: Dict[str, Tensor] = {}  # the encoder's alignments, for the reference-free evidence
-        unit_mem: Dict[str, Tensor] = {}
-        unit_argmax: Dict[str, Tensor] = {}
-        dead: Dict[str, Tensor] = {}
+        # layer -> values; ``means``: the evidence's per-candidate means, from the same sync as compute()
+        unit_mem, unit_argmax, dead, means = {}, {}, {}, {}
         class_mem: Optional[Dict[str, Tensor]] = {} if self.has_labels else None
-        means: Dict[str, Tensor] = {}  # the evidence's per-candidate means, from the same sync as compute()
         for name, metric in zip(self.names, self.units):
             with synced_states(metric):  # one sync per metric (states summed in place, restored after)
                 try:
@@ -296,7 +237,6 @@ class MemorizationMeter(nn.Module):
                     out = metric.compute()
                 except ValueError as err:  # e.g. negative="error" on a layer with negative activations
                     raise type(err)(f"layer {name!r}: {err}") from err
-            out = report_values(metric, out)
             unit_mem[name] = out["unit_mem"].detach().float().cpu()
             unit_argmax[name] = take_ids(ids, out["unit_argmax"].detach().cpu().long())
             dead[name] = out["dead_units"].detach().cpu().bool()
@@ -345,18 +285,10 @@ class MemorizationMeter(nn.Module):
         if self.view_moments is not None:
             with synced_states(self.view_moments):
                 meta["view_stats"] = self.view_moments.compute().as_meta()
-        return MemorizationReport(
-            evidence=report_evidence,
-            layers=list(self.names),
-            layer_kinds={spec.name: spec.kind for spec in self.layers},
-            candidate_ids=ids,
-            unit_mem=unit_mem,
-            unit_argmax=unit_argmax,
-            dead_units=dead,
-            class_mem=class_mem,
-            meta=meta,
-            **kwargs,
-        )
+        return MemorizationReport(evidence=report_evidence, layers=list(self.names),
+                                  layer_kinds={spec.name: spec.kind for spec in self.layers}, candidate_ids=ids,
+                                  unit_mem=unit_mem, unit_argmax=unit_argmax, dead_units=dead, class_mem=class_mem,
+                                  meta=meta, **kwargs)
 
     def reset(self) -> None:
         """Clear every state (start a new pass)."""

@@ -1,9 +1,4 @@
-"""Cache of a frozen reference's per-candidate, per-layer view alignment, so later passes run only ``f``.
-
-Entries are keyed exactly, never stale: the model key digests g's tensors, buffers and structure,
-device, dtype, numerics, layers, pairing and autocast; the batch key digests the candidate
-positions and the very input tensor g would see.
-"""
+"""Cache of a frozen reference's per-candidate, per-layer view alignment, so later passes run only ``f``."""
 
 from __future__ import annotations
 
@@ -28,7 +23,6 @@ __all__ = ["ReferenceCache", "frozen_reference", "model_digest", "tensor_digest"
 
 
 def _update(hasher: "hashlib._Hash", tensor: Tensor) -> None:
-    """Feed a tensor's dtype, shape and raw bytes to ``hasher``."""
     t = tensor.detach()
     hasher.update(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
@@ -68,14 +62,12 @@ class ReferenceCache:
     """Per-batch alignments of a frozen reference, reused while nothing changed; ``hits``/``misses`` count batches.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc import measure
         >>> from lightning_memloc.models import TinyCNN
         >>> _ = torch.manual_seed(0)
-        >>> f1, f2, g, x = TinyCNN(), TinyCNN(), TinyCNN(), torch.rand(6, 3, 16, 16)
-        >>> cache = ReferenceCache()
-        >>> r1 = measure(f1, x, reference=g, views=4, top_k=2, reference_cache=cache)
-        >>> r2 = measure(f2, x, reference=g, views=4, top_k=2, reference_cache=cache)
+        >>> g, x, cache = TinyCNN(), torch.rand(6, 3, 16, 16), ReferenceCache()
+        >>> for f in (TinyCNN(), TinyCNN()):
+        ...     _ = measure(f, x, reference=g, views=4, top_k=2, reference_cache=cache)
         >>> cache.misses, cache.hits
         (1, 1)
     """
@@ -85,11 +77,9 @@ class ReferenceCache:
             raise ValueError(f"`max_models` must be an int >= 1 (reference states kept), got {max_models!r}.")
         self.max_models = max_models
         self.key: Optional[Tuple[str, ...]] = None
-        #: Why the bound reference is not cached (``None``: it is).
-        self.refused: Optional[str] = None
+        self.refused: Optional[str] = None  # why the bound reference is not cached
         self._tables: "OrderedDict[Tuple[str, ...], Dict[str, Dict[str, Tensor]]]" = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self.hits = self.misses = 0
 
     @property
     def entries(self) -> Dict[str, Dict[str, Tensor]]:
@@ -97,9 +87,10 @@ class ReferenceCache:
         return self._tables.get(self.key, {}) if self.key is not None else {}
 
     def bind(self, reference: nn.Module, names: Sequence[str], pairing: str, autocast: Optional[str] = None) -> None:
-        """Set the model key of this pass; entries of the ``max_models`` most recent keys are kept.
+        """Set the exact model key of this pass (g's digest, device, dtype, numerics, layers, pairing, autocast).
 
-        Two by default: a monitor's before-training point measures g with recalibrated BatchNorm statistics.
+        Entries of the ``max_models`` most recent keys are kept (two by default: a monitor's before-training point
+        measures g with recalibrated BatchNorm statistics).
         """
         device_dtype = [str(t.device) + str(t.dtype) for t in list(reference.parameters())[:1]]
         precision = () if autocast is None else (f"autocast={autocast}",)
@@ -155,9 +146,8 @@ class ReferenceCache:
         tables = [(list(key), {b: {n: v.cpu() for n, v in a.items()} for b, a in entries.items()})
                   for key, entries in self._tables.items()]
         torch.save({"format": _FORMAT, "max_models": self.max_models, "tables": tables}, buffer)
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        atomic_write_bytes(Path(path), buffer.getvalue())
+        return Path(path)
 
     @classmethod
     def load(cls, path: PathLike, missing_ok: bool = False) -> "ReferenceCache":
@@ -173,13 +163,10 @@ class ReferenceCache:
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"`{path}` is not a reference cache of format {_FORMAT}: delete it, or pass another path.")
         cache = cls(max_models=int(data["max_models"]))
-        for key, entries in data["tables"]:
-            cache._tables[tuple(key)] = entries
+        cache._tables.update((tuple(key), entries) for key, entries in data["tables"])
         return cache
 
 
 def frozen_reference(owner: nn.Module, reference: Optional[nn.Module]) -> bool:
     """Whether ``reference`` may be cached: not a submodule of the trained ``owner`` (an EMA target changes every step)."""
-    if reference is None:
-        return False
-    return not any(module is reference for module in owner.modules())
+    return reference is not None and not any(module is reference for module in owner.modules())

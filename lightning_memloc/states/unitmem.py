@@ -28,21 +28,13 @@ class UnitMem(CandidateIndexedMetric):
 
     sums: Tensor
 
-    def __init__(
-        self,
-        num_candidates: int,
-        num_units: int,
-        reduction: str = "mean",
-        negative: str = "clamp",
-        state_dtype: torch.dtype = torch.float32,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, num_candidates: int, num_units: int, reduction: str = "mean", negative: str = "clamp",
+                 state_dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
         super().__init__(num_candidates, state_dtype=state_dtype, **kwargs)
         self.num_units = check_int("num_units", num_units, 1)
         check_choice("reduction", reduction, REDUCTIONS)
         check_choice("negative", negative, NEGATIVE_POLICIES)
-        self.reduction = reduction
-        self.negative = negative
+        self.reduction, self.negative = reduction, negative
         self.add_state("sums", torch.zeros(num_candidates, num_units, dtype=state_dtype), dist_reduce_fx="sum")
 
     def update(self, activations: Tensor, index: Tensor) -> None:
@@ -60,9 +52,6 @@ class UnitMem(CandidateIndexedMetric):
     def compute(self) -> Dict[str, Union[Tensor, int]]:
         """``unit_mem`` ``(U,)``, ``unit_argmax`` candidate ids (-1: dead), ``dead_units`` ``(U,)``, ``num_candidates`` seen."""
         ids, mu = self.mean_activations()
-        return {
-            "unit_mem": unitmem(mu, reduction=self.reduction, negative=self.negative),
-            "unit_argmax": take_ids(ids, unit_argmax(mu, negative=self.negative)),
-            "dead_units": dead_units(mu, negative=self.negative),
-            "num_candidates": int(ids.numel()),
-        }
+        return {"unit_mem": unitmem(mu, reduction=self.reduction, negative=self.negative),
+                "unit_argmax": take_ids(ids, unit_argmax(mu, negative=self.negative)),
+                "dead_units": dead_units(mu, negative=self.negative), "num_candidates": int(ids.numel())}

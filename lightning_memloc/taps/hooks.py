@@ -1,16 +1,14 @@
-"""Choosing the layers to measure, tapping them with forward hooks, reducing their outputs.
-
-``"auto"`` tries :data:`AUTO_RULES` in order (extend with :func:`register_auto_rule`); the first
-proposal that survives the probe (modules run exactly once, outermost only) wins.
-"""
+"""Choosing the layers to measure, tapping them with forward hooks, reducing their outputs."""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,22 +25,23 @@ __all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LAYER_M
 LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
 
 #: Rectifier-like activations picked by the generic ``"auto"`` fallback (no Sigmoid / Tanh).
-ACTIVATION_TYPES: Tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU,
-    nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-)
+ACTIVATION_TYPES: Tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU,
+                                       nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
+
+#: Residual blocks ``layers="auto"`` taps, as ``(module, class name)`` (matched by name: timm is never imported).
+RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(itertools.product(
+    ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet"), ("BasicBlock", "Bottleneck")))
+
+#: Class attribute marking a module class as one whole layer for ``"auto"`` (the taps import no model).
+LAYER_MARKER = "memloc_layer"
 
 _EPS = 1e-12
+_KIND_OF_NDIM = {4: "conv", 3: "linear", 2: "linear"}  # the kind of an output rank (None: not measurable)
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """A tapped layer: its name in ``model.named_modules()`` and its kind (one of :data:`LAYER_KINDS`).
-
-    Example:
-        >>> LayerSpec("conv1", "conv")
-        LayerSpec(name='conv1', kind='conv')
-    """
+    """A tapped layer: its name in ``model.named_modules()`` and its kind (one of :data:`LAYER_KINDS`)."""
 
     name: str
     kind: str
@@ -57,36 +56,22 @@ class LayerSpec:
 AutoRule = Callable[[nn.Module], Optional[Sequence[Union[str, LayerSpec]]]]
 
 
-#: Residual blocks ``layers="auto"`` taps, as ``(module, class name)`` (matched by name: timm is never imported).
-RESIDUAL_BLOCKS: Tuple[Tuple[str, str], ...] = tuple(
-    (module, cls) for module in ("torchvision.models.resnet", "timm.models.resnet", "lightly.models.resnet")
-    for cls in ("BasicBlock", "Bottleneck")
-)
-
-
-#: Class attribute marking a module class as one whole layer for ``"auto"`` (the taps import no model).
-LAYER_MARKER = "memloc_layer"
-
-
 def is_residual_block(module: nn.Module) -> bool:
     """Whether ``module`` is one of :data:`RESIDUAL_BLOCKS` (or a subclass of one)."""
     return any((c.__module__, c.__name__) in RESIDUAL_BLOCKS for c in type(module).__mro__)
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 def conv_block_rule(model: nn.Module) -> Optional[List[str]]:
     """Every marked layer, residual block and stem activation (a sibling of a stage of residual blocks)."""
-    marked = {n for n, m in model.named_modules() if getattr(type(m), LAYER_MARKER, False) is True}
-    names = [n for n, m in model.named_modules() if n and (n in marked or is_residual_block(m))]
+    names = [n for n, m in model.named_modules()
+             if n and (getattr(type(m), LAYER_MARKER, False) is True or is_residual_block(m))]
     if not names:
         return None
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
         if any(isinstance(c, nn.Sequential) and any(is_residual_block(b) for b in c.children()) for _, c in children):
-            names += [_join(parent_name, n) for n, c in children if isinstance(c, ACTIVATION_TYPES)]
+            prefix = f"{parent_name}." if parent_name else ""
+            names += [prefix + n for n, c in children if isinstance(c, ACTIVATION_TYPES)]
     return names
 
 
@@ -95,7 +80,8 @@ def activation_rule(model: nn.Module) -> Optional[List[str]]:
     return [n for n, m in model.named_modules() if n and isinstance(m, ACTIVATION_TYPES)] or None
 
 
-#: Rules tried in order by ``resolve_layers(..., "auto", ...)``; the generic fallback is last.
+#: Rules tried in order by ``resolve_layers(..., "auto", ...)``: the first proposal that survives the probe
+#: (modules run once, outermost only) wins; the generic fallback is last.
 AUTO_RULES: List[AutoRule] = [conv_block_rule, activation_rule]
 
 
@@ -118,10 +104,6 @@ def _as_tensor(output: Any) -> Tensor:
     return x
 
 
-def _kind_from_ndim(ndim: Optional[int]) -> Optional[str]:
-    return {4: "conv", 3: "linear", 2: "linear"}.get(ndim) if ndim is not None else None
-
-
 def _name_and_kind(item: Union[str, LayerSpec]) -> Tuple[str, Optional[str]]:
     if isinstance(item, LayerSpec):
         return item.name, item.kind
@@ -137,11 +119,9 @@ def _check_names(model: nn.Module, names: Sequence[str]) -> None:
     valid = dict(model.named_modules())
     missing = [n for n in names if n not in valid]
     if missing:
-        lines = []
-        for name in missing:
-            close = difflib.get_close_matches(name, [v for v in valid if v], n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            lines.append(f"Layer {name!r} not found in {type(model).__name__}.{hint}")
+        close = {name: difflib.get_close_matches(name, [v for v in valid if v], n=3, cutoff=0.6) for name in missing}
+        lines = [f"Layer {name!r} not found in {type(model).__name__}." + (
+            f" Did you mean {', '.join(repr(c) for c in near)}?" if near else "") for name, near in close.items()]
         lines.append("Valid names are the keys of dict(model.named_modules()); "
                      "list them with `[name for name, _ in model.named_modules()]`.")
         raise LayerNotFoundError("\n".join(lines))
@@ -152,6 +132,20 @@ class _Call:
     order: int
     count: int
     ndim: Optional[int]
+
+
+@contextmanager
+def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Put models in eval mode and give every submodule back its own previous mode afterwards."""
+    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    try:
+        for model in models:
+            if model is not None:
+                model.eval()
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
 
 
 def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
@@ -166,51 +160,34 @@ def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
         else:
             record[name] = _Call(next(counter), 1, x.ndim if isinstance(x, Tensor) else None)
 
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad(), LayerTaps(model, [n for n, _ in model.named_modules()], fn):
-            if isinstance(example_input, dict):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
-    finally:
-        for module, training in modes:
-            module.training = training
+    as_kwargs = isinstance(example_input, dict)
+    args = example_input if isinstance(example_input, (tuple, list)) else () if as_kwargs else (example_input,)
+    with eval_mode(model), torch.no_grad(), LayerTaps(model, [n for n, _ in model.named_modules()], fn):
+        model(*args, **(example_input if as_kwargs else {}))
     return record
 
 
 def _select(proposed: Sequence[Union[str, LayerSpec]], record: Dict[str, _Call]) -> List[LayerSpec]:
     kinds: Dict[str, Optional[str]] = {}
-    for item in proposed:
-        name, kind = _name_and_kind(item)
+    for name, kind in map(_name_and_kind, proposed):
         if name and name in record and record[name].count == 1:
             kinds.setdefault(name, kind)
     outer = [n for n in kinds if not any(n.startswith(o + ".") for o in kinds if o != n)]
-    specs = []
-    for name in sorted(outer, key=lambda n: record[n].order):
-        kind = kinds[name] or _kind_from_ndim(record[name].ndim)
-        if kind is not None:
-            specs.append(LayerSpec(name, kind))
-    return specs
+    found = ((n, kinds[n] or _KIND_OF_NDIM.get(record[n].ndim)) for n in sorted(outer, key=lambda n: record[n].order))
+    return [LayerSpec(name, kind) for name, kind in found if kind is not None]
 
 
 def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, LayerSpec]]],
                    example_input: Any) -> List[LayerSpec]:
     """``layers`` (``"auto"``, names or :class:`LayerSpec`) as :class:`LayerSpec` in forward order.
 
-    A probe forward with ``example_input`` (a tuple/list unpacked, a dict as keywords) orders the
-    layers and infers kinds from the output rank; ``"auto"`` on ResNet9 gives the paper's layers 1..8.
+    A probe forward with ``example_input`` (a tuple/list unpacked, a dict as keywords) orders the layers and
+    infers kinds from the output rank; ``"auto"`` on ResNet9 gives the paper's layers 1..8.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import TinyCNN
         >>> resolve_layers(TinyCNN(width=2), "auto", torch.randn(1, 3, 8, 8))[0]
         LayerSpec(name='conv1', kind='conv')
-        >>> [s.name for s in resolve_layers(TinyCNN(width=2), ["conv3", "conv1"], torch.randn(1, 3, 8, 8))]
-        ['conv1', 'conv3']
     """
     if isinstance(layers, str):
         if layers != "auto":
@@ -241,7 +218,7 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[Union[str, Laye
             raise ValueError(f"Layer {name!r} runs {call.count} times per forward (a module reused at "
                              "several places); its hook would mix several outputs. Tap a module that runs "
                              "once, or give each use its own module.")
-        kind = kind or _kind_from_ndim(call.ndim)
+        kind = kind or _KIND_OF_NDIM.get(call.ndim)
         if kind is None:
             raise ValueError(f"Layer {name!r} outputs a tensor of rank {call.ndim}; only 2-D (B, D), 3-D "
                              "(B, T, D) and 4-D (B, C, H, W) outputs can be measured.")
@@ -253,25 +230,19 @@ def unit_activations(output: Any) -> Tensor:
     """Per-unit activations ``(B, U)``: ``(B, C, H, W)`` mean over space, ``(B, T, D)`` over tokens, ``(B, D)`` as is.
 
     Example:
-        >>> import torch
         >>> unit_activations(torch.arange(8.).reshape(1, 2, 2, 2))
         tensor([[1.5000, 5.5000]])
     """
     x = _as_tensor(output)
-    if x.ndim == 4:
-        return x.mean(dim=(2, 3))
-    if x.ndim == 3:
-        return x.mean(dim=1)
-    if x.ndim == 2:
-        return x
-    raise ValueError(f"Expected a 2-D, 3-D or 4-D output, got shape {tuple(x.shape)}.")
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"Expected a 2-D, 3-D or 4-D output, got shape {tuple(x.shape)}.")
+    return x if x.ndim == 2 else x.mean(dim=(2, 3) if x.ndim == 4 else 1)
 
 
 def flat_representation(output: Any) -> Tensor:
     """Flattened, L2-normalised ``(B, D)`` (SSLMem's r_l); an all-zero row stays zero, half normalised in float32.
 
     Example:
-        >>> import torch
         >>> flat_representation(torch.tensor([[[3.0, 4.0]], [[0.0, 0.0]]]))
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
@@ -292,7 +263,6 @@ class LayerTaps:
     Outputs are never modified nor kept: reduce them inside ``fn``.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import TinyCNN
         >>> model, units = TinyCNN(width=2), {}
         >>> with LayerTaps(model, ["conv1", "conv3"], lambda n, out: units.update({n: unit_activations(out)})):
@@ -301,8 +271,7 @@ class LayerTaps:
         {'conv1': (4, 2), 'conv3': (4, 8)}
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[Union[str, LayerSpec]],
-                 fn: Callable[[str, Any], Any]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[Union[str, LayerSpec]], fn: Callable[[str, Any], Any]) -> None:
         if isinstance(names, str):
             raise TypeError(f"`names` must be a sequence of names, not a str; did you mean [{names!r}]?")
         self.model = model
@@ -316,13 +285,8 @@ class LayerTaps:
         """Whether hooks are currently registered."""
         return bool(self._handles)
 
-    def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
-        fn = self.fn
-
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            fn(name, output)
-
-        return hook
+    def _hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:  # None: the output is kept
+        self.fn(name, output)
 
     def __enter__(self) -> "LayerTaps":
         if self._handles:
@@ -330,7 +294,7 @@ class LayerTaps:
         modules = dict(self.model.named_modules())
         try:
             for name in self.names:
-                self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+                self._handles.append(modules[name].register_forward_hook(functools.partial(self._hook, name)))
         except BaseException:
             self.remove()
             raise

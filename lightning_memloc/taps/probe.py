@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
-from typing import Any, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from lightning_memloc.errors import ArchitectureMismatchError
 from lightning_memloc.checks.module_digest import structure_digest
-from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, resolve_layers
+from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, eval_mode, resolve_layers
 
 __all__ = ["clear_probe_cache", "eval_mode", "model_device_dtype", "probe_key", "probe_layers"]
 
 #: Results of the most recent probes, by :func:`probe_key`.
 _PROBES: "OrderedDict[Hashable, Tuple[List[LayerSpec], Dict[str, int]]]" = OrderedDict()
 PROBE_CACHE_SIZE = 8
-
-
-@contextmanager
-def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
-    """Put models in eval mode and give every submodule back its own previous mode afterwards."""
-    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
-    try:
-        for model in models:
-            if model is not None:
-                model.eval()
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training
+_Layers = Union[str, Sequence[Union[str, LayerSpec]]]
 
 
 def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
     """Device of the first parameter (or buffer) and dtype of the first floating one."""
-    device, dtype = torch.device("cpu"), torch.float32
     tensors = list(model.parameters()) + list(model.buffers())
-    if tensors:
-        device = tensors[0].device
-    for tensor in tensors:
-        if tensor.is_floating_point():
-            dtype = tensor.dtype
-            break
-    return device, dtype
+    device = tensors[0].device if tensors else torch.device("cpu")
+    return device, next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
 
 
 def probe_key(encoder: nn.Module, reference: Optional[nn.Module], layers: Any, example: Tensor) -> Optional[Hashable]:
@@ -68,62 +48,35 @@ def clear_probe_cache() -> None:
     _PROBES.clear()
 
 
-def probe_layers(
-    encoder: nn.Module,
-    reference: Optional[nn.Module],
-    layers: Union[str, Sequence[Union[str, LayerSpec]]],
-    example: Tensor,
-) -> Tuple[List[LayerSpec], Dict[str, int]]:
-    """Resolve the layers on ``encoder``, count their units and check ``reference`` matches.
+def probe_layers(encoder: nn.Module, reference: Optional[nn.Module], layers: _Layers,
+                 example: Tensor) -> Tuple[List[LayerSpec], Dict[str, int]]:
+    """``(layer specs, units per layer)`` resolved on ``encoder`` from ``example``'s first 2 rows.
 
-    Results are cached by :func:`probe_key` (the last :data:`PROBE_CACHE_SIZE` probes).
-
-    Args:
-        layers: ``"auto"`` or layer names.
-        example: a small input batch (only its first 2 rows are used).
-
-    Returns:
-        The layer specs and the number of units per layer.
-
-    Raises:
-        ArchitectureMismatchError: a layer is missing in ``reference`` or has another shape.
+    Cached by :func:`probe_key` (the last :data:`PROBE_CACHE_SIZE` probes). Raises ``ArchitectureMismatchError``
+    when a layer is missing in ``reference`` or has another shape.
     """
     key = probe_key(encoder, reference, layers, example)
     if key is not None and key in _PROBES:
         _PROBES.move_to_end(key)
         specs, num_units = _PROBES[key]
         return list(specs), dict(num_units)
-    specs, num_units = _probe_layers(encoder, reference, layers, example)
-    if key is not None:
-        _PROBES[key] = (list(specs), dict(num_units))
-        while len(_PROBES) > PROBE_CACHE_SIZE:
-            _PROBES.popitem(last=False)
-    return specs, num_units
-
-
-def _probe_layers(
-    encoder: nn.Module, reference: Optional[nn.Module], layers: Union[str, Sequence[Union[str, LayerSpec]]], example: Tensor
-) -> Tuple[List[LayerSpec], Dict[str, int]]:
-    """:func:`probe_layers` without its cache: three forwards on 2 rows (shapes do not depend on the batch)."""
-    example = example[:2]
+    example = example[:2]  # three forwards on 2 rows: shapes do not depend on the batch
     device, dtype = model_device_dtype(encoder)
     with eval_mode(encoder, reference), torch.no_grad():
         try:
             specs = resolve_layers(encoder, layers, example.to(device=device, dtype=dtype))
         except RuntimeError as err:  # the encoder's own forward failed on the candidates' views
-            raise ValueError(
-                f"the encoder cannot run on a batch of candidate views of shape {tuple(example.shape)} "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): make `candidates` and "
-                "`transform` produce what the encoder expects (channels, image size, dtype)."
-            ) from err
+            raise ValueError(f"the encoder cannot run on a batch of candidate views of shape {tuple(example.shape)} "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): make "
+                             "`candidates` and `transform` produce what the encoder expects (channels, image size, "
+                             "dtype).") from err
         names = [spec.name for spec in specs]
 
         def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
             found: Dict[str, Tuple[int, ...]] = {}
 
             def grab(name: str, output: Any) -> None:
-                out = output[0] if isinstance(output, (tuple, list)) else output
-                found[name] = tuple(out.shape[1:])
+                found[name] = tuple((output[0] if isinstance(output, (tuple, list)) else output).shape[1:])
 
             dev, dt = model_device_dtype(model)
             with LayerTaps(model, names, grab):
@@ -135,26 +88,26 @@ def _probe_layers(
             modules = dict(reference.named_modules())
             missing = [n for n in names if n not in modules]
             if missing:
-                raise ArchitectureMismatchError(
-                    f"`reference` has no layers {missing} that the encoder has: encoder and reference must share "
-                    "the architecture (the reference is the same model trained without the candidates)."
-                )
+                raise ArchitectureMismatchError(f"`reference` has no layers {missing} that the encoder has: encoder "
+                                                "and reference must share the architecture (the reference is the "
+                                                "same model trained without the candidates).")
             try:
                 reference_shapes = shapes(reference)
             except RuntimeError as err:
                 raise ArchitectureMismatchError(
                     f"`reference` cannot run on views the encoder accepts (shape {tuple(example.shape)}): "
                     f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; encoder and reference "
-                    "must share the architecture."
-                ) from err
+                    "must share the architecture.") from err
             for name in names:
                 if reference_shapes.get(name) != encoder_shapes.get(name):
                     raise ArchitectureMismatchError(
                         f"layer {name!r} outputs shape {encoder_shapes.get(name)} in the encoder but "
-                        f"{reference_shapes.get(name)} in `reference`: encoder and reference must share the architecture."
-                    )
-    num_units = {}
-    for name in names:
-        shape = encoder_shapes[name]
-        num_units[name] = shape[0] if len(shape) in (1, 3) else shape[-1]
+                        f"{reference_shapes.get(name)} in `reference`: encoder and reference must share the "
+                        "architecture.")
+    sizes = {name: encoder_shapes[name] for name in names}  # units: channels of (C, H, W), features of (T, D)
+    num_units = {name: shape[0] if len(shape) in (1, 3) else shape[-1] for name, shape in sizes.items()}
+    if key is not None:
+        _PROBES[key] = (list(specs), dict(num_units))
+        while len(_PROBES) > PROBE_CACHE_SIZE:
+            _PROBES.popitem(last=False)
     return specs, num_units

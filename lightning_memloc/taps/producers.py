@@ -1,8 +1,7 @@
 """Which parametrised modules produce a tapped layer's output: what fine-tuning a layer trains.
 
-A tap with parameters is trained whole; a parameter-free tap (a ReLU, timm's ``mlp.act``) by its
-preceding siblings back to the first conv / linear with the norms after it (e.g. ``conv1`` + ``bn1``
-for a ResNet stem ``relu``), skipping shortcuts, one level up when none qualifies.
+A parameter-free tap (a ReLU) is trained by its preceding siblings back to the first conv / linear with the norms
+after it (``conv1`` + ``bn1`` for a ResNet stem ``relu``), skipping shortcuts, one level up when none qualifies.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["NORM_TYPES", "SHORTCUTS", "count_parameters", "producing_modules", "producing_modules_map",
-           "trainable_map"]
+__all__ = ["NORM_TYPES", "SHORTCUTS", "count_parameters", "producing_modules", "producing_modules_map", "trainable_map"]
 
 #: Normalisation layers: trained together with the conv / linear they follow.
 NORM_TYPES = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -26,10 +24,6 @@ SHORTCUTS = ("downsample", "shortcut", "skip")
 
 def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
 
 
 def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
@@ -56,7 +50,7 @@ def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
         for sibling_name, sibling in reversed(children[:index]):
             if sibling_name in SHORTCUTS or not _has_parameters(sibling):
                 continue
-            found.append(_join(parent_name, sibling_name))
+            found.append(f"{parent_name}.{sibling_name}" if parent_name else sibling_name)
             if not isinstance(sibling, NORM_TYPES):
                 break  # the producer (a conv / linear or a block holding them) is reached
         if found:
@@ -72,8 +66,7 @@ def producing_modules_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str
 
 def count_parameters(encoder: nn.Module, names: Sequence[str]) -> int:
     """Scalar parameters held by the named modules, each counted once."""
-    seen = {id(p): p.numel() for name in names for p in encoder.get_submodule(name).parameters()}
-    return int(sum(seen.values()))
+    return int(sum({id(p): p.numel() for name in names for p in encoder.get_submodule(name).parameters()}.values()))
 
 
 def trainable_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[str]]:
@@ -81,9 +74,7 @@ def trainable_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[s
     mapping = producing_modules_map(encoder, layers)
     empty = [layer for layer, names in mapping.items() if count_parameters(encoder, names) == 0]
     if empty:
-        raise ValueError(
-            f"layers {empty} of {type(encoder).__name__} are produced by no module with parameters, so fine-tuning them "
-            "would train nothing: measure layers that are (or follow) a conv / linear / block (pass the monitor or "
-            "`measure` explicit `layers=`), or choose other layers."
-        )
+        raise ValueError(f"layers {empty} of {type(encoder).__name__} are produced by no module with parameters, so "
+                         "fine-tuning them would train nothing: measure layers that are (or follow) a conv / linear / "
+                         "block (pass the monitor or `measure` explicit `layers=`), or choose other layers.")
     return mapping

@@ -1,9 +1,4 @@
-"""Vision Transformers: the ``layers="auto"`` rule, token units and per-kind summaries.
-
-Every transformer block is tapped twice: ``"attention"`` (the self-attention output) and ``"mlp"``
-(the MLP hidden activation), to compare where memorization sits (Wang et al., NeurIPS 2024).
-Importing this module registers :func:`vit_block_rule`; see ``docs/vit.md``.
-"""
+"""Vision Transformers (``"attention"`` and ``"mlp"`` taps per block): the ``"auto"`` rule, token units, summaries."""
 
 from __future__ import annotations
 
@@ -27,27 +22,11 @@ VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
 CLASS_TOKEN_POLICIES: Tuple[str, ...] = ("include", "exclude", "only")
 
 
-def _torchvision_encoder_block() -> Optional[type]:
-    try:
-        from torchvision.models.vision_transformer import EncoderBlock
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return None
-    return EncoderBlock
-
-
-def _first_activation(module: nn.Module) -> Optional[str]:
-    """Name of ``module``'s first activation child, e.g. ``"1"`` in an ``MLPBlock``."""
-    for name, child in module.named_children():
-        if isinstance(child, ACTIVATION_TYPES):
-            return name
-    return None
-
-
 def _block_layers(name: str, block: nn.Module, encoder_block: Optional[type]) -> List[LayerSpec]:
     """The attention and MLP-hidden taps of one transformer block, else ``[]``."""
     prefix = f"{name}." if name else ""
     if encoder_block is not None and isinstance(block, encoder_block):
-        act = _first_activation(block.mlp)
+        act = next((n for n, child in block.mlp.named_children() if isinstance(child, ACTIVATION_TYPES)), None)
         specs = [LayerSpec(f"{prefix}self_attention", "attention")]
         return specs + ([LayerSpec(f"{prefix}mlp.{act}", "mlp")] if act is not None else [])
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
@@ -66,9 +45,12 @@ def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[Layer
     """
     if isinstance(kinds, str) or not set(kinds) <= set(VIT_KINDS):
         raise ValueError(f"`kinds` must be a sequence of values in {VIT_KINDS}, got {kinds!r}.")
-    encoder_block = _torchvision_encoder_block()
+    try:
+        from torchvision.models.vision_transformer import EncoderBlock as encoder_block
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        encoder_block = None
     specs: List[LayerSpec] = []
-    claimed: List[str] = []
+    claimed: List[str] = []  # blocks already taken
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in claimed):
             continue  # inside a block already taken (e.g. a timm block nested in a torchvision one)
@@ -92,24 +74,18 @@ def vit_block_rule(model: nn.Module) -> Optional[List[LayerSpec]]:
     return vit_layers(model) or None
 
 
-def _register() -> None:
-    """Register :func:`vit_block_rule` once (a reload replaces the older copy)."""
-    rules = _taps.AUTO_RULES  # looked up at call time: tests may swap the list
-    for i, rule in enumerate(rules):
-        if getattr(rule, "__module__", None) == __name__ and getattr(rule, "__name__", None) == "vit_block_rule":
-            rules[i] = vit_block_rule
-            return
+for _i, _rule in enumerate(_taps.AUTO_RULES):  # register once: a reload replaces the older copy
+    if getattr(_rule, "__module__", None) == __name__ and getattr(_rule, "__name__", None) == "vit_block_rule":
+        _taps.AUTO_RULES[_i] = vit_block_rule
+        break
+else:
     register_auto_rule(vit_block_rule)
-
-
-_register()
 
 
 def token_unit_activations(output: Any, class_token: str = "include", num_prefix_tokens: int = 1) -> Tensor:
     """Per-unit activations ``(B, D)`` of tokens ``(B, T, D)``: mean over all (``"include"``), over patches, or the class token.
 
-    ``"include"`` is the library's rule for every architecture; ``"exclude"`` drops the first
-    ``num_prefix_tokens``; ``"only"`` takes the first token.
+    ``"exclude"`` drops the first ``num_prefix_tokens``; ``"only"`` takes the first token.
 
     Example:
         >>> import torch
@@ -133,8 +109,8 @@ def token_unit_activations(output: Any, class_token: str = "include", num_prefix
 def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, Dict[str, float]]:
     """``{kind: {statistic: value}}`` per layer kind (e.g. ViT ``"attention"`` vs ``"mlp"``).
 
-    Statistics: ``num_layers``, pooled ``unit_mem``, ``fraction_above`` ``threshold``, ``dead_fraction``,
-    and with a reference the mean ``layer_mem`` and ``delta_layer_mem``.
+    Statistics: ``num_layers``, pooled ``unit_mem``, ``fraction_above`` ``threshold``, ``dead_fraction``, with a
+    reference the mean ``layer_mem`` and ``delta_layer_mem``.
 
     Example:
         >>> import torch
@@ -152,12 +128,10 @@ def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[st
     for kind, layers in groups.items():
         scores = [report.unit_mem[layer].float().flatten() for layer in layers]
         units = sum(int(s.numel()) for s in scores)
-        stats = {
-            "num_layers": float(len(layers)),
-            "unit_mem": sum(float(s.sum()) for s in scores) / units if units else math.nan,
-            "fraction_above": sum(float((s > threshold).sum()) for s in scores) / units if units else math.nan,
-            "dead_fraction": sum(float(report.dead_units[layer].sum()) for layer in layers) / units if units else math.nan,
-        }
+        stats = {"num_layers": float(len(layers)),
+                 "unit_mem": sum(float(s.sum()) for s in scores) / units if units else math.nan,
+                 "fraction_above": sum(float((s > threshold).sum()) for s in scores) / units if units else math.nan,
+                 "dead_fraction": sum(float(report.dead_units[n].sum()) for n in layers) / units if units else math.nan}
         if report.layer_mem is not None:
             stats["layer_mem"] = sum(report.layer_mem[layer] for layer in layers) / len(layers)
         if report.delta_layer_mem is not None:

@@ -32,7 +32,6 @@ class BatchedSimCLRAugment(nn.Module):
     torchvision's HSV shift), grayscale and optional ``mean``/``std`` normalisation follow, batched.
 
     Example:
-        >>> import torch
         >>> aug = BatchedSimCLRAugment(size=8)
         >>> aug(torch.rand(4, 3, 16, 16), torch.arange(4)).shape
         torch.Size([4, 3, 8, 8])
@@ -40,18 +39,10 @@ class BatchedSimCLRAugment(nn.Module):
 
     batched = True
 
-    def __init__(
-        self,
-        size: int,
-        scale: tuple[float, float] = (0.2, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_p: float = 0.5,
-        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
-        jitter_p: float = 0.8,
-        gray_p: float = 0.2,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> None:
+    def __init__(self, size: int, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 flip_p: float = 0.5, jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+                 jitter_p: float = 0.8, gray_p: float = 0.2, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"`size` must be a positive int, got {size!r}")
@@ -142,4 +133,3 @@ class BatchedSimCLRAugment(nn.Module):
                 x = torch.einsum("bij,bjhw->bihw", p["hue"], x).clamp(0, 1)
             x = torch.where(p["gray"].view(view), _gray(x).expand_as(x), x)
         return self.normalize(x)
-

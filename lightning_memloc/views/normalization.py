@@ -1,13 +1,4 @@
-"""``normalize=``: per-channel normalisation of the views after the augmentation, before the encoder.
-
-An encoder trained on normalised inputs must be measured on views normalised the same way.
-
-Example:
-    >>> resolve_normalize("imagenet")[0]
-    (0.485, 0.456, 0.406)
-    >>> resolve_normalize(([0.5], [0.25]))
-    ((0.5,), (0.25,))
-"""
+"""``normalize=``: per-channel normalisation of the views after the augmentation, before the encoder."""
 
 from __future__ import annotations
 
@@ -70,10 +61,13 @@ def check_normalize(spec: NormalizeSpec) -> NormalizeSpec:
 
 
 def resolve_normalize(spec: NormalizeSpec) -> Optional[Normalization]:
-    """The validated ``(mean, std)`` tuples of ``spec``, or ``None``."""
+    """The validated ``(mean, std)`` tuples of ``spec``, or ``None``.
+
+    Example:
+        >>> resolve_normalize("imagenet")[0], resolve_normalize(([0.5], [0.25]))
+        ((0.485, 0.456, 0.406), ((0.5,), (0.25,)))
+    """
     spec = check_normalize(spec)
-    if spec is None:
-        return None
     return NORMALIZE_PRESETS[spec] if isinstance(spec, str) else spec  # type: ignore[return-value]
 
 
@@ -101,10 +95,7 @@ def normalize_meta(spec: NormalizeSpec) -> Optional[Dict[str, Any]]:
     resolved = resolve_normalize(spec)
     if resolved is None:
         return None
-    out: Dict[str, Any] = {"mean": list(resolved[0]), "std": list(resolved[1])}
-    if isinstance(spec, str):
-        out["preset"] = spec
-    return out
+    return {"mean": list(resolved[0]), "std": list(resolved[1]), **({"preset": spec} if isinstance(spec, str) else {})}
 
 
 def normalize_views(x: Tensor, normalization: Optional[Normalization]) -> Tensor:
@@ -124,7 +115,6 @@ def normalize_views(x: Tensor, normalization: Optional[Normalization]) -> Tensor
     if len(mean) not in (1, channels):
         raise ValueError(f"`normalize` has {len(mean)} channels but the views have {channels} (shape "
                          f"{tuple(x.shape[-3:])}): give one mean and std per view channel.")
-    shape = (-1, 1, 1)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - m) / s

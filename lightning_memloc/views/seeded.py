@@ -1,22 +1,15 @@
-"""Seeded K-view generation for a candidate set: view ``k`` of candidate ``i`` depends only on ``(seed, i, k)``.
-
-Example:
-    >>> import torch
-    >>> from lightning_memloc.views.seeded import SeededViews
-    >>> ds = SeededViews(torch.rand(8, 3, 16, 16), views=4, seed=0)
-    >>> index, x, label = next(iter(ds.dataloader(batch_size=8)))
-    >>> ds.finalize(x, index, "cpu").shape
-    torch.Size([8, 4, 3, 16, 16])
-"""
+"""Seeded K-view generation for a candidate set: view ``k`` of candidate ``i`` depends only on ``(seed, i, k)``."""
 
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from lightning_memloc.views.augment import BatchedSimCLRAugment
 from lightning_memloc.checks import (as_label_tensor, as_long_tensor, check_dense, check_image_layout,
@@ -31,27 +24,22 @@ __all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "ma
 class SeededViews(Dataset):
     """Dataset of K seeded views per candidate; items ``(i, x, label)``, :meth:`finalize` makes (B, K, C, H, W).
 
-    Args:
-        candidates: (N, C, H, W) uint8/float images, precomputed (N, K, C, H, W) or (N, K, D) views,
-            or a ``Dataset`` of images or ``(image, label, ...)``.
-        transform: ``None`` (:class:`BatchedSimCLRAugment`), a per-image callable run under
-            ``seeded_rng(view_seed(seed, i, k))``, or a batched module (``batched = True``).
-        labels: one class id per candidate; else from dataset items, else -1.
+    ``candidates``: (N, C, H, W) uint8/float images, precomputed (N, K, C, H, W) or (N, K, D) views, or a
+    ``Dataset`` of images or ``(image, label, ...)``. ``transform``: ``None`` (:class:`BatchedSimCLRAugment`), a
+    per-image callable run under ``seeded_rng(view_seed(seed, i, k))``, or a batched module (``batched = True``).
+    ``labels``: one class id per candidate; else from dataset items, else -1.
 
     Example:
-        >>> import torch
-        >>> ds = SeededViews(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), views=2)
-        >>> i, x, label = ds[1]
-        >>> i, tuple(x.shape), label
-        (1, (3, 8, 8), -1)
+        >>> ds = SeededViews(torch.rand(8, 3, 16, 16), views=4, seed=0)
+        >>> index, x, label = next(iter(ds.dataloader(batch_size=8)))
+        >>> ds.finalize(x, index, "cpu").shape
+        torch.Size([8, 4, 3, 16, 16])
     """
 
     def __init__(self, candidates: Tensor | Dataset, views: int | None = 10, transform: Any = None,
                  seed: int = 0, labels: Sequence[int] | Tensor | None = None, normalize: Any = None) -> None:
         self.seed = check_seed(seed)
-        self._images: Tensor | None = None
-        self._views: Tensor | None = None
-        self._dataset: Dataset | None = None
+        self._images = self._views = self._dataset = None  # the form given is set below
         if isinstance(candidates, Tensor):
             check_dense(candidates, "candidates")
             if candidates.dtype != torch.uint8 and not candidates.is_floating_point():
@@ -82,8 +70,7 @@ class SeededViews(Dataset):
                             f"got {type(candidates).__name__}")
         if n == 0:
             raise ValueError("`candidates` is empty: the measurement needs at least one candidate")
-        views = check_int("views", views, 1)
-        self.num_candidates, self.views = n, views
+        self.num_candidates, self.views = n, check_int("views", views, 1)
         self.labels: Tensor | None = None
         if labels is not None:
             given = as_label_tensor(labels)
@@ -96,7 +83,7 @@ class SeededViews(Dataset):
                 raise ValueError(f"`labels` has {self.labels.numel()} entries for {n} candidates: "
                                  "pass one class id per candidate, in the candidates' order")
         if transform is None and self._views is None:
-            transform = BatchedSimCLRAugment(size=int(self._raw(0).shape[-2]))
+            transform = BatchedSimCLRAugment(size=int(self.raw(0).shape[-2]))
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
         self.transform, self.normalize = transform, normalize
@@ -107,17 +94,15 @@ class SeededViews(Dataset):
             check_image_range(self._images, strict=self._clamping_transform)
 
     @property
-    def _clamping_transform(self) -> bool:
-        """Whether the transform clamps views to [0, 1] (the batched SimCLR augmentation)."""
+    def _clamping_transform(self) -> bool:  # the batched SimCLR augmentation clamps views to [0, 1]
         return isinstance(self.transform, BatchedSimCLRAugment)
 
     def pooled(self, groups: Sequence[Tensor | Dataset]) -> "SeededViews":
         """These candidates (same positions, same views) followed by image ``groups`` of their form as one view set."""
         if not groups:
             return self
-        labels = None
-        if self.labels is not None:
-            labels = torch.cat([self.labels] + [torch.full((len(g),), -1, dtype=torch.long) for g in groups])  # type: ignore[arg-type]
+        labels = None if self.labels is None else torch.cat(
+            [self.labels] + [torch.full((len(g),), -1, dtype=torch.long) for g in groups])  # type: ignore[arg-type]
         if self._views is not None:
             for g in groups:
                 if not isinstance(g, Tensor) or g.ndim != self._views.ndim or tuple(g.shape[1:]) != tuple(self._views.shape[1:]):
@@ -126,10 +111,9 @@ class SeededViews(Dataset):
                                      f"{f'shape {tuple(g.shape)}' if isinstance(g, Tensor) else type(g).__name__}")
             source: Tensor | Dataset = torch.cat([_as_float(self._views)] + [_as_float(g) for g in groups])
             return SeededViews(source, views=None, transform=None, seed=self.seed, labels=labels, normalize=self.normalize)
-        shape = tuple(self._raw(0).shape)
+        shape = tuple(self.raw(0).shape)
         for g in groups:
-            first = g[0] if isinstance(g, Tensor) else split_item(g[0])[0]
-            got = tuple(as_float_image(first).shape)
+            got = tuple(as_float_image(g[0] if isinstance(g, Tensor) else split_item(g[0])[0]).shape)
             if got != shape:
                 raise ValueError(f"control/unseen images have shape {got} but the candidates have {shape}: "
                                  "pass images of the candidates' channels and size")
@@ -138,8 +122,8 @@ class SeededViews(Dataset):
             same = len({t.dtype for t in tensors}) == 1  # e.g. all uint8: no float copy
             source = torch.cat([t if same else _as_float(t) for t in tensors])
         else:
-            parts = [self._dataset if self._dataset is not None else _ImageList(self._images)]  # type: ignore[arg-type]
-            source = ConcatDataset(parts + [g if isinstance(g, Dataset) else _ImageList(g) for g in groups])
+            own = self._dataset if self._dataset is not None else TensorDataset(self._images)  # type: ignore[arg-type]
+            source = ConcatDataset([own] + [g if isinstance(g, Dataset) else TensorDataset(g) for g in groups])
         return SeededViews(source, self.views, self.transform, self.seed, labels, normalize=self.normalize)
 
     @property
@@ -160,10 +144,10 @@ class SeededViews(Dataset):
             img, label = self._images[i], -1  # type: ignore[index]
         return img, (int(self.labels[i]) if self.labels is not None else label)
 
-    def _raw(self, i: int) -> Tensor:
+    def raw(self, i: int) -> Tensor:
+        """Candidate ``i`` as stored, a float image (no transform)."""
         return as_float_image(self._item(i)[0])
 
-    raw = _raw  # public: candidate ``i`` as stored, a float image (no transform)
     stored = property(lambda self: self._images if self._images is not None else self._views,
                       doc="The candidate tensor as stored (images or precomputed views); ``None`` for a dataset.")
 
@@ -176,9 +160,7 @@ class SeededViews(Dataset):
     def __getitem__(self, i: int) -> tuple[int, Tensor, int]:
         i = self._index(i)
         if self._views is not None:
-            v = self._views[i]
-            return i, (v.float() / 255 if v.dtype == torch.uint8 else v), (
-                int(self.labels[i]) if self.labels is not None else -1)
+            return i, _as_float(self._views[i]), int(self.labels[i]) if self.labels is not None else -1
         img, label = self._item(i)
         if self.is_batched:
             return i, as_float_image(img), label
@@ -202,11 +184,9 @@ class SeededViews(Dataset):
 
     def collate(self, batch: Sequence[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
         """Collate ``(i, x, label)`` items into ``(index, x, labels)``."""
-        shapes = {tuple(x.shape) for _, x, _ in batch}
+        ids = {tuple(x.shape): i for i, x, _ in reversed(batch)}  # the first candidate of each shape
+        shapes = set(ids)
         if len(shapes) > 1:
-            ids: dict[tuple[int, ...], int] = {}
-            for i, x, _ in batch:
-                ids.setdefault(tuple(x.shape), i)
             raise ValueError("candidates in a batch have different shapes: " + ", ".join(
                 f"{s} (e.g. candidate {ids[s]})" for s in sorted(shapes)) +
                 "; resize the images (e.g. load_image_folder(path, size)) or use a fixed-size transform")
@@ -214,10 +194,7 @@ class SeededViews(Dataset):
                 torch.tensor([b[2] for b in batch], dtype=torch.long))
 
     def dataloader(self, batch_size: int = 32, num_workers: int = 0, **kwargs: Any) -> DataLoader:
-        """An unshuffled ``DataLoader`` using :meth:`collate`, with its own ``generator``.
-
-        A plain ``DataLoader`` draws its base seed from the global RNG, shifting the training randomness.
-        """
+        """An unshuffled ``DataLoader`` using :meth:`collate`, seeded by its own ``generator``, not the global RNG."""
         kwargs.setdefault("generator", torch.Generator().manual_seed(self.seed & (2**63 - 1)))
         return DataLoader(self, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                           collate_fn=self.collate, **kwargs)
@@ -232,8 +209,8 @@ class SeededViews(Dataset):
             ndim = 5 if self._views is None else self._views.ndim
             if x.ndim != ndim:
                 raise ValueError(f"expected collated views with {ndim} dims (B, K, ...), got {tuple(x.shape)}")
-            x = x.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32, non_blocking=True)
-            return normalize_views(x, self.normalization)
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            return normalize_views(x.to(device=device, dtype=dtype, non_blocking=True), self.normalization)
         if x.ndim != 4:
             raise ValueError(f"expected collated images (B, C, H, W), got {tuple(x.shape)}")
         B, K = x.shape[0], self.views
@@ -244,7 +221,6 @@ class SeededViews(Dataset):
 
     @property
     def has_labels(self) -> bool:
-        """Whether candidates carry class labels."""
         return self.labels is not None or (self._dataset is not None and self._item(0)[1] >= 0)
 
     def example_batch(self, device: torch.device | str | None = None) -> Tensor:
@@ -259,17 +235,14 @@ class SeededViews(Dataset):
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one stored candidate (a view for precomputed views), untransformed."""
-        return tuple(self._views.shape[2:]) if self._views is not None else tuple(self._raw(0).shape)
+        return tuple(self._views.shape[2:]) if self._views is not None else tuple(self.raw(0).shape)
 
     @property
     def view_shape(self) -> tuple[int, ...]:
         """Shape (C, H, W) of one view ((D,) for feature views)."""
         if self._view_shape is None:
-            if self._views is not None:
-                self._view_shape = tuple(self._views.shape[2:])
-            else:
-                _, x, _ = self[0]
-                self._view_shape = tuple(self.finalize(x[None], [0], "cpu").shape[2:])
+            self._view_shape = self.input_shape if self._views is not None else tuple(
+                self.finalize(self[0][1][None], [0], "cpu").shape[2:])
         return self._view_shape
 
     def anchor(self, i: int) -> Tensor:
@@ -278,7 +251,7 @@ class SeededViews(Dataset):
             raise ValueError("precomputed views carry no un-augmented image: pairing='anchor' needs "
                              "`candidates` as images or a dataset")
         i = self._index(i)
-        a = self._raw(i)
+        a = self.raw(i)
         if self.is_batched and callable(getattr(self.transform, "normalize", None)):
             a = self.transform.normalize(a[None])[0]
         a = normalize_views(a, self.normalization)
@@ -296,14 +269,10 @@ class SeededViews(Dataset):
         positions = [self._index(int(i)) for i in as_long_tensor(index, "index").reshape(-1)]
         if self._views is not None:
             return self._views[positions, 0].float().clamp(0, 1)
-        size = self.view_shape[-2:]
-        out = []
-        for i in positions:
-            img = self._raw(i)
-            if img.ndim == 3 and tuple(img.shape[-2:]) != tuple(size):
-                img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
-            out.append(img)
-        return torch.stack(out).clamp(0, 1)
+        size = tuple(self.view_shape[-2:])
+        images = [self.raw(i) for i in positions]
+        return torch.stack([F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+                            if img.ndim == 3 and tuple(img.shape[-2:]) != size else img for img in images]).clamp(0, 1)
 
 
 def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, index: Tensor, device: Any) -> bool:
@@ -311,33 +280,16 @@ def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, in
 
     A transform with its own generator ignores :func:`seeded_rng`, so ``f`` and ``g`` would see different views.
     """
-    if view_set.is_batched:
-        again = view_set.finalize(x, index, device if device is not None else "cpu")
-    else:
-        _, x2, _ = view_set.collate([view_set[int(i)] for i in index])
-        again = view_set.finalize(x2, index, device if device is not None else "cpu")
+    if not view_set.is_batched:
+        x = view_set.collate([view_set[int(i)] for i in index])[1]
+    again = view_set.finalize(x, index, device if device is not None else "cpu")
     if again.shape == views.shape and torch.equal(again, views):
         return True
-    import warnings
-
     warnings.warn("`transform` made other views from the same seeds on a second call: it draws from its own random "
                   "generator, not torch's / numpy's / random's global ones that the measurement seeds, so the encoder "
                   "and the reference see different views and repeated measurements differ. Draw from the global "
                   "RNGs (torchvision and lightly transforms do), or use BatchedSimCLRAugment.", UserWarning, stacklevel=3)
     return False
-
-
-class _ImageList(Dataset):
-    """A tensor of images as a map-style dataset."""
-
-    def __init__(self, images: Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.images[i]
 
 
 def _as_float(x: Tensor) -> Tensor:
@@ -348,11 +300,9 @@ def make_views(candidates: Tensor | Dataset, views: int | None, transform: Any =
     """All views (N, K, C, H, W) of a small candidate set, on CPU.
 
     Example:
-        >>> import torch
         >>> x = torch.rand(3, 1, 8, 8)
         >>> bool(torch.equal(make_views(x, 2, seed=1), make_views(x, 2, seed=1)))
         True
     """
     ds = SeededViews(candidates, views=views, transform=transform, seed=seed)
-    out = [ds.finalize(x, index, "cpu") for index, x, _ in ds.dataloader(batch_size=64)]
-    return torch.cat(out)
+    return torch.cat([ds.finalize(x, index, "cpu") for index, x, _ in ds.dataloader(batch_size=64)])

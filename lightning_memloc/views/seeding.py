@@ -1,7 +1,4 @@
-"""Counter-based seeds: the view ``k`` of candidate ``i`` under ``seed`` depends on nothing else.
-
-The encoder and the reference must see the same views at every measurement.
-"""
+"""Counter-based seeds: view ``k`` of candidate ``i`` under ``seed`` depends on nothing else (f and g see the same)."""
 
 from __future__ import annotations
 
@@ -47,7 +44,6 @@ def view_seed(seed: int | Tensor, index: int | Tensor, view: int | Tensor) -> in
     """Splitmix64 seed in ``[0, 2**63)`` of view ``view`` of candidate ``index``: an int, or a broadcast ``LongTensor``.
 
     Example:
-        >>> import torch
         >>> view_seed(0, 3, 1) == int(view_seed(0, torch.tensor([3]), 1)[0])
         True
     """
@@ -68,7 +64,6 @@ def seeded_rng(s: int) -> Iterator[None]:
     """Seed the CPU ``torch``, ``numpy`` and ``random`` global RNGs; restore them on exit (CUDA left alone).
 
     Example:
-        >>> import torch
         >>> with seeded_rng(7):
         ...     a = torch.rand(2)
         >>> with seeded_rng(7):
@@ -89,7 +84,6 @@ def seeded_rng(s: int) -> Iterator[None]:
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
-
 
 
 def uniforms(seeds: Tensor, n: int) -> Tensor:

@@ -1,15 +1,4 @@
-"""Per-channel statistics of what the encoder receives, and when two of them disagree.
-
-Views and training batches disagree when a channel's std ratio ``max(σ)/min(σ)`` exceeds
-:data:`SCALE_TOLERANCE` or its mean shift ``|μ_v − μ_t| / max(σ)`` exceeds :data:`SHIFT_TOLERANCE`;
-calibrated on CIFAR-10 (``benchmarks/view_check_calibration.py``).
-
-Example:
-    >>> a = ViewStatistics(mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
-    >>> b = ViewStatistics(mean=(0.0, 0.1, 0.2), std=(1.1, 1.1, 1.15))
-    >>> mismatch(a, b) is not None, mismatch(a, a)
-    (True, None)
-"""
+"""Per-channel statistics of what the encoder receives, and when two of them disagree."""
 
 from __future__ import annotations
 
@@ -63,9 +52,7 @@ def statistics_from_sums(sums: Tensor, squares: Tensor, count: float) -> ViewSta
 def candidate_moments(views: Tensor) -> Tuple[Tensor, Tensor]:
     """Float64 (B, C) ``(means, squares)`` of ``x`` and ``x²`` over the views and pixels of (B, K, C, H, W)."""
     flat = views.detach().reshape(views.shape[0], views.shape[1], views.shape[2], -1)
-    means = flat.mean(dim=(1, 3), dtype=torch.float64)
-    squares = flat.float().square().mean(dim=(1, 3), dtype=torch.float64)
-    return means, squares
+    return flat.mean(dim=(1, 3), dtype=torch.float64), flat.float().square().mean(dim=(1, 3), dtype=torch.float64)
 
 
 def gaps(views: ViewStatistics, batches: ViewStatistics) -> Tuple[Tensor, Tensor]:
@@ -80,7 +67,16 @@ def gaps(views: ViewStatistics, batches: ViewStatistics) -> Tuple[Tensor, Tensor
 
 def mismatch(views: ViewStatistics, batches: ViewStatistics, scale_tolerance: float = SCALE_TOLERANCE,
              shift_tolerance: float = SHIFT_TOLERANCE) -> Optional[str]:
-    """Why ``views`` do not look like ``batches``, or ``None`` (also for different channel counts)."""
+    """Why ``views`` do not look like ``batches``, or ``None`` (also for different channel counts).
+
+    They disagree when a channel's std ratio ``max(σ)/min(σ)`` exceeds ``scale_tolerance`` or its mean shift
+    ``|μ_v − μ_t| / max(σ)`` exceeds ``shift_tolerance`` (calibrated: ``benchmarks/view_check_calibration.py``).
+
+    Example:
+        >>> a = ViewStatistics(mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
+        >>> mismatch(a, ViewStatistics(mean=(0.0, 0.1, 0.2), std=(1.1, 1.1, 1.15))) is not None, mismatch(a, a)
+        (True, None)
+    """
     if len(views.mean) != len(batches.mean):
         return None
     ratio, shift = gaps(views, batches)
@@ -107,8 +103,7 @@ def sample_statistics(view_set: Any, device: Any = "cpu", max_candidates: int = 
         ViewStatistics(mean=(0.0,), std=(1.0,))
     """
     n = min(len(view_set), max_candidates)
-    sums = squares = None
-    count = 0
+    sums, squares, count = None, None, 0
     for start in range(0, n, batch_size):
         index, x, _ = view_set.collate([view_set[i] for i in range(start, min(n, start + batch_size))])
         views = view_set.finalize(x, index, device)
