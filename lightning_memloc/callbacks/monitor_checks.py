@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from lightning_memloc.checks import check_int
 from lightning_memloc.io import atomic_write_text
 from lightning_memloc.models.loading import split_prefix
 from lightning_memloc.checks.module_digest import UnkeyableModuleError, settings_digest
@@ -75,10 +76,8 @@ _ADDED = ("threshold", "transform_digest", "encoder", "reference_id")
 
 
 def _spec_name(spec: Any) -> str:
-    if spec is None:
-        return "(the LightningModule)"
-    if isinstance(spec, (str, os.PathLike)):
-        return str(spec)
+    if spec is None or isinstance(spec, (str, os.PathLike)):
+        return "(the LightningModule)" if spec is None else str(spec)
     return type(spec).__qualname__ if isinstance(spec, nn.Module) else getattr(spec, "__qualname__", repr(spec))
 
 
@@ -136,12 +135,9 @@ def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, A
     diff = _differences(saved, current)
     if diff:
         detail = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
-        raise ValueError(
-            f"{where} was measured with other settings ({detail}): its history cannot continue with this monitor. "
-            "Use the same candidates, views, seed, transform, layers, options, threshold, encoder and reference to "
-            "resume, or start a new run "
-            "(a new `output_dir`, no `ckpt_path`)."
-        )
+        raise ValueError(f"{where} was measured with other settings ({detail}): its history cannot continue with this "
+                         "monitor. Use the same candidates, views, seed, transform, layers, options, threshold, "
+                         "encoder and reference to resume, or start a new run (a new `output_dir`, no `ckpt_path`).")
 
 
 def check_checkpoint_states(monitor: Any, trainer: Any, checkpoint: Dict[str, Any]) -> None:
@@ -177,8 +173,7 @@ def _read_marker(folder: Path) -> Optional[Dict[str, Any]]:
 def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> Tuple[str, List[str]]:
     """Make ``folder`` this run's in ``setup``: ``(run_id, foreign_files)``, the latter refused in ``on_fit_start``.
 
-    Raises ``ValueError`` if another live monitor writes there; ``overwrite=True`` deletes another run's
-    files at the first write; a resume adopts the folder when the marker's fingerprint matches.
+    ``overwrite=True`` deletes another run's files at the first write; a resume adopts a matching folder.
     """
     key = str(folder.resolve())
     other = _CLAIMS.get(key)
@@ -186,9 +181,7 @@ def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: b
     if holder is not None and holder is not monitor:
         raise ValueError(f"`output_dir`={str(folder)!r} is already used by another MemorizationMonitor: each monitor "
                          "writes history.json and report_epoch=<E>.json, so give each its own folder.")
-    files = _monitor_files(folder)
-    marker = _read_marker(folder)
-    run_id, foreign = monitor.run_id, []
+    files, marker, run_id, foreign = _monitor_files(folder), _read_marker(folder), monitor.run_id, []
     ours = marker is not None and marker.get("run_id") == run_id
     if files and not ours and not overwrite:
         if resuming and marker is not None:
@@ -213,11 +206,9 @@ def adopt(monitor: Any, folder: Path, marker: Optional[Dict[str, Any]] = None) -
 def check_no_foreign_files(files: List[str], folder: Optional[Path]) -> None:
     """In ``on_fit_start`` (after any checkpoint restore): refuse a folder holding another run's ``files``."""
     if folder is not None and files:
-        raise FileExistsError(
-            f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
-            f"{', ...' if len(files) > 4 else ''}): pass a new folder, resume that run with `ckpt_path=`, or "
-            "pass overwrite=True to delete them and start again."
-        )
+        raise FileExistsError(f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
+                              f"{', ...' if len(files) > 4 else ''}): pass a new folder, resume that run with "
+                              "`ckpt_path=`, or pass overwrite=True to delete them and start again.")
 
 
 def release_output_dir(monitor: Any) -> None:
@@ -232,11 +223,10 @@ def release_output_dir(monitor: Any) -> None:
 
 def check_owner(monitor: Any, folder: Path) -> None:
     """Before each write: the folder's marker must be this run's (written, after any replaced files are deleted, at the first)."""
-    replaced = _REPLACED.get(str(folder.resolve()))
-    if replaced is not None and replaced[0]() is monitor:
-        for name in replaced[1]:
+    key = str(folder.resolve())
+    if key in _REPLACED and _REPLACED[key][0]() is monitor:
+        for name in _REPLACED.pop(key)[1]:
             (folder / name).unlink(missing_ok=True)
-        del _REPLACED[str(folder.resolve())]
     marker = _read_marker(folder)
     if marker is None:
         atomic_write_text(folder / MARKER, json.dumps({"run_id": monitor.run_id, "fingerprint": fingerprint(monitor)},
@@ -282,11 +272,6 @@ def reference_hint(spec: Any) -> Iterator[None]:
                              "(any extension) or the attribute path of a co-trained reference.") from err
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r} (or None, the default).")
-
-
 def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
     """Validate the schedule: ``(every_n_epochs, every_n_train_steps)``, one ``None``; neither given means every epoch.
 
@@ -294,8 +279,10 @@ def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[
         >>> check_schedule(None, None), check_schedule(None, 50), check_schedule(2, None)
         ((1, None), (None, 50), (2, None))
     """
-    _check_positive("every_n_epochs", every_n_epochs)
-    _check_positive("every_n_train_steps", every_n_train_steps)
+    if every_n_epochs is not None:
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)  # NumPy integers accepted
+    if every_n_train_steps is not None:
+        every_n_train_steps = check_int("every_n_train_steps", every_n_train_steps, 1)
     if every_n_epochs is not None and every_n_train_steps is not None:
         raise ValueError(f"pass either `every_n_epochs` ({every_n_epochs}) or `every_n_train_steps` "
                          f"({every_n_train_steps}), not both.")
@@ -309,9 +296,8 @@ def step_due(every_n_train_steps: Optional[int], global_step: int, history: List
         >>> step_due(2, 4, []), step_due(2, 4, [{"global_step": 4}]), step_due(2, 3, []), step_due(None, 4, [])
         (True, False, False, False)
     """
-    if every_n_train_steps is None or global_step <= 0 or global_step % every_n_train_steps:
-        return False
-    return all(entry.get("global_step") != global_step for entry in history)
+    due = every_n_train_steps is not None and global_step > 0 and not global_step % every_n_train_steps
+    return due and all(entry.get("global_step") != global_step for entry in history)
 
 
 def final_epoch_due(every_n_train_steps: Optional[int], current_epoch: int, global_step: int,

@@ -110,9 +110,7 @@ class UtilityMonitor(Callback):
                  batch_size: int = 256, output_dir: Optional[Union[str, os.PathLike]] = None,
                  name: Optional[str] = None) -> None:
         super().__init__()
-        self.every_n_epochs, self.every_n_train_steps = check_schedule(
-            None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1),
-            None if every_n_train_steps is None else check_int("every_n_train_steps", every_n_train_steps, 1))
+        self.every_n_epochs, self.every_n_train_steps = check_schedule(every_n_epochs, every_n_train_steps)
         self.ks, self.temperature = check_knn_args(ks, temperature)
         self.bank, self.bank_labels = _check_images("bank", bank, bank_labels)
         self.test, self.test_labels = _check_images("test", test, test_labels)
