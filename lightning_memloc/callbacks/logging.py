@@ -1,7 +1,4 @@
-"""Turn a :class:`~lightning_memloc.MemorizationReport` into logger scalars and TensorBoard extras.
-
-Everything is logged at the trainer's ``global_step``; tags come from :mod:`lightning_memloc.report.tags`.
-"""
+"""Turn a :class:`~lightning_memloc.MemorizationReport` into logger scalars and TensorBoard extras."""
 
 from __future__ import annotations
 
@@ -83,18 +80,18 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
 
     ``by_layer``: charts match the quantity's tag in each per-layer run (:class:`LayerRunWriters`).
     """
-    if by_layer:
-        return _by_layer_layout(report)
-    quantities = _chart_quantities(report, labels=True)
-    charts = {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}
-    layout = {PREFIX: charts}
     ev = report.evidence
-    if ev is not None:
-        for title, (value, lo, hi) in MARGINS.items():
-            if ev.has(lo):
-                layout[f"{PREFIX} {title}"] = {
-                    layer: ["Margin", [scalar_tag(value, layer), scalar_tag(lo, layer), scalar_tag(hi, layer)]]
-                    for layer in report.layers}
+    margins = {title: tags for title, tags in MARGINS.items() if ev is not None and ev.has(tags[1])}  # (value, lo, hi)
+    if by_layer:
+        quantities = _chart_quantities(report, labels=False)
+        charts = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]] for q in quantities}
+        charts.update({title: ["Margin", [by_layer_tag(t) for t in tags]] for title, tags in margins.items()})
+        return {PREFIX: charts}
+    quantities = _chart_quantities(report, labels=True)
+    layout = {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}}
+    for title, tags in margins.items():
+        layout[f"{PREFIX} {title}"] = {layer: ["Margin", [scalar_tag(t, layer) for t in tags]]
+                                       for layer in report.layers}
     return layout
 
 
@@ -104,16 +101,6 @@ def _chart_quantities(report: MemorizationReport, labels: bool) -> List[str]:
         quantities += LABEL_QUANTITIES
     ev = report.evidence
     return quantities + [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
-
-
-def _by_layer_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
-    ev = report.evidence
-    charts: Dict[str, List] = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]]
-                               for q in _chart_quantities(report, labels=False)}
-    for title, (value, lo, hi) in MARGINS.items():
-        if ev is not None and ev.has(lo):
-            charts[title] = ["Margin", [by_layer_tag(value), by_layer_tag(lo), by_layer_tag(hi)]]
-    return {PREFIX: charts}
 
 
 def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], count: int) -> Dict[str, Tensor]:
@@ -134,19 +121,10 @@ def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], 
     return grids
 
 
-def log_tensorboard(
-    writer: object,
-    report: MemorizationReport,
-    step: int,
-    *,
-    images: Optional[Callable[[Tensor], Tensor]] = None,
-    grid_size: int = 8,
-    histograms: bool = True,
-    layout: bool = False,
-    by_layer: bool = False,
-    history: Optional[Sequence[Mapping[str, Any]]] = None,
-    warmup_step: Optional[int] = None,
-) -> None:
+def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
+                    images: Optional[Callable[[Tensor], Tensor]] = None, grid_size: int = 8, histograms: bool = True,
+                    layout: bool = False, by_layer: bool = False, history: Optional[Sequence[Mapping[str, Any]]] = None,
+                    warmup_step: Optional[int] = None) -> None:
     """Histograms, image grids, (with a ``history``) the figures, and (once) the custom-scalars layout on a ``SummaryWriter``."""
     if layout:
         writer.add_custom_scalars(custom_scalar_layout(report, by_layer=by_layer))
@@ -264,6 +242,10 @@ def has_tensorboard(logger: Any) -> bool:
     return all(callable(getattr(experiment, m, None)) for m in ("add_histogram", "add_image", "add_custom_scalars"))
 
 
+#: ``SummaryWriter`` methods whose first argument is a tag.
+_TAGGED = ("add_histogram", "add_image", "add_text", "add_scalar", "add_scalars")
+
+
 class NamedWriter:
     """A ``SummaryWriter`` view writing tags and layouts under a monitor's ``name`` (``memloc-<name>``)."""
 
@@ -271,22 +253,10 @@ class NamedWriter:
         self.writer, self.name = writer, name
 
     def __getattr__(self, attribute: str) -> Any:
-        return getattr(self.writer, attribute)
-
-    def add_histogram(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_histogram(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_image(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_image(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_text(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_text(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_scalar(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_scalar(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_scalars(self, main_tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_scalars(named_tag(main_tag, self.name), *args, **kwargs)
+        method = getattr(self.writer, attribute)
+        if attribute not in _TAGGED:
+            return method
+        return lambda tag, *args, **kwargs: method(named_tag(tag, self.name), *args, **kwargs)
 
     def add_custom_scalars(self, layout: Dict[str, Any]) -> Any:
         return add_merged_layout(self.writer, named_layout(layout, self.name), self.name)
