@@ -11,19 +11,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from lightning_memloc.callbacks.report_source import EVIDENCE_POLICIES, gate, test_for
 from lightning_memloc.callbacks.fit_state import TrainableState, started_training
-from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
-from lightning_memloc.callbacks.report_source import check_epoch_in_run, check_k_layers
+from lightning_memloc.callbacks.report_source import (EVIDENCE_POLICIES, ModuleSpec, ReportSource, check_epoch_in_run,
+                                                      check_k_layers, check_module_spec, gate, monitor_layers,
+                                                      resolve_encoder, test_for)
 from lightning_memloc.checks import check_choice, check_int, check_layers_exist
-from lightning_memloc.callbacks.report_source import monitor_layers
 from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.taps.producers import count_parameters, trainable_map
 from lightning_memloc.report.selection import LAYER_SCORES, LAYER_STRATEGIES, layer_score, select_layers
 
 __all__ = ["MemorizationFinetuning"]
-
-# ReportSource, ModuleSpec, resolve_encoder and check_layers_exist stay importable from here.
 
 HeadSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]], None]
 _AUTO_WHY = {"excess": "the report measured a control", "layer_mem": "the report has a reference but no control",
@@ -110,7 +107,6 @@ class MemorizationFinetuning(BaseFinetuning):
         self._before_fit: Optional[Tuple[TrainableState, Optional[List[str]], Any]] = None
         self._start_step: Optional[int] = None
 
-    # ------------------------------------------------------------ resolution
     def encoder(self, pl_module: "pl.LightningModule") -> nn.Module:
         """The encoder inside ``pl_module`` whose layers the report names."""
         return resolve_encoder(pl_module, self.encoder_spec, self.source)
@@ -145,7 +141,6 @@ class MemorizationFinetuning(BaseFinetuning):
             modules += [encoder.get_submodule(n) for layer in self.chosen_layers for n in self.trainable_modules[layer]]
         return modules
 
-    # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Resolve encoder and head, check the report against the encoder, then freeze."""
         self._before_fit = None
@@ -192,15 +187,10 @@ class MemorizationFinetuning(BaseFinetuning):
         modules = self._trainable_modules(pl_module, epoch)
         self.make_trainable(modules)
         held = {id(p) for opt in (self._optimizers or [optimizer]) for group in opt.param_groups for p in group["params"]}
-        new: List[nn.Parameter] = []
-        for module in modules:
-            for parameter in module.parameters():
-                if parameter.requires_grad and id(parameter) not in held:
-                    held.add(id(parameter))
-                    new.append(parameter)
+        new = {id(p): p for m in modules for p in m.parameters() if p.requires_grad and id(p) not in held}
         if new:
             lr = optimizer.param_groups[0]["lr"] if self.lr is None else float(self.lr)
-            optimizer.add_param_group({"params": new, "lr": lr})
+            optimizer.add_param_group({"params": list(new.values()), "lr": lr})
 
     def _sync_bn_modes(self, pl_module: "pl.LightningModule", epoch: int) -> None:
         """Frozen BatchNorm to eval (``train_bn=False``); BatchNorm we froze but now train back to train."""
@@ -210,10 +200,9 @@ class MemorizationFinetuning(BaseFinetuning):
         for module in self.encoder(pl_module).modules():
             if not isinstance(module, _BatchNorm):
                 continue
-            if id(module) in trainable:
-                if self._bn_in_eval.pop(id(module), None) is not None:
-                    module.train()
-            elif module.training:
+            if id(module) in trainable and self._bn_in_eval.pop(id(module), None) is not None:
+                module.train()
+            elif id(module) not in trainable and module.training:
                 module.eval()
                 self._bn_in_eval[id(module)] = module
 
@@ -239,14 +228,12 @@ class MemorizationFinetuning(BaseFinetuning):
         self._bn_in_eval.clear()
         self._before_fit = None
 
-    # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {**super().state_dict(), "chosen_layers": self.chosen_layers, "trainable_modules": self.trainable_modules}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         state = dict(state_dict)
-        chosen = state.pop("chosen_layers", None)
-        mapping = state.pop("trainable_modules", None)
+        chosen, mapping = state.pop("chosen_layers", None), state.pop("trainable_modules", None)
         super().load_state_dict(state)
         self.chosen_layers = None if chosen is None else [str(name) for name in chosen]
         self.trainable_modules = None if mapping is None else {str(k): [str(n) for n in v] for k, v in mapping.items()}
