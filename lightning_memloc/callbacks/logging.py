@@ -110,7 +110,6 @@ def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], 
         images: maps candidate positions (k,) to their un-augmented images (k, C, H, W) in [0, 1].
     """
     from torchvision.utils import make_grid
-
     scores = report.candidate_scores()
     count = min(count, scores.numel())
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -205,7 +204,6 @@ class LayerRunWriters:
     def _writer(self, run: str) -> Any:
         if run not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
-
             self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
         return self._writers[run]
 

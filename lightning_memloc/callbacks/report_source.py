@@ -153,7 +153,6 @@ def monitor_layers(monitor: Any, encoder: nn.Module) -> List[str]:
     if not isinstance(requested, str):
         return [getattr(n, "name", n) for n in requested]
     from lightning_memloc.taps.hooks import resolve_layers
-
     device = next(encoder.parameters()).device
     return [s.name for s in resolve_layers(encoder, requested, monitor.views.example_batch(device))]
 

@@ -39,7 +39,6 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
     from lightning_memloc.analyses import parse_analyses
     from lightning_memloc.cli.cli_error import CLIError
     from lightning_memloc.cli.images import match_channels, read_indices_file
-
     if not getattr(args, "analyses", None):
         return None
     try:
@@ -86,7 +85,6 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     from lightning_memloc.cli.cli_error import CLIError
     from lightning_memloc.errors import MemlocError
     from lightning_memloc.plots.analysis_figures import plot_analyses
-
     try:
         run_analyses(setup["names"], report, encoder, reference=reference, candidates=candidates,
                      pool=setup.get("pool"), candidate_labels=setup.get("candidate_labels"),

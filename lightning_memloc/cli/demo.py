@@ -306,7 +306,6 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``memloc demo``."""
     from lightning_memloc.cli.demo_args import validate_args
-
     parser = build_parser()
     args = validate_args(parser, parser.parse_args(argv))  # bad values: argparse error, exit code 2
     torch.set_float32_matmul_precision("high")

@@ -19,7 +19,6 @@ def demo_utility(images: Tensor, labels: Tensor, split: Any, every_n_epochs: int
     half of the shared ones. ``ks`` larger than the bank are dropped.
     """
     from lightning_memloc.callbacks.utility import UtilityMonitor
-
     shared = split.shared[labels[split.shared] >= 0].unique()
     independent = split.independent[labels[split.independent] >= 0].unique()
     bank, test, test_labels = shared, images[independent], labels[independent]

@@ -25,13 +25,8 @@ INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "un
 
 
 def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
-    """Dataset indices from a ``.json`` list or dict (its :data:`INDEX_KEYS` list), a ``.txt`` or a ``.npy``.
-
-    Raises:
-        CLIError: a missing or unreadable file, no indices, non-integers or duplicates.
-    """
+    """Dataset indices from a ``.json`` list or dict (its :data:`INDEX_KEYS` list), a ``.txt`` or a ``.npy``."""
     from lightning_memloc.checks import check_index_values
-
     key = INDEX_KEYS.get(flag, "candidates")
     hint = f"(expected a .json list, {{'{key}': [...]}}, a .txt or a .npy of ints)."
     with as_cli_error(flag, VALUE_ERRORS + (OSError,), hint):
@@ -56,7 +51,6 @@ def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
 
 def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
     from lightning_memloc.data import split_candidates
-
     with as_cli_error("--split-candidates", (ValueError, TypeError), "(fractions must add up to < 1, counts to < N)."):
         c, i = args.split_candidates, args.split_independent
         sizes = [v if isinstance(v, int) else int(np.floor(v * n + 1e-9)) for v in (c, i)]
@@ -112,7 +106,6 @@ def select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tenso
 
 def load_cli_data(args: argparse.Namespace, flag: str) -> Tuple[Tensor, Tensor]:
     from lightning_memloc.data import NAMED_DATASETS, load_data
-
     if str(args.data).lower() not in NAMED_DATASETS and not Path(args.data).exists():
         raise CLIError(flag, f"{args.data!r} is neither a data set name {list(NAMED_DATASETS)} nor an existing .npz "
                              "file or image folder: check the path.")
@@ -131,7 +124,6 @@ def images_checksum(images: Tensor) -> str:
         True
     """
     import hashlib
-
     return hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 

@@ -39,7 +39,6 @@ def analysis_files() -> FrozenSet[str]:
     """The names ``memloc analyze`` writes into its output folder: ``report.json`` and its figures."""
     from lightning_memloc.plots.analysis_figures import ANALYSIS_FILENAMES
     from lightning_memloc.plots.report_figures import FILENAMES
-
     monitor_only = {FILENAMES["history"], FILENAMES["evidence_history"]}  # figures of a history, never of analyze
     return frozenset({"report.json", *ANALYSIS_FILENAMES.values(), *set(FILENAMES.values()) - monitor_only})
 
@@ -64,11 +63,9 @@ def _try_lock(fd: int) -> bool:
     try:
         if os.name == "nt":  # pragma: no cover - Windows
             import msvcrt
-
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         else:
             import fcntl
-
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return False
@@ -94,13 +91,6 @@ def lock_folder(folder: Path, flag: str) -> int:
     return fd
 
 
-def _unlock(fd: int) -> None:
-    try:
-        os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # closing the descriptor drops the flock / msvcrt lock
-
-
 class StagedOutput:
     """The output folder of one run: locked while the run lasts, filled all at once at :meth:`commit`.
 
@@ -115,7 +105,6 @@ class StagedOutput:
 
     def __enter__(self) -> "StagedOutput":
         from lightning_memloc.io import check_writable_dir
-
         with as_cli_error(self.flag, FILE_ERRORS):
             check_writable_dir(self.out, argument=self.flag)
         self._fd = lock_folder(self.out, self.flag)
@@ -134,14 +123,10 @@ class StagedOutput:
     def commit(self, written: Sequence[Path]) -> List[Path]:
         """Move the staged files into the folder (report last), drop an earlier analysis's others; returns the new paths."""
         from lightning_memloc.io import target_mode
-
         names = [Path(p).name for p in written]
         with deferred_interrupt():
             for stale in sorted(analysis_files() - set(names)):
-                try:
-                    (self.out / stale).unlink()
-                except FileNotFoundError:
-                    pass
+                (self.out / stale).unlink(missing_ok=True)
             for name in sorted(names, key=lambda n: n == "report.json"):
                 destination = self.out / name
                 os.chmod(self.staging / name, target_mode(destination))  # a replaced file keeps its mode
@@ -154,7 +139,10 @@ class StagedOutput:
             self.staging = self.out
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            _unlock(fd)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)  # closing the descriptor drops the flock / msvcrt lock
 
     def __exit__(self, *exc: Any) -> None:
         self._release()
@@ -162,8 +150,7 @@ class StagedOutput:
 
 def check_out(path: str, flag: str = "--output-dir") -> Path:
     """Fail early if ``path`` (the flag ``flag``) cannot become a writable folder (without creating anything yet)."""
-    out = Path(path)
-    probe = out
+    out = probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():

@@ -97,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--width", type=positive_int, help="base width (default: resnet9 64, tiny 4)")
     m.add_argument("--in-channels", type=positive_int, default=3, help="image channels the encoder takes")
     from lightning_memloc.cli.user_models import add_model_args
-
     add_model_args(m)
     _add_data_args(a, "--data", 32, "--seed, as in `memloc demo`")
     s = a.add_argument_group("measurement (see lightning_memloc.measure)")
