@@ -122,14 +122,10 @@ def is_monitor_reference(value: Any) -> bool:
     return isinstance(value, str) and (value == MONITOR_REFERENCE or value.startswith(MONITOR_REFERENCE + ":"))
 
 
-def _is_monitor(callback: Any) -> bool:
-    return hasattr(callback, "report") and hasattr(callback, "views") and hasattr(callback, "history")
-
-
 def find_monitor(callbacks: List[Any], reference: str, argument: str = "source") -> Any:
     """The monitor among ``callbacks`` that ``reference`` (``"monitor"`` / ``"monitor:<name>"``) names."""
     wanted: Optional[str] = reference.partition(":")[2] or None
-    monitors = [c for c in callbacks if _is_monitor(c)]
+    monitors = [c for c in callbacks if all(hasattr(c, a) for a in ("report", "views", "history"))]
     names = [getattr(m, "name", None) for m in monitors]
     matches = monitors if wanted is None else [m for m, n in zip(monitors, names) if n == wanted]
     if len(matches) == 1:
@@ -232,9 +228,7 @@ def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
 
 def gate(report: MemorizationReport, test: str, policy: str, action: str) -> None:
     """Warn, raise ``ValueError`` or stay silent (``policy``) when :func:`evidence_problem` finds one."""
-    if policy == "off":
-        return
-    problem = evidence_problem(report, test)
+    problem = None if policy == "off" else evidence_problem(report, test)
     if problem is None:
         return
     message = (f"{action}: {problem}; the choice may follow noise rather than memorization. Measure with "

@@ -156,7 +156,6 @@ class UtilityMonitor(Callback):
             if self.output_dir is not None and trainer.is_global_zero:
                 check_writable_dir(self.output_dir, argument="output_dir")
 
-    # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.measure_on_train_start and not self.history:
             self._measure(trainer, pl_module, epoch=-1)
@@ -170,15 +169,10 @@ class UtilityMonitor(Callback):
             self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
-        if self.every_n_train_steps is not None:
-            if step_due(1, trainer.global_step, self.history):
-                self._measure(trainer, pl_module, epoch=last)
-        elif trainer.global_step > 0 and all(h["global_step"] != trainer.global_step for h in self.history):
-            self._measure(trainer, pl_module, epoch=last)
+        if step_due(1, trainer.global_step, self.history):  # the last step was not measured
+            self._measure(trainer, pl_module, epoch=max(trainer.current_epoch - 1, 0))
         self._merge_into_monitors(trainer)
 
-    # ------------------------------------------------------------ measurement
     def compute(self, encoder: nn.Module, world_size: int = 1, rank: int = 0) -> Dict[int, float]:
         """kNN accuracy per k of ``encoder`` (collective when ``world_size > 1``); modes are restored."""
         modes = [(m, m.training) for m in encoder.modules()]

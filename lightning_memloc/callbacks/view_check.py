@@ -1,8 +1,4 @@
-"""``check_views``: do the monitor's views look like the batches the encoder trains on?
-
-A forward pre-hook sums the encoder's per-channel training inputs over the first :data:`CHECK_STEPS`
-batches; their statistics are compared with the views' (:func:`~lightning_memloc.views.stats.mismatch`).
-"""
+"""``check_views``: do the monitor's views look like the batches the encoder trains on (first :data:`CHECK_STEPS`)?"""
 
 from __future__ import annotations
 
@@ -99,9 +95,7 @@ class ViewCheck:
     def __init__(self, mode: str = "warn") -> None:
         self.mode = check_choice("check_views", mode, CHECK_VIEWS)
         self.inputs: Optional[TrainingInputs] = None
-        self.batches = 0
-        self.views: Optional[ViewStatistics] = None
-        self.training: Optional[ViewStatistics] = None
+        self.batches, self.views, self.training = 0, None, None
 
     def start(self, encoder: nn.Module, view_shape: Tuple[int, ...]) -> None:
         """At the start of training: hook ``encoder`` (image views only; nothing when ``mode="off"``)."""
