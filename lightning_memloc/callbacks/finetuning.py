@@ -68,20 +68,9 @@ class MemorizationFinetuning(BaseFinetuning):
         >>> # trainer.fit(model) trains model.head throughout and model.backbone.conv2 from epoch 0
     """
 
-    def __init__(
-        self,
-        source: Any,
-        k: int = 2,
-        by: str = "auto",
-        strategy: str = "highest",
-        encoder: ModuleSpec = None,
-        head: HeadSpec = None,
-        unfreeze_at_epoch: int = 0,
-        train_bn: bool = False,
-        seed: int = 0,
-        lr: Optional[float] = None,
-        require_evidence: str = "warn",
-    ) -> None:
+    def __init__(self, source: Any, k: int = 2, by: str = "auto", strategy: str = "highest", encoder: ModuleSpec = None,
+                 head: HeadSpec = None, unfreeze_at_epoch: int = 0, train_bn: bool = False, seed: int = 0,
+                 lr: Optional[float] = None, require_evidence: str = "warn") -> None:
         super().__init__()
         self.source = ReportSource(source)
         k, unfreeze_at_epoch, seed = (check_int(name, value, minimum) for name, value, minimum in  # NumPy ints too

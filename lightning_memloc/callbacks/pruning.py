@@ -65,21 +65,10 @@ class MemorizationPruning(Callback):
         >>> # trainer.fit(model) zeroes the quarter most memorizing channels of each backbone layer
     """
 
-    def __init__(
-        self,
-        source: Any,
-        amount: Amount = 0.1,
-        strategy: str = "highest",
-        scope: str = "layer",
-        encoder: ModuleSpec = None,
-        layers: Optional[Sequence[str]] = None,
-        prune_at: Union[int, str] = "fit_start",
-        permanent: bool = False,
-        seed: int = 0,
-        require_evidence: str = "warn",
-        top_layers: Optional[int] = None,
-        by: str = "auto",
-    ) -> None:
+    def __init__(self, source: Any, amount: Amount = 0.1, strategy: str = "highest", scope: str = "layer",
+                 encoder: ModuleSpec = None, layers: Optional[Sequence[str]] = None,
+                 prune_at: Union[int, str] = "fit_start", permanent: bool = False, seed: int = 0,
+                 require_evidence: str = "warn", top_layers: Optional[int] = None, by: str = "auto") -> None:
         super().__init__()
         self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
         self.top_layers = None if top_layers is None else check_int("top_layers", top_layers, 1)
