@@ -106,9 +106,8 @@ class MemorizationMonitor(Callback):
             raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
         grid_size = check_int("grid_size", grid_size, 0)
         if reference is not None and not isinstance(reference, (str, os.PathLike, nn.Module)) and not callable(reference):
-            raise TypeError(
-                f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."
-            )
+            raise TypeError(f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got "
+                            f"{type(reference).__name__}.")
         # The reference may still be a path or an attribute: only whether there is one matters here.
         options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                                  negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,

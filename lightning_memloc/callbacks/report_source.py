@@ -25,10 +25,8 @@ class ReportSource:
     def __init__(self, source: Any, argument: str = "source") -> None:
         is_path = isinstance(source, (str, os.PathLike))
         if not (isinstance(source, MemorizationReport) or is_path or hasattr(source, "report")):
-            raise TypeError(
-                f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved report "
-                f"(report.save(path)), got {type(source).__name__}."
-            )
+            raise TypeError(f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved "
+                            f"report (report.save(path)), got {type(source).__name__}.")
         self.source, self.argument = source, argument
         self._loaded: Optional[MemorizationReport] = source if isinstance(source, MemorizationReport) else None
 
@@ -53,12 +51,11 @@ class ReportSource:
         """The report, or a ``RuntimeError`` explaining how to make one available by ``when``."""
         report = self.get()
         if report is None:
-            raise RuntimeError(
-                f"`{self.argument}` is a MemorizationMonitor that has not measured yet, and a report is needed {when}: "
-                "list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` and make it measure earlier "
-                "(`measure_on_train_start=True` or a smaller `every_n_epochs`), act at a later epoch, or pass a saved "
-                "report (a MemorizationReport or the path written by `report.save(path)`)."
-            )
+            raise RuntimeError(f"`{self.argument}` is a MemorizationMonitor that has not measured yet, and a report is "
+                               f"needed {when}: list the monitor before this callback in `Trainer(callbacks=[monitor, "
+                               "...])` and make it measure earlier (`measure_on_train_start=True` or a smaller "
+                               "`every_n_epochs`), act at a later epoch, or pass a saved report (a MemorizationReport "
+                               "or the path written by `report.save(path)`).")
         return report
 
     def check_in_time(self, trainer: "pl.Trainer", owner: Callback, epoch: Optional[int], what: str) -> None:
@@ -73,10 +70,9 @@ class ReportSource:
         monitor, callbacks = self.source, list(trainer.callbacks)
         position = {id(c): i for i, c in enumerate(callbacks)}
         if id(monitor) not in position:
-            raise ValueError(
-                f"`{self.argument}` is a MemorizationMonitor that is not in `Trainer(callbacks=...)` and has no report, "
-                f"so {what} would never get one: add the monitor to the trainer's callbacks or pass a saved report."
-            )
+            raise ValueError(f"`{self.argument}` is a MemorizationMonitor that is not in `Trainer(callbacks=...)` and "
+                             f"has no report, so {what} would never get one: add the monitor to the trainer's "
+                             "callbacks or pass a saved report.")
         on_start = bool(getattr(monitor, "measure_on_train_start", False))
         every = getattr(monitor, "every_n_epochs", 1)  # None: the monitor measures every N steps
         if epoch is None:
@@ -85,13 +81,11 @@ class ReportSource:
             in_time = on_start or (epoch >= 1 if every is None else int(every) <= epoch)
         if not in_time:
             when = "before training starts" if epoch is None else f"at the start of epoch {epoch}"
-            raise ValueError(
-                f"{what} needs a report {when}, but `{self.argument}` (a MemorizationMonitor with "
-                f"every_n_epochs={every}, measure_on_train_start={on_start}) will not have measured by then: "
-                "list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` with "
-                "`measure_on_train_start=True`, act at a later epoch, or pass a saved report "
-                "(a MemorizationReport or the path written by `report.save(path)`)."
-            )
+            raise ValueError(f"{what} needs a report {when}, but `{self.argument}` (a MemorizationMonitor with "
+                             f"every_n_epochs={every}, measure_on_train_start={on_start}) will not have measured by "
+                             "then: list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` with "
+                             "`measure_on_train_start=True`, act at a later epoch, or pass a saved report (a "
+                             "MemorizationReport or the path written by `report.save(path)`).")
 
 
 def check_module_spec(spec: Any, argument: str = "encoder") -> None:
