@@ -76,10 +76,7 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
 
 
 def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> Dict[str, Dict[str, List]]:
-    """A TensorBoard custom-scalars layout putting every layer of a quantity on one chart.
-
-    ``by_layer``: charts match the quantity's tag in each per-layer run (:class:`LayerRunWriters`).
-    """
+    """A TensorBoard custom-scalars layout with every layer of a quantity on one chart (``by_layer``: of the runs)."""
     ev = report.evidence
     margins = {title: tags for title, tags in MARGINS.items() if ev is not None and ev.has(tags[1])}  # (value, lo, hi)
     if by_layer:
@@ -104,11 +101,7 @@ def _chart_quantities(report: MemorizationReport, labels: bool) -> List[str]:
 
 
 def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], count: int) -> Dict[str, Tensor]:
-    """Grids (C, H, W) of the ``count`` most and least memorized candidates.
-
-    Args:
-        images: maps candidate positions (k,) to their un-augmented images (k, C, H, W) in [0, 1].
-    """
+    """Grids (C, H, W) of the ``count`` most and least memorized candidates (``images``: positions -> [0, 1] images)."""
     from torchvision.utils import make_grid
     scores = report.candidate_scores()
     count = min(count, scores.numel())
@@ -139,11 +132,7 @@ def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
 
 
 class MonitorLoggers:
-    """Writes one monitor's measurements to every logger of a trainer, all at ``trainer.global_step``.
-
-    Args:
-        name: the monitor's ``name`` (``None``: plain ``memloc...`` tags).
-    """
+    """Writes one monitor's (``name``) measurements to every logger of a trainer, all at ``trainer.global_step``."""
 
     def __init__(self, name: Optional[str] = None) -> None:
         self.name = name
@@ -261,10 +250,7 @@ class NamedWriter:
 
 
 def add_merged_layout(writer: Any, layout: Dict[str, Any], key: Any) -> Any:
-    """Write ``layout`` (stored on ``writer`` under ``key``) merged with every layout written so far.
-
-    TensorBoard keeps one custom-scalars layout per run, so monitors sharing a writer write the union.
-    """
+    """Write ``layout`` merged with every layout written so far (TensorBoard keeps one per run)."""
     layouts: Dict[Any, Dict[str, Any]] = getattr(writer, LAYOUTS_ATTRIBUTE, None) or {}
     layouts[key] = layout
     try:

@@ -171,10 +171,7 @@ def _read_marker(folder: Path) -> Optional[Dict[str, Any]]:
 
 
 def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> Tuple[str, List[str]]:
-    """Make ``folder`` this run's in ``setup``: ``(run_id, foreign_files)``, the latter refused in ``on_fit_start``.
-
-    ``overwrite=True`` deletes another run's files at the first write; a resume adopts a matching folder.
-    """
+    """Make ``folder`` this run's in ``setup``: ``(run_id, foreign_files)``, the latter refused in ``on_fit_start``."""
     key = str(folder.resolve())
     other = _CLAIMS.get(key)
     holder = other() if other is not None else None

@@ -59,11 +59,9 @@ class ReportSource:
         return report
 
     def check_in_time(self, trainer: "pl.Trainer", owner: Callback, epoch: Optional[int], what: str) -> None:
-        """Fail before training when a monitor without a report cannot have measured in time.
+        """Fail before training when a monitor without a report cannot measure before ``owner`` needs it.
 
-        Args:
-            owner: the callback that needs the report (its position among the callbacks matters).
-            epoch: the report is needed at the start of this epoch; ``None``: in ``on_train_start``.
+        ``epoch``: the report is needed at the start of this epoch; ``None``: in ``on_train_start``.
         """
         if not self.is_monitor or self.get() is not None or trainer.ckpt_path is not None:
             return  # on resume the monitor's report comes back with its state

@@ -1,8 +1,4 @@
-"""``UtilityMonitor``: kNN accuracy of the encoder on the memorization monitor's schedule.
-
-Under DDP each rank embeds a strided shard; bank features are gathered and correct counts summed,
-so the result equals a single process.
-"""
+"""``UtilityMonitor``: kNN accuracy of the encoder on the memorization monitor's schedule (DDP: as one process)."""
 
 from __future__ import annotations
 

@@ -87,9 +87,7 @@ class TrainingInputs:
 class ViewCheck:
     """One ``fit``'s comparison of a monitor's views with the encoder's training inputs (``monitor.view_check``).
 
-    Attributes:
-        training: statistics of the encoder's inputs, all ranks (``None`` until compared or if none).
-        views: statistics of the monitor's views (first 64 candidates), once compared.
+    ``training`` / ``views``: the statistics of both (all ranks; first 64 candidates), ``None`` until compared.
     """
 
     def __init__(self, mode: str = "warn") -> None:

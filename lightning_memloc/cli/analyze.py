@@ -1,7 +1,4 @@
-"""``memloc analyze``: measure a saved encoder (and reference) on a candidate set, write the report and figures.
-
-Flags are checked before any forward pass; :func:`measure_kwargs` alone maps flags to ``measure()`` keywords.
-"""
+"""``memloc analyze``: measure a saved encoder (and reference) on a candidate set, write the report and figures."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Data and candidate selection of ``memloc analyze`` / ``memloc plot``: what is measured, and its nulls.
-
-Candidates, control and unseen are dataset indices, from the split (``--indices-from-split``) or from files.
-"""
+"""Data and candidate selection of ``memloc analyze`` / ``memloc plot``: dataset indices of candidates and nulls."""
 
 from __future__ import annotations
 

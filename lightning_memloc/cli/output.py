@@ -92,11 +92,7 @@ def lock_folder(folder: Path, flag: str) -> int:
 
 
 class StagedOutput:
-    """The output folder of one run: locked while the run lasts, filled all at once at :meth:`commit`.
-
-    Attributes:
-        staging: the hidden folder to write into, inside ``out`` (same file system: moves are renames).
-    """
+    """The output folder of one run: locked while it lasts, filled at :meth:`commit` from the hidden ``staging``."""
 
     def __init__(self, out: Path, flag: str, overwrite: bool = False) -> None:
         self.out, self.flag, self.overwrite = Path(out), flag, overwrite

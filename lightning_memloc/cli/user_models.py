@@ -1,7 +1,4 @@
-"""``memloc analyze`` on the user's own models: ``--model pkg.module:factory`` and ``--lightning-module``.
-
-Without ``--encoder``, a ``--model`` factory's own weights are measured (e.g. a pretrained timm model).
-"""
+"""``memloc analyze`` on the user's own models: ``--model pkg.module:factory`` and ``--lightning-module``."""
 
 from __future__ import annotations
 
