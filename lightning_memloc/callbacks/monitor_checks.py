@@ -120,19 +120,14 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
             "pool": candidates_digest(monitor.pool) if monitor.group_sizes else None}
 
 
-def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    keys = sorted(set(saved) | set(current))
-    # "layers" may be saved resolved while a fresh monitor only knows "auto": compare resolved names only
-    return [k for k in keys if saved.get(k) != current.get(k)
-            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))
-            and not (k in _ADDED and None in (saved.get(k), current.get(k)))]
-
-
 def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> None:
     """Raise ``ValueError`` when ``saved`` (from a checkpoint or a folder) differs from ``current``."""
     if saved is None:
         return
-    diff = _differences(saved, current)
+    # "layers" may be saved resolved while a fresh monitor only knows "auto": compare resolved names only
+    diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)
+            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))
+            and not (k in _ADDED and None in (saved.get(k), current.get(k)))]
     if diff:
         detail = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
         raise ValueError(f"{where} was measured with other settings ({detail}): its history cannot continue with this "

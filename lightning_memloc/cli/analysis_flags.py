@@ -37,14 +37,12 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
                              labels: Tensor, positions: Tensor) -> Optional[Dict[str, Any]]:
     """Validate the flags before any measurement; returns what :func:`run_cli_analyses` needs (or ``None``)."""
     from lightning_memloc.analyses import parse_analyses
-    from lightning_memloc.cli.cli_error import CLIError
+    from lightning_memloc.cli.cli_error import CLIError, as_cli_error
     from lightning_memloc.cli.images import match_channels, read_indices_file
     if not getattr(args, "analyses", None):
         return None
-    try:
+    with as_cli_error("--analyses", (ValueError,)):
         names = parse_analyses(args.analyses)
-    except ValueError as err:
-        raise CLIError("--analyses", str(err)) from err
     needs = [n for n in names if n in ("consistency", "exchange")]
     if needs and reference is None:
         raise CLIError("--analyses", f"{needs} need SSLMem against a reference encoder: pass --reference, or "

@@ -102,12 +102,9 @@ def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.
     with as_cli_error(flag, (TypeError, ValueError)):
         example = build_views(candidates[:2], args.views, transform, args.seed, None,
                               normalize=args.normalize).example_batch(device)
-    try:
-        probe_layers(encoder, reference, layers, example)
-    except ArchitectureMismatchError as err:
-        raise CLIError("--reference", f"{err}") from err
-    except (LayerNotFoundError, ValueError) as err:
-        raise CLIError("--layers", str(err)) from err
+    with as_cli_error("--layers", (LayerNotFoundError, ValueError)):  # a mismatch is a ValueError too
+        with as_cli_error("--reference", (ArchitectureMismatchError,)):
+            probe_layers(encoder, reference, layers, example)
 
 
 def analyze(args: argparse.Namespace) -> int:

@@ -59,7 +59,10 @@ def deferred_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def _try_lock(fd: int) -> bool:
+def lock_folder(folder: Path, flag: str) -> int:
+    """Take the lock of ``folder`` without waiting; returns its file descriptor (``CLIError`` if held)."""
+    with as_cli_error(flag, FILE_ERRORS + (OSError,)):
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if os.name == "nt":  # pragma: no cover - Windows
             import msvcrt
@@ -68,16 +71,6 @@ def _try_lock(fd: int) -> bool:
             import fcntl
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return False
-    return True
-
-
-def lock_folder(folder: Path, flag: str) -> int:
-    """Take the lock of ``folder`` without waiting; returns its file descriptor (``CLIError`` if held)."""
-    path = folder / LOCK_NAME
-    with as_cli_error(flag, FILE_ERRORS + (OSError,)):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    if not _try_lock(fd):
         try:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip()
         except OSError:  # Windows: the holder's locked byte cannot be read
@@ -85,7 +78,7 @@ def lock_folder(folder: Path, flag: str) -> int:
         os.close(fd)
         raise CLIError(flag, f"{str(folder)!r} is in use by another memloc analyze ({holder or 'pid unknown'}): wait "
                              "for it to finish, or pass another folder (two runs on one folder would overwrite each "
-                             "other's files).")
+                             "other's files).") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     return fd
