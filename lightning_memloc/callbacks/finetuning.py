@@ -45,14 +45,12 @@ class MemorizationFinetuning(BaseFinetuning):
         encoder: attribute path, module, callable ``pl_module -> nn.Module``, or ``None`` (the monitor's
             encoder, else the LightningModule).
         head: attribute path(s) or module(s) that always train.
-        unfreeze_at_epoch: epoch at whose start the chosen layers unfreeze.
         train_bn: whether BatchNorm layers of frozen parts keep training.
-        seed: seed of the ``"random"`` strategy.
         lr: learning rate of the added param group; ``None``: the first group's.
         require_evidence: ``"warn"``, ``"error"`` or ``"off"`` when the report's tests find no memorization to rank by.
 
     Example:
-        >>> import pytorch_lightning as pl, torch
+        >>> import torch
         >>> from lightning_memloc import MemorizationReport
         >>> from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
         >>> names = ["conv1", "conv2", "conv3"]
@@ -63,9 +61,7 @@ class MemorizationFinetuning(BaseFinetuning):
         ...     layer_mem={"conv1": 0.1, "conv2": 0.3, "conv3": 0.2},
         ...     delta_layer_mem={"conv1": 0.1, "conv2": 0.2, "conv3": -0.1})
         >>> finetuning = MemorizationFinetuning(report, k=1, encoder="backbone", head="head")
-        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[finetuning], logger=False,
-        ...                      enable_checkpointing=False, enable_progress_bar=False)
-        >>> # trainer.fit(model) trains model.head throughout and model.backbone.conv2 from epoch 0
+        >>> # pl.Trainer(callbacks=[finetuning]).fit(model) trains model.head and, from epoch 0, model.backbone.conv2
     """
 
     def __init__(self, source: Any, k: int = 2, by: str = "auto", strategy: str = "highest", encoder: ModuleSpec = None,

@@ -45,13 +45,12 @@ class MemorizationPruning(Callback):
         prune_at: ``"fit_start"`` (``on_fit_start``, or ``on_train_start`` after a monitor's first
             measurement) or the epoch at whose start to prune.
         permanent: at the end of ``fit``, bake the masks into the weights (``prune.remove``).
-        seed: seed of ``"random"``.
         require_evidence: ``"warn"``, ``"error"`` or ``"off"`` when the membership test finds no memorizing layer.
         top_layers: prune only in the ``top_layers`` layers in scope ranked highest by ``by``.
         by: the layer ranking of ``top_layers`` (see :func:`~lightning_memloc.report.selection.layer_score`).
 
     Example:
-        >>> import pytorch_lightning as pl, torch
+        >>> import torch
         >>> from lightning_memloc import MemorizationReport
         >>> from lightning_memloc.callbacks.pruning import MemorizationPruning
         >>> names = ["conv1", "conv2", "conv3"]
@@ -60,9 +59,7 @@ class MemorizationPruning(Callback):
         ...     "conv3": torch.rand(16)}, unit_argmax={n: torch.zeros(w, dtype=torch.long) for n, w in
         ...     zip(names, (4, 8, 16))}, dead_units={n: torch.zeros(w, dtype=torch.bool) for n, w in zip(names, (4, 8, 16))})
         >>> pruning = MemorizationPruning(report, amount=0.25, strategy="highest", encoder="backbone")
-        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], logger=False,
-        ...                      enable_checkpointing=False, enable_progress_bar=False)
-        >>> # trainer.fit(model) zeroes the quarter most memorizing channels of each backbone layer
+        >>> # pl.Trainer(callbacks=[pruning]).fit(model) zeroes the quarter most memorizing channels of each layer
     """
 
     def __init__(self, source: Any, amount: Amount = 0.1, strategy: str = "highest", scope: str = "layer",
