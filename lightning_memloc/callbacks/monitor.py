@@ -24,7 +24,6 @@ from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.models.loading import load_encoder, resolve_module
 from lightning_memloc.reductions.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.states.distributed import rank_zero_buffers
-from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.states.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measurement import Measurement
 from lightning_memloc.taps.probe import model_device_dtype
@@ -157,15 +156,10 @@ class MemorizationMonitor(Callback):
     batch_size, pairing, reduction, negative = (option_property(k) for k in ("batch_size", "pairing", "reduction", "negative"))
     top_k, num_workers, progress, autocast = (option_property(k) for k in ("top_k", "num_workers", "progress", "autocast"))
 
-    @property
-    def evidence_options(self) -> EvidenceOptions:
-        """How the report's intervals and tests are computed (from :attr:`options`)."""
-        return self.options.evidence
-
-    @property
-    def run_id(self) -> str:
-        """The id of this run, written into ``output_dir``'s marker (a resumed run takes over its folder's)."""
-        return self._run_id
+    evidence_options = property(lambda self: self.options.evidence,
+                                doc="How the report's intervals and tests are computed (from :attr:`options`).")
+    run_id = property(lambda self: self._run_id,
+                      doc="The id of this run, in ``output_dir``'s marker (a resumed run takes over its folder's).")
 
     @property
     def candidates_digest(self) -> str:

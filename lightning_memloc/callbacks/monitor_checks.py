@@ -54,21 +54,20 @@ def candidates_digest(views: Any) -> str:
 
 #: Monitor arguments that change no measured or logged number, and why; every other one is in :func:`fingerprint`.
 FINGERPRINT_EXEMPT = {
-    "every_n_epochs": "when measurements happen, not what they measure (part of Lightning's state key)",
-    "every_n_train_steps": "when measurements happen, not what they measure (part of Lightning's state key)",
+    **dict.fromkeys(("every_n_epochs", "every_n_train_steps"),
+                    "when measurements happen, not what they measure (part of Lightning's state key)"),
     "batch_size": "candidates are measured independently in eval mode: batching changes no per-candidate value",
     "num_workers": "a view depends only on (seed, candidate, view number), not on the worker that makes it",
     "progress": "display only",
-    "grid_size": "images logged to TensorBoard, not numbers",
+    **dict.fromkeys(("grid_size", "log_figures"), "images logged to TensorBoard, not numbers"),
     "log_histograms": "a logging option",
-    "log_figures": "images logged to TensorBoard, not numbers",
     "layer_runs": "a logging layout",
     "output_dir": "where files are written (a folder's marker holds the fingerprint)",
     "overwrite": "what happens to another run's files",
     "name": "tag and file names (part of Lightning's state key)",
     "memory_limit": "a check before training",
-    "measure_on_train_start": "only the before-training point, which a resumed run never measures again",
-    "init_batchnorm": "only the before-training point, which a resumed run never measures again",
+    **dict.fromkeys(("measure_on_train_start", "init_batchnorm"),
+                    "only the before-training point, which a resumed run never measures again"),
     "check_views": "a check of the first training batches that warns or stops; it changes no number",
 }
 #: Fingerprint entries an older checkpoint may lack (or ``None`` before ``setup``): not compared then.
