@@ -64,10 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _count(value: float) -> float:
-    return int(value) if value >= 1 else value
-
-
 #: Defaults of the flags that depend on ``--setting``: (canaries, plain).
 _SETTING_DEFAULTS = {"epochs": (180, 30), "batch_size": (32, 128), "repeat": (3, 1), "subset": (160, 600)}
 
@@ -111,8 +107,8 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
                 + ("independent ones" if args.unseen == "independent" else f"{len(unseen)} canaries neither trains on"))
     else:
         n = len(images)
-        cand, ind = _count(args.split_candidates), _count(args.split_independent)
-        shared = n - (cand if isinstance(cand, int) else int(cand * n)) - (ind if isinstance(ind, int) else int(ind * n))
+        cand, ind = (int(v) if v >= 1 else v for v in (args.split_candidates, args.split_independent))  # counts
+        shared = n - sum(v if isinstance(v, int) else int(v * n) for v in (cand, ind))
         split = split_candidates(n, shared=shared, candidates=cand, independent=ind, seed=args.seed)
         control, unseen = split.control(min(len(split.candidates), len(split.shared)), seed=args.seed), split.independent
         what = (f"{n} {args.data!r} images: shared {len(split.shared)} (control: {len(control)} of them), "
