@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
+from lightning_memloc.callbacks.report_source import ModuleSpec
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
 from lightning_memloc.callbacks.view_check import ViewCheck
 from lightning_memloc.data.candidates import IndexSpec, LabelSpec, load_groups
@@ -32,9 +33,6 @@ from lightning_memloc.options import DEFAULT, MeasureOptions, option_property, o
 from lightning_memloc.reductions.precision import check_autocast
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import check_name, upgrade_tag
-
-ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
-
 
 class MemorizationMonitor(Callback):
     r"""Measure UnitMem / ClassMem / SSLMem / LayerMem on held-out candidates during training.

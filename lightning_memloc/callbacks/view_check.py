@@ -79,9 +79,8 @@ class TrainingInputs:
 
     def statistics(self) -> Optional[ViewStatistics]:
         """The statistics of what was recorded (``None`` if nothing was)."""
-        if float(self.count) == 0:
-            return None
-        return statistics_from_sums(self.sums[0], self.sums[1], float(self.count))
+        count = float(self.count)
+        return None if count == 0 else statistics_from_sums(self.sums[0], self.sums[1], count)
 
 
 class ViewCheck:
