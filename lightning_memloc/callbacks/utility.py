@@ -17,6 +17,7 @@ from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.states.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
 from lightning_memloc.callbacks.logging import add_merged_layout, has_tensorboard
 from lightning_memloc.callbacks.monitor_checks import check_schedule, step_due
+from lightning_memloc.callbacks.report_source import ModuleSpec
 from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
@@ -100,11 +101,10 @@ class UtilityMonitor(Callback):
 
     def __init__(self, bank: Tensor, bank_labels: Tensor, test: Tensor, test_labels: Tensor, *,
                  ks: Sequence[int] = (20, 200), temperature: float = 0.1, num_classes: Optional[int] = None,
-                 encoder: Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None] = None,
-                 transform: Optional[Callable[[Tensor], Tensor]] = None, every_n_epochs: Optional[int] = None,
-                 every_n_train_steps: Optional[int] = None, measure_on_train_start: bool = False,
-                 batch_size: int = 256, output_dir: Optional[Union[str, os.PathLike]] = None,
-                 name: Optional[str] = None) -> None:
+                 encoder: ModuleSpec = None, transform: Optional[Callable[[Tensor], Tensor]] = None,
+                 every_n_epochs: Optional[int] = None, every_n_train_steps: Optional[int] = None,
+                 measure_on_train_start: bool = False, batch_size: int = 256,
+                 output_dir: Optional[Union[str, os.PathLike]] = None, name: Optional[str] = None) -> None:
         super().__init__()
         self.every_n_epochs, self.every_n_train_steps = check_schedule(every_n_epochs, every_n_train_steps)
         self.ks, self.temperature = check_knn_args(ks, temperature)
@@ -127,8 +127,7 @@ class UtilityMonitor(Callback):
             raise TypeError(f"`transform` must be a callable on image batches or None, got {type(transform).__name__}.")
         self.encoder_spec, self.transform = encoder, transform
         self.measure_on_train_start = bool(measure_on_train_start)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.name = check_name(name)
+        self.batch_size, self.name = check_int("batch_size", batch_size, 1), check_name(name)
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.history: List[Dict[str, Any]] = []
         self._layout_written = False
@@ -213,7 +212,6 @@ class UtilityMonitor(Callback):
             if isinstance(callback, MemorizationMonitor) and callback.name == self.name:
                 callback.attach_scalars(ours)
 
-    # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {"history": [dict(h) for h in self.history]}
 
