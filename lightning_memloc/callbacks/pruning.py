@@ -106,11 +106,8 @@ class MemorizationPruning(Callback):
             if missing:
                 raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
             return names, {n: report.unit_mem[n].numel() for n in names}
-        if self.layers is not None:
-            return list(self.layers), {}
-        if self.pruned_units is not None:
-            return list(self.pruned_units), {}
-        return monitor_layers(self.source.source, encoder), {}
+        known = self.layers if self.layers is not None else self.pruned_units  # then: what the monitor measures
+        return (list(known) if known is not None else monitor_layers(self.source.source, encoder)), {}
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Register all-ones masks on every layer in scope (before restore and before DDP)."""

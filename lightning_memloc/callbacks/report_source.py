@@ -134,9 +134,8 @@ def find_monitor(callbacks: List[Any], reference: str, argument: str = "source")
 
 def monitor_layers(monitor: Any, encoder: nn.Module) -> List[str]:
     """The layer names ``monitor`` measures (or will measure) on ``encoder``."""
-    measured = getattr(monitor, "layer_names", None)
-    if measured:
-        return list(measured)
+    if getattr(monitor, "layer_names", None):
+        return list(monitor.layer_names)
     requested = getattr(monitor, "layers", "auto")
     if not isinstance(requested, str):
         return [getattr(n, "name", n) for n in requested]
