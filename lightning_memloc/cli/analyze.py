@@ -76,9 +76,8 @@ def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module],
                                                                         "--reference", args)
     if reference is not None and all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(),
                                                                         reference.state_dict().values())):
-        raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): "
-                                      "pass the reference's own checkpoint, or --reference-prefix for a co-trained "
-                                      "one.")
+        raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): pass "
+                                      "the reference's own checkpoint, or --reference-prefix for a co-trained one.")
     return encoder, reference, like
 
 

@@ -218,14 +218,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     model = CoTrainedPair(f, g, lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
     cand = split.candidates.unique()
     top_k = max(1, len(cand) // 10)
-    monitor = MemorizationMonitor(
+    monitor = MemorizationMonitor(  # overwrite: re-running the demo into --output-dir replaces its memloc/ files
         images[cand], control=images[data["control"]], unseen=images[data["unseen"]], views=args.views,
         transform=None if views is None else import_object(views[0], "transform")(**views[1]),
         every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
         seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
-        top_k=top_k, bootstrap=args.bootstrap,
-        overwrite=True,  # re-running the demo into --out replaces its memloc/ files
-    )
+        top_k=top_k, bootstrap=args.bootstrap, overwrite=True)
     utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs, held_out=data["held_out"])
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
