@@ -155,8 +155,7 @@ class MemorizationFinetuning(BaseFinetuning):
     def freeze_before_training(self, pl_module: "pl.LightningModule") -> None:
         """Freeze the whole encoder (BatchNorm too unless ``train_bn``); heads stay trainable."""
         self.freeze(self.encoder(pl_module), train_bn=self.train_bn)
-        for head in self.heads(pl_module):
-            self.make_trainable(head)
+        self.make_trainable(self.heads(pl_module))
 
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._optimizers = list(trainer.optimizers)
