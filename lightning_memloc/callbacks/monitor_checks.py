@@ -167,8 +167,7 @@ def _read_marker(folder: Path) -> Optional[Dict[str, Any]]:
 def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> Tuple[str, List[str]]:
     """Make ``folder`` this run's in ``setup``: ``(run_id, foreign_files)``, the latter refused in ``on_fit_start``."""
     key = str(folder.resolve())
-    other = _CLAIMS.get(key)
-    holder = other() if other is not None else None
+    holder = _CLAIMS[key]() if key in _CLAIMS else None
     if holder is not None and holder is not monitor:
         raise ValueError(f"`output_dir`={str(folder)!r} is already used by another MemorizationMonitor: each monitor "
                          "writes history.json and report_epoch=<E>.json, so give each its own folder.")
