@@ -107,14 +107,11 @@ def fingerprint(monitor: Any) -> Dict[str, Any]:
     layers = monitor.layer_names or monitor.layers
     return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
             "views": monitor.views.views, "seed": monitor.views.seed,
-            "transform": _transform_name(monitor.views.transform),
-            "transform_digest": _settings(monitor.views.transform),
+            "transform": _transform_name(monitor.views.transform), "transform_digest": _settings(monitor.views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
             **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
-            "threshold": monitor.threshold,
-            "encoder": getattr(monitor, "encoder_id", None),
-            "reference": monitor.reference_spec is not None,
-            "reference_id": getattr(monitor, "reference_id", None),
+            "threshold": monitor.threshold, "encoder": getattr(monitor, "encoder_id", None),
+            "reference": monitor.reference_spec is not None, "reference_id": getattr(monitor, "reference_id", None),
             "groups": dict(monitor.group_sizes),
             "pool": candidates_digest(monitor.pool) if monitor.group_sizes else None}
 
@@ -228,10 +225,8 @@ def check_owner(monitor: Any, folder: Path) -> None:
 
 def is_checkpoint_path(spec: Any) -> bool:
     """Whether a ``reference`` string names a checkpoint file rather than an attribute path."""
-    if isinstance(spec, os.PathLike):
-        return True
     if not isinstance(spec, str):
-        return False
+        return isinstance(spec, os.PathLike)
     path = str(split_prefix(spec)[0])  # "pair.ckpt:reference.backbone" names a prefix inside the file
     return path.endswith((".ckpt", ".pt", ".pth")) or os.sep in path or os.path.isfile(path)
 
