@@ -104,10 +104,9 @@ def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
 
 def fingerprint(monitor: Any) -> Dict[str, Any]:
     """What defines one measurement: every monitor argument not in :data:`FINGERPRINT_EXEMPT`."""
-    layers = monitor.layer_names or monitor.layers
-    return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
-            "views": monitor.views.views, "seed": monitor.views.seed,
-            "transform": _transform_name(monitor.views.transform), "transform_digest": _settings(monitor.views.transform),
+    layers, views = monitor.layer_names or monitor.layers, monitor.views
+    return {"candidates": monitor.candidates_digest, "num_candidates": len(views), "views": views.views,
+            "seed": views.seed, "transform": _transform_name(views.transform), "transform_digest": _settings(views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
             **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
             "threshold": monitor.threshold, "encoder": getattr(monitor, "encoder_id", None),
