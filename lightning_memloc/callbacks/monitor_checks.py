@@ -105,8 +105,9 @@ def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
 def fingerprint(monitor: Any) -> Dict[str, Any]:
     """What defines one measurement: every monitor argument not in :data:`FINGERPRINT_EXEMPT`."""
     layers, views = monitor.layer_names or monitor.layers, monitor.views
-    return {"candidates": monitor.candidates_digest, "num_candidates": len(views), "views": views.views, "seed": views.seed,
-            "transform": _transform_name(views.transform), "transform_digest": _settings(views.transform),
+    return {"candidates": monitor.candidates_digest, "num_candidates": len(views), "views": views.views,
+            "seed": views.seed, "transform": _transform_name(views.transform),
+            "transform_digest": _settings(views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
             **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
             "threshold": monitor.threshold, "encoder": getattr(monitor, "encoder_id", None),
