@@ -106,11 +106,9 @@ def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], 
     scores = report.candidate_scores()
     count = min(count, scores.numel())
     order = torch.sort(scores, descending=True, stable=True).indices
-    grids = {}
-    for name, positions in (("most_memorized", order[:count]), ("least_memorized", order.flip(0)[:count])):
-        picked = images(positions).detach().cpu().float().clamp(0, 1)
-        grids[name] = make_grid(picked, nrow=min(count, 8), padding=1, pad_value=1.0)
-    return grids
+    return {name: make_grid(images(positions).detach().cpu().float().clamp(0, 1), nrow=min(count, 8), padding=1,
+                            pad_value=1.0)
+            for name, positions in (("most_memorized", order[:count]), ("least_memorized", order.flip(0)[:count]))}
 
 
 def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
@@ -198,9 +196,8 @@ class LayerRunWriters:
 
     def log(self, report: MemorizationReport, scalars: Dict[str, float], step: int, histograms: bool = True) -> List[str]:
         """Write every layer's quantities (and UnitMem histogram) at ``step``; returns the run names."""
-        runs = []
-        for i, layer in enumerate(report.layers):
-            run = layer_run_name(i, layer, len(report.layers))
+        runs = [layer_run_name(i, layer, len(report.layers)) for i, layer in enumerate(report.layers)]
+        for run, layer in zip(runs, report.layers):
             writer = self._writer(run)
             for quantity in LAYER_QUANTITIES:
                 value: Optional[float] = scalars.get(scalar_tag(quantity, layer))
@@ -209,7 +206,6 @@ class LayerRunWriters:
             if histograms:
                 writer.add_histogram(by_layer_tag(HIST_QUANTITY, self.prefix), report.unit_mem[layer].float(), global_step=step)
             writer.flush()
-            runs.append(run)
         return runs
 
     def close(self) -> None:
