@@ -92,5 +92,4 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     except MemlocError as err:
         raise CLIError("--analyses", f"analysis failed: {err}", code=1) from err
     out.mkdir(parents=True, exist_ok=True)
-    pool = setup.get("pool")
-    return plot_analyses(report, out, candidates=candidates, pool=pool)
+    return plot_analyses(report, out, candidates=candidates, pool=setup.get("pool"))

@@ -80,8 +80,7 @@ def select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tenso
     for flag, value in (("--control", args.control), ("--unseen", args.unseen)):
         if value is None:
             continue
-        from_split = flag == "--control" and not Path(value).exists() or flag == "--unseen" and value == "split"
-        if from_split:
+        if flag == "--control" and not Path(value).exists() or flag == "--unseen" and value == "split":
             if not args.indices_from_split:
                 raise CLIError(flag, f"{value!r} is not a file; a {'count' if flag == '--control' else 'split'} "
                                      "needs --indices-from-split (or pass an indices file).")
