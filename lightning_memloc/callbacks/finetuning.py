@@ -36,14 +36,11 @@ class MemorizationFinetuning(BaseFinetuning):
     LR schedulers from ``configure_optimizers`` do not schedule the added param group.
 
     Args:
-        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor`, a
-            :class:`~lightning_memloc.MemorizationReport`, or the path of a saved report.
+        source: a ``MemorizationMonitor``, a :class:`~lightning_memloc.MemorizationReport` or a saved report's path.
         k: number of layers to unfreeze.
-        by: the ranking score: ``"auto"`` (``"excess"`` with a control, else ``"layer_mem"``, ``"align_gap"``,
-            ``"unit_mem"``), ``"excess"``, ``"layer_mem"``, ``"delta_layer_mem"``, ``"unit_mem"`` or ``"align_gap"``.
+        by: the ranking score (:func:`~lightning_memloc.report.selection.layer_score`); ``"auto"`` picks one.
         strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k`` layers).
-        encoder: attribute path, module, callable ``pl_module -> nn.Module``, or ``None`` (the monitor's
-            encoder, else the LightningModule).
+        encoder: attribute path, module or callable; ``None``: the monitor's encoder, else the LightningModule.
         head: attribute path(s) or module(s) that always train.
         train_bn: whether BatchNorm layers of frozen parts keep training.
         lr: learning rate of the added param group; ``None``: the first group's.

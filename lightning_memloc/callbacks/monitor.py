@@ -49,8 +49,7 @@ class MemorizationMonitor(Callback):
         transform: view transform; ``None`` for the default batched SimCLR augmentation.
         layers: ``"auto"`` or module names of the encoder.
         encoder: attribute path, callable ``pl_module -> nn.Module``, module, or ``None`` (the LightningModule).
-        reference: encoder ``g`` for LayerMem: a frozen module, a checkpoint path
-            (``"pair.ckpt:reference.backbone"`` names a prefix), or an attribute path (co-trained).
+        reference: encoder ``g``: a module, a checkpoint path (``"pair.ckpt:prefix"``) or an attribute (co-trained).
         labels: (N,) labels for ClassMem: a tensor, ``True`` (stored with the candidates) or a path.
         threshold: UnitMem above which a unit counts as highly memorizing in the logs.
         measure_on_train_start: also measure before the first epoch.

@@ -35,15 +35,13 @@ class MemorizationPruning(Callback):
     ``state_dict`` and is the same on every DDP rank.
 
     Args:
-        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor`, a
-            :class:`~lightning_memloc.MemorizationReport` or the path of a saved report.
+        source: a ``MemorizationMonitor``, a :class:`~lightning_memloc.MemorizationReport` or a saved report's path.
         amount: a fraction in (0, 1) (``round(fraction * units)``) or a count >= 1.
         strategy: ``"highest"``, ``"lowest"`` or ``"random"`` UnitMem.
         scope: ``"layer"`` (``amount`` of every layer) or ``"global"`` (all units ranked together).
         encoder: attribute path, module or callable; ``None``: the monitor's encoder, else the module itself.
         layers: prune only these report layers (default: all).
-        prune_at: ``"fit_start"`` (``on_fit_start``, or ``on_train_start`` after a monitor's first
-            measurement) or the epoch at whose start to prune.
+        prune_at: ``"fit_start"`` (or ``on_train_start``, after a monitor's first measurement) or an epoch.
         permanent: at the end of ``fit``, bake the masks into the weights (``prune.remove``).
         require_evidence: ``"warn"``, ``"error"`` or ``"off"`` when the membership test finds no memorizing layer.
         top_layers: prune only in the ``top_layers`` layers in scope ranked highest by ``by``.
