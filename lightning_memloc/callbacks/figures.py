@@ -1,7 +1,4 @@
-"""The monitor's pictures on TensorBoard: the profile by depth and the heat maps, with the warm-up's end.
-
-Images ``memloc/profile`` and ``memloc/profile_over_training``; the text ``memloc/lr_warmup``.
-"""
+"""The monitor's pictures on TensorBoard: the profile by depth and the heat maps, with the warm-up's end."""
 
 from __future__ import annotations
 

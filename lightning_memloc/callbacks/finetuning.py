@@ -11,19 +11,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from lightning_memloc.callbacks.report_source import EVIDENCE_POLICIES, gate, test_for
 from lightning_memloc.callbacks.fit_state import TrainableState, started_training
-from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
-from lightning_memloc.callbacks.report_source import check_epoch_in_run, check_k_layers
+from lightning_memloc.callbacks.report_source import (EVIDENCE_POLICIES, ModuleSpec, ReportSource, check_epoch_in_run,
+                                                      check_k_layers, check_module_spec, gate, monitor_layers,
+                                                      resolve_encoder, test_for)
 from lightning_memloc.checks import check_choice, check_int, check_layers_exist
-from lightning_memloc.callbacks.report_source import monitor_layers
 from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.taps.producers import count_parameters, trainable_map
 from lightning_memloc.report.selection import LAYER_SCORES, LAYER_STRATEGIES, layer_score, select_layers
 
 __all__ = ["MemorizationFinetuning"]
-
-# ReportSource, ModuleSpec, resolve_encoder and check_layers_exist stay importable from here.
 
 HeadSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]], None]
 _AUTO_WHY = {"excess": "the report measured a control", "layer_mem": "the report has a reference but no control",
@@ -39,23 +36,18 @@ class MemorizationFinetuning(BaseFinetuning):
     LR schedulers from ``configure_optimizers`` do not schedule the added param group.
 
     Args:
-        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor`, a
-            :class:`~lightning_memloc.MemorizationReport`, or the path of a saved report.
+        source: a ``MemorizationMonitor``, a :class:`~lightning_memloc.MemorizationReport` or a saved report's path.
         k: number of layers to unfreeze.
-        by: the ranking score: ``"auto"`` (``"excess"`` with a control, else ``"layer_mem"``, ``"align_gap"``,
-            ``"unit_mem"``), ``"excess"``, ``"layer_mem"``, ``"delta_layer_mem"``, ``"unit_mem"`` or ``"align_gap"``.
+        by: the ranking score (:func:`~lightning_memloc.report.selection.layer_score`); ``"auto"`` picks one.
         strategy: ``"highest"``, ``"lowest"``, ``"random"`` (seeded) or ``"last"`` (the last ``k`` layers).
-        encoder: attribute path, module, callable ``pl_module -> nn.Module``, or ``None`` (the monitor's
-            encoder, else the LightningModule).
+        encoder: attribute path, module or callable; ``None``: the monitor's encoder, else the LightningModule.
         head: attribute path(s) or module(s) that always train.
-        unfreeze_at_epoch: epoch at whose start the chosen layers unfreeze.
         train_bn: whether BatchNorm layers of frozen parts keep training.
-        seed: seed of the ``"random"`` strategy.
         lr: learning rate of the added param group; ``None``: the first group's.
         require_evidence: ``"warn"``, ``"error"`` or ``"off"`` when the report's tests find no memorization to rank by.
 
     Example:
-        >>> import pytorch_lightning as pl, torch
+        >>> import torch
         >>> from lightning_memloc import MemorizationReport
         >>> from lightning_memloc.callbacks.finetuning import MemorizationFinetuning
         >>> names = ["conv1", "conv2", "conv3"]
@@ -66,25 +58,12 @@ class MemorizationFinetuning(BaseFinetuning):
         ...     layer_mem={"conv1": 0.1, "conv2": 0.3, "conv3": 0.2},
         ...     delta_layer_mem={"conv1": 0.1, "conv2": 0.2, "conv3": -0.1})
         >>> finetuning = MemorizationFinetuning(report, k=1, encoder="backbone", head="head")
-        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[finetuning], logger=False,
-        ...                      enable_checkpointing=False, enable_progress_bar=False)
-        >>> # trainer.fit(model) trains model.head throughout and model.backbone.conv2 from epoch 0
+        >>> # pl.Trainer(callbacks=[finetuning]).fit(model) trains model.head and, from epoch 0, model.backbone.conv2
     """
 
-    def __init__(
-        self,
-        source: Any,
-        k: int = 2,
-        by: str = "auto",
-        strategy: str = "highest",
-        encoder: ModuleSpec = None,
-        head: HeadSpec = None,
-        unfreeze_at_epoch: int = 0,
-        train_bn: bool = False,
-        seed: int = 0,
-        lr: Optional[float] = None,
-        require_evidence: str = "warn",
-    ) -> None:
+    def __init__(self, source: Any, k: int = 2, by: str = "auto", strategy: str = "highest", encoder: ModuleSpec = None,
+                 head: HeadSpec = None, unfreeze_at_epoch: int = 0, train_bn: bool = False, seed: int = 0,
+                 lr: Optional[float] = None, require_evidence: str = "warn") -> None:
         super().__init__()
         self.source = ReportSource(source)
         k, unfreeze_at_epoch, seed = (check_int(name, value, minimum) for name, value, minimum in  # NumPy ints too
@@ -110,7 +89,6 @@ class MemorizationFinetuning(BaseFinetuning):
         self._before_fit: Optional[Tuple[TrainableState, Optional[List[str]], Any]] = None
         self._start_step: Optional[int] = None
 
-    # ------------------------------------------------------------ resolution
     def encoder(self, pl_module: "pl.LightningModule") -> nn.Module:
         """The encoder inside ``pl_module`` whose layers the report names."""
         return resolve_encoder(pl_module, self.encoder_spec, self.source)
@@ -145,7 +123,6 @@ class MemorizationFinetuning(BaseFinetuning):
             modules += [encoder.get_submodule(n) for layer in self.chosen_layers for n in self.trainable_modules[layer]]
         return modules
 
-    # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Resolve encoder and head, check the report against the encoder, then freeze."""
         self._before_fit = None
@@ -175,8 +152,7 @@ class MemorizationFinetuning(BaseFinetuning):
     def freeze_before_training(self, pl_module: "pl.LightningModule") -> None:
         """Freeze the whole encoder (BatchNorm too unless ``train_bn``); heads stay trainable."""
         self.freeze(self.encoder(pl_module), train_bn=self.train_bn)
-        for head in self.heads(pl_module):
-            self.make_trainable(head)
+        self.make_trainable(self.heads(pl_module))
 
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._optimizers = list(trainer.optimizers)
@@ -192,15 +168,10 @@ class MemorizationFinetuning(BaseFinetuning):
         modules = self._trainable_modules(pl_module, epoch)
         self.make_trainable(modules)
         held = {id(p) for opt in (self._optimizers or [optimizer]) for group in opt.param_groups for p in group["params"]}
-        new: List[nn.Parameter] = []
-        for module in modules:
-            for parameter in module.parameters():
-                if parameter.requires_grad and id(parameter) not in held:
-                    held.add(id(parameter))
-                    new.append(parameter)
+        new = {id(p): p for m in modules for p in m.parameters() if p.requires_grad and id(p) not in held}
         if new:
             lr = optimizer.param_groups[0]["lr"] if self.lr is None else float(self.lr)
-            optimizer.add_param_group({"params": new, "lr": lr})
+            optimizer.add_param_group({"params": list(new.values()), "lr": lr})
 
     def _sync_bn_modes(self, pl_module: "pl.LightningModule", epoch: int) -> None:
         """Frozen BatchNorm to eval (``train_bn=False``); BatchNorm we froze but now train back to train."""
@@ -210,10 +181,9 @@ class MemorizationFinetuning(BaseFinetuning):
         for module in self.encoder(pl_module).modules():
             if not isinstance(module, _BatchNorm):
                 continue
-            if id(module) in trainable:
-                if self._bn_in_eval.pop(id(module), None) is not None:
-                    module.train()
-            elif module.training:
+            if id(module) in trainable and self._bn_in_eval.pop(id(module), None) is not None:
+                module.train()
+            elif id(module) not in trainable and module.training:
                 module.eval()
                 self._bn_in_eval[id(module)] = module
 
@@ -239,14 +209,12 @@ class MemorizationFinetuning(BaseFinetuning):
         self._bn_in_eval.clear()
         self._before_fit = None
 
-    # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {**super().state_dict(), "chosen_layers": self.chosen_layers, "trainable_modules": self.trainable_modules}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         state = dict(state_dict)
-        chosen = state.pop("chosen_layers", None)
-        mapping = state.pop("trainable_modules", None)
+        chosen, mapping = state.pop("chosen_layers", None), state.pop("trainable_modules", None)
         super().load_state_dict(state)
         self.chosen_layers = None if chosen is None else [str(name) for name in chosen]
         self.trainable_modules = None if mapping is None else {str(k): [str(n) for n in v] for k, v in mapping.items()}

@@ -1,7 +1,4 @@
-"""What a callback changes on a model before training, kept so that a failed ``fit`` can give it back.
-
-Lightning calls ``on_exception`` (not ``teardown``) when ``fit`` fails: the callbacks restore there.
-"""
+"""What a callback changes on a model before training, kept so that a failed ``fit`` can give it back."""
 
 from __future__ import annotations
 

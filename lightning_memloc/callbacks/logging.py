@@ -1,7 +1,4 @@
-"""Turn a :class:`~lightning_memloc.MemorizationReport` into logger scalars and TensorBoard extras.
-
-Everything is logged at the trainer's ``global_step``; tags come from :mod:`lightning_memloc.report.tags`.
-"""
+"""Turn a :class:`~lightning_memloc.MemorizationReport` into logger scalars and TensorBoard extras."""
 
 from __future__ import annotations
 
@@ -79,22 +76,19 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
 
 
 def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> Dict[str, Dict[str, List]]:
-    """A TensorBoard custom-scalars layout putting every layer of a quantity on one chart.
-
-    ``by_layer``: charts match the quantity's tag in each per-layer run (:class:`LayerRunWriters`).
-    """
-    if by_layer:
-        return _by_layer_layout(report)
-    quantities = _chart_quantities(report, labels=True)
-    charts = {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}
-    layout = {PREFIX: charts}
+    """A TensorBoard custom-scalars layout with every layer of a quantity on one chart (``by_layer``: of the runs)."""
     ev = report.evidence
-    if ev is not None:
-        for title, (value, lo, hi) in MARGINS.items():
-            if ev.has(lo):
-                layout[f"{PREFIX} {title}"] = {
-                    layer: ["Margin", [scalar_tag(value, layer), scalar_tag(lo, layer), scalar_tag(hi, layer)]]
-                    for layer in report.layers}
+    margins = {title: tags for title, tags in MARGINS.items() if ev is not None and ev.has(tags[1])}  # (value, lo, hi)
+    if by_layer:
+        quantities = _chart_quantities(report, labels=False)
+        charts = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]] for q in quantities}
+        charts.update({title: ["Margin", [by_layer_tag(t) for t in tags]] for title, tags in margins.items()})
+        return {PREFIX: charts}
+    quantities = _chart_quantities(report, labels=True)
+    layout = {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}}
+    for title, tags in margins.items():
+        layout[f"{PREFIX} {title}"] = {layer: ["Margin", [scalar_tag(t, layer) for t in tags]]
+                                       for layer in report.layers}
     return layout
 
 
@@ -106,47 +100,21 @@ def _chart_quantities(report: MemorizationReport, labels: bool) -> List[str]:
     return quantities + [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
 
 
-def _by_layer_layout(report: MemorizationReport) -> Dict[str, Dict[str, List]]:
-    ev = report.evidence
-    charts: Dict[str, List] = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]]
-                               for q in _chart_quantities(report, labels=False)}
-    for title, (value, lo, hi) in MARGINS.items():
-        if ev is not None and ev.has(lo):
-            charts[title] = ["Margin", [by_layer_tag(value), by_layer_tag(lo), by_layer_tag(hi)]]
-    return {PREFIX: charts}
-
-
 def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], count: int) -> Dict[str, Tensor]:
-    """Grids (C, H, W) of the ``count`` most and least memorized candidates.
-
-    Args:
-        images: maps candidate positions (k,) to their un-augmented images (k, C, H, W) in [0, 1].
-    """
+    """Grids (C, H, W) of the ``count`` most and least memorized candidates (``images``: positions -> [0, 1] images)."""
     from torchvision.utils import make_grid
-
     scores = report.candidate_scores()
     count = min(count, scores.numel())
     order = torch.sort(scores, descending=True, stable=True).indices
-    grids = {}
-    for name, positions in (("most_memorized", order[:count]), ("least_memorized", order.flip(0)[:count])):
-        picked = images(positions).detach().cpu().float().clamp(0, 1)
-        grids[name] = make_grid(picked, nrow=min(count, 8), padding=1, pad_value=1.0)
-    return grids
+    return {name: make_grid(images(positions).detach().cpu().float().clamp(0, 1), nrow=min(count, 8), padding=1,
+                            pad_value=1.0)
+            for name, positions in (("most_memorized", order[:count]), ("least_memorized", order.flip(0)[:count]))}
 
 
-def log_tensorboard(
-    writer: object,
-    report: MemorizationReport,
-    step: int,
-    *,
-    images: Optional[Callable[[Tensor], Tensor]] = None,
-    grid_size: int = 8,
-    histograms: bool = True,
-    layout: bool = False,
-    by_layer: bool = False,
-    history: Optional[Sequence[Mapping[str, Any]]] = None,
-    warmup_step: Optional[int] = None,
-) -> None:
+def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
+                    images: Optional[Callable[[Tensor], Tensor]] = None, grid_size: int = 8, histograms: bool = True,
+                    layout: bool = False, by_layer: bool = False, history: Optional[Sequence[Mapping[str, Any]]] = None,
+                    warmup_step: Optional[int] = None) -> None:
     """Histograms, image grids, (with a ``history``) the figures, and (once) the custom-scalars layout on a ``SummaryWriter``."""
     if layout:
         writer.add_custom_scalars(custom_scalar_layout(report, by_layer=by_layer))
@@ -162,11 +130,7 @@ def log_tensorboard(
 
 
 class MonitorLoggers:
-    """Writes one monitor's measurements to every logger of a trainer, all at ``trainer.global_step``.
-
-    Args:
-        name: the monitor's ``name`` (``None``: plain ``memloc...`` tags).
-    """
+    """Writes one monitor's (``name``) measurements to every logger of a trainer, all at ``trainer.global_step``."""
 
     def __init__(self, name: Optional[str] = None) -> None:
         self.name = name
@@ -227,15 +191,13 @@ class LayerRunWriters:
     def _writer(self, run: str) -> Any:
         if run not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
-
             self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
         return self._writers[run]
 
     def log(self, report: MemorizationReport, scalars: Dict[str, float], step: int, histograms: bool = True) -> List[str]:
         """Write every layer's quantities (and UnitMem histogram) at ``step``; returns the run names."""
-        runs = []
-        for i, layer in enumerate(report.layers):
-            run = layer_run_name(i, layer, len(report.layers))
+        runs = [layer_run_name(i, layer, len(report.layers)) for i, layer in enumerate(report.layers)]
+        for run, layer in zip(runs, report.layers):
             writer = self._writer(run)
             for quantity in LAYER_QUANTITIES:
                 value: Optional[float] = scalars.get(scalar_tag(quantity, layer))
@@ -244,7 +206,6 @@ class LayerRunWriters:
             if histograms:
                 writer.add_histogram(by_layer_tag(HIST_QUANTITY, self.prefix), report.unit_mem[layer].float(), global_step=step)
             writer.flush()
-            runs.append(run)
         return runs
 
     def close(self) -> None:
@@ -264,6 +225,10 @@ def has_tensorboard(logger: Any) -> bool:
     return all(callable(getattr(experiment, m, None)) for m in ("add_histogram", "add_image", "add_custom_scalars"))
 
 
+#: ``SummaryWriter`` methods whose first argument is a tag.
+_TAGGED = ("add_histogram", "add_image", "add_text", "add_scalar", "add_scalars")
+
+
 class NamedWriter:
     """A ``SummaryWriter`` view writing tags and layouts under a monitor's ``name`` (``memloc-<name>``)."""
 
@@ -271,32 +236,17 @@ class NamedWriter:
         self.writer, self.name = writer, name
 
     def __getattr__(self, attribute: str) -> Any:
-        return getattr(self.writer, attribute)
-
-    def add_histogram(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_histogram(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_image(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_image(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_text(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_text(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_scalar(self, tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_scalar(named_tag(tag, self.name), *args, **kwargs)
-
-    def add_scalars(self, main_tag: str, *args: Any, **kwargs: Any) -> Any:
-        return self.writer.add_scalars(named_tag(main_tag, self.name), *args, **kwargs)
+        method = getattr(self.writer, attribute)
+        if attribute not in _TAGGED:
+            return method
+        return lambda tag, *args, **kwargs: method(named_tag(tag, self.name), *args, **kwargs)
 
     def add_custom_scalars(self, layout: Dict[str, Any]) -> Any:
         return add_merged_layout(self.writer, named_layout(layout, self.name), self.name)
 
 
 def add_merged_layout(writer: Any, layout: Dict[str, Any], key: Any) -> Any:
-    """Write ``layout`` (stored on ``writer`` under ``key``) merged with every layout written so far.
-
-    TensorBoard keeps one custom-scalars layout per run, so monitors sharing a writer write the union.
-    """
+    """Write ``layout`` merged with every layout written so far (TensorBoard keeps one per run)."""
     layouts: Dict[Any, Dict[str, Any]] = getattr(writer, LAYOUTS_ATTRIBUTE, None) or {}
     layouts[key] = layout
     try:

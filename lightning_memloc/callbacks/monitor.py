@@ -1,13 +1,10 @@
-"""``MemorizationMonitor``: UnitMem and LayerMem of a held-out candidate set while an SSL encoder trains.
-
-Runs :func:`~lightning_memloc.measurement.run_pass` every N epochs or steps, logs it, keeps a history
-that survives checkpoint/resume, and shards the candidates across DDP ranks.
-"""
+"""``MemorizationMonitor``: UnitMem and LayerMem of held-out candidates, measured while an SSL encoder trains."""
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -19,8 +16,8 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
+from lightning_memloc.callbacks.report_source import ModuleSpec
 from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
-from lightning_memloc.callbacks.monitor_checks import check_schedule, final_epoch_due, show_progress, step_due
 from lightning_memloc.callbacks.view_check import ViewCheck
 from lightning_memloc.data.candidates import IndexSpec, LabelSpec, load_groups
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
@@ -28,9 +25,9 @@ from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.models.loading import load_encoder, resolve_module
 from lightning_memloc.reductions.baseline import INIT_BATCHNORM, recalibrated_batchnorm
 from lightning_memloc.states.distributed import rank_zero_buffers
-from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.states.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measurement import Measurement
+from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.views.seeded import SeededViews
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.states.meter import MemorizationMeter, check_state_memory
@@ -38,9 +35,6 @@ from lightning_memloc.options import DEFAULT, MeasureOptions, option_property, o
 from lightning_memloc.reductions.precision import check_autocast
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import check_name, upgrade_tag
-
-ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
-
 
 class MemorizationMonitor(Callback):
     r"""Measure UnitMem / ClassMem / SSLMem / LayerMem on held-out candidates during training.
@@ -55,13 +49,11 @@ class MemorizationMonitor(Callback):
         transform: view transform; ``None`` for the default batched SimCLR augmentation.
         layers: ``"auto"`` or module names of the encoder.
         encoder: attribute path, callable ``pl_module -> nn.Module``, module, or ``None`` (the LightningModule).
-        reference: encoder ``g`` for LayerMem: a frozen module, a checkpoint path
-            (``"pair.ckpt:reference.backbone"`` names a prefix), or an attribute path (co-trained).
+        reference: encoder ``g``: a module, a checkpoint path (``"pair.ckpt:prefix"``) or an attribute (co-trained).
         labels: (N,) labels for ClassMem: a tensor, ``True`` (stored with the candidates) or a path.
         threshold: UnitMem above which a unit counts as highly memorizing in the logs.
         measure_on_train_start: also measure before the first epoch.
         grid_size: images per TensorBoard grid of most / least memorized candidates (0: none).
-        log_histograms: log a UnitMem histogram per layer.
         log_figures: log the depth profile and layer × measurement heat maps.
         layer_runs: also write each layer into its own TensorBoard run ``memloc_layers/<NN>_<layer>``.
         output_dir: rank 0 writes ``report_epoch=<E>.json`` and ``history.json`` there.
@@ -69,8 +61,7 @@ class MemorizationMonitor(Callback):
         memory_limit: bytes the metric states may take (``None``: 25 % of device memory, warning only).
         control: images both encoders trained on (needs ``reference``): LayerMem's null.
         unseen: images the encoder never trained on: seen vs unseen UnitMem and membership test.
-        init_batchnorm: ``"recalibrate"`` (BatchNorm statistics from the views) or ``"default"``
-            for the before-training measurement.
+        init_batchnorm: ``"recalibrate"`` (BatchNorm statistics from the views) or ``"default"`` before training.
         overwrite: let a new run delete another run's files in ``output_dir``.
         name: tells monitors apart (tags ``memloc-<name>...``, ``output_dir/<name>``, ``state_key``).
         every_n_train_steps: measure every N optimizer steps instead of epochs.
@@ -88,60 +79,33 @@ class MemorizationMonitor(Callback):
         ...                      enable_checkpointing=False, enable_progress_bar=False)
     """
 
-    def __init__(
-        self,
-        candidates: Union[Tensor, Dataset, str, os.PathLike],
-        *,
-        every_n_epochs: Optional[int] = None,
-        views: int = DEFAULT.views,
-        transform: Optional[Callable] = None,
-        layers: Union[str, Sequence[str]] = "auto",
-        encoder: ModuleSpec = None,
-        reference: Union[ModuleSpec, os.PathLike] = None,
-        seed: int = DEFAULT.seed,
-        batch_size: int = DEFAULT.batch_size,
-        labels: LabelSpec = None,
-        pairing: str = DEFAULT.pairing,
-        reduction: str = DEFAULT.reduction,
-        negative: str = DEFAULT.negative,
-        top_k: int = DEFAULT.top_k,
-        threshold: float = 0.5,
-        measure_on_train_start: bool = False,
-        grid_size: int = 8,
-        log_histograms: bool = True,
-        log_figures: bool = True,
-        output_dir: Optional[Union[str, os.PathLike]] = None,
-        progress: Optional[bool] = None,
-        num_workers: int = DEFAULT.num_workers,
-        memory_limit: Optional[int] = None,
-        control: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
-        unseen: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
-        bootstrap: int = DEFAULT.bootstrap,
-        confidence: float = DEFAULT.confidence,
-        alpha: float = DEFAULT.alpha,
-        autocast: Optional[str] = DEFAULT.autocast,
-        init_batchnorm: str = "recalibrate",
-        overwrite: bool = False,
-        layer_runs: bool = True,
-        name: Optional[str] = None,
-        every_n_train_steps: Optional[int] = None,
-        size: Optional[int] = None,
-        indices: IndexSpec = None, control_indices: IndexSpec = None, unseen_indices: IndexSpec = None,
-        normalize: Any = DEFAULT.normalize,
-        check_views: str = "warn",
-    ) -> None:
+    def __init__(self, candidates: Union[Tensor, Dataset, str, os.PathLike], *, every_n_epochs: Optional[int] = None,
+                 views: int = DEFAULT.views, transform: Optional[Callable] = None,
+                 layers: Union[str, Sequence[str]] = "auto", encoder: ModuleSpec = None,
+                 reference: Union[ModuleSpec, os.PathLike] = None, seed: int = DEFAULT.seed,
+                 batch_size: int = DEFAULT.batch_size, labels: LabelSpec = None, pairing: str = DEFAULT.pairing,
+                 reduction: str = DEFAULT.reduction, negative: str = DEFAULT.negative, top_k: int = DEFAULT.top_k,
+                 threshold: float = 0.5, measure_on_train_start: bool = False, grid_size: int = 8,
+                 log_histograms: bool = True, log_figures: bool = True,
+                 output_dir: Optional[Union[str, os.PathLike]] = None, progress: Optional[bool] = None,
+                 num_workers: int = DEFAULT.num_workers, memory_limit: Optional[int] = None,
+                 control: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None,
+                 unseen: Optional[Union[Tensor, Dataset, str, os.PathLike]] = None, bootstrap: int = DEFAULT.bootstrap,
+                 confidence: float = DEFAULT.confidence, alpha: float = DEFAULT.alpha,
+                 autocast: Optional[str] = DEFAULT.autocast, init_batchnorm: str = "recalibrate",
+                 overwrite: bool = False, layer_runs: bool = True, name: Optional[str] = None,
+                 every_n_train_steps: Optional[int] = None, size: Optional[int] = None,
+                 indices: IndexSpec = None, control_indices: IndexSpec = None, unseen_indices: IndexSpec = None,
+                 normalize: Any = DEFAULT.normalize, check_views: str = "warn") -> None:
         super().__init__()
-        every_n_epochs, every_n_train_steps = check_schedule(  # NumPy integers accepted
-            None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1),
-            None if every_n_train_steps is None else check_int("every_n_train_steps", every_n_train_steps, 1))
+        every_n_epochs, every_n_train_steps = guard.check_schedule(every_n_epochs, every_n_train_steps)
         self.name, self.every_n_train_steps = check_name(name), every_n_train_steps
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"`threshold` must be in [0, 1] (UnitMem's range), got {threshold!r}.")
         grid_size = check_int("grid_size", grid_size, 0)
         if reference is not None and not isinstance(reference, (str, os.PathLike, nn.Module)) and not callable(reference):
-            raise TypeError(
-                f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got {type(reference).__name__}."
-            )
+            raise TypeError(f"`reference` must be None, an nn.Module, a checkpoint path or an attribute name, got "
+                            f"{type(reference).__name__}.")
         # The reference may still be a path or an attribute: only whether there is one matters here.
         options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
                                  negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
@@ -154,19 +118,16 @@ class MemorizationMonitor(Callback):
         self.init_batchnorm = init_batchnorm
         self.measurement = Measurement.prepare(candidates, options, transform=transform, labels=labels, control=control,
                                                unseen=unseen)
-        memory_limit = check_memory_limit(memory_limit)
+        self.memory_limit = check_memory_limit(memory_limit)
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
         self.overwrite, self._run_id, self._candidates_digest = overwrite, os.urandom(8).hex(), None
         self._foreign_files: List[str] = []  # another run's files in output_dir (refused in on_fit_start)
-        self.every_n_epochs = every_n_epochs
-        self.layers = layers
-        self.encoder_spec = encoder
-        self.reference_spec = reference
+        self.every_n_epochs, self.layers = every_n_epochs, layers
+        self.encoder_spec, self.reference_spec = encoder, reference
         self.threshold, self.grid_size = float(threshold), grid_size
         self.measure_on_train_start, self.log_histograms, self.log_figures = measure_on_train_start, log_histograms, log_figures
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
-        self.memory_limit = memory_limit
         self.history: List[Dict[str, Any]] = []
         self.report: Optional[MemorizationReport] = None
         self.meter: Optional[MemorizationMeter] = None
@@ -184,12 +145,12 @@ class MemorizationMonitor(Callback):
 
     @property
     def pool(self) -> SeededViews:
-        """The pooled views of a pass: candidates, then control and unseen images (of :attr:`measurement`)."""
+        """The pooled views of a pass: candidates, then control and unseen images."""
         return self.measurement.pool
 
     @property
     def group_sizes(self) -> Dict[str, int]:
-        """Sizes of the control / unseen sets, by name (of :attr:`measurement`)."""
+        """Sizes of the control / unseen sets, by name."""
         return self.measurement.group_sizes
 
     @property
@@ -277,34 +238,29 @@ class MemorizationMonitor(Callback):
         if note:
             rank_zero_info(note)
 
-    # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.measure_on_train_start and not self.history and trainer.global_step == 0:  # not in a resumed run
-            if self.init_batchnorm == "recalibrate":
-                # an untrained BatchNorm's default statistics inflate UnitMem; the models' own are restored after
-                with recalibrated_batchnorm(self.encoder(pl_module), self.reference(pl_module), views=self.pool,
-                                            batch_size=self.batch_size):
-                    self._measure(trainer, pl_module, epoch=-1)
-            else:
+            # an untrained BatchNorm's default statistics inflate UnitMem; the models' own are restored after
+            recalibrate = self.init_batchnorm == "recalibrate"
+            with (recalibrated_batchnorm(self.encoder(pl_module), self.reference(pl_module), views=self.pool,
+                                         batch_size=self.batch_size) if recalibrate else nullcontext()):
                 self._measure(trainer, pl_module, epoch=-1)
         self.view_check.start(self.encoder(pl_module), self.views.view_shape)  # after the monitor's own forwards
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self.view_check.step(trainer, pl_module, self)  # before a measurement of this step
-        if step_due(self.every_n_train_steps, trainer.global_step, self.history):
+        if guard.step_due(self.every_n_train_steps, trainer.global_step, self.history):
             self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
-            self._measure(trainer, pl_module, epoch=epoch)
+        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = final_epoch_due(self.every_n_train_steps, trainer.current_epoch, trainer.global_step, self.history)
+        last = guard.final_epoch_due(self.every_n_train_steps, trainer.current_epoch, trainer.global_step, self.history)
         if last is not None:
             self._measure(trainer, pl_module, epoch=last)
 
-    # ------------------------------------------------------------ measurement
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> MemorizationReport:
         encoder, reference = self.encoder(pl_module), self.reference(pl_module)
         check_reference(encoder, reference, same_weights=epoch >= 0)  # after training, a copy is an error
@@ -313,14 +269,13 @@ class MemorizationMonitor(Callback):
             reference.to(device)
         if self.measurement.specs is None:
             self.measurement.probe(encoder, reference, self.layers, device)
-        sampler = None
-        if trainer.world_size > 1:
-            sampler = DistributedSampler(self.pool, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        sampler = DistributedSampler(self.pool, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                     shuffle=False) if trainer.world_size > 1 else None
         cache = self._reference_cache if frozen_reference(pl_module, reference) else None
         with rank_zero_buffers(trainer.world_size, encoder, reference):
             meter = self.measurement.run(encoder, reference, reference_cache=cache, sampler=sampler, epoch=epoch,
-                                         progress=show_progress(self.progress, trainer), desc=f"memloc epoch {epoch}",
-                                         world_size=trainer.world_size)
+                                         progress=guard.show_progress(self.progress, trainer),
+                                         desc=f"memloc epoch {epoch}", world_size=trainer.world_size)
         meta = {**self.measurement.meta(epoch=epoch, global_step=trainer.global_step),
                 "init_batchnorm": self.init_batchnorm if epoch < 0 and self.init_batchnorm == "recalibrate" else "model",
                 **self._group_meta}

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from lightning_memloc.checks import check_int
 from lightning_memloc.io import atomic_write_text
 from lightning_memloc.models.loading import split_prefix
 from lightning_memloc.checks.module_digest import UnkeyableModuleError, settings_digest
@@ -53,21 +54,20 @@ def candidates_digest(views: Any) -> str:
 
 #: Monitor arguments that change no measured or logged number, and why; every other one is in :func:`fingerprint`.
 FINGERPRINT_EXEMPT = {
-    "every_n_epochs": "when measurements happen, not what they measure (part of Lightning's state key)",
-    "every_n_train_steps": "when measurements happen, not what they measure (part of Lightning's state key)",
+    **dict.fromkeys(("every_n_epochs", "every_n_train_steps"),
+                    "when measurements happen, not what they measure (part of Lightning's state key)"),
     "batch_size": "candidates are measured independently in eval mode: batching changes no per-candidate value",
     "num_workers": "a view depends only on (seed, candidate, view number), not on the worker that makes it",
     "progress": "display only",
-    "grid_size": "images logged to TensorBoard, not numbers",
+    **dict.fromkeys(("grid_size", "log_figures"), "images logged to TensorBoard, not numbers"),
     "log_histograms": "a logging option",
-    "log_figures": "images logged to TensorBoard, not numbers",
     "layer_runs": "a logging layout",
     "output_dir": "where files are written (a folder's marker holds the fingerprint)",
     "overwrite": "what happens to another run's files",
     "name": "tag and file names (part of Lightning's state key)",
     "memory_limit": "a check before training",
-    "measure_on_train_start": "only the before-training point, which a resumed run never measures again",
-    "init_batchnorm": "only the before-training point, which a resumed run never measures again",
+    **dict.fromkeys(("measure_on_train_start", "init_batchnorm"),
+                    "only the before-training point, which a resumed run never measures again"),
     "check_views": "a check of the first training batches that warns or stops; it changes no number",
 }
 #: Fingerprint entries an older checkpoint may lack (or ``None`` before ``setup``): not compared then.
@@ -75,10 +75,8 @@ _ADDED = ("threshold", "transform_digest", "encoder", "reference_id")
 
 
 def _spec_name(spec: Any) -> str:
-    if spec is None:
-        return "(the LightningModule)"
-    if isinstance(spec, (str, os.PathLike)):
-        return str(spec)
+    if spec is None or isinstance(spec, (str, os.PathLike)):
+        return "(the LightningModule)" if spec is None else str(spec)
     return type(spec).__qualname__ if isinstance(spec, nn.Module) else getattr(spec, "__qualname__", repr(spec))
 
 
@@ -106,42 +104,31 @@ def module_identities(monitor: Any, owner: nn.Module, encoder: nn.Module,
 
 def fingerprint(monitor: Any) -> Dict[str, Any]:
     """What defines one measurement: every monitor argument not in :data:`FINGERPRINT_EXEMPT`."""
-    layers = monitor.layer_names or monitor.layers
-    return {"candidates": monitor.candidates_digest, "num_candidates": len(monitor.views),
-            "views": monitor.views.views, "seed": monitor.views.seed,
-            "transform": _transform_name(monitor.views.transform),
-            "transform_digest": _settings(monitor.views.transform),
+    layers, views = monitor.layer_names or monitor.layers, monitor.views
+    return {"candidates": monitor.candidates_digest, "num_candidates": len(views), "views": views.views,
+            "seed": views.seed, "transform": _transform_name(views.transform),
+            "transform_digest": _settings(views.transform),
             "layers": layers if isinstance(layers, str) else [getattr(n, "name", n) for n in layers],
             **monitor.options.fingerprint(),  # pairing, reduction, negative, top_k, evidence
-            "threshold": monitor.threshold,
-            "encoder": getattr(monitor, "encoder_id", None),
-            "reference": monitor.reference_spec is not None,
-            "reference_id": getattr(monitor, "reference_id", None),
+            "threshold": monitor.threshold, "encoder": getattr(monitor, "encoder_id", None),
+            "reference": monitor.reference_spec is not None, "reference_id": getattr(monitor, "reference_id", None),
             "groups": dict(monitor.group_sizes),
             "pool": candidates_digest(monitor.pool) if monitor.group_sizes else None}
-
-
-def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    keys = sorted(set(saved) | set(current))
-    # "layers" may be saved resolved while a fresh monitor only knows "auto": compare resolved names only
-    return [k for k in keys if saved.get(k) != current.get(k)
-            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))
-            and not (k in _ADDED and None in (saved.get(k), current.get(k)))]
 
 
 def check_same_fingerprint(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> None:
     """Raise ``ValueError`` when ``saved`` (from a checkpoint or a folder) differs from ``current``."""
     if saved is None:
         return
-    diff = _differences(saved, current)
+    # "layers" may be saved resolved while a fresh monitor only knows "auto": compare resolved names only
+    diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)
+            and not (k == "layers" and "auto" in (saved.get(k), current.get(k)))
+            and not (k in _ADDED and None in (saved.get(k), current.get(k)))]
     if diff:
         detail = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
-        raise ValueError(
-            f"{where} was measured with other settings ({detail}): its history cannot continue with this monitor. "
-            "Use the same candidates, views, seed, transform, layers, options, threshold, encoder and reference to "
-            "resume, or start a new run "
-            "(a new `output_dir`, no `ckpt_path`)."
-        )
+        raise ValueError(f"{where} was measured with other settings ({detail}): its history cannot continue with this "
+                         "monitor. Use the same candidates, views, seed, transform, layers, options, threshold, "
+                         "encoder and reference to resume, or start a new run (a new `output_dir`, no `ckpt_path`).")
 
 
 def check_checkpoint_states(monitor: Any, trainer: Any, checkpoint: Dict[str, Any]) -> None:
@@ -175,20 +162,13 @@ def _read_marker(folder: Path) -> Optional[Dict[str, Any]]:
 
 
 def claim_output_dir(monitor: Any, folder: Path, *, resuming: bool, overwrite: bool) -> Tuple[str, List[str]]:
-    """Make ``folder`` this run's in ``setup``: ``(run_id, foreign_files)``, the latter refused in ``on_fit_start``.
-
-    Raises ``ValueError`` if another live monitor writes there; ``overwrite=True`` deletes another run's
-    files at the first write; a resume adopts the folder when the marker's fingerprint matches.
-    """
+    """Make ``folder`` this run's in ``setup``: ``(run_id, foreign_files)``, the latter refused in ``on_fit_start``."""
     key = str(folder.resolve())
-    other = _CLAIMS.get(key)
-    holder = other() if other is not None else None
+    holder = _CLAIMS[key]() if key in _CLAIMS else None
     if holder is not None and holder is not monitor:
         raise ValueError(f"`output_dir`={str(folder)!r} is already used by another MemorizationMonitor: each monitor "
                          "writes history.json and report_epoch=<E>.json, so give each its own folder.")
-    files = _monitor_files(folder)
-    marker = _read_marker(folder)
-    run_id, foreign = monitor.run_id, []
+    files, marker, run_id, foreign = _monitor_files(folder), _read_marker(folder), monitor.run_id, []
     ours = marker is not None and marker.get("run_id") == run_id
     if files and not ours and not overwrite:
         if resuming and marker is not None:
@@ -213,11 +193,9 @@ def adopt(monitor: Any, folder: Path, marker: Optional[Dict[str, Any]] = None) -
 def check_no_foreign_files(files: List[str], folder: Optional[Path]) -> None:
     """In ``on_fit_start`` (after any checkpoint restore): refuse a folder holding another run's ``files``."""
     if folder is not None and files:
-        raise FileExistsError(
-            f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
-            f"{', ...' if len(files) > 4 else ''}): pass a new folder, resume that run with `ckpt_path=`, or "
-            "pass overwrite=True to delete them and start again."
-        )
+        raise FileExistsError(f"`output_dir`={str(folder)!r} holds another run's files ({', '.join(files[:4])}"
+                              f"{', ...' if len(files) > 4 else ''}): pass a new folder, resume that run with "
+                              "`ckpt_path=`, or pass overwrite=True to delete them and start again.")
 
 
 def release_output_dir(monitor: Any) -> None:
@@ -232,11 +210,10 @@ def release_output_dir(monitor: Any) -> None:
 
 def check_owner(monitor: Any, folder: Path) -> None:
     """Before each write: the folder's marker must be this run's (written, after any replaced files are deleted, at the first)."""
-    replaced = _REPLACED.get(str(folder.resolve()))
-    if replaced is not None and replaced[0]() is monitor:
-        for name in replaced[1]:
+    key = str(folder.resolve())
+    if key in _REPLACED and _REPLACED[key][0]() is monitor:
+        for name in _REPLACED.pop(key)[1]:
             (folder / name).unlink(missing_ok=True)
-        del _REPLACED[str(folder.resolve())]
     marker = _read_marker(folder)
     if marker is None:
         atomic_write_text(folder / MARKER, json.dumps({"run_id": monitor.run_id, "fingerprint": fingerprint(monitor)},
@@ -248,10 +225,8 @@ def check_owner(monitor: Any, folder: Path) -> None:
 
 def is_checkpoint_path(spec: Any) -> bool:
     """Whether a ``reference`` string names a checkpoint file rather than an attribute path."""
-    if isinstance(spec, os.PathLike):
-        return True
     if not isinstance(spec, str):
-        return False
+        return isinstance(spec, os.PathLike)
     path = str(split_prefix(spec)[0])  # "pair.ckpt:reference.backbone" names a prefix inside the file
     return path.endswith((".ckpt", ".pt", ".pth")) or os.sep in path or os.path.isfile(path)
 
@@ -282,11 +257,6 @@ def reference_hint(spec: Any) -> Iterator[None]:
                              "(any extension) or the attribute path of a co-trained reference.") from err
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r} (or None, the default).")
-
-
 def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
     """Validate the schedule: ``(every_n_epochs, every_n_train_steps)``, one ``None``; neither given means every epoch.
 
@@ -294,8 +264,10 @@ def check_schedule(every_n_epochs: Optional[int], every_n_train_steps: Optional[
         >>> check_schedule(None, None), check_schedule(None, 50), check_schedule(2, None)
         ((1, None), (None, 50), (2, None))
     """
-    _check_positive("every_n_epochs", every_n_epochs)
-    _check_positive("every_n_train_steps", every_n_train_steps)
+    if every_n_epochs is not None:
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)  # NumPy integers accepted
+    if every_n_train_steps is not None:
+        every_n_train_steps = check_int("every_n_train_steps", every_n_train_steps, 1)
     if every_n_epochs is not None and every_n_train_steps is not None:
         raise ValueError(f"pass either `every_n_epochs` ({every_n_epochs}) or `every_n_train_steps` "
                          f"({every_n_train_steps}), not both.")
@@ -309,9 +281,8 @@ def step_due(every_n_train_steps: Optional[int], global_step: int, history: List
         >>> step_due(2, 4, []), step_due(2, 4, [{"global_step": 4}]), step_due(2, 3, []), step_due(None, 4, [])
         (True, False, False, False)
     """
-    if every_n_train_steps is None or global_step <= 0 or global_step % every_n_train_steps:
-        return False
-    return all(entry.get("global_step") != global_step for entry in history)
+    due = every_n_train_steps is not None and global_step > 0 and not global_step % every_n_train_steps
+    return due and all(entry.get("global_step") != global_step for entry in history)
 
 
 def final_epoch_due(every_n_train_steps: Optional[int], current_epoch: int, global_step: int,

@@ -1,8 +1,6 @@
 """``MemorizationPruning``: structured pruning of units chosen by UnitMem, during ``fit``.
 
-Masks are ``torch.nn.utils.prune.identity`` reparametrisations registered in ``setup`` (before checkpoint
-restore and DDP, so resume restores the ``*_mask`` buffers) and zeroed at the pruning point; the unit
-surgery lives in :mod:`lightning_memloc.models.surgery`.
+Masks (``prune.identity``) are registered in ``setup``, before checkpoint restore and DDP, so a resume restores them.
 """
 
 from __future__ import annotations
@@ -16,18 +14,18 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_memloc.callbacks.fit_state import started_training
-from lightning_memloc.callbacks.report_source import ModuleSpec, ReportSource, check_module_spec, resolve_encoder
-from lightning_memloc.callbacks.report_source import check_epoch_in_run
+from lightning_memloc.callbacks.report_source import (EVIDENCE_POLICIES, ModuleSpec, ReportSource, check_epoch_in_run,
+                                                      check_module_spec, gate, monitor_layers, resolve_encoder,
+                                                      test_for)
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.models.pruned import MaskUndo
 from lightning_memloc.report.report import MemorizationReport
-from lightning_memloc.callbacks.report_source import EVIDENCE_POLICIES, gate, test_for
 from lightning_memloc.report.selection import LAYER_SCORES, SCOPES, UNIT_STRATEGIES, layer_score, select_layers
 from lightning_memloc.models.surgery import (Amount, UnitTargets, check_amount, check_amount_units, choose_units,
-                                     find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
-from lightning_memloc.callbacks.report_source import monitor_layers
+                                             find_unit_targets, prune_units, register_masks, remove_masks, zero_units)
 
 __all__ = ["MemorizationPruning", "UnitTargets", "find_unit_targets", "prune_units"]
+
 
 class MemorizationPruning(Callback):
     r"""Prune the units a memorization report picks, as a structured mask, during ``fit``.
@@ -37,23 +35,20 @@ class MemorizationPruning(Callback):
     ``state_dict`` and is the same on every DDP rank.
 
     Args:
-        source: a :class:`~lightning_memloc.callbacks.MemorizationMonitor`, a
-            :class:`~lightning_memloc.MemorizationReport` or the path of a saved report.
+        source: a ``MemorizationMonitor``, a :class:`~lightning_memloc.MemorizationReport` or a saved report's path.
         amount: a fraction in (0, 1) (``round(fraction * units)``) or a count >= 1.
         strategy: ``"highest"``, ``"lowest"`` or ``"random"`` UnitMem.
         scope: ``"layer"`` (``amount`` of every layer) or ``"global"`` (all units ranked together).
         encoder: attribute path, module or callable; ``None``: the monitor's encoder, else the module itself.
         layers: prune only these report layers (default: all).
-        prune_at: ``"fit_start"`` (``on_fit_start``, or ``on_train_start`` after a monitor's first
-            measurement) or the epoch at whose start to prune.
+        prune_at: ``"fit_start"`` (or ``on_train_start``, after a monitor's first measurement) or an epoch.
         permanent: at the end of ``fit``, bake the masks into the weights (``prune.remove``).
-        seed: seed of ``"random"``.
         require_evidence: ``"warn"``, ``"error"`` or ``"off"`` when the membership test finds no memorizing layer.
         top_layers: prune only in the ``top_layers`` layers in scope ranked highest by ``by``.
         by: the layer ranking of ``top_layers`` (see :func:`~lightning_memloc.report.selection.layer_score`).
 
     Example:
-        >>> import pytorch_lightning as pl, torch
+        >>> import torch
         >>> from lightning_memloc import MemorizationReport
         >>> from lightning_memloc.callbacks.pruning import MemorizationPruning
         >>> names = ["conv1", "conv2", "conv3"]
@@ -62,26 +57,13 @@ class MemorizationPruning(Callback):
         ...     "conv3": torch.rand(16)}, unit_argmax={n: torch.zeros(w, dtype=torch.long) for n, w in
         ...     zip(names, (4, 8, 16))}, dead_units={n: torch.zeros(w, dtype=torch.bool) for n, w in zip(names, (4, 8, 16))})
         >>> pruning = MemorizationPruning(report, amount=0.25, strategy="highest", encoder="backbone")
-        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], logger=False,
-        ...                      enable_checkpointing=False, enable_progress_bar=False)
-        >>> # trainer.fit(model) zeroes the quarter most memorizing channels of each backbone layer
+        >>> # pl.Trainer(callbacks=[pruning]).fit(model) zeroes the quarter most memorizing channels of each layer
     """
 
-    def __init__(
-        self,
-        source: Any,
-        amount: Amount = 0.1,
-        strategy: str = "highest",
-        scope: str = "layer",
-        encoder: ModuleSpec = None,
-        layers: Optional[Sequence[str]] = None,
-        prune_at: Union[int, str] = "fit_start",
-        permanent: bool = False,
-        seed: int = 0,
-        require_evidence: str = "warn",
-        top_layers: Optional[int] = None,
-        by: str = "auto",
-    ) -> None:
+    def __init__(self, source: Any, amount: Amount = 0.1, strategy: str = "highest", scope: str = "layer",
+                 encoder: ModuleSpec = None, layers: Optional[Sequence[str]] = None,
+                 prune_at: Union[int, str] = "fit_start", permanent: bool = False, seed: int = 0,
+                 require_evidence: str = "warn", top_layers: Optional[int] = None, by: str = "auto") -> None:
         super().__init__()
         self.require_evidence = check_choice("require_evidence", require_evidence, EVIDENCE_POLICIES)
         self.top_layers = None if top_layers is None else check_int("top_layers", top_layers, 1)
@@ -104,8 +86,7 @@ class MemorizationPruning(Callback):
         self.prune_at, self.permanent, self.seed = prune_at, permanent, seed
         self.pruned_units: Optional[Dict[str, Tensor]] = None
         self.targets: Dict[str, UnitTargets] = {}
-        self._applied = False
-        self._undo, self._before_fit, self._start_step = MaskUndo(), None, None
+        self._applied, self._undo, self._before_fit, self._start_step = False, MaskUndo(), None, None
 
     @property
     def _epoch(self) -> int:
@@ -123,13 +104,9 @@ class MemorizationPruning(Callback):
             if missing:
                 raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
             return names, {n: report.unit_mem[n].numel() for n in names}
-        if self.layers is not None:
-            return list(self.layers), {}
-        if self.pruned_units is not None:
-            return list(self.pruned_units), {}
-        return monitor_layers(self.source.source, encoder), {}
+        known = self.layers if self.layers is not None else self.pruned_units  # then: what the monitor measures
+        return (list(known) if known is not None else monitor_layers(self.source.source, encoder)), {}
 
-    # ------------------------------------------------------------------ hooks
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Register all-ones masks on every layer in scope (before restore and before DDP)."""
         if stage != "fit" and self.permanent:
@@ -141,8 +118,8 @@ class MemorizationPruning(Callback):
         self.targets = {name: find_unit_targets(encoder, name, units.get(name)) for name in names}
         if stage == "fit":  # every check before the first mask is registered: a failure leaves the model as it was
             check_amount_units(self.amount, self.scope, {n: t.num_units for n, t in self.targets.items()})
-            check_epoch_in_run(trainer, None if self.prune_at == "fit_start" else self._epoch, "prune_at",
-                               "nothing would be pruned")
+            epoch = None if self.prune_at == "fit_start" else self._epoch
+            check_epoch_in_run(trainer, epoch, "prune_at", "nothing would be pruned")
             if self.top_layers is not None and self.top_layers > len(self.targets):
                 raise ValueError(f"`top_layers`={self.top_layers} exceeds the {len(self.targets)} layers in scope "
                                  f"{list(self.targets)}: pass at most {len(self.targets)}.")
@@ -153,8 +130,7 @@ class MemorizationPruning(Callback):
                     gate(report, test_for(by), "error", f"pruning in the {self.top_layers} layers by {by!r}")
                 if self.strategy != "random" and self.require_evidence == "error":  # refuse before any mask or step
                     gate(report, "membership", "error", f"pruning the {self.strategy}-UnitMem units")
-            self.source.check_in_time(trainer, self, None if self.prune_at == "fit_start" else self._epoch,
-                                      "MemorizationPruning")
+            self.source.check_in_time(trainer, self, epoch, "MemorizationPruning")
         self._undo, self._before_fit, self._start_step = MaskUndo(), self.pruned_units, None
         for target in self.targets.values():
             for module, name in target.parameters():
@@ -213,7 +189,6 @@ class MemorizationPruning(Callback):
             self._undo.undo()
             self.pruned_units, self._applied = self._before_fit, False
 
-    # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:
         units = None if self.pruned_units is None else {k: v.tolist() for k, v in self.pruned_units.items()}
         return {"pruned_units": units, "layers": list(self.targets)}

@@ -25,10 +25,8 @@ class ReportSource:
     def __init__(self, source: Any, argument: str = "source") -> None:
         is_path = isinstance(source, (str, os.PathLike))
         if not (isinstance(source, MemorizationReport) or is_path or hasattr(source, "report")):
-            raise TypeError(
-                f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved report "
-                f"(report.save(path)), got {type(source).__name__}."
-            )
+            raise TypeError(f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved "
+                            f"report (report.save(path)), got {type(source).__name__}.")
         self.source, self.argument = source, argument
         self._loaded: Optional[MemorizationReport] = source if isinstance(source, MemorizationReport) else None
 
@@ -53,30 +51,26 @@ class ReportSource:
         """The report, or a ``RuntimeError`` explaining how to make one available by ``when``."""
         report = self.get()
         if report is None:
-            raise RuntimeError(
-                f"`{self.argument}` is a MemorizationMonitor that has not measured yet, and a report is needed {when}: "
-                "list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` and make it measure earlier "
-                "(`measure_on_train_start=True` or a smaller `every_n_epochs`), act at a later epoch, or pass a saved "
-                "report (a MemorizationReport or the path written by `report.save(path)`)."
-            )
+            raise RuntimeError(f"`{self.argument}` is a MemorizationMonitor that has not measured yet, and a report is "
+                               f"needed {when}: list the monitor before this callback in `Trainer(callbacks=[monitor, "
+                               "...])` and make it measure earlier (`measure_on_train_start=True` or a smaller "
+                               "`every_n_epochs`), act at a later epoch, or pass a saved report (a MemorizationReport "
+                               "or the path written by `report.save(path)`).")
         return report
 
     def check_in_time(self, trainer: "pl.Trainer", owner: Callback, epoch: Optional[int], what: str) -> None:
-        """Fail before training when a monitor without a report cannot have measured in time.
+        """Fail before training when a monitor without a report cannot measure before ``owner`` needs it.
 
-        Args:
-            owner: the callback that needs the report (its position among the callbacks matters).
-            epoch: the report is needed at the start of this epoch; ``None``: in ``on_train_start``.
+        ``epoch``: the report is needed at the start of this epoch; ``None``: in ``on_train_start``.
         """
         if not self.is_monitor or self.get() is not None or trainer.ckpt_path is not None:
             return  # on resume the monitor's report comes back with its state
         monitor, callbacks = self.source, list(trainer.callbacks)
         position = {id(c): i for i, c in enumerate(callbacks)}
         if id(monitor) not in position:
-            raise ValueError(
-                f"`{self.argument}` is a MemorizationMonitor that is not in `Trainer(callbacks=...)` and has no report, "
-                f"so {what} would never get one: add the monitor to the trainer's callbacks or pass a saved report."
-            )
+            raise ValueError(f"`{self.argument}` is a MemorizationMonitor that is not in `Trainer(callbacks=...)` and "
+                             f"has no report, so {what} would never get one: add the monitor to the trainer's "
+                             "callbacks or pass a saved report.")
         on_start = bool(getattr(monitor, "measure_on_train_start", False))
         every = getattr(monitor, "every_n_epochs", 1)  # None: the monitor measures every N steps
         if epoch is None:
@@ -85,13 +79,11 @@ class ReportSource:
             in_time = on_start or (epoch >= 1 if every is None else int(every) <= epoch)
         if not in_time:
             when = "before training starts" if epoch is None else f"at the start of epoch {epoch}"
-            raise ValueError(
-                f"{what} needs a report {when}, but `{self.argument}` (a MemorizationMonitor with "
-                f"every_n_epochs={every}, measure_on_train_start={on_start}) will not have measured by then: "
-                "list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` with "
-                "`measure_on_train_start=True`, act at a later epoch, or pass a saved report "
-                "(a MemorizationReport or the path written by `report.save(path)`)."
-            )
+            raise ValueError(f"{what} needs a report {when}, but `{self.argument}` (a MemorizationMonitor with "
+                             f"every_n_epochs={every}, measure_on_train_start={on_start}) will not have measured by "
+                             "then: list the monitor before this callback in `Trainer(callbacks=[monitor, ...])` with "
+                             "`measure_on_train_start=True`, act at a later epoch, or pass a saved report (a "
+                             "MemorizationReport or the path written by `report.save(path)`).")
 
 
 def check_module_spec(spec: Any, argument: str = "encoder") -> None:
@@ -122,14 +114,10 @@ def is_monitor_reference(value: Any) -> bool:
     return isinstance(value, str) and (value == MONITOR_REFERENCE or value.startswith(MONITOR_REFERENCE + ":"))
 
 
-def _is_monitor(callback: Any) -> bool:
-    return hasattr(callback, "report") and hasattr(callback, "views") and hasattr(callback, "history")
-
-
 def find_monitor(callbacks: List[Any], reference: str, argument: str = "source") -> Any:
     """The monitor among ``callbacks`` that ``reference`` (``"monitor"`` / ``"monitor:<name>"``) names."""
     wanted: Optional[str] = reference.partition(":")[2] or None
-    monitors = [c for c in callbacks if _is_monitor(c)]
+    monitors = [c for c in callbacks if all(hasattr(c, a) for a in ("report", "views", "history"))]
     names = [getattr(m, "name", None) for m in monitors]
     matches = monitors if wanted is None else [m for m, n in zip(monitors, names) if n == wanted]
     if len(matches) == 1:
@@ -146,14 +134,12 @@ def find_monitor(callbacks: List[Any], reference: str, argument: str = "source")
 
 def monitor_layers(monitor: Any, encoder: nn.Module) -> List[str]:
     """The layer names ``monitor`` measures (or will measure) on ``encoder``."""
-    measured = getattr(monitor, "layer_names", None)
-    if measured:
-        return list(measured)
+    if getattr(monitor, "layer_names", None):
+        return list(monitor.layer_names)
     requested = getattr(monitor, "layers", "auto")
     if not isinstance(requested, str):
         return [getattr(n, "name", n) for n in requested]
     from lightning_memloc.taps.hooks import resolve_layers
-
     device = next(encoder.parameters()).device
     return [s.name for s in resolve_layers(encoder, requested, monitor.views.example_batch(device))]
 
@@ -233,9 +219,7 @@ def evidence_problem(report: MemorizationReport, test: str) -> Optional[str]:
 
 def gate(report: MemorizationReport, test: str, policy: str, action: str) -> None:
     """Warn, raise ``ValueError`` or stay silent (``policy``) when :func:`evidence_problem` finds one."""
-    if policy == "off":
-        return
-    problem = evidence_problem(report, test)
+    problem = None if policy == "off" else evidence_problem(report, test)
     if problem is None:
         return
     message = (f"{action}: {problem}; the choice may follow noise rather than memorization. Measure with "

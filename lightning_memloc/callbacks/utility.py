@@ -1,8 +1,4 @@
-"""``UtilityMonitor``: kNN accuracy of the encoder on the memorization monitor's schedule.
-
-Under DDP each rank embeds a strided shard; bank features are gathered and correct counts summed,
-so the result equals a single process.
-"""
+"""``UtilityMonitor``: kNN accuracy of the encoder on the memorization monitor's schedule (DDP: as one process)."""
 
 from __future__ import annotations
 
@@ -21,6 +17,7 @@ from lightning_memloc.callbacks.monitor import MemorizationMonitor
 from lightning_memloc.states.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
 from lightning_memloc.callbacks.logging import add_merged_layout, has_tensorboard
 from lightning_memloc.callbacks.monitor_checks import check_schedule, step_due
+from lightning_memloc.callbacks.report_source import ModuleSpec
 from lightning_memloc.checks import check_int, unwrap_compiled
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
@@ -104,15 +101,12 @@ class UtilityMonitor(Callback):
 
     def __init__(self, bank: Tensor, bank_labels: Tensor, test: Tensor, test_labels: Tensor, *,
                  ks: Sequence[int] = (20, 200), temperature: float = 0.1, num_classes: Optional[int] = None,
-                 encoder: Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None] = None,
-                 transform: Optional[Callable[[Tensor], Tensor]] = None, every_n_epochs: Optional[int] = None,
-                 every_n_train_steps: Optional[int] = None, measure_on_train_start: bool = False,
-                 batch_size: int = 256, output_dir: Optional[Union[str, os.PathLike]] = None,
-                 name: Optional[str] = None) -> None:
+                 encoder: ModuleSpec = None, transform: Optional[Callable[[Tensor], Tensor]] = None,
+                 every_n_epochs: Optional[int] = None, every_n_train_steps: Optional[int] = None,
+                 measure_on_train_start: bool = False, batch_size: int = 256,
+                 output_dir: Optional[Union[str, os.PathLike]] = None, name: Optional[str] = None) -> None:
         super().__init__()
-        self.every_n_epochs, self.every_n_train_steps = check_schedule(
-            None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1),
-            None if every_n_train_steps is None else check_int("every_n_train_steps", every_n_train_steps, 1))
+        self.every_n_epochs, self.every_n_train_steps = check_schedule(every_n_epochs, every_n_train_steps)
         self.ks, self.temperature = check_knn_args(ks, temperature)
         self.bank, self.bank_labels = _check_images("bank", bank, bank_labels)
         self.test, self.test_labels = _check_images("test", test, test_labels)
@@ -133,8 +127,7 @@ class UtilityMonitor(Callback):
             raise TypeError(f"`transform` must be a callable on image batches or None, got {type(transform).__name__}.")
         self.encoder_spec, self.transform = encoder, transform
         self.measure_on_train_start = bool(measure_on_train_start)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.name = check_name(name)
+        self.batch_size, self.name = check_int("batch_size", batch_size, 1), check_name(name)
         self.output_dir = None if output_dir is None else Path(output_dir) / (name or "")
         self.history: List[Dict[str, Any]] = []
         self._layout_written = False
@@ -158,7 +151,6 @@ class UtilityMonitor(Callback):
             if self.output_dir is not None and trainer.is_global_zero:
                 check_writable_dir(self.output_dir, argument="output_dir")
 
-    # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.measure_on_train_start and not self.history:
             self._measure(trainer, pl_module, epoch=-1)
@@ -172,15 +164,10 @@ class UtilityMonitor(Callback):
             self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = trainer.current_epoch - 1 if trainer.current_epoch > 0 else 0
-        if self.every_n_train_steps is not None:
-            if step_due(1, trainer.global_step, self.history):
-                self._measure(trainer, pl_module, epoch=last)
-        elif trainer.global_step > 0 and all(h["global_step"] != trainer.global_step for h in self.history):
-            self._measure(trainer, pl_module, epoch=last)
+        if step_due(1, trainer.global_step, self.history):  # the last step was not measured
+            self._measure(trainer, pl_module, epoch=max(trainer.current_epoch - 1, 0))
         self._merge_into_monitors(trainer)
 
-    # ------------------------------------------------------------ measurement
     def compute(self, encoder: nn.Module, world_size: int = 1, rank: int = 0) -> Dict[int, float]:
         """kNN accuracy per k of ``encoder`` (collective when ``world_size > 1``); modes are restored."""
         modes = [(m, m.training) for m in encoder.modules()]
@@ -225,7 +212,6 @@ class UtilityMonitor(Callback):
             if isinstance(callback, MemorizationMonitor) and callback.name == self.name:
                 callback.attach_scalars(ours)
 
-    # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {"history": [dict(h) for h in self.history]}
 

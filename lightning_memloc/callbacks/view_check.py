@@ -1,8 +1,4 @@
-"""``check_views``: do the monitor's views look like the batches the encoder trains on?
-
-A forward pre-hook sums the encoder's per-channel training inputs over the first :data:`CHECK_STEPS`
-batches; their statistics are compared with the views' (:func:`~lightning_memloc.views.stats.mismatch`).
-"""
+"""``check_views``: do the monitor's views look like the batches the encoder trains on (first :data:`CHECK_STEPS`)?"""
 
 from __future__ import annotations
 
@@ -83,25 +79,20 @@ class TrainingInputs:
 
     def statistics(self) -> Optional[ViewStatistics]:
         """The statistics of what was recorded (``None`` if nothing was)."""
-        if float(self.count) == 0:
-            return None
-        return statistics_from_sums(self.sums[0], self.sums[1], float(self.count))
+        count = float(self.count)
+        return None if count == 0 else statistics_from_sums(self.sums[0], self.sums[1], count)
 
 
 class ViewCheck:
     """One ``fit``'s comparison of a monitor's views with the encoder's training inputs (``monitor.view_check``).
 
-    Attributes:
-        training: statistics of the encoder's inputs, all ranks (``None`` until compared or if none).
-        views: statistics of the monitor's views (first 64 candidates), once compared.
+    ``training`` / ``views``: the statistics of both (all ranks; first 64 candidates), ``None`` until compared.
     """
 
     def __init__(self, mode: str = "warn") -> None:
         self.mode = check_choice("check_views", mode, CHECK_VIEWS)
         self.inputs: Optional[TrainingInputs] = None
-        self.batches = 0
-        self.views: Optional[ViewStatistics] = None
-        self.training: Optional[ViewStatistics] = None
+        self.batches, self.views, self.training = 0, None, None
 
     def start(self, encoder: nn.Module, view_shape: Tuple[int, ...]) -> None:
         """At the start of training: hook ``encoder`` (image views only; nothing when ``mode="off"``)."""

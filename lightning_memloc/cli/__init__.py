@@ -1,8 +1,4 @@
-"""The ``memloc`` command: measure memorization of saved encoders and draw the figures.
-
-``memloc analyze`` (measure, write ``report.json`` and figures), ``memloc plot`` and ``memloc demo``.
-A bad argument ends the command with exit code 2 and one line naming it (``docs/cli.md``).
-"""
+"""The ``memloc`` command (``analyze``, ``plot``, ``demo``); a bad argument exits with code 2 and one line."""
 
 from __future__ import annotations
 

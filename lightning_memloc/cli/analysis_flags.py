@@ -37,15 +37,12 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
                              labels: Tensor, positions: Tensor) -> Optional[Dict[str, Any]]:
     """Validate the flags before any measurement; returns what :func:`run_cli_analyses` needs (or ``None``)."""
     from lightning_memloc.analyses import parse_analyses
-    from lightning_memloc.cli.cli_error import CLIError
+    from lightning_memloc.cli.cli_error import CLIError, as_cli_error
     from lightning_memloc.cli.images import match_channels, read_indices_file
-
     if not getattr(args, "analyses", None):
         return None
-    try:
+    with as_cli_error("--analyses", (ValueError,)):
         names = parse_analyses(args.analyses)
-    except ValueError as err:
-        raise CLIError("--analyses", str(err)) from err
     needs = [n for n in names if n in ("consistency", "exchange")]
     if needs and reference is None:
         raise CLIError("--analyses", f"{needs} need SSLMem against a reference encoder: pass --reference, or "
@@ -86,7 +83,6 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     from lightning_memloc.cli.cli_error import CLIError
     from lightning_memloc.errors import MemlocError
     from lightning_memloc.plots.analysis_figures import plot_analyses
-
     try:
         run_analyses(setup["names"], report, encoder, reference=reference, candidates=candidates,
                      pool=setup.get("pool"), candidate_labels=setup.get("candidate_labels"),
@@ -96,5 +92,4 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     except MemlocError as err:
         raise CLIError("--analyses", f"analysis failed: {err}", code=1) from err
     out.mkdir(parents=True, exist_ok=True)
-    pool = setup.get("pool")
-    return plot_analyses(report, out, candidates=candidates, pool=pool)
+    return plot_analyses(report, out, candidates=candidates, pool=setup.get("pool"))

@@ -1,7 +1,4 @@
-"""``memloc analyze``: measure a saved encoder (and reference) on a candidate set, write the report and figures.
-
-Flags are checked before any forward pass; :func:`measure_kwargs` alone maps flags to ``measure()`` keywords.
-"""
+"""``memloc analyze``: measure a saved encoder (and reference) on a candidate set, write the report and figures."""
 
 from __future__ import annotations
 
@@ -51,7 +48,6 @@ def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
     if reference is None:
         raise CLIError("--reference-cache", "caches the reference's alignments and needs --reference: pass one, or drop it.")
     from lightning_memloc.states.reference_cache import ReferenceCache
-
     with as_cli_error("--reference-cache", (ValueError, OSError)):
         return ReferenceCache.load(args.reference_cache, missing_ok=True)
 
@@ -69,7 +65,6 @@ def _layers(spec: str) -> Union[str, List[str]]:
 def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module], nn.Module]:
     """``(encoder, reference, like)`` from ``--arch`` + checkpoints or ``--model`` / ``--lightning-module``."""
     from lightning_memloc.cli.user_models import user_encoders
-
     built = user_encoders(args)  # --model / --lightning-module; None for --arch
     if built is not None:
         (encoder, reference), like = built, built[0]
@@ -79,12 +74,10 @@ def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module],
         encoder = load_checkpoint(args.encoder, like, args.encoder_prefix, "--encoder", args)
         reference = None if args.reference is None else load_checkpoint(args.reference, like, args.reference_prefix,
                                                                         "--reference", args)
-    if reference is not None:
-        same = all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
-        if same:
-            raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): "
-                                          "pass the reference's own checkpoint, or --reference-prefix for a "
-                                          "co-trained one.")
+    if reference is not None and all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(),
+                                                                        reference.state_dict().values())):
+        raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): pass "
+                                      "the reference's own checkpoint, or --reference-prefix for a co-trained one.")
     return encoder, reference, like
 
 
@@ -104,17 +97,13 @@ def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.
     """One forward of two candidates' views, so bad ``--transform`` / ``--layers`` / reference fail early."""
     from lightning_memloc.measurement import build_views
     from lightning_memloc.taps.probe import probe_layers
-
     flag = "--transform" if transform is not None else "--normalize"
     with as_cli_error(flag, (TypeError, ValueError)):
         example = build_views(candidates[:2], args.views, transform, args.seed, None,
                               normalize=args.normalize).example_batch(device)
-    try:
-        probe_layers(encoder, reference, layers, example)
-    except ArchitectureMismatchError as err:
-        raise CLIError("--reference", f"{err}") from err
-    except (LayerNotFoundError, ValueError) as err:
-        raise CLIError("--layers", str(err)) from err
+    with as_cli_error("--layers", (LayerNotFoundError, ValueError)):  # a mismatch is a ValueError too
+        with as_cli_error("--reference", (ArchitectureMismatchError,)):
+            probe_layers(encoder, reference, layers, example)
 
 
 def analyze(args: argparse.Namespace) -> int:
@@ -123,7 +112,7 @@ def analyze(args: argparse.Namespace) -> int:
     from lightning_memloc.cli.output import StagedOutput
     from lightning_memloc.measure import measure
     from lightning_memloc.plots import plot_report
-
+    from lightning_memloc.cli.user_models import user_transform
     out_flag = "--output-dir"
     out = check_out(args.output_dir, out_flag)
     if (out / "report.json").exists() and not args.overwrite:
@@ -131,8 +120,6 @@ def analyze(args: argparse.Namespace) -> int:
                                  "folder, or --overwrite to replace it.")
     device = parse_device(args.device)
     encoder, reference, like = _encoders(args)
-    from lightning_memloc.cli.user_models import user_transform
-
     transform = user_transform(args)  # --transform: built (and refused) before the data are read
     cache = _reference_cache(args, reference)  # checked before the data are read
     images, labels = load_cli_data(args, "--data")

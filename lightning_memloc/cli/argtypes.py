@@ -32,7 +32,6 @@ nonnegative_int = _int_at_least(0, "an integer >= 0")
 def seed(text: str) -> int:
     """A seed in [0, 2**64) (seeds are used modulo 2**64: others would alias)."""
     from lightning_memloc.checks import check_seed
-
     try:
         return check_seed(int(text))
     except ValueError:
@@ -42,7 +41,6 @@ def seed(text: str) -> int:
 def bootstrap_count(text: str) -> int:
     """0 (no intervals or tests) or at least ``MIN_BOOTSTRAP`` resamples (``EvidenceOptions``)."""
     from lightning_memloc.report.evidence import MIN_BOOTSTRAP
-
     value = nonnegative_int(text)
     if 0 < value < MIN_BOOTSTRAP:
         raise argparse.ArgumentTypeError(f"expected 0 (no intervals or tests) or an integer >= {MIN_BOOTSTRAP}, got {value}")
@@ -68,7 +66,6 @@ def normalize_spec(text: str) -> Any:
         (((0.5,), (0.25,)), 'imagenet')
     """
     from lightning_memloc.views.normalization import NORMALIZE_PRESETS, check_normalize
-
     hint = f"expected one of {', '.join(NORMALIZE_PRESETS)} or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25"
     try:
         if "/" not in text:

@@ -20,7 +20,6 @@ __all__ = ["load_checkpoint"]
 def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:
     """How a checkpoint differs from ``model``: the first tensor of another shape and the first conv's channels."""
     from lightning_memloc.models.loading import encoder_state
-
     state, detail = encoder_state(path, model, prefix), "the parameter names differ"
     for name, tensor in model.state_dict().items():
         if name in state and state[name].shape != tensor.shape:
@@ -34,7 +33,6 @@ def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:
 def load_checkpoint(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: argparse.Namespace) -> nn.Module:
     """``load_encoder`` with one-line errors naming ``flag``; warns about checkpoint tensors the model leaves unused."""
     from lightning_memloc.models.loading import load_encoder, split_prefix
-
     arch = f"--arch {args.arch} --width {args.width or DEFAULT_WIDTH[args.arch]} --in-channels {args.in_channels}"
     with as_cli_error(flag, FILE_ERRORS + (ValueError,)):
         if not Path(split_prefix(path)[0]).is_file():  # "pair.ckpt:reference.backbone" names a prefix too

@@ -25,12 +25,7 @@ VALUE_ERRORS = FILE_ERRORS + (ValueError, TypeError, KeyError)
 
 
 class CLIError(Exception):
-    """A user error, reported by :func:`main` as one line on stderr (no traceback).
-
-    Args:
-        argument: the command-line argument at fault (``"--encoder"``), or ``""``.
-        code: exit code, 2 for a bad argument, 1 for a failed measurement.
-    """
+    """A user error naming ``argument`` (or ``""``), one stderr line; ``code`` 2: bad argument, 1: failed run."""
 
     def __init__(self, argument: str, message: str, code: int = 2) -> None:
         text = " ".join(str(message).split())

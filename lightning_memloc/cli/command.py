@@ -21,18 +21,12 @@ def _demo(argv: Sequence[str]) -> int:
             raise
         raise CLIError("demo", "this installation has no lightning_memloc.cli.demo module: update lightning_memloc.") \
             from err
-    try:
-        with as_cli_error("demo", FILE_ERRORS):
-            return int(demo.main(list(argv)) or 0)
-    except SystemExit as exit_:  # the demo's own argparse (--help, bad options)
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    with as_cli_error("demo", FILE_ERRORS):
+        return int(demo.main(list(argv)) or 0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``memloc`` command on ``argv`` (default ``sys.argv[1:]``).
-
-    Returns:
-        The exit code: 0 success; 2 a bad argument (one stderr line); 1 a failed measurement; 130 interrupted.
+    """Run ``memloc`` on ``argv``; the exit code: 0 success, 2 a bad argument (one stderr line), 1 failed, 130 stopped.
 
     Example:
         >>> main(["plot", "no/such/report.json"])  # doctest: +SKIP
@@ -40,11 +34,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["demo"]:
-            return _demo(argv[1:])
         try:
+            if argv[:1] == ["demo"]:
+                return _demo(argv[1:])
             args = build_parser().parse_args(argv)
-        except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        except SystemExit as exit_:  # argparse, the demo's too: --help (0) or a usage error (2), already printed
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
         return analyze(args) if args.command == "analyze" else plot(args)
     except CLIError as err:

@@ -1,8 +1,4 @@
-"""The naming contract between the ``memloc`` flags and the Python keywords, with its exceptions.
-
-Keywords of ``measure()`` and of ``MemorizationMonitor`` are the flags ``--kebab-name`` with the same
-default, and a flag means one thing in every sub-command, except the entries below.
-"""
+"""Exceptions to the contract: a keyword is the flag ``--kebab-name`` with its default, one meaning per flag."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The main job: show memorization, with its controls and its tests, in a few CPU minutes.
 
-An encoder ``f`` and its reference ``g`` (SimCLR ResNet9) are co-trained while a monitor measures the
-candidates (seen by ``f`` only) next to a control set (both train on it) and an unseen set. ``--setting
-canaries`` plants photo crops among the digits; ``--setting plain`` is the paper's random split of ``--data``.
+An encoder ``f`` and its reference ``g`` (SimCLR ResNet9) are co-trained while a monitor measures the candidates
+(seen by ``f`` only) next to a control set (both train on it) and an unseen set.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import torch
 from lightning_memloc.options import DEFAULT
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.report.tags import scalar_tag
-
 
 #: Labelled images of ``--data`` outside ``--subset`` that the canaries setting tests kNN accuracy on.
 KNN_TEST = 500
@@ -61,26 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training augmentation: batched tensor SimCLR augmentation, or lightly's SimCLRTransform")
     p.add_argument("--threshold", type=float, default=0.5, help="UnitMem above which a unit is 'highly memorizing'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=0,
-                   help="DataLoader workers")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--accelerator", default="auto")
     return p
 
 
-def _count(value: float) -> float:
-    return int(value) if value >= 1 else value
+#: Defaults of the flags that depend on ``--setting``: (canaries, plain).
+_SETTING_DEFAULTS = {"epochs": (180, 30), "batch_size": (32, 128), "repeat": (3, 1), "subset": (160, 600)}
 
 
 def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    canaries = args.setting == "canaries"
-    if args.epochs is None:
-        args.epochs = 180 if canaries else 30
-    if args.batch_size is None:
-        args.batch_size = 32 if canaries else 128
-    if args.repeat is None:
-        args.repeat = 3 if canaries else 1
-    if args.subset is None:
-        args.subset = 160 if canaries else 600
+    for name, (canaries, plain) in _SETTING_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, canaries if args.setting == "canaries" else plain)
     if args.warmup_epochs is None:
         args.warmup_epochs = max(1, args.epochs // 10)
     if args.every_n_epochs is None:
@@ -92,7 +83,6 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
     """Images and index groups of the chosen setting."""
     from lightning_memloc.data.canaries import canary_layout, photo_canaries
     from lightning_memloc.data import SplitIndices, load_data, split_candidates
-
     size = args.size if args.size is not None else (16 if str(args.data).lower() == "digits" else None)
     images, labels = load_data(args.data, root=args.root, size=size)
     held_out = images[:0], labels[:0]  # labelled images outside the subset: the kNN test of the canaries setting
@@ -117,8 +107,8 @@ def _groups(args: argparse.Namespace) -> Dict[str, Any]:
                 + ("independent ones" if args.unseen == "independent" else f"{len(unseen)} canaries neither trains on"))
     else:
         n = len(images)
-        cand, ind = _count(args.split_candidates), _count(args.split_independent)
-        shared = n - (cand if isinstance(cand, int) else int(cand * n)) - (ind if isinstance(ind, int) else int(ind * n))
+        cand, ind = (int(v) if v >= 1 else v for v in (args.split_candidates, args.split_independent))  # counts
+        shared = n - sum(v if isinstance(v, int) else int(v * n) for v in (cand, ind))
         split = split_candidates(n, shared=shared, candidates=cand, independent=ind, seed=args.seed)
         control, unseen = split.control(min(len(split.candidates), len(split.shared)), seed=args.seed), split.independent
         what = (f"{n} {args.data!r} images: shared {len(split.shared)} (control: {len(control)} of them), "
@@ -143,7 +133,6 @@ def digits_augment(size: int) -> Any:
         0.0
     """
     from lightning_memloc.views.seeded import BatchedSimCLRAugment
-
     return BatchedSimCLRAugment(size, **DIGITS_AUGMENT)
 
 
@@ -177,10 +166,8 @@ def training_augment(side: int, data: str, kind: str = "batched") -> Tuple[Optio
     spec = view_transform(side, data, kind)
     if kind == "lightly":
         from lightly.transforms import SimCLRTransform
-
         return None, SimCLRTransform(**spec[1])  # type: ignore[index]
     from lightning_memloc.views.seeded import BatchedSimCLRAugment
-
     return (BatchedSimCLRAugment(side) if spec is None else digits_augment(side)), None
 
 
@@ -208,12 +195,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from lightning_memloc.callbacks import MemorizationMonitor
-    from lightning_memloc.cli.demo_utility import demo_utility, knn_change, knn_table
-    from lightning_memloc.models.cotrain import CoTrainedPair, cotraining_loader
+    from lightning_memloc.callbacks.figures import steps_per_epoch, warmup_end_step
     from lightning_memloc.cli.demo_files import round_trip_commands, write_round_trip
-    from lightning_memloc.models.ssl import SimCLR
+    from lightning_memloc.cli.demo_utility import demo_utility, knn_change, knn_table
     from lightning_memloc.cli.user_models import import_object
-
+    from lightning_memloc.models.cotrain import CoTrainedPair, cotraining_loader
+    from lightning_memloc.models.ssl import SimCLR
     args = apply_defaults(args)
     out = check_writable_dir(args.output_dir, argument="--output-dir")
     started = time.perf_counter()
@@ -227,20 +214,16 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     print("[memloc] views of the training batches and of the monitor: " + ("SimCLR's augmentation" if views is None
           else views[0] + (f" {DIGITS_AUGMENT}" if str(args.data).lower() == "digits" else f" {views[1]}")))
 
-    def ssl_model() -> SimCLR:
-        return SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment)
-
-    model = CoTrainedPair(ssl_model(), ssl_model(), lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
+    f, g = (SimCLR.resnet9(in_channels=channels, width=args.width, augment=augment) for _ in range(2))
+    model = CoTrainedPair(f, g, lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
     cand = split.candidates.unique()
     top_k = max(1, len(cand) // 10)
-    monitor = MemorizationMonitor(
+    monitor = MemorizationMonitor(  # overwrite: re-running the demo into --output-dir replaces its memloc/ files
         images[cand], control=images[data["control"]], unseen=images[data["unseen"]], views=args.views,
         transform=None if views is None else import_object(views[0], "transform")(**views[1]),
         every_n_epochs=args.every_n_epochs, encoder="encoder.backbone", reference="reference.backbone",
         seed=args.seed, threshold=args.threshold, measure_on_train_start=True, output_dir=out / "memloc",
-        top_k=top_k, bootstrap=args.bootstrap,
-        overwrite=True,  # re-running the demo into --out replaces its memloc/ files
-    )
+        top_k=top_k, bootstrap=args.bootstrap, overwrite=True)
     utility, utility_what = demo_utility(images, data["labels"], split, args.every_n_epochs, held_out=data["held_out"])
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
@@ -250,13 +233,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                                          num_workers=args.num_workers, transform=transform))
 
     report = monitor.report
-    report.save(out / "report.json")
-    written = [out / "report.json"]
+    written = [report.save(out / "report.json")]
     try:
         from lightning_memloc import plots
-
-        from lightning_memloc.callbacks.figures import steps_per_epoch, warmup_end_step
-
         written += plots.plot_report(report, out / "plots", images=images[cand], history=monitor.history,
                                      warmup_step=warmup_end_step(model, steps_per_epoch(trainer)))
     except ImportError:  # plotting is optional
@@ -268,8 +247,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     written += write_round_trip(out, images, data["labels"], groups, model.encoder.backbone, model.reference.backbone,
                                 commands)
     ev = report.evidence
-    significant = dict(ev.meta.get("significant", {})) if ev is not None else {}
-    verdict = dict(ev.meta.get("verdict") or {}) if ev is not None else {}
+    meta = {} if ev is None else ev.meta
+    significant, verdict = dict(meta.get("significant", {})), dict(meta.get("verdict") or {})
     summary = {"elapsed_s": round(time.perf_counter() - started, 1), "setting": args.setting, "epochs": args.epochs,
                "steps": trainer.global_step, "data": args.data, "num_candidates": len(cand),
                "layer_mem": report.layer_mem, "evidence": None if ev is None else ev.to_dict()["layers"],
@@ -321,7 +300,6 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``memloc demo``."""
     from lightning_memloc.cli.demo_args import validate_args
-
     parser = build_parser()
     args = validate_args(parser, parser.parse_args(argv))  # bad values: argparse error, exit code 2
     torch.set_float32_matmul_precision("high")

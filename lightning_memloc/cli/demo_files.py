@@ -31,11 +31,7 @@ FILES = {"data": "data.npz", "split": "split.json", "encoder": "encoder.pt", "re
 
 def round_trip_commands(out: PathLike, *, width: int, channels: int, size: int, views: int, seed: int, top_k: int,
                         bootstrap: int, transform: Optional[Tuple[str, Dict[str, Any]]] = None) -> str:
-    """The ``memloc analyze`` then ``memloc plot`` commands (one a line) that re-measure the demo's candidates in ``out``.
-
-    Args:
-        transform: the monitor's view factory and its keyword arguments; ``None`` for the default views.
-    """
+    """The ``memloc analyze`` then ``memloc plot`` commands that re-measure the demo's candidates in ``out``."""
     d = Path(out).as_posix()
     split = f"{d}/{FILES['split']}"
     return (f"memloc analyze --encoder {d}/{FILES['encoder']} --reference {d}/{FILES['reference']} --arch resnet9 "
@@ -56,12 +52,9 @@ def _state_bytes(module: nn.Module) -> bytes:
 
 def write_round_trip(out: PathLike, images: Tensor, labels: Tensor, groups: Dict[str, Tensor], encoder: nn.Module,
                      reference: nn.Module, commands: str) -> List[Path]:
-    """Write :data:`FILES` into ``out`` atomically; returns the paths written.
+    """Write :data:`FILES` into ``out`` atomically; returns the paths.
 
-    Args:
-        images: uint8 (N, C, H, W), every image the demo used (indices of ``groups`` point into it).
-        labels: (N,) labels, -1 where there is none.
-        groups: index tensors by name (``candidates``, ``control``, ``unseen``, ``shared``, ``independent``).
+    ``images``: uint8 (N, C, H, W) that the index tensors of ``groups`` point into; ``labels``: (N,), -1 for none.
     """
     folder = Path(out)
     buffer = io.BytesIO()

@@ -15,11 +15,9 @@ def demo_utility(images: Tensor, labels: Tensor, split: Any, every_n_epochs: int
                  held_out: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Optional[Any], str]:
     """A ``UtilityMonitor`` of ``encoder.backbone`` (``None`` without enough labels), and what its test set is.
 
-    Bank: the labelled shared images; test: the labelled independent images, else ``held_out``, else
-    half of the shared ones. ``ks`` larger than the bank are dropped.
+    Bank: the labelled shared images; test: the labelled independent ones, else ``held_out``, else half the bank.
     """
     from lightning_memloc.callbacks.utility import UtilityMonitor
-
     shared = split.shared[labels[split.shared] >= 0].unique()
     independent = split.independent[labels[split.independent] >= 0].unique()
     bank, test, test_labels = shared, images[independent], labels[independent]

@@ -1,7 +1,4 @@
-"""Data and candidate selection of ``memloc analyze`` / ``memloc plot``: what is measured, and its nulls.
-
-Candidates, control and unseen are dataset indices, from the split (``--indices-from-split``) or from files.
-"""
+"""Data and candidate selection of ``memloc analyze`` / ``memloc plot``: dataset indices of candidates and nulls."""
 
 from __future__ import annotations
 
@@ -25,13 +22,8 @@ INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "un
 
 
 def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
-    """Dataset indices from a ``.json`` list or dict (its :data:`INDEX_KEYS` list), a ``.txt`` or a ``.npy``.
-
-    Raises:
-        CLIError: a missing or unreadable file, no indices, non-integers or duplicates.
-    """
+    """Dataset indices from a ``.json`` list or dict (its :data:`INDEX_KEYS` list), a ``.txt`` or a ``.npy``."""
     from lightning_memloc.checks import check_index_values
-
     key = INDEX_KEYS.get(flag, "candidates")
     hint = f"(expected a .json list, {{'{key}': [...]}}, a .txt or a .npy of ints)."
     with as_cli_error(flag, VALUE_ERRORS + (OSError,), hint):
@@ -56,7 +48,6 @@ def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
 
 def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
     from lightning_memloc.data import split_candidates
-
     with as_cli_error("--split-candidates", (ValueError, TypeError), "(fractions must add up to < 1, counts to < N)."):
         c, i = args.split_candidates, args.split_independent
         sizes = [v if isinstance(v, int) else int(np.floor(v * n + 1e-9)) for v in (c, i)]
@@ -89,8 +80,7 @@ def select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tenso
     for flag, value in (("--control", args.control), ("--unseen", args.unseen)):
         if value is None:
             continue
-        from_split = flag == "--control" and not Path(value).exists() or flag == "--unseen" and value == "split"
-        if from_split:
+        if flag == "--control" and not Path(value).exists() or flag == "--unseen" and value == "split":
             if not args.indices_from_split:
                 raise CLIError(flag, f"{value!r} is not a file; a {'count' if flag == '--control' else 'split'} "
                                      "needs --indices-from-split (or pass an indices file).")
@@ -112,7 +102,6 @@ def select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tenso
 
 def load_cli_data(args: argparse.Namespace, flag: str) -> Tuple[Tensor, Tensor]:
     from lightning_memloc.data import NAMED_DATASETS, load_data
-
     if str(args.data).lower() not in NAMED_DATASETS and not Path(args.data).exists():
         raise CLIError(flag, f"{args.data!r} is neither a data set name {list(NAMED_DATASETS)} nor an existing .npz "
                              "file or image folder: check the path.")
@@ -131,7 +120,6 @@ def images_checksum(images: Tensor) -> str:
         True
     """
     import hashlib
-
     return hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 

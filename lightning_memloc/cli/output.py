@@ -39,7 +39,6 @@ def analysis_files() -> FrozenSet[str]:
     """The names ``memloc analyze`` writes into its output folder: ``report.json`` and its figures."""
     from lightning_memloc.plots.analysis_figures import ANALYSIS_FILENAMES
     from lightning_memloc.plots.report_figures import FILENAMES
-
     monitor_only = {FILENAMES["history"], FILENAMES["evidence_history"]}  # figures of a history, never of analyze
     return frozenset({"report.json", *ANALYSIS_FILENAMES.values(), *set(FILENAMES.values()) - monitor_only})
 
@@ -60,27 +59,18 @@ def deferred_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def _try_lock(fd: int) -> bool:
+def lock_folder(folder: Path, flag: str) -> int:
+    """Take the lock of ``folder`` without waiting; returns its file descriptor (``CLIError`` if held)."""
+    with as_cli_error(flag, FILE_ERRORS + (OSError,)):
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if os.name == "nt":  # pragma: no cover - Windows
             import msvcrt
-
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         else:
             import fcntl
-
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return False
-    return True
-
-
-def lock_folder(folder: Path, flag: str) -> int:
-    """Take the lock of ``folder`` without waiting; returns its file descriptor (``CLIError`` if held)."""
-    path = folder / LOCK_NAME
-    with as_cli_error(flag, FILE_ERRORS + (OSError,)):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    if not _try_lock(fd):
         try:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip()
         except OSError:  # Windows: the holder's locked byte cannot be read
@@ -88,25 +78,14 @@ def lock_folder(folder: Path, flag: str) -> int:
         os.close(fd)
         raise CLIError(flag, f"{str(folder)!r} is in use by another memloc analyze ({holder or 'pid unknown'}): wait "
                              "for it to finish, or pass another folder (two runs on one folder would overwrite each "
-                             "other's files).")
+                             "other's files).") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     return fd
 
 
-def _unlock(fd: int) -> None:
-    try:
-        os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # closing the descriptor drops the flock / msvcrt lock
-
-
 class StagedOutput:
-    """The output folder of one run: locked while the run lasts, filled all at once at :meth:`commit`.
-
-    Attributes:
-        staging: the hidden folder to write into, inside ``out`` (same file system: moves are renames).
-    """
+    """The output folder of one run: locked while it lasts, filled at :meth:`commit` from the hidden ``staging``."""
 
     def __init__(self, out: Path, flag: str, overwrite: bool = False) -> None:
         self.out, self.flag, self.overwrite = Path(out), flag, overwrite
@@ -115,7 +94,6 @@ class StagedOutput:
 
     def __enter__(self) -> "StagedOutput":
         from lightning_memloc.io import check_writable_dir
-
         with as_cli_error(self.flag, FILE_ERRORS):
             check_writable_dir(self.out, argument=self.flag)
         self._fd = lock_folder(self.out, self.flag)
@@ -134,14 +112,10 @@ class StagedOutput:
     def commit(self, written: Sequence[Path]) -> List[Path]:
         """Move the staged files into the folder (report last), drop an earlier analysis's others; returns the new paths."""
         from lightning_memloc.io import target_mode
-
         names = [Path(p).name for p in written]
         with deferred_interrupt():
             for stale in sorted(analysis_files() - set(names)):
-                try:
-                    (self.out / stale).unlink()
-                except FileNotFoundError:
-                    pass
+                (self.out / stale).unlink(missing_ok=True)
             for name in sorted(names, key=lambda n: n == "report.json"):
                 destination = self.out / name
                 os.chmod(self.staging / name, target_mode(destination))  # a replaced file keeps its mode
@@ -154,7 +128,10 @@ class StagedOutput:
             self.staging = self.out
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            _unlock(fd)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)  # closing the descriptor drops the flock / msvcrt lock
 
     def __exit__(self, *exc: Any) -> None:
         self._release()
@@ -162,8 +139,7 @@ class StagedOutput:
 
 def check_out(path: str, flag: str = "--output-dir") -> Path:
     """Fail early if ``path`` (the flag ``flag``) cannot become a writable folder (without creating anything yet)."""
-    out = Path(path)
-    probe = out
+    out = probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():

@@ -97,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--width", type=positive_int, help="base width (default: resnet9 64, tiny 4)")
     m.add_argument("--in-channels", type=positive_int, default=3, help="image channels the encoder takes")
     from lightning_memloc.cli.user_models import add_model_args
-
     add_model_args(m)
     _add_data_args(a, "--data", 32, "--seed, as in `memloc demo`")
     s = a.add_argument_group("measurement (see lightning_memloc.measure)")
@@ -110,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. lightly.transforms:SimCLRViewTransform (default: the batched SimCLR augmentation)")
     s.add_argument("--transform-kwargs", metavar="JSON", default="{}",
                    help="keyword arguments of the --transform factory, a JSON object, e.g. '{\"input_size\": 32}'")
-    a.add_argument("--output-dir", required=True, metavar="DIR",
-                   help="output folder (report.json and PNG figures)")
+    a.add_argument("--output-dir", required=True, metavar="DIR", help="output folder (report.json and PNG figures)")
     a.add_argument("--overwrite", action="store_true",
                    help="replace the report.json of an earlier analysis in --output-dir (refused otherwise)")
     from lightning_memloc.cli.analysis_flags import add_analysis_arguments
@@ -121,8 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw the figures of a saved report and/or a MemorizationMonitor history.")
     p.add_argument("inputs", nargs="+", metavar="REPORT_OR_HISTORY",
                    help="report.json, history.json, or a folder holding them (e.g. the monitor's output_dir)")
-    p.add_argument("--output-dir", metavar="DIR",
-                   help="output folder (default: the folder of the first input)")
+    p.add_argument("--output-dir", metavar="DIR", help="output folder (default: the folder of the first input)")
     _add_data_args(p, "--images", None, "0; pass the demo's --seed")
     p.add_argument("--k", type=positive_int, default=8, help="candidates per row of the candidate grid")
     p.add_argument("--layer", help="layer of the SSLMem-vs-UnitMem scatter and candidate ranking (default: last)")

@@ -60,7 +60,6 @@ def plot(args: argparse.Namespace) -> int:
     """Run ``memloc plot`` on parsed arguments; returns the exit code (0) or raises ``CLIError`` before writing."""
     from lightning_memloc.plots import plot_report
     from lightning_memloc.plots.io import find_plot_inputs
-
     first = Path(args.inputs[0])
     out_flag = "--output-dir"
     out = check_out(args.output_dir or str(first if first.is_dir() else first.parent), out_flag)

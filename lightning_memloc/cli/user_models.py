@@ -1,7 +1,4 @@
-"""``memloc analyze`` on the user's own models: ``--model pkg.module:factory`` and ``--lightning-module``.
-
-Without ``--encoder``, a ``--model`` factory's own weights are measured (e.g. a pretrained timm model).
-"""
+"""``memloc analyze`` on the user's own models: ``--model pkg.module:factory`` and ``--lightning-module``."""
 
 from __future__ import annotations
 
@@ -69,13 +66,6 @@ def _check_choice(args: argparse.Namespace) -> str:
     return given[0]
 
 
-def _frozen(module: nn.Module) -> nn.Module:
-    module.eval()
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    return module
-
-
 def _build(spec: str, kwargs_json: str, flag: str, what: str) -> Tuple[Any, dict]:
     """``(factory(**kwargs), kwargs)`` for ``flag`` ``pkg.module:factory`` and its ``-kwargs`` JSON object."""
     factory = import_object(spec, flag)
@@ -113,14 +103,13 @@ def user_transform(args: argparse.Namespace) -> Any:
 
 def _from_factory(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module]]:
     from lightning_memloc.models.loading import load_encoder
-
     like, kwargs = _build(args.model, args.model_kwargs, "--model", "the encoder")
     if not isinstance(like, nn.Module):
         raise CLIError("--model", f"{args.model} returned a {type(like).__name__}, not a torch.nn.Module.")
 
     def load(path: Optional[str], prefix: Optional[str], flag: str) -> nn.Module:
         if path is None:
-            return _frozen(like)
+            return like.eval().requires_grad_(False)
         try:
             return load_encoder(path, like=like, prefix=prefix)
         except Exception as err:  # FileNotFoundError, CheckpointError, ArchitectureMismatchError
@@ -132,7 +121,6 @@ def _from_factory(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Modu
 
 def _from_lightning_module(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module]]:
     from lightning_memloc.models.loading import resolve_module
-
     cls = import_object(args.lightning_module, "--lightning-module")
     if not (isinstance(cls, type) and callable(getattr(cls, "load_from_checkpoint", None))):
         raise CLIError("--lightning-module", f"{args.lightning_module!r} is not a LightningModule class.")
@@ -144,16 +132,13 @@ def _from_lightning_module(args: argparse.Namespace) -> Tuple[nn.Module, Optiona
             raise CLIError(flag, f"{cls.__name__}.load_from_checkpoint({path!r}) failed: {type(err).__name__}: {err} "
                                  "(a module with __init__ arguments must call self.save_hyperparameters()).") from err
         try:
-            return _frozen(resolve_module(module, attr, attr_flag.lstrip("-")))
+            return resolve_module(module, attr, attr_flag.lstrip("-")).eval().requires_grad_(False)
         except (AttributeError, TypeError) as err:
             raise CLIError(attr_flag, str(err)) from err
 
     encoder = load(args.encoder, args.encoder_attr, "--encoder", "--encoder-attr")
-    reference = None
-    if args.reference is not None:
-        attr = args.reference_attr if args.reference_attr is not None else args.encoder_attr
-        reference = load(args.reference, attr, "--reference", "--reference-attr")
-    return encoder, reference
+    attr = args.reference_attr if args.reference_attr is not None else args.encoder_attr
+    return encoder, None if args.reference is None else load(args.reference, attr, "--reference", "--reference-attr")
 
 
 def user_encoders(args: argparse.Namespace) -> Optional[Tuple[nn.Module, Optional[nn.Module]]]:

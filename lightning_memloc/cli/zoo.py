@@ -27,7 +27,6 @@ def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) ->
         torch.Size([1, 8])
     """
     from lightning_memloc.models import ResNet9, TinyCNN
-
     width = DEFAULT_WIDTH.get(arch, 0) if width is None else width
     if arch == "tiny":
         return TinyCNN(in_channels=in_channels, width=width)
@@ -35,13 +34,11 @@ def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) ->
         return ResNet9(in_channels=in_channels, width=width)
     if arch == "authors-resnet9":  # the layout of the authors' released code (docs/fidelity.md)
         from lightning_memloc.models import AuthorsResNet9
-
         return AuthorsResNet9(in_channels=in_channels, width=width)
     if arch in ("resnet18", "resnet18-cifar"):
         if width != 64:
             raise ValueError(f"torchvision's ResNet-18 has width 64, got {width}: drop --width or use --arch resnet9.")
         from torchvision.models import resnet18
-
         model = resnet18(weights=None)
         model.fc = nn.Identity()
         cifar = arch == "resnet18-cifar"
