@@ -228,12 +228,17 @@ def _check_group_sizes(groups: Mapping[str, int], opts: EvidenceOptions, meta: D
             meta.setdefault("warnings", []).append(message)
 
 
+def halfwidths(records: Mapping[str, Record], key: str) -> Dict[str, float]:
+    """Layer -> finite half-width of its ``key`` interval (layers without one left out)."""
+    return {layer: (rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for layer, rec in records.items()
+            if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
+            and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])}
+
+
 def _hint(evidence: Evidence, n: int, opts: EvidenceOptions) -> Optional[str]:
     """How many candidates would narrow the widest interval to ``target_halfwidth`` (or None)."""
     key, what = ("excess", "excess over the control") if evidence.has("excess_lo") else ("layer_mem", "LayerMem")
-    widths = {layer: (rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for layer, rec in evidence.layers.items()
-              if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
-              and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])}
+    widths = halfwidths(evidence.layers, key)
     if not widths:
         return None
     layer = max(widths, key=lambda k: widths[k])

@@ -1,33 +1,14 @@
-"""Plain-text summary of a :class:`~lightning_memloc.MemorizationReport`: figures, intervals, tests, verdict.
-
-Each row shows a figure's interval, the control's value on the same scale and the Holm-corrected p-value;
-the lines below say in words which layers show memorization.
-"""
+"""Plain-text summary of a :class:`~lightning_memloc.MemorizationReport`: figures, intervals, tests, verdict."""
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from lightning_memloc.report.evidence import Evidence
+from lightning_memloc.report.evidence import Evidence, halfwidths
 
-
-class SummarySource(Protocol):
-    """What the table reads of a :class:`~lightning_memloc.MemorizationReport` (which imports this module)."""
-
-    layers: List[str]
-    layer_kinds: Dict[str, str]
-    layer_mem: Optional[Dict[str, float]]
-    delta_layer_mem: Optional[Dict[str, float]]
-    layer_mem_top: Optional[Dict[str, float]]
-    layer_mem_least: Optional[Dict[str, float]]
-    evidence: Optional[Evidence]
-
-    @property
-    def has_reference(self) -> bool: ...
-    def unit_mem_mean(self) -> Dict[str, float]: ...
-    def unit_mem_frac_above(self, threshold: float = 0.5) -> Dict[str, float]: ...
-    def num_dead_units(self) -> Dict[str, int]: ...
+if TYPE_CHECKING:  # the report imports this module
+    from lightning_memloc.report.report import MemorizationReport as SummarySource
 
 __all__ = ["align_verdict", "format_summary", "verdict_lines"]
 
@@ -81,14 +62,6 @@ def _plain_table(report: SummarySource, threshold: float) -> List[str]:
     return rows
 
 
-def _halfwidth(ev: "Evidence", key: str) -> Optional[float]:
-    """Largest finite half-width of the ``key`` intervals over the layers (None when there is none)."""
-    widths = [(rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for rec in ev.layers.values()
-              if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
-              and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])]
-    return max(widths) if widths else None
-
-
 def _sizes(ev: "Evidence", *groups: str) -> str:
     sizes = ev.meta.get("groups") or {}
     return ", ".join(f"{sizes[g]} {g}" for g in ("candidates",) + groups if g in sizes)
@@ -97,7 +70,7 @@ def _sizes(ev: "Evidence", *groups: str) -> str:
 def _test_line(ev: "Evidence", test: str, claim: str, total: int, groups: Tuple[str, ...], interval: Optional[str]) -> str:
     """``claim at k of L layers: ...`` or, with none, what could still hide below the noise."""
     sig = ev.significant_layers(test)
-    width = None if interval is None else _halfwidth(ev, interval)
+    width = max(halfwidths(ev.layers, interval).values(), default=None) if interval else None
     spread = "" if width is None else f", 95 % CI up to ±{width:.3f}"
     line = f"{claim} at {len(sig)} of {total} layers"
     if sig:
