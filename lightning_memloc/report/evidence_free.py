@@ -1,14 +1,8 @@
 """The ``align_gap`` family of :class:`~lightning_memloc.report.evidence.Evidence`: evidence without reference.
 
-For candidates ``C`` and unseen images ``U`` from one distribution the reference cancels:
-``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]`` (``docs/evidence.md``), with ``d_f`` the view alignments
-under ``f``. Assumes ``C`` and ``U`` were exchangeable before training.
-
-Record keys (per layer): ``align_gap`` = ``(mean d_f(U) − mean d_f(C)) / range of d_f over C ∪ U``,
-``align_gap_lo`` / ``_hi`` (bootstrap), ``align_gap_p`` (studentized permutation test on raw alignments),
-``align_gap_p_holm``, ``align_gap_lb``, ``align_f_candidates`` / ``align_f_unseen`` (mean raw alignments,
-in ``[0, 2]``), ``align_auc`` (mean membership score, 0.5 when nothing is memorized). Meta keys:
-``align_membership`` (layer -> per-candidate membership score), ``align_scale``.
+For candidates ``C`` and unseen images ``U`` exchangeable before training the reference cancels:
+``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]``, ``d_f`` the view alignments under ``f``
+(``docs/evidence.md``); ``align_gap = (mean d_f(U) − mean d_f(C)) / range of d_f over C ∪ U``.
 """
 
 from __future__ import annotations
@@ -43,13 +37,13 @@ def reference_free_evidence(
     seed: int = 0,
     nulls: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """Add the ``align_gap`` family to ``records`` and ``meta`` in place (keys in the module docstring).
+    """Add ``align_gap`` (``_lo`` / ``_hi`` / ``_p`` / ``_p_holm``), ``align_f_candidates`` / ``align_f_unseen``
+    (mean raw alignments), ``align_auc`` (mean membership score) to ``records``; ``align_membership`` and
+    ``align_scale`` to ``meta``.
 
     Args:
-        candidates: layer -> ``(N,)`` raw alignments of the candidates under ``f``.
-        unseen: layer -> ``(M,)`` raw alignments of the unseen images under ``f``.
-        bootstrap: resamples of the interval and relabellings of the test (0: neither).
-        nulls: filled with the test's null (for the bound matching the overall verdict).
+        candidates, unseen: layer -> ``(N,)`` / ``(M,)`` raw alignments under ``f``.
+        bootstrap: resamples of the interval and relabellings of the test (0: neither); ``nulls`` gets the test's null.
 
     Example:
         >>> records, meta = {"a": {}}, {}

@@ -1,7 +1,7 @@
 """UnitMem's evidence: the interval of mean UnitMem, UnitMem seen − unseen and the argmax membership test.
 
-The negative policy is applied to the candidates alone for their UnitMem, and once over the pool
-candidates ∪ unseen for the comparisons (one shared zero; per-group shifts inflate false positives).
+The negative policy runs on the candidates alone for their UnitMem, and once over candidates ∪ unseen for the
+comparisons (one shared zero; per-group shifts inflate false positives).
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ def policy_means(layer: str, mu: Tensor, negative: str) -> Tensor:
 
 def _unitmem_resamples(mu: Tensor, weights: Tensor, reduction: str) -> Tensor:
     """Mean UnitMem per multiset (rows of ``weights``, equal row sums), batched on ``mu``'s device."""
-    if reduction == "mean":
-        return weighted_mean_unitmem(mu, weights)
-    return median_unitmem_resamples(mu, weights)
+    return (weighted_mean_unitmem if reduction == "mean" else median_unitmem_resamples)(mu, weights)
 
 
 def median_unitmem_resamples(mu: Tensor, weights: Tensor, max_elements: int = 1 << 24) -> Tensor:
@@ -80,13 +78,9 @@ def _counts(index: Tensor, n: int, device: torch.device) -> Tensor:
 
 def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Optional[Mapping[str, Tensor]],
                       reduction: str, negative: str, options: Any, records: Dict[str, Record], nulls: Nulls) -> None:
-    """Fill ``records`` (in place) with mean UnitMem's interval and, with an unseen set, the tests.
+    """Fill ``records`` with mean UnitMem's interval and, with ``mu_unseen``, the tests (their null in ``nulls``).
 
-    Args:
-        mu: layer -> ``(N, U)`` candidates' raw mean activations (before the negative policy).
-        mu_unseen: layer -> ``(M, U)`` unseen images' raw mean activations, or ``None``.
-        options: :class:`~lightning_memloc.report.evidence.EvidenceOptions`.
-        nulls: filled with the UnitMem seen − unseen null.
+    ``mu`` / ``mu_unseen``: layer -> ``(N, U)`` / ``(M, U)`` raw mean activations (before the negative policy).
     """
     boot, seed = options.bootstrap, options.seed
     excess_layers: List[str] = []
