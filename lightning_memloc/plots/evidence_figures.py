@@ -10,7 +10,8 @@ import numpy as np
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.report.evidence import Evidence
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import colormap, depth_axis, new_figure, save_png, training_axis, training_x
+from lightning_memloc.plots.figure import (colormap, depth_axis, new_figure, p_labels, save_png, training_axis,
+                                           training_x)
 from lightning_memloc.plots.io import PREFIX, History, load_history
 from lightning_memloc.report.report import MemorizationReport
 
@@ -29,17 +30,10 @@ def _errorbar(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], key: 
     ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, **style)
 
 
-def _stars(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: float) -> None:
-    for xi, yi, p in zip(x, y, pvalues):
-        if not np.isnan(p):
-            ax.annotate(f"p={p:.1g}" + (" *" if p < alpha else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 5), textcoords="offset points", color="k" if p < alpha else "0.5")
-
-
 def _align_panel(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], alpha: float) -> None:
     """The reference-free panel: f's alignment gap of the candidates against unseen images."""
     _errorbar(ax, x, ev, layers, "align_gap", marker="o", color="C4", lw=2, label="gap under f alone ± CI (f's range)")
-    _stars(ax, x, _values(ev, layers, "align_gap_hi"), _values(ev, layers, "align_gap_p_holm"), alpha)
+    p_labels(ax, x, _values(ev, layers, "align_gap_hi"), _values(ev, layers, "align_gap_p_holm"), alpha, offset=5)
     if ev.has("excess_unseen"):
         _errorbar(ax, x + 0.08, ev, layers, "excess_unseen", marker="v", color="C2", ls=":",
                   label="C − unseen through g ± CI (candidates' SSLMem scale)")
@@ -52,11 +46,7 @@ def _align_panel(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], al
 
 
 def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
-    """Candidates against their nulls, layer by layer: LayerMem vs control, alignment gap, UnitMem seen vs unseen.
-
-    Raises:
-        ValueError: the report has no evidence.
-    """
+    """Candidates against their nulls by depth: LayerMem vs control, alignment gap, UnitMem seen vs unseen."""
     ev = report.evidence
     if ev is None:
         raise ValueError("plot_evidence needs a report with evidence (intervals and controls): measure with "
@@ -73,7 +63,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
             ax.plot(x, _values(ev, layers, "control_layer_mem"), marker="s", color="0.45", ls="--",
                     label=f"control, both encoders trained on it ({ev.meta['groups'].get('control')})")
             _errorbar(ax, x + 0.08, ev, layers, "excess", marker="D", color="C3", ls="none", label="excess over control ± CI")
-            _stars(ax, x + 0.08, _values(ev, layers, "excess_hi"), _values(ev, layers, "excess_p_holm"), alpha)
+            p_labels(ax, x + 0.08, _values(ev, layers, "excess_hi"), _values(ev, layers, "excess_p_holm"), alpha, 5)
         if ev.has("unseen_layer_mem"):
             ax.plot(x, _values(ev, layers, "unseen_layer_mem"), marker="v", color="C2", ls=":",
                     label=f"unseen ({ev.meta['groups'].get('unseen')})")
@@ -93,7 +83,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
         member = _values(ev, layers, "membership")
         ax.plot(x, member, marker="D", color="C3", label="share of units whose μmax image was seen")
         ax.plot(x, _values(ev, layers, "membership_chance"), color="C3", ls="--", lw=0.8, label="chance")
-        _stars(ax, x, member, _values(ev, layers, "membership_p_holm"), alpha)
+        p_labels(ax, x, member, _values(ev, layers, "membership_p_holm"), alpha, offset=5)
         ax.set_ylim(0, 1.05)
         ax.set_title("UnitMem: seen vs unseen images", fontsize=10)
     else:
@@ -105,11 +95,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
 
 
 def plot_evidence_history(history: History, path: PathLike) -> Path:
-    """Over training: excess over the control, alignment gap and membership (or mean UnitMem) per layer, with bands.
-
-    Raises:
-        ReportFormatError: the history holds no evidence scalars.
-    """
+    """Over training: excess over the control, alignment gap and membership (or mean UnitMem) per layer, with bands."""
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     keys = set().union(*(e.keys() for e in entries))
     panels: List[tuple] = []

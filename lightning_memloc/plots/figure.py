@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,15 +15,15 @@ from torch import Tensor
 
 from lightning_memloc.io import PathLike, atomic_write_bytes
 
-__all__ = ["colormap", "depth_axis", "display_image", "figure_array", "new_figure", "save_png", "training_axis",
-           "training_x"]
+__all__ = ["colormap", "depth_axis", "display_image", "figure_array", "layer_of", "new_figure", "p_labels", "save_png",
+           "show_image", "training_axis", "training_x"]
 
 #: Resolution of every PNG.
 DPI = 120
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A ``width`` × ``height`` inch figure with a constrained layout on the Agg canvas.
+    """A ``width`` × ``height`` inch figure, constrained layout, Agg canvas.
 
     Example:
         >>> new_figure(4, 3).get_size_inches().tolist()
@@ -55,6 +55,14 @@ def figure_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def layer_of(report: Any, layer: Optional[str]) -> str:
+    """``layer`` (default: the report's last), checked to be one of ``report.layers``."""
+    layer = report.layers[-1] if layer is None else layer
+    if layer not in report.layers:
+        raise ValueError(f"`layer`={layer!r} is not in the report; its layers are {report.layers}.")
+    return layer
+
+
 def depth_axis(ax: Any, layers: Sequence[str]) -> None:
     """Label the x axis of ``ax`` with ``layers`` at positions 1..L (input → output), as the paper's figures do."""
     ax.set_xticks(range(1, len(layers) + 1))
@@ -65,7 +73,7 @@ def depth_axis(ax: Any, layers: Sequence[str]) -> None:
 
 
 def training_x(entries: Sequence[Mapping[str, Any]]) -> Tuple[np.ndarray, str]:
-    """x positions of monitor-history entries and the axis label: the global step when every entry has one, else the epoch.
+    """x positions of history entries and the axis label: the global step when every entry has one, else the epoch.
 
     Example:
         >>> training_x([{"epoch": 0, "global_step": 3}, {"epoch": 0, "global_step": 6}])
@@ -103,4 +111,21 @@ def display_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
     if img.shape[0] == 1:
         return img[0].numpy()
     return img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def show_image(ax: Any, image: Union[Tensor, np.ndarray], title: str, **title_style: Any) -> None:
+    """Draw one (C, H, W) image on ``ax``, without ticks, under ``title``."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    picture = display_image(image)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, **title_style)
+
+
+def p_labels(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: float, offset: float = 4) -> None:
+    """Holm p-values above the points ``(x, y)``, starred (black) where below ``alpha``."""
+    for xi, yi, p in zip(x, y, pvalues):
+        if not (np.isnan(p) or np.isnan(yi)):
+            ax.annotate(f"p={p:.1g}" + (" *" if p < alpha else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, offset), textcoords="offset points", color="k" if p < alpha else "0.5")
 

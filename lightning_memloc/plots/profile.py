@@ -1,7 +1,4 @@
-"""The memorization profile of one measurement by depth: each figure next to its null, in one picture.
-
-Each drawn series carries its data key as ``gid``, so the figure can be checked against :func:`profile_data`.
-"""
+"""The memorization profile of one measurement by depth, each figure next to its null (series ``gid``: data key)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import depth_axis, new_figure, save_png
+from lightning_memloc.plots.figure import depth_axis, new_figure, p_labels, save_png
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
 
@@ -71,14 +68,8 @@ def _series(ax: Any, x: np.ndarray, data: Dict[str, np.ndarray], key: str, label
 
 
 def _pvalues(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[np.ndarray], alpha: float) -> None:
-    """Holm p-values above the points ``(x, y)``, starred (black) where below ``alpha``."""
-    if pvalues is None or y is None:
-        return
-    for xi, yi, p in zip(x, y, pvalues):
-        if not (np.isnan(p) or np.isnan(yi)):
-            significant = p < alpha
-            ax.annotate(f"p={p:.1g}" + (" *" if significant else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 4), textcoords="offset points", color="k" if significant else "0.5")
+    if pvalues is not None and y is not None:
+        p_labels(ax, x, y, pvalues, alpha)
 
 
 def _top(data: Dict[str, np.ndarray], *keys: str) -> Optional[np.ndarray]:
@@ -97,10 +88,7 @@ def _panels(data: Dict[str, np.ndarray]) -> List[str]:
 
 
 def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = None) -> Figure:
-    """The memorization profile of ``report`` by depth: LayerMem, excess, membership and UnitMem panels.
-
-    Args:
-        warmup_step: global step at which the warm-up ends; the title says which side the measurement is on.
+    """LayerMem, excess, membership and UnitMem panels by depth; the title says which side of ``warmup_step`` it is.
 
     Example:
         >>> import torch
@@ -110,9 +98,8 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
         >>> [ax.get_title() for ax in profile_figure(r).axes]
         ['mean UnitMem (no unseen set: no null)']
     """
-    data, layers = profile_data(report), report.layers
+    data, layers, ev = profile_data(report), report.layers, report.evidence
     x = np.arange(1, len(layers) + 1, dtype=float)
-    ev = report.evidence
     alpha = float(ev.meta.get("alpha", 0.05)) if ev is not None else 0.05
     panels = _panels(data)
     columns = 2 if len(panels) == 4 else len(panels)
