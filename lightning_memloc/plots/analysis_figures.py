@@ -42,10 +42,8 @@ def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
     for ax, (title, matrix, low, high, cmap) in zip(axes, panels):
         values = np.asarray(matrix, dtype=float)
         image = ax.imshow(values, vmin=low, vmax=high, cmap=cmap)
-        ax.set_xticks(range(size))
-        ax.set_yticks(range(size))
-        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
-        ax.set_yticklabels(layers, fontsize=7)
+        ax.set_xticks(range(size), layers, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(size), layers, fontsize=7)
         if size <= 12:
             for i in range(size):
                 for j in range(size):
@@ -74,8 +72,7 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
         left.scatter(range(len(names)), [result["single"][n]["control_drop"] / scale for n in names], marker="x", color="k",
                      zorder=3, label="control images")
         left.legend(fontsize=7)
-    left.set_xticks(range(len(names)))
-    left.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    left.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
     left.set_title("one layer exchanged", fontsize=9)
     left.set_ylabel(f"SSLMem drop at {result['measure_layer']}\n(÷ range of f's SSLMem)")
     positions = list(range(len(group_drops)))
@@ -87,8 +84,7 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
                   yerr=[float(np.std(random))] if len(random) > 1 else None, capsize=4)
         right.scatter([len(positions)] * len(random), random, color="k", s=10, zorder=3)
         labels.append(f"random {k}\n({len(random)} draws)")
-    right.set_xticks(range(len(labels)))
-    right.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     right.set_title(f"{k} layers exchanged", fontsize=9)
     for ax in (left, right):
         ax.axhline(0, color="k", lw=0.6)
@@ -158,11 +154,8 @@ def plot_unit_restore(result: Mapping[str, Any], path: PathLike) -> Path:
     positions = np.arange(len(units))
     ax.bar(positions - 0.2, result["unit_mem_before"], width=0.4, label="before")
     ax.bar(positions + 0.2, result["unit_mem_after"], width=0.4, label="after")
-    ax.set_xticks(positions)
-    ax.set_xticklabels([str(u) for u in units])
-    ax.set_xlabel(f"unit of {result['layer']}")
-    ax.set_ylabel("UnitMem")
-    ax.set_ylim(0, 1.05)
+    ax.set_xticks(positions, [str(u) for u in units])
+    ax.set(xlabel=f"unit of {result['layer']}", ylabel="UnitMem", ylim=(0, 1.05))
     ax.legend(fontsize=8)
     ax.set_title(f"fine-tuned units (others restored; max change {result.get('other_units_max_change', 0):.1e})",
                  fontsize=8)

@@ -65,10 +65,9 @@ def layer_of(report: Any, layer: Optional[str]) -> str:
 
 def depth_axis(ax: Any, layers: Sequence[str]) -> None:
     """Label the x axis of ``ax`` with ``layers`` at positions 1..L (input → output), as the paper's figures do."""
-    ax.set_xticks(range(1, len(layers) + 1))
-    ax.set_xticklabels(layers, rotation=35 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center")
-    ax.set_xlim(0.4, len(layers) + 0.6)
-    ax.set_xlabel("layer (input → output)")
+    ax.set_xticks(range(1, len(layers) + 1), layers, rotation=35 if len(layers) > 4 else 0,
+                  ha="right" if len(layers) > 4 else "center")
+    ax.set(xlim=(0.4, len(layers) + 0.6), xlabel="layer (input → output)")
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -115,8 +114,7 @@ def display_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
 
 def show_image(ax: Any, image: Union[Tensor, np.ndarray], title: str, **title_style: Any) -> None:
     """Draw one (C, H, W) image on ``ax``, without ticks, under ``title``."""
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     picture = display_image(image)
     ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, **title_style)

@@ -1,7 +1,4 @@
-"""Layer × measurement heat maps of a monitor history: where memorization builds up, and when.
-
-``*`` marks cells whose Holm-corrected test passes; a dashed line marks the end of the warm-up.
-"""
+"""Layer × measurement heat maps of a monitor history (``*``: Holm test passes; dashed: end of the warm-up)."""
 
 from __future__ import annotations
 
@@ -35,13 +32,8 @@ class Heatmap(NamedTuple):
 
 
 def _layers(entries: Sequence[Mapping[str, Any]], quantity: str) -> List[str]:
-    found: dict = {}
-    for entry in entries:
-        for key in entry:
-            parsed = parse_scalar_tag(str(key))
-            if parsed is not None and parsed[0] == quantity:
-                found.setdefault(parsed[1], None)
-    return list(found)
+    parsed = (parse_scalar_tag(str(key)) for entry in entries for key in entry)
+    return list(dict.fromkeys(tag[1] for tag in parsed if tag is not None and tag[0] == quantity))
 
 
 def heatmap_data(history: History, quantity: str, layers: Optional[Sequence[str]] = None) -> Heatmap:
@@ -111,12 +103,10 @@ def _draw(fig: Figure, ax: Any, data: Heatmap, alpha: float, warmup: Optional[fl
                 shade = float(image.norm(value))
                 ax.text(j, i, f"{value:{'+.2f' if signed else '.2f'}}" + ("*" if p < alpha else ""), ha="center",
                         va="center", fontsize=7, color="w" if (shade < 0.25 or (signed and shade > 0.75)) else "k")
-    ax.set_yticks(range(rows))
-    ax.set_yticklabels(data.layers, fontsize=8)
+    ax.set_yticks(range(rows), data.layers, fontsize=8)
     labels, axis = _columns(data)
     every = max(1, -(-columns // 16))
-    ax.set_xticks(range(0, columns, every))
-    ax.set_xticklabels(labels[::every], fontsize=8)
+    ax.set_xticks(range(0, columns, every), labels[::every], fontsize=8)
     if warmup is not None:
         line = ax.axvline(warmup, color="k", ls="--", lw=1.5)
         line.set_gid("warmup")

@@ -123,8 +123,7 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
             _series(ax, x, data, "membership", "units whose μmax image was seen", marker="D", color="C3", lw=2)
             _series(ax, x, data, "membership_chance", "chance", color="k", ls="--", lw=1)
             _pvalues(ax, x, _top(data, "membership", "membership_hi", "membership_chance"), data.get("membership_p_holm"), alpha)
-            ax.set_ylim(0, 1.1)
-            ax.set_title("μmax membership vs chance")
+            ax.set(ylim=(0, 1.1), title="μmax membership vs chance")
         else:
             if _series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
                 _series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")

@@ -53,8 +53,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     if ev is not None and ev.has("control_layer_mem"):
         left.plot(x, [ev.layers[la]["control_layer_mem"] for la in layers], color="0.45", marker="s", ls="--", label="control")
     left.axhline(0.0, color="0.5", lw=0.8)
-    left.set_ylabel("LayerMem (mean normalised SSLMem)")
-    left.set_title("LayerMem by depth")
+    left.set(ylabel="LayerMem (mean normalised SSLMem)", title="LayerMem by depth")
     left.legend(fontsize=8, loc="best")
     depth_axis(left, layers)
     lm, given = report.layer_mem, report.delta_layer_mem  # ΔLayerMem from LayerMem where a report lacks it
@@ -65,8 +64,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
         right.annotate(f"{d:+.3f}", (xi, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=7,
                        xytext=(0, 2 if d >= 0 else -2), textcoords="offset points")
     right.axhline(0.0, color="0.3", lw=0.8)
-    right.set_ylabel("ΔLayerMem (increase over the previous layer)")
-    right.set_title("ΔLayerMem per layer")
+    right.set(ylabel="ΔLayerMem (increase over the previous layer)", title="ΔLayerMem per layer")
     depth_axis(right, layers)
     return save_png(fig, path)
 
@@ -109,8 +107,7 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
     for xi, layer in zip(x, layers):
         note = f"{fractions[layer]:.0%} > {threshold:g}" + (f"\n{dead[layer]} dead" if dead[layer] else "")
         ax.annotate(note, (xi, 1.02), ha="center", va="bottom", fontsize=7, annotation_clip=False)
-    ax.set_ylim(-0.02, 1.16)
-    ax.set_ylabel("UnitMem per unit")
+    ax.set(ylim=(-0.02, 1.16), ylabel="UnitMem per unit")
     ax.set_title(f"UnitMem distribution per layer ({report.num_candidates} candidates; ◆ mean)", pad=4)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     depth_axis(ax, layers)
@@ -147,10 +144,8 @@ def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Op
     title = f"SSLMem vs UnitMem at {layer}"
     if owned.sum() > 2 and np.ptp(x[owned]) > 0 and np.ptp(y[owned]) > 0:
         title += f" (Pearson r = {np.corrcoef(x[owned], y[owned])[0, 1]:.2f})"
-    ax.set_title(title)
-    ax.set_xlabel("SSLMem of the candidate (normalised)")
-    ax.set_ylabel("max UnitMem of the units it excites most")
-    ax.set_ylim(-0.05, 1.05)
+    ax.set(title=title, xlabel="SSLMem of the candidate (normalised)",
+           ylabel="max UnitMem of the units it excites most", ylim=(-0.05, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save_png(fig, path)
