@@ -116,21 +116,13 @@ class Evidence:
         return cls(layers=layers, group_sslmem=groups, meta=dict(data.get("meta") or {}))
 
 
-def compute_evidence(
-    layers: List[str],
-    *,
-    unit_means: Mapping[str, Tensor],
-    reduction: str = "mean",
-    top_k: int = 50,
-    sslmem_raw: Optional[Mapping[str, Tensor]] = None,
-    control_raw: Optional[Mapping[str, Tensor]] = None,
-    unseen_raw: Optional[Mapping[str, Tensor]] = None,
-    unseen_unit_means: Optional[Mapping[str, Tensor]] = None,
-    options: Optional[EvidenceOptions] = None,
-    negative: str = "clamp",
-    align: Optional[Mapping[str, Tensor]] = None,
-    unseen_align: Optional[Mapping[str, Tensor]] = None,
-) -> Evidence:
+_PerLayer = Optional[Mapping[str, Tensor]]
+
+
+def compute_evidence(layers: List[str], *, unit_means: Mapping[str, Tensor], reduction: str = "mean", top_k: int = 50,
+                     sslmem_raw: _PerLayer = None, control_raw: _PerLayer = None, unseen_raw: _PerLayer = None,
+                     unseen_unit_means: _PerLayer = None, options: Optional[EvidenceOptions] = None,
+                     negative: str = "clamp", align: _PerLayer = None, unseen_align: _PerLayer = None) -> Evidence:
     """Intervals, control comparisons, tests and the overall verdict (``meta["verdict"]``) of one measurement.
 
     Args:

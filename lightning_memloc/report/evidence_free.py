@@ -25,18 +25,10 @@ ALIGN_SCALE = "range of f's alignments over candidates and unseen images per lay
 TEST_NAME = "studentized permutation test of the mean raw alignment under f, unseen > candidates (Welch t)"
 
 
-def reference_free_evidence(
-    layers: List[str],
-    candidates: Mapping[str, Tensor],
-    unseen: Mapping[str, Tensor],
-    records: Dict[str, Dict[str, Optional[float]]],
-    meta: Dict[str, Any],
-    *,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    nulls: Optional[Dict[str, Any]] = None,
-) -> None:
+def reference_free_evidence(layers: List[str], candidates: Mapping[str, Tensor], unseen: Mapping[str, Tensor],
+                            records: Dict[str, Dict[str, Optional[float]]], meta: Dict[str, Any], *,
+                            bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
+                            nulls: Optional[Dict[str, Any]] = None) -> None:
     """Add ``align_gap`` (``_lo`` / ``_hi`` / ``_p`` / ``_p_holm``), ``align_f_candidates`` / ``align_f_unseen``
     (mean raw alignments), ``align_auc`` (mean membership score) to ``records``; ``align_membership`` and
     ``align_scale`` to ``meta``.

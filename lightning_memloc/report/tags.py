@@ -128,14 +128,8 @@ def knn_tag(k: int, prefix: str = PREFIX) -> str:
     return summary_tag(f"knn_acc_k{k}", prefix)
 
 
-def image_tag(name: str, prefix: str = PREFIX) -> str:
-    """``memloc/<name>``, ``name`` one of :data:`IMAGE_NAMES`."""
-    return summary_tag(name, prefix)
-
-
-def figure_tag(name: str, prefix: str = PREFIX) -> str:
-    """``memloc/<name>``, ``name`` one of :data:`FIGURE_NAMES`."""
-    return summary_tag(name, prefix)
+#: ``memloc/<name>`` of an image (``name`` in :data:`IMAGE_NAMES`) or a figure (in :data:`FIGURE_NAMES`).
+image_tag = figure_tag = summary_tag
 
 
 def parse_scalar_tag(tag: str, prefix: str = PREFIX) -> Optional[Tuple[str, str]]:
