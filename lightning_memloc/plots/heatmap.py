@@ -18,6 +18,8 @@ __all__ = ["Heatmap", "heatmap_data", "heatmap_figure", "plot_heatmap", "warmup_
 
 #: Cells drawn with their value written in them at most (more: colour only).
 MAX_ANNOTATED = 160
+#: Quantities drawn on a diverging scale centred on 0.
+SIGNED = ("excess", "excess_unseen", "unit_mem_excess", "delta_layer_mem")
 
 
 class Heatmap(NamedTuple):
@@ -73,10 +75,6 @@ def warmup_boundary(steps: Sequence[int], warmup_step: Optional[int]) -> Optiona
     if done == 0 or (done == len(steps) and steps[-1] != warmup_step):
         return None
     return done - 0.5
-
-
-#: Quantities drawn on a diverging scale centred on 0.
-SIGNED = ("excess", "excess_unseen", "unit_mem_excess", "delta_layer_mem")
 
 
 def _columns(data: Heatmap) -> Tuple[List[str], str]:

@@ -15,6 +15,10 @@ from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
 
 __all__ = ["measurement_title", "plot_profile", "profile_data", "profile_figure"]
 
+#: Short names of the tests in the title.
+TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
+              "unit_mem_excess": "UnitMem seen > unseen"}
+
 
 def profile_data(report: MemorizationReport) -> Dict[str, np.ndarray]:
     """Per-layer values (depth order, NaN where missing) of every quantity the report has.
@@ -139,11 +143,6 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
         ax.set_visible(False)
     fig.suptitle(_suptitle(report, warmup_step), fontsize=10)
     return fig
-
-
-#: Short names of the tests in the title.
-TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
-              "unit_mem_excess": "UnitMem seen > unseen"}
 
 
 def _suptitle(report: MemorizationReport, warmup_step: Optional[int]) -> str:

@@ -177,18 +177,14 @@ class MemorizationReport:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ReportFormatError(f"not a MemorizationReport (expected 'format': {FORMAT!r}).")
         if data.get("version") not in _READABLE_VERSIONS:
-            raise ReportFormatError(
-                f"report format version {data.get('version')!r} is not supported (this library reads {_READABLE_VERSIONS})."
-            )
+            raise ReportFormatError(f"report format version {data.get('version')!r} is not supported (this library "
+                                    f"reads {_READABLE_VERSIONS}).")
         try:
-            layers = [str(x) for x in data["layers"]]
-            kwargs: Dict[str, Any] = {
-                "layers": layers,
-                "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
-                "candidate_ids": _ids(data["candidate_ids"], "candidate_ids"),
-                "meta": dict(data.get("meta") or {}),
-                "analyses": dict(data.get("analyses") or {}),
-            }
+            kwargs: Dict[str, Any] = {"layers": [str(x) for x in data["layers"]],
+                                      "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
+                                      "candidate_ids": _ids(data["candidate_ids"], "candidate_ids"),
+                                      "meta": dict(data.get("meta") or {}),
+                                      "analyses": dict(data.get("analyses") or {})}
             for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
                 value, dtype = data.get(name), _TENSOR_DICTS.get(name)
                 kwargs[name] = None if value is None else {
@@ -207,23 +203,20 @@ class MemorizationReport:
     def validate(self) -> None:
         """Check internal consistency (layer keys, shapes); raises :class:`ReportFormatError`."""
         n = self.num_candidates
-        for name in ("unit_mem", "unit_argmax", "dead_units"):
-            if getattr(self, name) is None:
-                raise ReportFormatError(f"`{name}` is missing: every report has UnitMem, its argmax and dead units.")
-        for name in ("unit_mem", "unit_argmax", "dead_units", "class_mem", "sslmem", "sslmem_raw", *_FLOAT_DICTS):
+        for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             value = getattr(self, name)
+            if value is None and name in ("unit_mem", "unit_argmax", "dead_units"):
+                raise ReportFormatError(f"`{name}` is missing: every report has UnitMem, its argmax and dead units.")
             if value is not None and set(value) != set(self.layers):
                 raise ReportFormatError(f"`{name}` has layers {sorted(value)}, expected {sorted(self.layers)}.")
         for layer in self.layers:
             if self.unit_mem[layer].shape != self.unit_argmax[layer].shape or self.unit_mem[layer].shape != self.dead_units[layer].shape:
                 raise ReportFormatError(f"unit arrays of layer {layer!r} differ in length.")
-            for name in ("sslmem", "sslmem_raw"):
+            for name in ("sslmem", "sslmem_raw", *_FLOAT_DICTS):
                 value = getattr(self, name)
-                if value is not None and value[layer].shape != (n,):
+                if value is not None and name in _TENSOR_DICTS and value[layer].shape != (n,):
                     raise ReportFormatError(f"`{name}[{layer!r}]` has shape {tuple(value[layer].shape)}, expected ({n},).")
-            for name in _FLOAT_DICTS:
-                value = getattr(self, name)
-                if value is not None and not math.isfinite(value[layer]):
+                if value is not None and name in _FLOAT_DICTS and not math.isfinite(value[layer]):
                     raise ReportFormatError(f"`{name}[{layer!r}]` is not finite.")
         if self.evidence is not None and set(self.evidence.layers) != set(self.layers):
             raise ReportFormatError(f"`evidence` has layers {sorted(self.evidence.layers)}, expected {sorted(self.layers)}.")

@@ -30,6 +30,8 @@ IMAGE_NAMES = ("most_memorized", "least_memorized")
 HIST_QUANTITY = "unit_mem"
 #: Figures logged at every measurement: the profile by depth, and layer × measurement heat maps.
 FIGURE_NAMES = ("profile", "profile_over_training")
+_OLD = re.compile(r"^(memloc(?:-[A-Za-z0-9][A-Za-z0-9_.-]*)?)/([a-z_]+)/([^/]+)$")  # the former per-layer tags
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Quantity(NamedTuple):
@@ -141,18 +143,12 @@ def parse_scalar_tag(tag: str, prefix: str = PREFIX) -> Optional[Tuple[str, str]
     return quantity, layer
 
 
-_OLD = re.compile(r"^(memloc(?:-[A-Za-z0-9][A-Za-z0-9_.-]*)?)/([a-z_]+)/([^/]+)$")
-
-
 def upgrade_tag(tag: str) -> str:
     """A per-layer tag ``memloc/<quantity>/<layer>`` of the former scheme as ``memloc.<quantity>/<layer>``."""
     match = _OLD.match(tag)
     if match is None or match.group(2) not in SCALAR_QUANTITIES:
         return tag
     return scalar_tag(match.group(2), match.group(3), match.group(1))
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def check_name(name: Optional[str]) -> Optional[str]:

@@ -15,11 +15,9 @@ from torch import Tensor
 from lightning_memloc.functional.statistics import (bootstrap_indices, membership_test, standard_error_interval,
                                                   weighted_mean_unitmem)
 from lightning_memloc.functional.unitmem import apply_negative_policy, unitmem
-from lightning_memloc.report.layer_evidence import Nulls
+from lightning_memloc.report.layer_evidence import Nulls, Record
 
 __all__ = ["TEST_NAMES", "median_unitmem_resamples", "policy_means", "unit_mem_evidence"]
-
-Record = Dict[str, Optional[float]]
 #: How each UnitMem family is tested (recorded in ``Evidence.meta["tests"]``).
 TEST_NAMES = {"membership": "permutation of the seen / unseen labels over the images; tied units split their credit",
               "unit_mem_excess": "permutation of the seen / unseen labels over equal-size samples of the images"}
