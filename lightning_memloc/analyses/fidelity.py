@@ -36,7 +36,6 @@ def sequential_children(model: nn.Module, until: Optional[str] = None) -> nn.Seq
     ``IntermediateLayerGetter`` does: what ``forward`` does between them (residuals, reshapes) is skipped.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import AuthorsResNet9
         >>> seq = sequential_children(AuthorsResNet9(width=2), until="layer3_residual2")
         >>> list(seq._modules)[-2:], seq(torch.randn(1, 3, 32, 32)).shape
@@ -77,7 +76,6 @@ def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
     size 1 (``F.instance_norm`` with BatchNorm's affine), without updating the running statistics.
 
     Example:
-        >>> import torch
         >>> bn = torch.nn.BatchNorm2d(2).eval()
         >>> x = torch.randn(3, 2, 4, 4)
         >>> with per_view_batchnorm(bn):
@@ -106,7 +104,6 @@ def measure_with_quirks(encoder: nn.Module, candidates: Union[Candidates, Seeded
     """:func:`~lightning_memloc.measure` with quirks (a) ``train_bn`` and (b) ``sequential`` (recorded in ``meta``).
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import AuthorsResNet9
         >>> r = measure_with_quirks(AuthorsResNet9(width=2), torch.rand(3, 3, 32, 32), views=2, train_bn=True)
         >>> r.meta["train_bn"], len(r.layers)
@@ -141,7 +138,6 @@ def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededView
     One forward of batch size 1 per seeded view of :func:`~lightning_memloc.measure`; buffers and modes restored.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import AuthorsResNet9
         >>> scores = authors_unitmem(AuthorsResNet9(width=2), torch.rand(3, 3, 32, 32), views=2)
         >>> list(scores)[0], tuple(scores["layer3_residual2"].shape)

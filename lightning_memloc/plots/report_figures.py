@@ -76,12 +76,9 @@ def _violins(ax: Any, data: Sequence[np.ndarray], positions: Sequence[float], co
         parts = ax.violinplot([data[i] for i in spread], positions=[positions[i] for i in spread], widths=width,
                               showmedians=True, showextrema=True)
         for body in parts["bodies"]:
-            body.set_facecolor(color)
-            body.set_edgecolor(color)
-            body.set_alpha(0.45)
-        for key in ("cmedians", "cmins", "cmaxes", "cbars"):
-            if key in parts:
-                parts[key].set_color(color)
+            body.set(facecolor=color, edgecolor=color, alpha=0.45)
+        for key in {"cmedians", "cmins", "cmaxes", "cbars"} & set(parts):
+            parts[key].set_color(color)
     for i, d in enumerate(data):
         if i not in spread and d.size:
             ax.hlines(float(d.mean()), positions[i] - width / 2, positions[i] + width / 2, color=color, lw=2)

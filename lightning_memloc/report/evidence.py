@@ -131,7 +131,6 @@ def compute_evidence(layers: List[str], *, unit_means: Mapping[str, Tensor], red
         align, unseen_align: layer -> ``(N,)`` / ``(M,)`` raw alignments under ``f``: the ``align_gap`` family.
 
     Example:
-        >>> import torch
         >>> mu = {"a": torch.rand(20, 4, generator=torch.Generator().manual_seed(0))}
         >>> ev = compute_evidence(["a"], unit_means=mu, options=EvidenceOptions(bootstrap=200))
         >>> rec = ev.layers["a"]

@@ -53,7 +53,6 @@ class MemorizationReport:
         analyses: results of :mod:`lightning_memloc.analyses` by name (JSON-serialisable dicts).
 
     Example:
-        >>> import torch
         >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"},
         ...     candidate_ids=torch.arange(3), unit_mem={"a": torch.tensor([0.1, 0.7])},
         ...     unit_argmax={"a": torch.tensor([0, 2])}, dead_units={"a": torch.tensor([False, False])})

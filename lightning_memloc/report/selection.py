@@ -59,7 +59,6 @@ def layer_score(report: MemorizationReport, by: str) -> str:
     ``"align_gap"``, ``"unit_mem"`` that ``report`` has; any other ``by`` is itself.
 
     Example:
-        >>> import torch
         >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
         ...     unit_mem={"a": torch.zeros(1)}, unit_argmax={"a": torch.zeros(1, dtype=torch.long)},
         ...     dead_units={"a": torch.zeros(1, dtype=torch.bool)}, layer_mem={"a": 0.2})
@@ -85,8 +84,6 @@ def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", str
         strategy: ``"highest"`` / ``"lowest"`` by ``by`` (ties by layer order), ``"random"`` (seeded) or ``"last"``.
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc import MemorizationReport
         >>> z = {n: torch.zeros(1) for n in "abc"}
         >>> r = MemorizationReport(layers=list("abc"), layer_kinds=dict.fromkeys("abc", "conv"),
         ...     candidate_ids=torch.arange(2), unit_mem=z, unit_argmax={n: torch.zeros(1, dtype=torch.long) for n in "abc"},
@@ -163,8 +160,6 @@ def select_units(report: MemorizationReport, fraction: Optional[float] = None, c
         scope: ``"layer"`` (per layer) or ``"global"`` (all units of ``layers``, default all, ranked together).
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc import MemorizationReport
         >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
         ...     candidate_ids=torch.arange(2), unit_mem={"a": torch.tensor([0.1, 0.9, 0.5, 0.0]),
         ...     "b": torch.tensor([0.7, 0.2])}, unit_argmax={"a": torch.zeros(4, dtype=torch.long),
