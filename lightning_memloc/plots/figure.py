@@ -15,8 +15,8 @@ from torch import Tensor
 
 from lightning_memloc.io import PathLike, atomic_write_bytes
 
-__all__ = ["colormap", "depth_axis", "display_image", "figure_array", "layer_of", "new_figure", "p_labels", "save_png",
-           "show_image", "training_axis", "training_x"]
+__all__ = ["colormap", "depth_axis", "display_image", "draw_series", "figure_array", "layer_of", "new_figure",
+           "p_labels", "save_png", "show_image", "training_axis", "training_x"]
 
 #: Resolution of every PNG.
 DPI = 120
@@ -118,6 +118,21 @@ def show_image(ax: Any, image: Union[Tensor, np.ndarray], title: str, **title_st
     picture = display_image(image)
     ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, **title_style)
+
+
+def draw_series(ax: Any, x: np.ndarray, data: Mapping[str, np.ndarray], key: str, label: str, **style: Any) -> bool:
+    """Draw ``data[key]`` (``_lo`` / ``_hi`` as error bars when present) with ``gid`` ``key``; False if absent."""
+    if key not in data or np.isnan(data[key]).all():
+        return False
+    value = data[key]
+    lo, hi = data.get(f"{key}_lo"), data.get(f"{key}_hi")
+    if lo is not None and hi is not None and not np.isnan(lo).all():
+        container = ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, label=label, **style)
+        container.lines[0].set_gid(key)
+    else:
+        (line,) = ax.plot(x, value, label=label, **style)
+        line.set_gid(key)
+    return True
 
 
 def p_labels(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: float, offset: float = 4) -> None:

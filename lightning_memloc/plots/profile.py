@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import depth_axis, new_figure, p_labels, save_png
+from lightning_memloc.plots.figure import depth_axis, draw_series, new_figure, p_labels, save_png
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
 
@@ -56,21 +56,6 @@ def measurement_title(meta: Dict[str, Any]) -> str:
     return " · ".join(part for part in (when, None if step is None else f"step {step}") if part)
 
 
-def _series(ax: Any, x: np.ndarray, data: Dict[str, np.ndarray], key: str, label: str, **style: Any) -> bool:
-    """Draw ``data[key]`` (with its ``_lo`` / ``_hi`` interval as error bars when present); False if absent."""
-    if key not in data or np.isnan(data[key]).all():
-        return False
-    value = data[key]
-    lo, hi = data.get(f"{key}_lo"), data.get(f"{key}_hi")
-    if lo is not None and hi is not None and not np.isnan(lo).all():
-        container = ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, label=label, **style)
-        container.lines[0].set_gid(key)
-    else:
-        (line,) = ax.plot(x, value, label=label, **style)
-        line.set_gid(key)
-    return True
-
-
 def _pvalues(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[np.ndarray], alpha: float) -> None:
     if pvalues is not None and y is not None:
         p_labels(ax, x, y, pvalues, alpha)
@@ -112,29 +97,31 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax, panel in zip(axes, panels):
         if panel == "layer_mem":
-            _series(ax, x, data, "layer_mem", "candidates ± CI", marker="o", color="C0", lw=2)
-            _series(ax, x, data, "control_layer_mem", "control (both encoders trained on it)", marker="s", color="0.45", ls="--")
-            _series(ax, x, data, "unseen_layer_mem", "unseen images", marker="v", color="C2", ls=":")
+            draw_series(ax, x, data, "layer_mem", "candidates ± CI", marker="o", color="C0", lw=2)
+            draw_series(ax, x, data, "control_layer_mem", "control (both encoders trained on it)", marker="s",
+                        color="0.45", ls="--")
+            draw_series(ax, x, data, "unseen_layer_mem", "unseen images", marker="v", color="C2", ls=":")
             ax.set_title("LayerMem" if "control_layer_mem" in data else "LayerMem (no control: includes the f–g offset)")
         elif panel == "excess":
-            drawn = _series(ax, x, data, "excess", "over the control ± CI", marker="D", color="C3", lw=2)
-            _series(ax, x + 0.1, data, "excess_unseen", "over unseen images ± CI", marker="v", color="C2", ls=":")
+            drawn = draw_series(ax, x, data, "excess", "over the control ± CI", marker="D", color="C3", lw=2)
+            draw_series(ax, x + 0.1, data, "excess_unseen", "over unseen images ± CI", marker="v", color="C2", ls=":")
             key = "excess" if drawn else "excess_unseen"
             _pvalues(ax, x, _top(data, key, f"{key}_hi"), data.get(f"{key}_p_holm"), alpha)
             ax.axhline(0.0, color="0.3", lw=0.8)
             ax.set_title(f"LayerMem excess (Holm p; * below α={alpha:g})")
         elif panel == "membership":
-            _series(ax, x, data, "membership", "units whose μmax image was seen", marker="D", color="C3", lw=2)
-            _series(ax, x, data, "membership_chance", "chance", color="k", ls="--", lw=1)
+            draw_series(ax, x, data, "membership", "units whose μmax image was seen", marker="D", color="C3", lw=2)
+            draw_series(ax, x, data, "membership_chance", "chance", color="k", ls="--", lw=1)
             _pvalues(ax, x, _top(data, "membership", "membership_hi", "membership_chance"), data.get("membership_p_holm"), alpha)
             ax.set(ylim=(0, 1.1), title="μmax membership vs chance")
         else:
-            if _series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
-                _series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
+            if draw_series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
+                draw_series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
                 _pvalues(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"), alpha)
                 ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
             else:
-                _series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0", lw=2)
+                draw_series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0",
+                            lw=2)
                 ax.set_title("mean UnitMem (no unseen set: no null)")
         ax.margins(y=0.18)
         ax.legend(fontsize=7, loc="best")
