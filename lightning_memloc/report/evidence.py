@@ -212,10 +212,8 @@ def _hint(evidence: Evidence, n: int, opts: EvidenceOptions) -> Optional[str]:
     """How many candidates would narrow the widest interval to ``target_halfwidth`` (or None)."""
     key, what = ("excess", "excess over the control") if evidence.has("excess_lo") else ("layer_mem", "LayerMem")
     widths = halfwidths(evidence.layers, key)
-    if not widths:
-        return None
-    layer = max(widths, key=lambda k: widths[k])
-    if widths[layer] <= opts.target_halfwidth:
+    layer = max(widths, key=widths.__getitem__, default=None)
+    if layer is None or widths[layer] <= opts.target_halfwidth:
         return None
     need = samples_for_halfwidth(n, widths[layer], opts.target_halfwidth)
     extra = " (and as many control images)" if key == "excess" else ""
