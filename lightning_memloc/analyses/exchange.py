@@ -19,10 +19,6 @@ __all__ = ["exchange_layers", "layer_exchange_study"]
 def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Module:
     """A copy of ``f`` whose ``layers`` (and their children) carry ``g``'s parameters and buffers.
 
-    Raises:
-        LayerNotFoundError: a name is not a module of ``f`` or ``g``.
-        ArchitectureMismatchError: a layer's tensors differ in names or shapes between ``f`` and ``g``.
-
     Example:
         >>> from lightning_memloc.models import TinyCNN
         >>> f, g = TinyCNN(width=2), TinyCNN(width=2)

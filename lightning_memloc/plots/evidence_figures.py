@@ -109,8 +109,8 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
             color = colormap(i, len(layers))
             values = np.array([e.get(prefix + layer, np.nan) for e in entries], dtype=float)
             ax.plot(x, values, marker="o", ms=3, color=color, label=layer)
-            lo = np.array([e.get(f"{PREFIX}{quantity}_lo/{layer}", np.nan) for e in entries], dtype=float)
-            hi = np.array([e.get(f"{PREFIX}{quantity}_hi/{layer}", np.nan) for e in entries], dtype=float)
+            lo, hi = (np.array([e.get(f"{PREFIX}{quantity}_{end}/{layer}", np.nan) for e in entries], dtype=float)
+                      for end in ("lo", "hi"))
             if not np.isnan(lo).all():
                 ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
         if chance is not None:

@@ -29,10 +29,9 @@ def plot_history(history: History, path: PathLike) -> Path:
     for ax, (quantity, label) in zip(axes, panels):
         prefix = f"{_PREFIX}{quantity}/"
         layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
-        colors = [colormap(i, len(layers)) for i in range(len(layers))]
-        for layer, color in zip(layers, colors):
-            values = [e.get(prefix + layer, np.nan) for e in entries]
-            ax.plot(x, values, marker="o", ms=3, color=color, label=layer)
+        for i, layer in enumerate(layers):
+            ax.plot(x, [e.get(prefix + layer, np.nan) for e in entries], marker="o", ms=3,
+                    color=colormap(i, len(layers)), label=layer)
         ax.set(title=f"{label} per layer", ylabel=label)
         training_axis(ax, xlabel)
     axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))

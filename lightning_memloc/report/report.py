@@ -126,9 +126,7 @@ class MemorizationReport:
     def top_units(self, layer: str, k: int = 10, largest: bool = True) -> Tensor:
         """Indices of the ``k`` units of ``layer`` with the highest (or lowest) UnitMem."""
         self._check_layer(layer)
-        scores = self.unit_mem[layer]
-        k = min(k, scores.numel())
-        return torch.sort(scores, descending=largest, stable=True).indices[:k]
+        return torch.sort(self.unit_mem[layer], descending=largest, stable=True).indices[:k]
 
     def most_memorized(self, k: int = 10, layer: Optional[str] = None, largest: bool = True) -> Tensor:
         """Candidate ids ranked by SSLMem at ``layer`` (default: the last layer)."""
@@ -232,9 +230,8 @@ class MemorizationReport:
             check_json_meta(getattr(self, name), name)
         if self.evidence is not None:
             check_json_meta(self.evidence.meta, "evidence.meta")
-        destination = Path(path)
-        atomic_write_text(destination, json.dumps(self.to_dict()))
-        return destination
+        atomic_write_text(Path(path), json.dumps(self.to_dict()))
+        return Path(path)
 
     @classmethod
     def load(cls, path: PathLike) -> "MemorizationReport":
