@@ -18,7 +18,7 @@ __all__ = ["atypicality_study", "class_mean_distance", "embed", "knn_distance", 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normalize: bool = True,
           preprocess: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
-    """``(N, D)`` (L2-``normalize``\ d) embeddings of un-augmented images in eval mode; uint8 is divided by 255."""
+    """``(N, D)`` embeddings of un-augmented images in eval mode (uint8 / 255; L2-normalised with ``normalize``)."""
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"`images` must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}.")
     check_int("batch_size", batch_size, 1)
@@ -111,8 +111,8 @@ def spearman(a: Any, b: Any) -> Dict[str, Optional[float]]:
         raise ValueError(f"Spearman's ρ needs two 1-d samples of the same size >= 3, got {x.shape} and {y.shape}.")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"rho": 0.0, "p": None}
-    result = spearmanr(x, y)
-    return {"rho": float(result[0]), "p": float(result[1])}
+    rho, p = spearmanr(x, y)[:2]
+    return {"rho": float(rho), "p": float(p)}
 
 
 def atypicality_study(encoder: nn.Module, report: MemorizationReport, candidates: Tensor, pool: Tensor, *, k: int = 5,
@@ -147,8 +147,7 @@ def atypicality_study(encoder: nn.Module, report: MemorizationReport, candidates
     ids = list(range(len(pool))) if pool_ids is None else [int(i) for i in pool_ids]
     if len(ids) != len(pool):
         raise ValueError(f"`pool_ids` must hold one id per pool image ({len(pool)}), got {len(ids)}.")
-    z_c = embed(encoder, candidates, batch_size=batch_size, normalize=normalize)
-    z_p = embed(encoder, pool, batch_size=batch_size, normalize=normalize)
+    z_c, z_p = (embed(encoder, images, batch_size=batch_size, normalize=normalize) for images in (candidates, pool))
     dist, _ = knn_distance(z_c, z_p, k, exclude)
     usable = z_p.shape[0] - (1 if exclude is not None and bool((torch.as_tensor(exclude) >= 0).any()) else 0)
     _, near = knn_distance(z_c, z_p, min(neighbours, usable), exclude)

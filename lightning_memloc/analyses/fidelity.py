@@ -1,8 +1,5 @@
-"""The quirks of the authors' released scripts as options (never the default); ``docs/fidelity.md`` measures each.
-
-(a) train-mode BatchNorm at batch size 1, (b) children run in sequence (skipping a custom ``forward``'s residual
-additions), (c) μ-max against the median (``reduction="median"``), (d) alignment to the un-augmented image
-(``pairing="anchor"``).
+"""The authors' scripts' quirks as options (``docs/fidelity.md``): (a) train-mode BatchNorm at batch size 1, (b)
+children run in sequence, (c) μ-max against the median, (d) alignment to the un-augmented image (``pairing="anchor"``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
-"""Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history.
-
-Agg canvas (no ``pyplot`` state), PNGs written atomically; every function returns the path it wrote.
+"""Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history (Agg canvas, atomic PNGs).
 
 Example:
     >>> import tempfile, torch

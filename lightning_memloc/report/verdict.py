@@ -1,8 +1,5 @@
 """One verdict per measurement: Holm over every test × layer of :data:`VERDICT_TESTS`, at a stated error rate.
 
-With ``m`` permutation tests of ``B`` resamples the smallest Holm p is ``m / (B + 1)``; the verdict records
-whether it reaches α.
-
 Example:
     >>> records = {"a": {"excess_p": 0.001, "membership_p": 0.2}, "b": {"excess_p": 0.03, "membership_p": 0.5}}
     >>> v = overall_verdict(records, alpha=0.05, bootstrap=999)
@@ -58,7 +55,7 @@ def overall_verdict(records: Mapping[str, MutableMapping[str, Optional[float]]],
 
 
 def min_bootstrap_for(family_size: int, alpha: float) -> int:
-    """Smallest ``bootstrap`` whose smallest Holm p, ``m / (B + 1)``, reaches ``alpha``.
+    """Smallest ``bootstrap`` whose smallest Holm p over ``m`` tests, ``m / (B + 1)``, reaches ``alpha``.
 
     Example:
         >>> min_bootstrap_for(32, 0.05)
