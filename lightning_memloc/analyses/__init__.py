@@ -1,5 +1,6 @@
-"""The paper's analyses beyond UnitMem and LayerMem (Wang et al., NeurIPS 2024): ``consistency``, ``exchange``,
-``restore``, ``atypicality``, and ``runner`` to run them by name into ``report.analyses`` (``docs/analyses.md``).
+"""The paper's analyses beyond UnitMem and LayerMem (Wang et al., NeurIPS 2024), as functions.
+
+``consistency``, ``exchange``, ``restore``, ``atypicality``; ``runner`` runs them by name (``docs/analyses.md``).
 """
 
 from lightning_memloc.analyses.atypicality import (atypicality_study, class_mean_distance, embed, knn_distance,

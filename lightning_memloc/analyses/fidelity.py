@@ -1,5 +1,7 @@
-"""The authors' scripts' quirks as options (``docs/fidelity.md``): (a) train-mode BatchNorm at batch size 1, (b)
-children run in sequence, (c) μ-max against the median, (d) alignment to the un-augmented image (``pairing="anchor"``).
+"""The quirks of the authors' released scripts, as explicit options (never the default).
+
+(a) train-mode BatchNorm at batch size 1, (b) children run in sequence, (c) μ-max against the median, (d) alignment
+to the un-augmented image (``pairing="anchor"``); ``docs/fidelity.md`` measures what each changes.
 """
 
 from __future__ import annotations
@@ -82,9 +84,7 @@ def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
     """
     patched: List[nn.Module] = []
     try:
-        for model in models:
-            if model is None:
-                continue
+        for model in (m for m in models if m is not None):
             for name, module in model.named_modules():
                 if isinstance(module, _BatchNorm) and "forward" not in module.__dict__:
                     module.forward = _per_view_forward(name, module)  # type: ignore[method-assign]

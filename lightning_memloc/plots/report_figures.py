@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_memloc.analyses.atypicality import max_unit_mem
 from lightning_memloc.checks import check_int
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
@@ -113,12 +114,9 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
 
 def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.ndarray:
     """(N,) the max UnitMem among the units of ``layer`` whose μmax candidate is each candidate (else NaN)."""
-    position = {int(c): i for i, c in enumerate(report.candidate_ids.tolist())}
-    out = np.full(report.num_candidates, np.nan)
-    for score, owner in zip(report.unit_mem[layer].float().tolist(), report.unit_argmax[layer].tolist()):
-        i = position.get(int(owner))
-        if i is not None and not score <= out[i]:
-            out[i] = score
+    out = max_unit_mem(report, layer).numpy()
+    owners = set(report.unit_argmax[layer].tolist())
+    out[[int(c) not in owners for c in report.candidate_ids.tolist()]] = np.nan
     return out
 
 
