@@ -30,21 +30,20 @@ def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Mod
         raise TypeError(f"`f` and `g` must be torch.nn.Module encoders, got {type(f).__name__} and {type(g).__name__}.")
     if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
         raise TypeError(f"`layers` must be a sequence of module names (e.g. ['conv1', 'res2.conv2']), got {layers!r}.")
+    sources = {}
     for name in layers:  # validate everything before copying anything
-        source, target = named_module(g, name, "g"), named_module(f, name, "f")
-        src, dst = source.state_dict(), target.state_dict()
+        src, dst = named_module(g, name, "g").state_dict(), named_module(f, name, "f").state_dict()
         if set(src) != set(dst) or any(src[key].shape != dst[key].shape for key in dst):
             detail = sorted(set(src) ^ set(dst)) or [
                 f"{key}: {tuple(dst[key].shape)} in f, {tuple(src[key].shape)} in g" for key in dst if src[key].shape != dst[key].shape
             ]
             raise ArchitectureMismatchError(f"layer {name!r} differs between `f` and `g` ({detail}): exchange needs "
                                             "encoders of the same architecture.")
+        sources[name] = src
     hybrid = copy.deepcopy(f)
-    modules = dict(hybrid.named_modules())
     with torch.no_grad():
-        for name in layers:
-            source = dict(g.named_modules())[name].state_dict()
-            for key, tensor in modules[name].state_dict(keep_vars=True).items():
+        for name, source in sources.items():
+            for key, tensor in hybrid.get_submodule(name).state_dict(keep_vars=True).items():
                 tensor.copy_(source[key].to(device=tensor.device, dtype=tensor.dtype))
     return hybrid
 

@@ -14,8 +14,11 @@ from lightning_memloc.checks import check_int
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
 from lightning_memloc.plots.figure import depth_axis, layer_of, new_figure, save_png, show_image
+from lightning_memloc.plots.evidence_figures import evidence_figures
+from lightning_memloc.plots.heatmap import heatmap_figure
 from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import History
+from lightning_memloc.plots.profile import profile_figure
 from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["FILENAMES", "max_unit_mem_per_candidate", "plot_candidate_grid", "plot_layer_mem", "plot_report",
@@ -192,10 +195,6 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
             written.append(plot_candidate_grid(report, images, out / FILENAMES["candidates"], k=k, layer=layer))
     if history is not None:
         written.append(plot_history(history, out / FILENAMES["history"]))
-    from lightning_memloc.plots.evidence_figures import evidence_figures
-    from lightning_memloc.plots.heatmap import heatmap_figure
-    from lightning_memloc.plots.profile import profile_figure
-
     written += evidence_figures(report, history, out)
     if report is not None:
         written.append(save_png(profile_figure(report, warmup_step=warmup_step), out / FILENAMES["profile"]))

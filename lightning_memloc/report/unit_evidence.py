@@ -7,7 +7,7 @@ comparisons (one shared zero; per-group shifts inflate false positives).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -81,9 +81,7 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
     ``mu`` / ``mu_unseen``: layer -> ``(N, U)`` / ``(M, U)`` raw mean activations (before the negative policy).
     """
     boot, seed = options.bootstrap, options.seed
-    excess_layers: List[str] = []
-    estimates: List[float] = []
-    null_rows: List[Tensor] = []
+    excess: List[Tuple[str, float, Tensor]] = []  # layer, estimate, null
     for li, layer in enumerate(layers):
         rec = records[layer]
         m = policy_means(layer, mu[layer], negative)
@@ -122,9 +120,8 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
         first = torch.zeros(boot, 2 * size, dtype=torch.float64, device=m.device).scatter_(1, perms[:, :size], 1.0)
         null = _unitmem_resamples(both, first, reduction) - _unitmem_resamples(both, 1.0 - first, reduction)
         rec["unit_mem_excess_p"] = (1.0 + float((null >= a - b - 1e-12).sum())) / (1.0 + boot)
-        excess_layers.append(layer)
-        estimates.append(a - b)
-        null_rows.append(null.cpu())
-    if excess_layers:
+        excess.append((layer, a - b, null.cpu()))
+    if excess:
+        names, estimates, null_rows = zip(*excess)
         est = torch.tensor(estimates, dtype=torch.float64)
-        nulls["unit_mem_excess"] = (excess_layers, est, torch.ones_like(est), torch.stack(null_rows, dim=1))
+        nulls["unit_mem_excess"] = (list(names), est, torch.ones_like(est), torch.stack(null_rows, dim=1))
