@@ -148,8 +148,7 @@ def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededView
     modes = [(m, m.training) for m in encoder.modules()]
     buffers = {n: b.detach().clone() for n, b in encoder.named_buffers()}
     try:
-        specs = resolve_layers(model, layers, view_set.example_batch(device).to(dtype)[:1])
-        names = [s.name for s in specs]
+        names = [s.name for s in resolve_layers(model, layers, view_set.example_batch(device).to(dtype)[:1])]
         sums: Dict[str, List[Tensor]] = {n: [] for n in names}
         current: Dict[str, Tensor] = {}
         encoder.train(train_bn)
