@@ -57,7 +57,6 @@ def reference_free_evidence(layers: List[str], candidates: Mapping[str, Tensor],
             if nulls is not None:
                 se = torch.where(scale[:, 0] > 0, test["se"] / scale[:, 0], torch.full_like(test["se"], math.nan))
                 nulls["align_gap"] = (list(layers), gap, se, test["null"])
-    pvalues: List[Optional[float]] = []
     for i, layer in enumerate(layers):
         rec = records[layer]
         rec["align_gap"], rec["align_f_candidates"], rec["align_f_unseen"] = float(gap[i]), float(mean_c[i]), float(mean_u[i])
@@ -66,7 +65,7 @@ def reference_free_evidence(layers: List[str], candidates: Mapping[str, Tensor],
         rec["align_gap_hi"] = None if hi is None else float(hi[i])
         p = math.nan if test is None else float(test["p"][i])
         rec["align_gap_p"] = None if math.isnan(p) else p
-        pvalues.append(rec["align_gap_p"])
+    pvalues = [records[layer]["align_gap_p"] for layer in layers]
     for layer, p_holm in zip(layers, holm(pvalues)):  # this family alone; the overall verdict corrects again
         records[layer]["align_gap_p_holm"] = p_holm
     meta["align_membership"] = {layer: scores[i].tolist() for i, layer in enumerate(layers)}

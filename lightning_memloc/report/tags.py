@@ -76,13 +76,10 @@ QUANTITIES: Dict[str, Quantity] = {
 }
 
 
-def _expand(name: str, quantity: Quantity) -> Tuple[str, ...]:
-    return (name,) + ((f"{name}_lo", f"{name}_hi") if quantity.interval else ()) + \
-        ((f"{name}_p", f"{name}_p_holm", f"{name}_lb") if quantity.test else ())
-
-
 #: Every ``memloc.<quantity>/<layer>`` quantity: each of :data:`QUANTITIES` with its bounds and p-values.
-SCALAR_QUANTITIES = tuple(key for name, quantity in QUANTITIES.items() for key in _expand(name, quantity))
+SCALAR_QUANTITIES = tuple(key for name, q in QUANTITIES.items() for key in (
+    name, *((f"{name}_lo", f"{name}_hi") if q.interval else ()),
+    *((f"{name}_p", f"{name}_p_holm", f"{name}_lb") if q.test else ())))
 REFERENCE_QUANTITIES = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least")
 UNIT_QUANTITIES = ("unit_mem_mean", "unit_mem_frac_above", "dead_units")
 LABEL_QUANTITIES = ("class_mem_mean",)
