@@ -135,8 +135,11 @@ def draw_series(ax: Any, x: np.ndarray, data: Mapping[str, np.ndarray], key: str
     return True
 
 
-def p_labels(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: float, offset: float = 4) -> None:
-    """Holm p-values above the points ``(x, y)``, starred (black) where below ``alpha``."""
+def p_labels(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[np.ndarray], alpha: float,
+             offset: float = 4) -> None:
+    """Holm p-values above the points ``(x, y)``, starred (black) where below ``alpha``; none without both."""
+    if y is None or pvalues is None:
+        return
     for xi, yi, p in zip(x, y, pvalues):
         if not (np.isnan(p) or np.isnan(yi)):
             ax.annotate(f"p={p:.1g}" + (" *" if p < alpha else ""), (xi, yi), ha="center", va="bottom", fontsize=7,

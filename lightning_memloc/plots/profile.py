@@ -56,11 +56,6 @@ def measurement_title(meta: Dict[str, Any]) -> str:
     return " · ".join(part for part in (when, None if step is None else f"step {step}") if part)
 
 
-def _pvalues(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[np.ndarray], alpha: float) -> None:
-    if pvalues is not None and y is not None:
-        p_labels(ax, x, y, pvalues, alpha)
-
-
 def _top(data: Dict[str, np.ndarray], *keys: str) -> Optional[np.ndarray]:
     present = [data[k] for k in keys if k in data]
     return np.fmax.reduce(present) if present else None
@@ -106,18 +101,20 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
             drawn = draw_series(ax, x, data, "excess", "over the control ± CI", marker="D", color="C3", lw=2)
             draw_series(ax, x + 0.1, data, "excess_unseen", "over unseen images ± CI", marker="v", color="C2", ls=":")
             key = "excess" if drawn else "excess_unseen"
-            _pvalues(ax, x, _top(data, key, f"{key}_hi"), data.get(f"{key}_p_holm"), alpha)
+            p_labels(ax, x, _top(data, key, f"{key}_hi"), data.get(f"{key}_p_holm"), alpha)
             ax.axhline(0.0, color="0.3", lw=0.8)
             ax.set_title(f"LayerMem excess (Holm p; * below α={alpha:g})")
         elif panel == "membership":
             draw_series(ax, x, data, "membership", "units whose μmax image was seen", marker="D", color="C3", lw=2)
             draw_series(ax, x, data, "membership_chance", "chance", color="k", ls="--", lw=1)
-            _pvalues(ax, x, _top(data, "membership", "membership_hi", "membership_chance"), data.get("membership_p_holm"), alpha)
+            top = _top(data, "membership", "membership_hi", "membership_chance")
+            p_labels(ax, x, top, data.get("membership_p_holm"), alpha)
             ax.set(ylim=(0, 1.1), title="μmax membership vs chance")
         else:
             if draw_series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
                 draw_series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
-                _pvalues(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"), alpha)
+                p_labels(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"),
+                         alpha)
                 ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
             else:
                 draw_series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0",
