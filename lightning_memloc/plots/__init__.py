@@ -19,4 +19,3 @@ from lightning_memloc.plots.report_figures import (FILENAMES, max_unit_mem_per_c
 
 __all__ = ["FILENAMES", "History", "load_history", "max_unit_mem_per_candidate", "plot_candidate_grid",
            "plot_history", "plot_layer_mem", "plot_report", "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]
-

@@ -144,4 +144,3 @@ def p_labels(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[
         if not (np.isnan(p) or np.isnan(yi)):
             ax.annotate(f"p={p:.1g}" + (" *" if p < alpha else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
                         xytext=(0, offset), textcoords="offset points", color="k" if p < alpha else "0.5")
-

@@ -36,4 +36,3 @@ def plot_history(history: History, path: PathLike) -> Path:
         training_axis(ax, xlabel)
     axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_png(fig, path)
-

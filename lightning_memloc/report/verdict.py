@@ -62,4 +62,3 @@ def min_bootstrap_for(family_size: int, alpha: float) -> int:
         639
     """
     return max(0, math.ceil(family_size / alpha - 1 - 1e-9))
-
