@@ -45,10 +45,9 @@ def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
         ax.set_xticks(range(size), layers, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(size), layers, fontsize=7)
         if size <= 12:
-            for i in range(size):
-                for j in range(size):
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if cmap == "viridis" and values[i, j] < 0.5 else "black")
+            for (i, j), value in np.ndenumerate(values):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if cmap == "viridis" and value < 0.5 else "black")
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle("Are the most memorized candidates the same at every layer? (SSLMem rankings)", fontsize=10)
