@@ -1,8 +1,4 @@
-"""Memorization and atypicality: kNN / class-mean distance in the encoder's embedding vs SSLMem and UnitMem.
-
-The paper finds atypical data points memorized most; Spearman's ρ relates the distances to SSLMem and to
-each candidate's highest UnitMem, layer by layer.
-"""
+"""Memorization vs atypicality: Spearman's ρ of kNN / class-mean distances in the embedding with SSLMem, UnitMem."""
 
 from __future__ import annotations
 
@@ -13,29 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_memloc.checks import check_int
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = [
-    "atypicality_study",
-    "class_mean_distance",
-    "embed",
-    "knn_distance",
-    "max_unit_mem",
-    "spearman",
-]
+__all__ = ["atypicality_study", "class_mean_distance", "embed", "knn_distance", "max_unit_mem", "spearman"]
 
 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normalize: bool = True,
           preprocess: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
-    """``(N, D)`` embeddings of un-augmented images in eval mode (modes restored); uint8 is divided by 255.
-
-    ``normalize``: L2-normalise (the geometry SimCLR trains); ``preprocess``: a batched transform first.
-    """
+    """``(N, D)`` embeddings of un-augmented images in eval mode (uint8 / 255; L2-normalised with ``normalize``)."""
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"`images` must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+    check_int("batch_size", batch_size, 1)
     parameter = next(encoder.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
@@ -58,9 +44,8 @@ def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normaliz
 
 
 def knn_distance(query: Tensor, pool: Tensor, k: int, exclude: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """Mean Euclidean distance ``(N,)`` of each query to its ``k`` nearest pool points, and their indices.
-
-    ``query`` is ``(N, D)``, ``pool`` ``(M, D)``; ``exclude`` ``(N,)``: a pool index to skip per query, or −1.
+    """Mean Euclidean distance ``(N,)`` of each query ``(N, D)`` to its ``k`` nearest ``pool`` ``(M, D)`` points, and
+    their indices; ``exclude`` ``(N,)``: a pool index to skip per query, or −1.
 
     Example:
         >>> d, i = knn_distance(torch.tensor([[0.0], [10.0]]), torch.tensor([[1.0], [3.0], [9.0]]), k=2)
@@ -126,31 +111,18 @@ def spearman(a: Any, b: Any) -> Dict[str, Optional[float]]:
         raise ValueError(f"Spearman's ρ needs two 1-d samples of the same size >= 3, got {x.shape} and {y.shape}.")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"rho": 0.0, "p": None}
-    result = spearmanr(x, y)
-    return {"rho": float(result[0]), "p": float(result[1])}
+    rho, p = spearmanr(x, y)[:2]
+    return {"rho": float(rho), "p": float(p)}
 
 
-def atypicality_study(
-    encoder: nn.Module,
-    report: MemorizationReport,
-    candidates: Tensor,
-    pool: Tensor,
-    *,
-    k: int = 5,
-    candidate_labels: Optional[Tensor] = None,
-    pool_labels: Optional[Tensor] = None,
-    exclude: Optional[Tensor] = None,
-    pool_ids: Optional[Sequence[int]] = None,
-    top: int = 8,
-    neighbours: int = 5,
-    batch_size: int = 256,
-    normalize: bool = True,
-) -> Dict[str, Any]:
+def atypicality_study(encoder: nn.Module, report: MemorizationReport, candidates: Tensor, pool: Tensor, *, k: int = 5,
+                      candidate_labels: Optional[Tensor] = None, pool_labels: Optional[Tensor] = None,
+                      exclude: Optional[Tensor] = None, pool_ids: Optional[Sequence[int]] = None, top: int = 8,
+                      neighbours: int = 5, batch_size: int = 256, normalize: bool = True) -> Dict[str, Any]:
     """Atypicality of every candidate and its rank correlation with SSLMem and UnitMem.
 
     Args:
-        candidates: ``(N, C, H, W)`` un-augmented candidate images, in ``report.candidate_ids`` order.
-        pool: ``(M, C, H, W)`` training images to find neighbours in.
+        candidates, pool: ``(N, C, H, W)`` un-augmented candidates (report order), ``(M, C, H, W)`` training images.
         candidate_labels, pool_labels: with both, the class-mean distance is added.
         exclude: ``(N,)`` pool index of each candidate itself (or −1), when the pool holds the candidates.
         pool_ids: ids to report neighbours by (default: pool positions).
@@ -170,34 +142,28 @@ def atypicality_study(
     if not isinstance(pool, Tensor) or pool.ndim != 4 or tuple(pool.shape[1:]) != tuple(candidates.shape[1:]):
         raise ValueError(f"`pool` must be (M, C, H, W) images shaped like the candidates {tuple(candidates.shape[1:])}, "
                          f"got {tuple(getattr(pool, 'shape', ()))}.")
-    for name, value in (("top", top), ("neighbours", neighbours)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+    check_int("top", top, 1)
+    check_int("neighbours", neighbours, 1)
     ids = list(range(len(pool))) if pool_ids is None else [int(i) for i in pool_ids]
     if len(ids) != len(pool):
         raise ValueError(f"`pool_ids` must hold one id per pool image ({len(pool)}), got {len(ids)}.")
-    z_c = embed(encoder, candidates, batch_size=batch_size, normalize=normalize)
-    z_p = embed(encoder, pool, batch_size=batch_size, normalize=normalize)
+    z_c, z_p = (embed(encoder, images, batch_size=batch_size, normalize=normalize) for images in (candidates, pool))
     dist, _ = knn_distance(z_c, z_p, k, exclude)
     usable = z_p.shape[0] - (1 if exclude is not None and bool((torch.as_tensor(exclude) >= 0).any()) else 0)
     _, near = knn_distance(z_c, z_p, min(neighbours, usable), exclude)
     labelled = candidate_labels is not None and pool_labels is not None
     cmd = class_mean_distance(z_c, candidate_labels, z_p, pool_labels) if labelled else None
-    result: Dict[str, Any] = {"k": k, "normalize": normalize, "knn_distance": dist.tolist(),
-                              "class_mean_distance": None if cmd is None else cmd.tolist()}
-    correlations: Dict[str, Any] = {"max_unit_mem": {l: spearman(dist, max_unit_mem(report, l)) for l in report.layers}}
-    correlations["sslmem"] = ({l: spearman(dist, report.sslmem[l].double()) for l in report.layers}
-                              if report.has_reference else None)
-    correlations["class_mean_sslmem"] = ({l: spearman(cmd, report.sslmem[l].double()) for l in report.layers}
-                                         if report.has_reference and cmd is not None else None)
-    result["spearman"] = correlations
+    layers, ssl = report.layers, report.sslmem if report.has_reference else None
+    correlations: Dict[str, Any] = {
+        "max_unit_mem": {l: spearman(dist, max_unit_mem(report, l)) for l in layers},
+        "sslmem": None if ssl is None else {l: spearman(dist, ssl[l].double()) for l in layers},
+        "class_mean_sslmem": None if ssl is None or cmd is None else {l: spearman(cmd, ssl[l].double())
+                                                                      for l in layers}}
     scores = report.candidate_scores()
     order = torch.sort(scores, descending=True, stable=True).indices[: min(top, n)]
-    result["most_memorized"] = {
-        "ids": report.candidate_ids[order].tolist(),
-        "positions": order.tolist(),
-        "scores": scores[order].tolist(),
-        "neighbours": [[ids[j] for j in near[i].tolist()] for i in order.tolist()],
-        "neighbour_positions": [near[i].tolist() for i in order.tolist()],
-    }
-    return result
+    most = {"ids": report.candidate_ids[order].tolist(), "positions": order.tolist(), "scores": scores[order].tolist(),
+            "neighbours": [[ids[j] for j in near[i].tolist()] for i in order.tolist()],
+            "neighbour_positions": [near[i].tolist() for i in order.tolist()]}
+    return {"k": k, "normalize": normalize, "knn_distance": dist.tolist(),
+            "class_mean_distance": None if cmd is None else cmd.tolist(), "spearman": correlations,
+            "most_memorized": most}

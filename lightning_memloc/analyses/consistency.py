@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
+from lightning_memloc.checks import check_int
 from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["consistency_matrices", "kendall_tau", "layer_consistency", "top_k_overlap"]
@@ -21,6 +22,13 @@ def _scores(values: Any, argument: str) -> np.ndarray:
     return array
 
 
+def _pair(a: Any, b: Any) -> tuple:
+    x, y = _scores(a, "a"), _scores(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"`a` and `b` must score the same candidates, got {x.size} and {y.size} scores.")
+    return x, y
+
+
 def _top(scores: np.ndarray, k: int) -> set:
     # stable sort on the negated scores: ties keep candidate order, as MemorizationReport.most_memorized
     return set(np.argsort(-scores, kind="stable")[:k].tolist())
@@ -33,9 +41,7 @@ def top_k_overlap(a: Any, b: Any, k: int) -> float:
         >>> top_k_overlap([4, 3, 2, 1], [1, 3, 4, 2], k=2)
         0.5
     """
-    x, y = _scores(a, "a"), _scores(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"`a` and `b` must score the same candidates, got {x.size} and {y.size} scores.")
+    x, y = _pair(a, b)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= x.size:
         raise ValueError(f"`k` must be an int in [1, {x.size}] (the number of candidates), got {k!r}.")
     return len(_top(x, k) & _top(y, k)) / k
@@ -50,19 +56,14 @@ def kendall_tau(a: Any, b: Any) -> float:
     """
     from scipy.stats import kendalltau
 
-    x, y = _scores(a, "a"), _scores(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"`a` and `b` must score the same candidates, got {x.size} and {y.size} scores.")
+    x, y = _pair(a, b)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     return float(kendalltau(x, y)[0])  # [0]: the statistic, in every scipy version
 
 
 def consistency_matrices(scores: Mapping[str, Any], k: int) -> Dict[str, Any]:
-    """Top-k overlap and Kendall's τ (L × L nested lists) between every pair of layers of ``scores``.
-
-    Returns ``{"layers", "k", "top_k_overlap", "kendall_tau"}``; ``k`` is clipped to N.
-    """
+    """``{"layers", "k" (clipped to N), "top_k_overlap", "kendall_tau"}``: L × L nested lists over layer pairs."""
     layers: List[str] = list(scores)
     if not layers:
         raise ValueError("`scores` holds no layers: pass a mapping layer -> per-candidate scores.")
@@ -70,12 +71,8 @@ def consistency_matrices(scores: Mapping[str, Any], k: int) -> Dict[str, Any]:
     n = arrays[0].size
     if any(a.size != n for a in arrays):
         raise ValueError(f"every layer must score the same {n} candidates, got sizes {[a.size for a in arrays]}.")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
-    k = min(k, n)
-    size = len(layers)
-    overlap = [[1.0] * size for _ in range(size)]
-    tau = [[1.0] * size for _ in range(size)]
+    k, size = min(check_int("k", k, 1), n), len(layers)
+    overlap, tau = [[1.0] * size for _ in range(size)], [[1.0] * size for _ in range(size)]
     for i in range(size):
         for j in range(i + 1, size):
             overlap[i][j] = overlap[j][i] = top_k_overlap(arrays[i], arrays[j], k)
@@ -106,10 +103,8 @@ def chosen_layers(report: MemorizationReport, layers: Optional[Sequence[str]]) -
 
 
 def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[str] | None = None) -> Dict[str, Any]:
-    """Cross-layer consistency of the candidates' SSLMem rankings in ``report`` (needs a reference).
-
-    Returns :func:`consistency_matrices` plus ``chance_overlap = k / N`` (two unrelated rankings) and
-    ``mean_adjacent_overlap`` / ``mean_adjacent_tau`` over consecutive layer pairs.
+    """:func:`consistency_matrices` of the SSLMem rankings (needs a reference), with ``chance_overlap = k / N`` and
+    ``mean_adjacent_overlap`` / ``mean_adjacent_tau`` over consecutive layers.
 
     Example:
         >>> import torch
@@ -126,9 +121,8 @@ def layer_consistency(report: MemorizationReport, k: int = 50, layers: Sequence[
                          "measure with `reference=...`.")
     chosen = chosen_layers(report, layers)
     result = consistency_matrices({layer: report.sslmem[layer] for layer in chosen}, k)
-    size = len(chosen)
     result["chance_overlap"] = result["k"] / report.num_candidates
-    pairs = [(i, i + 1) for i in range(size - 1)]
+    pairs = [(i, i + 1) for i in range(len(chosen) - 1)]
     result["mean_adjacent_overlap"] = float(np.mean([result["top_k_overlap"][i][j] for i, j in pairs])) if pairs else 1.0
     result["mean_adjacent_tau"] = float(np.mean([result["kendall_tau"][i][j] for i, j in pairs])) if pairs else 1.0
     return result

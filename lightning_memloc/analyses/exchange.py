@@ -9,25 +9,15 @@ import torch
 from torch import nn
 
 from lightning_memloc.analyses.consistency import chosen_layers
-from lightning_memloc.checks import named_module
+from lightning_memloc.checks import check_int, named_module
 from lightning_memloc.errors import ArchitectureMismatchError
 from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["exchange_layers", "layer_exchange_study"]
 
 
-def _check_layer_names(layers: Sequence[str]) -> List[str]:
-    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
-        raise TypeError(f"`layers` must be a sequence of module names (e.g. ['conv1', 'res2.conv2']), got {layers!r}.")
-    return list(layers)
-
-
 def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Module:
     """A copy of ``f`` whose ``layers`` (and their children) carry ``g``'s parameters and buffers.
-
-    Raises:
-        LayerNotFoundError: a name is not a module of ``f`` or ``g``.
-        ArchitectureMismatchError: a layer's tensors differ in names or shapes between ``f`` and ``g``.
 
     Example:
         >>> from lightning_memloc.models import TinyCNN
@@ -38,25 +28,22 @@ def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Mod
     """
     if not isinstance(f, nn.Module) or not isinstance(g, nn.Module):
         raise TypeError(f"`f` and `g` must be torch.nn.Module encoders, got {type(f).__name__} and {type(g).__name__}.")
-    names = _check_layer_names(layers)
-    pairs = []
-    for name in names:  # validate everything before copying anything
-        source, target = named_module(g, name, "g"), named_module(f, name, "f")
-        src, dst = source.state_dict(), target.state_dict()
+    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(f"`layers` must be a sequence of module names (e.g. ['conv1', 'res2.conv2']), got {layers!r}.")
+    sources = {}
+    for name in layers:  # validate everything before copying anything
+        src, dst = named_module(g, name, "g").state_dict(), named_module(f, name, "f").state_dict()
         if set(src) != set(dst) or any(src[key].shape != dst[key].shape for key in dst):
             detail = sorted(set(src) ^ set(dst)) or [
                 f"{key}: {tuple(dst[key].shape)} in f, {tuple(src[key].shape)} in g" for key in dst if src[key].shape != dst[key].shape
             ]
-            raise ArchitectureMismatchError(
-                f"layer {name!r} differs between `f` and `g` ({detail}): exchange needs encoders of the same architecture."
-            )
-        pairs.append(name)
+            raise ArchitectureMismatchError(f"layer {name!r} differs between `f` and `g` ({detail}): exchange needs "
+                                            "encoders of the same architecture.")
+        sources[name] = src
     hybrid = copy.deepcopy(f)
-    modules = dict(hybrid.named_modules())
     with torch.no_grad():
-        for name in pairs:
-            source = dict(g.named_modules())[name].state_dict()
-            for key, tensor in modules[name].state_dict(keep_vars=True).items():
+        for name, source in sources.items():
+            for key, tensor in hybrid.get_submodule(name).state_dict(keep_vars=True).items():
                 tensor.copy_(source[key].to(device=tensor.device, dtype=tensor.dtype))
     return hybrid
 
@@ -76,40 +63,22 @@ def _mean_raw(encoder: nn.Module, reference: nn.Module, candidates: Any, layer: 
 
 def _entry(layers: List[str], raw_mean: float, base: Dict[str, float]) -> Dict[str, Any]:
     drop = base["sslmem_raw_mean"] - raw_mean
-    return {
-        "layers": layers,
-        "sslmem_raw_mean": raw_mean,
-        "drop": drop,
-        # in the units of LayerMem: divided by the unmodified f's range of SSLMem over the candidates
-        "drop_normalised": drop / base["range"] if base["range"] > 0 else 0.0,
-        "relative_drop": drop / base["sslmem_raw_mean"] if base["sslmem_raw_mean"] > 0 else None,
-    }
+    return {"layers": layers, "sslmem_raw_mean": raw_mean, "drop": drop,
+            # in the units of LayerMem: divided by the unmodified f's range of SSLMem over the candidates
+            "drop_normalised": drop / base["range"] if base["range"] > 0 else 0.0,
+            "relative_drop": drop / base["sslmem_raw_mean"] if base["sslmem_raw_mean"] > 0 else None}
 
 
-def layer_exchange_study(
-    f: nn.Module,
-    g: nn.Module,
-    candidates: Any,
-    report: MemorizationReport,
-    *,
-    k: int = 2,
-    layers: Optional[Sequence[str]] = None,
-    measure_layer: Optional[str] = None,
-    random_draws: int = 3,
-    seed: int = 0,
-    control: Any = None,
-    **measure_kwargs: Any,
-) -> Dict[str, Any]:
+def layer_exchange_study(f: nn.Module, g: nn.Module, candidates: Any, report: MemorizationReport, *, k: int = 2,
+                         layers: Optional[Sequence[str]] = None, measure_layer: Optional[str] = None,
+                         random_draws: int = 3, seed: int = 0, control: Any = None,
+                         **measure_kwargs: Any) -> Dict[str, Any]:
     """SSLMem of the candidates after exchanging layers of ``f`` with ``g``'s, against unmodified ``f``.
 
     Measured at ``measure_layer`` (default: the last) with the same views for each single layer, the
-    top-``k`` layers by LayerMem and by ΔLayerMem, ``random_draws`` random ``k``-sets and the last ``k``.
-
-    Args:
-        report: a report of ``f`` against ``g`` with LayerMem (ranks the layers).
-        control: control images measured the same way; entries then add ``control_drop`` and
-            ``drop_minus_control`` (exchanging layers also moves SSLMem of images never memorized).
-        **measure_kwargs: forwarded to ``measure`` (``views``, ``batch_size``, ``pairing``, ``transform``...).
+    top-``k`` layers by LayerMem and by ΔLayerMem (from ``report``), ``random_draws`` random ``k``-sets and the
+    last ``k``; ``**measure_kwargs`` go to ``measure``. With ``control`` images, entries add ``control_drop`` and
+    ``drop_minus_control`` (exchanging layers also moves SSLMem of images never memorized).
 
     Returns:
         ``{"measure_layer", "k", "baseline", "control_baseline", "single": {layer: entry}, "groups":
@@ -122,8 +91,7 @@ def layer_exchange_study(
     chosen = chosen_layers(report, layers)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(chosen):
         raise ValueError(f"`k` must be an int in [1, {len(chosen)}] (the number of exchangeable layers), got {k!r}.")
-    if isinstance(random_draws, bool) or not isinstance(random_draws, int) or random_draws < 0:
-        raise ValueError(f"`random_draws` must be an int >= 0, got {random_draws!r}.")
+    check_int("random_draws", random_draws, 0)
     measure_layer = report.layers[-1] if measure_layer is None else measure_layer
     if measure_layer not in report.layers:
         raise ValueError(f"`measure_layer` {measure_layer!r} is not in the report; its layers are {report.layers}.")
@@ -151,17 +119,8 @@ def layer_exchange_study(
     by_dlm = [n for n in report.top_layers(len(report.layers), by="delta_layer_mem") if n in chosen][:k]
     groups: Dict[str, Any] = {"top_layer_mem": run(by_lm), "top_delta_layer_mem": run(by_dlm), "last": run(chosen[-k:])}
     generator = torch.Generator().manual_seed(seed)
-    draws = []
-    for _ in range(random_draws):
-        pick = sorted(torch.randperm(len(chosen), generator=generator)[:k].tolist())
-        draws.append(run([chosen[i] for i in pick]))
-    groups["random"] = draws
-    return {
-        "measure_layer": measure_layer,
-        "k": k,
-        "baseline": base,
-        "control_baseline": control_base,
-        "single": single,
-        "groups": groups,
-        "random_mean_drop": float(sum(d["drop"] for d in draws) / len(draws)) if draws else None,
-    }
+    picks = [sorted(torch.randperm(len(chosen), generator=generator)[:k].tolist()) for _ in range(random_draws)]
+    groups["random"] = draws = [run([chosen[i] for i in pick]) for pick in picks]
+    return {"measure_layer": measure_layer, "k": k, "baseline": base, "control_baseline": control_base,
+            "single": single, "groups": groups,
+            "random_mean_drop": float(sum(d["drop"] for d in draws) / len(draws)) if draws else None}

@@ -1,9 +1,7 @@
 """The quirks of the authors' released scripts, as explicit options (never the default).
 
-(a) train-mode BatchNorm at batch size 1 (:func:`per_view_batchnorm`); (b) children run in sequence, skipping
-residual additions of a custom ``forward`` (:func:`sequential_children`); (c) μ-max against the median
-(``reduction="median"``); (d) alignment against the un-augmented image (``pairing="anchor"``).
-``docs/fidelity.md`` measures what each changes.
+(a) train-mode BatchNorm at batch size 1, (b) children run in sequence, (c) μ-max against the median, (d) alignment
+to the un-augmented image (``pairing="anchor"``); ``docs/fidelity.md`` measures what each changes.
 """
 
 from __future__ import annotations
@@ -33,13 +31,10 @@ AUTHORS_QUIRKS: Dict[str, Any] = {"train_bn": True, "sequential": True, "reducti
 
 
 def sequential_children(model: nn.Module, until: Optional[str] = None) -> nn.Sequential:
-    """The model's direct children in order, as torchvision's ``IntermediateLayerGetter`` runs them.
-
-    The same module objects under the same names (layer names unchanged); whatever the model's ``forward``
-    does between children (residual additions, reshapes) is skipped. ``until``: last child to run.
+    """The model's direct children (same objects and names) run in order up to ``until``, as torchvision's
+    ``IntermediateLayerGetter`` does: what ``forward`` does between them (residuals, reshapes) is skipped.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import AuthorsResNet9
         >>> seq = sequential_children(AuthorsResNet9(width=2), until="layer3_residual2")
         >>> list(seq._modules)[-2:], seq(torch.randn(1, 3, 32, 32)).shape
@@ -62,17 +57,13 @@ def _per_view_forward(name: str, module: _BatchNorm) -> Callable[[Tensor], Tenso
     """A BatchNorm forward normalising each sample with its own statistics; running statistics untouched."""
 
     def forward(x: Tensor) -> Tensor:
+        undefined = f"per-view BatchNorm (train mode at batch size 1) is undefined for layer {name!r}: its input "
         if x.ndim < 3:
-            raise ValueError(
-                f"per-view BatchNorm (train mode at batch size 1) is undefined for layer {name!r}: its input "
-                f"{tuple(x.shape)} holds one value per channel and view. Use train_bn=False for this model."
-            )
+            raise ValueError(f"{undefined}{tuple(x.shape)} holds one value per channel and view. Use train_bn=False "
+                             "for this model.")
         if x[0, 0].numel() < 2:
-            raise ValueError(
-                f"per-view BatchNorm (train mode at batch size 1) is undefined for layer {name!r}: its input "
-                f"{tuple(x.shape)} has a 1x1 map, one value per channel (PyTorch refuses it in train mode too). "
-                "Use larger images (>= 32 px for AuthorsResNet9) or train_bn=False."
-            )
+            raise ValueError(f"{undefined}{tuple(x.shape)} has a 1x1 map, one value per channel (PyTorch refuses it in "
+                             "train mode too). Use larger images (>= 32 px for AuthorsResNet9) or train_bn=False.")
         return F.instance_norm(x, weight=module.weight, bias=module.bias, eps=module.eps)
 
     return forward
@@ -80,13 +71,10 @@ def _per_view_forward(name: str, module: _BatchNorm) -> Callable[[Tensor], Tenso
 
 @contextmanager
 def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
-    """Inside the block, every BatchNorm of ``models`` normalises each sample on its own.
-
-    What train-mode BatchNorm does to a batch of size 1 (``F.instance_norm`` with BatchNorm's affine), for a
-    whole batch and without updating the running statistics; the own ``forward`` is back on exit.
+    """Inside the block, every BatchNorm of ``models`` normalises each sample on its own, as train mode does at batch
+    size 1 (``F.instance_norm`` with BatchNorm's affine), without updating the running statistics.
 
     Example:
-        >>> import torch
         >>> bn = torch.nn.BatchNorm2d(2).eval()
         >>> x = torch.randn(3, 2, 4, 4)
         >>> with per_view_batchnorm(bn):
@@ -96,9 +84,7 @@ def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
     """
     patched: List[nn.Module] = []
     try:
-        for model in models:
-            if model is None:
-                continue
+        for model in (m for m in models if m is not None):
             for name, module in model.named_modules():
                 if isinstance(module, _BatchNorm) and "forward" not in module.__dict__:
                     module.forward = _per_view_forward(name, module)  # type: ignore[method-assign]
@@ -112,13 +98,9 @@ def per_view_batchnorm(*models: Optional[nn.Module]) -> Iterator[None]:
 def measure_with_quirks(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *,
                         reference: Optional[nn.Module] = None, train_bn: bool = False, sequential: bool = False,
                         until: Optional[str] = None, **measure_kwargs: Any) -> MemorizationReport:
-    """:func:`~lightning_memloc.measure` with quirks (a) ``train_bn`` and (b) ``sequential`` as options.
-
-    Quirks (c) and (d) are ``reduction="median"`` and ``pairing="anchor"`` in ``**measure_kwargs``; ``meta``
-    records ``train_bn`` and ``sequential_children``.
+    """:func:`~lightning_memloc.measure` with quirks (a) ``train_bn`` and (b) ``sequential`` (recorded in ``meta``).
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import AuthorsResNet9
         >>> r = measure_with_quirks(AuthorsResNet9(width=2), torch.rand(3, 3, 32, 32), views=2, train_bn=True)
         >>> r.meta["train_bn"], len(r.layers)
@@ -144,29 +126,15 @@ def measure_as_authors(encoder: nn.Module, candidates: Union[Candidates, SeededV
     return measure_with_quirks(encoder, candidates, reference=reference, **{**AUTHORS_QUIRKS, **measure_kwargs})
 
 
-def _snapshot(model: nn.Module) -> tuple[List[tuple[nn.Module, bool]], Dict[str, Tensor]]:
-    return [(m, m.training) for m in model.modules()], {n: b.detach().clone() for n, b in model.named_buffers()}
-
-
-def _restore(model: nn.Module, modes: List[tuple[nn.Module, bool]], buffers: Dict[str, Tensor]) -> None:
-    for module, training in modes:
-        module.training = training
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            buf.copy_(buffers[name])
-
-
 def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *, views: int = 10,
                     seed: int = 0, layers: Union[str, Sequence[Union[str, LayerSpec]]] = "auto",
                     transform: Optional[Callable] = None, reduction: str = "median", sequential: bool = True,
                     train_bn: bool = True, negative: str = "clamp") -> Dict[str, Tensor]:
-    """UnitMem the way the authors' script computes it: a literal, slow reference; layer -> ``(U,)``.
+    """UnitMem as the authors' script computes it (a literal, slow reference): layer -> ``(U,)``.
 
-    Every view is one forward of batch size 1 (train mode with ``train_bn``, children in sequence with
-    ``sequential``) on the seeded views of :func:`~lightning_memloc.measure`; buffers and modes are restored.
+    One forward of batch size 1 per seeded view of :func:`~lightning_memloc.measure`; buffers and modes restored.
 
     Example:
-        >>> import torch
         >>> from lightning_memloc.models import AuthorsResNet9
         >>> scores = authors_unitmem(AuthorsResNet9(width=2), torch.rand(3, 3, 32, 32), views=2)
         >>> list(scores)[0], tuple(scores["layer3_residual2"].shape)
@@ -177,10 +145,10 @@ def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededView
         raise ValueError(f"UnitMem needs at least 2 candidates, got {len(view_set)}: pass more candidates.")
     model = sequential_children(encoder) if sequential else encoder
     device, dtype = model_device_dtype(encoder)
-    modes, buffers = _snapshot(encoder)
+    modes = [(m, m.training) for m in encoder.modules()]
+    buffers = {n: b.detach().clone() for n, b in encoder.named_buffers()}
     try:
-        specs = resolve_layers(model, layers, view_set.example_batch(device).to(dtype)[:1])
-        names = [s.name for s in specs]
+        names = [s.name for s in resolve_layers(model, layers, view_set.example_batch(device).to(dtype)[:1])]
         sums: Dict[str, List[Tensor]] = {n: [] for n in names}
         current: Dict[str, Tensor] = {}
         encoder.train(train_bn)
@@ -195,5 +163,9 @@ def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededView
                 for n in names:
                     sums[n].append(acc[n] / len(candidate_views))
     finally:
-        _restore(encoder, modes, buffers)
+        for module, training in modes:
+            module.training = training
+        with torch.no_grad():
+            for name, buf in encoder.named_buffers():
+                buf.copy_(buffers[name])
     return {n: unitmem(torch.stack(sums[n]), reduction=reduction, negative=negative) for n in names}

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.checks import named_module
+from lightning_memloc.checks import check_int, named_module
 from lightning_memloc.errors import ArchitectureMismatchError
 
 __all__ = ["finetune_units", "restore_units", "unit_module"]
@@ -21,17 +21,12 @@ _UNIT_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def unit_module(layer_module: nn.Module) -> Tuple[str, int]:
-    """``(name, number of units)`` of the last conv / linear module inside a layer: its outputs are the units.
-
-    Raises:
-        ValueError: the layer holds no conv or linear module (e.g. a bare ReLU tap).
-    """
+    """``(name, number of units)`` of the last conv / linear module inside a layer: its outputs are the units."""
     found = [(name, m) for name, m in layer_module.named_modules() if isinstance(m, _UNIT_MODULES)]
     if not found:
-        raise ValueError(
-            f"the layer ({type(layer_module).__name__}) holds no Conv or Linear module, so it has no unit weights: "
-            "pass the module that computes the units (e.g. 'fc1' rather than the ReLU tap 'relu1')."
-        )
+        raise ValueError(f"the layer ({type(layer_module).__name__}) holds no Conv or Linear module, so it has no unit "
+                         "weights: pass the module that computes the units (e.g. 'fc1' rather than the ReLU tap "
+                         "'relu1').")
     name, module = found[-1]
     units = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
     return name, int(units)
@@ -55,10 +50,6 @@ def restore_units(module: nn.Module, original: nn.Module, layer: str,
 
     Rows of the unit module and of the norms after it are restored outside ``keep``; every other tensor of the
     layer is shared by all units and restored whole. Returns tensor name -> ``"rows"`` or ``"all"``.
-
-    Raises:
-        LayerNotFoundError: ``layer`` is not a module of both models.
-        ArchitectureMismatchError: the layer's tensors differ in names or shapes.
 
     Example:
         >>> from lightning_memloc.models import TinyCNN
@@ -94,18 +85,9 @@ def restore_units(module: nn.Module, original: nn.Module, layer: str,
     return done
 
 
-def finetune_units(
-    encoder: nn.Module,
-    layer: str,
-    units: Union[int, Sequence[int]],
-    loss_fn: Callable[[nn.Module], Tensor],
-    candidates: Any,
-    *,
-    steps: int = 20,
-    lr: float = 1e-2,
-    tap: Optional[str] = None,
-    **measure_kwargs: Any,
-) -> Tuple[nn.Module, Dict[str, Any]]:
+def finetune_units(encoder: nn.Module, layer: str, units: Union[int, Sequence[int]],
+                   loss_fn: Callable[[nn.Module], Tensor], candidates: Any, *, steps: int = 20, lr: float = 1e-2,
+                   tap: Optional[str] = None, **measure_kwargs: Any) -> Tuple[nn.Module, Dict[str, Any]]:
     """Fine-tune ``layer`` of a copy of ``encoder``, keep only ``units``' change, measure their UnitMem.
 
     The copy trains in eval mode (Adam, ``steps`` steps on ``loss_fn(copy) -> scalar``), then
@@ -116,8 +98,7 @@ def finetune_units(
         ``(tuned copy, result)``, result ``{"layer", "tap", "units", "steps", "lr", "unit_mem_before",
         "unit_mem_after", "argmax_before", "argmax_after", "other_units_max_change"}``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")
+    check_int("steps", steps, 1)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ValueError(f"`lr` must be a number > 0, got {lr!r}.")
     if not callable(loss_fn):
@@ -130,12 +111,8 @@ def finetune_units(
     from lightning_memloc.measure import measure
 
     tuned = copy.deepcopy(encoder).eval()
-    params = list(tuned.get_submodule(layer).parameters())
-    for p in tuned.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
+    tuned.requires_grad_(False).get_submodule(layer).requires_grad_(True)
+    optimizer = torch.optim.Adam(tuned.get_submodule(layer).parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(tuned)
@@ -151,12 +128,10 @@ def finetune_units(
     kept = mask.nonzero().flatten()
     um_b, um_a = before.unit_mem[tap], after.unit_mem[tap]
     others = ~mask if um_b.numel() == count else torch.ones_like(um_b, dtype=torch.bool)
-    result: Dict[str, Any] = {
-        "layer": layer, "tap": tap, "units": kept.tolist(), "steps": steps, "lr": float(lr),
-        "unit_mem_before": um_b[kept].tolist() if um_b.numel() == count else None,
-        "unit_mem_after": um_a[kept].tolist() if um_a.numel() == count else None,
-        "argmax_before": before.unit_argmax[tap][kept].tolist() if um_b.numel() == count else None,
-        "argmax_after": after.unit_argmax[tap][kept].tolist() if um_a.numel() == count else None,
-        "other_units_max_change": float((um_a[others] - um_b[others]).abs().max()) if bool(others.any()) else 0.0,
-    }
-    return tuned, result
+    return tuned, {"layer": layer, "tap": tap, "units": kept.tolist(), "steps": steps, "lr": float(lr),
+                   "unit_mem_before": um_b[kept].tolist() if um_b.numel() == count else None,
+                   "unit_mem_after": um_a[kept].tolist() if um_a.numel() == count else None,
+                   "argmax_before": before.unit_argmax[tap][kept].tolist() if um_b.numel() == count else None,
+                   "argmax_after": after.unit_argmax[tap][kept].tolist() if um_a.numel() == count else None,
+                   "other_units_max_change": float((um_a[others] - um_b[others]).abs().max()) if bool(others.any())
+                   else 0.0}

@@ -35,32 +35,17 @@ def parse_analyses(names: Union[str, Sequence[str]]) -> List[str]:
     return [name for name in ANALYSES if name in chosen]
 
 
-def run_analyses(
-    names: Union[str, Sequence[str]],
-    report: MemorizationReport,
-    encoder: nn.Module,
-    *,
-    reference: Optional[nn.Module] = None,
-    candidates: Optional[Tensor] = None,
-    pool: Optional[Tensor] = None,
-    candidate_labels: Optional[Tensor] = None,
-    pool_labels: Optional[Tensor] = None,
-    exclude: Optional[Tensor] = None,
-    pool_ids: Optional[Sequence[int]] = None,
-    top_k: Optional[int] = None,
-    exchange_k: int = 2,
-    random_draws: int = 3,
-    knn: int = 5,
-    batch_size: int = 64,
-    control: Optional[Tensor] = None,
-) -> Dict[str, Any]:
+def run_analyses(names: Union[str, Sequence[str]], report: MemorizationReport, encoder: nn.Module, *,
+                 reference: Optional[nn.Module] = None, candidates: Optional[Tensor] = None,
+                 pool: Optional[Tensor] = None, candidate_labels: Optional[Tensor] = None,
+                 pool_labels: Optional[Tensor] = None, exclude: Optional[Tensor] = None,
+                 pool_ids: Optional[Sequence[int]] = None, top_k: Optional[int] = None, exchange_k: int = 2,
+                 random_draws: int = 3, knn: int = 5, batch_size: int = 64,
+                 control: Optional[Tensor] = None) -> Dict[str, Any]:
     """Run ``names`` on ``encoder`` (and ``reference``); return name -> result, also in ``report.analyses``.
 
     Args:
-        reference: needed by ``consistency``'s SSLMem and by ``exchange``.
-        candidates: ``(N, C, H, W)`` candidate images in report order (``exchange``, ``atypicality``).
-        pool: ``(M, C, H, W)`` training images for ``atypicality``'s neighbours.
-        candidate_labels, pool_labels: labels for the class-mean distance (optional).
+        candidates, pool: ``(N, C, H, W)`` candidates in report order, ``(M, C, H, W)`` training images.
         exclude: ``(N,)`` pool position of each candidate itself, or −1 (``atypicality``).
         top_k: top-k of ``consistency`` (default: the report's ``meta["top_k"]``, else 50).
         control: control images for ``exchange`` (its ``drop_minus_control`` column).

@@ -1,6 +1,4 @@
-"""Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history.
-
-Agg canvas (no ``pyplot`` state), PNGs written atomically; every function returns the path it wrote.
+"""Figures of a :class:`~lightning_memloc.MemorizationReport` and of a monitor history (Agg canvas, atomic PNGs).
 
 Example:
     >>> import tempfile, torch
@@ -15,26 +13,9 @@ Example:
 
 from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import History, load_history
-from lightning_memloc.plots.report_figures import (
-    FILENAMES,
-    max_unit_mem_per_candidate,
-    plot_candidate_grid,
-    plot_layer_mem,
-    plot_report,
-    plot_sslmem_vs_unitmem,
-    plot_unit_mem_distribution,
-)
+from lightning_memloc.plots.report_figures import (FILENAMES, max_unit_mem_per_candidate, plot_candidate_grid,
+                                                   plot_layer_mem, plot_report, plot_sslmem_vs_unitmem,
+                                                   plot_unit_mem_distribution)
 
-__all__ = [
-    "FILENAMES",
-    "History",
-    "load_history",
-    "max_unit_mem_per_candidate",
-    "plot_candidate_grid",
-    "plot_history",
-    "plot_layer_mem",
-    "plot_report",
-    "plot_sslmem_vs_unitmem",
-    "plot_unit_mem_distribution",
-]
-
+__all__ = ["FILENAMES", "History", "load_history", "max_unit_mem_per_candidate", "plot_candidate_grid",
+           "plot_history", "plot_layer_mem", "plot_report", "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]

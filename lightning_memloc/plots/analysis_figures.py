@@ -10,27 +10,15 @@ from torch import Tensor
 
 from lightning_memloc.analyses.atypicality import max_unit_mem
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import display_image, new_figure, save_png  # shared by every figure
+from lightning_memloc.plots.figure import layer_of, new_figure, save_png, show_image
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = [
-    "ANALYSIS_FILENAMES",
-    "plot_analyses",
-    "plot_atypicality",
-    "plot_consistency",
-    "plot_exchange",
-    "plot_neighbours",
-    "plot_unit_restore",
-]
+__all__ = ["ANALYSIS_FILENAMES", "plot_analyses", "plot_atypicality", "plot_consistency", "plot_exchange",
+           "plot_neighbours", "plot_unit_restore"]
 
 #: File name of each figure written by :func:`plot_analyses`.
-ANALYSIS_FILENAMES = {
-    "consistency": "consistency.png",
-    "exchange": "exchange.png",
-    "atypicality": "atypicality.png",
-    "neighbours": "neighbours.png",
-    "unit_restore": "unit_restore.png",
-}
+ANALYSIS_FILENAMES = {name: f"{name}.png" for name in ("consistency", "exchange", "atypicality", "neighbours",
+                                                        "unit_restore")}
 
 
 def _need(result: Any, keys: List[str], what: str) -> Mapping[str, Any]:
@@ -54,15 +42,12 @@ def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
     for ax, (title, matrix, low, high, cmap) in zip(axes, panels):
         values = np.asarray(matrix, dtype=float)
         image = ax.imshow(values, vmin=low, vmax=high, cmap=cmap)
-        ax.set_xticks(range(size))
-        ax.set_yticks(range(size))
-        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
-        ax.set_yticklabels(layers, fontsize=7)
+        ax.set_xticks(range(size), layers, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(size), layers, fontsize=7)
         if size <= 12:
-            for i in range(size):
-                for j in range(size):
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if cmap == "viridis" and values[i, j] < 0.5 else "black")
+            for (i, j), value in np.ndenumerate(values):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if cmap == "viridis" and value < 0.5 else "black")
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle("Are the most memorized candidates the same at every layer? (SSLMem rankings)", fontsize=10)
@@ -72,15 +57,11 @@ def plot_consistency(result: Mapping[str, Any], path: PathLike) -> Path:
 def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
     """Bars: SSLMem drop after exchanging each layer / group (:func:`~lightning_memloc.analyses.layer_exchange_study`)."""
     result = _need(result, ["single", "groups", "baseline", "k", "measure_layer"], "exchange")
-    names = list(result["single"])
+    names, groups, k = list(result["single"]), result["groups"], result["k"]
     drops = [result["single"][n]["drop_normalised"] for n in names]
-    groups = result["groups"]
-    k = result["k"]
-    labels = [f"top-{k} LayerMem\n{', '.join(groups['top_layer_mem']['layers'])}",
-              f"top-{k} ΔLayerMem\n{', '.join(groups['top_delta_layer_mem']['layers'])}",
-              f"last {k}\n{', '.join(groups['last']['layers'])}"]
-    group_drops = [groups["top_layer_mem"]["drop_normalised"], groups["top_delta_layer_mem"]["drop_normalised"],
-                   groups["last"]["drop_normalised"]]
+    chosen = {"top_layer_mem": f"top-{k} LayerMem", "top_delta_layer_mem": f"top-{k} ΔLayerMem", "last": f"last {k}"}
+    labels = [f"{title}\n{', '.join(groups[g]['layers'])}" for g, title in chosen.items()]
+    group_drops = [groups[g]["drop_normalised"] for g in chosen]
     random = [d["drop_normalised"] for d in groups.get("random") or []]
     scale = result["baseline"]["range"] or 1.0  # control drops in the same units as the bars (÷ f's range)
     fig = new_figure(6.0 + 0.5 * len(names), 4.2)
@@ -90,22 +71,19 @@ def plot_exchange(result: Mapping[str, Any], path: PathLike) -> Path:
         left.scatter(range(len(names)), [result["single"][n]["control_drop"] / scale for n in names], marker="x", color="k",
                      zorder=3, label="control images")
         left.legend(fontsize=7)
-    left.set_xticks(range(len(names)))
-    left.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    left.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
     left.set_title("one layer exchanged", fontsize=9)
     left.set_ylabel(f"SSLMem drop at {result['measure_layer']}\n(÷ range of f's SSLMem)")
     positions = list(range(len(group_drops)))
     right.bar(positions, group_drops, color=["C1", "C2", "C3"])
     if "control_drop" in groups["last"]:
-        right.scatter(positions, [groups[g]["control_drop"] / scale for g in ("top_layer_mem", "top_delta_layer_mem", "last")],
-                      marker="x", color="k", zorder=3)
+        right.scatter(positions, [groups[g]["control_drop"] / scale for g in chosen], marker="x", color="k", zorder=3)
     if random:
         right.bar([len(positions)], [float(np.mean(random))], color="0.6",
                   yerr=[float(np.std(random))] if len(random) > 1 else None, capsize=4)
         right.scatter([len(positions)] * len(random), random, color="k", s=10, zorder=3)
         labels.append(f"random {k}\n({len(random)} draws)")
-    right.set_xticks(range(len(labels)))
-    right.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     right.set_title(f"{k} layers exchanged", fontsize=9)
     for ax in (left, right):
         ax.axhline(0, color="k", lw=0.6)
@@ -118,9 +96,7 @@ def plot_atypicality(result: Mapping[str, Any], report: MemorizationReport, path
                      layer: Optional[str] = None) -> Path:
     """Scatter of atypicality (kNN distance) against SSLMem and the highest UnitMem, at ``layer`` (default: last)."""
     result = _need(result, ["knn_distance", "spearman", "k"], "atypicality")
-    layer = report.layers[-1] if layer is None else layer
-    if layer not in report.layers:
-        raise ValueError(f"`layer` {layer!r} is not in the report; its layers are {report.layers}.")
+    layer = layer_of(report, layer)
     x = np.asarray(result["knn_distance"], dtype=float)
     if x.size != report.num_candidates:
         raise ValueError(f"`result` scores {x.size} candidates but the report has {report.num_candidates}.")
@@ -143,12 +119,7 @@ def plot_atypicality(result: Mapping[str, Any], report: MemorizationReport, path
 
 
 def plot_neighbours(result: Mapping[str, Any], candidates: Tensor, pool: Tensor, path: PathLike) -> Path:
-    """Grid: each of the most memorized candidates (first column) next to its nearest training images.
-
-    Args:
-        candidates: (N, C, H, W) candidate images, in report order.
-        pool: (M, C, H, W) the pool the study searched (``neighbour_positions`` index it).
-    """
+    """Each of the most memorized ``candidates`` (first column, report order) next to its nearest ``pool`` images."""
     result = _need(result, ["most_memorized", "knn_distance"], "atypicality")
     top = result["most_memorized"]
     rows, near = top["positions"], top["neighbour_positions"]
@@ -163,19 +134,12 @@ def plot_neighbours(result: Mapping[str, Any], candidates: Tensor, pool: Tensor,
     distance = result["knn_distance"]
     for r, (position, neighbours) in enumerate(zip(rows, near)):
         pictures = [candidates[position]] + [pool[j] for j in neighbours]
-        for c in range(cols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(pictures):
-                ax.axis("off")
-                continue
-            picture = display_image(pictures[c])
-            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-            if c == 0:
-                ax.set_title(f"#{top['ids'][r]} d={distance[position]:.2f}", fontsize=7, color="C3")
+        show_image(axes[r, 0], pictures[0], f"#{top['ids'][r]} d={distance[position]:.2f}", fontsize=7, color="C3")
+        for c in range(1, cols):
+            if c < len(pictures):
+                show_image(axes[r, c], pictures[c], f"#{top['neighbours'][r][c - 1]}", fontsize=7)
             else:
-                ax.set_title(f"#{top['neighbours'][r][c - 1]}", fontsize=7)
+                axes[r, c].axis("off")
     fig.suptitle("Most memorized candidates (left, by SSLMem) and their nearest training images", fontsize=9)
     return save_png(fig, path)
 
@@ -189,11 +153,8 @@ def plot_unit_restore(result: Mapping[str, Any], path: PathLike) -> Path:
     positions = np.arange(len(units))
     ax.bar(positions - 0.2, result["unit_mem_before"], width=0.4, label="before")
     ax.bar(positions + 0.2, result["unit_mem_after"], width=0.4, label="after")
-    ax.set_xticks(positions)
-    ax.set_xticklabels([str(u) for u in units])
-    ax.set_xlabel(f"unit of {result['layer']}")
-    ax.set_ylabel("UnitMem")
-    ax.set_ylim(0, 1.05)
+    ax.set_xticks(positions, [str(u) for u in units])
+    ax.set(xlabel=f"unit of {result['layer']}", ylabel="UnitMem", ylim=(0, 1.05))
     ax.legend(fontsize=8)
     ax.set_title(f"fine-tuned units (others restored; max change {result.get('other_units_max_change', 0):.1e})",
                  fontsize=8)

@@ -3,79 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 
 from lightning_memloc.errors import ReportFormatError
-from lightning_memloc.report.evidence import Evidence
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import colormap, depth_axis, new_figure, save_png, training_axis, training_x
+from lightning_memloc.plots.figure import (colormap, depth_axis, draw_series, new_figure, p_labels, save_png,
+                                           training_axis, training_x)
+from lightning_memloc.plots.profile import profile_data
 from lightning_memloc.plots.io import PREFIX, History, load_history
 from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["plot_evidence", "plot_evidence_history"]
 
 
-def _values(ev: Evidence, layers: Sequence[str], key: str) -> np.ndarray:
-    return np.array([np.nan if ev.layers[layer].get(key) is None else ev.layers[layer][key] for layer in layers], dtype=float)
-
-
-def _errorbar(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], key: str, **style: Any) -> None:
-    value, lo, hi = (_values(ev, layers, k) for k in (key, f"{key}_lo", f"{key}_hi"))
-    if np.isnan(lo).all():
-        ax.plot(x, value, **style)
-        return
-    ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, **style)
-
-
-def _stars(ax: Any, x: np.ndarray, y: np.ndarray, pvalues: np.ndarray, alpha: float) -> None:
-    for xi, yi, p in zip(x, y, pvalues):
-        if not np.isnan(p):
-            ax.annotate(f"p={p:.1g}" + (" *" if p < alpha else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 5), textcoords="offset points", color="k" if p < alpha else "0.5")
-
-
-def _align_panel(ax: Any, x: np.ndarray, ev: Evidence, layers: Sequence[str], alpha: float) -> None:
-    """The reference-free panel: f's alignment gap of the candidates against unseen images."""
-    _errorbar(ax, x, ev, layers, "align_gap", marker="o", color="C4", lw=2, label="gap under f alone ± CI (f's range)")
-    _stars(ax, x, _values(ev, layers, "align_gap_hi"), _values(ev, layers, "align_gap_p_holm"), alpha)
-    if ev.has("excess_unseen"):
-        _errorbar(ax, x + 0.08, ev, layers, "excess_unseen", marker="v", color="C2", ls=":",
-                  label="C − unseen through g ± CI (candidates' SSLMem scale)")
-    ax.axhline(0.0, color="0.3", lw=0.8)
-    ax.margins(y=0.15)
-    ax.set_ylabel("d_f(unseen) − d_f(candidates), normalised")
-    ax.set_title("Alignment gap, no reference (> 0: candidates' views tighter)", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
-    depth_axis(ax, layers)
-
-
 def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
-    """Candidates against their nulls, layer by layer: LayerMem vs control, alignment gap, UnitMem seen vs unseen.
-
-    Raises:
-        ValueError: the report has no evidence.
-    """
+    """Candidates against their nulls by depth: LayerMem vs control, alignment gap, UnitMem seen vs unseen."""
     ev = report.evidence
     if ev is None:
         raise ValueError("plot_evidence needs a report with evidence (intervals and controls): measure with "
                          "measure(..., control=..., unseen=...) or the monitor.")
-    layers, x = report.layers, np.arange(1, len(report.layers) + 1)
+    layers, x, data = report.layers, np.arange(1, len(report.layers) + 1), profile_data(report)
     alpha = float(ev.meta.get("alpha", 0.05))
+
+    def values(key: str) -> np.ndarray:
+        return data.get(key, np.full(len(layers), np.nan))
+
     panels = (["layer_mem"] if report.has_reference else []) + (["align_gap"] if ev.has("align_gap") else []) + ["unit_mem"]
     fig = new_figure(5.2 * len(panels) + 1.0, 4.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     if report.has_reference:
         ax = axes[0]
-        _errorbar(ax, x, ev, layers, "layer_mem", marker="o", color="C0", lw=2, label=f"candidates ({ev.meta['groups']['candidates']})")
+        draw_series(ax, x, data, "layer_mem", f"candidates ({ev.meta['groups']['candidates']})", marker="o", color="C0",
+                    lw=2)
         if ev.has("control_layer_mem"):
-            ax.plot(x, _values(ev, layers, "control_layer_mem"), marker="s", color="0.45", ls="--",
+            ax.plot(x, values("control_layer_mem"), marker="s", color="0.45", ls="--",
                     label=f"control, both encoders trained on it ({ev.meta['groups'].get('control')})")
-            _errorbar(ax, x + 0.08, ev, layers, "excess", marker="D", color="C3", ls="none", label="excess over control ± CI")
-            _stars(ax, x + 0.08, _values(ev, layers, "excess_hi"), _values(ev, layers, "excess_p_holm"), alpha)
+            draw_series(ax, x + 0.08, data, "excess", "excess over control ± CI", marker="D", color="C3", ls="none")
+            p_labels(ax, x + 0.08, values("excess_hi"), values("excess_p_holm"), alpha, 5)
         if ev.has("unseen_layer_mem"):
-            ax.plot(x, _values(ev, layers, "unseen_layer_mem"), marker="v", color="C2", ls=":",
+            ax.plot(x, values("unseen_layer_mem"), marker="v", color="C2", ls=":",
                     label=f"unseen ({ev.meta['groups'].get('unseen')})")
         ax.axhline(0.0, color="0.3", lw=0.8)
         ax.margins(y=0.15)  # room for the p-value labels above the error bars
@@ -84,20 +52,30 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="best")
         depth_axis(ax, layers)
-    if ev.has("align_gap"):
-        _align_panel(axes[panels.index("align_gap")], x, ev, layers, alpha)
+    if ev.has("align_gap"):  # reference-free: f's alignment gap of the candidates against unseen images
+        ax = axes[panels.index("align_gap")]
+        draw_series(ax, x, data, "align_gap", "gap under f alone ± CI (f's range)", marker="o", color="C4", lw=2)
+        p_labels(ax, x, values("align_gap_hi"), values("align_gap_p_holm"), alpha, offset=5)
+        draw_series(ax, x + 0.08, data, "excess_unseen", "C − unseen through g ± CI (candidates' SSLMem scale)",
+                    marker="v", color="C2", ls=":")
+        ax.axhline(0.0, color="0.3", lw=0.8)
+        ax.margins(y=0.15)
+        ax.set_ylabel("d_f(unseen) − d_f(candidates), normalised")
+        ax.set_title("Alignment gap, no reference (> 0: candidates' views tighter)", fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+        depth_axis(ax, layers)
     ax = axes[-1]
     if ev.has("membership"):
-        ax.plot(x, _values(ev, layers, "unit_mem_seen"), marker="o", color="C0", label="mean UnitMem, seen (candidates)")
-        ax.plot(x, _values(ev, layers, "unit_mem_unseen"), marker="v", color="C2", ls=":", label="mean UnitMem, unseen")
-        member = _values(ev, layers, "membership")
+        ax.plot(x, values("unit_mem_seen"), marker="o", color="C0", label="mean UnitMem, seen (candidates)")
+        ax.plot(x, values("unit_mem_unseen"), marker="v", color="C2", ls=":", label="mean UnitMem, unseen")
+        member = values("membership")
         ax.plot(x, member, marker="D", color="C3", label="share of units whose μmax image was seen")
-        ax.plot(x, _values(ev, layers, "membership_chance"), color="C3", ls="--", lw=0.8, label="chance")
-        _stars(ax, x, member, _values(ev, layers, "membership_p_holm"), alpha)
+        ax.plot(x, values("membership_chance"), color="C3", ls="--", lw=0.8, label="chance")
+        p_labels(ax, x, member, values("membership_p_holm"), alpha, offset=5)
         ax.set_ylim(0, 1.05)
         ax.set_title("UnitMem: seen vs unseen images", fontsize=10)
     else:
-        _errorbar(ax, x, ev, layers, "unit_mem_mean", marker="o", color="C0", label="mean UnitMem ± CI")
+        draw_series(ax, x, data, "unit_mem_mean", "mean UnitMem ± CI", marker="o", color="C0")
         ax.set_title("UnitMem (no unseen set: no null)", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     depth_axis(ax, layers)
@@ -105,11 +83,7 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
 
 
 def plot_evidence_history(history: History, path: PathLike) -> Path:
-    """Over training: excess over the control, alignment gap and membership (or mean UnitMem) per layer, with bands.
-
-    Raises:
-        ReportFormatError: the history holds no evidence scalars.
-    """
+    """Over training: excess over the control, alignment gap and membership (or mean UnitMem) per layer, with bands."""
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     keys = set().union(*(e.keys() for e in entries))
     panels: List[tuple] = []
@@ -135,8 +109,8 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
             color = colormap(i, len(layers))
             values = np.array([e.get(prefix + layer, np.nan) for e in entries], dtype=float)
             ax.plot(x, values, marker="o", ms=3, color=color, label=layer)
-            lo = np.array([e.get(f"{PREFIX}{quantity}_lo/{layer}", np.nan) for e in entries], dtype=float)
-            hi = np.array([e.get(f"{PREFIX}{quantity}_hi/{layer}", np.nan) for e in entries], dtype=float)
+            lo, hi = (np.array([e.get(f"{PREFIX}{quantity}_{end}/{layer}", np.nan) for e in entries], dtype=float)
+                      for end in ("lo", "hi"))
             if not np.isnan(lo).all():
                 ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
         if chance is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,15 +15,15 @@ from torch import Tensor
 
 from lightning_memloc.io import PathLike, atomic_write_bytes
 
-__all__ = ["colormap", "depth_axis", "display_image", "figure_array", "new_figure", "save_png", "training_axis",
-           "training_x"]
+__all__ = ["colormap", "depth_axis", "display_image", "draw_series", "figure_array", "layer_of", "new_figure",
+           "p_labels", "save_png", "show_image", "training_axis", "training_x"]
 
 #: Resolution of every PNG.
 DPI = 120
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A ``width`` × ``height`` inch figure with a constrained layout on the Agg canvas.
+    """A ``width`` × ``height`` inch figure, constrained layout, Agg canvas.
 
     Example:
         >>> new_figure(4, 3).get_size_inches().tolist()
@@ -55,17 +55,24 @@ def figure_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def layer_of(report: Any, layer: Optional[str]) -> str:
+    """``layer`` (default: the report's last), checked to be one of ``report.layers``."""
+    layer = report.layers[-1] if layer is None else layer
+    if layer not in report.layers:
+        raise ValueError(f"`layer`={layer!r} is not in the report; its layers are {report.layers}.")
+    return layer
+
+
 def depth_axis(ax: Any, layers: Sequence[str]) -> None:
     """Label the x axis of ``ax`` with ``layers`` at positions 1..L (input → output), as the paper's figures do."""
-    ax.set_xticks(range(1, len(layers) + 1))
-    ax.set_xticklabels(layers, rotation=35 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center")
-    ax.set_xlim(0.4, len(layers) + 0.6)
-    ax.set_xlabel("layer (input → output)")
+    ax.set_xticks(range(1, len(layers) + 1), layers, rotation=35 if len(layers) > 4 else 0,
+                  ha="right" if len(layers) > 4 else "center")
+    ax.set(xlim=(0.4, len(layers) + 0.6), xlabel="layer (input → output)")
     ax.grid(axis="y", alpha=0.3)
 
 
 def training_x(entries: Sequence[Mapping[str, Any]]) -> Tuple[np.ndarray, str]:
-    """x positions of monitor-history entries and the axis label: the global step when every entry has one, else the epoch.
+    """x positions of history entries and the axis label: the global step when every entry has one, else the epoch.
 
     Example:
         >>> training_x([{"epoch": 0, "global_step": 3}, {"epoch": 0, "global_step": 6}])
@@ -104,3 +111,36 @@ def display_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
         return img[0].numpy()
     return img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
 
+
+def show_image(ax: Any, image: Union[Tensor, np.ndarray], title: str, **title_style: Any) -> None:
+    """Draw one (C, H, W) image on ``ax``, without ticks, under ``title``."""
+    ax.set(xticks=[], yticks=[])
+    picture = display_image(image)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, **title_style)
+
+
+def draw_series(ax: Any, x: np.ndarray, data: Mapping[str, np.ndarray], key: str, label: str, **style: Any) -> bool:
+    """Draw ``data[key]`` (``_lo`` / ``_hi`` as error bars when present) with ``gid`` ``key``; False if absent."""
+    if key not in data or np.isnan(data[key]).all():
+        return False
+    value = data[key]
+    lo, hi = data.get(f"{key}_lo"), data.get(f"{key}_hi")
+    if lo is not None and hi is not None and not np.isnan(lo).all():
+        container = ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, label=label, **style)
+        container.lines[0].set_gid(key)
+    else:
+        (line,) = ax.plot(x, value, label=label, **style)
+        line.set_gid(key)
+    return True
+
+
+def p_labels(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[np.ndarray], alpha: float,
+             offset: float = 4) -> None:
+    """Holm p-values above the points ``(x, y)``, starred (black) where below ``alpha``; none without both."""
+    if y is None or pvalues is None:
+        return
+    for xi, yi, p in zip(x, y, pvalues):
+        if not (np.isnan(p) or np.isnan(yi)):
+            ax.annotate(f"p={p:.1g}" + (" *" if p < alpha else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, offset), textcoords="offset points", color="k" if p < alpha else "0.5")

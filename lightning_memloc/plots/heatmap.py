@@ -1,12 +1,9 @@
-"""Layer × measurement heat maps of a monitor history: where memorization builds up, and when.
-
-``*`` marks cells whose Holm-corrected test passes; a dashed line marks the end of the warm-up.
-"""
+"""Layer × measurement heat maps of a monitor history (``*``: Holm test passes; dashed: end of the warm-up)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -21,6 +18,8 @@ __all__ = ["Heatmap", "heatmap_data", "heatmap_figure", "plot_heatmap", "warmup_
 
 #: Cells drawn with their value written in them at most (more: colour only).
 MAX_ANNOTATED = 160
+#: Quantities drawn on a diverging scale centred on 0.
+SIGNED = ("excess", "excess_unseen", "unit_mem_excess", "delta_layer_mem")
 
 
 class Heatmap(NamedTuple):
@@ -32,16 +31,6 @@ class Heatmap(NamedTuple):
     steps: List[int]
     values: np.ndarray  # (layers, measurements), NaN where not measured
     pvalues: Optional[np.ndarray]  # Holm-corrected p-values of the quantity's test, same shape, or None
-
-
-def _layers(entries: Sequence[Mapping[str, Any]], quantity: str) -> List[str]:
-    found: dict = {}
-    for entry in entries:
-        for key in entry:
-            parsed = parse_scalar_tag(str(key))
-            if parsed is not None and parsed[0] == quantity:
-                found.setdefault(parsed[1], None)
-    return list(found)
 
 
 def heatmap_data(history: History, quantity: str, layers: Optional[Sequence[str]] = None) -> Heatmap:
@@ -56,7 +45,9 @@ def heatmap_data(history: History, quantity: str, layers: Optional[Sequence[str]
     entries = load_history(history)
     if quantity not in QUANTITIES:
         raise ValueError(f"`quantity` must be one of {sorted(QUANTITIES)}, got {quantity!r}.")
-    rows = list(layers) if layers is not None else _layers(entries, quantity)
+    tags = (parse_scalar_tag(str(key)) for entry in entries for key in entry)
+    rows = list(layers) if layers is not None else list(dict.fromkeys(
+        tag[1] for tag in tags if tag is not None and tag[0] == quantity))
     if not rows:
         raise ReportFormatError(f"the history holds no {scalar_tag(quantity, '<layer>')} scalars.")
 
@@ -83,25 +74,12 @@ def warmup_boundary(steps: Sequence[int], warmup_step: Optional[int]) -> Optiona
     return done - 0.5
 
 
-#: Quantities drawn on a diverging scale centred on 0.
-SIGNED = ("excess", "excess_unseen", "unit_mem_excess", "delta_layer_mem")
-
-
-def _columns(data: Heatmap) -> Tuple[List[str], str]:
-    if len(set(data.epochs)) == len(data.epochs):
-        return ["init" if epoch < 0 else str(epoch) for epoch in data.epochs], "epoch"
-    return [str(step) for step in data.steps], "global step"  # several measurements per epoch
-
-
 def _draw(fig: Figure, ax: Any, data: Heatmap, alpha: float, warmup: Optional[float], warmup_step: Optional[int]) -> None:
     values, signed = data.values, data.quantity in SIGNED
     finite = values[np.isfinite(values)]
-    if signed:
-        bound = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-9)
-        image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
-    else:
-        image = ax.imshow(values, cmap="viridis", aspect="auto")
-    image.set_gid(data.quantity)
+    bound = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-9)
+    scale = dict(cmap="RdBu_r", vmin=-bound, vmax=bound) if signed else dict(cmap="viridis")
+    image = ax.imshow(values, aspect="auto", gid=data.quantity, **scale)
     fig.colorbar(image, ax=ax, shrink=0.9)
     rows, columns = values.shape
     if rows * columns <= MAX_ANNOTATED:
@@ -111,15 +89,15 @@ def _draw(fig: Figure, ax: Any, data: Heatmap, alpha: float, warmup: Optional[fl
                 shade = float(image.norm(value))
                 ax.text(j, i, f"{value:{'+.2f' if signed else '.2f'}}" + ("*" if p < alpha else ""), ha="center",
                         va="center", fontsize=7, color="w" if (shade < 0.25 or (signed and shade > 0.75)) else "k")
-    ax.set_yticks(range(rows))
-    ax.set_yticklabels(data.layers, fontsize=8)
-    labels, axis = _columns(data)
+    ax.set_yticks(range(rows), data.layers, fontsize=8)
+    if len(set(data.epochs)) == len(data.epochs):
+        labels, axis = ["init" if epoch < 0 else str(epoch) for epoch in data.epochs], "epoch"
+    else:  # several measurements per epoch
+        labels, axis = [str(step) for step in data.steps], "global step"
     every = max(1, -(-columns // 16))
-    ax.set_xticks(range(0, columns, every))
-    ax.set_xticklabels(labels[::every], fontsize=8)
+    ax.set_xticks(range(0, columns, every), labels[::every], fontsize=8)
     if warmup is not None:
-        line = ax.axvline(warmup, color="k", ls="--", lw=1.5)
-        line.set_gid("warmup")
+        ax.axvline(warmup, color="k", ls="--", lw=1.5, gid="warmup")
         axis += f"   (dashed: end of the learning-rate warm-up, step {warmup_step})"
     ax.set_xlabel(axis, fontsize=9)
     title = QUANTITIES[data.quantity].label

@@ -16,14 +16,7 @@ __all__ = ["plot_history"]
 
 
 def plot_history(history: History, path: PathLike) -> Path:
-    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over training.
-
-    Args:
-        history: the monitor's history (list of dicts) or a path to its ``history.json``.
-
-    Raises:
-        ReportFormatError: ``history`` is not a monitor history.
-    """
+    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over a monitor ``history``."""
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     quantities = (("unit_mem_mean", "mean UnitMem"), ("unit_mem_frac_above", "fraction of units above the threshold"),
                   ("layer_mem", "LayerMem"))
@@ -36,13 +29,10 @@ def plot_history(history: History, path: PathLike) -> Path:
     for ax, (quantity, label) in zip(axes, panels):
         prefix = f"{_PREFIX}{quantity}/"
         layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
-        colors = [colormap(i, len(layers)) for i in range(len(layers))]
-        for layer, color in zip(layers, colors):
-            values = [e.get(prefix + layer, np.nan) for e in entries]
-            ax.plot(x, values, marker="o", ms=3, color=color, label=layer)
-        ax.set_title(f"{label} per layer")
-        ax.set_ylabel(label)
+        for i, layer in enumerate(layers):
+            ax.plot(x, [e.get(prefix + layer, np.nan) for e in entries], marker="o", ms=3,
+                    color=colormap(i, len(layers)), label=layer)
+        ax.set(title=f"{label} per layer", ylabel=label)
         training_axis(ax, xlabel)
     axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_png(fig, path)
-

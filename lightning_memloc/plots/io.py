@@ -34,19 +34,12 @@ def _read_json(source: Path, what: str) -> Any:
 
 def _is_number(value: Any, key: str) -> bool:
     """An int epoch, or a scalar: a number or ``None`` (a figure that was not measured)."""
-    if isinstance(value, bool):
-        return False
-    if key == "epoch":
-        return isinstance(value, int)
-    return value is None or isinstance(value, (int, float))
+    number = isinstance(value, int) if key == "epoch" else value is None or isinstance(value, (int, float))
+    return number and not isinstance(value, bool)
 
 
 def load_history(history: History) -> List[Dict[str, Any]]:
-    """A monitor history (list of dicts or ``history.json`` path), validated, with tags upgraded.
-
-    Raises:
-        ReportFormatError: not a list of dicts with an ``"epoch"`` and ``memloc.<quantity>/<layer>`` scalars.
-    """
+    """A monitor history (list of dicts or ``history.json`` path), validated, with tags upgraded."""
     where = "history"
     if isinstance(history, (str, Path)) or hasattr(history, "__fspath__"):
         where = repr(str(history))
@@ -98,20 +91,12 @@ def _in_folder(folder: Path) -> List[Path]:
 
 
 def find_plot_inputs(paths: Sequence[PathLike]) -> Tuple[Optional[MemorizationReport], Optional[List[Dict[str, Any]]]]:
-    """``(report or None, history or None)`` among ``paths``: files, or folders (and their ``memloc/``) searched.
-
-    Raises:
-        ValueError: two reports or two histories.
-    """
+    """``(report or None, history or None)`` among ``paths``: files, or folders (and their ``memloc/``) searched."""
     files = [f for given in map(Path, paths) for f in (_in_folder(given) if given.is_dir() else [given])]
-    report: Optional[MemorizationReport] = None
-    history: Optional[List[Dict[str, Any]]] = None
+    found: Dict[str, Any] = {"report": None, "history": None}
     for path in files:
         kind, value = read_plot_input(path)
-        if (report if kind == "report" else history) is not None:
+        if found[kind] is not None:
             raise ValueError(f"{str(path)!r} is a second {kind}: plot one report and one history at a time.")
-        if kind == "report":
-            report = value  # type: ignore[assignment]
-        else:
-            history = value  # type: ignore[assignment]
-    return report, history
+        found[kind] = value
+    return found["report"], found["history"]

@@ -1,7 +1,4 @@
-"""The memorization profile of one measurement by depth: each figure next to its null, in one picture.
-
-Each drawn series carries its data key as ``gid``, so the figure can be checked against :func:`profile_data`.
-"""
+"""The memorization profile of one measurement by depth, each figure next to its null (series ``gid``: data key)."""
 
 from __future__ import annotations
 
@@ -12,11 +9,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import depth_axis, new_figure, save_png
+from lightning_memloc.plots.figure import depth_axis, draw_series, new_figure, p_labels, save_png
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
 
 __all__ = ["measurement_title", "plot_profile", "profile_data", "profile_figure"]
+
+#: Short names of the tests in the title.
+TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
+              "unit_mem_excess": "UnitMem seen > unseen"}
 
 
 def profile_data(report: MemorizationReport) -> Dict[str, np.ndarray]:
@@ -55,32 +56,6 @@ def measurement_title(meta: Dict[str, Any]) -> str:
     return " · ".join(part for part in (when, None if step is None else f"step {step}") if part)
 
 
-def _series(ax: Any, x: np.ndarray, data: Dict[str, np.ndarray], key: str, label: str, **style: Any) -> bool:
-    """Draw ``data[key]`` (with its ``_lo`` / ``_hi`` interval as error bars when present); False if absent."""
-    if key not in data or np.isnan(data[key]).all():
-        return False
-    value = data[key]
-    lo, hi = data.get(f"{key}_lo"), data.get(f"{key}_hi")
-    if lo is not None and hi is not None and not np.isnan(lo).all():
-        container = ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, label=label, **style)
-        container.lines[0].set_gid(key)
-    else:
-        (line,) = ax.plot(x, value, label=label, **style)
-        line.set_gid(key)
-    return True
-
-
-def _pvalues(ax: Any, x: np.ndarray, y: Optional[np.ndarray], pvalues: Optional[np.ndarray], alpha: float) -> None:
-    """Holm p-values above the points ``(x, y)``, starred (black) where below ``alpha``."""
-    if pvalues is None or y is None:
-        return
-    for xi, yi, p in zip(x, y, pvalues):
-        if not (np.isnan(p) or np.isnan(yi)):
-            significant = p < alpha
-            ax.annotate(f"p={p:.1g}" + (" *" if significant else ""), (xi, yi), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 4), textcoords="offset points", color="k" if significant else "0.5")
-
-
 def _top(data: Dict[str, np.ndarray], *keys: str) -> Optional[np.ndarray]:
     present = [data[k] for k in keys if k in data]
     return np.fmax.reduce(present) if present else None
@@ -97,10 +72,7 @@ def _panels(data: Dict[str, np.ndarray]) -> List[str]:
 
 
 def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = None) -> Figure:
-    """The memorization profile of ``report`` by depth: LayerMem, excess, membership and UnitMem panels.
-
-    Args:
-        warmup_step: global step at which the warm-up ends; the title says which side the measurement is on.
+    """LayerMem, excess, membership and UnitMem panels by depth; the title says which side of ``warmup_step`` it is.
 
     Example:
         >>> import torch
@@ -110,9 +82,8 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
         >>> [ax.get_title() for ax in profile_figure(r).axes]
         ['mean UnitMem (no unseen set: no null)']
     """
-    data, layers = profile_data(report), report.layers
+    data, layers, ev = profile_data(report), report.layers, report.evidence
     x = np.arange(1, len(layers) + 1, dtype=float)
-    ev = report.evidence
     alpha = float(ev.meta.get("alpha", 0.05)) if ev is not None else 0.05
     panels = _panels(data)
     columns = 2 if len(panels) == 4 else len(panels)
@@ -121,30 +92,33 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax, panel in zip(axes, panels):
         if panel == "layer_mem":
-            _series(ax, x, data, "layer_mem", "candidates ± CI", marker="o", color="C0", lw=2)
-            _series(ax, x, data, "control_layer_mem", "control (both encoders trained on it)", marker="s", color="0.45", ls="--")
-            _series(ax, x, data, "unseen_layer_mem", "unseen images", marker="v", color="C2", ls=":")
+            draw_series(ax, x, data, "layer_mem", "candidates ± CI", marker="o", color="C0", lw=2)
+            draw_series(ax, x, data, "control_layer_mem", "control (both encoders trained on it)", marker="s",
+                        color="0.45", ls="--")
+            draw_series(ax, x, data, "unseen_layer_mem", "unseen images", marker="v", color="C2", ls=":")
             ax.set_title("LayerMem" if "control_layer_mem" in data else "LayerMem (no control: includes the f–g offset)")
         elif panel == "excess":
-            drawn = _series(ax, x, data, "excess", "over the control ± CI", marker="D", color="C3", lw=2)
-            _series(ax, x + 0.1, data, "excess_unseen", "over unseen images ± CI", marker="v", color="C2", ls=":")
+            drawn = draw_series(ax, x, data, "excess", "over the control ± CI", marker="D", color="C3", lw=2)
+            draw_series(ax, x + 0.1, data, "excess_unseen", "over unseen images ± CI", marker="v", color="C2", ls=":")
             key = "excess" if drawn else "excess_unseen"
-            _pvalues(ax, x, _top(data, key, f"{key}_hi"), data.get(f"{key}_p_holm"), alpha)
+            p_labels(ax, x, _top(data, key, f"{key}_hi"), data.get(f"{key}_p_holm"), alpha)
             ax.axhline(0.0, color="0.3", lw=0.8)
             ax.set_title(f"LayerMem excess (Holm p; * below α={alpha:g})")
         elif panel == "membership":
-            _series(ax, x, data, "membership", "units whose μmax image was seen", marker="D", color="C3", lw=2)
-            _series(ax, x, data, "membership_chance", "chance", color="k", ls="--", lw=1)
-            _pvalues(ax, x, _top(data, "membership", "membership_hi", "membership_chance"), data.get("membership_p_holm"), alpha)
-            ax.set_ylim(0, 1.1)
-            ax.set_title("μmax membership vs chance")
+            draw_series(ax, x, data, "membership", "units whose μmax image was seen", marker="D", color="C3", lw=2)
+            draw_series(ax, x, data, "membership_chance", "chance", color="k", ls="--", lw=1)
+            top = _top(data, "membership", "membership_hi", "membership_chance")
+            p_labels(ax, x, top, data.get("membership_p_holm"), alpha)
+            ax.set(ylim=(0, 1.1), title="μmax membership vs chance")
         else:
-            if _series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
-                _series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
-                _pvalues(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"), alpha)
+            if draw_series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
+                draw_series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
+                p_labels(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"),
+                         alpha)
                 ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
             else:
-                _series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0", lw=2)
+                draw_series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0",
+                            lw=2)
                 ax.set_title("mean UnitMem (no unseen set: no null)")
         ax.margins(y=0.18)
         ax.legend(fontsize=7, loc="best")
@@ -153,11 +127,6 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
         ax.set_visible(False)
     fig.suptitle(_suptitle(report, warmup_step), fontsize=10)
     return fig
-
-
-#: Short names of the tests in the title.
-TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
-              "unit_mem_excess": "UnitMem seen > unseen"}
 
 
 def _suptitle(report: MemorizationReport, warmup_step: Optional[int]) -> str:

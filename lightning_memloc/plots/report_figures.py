@@ -9,51 +9,35 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_memloc.analyses.atypicality import max_unit_mem
+from lightning_memloc.checks import check_int
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import depth_axis, display_image, new_figure, save_png
+from lightning_memloc.plots.figure import depth_axis, layer_of, new_figure, save_png, show_image
+from lightning_memloc.plots.evidence_figures import evidence_figures
+from lightning_memloc.plots.heatmap import heatmap_figure
 from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import History
+from lightning_memloc.plots.profile import profile_figure
 from lightning_memloc.report.report import MemorizationReport
 
 __all__ = ["FILENAMES", "max_unit_mem_per_candidate", "plot_candidate_grid", "plot_layer_mem", "plot_report",
            "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]
 
 #: File name of each figure written by :func:`plot_report`.
-FILENAMES = {
-    "layer_mem": "layer_mem.png",
-    "unit_mem": "unit_mem.png",
-    "sslmem_vs_unitmem": "sslmem_vs_unitmem.png",
-    "candidates": "candidates.png",
-    "history": "history.png",
-    "evidence": "evidence.png",
-    "evidence_history": "evidence_history.png",
-    "profile": "profile.png",
-    "heatmap": "profile_over_training.png",
-}
+FILENAMES = {name: f"{name}.png" for name in ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history",
+                                               "evidence", "evidence_history", "profile")}
+FILENAMES["heatmap"] = "profile_over_training.png"
 
 
 def _require_reference(report: MemorizationReport, what: str) -> None:
     if not report.has_reference:
-        raise ValueError(
-            f"{what} needs SSLMem / LayerMem, which need a reference encoder: this report was measured without one "
-            "(pass `reference=` to measure(), or --reference to `memloc analyze`)."
-        )
-
-
-def _layer(report: MemorizationReport, layer: Optional[str]) -> str:
-    layer = report.layers[-1] if layer is None else layer
-    if layer not in report.layers:
-        raise ValueError(f"`layer`={layer!r} is not in the report; its layers are {report.layers}.")
-    return layer
+        raise ValueError(f"{what} needs SSLMem / LayerMem, which need a reference encoder: this report was measured "
+                         "without one (pass `reference=` to measure(), or --reference to `memloc analyze`).")
 
 
 def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
-    """LayerMem by depth (all, top-k and least-k candidates) and ΔLayerMem per layer, as a PNG at ``path``.
-
-    Raises:
-        ValueError: the report has no reference (no SSLMem).
-    """
+    """LayerMem by depth (all, top-k and least-k candidates) and ΔLayerMem per layer; needs a reference."""
     _require_reference(report, "plot_layer_mem")
     layers, x = report.layers, np.arange(1, len(report.layers) + 1)
     k = report.meta.get("top_k", len(report.top_ids) if report.top_ids is not None else "k")
@@ -73,8 +57,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
     if ev is not None and ev.has("control_layer_mem"):
         left.plot(x, [ev.layers[la]["control_layer_mem"] for la in layers], color="0.45", marker="s", ls="--", label="control")
     left.axhline(0.0, color="0.5", lw=0.8)
-    left.set_ylabel("LayerMem (mean normalised SSLMem)")
-    left.set_title("LayerMem by depth")
+    left.set(ylabel="LayerMem (mean normalised SSLMem)", title="LayerMem by depth")
     left.legend(fontsize=8, loc="best")
     depth_axis(left, layers)
     lm, given = report.layer_mem, report.delta_layer_mem  # ΔLayerMem from LayerMem where a report lacks it
@@ -85,8 +68,7 @@ def plot_layer_mem(report: MemorizationReport, path: PathLike) -> Path:
         right.annotate(f"{d:+.3f}", (xi, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=7,
                        xytext=(0, 2 if d >= 0 else -2), textcoords="offset points")
     right.axhline(0.0, color="0.3", lw=0.8)
-    right.set_ylabel("ΔLayerMem (increase over the previous layer)")
-    right.set_title("ΔLayerMem per layer")
+    right.set(ylabel="ΔLayerMem (increase over the previous layer)", title="ΔLayerMem per layer")
     depth_axis(right, layers)
     return save_png(fig, path)
 
@@ -98,12 +80,9 @@ def _violins(ax: Any, data: Sequence[np.ndarray], positions: Sequence[float], co
         parts = ax.violinplot([data[i] for i in spread], positions=[positions[i] for i in spread], widths=width,
                               showmedians=True, showextrema=True)
         for body in parts["bodies"]:
-            body.set_facecolor(color)
-            body.set_edgecolor(color)
-            body.set_alpha(0.45)
-        for key in ("cmedians", "cmins", "cmaxes", "cbars"):
-            if key in parts:
-                parts[key].set_color(color)
+            body.set(facecolor=color, edgecolor=color, alpha=0.45)
+        for key in {"cmedians", "cmins", "cmaxes", "cbars"} & set(parts):
+            parts[key].set_color(color)
     for i, d in enumerate(data):
         if i not in spread and d.size:
             ax.hlines(float(d.mean()), positions[i] - width / 2, positions[i] + width / 2, color=color, lw=2)
@@ -129,8 +108,7 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
     for xi, layer in zip(x, layers):
         note = f"{fractions[layer]:.0%} > {threshold:g}" + (f"\n{dead[layer]} dead" if dead[layer] else "")
         ax.annotate(note, (xi, 1.02), ha="center", va="bottom", fontsize=7, annotation_clip=False)
-    ax.set_ylim(-0.02, 1.16)
-    ax.set_ylabel("UnitMem per unit")
+    ax.set(ylim=(-0.02, 1.16), ylabel="UnitMem per unit")
     ax.set_title(f"UnitMem distribution per layer ({report.num_candidates} candidates; ◆ mean)", pad=4)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     depth_axis(ax, layers)
@@ -138,27 +116,20 @@ def plot_unit_mem_distribution(report: MemorizationReport, path: PathLike, thres
 
 
 def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.ndarray:
-    """(N,) the max UnitMem among the units of ``layer`` whose μmax candidate is each candidate.
-
-    Candidates that no unit singles out get NaN.
-    """
-    position = {int(c): i for i, c in enumerate(report.candidate_ids.tolist())}
-    out = np.full(report.num_candidates, np.nan)
-    for score, owner in zip(report.unit_mem[layer].float().tolist(), report.unit_argmax[layer].tolist()):
-        i = position.get(int(owner))
-        if i is not None and not score <= out[i]:
-            out[i] = score
+    """(N,) the max UnitMem among the units of ``layer`` whose μmax candidate is each candidate (else NaN)."""
+    out = max_unit_mem(report, layer).numpy()
+    owners = set(report.unit_argmax[layer].tolist())
+    out[[int(c) not in owners for c in report.candidate_ids.tolist()]] = np.nan
     return out
 
 
 def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Optional[str] = None) -> Path:
-    """Per candidate: SSLMem (x) against the highest UnitMem among the units it excites most (y; 0 for none).
+    """Per candidate: SSLMem (x) against the highest UnitMem of the units it excites most (y; 0 for none).
 
-    Raises:
-        ValueError: no reference in the report, or an unknown ``layer`` (default: the last one).
+    Needs a reference; ``layer`` defaults to the last one.
     """
     _require_reference(report, "plot_sslmem_vs_unitmem")
-    layer = _layer(report, layer)
+    layer = layer_of(report, layer)
     x = report.sslmem[layer].float().numpy()
     y = max_unit_mem_per_candidate(report, layer)
     owned = ~np.isnan(y)
@@ -171,49 +142,34 @@ def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Op
     title = f"SSLMem vs UnitMem at {layer}"
     if owned.sum() > 2 and np.ptp(x[owned]) > 0 and np.ptp(y[owned]) > 0:
         title += f" (Pearson r = {np.corrcoef(x[owned], y[owned])[0, 1]:.2f})"
-    ax.set_title(title)
-    ax.set_xlabel("SSLMem of the candidate (normalised)")
-    ax.set_ylabel("max UnitMem of the units it excites most")
-    ax.set_ylim(-0.05, 1.05)
+    ax.set(title=title, xlabel="SSLMem of the candidate (normalised)",
+           ylabel="max UnitMem of the units it excites most", ylim=(-0.05, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save_png(fig, path)
 
 
-
 def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.ndarray], path: PathLike, k: int = 8,
                         layer: Optional[str] = None) -> Path:
-    """The ``k`` most and ``k`` least memorized candidates, with their scores as titles.
+    """The ``k`` most and least memorized candidates by :meth:`~lightning_memloc.MemorizationReport.candidate_scores`.
 
-    Scores are :meth:`~lightning_memloc.MemorizationReport.candidate_scores` at ``layer`` (default: the last).
-
-    Args:
-        images: (N, C, H, W) un-augmented candidate images (uint8 or float), by candidate position.
-        k: images per row (≥ 1; at most N).
+    ``images``: (N, C, H, W) un-augmented candidate images (uint8 or float), by candidate position.
     """
     shape = tuple(getattr(images, "shape", ()))
     if len(shape) != 4 or shape[0] != report.num_candidates:
         raise ValueError(f"`images` must be (N, C, H, W) with N = {report.num_candidates} candidates "
                          f"(by candidate position), got shape {shape}.")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
-    layer = _layer(report, layer)
+    k = min(check_int("k", k, 1), report.num_candidates)
+    layer = layer_of(report, layer)
     scores = report.candidate_scores(layer)
-    k = min(k, report.num_candidates)
     order = torch.sort(scores, descending=True, stable=True).indices
     rows = (("most memorized", order[:k]), ("least memorized", order.flip(0)[:k]))
     what = "SSLMem" if report.sslmem is not None else "Σ UnitMem of the units it excites most"
     fig = new_figure(max(4.0, 1.35 * k), 3.6)
     axes = np.asarray(fig.subplots(2, k, squeeze=False))
     for r, (name, positions) in enumerate(rows):
-        for c in range(k):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            i = int(positions[c])
-            picture = display_image(images[i])
-            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(f"#{int(report.candidate_ids[i])}\n{float(scores[i]):.3f}", fontsize=8)
+        for c, i in enumerate(positions[:k].tolist()):
+            show_image(axes[r, c], images[i], f"#{int(report.candidate_ids[i])}\n{float(scores[i]):.3f}", fontsize=8)
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.suptitle(f"Candidates ranked by {what} at {layer}", fontsize=10)
     return save_png(fig, path)
@@ -222,19 +178,10 @@ def plot_candidate_grid(report: MemorizationReport, images: Union[Tensor, np.nda
 def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
                 images: Optional[Union[Tensor, np.ndarray]] = None, history: Optional[History] = None, *, k: int = 8,
                 layer: Optional[str] = None, threshold: float = 0.5, warmup_step: Optional[int] = None) -> List[Path]:
-    """Write every figure that applies into ``out_dir`` (names in :data:`FILENAMES`).
+    """Write every figure that applies into ``out_dir`` (names in :data:`FILENAMES`); return the paths.
 
-    LayerMem and SSLMem-vs-UnitMem need a reference, the candidate grid ``images``, the curves and
-    heat maps ``history``.
-
-    Args:
-        report: the measurement (``None``: only the history figures).
-        images: (N, C, H, W) candidate images by candidate position, for the candidate grid.
-        history: monitor history (list of dicts or a path to ``history.json``).
-        warmup_step: global step at which the learning-rate warm-up ends (the heat maps draw it).
-
-    Returns:
-        The paths written.
+    LayerMem and SSLMem-vs-UnitMem need a reference, the candidate grid ``images`` ((N, C, H, W) by candidate
+    position), the curves and heat maps ``history``; ``warmup_step`` (end of the LR warm-up) is drawn on them.
     """
     out = Path(out_dir)
     written: List[Path] = []
@@ -248,10 +195,6 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
             written.append(plot_candidate_grid(report, images, out / FILENAMES["candidates"], k=k, layer=layer))
     if history is not None:
         written.append(plot_history(history, out / FILENAMES["history"]))
-    from lightning_memloc.plots.evidence_figures import evidence_figures
-    from lightning_memloc.plots.heatmap import heatmap_figure
-    from lightning_memloc.plots.profile import profile_figure
-
     written += evidence_figures(report, history, out)
     if report is not None:
         written.append(save_png(profile_figure(report, warmup_step=warmup_step), out / FILENAMES["profile"]))

@@ -1,9 +1,7 @@
 """``Evidence``: every memorization figure of a report with its control, its uncertainty and one verdict.
 
-Two encoders differ at every layer even without memorization, so the candidates (seen by ``f`` only) are
-compared with a **control** set both encoders trained on (LayerMem *excess*) and an **unseen** set ``f``
-never trained on (LayerMem ``C − U``; UnitMem's argmax membership test). Every group is on the candidates'
-scale; one Holm correction over every test × layer gives the verdict (:mod:`lightning_memloc.report.verdict`).
+The candidates (seen by ``f`` only) are compared with a **control** set both encoders trained on and an **unseen**
+set ``f`` never trained on, on the candidates' scale; one Holm correction over every test × layer gives the verdict.
 """
 
 from __future__ import annotations
@@ -16,8 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from lightning_memloc.report import layer_evidence, unit_evidence
-from lightning_memloc.report import evidence_free
+from lightning_memloc.report import evidence_free, layer_evidence, unit_evidence
 from lightning_memloc.functional.statistics import samples_for_halfwidth
 from lightning_memloc.functional.two_sample import permutation_lower_bound
 from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
@@ -48,8 +45,7 @@ class EvidenceOptions:
         bootstrap: resamples (and permutations) per interval / test: 0 (off) or at least :data:`MIN_BOOTSTRAP`;
             the verdict needs ``bootstrap + 1 >= m / alpha`` for ``m`` tests (8 layers x 5 tests: 799).
         alpha: family-wise error rate of the verdict (Holm over every test x layer).
-        target_halfwidth: interval half-width (normalised SSLMem) above which the report prints how many
-            candidates would narrow it to this value.
+        target_halfwidth: half-width above which the report says how many candidates would narrow it to this.
     """
 
     bootstrap: int = 1000
@@ -65,10 +61,10 @@ class EvidenceOptions:
             raise ValueError(f"`bootstrap` must be 0 (no intervals or tests) or at least {MIN_BOOTSTRAP}, got "
                              f"{self.bootstrap}: with fewer resamples the intervals' ends rest on a handful of draws. "
                              f"Pass bootstrap={MIN_BOOTSTRAP} or more (1000 by default).")
-        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.0 < float(self.confidence) < 1.0:
-            raise ValueError(f"`confidence` must be in (0, 1), e.g. 0.95, got {self.confidence!r}.")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < float(self.alpha) < 1.0:
-            raise ValueError(f"`alpha` must be in (0, 1), e.g. 0.05, got {self.alpha!r}.")
+        for name, example in (("confidence", 0.95), ("alpha", 0.05)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+                raise ValueError(f"`{name}` must be in (0, 1), e.g. {example}, got {value!r}.")
         if not float(self.target_halfwidth) > 0:
             raise ValueError(f"`target_halfwidth` must be > 0, got {self.target_halfwidth!r}.")
 
@@ -79,11 +75,10 @@ class Evidence:
 
     Attributes:
         layers: layer -> record with keys of :data:`~lightning_memloc.report.tags.EVIDENCE_QUANTITIES` (``None``
-            where the input is missing); ``<test>_p_holm`` is Holm-adjusted over every test x layer,
-            ``<test>_lb`` the matching one-sided lower bound (see :data:`INTERVALS`).
-        group_sslmem: group (``"control"``, ``"unseen"``) -> layer -> per-image SSLMem on the candidates' scale.
-        meta: options, group sizes, ``verdict``, significant layers per test, the tests and intervals that
-            ran, warnings, the hint; with ``align_gap``, ``align_membership`` and ``align_scale``.
+            where the input is missing); ``<test>_p_holm`` Holm-adjusted over every test x layer, ``<test>_lb``
+            the matching one-sided lower bound (see :data:`INTERVALS`).
+        group_sslmem: ``"control"`` / ``"unseen"`` -> layer -> per-image SSLMem on the candidates' scale.
+        meta: options, group sizes, ``verdict``, significant layers per test, tests and intervals, warnings, hint.
     """
 
     layers: Dict[str, Record]
@@ -107,7 +102,8 @@ class Evidence:
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready (non-finite floats become ``None``)."""
-        clean = {layer: {k: _finite_or_none(v) for k, v in rec.items()} for layer, rec in self.layers.items()}
+        clean = {layer: {k: None if v is None or not math.isfinite(float(v)) else float(v) for k, v in rec.items()}
+                 for layer, rec in self.layers.items()}
         return {"layers": clean, "group_sslmem": self.group_sslmem, "meta": self.meta}
 
     @classmethod
@@ -120,39 +116,21 @@ class Evidence:
         return cls(layers=layers, group_sslmem=groups, meta=dict(data.get("meta") or {}))
 
 
-def _finite_or_none(value: Optional[float]) -> Optional[float]:
-    return None if value is None or not math.isfinite(float(value)) else float(value)
+_PerLayer = Optional[Mapping[str, Tensor]]
 
 
-def compute_evidence(
-    layers: List[str],
-    *,
-    unit_means: Mapping[str, Tensor],
-    reduction: str = "mean",
-    top_k: int = 50,
-    sslmem_raw: Optional[Mapping[str, Tensor]] = None,
-    control_raw: Optional[Mapping[str, Tensor]] = None,
-    unseen_raw: Optional[Mapping[str, Tensor]] = None,
-    unseen_unit_means: Optional[Mapping[str, Tensor]] = None,
-    options: Optional[EvidenceOptions] = None,
-    negative: str = "clamp",
-    align: Optional[Mapping[str, Tensor]] = None,
-    unseen_align: Optional[Mapping[str, Tensor]] = None,
-) -> Evidence:
+def compute_evidence(layers: List[str], *, unit_means: Mapping[str, Tensor], reduction: str = "mean", top_k: int = 50,
+                     sslmem_raw: _PerLayer = None, control_raw: _PerLayer = None, unseen_raw: _PerLayer = None,
+                     unseen_unit_means: _PerLayer = None, options: Optional[EvidenceOptions] = None,
+                     negative: str = "clamp", align: _PerLayer = None, unseen_align: _PerLayer = None) -> Evidence:
     """Intervals, control comparisons, tests and the overall verdict (``meta["verdict"]``) of one measurement.
 
     Args:
-        unit_means: layer -> ``(N, U)`` candidates' mean activations before the negative policy.
-        sslmem_raw: layer -> ``(N,)`` candidates' raw SSLMem (with a reference).
-        control_raw: layer -> ``(S,)`` raw SSLMem of the control images (seen by both encoders).
-        unseen_raw: layer -> ``(M,)`` raw SSLMem of the unseen images.
-        unseen_unit_means: layer -> ``(M, U)`` unseen images' mean activations (before the policy).
-        negative: the negative-activation policy, applied to the candidates alone for their UnitMem and
-            once over candidates ∪ unseen for the comparisons.
+        unit_means, unseen_unit_means: layer -> ``(N, U)`` / ``(M, U)`` mean activations before the negative policy.
+        sslmem_raw, control_raw, unseen_raw: layer -> ``(N,)`` / ``(S,)`` / ``(M,)`` raw SSLMem of each group.
         align, unseen_align: layer -> ``(N,)`` / ``(M,)`` raw alignments under ``f``: the ``align_gap`` family.
 
     Example:
-        >>> import torch
         >>> mu = {"a": torch.rand(20, 4, generator=torch.Generator().manual_seed(0))}
         >>> ev = compute_evidence(["a"], unit_means=mu, options=EvidenceOptions(bootstrap=200))
         >>> rec = ev.layers["a"]
@@ -193,11 +171,7 @@ def compute_evidence(
 
 
 def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = None) -> Dict[str, Any]:
-    """(Re)compute the overall verdict: every ``<test>_p_holm``, ``meta["verdict"]``, ``meta["significant"]``.
-
-    The tests in ``nulls`` also get lower bounds ``<test>_lb`` at ``alpha / m``. A family added after
-    :func:`compute_evidence` calls it again.
-    """
+    """(Re)compute every ``<test>_p_holm``, ``meta["verdict"]`` / ``["significant"]``; ``nulls``' tests get ``_lb``."""
     meta = evidence.meta
     alpha, boot = float(meta.get("alpha", 0.05)), int(meta.get("bootstrap", 0))
     verdict = overall_verdict(evidence.layers, alpha, boot)
@@ -217,7 +191,6 @@ def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = N
 
 
 def _check_group_sizes(groups: Mapping[str, int], opts: EvidenceOptions, meta: Dict[str, Any]) -> None:
-    """Warn when a control / unseen set is smaller than :data:`MIN_GROUP_SIZE`."""
     for name in ("control", "unseen"):
         size = groups.get(name)
         if size is not None and size < MIN_GROUP_SIZE and opts.bootstrap:
@@ -228,16 +201,19 @@ def _check_group_sizes(groups: Mapping[str, int], opts: EvidenceOptions, meta: D
             meta.setdefault("warnings", []).append(message)
 
 
+def halfwidths(records: Mapping[str, Record], key: str) -> Dict[str, float]:
+    """Layer -> finite half-width of its ``key`` interval (layers without one left out)."""
+    return {layer: (rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for layer, rec in records.items()
+            if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
+            and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])}
+
+
 def _hint(evidence: Evidence, n: int, opts: EvidenceOptions) -> Optional[str]:
     """How many candidates would narrow the widest interval to ``target_halfwidth`` (or None)."""
     key, what = ("excess", "excess over the control") if evidence.has("excess_lo") else ("layer_mem", "LayerMem")
-    widths = {layer: (rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for layer, rec in evidence.layers.items()
-              if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
-              and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])}
-    if not widths:
-        return None
-    layer = max(widths, key=lambda k: widths[k])
-    if widths[layer] <= opts.target_halfwidth:
+    widths = halfwidths(evidence.layers, key)
+    layer = max(widths, key=widths.__getitem__, default=None)
+    if layer is None or widths[layer] <= opts.target_halfwidth:
         return None
     need = samples_for_halfwidth(n, widths[layer], opts.target_halfwidth)
     extra = " (and as many control images)" if key == "excess" else ""

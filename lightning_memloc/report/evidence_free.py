@@ -1,14 +1,8 @@
 """The ``align_gap`` family of :class:`~lightning_memloc.report.evidence.Evidence`: evidence without reference.
 
-For candidates ``C`` and unseen images ``U`` from one distribution the reference cancels:
-``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]`` (``docs/evidence.md``), with ``d_f`` the view alignments
-under ``f``. Assumes ``C`` and ``U`` were exchangeable before training.
-
-Record keys (per layer): ``align_gap`` = ``(mean d_f(U) − mean d_f(C)) / range of d_f over C ∪ U``,
-``align_gap_lo`` / ``_hi`` (bootstrap), ``align_gap_p`` (studentized permutation test on raw alignments),
-``align_gap_p_holm``, ``align_gap_lb``, ``align_f_candidates`` / ``align_f_unseen`` (mean raw alignments,
-in ``[0, 2]``), ``align_auc`` (mean membership score, 0.5 when nothing is memorized). Meta keys:
-``align_membership`` (layer -> per-candidate membership score), ``align_scale``.
+For candidates ``C`` and unseen images ``U`` exchangeable before training the reference cancels:
+``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]``, ``d_f`` the view alignments under ``f``
+(``docs/evidence.md``); ``align_gap = (mean d_f(U) − mean d_f(C)) / range of d_f over C ∪ U``.
 """
 
 from __future__ import annotations
@@ -31,25 +25,17 @@ ALIGN_SCALE = "range of f's alignments over candidates and unseen images per lay
 TEST_NAME = "studentized permutation test of the mean raw alignment under f, unseen > candidates (Welch t)"
 
 
-def reference_free_evidence(
-    layers: List[str],
-    candidates: Mapping[str, Tensor],
-    unseen: Mapping[str, Tensor],
-    records: Dict[str, Dict[str, Optional[float]]],
-    meta: Dict[str, Any],
-    *,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    nulls: Optional[Dict[str, Any]] = None,
-) -> None:
-    """Add the ``align_gap`` family to ``records`` and ``meta`` in place (keys in the module docstring).
+def reference_free_evidence(layers: List[str], candidates: Mapping[str, Tensor], unseen: Mapping[str, Tensor],
+                            records: Dict[str, Dict[str, Optional[float]]], meta: Dict[str, Any], *,
+                            bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
+                            nulls: Optional[Dict[str, Any]] = None) -> None:
+    """Add ``align_gap`` (``_lo`` / ``_hi`` / ``_p`` / ``_p_holm``), ``align_f_candidates`` / ``align_f_unseen``
+    (mean raw alignments), ``align_auc`` (mean membership score) to ``records``; ``align_membership`` and
+    ``align_scale`` to ``meta``.
 
     Args:
-        candidates: layer -> ``(N,)`` raw alignments of the candidates under ``f``.
-        unseen: layer -> ``(M,)`` raw alignments of the unseen images under ``f``.
-        bootstrap: resamples of the interval and relabellings of the test (0: neither).
-        nulls: filled with the test's null (for the bound matching the overall verdict).
+        candidates, unseen: layer -> ``(N,)`` / ``(M,)`` raw alignments under ``f``.
+        bootstrap: resamples of the interval and relabellings of the test (0: neither); ``nulls`` gets the test's null.
 
     Example:
         >>> records, meta = {"a": {}}, {}
@@ -71,7 +57,6 @@ def reference_free_evidence(
             if nulls is not None:
                 se = torch.where(scale[:, 0] > 0, test["se"] / scale[:, 0], torch.full_like(test["se"], math.nan))
                 nulls["align_gap"] = (list(layers), gap, se, test["null"])
-    pvalues: List[Optional[float]] = []
     for i, layer in enumerate(layers):
         rec = records[layer]
         rec["align_gap"], rec["align_f_candidates"], rec["align_f_unseen"] = float(gap[i]), float(mean_c[i]), float(mean_u[i])
@@ -80,7 +65,7 @@ def reference_free_evidence(
         rec["align_gap_hi"] = None if hi is None else float(hi[i])
         p = math.nan if test is None else float(test["p"][i])
         rec["align_gap_p"] = None if math.isnan(p) else p
-        pvalues.append(rec["align_gap_p"])
+    pvalues = [records[layer]["align_gap_p"] for layer in layers]
     for layer, p_holm in zip(layers, holm(pvalues)):  # this family alone; the overall verdict corrects again
         records[layer]["align_gap_p_holm"] = p_holm
     meta["align_membership"] = {layer: scores[i].tolist() for i, layer in enumerate(layers)}

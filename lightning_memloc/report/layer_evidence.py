@@ -1,7 +1,6 @@
 """LayerMem's evidence: intervals of LayerMem / ΔLayerMem / top-k; candidates against a control and an unseen set.
 
-Every group is put on the candidates' scale (their range of raw SSLMem per layer); intervals are studentized
-bootstrap intervals, excesses are tested on raw SSLMem. A non-finite layer gets NaN figures and a warning.
+Every group is on the candidates' scale (their range of raw SSLMem per layer); excesses are tested on raw SSLMem.
 """
 
 from __future__ import annotations
@@ -56,14 +55,9 @@ def _warn_nonfinite(layers: List[str], values: Tensor, group: str, meta: Dict[st
 def layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Tensor], top_k: int, options: Any,
                        records: Dict[str, Record], group_sslmem: Dict[str, Dict[str, List[float]]],
                        nulls: Nulls, meta: Dict[str, Any]) -> None:
-    """Fill ``records`` (in place) with LayerMem's figures, intervals and the groups' excess tests.
+    """Fill ``records``, ``group_sslmem`` (per-image, candidates' scale) and ``nulls`` with LayerMem's evidence.
 
-    Args:
-        cand: ``(L, N)`` candidates' raw SSLMem.
-        groups: ``"control"`` / ``"unseen"`` -> ``(L, M)`` raw SSLMem.
-        options: :class:`~lightning_memloc.report.evidence.EvidenceOptions`.
-        group_sslmem: filled with each group's per-image SSLMem on the candidates' scale.
-        nulls: filled with each test's null (for the bounds that match the verdict).
+    ``cand``: ``(L, N)`` candidates' raw SSLMem; ``groups``: ``"control"`` / ``"unseen"`` -> ``(L, M)`` raw SSLMem.
     """
     bad = _warn_nonfinite(layers, cand, "candidates", meta)
     finite = torch.where(bad[:, None], torch.zeros_like(cand), cand)
@@ -114,9 +108,9 @@ def _group_figures(layers: List[str], group: str, g_norm: Tensor, top_k: int, re
         g_delta = g_norm - torch.cat([torch.zeros_like(g_norm[:1]), g_norm[:-1]])
         g_top, g_least = _topk_means(g_norm, top_k)
         for i, layer in enumerate(layers):
-            records[layer]["control_layer_mem"] = float(g_norm[i].mean())
-            records[layer]["control_delta_layer_mem"] = float(g_delta[i].mean())
-            records[layer]["control_layer_mem_top"], records[layer]["control_layer_mem_least"] = float(g_top[i]), float(g_least[i])
+            records[layer].update(control_layer_mem=float(g_norm[i].mean()),
+                                  control_delta_layer_mem=float(g_delta[i].mean()),
+                                  control_layer_mem_top=float(g_top[i]), control_layer_mem_least=float(g_least[i]))
     else:
         for i, layer in enumerate(layers):
             records[layer]["unseen_layer_mem"] = float(g_norm[i].mean())

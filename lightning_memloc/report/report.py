@@ -21,14 +21,8 @@ FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)  # version 1 had no evidence section
 
 LayerRanking = Literal["layer_mem", "delta_layer_mem", "unit_mem"]
-_TENSOR_DICTS = {
-    "unit_mem": torch.float32,
-    "unit_argmax": torch.long,
-    "dead_units": torch.bool,
-    "class_mem": torch.float32,
-    "sslmem": torch.float32,
-    "sslmem_raw": torch.float32,
-}
+_TENSOR_DICTS = dict(unit_mem=torch.float32, unit_argmax=torch.long, dead_units=torch.bool, class_mem=torch.float32,
+                     sslmem=torch.float32, sslmem_raw=torch.float32)
 _FLOAT_DICTS = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least")
 
 
@@ -42,28 +36,23 @@ def _ids(values: Any, name: str) -> Tensor:
 
 @dataclass
 class MemorizationReport:
-    """Memorization of one encoder on one candidate set, layer by layer.
+    """Memorization of one encoder on one candidate set, layer by layer (per-layer dicts keyed by layer name).
 
     Attributes:
         layers: tapped layer names (as in ``named_modules()``), in forward order.
         layer_kinds: layer -> ``"conv"``, ``"linear"``, ``"attention"`` or ``"mlp"``.
         candidate_ids: ``(N,)`` ids of the candidates (positions in the candidate set unless given).
-        unit_mem: layer -> ``(U,)`` UnitMem of every unit, in [0, 1].
-        unit_argmax: layer -> ``(U,)`` μmax candidate id of each unit; -1 for dead units.
-        dead_units: layer -> ``(U,)`` bool, units whose mean activation is 0 on every candidate.
-        class_mem: layer -> ``(U,)`` ClassMem, when labels were available.
-        sslmem: layer -> ``(N,)`` normalised SSLMem per candidate (with a reference).
-        sslmem_raw: layer -> ``(N,)`` raw SSLMem = align(g) − align(f) (with a reference).
-        layer_mem: layer -> LayerMem, the mean normalised SSLMem (with a reference).
-        delta_layer_mem: layer -> ΔLayerMem; the first layer's is its LayerMem.
-        layer_mem_top, layer_mem_least: layer -> LayerMem over the top-k / least-k candidates (last layer).
+        unit_mem, unit_argmax, dead_units: ``(U,)`` UnitMem in [0, 1], μmax candidate id (-1: dead unit), dead.
+        class_mem: ``(U,)`` ClassMem, when labels were available.
+        sslmem, sslmem_raw: ``(N,)`` normalised / raw SSLMem = align(g) − align(f) (with a reference).
+        layer_mem, delta_layer_mem: LayerMem (mean normalised SSLMem) and ΔLayerMem (first layer: its LayerMem).
+        layer_mem_top, layer_mem_least: LayerMem over the top-k / least-k candidates (ranked at the last layer).
         top_ids, least_ids: ``(k,)`` candidate ids with the highest / lowest SSLMem at the last layer.
         meta: measurement settings (views, seed, pairing, reduction, negative, top_k, epoch, ...).
         evidence: intervals, controls and tests (:class:`~lightning_memloc.report.evidence.Evidence`).
         analyses: results of :mod:`lightning_memloc.analyses` by name (JSON-serialisable dicts).
 
     Example:
-        >>> import torch
         >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"},
         ...     candidate_ids=torch.arange(3), unit_mem={"a": torch.tensor([0.1, 0.7])},
         ...     unit_argmax={"a": torch.tensor([0, 2])}, dead_units={"a": torch.tensor([False, False])})
@@ -106,9 +95,7 @@ class MemorizationReport:
 
     def _need_reference(self, what: str) -> None:
         if not self.has_reference:
-            raise ValueError(
-                f"{what} needs SSLMem, which needs a reference encoder: measure with `reference=...`."
-            )
+            raise ValueError(f"{what} needs SSLMem, which needs a reference encoder: measure with `reference=...`.")
 
     def unit_mem_mean(self) -> Dict[str, float]:
         """Mean UnitMem of every layer (dead units score 0)."""
@@ -123,10 +110,7 @@ class MemorizationReport:
         return {layer: int(self.dead_units[layer].sum()) for layer in self.layers}
 
     def top_layers(self, k: int = 1, by: LayerRanking = "layer_mem", largest: bool = True) -> List[str]:
-        """The ``k`` layers ranked ``by`` ``"layer_mem"``, ``"delta_layer_mem"`` (with a reference), ``"unit_mem"``.
-
-        Highest first (``largest=False``: lowest first); ties keep layer order.
-        """
+        """The ``k`` layers ranked ``by`` LayerMem, ΔLayerMem (with a reference) or UnitMem; ties keep layer order."""
         if by == "unit_mem":
             scores = self.unit_mem_mean()
         elif by in ("layer_mem", "delta_layer_mem"):
@@ -142,9 +126,7 @@ class MemorizationReport:
     def top_units(self, layer: str, k: int = 10, largest: bool = True) -> Tensor:
         """Indices of the ``k`` units of ``layer`` with the highest (or lowest) UnitMem."""
         self._check_layer(layer)
-        scores = self.unit_mem[layer]
-        k = min(k, scores.numel())
-        return torch.sort(scores, descending=largest, stable=True).indices[:k]
+        return torch.sort(self.unit_mem[layer], descending=largest, stable=True).indices[:k]
 
     def most_memorized(self, k: int = 10, layer: Optional[str] = None, largest: bool = True) -> Tensor:
         """Candidate ids ranked by SSLMem at ``layer`` (default: the last layer)."""
@@ -155,10 +137,7 @@ class MemorizationReport:
         return self.candidate_ids[order]
 
     def candidate_scores(self, layer: Optional[str] = None) -> Tensor:
-        """``(N,)`` how memorized each candidate is at ``layer`` (default last), by position.
-
-        With a reference: normalised SSLMem; without: UnitMem summed over the units whose μmax candidate it is.
-        """
+        """``(N,)`` SSLMem at ``layer`` (default last), else the summed UnitMem of the units it is the μmax of."""
         layer = self.layers[-1] if layer is None else layer
         self._check_layer(layer)
         if self.sslmem is not None:  # a hand-made report may hold LayerMem without per-candidate SSLMem
@@ -177,22 +156,17 @@ class MemorizationReport:
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (tensors as lists)."""
-        out: Dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
-        out["layers"] = list(self.layers)
-        out["layer_kinds"] = dict(self.layer_kinds)
-        out["candidate_ids"] = self.candidate_ids.tolist()
-        for name in _TENSOR_DICTS:
+        out: Dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "layers": list(self.layers),
+                               "layer_kinds": dict(self.layer_kinds), "candidate_ids": self.candidate_ids.tolist()}
+        for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             value = getattr(self, name)
-            out[name] = None if value is None else {k: v.tolist() for k, v in value.items()}
-        for name in _FLOAT_DICTS:
-            value = getattr(self, name)
-            out[name] = None if value is None else {k: float(v) for k, v in value.items()}
-        out["top_ids"] = None if self.top_ids is None else self.top_ids.tolist()
-        out["least_ids"] = None if self.least_ids is None else self.least_ids.tolist()
+            out[name] = None if value is None else {k: v.tolist() if name in _TENSOR_DICTS else float(v)
+                                                    for k, v in value.items()}
+        for name in ("top_ids", "least_ids"):
+            out[name] = None if getattr(self, name) is None else getattr(self, name).tolist()
         out["meta"] = self.meta
         out["evidence"] = None if self.evidence is None else self.evidence.to_dict()
-        out["analyses"] = self.analyses
-        return out
+        return {**out, "analyses": self.analyses}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "MemorizationReport":
@@ -200,29 +174,21 @@ class MemorizationReport:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ReportFormatError(f"not a MemorizationReport (expected 'format': {FORMAT!r}).")
         if data.get("version") not in _READABLE_VERSIONS:
-            raise ReportFormatError(
-                f"report format version {data.get('version')!r} is not supported (this library reads {_READABLE_VERSIONS})."
-            )
+            raise ReportFormatError(f"report format version {data.get('version')!r} is not supported (this library "
+                                    f"reads {_READABLE_VERSIONS}).")
         try:
-            layers = [str(x) for x in data["layers"]]
-            kwargs: Dict[str, Any] = {
-                "layers": layers,
-                "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
-                "candidate_ids": _ids(data["candidate_ids"], "candidate_ids"),
-                "meta": dict(data.get("meta") or {}),
-                "analyses": dict(data.get("analyses") or {}),
-            }
-            for name, dtype in _TENSOR_DICTS.items():
-                value = data.get(name)
-                kwargs[name] = None if value is None else {k: torch.tensor(v, dtype=dtype) for k, v in value.items()}
-            for name in _FLOAT_DICTS:
-                value = data.get(name)
-                kwargs[name] = None if value is None else {k: float(v) for k, v in value.items()}
+            kwargs: Dict[str, Any] = {"layers": [str(x) for x in data["layers"]],
+                                      "layer_kinds": {str(k): str(v) for k, v in data["layer_kinds"].items()},
+                                      "candidate_ids": _ids(data["candidate_ids"], "candidate_ids"),
+                                      "meta": dict(data.get("meta") or {}),
+                                      "analyses": dict(data.get("analyses") or {})}
+            for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
+                value, dtype = data.get(name), _TENSOR_DICTS.get(name)
+                kwargs[name] = None if value is None else {
+                    k: float(v) if dtype is None else torch.tensor(v, dtype=dtype) for k, v in value.items()}
             for name in ("top_ids", "least_ids"):
-                value = data.get(name)
-                kwargs[name] = None if value is None else _ids(value, name)
-            evidence = data.get("evidence")
-            kwargs["evidence"] = None if evidence is None else Evidence.from_dict(evidence)
+                kwargs[name] = None if data.get(name) is None else _ids(data[name], name)
+            kwargs["evidence"] = None if data.get("evidence") is None else Evidence.from_dict(data["evidence"])
         except ReportFormatError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -234,23 +200,20 @@ class MemorizationReport:
     def validate(self) -> None:
         """Check internal consistency (layer keys, shapes); raises :class:`ReportFormatError`."""
         n = self.num_candidates
-        for name in ("unit_mem", "unit_argmax", "dead_units"):
-            if getattr(self, name) is None:
-                raise ReportFormatError(f"`{name}` is missing: every report has UnitMem, its argmax and dead units.")
-        for name in ("unit_mem", "unit_argmax", "dead_units", "class_mem", "sslmem", "sslmem_raw", *_FLOAT_DICTS):
+        for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             value = getattr(self, name)
+            if value is None and name in ("unit_mem", "unit_argmax", "dead_units"):
+                raise ReportFormatError(f"`{name}` is missing: every report has UnitMem, its argmax and dead units.")
             if value is not None and set(value) != set(self.layers):
                 raise ReportFormatError(f"`{name}` has layers {sorted(value)}, expected {sorted(self.layers)}.")
         for layer in self.layers:
             if self.unit_mem[layer].shape != self.unit_argmax[layer].shape or self.unit_mem[layer].shape != self.dead_units[layer].shape:
                 raise ReportFormatError(f"unit arrays of layer {layer!r} differ in length.")
-            for name in ("sslmem", "sslmem_raw"):
+            for name in ("sslmem", "sslmem_raw", *_FLOAT_DICTS):
                 value = getattr(self, name)
-                if value is not None and value[layer].shape != (n,):
+                if value is not None and name in _TENSOR_DICTS and value[layer].shape != (n,):
                     raise ReportFormatError(f"`{name}[{layer!r}]` has shape {tuple(value[layer].shape)}, expected ({n},).")
-            for name in _FLOAT_DICTS:
-                value = getattr(self, name)
-                if value is not None and not math.isfinite(value[layer]):
+                if value is not None and name in _FLOAT_DICTS and not math.isfinite(value[layer]):
                     raise ReportFormatError(f"`{name}[{layer!r}]` is not finite.")
         if self.evidence is not None and set(self.evidence.layers) != set(self.layers):
             raise ReportFormatError(f"`evidence` has layers {sorted(self.evidence.layers)}, expected {sorted(self.layers)}.")
@@ -260,25 +223,22 @@ class MemorizationReport:
         """Write the report as JSON, atomically; return the path.
 
         Raises:
-            ReportFormatError: the report is inconsistent (it could not be loaded back).
-            TypeError: a ``meta`` / ``analyses`` value JSON cannot store (the message names it).
+            ReportFormatError: the report is inconsistent; TypeError: a ``meta`` / ``analyses`` value is not JSON.
         """
         self.validate()
         for name in ("meta", "analyses"):
             check_json_meta(getattr(self, name), name)
         if self.evidence is not None:
             check_json_meta(self.evidence.meta, "evidence.meta")
-        destination = Path(path)
-        atomic_write_text(destination, json.dumps(self.to_dict()))
-        return destination
+        atomic_write_text(Path(path), json.dumps(self.to_dict()))
+        return Path(path)
 
     @classmethod
     def load(cls, path: PathLike) -> "MemorizationReport":
         """Read a report written by :meth:`save`.
 
         Raises:
-            FileNotFoundError: no file at ``path``.
-            ReportFormatError: the file is corrupt, truncated or not a report.
+            FileNotFoundError: no file at ``path``; ReportFormatError: the file is corrupt, truncated or not a report.
         """
         source = Path(path)
         if not source.is_file():
@@ -296,16 +256,15 @@ class MemorizationReport:
         """Whether two reports hold the same layers, ids and numbers (up to ``atol``)."""
         if self.layers != other.layers or not torch.equal(self.candidate_ids, other.candidate_ids):
             return False
-        for name in _TENSOR_DICTS:
+        for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             a, b = getattr(self, name), getattr(other, name)
             if (a is None) != (b is None):
                 return False
-            if a is not None and not all(torch.allclose(a[k].double(), b[k].double(), atol=atol) for k in self.layers):
+            if a is None:
+                continue
+            if name in _TENSOR_DICTS and not all(torch.allclose(a[k].double(), b[k].double(), atol=atol)
+                                                 for k in self.layers):
                 return False
-        for name in _FLOAT_DICTS:
-            a, b = getattr(self, name), getattr(other, name)
-            if (a is None) != (b is None):
-                return False
-            if a is not None and any(abs(a[k] - b[k]) > atol for k in self.layers):
+            if name in _FLOAT_DICTS and any(abs(a[k] - b[k]) > atol for k in self.layers):
                 return False
         return True

@@ -1,7 +1,4 @@
-"""Choose layers and units from a :class:`~lightning_memloc.MemorizationReport`, deterministically.
-
-Pure functions behind the memorization-aware fine-tuning and pruning callbacks.
-"""
+"""Choose layers and units of a :class:`~lightning_memloc.MemorizationReport` (fine-tuning / pruning callbacks)."""
 
 from __future__ import annotations
 
@@ -41,18 +38,8 @@ def _check_report(report: object) -> MemorizationReport:
 
 
 def resolve_report(source: ReportSource, argument: str = "source") -> Optional[MemorizationReport]:
-    """The report a ``source`` currently provides.
-
-    Args:
-        source: a report, the path of a saved one, or any object with a ``report`` attribute
-            (a :class:`~lightning_memloc.callbacks.MemorizationMonitor`).
-        argument: the argument name used in error messages.
-
-    Returns:
-        The report, or ``None`` when a monitor has not measured yet.
-
-    Raises:
-        FileNotFoundError, ReportFormatError: the path holds no valid report.
+    """The report ``source`` (a report, a saved report's path, or a monitor's ``.report``) holds; ``None`` before
+    a monitor's first measurement. ``argument`` names ``source`` in error messages.
     """
     if isinstance(source, MemorizationReport):
         return source
@@ -63,10 +50,8 @@ def resolve_report(source: ReportSource, argument: str = "source") -> Optional[M
         if report is not None and not isinstance(report, MemorizationReport):
             raise TypeError(f"`{argument}.report` is a {type(report).__name__}, expected a MemorizationReport.")
         return report
-    raise TypeError(
-        f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved report, "
-        f"got {type(source).__name__}."
-    )
+    raise TypeError(f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved report, "
+                    f"got {type(source).__name__}.")
 
 
 def layer_score(report: MemorizationReport, by: str) -> str:
@@ -74,7 +59,6 @@ def layer_score(report: MemorizationReport, by: str) -> str:
     ``"align_gap"``, ``"unit_mem"`` that ``report`` has; any other ``by`` is itself.
 
     Example:
-        >>> import torch
         >>> r = MemorizationReport(layers=["a"], layer_kinds={"a": "conv"}, candidate_ids=torch.arange(2),
         ...     unit_mem={"a": torch.zeros(1)}, unit_argmax={"a": torch.zeros(1, dtype=torch.long)},
         ...     dead_units={"a": torch.zeros(1, dtype=torch.bool)}, layer_mem={"a": 0.2})
@@ -90,31 +74,16 @@ def layer_score(report: MemorizationReport, by: str) -> str:
     return "align_gap" if report.evidence is not None and report.evidence.has("align_gap") else "unit_mem"
 
 
-def select_layers(
-    report: MemorizationReport,
-    k: int,
-    by: str = "layer_mem",
-    strategy: str = "highest",
-    seed: int = 0,
-) -> List[str]:
-    """Choose ``k`` layers of ``report`` (e.g. the layers to fine-tune).
+def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", strategy: str = "highest",
+                  seed: int = 0) -> List[str]:
+    """Choose ``k`` layers of ``report`` (e.g. to fine-tune): best first, or forward order for "random" / "last".
 
     Args:
-        k: how many layers, ``1 <= k <= len(report.layers)``.
         by: one of :data:`LAYER_SCORES` (``"layer_mem"`` / ``"delta_layer_mem"`` need a reference,
             ``"excess"`` ``control=``, ``"align_gap"`` ``unseen=``; ``"auto"``: :func:`layer_score`).
-        strategy: ``"highest"`` / ``"lowest"`` by ``by`` (ties by layer order), ``"random"``
-            (seeded) or ``"last"`` (the last ``k`` layers).
-
-    Returns:
-        Layer names: best first for ``"highest"`` / ``"lowest"``, forward order otherwise.
-
-    Raises:
-        ValueError: an invalid argument, or a score the report lacks.
+        strategy: ``"highest"`` / ``"lowest"`` by ``by`` (ties by layer order), ``"random"`` (seeded) or ``"last"``.
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc import MemorizationReport
         >>> z = {n: torch.zeros(1) for n in "abc"}
         >>> r = MemorizationReport(layers=list("abc"), layer_kinds=dict.fromkeys("abc", "conv"),
         ...     candidate_ids=torch.arange(2), unit_mem=z, unit_argmax={n: torch.zeros(1, dtype=torch.long) for n in "abc"},
@@ -147,10 +116,9 @@ def select_layers(
         else:
             scores = getattr(report, by)
             if scores is None:
-                raise ValueError(
-                    f"`by`={by!r} needs LayerMem, which this report lacks (it was measured without a reference "
-                    "encoder): measure with `reference=...`, rank by `by='unit_mem'`, or use strategy 'last' or 'random'."
-                )
+                raise ValueError(f"`by`={by!r} needs LayerMem, which this report lacks (it was measured without a "
+                                 "reference encoder): measure with `reference=...`, rank by `by='unit_mem'`, or use "
+                                 "strategy 'last' or 'random'.")
         values = [float(scores[name]) for name in report.layers]
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"the report's `{by}` scores are not all finite: {dict(zip(report.layers, values))}.")
@@ -181,32 +149,17 @@ def _how_many(fraction: Optional[float], count: Optional[int], total: int, where
     return int(round(float(fraction) * total))
 
 
-def select_units(
-    report: MemorizationReport,
-    fraction: Optional[float] = None,
-    count: Optional[int] = None,
-    strategy: str = "highest",
-    scope: str = "layer",
-    layers: Optional[Sequence[str]] = None,
-    seed: int = 0,
-) -> Dict[str, Tensor]:
-    """Choose units of ``report`` by UnitMem (e.g. the units to prune).
+def select_units(report: MemorizationReport, fraction: Optional[float] = None, count: Optional[int] = None,
+                 strategy: str = "highest", scope: str = "layer", layers: Optional[Sequence[str]] = None,
+                 seed: int = 0) -> Dict[str, Tensor]:
+    """Choose units of ``report`` by UnitMem (e.g. to prune): ``{layer: ascending unit indices}`` per layer in scope.
 
     Args:
-        fraction: share of the units in ``(0, 1]``, ``round(fraction * units)``; exactly one of
-            ``fraction`` and ``count``.
-        count: number of units (>= 1), per layer or in all (``scope``).
-        strategy: ``"highest"`` / ``"lowest"`` UnitMem (dead units score 0), or ``"random"`` (seeded).
-        scope: ``"layer"`` (per layer) or ``"global"`` (all units ranked together).
-        layers: restrict the choice to these report layers (default: all).
-
-    Returns:
-        ``{layer: LongTensor of unit indices, ascending}`` for every layer in scope; ties go to
-        the earlier ``(layer, unit)``.
+        fraction: share of the units in ``(0, 1]`` (``round(fraction * units)``); or ``count`` (>= 1), not both.
+        strategy: ``"highest"`` / ``"lowest"`` UnitMem (dead: 0; ties: earlier ``(layer, unit)``), or ``"random"``.
+        scope: ``"layer"`` (per layer) or ``"global"`` (all units of ``layers``, default all, ranked together).
 
     Example:
-        >>> import torch
-        >>> from lightning_memloc import MemorizationReport
         >>> r = MemorizationReport(layers=["a", "b"], layer_kinds={"a": "conv", "b": "conv"},
         ...     candidate_ids=torch.arange(2), unit_mem={"a": torch.tensor([0.1, 0.9, 0.5, 0.0]),
         ...     "b": torch.tensor([0.7, 0.2])}, unit_argmax={"a": torch.zeros(4, dtype=torch.long),
@@ -240,18 +193,10 @@ def select_units(
         return torch.sort(values, descending=strategy == "highest", stable=True).indices[:n]
 
     if scope == "layer":
-        out = {}
-        for name in names:
-            n = _how_many(fraction, count, scores[name].numel(), f"layer {name!r}")
-            out[name] = torch.sort(pick(scores[name], n)).values.long()
-        return out
+        sizes = {name: _how_many(fraction, count, scores[name].numel(), f"layer {name!r}") for name in names}
+        return {name: torch.sort(pick(scores[name], n)).values.long() for name, n in sizes.items()}
     flat = torch.cat([scores[name] for name in names])
-    n = _how_many(fraction, count, flat.numel(), f"the layers {names}")
-    chosen = torch.sort(pick(flat, n)).values
-    out, start = {}, 0
-    for name in names:
-        stop = start + scores[name].numel()
-        inside = chosen[(chosen >= start) & (chosen < stop)]
-        out[name] = (inside - start).long()
-        start = stop
-    return out
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen[pick(flat, _how_many(fraction, count, flat.numel(), f"the layers {names}"))] = True
+    parts = chosen.split([scores[name].numel() for name in names])
+    return {name: part.nonzero().flatten() for name, part in zip(names, parts)}

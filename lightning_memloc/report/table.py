@@ -1,33 +1,14 @@
-"""Plain-text summary of a :class:`~lightning_memloc.MemorizationReport`: figures, intervals, tests, verdict.
-
-Each row shows a figure's interval, the control's value on the same scale and the Holm-corrected p-value;
-the lines below say in words which layers show memorization.
-"""
+"""Plain-text summary of a :class:`~lightning_memloc.MemorizationReport`: figures, intervals, tests, verdict."""
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-from lightning_memloc.report.evidence import Evidence
+from lightning_memloc.report.evidence import Evidence, halfwidths
 
-
-class SummarySource(Protocol):
-    """What the table reads of a :class:`~lightning_memloc.MemorizationReport` (which imports this module)."""
-
-    layers: List[str]
-    layer_kinds: Dict[str, str]
-    layer_mem: Optional[Dict[str, float]]
-    delta_layer_mem: Optional[Dict[str, float]]
-    layer_mem_top: Optional[Dict[str, float]]
-    layer_mem_least: Optional[Dict[str, float]]
-    evidence: Optional[Evidence]
-
-    @property
-    def has_reference(self) -> bool: ...
-    def unit_mem_mean(self) -> Dict[str, float]: ...
-    def unit_mem_frac_above(self, threshold: float = 0.5) -> Dict[str, float]: ...
-    def num_dead_units(self) -> Dict[str, int]: ...
+if TYPE_CHECKING:  # the report imports this module
+    from lightning_memloc.report.report import MemorizationReport as SummarySource
 
 __all__ = ["align_verdict", "format_summary", "verdict_lines"]
 
@@ -81,30 +62,23 @@ def _plain_table(report: SummarySource, threshold: float) -> List[str]:
     return rows
 
 
-def _halfwidth(ev: "Evidence", key: str) -> Optional[float]:
-    """Largest finite half-width of the ``key`` intervals over the layers (None when there is none)."""
-    widths = [(rec[f"{key}_hi"] - rec[f"{key}_lo"]) / 2 for rec in ev.layers.values()
-              if rec.get(f"{key}_lo") is not None and rec.get(f"{key}_hi") is not None
-              and math.isfinite(rec[f"{key}_hi"] - rec[f"{key}_lo"])]
-    return max(widths) if widths else None
-
-
 def _sizes(ev: "Evidence", *groups: str) -> str:
     sizes = ev.meta.get("groups") or {}
     return ", ".join(f"{sizes[g]} {g}" for g in ("candidates",) + groups if g in sizes)
 
 
-def _test_line(ev: "Evidence", test: str, claim: str, total: int, groups: Tuple[str, ...], interval: Optional[str]) -> str:
+def _test_line(ev: "Evidence", test: str, claim: str) -> str:
     """``claim at k of L layers: ...`` or, with none, what could still hide below the noise."""
     sig = ev.significant_layers(test)
-    width = None if interval is None else _halfwidth(ev, interval)
+    width = None if test == "membership" else max(halfwidths(ev.layers, test).values(), default=None)
     spread = "" if width is None else f", 95 % CI up to ±{width:.3f}"
-    line = f"{claim} at {len(sig)} of {total} layers"
+    line = f"{claim} at {len(sig)} of {len(ev.layers)} layers"
     if sig:
         return line + f": {', '.join(sig)}."
     if (ev.meta.get("verdict") or {}).get("attainable") is False:
         return line + f" — none could pass with bootstrap = {ev.meta.get('bootstrap')} (see the verdict){spread}."
-    return line + f" — not distinguishable at n = {_sizes(ev, *groups)}{spread}; a smaller effect is not excluded."
+    groups = _sizes(ev, "control" if test == "excess" else "unseen")
+    return line + f" — not distinguishable at n = {groups}{spread}; a smaller effect is not excluded."
 
 
 def verdict_lines(report: SummarySource) -> List[str]:
@@ -113,27 +87,25 @@ def verdict_lines(report: SummarySource) -> List[str]:
     if ev is None:
         return ["no intervals or controls were measured: these figures cannot be told apart from noise "
                 "(measure with control= / unseen= and bootstrap > 0)."]
-    total = len(report.layers)
     lines = [_verdict_line(ev)]
     if report.has_reference:
         if ev.has("excess_p"):
-            lines.append(_test_line(ev, "excess", "LayerMem: candidates > control", total, ("control",), "excess"))
+            lines.append(_test_line(ev, "excess", "LayerMem: candidates > control"))
         elif ev.has("excess_unseen_p"):
             lines.append("LayerMem: no control set; compared with the unseen images only (below).")
         else:
             lines.append("LayerMem: no control set — these values include the offset between the two encoders and "
                          "show no memorization by themselves: pass control= (images both encoders trained on).")
         if ev.has("excess_unseen_p"):
-            lines.append(_test_line(ev, "excess_unseen", "LayerMem: candidates > unseen", total, ("unseen",), "excess_unseen"))
+            lines.append(_test_line(ev, "excess_unseen", "LayerMem: candidates > unseen"))
     if ev.has("align_gap"):
         lines.append(align_verdict(report))
     if ev.has("membership"):
         if ev.has("membership_p"):
             lines.append(_test_line(ev, "membership", "UnitMem: units' μmax image is a training image more often than "
-                                    "chance", total, ("unseen",), None))
+                                    "chance"))
         if ev.has("unit_mem_excess_p"):
-            lines.append(_test_line(ev, "unit_mem_excess", "UnitMem: higher on candidates than on unseen images", total,
-                                    ("unseen",), "unit_mem_excess"))
+            lines.append(_test_line(ev, "unit_mem_excess", "UnitMem: higher on candidates than on unseen images"))
     else:
         lines.append("UnitMem: no unseen set — UnitMem alone cannot tell memorization from selectivity for atypical "
                      "images: pass unseen= (images the encoder never trained on).")
@@ -170,12 +142,11 @@ def align_verdict(report: SummarySource) -> str:
     """The reference-free verdict: at how many layers ``f`` aligns the candidates' views more tightly."""
     ev = report.evidence
     assert ev is not None
-    total = len(report.layers)
     if not ev.has("align_gap_p"):
         return "f alone (no reference): alignment gap measured without a test (bootstrap=0)."
     sig = ev.significant_layers("align_gap")
     line = _test_line(ev, "align_gap", "f alone (no reference): the candidates' views align more tightly than unseen "
-                      "images'", total, ("unseen",), "align_gap")
+                      "images'")
     if sig and ev.has("excess_unseen_p"):
         both = [layer for layer in sig if layer in ev.significant_layers("excess_unseen")]
         line += f" With g, C − unseen is significant at {len(both)} of these."

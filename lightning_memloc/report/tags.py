@@ -1,10 +1,7 @@
-"""Logged tag names, defined once: every ``memloc...`` tag the callbacks write is built here.
+"""Every ``memloc...`` tag the callbacks log (a public contract: TensorBoard, ``history.json``, the plots).
 
-The names are a public contract (TensorBoard, ``history.json``, ``callback_metrics``, the plots). TensorBoard
-sections by the first ``/`` component: per-layer scalars ``memloc.<quantity>/<layer>``, per-layer runs
-``memloc_layers/<NN>_<layer>`` writing ``memloc.<quantity>``, histograms ``memloc.unit_mem/<layer>``, the
-summary ``memloc/...``; a named monitor's root is ``memloc-<name>``. A new per-layer quantity is one entry
-in :data:`QUANTITIES`.
+Per-layer scalars ``memloc.<quantity>/<layer>`` (a new quantity is one entry in :data:`QUANTITIES`), per-layer runs
+``memloc_layers/<NN>_<layer>``, the summary ``memloc/...``; a named monitor's root is ``memloc-<name>``.
 
 Example:
     >>> scalar_tag("layer_mem", "conv1"), by_layer_tag("layer_mem"), hist_tag("conv1"), knn_tag(20)
@@ -18,12 +15,11 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-__all__ = [
-    "EVIDENCE_QUANTITIES", "FIGURE_NAMES", "HIST_QUANTITY", "IMAGE_NAMES", "LABEL_QUANTITIES", "LAYER_QUANTITIES", "LAYER_RUNS_FOLDER",
-    "MARGINS", "PREFIX", "QUANTITIES", "Quantity", "REFERENCE_QUANTITIES", "SCALAR_QUANTITIES", "SEPARATOR",
-    "UNIT_QUANTITIES", "by_layer_tag", "check_name", "figure_tag", "hist_tag", "image_tag", "knn_tag", "named_layout", "named_scalars", "named_tag", "parse_scalar_tag", "scalar_tag",
-    "significant_tag", "summary_tag", "upgrade_tag", "verdict_tag",
-]
+__all__ = ["EVIDENCE_QUANTITIES", "FIGURE_NAMES", "HIST_QUANTITY", "IMAGE_NAMES", "LABEL_QUANTITIES",
+           "LAYER_QUANTITIES", "LAYER_RUNS_FOLDER", "MARGINS", "PREFIX", "QUANTITIES", "Quantity",
+           "REFERENCE_QUANTITIES", "SCALAR_QUANTITIES", "SEPARATOR", "UNIT_QUANTITIES", "by_layer_tag", "check_name",
+           "figure_tag", "hist_tag", "image_tag", "knn_tag", "named_layout", "named_scalars", "named_tag",
+           "parse_scalar_tag", "scalar_tag", "significant_tag", "summary_tag", "upgrade_tag", "verdict_tag"]
 
 #: Root of every tag (``memloc-<name>`` for a named monitor).
 PREFIX = "memloc"
@@ -31,10 +27,11 @@ PREFIX = "memloc"
 SEPARATOR = "."
 LAYER_RUNS_FOLDER = f"{PREFIX}_layers"
 IMAGE_NAMES = ("most_memorized", "least_memorized")
-#: Section of the UnitMem histograms (``memloc.unit_mem/<layer>``).
 HIST_QUANTITY = "unit_mem"
 #: Figures logged at every measurement: the profile by depth, and layer × measurement heat maps.
 FIGURE_NAMES = ("profile", "profile_over_training")
+_OLD = re.compile(r"^(memloc(?:-[A-Za-z0-9][A-Za-z0-9_.-]*)?)/([a-z_]+)/([^/]+)$")  # the former per-layer tags
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Quantity(NamedTuple):
@@ -79,20 +76,15 @@ QUANTITIES: Dict[str, Quantity] = {
 }
 
 
-def _expand(name: str, quantity: Quantity) -> Tuple[str, ...]:
-    return (name,) + ((f"{name}_lo", f"{name}_hi") if quantity.interval else ()) + \
-        ((f"{name}_p", f"{name}_p_holm", f"{name}_lb") if quantity.test else ())
-
-
 #: Every ``memloc.<quantity>/<layer>`` quantity: each of :data:`QUANTITIES` with its bounds and p-values.
-SCALAR_QUANTITIES = tuple(key for name, quantity in QUANTITIES.items() for key in _expand(name, quantity))
-#: Where the non-evidence values come from: report fields (with a reference), the UnitMem summaries, labels.
+SCALAR_QUANTITIES = tuple(key for name, q in QUANTITIES.items() for key in (
+    name, *((f"{name}_lo", f"{name}_hi") if q.interval else ()),
+    *((f"{name}_p", f"{name}_p_holm", f"{name}_lb") if q.test else ())))
 REFERENCE_QUANTITIES = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least")
 UNIT_QUANTITIES = ("unit_mem_mean", "unit_mem_frac_above", "dead_units")
 LABEL_QUANTITIES = ("class_mem_mean",)
 #: Keys an :class:`~lightning_memloc.report.evidence.Evidence` record may hold (every quantity but the UnitMem / label summaries).
 EVIDENCE_QUANTITIES = tuple(q for q in SCALAR_QUANTITIES if q not in UNIT_QUANTITIES[1:] + LABEL_QUANTITIES)
-#: Quantities written into each per-layer run: all of them.
 LAYER_QUANTITIES = SCALAR_QUANTITIES
 
 #: Margin charts (value, lower, upper) of every quantity with an interval, titled by its label.
@@ -135,14 +127,8 @@ def knn_tag(k: int, prefix: str = PREFIX) -> str:
     return summary_tag(f"knn_acc_k{k}", prefix)
 
 
-def image_tag(name: str, prefix: str = PREFIX) -> str:
-    """``memloc/<name>``, ``name`` one of :data:`IMAGE_NAMES`."""
-    return summary_tag(name, prefix)
-
-
-def figure_tag(name: str, prefix: str = PREFIX) -> str:
-    """``memloc/<name>``, ``name`` one of :data:`FIGURE_NAMES`."""
-    return summary_tag(name, prefix)
+#: ``memloc/<name>`` of an image (``name`` in :data:`IMAGE_NAMES`) or a figure (in :data:`FIGURE_NAMES`).
+image_tag = figure_tag = summary_tag
 
 
 def parse_scalar_tag(tag: str, prefix: str = PREFIX) -> Optional[Tuple[str, str]]:
@@ -154,18 +140,12 @@ def parse_scalar_tag(tag: str, prefix: str = PREFIX) -> Optional[Tuple[str, str]
     return quantity, layer
 
 
-_OLD = re.compile(r"^(memloc(?:-[A-Za-z0-9][A-Za-z0-9_.-]*)?)/([a-z_]+)/([^/]+)$")
-
-
 def upgrade_tag(tag: str) -> str:
     """A per-layer tag ``memloc/<quantity>/<layer>`` of the former scheme as ``memloc.<quantity>/<layer>``."""
     match = _OLD.match(tag)
     if match is None or match.group(2) not in SCALAR_QUANTITIES:
         return tag
     return scalar_tag(match.group(2), match.group(3), match.group(1))
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def check_name(name: Optional[str]) -> Optional[str]:

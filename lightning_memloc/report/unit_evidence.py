@@ -1,13 +1,13 @@
 """UnitMem's evidence: the interval of mean UnitMem, UnitMem seen − unseen and the argmax membership test.
 
-The negative policy is applied to the candidates alone for their UnitMem, and once over the pool
-candidates ∪ unseen for the comparisons (one shared zero; per-group shifts inflate false positives).
+The negative policy runs on the candidates alone for their UnitMem, and once over candidates ∪ unseen for the
+comparisons (one shared zero; per-group shifts inflate false positives).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -15,11 +15,9 @@ from torch import Tensor
 from lightning_memloc.functional.statistics import (bootstrap_indices, membership_test, standard_error_interval,
                                                   weighted_mean_unitmem)
 from lightning_memloc.functional.unitmem import apply_negative_policy, unitmem
-from lightning_memloc.report.layer_evidence import Nulls
+from lightning_memloc.report.layer_evidence import Nulls, Record
 
 __all__ = ["TEST_NAMES", "median_unitmem_resamples", "policy_means", "unit_mem_evidence"]
-
-Record = Dict[str, Optional[float]]
 #: How each UnitMem family is tested (recorded in ``Evidence.meta["tests"]``).
 TEST_NAMES = {"membership": "permutation of the seen / unseen labels over the images; tied units split their credit",
               "unit_mem_excess": "permutation of the seen / unseen labels over equal-size samples of the images"}
@@ -35,9 +33,7 @@ def policy_means(layer: str, mu: Tensor, negative: str) -> Tensor:
 
 def _unitmem_resamples(mu: Tensor, weights: Tensor, reduction: str) -> Tensor:
     """Mean UnitMem per multiset (rows of ``weights``, equal row sums), batched on ``mu``'s device."""
-    if reduction == "mean":
-        return weighted_mean_unitmem(mu, weights)
-    return median_unitmem_resamples(mu, weights)
+    return (weighted_mean_unitmem if reduction == "mean" else median_unitmem_resamples)(mu, weights)
 
 
 def median_unitmem_resamples(mu: Tensor, weights: Tensor, max_elements: int = 1 << 24) -> Tensor:
@@ -80,18 +76,12 @@ def _counts(index: Tensor, n: int, device: torch.device) -> Tensor:
 
 def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Optional[Mapping[str, Tensor]],
                       reduction: str, negative: str, options: Any, records: Dict[str, Record], nulls: Nulls) -> None:
-    """Fill ``records`` (in place) with mean UnitMem's interval and, with an unseen set, the tests.
+    """Fill ``records`` with mean UnitMem's interval and, with ``mu_unseen``, the tests (their null in ``nulls``).
 
-    Args:
-        mu: layer -> ``(N, U)`` candidates' raw mean activations (before the negative policy).
-        mu_unseen: layer -> ``(M, U)`` unseen images' raw mean activations, or ``None``.
-        options: :class:`~lightning_memloc.report.evidence.EvidenceOptions`.
-        nulls: filled with the UnitMem seen − unseen null.
+    ``mu`` / ``mu_unseen``: layer -> ``(N, U)`` / ``(M, U)`` raw mean activations (before the negative policy).
     """
     boot, seed = options.bootstrap, options.seed
-    excess_layers: List[str] = []
-    estimates: List[float] = []
-    null_rows: List[Tensor] = []
+    excess: List[Tuple[str, float, Tensor]] = []  # layer, estimate, null
     for li, layer in enumerate(layers):
         rec = records[layer]
         m = policy_means(layer, mu[layer], negative)
@@ -130,9 +120,8 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
         first = torch.zeros(boot, 2 * size, dtype=torch.float64, device=m.device).scatter_(1, perms[:, :size], 1.0)
         null = _unitmem_resamples(both, first, reduction) - _unitmem_resamples(both, 1.0 - first, reduction)
         rec["unit_mem_excess_p"] = (1.0 + float((null >= a - b - 1e-12).sum())) / (1.0 + boot)
-        excess_layers.append(layer)
-        estimates.append(a - b)
-        null_rows.append(null.cpu())
-    if excess_layers:
+        excess.append((layer, a - b, null.cpu()))
+    if excess:
+        names, estimates, null_rows = zip(*excess)
         est = torch.tensor(estimates, dtype=torch.float64)
-        nulls["unit_mem_excess"] = (excess_layers, est, torch.ones_like(est), torch.stack(null_rows, dim=1))
+        nulls["unit_mem_excess"] = (list(names), est, torch.ones_like(est), torch.stack(null_rows, dim=1))

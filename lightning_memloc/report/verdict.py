@@ -1,8 +1,4 @@
-"""One verdict per measurement: is there memorization, at a stated family-wise error rate?
-
-Holm's step-down correction runs once over every test × layer of :data:`VERDICT_TESTS` (each family
-Holm-corrected alone, their OR fired in 15.5 % of null runs at α = 0.05). With ``m`` permutation tests of
-``B`` resamples the smallest Holm p is ``m / (B + 1)``; the verdict records whether it reaches α.
+"""One verdict per measurement: Holm over every test × layer of :data:`VERDICT_TESTS`, at a stated error rate.
 
 Example:
     >>> records = {"a": {"excess_p": 0.001, "membership_p": 0.2}, "b": {"excess_p": 0.03, "membership_p": 0.5}}
@@ -30,13 +26,11 @@ def _valid(p: Any) -> bool:
 
 def overall_verdict(records: Mapping[str, MutableMapping[str, Optional[float]]], alpha: float, bootstrap: int,
                     tests: Sequence[str] = VERDICT_TESTS) -> Dict[str, Any]:
-    """Holm over every ``<test>_p`` of ``records`` (layer -> record); writes each ``<test>_p_holm`` in place.
-
-    ``None`` / NaN p-values are left out of the family; ``bootstrap`` (0: none) gives the attainable minimum.
+    """Holm over every ``<test>_p`` of ``records`` (None / NaN left out); writes each ``<test>_p_holm`` in place.
 
     Returns:
-        ``{"memorization" (None when nothing was tested), "method", "alpha", "family_size", "tests",
-        "layers": test -> significant layers, "min_p_holm", "min_attainable_p_holm", "attainable"}``.
+        ``{"memorization" (None: nothing tested), "method", "alpha", "family_size", "tests", "layers": test ->
+        significant layers, "min_p_holm", "min_attainable_p_holm" (from ``bootstrap``), "attainable"}``.
     """
     keys: List[Tuple[str, str]] = []
     for test in tests:
@@ -53,25 +47,18 @@ def overall_verdict(records: Mapping[str, MutableMapping[str, Optional[float]]],
               for test in present}
     m = len(keys)
     floor = min(1.0, m / (bootstrap + 1)) if m and bootstrap else None
-    return {
-        "memorization": any(layers.values()) if m else None,
-        "method": f"Holm over every test x layer ({m} tests), family-wise error <= {alpha:g}",
-        "alpha": alpha,
-        "family_size": m,
-        "tests": present,
-        "layers": layers,
-        "min_p_holm": min((p for p in adjusted if p is not None), default=None),
-        "min_attainable_p_holm": floor,
-        "attainable": None if floor is None else floor <= alpha,
-    }
+    return {"memorization": any(layers.values()) if m else None,
+            "method": f"Holm over every test x layer ({m} tests), family-wise error <= {alpha:g}",
+            "alpha": alpha, "family_size": m, "tests": present, "layers": layers,
+            "min_p_holm": min((p for p in adjusted if p is not None), default=None),
+            "min_attainable_p_holm": floor, "attainable": None if floor is None else floor <= alpha}
 
 
 def min_bootstrap_for(family_size: int, alpha: float) -> int:
-    """Smallest ``bootstrap`` whose smallest Holm p, ``m / (B + 1)``, reaches ``alpha``.
+    """Smallest ``bootstrap`` whose smallest Holm p over ``m`` tests, ``m / (B + 1)``, reaches ``alpha``.
 
     Example:
         >>> min_bootstrap_for(32, 0.05)
         639
     """
     return max(0, math.ceil(family_size / alpha - 1 - 1e-9))
-
