@@ -166,7 +166,8 @@ class MemorizationReport:
             out[name] = None if getattr(self, name) is None else getattr(self, name).tolist()
         out["meta"] = self.meta
         out["evidence"] = None if self.evidence is None else self.evidence.to_dict()
-        return {**out, "analyses": self.analyses}
+        out["analyses"] = self.analyses
+        return out
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "MemorizationReport":
@@ -209,11 +210,13 @@ class MemorizationReport:
         for layer in self.layers:
             if self.unit_mem[layer].shape != self.unit_argmax[layer].shape or self.unit_mem[layer].shape != self.dead_units[layer].shape:
                 raise ReportFormatError(f"unit arrays of layer {layer!r} differ in length.")
-            for name in ("sslmem", "sslmem_raw", *_FLOAT_DICTS):
+            for name in ("sslmem", "sslmem_raw"):
                 value = getattr(self, name)
-                if value is not None and name in _TENSOR_DICTS and value[layer].shape != (n,):
+                if value is not None and value[layer].shape != (n,):
                     raise ReportFormatError(f"`{name}[{layer!r}]` has shape {tuple(value[layer].shape)}, expected ({n},).")
-                if value is not None and name in _FLOAT_DICTS and not math.isfinite(value[layer]):
+            for name in _FLOAT_DICTS:
+                value = getattr(self, name)
+                if value is not None and not math.isfinite(value[layer]):
                     raise ReportFormatError(f"`{name}[{layer!r}]` is not finite.")
         if self.evidence is not None and set(self.evidence.layers) != set(self.layers):
             raise ReportFormatError(f"`evidence` has layers {sorted(self.evidence.layers)}, expected {sorted(self.layers)}.")
