@@ -1,12 +1,28 @@
 """Fixtures shared by the test files (plain helper functions are in ``helpers.py``)."""
 
 import os
+import random
+import zlib
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import mixed_encoder
 from lightning_memloc.models import TinyCNN
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """Each test draws from generators seeded by its own name, not from what earlier tests left.
+
+    Without it a test's random inputs depend on the order the suite runs in, and a tolerance that
+    holds for most draws fails now and then (seen in test_fidelity's per-view BatchNorm check).
+    """
+    seed = zlib.crc32(request.node.nodeid.encode())
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 @pytest.fixture(autouse=True)

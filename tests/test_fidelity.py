@@ -113,8 +113,8 @@ def test_per_view_batchnorm_equals_train_mode_batch_of_one(one_thread) -> None:
     literal = copy.deepcopy(model).train()
     for i in range(3):
         one = _taps(literal, x[i:i + 1])
-        for n in NAMES:
-            assert torch.allclose(batched[n][i:i + 1], one[n], atol=1e-5), (i, n)
+        for n in NAMES:  # float32 round-off through 8 normalisations: worst 5.3e-5 over 300 random draws
+            assert torch.allclose(batched[n][i:i + 1], one[n], atol=2e-4), (i, n)
     eval_taps = _taps(model, x)
     assert not torch.allclose(eval_taps["prep"], batched["prep"])  # the quirk changes the numbers
 
