@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional, Protocol
 
 from lightning_memloc.report.evidence import Evidence, halfwidths
 
-if TYPE_CHECKING:  # the report imports this module
-    from lightning_memloc.report.report import MemorizationReport as SummarySource
+
+class SummarySource(Protocol):
+    """What the table reads of a :class:`~lightning_memloc.MemorizationReport` (which imports this module)."""
+
+    layers: List[str]
+    layer_kinds: Dict[str, str]
+    layer_mem: Optional[Dict[str, float]]
+    delta_layer_mem: Optional[Dict[str, float]]
+    layer_mem_top: Optional[Dict[str, float]]
+    layer_mem_least: Optional[Dict[str, float]]
+    evidence: Optional[Evidence]
+
+    @property
+    def has_reference(self) -> bool: ...
+    def unit_mem_mean(self) -> Dict[str, float]: ...
+    def unit_mem_frac_above(self, threshold: float = 0.5) -> Dict[str, float]: ...
+    def num_dead_units(self) -> Dict[str, int]: ...
 
 __all__ = ["align_verdict", "format_summary", "verdict_lines"]
 
