@@ -287,3 +287,22 @@ def test_calibration_benchmark_quick_runs_every_table():
         assert f"## {title}" in out.stdout
     assert "| normal, 40 / 40 / 40 | 200 |" in out.stdout and "(unattainable)" in out.stdout
     assert "| lognormal, 80 / 10 / 10 (8:1) | 1000 |" in out.stdout
+
+
+@pytest.mark.slow
+def test_real_data_calibration_benchmark_quick_runs():
+    """The smoke run of benchmarks/verdict_calibration_real.py (digits, no training): one table, rates in [0, 1]."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "verdict_calibration_real.py"
+    out = subprocess.run([sys.executable, str(script), "--data", "digits", "--quick"], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| untrained ResNet9 pair #0 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["40 / 40 / 40", "80 / 10 / 10"]
+    for row in rows:
+        rates = [float(cell) for cell in row.strip(" |").split(" | ")[2:]]
+        assert len(rates) == 6 and all(0.0 <= r <= 1.0 for r in rates)
