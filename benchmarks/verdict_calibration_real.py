@@ -28,14 +28,13 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from lightning_memloc import BatchedSimCLRAugment
 from lightning_memloc.data import load_data
 from lightning_memloc.measurement import build_views, run_pass
 from lightning_memloc.models import ResNet9
-from lightning_memloc.models.ssl import SimCLR
 from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
 from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.taps.probe import probe_layers
+from reference_free_calibration import train_simclr  # the same SimCLR recipe (benchmarks/ is on sys.path)
 
 Measured = Tuple[List[str], Dict[str, Tensor], Dict[str, Tensor], Dict[str, Tensor]]  # layers, mu, raw, align_f
 FAMILIES = ("excess", "excess_unseen", "membership", "unit_mem_excess", "align_gap")
@@ -49,22 +48,6 @@ def measure_pool(f: torch.nn.Module, g: torch.nn.Module, pool: Tensor, views: in
     run_pass(f, g, view_set, specs, meter, batch_size=64)
     raw, align = meter.alignments(sslmem=True, encoder=True)
     return [s.name for s in specs], meter.unit_means(raw=True), raw, align  # type: ignore[return-value]
-
-
-def train_simclr(images: Tensor, width: int, steps: int, seed: int) -> torch.nn.Module:
-    """A SimCLR ResNet9 backbone trained on ``images`` (batches of 64, Adam 1e-3)."""
-    torch.manual_seed(seed)
-    model = SimCLR.resnet9(in_channels=images.shape[1], width=width, augment=BatchedSimCLRAugment(images.shape[-1]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        batch = images[torch.randint(0, len(images), (64,), generator=g)]
-        loss = model.training_loss((batch, torch.zeros(len(batch))))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.backbone.eval()
 
 
 def null_rates(measured: Measured, sizes: Tuple[int, int, int], splits: int, bootstrap: int,
