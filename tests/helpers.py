@@ -9,10 +9,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
-from datetime import timedelta
 import io
 import sys
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
