@@ -12,8 +12,6 @@ from lightning_memloc.plots.profile import profile_figure
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import FIGURE_NAMES, figure_tag, summary_tag
 
-__all__ = ["WARMUP_NOTE", "log_figures", "log_warmup", "steps_per_epoch", "warmup_end_step", "warmup_text"]
-
 #: Summary name of the text saying where the learning-rate warm-up ends.
 WARMUP_NOTE = "lr_warmup"
 

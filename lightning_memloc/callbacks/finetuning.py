@@ -20,8 +20,6 @@ from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.taps.producers import count_parameters, trainable_map
 from lightning_memloc.report.selection import LAYER_SCORES, LAYER_STRATEGIES, layer_score, select_layers
 
-__all__ = ["MemorizationFinetuning"]
-
 HeadSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]], None]
 _AUTO_WHY = {"excess": "the report measured a control", "layer_mem": "the report has a reference but no control",
              "align_gap": "the report has unseen images but no reference", "unit_mem": "the report has no reference"}

@@ -7,8 +7,6 @@ from typing import Any, List, Optional, Tuple
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["TrainableState", "started_training"]
-
 
 class TrainableState:
     """``requires_grad``, train/eval mode and BatchNorm ``track_running_stats`` of a model, by object.

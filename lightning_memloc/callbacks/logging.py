@@ -16,7 +16,6 @@ from lightning_memloc.report.tags import (HIST_QUANTITY, LABEL_QUANTITIES, LAYER
                                           QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag, hist_tag, image_tag,
                                           named_layout, named_scalars, named_tag, scalar_tag, significant_tag, verdict_tag)
 
-__all__ = ["LAYER_QUANTITIES", "LayerRunWriters", "MARGINS", "MonitorLoggers", "PREFIX", "custom_scalar_layout", "evidence_scalars", "image_grids", "layer_run_name", "log_tensorboard", "report_scalars"]  # MARGINS, PREFIX: defined in lightning_memloc.report.tags
 #: Evidence-chart quantities (when the report's evidence has them): every tested quantity and its Holm p-value.
 _EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")) + ("unit_mem_unseen",)
 

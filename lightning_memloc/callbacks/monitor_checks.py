@@ -19,8 +19,6 @@ from lightning_memloc.models.loading import split_prefix
 from lightning_memloc.checks.module_digest import UnkeyableModuleError, settings_digest
 from lightning_memloc.states.reference_cache import tensor_digest
 
-__all__ = ["FINGERPRINT_EXEMPT", "MARKER", "adopt", "check_checkpoint_states", "check_no_foreign_files", "check_owner", "check_same_fingerprint", "check_schedule", "final_epoch_due", "claim_output_dir", "encoder_hint", "fingerprint", "is_checkpoint_path", "module_identities", "reference_hint", "release_output_dir", "show_progress", "step_due"]
-
 #: The file naming the run that owns a monitor's ``output_dir``.
 MARKER = "memloc_run.json"
 _CLAIMS: Dict[str, "weakref.ref[Any]"] = {}

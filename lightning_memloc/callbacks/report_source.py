@@ -14,8 +14,6 @@ from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.selection import resolve_report
 
-__all__ = ["EVIDENCE_POLICIES", "MONITOR_REFERENCE", "ModuleSpec", "ReportSource", "check_epoch_in_run", "check_k_layers", "check_module_spec", "evidence_problem", "find_monitor", "gate", "is_monitor_reference", "monitor_layers", "resolve_encoder", "test_for"]
-
 ModuleSpec = Union[str, nn.Module, Callable[[pl.LightningModule], nn.Module], None]
 
 

@@ -24,8 +24,6 @@ from lightning_memloc.io import atomic_write_text, check_writable_dir
 from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.report.tags import PREFIX, by_layer_tag, check_name, knn_tag, named_scalars, named_tag
 
-__all__ = ["UtilityMonitor", "embed", "gather_rows", "knn_tag", "utility_layout"]
-
 
 def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, Dict[str, List[Any]]]:
     r"""TensorBoard custom-scalars charts that put kNN accuracy beside LayerMem and its excess.

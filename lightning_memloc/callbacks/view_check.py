@@ -12,8 +12,6 @@ from lightning_memloc.checks import check_choice
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.views.stats import ViewStatistics, channel_sums, mismatch, sample_statistics, statistics_from_sums
 
-__all__ = ["CHECK_STEPS", "CHECK_VIEWS", "TrainingInputs", "ViewCheck"]
-
 #: ``check_views=`` choices: warn (the default), raise, or do not look.
 CHECK_VIEWS = ("warn", "error", "off")
 #: Training batches whose encoder inputs are compared with the views.

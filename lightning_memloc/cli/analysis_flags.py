@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from lightning_memloc.cli.argtypes import nonnegative_int, positive_int
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["add_analysis_arguments", "check_analysis_arguments", "run_cli_analyses"]
-
 
 def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``--analyses`` group to ``memloc analyze`` (counts are checked by argparse, at parse time)."""

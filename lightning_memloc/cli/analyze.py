@@ -17,8 +17,6 @@ from lightning_memloc.cli.zoo import build_model
 from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError, MemlocError
 from lightning_memloc.options import MeasureOptions
 
-__all__ = ["MEASURE_FLAGS", "analyze", "measure_kwargs"]
-
 #: ``measure()`` keyword arguments set from the flag of the same name (``top_k`` from ``--top-k``).
 MEASURE_FLAGS = MeasureOptions.keywords()
 

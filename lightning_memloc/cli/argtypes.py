@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any, Union
 
-__all__ = ["bootstrap_count", "nonnegative_int", "normalize_spec", "positive_int", "probability", "seed", "split_size"]
-
 
 def _int_at_least(low: int, what: str) -> Any:
     """An argparse ``type``: an integer >= ``low``."""

@@ -14,8 +14,6 @@ from lightning_memloc.cli.cli_error import FILE_ERRORS, as_cli_error
 from lightning_memloc.cli.zoo import DEFAULT_WIDTH
 from lightning_memloc.errors import AmbiguousPrefixError, ArchitectureMismatchError
 
-__all__ = ["load_checkpoint"]
-
 
 def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:
     """How a checkpoint differs from ``model``: the first tensor of another shape and the first conv's channels."""

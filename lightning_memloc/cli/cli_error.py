@@ -16,8 +16,6 @@ from typing import Iterator, Tuple
 
 from lightning_memloc.errors import MemlocError
 
-__all__ = ["CLIError", "FILE_ERRORS", "VALUE_ERRORS", "as_cli_error"]
-
 #: Errors of a path argument (missing, not writable, not a checkpoint of this library).
 FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, MemlocError)
 #: Errors of any argument's value.

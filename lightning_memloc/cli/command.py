@@ -10,8 +10,6 @@ from lightning_memloc.cli.cli_error import FILE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.parser import build_parser
 from lightning_memloc.cli.plot import plot
 
-__all__ = ["main"]
-
 
 def _demo(argv: Sequence[str]) -> int:
     try:

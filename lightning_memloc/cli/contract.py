@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Dict
 
-__all__ = ["FLAG_EXCEPTIONS", "MEASURE_EXCEPTIONS", "MONITOR_EXCEPTIONS"]
-
 #: ``measure()`` keywords without a ``memloc analyze`` flag of the same name and default, and why.
 MEASURE_EXCEPTIONS: Dict[str, str] = {
     "labels": "a tensor in measure(); the switch --labels reads the labels of --data",

@@ -8,8 +8,6 @@ from typing import Any, Optional
 
 from lightning_memloc.report.evidence import MIN_BOOTSTRAP
 
-__all__ = ["validate_args"]
-
 # (attribute, flag, lowest allowed value, why) for integer options; a missing attribute is skipped.
 _INT_RULES = (
     ("epochs", "--epochs", 1, "train for at least one epoch"),

@@ -22,8 +22,6 @@ from torch import Tensor, nn
 
 from lightning_memloc.io import PathLike, atomic_write_bytes, atomic_write_text
 
-__all__ = ["FILES", "round_trip_commands", "write_round_trip"]
-
 #: The files of the round trip, by role.
 FILES = {"data": "data.npz", "split": "split.json", "encoder": "encoder.pt", "reference": "reference.pt",
          "commands": "analyze.sh"}

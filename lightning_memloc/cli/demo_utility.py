@@ -8,8 +8,6 @@ from torch import Tensor
 
 from lightning_memloc.report.tags import knn_tag
 
-__all__ = ["demo_utility", "knn_change", "knn_table"]
-
 
 def demo_utility(images: Tensor, labels: Tensor, split: Any, every_n_epochs: int, ks: Sequence[int] = (20, 200),
                  held_out: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Optional[Any], str]:

@@ -14,9 +14,6 @@ from torch import Tensor
 from lightning_memloc.cli.cli_error import VALUE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.argtypes import split_size
 
-__all__ = ["INDEX_KEYS", "images_checksum", "load_cli_data", "match_channels", "read_indices_file",
-           "select_candidates", "select_groups"]
-
 #: The list a ``.json`` dict of indices gives each flag (the keys of the demo's ``split.json``).
 INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "unseen"}
 

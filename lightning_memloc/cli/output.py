@@ -27,8 +27,6 @@ from typing import Any, FrozenSet, Iterator, List, Optional, Sequence
 from lightning_memloc.cli.cli_error import as_cli_error, CLIError, FILE_ERRORS
 import torch
 
-__all__ = ["LOCK_NAME", "STAGING_PREFIX", "StagedOutput", "analysis_files", "check_out", "deferred_interrupt", "lock_folder", "parse_device"]
-
 #: The lock file a run holds in its output folder (left in place, empty, when the run ends).
 LOCK_NAME = ".memloc.lock"
 #: Prefix of the hidden staging folder a run writes into before it moves its files into place.

@@ -10,8 +10,6 @@ from lightning_memloc.cli.argtypes import bootstrap_count, nonnegative_int, norm
 from lightning_memloc.cli.zoo import ARCHS
 from lightning_memloc.options import MeasureOptions
 
-__all__ = ["DESCRIPTION", "build_parser"]
-
 #: The description ``memloc --help`` prints.
 DESCRIPTION = "The ``memloc`` command: measure memorization of saved encoders and draw the figures."
 

@@ -13,8 +13,6 @@ from lightning_memloc.cli.output import check_out
 from lightning_memloc.cli.cli_error import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.images import images_checksum, load_cli_data, select_candidates
 
-__all__ = ["plot"]
-
 _SELECTION_FLAGS = (("indices_from_split", "--indices-from-split"), ("indices", "--indices"),
                     ("candidates", "--candidates"))
 

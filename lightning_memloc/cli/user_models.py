@@ -11,8 +11,6 @@ from torch import nn
 
 from lightning_memloc.cli.cli_error import CLIError
 
-__all__ = ["add_model_args", "import_object", "user_encoders", "user_transform"]
-
 
 def add_model_args(group: Any) -> None:
     """Add ``--model``, ``--model-kwargs``, ``--lightning-module``, ``--encoder-attr``, ``--reference-attr``."""

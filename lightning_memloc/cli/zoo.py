@@ -7,8 +7,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["ARCHS", "DEFAULT_WIDTH", "build_model"]
-
 #: ``--arch`` choices: the paper's ResNet9, torchvision's ResNet-18 (ImageNet stem, or the CIFAR stem:
 #: 3×3 stride-1 first conv, no max-pool) without its classifier, and the test encoder TinyCNN.
 ARCHS = ("resnet9", "authors-resnet9", "resnet18", "resnet18-cifar", "tiny")
