@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import nullcontext
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -27,8 +28,6 @@ from lightning_memloc.reductions.baseline import INIT_BATCHNORM, recalibrated_ba
 from lightning_memloc.states.distributed import rank_zero_buffers
 from lightning_memloc.states.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measurement import Measurement
-from lightning_memloc.report.evidence import EvidenceOptions
-from lightning_memloc.views.seeded import SeededViews
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.states.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import DEFAULT, MeasureOptions, option_property, options_doc
@@ -121,7 +120,7 @@ class MemorizationMonitor(Callback):
         self.memory_limit = check_memory_limit(memory_limit)
         if not isinstance(overwrite, bool):
             raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
-        self.overwrite, self._run_id, self._candidates_digest = overwrite, os.urandom(8).hex(), None
+        self.overwrite, self._run_id = overwrite, os.urandom(8).hex()
         self._foreign_files: List[str] = []  # another run's files in output_dir (refused in on_fit_start)
         self.every_n_epochs, self.layers = every_n_epochs, layers
         self.encoder_spec, self.reference_spec = encoder, reference
@@ -138,20 +137,10 @@ class MemorizationMonitor(Callback):
         self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
 
-    @property
-    def views(self) -> SeededViews:
-        """The candidates' seeded views (of :attr:`measurement`)."""
-        return self.measurement.views
-
-    @property
-    def pool(self) -> SeededViews:
-        """The pooled views of a pass: candidates, then control and unseen images."""
-        return self.measurement.pool
-
-    @property
-    def group_sizes(self) -> Dict[str, int]:
-        """Sizes of the control / unseen sets, by name."""
-        return self.measurement.group_sizes
+    views = property(lambda self: self.measurement.views, doc="The candidates' seeded views (of :attr:`measurement`).")
+    pool = property(lambda self: self.measurement.pool,
+                    doc="The pooled views of a pass: candidates, then control and unseen images.")
+    group_sizes = property(lambda self: self.measurement.group_sizes, doc="Sizes of the control / unseen sets by name.")
 
     @property
     def options(self) -> MeasureOptions:
@@ -165,22 +154,15 @@ class MemorizationMonitor(Callback):
     batch_size, pairing, reduction, negative = (option_property(k) for k in ("batch_size", "pairing", "reduction", "negative"))
     top_k, num_workers, progress, autocast = (option_property(k) for k in ("top_k", "num_workers", "progress", "autocast"))
 
-    @property
-    def evidence_options(self) -> EvidenceOptions:
-        """How the report's intervals and tests are computed (from :attr:`options`)."""
-        return self.options.evidence
+    evidence_options = property(lambda self: self.options.evidence,
+                                doc="How the report's intervals and tests are computed (from :attr:`options`).")
+    run_id = property(lambda self: self._run_id, doc="The id of this run, written into ``output_dir``'s marker "
+                      "(a resumed run takes over its folder's).")
 
-    @property
-    def run_id(self) -> str:
-        """The id of this run, written into ``output_dir``'s marker (a resumed run takes over its folder's)."""
-        return self._run_id
-
-    @property
+    @cached_property
     def candidates_digest(self) -> str:
         """A digest of the candidate set (part of the resume fingerprint; computed once)."""
-        if self._candidates_digest is None:
-            self._candidates_digest = guard.candidates_digest(self.views)
-        return self._candidates_digest
+        return guard.candidates_digest(self.views)
 
     @property
     def layer_names(self) -> Optional[List[str]]:
