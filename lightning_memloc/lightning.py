@@ -63,9 +63,6 @@ def cotraining_loader(*args: Any, **kwargs: Any) -> _CombinedLoader:
     return _cotrain.cotraining_loader(*args, combined=_CombinedLoader, **kwargs)
 
 
-_BOUND = {"MemorizationMonitor", "MemorizationFinetuning", "MemorizationPruning", "UtilityMonitor", "CoTrainedPair",
-          "CoTrainingData", "cotraining_loader", "prune_units", "SimCLR", "PACKAGE"}
-_NEUTRAL = [name for name in _memloc.__all__ if name not in _BOUND]
-globals().update({name: getattr(_memloc, name) for name in _NEUTRAL})
+globals().update({name: getattr(_memloc, name) for name in _memloc.__all__ if name not in globals()})  # unbound ones
 
-__all__ = sorted(_BOUND | set(_NEUTRAL))
+__all__ = sorted({*_memloc.__all__, "PACKAGE", "SimCLR"})

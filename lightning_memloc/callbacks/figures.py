@@ -42,15 +42,6 @@ def warmup_end_step(module: Any, per_epoch: Optional[int]) -> Optional[int]:
     return None
 
 
-def warmup_text(module: Any, end: int) -> str:
-    """What ``memloc/lr_warmup`` says: where the warm-up ends and what it was read from."""
-    epochs = getattr(module, "warmup_epochs", None)
-    source = f"`warmup_epochs={epochs}`" if getattr(module, "warmup_steps", None) is None else \
-        f"`warmup_steps={module.warmup_steps}`"
-    return (f"The learning-rate warm-up ends at global step {end} ({source} of `{type(module).__name__}`); "
-            "the heat maps `memloc/profile_over_training` draw it as a dashed line.")
-
-
 def log_figures(writer: Any, report: MemorizationReport, history: Sequence[Mapping[str, Any]], step: int, *,
                 warmup_step: Optional[int] = None) -> None:
     """Log the profile of ``report`` and the heat maps of ``history`` as images at ``step``."""
@@ -63,5 +54,10 @@ def log_figures(writer: Any, report: MemorizationReport, history: Sequence[Mappi
 
 
 def log_warmup(writer: Any, module: Any, end: int, step: int) -> None:
-    """Write :func:`warmup_text` as ``memloc/lr_warmup``."""
-    writer.add_text(summary_tag(WARMUP_NOTE), warmup_text(module, end), global_step=step)
+    """Write where the warm-up ends, and what it was read from, as ``memloc/lr_warmup``."""
+    epochs = getattr(module, "warmup_epochs", None)
+    source = f"`warmup_epochs={epochs}`" if getattr(module, "warmup_steps", None) is None else \
+        f"`warmup_steps={module.warmup_steps}`"
+    writer.add_text(summary_tag(WARMUP_NOTE), f"The learning-rate warm-up ends at global step {end} ({source} of "
+                    f"`{type(module).__name__}`); the heat maps `memloc/profile_over_training` draw it as a dashed "
+                    "line.", global_step=step)

@@ -13,8 +13,8 @@ from torch.optim import Optimizer
 
 from lightning_memloc.callbacks.fit_state import TrainableState, started_training
 from lightning_memloc.callbacks.report_source import (EVIDENCE_POLICIES, ModuleSpec, ReportSource, check_epoch_in_run,
-                                                      check_k_layers, check_module_spec, gate, monitor_layers,
-                                                      resolve_encoder, test_for)
+                                                      check_module_spec, gate, monitor_layers, resolve_encoder,
+                                                      test_for)
 from lightning_memloc.checks import check_choice, check_int, check_layers_exist
 from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.taps.producers import count_parameters, trainable_map
@@ -136,10 +136,14 @@ class MemorizationFinetuning(BaseFinetuning):
                     gate(report, test_for(by), "error", f"fine-tuning the {self.k} layers by {by!r}")
                 chosen = select_layers(report, self.k, by=self.by, strategy=self.strategy, seed=self.seed)  # checks k / by
                 trainable_map(encoder, self.chosen_layers or chosen)  # a choice training nothing fails here
-            else:
-                check_k_layers(self.k, self.source)
+            else:  # "auto" layers before the monitor's setup: k is checked when the report is known
+                monitor = self.source.source
+                layers = getattr(monitor, "layer_names", None) or getattr(monitor, "layers", None)
+                if isinstance(layers, (list, tuple)) and 0 < len(layers) < self.k:
+                    raise ValueError(f"`k`={self.k} but the monitor measures {len(layers)} layers ({list(layers)}): "
+                                     f"pass k <= {len(layers)}.")
                 if self.chosen_layers is None:
-                    trainable_map(encoder, monitor_layers(self.source.source, encoder))  # any layer may be chosen
+                    trainable_map(encoder, monitor_layers(monitor, encoder))  # any layer may be chosen
             check_epoch_in_run(trainer, self.unfreeze_at_epoch, "unfreeze_at_epoch",
                                "the encoder would stay frozen for the whole run")
             self.source.check_in_time(trainer, self, self.unfreeze_at_epoch, "MemorizationFinetuning")

@@ -224,10 +224,6 @@ def has_tensorboard(logger: Any) -> bool:
     return all(callable(getattr(experiment, m, None)) for m in ("add_histogram", "add_image", "add_custom_scalars"))
 
 
-#: ``SummaryWriter`` methods whose first argument is a tag.
-_TAGGED = ("add_histogram", "add_image", "add_text", "add_scalar", "add_scalars")
-
-
 class NamedWriter:
     """A ``SummaryWriter`` view writing tags and layouts under a monitor's ``name`` (``memloc-<name>``)."""
 
@@ -236,7 +232,7 @@ class NamedWriter:
 
     def __getattr__(self, attribute: str) -> Any:
         method = getattr(self.writer, attribute)
-        if attribute not in _TAGGED:
+        if attribute not in ("add_histogram", "add_image", "add_text", "add_scalar", "add_scalars"):  # not a tagged method
             return method
         return lambda tag, *args, **kwargs: method(named_tag(tag, self.name), *args, **kwargs)
 

@@ -35,7 +35,24 @@ from lightning_memloc.reductions.precision import check_autocast
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import check_name, upgrade_tag
 
-class MemorizationMonitor(Callback):
+
+class ScheduledCallback(Callback):
+    """Calls ``_measure`` every ``every_n_epochs`` epochs or ``every_n_train_steps`` steps (no step twice)."""
+
+    def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The encoder measured inside ``pl_module`` (``encoder_spec``)."""
+        return unwrap_compiled(resolve_module(pl_module, self.encoder_spec, "encoder"))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if guard.step_due(self.every_n_train_steps, trainer.global_step, self.history):
+            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
+
+
+class MemorizationMonitor(ScheduledCallback):
     r"""Measure UnitMem / ClassMem / SSLMem / LayerMem on held-out candidates during training.
 
     Results: ``report`` (latest :class:`~lightning_memloc.MemorizationReport`), ``meter`` (its torchmetrics),
@@ -175,10 +192,6 @@ class MemorizationMonitor(Callback):
         return self._generate_state_key(every_n_epochs=self.every_n_epochs, seed=self.views.seed,
                                          num_candidates=len(self.views), **extra)
 
-    def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
-        """The encoder being monitored inside ``pl_module``."""
-        return unwrap_compiled(resolve_module(pl_module, self.encoder_spec, "encoder"))
-
     def reference(self, pl_module: pl.LightningModule) -> Optional[nn.Module]:
         """The reference encoder (``None`` without one)."""
         spec = self.reference_spec
@@ -231,12 +244,7 @@ class MemorizationMonitor(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self.view_check.step(trainer, pl_module, self)  # before a measurement of this step
-        if guard.step_due(self.every_n_train_steps, trainer.global_step, self.history):
-            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
+        super().on_train_batch_end(trainer, pl_module, *args)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last = guard.final_epoch_due(self.every_n_train_steps, trainer.current_epoch, trainer.global_step, self.history)

@@ -98,18 +98,14 @@ def resolve_encoder(pl_module: "pl.LightningModule", spec: ModuleSpec, source: R
     return resolve_module(pl_module, spec, "encoder")
 
 
-#: ``source=`` value naming the trainer's monitor; ``"monitor:<name>"`` names one of several.
-MONITOR_REFERENCE = "monitor"
-
-
 def is_monitor_reference(value: Any) -> bool:
-    """Whether ``value`` is ``"monitor"`` or ``"monitor:<name>"``.
+    """Whether ``value`` is ``"monitor"`` (the trainer's monitor) or ``"monitor:<name>"`` (one of several).
 
     Example:
         >>> is_monitor_reference("monitor"), is_monitor_reference("monitor:control"), is_monitor_reference("r.json")
         (True, True, False)
     """
-    return isinstance(value, str) and (value == MONITOR_REFERENCE or value.startswith(MONITOR_REFERENCE + ":"))
+    return isinstance(value, str) and (value == "monitor" or value.startswith("monitor:"))
 
 
 def find_monitor(callbacks: List[Any], reference: str, argument: str = "source") -> Any:
@@ -149,17 +145,6 @@ def check_epoch_in_run(trainer: Any, epoch: Optional[int], argument: str, conseq
         return
     raise ValueError(f"`{argument}`={epoch} but training ends after epoch {max_epochs - 1} (max_epochs={max_epochs}): "
                      f"{consequence}. Pass `{argument}` < {max_epochs} or raise max_epochs.")
-
-
-def check_k_layers(k: int, source: Any) -> None:
-    """Refuse ``k`` larger than the layers a monitor will measure (known before its first report)."""
-    monitor = getattr(source, "source", source)
-    layers = getattr(monitor, "layer_names", None) or getattr(monitor, "layers", None)
-    if not isinstance(layers, (list, tuple)) or not layers:
-        return  # "auto" before the monitor's setup: checked when the report is known
-    if k > len(layers):
-        raise ValueError(f"`k`={k} but the monitor measures {len(layers)} layers ({list(layers)}): pass k <= "
-                         f"{len(layers)}.")
 
 
 #: Choices of ``require_evidence`` of the fine-tuning and pruning callbacks.

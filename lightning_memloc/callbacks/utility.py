@@ -10,18 +10,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
-from lightning_memloc.callbacks.monitor import MemorizationMonitor
+from lightning_memloc.callbacks.monitor import MemorizationMonitor, ScheduledCallback
 from lightning_memloc.states.distributed import gather_rows, rank_zero_buffers, sum_across_ranks
 from lightning_memloc.callbacks.logging import add_merged_layout, has_tensorboard
 from lightning_memloc.callbacks.monitor_checks import check_schedule, step_due
 from lightning_memloc.callbacks.report_source import ModuleSpec
-from lightning_memloc.checks import check_int, unwrap_compiled
+from lightning_memloc.checks import check_int
 from lightning_memloc.functional.knn import check_knn_args, knn_correct
 from lightning_memloc.io import atomic_write_text, check_writable_dir
-from lightning_memloc.models.loading import resolve_module
 from lightning_memloc.report.tags import PREFIX, by_layer_tag, check_name, knn_tag, named_scalars, named_tag
 
 
@@ -72,7 +70,7 @@ def embed(encoder: nn.Module, images: Tensor, batch_size: int, transform: Option
     return torch.cat(out) if out else torch.zeros(0, 0, device=device)
 
 
-class UtilityMonitor(Callback):
+class UtilityMonitor(ScheduledCallback):
     r"""Weighted cosine kNN accuracy of the encoder during training, logged as ``memloc/knn_acc_k<k>``.
 
     Runs on a ``MemorizationMonitor`` schedule and adds its scalars to the history of monitors
@@ -135,10 +133,6 @@ class UtilityMonitor(Callback):
         return self._generate_state_key(every_n_epochs=self.every_n_epochs, every_n_train_steps=self.every_n_train_steps,
                                          ks=self.ks, bank=len(self.bank), test=len(self.test), name=self.name)
 
-    def encoder(self, pl_module: pl.LightningModule) -> nn.Module:
-        """The encoder being evaluated inside ``pl_module``."""
-        return unwrap_compiled(resolve_module(pl_module, self.encoder_spec, "encoder"))
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Resolve the encoder and check ``output_dir`` before training starts."""
         if stage == "fit":
@@ -152,14 +146,6 @@ class UtilityMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.measure_on_train_start and not self.history:
             self._measure(trainer, pl_module, epoch=-1)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if step_due(self.every_n_train_steps, trainer.global_step, self.history):
-            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._measure(trainer, pl_module, epoch=trainer.current_epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if step_due(1, trainer.global_step, self.history):  # the last step was not measured

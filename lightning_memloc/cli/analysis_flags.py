@@ -10,6 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_memloc.cli.argtypes import nonnegative_int, positive_int
+from lightning_memloc.cli.cli_error import CLIError, as_cli_error
+from lightning_memloc.cli.images import match_channels, read_indices_file
+from lightning_memloc.errors import MemlocError
 from lightning_memloc.report.report import MemorizationReport
 
 
@@ -35,8 +38,6 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
                              labels: Tensor, positions: Tensor) -> Optional[Dict[str, Any]]:
     """Validate the flags before any measurement; returns what :func:`run_cli_analyses` needs (or ``None``)."""
     from lightning_memloc.analyses import parse_analyses
-    from lightning_memloc.cli.cli_error import CLIError, as_cli_error
-    from lightning_memloc.cli.images import match_channels, read_indices_file
     if not getattr(args, "analyses", None):
         return None
     with as_cli_error("--analyses", (ValueError,)):
@@ -78,8 +79,6 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     if setup is None:
         return []
     from lightning_memloc.analyses import run_analyses
-    from lightning_memloc.cli.cli_error import CLIError
-    from lightning_memloc.errors import MemlocError
     from lightning_memloc.plots.analysis_figures import plot_analyses
     try:
         run_analyses(setup["names"], report, encoder, reference=reference, candidates=candidates,

@@ -8,11 +8,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.cli.output import check_out, parse_device
+from lightning_memloc.cli.output import StagedOutput, check_out, parse_device
 from lightning_memloc.cli.cli_error import CLIError, as_cli_error
 from lightning_memloc.cli.checkpoints import load_checkpoint
 from lightning_memloc.cli.images import (images_checksum, load_cli_data, match_channels, select_candidates,
                                            select_groups)
+from lightning_memloc.cli.user_models import user_encoders, user_transform
 from lightning_memloc.cli.zoo import build_model
 from lightning_memloc.errors import ArchitectureMismatchError, LayerNotFoundError, MemlocError
 from lightning_memloc.options import MeasureOptions
@@ -62,7 +63,6 @@ def _layers(spec: str) -> Union[str, List[str]]:
 
 def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module], nn.Module]:
     """``(encoder, reference, like)`` from ``--arch`` + checkpoints or ``--model`` / ``--lightning-module``."""
-    from lightning_memloc.cli.user_models import user_encoders
     built = user_encoders(args)  # --model / --lightning-module; None for --arch
     if built is not None:
         (encoder, reference), like = built, built[0]
@@ -107,10 +107,8 @@ def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.
 def analyze(args: argparse.Namespace) -> int:
     """Run ``memloc analyze`` on parsed arguments; returns the exit code (0) or raises ``CLIError``."""
     from lightning_memloc.cli.analysis_flags import check_analysis_arguments, run_cli_analyses
-    from lightning_memloc.cli.output import StagedOutput
     from lightning_memloc.measure import measure
     from lightning_memloc.plots import plot_report
-    from lightning_memloc.cli.user_models import user_transform
     out_flag = "--output-dir"
     out = check_out(args.output_dir, out_flag)
     if (out / "report.json").exists() and not args.overwrite:
