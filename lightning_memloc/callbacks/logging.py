@@ -12,9 +12,10 @@ from torch import Tensor
 
 from lightning_memloc.callbacks.figures import log_figures, log_warmup, steps_per_epoch, warmup_end_step
 from lightning_memloc.report.report import MemorizationReport
-from lightning_memloc.report.tags import (HIST_QUANTITY, LABEL_QUANTITIES, LAYER_QUANTITIES, LAYER_RUNS_FOLDER, MARGINS, PREFIX,
-                                          QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag, hist_tag, image_tag,
-                                          named_layout, named_scalars, named_tag, scalar_tag, significant_tag, verdict_tag)
+from lightning_memloc.report.tags import (HIST_QUANTITY, IMAGE_NAMES, LABEL_QUANTITIES, LAYER_QUANTITIES, LAYER_RUNS_FOLDER,
+                                          MARGINS, PREFIX, QUANTITIES, REFERENCE_QUANTITIES, UNIT_QUANTITIES, by_layer_tag,
+                                          hist_tag, image_tag, named_layout, named_scalars, named_tag, scalar_tag,
+                                          significant_tag, verdict_tag)
 
 #: Evidence-chart quantities (when the report's evidence has them): every tested quantity and its Holm p-value.
 _EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")) + ("unit_mem_unseen",)
@@ -99,17 +100,6 @@ def _chart_quantities(report: MemorizationReport, labels: bool) -> List[str]:
     return quantities + [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
 
 
-def image_grids(report: MemorizationReport, images: Callable[[Tensor], Tensor], count: int) -> Dict[str, Tensor]:
-    """Grids (C, H, W) of the ``count`` most and least memorized candidates (``images``: positions -> [0, 1] images)."""
-    from torchvision.utils import make_grid
-    scores = report.candidate_scores()
-    count = min(count, scores.numel())
-    order = torch.sort(scores, descending=True, stable=True).indices
-    return {name: make_grid(images(positions).detach().cpu().float().clamp(0, 1), nrow=min(count, 8), padding=1,
-                            pad_value=1.0)
-            for name, positions in (("most_memorized", order[:count]), ("least_memorized", order.flip(0)[:count]))}
-
-
 def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
                     images: Optional[Callable[[Tensor], Tensor]] = None, grid_size: int = 8, histograms: bool = True,
                     layout: bool = False, by_layer: bool = False, history: Optional[Sequence[Mapping[str, Any]]] = None,
@@ -121,7 +111,13 @@ def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
         for layer in report.layers:
             writer.add_histogram(hist_tag(layer), report.unit_mem[layer].float(), global_step=step)
     if images is not None and grid_size > 0:
-        for name, grid in image_grids(report, images, grid_size).items():
+        from torchvision.utils import make_grid
+        scores = report.candidate_scores()
+        count = min(grid_size, scores.numel())
+        order = torch.sort(scores, descending=True, stable=True).indices
+        for name, positions in zip(IMAGE_NAMES, (order[:count], order.flip(0)[:count])):  # images(positions): [0, 1]
+            grid = make_grid(images(positions).detach().cpu().float().clamp(0, 1), nrow=min(count, 8), padding=1,
+                             pad_value=1.0)
             writer.add_image(image_tag(name), grid, global_step=step)
     if history:
         log_figures(writer, report, history, step, warmup_step=warmup_step)
