@@ -18,7 +18,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from lightning_memloc.callbacks import monitor_checks as guard
 from lightning_memloc.callbacks.logging import MonitorLoggers, report_scalars
 from lightning_memloc.callbacks.report_source import ModuleSpec
-from lightning_memloc.checks import check_int, check_memory_limit, check_reference, check_views_memory, unwrap_compiled
+from lightning_memloc.checks import (check_choice, check_int, check_memory_limit, check_reference, check_views_memory,
+                                     unwrap_compiled)
 from lightning_memloc.callbacks.view_check import ViewCheck
 from lightning_memloc.data.candidates import IndexSpec, LabelSpec, load_groups
 from lightning_memloc.errors import ArchitectureMismatchError, CheckpointError
@@ -129,9 +130,7 @@ class MemorizationMonitor(ScheduledCallback):
                                  normalize=normalize, with_reference=reference is not None)
         groups = load_groups(candidates, labels, size, indices, control, control_indices, unseen, unseen_indices)
         candidates, labels, control, unseen, self._ids, self._group_meta = groups  # paths too (LightningCLI)
-        if init_batchnorm not in INIT_BATCHNORM:
-            raise ValueError(f"`init_batchnorm` must be one of {INIT_BATCHNORM}, got {init_batchnorm!r}.")
-        self.init_batchnorm = init_batchnorm
+        self.init_batchnorm = check_choice("init_batchnorm", init_batchnorm, INIT_BATCHNORM)
         self.measurement = Measurement.prepare(candidates, options, transform=transform, labels=labels, control=control,
                                                unseen=unseen)
         self.memory_limit = check_memory_limit(memory_limit)

@@ -1,7 +1,4 @@
-"""``MemorizationPruning``: structured pruning of units chosen by UnitMem, during ``fit``.
-
-Masks (``prune.identity``) are registered in ``setup``, before checkpoint restore and DDP, so a resume restores them.
-"""
+"""``MemorizationPruning``: structured pruning of units chosen by UnitMem, during ``fit``."""
 
 from __future__ import annotations
 
@@ -108,7 +105,7 @@ class MemorizationPruning(Callback):
         return (list(known) if known is not None else monitor_layers(self.source.source, encoder)), {}
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        """Register all-ones masks on every layer in scope (before restore and before DDP)."""
+        """Register all-ones masks on the layers in scope before restore and DDP, so that a resume restores them."""
         if stage != "fit" and self.permanent:
             return  # masks were baked in at the end of fit: validate / test see plain weights
         self.source.bind(trainer)

@@ -32,12 +32,9 @@ def utility_layout(ks: Sequence[int], name: Optional[str] = None) -> Dict[str, D
     """
     prefix = named_tag(PREFIX, name)
     knn = [f"^{re.escape(knn_tag(k, prefix))}$" for k in ks]
-    layers = {q: f"^{re.escape(by_layer_tag(q, prefix))}/[^/]+$" for q in ("layer_mem", "excess", "unit_mem_mean")}
-    return {f"{prefix} utility": {
-        "kNN accuracy and LayerMem": ["Multiline", [*knn, layers["layer_mem"]]],
-        "kNN accuracy and LayerMem excess over control": ["Multiline", [*knn, layers["excess"]]],
-        "kNN accuracy and mean UnitMem": ["Multiline", [*knn, layers["unit_mem_mean"]]],
-    }}
+    charts = {"LayerMem": "layer_mem", "LayerMem excess over control": "excess", "mean UnitMem": "unit_mem_mean"}
+    layers = {title: f"^{re.escape(by_layer_tag(q, prefix))}/[^/]+$" for title, q in charts.items()}
+    return {f"{prefix} utility": {f"kNN accuracy and {title}": ["Multiline", [*knn, p]] for title, p in layers.items()}}
 
 
 def _check_images(name: str, images: Any, labels: Any) -> tuple:
