@@ -79,25 +79,19 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
     """A TensorBoard custom-scalars layout with every layer of a quantity on one chart (``by_layer``: of the runs)."""
     ev = report.evidence
     margins = {title: tags for title, tags in MARGINS.items() if ev is not None and ev.has(tags[1])}  # (value, lo, hi)
+    quantities = list(REFERENCE_QUANTITIES if report.has_reference else ()) + list(UNIT_QUANTITIES)
+    if not by_layer and report.class_mem is not None:
+        quantities += LABEL_QUANTITIES
+    quantities += [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
     if by_layer:
-        quantities = _chart_quantities(report, labels=False)
         charts = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]] for q in quantities}
         charts.update({title: ["Margin", [by_layer_tag(t) for t in tags]] for title, tags in margins.items()})
         return {PREFIX: charts}
-    quantities = _chart_quantities(report, labels=True)
     layout = {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}}
     for title, tags in margins.items():
         layout[f"{PREFIX} {title}"] = {layer: ["Margin", [scalar_tag(t, layer) for t in tags]]
                                        for layer in report.layers}
     return layout
-
-
-def _chart_quantities(report: MemorizationReport, labels: bool) -> List[str]:
-    quantities = list(REFERENCE_QUANTITIES if report.has_reference else ()) + list(UNIT_QUANTITIES)
-    if labels and report.class_mem is not None:
-        quantities += LABEL_QUANTITIES
-    ev = report.evidence
-    return quantities + [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
 
 
 def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
