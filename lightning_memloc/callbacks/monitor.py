@@ -212,8 +212,7 @@ class MemorizationMonitor(ScheduledCallback):
             return
         if self.output_dir is not None and trainer.is_global_zero:
             check_writable_dir(self.output_dir, argument="output_dir")
-        encoder = self.encoder(pl_module)
-        reference = self.reference(pl_module)
+        encoder, reference = self.encoder(pl_module), self.reference(pl_module)
         self.encoder_id, self.reference_id = guard.module_identities(self, pl_module, encoder, reference)  # fingerprint
         if self.output_dir is not None and trainer.is_global_zero:
             self._run_id, self._foreign_files = guard.claim_output_dir(
