@@ -72,10 +72,9 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for name, (canaries, plain) in _SETTING_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, canaries if args.setting == "canaries" else plain)
-    if args.warmup_epochs is None:
-        args.warmup_epochs = max(1, args.epochs // 10)
-    if args.every_n_epochs is None:
-        args.every_n_epochs = max(1, args.epochs // 6)
+    for name, parts in (("warmup_epochs", 10), ("every_n_epochs", 6)):  # a tenth / a sixth of the epochs
+        if getattr(args, name) is None:
+            setattr(args, name, max(1, args.epochs // parts))
     return args
 
 
