@@ -11,8 +11,7 @@ from torch import Tensor, nn
 
 from lightning_memloc.checks import check_int
 from lightning_memloc.report.report import MemorizationReport
-
-__all__ = ["atypicality_study", "class_mean_distance", "embed", "knn_distance", "max_unit_mem", "spearman"]
+from lightning_memloc.taps.probe import model_device_dtype
 
 
 @torch.no_grad()
@@ -22,9 +21,7 @@ def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normaliz
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"`images` must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}.")
     check_int("batch_size", batch_size, 1)
-    parameter = next(encoder.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    device, dtype = model_device_dtype(encoder)
     modes = [m.training for m in encoder.modules()]
     encoder.eval()
     try:

@@ -15,8 +15,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import check_int, named_module
 from lightning_memloc.errors import ArchitectureMismatchError
 
-__all__ = ["finetune_units", "restore_units", "unit_module"]
-
 _UNIT_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import depth_axis, draw_series, new_figure, p_labels, save_png
+from lightning_memloc.plots.figure import depth_axis, draw_series, new_figure, p_labels
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
 
-__all__ = ["measurement_title", "plot_profile", "profile_data", "profile_figure"]
+__all__ = ["measurement_title", "profile_data", "profile_figure"]
 
 #: Short names of the tests in the title.
 TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
@@ -142,8 +140,3 @@ def _suptitle(report: MemorizationReport, warmup_step: Optional[int]) -> str:
                             for test, names in ev.meta["significant"].items())
         title += f"\nsignificant layers (Holm p < {alpha:g}): {counts}"
     return title
-
-
-def plot_profile(report: MemorizationReport, path: PathLike) -> Path:
-    """:func:`profile_figure` written as a PNG."""
-    return save_png(profile_figure(report), path)

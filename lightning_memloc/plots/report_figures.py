@@ -21,9 +21,6 @@ from lightning_memloc.plots.io import History
 from lightning_memloc.plots.profile import profile_figure
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["FILENAMES", "max_unit_mem_per_candidate", "plot_candidate_grid", "plot_layer_mem", "plot_report",
-           "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]
-
 #: File name of each figure written by :func:`plot_report`.
 FILENAMES = {name: f"{name}.png" for name in ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history",
                                                "evidence", "evidence_history", "profile")}

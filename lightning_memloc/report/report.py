@@ -261,13 +261,8 @@ class MemorizationReport:
             return False
         for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             a, b = getattr(self, name), getattr(other, name)
-            if (a is None) != (b is None):
-                return False
-            if a is None:
-                continue
-            if name in _TENSOR_DICTS and not all(torch.allclose(a[k].double(), b[k].double(), atol=atol)
-                                                 for k in self.layers):
-                return False
-            if name in _FLOAT_DICTS and any(abs(a[k] - b[k]) > atol for k in self.layers):
+            if (a is None) != (b is None) or a is not None and any(
+                    not torch.allclose(a[k].double(), b[k].double(), atol=atol) if name in _TENSOR_DICTS
+                    else abs(a[k] - b[k]) > atol for k in self.layers):
                 return False
         return True

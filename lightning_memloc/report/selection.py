@@ -127,20 +127,6 @@ def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", str
     return [report.layers[i] for i in chosen]
 
 
-def _layer_scope(report: MemorizationReport, layers: Optional[Sequence[str]]) -> List[str]:
-    if layers is None:
-        return list(report.layers)
-    if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) == 0:
-        raise ValueError(f"`layers` must be None or a non-empty sequence of layer names, got {layers!r}.")
-    missing = [name for name in layers if name not in report.layers]
-    if missing:
-        raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"`layers` has duplicate names: {list(layers)}.")
-    wanted = set(layers)
-    return [name for name in report.layers if name in wanted]
-
-
 def _how_many(fraction: Optional[float], count: Optional[int], total: int, where: str) -> int:
     if count is not None:
         if count > total:
@@ -179,7 +165,15 @@ def select_units(report: MemorizationReport, fraction: Optional[float] = None, c
     strategy = check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
     scope = check_choice("scope", scope, SCOPES, as_tuple=False)
     check_int("seed", seed, 0, type_error=True)
-    names = _layer_scope(report, layers)
+    if layers is not None:
+        if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) == 0:
+            raise ValueError(f"`layers` must be None or a non-empty sequence of layer names, got {layers!r}.")
+        missing = [name for name in layers if name not in report.layers]
+        if missing:
+            raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"`layers` has duplicate names: {list(layers)}.")
+    names = [name for name in report.layers if layers is None or name in layers]
     scores = {name: report.unit_mem[name].detach().float().cpu().reshape(-1) for name in names}
     for name, value in scores.items():
         if not bool(torch.isfinite(value).all()):
