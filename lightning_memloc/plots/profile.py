@@ -30,13 +30,10 @@ def profile_data(report: MemorizationReport) -> Dict[str, np.ndarray]:
         >>> profile_data(r)["unit_mem_mean"].round(2).tolist()
         [0.3, 0.7]
     """
-    layers, data = report.layers, {}
-    ev = report.evidence
-    if ev is not None:
-        keys = dict.fromkeys(k for layer in layers for k, v in ev.layers[layer].items() if v is not None)
-        for key in keys:
-            data[key] = np.array([np.nan if ev.layers[layer].get(key) is None else ev.layers[layer][key] for layer in layers],
-                                 dtype=float)
+    layers, ev = report.layers, report.evidence
+    records = [] if ev is None else [ev.layers[layer] for layer in layers]
+    keys = dict.fromkeys(k for rec in records for k, v in rec.items() if v is not None)
+    data = {key: np.array([rec.get(key) for rec in records], dtype=float) for key in keys}  # None: NaN
     if report.has_reference:
         for quantity in REFERENCE_QUANTITIES:  # a hand-made report may leave some out
             values = getattr(report, quantity, None)

@@ -60,21 +60,15 @@ def _table(rows: List[List[str]], right: List[bool]) -> List[str]:
 def _plain_table(report: SummarySource, threshold: float) -> List[str]:
     """The table of a report measured without evidence (figures only)."""
     frac, mean_um, dead = report.unit_mem_frac_above(threshold), report.unit_mem_mean(), report.num_dead_units()
-    name_width = max([len("layer")] + [len(layer) for layer in report.layers]) + 2
-    kind_width = max([len("kind")] + [len(kind) for kind in report.layer_kinds.values()]) + 2
-    head = f"{'layer':<{name_width}}{'kind':<{kind_width}}"
-    if report.has_reference:
-        head += f"{'LayerMem':>10}{'ΔLayerMem':>11}{'top-k':>8}{'least-k':>9}"
-    head += f"{'UnitMem':>9}{f'>{threshold:g}':>7}{'dead':>6}"
-    rows = [head, "-" * len(head)]
+    figures = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least") if report.has_reference else ()
+    head = ["layer", "kind", *(["LayerMem", "ΔLayerMem", "top-k", "least-k"] if figures else []), "UnitMem",
+            f">{threshold:g}", "dead"]
+    rows = [head]
     for layer in report.layers:
-        row = f"{layer:<{name_width}}{report.layer_kinds.get(layer, '?'):<{kind_width}}"
-        if report.has_reference:
-            row += (f"{report.layer_mem[layer]:>10.3f}{report.delta_layer_mem[layer]:>+11.3f}"
-                    f"{report.layer_mem_top[layer]:>8.3f}{report.layer_mem_least[layer]:>9.3f}")
-        row += f"{mean_um[layer]:>9.3f}{frac[layer]:>7.1%}{dead[layer]:>6d}"
-        rows.append(row)
-    return rows
+        values = [format(getattr(report, f)[layer], "+.3f" if f == "delta_layer_mem" else ".3f") for f in figures]
+        rows.append([layer, report.layer_kinds.get(layer, "?"), *values, f"{mean_um[layer]:.3f}", f"{frac[layer]:.1%}",
+                     str(dead[layer])])
+    return _table(rows, [False, False] + [True] * (len(head) - 2))
 
 
 def _sizes(ev: "Evidence", *groups: str) -> str:
