@@ -46,15 +46,12 @@ def _p(value: Optional[float], alpha: float) -> str:
     return text + (" *" if value < alpha else "  ")
 
 
-def _table(rows: List[List[str]], right: List[bool]) -> List[str]:
+def _table(rows: List[List[str]], left: int) -> List[str]:
+    """``rows`` (the header first) in columns, the first ``left`` left-aligned, with a rule under the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for n, row in enumerate(rows):
-        cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("-" * len(out[0]))
-    return out
+    lines = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             .rstrip() for row in rows]
+    return [lines[0], "-" * len(lines[0]), *lines[1:]]
 
 
 def _plain_table(report: SummarySource, threshold: float) -> List[str]:
@@ -68,7 +65,7 @@ def _plain_table(report: SummarySource, threshold: float) -> List[str]:
         values = [format(getattr(report, f)[layer], "+.3f" if f == "delta_layer_mem" else ".3f") for f in figures]
         rows.append([layer, report.layer_kinds.get(layer, "?"), *values, f"{mean_um[layer]:.3f}", f"{frac[layer]:.1%}",
                      str(dead[layer])])
-    return _table(rows, [False, False] + [True] * (len(head) - 2))
+    return _table(rows, 2)
 
 
 def _sizes(ev: "Evidence", *groups: str) -> str:
@@ -182,7 +179,7 @@ def _align_rows(report: SummarySource, alpha: float, level: str) -> List[str]:
     return (["Alignment under f alone, candidates C vs unseen images U (no reference needed)",
              "d_f: mean distance between an image's views; gap: d_f(U) − d_f(C) on the range of d_f over C ∪ U; "
              "AUC: share of (C, U) pairs where C is tighter (0.5: none)"]
-            + _table(rows, [False] + [True] * (len(head) - 1)) + [""])
+            + _table(rows, 1) + [""])
 
 
 def format_summary(report: SummarySource, threshold: float = 0.5) -> str:
@@ -213,8 +210,7 @@ def format_summary(report: SummarySource, threshold: float = 0.5) -> str:
                 row += [_num(rec.get("excess_unseen"), "+.3f"), _bound(rec, "excess_unseen"),
                         _p(rec.get("excess_unseen_p_holm"), alpha)]
             rows.append(row)
-        out += ["LayerMem (normalised SSLMem; every group on the candidates' scale)"]
-        out += _table(rows, [False, False] + [True] * (len(head) - 2)) + [""]
+        out += ["LayerMem (normalised SSLMem; every group on the candidates' scale)", *_table(rows, 2), ""]
     if ev.has("align_gap"):
         out += _align_rows(report, alpha, level)
     head = ["layer", "UnitMem", level, f">{threshold:g}", "dead"]
@@ -230,10 +226,8 @@ def format_summary(report: SummarySource, threshold: float = 0.5) -> str:
                     _p(rec.get("unit_mem_excess_p_holm"), alpha), _num(rec.get("membership"), ".1%"),
                     _num(rec.get("membership_chance"), ".1%"), _p(rec.get("membership_p_holm"), alpha)]
         rows.append(row)
-    out += ["UnitMem (mean over units; seen / unseen: equal-size samples of candidates and unseen images)"]
-    out += _table(rows, [False] + [True] * (len(head) - 1)) + [""]
-    out += _legend(ev, level) + [""]
-    out += verdict_lines(report)
+    out += ["UnitMem (mean over units; seen / unseen: equal-size samples of candidates and unseen images)",
+            *_table(rows, 1), "", *_legend(ev, level), "", *verdict_lines(report)]
     return "\n".join(out)
 
 
