@@ -100,9 +100,8 @@ def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", str
     k = check_int("k", k, 1, type_error=True)
     if k > n_layers:
         raise ValueError(f"`k` must be <= the number of layers in the report ({n_layers}: {report.layers}), got {k}.")
-    order = list(range(n_layers))
     if strategy == "last":
-        chosen = order[n_layers - k:]
+        chosen = list(range(n_layers - k, n_layers))
     elif strategy == "random":
         generator = torch.Generator().manual_seed(seed)
         chosen = sorted(torch.randperm(n_layers, generator=generator)[:k].tolist())
@@ -123,7 +122,7 @@ def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", str
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"the report's `{by}` scores are not all finite: {dict(zip(report.layers, values))}.")
         sign = -1.0 if strategy == "highest" else 1.0
-        chosen = sorted(order, key=lambda i: (sign * values[i], i))[:k]
+        chosen = sorted(range(n_layers), key=lambda i: (sign * values[i], i))[:k]
     return [report.layers[i] for i in chosen]
 
 
