@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import List, Optional
 
@@ -126,8 +127,6 @@ def evidence_figures(report: Optional[MemorizationReport], history: Optional[His
     if report is not None and report.evidence is not None:
         written.append(plot_evidence(report, out / "evidence.png"))
     if history is not None:
-        try:
+        with suppress(ReportFormatError):  # a history without evidence scalars (older runs): nothing to draw
             written.append(plot_evidence_history(history, out / "evidence_history.png"))
-        except ReportFormatError:
-            pass  # a history without evidence scalars (older runs): nothing to draw
     return written

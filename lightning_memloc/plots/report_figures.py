@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
@@ -121,10 +122,7 @@ def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.nda
 
 
 def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Optional[str] = None) -> Path:
-    """Per candidate: SSLMem (x) against the highest UnitMem of the units it excites most (y; 0 for none).
-
-    Needs a reference; ``layer`` defaults to the last one.
-    """
+    """Per candidate: SSLMem (x) vs the highest UnitMem of the units it excites most (y; 0: none); needs a reference."""
     _require_reference(report, "plot_sslmem_vs_unitmem")
     layer = layer_of(report, layer)
     x = report.sslmem[layer].float().numpy()
@@ -196,8 +194,6 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
     if report is not None:
         written.append(save_png(profile_figure(report, warmup_step=warmup_step), out / FILENAMES["profile"]))
     if history is not None:
-        try:
+        with suppress(ReportFormatError):  # a history without LayerMem / excess / UnitMem scalars: no heat map
             written.append(save_png(heatmap_figure(history, warmup_step=warmup_step), out / FILENAMES["heatmap"]))
-        except ReportFormatError:
-            pass  # a history without LayerMem / excess / UnitMem scalars: no heat map
     return written
