@@ -77,8 +77,6 @@ def training_x(entries: Sequence[Mapping[str, Any]]) -> Tuple[np.ndarray, str]:
     Example:
         >>> training_x([{"epoch": 0, "global_step": 3}, {"epoch": 0, "global_step": 6}])
         (array([3, 6]), 'global step')
-        >>> training_x([{"epoch": -1}, {"epoch": 0}])
-        (array([-1,  0]), 'epoch')
     """
     if entries and all(e.get("global_step") is not None for e in entries):
         return np.array([int(e["global_step"]) for e in entries]), "global step"
