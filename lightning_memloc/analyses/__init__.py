@@ -1,7 +1,4 @@
-"""The paper's analyses beyond UnitMem and LayerMem (Wang et al., NeurIPS 2024), as functions.
-
-``consistency``, ``exchange``, ``restore``, ``atypicality``; ``runner`` runs them by name (``docs/analyses.md``).
-"""
+"""The paper's analyses beyond UnitMem and LayerMem (Wang et al., NeurIPS 2024), as functions (``docs/analyses.md``)."""
 
 from lightning_memloc.analyses.atypicality import (atypicality_study, class_mean_distance, embed, knn_distance,
                                                    max_unit_mem, spearman)

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from lightning_memloc.checks import check_int
 from lightning_memloc.report.report import MemorizationReport
-
-__all__ = ["atypicality_study", "class_mean_distance", "embed", "knn_distance", "max_unit_mem", "spearman"]
+from lightning_memloc.taps.hooks import eval_mode
+from lightning_memloc.taps.probe import model_device_dtype
 
 
 @torch.no_grad()
@@ -22,13 +22,9 @@ def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normaliz
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"`images` must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}.")
     check_int("batch_size", batch_size, 1)
-    parameter = next(encoder.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    modes = [m.training for m in encoder.modules()]
-    encoder.eval()
-    try:
-        out = []
+    device, dtype = model_device_dtype(encoder)
+    out = []
+    with eval_mode(encoder):
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size]
             x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
@@ -36,9 +32,6 @@ def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normaliz
             if preprocess is not None:
                 x = preprocess(x)
             out.append(encoder(x).flatten(1).float().cpu())
-    finally:
-        for module, mode in zip(encoder.modules(), modes):
-            module.training = mode
     z = torch.cat(out) if out else torch.zeros(0, 0)
     return F.normalize(z, dim=1) if normalize else z
 

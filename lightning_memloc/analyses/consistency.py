@@ -10,8 +10,6 @@ from torch import Tensor
 from lightning_memloc.checks import check_int
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["consistency_matrices", "kendall_tau", "layer_consistency", "top_k_overlap"]
-
 
 def _scores(values: Any, argument: str) -> np.ndarray:
     array = np.asarray(values.detach().cpu().double() if isinstance(values, Tensor) else values, dtype=np.float64)

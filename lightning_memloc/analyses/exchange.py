@@ -13,8 +13,6 @@ from lightning_memloc.checks import check_int, named_module
 from lightning_memloc.errors import ArchitectureMismatchError
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["exchange_layers", "layer_exchange_study"]
-
 
 def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Module:
     """A copy of ``f`` whose ``layers`` (and their children) carry ``g``'s parameters and buffers.

@@ -20,7 +20,7 @@ from lightning_memloc.measure import measure
 from lightning_memloc.measurement import Candidates, build_views
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.report.report import MemorizationReport
-from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, resolve_layers, unit_activations
+from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, eval_mode, resolve_layers, unit_activations
 from lightning_memloc.views.seeded import SeededViews
 
 __all__ = ["AUTHORS_QUIRKS", "authors_unitmem", "measure_as_authors", "measure_with_quirks",
@@ -145,14 +145,14 @@ def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededView
         raise ValueError(f"UnitMem needs at least 2 candidates, got {len(view_set)}: pass more candidates.")
     model = sequential_children(encoder) if sequential else encoder
     device, dtype = model_device_dtype(encoder)
-    modes = [(m, m.training) for m in encoder.modules()]
     buffers = {n: b.detach().clone() for n, b in encoder.named_buffers()}
     try:
         names = [s.name for s in resolve_layers(model, layers, view_set.example_batch(device).to(dtype)[:1])]
         sums: Dict[str, List[Tensor]] = {n: [] for n in names}
         current: Dict[str, Tensor] = {}
-        encoder.train(train_bn)
-        with torch.no_grad(), LayerTaps(model, names, lambda n, out: current.__setitem__(n, unit_activations(out)[0])):
+        with eval_mode(encoder), torch.no_grad(), LayerTaps(
+                model, names, lambda n, out: current.__setitem__(n, unit_activations(out)[0])):
+            encoder.train(train_bn)  # eval_mode gives every module its own mode back
             for index, x, _ in view_set.dataloader(batch_size=1):
                 candidate_views = view_set.finalize(x, index, device)[0]
                 acc = {n: torch.zeros((), dtype=torch.float64) for n in names}
@@ -163,8 +163,6 @@ def authors_unitmem(encoder: nn.Module, candidates: Union[Candidates, SeededView
                 for n in names:
                     sums[n].append(acc[n] / len(candidate_views))
     finally:
-        for module, training in modes:
-            module.training = training
         with torch.no_grad():
             for name, buf in encoder.named_buffers():
                 buf.copy_(buffers[name])

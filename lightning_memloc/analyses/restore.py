@@ -14,8 +14,7 @@ from torch import Tensor, nn
 
 from lightning_memloc.checks import check_int, named_module
 from lightning_memloc.errors import ArchitectureMismatchError
-
-__all__ = ["finetune_units", "restore_units", "unit_module"]
+from lightning_memloc.taps.hooks import eval_mode
 
 _UNIT_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -110,19 +109,17 @@ def finetune_units(encoder: nn.Module, layer: str, units: Union[int, Sequence[in
     named_module(encoder, tap, "encoder")
     from lightning_memloc.measure import measure
 
-    tuned = copy.deepcopy(encoder).eval()
+    tuned = copy.deepcopy(encoder)
     tuned.requires_grad_(False).get_submodule(layer).requires_grad_(True)
     optimizer = torch.optim.Adam(tuned.get_submodule(layer).parameters(), lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(tuned)
-        loss.backward()
-        optimizer.step()
+    with eval_mode(tuned):  # then back to the encoder's modes, module by module
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(tuned).backward()
+            optimizer.step()
     restore_units(tuned, encoder, layer, keep=mask.nonzero().flatten())
     for p, q in zip(tuned.parameters(), encoder.parameters()):
         p.requires_grad_(q.requires_grad)
-    for copied, source in zip(tuned.modules(), encoder.modules()):
-        copied.training = source.training  # the encoder's modes, module by module
     before = measure(encoder, candidates, layers=[tap], **measure_kwargs)
     after = measure(tuned, candidates, layers=[tap], **measure_kwargs)
     kept = mask.nonzero().flatten()

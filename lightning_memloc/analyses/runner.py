@@ -11,8 +11,6 @@ from lightning_memloc.analyses.consistency import layer_consistency
 from lightning_memloc.analyses.exchange import layer_exchange_study
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["ANALYSES", "parse_analyses", "run_analyses"]
-
 #: Analyses :func:`run_analyses` knows (single-unit restore needs a training objective: call
 #: :func:`~lightning_memloc.analyses.finetune_units` yourself).
 ANALYSES = ("consistency", "exchange", "atypicality")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import List, Optional
 
@@ -45,25 +46,17 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
         if ev.has("unseen_layer_mem"):
             ax.plot(x, values("unseen_layer_mem"), marker="v", color="C2", ls=":",
                     label=f"unseen ({ev.meta['groups'].get('unseen')})")
-        ax.axhline(0.0, color="0.3", lw=0.8)
-        ax.margins(y=0.15)  # room for the p-value labels above the error bars
         ax.set_ylabel("normalised SSLMem (candidates' scale)")
         title = "LayerMem vs its control" if ev.has("control_layer_mem") else "LayerMem (no control: includes the f–g offset)"
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="best")
-        depth_axis(ax, layers)
     if ev.has("align_gap"):  # reference-free: f's alignment gap of the candidates against unseen images
         ax = axes[panels.index("align_gap")]
         draw_series(ax, x, data, "align_gap", "gap under f alone ± CI (f's range)", marker="o", color="C4", lw=2)
         p_labels(ax, x, values("align_gap_hi"), values("align_gap_p_holm"), alpha, offset=5)
         draw_series(ax, x + 0.08, data, "excess_unseen", "C − unseen through g ± CI (candidates' SSLMem scale)",
                     marker="v", color="C2", ls=":")
-        ax.axhline(0.0, color="0.3", lw=0.8)
-        ax.margins(y=0.15)
         ax.set_ylabel("d_f(unseen) − d_f(candidates), normalised")
         ax.set_title("Alignment gap, no reference (> 0: candidates' views tighter)", fontsize=10)
-        ax.legend(fontsize=7, loc="best")
-        depth_axis(ax, layers)
     ax = axes[-1]
     if ev.has("membership"):
         ax.plot(x, values("unit_mem_seen"), marker="o", color="C0", label="mean UnitMem, seen (candidates)")
@@ -77,8 +70,12 @@ def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
     else:
         draw_series(ax, x, data, "unit_mem_mean", "mean UnitMem ± CI", marker="o", color="C0")
         ax.set_title("UnitMem (no unseen set: no null)", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
-    depth_axis(ax, layers)
+    for ax in axes:
+        if ax is not axes[-1]:  # the LayerMem and gap panels: a zero line, room for the p-values above the bars
+            ax.axhline(0.0, color="0.3", lw=0.8)
+            ax.margins(y=0.15)
+        ax.legend(fontsize=7, loc="best")
+        depth_axis(ax, layers)
     return save_png(fig, path)
 
 
@@ -130,8 +127,6 @@ def evidence_figures(report: Optional[MemorizationReport], history: Optional[His
     if report is not None and report.evidence is not None:
         written.append(plot_evidence(report, out / "evidence.png"))
     if history is not None:
-        try:
+        with suppress(ReportFormatError):  # a history without evidence scalars (older runs): nothing to draw
             written.append(plot_evidence_history(history, out / "evidence_history.png"))
-        except ReportFormatError:
-            pass  # a history without evidence scalars (older runs): nothing to draw
     return written

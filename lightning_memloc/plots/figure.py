@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from lightning_memloc.io import PathLike, atomic_write_bytes
 
-__all__ = ["colormap", "depth_axis", "display_image", "draw_series", "figure_array", "layer_of", "new_figure",
+__all__ = ["colormap", "depth_axis", "draw_series", "figure_array", "layer_of", "new_figure",
            "p_labels", "save_png", "show_image", "training_axis", "training_x"]
 
 #: Resolution of every PNG.
@@ -38,9 +39,8 @@ def save_png(fig: Figure, path: PathLike) -> Path:
     """Render ``fig`` to PNG in memory and write it atomically (complete file or none)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    destination = Path(path)
-    atomic_write_bytes(destination, buffer.getvalue())
-    return destination
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def figure_array(fig: Figure) -> np.ndarray:
@@ -77,8 +77,6 @@ def training_x(entries: Sequence[Mapping[str, Any]]) -> Tuple[np.ndarray, str]:
     Example:
         >>> training_x([{"epoch": 0, "global_step": 3}, {"epoch": 0, "global_step": 6}])
         (array([3, 6]), 'global step')
-        >>> training_x([{"epoch": -1}, {"epoch": 0}])
-        (array([-1,  0]), 'epoch')
     """
     if entries and all(e.get("global_step") is not None for e in entries):
         return np.array([int(e["global_step"]) for e in entries]), "global step"
@@ -96,26 +94,17 @@ def training_axis(ax: Any, label: str) -> None:
 
 def colormap(i: int, n: int) -> Any:
     """The RGBA colour of series ``i`` of ``n`` (viridis, from shallow to deep layers)."""
-    from matplotlib import colormaps
-
     return colormaps["viridis"](0.1 + 0.8 * i / max(n - 1, 1))
 
 
-def display_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
-    """One (C, H, W) image as an array imshow can draw: (H, W) grey or (H, W, 3) RGB in [0, 1]."""
+def show_image(ax: Any, image: Union[Tensor, np.ndarray], title: str, **title_style: Any) -> None:
+    """Draw one (C, H, W) image on ``ax`` (grey or RGB, rescaled to [0, 1]), without ticks, under ``title``."""
     img = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image).detach().cpu()
     img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
     if img.numel() and (img.min() < 0 or img.max() > 1):  # normalised input: rescale to [0, 1] for display
         img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
-    if img.shape[0] == 1:
-        return img[0].numpy()
-    return img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
-
-
-def show_image(ax: Any, image: Union[Tensor, np.ndarray], title: str, **title_style: Any) -> None:
-    """Draw one (C, H, W) image on ``ax``, without ticks, under ``title``."""
+    picture = img[0].numpy() if img.shape[0] == 1 else img[:3].permute(1, 2, 0).clamp(0, 1).numpy()
     ax.set(xticks=[], yticks=[])
-    picture = display_image(image)
     ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, **title_style)
 
@@ -127,11 +116,10 @@ def draw_series(ax: Any, x: np.ndarray, data: Mapping[str, np.ndarray], key: str
     value = data[key]
     lo, hi = data.get(f"{key}_lo"), data.get(f"{key}_hi")
     if lo is not None and hi is not None and not np.isnan(lo).all():
-        container = ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, label=label, **style)
-        container.lines[0].set_gid(key)
+        line = ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, label=label, **style).lines[0]
     else:
         (line,) = ax.plot(x, value, label=label, **style)
-        line.set_gid(key)
+    line.set_gid(key)
     return True
 
 

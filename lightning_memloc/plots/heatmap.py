@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_memloc.errors import ReportFormatError
-from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import new_figure, save_png
+from lightning_memloc.plots.figure import new_figure
 from lightning_memloc.plots.io import History, load_history
 from lightning_memloc.report.tags import QUANTITIES, parse_scalar_tag, scalar_tag
 
-__all__ = ["Heatmap", "heatmap_data", "heatmap_figure", "plot_heatmap", "warmup_boundary"]
+__all__ = ["Heatmap", "heatmap_data", "heatmap_figure", "warmup_boundary"]
 
 #: Cells drawn with their value written in them at most (more: colour only).
 MAX_ANNOTATED = 160
@@ -129,8 +127,3 @@ def heatmap_figure(history: History, layers: Optional[Sequence[str]] = None, *, 
         _draw(fig, ax, data, alpha, warmup, warmup_step)
     fig.suptitle("memorization over training, layer by layer", fontsize=10)
     return fig
-
-
-def plot_heatmap(history: History, path: PathLike, *, warmup_step: Optional[int] = None) -> Path:
-    """:func:`heatmap_figure` written as a PNG."""
-    return save_png(heatmap_figure(history, warmup_step=warmup_step), path)

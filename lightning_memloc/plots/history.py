@@ -12,8 +12,6 @@ from lightning_memloc.plots.figure import colormap, new_figure, save_png, traini
 from lightning_memloc.plots.io import PREFIX as _PREFIX
 from lightning_memloc.plots.io import History, load_history
 
-__all__ = ["plot_history"]
-
 
 def plot_history(history: History, path: PathLike) -> Path:
     """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over a monitor ``history``."""

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import depth_axis, draw_series, new_figure, p_labels, save_png
+from lightning_memloc.plots.figure import depth_axis, draw_series, new_figure, p_labels
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
 
-__all__ = ["measurement_title", "plot_profile", "profile_data", "profile_figure"]
+__all__ = ["measurement_title", "profile_data", "profile_figure"]
 
 #: Short names of the tests in the title.
 TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
@@ -32,13 +30,10 @@ def profile_data(report: MemorizationReport) -> Dict[str, np.ndarray]:
         >>> profile_data(r)["unit_mem_mean"].round(2).tolist()
         [0.3, 0.7]
     """
-    layers, data = report.layers, {}
-    ev = report.evidence
-    if ev is not None:
-        keys = dict.fromkeys(k for layer in layers for k, v in ev.layers[layer].items() if v is not None)
-        for key in keys:
-            data[key] = np.array([np.nan if ev.layers[layer].get(key) is None else ev.layers[layer][key] for layer in layers],
-                                 dtype=float)
+    layers, ev = report.layers, report.evidence
+    records = [] if ev is None else [ev.layers[layer] for layer in layers]
+    keys = dict.fromkeys(k for rec in records for k, v in rec.items() if v is not None)
+    data = {key: np.array([rec.get(key) for rec in records], dtype=float) for key in keys}  # None: NaN
     if report.has_reference:
         for quantity in REFERENCE_QUANTITIES:  # a hand-made report may leave some out
             values = getattr(report, quantity, None)
@@ -142,8 +137,3 @@ def _suptitle(report: MemorizationReport, warmup_step: Optional[int]) -> str:
                             for test, names in ev.meta["significant"].items())
         title += f"\nsignificant layers (Holm p < {alpha:g}): {counts}"
     return title
-
-
-def plot_profile(report: MemorizationReport, path: PathLike) -> Path:
-    """:func:`profile_figure` written as a PNG."""
-    return save_png(profile_figure(report), path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
@@ -20,9 +21,6 @@ from lightning_memloc.plots.history import plot_history
 from lightning_memloc.plots.io import History
 from lightning_memloc.plots.profile import profile_figure
 from lightning_memloc.report.report import MemorizationReport
-
-__all__ = ["FILENAMES", "max_unit_mem_per_candidate", "plot_candidate_grid", "plot_layer_mem", "plot_report",
-           "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]
 
 #: File name of each figure written by :func:`plot_report`.
 FILENAMES = {name: f"{name}.png" for name in ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history",
@@ -124,10 +122,7 @@ def max_unit_mem_per_candidate(report: MemorizationReport, layer: str) -> np.nda
 
 
 def plot_sslmem_vs_unitmem(report: MemorizationReport, path: PathLike, layer: Optional[str] = None) -> Path:
-    """Per candidate: SSLMem (x) against the highest UnitMem of the units it excites most (y; 0 for none).
-
-    Needs a reference; ``layer`` defaults to the last one.
-    """
+    """Per candidate: SSLMem (x) vs the highest UnitMem of the units it excites most (y; 0: none); needs a reference."""
     _require_reference(report, "plot_sslmem_vs_unitmem")
     layer = layer_of(report, layer)
     x = report.sslmem[layer].float().numpy()
@@ -199,8 +194,6 @@ def plot_report(report: Optional[MemorizationReport], out_dir: PathLike,
     if report is not None:
         written.append(save_png(profile_figure(report, warmup_step=warmup_step), out / FILENAMES["profile"]))
     if history is not None:
-        try:
+        with suppress(ReportFormatError):  # a history without LayerMem / excess / UnitMem scalars: no heat map
             written.append(save_png(heatmap_figure(history, warmup_step=warmup_step), out / FILENAMES["heatmap"]))
-        except ReportFormatError:
-            pass  # a history without LayerMem / excess / UnitMem scalars: no heat map
     return written

@@ -154,7 +154,14 @@ def compute_evidence(layers: List[str], *, unit_means: Mapping[str, Tensor], red
                 meta["groups"][name] = int(groups[name].shape[1])
     if unseen_unit_means is not None:
         meta["groups"]["unseen"] = int(next(iter(unseen_unit_means.values())).shape[0])
-    _check_group_sizes(meta["groups"], opts, meta)
+    for name in ("control", "unseen"):
+        size = meta["groups"].get(name)
+        if size is not None and size < MIN_GROUP_SIZE and opts.bootstrap:
+            message = (f"[memloc] `{name}` has {size} images, fewer than {MIN_GROUP_SIZE}: its tests hold their error "
+                       f"rate only if `{name}` and the candidates are exchangeable, and its intervals are unreliable. "
+                       f"Pass at least {MIN_GROUP_SIZE} {name} images (as many as the candidates is best).")
+            warnings.warn(message, UserWarning, stacklevel=2)
+            meta.setdefault("warnings", []).append(message)
     if sslmem_raw is not None:
         layer_evidence.layer_mem_evidence(layers, cand, groups, top_k, opts, records, group_sslmem, nulls, meta)
     unit_evidence.unit_mem_evidence(layers, unit_means, unseen_unit_means, reduction, negative, opts, records, nulls)
@@ -188,17 +195,6 @@ def finish_verdict(evidence: Evidence, nulls: Optional[layer_evidence.Nulls] = N
     meta["verdict"] = verdict
     meta["significant"] = dict(verdict["layers"])
     return verdict
-
-
-def _check_group_sizes(groups: Mapping[str, int], opts: EvidenceOptions, meta: Dict[str, Any]) -> None:
-    for name in ("control", "unseen"):
-        size = groups.get(name)
-        if size is not None and size < MIN_GROUP_SIZE and opts.bootstrap:
-            message = (f"[memloc] `{name}` has {size} images, fewer than {MIN_GROUP_SIZE}: its tests hold their error "
-                       f"rate only if `{name}` and the candidates are exchangeable, and its intervals are unreliable. "
-                       f"Pass at least {MIN_GROUP_SIZE} {name} images (as many as the candidates is best).")
-            warnings.warn(message, UserWarning, stacklevel=3)
-            meta.setdefault("warnings", []).append(message)
 
 
 def halfwidths(records: Mapping[str, Record], key: str) -> Dict[str, float]:

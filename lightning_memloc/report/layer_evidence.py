@@ -85,8 +85,10 @@ def layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Ten
         _warn_nonfinite(layers, raw, group, meta)
         g_norm = _normalise(raw, scale)
         group_sslmem[group] = {layer: g_norm[i].tolist() for i, layer in enumerate(layers)}
-        _group_figures(layers, group, g_norm, top_k, records)
         key = "excess" if group == "control" else "excess_unseen"
+        if group == "control":
+            g_delta = g_norm - torch.cat([torch.zeros_like(g_norm[:1]), g_norm[:-1]])
+            g_top, g_least = _topk_means(g_norm, top_k)
         excess = norm.mean(1) - g_norm.mean(1)
         lo = hi = p = None
         if boot and raw.shape[1] >= 2 and cand.shape[1] >= 2:
@@ -97,20 +99,12 @@ def layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Ten
             nulls[key] = (list(layers), excess, se_norm, test["null"])
         for i, layer in enumerate(layers):
             rec = records[layer]
+            if group == "control":
+                rec.update(control_layer_mem=float(g_norm[i].mean()), control_delta_layer_mem=float(g_delta[i].mean()),
+                           control_layer_mem_top=float(g_top[i]), control_layer_mem_least=float(g_least[i]))
+            else:
+                rec["unseen_layer_mem"] = float(g_norm[i].mean())
             rec[key] = float(excess[i])
             rec[f"{key}_lo"] = None if lo is None else float(lo[i])
             rec[f"{key}_hi"] = None if hi is None else float(hi[i])
             rec[f"{key}_p"] = None if p is None or math.isnan(float(p[i])) else float(p[i])
-
-
-def _group_figures(layers: List[str], group: str, g_norm: Tensor, top_k: int, records: Dict[str, Record]) -> None:
-    if group == "control":
-        g_delta = g_norm - torch.cat([torch.zeros_like(g_norm[:1]), g_norm[:-1]])
-        g_top, g_least = _topk_means(g_norm, top_k)
-        for i, layer in enumerate(layers):
-            records[layer].update(control_layer_mem=float(g_norm[i].mean()),
-                                  control_delta_layer_mem=float(g_delta[i].mean()),
-                                  control_layer_mem_top=float(g_top[i]), control_layer_mem_least=float(g_least[i]))
-    else:
-        for i, layer in enumerate(layers):
-            records[layer]["unseen_layer_mem"] = float(g_norm[i].mean())

@@ -89,9 +89,12 @@ class MemorizationReport:
         """Number of candidates measured."""
         return int(self.candidate_ids.numel())
 
-    def _check_layer(self, layer: str) -> None:
+    def _layer(self, layer: Optional[str]) -> str:
+        """``layer`` (default: the last), checked to be one of the report's."""
+        layer = self.layers[-1] if layer is None else layer
         if layer not in self.layers:
             raise KeyError(f"layer {layer!r} is not in this report; its layers are {self.layers}.")
+        return layer
 
     def _need_reference(self, what: str) -> None:
         if not self.has_reference:
@@ -125,21 +128,17 @@ class MemorizationReport:
 
     def top_units(self, layer: str, k: int = 10, largest: bool = True) -> Tensor:
         """Indices of the ``k`` units of ``layer`` with the highest (or lowest) UnitMem."""
-        self._check_layer(layer)
-        return torch.sort(self.unit_mem[layer], descending=largest, stable=True).indices[:k]
+        return torch.sort(self.unit_mem[self._layer(layer)], descending=largest, stable=True).indices[:k]
 
     def most_memorized(self, k: int = 10, layer: Optional[str] = None, largest: bool = True) -> Tensor:
         """Candidate ids ranked by SSLMem at ``layer`` (default: the last layer)."""
         self._need_reference("most_memorized()")
-        layer = self.layers[-1] if layer is None else layer
-        self._check_layer(layer)
-        order = torch.sort(self.sslmem[layer], descending=largest, stable=True).indices[: min(k, self.num_candidates)]
+        order = torch.sort(self.sslmem[self._layer(layer)], descending=largest, stable=True).indices[:k]
         return self.candidate_ids[order]
 
     def candidate_scores(self, layer: Optional[str] = None) -> Tensor:
         """``(N,)`` SSLMem at ``layer`` (default last), else the summed UnitMem of the units it is the μmax of."""
-        layer = self.layers[-1] if layer is None else layer
-        self._check_layer(layer)
+        layer = self._layer(layer)
         if self.sslmem is not None:  # a hand-made report may hold LayerMem without per-candidate SSLMem
             return self.sslmem[layer].clone()
         position = {int(c): i for i, c in enumerate(self.candidate_ids.tolist())}
@@ -164,9 +163,8 @@ class MemorizationReport:
                                                     for k, v in value.items()}
         for name in ("top_ids", "least_ids"):
             out[name] = None if getattr(self, name) is None else getattr(self, name).tolist()
-        out["meta"] = self.meta
-        out["evidence"] = None if self.evidence is None else self.evidence.to_dict()
-        out["analyses"] = self.analyses
+        out.update(meta=self.meta, evidence=None if self.evidence is None else self.evidence.to_dict(),
+                   analyses=self.analyses)
         return out
 
     @classmethod
@@ -261,13 +259,8 @@ class MemorizationReport:
             return False
         for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             a, b = getattr(self, name), getattr(other, name)
-            if (a is None) != (b is None):
-                return False
-            if a is None:
-                continue
-            if name in _TENSOR_DICTS and not all(torch.allclose(a[k].double(), b[k].double(), atol=atol)
-                                                 for k in self.layers):
-                return False
-            if name in _FLOAT_DICTS and any(abs(a[k] - b[k]) > atol for k in self.layers):
+            if (a is None) != (b is None) or a is not None and any(
+                    not torch.allclose(a[k].double(), b[k].double(), atol=atol) if name in _TENSOR_DICTS
+                    else abs(a[k] - b[k]) > atol for k in self.layers):
                 return False
         return True

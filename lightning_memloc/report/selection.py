@@ -100,9 +100,8 @@ def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", str
     k = check_int("k", k, 1, type_error=True)
     if k > n_layers:
         raise ValueError(f"`k` must be <= the number of layers in the report ({n_layers}: {report.layers}), got {k}.")
-    order = list(range(n_layers))
     if strategy == "last":
-        chosen = order[n_layers - k:]
+        chosen = list(range(n_layers - k, n_layers))
     elif strategy == "random":
         generator = torch.Generator().manual_seed(seed)
         chosen = sorted(torch.randperm(n_layers, generator=generator)[:k].tolist())
@@ -123,22 +122,8 @@ def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", str
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"the report's `{by}` scores are not all finite: {dict(zip(report.layers, values))}.")
         sign = -1.0 if strategy == "highest" else 1.0
-        chosen = sorted(order, key=lambda i: (sign * values[i], i))[:k]
+        chosen = sorted(range(n_layers), key=lambda i: (sign * values[i], i))[:k]
     return [report.layers[i] for i in chosen]
-
-
-def _layer_scope(report: MemorizationReport, layers: Optional[Sequence[str]]) -> List[str]:
-    if layers is None:
-        return list(report.layers)
-    if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) == 0:
-        raise ValueError(f"`layers` must be None or a non-empty sequence of layer names, got {layers!r}.")
-    missing = [name for name in layers if name not in report.layers]
-    if missing:
-        raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"`layers` has duplicate names: {list(layers)}.")
-    wanted = set(layers)
-    return [name for name in report.layers if name in wanted]
 
 
 def _how_many(fraction: Optional[float], count: Optional[int], total: int, where: str) -> int:
@@ -179,7 +164,15 @@ def select_units(report: MemorizationReport, fraction: Optional[float] = None, c
     strategy = check_choice("strategy", strategy, UNIT_STRATEGIES, as_tuple=False)
     scope = check_choice("scope", scope, SCOPES, as_tuple=False)
     check_int("seed", seed, 0, type_error=True)
-    names = _layer_scope(report, layers)
+    if layers is not None:
+        if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) == 0:
+            raise ValueError(f"`layers` must be None or a non-empty sequence of layer names, got {layers!r}.")
+        missing = [name for name in layers if name not in report.layers]
+        if missing:
+            raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"`layers` has duplicate names: {list(layers)}.")
+    names = [name for name in report.layers if layers is None or name in layers]
     scores = {name: report.unit_mem[name].detach().float().cpu().reshape(-1) for name in names}
     for name, value in scores.items():
         if not bool(torch.isfinite(value).all()):

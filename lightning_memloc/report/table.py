@@ -46,35 +46,26 @@ def _p(value: Optional[float], alpha: float) -> str:
     return text + (" *" if value < alpha else "  ")
 
 
-def _table(rows: List[List[str]], right: List[bool]) -> List[str]:
+def _table(rows: List[List[str]], left: int) -> List[str]:
+    """``rows`` (the header first) in columns, the first ``left`` left-aligned, with a rule under the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for n, row in enumerate(rows):
-        cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("-" * len(out[0]))
-    return out
+    lines = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             .rstrip() for row in rows]
+    return [lines[0], "-" * len(lines[0]), *lines[1:]]
 
 
 def _plain_table(report: SummarySource, threshold: float) -> List[str]:
     """The table of a report measured without evidence (figures only)."""
     frac, mean_um, dead = report.unit_mem_frac_above(threshold), report.unit_mem_mean(), report.num_dead_units()
-    name_width = max([len("layer")] + [len(layer) for layer in report.layers]) + 2
-    kind_width = max([len("kind")] + [len(kind) for kind in report.layer_kinds.values()]) + 2
-    head = f"{'layer':<{name_width}}{'kind':<{kind_width}}"
-    if report.has_reference:
-        head += f"{'LayerMem':>10}{'ΔLayerMem':>11}{'top-k':>8}{'least-k':>9}"
-    head += f"{'UnitMem':>9}{f'>{threshold:g}':>7}{'dead':>6}"
-    rows = [head, "-" * len(head)]
+    figures = ("layer_mem", "delta_layer_mem", "layer_mem_top", "layer_mem_least") if report.has_reference else ()
+    head = ["layer", "kind", *(["LayerMem", "ΔLayerMem", "top-k", "least-k"] if figures else []), "UnitMem",
+            f">{threshold:g}", "dead"]
+    rows = [head]
     for layer in report.layers:
-        row = f"{layer:<{name_width}}{report.layer_kinds.get(layer, '?'):<{kind_width}}"
-        if report.has_reference:
-            row += (f"{report.layer_mem[layer]:>10.3f}{report.delta_layer_mem[layer]:>+11.3f}"
-                    f"{report.layer_mem_top[layer]:>8.3f}{report.layer_mem_least[layer]:>9.3f}")
-        row += f"{mean_um[layer]:>9.3f}{frac[layer]:>7.1%}{dead[layer]:>6d}"
-        rows.append(row)
-    return rows
+        values = [format(getattr(report, f)[layer], "+.3f" if f == "delta_layer_mem" else ".3f") for f in figures]
+        rows.append([layer, report.layer_kinds.get(layer, "?"), *values, f"{mean_um[layer]:.3f}", f"{frac[layer]:.1%}",
+                     str(dead[layer])])
+    return _table(rows, 2)
 
 
 def _sizes(ev: "Evidence", *groups: str) -> str:
@@ -188,7 +179,7 @@ def _align_rows(report: SummarySource, alpha: float, level: str) -> List[str]:
     return (["Alignment under f alone, candidates C vs unseen images U (no reference needed)",
              "d_f: mean distance between an image's views; gap: d_f(U) − d_f(C) on the range of d_f over C ∪ U; "
              "AUC: share of (C, U) pairs where C is tighter (0.5: none)"]
-            + _table(rows, [False] + [True] * (len(head) - 1)) + [""])
+            + _table(rows, 1) + [""])
 
 
 def format_summary(report: SummarySource, threshold: float = 0.5) -> str:
@@ -219,8 +210,7 @@ def format_summary(report: SummarySource, threshold: float = 0.5) -> str:
                 row += [_num(rec.get("excess_unseen"), "+.3f"), _bound(rec, "excess_unseen"),
                         _p(rec.get("excess_unseen_p_holm"), alpha)]
             rows.append(row)
-        out += ["LayerMem (normalised SSLMem; every group on the candidates' scale)"]
-        out += _table(rows, [False, False] + [True] * (len(head) - 2)) + [""]
+        out += ["LayerMem (normalised SSLMem; every group on the candidates' scale)", *_table(rows, 2), ""]
     if ev.has("align_gap"):
         out += _align_rows(report, alpha, level)
     head = ["layer", "UnitMem", level, f">{threshold:g}", "dead"]
@@ -236,10 +226,8 @@ def format_summary(report: SummarySource, threshold: float = 0.5) -> str:
                     _p(rec.get("unit_mem_excess_p_holm"), alpha), _num(rec.get("membership"), ".1%"),
                     _num(rec.get("membership_chance"), ".1%"), _p(rec.get("membership_p_holm"), alpha)]
         rows.append(row)
-    out += ["UnitMem (mean over units; seen / unseen: equal-size samples of candidates and unseen images)"]
-    out += _table(rows, [False] + [True] * (len(head) - 1)) + [""]
-    out += _legend(ev, level) + [""]
-    out += verdict_lines(report)
+    out += ["UnitMem (mean over units; seen / unseen: equal-size samples of candidates and unseen images)",
+            *_table(rows, 1), "", *_legend(ev, level), "", *verdict_lines(report)]
     return "\n".join(out)
 
 

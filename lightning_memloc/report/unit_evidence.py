@@ -95,13 +95,11 @@ def unit_mem_evidence(layers: List[str], mu: Mapping[str, Tensor], mu_unseen: Op
             continue
         raw_u = mu_unseen[layer].detach().double().to(m.device)
         pool = policy_means(layer, torch.cat([mu[layer].detach().double(), raw_u]), negative)
-        seen_pool, unseen_pool = pool[:n], pool[n:]
         size = min(n, raw_u.shape[0])
         gen = torch.Generator().manual_seed((seed + 13 + li) & (2**63 - 1))  # seeds near 2**64 overflowed
-        seen_s = seen_pool[torch.randperm(n, generator=gen)[:size].to(m.device)]
-        unseen_s = unseen_pool[torch.randperm(raw_u.shape[0], generator=gen)[:size].to(m.device)]
-        a = float(unitmem(seen_s, reduction=reduction, negative="clamp").mean())
-        b = float(unitmem(unseen_s, reduction=reduction, negative="clamp").mean())
+        seen_s = pool[torch.randperm(n, generator=gen)[:size].to(m.device)]
+        unseen_s = pool[n + torch.randperm(raw_u.shape[0], generator=gen)[:size].to(m.device)]
+        a, b = (float(unitmem(s, reduction=reduction, negative="clamp").mean()) for s in (seen_s, unseen_s))
         rec["unit_mem_seen"], rec["unit_mem_unseen"], rec["unit_mem_excess"] = a, b, a - b
         labels = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(raw_u.shape[0], dtype=torch.bool)])
         member = membership_test(pool, labels, n_perm=max(boot, 1), seed=seed + 17 + li)

@@ -20,10 +20,6 @@ __all__ = ["VERDICT_TESTS", "min_bootstrap_for", "overall_verdict"]
 VERDICT_TESTS: Tuple[str, ...] = ("excess", "excess_unseen", "membership", "unit_mem_excess", "align_gap")
 
 
-def _valid(p: Any) -> bool:
-    return p is not None and not math.isnan(float(p))
-
-
 def overall_verdict(records: Mapping[str, MutableMapping[str, Optional[float]]], alpha: float, bootstrap: int,
                     tests: Sequence[str] = VERDICT_TESTS) -> Dict[str, Any]:
     """Holm over every ``<test>_p`` of ``records`` (None / NaN left out); writes each ``<test>_p_holm`` in place.
@@ -37,7 +33,7 @@ def overall_verdict(records: Mapping[str, MutableMapping[str, Optional[float]]],
         for layer, rec in records.items():
             if f"{test}_p" in rec:
                 rec[f"{test}_p_holm"] = None
-                if _valid(rec[f"{test}_p"]):
+                if rec[f"{test}_p"] is not None and not math.isnan(float(rec[f"{test}_p"])):
                     keys.append((test, layer))
     adjusted = holm([float(records[layer][f"{test}_p"]) for test, layer in keys])  # type: ignore[arg-type]
     for (test, layer), p in zip(keys, adjusted):
