@@ -8,8 +8,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_label_tensor", "check_dense", "check_has_weights", "check_json_meta"]
-
 
 def check_dense(value: Tensor, name: str) -> None:
     """Refuse sparse and nested tensors (``TypeError``) and meta-device tensors (``ValueError``).

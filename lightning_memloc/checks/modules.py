@@ -13,8 +13,6 @@ from torch import nn
 
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["check_layers_exist", "check_reference", "check_views_memory", "named_module", "unwrap_compiled"]
-
 
 def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device,
                        itemsize: int = 4) -> None:

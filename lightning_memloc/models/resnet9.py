@@ -9,8 +9,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.models.norm import NORMS, make_norm
 
-__all__ = ["ConvBlock", "Residual", "ResNet9"]
-
 
 class ConvBlock(nn.Module):
     """3×3 convolution → BatchNorm2d (or GroupNorm, ``norm="group"``, still ``self.bn``) → ReLU: one "layer"

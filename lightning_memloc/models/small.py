@@ -9,8 +9,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import check_int
 from lightning_memloc.models.resnet9 import ConvBlock
 
-__all__ = ["TinyCNN", "TinyMLP"]
-
 
 class TinyCNN(nn.Module):
     """Three :class:`ConvBlock` layers (``conv1..3``, widths w, 2w, 4w, max-pooled): a miniature ResNet9.
