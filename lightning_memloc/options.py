@@ -3,10 +3,6 @@
 Example:
     >>> MeasureOptions(views=4, top_k=2).meter_kwargs()
     {'reduction': 'mean', 'negative': 'clamp', 'top_k': 2}
-    >>> MeasureOptions(pairing="pairs")
-    Traceback (most recent call last):
-    ...
-    ValueError: `pairing` must be one of ('all', 'anchor'), got 'pairs'.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.views.normalization import NormalizeSpec, check_normalize, normalize_meta
 from lightning_memloc.reductions.precision import AUTOCASTS
 
-__all__ = ["DEFAULT", "MeasureOptions", "options_doc", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
+__all__ = ["DEFAULT", "MeasureOptions", "SURFACE_DIFFERENCES", "option_property", "options_doc"]
 
 #: Keywords that :func:`~lightning_memloc.measure` and the :class:`~lightning_memloc.callbacks.MemorizationMonitor`
 #: share with a different default or meaning, and why (``tests/test_contract.py`` allows no other).
