@@ -1,9 +1,8 @@
 """A digest of what decides a module's forward besides its tensors: structure, settings, code, hooks.
 
-A ``state_dict``-keyed cache (:class:`~lightning_memloc.states.reference_cache.ReferenceCache`) would miss a swapped
-activation, a padding, a patched ``forward`` or a hook: :func:`structure_digest` feeds each sub-module's name, class,
-MRO code, plain attributes and forward hooks, and torch's global hooks; not code reached through a global name.
-"""
+A ``state_dict``-keyed cache would miss a swapped activation, a padding, a patched ``forward`` or a hook:
+:func:`structure_digest` feeds each sub-module's name, class, MRO code, plain attributes and forward hooks, and
+torch's global hooks; not code reached through a global name."""
 
 from __future__ import annotations
 
@@ -74,11 +73,10 @@ class _Digest:
         self.hasher.update(b"\0")
 
     def klass(self, cls: type) -> None:
-        key = id(cls)
-        if key not in self.classes:
+        if id(cls) not in self.classes:
             code = _class_code(cls) if self.class_code else hashlib.blake2b(digest_size=20).hexdigest()
-            self.classes[key] = f"{cls.__module__}.{cls.__qualname__}:{code}"
-        self.feed(self.classes[key])
+            self.classes[id(cls)] = f"{cls.__module__}.{cls.__qualname__}:{code}"
+        self.feed(self.classes[id(cls)])
 
     def value(self, obj: Any, where: str, depth: int = 0) -> None:
         if depth > _MAX_DEPTH:
