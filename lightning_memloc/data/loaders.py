@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_memloc.checks import check_int
+
 __all__ = ["NAMED_DATASETS", "load_data", "load_digits", "load_image_folder", "load_npz", "load_torchvision",
            "resize_images"]
 
@@ -24,8 +26,7 @@ def resize_images(images: Tensor, size: int | None) -> Tensor:
     """Bilinear resize of uint8 (N, C, H, W) images to ``size`` x ``size`` (no-op if ``None`` or equal)."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"`size` must be a positive int, got {size!r}")
+    size = check_int("size", size, 1)
     out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
                         antialias=size < max(images.shape[-2:]))
     return out.round().clamp(0, 255).to(torch.uint8)
@@ -40,10 +41,7 @@ def load_digits(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
         ((1797, 1, 8, 8), torch.uint8, 9)
     """
     from sklearn.datasets import load_digits as _sk_load_digits
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"`size` must be a positive int, got {size!r}")
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"`channels` must be a positive int, got {channels!r}")
+    size, channels = check_int("size", size, 1), check_int("channels", channels, 1)
     bunch = _sk_load_digits()
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0))).to(torch.uint8).unsqueeze(1)
     images = resize_images(images, size).expand(-1, channels, -1, -1).contiguous()
@@ -167,8 +165,7 @@ def _read_image(ds: Any, i: int) -> Tensor:
 def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tensor]:
     """An ``ImageFolder`` (one sub-folder per class) as uint8 ``(N, 3, size, size)``, centre-cropped."""
     from torchvision import datasets, transforms
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"`size` must be a positive int, got {size!r}")
+    size = check_int("size", size, 1)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"no such image folder: {str(path)!r}")
     tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
