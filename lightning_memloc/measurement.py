@@ -236,8 +236,7 @@ def run_pass(encoder: nn.Module, reference: Optional[nn.Module], views: SeededVi
             meter.update_views(index, batch_views)
             meter.update(index.to(device, non_blocking=True), {n: u.to(device) for n, u in units.items()},
                          {n: a.to(device) for n, a in align_f.items()} if align_f else None, align_g, labels)
-    if distributed:
-        # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
+    if distributed:  # every rank must agree before raising, or the healthy ranks would wait forever in compute()
         nonfinite = max_across_ranks(nonfinite.to(device), world_size).cpu()
     if bool(nonfinite.any()):
         where = "" if epoch is None else f" at epoch {epoch}"

@@ -1,8 +1,4 @@
-"""Argument checks shared by the package: each runs before any work and names the argument and the fix.
-
-``values``: numbers, choices, seeds; ``tensors``: ids, activations, images, report values; ``modules``: the
-reference, compiled wrappers, memory; ``inputs``: dense tensors, labels, JSON ``meta`` (``docs/reliability.md``).
-"""
+"""Argument checks shared by the package: each runs before any work and names the argument and the fix."""
 
 from lightning_memloc.checks.inputs import as_label_tensor, check_dense, check_has_weights, check_json_meta
 from lightning_memloc.checks.modules import (check_layers_exist, check_reference, check_views_memory, named_module,
