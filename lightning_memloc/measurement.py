@@ -110,14 +110,12 @@ class Measurement:
 
 
 def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
-    """Refuse an ``encoder`` / ``reference`` that is not an ``nn.Module`` with weights, or one module as both."""
+    """Refuse an ``encoder`` / ``reference`` that is not an ``nn.Module`` with weights."""
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"`encoder` must be a torch.nn.Module, got {type(encoder).__name__}.")
     if reference is not None and not isinstance(reference, nn.Module):
         raise TypeError(f"`reference` must be a torch.nn.Module or None, got {type(reference).__name__} "
                         "(load checkpoints with `lightning_memloc.load_encoder`).")
-    if reference is encoder:
-        raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
     check_has_weights(encoder, "encoder")
     if reference is not None:
         check_has_weights(reference, "reference")
