@@ -6,7 +6,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,16 +133,13 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
     """
     import torchvision.datasets as tvd
     key = str(name).lower()
-    builders: dict[str, Callable[[], Any]] = {
-        "cifar10": lambda: tvd.CIFAR10(str(root), train=train, download=download),
-        "stl10": lambda: tvd.STL10(str(root), split="train" if train else "test", download=download),
-        "svhn": lambda: tvd.SVHN(str(root), split="train" if train else "test", download=download),
-    }
-    if key not in builders:
-        raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(builders)}")
+    classes = {"cifar10": tvd.CIFAR10, "stl10": tvd.STL10, "svhn": tvd.SVHN}
+    if key not in classes:
+        raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(classes)}")
+    split = {"train": train} if key == "cifar10" else {"split": "train" if train else "test"}
     hint = "or save the images as a local .npz (uint8 x N×H×W×C, y) and pass its path to load_data / load_npz"
     try:
-        ds = builders[key]()
+        ds = classes[key](str(root), download=download, **split)
     except RuntimeError as e:
         if not download and "not found" in str(e).lower():
             raise FileNotFoundError(f"{key} files not found under {str(root)!r}: pass download=True {hint}") from e
