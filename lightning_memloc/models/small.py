@@ -62,7 +62,6 @@ class TinyMLP(nn.Module):
             previous = h
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.flatten(x)
-        for i in range(1, len(self.hidden) + 1):
-            x = getattr(self, f"relu{i}")(getattr(self, f"fc{i}")(x))
+        for layer in self.children():  # flatten, fc1, relu1, fc2, relu2, ...
+            x = layer(x)
         return x
