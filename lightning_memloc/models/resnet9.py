@@ -55,9 +55,8 @@ class Residual(nn.Module):
 
 
 class ResNet9Base(nn.Module):
-    """What both ResNet9 layouts share: argument checks, ``feature_dim = 8 * width``, the eight layers that the
-    subclass's ``build(w, norm)`` adds, then global max-pool → flatten → ``fc`` (only if ``num_classes`` is given);
-    the subclass's ``forward_features`` gives the ``(B, 8 * width)`` representation."""
+    """Shared by both ResNet9 layouts: argument checks, ``feature_dim = 8 * width``, the layers the subclass's
+    ``build(w, norm)`` adds, then global max-pool → flatten → ``fc`` (if ``num_classes``) after ``forward_features``."""
 
     def __init__(self, in_channels: int, width: int, num_classes: Optional[int], norm: str) -> None:
         super().__init__()
