@@ -60,20 +60,17 @@ def measure(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *, r
         >>> import torch
         >>> from lightning_memloc import measure
         >>> from lightning_memloc.models import TinyCNN
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> f, g = TinyCNN(), TinyCNN()
         >>> images = torch.rand(6, 3, 16, 16)
         >>> report = measure(f, images, reference=g, views=4, top_k=2)
         >>> len(report.layers), report.has_reference
         (3, True)
     """
+    given = locals()  # the option keywords as passed: MeasureOptions validates them
     encoder, reference = unwrap_compiled(encoder), unwrap_compiled(reference)  # torch.compile: measure eagerly
     check_models(encoder, reference)
-    options = MeasureOptions(views=views, seed=seed, batch_size=batch_size, pairing=pairing, reduction=reduction,
-                             negative=negative, top_k=top_k, num_workers=num_workers, progress=progress,
-                             bootstrap=bootstrap, confidence=confidence, alpha=alpha, autocast=autocast,
-                             normalize=normalize, with_reference=reference is not None)
+    options = MeasureOptions(**{k: given[k] for k in MeasureOptions.keywords()}, with_reference=reference is not None)
     if reference_cache is not None and not isinstance(reference_cache, ReferenceCache):
         raise TypeError("`reference_cache` must be a lightning_memloc.ReferenceCache or None, "
                         f"got {type(reference_cache).__name__}.")

@@ -1,7 +1,5 @@
-"""One measurement, views → taps → reductions → states → report, shared by ``measure()`` and the monitor.
-
-Hooks reduce each tapped layer to per-unit view means and per-candidate alignments: memory stays O(N·U).
-"""
+"""One measurement, views → taps → reductions → states → report, shared by ``measure()`` and the monitor
+(hooks reduce each tapped layer to per-unit view means and per-candidate alignments: memory stays O(N·U))."""
 
 from __future__ import annotations
 
@@ -112,14 +110,12 @@ class Measurement:
 
 
 def check_models(encoder: nn.Module, reference: Optional[nn.Module]) -> None:
-    """Refuse an ``encoder`` / ``reference`` that is not an ``nn.Module`` with weights, or one module as both."""
+    """Refuse an ``encoder`` / ``reference`` that is not an ``nn.Module`` with weights."""
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"`encoder` must be a torch.nn.Module, got {type(encoder).__name__}.")
     if reference is not None and not isinstance(reference, nn.Module):
         raise TypeError(f"`reference` must be a torch.nn.Module or None, got {type(reference).__name__} "
                         "(load checkpoints with `lightning_memloc.load_encoder`).")
-    if reference is encoder:
-        raise ValueError("`reference` is the encoder itself: pass an encoder trained without the candidates.")
     check_has_weights(encoder, "encoder")
     if reference is not None:
         check_has_weights(reference, "reference")
@@ -151,10 +147,8 @@ def build_views(candidates: Union[Candidates, SeededViews], views: int, transfor
 
 def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *, with_reference: bool) -> Dict[str, Candidates]:
     """Validate the control / unseen sets; return them by name, in pass order (control first)."""
-    groups: Dict[str, Candidates] = {}
-    for name, images in (("control", control), ("unseen", unseen)):
-        if images is None:
-            continue
+    groups = {name: images for name, images in (("control", control), ("unseen", unseen)) if images is not None}
+    for name, images in groups.items():
         if not isinstance(images, (Tensor, Dataset)):
             raise TypeError(f"`{name}` must be an image tensor (N, C, H, W) or a Dataset, got {type(images).__name__}.")
         if isinstance(images, Tensor):
@@ -165,7 +159,6 @@ def check_groups(control: Optional[Candidates], unseen: Optional[Candidates], *,
             raise TypeError(f"`{name}` must be a map-style Dataset with __len__.") from err
         if size < 2:
             raise ValueError(f"`{name}` needs at least 2 images for a test against the candidates, got {size}.")
-        groups[name] = images
     if "control" in groups and not with_reference:
         raise ValueError("`control` is compared with the candidates on SSLMem, which needs `reference`: pass the "
                          "reference encoder, or drop `control` (use `unseen` for UnitMem's membership test).")
@@ -196,16 +189,15 @@ def run_pass(encoder: nn.Module, reference: Optional[nn.Module], views: SeededVi
     device = meter.device  # metric states are not registered buffers: meter.buffers() is empty
     anchor = pairing == "anchor"
     distributed = is_distributed(world_size)
-    loader = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler,
-                              pin_memory=pin_memory_for(device))
-    # nonfinite[0][i] / nonfinite[1][i]: layer names[i] gave NaN/inf in the encoder / the reference.
-    nonfinite = torch.zeros(2, len(names), dtype=torch.uint8)
-    iterator: Any = loader
+    loader: Any = views.dataloader(batch_size=batch_size, num_workers=num_workers, sampler=sampler,
+                                   pin_memory=pin_memory_for(device))
     if progress:
         from tqdm.auto import tqdm
-        iterator = tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+        loader = tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+    # nonfinite[0][i] / nonfinite[1][i]: layer names[i] gave NaN/inf in the encoder / the reference.
+    nonfinite = torch.zeros(2, len(names), dtype=torch.uint8)
     with eval_mode(encoder, reference), torch.no_grad():
-        for index, x, label in iterator:
+        for index, x, label in loader:
             index = torch.as_tensor(index, dtype=torch.long)
             label = torch.as_tensor(label, dtype=torch.long)
             batch_views = views.finalize(x, index, device)
@@ -242,8 +234,7 @@ def run_pass(encoder: nn.Module, reference: Optional[nn.Module], views: SeededVi
             meter.update_views(index, batch_views)
             meter.update(index.to(device, non_blocking=True), {n: u.to(device) for n, u in units.items()},
                          {n: a.to(device) for n, a in align_f.items()} if align_f else None, align_g, labels)
-    if distributed:
-        # Every rank must agree before raising, or the healthy ranks would wait forever in compute().
+    if distributed:  # every rank must agree before raising, or the healthy ranks would wait forever in compute()
         nonfinite = max_across_ranks(nonfinite.to(device), world_size).cpu()
     if bool(nonfinite.any()):
         where = "" if epoch is None else f" at epoch {epoch}"

@@ -3,10 +3,6 @@
 Example:
     >>> MeasureOptions(views=4, top_k=2).meter_kwargs()
     {'reduction': 'mean', 'negative': 'clamp', 'top_k': 2}
-    >>> MeasureOptions(pairing="pairs")
-    Traceback (most recent call last):
-    ...
-    ValueError: `pairing` must be one of ('all', 'anchor'), got 'pairs'.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from lightning_memloc.report.evidence import EvidenceOptions
 from lightning_memloc.views.normalization import NormalizeSpec, check_normalize, normalize_meta
 from lightning_memloc.reductions.precision import AUTOCASTS
 
-__all__ = ["DEFAULT", "MeasureOptions", "options_doc", "NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SURFACE_DIFFERENCES", "option_property"]
+__all__ = ["DEFAULT", "MeasureOptions", "SURFACE_DIFFERENCES", "option_property", "options_doc"]
 
 #: Keywords that :func:`~lightning_memloc.measure` and the :class:`~lightning_memloc.callbacks.MemorizationMonitor`
 #: share with a different default or meaning, and why (``tests/test_contract.py`` allows no other).
@@ -75,13 +71,12 @@ class MeasureOptions:
     with_reference: bool = False
 
     def __post_init__(self) -> None:
-        for name, low in (("views", 1), ("batch_size", 1), ("top_k", 1), ("num_workers", 0)):
-            # NumPy integers are accepted (stored as int); bools and floats are not
-            object.__setattr__(self, name, check_int(name, getattr(self, name), low))
-        for name, allowed in (("pairing", PAIRINGS), ("reduction", REDUCTIONS), ("negative", NEGATIVE_POLICIES)):
-            check_choice(name, getattr(self, name), allowed)
-        if self.autocast is not None:
-            check_choice("autocast", self.autocast, AUTOCASTS)
+        for f in dataclasses.fields(self):  # the bounds and choices the fields declare
+            value = getattr(self, f.name)
+            if "minimum" in f.metadata:  # NumPy integers are accepted (stored as int); bools and floats are not
+                object.__setattr__(self, f.name, check_int(f.name, value, f.metadata["minimum"]))
+            elif "choices" in f.metadata and (value is not None or f.default is not None):  # autocast=None: float32
+                check_choice(f.name, value, f.metadata["choices"])
         object.__setattr__(self, "normalize", check_normalize(self.normalize))
         if self.with_reference and self.pairing == "all" and self.views < 2:
             raise ValueError(f"LayerMem with pairing='all' compares pairs of views and needs `views` >= 2, got "

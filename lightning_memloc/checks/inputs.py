@@ -8,14 +8,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_label_tensor", "check_dense", "check_has_weights", "check_json_meta"]
-
 
 def check_dense(value: Tensor, name: str) -> None:
     """Refuse sparse and nested tensors (``TypeError``) and meta-device tensors (``ValueError``).
 
     Example:
-        >>> check_dense(torch.zeros(2, 3), "candidates")
         >>> check_dense(torch.zeros(2, 3).to_sparse(), "candidates")
         Traceback (most recent call last):
         ...
@@ -70,12 +67,9 @@ def as_label_tensor(labels: Any) -> Tensor:
     return torch.as_tensor(array)
 
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
 def _first_unstorable(value: Any, where: str) -> tuple[str, str] | None:
     """``(where, why)`` of the first part of ``value`` that JSON cannot hold as it is, or ``None``."""
-    if isinstance(value, _JSON_SCALARS):  # np.float64 is a float: JSON writes it
+    if isinstance(value, (str, int, float, bool, type(None))):  # np.float64 is a float: JSON writes it
         return None
     if isinstance(value, (Mapping, list, tuple)):
         items = value.items() if isinstance(value, Mapping) else enumerate(value)
@@ -94,7 +88,6 @@ def check_json_meta(meta: Mapping[str, Any], name: str = "meta") -> None:
     """Refuse (``TypeError``) a ``meta`` the report's JSON cannot store (NaN and inf are allowed).
 
     Example:
-        >>> check_json_meta({"epoch": 3, "lr": float("nan"), "tags": ["a", {"b": None}]})
         >>> check_json_meta({"lr": torch.tensor(0.1)})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...

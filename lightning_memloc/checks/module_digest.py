@@ -1,9 +1,8 @@
 """A digest of what decides a module's forward besides its tensors: structure, settings, code, hooks.
 
-A ``state_dict``-keyed cache (:class:`~lightning_memloc.states.reference_cache.ReferenceCache`) would miss a swapped
-activation, a padding, a patched ``forward`` or a hook: :func:`structure_digest` feeds each sub-module's name, class,
-MRO code, plain attributes and forward hooks, and torch's global hooks; not code reached through a global name.
-"""
+A ``state_dict``-keyed cache would miss a swapped activation, a padding, a patched ``forward`` or a hook:
+:func:`structure_digest` feeds each sub-module's name, class, MRO code, plain attributes and forward hooks, and
+torch's global hooks; not code reached through a global name."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import enum
 import functools
 import hashlib
 import types
-from collections import OrderedDict
 from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
@@ -74,11 +72,10 @@ class _Digest:
         self.hasher.update(b"\0")
 
     def klass(self, cls: type) -> None:
-        key = id(cls)
-        if key not in self.classes:
+        if id(cls) not in self.classes:
             code = _class_code(cls) if self.class_code else hashlib.blake2b(digest_size=20).hexdigest()
-            self.classes[key] = f"{cls.__module__}.{cls.__qualname__}:{code}"
-        self.feed(self.classes[key])
+            self.classes[id(cls)] = f"{cls.__module__}.{cls.__qualname__}:{code}"
+        self.feed(self.classes[id(cls)])
 
     def value(self, obj: Any, where: str, depth: int = 0) -> None:
         if depth > _MAX_DEPTH:
@@ -180,31 +177,20 @@ class _Digest:
                 self.value(hook, f"{where}.{names[0]}", depth + 1)
 
 
-#: (class, its functions and their code objects, code digest) by id(class), across calls.
-_CLASS_CODE: "OrderedDict[int, Tuple[type, Tuple[Any, ...], str]]" = OrderedDict()
-_CLASS_CODE_SIZE = 512
-
-
 def _class_code(cls: type) -> str:
-    """Digest of the code of every function in ``cls``'s MRO, reused while each is the same object with the same
-    code (hashing code is most of a digest's cost: resnet18 ~8 of 9 ms)."""
-    functions = []
-    for base in cls.__mro__[:-1]:  # not `object`
-        for attr, value in sorted(vars(base).items()):
-            func = getattr(value, "__func__", value)  # staticmethod / classmethod
-            if isinstance(func, types.FunctionType):
-                functions.append((base, attr, func, func.__code__))
-    cached = _CLASS_CODE.get(id(cls))
-    if cached is not None and cached[0] is cls and len(cached[1]) == len(functions) and all(
-            a is b for old, new in zip(cached[1], functions) for a, b in zip(old, new)):
-        _CLASS_CODE.move_to_end(id(cls))
-        return cached[2]
+    """Digest of the code of every function in ``cls``'s MRO (``__func__``: static and class methods)."""
+    pairs = ((base, attr, getattr(value, "__func__", value)) for base in cls.__mro__[:-1]  # not `object`
+             for attr, value in sorted(vars(base).items()))
+    return _functions_code(tuple((base, attr, func, func.__code__) for base, attr, func in pairs
+                                 if isinstance(func, types.FunctionType)))
+
+
+@functools.lru_cache(maxsize=512)
+def _functions_code(functions: Tuple[Tuple[type, str, types.FunctionType, types.CodeType], ...]) -> str:
+    """Digest of ``(class, name, function, code)`` entries, cached: hashing code is most of a digest's cost."""
     code = hashlib.blake2b(digest_size=20)
     for base, attr, _, func_code in functions:
         code.update(f"{base.__qualname__}.{attr}".encode() + _code_bytes(func_code))
-    _CLASS_CODE[id(cls)] = (cls, tuple(functions), code.hexdigest())
-    while len(_CLASS_CODE) > _CLASS_CODE_SIZE:
-        _CLASS_CODE.popitem(last=False)
     return code.hexdigest()
 
 

@@ -13,8 +13,6 @@ from torch import nn
 
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["check_layers_exist", "check_reference", "check_views_memory", "named_module", "unwrap_compiled"]
-
 
 def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device,
                        itemsize: int = 4) -> None:
@@ -63,10 +61,8 @@ def check_reference(encoder: nn.Module, reference: Optional[nn.Module], argument
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     """Same parameters (buffers such as BatchNorm statistics may differ: trained with lr 0 is a copy)."""
     sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
-    if sa.keys() != sb.keys() or not sa:
-        return False
-    return all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu()) for x, y in
-               ((sa[k], sb[k]) for k in sa))
+    return bool(sa) and sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].detach().cpu(), sb[k].detach().cpu()) for k in sa)
 
 
 def named_module(model: nn.Module, name: str, argument: str) -> nn.Module:

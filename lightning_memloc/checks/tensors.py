@@ -12,10 +12,6 @@ from torch import Tensor
 
 from lightning_memloc.errors import NonFiniteActivationError, ReportFormatError
 
-__all__ = ["RANGE_TOLERANCE", "as_long_tensor", "check_candidate_ids", "check_finite_tensor", "check_float_tensor",
-           "check_id_vector", "check_image_layout", "check_image_range", "check_index_values", "check_labels_layout",
-           "check_mean_activations", "check_report_values"]
-
 #: Float images may exceed [0, 1] by this much (resampling overshoot) before they are refused.
 RANGE_TOLERANCE = 0.01
 

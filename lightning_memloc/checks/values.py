@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["NEGATIVE_POLICIES", "PAIRINGS", "REDUCTIONS", "SEED_RANGE", "as_python_number", "check_choice",
-           "check_finite", "check_int", "check_memory_limit", "check_meta", "check_seed"]
-
-#: Seeds are taken modulo 2**64 by the counter-based view seeds: only [0, 2**64) is one-to-one.
-SEED_RANGE = (0, 1 << 64)
 #: How negative mean activations are made non-negative for UnitMem / ClassMem (``negative=``).
 NEGATIVE_POLICIES = ("clamp", "shift", "error")
 #: μ-max over the other candidates: the paper's mean or the authors' code's median (``reduction=``).
@@ -50,11 +44,7 @@ def _bounds(low: Optional[int], high: Optional[int]) -> str:
 
 def as_python_number(value: Any) -> Any:
     """NumPy integer / floating scalars as Python ``int`` / ``float``; anything else unchanged."""
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
+    return int(value) if isinstance(value, np.integer) else float(value) if isinstance(value, np.floating) else value
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str], *, as_tuple: bool = True) -> str:
@@ -70,25 +60,15 @@ def check_choice(name: str, value: Any, allowed: Sequence[str], *, as_tuple: boo
     return value
 
 
-def check_finite(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    """``value`` as a finite ``float`` in ``[low, high]`` (bools and strings refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
-    out = float(value)
-    if not math.isfinite(out) or not low <= out <= high:
-        raise ValueError(f"`{name}` must be a finite number in [{low}, {high}], got {value!r}.")
-    return out
-
-
 def check_seed(seed: Any, name: str = "seed") -> int:
-    """A seed in ``[0, 2**64)`` (seeds are used modulo 2**64: outside it, they alias others).
+    """A seed in ``[0, 2**64)``: the counter-based view seeds use it modulo 2**64, so others alias.
 
     Example:
         >>> check_seed(np.int32(7))
         7
     """
     value = check_int(name, seed, type_error=True)
-    if not SEED_RANGE[0] <= value < SEED_RANGE[1]:
+    if not 0 <= value < 1 << 64:
         raise ValueError(f"`{name}` must be in [0, 2**64), got {value}: seeds are used modulo 2**64, so {value} would "
                          f"give the same views as seed={value % (1 << 64)}; pass a seed in that range.")
     return value

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from lightning_memloc.data.loaders import NAMED_DATASETS, load_data, resize_images
+
 __all__ = ["CandidateGroups", "CandidateSpec", "IndexSpec", "LabelSpec", "load_candidates", "load_groups", "read_indices"]
 
 CandidateSpec = Union[Tensor, Dataset, str, os.PathLike]
@@ -51,10 +53,8 @@ def _read_path(path: Path, size: Optional[int]) -> Tuple[Tensor, Optional[Tensor
         if size is not None:
             if data.ndim != 4:
                 raise ValueError("`size` resizes images (N, C, H, W), not precomputed views: drop `size`.")
-            from lightning_memloc.data.loaders import resize_images
             data = resize_images(data, size)
         return data, None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    from lightning_memloc.data import NAMED_DATASETS, load_data
     if str(path).lower() not in NAMED_DATASETS and not path.exists():
         raise FileNotFoundError(f"`candidates`: nothing at {str(path)!r}: pass a .pt / .npz file, an image folder "
                                 f"or one of {list(NAMED_DATASETS)}.")

@@ -6,12 +6,14 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_memloc.checks import check_int
 
 __all__ = ["NAMED_DATASETS", "load_data", "load_digits", "load_image_folder", "load_npz", "load_torchvision",
            "resize_images"]
@@ -24,8 +26,7 @@ def resize_images(images: Tensor, size: int | None) -> Tensor:
     """Bilinear resize of uint8 (N, C, H, W) images to ``size`` x ``size`` (no-op if ``None`` or equal)."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"`size` must be a positive int, got {size!r}")
+    size = check_int("size", size, 1)
     out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
                         antialias=size < max(images.shape[-2:]))
     return out.round().clamp(0, 255).to(torch.uint8)
@@ -40,10 +41,7 @@ def load_digits(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
         ((1797, 1, 8, 8), torch.uint8, 9)
     """
     from sklearn.datasets import load_digits as _sk_load_digits
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"`size` must be a positive int, got {size!r}")
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"`channels` must be a positive int, got {channels!r}")
+    size, channels = check_int("size", size, 1), check_int("channels", channels, 1)
     bunch = _sk_load_digits()
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0))).to(torch.uint8).unsqueeze(1)
     images = resize_images(images, size).expand(-1, channels, -1, -1).contiguous()
@@ -135,16 +133,13 @@ def load_torchvision(name: str, root: str | os.PathLike, train: bool = True,
     """
     import torchvision.datasets as tvd
     key = str(name).lower()
-    builders: dict[str, Callable[[], Any]] = {
-        "cifar10": lambda: tvd.CIFAR10(str(root), train=train, download=download),
-        "stl10": lambda: tvd.STL10(str(root), split="train" if train else "test", download=download),
-        "svhn": lambda: tvd.SVHN(str(root), split="train" if train else "test", download=download),
-    }
-    if key not in builders:
-        raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(builders)}")
+    classes = {"cifar10": tvd.CIFAR10, "stl10": tvd.STL10, "svhn": tvd.SVHN}
+    if key not in classes:
+        raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(classes)}")
+    split = {"train": train} if key == "cifar10" else {"split": "train" if train else "test"}
     hint = "or save the images as a local .npz (uint8 x N×H×W×C, y) and pass its path to load_data / load_npz"
     try:
-        ds = builders[key]()
+        ds = classes[key](str(root), download=download, **split)
     except RuntimeError as e:
         if not download and "not found" in str(e).lower():
             raise FileNotFoundError(f"{key} files not found under {str(root)!r}: pass download=True {hint}") from e
@@ -167,8 +162,7 @@ def _read_image(ds: Any, i: int) -> Tensor:
 def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tensor]:
     """An ``ImageFolder`` (one sub-folder per class) as uint8 ``(N, 3, size, size)``, centre-cropped."""
     from torchvision import datasets, transforms
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"`size` must be a positive int, got {size!r}")
+    size = check_int("size", size, 1)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"no such image folder: {str(path)!r}")
     tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])

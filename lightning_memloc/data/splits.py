@@ -8,7 +8,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-__all__ = ["SplitIndices", "split_candidates"]
 
 
 class SplitIndices(NamedTuple):

@@ -7,9 +7,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 from torch import Tensor, nn
 
-from lightning_memloc.checks import check_choice, check_int
-from lightning_memloc.models.norm import NORMS
-from lightning_memloc.models.resnet9 import ConvBlock
+from lightning_memloc.models.resnet9 import ConvBlock, ResNet9Base
 
 __all__ = ["AUTHORS_LAYERS", "AuthorsBlock", "AuthorsResNet9", "convert_authors_state_dict"]
 
@@ -37,7 +35,7 @@ class AuthorsBlock(ConvBlock):
         return x if self.pool is None else self.pool(x)
 
 
-class AuthorsResNet9(nn.Module):
+class AuthorsResNet9(ResNet9Base):
     """ResNet9 as in the authors' released SimCLR and supervised code.
 
     Layout with ``w = width`` (theirs: ``w = 32``, 1,644,672 parameters without a classifier)::
@@ -64,21 +62,13 @@ class AuthorsResNet9(nn.Module):
 
     def __init__(self, in_channels: int = 3, width: int = 32, num_classes: Optional[int] = None,
                  norm: str = "batch") -> None:
-        super().__init__()
-        check_int("in_channels", in_channels, 1, type_error=True)
-        w = check_int("width", width, 1, type_error=True)
-        if num_classes is not None:
-            check_int("num_classes", num_classes, 1, type_error=True)
-        check_choice("norm", norm, NORMS)
-        self.in_channels, self.width, self.num_classes, self.norm = in_channels, w, num_classes, norm
-        self.feature_dim = 8 * w
-        channels = in_channels
+        super().__init__(in_channels, width, num_classes, norm)
+
+    def build(self, w: int, norm: str) -> None:
+        channels = self.in_channels
         for name, multiple, pool in AUTHORS_LAYERS:
             self.add_module(name, AuthorsBlock(channels, multiple * w, pool=pool, norm=norm))
             channels = multiple * w
-        self.global_pool = nn.AdaptiveMaxPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc: Optional[nn.Linear] = nn.Linear(8 * w, num_classes) if num_classes is not None else None
 
     def forward_map(self, x: Tensor) -> Tensor:
         """The layer-8 map after its residual addition, ``(B, 8w, H/16, W/16)`` (the authors' SimCLR output)."""
@@ -90,11 +80,6 @@ class AuthorsResNet9(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """The ``(B, 8 * width)`` representation (before ``fc``)."""
         return self.flatten(self.global_pool(self.forward_map(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Features ``(B, 8 * width)``, or logits ``(B, num_classes)`` if ``fc`` exists."""
-        features = self.forward_features(x)
-        return features if self.fc is None else self.fc(features)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, width={self.width}, num_classes={self.num_classes}, "

@@ -1,7 +1,5 @@
-"""Load an encoder's weights from a state dict, Lightning or nested checkpoint (``weights_only=True``).
-
-The key prefix is found (several: an error) or named, ``"pair.ckpt:prefix"``; pruned ``w_orig``, ``w_mask`` load as w.
-"""
+"""Load an encoder's weights from a state dict, Lightning or nested checkpoint (``weights_only=True``): the key
+prefix is found (several: an error) or named, ``"pair.ckpt:prefix"``; pruned ``w_orig``, ``w_mask`` load as w."""
 
 from __future__ import annotations
 
@@ -143,10 +141,7 @@ def load_encoder(path: PathLike, like: nn.Module, prefix: Optional[str] = None) 
         raise ArchitectureMismatchError(f"the checkpoint {str(path)!r} does not fit the encoder's architecture: "
                                         f"{' '.join(str(err).split())[:400]} (pass `prefix=` if the encoder's "
                                         "weights live under a sub-module name).") from err
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
+    return model.eval().requires_grad_(False)
 
 
 def resolve_module(owner: nn.Module, spec: Union[str, nn.Module, Callable[[nn.Module], nn.Module], None],

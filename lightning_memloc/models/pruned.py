@@ -91,6 +91,3 @@ class MaskUndo:
             module._parameters.clear()
             module._parameters.update(items)
         self._entries.clear()
-
-    def __bool__(self) -> bool:
-        return bool(self._entries)

@@ -9,8 +9,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.models.norm import NORMS, make_norm
 
-__all__ = ["ConvBlock", "Residual", "ResNet9"]
-
 
 class ConvBlock(nn.Module):
     """3×3 convolution → BatchNorm2d (or GroupNorm, ``norm="group"``, still ``self.bn``) → ReLU: one "layer"
@@ -56,7 +54,31 @@ class Residual(nn.Module):
         return x + self.conv2(self.conv1(x))
 
 
-class ResNet9(nn.Module):
+class ResNet9Base(nn.Module):
+    """Shared by both ResNet9 layouts: argument checks, ``feature_dim = 8 * width``, the layers the subclass's
+    ``build(w, norm)`` adds, then global max-pool → flatten → ``fc`` (if ``num_classes``) after ``forward_features``."""
+
+    def __init__(self, in_channels: int, width: int, num_classes: Optional[int], norm: str) -> None:
+        super().__init__()
+        check_int("in_channels", in_channels, 1, type_error=True)
+        check_choice("norm", norm, NORMS)
+        w = check_int("width", width, 1, type_error=True)
+        if num_classes is not None:
+            check_int("num_classes", num_classes, 1, type_error=True)
+        self.in_channels, self.width, self.num_classes, self.norm = in_channels, w, num_classes, norm
+        self.feature_dim = 8 * w
+        self.build(w, norm)
+        self.global_pool = nn.AdaptiveMaxPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc: Optional[nn.Linear] = nn.Linear(8 * w, num_classes) if num_classes is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``(B, 8 * width)``, or logits ``(B, num_classes)`` if ``fc`` exists."""
+        features = self.forward_features(x)
+        return features if self.fc is None else self.fc(features)
+
+
+class ResNet9(ResNet9Base):
     """The paper's ResNet9 encoder (DAWNBench / Myrtle layout).
 
     Layout with ``w = width`` (the paper uses ``w = 64``, about 6.57 M parameters)::
@@ -80,15 +102,10 @@ class ResNet9(nn.Module):
 
     def __init__(self, in_channels: int = 3, width: int = 64, num_classes: Optional[int] = None,
                  norm: str = "batch") -> None:
-        super().__init__()
-        check_int("in_channels", in_channels, 1, type_error=True)
-        check_choice("norm", norm, NORMS)
-        w = check_int("width", width, 1, type_error=True)
-        if num_classes is not None:
-            check_int("num_classes", num_classes, 1, type_error=True)
-        self.in_channels, self.width, self.num_classes, self.norm = in_channels, w, num_classes, norm
-        self.feature_dim = 8 * w
-        self.conv1 = ConvBlock(in_channels, w, norm)
+        super().__init__(in_channels, width, num_classes, norm)
+
+    def build(self, w: int, norm: str) -> None:
+        self.conv1 = ConvBlock(self.in_channels, w, norm)
         self.conv2 = ConvBlock(w, 2 * w, norm)
         self.pool2 = nn.MaxPool2d(2)
         self.res1 = Residual(2 * w, norm)
@@ -97,20 +114,12 @@ class ResNet9(nn.Module):
         self.conv4 = ConvBlock(4 * w, 8 * w, norm)
         self.pool4 = nn.MaxPool2d(2)
         self.res2 = Residual(8 * w, norm)
-        self.global_pool = nn.AdaptiveMaxPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc: Optional[nn.Linear] = nn.Linear(8 * w, num_classes) if num_classes is not None else None
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Return the ``(B, 8 * width)`` representation (before ``fc``)."""
         x = self.res1(self.pool2(self.conv2(self.conv1(x))))
         x = self.res2(self.pool4(self.conv4(self.pool3(self.conv3(x)))))
         return self.flatten(self.global_pool(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return features ``(B, 8 * width)``, or logits ``(B, num_classes)`` if ``fc`` exists."""
-        features = self.forward_features(x)
-        return features if self.fc is None else self.fc(features)
 
     def extra_repr(self) -> str:
         extra = "" if self.norm == "batch" else f", norm={self.norm!r}"

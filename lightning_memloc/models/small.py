@@ -9,8 +9,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import check_int
 from lightning_memloc.models.resnet9 import ConvBlock
 
-__all__ = ["TinyCNN", "TinyMLP"]
-
 
 class TinyCNN(nn.Module):
     """Three :class:`ConvBlock` layers (``conv1..3``, widths w, 2w, 4w, max-pooled): a miniature ResNet9.
@@ -64,7 +62,6 @@ class TinyMLP(nn.Module):
             previous = h
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.flatten(x)
-        for i in range(1, len(self.hidden) + 1):
-            x = getattr(self, f"relu{i}")(getattr(self, f"fc{i}")(x))
+        for layer in self.children():  # flatten, fc1, relu1, fc2, relu2, ...
+            x = layer(x)
         return x
