@@ -29,6 +29,8 @@ from lightning_memloc.reductions.baseline import INIT_BATCHNORM, recalibrated_ba
 from lightning_memloc.states.distributed import rank_zero_buffers
 from lightning_memloc.states.reference_cache import ReferenceCache, frozen_reference
 from lightning_memloc.measurement import Measurement
+from lightning_memloc.report.evidence import EvidenceOptions
+from lightning_memloc.views.seeded import SeededViews
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.states.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import DEFAULT, MeasureOptions, option_property, options_doc
@@ -153,10 +155,20 @@ class MemorizationMonitor(ScheduledCallback):
         self.layer_runs, self.view_check = bool(layer_runs), ViewCheck(check_views)
         self._loggers = MonitorLoggers(name)  # keeps what was written once (layout, per-layer writers)
 
-    views = property(lambda self: self.measurement.views, doc="The candidates' seeded views (of :attr:`measurement`).")
-    pool = property(lambda self: self.measurement.pool,
-                    doc="The pooled views of a pass: candidates, then control and unseen images.")
-    group_sizes = property(lambda self: self.measurement.group_sizes, doc="Sizes of the control / unseen sets by name.")
+    @property
+    def views(self) -> SeededViews:
+        """The candidates' seeded views (of :attr:`measurement`)."""
+        return self.measurement.views
+
+    @property
+    def pool(self) -> SeededViews:
+        """The pooled views of a pass: candidates, then control and unseen images."""
+        return self.measurement.pool
+
+    @property
+    def group_sizes(self) -> Dict[str, int]:
+        """Sizes of the control / unseen sets, by name."""
+        return self.measurement.group_sizes
 
     @property
     def options(self) -> MeasureOptions:
@@ -170,10 +182,15 @@ class MemorizationMonitor(ScheduledCallback):
     batch_size, pairing, reduction, negative = (option_property(k) for k in ("batch_size", "pairing", "reduction", "negative"))
     top_k, num_workers, progress, autocast = (option_property(k) for k in ("top_k", "num_workers", "progress", "autocast"))
 
-    evidence_options = property(lambda self: self.options.evidence,
-                                doc="How the report's intervals and tests are computed (from :attr:`options`).")
-    run_id = property(lambda self: self._run_id, doc="The id of this run, written into ``output_dir``'s marker "
-                      "(a resumed run takes over its folder's).")
+    @property
+    def evidence_options(self) -> EvidenceOptions:
+        """How the report's intervals and tests are computed (from :attr:`options`)."""
+        return self.options.evidence
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run, written into ``output_dir``'s marker (a resumed run takes over its folder's)."""
+        return self._run_id
 
     @cached_property
     def candidates_digest(self) -> str:
