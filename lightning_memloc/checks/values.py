@@ -44,7 +44,9 @@ def _bounds(low: Optional[int], high: Optional[int]) -> str:
 
 def as_python_number(value: Any) -> Any:
     """NumPy integer / floating scalars as Python ``int`` / ``float``; anything else unchanged."""
-    return int(value) if isinstance(value, np.integer) else float(value) if isinstance(value, np.floating) else value
+    if isinstance(value, np.integer):
+        return int(value)
+    return float(value) if isinstance(value, np.floating) else value
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str], *, as_tuple: bool = True) -> str:

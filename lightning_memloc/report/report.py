@@ -259,8 +259,14 @@ class MemorizationReport:
             return False
         for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             a, b = getattr(self, name), getattr(other, name)
-            if (a is None) != (b is None) or a is not None and any(
-                    not torch.allclose(a[k].double(), b[k].double(), atol=atol) if name in _TENSOR_DICTS
-                    else abs(a[k] - b[k]) > atol for k in self.layers):
+            if (a is None) != (b is None):
+                return False
+            if a is None:
+                continue
+            if name in _TENSOR_DICTS:
+                same = all(torch.allclose(a[k].double(), b[k].double(), atol=atol) for k in self.layers)
+            else:
+                same = all(abs(a[k] - b[k]) <= atol for k in self.layers)
+            if not same:
                 return False
         return True
