@@ -8,8 +8,6 @@ from torch import Tensor
 from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_id_vector, check_mean_activations
 from lightning_memloc.functional.unitmem import unitmem
 
-__all__ = ["class_means", "classmem"]
-
 
 def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Mean of ``(N, U)`` per-candidate means over each class's members: ``(means (C, U), sorted classes (C,))``.

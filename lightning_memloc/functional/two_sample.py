@@ -8,8 +8,6 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["bootstrap_t_interval", "permutation_lower_bound", "studentized_permutation_test"]
-
 
 def _rows(x: Tensor) -> Tensor:
     return x.detach().double().cpu()

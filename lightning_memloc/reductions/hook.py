@@ -46,8 +46,7 @@ def view_sq_distances(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
     Synchronises with the device once per call (the hook uses it on CPU only).
     """
     reps = reps.detach()
-    if chunk_bytes <= 0:
-        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
+    chunk_bytes = chunk_bytes if chunk_bytes > 0 else CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     if reps.shape[-1] < MIN_FEATURES:
         return sq_distances_from_gram(view_gram(reps, chunk_bytes))
     d2, risky = centred_sq_distances(centred_gram(reps, chunk_bytes))

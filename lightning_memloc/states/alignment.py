@@ -10,8 +10,6 @@ from torch import Tensor
 from lightning_memloc.checks import check_finite_tensor, check_int
 from lightning_memloc.states.base import CandidateIndexedMetric
 
-__all__ = ["ViewAlignment", "mean_alignment"]
-
 
 class ViewAlignment(CandidateIndexedMetric):
     """Per-candidate mean view alignment ``(L, N)`` at every layer (states ``enc_sums`` as in ``LayerMem``).

@@ -11,8 +11,6 @@ from lightning_memloc.functional.sslmem import delta_layermem, layermem, sslmem,
 from lightning_memloc.checks import check_finite_tensor, check_int
 from lightning_memloc.states.base import CandidateIndexedMetric
 
-__all__ = ["LayerMem"]
-
 
 class LayerMem(CandidateIndexedMetric):
     """SSLMem per candidate and LayerMem per layer over batches of candidates.
