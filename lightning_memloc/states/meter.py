@@ -22,11 +22,6 @@ METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), 
                                                 "LayerMem": ("candidate_ids",)}
 
 
-def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
-    """``metric.compute()``'s output ``out`` without the keys that are not report fields."""
-    return {key: value for key, value in out.items() if key not in METRIC_ONLY_KEYS[type(metric).__name__]}
-
-
 def state_bytes(num_candidates: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
                 dtype: torch.dtype = torch.float32, alignment: bool = False) -> int:
     """Exact bytes of :class:`MemorizationMeter`'s metric states (every DDP rank holds them all).
@@ -75,8 +70,7 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
             f"candidates and {sum(num_units.values())} units in {len(num_units)} layers, over "
             f"`memory_limit`={format_bytes(limit)} (every DDP rank holds them all; see "
             "`lightning_memloc.states.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
-            "or raise `memory_limit`."
-        )
+            "or raise `memory_limit`.")
     big = limit is None and device.type == "cuda" and need > torch.cuda.get_device_properties(device).total_memory // 4
     return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory." if big else None
 
@@ -198,10 +192,6 @@ class MemorizationMeter(nn.Module):
         mu = metric.mean_activations()[1].detach().double()
         return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
 
-    def sslmem_raw(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N,)`` raw SSLMem (collective); needs ``reference=True``."""
-        return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
-
     def encoder_alignment(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` the encoder's mean view alignment (collective)."""
         return self.alignments(sslmem=False, encoder=True)[1]  # type: ignore[return-value]
@@ -248,11 +238,11 @@ class MemorizationMeter(nn.Module):
                 if evidence is not None and self.keeps_alignment:  # f's alignments, same sync, before compute()
                     align = dict(zip(self.names, mean_alignment(self.layer_mem)))  # restores the local states
                 out = self.layer_mem.compute()
-            seen = out["candidate_ids"].detach().cpu().long()
+            seen = out.pop("candidate_ids").detach().cpu().long()  # the only METRIC_ONLY_KEYS of LayerMem
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
                 raise RuntimeError(f"LayerMem saw {seen.numel()} of {ids.numel()} candidates; missing positions {missing}.")
-            for field, value in report_values(self.layer_mem, out).items():
+            for field, value in out.items():
                 value = value.detach().cpu()
                 if field.endswith("_ids"):  # positions -> user-facing ids
                     kwargs[field] = ids[value.long()]
@@ -269,8 +259,8 @@ class MemorizationMeter(nn.Module):
                     unseen.unit_means()
             except ValueError as err:
                 raise type(err)(f"the `unseen` images, {err}") from err
-            control = self.groups["control"] if "control" in self.group_sizes else None
             with_ref, aligned = self.layer_mem is not None, unseen is not None and self.keeps_alignment
+            control = self.groups["control"] if "control" in self.group_sizes and with_ref else None
             if aligned and not with_ref:
                 align = self.encoder_alignment()
             unseen_raw, unseen_align = (unseen.alignments(sslmem=with_ref, encoder=aligned) if unseen is not None
@@ -278,7 +268,7 @@ class MemorizationMeter(nn.Module):
             report_evidence = compute_evidence(
                 list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
-                control_raw=control.sslmem_raw() if control is not None and with_ref else None,
+                control_raw=control.alignments(sslmem=True, encoder=False)[0] if control is not None else None,
                 unseen_raw=unseen_raw, unseen_unit_means=unseen_means, options=evidence, negative=self.negative,
                 **({"align": align, "unseen_align": unseen_align} if aligned else {}))
         meta = dict(meta or {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,7 +50,3 @@ class ViewMoments(CandidateIndexedMetric):
         mean = (self.sums[ids] / counts).mean(0)
         var = ((self.squares[ids] / counts).mean(0) - mean.square()).clamp_min(0)
         return ViewStatistics(tuple(mean.cpu().tolist()), tuple(var.sqrt().cpu().tolist()))
-
-    def as_meta(self) -> Dict[str, Any]:
-        """:meth:`compute` as JSON (``{"mean": [...], "std": [...]}``)."""
-        return self.compute().as_meta()
