@@ -151,14 +151,10 @@ def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
 def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
     """One eval-mode, no-grad forward recording each module's order, call count and output rank."""
     record: Dict[str, _Call] = {}
-    counter = itertools.count()
 
-    def fn(name: str, output: Any) -> None:
+    def fn(name: str, output: Any) -> None:  # the order and rank of the first call are kept
         x = _first_tensor(output)
-        if name in record:
-            record[name].count += 1
-        else:
-            record[name] = _Call(next(counter), 1, x.ndim if isinstance(x, Tensor) else None)
+        record.setdefault(name, _Call(len(record), 0, x.ndim if isinstance(x, Tensor) else None)).count += 1
 
     as_kwargs = isinstance(example_input, dict)
     args = example_input if isinstance(example_input, (tuple, list)) else () if as_kwargs else (example_input,)
