@@ -7,9 +7,6 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["FLOAT64_NORMS", "GRAM_BLOCK", "MIN_FEATURES", "NORM_BLOCK", "TAU", "centred_gram", "centred_sq_distances",
-           "view_norms"]
-
 #: Features per float32 partial norm in :func:`view_norms` (their squares added in float64), and
 #: below how many features the norms are taken in float64 outright (a float32 norm is ~1.5e-7 off).
 NORM_BLOCK = 128

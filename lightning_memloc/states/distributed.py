@@ -10,9 +10,6 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["gather_rows", "is_distributed", "max_across_ranks", "rank_zero_buffers", "reduce_states_in_place",
-           "sum_across_ranks", "synced_states"]
-
 
 def is_distributed(world_size: int) -> bool:
     """More than one rank and an initialised process group."""

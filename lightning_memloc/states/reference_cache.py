@@ -17,8 +17,6 @@ from lightning_memloc.checks.module_digest import UnkeyableModuleError, structur
 
 _FORMAT = "lightning_memloc.states.reference_cache/1"
 
-__all__ = ["ReferenceCache", "frozen_reference", "model_digest", "tensor_digest"]
-
 
 def _update(hasher: "hashlib._Hash", tensor: Tensor) -> None:
     t = tensor.detach()

@@ -6,6 +6,7 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
+from torchvision.models.vision_transformer import EncoderBlock
 
 from lightning_memloc.checks import check_choice
 from lightning_memloc.report.report import MemorizationReport
@@ -22,10 +23,10 @@ VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
 CLASS_TOKEN_POLICIES: Tuple[str, ...] = ("include", "exclude", "only")
 
 
-def _block_layers(name: str, block: nn.Module, encoder_block: Optional[type]) -> List[LayerSpec]:
+def _block_layers(name: str, block: nn.Module) -> List[LayerSpec]:
     """The attention and MLP-hidden taps of one transformer block, else ``[]``."""
     prefix = f"{name}." if name else ""
-    if encoder_block is not None and isinstance(block, encoder_block):
+    if isinstance(block, EncoderBlock):
         act = next((n for n, child in block.mlp.named_children() if isinstance(child, ACTIVATION_TYPES)), None)
         specs = [LayerSpec(f"{prefix}self_attention", "attention")]
         return specs + ([LayerSpec(f"{prefix}mlp.{act}", "mlp")] if act is not None else [])
@@ -45,16 +46,12 @@ def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[Layer
     """
     if isinstance(kinds, str) or not set(kinds) <= set(VIT_KINDS):
         raise ValueError(f"`kinds` must be a sequence of values in {VIT_KINDS}, got {kinds!r}.")
-    try:
-        from torchvision.models.vision_transformer import EncoderBlock as encoder_block
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        encoder_block = None
     specs: List[LayerSpec] = []
     claimed: List[str] = []  # blocks already taken
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in claimed):
             continue  # inside a block already taken (e.g. a timm block nested in a torchvision one)
-        found = _block_layers(name, module, encoder_block)
+        found = _block_layers(name, module)
         if found:
             claimed.append(name)
             specs += [s for s in found if s.kind in kinds]

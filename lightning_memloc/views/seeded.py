@@ -185,10 +185,9 @@ class SeededViews(Dataset):
     def collate(self, batch: Sequence[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
         """Collate ``(i, x, label)`` items into ``(index, x, labels)``."""
         ids = {tuple(x.shape): i for i, x, _ in reversed(batch)}  # the first candidate of each shape
-        shapes = set(ids)
-        if len(shapes) > 1:
+        if len(ids) > 1:
             raise ValueError("candidates in a batch have different shapes: " + ", ".join(
-                f"{s} (e.g. candidate {ids[s]})" for s in sorted(shapes)) +
+                f"{s} (e.g. candidate {ids[s]})" for s in sorted(ids)) +
                 "; resize the images (e.g. load_image_folder(path, size)) or use a fixed-size transform")
         return (torch.tensor([b[0] for b in batch], dtype=torch.long), torch.stack([b[1] for b in batch]),
                 torch.tensor([b[2] for b in batch], dtype=torch.long))
