@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.sslmem import delta_layermem, layermem, sslmem, top_least_indices
-from lightning_memloc.checks import check_finite_tensor, check_int
+from lightning_memloc.checks import check_int
 from lightning_memloc.states.base import CandidateIndexedMetric
 
 
@@ -37,15 +37,6 @@ class LayerMem(CandidateIndexedMetric):
         shape = (num_layers, num_candidates)
         self.add_state("enc_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
         self.add_state("ref_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
-
-    def _check_align(self, name: str, value: Any) -> Tensor:
-        if not isinstance(value, Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor of shape (L, B), got {type(value).__name__}.")
-        if value.ndim != 2 or value.shape[0] != self.num_layers:
-            raise ValueError(f"`{name}` must have shape (L, B) with L = num_layers = {self.num_layers}, got "
-                             f"{tuple(value.shape)}.")
-        check_finite_tensor(name, value)
-        return value.detach().to(device=self.counts.device, dtype=self.counts.dtype)
 
     def update(self, align_encoder: Tensor, align_reference: Tensor, index: Tensor) -> None:
         """Add ``(L, B)`` alignments under the encoder and the reference for candidates ``index``."""
