@@ -11,8 +11,6 @@ from torch import nn
 from lightning_memloc.taps.hooks import eval_mode
 from lightning_memloc.views.seeded import SeededViews
 
-__all__ = ["INIT_BATCHNORM", "recalibrate_batchnorm", "recalibrated_batchnorm"]
-
 #: Choices of the monitor's ``init_batchnorm``.
 INIT_BATCHNORM = ("recalibrate", "default")
 

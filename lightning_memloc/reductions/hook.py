@@ -16,9 +16,6 @@ from lightning_memloc.reductions.precision import forward_autocast, reduce_in_fl
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.taps.hooks import LayerTaps, unit_activations
 
-__all__ = ["alignment_from_gram", "finish_alignments", "flat_view", "forward_reduce", "sq_distances_from_gram",
-           "view_gram", "view_sq_distances", "view_unit_means"]
-
 
 def flat_view(out: Tensor) -> Tensor:
     """``(B, D)`` flattening of a layer output in memory order (any fixed feature order will do), without a copy."""

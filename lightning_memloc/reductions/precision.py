@@ -13,8 +13,6 @@ from torch.nn import functional as F
 
 from lightning_memloc.checks import check_choice
 
-__all__ = ["AUTOCAST_DTYPES", "AUTOCASTS", "autocast_runs", "check_autocast", "forward_autocast", "reduce_in_float32"]
-
 #: The ``autocast`` choices and their dtypes (off by default: bf16's error exceeds 1e-3, docs/performance.md §4).
 AUTOCAST_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AUTOCASTS = tuple(AUTOCAST_DTYPES)

@@ -17,10 +17,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import check_choice
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LAYER_MARKER", "LayerSpec", "LayerTaps",
-           "RESIDUAL_BLOCKS", "flat_representation", "is_residual_block", "register_auto_rule", "resolve_layers",
-           "unit_activations"]
-
 #: Allowed values of :attr:`LayerSpec.kind`.
 LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
 

@@ -13,8 +13,6 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["NORM_TYPES", "SHORTCUTS", "count_parameters", "producing_modules", "producing_modules_map", "trainable_map"]
-
 #: Normalisation layers: trained together with the conv / linear they follow.
 NORM_TYPES = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 

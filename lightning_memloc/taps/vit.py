@@ -13,9 +13,6 @@ from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.taps import hooks as _taps
 from lightning_memloc.taps.hooks import ACTIVATION_TYPES, LayerSpec, register_auto_rule, unit_activations
 
-__all__ = ["CLASS_TOKEN_POLICIES", "VIT_KINDS", "group_by_kind", "token_unit_activations", "vit_block_rule",
-           "vit_layers"]
-
 #: Layer kinds proposed for transformer blocks, in their forward order inside a block.
 VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
 

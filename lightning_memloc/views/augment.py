@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import as_long_tensor
 from lightning_memloc.views.seeding import uniforms
 
-__all__ = ["BatchedSimCLRAugment"]
-
 
 def _gray(x: Tensor) -> Tensor:
     if x.shape[1] == 1:

@@ -8,9 +8,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["NORMALIZE_PRESETS", "Normalization", "NormalizeSpec", "check_normalize", "normalize_meta",
-           "normalize_views", "resolve_normalize", "view_normalization"]
-
 #: Per-channel ``(mean, std)`` tuples.
 Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]
 #: What ``normalize=`` accepts: ``None``, a preset name, or a ``(mean, std)`` pair.

@@ -19,8 +19,6 @@ from lightning_memloc.data import as_float_image, split_item
 from lightning_memloc.views.normalization import normalize_views, view_normalization
 from lightning_memloc.views.seeding import seeded_rng, view_seed
 
-__all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "make_views"]
-
 
 class SeededViews(Dataset):
     """Dataset of K seeded views per candidate; items ``(i, x, label)``, :meth:`finalize` makes (B, K, C, H, W).

@@ -8,9 +8,6 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["SCALE_TOLERANCE", "SHIFT_TOLERANCE", "ViewStatistics", "candidate_moments", "channel_sums", "gaps",
-           "mismatch", "sample_statistics", "statistics_from_sums"]
-
 #: Largest std ratio (the larger over the smaller, per channel) taken as the same pipeline.
 SCALE_TOLERANCE = 1.5
 #: Largest mean difference, in units of the larger std (per channel), taken as the same pipeline.
