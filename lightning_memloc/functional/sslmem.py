@@ -93,8 +93,6 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
         >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]])
         >>> alignment(reps)  # pairs: sqrt(2), 0, sqrt(2)
         tensor([0.9428])
-        >>> alignment(reps, anchor=torch.tensor([[5.0, 0.0]]))
-        tensor([0.4714])
     """
     reps = check_float_tensor("representations", representations, 3, "(N candidates, K views, D features)")
     n, k, d = reps.shape
