@@ -166,16 +166,14 @@ class MemorizationMeter(nn.Module):
             rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-
-            def pick(values: Optional[Mapping[str, Tensor]]) -> Optional[Dict[str, Tensor]]:
-                return None if values is None else {n: v[rows.to(v.device)] for n, v in values.items()}
-
-            sub = dict(index=index[rows] - lo, unit_means=pick(unit_means), align_encoder=pick(align_encoder),
-                       align_reference=pick(align_reference))
+            sub = {key: None if values is None else {n: v[rows.to(v.device)] for n, v in values.items()}
+                   for key, values in (("unit_means", unit_means), ("align_encoder", align_encoder),
+                                       ("align_reference", align_reference))}
             if meter is self:
-                self._update_own(**sub, labels=None if labels is None else labels[rows.to(labels.device)])
+                self._update_own(index[rows] - lo, **sub,
+                                 labels=None if labels is None else labels[rows.to(labels.device)])
             else:
-                meter.update(**sub)
+                meter.update(index[rows] - lo, **sub)
 
     def unit_means(self, raw: bool = False) -> Dict[str, Tensor]:
         """Layer -> ``(N, U)`` mean activations after the negative policy (before it with ``raw``); collective."""
