@@ -126,9 +126,8 @@ def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[st
                  "unit_mem": sum(float(s.sum()) for s in scores) / units if units else math.nan,
                  "fraction_above": sum(float((s > threshold).sum()) for s in scores) / units if units else math.nan,
                  "dead_fraction": sum(float(report.dead_units[n].sum()) for n in layers) / units if units else math.nan}
-        if report.layer_mem is not None:
-            stats["layer_mem"] = sum(report.layer_mem[layer] for layer in layers) / len(layers)
-        if report.delta_layer_mem is not None:
-            stats["delta_layer_mem"] = sum(report.delta_layer_mem[layer] for layer in layers) / len(layers)
+        for field in ("layer_mem", "delta_layer_mem"):
+            if getattr(report, field) is not None:
+                stats[field] = sum(getattr(report, field)[layer] for layer in layers) / len(layers)
         out[kind] = stats
     return out
