@@ -57,19 +57,14 @@ def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
     return []
 
 
-def producing_modules_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[str]]:
-    """:func:`producing_modules` of every layer: ``{layer: [module names]}``."""
-    return {layer: producing_modules(encoder, layer) for layer in layers}
-
-
 def count_parameters(encoder: nn.Module, names: Sequence[str]) -> int:
     """Scalar parameters held by the named modules, each counted once."""
     return int(sum({id(p): p.numel() for name in names for p in encoder.get_submodule(name).parameters()}.values()))
 
 
 def trainable_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[str]]:
-    """:func:`producing_modules_map`; ``ValueError`` naming every layer that would train no parameter."""
-    mapping = producing_modules_map(encoder, layers)
+    """``{layer: producing_modules(encoder, layer)}``; ``ValueError`` naming every layer that would train nothing."""
+    mapping = {layer: producing_modules(encoder, layer) for layer in layers}
     empty = [layer for layer, names in mapping.items() if count_parameters(encoder, names) == 0]
     if empty:
         raise ValueError(f"layers {empty} of {type(encoder).__name__} are produced by no module with parameters, so "
