@@ -1,8 +1,4 @@
-"""Which parametrised modules produce a tapped layer's output: what fine-tuning a layer trains.
-
-A parameter-free tap (a ReLU) is trained by its preceding siblings back to the first conv / linear with the norms
-after it (``conv1`` + ``bn1`` for a ResNet stem ``relu``), skipping shortcuts, one level up when none qualifies.
-"""
+"""Which parametrised modules produce a tapped layer's output: what fine-tuning a layer trains."""
 
 from __future__ import annotations
 
@@ -26,6 +22,9 @@ def _has_parameters(module: nn.Module) -> bool:
 
 def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
     """Names of the parametrised modules producing ``layer``'s output, in registration order (``[]``: none).
+
+    A parameter-free tap (a ReLU) is produced by its preceding siblings back to the first conv / linear with the
+    norms after it (``conv1`` + ``bn1`` for a ResNet stem ``relu``), skipping shortcuts, one level up if none.
 
     Example:
         >>> seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
