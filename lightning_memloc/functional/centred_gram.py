@@ -46,8 +46,7 @@ def centred_gram(reps: Tensor, chunk_bytes: int) -> Tensor:
     ``u_a = r_a / max(‖r_a‖, 1e-12)``, ``v_a = u_a − mean_b u_b``, ``V = v vᵀ``; ``D`` read in ``chunk_bytes`` chunks.
 
     Example:
-        >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # u = e1, e2; mean (0.5, 0.5)
-        >>> centred_gram(reps, 1 << 20)
+        >>> centred_gram(torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]), 1 << 20)  # u = e1, e2; mean (0.5, 0.5)
         tensor([[[ 0.5000, -0.5000],
                  [-0.5000,  0.5000]]], dtype=torch.float64)
     """

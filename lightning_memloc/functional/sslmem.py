@@ -90,8 +90,7 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
     ``‖r_k − r_anchor‖₂`` instead. Accurate to float32 rounding.
 
     Example:
-        >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]])
-        >>> alignment(reps)  # pairs: sqrt(2), 0, sqrt(2)
+        >>> alignment(torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]]))  # pairs: sqrt(2), 0, sqrt(2)
         tensor([0.9428])
     """
     reps = check_float_tensor("representations", representations, 3, "(N candidates, K views, D features)")

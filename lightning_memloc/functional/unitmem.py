@@ -19,8 +19,7 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
     :data:`SHIFT_TOLERANCE` counts as constant, i.e. dead); ``"error"``: ``ValueError`` on any ``μ < 0``.
 
     Example:
-        >>> mu = torch.tensor([[1.0, -0.5], [3.0, 0.5]])
-        >>> apply_negative_policy(mu, "shift")
+        >>> apply_negative_policy(torch.tensor([[1.0, -0.5], [3.0, 0.5]]), "shift")
         tensor([[0., 0.],
                 [2., 1.]])
     """

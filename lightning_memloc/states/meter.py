@@ -85,8 +85,7 @@ class MemorizationMeter(nn.Module):
     Example:
         >>> m = MemorizationMeter([LayerSpec("a", "linear")], {"a": 2}, 3, reference=False, labels=False)
         >>> m.update(torch.arange(3), {"a": torch.tensor([[1., 0.], [0., 1.], [0., 1.]])})
-        >>> r = m.compute_report(torch.arange(3))
-        >>> r.unit_mem["a"].tolist()
+        >>> m.compute_report(torch.arange(3)).unit_mem["a"].tolist()
         [1.0, 0.3333333432674408]
     """
 

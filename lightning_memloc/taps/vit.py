@@ -83,8 +83,7 @@ def token_unit_activations(output: Any, class_token: str = "include", num_prefix
 
     Example:
         >>> import torch
-        >>> x = torch.tensor([[[3.0], [1.0], [2.0]]])
-        >>> [float(token_unit_activations(x, p)) for p in CLASS_TOKEN_POLICIES]
+        >>> [float(token_unit_activations(torch.tensor([[[3.0], [1.0], [2.0]]]), p)) for p in CLASS_TOKEN_POLICIES]
         [2.0, 1.5, 3.0]
     """
     check_choice("class_token", class_token, CLASS_TOKEN_POLICIES)

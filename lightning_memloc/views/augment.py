@@ -30,8 +30,7 @@ class BatchedSimCLRAugment(nn.Module):
     torchvision's HSV shift), grayscale and optional ``mean``/``std`` normalisation follow, batched.
 
     Example:
-        >>> aug = BatchedSimCLRAugment(size=8)
-        >>> aug(torch.rand(4, 3, 16, 16), torch.arange(4)).shape
+        >>> BatchedSimCLRAugment(size=8)(torch.rand(4, 3, 16, 16), torch.arange(4)).shape
         torch.Size([4, 3, 8, 8])
     """
 
