@@ -90,8 +90,7 @@ def bootstrap_topk_interval(scores: Tensor, k: int, n_boot: int = 1000, level: f
     s = scores.detach().double().cpu()
     n = s.shape[-1]
     k = min(k, n)
-    idx = bootstrap_indices(n, n_boot, seed)  # (B, N)
-    drawn = s[:, idx]  # (L, B, N)
+    drawn = s[:, bootstrap_indices(n, n_boot, seed)]  # (L, B, N)
     order = drawn[-1].argsort(dim=-1, descending=True, stable=True)  # (B, N)
     top = torch.gather(drawn, 2, order[None, :, :k].expand(s.shape[0], -1, -1)).mean(-1)
     least = torch.gather(drawn, 2, order[None, :, n - k:].expand(s.shape[0], -1, -1)).mean(-1)

@@ -160,8 +160,7 @@ class MemorizationMeter(nn.Module):
     def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
         ends = list(itertools.accumulate([self.num_candidates, *self.group_sizes.values()]))
-        meters = [self, *(self.groups[name] for name in self.group_sizes)]
-        for meter, lo, hi in zip(meters, [0] + ends[:-1], ends):
+        for meter, lo, hi in zip([self, *(self.groups[name] for name in self.group_sizes)], [0] + ends[:-1], ends):
             rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
