@@ -20,7 +20,7 @@ def _norm_layers(model: nn.Module) -> list:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int = 32, max_batches: Optional[int] = None) -> nn.Module:
+def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int = 32) -> nn.Module:
     """Re-estimate ``model``'s BatchNorm running statistics in place as a cumulative average over ``views``.
 
     Only the BatchNorm layers train (dropout stays off); modes and momenta are restored.
@@ -42,9 +42,7 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
                 m.reset_running_stats()
                 m.momentum = None
                 m.train()
-            for b, (index, x, _) in enumerate(views.dataloader(batch_size=batch_size)):
-                if max_batches is not None and b >= max_batches:
-                    break
+            for index, x, _ in views.dataloader(batch_size=batch_size):
                 batch = views.finalize(x, index, device)
                 model(batch.reshape(-1, *batch.shape[2:]))
     finally:
