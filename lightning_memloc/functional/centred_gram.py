@@ -7,9 +7,6 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["FLOAT64_NORMS", "GRAM_BLOCK", "MIN_FEATURES", "NORM_BLOCK", "TAU", "centred_gram", "centred_sq_distances",
-           "view_norms"]
-
 #: Features per float32 partial norm in :func:`view_norms` (their squares added in float64), and
 #: below how many features the norms are taken in float64 outright (a float32 norm is ~1.5e-7 off).
 NORM_BLOCK = 128
@@ -49,8 +46,7 @@ def centred_gram(reps: Tensor, chunk_bytes: int) -> Tensor:
     ``u_a = r_a / max(‖r_a‖, 1e-12)``, ``v_a = u_a − mean_b u_b``, ``V = v vᵀ``; ``D`` read in ``chunk_bytes`` chunks.
 
     Example:
-        >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # u = e1, e2; mean (0.5, 0.5)
-        >>> centred_gram(reps, 1 << 20)
+        >>> centred_gram(torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]), 1 << 20)  # u = e1, e2; mean (0.5, 0.5)
         tensor([[[ 0.5000, -0.5000],
                  [-0.5000,  0.5000]]], dtype=torch.float64)
     """

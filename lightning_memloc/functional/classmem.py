@@ -8,15 +8,12 @@ from torch import Tensor
 from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_id_vector, check_mean_activations
 from lightning_memloc.functional.unitmem import unitmem
 
-__all__ = ["class_means", "classmem"]
-
 
 def class_means(mean_activations: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Mean of ``(N, U)`` per-candidate means over each class's members: ``(means (C, U), sorted classes (C,))``.
 
     Example:
-        >>> mu = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
-        >>> means, classes = class_means(mu, torch.tensor([7, 7, 2]))
+        >>> means, classes = class_means(torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]]), torch.tensor([7, 7, 2]))
         >>> means.tolist(), classes.tolist()
         ([[5.0, 5.0], [2.0, 1.0]], [2, 7])
     """
@@ -39,8 +36,7 @@ def classmem(mean_activations: Tensor, labels: Tensor, reduction: str = "mean", 
     applies to the class means.
 
     Example:
-        >>> mu = torch.tensor([[4.0, 1.0], [2.0, 1.0], [1.0, 1.0]])
-        >>> classmem(mu, torch.tensor([0, 0, 1]))
+        >>> classmem(torch.tensor([[4.0, 1.0], [2.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 0, 1]))
         tensor([0.5000, 0.0000])
     """
     check_choice("reduction", reduction, REDUCTIONS)

@@ -9,8 +9,6 @@ from torch import Tensor
 
 from lightning_memloc.checks import check_int
 
-__all__ = ["check_knn_args", "knn_correct", "knn_accuracy"]
-
 
 def check_knn_args(ks: Sequence[int], temperature: float) -> Tuple[Tuple[int, ...], float]:
     """Validate ``ks`` and ``temperature``; returns ``(sorted ks, temperature)``.

@@ -12,8 +12,6 @@ from torch import Tensor
 
 from lightning_memloc.functional.statistics import welch_greater
 
-__all__ = ["alignment_gap", "alignment_scale", "gap_greater", "membership_scores", "normalise"]
-
 
 def _rows(name: str, values: Tensor) -> Tensor:
     if not isinstance(values, Tensor) or values.ndim != 2 or values.shape[1] < 1:

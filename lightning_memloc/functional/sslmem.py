@@ -9,8 +9,6 @@ from torch import Tensor
 
 from lightning_memloc.checks import check_finite_tensor, check_float_tensor
 
-__all__ = ["alignment", "delta_layermem", "layermem", "pairwise_alignment", "sslmem", "top_least_indices"]
-
 #: Bytes of the largest temporary of :func:`pairwise_alignment`: on CPU small enough to stay in cache
 #: (a fresh multi-MB temporary faults page by page), on GPU one or two slices per layer.
 CHUNK_BYTES = {"cpu": 4 << 20, "other": 256 << 20}
@@ -49,8 +47,7 @@ def view_gram(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
     Same slices as :func:`pairwise_alignment`, so ``alignment_from_gram`` of it equals its all-pairs result.
     """
     n, k, d = reps.shape
-    if chunk_bytes <= 0:
-        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
+    chunk_bytes = chunk_bytes if chunk_bytes > 0 else CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     width = _slice_width(n, k, d, 8, chunk_bytes)
     gram = reps.new_zeros((n, k, k), dtype=torch.float64)
     for start in range(0, d, width):
@@ -79,8 +76,7 @@ def pairwise_alignment(reps: Tensor, anchor: Optional[Tensor] = None, chunk_byte
     ``D`` is sliced to at most ``chunk_bytes``; non-finite views give a non-finite result (callers check it).
     """
     dtype = torch.promote_types(reps.dtype, torch.float32)  # half distances are too coarse for SSLMem differences
-    if chunk_bytes is None:
-        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
+    chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"] if chunk_bytes is None else chunk_bytes
     if anchor is None and dtype != torch.float64:
         # all pairs from a float64 Gram matrix: float32 products are exact there, so error ≤ ~3e-8
         return sq_distances_from_gram(view_gram(reps, chunk_bytes)).sqrt_().mean(dim=-1).to(dtype)
@@ -94,11 +90,8 @@ def alignment(representations: Tensor, anchor: Optional[Tensor] = None) -> Tenso
     ``‖r_k − r_anchor‖₂`` instead. Accurate to float32 rounding.
 
     Example:
-        >>> reps = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]])
-        >>> alignment(reps)  # pairs: sqrt(2), 0, sqrt(2)
+        >>> alignment(torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]]))  # pairs: sqrt(2), 0, sqrt(2)
         tensor([0.9428])
-        >>> alignment(reps, anchor=torch.tensor([[5.0, 0.0]]))
-        tensor([0.4714])
     """
     reps = check_float_tensor("representations", representations, 3, "(N candidates, K views, D features)")
     n, k, d = reps.shape

@@ -8,8 +8,6 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["bootstrap_t_interval", "permutation_lower_bound", "studentized_permutation_test"]
-
 
 def _rows(x: Tensor) -> Tensor:
     return x.detach().double().cpu()
@@ -132,5 +130,4 @@ def _resampled_moments(x: Tensor, n_boot: int, gen: torch.Generator) -> Tuple[Te
     mean_b = xc @ counts.T / n  # (..., B)
     sq_b = (xc * xc) @ counts.T
     se_b = ((sq_b - n * mean_b**2).clamp(min=0) / (n - 1) / n).sqrt()
-    se = (xc.var(dim=-1, unbiased=True) / n).sqrt()
-    return centre.squeeze(-1), se, centre + mean_b, se_b
+    return centre.squeeze(-1), (xc.var(dim=-1, unbiased=True) / n).sqrt(), centre + mean_b, se_b

@@ -7,8 +7,6 @@ from torch import Tensor
 
 from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice, check_mean_activations
 
-__all__ = ["SHIFT_TOLERANCE", "apply_negative_policy", "dead_units", "take_ids", "unit_argmax", "unitmem"]
-
 #: ``negative="shift"``: a unit whose μ spread over the candidates is at most this fraction of its
 #: largest ``|μ|`` is constant (float32 noise is ~1e-7 of it; a 1e-5 difference is no memorization).
 SHIFT_TOLERANCE = 1e-5
@@ -21,8 +19,7 @@ def apply_negative_policy(mean_activations: Tensor, negative: str = "clamp") -> 
     :data:`SHIFT_TOLERANCE` counts as constant, i.e. dead); ``"error"``: ``ValueError`` on any ``μ < 0``.
 
     Example:
-        >>> mu = torch.tensor([[1.0, -0.5], [3.0, 0.5]])
-        >>> apply_negative_policy(mu, "shift")
+        >>> apply_negative_policy(torch.tensor([[1.0, -0.5], [3.0, 0.5]]), "shift")
         tensor([[0., 0.],
                 [2., 1.]])
     """

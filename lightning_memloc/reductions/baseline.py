@@ -11,8 +11,6 @@ from torch import nn
 from lightning_memloc.taps.hooks import eval_mode
 from lightning_memloc.views.seeded import SeededViews
 
-__all__ = ["INIT_BATCHNORM", "recalibrate_batchnorm", "recalibrated_batchnorm"]
-
 #: Choices of the monitor's ``init_batchnorm``.
 INIT_BATCHNORM = ("recalibrate", "default")
 
@@ -22,7 +20,7 @@ def _norm_layers(model: nn.Module) -> list:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int = 32, max_batches: Optional[int] = None) -> nn.Module:
+def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int = 32) -> nn.Module:
     """Re-estimate ``model``'s BatchNorm running statistics in place as a cumulative average over ``views``.
 
     Only the BatchNorm layers train (dropout stays off); modes and momenta are restored.
@@ -44,9 +42,7 @@ def recalibrate_batchnorm(model: nn.Module, views: SeededViews, batch_size: int 
                 m.reset_running_stats()
                 m.momentum = None
                 m.train()
-            for b, (index, x, _) in enumerate(views.dataloader(batch_size=batch_size)):
-                if max_batches is not None and b >= max_batches:
-                    break
+            for index, x, _ in views.dataloader(batch_size=batch_size):
                 batch = views.finalize(x, index, device)
                 model(batch.reshape(-1, *batch.shape[2:]))
     finally:

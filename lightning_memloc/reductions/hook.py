@@ -16,9 +16,6 @@ from lightning_memloc.reductions.precision import forward_autocast, reduce_in_fl
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.taps.hooks import LayerTaps, unit_activations
 
-__all__ = ["alignment_from_gram", "finish_alignments", "flat_view", "forward_reduce", "sq_distances_from_gram",
-           "view_gram", "view_sq_distances", "view_unit_means"]
-
 
 def flat_view(out: Tensor) -> Tensor:
     """``(B, D)`` flattening of a layer output in memory order (any fixed feature order will do), without a copy."""
@@ -46,8 +43,7 @@ def view_sq_distances(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
     Synchronises with the device once per call (the hook uses it on CPU only).
     """
     reps = reps.detach()
-    if chunk_bytes <= 0:
-        chunk_bytes = CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
+    chunk_bytes = chunk_bytes if chunk_bytes > 0 else CHUNK_BYTES["cpu" if reps.device.type == "cpu" else "other"]
     if reps.shape[-1] < MIN_FEATURES:
         return sq_distances_from_gram(view_gram(reps, chunk_bytes))
     d2, risky = centred_sq_distances(centred_gram(reps, chunk_bytes))

@@ -13,22 +13,9 @@ from torch.nn import functional as F
 
 from lightning_memloc.checks import check_choice
 
-__all__ = ["AUTOCAST_DTYPES", "AUTOCASTS", "autocast_dtype", "autocast_runs", "check_autocast", "forward_autocast",
-           "reduce_in_float32"]
-
 #: The ``autocast`` choices and their dtypes (off by default: bf16's error exceeds 1e-3, docs/performance.md §4).
 AUTOCAST_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AUTOCASTS = tuple(AUTOCAST_DTYPES)
-
-
-def autocast_dtype(autocast: Optional[str]) -> Optional[torch.dtype]:
-    """The dtype of an ``autocast`` choice (``None``: float32 forwards).
-
-    Example:
-        >>> autocast_dtype("bf16"), autocast_dtype(None)
-        (torch.bfloat16, None)
-    """
-    return None if autocast is None else AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,9 +42,9 @@ def check_autocast(autocast: Optional[str], *models: Optional[nn.Module]) -> Opt
 
     Models must be float32 (autocast lowers nothing else) on a device that runs a conv and a linear in that dtype.
     """
-    dtype = autocast_dtype(autocast)
-    if dtype is None:
+    if autocast is None:
         return None
+    dtype = AUTOCAST_DTYPES[check_choice("autocast", autocast, AUTOCASTS)]
     first = (next(iter(model.parameters()), None) for model in models if model is not None)
     for param in (p for p in first if p is not None):
         if param.dtype != torch.float32:

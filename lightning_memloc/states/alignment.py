@@ -7,10 +7,8 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
-from lightning_memloc.checks import check_finite_tensor, check_int
+from lightning_memloc.checks import check_int
 from lightning_memloc.states.base import CandidateIndexedMetric
-
-__all__ = ["ViewAlignment", "mean_alignment"]
 
 
 class ViewAlignment(CandidateIndexedMetric):
@@ -33,12 +31,9 @@ class ViewAlignment(CandidateIndexedMetric):
 
     def update(self, align_encoder: Tensor, index: Tensor) -> None:
         """Add ``(L, B)`` alignments of candidates ``index`` (``LongTensor[B]``)."""
-        if not isinstance(align_encoder, Tensor) or align_encoder.ndim != 2 or align_encoder.shape[0] != self.num_layers:
-            raise ValueError(f"`align_encoder` must be a tensor of shape (L, B) with L = num_layers = {self.num_layers}, "
-                             f"got {getattr(align_encoder, 'shape', type(align_encoder).__name__)}.")
-        check_finite_tensor("align_encoder", align_encoder)
-        idx = self._check_index(index, align_encoder.shape[1], "align_encoder (its second dimension)")
-        self.enc_sums.index_add_(1, idx, align_encoder.detach().to(device=self.counts.device, dtype=self.counts.dtype))
+        enc = self._check_align("align_encoder", align_encoder)
+        idx = self._check_index(index, enc.shape[1], "align_encoder (its second dimension)")
+        self.enc_sums.index_add_(1, idx, enc)
         self._add_counts(idx)
 
     def compute(self) -> Dict[str, Tensor]:

@@ -69,6 +69,16 @@ class CandidateIndexedMetric(Metric):
         x = activations.detach().to(device=self.counts.device, dtype=self.counts.dtype)
         return x.mean(dim=1) if x.ndim == 3 else x
 
+    def _check_align(self, name: str, value: Any) -> Tensor:
+        """``(L, B)`` alignments (``L = self.num_layers`` of the subclass) in the state dtype."""
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor of shape (L, B), got {type(value).__name__}.")
+        if value.ndim != 2 or value.shape[0] != self.num_layers:
+            raise ValueError(f"`{name}` must have shape (L, B) with L = num_layers = {self.num_layers}, got "
+                             f"{tuple(value.shape)}.")
+        check_finite_tensor(name, value)
+        return value.detach().to(device=self.counts.device, dtype=self.counts.dtype)
+
     def _add_counts(self, index: Tensor) -> None:
         self.counts.index_add_(0, index, torch.ones_like(index, dtype=self.counts.dtype))
 

@@ -12,8 +12,6 @@ from lightning_memloc.checks import check_id_vector
 from lightning_memloc.functional.unitmem import take_ids, unit_argmax
 from lightning_memloc.states.unitmem import UnitMem
 
-__all__ = ["ClassMem"]
-
 
 class ClassMem(UnitMem):
     """ClassMem of every unit of one layer over batches of labelled candidates.

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional
+from typing import Any, ContextManager, Iterator, List, Optional
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
-
-__all__ = ["gather_rows", "is_distributed", "max_across_ranks", "rank_zero_buffers", "reduce_states_in_place",
-           "sum_across_ranks", "synced_states"]
 
 
 def is_distributed(world_size: int) -> bool:
@@ -33,11 +30,9 @@ def sum_across_ranks(tensor: Tensor, world_size: int) -> Tensor:
     return tensor
 
 
-@contextmanager
-def synced_states(metric: Any) -> Iterator[None]:
+def synced_states(metric: Any) -> ContextManager[None]:
     """A metric's states synced once for the context, so ``compute()`` and the evidence share one sync (collective)."""
-    with metric.sync_context(dist_sync_fn=metric.dist_sync_fn):
-        yield
+    return metric.sync_context(dist_sync_fn=metric.dist_sync_fn)
 
 
 def reduce_states_in_place(tensor: Tensor, group: Optional[Any] = None) -> List[Tensor]:

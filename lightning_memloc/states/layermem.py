@@ -8,10 +8,8 @@ import torch
 from torch import Tensor
 
 from lightning_memloc.functional.sslmem import delta_layermem, layermem, sslmem, top_least_indices
-from lightning_memloc.checks import check_finite_tensor, check_int
+from lightning_memloc.checks import check_int
 from lightning_memloc.states.base import CandidateIndexedMetric
-
-__all__ = ["LayerMem"]
 
 
 class LayerMem(CandidateIndexedMetric):
@@ -36,18 +34,8 @@ class LayerMem(CandidateIndexedMetric):
         super().__init__(num_candidates, state_dtype=state_dtype, **kwargs)
         self.num_layers = check_int("num_layers", num_layers, 1)
         self.top_k = check_int("top_k", top_k, 1)
-        shape = (num_layers, num_candidates)
-        self.add_state("enc_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
-        self.add_state("ref_sums", torch.zeros(shape, dtype=state_dtype), dist_reduce_fx="sum")
-
-    def _check_align(self, name: str, value: Any) -> Tensor:
-        if not isinstance(value, Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor of shape (L, B), got {type(value).__name__}.")
-        if value.ndim != 2 or value.shape[0] != self.num_layers:
-            raise ValueError(f"`{name}` must have shape (L, B) with L = num_layers = {self.num_layers}, got "
-                             f"{tuple(value.shape)}.")
-        check_finite_tensor(name, value)
-        return value.detach().to(device=self.counts.device, dtype=self.counts.dtype)
+        for name in ("enc_sums", "ref_sums"):
+            self.add_state(name, torch.zeros((num_layers, num_candidates), dtype=state_dtype), dist_reduce_fx="sum")
 
     def update(self, align_encoder: Tensor, align_reference: Tensor, index: Tensor) -> None:
         """Add ``(L, B)`` alignments under the encoder and the reference for candidates ``index``."""
@@ -64,9 +52,7 @@ class LayerMem(CandidateIndexedMetric):
     def compute(self) -> Dict[str, Tensor]:
         """``sslmem_raw``/``sslmem`` ``(L, N')``, ``layer_mem``/``delta_layer_mem``/``layer_mem_top``/``layer_mem_least`` ``(L,)``, ids."""
         ids = self._seen()
-        counts = self.counts[ids]
-        enc = self.enc_sums[:, ids] / counts
-        ref = self.ref_sums[:, ids] / counts
+        enc, ref = (sums[:, ids] / self.counts[ids] for sums in (self.enc_sums, self.ref_sums))
         raw = sslmem(ref, enc, normalize=False)
         norm = sslmem(ref, enc, normalize=True)
         layer_mem = layermem(norm)

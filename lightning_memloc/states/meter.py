@@ -22,11 +22,6 @@ METRIC_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"UnitMem": ("num_candidates",), 
                                                 "LayerMem": ("candidate_ids",)}
 
 
-def report_values(metric: Any, out: Mapping[str, Any]) -> Dict[str, Any]:
-    """``metric.compute()``'s output ``out`` without the keys that are not report fields."""
-    return {key: value for key, value in out.items() if key not in METRIC_ONLY_KEYS[type(metric).__name__]}
-
-
 def state_bytes(num_candidates: int, num_units: Mapping[str, int], *, reference: bool, labels: bool,
                 dtype: torch.dtype = torch.float32, alignment: bool = False) -> int:
     """Exact bytes of :class:`MemorizationMeter`'s metric states (every DDP rank holds them all).
@@ -75,8 +70,7 @@ def check_state_memory(num_rows: int, num_units: Mapping[str, int], *, reference
             f"candidates and {sum(num_units.values())} units in {len(num_units)} layers, over "
             f"`memory_limit`={format_bytes(limit)} (every DDP rank holds them all; see "
             "`lightning_memloc.states.meter.state_bytes`): use fewer candidates or fewer/narrower `layers`, "
-            "or raise `memory_limit`."
-        )
+            "or raise `memory_limit`.")
     big = limit is None and device.type == "cuda" and need > torch.cuda.get_device_properties(device).total_memory // 4
     return f"[memloc] metric states need {format_bytes(need)}, over a quarter of the GPU's memory." if big else None
 
@@ -91,8 +85,7 @@ class MemorizationMeter(nn.Module):
     Example:
         >>> m = MemorizationMeter([LayerSpec("a", "linear")], {"a": 2}, 3, reference=False, labels=False)
         >>> m.update(torch.arange(3), {"a": torch.tensor([[1., 0.], [0., 1.], [0., 1.]])})
-        >>> r = m.compute_report(torch.arange(3))
-        >>> r.unit_mem["a"].tolist()
+        >>> m.compute_report(torch.arange(3)).unit_mem["a"].tolist()
         [1.0, 0.3333333432674408]
     """
 
@@ -167,21 +160,18 @@ class MemorizationMeter(nn.Module):
     def _route(self, index: Tensor, unit_means: Mapping[str, Tensor], align_encoder: Optional[Mapping[str, Tensor]],
                align_reference: Optional[Mapping[str, Tensor]], labels: Optional[Tensor]) -> None:
         ends = list(itertools.accumulate([self.num_candidates, *self.group_sizes.values()]))
-        meters = [self, *(self.groups[name] for name in self.group_sizes)]
-        for meter, lo, hi in zip(meters, [0] + ends[:-1], ends):
+        for meter, lo, hi in zip([self, *(self.groups[name] for name in self.group_sizes)], [0] + ends[:-1], ends):
             rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-
-            def pick(values: Optional[Mapping[str, Tensor]]) -> Optional[Dict[str, Tensor]]:
-                return None if values is None else {n: v[rows.to(v.device)] for n, v in values.items()}
-
-            sub = dict(index=index[rows] - lo, unit_means=pick(unit_means), align_encoder=pick(align_encoder),
-                       align_reference=pick(align_reference))
+            sub = {key: None if values is None else {n: v[rows.to(v.device)] for n, v in values.items()}
+                   for key, values in (("unit_means", unit_means), ("align_encoder", align_encoder),
+                                       ("align_reference", align_reference))}
             if meter is self:
-                self._update_own(**sub, labels=None if labels is None else labels[rows.to(labels.device)])
+                self._update_own(index[rows] - lo, **sub,
+                                 labels=None if labels is None else labels[rows.to(labels.device)])
             else:
-                meter.update(**sub)
+                meter.update(index[rows] - lo, **sub)
 
     def unit_means(self, raw: bool = False) -> Dict[str, Tensor]:
         """Layer -> ``(N, U)`` mean activations after the negative policy (before it with ``raw``); collective."""
@@ -197,10 +187,6 @@ class MemorizationMeter(nn.Module):
     def _policy_means(self, metric: UnitMem, raw: bool = False) -> Tensor:
         mu = metric.mean_activations()[1].detach().double()
         return (mu if raw else apply_negative_policy(mu, self.negative)).cpu()
-
-    def sslmem_raw(self) -> Dict[str, Tensor]:
-        """Layer -> ``(N,)`` raw SSLMem (collective); needs ``reference=True``."""
-        return self.alignments(sslmem=True, encoder=False)[0]  # type: ignore[return-value]
 
     def encoder_alignment(self) -> Dict[str, Tensor]:
         """Layer -> ``(N,)`` the encoder's mean view alignment (collective)."""
@@ -248,11 +234,11 @@ class MemorizationMeter(nn.Module):
                 if evidence is not None and self.keeps_alignment:  # f's alignments, same sync, before compute()
                     align = dict(zip(self.names, mean_alignment(self.layer_mem)))  # restores the local states
                 out = self.layer_mem.compute()
-            seen = out["candidate_ids"].detach().cpu().long()
+            seen = out.pop("candidate_ids").detach().cpu().long()  # the only METRIC_ONLY_KEYS of LayerMem
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
                 raise RuntimeError(f"LayerMem saw {seen.numel()} of {ids.numel()} candidates; missing positions {missing}.")
-            for field, value in report_values(self.layer_mem, out).items():
+            for field, value in out.items():
                 value = value.detach().cpu()
                 if field.endswith("_ids"):  # positions -> user-facing ids
                     kwargs[field] = ids[value.long()]
@@ -269,8 +255,8 @@ class MemorizationMeter(nn.Module):
                     unseen.unit_means()
             except ValueError as err:
                 raise type(err)(f"the `unseen` images, {err}") from err
-            control = self.groups["control"] if "control" in self.group_sizes else None
             with_ref, aligned = self.layer_mem is not None, unseen is not None and self.keeps_alignment
+            control = self.groups["control"] if "control" in self.group_sizes and with_ref else None
             if aligned and not with_ref:
                 align = self.encoder_alignment()
             unseen_raw, unseen_align = (unseen.alignments(sslmem=with_ref, encoder=aligned) if unseen is not None
@@ -278,7 +264,7 @@ class MemorizationMeter(nn.Module):
             report_evidence = compute_evidence(
                 list(self.names), unit_means=means, reduction=self.reduction, top_k=self.top_k,
                 sslmem_raw={n: v.double() for n, v in kwargs["sslmem_raw"].items()} if with_ref else None,
-                control_raw=control.sslmem_raw() if control is not None and with_ref else None,
+                control_raw=control.alignments(sslmem=True, encoder=False)[0] if control is not None else None,
                 unseen_raw=unseen_raw, unseen_unit_means=unseen_means, options=evidence, negative=self.negative,
                 **({"align": align, "unseen_align": unseen_align} if aligned else {}))
         meta = dict(meta or {})

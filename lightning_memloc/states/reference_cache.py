@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.io import atomic_write_bytes
+from lightning_memloc.io import PathLike, atomic_write_bytes
 from lightning_memloc.checks.module_digest import UnkeyableModuleError, structure_digest
 
-PathLike = Union[str, "os.PathLike[str]"]
 _FORMAT = "lightning_memloc.states.reference_cache/1"
-
-__all__ = ["ReferenceCache", "frozen_reference", "model_digest", "tensor_digest"]
 
 
 def _update(hasher: "hashlib._Hash", tensor: Tensor) -> None:
@@ -81,11 +77,6 @@ class ReferenceCache:
         self._tables: "OrderedDict[Tuple[str, ...], Dict[str, Dict[str, Tensor]]]" = OrderedDict()
         self.hits = self.misses = 0
 
-    @property
-    def entries(self) -> Dict[str, Dict[str, Tensor]]:
-        """Entries of the current model key (batch key -> per-layer alignments)."""
-        return self._tables.get(self.key, {}) if self.key is not None else {}
-
     def bind(self, reference: nn.Module, names: Sequence[str], pairing: str, autocast: Optional[str] = None) -> None:
         """Set the exact model key of this pass (g's digest, device, dtype, numerics, layers, pairing, autocast).
 
@@ -116,7 +107,7 @@ class ReferenceCache:
 
     def get(self, key: str, device: Optional[torch.device] = None) -> Optional[Dict[str, Tensor]]:
         """A batch's stored per-layer alignments on ``device`` (a hit), or ``None`` (a miss)."""
-        found = self.entries.get(key)
+        found = self._tables[self.key].get(key) if self.key is not None else None
         if found is None:
             self.misses += 1
             return None

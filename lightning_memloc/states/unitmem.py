@@ -11,8 +11,6 @@ from lightning_memloc.checks import NEGATIVE_POLICIES, REDUCTIONS, check_choice,
 from lightning_memloc.functional.unitmem import dead_units, take_ids, unit_argmax, unitmem
 from lightning_memloc.states.base import CandidateIndexedMetric
 
-__all__ = ["UnitMem"]
-
 
 class UnitMem(CandidateIndexedMetric):
     """UnitMem of every unit of one layer over batches of candidates (per-candidate sums and counts).

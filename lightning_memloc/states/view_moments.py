@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_memloc.checks import check_int
 from lightning_memloc.states.base import CandidateIndexedMetric
-from lightning_memloc.views.stats import ViewStatistics, candidate_moments
-
-__all__ = ["ViewMoments"]
+from lightning_memloc.views.stats import ViewStatistics, candidate_moments, statistics_from_sums
 
 
 class ViewMoments(CandidateIndexedMetric):
@@ -46,11 +44,5 @@ class ViewMoments(CandidateIndexedMetric):
     def compute(self) -> ViewStatistics:  # type: ignore[override]
         """The :class:`~lightning_memloc.views.stats.ViewStatistics` of the candidates seen."""
         ids = self._seen()
-        counts = self.counts[ids].unsqueeze(1)
-        mean = (self.sums[ids] / counts).mean(0)
-        var = ((self.squares[ids] / counts).mean(0) - mean.square()).clamp_min(0)
-        return ViewStatistics(tuple(mean.cpu().tolist()), tuple(var.sqrt().cpu().tolist()))
-
-    def as_meta(self) -> Dict[str, Any]:
-        """:meth:`compute` as JSON (``{"mean": [...], "std": [...]}``)."""
-        return self.compute().as_meta()
+        counts = self.counts[ids].unsqueeze(1)  # the mean of per-candidate means, as one "pixel" each
+        return statistics_from_sums((self.sums[ids] / counts).mean(0), (self.squares[ids] / counts).mean(0), 1)

@@ -17,10 +17,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import check_choice
 from lightning_memloc.errors import LayerNotFoundError
 
-__all__ = ["ACTIVATION_TYPES", "AUTO_RULES", "AutoRule", "LAYER_KINDS", "LAYER_MARKER", "LayerSpec", "LayerTaps",
-           "RESIDUAL_BLOCKS", "flat_representation", "is_residual_block", "register_auto_rule", "resolve_layers",
-           "unit_activations"]
-
 #: Allowed values of :attr:`LayerSpec.kind`.
 LAYER_KINDS: Tuple[str, ...] = ("conv", "linear", "attention", "mlp")
 
@@ -151,14 +147,10 @@ def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
 def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
     """One eval-mode, no-grad forward recording each module's order, call count and output rank."""
     record: Dict[str, _Call] = {}
-    counter = itertools.count()
 
-    def fn(name: str, output: Any) -> None:
+    def fn(name: str, output: Any) -> None:  # the order and rank of the first call are kept
         x = _first_tensor(output)
-        if name in record:
-            record[name].count += 1
-        else:
-            record[name] = _Call(next(counter), 1, x.ndim if isinstance(x, Tensor) else None)
+        record.setdefault(name, _Call(len(record), 0, x.ndim if isinstance(x, Tensor) else None)).count += 1
 
     as_kwargs = isinstance(example_input, dict)
     args = example_input if isinstance(example_input, (tuple, list)) else () if as_kwargs else (example_input,)

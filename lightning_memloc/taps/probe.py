@@ -12,8 +12,6 @@ from lightning_memloc.errors import ArchitectureMismatchError
 from lightning_memloc.checks.module_digest import structure_digest
 from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, eval_mode, resolve_layers
 
-__all__ = ["clear_probe_cache", "eval_mode", "model_device_dtype", "probe_key", "probe_layers"]
-
 #: Results of the most recent probes, by :func:`probe_key`.
 _PROBES: "OrderedDict[Hashable, Tuple[List[LayerSpec], Dict[str, int]]]" = OrderedDict()
 PROBE_CACHE_SIZE = 8

@@ -1,8 +1,4 @@
-"""Which parametrised modules produce a tapped layer's output: what fine-tuning a layer trains.
-
-A parameter-free tap (a ReLU) is trained by its preceding siblings back to the first conv / linear with the norms
-after it (``conv1`` + ``bn1`` for a ResNet stem ``relu``), skipping shortcuts, one level up when none qualifies.
-"""
+"""Which parametrised modules produce a tapped layer's output: what fine-tuning a layer trains."""
 
 from __future__ import annotations
 
@@ -12,8 +8,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from lightning_memloc.errors import LayerNotFoundError
-
-__all__ = ["NORM_TYPES", "SHORTCUTS", "count_parameters", "producing_modules", "producing_modules_map", "trainable_map"]
 
 #: Normalisation layers: trained together with the conv / linear they follow.
 NORM_TYPES = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -28,6 +22,9 @@ def _has_parameters(module: nn.Module) -> bool:
 
 def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
     """Names of the parametrised modules producing ``layer``'s output, in registration order (``[]``: none).
+
+    A parameter-free tap (a ReLU) is produced by its preceding siblings back to the first conv / linear with the
+    norms after it (``conv1`` + ``bn1`` for a ResNet stem ``relu``), skipping shortcuts, one level up if none.
 
     Example:
         >>> seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
@@ -59,19 +56,14 @@ def producing_modules(encoder: nn.Module, layer: str) -> List[str]:
     return []
 
 
-def producing_modules_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[str]]:
-    """:func:`producing_modules` of every layer: ``{layer: [module names]}``."""
-    return {layer: producing_modules(encoder, layer) for layer in layers}
-
-
 def count_parameters(encoder: nn.Module, names: Sequence[str]) -> int:
     """Scalar parameters held by the named modules, each counted once."""
     return int(sum({id(p): p.numel() for name in names for p in encoder.get_submodule(name).parameters()}.values()))
 
 
 def trainable_map(encoder: nn.Module, layers: Sequence[str]) -> Dict[str, List[str]]:
-    """:func:`producing_modules_map`; ``ValueError`` naming every layer that would train no parameter."""
-    mapping = producing_modules_map(encoder, layers)
+    """``{layer: producing_modules(encoder, layer)}``; ``ValueError`` naming every layer that would train nothing."""
+    mapping = {layer: producing_modules(encoder, layer) for layer in layers}
     empty = [layer for layer, names in mapping.items() if count_parameters(encoder, names) == 0]
     if empty:
         raise ValueError(f"layers {empty} of {type(encoder).__name__} are produced by no module with parameters, so "

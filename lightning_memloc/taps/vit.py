@@ -6,14 +6,12 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
+from torchvision.models.vision_transformer import EncoderBlock
 
 from lightning_memloc.checks import check_choice
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.taps import hooks as _taps
 from lightning_memloc.taps.hooks import ACTIVATION_TYPES, LayerSpec, register_auto_rule, unit_activations
-
-__all__ = ["CLASS_TOKEN_POLICIES", "VIT_KINDS", "group_by_kind", "token_unit_activations", "vit_block_rule",
-           "vit_layers"]
 
 #: Layer kinds proposed for transformer blocks, in their forward order inside a block.
 VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
@@ -22,10 +20,10 @@ VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
 CLASS_TOKEN_POLICIES: Tuple[str, ...] = ("include", "exclude", "only")
 
 
-def _block_layers(name: str, block: nn.Module, encoder_block: Optional[type]) -> List[LayerSpec]:
+def _block_layers(name: str, block: nn.Module) -> List[LayerSpec]:
     """The attention and MLP-hidden taps of one transformer block, else ``[]``."""
     prefix = f"{name}." if name else ""
-    if encoder_block is not None and isinstance(block, encoder_block):
+    if isinstance(block, EncoderBlock):
         act = next((n for n, child in block.mlp.named_children() if isinstance(child, ACTIVATION_TYPES)), None)
         specs = [LayerSpec(f"{prefix}self_attention", "attention")]
         return specs + ([LayerSpec(f"{prefix}mlp.{act}", "mlp")] if act is not None else [])
@@ -45,16 +43,12 @@ def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[Layer
     """
     if isinstance(kinds, str) or not set(kinds) <= set(VIT_KINDS):
         raise ValueError(f"`kinds` must be a sequence of values in {VIT_KINDS}, got {kinds!r}.")
-    try:
-        from torchvision.models.vision_transformer import EncoderBlock as encoder_block
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        encoder_block = None
     specs: List[LayerSpec] = []
     claimed: List[str] = []  # blocks already taken
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in claimed):
             continue  # inside a block already taken (e.g. a timm block nested in a torchvision one)
-        found = _block_layers(name, module, encoder_block)
+        found = _block_layers(name, module)
         if found:
             claimed.append(name)
             specs += [s for s in found if s.kind in kinds]
@@ -89,8 +83,7 @@ def token_unit_activations(output: Any, class_token: str = "include", num_prefix
 
     Example:
         >>> import torch
-        >>> x = torch.tensor([[[3.0], [1.0], [2.0]]])
-        >>> [float(token_unit_activations(x, p)) for p in CLASS_TOKEN_POLICIES]
+        >>> [float(token_unit_activations(torch.tensor([[[3.0], [1.0], [2.0]]]), p)) for p in CLASS_TOKEN_POLICIES]
         [2.0, 1.5, 3.0]
     """
     check_choice("class_token", class_token, CLASS_TOKEN_POLICIES)
@@ -132,9 +125,8 @@ def group_by_kind(report: MemorizationReport, threshold: float = 0.5) -> Dict[st
                  "unit_mem": sum(float(s.sum()) for s in scores) / units if units else math.nan,
                  "fraction_above": sum(float((s > threshold).sum()) for s in scores) / units if units else math.nan,
                  "dead_fraction": sum(float(report.dead_units[n].sum()) for n in layers) / units if units else math.nan}
-        if report.layer_mem is not None:
-            stats["layer_mem"] = sum(report.layer_mem[layer] for layer in layers) / len(layers)
-        if report.delta_layer_mem is not None:
-            stats["delta_layer_mem"] = sum(report.delta_layer_mem[layer] for layer in layers) / len(layers)
+        for field in ("layer_mem", "delta_layer_mem"):
+            if getattr(report, field) is not None:
+                stats[field] = sum(getattr(report, field)[layer] for layer in layers) / len(layers)
         out[kind] = stats
     return out

@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from lightning_memloc.checks import as_long_tensor
 from lightning_memloc.views.seeding import uniforms
 
-__all__ = ["BatchedSimCLRAugment"]
-
 
 def _gray(x: Tensor) -> Tensor:
     if x.shape[1] == 1:
@@ -32,8 +30,7 @@ class BatchedSimCLRAugment(nn.Module):
     torchvision's HSV shift), grayscale and optional ``mean``/``std`` normalisation follow, batched.
 
     Example:
-        >>> aug = BatchedSimCLRAugment(size=8)
-        >>> aug(torch.rand(4, 3, 16, 16), torch.arange(4)).shape
+        >>> BatchedSimCLRAugment(size=8)(torch.rand(4, 3, 16, 16), torch.arange(4)).shape
         torch.Size([4, 3, 8, 8])
     """
 
@@ -60,8 +57,7 @@ class BatchedSimCLRAugment(nn.Module):
             raise ValueError(f"`std` must be positive, got {std!r}")
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
         self.flip_p, self.jitter, self.jitter_p, self.gray_p = flip_p, tuple(jitter), jitter_p, gray_p
-        self.mean = None if mean is None else tuple(float(m) for m in mean)
-        self.std = None if std is None else tuple(float(s) for s in std)
+        self.mean, self.std = (None if v is None else tuple(float(m) for m in v) for v in (mean, std))
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, scale={self.scale}, ratio={self.ratio}, flip_p={self.flip_p}, "
@@ -71,8 +67,7 @@ class BatchedSimCLRAugment(nn.Module):
         """The normalisation alone on (B, C, H, W) (identity without ``mean``/``std``)."""
         if self.mean is None or self.std is None:
             return x
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in (self.mean, self.std))
         if mean.numel() not in (1, x.shape[1]) or std.numel() not in (1, x.shape[1]):
             raise ValueError(f"`mean`/`std` have {mean.numel()}/{std.numel()} values for {x.shape[1]} channels")
         return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

@@ -8,9 +8,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["NORMALIZE_PRESETS", "Normalization", "NormalizeSpec", "check_normalize", "normalize_meta",
-           "normalize_views", "resolve_normalize", "view_normalization"]
-
 #: Per-channel ``(mean, std)`` tuples.
 Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]
 #: What ``normalize=`` accepts: ``None``, a preset name, or a ``(mean, std)`` pair.
@@ -115,6 +112,5 @@ def normalize_views(x: Tensor, normalization: Optional[Normalization]) -> Tensor
     if len(mean) not in (1, channels):
         raise ValueError(f"`normalize` has {len(mean)} channels but the views have {channels} (shape "
                          f"{tuple(x.shape[-3:])}): give one mean and std per view channel.")
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    m, s = (torch.tensor(v, dtype=x.dtype, device=x.device).view(-1, 1, 1) for v in (mean, std))
     return (x - m) / s

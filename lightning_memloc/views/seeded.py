@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 import warnings
 from typing import Any, Sequence
@@ -17,8 +18,6 @@ from lightning_memloc.checks import (as_label_tensor, as_long_tensor, check_dens
 from lightning_memloc.data import as_float_image, split_item
 from lightning_memloc.views.normalization import normalize_views, view_normalization
 from lightning_memloc.views.seeding import seeded_rng, view_seed
-
-__all__ = ["view_seed", "seeded_rng", "BatchedSimCLRAugment", "SeededViews", "make_views", "warn_if_not_reproducible"]
 
 
 class SeededViews(Dataset):
@@ -88,7 +87,6 @@ class SeededViews(Dataset):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}")
         self.transform, self.normalize = transform, normalize
         self.normalization = view_normalization(normalize, transform, self._views)
-        self._view_shape: tuple[int, ...] | None = None
         self._reproducible_checked = False
         if self._images is not None:  # checked once here; dataset items are checked as they are read
             check_image_range(self._images, strict=self._clamping_transform)
@@ -185,10 +183,9 @@ class SeededViews(Dataset):
     def collate(self, batch: Sequence[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
         """Collate ``(i, x, label)`` items into ``(index, x, labels)``."""
         ids = {tuple(x.shape): i for i, x, _ in reversed(batch)}  # the first candidate of each shape
-        shapes = set(ids)
-        if len(shapes) > 1:
+        if len(ids) > 1:
             raise ValueError("candidates in a batch have different shapes: " + ", ".join(
-                f"{s} (e.g. candidate {ids[s]})" for s in sorted(shapes)) +
+                f"{s} (e.g. candidate {ids[s]})" for s in sorted(ids)) +
                 "; resize the images (e.g. load_image_folder(path, size)) or use a fixed-size transform")
         return (torch.tensor([b[0] for b in batch], dtype=torch.long), torch.stack([b[1] for b in batch]),
                 torch.tensor([b[2] for b in batch], dtype=torch.long))
@@ -224,12 +221,23 @@ class SeededViews(Dataset):
         return self.labels is not None or (self._dataset is not None and self._item(0)[1] >= 0)
 
     def example_batch(self, device: torch.device | str | None = None) -> Tensor:
-        """Views of up to 2 candidates as one (B·K, C, H, W) batch, for probing layers."""
+        """Views of up to 2 candidates as one (B·K, C, H, W) batch, for probing layers.
+
+        The first call warns when the same seeds give other views again (``f`` and ``g`` would see different views).
+        """
+        device = device if device is not None else "cpu"
         index, x, _ = self.collate([self[i] for i in range(min(2, len(self)))])
-        views = self.finalize(x, index, device if device is not None else "cpu")
-        if not self._reproducible_checked:
+        views = self.finalize(x, index, device)
+        if not self._reproducible_checked:  # a transform with its own generator ignores seeded_rng
             self._reproducible_checked = True
-            warn_if_not_reproducible(self, views, x, index, device)
+            items = x if self.is_batched else self.collate([self[int(i)] for i in index])[1]
+            again = self.finalize(items, index, device)
+            if again.shape != views.shape or not torch.equal(again, views):
+                warnings.warn("`transform` made other views from the same seeds on a second call: it draws from its "
+                              "own random generator, not torch's / numpy's / random's global ones that the measurement "
+                              "seeds, so the encoder and the reference see different views and repeated measurements "
+                              "differ. Draw from the global RNGs (torchvision and lightly transforms do), or use "
+                              "BatchedSimCLRAugment.", UserWarning, stacklevel=2)
         return views.reshape(-1, *views.shape[2:])
 
     @property
@@ -237,13 +245,11 @@ class SeededViews(Dataset):
         """Shape of one stored candidate (a view for precomputed views), untransformed."""
         return tuple(self._views.shape[2:]) if self._views is not None else tuple(self.raw(0).shape)
 
-    @property
+    @functools.cached_property
     def view_shape(self) -> tuple[int, ...]:
         """Shape (C, H, W) of one view ((D,) for feature views)."""
-        if self._view_shape is None:
-            self._view_shape = self.input_shape if self._views is not None else tuple(
-                self.finalize(self[0][1][None], [0], "cpu").shape[2:])
-        return self._view_shape
+        return self.input_shape if self._views is not None else tuple(
+            self.finalize(self[0][1][None], [0], "cpu").shape[2:])
 
     def anchor(self, i: int) -> Tensor:
         """The un-augmented float (C, H, W) image of candidate ``i``, normalised like the views, for ``pairing="anchor"``."""
@@ -273,23 +279,6 @@ class SeededViews(Dataset):
         images = [self.raw(i) for i in positions]
         return torch.stack([F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
                             if img.ndim == 3 and tuple(img.shape[-2:]) != size else img for img in images]).clamp(0, 1)
-
-
-def warn_if_not_reproducible(view_set: SeededViews, views: Tensor, x: Tensor, index: Tensor, device: Any) -> bool:
-    """Warn (and return ``False``) when the same seeds give other views on a second call.
-
-    A transform with its own generator ignores :func:`seeded_rng`, so ``f`` and ``g`` would see different views.
-    """
-    if not view_set.is_batched:
-        x = view_set.collate([view_set[int(i)] for i in index])[1]
-    again = view_set.finalize(x, index, device if device is not None else "cpu")
-    if again.shape == views.shape and torch.equal(again, views):
-        return True
-    warnings.warn("`transform` made other views from the same seeds on a second call: it draws from its own random "
-                  "generator, not torch's / numpy's / random's global ones that the measurement seeds, so the encoder "
-                  "and the reference see different views and repeated measurements differ. Draw from the global "
-                  "RNGs (torchvision and lightly transforms do), or use BatchedSimCLRAugment.", UserWarning, stacklevel=3)
-    return False
 
 
 def _as_float(x: Tensor) -> Tensor:

@@ -13,7 +13,6 @@ from torch import Tensor
 
 from lightning_memloc.checks import as_long_tensor
 
-__all__ = ["view_seed", "seeded_rng", "uniforms"]
 _MASK64 = (1 << 64) - 1
 _GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 

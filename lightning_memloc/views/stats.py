@@ -8,9 +8,6 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["SCALE_TOLERANCE", "SHIFT_TOLERANCE", "ViewStatistics", "candidate_moments", "channel_sums", "gaps",
-           "mismatch", "sample_statistics", "statistics_from_sums"]
-
 #: Largest std ratio (the larger over the smaller, per channel) taken as the same pipeline.
 SCALE_TOLERANCE = 1.5
 #: Largest mean difference, in units of the larger std (per channel), taken as the same pipeline.
@@ -61,8 +58,7 @@ def gaps(views: ViewStatistics, batches: ViewStatistics) -> Tuple[Tensor, Tensor
     big, small = torch.maximum(sv, st), torch.minimum(sv, st)
     ratio = torch.where(big == 0, torch.ones_like(big), big / small)
     diff = (torch.tensor(views.mean, dtype=torch.float64) - torch.tensor(batches.mean, dtype=torch.float64)).abs()
-    shift = torch.where(big == 0, torch.where(diff == 0, 0.0, math.inf), diff / big.clamp_min(1e-300))
-    return ratio, shift
+    return ratio, torch.where(big == 0, torch.where(diff == 0, 0.0, math.inf), diff / big.clamp_min(1e-300))
 
 
 def mismatch(views: ViewStatistics, batches: ViewStatistics, scale_tolerance: float = SCALE_TOLERANCE,
