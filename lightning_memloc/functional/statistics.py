@@ -35,7 +35,8 @@ def percentile_interval(samples: Tensor, level: float = 0.95) -> Tuple[Tensor, T
     if not 0.0 < level < 1.0:
         raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
     q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=samples.dtype)
-    return tuple(torch.quantile(samples, q, dim=0))  # type: ignore[return-value]
+    lower, upper = torch.quantile(samples, q, dim=0)
+    return lower, upper
 
 
 def standard_error_interval(samples: Tensor, estimate: float, level: float = 0.95) -> Tuple[float, float]:

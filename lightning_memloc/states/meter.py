@@ -234,7 +234,8 @@ class MemorizationMeter(nn.Module):
                 if evidence is not None and self.keeps_alignment:  # f's alignments, same sync, before compute()
                     align = dict(zip(self.names, mean_alignment(self.layer_mem)))  # restores the local states
                 out = self.layer_mem.compute()
-            seen = out.pop("candidate_ids").detach().cpu().long()  # the only METRIC_ONLY_KEYS of LayerMem
+            seen = out["candidate_ids"].detach().cpu().long()
+            out = {key: value for key, value in out.items() if key not in METRIC_ONLY_KEYS["LayerMem"]}
             if seen.numel() != ids.numel():
                 missing = sorted(set(range(ids.numel())) - set(seen.tolist()))[:10]
                 raise RuntimeError(f"LayerMem saw {seen.numel()} of {ids.numel()} candidates; missing positions {missing}.")
