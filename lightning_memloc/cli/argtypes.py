@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 
-def _int_at_least(low: int, what: str) -> Any:
-    """An argparse ``type``: an integer >= ``low``."""
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert(text)`` where ``ok`` accepts it, else "expected ``what``"."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low:
+        if not ok(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
@@ -22,9 +22,11 @@ def _int_at_least(low: int, what: str) -> Any:
 
 
 #: argparse ``type``: an integer >= 1 (a usage error otherwise).
-positive_int = _int_at_least(1, "a positive integer")
+positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 #: argparse ``type``: an integer >= 0.
-nonnegative_int = _int_at_least(0, "an integer >= 0")
+nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+#: argparse ``type``: a number in (0, 1) (``--confidence``, ``--alpha``).
+probability = _checked(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
 
 def seed(text: str) -> int:
@@ -42,17 +44,6 @@ def bootstrap_count(text: str) -> int:
     value = nonnegative_int(text)
     if 0 < value < MIN_BOOTSTRAP:
         raise argparse.ArgumentTypeError(f"expected 0 (no intervals or tests) or an integer >= {MIN_BOOTSTRAP}, got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in (0, 1): ``--confidence``, ``--alpha``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
     return value
 
 
