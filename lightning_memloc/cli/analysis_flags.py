@@ -50,9 +50,7 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
     if "atypicality" in names:
         n = len(images)
         if args.pool_indices:
-            pool_idx = read_indices_file(args.pool_indices, "--pool-indices").unique()
-            if bool(((pool_idx < 0) | (pool_idx >= n)).any()):
-                raise CLIError("--pool-indices", f"indices must lie in [0, {n}) (the images of --data).")
+            pool_idx = read_indices_file(args.pool_indices, n, "--pool-indices").unique()
         else:
             others = torch.ones(n, dtype=torch.bool)
             others[positions] = False

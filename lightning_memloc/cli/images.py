@@ -18,8 +18,8 @@ from lightning_memloc.cli.argtypes import split_size
 INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "unseen"}
 
 
-def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
-    """Dataset indices from a ``.json`` list or dict (its :data:`INDEX_KEYS` list), a ``.txt`` or a ``.npy``."""
+def read_indices_file(path: str, n: int, flag: str = "--indices") -> Tensor:
+    """Indices into ``n`` images from a ``.json`` list or dict (its :data:`INDEX_KEYS` list), ``.txt`` or ``.npy``."""
     from lightning_memloc.checks import check_index_values
     key = INDEX_KEYS.get(flag, "candidates")
     hint = f"(expected a .json list, {{'{key}': [...]}}, a .txt or a .npy of ints)."
@@ -40,7 +40,10 @@ def read_indices_file(path: str, flag: str = "--indices") -> Tensor:
         indices = check_index_values(values, flag)  # integers only, no duplicates
         if indices.numel() == 0:
             raise ValueError(f"{path!r} holds no indices.")
-        return indices
+    bad = indices[(indices < 0) | (indices >= n)]
+    if bad.numel():
+        raise CLIError(flag, f"index {int(bad[0])} is outside the {n} images of the data: check --data / --limit.")
+    return indices
 
 
 def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
@@ -52,20 +55,12 @@ def _split(args: argparse.Namespace, n: int, seed: int) -> Any:
         return split_candidates(n, shared=n - sum(sizes), candidates=c, independent=i, seed=split_seed)
 
 
-def _indices_file(flag: str, path: str, n: int) -> Tensor:
-    positions = read_indices_file(path, flag)
-    bad = positions[(positions < 0) | (positions >= n)]
-    if bad.numel():
-        raise CLIError(flag, f"index {int(bad[0])} is outside the {n} images of the data: check --data / --limit.")
-    return positions
-
-
 def select_candidates(args: argparse.Namespace, n: int, seed: int) -> Tensor:
     """Dataset indices of the candidates: ``--indices-from-split``, ``--indices`` or all, capped by ``--candidates``."""
     if args.indices_from_split:
         positions = _split(args, n, seed).candidates
     elif args.indices:
-        positions = _indices_file("--indices", args.indices, n)
+        positions = read_indices_file(args.indices, n)
     else:
         positions = torch.arange(n)
     return positions[: args.candidates] if args.candidates else positions
@@ -88,7 +83,7 @@ def select_groups(args: argparse.Namespace, n: int, seed: int, candidates: Tenso
                 with as_cli_error(flag, (ValueError, TypeError), "(a count >= 2 or a fraction of the shared part)."):
                     positions = split.control(split_size(value), seed=seed)
         else:
-            positions = _indices_file(flag, value, n)
+            positions = read_indices_file(value, n, flag)
         overlap = positions[torch.isin(positions, candidates)]
         if overlap.numel():
             raise CLIError(flag, f"index {int(overlap[0])} is also a candidate: control and unseen images must not be "

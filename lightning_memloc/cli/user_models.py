@@ -51,19 +51,6 @@ def import_object(spec: str, flag: str) -> Any:
     return target
 
 
-def _check_choice(args: argparse.Namespace) -> str:
-    given = [flag for flag, value in (("--arch", args.arch), ("--model", args.model),
-                                      ("--lightning-module", args.lightning_module)) if value]
-    if len(given) != 1:
-        raise CLIError("--arch", f"pass exactly one of --arch, --model, --lightning-module to build the encoder "
-                                 f"(got {given or 'none'}).")
-    if given[0] != "--model" and args.encoder is None:
-        raise CLIError("--encoder", f"{given[0]} needs the encoder's checkpoint: pass --encoder CKPT.")
-    if given[0] != "--lightning-module" and (args.encoder_attr or args.reference_attr):
-        raise CLIError("--encoder-attr", "--encoder-attr / --reference-attr only apply with --lightning-module.")
-    return given[0]
-
-
 def _build(spec: str, kwargs_json: str, flag: str, what: str) -> Tuple[Any, dict]:
     """``(factory(**kwargs), kwargs)`` for ``flag`` ``pkg.module:factory`` and its ``-kwargs`` JSON object."""
     factory = import_object(spec, flag)
@@ -141,7 +128,15 @@ def _from_lightning_module(args: argparse.Namespace) -> Tuple[nn.Module, Optiona
 
 def user_encoders(args: argparse.Namespace) -> Optional[Tuple[nn.Module, Optional[nn.Module]]]:
     """``(encoder, reference or None)`` built by ``--model`` / ``--lightning-module``; ``None`` for ``--arch``."""
-    choice = _check_choice(args)
-    if choice == "--arch":
+    given = [flag for flag, value in (("--arch", args.arch), ("--model", args.model),
+                                      ("--lightning-module", args.lightning_module)) if value]
+    if len(given) != 1:
+        raise CLIError("--arch", f"pass exactly one of --arch, --model, --lightning-module to build the encoder "
+                                 f"(got {given or 'none'}).")
+    if given[0] != "--model" and args.encoder is None:
+        raise CLIError("--encoder", f"{given[0]} needs the encoder's checkpoint: pass --encoder CKPT.")
+    if given[0] != "--lightning-module" and (args.encoder_attr or args.reference_attr):
+        raise CLIError("--encoder-attr", "--encoder-attr / --reference-attr only apply with --lightning-module.")
+    if given[0] == "--arch":
         return None
-    return _from_factory(args) if choice == "--model" else _from_lightning_module(args)
+    return _from_factory(args) if given[0] == "--model" else _from_lightning_module(args)

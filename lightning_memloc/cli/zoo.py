@@ -24,15 +24,12 @@ def build_model(arch: str, width: Optional[int] = None, in_channels: int = 3) ->
         >>> build_model("tiny", width=2)(torch.rand(1, 3, 8, 8)).shape
         torch.Size([1, 8])
     """
-    from lightning_memloc.models import ResNet9, TinyCNN
+    from lightning_memloc.models import AuthorsResNet9, ResNet9, TinyCNN
     width = DEFAULT_WIDTH.get(arch, 0) if width is None else width
-    if arch == "tiny":
-        return TinyCNN(in_channels=in_channels, width=width)
-    if arch == "resnet9":
-        return ResNet9(in_channels=in_channels, width=width)
-    if arch == "authors-resnet9":  # the layout of the authors' released code (docs/fidelity.md)
-        from lightning_memloc.models import AuthorsResNet9
-        return AuthorsResNet9(in_channels=in_channels, width=width)
+    # authors-resnet9: the layout of the authors' released code (docs/fidelity.md)
+    own = {"tiny": TinyCNN, "resnet9": ResNet9, "authors-resnet9": AuthorsResNet9}
+    if arch in own:
+        return own[arch](in_channels=in_channels, width=width)
     if arch in ("resnet18", "resnet18-cifar"):
         if width != 64:
             raise ValueError(f"torchvision's ResNet-18 has width 64, got {width}: drop --width or use --arch resnet9.")
