@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Optional
+from typing import Any
 
 from lightning_memloc.report.evidence import MIN_BOOTSTRAP
 
@@ -25,19 +25,6 @@ _INT_RULES = (
 )
 
 
-def _count(parser: argparse.ArgumentParser, flag: str, value: Optional[float], minimum: int) -> None:
-    """A split size: a fraction in (0, 1) or a whole count >= ``minimum`` (0 allowed when ``minimum`` is 0)."""
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
-        parser.error(f"argument {flag}: expected a fraction in [0, 1) or a whole count, got {value:g}")
-    if value == 0 and minimum > 0:
-        parser.error(f"argument {flag}: must be > 0: the demo needs at least {minimum} candidates "
-                     "(UnitMem compares a candidate with the others)")
-    if value >= 1 and int(value) < minimum:
-        parser.error(f"argument {flag}: must be a count >= {minimum} or a fraction, got {value:g}")
-
-
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check the parsed ``memloc demo`` arguments; a bad one calls ``parser.error`` (exit code 2).
 
@@ -55,15 +42,22 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if boot is not None and 0 < boot < MIN_BOOTSTRAP:
         parser.error(f"argument --bootstrap: must be 0 (no intervals or tests) or >= {MIN_BOOTSTRAP} (fewer leave the "
                      f"intervals' ends to a handful of resamples), got {boot}")
-    lr = getattr(args, "lr", None)
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        parser.error(f"argument --lr: must be a positive number, got {lr}")
-    threshold = getattr(args, "threshold", None)
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        parser.error(f"argument --threshold: must be in [0, 1] (UnitMem's range), got {threshold}")
-    for attribute, minimum in (("split_candidates", 2), ("split_independent", 0)):
-        _count(parser, "--" + attribute.replace("_", "-"), getattr(args, attribute, None), minimum)
-    seed = getattr(args, "seed", None)
-    if seed is not None and not 0 <= seed < 2**64:
-        parser.error(f"argument --seed: must be in [0, 2**64), got {seed}")
+    for attribute, ok, need in (("lr", lambda v: math.isfinite(v) and v > 0, "be a positive number"),
+                                ("threshold", lambda v: 0.0 <= v <= 1.0, "be in [0, 1] (UnitMem's range)"),
+                                ("seed", lambda v: 0 <= v < 2**64, "be in [0, 2**64)")):
+        value = getattr(args, attribute, None)
+        if value is not None and not ok(value):
+            parser.error(f"argument --{attribute}: must {need}, got {value}")
+    # split sizes: a fraction in [0, 1) or a whole count >= minimum (0 allowed when minimum is 0)
+    for flag, minimum in (("--split-candidates", 2), ("--split-independent", 0)):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
+            parser.error(f"argument {flag}: expected a fraction in [0, 1) or a whole count, got {value:g}")
+        if value == 0 and minimum > 0:
+            parser.error(f"argument {flag}: must be > 0: the demo needs at least {minimum} candidates "
+                         "(UnitMem compares a candidate with the others)")
+        if value >= 1 and int(value) < minimum:
+            parser.error(f"argument {flag}: must be a count >= {minimum} or a fraction, got {value:g}")
     return args
