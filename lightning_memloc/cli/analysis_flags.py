@@ -80,8 +80,7 @@ def run_cli_analyses(setup: Optional[Dict[str, Any]], args: argparse.Namespace, 
     from lightning_memloc.plots.analysis_figures import plot_analyses
     try:
         run_analyses(setup["names"], report, encoder, reference=reference, candidates=candidates,
-                     pool=setup.get("pool"), candidate_labels=setup.get("candidate_labels"),
-                     pool_labels=setup.get("pool_labels"), exclude=setup.get("exclude"), pool_ids=setup.get("pool_ids"),
+                     **{k: setup.get(k) for k in ("pool", "candidate_labels", "pool_labels", "exclude", "pool_ids")},
                      top_k=args.top_k, exchange_k=args.exchange_k, random_draws=args.exchange_draws, knn=args.knn,
                      batch_size=args.batch_size)
     except MemlocError as err:

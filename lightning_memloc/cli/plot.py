@@ -13,8 +13,7 @@ from lightning_memloc.cli.output import check_out
 from lightning_memloc.cli.cli_error import FILE_ERRORS, VALUE_ERRORS, CLIError, as_cli_error
 from lightning_memloc.cli.images import images_checksum, load_cli_data, select_candidates
 
-_SELECTION_FLAGS = (("indices_from_split", "--indices-from-split"), ("indices", "--indices"),
-                    ("candidates", "--candidates"))
+_SELECTION_FLAGS = ("--indices-from-split", "--indices", "--candidates")
 
 
 def _grid_images(args: argparse.Namespace, report: Any) -> Tensor:
@@ -24,7 +23,7 @@ def _grid_images(args: argparse.Namespace, report: Any) -> Tensor:
         args.size = measured_size  # load at the size analyze measured, so the checksum can compare
     data, _ = load_cli_data(args, "--images")
     ids, n = report.candidate_ids, report.num_candidates
-    flag = next((name for dest, name in _SELECTION_FLAGS if getattr(args, dest)), None)
+    flag = next((name for name in _SELECTION_FLAGS if getattr(args, name[2:].replace("-", "_"))), None)
     selected = None if flag is None else select_candidates(args, len(data), 0)
     by_index = "data" in report.meta or (selected is not None and not torch.equal(ids, torch.arange(n)))
     if not by_index:  # measure() / monitor reports number candidates by position
