@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Union
 
+from lightning_memloc.report.evidence import MIN_BOOTSTRAP
+
 
 def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
     """An argparse ``type``: ``convert(text)`` where ``ok`` accepts it, else "expected ``what``"."""
@@ -27,6 +29,9 @@ positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 #: argparse ``type``: a number in (0, 1) (``--confidence``, ``--alpha``).
 probability = _checked(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+#: argparse ``type``: 0 (no intervals or tests) or at least ``MIN_BOOTSTRAP`` resamples (``EvidenceOptions``).
+bootstrap_count = _checked(int, lambda v: v == 0 or v >= MIN_BOOTSTRAP,
+                           f"0 (no intervals or tests) or an integer >= {MIN_BOOTSTRAP}")
 
 
 def seed(text: str) -> int:
@@ -36,15 +41,6 @@ def seed(text: str) -> int:
         return check_seed(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**64), got {text!r}") from None
-
-
-def bootstrap_count(text: str) -> int:
-    """0 (no intervals or tests) or at least ``MIN_BOOTSTRAP`` resamples (``EvidenceOptions``)."""
-    from lightning_memloc.report.evidence import MIN_BOOTSTRAP
-    value = nonnegative_int(text)
-    if 0 < value < MIN_BOOTSTRAP:
-        raise argparse.ArgumentTypeError(f"expected 0 (no intervals or tests) or an integer >= {MIN_BOOTSTRAP}, got {value}")
-    return value
 
 
 def normalize_spec(text: str) -> Any:
