@@ -1,7 +1,5 @@
 """What ``memloc demo`` writes so that ``memloc analyze`` and ``memloc plot`` measure exactly its candidates.
 
-``data.npz`` (its images), ``split.json`` (index groups), ``encoder.pt`` / ``reference.pt`` and ``analyze.sh``.
-
 Example:
     >>> print(round_trip_commands("runs/demo", width=16, channels=3, size=16, views=10, seed=0, top_k=8,
     ...                           bootstrap=1000).splitlines()[0])

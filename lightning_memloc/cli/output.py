@@ -20,7 +20,7 @@ import socket
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, FrozenSet, Iterator, List, Optional, Sequence
 
@@ -69,10 +69,9 @@ def lock_folder(folder: Path, flag: str) -> int:
             import fcntl
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        try:
+        holder = ""
+        with suppress(OSError):  # Windows: the holder's locked byte cannot be read
             holder = os.read(fd, 200).decode("utf-8", "replace").strip()
-        except OSError:  # Windows: the holder's locked byte cannot be read
-            holder = ""
         os.close(fd)
         raise CLIError(flag, f"{str(folder)!r} is in use by another memloc analyze ({holder or 'pid unknown'}): wait "
                              "for it to finish, or pass another folder (two runs on one folder would overwrite each "
