@@ -52,9 +52,7 @@ def check_analysis_arguments(args: argparse.Namespace, reference: Optional[nn.Mo
         if args.pool_indices:
             pool_idx = read_indices_file(args.pool_indices, n, "--pool-indices").unique()
         else:
-            others = torch.ones(n, dtype=torch.bool)
-            others[positions] = False
-            pool_idx = others.nonzero().flatten()
+            pool_idx = torch.arange(n)[~torch.isin(torch.arange(n), positions)]  # the images not measured
             draw = torch.randperm(len(pool_idx), generator=torch.Generator().manual_seed(args.seed))
             pool_idx = pool_idx[draw[: args.pool_size]].sort().values
         pool_idx = pool_idx[: args.pool_size]
