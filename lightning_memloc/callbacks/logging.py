@@ -17,9 +17,6 @@ from lightning_memloc.report.tags import (HIST_QUANTITY, IMAGE_NAMES, LABEL_QUAN
                                           hist_tag, image_tag, named_layout, named_scalars, named_tag, scalar_tag,
                                           significant_tag, verdict_tag)
 
-#: Evidence-chart quantities (when the report's evidence has them): every tested quantity and its Holm p-value.
-_EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")) + ("unit_mem_unseen",)
-
 
 def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, float]:
     """The scalars of a report under their logging tags.
@@ -82,7 +79,8 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
     quantities = list(REFERENCE_QUANTITIES if report.has_reference else ()) + list(UNIT_QUANTITIES)
     if not by_layer and report.class_mem is not None:
         quantities += LABEL_QUANTITIES
-    quantities += [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
+    tested = [k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")] + ["unit_mem_unseen"]
+    quantities += [extra for extra in tested if ev is not None and ev.has(extra)]  # charts of the evidence it has
     if by_layer:
         charts = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]] for q in quantities}
         charts.update({title: ["Margin", [by_layer_tag(t) for t in tags]] for title, tags in margins.items()})
@@ -177,17 +175,14 @@ class LayerRunWriters:
         self.folder = LAYER_RUNS_FOLDER if prefix == PREFIX else f"{prefix}_layers"
         self._writers: Dict[str, Any] = {}
 
-    def _writer(self, run: str) -> Any:
-        if run not in self._writers:
-            from torch.utils.tensorboard import SummaryWriter
-            self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
-        return self._writers[run]
-
     def log(self, report: MemorizationReport, scalars: Dict[str, float], step: int, histograms: bool = True) -> List[str]:
         """Write every layer's quantities (and UnitMem histogram) at ``step``; returns the run names."""
+        from torch.utils.tensorboard import SummaryWriter
         runs = [layer_run_name(i, layer, len(report.layers)) for i, layer in enumerate(report.layers)]
         for run, layer in zip(runs, report.layers):
-            writer = self._writer(run)
+            if run not in self._writers:
+                self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
+            writer = self._writers[run]
             for quantity in LAYER_QUANTITIES:
                 value: Optional[float] = scalars.get(scalar_tag(quantity, layer))
                 if value is not None:

@@ -12,8 +12,6 @@ from lightning_memloc.plots.figure import new_figure
 from lightning_memloc.plots.io import History, load_history
 from lightning_memloc.report.tags import QUANTITIES, parse_scalar_tag, scalar_tag
 
-__all__ = ["Heatmap", "heatmap_data", "heatmap_figure", "warmup_boundary"]
-
 #: Cells drawn with their value written in them at most (more: colour only).
 MAX_ANNOTATED = 160
 #: Quantities drawn on a diverging scale centred on 0.
