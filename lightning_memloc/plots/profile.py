@@ -95,16 +95,13 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
             top = _top(data, "membership", "membership_hi", "membership_chance")
             p_labels(ax, x, top, data.get("membership_p_holm"), alpha)
             ax.set(ylim=(0, 1.1), title="μmax membership vs chance")
+        elif draw_series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):  # unit_mem
+            draw_series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
+            p_labels(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"), alpha)
+            ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
         else:
-            if draw_series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
-                draw_series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
-                p_labels(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"),
-                         alpha)
-                ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
-            else:
-                draw_series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0",
-                            lw=2)
-                ax.set_title("mean UnitMem (no unseen set: no null)")
+            draw_series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0", lw=2)
+            ax.set_title("mean UnitMem (no unseen set: no null)")
         ax.margins(y=0.18)
         ax.legend(fontsize=7, loc="best")
         depth_axis(ax, layers)
