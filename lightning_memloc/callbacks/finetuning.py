@@ -180,9 +180,7 @@ class MemorizationFinetuning(BaseFinetuning):
         if self.train_bn:
             return
         trainable = {id(m) for root in self._trainable_modules(pl_module, epoch) for m in root.modules()}
-        for module in self.encoder(pl_module).modules():
-            if not isinstance(module, _BatchNorm):
-                continue
+        for module in [m for m in self.encoder(pl_module).modules() if isinstance(m, _BatchNorm)]:
             if id(module) in trainable and self._bn_in_eval.pop(id(module), None) is not None:
                 module.train()
             elif id(module) not in trainable and module.training:

@@ -60,11 +60,8 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
     if ev is None:
         return {}
     skip = {*REFERENCE_QUANTITIES, "unit_mem_mean"}  # logged by report_scalars
-    out: Dict[str, float] = {}
-    for layer in report.layers:
-        for key, value in ev.layers[layer].items():
-            if value is not None and key not in skip and math.isfinite(value):
-                out[scalar_tag(key, layer)] = float(value)
+    out = {scalar_tag(key, layer): float(value) for layer in report.layers for key, value in ev.layers[layer].items()
+           if value is not None and key not in skip and math.isfinite(value)}
     for test, layers in dict(ev.meta.get("significant") or {}).items():
         out[significant_tag(test)] = float(len(layers))
     if ev.shows_memorization is not None:
@@ -85,11 +82,9 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
         charts = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]] for q in quantities}
         charts.update({title: ["Margin", [by_layer_tag(t) for t in tags]] for title, tags in margins.items()})
         return {PREFIX: charts}
-    layout = {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}}
-    for title, tags in margins.items():
-        layout[f"{PREFIX} {title}"] = {layer: ["Margin", [scalar_tag(t, layer) for t in tags]]
-                                       for layer in report.layers}
-    return layout
+    return {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities},
+            **{f"{PREFIX} {title}": {layer: ["Margin", [scalar_tag(t, layer) for t in tags]] for layer in report.layers}
+               for title, tags in margins.items()}}
 
 
 def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
