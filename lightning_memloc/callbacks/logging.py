@@ -32,9 +32,8 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
     out: Dict[str, float] = {}
     means, fractions, dead = report.unit_mem_mean(), report.unit_mem_frac_above(threshold), report.num_dead_units()
     for layer in report.layers:
-        if report.has_reference:
-            for quantity in REFERENCE_QUANTITIES:  # report fields of the same names
-                out[scalar_tag(quantity, layer)] = getattr(report, quantity)[layer]
+        if report.has_reference:  # report fields of the same names
+            out.update({scalar_tag(q, layer): getattr(report, q)[layer] for q in REFERENCE_QUANTITIES})
         unit = {"unit_mem_mean": means[layer], "unit_mem_frac_above": fractions[layer], "dead_units": float(dead[layer])}
         out.update({scalar_tag(quantity, layer): unit[quantity] for quantity in UNIT_QUANTITIES})
         if report.class_mem is not None:
