@@ -111,10 +111,9 @@ def heatmap_figure(history: History, layers: Optional[Sequence[str]] = None, *, 
         [1.5]
     """
     entries = load_history(history)
-    keys = set().union(*(entry.keys() for entry in entries))
-    has = lambda quantity: any((parse_scalar_tag(str(k)) or ("",))[0] == quantity for k in keys)  # noqa: E731
-    quantities = [q for q in ("excess", "layer_mem") if has(q)][:1] + ["unit_mem_mean"]
-    maps = [heatmap_data(entries, q, layers) for q in quantities if has(q)]
+    found = {tag[0] for tag in map(parse_scalar_tag, set().union(*entries)) if tag is not None}  # quantities
+    quantities = [q for q in ("excess", "layer_mem") if q in found][:1] + ["unit_mem_mean"]
+    maps = [heatmap_data(entries, q, layers) for q in quantities if q in found]
     if not maps:
         raise ReportFormatError("the history holds no memloc.excess/..., memloc.layer_mem/... or memloc.unit_mem_mean/... scalars.")
     rows, columns = len(maps[0].layers), len(entries)
