@@ -53,8 +53,7 @@ class MemorizationFinetuning(BaseFinetuning):
         ...     candidate_ids=torch.arange(2), unit_mem={n: torch.zeros(4) for n in names},
         ...     unit_argmax={n: torch.zeros(4, dtype=torch.long) for n in names},
         ...     dead_units={n: torch.zeros(4, dtype=torch.bool) for n in names},
-        ...     layer_mem={"conv1": 0.1, "conv2": 0.3, "conv3": 0.2},
-        ...     delta_layer_mem={"conv1": 0.1, "conv2": 0.2, "conv3": -0.1})
+        ...     layer_mem={"conv1": 0.1, "conv2": 0.3, "conv3": 0.2})
         >>> finetuning = MemorizationFinetuning(report, k=1, encoder="backbone", head="head")
         >>> # pl.Trainer(callbacks=[finetuning]).fit(model) trains model.head and, from epoch 0, model.backbone.conv2
     """
@@ -180,9 +179,7 @@ class MemorizationFinetuning(BaseFinetuning):
         if self.train_bn:
             return
         trainable = {id(m) for root in self._trainable_modules(pl_module, epoch) for m in root.modules()}
-        for module in self.encoder(pl_module).modules():
-            if not isinstance(module, _BatchNorm):
-                continue
+        for module in [m for m in self.encoder(pl_module).modules() if isinstance(m, _BatchNorm)]:
             if id(module) in trainable and self._bn_in_eval.pop(id(module), None) is not None:
                 module.train()
             elif id(module) not in trainable and module.training:

@@ -17,9 +17,6 @@ from lightning_memloc.report.tags import (HIST_QUANTITY, IMAGE_NAMES, LABEL_QUAN
                                           hist_tag, image_tag, named_layout, named_scalars, named_tag, scalar_tag,
                                           significant_tag, verdict_tag)
 
-#: Evidence-chart quantities (when the report's evidence has them): every tested quantity and its Holm p-value.
-_EVIDENCE_CHARTS = tuple(k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")) + ("unit_mem_unseen",)
-
 
 def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[str, float]:
     """The scalars of a report under their logging tags.
@@ -35,9 +32,8 @@ def report_scalars(report: MemorizationReport, threshold: float = 0.5) -> Dict[s
     out: Dict[str, float] = {}
     means, fractions, dead = report.unit_mem_mean(), report.unit_mem_frac_above(threshold), report.num_dead_units()
     for layer in report.layers:
-        if report.has_reference:
-            for quantity in REFERENCE_QUANTITIES:  # report fields of the same names
-                out[scalar_tag(quantity, layer)] = getattr(report, quantity)[layer]
+        if report.has_reference:  # report fields of the same names
+            out.update({scalar_tag(q, layer): getattr(report, q)[layer] for q in REFERENCE_QUANTITIES})
         unit = {"unit_mem_mean": means[layer], "unit_mem_frac_above": fractions[layer], "dead_units": float(dead[layer])}
         out.update({scalar_tag(quantity, layer): unit[quantity] for quantity in UNIT_QUANTITIES})
         if report.class_mem is not None:
@@ -63,11 +59,8 @@ def evidence_scalars(report: MemorizationReport) -> Dict[str, float]:
     if ev is None:
         return {}
     skip = {*REFERENCE_QUANTITIES, "unit_mem_mean"}  # logged by report_scalars
-    out: Dict[str, float] = {}
-    for layer in report.layers:
-        for key, value in ev.layers[layer].items():
-            if value is not None and key not in skip and math.isfinite(value):
-                out[scalar_tag(key, layer)] = float(value)
+    out = {scalar_tag(key, layer): float(value) for layer in report.layers for key, value in ev.layers[layer].items()
+           if value is not None and key not in skip and math.isfinite(value)}
     for test, layers in dict(ev.meta.get("significant") or {}).items():
         out[significant_tag(test)] = float(len(layers))
     if ev.shows_memorization is not None:
@@ -82,16 +75,15 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
     quantities = list(REFERENCE_QUANTITIES if report.has_reference else ()) + list(UNIT_QUANTITIES)
     if not by_layer and report.class_mem is not None:
         quantities += LABEL_QUANTITIES
-    quantities += [extra for extra in _EVIDENCE_CHARTS if ev is not None and ev.has(extra)]
+    tested = [k for name, q in QUANTITIES.items() if q.test for k in (name, f"{name}_p_holm")] + ["unit_mem_unseen"]
+    quantities += [extra for extra in tested if ev is not None and ev.has(extra)]  # charts of the evidence it has
     if by_layer:
         charts = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]] for q in quantities}
         charts.update({title: ["Margin", [by_layer_tag(t) for t in tags]] for title, tags in margins.items()})
         return {PREFIX: charts}
-    layout = {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}}
-    for title, tags in margins.items():
-        layout[f"{PREFIX} {title}"] = {layer: ["Margin", [scalar_tag(t, layer) for t in tags]]
-                                       for layer in report.layers}
-    return layout
+    return {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities},
+            **{f"{PREFIX} {title}": {layer: ["Margin", [scalar_tag(t, layer) for t in tags]] for layer in report.layers}
+               for title, tags in margins.items()}}
 
 
 def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
@@ -177,17 +169,14 @@ class LayerRunWriters:
         self.folder = LAYER_RUNS_FOLDER if prefix == PREFIX else f"{prefix}_layers"
         self._writers: Dict[str, Any] = {}
 
-    def _writer(self, run: str) -> Any:
-        if run not in self._writers:
-            from torch.utils.tensorboard import SummaryWriter
-            self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
-        return self._writers[run]
-
     def log(self, report: MemorizationReport, scalars: Dict[str, float], step: int, histograms: bool = True) -> List[str]:
         """Write every layer's quantities (and UnitMem histogram) at ``step``; returns the run names."""
+        from torch.utils.tensorboard import SummaryWriter
         runs = [layer_run_name(i, layer, len(report.layers)) for i, layer in enumerate(report.layers)]
         for run, layer in zip(runs, report.layers):
-            writer = self._writer(run)
+            if run not in self._writers:
+                self._writers[run] = SummaryWriter(os.path.join(self.log_dir, self.folder, run))
+            writer = self._writers[run]
             for quantity in LAYER_QUANTITIES:
                 value: Optional[float] = scalars.get(scalar_tag(quantity, layer))
                 if value is not None:

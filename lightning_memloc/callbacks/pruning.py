@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -85,24 +85,9 @@ class MemorizationPruning(Callback):
         self.targets: Dict[str, UnitTargets] = {}
         self._applied, self._undo, self._before_fit, self._start_step = False, MaskUndo(), None, None
 
-    @property
-    def _epoch(self) -> int:
-        return 0 if self.prune_at == "fit_start" else int(self.prune_at)
-
     def encoder(self, pl_module: "pl.LightningModule") -> nn.Module:
         """The encoder inside ``pl_module`` whose layers the report names."""
         return resolve_encoder(pl_module, self.encoder_spec, self.source)
-
-    def _scope_layers(self, encoder: nn.Module, report: Optional[MemorizationReport]) -> Tuple[List[str], Dict[str, int]]:
-        """Layers to register masks on, with their unit counts where the report is known."""
-        if report is not None:
-            names = list(report.layers) if self.layers is None else list(self.layers)
-            missing = [n for n in names if n not in report.layers]
-            if missing:
-                raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
-            return names, {n: report.unit_mem[n].numel() for n in names}
-        known = self.layers if self.layers is not None else self.pruned_units  # then: what the monitor measures
-        return (list(known) if known is not None else monitor_layers(self.source.source, encoder)), {}
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Register all-ones masks on the layers in scope before restore and DDP, so that a resume restores them."""
@@ -111,11 +96,20 @@ class MemorizationPruning(Callback):
         self.source.bind(trainer)
         encoder = self.encoder(pl_module)
         report = self.source.get()
-        names, units = self._scope_layers(encoder, report)
+        units: Dict[str, int] = {}  # of the layers in scope, where the report is known
+        if report is not None:
+            names = list(report.layers) if self.layers is None else list(self.layers)
+            missing = [n for n in names if n not in report.layers]
+            if missing:
+                raise ValueError(f"`layers` names {missing} are not in the report; its layers are {report.layers}.")
+            units = {n: report.unit_mem[n].numel() for n in names}
+        else:
+            known = self.layers if self.layers is not None else self.pruned_units  # then: what the monitor measures
+            names = list(known) if known is not None else monitor_layers(self.source.source, encoder)
         self.targets = {name: find_unit_targets(encoder, name, units.get(name)) for name in names}
         if stage == "fit":  # every check before the first mask is registered: a failure leaves the model as it was
             check_amount_units(self.amount, self.scope, {n: t.num_units for n, t in self.targets.items()})
-            epoch = None if self.prune_at == "fit_start" else self._epoch
+            epoch = None if self.prune_at == "fit_start" else int(self.prune_at)
             check_epoch_in_run(trainer, epoch, "prune_at", "nothing would be pruned")
             if self.top_layers is not None and self.top_layers > len(self.targets):
                 raise ValueError(f"`top_layers`={self.top_layers} exceeds the {len(self.targets)} layers in scope "
@@ -171,7 +165,7 @@ class MemorizationPruning(Callback):
             self._apply("at train start")
 
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if not self._applied and trainer.current_epoch >= self._epoch:
+        if not self._applied and (self.prune_at == "fit_start" or trainer.current_epoch >= self.prune_at):
             self._apply(f"at epoch {trainer.current_epoch}")
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

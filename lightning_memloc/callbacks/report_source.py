@@ -21,8 +21,7 @@ class ReportSource:
     """A report, a saved report's path (loaded once) or a monitor (asked each time), read when needed."""
 
     def __init__(self, source: Any, argument: str = "source") -> None:
-        is_path = isinstance(source, (str, os.PathLike))
-        if not (isinstance(source, MemorizationReport) or is_path or hasattr(source, "report")):
+        if not (isinstance(source, (MemorizationReport, str, os.PathLike)) or hasattr(source, "report")):
             raise TypeError(f"`{argument}` must be a MemorizationMonitor, a MemorizationReport or the path of a saved "
                             f"report (report.save(path)), got {type(source).__name__}.")
         self.source, self.argument = source, argument
@@ -34,7 +33,7 @@ class ReportSource:
 
     def bind(self, trainer: "pl.Trainer") -> None:
         """Replace ``"monitor"`` / ``"monitor:<name>"`` by that monitor of ``trainer`` (a config file's way)."""
-        if is_monitor_reference(self.source):
+        if isinstance(self.source, str) and self.source.partition(":")[0] == "monitor":
             self.source = find_monitor(list(trainer.callbacks), self.source, self.argument)
 
     def get(self) -> Optional[MemorizationReport]:
@@ -96,16 +95,6 @@ def resolve_encoder(pl_module: "pl.LightningModule", spec: ModuleSpec, source: R
     if spec is None and source.is_monitor and callable(getattr(source.source, "encoder", None)):
         return source.source.encoder(pl_module)
     return resolve_module(pl_module, spec, "encoder")
-
-
-def is_monitor_reference(value: Any) -> bool:
-    """Whether ``value`` is ``"monitor"`` (the trainer's monitor) or ``"monitor:<name>"`` (one of several).
-
-    Example:
-        >>> is_monitor_reference("monitor"), is_monitor_reference("monitor:control"), is_monitor_reference("r.json")
-        (True, True, False)
-    """
-    return isinstance(value, str) and (value == "monitor" or value.startswith("monitor:"))
 
 
 def find_monitor(callbacks: List[Any], reference: str, argument: str = "source") -> Any:

@@ -13,9 +13,6 @@ from lightning_memloc.io import PathLike
 from lightning_memloc.plots.figure import layer_of, new_figure, save_png, show_image
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["ANALYSIS_FILENAMES", "plot_analyses", "plot_atypicality", "plot_consistency", "plot_exchange",
-           "plot_neighbours", "plot_unit_restore"]
-
 #: File name of each figure written by :func:`plot_analyses`.
 ANALYSIS_FILENAMES = {name: f"{name}.png" for name in ("consistency", "exchange", "atypicality", "neighbours",
                                                         "unit_restore")}

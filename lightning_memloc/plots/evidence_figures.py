@@ -16,8 +16,6 @@ from lightning_memloc.plots.profile import profile_data
 from lightning_memloc.plots.io import PREFIX, History, load_history
 from lightning_memloc.report.report import MemorizationReport
 
-__all__ = ["plot_evidence", "plot_evidence_history"]
-
 
 def plot_evidence(report: MemorizationReport, path: PathLike) -> Path:
     """Candidates against their nulls by depth: LayerMem vs control, alignment gap, UnitMem seen vs unseen."""
@@ -83,14 +81,12 @@ def plot_evidence_history(history: History, path: PathLike) -> Path:
     """Over training: excess over the control, alignment gap and membership (or mean UnitMem) per layer, with bands."""
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     keys = set().union(*(e.keys() for e in entries))
-    panels: List[tuple] = []
-    if any(k.startswith(f"{PREFIX}excess/") for k in keys):
-        panels.append(("excess", "LayerMem excess over control (± CI)", None))
-    if any(k.startswith(f"{PREFIX}align_gap/") for k in keys):
-        panels.append(("align_gap", "alignment gap under f alone (± CI)", None))
-    if any(k.startswith(f"{PREFIX}membership/") for k in keys):
-        panels.append(("membership", "share of units whose μmax image was seen", "membership_chance"))
-    elif any(k.startswith(f"{PREFIX}unit_mem_mean_lo/") for k in keys):
+    found = {k[len(PREFIX):].partition("/")[0] for k in keys if k.startswith(PREFIX) and "/" in k}  # quantities
+    panels = [panel for panel in (("excess", "LayerMem excess over control (± CI)", None),
+                                  ("align_gap", "alignment gap under f alone (± CI)", None),
+                                  ("membership", "share of units whose μmax image was seen", "membership_chance"))
+              if panel[0] in found]
+    if "membership" not in found and "unit_mem_mean_lo" in found:
         panels.append(("unit_mem_mean", "mean UnitMem (± CI)", None))
     if not panels:
         raise ReportFormatError("the history holds no evidence scalars (memloc.excess/..., memloc.membership/... or "

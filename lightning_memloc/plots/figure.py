@@ -16,9 +16,6 @@ from torch import Tensor
 
 from lightning_memloc.io import PathLike, atomic_write_bytes
 
-__all__ = ["colormap", "depth_axis", "draw_series", "figure_array", "layer_of", "new_figure",
-           "p_labels", "save_png", "show_image", "training_axis", "training_x"]
-
 #: Resolution of every PNG.
 DPI = 120
 

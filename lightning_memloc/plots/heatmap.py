@@ -12,8 +12,6 @@ from lightning_memloc.plots.figure import new_figure
 from lightning_memloc.plots.io import History, load_history
 from lightning_memloc.report.tags import QUANTITIES, parse_scalar_tag, scalar_tag
 
-__all__ = ["Heatmap", "heatmap_data", "heatmap_figure", "warmup_boundary"]
-
 #: Cells drawn with their value written in them at most (more: colour only).
 MAX_ANNOTATED = 160
 #: Quantities drawn on a diverging scale centred on 0.
@@ -113,10 +111,9 @@ def heatmap_figure(history: History, layers: Optional[Sequence[str]] = None, *, 
         [1.5]
     """
     entries = load_history(history)
-    keys = set().union(*(entry.keys() for entry in entries))
-    has = lambda quantity: any((parse_scalar_tag(str(k)) or ("",))[0] == quantity for k in keys)  # noqa: E731
-    quantities = [q for q in ("excess", "layer_mem") if has(q)][:1] + ["unit_mem_mean"]
-    maps = [heatmap_data(entries, q, layers) for q in quantities if has(q)]
+    found = {tag[0] for tag in map(parse_scalar_tag, set().union(*entries)) if tag is not None}  # quantities
+    quantities = [q for q in ("excess", "layer_mem") if q in found][:1] + ["unit_mem_mean"]
+    maps = [heatmap_data(entries, q, layers) for q in quantities if q in found]
     if not maps:
         raise ReportFormatError("the history holds no memloc.excess/..., memloc.layer_mem/... or memloc.unit_mem_mean/... scalars.")
     rows, columns = len(maps[0].layers), len(entries)

@@ -9,8 +9,7 @@ import numpy as np
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
 from lightning_memloc.plots.figure import colormap, new_figure, save_png, training_axis, training_x
-from lightning_memloc.plots.io import PREFIX as _PREFIX
-from lightning_memloc.plots.io import History, load_history
+from lightning_memloc.plots.io import PREFIX, History, load_history
 
 
 def plot_history(history: History, path: PathLike) -> Path:
@@ -18,14 +17,14 @@ def plot_history(history: History, path: PathLike) -> Path:
     entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
     quantities = (("unit_mem_mean", "mean UnitMem"), ("unit_mem_frac_above", "fraction of units above the threshold"),
                   ("layer_mem", "LayerMem"))
-    panels = [(q, label) for q, label in quantities if any(k.startswith(f"{_PREFIX}{q}/") for k in entries[-1])]
+    panels = [(q, label) for q, label in quantities if any(k.startswith(f"{PREFIX}{q}/") for k in entries[-1])]
     if not panels:
         raise ReportFormatError("the history holds no memloc.unit_mem_mean/... or memloc.layer_mem/... scalars.")
     fig = new_figure(4.6 * len(panels) + 1.5, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     x, xlabel = training_x(entries)
     for ax, (quantity, label) in zip(axes, panels):
-        prefix = f"{_PREFIX}{quantity}/"
+        prefix = f"{PREFIX}{quantity}/"
         layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
         for i, layer in enumerate(layers):
             ax.plot(x, [e.get(prefix + layer, np.nan) for e in entries], marker="o", ms=3,

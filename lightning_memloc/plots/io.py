@@ -14,10 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
 from lightning_memloc.report.report import FORMAT, MemorizationReport
-from lightning_memloc.report.tags import PREFIX as TAG_PREFIX
-from lightning_memloc.report.tags import SEPARATOR, upgrade_tag
-
-__all__ = ["History", "find_plot_inputs", "load_history", "read_plot_input"]
+from lightning_memloc.report.tags import PREFIX as TAG_PREFIX, SEPARATOR, upgrade_tag
 
 History = Union[Sequence[Mapping[str, Any]], PathLike]
 PREFIX = f"{TAG_PREFIX}{SEPARATOR}"  # every per-layer scalar tag starts with it (lightning_memloc.report.tags)

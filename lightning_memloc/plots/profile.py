@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -10,8 +10,6 @@ from matplotlib.figure import Figure
 from lightning_memloc.plots.figure import depth_axis, draw_series, new_figure, p_labels
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import QUANTITIES, REFERENCE_QUANTITIES
-
-__all__ = ["measurement_title", "profile_data", "profile_figure"]
 
 #: Short names of the tests in the title.
 TEST_NAMES = {"excess": "excess", "excess_unseen": "excess vs unseen", "membership": "membership",
@@ -56,16 +54,6 @@ def _top(data: Dict[str, np.ndarray], *keys: str) -> Optional[np.ndarray]:
     return np.fmax.reduce(present) if present else None
 
 
-def _panels(data: Dict[str, np.ndarray]) -> List[str]:
-    def has(key: str) -> bool:
-        return key in data and not np.isnan(data[key]).all()
-
-    panels = ["layer_mem"] if has("layer_mem") else []
-    panels += ["excess"] if has("excess") or has("excess_unseen") else []
-    panels += ["membership"] if has("membership") else []
-    return panels + ["unit_mem"]
-
-
 def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = None) -> Figure:
     """LayerMem, excess, membership and UnitMem panels by depth; the title says which side of ``warmup_step`` it is.
 
@@ -80,7 +68,9 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
     data, layers, ev = profile_data(report), report.layers, report.evidence
     x = np.arange(1, len(layers) + 1, dtype=float)
     alpha = float(ev.meta.get("alpha", 0.05)) if ev is not None else 0.05
-    panels = _panels(data)
+    drawn = {key for key, values in data.items() if not np.isnan(values).all()}
+    panels = [panel for panel, keys in (("layer_mem", {"layer_mem"}), ("excess", {"excess", "excess_unseen"}),
+                                        ("membership", {"membership"})) if keys & drawn] + ["unit_mem"]
     columns = 2 if len(panels) == 4 else len(panels)
     rows = (len(panels) + columns - 1) // columns
     fig = new_figure(min(max(5.4, 0.75 * len(layers)), 8.0) * columns, 3.6 * rows + 0.6)
@@ -105,16 +95,13 @@ def profile_figure(report: MemorizationReport, *, warmup_step: Optional[int] = N
             top = _top(data, "membership", "membership_hi", "membership_chance")
             p_labels(ax, x, top, data.get("membership_p_holm"), alpha)
             ax.set(ylim=(0, 1.1), title="μmax membership vs chance")
+        elif draw_series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):  # unit_mem
+            draw_series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
+            p_labels(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"), alpha)
+            ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
         else:
-            if draw_series(ax, x, data, "unit_mem_seen", "seen (candidates)", marker="o", color="C0", lw=2):
-                draw_series(ax, x, data, "unit_mem_unseen", "unseen", marker="v", color="C2", ls=":")
-                p_labels(ax, x, _top(data, "unit_mem_seen", "unit_mem_unseen"), data.get("unit_mem_excess_p_holm"),
-                         alpha)
-                ax.set_title("mean UnitMem: seen vs unseen (Holm p)")
-            else:
-                draw_series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0",
-                            lw=2)
-                ax.set_title("mean UnitMem (no unseen set: no null)")
+            draw_series(ax, x, data, "unit_mem_mean", QUANTITIES["unit_mem_mean"].label, marker="o", color="C0", lw=2)
+            ax.set_title("mean UnitMem (no unseen set: no null)")
         ax.margins(y=0.18)
         ax.legend(fontsize=7, loc="best")
         depth_axis(ax, layers)

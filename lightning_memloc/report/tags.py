@@ -15,12 +15,6 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-__all__ = ["EVIDENCE_QUANTITIES", "FIGURE_NAMES", "HIST_QUANTITY", "IMAGE_NAMES", "LABEL_QUANTITIES",
-           "LAYER_QUANTITIES", "LAYER_RUNS_FOLDER", "MARGINS", "PREFIX", "QUANTITIES", "Quantity",
-           "REFERENCE_QUANTITIES", "SCALAR_QUANTITIES", "SEPARATOR", "UNIT_QUANTITIES", "by_layer_tag", "check_name",
-           "figure_tag", "hist_tag", "image_tag", "knn_tag", "named_layout", "named_scalars", "named_tag",
-           "parse_scalar_tag", "scalar_tag", "significant_tag", "summary_tag", "upgrade_tag", "verdict_tag"]
-
 #: Root of every tag (``memloc-<name>`` for a named monitor).
 PREFIX = "memloc"
 #: Joins the root and a quantity into a TensorBoard section name: ``memloc.<quantity>``.
@@ -30,8 +24,6 @@ IMAGE_NAMES = ("most_memorized", "least_memorized")
 HIST_QUANTITY = "unit_mem"
 #: Figures logged at every measurement: the profile by depth, and layer × measurement heat maps.
 FIGURE_NAMES = ("profile", "profile_over_training")
-_OLD = re.compile(r"^(memloc(?:-[A-Za-z0-9][A-Za-z0-9_.-]*)?)/([a-z_]+)/([^/]+)$")  # the former per-layer tags
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Quantity(NamedTuple):
@@ -142,7 +134,7 @@ def parse_scalar_tag(tag: str, prefix: str = PREFIX) -> Optional[Tuple[str, str]
 
 def upgrade_tag(tag: str) -> str:
     """A per-layer tag ``memloc/<quantity>/<layer>`` of the former scheme as ``memloc.<quantity>/<layer>``."""
-    match = _OLD.match(tag)
+    match = re.match(r"^(memloc(?:-[A-Za-z0-9][A-Za-z0-9_.-]*)?)/([a-z_]+)/([^/]+)$", tag)
     if match is None or match.group(2) not in SCALAR_QUANTITIES:
         return tag
     return scalar_tag(match.group(2), match.group(3), match.group(1))
@@ -150,7 +142,7 @@ def upgrade_tag(tag: str) -> str:
 
 def check_name(name: Optional[str]) -> Optional[str]:
     """Validate a monitor ``name`` (letters, digits, ``_ . -``; it becomes a tag part and a folder)."""
-    if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+    if name is not None and (not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name)):
         raise ValueError(f"`name` must be None or a str of letters, digits, '_', '.', '-' (it names tags and a "
                          f"sub-folder), e.g. name='control', got {name!r}.")
     return name
