@@ -1,7 +1,5 @@
-"""Single-unit restore: fine-tune a layer, then keep the change of chosen units only (the authors' recipe).
-
-``requires_grad`` is per tensor, so one conv channel cannot train alone: the whole layer is fine-tuned and
-every other unit is copied back from the original.
+"""Single-unit restore (the authors' recipe): fine-tune the whole layer (``requires_grad`` is per tensor, so one
+channel cannot train alone), then copy every unit but the chosen ones back from the original.
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ from torchvision.models.vision_transformer import EncoderBlock
 
 from lightning_memloc.checks import check_choice
 from lightning_memloc.report.report import MemorizationReport
-from lightning_memloc.taps import hooks as _taps
-from lightning_memloc.taps.hooks import ACTIVATION_TYPES, LayerSpec, register_auto_rule, unit_activations
+from lightning_memloc.taps.hooks import ACTIVATION_TYPES, AUTO_RULES, LayerSpec, register_auto_rule, unit_activations
 
 #: Layer kinds proposed for transformer blocks, in their forward order inside a block.
 VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
@@ -68,9 +67,9 @@ def vit_block_rule(model: nn.Module) -> Optional[List[LayerSpec]]:
     return vit_layers(model) or None
 
 
-for _i, _rule in enumerate(_taps.AUTO_RULES):  # register once: a reload replaces the older copy
+for _i, _rule in enumerate(AUTO_RULES):  # register once: a reload replaces the older copy
     if getattr(_rule, "__module__", None) == __name__ and getattr(_rule, "__name__", None) == "vit_block_rule":
-        _taps.AUTO_RULES[_i] = vit_block_rule
+        AUTO_RULES[_i] = vit_block_rule
         break
 else:
     register_auto_rule(vit_block_rule)
