@@ -25,8 +25,7 @@ def unit_module(layer_module: nn.Module) -> Tuple[str, int]:
                          "weights: pass the module that computes the units (e.g. 'fc1' rather than the ReLU tap "
                          "'relu1').")
     name, module = found[-1]
-    units = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-    return name, int(units)
+    return name, int(module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features)
 
 
 def _keep_mask(keep: Union[int, Sequence[int], Tensor], units: int) -> Tensor:
