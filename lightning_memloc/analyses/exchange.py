@@ -54,8 +54,7 @@ def _mean_raw(encoder: nn.Module, reference: nn.Module, candidates: Any, layer: 
         # every layer exchanged: the hybrid *is* g, so both alignments are equal and SSLMem is 0 by
         # definition (measure() refuses such a reference, which elsewhere would be a mistake)
         return {"sslmem_raw_mean": 0.0, "range": 0.0}
-    report = measure(encoder, candidates, reference=reference, layers=[layer], **measure_kwargs)
-    raw = report.sslmem_raw[layer].double()
+    raw = measure(encoder, candidates, reference=reference, layers=[layer], **measure_kwargs).sslmem_raw[layer].double()
     return {"sslmem_raw_mean": float(raw.mean()), "range": float(raw.max() - raw.min())}
 
 
