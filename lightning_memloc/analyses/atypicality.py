@@ -27,8 +27,7 @@ def embed(encoder: nn.Module, images: Tensor, *, batch_size: int = 256, normaliz
     with eval_mode(encoder):
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size]
-            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-            x = x.to(device=device, dtype=dtype)
+            x = (x.float().div(255) if x.dtype == torch.uint8 else x.float()).to(device=device, dtype=dtype)
             if preprocess is not None:
                 x = preprocess(x)
             out.append(encoder(x).flatten(1).float().cpu())
@@ -78,9 +77,8 @@ def class_mean_distance(query: Tensor, query_labels: Tensor, pool: Tensor, pool_
         raise ValueError(f"classes {missing} have no pool images: a class mean needs pool images of every class.")
     out = torch.empty(query.shape[0], dtype=torch.float64)
     for c in query_labels.unique().tolist():
-        centre = pool[pool_labels == c].double().mean(0)
         rows = query_labels == c
-        out[rows] = (query[rows].double() - centre).norm(dim=1)
+        out[rows] = (query[rows].double() - pool[pool_labels == c].double().mean(0)).norm(dim=1)
     return out
 
 

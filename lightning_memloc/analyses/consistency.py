@@ -27,11 +27,6 @@ def _pair(a: Any, b: Any) -> tuple:
     return x, y
 
 
-def _top(scores: np.ndarray, k: int) -> set:
-    # stable sort on the negated scores: ties keep candidate order, as MemorizationReport.most_memorized
-    return set(np.argsort(-scores, kind="stable")[:k].tolist())
-
-
 def top_k_overlap(a: Any, b: Any, k: int) -> float:
     """``|top_k(a) ∩ top_k(b)| / k`` for two ``(N,)`` score vectors of the same candidates (ties: by order).
 
@@ -42,7 +37,9 @@ def top_k_overlap(a: Any, b: Any, k: int) -> float:
     x, y = _pair(a, b)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= x.size:
         raise ValueError(f"`k` must be an int in [1, {x.size}] (the number of candidates), got {k!r}.")
-    return len(_top(x, k) & _top(y, k)) / k
+    # stable sort on the negated scores: ties keep candidate order, as MemorizationReport.most_memorized
+    top_x, top_y = (set(np.argsort(-scores, kind="stable")[:k].tolist()) for scores in (x, y))
+    return len(top_x & top_y) / k
 
 
 def kendall_tau(a: Any, b: Any) -> float:

@@ -54,17 +54,8 @@ def _mean_raw(encoder: nn.Module, reference: nn.Module, candidates: Any, layer: 
         # every layer exchanged: the hybrid *is* g, so both alignments are equal and SSLMem is 0 by
         # definition (measure() refuses such a reference, which elsewhere would be a mistake)
         return {"sslmem_raw_mean": 0.0, "range": 0.0}
-    report = measure(encoder, candidates, reference=reference, layers=[layer], **measure_kwargs)
-    raw = report.sslmem_raw[layer].double()
+    raw = measure(encoder, candidates, reference=reference, layers=[layer], **measure_kwargs).sslmem_raw[layer].double()
     return {"sslmem_raw_mean": float(raw.mean()), "range": float(raw.max() - raw.min())}
-
-
-def _entry(layers: List[str], raw_mean: float, base: Dict[str, float]) -> Dict[str, Any]:
-    drop = base["sslmem_raw_mean"] - raw_mean
-    return {"layers": layers, "sslmem_raw_mean": raw_mean, "drop": drop,
-            # in the units of LayerMem: divided by the unmodified f's range of SSLMem over the candidates
-            "drop_normalised": drop / base["range"] if base["range"] > 0 else 0.0,
-            "relative_drop": drop / base["sslmem_raw_mean"] if base["sslmem_raw_mean"] > 0 else None}
 
 
 def layer_exchange_study(f: nn.Module, g: nn.Module, candidates: Any, report: MemorizationReport, *, k: int = 2,
@@ -106,7 +97,11 @@ def layer_exchange_study(f: nn.Module, g: nn.Module, candidates: Any, report: Me
             hybrid = exchange_layers(f, g, group)
             cache[key] = (_mean_raw(hybrid, g, candidates, measure_layer, kwargs)["sslmem_raw_mean"],
                           None if control is None else _mean_raw(hybrid, g, control, measure_layer, kwargs)["sslmem_raw_mean"])
-        entry = _entry(list(group), cache[key][0], base)
+        drop = base["sslmem_raw_mean"] - cache[key][0]
+        entry = {"layers": list(group), "sslmem_raw_mean": cache[key][0], "drop": drop,
+                 # in the units of LayerMem: divided by the unmodified f's range of SSLMem over the candidates
+                 "drop_normalised": drop / base["range"] if base["range"] > 0 else 0.0,
+                 "relative_drop": drop / base["sslmem_raw_mean"] if base["sslmem_raw_mean"] > 0 else None}
         if control_base is not None:
             entry["control_drop"] = control_base["sslmem_raw_mean"] - cache[key][1]
             entry["drop_minus_control"] = entry["drop"] - entry["control_drop"]

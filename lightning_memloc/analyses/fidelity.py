@@ -111,8 +111,7 @@ def measure_with_quirks(encoder: nn.Module, candidates: Union[Candidates, Seeded
             raise TypeError(f"`{flag}` must be True or False, got {value!r}.")
     f = sequential_children(encoder, until) if sequential else encoder
     g = sequential_children(reference, until) if sequential and reference is not None else reference
-    meta = dict(measure_kwargs.pop("meta", None) or {})
-    meta.update(train_bn=train_bn, sequential_children=sequential)
+    meta = {**(measure_kwargs.pop("meta", None) or {}), "train_bn": train_bn, "sequential_children": sequential}
     with per_view_batchnorm(f, g) if train_bn else nullcontext():
         return measure(f, candidates, reference=g, meta=meta, **measure_kwargs)
 

@@ -1,7 +1,5 @@
-"""Single-unit restore: fine-tune a layer, then keep the change of chosen units only (the authors' recipe).
-
-``requires_grad`` is per tensor, so one conv channel cannot train alone: the whole layer is fine-tuned and
-every other unit is copied back from the original.
+"""Single-unit restore (the authors' recipe): fine-tune the whole layer (``requires_grad`` is per tensor, so one
+channel cannot train alone), then copy every unit but the chosen ones back from the original.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ def unit_module(layer_module: nn.Module) -> Tuple[str, int]:
                          "weights: pass the module that computes the units (e.g. 'fc1' rather than the ReLU tap "
                          "'relu1').")
     name, module = found[-1]
-    units = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-    return name, int(units)
+    return name, int(module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features)
 
 
 def _keep_mask(keep: Union[int, Sequence[int], Tensor], units: int) -> Tensor:
@@ -102,8 +99,7 @@ def finetune_units(encoder: nn.Module, layer: str, units: Union[int, Sequence[in
         raise ValueError(f"`lr` must be a number > 0, got {lr!r}.")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be a callable model -> scalar loss, got {type(loss_fn).__name__}.")
-    target = named_module(encoder, layer, "encoder")
-    _, count = unit_module(target)
+    _, count = unit_module(named_module(encoder, layer, "encoder"))
     mask = _keep_mask(units, count)
     tap = layer if tap is None else tap
     named_module(encoder, tap, "encoder")
@@ -117,12 +113,12 @@ def finetune_units(encoder: nn.Module, layer: str, units: Union[int, Sequence[in
             optimizer.zero_grad(set_to_none=True)
             loss_fn(tuned).backward()
             optimizer.step()
-    restore_units(tuned, encoder, layer, keep=mask.nonzero().flatten())
+    kept = mask.nonzero().flatten()
+    restore_units(tuned, encoder, layer, keep=kept)
     for p, q in zip(tuned.parameters(), encoder.parameters()):
         p.requires_grad_(q.requires_grad)
     before = measure(encoder, candidates, layers=[tap], **measure_kwargs)
     after = measure(tuned, candidates, layers=[tap], **measure_kwargs)
-    kept = mask.nonzero().flatten()
     um_b, um_a = before.unit_mem[tap], after.unit_mem[tap]
     others = ~mask if um_b.numel() == count else torch.ones_like(um_b, dtype=torch.bool)
     return tuned, {"layer": layer, "tap": tap, "units": kept.tolist(), "steps": steps, "lr": float(lr),

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightning_memloc.checks import check_finite_tensor, check_float_tensor
+from lightning_memloc.checks import check_finite_tensor, check_float_tensor, check_int
 
 #: Bytes of the largest temporary of :func:`pairwise_alignment`: on CPU small enough to stay in cache
 #: (a fresh multi-MB temporary faults page by page), on GPU one or two slices per layer.
@@ -185,8 +185,7 @@ def top_least_indices(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         >>> top_least_indices(torch.tensor([0.2, 0.9, 0.2, 0.5]), 2)
         (tensor([1, 3]), tensor([0, 2]))
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+    k = check_int("k", k, 1)
     s = check_float_tensor("scores", scores, 1, "(N,)")
     check_finite_tensor("scores", s)
     kk = min(k, s.shape[0])

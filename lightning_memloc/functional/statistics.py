@@ -65,8 +65,7 @@ def bootstrap_mean_interval(values: Tensor, n_boot: int = 1000, level: float = 0
         [1.0, 1.0]
     """
     v = values.detach().double().cpu()
-    means = v[..., bootstrap_indices(v.shape[-1], n_boot, seed)].mean(dim=-1)  # (..., B)
-    return percentile_interval(means.movedim(-1, 0), level)
+    return percentile_interval(v[..., bootstrap_indices(v.shape[-1], n_boot, seed)].mean(dim=-1).movedim(-1, 0), level)
 
 
 def bootstrap_difference_interval(a: Tensor, b: Tensor, n_boot: int = 1000, level: float = 0.95,

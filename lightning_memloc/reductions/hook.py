@@ -56,8 +56,7 @@ def view_sq_distances(reps: Tensor, chunk_bytes: int = 0) -> Tensor:
 def finish_alignments(parts: Dict[str, Tensor], finish: Callable[[Tensor], Tensor], aligns: Dict[str, Tensor]) -> None:
     """``aligns[name] = finish(parts[name])`` in float32, stacked over the layers when they share a device."""
     if len({part.device for part in parts.values()}) == 1:  # one stacked finish
-        finished = finish(torch.stack(list(parts.values()))).to(torch.float32)
-        aligns.update(zip(parts, finished.unbind(0)))
+        aligns.update(zip(parts, finish(torch.stack(list(parts.values()))).to(torch.float32).unbind(0)))
     else:
         aligns.update((name, finish(part).to(torch.float32)) for name, part in parts.items())
 

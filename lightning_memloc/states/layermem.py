@@ -53,8 +53,7 @@ class LayerMem(CandidateIndexedMetric):
         """``sslmem_raw``/``sslmem`` ``(L, N')``, ``layer_mem``/``delta_layer_mem``/``layer_mem_top``/``layer_mem_least`` ``(L,)``, ids."""
         ids = self._seen()
         enc, ref = (sums[:, ids] / self.counts[ids] for sums in (self.enc_sums, self.ref_sums))
-        raw = sslmem(ref, enc, normalize=False)
-        norm = sslmem(ref, enc, normalize=True)
+        raw, norm = (sslmem(ref, enc, normalize=normalize) for normalize in (False, True))
         layer_mem = layermem(norm)
         top, least = top_least_indices(norm[-1], self.top_k)
         return {"sslmem_raw": raw, "sslmem": norm, "layer_mem": layer_mem, "delta_layer_mem": delta_layermem(layer_mem),

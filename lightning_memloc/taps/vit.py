@@ -8,10 +8,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from torch import Tensor, nn
 from torchvision.models.vision_transformer import EncoderBlock
 
-from lightning_memloc.checks import check_choice
+from lightning_memloc.checks import check_choice, check_int
 from lightning_memloc.report.report import MemorizationReport
-from lightning_memloc.taps import hooks as _taps
-from lightning_memloc.taps.hooks import ACTIVATION_TYPES, LayerSpec, register_auto_rule, unit_activations
+from lightning_memloc.taps.hooks import ACTIVATION_TYPES, AUTO_RULES, LayerSpec, register_auto_rule, unit_activations
 
 #: Layer kinds proposed for transformer blocks, in their forward order inside a block.
 VIT_KINDS: Tuple[str, str] = ("attention", "mlp")
@@ -68,9 +67,9 @@ def vit_block_rule(model: nn.Module) -> Optional[List[LayerSpec]]:
     return vit_layers(model) or None
 
 
-for _i, _rule in enumerate(_taps.AUTO_RULES):  # register once: a reload replaces the older copy
+for _i, _rule in enumerate(AUTO_RULES):  # register once: a reload replaces the older copy
     if getattr(_rule, "__module__", None) == __name__ and getattr(_rule, "__name__", None) == "vit_block_rule":
-        _taps.AUTO_RULES[_i] = vit_block_rule
+        AUTO_RULES[_i] = vit_block_rule
         break
 else:
     register_auto_rule(vit_block_rule)
@@ -94,8 +93,7 @@ def token_unit_activations(output: Any, class_token: str = "include", num_prefix
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"class_token={class_token!r} needs a token sequence (B, T, D), got {shape}; "
                          "use class_token='include' for other outputs.")
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or not 1 <= num_prefix_tokens < x.shape[1]:
-        raise ValueError(f"`num_prefix_tokens` must be an int in [1, T-1] = [1, {x.shape[1] - 1}], got {num_prefix_tokens!r}.")
+    check_int("num_prefix_tokens", num_prefix_tokens, 1, x.shape[1])  # 1 <= prefix < T: a patch token is left
     return x[:, 0] if class_token == "only" else x[:, num_prefix_tokens:].mean(dim=1)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_memloc.checks import as_long_tensor
+from lightning_memloc.checks import as_long_tensor, check_int
 from lightning_memloc.views.seeding import uniforms
 
 
@@ -41,8 +41,7 @@ class BatchedSimCLRAugment(nn.Module):
                  jitter_p: float = 0.8, gray_p: float = 0.2, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"`size` must be a positive int, got {size!r}")
+        size = check_int("size", size, 1)
         for name, rng in (("scale", scale), ("ratio", ratio)):
             if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
                 raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {rng!r}")
