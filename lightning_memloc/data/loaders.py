@@ -15,9 +15,6 @@ from torch import Tensor
 
 from lightning_memloc.checks import check_int
 
-__all__ = ["NAMED_DATASETS", "load_data", "load_digits", "load_image_folder", "load_npz", "load_torchvision",
-           "resize_images"]
-
 #: Data set names :func:`load_data` takes besides a path.
 NAMED_DATASETS = ("digits", "cifar10", "stl10", "svhn")
 
