@@ -167,8 +167,7 @@ def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tenso
         ds = datasets.ImageFolder(str(path), transform=tf)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{str(path)!r} is not an image folder (one sub-folder of images per class): {e}") from e
-    images = torch.stack([_read_image(ds, i) for i in range(len(ds))])
-    return images, torch.as_tensor(ds.targets, dtype=torch.long)
+    return torch.stack([_read_image(ds, i) for i in range(len(ds))]), torch.as_tensor(ds.targets, dtype=torch.long)
 
 
 def load_data(spec: str | os.PathLike, root: str | os.PathLike = "data",

@@ -70,8 +70,7 @@ def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] =
         for _, sibling in reversed(children[:index]):
             found = _last_producer(sibling, num_units)
             if found is not None:
-                width = _width(found[0])
-                found = (found[0], found[1] + tuple(n for n in reversed(norms) if n.num_features == width))
+                found = (found[0], found[1] + tuple(n for n in reversed(norms) if n.num_features == _width(found[0])))
                 break
             if isinstance(sibling, _BatchNorm):
                 norms.append(sibling)
