@@ -31,9 +31,8 @@ _LAZY = {**dict.fromkeys(["MemorizationFinetuning", "MemorizationMonitor", "Memo
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = globals()[name] = getattr(import_module(_LAZY[name]), name)
-        return value
+    if name in _LAZY:  # cached: later look-ups find it in globals()
+        return globals().setdefault(name, getattr(import_module(_LAZY[name]), name))
     raise AttributeError(f"module 'lightning_memloc' has no attribute {name!r}")
 
 

@@ -12,7 +12,7 @@ from typing import IO, Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool = True) -> Path:
+def check_writable_dir(path: PathLike, *, argument: str = "path") -> Path:
     """Make sure ``path`` is (or can become) a writable directory, before any work is done.
 
     Example:
@@ -23,8 +23,6 @@ def check_writable_dir(path: PathLike, *, argument: str = "path", create: bool =
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"`{argument}`={str(directory)!r} is a file, not a folder: pass a folder path.")
     if not directory.exists():
-        if not create:
-            raise FileNotFoundError(f"`{argument}`={str(directory)!r} does not exist: create it first.")
         blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise NotADirectoryError(f"`{argument}`={str(directory)!r} cannot be created: {str(blocker)!r} is a file, "

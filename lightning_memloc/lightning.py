@@ -26,7 +26,6 @@ from lightning_memloc.callbacks import finetuning as _finetuning
 from lightning_memloc.callbacks import monitor as _monitor
 from lightning_memloc.callbacks import pruning as _pruning
 from lightning_memloc.callbacks import utility as _utility
-from lightning_memloc.callbacks.pruning import prune_units
 from lightning_memloc.models.ssl import SimCLR
 
 #: The Lightning package the classes of this module are bound to.

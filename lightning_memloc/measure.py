@@ -17,8 +17,6 @@ from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.views.normalization import NormalizeSpec
 from lightning_memloc.views.seeded import SeededViews
 
-__all__ = ["measure"]
-
 
 def measure(encoder: nn.Module, candidates: Union[Candidates, SeededViews], *, reference: Optional[nn.Module] = None,
             views: int = DEFAULT.views, transform: Optional[Callable] = None,

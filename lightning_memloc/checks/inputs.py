@@ -36,8 +36,7 @@ def check_has_weights(model: torch.nn.Module, name: str) -> None:
         ...
         ValueError: `encoder` has parameters or buffers on the meta device (shapes, no weights), ...
     """
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    meta = next((key for key, t in tensors if t.is_meta), None)
+    meta = next((key for key, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
     if meta is not None:
         raise ValueError(f"`{name}` has parameters or buffers on the meta device (shapes, no weights), e.g. {meta!r}: "
                          "materialise it first, e.g. `model.to_empty(device='cpu')` then `model.load_state_dict(...)`.")

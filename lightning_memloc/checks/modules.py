@@ -14,10 +14,9 @@ from torch import nn
 from lightning_memloc.errors import LayerNotFoundError
 
 
-def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device,
-                       itemsize: int = 4) -> None:
-    """Refuse a step of ``max(batch_size, 2) · views`` views over half the device's (host's) memory."""
-    per_view = int(np.prod([int(s) for s in view_shape])) * itemsize
+def check_views_memory(batch_size: int, views: int, view_shape: Sequence[int], device: torch.device) -> None:
+    """Refuse a step of ``max(batch_size, 2) · views`` float32 views over half the device's (host's) memory."""
+    per_view = int(np.prod([int(s) for s in view_shape])) * 4
     need = max(batch_size, 2) * views * per_view
     total = None
     if device.type == "cuda" and torch.cuda.is_available():

@@ -193,9 +193,7 @@ def load_groups(candidates: CandidateSpec, labels: LabelSpec = None, size: Optio
         if spec is not None and source is not None and not _is_path(source):
             raise ValueError(f"`{name}_indices` select from a path (or from the candidates' data without `{name}`); "
                              f"`{name}` is a {type(source).__name__}: select from it before passing it.")
-        if source is not None:
-            source = _read(source, None, size)[0]
-        source_data = data if source is None else source
+        source_data = data if source is None else _read(source, None, size)[0]
         selected = read_indices(spec, len(source_data), f"{name}_indices")
         groups[name] = None if selected is None and source is None else _select(source_data, None, selected)[0]
         if selected is not None:

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-__all__ = ["CheckedImages", "TensorImageDataset", "as_float_image", "split_item"]
 
 _HALF = (torch.float16, torch.bfloat16)
 

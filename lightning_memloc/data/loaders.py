@@ -15,9 +15,6 @@ from torch import Tensor
 
 from lightning_memloc.checks import check_int
 
-__all__ = ["NAMED_DATASETS", "load_data", "load_digits", "load_image_folder", "load_npz", "load_torchvision",
-           "resize_images"]
-
 #: Data set names :func:`load_data` takes besides a path.
 NAMED_DATASETS = ("digits", "cifar10", "stl10", "svhn")
 
@@ -170,8 +167,7 @@ def load_image_folder(path: str | os.PathLike, size: int) -> tuple[Tensor, Tenso
         ds = datasets.ImageFolder(str(path), transform=tf)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{str(path)!r} is not an image folder (one sub-folder of images per class): {e}") from e
-    images = torch.stack([_read_image(ds, i) for i in range(len(ds))])
-    return images, torch.as_tensor(ds.targets, dtype=torch.long)
+    return torch.stack([_read_image(ds, i) for i in range(len(ds))]), torch.as_tensor(ds.targets, dtype=torch.long)
 
 
 def load_data(spec: str | os.PathLike, root: str | os.PathLike = "data",

@@ -9,8 +9,6 @@ from torch import Tensor, nn
 
 from lightning_memloc.models.resnet9 import ConvBlock, ResNet9Base
 
-__all__ = ["AUTHORS_LAYERS", "AuthorsBlock", "AuthorsResNet9", "convert_authors_state_dict"]
-
 #: The eight layers of the authors' ResNet9, in forward order: (name, width multiple, pool).
 AUTHORS_LAYERS: Tuple[Tuple[str, int, bool], ...] = (
     ("prep", 1, True), ("layer1_head", 2, True), ("layer1_residual1", 2, False), ("layer1_residual2", 2, False),

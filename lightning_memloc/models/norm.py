@@ -6,8 +6,6 @@ from typing import Tuple
 
 from torch import nn
 
-__all__ = ["NORMS", "group_count", "make_norm"]
-
 #: Allowed values of the encoders' ``norm`` argument.
 NORMS: Tuple[str, ...] = ("batch", "group")
 

@@ -82,10 +82,9 @@ class MaskUndo:
                     del module._forward_pre_hooks[key]
             if name + "_orig" not in module._parameters:
                 continue
-            original = module._parameters.pop(name + "_orig")
             module._buffers.pop(name + "_mask", None)
             module.__dict__.pop(name, None)  # the computed ``w``
-            module._parameters[name] = original
+            module._parameters[name] = module._parameters.pop(name + "_orig")
             position = {n: i for i, n in enumerate(order)}
             items = sorted(module._parameters.items(), key=lambda item: position.get(item[0], len(position)))
             module._parameters.clear()

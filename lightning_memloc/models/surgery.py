@@ -21,7 +21,6 @@ __all__ = ["Amount", "UnitTargets", "check_amount", "check_amount_units", "choos
            "following_norms", "prune_units", "register_masks", "remove_masks", "zero_units"]
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_MIXING_NORMS = (nn.GroupNorm, nn.LayerNorm)
 Amount = Union[int, float]  # int first: a config's `1` is a count, not the fraction 1.0
 
 
@@ -71,8 +70,7 @@ def find_unit_targets(encoder: nn.Module, layer: str, num_units: Optional[int] =
         for _, sibling in reversed(children[:index]):
             found = _last_producer(sibling, num_units)
             if found is not None:
-                width = _width(found[0])
-                found = (found[0], found[1] + tuple(n for n in reversed(norms) if n.num_features == width))
+                found = (found[0], found[1] + tuple(n for n in reversed(norms) if n.num_features == _width(found[0])))
                 break
             if isinstance(sibling, _BatchNorm):
                 norms.append(sibling)
@@ -212,7 +210,7 @@ def following_norms(encoder: nn.Module, layer: str, width: int) -> Tuple[nn.Modu
     for name, sibling in children[names.index(own) + 1:] if own in names else []:
         if isinstance(sibling, _BatchNorm) and sibling.num_features == width:
             found.append(sibling)
-        elif isinstance(sibling, _MIXING_NORMS) and any(True for _ in sibling.parameters()):
+        elif isinstance(sibling, (nn.GroupNorm, nn.LayerNorm)) and any(True for _ in sibling.parameters()):
             raise ValueError(f"layer {layer!r} is followed by {type(sibling).__name__} {name!r}, which mixes its "
                              "channels: masking units at the tap would not silence them after it; prune a layer "
                              "whose units reach the next layer unmixed (e.g. the block after the norm).")

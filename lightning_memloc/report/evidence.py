@@ -17,9 +17,8 @@ from torch import Tensor
 from lightning_memloc.report import evidence_free, layer_evidence, unit_evidence
 from lightning_memloc.functional.statistics import samples_for_halfwidth
 from lightning_memloc.functional.two_sample import permutation_lower_bound
+from lightning_memloc.report.layer_evidence import Record
 from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
-
-Record = Dict[str, Optional[float]]
 
 #: Fewest resamples ``bootstrap`` may ask for (0: evidence off): below it a 95 % interval's ends rest on < 5 draws.
 MIN_BOOTSTRAP = 200

@@ -259,11 +259,9 @@ class MemorizationReport:
             return False
         for name in (*_TENSOR_DICTS, *_FLOAT_DICTS):
             a, b = getattr(self, name), getattr(other, name)
-            if (a is None) != (b is None):
-                return False
-            if a is None:
-                continue
-            if name in _TENSOR_DICTS:
+            if a is None or b is None:
+                same = a is b  # both missing
+            elif name in _TENSOR_DICTS:
                 same = all(torch.allclose(a[k].double(), b[k].double(), atol=atol) for k in self.layers)
             else:
                 same = not any(abs(a[k] - b[k]) > atol for k in self.layers)  # NaN == NaN here, as before

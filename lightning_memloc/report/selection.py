@@ -103,8 +103,7 @@ def select_layers(report: MemorizationReport, k: int, by: str = "layer_mem", str
     if strategy == "last":
         chosen = list(range(n_layers - k, n_layers))
     elif strategy == "random":
-        generator = torch.Generator().manual_seed(seed)
-        chosen = sorted(torch.randperm(n_layers, generator=generator)[:k].tolist())
+        chosen = sorted(torch.randperm(n_layers, generator=torch.Generator().manual_seed(seed))[:k].tolist())
     else:
         if by == "unit_mem":
             scores = report.unit_mem_mean()
