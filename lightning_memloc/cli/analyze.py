@@ -40,6 +40,17 @@ def measure_kwargs(args: argparse.Namespace, *, reference: Optional[nn.Module], 
             "unseen": groups.get("unseen"), "reference_cache": reference_cache, "transform": transform}
 
 
+def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
+    """The ``--reference-cache`` file's cache (new if absent), checked before any forward pass."""
+    if getattr(args, "reference_cache", None) is None:
+        return None
+    if reference is None:
+        raise CLIError("--reference-cache", "caches the reference's alignments and needs --reference: pass one, or drop it.")
+    from lightning_memloc.states.reference_cache import ReferenceCache
+    with as_cli_error("--reference-cache", (ValueError, OSError)):
+        return ReferenceCache.load(args.reference_cache, missing_ok=True)
+
+
 def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module], nn.Module]:
     """``(encoder, reference, like)`` from ``--arch`` + checkpoints or ``--model`` / ``--lightning-module``."""
     built = user_encoders(args)  # --model / --lightning-module; None for --arch
@@ -85,14 +96,7 @@ def analyze(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     encoder, reference, like = _encoders(args)
     transform = user_transform(args)  # --transform: built (and refused) before the data are read
-    cache = None  # --reference-cache: checked before the data are read
-    if args.reference_cache is not None:
-        if reference is None:
-            raise CLIError("--reference-cache", "caches the reference's alignments and needs --reference: pass one, or "
-                                                "drop it.")
-        from lightning_memloc.states.reference_cache import ReferenceCache
-        with as_cli_error("--reference-cache", (ValueError, OSError)):
-            cache = ReferenceCache.load(args.reference_cache, missing_ok=True)
+    cache = _reference_cache(args, reference)  # checked before the data are read
     images, labels = load_cli_data(args, "--data")
     positions = select_candidates(args, len(images), args.seed)
     if positions.numel() < 2:
