@@ -51,6 +51,16 @@ def _reference_cache(args: argparse.Namespace, reference: Any) -> Any:
         return ReferenceCache.load(args.reference_cache, missing_ok=True)
 
 
+def _layers(spec: str) -> Union[str, List[str]]:
+    """``--layers``: ``"auto"`` or the comma-separated names."""
+    if spec.strip() == "auto":
+        return "auto"
+    layers = [name.strip() for name in spec.split(",") if name.strip()]
+    if not layers:
+        raise CLIError("--layers", "no layer names given: pass 'auto' or names such as conv1,conv2.")
+    return layers
+
+
 def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module], nn.Module]:
     """``(encoder, reference, like)`` from ``--arch`` + checkpoints or ``--model`` / ``--lightning-module``."""
     built = user_encoders(args)  # --model / --lightning-module; None for --arch
@@ -67,6 +77,17 @@ def _encoders(args: argparse.Namespace) -> Tuple[nn.Module, Optional[nn.Module],
         raise CLIError("--reference", "its weights are identical to the encoder's (SSLMem would be 0 everywhere): pass "
                                       "the reference's own checkpoint, or --reference-prefix for a co-trained one.")
     return encoder, reference, like
+
+
+def _candidate_labels(args: argparse.Namespace, labels: Tensor, positions: Tensor) -> Optional[Tensor]:
+    """The candidates' labels with ``--labels`` (ClassMem needs at least 2 classes), else ``None``."""
+    if not args.labels:
+        return None
+    chosen = labels[positions]
+    if bool((chosen < 0).any()) or chosen.unique().numel() < 2:
+        raise CLIError("--labels", f"ClassMem needs labels of at least 2 classes; {args.data!r} gives "
+                                   f"{chosen.unique().tolist()[:5]} for the candidates: drop --labels.")
+    return chosen
 
 
 def _probe(args: argparse.Namespace, encoder: nn.Module, reference: Optional[nn.Module], layers: Any,
@@ -108,21 +129,12 @@ def analyze(args: argparse.Namespace) -> int:
         raise CLIError("--control", "the control is compared with the candidates on SSLMem, which needs --reference.")
     candidates = match_channels(images[positions], args.in_channels)
     extra = {name: match_channels(images[idx], args.in_channels) for name, idx in groups.items()}
-    cand_labels = None
-    if args.labels:
-        cand_labels = labels[positions]
-        if bool((cand_labels < 0).any()) or cand_labels.unique().numel() < 2:
-            raise CLIError("--labels", f"ClassMem needs labels of at least 2 classes; {args.data!r} gives "
-                                       f"{cand_labels.unique().tolist()[:5]} for the candidates: drop --labels.")
+    cand_labels = _candidate_labels(args, labels, positions)
     analyses = check_analysis_arguments(args, reference, images, labels, positions)
     if reference is not None and args.pairing == "all" and args.views < 2:  # measure() says `views`; name the flags
         raise CLIError("--views", "LayerMem with --pairing all compares pairs of views: pass --views 2 or more, "
                                   "or --pairing anchor.")
-    layers: Union[str, List[str]] = "auto"
-    if args.layers.strip() != "auto":
-        layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-        if not layers:
-            raise CLIError("--layers", "no layer names given: pass 'auto' or names such as conv1,conv2.")
+    layers = _layers(args.layers)
     encoder, reference = encoder.to(device), None if reference is None else reference.to(device)
     _probe(args, encoder, reference, layers, candidates, device, transform)
     meta = {"encoder": str(args.encoder), "reference": args.reference, "arch": args.arch or args.model or args.lightning_module,
