@@ -15,9 +15,22 @@ from lightning_memloc.cli.zoo import DEFAULT_WIDTH
 from lightning_memloc.errors import AmbiguousPrefixError, ArchitectureMismatchError
 
 
+def _mismatch(path: str, model: nn.Module, prefix: Optional[str]) -> str:
+    """How a checkpoint differs from ``model``: the first tensor of another shape and the first conv's channels."""
+    from lightning_memloc.models.loading import encoder_state
+    state, detail = encoder_state(path, model, prefix), "the parameter names differ"
+    for name, tensor in model.state_dict().items():
+        if name in state and state[name].shape != tensor.shape:
+            detail = (f"{name} has shape {tuple(state[name].shape)} in the checkpoint but {tuple(tensor.shape)} "
+                      "in the model")
+            break
+    first = next((v for v in state.values() if v.ndim == 4), None)
+    return detail + ("" if first is None else f"; its first conv maps {first.shape[1]} to {first.shape[0]} channels")
+
+
 def load_checkpoint(path: str, like: nn.Module, prefix: Optional[str], flag: str, args: argparse.Namespace) -> nn.Module:
     """``load_encoder`` with one-line errors naming ``flag``; warns about checkpoint tensors the model leaves unused."""
-    from lightning_memloc.models.loading import encoder_state, load_encoder, split_prefix
+    from lightning_memloc.models.loading import load_encoder, split_prefix
     arch = f"--arch {args.arch} --width {args.width or DEFAULT_WIDTH[args.arch]} --in-channels {args.in_channels}"
     with as_cli_error(flag, FILE_ERRORS + (ValueError,)):
         if not Path(split_prefix(path)[0]).is_file():  # "pair.ckpt:reference.backbone" names a prefix too
@@ -38,12 +51,7 @@ def load_checkpoint(path: str, like: nn.Module, prefix: Optional[str], flag: str
             fix = ("the reference must have the encoder's architecture: train it with the same "
                    "--arch/--width/--in-channels" if flag == "--reference" else
                    "pass the --arch/--width/--in-channels it was trained with, or --encoder-prefix")
-            state = encoder_state(path, like, prefix)  # the first tensor of another shape, the first conv's channels
-            detail = next((f"{name} has shape {tuple(state[name].shape)} in the checkpoint but {tuple(t.shape)} in "
-                           "the model" for name, t in like.state_dict().items()
-                           if name in state and state[name].shape != t.shape), "the parameter names differ")
-            first = next((v for v in state.values() if v.ndim == 4), None)
-            detail += "" if first is None else f"; its first conv maps {first.shape[1]} to {first.shape[0]} channels"
+            detail = _mismatch(path, like, prefix)
             raise ArchitectureMismatchError(f"the checkpoint {path!r} does not fit {arch} ({detail}): {fix}.") from None
     for warning in caught:  # e.g. a ResNet9 checkpoint loaded as --arch tiny: the first layers fit, the rest not
         print(f"memloc {args.command}: warning: {flag}: {warning.message} ({arch}: check --arch)", file=sys.stderr)
