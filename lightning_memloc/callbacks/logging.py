@@ -81,9 +81,10 @@ def custom_scalar_layout(report: MemorizationReport, by_layer: bool = False) -> 
         charts = {q: ["Multiline", [f"^{re.escape(by_layer_tag(q))}$"]] for q in quantities}
         charts.update({title: ["Margin", [by_layer_tag(t) for t in tags]] for title, tags in margins.items()})
         return {PREFIX: charts}
-    return {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities},
-            **{f"{PREFIX} {title}": {layer: ["Margin", [scalar_tag(t, layer) for t in tags]] for layer in report.layers}
-               for title, tags in margins.items()}}
+    layout = {PREFIX: {q: ["Multiline", [scalar_tag(q, layer) for layer in report.layers]] for q in quantities}}
+    for title, tags in margins.items():
+        layout[f"{PREFIX} {title}"] = {layer: ["Margin", [scalar_tag(t, layer) for t in tags]] for layer in report.layers}
+    return layout
 
 
 def log_tensorboard(writer: object, report: MemorizationReport, step: int, *,
