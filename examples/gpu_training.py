@@ -116,10 +116,10 @@ class WallClockLR(Callback):
 
     def __init__(self, timer: Timer, budget_s: float, peak_lr: float, warmup: float = 0.05) -> None:
         self.timer, self.budget_s, self.peak_lr, self.warmup = timer, float(budget_s), float(peak_lr), float(warmup)
-        self.last_lr = 0.0
+        self.last_lr, self.last_progress = 0.0, 0.0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        progress = (self.timer.time_elapsed("train") or 0.0) / self.budget_s
+        progress = self.last_progress = (self.timer.time_elapsed("train") or 0.0) / self.budget_s
         # never exactly 0: the first step would not move the weights
         self.last_lr = self.peak_lr * max(wall_clock_factor(progress, self.warmup), 1e-3)
         for group in trainer.optimizers[0].param_groups:

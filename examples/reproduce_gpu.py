@@ -167,7 +167,8 @@ def train(args: argparse.Namespace, images: Tensor, labels: Tensor, split: Any, 
             # a run stopped by the Timer ends inside an epoch: count epochs in steps
             "epochs_reached": round(trainer.global_step / steps_per_epoch, 2), "steps": trainer.global_step,
             "steps_per_epoch": steps_per_epoch, "monitor_every": pacer.every, "expected_epochs": pacer.expected_epochs,
-            "last_lr": schedule.last_lr, "stopped_by_budget": trainer.global_step < steps_per_epoch * args.max_epochs,
+            "last_lr": schedule.last_lr, "last_progress": schedule.last_progress,
+            "stopped_by_budget": trainer.global_step < steps_per_epoch * args.max_epochs,
             # SimCLR views through either encoder per second, monitor time included
             "views_per_s": round(trainer.global_step * args.batch_size * 2 * 2 / max(seconds, 1e-9), 1),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None}
