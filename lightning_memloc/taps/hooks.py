@@ -148,9 +148,12 @@ def _probe(model: nn.Module, example_input: Any) -> Dict[str, _Call]:
     """One eval-mode, no-grad forward recording each module's order, call count and output rank."""
     record: Dict[str, _Call] = {}
 
-    def fn(name: str, output: Any) -> None:  # the order and rank of the first call are kept
+    def fn(name: str, output: Any) -> None:
+        if name in record:  # a module called again: counted; the order and rank of its first call are kept
+            record[name].count += 1
+            return
         x = _first_tensor(output)
-        record.setdefault(name, _Call(len(record), 0, x.ndim if isinstance(x, Tensor) else None)).count += 1
+        record[name] = _Call(len(record), 1, x.ndim if isinstance(x, Tensor) else None)
 
     as_kwargs = isinstance(example_input, dict)
     args = example_input if isinstance(example_input, (tuple, list)) else () if as_kwargs else (example_input,)

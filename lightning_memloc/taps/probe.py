@@ -73,8 +73,11 @@ def probe_layers(encoder: nn.Module, reference: Optional[nn.Module], layers: _La
         def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
             found: Dict[str, Tuple[int, ...]] = {}
             dev, dt = model_device_dtype(model)
-            with LayerTaps(model, names, lambda name, out: found.__setitem__(
-                    name, tuple((out[0] if isinstance(out, (tuple, list)) else out).shape[1:]))):
+
+            def grab(name: str, output: Any) -> None:
+                found[name] = tuple((output[0] if isinstance(output, (tuple, list)) else output).shape[1:])
+
+            with LayerTaps(model, names, grab):
                 model(example.to(device=dev, dtype=dt))
             return found
 
