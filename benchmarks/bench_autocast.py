@@ -44,7 +44,7 @@ for path in (REPO, REPO / "benchmarks"):
 
 from bench_measure import build_model, load_images  # noqa: E402
 from lightning_memloc import BatchedSimCLRAugment, MemorizationReport, measure  # noqa: E402
-from lightning_memloc.reductions.precision import AUTOCASTS, check_autocast  # noqa: E402
+from lightning_memloc.reductions.hook import AUTOCASTS, check_autocast  # noqa: E402
 
 
 def train_pair(images: Tensor, n: int, width: int, steps: int, batch: int, seed: int) -> Tuple[nn.Module, nn.Module]:

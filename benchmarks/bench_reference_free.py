@@ -31,7 +31,7 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(path))
 
 from bench_measure import build_model, load_images  # noqa: E402
-from lightning_memloc.report.evidence_free import reference_free_evidence  # noqa: E402
+from lightning_memloc.report.layer_evidence import reference_free_evidence  # noqa: E402
 from lightning_memloc.measurement import run_pass  # noqa: E402
 from lightning_memloc.taps.probe import probe_layers  # noqa: E402
 from lightning_memloc.states.meter import MemorizationMeter  # noqa: E402

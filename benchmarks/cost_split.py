@@ -27,13 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lightning_memloc.taps.probe import eval_mode
+from lightning_memloc.taps.probe import eval_mode, model_device_dtype
 from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.functional.sslmem import pairwise_alignment
-from lightning_memloc.reductions.precision import forward_autocast, reduce_in_float32
-from lightning_memloc.taps.probe import model_device_dtype
-from lightning_memloc.reductions.hook import (alignment_from_gram, flat_view, forward_reduce, view_gram, view_sq_distances,
-                                              view_unit_means)
+from lightning_memloc.reductions.hook import (alignment_from_gram, flat_view, forward_autocast, forward_reduce,
+                                              reduce_in_float32, view_gram, view_sq_distances, view_unit_means)
 from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, unit_activations
 from lightning_memloc.views.seeded import SeededViews
 

@@ -29,13 +29,12 @@ from scipy import stats
 from scipy.special import ndtr, ndtri
 from torch import Tensor
 
-from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
+from lightning_memloc.report.evidence import EvidenceOptions, VERDICT_TESTS, compute_evidence
 from lightning_memloc.functional.statistics import (bootstrap_indices, holm, percentile_interval,
                                                   standard_error_interval, weighted_mean_unitmem)
 from lightning_memloc.functional.two_sample import (bootstrap_t_interval, permutation_lower_bound,
                                                     studentized_permutation_test)
 from lightning_memloc.functional.unitmem import unitmem
-from lightning_memloc.report.verdict import VERDICT_TESTS
 
 ALPHA = 0.05
 LAYERS = [f"l{i}" for i in range(8)]

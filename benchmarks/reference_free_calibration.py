@@ -4,7 +4,7 @@ Nothing is memorized: the candidates C and the unseen images U are random disjoi
 pool of images that no encoder trained on. For each encoder (untrained ResNet9s, and SimCLR
 ResNet9s trained on a disjoint part of the data) the pool's per-image view alignments come from
 one measurement pass (``run_pass`` with ``MemorizationMeter(alignment=True)``); then every random
-split of the pool into C and U gets the statistics of :mod:`lightning_memloc.report.evidence_free`.
+split of the pool into C and U gets the statistics of :mod:`lightning_memloc.report.layer_evidence`.
 Printed: false-positive rate of each layer's one-sided test at alpha = 0.05 (mean over layers,
 and the worst layer), of "any layer" after Holm, coverage of 0 by the 95 % interval of the gap,
 and the mean membership score (0.5 under the null); for equal (40 / 40) and unequal (20 / 100)
@@ -23,9 +23,9 @@ from typing import Dict, List
 import torch
 
 from lightning_memloc import BatchedSimCLRAugment
-from lightning_memloc.data.canaries import photo_canaries
+from lightning_memloc.data.splits import photo_canaries
 from lightning_memloc.data import load_data
-from lightning_memloc.report.evidence_free import reference_free_evidence
+from lightning_memloc.report.layer_evidence import reference_free_evidence
 from lightning_memloc.measurement import build_views, run_pass
 from lightning_memloc.taps.probe import probe_layers
 from lightning_memloc.states.meter import MemorizationMeter

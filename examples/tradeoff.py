@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from lightning_memloc import ReferenceCache
-from lightning_memloc.data.canaries import canary_layout, photo_canaries
+from lightning_memloc.data.splits import canary_layout, photo_canaries
 from lightning_memloc.data import SplitIndices, load_data
 from lightning_memloc.io import atomic_write_text, check_writable_dir
 

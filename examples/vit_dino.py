@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from lightning_memloc import BatchedSimCLRAugment, measure
 from lightning_memloc.data import load_digits, split_candidates
-from lightning_memloc.models.vit import TinyViT
+from lightning_memloc.models.small import TinyViT
 from lightning_memloc.taps.vit import group_by_kind
 
 

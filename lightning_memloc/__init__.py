@@ -10,7 +10,7 @@ from typing import Any
 from lightning_memloc.errors import (ArchitectureMismatchError, CheckpointError, LayerNotFoundError, MemlocError,
                                      NonFiniteActivationError, ReportFormatError)
 from lightning_memloc.models.loading import load_encoder
-from lightning_memloc.measure import measure
+from lightning_memloc.measurement import measure
 from lightning_memloc.states.meter import MemorizationMeter
 from lightning_memloc.options import MeasureOptions
 from lightning_memloc.states.reference_cache import ReferenceCache

@@ -14,8 +14,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from lightning_memloc.checks import (NEGATIVE_POLICIES, PAIRINGS, REDUCTIONS, as_python_number, check_choice, check_int,
                                     check_seed)
 from lightning_memloc.report.evidence import EvidenceOptions
-from lightning_memloc.views.normalization import NormalizeSpec, check_normalize, normalize_meta
-from lightning_memloc.reductions.precision import AUTOCASTS
+from lightning_memloc.views.stats import NormalizeSpec, check_normalize, normalize_meta
+from lightning_memloc.reductions.hook import AUTOCASTS
 
 __all__ = ["DEFAULT", "MeasureOptions", "SURFACE_DIFFERENCES", "option_property", "options_doc"]
 

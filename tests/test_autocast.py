@@ -16,7 +16,6 @@ import torch
 from helpers import (LitModel, assert_untouched, counting_forwards, load_script, make_trainer, small_monitor,
                      take_snapshot)
 from lightning_memloc import MemorizationMonitor, ReferenceCache, measure
-from lightning_memloc.reductions import precision
 from lightning_memloc.reductions import hook as reductions
 from lightning_memloc.callbacks.monitor_checks import check_same_fingerprint, fingerprint
 from lightning_memloc.cli.analyze import measure_kwargs
@@ -25,8 +24,7 @@ from lightning_memloc.errors import NonFiniteActivationError
 from lightning_memloc.measurement import pin_memory_for
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.options import MeasureOptions
-from lightning_memloc.reductions.precision import check_autocast, forward_autocast, reduce_in_float32
-from lightning_memloc.reductions.hook import forward_reduce
+from lightning_memloc.reductions.hook import check_autocast, forward_autocast, forward_reduce, reduce_in_float32
 from lightning_memloc.views.seeded import SeededViews
 
 #: Tolerances of bf16 against float32 on TinyCNN (measured: LayerMem 0.022, raw SSLMem 0.0021,
@@ -177,7 +175,7 @@ def test_models_are_left_as_they_were(autocast, one_thread):
 
 def test_a_device_that_cannot_run_it_is_refused_before_any_work(monkeypatch):
     f, g, x = _pair()
-    monkeypatch.setattr(precision, "autocast_runs", lambda *args: "no fp16 kernels here")
+    monkeypatch.setattr(reductions, "autocast_runs", lambda *args: "no fp16 kernels here")
     with counting_forwards(f) as calls, pytest.raises(ValueError, match=r"`autocast='fp16'` cannot run on cpu "
                                                                         r"\(no fp16 kernels here\).*autocast=None"):
         measure(f, x, reference=g, views=2, autocast="fp16")
@@ -196,13 +194,13 @@ def test_the_real_probe_on_this_cpu():
     # cannot run is refused with the reason, never silently run in float32.
     model = TinyCNN()
     assert check_autocast("bf16", model) == torch.bfloat16
-    why = precision.autocast_runs("cpu", "cpu", torch.float16)
+    why = reductions.autocast_runs("cpu", "cpu", torch.float16)
     if why is None:
         assert check_autocast("fp16", model) == torch.float16
     else:
         with pytest.raises(ValueError, match="cannot run on cpu"):
             check_autocast("fp16", model)
-    assert precision.autocast_runs("meta", "meta", torch.bfloat16) is not None  # no autocast for that device
+    assert reductions.autocast_runs("meta", "meta", torch.bfloat16) is not None  # no autocast for that device
 
 
 def test_reference_cache_never_mixes_float32_and_bf16(one_thread):
@@ -280,7 +278,7 @@ def test_the_accuracy_benchmark_runs_and_compares(one_thread, tmp_path):
 
 
 def test_monitor_refuses_an_autocast_the_device_cannot_run_before_training(monkeypatch, one_thread):
-    monkeypatch.setattr(precision, "autocast_runs", lambda *args: "no bf16 here")
+    monkeypatch.setattr(reductions, "autocast_runs", lambda *args: "no bf16 here")
     model = LitModel()
     steps = []
     model.on_train_batch_start = lambda *args: steps.append(1)
@@ -302,7 +300,7 @@ def test_fp16_overflow_is_reported_as_such(one_thread):
 
 def test_the_device_probe_leaves_the_global_rng_alone():
     model = TinyCNN()
-    precision.autocast_runs.cache_clear()  # run the probe for real
+    reductions.autocast_runs.cache_clear()  # run the probe for real
     state = torch.random.get_rng_state()
     assert check_autocast("bf16", model) == torch.bfloat16
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_memloc import MemorizationReport
-from lightning_memloc.data.canaries import canary_layout, photo_canaries
+from lightning_memloc.data.splits import canary_layout, photo_canaries
 from lightning_memloc.cli.demo import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

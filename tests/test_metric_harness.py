@@ -20,7 +20,7 @@ from lightning_memloc.functional import (
 )
 from lightning_memloc.functional.unitmem import take_ids
 from lightning_memloc.states import ClassMem, LayerMem, UnitMem, ViewAlignment
-from lightning_memloc.states.view_moments import ViewMoments
+from lightning_memloc.states.meter import ViewMoments
 from lightning_memloc.views.stats import channel_sums, statistics_from_sums
 from metric_tester import Case, MetricSpec, assert_outputs, check_class, check_merge, check_reset, run_ddp, single_process
 

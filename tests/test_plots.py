@@ -143,7 +143,7 @@ def _drawn(monkeypatch, module, draw) -> list:
 def test_histories_with_several_steps_per_epoch_are_drawn_against_the_global_step(report, monkeypatch, tmp_path):
     """every_n_train_steps: epochs 0 and 1 hold two measurements each; each gets its own x (its global step)."""
     import lightning_memloc.plots.evidence_figures as evidence_plots
-    import lightning_memloc.plots.history as history_plots
+    import lightning_memloc.plots.report_figures as history_plots
     from lightning_memloc.plots.evidence_figures import plot_evidence_history
 
     steps = [(-1, 0), (0, 3), (0, 6), (1, 9), (1, 12)]

@@ -10,19 +10,17 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from lightning_memloc import measure
 from lightning_memloc.callbacks.report_source import evidence_problem, test_for
 from lightning_memloc.callbacks.logging import custom_scalar_layout, report_scalars
 from lightning_memloc.report.evidence import EvidenceOptions, compute_evidence
-from lightning_memloc.report.evidence_free import candidate_membership, reference_free_evidence
+from lightning_memloc.report.layer_evidence import candidate_membership, reference_free_evidence
 from lightning_memloc.functional.statistics import holm
 from lightning_memloc.functional.two_sample import studentized_permutation_test
-from lightning_memloc.functional.reference_free import alignment_gap, gap_greater, membership_scores
-from lightning_memloc.functional.sslmem import alignment
+from lightning_memloc.functional.sslmem import alignment, alignment_gap, gap_greater, membership_scores
 from lightning_memloc.states.meter import MemorizationMeter, state_bytes
 from lightning_memloc.models import TinyMLP
 from lightning_memloc.report.selection import select_layers

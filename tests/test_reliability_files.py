@@ -150,7 +150,7 @@ def test_a_failed_measurement_leaves_the_previous_run_whole(ws, previous, tmp_pa
     def fails(*args, **kwargs):
         raise MemoryError("out of memory in the pass")
 
-    monkeypatch.setattr(sys.modules["lightning_memloc.measure"], "measure", fails)
+    monkeypatch.setattr(sys.modules["lightning_memloc.measurement"], "measure", fails)
     with pytest.raises(MemoryError):
         _analyze(ws, out, "--overwrite")
     assert _contents(out) == before and not list(out.glob(".memloc-staging-*"))

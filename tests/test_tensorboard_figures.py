@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -24,15 +23,13 @@ from tensorboard.util import tensor_util
 from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.report import tags
 from lightning_memloc.callbacks import MemorizationMonitor
-from lightning_memloc.callbacks.figures import steps_per_epoch, warmup_end_step
-from lightning_memloc.callbacks.logging import report_scalars
-from lightning_memloc.callbacks.logging import NamedWriter
+from lightning_memloc.callbacks.logging import NamedWriter, report_scalars, steps_per_epoch, warmup_end_step
 from lightning_memloc.models.cotrain import cotraining_loader
 from lightning_memloc.models import TinyCNN
 from lightning_memloc.plots.evidence_figures import plot_evidence_history
 from lightning_memloc.plots.figure import figure_array
 from lightning_memloc.plots.heatmap import heatmap_data, heatmap_figure, warmup_boundary
-from lightning_memloc.plots.history import plot_history
+from lightning_memloc.plots.report_figures import plot_history
 from lightning_memloc.plots.io import load_history
 from lightning_memloc.plots.profile import measurement_title, profile_data, profile_figure
 from helpers import cotrained_pair, cotraining_split

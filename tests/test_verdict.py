@@ -11,11 +11,11 @@ from torch import nn
 from lightning_memloc import MemorizationReport, measure
 from lightning_memloc.callbacks.report_source import evidence_problem
 from lightning_memloc.callbacks.logging import evidence_scalars
-from lightning_memloc.report.evidence import MIN_BOOTSTRAP, Evidence, EvidenceOptions, compute_evidence
+from lightning_memloc.report.evidence import (Evidence, EvidenceOptions, MIN_BOOTSTRAP, VERDICT_TESTS, compute_evidence,
+                                              min_bootstrap_for, overall_verdict)
 from lightning_memloc.functional.statistics import holm, membership_test
 from lightning_memloc.functional.unitmem import unitmem
 from lightning_memloc.report.tags import verdict_tag
-from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,11 +24,11 @@ from helpers import counting_forwards, no_hooks
 from lightning_memloc import BatchedSimCLRAugment, MemorizationMonitor, MemorizationReport, measure
 from lightning_memloc.callbacks.view_check import CHECK_STEPS, TrainingInputs
 from lightning_memloc.data import TensorImageDataset
-from lightning_memloc.states.view_moments import ViewMoments
+from lightning_memloc.states.meter import ViewMoments
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.views.normalization import NORMALIZE_PRESETS, normalize_views
+from lightning_memloc.views.stats import (NORMALIZE_PRESETS, SCALE_TOLERANCE, SHIFT_TOLERANCE, ViewStatistics, gaps,
+                                          mismatch, normalize_views)
 from lightning_memloc.models.ssl import SimCLR
-from lightning_memloc.views.stats import SCALE_TOLERANCE, SHIFT_TOLERANCE, ViewStatistics, gaps, mismatch
 from lightning_memloc.views.seeded import SeededViews, make_views
 
 lightly_transforms = pytest.importorskip("lightly.transforms")

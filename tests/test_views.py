@@ -140,7 +140,7 @@ def test_batched_augment_crop_geometry() -> None:
 def test_batched_jitter_matches_torchvision(images: torch.Tensor) -> None:
     from torchvision.transforms.v2 import functional as TF
 
-    from lightning_memloc.views.seeding import uniforms as _uniforms  # white-box: factor b of sample i is drawn at counter 24 + b
+    from lightning_memloc.views.augment import uniforms as _uniforms  # white-box: factor b of sample i is drawn at counter 24 + b
 
     seeds = torch.arange(N)
     u = _uniforms(seeds, 29)

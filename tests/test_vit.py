@@ -12,7 +12,7 @@ from torch import Tensor, nn
 import lightning_memloc.taps.vit as vit_module
 from lightning_memloc import measure
 from lightning_memloc.models import TinyCNN
-from lightning_memloc.models.vit import TinyViT
+from lightning_memloc.models.small import TinyViT
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.taps import hooks as taps
 from lightning_memloc.taps.hooks import LayerTaps, activation_rule, resolve_layers, unit_activations

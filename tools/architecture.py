@@ -48,7 +48,7 @@ GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("Scores (functional core)", ("functional", "functional.*")),
     ("States", ("states", "states.*")),
     ("Report and evidence", ("report", "report.*")),
-    ("Measurement", ("options", "measurement", "measure")),
+    ("Measurement", ("options", "measurement")),
     ("Analyses", ("analyses", "analyses.*")),
     ("Callbacks", ("callbacks", "callbacks.*")),
     ("Figures", ("plots", "plots.*")),

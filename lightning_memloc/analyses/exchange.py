@@ -47,7 +47,7 @@ def exchange_layers(f: nn.Module, g: nn.Module, layers: Sequence[str]) -> nn.Mod
 
 
 def _mean_raw(encoder: nn.Module, reference: nn.Module, candidates: Any, layer: str, measure_kwargs: Dict[str, Any]) -> Dict[str, float]:
-    from lightning_memloc.measure import measure
+    from lightning_memloc.measurement import measure
 
     a, b = encoder.state_dict(), reference.state_dict()
     if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):

@@ -16,8 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_memloc.functional.unitmem import unitmem
-from lightning_memloc.measure import measure
-from lightning_memloc.measurement import Candidates, build_views
+from lightning_memloc.measurement import Candidates, build_views, measure
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.taps.hooks import LayerSpec, LayerTaps, eval_mode, resolve_layers, unit_activations

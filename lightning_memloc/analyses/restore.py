@@ -103,7 +103,7 @@ def finetune_units(encoder: nn.Module, layer: str, units: Union[int, Sequence[in
     mask = _keep_mask(units, count)
     tap = layer if tap is None else tap
     named_module(encoder, tap, "encoder")
-    from lightning_memloc.measure import measure
+    from lightning_memloc.measurement import measure
 
     tuned = copy.deepcopy(encoder)
     tuned.requires_grad_(False).get_submodule(layer).requires_grad_(True)

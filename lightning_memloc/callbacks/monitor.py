@@ -34,7 +34,7 @@ from lightning_memloc.views.seeded import SeededViews
 from lightning_memloc.taps.probe import model_device_dtype
 from lightning_memloc.states.meter import MemorizationMeter, check_state_memory
 from lightning_memloc.options import DEFAULT, MeasureOptions, option_property, options_doc
-from lightning_memloc.reductions.precision import check_autocast
+from lightning_memloc.reductions.hook import check_autocast
 from lightning_memloc.report.report import MemorizationReport
 from lightning_memloc.report.tags import check_name, upgrade_tag
 

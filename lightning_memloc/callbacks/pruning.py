@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_memloc.callbacks.fit_state import started_training
+from lightning_memloc.callbacks.finetuning import started_training
 from lightning_memloc.callbacks.report_source import (EVIDENCE_POLICIES, ModuleSpec, ReportSource, check_epoch_in_run,
                                                       check_module_spec, gate, monitor_layers, resolve_encoder,
                                                       test_for)

@@ -92,7 +92,7 @@ def check_meta(meta: Optional[Mapping[str, Any]], settings: Mapping[str, Any]) -
         return dict(settings)
     if not isinstance(meta, Mapping):
         raise TypeError(f"`meta` must be a dict or None, got {type(meta).__name__}.")
-    from lightning_memloc.checks.inputs import check_json_meta
+    from lightning_memloc.checks.tensors import check_json_meta
     check_json_meta(meta)  # before the pass, not when `save` fails after it
     clash = {k: (settings[k], v) for k, v in meta.items() if k in settings and v != settings[k]}
     if clash:

@@ -5,6 +5,6 @@ from __future__ import annotations
 from lightning_memloc.cli.command import main
 from lightning_memloc.cli.cli_error import CLIError
 from lightning_memloc.cli.parser import build_parser
-from lightning_memloc.cli.zoo import ARCHS, build_model
+from lightning_memloc.cli.user_models import ARCHS, build_model
 
 __all__ = ["ARCHS", "CLIError", "build_model", "build_parser", "main"]

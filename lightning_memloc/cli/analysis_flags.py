@@ -9,8 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from lightning_memloc.cli.argtypes import nonnegative_int, positive_int
-from lightning_memloc.cli.cli_error import CLIError, as_cli_error
+from lightning_memloc.cli.cli_error import CLIError, as_cli_error, nonnegative_int, positive_int
 from lightning_memloc.cli.images import match_channels, read_indices_file
 from lightning_memloc.errors import MemlocError
 from lightning_memloc.report.report import MemorizationReport

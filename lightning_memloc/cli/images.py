@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_memloc.cli.cli_error import VALUE_ERRORS, CLIError, as_cli_error
-from lightning_memloc.cli.argtypes import split_size
+from lightning_memloc.cli.cli_error import CLIError, VALUE_ERRORS, as_cli_error, split_size
 
 #: The list a ``.json`` dict of indices gives each flag (the keys of the demo's ``split.json``).
 INDEX_KEYS = {"--indices": "candidates", "--control": "control", "--unseen": "unseen"}

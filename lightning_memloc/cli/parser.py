@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 from typing import Any, Callable, Dict, Optional
 
-from lightning_memloc.cli.argtypes import bootstrap_count, nonnegative_int, normalize_spec, positive_int, probability, seed, split_size
-from lightning_memloc.cli.zoo import ARCHS
+from lightning_memloc.cli.cli_error import bootstrap_count, nonnegative_int, normalize_spec, positive_int, probability, seed, split_size
+from lightning_memloc.cli.user_models import ARCHS
 from lightning_memloc.options import MeasureOptions
 
 #: The description ``memloc --help`` prints.
@@ -47,7 +47,7 @@ def _add_data_args(p: argparse.ArgumentParser, data_flag: str, size: Optional[in
 #: The argparse ``type`` of each kind of option (:class:`~lightning_memloc.options.MeasureOptions` field metadata).
 _KINDS: Dict[str, Callable[[str], Any]] = {"seed": seed, "bootstrap": bootstrap_count, "probability": probability,
                                           "normalize": normalize_spec}
-#: Defaults of ``memloc analyze`` that differ from ``measure()``'s (docs/cli.md, ``MEASURE_EXCEPTIONS``).
+#: Defaults of ``memloc analyze`` that differ from ``measure()``'s (docs/cli.md, naming contract).
 CLI_DEFAULTS = {"progress": True}
 
 

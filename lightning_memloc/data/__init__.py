@@ -8,9 +8,8 @@ Example:
     (1616, 1616)
 """
 
-from lightning_memloc.data.datasets import TensorImageDataset, as_float_image, split_item
-from lightning_memloc.data.loaders import (NAMED_DATASETS, load_data, load_digits, load_image_folder, load_npz,
-                                           load_torchvision)
+from lightning_memloc.data.loaders import (NAMED_DATASETS, TensorImageDataset, as_float_image, load_data, load_digits,
+                                           load_image_folder, load_npz, load_torchvision, split_item)
 from lightning_memloc.data.splits import SplitIndices, split_candidates
 
 __all__ = ["NAMED_DATASETS", "SplitIndices", "TensorImageDataset", "as_float_image", "load_data", "load_digits",

@@ -1,10 +1,12 @@
-"""Small encoders for fast tests and examples, with ResNet9's conventions (post-ReLU taps, ``feature_dim``)."""
+"""Small encoders for fast tests and examples: a CNN and an MLP with ResNet9's conventions (post-ReLU taps,
+``feature_dim``) and a tiny torchvision Vision Transformer."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 from torch import Tensor, nn
+from torchvision.models.vision_transformer import VisionTransformer
 
 from lightning_memloc.checks import check_int
 from lightning_memloc.models.resnet9 import ConvBlock
@@ -65,3 +67,29 @@ class TinyMLP(nn.Module):
         for layer in self.children():  # flatten, fc1, relu1, fc2, relu2, ...
             x = layer(x)
         return x
+
+
+class TinyViT(VisionTransformer):
+    """A small torchvision ``VisionTransformer`` returning the class token ``(B, dim)`` (no head); the ``"auto"``
+    layers are each block's ``self_attention`` (``dim`` units) and ``mlp.1`` (``mlp_dim`` units).
+
+    Example:
+        >>> import torch
+        >>> tuple(TinyViT()(torch.rand(2, 3, 16, 16)).shape)
+        (2, 32)
+    """
+
+    def __init__(self, image_size: int = 16, patch_size: int = 4, dim: int = 32, depth: int = 2, heads: int = 2,
+                 mlp_dim: int = 64, dropout: float = 0.0) -> None:
+        for name, value in (("image_size", image_size), ("patch_size", patch_size), ("dim", dim), ("depth", depth),
+                            ("heads", heads), ("mlp_dim", mlp_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        if image_size % patch_size:
+            raise ValueError(f"`image_size` ({image_size}) must be divisible by `patch_size` ({patch_size}).")
+        if dim % heads:
+            raise ValueError(f"`heads` ({heads}) must divide `dim` ({dim}).")
+        super().__init__(image_size=image_size, patch_size=patch_size, num_layers=depth, num_heads=heads,
+                         hidden_dim=dim, mlp_dim=mlp_dim, dropout=dropout, attention_dropout=dropout)
+        self.heads = nn.Identity()
+        self.feature_dim = dim

@@ -11,11 +11,10 @@ Example:
     'unit_mem.png'
 """
 
-from lightning_memloc.plots.history import plot_history
-from lightning_memloc.plots.io import History, load_history
 from lightning_memloc.plots.report_figures import (FILENAMES, max_unit_mem_per_candidate, plot_candidate_grid,
-                                                   plot_layer_mem, plot_report, plot_sslmem_vs_unitmem,
+                                                   plot_history, plot_layer_mem, plot_report, plot_sslmem_vs_unitmem,
                                                    plot_unit_mem_distribution)
+from lightning_memloc.plots.io import History, load_history
 
 __all__ = ["FILENAMES", "History", "load_history", "max_unit_mem_per_candidate", "plot_candidate_grid",
            "plot_history", "plot_layer_mem", "plot_report", "plot_sslmem_vs_unitmem", "plot_unit_mem_distribution"]

@@ -1,4 +1,5 @@
-"""The figures of one :class:`~lightning_memloc.MemorizationReport`, and :func:`plot_report` writing them all."""
+"""The figures of one :class:`~lightning_memloc.MemorizationReport`, :func:`plot_report` writing them all, and the
+training curves of a monitor's history."""
 
 from __future__ import annotations
 
@@ -14,13 +15,37 @@ from lightning_memloc.analyses.atypicality import max_unit_mem
 from lightning_memloc.checks import check_int
 from lightning_memloc.errors import ReportFormatError
 from lightning_memloc.io import PathLike
-from lightning_memloc.plots.figure import depth_axis, layer_of, new_figure, save_png, show_image
 from lightning_memloc.plots.evidence_figures import evidence_figures
+from lightning_memloc.plots.figure import (colormap, depth_axis, layer_of, new_figure, save_png, show_image,
+                                           training_axis, training_x)
 from lightning_memloc.plots.heatmap import heatmap_figure
-from lightning_memloc.plots.history import plot_history
-from lightning_memloc.plots.io import History
+from lightning_memloc.plots.io import History, PREFIX, load_history
 from lightning_memloc.plots.profile import profile_figure
 from lightning_memloc.report.report import MemorizationReport
+
+
+def plot_history(history: History, path: PathLike) -> Path:
+    """Mean UnitMem, fraction of highly memorizing units and LayerMem per layer over a monitor ``history``."""
+    entries = sorted(load_history(history), key=lambda e: (e["epoch"], e.get("global_step", 0)))
+    quantities = (("unit_mem_mean", "mean UnitMem"), ("unit_mem_frac_above", "fraction of units above the threshold"),
+                  ("layer_mem", "LayerMem"))
+    panels = [(q, label) for q, label in quantities if any(k.startswith(f"{PREFIX}{q}/") for k in entries[-1])]
+    if not panels:
+        raise ReportFormatError("the history holds no memloc.unit_mem_mean/... or memloc.layer_mem/... scalars.")
+    fig = new_figure(4.6 * len(panels) + 1.5, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    x, xlabel = training_x(entries)
+    for ax, (quantity, label) in zip(axes, panels):
+        prefix = f"{PREFIX}{quantity}/"
+        layers = [k[len(prefix):] for k in entries[-1] if k.startswith(prefix)]
+        for i, layer in enumerate(layers):
+            ax.plot(x, [e.get(prefix + layer, np.nan) for e in entries], marker="o", ms=3,
+                    color=colormap(i, len(layers)), label=layer)
+        ax.set(title=f"{label} per layer", ylabel=label)
+        training_axis(ax, xlabel)
+    axes[-1].legend(title="layer", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save_png(fig, path)
+
 
 #: File name of each figure written by :func:`plot_report`.
 FILENAMES = {name: f"{name}.png" for name in ("layer_mem", "unit_mem", "sslmem_vs_unitmem", "candidates", "history",

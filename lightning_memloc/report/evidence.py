@@ -9,16 +9,65 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from lightning_memloc.report import evidence_free, layer_evidence, unit_evidence
-from lightning_memloc.functional.statistics import samples_for_halfwidth
+from lightning_memloc.functional.statistics import holm, samples_for_halfwidth
 from lightning_memloc.functional.two_sample import permutation_lower_bound
+from lightning_memloc.report import layer_evidence, unit_evidence
 from lightning_memloc.report.layer_evidence import Record
-from lightning_memloc.report.verdict import VERDICT_TESTS, min_bootstrap_for, overall_verdict
+
+#: Every test family of the verdict, by record key prefix (``<test>_p`` in; ``<test>_p_holm`` out).
+VERDICT_TESTS: Tuple[str, ...] = ("excess", "excess_unseen", "membership", "unit_mem_excess", "align_gap")
+
+
+def overall_verdict(records: Mapping[str, MutableMapping[str, Optional[float]]], alpha: float, bootstrap: int,
+                    tests: Sequence[str] = VERDICT_TESTS) -> Dict[str, Any]:
+    """Holm over every ``<test>_p`` of ``records`` (None / NaN left out); writes each ``<test>_p_holm`` in place.
+
+    Returns:
+        ``{"memorization" (None: nothing tested), "method", "alpha", "family_size", "tests", "layers": test ->
+        significant layers, "min_p_holm", "min_attainable_p_holm" (from ``bootstrap``), "attainable"}``.
+
+    Example:
+        >>> records = {"a": {"excess_p": 0.001, "membership_p": 0.2}, "b": {"excess_p": 0.03, "membership_p": 0.5}}
+        >>> v = overall_verdict(records, alpha=0.05, bootstrap=999)
+        >>> v["memorization"], v["family_size"], v["layers"], records["a"]["excess_p_holm"]
+        (True, 4, {'excess': ['a'], 'membership': []}, 0.004)
+    """
+    keys: List[Tuple[str, str]] = []
+    for test in tests:
+        for layer, rec in records.items():
+            if f"{test}_p" in rec:
+                rec[f"{test}_p_holm"] = None
+                if rec[f"{test}_p"] is not None and not math.isnan(float(rec[f"{test}_p"])):
+                    keys.append((test, layer))
+    adjusted = holm([float(records[layer][f"{test}_p"]) for test, layer in keys])  # type: ignore[arg-type]
+    for (test, layer), p in zip(keys, adjusted):
+        records[layer][f"{test}_p_holm"] = p
+    present = [test for test in tests if any(t == test for t, _ in keys)]
+    layers = {test: [layer for (t, layer), p in zip(keys, adjusted) if t == test and p is not None and p < alpha]
+              for test in present}
+    m = len(keys)
+    floor = min(1.0, m / (bootstrap + 1)) if m and bootstrap else None
+    return {"memorization": any(layers.values()) if m else None,
+            "method": f"Holm over every test x layer ({m} tests), family-wise error <= {alpha:g}",
+            "alpha": alpha, "family_size": m, "tests": present, "layers": layers,
+            "min_p_holm": min((p for p in adjusted if p is not None), default=None),
+            "min_attainable_p_holm": floor, "attainable": None if floor is None else floor <= alpha}
+
+
+def min_bootstrap_for(family_size: int, alpha: float) -> int:
+    """Smallest ``bootstrap`` whose smallest Holm p over ``m`` tests, ``m / (B + 1)``, reaches ``alpha``.
+
+    Example:
+        >>> min_bootstrap_for(32, 0.05)
+        639
+    """
+    return max(0, math.ceil(family_size / alpha - 1 - 1e-9))
+
 
 #: Fewest resamples ``bootstrap`` may ask for (0: evidence off): below it a 95 % interval's ends rest on < 5 draws.
 MIN_BOOTSTRAP = 200
@@ -165,10 +214,10 @@ def compute_evidence(layers: List[str], *, unit_means: Mapping[str, Tensor], red
         layer_evidence.layer_mem_evidence(layers, cand, groups, top_k, opts, records, group_sslmem, nulls, meta)
     unit_evidence.unit_mem_evidence(layers, unit_means, unseen_unit_means, reduction, negative, opts, records, nulls)
     if align is not None and unseen_align is not None:
-        evidence_free.reference_free_evidence(layers, align, unseen_align, records, meta, bootstrap=opts.bootstrap,
+        layer_evidence.reference_free_evidence(layers, align, unseen_align, records, meta, bootstrap=opts.bootstrap,
                                               confidence=opts.confidence, seed=opts.seed, nulls=nulls)
     evidence = Evidence(layers=records, group_sslmem=group_sslmem, meta=meta)
-    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES, "align_gap": evidence_free.TEST_NAME}
+    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES, "align_gap": layer_evidence.TEST_NAME}
     meta["tests"] = {test: tests[test] for test in VERDICT_TESTS if test in tests and evidence.has(f"{test}_p")}
     meta["intervals"] = dict(INTERVALS)
     finish_verdict(evidence, nulls)

@@ -60,7 +60,7 @@ QUANTITIES: Dict[str, Quantity] = {
     "membership_chance": Quantity("membership share expected by chance"),
     "unit_mem_seen": Quantity("mean UnitMem, seen images"),
     "unit_mem_unseen": Quantity("mean UnitMem, unseen images"),
-    # reference-free (f alone, lightning_memloc.report.evidence_free): the candidates' alignment gap against unseen images
+    # reference-free (f alone, lightning_memloc.report.layer_evidence): the candidates' alignment gap against unseen images
     "align_gap": Quantity("alignment gap (f only)", interval=True, test=True),
     "align_f_candidates": Quantity("alignment of the candidates' views under f"),
     "align_f_unseen": Quantity("alignment of unseen images' views under f"),

@@ -36,7 +36,7 @@ def vit_layers(model: nn.Module, kinds: Sequence[str] = VIT_KINDS) -> List[Layer
     """``kinds`` layers of every torchvision / timm-style transformer block of ``model``, statically, block by block.
 
     Example:
-        >>> from lightning_memloc.models.vit import TinyViT
+        >>> from lightning_memloc.models.small import TinyViT
         >>> [s.name for s in vit_layers(TinyViT(depth=1), kinds=("mlp",))]
         ['encoder.layers.encoder_layer_0.mlp.1']
     """
@@ -59,7 +59,7 @@ def vit_block_rule(model: nn.Module) -> Optional[List[LayerSpec]]:
 
     Example:
         >>> import torch
-        >>> from lightning_memloc.models.vit import TinyViT
+        >>> from lightning_memloc.models.small import TinyViT
         >>> from lightning_memloc.taps.hooks import resolve_layers
         >>> [s.kind for s in resolve_layers(TinyViT(depth=1), "auto", torch.rand(1, 3, 16, 16))]
         ['attention', 'mlp']

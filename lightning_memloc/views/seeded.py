@@ -12,12 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
-from lightning_memloc.views.augment import BatchedSimCLRAugment
+from lightning_memloc.views.augment import BatchedSimCLRAugment, seeded_rng, view_seed
 from lightning_memloc.checks import (as_label_tensor, as_long_tensor, check_dense, check_image_layout,
                                     check_image_range, check_int, check_labels_layout, check_seed)
 from lightning_memloc.data import as_float_image, split_item
-from lightning_memloc.views.normalization import normalize_views, view_normalization
-from lightning_memloc.views.seeding import seeded_rng, view_seed
+from lightning_memloc.views.stats import normalize_views, view_normalization
 
 
 class SeededViews(Dataset):
