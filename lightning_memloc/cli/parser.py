@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from typing import Any, Callable, Dict, Optional
 
-from lightning_memloc.cli.cli_error import bootstrap_count, nonnegative_int, normalize_spec, positive_int, probability, seed, split_size
+from lightning_memloc.cli.cli_error import (bootstrap_count, nonnegative_int, normalize_spec, positive_int, probability,
+                                             seed, split_size)
 from lightning_memloc.cli.user_models import ARCHS
 from lightning_memloc.options import MeasureOptions
 
