@@ -2,9 +2,9 @@
 
 Every group is on the candidates' scale (their range of raw SSLMem per layer); excesses are tested on raw SSLMem.
 
-The ``align_gap`` family is evidence without reference: for candidates ``C`` and unseen images ``U`` exchangeable
-before training the reference cancels, ``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]``, ``d_f`` the view
-alignments under ``f`` (``docs/evidence.md``); ``align_gap = (mean d_f(U) − mean d_f(C)) / range of d_f over C ∪ U``.
+The ``align_gap`` family is evidence without reference: for candidates ``C`` and unseen images ``U`` exchangeable before
+training the reference cancels, ``E[SSLMem(C)] − E[SSLMem(U)] = E[d_f(U)] − E[d_f(C)]``, ``d_f`` the view alignments
+under ``f`` (``docs/evidence.md``); ``align_gap = (mean d_f(U) − mean d_f(C)) / range of d_f over C ∪ U``.
 """
 
 from __future__ import annotations
