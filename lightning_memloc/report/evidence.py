@@ -217,7 +217,7 @@ def compute_evidence(layers: List[str], *, unit_means: Mapping[str, Tensor], red
         layer_evidence.reference_free_evidence(layers, align, unseen_align, records, meta, bootstrap=opts.bootstrap,
                                               confidence=opts.confidence, seed=opts.seed, nulls=nulls)
     evidence = Evidence(layers=records, group_sslmem=group_sslmem, meta=meta)
-    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES, "align_gap": layer_evidence.TEST_NAME}
+    tests = {**layer_evidence.TEST_NAMES, **unit_evidence.TEST_NAMES}
     meta["tests"] = {test: tests[test] for test in VERDICT_TESTS if test in tests and evidence.has(f"{test}_p")}
     meta["intervals"] = dict(INTERVALS)
     finish_verdict(evidence, nulls)

@@ -20,15 +20,17 @@ from lightning_memloc.functional.sslmem import alignment_gap, alignment_scale, m
 from lightning_memloc.functional.statistics import bootstrap_difference_interval, bootstrap_topk_interval, holm
 from lightning_memloc.functional.two_sample import bootstrap_t_interval, studentized_permutation_test
 
-__all__ = ["ALIGN_SCALE", "TEST_NAME", "TEST_NAMES", "Nulls", "candidate_membership", "layer_mem_evidence",
+__all__ = ["ALIGN_SCALE", "TEST_NAMES", "Nulls", "candidate_membership", "layer_mem_evidence",
            "reference_free_evidence"]
 
 Record = Dict[str, Optional[float]]
 #: test -> (layers, estimate (L,), scale (L,), null (B, L)): what a bound matching the test needs.
 Nulls = Dict[str, Tuple[List[str], Tensor, Tensor, Tensor]]
-#: How each group's excess is tested (recorded in ``Evidence.meta["tests"]``).
+#: How each group's excess, and ``align_gap``, is tested (recorded in ``Evidence.meta["tests"]``).
 TEST_NAMES = {"excess": "studentized permutation test of the mean raw SSLMem, candidates > control (Welch t)",
-              "excess_unseen": "studentized permutation test of the mean raw SSLMem, candidates > unseen (Welch t)"}
+              "excess_unseen": "studentized permutation test of the mean raw SSLMem, candidates > unseen (Welch t)",
+              "align_gap": "studentized permutation test of the mean raw alignment under f, unseen > candidates "
+                           "(Welch t)"}
 
 
 def _normalise(raw: Tensor, scale: Tensor) -> Tensor:
@@ -118,8 +120,6 @@ def layer_mem_evidence(layers: List[str], cand: Tensor, groups: Mapping[str, Ten
 
 #: ``meta["align_scale"]``: how ``align_gap`` is normalised.
 ALIGN_SCALE = "range of f's alignments over candidates and unseen images per layer; tests on raw alignments"
-#: How ``align_gap`` is tested (recorded in ``Evidence.meta["tests"]``).
-TEST_NAME = "studentized permutation test of the mean raw alignment under f, unseen > candidates (Welch t)"
 
 
 def reference_free_evidence(layers: List[str], candidates: Mapping[str, Tensor], unseen: Mapping[str, Tensor],
